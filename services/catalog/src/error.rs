@@ -1,0 +1,61 @@
+use std::path::Path;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use stocknet_common::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("Stock not found")]
+    StockNotFound(String),
+    #[error("Insufficient stock quantity")]
+    InsufficientQuantity,
+    #[error("trade {next} does not follow the last applied trade {applied}")]
+    Gap { applied: u64, next: u64 },
+    #[error("stale leader term {term}; current term is {current}")]
+    StaleTerm { term: u64, current: u64 },
+    #[error("catalog file is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl CatalogError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Names the file a parse error came from.
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            Self::Corrupt(message) => Self::Corrupt(format!("{}: {message}", path.display())),
+            other => other,
+        }
+    }
+}
+
+impl IntoResponse for CatalogError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::StockNotFound(_) => StatusCode::NOT_FOUND,
+            Self::InsufficientQuantity | Self::Gap { .. } | Self::StaleTerm { .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) => {
+                tracing::error!("{self}");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+                    .into_response();
+            }
+        };
+        ApiError::new(status, self.to_string()).into_response()
+    }
+}

@@ -1,0 +1,226 @@
+//! Catalog service: stock lookups, ordered application of committed trades, and server-push
+//! cache invalidation to every frontend before a change is acknowledged.
+
+pub mod error;
+pub mod store;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use futures::future::join_all;
+use stocknet_common::client::endpoint;
+use stocknet_common::{data, http_client, server, Json};
+
+pub use error::CatalogError;
+pub use store::{ApplyOutcome, ApplyRequest, CatalogStore, Snapshot, Trade};
+
+/// The catalog shipped with StockNet, used when no initial catalog file is given.
+pub const DEFAULT_CATALOG: &str = include_str!("../../../data/catalog.csv");
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "STOCKNET_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "STOCKNET_CATALOG_PORT", default_value_t = 8081)]
+    pub port: u16,
+    /// Directory holding catalog.csv.
+    #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
+    pub data_dir: PathBuf,
+    /// CSV (name,price,quantity) to seed catalog.csv from on first start; default: the
+    /// built-in catalog of 12 stocks.
+    #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
+    pub initial_catalog: Option<PathBuf>,
+    /// Frontend base URLs to push cache invalidations to, comma-separated.
+    #[arg(
+        long,
+        env = "STOCKNET_FRONTEND_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub frontends: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<CatalogStore>,
+    pub frontends: Arc<Vec<String>>,
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn new(store: CatalogStore, frontends: Vec<String>) -> Self {
+        Self {
+            store: Arc::new(store),
+            frontends: Arc::new(frontends),
+            http: http_client(Duration::from_secs(2)),
+        }
+    }
+
+    /// Opens the store named by `config`, seeding it on first start.
+    pub fn from_config(config: &Config) -> Result<Self, CatalogError> {
+        let initial = match &config.initial_catalog {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| CatalogError::io(path, e))?
+            }
+            None => DEFAULT_CATALOG.to_owned(),
+        };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| CatalogError::io(&config.data_dir, e))?;
+        let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
+        Ok(Self::new(store, config.frontends.clone()))
+    }
+
+    /// Tells every frontend to drop `names` from its cache, and waits for the answers so
+    /// that an acknowledged trade is never followed by a stale cached read.
+    async fn invalidate(&self, names: &[String]) {
+        let calls = self.frontends.iter().flat_map(|frontend| {
+            names.iter().map(move |name| async move {
+                let result = match endpoint(frontend, &["invalidate", name]) {
+                    Ok(url) => self.http.post(url).send().await.map(|_| ()),
+                    Err(e) => {
+                        tracing::warn!("invalidate {name} at {frontend}: {e}");
+                        return;
+                    }
+                };
+                // A frontend that is down has no cache to keep fresh; it starts empty.
+                if let Err(e) = result {
+                    tracing::debug!("invalidate {name} at {frontend}: {e}");
+                }
+            })
+        });
+        join_all(calls).await;
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/health", get(health))
+        .route("/stocks/{name}", get(lookup))
+        .route("/snapshot", get(snapshot))
+        .route("/apply", post(apply))
+        .with_state(state);
+    server::with_common_layers(routes)
+}
+
+/// Binds the configured address and serves until Ctrl-C or SIGTERM.
+pub async fn run(config: Config) -> Result<(), server::BoxError> {
+    let state = AppState::from_config(&config)?;
+    let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
+    tracing::info!(%addr, frontends = ?config.frontends, "catalog listening");
+    server::serve(listener, router(state), server::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let snapshot = state.store.snapshot();
+    data(serde_json::json!({
+        "service": "catalog",
+        "applied": snapshot.applied,
+        "term": snapshot.term,
+    }))
+}
+
+async fn lookup(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, CatalogError> {
+    state
+        .store
+        .get(&name)
+        .map(data)
+        .ok_or(CatalogError::StockNotFound(name))
+}
+
+async fn snapshot(State(state): State<AppState>) -> Response {
+    data(state.store.snapshot())
+}
+
+async fn apply(
+    State(state): State<AppState>,
+    Json(request): Json<ApplyRequest>,
+) -> Result<Response, CatalogError> {
+    let store = state.store.clone();
+    let outcome = tokio::task::spawn_blocking(move || store.apply(&request))
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))??;
+    state.invalidate(&outcome.changed).await;
+    Ok(data(outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    fn app(dir: &std::path::Path) -> Router {
+        let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+        router(AppState::new(store, vec![]))
+    }
+
+    async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn post_json(uri: &str, body: &str) -> Request<Body> {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn lookup_hit_and_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let (status, body) = send(&app, Request::get("/stocks/GameStart").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}}));
+        let (status, body) = send(&app, Request::get("/stocks/Nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, json!({"error": {"code": 404, "message": "Stock not found"}}));
+    }
+
+    #[tokio::test]
+    async fn apply_changes_quantity_and_refuses_overdraw() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-40}]}"#;
+        let (status, reply) = send(&app, post_json("/apply", body)).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["data"]["applied"], 1);
+        let overdraw = r#"{"term":1,"trades":[{"number":2,"name":"GameStart","delta":-61}]}"#;
+        let (status, reply) = send(&app, post_json("/apply", overdraw)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(reply["error"]["message"], "Insufficient stock quantity");
+        let (_, body) = send(&app, Request::get("/stocks/GameStart").body(Body::empty()).unwrap()).await;
+        assert_eq!(body["data"]["quantity"], 60);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_envelopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        for (request, expected) in [
+            (post_json("/apply", "{nope"), StatusCode::BAD_REQUEST),
+            (post_json("/apply", r#"{"term":"x"}"#), StatusCode::BAD_REQUEST),
+            (Request::get("/nothing").body(Body::empty()).unwrap(), StatusCode::NOT_FOUND),
+            (Request::delete("/stocks/GameStart").body(Body::empty()).unwrap(), StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let (status, body) = send(&app, request).await;
+            assert_eq!(status, expected, "{body}");
+            assert_eq!(body["error"]["code"], expected.as_u16());
+        }
+    }
+}

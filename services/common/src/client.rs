@@ -1,0 +1,98 @@
+//! Service-to-service HTTP: one client per service, envelope-aware calls.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Builds the one HTTP client a service keeps in its state. Loopback and cluster calls are
+/// short, so a dead peer is detected in well under a second.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        // Only TLS backend initialisation can fail, and reqwest is built without TLS.
+        .expect("reqwest client without TLS always builds")
+}
+
+/// Why a call to another service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No answer: refused, reset or timed out. The peer may be dead.
+    #[error("unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// The peer answered with an error envelope.
+    #[error("{status}: {message}")]
+    Api { status: StatusCode, message: String },
+    /// The peer answered with something that is not a StockNet envelope.
+    #[error("bad response: {0}")]
+    Decode(String),
+}
+
+impl RemoteError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DataEnvelope<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: String,
+}
+
+/// Sends a request and unwraps `{"data": T}`, or turns `{"error": ...}` into [`RemoteError::Api`].
+pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T, RemoteError> {
+    let response = request.send().await.map_err(RemoteError::Unreachable)?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(RemoteError::Unreachable)?;
+    if status.is_success() {
+        serde_json::from_slice::<DataEnvelope<T>>(&bytes)
+            .map(|envelope| envelope.data)
+            .map_err(|e| RemoteError::Decode(e.to_string()))
+    } else {
+        let message = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+            .map(|envelope| envelope.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(RemoteError::Api { status, message })
+    }
+}
+
+/// `base` with `segments` appended as percent-encoded path segments.
+pub fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, RemoteError> {
+    let mut url =
+        reqwest::Url::parse(base).map_err(|e| RemoteError::Decode(format!("{base}: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|_| RemoteError::Decode(format!("{base} cannot take a path")))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_encodes_segments() {
+        let url = endpoint("http://127.0.0.1:1/", &["stocks", "a b/c"]).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:1/stocks/a%20b%2Fc");
+        let url = endpoint("http://127.0.0.1:1", &["health"]).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:1/health");
+    }
+}

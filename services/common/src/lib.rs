@@ -1,0 +1,12 @@
+//! What every StockNet service shares: the response envelope, the JSON extractor whose
+//! rejections are envelopes too, the HTTP client for service-to-service calls, the domain
+//! types that cross service boundaries, and serving with graceful shutdown.
+
+pub mod client;
+pub mod envelope;
+pub mod model;
+pub mod server;
+
+pub use client::{call, endpoint, http_client, RemoteError};
+pub use envelope::{data, ApiError, Json};
+pub use model::{Order, Side, Stock};
