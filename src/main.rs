@@ -1,1 +1,47 @@
-fn main() {}
+//! `stocknet`: run one service, or the whole system locally with `stocknet up`.
+
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stocknet",
+    version,
+    about = "StockNet: a fault-tolerant stock-trading back end"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the catalog service.
+    Catalog(stocknet_catalog::Config),
+    /// Run one order replica.
+    Order(stocknet_order::Config),
+    /// Run the frontend gateway (the public API).
+    Frontend(stocknet_frontend::Config),
+    /// Run catalog, 3 order replicas and a frontend locally, supervised, until Ctrl-C.
+    Up(up::UpConfig),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    stocknet_common::server::init_tracing();
+    let result = match cli.command {
+        Command::Catalog(config) => stocknet_catalog::run(config).await,
+        Command::Order(config) => stocknet_order::run(config).await,
+        Command::Frontend(config) => stocknet_frontend::run(config).await,
+        Command::Up(config) => up::run(config).await.map_err(Into::into),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stocknet: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -67,9 +67,7 @@ impl AppState {
     /// Opens the store named by `config`, seeding it on first start.
     pub fn from_config(config: &Config) -> Result<Self, CatalogError> {
         let initial = match &config.initial_catalog {
-            Some(path) => {
-                std::fs::read_to_string(path).map_err(|e| CatalogError::io(path, e))?
-            }
+            Some(path) => std::fs::read_to_string(path).map_err(|e| CatalogError::io(path, e))?,
             None => DEFAULT_CATALOG.to_owned(),
         };
         std::fs::create_dir_all(&config.data_dir)
@@ -128,7 +126,10 @@ async fn health(State(state): State<AppState>) -> Response {
     }))
 }
 
-async fn lookup(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, CatalogError> {
+async fn lookup(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, CatalogError> {
     state
         .store
         .get(&name)
@@ -184,12 +185,28 @@ mod tests {
     async fn lookup_hit_and_miss() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path());
-        let (status, body) = send(&app, Request::get("/stocks/GameStart").body(Body::empty()).unwrap()).await;
+        let (status, body) = send(
+            &app,
+            Request::get("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}}));
-        let (status, body) = send(&app, Request::get("/stocks/Nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            body,
+            json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
+        );
+        let (status, body) = send(
+            &app,
+            Request::get("/stocks/Nope").body(Body::empty()).unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(body, json!({"error": {"code": 404, "message": "Stock not found"}}));
+        assert_eq!(
+            body,
+            json!({"error": {"code": 404, "message": "Stock not found"}})
+        );
     }
 
     #[tokio::test]
@@ -204,7 +221,13 @@ mod tests {
         let (status, reply) = send(&app, post_json("/apply", overdraw)).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(reply["error"]["message"], "Insufficient stock quantity");
-        let (_, body) = send(&app, Request::get("/stocks/GameStart").body(Body::empty()).unwrap()).await;
+        let (_, body) = send(
+            &app,
+            Request::get("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(body["data"]["quantity"], 60);
     }
 
@@ -214,9 +237,20 @@ mod tests {
         let app = app(dir.path());
         for (request, expected) in [
             (post_json("/apply", "{nope"), StatusCode::BAD_REQUEST),
-            (post_json("/apply", r#"{"term":"x"}"#), StatusCode::BAD_REQUEST),
-            (Request::get("/nothing").body(Body::empty()).unwrap(), StatusCode::NOT_FOUND),
-            (Request::delete("/stocks/GameStart").body(Body::empty()).unwrap(), StatusCode::METHOD_NOT_ALLOWED),
+            (
+                post_json("/apply", r#"{"term":"x"}"#),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::get("/nothing").body(Body::empty()).unwrap(),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Request::delete("/stocks/GameStart")
+                    .body(Body::empty())
+                    .unwrap(),
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
         ] {
             let (status, body) = send(&app, request).await;
             assert_eq!(status, expected, "{body}");

@@ -189,8 +189,7 @@ fn parse(reader: impl BufRead) -> Result<Table, CatalogError> {
         .deserialize::<Stock>()
         .enumerate()
     {
-        let stock =
-            record.map_err(|e| CatalogError::Corrupt(format!("row {}: {e}", index + 1)))?;
+        let stock = record.map_err(|e| CatalogError::Corrupt(format!("row {}: {e}", index + 1)))?;
         if stock.name.is_empty() {
             return Err(CatalogError::Corrupt(format!(
                 "row {}: empty stock name",
@@ -272,7 +271,11 @@ mod tests {
         }
     }
 
-    fn apply(store: &CatalogStore, term: u64, trades: Vec<Trade>) -> Result<ApplyOutcome, CatalogError> {
+    fn apply(
+        store: &CatalogStore,
+        term: u64,
+        trades: Vec<Trade>,
+    ) -> Result<ApplyOutcome, CatalogError> {
         store.apply(&ApplyRequest { term, trades })
     }
 
@@ -282,7 +285,12 @@ mod tests {
         let path = dir.path().join("catalog.csv");
         let store = CatalogStore::open(&path, INITIAL).unwrap();
         assert_eq!(store.get("GameStart").unwrap().quantity, 100);
-        apply(&store, 1, vec![trade(1, "GameStart", -30), trade(2, "FishCo", 5)]).unwrap();
+        apply(
+            &store,
+            1,
+            vec![trade(1, "GameStart", -30), trade(2, "FishCo", 5)],
+        )
+        .unwrap();
         drop(store);
 
         let reopened = CatalogStore::open(&path, "name,price,quantity\nOther,1,1\n").unwrap();
@@ -300,7 +308,13 @@ mod tests {
         let first = apply(&store, 1, vec![trade(1, "GameStart", -10)]).unwrap();
         assert_eq!(first.changed, vec!["GameStart".to_string()]);
         let again = apply(&store, 1, vec![trade(1, "GameStart", -10)]).unwrap();
-        assert_eq!(again, ApplyOutcome { applied: 1, changed: vec![] });
+        assert_eq!(
+            again,
+            ApplyOutcome {
+                applied: 1,
+                changed: vec![]
+            }
+        );
         assert_eq!(store.get("GameStart").unwrap().quantity, 90);
     }
 
@@ -310,11 +324,18 @@ mod tests {
         let store = CatalogStore::open(dir.path().join("c.csv"), INITIAL).unwrap();
         assert!(matches!(
             apply(&store, 1, vec![trade(2, "GameStart", -1)]),
-            Err(CatalogError::Gap { applied: 0, next: 2 })
+            Err(CatalogError::Gap {
+                applied: 0,
+                next: 2
+            })
         ));
         // The first trade is fine, the second overdraws: neither may be applied.
         assert!(matches!(
-            apply(&store, 1, vec![trade(1, "FishCo", -1), trade(2, "GameStart", -101)]),
+            apply(
+                &store,
+                1,
+                vec![trade(1, "FishCo", -1), trade(2, "GameStart", -101)]
+            ),
             Err(CatalogError::InsufficientQuantity)
         ));
         assert!(matches!(
@@ -328,7 +349,10 @@ mod tests {
         assert_eq!(store.get("GameStart").unwrap().quantity, 0);
         assert!(matches!(
             apply(&store, 2, vec![trade(2, "FishCo", 1)]),
-            Err(CatalogError::StaleTerm { term: 2, current: 3 })
+            Err(CatalogError::StaleTerm {
+                term: 2,
+                current: 3
+            })
         ));
     }
 
@@ -348,7 +372,8 @@ mod tests {
     #[test]
     fn concurrent_applies_conserve_quantity() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(CatalogStore::open(dir.path().join("c.csv"), INITIAL).unwrap());
+        let store =
+            std::sync::Arc::new(CatalogStore::open(dir.path().join("c.csv"), INITIAL).unwrap());
         // Sixteen threads race to apply overlapping prefixes of one log; each trade lands once.
         let trades: Vec<Trade> = (1..=40)
             .map(|n| trade(n, "GameStart", if n % 2 == 0 { -3 } else { 1 }))
@@ -360,7 +385,12 @@ mod tests {
                 scope.spawn(move || {
                     for chunk in trades.chunks(5) {
                         let prefix = trades[..chunk[4].number as usize].to_vec();
-                        store.apply(&ApplyRequest { term: 1, trades: prefix }).unwrap();
+                        store
+                            .apply(&ApplyRequest {
+                                term: 1,
+                                trades: prefix,
+                            })
+                            .unwrap();
                     }
                 });
             }

@@ -1,1 +1,435 @@
+//! Frontend gateway: the public REST API. Stock lookups go through an LRU cache that the
+//! catalog keeps fresh by pushing invalidations; orders go to the elected order leader, with
+//! re-election and bounded retries (under one idempotency key) when the leader fails.
 
+pub mod cache;
+pub mod leader;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use serde_json::Value;
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::envelope::parse_json_object;
+use stocknet_common::{data, http_client, server, ApiError, Order, RemoteError, Side, Stock};
+use stocknet_order::{Peer, IDEMPOTENCY_KEY};
+
+use cache::StockCache;
+use leader::{Election, Leader};
+
+/// How many times one client request may go to a (re-elected) leader.
+const ORDER_ATTEMPTS: usize = 3;
+/// Longest stock name accepted.
+const MAX_NAME_LEN: usize = 128;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "STOCKNET_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "STOCKNET_FRONTEND_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Catalog base URL.
+    #[arg(
+        long,
+        env = "STOCKNET_CATALOG_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub catalog_url: String,
+    /// Order replicas as ID=URL, comma-separated.
+    #[arg(
+        long,
+        env = "STOCKNET_ORDER_REPLICAS",
+        value_delimiter = ',',
+        value_parser = stocknet_order::replica::parse_peer,
+        default_value = "1=http://127.0.0.1:8091,2=http://127.0.0.1:8092,3=http://127.0.0.1:8093"
+    )]
+    pub order_replicas: Vec<Peer>,
+    /// Number of stocks the lookup cache holds (kept below the catalog size so that the
+    /// LRU policy is exercised).
+    #[arg(long, env = "STOCKNET_CACHE_SIZE", default_value_t = NonZeroUsize::new(8).expect("8 > 0"))]
+    pub cache_size: NonZeroUsize,
+    /// Turn the lookup cache off.
+    #[arg(long, env = "STOCKNET_NO_CACHE")]
+    pub no_cache: bool,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog_url: String,
+    cache: StockCache,
+    election: Election,
+    http: reqwest::Client,
+    /// Prefix of the idempotency keys this frontend makes up for requests without one.
+    key_prefix: String,
+    next_key: AtomicU64,
+    orders_placed: AtomicU64,
+    order_retries: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: &Config) -> Self {
+        // Long enough for a leader that must first retry the catalog; health checks use less.
+        let http = http_client(Duration::from_secs(10));
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Self {
+            inner: Arc::new(Inner {
+                catalog_url: config.catalog_url.trim_end_matches('/').to_owned(),
+                cache: StockCache::new((!config.no_cache).then_some(config.cache_size)),
+                election: Election::new(config.order_replicas.clone(), http.clone()),
+                http,
+                key_prefix: format!("fe-{}-{started:x}", std::process::id()),
+                next_key: AtomicU64::new(1),
+                orders_placed: AtomicU64::new(0),
+                order_retries: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Stock not found")]
+    StockNotFound,
+    #[error("No order leader available")]
+    NoLeader,
+    #[error("Catalog unavailable")]
+    CatalogUnavailable(#[source] RemoteError),
+    /// An error envelope from a backend service that is meant for the client as it is.
+    #[error("{}", .0.message)]
+    Upstream(ApiError),
+}
+
+impl IntoResponse for FrontendError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::StockNotFound => StatusCode::NOT_FOUND,
+            Self::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CatalogUnavailable(cause) => {
+                tracing::warn!("catalog unavailable: {cause}");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Upstream(error) => return error.clone().into_response(),
+        };
+        ApiError::new(status, self.to_string()).into_response()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/stocks/{name}", get(lookup))
+        .route("/orders", post(place_order))
+        .route("/orders/{number}", get(query_order))
+        .route("/invalidate/{name}", post(invalidate))
+        .with_state(state);
+    server::with_common_layers(routes)
+}
+
+pub async fn run(config: Config) -> Result<(), server::BoxError> {
+    let state = AppState::new(&config);
+    let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
+    tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
+    server::serve(listener, router(state), server::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let leader = state.inner.election.current();
+    data(serde_json::json!({
+        "service": "frontend",
+        "leader": leader.as_ref().map(|l| l.id),
+        "term": leader.as_ref().map(|l| l.term),
+        "cache": state.inner.cache.enabled(),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let inner = &state.inner;
+    let counters = [
+        (
+            "stocknet_frontend_cache_hits_total",
+            "Lookups answered from the cache.",
+            inner.cache.hits(),
+        ),
+        (
+            "stocknet_frontend_cache_misses_total",
+            "Lookups that went to the catalog.",
+            inner.cache.misses(),
+        ),
+        (
+            "stocknet_frontend_orders_placed_total",
+            "Orders acknowledged to clients.",
+            inner.orders_placed.load(Ordering::Relaxed),
+        ),
+        (
+            "stocknet_frontend_order_retries_total",
+            "Order calls retried after a leader failure.",
+            inner.order_retries.load(Ordering::Relaxed),
+        ),
+        (
+            "stocknet_frontend_elections_total",
+            "Order leaders elected.",
+            inner.election.elections(),
+        ),
+    ];
+    let mut text = String::new();
+    for (name, help, value) in counters {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP stocknet_frontend_cache_entries Stocks in the cache.\n# TYPE stocknet_frontend_cache_entries gauge\nstocknet_frontend_cache_entries {}\n",
+        inner.cache.len()
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn lookup(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, FrontendError> {
+    let inner = &state.inner;
+    let epoch = match inner.cache.get(&name) {
+        Ok(stock) => return Ok(data(stock)),
+        Err(epoch) => epoch,
+    };
+    let url = endpoint(&inner.catalog_url, &["stocks", &name])
+        .map_err(FrontendError::CatalogUnavailable)?;
+    match call::<Stock>(inner.http.get(url)).await {
+        Ok(stock) => {
+            inner.cache.fill(stock.clone(), epoch);
+            Ok(data(stock))
+        }
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(FrontendError::StockNotFound),
+        Err(e) => Err(FrontendError::CatalogUnavailable(e)),
+    }
+}
+
+/// A validated `POST /orders` body.
+#[derive(Debug, Serialize)]
+struct OrderRequest {
+    name: String,
+    quantity: u32,
+    #[serde(rename = "type")]
+    side: Side,
+}
+
+fn validate_order(body: &[u8]) -> Result<OrderRequest, FrontendError> {
+    let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
+    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    let missing: Vec<&str> = ["name", "quantity", "type"]
+        .into_iter()
+        .filter(|field| !fields.contains_key(*field))
+        .collect();
+    if !missing.is_empty() {
+        return Err(FrontendError::BadRequest(format!(
+            "Missing required fields: {}",
+            missing.join(", ")
+        )));
+    }
+    let name = match &fields["name"] {
+        Value::String(name)
+            if !name.is_empty()
+                && name.len() <= MAX_NAME_LEN
+                && !name.chars().any(char::is_control) =>
+        {
+            name.clone()
+        }
+        _ => return Err(bad(
+            "name must be a non-empty string of at most 128 characters without control characters",
+        )),
+    };
+    let quantity = match fields["quantity"].as_u64() {
+        Some(0) | None => return Err(bad("quantity must be a positive integer")),
+        Some(quantity) => u32::try_from(quantity)
+            .map_err(|_| bad("quantity is too large (at most 4294967295)"))?,
+    };
+    let side = fields["type"]
+        .as_str()
+        .and_then(Side::parse)
+        .ok_or_else(|| bad("type must be \"buy\" or \"sell\""))?;
+    Ok(OrderRequest {
+        name,
+        quantity,
+        side,
+    })
+}
+
+async fn place_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FrontendError> {
+    let order = validate_order(&body)?;
+    let inner = &state.inner;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|key| !key.is_empty() && key.len() <= 128)
+                .ok_or_else(|| {
+                    FrontendError::BadRequest(
+                        "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
+                    )
+                })?;
+            format!("client-{key}")
+        }
+        None => format!(
+            "{}-{}",
+            inner.key_prefix,
+            inner.next_key.fetch_add(1, Ordering::Relaxed)
+        ),
+    };
+    #[derive(serde::Deserialize)]
+    struct Placed {
+        transaction_number: u64,
+    }
+    let placed: Placed = with_leader(&state, |leader| {
+        let url = endpoint(&leader.url, &["orders"]);
+        let request = url.map(|url| {
+            inner
+                .http
+                .post(url)
+                .header(IDEMPOTENCY_KEY, key.as_str())
+                .json(&order)
+        });
+        async move { call::<Placed>(request?).await }
+    })
+    .await?;
+    // The catalog has already invalidated every frontend; this covers a frontend the catalog
+    // could not reach.
+    inner.cache.invalidate(&order.name);
+    inner.orders_placed.fetch_add(1, Ordering::Relaxed);
+    Ok(data(
+        serde_json::json!({ "transaction_number": placed.transaction_number }),
+    ))
+}
+
+/// An order as the public API shows it.
+#[derive(Serialize)]
+struct PublicOrder {
+    number: u64,
+    name: String,
+    #[serde(rename = "type")]
+    side: Side,
+    quantity: u32,
+}
+
+async fn query_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Response, FrontendError> {
+    let number: u64 = number
+        .parse()
+        .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
+    let inner = &state.inner;
+    let order: Order = with_leader(&state, |leader| {
+        let request =
+            endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| inner.http.get(url));
+        async move { call::<Order>(request?).await }
+    })
+    .await?;
+    Ok(data(PublicOrder {
+        number: order.number,
+        name: order.name,
+        side: order.side,
+        quantity: order.quantity,
+    }))
+}
+
+/// Runs `send` against the leader; when the leader is unreachable or cannot serve (503), elects
+/// another and tries again, a bounded number of times. Client errors (4xx) are final.
+async fn with_leader<T, F, Fut>(state: &AppState, send: F) -> Result<T, FrontendError>
+where
+    F: Fn(&Leader) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RemoteError>>,
+{
+    let inner = &state.inner;
+    let mut leader = inner
+        .election
+        .leader()
+        .await
+        .ok_or(FrontendError::NoLeader)?;
+    for attempt in 1..=ORDER_ATTEMPTS {
+        match send(&leader).await {
+            Ok(value) => return Ok(value),
+            Err(RemoteError::Api { status, message }) if status.is_client_error() => {
+                return Err(FrontendError::Upstream(ApiError::new(status, message)));
+            }
+            Err(e) => {
+                tracing::warn!(leader = leader.id, attempt, "leader call failed: {e}");
+                if attempt == ORDER_ATTEMPTS {
+                    break;
+                }
+                inner.order_retries.fetch_add(1, Ordering::Relaxed);
+                leader = inner
+                    .election
+                    .replace(Some(&leader))
+                    .await
+                    .ok_or(FrontendError::NoLeader)?;
+            }
+        }
+    }
+    Err(FrontendError::NoLeader)
+}
+
+async fn invalidate(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    state.inner.cache.invalidate(&name);
+    data(serde_json::json!({ "success": true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_validation_messages() {
+        let cases = [
+            (r#"{"name":"A","quantity":1,"type":"buy"}"#, None),
+            (r#"{"name":"A","quantity":1}"#, Some("Missing required fields: type")),
+            (r#"{"name":"A","quantity":0,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":-3,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":1.5,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":"1","type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":99999999999,"type":"buy"}"#, Some("quantity is too large (at most 4294967295)")),
+            (r#"{"name":"A","quantity":1,"type":"hold"}"#, Some("type must be \"buy\" or \"sell\"")),
+            (r#"{"name":"","quantity":1,"type":"buy"}"#, Some("name must be a non-empty string of at most 128 characters without control characters")),
+            (r#"{"name":"a\nb","quantity":1,"type":"buy"}"#, Some("name must be a non-empty string of at most 128 characters without control characters")),
+            (r#"[1]"#, Some("Request body must be a JSON object")),
+        ];
+        for (body, expected) in cases {
+            match (validate_order(body.as_bytes()), expected) {
+                (Ok(_), None) => {}
+                (Err(FrontendError::BadRequest(message)), Some(expected)) => {
+                    assert_eq!(message, expected, "{body}")
+                }
+                (other, _) => panic!("{body}: unexpected {other:?}"),
+            }
+        }
+    }
+}

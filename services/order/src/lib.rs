@@ -1,1 +1,172 @@
+//! Order service: one replica of the replicated order log. The leader sequences orders,
+//! replicates them to a majority, applies them to the catalog and answers; every replica
+//! serves lookups and resyncs from its peers on boot before it reports ready.
 
+pub mod error;
+pub mod log;
+pub mod replica;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use stocknet_common::{data, http_client, server, ApiError, Json};
+
+pub use error::OrderError;
+pub use replica::{Health, LeaderNotice, NewOrder, Peer, Replica};
+
+/// Header carrying a client's (or the frontend's) idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "STOCKNET_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "STOCKNET_ORDER_PORT", default_value_t = 8091)]
+    pub port: u16,
+    /// This replica's id: unique, >= 1; the highest live id leads.
+    #[arg(long, env = "STOCKNET_NODE_ID")]
+    pub node_id: u32,
+    /// All order replicas as ID=URL, comma-separated (this one may be included).
+    #[arg(
+        long,
+        env = "STOCKNET_ORDER_PEERS",
+        value_delimiter = ',',
+        value_parser = replica::parse_peer
+    )]
+    pub peers: Vec<Peer>,
+    /// Catalog base URL.
+    #[arg(
+        long,
+        env = "STOCKNET_CATALOG_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub catalog_url: String,
+    /// Directory holding orders-<id>.csv and term-<id>.
+    #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub replica: Arc<Replica>,
+}
+
+impl AppState {
+    pub fn from_config(config: &Config) -> Result<Self, OrderError> {
+        let replica = Replica::open(
+            config.node_id,
+            &config.data_dir,
+            config.peers.clone(),
+            config.catalog_url.trim_end_matches('/').to_owned(),
+            http_client(Duration::from_secs(2)),
+        )?;
+        Ok(Self {
+            replica: Arc::new(replica),
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/orders", post(place))
+        .route("/orders/{number}", get(lookup))
+        .route("/orders/logs/{after}", get(orders_after))
+        .route("/replicate", post(replicate))
+        .route("/leader", post(set_leader))
+        .with_state(state);
+    server::with_common_layers(routes)
+}
+
+/// Serves on the configured address; resyncs from peers in the background meanwhile.
+pub async fn run(config: Config) -> Result<(), server::BoxError> {
+    let state = AppState::from_config(&config)?;
+    let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
+    tracing::info!(%addr, node_id = config.node_id, "order replica listening");
+    let replica = state.replica.clone();
+    tokio::spawn(async move { replica.resync().await });
+    server::serve(listener, router(state), server::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    data(state.replica.health())
+}
+
+/// Readiness: 200 only once boot resync is done.
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.replica.is_ready() {
+        data(serde_json::json!({ "ready": true }))
+    } else {
+        OrderError::NotReady.into_response()
+    }
+}
+
+async fn place(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(order): Json<NewOrder>,
+) -> Result<Response, OrderError> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let number = state.replica.place(order, key).await?;
+    Ok(data(serde_json::json!({ "transaction_number": number })))
+}
+
+fn parse_number(text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Order number must be a number"))
+}
+
+async fn lookup(State(state): State<AppState>, Path(number): Path<String>) -> Response {
+    match parse_number(&number) {
+        Ok(number) => match state.replica.get(number) {
+            Some(order) => data(order),
+            None => OrderError::OrderNotFound.into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<usize>,
+}
+
+async fn orders_after(
+    State(state): State<AppState>,
+    Path(after): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
+    let after = parse_number(&after)?;
+    let limit = page.limit.unwrap_or(replica::BATCH);
+    Ok(data(state.replica.orders_after(after, limit)))
+}
+
+async fn replicate(
+    State(state): State<AppState>,
+    Json(request): Json<replica::ReplicateRequest>,
+) -> Result<Response, OrderError> {
+    Ok(data(state.replica.replicate(request).await?))
+}
+
+async fn set_leader(
+    State(state): State<AppState>,
+    Json(notice): Json<LeaderNotice>,
+) -> Result<Response, OrderError> {
+    state.replica.set_leader(notice).await?;
+    Ok(data(state.replica.health()))
+}

@@ -1,0 +1,169 @@
+//! The lookup cache: LRU (`lru` crate) of stocks, invalidated by the catalog's pushes.
+//!
+//! A lookup that misses reads the catalog and then fills the cache. If an invalidation arrives
+//! between the read and the fill, the value read may already be stale, so the fill is skipped:
+//! every fill carries the invalidation epoch seen before the read, and only fills whose epoch
+//! is still current are stored. The cache therefore never holds a value older than the newest
+//! invalidation (read-your-writes, I7).
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use lru::LruCache;
+use stocknet_common::Stock;
+
+pub struct StockCache {
+    inner: Option<Mutex<Inner>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct Inner {
+    entries: LruCache<String, Stock>,
+    epoch: u64,
+}
+
+/// Epoch of a cache miss, to be handed back to [`StockCache::fill`].
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(u64);
+
+impl StockCache {
+    /// A cache of `capacity` stocks, or no cache at all.
+    pub fn new(capacity: Option<NonZeroUsize>) -> Self {
+        Self {
+            inner: capacity.map(|capacity| {
+                Mutex::new(Inner {
+                    entries: LruCache::new(capacity),
+                    epoch: 0,
+                })
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The cached stock, or the epoch to fill with after reading the catalog.
+    pub fn get(&self, name: &str) -> Result<Stock, Epoch> {
+        let Some(inner) = &self.inner else {
+            return Err(Epoch(0));
+        };
+        let mut inner = lock(inner);
+        match inner.entries.get(name) {
+            Some(stock) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(stock.clone())
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                Err(Epoch(inner.epoch))
+            }
+        }
+    }
+
+    /// Stores `stock` unless an invalidation happened since `epoch` was taken.
+    pub fn fill(&self, stock: Stock, epoch: Epoch) {
+        if let Some(inner) = &self.inner {
+            let mut inner = lock(inner);
+            if inner.epoch == epoch.0 {
+                inner.entries.put(stock.name.clone(), stock);
+            }
+        }
+    }
+
+    pub fn invalidate(&self, name: &str) {
+        if let Some(inner) = &self.inner {
+            let mut inner = lock(inner);
+            inner.epoch += 1;
+            inner.entries.pop(name);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |inner| lock(inner).entries.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // Every critical section is a single LRU operation; a poisoned lock is still consistent.
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stock(name: &str, quantity: u64) -> Stock {
+        Stock {
+            name: name.into(),
+            price: 1.0,
+            quantity,
+        }
+    }
+
+    fn cache(capacity: usize) -> StockCache {
+        StockCache::new(NonZeroUsize::new(capacity))
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let cache = cache(2);
+        for name in ["a", "b"] {
+            let epoch = cache.get(name).unwrap_err();
+            cache.fill(stock(name, 1), epoch);
+        }
+        assert!(cache.get("a").is_ok()); // a is now more recent than b
+        let epoch = cache.get("c").unwrap_err();
+        cache.fill(stock("c", 1), epoch);
+        assert!(cache.get("b").is_err(), "b was least recently used");
+        assert!(cache.get("a").is_ok());
+        assert!(cache.get("c").is_ok());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn invalidation_removes_entry() {
+        let cache = cache(4);
+        let epoch = cache.get("a").unwrap_err();
+        cache.fill(stock("a", 100), epoch);
+        cache.invalidate("a");
+        assert!(cache.get("a").is_err());
+    }
+
+    #[test]
+    fn fill_racing_an_invalidation_is_dropped() {
+        let cache = cache(4);
+        let epoch = cache.get("a").unwrap_err();
+        // The catalog changed "a" and pushed an invalidation while our read was in flight.
+        cache.invalidate("a");
+        cache.fill(stock("a", 100), epoch);
+        assert!(cache.get("a").is_err(), "a possibly stale value was cached");
+    }
+
+    #[test]
+    fn disabled_cache_never_hits() {
+        let cache = StockCache::new(None);
+        let epoch = cache.get("a").unwrap_err();
+        cache.fill(stock("a", 1), epoch);
+        assert!(cache.get("a").is_err());
+        assert!(!cache.enabled());
+    }
+}

@@ -1,0 +1,139 @@
+//! Choosing the order leader: the highest-id replica that is live and has finished its resync,
+//! under a term one above any term a replica has seen. One election at a time; a request that
+//! saw the leader fail re-elects only if nobody has done so since.
+
+use std::sync::RwLock;
+
+use futures::future::join_all;
+use stocknet_common::client::{call, endpoint};
+use stocknet_order::{Health, LeaderNotice, Peer};
+
+/// A replica that does not answer its health check within this is passed over.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub id: u32,
+    pub url: String,
+    pub term: u64,
+}
+
+pub struct Election {
+    /// Replicas by descending id: the order in which they are preferred.
+    replicas: Vec<Peer>,
+    current: RwLock<Option<Leader>>,
+    electing: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+    elections: std::sync::atomic::AtomicU64,
+}
+
+impl Election {
+    pub fn new(mut replicas: Vec<Peer>, http: reqwest::Client) -> Self {
+        replicas.sort_by(|a, b| b.id.cmp(&a.id));
+        Self {
+            replicas,
+            current: RwLock::new(None),
+            electing: tokio::sync::Mutex::new(()),
+            http,
+            elections: Default::default(),
+        }
+    }
+
+    pub fn current(&self) -> Option<Leader> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many elections have chosen a leader.
+    pub fn elections(&self) -> u64 {
+        self.elections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The current leader, electing one if there is none.
+    pub async fn leader(&self) -> Option<Leader> {
+        match self.current() {
+            Some(leader) => Some(leader),
+            None => self.replace(None).await,
+        }
+    }
+
+    /// Elects a new leader because `failed` did not answer, unless another request already
+    /// replaced it.
+    pub async fn replace(&self, failed: Option<&Leader>) -> Option<Leader> {
+        let _one_at_a_time = self.electing.lock().await;
+        let current = self.current();
+        if current.is_some() && current.as_ref() != failed {
+            return current;
+        }
+        let elected = self.elect().await;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = elected.clone();
+        if let Some(leader) = &elected {
+            self.elections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                leader = leader.id,
+                term = leader.term,
+                "order leader elected"
+            );
+        } else {
+            tracing::warn!("no order replica can lead");
+        }
+        elected
+    }
+
+    async fn elect(&self) -> Option<Leader> {
+        let health = join_all(self.replicas.iter().map(|replica| async move {
+            let url = endpoint(&replica.url, &["health"]).ok()?;
+            call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
+                .await
+                .ok()
+        }))
+        .await;
+        let mut term = health.iter().flatten().map(|h| h.term).max()?;
+        for (replica, health) in self.replicas.iter().zip(&health) {
+            if !matches!(health, Some(h) if h.ready) {
+                continue;
+            }
+            term += 1;
+            let notice = LeaderNotice {
+                term,
+                leader: replica.id,
+            };
+            // The candidate takes over (catches up, reconciles) before it answers.
+            let Ok(url) = endpoint(&replica.url, &["leader"]) else {
+                continue;
+            };
+            match call::<Health>(self.http.post(url).json(&notice)).await {
+                Ok(_) => {
+                    self.notify_others(replica.id, notice).await;
+                    return Some(Leader {
+                        id: replica.id,
+                        url: replica.url.clone(),
+                        term,
+                    });
+                }
+                Err(e) => tracing::warn!(replica = replica.id, "cannot lead: {e}"),
+            }
+        }
+        None
+    }
+
+    async fn notify_others(&self, leader: u32, notice: LeaderNotice) {
+        join_all(
+            self.replicas
+                .iter()
+                .filter(|replica| replica.id != leader)
+                .map(|replica| async move {
+                    let Ok(url) = endpoint(&replica.url, &["leader"]) else {
+                        return;
+                    };
+                    if let Err(e) = call::<Health>(self.http.post(url).json(&notice)).await {
+                        tracing::debug!(replica = replica.id, "leader notice not delivered: {e}");
+                    }
+                }),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,88 @@
+use std::path::Path;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use stocknet_common::{ApiError, RemoteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("Stock not found")]
+    StockNotFound,
+    #[error("Insufficient stock quantity")]
+    InsufficientQuantity,
+    #[error("Quantity would overflow")]
+    QuantityOverflow,
+    #[error("Order number invalid")]
+    OrderNotFound,
+    #[error("Not the leader")]
+    NotLeader,
+    #[error("Replica is not ready: resync in progress")]
+    NotReady,
+    #[error("stale leader term {term}; current term is {current}")]
+    StaleTerm { term: u64, current: u64 },
+    #[error("order log ends at {last}")]
+    Gap { last: u64 },
+    #[error("could not replicate to a majority ({acks} of {needed} replicas)")]
+    NoMajority { acks: usize, needed: usize },
+    #[error("peer unavailable: {0}")]
+    PeerUnavailable(String),
+    #[error("catalog unavailable: {0}")]
+    CatalogUnavailable(String),
+    #[error("order log is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl OrderError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            Self::Corrupt(message) => Self::Corrupt(format!("{}: {message}", path.display())),
+            other => other,
+        }
+    }
+
+    pub fn task(error: tokio::task::JoinError) -> Self {
+        Self::Task(error.to_string())
+    }
+
+    pub fn catalog(error: RemoteError) -> Self {
+        Self::CatalogUnavailable(error.to_string())
+    }
+}
+
+impl IntoResponse for OrderError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::StockNotFound | Self::OrderNotFound => StatusCode::NOT_FOUND,
+            Self::QuantityOverflow => StatusCode::BAD_REQUEST,
+            Self::InsufficientQuantity | Self::StaleTerm { .. } | Self::Gap { .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::NotLeader
+            | Self::NotReady
+            | Self::NoMajority { .. }
+            | Self::PeerUnavailable(_)
+            | Self::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) => {
+                tracing::error!("{self}");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+                    .into_response();
+            }
+        };
+        ApiError::new(status, self.to_string()).into_response()
+    }
+}

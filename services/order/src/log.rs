@@ -1,0 +1,307 @@
+//! One replica's order log: an append-only CSV file (`number,term,type,name,quantity,key`)
+//! mirrored in memory. Appends are fsync'd before they return; a torn last line left by a
+//! crash mid-append is cut off when the log is opened (it was never acknowledged).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use stocknet_common::{Order, Side};
+
+use crate::error::OrderError;
+
+const HEADER: &str = "number,term,type,name,quantity,key\n";
+
+#[derive(Debug)]
+pub struct OrderLog {
+    path: PathBuf,
+    file: File,
+    /// `orders[i]` has transaction number `i + 1`.
+    orders: Vec<Order>,
+    /// Idempotency key → transaction number, for keyed orders.
+    keys: HashMap<String, u64>,
+}
+
+impl OrderLog {
+    /// Opens (or creates) the log at `path`, truncating a torn last line.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
+        let path = path.into();
+        let io = |e| OrderError::io(&path, e);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io)?;
+
+        let (orders, good_len) = parse(&text).map_err(|e| e.in_file(&path))?;
+        if good_len < text.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = text.len() - good_len,
+                "truncating a torn last line of the order log"
+            );
+            file.set_len(good_len as u64).map_err(io)?;
+        }
+        if good_len == 0 {
+            file.write_all(HEADER.as_bytes()).map_err(io)?;
+        }
+        file.sync_all().map_err(io)?;
+        sync_dir(&path)?;
+
+        let keys = orders
+            .iter()
+            .filter_map(|o| o.key.clone().map(|k| (k, o.number)))
+            .collect();
+        Ok(Self {
+            path,
+            file,
+            orders,
+            keys,
+        })
+    }
+
+    /// Transaction number of the last order, 0 when empty.
+    pub fn last(&self) -> u64 {
+        self.orders.len() as u64
+    }
+
+    /// Term of the last order, 0 when empty.
+    pub fn last_term(&self) -> u64 {
+        self.orders.last().map_or(0, |o| o.term)
+    }
+
+    pub fn get(&self, number: u64) -> Option<&Order> {
+        let index = usize::try_from(number.checked_sub(1)?).ok()?;
+        self.orders.get(index)
+    }
+
+    /// Up to `limit` orders with numbers greater than `after`.
+    pub fn after(&self, after: u64, limit: usize) -> &[Order] {
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(self.orders.len());
+        let end = start.saturating_add(limit).min(self.orders.len());
+        &self.orders[start..end]
+    }
+
+    pub fn number_for_key(&self, key: &str) -> Option<u64> {
+        self.keys.get(key).copied()
+    }
+
+    /// Appends the orders of `batch` this log does not have yet, durably. Orders it already
+    /// has are skipped; the first new one must follow the last one here, or nothing is
+    /// written and [`OrderError::Gap`] says where this log ends.
+    pub fn append(&mut self, batch: &[Order]) -> Result<usize, OrderError> {
+        let last = self.last();
+        let new: &[Order] = match batch.iter().position(|o| o.number > last) {
+            Some(start) => &batch[start..],
+            None => return Ok(0),
+        };
+        for (offset, order) in new.iter().enumerate() {
+            if order.number != last + 1 + offset as u64 {
+                return Err(OrderError::Gap { last });
+            }
+        }
+        let mut text = String::new();
+        for order in new {
+            text.push_str(&format_line(order)?);
+        }
+        let io = |e| OrderError::io(&self.path, e);
+        self.file.write_all(text.as_bytes()).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        for order in new {
+            if let Some(key) = &order.key {
+                self.keys.insert(key.clone(), order.number);
+            }
+            self.orders.push(order.clone());
+        }
+        Ok(new.len())
+    }
+}
+
+fn format_line(order: &Order) -> Result<String, OrderError> {
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    writer
+        .write_record([
+            order.number.to_string().as_str(),
+            order.term.to_string().as_str(),
+            order.side.as_str(),
+            order.name.as_str(),
+            order.quantity.to_string().as_str(),
+            order.key.as_deref().unwrap_or(""),
+        ])
+        .map_err(|e| OrderError::Corrupt(e.to_string()))?;
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| OrderError::Corrupt(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| OrderError::Corrupt(e.to_string()))
+}
+
+/// Parses the whole file; returns the orders and the length of the well-formed prefix.
+fn parse(text: &[u8]) -> Result<(Vec<Order>, usize), OrderError> {
+    let mut orders = Vec::new();
+    let mut offset = 0;
+    let mut line_number = 0;
+    while offset < text.len() {
+        line_number += 1;
+        let Some(end) = text[offset..].iter().position(|b| *b == b'\n') else {
+            // No newline: the append that wrote this line never finished.
+            break;
+        };
+        let line = &text[offset..offset + end];
+        let is_last = offset + end + 1 == text.len();
+        if line_number == 1 {
+            if line != HEADER.trim_end().as_bytes() {
+                return Err(OrderError::Corrupt("missing header line".into()));
+            }
+        } else {
+            match parse_line(line, orders.len() as u64 + 1) {
+                Ok(order) => orders.push(order),
+                Err(_) if is_last => break,
+                Err(e) => return Err(OrderError::Corrupt(format!("line {line_number}: {e}"))),
+            }
+        }
+        offset += end + 1;
+    }
+    Ok((orders, offset))
+}
+
+fn parse_line(line: &[u8], expected: u64) -> Result<Order, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(line);
+    let record = reader
+        .records()
+        .next()
+        .ok_or("empty line")?
+        .map_err(|e| e.to_string())?;
+    let field = |i: usize| record.get(i).ok_or(format!("missing field {i}"));
+    let number: u64 = field(0)?.parse().map_err(|e| format!("number: {e}"))?;
+    if number != expected {
+        return Err(format!("expected order {expected}, found {number}"));
+    }
+    let key = field(5)?;
+    Ok(Order {
+        number,
+        term: field(1)?.parse().map_err(|e| format!("term: {e}"))?,
+        side: Side::parse(field(2)?).ok_or("type must be buy or sell")?,
+        name: field(3)?.to_owned(),
+        quantity: field(4)?.parse().map_err(|e| format!("quantity: {e}"))?,
+        key: (!key.is_empty()).then(|| key.to_owned()),
+    })
+}
+
+fn sync_dir(path: &Path) -> Result<(), OrderError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| OrderError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(number: u64, name: &str) -> Order {
+        Order {
+            number,
+            term: 1,
+            name: name.into(),
+            side: if number % 2 == 0 {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            quantity: number as u32,
+            key: (number % 3 == 0).then(|| format!("key-{number}")),
+        }
+    }
+
+    #[test]
+    fn appends_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders-1.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        assert_eq!(log.last(), 0);
+        log.append(&[order(1, "GameStart"), order(2, "Fish, \"Co\"")])
+            .unwrap();
+        log.append(&[order(3, "BoarCo")]).unwrap();
+        drop(log);
+
+        let log = OrderLog::open(&path).unwrap();
+        assert_eq!(log.last(), 3);
+        assert_eq!(log.get(2), Some(&order(2, "Fish, \"Co\"")));
+        assert_eq!(log.number_for_key("key-3"), Some(3));
+        assert_eq!(
+            log.after(1, 10),
+            &[order(2, "Fish, \"Co\""), order(3, "BoarCo")]
+        );
+        assert_eq!(log.after(1, 1).len(), 1);
+        assert!(log.after(99, 10).is_empty());
+        assert_eq!(log.get(0), None);
+    }
+
+    #[test]
+    fn duplicates_are_skipped_and_gaps_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
+        log.append(&[order(1, "A"), order(2, "B")]).unwrap();
+        assert_eq!(
+            log.append(&[order(1, "A"), order(2, "B"), order(3, "C")])
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            log.append(&[order(5, "E")]),
+            Err(OrderError::Gap { last: 3 })
+        ));
+        assert!(matches!(
+            log.append(&[order(4, "D"), order(6, "F")]),
+            Err(OrderError::Gap { last: 3 })
+        ));
+        assert_eq!(log.last(), 3);
+    }
+
+    #[test]
+    fn torn_last_line_is_truncated_and_log_stays_appendable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        log.append(&[order(1, "A"), order(2, "B")]).unwrap();
+        drop(log);
+        for torn in ["3,1,sell,C", "3,1,sell,C,x,\n", "3,1,se"] {
+            let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+            file.write_all(torn.as_bytes()).unwrap();
+            drop(file);
+            let mut log = OrderLog::open(&path).unwrap();
+            assert_eq!(log.last(), 2, "after tail {torn:?}");
+            log.append(&[order(3, "C")]).unwrap();
+            drop(log);
+            let log = OrderLog::open(&path).unwrap();
+            assert_eq!(log.get(3), Some(&order(3, "C")));
+            drop(log);
+            // Back to two orders for the next torn tail.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let keep: Vec<&str> = text.lines().take(3).collect();
+            std::fs::write(&path, keep.join("\n") + "\n").unwrap();
+        }
+    }
+
+    #[test]
+    fn corruption_before_the_tail_is_an_error_not_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let text = format!("{HEADER}1,1,sell,A,1,\ngarbage\n3,1,sell,C,3,\n");
+        std::fs::write(&path, &text).unwrap();
+        let error = OrderLog::open(&path).unwrap_err();
+        assert!(error.to_string().contains("line 3"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+}

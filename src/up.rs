@@ -1,0 +1,262 @@
+//! `stocknet up`: the whole system on 127.0.0.1 as supervised child processes.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpConfig {
+    /// Directory for catalog.csv and the order logs (seeded on first run).
+    #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "STOCKNET_FRONTEND_PORT", default_value_t = 8080)]
+    pub frontend_port: u16,
+    #[arg(long, env = "STOCKNET_CATALOG_PORT", default_value_t = 8081)]
+    pub catalog_port: u16,
+    /// One port per order replica; replica ids are 1, 2, 3... in this order.
+    #[arg(
+        long,
+        env = "STOCKNET_ORDER_PORTS",
+        value_delimiter = ',',
+        default_value = "8091,8092,8093"
+    )]
+    pub order_ports: Vec<u16>,
+    /// Stocks held by the frontend's cache (below the catalog's 12 stocks by default).
+    #[arg(long, env = "STOCKNET_CACHE_SIZE", default_value_t = 8)]
+    pub cache_size: usize,
+    /// Turn the frontend's cache off.
+    #[arg(long, env = "STOCKNET_NO_CACHE")]
+    pub no_cache: bool,
+    /// CSV (name,price,quantity) to seed the catalog from on first run.
+    #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
+    pub initial_catalog: Option<PathBuf>,
+}
+
+/// How long every service gets to become ready at start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a service gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Service {
+    name: String,
+    args: Vec<String>,
+    ready_url: String,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl Service {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the stocknet binary")?;
+        let mut command = Command::new(exe);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it makes the child get SIGTERM when `up` dies,
+        // even by SIGKILL, so no service outlives its supervisor.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        self.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("cannot start {}", self.name))?,
+        );
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        if timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+            tracing::warn!("{} did not stop in time; killing it", self.name);
+            let _ = child.kill().await;
+        }
+    }
+}
+
+pub async fn run(config: UpConfig) -> anyhow::Result<()> {
+    if config.order_ports.is_empty() {
+        bail!("--order-ports needs at least one port");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let mut services = plan(&config);
+    for service in &mut services {
+        service.spawn()?;
+    }
+    let http = stocknet_common::http_client(Duration::from_secs(1));
+    if let Err(e) = wait_ready(&http, &services).await {
+        stop_all(&mut services).await;
+        return Err(e);
+    }
+    print_banner(&config);
+
+    let mut shutdown = std::pin::pin!(stocknet_common::server::shutdown_signal());
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => supervise(&mut services),
+        }
+    }
+    stop_all(&mut services).await;
+    println!("StockNet stopped.");
+    Ok(())
+}
+
+fn plan(config: &UpConfig) -> Vec<Service> {
+    let local = |port: u16| format!("http://127.0.0.1:{port}");
+    let data_dir = config.data_dir.display().to_string();
+    let replicas: Vec<String> = config
+        .order_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}={}", i + 1, local(*port)))
+        .collect();
+    let replicas = replicas.join(",");
+
+    let mut catalog_args = vec![
+        "catalog".into(),
+        "--port".into(),
+        config.catalog_port.to_string(),
+        "--data-dir".into(),
+        data_dir.clone(),
+        "--frontends".into(),
+        local(config.frontend_port),
+    ];
+    if let Some(initial) = &config.initial_catalog {
+        catalog_args.extend(["--initial-catalog".into(), initial.display().to_string()]);
+    }
+    let mut services = vec![Service {
+        name: "catalog".into(),
+        args: catalog_args,
+        ready_url: format!("{}/health", local(config.catalog_port)),
+        child: None,
+        restarts: 0,
+    }];
+    for (i, port) in config.order_ports.iter().enumerate() {
+        services.push(Service {
+            name: format!("order {}", i + 1),
+            args: vec![
+                "order".into(),
+                "--port".into(),
+                port.to_string(),
+                "--node-id".into(),
+                (i + 1).to_string(),
+                "--peers".into(),
+                replicas.clone(),
+                "--catalog-url".into(),
+                local(config.catalog_port),
+                "--data-dir".into(),
+                data_dir.clone(),
+            ],
+            ready_url: format!("{}/ready", local(*port)),
+            child: None,
+            restarts: 0,
+        });
+    }
+    let mut frontend_args = vec![
+        "frontend".into(),
+        "--port".into(),
+        config.frontend_port.to_string(),
+        "--catalog-url".into(),
+        local(config.catalog_port),
+        "--order-replicas".into(),
+        replicas,
+        "--cache-size".into(),
+        config.cache_size.to_string(),
+    ];
+    if config.no_cache {
+        frontend_args.push("--no-cache".into());
+    }
+    services.push(Service {
+        name: "frontend".into(),
+        args: frontend_args,
+        ready_url: format!("{}/health", local(config.frontend_port)),
+        child: None,
+        restarts: 0,
+    });
+    services
+}
+
+async fn wait_ready(http: &reqwest::Client, services: &[Service]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for service in services {
+        loop {
+            let ready = http
+                .get(&service.ready_url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not become ready at {}",
+                    service.name,
+                    service.ready_url
+                );
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Restarts every service whose process has exited. An order replica resyncs on restart.
+fn supervise(services: &mut [Service]) {
+    for service in services {
+        let exited = match service.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Err(e)) => Some(e.to_string()),
+            None => Some("not running".into()),
+            Some(Ok(None)) => None,
+        };
+        if let Some(why) = exited {
+            service.restarts += 1;
+            tracing::warn!(service = %service.name, restarts = service.restarts, "exited ({why}); restarting");
+            if let Err(e) = service.spawn() {
+                tracing::error!("{e:#}");
+            }
+        }
+    }
+}
+
+async fn stop_all(services: &mut [Service]) {
+    // Frontend first, catalog last: nothing is left calling a stopped service.
+    for service in services.iter_mut().rev() {
+        service.stop().await;
+    }
+}
+
+fn print_banner(config: &UpConfig) {
+    println!("StockNet is up (data in {}):", config.data_dir.display());
+    println!(
+        "  frontend  http://127.0.0.1:{}   <- the public API",
+        config.frontend_port
+    );
+    println!("  catalog   http://127.0.0.1:{}", config.catalog_port);
+    for (i, port) in config.order_ports.iter().enumerate() {
+        println!("  order {}   http://127.0.0.1:{port}", i + 1);
+    }
+    println!(
+        "Try: curl http://127.0.0.1:{}/stocks/GameStart",
+        config.frontend_port
+    );
+    println!("Ctrl-C stops everything.");
+}
