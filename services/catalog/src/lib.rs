@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use futures::future::join_all;
 use stocknet_common::client::endpoint;
-use stocknet_common::{data, http_client, server, Json};
+use stocknet_common::{data, http_client, server, Json, Path};
 
 pub use error::CatalogError;
 pub use store::{ApplyOutcome, ApplyRequest, CatalogStore, Snapshot, Trade};

@@ -1,8 +1,8 @@
 //! The one response shape of every StockNet endpoint: `{"data": ...}` on success,
 //! `{"error": {"code", "message"}}` on failure, with the HTTP status equal to `code`.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::FromRequest;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -57,6 +57,28 @@ impl From<JsonRejection> for ApiError {
         Self::new(status, rejection.body_text())
     }
 }
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+/// `axum::extract::Path` whose rejection (e.g. a segment that is not UTF-8) is an envelope.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` whose rejection is an envelope.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
 
 /// `axum::Json`, except that a rejected body answers with the error envelope.
 #[derive(Debug, Clone, Copy, Default, FromRequest)]

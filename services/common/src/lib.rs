@@ -8,5 +8,5 @@ pub mod model;
 pub mod server;
 
 pub use client::{call, endpoint, http_client, RemoteError};
-pub use envelope::{data, ApiError, Json};
+pub use envelope::{data, ApiError, Json, Path, Query};
 pub use model::{Order, Side, Stock};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::envelope::parse_json_object;
-use stocknet_common::{data, http_client, server, ApiError, Order, RemoteError, Side, Stock};
+use stocknet_common::{data, http_client, server, ApiError, Order, Path, RemoteError, Side, Stock};
 use stocknet_order::{Peer, IDEMPOTENCY_KEY};
 
 use cache::StockCache;

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use stocknet_common::{data, http_client, server, ApiError, Json};
+use stocknet_common::{data, http_client, server, ApiError, Json, Path, Query};
 
 pub use error::OrderError;
 pub use replica::{Health, LeaderNotice, NewOrder, Peer, Replica};

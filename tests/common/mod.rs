@@ -1,0 +1,299 @@
+//! Harness for end-to-end tests: real `stocknet` processes on free 127.0.0.1 ports, each in
+//! its own temporary data directory, killed and reaped when the test ends (also on failure).
+
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::fs::File;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stocknet");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+pub fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Polls `check` until it holds or `timeout` passes; panics naming `what` on timeout.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One child process, restartable with the same arguments.
+pub struct Proc {
+    pub name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: Vec<String>, log_dir: &Path) -> Self {
+        let mut proc = Self {
+            name: name.to_owned(),
+            args,
+            log: log_dir.join(format!("{}.log", name.replace(' ', "-"))),
+            child: None,
+        };
+        proc.restart();
+        proc
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn stocknet");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a graceful exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Catalog, three order replicas and `frontends` frontends.
+pub struct Cluster {
+    pub catalog: Proc,
+    pub orders: Vec<Proc>,
+    pub frontends: Vec<Proc>,
+    pub catalog_url: String,
+    pub order_urls: Vec<String>,
+    pub frontend_urls: Vec<String>,
+    pub http: reqwest::Client,
+    // Last, so that processes stop before their directory goes.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(frontends: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().display().to_string();
+        let catalog_port = free_port();
+        let order_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let frontend_ports: Vec<u16> = (0..frontends).map(|_| free_port()).collect();
+        let catalog_url = url(catalog_port);
+        let order_urls: Vec<String> = order_ports.iter().map(|p| url(*p)).collect();
+        let frontend_urls: Vec<String> = frontend_ports.iter().map(|p| url(*p)).collect();
+        let replicas = order_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{}={u}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let catalog = Proc::start(
+            "catalog",
+            args(&[
+                "catalog",
+                "--port",
+                &catalog_port.to_string(),
+                "--data-dir",
+                &data,
+                "--frontends",
+                &frontend_urls.join(","),
+            ]),
+            dir.path(),
+        );
+        let orders = order_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                Proc::start(
+                    &format!("order {}", i + 1),
+                    args(&[
+                        "order",
+                        "--port",
+                        &port.to_string(),
+                        "--node-id",
+                        &(i + 1).to_string(),
+                        "--peers",
+                        &replicas,
+                        "--catalog-url",
+                        &catalog_url,
+                        "--data-dir",
+                        &data,
+                    ]),
+                    dir.path(),
+                )
+            })
+            .collect();
+        let frontends = frontend_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                Proc::start(
+                    &format!("frontend {}", i + 1),
+                    args(&[
+                        "frontend",
+                        "--port",
+                        &port.to_string(),
+                        "--catalog-url",
+                        &catalog_url,
+                        "--order-replicas",
+                        &replicas,
+                        "--cache-size",
+                        "4",
+                    ]),
+                    dir.path(),
+                )
+            })
+            .collect();
+        let cluster = Self {
+            catalog,
+            orders,
+            frontends,
+            catalog_url,
+            order_urls,
+            frontend_urls,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+            dir,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    pub fn frontend(&self) -> &str {
+        &self.frontend_urls[0]
+    }
+
+    pub async fn is_up(&self, url: &str) -> bool {
+        self.http
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    pub async fn wait_ready(&self) {
+        let mut urls = vec![format!("{}/health", self.catalog_url)];
+        urls.extend(self.order_urls.iter().map(|u| format!("{u}/ready")));
+        urls.extend(self.frontend_urls.iter().map(|u| format!("{u}/health")));
+        for url in urls {
+            wait_until(&url, Duration::from_secs(20), || self.is_up(&url)).await;
+        }
+    }
+
+    pub async fn wait_replica_ready(&self, index: usize) {
+        let url = format!("{}/ready", self.order_urls[index]);
+        wait_until(&url, Duration::from_secs(20), || self.is_up(&url)).await;
+    }
+
+    pub async fn get(&self, url: &str) -> (u16, Value) {
+        let response = self.http.get(url).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
+        let response = self.http.post(url).json(body).send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Places an order through frontend `frontend`; returns status and body.
+    pub async fn order(
+        &self,
+        frontend: usize,
+        name: &str,
+        side: &str,
+        quantity: u64,
+    ) -> (u16, Value) {
+        let body = json!({"name": name, "quantity": quantity, "type": side});
+        self.post(&format!("{}/orders", self.frontend_urls[frontend]), &body)
+            .await
+    }
+
+    /// Places an order that must succeed; returns its transaction number.
+    pub async fn must_order(&self, name: &str, side: &str, quantity: u64) -> u64 {
+        let (status, body) = self.order(0, name, side, quantity).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["transaction_number"]
+            .as_u64()
+            .expect("transaction number")
+    }
+
+    pub async fn quantity(&self, frontend: usize, name: &str) -> u64 {
+        let (status, body) = self
+            .get(&format!("{}/stocks/{name}", self.frontend_urls[frontend]))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["quantity"].as_u64().expect("quantity")
+    }
+
+    /// Order `number` as replica `index` has it.
+    pub async fn replica_order(&self, index: usize, number: u64) -> Value {
+        let (status, body) = self
+            .get(&format!("{}/orders/{number}", self.order_urls[index]))
+            .await;
+        assert_eq!(status, 200, "replica {} order {number}: {body}", index + 1);
+        body["data"].clone()
+    }
+
+    pub async fn replica_health(&self, index: usize) -> Value {
+        self.get(&format!("{}/health", self.order_urls[index]))
+            .await
+            .1["data"]
+            .clone()
+    }
+}

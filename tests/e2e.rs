@@ -1,0 +1,326 @@
+//! End-to-end: catalog + 3 order replicas + frontend(s) as real processes on 127.0.0.1.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::Cluster;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn lookup_trade_query_and_push_invalidation() {
+    let cluster = Cluster::start(2).await;
+    let (status, body) = cluster
+        .get(&format!("{}/stocks/GameStart", cluster.frontend()))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
+    );
+    let (status, body) = cluster
+        .get(&format!("{}/stocks/NoSuchStock", cluster.frontend()))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"error": {"code": 404, "message": "Stock not found"}})
+        )
+    );
+
+    // Both frontends cache GameStart; frontend 1 then serves it from the cache.
+    assert_eq!(cluster.quantity(1, "GameStart").await, 100);
+    assert_eq!(cluster.quantity(1, "GameStart").await, 100);
+    let metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.frontend_urls[1]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("stocknet_frontend_cache_hits_total 1"),
+        "{metrics}"
+    );
+
+    // A trade through frontend 0 must be visible through frontend 1 at once: only the
+    // catalog's push can have invalidated frontend 1's cached copy.
+    let buy = cluster.must_order("GameStart", "buy", 5).await;
+    assert_eq!(cluster.quantity(1, "GameStart").await, 95);
+    let sell = cluster.must_order("GameStart", "sell", 3).await;
+    assert_eq!(cluster.quantity(1, "GameStart").await, 98);
+    assert_eq!(cluster.quantity(0, "GameStart").await, 98);
+    assert!(sell > buy);
+
+    let (status, body) = cluster
+        .get(&format!("{}/orders/{buy}", cluster.frontend()))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"data": {"number": buy, "name": "GameStart", "type": "buy", "quantity": 5}})
+    );
+    let (status, body) = cluster
+        .get(&format!("{}/orders/{}", cluster.frontend(), sell + 100))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"error": {"code": 404, "message": "Order number invalid"}})
+        )
+    );
+}
+
+#[tokio::test]
+async fn refused_orders_and_bad_input_change_nothing() {
+    let cluster = Cluster::start(1).await;
+    let (status, body) = cluster.order(0, "FishCo", "buy", 101).await;
+    assert_eq!(
+        (status, body),
+        (
+            409,
+            json!({"error": {"code": 409, "message": "Insufficient stock quantity"}})
+        )
+    );
+    let (status, _) = cluster.order(0, "NoSuchStock", "buy", 1).await;
+    assert_eq!(status, 404);
+
+    let orders = format!("{}/orders", cluster.frontend());
+    let raw = |body: &'static str| {
+        let request = cluster
+            .http
+            .post(&orders)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    for body in [
+        "{not json",
+        "[]",
+        r#"{"name":"FishCo","type":"buy"}"#,
+        r#"{"name":"FishCo","quantity":0,"type":"buy"}"#,
+        r#"{"name":"FishCo","quantity":-1,"type":"sell"}"#,
+        r#"{"name":"FishCo","quantity":1e30,"type":"buy"}"#,
+        r#"{"name":"FishCo","quantity":18446744073709551616,"type":"buy"}"#,
+        r#"{"name":"FishCo","quantity":"2","type":"buy"}"#,
+        r#"{"name":"FishCo","quantity":2,"type":"steal"}"#,
+        r#"{"name":7,"quantity":2,"type":"buy"}"#,
+    ] {
+        let (status, reply) = raw(body).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        assert_eq!(reply["error"]["code"], 400, "{body} -> {reply}");
+    }
+    let huge = format!(
+        r#"{{"name":"{}","quantity":1,"type":"buy"}}"#,
+        "x".repeat(8 << 20)
+    );
+    // Its own client: the server answers 413 and closes the connection mid-body.
+    let response = reqwest::Client::new()
+        .post(&orders)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    let (status, _) = cluster
+        .get(&format!("{}/orders/abc", cluster.frontend()))
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = cluster
+        .get(&format!("{}/no/such/route", cluster.frontend()))
+        .await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!(404)));
+    let (status, body) = cluster
+        .get(&format!("{}/stocks/%ff%fe", cluster.frontend()))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!(400)),
+        "{body}"
+    );
+    let (status, _) = cluster
+        .get(&format!(
+            "{}/stocks/..%2F..%2Fetc%2Fpasswd",
+            cluster.frontend()
+        ))
+        .await;
+    assert_eq!(status, 404);
+
+    assert_eq!(cluster.quantity(0, "FishCo").await, 100);
+    assert_eq!(cluster.replica_health(2).await["last_transaction"], 0);
+}
+
+#[tokio::test]
+async fn concurrent_clients_conserve_quantity() {
+    let cluster = std::sync::Arc::new(Cluster::start(1).await);
+    let mut clients = Vec::new();
+    for client in 0..30u64 {
+        let cluster = cluster.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut bought, mut sold, mut numbers) = (0, 0, Vec::new());
+            for round in 0..4u64 {
+                // Mostly buys, so the stock runs out and refusals must happen.
+                let side = if (client + round) % 4 == 0 {
+                    "sell"
+                } else {
+                    "buy"
+                };
+                let quantity = 1 + (client * 7 + round) % 5;
+                let (status, body) = cluster.order(0, "BoarCo", side, quantity).await;
+                match status {
+                    200 => {
+                        numbers.push(body["data"]["transaction_number"].as_u64().unwrap());
+                        if side == "buy" {
+                            bought += quantity
+                        } else {
+                            sold += quantity
+                        }
+                    }
+                    409 => assert_eq!(side, "buy", "{body}"),
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+            (bought, sold, numbers)
+        }));
+    }
+    let (mut bought, mut sold, mut numbers) = (0, 0, Vec::new());
+    for client in clients {
+        let (b, s, n) = client.await.unwrap();
+        bought += b;
+        sold += s;
+        numbers.extend(n);
+    }
+    let unique: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        numbers.len(),
+        "a transaction number was issued twice"
+    );
+    assert!(
+        bought > 100,
+        "the test must drive the stock to exhaustion (bought {bought})"
+    );
+    assert_eq!(cluster.quantity(0, "BoarCo").await, 100 + sold - bought);
+    // Every acknowledged order is retrievable and was the one placed.
+    for number in numbers {
+        let (status, body) = cluster
+            .get(&format!("{}/orders/{number}", cluster.frontend()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["name"], "BoarCo");
+    }
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_the_next_and_loses_nothing() {
+    let mut cluster = Cluster::start(1).await;
+    let before = cluster.must_order("Tesla", "buy", 10).await;
+    assert_eq!(cluster.replica_health(2).await["leader"], 3);
+
+    cluster.orders[2].kill9();
+    let after = cluster.must_order("Tesla", "buy", 5).await;
+    assert!(after > before);
+    let health = cluster
+        .get(&format!("{}/health", cluster.frontend()))
+        .await
+        .1;
+    assert_eq!(health["data"]["leader"], 2, "{health}");
+    let more = cluster.must_order("Tesla", "sell", 1).await;
+    assert_eq!(cluster.quantity(0, "Tesla").await, 100 - 10 - 5 + 1);
+    for number in [before, after, more] {
+        let (status, _) = cluster
+            .get(&format!("{}/orders/{number}", cluster.frontend()))
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    // Losing a second replica leaves no majority: orders are refused, not acknowledged.
+    cluster.orders[1].kill9();
+    let (status, body) = cluster.order(0, "Tesla", "buy", 1).await;
+    assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test]
+async fn restarted_follower_resyncs_every_missed_order() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.must_order("Apple", "buy", 1).await;
+    cluster.orders[0].kill9();
+    let mut placed = Vec::new();
+    for i in 0..6 {
+        placed.push(
+            cluster
+                .must_order("Apple", if i % 2 == 0 { "buy" } else { "sell" }, 2 + i)
+                .await,
+        );
+    }
+    cluster.orders[0].restart();
+    cluster.wait_replica_ready(0).await;
+    let last = *placed.last().unwrap();
+    assert_eq!(cluster.replica_health(0).await["last_transaction"], last);
+    for number in 1..=last {
+        assert_eq!(
+            cluster.replica_order(0, number).await,
+            cluster.replica_order(2, number).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn services_restarted_on_the_same_data_keep_everything() {
+    let mut cluster = Cluster::start(1).await;
+    let mut placed = Vec::new();
+    for quantity in 1..=4 {
+        placed.push((
+            cluster.must_order("Nvidia", "buy", quantity).await,
+            quantity,
+        ));
+    }
+    let expected: Vec<Value> = {
+        let mut orders = Vec::new();
+        for (number, _) in &placed {
+            orders.push(
+                cluster
+                    .get(&format!("{}/orders/{number}", cluster.frontend()))
+                    .await
+                    .1,
+            );
+        }
+        orders
+    };
+
+    // Everything goes down (one replica and the catalog without warning) and comes back.
+    cluster.frontends[0].stop();
+    cluster.orders[0].kill9();
+    cluster.orders[1].stop();
+    cluster.orders[2].stop();
+    cluster.catalog.kill9();
+    cluster.catalog.restart();
+    for order in &mut cluster.orders {
+        order.restart();
+    }
+    cluster.frontends[0].restart();
+    cluster.wait_ready().await;
+
+    assert_eq!(cluster.quantity(0, "Nvidia").await, 100 - 10);
+    for ((number, _), expected) in placed.iter().zip(&expected) {
+        let (status, body) = cluster
+            .get(&format!("{}/orders/{number}", cluster.frontend()))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(&body, expected);
+    }
+    // Numbering continues after the restart.
+    let next = cluster.must_order("Nvidia", "sell", 1).await;
+    assert_eq!(next, placed.last().unwrap().0 + 1);
+    assert_eq!(cluster.quantity(0, "Nvidia").await, 91);
+}
