@@ -99,7 +99,7 @@ pub async fn run(config: UpConfig) -> anyhow::Result<()> {
         service.spawn()?;
     }
     let http = stocknet_common::http_client(Duration::from_secs(1));
-    if let Err(e) = wait_ready(&http, &services).await {
+    if let Err(e) = wait_ready(&http, &mut services).await {
         stop_all(&mut services).await;
         return Err(e);
     }

@@ -324,3 +324,23 @@ async fn services_restarted_on_the_same_data_keep_everything() {
     assert_eq!(next, placed.last().unwrap().0 + 1);
     assert_eq!(cluster.quantity(0, "Nvidia").await, 91);
 }
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_trades_once() {
+    let cluster = Cluster::start(1).await;
+    let orders = format!("{}/orders", cluster.frontend());
+    let place = |key: &'static str| {
+        let request = cluster
+            .http
+            .post(&orders)
+            .header("Idempotency-Key", key)
+            .json(&json!({"name": "Amazon", "quantity": 4, "type": "buy"}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let first = place("order-a").await;
+    let retry = place("order-a").await;
+    let other = place("order-b").await;
+    assert_eq!(first, retry);
+    assert_ne!(first, other);
+    assert_eq!(cluster.quantity(0, "Amazon").await, 100 - 4 - 4);
+}

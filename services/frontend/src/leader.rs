@@ -29,7 +29,7 @@ pub struct Election {
 
 impl Election {
     pub fn new(mut replicas: Vec<Peer>, http: reqwest::Client) -> Self {
-        replicas.sort_by(|a, b| b.id.cmp(&a.id));
+        replicas.sort_by_key(|replica| std::cmp::Reverse(replica.id));
         Self {
             replicas,
             current: RwLock::new(None),

@@ -386,7 +386,8 @@ impl Replica {
         term: u64,
         number: u64,
     ) -> Result<(), OrderError> {
-        let needed = (self.peers.len() + 1) / 2 + 1;
+        let cluster_size = self.peers.len() + 1;
+        let needed = cluster_size / 2 + 1;
         let mut acks = 1;
         let mut pending: FuturesUnordered<_> = self
             .peers

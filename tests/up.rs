@@ -1,0 +1,144 @@
+//! `stocknet up`: starts everything, restarts a crashed replica (which resyncs), and stops
+//! every child on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, url, wait_until, BIN};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+/// Child processes of `pid`, with their command lines.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let cmdline =
+                std::fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            found.push((child, cmdline.replace('\0', " ")));
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still answers kill(0); check its state too.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    kill(Pid::from_raw(pid as i32), None).is_ok() && !stat.contains(") Z ")
+}
+
+#[tokio::test]
+async fn up_runs_supervises_and_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frontend, catalog) = (free_port(), free_port());
+    let orders: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let order_ports = orders
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut up = Command::new(BIN)
+        .args(["up", "--data-dir", &dir.path().display().to_string()])
+        .args([
+            "--frontend-port",
+            &frontend.to_string(),
+            "--catalog-port",
+            &catalog.to_string(),
+        ])
+        .args(["--order-ports", &order_ports])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reaps `up` even if an assertion fails; its children follow it (parent-death signal).
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let up_pid = up.id();
+    let guard = Reap(&mut up);
+
+    let http = reqwest::Client::new();
+    let get = |u: String| {
+        let http = http.clone();
+        async move {
+            match http.get(u).timeout(Duration::from_millis(500)).send().await {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
+            }
+        }
+    };
+    // `up` prints its banner once every service is ready; the last line ends it.
+    let stdout = BufReader::new(guard.0.stdout.take().expect("piped stdout"));
+    let (banner_tx, banner_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.contains("Ctrl-C stops everything") {
+                let _ = banner_tx.send(());
+            }
+        }
+    });
+    banner_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("up prints its banner");
+    assert_eq!(children(up_pid).len(), 5, "{:?}", children(up_pid));
+    assert!(dir.path().join("catalog.csv").exists());
+
+    let placed: Value = http
+        .post(format!("{}/orders", url(frontend)))
+        .json(&json!({"name": "GameStart", "quantity": 2, "type": "buy"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(placed["data"]["transaction_number"], 1, "{placed}");
+
+    // SIGKILL replica 1; `up` must start a new one, which resyncs before it is ready.
+    let (victim, _) = children(up_pid)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(" order ") && cmd.contains("--node-id 1 "))
+        .expect("replica 1 is a child of up");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    wait_until("replica 1 replaced", Duration::from_secs(30), || async {
+        children(up_pid)
+            .iter()
+            .any(|(pid, cmd)| *pid != victim && cmd.contains("--node-id 1 "))
+    })
+    .await;
+    wait_until("replica 1 ready again", Duration::from_secs(30), || async {
+        get(format!("{}/ready", url(orders[0]))).await.is_some()
+    })
+    .await;
+    let health = get(format!("{}/health", url(orders[0]))).await.unwrap();
+    assert_eq!(health["data"]["last_transaction"], 1, "{health}");
+
+    // SIGTERM: `up` stops all its children and exits.
+    let pids: Vec<u32> = children(up_pid).into_iter().map(|(pid, _)| pid).collect();
+    kill(Pid::from_raw(up_pid as i32), Signal::SIGTERM).unwrap();
+    wait_until("up to exit", Duration::from_secs(30), || async {
+        !alive(up_pid)
+    })
+    .await;
+    drop(guard);
+    for pid in pids {
+        assert!(!alive(pid), "child {pid} outlived up");
+    }
+}
