@@ -193,10 +193,13 @@ fn plan(config: &UpConfig) -> Vec<Service> {
     services
 }
 
-async fn wait_ready(http: &reqwest::Client, services: &[Service]) -> anyhow::Result<()> {
+/// Waits until every service is ready, restarting any that crash meanwhile.
+async fn wait_ready(http: &reqwest::Client, services: &mut [Service]) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    for service in services {
+    for index in 0..services.len() {
         loop {
+            supervise(services);
+            let service = &services[index];
             let ready = http
                 .get(&service.ready_url)
                 .send()
