@@ -433,3 +433,86 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use clap::Parser;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// A frontend whose catalog and order replicas are not running.
+    fn app() -> Router {
+        let cli = Cli::parse_from([
+            "frontend",
+            "--catalog-url",
+            "http://127.0.0.1:9",
+            "--order-replicas",
+            "1=http://127.0.0.1:9",
+        ]);
+        router(AppState::new(&cli.config))
+    }
+
+    async fn send(request: Request<Body>) -> (StatusCode, Value) {
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn envelopes_for_every_outcome_without_backends() {
+        let (status, body) = send(
+            Request::post("/invalidate/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                serde_json::json!({"data": {"success": true}})
+            )
+        );
+        let (status, body) = send(Request::post("/orders").body(Body::from("{")).unwrap()).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, serde_json::json!(400))
+        );
+        let (status, body) = send(
+            Request::get("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["message"].clone()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!("Catalog unavailable")
+            )
+        );
+        let valid = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
+        let (status, body) = send(Request::post("/orders").body(Body::from(valid)).unwrap()).await;
+        assert_eq!(
+            (status, body["error"]["message"].clone()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!("No order leader available")
+            )
+        );
+        let (status, _) = send(Request::get("/orders/12x").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = send(Request::put("/health").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

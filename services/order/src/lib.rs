@@ -170,3 +170,151 @@ async fn set_leader(
     state.replica.set_leader(notice).await?;
     Ok(data(state.replica.health()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    /// Replica 1 of a three-replica cluster whose peers and catalog are not running.
+    fn app(dir: &std::path::Path) -> Router {
+        let peers = vec![
+            replica::parse_peer("2=http://127.0.0.1:9").unwrap(),
+            replica::parse_peer("3=http://127.0.0.1:9").unwrap(),
+        ];
+        let replica = Replica::open(
+            1,
+            dir,
+            peers,
+            "http://127.0.0.1:9".into(),
+            http_client(Duration::from_millis(200)),
+        )
+        .unwrap();
+        router(AppState {
+            replica: Arc::new(replica),
+        })
+    }
+
+    async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn post(uri: &str, body: Value) -> Request<Body> {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn order(number: u64, term: u64) -> Value {
+        json!({"number": number, "term": term, "name": "GameStart", "type": "buy", "quantity": number})
+    }
+
+    #[tokio::test]
+    async fn follower_replicates_serves_and_refuses_orders_and_stale_terms() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let (status, body) = send(&app, get("/health")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["data"]["node_id"], 1);
+        assert_eq!(body["data"]["ready"], false);
+        assert_eq!(
+            send(&app, get("/ready")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        let (status, body) = send(
+            &app,
+            post(
+                "/replicate",
+                json!({"term": 2, "leader": 3, "orders": [order(1, 2), order(2, 2)]}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({"data": {"last": 2}}))
+        );
+        // A gap is not an error: the answer says where this log ends.
+        let (_, body) = send(
+            &app,
+            post(
+                "/replicate",
+                json!({"term": 2, "leader": 3, "orders": [order(5, 2)]}),
+            ),
+        )
+        .await;
+        assert_eq!(body, json!({"data": {"last": 2}}));
+        let (status, body) = send(
+            &app,
+            post(
+                "/replicate",
+                json!({"term": 1, "leader": 2, "orders": [order(3, 1)]}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+        let (status, body) = send(&app, get("/orders/2")).await;
+        assert_eq!(
+            (status, body["data"].clone()),
+            (StatusCode::OK, order(2, 2))
+        );
+        let (_, body) = send(&app, get("/orders/logs/1")).await;
+        assert_eq!(body, json!({"data": [order(2, 2)]}));
+        assert_eq!(send(&app, get("/orders/3")).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            send(&app, get("/orders/x")).await.0,
+            StatusCode::BAD_REQUEST
+        );
+
+        let (status, body) = send(
+            &app,
+            post(
+                "/orders",
+                json!({"name": "GameStart", "quantity": 1, "type": "buy"}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["message"].clone()),
+            (StatusCode::SERVICE_UNAVAILABLE, json!("Not the leader"))
+        );
+        let (_, body) = send(&app, get("/health")).await;
+        assert_eq!(
+            (body["data"]["term"].clone(), body["data"]["leader"].clone()),
+            (json!(2), json!(3))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_has_not_resynced_refuses_to_lead() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let (status, body) = send(&app, post("/leader", json!({"term": 1, "leader": 1}))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    #[tokio::test]
+    async fn term_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        send(
+            &app(dir.path()),
+            post("/leader", json!({"term": 7, "leader": 2})),
+        )
+        .await;
+        let (_, body) = send(&app(dir.path()), get("/health")).await;
+        assert_eq!(body["data"]["term"], 7);
+    }
+}
