@@ -51,9 +51,7 @@ impl IntoResponse for CatalogError {
                 StatusCode::CONFLICT
             }
             Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) => {
-                tracing::error!("{self}");
-                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
-                    .into_response();
+                return ApiError::internal(&self).into_response();
             }
         };
         ApiError::new(status, self.to_string()).into_response()

@@ -37,6 +37,12 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
+
+    /// A 500 whose cause is logged here and never shown to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!("internal error: {cause}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+    }
 }
 
 impl IntoResponse for ApiError {

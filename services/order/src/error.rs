@@ -78,9 +78,7 @@ impl IntoResponse for OrderError {
             | Self::PeerUnavailable(_)
             | Self::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) => {
-                tracing::error!("{self}");
-                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
-                    .into_response();
+                return ApiError::internal(&self).into_response();
             }
         };
         ApiError::new(status, self.to_string()).into_response()
