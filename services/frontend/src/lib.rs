@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +19,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::envelope::parse_json_object;
+use stocknet_common::envelope::{parse_json_object, RawBody};
 use stocknet_common::{data, http_client, server, ApiError, Order, Path, RemoteError, Side, Stock};
 use stocknet_order::{Peer, IDEMPOTENCY_KEY};
 
@@ -282,7 +281,7 @@ fn validate_order(body: &[u8]) -> Result<OrderRequest, FrontendError> {
 async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, FrontendError> {
     let order = validate_order(&body)?;
     let inner = &state.inner;
@@ -514,5 +513,19 @@ mod router_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = send(Request::put("/health").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_order_body_is_refused_with_413() {
+        let huge = format!(
+            r#"{{"name":"{}","quantity":1,"type":"buy"}}"#,
+            "x".repeat(stocknet_common::server::BODY_LIMIT)
+        );
+        let (status, body) = send(Request::post("/orders").body(Body::from(huge)).unwrap()).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!(413)),
+            "{body}"
+        );
     }
 }
