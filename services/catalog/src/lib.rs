@@ -113,6 +113,17 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::from_config(&config)?;
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, frontends = ?config.frontends, "catalog listening");
+    // A crash may have come between writing a trade and invalidating it: frontends that
+    // outlived this process drop everything they cached from it.
+    let names: Vec<String> = state
+        .store
+        .snapshot()
+        .stocks
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let boot = state.clone();
+    tokio::spawn(async move { boot.invalidate(&names).await });
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }
@@ -145,11 +156,16 @@ async fn apply(
     State(state): State<AppState>,
     Json(request): Json<ApplyRequest>,
 ) -> Result<Response, CatalogError> {
+    // Every stock the request names, not only those changed now: when the catalog crashed
+    // between writing a trade and invalidating, the leader's resend must still invalidate.
+    let mut names: Vec<String> = request.trades.iter().map(|t| t.name.clone()).collect();
+    names.sort();
+    names.dedup();
     let store = state.store.clone();
     let outcome = tokio::task::spawn_blocking(move || store.apply(&request))
         .await
         .map_err(|e| CatalogError::Task(e.to_string()))??;
-    state.invalidate(&outcome.changed).await;
+    state.invalidate(&names).await;
     Ok(data(outcome))
 }
 

@@ -20,6 +20,8 @@ pub enum OrderError {
     NotReady,
     #[error("stale leader term {term}; current term is {current}")]
     StaleTerm { term: u64, current: u64 },
+    #[error("term {term} already has leader {current}")]
+    LeaderTaken { term: u64, current: u32 },
     #[error("order log ends at {last}")]
     Gap { last: u64 },
     #[error("could not replicate to a majority ({acks} of {needed} replicas)")]
@@ -69,9 +71,10 @@ impl IntoResponse for OrderError {
         let status = match &self {
             Self::StockNotFound | Self::OrderNotFound => StatusCode::NOT_FOUND,
             Self::QuantityOverflow => StatusCode::BAD_REQUEST,
-            Self::InsufficientQuantity | Self::StaleTerm { .. } | Self::Gap { .. } => {
-                StatusCode::CONFLICT
-            }
+            Self::InsufficientQuantity
+            | Self::StaleTerm { .. }
+            | Self::LeaderTaken { .. }
+            | Self::Gap { .. } => StatusCode::CONFLICT,
             Self::NotLeader
             | Self::NotReady
             | Self::NoMajority { .. }

@@ -22,6 +22,9 @@ use stocknet_common::{data, http_client, server, ApiError, Json, Path, Query};
 pub use error::OrderError;
 pub use replica::{Health, LeaderNotice, NewOrder, Peer, Replica};
 
+/// How often a leader brings lagging followers and the catalog up to date between orders.
+const HEARTBEAT: Duration = Duration::from_millis(300);
+
 /// Header carrying a client's (or the frontend's) idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -85,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/logs/{after}", get(orders_after))
         .route("/replicate", post(replicate))
         .route("/leader", post(set_leader))
+        .route("/prepare", post(prepare))
         .with_state(state);
     server::with_common_layers(routes)
 }
@@ -95,7 +99,15 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, node_id = config.node_id, "order replica listening");
     let replica = state.replica.clone();
-    tokio::spawn(async move { replica.resync().await });
+    tokio::spawn(async move {
+        replica.resync().await;
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            replica.heartbeat().await;
+        }
+    });
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }
@@ -153,7 +165,7 @@ async fn orders_after(
 ) -> Result<Response, ApiError> {
     let after = parse_number(&after)?;
     let limit = page.limit.unwrap_or(replica::BATCH);
-    Ok(data(state.replica.orders_after(after, limit)))
+    Ok(data(state.replica.slice_after(after, limit)))
 }
 
 async fn replicate(
@@ -161,6 +173,13 @@ async fn replicate(
     Json(request): Json<replica::ReplicateRequest>,
 ) -> Result<Response, OrderError> {
     Ok(data(state.replica.replicate(request).await?))
+}
+
+async fn prepare(
+    State(state): State<AppState>,
+    Json(notice): Json<LeaderNotice>,
+) -> Result<Response, OrderError> {
+    Ok(data(state.replica.prepare(notice)?))
 }
 
 async fn set_leader(
@@ -238,33 +257,50 @@ mod tests {
             &app,
             post(
                 "/replicate",
-                json!({"term": 2, "leader": 3, "orders": [order(1, 2), order(2, 2)]}),
+                json!({"term": 2, "leader": 3, "prev": 0, "prev_term": 0,
+                       "orders": [order(1, 2), order(2, 2)]}),
             ),
         )
         .await;
         assert_eq!(
             (status, body),
-            (StatusCode::OK, json!({"data": {"last": 2}}))
+            (
+                StatusCode::OK,
+                json!({"data": {"result": "matched", "through": 2}})
+            )
         );
-        // A gap is not an error: the answer says where this log ends.
+        // Orders after one this log lacks: the answer says where to resend from.
         let (_, body) = send(
             &app,
             post(
                 "/replicate",
-                json!({"term": 2, "leader": 3, "orders": [order(5, 2)]}),
+                json!({"term": 2, "leader": 3, "prev": 4, "prev_term": 2, "orders": [order(5, 2)]}),
             ),
         )
         .await;
-        assert_eq!(body, json!({"data": {"last": 2}}));
-        let (status, body) = send(
-            &app,
-            post(
-                "/replicate",
-                json!({"term": 1, "leader": 2, "orders": [order(3, 1)]}),
-            ),
-        )
-        .await;
+        assert_eq!(
+            body,
+            json!({"data": {"result": "mismatch", "retry_after": 2}})
+        );
+        // An older term, and a second leader in the same term, are refused.
+        for (term, leader) in [(1, 2), (2, 2)] {
+            let (status, body) = send(
+                &app,
+                post(
+                    "/replicate",
+                    json!({"term": term, "leader": leader, "prev": 2, "prev_term": 2,
+                           "orders": [order(3, term)]}),
+                ),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        }
+        let (status, body) = send(&app, post("/prepare", json!({"term": 2, "leader": 1}))).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(
+            send(&app, get("/health")).await.1["data"]["last_transaction"],
+            2
+        );
 
         let (status, body) = send(&app, get("/orders/2")).await;
         assert_eq!(
@@ -272,7 +308,15 @@ mod tests {
             (StatusCode::OK, order(2, 2))
         );
         let (_, body) = send(&app, get("/orders/logs/1")).await;
-        assert_eq!(body, json!({"data": [order(2, 2)]}));
+        assert_eq!(
+            body,
+            json!({"data": {"prev_term": 2, "last": 2, "orders": [order(2, 2)]}})
+        );
+        let (_, body) = send(&app, get("/orders/logs/5")).await;
+        assert_eq!(
+            body,
+            json!({"data": {"prev_term": null, "last": 2, "orders": []}})
+        );
         assert_eq!(send(&app, get("/orders/3")).await.0, StatusCode::NOT_FOUND);
         assert_eq!(
             send(&app, get("/orders/x")).await.0,
@@ -307,14 +351,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn term_survives_restart() {
+    async fn term_and_its_leader_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
         send(
             &app(dir.path()),
             post("/leader", json!({"term": 7, "leader": 2})),
         )
         .await;
-        let (_, body) = send(&app(dir.path()), get("/health")).await;
-        assert_eq!(body["data"]["term"], 7);
+        let app = app(dir.path());
+        let (_, body) = send(&app, get("/health")).await;
+        assert_eq!(
+            (body["data"]["term"].clone(), body["data"]["leader"].clone()),
+            (json!(7), json!(2))
+        );
+        // The promise to follow replica 2 in term 7 holds across the restart.
+        let (status, body) = send(&app, post("/prepare", json!({"term": 7, "leader": 3}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (status, body) = send(&app, post("/prepare", json!({"term": 8, "leader": 3}))).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({"data": {"last_term": 0, "last": 0}}))
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use stocknet_common::{Order, Side};
@@ -93,35 +93,140 @@ impl OrderLog {
         self.keys.get(key).copied()
     }
 
-    /// Appends the orders of `batch` this log does not have yet, durably. Orders it already
-    /// has are skipped; the first new one must follow the last one here, or nothing is
-    /// written and [`OrderError::Gap`] says where this log ends.
-    pub fn append(&mut self, batch: &[Order]) -> Result<usize, OrderError> {
-        let last = self.last();
-        let new: &[Order] = match batch.iter().position(|o| o.number > last) {
-            Some(start) => &batch[start..],
-            None => return Ok(0),
-        };
-        for (offset, order) in new.iter().enumerate() {
-            if order.number != last + 1 + offset as u64 {
-                return Err(OrderError::Gap { last });
-            }
+    /// Term of order `number`; 0 for the empty prefix (number 0), `None` past the end.
+    pub fn term_at(&self, number: u64) -> Option<u64> {
+        if number == 0 {
+            Some(0)
+        } else {
+            self.get(number).map(|o| o.term)
         }
+    }
+
+    /// Appends `batch` durably. Its first order must directly follow the last one here, and
+    /// its numbers must be consecutive; otherwise nothing is written and
+    /// [`OrderError::Gap`] says where this log ends.
+    pub fn append(&mut self, batch: &[Order]) -> Result<(), OrderError> {
+        let last = self.last();
+        check_consecutive(last, batch)?;
         let mut text = String::new();
-        for order in new {
+        for order in batch {
             text.push_str(&format_line(order)?);
         }
         let io = |e| OrderError::io(&self.path, e);
         self.file.write_all(text.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        for order in new {
-            if let Some(key) = &order.key {
-                self.keys.insert(key.clone(), order.number);
-            }
-            self.orders.push(order.clone());
+        for order in batch {
+            self.remember(order.clone());
         }
-        Ok(new.len())
+        Ok(())
     }
+
+    /// Takes `batch`, which in the sender's log follows order `prev` of term `prev_term`
+    /// (Raft's log matching). If this log has no such order, nothing changes and the
+    /// sender should retry from the `retry_after` of [`Merge::Mismatch`]. Otherwise orders this log
+    /// already holds with the same term are kept, the first one that differs in term and
+    /// everything after it are replaced by the batch (they were never committed), and the
+    /// rest is appended.
+    pub fn merge(
+        &mut self,
+        prev: u64,
+        prev_term: u64,
+        batch: &[Order],
+    ) -> Result<Merge, OrderError> {
+        match self.term_at(prev) {
+            None => {
+                return Ok(Merge::Mismatch {
+                    retry_after: self.last(),
+                })
+            }
+            Some(term) if term != prev_term => {
+                // Every order of that term here came from one deposed leader: skip them all.
+                let first_of_term = self.orders.partition_point(|o| o.term < term) as u64;
+                return Ok(Merge::Mismatch {
+                    retry_after: first_of_term,
+                });
+            }
+            Some(_) => {}
+        }
+        check_consecutive(prev, batch)?;
+        let through = prev + batch.len() as u64;
+        for (index, order) in batch.iter().enumerate() {
+            match self.term_at(order.number) {
+                Some(term) if term == order.term => continue,
+                Some(_) => self.replace_after(order.number - 1, &batch[index..])?,
+                None => self.append(&batch[index..])?,
+            }
+            break;
+        }
+        Ok(Merge::Matched { through })
+    }
+
+    /// Replaces every order after `number` with `batch`, atomically: the new file is written
+    /// beside the old one, fsync'd and renamed over it, so a crash leaves one or the other.
+    pub fn replace_after(&mut self, number: u64, batch: &[Order]) -> Result<(), OrderError> {
+        check_consecutive(number, batch)?;
+        let kept = usize::try_from(number).unwrap_or(usize::MAX);
+        if kept > self.orders.len() {
+            return Err(OrderError::Gap { last: self.last() });
+        }
+        let io = |e| OrderError::io(&self.path, e);
+        let mut reader = std::io::BufReader::new(File::open(&self.path).map_err(io)?);
+        let mut prefix = Vec::new();
+        // The header line, then one line per kept order.
+        for _ in 0..=kept {
+            reader.read_until(b'\n', &mut prefix).map_err(io)?;
+        }
+        for order in batch {
+            prefix.extend_from_slice(format_line(order)?.as_bytes());
+        }
+        let tmp = self.path.with_extension("csv.tmp");
+        let tmp_io = |e| OrderError::io(&tmp, e);
+        let mut file = File::create(&tmp).map_err(tmp_io)?;
+        file.write_all(&prefix).map_err(tmp_io)?;
+        file.sync_all().map_err(tmp_io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        sync_dir(&self.path)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        for dropped in self.orders.drain(kept..) {
+            if let Some(key) = dropped.key {
+                self.keys.remove(&key);
+            }
+        }
+        for order in batch {
+            self.remember(order.clone());
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, order: Order) {
+        if let Some(key) = &order.key {
+            self.keys.insert(key.clone(), order.number);
+        }
+        self.orders.push(order);
+    }
+}
+
+/// The outcome of [`OrderLog::merge`], which is also a follower's answer to replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Merge {
+    /// This log now matches the sender's through `through`.
+    Matched { through: u64 },
+    /// This log does not hold the sender's order `prev`; retry with the batch after this.
+    Mismatch { retry_after: u64 },
+}
+
+fn check_consecutive(after: u64, batch: &[Order]) -> Result<(), OrderError> {
+    for (offset, order) in batch.iter().enumerate() {
+        if order.number != after + 1 + offset as u64 {
+            return Err(OrderError::Gap { last: after });
+        }
+    }
+    Ok(())
 }
 
 fn format_line(order: &Order) -> Result<String, OrderError> {
@@ -249,24 +354,113 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_are_skipped_and_gaps_refused() {
+    fn appends_must_follow_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
         log.append(&[order(1, "A"), order(2, "B")]).unwrap();
+        for bad in [
+            vec![order(2, "B"), order(3, "C")],
+            vec![order(5, "E")],
+            vec![order(3, "C"), order(5, "E")],
+        ] {
+            assert!(matches!(log.append(&bad), Err(OrderError::Gap { last: 2 })));
+        }
+        assert_eq!(log.last(), 2);
+    }
+
+    fn termed(number: u64, term: u64, name: &str) -> Order {
+        Order {
+            term,
+            ..order(number, name)
+        }
+    }
+
+    #[test]
+    fn merge_keeps_matching_orders_and_replaces_a_divergent_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        // Orders 3 and 4 (term 2, key-3) came from a leader that never committed them.
+        log.append(&[
+            termed(1, 1, "A"),
+            termed(2, 1, "B"),
+            termed(3, 2, "X"),
+            termed(4, 2, "Y"),
+        ])
+        .unwrap();
+        // The leader of term 3 holds order 2 of term 1 and its own 3 and 4.
         assert_eq!(
-            log.append(&[order(1, "A"), order(2, "B"), order(3, "C")])
-                .unwrap(),
-            1
+            log.merge(2, 1, &[termed(3, 3, "C")]).unwrap(),
+            Merge::Matched { through: 3 }
         );
-        assert!(matches!(
-            log.append(&[order(5, "E")]),
-            Err(OrderError::Gap { last: 3 })
-        ));
-        assert!(matches!(
-            log.append(&[order(4, "D"), order(6, "F")]),
-            Err(OrderError::Gap { last: 3 })
-        ));
+        assert_eq!(log.last(), 3, "everything after the first conflict goes");
+        assert_eq!(log.get(3), Some(&termed(3, 3, "C")));
+        assert_eq!(log.number_for_key("key-3"), Some(3));
+        // A late, shorter copy of what this log already has changes nothing.
+        assert_eq!(
+            log.merge(1, 1, &[termed(2, 1, "B")]).unwrap(),
+            Merge::Matched { through: 2 }
+        );
         assert_eq!(log.last(), 3);
+        log.append(&[termed(4, 3, "D")]).unwrap();
+        drop(log);
+        let log = OrderLog::open(&path).unwrap();
+        assert_eq!(
+            log.after(0, 10),
+            &[
+                termed(1, 1, "A"),
+                termed(2, 1, "B"),
+                termed(3, 3, "C"),
+                termed(4, 3, "D")
+            ]
+        );
+    }
+
+    #[test]
+    fn merge_reports_where_to_retry_when_the_previous_order_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
+        log.append(&[termed(1, 1, "A"), termed(2, 2, "X"), termed(3, 2, "Y")])
+            .unwrap();
+        // Past the end: retry from where this log ends.
+        assert_eq!(
+            log.merge(5, 4, &[]).unwrap(),
+            Merge::Mismatch { retry_after: 3 }
+        );
+        // Order 3 differs in term: skip back over all of term 2.
+        assert_eq!(
+            log.merge(3, 4, &[termed(4, 4, "D")]).unwrap(),
+            Merge::Mismatch { retry_after: 1 }
+        );
+        assert_eq!(log.last(), 3, "a mismatch writes nothing");
+        assert_eq!(
+            log.merge(1, 1, &[termed(2, 4, "B"), termed(3, 4, "C")])
+                .unwrap(),
+            Merge::Matched { through: 3 }
+        );
+        assert_eq!(log.term_at(2), Some(4));
+        assert_eq!(log.term_at(0), Some(0));
+        assert_eq!(log.term_at(9), None);
+    }
+
+    #[test]
+    fn replace_after_rewrites_the_file_and_keeps_it_appendable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        log.append(&[order(1, "A"), order(2, "B"), order(3, "C")])
+            .unwrap();
+        log.replace_after(1, &[termed(2, 5, "Z")]).unwrap();
+        assert_eq!(log.number_for_key("key-3"), None);
+        log.append(&[termed(3, 5, "W")]).unwrap();
+        assert!(log.replace_after(7, &[]).is_err());
+        drop(log);
+        let log = OrderLog::open(&path).unwrap();
+        assert_eq!(
+            log.after(0, 10),
+            &[order(1, "A"), termed(2, 5, "Z"), termed(3, 5, "W")]
+        );
+        assert!(!path.with_extension("csv.tmp").exists());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use stocknet_common::{Order, RemoteError, Side};
 use tracing::Instrument;
 
 use crate::error::OrderError;
-use crate::log::OrderLog;
+use crate::log::{Merge, OrderLog};
 
 /// Most orders sent in one replication, resync or catalog call.
 pub const BATCH: usize = 10_000;
@@ -50,24 +50,41 @@ pub struct NewOrder {
     pub side: Side,
 }
 
+/// Leader → follower: `orders` follow order `prev` of term `prev_term` in the leader's log.
+/// The answer is the follower's [`Merge`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicateRequest {
     pub term: u64,
     pub leader: u32,
+    pub prev: u64,
+    pub prev_term: u64,
     pub orders: Vec<Order>,
 }
 
-/// A follower's answer to replication: where its log ends now. Less than the last order sent
-/// means it was behind and the leader must send from there.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct ReplicateReply {
-    pub last: u64,
-}
-
+/// Names the leader of a term: sent by a frontend to every replica, and by the new leader
+/// to its peers as the first step of taking over (`POST /prepare`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LeaderNotice {
     pub term: u64,
     pub leader: u32,
+}
+
+/// Where a replica's log ends: how logs are compared when a new leader takes over.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    /// Compared first: a log whose last order has a higher term is the more up to date.
+    pub last_term: u64,
+    pub last: u64,
+}
+
+/// A page of a replica's log, for a replica catching up from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSlice {
+    /// Term of the order the page follows; `None` when this log is shorter than that.
+    pub prev_term: Option<u64>,
+    /// Where this log ends.
+    pub last: u64,
+    pub orders: Vec<Order>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +108,8 @@ struct View {
 struct Leading {
     term: u64,
     projected: HashMap<String, u64>,
+    /// Highest order known to be durable on a majority.
+    committed: u64,
     catalog_applied: u64,
 }
 
@@ -100,6 +119,7 @@ pub struct Replica {
     catalog_url: String,
     http: reqwest::Client,
     log: Arc<Mutex<OrderLog>>,
+    /// `term-<id>`: the highest term seen and the leader this replica accepted in it.
     term_path: PathBuf,
     view: Mutex<View>,
     ready: AtomicBool,
@@ -120,12 +140,10 @@ impl Replica {
         std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
         let log = OrderLog::open(data_dir.join(format!("orders-{id}.csv")))?;
         let term_path = data_dir.join(format!("term-{id}"));
-        let term = match std::fs::read_to_string(&term_path) {
-            Ok(text) => text
-                .trim()
-                .parse()
+        let view = match std::fs::read_to_string(&term_path) {
+            Ok(text) => parse_view(&text)
                 .map_err(|e| OrderError::Corrupt(format!("{}: {e}", term_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => View::default(),
             Err(e) => return Err(OrderError::io(&term_path, e)),
         };
         Ok(Self {
@@ -135,7 +153,7 @@ impl Replica {
             http,
             log: Arc::new(Mutex::new(log)),
             term_path,
-            view: Mutex::new(View { term, leader: None }),
+            view: Mutex::new(view),
             ready: AtomicBool::new(false),
             leading: tokio::sync::Mutex::new(None),
         })
@@ -160,32 +178,74 @@ impl Replica {
         self.log().get(number).cloned()
     }
 
-    pub fn orders_after(&self, after: u64, limit: usize) -> Vec<Order> {
-        self.log().after(after, limit.min(BATCH)).to_vec()
+    pub fn slice_after(&self, after: u64, limit: usize) -> LogSlice {
+        let log = self.log();
+        LogSlice {
+            prev_term: log.term_at(after),
+            last: log.last(),
+            orders: log.after(after, limit.min(BATCH)).to_vec(),
+        }
     }
 
-    /// Boot resync: takes from every reachable peer the orders beyond this log's end, then
-    /// reports ready. Unreachable peers are skipped: the first replica up has nobody to ask.
+    fn position(&self) -> LogPosition {
+        let log = self.log();
+        LogPosition {
+            last_term: log.last_term(),
+            last: log.last(),
+        }
+    }
+
+    /// Boot resync: catches up from the leader the peers name, if there is one, dropping any
+    /// orders of this log the leader does not have, then reports ready. With no leader (the
+    /// whole cluster starting), the next leader's takeover reconciles the logs instead.
     pub async fn resync(&self) {
-        self.pull_from_peers().await;
+        if let Some(leader) = self.find_leader().await {
+            if let Err(e) = self.pull_from(&leader).await {
+                tracing::warn!(leader = leader.id, "resync from the leader failed: {e}");
+            }
+        }
         self.ready.store(true, Ordering::Release);
         tracing::info!(last = self.log().last(), "resync done, ready");
     }
 
+    /// The peer that leads the highest term any peer reports, if it says so itself; its term
+    /// is adopted, so this replica refuses older leaders from now on.
+    async fn find_leader(&self) -> Option<Peer> {
+        let reports = futures::future::join_all(self.peers.iter().map(|peer| async move {
+            let url = endpoint(&peer.url, &["health"]).ok()?;
+            call::<Health>(self.http.get(url)).await.ok()
+        }))
+        .await;
+        let leader = reports
+            .into_iter()
+            .flatten()
+            .filter(|h| h.leader == Some(h.node_id))
+            .max_by_key(|h| h.term)?;
+        self.observe_term(leader.term, leader.node_id).ok()?;
+        self.peers.iter().find(|p| p.id == leader.node_id).cloned()
+    }
+
     /// Follower side of replication.
-    pub async fn replicate(&self, request: ReplicateRequest) -> Result<ReplicateReply, OrderError> {
+    pub async fn replicate(&self, request: ReplicateRequest) -> Result<Merge, OrderError> {
         self.observe_term(request.term, request.leader)?;
-        match self.append(request.orders).await {
-            Ok(_) | Err(OrderError::Gap { .. }) => Ok(ReplicateReply {
-                last: self.log().last(),
-            }),
-            Err(e) => Err(e),
-        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            lock(&log).merge(request.prev, request.prev_term, &request.orders)
+        })
+        .await
+        .map_err(OrderError::task)?
+    }
+
+    /// A would-be leader of `notice.term` asks where this log ends. Answering is a promise:
+    /// this replica accepts no other leader in that term and refuses all older ones.
+    pub fn prepare(&self, notice: LeaderNotice) -> Result<LogPosition, OrderError> {
+        self.observe_term(notice.term, notice.leader)?;
+        Ok(self.position())
     }
 
     /// A frontend names the leader of `term`. If that is this replica, it takes over before
-    /// answering: catches up from peers, brings them up to its log, and brings the catalog up
-    /// to date under the new term, which fences off the previous leader.
+    /// answering: a majority promises to follow it, it adopts the most up-to-date of their
+    /// logs, brings a majority to that log and the catalog up to date under the new term.
     pub async fn set_leader(self: &Arc<Self>, notice: LeaderNotice) -> Result<(), OrderError> {
         self.observe_term(notice.term, notice.leader)?;
         if notice.leader != self.id {
@@ -199,11 +259,13 @@ impl Replica {
             return Ok(());
         }
         *leading = None;
-        self.pull_from_peers().await;
-        let last = self.log().last();
-        if last > 0 {
-            // Entries of earlier terms count as committed once a majority holds them.
-            self.replicate_to_majority(notice.term, last).await?;
+        let term = notice.term;
+        let best = self.prepare_majority(notice).await?;
+        if best.1 > self.position() {
+            self.pull_from(&best.0).await?;
+        }
+        if self.view().term != term {
+            return Err(OrderError::NotLeader);
         }
         let snapshot: Snapshot = call(
             self.http
@@ -211,11 +273,16 @@ impl Replica {
         )
         .await
         .map_err(OrderError::catalog)?;
+        let last = self.log().last();
         if snapshot.applied > last {
             return Err(OrderError::CatalogUnavailable(format!(
                 "catalog has applied order {} but this replica's log ends at {last}",
                 snapshot.applied
             )));
+        }
+        self.restamp_after(snapshot.applied, term).await?;
+        if last > 0 {
+            self.replicate_to_majority(term, last).await?;
         }
         let mut projected: HashMap<String, u64> = snapshot
             .stocks
@@ -228,13 +295,14 @@ impl Replica {
             }
         }
         let mut state = Leading {
-            term: notice.term,
+            term,
             projected,
+            committed: last,
             catalog_applied: snapshot.applied,
         };
         // Applies what is committed but not yet applied, and records the new term there.
         self.apply_to_catalog(&mut state, last).await?;
-        tracing::info!(term = notice.term, last, "leading");
+        tracing::info!(term, last, "leading");
         *leading = Some(state);
         Ok(())
     }
@@ -293,6 +361,7 @@ impl Replica {
         };
         async {
             self.replicate_to_majority(term, number).await?;
+            leading.committed = leading.committed.max(number);
             self.apply_to_catalog(leading, number).await
         }
         .instrument(tracing::info_span!("commit", number))
@@ -300,10 +369,49 @@ impl Replica {
         Ok(number)
     }
 
+    /// The leader's periodic round, between orders: brings every follower up to the end of
+    /// the log (repairing any that diverged or missed orders) and applies to the catalog what
+    /// is committed but unapplied (after a catalog outage). A replica that learned of a newer
+    /// term stops leading here.
+    pub async fn heartbeat(self: &Arc<Self>) {
+        let term = {
+            let Ok(mut guard) = self.leading.try_lock() else {
+                // An order is being placed, which replicates anyway.
+                return;
+            };
+            let Some(leading) = guard.as_mut() else {
+                return;
+            };
+            if leading.term != self.view().term {
+                tracing::info!(
+                    term = leading.term,
+                    "a newer term exists; no longer leading"
+                );
+                *guard = None;
+                return;
+            }
+            if leading.catalog_applied < leading.committed {
+                let committed = leading.committed;
+                if let Err(e) = self.apply_to_catalog(leading, committed).await {
+                    tracing::warn!("catalog catch-up failed: {e}");
+                }
+            }
+            leading.term
+        };
+        let last = self.log().last();
+        if last == 0 {
+            return;
+        }
+        futures::future::join_all(self.peers.iter().map(|peer| async move {
+            if let Err(e) = self.push_to(peer, term, last).await {
+                tracing::debug!(peer = peer.id, "heartbeat: {e}");
+            }
+        }))
+        .await;
+    }
+
     fn log(&self) -> MutexGuard<'_, OrderLog> {
-        // Appends change the log only after their write succeeded, so it stays consistent
-        // even if a thread panicked while holding the lock.
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.log)
     }
 
     fn view(&self) -> MutexGuard<'_, View> {
@@ -316,7 +424,8 @@ impl Replica {
         log.after(after, count).to_vec()
     }
 
-    /// Refuses an older term; adopts (and persists) a newer one.
+    /// Refuses an older term, and a second leader in the current one; adopts (and persists)
+    /// a newer term with its leader.
     fn observe_term(&self, term: u64, leader: u32) -> Result<(), OrderError> {
         let mut view = self.view();
         if term < view.term {
@@ -325,57 +434,135 @@ impl Replica {
                 current: view.term,
             });
         }
-        if term > view.term {
-            let tmp = self.term_path.with_extension("tmp");
-            let io = |e| OrderError::io(&self.term_path, e);
-            std::fs::write(&tmp, term.to_string()).map_err(io)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-            std::fs::rename(&tmp, &self.term_path).map_err(io)?;
-            view.term = term;
+        if term == view.term {
+            match view.leader {
+                Some(current) if current == leader => return Ok(()),
+                Some(current) => return Err(OrderError::LeaderTaken { term, current }),
+                None => {}
+            }
         }
-        view.leader = Some(leader);
+        let next = View {
+            term,
+            leader: Some(leader),
+        };
+        let tmp = self.term_path.with_extension("tmp");
+        let io = |e| OrderError::io(&self.term_path, e);
+        std::fs::write(&tmp, format!("{term} {leader}\n")).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &self.term_path).map_err(io)?;
+        *view = next;
         Ok(())
     }
 
-    async fn append(&self, orders: Vec<Order>) -> Result<usize, OrderError> {
+    async fn append(&self, orders: Vec<Order>) -> Result<(), OrderError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || lock(&log).append(&orders))
+            .await
+            .map_err(OrderError::task)?
+    }
+
+    /// First step of a takeover: every peer is asked to promise to follow this replica in
+    /// `notice.term`. Fails unless a majority (this replica included) promises; otherwise
+    /// returns the peer with the most up-to-date log among them.
+    async fn prepare_majority(
+        &self,
+        notice: LeaderNotice,
+    ) -> Result<(Peer, LogPosition), OrderError> {
+        let replies = futures::future::join_all(self.peers.iter().map(|peer| async move {
+            let url = endpoint(&peer.url, &["prepare"]).ok()?;
+            match call::<LogPosition>(self.http.post(url).json(&notice)).await {
+                Ok(position) => Some((peer.clone(), position)),
+                Err(e) => {
+                    tracing::info!(peer = peer.id, "no promise for term {}: {e}", notice.term);
+                    None
+                }
+            }
+        }))
+        .await;
+        let promises: Vec<(Peer, LogPosition)> = replies.into_iter().flatten().collect();
+        let needed = self.majority();
+        if promises.len() + 1 < needed {
+            return Err(OrderError::NoMajority {
+                acks: promises.len() + 1,
+                needed,
+            });
+        }
+        let own = (
+            Peer {
+                id: self.id,
+                url: String::new(),
+            },
+            self.position(),
+        );
+        Ok(promises.into_iter().fold(own, |best, candidate| {
+            if candidate.1 > best.1 {
+                candidate
+            } else {
+                best
+            }
+        }))
+    }
+
+    /// Makes this log equal to `source`'s: finds the last order both hold with the same term,
+    /// drops everything after it here and copies the rest from `source`.
+    async fn pull_from(&self, source: &Peer) -> Result<(), OrderError> {
+        let unavailable =
+            |e: RemoteError| OrderError::PeerUnavailable(format!("replica {}: {e}", source.id));
+        let mut after = self.log().last();
+        loop {
+            let url = endpoint(&source.url, &["orders", "logs", &after.to_string()])
+                .map_err(unavailable)?;
+            let slice: LogSlice = call(self.http.get(url)).await.map_err(unavailable)?;
+            let Some(prev_term) = slice.prev_term else {
+                after = slice.last.min(after.saturating_sub(1));
+                continue;
+            };
+            let log = self.log.clone();
+            let done = slice.orders.is_empty();
+            let merged = tokio::task::spawn_blocking(move || {
+                let mut log = lock(&log);
+                let merged = log.merge(after, prev_term, &slice.orders)?;
+                if done && merged == (Merge::Matched { through: after }) && log.last() > after {
+                    // The source's log ends here: what this one holds beyond was never committed.
+                    log.replace_after(after, &[])?;
+                }
+                Ok::<_, OrderError>(merged)
+            })
+            .await
+            .map_err(OrderError::task)??;
+            match merged {
+                Merge::Matched { .. } if done => return Ok(()),
+                Merge::Matched { through } => after = through,
+                Merge::Mismatch { retry_after } => after = retry_after.min(after.saturating_sub(1)),
+            }
+        }
+    }
+
+    /// Rewrites the orders after `applied` under `term`. They came from earlier leaders and
+    /// may or may not be committed; once they carry the new leader's term, a majority holding
+    /// them makes them committed in the sense Raft's log comparison relies on, so no later
+    /// leader can adopt a log without them.
+    async fn restamp_after(&self, applied: u64, term: u64) -> Result<(), OrderError> {
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&orders)
+            let mut log = lock(&log);
+            let suffix = log.after(applied, usize::MAX);
+            if suffix.iter().all(|o| o.term == term) {
+                return Ok(());
+            }
+            let restamped: Vec<Order> =
+                suffix.iter().map(|o| Order { term, ..o.clone() }).collect();
+            log.replace_after(applied, &restamped)
         })
         .await
         .map_err(OrderError::task)?
     }
 
-    async fn pull_from_peers(&self) {
-        for peer in &self.peers {
-            loop {
-                let after = self.log().last();
-                let url = match endpoint(&peer.url, &["orders", "logs", &after.to_string()]) {
-                    Ok(url) => url,
-                    Err(e) => {
-                        tracing::warn!(peer = peer.id, "bad peer url: {e}");
-                        break;
-                    }
-                };
-                match call::<Vec<Order>>(self.http.get(url)).await {
-                    Ok(orders) if orders.is_empty() => break,
-                    Ok(orders) => {
-                        if let Err(e) = self.append(orders).await {
-                            tracing::warn!(peer = peer.id, "resync append failed: {e}");
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::info!(peer = peer.id, "resync: peer unavailable: {e}");
-                        break;
-                    }
-                }
-            }
-        }
+    fn majority(&self) -> usize {
+        let cluster_size = self.peers.len() + 1;
+        cluster_size / 2 + 1
     }
 
     /// Sends the log through `number` to every follower and returns once a majority of the
@@ -386,8 +573,7 @@ impl Replica {
         term: u64,
         number: u64,
     ) -> Result<(), OrderError> {
-        let cluster_size = self.peers.len() + 1;
-        let needed = cluster_size / 2 + 1;
+        let needed = self.majority();
         let mut acks = 1;
         let mut pending: FuturesUnordered<_> = self
             .peers
@@ -409,7 +595,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Brings one follower's log up to `number`, starting from where it says it ends.
+    /// Brings one follower's log to match this one through `number`: starts just before
+    /// `number` and steps back past whatever the follower lacks or holds differently.
     async fn push_to(&self, peer: &Peer, term: u64, number: u64) -> Result<(), OrderError> {
         let peer_error = |e: RemoteError| match e.status() {
             Some(axum::http::StatusCode::CONFLICT) => OrderError::NotLeader,
@@ -418,24 +605,28 @@ impl Replica {
         let url = endpoint(&peer.url, &["replicate"]).map_err(peer_error)?;
         let mut after = number - 1;
         loop {
-            let orders = self.orders_between(after, number.min(after + BATCH as u64));
-            let request = ReplicateRequest {
-                term,
-                leader: self.id,
-                orders,
+            let request = {
+                let log = self.log();
+                let limit = usize::try_from(number - after).unwrap_or(BATCH).min(BATCH);
+                ReplicateRequest {
+                    term,
+                    leader: self.id,
+                    prev: after,
+                    prev_term: log
+                        .term_at(after)
+                        .ok_or(OrderError::Gap { last: log.last() })?,
+                    orders: log.after(after, limit).to_vec(),
+                }
             };
-            let reply: ReplicateReply = call(self.http.post(url.clone()).json(&request))
+            let reply: Merge = call(self.http.post(url.clone()).json(&request))
                 .await
                 .map_err(peer_error)?;
-            if reply.last >= number {
-                return Ok(());
+            match reply {
+                Merge::Matched { through } if through >= number => return Ok(()),
+                Merge::Matched { through } => after = through,
+                // Order `after` is never 0 here: every log matches on the empty prefix.
+                Merge::Mismatch { retry_after } => after = retry_after.min(after - 1),
             }
-            if reply.last == after {
-                // It took none of what directly follows its log: give up rather than spin.
-                return Err(OrderError::Gap { last: reply.last });
-            }
-            // Either it took a batch, or it is behind what was sent: go on from its end.
-            after = reply.last;
         }
     }
 
@@ -494,4 +685,25 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+fn lock(log: &Mutex<OrderLog>) -> MutexGuard<'_, OrderLog> {
+    // The log changes its memory only after the file write succeeded, so it stays
+    // consistent even if a thread panicked while holding the lock.
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Parses `term-<id>`: `TERM LEADER`, or just `TERM` when no leader was accepted.
+fn parse_view(text: &str) -> Result<View, String> {
+    let mut fields = text.split_whitespace();
+    let term = fields
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .map_err(|e| format!("term: {e}"))?;
+    let leader = fields
+        .next()
+        .map(|l| l.parse().map_err(|e| format!("leader: {e}")))
+        .transpose()?;
+    Ok(View { term, leader })
 }
