@@ -238,6 +238,43 @@ async fn killing_the_leader_elects_the_next_and_loses_nothing() {
     assert_eq!(status, 503, "{body}");
 }
 
+/// I5 and an isolated leader: a leader whose peers are gone cannot commit; the order it wrote
+/// alone is dropped when it returns, replaced by the one the next leader committed.
+#[tokio::test]
+async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
+    let mut cluster = Cluster::start(1).await;
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 1);
+    cluster.wait_for_identical_logs().await;
+
+    cluster.orders[0].kill9();
+    cluster.orders[1].kill9();
+    let (status, body) = cluster.order(0, "FishCo", "sell", 7).await;
+    assert_eq!(status, 503, "{body}");
+    // Durable on replica 3 alone: never committed, never applied.
+    assert_eq!(cluster.replica_order(2, 2).await["name"], "FishCo");
+    assert_eq!(cluster.quantity(0, "FishCo").await, 100);
+
+    cluster.orders[2].kill9();
+    cluster.orders[0].restart();
+    cluster.orders[1].restart();
+    cluster.wait_replica_ready(0).await;
+    cluster.wait_replica_ready(1).await;
+    assert_eq!(cluster.must_order("BoarCo", "buy", 2).await, 2);
+
+    cluster.orders[2].restart();
+    cluster.wait_replica_ready(2).await;
+    // Ready means resynced: the divergent order is gone already.
+    let order = cluster.replica_order(2, 2).await;
+    assert_eq!(
+        (order["name"].clone(), order["type"].clone()),
+        (json!("BoarCo"), json!("buy"))
+    );
+    let log = cluster.wait_for_identical_logs().await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(cluster.quantity(0, "FishCo").await, 100);
+    assert_eq!(cluster.quantity(0, "BoarCo").await, 98);
+}
+
 #[tokio::test]
 async fn restarted_follower_resyncs_every_missed_order() {
     let mut cluster = Cluster::start(1).await;

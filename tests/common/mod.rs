@@ -296,4 +296,40 @@ impl Cluster {
             .1["data"]
             .clone()
     }
+
+    /// Replica `index`'s whole log, or `None` if it does not answer.
+    pub async fn replica_log(&self, index: usize) -> Option<Vec<Value>> {
+        let mut orders = Vec::new();
+        loop {
+            let url = format!("{}/orders/logs/{}", self.order_urls[index], orders.len());
+            let response = self.http.get(&url).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            let page = body["data"]["orders"].as_array()?;
+            if page.is_empty() {
+                return Some(orders);
+            }
+            orders.extend(page.iter().cloned());
+        }
+    }
+
+    /// Waits until every order replica holds the same log; returns it.
+    pub async fn wait_for_identical_logs(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut logs = Vec::new();
+            for index in 0..self.order_urls.len() {
+                logs.push(self.replica_log(index).await);
+            }
+            if logs.iter().all(Option::is_some) && logs.windows(2).all(|pair| pair[0] == pair[1]) {
+                return logs.swap_remove(0).unwrap_or_default();
+            }
+            let lengths: Vec<Option<usize>> =
+                logs.iter().map(|log| log.as_ref().map(Vec::len)).collect();
+            assert!(
+                Instant::now() < deadline,
+                "replica logs still differ; lengths {lengths:?}"
+            );
+            sleep(Duration::from_millis(25)).await;
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! under a term one above any term a replica has seen. One election at a time; a request that
 //! saw the leader fail re-elects only if nobody has done so since.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use futures::future::join_all;
@@ -24,7 +25,11 @@ pub struct Election {
     current: RwLock<Option<Leader>>,
     electing: tokio::sync::Mutex<()>,
     http: reqwest::Client,
-    elections: std::sync::atomic::AtomicU64,
+    elections: AtomicU64,
+    /// The highest term this frontend has seen or handed out. A failed election may have
+    /// raised a replica's term while that replica was unreachable for the next one, so
+    /// terms are chosen above this, not only above the live replicas' terms.
+    highest_term: AtomicU64,
 }
 
 impl Election {
@@ -36,6 +41,7 @@ impl Election {
             electing: tokio::sync::Mutex::new(()),
             http,
             elections: Default::default(),
+            highest_term: Default::default(),
         }
     }
 
@@ -48,7 +54,7 @@ impl Election {
 
     /// How many elections have chosen a leader.
     pub fn elections(&self) -> u64 {
-        self.elections.load(std::sync::atomic::Ordering::Relaxed)
+        self.elections.load(Ordering::Relaxed)
     }
 
     /// The current leader, electing one if there is none.
@@ -70,8 +76,7 @@ impl Election {
         let elected = self.elect().await;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = elected.clone();
         if let Some(leader) = &elected {
-            self.elections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.elections.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 leader = leader.id,
                 term = leader.term,
@@ -91,12 +96,14 @@ impl Election {
                 .ok()
         }))
         .await;
-        let mut term = health.iter().flatten().map(|h| h.term).max()?;
+        let live_term = health.iter().flatten().map(|h| h.term).max()?;
+        let mut term = live_term.max(self.highest_term.load(Ordering::Relaxed));
         for (replica, health) in self.replicas.iter().zip(&health) {
             if !matches!(health, Some(h) if h.ready) {
                 continue;
             }
             term += 1;
+            self.highest_term.fetch_max(term, Ordering::Relaxed);
             let notice = LeaderNotice {
                 term,
                 leader: replica.id,

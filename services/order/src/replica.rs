@@ -441,13 +441,34 @@ impl Replica {
                 None => {}
             }
         }
-        let next = View {
-            term,
-            leader: Some(leader),
-        };
+        self.persist_view(
+            &mut view,
+            View {
+                term,
+                leader: Some(leader),
+            },
+        )
+    }
+
+    /// Adopts a newer term learned from a peer that refused this replica as a stale leader;
+    /// the leader of that term is not known here.
+    fn learn_term(&self, term: u64) -> Result<(), OrderError> {
+        let mut view = self.view();
+        if term <= view.term {
+            return Ok(());
+        }
+        tracing::info!(term, "a peer knows a newer term");
+        self.persist_view(&mut view, View { term, leader: None })
+    }
+
+    fn persist_view(&self, view: &mut View, next: View) -> Result<(), OrderError> {
         let tmp = self.term_path.with_extension("tmp");
         let io = |e| OrderError::io(&self.term_path, e);
-        std::fs::write(&tmp, format!("{term} {leader}\n")).map_err(io)?;
+        let text = match next.leader {
+            Some(leader) => format!("{} {leader}\n", next.term),
+            None => format!("{}\n", next.term),
+        };
+        std::fs::write(&tmp, text).map_err(io)?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io)?;
@@ -598,11 +619,7 @@ impl Replica {
     /// Brings one follower's log to match this one through `number`: starts just before
     /// `number` and steps back past whatever the follower lacks or holds differently.
     async fn push_to(&self, peer: &Peer, term: u64, number: u64) -> Result<(), OrderError> {
-        let peer_error = |e: RemoteError| match e.status() {
-            Some(axum::http::StatusCode::CONFLICT) => OrderError::NotLeader,
-            _ => OrderError::PeerUnavailable(format!("replica {}: {e}", peer.id)),
-        };
-        let url = endpoint(&peer.url, &["replicate"]).map_err(peer_error)?;
+        let url = endpoint(&peer.url, &["replicate"]).map_err(|e| self.peer_error(peer, e))?;
         let mut after = number - 1;
         loop {
             let request = {
@@ -618,14 +635,36 @@ impl Replica {
                     orders: log.after(after, limit).to_vec(),
                 }
             };
-            let reply: Merge = call(self.http.post(url.clone()).json(&request))
-                .await
-                .map_err(peer_error)?;
+            let reply: Merge = match call(self.http.post(url.clone()).json(&request)).await {
+                Ok(reply) => reply,
+                Err(e) if e.status() == Some(axum::http::StatusCode::CONFLICT) => {
+                    // Refused as a stale leader: learn the newer term, so this replica stops
+                    // leading and the next election goes above it.
+                    self.learn_peer_term(peer).await;
+                    return Err(OrderError::NotLeader);
+                }
+                Err(e) => return Err(self.peer_error(peer, e)),
+            };
             match reply {
                 Merge::Matched { through } if through >= number => return Ok(()),
                 Merge::Matched { through } => after = through,
                 // Order `after` is never 0 here: every log matches on the empty prefix.
                 Merge::Mismatch { retry_after } => after = retry_after.min(after - 1),
+            }
+        }
+    }
+
+    fn peer_error(&self, peer: &Peer, error: RemoteError) -> OrderError {
+        OrderError::PeerUnavailable(format!("replica {}: {error}", peer.id))
+    }
+
+    async fn learn_peer_term(&self, peer: &Peer) {
+        let Ok(url) = endpoint(&peer.url, &["health"]) else {
+            return;
+        };
+        if let Ok(health) = call::<Health>(self.http.get(url)).await {
+            if let Err(e) = self.learn_term(health.term) {
+                tracing::warn!("cannot record term {}: {e}", health.term);
             }
         }
     }
