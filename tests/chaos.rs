@@ -1,0 +1,344 @@
+//! Chaos: clients trade without pause while order replicas — the leader at least every other
+//! time — are SIGKILLed and restarted, and the catalog once; then the reliability contract
+//! I1–I5 is checked on what is left.
+//!
+//! CI runs it for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test --release
+//! --test chaos -- --nocapture`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_until, Cluster};
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+const CLIENTS: usize = 4;
+const STOCKS: [&str; 4] = ["GameStart", "FishCo", "BoarCo", "MenhirCo"];
+const INITIAL_QUANTITY: i64 = 100;
+/// Attempts per order before a client gives up on it (its outcome then stays unknown).
+const ATTEMPTS: usize = 40;
+
+/// xorshift64: enough randomness to pick victims and orders, reproducible from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// An order a client saw acknowledged.
+#[derive(Debug, Clone)]
+struct Ack {
+    number: u64,
+    key: String,
+    name: String,
+    side: &'static str,
+    quantity: u64,
+}
+
+#[derive(Debug, Default)]
+struct ClientReport {
+    acks: Vec<Ack>,
+    refused: usize,
+    unknown: usize,
+    retries: usize,
+}
+
+async fn client(
+    http: reqwest::Client,
+    frontend: String,
+    id: usize,
+    stop: Arc<AtomicBool>,
+) -> ClientReport {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1));
+    let mut report = ClientReport::default();
+    let orders = format!("{frontend}/orders");
+    let mut sequence = 0;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let key = format!("chaos-{id}-{sequence}");
+        let name = STOCKS[rng.below(STOCKS.len() as u64) as usize];
+        let side = if rng.below(2) == 0 { "buy" } else { "sell" };
+        let quantity = 1 + rng.below(3);
+        let body = json!({"name": name, "type": side, "quantity": quantity});
+        let mut outcome = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                report.retries += 1;
+                // Pacing between retries of an order whose outcome is unknown.
+                sleep(Duration::from_millis(50)).await;
+            }
+            let response = http
+                .post(&orders)
+                .header("idempotency-key", &key)
+                .json(&body)
+                .send()
+                .await;
+            let Ok(response) = response else { continue };
+            let status = response.status().as_u16();
+            let Ok(reply) = response.json::<Value>().await else {
+                continue;
+            };
+            match status {
+                200 => {
+                    outcome = Some(reply["data"]["transaction_number"].as_u64());
+                    break;
+                }
+                409 => {
+                    report.refused += 1;
+                    outcome = Some(None);
+                    break;
+                }
+                503 => continue,
+                other => panic!("order {body} answered {other}: {reply}"),
+            }
+        }
+        match outcome {
+            Some(Some(number)) => report.acks.push(Ack {
+                number,
+                key,
+                name: name.to_owned(),
+                side,
+                quantity,
+            }),
+            Some(None) => {}
+            None => report.unknown += 1,
+        }
+    }
+    report
+}
+
+/// The replica that leads the highest term, as the live replicas report it.
+async fn leader(cluster: &Cluster) -> Option<usize> {
+    let mut best: Option<(u64, usize)> = None;
+    for index in 0..cluster.order_urls.len() {
+        let url = format!("{}/health", cluster.order_urls[index]);
+        let Ok(response) = cluster.http.get(&url).send().await else {
+            continue;
+        };
+        let Ok(health) = response.json::<Value>().await else {
+            continue;
+        };
+        let health = &health["data"];
+        let term = health["term"].as_u64().unwrap_or(0);
+        if health["leader"] == health["node_id"] && best.is_none_or(|(t, _)| term > t) {
+            best = Some((term, index));
+        }
+    }
+    best.map(|(_, index)| index)
+}
+
+#[derive(Debug, Default)]
+struct Chaos {
+    kills: usize,
+    leader_kills: usize,
+    catalog_kills: usize,
+}
+
+/// Kills and restarts replicas until `until`, the leader every other time and the catalog once
+/// halfway; waits for each victim to be back (ready) before the next round.
+async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut chaos = Chaos::default();
+    let halfway = Instant::now() + (until - Instant::now()) / 2;
+    while Instant::now() < until {
+        // Pacing: let the clients trade for a while between kills.
+        sleep(Duration::from_millis(200 + rng.below(300))).await;
+        if chaos.catalog_kills == 0 && Instant::now() >= halfway {
+            cluster.catalog.kill9();
+            cluster.catalog.restart();
+            let url = format!("{}/health", cluster.catalog_url);
+            wait_until("catalog back", Duration::from_secs(20), || {
+                cluster.is_up(&url)
+            })
+            .await;
+            chaos.catalog_kills += 1;
+            continue;
+        }
+        let current_leader = leader(cluster).await;
+        let victim = match current_leader {
+            Some(index) if chaos.kills % 2 == 0 => index,
+            _ => rng.below(cluster.orders.len() as u64) as usize,
+        };
+        if Some(victim) == current_leader {
+            chaos.leader_kills += 1;
+        }
+        cluster.orders[victim].kill9();
+        chaos.kills += 1;
+        sleep(Duration::from_millis(rng.below(300))).await;
+        cluster.orders[victim].restart();
+        cluster.wait_replica_ready(victim).await;
+    }
+    chaos
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kills_and_restarts_lose_no_acknowledged_order() {
+    let seconds: u64 = std::env::var("STOCKNET_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let mut cluster = Cluster::start(1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(client(
+                cluster.http.clone(),
+                cluster.frontend().to_owned(),
+                id,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let chaos = kill_and_restart(&mut cluster, Instant::now() + Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut reports = Vec::new();
+    for client in clients {
+        reports.push(client.await.expect("client task"));
+    }
+    let acks: Vec<&Ack> = reports.iter().flat_map(|r| &r.acks).collect();
+
+    // Quiescence: one more order commits everything before it and brings the catalog up to
+    // date; then every replica converges on one log.
+    let mut settled = false;
+    for _ in 0..ATTEMPTS {
+        let (status, _) = cluster.order(0, "GameStart", "sell", 1).await;
+        if status == 200 {
+            settled = true;
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "no order succeeds after the chaos");
+    let log = cluster.wait_for_identical_logs().await; // I5
+
+    // I2: numbers are 1..=n, each used once; no two acknowledgements share one.
+    for (index, order) in log.iter().enumerate() {
+        assert_eq!(order["number"], index as u64 + 1, "{order}");
+    }
+    let acked_numbers: HashSet<u64> = acks.iter().map(|a| a.number).collect();
+    assert_eq!(
+        acked_numbers.len(),
+        acks.len(),
+        "a number acknowledged twice"
+    );
+
+    // I4: no idempotency key executed twice.
+    let mut keys = HashSet::new();
+    for order in &log {
+        if let Some(key) = order["key"].as_str() {
+            assert!(keys.insert(key.to_owned()), "key {key} executed twice");
+        }
+    }
+
+    // I1: every acknowledged order is in the log, unchanged, and served by the frontend.
+    let mut lost = 0;
+    for ack in &acks {
+        let order = &log[(ack.number - 1) as usize];
+        let expected = (
+            json!(format!("client-{}", ack.key)),
+            json!(ack.name),
+            json!(ack.side),
+            json!(ack.quantity),
+        );
+        let found = (
+            order["key"].clone(),
+            order["name"].clone(),
+            order["type"].clone(),
+            order["quantity"].clone(),
+        );
+        if found != expected {
+            lost += 1;
+            eprintln!(
+                "order {} acknowledged as {expected:?}, log has {found:?}",
+                ack.number
+            );
+        }
+    }
+    for ack in acks.iter().step_by(7) {
+        let (status, body) = cluster
+            .get(&format!("{}/orders/{}", cluster.frontend(), ack.number))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (
+                body["data"]["name"].clone(),
+                body["data"]["quantity"].clone()
+            ),
+            (json!(ack.name), json!(ack.quantity))
+        );
+    }
+
+    // I3: the catalog holds initial + sells - buys of the committed log, all applied.
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for order in &log {
+        let delta = order["quantity"].as_i64().expect("quantity");
+        let signed = if order["type"] == "sell" {
+            delta
+        } else {
+            -delta
+        };
+        *expected
+            .entry(order["name"].as_str().expect("name").to_owned())
+            .or_insert(INITIAL_QUANTITY) += signed;
+    }
+    let (_, snapshot) = cluster
+        .get(&format!("{}/snapshot", cluster.catalog_url))
+        .await;
+    assert_eq!(snapshot["data"]["applied"], log.len() as u64, "{snapshot}");
+    for stock in snapshot["data"]["stocks"].as_array().expect("stocks") {
+        let name = stock["name"].as_str().expect("name");
+        let quantity = stock["quantity"].as_i64().expect("quantity");
+        assert_eq!(
+            quantity,
+            *expected.get(name).unwrap_or(&INITIAL_QUANTITY),
+            "{name}"
+        );
+        assert!(quantity >= 0);
+        assert_eq!(
+            cluster.quantity(0, name).await as i64,
+            quantity,
+            "{name} via the frontend"
+        );
+    }
+
+    let refused: usize = reports.iter().map(|r| r.refused).sum();
+    let unknown: usize = reports.iter().map(|r| r.unknown).sum();
+    let retries: usize = reports.iter().map(|r| r.retries).sum();
+    let metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.frontend()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let elections = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stocknet_frontend_elections_total "))
+        .unwrap_or("?");
+    println!(
+        "chaos over {seconds} s: {} orders acknowledged, {refused} refused (409), {unknown} \
+         unknown after {ATTEMPTS} attempts, {retries} client retries; {} kills ({} of the \
+         leader, {} of the catalog), {elections} elections; orders lost: {lost}",
+        acks.len(),
+        chaos.kills + chaos.catalog_kills,
+        chaos.leader_kills,
+        chaos.catalog_kills,
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        chaos.leader_kills >= 1 && chaos.catalog_kills == 1,
+        "{chaos:?}"
+    );
+    assert!(!acks.is_empty());
+}
