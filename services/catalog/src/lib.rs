@@ -46,12 +46,17 @@ pub struct Config {
         default_value = "http://127.0.0.1:8080"
     )]
     pub frontends: Vec<String>,
+    /// HOST:PORT whose DNS name resolves to every frontend (a headless Service in
+    /// Kubernetes); resolved at each invalidation, so frontends that come and go are reached.
+    #[arg(long, env = "STOCKNET_FRONTEND_DNS")]
+    pub frontend_dns: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<CatalogStore>,
     pub frontends: Arc<Vec<String>>,
+    pub frontend_dns: Option<Arc<str>>,
     pub http: reqwest::Client,
 }
 
@@ -59,7 +64,13 @@ impl AppState {
     pub fn new(store: CatalogStore, frontends: Vec<String>) -> Self {
         Self {
             store: Arc::new(store),
-            frontends: Arc::new(frontends),
+            frontends: Arc::new(
+                frontends
+                    .into_iter()
+                    .filter(|url| !url.is_empty())
+                    .collect(),
+            ),
+            frontend_dns: None,
             http: http_client(Duration::from_secs(2)),
         }
     }
@@ -73,13 +84,25 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| CatalogError::io(&config.data_dir, e))?;
         let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
-        Ok(Self::new(store, config.frontends.clone()))
+        Ok(Self {
+            frontend_dns: config.frontend_dns.as_deref().map(Arc::from),
+            ..Self::new(store, config.frontends.clone())
+        })
     }
 
     /// Tells every frontend to drop `names` from its cache, and waits for the answers so
     /// that an acknowledged trade is never followed by a stale cached read.
     async fn invalidate(&self, names: &[String]) {
-        let calls = self.frontends.iter().flat_map(|frontend| {
+        let mut frontends: Vec<String> = self.frontends.to_vec();
+        if let Some(dns) = &self.frontend_dns {
+            match tokio::net::lookup_host(&**dns).await {
+                Ok(addrs) => frontends.extend(addrs.map(|addr| format!("http://{addr}"))),
+                // No frontend pod exists yet (nothing cached), or DNS is failing: then a frontend
+                // may serve a stale quantity until its next invalidation (docs/OPERATIONS.md).
+                Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
+            }
+        }
+        let calls = frontends.iter().flat_map(|frontend| {
             names.iter().map(move |name| async move {
                 let result = match endpoint(frontend, &["invalidate", name]) {
                     Ok(url) => self.http.post(url).send().await.map(|_| ()),
@@ -245,6 +268,48 @@ mod tests {
         )
         .await;
         assert_eq!(body["data"]["quantity"], 60);
+    }
+
+    /// A stand-in frontend on 127.0.0.1 that records the names it is told to invalidate.
+    async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = seen.clone();
+        let app = Router::new().route(
+            "/invalidate/{name}",
+            post(move |Path(name): Path<String>| async move {
+                recorder.lock().unwrap().push(name);
+                data(json!({"success": true}))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (port, seen)
+    }
+
+    #[tokio::test]
+    async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, seen) = recording_frontend().await;
+        let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+        let app = router(AppState {
+            frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
+            ..AppState::new(store, vec![String::new()])
+        });
+        let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
+                                        {"number":2,"name":"FishCo","delta":2}]}"#;
+        assert_eq!(
+            send(&app, post_json("/apply", body)).await.0,
+            StatusCode::OK
+        );
+        // Resent after a crash: nothing changes, but the stocks are invalidated again.
+        assert_eq!(
+            send(&app, post_json("/apply", body)).await.0,
+            StatusCode::OK
+        );
+        let mut names = seen.lock().unwrap().clone();
+        names.sort();
+        assert_eq!(names, ["FishCo", "FishCo", "GameStart", "GameStart"]);
     }
 
     #[tokio::test]

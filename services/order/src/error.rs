@@ -38,6 +38,8 @@ pub enum OrderError {
         #[source]
         source: std::io::Error,
     },
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("internal task failed: {0}")]
     Task(String),
 }
@@ -80,7 +82,7 @@ impl IntoResponse for OrderError {
             | Self::NoMajority { .. }
             | Self::PeerUnavailable(_)
             | Self::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) => {
+            Self::Corrupt(_) | Self::Io { .. } | Self::Config(_) | Self::Task(_) => {
                 return ApiError::internal(&self).into_response();
             }
         };

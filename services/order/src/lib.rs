@@ -36,9 +36,11 @@ pub struct Config {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "STOCKNET_ORDER_PORT", default_value_t = 8091)]
     pub port: u16,
-    /// This replica's id: unique, >= 1; the highest live id leads.
+    /// This replica's id: unique, >= 1; the highest live id leads. Default: the ordinal at
+    /// the end of the host name plus one (`stocknet-order-2` is replica 3), as in a
+    /// Kubernetes StatefulSet.
     #[arg(long, env = "STOCKNET_NODE_ID")]
-    pub node_id: u32,
+    pub node_id: Option<u32>,
     /// All order replicas as ID=URL, comma-separated (this one may be included).
     #[arg(
         long,
@@ -59,6 +61,28 @@ pub struct Config {
     pub data_dir: PathBuf,
 }
 
+impl Config {
+    /// `--node-id`, or else the StatefulSet ordinal in `HOSTNAME` plus one.
+    pub fn node_id(&self) -> Result<u32, OrderError> {
+        if let Some(id) = self.node_id {
+            return Ok(id);
+        }
+        let hostname = std::env::var("HOSTNAME").unwrap_or_default();
+        node_id_from_hostname(&hostname).ok_or_else(|| {
+            OrderError::Config(format!(
+                "no --node-id / STOCKNET_NODE_ID, and host name {hostname:?} does not end in a \
+                 StatefulSet ordinal"
+            ))
+        })
+    }
+}
+
+/// `stocknet-order-2` → 3: a StatefulSet pod's ordinal plus one (ids start at 1).
+pub fn node_id_from_hostname(hostname: &str) -> Option<u32> {
+    let (_, ordinal) = hostname.rsplit_once('-')?;
+    ordinal.parse::<u32>().ok()?.checked_add(1)
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub replica: Arc<Replica>,
@@ -67,7 +91,7 @@ pub struct AppState {
 impl AppState {
     pub fn from_config(config: &Config) -> Result<Self, OrderError> {
         let replica = Replica::open(
-            config.node_id,
+            config.node_id()?,
             &config.data_dir,
             config.peers.clone(),
             config.catalog_url.trim_end_matches('/').to_owned(),
@@ -97,7 +121,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::from_config(&config)?;
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
-    tracing::info!(%addr, node_id = config.node_id, "order replica listening");
+    tracing::info!(%addr, node_id = state.replica.health().node_id, "order replica listening");
     let replica = state.replica.clone();
     tokio::spawn(async move {
         replica.resync().await;
@@ -340,6 +364,14 @@ mod tests {
             (body["data"]["term"].clone(), body["data"]["leader"].clone()),
             (json!(2), json!(3))
         );
+    }
+
+    #[test]
+    fn node_id_from_a_statefulset_pod_name() {
+        assert_eq!(node_id_from_hostname("demo-order-0"), Some(1));
+        assert_eq!(node_id_from_hostname("demo-order-12"), Some(13));
+        assert_eq!(node_id_from_hostname("laptop"), None);
+        assert_eq!(node_id_from_hostname("demo-order-x"), None);
     }
 
     #[tokio::test]

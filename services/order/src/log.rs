@@ -319,13 +319,13 @@ mod tests {
             number,
             term: 1,
             name: name.into(),
-            side: if number % 2 == 0 {
+            side: if number.is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell
             },
             quantity: number as u32,
-            key: (number % 3 == 0).then(|| format!("key-{number}")),
+            key: number.is_multiple_of(3).then(|| format!("key-{number}")),
         }
     }
 

@@ -1,0 +1,236 @@
+//! The `StockNet` custom resource (`stocknet.io/v1alpha1`): what a user asks for, and the
+//! status the operator reports from what it observes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image used when the spec names none: the tag the docs build and load into kind/minikube.
+pub const DEFAULT_IMAGE: &str = "stocknet:0.1.0";
+
+/// A StockNet deployment: a catalog, replicated order service and frontends. `spec: {}` is
+/// valid and gets the defaults (3 order replicas, 1 frontend, cache of 8).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "stocknet.io",
+    version = "v1alpha1",
+    kind = "StockNet",
+    plural = "stocknets",
+    shortname = "sn",
+    namespaced,
+    status = "StockNetStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Leader","type":"integer","jsonPath":".status.leader"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StockNetSpec {
+    /// Container image holding the `stocknet` binary.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Image pull policy of every StockNet container.
+    #[serde(default = "default_pull_policy")]
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: String,
+    #[serde(default)]
+    pub frontend: FrontendSpec,
+    #[serde(default)]
+    pub catalog: CatalogSpec,
+    #[serde(default)]
+    pub order: OrderSpec,
+    /// Storage class of the catalog's and the order replicas' volume claims; the cluster's
+    /// default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendSpec {
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// Stocks each frontend keeps in its LRU cache.
+    #[serde(default = "default_cache_size")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub cache_size: u32,
+    #[serde(default = "yes")]
+    pub cache_enabled: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSpec {
+    /// Size of the catalog's volume claim.
+    #[serde(default = "default_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub storage: String,
+    /// The initial catalog as CSV (`name,price,quantity`); the built-in 12 stocks when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_catalog: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSpec {
+    /// Order replicas; a majority must be up to accept orders.
+    #[serde(default = "default_order_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// Size of each replica's volume claim.
+    #[serde(default = "default_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub storage: String,
+}
+
+/// What the operator last observed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StockNetStatus {
+    /// The generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Node id of the order leader of the highest term, as the replicas report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u32>,
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
+    /// `Ready` (every order replica healthy and resynced) and `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Node id (StatefulSet ordinal + 1).
+    pub id: u32,
+    pub pod: String,
+    /// Answered its health check and finished its resync.
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transaction: Option<u64>,
+    /// Health checks failed in a row.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Times the operator deleted this replica's pod.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl Default for StockNetSpec {
+    fn default() -> Self {
+        Self {
+            image: default_image(),
+            image_pull_policy: default_pull_policy(),
+            frontend: FrontendSpec::default(),
+            catalog: CatalogSpec::default(),
+            order: OrderSpec::default(),
+            storage_class_name: None,
+        }
+    }
+}
+
+impl Default for FrontendSpec {
+    fn default() -> Self {
+        Self {
+            replicas: one(),
+            cache_size: default_cache_size(),
+            cache_enabled: yes(),
+        }
+    }
+}
+
+impl Default for CatalogSpec {
+    fn default() -> Self {
+        Self {
+            storage: default_storage(),
+            initial_catalog: None,
+        }
+    }
+}
+
+impl Default for OrderSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_order_replicas(),
+            storage: default_storage(),
+        }
+    }
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_owned()
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".to_owned()
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_cache_size() -> u32 {
+    8
+}
+
+fn default_order_replicas() -> i32 {
+    3
+}
+
+fn default_storage() -> String {
+    "1Gi".to_owned()
+}
+
+/// The CRD as YAML, exactly as `stocknet-operator crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&StockNet::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_spec_gets_the_defaults() {
+        let spec: StockNetSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec, StockNetSpec::default());
+        assert_eq!(spec.order.replicas, 3);
+        assert_eq!(spec.frontend.cache_size, 8);
+        let partial: StockNetSpec =
+            serde_json::from_str(r#"{"order":{"replicas":5},"frontend":{"cacheEnabled":false}}"#)
+                .unwrap();
+        assert_eq!(
+            (partial.order.replicas, partial.order.storage.as_str()),
+            (5, "1Gi")
+        );
+        assert_eq!(
+            (partial.frontend.cache_enabled, partial.frontend.replicas),
+            (false, 1)
+        );
+    }
+
+    /// `crds/` and the chart's `crds/` must be what the Rust types generate: regenerate with
+    /// `cargo run -p stocknet-operator -- crd > crds/stocknet.yaml` (and the chart's copy).
+    #[test]
+    fn committed_crd_files_match_the_rust_types() {
+        let generated = crd_yaml().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for path in ["crds/stocknet.yaml", "charts/stocknet/crds/stocknet.yaml"] {
+            let committed =
+                std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(
+                committed == generated,
+                "{path} differs from the generated CRD; regenerate it with \
+                 `cargo run -p stocknet-operator -- crd > {path}`"
+            );
+        }
+    }
+}

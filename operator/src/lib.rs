@@ -1,0 +1,4 @@
+//! The StockNet operator: the `StockNet` custom resource, the objects it stands for (built by
+//! pure functions), the health policy for order replicas, and the controller that applies them.
+
+pub mod crd;
