@@ -2,3 +2,4 @@
 //! pure functions), the health policy for order replicas, and the controller that applies them.
 
 pub mod crd;
+pub mod resources;

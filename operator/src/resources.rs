@@ -1,0 +1,775 @@
+//! The objects a `StockNet` stands for, as pure functions of it: nothing here talks to the
+//! API server, so every port, volume, env var, label and owner reference is unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::StockNet;
+
+pub const CATALOG_PORT: i32 = 8081;
+pub const ORDER_PORT: i32 = 8091;
+pub const FRONTEND_PORT: i32 = 8080;
+/// Where each pod's volume claim is mounted.
+const DATA_DIR: &str = "/data";
+/// The user every container runs as (the image's non-root user).
+const USER: i64 = 65532;
+/// The catalog shipped with StockNet, for a spec without `catalog.initialCatalog`.
+const DEFAULT_CATALOG: &str = include_str!("../../data/catalog.csv");
+
+/// The three workloads of a StockNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Catalog,
+    Order,
+    Frontend,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Catalog => "catalog",
+            Self::Order => "order",
+            Self::Frontend => "frontend",
+        }
+    }
+}
+
+/// Every object the operator applies for `sn`, in the order it applies them.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub services: Vec<Service>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub deployment: Deployment,
+}
+
+/// Errors in a spec that the schema cannot catch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("StockNet has no namespace")]
+    NoNamespace,
+    #[error("StockNet has no uid yet")]
+    NoUid,
+    #[error("catalog.initialCatalog: {0}")]
+    InitialCatalog(String),
+}
+
+pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {
+    if let Some(csv) = &sn.spec.catalog.initial_catalog {
+        check_catalog_csv(csv)?;
+    }
+    Ok(Desired {
+        config_map: initial_catalog(sn)?,
+        services: vec![
+            catalog_service(sn)?,
+            order_service(sn)?,
+            frontend_service(sn)?,
+            frontend_pods_service(sn)?,
+        ],
+        stateful_sets: vec![catalog_stateful_set(sn)?, order_stateful_set(sn)?],
+        deployment: frontend_deployment(sn)?,
+    })
+}
+
+/// `app.kubernetes.io/*` labels of one component; the first three also select its pods.
+pub fn labels(sn: &StockNet, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector(sn, component);
+    labels.insert("app.kubernetes.io/part-of".into(), "stocknet".into());
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "stocknet-operator".into(),
+    );
+    labels
+}
+
+pub fn selector(sn: &StockNet, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "stocknet".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), sn.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.as_str().to_owned(),
+        ),
+    ])
+}
+
+/// `<stocknet>-<component>`: the name of a component's workload and Service.
+pub fn name(sn: &StockNet, component: Component) -> String {
+    format!("{}-{}", sn.name_any(), component.as_str())
+}
+
+/// Label selector string for a component's pods, for list calls.
+pub fn selector_string(sn: &StockNet, component: Component) -> String {
+    selector(sn, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The order replicas as `ID=URL`, in the form the services take them: stable DNS names
+/// of the StatefulSet's pods under its headless Service.
+pub fn order_peers(sn: &StockNet) -> Result<String, SpecError> {
+    let namespace = namespace(sn)?;
+    let order = name(sn, Component::Order);
+    Ok((0..sn.spec.order.replicas)
+        .map(|ordinal| {
+            format!(
+                "{}=http://{order}-{ordinal}.{order}.{namespace}.svc:{ORDER_PORT}",
+                ordinal + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+fn namespace(sn: &StockNet) -> Result<String, SpecError> {
+    sn.namespace().ok_or(SpecError::NoNamespace)
+}
+
+fn metadata(sn: &StockNet, name: String, component: Component) -> Result<ObjectMeta, SpecError> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(sn)?),
+        labels: Some(labels(sn, component)),
+        owner_references: Some(vec![sn
+            .controller_owner_ref(&())
+            .ok_or(SpecError::NoUid)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn check_catalog_csv(csv: &str) -> Result<(), SpecError> {
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| SpecError::InitialCatalog(e.to_string()))?;
+    if headers.iter().collect::<Vec<_>>() != ["name", "price", "quantity"] {
+        return Err(SpecError::InitialCatalog(
+            "the header must be name,price,quantity".into(),
+        ));
+    }
+    for (index, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| SpecError::InitialCatalog(e.to_string()))?;
+        let row = index + 2;
+        let bad = |what: &str| SpecError::InitialCatalog(format!("line {row}: {what}"));
+        if record.get(0).is_none_or(str::is_empty) {
+            return Err(bad("empty name"));
+        }
+        record
+            .get(1)
+            .and_then(|p| p.parse::<f64>().ok())
+            .filter(|p| p.is_finite() && *p >= 0.0)
+            .ok_or_else(|| bad("price must be a number >= 0"))?;
+        record
+            .get(2)
+            .and_then(|q| q.parse::<u64>().ok())
+            .ok_or_else(|| bad("quantity must be a whole number >= 0"))?;
+    }
+    Ok(())
+}
+
+fn initial_catalog(sn: &StockNet) -> Result<ConfigMap, SpecError> {
+    let csv = sn
+        .spec
+        .catalog
+        .initial_catalog
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CATALOG.to_owned());
+    Ok(ConfigMap {
+        metadata: metadata(
+            sn,
+            format!("{}-initial", name(sn, Component::Catalog)),
+            Component::Catalog,
+        )?,
+        data: Some(BTreeMap::from([("catalog.csv".to_owned(), csv)])),
+        ..ConfigMap::default()
+    })
+}
+
+fn service(
+    sn: &StockNet,
+    name: String,
+    component: Component,
+    port: i32,
+    headless: bool,
+) -> Result<Service, SpecError> {
+    Ok(Service {
+        metadata: metadata(sn, name, component)?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector(sn, component)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            cluster_ip: headless.then(|| "None".to_owned()),
+            // Peers must find a replica while it resyncs (not ready yet), and the catalog
+            // must invalidate a frontend as soon as it can cache.
+            publish_not_ready_addresses: headless.then_some(true),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn catalog_service(sn: &StockNet) -> Result<Service, SpecError> {
+    service(
+        sn,
+        name(sn, Component::Catalog),
+        Component::Catalog,
+        CATALOG_PORT,
+        false,
+    )
+}
+
+/// Headless: gives each order pod a stable DNS name (`<sn>-order-<ordinal>.<sn>-order`).
+fn order_service(sn: &StockNet) -> Result<Service, SpecError> {
+    service(
+        sn,
+        name(sn, Component::Order),
+        Component::Order,
+        ORDER_PORT,
+        true,
+    )
+}
+
+fn frontend_service(sn: &StockNet) -> Result<Service, SpecError> {
+    service(
+        sn,
+        name(sn, Component::Frontend),
+        Component::Frontend,
+        FRONTEND_PORT,
+        false,
+    )
+}
+
+/// Headless: resolves to every frontend pod, for the catalog's cache invalidations.
+fn frontend_pods_service(sn: &StockNet) -> Result<Service, SpecError> {
+    service(
+        sn,
+        format!("{}-pods", name(sn, Component::Frontend)),
+        Component::Frontend,
+        FRONTEND_PORT,
+        true,
+    )
+}
+
+fn env(pairs: &[(&str, String)]) -> Vec<EnvVar> {
+    pairs
+        .iter()
+        .map(|(name, value)| EnvVar {
+            name: (*name).to_owned(),
+            value: Some(value.clone()),
+            ..EnvVar::default()
+        })
+        .collect()
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// One StockNet container: non-root, read-only root filesystem, no capabilities.
+fn container(
+    sn: &StockNet,
+    component: Component,
+    port: i32,
+    env: Vec<EnvVar>,
+    volume_mounts: Vec<VolumeMount>,
+    readiness_path: &str,
+) -> Container {
+    Container {
+        name: component.as_str().to_owned(),
+        image: Some(sn.spec.image.clone()),
+        image_pull_policy: Some(sn.spec.image_pull_policy.clone()),
+        args: Some(vec![component.as_str().to_owned()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(http_probe(readiness_path, 2, 3)),
+        liveness_probe: Some(http_probe("/health", 10, 6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("50m".into())),
+                ("memory".to_owned(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("256Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(volume_mounts),
+        ..Container::default()
+    }
+}
+
+fn pod_template(
+    sn: &StockNet,
+    component: Component,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(sn, component)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(USER),
+                run_as_group: Some(USER),
+                fs_group: Some(USER),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn data_mount() -> VolumeMount {
+    VolumeMount {
+        name: "data".into(),
+        mount_path: DATA_DIR.into(),
+        ..VolumeMount::default()
+    }
+}
+
+fn data_claim(sn: &StockNet, component: Component, storage: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(labels(sn, component)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: sn.spec.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(storage.to_owned()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn stateful_set(
+    sn: &StockNet,
+    component: Component,
+    replicas: i32,
+    template: PodTemplateSpec,
+    storage: &str,
+) -> Result<StatefulSet, SpecError> {
+    Ok(StatefulSet {
+        metadata: metadata(sn, name(sn, component), component)?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(name(sn, component)),
+            selector: LabelSelector {
+                match_labels: Some(selector(sn, component)),
+                ..LabelSelector::default()
+            },
+            // Replicas find each other and resync themselves: no need to start them in order.
+            pod_management_policy: Some("Parallel".into()),
+            template,
+            volume_claim_templates: Some(vec![data_claim(sn, component, storage)]),
+            // The claims hold the data: they outlive scale-downs and the StockNet itself.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+fn catalog_url(sn: &StockNet) -> Result<String, SpecError> {
+    Ok(format!(
+        "http://{}.{}.svc:{CATALOG_PORT}",
+        name(sn, Component::Catalog),
+        namespace(sn)?
+    ))
+}
+
+fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
+    let frontend_pods = format!(
+        "{}-pods.{}.svc:{FRONTEND_PORT}",
+        name(sn, Component::Frontend),
+        namespace(sn)?
+    );
+    let container = container(
+        sn,
+        Component::Catalog,
+        CATALOG_PORT,
+        env(&[
+            ("STOCKNET_HOST", "0.0.0.0".into()),
+            ("STOCKNET_CATALOG_PORT", CATALOG_PORT.to_string()),
+            ("STOCKNET_DATA_DIR", DATA_DIR.into()),
+            ("STOCKNET_INITIAL_CATALOG", "/config/catalog.csv".into()),
+            ("STOCKNET_FRONTEND_URLS", String::new()),
+            ("STOCKNET_FRONTEND_DNS", frontend_pods),
+        ]),
+        vec![
+            data_mount(),
+            VolumeMount {
+                name: "initial-catalog".into(),
+                mount_path: "/config".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ],
+        "/health",
+    );
+    let volumes = vec![Volume {
+        name: "initial-catalog".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: format!("{}-initial", name(sn, Component::Catalog)),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    stateful_set(
+        sn,
+        Component::Catalog,
+        1,
+        pod_template(sn, Component::Catalog, container, volumes),
+        &sn.spec.catalog.storage,
+    )
+}
+
+fn order_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
+    // No STOCKNET_NODE_ID: each pod takes its StatefulSet ordinal + 1 from its host name.
+    let container = container(
+        sn,
+        Component::Order,
+        ORDER_PORT,
+        env(&[
+            ("STOCKNET_HOST", "0.0.0.0".into()),
+            ("STOCKNET_ORDER_PORT", ORDER_PORT.to_string()),
+            ("STOCKNET_ORDER_PEERS", order_peers(sn)?),
+            ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
+            ("STOCKNET_DATA_DIR", DATA_DIR.into()),
+        ]),
+        vec![data_mount()],
+        // Ready only once boot resync is done.
+        "/ready",
+    );
+    stateful_set(
+        sn,
+        Component::Order,
+        sn.spec.order.replicas,
+        pod_template(sn, Component::Order, container, Vec::new()),
+        &sn.spec.order.storage,
+    )
+}
+
+fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
+    let frontend = &sn.spec.frontend;
+    let mut vars = vec![
+        ("STOCKNET_HOST", "0.0.0.0".to_owned()),
+        ("STOCKNET_FRONTEND_PORT", FRONTEND_PORT.to_string()),
+        ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
+        ("STOCKNET_ORDER_REPLICAS", order_peers(sn)?),
+        ("STOCKNET_CACHE_SIZE", frontend.cache_size.to_string()),
+    ];
+    if !frontend.cache_enabled {
+        vars.push(("STOCKNET_NO_CACHE", "true".to_owned()));
+    }
+    let container = container(
+        sn,
+        Component::Frontend,
+        FRONTEND_PORT,
+        env(&vars),
+        Vec::new(),
+        "/health",
+    );
+    Ok(Deployment {
+        metadata: metadata(sn, name(sn, Component::Frontend), Component::Frontend)?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(frontend.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(sn, Component::Frontend)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(sn, Component::Frontend, container, Vec::new()),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::StockNetSpec;
+
+    pub(crate) fn stocknet(spec: StockNetSpec) -> StockNet {
+        let mut sn = StockNet::new("demo", spec);
+        sn.metadata.namespace = Some("shop".into());
+        sn.metadata.uid = Some("1234".into());
+        sn
+    }
+
+    fn env_of(container: &Container) -> BTreeMap<String, String> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    fn pod_spec(template: &PodTemplateSpec) -> &PodSpec {
+        template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn every_object_is_owned_labelled_and_namespaced() {
+        let desired = desired(&stocknet(StockNetSpec::default())).unwrap();
+        let mut metas: Vec<&ObjectMeta> =
+            vec![&desired.config_map.metadata, &desired.deployment.metadata];
+        metas.extend(desired.services.iter().map(|s| &s.metadata));
+        metas.extend(desired.stateful_sets.iter().map(|s| &s.metadata));
+        assert_eq!(metas.len(), 8);
+        for meta in metas {
+            assert_eq!(meta.namespace.as_deref(), Some("shop"));
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (
+                    owner.kind.as_str(),
+                    owner.name.as_str(),
+                    owner.uid.as_str(),
+                    owner.controller
+                ),
+                ("StockNet", "demo", "1234", Some(true))
+            );
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/name"], "stocknet");
+            assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "stocknet-operator");
+        }
+    }
+
+    #[test]
+    fn order_replicas_get_stable_addresses_volumes_and_a_resync_readiness_probe() {
+        let mut spec = StockNetSpec::default();
+        spec.order.replicas = 5;
+        spec.order.storage = "2Gi".into();
+        spec.storage_class_name = Some("fast".into());
+        let sn = stocknet(spec);
+        let desired = desired(&sn).unwrap();
+        let order = &desired.stateful_sets[1];
+        let spec = order.spec.as_ref().unwrap();
+        assert_eq!(order.metadata.name.as_deref(), Some("demo-order"));
+        assert_eq!(spec.replicas, Some(5));
+        assert_eq!(spec.service_name.as_deref(), Some("demo-order"));
+        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        let claim_spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"],
+            Quantity("2Gi".into())
+        );
+        let container = &pod_spec(&spec.template).containers[0];
+        assert_eq!(container.args.as_deref(), Some(&["order".to_owned()][..]));
+        assert_eq!(
+            container.ports.as_ref().unwrap()[0].container_port,
+            ORDER_PORT
+        );
+        let readiness = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            readiness.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/ready")
+        );
+        let mount = &container.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            ("data", DATA_DIR)
+        );
+        let env = env_of(container);
+        assert!(
+            !env.contains_key("STOCKNET_NODE_ID"),
+            "the id comes from the ordinal"
+        );
+        assert_eq!(env["STOCKNET_DATA_DIR"], DATA_DIR);
+        assert_eq!(
+            env["STOCKNET_CATALOG_URL"],
+            "http://demo-catalog.shop.svc:8081"
+        );
+        let peers: Vec<&str> = env["STOCKNET_ORDER_PEERS"].split(',').collect();
+        assert_eq!(peers.len(), 5);
+        assert_eq!(peers[0], "1=http://demo-order-0.demo-order.shop.svc:8091");
+        assert_eq!(peers[4], "5=http://demo-order-4.demo-order.shop.svc:8091");
+
+        let headless = desired
+            .services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("demo-order"))
+            .unwrap();
+        let headless = headless.spec.as_ref().unwrap();
+        assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(headless.publish_not_ready_addresses, Some(true));
+        assert_eq!(
+            headless.selector.as_ref(),
+            Some(&selector(&sn, Component::Order))
+        );
+    }
+
+    #[test]
+    fn catalog_keeps_its_csv_on_a_claim_and_invalidates_every_frontend_pod() {
+        let mut spec = StockNetSpec::default();
+        spec.catalog.initial_catalog = Some("name,price,quantity\nAcme,1.5,10\n".into());
+        let desired = desired(&stocknet(spec)).unwrap();
+        assert_eq!(
+            desired.config_map.data.as_ref().unwrap()["catalog.csv"],
+            "name,price,quantity\nAcme,1.5,10\n"
+        );
+        let catalog = desired.stateful_sets[0].spec.as_ref().unwrap();
+        assert_eq!(catalog.replicas, Some(1));
+        let pod = pod_spec(&catalog.template);
+        let env = env_of(&pod.containers[0]);
+        assert_eq!(
+            env["STOCKNET_FRONTEND_DNS"],
+            "demo-frontend-pods.shop.svc:8080"
+        );
+        assert_eq!(env["STOCKNET_INITIAL_CATALOG"], "/config/catalog.csv");
+        assert_eq!(
+            pod.volumes.as_ref().unwrap()[0]
+                .config_map
+                .as_ref()
+                .unwrap()
+                .name,
+            "demo-catalog-initial"
+        );
+        let frontend_pods = desired
+            .services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("demo-frontend-pods"))
+            .unwrap();
+        assert_eq!(
+            frontend_pods.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("None")
+        );
+    }
+
+    #[test]
+    fn frontend_takes_cache_settings_and_every_replica() {
+        let mut spec = StockNetSpec::default();
+        spec.frontend.replicas = 2;
+        spec.frontend.cache_size = 64;
+        spec.frontend.cache_enabled = false;
+        let desired = desired(&stocknet(spec)).unwrap();
+        let deployment = desired.deployment.spec.as_ref().unwrap();
+        assert_eq!(deployment.replicas, Some(2));
+        let env = env_of(&pod_spec(&deployment.template).containers[0]);
+        assert_eq!(env["STOCKNET_CACHE_SIZE"], "64");
+        assert_eq!(env["STOCKNET_NO_CACHE"], "true");
+        assert_eq!(env["STOCKNET_ORDER_REPLICAS"].split(',').count(), 3);
+    }
+
+    #[test]
+    fn every_pod_runs_as_non_root_with_a_read_only_root() {
+        let desired = desired(&stocknet(StockNetSpec::default())).unwrap();
+        let mut templates: Vec<&PodTemplateSpec> =
+            vec![&desired.deployment.spec.as_ref().unwrap().template];
+        templates.extend(
+            desired
+                .stateful_sets
+                .iter()
+                .map(|s| &s.spec.as_ref().unwrap().template),
+        );
+        for template in templates {
+            let pod = pod_spec(template);
+            assert_eq!(
+                pod.security_context.as_ref().unwrap().run_as_non_root,
+                Some(true)
+            );
+            let security = pod.containers[0].security_context.as_ref().unwrap();
+            assert_eq!(security.read_only_root_filesystem, Some(true));
+            assert_eq!(security.allow_privilege_escalation, Some(false));
+            assert_eq!(
+                security.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_owned()][..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_spec_is_an_error_not_a_panic() {
+        let mut spec = StockNetSpec::default();
+        spec.catalog.initial_catalog = Some("name,price,quantity\nAcme,cheap,10\n".into());
+        assert_eq!(
+            desired(&stocknet(spec)).unwrap_err(),
+            SpecError::InitialCatalog("line 2: price must be a number >= 0".into())
+        );
+        let mut spec = StockNetSpec::default();
+        spec.catalog.initial_catalog = Some("stock,quantity\n".into());
+        assert!(matches!(
+            desired(&stocknet(spec)),
+            Err(SpecError::InitialCatalog(_))
+        ));
+        let mut no_namespace = stocknet(StockNetSpec::default());
+        no_namespace.metadata.namespace = None;
+        assert_eq!(desired(&no_namespace).unwrap_err(), SpecError::NoNamespace);
+    }
+}
