@@ -2,4 +2,5 @@
 //! pure functions), the health policy for order replicas, and the controller that applies them.
 
 pub mod crd;
+pub mod health;
 pub mod resources;
