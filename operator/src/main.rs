@@ -1,4 +1,12 @@
+//! `stocknet-operator`: runs the StockNet controller (in a pod, or outside one with
+//! `KUBECONFIG`); `stocknet-operator crd` prints the CustomResourceDefinition.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use stocknet_operator::controller::{self, Context, Settings};
+use stocknet_operator::{crd, metrics};
 
 #[derive(Parser)]
 #[command(
@@ -9,6 +17,15 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+    /// Address of the /metrics and /healthz endpoint.
+    #[arg(
+        long,
+        env = "STOCKNET_OPERATOR_METRICS",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_address: SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -17,11 +34,23 @@ enum Command {
     Crd,
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Crd) => print!("{}", stocknet_operator::crd::crd_yaml()?),
-        None => anyhow::bail!("the controller is not built yet"),
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", crd::crd_yaml()?);
+        return Ok(());
     }
+    stocknet_common::server::init_tracing();
+    let client = kube::Client::try_default().await?;
+    let context = Arc::new(Context::new(client.clone(), cli.settings));
+    let listener = tokio::net::TcpListener::bind(cli.metrics_address).await?;
+    tracing::info!(address = %cli.metrics_address, "operator metrics listening");
+    let metrics_server = axum::serve(listener, metrics::router(context.clone()));
+    tokio::select! {
+        () = controller::run(client, context) => {}
+        result = metrics_server => result?,
+    }
+    tracing::info!("operator stopped");
     Ok(())
 }

@@ -194,17 +194,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
             inner.election.elections(),
         ),
     ];
-    let mut text = String::new();
-    for (name, help, value) in counters {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    }
+    let mut text = server::counters_text(&counters);
     text.push_str(&format!(
         "# HELP stocknet_frontend_cache_entries Stocks in the cache.\n# TYPE stocknet_frontend_cache_entries gauge\nstocknet_frontend_cache_entries {}\n",
         inner.cache.len()
     ));
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    ([("content-type", server::PROMETHEUS_TEXT)], text).into_response()
 }
 
 async fn lookup(

@@ -1,0 +1,378 @@
+//! The reconciler: applies the desired objects of a StockNet with server-side apply, probes
+//! its order replicas, deletes the pods the health policy condemns, and writes status from
+//! what it observed.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use stocknet_common::client::call;
+use stocknet_order::Health;
+
+use crate::crd::{StockNet, StockNetStatus};
+use crate::health::{self, Observation};
+use crate::resources::{self, Component, Desired, SpecError};
+
+/// The field manager of everything this operator applies.
+pub const MANAGER: &str = "stocknet-operator";
+
+/// How the operator probes and when it gives up on a replica.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Seconds between health rounds of each StockNet.
+    #[arg(long, env = "STOCKNET_PROBE_PERIOD", default_value_t = 5)]
+    pub probe_period_seconds: u64,
+    /// Failed health checks in a row after which a running order pod is deleted.
+    #[arg(long, env = "STOCKNET_FAILURE_THRESHOLD", default_value_t = 3)]
+    pub failure_threshold: u32,
+    /// Timeout of one health check, in milliseconds.
+    #[arg(long, env = "STOCKNET_PROBE_TIMEOUT_MS", default_value_t = 1000)]
+    pub probe_timeout_ms: u64,
+    /// Port of the order replicas' health endpoint in their pods.
+    #[arg(long, env = "STOCKNET_PROBE_PORT", default_value_t = resources::ORDER_PORT as u16)]
+    pub probe_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+}
+
+/// Counters served at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub reconciliations: AtomicU64,
+    pub failures: AtomicU64,
+    pub pods_deleted: AtomicU64,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub http: reqwest::Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    /// Consecutive reconcile failures per StockNet, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            http: stocknet_common::http_client(Duration::from_millis(settings.probe_timeout_ms)),
+            client,
+            settings,
+            metrics: Metrics::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn publish(&self, sn: &StockNet, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &sn.object_ref(&())).await {
+            tracing::warn!("cannot record event {reason}: {e}");
+        }
+    }
+}
+
+fn key(sn: &StockNet) -> String {
+    format!("{}/{}", sn.namespace().unwrap_or_default(), sn.name_any())
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(client: Client, context: Arc<Context>) {
+    // Only objects this operator manages are watched (and cached).
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=stocknet-operator");
+    Controller::new(
+        Api::<StockNet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+    .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+    .owns(Api::<Service>::all(client.clone()), owned.clone())
+    .owns(Api::<ConfigMap>::all(client), owned)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+            Err(e) => tracing::warn!("reconcile failed: {e}"),
+        }
+    })
+    .await;
+}
+
+pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciliations.fetch_add(1, Ordering::Relaxed);
+    let namespace = sn.namespace().ok_or(SpecError::NoNamespace)?;
+    let stocknets: Api<StockNet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let desired = match resources::desired(&sn) {
+        Ok(desired) => desired,
+        Err(e) => {
+            // A spec the schema let through but that cannot run: say so, do not retry soon.
+            ctx.publish(&sn, EventType::Warning, "InvalidSpec", e.to_string())
+                .await;
+            let status = invalid_status(&sn, &e.to_string(), now());
+            write_status(&stocknets, &sn, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    apply_all(&ctx.client, &namespace, &desired).await?;
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let observations = observe_order_replicas(&sn, &ctx, &pods).await?;
+    let previous = sn
+        .status
+        .as_ref()
+        .map(|s| s.replicas.as_slice())
+        .unwrap_or_default();
+    let assessment = health::assess(&observations, previous, ctx.settings.failure_threshold);
+    for deletion in &assessment.deletions {
+        match pods.delete(&deletion.pod, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.pods_deleted.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(pod = deletion.pod, "{}", deletion.message);
+        ctx.publish(
+            &sn,
+            EventType::Warning,
+            deletion.reason,
+            deletion.message.clone(),
+        )
+        .await;
+    }
+    let status = observed_status(&sn, assessment, now());
+    write_status(&stocknets, &sn, &status).await?;
+    ctx.failures().remove(&key(&sn));
+    Ok(Action::requeue(Duration::from_secs(
+        ctx.settings.probe_period_seconds,
+    )))
+}
+
+/// Requeues a failed StockNet after 5 s, doubling per consecutive failure up to 5 minutes.
+pub fn error_policy(sn: Arc<StockNet>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failures.fetch_add(1, Ordering::Relaxed);
+    let mut failures = ctx.failures();
+    let count = failures.entry(key(&sn)).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = backoff(*count);
+    tracing::warn!(stocknet = key(&sn), ?delay, "reconcile failed: {error}");
+    Action::requeue(delay)
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(seconds.min(300))
+}
+
+async fn apply_all(client: &Client, namespace: &str, desired: &Desired) -> Result<(), Error> {
+    apply(client, namespace, &desired.config_map).await?;
+    for service in &desired.services {
+        apply(client, namespace, service).await?;
+    }
+    for stateful_set in &desired.stateful_sets {
+        apply(client, namespace, stateful_set).await?;
+    }
+    apply(client, namespace, &desired.deployment).await
+}
+
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Each order replica's pod (by its StatefulSet name) and `/health` answer at the pod's IP.
+async fn observe_order_replicas(
+    sn: &StockNet,
+    ctx: &Context,
+    pods: &Api<Pod>,
+) -> Result<Vec<Observation>, Error> {
+    let listed = pods
+        .list(&ListParams::default().labels(&resources::selector_string(sn, Component::Order)))
+        .await?;
+    let order = resources::name(sn, Component::Order);
+    let replicas = u32::try_from(sn.spec.order.replicas).unwrap_or(0);
+    let observations = (1..=replicas).map(|id| {
+        let pod_name = format!("{order}-{}", id - 1);
+        let pod = listed
+            .items
+            .iter()
+            .find(|p| p.name_any() == pod_name)
+            .cloned();
+        let ip = pod
+            .as_ref()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone());
+        async move {
+            let health = match ip {
+                Some(ip) => probe(ctx, &ip).await,
+                None => None,
+            };
+            Observation {
+                id,
+                pod_name,
+                pod,
+                health,
+            }
+        }
+    });
+    Ok(futures::future::join_all(observations).await)
+}
+
+async fn probe(ctx: &Context, ip: &str) -> Option<Health> {
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    let url = format!("http://{host}:{}/health", ctx.settings.probe_port);
+    match call::<Health>(ctx.http.get(url)).await {
+        Ok(health) => Some(health),
+        Err(e) => {
+            tracing::info!(ip, "order replica health check failed: {e}");
+            None
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+fn condition(
+    sn: &StockNet,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let previous = sn
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match previous {
+        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: sn.metadata.generation,
+        last_transition_time,
+    }
+}
+
+pub fn observed_status(sn: &StockNet, assessment: health::Assessment, now: Time) -> StockNetStatus {
+    let healthy = assessment.replicas.iter().filter(|r| r.healthy).count();
+    let total = assessment.replicas.len();
+    let ready = assessment.all_healthy();
+    let message = format!("{healthy} of {total} order replicas healthy");
+    StockNetStatus {
+        observed_generation: sn.metadata.generation,
+        leader: assessment.leader,
+        conditions: vec![
+            condition(
+                sn,
+                "Ready",
+                ready,
+                if ready {
+                    "AllReplicasHealthy"
+                } else {
+                    "ReplicasUnhealthy"
+                },
+                message.clone(),
+                &now,
+            ),
+            condition(
+                sn,
+                "Degraded",
+                !ready,
+                if ready {
+                    "AllReplicasHealthy"
+                } else {
+                    "ReplicasUnhealthy"
+                },
+                message,
+                &now,
+            ),
+        ],
+        replicas: assessment.replicas,
+    }
+}
+
+fn invalid_status(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
+    StockNetStatus {
+        observed_generation: sn.metadata.generation,
+        leader: None,
+        replicas: Vec::new(),
+        conditions: vec![
+            condition(sn, "Ready", false, "InvalidSpec", message.into(), &now),
+            condition(sn, "Degraded", true, "InvalidSpec", message.into(), &now),
+        ],
+    }
+}
+
+async fn write_status(
+    stocknets: &Api<StockNet>,
+    sn: &StockNet,
+    status: &StockNetStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": status });
+    stocknets
+        .patch_status(
+            &sn.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The reconciler against a mocked API server (kube-rs's `tower_test` pattern, as in
+//! kube-rs/controller-rs) and stand-in order replicas on 127.0.0.1: what it applies, which
+//! pods it deletes, which events it records and what status it writes.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::Client;
+use serde_json::{json, Value};
+use stocknet_operator::controller::{reconcile, Context, Settings};
+use stocknet_operator::crd::{ReplicaStatus, StockNet, StockNetSpec, StockNetStatus};
+
+/// One request the operator made: method, path and query, JSON body.
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    uri: String,
+    body: Value,
+}
+
+/// Answers like an API server: echoes applied and created objects, lists `pods`, and records
+/// every call.
+async fn fake_api_server(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    pods: Value,
+    calls: Arc<Mutex<Vec<Call>>>,
+) {
+    while let Some((request, send)) = handle.next_request().await {
+        let method = request.method().to_string();
+        let uri = request.uri().to_string();
+        let path = request.uri().path().to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let reply = match method.as_str() {
+            "GET" if path.ends_with("/pods") => pods.clone(),
+            "DELETE" => json!({"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": path.rsplit('/').next()}}),
+            "PATCH" if path.ends_with("/status") => json!({
+                "apiVersion": "stocknet.io/v1alpha1", "kind": "StockNet",
+                "metadata": {"name": "demo", "namespace": "shop"},
+                "spec": {}, "status": body["status"].clone()}),
+            _ => body.clone(),
+        };
+        calls.lock().unwrap().push(Call { method, uri, body });
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+}
+
+/// A stand-in order replica's `/health` on 127.0.0.1 (every pod whose IP is 127.0.0.1 is it).
+async fn healthy_replica() -> u16 {
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(|| async {
+            axum::Json(
+                json!({"data": {"node_id": 3, "term": 7, "leader": 3, "ready": true,
+                                      "last_transaction": 12}}),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+fn stocknet(status: Option<StockNetStatus>) -> StockNet {
+    let mut sn = StockNet::new("demo", StockNetSpec::default());
+    sn.metadata.namespace = Some("shop".into());
+    sn.metadata.uid = Some("uid-1".into());
+    sn.metadata.generation = Some(2);
+    sn.status = status;
+    sn
+}
+
+/// Order pod `ordinal` at `ip`, with its container in `state`.
+fn pod(ordinal: u32, ip: &str, state: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("demo-order-{ordinal}"), "namespace": "shop"},
+        "status": {"phase": "Running", "podIP": ip,
+                   "containerStatuses": [{"name": "order", "image": "stocknet:0.1.0",
+                                          "imageID": "", "ready": true, "restartCount": 0,
+                                          "state": state}]}
+    })
+}
+
+async fn run_reconcile(sn: StockNet, pods: Vec<Value>) -> Vec<Call> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods});
+    let server = tokio::spawn(fake_api_server(handle, list, calls.clone()));
+    let settings = Settings {
+        probe_period_seconds: 5,
+        failure_threshold: 3,
+        probe_timeout_ms: 500,
+        probe_port: healthy_replica().await,
+    };
+    let context = Arc::new(Context::new(client, settings));
+    let action = reconcile(Arc::new(sn), context).await.expect("reconcile");
+    assert_eq!(
+        format!("{action:?}"),
+        format!(
+            "{:?}",
+            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+        )
+    );
+    server.abort();
+    let calls = calls.lock().unwrap().clone();
+    calls
+}
+
+fn status_written(calls: &[Call]) -> StockNetStatus {
+    let call = calls
+        .iter()
+        .find(|c| c.method == "PATCH" && c.uri.contains("/stocknets/demo/status"))
+        .expect("status written");
+    serde_json::from_value(call.body["status"].clone()).unwrap()
+}
+
+const RUNNING: &str = r#"{"running": {}}"#;
+
+#[tokio::test]
+async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
+    let running: Value = serde_json::from_str(RUNNING).unwrap();
+    let pods = (0..3)
+        .map(|i| pod(i, "127.0.0.1", running.clone()))
+        .collect();
+    let calls = run_reconcile(stocknet(None), pods).await;
+
+    let applied: Vec<(String, String)> = calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && !c.uri.contains("/status"))
+        .map(|c| {
+            assert!(
+                c.uri.contains("fieldManager=stocknet-operator") && c.uri.contains("force=true"),
+                "server-side apply: {}",
+                c.uri
+            );
+            let owner = &c.body["metadata"]["ownerReferences"][0];
+            assert_eq!(
+                (owner["kind"].as_str(), owner["uid"].as_str()),
+                (Some("StockNet"), Some("uid-1"))
+            );
+            (
+                c.body["kind"].as_str().unwrap().to_owned(),
+                c.body["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("ConfigMap", "demo-catalog-initial"),
+        ("Service", "demo-catalog"),
+        ("Service", "demo-order"),
+        ("Service", "demo-frontend"),
+        ("Service", "demo-frontend-pods"),
+        ("StatefulSet", "demo-catalog"),
+        ("StatefulSet", "demo-order"),
+        ("Deployment", "demo-frontend"),
+    ];
+    assert_eq!(
+        applied,
+        expected.map(|(k, n)| (k.to_owned(), n.to_owned())).to_vec()
+    );
+    assert!(
+        calls.iter().all(|c| c.method != "DELETE"),
+        "a healthy replica is left alone"
+    );
+
+    let status = status_written(&calls);
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.leader, Some(3));
+    assert_eq!(status.replicas.len(), 3);
+    assert!(status
+        .replicas
+        .iter()
+        .all(|r| r.healthy && r.last_transaction == Some(12)));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllReplicasHealthy")
+    );
+}
+
+#[tokio::test]
+async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
+    let running: Value = serde_json::from_str(RUNNING).unwrap();
+    let crash_loop = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+    // Replica 3 listens nowhere (127.0.0.2 has no stand-in) and has failed twice already.
+    let previous = StockNetStatus {
+        replicas: vec![ReplicaStatus {
+            id: 3,
+            pod: "demo-order-2".into(),
+            consecutive_failures: 2,
+            ..ReplicaStatus::default()
+        }],
+        ..StockNetStatus::default()
+    };
+    let pods = vec![
+        pod(0, "127.0.0.1", running.clone()),
+        pod(1, "127.0.0.1", crash_loop),
+        pod(2, "127.0.0.2", running),
+    ];
+    let calls = run_reconcile(stocknet(Some(previous)), pods).await;
+
+    let deleted: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.uri.split('?').next().unwrap_or_default())
+        .collect();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert!(
+        deleted[0].ends_with("/namespaces/shop/pods/demo-order-1"),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted[1].ends_with("/namespaces/shop/pods/demo-order-2"),
+        "{deleted:?}"
+    );
+    let reasons: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.uri.contains("/events"))
+        .map(|c| c.body["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["OrderReplicaCrashed", "OrderReplicaUnhealthy"]);
+
+    let status = status_written(&calls);
+    let restarts: Vec<(u32, bool, u32)> = status
+        .replicas
+        .iter()
+        .map(|r| (r.id, r.healthy, r.restarts))
+        .collect();
+    assert_eq!(restarts, [(1, true, 0), (2, true, 1), (3, false, 1)]);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.message, "2 of 3 order replicas healthy");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_in_status_not_applied() {
+    let mut sn = stocknet(None);
+    sn.spec.catalog.initial_catalog = Some("name,price,quantity\nAcme,free,1\n".into());
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let server = tokio::spawn(fake_api_server(handle, json!({}), calls.clone()));
+    let settings = Settings {
+        probe_period_seconds: 5,
+        failure_threshold: 3,
+        probe_timeout_ms: 500,
+        probe_port: 9,
+    };
+    let context = Arc::new(Context::new(Client::new(service, "default"), settings));
+    reconcile(Arc::new(sn), context).await.expect("reconcile");
+    server.abort();
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.method != "PATCH" || c.uri.contains("/status")),
+        "nothing applied: {calls:?}"
+    );
+    let status = status_written(&calls);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(ready.message.contains("line 2: price"), "{}", ready.message);
+}
