@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use stocknet_operator::controller::{self, Context, Settings};
-use stocknet_operator::{crd, metrics};
+use stocknet_operator::{crd, metrics, resources};
 
 #[derive(Parser)]
 #[command(
@@ -32,14 +32,30 @@ struct Cli {
 enum Command {
     /// Print the StockNet CustomResourceDefinition as YAML.
     Crd,
+    /// Print the objects the operator would apply for the StockNet in FILE (YAML), without a
+    /// cluster: a dry run, and what CI validates against the Kubernetes schemas.
+    Render {
+        file: std::path::PathBuf,
+        /// Namespace, when the file names none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Crd) = cli.command {
-        print!("{}", crd::crd_yaml()?);
-        return Ok(());
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", crd::crd_yaml()?);
+            return Ok(());
+        }
+        Some(Command::Render { file, namespace }) => {
+            let text = std::fs::read_to_string(&file)?;
+            print!("{}", resources::render(&text, &namespace)?);
+            return Ok(());
+        }
+        None => {}
     }
     stocknet_common::server::init_tracing();
     let client = kube::Client::try_default().await?;

@@ -85,6 +85,36 @@ pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {
     })
 }
 
+/// The desired objects of the StockNet in `yaml` as a multi-document YAML stream. The owner
+/// reference needs a uid; outside a cluster a placeholder stands in for it.
+pub fn render(yaml: &str, namespace: &str) -> Result<String, RenderError> {
+    let mut sn: StockNet = serde_yaml::from_str(yaml)?;
+    sn.metadata
+        .namespace
+        .get_or_insert_with(|| namespace.to_owned());
+    sn.metadata
+        .uid
+        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".to_owned());
+    let desired = desired(&sn)?;
+    let mut documents = vec![serde_yaml::to_string(&desired.config_map)?];
+    for service in &desired.services {
+        documents.push(serde_yaml::to_string(service)?);
+    }
+    for stateful_set in &desired.stateful_sets {
+        documents.push(serde_yaml::to_string(stateful_set)?);
+    }
+    documents.push(serde_yaml::to_string(&desired.deployment)?);
+    Ok(documents.join("---\n"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("not a StockNet: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+}
+
 /// `app.kubernetes.io/*` labels of one component; the first three also select its pods.
 pub fn labels(sn: &StockNet, component: Component) -> BTreeMap<String, String> {
     let mut labels = selector(sn, component);
@@ -752,6 +782,32 @@ mod tests {
                 Some(&["ALL".to_owned()][..])
             );
         }
+    }
+
+    #[test]
+    fn render_prints_every_object_of_a_stocknet_file() {
+        let yaml =
+            "apiVersion: stocknet.io/v1alpha1\nkind: StockNet\nmetadata:\n  name: demo\nspec: {}\n";
+        let rendered = render(yaml, "shop").unwrap();
+        let kinds: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ConfigMap",
+                "Service",
+                "Service",
+                "Service",
+                "Service",
+                "StatefulSet",
+                "StatefulSet",
+                "Deployment"
+            ]
+        );
+        assert!(rendered.contains("namespace: shop"));
+        assert!(render("kind: [", "shop").is_err());
     }
 
     #[test]
