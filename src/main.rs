@@ -1,5 +1,7 @@
-//! `stocknet`: run one service, or the whole system locally with `stocknet up`.
+//! `stocknet`: run one service, the whole system locally with `stocknet up`, or the load
+//! client `stocknet load`.
 
+mod load;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,8 @@ enum Command {
     Frontend(stocknet_frontend::Config),
     /// Run catalog, 3 order replicas and a frontend locally, supervised, until Ctrl-C.
     Up(up::UpConfig),
+    /// Drive a frontend with concurrent client sessions and report latency and throughput.
+    Load(load::LoadConfig),
 }
 
 #[tokio::main]
@@ -36,6 +40,7 @@ async fn main() -> std::process::ExitCode {
         Command::Order(config) => stocknet_order::run(config).await,
         Command::Frontend(config) => stocknet_frontend::run(config).await,
         Command::Up(config) => up::run(config).await.map_err(Into::into),
+        Command::Load(config) => load::run(config).await.map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,593 @@
+//! `stocknet load`: the seed design's load client, in Rust. Each client session loops: look
+//! up a random stock, and with probability `p` place a random buy or sell. Afterwards every
+//! acknowledged order is queried back and checked field by field. Reports count, errors,
+//! throughput and latency percentiles (HdrHistogram) per request type.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
+use rand::RngExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadConfig {
+    /// Frontend base URL.
+    #[arg(
+        long,
+        env = "STOCKNET_LOAD_FRONTEND",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub frontend: String,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub clients: u32,
+    /// Probability that an iteration also places an order; a comma-separated list runs a
+    /// sweep, one run per value (e.g. 0,0.2,0.4,0.6,0.8).
+    #[arg(long, value_delimiter = ',', default_value = "0.5", value_parser = parse_probability)]
+    pub p: Vec<f64>,
+    /// How long each run lasts (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "iterations")]
+    pub duration: Duration,
+    /// Iterations per client instead of a duration.
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    /// Stocks to trade, comma-separated; default: the built-in catalog's.
+    #[arg(long, value_delimiter = ',')]
+    pub stocks: Vec<String>,
+    /// JSON field of the order body holding the stock name, to drive other implementations
+    /// of this API.
+    #[arg(long, default_value = "name")]
+    pub name_field: String,
+    /// Largest quantity of a random order.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_quantity: u32,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A whole `stocknet load` invocation: one run per value of `p`.
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub frontend: String,
+    pub clients: u32,
+    pub runs: Vec<RunReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub p: f64,
+    pub seconds: f64,
+    /// Per request type: `lookup`, `order`, `query` (the verification reads).
+    pub requests: BTreeMap<&'static str, RequestStats>,
+    pub verification: Verification,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestStats {
+    /// Requests answered as expected.
+    pub ok: u64,
+    /// Orders refused with 409 (not enough stock): a correct answer, not an error.
+    pub refused: u64,
+    /// Transport failures and unexpected statuses.
+    pub errors: u64,
+    pub per_second: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Verification {
+    /// Acknowledged orders read back.
+    pub checked: u64,
+    /// Read back with a different stock, side or quantity, or not found.
+    pub mismatched: u64,
+    /// Could not be read back (transport failure or 5xx).
+    pub unreadable: u64,
+}
+
+impl Verification {
+    pub fn passed(&self) -> bool {
+        self.mismatched == 0 && self.unreadable == 0
+    }
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    let p: f64 = text.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not a probability between 0 and 1"))
+    }
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 10s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Latencies of one request type, in microseconds.
+struct Latencies {
+    histogram: Histogram<u64>,
+    ok: u64,
+    refused: u64,
+    errors: u64,
+}
+
+impl Latencies {
+    fn new() -> Self {
+        Self {
+            // 1 µs to 60 s at 3 significant digits.
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ok: 0,
+            refused: 0,
+            errors: 0,
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.histogram.saturating_record(micros.max(1));
+    }
+
+    fn merge(&mut self, other: &Latencies) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.errors += other.errors;
+    }
+
+    fn stats(&self, seconds: f64) -> RequestStats {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let h = &self.histogram;
+        let total = self.ok + self.refused + self.errors;
+        RequestStats {
+            ok: self.ok,
+            refused: self.refused,
+            errors: self.errors,
+            per_second: if seconds > 0.0 {
+                total as f64 / seconds
+            } else {
+                0.0
+            },
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// An order the frontend acknowledged, as the client sent it.
+struct Placed {
+    number: u64,
+    name: String,
+    side: &'static str,
+    quantity: u32,
+}
+
+/// What one client session measured.
+struct Session {
+    lookups: Latencies,
+    orders: Latencies,
+    placed: Vec<Placed>,
+}
+
+struct Plan {
+    http: reqwest::Client,
+    frontend: String,
+    stocks: Vec<String>,
+    name_field: String,
+    max_quantity: u32,
+    p: f64,
+    deadline: Instant,
+    iterations: Option<u64>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+pub async fn run(config: LoadConfig) -> anyhow::Result<()> {
+    let report = measure(&config).await?;
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_tables(&report);
+    }
+    let failed: Vec<f64> = report
+        .runs
+        .iter()
+        .filter(|r| !r.verification.passed())
+        .map(|r| r.p)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("verification failed for p = {failed:?}")
+    }
+}
+
+/// Runs the whole sweep and returns the report.
+pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
+    let stocks = if config.stocks.is_empty() {
+        default_stocks()?
+    } else {
+        config.stocks.clone()
+    };
+    anyhow::ensure!(!stocks.is_empty(), "no stocks to trade");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(config.clients as usize)
+        .build()?;
+    let frontend = config.frontend.trim_end_matches('/').to_owned();
+    let mut runs = Vec::new();
+    for &p in &config.p {
+        let show_progress = !config.json && std::io::stderr().is_terminal();
+        let plan = Arc::new(Plan {
+            http: http.clone(),
+            frontend: frontend.clone(),
+            stocks: stocks.clone(),
+            name_field: config.name_field.clone(),
+            max_quantity: config.max_quantity,
+            p,
+            deadline: Instant::now() + config.duration,
+            iterations: config.iterations,
+            progress: show_progress.then(|| progress_bar(config, p)),
+        });
+        runs.push(run_once(plan, config.clients).await?);
+    }
+    Ok(LoadReport {
+        frontend,
+        clients: config.clients,
+        runs,
+    })
+}
+
+fn default_stocks() -> anyhow::Result<Vec<String>> {
+    let mut reader = csv::Reader::from_reader(stocknet_catalog::DEFAULT_CATALOG.as_bytes());
+    let mut names = Vec::new();
+    for record in reader.records() {
+        if let Some(name) = record?.get(0) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+fn progress_bar(config: &LoadConfig, p: f64) -> indicatif::ProgressBar {
+    let (length, unit) = match config.iterations {
+        Some(n) => (n * u64::from(config.clients), "iterations"),
+        None => (config.duration.as_millis() as u64, "ms"),
+    };
+    let bar = indicatif::ProgressBar::new(length);
+    let template = format!("p={p:<4} [{{bar:40}}] {{pos}}/{{len}} {unit} {{msg}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let sessions: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(session(plan.clone())))
+        .collect();
+    let mut lookups = Latencies::new();
+    let mut orders = Latencies::new();
+    let mut placed = Vec::new();
+    for handle in sessions {
+        let session = handle.await?;
+        lookups.merge(&session.lookups);
+        orders.merge(&session.orders);
+        placed.extend(session.placed);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(bar) = &plan.progress {
+        bar.finish_and_clear();
+    }
+    let verify_started = Instant::now();
+    let (queries, verification) = verify(&plan, &placed, clients).await;
+    let query_seconds = verify_started.elapsed().as_secs_f64();
+    let mut requests = BTreeMap::new();
+    requests.insert("lookup", lookups.stats(seconds));
+    if plan.p > 0.0 {
+        requests.insert("order", orders.stats(seconds));
+        requests.insert("query", queries.stats(query_seconds));
+    }
+    Ok(RunReport {
+        p: plan.p,
+        seconds,
+        requests,
+        verification,
+    })
+}
+
+async fn session(plan: Arc<Plan>) -> Session {
+    let mut state = Session {
+        lookups: Latencies::new(),
+        orders: Latencies::new(),
+        placed: Vec::new(),
+    };
+    let mut done = 0u64;
+    loop {
+        match plan.iterations {
+            Some(n) if done >= n => break,
+            None if Instant::now() >= plan.deadline => break,
+            _ => {}
+        }
+        done += 1;
+        // Drawn before any await: the thread-local generator must not cross one.
+        let (stock, trade, side, quantity) = {
+            let mut rng = rand::rng();
+            let stock = plan.stocks[rng.random_range(0..plan.stocks.len())].clone();
+            let side = if rng.random_bool(0.5) { "buy" } else { "sell" };
+            (
+                stock,
+                rng.random_bool(plan.p),
+                side,
+                rng.random_range(1..=plan.max_quantity),
+            )
+        };
+        lookup(&plan, &stock, &mut state.lookups).await;
+        if trade {
+            if let Some(number) = place(&plan, &stock, side, quantity, &mut state.orders).await {
+                state.placed.push(Placed {
+                    number,
+                    name: stock,
+                    side,
+                    quantity,
+                });
+            }
+        }
+        if let Some(bar) = &plan.progress {
+            match plan.iterations {
+                Some(_) => bar.inc(1),
+                None => bar.set_position(
+                    plan.deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .try_into()
+                        .map(|left: u64| bar.length().unwrap_or(0).saturating_sub(left))
+                        .unwrap_or(0),
+                ),
+            }
+        }
+    }
+    state
+}
+
+async fn lookup(plan: &Plan, stock: &str, latencies: &mut Latencies) {
+    let url = match stocknet_common::client::endpoint(&plan.frontend, &["stocks", stock]) {
+        Ok(url) => url,
+        Err(_) => {
+            latencies.errors += 1;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let outcome = match plan.http.get(url).send().await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            // Read the body: the request is not over until it is.
+            ok && response.bytes().await.is_ok()
+        }
+        Err(_) => false,
+    };
+    latencies.record(started.elapsed());
+    if outcome {
+        latencies.ok += 1;
+    } else {
+        latencies.errors += 1;
+    }
+}
+
+async fn place(
+    plan: &Plan,
+    stock: &str,
+    side: &'static str,
+    quantity: u32,
+    latencies: &mut Latencies,
+) -> Option<u64> {
+    let mut body = serde_json::Map::new();
+    body.insert(plan.name_field.clone(), json!(stock));
+    body.insert("quantity".into(), json!(quantity));
+    body.insert("type".into(), json!(side));
+    let started = Instant::now();
+    let response = plan
+        .http
+        .post(format!("{}/orders", plan.frontend))
+        .json(&body)
+        .send()
+        .await;
+    let result = match response {
+        Ok(response) => {
+            let status = response.status();
+            let reply = response.json::<Value>().await.ok();
+            (status, reply)
+        }
+        Err(_) => {
+            latencies.record(started.elapsed());
+            latencies.errors += 1;
+            return None;
+        }
+    };
+    latencies.record(started.elapsed());
+    match result {
+        (status, Some(reply)) if status.is_success() => {
+            match reply["data"]["transaction_number"].as_u64() {
+                Some(number) => {
+                    latencies.ok += 1;
+                    Some(number)
+                }
+                None => {
+                    latencies.errors += 1;
+                    None
+                }
+            }
+        }
+        (status, _) if status == reqwest::StatusCode::CONFLICT => {
+            latencies.refused += 1;
+            None
+        }
+        _ => {
+            latencies.errors += 1;
+            None
+        }
+    }
+}
+
+/// Reads every acknowledged order back, `clients` at a time, and compares it.
+async fn verify(plan: &Plan, placed: &[Placed], clients: u32) -> (Latencies, Verification) {
+    let results: Vec<(Duration, Result<bool, ()>)> = stream::iter(placed)
+        .map(|order| async move {
+            let started = Instant::now();
+            let url = format!("{}/orders/{}", plan.frontend, order.number);
+            let outcome = match plan.http.get(url).send().await {
+                Ok(response) if response.status().is_success() => {
+                    match response.json::<Value>().await {
+                        Ok(reply) => {
+                            let data = &reply["data"];
+                            Ok(data["number"] == json!(order.number)
+                                && data["name"] == json!(order.name)
+                                && data["type"] == json!(order.side)
+                                && data["quantity"] == json!(order.quantity))
+                        }
+                        Err(_) => Err(()),
+                    }
+                }
+                // Not found: the order an acknowledgement promised is gone.
+                Ok(response) if response.status().is_client_error() => Ok(false),
+                _ => Err(()),
+            };
+            (started.elapsed(), outcome)
+        })
+        .buffer_unordered(clients as usize)
+        .collect()
+        .await;
+    let mut latencies = Latencies::new();
+    let mut verification = Verification::default();
+    for (elapsed, outcome) in results {
+        latencies.record(elapsed);
+        verification.checked += 1;
+        match outcome {
+            Ok(true) => latencies.ok += 1,
+            Ok(false) => {
+                latencies.ok += 1;
+                verification.mismatched += 1;
+            }
+            Err(()) => {
+                latencies.errors += 1;
+                verification.unreadable += 1;
+            }
+        }
+    }
+    (latencies, verification)
+}
+
+fn print_tables(report: &LoadReport) {
+    println!(
+        "stocknet load: {} clients against {}",
+        report.clients, report.frontend
+    );
+    for run in &report.runs {
+        println!("\np = {} ({:.1} s)", run.p, run.seconds);
+        println!(
+            "{:<8} {:>9} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "request",
+            "ok",
+            "refused",
+            "errors",
+            "req/s",
+            "mean ms",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms"
+        );
+        for (kind, s) in &run.requests {
+            println!(
+                "{kind:<8} {:>9} {:>8} {:>7} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                s.ok,
+                s.refused,
+                s.errors,
+                s.per_second,
+                s.mean_ms,
+                s.p50_ms,
+                s.p90_ms,
+                s.p99_ms,
+                s.max_ms
+            );
+        }
+        let v = &run.verification;
+        println!(
+            "verification: {} orders read back, {} mismatched, {} unreadable: {}",
+            v.checked,
+            v.mismatched,
+            v.unreadable,
+            if v.passed() { "PASSED" } else { "FAILED" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_probabilities_parse_or_explain() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_probability("0.2"), Ok(0.2));
+        assert!(parse_probability("1.5").is_err());
+        assert!(parse_probability("x").is_err());
+    }
+
+    #[test]
+    fn percentiles_come_from_the_recorded_latencies() {
+        let mut latencies = Latencies::new();
+        for ms in 1..=100u64 {
+            latencies.record(Duration::from_millis(ms));
+            latencies.ok += 1;
+        }
+        let stats = latencies.stats(2.0);
+        assert_eq!(stats.per_second, 50.0);
+        assert!((stats.p50_ms - 50.0).abs() < 0.1, "{}", stats.p50_ms);
+        assert!((stats.p99_ms - 99.0).abs() < 0.1, "{}", stats.p99_ms);
+        assert!((stats.max_ms - 100.0).abs() < 0.1, "{}", stats.max_ms);
+        assert!((stats.mean_ms - 50.5).abs() < 0.1, "{}", stats.mean_ms);
+    }
+
+    #[test]
+    fn the_default_stocks_are_the_built_in_catalog() {
+        let stocks = default_stocks().unwrap();
+        assert_eq!(stocks.len(), 12);
+        assert_eq!(stocks[0], "GameStart");
+    }
+}

@@ -1,0 +1,59 @@
+//! `stocknet load` against a real cluster, briefly: it works and its verification passes.
+//! (Its figures are measured in docs/BENCHMARKS.md, never asserted here.)
+
+mod common;
+
+use common::{Cluster, BIN};
+use serde_json::Value;
+
+#[tokio::test]
+async fn load_client_trades_reads_back_every_order_and_reports() {
+    let cluster = Cluster::start(1).await;
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "load",
+            "--frontend",
+            cluster.frontend(),
+            "--clients",
+            "4",
+            "--p",
+            "0,0.5",
+            "--iterations",
+            "25",
+            "--stocks",
+            "GameStart,FishCo",
+            "--json",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run stocknet load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+
+    let lookup_only = &runs[0]["requests"];
+    assert_eq!(lookup_only["lookup"]["ok"], 100, "{lookup_only}");
+    assert!(lookup_only.get("order").is_none());
+
+    let trading = &runs[1];
+    let requests = &trading["requests"];
+    assert_eq!(requests["lookup"]["ok"], 100, "{requests}");
+    assert_eq!(requests["lookup"]["errors"], 0);
+    assert_eq!(requests["order"]["errors"], 0);
+    let placed = requests["order"]["ok"].as_u64().expect("orders");
+    assert!(placed > 0, "{requests}");
+    assert_eq!(trading["verification"]["checked"], placed);
+    assert_eq!(trading["verification"]["mismatched"], 0);
+    // Every acknowledged order is in the leader's log.
+    let last = cluster.replica_health(2).await["last_transaction"]
+        .as_u64()
+        .expect("last");
+    assert_eq!(last, placed);
+}
