@@ -22,9 +22,6 @@ use stocknet_common::{data, http_client, server, ApiError, Json, Path, Query};
 pub use error::OrderError;
 pub use replica::{Health, LeaderNotice, NewOrder, Peer, Replica};
 
-/// How often a leader brings lagging followers and the catalog up to date between orders.
-const HEARTBEAT: Duration = Duration::from_millis(300);
-
 /// Header carrying a client's (or the frontend's) idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -123,15 +120,7 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, node_id = state.replica.health().node_id, "order replica listening");
     let replica = state.replica.clone();
-    tokio::spawn(async move {
-        replica.resync().await;
-        let mut ticks = tokio::time::interval(HEARTBEAT);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            replica.heartbeat().await;
-        }
-    });
+    tokio::spawn(async move { replica.resync().await });
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }

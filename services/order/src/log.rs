@@ -106,6 +106,16 @@ impl OrderLog {
     /// its numbers must be consecutive; otherwise nothing is written and
     /// [`OrderError::Gap`] says where this log ends.
     pub fn append(&mut self, batch: &[Order]) -> Result<(), OrderError> {
+        self.write(batch)?;
+        sync(&self.file, &self.path);
+        Ok(())
+    }
+
+    /// Like [`append`](Self::append) but without waiting for the disk: the orders are in the
+    /// file and visible here at once, durable only after a [`sync`] through
+    /// [`sync_handle`](Self::sync_handle). A leader writes each order as it comes and fsyncs
+    /// once for all that came meanwhile (group commit).
+    pub fn write(&mut self, batch: &[Order]) -> Result<(), OrderError> {
         let last = self.last();
         check_consecutive(last, batch)?;
         let mut text = String::new();
@@ -113,12 +123,25 @@ impl OrderLog {
             text.push_str(&format_line(order)?);
         }
         let io = |e| OrderError::io(&self.path, e);
-        self.file.write_all(text.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let length = self.file.metadata().map_err(io)?.len();
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            // Never leave a partial line for the next write to follow.
+            let _ = self.file.set_len(length);
+            return Err(io(e));
+        }
         for order in batch {
             self.remember(order.clone());
         }
         Ok(())
+    }
+
+    /// A handle on the log file for [`sync`], so the fsync need not hold the log.
+    pub fn sync_handle(&self) -> Result<(File, PathBuf), OrderError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| OrderError::io(&self.path, e))?;
+        Ok((file, self.path.clone()))
     }
 
     /// Takes `batch`, which in the sender's log follows order `prev` of term `prev_term`
@@ -301,6 +324,16 @@ fn parse_line(line: &[u8], expected: u64) -> Result<Order, String> {
         quantity: field(4)?.parse().map_err(|e| format!("quantity: {e}"))?,
         key: (!key.is_empty()).then(|| key.to_owned()),
     })
+}
+
+/// Makes everything written to `file` durable. A failed fsync is not retried: after one, the
+/// kernel may have dropped the dirty pages and a second fsync can report success without them
+/// (PostgreSQL's "fsyncgate"), so the process exits and recovers from disk and its peers.
+pub fn sync(file: &File, path: &Path) {
+    if let Err(e) = file.sync_data() {
+        tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {e}");
+        std::process::exit(70);
+    }
 }
 
 fn sync_dir(path: &Path) -> Result<(), OrderError> {

@@ -12,10 +12,14 @@ use serde::{Deserialize, Serialize};
 use stocknet_catalog::{ApplyOutcome, ApplyRequest, Snapshot, Trade};
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::{Order, RemoteError, Side};
-use tracing::Instrument;
+use tokio::sync::{watch, Notify};
 
 use crate::error::OrderError;
 use crate::log::{Merge, OrderLog};
+
+/// How often an idle leader runs a commit round: repairs lagging followers, catches the
+/// catalog up after an outage, and notices a newer term.
+pub const HEARTBEAT: Duration = Duration::from_millis(300);
 
 /// Most orders sent in one replication, resync or catalog call.
 pub const BATCH: usize = 10_000;
@@ -96,6 +100,13 @@ pub struct Health {
     pub last_transaction: u64,
 }
 
+/// The committer's own bookkeeping: how far the log is fsync'd here, committed, and applied.
+struct CommitState {
+    synced: u64,
+    committed: u64,
+    catalog_applied: u64,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct View {
     term: u64,
@@ -103,14 +114,76 @@ struct View {
 }
 
 /// What only the leader of `term` keeps: quantities as they will be once every order in its
-/// log is applied, and how far the catalog has applied the log.
-#[derive(Debug)]
+/// log is applied (to refuse overdrafts before logging), and its committer.
 struct Leading {
     term: u64,
     projected: HashMap<String, u64>,
-    /// Highest order known to be durable on a majority.
-    committed: u64,
-    catalog_applied: u64,
+    /// Wakes the committer when an order has been written.
+    wake: Arc<Notify>,
+    /// The committer's progress, which waiting orders watch.
+    progress: watch::Receiver<Progress>,
+    committer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.committer.abort();
+    }
+}
+
+/// Where the leader's committer is. Orders through `applied` are committed and applied to the
+/// catalog: they can be acknowledged.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Commit rounds finished.
+    round: u64,
+    applied: u64,
+    /// The last round's failure; it concerns the orders through `through`.
+    failure: Option<RoundFailure>,
+}
+
+#[derive(Debug, Clone)]
+struct RoundFailure {
+    round: u64,
+    through: u64,
+    error: CommitError,
+}
+
+/// A commit round's error, kept to answer every order of the round with it.
+#[derive(Debug, Clone)]
+enum CommitError {
+    NotLeader,
+    NoMajority { acks: usize, needed: usize },
+    Unavailable(String),
+    Catalog(String),
+    Internal(String),
+}
+
+impl From<OrderError> for CommitError {
+    fn from(error: OrderError) -> Self {
+        match error {
+            OrderError::NotLeader => Self::NotLeader,
+            OrderError::NoMajority { acks, needed } => Self::NoMajority { acks, needed },
+            OrderError::PeerUnavailable(m) => Self::Unavailable(m),
+            OrderError::CatalogUnavailable(m) => Self::Catalog(m),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<&CommitError> for OrderError {
+    fn from(error: &CommitError) -> Self {
+        match error {
+            CommitError::NotLeader => Self::NotLeader,
+            CommitError::NoMajority { acks, needed } => Self::NoMajority {
+                acks: *acks,
+                needed: *needed,
+            },
+            CommitError::Unavailable(m) => Self::PeerUnavailable(m.clone()),
+            CommitError::Catalog(m) => Self::CatalogUnavailable(m.clone()),
+            CommitError::Internal(m) => Self::Task(m.clone()),
+        }
+    }
 }
 
 pub struct Replica {
@@ -123,7 +196,7 @@ pub struct Replica {
     term_path: PathBuf,
     view: Mutex<View>,
     ready: AtomicBool,
-    /// Held for the whole of placing one order: orders are sequenced one at a time.
+    /// Held while an order is checked and written (which numbers it), not while it commits.
     leading: tokio::sync::Mutex<Option<Leading>>,
 }
 
@@ -294,21 +367,31 @@ impl Replica {
                 *quantity = quantity.saturating_add_signed(order.side.delta(order.quantity));
             }
         }
-        let mut state = Leading {
+        // Applies what is committed but not yet applied, and records the new term there.
+        let mut catalog_applied = snapshot.applied;
+        self.apply_to_catalog(term, &mut catalog_applied, last)
+            .await?;
+        tracing::info!(term, last, "leading");
+        let wake = Arc::new(Notify::new());
+        let (progress, watched) = watch::channel(Progress {
+            applied: last,
+            ..Progress::default()
+        });
+        let committer = tokio::spawn(self.clone().commit_loop(term, wake.clone(), progress, last));
+        *leading = Some(Leading {
             term,
             projected,
-            committed: last,
-            catalog_applied: snapshot.applied,
-        };
-        // Applies what is committed but not yet applied, and records the new term there.
-        self.apply_to_catalog(&mut state, last).await?;
-        tracing::info!(term, last, "leading");
-        *leading = Some(state);
+            wake,
+            progress: watched,
+            committer,
+        });
         Ok(())
     }
 
-    /// Leader side: sequences one order and answers only once it is durable on a majority and
-    /// applied to the catalog (which has invalidated the frontends' caches by then).
+    /// Leader side: checks and writes one order, then waits until a commit round has made it
+    /// durable on a majority and applied it to the catalog (which has invalidated the
+    /// frontends' caches by then). Orders that arrive while a round runs share the next one:
+    /// one fsync, one replication and one catalog update for all of them (group commit).
     pub async fn place(
         self: &Arc<Self>,
         order: NewOrder,
@@ -317,97 +400,140 @@ impl Replica {
         if order.quantity == 0 {
             return Err(OrderError::InsufficientQuantity);
         }
-        let mut guard = self.leading.lock().await;
-        let term = self.view().term;
-        let leading = match guard.as_mut() {
-            Some(leading) if leading.term == term => leading,
-            _ => {
-                *guard = None;
-                return Err(OrderError::NotLeader);
-            }
-        };
-        let known = key.as_deref().and_then(|k| self.log().number_for_key(k));
-        let number = match known {
-            // A retry of an order already in the log: finish committing it, never re-execute.
-            Some(number) => number,
-            None => {
-                let current = *leading
-                    .projected
-                    .get(&order.name)
-                    .ok_or(OrderError::StockNotFound)?;
-                let updated = match order.side {
-                    Side::Buy => current
-                        .checked_sub(u64::from(order.quantity))
-                        .ok_or(OrderError::InsufficientQuantity)?,
-                    Side::Sell => current
-                        .checked_add(u64::from(order.quantity))
-                        .ok_or(OrderError::QuantityOverflow)?,
-                };
-                let number = self.log().last() + 1;
-                let entry = Order {
-                    number,
-                    term,
-                    name: order.name.clone(),
-                    side: order.side,
-                    quantity: order.quantity,
-                    key,
-                };
-                self.append(vec![entry]).await?;
-                // The order is in the log now and will be applied eventually, committed by this
-                // leader or a later one, so the projection must count it either way.
-                leading.projected.insert(order.name, updated);
-                number
-            }
-        };
-        async {
-            self.replicate_to_majority(term, number).await?;
-            leading.committed = leading.committed.max(number);
-            self.apply_to_catalog(leading, number).await
-        }
-        .instrument(tracing::info_span!("commit", number))
-        .await?;
-        Ok(number)
-    }
-
-    /// The leader's periodic round, between orders: brings every follower up to the end of
-    /// the log (repairing any that diverged or missed orders) and applies to the catalog what
-    /// is committed but unapplied (after a catalog outage). A replica that learned of a newer
-    /// term stops leading here.
-    pub async fn heartbeat(self: &Arc<Self>) {
-        let term = {
-            let Ok(mut guard) = self.leading.try_lock() else {
-                // An order is being placed, which replicates anyway.
-                return;
+        let (number, wake, mut progress) = {
+            let mut guard = self.leading.lock().await;
+            let term = self.view().term;
+            let leading = match guard.as_mut() {
+                Some(leading) if leading.term == term => leading,
+                _ => {
+                    *guard = None;
+                    return Err(OrderError::NotLeader);
+                }
             };
-            let Some(leading) = guard.as_mut() else {
-                return;
+            let known = key.as_deref().and_then(|k| self.log().number_for_key(k));
+            let number = match known {
+                // A retry of an order already in the log: see it committed, never re-execute.
+                Some(number) => number,
+                None => {
+                    let current = *leading
+                        .projected
+                        .get(&order.name)
+                        .ok_or(OrderError::StockNotFound)?;
+                    let updated = match order.side {
+                        Side::Buy => current
+                            .checked_sub(u64::from(order.quantity))
+                            .ok_or(OrderError::InsufficientQuantity)?,
+                        Side::Sell => current
+                            .checked_add(u64::from(order.quantity))
+                            .ok_or(OrderError::QuantityOverflow)?,
+                    };
+                    let mut log = self.log();
+                    let number = log.last() + 1;
+                    log.write(&[Order {
+                        number,
+                        term,
+                        name: order.name.clone(),
+                        side: order.side,
+                        quantity: order.quantity,
+                        key,
+                    }])?;
+                    // The order is in the log now and will be applied eventually, committed by
+                    // this leader or a later one, so the projection must count it either way.
+                    leading.projected.insert(order.name, updated);
+                    number
+                }
             };
-            if leading.term != self.view().term {
-                tracing::info!(
-                    term = leading.term,
-                    "a newer term exists; no longer leading"
-                );
-                *guard = None;
-                return;
-            }
-            if leading.catalog_applied < leading.committed {
-                let committed = leading.committed;
-                if let Err(e) = self.apply_to_catalog(leading, committed).await {
-                    tracing::warn!("catalog catch-up failed: {e}");
+            (number, leading.wake.clone(), leading.progress.clone())
+        };
+        let waiting_since = progress.borrow().round;
+        wake.notify_one();
+        loop {
+            {
+                let now = progress.borrow_and_update();
+                if now.applied >= number {
+                    return Ok(number);
+                }
+                if let Some(failure) = &now.failure {
+                    // A round that ended after this order was written and covered it.
+                    if failure.round > waiting_since && failure.through >= number {
+                        return Err((&failure.error).into());
+                    }
                 }
             }
-            leading.term
-        };
-        let last = self.log().last();
-        if last == 0 {
-            return;
-        }
-        futures::future::join_all(self.peers.iter().map(|peer| async move {
-            if let Err(e) = self.push_to(peer, term, last).await {
-                tracing::debug!(peer = peer.id, "heartbeat: {e}");
+            if progress.changed().await.is_err() {
+                // The committer stopped: this replica no longer leads.
+                return Err(OrderError::NotLeader);
             }
-        }))
-        .await;
+        }
+    }
+
+    /// The leader's committer, one per term. Each round makes the log durable here, brings a
+    /// majority to its end (and every reachable follower, repairing any that lag or diverged),
+    /// and applies what is committed to the catalog. Rounds run when an order is written and
+    /// every [`HEARTBEAT`] when idle, which also catches the catalog up after an outage.
+    async fn commit_loop(
+        self: Arc<Self>,
+        term: u64,
+        wake: Arc<Notify>,
+        progress: watch::Sender<Progress>,
+        committed: u64,
+    ) {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = CommitState {
+            synced: committed,
+            committed,
+            catalog_applied: committed,
+        };
+        loop {
+            tokio::select! {
+                () = wake.notified() => {}
+                _ = ticks.tick() => {}
+            }
+            if self.view().term != term {
+                tracing::info!(term, "a newer term exists; no longer leading");
+                return;
+            }
+            let through = self.log().last();
+            let result = self.commit_round(term, through, &mut state).await;
+            if let Err(e) = &result {
+                tracing::warn!(term, through, "commit round failed: {e}");
+            }
+            progress.send_modify(|now| {
+                now.round += 1;
+                now.applied = state.catalog_applied;
+                now.failure = result.err().map(|error| RoundFailure {
+                    round: now.round,
+                    through,
+                    error: error.into(),
+                });
+            });
+        }
+    }
+
+    async fn commit_round(
+        self: &Arc<Self>,
+        term: u64,
+        through: u64,
+        state: &mut CommitState,
+    ) -> Result<(), OrderError> {
+        if through > state.synced {
+            // Durable here first: this replica counts toward the majority only once it is.
+            let (file, path) = self.log().sync_handle()?;
+            tokio::task::spawn_blocking(move || crate::log::sync(&file, &path))
+                .await
+                .map_err(OrderError::task)?;
+            state.synced = through;
+        }
+        if through > 0 {
+            self.replicate_to_majority(term, through).await?;
+            state.committed = state.committed.max(through);
+        }
+        if state.catalog_applied < state.committed {
+            self.apply_to_catalog(term, &mut state.catalog_applied, state.committed)
+                .await?;
+        }
+        Ok(())
     }
 
     fn log(&self) -> MutexGuard<'_, OrderLog> {
@@ -475,13 +601,6 @@ impl Replica {
         std::fs::rename(&tmp, &self.term_path).map_err(io)?;
         *view = next;
         Ok(())
-    }
-
-    async fn append(&self, orders: Vec<Order>) -> Result<(), OrderError> {
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || lock(&log).append(&orders))
-            .await
-            .map_err(OrderError::task)?
     }
 
     /// First step of a takeover: every peer is asked to promise to follow this replica in
@@ -670,15 +789,20 @@ impl Replica {
     }
 
     /// Applies the log through `number` to the catalog, in order, under the leader's term.
-    async fn apply_to_catalog(&self, leading: &mut Leading, number: u64) -> Result<(), OrderError> {
+    async fn apply_to_catalog(
+        &self,
+        term: u64,
+        catalog_applied: &mut u64,
+        number: u64,
+    ) -> Result<(), OrderError> {
         let url = endpoint(&self.catalog_url, &["apply"]).map_err(OrderError::catalog)?;
         let mut delay = Duration::from_millis(20);
         let (mut sent, mut failures) = (false, 0);
         // Sent at least once even when there is nothing to apply: that records the term.
-        while leading.catalog_applied < number || !sent {
+        while *catalog_applied < number || !sent {
             sent = true;
             let trades: Vec<Trade> = self
-                .orders_between(leading.catalog_applied, number)
+                .orders_between(*catalog_applied, number)
                 .into_iter()
                 .take(BATCH)
                 .map(|o| Trade {
@@ -687,13 +811,10 @@ impl Replica {
                     delta: o.side.delta(o.quantity),
                 })
                 .collect();
-            let request = ApplyRequest {
-                term: leading.term,
-                trades,
-            };
+            let request = ApplyRequest { term: term, trades };
             match call::<ApplyOutcome>(self.http.post(url.clone()).json(&request)).await {
                 Ok(outcome) => {
-                    leading.catalog_applied = outcome.applied;
+                    *catalog_applied = outcome.applied;
                     continue;
                 }
                 Err(RemoteError::Api { status, message })
@@ -705,13 +826,13 @@ impl Replica {
                     ))
                     .await
                     .map_err(OrderError::catalog)?;
-                    if snapshot.term > leading.term {
+                    if snapshot.term > term {
                         return Err(OrderError::NotLeader);
                     }
-                    if snapshot.applied == leading.catalog_applied {
+                    if snapshot.applied == *catalog_applied {
                         return Err(OrderError::CatalogUnavailable(message));
                     }
-                    leading.catalog_applied = snapshot.applied;
+                    *catalog_applied = snapshot.applied;
                 }
                 Err(e) if failures < 8 => {
                     failures += 1;
