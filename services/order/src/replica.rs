@@ -811,7 +811,7 @@ impl Replica {
                     delta: o.side.delta(o.quantity),
                 })
                 .collect();
-            let request = ApplyRequest { term: term, trades };
+            let request = ApplyRequest { term, trades };
             match call::<ApplyOutcome>(self.http.post(url.clone()).json(&request)).await {
                 Ok(outcome) => {
                     *catalog_applied = outcome.applied;
