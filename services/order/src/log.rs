@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use stocknet_common::{Order, Side};
@@ -193,12 +193,19 @@ impl OrderLog {
             return Err(OrderError::Gap { last: self.last() });
         }
         let io = |e| OrderError::io(&self.path, e);
-        let mut reader = std::io::BufReader::new(File::open(&self.path).map_err(io)?);
-        let mut prefix = Vec::new();
-        // The header line, then one line per kept order.
+        // The header record, then one record per kept order (a quoted name may span lines).
+        let text = std::fs::read(&self.path).map_err(io)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_slice());
+        let mut record = csv::ByteRecord::new();
         for _ in 0..=kept {
-            reader.read_until(b'\n', &mut prefix).map_err(io)?;
+            reader
+                .read_byte_record(&mut record)
+                .map_err(|e| OrderError::Corrupt(e.to_string()))?;
         }
+        let mut prefix = text[..reader.position().byte() as usize].to_vec();
         for order in batch {
             prefix.extend_from_slice(format_line(order)?.as_bytes());
         }
@@ -272,45 +279,56 @@ fn format_line(order: &Order) -> Result<String, OrderError> {
     String::from_utf8(bytes).map_err(|e| OrderError::Corrupt(e.to_string()))
 }
 
-/// Parses the whole file; returns the orders and the length of the well-formed prefix.
+/// Parses the whole file with one CSV reader; returns the orders and the length of the
+/// well-formed prefix. A last record that is cut off or malformed is a torn append (never
+/// acknowledged) and lies outside that prefix; a malformed record before it is corruption.
 fn parse(text: &[u8]) -> Result<(Vec<Order>, usize), OrderError> {
-    let mut orders = Vec::new();
-    let mut offset = 0;
-    let mut line_number = 0;
-    while offset < text.len() {
-        line_number += 1;
-        let Some(end) = text[offset..].iter().position(|b| *b == b'\n') else {
-            // No newline: the append that wrote this line never finished.
-            break;
-        };
-        let line = &text[offset..offset + end];
-        let is_last = offset + end + 1 == text.len();
-        if line_number == 1 {
-            if line != HEADER.trim_end().as_bytes() {
-                return Err(OrderError::Corrupt("missing header line".into()));
-            }
-        } else {
-            match parse_line(line, orders.len() as u64 + 1) {
-                Ok(order) => orders.push(order),
-                Err(_) if is_last => break,
-                Err(e) => return Err(OrderError::Corrupt(format!("line {line_number}: {e}"))),
-            }
-        }
-        offset += end + 1;
-    }
-    Ok((orders, offset))
-}
-
-fn parse_line(line: &[u8], expected: u64) -> Result<Order, String> {
+    // What follows the last newline is an append that never finished.
+    let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
-        .from_reader(line);
-    let record = reader
-        .records()
-        .next()
-        .ok_or("empty line")?
-        .map_err(|e| e.to_string())?;
-    let field = |i: usize| record.get(i).ok_or(format!("missing field {i}"));
+        .flexible(true)
+        .from_reader(&text[..complete]);
+    let mut record = csv::ByteRecord::new();
+    let mut orders = Vec::new();
+    let mut header_seen = false;
+    loop {
+        let start = reader.position().clone();
+        let parsed = match reader.read_byte_record(&mut record) {
+            Ok(false) => return Ok((orders, complete)),
+            Ok(true) if !header_seen => {
+                if record
+                    .iter()
+                    .ne(HEADER.trim_end().split(',').map(str::as_bytes))
+                {
+                    return Err(OrderError::Corrupt("missing header line".into()));
+                }
+                header_seen = true;
+                continue;
+            }
+            Ok(true) => order_from(&record, orders.len() as u64 + 1),
+            Err(e) => Err(e.to_string()),
+        };
+        match parsed {
+            Ok(order) => orders.push(order),
+            Err(_) if reader.position().byte() as usize >= complete => {
+                return Ok((orders, start.byte() as usize));
+            }
+            Err(e) => {
+                return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
+            }
+        }
+    }
+}
+
+fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> {
+    let field = |i: usize| {
+        let bytes = record.get(i).ok_or(format!("missing field {i}"))?;
+        std::str::from_utf8(bytes).map_err(|e| format!("field {i}: {e}"))
+    };
+    if record.len() != 6 {
+        return Err(format!("expected 6 fields, found {}", record.len()));
+    }
     let number: u64 = field(0)?.parse().map_err(|e| format!("number: {e}"))?;
     if number != expected {
         return Err(format!("expected order {expected}, found {number}"));
@@ -481,8 +499,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
         let mut log = OrderLog::open(&path).unwrap();
-        log.append(&[order(1, "A"), order(2, "B"), order(3, "C")])
-            .unwrap();
+        // A quoted name may span lines: records, not lines, are what count.
+        log.append(&[
+            order(1, "Two\nLines, \"quoted\""),
+            order(2, "B"),
+            order(3, "C"),
+        ])
+        .unwrap();
         log.replace_after(1, &[termed(2, 5, "Z")]).unwrap();
         assert_eq!(log.number_for_key("key-3"), None);
         log.append(&[termed(3, 5, "W")]).unwrap();
@@ -491,7 +514,11 @@ mod tests {
         let log = OrderLog::open(&path).unwrap();
         assert_eq!(
             log.after(0, 10),
-            &[order(1, "A"), termed(2, 5, "Z"), termed(3, 5, "W")]
+            &[
+                order(1, "Two\nLines, \"quoted\""),
+                termed(2, 5, "Z"),
+                termed(3, 5, "W")
+            ]
         );
         assert!(!path.with_extension("csv.tmp").exists());
     }

@@ -1,0 +1,34 @@
+//! Catalog apply: persist a batch of committed trades (rewrite, fsync, rename, dir fsync).
+//! `cargo bench -p stocknet-catalog`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use stocknet_catalog::{ApplyRequest, CatalogStore, Trade, DEFAULT_CATALOG};
+
+fn apply(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).expect("open");
+    let mut next = 0u64;
+    for size in [1u64, 32] {
+        c.bench_function(&format!("apply {size} trade(s)"), |b| {
+            b.iter(|| {
+                let trades = (0..size)
+                    .map(|i| {
+                        next += 1;
+                        Trade {
+                            number: next,
+                            name: "GameStart".into(),
+                            // Alternate so the quantity stays near 100.
+                            delta: if i.is_multiple_of(2) { 1 } else { -1 },
+                        }
+                    })
+                    .collect();
+                store
+                    .apply(&ApplyRequest { term: 1, trades })
+                    .expect("apply");
+            })
+        });
+    }
+}
+
+criterion_group!(benches, apply);
+criterion_main!(benches);

@@ -1,0 +1,63 @@
+//! Order log hot paths: a durable append (write + fsync), a group of 32 written then fsync'd
+//! once, and loading a large log from CSV. `cargo bench -p stocknet-order`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use stocknet_common::{Order, Side};
+use stocknet_order::log::OrderLog;
+
+fn order(number: u64) -> Order {
+    Order {
+        number,
+        term: 1,
+        name: "GameStart".into(),
+        side: if number.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        },
+        quantity: 3,
+        key: Some(format!("fe-1234-{number}")),
+    }
+}
+
+fn order_log(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut log = OrderLog::open(dir.path().join("append.csv")).expect("open");
+    c.bench_function("append 1 order + fsync", |b| {
+        b.iter(|| {
+            let next = log.last() + 1;
+            log.append(&[order(next)]).expect("append");
+        })
+    });
+    c.bench_function("write 32 orders + one fsync (group commit)", |b| {
+        b.iter(|| {
+            for _ in 0..32 {
+                let next = log.last() + 1;
+                log.write(&[order(next)]).expect("write");
+            }
+            let (file, path) = log.sync_handle().expect("handle");
+            stocknet_order::log::sync(&file, &path);
+        })
+    });
+
+    let large = dir.path().join("large.csv");
+    let mut big = OrderLog::open(&large).expect("open");
+    let batch: Vec<Order> = (1..=100_000).map(order).collect();
+    big.append(&batch).expect("append");
+    drop(big);
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.bench_function("open a log of 100000 orders", |b| {
+        b.iter_batched(
+            || (),
+            |()| black_box(OrderLog::open(&large).expect("open").last()),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, order_log);
+criterion_main!(benches);
