@@ -517,16 +517,23 @@ impl Replica {
         through: u64,
         state: &mut CommitState,
     ) -> Result<(), OrderError> {
-        if through > state.synced {
-            // Durable here first: this replica counts toward the majority only once it is.
-            let (file, path) = self.log().sync_handle()?;
-            tokio::task::spawn_blocking(move || crate::log::sync(&file, &path))
-                .await
-                .map_err(OrderError::task)?;
-            state.synced = through;
-        }
         if through > 0 {
-            self.replicate_to_majority(term, through).await?;
+            // This replica's fsync and the followers' run at once; the orders are committed
+            // once both this replica and enough followers for a majority hold them durably.
+            let sync = async {
+                if through > state.synced {
+                    let (file, path) = self.log().sync_handle()?;
+                    tokio::task::spawn_blocking(move || crate::log::sync(&file, &path))
+                        .await
+                        .map_err(OrderError::task)?;
+                }
+                Ok::<_, OrderError>(())
+            };
+            let (synced, replicated) =
+                tokio::join!(sync, self.replicate_to_majority(term, through));
+            synced?;
+            state.synced = through;
+            replicated?;
             state.committed = state.committed.max(through);
         }
         if state.catalog_applied < state.committed {
@@ -705,9 +712,9 @@ impl Replica {
         cluster_size / 2 + 1
     }
 
-    /// Sends the log through `number` to every follower and returns once a majority of the
-    /// cluster (this replica included) holds it durably. Slower followers finish in the
-    /// background.
+    /// Sends the log through `number` to every follower and returns once enough of them hold
+    /// it durably to make a majority with this replica, whose own fsync is the caller's to
+    /// ensure. Slower followers finish in the background.
     async fn replicate_to_majority(
         self: &Arc<Self>,
         term: u64,
