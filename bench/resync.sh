@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Measures how long an order replica that missed N orders (default 100000) takes from restart
+# to ready (boot resync done). Starts its own cluster on 127.0.0.1 in a temp dir.
+#   bench/resync.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+orders="${1:-100000}"
+cargo build --release --quiet
+bin="$PWD/target/release/stocknet"
+dir="$(mktemp -d)"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+
+fe=28080 cat=28081 o1=28091 o2=28092 o3=28093
+peers="1=http://127.0.0.1:$o1,2=http://127.0.0.1:$o2,3=http://127.0.0.1:$o3"
+export RUST_LOG=warn
+start_order() {
+  "$bin" order --port "$2" --node-id "$1" --peers "$peers" \
+    --catalog-url "http://127.0.0.1:$cat" --data-dir "$dir" >>"$dir/order-$1.log" 2>&1 &
+  echo $!
+}
+wait_ready() {
+  for _ in $(seq 1 600); do
+    curl -sf "$1" >/dev/null && return 0
+    sleep 0.01
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+
+"$bin" catalog --port "$cat" --data-dir "$dir" --frontends "http://127.0.0.1:$fe" >>"$dir/catalog.log" 2>&1 &
+pids+=($!)
+replica1=$(start_order 1 $o1); pids+=("$replica1")
+pids+=("$(start_order 2 $o2)" "$(start_order 3 $o3)")
+"$bin" frontend --port "$fe" --catalog-url "http://127.0.0.1:$cat" --order-replicas "$peers" \
+  >>"$dir/frontend.log" 2>&1 &
+pids+=($!)
+for url in "http://127.0.0.1:$cat/health" "http://127.0.0.1:$o1/ready" "http://127.0.0.1:$o2/ready" \
+           "http://127.0.0.1:$o3/ready" "http://127.0.0.1:$fe/health"; do
+  wait_ready "$url"
+done
+
+kill -9 "$replica1"
+echo "replica 1 killed; placing $orders orders without it"
+per_client=$(( (orders + 31) / 32 ))
+"$bin" load --frontend "http://127.0.0.1:$fe" --clients 32 --p 1 --iterations "$per_client" \
+  --max-quantity 1 --json > "$dir/load.json"
+last=$(curl -s "http://127.0.0.1:$o3/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["last_transaction"])')
+echo "leader's log ends at $last"
+
+start=$(date +%s.%N)
+replica1=$(start_order 1 $o1); pids+=("$replica1")
+wait_ready "http://127.0.0.1:$o1/ready"
+end=$(date +%s.%N)
+caught=$(curl -s "http://127.0.0.1:$o1/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["last_transaction"])')
+echo "replica 1 restarted: ready in $(python3 -c "print(f'{$end - $start:.3f}')") s, holding $caught of $last orders"
