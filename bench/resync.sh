@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures how long an order replica that missed N orders (default 100000) takes from restart
-# to ready (boot resync done). Starts its own cluster on 127.0.0.1 in a temp dir.
+# to ready (boot resync done), and the resident memory of the other services after N orders.
+# Starts its own cluster on 127.0.0.1 in a temp dir.
 #   bench/resync.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,10 @@ per_client=$(( (orders + 31) / 32 ))
   --max-quantity 1 --json > "$dir/load.json"
 last=$(curl -s "http://127.0.0.1:$o3/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["last_transaction"])')
 echo "leader's log ends at $last"
+for pid in "${pids[@]}"; do
+  [ "$pid" = "$replica1" ] && continue
+  echo "pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -d' ' -f2-4)): $(grep VmRSS "/proc/$pid/status")"
+done
 
 start=$(date +%s.%N)
 replica1=$(start_order 1 $o1); pids+=("$replica1")
