@@ -46,6 +46,14 @@ pub struct LoadConfig {
     /// Largest quantity of a random order.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_quantity: u32,
+    /// A second frontend, run with its cache off: every p is then run against both, as in the
+    /// seed design's comparison.
+    #[arg(long)]
+    pub uncached_frontend: Option<String>,
+    /// Draw mean and p99 latency against p, one line per request type and cache setting, as
+    /// an SVG file.
+    #[arg(long, value_parser = parse_svg_path)]
+    pub plot: Option<std::path::PathBuf>,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -54,13 +62,15 @@ pub struct LoadConfig {
 /// A whole `stocknet load` invocation: one run per value of `p`.
 #[derive(Debug, Serialize)]
 pub struct LoadReport {
-    pub frontend: String,
     pub clients: u32,
     pub runs: Vec<RunReport>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct RunReport {
+    pub frontend: String,
+    /// Whether that frontend caches lookups, as its `/health` says.
+    pub cache: Option<bool>,
     pub p: f64,
     pub seconds: f64,
     /// Per request type: `lookup`, `order`, `query` (the verification reads).
@@ -97,6 +107,14 @@ pub struct Verification {
 impl Verification {
     pub fn passed(&self) -> bool {
         self.mismatched == 0 && self.unreadable == 0
+    }
+}
+
+fn parse_svg_path(text: &str) -> Result<std::path::PathBuf, String> {
+    if text.ends_with(".svg") {
+        Ok(text.into())
+    } else {
+        Err("the plot is drawn as SVG: give a file name ending in .svg".into())
     }
 }
 
@@ -211,6 +229,9 @@ struct Plan {
 
 pub async fn run(config: LoadConfig) -> anyhow::Result<()> {
     let report = measure(&config).await?;
+    if let Some(path) = &config.plot {
+        plot(&report, path)?;
+    }
     if config.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -241,28 +262,48 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(config.clients as usize)
         .build()?;
-    let frontend = config.frontend.trim_end_matches('/').to_owned();
+    let mut frontends = vec![config.frontend.trim_end_matches('/').to_owned()];
+    if let Some(uncached) = &config.uncached_frontend {
+        frontends.push(uncached.trim_end_matches('/').to_owned());
+    }
     let mut runs = Vec::new();
-    for &p in &config.p {
-        let show_progress = !config.json && std::io::stderr().is_terminal();
-        let plan = Arc::new(Plan {
-            http: http.clone(),
-            frontend: frontend.clone(),
-            stocks: stocks.clone(),
-            name_field: config.name_field.clone(),
-            max_quantity: config.max_quantity,
-            p,
-            deadline: Instant::now() + config.duration,
-            iterations: config.iterations,
-            progress: show_progress.then(|| progress_bar(config, p)),
-        });
-        runs.push(run_once(plan, config.clients).await?);
+    for frontend in &frontends {
+        let cache = caches(&http, frontend).await;
+        for &p in &config.p {
+            let show_progress = !config.json && std::io::stderr().is_terminal();
+            let plan = Arc::new(Plan {
+                http: http.clone(),
+                frontend: frontend.clone(),
+                stocks: stocks.clone(),
+                name_field: config.name_field.clone(),
+                max_quantity: config.max_quantity,
+                p,
+                deadline: Instant::now() + config.duration,
+                iterations: config.iterations,
+                progress: show_progress.then(|| progress_bar(config, p)),
+            });
+            let mut run = run_once(plan, config.clients).await?;
+            run.cache = cache;
+            runs.push(run);
+        }
     }
     Ok(LoadReport {
-        frontend,
         clients: config.clients,
         runs,
     })
+}
+
+/// Whether the frontend at `url` caches, from its `/health`; `None` if it does not say.
+async fn caches(http: &reqwest::Client, url: &str) -> Option<bool> {
+    let health: Value = http
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    health["data"]["cache"].as_bool()
 }
 
 fn default_stocks() -> anyhow::Result<Vec<String>> {
@@ -317,6 +358,8 @@ async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
         requests.insert("query", queries.stats(query_seconds));
     }
     Ok(RunReport {
+        frontend: plan.frontend.clone(),
+        cache: None,
         p: plan.p,
         seconds,
         requests,
@@ -506,13 +549,24 @@ async fn verify(plan: &Plan, placed: &[Placed], clients: u32) -> (Latencies, Ver
     (latencies, verification)
 }
 
+fn cache_label(cache: Option<bool>) -> &'static str {
+    match cache {
+        Some(true) => "cache on",
+        Some(false) => "cache off",
+        None => "cache unknown",
+    }
+}
+
 fn print_tables(report: &LoadReport) {
-    println!(
-        "stocknet load: {} clients against {}",
-        report.clients, report.frontend
-    );
+    println!("stocknet load: {} clients", report.clients);
     for run in &report.runs {
-        println!("\np = {} ({:.1} s)", run.p, run.seconds);
+        println!(
+            "\n{} ({}), p = {} ({:.1} s)",
+            run.frontend,
+            cache_label(run.cache),
+            run.p,
+            run.seconds
+        );
         println!(
             "{:<8} {:>9} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "request",
@@ -551,6 +605,71 @@ fn print_tables(report: &LoadReport) {
     }
 }
 
+/// Mean and p99 latency against p: one line per request type, cache setting and statistic.
+fn plot(report: &LoadReport, path: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    type Series = BTreeMap<(String, &'static str), Vec<(f64, f64)>>;
+    let mut series: Series = BTreeMap::new();
+    for run in &report.runs {
+        for (kind, stats) in &run.requests {
+            let label = format!("{kind}, {}", cache_label(run.cache));
+            for (statistic, value) in [("mean", stats.mean_ms), ("p99", stats.p99_ms)] {
+                series
+                    .entry((label.clone(), statistic))
+                    .or_default()
+                    .push((run.p, value));
+            }
+        }
+    }
+    let highest = series
+        .values()
+        .flatten()
+        .map(|(_, ms)| *ms)
+        .fold(0.0_f64, f64::max);
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "stocknet load: latency against p ({} clients)",
+                report.clients
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..1.0, 0.0..(highest * 1.1).max(0.1))?;
+    chart
+        .configure_mesh()
+        .x_desc("p (probability of placing an order)")
+        .y_desc("latency (ms)")
+        .draw()?;
+    for (index, ((label, statistic), mut points)) in series.into_iter().enumerate() {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = Palette99::pick(index).to_rgba();
+        let style = ShapeStyle {
+            color,
+            filled: true,
+            stroke_width: if statistic == "p99" { 1 } else { 2 },
+        };
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), style))?
+            .label(format!("{label}: {statistic}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart.draw_series(points.iter().map(|&(x, y)| Circle::new((x, y), 3, style)))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +701,51 @@ mod tests {
         assert!((stats.p99_ms - 99.0).abs() < 0.1, "{}", stats.p99_ms);
         assert!((stats.max_ms - 100.0).abs() < 0.1, "{}", stats.max_ms);
         assert!((stats.mean_ms - 50.5).abs() < 0.1, "{}", stats.mean_ms);
+    }
+
+    #[test]
+    fn the_plot_has_a_line_per_request_type_cache_setting_and_statistic() {
+        let run = |p: f64, cache: bool| {
+            let mut latencies = Latencies::new();
+            latencies.record(Duration::from_millis(if cache { 1 } else { 5 }));
+            latencies.ok += 1;
+            let mut requests = BTreeMap::new();
+            requests.insert("lookup", latencies.stats(1.0));
+            if p > 0.0 {
+                requests.insert("order", latencies.stats(1.0));
+            }
+            RunReport {
+                frontend: "http://127.0.0.1:9".into(),
+                cache: Some(cache),
+                p,
+                seconds: 1.0,
+                requests,
+                verification: Verification::default(),
+            }
+        };
+        let report = LoadReport {
+            clients: 5,
+            runs: vec![
+                run(0.0, true),
+                run(0.5, true),
+                run(0.0, false),
+                run(0.5, false),
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latency.svg");
+        plot(&report, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
+        for label in [
+            "lookup, cache on: mean",
+            "lookup, cache off: p99",
+            "order, cache on: p99",
+            "order, cache off: mean",
+        ] {
+            assert!(svg.contains(label), "no {label:?} in the plot");
+        }
+        assert!(parse_svg_path("plot.png").is_err());
     }
 
     #[test]
