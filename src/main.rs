@@ -1,6 +1,7 @@
 //! `stocknet`: run one service, the whole system locally with `stocknet up`, or the load
 //! client `stocknet load`.
 
+mod ceiling;
 mod load;
 mod up;
 
@@ -29,6 +30,9 @@ enum Command {
     Up(up::UpConfig),
     /// Drive a frontend with concurrent client sessions and report latency and throughput.
     Load(load::LoadConfig),
+    /// Serve stock lookups from a bare axum handler: the benchmarks' ceiling.
+    #[command(hide = true)]
+    Ceiling(ceiling::CeilingConfig),
 }
 
 #[tokio::main]
@@ -41,6 +45,7 @@ async fn main() -> std::process::ExitCode {
         Command::Frontend(config) => stocknet_frontend::run(config).await,
         Command::Up(config) => up::run(config).await.map_err(Into::into),
         Command::Load(config) => load::run(config).await.map_err(Into::into),
+        Command::Ceiling(config) => ceiling::run(config).await.map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
