@@ -20,7 +20,8 @@ pub struct CeilingConfig {
     pub port: u16,
 }
 
-pub async fn run(config: CeilingConfig) -> anyhow::Result<()> {
+/// The handler over the built-in catalog, each answer serialized once up front.
+fn router() -> anyhow::Result<Router> {
     let mut reader = csv::Reader::from_reader(stocknet_catalog::DEFAULT_CATALOG.as_bytes());
     let mut table = HashMap::new();
     for stock in reader.deserialize::<stocknet_common::Stock>() {
@@ -28,9 +29,13 @@ pub async fn run(config: CeilingConfig) -> anyhow::Result<()> {
         let body = serde_json::to_vec(&serde_json::json!({ "data": stock }))?;
         table.insert(stock.name, body);
     }
-    let app = Router::new()
+    Ok(Router::new()
         .route("/stocks/{name}", get(lookup))
-        .with_state(Arc::new(table));
+        .with_state(Arc::new(table)))
+}
+
+pub async fn run(config: CeilingConfig) -> anyhow::Result<()> {
+    let app = router()?;
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], config.port))).await?;
     tracing::info!(address = %listener.local_addr()?, "bare axum ceiling listening");
@@ -47,5 +52,38 @@ async fn lookup(
     match table.get(&name) {
         Some(body) => ([("content-type", "application/json")], body.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn answers_like_the_frontend_does() {
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+        let response = router()
+            .unwrap()
+            .oneshot(get("/stocks/GameStart"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
+        );
+        let missing = router()
+            .unwrap()
+            .oneshot(get("/stocks/Nope"))
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     }
 }
