@@ -368,6 +368,12 @@ async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
 }
 
 async fn session(plan: Arc<Plan>) -> Session {
+    // One connection pool per session: a pool shared by all sessions is a point of contention
+    // that caps the client well below what the server can do.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| plan.http.clone());
     let mut state = Session {
         lookups: Latencies::new(),
         orders: Latencies::new(),
@@ -393,9 +399,11 @@ async fn session(plan: Arc<Plan>) -> Session {
                 rng.random_range(1..=plan.max_quantity),
             )
         };
-        lookup(&plan, &stock, &mut state.lookups).await;
+        lookup(&plan, &http, &stock, &mut state.lookups).await;
         if trade {
-            if let Some(number) = place(&plan, &stock, side, quantity, &mut state.orders).await {
+            if let Some(number) =
+                place(&plan, &http, &stock, side, quantity, &mut state.orders).await
+            {
                 state.placed.push(Placed {
                     number,
                     name: stock,
@@ -421,7 +429,7 @@ async fn session(plan: Arc<Plan>) -> Session {
     state
 }
 
-async fn lookup(plan: &Plan, stock: &str, latencies: &mut Latencies) {
+async fn lookup(plan: &Plan, http: &reqwest::Client, stock: &str, latencies: &mut Latencies) {
     let url = match stocknet_common::client::endpoint(&plan.frontend, &["stocks", stock]) {
         Ok(url) => url,
         Err(_) => {
@@ -430,7 +438,7 @@ async fn lookup(plan: &Plan, stock: &str, latencies: &mut Latencies) {
         }
     };
     let started = Instant::now();
-    let outcome = match plan.http.get(url).send().await {
+    let outcome = match http.get(url).send().await {
         Ok(response) => {
             let ok = response.status().is_success();
             // Read the body: the request is not over until it is.
@@ -448,6 +456,7 @@ async fn lookup(plan: &Plan, stock: &str, latencies: &mut Latencies) {
 
 async fn place(
     plan: &Plan,
+    http: &reqwest::Client,
     stock: &str,
     side: &'static str,
     quantity: u32,
@@ -458,8 +467,7 @@ async fn place(
     body.insert("quantity".into(), json!(quantity));
     body.insert("type".into(), json!(side));
     let started = Instant::now();
-    let response = plan
-        .http
+    let response = http
         .post(format!("{}/orders", plan.frontend))
         .json(&body)
         .send()
