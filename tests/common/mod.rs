@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -17,12 +18,24 @@ use tokio::time::{sleep, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stocknet");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a service to bind later. It lies below the kernel's
+/// ephemeral range (32768–60999 by default), so no outgoing connection can take it as its
+/// local port in the meantime, as one could a port that `bind(0)` handed out; and each call
+/// in this process gets a different one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries running side by side start at different places.
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn url(port: u16) -> String {
