@@ -239,17 +239,39 @@ impl Cluster {
     }
 
     pub async fn wait_ready(&self) {
-        let mut urls = vec![format!("{}/health", self.catalog_url)];
-        urls.extend(self.order_urls.iter().map(|u| format!("{u}/ready")));
-        urls.extend(self.frontend_urls.iter().map(|u| format!("{u}/health")));
-        for url in urls {
-            wait_until(&url, Duration::from_secs(20), || self.is_up(&url)).await;
+        let mut waits = vec![(format!("{}/health", self.catalog_url), &self.catalog)];
+        for (url, proc) in self.order_urls.iter().zip(&self.orders) {
+            waits.push((format!("{url}/ready"), proc));
+        }
+        for (url, proc) in self.frontend_urls.iter().zip(&self.frontends) {
+            waits.push((format!("{url}/health"), proc));
+        }
+        for (url, proc) in waits {
+            self.wait_up(&url, proc).await;
         }
     }
 
     pub async fn wait_replica_ready(&self, index: usize) {
         let url = format!("{}/ready", self.order_urls[index]);
-        wait_until(&url, Duration::from_secs(20), || self.is_up(&url)).await;
+        self.wait_up(&url, &self.orders[index]).await;
+    }
+
+    /// Waits (bounded) until `url` answers 2xx; on timeout, fails with `proc`'s log.
+    async fn wait_up(&self, url: &str, proc: &Proc) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.is_up(url).await {
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "timed out waiting for {url} ({}); its log ends:\n{}",
+                    proc.name,
+                    tail.join("\n")
+                );
+            }
+            sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn get(&self, url: &str) -> (u16, Value) {
