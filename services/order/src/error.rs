@@ -68,24 +68,31 @@ impl OrderError {
     }
 }
 
-impl IntoResponse for OrderError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::StockNotFound | Self::OrderNotFound => StatusCode::NOT_FOUND,
-            Self::QuantityOverflow => StatusCode::BAD_REQUEST,
-            Self::InsufficientQuantity
-            | Self::StaleTerm { .. }
-            | Self::LeaderTaken { .. }
-            | Self::Gap { .. } => StatusCode::CONFLICT,
-            Self::NotLeader
-            | Self::NotReady
-            | Self::NoMajority { .. }
-            | Self::PeerUnavailable(_)
-            | Self::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Corrupt(_) | Self::Io { .. } | Self::Config(_) | Self::Task(_) => {
-                return ApiError::internal(&self).into_response();
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        use OrderError as E;
+        let status = match &error {
+            E::StockNotFound | E::OrderNotFound => StatusCode::NOT_FOUND,
+            E::QuantityOverflow => StatusCode::BAD_REQUEST,
+            E::InsufficientQuantity
+            | E::StaleTerm { .. }
+            | E::LeaderTaken { .. }
+            | E::Gap { .. } => StatusCode::CONFLICT,
+            E::NotLeader
+            | E::NotReady
+            | E::NoMajority { .. }
+            | E::PeerUnavailable(_)
+            | E::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) => {
+                return ApiError::internal(&error);
             }
         };
-        ApiError::new(status, self.to_string()).into_response()
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl IntoResponse for OrderError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }

@@ -156,14 +156,16 @@ fn parse_number(text: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Order number must be a number"))
 }
 
-async fn lookup(State(state): State<AppState>, Path(number): Path<String>) -> Response {
-    match parse_number(&number) {
-        Ok(number) => match state.replica.get(number) {
-            Some(order) => data(order),
-            None => OrderError::OrderNotFound.into_response(),
-        },
-        Err(e) => e.into_response(),
-    }
+async fn lookup(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Response, ApiError> {
+    let number = parse_number(&number)?;
+    let order = state
+        .replica
+        .get(number)?
+        .ok_or(OrderError::OrderNotFound)?;
+    Ok(data(order))
 }
 
 #[derive(Deserialize)]
@@ -178,7 +180,7 @@ async fn orders_after(
 ) -> Result<Response, ApiError> {
     let after = parse_number(&after)?;
     let limit = page.limit.unwrap_or(replica::BATCH);
-    Ok(data(state.replica.slice_after(after, limit)))
+    Ok(data(state.replica.slice_after(after, limit)?))
 }
 
 async fn replicate(

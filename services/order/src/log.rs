@@ -1,105 +1,121 @@
-//! One replica's order log: an append-only CSV file (`number,term,type,name,quantity,key`)
-//! mirrored in memory. Appends are fsync'd before they return; a torn last line left by a
-//! crash mid-append is cut off when the log is opened (it was never acknowledged).
+//! One replica's order log: an append-only CSV file (`number,term,type,name,quantity,key`).
+//! The orders stay on disk; memory holds only what finds them again: the offset of every
+//! [`STRIDE`]th order, the runs of orders with one term, and 8 bytes per idempotency key.
+//! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
+//! cut off when the log is opened (it was never acknowledged).
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use hashbrown::HashTable;
 use stocknet_common::{Order, Side};
 
 use crate::error::OrderError;
 
 const HEADER: &str = "number,term,type,name,quantity,key\n";
 
+/// One offset is kept per this many orders: a lookup parses at most this many records (a few
+/// KB), and a million orders cost 125 KB of offsets.
+const STRIDE: u64 = 64;
+
 #[derive(Debug)]
 pub struct OrderLog {
     path: PathBuf,
     file: File,
-    /// `orders[i]` has transaction number `i + 1`.
-    orders: Vec<Order>,
-    /// Idempotency key → transaction number, for keyed orders.
-    keys: HashMap<String, u64>,
+    /// Length of the file; every byte before it belongs to a complete record.
+    len: u64,
+    index: Index,
+}
+
+/// What locates orders in the file.
+#[derive(Debug, Default)]
+struct Index {
+    last: u64,
+    /// `checkpoints[i]` is the byte offset where order `i * STRIDE + 1` starts.
+    checkpoints: Vec<u64>,
+    /// `(first order, term)` of each run of consecutive orders with one term.
+    terms: Vec<(u64, u64)>,
+    keys: KeyIndex,
 }
 
 impl OrderLog {
-    /// Opens (or creates) the log at `path`, truncating a torn last line.
+    /// Opens (or creates) the log at `path`, truncating a torn last record.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
         let path = path.into();
         let io = |e| OrderError::io(&path, e);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .append(true)
             .open(&path)
             .map_err(io)?;
-        let mut text = Vec::new();
-        file.read_to_end(&mut text).map_err(io)?;
-
-        let (orders, good_len) = parse(&text).map_err(|e| e.in_file(&path))?;
-        if good_len < text.len() {
+        let size = file.metadata().map_err(io)?.len();
+        // What follows the last newline is an append that never finished.
+        let complete = end_of_last_line(&file, size).map_err(io)?;
+        let mut index = Index::default();
+        let good_len = index.load(&file, complete).map_err(|e| e.in_file(&path))?;
+        if good_len < size {
             tracing::warn!(
                 path = %path.display(),
-                dropped_bytes = text.len() - good_len,
-                "truncating a torn last line of the order log"
+                dropped_bytes = size - good_len,
+                "truncating a torn last record of the order log"
             );
-            file.set_len(good_len as u64).map_err(io)?;
+            file.set_len(good_len).map_err(io)?;
         }
-        if good_len == 0 {
-            file.write_all(HEADER.as_bytes()).map_err(io)?;
+        let mut len = good_len;
+        if len == 0 {
+            (&file).write_all(HEADER.as_bytes()).map_err(io)?;
+            len = HEADER.len() as u64;
         }
         file.sync_all().map_err(io)?;
         sync_dir(&path)?;
-
-        let keys = orders
-            .iter()
-            .filter_map(|o| o.key.clone().map(|k| (k, o.number)))
-            .collect();
         Ok(Self {
             path,
             file,
-            orders,
-            keys,
+            len,
+            index,
         })
     }
 
     /// Transaction number of the last order, 0 when empty.
     pub fn last(&self) -> u64 {
-        self.orders.len() as u64
+        self.index.last
     }
 
     /// Term of the last order, 0 when empty.
     pub fn last_term(&self) -> u64 {
-        self.orders.last().map_or(0, |o| o.term)
+        self.index.terms.last().map_or(0, |&(_, term)| term)
     }
 
-    pub fn get(&self, number: u64) -> Option<&Order> {
-        let index = usize::try_from(number.checked_sub(1)?).ok()?;
-        self.orders.get(index)
+    pub fn get(&self, number: u64) -> Result<Option<Order>, OrderError> {
+        if number == 0 {
+            return Ok(None);
+        }
+        Ok(self.read(number, 1)?.pop())
     }
 
     /// Up to `limit` orders with numbers greater than `after`.
-    pub fn after(&self, after: u64, limit: usize) -> &[Order] {
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(self.orders.len());
-        let end = start.saturating_add(limit).min(self.orders.len());
-        &self.orders[start..end]
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Order>, OrderError> {
+        self.read(after.saturating_add(1), limit)
     }
 
-    pub fn number_for_key(&self, key: &str) -> Option<u64> {
-        self.keys.get(key).copied()
+    /// The number of the order placed with idempotency `key`, if there is one.
+    pub fn number_for_key(&self, key: &str) -> Result<Option<u64>, OrderError> {
+        for number in self.index.keys.candidates(key) {
+            if self.get(number)?.and_then(|o| o.key).as_deref() == Some(key) {
+                return Ok(Some(number));
+            }
+        }
+        Ok(None)
     }
 
     /// Term of order `number`; 0 for the empty prefix (number 0), `None` past the end.
     pub fn term_at(&self, number: u64) -> Option<u64> {
-        if number == 0 {
-            Some(0)
-        } else {
-            self.get(number).map(|o| o.term)
-        }
+        self.index.term_at(number)
     }
 
     /// Appends `batch` durably. Its first order must directly follow the last one here, and
@@ -116,21 +132,16 @@ impl OrderLog {
     /// [`sync_handle`](Self::sync_handle). A leader writes each order as it comes and fsyncs
     /// once for all that came meanwhile (group commit).
     pub fn write(&mut self, batch: &[Order]) -> Result<(), OrderError> {
-        let last = self.last();
-        check_consecutive(last, batch)?;
-        let mut text = String::new();
-        for order in batch {
-            text.push_str(&format_line(order)?);
+        check_consecutive(self.last(), batch)?;
+        let (text, starts) = format_records(batch, self.len)?;
+        if let Err(e) = (&self.file).write_all(&text) {
+            // Never leave a partial record for the next write to follow.
+            let _ = self.file.set_len(self.len);
+            return Err(OrderError::io(&self.path, e));
         }
-        let io = |e| OrderError::io(&self.path, e);
-        let length = self.file.metadata().map_err(io)?.len();
-        if let Err(e) = self.file.write_all(text.as_bytes()) {
-            // Never leave a partial line for the next write to follow.
-            let _ = self.file.set_len(length);
-            return Err(io(e));
-        }
-        for order in batch {
-            self.remember(order.clone());
+        self.len += text.len() as u64;
+        for (order, start) in batch.iter().zip(starts) {
+            self.index.push(order, start);
         }
         Ok(())
     }
@@ -164,9 +175,8 @@ impl OrderLog {
             }
             Some(term) if term != prev_term => {
                 // Every order of that term here came from one deposed leader: skip them all.
-                let first_of_term = self.orders.partition_point(|o| o.term < term) as u64;
                 return Ok(Merge::Mismatch {
-                    retry_after: first_of_term,
+                    retry_after: self.index.first_of_term(term) - 1,
                 });
             }
             Some(_) => {}
@@ -188,56 +198,313 @@ impl OrderLog {
     /// beside the old one, fsync'd and renamed over it, so a crash leaves one or the other.
     pub fn replace_after(&mut self, number: u64, batch: &[Order]) -> Result<(), OrderError> {
         check_consecutive(number, batch)?;
-        let kept = usize::try_from(number).unwrap_or(usize::MAX);
-        if kept > self.orders.len() {
+        if number > self.last() {
             return Err(OrderError::Gap { last: self.last() });
         }
         let io = |e| OrderError::io(&self.path, e);
-        // The header record, then one record per kept order (a quoted name may span lines).
-        let text = std::fs::read(&self.path).map_err(io)?;
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text.as_slice());
-        let mut record = csv::ByteRecord::new();
-        for _ in 0..=kept {
-            reader
-                .read_byte_record(&mut record)
-                .map_err(|e| OrderError::Corrupt(e.to_string()))?;
-        }
-        let mut prefix = text[..reader.position().byte() as usize].to_vec();
-        for order in batch {
-            prefix.extend_from_slice(format_line(order)?.as_bytes());
-        }
+        let cut = self.offset_of(number + 1)?;
+        let (text, starts) = format_records(batch, cut)?;
         let tmp = self.path.with_extension("csv.tmp");
         let tmp_io = |e| OrderError::io(&tmp, e);
-        let mut file = File::create(&tmp).map_err(tmp_io)?;
-        file.write_all(&prefix).map_err(tmp_io)?;
-        file.sync_all().map_err(tmp_io)?;
+        let mut out = File::create(&tmp).map_err(tmp_io)?;
+        // The kept prefix, copied by the kernel (copy_file_range), then the batch.
+        let copied = std::io::copy(&mut File::open(&self.path).map_err(io)?.take(cut), &mut out)
+            .map_err(tmp_io)?;
+        if copied != cut {
+            return Err(OrderError::Corrupt(format!(
+                "{}: shorter than its index ({copied} of {cut} bytes)",
+                self.path.display()
+            )));
+        }
+        out.write_all(&text).map_err(tmp_io)?;
+        out.sync_all().map_err(tmp_io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         sync_dir(&self.path)?;
+        // The old file is still open here: its dropped orders say which keys to forget.
+        let mut dropped = Vec::new();
+        self.visit(number + 1, usize::MAX, |order| {
+            dropped.extend(order.key.map(|key| (key, order.number)));
+        })?;
+        for (key, number) in dropped {
+            self.index.keys.remove(&key, number);
+        }
         self.file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        for dropped in self.orders.drain(kept..) {
-            if let Some(key) = dropped.key {
-                self.keys.remove(&key);
-            }
-        }
-        for order in batch {
-            self.remember(order.clone());
+        self.len = cut + text.len() as u64;
+        self.index.truncate(number);
+        for (order, start) in batch.iter().zip(starts) {
+            self.index.push(order, start);
         }
         Ok(())
     }
 
-    fn remember(&mut self, order: Order) {
-        if let Some(key) = &order.key {
-            self.keys.insert(key.clone(), order.number);
-        }
-        self.orders.push(order);
+    /// Up to `limit` orders from number `first` on, read from the file.
+    fn read(&self, first: u64, limit: usize) -> Result<Vec<Order>, OrderError> {
+        let mut orders = Vec::new();
+        self.visit(first, limit, |order| orders.push(order))?;
+        Ok(orders)
     }
+
+    /// Calls `each` with up to `limit` orders from number `first` on, in order.
+    fn visit(
+        &self,
+        first: u64,
+        limit: usize,
+        mut each: impl FnMut(Order),
+    ) -> Result<(), OrderError> {
+        let end = first
+            .saturating_add(limit as u64)
+            .min(self.last().saturating_add(1));
+        if first == 0 || first >= end {
+            return Ok(());
+        }
+        let (mut reader, mut number, _) = self.reader_at(first);
+        let mut record = csv::ByteRecord::new();
+        while number < end {
+            self.next_record(&mut reader, &mut record, number)?;
+            if number >= first {
+                each(order_from(&record, number).map_err(|e| self.corrupt(number, &e))?);
+            }
+            number += 1;
+        }
+        Ok(())
+    }
+
+    /// The byte offset where order `number` starts; the file's end for the one after the last.
+    fn offset_of(&self, number: u64) -> Result<u64, OrderError> {
+        if number > self.last() {
+            return Ok(self.len);
+        }
+        let (mut reader, mut at, base) = self.reader_at(number);
+        let mut record = csv::ByteRecord::new();
+        while at < number {
+            self.next_record(&mut reader, &mut record, at)?;
+            at += 1;
+        }
+        Ok(base + reader.position().byte())
+    }
+
+    /// A reader at the checkpoint at or before order `number` (which must be in the log),
+    /// with the number of the order it starts at and its byte offset.
+    fn reader_at(&self, number: u64) -> (csv::Reader<ReadAt<'_>>, u64, u64) {
+        let slot = (number - 1) / STRIDE;
+        let start = self.index.checkpoints[slot as usize];
+        let reader = csv_reader(ReadAt {
+            file: &self.file,
+            offset: start,
+            end: self.len,
+        });
+        (reader, slot * STRIDE + 1, start)
+    }
+
+    fn next_record(
+        &self,
+        reader: &mut csv::Reader<ReadAt<'_>>,
+        record: &mut csv::ByteRecord,
+        number: u64,
+    ) -> Result<(), OrderError> {
+        match reader.read_byte_record(record) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.corrupt(number, "the file ends before it")),
+            Err(e) => Err(self.corrupt(number, &e.to_string())),
+        }
+    }
+
+    fn corrupt(&self, number: u64, message: &str) -> OrderError {
+        OrderError::Corrupt(format!(
+            "{}: order {number}: {message}",
+            self.path.display()
+        ))
+    }
+}
+
+impl Index {
+    /// Indexes every complete record of `file` before byte `complete`. Returns the length of
+    /// the well-formed prefix: a last record that is cut off or malformed is a torn append
+    /// (never acknowledged) and lies outside it; a malformed record before it is corruption.
+    fn load(&mut self, file: &File, complete: u64) -> Result<u64, OrderError> {
+        let mut reader = csv_reader(ReadAt {
+            file,
+            offset: 0,
+            end: complete,
+        });
+        let mut record = csv::ByteRecord::new();
+        let mut header_seen = false;
+        loop {
+            let start = reader.position().clone();
+            let parsed = match reader.read_byte_record(&mut record) {
+                Ok(false) => return Ok(complete),
+                Ok(true) if !header_seen => {
+                    if record
+                        .iter()
+                        .ne(HEADER.trim_end().split(',').map(str::as_bytes))
+                    {
+                        return Err(OrderError::Corrupt("missing header line".into()));
+                    }
+                    header_seen = true;
+                    continue;
+                }
+                Ok(true) => order_from(&record, self.last + 1),
+                Err(e) => Err(e.to_string()),
+            };
+            match parsed {
+                Ok(order) => self.push(&order, start.byte()),
+                Err(_) if reader.position().byte() >= complete => return Ok(start.byte()),
+                Err(e) => {
+                    return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
+                }
+            }
+        }
+    }
+
+    /// Records `order`, which follows the last one and starts at byte `start`.
+    fn push(&mut self, order: &Order, start: u64) {
+        if (order.number - 1).is_multiple_of(STRIDE) {
+            self.checkpoints.push(start);
+        }
+        if self
+            .terms
+            .last()
+            .is_none_or(|&(_, term)| term != order.term)
+        {
+            self.terms.push((order.number, order.term));
+        }
+        if let Some(key) = &order.key {
+            self.keys.insert(key, order.number);
+        }
+        self.last = order.number;
+    }
+
+    /// Forgets every order after `last` but their keys (the caller removes those).
+    fn truncate(&mut self, last: u64) {
+        self.checkpoints
+            .truncate(usize::try_from(last.div_ceil(STRIDE)).unwrap_or(usize::MAX));
+        let runs = self.terms.partition_point(|&(first, _)| first <= last);
+        self.terms.truncate(runs);
+        self.last = last;
+    }
+
+    fn term_at(&self, number: u64) -> Option<u64> {
+        if number == 0 {
+            return Some(0);
+        }
+        if number > self.last {
+            return None;
+        }
+        let run = self.terms.partition_point(|&(first, _)| first <= number);
+        Some(self.terms[run - 1].1)
+    }
+
+    /// The first order of the first run with a term at least `term` (terms only grow along a log).
+    fn first_of_term(&self, term: u64) -> u64 {
+        let run = self.terms.partition_point(|&(_, t)| t < term);
+        self.terms
+            .get(run)
+            .map_or(self.last + 1, |&(first, _)| first)
+    }
+}
+
+/// Idempotency key → order number in one `u64` per key: the top 24 bits are a fingerprint of
+/// the key, the low 40 the order's number. The keys themselves stay in the log; a candidate
+/// whose fingerprint matches is confirmed by reading its order. A million keys fit in a table
+/// of 2^21 slots of 9 bytes (19 MB).
+#[derive(Debug, Default)]
+struct KeyIndex {
+    table: HashTable<u64>,
+    hasher: RandomState,
+}
+
+const NUMBER_BITS: u32 = 40;
+const NUMBER_MASK: u64 = (1 << NUMBER_BITS) - 1;
+
+/// The highest order number a log holds: about 10^12, nearly nine years of orders at 4,000/s.
+pub const MAX_ORDER_NUMBER: u64 = NUMBER_MASK;
+
+impl KeyIndex {
+    fn fingerprint(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key) >> NUMBER_BITS
+    }
+
+    /// The table's hash of a fingerprint. Entries are hashed from their fingerprint alone, so
+    /// the table can grow without the keys.
+    fn table_hash(fingerprint: u64) -> u64 {
+        fingerprint.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn entry_hash(entry: &u64) -> u64 {
+        Self::table_hash(entry >> NUMBER_BITS)
+    }
+
+    fn insert(&mut self, key: &str, number: u64) {
+        let fingerprint = self.fingerprint(key);
+        let entry = fingerprint << NUMBER_BITS | number;
+        self.table
+            .insert_unique(Self::table_hash(fingerprint), entry, Self::entry_hash);
+    }
+
+    /// The numbers of the orders whose key may be `key`.
+    fn candidates(&self, key: &str) -> impl Iterator<Item = u64> + '_ {
+        let fingerprint = self.fingerprint(key);
+        self.table
+            .iter_hash(Self::table_hash(fingerprint))
+            .filter(move |&&entry| entry >> NUMBER_BITS == fingerprint)
+            .map(|&entry| entry & NUMBER_MASK)
+    }
+
+    fn remove(&mut self, key: &str, number: u64) {
+        let fingerprint = self.fingerprint(key);
+        let entry = fingerprint << NUMBER_BITS | number;
+        if let Ok(found) = self
+            .table
+            .find_entry(Self::table_hash(fingerprint), |&e| e == entry)
+        {
+            found.remove();
+        }
+    }
+}
+
+/// Reads a file between two offsets with `pread`, so readers share no file position.
+struct ReadAt<'a> {
+    file: &'a File,
+    offset: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = usize::try_from(self.end.saturating_sub(self.offset))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let read = self.file.read_at(&mut buf[..room], self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
+fn csv_reader<R: Read>(source: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(source)
+}
+
+/// The length of `file` through its last newline.
+fn end_of_last_line(file: &File, size: u64) -> std::io::Result<u64> {
+    let mut chunk = vec![0; 64 * 1024];
+    let mut end = size;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if let Some(newline) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// The outcome of [`OrderLog::merge`], which is also a follower's answer to replication.
@@ -256,69 +523,38 @@ fn check_consecutive(after: u64, batch: &[Order]) -> Result<(), OrderError> {
             return Err(OrderError::Gap { last: after });
         }
     }
-    Ok(())
+    match batch.last() {
+        Some(order) if order.number > MAX_ORDER_NUMBER => Err(OrderError::Corrupt(format!(
+            "order {} is past the highest a log holds ({MAX_ORDER_NUMBER})",
+            order.number
+        ))),
+        _ => Ok(()),
+    }
 }
 
-fn format_line(order: &Order) -> Result<String, OrderError> {
+/// The CSV records of `batch`, and where each starts if the text is written at byte `base`.
+fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), OrderError> {
+    let corrupt = |e: &dyn std::fmt::Display| OrderError::Corrupt(e.to_string());
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(Vec::new());
-    writer
-        .write_record([
-            order.number.to_string().as_str(),
-            order.term.to_string().as_str(),
-            order.side.as_str(),
-            order.name.as_str(),
-            order.quantity.to_string().as_str(),
-            order.key.as_deref().unwrap_or(""),
-        ])
-        .map_err(|e| OrderError::Corrupt(e.to_string()))?;
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| OrderError::Corrupt(e.to_string()))?;
-    String::from_utf8(bytes).map_err(|e| OrderError::Corrupt(e.to_string()))
-}
-
-/// Parses the whole file with one CSV reader; returns the orders and the length of the
-/// well-formed prefix. A last record that is cut off or malformed is a torn append (never
-/// acknowledged) and lies outside that prefix; a malformed record before it is corruption.
-fn parse(text: &[u8]) -> Result<(Vec<Order>, usize), OrderError> {
-    // What follows the last newline is an append that never finished.
-    let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(&text[..complete]);
-    let mut record = csv::ByteRecord::new();
-    let mut orders = Vec::new();
-    let mut header_seen = false;
-    loop {
-        let start = reader.position().clone();
-        let parsed = match reader.read_byte_record(&mut record) {
-            Ok(false) => return Ok((orders, complete)),
-            Ok(true) if !header_seen => {
-                if record
-                    .iter()
-                    .ne(HEADER.trim_end().split(',').map(str::as_bytes))
-                {
-                    return Err(OrderError::Corrupt("missing header line".into()));
-                }
-                header_seen = true;
-                continue;
-            }
-            Ok(true) => order_from(&record, orders.len() as u64 + 1),
-            Err(e) => Err(e.to_string()),
-        };
-        match parsed {
-            Ok(order) => orders.push(order),
-            Err(_) if reader.position().byte() as usize >= complete => {
-                return Ok((orders, start.byte() as usize));
-            }
-            Err(e) => {
-                return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
-            }
-        }
+    let mut starts = Vec::with_capacity(batch.len());
+    for order in batch {
+        writer.flush().map_err(|e| corrupt(&e))?;
+        starts.push(base + writer.get_ref().len() as u64);
+        writer
+            .write_record([
+                order.number.to_string().as_str(),
+                order.term.to_string().as_str(),
+                order.side.as_str(),
+                order.name.as_str(),
+                order.quantity.to_string().as_str(),
+                order.key.as_deref().unwrap_or(""),
+            ])
+            .map_err(|e| corrupt(&e))?;
     }
+    let text = writer.into_inner().map_err(|e| corrupt(&e))?;
+    Ok((text, starts))
 }
 
 fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> {
@@ -393,15 +629,132 @@ mod tests {
 
         let log = OrderLog::open(&path).unwrap();
         assert_eq!(log.last(), 3);
-        assert_eq!(log.get(2), Some(&order(2, "Fish, \"Co\"")));
-        assert_eq!(log.number_for_key("key-3"), Some(3));
+        assert_eq!(log.get(2).unwrap(), Some(order(2, "Fish, \"Co\"")));
+        assert_eq!(log.number_for_key("key-3").unwrap(), Some(3));
         assert_eq!(
-            log.after(1, 10),
-            &[order(2, "Fish, \"Co\""), order(3, "BoarCo")]
+            log.after(1, 10).unwrap(),
+            [order(2, "Fish, \"Co\""), order(3, "BoarCo")]
         );
-        assert_eq!(log.after(1, 1).len(), 1);
-        assert!(log.after(99, 10).is_empty());
-        assert_eq!(log.get(0), None);
+        assert_eq!(log.after(1, 1).unwrap().len(), 1);
+        assert!(log.after(99, 10).unwrap().is_empty());
+        assert_eq!(log.get(0).unwrap(), None);
+    }
+
+    /// `count` orders after `after`, with names of varying length (one spans two lines) and
+    /// terms that change every 100 orders.
+    fn many(after: u64, count: u64) -> Vec<Order> {
+        (after + 1..=after + count)
+            .map(|n| Order {
+                term: 1 + n / 100,
+                ..order(n, &"Name, \"x\"\n".repeat((n % 5) as usize))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_across_checkpoints_before_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        let all = many(0, 1_000);
+        for chunk in all.chunks(37) {
+            log.write(chunk).unwrap();
+        }
+        for log in [log, OrderLog::open(&path).unwrap()] {
+            assert_eq!(log.last(), 1_000);
+            assert_eq!(log.last_term(), 11);
+            for number in [1, 63, 64, 65, 128, 129, 500, 999, 1_000] {
+                let expected = &all[number as usize - 1];
+                assert_eq!(log.get(number).unwrap().as_ref(), Some(expected));
+                assert_eq!(log.term_at(number), Some(expected.term));
+            }
+            assert_eq!(log.get(1_001).unwrap(), None);
+            assert_eq!(log.after(60, 200).unwrap(), &all[60..260]);
+            assert_eq!(log.after(990, 200).unwrap(), &all[990..]);
+            assert_eq!(log.after(0, usize::MAX).unwrap(), all);
+            assert_eq!(log.number_for_key("key-999").unwrap(), Some(999));
+            assert_eq!(log.number_for_key("key-1000").unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn replace_after_at_and_between_checkpoints_keeps_the_index_true() {
+        for kept in [0, 1, 63, 64, 65, 100, 199] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("o.csv");
+            let mut log = OrderLog::open(&path).unwrap();
+            log.write(&many(0, 200)).unwrap();
+            let replacement: Vec<Order> = many(kept, 30)
+                .into_iter()
+                .map(|o| Order {
+                    term: 9,
+                    key: Some(format!("new-{}", o.number)),
+                    ..o
+                })
+                .collect();
+            log.replace_after(kept, &replacement).unwrap();
+            log.write(&[Order {
+                term: 9,
+                ..order(kept + 31, "after")
+            }])
+            .unwrap();
+            let mut expected = many(0, kept);
+            expected.extend(replacement.iter().cloned());
+            expected.push(Order {
+                term: 9,
+                ..order(kept + 31, "after")
+            });
+            for log in [log, OrderLog::open(&path).unwrap()] {
+                assert_eq!(log.after(0, usize::MAX).unwrap(), expected, "kept {kept}");
+                assert_eq!(log.term_at(kept + 1), Some(9));
+                let dropped = (kept + 1..=200).find(|n| n % 3 == 0 && *n > kept + 31);
+                if let Some(n) = dropped {
+                    let key = format!("key-{n}");
+                    assert_eq!(log.number_for_key(&key).unwrap(), None, "kept {kept}");
+                }
+                let key = format!("new-{}", kept + 1);
+                assert_eq!(log.number_for_key(&key).unwrap(), Some(kept + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_whose_fingerprints_collide_are_told_apart_by_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
+        let orders: Vec<Order> = (1..=50_000)
+            .map(|n| Order {
+                key: Some(format!("client-key-{n}")),
+                ..order(n, "A")
+            })
+            .collect();
+        log.write(&orders).unwrap();
+        // 50,000 keys in 2^24 fingerprints: about 75 pairs share one, so some lookups below
+        // find two candidates and must read the log to pick the right one.
+        let mut fingerprints: Vec<u64> = log
+            .index
+            .keys
+            .table
+            .iter()
+            .map(|entry| entry >> NUMBER_BITS)
+            .collect();
+        fingerprints.sort_unstable();
+        let shared: Vec<u64> = fingerprints
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        assert!(!shared.is_empty(), "no two fingerprints collided");
+        for order in &orders {
+            let key = order.key.as_deref().unwrap();
+            if shared.contains(&log.index.keys.fingerprint(key)) || order.number % 97 == 0 {
+                assert_eq!(log.number_for_key(key).unwrap(), Some(order.number));
+            }
+        }
+        for n in 50_001..55_000 {
+            let key = format!("client-key-{n}");
+            assert_eq!(log.number_for_key(&key).unwrap(), None);
+        }
     }
 
     #[test]
@@ -445,8 +798,8 @@ mod tests {
             Merge::Matched { through: 3 }
         );
         assert_eq!(log.last(), 3, "everything after the first conflict goes");
-        assert_eq!(log.get(3), Some(&termed(3, 3, "C")));
-        assert_eq!(log.number_for_key("key-3"), Some(3));
+        assert_eq!(log.get(3).unwrap(), Some(termed(3, 3, "C")));
+        assert_eq!(log.number_for_key("key-3").unwrap(), Some(3));
         // A late, shorter copy of what this log already has changes nothing.
         assert_eq!(
             log.merge(1, 1, &[termed(2, 1, "B")]).unwrap(),
@@ -457,8 +810,8 @@ mod tests {
         drop(log);
         let log = OrderLog::open(&path).unwrap();
         assert_eq!(
-            log.after(0, 10),
-            &[
+            log.after(0, 10).unwrap(),
+            [
                 termed(1, 1, "A"),
                 termed(2, 1, "B"),
                 termed(3, 3, "C"),
@@ -507,14 +860,14 @@ mod tests {
         ])
         .unwrap();
         log.replace_after(1, &[termed(2, 5, "Z")]).unwrap();
-        assert_eq!(log.number_for_key("key-3"), None);
+        assert_eq!(log.number_for_key("key-3").unwrap(), None);
         log.append(&[termed(3, 5, "W")]).unwrap();
         assert!(log.replace_after(7, &[]).is_err());
         drop(log);
         let log = OrderLog::open(&path).unwrap();
         assert_eq!(
-            log.after(0, 10),
-            &[
+            log.after(0, 10).unwrap(),
+            [
                 order(1, "Two\nLines, \"quoted\""),
                 termed(2, 5, "Z"),
                 termed(3, 5, "W")
@@ -539,7 +892,7 @@ mod tests {
             log.append(&[order(3, "C")]).unwrap();
             drop(log);
             let log = OrderLog::open(&path).unwrap();
-            assert_eq!(log.get(3), Some(&order(3, "C")));
+            assert_eq!(log.get(3).unwrap(), Some(order(3, "C")));
             drop(log);
             // Back to two orders for the next torn tail.
             let text = std::fs::read_to_string(&path).unwrap();

@@ -198,6 +198,9 @@ pub struct Replica {
     ready: AtomicBool,
     /// Held while an order is checked and written (which numbers it), not while it commits.
     leading: tokio::sync::Mutex<Option<Leading>>,
+    /// Per follower, the last order it was seen to hold in agreement with this log: where the
+    /// next replication starts (Raft's nextIndex). Only a hint: the `prev_term` check decides.
+    follower_matched: Mutex<HashMap<u32, u64>>,
 }
 
 impl Replica {
@@ -229,6 +232,7 @@ impl Replica {
             view: Mutex::new(view),
             ready: AtomicBool::new(false),
             leading: tokio::sync::Mutex::new(None),
+            follower_matched: Mutex::new(HashMap::new()),
         })
     }
 
@@ -247,17 +251,17 @@ impl Replica {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, number: u64) -> Option<Order> {
-        self.log().get(number).cloned()
+    pub fn get(&self, number: u64) -> Result<Option<Order>, OrderError> {
+        self.log().get(number)
     }
 
-    pub fn slice_after(&self, after: u64, limit: usize) -> LogSlice {
+    pub fn slice_after(&self, after: u64, limit: usize) -> Result<LogSlice, OrderError> {
         let log = self.log();
-        LogSlice {
+        Ok(LogSlice {
             prev_term: log.term_at(after),
             last: log.last(),
-            orders: log.after(after, limit.min(BATCH)).to_vec(),
-        }
+            orders: log.after(after, limit.min(BATCH))?,
+        })
     }
 
     fn position(&self) -> LogPosition {
@@ -362,7 +366,7 @@ impl Replica {
             .into_iter()
             .map(|s| (s.name, s.quantity))
             .collect();
-        for order in self.orders_between(snapshot.applied, last) {
+        for order in self.orders_between(snapshot.applied, last)? {
             if let Some(quantity) = projected.get_mut(&order.name) {
                 *quantity = quantity.saturating_add_signed(order.side.delta(order.quantity));
             }
@@ -410,7 +414,10 @@ impl Replica {
                     return Err(OrderError::NotLeader);
                 }
             };
-            let known = key.as_deref().and_then(|k| self.log().number_for_key(k));
+            let known = match key.as_deref() {
+                Some(key) => self.log().number_for_key(key)?,
+                None => None,
+            };
             let number = match known {
                 // A retry of an order already in the log: see it committed, never re-execute.
                 Some(number) => number,
@@ -547,14 +554,19 @@ impl Replica {
         lock(&self.log)
     }
 
+    fn matched(&self) -> MutexGuard<'_, HashMap<u32, u64>> {
+        self.follower_matched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn view(&self) -> MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn orders_between(&self, after: u64, through: u64) -> Vec<Order> {
-        let log = self.log();
+    fn orders_between(&self, after: u64, through: u64) -> Result<Vec<Order>, OrderError> {
         let count = usize::try_from(through.saturating_sub(after)).unwrap_or(usize::MAX);
-        log.after(after, count).to_vec()
+        self.log().after(after, count)
     }
 
     /// Refuses an older term, and a second leader in the current one; adopts (and persists)
@@ -695,7 +707,7 @@ impl Replica {
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
             let mut log = lock(&log);
-            let suffix = log.after(applied, usize::MAX);
+            let suffix = log.after(applied, usize::MAX)?;
             if suffix.iter().all(|o| o.term == term) {
                 return Ok(());
             }
@@ -742,11 +754,15 @@ impl Replica {
         Ok(())
     }
 
-    /// Brings one follower's log to match this one through `number`: starts just before
-    /// `number` and steps back past whatever the follower lacks or holds differently.
+    /// Brings one follower's log to match this one through `number`: starts where the
+    /// follower matched last time (just before `number` for one not yet heard from) and steps
+    /// back past whatever the follower lacks or holds differently.
     async fn push_to(&self, peer: &Peer, term: u64, number: u64) -> Result<(), OrderError> {
         let url = endpoint(&peer.url, &["replicate"]).map_err(|e| self.peer_error(peer, e))?;
-        let mut after = number - 1;
+        let mut after = self
+            .matched()
+            .get(&peer.id)
+            .map_or(number - 1, |&matched| matched.min(number - 1));
         loop {
             let request = {
                 let log = self.log();
@@ -758,7 +774,7 @@ impl Replica {
                     prev_term: log
                         .term_at(after)
                         .ok_or(OrderError::Gap { last: log.last() })?,
-                    orders: log.after(after, limit).to_vec(),
+                    orders: log.after(after, limit)?,
                 }
             };
             let reply: Merge = match call(self.http.post(url.clone()).json(&request)).await {
@@ -771,6 +787,9 @@ impl Replica {
                 }
                 Err(e) => return Err(self.peer_error(peer, e)),
             };
+            if let Merge::Matched { through } = reply {
+                self.matched().insert(peer.id, through);
+            }
             match reply {
                 Merge::Matched { through } if through >= number => return Ok(()),
                 Merge::Matched { through } => after = through,
@@ -808,10 +827,10 @@ impl Replica {
         // Sent at least once even when there is nothing to apply: that records the term.
         while *catalog_applied < number || !sent {
             sent = true;
+            let through = number.min(*catalog_applied + BATCH as u64);
             let trades: Vec<Trade> = self
-                .orders_between(*catalog_applied, number)
+                .orders_between(*catalog_applied, through)?
                 .into_iter()
-                .take(BATCH)
                 .map(|o| Trade {
                     number: o.number,
                     name: o.name,
