@@ -1,21 +1,28 @@
 //! The catalog table: stocks by name, changed only by applying committed orders in
-//! transaction order, persisted atomically as CSV.
+//! transaction order.
 //!
-//! File format: a seed-compatible `name,price,quantity` CSV, preceded (once the catalog has
-//! applied anything) by one line `# stocknet applied=N term=T`. Keeping the applied mark in the
-//! same file as the quantities is what makes a crash between "apply" and "remember that it was
-//! applied" impossible: both change in one atomic rename.
+//! Persistence is a snapshot plus a journal. The snapshot (`catalog.csv`) is a seed-compatible
+//! `name,price,quantity` CSV, preceded (once the catalog has applied anything) by one line
+//! `# stocknet applied=N term=T`, rewritten atomically. Each apply appends its trades to the
+//! journal (`catalog.wal`) with one `fdatasync` (about 0.14 ms here, where the atomic
+//! rewrite took 0.56); every [`COMPACT_EVERY`] journal records the snapshot is rewritten and
+//! the journal emptied. Replaying the journal is idempotent (trades carry their transaction
+//! numbers), so a crash between the two steps of a compaction is harmless, and a torn last
+//! journal record was never acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::Stock;
 
 use crate::error::CatalogError;
+
+/// Journal records between snapshot rewrites.
+pub const COMPACT_EVERY: usize = 10_000;
 
 /// One committed order as the catalog needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,15 +68,28 @@ struct Table {
 pub struct CatalogStore {
     path: PathBuf,
     table: RwLock<Table>,
+    /// Locked only while the table's write lock is held.
+    journal: Mutex<Journal>,
+}
+
+/// The applies since the last snapshot, one CSV record each: `term,T` when a new leader
+/// term is accepted, `trade,N,DELTA,NAME` for trade number N.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    records: usize,
 }
 
 const MARK_PREFIX: &str = "# stocknet";
 
 impl CatalogStore {
-    /// Opens `path`; if it does not exist yet, seeds it from `initial` (CSV text).
+    /// Opens the snapshot at `path` and replays its journal beside it; if there is no
+    /// snapshot yet, seeds it from `initial` (CSV text).
     pub fn open(path: impl Into<PathBuf>, initial: &str) -> Result<Self, CatalogError> {
         let path = path.into();
-        let table = if path.exists() {
+        let mut table = if path.exists() {
             let file = File::open(&path).map_err(|e| CatalogError::io(&path, e))?;
             parse(BufReader::new(file)).map_err(|e| e.in_file(&path))?
         } else {
@@ -77,9 +97,18 @@ impl CatalogStore {
             write_atomically(&path, &table)?;
             table
         };
+        let mut journal = Journal::open(path.with_extension("wal"))?;
+        journal
+            .replay(&mut table)
+            .map_err(|e| e.in_file(&journal.path))?;
+        if journal.records > 0 {
+            write_atomically(&path, &table)?;
+            journal.clear()?;
+        }
         Ok(Self {
             path,
             table: RwLock::new(table),
+            journal: Mutex::new(journal),
         })
     }
 
@@ -141,29 +170,180 @@ impl CatalogStore {
                 changed: Vec::new(),
             });
         }
-        let mut next = table.clone();
-        next.term = request.term;
-        next.applied = applied;
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let new_trades = request.trades.iter().filter(|t| t.number > table.applied);
+        let term = (request.term != table.term).then_some(request.term);
+        journal.append(term, new_trades)?;
+        table.term = request.term;
+        table.applied = applied;
         for (name, quantity) in &staged {
-            if let Some(stock) = next.stocks.get_mut(*name) {
+            if let Some(stock) = table.stocks.get_mut(*name) {
                 stock.quantity = *quantity;
             }
         }
-        write_atomically(&self.path, &next)?;
-        *table = next;
+        if journal.records >= COMPACT_EVERY {
+            // The applies are durable in the journal already; a failed compaction is retried
+            // at the next apply and never fails this one.
+            if let Err(e) = write_atomically(&self.path, &table).and_then(|()| journal.clear()) {
+                tracing::warn!("catalog snapshot failed, keeping the journal: {e}");
+            }
+        }
         let mut changed: Vec<String> = staged.into_keys().map(str::to_owned).collect();
         changed.sort();
         Ok(ApplyOutcome { applied, changed })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        // A panic while holding the lock cannot leave the table half-changed (changes are
-        // built on a copy and swapped in), so a poisoned lock is still consistent.
+        // A panic while holding the lock cannot leave the table half-changed (nothing can
+        // panic between the first and last change to it), so a poisoned lock is consistent.
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Journal {
+    fn open(path: PathBuf) -> Result<Self, CatalogError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| CatalogError::io(&path, e))?;
+        Ok(Self {
+            path,
+            file,
+            len: 0,
+            records: 0,
+        })
+    }
+
+    /// Applies every complete record to `table`, cutting off a torn last one.
+    fn replay(&mut self, table: &mut Table) -> Result<(), CatalogError> {
+        let io = |e| CatalogError::io(&self.path, e);
+        let mut text = Vec::new();
+        (&self.file).read_to_end(&mut text).map_err(io)?;
+        // What follows the last newline is an append that never finished.
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&text[..complete]);
+        let mut record = csv::StringRecord::new();
+        let mut good = 0;
+        loop {
+            let line = reader.position().line();
+            let replayed = match reader.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => replay_record(table, &record),
+                Err(e) => Err(e.to_string()),
+            };
+            match replayed {
+                Ok(()) => {
+                    good = reader.position().byte();
+                    self.records += 1;
+                }
+                Err(_) if reader.position().byte() as usize >= complete => break,
+                Err(e) => return Err(CatalogError::Corrupt(format!("line {line}: {e}"))),
+            }
+        }
+        if good < text.len() as u64 {
+            tracing::warn!(
+                path = %self.path.display(),
+                dropped_bytes = text.len() as u64 - good,
+                "truncating a torn last record of the catalog journal"
+            );
+            self.file.set_len(good).map_err(io)?;
+        }
+        self.len = good;
+        Ok(())
+    }
+
+    /// Appends a term change and trades durably; on failure nothing of them remains.
+    fn append<'a>(
+        &mut self,
+        term: Option<u64>,
+        trades: impl Iterator<Item = &'a Trade>,
+    ) -> Result<(), CatalogError> {
+        let corrupt = |e: &dyn std::fmt::Display| CatalogError::Corrupt(e.to_string());
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_writer(Vec::new());
+        let mut records = 0;
+        if let Some(term) = term {
+            writer
+                .write_record(["term", &term.to_string()])
+                .map_err(|e| corrupt(&e))?;
+            records += 1;
+        }
+        for trade in trades {
+            let (number, delta) = (trade.number.to_string(), trade.delta.to_string());
+            writer
+                .write_record(["trade", &number, &delta, &trade.name])
+                .map_err(|e| corrupt(&e))?;
+            records += 1;
+        }
+        let text = writer.into_inner().map_err(|e| corrupt(&e))?;
+        let io = |e| CatalogError::io(&self.path, e);
+        let written = (&self.file)
+            .write_all(&text)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(io(e));
+        }
+        self.len += text.len() as u64;
+        self.records += records;
+        Ok(())
+    }
+
+    /// Empties the journal once the snapshot holds everything in it.
+    fn clear(&mut self) -> Result<(), CatalogError> {
+        let io = |e| CatalogError::io(&self.path, e);
+        self.file.set_len(0).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.len = 0;
+        self.records = 0;
+        Ok(())
+    }
+}
+
+/// Replays one journal record; trades the table already holds are skipped.
+fn replay_record(table: &mut Table, record: &csv::StringRecord) -> Result<(), String> {
+    let field = |i: usize| record.get(i).ok_or(format!("missing field {i}"));
+    let number = |i: usize| -> Result<u64, String> {
+        field(i)?.parse().map_err(|e| format!("field {i}: {e}"))
+    };
+    match field(0)? {
+        "term" if record.len() == 2 => {
+            table.term = table.term.max(number(1)?);
+            Ok(())
+        }
+        "trade" if record.len() == 4 => {
+            let trade = number(1)?;
+            if trade <= table.applied {
+                return Ok(());
+            }
+            if trade != table.applied + 1 {
+                return Err(format!("trade {trade} follows {}", table.applied));
+            }
+            let delta: i64 = field(2)?.parse().map_err(|e| format!("delta: {e}"))?;
+            let stock = table
+                .stocks
+                .get_mut(field(3)?)
+                .ok_or(format!("unknown stock {:?}", field(3)?))?;
+            stock.quantity = stock
+                .quantity
+                .checked_add_signed(delta)
+                .ok_or(format!("trade {trade} overdraws {}", stock.name))?;
+            table.applied = trade;
+            Ok(())
+        }
+        _ => Err("expected a term or a trade record".into()),
     }
 }
 
@@ -299,6 +479,96 @@ mod tests {
         assert_eq!(reopened.get("Other"), None);
         let snapshot = reopened.snapshot();
         assert_eq!((snapshot.applied, snapshot.term), (2, 1));
+    }
+
+    #[test]
+    fn applies_go_to_the_journal_and_compact_into_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.csv");
+        let journal = dir.path().join("catalog.wal");
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        let seeded = fs::read_to_string(&path).unwrap();
+        apply(&store, 2, vec![trade(1, "GameStart", -1)]).unwrap();
+        apply(
+            &store,
+            2,
+            vec![trade(1, "GameStart", -1), trade(2, "FishCo", 4)],
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            seeded,
+            "no rewrite per apply"
+        );
+        assert_eq!(
+            fs::read_to_string(&journal).unwrap(),
+            "term,2\ntrade,1,-1,GameStart\ntrade,2,4,FishCo\n"
+        );
+
+        // Enough trades for a compaction: the snapshot takes them and the journal empties.
+        let many: Vec<Trade> = (3..3 + COMPACT_EVERY as u64)
+            .map(|n| trade(n, "FishCo", 1))
+            .collect();
+        apply(&store, 2, many).unwrap();
+        let last = 2 + COMPACT_EVERY as u64;
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .starts_with(&format!("# stocknet applied={last} term=2\n")));
+        assert_eq!(fs::metadata(&journal).unwrap().len(), 0);
+        apply(&store, 3, vec![trade(last + 1, "GameStart", 10)]).unwrap();
+        drop(store);
+
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        assert_eq!(store.get("GameStart").unwrap().quantity, 109);
+        assert_eq!(
+            store.get("FishCo").unwrap().quantity,
+            104 + COMPACT_EVERY as u64
+        );
+        let snapshot = store.snapshot();
+        assert_eq!((snapshot.applied, snapshot.term), (last + 1, 3));
+        // Opening compacted what it replayed.
+        assert_eq!(fs::metadata(&journal).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn replay_skips_what_the_snapshot_holds_and_drops_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.csv");
+        // A compaction that renamed the snapshot (through trade 2) but crashed before emptying
+        // the journal, which also ends in a torn record of trade 4.
+        fs::write(
+            &path,
+            "# stocknet applied=2 term=1\nname,price,quantity\nGameStart,15.99,90\nFishCo,9.5,100\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("catalog.wal"),
+            "term,1\ntrade,1,-4,GameStart\ntrade,2,-6,GameStart\ntrade,3,7,\"FishCo\"\ntrade,4,-",
+        )
+        .unwrap();
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        assert_eq!(store.get("GameStart").unwrap().quantity, 90);
+        assert_eq!(store.get("FishCo").unwrap().quantity, 107);
+        assert_eq!(store.snapshot().applied, 3);
+        apply(&store, 1, vec![trade(4, "GameStart", -1)]).unwrap();
+        drop(store);
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        assert_eq!(store.get("GameStart").unwrap().quantity, 89);
+    }
+
+    #[test]
+    fn a_corrupt_journal_record_before_the_end_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.csv");
+        drop(CatalogStore::open(&path, INITIAL).unwrap());
+        let text = "trade,1,-1,GameStart\ntrade,3,-1,GameStart\ntrade,4,-1,GameStart\n";
+        fs::write(dir.path().join("catalog.wal"), text).unwrap();
+        let error = CatalogStore::open(&path, INITIAL).unwrap_err();
+        assert!(error.to_string().contains("trade 3 follows 1"), "{error}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("catalog.wal")).unwrap(),
+            text
+        );
     }
 
     #[test]
