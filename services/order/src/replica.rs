@@ -1,7 +1,7 @@
 //! One order replica: its log, its view of the term and leader, and — while it leads — the
 //! sequencing of new orders (append + fsync, replicate to a majority, apply to the catalog).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -201,6 +201,13 @@ pub struct Replica {
     /// Per follower, the last order it was seen to hold in agreement with this log: where the
     /// next replication starts (Raft's nextIndex). Only a hint: the `prev_term` check decides.
     follower_matched: Mutex<HashMap<u32, u64>>,
+    /// Followers the last replication failed to reach, so that a follower that is down is
+    /// logged once, not at every round.
+    unreachable: Mutex<HashSet<u32>>,
+    /// One replication to a follower at a time: a round that finds one still running (a long
+    /// catch-up, say) waits for it and continues from where it got, instead of sending the
+    /// same orders again alongside it.
+    follower_streams: HashMap<u32, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Replica {
@@ -222,9 +229,11 @@ impl Replica {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => View::default(),
             Err(e) => return Err(OrderError::io(&term_path, e)),
         };
+        let peers: Vec<Peer> = peers.into_iter().filter(|p| p.id != id).collect();
         Ok(Self {
             id,
-            peers: peers.into_iter().filter(|p| p.id != id).collect(),
+            follower_streams: peers.iter().map(|p| (p.id, Arc::default())).collect(),
+            peers,
             catalog_url,
             http,
             log: Arc::new(Mutex::new(log)),
@@ -233,6 +242,7 @@ impl Replica {
             ready: AtomicBool::new(false),
             leading: tokio::sync::Mutex::new(None),
             follower_matched: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashSet::new()),
         })
     }
 
@@ -740,13 +750,20 @@ impl Replica {
             .cloned()
             .map(|peer| {
                 let replica = self.clone();
-                tokio::spawn(async move { replica.push_to(&peer, term, number).await })
+                tokio::spawn(async move {
+                    // Every peer has a stream: both come from the same list in `open`.
+                    let stream = replica.follower_streams[&peer.id].clone();
+                    let _streaming = stream.lock().await;
+                    let pushed = replica.push_to(&peer, term, number).await;
+                    replica.note_reachability(&peer, &pushed);
+                    pushed
+                })
             })
             .collect();
         while acks < needed {
             match pending.next().await {
                 Some(Ok(Ok(()))) => acks += 1,
-                Some(Ok(Err(e))) => tracing::warn!("replication failed: {e}"),
+                Some(Ok(Err(_))) => {}
                 Some(Err(e)) => tracing::error!("replication task failed: {e}"),
                 None => return Err(OrderError::NoMajority { acks, needed }),
             }
@@ -796,6 +813,17 @@ impl Replica {
                 // Order `after` is never 0 here: every log matches on the empty prefix.
                 Merge::Mismatch { retry_after } => after = retry_after.min(after - 1),
             }
+        }
+    }
+
+    fn note_reachability(&self, peer: &Peer, pushed: &Result<(), OrderError>) {
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match pushed {
+            Ok(()) if unreachable.remove(&peer.id) => {
+                tracing::info!(replica = peer.id, "replication reaches the follower again");
+            }
+            Err(e) if unreachable.insert(peer.id) => tracing::warn!("replication failed: {e}"),
+            _ => {}
         }
     }
 
