@@ -60,3 +60,4 @@ wait_ready "http://127.0.0.1:$o1/ready"
 end=$(date +%s.%N)
 caught=$(curl -s "http://127.0.0.1:$o1/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["last_transaction"])')
 echo "replica 1 restarted: ready in $(python3 -c "print(f'{$end - $start:.3f}')") s, holding $caught of $last orders"
+echo "replica 1 after resync: $(grep VmRSS "/proc/$replica1/status")"
