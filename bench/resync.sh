@@ -21,8 +21,9 @@ start_order() {
     --catalog-url "http://127.0.0.1:$cat" --data-dir "$dir" >>"$dir/order-$1.log" 2>&1 &
   echo $!
 }
-wait_ready() {
-  for _ in $(seq 1 600); do
+wait_ready() {  # polls every 10 ms for at most 120 s
+  local deadline=$((SECONDS + 120))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     curl -sf "$1" >/dev/null && return 0
     sleep 0.01
   done
