@@ -11,13 +11,13 @@
 //! journal record was never acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
-use stocknet_common::Stock;
+use stocknet_common::{file, Stock};
 
 use crate::error::CatalogError;
 
@@ -206,13 +206,7 @@ impl CatalogStore {
 
 impl Journal {
     fn open(path: PathBuf) -> Result<Self, CatalogError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| CatalogError::io(&path, e))?;
+        let file = file::open_append(&path).map_err(|e| CatalogError::io(&path, e))?;
         Ok(Self {
             path,
             file,
@@ -408,10 +402,8 @@ fn parse_mark(mark: &str) -> Result<(u64, u64), CatalogError> {
     }
 }
 
-/// Write to a temporary file, fsync it, rename over the old file, fsync the directory:
-/// a crash at any point leaves either the old or the new file, never a torn one.
+/// Writes the snapshot of `table` to `path` atomically ([`file::replace_atomically`]).
 fn write_atomically(path: &Path, table: &Table) -> Result<(), CatalogError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let mut text = format!(
         "{MARK_PREFIX} applied={} term={}\n",
         table.applied, table.term
@@ -427,19 +419,14 @@ fn write_atomically(path: &Path, table: &Table) -> Result<(), CatalogError> {
         .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
     text.push_str(&String::from_utf8_lossy(&rows));
 
-    let tmp = path.with_extension("csv.tmp");
-    let io = |e| CatalogError::io(path, e);
-    let mut file = File::create(&tmp).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
+    file::replace_atomically(path, |file| file.write_all(text.as_bytes()))
+        .map_err(|e| CatalogError::io(path, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     const INITIAL: &str = "name,price,quantity\nGameStart,15.99,100\nFishCo,9.5,100\n";
 

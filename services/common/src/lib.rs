@@ -1,9 +1,10 @@
 //! What every StockNet service shares: the response envelope, the JSON extractor whose
 //! rejections are envelopes too, the HTTP client for service-to-service calls, the domain
-//! types that cross service boundaries, and serving with graceful shutdown.
+//! types that cross service boundaries, serving with graceful shutdown, and durable files.
 
 pub mod client;
 pub mod envelope;
+pub mod file;
 pub mod model;
 pub mod server;
 

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hashbrown::HashTable;
-use stocknet_common::{Order, Side};
+use stocknet_common::{file, Order, Side};
 
 use crate::error::OrderError;
 
@@ -53,16 +53,9 @@ impl OrderLog {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
         let path = path.into();
         let io = |e| OrderError::io(&path, e);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
+        let file = file::open_append(&path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        // What follows the last newline is an append that never finished.
-        let complete = end_of_last_line(&file, size).map_err(io)?;
+        let complete = file::end_of_last_line(&file, size).map_err(io)?;
         let mut index = Index::default();
         let good_len = index.load(&file, complete).map_err(|e| e.in_file(&path))?;
         if good_len < size {
@@ -79,7 +72,7 @@ impl OrderLog {
             len = HEADER.len() as u64;
         }
         file.sync_all().map_err(io)?;
-        sync_dir(&path)?;
+        file::sync_dir(&path).map_err(io)?;
         Ok(Self {
             path,
             file,
@@ -211,22 +204,18 @@ impl OrderLog {
         let io = |e| OrderError::io(&self.path, e);
         let cut = self.offset_of(number + 1)?;
         let (text, starts) = format_records(batch, cut)?;
-        let tmp = self.path.with_extension("csv.tmp");
-        let tmp_io = |e| OrderError::io(&tmp, e);
-        let mut out = File::create(&tmp).map_err(tmp_io)?;
-        // The kept prefix, copied by the kernel (copy_file_range), then the batch.
-        let copied = std::io::copy(&mut File::open(&self.path).map_err(io)?.take(cut), &mut out)
-            .map_err(tmp_io)?;
-        if copied != cut {
-            return Err(OrderError::Corrupt(format!(
-                "{}: shorter than its index ({copied} of {cut} bytes)",
-                self.path.display()
-            )));
-        }
-        out.write_all(&text).map_err(tmp_io)?;
-        out.sync_all().map_err(tmp_io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        sync_dir(&self.path)?;
+        file::replace_atomically(&self.path, |out| {
+            // The kept prefix, copied by the kernel (copy_file_range), then the batch.
+            let copied = std::io::copy(&mut File::open(&self.path)?.take(cut), out)?;
+            if copied != cut {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("shorter than its index ({copied} of {cut} bytes)"),
+                ));
+            }
+            out.write_all(&text)
+        })
+        .map_err(io)?;
         // The old file is still open here: its dropped orders say which keys to forget.
         let mut dropped = Vec::new();
         self.visit(number + 1, usize::MAX, |order| {
@@ -518,22 +507,6 @@ fn csv_reader<R: Read>(source: R) -> csv::Reader<R> {
         .from_reader(source)
 }
 
-/// The length of `file` through its last newline.
-fn end_of_last_line(file: &File, size: u64) -> std::io::Result<u64> {
-    let mut chunk = vec![0; 64 * 1024];
-    let mut end = size;
-    while end > 0 {
-        let start = end.saturating_sub(chunk.len() as u64);
-        let part = &mut chunk[..(end - start) as usize];
-        file.read_exact_at(part, start)?;
-        if let Some(newline) = part.iter().rposition(|&b| b == b'\n') {
-            return Ok(start + newline as u64 + 1);
-        }
-        end = start;
-    }
-    Ok(0)
-}
-
 /// The outcome of [`OrderLog::merge`], which is also a follower's answer to replication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -615,13 +588,6 @@ pub fn sync(file: &File, path: &Path) {
         tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {e}");
         std::process::exit(70);
     }
-}
-
-fn sync_dir(path: &Path) -> Result<(), OrderError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| OrderError::io(dir, e))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! sequencing of new orders (append + fsync, replicate to a majority, apply to the catalog).
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +12,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use stocknet_catalog::{ApplyOutcome, ApplyRequest, Snapshot, Trade};
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::{Order, RemoteError, Side};
+use stocknet_common::{file, Order, RemoteError, Side};
 use tokio::sync::{watch, Notify};
 
 use crate::error::OrderError;
@@ -617,17 +618,12 @@ impl Replica {
     }
 
     fn persist_view(&self, view: &mut View, next: View) -> Result<(), OrderError> {
-        let tmp = self.term_path.with_extension("tmp");
-        let io = |e| OrderError::io(&self.term_path, e);
         let text = match next.leader {
             Some(leader) => format!("{} {leader}\n", next.term),
             None => format!("{}\n", next.term),
         };
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &self.term_path).map_err(io)?;
+        file::replace_atomically(&self.term_path, |f| f.write_all(text.as_bytes()))
+            .map_err(|e| OrderError::io(&self.term_path, e))?;
         *view = next;
         Ok(())
     }

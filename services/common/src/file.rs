@@ -1,0 +1,102 @@
+//! The file handling the catalog and the order replicas share: append-only logs whose torn
+//! tail is cut off on open, and files replaced atomically.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Opens (or creates) an append-only log for reading and appending.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .append(true)
+        .open(path)
+}
+
+/// The length of `file`'s first `size` bytes through their last newline: what follows is an
+/// append that never finished.
+pub fn end_of_last_line(file: &File, size: u64) -> io::Result<u64> {
+    let mut chunk = vec![0; 64 * 1024];
+    let mut end = size;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if let Some(newline) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Replaces `path` atomically: `fill` writes the new contents into a temporary file beside
+/// it, which is fsync'd and renamed over `path`, and then the directory is fsync'd, so a crash
+/// leaves either the old file or the new one, never a torn one.
+pub fn replace_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = temporary_beside(path);
+    let mut file = File::create(&tmp)?;
+    fill(&mut file)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// Makes the creation, renaming or removal of `path` durable by fsyncing its directory.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+fn temporary_beside(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn end_of_last_line_ignores_an_unfinished_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut file = open_append(&path).unwrap();
+        assert_eq!(end_of_last_line(&file, 0).unwrap(), 0);
+        file.write_all(b"a,b\n").unwrap();
+        // A last line longer than one 64 KiB chunk.
+        file.write_all(&vec![b'x'; 100_000]).unwrap();
+        file.write_all(b"\nunfinished").unwrap();
+        let size = file.metadata().unwrap().len();
+        assert_eq!(end_of_last_line(&file, size).unwrap(), size - 10);
+        assert_eq!(end_of_last_line(&file, 4).unwrap(), 4);
+        assert_eq!(end_of_last_line(&file, 3).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failed_replacement_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("term-1");
+        std::fs::write(&path, "old").unwrap();
+        let failed = replace_atomically(&path, |file| {
+            file.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        replace_atomically(&path, |file| file.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert!(!dir.path().join("term-1.tmp").exists());
+    }
+}
