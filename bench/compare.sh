@@ -10,26 +10,13 @@ if ! command -v wrk >/dev/null; then
   echo "== installing wrk (Debian package)"
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
 fi
-cargo build --release --quiet
-bin="$PWD/target/release/stocknet"
-dir="$(mktemp -d)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+source bench/lib.sh
 
 fe=38080 ceiling=38099
-# A cache as large as the catalog (12 stocks): lookups measure the hit path. (The default 8
-# leaves a third of uniformly random lookups missing.)
-RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port $fe --catalog-port 38081 --cache-size 12 \
-  --order-ports 38091,38092,38093 >"$dir/up.log" 2>&1 &
-pids+=($!)
 RUST_LOG=warn "$bin" ceiling --port $ceiling >"$dir/ceiling.log" 2>&1 &
 pids+=($!)
-for url in "http://127.0.0.1:$fe/health" "http://127.0.0.1:$ceiling/stocks/GameStart"; do
-  for _ in $(seq 1 300); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
-done
-# The frontend answers only after `up` has every service ready.
-for _ in $(seq 1 300); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
+start_up $fe
+for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$ceiling/stocks/GameStart" >/dev/null && break; sleep 0.1; done
 
 summary() {  # file, request type
   python3 - "$1" "$2" <<'PY'

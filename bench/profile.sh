@@ -8,17 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 p="${1:-0}" clients="${2:-32}"
 command -v perf >/dev/null || { echo "perf not found (Debian package linux-perf)" >&2; exit 1; }
-cargo build --release --quiet
-bin="$PWD/target/release/stocknet"
-dir="$(mktemp -d)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+source bench/lib.sh
 
-RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port 38080 --catalog-port 38081 \
-  --cache-size 12 --order-ports 38091,38092,38093 >"$dir/up.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
+start_up 38080
 "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p "$p" --duration 12s \
   --max-quantity 3 --json >"$dir/load.json" &
 load=$!

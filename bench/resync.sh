@@ -6,12 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orders="${1:-100000}"
-cargo build --release --quiet
-bin="$PWD/target/release/stocknet"
-dir="$(mktemp -d)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+source bench/lib.sh
 
 fe=28080 cat=28081 o1=28091 o2=28092 o3=28093
 peers="1=http://127.0.0.1:$o1,2=http://127.0.0.1:$o2,3=http://127.0.0.1:$o3"
