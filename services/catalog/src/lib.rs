@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::future::join_all;
 use stocknet_common::client::endpoint;
-use stocknet_common::{data, http_client, server, Json, Path};
+use stocknet_common::{data, http_client, server, Invalidation, Json, Path};
 
 pub use error::CatalogError;
 pub use store::{ApplyOutcome, ApplyRequest, CatalogStore, Snapshot, Trade};
@@ -102,20 +102,24 @@ impl AppState {
                 Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
             }
         }
-        let calls = frontends.iter().flat_map(|frontend| {
-            names.iter().map(move |name| async move {
-                let result = match endpoint(frontend, &["invalidate", name]) {
-                    Ok(url) => self.http.post(url).send().await.map(|_| ()),
+        let body = Invalidation {
+            names: names.to_vec(),
+        };
+        let calls = frontends.iter().map(|frontend| {
+            let body = &body;
+            async move {
+                let result = match endpoint(frontend, &["invalidate"]) {
+                    Ok(url) => self.http.post(url).json(body).send().await.map(|_| ()),
                     Err(e) => {
-                        tracing::warn!("invalidate {name} at {frontend}: {e}");
+                        tracing::warn!("invalidate at {frontend}: {e}");
                         return;
                     }
                 };
                 // A frontend that is down has no cache to keep fresh; it starts empty.
                 if let Err(e) = result {
-                    tracing::debug!("invalidate {name} at {frontend}: {e}");
+                    tracing::debug!("invalidate at {frontend}: {e}");
                 }
-            })
+            }
         });
         join_all(calls).await;
     }
@@ -275,9 +279,9 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorder = seen.clone();
         let app = Router::new().route(
-            "/invalidate/{name}",
-            post(move |Path(name): Path<String>| async move {
-                recorder.lock().unwrap().push(name);
+            "/invalidate",
+            post(move |Json(request): Json<Invalidation>| async move {
+                recorder.lock().unwrap().extend(request.names);
                 data(json!({"success": true}))
             }),
         );

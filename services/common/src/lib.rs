@@ -10,4 +10,4 @@ pub mod server;
 
 pub use client::{call, endpoint, http_client, RemoteError};
 pub use envelope::{data, ApiError, Json, Path, Query};
-pub use model::{Order, Side, Stock};
+pub use model::{Invalidation, Order, Side, Stock};

@@ -58,3 +58,10 @@ pub struct Order {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
+
+/// The catalog's cache-invalidation push to a frontend: every stock a catalog update named,
+/// in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub names: Vec<String>,
+}

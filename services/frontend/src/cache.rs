@@ -75,11 +75,14 @@ impl StockCache {
         }
     }
 
-    pub fn invalidate(&self, name: &str) {
+    /// Drops `names`; fills of reads that started before this are skipped.
+    pub fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         if let Some(inner) = &self.inner {
             let mut inner = lock(inner);
             inner.epoch += 1;
-            inner.entries.pop(name);
+            for name in names {
+                inner.entries.pop(name);
+            }
         }
     }
 
@@ -144,8 +147,21 @@ mod tests {
         let cache = cache(4);
         let epoch = cache.get("a").unwrap_err();
         cache.fill(stock("a", 100), epoch);
-        cache.invalidate("a");
+        cache.invalidate(["a"]);
         assert!(cache.get("a").is_err());
+    }
+
+    #[test]
+    fn one_invalidation_removes_every_named_entry() {
+        let cache = cache(4);
+        for name in ["a", "b", "c"] {
+            let epoch = cache.get(name).unwrap_err();
+            cache.fill(stock(name, 1), epoch);
+        }
+        cache.invalidate(["a", "c"]);
+        assert!(cache.get("a").is_err());
+        assert!(cache.get("b").is_ok());
+        assert!(cache.get("c").is_err());
     }
 
     #[test]
@@ -153,7 +169,7 @@ mod tests {
         let cache = cache(4);
         let epoch = cache.get("a").unwrap_err();
         // The catalog changed "a" and pushed an invalidation while our read was in flight.
-        cache.invalidate("a");
+        cache.invalidate(["a"]);
         cache.fill(stock("a", 100), epoch);
         assert!(cache.get("a").is_err(), "a possibly stale value was cached");
     }

@@ -20,7 +20,9 @@ use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::envelope::{parse_json_object, RawBody};
-use stocknet_common::{data, http_client, server, ApiError, Order, Path, RemoteError, Side, Stock};
+use stocknet_common::{
+    data, http_client, server, ApiError, Invalidation, Json, Order, Path, RemoteError, Side, Stock,
+};
 use stocknet_order::{Peer, IDEMPOTENCY_KEY};
 
 use cache::StockCache;
@@ -142,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stocks/{name}", get(lookup))
         .route("/orders", post(place_order))
         .route("/orders/{number}", get(query_order))
+        .route("/invalidate", post(invalidate_many))
         .route("/invalidate/{name}", post(invalidate))
         .with_state(state);
     server::with_common_layers(routes)
@@ -317,7 +320,7 @@ async fn place_order(
     .await?;
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
     // could not reach.
-    inner.cache.invalidate(&order.name);
+    inner.cache.invalidate([order.name.as_str()]);
     inner.orders_placed.fetch_add(1, Ordering::Relaxed);
     Ok(data(
         serde_json::json!({ "transaction_number": placed.transaction_number }),
@@ -393,7 +396,19 @@ where
 }
 
 async fn invalidate(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    state.inner.cache.invalidate(&name);
+    state.inner.cache.invalidate([name.as_str()]);
+    data(serde_json::json!({ "success": true }))
+}
+
+/// The catalog's push: every stock one catalog update named, one request per frontend.
+async fn invalidate_many(
+    State(state): State<AppState>,
+    Json(request): Json<Invalidation>,
+) -> Response {
+    state
+        .inner
+        .cache
+        .invalidate(request.names.iter().map(String::as_str));
     data(serde_json::json!({ "success": true }))
 }
 
@@ -476,6 +491,31 @@ mod router_tests {
                 StatusCode::OK,
                 serde_json::json!({"data": {"success": true}})
             )
+        );
+        let (status, body) = send(
+            Request::post("/invalidate")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"names":["GameStart","FishCo"]}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                serde_json::json!({"data": {"success": true}})
+            )
+        );
+        let (status, body) = send(
+            Request::post("/invalidate")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"names":"GameStart"}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, serde_json::json!(400))
         );
         let (status, body) = send(Request::post("/orders").body(Body::from("{")).unwrap()).await;
         assert_eq!(
