@@ -26,6 +26,7 @@ fn apply(c: &mut Criterion) {
                 store
                     .apply(&ApplyRequest { term: 1, trades })
                     .expect("apply");
+                store.sync();
             })
         });
     }

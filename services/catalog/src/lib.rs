@@ -188,11 +188,15 @@ async fn apply(
     let mut names: Vec<String> = request.trades.iter().map(|t| t.name.clone()).collect();
     names.sort();
     names.dedup();
+    let outcome = state.store.apply(&request)?;
+    // The frontends refetch from memory, which holds only committed trades; so they may be told
+    // while the disk works, and the answer waits for both.
     let store = state.store.clone();
-    let outcome = tokio::task::spawn_blocking(move || store.apply(&request))
-        .await
-        .map_err(|e| CatalogError::Task(e.to_string()))??;
-    state.invalidate(&names).await;
+    let (synced, ()) = tokio::join!(
+        tokio::task::spawn_blocking(move || store.sync()),
+        state.invalidate(&names)
+    );
+    synced.map_err(|e| CatalogError::Task(e.to_string()))?;
     Ok(data(outcome))
 }
 

@@ -33,6 +33,17 @@ pub fn end_of_last_line(file: &File, size: u64) -> io::Result<u64> {
     Ok(0)
 }
 
+/// Makes everything written to `file` durable (fdatasync). A failed fsync is not retried:
+/// after one, the kernel may have dropped the dirty pages and a second fsync can report success
+/// without them (PostgreSQL's "fsyncgate"), so the process exits and recovers from disk and
+/// from its peers (the order log is replicated; the catalog's leader resends what it lacks).
+pub fn sync_data_or_exit(file: &File, path: &Path) {
+    if let Err(e) = file.sync_data() {
+        tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {e}");
+        std::process::exit(70);
+    }
+}
+
 /// Replaces `path` atomically: `fill` writes the new contents into a temporary file beside
 /// it, which is fsync'd and renamed over `path`, and then the directory is fsync'd, so a crash
 /// leaves either the old file or the new one, never a torn one.

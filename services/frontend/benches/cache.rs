@@ -31,7 +31,7 @@ fn cache(c: &mut Criterion) {
     });
     c.bench_function("cache miss + fill", |b| {
         b.iter(|| {
-            cache.invalidate("Stock0");
+            cache.invalidate(["Stock0"]);
             if let Err(epoch) = cache.get("Stock0") {
                 cache.fill(
                     Stock {

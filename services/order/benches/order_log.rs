@@ -38,7 +38,7 @@ fn order_log(c: &mut Criterion) {
                 log.write(&[order(next)]).expect("write");
             }
             let (file, path) = log.sync_handle().expect("handle");
-            stocknet_order::log::sync(&file, &path);
+            stocknet_common::file::sync_data_or_exit(&file, &path);
         })
     });
 

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hashbrown::HashTable;
 use stocknet_common::{file, Order, Side};
@@ -123,12 +123,12 @@ impl OrderLog {
     /// [`OrderError::Gap`] says where this log ends.
     pub fn append(&mut self, batch: &[Order]) -> Result<(), OrderError> {
         self.write(batch)?;
-        sync(&self.file, &self.path);
+        file::sync_data_or_exit(&self.file, &self.path);
         Ok(())
     }
 
     /// Like [`append`](Self::append) but without waiting for the disk: the orders are in the
-    /// file and visible here at once, durable only after a [`sync`] through
+    /// file and visible here at once, durable only after a [`file::sync_data_or_exit`] through
     /// [`sync_handle`](Self::sync_handle). A leader writes each order as it comes and fsyncs
     /// once for all that came meanwhile (group commit).
     pub fn write(&mut self, batch: &[Order]) -> Result<(), OrderError> {
@@ -146,7 +146,8 @@ impl OrderLog {
         Ok(())
     }
 
-    /// A handle on the log file for [`sync`], so the fsync need not hold the log.
+    /// A handle on the log file for [`file::sync_data_or_exit`], so the fsync need not hold
+    /// the log.
     pub fn sync_handle(&self) -> Result<(File, PathBuf), OrderError> {
         let file = self
             .file
@@ -578,16 +579,6 @@ fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> 
         quantity: field(4)?.parse().map_err(|e| format!("quantity: {e}"))?,
         key: (!key.is_empty()).then(|| key.to_owned()),
     })
-}
-
-/// Makes everything written to `file` durable. A failed fsync is not retried: after one, the
-/// kernel may have dropped the dirty pages and a second fsync can report success without them
-/// (PostgreSQL's "fsyncgate"), so the process exits and recovers from disk and its peers.
-pub fn sync(file: &File, path: &Path) {
-    if let Err(e) = file.sync_data() {
-        tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {e}");
-        std::process::exit(70);
-    }
 }
 
 #[cfg(test)]

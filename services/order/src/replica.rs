@@ -541,7 +541,7 @@ impl Replica {
             let sync = async {
                 if through > state.synced {
                     let (file, path) = self.log().sync_handle()?;
-                    tokio::task::spawn_blocking(move || crate::log::sync(&file, &path))
+                    tokio::task::spawn_blocking(move || file::sync_data_or_exit(&file, &path))
                         .await
                         .map_err(OrderError::task)?;
                 }
