@@ -3,6 +3,8 @@
 //! acknowledged order is queried back and checked field by field. Reports count, errors,
 //! throughput and latency percentiles (HdrHistogram) per request type.
 
+mod connection;
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use hdrhistogram::Histogram;
 use rand::RngExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use connection::{Connection, Target};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadConfig {
@@ -218,7 +222,10 @@ struct Session {
 struct Plan {
     http: reqwest::Client,
     frontend: String,
+    target: Target,
     stocks: Vec<String>,
+    /// `GET` path of each stock in `stocks`, percent-encoded once.
+    lookup_paths: Vec<String>,
     name_field: String,
     max_quantity: u32,
     p: f64,
@@ -266,15 +273,26 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     if let Some(uncached) = &config.uncached_frontend {
         frontends.push(uncached.trim_end_matches('/').to_owned());
     }
+    let lookup_paths = stocks
+        .iter()
+        .map(|stock| {
+            stocknet_common::client::endpoint("http://load", &["stocks", stock])
+                .map(|url| url.path().to_owned())
+                .map_err(|e| anyhow::anyhow!("stock {stock:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut runs = Vec::new();
     for frontend in &frontends {
+        let target = Target::parse(frontend).map_err(anyhow::Error::msg)?;
         let cache = caches(&http, frontend).await;
         for &p in &config.p {
             let show_progress = !config.json && std::io::stderr().is_terminal();
             let plan = Arc::new(Plan {
                 http: http.clone(),
                 frontend: frontend.clone(),
+                target: target.clone(),
                 stocks: stocks.clone(),
+                lookup_paths: lookup_paths.clone(),
                 name_field: config.name_field.clone(),
                 max_quantity: config.max_quantity,
                 p,
@@ -368,12 +386,9 @@ async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
 }
 
 async fn session(plan: Arc<Plan>) -> Session {
-    // One connection pool per session: a pool shared by all sessions is a point of contention
-    // that caps the client well below what the server can do.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_else(|_| plan.http.clone());
+    // A connection of its own: a pool shared by all sessions is a point of contention that
+    // caps the client well below what the server can do.
+    let mut connection = Connection::new(plan.target.clone());
     let mut state = Session {
         lookups: Latencies::new(),
         orders: Latencies::new(),
@@ -390,7 +405,7 @@ async fn session(plan: Arc<Plan>) -> Session {
         // Drawn before any await: the thread-local generator must not cross one.
         let (stock, trade, side, quantity) = {
             let mut rng = rand::rng();
-            let stock = plan.stocks[rng.random_range(0..plan.stocks.len())].clone();
+            let stock = rng.random_range(0..plan.stocks.len());
             let side = if rng.random_bool(0.5) { "buy" } else { "sell" };
             (
                 stock,
@@ -399,14 +414,27 @@ async fn session(plan: Arc<Plan>) -> Session {
                 rng.random_range(1..=plan.max_quantity),
             )
         };
-        lookup(&plan, &http, &stock, &mut state.lookups).await;
+        lookup(
+            &mut connection,
+            &plan.lookup_paths[stock],
+            &mut state.lookups,
+        )
+        .await;
         if trade {
-            if let Some(number) =
-                place(&plan, &http, &stock, side, quantity, &mut state.orders).await
+            let stock = &plan.stocks[stock];
+            if let Some(number) = place(
+                &plan,
+                &mut connection,
+                stock,
+                side,
+                quantity,
+                &mut state.orders,
+            )
+            .await
             {
                 state.placed.push(Placed {
                     number,
-                    name: stock,
+                    name: stock.clone(),
                     side,
                     quantity,
                 });
@@ -429,34 +457,19 @@ async fn session(plan: Arc<Plan>) -> Session {
     state
 }
 
-async fn lookup(plan: &Plan, http: &reqwest::Client, stock: &str, latencies: &mut Latencies) {
-    let url = match stocknet_common::client::endpoint(&plan.frontend, &["stocks", stock]) {
-        Ok(url) => url,
-        Err(_) => {
-            latencies.errors += 1;
-            return;
-        }
-    };
+async fn lookup(connection: &mut Connection, path: &str, latencies: &mut Latencies) {
     let started = Instant::now();
-    let outcome = match http.get(url).send().await {
-        Ok(response) => {
-            let ok = response.status().is_success();
-            // Read the body: the request is not over until it is.
-            ok && response.bytes().await.is_ok()
-        }
-        Err(_) => false,
-    };
+    let outcome = connection.get(path).await;
     latencies.record(started.elapsed());
-    if outcome {
-        latencies.ok += 1;
-    } else {
-        latencies.errors += 1;
+    match outcome {
+        Ok((status, _)) if status.is_success() => latencies.ok += 1,
+        _ => latencies.errors += 1,
     }
 }
 
 async fn place(
     plan: &Plan,
-    http: &reqwest::Client,
+    connection: &mut Connection,
     stock: &str,
     side: &'static str,
     quantity: u32,
@@ -466,47 +479,31 @@ async fn place(
     body.insert(plan.name_field.clone(), json!(stock));
     body.insert("quantity".into(), json!(quantity));
     body.insert("type".into(), json!(side));
+    let body = serde_json::to_vec(&body).ok()?;
     let started = Instant::now();
-    let response = http
-        .post(format!("{}/orders", plan.frontend))
-        .json(&body)
-        .send()
-        .await;
-    let result = match response {
-        Ok(response) => {
-            let status = response.status();
-            let reply = response.json::<Value>().await.ok();
-            (status, reply)
-        }
+    let outcome = connection.post_json("/orders", body).await;
+    latencies.record(started.elapsed());
+    let (status, reply) = match outcome {
+        Ok(answer) => answer,
         Err(_) => {
-            latencies.record(started.elapsed());
             latencies.errors += 1;
             return None;
         }
     };
-    latencies.record(started.elapsed());
-    match result {
-        (status, Some(reply)) if status.is_success() => {
-            match reply["data"]["transaction_number"].as_u64() {
-                Some(number) => {
-                    latencies.ok += 1;
-                    Some(number)
-                }
-                None => {
-                    latencies.errors += 1;
-                    None
-                }
-            }
-        }
-        (status, _) if status == reqwest::StatusCode::CONFLICT => {
-            latencies.refused += 1;
-            None
-        }
-        _ => {
-            latencies.errors += 1;
-            None
-        }
+    if status == hyper::StatusCode::CONFLICT {
+        latencies.refused += 1;
+        return None;
     }
+    let number = status
+        .is_success()
+        .then(|| serde_json::from_slice::<Value>(&reply).ok())
+        .flatten()
+        .and_then(|reply| reply["data"]["transaction_number"].as_u64());
+    match number {
+        Some(_) => latencies.ok += 1,
+        None => latencies.errors += 1,
+    }
+    number
 }
 
 /// Reads every acknowledged order back, `clients` at a time, and compares it.
