@@ -16,6 +16,8 @@ const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Leader {
     pub id: u32,
     pub url: String,
+    /// Where orders are placed, parsed once per election rather than once per order.
+    pub orders_url: reqwest::Url,
     pub term: u64,
 }
 
@@ -109,7 +111,10 @@ impl Election {
                 leader: replica.id,
             };
             // The candidate takes over (catches up, reconciles) before it answers.
-            let Ok(url) = endpoint(&replica.url, &["leader"]) else {
+            let (Ok(url), Ok(orders_url)) = (
+                endpoint(&replica.url, &["leader"]),
+                endpoint(&replica.url, &["orders"]),
+            ) else {
                 continue;
             };
             match call::<Health>(self.http.post(url).json(&notice)).await {
@@ -118,6 +123,7 @@ impl Election {
                     return Some(Leader {
                         id: replica.id,
                         url: replica.url.clone(),
+                        orders_url,
                         term,
                     });
                 }

@@ -307,15 +307,12 @@ async fn place_order(
         transaction_number: u64,
     }
     let placed: Placed = with_leader(&state, |leader| {
-        let url = endpoint(&leader.url, &["orders"]);
-        let request = url.map(|url| {
-            inner
-                .http
-                .post(url)
-                .header(IDEMPOTENCY_KEY, key.as_str())
-                .json(&order)
-        });
-        async move { call::<Placed>(request?).await }
+        let request = inner
+            .http
+            .post(leader.orders_url.clone())
+            .header(IDEMPOTENCY_KEY, key.as_str())
+            .json(&order);
+        call::<Placed>(request)
     })
     .await?;
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
