@@ -92,7 +92,7 @@ impl AppState {
 
     /// Tells every frontend to drop `names` from its cache, and waits for the answers so
     /// that an acknowledged trade is never followed by a stale cached read.
-    async fn invalidate(&self, names: &[String]) {
+    async fn invalidate(&self, names: Vec<String>) {
         let mut frontends: Vec<String> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
             match tokio::net::lookup_host(&**dns).await {
@@ -102,9 +102,7 @@ impl AppState {
                 Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
             }
         }
-        let body = Invalidation {
-            names: names.to_vec(),
-        };
+        let body = Invalidation { names };
         let calls = frontends.iter().map(|frontend| {
             let body = &body;
             async move {
@@ -150,7 +148,7 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         .map(|s| s.name)
         .collect();
     let boot = state.clone();
-    tokio::spawn(async move { boot.invalidate(&names).await });
+    tokio::spawn(async move { boot.invalidate(names).await });
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }
@@ -194,7 +192,7 @@ async fn apply(
     let store = state.store.clone();
     let (synced, ()) = tokio::join!(
         tokio::task::spawn_blocking(move || store.sync()),
-        state.invalidate(&names)
+        state.invalidate(names)
     );
     synced.map_err(|e| CatalogError::Task(e.to_string()))?;
     Ok(data(outcome))

@@ -474,6 +474,13 @@ mod router_tests {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
+    fn post_json(uri: &str, body: &'static str) -> Request<Body> {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn envelopes_for_every_outcome_without_backends() {
         let (status, body) = send(
@@ -489,12 +496,10 @@ mod router_tests {
                 serde_json::json!({"data": {"success": true}})
             )
         );
-        let (status, body) = send(
-            Request::post("/invalidate")
-                .header("content-type", "application/json")
-                .body(Body::from(r#"{"names":["GameStart","FishCo"]}"#))
-                .unwrap(),
-        )
+        let (status, body) = send(post_json(
+            "/invalidate",
+            r#"{"names":["GameStart","FishCo"]}"#,
+        ))
         .await;
         assert_eq!(
             (status, body),
@@ -503,13 +508,7 @@ mod router_tests {
                 serde_json::json!({"data": {"success": true}})
             )
         );
-        let (status, body) = send(
-            Request::post("/invalidate")
-                .header("content-type", "application/json")
-                .body(Body::from(r#"{"names":"GameStart"}"#))
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = send(post_json("/invalidate", r#"{"names":"GameStart"}"#)).await;
         assert_eq!(
             (status, body["error"]["code"].clone()),
             (StatusCode::BAD_REQUEST, serde_json::json!(400))
