@@ -61,7 +61,9 @@ async fn lookup_trade_query_and_push_invalidation() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"data": {"number": buy, "name": "GameStart", "type": "buy", "quantity": 5}})
+        json!({"data": {"number": buy, "name": "GameStart", "type": "buy", "quantity": 5,
+                        "status": "filled", "filled_quantity": 5, "remaining_quantity": 0,
+                        "fills": []}})
     );
     let (status, body) = cluster
         .get(&format!("{}/orders/{}", cluster.frontend(), sell + 100))

@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stocknet_common::client::call;
-use stocknet_order::Health;
+use stocknet_common::wire::Health;
 
 use crate::crd::{StockNet, StockNetStatus};
 use crate::health::{self, Observation};

@@ -2,7 +2,7 @@
 //! replica's pod and health endpoint in, the replicas' status and the pods to delete out.
 
 use k8s_openapi::api::core::v1::Pod;
-use stocknet_order::Health;
+use stocknet_common::wire::Health;
 
 use crate::crd::ReplicaStatus;
 

@@ -316,13 +316,17 @@ impl Cluster {
         body["data"]["quantity"].as_u64().expect("quantity")
     }
 
-    /// Order `number` as replica `index` has it.
+    /// Entry `number` of replica `index`'s log, committed or not.
     pub async fn replica_order(&self, index: usize, number: u64) -> Value {
         let (status, body) = self
-            .get(&format!("{}/orders/{number}", self.order_urls[index]))
+            .get(&format!(
+                "{}/orders/logs/{}?limit=1",
+                self.order_urls[index],
+                number - 1
+            ))
             .await;
         assert_eq!(status, 200, "replica {} order {number}: {body}", index + 1);
-        body["data"].clone()
+        body["data"]["orders"][0].clone()
     }
 
     pub async fn replica_health(&self, index: usize) -> Value {

@@ -3,7 +3,8 @@
 //! `cargo bench -p stocknet-catalog`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use stocknet_catalog::{ApplyRequest, CatalogStore, Trade, DEFAULT_CATALOG};
+use stocknet_catalog::{CatalogStore, DEFAULT_CATALOG};
+use stocknet_common::wire::{ApplyRequest, CatalogTrade};
 
 fn apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -15,11 +16,12 @@ fn apply(c: &mut Criterion) {
                 let trades = (0..size)
                     .map(|i| {
                         next += 1;
-                        Trade {
+                        CatalogTrade {
                             number: next,
                             name: "GameStart".into(),
                             // Alternate so the quantity stays near 100.
                             delta: if i.is_multiple_of(2) { 1 } else { -1 },
+                            price: None,
                         }
                     })
                     .collect();

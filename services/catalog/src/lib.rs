@@ -15,10 +15,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::future::join_all;
 use stocknet_common::client::endpoint;
-use stocknet_common::{data, http_client, server, Invalidation, Json, Path};
+use stocknet_common::wire::{ApplyRequest, Invalidation};
+use stocknet_common::{data, http_client, server, Json, Path};
 
 pub use error::CatalogError;
-pub use store::{ApplyOutcome, ApplyRequest, CatalogStore, Snapshot, Trade};
+pub use store::CatalogStore;
 
 /// The catalog shipped with StockNet, used when no initial catalog file is given.
 pub const DEFAULT_CATALOG: &str = include_str!("../../../data/catalog.csv");

@@ -17,44 +17,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use serde::{Deserialize, Serialize};
-use stocknet_common::{file, Stock};
+use stocknet_common::wire::{ApplyOutcome, ApplyRequest, CatalogTrade, Snapshot};
+use stocknet_common::{file, Price, Stock};
 
 use crate::error::CatalogError;
 
 /// Journal records between snapshot rewrites.
 pub const COMPACT_EVERY: usize = 10_000;
-
-/// One committed order as the catalog needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trade {
-    pub number: u64,
-    pub name: String,
-    /// Change in quantity: negative for a buy.
-    pub delta: i64,
-}
-
-/// A batch of committed trades from the leader of `term`, in transaction order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApplyRequest {
-    pub term: u64,
-    pub trades: Vec<Trade>,
-}
-
-/// What an apply did: the last applied transaction and the stocks whose quantity changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyOutcome {
-    pub applied: u64,
-    pub changed: Vec<String>,
-}
-
-/// Everything a new order leader needs to take over: quantities and what they include.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub applied: u64,
-    pub term: u64,
-    pub stocks: Vec<Stock>,
-}
 
 #[derive(Debug, Clone)]
 struct Table {
@@ -74,7 +43,8 @@ pub struct CatalogStore {
 }
 
 /// The applies since the last snapshot, one CSV record each: `term,T` when a new leader
-/// term is accepted, `trade,N,DELTA,NAME` for trade number N.
+/// term is accepted, `trade,N,DELTA,NAME[,PRICE]` for entry number N (PRICE when it traded
+/// in the book, which makes it the stock's price).
 #[derive(Debug)]
 struct Journal {
     path: PathBuf,
@@ -142,7 +112,7 @@ impl CatalogStore {
             });
         }
         let mut applied = table.applied;
-        let mut staged: HashMap<&str, u64> = HashMap::new();
+        let mut staged: HashMap<&str, (u64, Price)> = HashMap::new();
         for trade in &request.trades {
             if trade.number <= applied {
                 continue;
@@ -153,20 +123,20 @@ impl CatalogStore {
                     next: trade.number,
                 });
             }
-            let current = match staged.get(trade.name.as_str()) {
-                Some(quantity) => *quantity,
+            let (quantity, price) = match staged.get(trade.name.as_str()) {
+                Some(current) => *current,
                 None => {
-                    table
+                    let stock = table
                         .stocks
                         .get(&trade.name)
-                        .ok_or_else(|| CatalogError::StockNotFound(trade.name.clone()))?
-                        .quantity
+                        .ok_or_else(|| CatalogError::StockNotFound(trade.name.clone()))?;
+                    (stock.quantity, stock.price)
                 }
             };
-            let updated = current
+            let quantity = quantity
                 .checked_add_signed(trade.delta)
                 .ok_or(CatalogError::InsufficientQuantity)?;
-            staged.insert(&trade.name, updated);
+            staged.insert(&trade.name, (quantity, trade.price.unwrap_or(price)));
             applied = trade.number;
         }
         if applied == table.applied && request.term == table.term {
@@ -181,9 +151,10 @@ impl CatalogStore {
         journal.append(term, new_trades)?;
         table.term = request.term;
         table.applied = applied;
-        for (name, quantity) in &staged {
+        for (name, (quantity, price)) in &staged {
             if let Some(stock) = table.stocks.get_mut(*name) {
                 stock.quantity = *quantity;
+                stock.price = *price;
             }
         }
         let mut changed: Vec<String> = staged.into_keys().map(str::to_owned).collect();
@@ -288,7 +259,7 @@ impl Journal {
     fn append<'a>(
         &mut self,
         term: Option<u64>,
-        trades: impl Iterator<Item = &'a Trade>,
+        trades: impl Iterator<Item = &'a CatalogTrade>,
     ) -> Result<(), CatalogError> {
         let corrupt = |e: &dyn std::fmt::Display| CatalogError::Corrupt(e.to_string());
         let mut writer = csv::WriterBuilder::new()
@@ -304,9 +275,10 @@ impl Journal {
         }
         for trade in trades {
             let (number, delta) = (trade.number.to_string(), trade.delta.to_string());
-            writer
-                .write_record(["trade", &number, &delta, &trade.name])
-                .map_err(|e| corrupt(&e))?;
+            let mut record = vec!["trade", &number, &delta, &trade.name];
+            let price = trade.price.map(|p| p.to_string());
+            record.extend(price.as_deref());
+            writer.write_record(record).map_err(|e| corrupt(&e))?;
             records += 1;
         }
         let text = writer.into_inner().map_err(|e| corrupt(&e))?;
@@ -342,7 +314,7 @@ fn replay_record(table: &mut Table, record: &csv::StringRecord) -> Result<(), St
             table.term = table.term.max(number(1)?);
             Ok(())
         }
-        "trade" if record.len() == 4 => {
+        "trade" if record.len() == 4 || record.len() == 5 => {
             let trade = number(1)?;
             if trade <= table.applied {
                 return Ok(());
@@ -359,6 +331,9 @@ fn replay_record(table: &mut Table, record: &csv::StringRecord) -> Result<(), St
                 .quantity
                 .checked_add_signed(delta)
                 .ok_or(format!("trade {trade} overdraws {}", stock.name))?;
+            if let Some(price) = record.get(4) {
+                stock.price = price.parse().map_err(|e| format!("price: {e}"))?;
+            }
             table.applied = trade;
             Ok(())
         }
@@ -460,18 +435,19 @@ mod tests {
 
     const INITIAL: &str = "name,price,quantity\nGameStart,15.99,100\nFishCo,9.5,100\n";
 
-    fn trade(number: u64, name: &str, delta: i64) -> Trade {
-        Trade {
+    fn trade(number: u64, name: &str, delta: i64) -> CatalogTrade {
+        CatalogTrade {
             number,
             name: name.into(),
             delta,
+            price: None,
         }
     }
 
     fn apply(
         store: &CatalogStore,
         term: u64,
-        trades: Vec<Trade>,
+        trades: Vec<CatalogTrade>,
     ) -> Result<ApplyOutcome, CatalogError> {
         let outcome = store.apply(&ApplyRequest { term, trades })?;
         store.sync();
@@ -525,7 +501,7 @@ mod tests {
         );
 
         // Enough trades for a compaction: the snapshot takes them and the journal empties.
-        let many: Vec<Trade> = (3..3 + COMPACT_EVERY as u64)
+        let many: Vec<CatalogTrade> = (3..3 + COMPACT_EVERY as u64)
             .map(|n| trade(n, "FishCo", 1))
             .collect();
         apply(&store, 2, many).unwrap();
@@ -664,7 +640,7 @@ mod tests {
         let store =
             std::sync::Arc::new(CatalogStore::open(dir.path().join("c.csv"), INITIAL).unwrap());
         // Sixteen threads race to apply overlapping prefixes of one log; each trade lands once.
-        let trades: Vec<Trade> = (1..=40)
+        let trades: Vec<CatalogTrade> = (1..=40)
             .map(|n| trade(n, "GameStart", if n % 2 == 0 { -3 } else { 1 }))
             .collect();
         std::thread::scope(|scope| {

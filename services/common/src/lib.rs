@@ -1,13 +1,15 @@
 //! What every StockNet service shares: the response envelope, the JSON extractor whose
 //! rejections are envelopes too, the HTTP client for service-to-service calls, the domain
-//! types that cross service boundaries, serving with graceful shutdown, and durable files.
+//! types and the wire protocol that cross service boundaries, serving with graceful
+//! shutdown, and durable files.
 
 pub mod client;
 pub mod envelope;
 pub mod file;
 pub mod model;
 pub mod server;
+pub mod wire;
 
 pub use client::{call, endpoint, http_client, RemoteError};
 pub use envelope::{data, ApiError, Json, Path, Query};
-pub use model::{Invalidation, Order, Side, Stock};
+pub use model::{Command, Order, Price, Side, Status, Stock};

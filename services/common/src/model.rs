@@ -1,8 +1,12 @@
-//! Domain types that cross service boundaries.
+//! Domain types that cross service boundaries: sides, prices, stocks and the entries of the
+//! replicated order log.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The side of a trade, spelled as the public API spells it.
+/// The side of an order, spelled as the public API spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
@@ -26,42 +30,381 @@ impl Side {
         }
     }
 
-    /// How the order changes the catalog's quantity: a buy takes shares out of it.
+    /// How a market order changes the catalog's quantity: a buy takes shares out of it.
     pub fn delta(self, quantity: u32) -> i64 {
         match self {
             Self::Buy => -i64::from(quantity),
             Self::Sell => i64::from(quantity),
         }
     }
+
+    pub fn opposite(self) -> Self {
+        match self {
+            Self::Buy => Self::Sell,
+            Self::Sell => Self::Buy,
+        }
+    }
+}
+
+/// A price in integer cents. On the wire it is a JSON number with at most two decimals
+/// (`15.99`); in files, the same decimal text. Arithmetic never goes through floats: a float
+/// is only parsed at the edge and accepted when it is exactly some number of cents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Price(u64);
+
+/// Why a price was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    #[error("price must be a non-negative number with at most 2 decimals")]
+    Malformed,
+    #[error("price must be at most {}", Price::MAX)]
+    TooLarge,
+}
+
+impl Price {
+    /// One billion: far above any stock price, and every cent below it is an exact `f64`.
+    pub const MAX: Price = Price(100_000_000_000);
+
+    pub const fn from_cents(cents: u64) -> Self {
+        Self(cents)
+    }
+
+    pub const fn cents(self) -> u64 {
+        self.0
+    }
+
+    /// The price `value` denotes if it is a whole number of cents in range.
+    pub fn from_f64(value: f64) -> Result<Self, PriceError> {
+        if !value.is_finite() || value < 0.0 {
+            return Err(PriceError::Malformed);
+        }
+        if value > Self::MAX.as_f64() {
+            return Err(PriceError::TooLarge);
+        }
+        let cents = (value * 100.0).round();
+        // Exact for every decimal with at most two places: both sides are the double nearest it.
+        if cents / 100.0 != value {
+            return Err(PriceError::Malformed);
+        }
+        Ok(Self(cents as u64))
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 100.0
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+impl FromStr for Price {
+    type Err = PriceError;
+
+    /// Decimal text: digits, optionally a point and one or two more digits.
+    fn from_str(text: &str) -> Result<Self, PriceError> {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 2 {
+            return Err(PriceError::Malformed);
+        }
+        if text.ends_with('.') {
+            return Err(PriceError::Malformed);
+        }
+        let whole: u64 = whole.parse().map_err(|_| PriceError::TooLarge)?;
+        let fraction: u64 = format!("{fraction:0<2}")
+            .parse()
+            .map_err(|_| PriceError::Malformed)?;
+        let cents = whole
+            .checked_mul(100)
+            .and_then(|c| c.checked_add(fraction))
+            .filter(|&c| c <= Self::MAX.0)
+            .ok_or(PriceError::TooLarge)?;
+        Ok(Self(cents))
+    }
+}
+
+impl Serialize for Price {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.as_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Price;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative price with at most 2 decimals")
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Price, E> {
+                Price::from_f64(value).map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Price, E> {
+                value
+                    .checked_mul(100)
+                    .map(Price)
+                    .filter(|p| *p <= Price::MAX)
+                    .ok_or_else(|| E::custom(PriceError::TooLarge))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Price, E> {
+                let value = u64::try_from(value).map_err(|_| E::custom(PriceError::Malformed))?;
+                self.visit_u64(value)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Price, E> {
+                text.trim().parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The lifecycle of an order, as the public API spells it. A market order is filled (or
+/// refused) when it is acknowledged; a limit order is open until it fills or is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Open,
+    PartiallyFilled,
+    Filled,
+    Cancelled,
+}
+
+impl Status {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(Self::Open),
+            "partially_filled" => Some(Self::PartiallyFilled),
+            "filled" => Some(Self::Filled),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
 }
 
 /// A stock as the catalog holds it and the public API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stock {
     pub name: String,
-    pub price: f64,
+    pub price: Price,
     pub quantity: u64,
 }
 
-/// One entry of the replicated order log.
+/// What one log entry does to its stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// A new order: without `limit` a market order against the catalog's house inventory
+    /// (as in the seed API), with it a limit order on the stock's book.
+    Place {
+        side: Side,
+        quantity: u32,
+        limit: Option<Price>,
+    },
+    /// Changes the open limit order `target`: its total quantity and/or its price.
+    Modify {
+        target: u64,
+        quantity: Option<u32>,
+        price: Option<Price>,
+    },
+    /// Cancels the open limit order `target`.
+    Cancel { target: u64 },
+}
+
+/// One entry of the replicated order log. Every entry names one stock, so that the log can
+/// later be split into groups that each own some of the stocks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "EntryFields", try_from = "EntryFields")]
 pub struct Order {
     /// Transaction number: dense, starting at 1, assigned by the leader.
     pub number: u64,
-    /// Term of the leader that sequenced this order.
+    /// Term of the leader that sequenced this entry.
+    pub term: u64,
+    pub name: String,
+    /// Idempotency key the entry was placed with, if any.
+    pub key: Option<String>,
+    pub command: Command,
+}
+
+impl Order {
+    /// The order's side and quantity if it is a market order.
+    pub fn market(&self) -> Option<(Side, u32)> {
+        match self.command {
+            Command::Place {
+                side,
+                quantity,
+                limit: None,
+            } => Some((side, quantity)),
+            _ => None,
+        }
+    }
+}
+
+/// The flat form of a log entry, in JSON and in the log file: `type` is `buy`, `sell`,
+/// `modify` or `cancel`; `quantity`, `price` and `target` are present where the type has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryFields {
+    pub number: u64,
     pub term: u64,
     pub name: String,
     #[serde(rename = "type")]
-    pub side: Side,
-    pub quantity: u32,
-    /// Idempotency key the order was placed with, if any.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
-/// The catalog's cache-invalidation push to a frontend: every stock a catalog update named,
-/// in one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invalidation {
-    pub names: Vec<String>,
+impl From<Order> for EntryFields {
+    fn from(order: Order) -> Self {
+        let (kind, quantity, price, target) = match order.command {
+            Command::Place {
+                side,
+                quantity,
+                limit,
+            } => (side.as_str(), Some(quantity), limit, None),
+            Command::Modify {
+                target,
+                quantity,
+                price,
+            } => ("modify", quantity, price, Some(target)),
+            Command::Cancel { target } => ("cancel", None, None, Some(target)),
+        };
+        Self {
+            number: order.number,
+            term: order.term,
+            name: order.name,
+            kind: kind.to_owned(),
+            quantity,
+            price,
+            target,
+            key: order.key,
+        }
+    }
+}
+
+impl TryFrom<EntryFields> for Order {
+    type Error = String;
+
+    fn try_from(fields: EntryFields) -> Result<Self, String> {
+        let side = Side::parse(&fields.kind);
+        let command = match (side, fields.kind.as_str(), fields.quantity, fields.target) {
+            (Some(side), _, Some(quantity), None) => Command::Place {
+                side,
+                quantity,
+                limit: fields.price,
+            },
+            (None, "modify", quantity, Some(target))
+                if quantity.is_some() || fields.price.is_some() =>
+            {
+                Command::Modify {
+                    target,
+                    quantity,
+                    price: fields.price,
+                }
+            }
+            (None, "cancel", None, Some(target)) if fields.price.is_none() => {
+                Command::Cancel { target }
+            }
+            (_, kind, ..) => {
+                return Err(format!(
+                    "entry {}: type {kind:?} with these fields is not a log entry",
+                    fields.number
+                ))
+            }
+        };
+        Ok(Self {
+            number: fields.number,
+            term: fields.term,
+            name: fields.name,
+            key: fields.key,
+            command,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_are_whole_cents_or_refused() {
+        for (text, cents) in [("15.99", 1599), ("9.5", 950), ("7", 700), ("0.01", 1)] {
+            assert_eq!(text.parse::<Price>(), Ok(Price(cents)), "{text}");
+            let json: Price = serde_json::from_str(text).unwrap();
+            assert_eq!(json, Price(cents), "{text} as JSON");
+        }
+        for bad in ["1.234", "-1", "1.", ".5", "1e3", "abc", "", "1.2.3"] {
+            assert!(bad.parse::<Price>().is_err(), "{bad}");
+        }
+        for bad in ["1.234", "-1", "1e12", "0.001", "\"x\""] {
+            assert!(serde_json::from_str::<Price>(bad).is_err(), "{bad} as JSON");
+        }
+        assert_eq!(Price(1599).to_string(), "15.99");
+        assert_eq!(Price(5).to_string(), "0.05");
+        assert_eq!(serde_json::to_string(&Price(1599)).unwrap(), "15.99");
+        assert_eq!(serde_json::to_string(&Price(700)).unwrap(), "7.0");
+    }
+
+    #[test]
+    fn log_entries_round_trip_through_their_flat_form() {
+        let entries = [
+            Command::Place {
+                side: Side::Buy,
+                quantity: 5,
+                limit: None,
+            },
+            Command::Place {
+                side: Side::Sell,
+                quantity: 5,
+                limit: Some(Price(1250)),
+            },
+            Command::Modify {
+                target: 3,
+                quantity: None,
+                price: Some(Price(1)),
+            },
+            Command::Cancel { target: 3 },
+        ];
+        for command in entries {
+            let order = Order {
+                number: 4,
+                term: 2,
+                name: "A".into(),
+                key: Some("k".into()),
+                command,
+            };
+            let json = serde_json::to_string(&order).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Order>(&json).unwrap(),
+                order,
+                "{json}"
+            );
+        }
+        let market = r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":5}"#;
+        assert!(serde_json::from_str::<Order>(market)
+            .unwrap()
+            .market()
+            .is_some());
+        for bad in [
+            r#"{"number":1,"term":1,"name":"A","type":"buy"}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"quantity":1}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"modify","target":1}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"hold","quantity":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Order>(bad).is_err(), "{bad}");
+        }
+    }
 }

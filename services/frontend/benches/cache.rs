@@ -15,7 +15,7 @@ fn cache(c: &mut Criterion) {
             cache.fill(
                 Stock {
                     name: name.clone(),
-                    price: 15.99,
+                    price: stocknet_common::Price::from_cents(1599),
                     quantity: 100,
                 },
                 epoch,
@@ -36,7 +36,7 @@ fn cache(c: &mut Criterion) {
                 cache.fill(
                     Stock {
                         name: "Stock0".into(),
-                        price: 15.99,
+                        price: stocknet_common::Price::from_cents(1599),
                         quantity: 100,
                     },
                     epoch,

@@ -117,7 +117,7 @@ mod tests {
     fn stock(name: &str, quantity: u64) -> Stock {
         Stock {
             name: name.into(),
-            price: 1.0,
+            price: stocknet_common::Price::from_cents(100),
             quantity,
         }
     }

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use futures::future::join_all;
 use stocknet_common::client::{call, endpoint};
-use stocknet_order::{Health, LeaderNotice, Peer};
+use stocknet_common::wire::{Health, LeaderNotice, Peer};
 
 /// A replica that does not answer its health check within this is passed over.
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);

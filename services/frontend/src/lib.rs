@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::envelope::{parse_json_object, RawBody};
-use stocknet_common::{
-    data, http_client, server, ApiError, Invalidation, Json, Order, Path, RemoteError, Side, Stock,
+use stocknet_common::wire::{
+    parse_peer, Changed, Invalidation, NewOrder, OrderChange, OrderView, Peer, Placed,
+    IDEMPOTENCY_KEY,
 };
-use stocknet_order::{Peer, IDEMPOTENCY_KEY};
+use stocknet_common::{
+    data, http_client, server, ApiError, Json, Path, Price, RemoteError, Side, Stock,
+};
 
 use cache::StockCache;
 use leader::{Election, Leader};
@@ -53,7 +55,7 @@ pub struct Config {
         long,
         env = "STOCKNET_ORDER_REPLICAS",
         value_delimiter = ',',
-        value_parser = stocknet_order::replica::parse_peer,
+        value_parser = parse_peer,
         default_value = "1=http://127.0.0.1:8091,2=http://127.0.0.1:8092,3=http://127.0.0.1:8093"
     )]
     pub order_replicas: Vec<Peer>,
@@ -142,8 +144,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/stocks/{name}", get(lookup))
-        .route("/orders", post(place_order))
-        .route("/orders/{number}", get(query_order))
+        .route("/orders", post(place_order).get(list_orders))
+        .route(
+            "/orders/{number}",
+            get(query_order).put(modify_order).delete(cancel_order),
+        )
+        .route("/trades", get(list_trades))
+        .route("/book/{name}", get(book))
         .route("/invalidate", post(invalidate_many))
         .route("/invalidate/{name}", post(invalidate))
         .with_state(state);
@@ -209,35 +216,35 @@ async fn lookup(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, FrontendError> {
+    Ok(data(stock(&state, &name).await?))
+}
+
+/// A stock from the cache, or from the catalog (then cached).
+async fn stock(state: &AppState, name: &str) -> Result<Stock, FrontendError> {
     let inner = &state.inner;
-    let epoch = match inner.cache.get(&name) {
-        Ok(stock) => return Ok(data(stock)),
+    let epoch = match inner.cache.get(name) {
+        Ok(stock) => return Ok(stock),
         Err(epoch) => epoch,
     };
-    let url = endpoint(&inner.catalog_url, &["stocks", &name])
+    let url = endpoint(&inner.catalog_url, &["stocks", name])
         .map_err(FrontendError::CatalogUnavailable)?;
     match call::<Stock>(inner.http.get(url)).await {
         Ok(stock) => {
             inner.cache.fill(stock.clone(), epoch);
-            Ok(data(stock))
+            Ok(stock)
         }
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(FrontendError::StockNotFound),
         Err(e) => Err(FrontendError::CatalogUnavailable(e)),
     }
 }
 
-/// A validated `POST /orders` body.
-#[derive(Debug, Serialize)]
-struct OrderRequest {
-    name: String,
-    quantity: u32,
-    #[serde(rename = "type")]
-    side: Side,
-}
+/// Fields a `POST /orders` body may have.
+const ORDER_FIELDS: [&str; 4] = ["name", "quantity", "type", "price"];
 
-fn validate_order(body: &[u8]) -> Result<OrderRequest, FrontendError> {
+fn validate_order(body: &[u8]) -> Result<NewOrder, FrontendError> {
     let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
     let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    refuse_unknown_fields(&fields, &ORDER_FIELDS)?;
     let missing: Vec<&str> = ["name", "quantity", "type"]
         .into_iter()
         .filter(|field| !fields.contains_key(*field))
@@ -260,20 +267,77 @@ fn validate_order(body: &[u8]) -> Result<OrderRequest, FrontendError> {
             "name must be a non-empty string of at most 128 characters without control characters",
         )),
     };
-    let quantity = match fields["quantity"].as_u64() {
-        Some(0) | None => return Err(bad("quantity must be a positive integer")),
-        Some(quantity) => u32::try_from(quantity)
-            .map_err(|_| bad("quantity is too large (at most 4294967295)"))?,
-    };
+    let quantity = validate_quantity(&fields["quantity"])?;
     let side = fields["type"]
         .as_str()
         .and_then(Side::parse)
         .ok_or_else(|| bad("type must be \"buy\" or \"sell\""))?;
-    Ok(OrderRequest {
+    let price = fields.get("price").map(validate_price).transpose()?;
+    Ok(NewOrder {
         name,
         quantity,
         side,
+        price,
     })
+}
+
+/// A `PUT /orders/{number}` body: a new total quantity, a new price, or both.
+fn validate_change(body: &[u8]) -> Result<OrderChange, FrontendError> {
+    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    refuse_unknown_fields(&fields, &["quantity", "price"])?;
+    let change = OrderChange {
+        quantity: fields.get("quantity").map(validate_quantity).transpose()?,
+        price: fields.get("price").map(validate_price).transpose()?,
+    };
+    if change.quantity.is_none() && change.price.is_none() {
+        return Err(FrontendError::BadRequest(
+            "give a new quantity, a new price or both".into(),
+        ));
+    }
+    Ok(change)
+}
+
+fn refuse_unknown_fields(
+    fields: &serde_json::Map<String, Value>,
+    known: &[&str],
+) -> Result<(), FrontendError> {
+    let unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|field| !known.contains(field))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(FrontendError::BadRequest(format!(
+            "Unknown fields: {} (known: {})",
+            unknown.join(", "),
+            known.join(", ")
+        )))
+    }
+}
+
+fn validate_quantity(value: &Value) -> Result<u32, FrontendError> {
+    let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
+    match value.as_u64() {
+        Some(0) | None => Err(bad("quantity must be a positive integer")),
+        Some(quantity) => {
+            u32::try_from(quantity).map_err(|_| bad("quantity is too large (at most 4294967295)"))
+        }
+    }
+}
+
+fn validate_price(value: &Value) -> Result<Price, FrontendError> {
+    value
+        .as_f64()
+        .and_then(|price| Price::from_f64(price).ok())
+        .filter(|price| price.cents() > 0)
+        .ok_or_else(|| {
+            FrontendError::BadRequest(format!(
+                "price must be a positive number with at most 2 decimals, at most {}",
+                Price::MAX
+            ))
+        })
 }
 
 async fn place_order(
@@ -283,7 +347,28 @@ async fn place_order(
 ) -> Result<Response, FrontendError> {
     let order = validate_order(&body)?;
     let inner = &state.inner;
-    let key = match headers.get(IDEMPOTENCY_KEY) {
+    let key = idempotency_key(&state, &headers)?;
+    let placed: Placed = with_leader(&state, |leader| {
+        let request = inner
+            .http
+            .post(leader.orders_url.clone())
+            .header(IDEMPOTENCY_KEY, key.as_str())
+            .json(&order);
+        call::<Placed>(request)
+    })
+    .await?;
+    // The catalog has already invalidated every frontend; this covers a frontend the catalog
+    // could not reach.
+    inner.cache.invalidate([order.name.as_str()]);
+    inner.orders_placed.fetch_add(1, Ordering::Relaxed);
+    Ok(data(placed))
+}
+
+/// The client's `Idempotency-Key`, or one this frontend makes up, under which its own retries
+/// of the request go.
+fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, FrontendError> {
+    let inner = &state.inner;
+    Ok(match headers.get(IDEMPOTENCY_KEY) {
         Some(value) => {
             let key = value
                 .to_str()
@@ -301,37 +386,97 @@ async fn place_order(
             inner.key_prefix,
             inner.next_key.fetch_add(1, Ordering::Relaxed)
         ),
-    };
-    #[derive(serde::Deserialize)]
-    struct Placed {
-        transaction_number: u64,
-    }
-    let placed: Placed = with_leader(&state, |leader| {
-        let request = inner
-            .http
-            .post(leader.orders_url.clone())
-            .header(IDEMPOTENCY_KEY, key.as_str())
-            .json(&order);
-        call::<Placed>(request)
     })
-    .await?;
-    // The catalog has already invalidated every frontend; this covers a frontend the catalog
-    // could not reach.
-    inner.cache.invalidate([order.name.as_str()]);
-    inner.orders_placed.fetch_add(1, Ordering::Relaxed);
-    Ok(data(
-        serde_json::json!({ "transaction_number": placed.transaction_number }),
-    ))
 }
 
-/// An order as the public API shows it.
-#[derive(Serialize)]
-struct PublicOrder {
-    number: u64,
-    name: String,
-    #[serde(rename = "type")]
-    side: Side,
-    quantity: u32,
+fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
+    text.parse()
+        .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))
+}
+
+/// `PUT /orders/{number}`: a new quantity and/or price for an open limit order.
+async fn modify_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, FrontendError> {
+    let number = parse_order_number(&number)?;
+    let change = validate_change(&body)?;
+    let key = idempotency_key(&state, &headers)?;
+    let changed: Changed = with_leader(&state, |leader| {
+        let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
+            state
+                .inner
+                .http
+                .put(url)
+                .header(IDEMPOTENCY_KEY, key.as_str())
+                .json(&change)
+        });
+        async move { call::<Changed>(request?).await }
+    })
+    .await?;
+    Ok(data(changed))
+}
+
+/// `DELETE /orders/{number}`: cancels an open limit order.
+async fn cancel_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, FrontendError> {
+    let number = parse_order_number(&number)?;
+    let key = idempotency_key(&state, &headers)?;
+    let changed: Changed = with_leader(&state, |leader| {
+        let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
+            state
+                .inner
+                .http
+                .delete(url)
+                .header(IDEMPOTENCY_KEY, key.as_str())
+        });
+        async move { call::<Changed>(request?).await }
+    })
+    .await?;
+    Ok(data(changed))
+}
+
+/// Forwards a read of the book to the leader, whose book holds every committed entry; the
+/// query string goes as it came (the replica validates it).
+async fn read_from_leader(
+    state: &AppState,
+    segments: &[&str],
+    query: Option<&str>,
+) -> Result<Response, FrontendError> {
+    let value: Value = with_leader(state, |leader| {
+        let request = endpoint(&leader.url, segments).map(|mut url| {
+            url.set_query(query);
+            state.inner.http.get(url)
+        });
+        async move { call::<Value>(request?).await }
+    })
+    .await?;
+    Ok(data(value))
+}
+
+/// `GET /orders?name=&status=&limit=&cursor=`: limit orders, newest first.
+async fn list_orders(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
+    read_from_leader(&state, &["orders"], uri.query()).await
+}
+
+/// `GET /trades?name=&after=&limit=`: trades after a trade id, oldest first.
+async fn list_trades(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
+    read_from_leader(&state, &["trades"], uri.query()).await
+}
+
+/// `GET /book/{name}?depth=N`: a known stock's best price levels.
+async fn book(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, FrontendError> {
+    stock(&state, &name).await?;
+    read_from_leader(&state, &["book", &name], uri.query()).await
 }
 
 async fn query_order(
@@ -342,18 +487,13 @@ async fn query_order(
         .parse()
         .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
     let inner = &state.inner;
-    let order: Order = with_leader(&state, |leader| {
+    let order: OrderView = with_leader(&state, |leader| {
         let request =
             endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| inner.http.get(url));
-        async move { call::<Order>(request?).await }
+        async move { call::<OrderView>(request?).await }
     })
     .await?;
-    Ok(data(PublicOrder {
-        number: order.number,
-        name: order.name,
-        side: order.side,
-        quantity: order.quantity,
-    }))
+    Ok(data(order))
 }
 
 /// Runs `send` against the leader; when the leader is unreachable or cannot serve (503), elects

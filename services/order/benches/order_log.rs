@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use stocknet_common::{Order, Side};
+use stocknet_common::{Command, Order, Side};
 use stocknet_order::log::OrderLog;
 
 fn order(number: u64) -> Order {
@@ -12,13 +12,16 @@ fn order(number: u64) -> Order {
         number,
         term: 1,
         name: "GameStart".into(),
-        side: if number.is_multiple_of(2) {
-            Side::Buy
-        } else {
-            Side::Sell
-        },
-        quantity: 3,
         key: Some(format!("fe-1234-{number}")),
+        command: Command::Place {
+            side: if number.is_multiple_of(2) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            quantity: 3,
+            limit: None,
+        },
     }
 }
 

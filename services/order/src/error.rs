@@ -4,6 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use stocknet_common::{ApiError, RemoteError};
 
+use crate::book::Refusal;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
     #[error("Stock not found")]
@@ -14,6 +16,12 @@ pub enum OrderError {
     QuantityOverflow,
     #[error("Order number invalid")]
     OrderNotFound,
+    #[error("Transaction {0} is a modify or cancel, not an order")]
+    NotAnOrder(u64),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    InvalidChange(&'static str),
     #[error("Not the leader")]
     NotLeader,
     #[error("Replica is not ready: resync in progress")]
@@ -72,8 +80,12 @@ impl From<OrderError> for ApiError {
     fn from(error: OrderError) -> Self {
         use OrderError as E;
         let status = match &error {
-            E::StockNotFound | E::OrderNotFound => StatusCode::NOT_FOUND,
-            E::QuantityOverflow => StatusCode::BAD_REQUEST,
+            E::StockNotFound
+            | E::OrderNotFound
+            | E::NotAnOrder(_)
+            | E::Refused(Refusal::NotFound(_)) => StatusCode::NOT_FOUND,
+            E::QuantityOverflow | E::InvalidChange(_) => StatusCode::BAD_REQUEST,
+            E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
             E::InsufficientQuantity
             | E::StaleTerm { .. }
             | E::LeaderTaken { .. }

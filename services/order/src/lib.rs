@@ -2,6 +2,7 @@
 //! replicates them to a majority, applies them to the catalog and answers; every replica
 //! serves lookups and resyncs from its peers on boot before it reports ready.
 
+pub mod book;
 pub mod error;
 pub mod log;
 pub mod replica;
@@ -17,13 +18,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use stocknet_common::{data, http_client, server, ApiError, Json, Path, Query};
+use stocknet_common::wire::{
+    parse_peer, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer, ReplicateRequest,
+    Trade, IDEMPOTENCY_KEY,
+};
+use stocknet_common::{data, http_client, server, ApiError, Json, Path, Query, Status};
 
 pub use error::OrderError;
-pub use replica::{Health, LeaderNotice, NewOrder, Peer, Replica};
-
-/// Header carrying a client's (or the frontend's) idempotency key.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub use replica::Replica;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -43,7 +45,7 @@ pub struct Config {
         long,
         env = "STOCKNET_ORDER_PEERS",
         value_delimiter = ',',
-        value_parser = replica::parse_peer
+        value_parser = parse_peer
     )]
     pub peers: Vec<Peer>,
     /// Catalog base URL.
@@ -104,8 +106,13 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/orders", post(place))
-        .route("/orders/{number}", get(lookup))
+        .route("/orders", post(place).get(list_orders))
+        .route(
+            "/orders/{number}",
+            get(lookup).put(modify_order).delete(cancel_order),
+        )
+        .route("/trades", get(trades))
+        .route("/book/{name}", get(book))
         .route("/orders/logs/{after}", get(orders_after))
         .route("/replicate", post(replicate))
         .route("/leader", post(set_leader))
@@ -143,12 +150,162 @@ async fn place(
     headers: HeaderMap,
     Json(order): Json<NewOrder>,
 ) -> Result<Response, OrderError> {
-    let key = headers
+    let placed = state
+        .replica
+        .place(order, idempotency_key(&headers))
+        .await?;
+    Ok(data(placed))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(IDEMPOTENCY_KEY)
         .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let number = state.replica.place(order, key).await?;
-    Ok(data(serde_json::json!({ "transaction_number": number })))
+        .map(str::to_owned)
+}
+
+async fn modify_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+    Json(change): Json<OrderChange>,
+) -> Result<Response, ApiError> {
+    let number = parse_number(&number)?;
+    let changed = state
+        .replica
+        .modify(number, change, idempotency_key(&headers))
+        .await?;
+    Ok(data(changed))
+}
+
+async fn cancel_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let number = parse_number(&number)?;
+    let changed = state
+        .replica
+        .cancel(number, idempotency_key(&headers))
+        .await?;
+    Ok(data(changed))
+}
+
+/// Most items one page of a listing holds.
+pub const MAX_PAGE: usize = 1_000;
+/// Items a listing's page holds when the request does not say.
+const DEFAULT_PAGE: usize = 100;
+
+fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderFilter {
+    name: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /orders`: limit orders, newest first; the cursor is the last number of the previous
+/// page.
+async fn list_orders(
+    State(state): State<AppState>,
+    Query(filter): Query<OrderFilter>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(filter.limit)?;
+    let status = filter
+        .status
+        .as_deref()
+        .map(|text| {
+            Status::parse(text).ok_or_else(|| {
+                ApiError::bad_request("status must be open, partially_filled, filled or cancelled")
+            })
+        })
+        .transpose()?;
+    let before = match filter.cursor.as_deref() {
+        None => u64::MAX,
+        Some(cursor) => cursor
+            .parse()
+            .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
+    };
+    let page = state.replica.read_book(|book| {
+        let mut orders: Vec<OrderView> = book
+            .orders(filter.name.as_deref(), status, before)
+            .take(limit + 1)
+            .map(|order| book.limit_view(order))
+            .collect();
+        let more = orders.len() > limit;
+        orders.truncate(limit);
+        let next_cursor = more
+            .then(|| orders.last().map(|o| o.number.to_string()))
+            .flatten();
+        OrderPage {
+            orders,
+            next_cursor,
+        }
+    });
+    Ok(data(page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TradeFilter {
+    name: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /trades`: trades after trade id `after`, oldest first.
+async fn trades(
+    State(state): State<AppState>,
+    Query(filter): Query<TradeFilter>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(filter.limit)?;
+    let trades: Vec<Trade> = state.replica.read_book(|book| {
+        book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit)
+            .into_iter()
+            .cloned()
+            .collect()
+    });
+    Ok(data(trades))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DepthQuery {
+    depth: Option<usize>,
+}
+
+/// Price levels shown when the request does not say.
+const DEFAULT_DEPTH: usize = 10;
+
+/// `GET /book/{name}`: the best price levels of each side, aggregated.
+async fn book(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<DepthQuery>,
+) -> Result<Response, ApiError> {
+    let depth = match query.depth {
+        None => DEFAULT_DEPTH,
+        Some(depth) if (1..=MAX_PAGE).contains(&depth) => depth,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "depth must be between 1 and {MAX_PAGE}"
+            )))
+        }
+    };
+    Ok(data(
+        state.replica.read_book(|book| book.depth(&name, depth)),
+    ))
 }
 
 fn parse_number(text: &str) -> Result<u64, ApiError> {
@@ -161,11 +318,7 @@ async fn lookup(
     Path(number): Path<String>,
 ) -> Result<Response, ApiError> {
     let number = parse_number(&number)?;
-    let order = state
-        .replica
-        .get(number)?
-        .ok_or(OrderError::OrderNotFound)?;
-    Ok(data(order))
+    Ok(data(state.replica.order_view(number)?))
 }
 
 #[derive(Deserialize)]
@@ -185,7 +338,7 @@ async fn orders_after(
 
 async fn replicate(
     State(state): State<AppState>,
-    Json(request): Json<replica::ReplicateRequest>,
+    Json(request): Json<ReplicateRequest>,
 ) -> Result<Response, OrderError> {
     Ok(data(state.replica.replicate(request).await?))
 }
@@ -217,8 +370,8 @@ mod tests {
     /// Replica 1 of a three-replica cluster whose peers and catalog are not running.
     fn app(dir: &std::path::Path) -> Router {
         let peers = vec![
-            replica::parse_peer("2=http://127.0.0.1:9").unwrap(),
-            replica::parse_peer("3=http://127.0.0.1:9").unwrap(),
+            parse_peer("2=http://127.0.0.1:9").unwrap(),
+            parse_peer("3=http://127.0.0.1:9").unwrap(),
         ];
         let replica = Replica::open(
             1,
@@ -273,7 +426,7 @@ mod tests {
             post(
                 "/replicate",
                 json!({"term": 2, "leader": 3, "prev": 0, "prev_term": 0,
-                       "orders": [order(1, 2), order(2, 2)]}),
+                       "orders": [order(1, 2), order(2, 2)], "committed": 1}),
             ),
         )
         .await;
@@ -317,20 +470,27 @@ mod tests {
             2
         );
 
-        let (status, body) = send(&app, get("/orders/2")).await;
+        // Order 1 is committed, as the leader said; order 2 may not be yet.
+        let (status, body) = send(&app, get("/orders/1")).await;
         assert_eq!(
             (status, body["data"].clone()),
-            (StatusCode::OK, order(2, 2))
+            (
+                StatusCode::OK,
+                json!({"number": 1, "name": "GameStart", "type": "buy", "quantity": 1,
+                       "status": "filled", "filled_quantity": 1, "remaining_quantity": 0,
+                       "fills": []})
+            )
         );
+        assert_eq!(send(&app, get("/orders/2")).await.0, StatusCode::NOT_FOUND);
         let (_, body) = send(&app, get("/orders/logs/1")).await;
         assert_eq!(
             body,
-            json!({"data": {"prev_term": 2, "last": 2, "orders": [order(2, 2)]}})
+            json!({"data": {"prev_term": 2, "last": 2, "committed": 1, "orders": [order(2, 2)]}})
         );
         let (_, body) = send(&app, get("/orders/logs/5")).await;
         assert_eq!(
             body,
-            json!({"data": {"prev_term": null, "last": 2, "orders": []}})
+            json!({"data": {"prev_term": null, "last": 2, "committed": 1, "orders": []}})
         );
         assert_eq!(send(&app, get("/orders/3")).await.0, StatusCode::NOT_FOUND);
         assert_eq!(

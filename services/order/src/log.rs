@@ -12,11 +12,17 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use hashbrown::HashTable;
-use stocknet_common::{file, Order, Side};
+use stocknet_common::model::EntryFields;
+use stocknet_common::wire::Merge;
+use stocknet_common::{file, Order, Price};
 
 use crate::error::OrderError;
 
-const HEADER: &str = "number,term,type,name,quantity,key\n";
+const HEADER: &str = "number,term,type,name,quantity,key,price,target\n";
+
+/// The header of logs written before the order book: market orders only, six fields. Such a
+/// log is read as it is and new entries are appended in the current form.
+const MARKET_ONLY_HEADER: &str = "number,term,type,name,quantity,key\n";
 
 /// One offset is kept per this many orders: a lookup parses at most this many records (a few
 /// KB), and a million orders cost 125 KB of offsets.
@@ -348,10 +354,12 @@ impl Index {
             let parsed = match reader.read_byte_record(&mut record) {
                 Ok(false) => return Ok(complete),
                 Ok(true) if !header_seen => {
-                    if record
-                        .iter()
-                        .ne(HEADER.trim_end().split(',').map(str::as_bytes))
-                    {
+                    let is = |header: &str| {
+                        record
+                            .iter()
+                            .eq(header.trim_end().split(',').map(str::as_bytes))
+                    };
+                    if !is(HEADER) && !is(MARKET_ONLY_HEADER) {
                         return Err(OrderError::Corrupt("missing header line".into()));
                     }
                     header_seen = true;
@@ -508,16 +516,6 @@ fn csv_reader<R: Read>(source: R) -> csv::Reader<R> {
         .from_reader(source)
 }
 
-/// The outcome of [`OrderLog::merge`], which is also a follower's answer to replication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Merge {
-    /// This log now matches the sender's through `through`.
-    Matched { through: u64 },
-    /// This log does not hold the sender's order `prev`; retry with the batch after this.
-    Mismatch { retry_after: u64 },
-}
-
 fn check_consecutive(after: u64, batch: &[Order]) -> Result<(), OrderError> {
     for (offset, order) in batch.iter().enumerate() {
         if order.number != after + 1 + offset as u64 {
@@ -543,14 +541,18 @@ fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), Ord
     for order in batch {
         writer.flush().map_err(|e| corrupt(&e))?;
         starts.push(base + writer.get_ref().len() as u64);
+        let fields = EntryFields::from(order.clone());
+        let text = |value: Option<String>| value.unwrap_or_default();
         writer
             .write_record([
-                order.number.to_string().as_str(),
-                order.term.to_string().as_str(),
-                order.side.as_str(),
-                order.name.as_str(),
-                order.quantity.to_string().as_str(),
-                order.key.as_deref().unwrap_or(""),
+                fields.number.to_string(),
+                fields.term.to_string(),
+                fields.kind,
+                fields.name,
+                text(fields.quantity.map(|q| q.to_string())),
+                text(fields.key),
+                text(fields.price.map(|p| p.to_string())),
+                text(fields.target.map(|t| t.to_string())),
             ])
             .map_err(|e| corrupt(&e))?;
     }
@@ -558,45 +560,74 @@ fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), Ord
     Ok((text, starts))
 }
 
+/// Parses one record: eight fields, or six in a log written before the order book.
 fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> {
     let field = |i: usize| {
-        let bytes = record.get(i).ok_or(format!("missing field {i}"))?;
+        let bytes = record.get(i).unwrap_or_default();
         std::str::from_utf8(bytes).map_err(|e| format!("field {i}: {e}"))
     };
-    if record.len() != 6 {
-        return Err(format!("expected 6 fields, found {}", record.len()));
+    let optional = |i: usize| field(i).map(|text| (!text.is_empty()).then_some(text));
+    if record.len() != 8 && record.len() != 6 {
+        return Err(format!("expected 8 fields, found {}", record.len()));
     }
     let number: u64 = field(0)?.parse().map_err(|e| format!("number: {e}"))?;
     if number != expected {
         return Err(format!("expected order {expected}, found {number}"));
     }
-    let key = field(5)?;
-    Ok(Order {
+    let fields = EntryFields {
         number,
         term: field(1)?.parse().map_err(|e| format!("term: {e}"))?,
-        side: Side::parse(field(2)?).ok_or("type must be buy or sell")?,
+        kind: field(2)?.to_owned(),
         name: field(3)?.to_owned(),
-        quantity: field(4)?.parse().map_err(|e| format!("quantity: {e}"))?,
-        key: (!key.is_empty()).then(|| key.to_owned()),
-    })
+        quantity: optional(4)?
+            .map(|q| q.parse().map_err(|e| format!("quantity: {e}")))
+            .transpose()?,
+        key: optional(5)?.map(str::to_owned),
+        price: optional(6)?
+            .map(|p| p.parse::<Price>().map_err(|e| format!("price: {e}")))
+            .transpose()?,
+        target: optional(7)?
+            .map(|t| t.parse().map_err(|e| format!("target: {e}")))
+            .transpose()?,
+    };
+    Order::try_from(fields)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stocknet_common::{Command, Side};
 
     fn order(number: u64, name: &str) -> Order {
+        let side = if number.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
+        // Every fifth order is a limit order, every seventh a cancel, every eleventh a modify.
+        let command = if number.is_multiple_of(7) {
+            Command::Cancel { target: number / 2 }
+        } else if number.is_multiple_of(11) {
+            Command::Modify {
+                target: number - 1,
+                quantity: number.is_multiple_of(2).then_some(3),
+                price: Some(Price::from_cents(number)),
+            }
+        } else {
+            Command::Place {
+                side,
+                quantity: number as u32,
+                limit: number
+                    .is_multiple_of(5)
+                    .then(|| Price::from_cents(100 + number)),
+            }
+        };
         Order {
             number,
             term: 1,
             name: name.into(),
-            side: if number.is_multiple_of(2) {
-                Side::Buy
-            } else {
-                Side::Sell
-            },
-            quantity: number as u32,
             key: number.is_multiple_of(3).then(|| format!("key-{number}")),
+            command,
         }
     }
 
@@ -889,6 +920,34 @@ mod tests {
             let keep: Vec<&str> = text.lines().take(3).collect();
             std::fs::write(&path, keep.join("\n") + "\n").unwrap();
         }
+    }
+
+    #[test]
+    fn a_log_written_before_the_book_is_read_and_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        std::fs::write(
+            &path,
+            format!("{MARKET_ONLY_HEADER}1,1,sell,A,1,\n2,1,buy,B,2,k\n"),
+        )
+        .unwrap();
+        let mut log = OrderLog::open(&path).unwrap();
+        assert_eq!(
+            log.get(2).unwrap(),
+            Some(order(2, "B")).map(|o| Order {
+                key: Some("k".into()),
+                ..o
+            })
+        );
+        log.append(&[order(3, "C"), order(4, "D"), order(5, "E")])
+            .unwrap();
+        drop(log);
+        let log = OrderLog::open(&path).unwrap();
+        assert_eq!(log.get(1).unwrap(), Some(order(1, "A")));
+        assert_eq!(
+            log.after(2, 3).unwrap(),
+            [order(3, "C"), order(4, "D"), order(5, "E")]
+        );
     }
 
     #[test]

@@ -4,19 +4,22 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
-use stocknet_catalog::{ApplyOutcome, ApplyRequest, Snapshot, Trade};
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::{file, Order, RemoteError, Side};
+use stocknet_common::wire::{
+    ApplyOutcome, ApplyRequest, CatalogTrade, Changed, Health, LeaderNotice, LogPosition, LogSlice,
+    Merge, NewOrder, OrderChange, OrderView, Peer, Placed, ReplicateRequest, Snapshot,
+};
+use stocknet_common::{file, Command, Order, RemoteError, Side};
 use tokio::sync::{watch, Notify};
 
+use crate::book::{Book, Refusal};
 use crate::error::OrderError;
-use crate::log::{Merge, OrderLog};
+use crate::log::OrderLog;
 
 /// How often an idle leader runs a commit round: repairs lagging followers, catches the
 /// catalog up after an outage, and notices a newer term.
@@ -24,82 +27,6 @@ pub const HEARTBEAT: Duration = Duration::from_millis(300);
 
 /// Most orders sent in one replication, resync or catalog call.
 pub const BATCH: usize = 10_000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub id: u32,
-    pub url: String,
-}
-
-/// Parses `ID=URL`.
-pub fn parse_peer(text: &str) -> Result<Peer, String> {
-    let (id, url) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected ID=URL, got {text:?}"))?;
-    let id = id
-        .trim()
-        .parse()
-        .map_err(|e| format!("replica id {id:?}: {e}"))?;
-    Ok(Peer {
-        id,
-        url: url.trim().trim_end_matches('/').to_owned(),
-    })
-}
-
-/// A new order as the leader receives it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NewOrder {
-    pub name: String,
-    pub quantity: u32,
-    #[serde(rename = "type")]
-    pub side: Side,
-}
-
-/// Leader → follower: `orders` follow order `prev` of term `prev_term` in the leader's log.
-/// The answer is the follower's [`Merge`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicateRequest {
-    pub term: u64,
-    pub leader: u32,
-    pub prev: u64,
-    pub prev_term: u64,
-    pub orders: Vec<Order>,
-}
-
-/// Names the leader of a term: sent by a frontend to every replica, and by the new leader
-/// to its peers as the first step of taking over (`POST /prepare`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct LeaderNotice {
-    pub term: u64,
-    pub leader: u32,
-}
-
-/// Where a replica's log ends: how logs are compared when a new leader takes over.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LogPosition {
-    /// Compared first: a log whose last order has a higher term is the more up to date.
-    pub last_term: u64,
-    pub last: u64,
-}
-
-/// A page of a replica's log, for a replica catching up from it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogSlice {
-    /// Term of the order the page follows; `None` when this log is shorter than that.
-    pub prev_term: Option<u64>,
-    /// Where this log ends.
-    pub last: u64,
-    pub orders: Vec<Order>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Health {
-    pub node_id: u32,
-    pub term: u64,
-    pub leader: Option<u32>,
-    pub ready: bool,
-    pub last_transaction: u64,
-}
 
 /// The committer's own bookkeeping: how far the log is fsync'd here, committed, and applied.
 struct CommitState {
@@ -193,6 +120,12 @@ pub struct Replica {
     catalog_url: String,
     http: reqwest::Client,
     log: Arc<Mutex<OrderLog>>,
+    /// The book as of the log's committed prefix, which only grows (locked before the log
+    /// when both are held).
+    book: Arc<Mutex<Book>>,
+    /// How far this replica knows the log to be committed: as leader, what a majority holds;
+    /// as follower, what the leader last said.
+    committed: Arc<AtomicU64>,
     /// `term-<id>`: the highest term seen and the leader this replica accepted in it.
     term_path: PathBuf,
     view: Mutex<View>,
@@ -238,6 +171,8 @@ impl Replica {
             catalog_url,
             http,
             log: Arc::new(Mutex::new(log)),
+            book: Arc::default(),
+            committed: Arc::default(),
             term_path,
             view: Mutex::new(view),
             ready: AtomicBool::new(false),
@@ -271,6 +206,7 @@ impl Replica {
         Ok(LogSlice {
             prev_term: log.term_at(after),
             last: log.last(),
+            committed: self.committed.load(Ordering::Acquire),
             orders: log.after(after, limit.min(BATCH))?,
         })
     }
@@ -316,9 +252,16 @@ impl Replica {
     /// Follower side of replication.
     pub async fn replicate(&self, request: ReplicateRequest) -> Result<Merge, OrderError> {
         self.observe_term(request.term, request.leader)?;
-        let log = self.log.clone();
+        let (log, book, committed) = (self.log.clone(), self.book.clone(), self.committed.clone());
         tokio::task::spawn_blocking(move || {
-            lock(&log).merge(request.prev, request.prev_term, &request.orders)
+            let merged = lock(&log).merge(request.prev, request.prev_term, &request.orders)?;
+            if let Merge::Matched { through } = merged {
+                // Only where this log matches the leader's: a suffix beyond it may be stale.
+                let known = request.committed.min(through);
+                committed.fetch_max(known, Ordering::AcqRel);
+                advance_book(&book, &log, known)?;
+            }
+            Ok(merged)
         })
         .await
         .map_err(OrderError::task)?
@@ -372,14 +315,18 @@ impl Replica {
         if last > 0 {
             self.replicate_to_majority(term, last).await?;
         }
+        self.committed.fetch_max(last, Ordering::AcqRel);
+        self.advance_book(last).await?;
         let mut projected: HashMap<String, u64> = snapshot
             .stocks
             .into_iter()
             .map(|s| (s.name, s.quantity))
             .collect();
         for order in self.orders_between(snapshot.applied, last)? {
-            if let Some(quantity) = projected.get_mut(&order.name) {
-                *quantity = quantity.saturating_add_signed(order.side.delta(order.quantity));
+            if let (Some(quantity), Some((side, count))) =
+                (projected.get_mut(&order.name), order.market())
+            {
+                *quantity = quantity.saturating_add_signed(side.delta(count));
             }
         }
         // Applies what is committed but not yet applied, and records the new term there.
@@ -403,18 +350,112 @@ impl Replica {
         Ok(())
     }
 
-    /// Leader side: checks and writes one order, then waits until a commit round has made it
-    /// durable on a majority and applied it to the catalog (which has invalidated the
-    /// frontends' caches by then). Orders that arrive while a round runs share the next one:
-    /// one fsync, one replication and one catalog update for all of them (group commit).
+    /// Leader side: places a new order (see [`submit`](Self::submit)).
     pub async fn place(
         self: &Arc<Self>,
         order: NewOrder,
         key: Option<String>,
-    ) -> Result<u64, OrderError> {
+    ) -> Result<Placed, OrderError> {
         if order.quantity == 0 {
             return Err(OrderError::InsufficientQuantity);
         }
+        let command = Command::Place {
+            side: order.side,
+            quantity: order.quantity,
+            limit: order.price,
+        };
+        let number = self.submit(Some(order.name), command, key).await?;
+        let view = self.order_view(number)?;
+        Ok(Placed {
+            transaction_number: number,
+            status: view.status,
+            filled_quantity: view.filled_quantity,
+            remaining_quantity: view.remaining_quantity,
+            fills: view.fills,
+        })
+    }
+
+    /// Leader side: changes the quantity and/or price of open limit order `target`.
+    pub async fn modify(
+        self: &Arc<Self>,
+        target: u64,
+        change: OrderChange,
+        key: Option<String>,
+    ) -> Result<Changed, OrderError> {
+        if change.quantity == Some(0) {
+            return Err(OrderError::InvalidChange(
+                "quantity must be a positive integer",
+            ));
+        }
+        if change.quantity.is_none() && change.price.is_none() {
+            return Err(OrderError::InvalidChange(
+                "give a new quantity, a new price or both",
+            ));
+        }
+        let command = Command::Modify {
+            target,
+            quantity: change.quantity,
+            price: change.price,
+        };
+        self.change(target, command, key).await
+    }
+
+    /// Leader side: cancels open limit order `target`.
+    pub async fn cancel(
+        self: &Arc<Self>,
+        target: u64,
+        key: Option<String>,
+    ) -> Result<Changed, OrderError> {
+        self.change(target, Command::Cancel { target }, key).await
+    }
+
+    async fn change(
+        self: &Arc<Self>,
+        target: u64,
+        command: Command,
+        key: Option<String>,
+    ) -> Result<Changed, OrderError> {
+        let number = self.submit(None, command, key).await?;
+        if let Some(refusal) = self.book().refusal(number) {
+            return Err(OrderError::Refused(refusal));
+        }
+        Ok(Changed {
+            transaction_number: number,
+            order: self.order_view(target)?,
+        })
+    }
+
+    /// The public view of order `number`, from the log and the book.
+    pub fn order_view(&self, number: u64) -> Result<OrderView, OrderError> {
+        let book = self.book();
+        // An entry past the book is not known to be committed yet: it may never be.
+        if number > book.applied() {
+            return Err(OrderError::OrderNotFound);
+        }
+        let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+        match book.view(&entry) {
+            Some(view) => Ok(view),
+            None if matches!(entry.command, Command::Place { .. }) => Err(OrderError::NotReady),
+            None => Err(OrderError::NotAnOrder(number)),
+        }
+    }
+
+    /// Runs `read` on the book (as of the committed log this replica has applied).
+    pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> T {
+        read(&self.book())
+    }
+
+    /// Leader side: checks and writes one command, then waits until a commit round has made
+    /// it durable on a majority, applied it to the book and to the catalog (which has
+    /// invalidated the frontends' caches by then). Commands that arrive while a round runs
+    /// share the next one: one fsync, one replication and one catalog update for all of them
+    /// (group commit). A modify or cancel names its stock through its target (`name` None).
+    async fn submit(
+        self: &Arc<Self>,
+        name: Option<String>,
+        command: Command,
+        key: Option<String>,
+    ) -> Result<u64, OrderError> {
         let (number, wake, mut progress) = {
             let mut guard = self.leading.lock().await;
             let term = self.view().term;
@@ -430,34 +471,47 @@ impl Replica {
                 None => None,
             };
             let number = match known {
-                // A retry of an order already in the log: see it committed, never re-execute.
+                // A retry of a command already in the log: see it committed, never re-execute.
                 Some(number) => number,
                 None => {
+                    let name = match name {
+                        Some(name) => name,
+                        None => self.target_stock(&command)?,
+                    };
                     let current = *leading
                         .projected
-                        .get(&order.name)
+                        .get(&name)
                         .ok_or(OrderError::StockNotFound)?;
-                    let updated = match order.side {
-                        Side::Buy => current
-                            .checked_sub(u64::from(order.quantity))
+                    let updated = match command {
+                        Command::Place {
+                            side: Side::Buy,
+                            quantity,
+                            limit: None,
+                        } => current
+                            .checked_sub(u64::from(quantity))
                             .ok_or(OrderError::InsufficientQuantity)?,
-                        Side::Sell => current
-                            .checked_add(u64::from(order.quantity))
+                        Command::Place {
+                            side: Side::Sell,
+                            quantity,
+                            limit: None,
+                        } => current
+                            .checked_add(u64::from(quantity))
                             .ok_or(OrderError::QuantityOverflow)?,
+                        // The book, not the house inventory, takes the other side.
+                        _ => current,
                     };
                     let mut log = self.log();
                     let number = log.last() + 1;
                     log.write(&[Order {
                         number,
                         term,
-                        name: order.name.clone(),
-                        side: order.side,
-                        quantity: order.quantity,
+                        name: name.clone(),
                         key,
+                        command,
                     }])?;
                     // The order is in the log now and will be applied eventually, committed by
                     // this leader or a later one, so the projection must count it either way.
-                    leading.projected.insert(order.name, updated);
+                    leading.projected.insert(name, updated);
                     number
                 }
             };
@@ -553,6 +607,8 @@ impl Replica {
             state.synced = through;
             replicated?;
             state.committed = state.committed.max(through);
+            self.committed.fetch_max(state.committed, Ordering::AcqRel);
+            self.advance_book(state.committed).await?;
         }
         if state.catalog_applied < state.committed {
             self.apply_to_catalog(term, &mut state.catalog_applied, state.committed)
@@ -563,6 +619,43 @@ impl Replica {
 
     fn log(&self) -> MutexGuard<'_, OrderLog> {
         lock(&self.log)
+    }
+
+    /// The stock of a modify's or cancel's target: a limit order in the log. A target the
+    /// applied book already shows closed is refused here; one that closes while the command
+    /// waits for its turn is refused when the book applies it.
+    fn target_stock(&self, command: &Command) -> Result<String, OrderError> {
+        let (Command::Modify { target, .. } | Command::Cancel { target }) = *command else {
+            return Err(OrderError::Task("a new order names its own stock".into()));
+        };
+        if let Some(order) = self.book().order(target) {
+            if !order.is_open() {
+                return Err(OrderError::Refused(Refusal::NotOpen(target)));
+            }
+            return Ok(order.name.clone());
+        }
+        match self.get(target)? {
+            Some(entry) if matches!(entry.command, Command::Place { limit: Some(_), .. }) => {
+                Ok(entry.name)
+            }
+            Some(entry) if entry.market().is_some() => {
+                Err(OrderError::Refused(Refusal::NotOpen(target)))
+            }
+            _ => Err(OrderError::Refused(Refusal::NotFound(target))),
+        }
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies the committed log through `through` to the book (off the async threads: a
+    /// replica that rebuilds its book reads its whole log).
+    async fn advance_book(&self, through: u64) -> Result<(), OrderError> {
+        let (book, log) = (self.book.clone(), self.log.clone());
+        tokio::task::spawn_blocking(move || advance_book(&book, &log, through))
+            .await
+            .map_err(OrderError::task)?
     }
 
     fn matched(&self) -> MutexGuard<'_, HashMap<u32, u64>> {
@@ -680,6 +773,7 @@ impl Replica {
             let url = endpoint(&source.url, &["orders", "logs", &after.to_string()])
                 .map_err(unavailable)?;
             let slice: LogSlice = call(self.http.get(url)).await.map_err(unavailable)?;
+            let source_committed = slice.committed;
             let Some(prev_term) = slice.prev_term else {
                 after = slice.last.min(after.saturating_sub(1));
                 continue;
@@ -698,7 +792,12 @@ impl Replica {
             .await
             .map_err(OrderError::task)??;
             match merged {
-                Merge::Matched { .. } if done => return Ok(()),
+                Merge::Matched { through } if done => {
+                    // This log equals the source's now, so the source's commit point holds here.
+                    let known = source_committed.min(through);
+                    self.committed.fetch_max(known, Ordering::AcqRel);
+                    return self.advance_book(known).await;
+                }
                 Merge::Matched { through } => after = through,
                 Merge::Mismatch { retry_after } => after = retry_after.min(after.saturating_sub(1)),
             }
@@ -788,6 +887,7 @@ impl Replica {
                         .term_at(after)
                         .ok_or(OrderError::Gap { last: log.last() })?,
                     orders: log.after(after, limit)?,
+                    committed: self.committed.load(Ordering::Acquire),
                 }
             };
             let reply: Merge = match call(self.http.post(url.clone()).json(&request)).await {
@@ -852,15 +952,19 @@ impl Replica {
         while *catalog_applied < number || !sent {
             sent = true;
             let through = number.min(*catalog_applied + BATCH as u64);
-            let trades: Vec<Trade> = self
-                .orders_between(*catalog_applied, through)?
-                .into_iter()
-                .map(|o| Trade {
-                    number: o.number,
-                    name: o.name,
-                    delta: o.side.delta(o.quantity),
-                })
-                .collect();
+            let orders = self.orders_between(*catalog_applied, through)?;
+            let trades: Vec<CatalogTrade> = {
+                let book = self.book();
+                orders
+                    .into_iter()
+                    .map(|o| CatalogTrade {
+                        number: o.number,
+                        delta: o.market().map_or(0, |(side, count)| side.delta(count)),
+                        price: book.entry_price(o.number),
+                        name: o.name,
+                    })
+                    .collect()
+            };
             let request = ApplyRequest { term, trades };
             match call::<ApplyOutcome>(self.http.post(url.clone()).json(&request)).await {
                 Ok(outcome) => {
@@ -895,6 +999,27 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Applies the log's entries after the book's last through `through` to the book, in batches.
+/// Entries through `through` must be committed: the book never takes back an entry.
+fn advance_book(book: &Mutex<Book>, log: &Mutex<OrderLog>, through: u64) -> Result<(), OrderError> {
+    let mut book = book.lock().unwrap_or_else(|e| e.into_inner());
+    while book.applied() < through {
+        let count = usize::try_from(through - book.applied())
+            .unwrap_or(BATCH)
+            .min(BATCH);
+        let entries = lock(log).after(book.applied(), count)?;
+        if entries.is_empty() {
+            return Err(OrderError::Gap {
+                last: book.applied(),
+            });
+        }
+        for entry in &entries {
+            book.apply(entry);
+        }
+    }
+    Ok(())
 }
 
 fn lock(log: &Mutex<OrderLog>) -> MutexGuard<'_, OrderLog> {

@@ -1,0 +1,260 @@
+//! The wire protocol between StockNet's services: every request and reply body that crosses a
+//! service boundary, defined once here and used by both sides of the call, so that no client
+//! links a server's crate.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Order, Price, Side, Status, Stock};
+
+// ---- catalog ---------------------------------------------------------------------------------
+
+/// One committed log entry as the catalog applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogTrade {
+    pub number: u64,
+    pub name: String,
+    /// Change in the house quantity: negative for a market buy, 0 for a book command.
+    pub delta: i64,
+    /// The last price the entry traded at in the book, which becomes the stock's price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+}
+
+/// Order leader → catalog (`POST /apply`): a batch of committed entries from the leader of
+/// `term`, in transaction order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub term: u64,
+    pub trades: Vec<CatalogTrade>,
+}
+
+/// The catalog's answer to an apply: the last applied transaction and the stocks that changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    pub applied: u64,
+    pub changed: Vec<String>,
+}
+
+/// `GET /snapshot` of the catalog: everything a new order leader needs to take over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub applied: u64,
+    pub term: u64,
+    pub stocks: Vec<Stock>,
+}
+
+// ---- frontend (internal) --------------------------------------------------------------------
+
+/// Catalog → frontend (`POST /invalidate`): every stock one catalog update named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invalidation {
+    pub names: Vec<String>,
+}
+
+// ---- order replicas ---------------------------------------------------------------------------
+
+/// Header carrying a client's (or the frontend's) idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// An order replica as its peers and the frontends address it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u32,
+    pub url: String,
+}
+
+/// Parses `ID=URL`.
+pub fn parse_peer(text: &str) -> Result<Peer, String> {
+    let (id, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=URL, got {text:?}"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("replica id {id:?}: {e}"))?;
+    Ok(Peer {
+        id,
+        url: url.trim().trim_end_matches('/').to_owned(),
+    })
+}
+
+/// `GET /health` of an order replica: what frontends elect by and the operator watches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    pub node_id: u32,
+    pub term: u64,
+    pub leader: Option<u32>,
+    pub ready: bool,
+    pub last_transaction: u64,
+}
+
+/// Frontend → leader (`POST /orders`): a new order, validated by the frontend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub name: String,
+    pub quantity: u32,
+    #[serde(rename = "type")]
+    pub side: Side,
+    /// Limit price; without one the order is a market order against the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+}
+
+/// Names the leader of a term: sent by a frontend to every replica (`POST /leader`), and by
+/// the new leader to its peers as the first step of taking over (`POST /prepare`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderNotice {
+    pub term: u64,
+    pub leader: u32,
+}
+
+/// Leader → follower (`POST /replicate`): `orders` follow order `prev` of term `prev_term` in
+/// the leader's log. The answer is the follower's [`Merge`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateRequest {
+    pub term: u64,
+    pub leader: u32,
+    pub prev: u64,
+    pub prev_term: u64,
+    pub orders: Vec<Order>,
+    /// The leader's commit point (Raft's leaderCommit): the follower applies its log to its
+    /// book through here, where it matches the leader.
+    #[serde(default)]
+    pub committed: u64,
+}
+
+/// A follower's answer to replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Merge {
+    /// The follower's log now matches the sender's through `through`.
+    Matched { through: u64 },
+    /// The follower's log does not hold the sender's order `prev`; retry with the batch after
+    /// this.
+    Mismatch { retry_after: u64 },
+}
+
+/// `POST /prepare`'s answer: where a replica's log ends, as logs are compared when a new
+/// leader takes over.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    /// Compared first: a log whose last order has a higher term is the more up to date.
+    pub last_term: u64,
+    pub last: u64,
+}
+
+/// `GET /orders/logs/{after}`: a page of a replica's log, for a replica catching up from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSlice {
+    /// Term of the order the page follows; `None` when this log is shorter than that.
+    pub prev_term: Option<u64>,
+    /// Where this log ends.
+    pub last: u64,
+    /// How far the serving replica knows the log to be committed.
+    #[serde(default)]
+    pub committed: u64,
+    pub orders: Vec<Order>,
+}
+
+/// Frontend → leader (`PUT /orders/{number}`): the new total quantity and/or price of an open
+/// limit order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+}
+
+/// One of an order's trades, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    pub trade: u64,
+    pub price: Price,
+    pub quantity: u32,
+}
+
+/// An order as `GET /orders/{number}` shows it: the seed's fields (`number`, `name`, `type`,
+/// `quantity`) and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub number: u64,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub side: Side,
+    pub quantity: u32,
+    /// The limit price; absent for a market order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+    pub status: Status,
+    pub filled_quantity: u32,
+    pub remaining_quantity: u32,
+    /// Book trades; a market order trades with the catalog and has none.
+    pub fills: Vec<Fill>,
+}
+
+/// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub transaction_number: u64,
+    pub status: Status,
+    pub filled_quantity: u32,
+    pub remaining_quantity: u32,
+    pub fills: Vec<Fill>,
+}
+
+/// The answer to `PUT` and `DELETE /orders/{number}`: the command's own transaction number
+/// and the order as it stands after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    pub transaction_number: u64,
+    pub order: OrderView,
+}
+
+/// A page of `GET /orders`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPage {
+    pub orders: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One trade between a resting (maker) order and an incoming (taker) one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trade {
+    /// Dense, from 1, in the order trades happened.
+    pub id: u64,
+    /// The log entry that caused it: the taker's order, or a modify that re-priced it.
+    pub entry: u64,
+    pub name: String,
+    pub price: Price,
+    pub quantity: u32,
+    pub buy_order: u64,
+    pub sell_order: u64,
+    /// The taker's side.
+    pub taker_side: Side,
+}
+
+/// A price level as `GET /book/{name}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepthLevel {
+    pub price: Price,
+    pub quantity: u64,
+    pub orders: usize,
+}
+
+/// The best `depth` levels of each side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Depth {
+    pub name: String,
+    pub bids: Vec<DepthLevel>,
+    pub asks: Vec<DepthLevel>,
+    pub last_price: Option<Price>,
+}

@@ -1,0 +1,688 @@
+//! The order book: the deterministic state machine every replica runs over its committed log.
+//! Limit orders match the opposite side of their stock's book with price-time priority (best
+//! price first, then the oldest), trade at the resting order's price, fill partially and rest
+//! the remainder. Market orders do not touch the book (they trade with the catalog's house
+//! inventory). Modify and cancel change or remove an open limit order.
+//!
+//! Applying the same entries in the same order gives the same book on every replica: nothing
+//! here reads a clock, a random number or a hash map's iteration order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use stocknet_common::wire::{Depth, DepthLevel, Fill, OrderView, Trade};
+use stocknet_common::{Command, Order, Price, Side, Status};
+
+/// A limit order and what has happened to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitOrder {
+    pub number: u64,
+    pub name: String,
+    pub side: Side,
+    pub price: Price,
+    /// Total quantity (a modify may change it).
+    pub quantity: u32,
+    pub filled: u32,
+    pub cancelled: bool,
+    /// Ids of the trades it took part in, oldest first.
+    pub trades: Vec<u64>,
+    /// Its place in the time priority of its price level: a modify that loses priority gives
+    /// it a new one, which makes its old queue slot stale.
+    slot: u64,
+}
+
+impl LimitOrder {
+    pub fn remaining(&self) -> u32 {
+        if self.cancelled {
+            0
+        } else {
+            self.quantity - self.filled
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        if self.cancelled {
+            Status::Cancelled
+        } else if self.filled == self.quantity {
+            Status::Filled
+        } else if self.filled > 0 {
+            Status::PartiallyFilled
+        } else {
+            Status::Open
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.status(), Status::Open | Status::PartiallyFilled)
+    }
+}
+
+/// Why a modify or cancel did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("Order {0} is not a limit order")]
+    NotFound(u64),
+    #[error("Order {0} is no longer open")]
+    NotOpen(u64),
+    #[error("Order {target}: the new quantity must exceed the {filled} already filled")]
+    BelowFilled { target: u64, filled: u32 },
+}
+
+/// What applying one entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A market order: the catalog executes it.
+    Market,
+    /// The limit order (new or modified) the entry concerns; its trades are the last
+    /// `trades` of the book's trade list.
+    Changed {
+        order: u64,
+        trades: usize,
+    },
+    Refused(Refusal),
+}
+
+/// One price level's queue: order numbers with the slot they were queued with. A slot that no
+/// longer matches its order's is stale (cancelled, filled or re-queued) and is skipped.
+#[derive(Debug, Default, Clone)]
+struct Level {
+    queue: VecDeque<(u64, u64)>,
+    /// Remaining quantity of the live orders.
+    total: u64,
+    live: usize,
+}
+
+/// One stock's two sides and trades.
+#[derive(Debug, Default, Clone)]
+struct StockBook {
+    bids: BTreeMap<Price, Level>,
+    asks: BTreeMap<Price, Level>,
+    last_price: Option<Price>,
+    /// Ids of this stock's trades, ascending.
+    trades: Vec<u64>,
+}
+
+impl StockBook {
+    fn side(&mut self, side: Side) -> &mut BTreeMap<Price, Level> {
+        match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        }
+    }
+}
+
+/// Every stock's book, every limit order and every trade, as of log entry `applied`.
+#[derive(Debug, Default, Clone)]
+pub struct Book {
+    applied: u64,
+    stocks: HashMap<String, StockBook>,
+    orders: BTreeMap<u64, LimitOrder>,
+    trades: Vec<Trade>,
+    /// Refused modifies and cancels, to answer a retry of one the same way.
+    refusals: HashMap<u64, Refusal>,
+    next_slot: u64,
+}
+
+impl Book {
+    /// The last log entry applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn order(&self, number: u64) -> Option<&LimitOrder> {
+        self.orders.get(&number)
+    }
+
+    pub fn refusal(&self, number: u64) -> Option<Refusal> {
+        self.refusals.get(&number).copied()
+    }
+
+    pub fn trade(&self, id: u64) -> Option<&Trade> {
+        id.checked_sub(1).and_then(|i| self.trades.get(i as usize))
+    }
+
+    /// The public view of the order log entry `entry` places, as of now; `None` for a modify
+    /// or cancel, or for a limit order not applied yet.
+    pub fn view(&self, entry: &Order) -> Option<OrderView> {
+        match entry.command {
+            Command::Place {
+                side,
+                quantity,
+                limit: None,
+            } => Some(OrderView {
+                number: entry.number,
+                name: entry.name.clone(),
+                side,
+                quantity,
+                price: None,
+                status: Status::Filled,
+                filled_quantity: quantity,
+                remaining_quantity: 0,
+                fills: Vec::new(),
+            }),
+            Command::Place { .. } => self.orders.get(&entry.number).map(|o| self.limit_view(o)),
+            Command::Modify { .. } | Command::Cancel { .. } => None,
+        }
+    }
+
+    pub fn limit_view(&self, order: &LimitOrder) -> OrderView {
+        OrderView {
+            number: order.number,
+            name: order.name.clone(),
+            side: order.side,
+            quantity: order.quantity,
+            price: Some(order.price),
+            status: order.status(),
+            filled_quantity: order.filled,
+            remaining_quantity: order.remaining(),
+            fills: order
+                .trades
+                .iter()
+                .filter_map(|&id| self.trade(id))
+                .map(|t| Fill {
+                    trade: t.id,
+                    price: t.price,
+                    quantity: t.quantity,
+                })
+                .collect(),
+        }
+    }
+
+    /// The price of the last trade entry `number` caused, if it traded.
+    pub fn entry_price(&self, number: u64) -> Option<Price> {
+        let end = self.trades.partition_point(|t| t.entry <= number);
+        end.checked_sub(1)
+            .map(|i| &self.trades[i])
+            .filter(|t| t.entry == number)
+            .map(|t| t.price)
+    }
+
+    /// Limit orders, newest first, with numbers below `before`, matching the filters.
+    pub fn orders<'a>(
+        &'a self,
+        name: Option<&'a str>,
+        status: Option<Status>,
+        before: u64,
+    ) -> impl Iterator<Item = &'a LimitOrder> + 'a {
+        self.orders
+            .range(..before)
+            .rev()
+            .map(|(_, order)| order)
+            .filter(move |o| name.is_none_or(|n| o.name == n))
+            .filter(move |o| status.is_none_or(|s| o.status() == s))
+    }
+
+    /// Up to `limit` trades with ids above `after`, oldest first, of one stock or all.
+    pub fn trades(&self, name: Option<&str>, after: u64, limit: usize) -> Vec<&Trade> {
+        match name {
+            None => self
+                .trades
+                .iter()
+                .skip(usize::try_from(after).unwrap_or(usize::MAX))
+                .take(limit)
+                .collect(),
+            Some(name) => {
+                let Some(book) = self.stocks.get(name) else {
+                    return Vec::new();
+                };
+                let start = book.trades.partition_point(|&id| id <= after);
+                book.trades[start..]
+                    .iter()
+                    .take(limit)
+                    .filter_map(|&id| self.trade(id))
+                    .collect()
+            }
+        }
+    }
+
+    /// The best `depth` price levels of each side of `name`'s book.
+    pub fn depth(&self, name: &str, depth: usize) -> Depth {
+        let level = |(price, level): (&Price, &Level)| DepthLevel {
+            price: *price,
+            quantity: level.total,
+            orders: level.live,
+        };
+        let book = self.stocks.get(name);
+        Depth {
+            name: name.to_owned(),
+            bids: book
+                .map(|b| b.bids.iter().rev().take(depth).map(level).collect())
+                .unwrap_or_default(),
+            asks: book
+                .map(|b| b.asks.iter().take(depth).map(level).collect())
+                .unwrap_or_default(),
+            last_price: book.and_then(|b| b.last_price),
+        }
+    }
+
+    /// Applies the next log entry. Entries must come in log order, each exactly once.
+    pub fn apply(&mut self, entry: &Order) -> Applied {
+        debug_assert!(entry.number > self.applied);
+        self.applied = entry.number;
+        let before = self.trades.len();
+        let result = match entry.command {
+            Command::Place { limit: None, .. } => return Applied::Market,
+            Command::Place {
+                side,
+                quantity,
+                limit: Some(price),
+            } => {
+                self.orders.insert(
+                    entry.number,
+                    LimitOrder {
+                        number: entry.number,
+                        name: entry.name.clone(),
+                        side,
+                        price,
+                        quantity,
+                        filled: 0,
+                        cancelled: false,
+                        trades: Vec::new(),
+                        slot: 0,
+                    },
+                );
+                self.enter(entry.number, entry.number);
+                Ok(entry.number)
+            }
+            Command::Modify {
+                target,
+                quantity,
+                price,
+            } => self.modify(entry.number, target, quantity, price),
+            Command::Cancel { target } => self.cancel(target),
+        };
+        match result {
+            Ok(order) => Applied::Changed {
+                order,
+                trades: self.trades.len() - before,
+            },
+            Err(refusal) => {
+                self.refusals.insert(entry.number, refusal);
+                Applied::Refused(refusal)
+            }
+        }
+    }
+
+    fn open_order(&self, target: u64) -> Result<&LimitOrder, Refusal> {
+        let order = self.orders.get(&target).ok_or(Refusal::NotFound(target))?;
+        if order.is_open() {
+            Ok(order)
+        } else {
+            Err(Refusal::NotOpen(target))
+        }
+    }
+
+    fn cancel(&mut self, target: u64) -> Result<u64, Refusal> {
+        self.open_order(target)?;
+        self.unqueue(target);
+        if let Some(order) = self.orders.get_mut(&target) {
+            order.cancelled = true;
+        }
+        Ok(target)
+    }
+
+    /// A smaller quantity at the same price keeps the order's place; a new price or a larger
+    /// quantity sends it to the back of its (new) level, after matching what it now crosses.
+    fn modify(
+        &mut self,
+        entry: u64,
+        target: u64,
+        quantity: Option<u32>,
+        price: Option<Price>,
+    ) -> Result<u64, Refusal> {
+        let order = self.open_order(target)?;
+        let new_quantity = quantity.unwrap_or(order.quantity);
+        let new_price = price.unwrap_or(order.price);
+        if new_quantity <= order.filled {
+            return Err(Refusal::BelowFilled {
+                target,
+                filled: order.filled,
+            });
+        }
+        let (side, old_price, old_quantity) = (order.side, order.price, order.quantity);
+        if new_price == old_price && new_quantity <= old_quantity {
+            let shrink = u64::from(old_quantity - new_quantity);
+            if let Some(order) = self.orders.get_mut(&target) {
+                order.quantity = new_quantity;
+            }
+            let name = &self.orders[&target].name;
+            if let Some(level) = self
+                .stocks
+                .get_mut(name)
+                .and_then(|b| b.side(side).get_mut(&old_price))
+            {
+                level.total -= shrink;
+            }
+            return Ok(target);
+        }
+        self.unqueue(target);
+        if let Some(order) = self.orders.get_mut(&target) {
+            order.quantity = new_quantity;
+            order.price = new_price;
+        }
+        self.enter(target, entry);
+        Ok(target)
+    }
+
+    /// Removes an open order from its level (its queue slot goes stale).
+    fn unqueue(&mut self, number: u64) {
+        let order = &self.orders[&number];
+        let remaining = u64::from(order.remaining());
+        let (side, price) = (order.side, order.price);
+        let Some(book) = self.stocks.get_mut(&order.name) else {
+            return;
+        };
+        let levels = book.side(side);
+        if let Some(level) = levels.get_mut(&price) {
+            level.total -= remaining;
+            level.live -= 1;
+            if level.live == 0 {
+                levels.remove(&price);
+            } else if level.queue.len() > 2 * level.live + 16 {
+                let orders = &self.orders;
+                level.queue.retain(|&(n, slot)| {
+                    n != number
+                        && orders
+                            .get(&n)
+                            .is_some_and(|o| o.slot == slot && o.is_open())
+                });
+            }
+        }
+    }
+
+    /// Matches order `number` (open, not queued) against the opposite side, then queues what
+    /// remains at the back of its level. `entry` is the log entry doing this.
+    fn enter(&mut self, number: u64, entry: u64) {
+        let (name, side, limit) = {
+            let order = &self.orders[&number];
+            (order.name.clone(), order.side, order.price)
+        };
+        let book = self.stocks.entry(name.clone()).or_default();
+        loop {
+            let remaining = self.orders[&number].remaining();
+            if remaining == 0 {
+                break;
+            }
+            let opposite = book.side(side.opposite());
+            let best = match side {
+                Side::Buy => opposite.first_entry(),
+                Side::Sell => opposite.last_entry(),
+            };
+            let Some(mut best) = best else { break };
+            let price = *best.key();
+            let crosses = match side {
+                Side::Buy => price <= limit,
+                Side::Sell => price >= limit,
+            };
+            if !crosses {
+                break;
+            }
+            let level = best.get_mut();
+            let Some(&(maker, slot)) = level.queue.front() else {
+                best.remove();
+                continue;
+            };
+            let Some(resting) = self
+                .orders
+                .get_mut(&maker)
+                .filter(|o| o.slot == slot && o.is_open())
+            else {
+                level.queue.pop_front();
+                continue;
+            };
+            let quantity = remaining.min(resting.remaining());
+            let id = self.trades.len() as u64 + 1;
+            resting.filled += quantity;
+            resting.trades.push(id);
+            level.total -= u64::from(quantity);
+            if !resting.is_open() {
+                level.queue.pop_front();
+                level.live -= 1;
+                if level.live == 0 {
+                    best.remove();
+                }
+            }
+            let taker = self
+                .orders
+                .get_mut(&number)
+                .expect("the taker is in the map");
+            taker.filled += quantity;
+            taker.trades.push(id);
+            let (buy_order, sell_order) = match side {
+                Side::Buy => (number, maker),
+                Side::Sell => (maker, number),
+            };
+            self.trades.push(Trade {
+                id,
+                entry,
+                name: name.clone(),
+                price,
+                quantity,
+                buy_order,
+                sell_order,
+                taker_side: side,
+            });
+            book.trades.push(id);
+            book.last_price = Some(price);
+        }
+        let order = self
+            .orders
+            .get_mut(&number)
+            .expect("the order is in the map");
+        let remaining = order.remaining();
+        if remaining > 0 {
+            self.next_slot += 1;
+            order.slot = self.next_slot;
+            let level = book.side(side).entry(limit).or_default();
+            level.queue.push_back((number, self.next_slot));
+            level.total += u64::from(remaining);
+            level.live += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(number: u64, command: Command) -> Order {
+        Order {
+            number,
+            term: 1,
+            name: "A".into(),
+            key: None,
+            command,
+        }
+    }
+
+    fn limit(side: Side, quantity: u32, cents: u64) -> Command {
+        Command::Place {
+            side,
+            quantity,
+            limit: Some(Price::from_cents(cents)),
+        }
+    }
+
+    /// Applies `commands` as entries 1, 2, ...
+    fn book(commands: &[Command]) -> Book {
+        let mut book = Book::default();
+        for (i, command) in commands.iter().enumerate() {
+            book.apply(&entry(i as u64 + 1, *command));
+        }
+        book
+    }
+
+    fn level(cents: u64, quantity: u64, orders: usize) -> DepthLevel {
+        DepthLevel {
+            price: Price::from_cents(cents),
+            quantity,
+            orders,
+        }
+    }
+
+    #[test]
+    fn best_price_then_oldest_trades_first_at_the_resting_price() {
+        let mut book = book(&[
+            limit(Side::Sell, 5, 1010),
+            limit(Side::Sell, 5, 1000),
+            limit(Side::Sell, 5, 1000),
+        ]);
+        let applied = book.apply(&entry(4, limit(Side::Buy, 8, 1010)));
+        assert_eq!(
+            applied,
+            Applied::Changed {
+                order: 4,
+                trades: 2
+            }
+        );
+        let trades = book.trades(None, 0, 10);
+        let fills: Vec<(u64, u64, u32)> = trades
+            .iter()
+            .map(|t| (t.sell_order, t.price.cents(), t.quantity))
+            .collect();
+        assert_eq!(fills, [(2, 1000, 5), (3, 1000, 3)]);
+        assert_eq!(book.order(4).unwrap().status(), Status::Filled);
+        assert_eq!(book.order(3).unwrap().status(), Status::PartiallyFilled);
+        assert_eq!(book.order(2).unwrap().status(), Status::Filled);
+        assert_eq!(
+            book.depth("A", 5).asks,
+            [level(1000, 2, 1), level(1010, 5, 1)]
+        );
+        assert_eq!(book.entry_price(4), Some(Price::from_cents(1000)));
+        assert_eq!(book.entry_price(3), None);
+        assert_eq!(book.depth("A", 5).last_price, Some(Price::from_cents(1000)));
+    }
+
+    #[test]
+    fn an_order_that_does_not_cross_rests_and_a_partial_fill_rests_its_remainder() {
+        let mut book = book(&[limit(Side::Buy, 5, 990), limit(Side::Sell, 3, 1000)]);
+        assert!(book.trades(None, 0, 10).is_empty());
+        book.apply(&entry(3, limit(Side::Sell, 7, 990)));
+        let order = book.order(3).unwrap();
+        assert_eq!((order.filled, order.status()), (5, Status::PartiallyFilled));
+        let depth = book.depth("A", 5);
+        assert!(depth.bids.is_empty());
+        assert_eq!(depth.asks, [level(990, 2, 1), level(1000, 3, 1)]);
+    }
+
+    #[test]
+    fn modify_keeps_priority_only_when_it_shrinks_at_the_same_price() {
+        // Orders 1 and 2 rest at 10.00; 3 shrinks 1 (keeps its place), 4 grows 2 (loses it
+        // but 2 is behind 1 anyway), then a buy of 3 takes order 1 first.
+        let mut book = book(&[
+            limit(Side::Sell, 5, 1000),
+            limit(Side::Sell, 5, 1000),
+            Command::Modify {
+                target: 1,
+                quantity: Some(2),
+                price: None,
+            },
+        ]);
+        assert_eq!(book.depth("A", 1).asks, [level(1000, 7, 2)]);
+        book.apply(&entry(4, limit(Side::Buy, 3, 1000)));
+        let sells: Vec<(u64, u32)> = book
+            .trades(None, 0, 10)
+            .iter()
+            .map(|t| (t.sell_order, t.quantity))
+            .collect();
+        assert_eq!(sells, [(1, 2), (2, 1)]);
+
+        // A larger quantity goes to the back: order 2 (4 left) moves behind order 5.
+        book.apply(&entry(5, limit(Side::Sell, 1, 1000)));
+        let modify = Command::Modify {
+            target: 2,
+            quantity: Some(9),
+            price: None,
+        };
+        assert!(matches!(
+            book.apply(&entry(6, modify)),
+            Applied::Changed { .. }
+        ));
+        book.apply(&entry(7, limit(Side::Buy, 1, 1000)));
+        assert_eq!(book.trades(None, 2, 10)[0].sell_order, 5);
+        assert_eq!(book.depth("A", 1).asks, [level(1000, 8, 1)]);
+    }
+
+    #[test]
+    fn a_repriced_order_matches_what_it_now_crosses() {
+        let mut book = book(&[limit(Side::Sell, 5, 1000), limit(Side::Buy, 5, 900)]);
+        let applied = book.apply(&entry(
+            3,
+            Command::Modify {
+                target: 2,
+                quantity: None,
+                price: Some(Price::from_cents(1000)),
+            },
+        ));
+        assert_eq!(
+            applied,
+            Applied::Changed {
+                order: 2,
+                trades: 1
+            }
+        );
+        let trade = &book.trades(Some("A"), 0, 10)[0];
+        assert_eq!((trade.entry, trade.buy_order, trade.sell_order), (3, 2, 1));
+        assert_eq!(book.entry_price(3), Some(Price::from_cents(1000)));
+    }
+
+    #[test]
+    fn cancel_and_modify_refuse_unknown_and_closed_orders() {
+        let mut book = book(&[
+            Command::Place {
+                side: Side::Buy,
+                quantity: 1,
+                limit: None,
+            },
+            limit(Side::Sell, 5, 1000),
+            Command::Cancel { target: 2 },
+        ]);
+        assert!(book.depth("A", 5).asks.is_empty());
+        assert_eq!(book.order(2).unwrap().status(), Status::Cancelled);
+        for (number, command, refusal) in [
+            (4, Command::Cancel { target: 2 }, Refusal::NotOpen(2)),
+            (5, Command::Cancel { target: 1 }, Refusal::NotFound(1)),
+            (6, Command::Cancel { target: 99 }, Refusal::NotFound(99)),
+        ] {
+            assert_eq!(
+                book.apply(&entry(number, command)),
+                Applied::Refused(refusal)
+            );
+            assert_eq!(book.refusal(number), Some(refusal));
+        }
+        book.apply(&entry(7, limit(Side::Sell, 5, 1000)));
+        book.apply(&entry(8, limit(Side::Buy, 2, 1000)));
+        let shrink = Command::Modify {
+            target: 7,
+            quantity: Some(2),
+            price: None,
+        };
+        assert_eq!(
+            book.apply(&entry(9, shrink)),
+            Applied::Refused(Refusal::BelowFilled {
+                target: 7,
+                filled: 2
+            })
+        );
+    }
+
+    #[test]
+    fn listings_filter_and_page() {
+        let book = book(&[
+            limit(Side::Sell, 5, 1000),
+            limit(Side::Buy, 2, 1000),
+            limit(Side::Buy, 1, 900),
+        ]);
+        let numbers = |it: &mut dyn Iterator<Item = &LimitOrder>| -> Vec<u64> {
+            it.map(|o| o.number).collect()
+        };
+        assert_eq!(numbers(&mut book.orders(None, None, u64::MAX)), [3, 2, 1]);
+        assert_eq!(numbers(&mut book.orders(None, None, 3)), [2, 1]);
+        assert_eq!(
+            numbers(&mut book.orders(Some("A"), Some(Status::Filled), u64::MAX)),
+            [2]
+        );
+        assert!(book.orders(Some("B"), None, u64::MAX).next().is_none());
+        assert_eq!(book.trades(Some("A"), 1, 10).len(), 0);
+        assert_eq!(book.trades(Some("B"), 0, 10).len(), 0);
+    }
+}
