@@ -128,13 +128,51 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// Parses a body the lenient way clients send it (no content-type check), for handlers
 /// that validate field by field to give precise messages.
+/// A field given twice (`{"quantity":-5,"quantity":1}`) is refused: parsers disagree on which
+/// one wins, so accepting it would let a proxy and this service read different orders.
 pub fn parse_json_object(
     bytes: &[u8],
 ) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
     match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(_) => return Err(ApiError::bad_request("Request body must be a JSON object")),
+        Err(e) => return Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
+    }
+    serde_json::from_slice::<UniqueFields>(bytes)
+        .map(|fields| fields.0)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+}
+
+/// A JSON object whose top-level keys are all different.
+struct UniqueFields(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueFields, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some((key, value)) = access.next_entry::<String, serde_json::Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "field `{key}` appears more than once"
+                        )));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueFields(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -171,5 +209,13 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert!(parse_json_object(br#"{"a":1}"#).is_ok());
+        let twice = parse_json_object(br#"{"quantity":-5,"quantity":1}"#).unwrap_err();
+        assert_eq!(twice.status, StatusCode::BAD_REQUEST);
+        assert!(
+            twice.message.contains("`quantity` appears more than once"),
+            "{twice:?}"
+        );
+        // Only the top level matters: nested objects are values, not fields.
+        assert!(parse_json_object(br#"{"a":{"b":1},"c":{"b":2}}"#).is_ok());
     }
 }

@@ -686,3 +686,224 @@ mod tests {
         assert_eq!(book.trades(Some("B"), 0, 10).len(), 0);
     }
 }
+
+/// The matching engine against a model that is obviously right and slow: resting orders in
+/// one vector, the best one found by a full scan each time.
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Resting {
+        number: u64,
+        side: Side,
+        price: u64,
+        quantity: u32,
+        filled: u32,
+        /// Time priority: lower goes first.
+        since: u64,
+    }
+
+    #[derive(Debug, Default)]
+    struct Model {
+        resting: Vec<Resting>,
+        /// Every limit order's (quantity, filled, cancelled), by number.
+        orders: BTreeMap<u64, (u32, u32, bool, Side, u64)>,
+        /// (price, quantity, buy order, sell order, entry)
+        trades: Vec<(u64, u32, u64, u64, u64)>,
+        clock: u64,
+    }
+
+    impl Model {
+        fn enter(&mut self, mut order: Resting, entry: u64) {
+            loop {
+                let remaining = order.quantity - order.filled;
+                if remaining == 0 {
+                    break;
+                }
+                let best = self
+                    .resting
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.side != order.side)
+                    .filter(|(_, r)| match order.side {
+                        Side::Buy => r.price <= order.price,
+                        Side::Sell => r.price >= order.price,
+                    })
+                    .min_by_key(|(_, r)| {
+                        let price = match order.side {
+                            Side::Buy => r.price as i64,
+                            Side::Sell => -(r.price as i64),
+                        };
+                        (price, r.since)
+                    })
+                    .map(|(i, _)| i);
+                let Some(i) = best else { break };
+                let maker = &mut self.resting[i];
+                let quantity = remaining.min(maker.quantity - maker.filled);
+                maker.filled += quantity;
+                order.filled += quantity;
+                let (buy, sell) = match order.side {
+                    Side::Buy => (order.number, maker.number),
+                    Side::Sell => (maker.number, order.number),
+                };
+                self.trades.push((maker.price, quantity, buy, sell, entry));
+                let maker = maker.clone();
+                self.orders.get_mut(&maker.number).unwrap().1 = maker.filled;
+                if maker.filled == maker.quantity {
+                    self.resting.remove(i);
+                }
+            }
+            self.orders.get_mut(&order.number).unwrap().1 = order.filled;
+            if order.filled < order.quantity {
+                self.clock += 1;
+                order.since = self.clock;
+                self.resting.push(order);
+            }
+        }
+
+        fn apply(&mut self, number: u64, command: Command) {
+            match command {
+                Command::Place {
+                    side,
+                    quantity,
+                    limit: Some(price),
+                } => {
+                    self.orders
+                        .insert(number, (quantity, 0, false, side, price.cents()));
+                    let order = Resting {
+                        number,
+                        side,
+                        price: price.cents(),
+                        quantity,
+                        filled: 0,
+                        since: 0,
+                    };
+                    self.enter(order, number);
+                }
+                Command::Place { limit: None, .. } => {}
+                Command::Cancel { target } => {
+                    if let Some(i) = self.resting.iter().position(|r| r.number == target) {
+                        self.resting.remove(i);
+                        self.orders.get_mut(&target).unwrap().2 = true;
+                    }
+                }
+                Command::Modify {
+                    target,
+                    quantity,
+                    price,
+                } => {
+                    let Some(i) = self.resting.iter().position(|r| r.number == target) else {
+                        return;
+                    };
+                    let old = self.resting[i].clone();
+                    let new_quantity = quantity.unwrap_or(old.quantity);
+                    let new_price = price.map_or(old.price, Price::cents);
+                    if new_quantity <= old.filled {
+                        return;
+                    }
+                    let entry = self.orders.get_mut(&target).unwrap();
+                    entry.0 = new_quantity;
+                    entry.4 = new_price;
+                    if new_price == old.price && new_quantity <= old.quantity {
+                        self.resting[i].quantity = new_quantity;
+                    } else {
+                        self.resting.remove(i);
+                        let order = Resting {
+                            quantity: new_quantity,
+                            price: new_price,
+                            ..old
+                        };
+                        self.enter(order, number);
+                    }
+                }
+            }
+        }
+
+        fn depth(&self, side: Side) -> Vec<DepthLevel> {
+            let mut levels: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
+            for r in self.resting.iter().filter(|r| r.side == side) {
+                let level = levels.entry(r.price).or_default();
+                level.0 += u64::from(r.quantity - r.filled);
+                level.1 += 1;
+            }
+            let levels = levels
+                .into_iter()
+                .map(|(price, (quantity, orders))| DepthLevel {
+                    price: Price::from_cents(price),
+                    quantity,
+                    orders,
+                });
+            match side {
+                Side::Buy => levels.rev().collect(),
+                Side::Sell => levels.collect(),
+            }
+        }
+    }
+
+    fn command(max_target: u64) -> impl Strategy<Value = Command> {
+        let side = prop_oneof![Just(Side::Buy), Just(Side::Sell)];
+        let price = (95u64..=105).prop_map(Price::from_cents);
+        prop_oneof![
+            6 => (side.clone(), 1u32..10, price.clone()).prop_map(|(side, quantity, price)| {
+                Command::Place { side, quantity, limit: Some(price) }
+            }),
+            1 => (side, 1u32..10).prop_map(|(side, quantity)| Command::Place {
+                side,
+                quantity,
+                limit: None
+            }),
+            2 => (1..=max_target).prop_map(|target| Command::Cancel { target }),
+            2 => (1..=max_target, proptest::option::of(1u32..12), proptest::option::of(price))
+                .prop_map(|(target, quantity, price)| Command::Modify { target, quantity, price }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn the_book_agrees_with_the_model(commands in proptest::collection::vec(command(60), 1..60)) {
+            let mut book = Book::default();
+            let mut model = Model::default();
+            for (i, command) in commands.iter().enumerate() {
+                let number = i as u64 + 1;
+                let before = book.trades.len() as u64;
+                book.apply(&Order {
+                    number,
+                    term: 1,
+                    name: "A".into(),
+                    key: None,
+                    command: *command,
+                });
+                model.apply(number, *command);
+                // No trade crosses a limit: both sides' prices are as they were at the trade.
+                for trade in book.trades(None, before, usize::MAX) {
+                    let buy = book.order(trade.buy_order).expect("buyer");
+                    let sell = book.order(trade.sell_order).expect("seller");
+                    prop_assert!(sell.price <= trade.price && trade.price <= buy.price);
+                }
+            }
+            let trades: Vec<(u64, u32, u64, u64, u64)> = book
+                .trades(None, 0, usize::MAX)
+                .iter()
+                .map(|t| (t.price.cents(), t.quantity, t.buy_order, t.sell_order, t.entry))
+                .collect();
+            prop_assert_eq!(trades, model.trades.clone());
+            let depth = book.depth("A", usize::MAX);
+            prop_assert_eq!(depth.bids, model.depth(Side::Buy));
+            prop_assert_eq!(depth.asks, model.depth(Side::Sell));
+            for (number, (quantity, filled, cancelled, side, price)) in &model.orders {
+                let order = book.order(*number).expect("every limit order is kept");
+                prop_assert_eq!(
+                    (order.quantity, order.filled, order.cancelled, order.side, order.price.cents()),
+                    (*quantity, *filled, *cancelled, *side, *price)
+                );
+                // Never filled beyond its quantity; every trade within its limit.
+                prop_assert!(order.filled <= order.quantity);
+            }
+            prop_assert_eq!(book.orders.len(), model.orders.len());
+        }
+    }
+}

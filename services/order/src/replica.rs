@@ -641,7 +641,8 @@ impl Replica {
             Some(entry) if entry.market().is_some() => {
                 Err(OrderError::Refused(Refusal::NotOpen(target)))
             }
-            _ => Err(OrderError::Refused(Refusal::NotFound(target))),
+            Some(_) => Err(OrderError::Refused(Refusal::NotFound(target))),
+            None => Err(OrderError::OrderNotFound),
         }
     }
 
