@@ -1,6 +1,7 @@
-//! Chaos: clients trade without pause while order replicas — the leader at least every other
-//! time — are SIGKILLed and restarted, and the catalog once; then the reliability contract
-//! I1–I5 is checked on what is left.
+//! Chaos: clients trade without pause — market and limit orders, modifies and cancels —
+//! while order replicas (the leader at least every other time) are SIGKILLed and restarted,
+//! and the catalog once; then the reliability contract I1–I5 and I8 (one book) is checked on
+//! what is left.
 //!
 //! CI runs it for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test --release
 //! --test chaos -- --nocapture`.
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_until, Cluster};
+use common::{book, wait_until, Cluster};
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
@@ -34,14 +35,26 @@ impl Rng {
     }
 }
 
-/// An order a client saw acknowledged.
+/// A command a client saw acknowledged, with the log entry it must have become.
 #[derive(Debug, Clone)]
 struct Ack {
     number: u64,
     key: String,
-    name: String,
-    side: &'static str,
-    quantity: u64,
+    entry: Value,
+}
+
+/// What a client sends next.
+enum Action {
+    Place(Value),
+    Modify {
+        target: u64,
+        name: String,
+        change: Value,
+    },
+    Cancel {
+        target: u64,
+        name: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +73,8 @@ async fn client(
 ) -> ClientReport {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1));
     let mut report = ClientReport::default();
-    let orders = format!("{frontend}/orders");
+    // This client's acknowledged limit orders: (number, name), for modifies and cancels.
+    let mut limits: Vec<(u64, String)> = Vec::new();
     let mut sequence = 0;
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
@@ -68,21 +82,52 @@ async fn client(
         let name = STOCKS[rng.below(STOCKS.len() as u64) as usize];
         let side = if rng.below(2) == 0 { "buy" } else { "sell" };
         let quantity = 1 + rng.below(3);
-        let body = json!({"name": name, "type": side, "quantity": quantity});
+        // Prices around 10.00, so that about half of the limit orders cross.
+        let price = 9.95 + rng.below(11) as f64 / 100.0;
+        let price = (price * 100.0).round() / 100.0;
+        let roll = rng.below(10);
+        let action = match (roll, limits.is_empty()) {
+            (0..=3, _) | (8.., true) => {
+                Action::Place(json!({"name": name, "type": side, "quantity": quantity}))
+            }
+            (4..=7, _) => Action::Place(
+                json!({"name": name, "type": side, "quantity": quantity, "price": price}),
+            ),
+            (8, false) => {
+                let (target, name) = limits[rng.below(limits.len() as u64) as usize].clone();
+                let change = if rng.below(2) == 0 {
+                    json!({"price": price})
+                } else {
+                    json!({"quantity": 1 + rng.below(6)})
+                };
+                Action::Modify {
+                    target,
+                    name,
+                    change,
+                }
+            }
+            (_, false) => {
+                let (target, name) = limits[rng.below(limits.len() as u64) as usize].clone();
+                Action::Cancel { target, name }
+            }
+        };
         let mut outcome = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 report.retries += 1;
-                // Pacing between retries of an order whose outcome is unknown.
+                // Pacing between retries of a command whose outcome is unknown.
                 sleep(Duration::from_millis(50)).await;
             }
-            let response = http
-                .post(&orders)
-                .header("idempotency-key", &key)
-                .json(&body)
-                .send()
-                .await;
-            let Ok(response) = response else { continue };
+            let request = match &action {
+                Action::Place(body) => http.post(format!("{frontend}/orders")).json(body),
+                Action::Modify { target, change, .. } => {
+                    http.put(format!("{frontend}/orders/{target}")).json(change)
+                }
+                Action::Cancel { target, .. } => http.delete(format!("{frontend}/orders/{target}")),
+            };
+            let Ok(response) = request.header("idempotency-key", &key).send().await else {
+                continue;
+            };
             let status = response.status().as_u16();
             let Ok(reply) = response.json::<Value>().await else {
                 continue;
@@ -98,20 +143,42 @@ async fn client(
                     break;
                 }
                 503 => continue,
-                other => panic!("order {body} answered {other}: {reply}"),
+                other => panic!("command {key} answered {other}: {reply}"),
             }
         }
-        match outcome {
-            Some(Some(number)) => report.acks.push(Ack {
-                number,
-                key,
-                name: name.to_owned(),
-                side,
-                quantity,
+        let Some(outcome) = outcome else {
+            report.unknown += 1;
+            continue;
+        };
+        let Some(number) = outcome else { continue };
+        let client_key = json!(format!("client-{key}"));
+        let entry = match action {
+            Action::Place(mut body) => {
+                if body.get("price").is_some() {
+                    limits.push((number, name.to_owned()));
+                }
+                body["number"] = json!(number);
+                body["key"] = client_key;
+                body
+            }
+            Action::Modify {
+                target,
+                name,
+                mut change,
+            } => {
+                change["number"] = json!(number);
+                change["key"] = client_key;
+                change["type"] = json!("modify");
+                change["target"] = json!(target);
+                change["name"] = json!(name);
+                change
+            }
+            Action::Cancel { target, name } => json!({
+                "number": number, "key": client_key, "type": "cancel", "target": target,
+                "name": name
             }),
-            Some(None) => {}
-            None => report.unknown += 1,
-        }
+        };
+        report.acks.push(Ack { number, key, entry });
     }
     report
 }
@@ -239,31 +306,26 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         }
     }
 
-    // I1: every acknowledged order is in the log, unchanged, and served by the frontend.
+    // I1: every acknowledged command is in the log, unchanged, and an order is served by the
+    // frontend.
     let mut lost = 0;
     for ack in &acks {
-        let order = &log[(ack.number - 1) as usize];
-        let expected = (
-            json!(format!("client-{}", ack.key)),
-            json!(ack.name),
-            json!(ack.side),
-            json!(ack.quantity),
-        );
-        let found = (
-            order["key"].clone(),
-            order["name"].clone(),
-            order["type"].clone(),
-            order["quantity"].clone(),
-        );
-        if found != expected {
+        let mut found = log[(ack.number - 1) as usize].clone();
+        if let Some(fields) = found.as_object_mut() {
+            fields.remove("term");
+        }
+        if found != ack.entry {
             lost += 1;
             eprintln!(
-                "order {} acknowledged as {expected:?}, log has {found:?}",
-                ack.number
+                "command {} ({}) acknowledged as {}, log has {found}",
+                ack.number, ack.key, ack.entry
             );
         }
     }
-    for ack in acks.iter().step_by(7) {
+    // (Market orders: a limit order's quantity may have been modified since.)
+    let placed_at_market =
+        |a: &&&Ack| a.entry.get("target").is_none() && a.entry.get("price").is_none();
+    for ack in acks.iter().filter(placed_at_market).step_by(7) {
         let (status, body) = cluster
             .get(&format!("{}/orders/{}", cluster.frontend(), ack.number))
             .await;
@@ -273,13 +335,16 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
                 body["data"]["name"].clone(),
                 body["data"]["quantity"].clone()
             ),
-            (json!(ack.name), json!(ack.quantity))
+            (ack.entry["name"].clone(), ack.entry["quantity"].clone())
         );
     }
 
     // I3: the catalog holds initial + sells - buys of the committed log, all applied.
     let mut expected: HashMap<String, i64> = HashMap::new();
-    for order in &log {
+    let market = |order: &&Value| {
+        (order["type"] == "buy" || order["type"] == "sell") && order.get("price").is_none()
+    };
+    for order in log.iter().filter(market) {
         let delta = order["quantity"].as_i64().expect("quantity");
         let signed = if order["type"] == "sell" {
             delta
@@ -310,6 +375,19 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         );
     }
 
+    // I8: every replica holds the same book, equal to a fresh replay of the committed log.
+    let replayed = book::check_replay(&log);
+    let books = book::wait_for_applied_books(&cluster, log.len() as u64, &STOCKS).await;
+    for (index, replica_book) in books.iter().enumerate() {
+        assert!(
+            *replica_book == replayed,
+            "replica {}'s book differs from a replay of the log",
+            index + 1
+        );
+    }
+    let limit_orders = replayed.orders.len();
+    let trades = replayed.trades.len();
+
     let refused: usize = reports.iter().map(|r| r.refused).sum();
     let unknown: usize = reports.iter().map(|r| r.unknown).sum();
     let retries: usize = reports.iter().map(|r| r.retries).sum();
@@ -327,9 +405,10 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         .find_map(|l| l.strip_prefix("stocknet_frontend_elections_total "))
         .unwrap_or("?");
     println!(
-        "chaos over {seconds} s: {} orders acknowledged, {refused} refused (409), {unknown} \
-         unknown after {ATTEMPTS} attempts, {retries} client retries; {} kills ({} of the \
-         leader, {} of the catalog), {elections} elections; orders lost: {lost}",
+        "chaos over {seconds} s: {} commands acknowledged ({limit_orders} limit orders, \
+         {trades} trades), {refused} refused (409), {unknown} unknown after {ATTEMPTS} \
+         attempts, {retries} client retries; {} kills ({} of the leader, {} of the catalog), \
+         {elections} elections; orders lost: {lost}",
         acks.len(),
         chaos.kills + chaos.catalog_kills,
         chaos.leader_kills,

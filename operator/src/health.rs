@@ -168,6 +168,7 @@ mod tests {
             leader: Some(leader),
             ready,
             last_transaction: 42,
+            applied: 42,
         }
     }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod book;
+
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;

@@ -88,6 +88,9 @@ pub struct Health {
     pub leader: Option<u32>,
     pub ready: bool,
     pub last_transaction: u64,
+    /// The last log entry this replica's book holds; everything through it is committed.
+    #[serde(default)]
+    pub applied: u64,
 }
 
 /// Frontend → leader (`POST /orders`): a new order, validated by the frontend.

@@ -190,6 +190,7 @@ impl Replica {
             leader: view.leader,
             ready: self.is_ready(),
             last_transaction: self.log().last(),
+            applied: self.book().applied(),
         }
     }
 

@@ -1,0 +1,149 @@
+//! The order book as replicas serve it, and as a fresh replay of a committed log builds it, in
+//! one comparable form (I8).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use stocknet_common::{Order, Side};
+use stocknet_order::book::Book;
+use tokio::time::{sleep, Instant};
+
+use super::Cluster;
+
+/// Every limit order (newest first), every trade and each stock's depth, as JSON values.
+#[derive(Debug, PartialEq)]
+pub struct BookState {
+    pub orders: Vec<Value>,
+    pub trades: Vec<Value>,
+    pub depths: Vec<Value>,
+}
+
+/// Replays `log` into a new book, checking on the way that no trade crosses a limit price
+/// (both orders' prices as they stood when it happened), and at the end that no order is
+/// filled beyond its quantity and that fills add up on both sides of every trade.
+pub fn check_replay(log: &[Value]) -> BookState {
+    let mut book = Book::default();
+    let mut stocks: Vec<String> = Vec::new();
+    for value in log {
+        let entry: Order = serde_json::from_value(value.clone()).expect("a log entry");
+        if !stocks.contains(&entry.name) {
+            stocks.push(entry.name.clone());
+        }
+        let before = book.trades(None, 0, usize::MAX).len() as u64;
+        book.apply(&entry);
+        for trade in book.trades(None, before, usize::MAX) {
+            let buy = book
+                .order(trade.buy_order)
+                .expect("the buyer is a limit order");
+            let sell = book
+                .order(trade.sell_order)
+                .expect("the seller is a limit order");
+            assert!(
+                sell.price <= trade.price && trade.price <= buy.price,
+                "trade {trade:?} crosses a limit: buy {buy:?}, sell {sell:?}"
+            );
+            assert_eq!((buy.side, sell.side), (Side::Buy, Side::Sell));
+        }
+    }
+    let trades = book.trades(None, 0, usize::MAX);
+    let traded: u64 = trades.iter().map(|t| u64::from(t.quantity)).sum();
+    let (mut bought, mut sold) = (0u64, 0u64);
+    let mut orders = Vec::new();
+    for order in book.orders(None, None, u64::MAX) {
+        let view = book.limit_view(order);
+        let fills: u32 = view.fills.iter().map(|f| f.quantity).sum();
+        assert!(
+            view.filled_quantity <= view.quantity,
+            "overfilled: {view:?}"
+        );
+        assert_eq!(view.filled_quantity, fills, "fills do not add up: {view:?}");
+        match view.side {
+            Side::Buy => bought += u64::from(fills),
+            Side::Sell => sold += u64::from(fills),
+        }
+        orders.push(serde_json::to_value(view).expect("JSON"));
+    }
+    assert_eq!(
+        (bought, sold),
+        (traded, traded),
+        "filled quantities per side"
+    );
+    stocks.sort();
+    BookState {
+        orders,
+        trades: trades
+            .iter()
+            .map(|t| serde_json::to_value(t).expect("JSON"))
+            .collect(),
+        depths: stocks
+            .iter()
+            .map(|name| serde_json::to_value(book.depth(name, 1_000)).expect("JSON"))
+            .collect(),
+    }
+}
+
+/// Waits until every replica's book has applied `applied` entries, then reads each one's.
+pub async fn wait_for_applied_books(
+    cluster: &Cluster,
+    applied: u64,
+    stocks: &[&str],
+) -> Vec<BookState> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for index in 0..cluster.order_urls.len() {
+        while cluster.replica_health(index).await["applied"] != applied {
+            assert!(
+                Instant::now() < deadline,
+                "replica {}'s book has not applied {applied} entries",
+                index + 1
+            );
+            sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let mut stocks: Vec<&str> = stocks.to_vec();
+    stocks.sort();
+    let mut books = Vec::new();
+    for base in &cluster.order_urls {
+        books.push(replica_book(cluster, base, &stocks).await);
+    }
+    books
+}
+
+async fn replica_book(cluster: &Cluster, base: &str, stocks: &[&str]) -> BookState {
+    let mut orders = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, body) = cluster
+            .get(&format!("{base}/orders?limit=1000{cursor}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        orders.extend(body["data"]["orders"].as_array().expect("orders").clone());
+        match body["data"]["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let mut trades: Vec<Value> = Vec::new();
+    loop {
+        let after = trades.last().map_or(0, |t| t["id"].as_u64().expect("id"));
+        let (status, body) = cluster
+            .get(&format!("{base}/trades?after={after}&limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["data"].as_array().expect("trades").clone();
+        if page.is_empty() {
+            break;
+        }
+        trades.extend(page);
+    }
+    let mut depths = Vec::new();
+    for name in stocks {
+        let (status, body) = cluster.get(&format!("{base}/book/{name}?depth=1000")).await;
+        assert_eq!(status, 200, "{body}");
+        depths.push(body["data"].clone());
+    }
+    BookState {
+        orders,
+        trades,
+        depths,
+    }
+}
