@@ -61,6 +61,10 @@ pub struct LoadConfig {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Place limit orders instead of market orders, priced within 1% of each stock's price
+    /// when the run starts, so that about half of them cross the book and trade.
+    #[arg(long)]
+    pub limit: bool,
 }
 
 /// A whole `stocknet load` invocation: one run per value of `p`.
@@ -210,6 +214,8 @@ struct Placed {
     name: String,
     side: &'static str,
     quantity: u32,
+    /// Limit price in cents.
+    price: Option<u64>,
 }
 
 /// What one client session measured.
@@ -228,6 +234,8 @@ struct Plan {
     lookup_paths: Vec<String>,
     name_field: String,
     max_quantity: u32,
+    /// Each stock's price in cents when the run started, with `--limit`.
+    prices: Option<Vec<u64>>,
     p: f64,
     deadline: Instant,
     iterations: Option<u64>,
@@ -285,6 +293,11 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     for frontend in &frontends {
         let target = Target::parse(frontend).map_err(anyhow::Error::msg)?;
         let cache = caches(&http, frontend).await;
+        let prices = if config.limit {
+            Some(prices(&http, frontend, &stocks).await?)
+        } else {
+            None
+        };
         for &p in &config.p {
             let show_progress = !config.json && std::io::stderr().is_terminal();
             let plan = Arc::new(Plan {
@@ -295,6 +308,7 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
                 lookup_paths: lookup_paths.clone(),
                 name_field: config.name_field.clone(),
                 max_quantity: config.max_quantity,
+                prices: prices.clone(),
                 p,
                 deadline: Instant::now() + config.duration,
                 iterations: config.iterations,
@@ -309,6 +323,20 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         clients: config.clients,
         runs,
     })
+}
+
+/// Each stock's price in cents, looked up through the frontend at `url`.
+async fn prices(http: &reqwest::Client, url: &str, stocks: &[String]) -> anyhow::Result<Vec<u64>> {
+    let mut prices = Vec::new();
+    for stock in stocks {
+        let lookup = stocknet_common::client::endpoint(url, &["stocks", stock])?;
+        let reply: Value = http.get(lookup).send().await?.json().await?;
+        let price = reply["data"]["price"]
+            .as_f64()
+            .ok_or_else(|| anyhow::anyhow!("no price for {stock}: {reply}"))?;
+        prices.push((price * 100.0).round() as u64);
+    }
+    Ok(prices)
 }
 
 /// Whether the frontend at `url` caches, from its `/health`; `None` if it does not say.
@@ -403,15 +431,22 @@ async fn session(plan: Arc<Plan>) -> Session {
         }
         done += 1;
         // Drawn before any await: the thread-local generator must not cross one.
-        let (stock, trade, side, quantity) = {
+        let (stock, trade, side, quantity, price) = {
             let mut rng = rand::rng();
             let stock = rng.random_range(0..plan.stocks.len());
             let side = if rng.random_bool(0.5) { "buy" } else { "sell" };
+            // Within 1% of the starting price, in basis points.
+            let offset: i64 = rng.random_range(-100..=100);
+            let price = plan.prices.as_ref().map(|prices| {
+                let base = prices[stock] as i64;
+                (base + base * offset / 10_000).max(1) as u64
+            });
             (
                 stock,
                 rng.random_bool(plan.p),
                 side,
                 rng.random_range(1..=plan.max_quantity),
+                price,
             )
         };
         lookup(
@@ -422,22 +457,15 @@ async fn session(plan: Arc<Plan>) -> Session {
         .await;
         if trade {
             let stock = &plan.stocks[stock];
-            if let Some(number) = place(
-                &plan,
-                &mut connection,
-                stock,
+            let order = Placed {
+                number: 0,
+                name: stock.clone(),
                 side,
                 quantity,
-                &mut state.orders,
-            )
-            .await
-            {
-                state.placed.push(Placed {
-                    number,
-                    name: stock.clone(),
-                    side,
-                    quantity,
-                });
+                price,
+            };
+            if let Some(number) = place(&plan, &mut connection, &order, &mut state.orders).await {
+                state.placed.push(Placed { number, ..order });
             }
         }
         if let Some(bar) = &plan.progress {
@@ -470,15 +498,16 @@ async fn lookup(connection: &mut Connection, path: &str, latencies: &mut Latenci
 async fn place(
     plan: &Plan,
     connection: &mut Connection,
-    stock: &str,
-    side: &'static str,
-    quantity: u32,
+    order: &Placed,
     latencies: &mut Latencies,
 ) -> Option<u64> {
     let mut body = serde_json::Map::new();
-    body.insert(plan.name_field.clone(), json!(stock));
-    body.insert("quantity".into(), json!(quantity));
-    body.insert("type".into(), json!(side));
+    body.insert(plan.name_field.clone(), json!(order.name));
+    body.insert("quantity".into(), json!(order.quantity));
+    body.insert("type".into(), json!(order.side));
+    if let Some(cents) = order.price {
+        body.insert("price".into(), json!(cents as f64 / 100.0));
+    }
     let body = serde_json::to_vec(&body).ok()?;
     let started = Instant::now();
     let outcome = connection.post_json("/orders", body).await;
@@ -520,7 +549,9 @@ async fn verify(plan: &Plan, placed: &[Placed], clients: u32) -> (Latencies, Ver
                             Ok(data["number"] == json!(order.number)
                                 && data["name"] == json!(order.name)
                                 && data["type"] == json!(order.side)
-                                && data["quantity"] == json!(order.quantity))
+                                && data["quantity"] == json!(order.quantity)
+                                && data.get("price")
+                                    == order.price.map(|c| json!(c as f64 / 100.0)).as_ref())
                         }
                         Err(_) => Err(()),
                     }

@@ -57,3 +57,58 @@ async fn load_client_trades_reads_back_every_order_and_reports() {
         .expect("last");
     assert_eq!(last, placed);
 }
+
+#[tokio::test]
+async fn load_client_places_limit_orders_that_trade() {
+    let cluster = Cluster::start(1).await;
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "load",
+            "--frontend",
+            cluster.frontend(),
+            "--clients",
+            "4",
+            "--p",
+            "1",
+            "--iterations",
+            "30",
+            "--stocks",
+            "GameStart",
+            "--limit",
+            "--json",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run stocknet load --limit");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+    let run = &report["runs"][0];
+    // Limit orders are never refused for want of house inventory: all 120 are placed.
+    assert_eq!(run["requests"]["order"]["ok"], 120, "{run}");
+    assert_eq!(run["verification"]["checked"], 120);
+    assert_eq!(run["verification"]["mismatched"], 0);
+    // Prices within 1% of one another cross: the book traded, and the catalog shows the last
+    // trade's price.
+    let (status, trades) = cluster
+        .get(&format!(
+            "{}/trades?name=GameStart&limit=1000",
+            cluster.frontend()
+        ))
+        .await;
+    assert_eq!(status, 200, "{trades}");
+    let trades = trades["data"].as_array().expect("trades");
+    assert!(!trades.is_empty());
+    let (_, stock) = cluster
+        .get(&format!("{}/stocks/GameStart", cluster.frontend()))
+        .await;
+    assert_eq!(
+        stock["data"]["price"],
+        trades.last().expect("a trade")["price"]
+    );
+}
