@@ -3,17 +3,21 @@
 # orders with `stocknet load` (p = 1) at 5 and at 32 clients, then stops it. Prints every run
 # and the medians. The data directory comes from mktemp, so TMPDIR=/dev/shm puts every log
 # on tmpfs, where fsync costs nothing: the same path without the disk.
-#   bench/orders.sh [runs, default 5] [seconds per measurement, default 8]
+# Further arguments go to `stocknet load` (e.g. --limit for limit orders on the book).
+#   bench/orders.sh [runs, default 5] [seconds per measurement, default 8] [load flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}" seconds="${2:-8}"
+shift $(($# < 2 ? $# : 2))
+load_flags=("$@")
 source bench/lib.sh
 
 for run in $(seq 1 "$runs"); do
   start_up 38080
   for clients in 5 32; do
     "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p 1 \
-      --duration "${seconds}s" --max-quantity 3 --json >"$dir/run-$run-$clients.json"
+      --duration "${seconds}s" --max-quantity 3 "${load_flags[@]}" --json \
+      >"$dir/run-$run-$clients.json"
   done
   kill "${pids[@]}"
   wait "${pids[@]}" 2>/dev/null || true

@@ -20,6 +20,9 @@ use tokio::time::{sleep, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stocknet");
 
+/// Book entries between snapshots in test clusters.
+pub const BOOK_SNAPSHOT_EVERY: &str = "50";
+
 /// A port nobody listens on right now, for a service to bind later. It lies below the kernel's
 /// ephemeral range (32768–60999 by default), so no outgoing connection can take it as its
 /// local port in the meantime, as one could a port that `bind(0)` handed out; and each call
@@ -184,6 +187,9 @@ impl Cluster {
                         &catalog_url,
                         "--data-dir",
                         &data,
+                        // Often, so that every restart in a test loads a book snapshot.
+                        "--book-snapshot-every",
+                        BOOK_SNAPSHOT_EVERY,
                     ]),
                     dir.path(),
                 )

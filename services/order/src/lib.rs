@@ -3,9 +3,11 @@
 //! serves lookups and resyncs from its peers on boot before it reports ready.
 
 pub mod book;
+pub mod book_store;
 pub mod error;
 pub mod log;
 pub mod replica;
+pub mod snapshot;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -55,9 +57,14 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub catalog_url: String,
-    /// Directory holding orders-<id>.csv and term-<id>.
+    /// Directory holding orders-<id>.csv, term-<id> and book-<id>.snap.
     #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
+    /// Log entries applied to the book between two snapshots of it (a restart loads the
+    /// last snapshot and applies only the entries after it).
+    #[arg(long, env = "STOCKNET_BOOK_SNAPSHOT_EVERY", default_value_t = book_store::SNAPSHOT_EVERY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub book_snapshot_every: u64,
 }
 
 impl Config {
@@ -95,6 +102,7 @@ impl AppState {
             config.peers.clone(),
             config.catalog_url.trim_end_matches('/').to_owned(),
             http_client(Duration::from_secs(2)),
+            config.book_snapshot_every,
         )?;
         Ok(Self {
             replica: Arc::new(replica),
@@ -379,6 +387,7 @@ mod tests {
             peers,
             "http://127.0.0.1:9".into(),
             http_client(Duration::from_millis(200)),
+            book_store::SNAPSHOT_EVERY,
         )
         .unwrap();
         router(AppState {

@@ -18,6 +18,7 @@ use stocknet_common::{file, Command, Order, RemoteError, Side};
 use tokio::sync::{watch, Notify};
 
 use crate::book::{Book, Refusal};
+use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::OrderLog;
 
@@ -121,8 +122,8 @@ pub struct Replica {
     http: reqwest::Client,
     log: Arc<Mutex<OrderLog>>,
     /// The book as of the log's committed prefix, which only grows (locked before the log
-    /// when both are held).
-    book: Arc<Mutex<Book>>,
+    /// when both are held), and its snapshots.
+    book: Arc<BookStore>,
     /// How far this replica knows the log to be committed: as leader, what a majority holds;
     /// as follower, what the leader last said.
     committed: Arc<AtomicU64>,
@@ -153,9 +154,17 @@ impl Replica {
         peers: Vec<Peer>,
         catalog_url: String,
         http: reqwest::Client,
+        snapshot_every: u64,
     ) -> Result<Self, OrderError> {
         std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
         let log = OrderLog::open(data_dir.join(format!("orders-{id}.csv")))?;
+        // The snapshot holds committed entries only, so the commit point starts there.
+        let book = BookStore::open(
+            data_dir.join(format!("book-{id}.snap")),
+            snapshot_every,
+            log.last(),
+        );
+        let snapshot_applied = book.lock().applied();
         let term_path = data_dir.join(format!("term-{id}"));
         let view = match std::fs::read_to_string(&term_path) {
             Ok(text) => parse_view(&text)
@@ -171,8 +180,8 @@ impl Replica {
             catalog_url,
             http,
             log: Arc::new(Mutex::new(log)),
-            book: Arc::default(),
-            committed: Arc::default(),
+            committed: Arc::new(AtomicU64::new(snapshot_applied)),
+            book: Arc::new(book),
             term_path,
             view: Mutex::new(view),
             ready: AtomicBool::new(false),
@@ -260,7 +269,7 @@ impl Replica {
                 // Only where this log matches the leader's: a suffix beyond it may be stale.
                 let known = request.committed.min(through);
                 committed.fetch_max(known, Ordering::AcqRel);
-                advance_book(&book, &log, known)?;
+                book.advance(&log, known)?;
             }
             Ok(merged)
         })
@@ -648,14 +657,14 @@ impl Replica {
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|e| e.into_inner())
+        self.book.lock()
     }
 
     /// Applies the committed log through `through` to the book (off the async threads: a
     /// replica that rebuilds its book reads its whole log).
     async fn advance_book(&self, through: u64) -> Result<(), OrderError> {
         let (book, log) = (self.book.clone(), self.log.clone());
-        tokio::task::spawn_blocking(move || advance_book(&book, &log, through))
+        tokio::task::spawn_blocking(move || book.advance(&log, through))
             .await
             .map_err(OrderError::task)?
     }
@@ -1001,27 +1010,6 @@ impl Replica {
         }
         Ok(())
     }
-}
-
-/// Applies the log's entries after the book's last through `through` to the book, in batches.
-/// Entries through `through` must be committed: the book never takes back an entry.
-fn advance_book(book: &Mutex<Book>, log: &Mutex<OrderLog>, through: u64) -> Result<(), OrderError> {
-    let mut book = book.lock().unwrap_or_else(|e| e.into_inner());
-    while book.applied() < through {
-        let count = usize::try_from(through - book.applied())
-            .unwrap_or(BATCH)
-            .min(BATCH);
-        let entries = lock(log).after(book.applied(), count)?;
-        if entries.is_empty() {
-            return Err(OrderError::Gap {
-                last: book.applied(),
-            });
-        }
-        for entry in &entries {
-            book.apply(entry);
-        }
-    }
-    Ok(())
 }
 
 fn lock(log: &Mutex<OrderLog>) -> MutexGuard<'_, OrderLog> {

@@ -1,0 +1,164 @@
+//! A replica's book and its snapshot file: the book advances through committed log entries,
+//! and every `snapshot_every` entries it is written to disk, so that a restart loads the
+//! snapshot and applies only what follows it.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::book::Book;
+use crate::error::OrderError;
+use crate::log::OrderLog;
+use crate::snapshot;
+
+/// Entries applied between two snapshots, unless configured otherwise.
+pub const SNAPSHOT_EVERY: u64 = 100_000;
+
+/// Most entries read from the log at once while advancing.
+const READ_BATCH: usize = 10_000;
+
+pub struct BookStore {
+    book: Mutex<Book>,
+    path: PathBuf,
+    snapshot_every: u64,
+    /// One snapshot written at a time.
+    writing: Mutex<()>,
+}
+
+impl BookStore {
+    /// Loads the snapshot at `path` if there is a usable one: readable, and not past the end
+    /// of the log it must continue from (`log_last`). Anything else starts an empty book that
+    /// the log rebuilds; a snapshot is never needed for correctness.
+    pub fn open(path: PathBuf, snapshot_every: u64, log_last: u64) -> Self {
+        let book = match std::fs::read(&path) {
+            Ok(bytes) => match snapshot::decode(&bytes) {
+                Ok(book) if book.applied() <= log_last => {
+                    tracing::info!(applied = book.applied(), "book loaded from its snapshot");
+                    book
+                }
+                Ok(book) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        applied = book.applied(),
+                        log_last,
+                        "book snapshot is ahead of the log; rebuilding from the log"
+                    );
+                    Book::default()
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "unusable book snapshot, rebuilding from the log: {e}");
+                    Book::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read the book snapshot, rebuilding from the log: {e}");
+                Book::default()
+            }
+        };
+        Self {
+            book: Mutex::new(book),
+            path,
+            snapshot_every: snapshot_every.max(1),
+            writing: Mutex::new(()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Book> {
+        // The book is changed only by `apply`, which finishes every change it starts.
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `log`'s entries after the book's last through `through`, which must all be
+    /// committed (the book never takes one back), and writes a snapshot when that crosses a
+    /// multiple of `snapshot_every`. Blocking: call from `spawn_blocking`.
+    pub fn advance(&self, log: &Mutex<OrderLog>, through: u64) -> Result<(), OrderError> {
+        let image = {
+            let mut book = self.lock();
+            let before = book.applied();
+            while book.applied() < through {
+                let count = usize::try_from(through - book.applied())
+                    .unwrap_or(READ_BATCH)
+                    .min(READ_BATCH);
+                let entries = log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .after(book.applied(), count)?;
+                if entries.is_empty() {
+                    return Err(OrderError::Gap {
+                        last: book.applied(),
+                    });
+                }
+                for entry in &entries {
+                    book.apply(entry);
+                }
+            }
+            let due = book.applied() / self.snapshot_every > before / self.snapshot_every;
+            // Encoded under the lock (memory only), written after it.
+            due.then(|| snapshot::encode(&book))
+        };
+        match image {
+            Some(Ok(bytes)) => {
+                let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = snapshot::write(&self.path, &bytes) {
+                    tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
+                }
+            }
+            Some(Err(e)) => tracing::warn!("book snapshot not encoded: {e}"),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stocknet_common::{Command, Order, Price, Side};
+
+    fn limit(number: u64, side: Side, cents: u64) -> Order {
+        Order {
+            number,
+            term: 1,
+            name: "A".into(),
+            key: None,
+            command: Command::Place {
+                side,
+                quantity: 2,
+                limit: Some(Price::from_cents(cents)),
+            },
+        }
+    }
+
+    #[test]
+    fn a_restart_loads_the_last_snapshot_and_applies_only_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("orders-1.csv");
+        let snap = dir.path().join("book-1.snap");
+        let mut log = OrderLog::open(&log_path).unwrap();
+        let entries: Vec<Order> = (1..=7)
+            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
+            .collect();
+        log.append(&entries).unwrap();
+        let log = Mutex::new(log);
+        let store = BookStore::open(snap.clone(), 3, 7);
+        store.advance(&log, 5).unwrap();
+        let expected = store.lock().depth("A", 10);
+        // Going from 0 to 5 crosses a multiple of 3: the book as of 5 is written.
+        let loaded = BookStore::open(snap.clone(), 3, 7);
+        assert_eq!(loaded.lock().applied(), 5);
+        assert_eq!(loaded.lock().depth("A", 10), expected);
+        loaded.advance(&log, 7).unwrap();
+        store.advance(&log, 7).unwrap();
+        assert_eq!(loaded.lock().depth("A", 10), store.lock().depth("A", 10));
+        assert_eq!(
+            loaded.lock().trades(None, 0, 10),
+            store.lock().trades(None, 0, 10)
+        );
+
+        // A snapshot past the end of the log (the log was replaced), or one that is not a
+        // snapshot, is not used: the book starts empty and the log rebuilds it.
+        assert_eq!(BookStore::open(snap.clone(), 3, 4).lock().applied(), 0);
+        std::fs::write(&snap, b"garbage").unwrap();
+        assert_eq!(BookStore::open(snap, 3, 7).lock().applied(), 0);
+    }
+}

@@ -1,0 +1,134 @@
+//! Book snapshots on disk: the book as of one committed log entry, so that a replica that
+//! restarts loads it and applies only the entries after it instead of its whole log.
+//!
+//! The file (`book-<id>.snap`) is a magic line and a postcard encoding of [`Image`], written
+//! atomically (temporary file, fsync, rename, directory fsync). Its own types, with prices in
+//! cents, keep the disk format apart from the wire's and from the book's internals.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use stocknet_common::wire::Trade;
+use stocknet_common::{file, Price, Side};
+
+use crate::book::{Book, LimitOrder, Refusal};
+
+/// First bytes of a snapshot file; the digit is the format's version.
+const MAGIC: &[u8] = b"stocknet book snapshot 1\n";
+
+#[derive(Serialize, Deserialize)]
+struct Image {
+    applied: u64,
+    next_slot: u64,
+    orders: Vec<OrderImage>,
+    trades: Vec<TradeImage>,
+    refusals: Vec<(u64, Refusal)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OrderImage {
+    number: u64,
+    name: String,
+    side: Side,
+    cents: u64,
+    quantity: u32,
+    filled: u32,
+    cancelled: bool,
+    trades: Vec<u64>,
+    slot: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TradeImage {
+    id: u64,
+    entry: u64,
+    name: String,
+    cents: u64,
+    quantity: u32,
+    buy_order: u64,
+    sell_order: u64,
+    taker_side: Side,
+}
+
+/// The snapshot of `book`, ready to be written.
+pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
+    let parts = book.parts();
+    let image = Image {
+        applied: parts.applied,
+        next_slot: parts.next_slot,
+        orders: parts
+            .orders
+            .map(|o| OrderImage {
+                number: o.number,
+                name: o.name.clone(),
+                side: o.side,
+                cents: o.price.cents(),
+                quantity: o.quantity,
+                filled: o.filled,
+                cancelled: o.cancelled,
+                trades: o.trades.clone(),
+                slot: o.slot,
+            })
+            .collect(),
+        trades: parts
+            .trades
+            .iter()
+            .map(|t| TradeImage {
+                id: t.id,
+                entry: t.entry,
+                name: t.name.clone(),
+                cents: t.price.cents(),
+                quantity: t.quantity,
+                buy_order: t.buy_order,
+                sell_order: t.sell_order,
+                taker_side: t.taker_side,
+            })
+            .collect(),
+        refusals: parts.refusals,
+    };
+    let mut bytes = MAGIC.to_vec();
+    postcard::to_io(&image, &mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// The book a snapshot holds.
+pub fn decode(bytes: &[u8]) -> Result<Book, String> {
+    let body = bytes
+        .strip_prefix(MAGIC)
+        .ok_or("not a book snapshot of this version")?;
+    let image: Image = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    let orders = image.orders.into_iter().map(|o| LimitOrder {
+        number: o.number,
+        name: o.name,
+        side: o.side,
+        price: Price::from_cents(o.cents),
+        quantity: o.quantity,
+        filled: o.filled,
+        cancelled: o.cancelled,
+        trades: o.trades,
+        slot: o.slot,
+    });
+    let trades = image.trades.into_iter().map(|t| Trade {
+        id: t.id,
+        entry: t.entry,
+        name: t.name,
+        price: Price::from_cents(t.cents),
+        quantity: t.quantity,
+        buy_order: t.buy_order,
+        sell_order: t.sell_order,
+        taker_side: t.taker_side,
+    });
+    Book::from_parts(
+        image.applied,
+        image.next_slot,
+        orders,
+        trades.collect(),
+        image.refusals,
+    )
+}
+
+/// Replaces the snapshot at `path` with `bytes`, atomically.
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    file::replace_atomically(path, |out| out.write_all(bytes))
+}
