@@ -9,6 +9,28 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+/// The shape of every successful answer, for the API's description (handlers answer with
+/// [`data`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataEnvelope<T> {
+    pub data: T,
+}
+
+/// The shape of every error answer, for the API's description.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The HTTP status, repeated.
+    #[schema(example = 404)]
+    pub code: u16,
+    #[schema(example = "Stock not found")]
+    pub message: String,
+}
+
 /// `{"data": value}` with status 200.
 pub fn data<T: Serialize>(value: T) -> Response {
     axum::Json(json!({ "data": value })).into_response()

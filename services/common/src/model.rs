@@ -5,9 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The side of an order, spelled as the public API spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     Buy,
@@ -126,6 +127,23 @@ impl FromStr for Price {
     }
 }
 
+impl utoipa::PartialSchema for Price {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Number)
+            .description(Some(
+                "A price: at most 2 decimals (whole cents), at most 1000000000.",
+            ))
+            .minimum(Some(0.0))
+            .maximum(Some(Price::MAX.as_f64()))
+            .multiple_of(Some(0.01))
+            .examples([serde_json::json!(15.99)])
+            .into()
+    }
+}
+
+impl ToSchema for Price {}
+
 impl Serialize for Price {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_f64(self.as_f64())
@@ -169,7 +187,7 @@ impl<'de> Deserialize<'de> for Price {
 
 /// The lifecycle of an order, as the public API spells it. A market order is filled (or
 /// refused) when it is acknowledged; a limit order is open until it fills or is cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Open,
@@ -191,7 +209,7 @@ impl Status {
 }
 
 /// A stock as the catalog holds it and the public API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Stock {
     pub name: String,
     pub price: Price,

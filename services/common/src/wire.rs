@@ -3,6 +3,7 @@
 //! links a server's crate.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::model::{Order, Price, Side, Status, Stock};
 
@@ -93,11 +94,13 @@ pub struct Health {
     pub applied: u64,
 }
 
-/// Frontend → leader (`POST /orders`): a new order, validated by the frontend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A new order (`POST /orders`, which the frontend validates and sends on to the leader).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
+    /// The stock.
     pub name: String,
+    #[schema(minimum = 1)]
     pub quantity: u32,
     #[serde(rename = "type")]
     pub side: Side,
@@ -166,17 +169,19 @@ pub struct LogSlice {
 
 /// Frontend → leader (`PUT /orders/{number}`): the new total quantity and/or price of an open
 /// limit order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderChange {
+    /// The new total quantity; it must exceed what is already filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub quantity: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
 }
 
 /// One of an order's trades, as its owner sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Fill {
     pub trade: u64,
     pub price: Price,
@@ -185,7 +190,7 @@ pub struct Fill {
 
 /// An order as `GET /orders/{number}` shows it: the seed's fields (`number`, `name`, `type`,
 /// `quantity`) and where it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderView {
     pub number: u64,
     pub name: String,
@@ -203,7 +208,7 @@ pub struct OrderView {
 }
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Placed {
     pub transaction_number: u64,
     pub status: Status,
@@ -214,14 +219,14 @@ pub struct Placed {
 
 /// The answer to `PUT` and `DELETE /orders/{number}`: the command's own transaction number
 /// and the order as it stands after it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Changed {
     pub transaction_number: u64,
     pub order: OrderView,
 }
 
 /// A page of `GET /orders`, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OrderPage {
     pub orders: Vec<OrderView>,
     /// Pass as `cursor` for the next page; absent on the last one.
@@ -230,7 +235,7 @@ pub struct OrderPage {
 }
 
 /// One trade between a resting (maker) order and an incoming (taker) one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Trade {
     /// Dense, from 1, in the order trades happened.
     pub id: u64,
@@ -246,7 +251,7 @@ pub struct Trade {
 }
 
 /// A price level as `GET /book/{name}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DepthLevel {
     pub price: Price,
     pub quantity: u64,
@@ -254,7 +259,7 @@ pub struct DepthLevel {
 }
 
 /// The best `depth` levels of each side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Depth {
     pub name: String,
     pub bids: Vec<DepthLevel>,

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod leader;
+mod openapi;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -14,18 +15,22 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::post;
+use axum::{Extension, Router};
+use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::envelope::{parse_json_object, RawBody};
+use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::wire::{
-    parse_peer, Changed, Invalidation, NewOrder, OrderChange, OrderView, Peer, Placed,
-    IDEMPOTENCY_KEY,
+    parse_peer, Changed, Depth, Invalidation, NewOrder, OrderChange, OrderPage, OrderView, Peer,
+    Placed, Trade, IDEMPOTENCY_KEY,
 };
 use stocknet_common::{
-    data, http_client, server, ApiError, Json, Path, Price, RemoteError, Side, Stock,
+    data, http_client, server, ApiError, Json, Path, Price, RemoteError, Side, Status, Stock,
 };
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use cache::StockCache;
 use leader::{Election, Leader};
@@ -139,18 +144,31 @@ impl IntoResponse for FrontendError {
     }
 }
 
+/// The public API: every route registered here is described in the OpenAPI document by the
+/// same call, so the two cannot drift apart.
+fn public_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(lookup))
+        .routes(routes!(place_order, list_orders))
+        .routes(routes!(query_order, modify_order, cancel_order))
+        .routes(routes!(list_trades))
+        .routes(routes!(book))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::docs_page))
+}
+
+/// The OpenAPI 3.1 document of the public API (what `GET /openapi.json` serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    public_api().split_for_parts().1
+}
+
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/stocks/{name}", get(lookup))
-        .route("/orders", post(place_order).get(list_orders))
-        .route(
-            "/orders/{number}",
-            get(query_order).put(modify_order).delete(cancel_order),
-        )
-        .route("/trades", get(list_trades))
-        .route("/book/{name}", get(book))
+    let (public, document) = public_api().split_for_parts();
+    let routes = public
+        .layer(Extension(Arc::new(document)))
+        // Internal: the catalog's cache invalidation push; not part of the public API.
         .route("/invalidate", post(invalidate_many))
         .route("/invalidate/{name}", post(invalidate))
         .with_state(state);
@@ -165,16 +183,32 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     Ok(())
 }
 
-async fn health(State(state): State<AppState>) -> Response {
-    let leader = state.inner.election.current();
-    data(serde_json::json!({
-        "service": "frontend",
-        "leader": leader.as_ref().map(|l| l.id),
-        "term": leader.as_ref().map(|l| l.term),
-        "cache": state.inner.cache.enabled(),
-    }))
+/// `GET /health` of a frontend.
+#[derive(Debug, Serialize, ToSchema)]
+struct FrontendHealth {
+    service: &'static str,
+    /// The order leader this frontend sends orders to, once it has elected one.
+    leader: Option<u32>,
+    term: Option<u64>,
+    cache: bool,
 }
 
+/// Liveness, and the order leader this frontend uses.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, body = DataEnvelope<FrontendHealth>)))]
+async fn health(State(state): State<AppState>) -> Response {
+    let leader = state.inner.election.current();
+    data(FrontendHealth {
+        service: "frontend",
+        leader: leader.as_ref().map(|l| l.id),
+        term: leader.as_ref().map(|l| l.term),
+        cache: state.inner.cache.enabled(),
+    })
+}
+
+/// Prometheus metrics: cache hits, misses and entries, orders placed, retries, elections.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
     let counters = [
@@ -212,6 +246,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([("content-type", server::PROMETHEUS_TEXT)], text).into_response()
 }
 
+/// A stock: its price (the last trade on its book) and the house quantity market orders use.
+#[utoipa::path(get, path = "/stocks/{name}", tag = "stocks",
+    params(("name" = String, Path, description = "Stock name")),
+    responses(
+        (status = 200, body = DataEnvelope<Stock>),
+        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        (status = 503, description = "Catalog unavailable", body = ErrorEnvelope),
+    ))]
 async fn lookup(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -236,6 +278,16 @@ async fn stock(state: &AppState, name: &str) -> Result<Stock, FrontendError> {
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(FrontendError::StockNotFound),
         Err(e) => Err(FrontendError::CatalogUnavailable(e)),
     }
+}
+
+/// The `Idempotency-Key` header, as the API's description shows it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // describes a header that handlers read from the `HeaderMap`
+struct IdempotencyKey {
+    /// 1–128 visible ASCII characters; a retry with the same key executes once.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
 }
 
 /// Fields a `POST /orders` body may have.
@@ -340,6 +392,19 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         })
 }
 
+/// Places an order: a market order against the house inventory without `price`, a limit
+/// order on the stock's book with it. A retry with the same `Idempotency-Key` returns the
+/// same transaction number and executes once.
+#[utoipa::path(post, path = "/orders", tag = "orders",
+    params(IdempotencyKey),
+    request_body = NewOrder,
+    responses(
+        (status = 200, body = DataEnvelope<Placed>),
+        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
+        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        (status = 409, description = "Insufficient stock quantity (market orders)", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -394,7 +459,18 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
         .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))
 }
 
-/// `PUT /orders/{number}`: a new quantity and/or price for an open limit order.
+/// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
+/// price keeps its place in the queue; anything else sends it to the back (and may trade).
+#[utoipa::path(put, path = "/orders/{number}", tag = "orders",
+    params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
+    request_body = OrderChange,
+    responses(
+        (status = 200, body = DataEnvelope<Changed>),
+        (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
+        (status = 404, description = "No such limit order", body = ErrorEnvelope),
+        (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn modify_order(
     State(state): State<AppState>,
     Path(number): Path<String>,
@@ -419,7 +495,15 @@ async fn modify_order(
     Ok(data(changed))
 }
 
-/// `DELETE /orders/{number}`: cancels an open limit order.
+/// Cancels an open limit order.
+#[utoipa::path(delete, path = "/orders/{number}", tag = "orders",
+    params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
+    responses(
+        (status = 200, body = DataEnvelope<Changed>),
+        (status = 404, description = "No such limit order", body = ErrorEnvelope),
+        (status = 409, description = "No longer open", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn cancel_order(
     State(state): State<AppState>,
     Path(number): Path<String>,
@@ -459,17 +543,51 @@ async fn read_from_leader(
     Ok(data(value))
 }
 
-/// `GET /orders?name=&status=&limit=&cursor=`: limit orders, newest first.
+/// Limit orders, newest first, a page at a time.
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    params(
+        ("name" = Option<String>, Query, description = "Only this stock's"),
+        ("status" = Option<Status>, Query, description = "Only orders in this state"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<OrderPage>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn list_orders(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
     read_from_leader(&state, &["orders"], uri.query()).await
 }
 
-/// `GET /trades?name=&after=&limit=`: trades after a trade id, oldest first.
+/// Trades after a trade id, oldest first.
+#[utoipa::path(get, path = "/trades", tag = "market",
+    params(
+        ("name" = Option<String>, Query, description = "Only this stock's"),
+        ("after" = Option<u64>, Query, description = "Trade id to start after (default 0)"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<Vec<Trade>>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn list_trades(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
     read_from_leader(&state, &["trades"], uri.query()).await
 }
 
-/// `GET /book/{name}?depth=N`: a known stock's best price levels.
+/// A stock's book: the best price levels of each side, aggregated.
+#[utoipa::path(get, path = "/book/{name}", tag = "market",
+    params(
+        ("name" = String, Path, description = "Stock name"),
+        ("depth" = Option<usize>, Query, description = "Levels per side, 1–1000 (default 10)"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<Depth>),
+        (status = 400, description = "Bad depth", body = ErrorEnvelope),
+        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -479,6 +597,15 @@ async fn book(
     read_from_leader(&state, &["book", &name], uri.query()).await
 }
 
+/// An order: the seed's fields and where it stands, with its trades.
+#[utoipa::path(get, path = "/orders/{number}", tag = "orders",
+    params(("number" = u64, Path, description = "Transaction number")),
+    responses(
+        (status = 200, body = DataEnvelope<OrderView>),
+        (status = 400, description = "Order number must be a number", body = ErrorEnvelope),
+        (status = 404, description = "Order number invalid", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
 async fn query_order(
     State(state): State<AppState>,
     Path(number): Path<String>,
@@ -684,6 +811,65 @@ mod router_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = send(Request::put("/health").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    /// Every operation of the OpenAPI document is served by the router, and the public API
+    /// that docs/API.md lists is exactly what the document describes (the router's public
+    /// routes are registered together with their description, in `public_api`).
+    #[tokio::test]
+    async fn the_openapi_document_describes_every_public_route() {
+        let document = serde_json::to_value(openapi_document()).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                let method = method.to_uppercase();
+                documented.insert(format!("{method} {path}"));
+                let uri = path.replace("{name}", "GameStart").replace("{number}", "1");
+                let request = Request::builder()
+                    .method(method.as_str())
+                    .uri(&uri)
+                    .body(Body::from("{}"))
+                    .unwrap();
+                let response = app().oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let fallback = status == StatusCode::METHOD_NOT_ALLOWED
+                    || (status == StatusCode::NOT_FOUND
+                        && String::from_utf8_lossy(&body).contains("No such route"));
+                assert!(!fallback, "{method} {uri} is documented but not routed");
+            }
+        }
+        let api = include_str!("../../../docs/API.md");
+        let public = api.split("## Internal").next().unwrap();
+        let listed: std::collections::BTreeSet<String> = public
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|row| row.split('`').next())
+            .map(|call| call.split('?').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, documented, "docs/API.md and /openapi.json differ");
+        // The internal push is served but not part of the public description.
+        assert!(!documented.iter().any(|op| op.contains("/invalidate")));
+    }
+
+    #[tokio::test]
+    async fn the_document_and_its_page_are_served() {
+        let response = app()
+            .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let served: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(served, serde_json::to_value(openapi_document()).unwrap());
+        let response = app()
+            .oneshot(Request::get("/docs").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("openapi.json"));
     }
 
     #[tokio::test]
