@@ -183,26 +183,6 @@ async fn client(
     report
 }
 
-/// The replica that leads the highest term, as the live replicas report it.
-async fn leader(cluster: &Cluster) -> Option<usize> {
-    let mut best: Option<(u64, usize)> = None;
-    for index in 0..cluster.order_urls.len() {
-        let url = format!("{}/health", cluster.order_urls[index]);
-        let Ok(response) = cluster.http.get(&url).send().await else {
-            continue;
-        };
-        let Ok(health) = response.json::<Value>().await else {
-            continue;
-        };
-        let health = &health["data"];
-        let term = health["term"].as_u64().unwrap_or(0);
-        if health["leader"] == health["node_id"] && best.is_none_or(|(t, _)| term > t) {
-            best = Some((term, index));
-        }
-    }
-    best.map(|(_, index)| index)
-}
-
 #[derive(Debug, Default)]
 struct Chaos {
     kills: usize,
@@ -230,7 +210,7 @@ async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
             chaos.catalog_kills += 1;
             continue;
         }
-        let current_leader = leader(cluster).await;
+        let current_leader = cluster.leader().await;
         let victim = match current_leader {
             Some(index) if chaos.kills % 2 == 0 => index,
             _ => rng.below(cluster.orders.len() as u64) as usize,

@@ -337,6 +337,26 @@ impl Cluster {
         body["data"]["orders"][0].clone()
     }
 
+    /// The replica that leads the highest term, as the live replicas report it.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for index in 0..self.order_urls.len() {
+            let url = format!("{}/health", self.order_urls[index]);
+            let Ok(response) = self.http.get(&url).send().await else {
+                continue;
+            };
+            let Ok(health) = response.json::<Value>().await else {
+                continue;
+            };
+            let health = &health["data"];
+            let term = health["term"].as_u64().unwrap_or(0);
+            if health["leader"] == health["node_id"] && best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, index));
+            }
+        }
+        best.map(|(_, index)| index)
+    }
+
     pub async fn replica_health(&self, index: usize) -> Value {
         self.get(&format!("{}/health", self.order_urls[index]))
             .await

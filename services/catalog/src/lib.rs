@@ -103,7 +103,11 @@ impl AppState {
                 Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
             }
         }
-        let body = Invalidation { names };
+        let stocks = names
+            .iter()
+            .filter_map(|name| self.store.get(name))
+            .collect();
+        let body = Invalidation { names, stocks };
         let calls = frontends.iter().map(|frontend| {
             let body = &body;
             async move {

@@ -52,6 +52,9 @@ pub struct Snapshot {
 #[serde(deny_unknown_fields)]
 pub struct Invalidation {
     pub names: Vec<String>,
+    /// The named stocks as they are now, for the frontends' price streams.
+    #[serde(default)]
+    pub stocks: Vec<Stock>,
 }
 
 // ---- order replicas ---------------------------------------------------------------------------
@@ -262,7 +265,41 @@ pub struct DepthLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Depth {
     pub name: String,
+    /// The book as of this log entry: a stream of changes goes on from the next.
+    pub applied: u64,
     pub bids: Vec<DepthLevel>,
     pub asks: Vec<DepthLevel>,
     pub last_price: Option<Price>,
+}
+
+/// A price level after a change: quantity 0 means the level is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LevelChange {
+    pub side: Side,
+    pub price: Price,
+    pub quantity: u64,
+    pub orders: usize,
+}
+
+/// What one committed log entry changed in its stock's book. Every replica derives the same
+/// events from the same log, so a frontend can follow them across a change of leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MarketEvent {
+    pub entry: u64,
+    pub name: String,
+    pub trades: Vec<Trade>,
+    pub levels: Vec<LevelChange>,
+    /// The stock's last trade price after the entry.
+    pub last_price: Option<Price>,
+}
+
+/// Leader → frontend (`GET /feed?after=N`): the market events of the entries after `N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedPage {
+    /// Events of entries up to here may be gone: a follower behind it has missed some.
+    pub floor: u64,
+    /// The page holds every event of the entries after the request's `after` through this
+    /// one; the next request asks for the entries after it.
+    pub through: u64,
+    pub events: Vec<MarketEvent>,
 }

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod leader;
 mod openapi;
+pub mod streams;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -88,6 +89,7 @@ struct Inner {
     next_key: AtomicU64,
     orders_placed: AtomicU64,
     order_retries: AtomicU64,
+    streams: streams::Streams,
 }
 
 impl AppState {
@@ -108,6 +110,7 @@ impl AppState {
                 next_key: AtomicU64::new(1),
                 orders_placed: AtomicU64::new(0),
                 order_retries: AtomicU64::new(0),
+                streams: streams::Streams::default(),
             }),
         }
     }
@@ -155,6 +158,9 @@ fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(query_order, modify_order, cancel_order))
         .routes(routes!(list_trades))
         .routes(routes!(book))
+        .routes(routes!(streams::trades))
+        .routes(routes!(streams::prices))
+        .routes(routes!(streams::book))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::docs_page))
 }
@@ -673,6 +679,7 @@ async fn invalidate_many(
         .inner
         .cache
         .invalidate(request.names.iter().map(String::as_str));
+    state.inner.streams.publish_prices(request.stocks);
     data(serde_json::json!({ "success": true }))
 }
 

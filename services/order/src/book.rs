@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use stocknet_common::wire::{Depth, DepthLevel, Fill, OrderView, Trade};
+use stocknet_common::wire::{Depth, DepthLevel, Fill, LevelChange, MarketEvent, OrderView, Trade};
 use stocknet_common::{Command, Order, Price, Side, Status};
 
 /// A limit order and what has happened to it.
@@ -121,6 +121,8 @@ pub struct Book {
     /// Refused modifies and cancels, to answer a retry of one the same way.
     refusals: HashMap<u64, Refusal>,
     next_slot: u64,
+    /// The price levels the last applied entry changed (for its [`MarketEvent`]).
+    touched: Vec<(Side, Price)>,
 }
 
 /// What a snapshot of the book holds; the price levels follow from the open orders.
@@ -264,6 +266,46 @@ impl Book {
         }
     }
 
+    /// What the last applied entry, `entry`, changed in its stock's book: its trades and the
+    /// new state of every price level it touched (quantity 0: the level is gone). `None` when
+    /// it changed nothing (a market order, a refusal).
+    pub fn last_changes(&self, entry: &Order) -> Option<MarketEvent> {
+        if entry.number != self.applied {
+            return None;
+        }
+        let first = self.trades.partition_point(|t| t.entry < entry.number);
+        let trades = self.trades[first..].to_vec();
+        let mut touched = self.touched.clone();
+        touched.sort_unstable_by_key(|&(side, price)| (side == Side::Sell, price));
+        touched.dedup();
+        if trades.is_empty() && touched.is_empty() {
+            return None;
+        }
+        let book = self.stocks.get(&entry.name);
+        let levels = touched
+            .into_iter()
+            .map(|(side, price)| {
+                let level = book.and_then(|b| match side {
+                    Side::Buy => b.bids.get(&price),
+                    Side::Sell => b.asks.get(&price),
+                });
+                LevelChange {
+                    side,
+                    price,
+                    quantity: level.map_or(0, |l| l.total),
+                    orders: level.map_or(0, |l| l.live),
+                }
+            })
+            .collect();
+        Some(MarketEvent {
+            entry: entry.number,
+            name: entry.name.clone(),
+            trades,
+            levels,
+            last_price: book.and_then(|b| b.last_price),
+        })
+    }
+
     /// The price of the last trade entry `number` caused, if it traded.
     pub fn entry_price(&self, number: u64) -> Option<Price> {
         let end = self.trades.partition_point(|t| t.entry <= number);
@@ -321,6 +363,7 @@ impl Book {
         let book = self.stocks.get(name);
         Depth {
             name: name.to_owned(),
+            applied: self.applied,
             bids: book
                 .map(|b| b.bids.iter().rev().take(depth).map(level).collect())
                 .unwrap_or_default(),
@@ -335,6 +378,7 @@ impl Book {
     pub fn apply(&mut self, entry: &Order) -> Applied {
         debug_assert!(entry.number > self.applied);
         self.applied = entry.number;
+        self.touched.clear();
         let before = self.trades.len();
         let result = match entry.command {
             Command::Place { limit: None, .. } => return Applied::Market,
@@ -429,6 +473,7 @@ impl Book {
             {
                 level.total -= shrink;
             }
+            self.touched.push((side, old_price));
             return Ok(target);
         }
         self.unqueue(target);
@@ -449,6 +494,7 @@ impl Book {
             return;
         };
         let levels = book.side(side);
+        self.touched.push((side, price));
         if let Some(level) = levels.get_mut(&price) {
             level.total -= remaining;
             level.live -= 1;
@@ -508,6 +554,7 @@ impl Book {
             };
             let quantity = remaining.min(resting.remaining());
             let id = self.trades.len() as u64 + 1;
+            self.touched.push((side.opposite(), price));
             resting.filled += quantity;
             resting.trades.push(id);
             level.total -= u64::from(quantity);
@@ -549,6 +596,7 @@ impl Book {
         if remaining > 0 {
             self.next_slot += 1;
             order.slot = self.next_slot;
+            self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
             level.queue.push_back((number, self.next_slot));
             level.total += u64::from(remaining);
@@ -740,6 +788,48 @@ mod tests {
                 filled: 2
             })
         );
+    }
+
+    #[test]
+    fn each_entry_reports_its_trades_and_the_levels_it_changed() {
+        let mut book = Book::default();
+        let market = entry(
+            1,
+            Command::Place {
+                side: Side::Buy,
+                quantity: 1,
+                limit: None,
+            },
+        );
+        book.apply(&market);
+        assert_eq!(book.last_changes(&market), None);
+        let rest = entry(2, limit(Side::Sell, 5, 1000));
+        book.apply(&rest);
+        let changes = book.last_changes(&rest).unwrap();
+        assert!(changes.trades.is_empty());
+        assert_eq!(
+            changes.levels,
+            [LevelChange {
+                side: Side::Sell,
+                price: Price::from_cents(1000),
+                quantity: 5,
+                orders: 1
+            }]
+        );
+        let take = entry(3, limit(Side::Buy, 7, 1000));
+        book.apply(&take);
+        let changes = book.last_changes(&take).unwrap();
+        assert_eq!(changes.trades.len(), 1);
+        assert_eq!(changes.last_price, Some(Price::from_cents(1000)));
+        // The ask level is gone and the rest of the buy rests.
+        let levels: Vec<(Side, u64, usize)> = changes
+            .levels
+            .iter()
+            .map(|l| (l.side, l.quantity, l.orders))
+            .collect();
+        assert_eq!(levels, [(Side::Buy, 2, 1), (Side::Sell, 0, 0)]);
+        // Only the entry just applied has changes to report.
+        assert_eq!(book.last_changes(&rest), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::book::Book;
 use crate::error::OrderError;
+use crate::feed::Feed;
 use crate::log::OrderLog;
 use crate::snapshot;
 
@@ -18,6 +19,8 @@ const READ_BATCH: usize = 10_000;
 
 pub struct BookStore {
     book: Mutex<Book>,
+    /// The events of the entries applied lately, for frontends' streams.
+    feed: Feed,
     path: PathBuf,
     snapshot_every: u64,
     /// One snapshot written at a time.
@@ -56,11 +59,16 @@ impl BookStore {
             }
         };
         Self {
+            feed: Feed::new(book.applied()),
             book: Mutex::new(book),
             path,
             snapshot_every: snapshot_every.max(1),
             writing: Mutex::new(()),
         }
+    }
+
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Book> {
@@ -88,9 +96,12 @@ impl BookStore {
                         last: book.applied(),
                     });
                 }
+                let mut events = Vec::new();
                 for entry in &entries {
                     book.apply(entry);
+                    events.extend(book.last_changes(entry));
                 }
+                self.feed.push(events, book.applied());
             }
             let due = book.applied() / self.snapshot_every > before / self.snapshot_every;
             // Encoded under the lock (memory only), written after it.

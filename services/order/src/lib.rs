@@ -5,6 +5,7 @@
 pub mod book;
 pub mod book_store;
 pub mod error;
+pub mod feed;
 pub mod log;
 pub mod replica;
 pub mod snapshot;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/trades", get(trades))
         .route("/book/{name}", get(book))
+        .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
         .route("/replicate", post(replicate))
         .route("/leader", post(set_leader))
@@ -285,6 +287,21 @@ async fn trades(
             .collect()
     });
     Ok(data(trades))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: u64,
+    /// How long to wait for a new entry, in milliseconds (default and at most 20,000).
+    wait_ms: Option<u64>,
+}
+
+/// `GET /feed?after=N`: the market events of the entries after N; a long poll that waits for
+/// the next entry when there is none yet.
+async fn feed(State(state): State<AppState>, Query(query): Query<FeedQuery>) -> Response {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
+    data(state.replica.feed().wait_for_page(query.after, wait).await)
 }
 
 #[derive(Deserialize)]

@@ -450,6 +450,11 @@ impl Replica {
         }
     }
 
+    /// The market events of the entries this replica's book applied lately.
+    pub fn feed(&self) -> &crate::feed::Feed {
+        self.book.feed()
+    }
+
     /// Runs `read` on the book (as of the committed log this replica has applied).
     pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> T {
         read(&self.book())

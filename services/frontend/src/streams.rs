@@ -1,0 +1,448 @@
+//! Live streams over WebSockets: `/ws/trades` (every trade as it commits), `/ws/book/{name}`
+//! (a snapshot of the book, then its changes) and `/ws/prices` (price and quantity changes of
+//! every stock).
+//!
+//! While anybody listens, one task per frontend follows the order leader's market feed with
+//! long polls, from the entry it got to, also across a change of leader (every replica derives
+//! the same events from the same log). Prices come with the catalog's invalidation push. Both
+//! fan out through bounded broadcast channels: a consumer that falls a channel's length behind
+//! is closed with a reason, so nobody's backlog grows without bound or slows the order path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures::{Sink, SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::json;
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::wire::{Depth, FeedPage, Health, MarketEvent, Snapshot};
+use stocknet_common::{Path, Price, Stock};
+use tokio::sync::{broadcast, Notify};
+
+use crate::{stock, AppState, FrontendError};
+
+/// Messages a stream's channel holds for its slowest consumer.
+pub const CHANNEL: usize = 1_024;
+
+/// How long the leader holds a feed poll open (below the frontend's HTTP timeout).
+const POLL_WAIT: Duration = Duration::from_secs(8);
+
+/// A consumer that accepts nothing for this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the market channel carries.
+#[derive(Debug, Clone)]
+pub enum MarketItem {
+    Event(Arc<MarketEvent>),
+    /// The feed lost events (the leader's ring moved past this frontend's position): book
+    /// streams start again from a snapshot.
+    Gap,
+}
+
+pub struct Streams {
+    market: broadcast::Sender<MarketItem>,
+    prices: broadcast::Sender<Stock>,
+    /// The last price and quantity sent per stock: the catalog names stocks that did not change.
+    last_sent: Mutex<HashMap<String, (Price, u64)>>,
+    follower_started: AtomicBool,
+    listener_arrived: Notify,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            market: broadcast::channel(CHANNEL).0,
+            prices: broadcast::channel(CHANNEL).0,
+            last_sent: Mutex::default(),
+            follower_started: AtomicBool::new(false),
+            listener_arrived: Notify::new(),
+        }
+    }
+}
+
+impl Streams {
+    /// Sends the stocks whose price or quantity changed to `/ws/prices`.
+    pub fn publish_prices(&self, stocks: Vec<Stock>) {
+        let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+        for stock in stocks {
+            let now = (stock.price, stock.quantity);
+            if last.insert(stock.name.clone(), now) != Some(now) {
+                // No receiver is not an error: nobody is listening.
+                let _ = self.prices.send(stock);
+            }
+        }
+    }
+
+    /// Remembers prices a client was just sent in a snapshot (unless newer ones are known),
+    /// so that an unchanged stock is not sent again as a change.
+    fn seed_prices(&self, stocks: &[Stock]) {
+        let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+        for stock in stocks {
+            last.entry(stock.name.clone())
+                .or_insert((stock.price, stock.quantity));
+        }
+    }
+
+    fn subscribe_market(&self, state: &AppState) -> broadcast::Receiver<MarketItem> {
+        let receiver = self.market.subscribe();
+        if !self.follower_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(follow_feed(state.clone()));
+        }
+        self.listener_arrived.notify_one();
+        receiver
+    }
+}
+
+/// Follows the leader's feed while the market channel has receivers.
+async fn follow_feed(state: AppState) {
+    let inner = &state.inner;
+    let streams = &inner.streams;
+    let mut cursor: Option<u64> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if streams.market.receiver_count() == 0 {
+            // Nobody listens: stop polling, and start from the present when somebody does.
+            cursor = None;
+            let arrived = streams.listener_arrived.notified();
+            if streams.market.receiver_count() == 0 {
+                arrived.await;
+            }
+            continue;
+        }
+        let Some(leader) = inner.election.leader().await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
+        let polled = match cursor {
+            None => start_position(&state, &leader.url).await.map(|applied| {
+                cursor = Some(applied);
+                None
+            }),
+            Some(after) => poll(&state, &leader.url, after).await.map(Some),
+        };
+        match polled {
+            Ok(None) => {}
+            Ok(Some(page)) => {
+                backoff = Duration::from_millis(50);
+                let after = cursor.unwrap_or_default();
+                if page.floor > after {
+                    let _ = streams.market.send(MarketItem::Gap);
+                }
+                for event in page.events {
+                    let _ = streams.market.send(MarketItem::Event(Arc::new(event)));
+                }
+                cursor = Some(page.through.max(after));
+            }
+            Err(e) => {
+                tracing::debug!(leader = leader.id, "market feed: {e}");
+                if matches!(e, stocknet_common::RemoteError::Unreachable(_)) {
+                    inner.election.replace(Some(&leader)).await;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Where the leader's book is now: a stream starts there.
+async fn start_position(
+    state: &AppState,
+    leader: &str,
+) -> Result<u64, stocknet_common::RemoteError> {
+    let url = endpoint(leader, &["health"])?;
+    let health: Health = call(state.inner.http.get(url)).await?;
+    Ok(health.applied)
+}
+
+async fn poll(
+    state: &AppState,
+    leader: &str,
+    after: u64,
+) -> Result<FeedPage, stocknet_common::RemoteError> {
+    let mut url = endpoint(leader, &["feed"])?;
+    url.query_pairs_mut()
+        .append_pair("after", &after.to_string())
+        .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
+    call(state.inner.http.get(url)).await
+}
+
+/// `GET /ws/trades`: every trade, as it commits.
+#[utoipa::path(get, path = "/ws/trades", tag = "market",
+    responses((status = 101, description = "A WebSocket of `{\"type\":\"trade\", ...Trade}` \
+        messages (and `{\"type\":\"gap\"}` where this frontend missed some). A consumer that \
+        falls behind is closed with code 1008 and a reason.")))]
+pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| async move {
+        let receiver = state.inner.streams.subscribe_market(&state);
+        let (sink, stream) = socket.split();
+        let render = |item: &MarketItem| match item {
+            MarketItem::Event(event) => event
+                .trades
+                .iter()
+                .map(|trade| tagged("trade", trade))
+                .collect(),
+            MarketItem::Gap => vec![json!({"type": "gap"}).to_string()],
+        };
+        pump(receiver, sink, stream, render).await;
+    })
+}
+
+/// `GET /ws/prices`: a snapshot of every stock, then each change of a price or quantity.
+#[utoipa::path(get, path = "/ws/prices", tag = "stocks",
+    responses((status = 101, description = "A WebSocket: `{\"type\":\"snapshot\",\"stocks\":[...]}`, \
+        then `{\"type\":\"price\",\"name\",\"price\",\"quantity\"}` per change.")))]
+pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| async move {
+        let receiver = state.inner.streams.prices.subscribe();
+        let (mut sink, stream) = socket.split();
+        let snapshot = match endpoint(&state.inner.catalog_url, &["snapshot"]) {
+            Ok(url) => call::<Snapshot>(state.inner.http.get(url)).await,
+            Err(e) => Err(e),
+        };
+        let stocks = match snapshot {
+            Ok(snapshot) => snapshot.stocks,
+            Err(e) => {
+                tracing::warn!("prices stream: catalog snapshot: {e}");
+                let _ = sink
+                    .send(close(close_code::AGAIN, "catalog unavailable"))
+                    .await;
+                return;
+            }
+        };
+        state.inner.streams.seed_prices(&stocks);
+        let first = json!({"type": "snapshot", "stocks": stocks}).to_string();
+        if send(&mut sink, Message::Text(first.into())).await.is_err() {
+            return;
+        }
+        pump(receiver, sink, stream, |stock: &Stock| {
+            vec![tagged("price", stock)]
+        })
+        .await;
+    })
+}
+
+/// `GET /ws/book/{name}`: the stock's book (every level), then each change, in order.
+#[utoipa::path(get, path = "/ws/book/{name}", tag = "market",
+    params(("name" = String, Path, description = "Stock name")),
+    responses(
+        (status = 101, description = "A WebSocket: `{\"type\":\"snapshot\", ...Depth}` (the book \
+            as of entry `applied`), then `{\"type\":\"update\",\"entry\",\"levels\":[...],\
+            \"last_price\"}` per entry that changed it (a level with quantity 0 is gone), and a \
+            new snapshot after a gap."),
+        (status = 404, description = "Stock not found", body = stocknet_common::envelope::ErrorEnvelope),
+    ))]
+pub async fn book(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, FrontendError> {
+    stock(&state, &name).await?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let mut receiver = state.inner.streams.subscribe_market(&state);
+        let (mut sink, mut stream) = socket.split();
+        'snapshot: loop {
+            let Some(depth) = book_snapshot(&state, &name).await else {
+                let _ = sink
+                    .send(close(close_code::AGAIN, "no order leader available"))
+                    .await;
+                return;
+            };
+            let applied = depth.applied;
+            if send(&mut sink, Message::Text(tagged("snapshot", &depth).into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                let item = tokio::select! {
+                    item = receiver.recv() => item,
+                    message = stream.next() => match message {
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Ok(_)) => continue,
+                    },
+                };
+                let event = match item {
+                    Ok(MarketItem::Event(event)) => event,
+                    Ok(MarketItem::Gap) => continue 'snapshot,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let _ = sink.send(slow_consumer(missed)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if event.name != name || event.entry <= applied || event.levels.is_empty() {
+                    continue;
+                }
+                let update = json!({
+                    "type": "update",
+                    "entry": event.entry,
+                    "levels": event.levels,
+                    "last_price": event.last_price,
+                });
+                if send(&mut sink, Message::Text(update.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+async fn book_snapshot(state: &AppState, name: &str) -> Option<Depth> {
+    let depth = crate::with_leader(state, |leader| {
+        let request = endpoint(&leader.url, &["book", name]).map(|mut url| {
+            url.set_query(Some("depth=1000"));
+            state.inner.http.get(url)
+        });
+        async move { call::<Depth>(request?).await }
+    })
+    .await;
+    match depth {
+        Ok(depth) => Some(depth),
+        Err(e) => {
+            tracing::warn!("book stream for {name}: {e}");
+            None
+        }
+    }
+}
+
+/// Forwards what `receiver` gets, rendered as text messages, until the client goes, the
+/// channel closes, or the client falls behind: then it is closed with a reason.
+pub async fn pump<T: Clone, S>(
+    mut receiver: broadcast::Receiver<T>,
+    mut sink: S,
+    mut stream: impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    render: impl Fn(&T) -> Vec<String>,
+) where
+    S: Sink<Message> + Unpin,
+{
+    loop {
+        let item = tokio::select! {
+            item = receiver.recv() => item,
+            message = stream.next() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                // Clients have nothing to say on these streams; pings are answered by axum.
+                Some(Ok(_)) => continue,
+            },
+        };
+        match item {
+            Ok(item) => {
+                for text in render(&item) {
+                    if send(&mut sink, Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let _ = sink.send(slow_consumer(missed)).await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Sends one message, giving up on a client that accepts nothing for [`SEND_TIMEOUT`].
+async fn send<S: Sink<Message> + Unpin>(sink: &mut S, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn slow_consumer(missed: u64) -> Message {
+    close(
+        close_code::POLICY,
+        &format!("slow consumer: fell {missed} messages behind; reconnect to resume"),
+    )
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// `value`'s JSON object with `"type": kind` added.
+fn tagged(kind: &str, value: &impl Serialize) -> String {
+    let mut object = serde_json::to_value(value).unwrap_or_default();
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("type".into(), json!(kind));
+    }
+    object.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_consumer_that_falls_behind_is_closed_with_a_reason() {
+        let (sender, receiver) = broadcast::channel::<u32>(4);
+        for n in 0..10 {
+            sender.send(n).unwrap();
+        }
+        // The sender never waited, and the channel holds no more than its capacity.
+        assert_eq!(sender.len(), 4);
+        let (sink, mut sent) = futures::channel::mpsc::unbounded::<Message>();
+        let (_client, quiet) = futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        pump(receiver, sink, quiet, |n| vec![n.to_string()]).await;
+        match sent.next().await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, close_code::POLICY);
+                assert!(frame.reason.contains("slow consumer"), "{}", frame.reason);
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_keeps_up_gets_everything_in_order() {
+        let (sender, receiver) = broadcast::channel::<u32>(4);
+        let (sink, sent) = futures::channel::mpsc::unbounded::<Message>();
+        let (client, quiet) = futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        let pumping = tokio::spawn(pump(receiver, sink, quiet, |n| vec![n.to_string()]));
+        for n in 0..3 {
+            sender.send(n).unwrap();
+        }
+        drop(sender);
+        pumping.await.unwrap();
+        drop(client);
+        let texts: Vec<String> = sent
+            .map(|m| match m {
+                Message::Text(text) => text.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(texts, ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn prices_are_published_only_when_they_change() {
+        let streams = Streams::default();
+        let mut receiver = streams.prices.subscribe();
+        let stock = |quantity| Stock {
+            name: "A".into(),
+            price: Price::from_cents(100),
+            quantity,
+        };
+        streams.publish_prices(vec![stock(5)]);
+        streams.publish_prices(vec![stock(5)]);
+        streams.publish_prices(vec![stock(6)]);
+        assert_eq!(receiver.try_recv().unwrap().quantity, 5);
+        assert_eq!(receiver.try_recv().unwrap().quantity, 6);
+        assert!(receiver.try_recv().is_err());
+    }
+}
