@@ -370,4 +370,46 @@ async fn a_retry_with_the_same_idempotency_key_trades_once() {
     assert_eq!(first, retry);
     assert_ne!(first, other);
     assert_eq!(cluster.quantity(0, "Amazon").await, 100 - 4 - 4);
+
+    // The same key with a different request is refused, and executes nothing.
+    let reused = cluster
+        .http
+        .post(&orders)
+        .header("Idempotency-Key", "order-a")
+        .json(&json!({"name": "Amazon", "quantity": 5, "type": "buy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), 422);
+    assert_eq!(cluster.quantity(0, "Amazon").await, 100 - 4 - 4);
+
+    // A cancel retried with its key answers as the first time; without one, it is refused
+    // as no longer open.
+    let limit = cluster
+        .post(
+            &orders,
+            &json!({"name": "Amazon", "quantity": 2, "type": "sell", "price": 99.0}),
+        )
+        .await
+        .1["data"]["transaction_number"]
+        .as_u64()
+        .unwrap();
+    let cancel = || {
+        cluster
+            .http
+            .delete(format!("{orders}/{limit}"))
+            .header("Idempotency-Key", "cancel-1")
+            .send()
+    };
+    let first = cancel().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(first["data"]["order"]["status"], "cancelled", "{first}");
+    let retry = cancel().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(first, retry);
+    let again = cluster
+        .http
+        .delete(format!("{orders}/{limit}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
 }

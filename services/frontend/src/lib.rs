@@ -409,6 +409,7 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
         (status = 409, description = "Insufficient stock quantity (market orders)", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "No order leader available", body = ErrorEnvelope),
     ))]
 async fn place_order(
@@ -475,6 +476,7 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
         (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "No order leader available", body = ErrorEnvelope),
     ))]
 async fn modify_order(
@@ -508,6 +510,7 @@ async fn modify_order(
         (status = 200, body = DataEnvelope<Changed>),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "No order leader available", body = ErrorEnvelope),
     ))]
 async fn cancel_order(

@@ -22,6 +22,8 @@ pub enum OrderError {
     Refused(#[from] Refusal),
     #[error("{0}")]
     InvalidChange(&'static str),
+    #[error("Idempotency-Key was used for a different request")]
+    KeyReused,
     #[error("Not the leader")]
     NotLeader,
     #[error("Replica is not ready: resync in progress")]
@@ -85,6 +87,7 @@ impl From<OrderError> for ApiError {
             | E::NotAnOrder(_)
             | E::Refused(Refusal::NotFound(_)) => StatusCode::NOT_FOUND,
             E::QuantityOverflow | E::InvalidChange(_) => StatusCode::BAD_REQUEST,
+            E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
             E::InsufficientQuantity
             | E::StaleTerm { .. }

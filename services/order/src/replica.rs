@@ -487,7 +487,15 @@ impl Replica {
             };
             let number = match known {
                 // A retry of a command already in the log: see it committed, never re-execute.
-                Some(number) => number,
+                // The key must come back with the same request, not a different one.
+                Some(number) => {
+                    let logged = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+                    let same_stock = name.as_ref().is_none_or(|name| *name == logged.name);
+                    if logged.command != command || !same_stock {
+                        return Err(OrderError::KeyReused);
+                    }
+                    number
+                }
                 None => {
                     let name = match name {
                         Some(name) => name,
