@@ -3,16 +3,19 @@
 # `stocknet load` for 12 s, records a system-wide perf profile for 6 s in the middle, and prints
 # the share of samples per process (load client, frontend, catalog, order replicas), the idle and
 # iowait share, and the top symbols. Needs perf (Debian: linux-perf).
-#   bench/profile.sh [P, default 0] [CLIENTS, default 32]
+# Further arguments go to `stocknet load` (e.g. --limit).
+#   bench/profile.sh [P, default 0] [CLIENTS, default 32] [load flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 p="${1:-0}" clients="${2:-32}"
+shift $(($# < 2 ? $# : 2))
+load_flags=("$@")
 command -v perf >/dev/null || { echo "perf not found (Debian package linux-perf)" >&2; exit 1; }
 source bench/lib.sh
 
 start_up 38080
 "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p "$p" --duration 12s \
-  --max-quantity 3 --json >"$dir/load.json" &
+  --max-quantity 3 "${load_flags[@]}" --json >"$dir/load.json" &
 load=$!
 sleep 3
 head -1 /proc/stat >"$dir/stat0"
