@@ -496,7 +496,16 @@ mod tests {
             2
         );
 
-        // Order 1 is committed, as the leader said; order 2 may not be yet.
+        // Order 1 is committed, as the leader said (the book applies it just after the
+        // answer); order 2 may not be yet.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while send(&app, get("/health")).await.1["data"]["applied"] != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order 1 never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (status, body) = send(&app, get("/orders/1")).await;
         assert_eq!(
             (status, body["data"].clone()),

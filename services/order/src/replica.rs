@@ -262,19 +262,29 @@ impl Replica {
     /// Follower side of replication.
     pub async fn replicate(&self, request: ReplicateRequest) -> Result<Merge, OrderError> {
         self.observe_term(request.term, request.leader)?;
-        let (log, book, committed) = (self.log.clone(), self.book.clone(), self.committed.clone());
-        tokio::task::spawn_blocking(move || {
-            let merged = lock(&log).merge(request.prev, request.prev_term, &request.orders)?;
-            if let Merge::Matched { through } = merged {
-                // Only where this log matches the leader's: a suffix beyond it may be stale.
-                let known = request.committed.min(through);
-                committed.fetch_max(known, Ordering::AcqRel);
-                book.advance(&log, known)?;
-            }
-            Ok(merged)
+        let log = self.log.clone();
+        let orders = request.orders;
+        let merged = tokio::task::spawn_blocking(move || {
+            lock(&log).merge(request.prev, request.prev_term, &orders)
         })
         .await
-        .map_err(OrderError::task)?
+        .map_err(OrderError::task)??;
+        if let Merge::Matched { through } = merged {
+            // Only where this log matches the leader's: a suffix beyond it may be stale.
+            let known = request.committed.min(through);
+            if self.committed.fetch_max(known, Ordering::AcqRel) < known {
+                // The book follows after the answer: the leader's commit round waits for this
+                // replica's log, not for its book. Entries through `known` are committed, so
+                // no later merge can change them meanwhile.
+                let (log, book) = (self.log.clone(), self.book.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = book.advance(&log, known) {
+                        tracing::error!("applying the committed log to the book: {e}");
+                    }
+                });
+            }
+        }
+        Ok(merged)
     }
 
     /// A would-be leader of `notice.term` asks where this log ends. Answering is a promise:
