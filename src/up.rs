@@ -1,12 +1,15 @@
 //! `stocknet up`: the whole system on 127.0.0.1 as supervised child processes.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use stocknet_common::Secret;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -94,7 +97,8 @@ pub async fn run(config: UpConfig) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let mut services = plan(&config);
+    let secret = ensure_secret(&config.data_dir)?;
+    let mut services = plan(&config, &secret);
     for service in &mut services {
         service.spawn()?;
     }
@@ -118,9 +122,36 @@ pub async fn run(config: UpConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plan(config: &UpConfig) -> Vec<Service> {
+/// The deployment's shared secret, `<data dir>/secret`: made on first run (64 random hex
+/// digits, mode 0600), read afterwards. Returns its path, which every service is given.
+fn ensure_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("secret");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let secret = Secret::generate().context("cannot read random bytes")?;
+            file.write_all(secret.expose().as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            stocknet_common::file::sync_dir(&path)
+                .with_context(|| format!("cannot sync {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Secret::read(&path)?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+    Ok(path)
+}
+
+fn plan(config: &UpConfig, secret: &Path) -> Vec<Service> {
     let local = |port: u16| format!("http://127.0.0.1:{port}");
     let data_dir = config.data_dir.display().to_string();
+    let secret = secret.display().to_string();
     let replicas: Vec<String> = config
         .order_ports
         .iter()
@@ -137,6 +168,8 @@ fn plan(config: &UpConfig) -> Vec<Service> {
         data_dir.clone(),
         "--frontends".into(),
         local(config.frontend_port),
+        "--secret-file".into(),
+        secret.clone(),
     ];
     if let Some(initial) = &config.initial_catalog {
         catalog_args.extend(["--initial-catalog".into(), initial.display().to_string()]);
@@ -163,6 +196,8 @@ fn plan(config: &UpConfig) -> Vec<Service> {
                 local(config.catalog_port),
                 "--data-dir".into(),
                 data_dir.clone(),
+                "--secret-file".into(),
+                secret.clone(),
             ],
             ready_url: format!("{}/ready", local(*port)),
             child: None,
@@ -179,6 +214,8 @@ fn plan(config: &UpConfig) -> Vec<Service> {
         replicas,
         "--cache-size".into(),
         config.cache_size.to_string(),
+        "--secret-file".into(),
+        secret,
     ];
     if config.no_cache {
         frontend_args.push("--no-cache".into());

@@ -413,3 +413,50 @@ async fn a_retry_with_the_same_idempotency_key_trades_once() {
         .unwrap();
     assert_eq!(again.status(), 409);
 }
+
+/// The attack of issue 12, on real processes: without the shared secret, a bogus term sent to
+/// the catalog or to a replica, or arbitrary trades, change nothing, and orders go on.
+#[tokio::test]
+async fn internal_endpoints_refuse_callers_without_the_secret() {
+    let cluster = Cluster::start(1).await;
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 1);
+    let outsider = reqwest::Client::new();
+    let attacks = [
+        (
+            format!("{}/apply", cluster.catalog_url),
+            json!({"term": 999999, "trades": []}),
+        ),
+        (
+            format!("{}/apply", cluster.catalog_url),
+            json!({"term": 999999, "trades": [{"number": 2, "name": "GameStart", "delta": 1000}]}),
+        ),
+        (
+            format!("{}/leader", cluster.order_urls[0]),
+            json!({"term": 999999, "leader": 1}),
+        ),
+        (
+            format!("{}/prepare", cluster.order_urls[1]),
+            json!({"term": 999999, "leader": 2}),
+        ),
+        (
+            format!("{}/invalidate", cluster.frontend()),
+            json!({"names": ["GameStart"]}),
+        ),
+    ];
+    for (url, body) in attacks {
+        let response = outsider.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{url}");
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(reply["error"]["code"], 401);
+    }
+    let (_, health) = cluster
+        .get(&format!("{}/health", cluster.catalog_url))
+        .await;
+    assert!(
+        health["data"]["term"].as_u64().unwrap() < 999999,
+        "{health}"
+    );
+    assert_eq!(cluster.quantity(0, "GameStart").await, 99);
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 2);
+    assert_eq!(cluster.quantity(0, "GameStart").await, 98);
+}

@@ -99,6 +99,28 @@ async fn up_runs_supervises_and_stops_everything() {
         .expect("up prints its banner");
     assert_eq!(children(up_pid).len(), 5, "{:?}", children(up_pid));
     assert!(dir.path().join("catalog.csv").exists());
+    // The shared secret: made on first run, readable by its owner only, given to every child
+    // by file (never on a command line), and the internal routes need it.
+    let secret = dir.path().join("secret");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&secret).unwrap();
+    assert_eq!(token.len(), 64);
+    for (_, cmd) in children(up_pid) {
+        assert!(cmd.contains("--secret-file"), "{cmd}");
+        assert!(
+            !cmd.contains(&token),
+            "the secret is on a command line: {cmd}"
+        );
+    }
+    let outsider = http
+        .post(format!("{}/apply", url(catalog)))
+        .json(&json!({"term": 999999, "trades": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outsider.status(), 401);
 
     let placed: Value = http
         .post(format!("{}/orders", url(frontend)))

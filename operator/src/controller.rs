@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -53,6 +53,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Spec(#[from] SpecError),
+    #[error("cannot generate the shared secret: {0}")]
+    Random(#[source] std::io::Error),
 }
 
 /// Counters served at `/metrics`.
@@ -149,6 +151,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
+    ensure_secret(&ctx.client, &namespace, &sn).await?;
     apply_all(&ctx.client, &namespace, &desired).await?;
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -197,6 +200,28 @@ pub fn error_policy(sn: Arc<StockNet>, error: &Error, ctx: Arc<Context>) -> Acti
 pub fn backoff(failures: u32) -> Duration {
     let seconds = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
     Duration::from_secs(seconds.min(300))
+}
+
+/// Creates the StockNet's shared secret once, with a fresh random value. An existing one is
+/// kept as it is: its value is never read here, logged or put in status. (A random value
+/// cannot be applied declaratively: every apply would change it.)
+async fn ensure_secret(client: &Client, namespace: &str, sn: &StockNet) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = resources::secret_name(sn);
+    if api.get_metadata_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let value = stocknet_common::Secret::generate().map_err(Error::Random)?;
+    let secret = resources::shared_secret(sn, value.expose())?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = name, "created the shared secret");
+            Ok(())
+        }
+        // Created meanwhile (another reconcile): keep that one.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn apply_all(client: &Client, namespace: &str, desired: &Desired) -> Result<(), Error> {

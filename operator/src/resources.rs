@@ -10,8 +10,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -25,6 +26,10 @@ pub const ORDER_PORT: i32 = 8091;
 pub const FRONTEND_PORT: i32 = 8080;
 /// Where each pod's volume claim is mounted.
 const DATA_DIR: &str = "/data";
+/// Where each pod finds the deployment's shared secret, as the file `token`.
+const SECRET_DIR: &str = "/secret";
+/// The key of the shared secret in its Secret (and its file name in the pods).
+pub const SECRET_KEY: &str = "token";
 /// The user every container runs as (the image's non-root user).
 const USER: i64 = 65532;
 /// The catalog shipped with StockNet, for a spec without `catalog.initialCatalog`.
@@ -140,6 +145,28 @@ pub fn selector(sn: &StockNet, component: Component) -> BTreeMap<String, String>
 /// `<stocknet>-<component>`: the name of a component's workload and Service.
 pub fn name(sn: &StockNet, component: Component) -> String {
     format!("{}-{}", sn.name_any(), component.as_str())
+}
+
+/// `<stocknet>-internal`: the Secret holding the shared secret of the StockNet's internal
+/// calls.
+pub fn secret_name(sn: &StockNet) -> String {
+    format!("{}-internal", sn.name_any())
+}
+
+/// The Secret that holds `value`, the shared secret every pod of `sn` reads at start. The
+/// operator creates it once with a fresh random value and never changes it.
+pub fn shared_secret(sn: &StockNet, value: &str) -> Result<Secret, SpecError> {
+    let mut metadata = metadata(sn, secret_name(sn), Component::Order)?;
+    // Shared by every component, so it names none.
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.remove("app.kubernetes.io/component");
+    }
+    Ok(Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(SECRET_KEY.to_owned(), value.to_owned())])),
+        ..Secret::default()
+    })
 }
 
 /// Label selector string for a component's pods, for list calls.
@@ -338,7 +365,14 @@ fn container(
         image: Some(sn.spec.image.clone()),
         image_pull_policy: Some(sn.spec.image_pull_policy.clone()),
         args: Some(vec![component.as_str().to_owned()]),
-        env: Some(env),
+        env: Some(
+            env.into_iter()
+                .chain(self::env(&[(
+                    "STOCKNET_SECRET_FILE",
+                    format!("{SECRET_DIR}/{SECRET_KEY}"),
+                )]))
+                .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: port,
@@ -367,7 +401,17 @@ fn container(
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(volume_mounts),
+        volume_mounts: Some(
+            volume_mounts
+                .into_iter()
+                .chain([VolumeMount {
+                    name: "secret".into(),
+                    mount_path: SECRET_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                }])
+                .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -376,8 +420,18 @@ fn pod_template(
     sn: &StockNet,
     component: Component,
     container: Container,
-    volumes: Vec<Volume>,
+    mut volumes: Vec<Volume>,
 ) -> PodTemplateSpec {
+    volumes.push(Volume {
+        name: "secret".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name(sn)),
+            // Readable by the pod's user only.
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(sn, component)),
@@ -385,7 +439,7 @@ fn pod_template(
         }),
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: (!volumes.is_empty()).then_some(volumes),
+            volumes: Some(volumes),
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
@@ -782,6 +836,54 @@ mod tests {
                 Some(&["ALL".to_owned()][..])
             );
         }
+    }
+
+    #[test]
+    fn every_pod_reads_the_shared_secret_from_the_stocknets_secret() {
+        let sn = stocknet(StockNetSpec::default());
+        let desired = desired(&sn).unwrap();
+        let mut templates: Vec<&PodTemplateSpec> =
+            vec![&desired.deployment.spec.as_ref().unwrap().template];
+        templates.extend(
+            desired
+                .stateful_sets
+                .iter()
+                .map(|s| &s.spec.as_ref().unwrap().template),
+        );
+        for template in templates {
+            let pod = pod_spec(template);
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "secret")
+                .expect("a secret volume");
+            let source = volume.secret.as_ref().unwrap();
+            assert_eq!(source.secret_name.as_deref(), Some("demo-internal"));
+            assert_eq!(source.default_mode, Some(0o400));
+            let container = &pod.containers[0];
+            assert_eq!(env_of(container)["STOCKNET_SECRET_FILE"], "/secret/token");
+            let mount = container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == "secret")
+                .unwrap();
+            assert_eq!(
+                (mount.mount_path.as_str(), mount.read_only),
+                ("/secret", Some(true))
+            );
+        }
+        let secret = shared_secret(&sn, "a-value-of-the-right-size").unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("demo-internal"));
+        assert_eq!(
+            secret.metadata.owner_references.unwrap()[0].uid,
+            "1234".to_owned()
+        );
+        assert_eq!(
+            secret.string_data.unwrap()[SECRET_KEY],
+            "a-value-of-the-right-size"
+        );
     }
 
     #[test]

@@ -36,6 +36,19 @@ async fn fake_api_server(
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
+        // No shared secret exists yet: the operator creates it.
+        if method == "GET" && path.contains("/secrets/") {
+            calls.lock().unwrap().push(Call { method, uri, body });
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                "reason": "NotFound", "code": 404, "message": "not found"});
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+            continue;
+        }
         let reply = match method.as_str() {
             "GET" if path.ends_with("/pods") => pods.clone(),
             "DELETE" => json!({"apiVersion": "v1", "kind": "Pod",
@@ -174,6 +187,23 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
         applied,
         expected.map(|(k, n)| (k.to_owned(), n.to_owned())).to_vec()
     );
+    // The shared secret is created once, owned by the StockNet, with a fresh random value
+    // that the status never mentions.
+    let created: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.uri.contains("/secrets"))
+        .collect();
+    assert_eq!(created.len(), 1);
+    let secret = &created[0].body;
+    assert_eq!(secret["metadata"]["name"], "demo-internal");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let token = secret["stringData"]["token"].as_str().expect("token");
+    assert_eq!(token.len(), 64);
+    let status_call = calls
+        .iter()
+        .find(|c| c.uri.contains("/status"))
+        .expect("status");
+    assert!(!status_call.body.to_string().contains(token));
     assert!(
         calls.iter().all(|c| c.method != "DELETE"),
         "a healthy replica is left alone"

@@ -20,6 +20,9 @@ use tokio::time::{sleep, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stocknet");
 
+/// The shared secret of test clusters.
+pub const SECRET: &str = "test-cluster-shared-secret";
+
 /// Book entries between snapshots in test clusters.
 pub const BOOK_SNAPSHOT_EVERY: &str = "50";
 
@@ -155,7 +158,14 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
 
-        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, SECRET).expect("write the secret");
+        let secret_file = secret_file.display().to_string();
+        let args = |list: &[&str]| {
+            let mut args: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            args.extend(["--secret-file".to_owned(), secret_file.clone()]);
+            args
+        };
         let catalog = Proc::start(
             "catalog",
             args(&[
@@ -223,8 +233,13 @@ impl Cluster {
             catalog_url,
             order_urls,
             frontend_urls,
+            // Tests read replicas' logs and books directly: they are insiders.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {SECRET}").parse().expect("header value"),
+                )]))
                 .build()
                 .expect("client"),
             dir,

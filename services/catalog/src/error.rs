@@ -24,6 +24,8 @@ pub enum CatalogError {
     },
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Secret(#[from] stocknet_common::auth::SecretError),
 }
 
 impl CatalogError {
@@ -50,7 +52,7 @@ impl IntoResponse for CatalogError {
             Self::InsufficientQuantity | Self::Gap { .. } | Self::StaleTerm { .. } => {
                 StatusCode::CONFLICT
             }
-            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) => {
+            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) | Self::Secret(_) => {
                 return ApiError::internal(&self).into_response();
             }
         };

@@ -12,11 +12,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{middleware, Router};
 use futures::future::join_all;
+use stocknet_common::auth::require_secret;
 use stocknet_common::client::endpoint;
 use stocknet_common::wire::{ApplyRequest, Invalidation};
-use stocknet_common::{data, http_client, server, Json, Path};
+use stocknet_common::{data, internal_client, server, Json, Path, Secret, SecretArgs};
 
 pub use error::CatalogError;
 pub use store::CatalogStore;
@@ -39,18 +40,15 @@ pub struct Config {
     /// built-in catalog of 12 stocks.
     #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
     pub initial_catalog: Option<PathBuf>,
-    /// Frontend base URLs to push cache invalidations to, comma-separated.
-    #[arg(
-        long,
-        env = "STOCKNET_FRONTEND_URLS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:8080"
-    )]
+    /// Frontend base URLs to push cache invalidations to, comma-separated; none when empty.
+    #[arg(long, env = "STOCKNET_FRONTEND_URLS", value_delimiter = ',')]
     pub frontends: Vec<String>,
     /// HOST:PORT whose DNS name resolves to every frontend (a headless Service in
     /// Kubernetes); resolved at each invalidation, so frontends that come and go are reached.
     #[arg(long, env = "STOCKNET_FRONTEND_DNS")]
     pub frontend_dns: Option<String>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 #[derive(Clone)]
@@ -58,11 +56,13 @@ pub struct AppState {
     pub store: Arc<CatalogStore>,
     pub frontends: Arc<Vec<String>>,
     pub frontend_dns: Option<Arc<str>>,
+    /// Carried by the invalidation push, and required of callers of the internal routes.
+    pub secret: Secret,
     pub http: reqwest::Client,
 }
 
 impl AppState {
-    pub fn new(store: CatalogStore, frontends: Vec<String>) -> Self {
+    pub fn new(store: CatalogStore, frontends: Vec<String>, secret: Secret) -> Self {
         Self {
             store: Arc::new(store),
             frontends: Arc::new(
@@ -72,7 +72,8 @@ impl AppState {
                     .collect(),
             ),
             frontend_dns: None,
-            http: http_client(Duration::from_secs(2)),
+            http: internal_client(Duration::from_secs(2), &secret),
+            secret,
         }
     }
 
@@ -85,9 +86,10 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| CatalogError::io(&config.data_dir, e))?;
         let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
+        let secret = config.secret.load()?;
         Ok(Self {
             frontend_dns: config.frontend_dns.as_deref().map(Arc::from),
-            ..Self::new(store, config.frontends.clone())
+            ..Self::new(store, config.frontends.clone(), secret)
         })
     }
 
@@ -129,11 +131,17 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let internal = Router::new()
+        .route("/snapshot", get(snapshot))
+        .route("/apply", post(apply))
+        .route_layer(middleware::from_fn_with_state(
+            state.secret.clone(),
+            require_secret,
+        ));
     let routes = Router::new()
         .route("/health", get(health))
         .route("/stocks/{name}", get(lookup))
-        .route("/snapshot", get(snapshot))
-        .route("/apply", post(apply))
+        .merge(internal)
         .with_state(state);
     server::with_common_layers(routes)
 }
@@ -214,7 +222,13 @@ mod tests {
 
     fn app(dir: &std::path::Path) -> Router {
         let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
-        router(AppState::new(store, vec![]))
+        router(AppState::new(store, vec![], secret()))
+    }
+
+    const SECRET: &str = "catalog-test-secret";
+
+    fn secret() -> Secret {
+        Secret::new(SECRET).unwrap()
     }
 
     async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -224,11 +238,57 @@ mod tests {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
+    /// A call from the order leader: it carries the secret.
     fn post_json(uri: &str, body: &str) -> Request<Body> {
         Request::post(uri)
             .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {SECRET}"))
             .body(Body::from(body.to_owned()))
             .unwrap()
+    }
+
+    /// The attack of issue 12: without the secret, neither a bogus term nor arbitrary trades
+    /// get in, and the catalog is as it was.
+    #[tokio::test]
+    async fn apply_and_snapshot_need_the_secret_and_nothing_changes_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        for body in [
+            r#"{"term":999999,"trades":[]}"#,
+            r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":100000}]}"#,
+        ] {
+            let request = Request::post("/apply")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let (status, reply) = send(&app, request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
+            assert_eq!(reply["error"]["code"], 401);
+        }
+        let (status, _) = send(&app, Request::get("/snapshot").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (_, health) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (
+                health["data"]["term"].clone(),
+                health["data"]["applied"].clone()
+            ),
+            (json!(0), json!(0))
+        );
+        let (_, stock) = send(
+            &app,
+            Request::get("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(stock["data"]["quantity"], 100);
+        // The leader's next apply, with the secret, is accepted at its real term.
+        let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
+        assert_eq!(
+            send(&app, post_json("/apply", body)).await.0,
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]
@@ -281,16 +341,22 @@ mod tests {
         assert_eq!(body["data"]["quantity"], 60);
     }
 
-    /// A stand-in frontend on 127.0.0.1 that records the names it is told to invalidate.
-    async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    /// A stand-in frontend on 127.0.0.1 that records the stocks it is told to invalidate.
+    async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<(String, u64)>>>) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorder = seen.clone();
+        // Only pushes that carry the secret are recorded.
         let app = Router::new().route(
             "/invalidate",
-            post(move |Json(request): Json<Invalidation>| async move {
-                recorder.lock().unwrap().extend(request.names);
-                data(json!({"success": true}))
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, Json(request): Json<Invalidation>| async move {
+                    if secret().admits(&headers) {
+                        let stocks = request.stocks.into_iter().map(|s| (s.name, s.quantity));
+                        recorder.lock().unwrap().extend(stocks);
+                    }
+                    data(json!({"success": true}))
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -305,7 +371,7 @@ mod tests {
         let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
         let app = router(AppState {
             frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
-            ..AppState::new(store, vec![String::new()])
+            ..AppState::new(store, vec![String::new()], secret())
         });
         let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
                                         {"number":2,"name":"FishCo","delta":2}]}"#;
@@ -318,9 +384,19 @@ mod tests {
             send(&app, post_json("/apply", body)).await.0,
             StatusCode::OK
         );
-        let mut names = seen.lock().unwrap().clone();
-        names.sort();
-        assert_eq!(names, ["FishCo", "FishCo", "GameStart", "GameStart"]);
+        // Each push names the stocks and carries their new quantities.
+        let mut pushed = seen.lock().unwrap().clone();
+        pushed.sort();
+        let expected = [
+            ("FishCo", 102),
+            ("FishCo", 102),
+            ("GameStart", 99),
+            ("GameStart", 99),
+        ];
+        assert_eq!(
+            pushed,
+            expected.map(|(name, quantity)| (name.to_owned(), quantity))
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::auth::Secret;
+
 /// Builds the one HTTP client a service keeps in its state. Loopback and cluster calls are
 /// short, so a dead peer is detected in well under a second.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
@@ -15,6 +17,19 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
         // Only TLS backend initialisation can fail, and reqwest is built without TLS.
+        .expect("reqwest client without TLS always builds")
+}
+
+/// Like [`http_client`], for calls to internal endpoints: every request carries `secret`.
+pub fn internal_client(timeout: Duration, secret: &Secret) -> reqwest::Client {
+    let headers =
+        reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, secret.bearer())]);
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
         .expect("reqwest client without TLS always builds")
 }
 

@@ -1,8 +1,10 @@
 //! What every StockNet service shares: the response envelope, the JSON extractor whose
-//! rejections are envelopes too, the HTTP client for service-to-service calls, the domain
+//! rejections are envelopes too, the shared secret of internal calls, the HTTP client for
+//! service-to-service calls, the domain
 //! types and the wire protocol that cross service boundaries, serving with graceful
 //! shutdown, and durable files.
 
+pub mod auth;
 pub mod client;
 pub mod envelope;
 pub mod file;
@@ -10,6 +12,7 @@ pub mod model;
 pub mod server;
 pub mod wire;
 
-pub use client::{call, endpoint, http_client, RemoteError};
+pub use auth::{Secret, SecretArgs};
+pub use client::{call, endpoint, http_client, internal_client, RemoteError};
 pub use envelope::{data, ApiError, Json, Path, Query};
 pub use model::{Command, Order, Price, Side, Status, Stock};

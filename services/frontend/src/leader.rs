@@ -90,14 +90,27 @@ impl Election {
         elected
     }
 
-    async fn elect(&self) -> Option<Leader> {
-        let health = join_all(self.replicas.iter().map(|replica| async move {
+    /// Whether every replica answers that it is ready (resynced).
+    pub async fn all_ready(&self) -> bool {
+        self.health()
+            .await
+            .iter()
+            .all(|health| matches!(health, Some(h) if h.ready))
+    }
+
+    /// Each replica's health, in preference order; `None` where it does not answer.
+    async fn health(&self) -> Vec<Option<Health>> {
+        join_all(self.replicas.iter().map(|replica| async move {
             let url = endpoint(&replica.url, &["health"]).ok()?;
             call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
                 .await
                 .ok()
         }))
-        .await;
+        .await
+    }
+
+    async fn elect(&self) -> Option<Leader> {
+        let health = self.health().await;
         let live_term = health.iter().flatten().map(|h| h.term).max()?;
         let mut term = live_term.max(self.highest_term.load(Ordering::Relaxed));
         for (replica, health) in self.replicas.iter().zip(&health) {

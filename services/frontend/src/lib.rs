@@ -17,9 +17,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Extension, Router};
+use axum::{middleware, Extension, Router};
 use serde::Serialize;
 use serde_json::Value;
+use stocknet_common::auth::require_secret;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::wire::{
@@ -27,7 +28,8 @@ use stocknet_common::wire::{
     Placed, Trade, IDEMPOTENCY_KEY,
 };
 use stocknet_common::{
-    data, http_client, server, ApiError, Json, Path, Price, RemoteError, Side, Status, Stock,
+    data, internal_client, server, ApiError, Json, Path, Price, RemoteError, Secret, SecretArgs,
+    Side, Status, Stock,
 };
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -72,6 +74,8 @@ pub struct Config {
     /// Turn the lookup cache off.
     #[arg(long, env = "STOCKNET_NO_CACHE")]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 #[derive(Clone)]
@@ -90,12 +94,15 @@ struct Inner {
     orders_placed: AtomicU64,
     order_retries: AtomicU64,
     streams: streams::Streams,
+    /// Carried by every call to the catalog and the replicas, and required of the catalog's
+    /// invalidation push.
+    secret: Secret,
 }
 
 impl AppState {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, secret: Secret) -> Self {
         // Long enough for a leader that must first retry the catalog; health checks use less.
-        let http = http_client(Duration::from_secs(10));
+        let http = internal_client(Duration::from_secs(10), &secret);
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -111,6 +118,7 @@ impl AppState {
                 orders_placed: AtomicU64::new(0),
                 order_retries: AtomicU64::new(0),
                 streams: streams::Streams::default(),
+                secret,
             }),
         }
     }
@@ -172,22 +180,49 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: AppState) -> Router {
     let (public, document) = public_api().split_for_parts();
-    let routes = public
-        .layer(Extension(Arc::new(document)))
-        // Internal: the catalog's cache invalidation push; not part of the public API.
+    // Internal: the catalog's cache invalidation push; not part of the public API.
+    let internal = Router::new()
         .route("/invalidate", post(invalidate_many))
         .route("/invalidate/{name}", post(invalidate))
+        .route_layer(middleware::from_fn_with_state(
+            state.inner.secret.clone(),
+            require_secret,
+        ));
+    let routes = public
+        .layer(Extension(Arc::new(document)))
+        .merge(internal)
         .with_state(state);
     server::with_common_layers(routes)
 }
 
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
-    let state = AppState::new(&config);
+    let state = AppState::new(&config, config.secret.load()?);
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
+    tokio::spawn(elect_early(state.clone()));
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }
+
+/// Elects a leader as soon as the replicas are ready rather than at the first order, so that
+/// the replicas (and the StockNet's status) name one from the start. It waits for all of them
+/// (the highest id should lead), and for at most [`EARLY_ELECTION_WAIT`]: then a majority does.
+async fn elect_early(state: AppState) {
+    let election = &state.inner.election;
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    while election.current().is_none() {
+        let waited = started.elapsed() > EARLY_ELECTION_WAIT;
+        if (waited || election.all_ready().await) && election.leader().await.is_some() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How long an early election waits for every replica to be ready.
+const EARLY_ELECTION_WAIT: Duration = Duration::from_secs(30);
 
 /// `GET /health` of a frontend.
 #[derive(Debug, Serialize, ToSchema)]
@@ -741,7 +776,10 @@ mod router_tests {
             "--order-replicas",
             "1=http://127.0.0.1:9",
         ]);
-        router(AppState::new(&cli.config))
+        router(AppState::new(
+            &cli.config,
+            Secret::new("router-test-secret").unwrap(),
+        ))
     }
 
     async fn send(request: Request<Body>) -> (StatusCode, Value) {
@@ -754,14 +792,33 @@ mod router_tests {
     fn post_json(uri: &str, body: &'static str) -> Request<Body> {
         Request::post(uri)
             .header("content-type", "application/json")
+            .header("authorization", "Bearer router-test-secret")
             .body(Body::from(body))
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_invalidation_push_needs_the_secret() {
+        for auth in [None, Some("Bearer wrong-secret-but-long")] {
+            let mut request =
+                Request::post("/invalidate").header("content-type", "application/json");
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let request = request
+                .body(Body::from(r#"{"names":["GameStart"]}"#))
+                .unwrap();
+            let (status, body) = send(request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert_eq!(body["error"]["code"], 401);
+        }
     }
 
     #[tokio::test]
     async fn envelopes_for_every_outcome_without_backends() {
         let (status, body) = send(
             Request::post("/invalidate/GameStart")
+                .header("authorization", "Bearer router-test-secret")
                 .body(Body::empty())
                 .unwrap(),
         )

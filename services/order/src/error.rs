@@ -52,6 +52,8 @@ pub enum OrderError {
     Config(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Secret(#[from] stocknet_common::auth::SecretError),
 }
 
 impl OrderError {
@@ -98,7 +100,7 @@ impl From<OrderError> for ApiError {
             | E::NoMajority { .. }
             | E::PeerUnavailable(_)
             | E::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) => {
+            E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) | E::Secret(_) => {
                 return ApiError::internal(&error);
             }
         };

@@ -19,13 +19,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{middleware, Router};
 use serde::Deserialize;
+use stocknet_common::auth::require_secret;
 use stocknet_common::wire::{
     parse_peer, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer, ReplicateRequest,
     Trade, IDEMPOTENCY_KEY,
 };
-use stocknet_common::{data, http_client, server, ApiError, Json, Path, Query, Status};
+use stocknet_common::{
+    data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
+};
 
 pub use error::OrderError;
 pub use replica::Replica;
@@ -66,6 +69,8 @@ pub struct Config {
     #[arg(long, env = "STOCKNET_BOOK_SNAPSHOT_EVERY", default_value_t = book_store::SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub book_snapshot_every: u64,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 impl Config {
@@ -93,28 +98,31 @@ pub fn node_id_from_hostname(hostname: &str) -> Option<u32> {
 #[derive(Clone)]
 pub struct AppState {
     pub replica: Arc<Replica>,
+    /// Required of every caller but health and readiness probes.
+    pub secret: Secret,
 }
 
 impl AppState {
     pub fn from_config(config: &Config) -> Result<Self, OrderError> {
+        let secret = config.secret.load()?;
         let replica = Replica::open(
             config.node_id()?,
             &config.data_dir,
             config.peers.clone(),
             config.catalog_url.trim_end_matches('/').to_owned(),
-            http_client(Duration::from_secs(2)),
+            internal_client(Duration::from_secs(2), &secret),
             config.book_snapshot_every,
         )?;
         Ok(Self {
             replica: Arc::new(replica),
+            secret,
         })
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+    // Everything but the probes is for the frontends and the other replicas only.
+    let internal = Router::new()
         .route("/orders", post(place).get(list_orders))
         .route(
             "/orders/{number}",
@@ -127,6 +135,14 @@ pub fn router(state: AppState) -> Router {
         .route("/replicate", post(replicate))
         .route("/leader", post(set_leader))
         .route("/prepare", post(prepare))
+        .route_layer(middleware::from_fn_with_state(
+            state.secret.clone(),
+            require_secret,
+        ));
+    let routes = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(internal)
         .with_state(state);
     server::with_common_layers(routes)
 }
@@ -392,23 +408,27 @@ mod tests {
     use serde_json::{json, Value};
     use tower::ServiceExt;
 
+    const SECRET: &str = "router-test-secret";
+
     /// Replica 1 of a three-replica cluster whose peers and catalog are not running.
     fn app(dir: &std::path::Path) -> Router {
         let peers = vec![
             parse_peer("2=http://127.0.0.1:9").unwrap(),
             parse_peer("3=http://127.0.0.1:9").unwrap(),
         ];
+        let secret = Secret::new(SECRET).unwrap();
         let replica = Replica::open(
             1,
             dir,
             peers,
             "http://127.0.0.1:9".into(),
-            http_client(Duration::from_millis(200)),
+            internal_client(Duration::from_millis(200), &secret),
             book_store::SNAPSHOT_EVERY,
         )
         .unwrap();
         router(AppState {
             replica: Arc::new(replica),
+            secret,
         })
     }
 
@@ -419,15 +439,76 @@ mod tests {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
+    /// A call from a peer or a frontend: it carries the secret.
     fn post(uri: &str, body: Value) -> Request<Body> {
         Request::post(uri)
             .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {SECRET}"))
             .body(Body::from(body.to_string()))
             .unwrap()
     }
 
     fn get(uri: &str) -> Request<Body> {
-        Request::get(uri).body(Body::empty()).unwrap()
+        Request::get(uri)
+            .header("authorization", format!("Bearer {SECRET}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let anonymous = |method: &str, uri: &str, body: Value| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        for request in [
+            anonymous("POST", "/leader", json!({"term": 999999, "leader": 1})),
+            anonymous("POST", "/prepare", json!({"term": 999999, "leader": 1})),
+            anonymous(
+                "POST",
+                "/replicate",
+                json!({"term": 999999, "leader": 3, "prev": 0, "prev_term": 0,
+                       "orders": [order(1, 999999)]}),
+            ),
+            anonymous(
+                "POST",
+                "/orders",
+                json!({"name": "GameStart", "quantity": 1, "type": "buy"}),
+            ),
+            anonymous("DELETE", "/orders/1", Value::Null),
+            anonymous("GET", "/orders/logs/0", Value::Null),
+            anonymous("GET", "/feed?after=0", Value::Null),
+        ] {
+            let uri = request.uri().to_string();
+            let (status, body) = send(&app, request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+            assert_eq!(body["error"]["code"], 401);
+        }
+        let wrong = Request::post("/leader")
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer not-the-secret-at-all")
+            .body(Body::from(json!({"term": 999999, "leader": 1}).to_string()))
+            .unwrap();
+        assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+        // Nothing changed: no term, no log; and the probes stay open.
+        let health = Request::get("/health").body(Body::empty()).unwrap();
+        let (status, body) = send(&app, health).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (
+                body["data"]["term"].clone(),
+                body["data"]["last_transaction"].clone()
+            ),
+            (json!(0), json!(0))
+        );
+        let ready = Request::get("/ready").body(Body::empty()).unwrap();
+        assert_eq!(send(&app, ready).await.0, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     fn order(number: u64, term: u64) -> Value {
