@@ -1,6 +1,7 @@
-//! `stocknet`: run one service, the whole system locally with `stocknet up`, or the load
-//! client `stocknet load`.
+//! `stocknet`: run one service, the whole system locally with `stocknet up`, the load client
+//! `stocknet load`, or offline repairs with `stocknet admin`.
 
+mod admin;
 mod ceiling;
 mod load;
 mod up;
@@ -30,6 +31,8 @@ enum Command {
     Up(up::UpConfig),
     /// Drive a frontend with concurrent client sessions and report latency and throughput.
     Load(load::LoadConfig),
+    /// Offline repairs of a stopped service's files.
+    Admin(admin::AdminConfig),
     /// Serve stock lookups from a bare axum handler: the benchmarks' ceiling.
     #[command(hide = true)]
     Ceiling(ceiling::CeilingConfig),
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
                     Command::Up(config) => up::run(config).await.map_err(Into::into),
                     Command::Load(config) => load::run(config).await.map_err(Into::into),
                     Command::Ceiling(config) => ceiling::run(config).await.map_err(Into::into),
+                    Command::Admin(config) => admin::run(config).map_err(Into::into),
                 }
             })
         });

@@ -210,34 +210,11 @@ fn metadata(sn: &StockNet, name: String, component: Component) -> Result<ObjectM
     })
 }
 
+/// The same check the catalog makes when it starts (one parser, in stocknet-common).
 fn check_catalog_csv(csv: &str) -> Result<(), SpecError> {
-    let mut reader = csv::Reader::from_reader(csv.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|e| SpecError::InitialCatalog(e.to_string()))?;
-    if headers.iter().collect::<Vec<_>>() != ["name", "price", "quantity"] {
-        return Err(SpecError::InitialCatalog(
-            "the header must be name,price,quantity".into(),
-        ));
-    }
-    for (index, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| SpecError::InitialCatalog(e.to_string()))?;
-        let row = index + 2;
-        let bad = |what: &str| SpecError::InitialCatalog(format!("line {row}: {what}"));
-        if record.get(0).is_none_or(str::is_empty) {
-            return Err(bad("empty name"));
-        }
-        record
-            .get(1)
-            .and_then(|p| p.parse::<f64>().ok())
-            .filter(|p| p.is_finite() && *p >= 0.0)
-            .ok_or_else(|| bad("price must be a number >= 0"))?;
-        record
-            .get(2)
-            .and_then(|q| q.parse::<u64>().ok())
-            .ok_or_else(|| bad("quantity must be a whole number >= 0"))?;
-    }
-    Ok(())
+    stocknet_common::catalog_file::parse(csv)
+        .map(drop)
+        .map_err(|e| SpecError::InitialCatalog(e.to_string()))
 }
 
 fn initial_catalog(sn: &StockNet) -> Result<ConfigMap, SpecError> {
@@ -918,7 +895,9 @@ mod tests {
         spec.catalog.initial_catalog = Some("name,price,quantity\nAcme,cheap,10\n".into());
         assert_eq!(
             desired(&stocknet(spec)).unwrap_err(),
-            SpecError::InitialCatalog("line 2: price must be a number >= 0".into())
+            SpecError::InitialCatalog(
+                "line 2: price must be a number >= 0 with at most 2 decimals".into()
+            )
         );
         let mut spec = StockNetSpec::default();
         spec.catalog.initial_catalog = Some("stock,quantity\n".into());
@@ -926,6 +905,13 @@ mod tests {
             desired(&stocknet(spec)),
             Err(SpecError::InitialCatalog(_))
         ));
+        // A header and no stocks: the catalog would refuse to start, so the spec is invalid.
+        let mut spec = StockNetSpec::default();
+        spec.catalog.initial_catalog = Some("name,price,quantity\n".into());
+        assert_eq!(
+            desired(&stocknet(spec)).unwrap_err(),
+            SpecError::InitialCatalog("no stocks".into())
+        );
         let mut no_namespace = stocknet(StockNetSpec::default());
         no_namespace.metadata.namespace = None;
         assert_eq!(desired(&no_namespace).unwrap_err(), SpecError::NoNamespace);

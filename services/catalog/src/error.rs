@@ -14,6 +14,8 @@ pub enum CatalogError {
     Gap { applied: u64, next: u64 },
     #[error("stale leader term {term}; current term is {current}")]
     StaleTerm { term: u64, current: u64 },
+    #[error("term {term} is a jump from {current} that no election produces")]
+    TermJump { term: u64, current: u64 },
     #[error("catalog file is corrupt: {0}")]
     Corrupt(String),
     #[error("{path}: {source}")]
@@ -49,9 +51,10 @@ impl IntoResponse for CatalogError {
     fn into_response(self) -> Response {
         let status = match &self {
             Self::StockNotFound(_) => StatusCode::NOT_FOUND,
-            Self::InsufficientQuantity | Self::Gap { .. } | Self::StaleTerm { .. } => {
-                StatusCode::CONFLICT
-            }
+            Self::InsufficientQuantity
+            | Self::Gap { .. }
+            | Self::StaleTerm { .. }
+            | Self::TermJump { .. } => StatusCode::CONFLICT,
             Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) | Self::Secret(_) => {
                 return ApiError::internal(&self).into_response();
             }

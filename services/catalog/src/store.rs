@@ -17,8 +17,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use stocknet_common::wire::{ApplyOutcome, ApplyRequest, CatalogTrade, Snapshot};
-use stocknet_common::{file, Price, Stock};
+use stocknet_common::wire::{is_term_jump, ApplyOutcome, ApplyRequest, CatalogTrade, Snapshot};
+use stocknet_common::{catalog_file, file, Price, Stock};
 
 use crate::error::CatalogError;
 
@@ -105,6 +105,17 @@ impl CatalogStore {
     /// catalog's machine fails first, the leader applies them again.
     pub fn apply(&self, request: &ApplyRequest) -> Result<ApplyOutcome, CatalogError> {
         let mut table = self.write();
+        if is_term_jump(table.term, request.term) {
+            tracing::warn!(
+                term = request.term,
+                current = table.term,
+                "refused a term no election produces"
+            );
+            return Err(CatalogError::TermJump {
+                term: request.term,
+                current: table.term,
+            });
+        }
         if request.term < table.term {
             return Err(CatalogError::StaleTerm {
                 term: request.term,
@@ -175,6 +186,16 @@ impl CatalogStore {
         if lock(&self.journal).records >= COMPACT_EVERY {
             self.compact();
         }
+    }
+
+    /// Sets the leader term the catalog has seen to `term`: how an operator recovers a catalog
+    /// that accepted a bogus term. The catalog service must be stopped.
+    pub fn reset_term(&self, term: u64) -> Result<(), CatalogError> {
+        let mut table = self.write();
+        table.term = term;
+        let mut journal = lock(&self.journal);
+        write_atomically(&self.path, &table)?;
+        journal.clear()
     }
 
     fn compact(&self) {
@@ -354,6 +375,8 @@ fn parse(reader: impl BufRead) -> Result<Table, CatalogError> {
         let first = first.map_err(|e| CatalogError::Corrupt(e.to_string()))?;
         if let Some(mark) = first.strip_prefix(MARK_PREFIX) {
             (applied, term) = parse_mark(mark)?;
+            // A blank line in its place (the parser skips it) keeps line numbers the file's.
+            body.push('\n');
         } else {
             body.push_str(&first);
             body.push('\n');
@@ -363,23 +386,7 @@ fn parse(reader: impl BufRead) -> Result<Table, CatalogError> {
         body.push_str(&line.map_err(|e| CatalogError::Corrupt(e.to_string()))?);
         body.push('\n');
     }
-    let mut stocks = BTreeMap::new();
-    for (index, record) in csv::Reader::from_reader(body.as_bytes())
-        .deserialize::<Stock>()
-        .enumerate()
-    {
-        let stock = record.map_err(|e| CatalogError::Corrupt(format!("row {}: {e}", index + 1)))?;
-        if stock.name.is_empty() {
-            return Err(CatalogError::Corrupt(format!(
-                "row {}: empty stock name",
-                index + 1
-            )));
-        }
-        stocks.insert(stock.name.clone(), stock);
-    }
-    if stocks.is_empty() {
-        return Err(CatalogError::Corrupt("no stocks".into()));
-    }
+    let stocks = catalog_file::parse(&body).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
     Ok(Table {
         stocks,
         applied,
@@ -452,6 +459,27 @@ mod tests {
         let outcome = store.apply(&ApplyRequest { term, trades })?;
         store.sync();
         Ok(outcome)
+    }
+
+    #[test]
+    fn a_term_jump_is_refused_and_a_reset_term_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.csv");
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        apply(&store, 3, vec![trade(1, "GameStart", -1)]).unwrap();
+        let jump = stocknet_common::wire::MAX_TERM_STEP + 4;
+        assert!(matches!(
+            apply(&store, jump, vec![trade(2, "GameStart", -1)]),
+            Err(CatalogError::TermJump { current: 3, .. })
+        ));
+        assert_eq!(store.snapshot().term, 3);
+        assert_eq!(store.get("GameStart").unwrap().quantity, 99);
+        store.reset_term(1).unwrap();
+        drop(store);
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        assert_eq!((store.snapshot().term, store.snapshot().applied), (1, 1));
+        // The leader of term 2 is accepted again.
+        apply(&store, 2, vec![trade(2, "GameStart", -1)]).unwrap();
     }
 
     #[test]
@@ -622,12 +650,25 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_files_own_line_after_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.csv");
+        fs::write(
+            &path,
+            "# stocknet applied=1 term=1\nname,price,quantity\nA,1,1\nB,x,1\n",
+        )
+        .unwrap();
+        let error = CatalogStore::open(&path, INITIAL).unwrap_err();
+        assert!(error.to_string().contains("line 4: price"), "{error}");
+    }
+
+    #[test]
     fn corrupt_files_are_reported_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.csv");
         fs::write(&path, "name,price,quantity\nGameStart,abc,100\n").unwrap();
         let error = CatalogStore::open(&path, INITIAL).unwrap_err();
-        assert!(error.to_string().contains("row 1"), "{error}");
+        assert!(error.to_string().contains("line 2: price"), "{error}");
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             "name,price,quantity\nGameStart,abc,100\n"

@@ -5,6 +5,7 @@
 //! shutdown, and durable files.
 
 pub mod auth;
+pub mod catalog_file;
 pub mod client;
 pub mod envelope;
 pub mod file;

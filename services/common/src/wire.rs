@@ -59,6 +59,17 @@ pub struct Invalidation {
 
 // ---- order replicas ---------------------------------------------------------------------------
 
+/// The most a term may grow in one step. An election raises it by one above the highest term
+/// a live replica reports, so a jump beyond this comes from a confused (or compromised) peer
+/// and is refused: it would otherwise lock every real leader out (docs/OPERATIONS.md tells how
+/// to recover a service that accepted one anyway).
+pub const MAX_TERM_STEP: u64 = 1_000_000;
+
+/// Whether moving from term `current` to `term` is a jump no election produces.
+pub fn is_term_jump(current: u64, term: u64) -> bool {
+    term > current.saturating_add(MAX_TERM_STEP)
+}
+
 /// Header carrying a client's (or the frontend's) idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 

@@ -30,6 +30,8 @@ pub enum OrderError {
     NotReady,
     #[error("stale leader term {term}; current term is {current}")]
     StaleTerm { term: u64, current: u64 },
+    #[error("term {term} is a jump from {current} that no election produces")]
+    TermJump { term: u64, current: u64 },
     #[error("term {term} already has leader {current}")]
     LeaderTaken { term: u64, current: u32 },
     #[error("order log ends at {last}")]
@@ -93,6 +95,7 @@ impl From<OrderError> for ApiError {
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
             E::InsufficientQuantity
             | E::StaleTerm { .. }
+            | E::TermJump { .. }
             | E::LeaderTaken { .. }
             | E::Gap { .. } => StatusCode::CONFLICT,
             E::NotLeader

@@ -642,6 +642,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_term_no_election_produces_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let jump = stocknet_common::wire::MAX_TERM_STEP + 1;
+        for uri in ["/prepare", "/leader"] {
+            let (status, body) = send(&app, post(uri, json!({"term": jump, "leader": 2}))).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        }
+        let (status, body) = send(
+            &app,
+            post(
+                "/replicate",
+                json!({"term": jump, "leader": 3, "prev": 0, "prev_term": 0,
+                       "orders": [order(1, jump)]}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (_, body) = send(&app, get("/health")).await;
+        assert_eq!(
+            (
+                body["data"]["term"].clone(),
+                body["data"]["last_transaction"].clone()
+            ),
+            (json!(0), json!(0))
+        );
+        // A step an election can make is taken.
+        let (status, _) = send(&app, post("/prepare", json!({"term": 5, "leader": 2}))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(send(&app, get("/health")).await.1["data"]["term"], 5);
+    }
+
+    #[tokio::test]
     async fn a_replica_that_has_not_resynced_refuses_to_lead() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path());

@@ -11,8 +11,9 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::wire::{
-    ApplyOutcome, ApplyRequest, CatalogTrade, Changed, Health, LeaderNotice, LogPosition, LogSlice,
-    Merge, NewOrder, OrderChange, OrderView, Peer, Placed, ReplicateRequest, Snapshot,
+    is_term_jump, ApplyOutcome, ApplyRequest, CatalogTrade, Changed, Health, LeaderNotice,
+    LogPosition, LogSlice, Merge, NewOrder, OrderChange, OrderView, Peer, Placed, ReplicateRequest,
+    Snapshot,
 };
 use stocknet_common::{file, Command, Order, RemoteError, Side};
 use tokio::sync::{watch, Notify};
@@ -711,6 +712,18 @@ impl Replica {
     /// a newer term with its leader.
     fn observe_term(&self, term: u64, leader: u32) -> Result<(), OrderError> {
         let mut view = self.view();
+        if is_term_jump(view.term, term) {
+            tracing::warn!(
+                term,
+                leader,
+                current = view.term,
+                "refused a term no election produces"
+            );
+            return Err(OrderError::TermJump {
+                term,
+                current: view.term,
+            });
+        }
         if term < view.term {
             return Err(OrderError::StaleTerm {
                 term,
@@ -738,6 +751,14 @@ impl Replica {
     fn learn_term(&self, term: u64) -> Result<(), OrderError> {
         let mut view = self.view();
         if term <= view.term {
+            return Ok(());
+        }
+        if is_term_jump(view.term, term) {
+            tracing::warn!(
+                term,
+                current = view.term,
+                "a peer reports a term no election produces"
+            );
             return Ok(());
         }
         tracing::info!(term, "a peer knows a newer term");
@@ -1039,6 +1060,20 @@ fn lock(log: &Mutex<OrderLog>) -> MutexGuard<'_, OrderLog> {
     // The log changes its memory only after the file write succeeded, so it stays
     // consistent even if a thread panicked while holding the lock.
     log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets the term of replica `id` in `data_dir` to `term`, with no leader accepted in it: how
+/// an operator recovers a replica that accepted a bogus term. The replica must be stopped.
+pub fn reset_term(data_dir: &std::path::Path, id: u32, term: u64) -> Result<(), OrderError> {
+    let path = data_dir.join(format!("term-{id}"));
+    if !path.exists() {
+        return Err(OrderError::Config(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    file::replace_atomically(&path, |f| f.write_all(format!("{term}\n").as_bytes()))
+        .map_err(|e| OrderError::io(&path, e))
 }
 
 /// Parses `term-<id>`: `TERM LEADER`, or just `TERM` when no leader was accepted.
