@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# A/B of two builds: alternating, each round on a fresh `stocknet up --cache-size 12`, durable
+# orders (32 clients, p = 1, 8 s; acknowledged per second) and cached lookups (32 clients,
+# p = 0, 5 s). Build each commit and copy its target/release/stocknet somewhere first:
+#   bench/ab.sh ROUNDS /tmp/stocknet-before /tmp/stocknet-after
+set -euo pipefail
+rounds=$1; shift
+dir="$(mktemp -d)"
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+for round in $(seq 1 "$rounds"); do
+  for bin in "$@"; do
+    rm -rf "$dir/data"
+    RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port 38080 --catalog-port 38081 \
+      --cache-size 12 --order-ports 38091,38092,38093 >"$dir/up.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
+    orders=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 1 --duration 8s \
+      --max-quantity 3 --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["order"]["ok"]/r["seconds"]))')
+    lookups=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 0 --duration 5s \
+      --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["lookup"]["per_second"]))')
+    echo "round $round $bin: orders $orders/s, lookups $lookups/s"
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  done
+done
