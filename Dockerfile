@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One small image with both binaries: `stocknet` (the services; the entrypoint) and
-# `stocknet-operator`. Build: docker build -t stocknet:0.1.0 .
+# One small image with both binaries: `stocknet` (the services; the entrypoint), built without
+# the load client and its benchmarking dependencies, and `stocknet-operator`.
+# Build: docker build -t stocknet:0.1.0 .
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -8,7 +9,8 @@ COPY . .
 # Cache mounts keep the registry and target dir between builds on the same machine.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p stocknet -p stocknet-operator \
+    cargo build --release --locked -p stocknet --no-default-features \
+ && cargo build --release --locked -p stocknet-operator \
  && mkdir -p /out \
  && cp target/release/stocknet target/release/stocknet-operator /out/
 

@@ -2,7 +2,9 @@
 //! `stocknet load`, or offline repairs with `stocknet admin`.
 
 mod admin;
+#[cfg(feature = "load")]
 mod ceiling;
+#[cfg(feature = "load")]
 mod load;
 mod up;
 
@@ -30,10 +32,12 @@ enum Command {
     /// Run catalog, 3 order replicas and a frontend locally, supervised, until Ctrl-C.
     Up(up::UpConfig),
     /// Drive a frontend with concurrent client sessions and report latency and throughput.
+    #[cfg(feature = "load")]
     Load(load::LoadConfig),
     /// Offline repairs of a stopped service's files.
     Admin(admin::AdminConfig),
     /// Serve stock lookups from a bare axum handler: the benchmarks' ceiling.
+    #[cfg(feature = "load")]
     #[command(hide = true)]
     Ceiling(ceiling::CeilingConfig),
 }
@@ -51,7 +55,9 @@ fn main() -> std::process::ExitCode {
                     Command::Order(config) => stocknet_order::run(config).await,
                     Command::Frontend(config) => stocknet_frontend::run(config).await,
                     Command::Up(config) => up::run(config).await.map_err(Into::into),
+                    #[cfg(feature = "load")]
                     Command::Load(config) => load::run(config).await.map_err(Into::into),
+                    #[cfg(feature = "load")]
                     Command::Ceiling(config) => ceiling::run(config).await.map_err(Into::into),
                     Command::Admin(config) => admin::run(config).map_err(Into::into),
                 }
