@@ -11,6 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -124,7 +126,12 @@ pub async fn run(client: Client, context: Arc<Context>) {
     .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
     .owns(Api::<Deployment>::all(client.clone()), owned.clone())
     .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client), owned)
+    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        owned.clone(),
+    )
+    .owns(Api::<NetworkPolicy>::all(client), owned)
     .shutdown_on_signal()
     .run(reconcile, error_policy, context)
     .for_each(|result| async move {
@@ -153,6 +160,9 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
     };
     ensure_secret(&ctx.client, &namespace, &sn).await?;
     apply_all(&ctx.client, &namespace, &desired).await?;
+    if !sn.spec.network_policy.enabled {
+        remove_network_policies(&ctx.client, &namespace, &sn).await?;
+    }
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let observations = observe_order_replicas(&sn, &ctx, &pods).await?;
@@ -232,7 +242,29 @@ async fn apply_all(client: &Client, namespace: &str, desired: &Desired) -> Resul
     for stateful_set in &desired.stateful_sets {
         apply(client, namespace, stateful_set).await?;
     }
-    apply(client, namespace, &desired.deployment).await
+    apply(client, namespace, &desired.deployment).await?;
+    apply(client, namespace, &desired.disruption_budget).await?;
+    for policy in &desired.network_policies {
+        apply(client, namespace, policy).await?;
+    }
+    Ok(())
+}
+
+/// With `spec.networkPolicy.enabled` false, removes the policies an earlier spec made.
+async fn remove_network_policies(
+    client: &Client,
+    namespace: &str,
+    sn: &StockNet,
+) -> Result<(), Error> {
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    for name in resources::network_policy_names(sn) {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(policy = name, "network policy removed"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>

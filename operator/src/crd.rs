@@ -43,6 +43,23 @@ pub struct StockNetSpec {
     /// default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// NetworkPolicies that let only the StockNet's own components (and the operator's health
+/// probes) reach its catalog and order replicas.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: yes() }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -74,9 +91,14 @@ pub struct CatalogSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderSpec {
-    /// Order replicas; a majority must be up to accept orders.
+    /// Order replicas; a majority must be up to accept orders. Fixed at creation: the
+    /// replicas cannot change their membership yet, so the API server refuses a change.
     #[serde(default = "default_order_replicas")]
     #[schemars(range(min = 1, max = 9))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "order.replicas cannot change after creation (no membership change yet)"
+    }]))]
     pub replicas: i32,
     /// Size of each replica's volume claim.
     #[serde(default = "default_storage")]
@@ -128,6 +150,7 @@ impl Default for StockNetSpec {
             catalog: CatalogSpec::default(),
             order: OrderSpec::default(),
             storage_class_name: None,
+            network_policy: NetworkPolicySpec::default(),
         }
     }
 }
@@ -197,6 +220,17 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_replicas_cannot_change_after_creation() {
+        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml().unwrap()).unwrap();
+        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["order"]["properties"]["replicas"];
+        assert_eq!(
+            replicas["x-kubernetes-validations"][0]["rule"], "self == oldSelf",
+            "{replicas}"
+        );
+    }
 
     #[test]
     fn an_empty_spec_gets_the_defaults() {

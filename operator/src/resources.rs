@@ -11,9 +11,14 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    SecurityContext, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec as KubeNetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -60,6 +65,10 @@ pub struct Desired {
     pub services: Vec<Service>,
     pub stateful_sets: Vec<StatefulSet>,
     pub deployment: Deployment,
+    pub disruption_budget: PodDisruptionBudget,
+    /// Empty when `spec.networkPolicy.enabled` is false (the operator then deletes those it
+    /// made, named by [`network_policy_names`]).
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// Errors in a spec that the schema cannot catch.
@@ -87,6 +96,12 @@ pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {
         ],
         stateful_sets: vec![catalog_stateful_set(sn)?, order_stateful_set(sn)?],
         deployment: frontend_deployment(sn)?,
+        disruption_budget: order_disruption_budget(sn)?,
+        network_policies: if sn.spec.network_policy.enabled {
+            network_policies(sn)?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -109,6 +124,10 @@ pub fn render(yaml: &str, namespace: &str) -> Result<String, RenderError> {
         documents.push(serde_yaml::to_string(stateful_set)?);
     }
     documents.push(serde_yaml::to_string(&desired.deployment)?);
+    documents.push(serde_yaml::to_string(&desired.disruption_budget)?);
+    for policy in &desired.network_policies {
+        documents.push(serde_yaml::to_string(policy)?);
+    }
     Ok(documents.join("---\n"))
 }
 
@@ -552,6 +571,93 @@ fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
     )
 }
 
+/// At most one order replica down at a time for voluntary disruptions (drains, upgrades):
+/// a majority must stay up to accept orders.
+fn order_disruption_budget(sn: &StockNet) -> Result<PodDisruptionBudget, SpecError> {
+    Ok(PodDisruptionBudget {
+        metadata: metadata(sn, name(sn, Component::Order), Component::Order)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(sn, Component::Order)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The NetworkPolicies of `sn`, by name: what [`network_policies`] builds.
+pub fn network_policy_names(sn: &StockNet) -> [String; 2] {
+    [name(sn, Component::Catalog), name(sn, Component::Order)]
+}
+
+/// Ingress to the catalog from this StockNet's frontends and order replicas only; to the order
+/// replicas from its frontends, its replicas and the operator's health probes only. The
+/// frontends' port stays open: it serves the public API (their internal route, the cache
+/// invalidation push, shares that port and is guarded by the shared secret alone).
+fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
+    let pods = |component| NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(selector(sn, component)),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let operator = NetworkPolicyPeer {
+        // In whatever namespace the chart installed it.
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/part-of".to_owned(),
+                    "stocknet".to_owned(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_owned(),
+                    "operator".to_owned(),
+                ),
+            ])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let policy = |component, port: i32, from: Vec<NetworkPolicyPeer>| {
+        Ok::<_, SpecError>(NetworkPolicy {
+            metadata: metadata(sn, name(sn, component), component)?,
+            spec: Some(KubeNetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector(sn, component)),
+                    ..LabelSelector::default()
+                }),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(from),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(port)),
+                        protocol: Some("TCP".into()),
+                        ..NetworkPolicyPort::default()
+                    }]),
+                }]),
+                ..KubeNetworkPolicySpec::default()
+            }),
+        })
+    };
+    Ok(vec![
+        policy(
+            Component::Catalog,
+            CATALOG_PORT,
+            vec![pods(Component::Frontend), pods(Component::Order)],
+        )?,
+        policy(
+            Component::Order,
+            ORDER_PORT,
+            vec![pods(Component::Frontend), pods(Component::Order), operator],
+        )?,
+    ])
+}
+
 fn order_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
     // No STOCKNET_NODE_ID: each pod takes its StatefulSet ordinal + 1 from its host name.
     let container = container(
@@ -569,11 +675,26 @@ fn order_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
         // Ready only once boot resync is done.
         "/ready",
     );
+    let mut template = pod_template(sn, Component::Order, container, Vec::new());
+    if let Some(pod) = template.spec.as_mut() {
+        // Replicas on different nodes where there are several, so that one node's loss takes
+        // at most one; a single-node cluster still schedules them all.
+        pod.topology_spread_constraints = Some(vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector(sn, Component::Order)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        }]);
+    }
     stateful_set(
         sn,
         Component::Order,
         sn.spec.order.replicas,
-        pod_template(sn, Component::Order, container, Vec::new()),
+        template,
         &sn.spec.order.storage,
     )
 }
@@ -864,6 +985,106 @@ mod tests {
     }
 
     #[test]
+    fn only_the_stocknets_own_pods_reach_its_catalog_and_replicas() {
+        let sn = stocknet(StockNetSpec::default());
+        let desired = desired(&sn).unwrap();
+        let policies: Vec<(String, i32, Vec<Option<String>>, bool)> = desired
+            .network_policies
+            .iter()
+            .map(|policy| {
+                let spec = policy.spec.as_ref().unwrap();
+                let rule = &spec.ingress.as_ref().unwrap()[0];
+                let port = match rule.ports.as_ref().unwrap()[0].port {
+                    Some(IntOrString::Int(port)) => port,
+                    ref other => panic!("{other:?}"),
+                };
+                let from = rule.from.as_ref().unwrap();
+                let components = from
+                    .iter()
+                    .map(|peer| {
+                        let labels = peer.pod_selector.as_ref()?.match_labels.as_ref()?;
+                        labels.get("app.kubernetes.io/component").cloned()
+                    })
+                    .collect();
+                let any_namespace = from.iter().any(|peer| peer.namespace_selector.is_some());
+                (
+                    policy.metadata.name.clone().unwrap(),
+                    port,
+                    components,
+                    any_namespace,
+                )
+            })
+            .collect();
+        let some = |c: &str| Some(c.to_owned());
+        assert_eq!(
+            policies,
+            [
+                (
+                    "demo-catalog".to_owned(),
+                    CATALOG_PORT,
+                    vec![some("frontend"), some("order")],
+                    false
+                ),
+                (
+                    "demo-order".to_owned(),
+                    ORDER_PORT,
+                    vec![some("frontend"), some("order"), some("operator")],
+                    true
+                ),
+            ]
+        );
+        // Every peer but the operator is this StockNet's.
+        for policy in &desired.network_policies {
+            let spec = policy.spec.as_ref().unwrap();
+            let selected = spec
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap();
+            assert_eq!(selected["app.kubernetes.io/instance"], "demo");
+        }
+        let mut off = StockNetSpec::default();
+        off.network_policy.enabled = false;
+        assert!(desired_of(off).network_policies.is_empty());
+        assert_eq!(network_policy_names(&sn), ["demo-catalog", "demo-order"]);
+    }
+
+    fn desired_of(spec: StockNetSpec) -> Desired {
+        desired(&stocknet(spec)).unwrap()
+    }
+
+    #[test]
+    fn at_most_one_order_replica_is_disrupted_and_replicas_spread_over_nodes() {
+        let desired = desired_of(StockNetSpec::default());
+        let budget = desired.disruption_budget.spec.as_ref().unwrap();
+        assert_eq!(budget.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            budget
+                .selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/component"],
+            "order"
+        );
+        let order = &desired.stateful_sets[1];
+        let spread = pod_spec(&order.spec.as_ref().unwrap().template)
+            .topology_spread_constraints
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (
+                spread[0].topology_key.as_str(),
+                spread[0].when_unsatisfiable.as_str()
+            ),
+            ("kubernetes.io/hostname", "ScheduleAnyway")
+        );
+    }
+
+    #[test]
     fn render_prints_every_object_of_a_stocknet_file() {
         let yaml =
             "apiVersion: stocknet.io/v1alpha1\nkind: StockNet\nmetadata:\n  name: demo\nspec: {}\n";
@@ -882,7 +1103,10 @@ mod tests {
                 "Service",
                 "StatefulSet",
                 "StatefulSet",
-                "Deployment"
+                "Deployment",
+                "PodDisruptionBudget",
+                "NetworkPolicy",
+                "NetworkPolicy"
             ]
         );
         assert!(rendered.contains("namespace: shop"));

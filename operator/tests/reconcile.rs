@@ -51,6 +51,8 @@ async fn fake_api_server(
         }
         let reply = match method.as_str() {
             "GET" if path.ends_with("/pods") => pods.clone(),
+            "DELETE" if path.contains("/networkpolicies/") => json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
             "DELETE" => json!({"apiVersion": "v1", "kind": "Pod",
                                "metadata": {"name": path.rsplit('/').next()}}),
             "PATCH" if path.ends_with("/status") => json!({
@@ -182,6 +184,9 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
         ("StatefulSet", "demo-catalog"),
         ("StatefulSet", "demo-order"),
         ("Deployment", "demo-frontend"),
+        ("PodDisruptionBudget", "demo-order"),
+        ("NetworkPolicy", "demo-catalog"),
+        ("NetworkPolicy", "demo-order"),
     ];
     assert_eq!(
         applied,
@@ -310,4 +315,32 @@ async fn an_invalid_spec_is_reported_in_status_not_applied() {
         ("False", "InvalidSpec")
     );
     assert!(ready.message.contains("line 2: price"), "{}", ready.message);
+}
+
+#[tokio::test]
+async fn network_policies_switched_off_are_removed_not_applied() {
+    let running: Value = serde_json::from_str(RUNNING).unwrap();
+    let pods = (0..3)
+        .map(|i| pod(i, "127.0.0.1", running.clone()))
+        .collect();
+    let mut sn = stocknet(None);
+    sn.spec.network_policy.enabled = false;
+    let (_, calls) = run_reconcile(sn, pods).await;
+    assert!(!calls
+        .iter()
+        .any(|c| c.method == "PATCH" && c.uri.contains("networkpolicies")));
+    let deleted: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.uri.as_str())
+        .collect();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert!(
+        deleted[0].contains("/networkpolicies/demo-catalog"),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted[1].contains("/networkpolicies/demo-order"),
+        "{deleted:?}"
+    );
 }
