@@ -1,6 +1,7 @@
 //! The `StockNet` custom resource (`stocknet.io/v1alpha1`): what a user asks for, and the
 //! status the operator reports from what it observes.
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -74,6 +75,9 @@ pub struct FrontendSpec {
     pub cache_size: u32,
     #[serde(default = "yes")]
     pub cache_enabled: bool,
+    /// CPU and memory of each frontend pod; the operator's defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -86,6 +90,9 @@ pub struct CatalogSpec {
     /// The initial catalog as CSV (`name,price,quantity`); the built-in 12 stocks when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_catalog: Option<String>,
+    /// CPU and memory of the catalog pod; the operator's defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -104,6 +111,10 @@ pub struct OrderSpec {
     #[serde(default = "default_storage")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
     pub storage: String,
+    /// CPU and memory of each order replica's pod (its book is in memory); the operator's
+    /// defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// What the operator last observed.
@@ -161,6 +172,7 @@ impl Default for FrontendSpec {
             replicas: one(),
             cache_size: default_cache_size(),
             cache_enabled: yes(),
+            resources: None,
         }
     }
 }
@@ -170,6 +182,7 @@ impl Default for CatalogSpec {
         Self {
             storage: default_storage(),
             initial_catalog: None,
+            resources: None,
         }
     }
 }
@@ -179,6 +192,7 @@ impl Default for OrderSpec {
         Self {
             replicas: default_order_replicas(),
             storage: default_storage(),
+            resources: None,
         }
     }
 }

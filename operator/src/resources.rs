@@ -376,17 +376,7 @@ fn container(
         }]),
         readiness_probe: Some(http_probe(readiness_path, 2, 3)),
         liveness_probe: Some(http_probe("/health", 10, 6)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), Quantity("50m".into())),
-                ("memory".to_owned(), Quantity("32Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                Quantity("256Mi".into()),
-            )])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources(sn, component)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -410,6 +400,28 @@ fn container(
         ),
         ..Container::default()
     }
+}
+
+/// The spec's resources for `component`, or defaults: a small request and a memory limit (an
+/// order replica holds its book in memory, so it gets more). No CPU limit: throttling would
+/// stretch commit rounds for every client.
+fn resources(sn: &StockNet, component: Component) -> ResourceRequirements {
+    let (configured, memory_limit) = match component {
+        Component::Catalog => (&sn.spec.catalog.resources, "256Mi"),
+        Component::Order => (&sn.spec.order.resources, "512Mi"),
+        Component::Frontend => (&sn.spec.frontend.resources, "256Mi"),
+    };
+    configured.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("50m".into())),
+            ("memory".to_owned(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..ResourceRequirements::default()
+    })
 }
 
 fn pod_template(
@@ -1053,6 +1065,33 @@ mod tests {
 
     fn desired_of(spec: StockNetSpec) -> Desired {
         desired(&stocknet(spec)).unwrap()
+    }
+
+    #[test]
+    fn each_component_takes_its_resources_from_the_spec_or_defaults() {
+        let limit = |template: &PodTemplateSpec| {
+            pod_spec(template).containers[0]
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .map(|l| l["memory"].0.clone())
+        };
+        let defaults = desired_of(StockNetSpec::default());
+        let order = &defaults.stateful_sets[1].spec.as_ref().unwrap().template;
+        assert_eq!(limit(order).as_deref(), Some("512Mi"));
+        let mut spec = StockNetSpec::default();
+        spec.order.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("2Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let custom = desired_of(spec);
+        let order = &custom.stateful_sets[1].spec.as_ref().unwrap().template;
+        assert_eq!(limit(order).as_deref(), Some("2Gi"));
+        let catalog = &custom.stateful_sets[0].spec.as_ref().unwrap().template;
+        assert_eq!(limit(catalog).as_deref(), Some("256Mi"));
     }
 
     #[test]
