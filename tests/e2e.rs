@@ -460,3 +460,71 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
     assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 2);
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
 }
+
+/// A frontend given a port of its own for its internal routes serves the invalidation push
+/// there (with the secret) and not on its public port, and the public API not there.
+#[tokio::test]
+async fn internal_routes_can_have_a_port_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, common::SECRET).unwrap();
+    let (public, internal) = (common::free_port(), common::free_port());
+    let _frontend = common::Proc::start(
+        "frontend",
+        [
+            "frontend",
+            "--port",
+            &public.to_string(),
+            "--internal-port",
+            &internal.to_string(),
+            "--secret-file",
+            &secret.display().to_string(),
+            // Nothing runs behind it: only its own routes are under test.
+            "--catalog-url",
+            "http://127.0.0.1:9",
+            "--order-replicas",
+            "1=http://127.0.0.1:9",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        dir.path(),
+    );
+    let http = reqwest::Client::new();
+    let (public, internal) = (common::url(public), common::url(internal));
+    common::wait_until("both ports", std::time::Duration::from_secs(20), || {
+        let http = http.clone();
+        let (public, internal) = (public.clone(), internal.clone());
+        async move {
+            http.get(format!("{public}/health")).send().await.is_ok()
+                && http.get(format!("{internal}/health")).send().await.is_ok()
+        }
+    })
+    .await;
+    let push = |base: &str| {
+        http.post(format!("{base}/invalidate"))
+            .bearer_auth(common::SECRET)
+            .json(&json!({"names": ["GameStart"]}))
+            .send()
+    };
+    assert_eq!(push(&internal).await.unwrap().status(), 200);
+    assert_eq!(push(&public).await.unwrap().status(), 404);
+    let outsider = http
+        .post(format!("{internal}/invalidate"))
+        .json(&json!({"names": ["GameStart"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outsider.status(), 401);
+    let docs = http
+        .get(format!("{internal}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 404);
+    let docs = http
+        .get(format!("{public}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+}

@@ -29,6 +29,9 @@ use crate::crd::StockNet;
 pub const CATALOG_PORT: i32 = 8081;
 pub const ORDER_PORT: i32 = 8091;
 pub const FRONTEND_PORT: i32 = 8080;
+/// The frontends' internal routes (the catalog's invalidation push), apart from the public API
+/// so that a network policy can admit only the catalog to them.
+pub const FRONTEND_INTERNAL_PORT: i32 = 8082;
 /// Where each pod's volume claim is mounted.
 const DATA_DIR: &str = "/data";
 /// Where each pod finds the deployment's shared secret, as the file `token`.
@@ -539,7 +542,7 @@ fn catalog_url(sn: &StockNet) -> Result<String, SpecError> {
 
 fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
     let frontend_pods = format!(
-        "{}-pods.{}.svc:{FRONTEND_PORT}",
+        "{}-pods.{}.svc:{FRONTEND_INTERNAL_PORT}",
         name(sn, Component::Frontend),
         namespace(sn)?
     );
@@ -601,14 +604,18 @@ fn order_disruption_budget(sn: &StockNet) -> Result<PodDisruptionBudget, SpecErr
 }
 
 /// The NetworkPolicies of `sn`, by name: what [`network_policies`] builds.
-pub fn network_policy_names(sn: &StockNet) -> [String; 2] {
-    [name(sn, Component::Catalog), name(sn, Component::Order)]
+pub fn network_policy_names(sn: &StockNet) -> [String; 3] {
+    [
+        name(sn, Component::Catalog),
+        name(sn, Component::Order),
+        name(sn, Component::Frontend),
+    ]
 }
 
 /// Ingress to the catalog from this StockNet's frontends and order replicas only; to the order
-/// replicas from its frontends, its replicas and the operator's health probes only. The
-/// frontends' port stays open: it serves the public API (their internal route, the cache
-/// invalidation push, shares that port and is guarded by the shared secret alone).
+/// replicas from its frontends, its replicas and the operator's health probes only; to the
+/// frontends' internal port from the catalog only. The frontends' public port stays open to
+/// everybody: it serves the public API.
 fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
     let pods = |component| NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
@@ -635,7 +642,16 @@ fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
         }),
         ..NetworkPolicyPeer::default()
     };
-    let policy = |component, port: i32, from: Vec<NetworkPolicyPeer>| {
+    // `from: None` admits everybody.
+    let rule = |port: i32, from: Option<Vec<NetworkPolicyPeer>>| NetworkPolicyIngressRule {
+        from,
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".into()),
+            ..NetworkPolicyPort::default()
+        }]),
+    };
+    let policy = |component, rules: Vec<NetworkPolicyIngressRule>| {
         Ok::<_, SpecError>(NetworkPolicy {
             metadata: metadata(sn, name(sn, component), component)?,
             spec: Some(KubeNetworkPolicySpec {
@@ -644,14 +660,7 @@ fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
                     ..LabelSelector::default()
                 }),
                 policy_types: Some(vec!["Ingress".into()]),
-                ingress: Some(vec![NetworkPolicyIngressRule {
-                    from: Some(from),
-                    ports: Some(vec![NetworkPolicyPort {
-                        port: Some(IntOrString::Int(port)),
-                        protocol: Some("TCP".into()),
-                        ..NetworkPolicyPort::default()
-                    }]),
-                }]),
+                ingress: Some(rules),
                 ..KubeNetworkPolicySpec::default()
             }),
         })
@@ -659,13 +668,28 @@ fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
     Ok(vec![
         policy(
             Component::Catalog,
-            CATALOG_PORT,
-            vec![pods(Component::Frontend), pods(Component::Order)],
+            vec![rule(
+                CATALOG_PORT,
+                Some(vec![pods(Component::Frontend), pods(Component::Order)]),
+            )],
         )?,
         policy(
             Component::Order,
-            ORDER_PORT,
-            vec![pods(Component::Frontend), pods(Component::Order), operator],
+            vec![rule(
+                ORDER_PORT,
+                Some(vec![
+                    pods(Component::Frontend),
+                    pods(Component::Order),
+                    operator,
+                ]),
+            )],
+        )?,
+        policy(
+            Component::Frontend,
+            vec![
+                rule(FRONTEND_PORT, None),
+                rule(FRONTEND_INTERNAL_PORT, Some(vec![pods(Component::Catalog)])),
+            ],
         )?,
     ])
 }
@@ -716,6 +740,10 @@ fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
     let mut vars = vec![
         ("STOCKNET_HOST", "0.0.0.0".to_owned()),
         ("STOCKNET_FRONTEND_PORT", FRONTEND_PORT.to_string()),
+        (
+            "STOCKNET_FRONTEND_INTERNAL_PORT",
+            FRONTEND_INTERNAL_PORT.to_string(),
+        ),
         ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
         ("STOCKNET_ORDER_REPLICAS", order_peers(sn)?),
         ("STOCKNET_CACHE_SIZE", frontend.cache_size.to_string()),
@@ -723,7 +751,7 @@ fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
     if !frontend.cache_enabled {
         vars.push(("STOCKNET_NO_CACHE", "true".to_owned()));
     }
-    let container = container(
+    let mut container = container(
         sn,
         Component::Frontend,
         FRONTEND_PORT,
@@ -731,6 +759,14 @@ fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
         Vec::new(),
         "/health",
     );
+    container
+        .ports
+        .get_or_insert_with(Vec::new)
+        .push(ContainerPort {
+            name: Some("internal".into()),
+            container_port: FRONTEND_INTERNAL_PORT,
+            ..ContainerPort::default()
+        });
     Ok(Deployment {
         metadata: metadata(sn, name(sn, Component::Frontend), Component::Frontend)?,
         spec: Some(DeploymentSpec {
@@ -882,9 +918,10 @@ mod tests {
         assert_eq!(catalog.replicas, Some(1));
         let pod = pod_spec(&catalog.template);
         let env = env_of(&pod.containers[0]);
+        // The frontends' internal port, where their invalidation route listens.
         assert_eq!(
             env["STOCKNET_FRONTEND_DNS"],
-            "demo-frontend-pods.shop.svc:8080"
+            "demo-frontend-pods.shop.svc:8082"
         );
         assert_eq!(env["STOCKNET_INITIAL_CATALOG"], "/config/catalog.csv");
         assert_eq!(
@@ -919,6 +956,15 @@ mod tests {
         assert_eq!(env["STOCKNET_CACHE_SIZE"], "64");
         assert_eq!(env["STOCKNET_NO_CACHE"], "true");
         assert_eq!(env["STOCKNET_ORDER_REPLICAS"].split(',').count(), 3);
+        assert_eq!(env["STOCKNET_FRONTEND_INTERNAL_PORT"], "8082");
+        let container = &pod_spec(&deployment.template).containers[0];
+        let ports: Vec<(Option<&str>, i32)> = container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect();
+        assert_eq!(ports, [(Some("http"), 8080), (Some("internal"), 8082)]);
     }
 
     #[test]
@@ -1005,7 +1051,7 @@ mod tests {
             .iter()
             .map(|policy| {
                 let spec = policy.spec.as_ref().unwrap();
-                let rule = &spec.ingress.as_ref().unwrap()[0];
+                let rule = spec.ingress.as_ref().unwrap().last().unwrap();
                 let port = match rule.ports.as_ref().unwrap()[0].port {
                     Some(IntOrString::Int(port)) => port,
                     ref other => panic!("{other:?}"),
@@ -1043,7 +1089,22 @@ mod tests {
                     vec![some("frontend"), some("order"), some("operator")],
                     true
                 ),
+                // The frontends' last rule: their internal port, for the catalog only.
+                (
+                    "demo-frontend".to_owned(),
+                    FRONTEND_INTERNAL_PORT,
+                    vec![some("catalog")],
+                    false
+                ),
             ]
+        );
+        // Their public port admits everybody.
+        let frontend = desired.network_policies[2].spec.as_ref().unwrap();
+        let public = &frontend.ingress.as_ref().unwrap()[0];
+        assert_eq!(public.from, None);
+        assert_eq!(
+            public.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(FRONTEND_PORT))
         );
         // Every peer but the operator is this StockNet's.
         for policy in &desired.network_policies {
@@ -1060,7 +1121,10 @@ mod tests {
         let mut off = StockNetSpec::default();
         off.network_policy.enabled = false;
         assert!(desired_of(off).network_policies.is_empty());
-        assert_eq!(network_policy_names(&sn), ["demo-catalog", "demo-order"]);
+        assert_eq!(
+            network_policy_names(&sn),
+            ["demo-catalog", "demo-order", "demo-frontend"]
+        );
     }
 
     fn desired_of(spec: StockNetSpec) -> Desired {
@@ -1144,6 +1208,7 @@ mod tests {
                 "StatefulSet",
                 "Deployment",
                 "PodDisruptionBudget",
+                "NetworkPolicy",
                 "NetworkPolicy",
                 "NetworkPolicy"
             ]

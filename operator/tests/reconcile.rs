@@ -187,6 +187,7 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
         ("PodDisruptionBudget", "demo-order"),
         ("NetworkPolicy", "demo-catalog"),
         ("NetworkPolicy", "demo-order"),
+        ("NetworkPolicy", "demo-frontend"),
     ];
     assert_eq!(
         applied,
@@ -334,7 +335,7 @@ async fn network_policies_switched_off_are_removed_not_applied() {
         .filter(|c| c.method == "DELETE")
         .map(|c| c.uri.as_str())
         .collect();
-    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert_eq!(deleted.len(), 3, "{deleted:?}");
     assert!(
         deleted[0].contains("/networkpolicies/demo-catalog"),
         "{deleted:?}"

@@ -74,6 +74,11 @@ pub struct Config {
     /// Turn the lookup cache off.
     #[arg(long, env = "STOCKNET_NO_CACHE")]
     pub no_cache: bool,
+    /// A port of their own for the internal routes (the catalog's invalidation push), so that
+    /// a network policy can keep them from everybody but the catalog; on the public port
+    /// when unset.
+    #[arg(long, env = "STOCKNET_FRONTEND_INTERNAL_PORT")]
+    pub internal_port: Option<u16>,
     #[command(flatten)]
     pub secret: SecretArgs,
 }
@@ -178,21 +183,38 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     public_api().split_for_parts().1
 }
 
+/// The public API and the internal routes on one port.
 pub fn router(state: AppState) -> Router {
+    let routes = public_routes()
+        .merge(internal_routes(&state))
+        .with_state(state);
+    server::with_common_layers(routes)
+}
+
+/// The public API alone, for a frontend whose internal routes have a port of their own.
+pub fn public_router(state: AppState) -> Router {
+    server::with_common_layers(public_routes().with_state(state))
+}
+
+/// The internal routes alone: the catalog's cache invalidation push.
+pub fn internal_router(state: AppState) -> Router {
+    server::with_common_layers(internal_routes(&state).with_state(state))
+}
+
+fn public_routes() -> Router<AppState> {
     let (public, document) = public_api().split_for_parts();
-    // Internal: the catalog's cache invalidation push; not part of the public API.
-    let internal = Router::new()
+    public.layer(Extension(Arc::new(document)))
+}
+
+/// Not part of the public API, and only for callers with the shared secret.
+fn internal_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
         .route("/invalidate", post(invalidate_many))
         .route("/invalidate/{name}", post(invalidate))
         .route_layer(middleware::from_fn_with_state(
             state.inner.secret.clone(),
             require_secret,
-        ));
-    let routes = public
-        .layer(Extension(Arc::new(document)))
-        .merge(internal)
-        .with_state(state);
-    server::with_common_layers(routes)
+        ))
 }
 
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
@@ -200,7 +222,30 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
     tokio::spawn(elect_early(state.clone()));
-    server::serve(listener, router(state), server::shutdown_signal()).await?;
+    let Some(internal_port) = config.internal_port else {
+        server::serve(listener, router(state), server::shutdown_signal()).await?;
+        return Ok(());
+    };
+    let (internal, internal_addr) =
+        server::bind(SocketAddr::new(config.host, internal_port)).await?;
+    tracing::info!(%internal_addr, "internal routes listening");
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|&stop| stop).await;
+    };
+    tokio::try_join!(
+        server::serve(
+            listener,
+            public_router(state.clone()),
+            until_stopped(stopped.clone())
+        ),
+        server::serve(internal, internal_router(state), until_stopped(stopped)),
+    )?;
     Ok(())
 }
 
