@@ -3,6 +3,8 @@
 
 mod admin;
 #[cfg(feature = "load")]
+mod catalog_gen;
+#[cfg(feature = "load")]
 mod ceiling;
 #[cfg(feature = "load")]
 mod load;
@@ -34,6 +36,9 @@ enum Command {
     /// Drive a frontend with concurrent client sessions and report latency and throughput.
     #[cfg(feature = "load")]
     Load(load::LoadConfig),
+    /// Print a catalog of many stocks (CSV) for load tests, e.g. for `up --initial-catalog`.
+    #[cfg(feature = "load")]
+    GenerateCatalog(catalog_gen::GenerateConfig),
     /// Offline repairs of a stopped service's files.
     Admin(admin::AdminConfig),
     /// Serve stock lookups from a bare axum handler: the benchmarks' ceiling.
@@ -60,6 +65,10 @@ fn main() -> std::process::ExitCode {
                     #[cfg(feature = "load")]
                     Command::Ceiling(config) => ceiling::run(config).await.map_err(Into::into),
                     Command::Admin(config) => admin::run(config).map_err(Into::into),
+                    #[cfg(feature = "load")]
+                    Command::GenerateCatalog(config) => {
+                        catalog_gen::run(config).map_err(Into::into)
+                    }
                 }
             })
         });

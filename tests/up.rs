@@ -164,3 +164,97 @@ async fn up_runs_supervises_and_stops_everything() {
         assert!(!alive(pid), "child {pid} outlived up");
     }
 }
+
+/// The stock search through `stocknet up` seeded with a generated catalog of 10,000 stocks:
+/// paging through every match finds each matching stock once, in name order.
+#[tokio::test]
+async fn up_with_ten_thousand_stocks_searches_and_pages_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog_file = dir.path().join("big.csv");
+    let generated = Command::new(BIN)
+        .args(["generate-catalog", "--stocks", "10000"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    std::fs::write(&catalog_file, &generated.stdout).unwrap();
+    let text = String::from_utf8(generated.stdout).unwrap();
+    let expected: Vec<&str> = {
+        let mut names: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split(',').next())
+            .filter(|name| name.to_lowercase().contains("fish"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(expected.len() > 100, "the search has something to find");
+
+    let (frontend, catalog) = (free_port(), free_port());
+    let orders: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+    let mut up = Command::new(BIN)
+        .args([
+            "up",
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+        ])
+        .args(["--frontend-port", &frontend.to_string()])
+        .args(["--catalog-port", &catalog.to_string()])
+        .args(["--order-ports", &orders.join(",")])
+        .args(["--initial-catalog", &catalog_file.display().to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Reap(&mut up);
+    let stdout = BufReader::new(guard.0.stdout.take().expect("piped stdout"));
+    let (banner_tx, banner_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.contains("Ctrl-C stops everything") {
+                let _ = banner_tx.send(());
+            }
+        }
+    });
+    banner_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("up prints its banner");
+
+    let http = reqwest::Client::new();
+    let mut found: Vec<String> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{}/stocks?search=FiSh&limit=97{cursor}",
+                url(frontend)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stocks = page["data"]["stocks"].as_array().expect("stocks");
+        found.extend(
+            stocks
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_owned()),
+        );
+        match page["data"]["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(found, expected);
+    drop(guard);
+}

@@ -16,8 +16,10 @@ use axum::{middleware, Router};
 use futures::future::join_all;
 use stocknet_common::auth::require_secret;
 use stocknet_common::client::endpoint;
-use stocknet_common::wire::{ApplyRequest, Invalidation};
-use stocknet_common::{data, internal_client, server, Json, Path, Secret, SecretArgs};
+use stocknet_common::wire::{stock_after, stock_cursor, ApplyRequest, Invalidation, StockPage};
+use stocknet_common::{
+    data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs,
+};
 
 pub use error::CatalogError;
 pub use store::CatalogStore;
@@ -140,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let routes = Router::new()
         .route("/health", get(health))
+        .route("/stocks", get(list))
         .route("/stocks/{name}", get(lookup))
         .merge(internal)
         .with_state(state);
@@ -184,6 +187,50 @@ async fn lookup(
         .get(&name)
         .map(data)
         .ok_or(CatalogError::StockNotFound(name))
+}
+
+/// Most stocks one page of `GET /stocks` holds.
+pub const MAX_PAGE: usize = 1_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    search: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /stocks?search=&limit=&cursor=`: stocks whose names contain `search`, any case, in
+/// name order, a page at a time.
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = match query.limit {
+        None => 100,
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )))
+        }
+    };
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            stock_after(cursor)
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave out"))?,
+        ),
+    };
+    let search = query.search.unwrap_or_default();
+    let (stocks, more) = state.store.list(&search, after.as_deref(), limit);
+    let next_cursor = more
+        .then(|| stocks.last().map(|s| stock_cursor(&s.name)))
+        .flatten();
+    Ok(data(StockPage {
+        stocks,
+        next_cursor,
+    }))
 }
 
 async fn snapshot(State(state): State<AppState>) -> Response {
@@ -289,6 +336,41 @@ mod tests {
             send(&app, post_json("/apply", body)).await.0,
             StatusCode::OK
         );
+    }
+
+    #[tokio::test]
+    async fn stocks_are_listed_searched_and_paged_with_opaque_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+        let (status, body) = send(&app, get("/stocks?limit=5")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let first: Vec<&str> = body["data"]["stocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(first.len(), 5);
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(first, sorted, "name order");
+        let cursor = body["data"]["next_cursor"].as_str().unwrap().to_owned();
+        let (_, next) = send(&app, get(&format!("/stocks?limit=100&cursor={cursor}"))).await;
+        let rest = next["data"]["stocks"].as_array().unwrap();
+        assert_eq!(first.len() + rest.len(), 12, "every stock once");
+        assert!(next["data"].get("next_cursor").is_none());
+        let (_, found) = send(&app, get("/stocks?search=GAME")).await;
+        assert_eq!(found["data"]["stocks"][0]["name"], "GameStart");
+        for bad in [
+            "/stocks?limit=0",
+            "/stocks?limit=1001",
+            "/stocks?cursor=zz",
+            "/stocks?sort=name",
+        ] {
+            let (status, body) = send(&app, get(bad)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        }
     }
 
     #[tokio::test]

@@ -88,6 +88,23 @@ impl CatalogStore {
         self.read().stocks.get(name).cloned()
     }
 
+    /// Up to `limit` stocks in name order after the name `after`, whose names contain
+    /// `search` (ignoring case; empty matches all), and whether more follow.
+    pub fn list(&self, search: &str, after: Option<&str>, limit: usize) -> (Vec<Stock>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let search = search.to_lowercase();
+        let table = self.read();
+        let start = after.map_or(Unbounded, Excluded);
+        let mut matches = table
+            .stocks
+            .range::<str, _>((start, Unbounded))
+            .map(|(_, stock)| stock)
+            .filter(|stock| search.is_empty() || stock.name.to_lowercase().contains(&search));
+        let page: Vec<Stock> = matches.by_ref().take(limit).cloned().collect();
+        let more = matches.next().is_some();
+        (page, more)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let table = self.read();
         Snapshot {
@@ -480,6 +497,33 @@ mod tests {
         assert_eq!((store.snapshot().term, store.snapshot().applied), (1, 1));
         // The leader of term 2 is accepted again.
         apply(&store, 2, vec![trade(2, "GameStart", -1)]).unwrap();
+    }
+
+    #[test]
+    fn lists_match_any_case_in_name_order_and_page_after_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let initial = "name,price,quantity\nAppleCo,1,1\nBoarCo,1,1\nappliance,1,1\nZed,1,1\n";
+        let store = CatalogStore::open(dir.path().join("c.csv"), initial).unwrap();
+        let names = |(stocks, more): (Vec<Stock>, bool)| {
+            (stocks.into_iter().map(|s| s.name).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(
+            names(store.list("APP", None, 10)),
+            (vec!["AppleCo".to_owned(), "appliance".to_owned()], false)
+        );
+        assert_eq!(
+            names(store.list("", None, 2)),
+            (vec!["AppleCo".to_owned(), "BoarCo".to_owned()], true)
+        );
+        assert_eq!(
+            names(store.list("", Some("BoarCo"), 2)),
+            (vec!["Zed".to_owned(), "appliance".to_owned()], false)
+        );
+        assert_eq!(
+            names(store.list("co", Some("AppleCo"), 5)),
+            (vec!["BoarCo".to_owned()], false)
+        );
+        assert_eq!(names(store.list("nothing", None, 5)), (vec![], false));
     }
 
     #[test]

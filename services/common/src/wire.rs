@@ -314,3 +314,29 @@ pub struct FeedPage {
     pub through: u64,
     pub events: Vec<MarketEvent>,
 }
+
+/// A page of `GET /stocks`, in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StockPage {
+    pub stocks: Vec<Stock>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The opaque cursor of a page that ended at stock `name` (hex of its UTF-8 bytes).
+pub fn stock_cursor(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The stock name a cursor of [`stock_cursor`] stands for.
+pub fn stock_after(cursor: &str) -> Option<String> {
+    if cursor.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}

@@ -25,7 +25,7 @@ use stocknet_common::client::{call, endpoint};
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::wire::{
     parse_peer, Changed, Depth, Invalidation, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    Placed, Trade, IDEMPOTENCY_KEY,
+    Placed, StockPage, Trade, IDEMPOTENCY_KEY,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Price, RemoteError, Secret, SecretArgs,
@@ -167,6 +167,7 @@ fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(health))
         .routes(routes!(metrics))
         .routes(routes!(lookup))
+        .routes(routes!(list_stocks))
         .routes(routes!(place_order, list_orders))
         .routes(routes!(query_order, modify_order, cancel_order))
         .routes(routes!(list_trades))
@@ -345,6 +346,32 @@ async fn lookup(
     Path(name): Path<String>,
 ) -> Result<Response, FrontendError> {
     Ok(data(stock(&state, &name).await?))
+}
+
+/// Stocks whose names contain `search` (any case), in name order, a page at a time.
+#[utoipa::path(get, path = "/stocks", tag = "stocks",
+    params(
+        ("search" = Option<String>, Query, description = "Part of the name, any case"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<StockPage>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 503, description = "Catalog unavailable", body = ErrorEnvelope),
+    ))]
+async fn list_stocks(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
+    let inner = &state.inner;
+    let mut url =
+        endpoint(&inner.catalog_url, &["stocks"]).map_err(FrontendError::CatalogUnavailable)?;
+    url.set_query(uri.query());
+    match call::<StockPage>(inner.http.get(url)).await {
+        Ok(page) => Ok(data(page)),
+        Err(RemoteError::Api { status, message }) if status.is_client_error() => {
+            Err(FrontendError::Upstream(ApiError::new(status, message)))
+        }
+        Err(e) => Err(FrontendError::CatalogUnavailable(e)),
+    }
 }
 
 /// A stock from the cache, or from the catalog (then cached).
