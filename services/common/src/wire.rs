@@ -331,7 +331,7 @@ pub fn stock_cursor(name: &str) -> String {
 
 /// The stock name a cursor of [`stock_cursor`] stands for.
 pub fn stock_after(cursor: &str) -> Option<String> {
-    if cursor.len() % 2 != 0 {
+    if !cursor.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..cursor.len())
