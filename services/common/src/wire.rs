@@ -340,3 +340,18 @@ pub fn stock_after(cursor: &str) -> Option<String> {
         .collect();
     String::from_utf8(bytes?).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stock_cursors_round_trip_and_refuse_what_they_did_not_make() {
+        for name in ["GameStart", "Fish, \"Co\"", "Ünïcode ✓", ""] {
+            assert_eq!(stock_after(&stock_cursor(name)).as_deref(), Some(name));
+        }
+        for bad in ["z", "zz", "4", "ff"] {
+            assert_eq!(stock_after(bad), None, "{bad}");
+        }
+    }
+}
