@@ -98,6 +98,9 @@ impl AppState {
     /// Tells every frontend to drop `names` from its cache, and waits for the answers so
     /// that an acknowledged trade is never followed by a stale cached read.
     async fn invalidate(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
         let mut frontends: Vec<String> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
             match tokio::net::lookup_host(&**dns).await {

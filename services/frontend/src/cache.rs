@@ -77,6 +77,11 @@ impl StockCache {
 
     /// Drops `names`; fills of reads that started before this are skipped.
     pub fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut names = names.into_iter().peekable();
+        // Nothing named, nothing stale: a bump would only make fills in flight go to waste.
+        if names.peek().is_none() {
+            return;
+        }
         if let Some(inner) = &self.inner {
             let mut inner = lock(inner);
             inner.epoch += 1;
@@ -172,6 +177,17 @@ mod tests {
         cache.invalidate(["a"]);
         cache.fill(stock("a", 100), epoch);
         assert!(cache.get("a").is_err(), "a possibly stale value was cached");
+    }
+
+    #[test]
+    fn an_invalidation_naming_nothing_spoils_no_fill() {
+        let cache = cache(4);
+        let epoch = cache.get("a").unwrap_err();
+        // A leader taking over records its term at the catalog with an empty apply, which
+        // pushes an invalidation of no stock.
+        cache.invalidate([]);
+        cache.fill(stock("a", 100), epoch);
+        assert_eq!(cache.get("a").unwrap().quantity, 100);
     }
 
     #[test]
