@@ -528,3 +528,70 @@ async fn internal_routes_can_have_a_port_of_their_own() {
         .unwrap();
     assert_eq!(docs.status(), 200);
 }
+
+/// The catalog dies: lookups of stocks the frontend has seen are served stale (so marked),
+/// orders fail at once with 503 and Retry-After once the breaker is open, and everything is
+/// fresh again when the catalog is back.
+#[tokio::test]
+async fn without_the_catalog_lookups_go_stale_and_orders_fail_fast() {
+    let mut cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    assert_eq!(cluster.quantity(0, "GameStart").await, 100);
+    // The trade's invalidation drops the cached copy and carries the new value.
+    cluster.must_order("GameStart", "buy", 1).await;
+
+    cluster.catalog.kill9();
+    let lookup = || {
+        cluster
+            .http
+            .get(format!("{frontend}/stocks/GameStart"))
+            .send()
+    };
+    for _ in 0..breaker_failures() {
+        let response = lookup().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().contains_key("warning"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (body["data"]["quantity"].clone(), body["stale"].clone()),
+            (json!(99), json!(true)),
+            "{body}"
+        );
+    }
+    // A name never seen (the catalog's start pushed every stock it has) has nothing stale to
+    // show, and whether it exists cannot be known now.
+    let (status, _) = cluster.get(&format!("{frontend}/stocks/NoSuchStock")).await;
+    assert_eq!(status, 503);
+    let (status, body) = cluster.order(0, "GameStart", "buy", 1).await;
+    assert_eq!(status, 503, "{body}");
+    let response = cluster
+        .http
+        .post(format!("{frontend}/orders"))
+        .json(&json!({"name": "GameStart", "quantity": 1, "type": "buy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+
+    cluster.catalog.restart();
+    common::wait_until(
+        "fresh lookups",
+        std::time::Duration::from_secs(30),
+        || async {
+            let Ok(response) = lookup().await else {
+                return false;
+            };
+            let body: Value = response.json().await.unwrap_or_default();
+            body.get("stale").is_none() && body["data"]["quantity"] == 99
+        },
+    )
+    .await;
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 2);
+    assert_eq!(cluster.quantity(0, "GameStart").await, 98);
+}
+
+/// Failures in a row that open the frontend's breaker (stocknet_frontend::breaker::FAILURES).
+fn breaker_failures() -> u32 {
+    stocknet_frontend::breaker::FAILURES
+}

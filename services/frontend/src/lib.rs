@@ -2,6 +2,7 @@
 //! catalog keeps fresh by pushing invalidations; orders go to the elected order leader, with
 //! re-election and bounded retries (under one idempotency key) when the leader fails.
 
+pub mod breaker;
 pub mod cache;
 pub mod leader;
 mod openapi;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{middleware, Extension, Router};
@@ -102,6 +103,25 @@ struct Inner {
     /// Carried by every call to the catalog and the replicas, and required of the catalog's
     /// invalidation push.
     secret: Secret,
+    /// Fails calls to the catalog fast while it is unreachable.
+    catalog_breaker: breaker::Breaker,
+    /// The last value seen of every stock (read, or pushed with an invalidation), served
+    /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
+    last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
+}
+
+impl Inner {
+    fn remember(&self, stocks: impl IntoIterator<Item = Stock>) {
+        let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+        for stock in stocks {
+            known.insert(stock.name.clone(), stock);
+        }
+    }
+
+    fn last_known(&self, name: &str) -> Option<Stock> {
+        let known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(name).cloned()
+    }
 }
 
 impl AppState {
@@ -124,6 +144,8 @@ impl AppState {
                 order_retries: AtomicU64::new(0),
                 streams: streams::Streams::default(),
                 secret,
+                catalog_breaker: breaker::Breaker::default(),
+                last_known: std::sync::Mutex::default(),
             }),
         }
     }
@@ -139,6 +161,9 @@ pub enum FrontendError {
     NoLeader,
     #[error("Catalog unavailable")]
     CatalogUnavailable(#[source] RemoteError),
+    /// The catalog's breaker is open: fail at once, and say when to try again.
+    #[error("Catalog unavailable; retry later")]
+    CatalogDown { retry_after: Duration },
     /// An error envelope from a backend service that is meant for the client as it is.
     #[error("{}", .0.message)]
     Upstream(ApiError),
@@ -155,6 +180,15 @@ impl IntoResponse for FrontendError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Upstream(error) => return error.clone().into_response(),
+            Self::CatalogDown { retry_after } => {
+                let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+                    .into_response();
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return response;
+            }
         };
         ApiError::new(status, self.to_string()).into_response()
     }
@@ -334,18 +368,46 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// A stock: its price (the last trade on its book) and the house quantity market orders use.
+/// While the catalog is unreachable, the last value this frontend saw, with `"stale": true`
+/// beside `data` and a `Warning: 110` header.
 #[utoipa::path(get, path = "/stocks/{name}", tag = "stocks",
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 200, body = DataEnvelope<Stock>),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
-        (status = 503, description = "Catalog unavailable", body = ErrorEnvelope),
+        (status = 503, description = "Catalog unavailable and no value seen (Retry-After while its breaker is open)", body = ErrorEnvelope),
     ))]
 async fn lookup(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, FrontendError> {
-    Ok(data(stock(&state, &name).await?))
+    match stock(&state, &name).await? {
+        Looked::Fresh(stock) => Ok(data(stock)),
+        // The envelope says so, and so does the standard header.
+        Looked::Stale(stock) => Ok((
+            [(
+                header::WARNING,
+                HeaderValue::from_static("110 - \"Response is Stale\""),
+            )],
+            axum::Json(serde_json::json!({ "data": stock, "stale": true })),
+        )
+            .into_response()),
+    }
+}
+
+/// A stock as a lookup found it.
+enum Looked {
+    Fresh(Stock),
+    /// The catalog is unreachable: the last value this frontend saw.
+    Stale(Stock),
+}
+
+impl Looked {
+    fn into_stock(self) -> Stock {
+        match self {
+            Self::Fresh(stock) | Self::Stale(stock) => stock,
+        }
+    }
 }
 
 /// Stocks whose names contain `search` (any case), in name order, a page at a time.
@@ -365,31 +427,98 @@ async fn list_stocks(State(state): State<AppState>, uri: Uri) -> Result<Response
     let mut url =
         endpoint(&inner.catalog_url, &["stocks"]).map_err(FrontendError::CatalogUnavailable)?;
     url.set_query(uri.query());
-    match call::<StockPage>(inner.http.get(url)).await {
+    match call_catalog::<StockPage>(&state, inner.http.get(url)).await {
         Ok(page) => Ok(data(page)),
-        Err(RemoteError::Api { status, message }) if status.is_client_error() => {
+        Err(CatalogCall::Answered(RemoteError::Api { status, message })) => {
             Err(FrontendError::Upstream(ApiError::new(status, message)))
         }
-        Err(e) => Err(FrontendError::CatalogUnavailable(e)),
+        Err(failure) => Err(failure.into()),
     }
 }
 
-/// A stock from the cache, or from the catalog (then cached).
-async fn stock(state: &AppState, name: &str) -> Result<Stock, FrontendError> {
+/// Why a call to the catalog failed.
+enum CatalogCall {
+    /// The breaker is open: not even tried.
+    Refused(Duration),
+    /// No answer, or a 5xx: the catalog is in trouble.
+    Failed(RemoteError),
+    /// A client error (4xx): the catalog is fine.
+    Answered(RemoteError),
+}
+
+impl From<CatalogCall> for FrontendError {
+    fn from(failure: CatalogCall) -> Self {
+        match failure {
+            CatalogCall::Refused(retry_after) => Self::CatalogDown { retry_after },
+            CatalogCall::Failed(e) | CatalogCall::Answered(e) => Self::CatalogUnavailable(e),
+        }
+    }
+}
+
+/// Calls the catalog through its breaker.
+async fn call_catalog<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: reqwest::RequestBuilder,
+) -> Result<T, CatalogCall> {
+    let breaker = &state.inner.catalog_breaker;
+    breaker
+        .admit(std::time::Instant::now())
+        .map_err(CatalogCall::Refused)?;
+    match call::<T>(request).await {
+        Ok(value) => {
+            breaker.succeeded();
+            Ok(value)
+        }
+        Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+            breaker.succeeded();
+            Err(CatalogCall::Answered(e))
+        }
+        Err(e) => {
+            breaker.failed(std::time::Instant::now());
+            Err(CatalogCall::Failed(e))
+        }
+    }
+}
+
+/// A stock from the cache, or from the catalog (then cached); while the catalog cannot be
+/// reached, the last value this frontend saw, if it saw one.
+async fn stock(state: &AppState, name: &str) -> Result<Looked, FrontendError> {
     let inner = &state.inner;
     let epoch = match inner.cache.get(name) {
-        Ok(stock) => return Ok(stock),
+        Ok(stock) => return Ok(Looked::Fresh(stock)),
         Err(epoch) => epoch,
     };
     let url = endpoint(&inner.catalog_url, &["stocks", name])
         .map_err(FrontendError::CatalogUnavailable)?;
-    match call::<Stock>(inner.http.get(url)).await {
+    match call_catalog::<Stock>(state, inner.http.get(url)).await {
         Ok(stock) => {
+            inner.remember([stock.clone()]);
             inner.cache.fill(stock.clone(), epoch);
-            Ok(stock)
+            Ok(Looked::Fresh(stock))
         }
-        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(FrontendError::StockNotFound),
-        Err(e) => Err(FrontendError::CatalogUnavailable(e)),
+        Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
+            Err(FrontendError::StockNotFound)
+        }
+        Err(failure @ (CatalogCall::Refused(_) | CatalogCall::Failed(_))) => {
+            match inner.last_known(name) {
+                Some(stock) => Ok(Looked::Stale(stock)),
+                None => Err(failure.into()),
+            }
+        }
+        Err(failure) => Err(failure.into()),
+    }
+}
+
+/// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
+/// could not apply them to the catalog anyway.
+fn fail_fast_without_catalog(state: &AppState) -> Result<(), FrontendError> {
+    match state
+        .inner
+        .catalog_breaker
+        .retry_after(std::time::Instant::now())
+    {
+        Some(retry_after) => Err(FrontendError::CatalogDown { retry_after }),
+        None => Ok(()),
     }
 }
 
@@ -517,7 +646,7 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
         (status = 409, description = "Insufficient stock quantity (market orders)", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
     ))]
 async fn place_order(
     State(state): State<AppState>,
@@ -525,6 +654,7 @@ async fn place_order(
     RawBody(body): RawBody,
 ) -> Result<Response, FrontendError> {
     let order = validate_order(&body)?;
+    fail_fast_without_catalog(&state)?;
     let inner = &state.inner;
     let key = idempotency_key(&state, &headers)?;
     let placed: Placed = with_leader(&state, |leader| {
@@ -594,6 +724,7 @@ async fn modify_order(
 ) -> Result<Response, FrontendError> {
     let number = parse_order_number(&number)?;
     let change = validate_change(&body)?;
+    fail_fast_without_catalog(&state)?;
     let key = idempotency_key(&state, &headers)?;
     let changed: Changed = with_leader(&state, |leader| {
         let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
@@ -626,6 +757,7 @@ async fn cancel_order(
     headers: HeaderMap,
 ) -> Result<Response, FrontendError> {
     let number = parse_order_number(&number)?;
+    fail_fast_without_catalog(&state)?;
     let key = idempotency_key(&state, &headers)?;
     let changed: Changed = with_leader(&state, |leader| {
         let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
@@ -709,7 +841,7 @@ async fn book(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Result<Response, FrontendError> {
-    stock(&state, &name).await?;
+    stock(&state, &name).await?.into_stock();
     read_from_leader(&state, &["book", &name], uri.query()).await
 }
 
@@ -789,6 +921,7 @@ async fn invalidate_many(
         .inner
         .cache
         .invalidate(request.names.iter().map(String::as_str));
+    state.inner.remember(request.stocks.iter().cloned());
     state.inner.streams.publish_prices(request.stocks);
     data(serde_json::json!({ "success": true }))
 }

@@ -243,7 +243,7 @@ pub async fn book(
     Path(name): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, FrontendError> {
-    stock(&state, &name).await?;
+    stock(&state, &name).await?.into_stock();
     Ok(upgrade.on_upgrade(move |socket| async move {
         let mut receiver = state.inner.streams.subscribe_market(&state);
         let (mut sink, mut stream) = socket.split();
