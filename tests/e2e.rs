@@ -595,3 +595,75 @@ async fn without_the_catalog_lookups_go_stale_and_orders_fail_fast() {
 fn breaker_failures() -> u32 {
     stocknet_frontend::breaker::FAILURES
 }
+
+/// A frontend with a per-client rate limit answers 429 with Retry-After beyond it, at once,
+/// while its health endpoint (probes) stays out of it.
+#[tokio::test]
+async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, common::SECRET).unwrap();
+    let port = common::free_port();
+    let _frontend = common::Proc::start(
+        "frontend",
+        [
+            "frontend",
+            "--port",
+            &port.to_string(),
+            "--secret-file",
+            &secret.display().to_string(),
+            "--rate-limit",
+            "2",
+            "--rate-burst",
+            "5",
+            "--catalog-url",
+            "http://127.0.0.1:9",
+            "--order-replicas",
+            "1=http://127.0.0.1:9",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        dir.path(),
+    );
+    let base = common::url(port);
+    let http = reqwest::Client::new();
+    common::wait_until("the frontend", std::time::Duration::from_secs(20), || {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}/openapi.json"))
+                .send()
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    // The wait may have used some of the burst: send well past it.
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..12 {
+        let response = http
+            .get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            retry_after = response.headers().get("retry-after").cloned();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], 429);
+            statuses.push(429);
+        } else {
+            statuses.push(response.status().as_u16());
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let seconds: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        seconds, 1,
+        "at 2 per second the next token is under a second away"
+    );
+    for _ in 0..10 {
+        let health = http.get(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+    }
+}

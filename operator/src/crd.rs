@@ -78,6 +78,47 @@ pub struct FrontendSpec {
     /// CPU and memory of each frontend pod; the operator's defaults when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+}
+
+/// Per-client limits of each frontend's public API (a client is an address: behind a proxy
+/// or a port-forward, everybody is one client, hence the generous defaults). 0 turns a limit
+/// off.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Requests per second a client may make on average.
+    #[serde(default = "default_rate")]
+    pub per_second: u32,
+    /// Requests a client may make at once above its rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Requests a client may have in flight.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            per_second: default_rate(),
+            burst: default_burst(),
+            max_in_flight: default_in_flight(),
+        }
+    }
+}
+
+fn default_rate() -> u32 {
+    2_000
+}
+
+fn default_burst() -> u32 {
+    4_000
+}
+
+fn default_in_flight() -> u32 {
+    512
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -173,6 +214,7 @@ impl Default for FrontendSpec {
             cache_size: default_cache_size(),
             cache_enabled: yes(),
             resources: None,
+            rate_limit: RateLimitSpec::default(),
         }
     }
 }

@@ -747,6 +747,15 @@ fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
         ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
         ("STOCKNET_ORDER_REPLICAS", order_peers(sn)?),
         ("STOCKNET_CACHE_SIZE", frontend.cache_size.to_string()),
+        (
+            "STOCKNET_RATE_LIMIT",
+            frontend.rate_limit.per_second.to_string(),
+        ),
+        ("STOCKNET_RATE_BURST", frontend.rate_limit.burst.to_string()),
+        (
+            "STOCKNET_MAX_IN_FLIGHT",
+            frontend.rate_limit.max_in_flight.to_string(),
+        ),
     ];
     if !frontend.cache_enabled {
         vars.push(("STOCKNET_NO_CACHE", "true".to_owned()));
@@ -957,6 +966,15 @@ mod tests {
         assert_eq!(env["STOCKNET_NO_CACHE"], "true");
         assert_eq!(env["STOCKNET_ORDER_REPLICAS"].split(',').count(), 3);
         assert_eq!(env["STOCKNET_FRONTEND_INTERNAL_PORT"], "8082");
+        // Generous per-client limits by default.
+        assert_eq!(
+            (
+                env["STOCKNET_RATE_LIMIT"].as_str(),
+                env["STOCKNET_RATE_BURST"].as_str(),
+                env["STOCKNET_MAX_IN_FLIGHT"].as_str()
+            ),
+            ("2000", "4000", "512")
+        );
         let container = &pod_spec(&deployment.template).containers[0];
         let ports: Vec<(Option<&str>, i32)> = container
             .ports

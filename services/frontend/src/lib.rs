@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod cache;
 pub mod leader;
+pub mod limits;
 mod openapi;
 pub mod streams;
 
@@ -81,6 +82,8 @@ pub struct Config {
     #[arg(long, env = "STOCKNET_FRONTEND_INTERNAL_PORT")]
     pub internal_port: Option<u16>,
     #[command(flatten)]
+    pub limits: limits::LimitArgs,
+    #[command(flatten)]
     pub secret: SecretArgs,
 }
 
@@ -105,6 +108,8 @@ struct Inner {
     secret: Secret,
     /// Fails calls to the catalog fast while it is unreachable.
     catalog_breaker: breaker::Breaker,
+    /// Per-client rate and in-flight limits of the public API.
+    limits: Arc<limits::Limits>,
     /// The last value seen of every stock (read, or pushed with an invalidation), served
     /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
     last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
@@ -145,6 +150,7 @@ impl AppState {
                 streams: streams::Streams::default(),
                 secret,
                 catalog_breaker: breaker::Breaker::default(),
+                limits: Arc::new(limits::Limits::new(&config.limits)),
                 last_known: std::sync::Mutex::default(),
             }),
         }
@@ -220,7 +226,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// The public API and the internal routes on one port.
 pub fn router(state: AppState) -> Router {
-    let routes = public_routes()
+    let routes = public_routes(&state)
         .merge(internal_routes(&state))
         .with_state(state);
     server::with_common_layers(routes)
@@ -228,7 +234,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The public API alone, for a frontend whose internal routes have a port of their own.
 pub fn public_router(state: AppState) -> Router {
-    server::with_common_layers(public_routes().with_state(state))
+    server::with_common_layers(public_routes(&state).with_state(state))
 }
 
 /// The internal routes alone: the catalog's cache invalidation push.
@@ -236,9 +242,14 @@ pub fn internal_router(state: AppState) -> Router {
     server::with_common_layers(internal_routes(&state).with_state(state))
 }
 
-fn public_routes() -> Router<AppState> {
+fn public_routes(state: &AppState) -> Router<AppState> {
     let (public, document) = public_api().split_for_parts();
-    public.layer(Extension(Arc::new(document)))
+    public
+        .layer(Extension(Arc::new(document)))
+        .route_layer(middleware::from_fn_with_state(
+            state.inner.limits.clone(),
+            limits::limit,
+        ))
 }
 
 /// Not part of the public API, and only for callers with the shared secret.

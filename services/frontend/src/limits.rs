@@ -1,0 +1,197 @@
+//! Per-client admission to the public API: a token bucket (governor) and a cap on requests in
+//! flight, both per client address. A request over either is answered 429 with `Retry-After`
+//! at once; nothing waits in a queue. Both are off unless configured.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use stocknet_common::ApiError;
+
+/// Clients whose buckets are kept before idle ones are dropped.
+const TRACKED_CLIENTS: usize = 10_000;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Requests per second each client may make on average (0: no limit).
+    #[arg(long, env = "STOCKNET_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Requests a client may make at once above its rate (default: one second's worth).
+    #[arg(long, env = "STOCKNET_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Requests each client may have in flight (0: no limit).
+    #[arg(long, env = "STOCKNET_MAX_IN_FLIGHT", default_value_t = 0)]
+    pub max_in_flight: u32,
+}
+
+pub struct Limits {
+    rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    max_in_flight: Option<u32>,
+    in_flight: Mutex<HashMap<IpAddr, u32>>,
+    clock: DefaultClock,
+}
+
+/// Why a request was not admitted: when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooMany {
+    pub retry_after: Duration,
+}
+
+impl Limits {
+    pub fn new(args: &LimitArgs) -> Self {
+        let rate = NonZeroU32::new(args.rate_limit).map(|rate| {
+            let burst = args.rate_burst.and_then(NonZeroU32::new).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            rate,
+            max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
+            in_flight: Mutex::default(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.rate.is_some() || self.max_in_flight.is_some()
+    }
+
+    /// Admits a request of `client`, or says when it may try again. The guard counts the
+    /// request in flight until it is dropped.
+    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<InFlight, TooMany> {
+        if let Some(rate) = &self.rate {
+            if rate.len() > TRACKED_CLIENTS {
+                rate.retain_recent();
+            }
+            rate.check_key(&client).map_err(|not_until| TooMany {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })?;
+        }
+        if let Some(cap) = self.max_in_flight {
+            let mut in_flight = self.lock();
+            let count = in_flight.entry(client).or_insert(0);
+            if *count >= cap {
+                return Err(TooMany {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            *count += 1;
+        }
+        Ok(InFlight {
+            limits: self.clone(),
+            client,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in flight: it stops counting when dropped.
+pub struct InFlight {
+    limits: Arc<Limits>,
+    client: IpAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.limits.max_in_flight.is_none() {
+            return;
+        }
+        let mut in_flight = self.limits.lock();
+        if let Some(count) = in_flight.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                // Only clients with requests in flight are kept.
+                in_flight.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Middleware of the public routes. Health checks (the kubelet's probes, the operator's) are
+/// never limited, and a request whose client address is unknown (served in-process, as in
+/// router tests) is admitted.
+pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+        .filter(|_| request.uri().path() != "/health");
+    let Some(client) = client.filter(|_| limits.enabled()) else {
+        return next.run(request).await;
+    };
+    match limits.admit(client) {
+        Ok(in_flight) => {
+            let response = next.run(request).await;
+            drop(in_flight);
+            response
+        }
+        Err(too_many) => {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests from this client; retry later",
+            )
+            .into_response();
+            let seconds = too_many.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate_limit: u32, rate_burst: Option<u32>, max_in_flight: u32) -> Arc<Limits> {
+        Arc::new(Limits::new(&LimitArgs {
+            rate_limit,
+            rate_burst,
+            max_in_flight,
+        }))
+    }
+
+    #[test]
+    fn a_client_over_its_rate_is_refused_and_others_are_not() {
+        let limits = limits(1, Some(2), 0);
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert!(limits.admit(a).is_ok());
+        assert!(limits.admit(a).is_ok());
+        let refused = limits.admit(a).err().expect("over the burst");
+        assert!(refused.retry_after > Duration::ZERO);
+        assert!(refused.retry_after <= Duration::from_secs(1));
+        assert!(limits.admit(b).is_ok(), "another client has its own bucket");
+    }
+
+    #[test]
+    fn requests_in_flight_are_capped_per_client_and_released_when_done() {
+        let limits = limits(0, None, 2);
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let first = limits.admit(a).unwrap();
+        let _second = limits.admit(a).unwrap();
+        assert!(limits.admit(a).is_err());
+        assert!(limits.admit(IpAddr::from([10, 0, 0, 2])).is_ok());
+        drop(first);
+        assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn no_limit_unless_configured() {
+        let limits = limits(0, None, 0);
+        assert!(!limits.enabled());
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let held: Vec<_> = (0..1000).map(|_| limits.admit(a).unwrap()).collect();
+        assert_eq!(held.len(), 1000);
+    }
+}
