@@ -667,3 +667,48 @@ async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
         assert_eq!(health.status(), 200);
     }
 }
+
+/// An order with `expected_price` is refused (409, reason `price_moved`, with the current
+/// price) when the price is further off than the tolerance, and placed when it is not.
+#[tokio::test]
+async fn an_order_whose_price_moved_is_refused_with_the_current_price() {
+    let cluster = Cluster::start(1).await;
+    let orders = format!("{}/orders", cluster.frontend());
+    let (status, body) = cluster
+        .post(
+            &orders,
+            &json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 15.99}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // 15.99 is 5.9% above 15.10: beyond the default 2%.
+    let (status, body) = cluster
+        .post(
+            &orders,
+            &json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 15.10}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        (
+            body["error"]["reason"].clone(),
+            body["error"]["current_price"].clone()
+        ),
+        (json!("price_moved"), json!(15.99))
+    );
+    assert_eq!(
+        cluster.quantity(0, "GameStart").await,
+        99,
+        "the refused order did nothing"
+    );
+    // Within a tolerance the order itself asks for.
+    let (status, body) = cluster
+        .post(
+            &orders,
+            &json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 15.10,
+                    "max_deviation_bps": 1000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cluster.quantity(0, "GameStart").await, 98);
+}

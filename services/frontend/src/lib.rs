@@ -83,6 +83,11 @@ pub struct Config {
     pub internal_port: Option<u16>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    /// How far (in basis points) a stock's price may be from an order's `expected_price`
+    /// when the order does not say (`max_deviation_bps`).
+    #[arg(long, env = "STOCKNET_PRICE_TOLERANCE_BPS", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub price_tolerance_bps: u32,
     #[command(flatten)]
     pub secret: SecretArgs,
 }
@@ -110,6 +115,8 @@ struct Inner {
     catalog_breaker: breaker::Breaker,
     /// Per-client rate and in-flight limits of the public API.
     limits: Arc<limits::Limits>,
+    /// Default tolerance of an order's `expected_price`.
+    price_tolerance_bps: u32,
     /// The last value seen of every stock (read, or pushed with an invalidation), served
     /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
     last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
@@ -151,6 +158,7 @@ impl AppState {
                 secret,
                 catalog_breaker: breaker::Breaker::default(),
                 limits: Arc::new(limits::Limits::new(&config.limits)),
+                price_tolerance_bps: config.price_tolerance_bps,
                 last_known: std::sync::Mutex::default(),
             }),
         }
@@ -167,6 +175,15 @@ pub enum FrontendError {
     NoLeader,
     #[error("Catalog unavailable")]
     CatalogUnavailable(#[source] RemoteError),
+    #[error(
+        "price_moved: the price is {current}, more than {bps} basis points from the expected \
+         {expected}"
+    )]
+    PriceMoved {
+        current: Price,
+        expected: Price,
+        bps: u32,
+    },
     /// The catalog's breaker is open: fail at once, and say when to try again.
     #[error("Catalog unavailable; retry later")]
     CatalogDown { retry_after: Duration },
@@ -186,6 +203,16 @@ impl IntoResponse for FrontendError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Upstream(error) => return error.clone().into_response(),
+            Self::PriceMoved { current, .. } => {
+                // The envelope, with the reason and the price a client can retry with.
+                let body = serde_json::json!({"error": {
+                    "code": 409,
+                    "message": self.to_string(),
+                    "reason": "price_moved",
+                    "current_price": current,
+                }});
+                return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+            }
             Self::CatalogDown { retry_after } => {
                 let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
                     .into_response();
@@ -548,9 +575,79 @@ struct IdempotencyKey {
 }
 
 /// Fields a `POST /orders` body may have.
-const ORDER_FIELDS: [&str; 4] = ["name", "quantity", "type", "price"];
+const ORDER_FIELDS: [&str; 6] = [
+    "name",
+    "quantity",
+    "type",
+    "price",
+    "expected_price",
+    "max_deviation_bps",
+];
 
-fn validate_order(body: &[u8]) -> Result<NewOrder, FrontendError> {
+/// A `POST /orders` body: the order the leader gets, and the client's guard against a moved
+/// price, which the frontend checks.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrder {
+    /// The stock.
+    name: String,
+    #[schema(minimum = 1)]
+    quantity: u32,
+    #[serde(rename = "type")]
+    side: Side,
+    /// Limit price; without one the order is a market order against the catalog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price: Option<Price>,
+    /// Refuse the order (409, reason `price_moved`) if the stock's price is further than the
+    /// tolerance from this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_price: Option<Price>,
+    /// The tolerance in basis points (0–10000); the frontend's default (200: 2%) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 10000)]
+    max_deviation_bps: Option<u32>,
+}
+
+impl PlaceOrder {
+    /// The order for the leader, and the check that is the frontend's to make.
+    fn into_parts(self) -> (NewOrder, Option<PriceCheck>) {
+        let check = self.expected_price.map(|expected| PriceCheck {
+            expected,
+            max_deviation_bps: self.max_deviation_bps,
+        });
+        let order = NewOrder {
+            name: self.name,
+            quantity: self.quantity,
+            side: self.side,
+            price: self.price,
+        };
+        (order, check)
+    }
+}
+
+/// An order's guard against a moved price: refuse it if the stock's price is further than
+/// `max_deviation_bps` (the frontend's default when unset) from `expected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PriceCheck {
+    expected: Price,
+    max_deviation_bps: Option<u32>,
+}
+
+impl PriceCheck {
+    /// Whether `current` is within `bps` basis points of the expected price (exact integers).
+    fn admits(&self, current: Price, bps: u32) -> bool {
+        let (current, expected) = (
+            u128::from(current.cents()),
+            u128::from(self.expected.cents()),
+        );
+        current.abs_diff(expected) * 10_000 <= u128::from(bps) * expected
+    }
+}
+
+/// Largest tolerance an order may ask for: 100%.
+const MAX_DEVIATION_BPS: u32 = 10_000;
+
+fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
     let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
     refuse_unknown_fields(&fields, &ORDER_FIELDS)?;
@@ -582,11 +679,32 @@ fn validate_order(body: &[u8]) -> Result<NewOrder, FrontendError> {
         .and_then(Side::parse)
         .ok_or_else(|| bad("type must be \"buy\" or \"sell\""))?;
     let price = fields.get("price").map(validate_price).transpose()?;
-    Ok(NewOrder {
+    let expected = fields
+        .get("expected_price")
+        .map(validate_price)
+        .transpose()?;
+    let max_deviation_bps = match fields.get("max_deviation_bps") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .and_then(|bps| u32::try_from(bps).ok())
+                .filter(|bps| *bps <= MAX_DEVIATION_BPS)
+                .ok_or_else(|| {
+                    bad("max_deviation_bps must be a whole number of basis points, 0 to 10000")
+                })?,
+        ),
+    };
+    if expected.is_none() && max_deviation_bps.is_some() {
+        return Err(bad("max_deviation_bps needs expected_price"));
+    }
+    Ok(PlaceOrder {
         name,
         quantity,
         side,
         price,
+        expected_price: expected,
+        max_deviation_bps,
     })
 }
 
@@ -654,12 +772,12 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
 /// same transaction number and executes once.
 #[utoipa::path(post, path = "/orders", tag = "orders",
     params(IdempotencyKey),
-    request_body = NewOrder,
+    request_body = PlaceOrder,
     responses(
         (status = 200, body = DataEnvelope<Placed>),
         (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
-        (status = 409, description = "Insufficient stock quantity (market orders)", body = ErrorEnvelope),
+        (status = 409, description = "Insufficient stock quantity (market orders), or price_moved: the price is further than the tolerance from expected_price (the error then has reason and current_price)", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "No order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
     ))]
@@ -668,9 +786,22 @@ async fn place_order(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, FrontendError> {
-    let order = validate_order(&body)?;
+    let (order, check) = validate_order(&body)?.into_parts();
     fail_fast_without_catalog(&state)?;
     let inner = &state.inner;
+    if let Some(check) = check {
+        // The frontend's view of the price is the committed one: the catalog invalidates it
+        // before any trade that moves it is acknowledged.
+        let current = stock(&state, &order.name).await?.into_stock().price;
+        let bps = check.max_deviation_bps.unwrap_or(inner.price_tolerance_bps);
+        if !check.admits(current, bps) {
+            return Err(FrontendError::PriceMoved {
+                current,
+                expected: check.expected,
+                bps,
+            });
+        }
+    }
     let key = idempotency_key(&state, &headers)?;
     let placed: Placed = with_leader(&state, |leader| {
         let request = inner
@@ -967,6 +1098,59 @@ mod tests {
                     assert_eq!(message, expected, "{body}")
                 }
                 (other, _) => panic!("{body}: unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod price_check_tests {
+    use super::*;
+
+    #[test]
+    fn a_price_within_the_tolerance_passes_and_one_beyond_does_not() {
+        let check = PriceCheck {
+            expected: Price::from_cents(10_000),
+            max_deviation_bps: None,
+        };
+        // 2% of 100.00 is 2.00, either way, exactly at the edge included.
+        assert!(check.admits(Price::from_cents(10_200), 200));
+        assert!(check.admits(Price::from_cents(9_800), 200));
+        assert!(!check.admits(Price::from_cents(10_201), 200));
+        assert!(!check.admits(Price::from_cents(9_799), 200));
+        assert!(check.admits(Price::from_cents(10_000), 0));
+        assert!(!check.admits(Price::from_cents(10_001), 0));
+    }
+
+    #[test]
+    fn the_guard_is_validated_and_kept_from_the_leader() {
+        let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99,"max_deviation_bps":50}"#;
+        let (order, check) = validate_order(body).unwrap().into_parts();
+        assert_eq!(order.price, None);
+        assert_eq!(
+            check,
+            Some(PriceCheck {
+                expected: Price::from_cents(1599),
+                max_deviation_bps: Some(50)
+            })
+        );
+        for (body, message) in [
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","max_deviation_bps":50}"#,
+                "max_deviation_bps needs expected_price",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","expected_price":1,"max_deviation_bps":10001}"#,
+                "max_deviation_bps must be a whole number of basis points, 0 to 10000",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","expected_price":-1}"#,
+                "price must be a positive number with at most 2 decimals, at most 1000000000.00",
+            ),
+        ] {
+            match validate_order(body.as_bytes()) {
+                Err(FrontendError::BadRequest(got)) => assert_eq!(got, message, "{body}"),
+                other => panic!("{body}: {other:?}"),
             }
         }
     }
