@@ -465,41 +465,10 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
 /// there (with the secret) and not on its public port, and the public API not there.
 #[tokio::test]
 async fn internal_routes_can_have_a_port_of_their_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, common::SECRET).unwrap();
-    let (public, internal) = (common::free_port(), common::free_port());
-    let _frontend = common::Proc::start(
-        "frontend",
-        [
-            "frontend",
-            "--port",
-            &public.to_string(),
-            "--internal-port",
-            &internal.to_string(),
-            "--secret-file",
-            &secret.display().to_string(),
-            // Nothing runs behind it: only its own routes are under test.
-            "--catalog-url",
-            "http://127.0.0.1:9",
-            "--order-replicas",
-            "1=http://127.0.0.1:9",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        dir.path(),
-    );
+    let internal = common::free_port();
+    let frontend = common::LoneFrontend::start(&["--internal-port", &internal.to_string()]).await;
+    let (public, internal) = (frontend.url.clone(), common::url(internal));
     let http = reqwest::Client::new();
-    let (public, internal) = (common::url(public), common::url(internal));
-    common::wait_until("both ports", std::time::Duration::from_secs(20), || {
-        let http = http.clone();
-        let (public, internal) = (public.clone(), internal.clone());
-        async move {
-            http.get(format!("{public}/health")).send().await.is_ok()
-                && http.get(format!("{internal}/health")).send().await.is_ok()
-        }
-    })
-    .await;
     let push = |base: &str| {
         http.post(format!("{base}/invalidate"))
             .bearer_auth(common::SECRET)
@@ -600,45 +569,10 @@ fn breaker_failures() -> u32 {
 /// while its health endpoint (probes) stays out of it.
 #[tokio::test]
 async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, common::SECRET).unwrap();
-    let port = common::free_port();
-    let _frontend = common::Proc::start(
-        "frontend",
-        [
-            "frontend",
-            "--port",
-            &port.to_string(),
-            "--secret-file",
-            &secret.display().to_string(),
-            "--rate-limit",
-            "2",
-            "--rate-burst",
-            "5",
-            "--catalog-url",
-            "http://127.0.0.1:9",
-            "--order-replicas",
-            "1=http://127.0.0.1:9",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        dir.path(),
-    );
-    let base = common::url(port);
+    let frontend = common::LoneFrontend::start(&["--rate-limit", "2", "--rate-burst", "5"]).await;
+    let base = frontend.url.clone();
     let http = reqwest::Client::new();
-    common::wait_until("the frontend", std::time::Duration::from_secs(20), || {
-        let http = http.clone();
-        let base = base.clone();
-        async move {
-            http.get(format!("{base}/openapi.json"))
-                .send()
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    // The wait may have used some of the burst: send well past it.
+    // Well past the burst.
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..12 {

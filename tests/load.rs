@@ -6,24 +6,12 @@ mod common;
 use common::{Cluster, BIN};
 use serde_json::Value;
 
-#[tokio::test]
-async fn load_client_trades_reads_back_every_order_and_reports() {
-    let cluster = Cluster::start(1).await;
+/// Runs `stocknet load ARGS --json`; it must succeed. Returns its report.
+async fn load(args: &[&str]) -> Value {
     let output = tokio::process::Command::new(BIN)
-        .args([
-            "load",
-            "--frontend",
-            cluster.frontend(),
-            "--clients",
-            "4",
-            "--p",
-            "0,0.5",
-            "--iterations",
-            "25",
-            "--stocks",
-            "GameStart,FishCo",
-            "--json",
-        ])
+        .arg("load")
+        .args(args)
+        .arg("--json")
         .kill_on_drop(true)
         .output()
         .await
@@ -34,7 +22,25 @@ async fn load_client_trades_reads_back_every_order_and_reports() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+    serde_json::from_str(&stdout).expect("JSON report")
+}
+
+#[tokio::test]
+async fn load_client_trades_reads_back_every_order_and_reports() {
+    let cluster = Cluster::start(1).await;
+    let report = load(&[
+        "--frontend",
+        cluster.frontend(),
+        "--clients",
+        "4",
+        "--p",
+        "0,0.5",
+        "--iterations",
+        "25",
+        "--stocks",
+        "GameStart,FishCo",
+    ])
+    .await;
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2);
 
@@ -61,33 +67,20 @@ async fn load_client_trades_reads_back_every_order_and_reports() {
 #[tokio::test]
 async fn load_client_places_limit_orders_that_trade() {
     let cluster = Cluster::start(1).await;
-    let output = tokio::process::Command::new(BIN)
-        .args([
-            "load",
-            "--frontend",
-            cluster.frontend(),
-            "--clients",
-            "4",
-            "--p",
-            "1",
-            "--iterations",
-            "30",
-            "--stocks",
-            "GameStart",
-            "--limit",
-            "--json",
-        ])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run stocknet load --limit");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+    let report = load(&[
+        "--frontend",
+        cluster.frontend(),
+        "--clients",
+        "4",
+        "--p",
+        "1",
+        "--iterations",
+        "30",
+        "--stocks",
+        "GameStart",
+        "--limit",
+    ])
+    .await;
     let run = &report["runs"][0];
     // Limit orders are never refused for want of house inventory: all 120 are placed.
     assert_eq!(run["requests"]["order"]["ok"], 120, "{run}");

@@ -38,42 +38,72 @@ fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok() && !stat.contains(") Z ")
 }
 
+/// `stocknet up` on free ports, once it has printed its banner (every service ready). Dropping
+/// it kills `up`; its children follow it (parent-death signal).
+struct Up {
+    child: std::process::Child,
+    frontend: u16,
+    catalog: u16,
+    orders: Vec<u16>,
+}
+
+impl Up {
+    fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        let (frontend, catalog) = (free_port(), free_port());
+        let orders: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let order_ports: Vec<String> = orders.iter().map(u16::to_string).collect();
+        let mut child = Command::new(BIN)
+            .args(["up", "--data-dir", &data_dir.display().to_string()])
+            .args(["--frontend-port", &frontend.to_string()])
+            .args(["--catalog-port", &catalog.to_string()])
+            .args(["--order-ports", &order_ports.join(",")])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let up = Self {
+            child,
+            frontend,
+            catalog,
+            orders,
+        };
+        // `up` prints its banner once every service is ready; the last line ends it.
+        let (banner_tx, banner_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if line.contains("Ctrl-C stops everything") {
+                    let _ = banner_tx.send(());
+                }
+            }
+        });
+        banner_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("up prints its banner");
+        up
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn up_runs_supervises_and_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let (frontend, catalog) = (free_port(), free_port());
-    let orders: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let order_ports = orders
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut up = Command::new(BIN)
-        .args(["up", "--data-dir", &dir.path().display().to_string()])
-        .args([
-            "--frontend-port",
-            &frontend.to_string(),
-            "--catalog-port",
-            &catalog.to_string(),
-        ])
-        .args(["--order-ports", &order_ports])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Reaps `up` even if an assertion fails; its children follow it (parent-death signal).
-    struct Reap<'a>(&'a mut std::process::Child);
-    impl Drop for Reap<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let up_pid = up.id();
-    let guard = Reap(&mut up);
-
+    let up = Up::start(dir.path(), &[]);
+    let (up_pid, frontend, catalog, orders) =
+        (up.pid(), up.frontend, up.catalog, up.orders.clone());
     let http = reqwest::Client::new();
     let get = |u: String| {
         let http = http.clone();
@@ -84,19 +114,6 @@ async fn up_runs_supervises_and_stops_everything() {
             }
         }
     };
-    // `up` prints its banner once every service is ready; the last line ends it.
-    let stdout = BufReader::new(guard.0.stdout.take().expect("piped stdout"));
-    let (banner_tx, banner_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if line.contains("Ctrl-C stops everything") {
-                let _ = banner_tx.send(());
-            }
-        }
-    });
-    banner_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("up prints its banner");
     assert_eq!(children(up_pid).len(), 5, "{:?}", children(up_pid));
     assert!(dir.path().join("catalog.csv").exists());
     // The shared secret: made on first run, readable by its owner only, given to every child
@@ -159,7 +176,7 @@ async fn up_runs_supervises_and_stops_everything() {
         !alive(up_pid)
     })
     .await;
-    drop(guard);
+    drop(up);
     for pid in pids {
         assert!(!alive(pid), "child {pid} outlived up");
     }
@@ -190,45 +207,11 @@ async fn up_with_ten_thousand_stocks_searches_and_pages_them() {
     };
     assert!(expected.len() > 100, "the search has something to find");
 
-    let (frontend, catalog) = (free_port(), free_port());
-    let orders: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-    let mut up = Command::new(BIN)
-        .args([
-            "up",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-        ])
-        .args(["--frontend-port", &frontend.to_string()])
-        .args(["--catalog-port", &catalog.to_string()])
-        .args(["--order-ports", &orders.join(",")])
-        .args(["--initial-catalog", &catalog_file.display().to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Reap<'a>(&'a mut std::process::Child);
-    impl Drop for Reap<'_> {
-        fn drop(&mut self) {
-            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
-            let _ = self.0.wait();
-        }
-    }
-    let guard = Reap(&mut up);
-    let stdout = BufReader::new(guard.0.stdout.take().expect("piped stdout"));
-    let (banner_tx, banner_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if line.contains("Ctrl-C stops everything") {
-                let _ = banner_tx.send(());
-            }
-        }
-    });
-    banner_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("up prints its banner");
-
+    let up = Up::start(
+        &dir.path().join("data"),
+        &["--initial-catalog", &catalog_file.display().to_string()],
+    );
+    let frontend = up.frontend;
     let http = reqwest::Client::new();
     let mut found: Vec<String> = Vec::new();
     let mut cursor = String::new();
@@ -256,5 +239,4 @@ async fn up_with_ten_thousand_stocks_searches_and_pages_them() {
         }
     }
     assert_eq!(found, expected);
-    drop(guard);
 }

@@ -128,6 +128,51 @@ impl Drop for Proc {
     }
 }
 
+/// A frontend alone on a free port, with nothing behind it (its catalog and replicas are
+/// unreachable): for tests of its own routes. `extra` adds flags.
+pub struct LoneFrontend {
+    pub url: String,
+    _frontend: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl LoneFrontend {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, SECRET).expect("write the secret");
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "frontend",
+            "--port",
+            &port.to_string(),
+            "--secret-file",
+            &secret.display().to_string(),
+            "--catalog-url",
+            "http://127.0.0.1:9",
+            "--order-replicas",
+            "1=http://127.0.0.1:9",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let frontend = Proc::start("frontend", args, dir.path());
+        let url = url(port);
+        let http = reqwest::Client::new();
+        // Serving means every port it was given is bound.
+        wait_until("the frontend", Duration::from_secs(20), || {
+            let request = http.get(format!("{url}/health")).send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        Self {
+            url,
+            _frontend: frontend,
+            _dir: dir,
+        }
+    }
+}
+
 /// Catalog, three order replicas and `frontends` frontends.
 pub struct Cluster {
     pub catalog: Proc,

@@ -16,6 +16,7 @@ use axum::{middleware, Router};
 use futures::future::join_all;
 use stocknet_common::auth::require_secret;
 use stocknet_common::client::endpoint;
+use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{stock_after, stock_cursor, ApplyRequest, Invalidation, StockPage};
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs,
@@ -209,15 +210,7 @@ async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = match query.limit {
-        None => 100,
-        Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
-        Some(_) => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be between 1 and {MAX_PAGE}"
-            )))
-        }
-    };
+    let limit = bounded("limit", query.limit, 100, MAX_PAGE)?;
     let after = match query.cursor.as_deref() {
         None => None,
         Some(cursor) => Some(

@@ -138,6 +138,35 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// A count a query may give (`limit`, `depth`): `default` when absent, else it must be in
+/// 1..=`max`, or the answer is a 400 naming `parameter`.
+pub fn bounded(
+    parameter: &str,
+    value: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(value) if (1..=max).contains(&value) => Ok(value),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{parameter} must be between 1 and {max}"
+        ))),
+    }
+}
+
+/// `error` as a response that tells the client when to try again (`Retry-After`, whole
+/// seconds, at least 1).
+pub fn with_retry_after(error: ApiError, wait: std::time::Duration) -> Response {
+    let mut response = error.into_response();
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(seconds),
+    );
+    response
+}
+
 /// Fallback for unknown routes.
 pub async fn route_not_found() -> ApiError {
     ApiError::not_found("No such route")
@@ -218,6 +247,22 @@ mod tests {
             value,
             json!({"error": {"code": 404, "message": "Stock not found"}})
         );
+    }
+
+    #[test]
+    fn bounded_counts_and_retry_after() {
+        assert_eq!(bounded("limit", None, 100, 1000), Ok(100));
+        assert_eq!(bounded("limit", Some(1000), 100, 1000), Ok(1000));
+        for bad in [0, 1001] {
+            let error = bounded("depth", Some(bad), 10, 1000).unwrap_err();
+            assert_eq!(error.message, "depth must be between 1 and 1000");
+        }
+        let response = with_retry_after(
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow down"),
+            std::time::Duration::from_millis(1200),
+        );
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "2");
     }
 
     #[test]

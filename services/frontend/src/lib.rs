@@ -24,7 +24,9 @@ use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::auth::require_secret;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::envelope::{
+    parse_json_object, with_retry_after, DataEnvelope, ErrorEnvelope, RawBody,
+};
 use stocknet_common::wire::{
     parse_peer, Changed, Depth, Invalidation, NewOrder, OrderChange, OrderPage, OrderView, Peer,
     Placed, StockPage, Trade, IDEMPOTENCY_KEY,
@@ -214,13 +216,8 @@ impl IntoResponse for FrontendError {
                 return (StatusCode::CONFLICT, axum::Json(body)).into_response();
             }
             Self::CatalogDown { retry_after } => {
-                let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
-                    .into_response();
-                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                return response;
+                let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string());
+                return with_retry_after(error, *retry_after);
             }
         };
         ApiError::new(status, self.to_string()).into_response()
@@ -870,21 +867,7 @@ async fn modify_order(
 ) -> Result<Response, FrontendError> {
     let number = parse_order_number(&number)?;
     let change = validate_change(&body)?;
-    fail_fast_without_catalog(&state)?;
-    let key = idempotency_key(&state, &headers)?;
-    let changed: Changed = with_leader(&state, |leader| {
-        let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
-            state
-                .inner
-                .http
-                .put(url)
-                .header(IDEMPOTENCY_KEY, key.as_str())
-                .json(&change)
-        });
-        async move { call::<Changed>(request?).await }
-    })
-    .await?;
-    Ok(data(changed))
+    change_on_leader(&state, &headers, number, Some(&change)).await
 }
 
 /// Cancels an open limit order.
@@ -903,15 +886,27 @@ async fn cancel_order(
     headers: HeaderMap,
 ) -> Result<Response, FrontendError> {
     let number = parse_order_number(&number)?;
-    fail_fast_without_catalog(&state)?;
-    let key = idempotency_key(&state, &headers)?;
-    let changed: Changed = with_leader(&state, |leader| {
+    change_on_leader(&state, &headers, number, None).await
+}
+
+/// Sends a modify (`change`) or a cancel (none) of order `number` to the leader, under the
+/// request's idempotency key.
+async fn change_on_leader(
+    state: &AppState,
+    headers: &HeaderMap,
+    number: u64,
+    change: Option<&OrderChange>,
+) -> Result<Response, FrontendError> {
+    fail_fast_without_catalog(state)?;
+    let key = idempotency_key(state, headers)?;
+    let changed: Changed = with_leader(state, |leader| {
         let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
-            state
-                .inner
-                .http
-                .delete(url)
-                .header(IDEMPOTENCY_KEY, key.as_str())
+            let http = &state.inner.http;
+            let request = match change {
+                Some(change) => http.put(url).json(change),
+                None => http.delete(url),
+            };
+            request.header(IDEMPOTENCY_KEY, key.as_str())
         });
         async move { call::<Changed>(request?).await }
     })

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use stocknet_common::envelope::with_retry_after;
 use stocknet_common::ApiError;
 
 /// Clients whose buckets are kept before idle ones are dropped.
@@ -135,18 +136,13 @@ pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Ne
             drop(in_flight);
             response
         }
-        Err(too_many) => {
-            let mut response = ApiError::new(
+        Err(too_many) => with_retry_after(
+            ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests from this client; retry later",
-            )
-            .into_response();
-            let seconds = too_many.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
-        }
+            ),
+            too_many.retry_after,
+        ),
     }
 }
 

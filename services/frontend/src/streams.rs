@@ -262,21 +262,14 @@ pub async fn book(
                 return;
             }
             loop {
-                let item = tokio::select! {
-                    item = receiver.recv() => item,
-                    message = stream.next() => match message {
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                        Some(Ok(_)) => continue,
-                    },
-                };
-                let event = match item {
-                    Ok(MarketItem::Event(event)) => event,
-                    Ok(MarketItem::Gap) => continue 'snapshot,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let event = match next_item(&mut receiver, &mut stream).await {
+                    Next::Item(MarketItem::Event(event)) => event,
+                    Next::Item(MarketItem::Gap) => continue 'snapshot,
+                    Next::Behind(missed) => {
                         let _ = sink.send(slow_consumer(missed)).await;
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Next::Done => return,
                 };
                 if event.name != name || event.entry <= applied || event.levels.is_empty() {
                     continue;
@@ -327,27 +320,51 @@ pub async fn pump<T: Clone, S>(
     S: Sink<Message> + Unpin,
 {
     loop {
-        let item = tokio::select! {
-            item = receiver.recv() => item,
-            message = stream.next() => match message {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                // Clients have nothing to say on these streams; pings are answered by axum.
-                Some(Ok(_)) => continue,
-            },
-        };
-        match item {
-            Ok(item) => {
+        match next_item(&mut receiver, &mut stream).await {
+            Next::Item(item) => {
                 for text in render(&item) {
                     if send(&mut sink, Message::Text(text.into())).await.is_err() {
                         return;
                     }
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
+            Next::Behind(missed) => {
                 let _ = sink.send(slow_consumer(missed)).await;
                 return;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Next::Done => return,
+        }
+    }
+}
+
+/// What a stream's consumer gets next.
+enum Next<T> {
+    Item(T),
+    /// It fell this many messages behind.
+    Behind(u64),
+    /// The client went, or the channel closed.
+    Done,
+}
+
+/// The next item for a consumer, watching its socket meanwhile: clients have nothing to say
+/// on these streams (axum answers pings), so anything but a close is ignored.
+async fn next_item<T: Clone>(
+    receiver: &mut broadcast::Receiver<T>,
+    stream: &mut (impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin),
+) -> Next<T> {
+    loop {
+        tokio::select! {
+            item = receiver.recv() => {
+                return match item {
+                    Ok(item) => Next::Item(item),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => Next::Behind(missed),
+                    Err(broadcast::error::RecvError::Closed) => Next::Done,
+                };
+            }
+            message = stream.next() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Next::Done,
+                Some(Ok(_)) => {}
+            },
         }
     }
 }

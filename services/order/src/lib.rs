@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use serde::Deserialize;
 use stocknet_common::auth::require_secret;
+use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     parse_peer, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer, ReplicateRequest,
     Trade, IDEMPOTENCY_KEY,
@@ -223,13 +224,7 @@ pub const MAX_PAGE: usize = 1_000;
 const DEFAULT_PAGE: usize = 100;
 
 fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
-    match limit {
-        None => Ok(DEFAULT_PAGE),
-        Some(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        ))),
-    }
+    bounded("limit", limit, DEFAULT_PAGE, MAX_PAGE)
 }
 
 #[derive(Deserialize)]
@@ -335,15 +330,7 @@ async fn book(
     Path(name): Path<String>,
     Query(query): Query<DepthQuery>,
 ) -> Result<Response, ApiError> {
-    let depth = match query.depth {
-        None => DEFAULT_DEPTH,
-        Some(depth) if (1..=MAX_PAGE).contains(&depth) => depth,
-        Some(_) => {
-            return Err(ApiError::bad_request(format!(
-                "depth must be between 1 and {MAX_PAGE}"
-            )))
-        }
-    };
+    let depth = bounded("depth", query.depth, DEFAULT_DEPTH, MAX_PAGE)?;
     Ok(data(
         state.replica.read_book(|book| book.depth(&name, depth)),
     ))
