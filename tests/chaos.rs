@@ -1,7 +1,7 @@
-//! Chaos: clients trade without pause — market and limit orders, modifies and cancels —
-//! while order replicas (the leader at least every other time) are SIGKILLed and restarted,
-//! and the catalog once; then the reliability contract I1–I5 and I8 (one book) is checked on
-//! what is left.
+//! Chaos: clients trade without pause — market and limit orders, modifies and cancels, for
+//! users and anonymously — while order replicas (the leader at least every other time) are
+//! SIGKILLed and restarted, and the catalog once; then the reliability contract I1–I5 and I8
+//! (one book, one set of portfolios) is checked on what is left.
 //!
 //! CI runs it for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test --release
 //! --test chaos -- --nocapture`.
@@ -65,10 +65,12 @@ struct ClientReport {
     retries: usize,
 }
 
+/// A client trading for a user (`Some((user id, API key))`) or anonymously.
 async fn client(
     http: reqwest::Client,
     frontend: String,
     id: usize,
+    user: Option<(u64, String)>,
     stop: Arc<AtomicBool>,
 ) -> ClientReport {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1));
@@ -125,6 +127,10 @@ async fn client(
                 }
                 Action::Cancel { target, .. } => http.delete(format!("{frontend}/orders/{target}")),
             };
+            let request = match &user {
+                Some((_, api_key)) => request.bearer_auth(api_key),
+                None => request,
+            };
             let Ok(response) = request.header("idempotency-key", &key).send().await else {
                 continue;
             };
@@ -152,7 +158,7 @@ async fn client(
         };
         let Some(number) = outcome else { continue };
         let client_key = json!(format!("client-{key}"));
-        let entry = match action {
+        let mut entry = match action {
             Action::Place(mut body) => {
                 if body.get("price").is_some() {
                     limits.push((number, name.to_owned()));
@@ -178,6 +184,9 @@ async fn client(
                 "name": name
             }),
         };
+        if let Some((user, _)) = &user {
+            entry["user"] = json!(user);
+        }
         report.acks.push(Ack { number, key, entry });
     }
     report
@@ -234,6 +243,19 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
     let mut cluster = Cluster::start(1).await;
+    // Two clients trade for users (whose portfolios are checked at the end), two anonymously.
+    let mut users = Vec::new();
+    for expected in book::USERS {
+        let (status, body) = cluster
+            .post(&format!("{}/users", cluster.frontend()), &json!({}))
+            .await;
+        assert_eq!(
+            (status, body["data"]["user_id"].clone()),
+            (201, json!(expected))
+        );
+        let key = body["data"]["api_key"].as_str().expect("key").to_owned();
+        users.push((expected, key));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
@@ -241,6 +263,7 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
                 cluster.http.clone(),
                 cluster.frontend().to_owned(),
                 id,
+                users.get(id).cloned(),
                 stop.clone(),
             ))
         })
@@ -292,7 +315,10 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     for ack in &acks {
         let mut found = log[(ack.number - 1) as usize].clone();
         if let Some(fields) = found.as_object_mut() {
-            fields.remove("term");
+            // What the leader adds: its term, its clock and the stock's price then.
+            for stamp in ["term", "time", "quote"] {
+                fields.remove(stamp);
+            }
         }
         if found != ack.entry {
             lost += 1;
@@ -322,7 +348,9 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     // I3: the catalog holds initial + sells - buys of the committed log, all applied.
     let mut expected: HashMap<String, i64> = HashMap::new();
     let market = |order: &&Value| {
-        (order["type"] == "buy" || order["type"] == "sell") && order.get("price").is_none()
+        (order["type"] == "buy" || order["type"] == "sell")
+            && order.get("price").is_none()
+            && order.get("rejected").is_none()
     };
     for order in log.iter().filter(market) {
         let delta = order["quantity"].as_i64().expect("quantity");
@@ -365,6 +393,14 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
             index + 1
         );
     }
+    assert!(
+        replayed
+            .portfolios
+            .iter()
+            .all(|p| p.as_array().is_some_and(|held| !held.is_empty())),
+        "both users traded: {:?}",
+        replayed.portfolios
+    );
     let limit_orders = replayed.orders.len();
     let trades = replayed.trades.len();
 

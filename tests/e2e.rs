@@ -85,7 +85,8 @@ async fn refused_orders_and_bad_input_change_nothing() {
         (status, body),
         (
             409,
-            json!({"error": {"code": 409, "message": "Insufficient stock quantity"}})
+            json!({"error": {"code": 409, "message": "Insufficient stock quantity",
+                             "reason": "insufficient_quantity", "transaction_number": 1}})
         )
     );
     let (status, _) = cluster.order(0, "NoSuchStock", "buy", 1).await;
@@ -147,7 +148,13 @@ async fn refused_orders_and_bad_input_change_nothing() {
     assert_eq!(status, 404);
 
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
-    assert_eq!(cluster.replica_health(2).await["last_transaction"], 0);
+    // The refused order is the log's only entry, recorded as refused; bad input never got in.
+    assert_eq!(cluster.replica_health(2).await["last_transaction"], 1);
+    let refusal = cluster.replica_order(2, 1).await;
+    assert_eq!(
+        (refusal["name"].clone(), refusal["rejected"].clone()),
+        (json!("FishCo"), json!("insufficient_quantity"))
+    );
 }
 
 #[tokio::test]
@@ -645,4 +652,156 @@ async fn an_order_whose_price_moved_is_refused_with_the_current_price() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
+}
+
+/// Issue 10, items 1 and 2: users get API keys; their orders are theirs; a portfolio follows
+/// the user's own fills (book trades and market orders at the leader's quote), is shown only
+/// with the user's key, agrees on every replica and survives the loss of the leader.
+#[tokio::test]
+async fn users_own_their_orders_and_portfolios_follow_their_fills() {
+    let mut cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let create = || cluster.http.post(format!("{frontend}/users")).send();
+    let mut keys = Vec::new();
+    for expected_id in [1, 2] {
+        let response = create().await.unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"]["user_id"], expected_id, "{body}");
+        let key = body["data"]["api_key"].as_str().unwrap().to_owned();
+        assert!(key.starts_with(&format!("snk_{expected_id}_")), "{key}");
+        keys.push(key);
+    }
+    let (alice, bob) = (keys[0].clone(), keys[1].clone());
+    let with_key = |request: reqwest::RequestBuilder, key: Option<&str>| match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    let place = |body: Value, key: Option<&str>| {
+        let request = with_key(cluster.http.post(format!("{frontend}/orders")), key).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let limit = |side: &str, quantity: u32, price: f64| json!({"name": "GameStart", "quantity": quantity, "type": side, "price": price});
+
+    // Alice offers 10 at 16.00; Bob buys 4 of them, then 2 more from the house at the quote
+    // (the last trade, 16.00); then sells 3 at 15.00 to an anonymous buyer.
+    let (status, body) = place(limit("sell", 10, 16.0), Some(&alice)).await;
+    assert_eq!(status, 200, "{body}");
+    let alices_order = body["data"]["transaction_number"].as_u64().unwrap();
+    let (status, body) = place(limit("buy", 4, 16.5), Some(&bob)).await;
+    assert_eq!(
+        (status, body["data"]["filled_quantity"].clone()),
+        (200, json!(4)),
+        "{body}"
+    );
+    let market = json!({"name": "GameStart", "quantity": 2, "type": "buy"});
+    assert_eq!(place(market, Some(&bob)).await.0, 200);
+    assert_eq!(place(limit("sell", 3, 15.0), Some(&bob)).await.0, 200);
+    let (status, body) = place(limit("buy", 3, 15.5), None).await;
+    assert_eq!(
+        (status, body["data"]["filled_quantity"].clone()),
+        (200, json!(3)),
+        "{body}"
+    );
+
+    let portfolio = |user: u64, key: Option<&str>| {
+        let request = with_key(
+            cluster
+                .http
+                .get(format!("{frontend}/users/{user}/portfolio")),
+            key,
+        );
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, body) = portfolio(2, Some(&bob)).await;
+    assert_eq!(status, 200, "{body}");
+    // 6 bought at 16.00 (cost 96.00), 3 sold at 15.00: 3.00 realised loss, 3 left costing
+    // 48.00 and worth 45.00 at the last trade.
+    assert_eq!(
+        body["data"]["positions"],
+        json!([{"name": "GameStart", "shares": 3, "average_cost": 16.0, "price": 15.0,
+                "market_value": 45.0, "cost_basis": 48.0, "unrealized_pnl": -3.0,
+                "realized_pnl": -3.0, "bought": 6, "sold": 3}]),
+        "{body}"
+    );
+    assert_eq!(
+        (
+            body["data"]["market_value"].clone(),
+            body["data"]["realized_pnl"].clone()
+        ),
+        (json!(45.0), json!(-3.0))
+    );
+    let (_, body) = portfolio(1, Some(&alice)).await;
+    assert_eq!(body["data"]["positions"][0]["shares"], -4, "{body}");
+
+    // Only the user's own key shows a portfolio; a wrong or unknown key is refused everywhere.
+    assert_eq!(portfolio(2, Some(&alice)).await.0, 403);
+    assert_eq!(portfolio(2, None).await.0, 401);
+    let forged = format!("snk_2_{}", "0".repeat(64));
+    let unknown = format!("snk_99_{}", "0".repeat(64));
+    for key in [forged.as_str(), unknown.as_str(), "not-a-key"] {
+        assert_eq!(portfolio(2, Some(key)).await.0, 401, "{key}");
+        let (status, body) = place(limit("buy", 1, 1.0), Some(key)).await;
+        assert_eq!(status, 401, "{key}: {body}");
+    }
+
+    // A user's order is changed only with their key; an anonymous one by anybody.
+    let cancel = |number: u64, key: Option<&str>| {
+        let request = with_key(
+            cluster.http.delete(format!("{frontend}/orders/{number}")),
+            key,
+        );
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(cancel(alices_order, Some(&bob)).await, 403);
+    assert_eq!(cancel(alices_order, None).await, 403);
+    assert_eq!(cancel(alices_order, Some(&alice)).await, 200);
+    let (_, body) = place(limit("sell", 1, 99.0), None).await;
+    let anonymous = body["data"]["transaction_number"].as_u64().unwrap();
+    assert_eq!(cancel(anonymous, Some(&bob)).await, 200);
+
+    // A refused order is logged as such, with the user, and changes nothing.
+    let guarded =
+        json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 30.0});
+    let (status, body) = place(guarded, Some(&bob)).await;
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (409, json!("price_moved")),
+        "{body}"
+    );
+    let refused = body["error"]["transaction_number"].as_u64().unwrap();
+    let (_, body) = cluster.get(&format!("{frontend}/orders/{refused}")).await;
+    assert_eq!(body["data"]["status"], "rejected", "{body}");
+    let logs = cluster.wait_for_identical_logs().await;
+    let entry = &logs[refused as usize - 1];
+    assert_eq!(
+        (entry["user"].clone(), entry["rejected"].clone()),
+        (json!(2), json!("price_moved"))
+    );
+
+    // Every replica derives the same holdings; after the leader dies, nothing changed.
+    let before = portfolio(2, Some(&bob)).await.1;
+    let mut replicas = Vec::new();
+    for base in &cluster.order_urls {
+        replicas.push(cluster.get(&format!("{base}/portfolios/2")).await.1);
+    }
+    assert!(
+        replicas.windows(2).all(|pair| pair[0] == pair[1]),
+        "{replicas:?}"
+    );
+    let leader = cluster.leader().await.expect("a leader");
+    cluster.orders[leader].kill9();
+    assert_eq!(portfolio(2, Some(&bob)).await.1, before);
 }

@@ -1,5 +1,5 @@
-//! The order book as replicas serve it, and as a fresh replay of a committed log builds it, in
-//! one comparable form (I8).
+//! The order book and users' portfolios as replicas serve them, and as a fresh replay of a
+//! committed log builds them, in one comparable form (I8).
 
 use std::time::Duration;
 
@@ -10,24 +10,39 @@ use tokio::time::{sleep, Instant};
 
 use super::Cluster;
 
-/// Every limit order (newest first), every trade and each stock's depth, as JSON values.
+/// Every limit order (newest first), every trade, each stock's depth and the portfolios of
+/// [`USERS`], as JSON values.
 #[derive(Debug, PartialEq)]
 pub struct BookState {
     pub orders: Vec<Value>,
     pub trades: Vec<Value>,
     pub depths: Vec<Value>,
+    pub portfolios: Vec<Value>,
 }
+
+/// The users whose portfolios are compared.
+pub const USERS: [u64; 2] = [1, 2];
 
 /// Replays `log` into a new book, checking on the way that no trade crosses a limit price
 /// (both orders' prices as they stood when it happened), and at the end that no order is
-/// filled beyond its quantity and that fills add up on both sides of every trade.
+/// filled beyond its quantity, that fills add up on both sides of every trade, and that every
+/// user's position in every stock is the sum of their own fills.
 pub fn check_replay(log: &[Value]) -> BookState {
     let mut book = Book::default();
     let mut stocks: Vec<String> = Vec::new();
+    // (user, stock) → shares bought minus sold, counted from fills alone.
+    let mut fills: std::collections::HashMap<(u64, String), i64> = Default::default();
+    let mut owners: std::collections::HashMap<u64, u64> = Default::default();
     for value in log {
         let entry: Order = serde_json::from_value(value.clone()).expect("a log entry");
         if !stocks.contains(&entry.name) {
             stocks.push(entry.name.clone());
+        }
+        if let Some(user) = entry.user {
+            owners.insert(entry.number, user);
+            if let Some((side, quantity)) = entry.market() {
+                *fills.entry((user, entry.name.clone())).or_default() += signed(side, quantity);
+            }
         }
         let before = book.trades(None, 0, usize::MAX).len() as u64;
         book.apply(&entry);
@@ -43,7 +58,18 @@ pub fn check_replay(log: &[Value]) -> BookState {
                 "trade {trade:?} crosses a limit: buy {buy:?}, sell {sell:?}"
             );
             assert_eq!((buy.side, sell.side), (Side::Buy, Side::Sell));
+            for (side, order) in [(Side::Buy, trade.buy_order), (Side::Sell, trade.sell_order)] {
+                if let Some(&user) = owners.get(&order) {
+                    *fills.entry((user, trade.name.clone())).or_default() +=
+                        signed(side, trade.quantity);
+                }
+            }
         }
+    }
+    for ((user, name), shares) in &fills {
+        let held = book.holdings(*user);
+        let holding = held.iter().find(|h| &h.name == name).expect("a holding");
+        assert_eq!(holding.shares, *shares, "user {user}'s {name}: {holding:?}");
     }
     let trades = book.trades(None, 0, usize::MAX);
     let traded: u64 = trades.iter().map(|t| u64::from(t.quantity)).sum();
@@ -79,6 +105,17 @@ pub fn check_replay(log: &[Value]) -> BookState {
             .iter()
             .map(|name| serde_json::to_value(book.depth(name, 1_000)).expect("JSON"))
             .collect(),
+        portfolios: USERS
+            .iter()
+            .map(|&user| serde_json::to_value(book.holdings(user)).expect("JSON"))
+            .collect(),
+    }
+}
+
+fn signed(side: Side, quantity: u32) -> i64 {
+    match side {
+        Side::Buy => i64::from(quantity),
+        Side::Sell => -i64::from(quantity),
     }
 }
 
@@ -141,9 +178,16 @@ async fn replica_book(cluster: &Cluster, base: &str, stocks: &[&str]) -> BookSta
         assert_eq!(status, 200, "{body}");
         depths.push(body["data"].clone());
     }
+    let mut portfolios = Vec::new();
+    for user in USERS {
+        let (status, body) = cluster.get(&format!("{base}/portfolios/{user}")).await;
+        assert_eq!(status, 200, "{body}");
+        portfolios.push(body["data"].clone());
+    }
     BookState {
         orders,
         trades,
         depths,
+        portfolios,
     }
 }

@@ -181,7 +181,10 @@ pub struct Cluster {
     pub catalog_url: String,
     pub order_urls: Vec<String>,
     pub frontend_urls: Vec<String>,
+    /// A client as users are: no credentials.
     pub http: reqwest::Client,
+    /// A client with the shared secret, for reading replicas' logs and books directly.
+    pub insider: reqwest::Client,
     // Last, so that processes stop before their directory goes.
     pub dir: tempfile::TempDir,
 }
@@ -278,8 +281,11 @@ impl Cluster {
             catalog_url,
             order_urls,
             frontend_urls,
-            // Tests read replicas' logs and books directly: they are insiders.
             http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+            insider: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .default_headers(reqwest::header::HeaderMap::from_iter([(
                     reqwest::header::AUTHORIZATION,
@@ -342,14 +348,33 @@ impl Cluster {
         }
     }
 
+    /// The public client for a frontend's URL, the insider for the other services'.
+    pub fn client_for(&self, url: &str) -> &reqwest::Client {
+        if self
+            .frontend_urls
+            .iter()
+            .any(|f| url.starts_with(f.as_str()))
+        {
+            &self.http
+        } else {
+            &self.insider
+        }
+    }
+
     pub async fn get(&self, url: &str) -> (u16, Value) {
-        let response = self.http.get(url).send().await.expect("GET");
+        let response = self.client_for(url).get(url).send().await.expect("GET");
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
     }
 
     pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
-        let response = self.http.post(url).json(body).send().await.expect("POST");
+        let response = self
+            .client_for(url)
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
     }
@@ -402,7 +427,7 @@ impl Cluster {
         let mut best: Option<(u64, usize)> = None;
         for index in 0..self.order_urls.len() {
             let url = format!("{}/health", self.order_urls[index]);
-            let Ok(response) = self.http.get(&url).send().await else {
+            let Ok(response) = self.insider.get(&url).send().await else {
                 continue;
             };
             let Ok(health) = response.json::<Value>().await else {
@@ -429,7 +454,7 @@ impl Cluster {
         let mut orders = Vec::new();
         loop {
             let url = format!("{}/orders/logs/{}", self.order_urls[index], orders.len());
-            let response = self.http.get(&url).send().await.ok()?;
+            let response = self.insider.get(&url).send().await.ok()?;
             let body: Value = response.json().await.ok()?;
             let page = body["data"]["orders"].as_array()?;
             if page.is_empty() {

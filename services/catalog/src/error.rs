@@ -8,6 +8,8 @@ use stocknet_common::ApiError;
 pub enum CatalogError {
     #[error("Stock not found")]
     StockNotFound(String),
+    #[error("User not found")]
+    UserNotFound,
     #[error("Insufficient stock quantity")]
     InsufficientQuantity,
     #[error("trade {next} does not follow the last applied trade {applied}")]
@@ -50,7 +52,7 @@ impl CatalogError {
 impl IntoResponse for CatalogError {
     fn into_response(self) -> Response {
         let status = match &self {
-            Self::StockNotFound(_) => StatusCode::NOT_FOUND,
+            Self::StockNotFound(_) | Self::UserNotFound => StatusCode::NOT_FOUND,
             Self::InsufficientQuantity
             | Self::Gap { .. }
             | Self::StaleTerm { .. }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod store;
+pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,13 +18,16 @@ use futures::future::join_all;
 use stocknet_common::auth::require_secret;
 use stocknet_common::client::endpoint;
 use stocknet_common::envelope::bounded;
-use stocknet_common::wire::{stock_after, stock_cursor, ApplyRequest, Invalidation, StockPage};
+use stocknet_common::wire::{
+    stock_after, stock_cursor, ApplyRequest, Invalidation, NewUser, StockPage,
+};
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs,
 };
 
 pub use error::CatalogError;
 pub use store::CatalogStore;
+pub use users::UserStore;
 
 /// The catalog shipped with StockNet, used when no initial catalog file is given.
 pub const DEFAULT_CATALOG: &str = include_str!("../../../data/catalog.csv");
@@ -57,6 +61,7 @@ pub struct Config {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<CatalogStore>,
+    pub users: Arc<UserStore>,
     pub frontends: Arc<Vec<String>>,
     pub frontend_dns: Option<Arc<str>>,
     /// Carried by the invalidation push, and required of callers of the internal routes.
@@ -65,9 +70,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: CatalogStore, frontends: Vec<String>, secret: Secret) -> Self {
+    pub fn new(
+        store: CatalogStore,
+        users: UserStore,
+        frontends: Vec<String>,
+        secret: Secret,
+    ) -> Self {
         Self {
             store: Arc::new(store),
+            users: Arc::new(users),
             frontends: Arc::new(
                 frontends
                     .into_iter()
@@ -89,10 +100,11 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| CatalogError::io(&config.data_dir, e))?;
         let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
+        let users = UserStore::open(config.data_dir.join("users.csv"))?;
         let secret = config.secret.load()?;
         Ok(Self {
             frontend_dns: config.frontend_dns.as_deref().map(Arc::from),
-            ..Self::new(store, config.frontends.clone(), secret)
+            ..Self::new(store, users, config.frontends.clone(), secret)
         })
     }
 
@@ -140,6 +152,8 @@ pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route("/snapshot", get(snapshot))
         .route("/apply", post(apply))
+        .route("/users", post(create_user))
+        .route("/users/{id}", get(user))
         .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,
@@ -229,6 +243,34 @@ async fn list(
     }))
 }
 
+/// `POST /users` (from a frontend): registers a user by the credential of their new key.
+async fn create_user(
+    State(state): State<AppState>,
+    Json(request): Json<NewUser>,
+) -> Result<Response, CatalogError> {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let users = state.users.clone();
+    let record = tokio::task::spawn_blocking(move || users.create(request.credential, created))
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))??;
+    tracing::info!(user = record.id, "user created");
+    Ok(data(record))
+}
+
+/// `GET /users/{id}`: a user's credential, for a frontend verifying their key.
+async fn user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, CatalogError> {
+    id.parse()
+        .ok()
+        .and_then(|id| state.users.get(id))
+        .map(data)
+        .ok_or(CatalogError::UserNotFound)
+}
+
 async fn snapshot(State(state): State<AppState>) -> Response {
     data(state.store.snapshot())
 }
@@ -265,7 +307,8 @@ mod tests {
 
     fn app(dir: &std::path::Path) -> Router {
         let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
-        router(AppState::new(store, vec![], secret()))
+        let users = UserStore::open(dir.join("users.csv")).unwrap();
+        router(AppState::new(store, users, vec![], secret()))
     }
 
     const SECRET: &str = "catalog-test-secret";
@@ -288,6 +331,64 @@ mod tests {
             .header("authorization", format!("Bearer {SECRET}"))
             .body(Body::from(body.to_owned()))
             .unwrap()
+    }
+
+    fn get_internal(uri: &str) -> Request<Body> {
+        Request::get(uri)
+            .header("authorization", format!("Bearer {SECRET}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn users_are_registered_and_read_back_only_with_the_secret() {
+        use stocknet_common::api_key::{ApiKey, Credential};
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let key = ApiKey::generate(1).unwrap();
+        let credential = Credential::of(&key).unwrap();
+        let body = json!({ "credential": credential }).to_string();
+        let anonymous = Request::post("/users")
+            .header("content-type", "application/json")
+            .body(Body::from(body.clone()))
+            .unwrap();
+        assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+        let unauthenticated_read = Request::get("/users/1").body(Body::empty()).unwrap();
+        assert_eq!(
+            send(&app, unauthenticated_read).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(&app, get_internal("/users/1")).await.0,
+            StatusCode::NOT_FOUND,
+            "the refused call registered nobody"
+        );
+
+        let (status, created) = send(&app, post_json("/users", &body)).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        assert_eq!(created["data"]["id"], 1);
+        let (_, second) = send(&app, post_json("/users", &body)).await;
+        assert_eq!(second["data"]["id"], 2);
+        let (status, read) = send(&app, get_internal("/users/1")).await;
+        assert_eq!(status, StatusCode::OK);
+        let stored: Credential =
+            serde_json::from_value(read["data"]["credential"].clone()).unwrap();
+        assert!(stored.verifies(&key));
+
+        for bad in [
+            r#"{"credential":"00:11"}"#,
+            r#"{"credential":"x","admin":true}"#,
+            "{}",
+        ] {
+            let (status, body) = send(&app, post_json("/users", bad)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        }
+        for (uri, status) in [
+            ("/users/9", StatusCode::NOT_FOUND),
+            ("/users/x", StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(send(&app, get_internal(uri)).await.0, status, "{uri}");
+        }
     }
 
     /// The attack of issue 12: without the secret, neither a bogus term nor arbitrary trades
@@ -447,9 +548,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (port, seen) = recording_frontend().await;
         let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+        let users = UserStore::open(dir.path().join("users.csv")).unwrap();
         let app = router(AppState {
             frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
-            ..AppState::new(store, vec![String::new()], secret())
+            ..AppState::new(store, users, vec![String::new()], secret())
         });
         let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
                                         {"number":2,"name":"FishCo","delta":2}]}"#;

@@ -3,7 +3,6 @@
 //! it as `Authorization: Bearer <secret>`, and internal endpoints answer 401 without it,
 //! having done nothing. Public endpoints stay open.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
+use crate::api_key::{random_bytes, to_hex};
 use crate::envelope::ApiError;
 
 /// Shortest secret accepted.
@@ -89,10 +89,8 @@ impl Secret {
 
     /// 32 random bytes from the kernel, as 64 hex digits.
     pub fn generate() -> std::io::Result<Self> {
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self(Arc::from(text)))
+        let bytes: [u8; 32] = random_bytes()?;
+        Ok(Self(Arc::from(to_hex(&bytes))))
     }
 
     pub fn expose(&self) -> &str {

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::auth::Secret;
+use crate::envelope::ApiError;
 
 /// Builds the one HTTP client a service keeps in its state. Loopback and cluster calls are
 /// short, so a dead peer is detected in well under a second.
@@ -40,8 +41,8 @@ pub enum RemoteError {
     #[error("unreachable: {0}")]
     Unreachable(#[source] reqwest::Error),
     /// The peer answered with an error envelope.
-    #[error("{status}: {message}")]
-    Api { status: StatusCode, message: String },
+    #[error("{}: {}", .0.status, .0.message)]
+    Api(ApiError),
     /// The peer answered with something that is not a StockNet envelope.
     #[error("bad response: {0}")]
     Decode(String),
@@ -50,7 +51,7 @@ pub enum RemoteError {
 impl RemoteError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Self::Api { status, .. } => Some(*status),
+            Self::Api(error) => Some(error.status),
             _ => None,
         }
     }
@@ -69,6 +70,8 @@ struct ErrorEnvelope {
 #[derive(Deserialize)]
 struct ErrorBody {
     message: String,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Sends a request and unwraps `{"data": T}`, or turns `{"error": ...}` into [`RemoteError::Api`].
@@ -81,10 +84,19 @@ pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Resu
             .map(|envelope| envelope.data)
             .map_err(|e| RemoteError::Decode(e.to_string()))
     } else {
-        let message = serde_json::from_slice::<ErrorEnvelope>(&bytes)
-            .map(|envelope| envelope.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        Err(RemoteError::Api { status, message })
+        let error = match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+            Ok(ErrorEnvelope { error }) => {
+                let mut extra = error.extra;
+                extra.remove("code");
+                ApiError {
+                    status,
+                    message: error.message,
+                    extra,
+                }
+            }
+            Err(_) => ApiError::new(status, String::from_utf8_lossy(&bytes)),
+        };
+        Err(RemoteError::Api(error))
     }
 }
 

@@ -36,12 +36,14 @@ pub fn data<T: Serialize>(value: T) -> Response {
     axum::Json(json!({ "data": value })).into_response()
 }
 
-/// An error already decided for the client: status and a message safe to show.
+/// An error already decided for the client: status and a message safe to show, and any
+/// further fields of the error object (a refusal's `reason`, say).
 /// Each crate's own error type converts into this once, in its `IntoResponse`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -49,7 +51,15 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// The error with one more field beside `code` and `message`.
+    pub fn with(mut self, field: &str, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.extra.insert(field.to_owned(), value);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -69,8 +79,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.status.as_u16(), "message": self.message } });
-        (self.status, axum::Json(body)).into_response()
+        let mut error = self.extra;
+        error.insert("code".into(), self.status.as_u16().into());
+        error.insert("message".into(), self.message.into());
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
     }
 }
 

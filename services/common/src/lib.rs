@@ -4,6 +4,7 @@
 //! types and the wire protocol that cross service boundaries, serving with graceful
 //! shutdown, and durable files.
 
+pub mod api_key;
 pub mod auth;
 pub mod catalog_file;
 pub mod client;
@@ -16,4 +17,4 @@ pub mod wire;
 pub use auth::{Secret, SecretArgs};
 pub use client::{call, endpoint, http_client, internal_client, RemoteError};
 pub use envelope::{data, ApiError, Json, Path, Query};
-pub use model::{Command, Order, Price, Side, Status, Stock};
+pub use model::{Command, Money, Order, Price, Rejection, Side, Stamp, Status, Stock};

@@ -185,6 +185,45 @@ impl<'de> Deserialize<'de> for Price {
     }
 }
 
+/// An amount of money in integer cents that may be negative (a profit or loss, a short
+/// position's value). On the wire, a JSON number with at most two decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money(pub i64);
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.0 as f64 / 100.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        let cents = (value * 100.0).round();
+        if !cents.is_finite() || cents.abs() > 9.0e15 || cents / 100.0 != value {
+            return Err(serde::de::Error::custom(
+                "an amount with at most 2 decimals",
+            ));
+        }
+        Ok(Self(cents as i64))
+    }
+}
+
+impl utoipa::PartialSchema for Money {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Number)
+            .description(Some(
+                "An amount of money, possibly negative, in whole cents.",
+            ))
+            .multiple_of(Some(0.01))
+            .examples([serde_json::json!(-12.5)])
+            .into()
+    }
+}
+
+impl ToSchema for Money {}
+
 /// The lifecycle of an order, as the public API spells it. A market order is filled (or
 /// refused) when it is acknowledged; a limit order is open until it fills or is cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -194,6 +233,8 @@ pub enum Status {
     PartiallyFilled,
     Filled,
     Cancelled,
+    /// Refused by the leader (see its audit record for why): nothing executed.
+    Rejected,
 }
 
 impl Status {
@@ -203,6 +244,7 @@ impl Status {
             "partially_filled" => Some(Self::PartiallyFilled),
             "filled" => Some(Self::Filled),
             "cancelled" => Some(Self::Cancelled),
+            "rejected" => Some(Self::Rejected),
             _ => None,
         }
     }
@@ -236,6 +278,53 @@ pub enum Command {
     Cancel { target: u64 },
 }
 
+/// Why the leader refused a new order. The refusal is logged like any entry (the audit trail
+/// holds it, and a retry with the same idempotency key gets the same answer); it changes
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// A market buy of more than the house holds.
+    InsufficientQuantity,
+    /// A market sell that would take the house's quantity past what it can count.
+    QuantityOverflow,
+    /// The stock's price was further from the order's `expected_price` than it allowed.
+    PriceMoved,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsufficientQuantity => "insufficient_quantity",
+            Self::QuantityOverflow => "quantity_overflow",
+            Self::PriceMoved => "price_moved",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::InsufficientQuantity,
+            Self::QuantityOverflow,
+            Self::PriceMoved,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+/// What the leader notes about an entry when it sequences it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// Milliseconds since the Unix epoch by the leader's clock, never below the entry before
+    /// (0 in logs written before entries were stamped).
+    pub time: u64,
+    /// The stock's price then: the last trade's, or the catalog's before any trade. A market
+    /// order executes at it.
+    pub quote: Option<Price>,
+    /// Set when the leader refused the order.
+    pub rejected: Option<Rejection>,
+}
+
 /// One entry of the replicated order log. Every entry names one stock, so that the log can
 /// later be split into groups that each own some of the stocks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,18 +337,21 @@ pub struct Order {
     pub name: String,
     /// Idempotency key the entry was placed with, if any.
     pub key: Option<String>,
+    /// The user who placed it; `None` for an anonymous order.
+    pub user: Option<u64>,
+    pub stamp: Stamp,
     pub command: Command,
 }
 
 impl Order {
-    /// The order's side and quantity if it is a market order.
+    /// The order's side and quantity if it is a market order the leader accepted.
     pub fn market(&self) -> Option<(Side, u32)> {
         match self.command {
             Command::Place {
                 side,
                 quantity,
                 limit: None,
-            } => Some((side, quantity)),
+            } if self.stamp.rejected.is_none() => Some((side, quantity)),
             _ => None,
         }
     }
@@ -283,6 +375,18 @@ pub struct EntryFields {
     pub target: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub time: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Price>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejection>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl From<Order> for EntryFields {
@@ -309,6 +413,10 @@ impl From<Order> for EntryFields {
             price,
             target,
             key: order.key,
+            user: order.user,
+            time: order.stamp.time,
+            quote: order.stamp.quote,
+            rejected: order.stamp.rejected,
         }
     }
 }
@@ -343,11 +451,23 @@ impl TryFrom<EntryFields> for Order {
                 ))
             }
         };
+        if fields.rejected.is_some() && !matches!(command, Command::Place { .. }) {
+            return Err(format!(
+                "entry {}: only a new order is refused by the leader",
+                fields.number
+            ));
+        }
         Ok(Self {
             number: fields.number,
             term: fields.term,
             name: fields.name,
             key: fields.key,
+            user: fields.user,
+            stamp: Stamp {
+                time: fields.time,
+                quote: fields.quote,
+                rejected: fields.rejected,
+            },
             command,
         })
     }
@@ -402,6 +522,12 @@ mod tests {
                 term: 2,
                 name: "A".into(),
                 key: Some("k".into()),
+                user: Some(9),
+                stamp: Stamp {
+                    time: 1_800_000_000_000,
+                    quote: Some(Price(1599)),
+                    rejected: None,
+                },
                 command,
             };
             let json = serde_json::to_string(&order).unwrap();
@@ -416,11 +542,19 @@ mod tests {
             .unwrap()
             .market()
             .is_some());
+        let refused = r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":5,"rejected":"price_moved"}"#;
+        let refused = serde_json::from_str::<Order>(refused).unwrap();
+        assert_eq!(refused.stamp.rejected, Some(Rejection::PriceMoved));
+        assert!(
+            refused.market().is_none(),
+            "a refused order executes nothing"
+        );
         for bad in [
             r#"{"number":1,"term":1,"name":"A","type":"buy"}"#,
             r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"quantity":1}"#,
             r#"{"number":1,"term":1,"name":"A","type":"modify","target":1}"#,
             r#"{"number":1,"term":1,"name":"A","type":"hold","quantity":1}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"rejected":"price_moved"}"#,
         ] {
             assert!(serde_json::from_str::<Order>(bad).is_err(), "{bad}");
         }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api_key::Credential;
 use crate::model::{Order, Price, Side, Status, Stock};
 
 // ---- catalog ---------------------------------------------------------------------------------
@@ -121,6 +122,64 @@ pub struct NewOrder {
     /// Limit price; without one the order is a market order against the catalog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
+    /// Refuse the order unless the stock's price is this close to what the client expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub guard: Option<PriceGuard>,
+}
+
+/// The price check of an order, made by the leader as it sequences the order (so the price it
+/// checks is the one a market order executes at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceGuard {
+    pub expected: Price,
+    /// Largest distance from `expected` allowed, in basis points of it.
+    pub max_deviation_bps: u32,
+}
+
+impl PriceGuard {
+    /// Whether `current` is within the allowed distance of the expected price.
+    pub fn admits(&self, current: Price) -> bool {
+        let distance = u128::from(current.cents().abs_diff(self.expected.cents()));
+        distance * 10_000 <= u128::from(self.expected.cents()) * u128::from(self.max_deviation_bps)
+    }
+}
+
+/// Header of an internal call made for a user the frontend verified (their id). Only internal
+/// routes, which need the shared secret, read it.
+pub const USER: &str = "stocknet-user";
+
+/// A user's position in one stock, as the replicas keep it (`GET /portfolios/{user}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub name: String,
+    /// Negative when short.
+    pub shares: i64,
+    /// What the open shares cost, with the sign of `shares`.
+    pub cost_cents: i64,
+    pub average_cost: Option<Price>,
+    pub realized_cents: i64,
+    pub bought: u64,
+    pub sold: u64,
+}
+
+// ---- users (catalog, internal) ----------------------------------------------------------------
+
+/// Frontend → catalog (`POST /users`): store a new user's credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub credential: Credential,
+}
+
+/// A user as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+    pub credential: Credential,
 }
 
 /// Names the leader of a term: sent by a frontend to every replica (`POST /leader`), and by
@@ -344,6 +403,21 @@ pub fn stock_after(cursor: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_price_within_the_tolerance_passes_and_one_beyond_does_not() {
+        let guard = |bps| PriceGuard {
+            expected: Price::from_cents(10_000),
+            max_deviation_bps: bps,
+        };
+        // 2% of 100.00 is 2.00, either way, exactly at the edge included.
+        assert!(guard(200).admits(Price::from_cents(10_200)));
+        assert!(guard(200).admits(Price::from_cents(9_800)));
+        assert!(!guard(200).admits(Price::from_cents(10_201)));
+        assert!(!guard(200).admits(Price::from_cents(9_799)));
+        assert!(guard(0).admits(Price::from_cents(10_000)));
+        assert!(!guard(0).admits(Price::from_cents(10_001)));
+    }
 
     #[test]
     fn stock_cursors_round_trip_and_refuse_what_they_did_not_make() {

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod limits;
 mod openapi;
 pub mod streams;
+pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -29,7 +30,7 @@ use stocknet_common::envelope::{
 };
 use stocknet_common::wire::{
     parse_peer, Changed, Depth, Invalidation, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    Placed, StockPage, Trade, IDEMPOTENCY_KEY,
+    Placed, PriceGuard, StockPage, Trade, IDEMPOTENCY_KEY, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Price, RemoteError, Secret, SecretArgs,
@@ -122,6 +123,8 @@ struct Inner {
     /// The last value seen of every stock (read, or pushed with an invalidation), served
     /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
     last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
+    /// Users' credentials, to verify their API keys.
+    credentials: users::Credentials,
 }
 
 impl Inner {
@@ -162,6 +165,7 @@ impl AppState {
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 price_tolerance_bps: config.price_tolerance_bps,
                 last_known: std::sync::Mutex::default(),
+                credentials: users::Credentials::default(),
             }),
         }
     }
@@ -177,15 +181,14 @@ pub enum FrontendError {
     NoLeader,
     #[error("Catalog unavailable")]
     CatalogUnavailable(#[source] RemoteError),
-    #[error(
-        "price_moved: the price is {current}, more than {bps} basis points from the expected \
-         {expected}"
-    )]
-    PriceMoved {
-        current: Price,
-        expected: Price,
-        bps: u32,
-    },
+    /// No API key where one is needed, or one that is malformed, unknown or wrong.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    /// Logged here, never shown to the client.
+    #[error("{0}")]
+    Internal(String),
     /// The catalog's breaker is open: fail at once, and say when to try again.
     #[error("Catalog unavailable; retry later")]
     CatalogDown { retry_after: Duration },
@@ -205,16 +208,16 @@ impl IntoResponse for FrontendError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Upstream(error) => return error.clone().into_response(),
-            Self::PriceMoved { current, .. } => {
-                // The envelope, with the reason and the price a client can retry with.
-                let body = serde_json::json!({"error": {
-                    "code": 409,
-                    "message": self.to_string(),
-                    "reason": "price_moved",
-                    "current_price": current,
-                }});
-                return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+            Self::Unauthorized(_) => {
+                let mut response =
+                    ApiError::new(StatusCode::UNAUTHORIZED, self.to_string()).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
             }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Internal(cause) => return ApiError::internal(cause).into_response(),
             Self::CatalogDown { retry_after } => {
                 let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string());
                 return with_retry_after(error, *retry_after);
@@ -236,6 +239,8 @@ fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(query_order, modify_order, cancel_order))
         .routes(routes!(list_trades))
         .routes(routes!(book))
+        .routes(routes!(users::create_user))
+        .routes(routes!(users::portfolio))
         .routes(routes!(streams::trades))
         .routes(routes!(streams::prices))
         .routes(routes!(streams::book))
@@ -435,7 +440,7 @@ async fn lookup(
 }
 
 /// A stock as a lookup found it.
-enum Looked {
+pub(crate) enum Looked {
     Fresh(Stock),
     /// The catalog is unreachable: the last value this frontend saw.
     Stale(Stock),
@@ -468,15 +473,13 @@ async fn list_stocks(State(state): State<AppState>, uri: Uri) -> Result<Response
     url.set_query(uri.query());
     match call_catalog::<StockPage>(&state, inner.http.get(url)).await {
         Ok(page) => Ok(data(page)),
-        Err(CatalogCall::Answered(RemoteError::Api { status, message })) => {
-            Err(FrontendError::Upstream(ApiError::new(status, message)))
-        }
+        Err(CatalogCall::Answered(RemoteError::Api(error))) => Err(FrontendError::Upstream(error)),
         Err(failure) => Err(failure.into()),
     }
 }
 
 /// Why a call to the catalog failed.
-enum CatalogCall {
+pub(crate) enum CatalogCall {
     /// The breaker is open: not even tried.
     Refused(Duration),
     /// No answer, or a 5xx: the catalog is in trouble.
@@ -495,7 +498,7 @@ impl From<CatalogCall> for FrontendError {
 }
 
 /// Calls the catalog through its breaker.
-async fn call_catalog<T: serde::de::DeserializeOwned>(
+pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
     state: &AppState,
     request: reqwest::RequestBuilder,
 ) -> Result<T, CatalogCall> {
@@ -521,7 +524,7 @@ async fn call_catalog<T: serde::de::DeserializeOwned>(
 
 /// A stock from the cache, or from the catalog (then cached); while the catalog cannot be
 /// reached, the last value this frontend saw, if it saw one.
-async fn stock(state: &AppState, name: &str) -> Result<Looked, FrontendError> {
+pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, FrontendError> {
     let inner = &state.inner;
     let epoch = match inner.cache.get(name) {
         Ok(stock) => return Ok(Looked::Fresh(stock)),
@@ -581,8 +584,8 @@ const ORDER_FIELDS: [&str; 6] = [
     "max_deviation_bps",
 ];
 
-/// A `POST /orders` body: the order the leader gets, and the client's guard against a moved
-/// price, which the frontend checks.
+/// A `POST /orders` body: the order, and the client's guard against a moved price, which the
+/// leader checks as it sequences the order.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
@@ -606,38 +609,18 @@ struct PlaceOrder {
 }
 
 impl PlaceOrder {
-    /// The order for the leader, and the check that is the frontend's to make.
-    fn into_parts(self) -> (NewOrder, Option<PriceCheck>) {
-        let check = self.expected_price.map(|expected| PriceCheck {
-            expected,
-            max_deviation_bps: self.max_deviation_bps,
-        });
-        let order = NewOrder {
+    /// The order for the leader; a guard without its own tolerance gets `default_bps`.
+    fn into_order(self, default_bps: u32) -> NewOrder {
+        NewOrder {
             name: self.name,
             quantity: self.quantity,
             side: self.side,
             price: self.price,
-        };
-        (order, check)
-    }
-}
-
-/// An order's guard against a moved price: refuse it if the stock's price is further than
-/// `max_deviation_bps` (the frontend's default when unset) from `expected`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PriceCheck {
-    expected: Price,
-    max_deviation_bps: Option<u32>,
-}
-
-impl PriceCheck {
-    /// Whether `current` is within `bps` basis points of the expected price (exact integers).
-    fn admits(&self, current: Price, bps: u32) -> bool {
-        let (current, expected) = (
-            u128::from(current.cents()),
-            u128::from(self.expected.cents()),
-        );
-        current.abs_diff(expected) * 10_000 <= u128::from(bps) * expected
+            guard: self.expected_price.map(|expected| PriceGuard {
+                expected,
+                max_deviation_bps: self.max_deviation_bps.unwrap_or(default_bps),
+            }),
+        }
     }
 }
 
@@ -770,11 +753,13 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
 #[utoipa::path(post, path = "/orders", tag = "orders",
     params(IdempotencyKey),
     request_body = PlaceOrder,
+    security((), ("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Placed>),
         (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
+        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
-        (status = 409, description = "Insufficient stock quantity (market orders), or price_moved: the price is further than the tolerance from expected_price (the error then has reason and current_price)", body = ErrorEnvelope),
+        (status = 409, description = "Refused, and recorded as refused: insufficient stock quantity (market orders; reason insufficient_quantity), or the price is further than the tolerance from expected_price (reason price_moved, with current_price)", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "No order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
     ))]
@@ -783,22 +768,10 @@ async fn place_order(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, FrontendError> {
-    let (order, check) = validate_order(&body)?.into_parts();
-    fail_fast_without_catalog(&state)?;
     let inner = &state.inner;
-    if let Some(check) = check {
-        // The frontend's view of the price is the committed one: the catalog invalidates it
-        // before any trade that moves it is acknowledged.
-        let current = stock(&state, &order.name).await?.into_stock().price;
-        let bps = check.max_deviation_bps.unwrap_or(inner.price_tolerance_bps);
-        if !check.admits(current, bps) {
-            return Err(FrontendError::PriceMoved {
-                current,
-                expected: check.expected,
-                bps,
-            });
-        }
-    }
+    let order = validate_order(&body)?.into_order(inner.price_tolerance_bps);
+    fail_fast_without_catalog(&state)?;
+    let user = users::caller(&state, &headers).await?;
     let key = idempotency_key(&state, &headers)?;
     let placed: Placed = with_leader(&state, |leader| {
         let request = inner
@@ -806,7 +779,7 @@ async fn place_order(
             .post(leader.orders_url.clone())
             .header(IDEMPOTENCY_KEY, key.as_str())
             .json(&order);
-        call::<Placed>(request)
+        call::<Placed>(for_user(request, user))
     })
     .await?;
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
@@ -841,6 +814,14 @@ fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, Fron
     })
 }
 
+/// Marks an internal call as made for `user`, if a user sent the request.
+fn for_user(request: reqwest::RequestBuilder, user: Option<u64>) -> reqwest::RequestBuilder {
+    match user {
+        Some(user) => request.header(USER, user),
+        None => request,
+    }
+}
+
 fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
     text.parse()
         .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))
@@ -850,10 +831,13 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
 /// price keeps its place in the queue; anything else sends it to the back (and may trade).
 #[utoipa::path(put, path = "/orders/{number}", tag = "orders",
     params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
+    security((), ("api_key" = [])),
     request_body = OrderChange,
     responses(
         (status = 200, body = DataEnvelope<Changed>),
         (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
+        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
+        (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
@@ -873,8 +857,11 @@ async fn modify_order(
 /// Cancels an open limit order.
 #[utoipa::path(delete, path = "/orders/{number}", tag = "orders",
     params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
+    security((), ("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Changed>),
+        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
+        (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
@@ -898,6 +885,7 @@ async fn change_on_leader(
     change: Option<&OrderChange>,
 ) -> Result<Response, FrontendError> {
     fail_fast_without_catalog(state)?;
+    let user = users::caller(state, headers).await?;
     let key = idempotency_key(state, headers)?;
     let changed: Changed = with_leader(state, |leader| {
         let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
@@ -906,7 +894,7 @@ async fn change_on_leader(
                 Some(change) => http.put(url).json(change),
                 None => http.delete(url),
             };
-            request.header(IDEMPOTENCY_KEY, key.as_str())
+            for_user(request.header(IDEMPOTENCY_KEY, key.as_str()), user)
         });
         async move { call::<Changed>(request?).await }
     })
@@ -1014,7 +1002,7 @@ async fn query_order(
 
 /// Runs `send` against the leader; when the leader is unreachable or cannot serve (503), elects
 /// another and tries again, a bounded number of times. Client errors (4xx) are final.
-async fn with_leader<T, F, Fut>(state: &AppState, send: F) -> Result<T, FrontendError>
+pub(crate) async fn with_leader<T, F, Fut>(state: &AppState, send: F) -> Result<T, FrontendError>
 where
     F: Fn(&Leader) -> Fut,
     Fut: std::future::Future<Output = Result<T, RemoteError>>,
@@ -1028,8 +1016,8 @@ where
     for attempt in 1..=ORDER_ATTEMPTS {
         match send(&leader).await {
             Ok(value) => return Ok(value),
-            Err(RemoteError::Api { status, message }) if status.is_client_error() => {
-                return Err(FrontendError::Upstream(ApiError::new(status, message)));
+            Err(RemoteError::Api(error)) if error.status.is_client_error() => {
+                return Err(FrontendError::Upstream(error));
             }
             Err(e) => {
                 tracing::warn!(leader = leader.id, attempt, "leader call failed: {e}");
@@ -1103,32 +1091,24 @@ mod price_check_tests {
     use super::*;
 
     #[test]
-    fn a_price_within_the_tolerance_passes_and_one_beyond_does_not() {
-        let check = PriceCheck {
-            expected: Price::from_cents(10_000),
-            max_deviation_bps: None,
-        };
-        // 2% of 100.00 is 2.00, either way, exactly at the edge included.
-        assert!(check.admits(Price::from_cents(10_200), 200));
-        assert!(check.admits(Price::from_cents(9_800), 200));
-        assert!(!check.admits(Price::from_cents(10_201), 200));
-        assert!(!check.admits(Price::from_cents(9_799), 200));
-        assert!(check.admits(Price::from_cents(10_000), 0));
-        assert!(!check.admits(Price::from_cents(10_001), 0));
-    }
-
-    #[test]
-    fn the_guard_is_validated_and_kept_from_the_leader() {
+    fn the_guard_is_validated_and_sent_with_the_default_tolerance_filled_in() {
         let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99,"max_deviation_bps":50}"#;
-        let (order, check) = validate_order(body).unwrap().into_parts();
+        let order = validate_order(body).unwrap().into_order(200);
         assert_eq!(order.price, None);
-        assert_eq!(
-            check,
-            Some(PriceCheck {
+        let guard = |bps| {
+            Some(PriceGuard {
                 expected: Price::from_cents(1599),
-                max_deviation_bps: Some(50)
+                max_deviation_bps: bps,
             })
+        };
+        assert_eq!(order.guard, guard(50));
+        let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99}"#;
+        assert_eq!(
+            validate_order(body).unwrap().into_order(200).guard,
+            guard(200)
         );
+        let body = br#"{"name":"A","quantity":1,"type":"buy"}"#;
+        assert_eq!(validate_order(body).unwrap().into_order(200).guard, None);
         for (body, message) in [
             (
                 r#"{"name":"A","quantity":1,"type":"buy","max_deviation_bps":50}"#,
@@ -1277,6 +1257,57 @@ mod router_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = send(Request::put("/health").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn users_and_keys_are_checked_before_any_backend_is_asked() {
+        let get = |uri: &str, auth: Option<&str>| {
+            let mut request = Request::get(uri);
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        for body in [r#"{"name":"alice"}"#, "[1]", "{"] {
+            let request = Request::post("/users").body(Body::from(body)).unwrap();
+            let (status, reply) = send(request).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        }
+        // A valid request needs the catalog, which keeps users.
+        for body in ["", "{}", " "] {
+            let request = Request::post("/users").body(Body::from(body)).unwrap();
+            assert_eq!(
+                send(request).await.0,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{body:?}"
+            );
+        }
+        let (status, _) = send(get("/users/x/portfolio", None)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let response = app()
+            .oneshot(get("/users/1/portfolio", None))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let well_formed = format!("Bearer snk_1_{}", "ab".repeat(32));
+        for (auth, expected) in [
+            ("Bearer junk", StatusCode::UNAUTHORIZED),
+            ("Basic c25rOg==", StatusCode::UNAUTHORIZED),
+            ("Bearer router-test-secret", StatusCode::UNAUTHORIZED),
+            // Verifying it needs the user's credential from the catalog.
+            (well_formed.as_str(), StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let (status, body) = send(get("/users/1/portfolio", Some(auth))).await;
+            assert_eq!(status, expected, "{auth}: {body}");
+            let order = Request::post("/orders")
+                .header("authorization", auth)
+                .body(Body::from(
+                    r#"{"name":"GameStart","quantity":1,"type":"buy"}"#,
+                ))
+                .unwrap();
+            assert_eq!(send(order).await.0, expected, "{auth}");
+        }
     }
 
     /// Every operation of the OpenAPI document is served by the router, and the public API

@@ -15,14 +15,34 @@ use utoipa::OpenApi;
             orders on a replicated order book, trades. Every answer is `{\"data\": ...}` or \
             `{\"error\": {\"code\", \"message\"}}` with the HTTP status equal to `code`.",
     ),
+    modifiers(&ApiKeyScheme),
     tags(
         (name = "stocks", description = "The catalog of stocks"),
+        (name = "users", description = "Users, their API keys and portfolios"),
         (name = "orders", description = "Market and limit orders, modify, cancel"),
         (name = "market", description = "Trades and order books"),
         (name = "service", description = "Health, metrics and this description"),
     )
 )]
 pub struct ApiDoc;
+
+/// `api_key`: a user's key as `Authorization: Bearer`. Orders may carry one (they then belong
+/// to that user); a portfolio needs its user's.
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An API key from POST /users"))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "service",

@@ -3,7 +3,7 @@
 //! applied to a book that starts empty. `cargo bench -p stocknet-order --bench book`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use stocknet_common::{Command, Order, Price, Side};
+use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::book::Book;
 
 const COMMANDS: u64 = 100_000;
@@ -39,6 +39,8 @@ fn commands() -> Vec<Order> {
                 term: 1,
                 name: "GameStart".into(),
                 key: None,
+                user: None,
+                stamp: Stamp::default(),
                 command,
             }
         })

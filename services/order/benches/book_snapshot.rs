@@ -3,7 +3,7 @@
 //! `cargo bench -p stocknet-order --bench book_snapshot`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use stocknet_common::{Command, Order, Price, Side};
+use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::book::Book;
 use stocknet_order::snapshot;
 
@@ -27,6 +27,8 @@ fn book() -> Book {
             term: 1,
             name: format!("Stock{}", number % 12),
             key: None,
+            user: None,
+            stamp: Stamp::default(),
             command: Command::Place {
                 side,
                 quantity: 1 + (number % 10) as u32,

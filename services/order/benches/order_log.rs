@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use stocknet_common::{Command, Order, Side};
+use stocknet_common::{Command, Order, Side, Stamp};
 use stocknet_order::log::OrderLog;
 
 fn order(number: u64) -> Order {
@@ -13,6 +13,8 @@ fn order(number: u64) -> Order {
         term: 1,
         name: "GameStart".into(),
         key: Some(format!("fe-1234-{number}")),
+        user: None,
+        stamp: Stamp::default(),
         command: Command::Place {
             side: if number.is_multiple_of(2) {
                 Side::Buy

@@ -10,14 +10,20 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use stocknet_common::wire::{Depth, DepthLevel, Fill, LevelChange, MarketEvent, OrderView, Trade};
-use stocknet_common::{Command, Order, Price, Side, Status};
+use stocknet_common::wire::{
+    Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderView, Trade,
+};
+use stocknet_common::{Command, Order, Price, Rejection, Side, Status};
+
+use crate::portfolio::Portfolios;
 
 /// A limit order and what has happened to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitOrder {
     pub number: u64,
     pub name: String,
+    /// Who placed it; `None` for an anonymous order.
+    pub user: Option<u64>,
     pub side: Side,
     pub price: Price,
     /// Total quantity (a modify may change it).
@@ -80,6 +86,8 @@ pub enum Applied {
         trades: usize,
     },
     Refused(Refusal),
+    /// A new order the leader refused: nothing happens.
+    Rejected(Rejection),
 }
 
 /// One price level's queue: order numbers with the slot they were queued with. A slot that no
@@ -123,6 +131,7 @@ pub struct Book {
     next_slot: u64,
     /// The price levels the last applied entry changed (for its [`MarketEvent`]).
     touched: Vec<(Side, Price)>,
+    portfolios: Portfolios,
 }
 
 /// What a snapshot of the book holds; the price levels follow from the open orders.
@@ -133,6 +142,7 @@ pub(crate) struct Parts<'a, Orders> {
     pub trades: &'a [Trade],
     /// Sorted by entry number, so that equal books give equal snapshots.
     pub refusals: Vec<(u64, Refusal)>,
+    pub portfolios: &'a Portfolios,
 }
 
 impl Book {
@@ -146,6 +156,7 @@ impl Book {
             orders: self.orders.values(),
             trades: &self.trades,
             refusals,
+            portfolios: &self.portfolios,
         }
     }
 
@@ -157,11 +168,13 @@ impl Book {
         orders: impl Iterator<Item = LimitOrder>,
         trades: Vec<Trade>,
         refusals: Vec<(u64, Refusal)>,
+        portfolios: Portfolios,
     ) -> Result<Self, String> {
         let mut book = Book {
             applied,
             next_slot,
             refusals: refusals.into_iter().collect(),
+            portfolios,
             ..Book::default()
         };
         let mut open = Vec::new();
@@ -215,6 +228,16 @@ impl Book {
         self.refusals.get(&number).copied()
     }
 
+    /// The price of `name`'s last trade on the book, if it ever traded.
+    pub fn last_price(&self, name: &str) -> Option<Price> {
+        self.stocks.get(name).and_then(|b| b.last_price)
+    }
+
+    /// `user`'s positions, stock by stock.
+    pub fn holdings(&self, user: u64) -> Vec<Holding> {
+        self.portfolios.holdings(user)
+    }
+
     pub fn trade(&self, id: u64) -> Option<&Trade> {
         id.checked_sub(1).and_then(|i| self.trades.get(i as usize))
     }
@@ -222,24 +245,29 @@ impl Book {
     /// The public view of the order log entry `entry` places, as of now; `None` for a modify
     /// or cancel, or for a limit order not applied yet.
     pub fn view(&self, entry: &Order) -> Option<OrderView> {
-        match entry.command {
-            Command::Place {
-                side,
-                quantity,
-                limit: None,
-            } => Some(OrderView {
-                number: entry.number,
-                name: entry.name.clone(),
-                side,
-                quantity,
-                price: None,
-                status: Status::Filled,
-                filled_quantity: quantity,
-                remaining_quantity: 0,
-                fills: Vec::new(),
-            }),
-            Command::Place { .. } => self.orders.get(&entry.number).map(|o| self.limit_view(o)),
-            Command::Modify { .. } | Command::Cancel { .. } => None,
+        let Command::Place {
+            side,
+            quantity,
+            limit,
+        } = entry.command
+        else {
+            return None;
+        };
+        let done = |status, filled_quantity| OrderView {
+            number: entry.number,
+            name: entry.name.clone(),
+            side,
+            quantity,
+            price: limit,
+            status,
+            filled_quantity,
+            remaining_quantity: 0,
+            fills: Vec::new(),
+        };
+        match limit {
+            _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
+            None => Some(done(Status::Filled, quantity)),
+            Some(_) => self.orders.get(&entry.number).map(|o| self.limit_view(o)),
         }
     }
 
@@ -380,8 +408,23 @@ impl Book {
         self.applied = entry.number;
         self.touched.clear();
         let before = self.trades.len();
+        if let Some(rejection) = entry.stamp.rejected {
+            return Applied::Rejected(rejection);
+        }
         let result = match entry.command {
-            Command::Place { limit: None, .. } => return Applied::Market,
+            Command::Place {
+                side,
+                quantity,
+                limit: None,
+            } => {
+                // Executed by the house at the price the leader quoted (logs from before
+                // quotes have no users, so no portfolio misses one).
+                if let (Some(user), Some(quote)) = (entry.user, entry.stamp.quote) {
+                    self.portfolios
+                        .fill(user, &entry.name, side, quantity, quote);
+                }
+                return Applied::Market;
+            }
             Command::Place {
                 side,
                 quantity,
@@ -392,6 +435,7 @@ impl Book {
                     LimitOrder {
                         number: entry.number,
                         name: entry.name.clone(),
+                        user: entry.user,
                         side,
                         price,
                         quantity,
@@ -412,13 +456,28 @@ impl Book {
             Command::Cancel { target } => self.cancel(target),
         };
         match result {
-            Ok(order) => Applied::Changed {
-                order,
-                trades: self.trades.len() - before,
-            },
+            Ok(order) => {
+                self.book_fills(before);
+                Applied::Changed {
+                    order,
+                    trades: self.trades.len() - before,
+                }
+            }
             Err(refusal) => {
                 self.refusals.insert(entry.number, refusal);
                 Applied::Refused(refusal)
+            }
+        }
+    }
+
+    /// Books the trades from index `first` on into their users' portfolios.
+    fn book_fills(&mut self, first: usize) {
+        for trade in &self.trades[first..] {
+            for (side, order) in [(Side::Buy, trade.buy_order), (Side::Sell, trade.sell_order)] {
+                if let Some(user) = self.orders.get(&order).and_then(|o| o.user) {
+                    self.portfolios
+                        .fill(user, &trade.name, side, trade.quantity, trade.price);
+                }
             }
         }
     }
@@ -603,6 +662,7 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stocknet_common::Stamp;
 
     fn entry(number: u64, command: Command) -> Order {
         Order {
@@ -610,6 +670,8 @@ mod tests {
             term: 1,
             name: "A".into(),
             key: None,
+            user: None,
+            stamp: Stamp::default(),
             command,
         }
     }
@@ -855,6 +917,24 @@ mod tests {
 mod model_tests {
     use super::*;
     use proptest::prelude::*;
+    use stocknet_common::Stamp;
+
+    /// Entries go to users 0 and 1 and to nobody in turn; market orders execute at a quote.
+    fn stamped(number: u64, name: &str, command: Command) -> Order {
+        Order {
+            number,
+            term: 1,
+            name: name.into(),
+            key: None,
+            user: [Some(0), Some(1), None][(number % 3) as usize],
+            stamp: Stamp {
+                time: number,
+                quote: Some(Price::from_cents(1_000 + number % 7)),
+                rejected: None,
+            },
+            command,
+        }
+    }
 
     #[derive(Debug, Clone)]
     struct Resting {
@@ -1033,6 +1113,7 @@ mod model_tests {
             parts.orders.cloned().collect::<Vec<_>>(),
             parts.trades.to_vec(),
             parts.refusals,
+            parts.portfolios.clone(),
             // A stock whose book is empty and never traded looks like one never seen.
             names
                 .into_iter()
@@ -1053,12 +1134,8 @@ mod model_tests {
             let entries: Vec<Order> = commands
                 .iter()
                 .enumerate()
-                .map(|(i, command)| Order {
-                    number: i as u64 + 1,
-                    term: 1,
-                    name: if i % 3 == 0 { "B".into() } else { "A".into() },
-                    key: None,
-                    command: *command,
+                .map(|(i, command)| {
+                    stamped(i as u64 + 1, if i % 4 == 0 { "B" } else { "A" }, *command)
                 })
                 .collect();
             let cut = cut.min(entries.len());
@@ -1082,13 +1159,7 @@ mod model_tests {
             for (i, command) in commands.iter().enumerate() {
                 let number = i as u64 + 1;
                 let before = book.trades.len() as u64;
-                book.apply(&Order {
-                    number,
-                    term: 1,
-                    name: "A".into(),
-                    key: None,
-                    command: *command,
-                });
+                book.apply(&stamped(number, "A", *command));
                 model.apply(number, *command);
                 // No trade crosses a limit: both sides' prices are as they were at the trade.
                 for trade in book.trades(None, before, usize::MAX) {
@@ -1116,6 +1187,36 @@ mod model_tests {
                 prop_assert!(order.filled <= order.quantity);
             }
             prop_assert_eq!(book.orders.len(), model.orders.len());
+            // Every user's position is the sum of their fills: book trades and market orders.
+            for user in [0, 1] {
+                let owner = |number: u64| stamped(number, "A", Command::Cancel { target: 0 }).user;
+                let (mut bought, mut sold) = (0u64, 0u64);
+                for trade in &book.trades {
+                    if owner(trade.buy_order) == Some(user) {
+                        bought += u64::from(trade.quantity);
+                    }
+                    if owner(trade.sell_order) == Some(user) {
+                        sold += u64::from(trade.quantity);
+                    }
+                }
+                for (i, command) in commands.iter().enumerate() {
+                    let number = i as u64 + 1;
+                    match *command {
+                        Command::Place { side, quantity, limit: None } if owner(number) == Some(user) => {
+                            match side {
+                                Side::Buy => bought += u64::from(quantity),
+                                Side::Sell => sold += u64::from(quantity),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let held = book.holdings(user);
+                let shares: i64 = held.iter().map(|h| h.shares).sum();
+                prop_assert_eq!(held.iter().map(|h| h.bought).sum::<u64>(), bought);
+                prop_assert_eq!(held.iter().map(|h| h.sold).sum::<u64>(), sold);
+                prop_assert_eq!(shares, bought as i64 - sold as i64);
+            }
         }
     }
 }

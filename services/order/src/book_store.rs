@@ -124,7 +124,7 @@ impl BookStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stocknet_common::{Command, Order, Price, Side};
+    use stocknet_common::{Command, Order, Price, Side, Stamp};
 
     fn limit(number: u64, side: Side, cents: u64) -> Order {
         Order {
@@ -132,6 +132,8 @@ mod tests {
             term: 1,
             name: "A".into(),
             key: None,
+            user: None,
+            stamp: Stamp::default(),
             command: Command::Place {
                 side,
                 quantity: 2,

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use stocknet_common::{ApiError, RemoteError};
+use stocknet_common::{ApiError, Price, Rejection, RemoteError};
 
 use crate::book::Refusal;
 
@@ -10,10 +10,16 @@ use crate::book::Refusal;
 pub enum OrderError {
     #[error("Stock not found")]
     StockNotFound,
-    #[error("Insufficient stock quantity")]
-    InsufficientQuantity,
-    #[error("Quantity would overflow")]
-    QuantityOverflow,
+    /// The leader refused a new order, and logged the refusal as entry `number`; `quote` is
+    /// the stock's price it saw.
+    #[error("{}", rejection_message(*.rejection, *.quote))]
+    Rejected {
+        rejection: Rejection,
+        quote: Option<Price>,
+        number: u64,
+    },
+    #[error("Order {0} belongs to another user")]
+    NotOwner(u64),
     #[error("Order number invalid")]
     OrderNotFound,
     #[error("Transaction {0} is a modify or cancel, not an order")]
@@ -90,10 +96,15 @@ impl From<OrderError> for ApiError {
             | E::OrderNotFound
             | E::NotAnOrder(_)
             | E::Refused(Refusal::NotFound(_)) => StatusCode::NOT_FOUND,
-            E::QuantityOverflow | E::InvalidChange(_) => StatusCode::BAD_REQUEST,
+            E::Rejected {
+                rejection: Rejection::QuantityOverflow,
+                ..
+            }
+            | E::InvalidChange(_) => StatusCode::BAD_REQUEST,
+            E::NotOwner(_) => StatusCode::FORBIDDEN,
             E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
-            E::InsufficientQuantity
+            E::Rejected { .. }
             | E::StaleTerm { .. }
             | E::TermJump { .. }
             | E::LeaderTaken { .. }
@@ -107,7 +118,35 @@ impl From<OrderError> for ApiError {
                 return ApiError::internal(&error);
             }
         };
-        ApiError::new(status, error.to_string())
+        let api = ApiError::new(status, error.to_string());
+        match error {
+            // The reason in a field of its own, and the price to retry with if it moved.
+            E::Rejected {
+                rejection,
+                quote,
+                number,
+            } => {
+                let api = api
+                    .with("reason", rejection)
+                    .with("transaction_number", number);
+                match (rejection, quote) {
+                    (Rejection::PriceMoved, Some(quote)) => api.with("current_price", quote),
+                    _ => api,
+                }
+            }
+            _ => api,
+        }
+    }
+}
+
+fn rejection_message(rejection: Rejection, quote: Option<Price>) -> String {
+    match (rejection, quote) {
+        (Rejection::InsufficientQuantity, _) => "Insufficient stock quantity".into(),
+        (Rejection::QuantityOverflow, _) => "Quantity would overflow".into(),
+        (Rejection::PriceMoved, Some(quote)) => format!(
+            "price_moved: the price is {quote}, further from expected_price than the order allows"
+        ),
+        (Rejection::PriceMoved, None) => "price_moved".into(),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod book_store;
 pub mod error;
 pub mod feed;
 pub mod log;
+pub mod portfolio;
 pub mod replica;
 pub mod snapshot;
 
@@ -25,7 +26,7 @@ use stocknet_common::auth::require_secret;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     parse_peer, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer, ReplicateRequest,
-    Trade, IDEMPOTENCY_KEY,
+    Trade, IDEMPOTENCY_KEY, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -130,6 +131,7 @@ pub fn router(state: AppState) -> Router {
             get(lookup).put(modify_order).delete(cancel_order),
         )
         .route("/trades", get(trades))
+        .route("/portfolios/{user}", get(portfolio))
         .route("/book/{name}", get(book))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
@@ -176,10 +178,10 @@ async fn place(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(order): Json<NewOrder>,
-) -> Result<Response, OrderError> {
+) -> Result<Response, ApiError> {
     let placed = state
         .replica
-        .place(order, idempotency_key(&headers))
+        .place(order, idempotency_key(&headers), user(&headers)?)
         .await?;
     Ok(data(placed))
 }
@@ -191,6 +193,31 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The user the frontend verified the request's API key for, if it had one.
+fn user(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(USER)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| ApiError::bad_request("the user header must be a user id"))
+        })
+        .transpose()
+}
+
+/// `GET /portfolios/{user}`: the user's positions, from the committed log.
+async fn portfolio(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    let user: u64 = user
+        .parse()
+        .map_err(|_| ApiError::bad_request("User id must be a number"))?;
+    Ok(data(state.replica.read_book(|book| book.holdings(user))))
+}
+
 async fn modify_order(
     State(state): State<AppState>,
     Path(number): Path<String>,
@@ -200,7 +227,7 @@ async fn modify_order(
     let number = parse_number(&number)?;
     let changed = state
         .replica
-        .modify(number, change, idempotency_key(&headers))
+        .modify(number, change, idempotency_key(&headers), user(&headers)?)
         .await?;
     Ok(data(changed))
 }
@@ -213,7 +240,7 @@ async fn cancel_order(
     let number = parse_number(&number)?;
     let changed = state
         .replica
-        .cancel(number, idempotency_key(&headers))
+        .cancel(number, idempotency_key(&headers), user(&headers)?)
         .await?;
     Ok(data(changed))
 }

@@ -1,4 +1,5 @@
-//! One replica's order log: an append-only CSV file (`number,term,type,name,quantity,key`).
+//! One replica's order log: an append-only CSV file
+//! (`number,term,type,name,quantity,key,price,target,user,time,quote,rejected`).
 //! The orders stay on disk; memory holds only what finds them again: the offset of every
 //! [`STRIDE`]th order, the runs of orders with one term, and 8 bytes per idempotency key.
 //! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
@@ -14,15 +15,18 @@ use std::path::PathBuf;
 use hashbrown::HashTable;
 use stocknet_common::model::EntryFields;
 use stocknet_common::wire::Merge;
-use stocknet_common::{file, Order, Price};
+use stocknet_common::{file, Order, Price, Rejection};
 
 use crate::error::OrderError;
 
-const HEADER: &str = "number,term,type,name,quantity,key,price,target\n";
+const HEADER: &str = "number,term,type,name,quantity,key,price,target,user,time,quote,rejected\n";
 
-/// The header of logs written before the order book: market orders only, six fields. Such a
-/// log is read as it is and new entries are appended in the current form.
-const MARKET_ONLY_HEADER: &str = "number,term,type,name,quantity,key\n";
+/// Headers of logs written before users and stamps (eight fields) and before the order book
+/// (six). Such a log is read as it is and new entries are appended in the current form.
+const OLDER_HEADERS: [&str; 2] = [
+    "number,term,type,name,quantity,key,price,target\n",
+    "number,term,type,name,quantity,key\n",
+];
 
 /// One offset is kept per this many orders: a lookup parses at most this many records (a few
 /// KB), and a million orders cost 125 KB of offsets.
@@ -359,7 +363,7 @@ impl Index {
                             .iter()
                             .eq(header.trim_end().split(',').map(str::as_bytes))
                     };
-                    if !is(HEADER) && !is(MARKET_ONLY_HEADER) {
+                    if !is(HEADER) && !OLDER_HEADERS.into_iter().any(is) {
                         return Err(OrderError::Corrupt("missing header line".into()));
                     }
                     header_seen = true;
@@ -553,6 +557,10 @@ fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), Ord
                 text(fields.key),
                 text(fields.price.map(|p| p.to_string())),
                 text(fields.target.map(|t| t.to_string())),
+                text(fields.user.map(|u| u.to_string())),
+                fields.time.to_string(),
+                text(fields.quote.map(|p| p.to_string())),
+                text(fields.rejected.map(|r| r.as_str().to_owned())),
             ])
             .map_err(|e| corrupt(&e))?;
     }
@@ -560,16 +568,22 @@ fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), Ord
     Ok((text, starts))
 }
 
-/// Parses one record: eight fields, or six in a log written before the order book.
+/// Parses one record: twelve fields, or eight or six in a log written before stamps or the
+/// order book.
 fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> {
     let field = |i: usize| {
         let bytes = record.get(i).unwrap_or_default();
         std::str::from_utf8(bytes).map_err(|e| format!("field {i}: {e}"))
     };
     let optional = |i: usize| field(i).map(|text| (!text.is_empty()).then_some(text));
-    if record.len() != 8 && record.len() != 6 {
-        return Err(format!("expected 8 fields, found {}", record.len()));
+    if ![12, 8, 6].contains(&record.len()) {
+        return Err(format!("expected 12 fields, found {}", record.len()));
     }
+    let price = |i: usize| {
+        optional(i)?
+            .map(|p| p.parse::<Price>().map_err(|e| format!("field {i}: {e}")))
+            .transpose()
+    };
     let number: u64 = field(0)?.parse().map_err(|e| format!("number: {e}"))?;
     if number != expected {
         return Err(format!("expected order {expected}, found {number}"));
@@ -583,11 +597,20 @@ fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> 
             .map(|q| q.parse().map_err(|e| format!("quantity: {e}")))
             .transpose()?,
         key: optional(5)?.map(str::to_owned),
-        price: optional(6)?
-            .map(|p| p.parse::<Price>().map_err(|e| format!("price: {e}")))
-            .transpose()?,
+        price: price(6)?,
         target: optional(7)?
             .map(|t| t.parse().map_err(|e| format!("target: {e}")))
+            .transpose()?,
+        user: optional(8)?
+            .map(|u| u.parse().map_err(|e| format!("user: {e}")))
+            .transpose()?,
+        time: optional(9)?
+            .map(|t| t.parse().map_err(|e| format!("time: {e}")))
+            .transpose()?
+            .unwrap_or(0),
+        quote: price(10)?,
+        rejected: optional(11)?
+            .map(|r| Rejection::parse(r).ok_or_else(|| format!("rejected: unknown reason {r:?}")))
             .transpose()?,
     };
     Order::try_from(fields)
@@ -596,7 +619,7 @@ fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stocknet_common::{Command, Side};
+    use stocknet_common::{Command, Side, Stamp};
 
     fn order(number: u64, name: &str) -> Order {
         let side = if number.is_multiple_of(2) {
@@ -622,12 +645,30 @@ mod tests {
                     .then(|| Price::from_cents(100 + number)),
             }
         };
+        // Every fourth has a user, and every new order the thirteenth was refused.
+        let rejected = (number.is_multiple_of(13) && matches!(command, Command::Place { .. }))
+            .then_some(Rejection::PriceMoved);
         Order {
             number,
             term: 1,
             name: name.into(),
             key: number.is_multiple_of(3).then(|| format!("key-{number}")),
+            user: number.is_multiple_of(4).then_some(number / 4),
+            stamp: Stamp {
+                time: 1_800_000_000_000 + number,
+                quote: Some(Price::from_cents(1_000 + number)),
+                rejected,
+            },
             command,
+        }
+    }
+
+    /// Order `number` as a log from before users and stamps holds it.
+    fn unstamped(number: u64, name: &str) -> Order {
+        Order {
+            user: None,
+            stamp: Stamp::default(),
+            ..order(number, name)
         }
     }
 
@@ -928,22 +969,22 @@ mod tests {
         let path = dir.path().join("o.csv");
         std::fs::write(
             &path,
-            format!("{MARKET_ONLY_HEADER}1,1,sell,A,1,\n2,1,buy,B,2,k\n"),
+            format!("{}1,1,sell,A,1,\n2,1,buy,B,2,k\n", OLDER_HEADERS[1]),
         )
         .unwrap();
         let mut log = OrderLog::open(&path).unwrap();
         assert_eq!(
             log.get(2).unwrap(),
-            Some(order(2, "B")).map(|o| Order {
+            Some(Order {
                 key: Some("k".into()),
-                ..o
+                ..unstamped(2, "B")
             })
         );
         log.append(&[order(3, "C"), order(4, "D"), order(5, "E")])
             .unwrap();
         drop(log);
         let log = OrderLog::open(&path).unwrap();
-        assert_eq!(log.get(1).unwrap(), Some(order(1, "A")));
+        assert_eq!(log.get(1).unwrap(), Some(unstamped(1, "A")));
         assert_eq!(
             log.after(2, 3).unwrap(),
             [order(3, "C"), order(4, "D"), order(5, "E")]

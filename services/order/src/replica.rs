@@ -12,10 +12,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::wire::{
     is_term_jump, ApplyOutcome, ApplyRequest, CatalogTrade, Changed, Health, LeaderNotice,
-    LogPosition, LogSlice, Merge, NewOrder, OrderChange, OrderView, Peer, Placed, ReplicateRequest,
-    Snapshot,
+    LogPosition, LogSlice, Merge, NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard,
+    ReplicateRequest, Snapshot,
 };
-use stocknet_common::{file, Command, Order, RemoteError, Side};
+use stocknet_common::{file, Command, Order, Price, Rejection, RemoteError, Side, Stamp};
 use tokio::sync::{watch, Notify};
 
 use crate::book::{Book, Refusal};
@@ -43,11 +43,14 @@ struct View {
     leader: Option<u32>,
 }
 
-/// What only the leader of `term` keeps: quantities as they will be once every order in its
-/// log is applied (to refuse overdrafts before logging), and its committer.
+/// What only the leader of `term` keeps: the house as it will be once every order in its log
+/// is applied (to refuse overdrafts before logging), the time of its last entry, and its
+/// committer.
 struct Leading {
     term: u64,
-    projected: HashMap<String, u64>,
+    house: HashMap<String, House>,
+    /// Entries' times never go back along the log, whatever the clock does.
+    last_time: u64,
     /// Wakes the committer when an order has been written.
     wake: Arc<Notify>,
     /// The committer's progress, which waiting orders watch.
@@ -59,6 +62,25 @@ impl Drop for Leading {
     fn drop(&mut self) {
         self.committer.abort();
     }
+}
+
+/// One stock as the leader projects it.
+#[derive(Debug, Clone, Copy)]
+struct House {
+    quantity: u64,
+    /// The catalog's price when this leader took over; the book's last trade supersedes it.
+    price: Price,
+}
+
+/// A command to sequence, with who sends it and what it must be checked against.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The stock; `None` for a modify or cancel, which names its stock through its target.
+    pub name: Option<String>,
+    pub command: Command,
+    pub key: Option<String>,
+    pub user: Option<u64>,
+    pub guard: Option<PriceGuard>,
 }
 
 /// Where the leader's committer is. Orders through `applied` are committed and applied to the
@@ -338,18 +360,24 @@ impl Replica {
         }
         self.committed.fetch_max(last, Ordering::AcqRel);
         self.advance_book(last).await?;
-        let mut projected: HashMap<String, u64> = snapshot
+        let mut house: HashMap<String, House> = snapshot
             .stocks
             .into_iter()
-            .map(|s| (s.name, s.quantity))
+            .map(|s| {
+                let stock = House {
+                    quantity: s.quantity,
+                    price: s.price,
+                };
+                (s.name, stock)
+            })
             .collect();
         for order in self.orders_between(snapshot.applied, last)? {
-            if let (Some(quantity), Some((side, count))) =
-                (projected.get_mut(&order.name), order.market())
+            if let (Some(stock), Some((side, count))) = (house.get_mut(&order.name), order.market())
             {
-                *quantity = quantity.saturating_add_signed(side.delta(count));
+                stock.quantity = stock.quantity.saturating_add_signed(side.delta(count));
             }
         }
+        let last_time = self.get(last)?.map_or(0, |entry| entry.stamp.time);
         // Applies what is committed but not yet applied, and records the new term there.
         let mut catalog_applied = snapshot.applied;
         self.apply_to_catalog(term, &mut catalog_applied, last)
@@ -363,7 +391,8 @@ impl Replica {
         let committer = tokio::spawn(self.clone().commit_loop(term, wake.clone(), progress, last));
         *leading = Some(Leading {
             term,
-            projected,
+            house,
+            last_time,
             wake,
             progress: watched,
             committer,
@@ -371,21 +400,41 @@ impl Replica {
         Ok(())
     }
 
-    /// Leader side: places a new order (see [`submit`](Self::submit)).
+    /// Leader side: places a new order (see [`submit`](Self::submit)) for `user`, or for
+    /// nobody. An order the leader refuses is logged too, and answered with its refusal.
     pub async fn place(
         self: &Arc<Self>,
         order: NewOrder,
         key: Option<String>,
+        user: Option<u64>,
     ) -> Result<Placed, OrderError> {
         if order.quantity == 0 {
-            return Err(OrderError::InsufficientQuantity);
+            return Err(OrderError::InvalidChange(
+                "quantity must be a positive integer",
+            ));
         }
         let command = Command::Place {
             side: order.side,
             quantity: order.quantity,
             limit: order.price,
         };
-        let number = self.submit(Some(order.name), command, key).await?;
+        let number = self
+            .submit(Submission {
+                name: Some(order.name),
+                command,
+                key,
+                user,
+                guard: order.guard,
+            })
+            .await?;
+        let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+        if let Some(rejection) = entry.stamp.rejected {
+            return Err(OrderError::Rejected {
+                rejection,
+                quote: entry.stamp.quote,
+                number,
+            });
+        }
         let view = self.order_view(number)?;
         Ok(Placed {
             transaction_number: number,
@@ -402,6 +451,7 @@ impl Replica {
         target: u64,
         change: OrderChange,
         key: Option<String>,
+        user: Option<u64>,
     ) -> Result<Changed, OrderError> {
         if change.quantity == Some(0) {
             return Err(OrderError::InvalidChange(
@@ -418,7 +468,7 @@ impl Replica {
             quantity: change.quantity,
             price: change.price,
         };
-        self.change(target, command, key).await
+        self.change(target, command, key, user).await
     }
 
     /// Leader side: cancels open limit order `target`.
@@ -426,8 +476,10 @@ impl Replica {
         self: &Arc<Self>,
         target: u64,
         key: Option<String>,
+        user: Option<u64>,
     ) -> Result<Changed, OrderError> {
-        self.change(target, Command::Cancel { target }, key).await
+        self.change(target, Command::Cancel { target }, key, user)
+            .await
     }
 
     async fn change(
@@ -435,8 +487,17 @@ impl Replica {
         target: u64,
         command: Command,
         key: Option<String>,
+        user: Option<u64>,
     ) -> Result<Changed, OrderError> {
-        let number = self.submit(None, command, key).await?;
+        let number = self
+            .submit(Submission {
+                name: None,
+                command,
+                key,
+                user,
+                guard: None,
+            })
+            .await?;
         if let Some(refusal) = self.book().refusal(number) {
             return Err(OrderError::Refused(refusal));
         }
@@ -475,13 +536,16 @@ impl Replica {
     /// it durable on a majority, applied it to the book and to the catalog (which has
     /// invalidated the frontends' caches by then). Commands that arrive while a round runs
     /// share the next one: one fsync, one replication and one catalog update for all of them
-    /// (group commit). A modify or cancel names its stock through its target (`name` None).
-    async fn submit(
-        self: &Arc<Self>,
-        name: Option<String>,
-        command: Command,
-        key: Option<String>,
-    ) -> Result<u64, OrderError> {
+    /// (group commit). A new order the checks refuse is written as a refusal, which changes
+    /// nothing but is committed like the rest.
+    async fn submit(self: &Arc<Self>, submission: Submission) -> Result<u64, OrderError> {
+        let Submission {
+            name,
+            command,
+            key,
+            user,
+            guard: price_guard,
+        } = submission;
         let (number, wake, mut progress) = {
             let mut guard = self.leading.lock().await;
             let term = self.view().term;
@@ -502,7 +566,7 @@ impl Replica {
                 Some(number) => {
                     let logged = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
                     let same_stock = name.as_ref().is_none_or(|name| *name == logged.name);
-                    if logged.command != command || !same_stock {
+                    if logged.command != command || !same_stock || logged.user != user {
                         return Err(OrderError::KeyReused);
                     }
                     number
@@ -510,30 +574,18 @@ impl Replica {
                 None => {
                     let name = match name {
                         Some(name) => name,
-                        None => self.target_stock(&command)?,
+                        None => self.target_stock(&command, user)?,
                     };
-                    let current = *leading
-                        .projected
-                        .get(&name)
-                        .ok_or(OrderError::StockNotFound)?;
-                    let updated = match command {
-                        Command::Place {
-                            side: Side::Buy,
-                            quantity,
-                            limit: None,
-                        } => current
-                            .checked_sub(u64::from(quantity))
-                            .ok_or(OrderError::InsufficientQuantity)?,
-                        Command::Place {
-                            side: Side::Sell,
-                            quantity,
-                            limit: None,
-                        } => current
-                            .checked_add(u64::from(quantity))
-                            .ok_or(OrderError::QuantityOverflow)?,
-                        // The book, not the house inventory, takes the other side.
-                        _ => current,
+                    let house = *leading.house.get(&name).ok_or(OrderError::StockNotFound)?;
+                    let quote = self.book().last_price(&name).unwrap_or(house.price);
+                    let (updated, rejected) = match project(&command, house.quantity) {
+                        _ if price_guard.is_some_and(|g| !g.admits(quote)) => {
+                            (house.quantity, Some(Rejection::PriceMoved))
+                        }
+                        Ok(updated) => (updated, None),
+                        Err(rejection) => (house.quantity, Some(rejection)),
                     };
+                    let time = leading.last_time.max(now_millis());
                     let mut log = self.log();
                     let number = log.last() + 1;
                     log.write(&[Order {
@@ -541,11 +593,24 @@ impl Replica {
                         term,
                         name: name.clone(),
                         key,
+                        user,
+                        stamp: Stamp {
+                            time,
+                            quote: Some(quote),
+                            rejected,
+                        },
                         command,
                     }])?;
                     // The order is in the log now and will be applied eventually, committed by
                     // this leader or a later one, so the projection must count it either way.
-                    leading.projected.insert(name, updated);
+                    leading.last_time = time;
+                    leading.house.insert(
+                        name,
+                        House {
+                            quantity: updated,
+                            ..house
+                        },
+                    );
                     number
                 }
             };
@@ -655,21 +720,30 @@ impl Replica {
         lock(&self.log)
     }
 
-    /// The stock of a modify's or cancel's target: a limit order in the log. A target the
-    /// applied book already shows closed is refused here; one that closes while the command
-    /// waits for its turn is refused when the book applies it.
-    fn target_stock(&self, command: &Command) -> Result<String, OrderError> {
+    /// The stock of a modify's or cancel's target: a limit order in the log, which only its
+    /// owner (`user`) may change; an anonymous order anybody may. A target the applied book
+    /// already shows closed is refused here; one that closes while the command waits for its
+    /// turn is refused when the book applies it.
+    fn target_stock(&self, command: &Command, user: Option<u64>) -> Result<String, OrderError> {
         let (Command::Modify { target, .. } | Command::Cancel { target }) = *command else {
             return Err(OrderError::Task("a new order names its own stock".into()));
         };
+        let owned_by_another = |owner: Option<u64>| owner.is_some() && owner != user;
         if let Some(order) = self.book().order(target) {
+            if owned_by_another(order.user) {
+                return Err(OrderError::NotOwner(target));
+            }
             if !order.is_open() {
                 return Err(OrderError::Refused(Refusal::NotOpen(target)));
             }
             return Ok(order.name.clone());
         }
         match self.get(target)? {
-            Some(entry) if matches!(entry.command, Command::Place { limit: Some(_), .. }) => {
+            Some(entry) if owned_by_another(entry.user) => Err(OrderError::NotOwner(target)),
+            Some(entry)
+                if matches!(entry.command, Command::Place { limit: Some(_), .. })
+                    && entry.stamp.rejected.is_none() =>
+            {
                 Ok(entry.name)
             }
             Some(entry) if entry.market().is_some() => {
@@ -1026,8 +1100,8 @@ impl Replica {
                     *catalog_applied = outcome.applied;
                     continue;
                 }
-                Err(RemoteError::Api { status, message })
-                    if status == axum::http::StatusCode::CONFLICT =>
+                Err(RemoteError::Api(error))
+                    if error.status == axum::http::StatusCode::CONFLICT =>
                 {
                     // Out of step with the catalog: a newer leader, or a different position.
                     let snapshot: Snapshot = call(self.http.get(
@@ -1039,7 +1113,7 @@ impl Replica {
                         return Err(OrderError::NotLeader);
                     }
                     if snapshot.applied == *catalog_applied {
-                        return Err(OrderError::CatalogUnavailable(message));
+                        return Err(OrderError::CatalogUnavailable(error.message));
                     }
                     *catalog_applied = snapshot.applied;
                 }
@@ -1054,6 +1128,36 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// The house quantity after `command`, or why the leader refuses it: a market buy takes
+/// shares out of the house, a market sell puts them in; the book, not the house, takes the
+/// other side of everything else.
+fn project(command: &Command, quantity: u64) -> Result<u64, Rejection> {
+    match *command {
+        Command::Place {
+            side: Side::Buy,
+            quantity: count,
+            limit: None,
+        } => quantity
+            .checked_sub(u64::from(count))
+            .ok_or(Rejection::InsufficientQuantity),
+        Command::Place {
+            side: Side::Sell,
+            quantity: count,
+            limit: None,
+        } => quantity
+            .checked_add(u64::from(count))
+            .ok_or(Rejection::QuantityOverflow),
+        _ => Ok(quantity),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock(log: &Mutex<OrderLog>) -> MutexGuard<'_, OrderLog> {

@@ -13,9 +13,10 @@ use stocknet_common::wire::Trade;
 use stocknet_common::{file, Price, Side};
 
 use crate::book::{Book, LimitOrder, Refusal};
+use crate::portfolio::{Portfolios, Position};
 
 /// First bytes of a snapshot file; the digit is the format's version.
-const MAGIC: &[u8] = b"stocknet book snapshot 1\n";
+const MAGIC: &[u8] = b"stocknet book snapshot 2\n";
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -24,12 +25,14 @@ struct Image {
     orders: Vec<OrderImage>,
     trades: Vec<TradeImage>,
     refusals: Vec<(u64, Refusal)>,
+    positions: Vec<PositionImage>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct OrderImage {
     number: u64,
     name: String,
+    user: Option<u64>,
     side: Side,
     cents: u64,
     quantity: u32,
@@ -37,6 +40,17 @@ struct OrderImage {
     cancelled: bool,
     trades: Vec<u64>,
     slot: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PositionImage {
+    user: u64,
+    name: String,
+    shares: i64,
+    cost: i64,
+    realized: i64,
+    bought: u64,
+    sold: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -62,6 +76,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             .map(|o| OrderImage {
                 number: o.number,
                 name: o.name.clone(),
+                user: o.user,
                 side: o.side,
                 cents: o.price.cents(),
                 quantity: o.quantity,
@@ -86,6 +101,20 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             })
             .collect(),
         refusals: parts.refusals,
+        positions: parts
+            .portfolios
+            .rows()
+            .into_iter()
+            .map(|(user, name, p)| PositionImage {
+                user,
+                name: name.to_owned(),
+                shares: p.shares,
+                cost: p.cost,
+                realized: p.realized,
+                bought: p.bought,
+                sold: p.sold,
+            })
+            .collect(),
     };
     let mut bytes = MAGIC.to_vec();
     postcard::to_io(&image, &mut bytes).map_err(|e| e.to_string())?;
@@ -101,6 +130,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
     let orders = image.orders.into_iter().map(|o| LimitOrder {
         number: o.number,
         name: o.name,
+        user: o.user,
         side: o.side,
         price: Price::from_cents(o.cents),
         quantity: o.quantity,
@@ -125,6 +155,16 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         orders,
         trades.collect(),
         image.refusals,
+        Portfolios::from_rows(image.positions.into_iter().map(|p| {
+            let position = Position {
+                shares: p.shares,
+                cost: p.cost,
+                realized: p.realized,
+                bought: p.bought,
+                sold: p.sold,
+            };
+            (p.user, p.name, position)
+        })),
     )
 }
 

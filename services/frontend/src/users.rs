@@ -1,0 +1,250 @@
+//! Users as the public API sees them: creating one (its API key is shown once), knowing who
+//! calls (a verified `Authorization: Bearer` key, or nobody), and a user's portfolio valued
+//! at current prices.
+//!
+//! The catalog keeps each user's credential; a frontend fetches it once per user (it never
+//! changes) and verifies keys itself with one hash.
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lru::LruCache;
+use serde::Serialize;
+use stocknet_common::api_key::{ApiKey, Credential};
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::wire::{Holding, NewUser, UserRecord};
+use stocknet_common::{data, Money, Path, Price};
+use utoipa::ToSchema;
+
+use crate::{call_catalog, stock, with_leader, AppState, CatalogCall, FrontendError, Looked};
+
+/// Users whose credentials a frontend keeps: about 200 bytes each.
+const CREDENTIALS_KEPT: usize = 100_000;
+
+/// The credentials of users seen lately.
+pub struct Credentials(Mutex<LruCache<u64, Credential>>);
+
+impl Default for Credentials {
+    fn default() -> Self {
+        let size = NonZeroUsize::new(CREDENTIALS_KEPT).unwrap_or(NonZeroUsize::MIN);
+        Self(Mutex::new(LruCache::new(size)))
+    }
+}
+
+impl Credentials {
+    fn get(&self, user: u64) -> Option<Credential> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(&user).copied()
+    }
+
+    fn keep(&self, user: u64, credential: Credential) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.put(user, credential);
+    }
+}
+
+/// Who sends a request: the user whose API key it carries, verified, or `None` without an
+/// `Authorization` header. A key that is malformed, unknown or wrong is refused (401).
+pub(crate) async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, FrontendError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.strip_prefix("Bearer "))
+        .and_then(ApiKey::parse)
+        .ok_or(FrontendError::Unauthorized(
+            "Authorization must be `Bearer <API key>` with a key from POST /users",
+        ))?;
+    let credential = credential(state, key.user()).await?;
+    if credential.verifies(&key) {
+        Ok(Some(key.user()))
+    } else {
+        Err(FrontendError::Unauthorized("Invalid API key"))
+    }
+}
+
+async fn credential(state: &AppState, user: u64) -> Result<Credential, FrontendError> {
+    let inner = &state.inner;
+    if let Some(credential) = inner.credentials.get(user) {
+        return Ok(credential);
+    }
+    let url = endpoint(&inner.catalog_url, &["users", &user.to_string()])
+        .map_err(FrontendError::CatalogUnavailable)?;
+    match call_catalog::<UserRecord>(state, inner.http.get(url)).await {
+        Ok(record) => {
+            inner.credentials.keep(user, record.credential);
+            Ok(record.credential)
+        }
+        Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
+            Err(FrontendError::Unauthorized("Invalid API key"))
+        }
+        Err(failure) => Err(failure.into()),
+    }
+}
+
+/// A new user, with the API key that acts for them. The key is shown here only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedUser {
+    pub user_id: u64,
+    /// Send as `Authorization: Bearer <api_key>`. Only a hash of it is stored: keep it safe,
+    /// it cannot be shown again.
+    pub api_key: String,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// Creates a user and returns their API key, once. The body may be empty or `{}`.
+#[utoipa::path(post, path = "/users", tag = "users",
+    responses(
+        (status = 201, body = DataEnvelope<CreatedUser>),
+        (status = 400, description = "A body that is not empty or {}", body = ErrorEnvelope),
+        (status = 503, description = "The catalog, which keeps users, is unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Response, FrontendError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let fields = parse_json_object(&body).map_err(|e| FrontendError::BadRequest(e.message))?;
+        if let Some(field) = fields.keys().next() {
+            return Err(FrontendError::BadRequest(format!(
+                "Unknown field: {field} (a new user takes none)"
+            )));
+        }
+    }
+    let inner = &state.inner;
+    let key = ApiKey::generate(0).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let credential = Credential::of(&key).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let url =
+        endpoint(&inner.catalog_url, &["users"]).map_err(FrontendError::CatalogUnavailable)?;
+    let request = inner.http.post(url).json(&NewUser { credential });
+    let record: UserRecord = call_catalog(&state, request).await?;
+    inner.credentials.keep(record.id, credential);
+    let created = CreatedUser {
+        user_id: record.id,
+        api_key: key.with_user(record.id).reveal(),
+        created: record.created,
+    };
+    Ok((StatusCode::CREATED, data(created)).into_response())
+}
+
+/// One stock of a portfolio.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortfolioPosition {
+    pub name: String,
+    /// Shares held; negative when short.
+    pub shares: i64,
+    /// Average cost of the open shares, from the user's own fills; absent when flat.
+    pub average_cost: Option<Price>,
+    /// The stock's price now.
+    pub price: Price,
+    pub market_value: Money,
+    /// What the open shares cost.
+    pub cost_basis: Money,
+    pub unrealized_pnl: Money,
+    pub realized_pnl: Money,
+    pub bought: u64,
+    pub sold: u64,
+}
+
+/// A user's holdings, derived from the committed log, valued at current prices.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Portfolio {
+    pub user_id: u64,
+    /// Every stock the user traded, in name order.
+    pub positions: Vec<PortfolioPosition>,
+    pub market_value: Money,
+    pub cost_basis: Money,
+    pub unrealized_pnl: Money,
+    pub realized_pnl: Money,
+    /// Some price is the last one seen because the catalog is unreachable.
+    pub stale: bool,
+}
+
+/// A user's portfolio: per stock the position, average cost, market value and profit and
+/// loss, and totals. Only with that user's own key.
+#[utoipa::path(get, path = "/users/{id}/portfolio", tag = "users",
+    params(("id" = u64, Path, description = "User id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<Portfolio>),
+        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or an invalid one", body = ErrorEnvelope),
+        (status = 403, description = "Another user's portfolio", body = ErrorEnvelope),
+        (status = 503, description = "No order leader, or the catalog is unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn portfolio(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, FrontendError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| FrontendError::BadRequest("User id must be a number".into()))?;
+    match caller(&state, &headers).await? {
+        None => {
+            return Err(FrontendError::Unauthorized(
+                "A portfolio needs its user's API key (Authorization: Bearer)",
+            ))
+        }
+        Some(user) if user != id => {
+            return Err(FrontendError::Forbidden(
+                "A portfolio is shown only with its own user's key".into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    let inner = &state.inner;
+    let holdings: Vec<Holding> = with_leader(&state, |leader| {
+        let request =
+            endpoint(&leader.url, &["portfolios", &id.to_string()]).map(|url| inner.http.get(url));
+        async move { call::<Vec<Holding>>(request?).await }
+    })
+    .await?;
+    let mut portfolio = Portfolio {
+        user_id: id,
+        positions: Vec::with_capacity(holdings.len()),
+        market_value: Money(0),
+        cost_basis: Money(0),
+        unrealized_pnl: Money(0),
+        realized_pnl: Money(0),
+        stale: false,
+    };
+    for holding in holdings {
+        let price = match stock(&state, &holding.name).await? {
+            Looked::Fresh(stock) => stock.price,
+            Looked::Stale(stock) => {
+                portfolio.stale = true;
+                stock.price
+            }
+        };
+        let market_value = holding.shares.saturating_mul(price.cents() as i64);
+        let unrealized = market_value.saturating_sub(holding.cost_cents);
+        portfolio.market_value.0 += market_value;
+        portfolio.cost_basis.0 += holding.cost_cents;
+        portfolio.unrealized_pnl.0 += unrealized;
+        portfolio.realized_pnl.0 += holding.realized_cents;
+        portfolio.positions.push(PortfolioPosition {
+            name: holding.name,
+            shares: holding.shares,
+            average_cost: holding.average_cost,
+            price,
+            market_value: Money(market_value),
+            cost_basis: Money(holding.cost_cents),
+            unrealized_pnl: Money(unrealized),
+            realized_pnl: Money(holding.realized_cents),
+            bought: holding.bought,
+            sold: holding.sold,
+        });
+    }
+    Ok(data(portfolio))
+}

@@ -1,0 +1,197 @@
+//! Users' holdings: per user and stock, the position and its cost from the user's own fills,
+//! kept as the book applies committed entries, so every replica holds the same and a fresh
+//! replay of the log gives it again. A row belongs to one stock, like everything else the log
+//! derives (DESIGN I10).
+//!
+//! Cost is the average-cost method in integer cents: a fill that grows a position adds its
+//! price to the cost basis; one that shrinks it takes out the average cost of the shares it
+//! closes (rounded toward zero) and realises the difference; one that crosses zero closes the
+//! position and opens the other way at the fill's price. Short positions are allowed: the
+//! seed's market orders sell to the house whatever the caller names.
+
+use std::collections::{BTreeMap, HashMap};
+
+use stocknet_common::wire::Holding;
+use stocknet_common::{Price, Side};
+
+/// One user's position in one stock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Shares held; negative when short.
+    pub shares: i64,
+    /// What the open shares cost, in cents, with the sign of `shares`.
+    pub cost: i64,
+    /// Profit taken by closing shares, in cents.
+    pub realized: i64,
+    pub bought: u64,
+    pub sold: u64,
+}
+
+impl Position {
+    /// Books one fill of `quantity` shares at `price`.
+    pub fn fill(&mut self, side: Side, quantity: u32, price: Price) {
+        let quantity = i64::from(quantity);
+        let price = price.cents() as i64;
+        let (direction, counter) = match side {
+            Side::Buy => (1, &mut self.bought),
+            Side::Sell => (-1, &mut self.sold),
+        };
+        *counter += quantity as u64;
+        if self.shares == 0 || self.shares.signum() == direction {
+            self.shares += direction * quantity;
+            self.cost += direction * quantity * price;
+            return;
+        }
+        let held = self.shares.abs();
+        let closing = quantity.min(held);
+        // i128: cost times shares may pass i64 for large positions at high prices.
+        let removed = (i128::from(self.cost) * i128::from(closing) / i128::from(held)) as i64;
+        self.realized += self.shares.signum() * closing * price - removed;
+        self.cost -= removed;
+        self.shares += direction * closing;
+        let opening = quantity - closing;
+        if opening > 0 {
+            self.shares = direction * opening;
+            self.cost = direction * opening * price;
+        }
+    }
+
+    /// Average cost per open share in cents, rounded to the nearest; `None` when flat.
+    pub fn average_cost(&self) -> Option<u64> {
+        (self.shares != 0).then(|| {
+            let average = (self.cost as f64 / self.shares as f64).round();
+            average.max(0.0) as u64
+        })
+    }
+}
+
+/// Every user's positions.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Portfolios {
+    users: HashMap<u64, BTreeMap<String, Position>>,
+}
+
+impl Portfolios {
+    pub fn fill(&mut self, user: u64, name: &str, side: Side, quantity: u32, price: Price) {
+        let positions = self.users.entry(user).or_default();
+        if !positions.contains_key(name) {
+            positions.insert(name.to_owned(), Position::default());
+        }
+        if let Some(position) = positions.get_mut(name) {
+            position.fill(side, quantity, price);
+        }
+    }
+
+    /// `user`'s positions in name order (stocks the user traded, flat ones included).
+    pub fn holdings(&self, user: u64) -> Vec<Holding> {
+        self.users
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .map(|(name, p)| Holding {
+                name: name.clone(),
+                shares: p.shares,
+                cost_cents: p.cost,
+                average_cost: p.average_cost().map(Price::from_cents),
+                realized_cents: p.realized,
+                bought: p.bought,
+                sold: p.sold,
+            })
+            .collect()
+    }
+
+    /// Every row, for a snapshot: sorted, so equal portfolios give equal snapshots.
+    pub(crate) fn rows(&self) -> Vec<(u64, &str, Position)> {
+        let mut rows: Vec<_> = self
+            .users
+            .iter()
+            .flat_map(|(&user, positions)| {
+                positions
+                    .iter()
+                    .map(move |(name, p)| (user, name.as_str(), *p))
+            })
+            .collect();
+        rows.sort_unstable_by_key(|&(user, name, _)| (user, name));
+        rows
+    }
+
+    pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, String, Position)>) -> Self {
+        let mut portfolios = Self::default();
+        for (user, name, position) in rows {
+            portfolios
+                .users
+                .entry(user)
+                .or_default()
+                .insert(name, position);
+        }
+        portfolios
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cents(c: u64) -> Price {
+        Price::from_cents(c)
+    }
+
+    #[test]
+    fn average_cost_grows_with_buys_and_sells_realise_against_it() {
+        let mut p = Position::default();
+        p.fill(Side::Buy, 10, cents(1000));
+        p.fill(Side::Buy, 10, cents(2000));
+        assert_eq!(
+            (p.shares, p.cost, p.average_cost()),
+            (20, 30_000, Some(1500))
+        );
+        p.fill(Side::Sell, 5, cents(1800));
+        // 5 shares at average 15.00 sold at 18.00: 15.00 realised.
+        assert_eq!((p.shares, p.cost, p.realized), (15, 22_500, 1500));
+        p.fill(Side::Sell, 15, cents(1000));
+        assert_eq!((p.shares, p.cost, p.realized), (0, 0, 1500 - 7500));
+        assert_eq!(p.average_cost(), None);
+        assert_eq!((p.bought, p.sold), (20, 20));
+    }
+
+    #[test]
+    fn a_fill_through_zero_closes_and_opens_the_other_way() {
+        let mut p = Position::default();
+        p.fill(Side::Buy, 4, cents(500));
+        p.fill(Side::Sell, 10, cents(600));
+        // 4 closed at +1.00 each; 6 short opened at 6.00.
+        assert_eq!((p.shares, p.cost, p.realized), (-6, -3600, 400));
+        assert_eq!(p.average_cost(), Some(600));
+        p.fill(Side::Buy, 2, cents(400));
+        // Covering 2 short shares bought at 4.00 that were sold at 6.00: 4.00 gained.
+        assert_eq!((p.shares, p.cost, p.realized), (-4, -2400, 800));
+    }
+
+    #[test]
+    fn rounding_of_the_closed_cost_never_loses_a_cent_overall() {
+        let mut p = Position::default();
+        p.fill(Side::Buy, 2, cents(100));
+        p.fill(Side::Buy, 1, cents(0));
+        p.fill(Side::Sell, 1, cents(0));
+        // A third of 2.00 is 66 cents rounded down; the rest stays in the basis.
+        assert_eq!((p.shares, p.cost, p.realized), (2, 134, -66));
+        p.fill(Side::Sell, 2, cents(0));
+        // 3 shares for 2.00 sold for nothing: exactly 2.00 lost, however it was split.
+        assert_eq!((p.shares, p.cost, p.realized), (0, 0, -200));
+    }
+
+    #[test]
+    fn holdings_are_per_user_and_stock_in_name_order() {
+        let mut all = Portfolios::default();
+        all.fill(1, "B", Side::Buy, 2, cents(100));
+        all.fill(1, "A", Side::Sell, 1, cents(300));
+        all.fill(2, "A", Side::Buy, 7, cents(300));
+        let names: Vec<_> = all.holdings(1).into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["A", "B"]);
+        assert_eq!(all.holdings(2)[0].shares, 7);
+        assert!(all.holdings(3).is_empty());
+        let copy =
+            Portfolios::from_rows(all.rows().into_iter().map(|(u, n, p)| (u, n.to_owned(), p)));
+        assert_eq!(copy, all);
+    }
+}
