@@ -3,6 +3,8 @@
 # orders (32 clients, p = 1, 8 s; acknowledged per second) and cached lookups (32 clients,
 # p = 0, 5 s). Build each commit and copy its target/release/stocknet somewhere first:
 #   bench/ab.sh ROUNDS /tmp/stocknet-before /tmp/stocknet-after
+# A build may be followed by `:` and more flags for the orders' load, e.g. authenticated
+# orders: bench/ab.sh 3 /tmp/stocknet /tmp/stocknet:--users=8
 set -euo pipefail
 rounds=$1; shift
 dir="$(mktemp -d)"
@@ -10,17 +12,21 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 for round in $(seq 1 "$rounds"); do
-  for bin in "$@"; do
+  for spec in "$@"; do
+    bin=${spec%%:*}
+    flags=
+    [ "$spec" != "$bin" ] && flags=${spec#*:}
     rm -rf "$dir/data"
     RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port 38080 --catalog-port 38081 \
       --cache-size 12 --order-ports 38091,38092,38093 >"$dir/up.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
+    # shellcheck disable=SC2086 # the flags are words
     orders=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 1 --duration 8s \
-      --max-quantity 3 --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["order"]["ok"]/r["seconds"]))')
+      --max-quantity 3 $flags --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["order"]["ok"]/r["seconds"]))')
     lookups=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 0 --duration 5s \
       --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["lookup"]["per_second"]))')
-    echo "round $round $bin: orders $orders/s, lookups $lookups/s"
+    echo "round $round $spec: orders $orders/s, lookups $lookups/s"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   done
 done

@@ -65,6 +65,10 @@ pub struct LoadConfig {
     /// when the run starts, so that about half of them cross the book and trade.
     #[arg(long)]
     pub limit: bool,
+    /// Create this many users (POST /users) before the runs and send every session's requests
+    /// with one of their API keys (session i uses user i mod N); 0: anonymous, as in the seed.
+    #[arg(long, default_value_t = 0)]
+    pub users: u32,
 }
 
 /// A whole `stocknet load` invocation: one run per value of `p`.
@@ -236,6 +240,8 @@ struct Plan {
     max_quantity: u32,
     /// Each stock's price in cents when the run started, with `--limit`.
     prices: Option<Vec<u64>>,
+    /// Users' API keys the sessions act for; none: anonymous.
+    api_keys: Vec<String>,
     p: f64,
     deadline: Instant,
     iterations: Option<u64>,
@@ -298,6 +304,7 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         } else {
             None
         };
+        let api_keys = create_users(&http, frontend, config.users).await?;
         for &p in &config.p {
             let show_progress = !config.json && std::io::stderr().is_terminal();
             let plan = Arc::new(Plan {
@@ -309,6 +316,7 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
                 name_field: config.name_field.clone(),
                 max_quantity: config.max_quantity,
                 prices: prices.clone(),
+                api_keys: api_keys.clone(),
                 p,
                 deadline: Instant::now() + config.duration,
                 iterations: config.iterations,
@@ -323,6 +331,29 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         clients: config.clients,
         runs,
     })
+}
+
+/// The API keys of `count` new users of the frontend at `url`.
+async fn create_users(
+    http: &reqwest::Client,
+    url: &str,
+    count: u32,
+) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for _ in 0..count {
+        let reply: Value = http
+            .post(format!("{url}/users"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let key = reply["data"]["api_key"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("POST /users answered without a key: {reply}"))?;
+        keys.push(key.to_owned());
+    }
+    Ok(keys)
 }
 
 /// Each stock's price in cents, looked up through the frontend at `url`.
@@ -379,13 +410,13 @@ fn progress_bar(config: &LoadConfig, p: f64) -> indicatif::ProgressBar {
 async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let sessions: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(session(plan.clone())))
+        .map(|index| tokio::spawn(session(plan.clone(), index as usize)))
         .collect();
     let mut lookups = Latencies::new();
     let mut orders = Latencies::new();
     let mut placed = Vec::new();
     for handle in sessions {
-        let session = handle.await?;
+        let session = handle.await??;
         lookups.merge(&session.lookups);
         orders.merge(&session.orders);
         placed.extend(session.placed);
@@ -413,10 +444,14 @@ async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
     })
 }
 
-async fn session(plan: Arc<Plan>) -> Session {
+/// Session `index`: it acts for user `index` mod the number of users, if there are any.
+async fn session(plan: Arc<Plan>, index: usize) -> anyhow::Result<Session> {
     // A connection of its own: a pool shared by all sessions is a point of contention that
     // caps the client well below what the server can do.
     let mut connection = Connection::new(plan.target.clone());
+    if !plan.api_keys.is_empty() {
+        connection = connection.with_api_key(&plan.api_keys[index % plan.api_keys.len()])?;
+    }
     let mut state = Session {
         lookups: Latencies::new(),
         orders: Latencies::new(),
@@ -482,7 +517,7 @@ async fn session(plan: Arc<Plan>) -> Session {
             }
         }
     }
-    state
+    Ok(state)
 }
 
 async fn lookup(connection: &mut Connection, path: &str, latencies: &mut Latencies) {

@@ -805,3 +805,153 @@ async fn users_own_their_orders_and_portfolios_follow_their_fills() {
     cluster.orders[leader].kill9();
     assert_eq!(portfolio(2, Some(&bob)).await.1, before);
 }
+
+/// Issue 10, item 3: every command that reaches the leader is in the audit trail with its
+/// user, time, key and outcome, refused ones too; a user sees only their own, operators (with
+/// the deployment's secret) everybody's, and the filters and cursor work.
+#[tokio::test]
+async fn the_audit_trail_records_every_command_with_its_outcome() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let created = cluster
+        .post(&format!("{frontend}/users"), &json!({}))
+        .await
+        .1;
+    let key = created["data"]["api_key"].as_str().unwrap().to_owned();
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    let orders = format!("{frontend}/orders");
+    let as_user = |body: Value| cluster.http.post(&orders).bearer_auth(&key).json(&body);
+
+    let started = std::time::SystemTime::now();
+    let buy_all = json!({"name": "FishCo", "quantity": 101, "type": "buy"});
+    assert_eq!(send(as_user(buy_all)).await.0, 409);
+    let offer = json!({"name": "GameStart", "quantity": 2, "type": "sell", "price": 20.0});
+    let (status, body) = send(as_user(offer).header("Idempotency-Key", "offer-1")).await;
+    assert_eq!(status, 200, "{body}");
+    let offered = body["data"]["transaction_number"].as_u64().unwrap();
+    let guarded = json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 1.0});
+    assert_eq!(send(as_user(guarded)).await.0, 409);
+    assert_eq!(cluster.must_order("FishCo", "buy", 1).await, 4, "anonymous");
+    let cancel = || {
+        cluster
+            .http
+            .delete(format!("{orders}/{offered}"))
+            .bearer_auth(&key)
+    };
+    assert_eq!(send(cancel()).await.0, 200);
+    assert_eq!(send(cancel()).await.0, 409, "no longer open");
+
+    let audit = |query: &str, auth: Option<&str>| {
+        let request = cluster.http.get(format!("{frontend}/audit?{query}"));
+        let request = match auth {
+            Some(auth) => request.bearer_auth(auth),
+            None => request,
+        };
+        send(request)
+    };
+    let (status, body) = audit("", Some(&key)).await;
+    assert_eq!(status, 200, "{body}");
+    let records = body["data"]["records"].as_array().unwrap().clone();
+    let summary: Vec<(u64, String, String, Value)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["number"].as_u64().unwrap(),
+                r["type"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["reason"].clone(),
+            )
+        })
+        .collect();
+    // Newest first; the anonymous order (4) is not this user's.
+    assert_eq!(
+        summary,
+        [
+            (6, "cancel".into(), "refused".into(), json!("not_open")),
+            (5, "cancel".into(), "accepted".into(), Value::Null),
+            (3, "buy".into(), "refused".into(), json!("price_moved")),
+            (2, "sell".into(), "accepted".into(), Value::Null),
+            (
+                1,
+                "buy".into(),
+                "refused".into(),
+                json!("insufficient_quantity")
+            ),
+        ]
+    );
+    assert!(records.iter().all(|r| r["user"] == 1));
+    assert_eq!(records[3]["idempotency_key"], "offer-1");
+    assert_eq!(records[2]["quote"], 15.99);
+    let time = humantime_ms(&records[4]["time"]);
+    let since = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        time + 1_000 >= since,
+        "{} is the leader's clock then",
+        records[4]["time"]
+    );
+
+    // Operators see everybody's; filters and the cursor.
+    let (status, body) = audit("limit=2", Some(common::SECRET)).await;
+    assert_eq!(status, 200, "{body}");
+    let numbers = |body: &Value| -> Vec<u64> {
+        body["data"]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["number"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(numbers(&body), [6, 5]);
+    let cursor = body["data"]["next_cursor"].as_str().unwrap().to_owned();
+    let (_, body) = audit(&format!("limit=10&cursor={cursor}"), Some(common::SECRET)).await;
+    assert_eq!(numbers(&body), [4, 3, 2, 1]);
+    assert!(body["data"].get("next_cursor").is_none(), "{body}");
+    let (_, body) = audit("outcome=refused&name=GameStart", Some(&key)).await;
+    assert_eq!(numbers(&body), [6, 3]);
+    let (_, body) = audit("outcome=accepted", Some(common::SECRET)).await;
+    assert_eq!(numbers(&body), [5, 4, 2]);
+    // Times are inclusive bounds (several commands may share a millisecond).
+    let (from, to) = (
+        humantime_ms(&records[3]["time"]),
+        humantime_ms(&records[2]["time"]),
+    );
+    let expected: Vec<u64> = records
+        .iter()
+        .filter(|r| (from..=to).contains(&humantime_ms(&r["time"])))
+        .map(|r| r["number"].as_u64().unwrap())
+        .collect();
+    let (_, body) = audit(&format!("from={from}&to={to}"), Some(&key)).await;
+    assert_eq!(numbers(&body), expected);
+    assert!(expected.contains(&3) && expected.contains(&2));
+
+    // Who may see what, and bad requests.
+    assert_eq!(audit("", None).await.0, 401);
+    assert_eq!(audit("user=2", Some(&key)).await.0, 403);
+    assert_eq!(audit("user=1", Some(&key)).await.0, 200);
+    for bad in [
+        "outcome=maybe",
+        "from=yesterday",
+        "limit=0",
+        "cursor=x",
+        "color=red",
+        "user=x",
+    ] {
+        let (status, body) = audit(bad, Some(common::SECRET)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time the API gave.
+fn humantime_ms(time: &Value) -> u64 {
+    let text = time.as_str().expect("a time");
+    stocknet_common::clock::parse_instant(text).expect("RFC 3339")
+}

@@ -57,15 +57,16 @@ async fn load_client_trades_reads_back_every_order_and_reports() {
     assert!(placed > 0, "{requests}");
     assert_eq!(trading["verification"]["checked"], placed);
     assert_eq!(trading["verification"]["mismatched"], 0);
-    // Every acknowledged order is in the leader's log.
+    // Every acknowledged order is in the leader's log, and so is every refused one.
+    let refused = requests["order"]["refused"].as_u64().expect("refused");
     let last = cluster.replica_health(2).await["last_transaction"]
         .as_u64()
         .expect("last");
-    assert_eq!(last, placed);
+    assert_eq!(last, placed + refused);
 }
 
 #[tokio::test]
-async fn load_client_places_limit_orders_that_trade() {
+async fn load_client_places_limit_orders_that_trade_for_its_users() {
     let cluster = Cluster::start(1).await;
     let report = load(&[
         "--frontend",
@@ -79,6 +80,8 @@ async fn load_client_places_limit_orders_that_trade() {
         "--stocks",
         "GameStart",
         "--limit",
+        "--users",
+        "2",
     ])
     .await;
     let run = &report["runs"][0];
@@ -104,4 +107,21 @@ async fn load_client_places_limit_orders_that_trade() {
         stock["data"]["price"],
         trades.last().expect("a trade")["price"]
     );
+    // Sessions alternate between the two users: every order is one of theirs, and both
+    // hold positions.
+    let log = cluster.wait_for_identical_logs().await;
+    assert_eq!(log.len(), 120);
+    assert!(
+        log.iter().all(|e| e["user"] == 1 || e["user"] == 2),
+        "{log:?}"
+    );
+    for user in [1, 2] {
+        let (_, held) = cluster
+            .get(&format!("{}/portfolios/{user}", cluster.order_urls[0]))
+            .await;
+        assert!(
+            held["data"].as_array().is_some_and(|h| !h.is_empty()),
+            "{held}"
+        );
+    }
 }

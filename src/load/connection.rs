@@ -10,7 +10,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -53,6 +53,8 @@ impl Target {
 pub struct Connection {
     target: Target,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Sent with every request: a user's API key.
+    authorization: Option<HeaderValue>,
 }
 
 /// A request that got no complete answer.
@@ -73,7 +75,19 @@ impl Connection {
         Self {
             target,
             sender: None,
+            authorization: None,
         }
+    }
+
+    /// The same connection, sending `Authorization: Bearer <api_key>` with every request.
+    pub fn with_api_key(self, api_key: &str) -> Result<Self, ConnectionError> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {api_key}"))
+            .map_err(|e| ConnectionError::Request(e.into()))?;
+        value.set_sensitive(true);
+        Ok(Self {
+            authorization: Some(value),
+            ..self
+        })
     }
 
     pub async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes), ConnectionError> {
@@ -107,6 +121,9 @@ impl Connection {
                 .header(HOST, &self.target.authority);
             if body.is_some() {
                 request = request.header(CONTENT_TYPE, "application/json");
+            }
+            if let Some(value) = &self.authorization {
+                request = request.header(AUTHORIZATION, value);
             }
             let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
             sender.ready().await?;

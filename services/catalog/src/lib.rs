@@ -248,9 +248,7 @@ async fn create_user(
     State(state): State<AppState>,
     Json(request): Json<NewUser>,
 ) -> Result<Response, CatalogError> {
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let created = stocknet_common::clock::now_millis();
     let users = state.users.clone();
     let record = tokio::task::spawn_blocking(move || users.create(request.credential, created))
         .await

@@ -8,6 +8,7 @@ pub mod api_key;
 pub mod auth;
 pub mod catalog_file;
 pub mod client;
+pub mod clock;
 pub mod envelope;
 pub mod file;
 pub mod model;

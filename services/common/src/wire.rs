@@ -164,6 +164,91 @@ pub struct Holding {
     pub sold: u64,
 }
 
+/// Prefix the frontend gives a client's `Idempotency-Key` in the log, to keep the keys it
+/// makes up for itself apart from clients'.
+pub const CLIENT_KEY_PREFIX: &str = "client-";
+
+/// What became of a command that reached the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted,
+    Refused,
+}
+
+/// One command of the audit trail: who sent it, when, under which key, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    /// Its transaction number.
+    pub number: u64,
+    /// When the leader sequenced it: RFC 3339, UTC.
+    pub time: String,
+    /// The user whose key it carried; absent for an anonymous command.
+    pub user: Option<u64>,
+    pub name: String,
+    /// `buy`, `sell`, `modify` or `cancel`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    /// A limit order's price, or a modify's new price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+    /// The order a modify or cancel changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The stock's price when the leader sequenced it (a market order's execution price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Price>,
+    pub outcome: Outcome,
+    /// Why it was refused: `insufficient_quantity`, `quantity_overflow`, `price_moved`,
+    /// `not_open`, `not_a_limit_order` or `below_filled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The filters of `GET /audit`, which the frontend checks and the leader's replica applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only this user's commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u64>,
+    /// Only this stock's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `accepted`, `refused`, or a refusal's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// From this time on (RFC 3339, or milliseconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Up to this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Page size, 1–1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A page of the audit trail, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Pass as `cursor` for the next page; absent when nothing older matches. A page may hold
+    /// fewer records than `limit` (even none) and still have a cursor: one request examines a
+    /// bounded number of commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 // ---- users (catalog, internal) ----------------------------------------------------------------
 
 /// Frontend → catalog (`POST /users`): store a new user's credential.

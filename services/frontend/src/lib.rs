@@ -2,6 +2,7 @@
 //! catalog keeps fresh by pushing invalidations; orders go to the elected order leader, with
 //! re-election and bounded retries (under one idempotency key) when the leader fails.
 
+mod audit;
 pub mod breaker;
 pub mod cache;
 pub mod leader;
@@ -30,7 +31,7 @@ use stocknet_common::envelope::{
 };
 use stocknet_common::wire::{
     parse_peer, Changed, Depth, Invalidation, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    Placed, PriceGuard, StockPage, Trade, IDEMPOTENCY_KEY, USER,
+    Placed, PriceGuard, StockPage, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Price, RemoteError, Secret, SecretArgs,
@@ -241,6 +242,7 @@ fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(book))
         .routes(routes!(users::create_user))
         .routes(routes!(users::portfolio))
+        .routes(routes!(audit::audit))
         .routes(routes!(streams::trades))
         .routes(routes!(streams::prices))
         .routes(routes!(streams::book))
@@ -804,7 +806,7 @@ fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, Fron
                         "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
                     )
                 })?;
-            format!("client-{key}")
+            format!("{CLIENT_KEY_PREFIX}{key}")
         }
         None => format!(
             "{}-{}",

@@ -74,6 +74,17 @@ pub enum Refusal {
     BelowFilled { target: u64, filled: u32 },
 }
 
+impl Refusal {
+    /// The reason as the audit trail names it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_a_limit_order",
+            Self::NotOpen(_) => "not_open",
+            Self::BelowFilled { .. } => "below_filled",
+        }
+    }
+}
+
 /// What applying one entry did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {

@@ -2,6 +2,7 @@
 //! replicates them to a majority, applies them to the catalog and answers; every replica
 //! serves lookups and resyncs from its peers on boot before it reports ready.
 
+pub mod audit;
 pub mod book;
 pub mod book_store;
 pub mod error;
@@ -25,8 +26,8 @@ use serde::Deserialize;
 use stocknet_common::auth::require_secret;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
-    parse_peer, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer, ReplicateRequest,
-    Trade, IDEMPOTENCY_KEY, USER,
+    parse_peer, AuditQuery, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer,
+    ReplicateRequest, Trade, IDEMPOTENCY_KEY, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -34,6 +35,8 @@ use stocknet_common::{
 
 pub use error::OrderError;
 pub use replica::Replica;
+
+use audit::AuditFilter;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -132,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/trades", get(trades))
         .route("/portfolios/{user}", get(portfolio))
+        .route("/audit", get(audit_trail))
         .route("/book/{name}", get(book))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
@@ -205,6 +209,22 @@ fn user(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
                 .ok_or_else(|| ApiError::bad_request("the user header must be a user id"))
         })
         .transpose()
+}
+
+/// `GET /audit`: the commands that reached a leader, newest first, filtered.
+async fn audit_trail(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let filter = AuditFilter::parse(&query).map_err(ApiError::bad_request)?;
+    let limit = bounded("limit", query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let before = match query.cursor.as_deref() {
+        None => u64::MAX,
+        Some(cursor) => cursor
+            .parse()
+            .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
+    };
+    Ok(data(state.replica.audit(filter, before, limit).await?))
 }
 
 /// `GET /portfolios/{user}`: the user's positions, from the committed log.

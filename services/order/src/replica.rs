@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use stocknet_common::client::{call, endpoint};
+use stocknet_common::clock::now_millis;
 use stocknet_common::wire::{
-    is_term_jump, ApplyOutcome, ApplyRequest, CatalogTrade, Changed, Health, LeaderNotice,
-    LogPosition, LogSlice, Merge, NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard,
-    ReplicateRequest, Snapshot,
+    is_term_jump, ApplyOutcome, ApplyRequest, AuditPage, CatalogTrade, Changed, Health,
+    LeaderNotice, LogPosition, LogSlice, Merge, NewOrder, OrderChange, OrderView, Peer, Placed,
+    PriceGuard, ReplicateRequest, Snapshot,
 };
 use stocknet_common::{file, Command, Order, Price, Rejection, RemoteError, Side, Stamp};
 use tokio::sync::{watch, Notify};
 
-use crate::book::{Book, Refusal};
+use crate::audit::{self, AuditFilter};
+use crate::book::Book;
 use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::OrderLog;
@@ -527,6 +529,19 @@ impl Replica {
         self.book.feed()
     }
 
+    /// A page of the audit trail (see [`audit::page`]), read off the async threads.
+    pub async fn audit(
+        &self,
+        filter: AuditFilter,
+        before: u64,
+        limit: usize,
+    ) -> Result<AuditPage, OrderError> {
+        let (log, book) = (self.log.clone(), self.book.clone());
+        tokio::task::spawn_blocking(move || audit::page(&log, &book, &filter, before, limit))
+            .await
+            .map_err(OrderError::task)?
+    }
+
     /// Runs `read` on the book (as of the committed log this replica has applied).
     pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> T {
         read(&self.book())
@@ -720,38 +735,19 @@ impl Replica {
         lock(&self.log)
     }
 
-    /// The stock of a modify's or cancel's target: a limit order in the log, which only its
-    /// owner (`user`) may change; an anonymous order anybody may. A target the applied book
-    /// already shows closed is refused here; one that closes while the command waits for its
-    /// turn is refused when the book applies it.
+    /// The stock of a modify's or cancel's target, an entry of the log. A user's order only
+    /// its owner (`user`) may change; an anonymous one anybody may. Whether the target is an
+    /// open limit order the book decides when it applies the command, so that a refused
+    /// command is in the log (the audit trail) like any other.
     fn target_stock(&self, command: &Command, user: Option<u64>) -> Result<String, OrderError> {
         let (Command::Modify { target, .. } | Command::Cancel { target }) = *command else {
             return Err(OrderError::Task("a new order names its own stock".into()));
         };
-        let owned_by_another = |owner: Option<u64>| owner.is_some() && owner != user;
-        if let Some(order) = self.book().order(target) {
-            if owned_by_another(order.user) {
-                return Err(OrderError::NotOwner(target));
-            }
-            if !order.is_open() {
-                return Err(OrderError::Refused(Refusal::NotOpen(target)));
-            }
-            return Ok(order.name.clone());
+        let entry = self.get(target)?.ok_or(OrderError::OrderNotFound)?;
+        if entry.user.is_some() && entry.user != user {
+            return Err(OrderError::NotOwner(target));
         }
-        match self.get(target)? {
-            Some(entry) if owned_by_another(entry.user) => Err(OrderError::NotOwner(target)),
-            Some(entry)
-                if matches!(entry.command, Command::Place { limit: Some(_), .. })
-                    && entry.stamp.rejected.is_none() =>
-            {
-                Ok(entry.name)
-            }
-            Some(entry) if entry.market().is_some() => {
-                Err(OrderError::Refused(Refusal::NotOpen(target)))
-            }
-            Some(_) => Err(OrderError::Refused(Refusal::NotFound(target))),
-            None => Err(OrderError::OrderNotFound),
-        }
+        Ok(entry.name)
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -1151,13 +1147,6 @@ fn project(command: &Command, quantity: u64) -> Result<u64, Rejection> {
             .ok_or(Rejection::QuantityOverflow),
         _ => Ok(quantity),
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock(log: &Mutex<OrderLog>) -> MutexGuard<'_, OrderLog> {

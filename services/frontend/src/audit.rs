@@ -1,0 +1,56 @@
+//! `GET /audit`: the audit trail, which the leader's replica reads from the committed log. A
+//! user sees their own commands; the deployment's operators, with its shared secret, see
+//! everybody's.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::wire::{AuditPage, AuditQuery};
+use stocknet_common::{data, Query};
+
+use crate::{users, with_leader, AppState, FrontendError};
+
+/// Commands that reached the leader, refused ones included, newest first: who sent each
+/// (`user`), when, under which `Idempotency-Key`, and its outcome. With a user's API key, that
+/// user's commands only; with the deployment's shared secret (operators), everybody's.
+#[utoipa::path(get, path = "/audit", tag = "users",
+    params(AuditQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<AuditPage>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or an invalid one", body = ErrorEnvelope),
+        (status = 403, description = "Another user's commands", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(mut query): Query<AuditQuery>,
+) -> Result<Response, FrontendError> {
+    if !state.inner.secret.admits(&headers) {
+        match (users::caller(&state, &headers).await?, query.user) {
+            (None, _) => {
+                return Err(FrontendError::Unauthorized(
+                    "The audit trail needs an API key (or the deployment's secret)",
+                ))
+            }
+            (Some(user), Some(asked)) if asked != user => {
+                return Err(FrontendError::Forbidden(
+                    "A user sees only their own audit trail".into(),
+                ))
+            }
+            (Some(user), _) => query.user = Some(user),
+        }
+    }
+    let inner = &state.inner;
+    let page: AuditPage = with_leader(&state, |leader| {
+        let request =
+            endpoint(&leader.url, &["audit"]).map(|url| inner.http.get(url).query(&query));
+        async move { call::<AuditPage>(request?).await }
+    })
+    .await?;
+    Ok(data(page))
+}
