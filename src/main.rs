@@ -1,5 +1,6 @@
 //! `stocknet`: run one service, the whole system locally with `stocknet up`, the load client
-//! `stocknet load`, or offline repairs with `stocknet admin`.
+//! `stocknet load`, a day's market report with `stocknet report`, or offline repairs with
+//! `stocknet admin`.
 
 mod admin;
 #[cfg(feature = "load")]
@@ -8,6 +9,7 @@ mod catalog_gen;
 mod ceiling;
 #[cfg(feature = "load")]
 mod load;
+mod report;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +41,8 @@ enum Command {
     /// Print a catalog of many stocks (CSV) for load tests, e.g. for `up --initial-catalog`.
     #[cfg(feature = "load")]
     GenerateCatalog(catalog_gen::GenerateConfig),
+    /// Print a day's market report (from a frontend, or recomputed from an order log).
+    Report(report::ReportConfig),
     /// Offline repairs of a stopped service's files.
     Admin(admin::AdminConfig),
     /// Serve stock lookups from a bare axum handler: the benchmarks' ceiling.
@@ -64,6 +68,7 @@ fn main() -> std::process::ExitCode {
                     Command::Load(config) => load::run(config).await.map_err(Into::into),
                     #[cfg(feature = "load")]
                     Command::Ceiling(config) => ceiling::run(config).await.map_err(Into::into),
+                    Command::Report(config) => report::run(config).await.map_err(Into::into),
                     Command::Admin(config) => admin::run(config).map_err(Into::into),
                     #[cfg(feature = "load")]
                     Command::GenerateCatalog(config) => {

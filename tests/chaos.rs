@@ -1,7 +1,7 @@
 //! Chaos: clients trade without pause — market and limit orders, modifies and cancels, for
 //! users and anonymously — while order replicas (the leader at least every other time) are
 //! SIGKILLed and restarted, and the catalog once; then the reliability contract I1–I5 and I8
-//! (one book, one set of portfolios) is checked on what is left.
+//! (one book, one set of portfolios, one daily report) is checked on what is left.
 //!
 //! CI runs it for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test --release
 //! --test chaos -- --nocapture`.
@@ -385,7 +385,8 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
 
     // I8: every replica holds the same book, equal to a fresh replay of the committed log.
     let replayed = book::check_replay(&log);
-    let books = book::wait_for_applied_books(&cluster, log.len() as u64, &STOCKS).await;
+    let days = book::days(&log);
+    let books = book::wait_for_applied_books(&cluster, log.len() as u64, &STOCKS, &days).await;
     for (index, replica_book) in books.iter().enumerate() {
         assert!(
             *replica_book == replayed,
@@ -400,6 +401,13 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
             .all(|p| p.as_array().is_some_and(|held| !held.is_empty())),
         "both users traded: {:?}",
         replayed.portfolios
+    );
+    assert!(
+        replayed
+            .reports
+            .iter()
+            .any(|r| r["stocks"].as_array().is_some_and(|s| !s.is_empty())),
+        "the reports count the day's trading"
     );
     let limit_orders = replayed.orders.len();
     let trades = replayed.trades.len();

@@ -955,3 +955,95 @@ fn humantime_ms(time: &Value) -> u64 {
     let text = time.as_str().expect("a time");
     stocknet_common::clock::parse_instant(text).expect("RFC 3339")
 }
+
+/// Issue 10, item 4: the daily report follows the day's executions and refusals, and
+/// `stocknet report --log` recomputes the same from a replica's log, in every format.
+#[tokio::test]
+async fn the_daily_report_equals_a_recomputation_from_the_log() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let created = cluster
+        .post(&format!("{frontend}/users"), &json!({}))
+        .await
+        .1;
+    let key = created["data"]["api_key"].as_str().unwrap().to_owned();
+    let orders = format!("{frontend}/orders");
+    let place = |body: Value, key: Option<&str>| {
+        let request = cluster.http.post(&orders).json(&body);
+        let request = match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let offer = json!({"name": "GameStart", "quantity": 10, "type": "sell", "price": 16.0});
+    assert_eq!(place(offer, Some(&key)).await, 200);
+    let bid = json!({"name": "GameStart", "quantity": 4, "type": "buy", "price": 16.5});
+    assert_eq!(place(bid, None).await, 200);
+    let market = json!({"name": "GameStart", "quantity": 2, "type": "buy"});
+    assert_eq!(place(market, Some(&key)).await, 200);
+    let too_many = json!({"name": "FishCo", "quantity": 1000, "type": "buy"});
+    assert_eq!(place(too_many, None).await, 409);
+
+    let log = cluster.wait_for_identical_logs().await;
+    let date = common::book::days(&log).pop().expect("a day");
+    let (status, body) = cluster
+        .get(&format!("{frontend}/reports/daily?date={date}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let report = body["data"].clone();
+    if common::book::days(&log).len() == 1 {
+        // 4 traded on the book at 16.00, then 2 bought from the house at the quote, 16.00.
+        assert_eq!(
+            report["stocks"],
+            json!([
+                {"name": "FishCo", "trades": 0, "volume": 0, "bought": 0, "sold": 0,
+                 "vwap": null, "open": null, "high": null, "low": null, "close": null,
+                 "refused": {"insufficient_quantity": 1}},
+                {"name": "GameStart", "trades": 2, "volume": 6, "bought": 6, "sold": 4,
+                 "vwap": 16.0, "open": 16.0, "high": 16.0, "low": 16.0, "close": 16.0,
+                 "refused": {}},
+            ]),
+            "{report}"
+        );
+        assert_eq!(report["top_users"], json!([{"user": 1, "volume": 6}]));
+    }
+
+    let log_file = cluster.dir.path().join("orders-1.csv");
+    let recompute = |format: &str| {
+        let output = std::process::Command::new(common::BIN)
+            .args(["report", "--date", &date, "--format", format, "--log"])
+            .arg(&log_file)
+            .output()
+            .expect("run stocknet report");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let recomputed: Value = serde_json::from_str(&recompute("json")).expect("JSON");
+    assert_eq!(recomputed, report);
+    let csv = recompute("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[0].starts_with("date,name,trades,volume"), "{csv}");
+    assert!(
+        lines[1].contains("FishCo") && lines[1].ends_with("insufficient_quantity=1"),
+        "{csv}"
+    );
+    let markdown = recompute("md");
+    assert!(
+        markdown.contains(&format!("# StockNet daily report, {date}")),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| 1 | 6 |"), "the top user: {markdown}");
+
+    let (status, body) = cluster
+        .get(&format!("{frontend}/reports/daily?date=1999-01-01"))
+        .await;
+    assert_eq!((status, body["data"]["stocks"].clone()), (200, json!([])));
+    for bad in ["date=2026-13-01", "date=today", "day=2026-11-29"] {
+        let (status, body) = cluster
+            .get(&format!("{frontend}/reports/daily?{bad}"))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}

@@ -4,20 +4,32 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use stocknet_common::clock::{day_of, day_text, parse_day};
 use stocknet_common::{Order, Side};
 use stocknet_order::book::Book;
 use tokio::time::{sleep, Instant};
 
 use super::Cluster;
 
-/// Every limit order (newest first), every trade, each stock's depth and the portfolios of
-/// [`USERS`], as JSON values.
+/// Every limit order (newest first), every trade, each stock's depth, the portfolios of
+/// [`USERS`] and the daily report of every day the log spans, as JSON values.
 #[derive(Debug, PartialEq)]
 pub struct BookState {
     pub orders: Vec<Value>,
     pub trades: Vec<Value>,
     pub depths: Vec<Value>,
     pub portfolios: Vec<Value>,
+    pub reports: Vec<Value>,
+}
+
+/// The UTC days (`YYYY-MM-DD`) a log's entries were stamped on.
+pub fn days(log: &[Value]) -> Vec<String> {
+    let mut days: Vec<String> = log
+        .iter()
+        .map(|entry| day_text(day_of(entry["time"].as_u64().expect("a stamped entry"))))
+        .collect();
+    days.dedup();
+    days
 }
 
 /// The users whose portfolios are compared.
@@ -28,6 +40,7 @@ pub const USERS: [u64; 2] = [1, 2];
 /// filled beyond its quantity, that fills add up on both sides of every trade, and that every
 /// user's position in every stock is the sum of their own fills.
 pub fn check_replay(log: &[Value]) -> BookState {
+    let days = days(log);
     let mut book = Book::default();
     let mut stocks: Vec<String> = Vec::new();
     // (user, stock) → shares bought minus sold, counted from fills alone.
@@ -109,6 +122,13 @@ pub fn check_replay(log: &[Value]) -> BookState {
             .iter()
             .map(|&user| serde_json::to_value(book.holdings(user)).expect("JSON"))
             .collect(),
+        reports: days
+            .iter()
+            .map(|day| {
+                let day = parse_day(day).expect("a day");
+                serde_json::to_value(book.daily_report(day)).expect("JSON")
+            })
+            .collect(),
     }
 }
 
@@ -124,6 +144,7 @@ pub async fn wait_for_applied_books(
     cluster: &Cluster,
     applied: u64,
     stocks: &[&str],
+    days: &[String],
 ) -> Vec<BookState> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for index in 0..cluster.order_urls.len() {
@@ -140,12 +161,17 @@ pub async fn wait_for_applied_books(
     stocks.sort();
     let mut books = Vec::new();
     for base in &cluster.order_urls {
-        books.push(replica_book(cluster, base, &stocks).await);
+        books.push(replica_book(cluster, base, &stocks, days).await);
     }
     books
 }
 
-async fn replica_book(cluster: &Cluster, base: &str, stocks: &[&str]) -> BookState {
+async fn replica_book(
+    cluster: &Cluster,
+    base: &str,
+    stocks: &[&str],
+    days: &[String],
+) -> BookState {
     let mut orders = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -184,10 +210,19 @@ async fn replica_book(cluster: &Cluster, base: &str, stocks: &[&str]) -> BookSta
         assert_eq!(status, 200, "{body}");
         portfolios.push(body["data"].clone());
     }
+    let mut reports = Vec::new();
+    for day in days {
+        let (status, body) = cluster
+            .get(&format!("{base}/reports/daily?date={day}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        reports.push(body["data"].clone());
+    }
     BookState {
         orders,
         trades,
         depths,
         portfolios,
+        reports,
     }
 }

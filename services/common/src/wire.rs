@@ -249,6 +249,44 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
+/// One stock's day in the daily report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StockDay {
+    pub name: String,
+    /// Executions: trades on the book and market orders against the house.
+    pub trades: u64,
+    /// Shares executed.
+    pub volume: u64,
+    /// Shares clients bought: both sides of a book trade count, a market order on its side.
+    pub bought: u64,
+    pub sold: u64,
+    /// Volume-weighted average price, to the nearest cent; absent without executions.
+    pub vwap: Option<Price>,
+    pub open: Option<Price>,
+    pub high: Option<Price>,
+    pub low: Option<Price>,
+    pub close: Option<Price>,
+    /// Refused commands by reason.
+    pub refused: std::collections::BTreeMap<String, u64>,
+}
+
+/// A user's traded shares (bought and sold) in a day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserVolume {
+    pub user: u64,
+    pub volume: u64,
+}
+
+/// `GET /reports/daily?date=YYYY-MM-DD`: one UTC day of the market, from the committed log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DailyReport {
+    pub date: String,
+    /// Every stock with an execution or a refusal that day, in name order.
+    pub stocks: Vec<StockDay>,
+    /// The users who traded the most shares that day, most first (at most 10).
+    pub top_users: Vec<UserVolume>,
+}
+
 // ---- users (catalog, internal) ----------------------------------------------------------------
 
 /// Frontend → catalog (`POST /users`): store a new user's credential.

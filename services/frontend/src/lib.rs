@@ -30,8 +30,9 @@ use stocknet_common::envelope::{
     parse_json_object, with_retry_after, DataEnvelope, ErrorEnvelope, RawBody,
 };
 use stocknet_common::wire::{
-    parse_peer, Changed, Depth, Invalidation, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    Placed, PriceGuard, StockPage, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
+    parse_peer, Changed, DailyReport, Depth, Invalidation, NewOrder, OrderChange, OrderPage,
+    OrderView, Peer, Placed, PriceGuard, StockPage, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY,
+    USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Price, RemoteError, Secret, SecretArgs,
@@ -240,6 +241,7 @@ fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(query_order, modify_order, cancel_order))
         .routes(routes!(list_trades))
         .routes(routes!(book))
+        .routes(routes!(daily_report))
         .routes(routes!(users::create_user))
         .routes(routes!(users::portfolio))
         .routes(routes!(audit::audit))
@@ -953,6 +955,19 @@ async fn list_orders(State(state): State<AppState>, uri: Uri) -> Result<Response
     ))]
 async fn list_trades(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
     read_from_leader(&state, &["trades"], uri.query()).await
+}
+
+/// One UTC day of the market, from the committed log: per stock the executions, volume bought
+/// and sold, VWAP, open/high/low/close and refused commands by reason; the top users by volume.
+#[utoipa::path(get, path = "/reports/daily", tag = "market",
+    params(("date" = Option<String>, Query, description = "YYYY-MM-DD (UTC); today when absent")),
+    responses(
+        (status = 200, body = DataEnvelope<DailyReport>),
+        (status = 400, description = "Unknown parameter or a date that is not YYYY-MM-DD", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+async fn daily_report(State(state): State<AppState>, uri: Uri) -> Result<Response, FrontendError> {
+    read_from_leader(&state, &["reports", "daily"], uri.query()).await
 }
 
 /// A stock's book: the best price levels of each side, aggregated.

@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use stocknet_common::clock::day_of;
 use stocknet_common::wire::{
-    Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderView, Trade,
+    DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderView, Trade,
 };
 use stocknet_common::{Command, Order, Price, Rejection, Side, Status};
 
 use crate::portfolio::Portfolios;
+use crate::report::Reports;
 
 /// A limit order and what has happened to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +145,7 @@ pub struct Book {
     /// The price levels the last applied entry changed (for its [`MarketEvent`]).
     touched: Vec<(Side, Price)>,
     portfolios: Portfolios,
+    reports: Reports,
 }
 
 /// What a snapshot of the book holds; the price levels follow from the open orders.
@@ -154,6 +157,7 @@ pub(crate) struct Parts<'a, Orders> {
     /// Sorted by entry number, so that equal books give equal snapshots.
     pub refusals: Vec<(u64, Refusal)>,
     pub portfolios: &'a Portfolios,
+    pub reports: &'a Reports,
 }
 
 impl Book {
@@ -168,6 +172,7 @@ impl Book {
             trades: &self.trades,
             refusals,
             portfolios: &self.portfolios,
+            reports: &self.reports,
         }
     }
 
@@ -180,12 +185,14 @@ impl Book {
         trades: Vec<Trade>,
         refusals: Vec<(u64, Refusal)>,
         portfolios: Portfolios,
+        reports: Reports,
     ) -> Result<Self, String> {
         let mut book = Book {
             applied,
             next_slot,
             refusals: refusals.into_iter().collect(),
             portfolios,
+            reports,
             ..Book::default()
         };
         let mut open = Vec::new();
@@ -247,6 +254,11 @@ impl Book {
     /// `user`'s positions, stock by stock.
     pub fn holdings(&self, user: u64) -> Vec<Holding> {
         self.portfolios.holdings(user)
+    }
+
+    /// The report of UTC day `day` (days since 1970-01-01).
+    pub fn daily_report(&self, day: u32) -> DailyReport {
+        self.reports.daily(day)
     }
 
     pub fn trade(&self, id: u64) -> Option<&Trade> {
@@ -419,7 +431,9 @@ impl Book {
         self.applied = entry.number;
         self.touched.clear();
         let before = self.trades.len();
+        let day = day_of(entry.stamp.time);
         if let Some(rejection) = entry.stamp.rejected {
+            self.reports.refused(day, &entry.name, rejection.as_str());
             return Applied::Rejected(rejection);
         }
         let result = match entry.command {
@@ -430,9 +444,13 @@ impl Book {
             } => {
                 // Executed by the house at the price the leader quoted (logs from before
                 // quotes have no users, so no portfolio misses one).
-                if let (Some(user), Some(quote)) = (entry.user, entry.stamp.quote) {
-                    self.portfolios
-                        .fill(user, &entry.name, side, quantity, quote);
+                if let Some(quote) = entry.stamp.quote {
+                    if let Some(user) = entry.user {
+                        self.portfolios
+                            .fill(user, &entry.name, side, quantity, quote);
+                    }
+                    self.reports
+                        .market(day, &entry.name, entry.user, side, quantity, quote);
                 }
                 return Applied::Market;
             }
@@ -468,28 +486,34 @@ impl Book {
         };
         match result {
             Ok(order) => {
-                self.book_fills(before);
+                self.book_fills(before, day);
                 Applied::Changed {
                     order,
                     trades: self.trades.len() - before,
                 }
             }
             Err(refusal) => {
+                self.reports.refused(day, &entry.name, refusal.reason());
                 self.refusals.insert(entry.number, refusal);
                 Applied::Refused(refusal)
             }
         }
     }
 
-    /// Books the trades from index `first` on into their users' portfolios.
-    fn book_fills(&mut self, first: usize) {
+    /// Books the trades from index `first` on, made on UTC day `day`, into their users'
+    /// portfolios and the day's report.
+    fn book_fills(&mut self, first: usize, day: u32) {
         for trade in &self.trades[first..] {
-            for (side, order) in [(Side::Buy, trade.buy_order), (Side::Sell, trade.sell_order)] {
-                if let Some(user) = self.orders.get(&order).and_then(|o| o.user) {
+            let user = |order: u64| self.orders.get(&order).and_then(|o| o.user);
+            let (buyer, seller) = (user(trade.buy_order), user(trade.sell_order));
+            for (side, owner) in [(Side::Buy, buyer), (Side::Sell, seller)] {
+                if let Some(owner) = owner {
                     self.portfolios
-                        .fill(user, &trade.name, side, trade.quantity, trade.price);
+                        .fill(owner, &trade.name, side, trade.quantity, trade.price);
                 }
             }
+            self.reports
+                .trade(day, &trade.name, trade.quantity, trade.price, buyer, seller);
         }
     }
 
@@ -938,8 +962,9 @@ mod model_tests {
             name: name.into(),
             key: None,
             user: [Some(0), Some(1), None][(number % 3) as usize],
+            // Ten entries a day, so that reports span days.
             stamp: Stamp {
-                time: number,
+                time: number * stocknet_common::clock::DAY_MS / 10,
                 quote: Some(Price::from_cents(1_000 + number % 7)),
                 rejected: None,
             },
@@ -1125,6 +1150,7 @@ mod model_tests {
             parts.trades.to_vec(),
             parts.refusals,
             parts.portfolios.clone(),
+            parts.reports.clone(),
             // A stock whose book is empty and never traded looks like one never seen.
             names
                 .into_iter()

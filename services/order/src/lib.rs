@@ -10,6 +10,7 @@ pub mod feed;
 pub mod log;
 pub mod portfolio;
 pub mod replica;
+pub mod report;
 pub mod snapshot;
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +25,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use serde::Deserialize;
 use stocknet_common::auth::require_secret;
+use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     parse_peer, AuditQuery, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer,
@@ -136,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/trades", get(trades))
         .route("/portfolios/{user}", get(portfolio))
         .route("/audit", get(audit_trail))
+        .route("/reports/daily", get(daily_report))
         .route("/book/{name}", get(book))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
@@ -225,6 +228,25 @@ async fn audit_trail(
             .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
     };
     Ok(data(state.replica.audit(filter, before, limit).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    /// `YYYY-MM-DD`; today (UTC) when absent.
+    date: Option<String>,
+}
+
+/// `GET /reports/daily?date=`: one UTC day of the market, from the book's tallies.
+async fn daily_report(
+    State(state): State<AppState>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let day = match query.date.as_deref() {
+        Some(date) => clock::parse_day(date).map_err(ApiError::bad_request)?,
+        None => clock::day_of(clock::now_millis()),
+    };
+    Ok(data(state.replica.read_book(|book| book.daily_report(day))))
 }
 
 /// `GET /portfolios/{user}`: the user's positions, from the committed log.

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hashbrown::HashTable;
 use stocknet_common::model::EntryFields;
@@ -492,6 +492,53 @@ impl KeyIndex {
         {
             found.remove();
         }
+    }
+}
+
+/// Calls `each` with every entry of the log file at `path`, in order, only reading it (the
+/// file may belong to a running replica): a torn last record is left out, as opening the log
+/// would cut it off.
+pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), OrderError> {
+    let io = |e| OrderError::io(path, e);
+    let file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let complete = file::end_of_last_line(&file, size).map_err(io)?;
+    let mut reader = csv_reader(ReadAt {
+        file: &file,
+        offset: 0,
+        end: complete,
+    });
+    let mut record = csv::ByteRecord::new();
+    let mut number = 0;
+    loop {
+        let read = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| OrderError::Corrupt(format!("{}: {e}", path.display())));
+        if !read? {
+            return Ok(());
+        }
+        if number == 0 {
+            let header: Vec<&[u8]> = record.iter().collect();
+            let known = std::iter::once(HEADER).chain(OLDER_HEADERS).any(|h| {
+                header
+                    == h.trim_end()
+                        .split(',')
+                        .map(str::as_bytes)
+                        .collect::<Vec<_>>()
+            });
+            if !known {
+                return Err(OrderError::Corrupt(format!(
+                    "{}: missing header line",
+                    path.display()
+                )));
+            }
+        } else {
+            let entry = order_from(&record, number).map_err(|e| {
+                OrderError::Corrupt(format!("{}: order {number}: {e}", path.display()))
+            })?;
+            each(entry);
+        }
+        number += 1;
     }
 }
 

@@ -14,6 +14,7 @@ use stocknet_common::{file, Price, Side};
 
 use crate::book::{Book, LimitOrder, Refusal};
 use crate::portfolio::{Portfolios, Position};
+use crate::report::{Reports, StockTally};
 
 /// First bytes of a snapshot file; the digit is the format's version.
 const MAGIC: &[u8] = b"stocknet book snapshot 2\n";
@@ -26,6 +27,8 @@ struct Image {
     trades: Vec<TradeImage>,
     refusals: Vec<(u64, Refusal)>,
     positions: Vec<PositionImage>,
+    stock_days: Vec<StockDayImage>,
+    user_days: Vec<(u32, u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,6 +57,22 @@ struct PositionImage {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StockDayImage {
+    day: u32,
+    name: String,
+    executions: u64,
+    volume: u64,
+    bought: u64,
+    sold: u64,
+    notional: u128,
+    open: u64,
+    high: u64,
+    low: u64,
+    close: u64,
+    refused: Vec<(String, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct TradeImage {
     id: u64,
     entry: u64,
@@ -68,6 +87,7 @@ struct TradeImage {
 /// The snapshot of `book`, ready to be written.
 pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
     let parts = book.parts();
+    let (stock_days, user_days) = (parts.reports.stock_rows(), parts.reports.user_rows());
     let image = Image {
         applied: parts.applied,
         next_slot: parts.next_slot,
@@ -115,6 +135,24 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 sold: p.sold,
             })
             .collect(),
+        stock_days: stock_days
+            .into_iter()
+            .map(|(day, name, t)| StockDayImage {
+                day,
+                name: name.to_owned(),
+                executions: t.executions,
+                volume: t.volume,
+                bought: t.bought,
+                sold: t.sold,
+                notional: t.notional,
+                open: t.open,
+                high: t.high,
+                low: t.low,
+                close: t.close,
+                refused: t.refused.iter().map(|(r, n)| (r.clone(), *n)).collect(),
+            })
+            .collect(),
+        user_days,
     };
     let mut bytes = MAGIC.to_vec();
     postcard::to_io(&image, &mut bytes).map_err(|e| e.to_string())?;
@@ -165,6 +203,24 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
             };
             (p.user, p.name, position)
         })),
+        Reports::from_rows(
+            image.stock_days.into_iter().map(|d| {
+                let tally = StockTally {
+                    executions: d.executions,
+                    volume: d.volume,
+                    bought: d.bought,
+                    sold: d.sold,
+                    notional: d.notional,
+                    open: d.open,
+                    high: d.high,
+                    low: d.low,
+                    close: d.close,
+                    refused: d.refused.into_iter().collect(),
+                };
+                (d.day, d.name, tally)
+            }),
+            image.user_days,
+        ),
     )
 }
 
