@@ -82,9 +82,9 @@ pub struct FrontendSpec {
     pub rate_limit: RateLimitSpec,
 }
 
-/// Per-client limits of each frontend's public API (a client is an address: behind a proxy
-/// or a port-forward, everybody is one client, hence the generous defaults). 0 turns a limit
-/// off.
+/// Per-client limits of each frontend's public API (a client is a user, by their API key, or
+/// else an address: behind a proxy or a port-forward, every anonymous caller is one client,
+/// hence the generous defaults). 0 turns a limit off.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {

@@ -283,10 +283,7 @@ fn public_routes(state: &AppState) -> Router<AppState> {
     if !state.inner.limits.enabled() {
         return public;
     }
-    public.route_layer(middleware::from_fn_with_state(
-        state.inner.limits.clone(),
-        limits::limit,
-    ))
+    public.route_layer(middleware::from_fn_with_state(state.clone(), limits::limit))
 }
 
 /// Not part of the public API, and only for callers with the shared secret.
@@ -1274,6 +1271,65 @@ mod router_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = send(Request::put("/health").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    /// With limits on, a user's requests count against the user (whatever their address), a
+    /// bad key is refused before any limit, and every user has a bucket of their own.
+    #[tokio::test]
+    async fn a_user_is_limited_by_their_key() {
+        use stocknet_common::api_key::{ApiKey, Credential};
+        let cli = Cli::parse_from([
+            "frontend",
+            "--catalog-url",
+            "http://127.0.0.1:9",
+            "--order-replicas",
+            "1=http://127.0.0.1:9",
+            "--rate-limit",
+            "1",
+            "--rate-burst",
+            "2",
+        ]);
+        let state = AppState::new(&cli.config, Secret::new("router-test-secret").unwrap());
+        let keys: Vec<ApiKey> = (1..=2)
+            .map(|user| ApiKey::generate(user).unwrap())
+            .collect();
+        for key in &keys {
+            // As if this frontend had fetched their credentials from the catalog.
+            let credential = Credential::of(key).unwrap();
+            state.inner.credentials.keep(key.user(), credential);
+        }
+        let app = router(state);
+        let get = |auth: Option<String>| {
+            let mut request = Request::get("/openapi.json");
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            app.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        let bearer = |key: &ApiKey| Some(format!("Bearer {}", key.reveal()));
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(get(bearer(&keys[0])).await.unwrap().status());
+        }
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+        assert_eq!(
+            get(bearer(&keys[1])).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let forged = Some(format!("Bearer snk_2_{}", "0".repeat(64)));
+        assert_eq!(
+            get(forged).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        // No key and no address (in-process): nothing to count against.
+        assert_eq!(get(None).await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]

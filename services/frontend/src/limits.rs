@@ -1,6 +1,7 @@
 //! Per-client admission to the public API: a token bucket (governor) and a cap on requests in
-//! flight, both per client address. A request over either is answered 429 with `Retry-After`
-//! at once; nothing waits in a queue. Both are off unless configured.
+//! flight, both per client: the user whose API key a request carries (verified), or else the
+//! client's address. A request over either is answered 429 with `Retry-After` at once; nothing
+//! waits in a queue. Both are off unless configured.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,11 +12,13 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use stocknet_common::envelope::with_retry_after;
 use stocknet_common::ApiError;
+
+use crate::{users, AppState};
 
 /// Clients whose buckets are kept before idle ones are dropped.
 const TRACKED_CLIENTS: usize = 10_000;
@@ -33,10 +36,19 @@ pub struct LimitArgs {
     pub max_in_flight: u32,
 }
 
+/// Whom a limit counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A user, whatever address their requests come from.
+    User(u64),
+    /// An anonymous client.
+    Address(IpAddr),
+}
+
 pub struct Limits {
-    rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    rate: Option<DefaultKeyedRateLimiter<Client>>,
     max_in_flight: Option<u32>,
-    in_flight: Mutex<HashMap<IpAddr, u32>>,
+    in_flight: Mutex<HashMap<Client, u32>>,
     clock: DefaultClock,
 }
 
@@ -66,7 +78,7 @@ impl Limits {
 
     /// Admits a request of `client`, or says when it may try again. The guard counts the
     /// request in flight until it is dropped.
-    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<InFlight, TooMany> {
+    pub fn admit(self: &Arc<Self>, client: Client) -> Result<InFlight, TooMany> {
         if let Some(rate) = &self.rate {
             if rate.len() > TRACKED_CLIENTS {
                 rate.retain_recent();
@@ -91,7 +103,7 @@ impl Limits {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Client, u32>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -99,7 +111,7 @@ impl Limits {
 /// A request in flight: it stops counting when dropped.
 pub struct InFlight {
     limits: Arc<Limits>,
-    client: IpAddr,
+    client: Client,
 }
 
 impl Drop for InFlight {
@@ -118,16 +130,25 @@ impl Drop for InFlight {
     }
 }
 
-/// Middleware of the public routes. Health checks (the kubelet's probes, the operator's) are
-/// never limited, and a request whose client address is unknown (served in-process, as in
-/// router tests) is admitted.
-pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
-    let client = request
+/// Middleware of the public routes. A request with an API key counts against its user once the
+/// key is verified (a bad key is refused here, 401, as the handler would); one without, against
+/// its address. Health checks (the kubelet's probes, the operator's) are never limited, and an
+/// anonymous request whose address is unknown (served in-process, as in router tests) is
+/// admitted.
+pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = &state.inner.limits;
+    if !limits.enabled() || request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let user = match users::caller(&state, request.headers()).await {
+        Ok(user) => user,
+        Err(refused) => return refused.into_response(),
+    };
+    let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip())
-        .filter(|_| request.uri().path() != "/health");
-    let Some(client) = client.filter(|_| limits.enabled()) else {
+        .map(|info| info.0.ip());
+    let Some(client) = user.map(Client::User).or(address.map(Client::Address)) else {
         return next.run(request).await;
     };
     match limits.admit(client) {
@@ -161,23 +182,25 @@ mod tests {
     #[test]
     fn a_client_over_its_rate_is_refused_and_others_are_not() {
         let limits = limits(1, Some(2), 0);
-        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let address = |last| Client::Address(IpAddr::from([10, 0, 0, last]));
+        let (a, b) = (address(1), address(2));
         assert!(limits.admit(a).is_ok());
         assert!(limits.admit(a).is_ok());
         let refused = limits.admit(a).err().expect("over the burst");
         assert!(refused.retry_after > Duration::ZERO);
         assert!(refused.retry_after <= Duration::from_secs(1));
         assert!(limits.admit(b).is_ok(), "another client has its own bucket");
+        assert!(limits.admit(Client::User(1)).is_ok(), "so has a user");
     }
 
     #[test]
     fn requests_in_flight_are_capped_per_client_and_released_when_done() {
         let limits = limits(0, None, 2);
-        let a = IpAddr::from([10, 0, 0, 1]);
+        let a = Client::User(7);
         let first = limits.admit(a).unwrap();
         let _second = limits.admit(a).unwrap();
         assert!(limits.admit(a).is_err());
-        assert!(limits.admit(IpAddr::from([10, 0, 0, 2])).is_ok());
+        assert!(limits.admit(Client::User(8)).is_ok());
         drop(first);
         assert!(limits.admit(a).is_ok());
     }
@@ -186,7 +209,7 @@ mod tests {
     fn no_limit_unless_configured() {
         let limits = limits(0, None, 0);
         assert!(!limits.enabled());
-        let a = IpAddr::from([10, 0, 0, 1]);
+        let a = Client::Address(IpAddr::from([10, 0, 0, 1]));
         let held: Vec<_> = (0..1000).map(|_| limits.admit(a).unwrap()).collect();
         assert_eq!(held.len(), 1000);
     }

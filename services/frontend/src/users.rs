@@ -41,7 +41,7 @@ impl Credentials {
         kept.get(&user).copied()
     }
 
-    fn keep(&self, user: u64, credential: Credential) {
+    pub(crate) fn keep(&self, user: u64, credential: Credential) {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
         kept.put(user, credential);
     }
