@@ -1357,6 +1357,20 @@ mod router_tests {
         }
         let (status, _) = send(get("/users/x/portfolio", None)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        // The audit trail: a key (or the deployment's secret) first, known parameters only.
+        assert_eq!(send(get("/audit", None)).await.0, StatusCode::UNAUTHORIZED);
+        let (status, _) = send(get("/audit?colour=red", Some("Bearer router-test-secret"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = send(get("/audit", Some("Bearer router-test-secret"))).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the secret admits; no leader"
+        );
+        assert_eq!(
+            send(get("/reports/daily?date=2026-11-29", None)).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         let response = app()
             .oneshot(get("/users/1/portfolio", None))
             .await

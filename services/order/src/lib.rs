@@ -511,6 +511,47 @@ mod tests {
             .unwrap()
     }
 
+    /// The reads of issue 10 on an empty replica: their answers and their errors.
+    #[tokio::test]
+    async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        for (uri, expected) in [
+            ("/portfolios/7", json!([])),
+            ("/audit", json!({"records": []})),
+            (
+                "/audit?user=7&outcome=price_moved&from=2026-11-29T00:00:00Z",
+                json!({"records": []}),
+            ),
+            (
+                "/reports/daily?date=2026-11-29",
+                json!({"date": "2026-11-29", "stocks": [], "top_users": []}),
+            ),
+        ] {
+            let (status, body) = send(&app, get(uri)).await;
+            assert_eq!(
+                (status, &body["data"]),
+                (StatusCode::OK, &expected),
+                "{uri}"
+            );
+        }
+        for uri in [
+            "/portfolios/x",
+            "/audit?outcome=maybe",
+            "/audit?to=tomorrow",
+            "/audit?cursor=x",
+            "/audit?limit=0",
+            "/audit?colour=red",
+            "/reports/daily?date=2026-02-30",
+            "/reports/daily?day=2026-11-29",
+        ] {
+            let (status, body) = send(&app, get(uri)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        }
+        let anonymous = Request::get("/audit").body(Body::empty()).unwrap();
+        assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+    }
+
     #[tokio::test]
     async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
