@@ -1047,3 +1047,90 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
         assert_eq!(status, 400, "{bad}: {body}");
     }
 }
+
+/// Issue 12, item 4: every service serves Prometheus metrics from prometheus-client: requests by
+/// route and status (a malformed order counted, not stored), the leader's commit rounds,
+/// fsyncs, takeovers and followers' lag, the catalog's applies; and on a port of its own.
+#[tokio::test]
+async fn every_service_serves_prometheus_metrics() {
+    let cluster = Cluster::start(1).await;
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 1);
+    let (status, _) = cluster
+        .post(
+            &format!("{}/orders", cluster.frontend()),
+            &json!({"name": "GameStart"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let scrape = |base: &str| {
+        let request = cluster.http.get(format!("{base}/metrics")).send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let kind = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+            response.text().await.unwrap()
+        }
+    };
+    let frontend = scrape(cluster.frontend()).await;
+    for line in [
+        r#"stocknet_frontend_http_requests_total{method="POST",route="/orders",status="200"} 1"#,
+        r#"stocknet_frontend_http_requests_total{method="POST",route="/orders",status="400"} 1"#,
+        "stocknet_frontend_orders_placed_total 1",
+        "stocknet_frontend_elections_total 1",
+    ] {
+        assert!(frontend.contains(line), "{line} in\n{frontend}");
+    }
+    let leader = scrape(&cluster.order_urls[2]).await;
+    for line in [
+        "stocknet_order_takeovers_total 1",
+        "stocknet_order_last_entry 1",
+        "stocknet_order_commit_round_entries_count",
+        "stocknet_order_fsync_seconds_count",
+        r#"stocknet_order_replication_lag_entries{follower="1"}"#,
+        r#"route="/orders",status="200"} 1"#,
+    ] {
+        assert!(leader.contains(line), "{line} in\n{leader}");
+    }
+    let follower = scrape(&cluster.order_urls[0]).await;
+    assert!(!follower.contains("replication_lag_entries{"), "{follower}");
+    let catalog = scrape(&cluster.catalog_url).await;
+    for line in [
+        "stocknet_catalog_apply_trades_count",
+        "stocknet_catalog_applied 1",
+    ] {
+        assert!(catalog.contains(line), "{line} in\n{catalog}");
+    }
+
+    // Every service metric the Grafana dashboard uses is one some service exports.
+    let dashboard = include_str!("../charts/stocknet/dashboards/stocknet.json");
+    let used: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("stocknet_") && !word.starts_with("stocknet_operator_"))
+        .collect();
+    assert!(used.len() > 10, "{used:?}");
+    for name in used {
+        assert!(
+            [&frontend, &leader, &catalog]
+                .iter()
+                .any(|text| text.contains(name)),
+            "the dashboard uses {name}, which no service exports"
+        );
+    }
+
+    let port = common::free_port();
+    let lone = common::LoneFrontend::start(&["--metrics-port", &port.to_string()]).await;
+    let own_port = scrape(&common::url(port)).await;
+    assert!(
+        own_port.contains("stocknet_frontend_cache_hits_total"),
+        "{own_port}"
+    );
+    let (status, _) = cluster
+        .get(&format!("{}/stocks/GameStart", common::url(port)))
+        .await;
+    assert_eq!(status, 404, "the metrics port serves metrics only");
+    drop(lone);
+}

@@ -4,9 +4,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -20,6 +19,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stocknet_common::client::call;
@@ -59,12 +61,58 @@ pub enum Error {
     Random(#[source] std::io::Error),
 }
 
-/// Counters served at `/metrics`.
-#[derive(Debug, Default)]
+/// What `/metrics` serves (prometheus-client).
 pub struct Metrics {
-    pub reconciliations: AtomicU64,
-    pub failures: AtomicU64,
-    pub pods_deleted: AtomicU64,
+    pub registry: Registry,
+    pub reconciliations: Counter,
+    pub failures: Counter,
+    pub pods_deleted: Counter,
+    pub reconcile_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("stocknet_operator");
+        let (reconciliations, failures, pods_deleted) =
+            (Counter::default(), Counter::default(), Counter::default());
+        let reconcile_seconds = stocknet_common::metrics::latency_histogram();
+        registry.register(
+            "reconciliations",
+            "Reconciliations started",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed and were requeued with backoff",
+            failures.clone(),
+        );
+        registry.register(
+            "order_pods_deleted",
+            "Order replica pods deleted by the health policy",
+            pods_deleted.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconciliation took, failed ones included",
+            reconcile_seconds.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            pods_deleted,
+            reconcile_seconds,
+        }
+    }
+}
+
+/// Observes the time from its creation to its drop: a reconciliation's, whichever way it ends.
+struct Timed<'a>(&'a Histogram, Instant);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.0.observe(self.1.elapsed().as_secs_f64());
+    }
 }
 
 pub struct Context {
@@ -144,7 +192,8 @@ pub async fn run(client: Client, context: Arc<Context>) {
 }
 
 pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciliations.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.reconciliations.inc();
+    let _timed = Timed(&ctx.metrics.reconcile_seconds, Instant::now());
     let namespace = sn.namespace().ok_or(SpecError::NoNamespace)?;
     let stocknets: Api<StockNet> = Api::namespaced(ctx.client.clone(), &namespace);
     let desired = match resources::desired(&sn) {
@@ -178,7 +227,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
             Err(kube::Error::Api(status)) if status.code == 404 => continue,
             Err(e) => return Err(e.into()),
         }
-        ctx.metrics.pods_deleted.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.pods_deleted.inc();
         tracing::warn!(pod = deletion.pod, "{}", deletion.message);
         ctx.publish(
             &sn,
@@ -198,7 +247,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
 
 /// Requeues a failed StockNet after 5 s, doubling per consecutive failure up to 5 minutes.
 pub fn error_policy(sn: Arc<StockNet>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failures.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.failures.inc();
     let mut failures = ctx.failures();
     let count = failures.entry(key(&sn)).or_insert(0);
     *count = count.saturating_add(1);

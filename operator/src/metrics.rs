@@ -1,14 +1,11 @@
-//! `/metrics` (Prometheus text) and `/healthz` of the operator.
+//! `/metrics` (OpenMetrics text, prometheus-client) and `/healthz` of the operator.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-
-use stocknet_common::server;
 
 use crate::controller::Context;
 
@@ -19,25 +16,34 @@ pub fn router(context: Arc<Context>) -> Router {
         .with_state(context)
 }
 
-async fn metrics(State(context): State<Arc<Context>>) -> impl IntoResponse {
-    let metrics = &context.metrics;
-    let counters = [
-        (
-            "stocknet_operator_reconciliations_total",
-            "Reconciliations started.",
-            metrics.reconciliations.load(Ordering::Relaxed),
-        ),
-        (
-            "stocknet_operator_reconcile_failures_total",
-            "Reconciliations that failed and were requeued with backoff.",
-            metrics.failures.load(Ordering::Relaxed),
-        ),
-        (
-            "stocknet_operator_order_pods_deleted_total",
-            "Order replica pods deleted by the health policy.",
-            metrics.pods_deleted.load(Ordering::Relaxed),
-        ),
-    ];
-    let text = server::counters_text(&counters);
-    ([("content-type", server::PROMETHEUS_TEXT)], text)
+async fn metrics(State(context): State<Arc<Context>>) -> Response {
+    stocknet_common::metrics::exposition(&context.metrics.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::controller::Metrics;
+
+    /// The dashboard's operator panels use metrics the operator exports.
+    #[test]
+    fn the_dashboard_uses_only_metrics_the_operator_exports() {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &Metrics::default().registry).unwrap();
+        let dashboard = include_str!("../../charts/stocknet/dashboards/stocknet.json");
+        let used: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("stocknet_operator_"))
+            .collect();
+        assert!(used.len() >= 3, "{used:?}");
+        for name in used {
+            let family = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{name} is not exported:\n{text}"
+            );
+        }
+    }
 }

@@ -29,6 +29,9 @@ use crate::crd::StockNet;
 pub const CATALOG_PORT: i32 = 8081;
 pub const ORDER_PORT: i32 = 8091;
 pub const FRONTEND_PORT: i32 = 8080;
+/// Every component serves `GET /metrics` on this port too; NetworkPolicies leave it open to
+/// Prometheus while they close the component's own port.
+pub const METRICS_PORT: i32 = 9090;
 /// The frontends' internal routes (the catalog's invalidation push), apart from the public API
 /// so that a network policy can admit only the catalog to them.
 pub const FRONTEND_INTERNAL_PORT: i32 = 8082;
@@ -257,23 +260,37 @@ fn initial_catalog(sn: &StockNet) -> Result<ConfigMap, SpecError> {
     })
 }
 
+/// A Service of `component` on `port`, and on the metrics port if `scraped` (each component's
+/// pods are scraped through one Service only).
 fn service(
     sn: &StockNet,
     name: String,
     component: Component,
     port: i32,
     headless: bool,
+    scraped: bool,
 ) -> Result<Service, SpecError> {
+    let metrics = ServicePort {
+        name: Some("metrics".into()),
+        port: METRICS_PORT,
+        target_port: Some(IntOrString::String("metrics".into())),
+        ..ServicePort::default()
+    };
     Ok(Service {
         metadata: metadata(sn, name, component)?,
         spec: Some(ServiceSpec {
             selector: Some(selector(sn, component)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port,
-                target_port: Some(IntOrString::String("http".into())),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                [ServicePort {
+                    name: Some("http".into()),
+                    port,
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..ServicePort::default()
+                }]
+                .into_iter()
+                .chain(scraped.then_some(metrics))
+                .collect(),
+            ),
             cluster_ip: headless.then(|| "None".to_owned()),
             // Peers must find a replica while it resyncs (not ready yet), and the catalog
             // must invalidate a frontend as soon as it can cache.
@@ -291,6 +308,7 @@ fn catalog_service(sn: &StockNet) -> Result<Service, SpecError> {
         Component::Catalog,
         CATALOG_PORT,
         false,
+        true,
     )
 }
 
@@ -302,6 +320,7 @@ fn order_service(sn: &StockNet) -> Result<Service, SpecError> {
         Component::Order,
         ORDER_PORT,
         true,
+        true,
     )
 }
 
@@ -312,6 +331,7 @@ fn frontend_service(sn: &StockNet) -> Result<Service, SpecError> {
         Component::Frontend,
         FRONTEND_PORT,
         false,
+        true,
     )
 }
 
@@ -323,6 +343,7 @@ fn frontend_pods_service(sn: &StockNet) -> Result<Service, SpecError> {
         Component::Frontend,
         FRONTEND_PORT,
         true,
+        false,
     )
 }
 
@@ -366,17 +387,24 @@ fn container(
         args: Some(vec![component.as_str().to_owned()]),
         env: Some(
             env.into_iter()
-                .chain(self::env(&[(
-                    "STOCKNET_SECRET_FILE",
-                    format!("{SECRET_DIR}/{SECRET_KEY}"),
-                )]))
+                .chain(self::env(&[
+                    ("STOCKNET_SECRET_FILE", format!("{SECRET_DIR}/{SECRET_KEY}")),
+                    ("STOCKNET_METRICS_PORT", METRICS_PORT.to_string()),
+                ]))
                 .collect(),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: port,
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: port,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                ..ContainerPort::default()
+            },
+        ]),
         readiness_probe: Some(http_probe(readiness_path, 2, 3)),
         liveness_probe: Some(http_probe("/health", 10, 6)),
         resources: Some(resources(sn, component)),
@@ -615,7 +643,8 @@ pub fn network_policy_names(sn: &StockNet) -> [String; 3] {
 /// Ingress to the catalog from this StockNet's frontends and order replicas only; to the order
 /// replicas from its frontends, its replicas and the operator's health probes only; to the
 /// frontends' internal port from the catalog only. The frontends' public port stays open to
-/// everybody: it serves the public API.
+/// everybody: it serves the public API; so does every component's metrics port (read only),
+/// for Prometheus wherever it runs.
 fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
     let pods = |component| NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
@@ -668,27 +697,34 @@ fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
     Ok(vec![
         policy(
             Component::Catalog,
-            vec![rule(
-                CATALOG_PORT,
-                Some(vec![pods(Component::Frontend), pods(Component::Order)]),
-            )],
+            vec![
+                rule(
+                    CATALOG_PORT,
+                    Some(vec![pods(Component::Frontend), pods(Component::Order)]),
+                ),
+                rule(METRICS_PORT, None),
+            ],
         )?,
         policy(
             Component::Order,
-            vec![rule(
-                ORDER_PORT,
-                Some(vec![
-                    pods(Component::Frontend),
-                    pods(Component::Order),
-                    operator,
-                ]),
-            )],
+            vec![
+                rule(
+                    ORDER_PORT,
+                    Some(vec![
+                        pods(Component::Frontend),
+                        pods(Component::Order),
+                        operator,
+                    ]),
+                ),
+                rule(METRICS_PORT, None),
+            ],
         )?,
         policy(
             Component::Frontend,
             vec![
                 rule(FRONTEND_PORT, None),
                 rule(FRONTEND_INTERNAL_PORT, Some(vec![pods(Component::Catalog)])),
+                rule(METRICS_PORT, None),
             ],
         )?,
     ])
@@ -982,7 +1018,14 @@ mod tests {
             .flatten()
             .map(|p| (p.name.as_deref(), p.container_port))
             .collect();
-        assert_eq!(ports, [(Some("http"), 8080), (Some("internal"), 8082)]);
+        assert_eq!(
+            ports,
+            [
+                (Some("http"), 8080),
+                (Some("metrics"), METRICS_PORT),
+                (Some("internal"), 8082)
+            ]
+        );
     }
 
     #[test]
@@ -1061,6 +1104,21 @@ mod tests {
     }
 
     #[test]
+    fn every_component_is_scraped_through_exactly_one_service() {
+        let desired = desired(&stocknet(StockNetSpec::default())).unwrap();
+        let scraped: Vec<String> = desired
+            .services
+            .iter()
+            .filter(|service| {
+                let ports = service.spec.as_ref().unwrap().ports.as_ref().unwrap();
+                ports.iter().any(|p| p.port == METRICS_PORT)
+            })
+            .map(|service| service.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(scraped, ["demo-catalog", "demo-order", "demo-frontend"]);
+    }
+
+    #[test]
     fn only_the_stocknets_own_pods_reach_its_catalog_and_replicas() {
         let sn = stocknet(StockNetSpec::default());
         let desired = desired(&sn).unwrap();
@@ -1069,11 +1127,17 @@ mod tests {
             .iter()
             .map(|policy| {
                 let spec = policy.spec.as_ref().unwrap();
-                let rule = spec.ingress.as_ref().unwrap().last().unwrap();
-                let port = match rule.ports.as_ref().unwrap()[0].port {
-                    Some(IntOrString::Int(port)) => port,
-                    ref other => panic!("{other:?}"),
-                };
+                let port_of =
+                    |rule: &NetworkPolicyIngressRule| match rule.ports.as_ref().unwrap()[0].port {
+                        Some(IntOrString::Int(port)) => port,
+                        ref other => panic!("{other:?}"),
+                    };
+                // Every component's metrics port is open to any scraper; it is the last rule.
+                let rules = spec.ingress.as_ref().unwrap();
+                let metrics = rules.last().unwrap();
+                assert_eq!((port_of(metrics), &metrics.from), (METRICS_PORT, &None));
+                let rule = &rules[rules.len() - 2];
+                let port = port_of(rule);
                 let from = rule.from.as_ref().unwrap();
                 let components = from
                     .iter()

@@ -2,6 +2,7 @@
 //! cache invalidation to every frontend before a change is acknowledged.
 
 pub mod error;
+pub mod metrics;
 pub mod store;
 pub mod users;
 
@@ -56,6 +57,8 @@ pub struct Config {
     pub frontend_dns: Option<String>,
     #[command(flatten)]
     pub secret: SecretArgs,
+    #[command(flatten)]
+    pub metrics: stocknet_common::metrics::MetricsArgs,
 }
 
 #[derive(Clone)]
@@ -67,6 +70,7 @@ pub struct AppState {
     /// Carried by the invalidation push, and required of callers of the internal routes.
     pub secret: Secret,
     pub http: reqwest::Client,
+    pub metrics: Arc<metrics::CatalogMetrics>,
 }
 
 impl AppState {
@@ -88,6 +92,7 @@ impl AppState {
             frontend_dns: None,
             http: internal_client(Duration::from_secs(2), &secret),
             secret,
+            metrics: Arc::default(),
         }
     }
 
@@ -158,13 +163,32 @@ pub fn router(state: AppState) -> Router {
             state.secret.clone(),
             require_secret,
         ));
+    let http = state.metrics.http.clone();
     let routes = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/stocks", get(list))
         .route("/stocks/{name}", get(lookup))
         .merge(internal)
         .with_state(state);
-    server::with_common_layers(routes)
+    stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)
+}
+
+impl AppState {
+    /// Sets the gauges read at scrape time.
+    fn refresh_metrics(&self) {
+        let snapshot = self.store.snapshot();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.metrics.applied.set(gauge(snapshot.applied));
+        self.metrics.term.set(gauge(snapshot.term));
+        self.metrics.users.set(gauge(self.users.count() as u64));
+    }
+}
+
+/// `GET /metrics`: Prometheus metrics, open like `/health`.
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.refresh_metrics();
+    stocknet_common::metrics::exposition(&state.metrics.registry)
 }
 
 /// Binds the configured address and serves until Ctrl-C or SIGTERM.
@@ -183,6 +207,13 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         .collect();
     let boot = state.clone();
     tokio::spawn(async move { boot.invalidate(names).await });
+    let scraped = state.clone();
+    let scrape =
+        stocknet_common::metrics::metrics_router(state.metrics.registry.clone(), move || {
+            scraped.refresh_metrics()
+        });
+    stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
+        .await?;
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }
@@ -283,13 +314,25 @@ async fn apply(
     names.sort();
     names.dedup();
     let outcome = state.store.apply(&request)?;
+    let metrics = &state.metrics;
+    metrics.apply_trades.observe(request.trades.len() as f64);
     // The frontends refetch from memory, which holds only committed trades; so they may be told
     // while the disk works, and the answer waits for both.
     let store = state.store.clone();
-    let (synced, ()) = tokio::join!(
-        tokio::task::spawn_blocking(move || store.sync()),
-        state.invalidate(names)
-    );
+    let fsync_seconds = metrics.fsync_seconds.clone();
+    let sync = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        store.sync();
+        fsync_seconds.observe(started.elapsed().as_secs_f64());
+    });
+    let invalidate = async {
+        let started = std::time::Instant::now();
+        state.invalidate(names).await;
+        metrics
+            .invalidation_seconds
+            .observe(started.elapsed().as_secs_f64());
+    };
+    let (synced, ()) = tokio::join!(sync, invalidate);
     synced.map_err(|e| CatalogError::Task(e.to_string()))?;
     Ok(data(outcome))
 }

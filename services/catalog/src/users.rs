@@ -74,6 +74,11 @@ impl UserStore {
         Ok(record)
     }
 
+    /// How many users there are.
+    pub fn count(&self) -> usize {
+        self.read().len()
+    }
+
     pub fn get(&self, id: u64) -> Option<UserRecord> {
         let index = usize::try_from(id.checked_sub(1)?).ok()?;
         self.read().get(index).cloned()

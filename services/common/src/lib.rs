@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod envelope;
 pub mod file;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod wire;

@@ -90,16 +90,3 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .try_init();
 }
-
-/// Prometheus text exposition of `(name, help, value)` counters.
-pub fn counters_text(counters: &[(&str, &str, u64)]) -> String {
-    counters
-        .iter()
-        .map(|(name, help, value)| {
-            format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n")
-        })
-        .collect()
-}
-
-/// Content type of [`counters_text`].
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";

@@ -7,16 +7,16 @@
 //! invalidation (read-your-writes, I7).
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use lru::LruCache;
+use prometheus_client::metrics::counter::Counter;
 use stocknet_common::Stock;
 
 pub struct StockCache {
     inner: Option<Mutex<Inner>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    hits: Counter,
+    misses: Counter,
 }
 
 struct Inner {
@@ -38,8 +38,8 @@ impl StockCache {
                     epoch: 0,
                 })
             }),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            hits: Counter::default(),
+            misses: Counter::default(),
         }
     }
 
@@ -55,11 +55,11 @@ impl StockCache {
         let mut inner = lock(inner);
         match inner.entries.get(name) {
             Some(stock) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.inc();
                 Ok(stock.clone())
             }
             None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.misses.inc();
                 Err(Epoch(inner.epoch))
             }
         }
@@ -101,12 +101,14 @@ impl StockCache {
         self.len() == 0
     }
 
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+    /// Lookups answered from the cache (the metric itself: clones share it).
+    pub fn hits(&self) -> &Counter {
+        &self.hits
     }
 
-    pub fn misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
+    /// Lookups that had to go to the catalog.
+    pub fn misses(&self) -> &Counter {
+        &self.misses
     }
 }
 

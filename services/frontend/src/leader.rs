@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use futures::future::join_all;
+use prometheus_client::metrics::counter::Counter;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::wire::{Health, LeaderNotice, Peer};
 
@@ -27,7 +28,7 @@ pub struct Election {
     current: RwLock<Option<Leader>>,
     electing: tokio::sync::Mutex<()>,
     http: reqwest::Client,
-    elections: AtomicU64,
+    elections: Counter,
     /// The highest term this frontend has seen or handed out. A failed election may have
     /// raised a replica's term while that replica was unreachable for the next one, so
     /// terms are chosen above this, not only above the live replicas' terms.
@@ -54,9 +55,9 @@ impl Election {
             .clone()
     }
 
-    /// How many elections have chosen a leader.
-    pub fn elections(&self) -> u64 {
-        self.elections.load(Ordering::Relaxed)
+    /// How many elections have chosen a leader (the metric itself: clones share it).
+    pub fn elections(&self) -> &Counter {
+        &self.elections
     }
 
     /// The current leader, electing one if there is none.
@@ -78,7 +79,7 @@ impl Election {
         let elected = self.elect().await;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = elected.clone();
         if let Some(leader) = &elected {
-            self.elections.fetch_add(1, Ordering::Relaxed);
+            self.elections.inc();
             tracing::info!(
                 leader = leader.id,
                 term = leader.term,

@@ -22,6 +22,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{middleware, Extension, Router};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::auth::require_secret;
@@ -29,6 +32,7 @@ use stocknet_common::client::{call, endpoint};
 use stocknet_common::envelope::{
     parse_json_object, with_retry_after, DataEnvelope, ErrorEnvelope, RawBody,
 };
+use stocknet_common::metrics::{self, HttpMetrics, MetricsArgs};
 use stocknet_common::wire::{
     parse_peer, Changed, DailyReport, Depth, Invalidation, NewOrder, OrderChange, OrderPage,
     OrderView, Peer, Placed, PriceGuard, StockPage, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY,
@@ -88,6 +92,8 @@ pub struct Config {
     pub internal_port: Option<u16>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// How far (in basis points) a stock's price may be from an order's `expected_price`
     /// when the order does not say (`max_deviation_bps`).
     #[arg(long, env = "STOCKNET_PRICE_TOLERANCE_BPS", default_value_t = 200,
@@ -110,8 +116,8 @@ struct Inner {
     /// Prefix of the idempotency keys this frontend makes up for requests without one.
     key_prefix: String,
     next_key: AtomicU64,
-    orders_placed: AtomicU64,
-    order_retries: AtomicU64,
+    orders_placed: Counter,
+    order_retries: Counter,
     streams: streams::Streams,
     /// Carried by every call to the catalog and the replicas, and required of the catalog's
     /// invalidation push.
@@ -127,9 +133,23 @@ struct Inner {
     last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
     /// Users' credentials, to verify their API keys.
     credentials: users::Credentials,
+    metrics: Metrics,
+}
+
+/// The frontend's metrics: the registry `GET /metrics` serves and what is set at scrape time.
+struct Metrics {
+    registry: Arc<Registry>,
+    http: HttpMetrics,
+    cache_entries: Gauge,
 }
 
 impl Inner {
+    /// Sets what is read at scrape time.
+    fn refresh_metrics(&self) {
+        let entries = i64::try_from(self.cache.len()).unwrap_or(i64::MAX);
+        self.metrics.cache_entries.set(entries);
+    }
+
     fn remember(&self, stocks: impl IntoIterator<Item = Stock>) {
         let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
         for stock in stocks {
@@ -147,6 +167,42 @@ impl AppState {
     pub fn new(config: &Config, secret: Secret) -> Self {
         // Long enough for a leader that must first retry the catalog; health checks use less.
         let http = internal_client(Duration::from_secs(10), &secret);
+        let cache = StockCache::new((!config.no_cache).then_some(config.cache_size));
+        let election = Election::new(config.order_replicas.clone(), http.clone());
+        let (orders_placed, order_retries) = (Counter::default(), Counter::default());
+        let mut registry = Registry::with_prefix("stocknet_frontend");
+        let http_metrics = HttpMetrics::register(&mut registry);
+        let cache_entries = Gauge::default();
+        for (name, help, counter) in [
+            (
+                "cache_hits",
+                "Lookups answered from the cache",
+                cache.hits(),
+            ),
+            (
+                "cache_misses",
+                "Lookups that went to the catalog",
+                cache.misses(),
+            ),
+            (
+                "orders_placed",
+                "Orders acknowledged to clients",
+                &orders_placed,
+            ),
+            (
+                "order_retries",
+                "Order calls retried after a leader failure",
+                &order_retries,
+            ),
+            ("elections", "Order leaders elected", election.elections()),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "cache_entries",
+            "Stocks in the cache",
+            cache_entries.clone(),
+        );
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -154,13 +210,13 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 catalog_url: config.catalog_url.trim_end_matches('/').to_owned(),
-                cache: StockCache::new((!config.no_cache).then_some(config.cache_size)),
-                election: Election::new(config.order_replicas.clone(), http.clone()),
+                cache,
+                election,
                 http,
                 key_prefix: format!("fe-{}-{started:x}", std::process::id()),
                 next_key: AtomicU64::new(1),
-                orders_placed: AtomicU64::new(0),
-                order_retries: AtomicU64::new(0),
+                orders_placed,
+                order_retries,
                 streams: streams::Streams::default(),
                 secret,
                 catalog_breaker: breaker::Breaker::default(),
@@ -168,6 +224,11 @@ impl AppState {
                 price_tolerance_bps: config.price_tolerance_bps,
                 last_known: std::sync::Mutex::default(),
                 credentials: users::Credentials::default(),
+                metrics: Metrics {
+                    registry: Arc::new(registry),
+                    http: http_metrics,
+                    cache_entries,
+                },
             }),
         }
     }
@@ -202,7 +263,12 @@ pub enum FrontendError {
 impl IntoResponse for FrontendError {
     fn into_response(self) -> Response {
         let status = match &self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(message) => {
+                // Malformed requests never reach the leader, so no audit record holds them:
+                // they are logged here and counted by route and status in the metrics.
+                tracing::info!(%message, "refused a malformed request");
+                StatusCode::BAD_REQUEST
+            }
             Self::StockNotFound => StatusCode::NOT_FOUND,
             Self::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
             Self::CatalogUnavailable(cause) => {
@@ -259,20 +325,25 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// The public API and the internal routes on one port.
 pub fn router(state: AppState) -> Router {
+    let http = state.inner.metrics.http.clone();
     let routes = public_routes(&state)
         .merge(internal_routes(&state))
         .with_state(state);
-    server::with_common_layers(routes)
+    metrics::tracked(server::with_common_layers(routes), &http)
 }
 
 /// The public API alone, for a frontend whose internal routes have a port of their own.
 pub fn public_router(state: AppState) -> Router {
-    server::with_common_layers(public_routes(&state).with_state(state))
+    let http = state.inner.metrics.http.clone();
+    let routes = public_routes(&state).with_state(state);
+    metrics::tracked(server::with_common_layers(routes), &http)
 }
 
 /// The internal routes alone: the catalog's cache invalidation push.
 pub fn internal_router(state: AppState) -> Router {
-    server::with_common_layers(internal_routes(&state).with_state(state))
+    let http = state.inner.metrics.http.clone();
+    let routes = internal_routes(&state).with_state(state);
+    metrics::tracked(server::with_common_layers(routes), &http)
 }
 
 fn public_routes(state: &AppState) -> Router<AppState> {
@@ -302,6 +373,11 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
     tokio::spawn(elect_early(state.clone()));
+    let inner = state.inner.clone();
+    let scrape = metrics::metrics_router(inner.metrics.registry.clone(), move || {
+        inner.refresh_metrics()
+    });
+    metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape).await?;
     let Some(internal_port) = config.internal_port else {
         server::serve(listener, router(state), server::shutdown_signal()).await?;
         return Ok(());
@@ -372,44 +448,13 @@ async fn health(State(state): State<AppState>) -> Response {
     })
 }
 
-/// Prometheus metrics: cache hits, misses and entries, orders placed, retries, elections.
+/// Prometheus metrics (OpenMetrics text): requests by route and status with their latency,
+/// cache hits, misses and entries, orders placed, retries, elections.
 #[utoipa::path(get, path = "/metrics", tag = "service",
-    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4")))]
+    responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let inner = &state.inner;
-    let counters = [
-        (
-            "stocknet_frontend_cache_hits_total",
-            "Lookups answered from the cache.",
-            inner.cache.hits(),
-        ),
-        (
-            "stocknet_frontend_cache_misses_total",
-            "Lookups that went to the catalog.",
-            inner.cache.misses(),
-        ),
-        (
-            "stocknet_frontend_orders_placed_total",
-            "Orders acknowledged to clients.",
-            inner.orders_placed.load(Ordering::Relaxed),
-        ),
-        (
-            "stocknet_frontend_order_retries_total",
-            "Order calls retried after a leader failure.",
-            inner.order_retries.load(Ordering::Relaxed),
-        ),
-        (
-            "stocknet_frontend_elections_total",
-            "Order leaders elected.",
-            inner.election.elections(),
-        ),
-    ];
-    let mut text = server::counters_text(&counters);
-    text.push_str(&format!(
-        "# HELP stocknet_frontend_cache_entries Stocks in the cache.\n# TYPE stocknet_frontend_cache_entries gauge\nstocknet_frontend_cache_entries {}\n",
-        inner.cache.len()
-    ));
-    ([("content-type", server::PROMETHEUS_TEXT)], text).into_response()
+    state.inner.refresh_metrics();
+    metrics::exposition(&state.inner.metrics.registry)
 }
 
 /// A stock: its price (the last trade on its book) and the house quantity market orders use.
@@ -786,7 +831,7 @@ async fn place_order(
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
     // could not reach.
     inner.cache.invalidate([order.name.as_str()]);
-    inner.orders_placed.fetch_add(1, Ordering::Relaxed);
+    inner.orders_placed.inc();
     Ok(data(placed))
 }
 
@@ -1038,7 +1083,7 @@ where
                 if attempt == ORDER_ATTEMPTS {
                     break;
                 }
-                inner.order_retries.fetch_add(1, Ordering::Relaxed);
+                inner.order_retries.inc();
                 leader = inner
                     .election
                     .replace(Some(&leader))

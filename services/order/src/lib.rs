@@ -8,6 +8,7 @@ pub mod book_store;
 pub mod error;
 pub mod feed;
 pub mod log;
+pub mod metrics;
 pub mod portfolio;
 pub mod replica;
 pub mod report;
@@ -78,6 +79,8 @@ pub struct Config {
     pub book_snapshot_every: u64,
     #[command(flatten)]
     pub secret: SecretArgs,
+    #[command(flatten)]
+    pub metrics: stocknet_common::metrics::MetricsArgs,
 }
 
 impl Config {
@@ -149,12 +152,20 @@ pub fn router(state: AppState) -> Router {
             state.secret.clone(),
             require_secret,
         ));
+    let http = state.replica.metrics().http.clone();
     let routes = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .merge(internal)
         .with_state(state);
-    server::with_common_layers(routes)
+    stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)
+}
+
+/// `GET /metrics`: Prometheus metrics, open like the probes (they reveal no orders).
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.replica.refresh_metrics();
+    stocknet_common::metrics::exposition(&state.replica.metrics().registry)
 }
 
 /// Serves on the configured address; resyncs from peers in the background meanwhile.
@@ -162,6 +173,13 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::from_config(&config)?;
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, node_id = state.replica.health().node_id, "order replica listening");
+    let replica = state.replica.clone();
+    let scrape =
+        stocknet_common::metrics::metrics_router(replica.metrics().registry.clone(), move || {
+            replica.refresh_metrics()
+        });
+    stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
+        .await?;
     let replica = state.replica.clone();
     tokio::spawn(async move { replica.resync().await });
     server::serve(listener, router(state), server::shutdown_signal()).await?;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use stocknet_common::client::{call, endpoint};
@@ -24,6 +24,7 @@ use crate::book::Book;
 use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::OrderLog;
+use crate::metrics::{FollowerLabels, ReplicaMetrics};
 
 /// How often an idle leader runs a commit round: repairs lagging followers, catches the
 /// catalog up after an outage, and notices a newer term.
@@ -168,6 +169,7 @@ pub struct Replica {
     /// catch-up, say) waits for it and continues from where it got, instead of sending the
     /// same orders again alongside it.
     follower_streams: HashMap<u32, Arc<tokio::sync::Mutex<()>>>,
+    metrics: ReplicaMetrics,
 }
 
 impl Replica {
@@ -213,6 +215,7 @@ impl Replica {
             leading: tokio::sync::Mutex::new(None),
             follower_matched: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashSet::new()),
+            metrics: ReplicaMetrics::new(),
         })
     }
 
@@ -225,6 +228,37 @@ impl Replica {
             ready: self.is_ready(),
             last_transaction: self.log().last(),
             applied: self.book().applied(),
+        }
+    }
+
+    pub fn metrics(&self) -> &ReplicaMetrics {
+        &self.metrics
+    }
+
+    /// Sets the gauges read at scrape time: the log's positions, readiness and, while this
+    /// replica leads, each follower's lag.
+    pub fn refresh_metrics(&self) {
+        let health = self.health();
+        let metrics = &self.metrics;
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        metrics.term.set(gauge(health.term));
+        metrics.last_entry.set(gauge(health.last_transaction));
+        metrics
+            .committed
+            .set(gauge(self.committed.load(Ordering::Acquire)));
+        metrics.applied.set(gauge(health.applied));
+        metrics.ready.set(i64::from(health.ready));
+        metrics.replication_lag.clear();
+        if health.leader == Some(self.id) {
+            let matched = self.matched();
+            for peer in &self.peers {
+                let held = matched.get(&peer.id).copied().unwrap_or(0);
+                let lag = health.last_transaction.saturating_sub(held);
+                metrics
+                    .replication_lag
+                    .get_or_create(&FollowerLabels { follower: peer.id })
+                    .set(gauge(lag));
+            }
         }
     }
 
@@ -391,6 +425,7 @@ impl Replica {
             ..Progress::default()
         });
         let committer = tokio::spawn(self.clone().commit_loop(term, wake.clone(), progress, last));
+        self.metrics.takeovers.inc();
         *leading = Some(Leading {
             term,
             house,
@@ -703,15 +738,22 @@ impl Replica {
         through: u64,
         state: &mut CommitState,
     ) -> Result<(), OrderError> {
+        let started = Instant::now();
+        let fresh = through.saturating_sub(state.committed);
         if through > 0 {
             // This replica's fsync and the followers' run at once; the orders are committed
             // once both this replica and enough followers for a majority hold them durably.
             let sync = async {
                 if through > state.synced {
                     let (file, path) = self.log().sync_handle()?;
-                    tokio::task::spawn_blocking(move || file::sync_data_or_exit(&file, &path))
-                        .await
-                        .map_err(OrderError::task)?;
+                    let fsync_seconds = self.metrics.fsync_seconds.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let syncing = Instant::now();
+                        file::sync_data_or_exit(&file, &path);
+                        fsync_seconds.observe(syncing.elapsed().as_secs_f64());
+                    })
+                    .await
+                    .map_err(OrderError::task)?;
                 }
                 Ok::<_, OrderError>(())
             };
@@ -725,8 +767,19 @@ impl Replica {
             self.advance_book(state.committed).await?;
         }
         if state.catalog_applied < state.committed {
+            let applying = Instant::now();
             self.apply_to_catalog(term, &mut state.catalog_applied, state.committed)
                 .await?;
+            self.metrics
+                .catalog_apply_seconds
+                .observe(applying.elapsed().as_secs_f64());
+        }
+        if fresh > 0 {
+            let metrics = &self.metrics;
+            metrics
+                .commit_round_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.commit_round_entries.observe(fresh as f64);
         }
         Ok(())
     }
