@@ -1077,8 +1077,8 @@ async fn every_service_serves_prometheus_metrics() {
     };
     let frontend = scrape(cluster.frontend()).await;
     for line in [
-        r#"stocknet_frontend_http_requests_total{method="POST",route="/orders",status="200"} 1"#,
-        r#"stocknet_frontend_http_requests_total{method="POST",route="/orders",status="400"} 1"#,
+        r#"stocknet_frontend_http_request_duration_seconds_count{method="POST",route="/orders",status="200"} 1"#,
+        r#"stocknet_frontend_http_request_duration_seconds_count{method="POST",route="/orders",status="400"} 1"#,
         "stocknet_frontend_orders_placed_total 1",
         "stocknet_frontend_elections_total 1",
     ] {

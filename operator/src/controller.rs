@@ -30,6 +30,7 @@ use stocknet_common::wire::Health;
 use crate::crd::{StockNet, StockNetStatus};
 use crate::health::{self, Observation};
 use crate::resources::{self, Component, Desired, SpecError};
+use crate::upgrade;
 
 /// The field manager of everything this operator applies.
 pub const MANAGER: &str = "stocknet-operator";
@@ -208,7 +209,8 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         }
     };
     ensure_secret(&ctx.client, &namespace, &sn).await?;
-    apply_all(&ctx.client, &namespace, &desired).await?;
+    let order = resources::name(&sn, Component::Order);
+    let revision = apply_all(&ctx.client, &namespace, &desired, &order).await?;
     if !sn.spec.network_policy.enabled {
         remove_network_policies(&ctx.client, &namespace, &sn).await?;
     }
@@ -237,7 +239,45 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         )
         .await;
     }
-    let status = observed_status(&sn, assessment, now());
+    // A rolling upgrade waits while the health policy replaces anything.
+    let step = if assessment.deletions.is_empty() {
+        upgrade::next_step(&observations, revision.as_deref(), assessment.leader)
+    } else {
+        upgrade::Step {
+            replace: None,
+            progress: sn.status.as_ref().and_then(|s| s.upgrade.clone()),
+        }
+    };
+    if let (Some(replacement), Some(progress)) = (&step.replace, &step.progress) {
+        match pods
+            .delete(&replacement.pod, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let role = if replacement.leader {
+            "the leader, last"
+        } else {
+            "a follower"
+        };
+        let message = format!(
+            "replacing order replica {} ({role}) to run revision {}; {} of {} done",
+            replacement.id, progress.revision, progress.updated, progress.total
+        );
+        tracing::info!(pod = replacement.pod, "{message}");
+        ctx.publish(&sn, EventType::Normal, "UpgradingOrderReplica", message)
+            .await;
+    }
+    let was_upgrading = sn.status.as_ref().and_then(|s| s.upgrade.as_ref());
+    if let (Some(done), None) = (was_upgrading, &step.progress) {
+        let message = format!("every order replica runs revision {}", done.revision);
+        ctx.publish(&sn, EventType::Normal, "OrderUpgradeComplete", message)
+            .await;
+    }
+    let mut status = observed_status(&sn, assessment, now());
+    status.upgrade = step.progress;
     write_status(&stocknets, &sn, &status).await?;
     ctx.failures().remove(&key(&sn));
     Ok(Action::requeue(Duration::from_secs(
@@ -283,20 +323,32 @@ async fn ensure_secret(client: &Client, namespace: &str, sn: &StockNet) -> Resul
     }
 }
 
-async fn apply_all(client: &Client, namespace: &str, desired: &Desired) -> Result<(), Error> {
+/// Applies every object; returns the order StatefulSet's update revision as the API server
+/// reports it (the revision its current template makes; `None` until its controller has
+/// computed one).
+async fn apply_all(
+    client: &Client,
+    namespace: &str,
+    desired: &Desired,
+    order: &str,
+) -> Result<Option<String>, Error> {
     apply(client, namespace, &desired.config_map).await?;
     for service in &desired.services {
         apply(client, namespace, service).await?;
     }
+    let mut order_revision = None;
     for stateful_set in &desired.stateful_sets {
-        apply(client, namespace, stateful_set).await?;
+        let applied = apply(client, namespace, stateful_set).await?;
+        if applied.name_any() == order {
+            order_revision = applied.status.and_then(|s| s.update_revision);
+        }
     }
     apply(client, namespace, &desired.deployment).await?;
     apply(client, namespace, &desired.disruption_budget).await?;
     for policy in &desired.network_policies {
         apply(client, namespace, policy).await?;
     }
-    Ok(())
+    Ok(order_revision)
 }
 
 /// With `spec.networkPolicy.enabled` false, removes the policies an earlier spec made.
@@ -316,19 +368,21 @@ async fn remove_network_policies(
     Ok(())
 }
 
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
+/// Server-side applies `object`; returns the object as the API server now holds it.
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &object.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await?;
-    Ok(())
+    let applied = api
+        .patch(
+            &object.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?;
+    Ok(applied)
 }
 
 /// Each order replica's pod (by its StatefulSet name) and `/health` answer at the pod's IP.
@@ -452,6 +506,8 @@ pub fn observed_status(sn: &StockNet, assessment: health::Assessment, now: Time)
             ),
         ],
         replicas: assessment.replicas,
+        // The caller knows whether an upgrade is under way.
+        upgrade: None,
     }
 }
 
@@ -460,6 +516,7 @@ fn invalid_status(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
         observed_generation: sn.metadata.generation,
         leader: None,
         replicas: Vec::new(),
+        upgrade: None,
         conditions: vec![
             condition(sn, "Ready", false, "InvalidSpec", message.into(), &now),
             condition(sn, "Degraded", true, "InvalidSpec", message.into(), &now),

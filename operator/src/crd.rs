@@ -173,6 +173,23 @@ pub struct StockNetStatus {
     /// `Ready` (every order replica healthy and resynced) and `Degraded`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// A rolling upgrade of the order replicas in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
+}
+
+/// How far a rolling upgrade of the order replicas has got.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// The order StatefulSet's revision being rolled out.
+    pub revision: String,
+    /// Order replicas running it.
+    pub updated: u32,
+    pub total: u32,
+    /// What the next replacement waits for, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -6,3 +6,4 @@ pub mod crd;
 pub mod health;
 pub mod metrics;
 pub mod resources;
+pub mod upgrade;

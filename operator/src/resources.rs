@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
-    StatefulSetSpec,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
@@ -545,6 +545,12 @@ fn stateful_set(
             },
             // Replicas find each other and resync themselves: no need to start them in order.
             pod_management_policy: Some("Parallel".into()),
+            // The operator replaces order replicas itself, one at a time and the leader last
+            // (crate::upgrade); the catalog has one pod and rolls as usual.
+            update_strategy: (component == Component::Order).then(|| StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
             template,
             volume_claim_templates: Some(vec![data_claim(sn, component, storage)]),
             // The claims hold the data: they outlive scale-downs and the StockNet itself.
@@ -892,6 +898,14 @@ mod tests {
         assert_eq!(order.metadata.name.as_deref(), Some("demo-order"));
         assert_eq!(spec.replicas, Some(5));
         assert_eq!(spec.service_name.as_deref(), Some("demo-order"));
+        // The operator rolls order replicas itself (crate::upgrade); the catalog rolls as usual.
+        let strategy = spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref());
+        assert_eq!(strategy, Some("OnDelete"));
+        let catalog = desired.stateful_sets[0].spec.as_ref().unwrap();
+        assert_eq!(catalog.update_strategy, None);
         let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
         let claim_spec = claim.spec.as_ref().unwrap();
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));

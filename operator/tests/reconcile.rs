@@ -19,11 +19,12 @@ struct Call {
     body: Value,
 }
 
-/// Answers like an API server: echoes applied and created objects, lists `pods`, and records
-/// every call.
+/// Answers like an API server: echoes applied and created objects (the order StatefulSet with
+/// `order_revision` as its update revision, if given), lists `pods`, and records every call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     pods: Value,
+    order_revision: Option<String>,
     calls: Arc<Mutex<Vec<Call>>>,
 ) {
     while let Some((request, send)) = handle.next_request().await {
@@ -59,6 +60,11 @@ async fn fake_api_server(
                 "apiVersion": "stocknet.io/v1alpha1", "kind": "StockNet",
                 "metadata": {"name": "demo", "namespace": "shop"},
                 "spec": {}, "status": body["status"].clone()}),
+            "PATCH" if path.ends_with("/statefulsets/demo-order") && order_revision.is_some() => {
+                let mut applied = body.clone();
+                applied["status"] = json!({"replicas": 3, "updateRevision": order_revision});
+                applied
+            }
             _ => body.clone(),
         };
         calls.lock().unwrap().push(Call { method, uri, body });
@@ -111,11 +117,21 @@ fn pod(ordinal: u32, ip: &str, state: Value) -> Value {
 /// Runs one reconcile of `sn` against the fake API server listing `pods`; returns what it
 /// asked to be requeued after, and every call it made.
 async fn run_reconcile(sn: StockNet, pods: Vec<Value>) -> (String, Vec<Call>) {
+    run_reconcile_at(sn, pods, None).await
+}
+
+/// [`run_reconcile`] with the order StatefulSet's template at `revision`.
+async fn run_reconcile_at(
+    sn: StockNet,
+    pods: Vec<Value>,
+    revision: Option<&str>,
+) -> (String, Vec<Call>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
     let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods});
-    let server = tokio::spawn(fake_api_server(handle, list, calls.clone()));
+    let revision = revision.map(str::to_owned);
+    let server = tokio::spawn(fake_api_server(handle, list, revision, calls.clone()));
     let settings = Settings {
         probe_period_seconds: 5,
         failure_threshold: 3,
@@ -344,4 +360,80 @@ async fn network_policies_switched_off_are_removed_not_applied() {
         deleted[1].contains("/networkpolicies/demo-order"),
         "{deleted:?}"
     );
+}
+
+/// Order pod `ordinal` at `ip`, running, on template revision `revision`.
+fn pod_at(ordinal: u32, ip: &str, revision: &str) -> Value {
+    let mut pod = pod(ordinal, ip, serde_json::from_str(RUNNING).unwrap());
+    pod["metadata"]["labels"] = json!({"controller-revision-hash": revision});
+    pod
+}
+
+fn deleted_pods(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "DELETE" && c.uri.contains("/pods/"))
+        .map(|c| {
+            let path = c.uri.split('?').next().unwrap_or_default();
+            path.rsplit('/').next().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+fn event_reasons(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.uri.contains("/events"))
+        .map(|c| c.body["reason"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Issue 12, item 5, through the reconciler: a new order template replaces one follower pod
+/// (never the leader, replica 3 here, first), waits while the replacement resyncs, and says
+/// so in status and Events until every replica runs it.
+#[tokio::test]
+async fn a_new_order_template_replaces_one_follower_at_a_time() {
+    // Every replica on the old template, all healthy: one follower goes, the highest first.
+    let old = (0..3).map(|i| pod_at(i, "127.0.0.1", "old")).collect();
+    let (_, calls) = run_reconcile_at(stocknet(None), old, Some("new")).await;
+    assert_eq!(deleted_pods(&calls), ["demo-order-1"]);
+    assert_eq!(event_reasons(&calls), ["UpgradingOrderReplica"]);
+    let status = status_written(&calls);
+    let upgrade = status.upgrade.clone().expect("upgrade in status");
+    assert_eq!(
+        (upgrade.revision.as_str(), upgrade.updated, upgrade.total),
+        ("new", 0, 3)
+    );
+
+    // Its replacement runs the new template but does not answer yet (127.0.0.2 has no
+    // stand-in): nothing else goes.
+    let replacing = vec![
+        pod_at(0, "127.0.0.1", "old"),
+        pod_at(1, "127.0.0.2", "new"),
+        pod_at(2, "127.0.0.1", "old"),
+    ];
+    let (_, calls) = run_reconcile_at(stocknet(Some(status)), replacing, Some("new")).await;
+    assert!(
+        deleted_pods(&calls).is_empty(),
+        "{:?}",
+        deleted_pods(&calls)
+    );
+    let status = status_written(&calls);
+    let upgrade = status.upgrade.clone().expect("still upgrading");
+    assert_eq!(upgrade.updated, 1);
+    assert!(
+        upgrade
+            .waiting_for
+            .as_deref()
+            .unwrap_or_default()
+            .contains("order replica 2"),
+        "{upgrade:?}"
+    );
+
+    // Everybody on the new template: done, said once.
+    let new = (0..3).map(|i| pod_at(i, "127.0.0.1", "new")).collect();
+    let (_, calls) = run_reconcile_at(stocknet(Some(status)), new, Some("new")).await;
+    assert!(deleted_pods(&calls).is_empty());
+    assert_eq!(event_reasons(&calls), ["OrderUpgradeComplete"]);
+    assert_eq!(status_written(&calls).upgrade, None);
 }

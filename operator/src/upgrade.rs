@@ -1,0 +1,260 @@
+//! The rolling upgrade of the order replicas, as a pure function. The order StatefulSet updates
+//! `OnDelete`: a new template (a new image, say) reaches a pod only when the operator deletes
+//! it. It replaces one replica at a time, followers first and the leader last, and only while
+//! every replica is up, ready and resynced, so that a majority always holds the log and no two
+//! replicas are ever down at once.
+
+use crate::crd::UpgradeStatus;
+use crate::health::Observation;
+
+/// The label the StatefulSet controller gives each pod: the revision of its template.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// What to do this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The pod to replace now, if it is time for one.
+    pub replace: Option<Replacement>,
+    /// Progress for the StockNet's status; `None` when every replica runs `revision`.
+    pub progress: Option<UpgradeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    pub pod: String,
+    pub id: u32,
+    pub leader: bool,
+}
+
+/// The next step towards every order replica running `revision` (the StatefulSet's update
+/// revision; `None` before the controller has computed it), given this round's observations
+/// and the leader they report.
+pub fn next_step(
+    observations: &[Observation],
+    revision: Option<&str>,
+    leader: Option<u32>,
+) -> Step {
+    let Some(revision) = revision else {
+        return Step {
+            replace: None,
+            progress: None,
+        };
+    };
+    let running_revision = |seen: &Observation| {
+        seen.pod
+            .as_ref()
+            .and_then(|pod| pod.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned())
+    };
+    // A missing pod counts as not updated yet: it is on its way back.
+    let not_updated = observations
+        .iter()
+        .filter(|seen| running_revision(seen).as_deref() != Some(revision))
+        .count() as u32;
+    if not_updated == 0 {
+        return Step {
+            replace: None,
+            progress: None,
+        };
+    }
+    let outdated: Vec<&Observation> = observations
+        .iter()
+        .filter(|seen| running_revision(seen).is_some_and(|r| r != revision))
+        .collect();
+    let total = observations.len() as u32;
+    let progress = UpgradeStatus {
+        revision: revision.to_owned(),
+        updated: total - not_updated,
+        total,
+        waiting_for: None,
+    };
+    // Every replica up, ready (resynced) and not on its way out: otherwise replacing one more
+    // could leave no majority.
+    if let Some(down) = observations.iter().find(|seen| !up_and_ready(seen)) {
+        return Step {
+            replace: None,
+            progress: Some(UpgradeStatus {
+                waiting_for: Some(format!(
+                    "order replica {} to be ready and resynced",
+                    down.id
+                )),
+                ..progress
+            }),
+        };
+    }
+    // Followers first, the highest id first (the next leader should be up to date); the leader
+    // last, so that it changes once.
+    let next = outdated
+        .iter()
+        .filter(|seen| Some(seen.id) != leader)
+        .max_by_key(|seen| seen.id)
+        .or_else(|| outdated.first())
+        .map(|seen| Replacement {
+            pod: seen.pod_name.clone(),
+            id: seen.id,
+            leader: Some(seen.id) == leader,
+        });
+    Step {
+        replace: next,
+        progress: Some(progress),
+    }
+}
+
+fn up_and_ready(seen: &Observation) -> bool {
+    let running = seen.pod.as_ref().is_some_and(|pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    });
+    running && seen.health.as_ref().is_some_and(|h| h.ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Pod, PodStatus};
+    use kube::api::ObjectMeta;
+    use stocknet_common::wire::Health;
+
+    /// Three replicas as the world holds them: each pod's revision and whether it is ready, or
+    /// no pod (deleted, not recreated yet).
+    #[derive(Debug, Clone)]
+    struct Replica {
+        revision: String,
+        state: State,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum State {
+        Ready,
+        /// Recreated, resyncing: running, its /health says not ready.
+        Resyncing,
+        Gone,
+    }
+
+    fn observe(world: &[Replica], leader: u32) -> Vec<Observation> {
+        world
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| {
+                let id = index as u32 + 1;
+                let pod = (replica.state != State::Gone).then(|| Pod {
+                    metadata: ObjectMeta {
+                        name: Some(format!("demo-order-{index}")),
+                        labels: Some(
+                            [(REVISION_LABEL.to_owned(), replica.revision.clone())].into(),
+                        ),
+                        ..ObjectMeta::default()
+                    },
+                    status: Some(PodStatus {
+                        phase: Some("Running".into()),
+                        ..PodStatus::default()
+                    }),
+                    ..Pod::default()
+                });
+                let health = (replica.state != State::Gone).then(|| Health {
+                    node_id: id,
+                    term: 4,
+                    leader: Some(leader),
+                    ready: replica.state == State::Ready,
+                    last_transaction: 100,
+                    applied: 100,
+                });
+                Observation {
+                    id,
+                    pod_name: format!("demo-order-{index}"),
+                    pod,
+                    health,
+                }
+            })
+            .collect()
+    }
+
+    /// The operator's rounds against a world where a deleted pod comes back on the new revision
+    /// one round later, resyncs for two rounds, then is ready: the replicas are replaced
+    /// followers first, the leader last, one at a time, and never two are down at once.
+    #[test]
+    fn followers_are_replaced_one_at_a_time_and_the_leader_last() {
+        let leader = 2;
+        let mut world = vec![
+            Replica {
+                revision: "old".into(),
+                state: State::Ready,
+            };
+            3
+        ];
+        let mut deleted = Vec::new();
+        let mut recovering: Option<(usize, u32)> = None;
+        for _round in 0..40 {
+            let observations = observe(&world, leader);
+            let step = next_step(&observations, Some("new"), Some(leader));
+            let down = world.iter().filter(|r| r.state != State::Ready).count();
+            assert!(down <= 1, "two replicas down at once: {world:?}");
+            if let Some(replacement) = &step.replace {
+                assert_eq!(down, 0, "replaced {replacement:?} while one was down");
+                let index = (replacement.id - 1) as usize;
+                assert_eq!(world[index].revision, "old", "replaced an updated replica");
+                world[index].state = State::Gone;
+                deleted.push(replacement.id);
+                recovering = Some((index, 0));
+                continue;
+            }
+            // The world moves on: the StatefulSet recreates the pod, it resyncs, it is ready.
+            if let Some((index, rounds)) = recovering {
+                world[index] = Replica {
+                    revision: "new".into(),
+                    state: if rounds >= 2 {
+                        State::Ready
+                    } else {
+                        State::Resyncing
+                    },
+                };
+                recovering = (rounds < 2).then_some((index, rounds + 1));
+            }
+        }
+        assert_eq!(
+            deleted,
+            [3, 1, 2],
+            "followers (highest id first), then the leader"
+        );
+        assert!(world
+            .iter()
+            .all(|r| r.revision == "new" && r.state == State::Ready));
+        assert_eq!(
+            next_step(&observe(&world, leader), Some("new"), Some(leader)).progress,
+            None
+        );
+    }
+
+    #[test]
+    fn nothing_is_replaced_while_a_replica_is_down_or_without_a_new_revision() {
+        let mut world = vec![
+            Replica {
+                revision: "old".into(),
+                state: State::Ready,
+            };
+            3
+        ];
+        world[0].state = State::Resyncing;
+        let step = next_step(&observe(&world, 3), Some("new"), Some(3));
+        assert_eq!(step.replace, None);
+        let progress = step.progress.expect("upgrading");
+        assert_eq!((progress.updated, progress.total), (0, 3));
+        assert!(progress.waiting_for.unwrap().contains("order replica 1"));
+
+        world[0].state = State::Ready;
+        assert_eq!(
+            next_step(&observe(&world, 3), None, Some(3)),
+            Step {
+                replace: None,
+                progress: None
+            }
+        );
+        assert_eq!(
+            next_step(&observe(&world, 3), Some("old"), Some(3)),
+            Step {
+                replace: None,
+                progress: None
+            },
+            "every pod already runs the update revision"
+        );
+    }
+}
