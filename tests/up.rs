@@ -240,3 +240,117 @@ async fn up_with_ten_thousand_stocks_searches_and_pages_them() {
     }
     assert_eq!(found, expected);
 }
+
+/// Issue 11: the console in a real browser. Headless Chromium opens it on `stocknet up`, a user
+/// buys through the form from an offer on the book, and the trade shows in the tape and the
+/// stock's price in the table; the cluster panel names the leader; when the frontend is killed
+/// the page says it is reconnecting, and goes live again once `up` has restarted it.
+/// `STOCKNET_CONSOLE_SCREENSHOT=docs/console.png` saves what it looked like.
+#[tokio::test]
+async fn the_console_trades_through_its_form_and_reconnects() {
+    let Some(chromium) = common::browser::chromium() else {
+        eprintln!(
+            "skipping the console test: no Chromium (apt-get install chromium, or set \
+             STOCKNET_CHROMIUM)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let base = url(up.frontend);
+    // An offer to buy from: 5 GameStart at 20.00 (the catalog says 15.99).
+    let http = reqwest::Client::new();
+    let offer = json!({"name": "GameStart", "quantity": 5, "type": "sell", "price": 20.0});
+    let placed = http
+        .post(format!("{base}/orders"))
+        .json(&offer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 200);
+
+    let mut browser = common::browser::Browser::start(&chromium).await;
+    browser.navigate(&format!("{base}/console")).await;
+    browser
+        .wait_for(
+            "its stocks and a live connection",
+            r#"document.querySelectorAll('#stocks tr').length === 12
+               && document.getElementById('connection').textContent === 'live'"#,
+        )
+        .await;
+    // Nothing overflows sideways at 1280×720.
+    let width = browser.eval("document.documentElement.scrollWidth").await;
+    assert!(width.as_u64().is_some_and(|w| w <= 1280), "{width}");
+    browser
+        .wait_for(
+            "the leader in the cluster panel",
+            r#"document.getElementById('cluster-leader').textContent.includes('leader: replica 3')
+               && document.querySelectorAll('#cluster tr').length === 4"#,
+        )
+        .await;
+
+    // A new user buys 2 at 20.00 through the form.
+    browser
+        .eval("document.getElementById('new-user').click()")
+        .await;
+    browser
+        .wait_for(
+            "a new user's key",
+            "document.getElementById('api-key').value.startsWith('snk_')",
+        )
+        .await;
+    browser
+        .eval(
+            r#"(() => {
+                document.querySelector('#stock-GameStart button').click();
+                document.getElementById('side').value = 'buy';
+                document.getElementById('kind').value = 'limit';
+                document.getElementById('quantity').value = '2';
+                document.getElementById('price').value = '20.00';
+                document.getElementById('place').click();
+            })()"#,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the order's answer",
+            "document.getElementById('message').textContent.includes('filled, 2 filled')",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the trade in the tape",
+            r#"[...document.querySelectorAll('#trades tr')]
+                 .some(row => row.querySelector('[data-field=price]').textContent === '20.00')"#,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the new price in the table",
+            r#"document.querySelector('#stock-GameStart [data-field=price]').textContent === '20.00'"#,
+        )
+        .await;
+    if let Ok(path) = std::env::var("STOCKNET_CONSOLE_SCREENSHOT") {
+        std::fs::write(path, browser.screenshot().await).expect("write the screenshot");
+    }
+
+    // The frontend dies; `up` restarts it; the page reconnects by itself and says so.
+    let frontend = children(up.pid())
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(" frontend "))
+        .map(|(pid, _)| pid)
+        .expect("the frontend process");
+    kill(Pid::from_raw(frontend as i32), Signal::SIGKILL).unwrap();
+    browser
+        .wait_for(
+            "that it is reconnecting",
+            "document.getElementById('connection').textContent.startsWith('reconnecting')",
+        )
+        .await;
+    browser
+        .wait_for(
+            "a live connection again",
+            "document.getElementById('connection').textContent === 'live'",
+        )
+        .await;
+}

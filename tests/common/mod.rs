@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod book;
+pub mod browser;
 
 use std::fs::File;
 use std::future::Future;
@@ -103,6 +104,13 @@ impl Proc {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The last `lines` lines of what it printed, for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -477,10 +485,17 @@ impl Cluster {
             }
             let lengths: Vec<Option<usize>> =
                 logs.iter().map(|log| log.as_ref().map(Vec::len)).collect();
-            assert!(
-                Instant::now() < deadline,
-                "replica logs still differ; lengths {lengths:?}"
-            );
+            if Instant::now() > deadline {
+                let tails: Vec<String> = self
+                    .orders
+                    .iter()
+                    .map(|proc| format!("--- {}:\n{}", proc.name, proc.log_tail(20)))
+                    .collect();
+                panic!(
+                    "replica logs still differ; lengths {lengths:?}\n{}",
+                    tails.join("\n")
+                );
+            }
             sleep(Duration::from_millis(25)).await;
         }
     }

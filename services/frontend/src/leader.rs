@@ -48,6 +48,11 @@ impl Election {
         }
     }
 
+    /// The order replicas, by descending id.
+    pub fn replicas(&self) -> &[Peer] {
+        &self.replicas
+    }
+
     pub fn current(&self) -> Option<Leader> {
         self.current
             .read()

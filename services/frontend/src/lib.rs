@@ -5,6 +5,7 @@
 mod audit;
 pub mod breaker;
 pub mod cache;
+mod console;
 pub mod leader;
 pub mod limits;
 mod openapi;
@@ -316,6 +317,9 @@ fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(streams::book))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::docs_page))
+        .routes(routes!(console::root))
+        .routes(routes!(console::console))
+        .routes(routes!(console::cluster))
 }
 
 /// The OpenAPI 3.1 document of the public API (what `GET /openapi.json` serves).
@@ -971,6 +975,7 @@ async fn read_from_leader(
     params(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("status" = Option<Status>, Query, description = "Only orders in this state"),
+        ("user" = Option<u64>, Query, description = "Only this user's orders"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
     ),

@@ -319,6 +319,8 @@ fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
 struct OrderFilter {
     name: Option<String>,
     status: Option<String>,
+    /// Only this user's orders.
+    user: Option<u64>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -348,6 +350,7 @@ async fn list_orders(
     let page = state.replica.read_book(|book| {
         let mut orders: Vec<OrderView> = book
             .orders(filter.name.as_deref(), status, before)
+            .filter(|order| filter.user.is_none_or(|user| order.user == Some(user)))
             .take(limit + 1)
             .map(|order| book.limit_view(order))
             .collect();

@@ -1,0 +1,119 @@
+//! The web console: one page (HTML, CSS and a dependency-free script, embedded in the binary)
+//! on the public API's streams and endpoints, and `GET /cluster`, which it polls for the
+//! replicas' and the catalog's health.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{Html, Response};
+use futures::future::join_all;
+use serde::Serialize;
+use serde_json::Value;
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::data;
+use stocknet_common::envelope::DataEnvelope;
+use stocknet_common::wire::Health;
+use utoipa::ToSchema;
+
+use crate::AppState;
+
+const PAGE: &str = include_str!("console.html");
+
+/// How long `GET /cluster` waits for each service's health.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The web console: the market live, an order form, and the cluster.
+#[utoipa::path(get, path = "/", tag = "service",
+    responses((status = 200, description = "The web console (HTML)", content_type = "text/html")))]
+pub async fn root() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// The web console, as at `/`.
+#[utoipa::path(get, path = "/console", tag = "service",
+    responses((status = 200, description = "The web console (HTML)", content_type = "text/html")))]
+pub async fn console() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// One order replica as this frontend sees it now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplicaView {
+    pub id: u32,
+    /// Answered its health check.
+    pub up: bool,
+    /// Resynced and serving.
+    pub ready: bool,
+    pub term: Option<u64>,
+    /// The leader it follows.
+    pub leader: Option<u32>,
+    pub last_transaction: Option<u64>,
+    pub applied: Option<u64>,
+}
+
+/// The catalog as this frontend sees it now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CatalogView {
+    pub up: bool,
+    pub applied: Option<u64>,
+    pub term: Option<u64>,
+}
+
+/// The cluster: the leader this frontend uses, each replica's and the catalog's health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    pub leader: Option<u32>,
+    pub term: Option<u64>,
+    /// By id.
+    pub replicas: Vec<ReplicaView>,
+    pub catalog: CatalogView,
+}
+
+/// The order leader this frontend sends orders to, each replica's health (term, leader, last
+/// transaction, readiness) and the catalog's, asked now (each within 0.8 s).
+#[utoipa::path(get, path = "/cluster", tag = "service",
+    responses((status = 200, body = DataEnvelope<ClusterView>)))]
+pub async fn cluster(State(state): State<AppState>) -> Response {
+    let inner = &state.inner;
+    let health = |base: &str| {
+        let request =
+            endpoint(base, &["health"]).map(|url| inner.http.get(url).timeout(HEALTH_TIMEOUT));
+        async move { call::<Value>(request?).await }
+    };
+    let replicas = inner.election.replicas();
+    let (answers, catalog) = tokio::join!(
+        join_all(replicas.iter().map(|peer| health(&peer.url))),
+        health(&inner.catalog_url)
+    );
+    let mut replicas: Vec<ReplicaView> = replicas
+        .iter()
+        .zip(answers)
+        .map(|(peer, answer)| {
+            let health = answer
+                .ok()
+                .and_then(|value| serde_json::from_value::<Health>(value).ok());
+            ReplicaView {
+                id: peer.id,
+                up: health.is_some(),
+                ready: health.as_ref().is_some_and(|h| h.ready),
+                term: health.as_ref().map(|h| h.term),
+                leader: health.as_ref().and_then(|h| h.leader),
+                last_transaction: health.as_ref().map(|h| h.last_transaction),
+                applied: health.as_ref().map(|h| h.applied),
+            }
+        })
+        .collect();
+    replicas.sort_by_key(|r| r.id);
+    let catalog = catalog.ok();
+    let leader = inner.election.current();
+    data(ClusterView {
+        leader: leader.as_ref().map(|l| l.id),
+        term: leader.as_ref().map(|l| l.term),
+        replicas,
+        catalog: CatalogView {
+            up: catalog.is_some(),
+            applied: catalog.as_ref().and_then(|c| c["applied"].as_u64()),
+            term: catalog.as_ref().and_then(|c| c["term"].as_u64()),
+        },
+    })
+}
