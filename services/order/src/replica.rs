@@ -221,13 +221,18 @@ impl Replica {
 
     pub fn health(&self) -> Health {
         let view = *self.view();
+        // One lock at a time: temporaries in a struct expression live to its end, and holding
+        // the log while taking the book inverts the book-then-log order `BookStore::advance`
+        // keeps (a deadlock the chaos test hit).
+        let last_transaction = self.log().last();
+        let applied = self.book().applied();
         Health {
             node_id: self.id,
             term: view.term,
             leader: view.leader,
             ready: self.is_ready(),
-            last_transaction: self.log().last(),
-            applied: self.book().applied(),
+            last_transaction,
+            applied,
         }
     }
 
