@@ -295,8 +295,8 @@ fn print_banner(config: &UpConfig) {
         println!("  order {}   http://127.0.0.1:{port}", i + 1);
     }
     println!(
-        "Try: curl http://127.0.0.1:{}/stocks/GameStart",
-        config.frontend_port
+        "Open the console at http://127.0.0.1:{}/ or try: curl http://127.0.0.1:{}/stocks/GameStart",
+        config.frontend_port, config.frontend_port
     );
     println!("Ctrl-C stops everything.");
 }
