@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::Cluster;
+use common::{send, with_key, Cluster};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -673,19 +673,8 @@ async fn users_own_their_orders_and_portfolios_follow_their_fills() {
         keys.push(key);
     }
     let (alice, bob) = (keys[0].clone(), keys[1].clone());
-    let with_key = |request: reqwest::RequestBuilder, key: Option<&str>| match key {
-        Some(key) => request.bearer_auth(key),
-        None => request,
-    };
     let place = |body: Value, key: Option<&str>| {
-        let request = with_key(cluster.http.post(format!("{frontend}/orders")), key).json(&body);
-        async move {
-            let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        }
+        send(with_key(cluster.http.post(format!("{frontend}/orders")), key).json(&body))
     };
     let limit = |side: &str, quantity: u32, price: f64| json!({"name": "GameStart", "quantity": quantity, "type": side, "price": price});
 
@@ -711,19 +700,8 @@ async fn users_own_their_orders_and_portfolios_follow_their_fills() {
     );
 
     let portfolio = |user: u64, key: Option<&str>| {
-        let request = with_key(
-            cluster
-                .http
-                .get(format!("{frontend}/users/{user}/portfolio")),
-            key,
-        );
-        async move {
-            let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        }
+        let url = format!("{frontend}/users/{user}/portfolio");
+        send(with_key(cluster.http.get(url), key))
     };
     let (status, body) = portfolio(2, Some(&bob)).await;
     assert_eq!(status, 200, "{body}");
@@ -818,13 +796,6 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
         .await
         .1;
     let key = created["data"]["api_key"].as_str().unwrap().to_owned();
-    let send = |request: reqwest::RequestBuilder| async move {
-        let response = request.send().await.unwrap();
-        (
-            response.status().as_u16(),
-            response.json::<Value>().await.unwrap(),
-        )
-    };
     let orders = format!("{frontend}/orders");
     let as_user = |body: Value| cluster.http.post(&orders).bearer_auth(&key).json(&body);
 
@@ -848,12 +819,10 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
     assert_eq!(send(cancel()).await.0, 409, "no longer open");
 
     let audit = |query: &str, auth: Option<&str>| {
-        let request = cluster.http.get(format!("{frontend}/audit?{query}"));
-        let request = match auth {
-            Some(auth) => request.bearer_auth(auth),
-            None => request,
-        };
-        send(request)
+        send(with_key(
+            cluster.http.get(format!("{frontend}/audit?{query}")),
+            auth,
+        ))
     };
     let (status, body) = audit("", Some(&key)).await;
     assert_eq!(status, 200, "{body}");
@@ -969,12 +938,8 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
     let key = created["data"]["api_key"].as_str().unwrap().to_owned();
     let orders = format!("{frontend}/orders");
     let place = |body: Value, key: Option<&str>| {
-        let request = cluster.http.post(&orders).json(&body);
-        let request = match key {
-            Some(key) => request.bearer_auth(key),
-            None => request,
-        };
-        async move { request.send().await.unwrap().status().as_u16() }
+        let request = with_key(cluster.http.post(&orders), key).json(&body);
+        async move { send(request).await.0 }
     };
     let offer = json!({"name": "GameStart", "quantity": 10, "type": "sell", "price": 16.0});
     assert_eq!(place(offer, Some(&key)).await, 200);

@@ -64,6 +64,21 @@ where
     }
 }
 
+/// `request` with `Authorization: Bearer <key>` when a key is given.
+pub fn with_key(request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    }
+}
+
+/// Sends `request`; its status and JSON body.
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
 /// One child process, restartable with the same arguments.
 pub struct Proc {
     pub name: String,

@@ -389,9 +389,11 @@ fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
-impl From<Order> for EntryFields {
-    fn from(order: Order) -> Self {
-        let (kind, quantity, price, target) = match order.command {
+impl Command {
+    /// The command's fields as the flat forms spell them (the log, the audit trail): its type
+    /// (`buy`, `sell`, `modify`, `cancel`), quantity, price and target where it has them.
+    pub fn flat(&self) -> (&'static str, Option<u32>, Option<Price>, Option<u64>) {
+        match *self {
             Command::Place {
                 side,
                 quantity,
@@ -403,7 +405,13 @@ impl From<Order> for EntryFields {
                 price,
             } => ("modify", quantity, price, Some(target)),
             Command::Cancel { target } => ("cancel", None, None, Some(target)),
-        };
+        }
+    }
+}
+
+impl From<Order> for EntryFields {
+    fn from(order: Order) -> Self {
+        let (kind, quantity, price, target) = order.command.flat();
         Self {
             number: order.number,
             term: order.term,

@@ -508,7 +508,7 @@ pub struct StockPage {
 
 /// The opaque cursor of a page that ended at stock `name` (hex of its UTF-8 bytes).
 pub fn stock_cursor(name: &str) -> String {
-    name.bytes().map(|b| format!("{b:02x}")).collect()
+    crate::api_key::to_hex(name.as_bytes())
 }
 
 /// The stock name a cursor of [`stock_cursor`] stands for.

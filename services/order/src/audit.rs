@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use stocknet_common::clock::{parse_instant, rfc3339};
 use stocknet_common::wire::{AuditPage, AuditQuery, AuditRecord, Outcome, CLIENT_KEY_PREFIX};
-use stocknet_common::{Command, Order, Rejection};
+use stocknet_common::{Order, Rejection};
 
 use crate::book::Refusal;
 use crate::book_store::BookStore;
@@ -149,19 +149,7 @@ fn first_after(log: &OrderLog, end: u64, to: u64) -> Result<u64, OrderError> {
 }
 
 fn record(entry: &Order, refusal: Option<Refusal>) -> AuditRecord {
-    let (kind, quantity, price, target) = match entry.command {
-        Command::Place {
-            side,
-            quantity,
-            limit,
-        } => (side.as_str(), Some(quantity), limit, None),
-        Command::Modify {
-            target,
-            quantity,
-            price,
-        } => ("modify", quantity, price, Some(target)),
-        Command::Cancel { target } => ("cancel", None, None, Some(target)),
-    };
+    let (kind, quantity, price, target) = entry.command.flat();
     let reason = entry
         .stamp
         .rejected
