@@ -148,7 +148,8 @@ async fn client(
                     outcome = Some(None);
                     break;
                 }
-                503 => continue,
+                // Not executed (503), or not known (504): the retry under the same key says.
+                503 | 504 => continue,
                 other => panic!("command {key} answered {other}: {reply}"),
             }
         }

@@ -257,8 +257,14 @@ async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
 
     cluster.orders[0].kill9();
     cluster.orders[1].kill9();
+    // Written on the leader alone, it may yet be committed (were the others to come back to
+    // it): the answer says the outcome is unknown, and under which key to ask.
     let (status, body) = cluster.order(0, "FishCo", "sell", 7).await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 504, "{body}");
+    let key = body["error"]["idempotency_key"]
+        .as_str()
+        .expect("the key")
+        .to_owned();
     // Durable on replica 3 alone: never committed, never applied.
     assert_eq!(cluster.replica_order(2, 2).await["name"], "FishCo");
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
@@ -281,6 +287,15 @@ async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
     let log = cluster.wait_for_identical_logs().await;
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
+    // Asked under its key, the order is not there: it did not execute.
+    let (status, body) = cluster
+        .get(&format!("{}/orders?key={key}", cluster.frontend()))
+        .await;
+    assert_eq!(
+        (status, body["data"]["orders"].clone()),
+        (200, json!([])),
+        "{body}"
+    );
     assert_eq!(cluster.quantity(0, "BoarCo").await, 98);
 }
 
@@ -567,9 +582,9 @@ async fn without_the_catalog_lookups_go_stale_and_orders_fail_fast() {
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
 }
 
-/// Failures in a row that open the frontend's breaker (stocknet_frontend::breaker::FAILURES).
+/// Failures in a row that open the frontend's breaker (stocknet_frontend::upstream::breaker::FAILURES).
 fn breaker_failures() -> u32 {
-    stocknet_frontend::breaker::FAILURES
+    stocknet_frontend::upstream::breaker::FAILURES
 }
 
 /// A frontend with a per-client rate limit answers 429 with Retry-After beyond it, at once,

@@ -169,6 +169,7 @@ mod tests {
             ready,
             last_transaction: 42,
             applied: 42,
+            leading: leader == id,
         }
     }
 

@@ -157,6 +157,7 @@ mod tests {
                     ready: replica.state == State::Ready,
                     last_transaction: 100,
                     applied: 100,
+                    leading: leader == id,
                 });
                 Observation {
                     id,

@@ -137,7 +137,10 @@ impl AppState {
             let body = &body;
             async move {
                 let result = match endpoint(frontend, &["invalidate"]) {
-                    Ok(url) => self.http.post(url).json(body).send().await.map(|_| ()),
+                    Ok(url) => {
+                        let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
+                        push.json(body).send().await.map(|_| ())
+                    }
                     Err(e) => {
                         tracing::warn!("invalidate at {frontend}: {e}");
                         return;
@@ -152,6 +155,10 @@ impl AppState {
         join_all(calls).await;
     }
 }
+
+/// How long an invalidation push waits for a frontend: below the leader's deadline for the
+/// catalog's answer (2 s), so that a hung frontend slows trades without failing them.
+const INVALIDATION_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router(state: AppState) -> Router {
     let internal = Router::new()

@@ -107,6 +107,10 @@ pub struct Health {
     /// The last log entry this replica's book holds; everything through it is committed.
     #[serde(default)]
     pub applied: u64,
+    /// It took over as `leader` in `term` and is committing in it: a frontend that finds it
+    /// follows it rather than electing anew.
+    #[serde(default)]
+    pub leading: bool,
 }
 
 /// A new order (`POST /orders`, which the frontend validates and sends on to the leader).
@@ -164,9 +168,14 @@ pub struct Holding {
     pub sold: u64,
 }
 
-/// Prefix the frontend gives a client's `Idempotency-Key` in the log, to keep the keys it
-/// makes up for itself apart from clients'.
+/// Prefix of an `Idempotency-Key` in the log: the client's key, or the one the frontend gave a
+/// command that came without one (and told the client in a 504), so that a client's retry with
+/// either finds the command. Entries written before the frontend's keys went under it keep theirs.
 pub const CLIENT_KEY_PREFIX: &str = "client-";
+
+/// `reason` of a replica's 503 (not executed) or 504 (outcome unknown) when the catalog is
+/// what failed: a frontend neither retries such an answer on another replica nor elects.
+pub const CATALOG_UNAVAILABLE: &str = "catalog_unavailable";
 
 /// What became of a command that reached the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -10,7 +10,8 @@ use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::wire::{AuditPage, AuditQuery};
 use stocknet_common::{data, Query};
 
-use crate::{users, with_leader, AppState, FrontendError};
+use crate::upstream::order_group;
+use crate::{users, AppState, FrontendError};
 
 /// Commands that reached the leader, refused ones included, newest first: who sent each
 /// (`user`), when, under which `Idempotency-Key`, and its outcome. With a user's API key, that
@@ -46,7 +47,7 @@ pub(crate) async fn audit(
         }
     }
     let inner = &state.inner;
-    let page: AuditPage = with_leader(&state, |leader| {
+    let page: AuditPage = order_group::read(&state, |leader| {
         let request =
             endpoint(&leader.url, &["audit"]).map(|url| inner.http.get(url).query(&query));
         async move { call::<AuditPage>(request?).await }

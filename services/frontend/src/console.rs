@@ -15,6 +15,7 @@ use stocknet_common::envelope::DataEnvelope;
 use stocknet_common::wire::Health;
 use utoipa::ToSchema;
 
+use crate::upstream::breaker::BreakerView;
 use crate::AppState;
 
 const PAGE: &str = include_str!("console.html");
@@ -57,6 +58,9 @@ pub struct CatalogView {
     pub up: bool,
     pub applied: Option<u64>,
     pub term: Option<u64>,
+    /// This frontend's breaker in front of it: while open, orders fail at once (503) and
+    /// lookups answer stale.
+    pub breaker: BreakerView,
 }
 
 /// The cluster: the leader this frontend uses, each replica's and the catalog's health.
@@ -114,6 +118,7 @@ pub async fn cluster(State(state): State<AppState>) -> Response {
             up: catalog.is_some(),
             applied: catalog.as_ref().and_then(|c| c["applied"].as_u64()),
             term: catalog.as_ref().and_then(|c| c["term"].as_u64()),
+            breaker: inner.catalog_breaker.view(std::time::Instant::now()),
         },
     })
 }

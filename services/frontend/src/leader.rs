@@ -1,6 +1,8 @@
-//! Choosing the order leader: the highest-id replica that is live and has finished its resync,
-//! under a term one above any term a replica has seen. One election at a time; a request that
-//! saw the leader fail re-elects only if nobody has done so since.
+//! Finding the order leader. A replica that leads the highest term the live replicas know is
+//! followed as it is (another frontend elected it), so that frontends do not unseat each
+//! other's leader. Only when none does is one chosen: the highest-id replica that is live and
+//! has finished its resync, under a term one above any term a replica has seen. One election
+//! at a time; a request that saw the leader fail re-elects only if nobody has done so since.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -81,19 +83,47 @@ impl Election {
         if current.is_some() && current.as_ref() != failed {
             return current;
         }
-        let elected = self.elect().await;
+        let health = self.health().await;
+        let elected = match self.leading(&health, failed) {
+            Some(leader) => {
+                tracing::info!(
+                    leader = leader.id,
+                    term = leader.term,
+                    "following the order leader"
+                );
+                Some(leader)
+            }
+            None => self.elect(&health).await,
+        };
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = elected.clone();
-        if let Some(leader) = &elected {
-            self.elections.inc();
-            tracing::info!(
-                leader = leader.id,
-                term = leader.term,
-                "order leader elected"
-            );
-        } else {
+        if elected.is_none() {
             tracing::warn!("no order replica can lead");
         }
         elected
+    }
+
+    /// The replica that says it leads the highest term any live replica knows, unless it is
+    /// the leader that just failed this frontend in that same term.
+    fn leading(&self, health: &[Option<Health>], failed: Option<&Leader>) -> Option<Leader> {
+        let highest = health.iter().flatten().map(|h| h.term).max()?;
+        let (replica, health) = self
+            .replicas
+            .iter()
+            .zip(health)
+            .filter_map(|(replica, health)| Some((replica, health.as_ref()?)))
+            .find(|(replica, h)| {
+                h.leading && h.ready && h.term == highest && h.node_id == replica.id
+            })?;
+        if failed.is_some_and(|f| f.id == replica.id && f.term == health.term) {
+            return None;
+        }
+        self.highest_term.fetch_max(health.term, Ordering::Relaxed);
+        Some(Leader {
+            id: replica.id,
+            url: replica.url.clone(),
+            orders_url: endpoint(&replica.url, &["orders"]).ok()?,
+            term: health.term,
+        })
     }
 
     /// Whether every replica answers that it is ready (resynced).
@@ -115,11 +145,10 @@ impl Election {
         .await
     }
 
-    async fn elect(&self) -> Option<Leader> {
-        let health = self.health().await;
+    async fn elect(&self, health: &[Option<Health>]) -> Option<Leader> {
         let live_term = health.iter().flatten().map(|h| h.term).max()?;
         let mut term = live_term.max(self.highest_term.load(Ordering::Relaxed));
-        for (replica, health) in self.replicas.iter().zip(&health) {
+        for (replica, health) in self.replicas.iter().zip(health) {
             if !matches!(health, Some(h) if h.ready) {
                 continue;
             }
@@ -139,6 +168,8 @@ impl Election {
             match call::<Health>(self.http.post(url).json(&notice)).await {
                 Ok(_) => {
                     self.notify_others(replica.id, notice).await;
+                    self.elections.inc();
+                    tracing::info!(leader = replica.id, term, "order leader elected");
                     return Some(Leader {
                         id: replica.id,
                         url: replica.url.clone(),

@@ -3,13 +3,13 @@
 //! re-election and bounded retries (under one idempotency key) when the leader fails.
 
 mod audit;
-pub mod breaker;
 pub mod cache;
 mod console;
 pub mod leader;
 pub mod limits;
 mod openapi;
 pub mod streams;
+pub mod upstream;
 pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
@@ -48,10 +48,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use cache::StockCache;
-use leader::{Election, Leader};
+use leader::Election;
+use upstream::catalog::{call_catalog, CatalogCall};
+use upstream::order_group;
 
-/// How many times one client request may go to a (re-elected) leader.
-const ORDER_ATTEMPTS: usize = 3;
 /// Longest stock name accepted.
 const MAX_NAME_LEN: usize = 128;
 
@@ -114,7 +114,8 @@ struct Inner {
     cache: StockCache,
     election: Election,
     http: reqwest::Client,
-    /// Prefix of the idempotency keys this frontend makes up for requests without one.
+    /// Prefix of the idempotency keys this frontend makes up for requests without one: random,
+    /// so that no other frontend's or client's key is the same.
     key_prefix: String,
     next_key: AtomicU64,
     orders_placed: Counter,
@@ -124,7 +125,7 @@ struct Inner {
     /// invalidation push.
     secret: Secret,
     /// Fails calls to the catalog fast while it is unreachable.
-    catalog_breaker: breaker::Breaker,
+    catalog_breaker: upstream::breaker::Breaker,
     /// Per-client rate and in-flight limits of the public API.
     limits: Arc<limits::Limits>,
     /// Default tolerance of an order's `expected_price`.
@@ -204,23 +205,29 @@ impl AppState {
             "Stocks in the cache",
             cache_entries.clone(),
         );
+        let catalog_breaker = upstream::breaker::Breaker::default();
+        catalog_breaker.register(&mut registry);
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
+        // The clock and the process id make it unique where the kernel's random source fails.
+        let random = stocknet_common::api_key::random_bytes::<8>()
+            .map(|bytes| stocknet_common::api_key::to_hex(&bytes))
+            .unwrap_or_else(|_| format!("{:x}-{started:x}", std::process::id()));
         Self {
             inner: Arc::new(Inner {
                 catalog_url: config.catalog_url.trim_end_matches('/').to_owned(),
                 cache,
                 election,
                 http,
-                key_prefix: format!("fe-{}-{started:x}", std::process::id()),
+                key_prefix: format!("auto-{random}"),
                 next_key: AtomicU64::new(1),
                 orders_placed,
                 order_retries,
                 streams: streams::Streams::default(),
                 secret,
-                catalog_breaker: breaker::Breaker::default(),
+                catalog_breaker,
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 price_tolerance_bps: config.price_tolerance_bps,
                 last_known: std::sync::Mutex::default(),
@@ -259,6 +266,13 @@ pub enum FrontendError {
     /// An error envelope from a backend service that is meant for the client as it is.
     #[error("{}", .0.message)]
     Upstream(ApiError),
+    /// A write that may have executed: no answer says. A retry with `key` executes it at most
+    /// once and answers how it went.
+    #[error(
+        "Outcome unknown: the command may or may not have executed. Retry it with \
+         Idempotency-Key {key} (it executes at most once), or GET /orders?key={key}"
+    )]
+    OutcomeUnknown { key: String },
 }
 
 impl IntoResponse for FrontendError {
@@ -290,6 +304,15 @@ impl IntoResponse for FrontendError {
             Self::CatalogDown { retry_after } => {
                 let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string());
                 return with_retry_after(error, *retry_after);
+            }
+            Self::OutcomeUnknown { key } => {
+                let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, self.to_string())
+                    .with("idempotency_key", key);
+                let mut response = error.into_response();
+                if let Ok(value) = HeaderValue::from_str(key) {
+                    response.headers_mut().insert(IDEMPOTENCY_KEY, value);
+                }
+                return response;
             }
         };
         ApiError::new(status, self.to_string()).into_response()
@@ -377,6 +400,7 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
     tokio::spawn(elect_early(state.clone()));
+    tokio::spawn(upstream::catalog::watch(state.clone()));
     let inner = state.inner.clone();
     let scrape = metrics::metrics_router(inner.metrics.registry.clone(), move || {
         inner.refresh_metrics()
@@ -521,68 +545,42 @@ async fn list_stocks(State(state): State<AppState>, uri: Uri) -> Result<Response
     let mut url =
         endpoint(&inner.catalog_url, &["stocks"]).map_err(FrontendError::CatalogUnavailable)?;
     url.set_query(uri.query());
-    match call_catalog::<StockPage>(&state, inner.http.get(url)).await {
+    let request = inner.http.get(url).timeout(upstream::catalog::READ_TIMEOUT);
+    match call_catalog::<StockPage>(&state, request).await {
         Ok(page) => Ok(data(page)),
         Err(CatalogCall::Answered(RemoteError::Api(error))) => Err(FrontendError::Upstream(error)),
         Err(failure) => Err(failure.into()),
     }
 }
 
-/// Why a call to the catalog failed.
-pub(crate) enum CatalogCall {
-    /// The breaker is open: not even tried.
-    Refused(Duration),
-    /// No answer, or a 5xx: the catalog is in trouble.
-    Failed(RemoteError),
-    /// A client error (4xx): the catalog is fine.
-    Answered(RemoteError),
-}
-
-impl From<CatalogCall> for FrontendError {
-    fn from(failure: CatalogCall) -> Self {
-        match failure {
-            CatalogCall::Refused(retry_after) => Self::CatalogDown { retry_after },
-            CatalogCall::Failed(e) | CatalogCall::Answered(e) => Self::CatalogUnavailable(e),
-        }
-    }
-}
-
-/// Calls the catalog through its breaker.
-pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    request: reqwest::RequestBuilder,
-) -> Result<T, CatalogCall> {
-    let breaker = &state.inner.catalog_breaker;
-    breaker
-        .admit(std::time::Instant::now())
-        .map_err(CatalogCall::Refused)?;
-    match call::<T>(request).await {
-        Ok(value) => {
-            breaker.succeeded();
-            Ok(value)
-        }
-        Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
-            breaker.succeeded();
-            Err(CatalogCall::Answered(e))
-        }
-        Err(e) => {
-            breaker.failed(std::time::Instant::now());
-            Err(CatalogCall::Failed(e))
-        }
-    }
+/// Whether `name` can be a stock's name at all. Path segments such as `..` or `a/b` (decoded
+/// from `%2e%2e`, `%2F`) would name another catalog route, so they never reach the catalog.
+fn is_stock_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
 }
 
 /// A stock from the cache, or from the catalog (then cached); while the catalog cannot be
-/// reached, the last value this frontend saw, if it saw one.
+/// reached, the last value this frontend saw, if it saw one, marked stale: a cached value too,
+/// since the catalog cannot push invalidations while it is down.
 pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, FrontendError> {
+    if !is_stock_name(name) {
+        return Err(FrontendError::StockNotFound);
+    }
     let inner = &state.inner;
     let epoch = match inner.cache.get(name) {
+        Ok(stock) if inner.catalog_breaker.admit().is_err() => return Ok(Looked::Stale(stock)),
         Ok(stock) => return Ok(Looked::Fresh(stock)),
         Err(epoch) => epoch,
     };
     let url = endpoint(&inner.catalog_url, &["stocks", name])
         .map_err(FrontendError::CatalogUnavailable)?;
-    match call_catalog::<Stock>(state, inner.http.get(url)).await {
+    let request = inner.http.get(url).timeout(upstream::catalog::READ_TIMEOUT);
+    match call_catalog::<Stock>(state, request).await {
         Ok(stock) => {
             inner.remember([stock.clone()]);
             inner.cache.fill(stock.clone(), epoch);
@@ -604,14 +602,11 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
 /// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
 /// could not apply them to the catalog anyway.
 fn fail_fast_without_catalog(state: &AppState) -> Result<(), FrontendError> {
-    match state
+    state
         .inner
         .catalog_breaker
-        .retry_after(std::time::Instant::now())
-    {
-        Some(retry_after) => Err(FrontendError::CatalogDown { retry_after }),
-        None => Ok(()),
-    }
+        .admit()
+        .map_err(|retry_after| FrontendError::CatalogDown { retry_after })
 }
 
 /// The `Idempotency-Key` header, as the API's description shows it.
@@ -811,7 +806,8 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
         (status = 409, description = "Refused, and recorded as refused: insufficient stock quantity (market orders; reason insufficient_quantity), or the price is further than the tolerance from expected_price (reason price_moved, with current_price)", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
     ))]
 async fn place_order(
     State(state): State<AppState>,
@@ -823,11 +819,12 @@ async fn place_order(
     fail_fast_without_catalog(&state)?;
     let user = users::caller(&state, &headers).await?;
     let key = idempotency_key(&state, &headers)?;
-    let placed: Placed = with_leader(&state, |leader| {
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
+    let placed: Placed = order_group::write(&state, &key, |leader| {
         let request = inner
             .http
             .post(leader.orders_url.clone())
-            .header(IDEMPOTENCY_KEY, key.as_str())
+            .header(IDEMPOTENCY_KEY, logged_key.as_str())
             .json(&order);
         call::<Placed>(for_user(request, user))
     })
@@ -840,22 +837,21 @@ async fn place_order(
 }
 
 /// The client's `Idempotency-Key`, or one this frontend makes up, under which its own retries
-/// of the request go.
+/// of the request go. Both go to the log under [`CLIENT_KEY_PREFIX`], so that a client told a
+/// made-up key (in a 504) can retry with it.
 fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, FrontendError> {
     let inner = &state.inner;
     Ok(match headers.get(IDEMPOTENCY_KEY) {
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|key| !key.is_empty() && key.len() <= 128)
-                .ok_or_else(|| {
-                    FrontendError::BadRequest(
-                        "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
-                    )
-                })?;
-            format!("{CLIENT_KEY_PREFIX}{key}")
-        }
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|key| !key.is_empty() && key.len() <= 128)
+            .ok_or_else(|| {
+                FrontendError::BadRequest(
+                    "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
+                )
+            })?
+            .to_owned(),
         None => format!(
             "{}-{}",
             inner.key_prefix,
@@ -891,7 +887,8 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
     ))]
 async fn modify_order(
     State(state): State<AppState>,
@@ -915,7 +912,8 @@ async fn modify_order(
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
     ))]
 async fn cancel_order(
     State(state): State<AppState>,
@@ -937,14 +935,15 @@ async fn change_on_leader(
     fail_fast_without_catalog(state)?;
     let user = users::caller(state, headers).await?;
     let key = idempotency_key(state, headers)?;
-    let changed: Changed = with_leader(state, |leader| {
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
+    let changed: Changed = order_group::write(state, &key, |leader| {
         let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
             let http = &state.inner.http;
             let request = match change {
                 Some(change) => http.put(url).json(change),
                 None => http.delete(url),
             };
-            for_user(request.header(IDEMPOTENCY_KEY, key.as_str()), user)
+            for_user(request.header(IDEMPOTENCY_KEY, logged_key.as_str()), user)
         });
         async move { call::<Changed>(request?).await }
     })
@@ -959,7 +958,7 @@ async fn read_from_leader(
     segments: &[&str],
     query: Option<&str>,
 ) -> Result<Response, FrontendError> {
-    let value: Value = with_leader(state, |leader| {
+    let value: Value = order_group::read(state, |leader| {
         let request = endpoint(&leader.url, segments).map(|mut url| {
             url.set_query(query);
             state.inner.http.get(url)
@@ -976,6 +975,7 @@ async fn read_from_leader(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("status" = Option<Status>, Query, description = "Only orders in this state"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
+        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
     ),
@@ -1055,49 +1055,13 @@ async fn query_order(
         .parse()
         .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
     let inner = &state.inner;
-    let order: OrderView = with_leader(&state, |leader| {
+    let order: OrderView = order_group::read(&state, |leader| {
         let request =
             endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| inner.http.get(url));
         async move { call::<OrderView>(request?).await }
     })
     .await?;
     Ok(data(order))
-}
-
-/// Runs `send` against the leader; when the leader is unreachable or cannot serve (503), elects
-/// another and tries again, a bounded number of times. Client errors (4xx) are final.
-pub(crate) async fn with_leader<T, F, Fut>(state: &AppState, send: F) -> Result<T, FrontendError>
-where
-    F: Fn(&Leader) -> Fut,
-    Fut: std::future::Future<Output = Result<T, RemoteError>>,
-{
-    let inner = &state.inner;
-    let mut leader = inner
-        .election
-        .leader()
-        .await
-        .ok_or(FrontendError::NoLeader)?;
-    for attempt in 1..=ORDER_ATTEMPTS {
-        match send(&leader).await {
-            Ok(value) => return Ok(value),
-            Err(RemoteError::Api(error)) if error.status.is_client_error() => {
-                return Err(FrontendError::Upstream(error));
-            }
-            Err(e) => {
-                tracing::warn!(leader = leader.id, attempt, "leader call failed: {e}");
-                if attempt == ORDER_ATTEMPTS {
-                    break;
-                }
-                inner.order_retries.inc();
-                leader = inner
-                    .election
-                    .replace(Some(&leader))
-                    .await
-                    .ok_or(FrontendError::NoLeader)?;
-            }
-        }
-    }
-    Err(FrontendError::NoLeader)
 }
 
 async fn invalidate(State(state): State<AppState>, Path(name): Path<String>) -> Response {
@@ -1504,6 +1468,70 @@ mod router_tests {
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(String::from_utf8_lossy(&body).contains("openapi.json"));
+    }
+
+    /// Paths that are not a stock name never reach the catalog (which is not running here, so
+    /// reaching it would be a 503) and never count against its breaker.
+    #[tokio::test]
+    async fn hostile_lookup_paths_are_404_and_leave_the_breaker_closed() {
+        let cli = Cli::parse_from([
+            "frontend",
+            "--catalog-url",
+            "http://127.0.0.1:9",
+            "--order-replicas",
+            "1=http://127.0.0.1:9",
+        ]);
+        let state = AppState::new(&cli.config, Secret::new("router-test-secret").unwrap());
+        let app = router(state.clone());
+        for _ in 0..upstream::breaker::FAILURES + 2 {
+            for path in [
+                "/stocks/..",
+                "/stocks/.",
+                "/stocks/%2e%2e",
+                "/stocks/%2E",
+                "/stocks/a%2Fb",
+                "/stocks/%2F",
+                "/book/..",
+                "/book/%2e%2e?depth=1",
+            ] {
+                let request = Request::get(path).body(Body::empty()).unwrap();
+                let response = app.clone().oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(
+                    (status, body["error"]["message"].clone()),
+                    (StatusCode::NOT_FOUND, serde_json::json!("Stock not found")),
+                    "{path}"
+                );
+            }
+        }
+        let breaker = state.inner.catalog_breaker.view(std::time::Instant::now());
+        assert_eq!((breaker.state, breaker.consecutive_failures), ("closed", 0));
+        // A real name does go to the (absent) catalog, and that failure counts.
+        let request = Request::get("/stocks/GameStart")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let breaker = state.inner.catalog_breaker.view(std::time::Instant::now());
+        assert_eq!(breaker.consecutive_failures, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_504_with_the_key_in_the_body_and_a_header() {
+        let response = FrontendError::OutcomeUnknown {
+            key: "auto-1f-7".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[IDEMPOTENCY_KEY], "auto-1f-7");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], 504);
+        assert_eq!(body["error"]["idempotency_key"], "auto-1f-7");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("Outcome unknown"), "{message}");
     }
 
     #[tokio::test]

@@ -292,7 +292,7 @@ pub async fn book(
 }
 
 async fn book_snapshot(state: &AppState, name: &str) -> Option<Depth> {
-    let depth = crate::with_leader(state, |leader| {
+    let depth = crate::upstream::order_group::read(state, |leader| {
         let request = endpoint(&leader.url, &["book", name]).map(|mut url| {
             url.set_query(Some("depth=1000"));
             state.inner.http.get(url)

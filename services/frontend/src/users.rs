@@ -20,7 +20,9 @@ use stocknet_common::wire::{Holding, NewUser, UserRecord};
 use stocknet_common::{data, Money, Path, Price};
 use utoipa::ToSchema;
 
-use crate::{call_catalog, stock, with_leader, AppState, CatalogCall, FrontendError, Looked};
+use crate::upstream::catalog::{self, call_catalog, CatalogCall};
+use crate::upstream::order_group;
+use crate::{stock, AppState, FrontendError, Looked};
 
 /// Users whose credentials a frontend keeps: about 200 bytes each.
 const CREDENTIALS_KEPT: usize = 100_000;
@@ -79,7 +81,8 @@ async fn credential(state: &AppState, user: u64) -> Result<Credential, FrontendE
     }
     let url = endpoint(&inner.catalog_url, &["users", &user.to_string()])
         .map_err(FrontendError::CatalogUnavailable)?;
-    match call_catalog::<UserRecord>(state, inner.http.get(url)).await {
+    let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
+    match call_catalog::<UserRecord>(state, request).await {
         Ok(record) => {
             inner.credentials.keep(user, record.credential);
             Ok(record.credential)
@@ -126,7 +129,11 @@ pub(crate) async fn create_user(
     let credential = Credential::of(&key).map_err(|e| FrontendError::Internal(e.to_string()))?;
     let url =
         endpoint(&inner.catalog_url, &["users"]).map_err(FrontendError::CatalogUnavailable)?;
-    let request = inner.http.post(url).json(&NewUser { credential });
+    let request = inner
+        .http
+        .post(url)
+        .timeout(catalog::WRITE_TIMEOUT)
+        .json(&NewUser { credential });
     let record: UserRecord = call_catalog(&state, request).await?;
     inner.credentials.keep(record.id, credential);
     let created = CreatedUser {
@@ -204,7 +211,7 @@ pub(crate) async fn portfolio(
         Some(_) => {}
     }
     let inner = &state.inner;
-    let holdings: Vec<Holding> = with_leader(&state, |leader| {
+    let holdings: Vec<Holding> = order_group::read(&state, |leader| {
         let request =
             endpoint(&leader.url, &["portfolios", &id.to_string()]).map(|url| inner.http.get(url));
         async move { call::<Vec<Holding>>(request?).await }

@@ -2,6 +2,7 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use stocknet_common::wire::CATALOG_UNAVAILABLE;
 use stocknet_common::{ApiError, Price, Rejection, RemoteError};
 
 use crate::book::Refusal;
@@ -48,6 +49,10 @@ pub enum OrderError {
     PeerUnavailable(String),
     #[error("catalog unavailable: {0}")]
     CatalogUnavailable(String),
+    /// The command is in the leader's log, and whether it commits is not known: a commit
+    /// round failed after it was written, or the leader stopped leading.
+    #[error("outcome unknown ({cause}): retry with the same Idempotency-Key")]
+    OutcomeUnknown { cause: String, catalog: bool },
     #[error("order log is corrupt: {0}")]
     Corrupt(String),
     #[error("{path}: {source}")]
@@ -114,12 +119,17 @@ impl From<OrderError> for ApiError {
             | E::NoMajority { .. }
             | E::PeerUnavailable(_)
             | E::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) | E::Secret(_) => {
                 return ApiError::internal(&error);
             }
         };
         let api = ApiError::new(status, error.to_string());
         match error {
+            // Tells a frontend not to elect another leader over it (see wire::CATALOG_UNAVAILABLE).
+            E::CatalogUnavailable(_) | E::OutcomeUnknown { catalog: true, .. } => {
+                api.with("reason", CATALOG_UNAVAILABLE)
+            }
             // The reason in a field of its own, and the price to retry with if it moved.
             E::Rejected {
                 rejection,

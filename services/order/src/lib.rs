@@ -30,7 +30,7 @@ use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     parse_peer, AuditQuery, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    ReplicateRequest, Trade, IDEMPOTENCY_KEY, USER,
+    ReplicateRequest, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -321,6 +321,8 @@ struct OrderFilter {
     status: Option<String>,
     /// Only this user's orders.
     user: Option<u64>,
+    /// Only the order placed under this client `Idempotency-Key`, once committed.
+    key: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -347,6 +349,24 @@ async fn list_orders(
             .parse()
             .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
     };
+    if let Some(key) = filter.key.as_deref() {
+        let logged = format!("{CLIENT_KEY_PREFIX}{key}");
+        let orders = state
+            .replica
+            .placed_under(&logged)?
+            .filter(|(order, user)| {
+                filter.name.as_ref().is_none_or(|name| *name == order.name)
+                    && status.is_none_or(|status| status == order.status)
+                    && filter.user.is_none_or(|wanted| *user == Some(wanted))
+            })
+            .map(|(order, _)| order)
+            .into_iter()
+            .collect();
+        return Ok(data(OrderPage {
+            orders,
+            next_cursor: None,
+        }));
+    }
     let page = state.replica.read_book(|book| {
         let mut orders: Vec<OrderView> = book
             .orders(filter.name.as_deref(), status, before)

@@ -105,12 +105,17 @@ struct RoundFailure {
 }
 
 /// A commit round's error, kept to answer every order of the round with it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 enum CommitError {
+    #[error("no longer the leader")]
     NotLeader,
+    #[error("could not replicate to a majority ({acks} of {needed} replicas)")]
     NoMajority { acks: usize, needed: usize },
+    #[error("peer unavailable: {0}")]
     Unavailable(String),
+    #[error("catalog unavailable: {0}")]
     Catalog(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -122,21 +127,6 @@ impl From<OrderError> for CommitError {
             OrderError::PeerUnavailable(m) => Self::Unavailable(m),
             OrderError::CatalogUnavailable(m) => Self::Catalog(m),
             other => Self::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<&CommitError> for OrderError {
-    fn from(error: &CommitError) -> Self {
-        match error {
-            CommitError::NotLeader => Self::NotLeader,
-            CommitError::NoMajority { acks, needed } => Self::NoMajority {
-                acks: *acks,
-                needed: *needed,
-            },
-            CommitError::Unavailable(m) => Self::PeerUnavailable(m.clone()),
-            CommitError::Catalog(m) => Self::CatalogUnavailable(m.clone()),
-            CommitError::Internal(m) => Self::Task(m.clone()),
         }
     }
 }
@@ -169,6 +159,12 @@ pub struct Replica {
     /// catch-up, say) waits for it and continues from where it got, instead of sending the
     /// same orders again alongside it.
     follower_streams: HashMap<u32, Arc<tokio::sync::Mutex<()>>>,
+    /// Set while the leader's committer cannot apply committed entries to the catalog: new
+    /// commands are refused before they are written (503, not executed) rather than written
+    /// and left waiting on the catalog with an unknown outcome.
+    catalog_failing: AtomicBool,
+    /// The term this replica last completed a takeover in: it leads while that is its term.
+    leading_term: AtomicU64,
     metrics: ReplicaMetrics,
 }
 
@@ -215,6 +211,8 @@ impl Replica {
             leading: tokio::sync::Mutex::new(None),
             follower_matched: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashSet::new()),
+            catalog_failing: AtomicBool::new(false),
+            leading_term: AtomicU64::new(0),
             metrics: ReplicaMetrics::new(),
         })
     }
@@ -233,6 +231,8 @@ impl Replica {
             ready: self.is_ready(),
             last_transaction,
             applied,
+            leading: view.leader == Some(self.id)
+                && self.leading_term.load(Ordering::Acquire) == view.term,
         }
     }
 
@@ -431,6 +431,7 @@ impl Replica {
         });
         let committer = tokio::spawn(self.clone().commit_loop(term, wake.clone(), progress, last));
         self.metrics.takeovers.inc();
+        self.leading_term.store(term, Ordering::Release);
         *leading = Some(Leading {
             term,
             house,
@@ -564,6 +565,20 @@ impl Replica {
         }
     }
 
+    /// The order placed under idempotency key `key` (as logged) and its user, once committed
+    /// and applied here; `None` for a modify's or cancel's key.
+    pub fn placed_under(&self, key: &str) -> Result<Option<(OrderView, Option<u64>)>, OrderError> {
+        let Some(number) = self.log().number_for_key(key)? else {
+            return Ok(None);
+        };
+        let user = self.get(number)?.and_then(|entry| entry.user);
+        match self.order_view(number) {
+            Ok(view) => Ok(Some((view, user))),
+            Err(OrderError::OrderNotFound | OrderError::NotAnOrder(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The market events of the entries this replica's book applied lately.
     pub fn feed(&self) -> &crate::feed::Feed {
         self.book.feed()
@@ -627,6 +642,11 @@ impl Replica {
                     number
                 }
                 None => {
+                    if self.catalog_failing.load(Ordering::Acquire) {
+                        return Err(OrderError::CatalogUnavailable(
+                            "the leader cannot apply orders to the catalog now".into(),
+                        ));
+                    }
                     let name = match name {
                         Some(name) => name,
                         None => self.target_stock(&command, user)?,
@@ -680,15 +700,22 @@ impl Replica {
                     return Ok(number);
                 }
                 if let Some(failure) = &now.failure {
-                    // A round that ended after this order was written and covered it.
+                    // A round that ended after this order was written and covered it. The
+                    // entry is in the log and may still be committed, by this leader or the
+                    // next: only a retry under its key can say.
                     if failure.round > waiting_since && failure.through >= number {
-                        return Err((&failure.error).into());
+                        return Err(OrderError::OutcomeUnknown {
+                            cause: failure.error.to_string(),
+                            catalog: matches!(failure.error, CommitError::Catalog(_)),
+                        });
                     }
                 }
             }
             if progress.changed().await.is_err() {
-                // The committer stopped: this replica no longer leads.
-                return Err(OrderError::NotLeader);
+                return Err(OrderError::OutcomeUnknown {
+                    cause: "this replica stopped leading".into(),
+                    catalog: false,
+                });
             }
         }
     }
@@ -711,6 +738,8 @@ impl Replica {
             committed,
             catalog_applied: committed,
         };
+        // The takeover applied everything committed to the catalog.
+        self.catalog_failing.store(false, Ordering::Release);
         loop {
             tokio::select! {
                 () = wake.notified() => {}
@@ -773,8 +802,12 @@ impl Replica {
         }
         if state.catalog_applied < state.committed {
             let applying = Instant::now();
-            self.apply_to_catalog(term, &mut state.catalog_applied, state.committed)
-                .await?;
+            let applied = self
+                .apply_to_catalog(term, &mut state.catalog_applied, state.committed)
+                .await;
+            self.catalog_failing
+                .store(applied.is_err(), Ordering::Release);
+            applied?;
             self.metrics
                 .catalog_apply_seconds
                 .observe(applying.elapsed().as_secs_f64());
@@ -1171,7 +1204,11 @@ impl Replica {
                     }
                     *catalog_applied = snapshot.applied;
                 }
-                Err(e) if failures < 8 => {
+                // One quick retry rides over a dropped connection; a catalog that is down or
+                // hung fails the round (its entries answer "outcome unknown" at once, and new
+                // orders are refused until the catalog is back), and the next round, a
+                // heartbeat later, tries again.
+                Err(e) if failures < 1 && !is_timeout(&e) => {
                     failures += 1;
                     tracing::warn!("catalog apply failed, retrying: {e}");
                     tokio::time::sleep(delay).await;
@@ -1182,6 +1219,11 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Whether a call got no answer in time: a hung peer, not worth an immediate retry.
+fn is_timeout(error: &RemoteError) -> bool {
+    matches!(error, RemoteError::Unreachable(e) if e.is_timeout())
 }
 
 /// The house quantity after `command`, or why the leader refuses it: a market buy takes

@@ -1,0 +1,99 @@
+//! Calls to the catalog: each with a short deadline and through the breaker, and a probe that
+//! keeps the breaker true when no lookup goes to the catalog (every stock cached).
+
+use std::time::{Duration, Instant};
+
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::RemoteError;
+
+use crate::{AppState, FrontendError};
+
+/// Deadline of a read from the catalog (a lookup, a listing, a user's credential): a catalog
+/// that hangs costs a lookup no more than this before its last value is served stale.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Deadline of a write to the catalog (a new user: an fsync there).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Deadline of the catalog's health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Why a call to the catalog failed.
+pub(crate) enum CatalogCall {
+    /// The breaker is open: not even tried.
+    Refused(Duration),
+    /// No answer in time, or a 5xx: the catalog is in trouble.
+    Failed(RemoteError),
+    /// An answer that is an error (a 4xx, or a body that is not what was asked for): the
+    /// catalog is there.
+    Answered(RemoteError),
+}
+
+impl From<CatalogCall> for FrontendError {
+    fn from(failure: CatalogCall) -> Self {
+        match failure {
+            CatalogCall::Refused(retry_after) => Self::CatalogDown { retry_after },
+            CatalogCall::Failed(e) | CatalogCall::Answered(e) => Self::CatalogUnavailable(e),
+        }
+    }
+}
+
+/// Calls the catalog through its breaker. Only a missing answer or a 5xx counts against it.
+pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: reqwest::RequestBuilder,
+) -> Result<T, CatalogCall> {
+    let breaker = &state.inner.catalog_breaker;
+    breaker.admit().map_err(CatalogCall::Refused)?;
+    match call::<T>(request).await {
+        Ok(value) => {
+            breaker.succeeded();
+            Ok(value)
+        }
+        Err(e) if is_failure(&e) => {
+            breaker.failed(Instant::now());
+            Err(CatalogCall::Failed(e))
+        }
+        Err(e) => {
+            breaker.succeeded();
+            Err(CatalogCall::Answered(e))
+        }
+    }
+}
+
+/// Whether an error means the catalog is in trouble: no answer, or a 5xx.
+fn is_failure(error: &RemoteError) -> bool {
+    match error {
+        RemoteError::Unreachable(_) => true,
+        RemoteError::Api(error) => error.status.is_server_error(),
+        RemoteError::Decode(_) => false,
+    }
+}
+
+/// Probes the catalog's health every [`PROBE_EVERY`](super::breaker::PROBE_EVERY), whatever
+/// the breaker's state: a hung catalog opens the breaker even while every lookup is a cache
+/// hit (so orders fail fast instead of waiting on the leader), and an open breaker closes as
+/// soon as the catalog answers again, without waiting for a lookup to try.
+pub async fn watch(state: AppState) {
+    let inner = &state.inner;
+    let Ok(url) = endpoint(&inner.catalog_url, &["health"]) else {
+        tracing::error!(
+            url = inner.catalog_url,
+            "the catalog's URL cannot take a path"
+        );
+        return;
+    };
+    let mut ticks = tokio::time::interval(super::breaker::PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let probe = inner.http.get(url.clone()).timeout(PROBE_TIMEOUT);
+        match call::<serde_json::Value>(probe).await {
+            Err(e) if is_failure(&e) => {
+                tracing::debug!("catalog probe failed: {e}");
+                inner.catalog_breaker.failed(Instant::now());
+            }
+            _ => inner.catalog_breaker.succeeded(),
+        }
+    }
+}

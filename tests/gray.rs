@@ -1,0 +1,177 @@
+//! Gray failures on real processes (DESIGN I11, I13): a catalog that hangs (SIGSTOP) instead of
+//! dying, a leader that hangs, and requests that look harmless. Two frontends throughout.
+//! Every answer must be true: 200 executed, 503 never executed, 504 resolved by its key.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_until, Cluster, Proc};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn signal(proc: &Proc, signal: Signal) {
+    let pid = proc.pid().expect("running");
+    kill(Pid::from_raw(i32::try_from(pid).expect("a pid")), signal).expect("signal");
+}
+
+/// The status of `GET path` sent as it is: HTTP clients would normalise `..` away.
+async fn raw_get_status(base: &str, path: &str) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {reply}"))
+}
+
+/// Frontend `frontend`'s view of the catalog's breaker.
+async fn breaker(cluster: &Cluster, frontend: usize) -> Value {
+    let url = format!("{}/cluster", cluster.frontend_urls[frontend]);
+    let (status, body) = cluster.get(&url).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["catalog"]["breaker"].clone()
+}
+
+/// Places a market order, with `key` as its Idempotency-Key if given.
+async fn order(
+    cluster: &Cluster,
+    frontend: usize,
+    body: &Value,
+    key: Option<&str>,
+) -> (u16, Value, Option<String>) {
+    let mut request = cluster
+        .http
+        .post(format!("{}/orders", cluster.frontend_urls[frontend]))
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status().as_u16();
+    let header = response
+        .headers()
+        .get("idempotency-key")
+        .map(|value| value.to_str().expect("ASCII").to_owned());
+    (status, response.json().await.expect("JSON"), header)
+}
+
+/// The orders `GET /orders?key=` finds through frontend `frontend`.
+async fn orders_under(cluster: &Cluster, frontend: usize, key: &str) -> Vec<Value> {
+    let url = format!("{}/orders?key={key}", cluster.frontend_urls[frontend]);
+    let (status, body) = cluster.get(&url).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["orders"].as_array().expect("a list").clone()
+}
+
+/// How many committed log entries carry client key `key`.
+fn entries_under(log: &[Value], key: &str) -> usize {
+    let logged = json!(format!("client-{key}"));
+    log.iter().filter(|entry| entry["key"] == logged).count()
+}
+
+#[tokio::test]
+async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_lookups() {
+    let cluster = Cluster::start(2).await;
+    let buy = json!({"name": "GameStart", "quantity": 1, "type": "buy"});
+    for frontend in 0..2 {
+        assert_eq!(cluster.quantity(frontend, "GameStart").await, 100);
+    }
+
+    // Paths that are no stock's name: 404 at the frontend, however many, and trading goes on.
+    for _ in 0..3 {
+        for path in ["/stocks/..", "/stocks/.", "/stocks/%2e%2e", "/stocks/a%2Fb"] {
+            assert_eq!(
+                raw_get_status(cluster.frontend(), path).await,
+                404,
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(breaker(&cluster, 0).await["state"], "closed");
+    let (status, body, _) = order(&cluster, 0, &buy, None).await;
+    assert_eq!(status, 200, "{body}");
+
+    signal(&cluster.catalog, Signal::SIGSTOP);
+    // Sent at once, before any breaker can know: the leader commits it and cannot apply it to
+    // the catalog, so nobody can say yet whether it executed. The answer says so, and names
+    // the key the frontend gave it.
+    let (status, body, header) = order(&cluster, 0, &buy, None).await;
+    assert_eq!(status, 504, "{body}");
+    let unknown_key = body["error"]["idempotency_key"]
+        .as_str()
+        .expect("the key in the body")
+        .to_owned();
+    assert_eq!(header.as_deref(), Some(unknown_key.as_str()));
+
+    // Both frontends' breakers open by their own probes: frontend 2 has had no lookup since.
+    for frontend in 0..2 {
+        wait_until("the breaker to open", Duration::from_secs(10), || async {
+            breaker(&cluster, frontend).await["state"] == "open"
+        })
+        .await;
+    }
+    // Orders fail at once and are never executed; cached lookups say they are stale.
+    let (status, body, _) = order(&cluster, 1, &buy, Some("gray-refused")).await;
+    assert_eq!(status, 503, "{body}");
+    let response = cluster
+        .http
+        .get(format!("{}/stocks/GameStart", cluster.frontend_urls[1]))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("warning"));
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["stale"], true, "{body}");
+    // The unknown order was committed before the catalog hung: its key finds it, through the
+    // other frontend, while the catalog still hangs.
+    let found = orders_under(&cluster, 1, &unknown_key).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let number = found[0]["number"].as_u64().expect("a number");
+
+    signal(&cluster.catalog, Signal::SIGCONT);
+    // No lookup needed: the probes close both breakers.
+    for frontend in 0..2 {
+        wait_until("the breaker to close", Duration::from_secs(10), || async {
+            breaker(&cluster, frontend).await["state"] == "closed"
+        })
+        .await;
+    }
+    // A retry under the key answers what happened, and executes nothing again.
+    let (status, body, _) = order(&cluster, 1, &buy, Some(&unknown_key)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["transaction_number"], number);
+    assert_eq!(cluster.quantity(1, "GameStart").await, 98);
+    assert!(orders_under(&cluster, 0, "gray-refused").await.is_empty());
+    let log = cluster.wait_for_identical_logs().await;
+    assert_eq!(entries_under(&log, &unknown_key), 1);
+    assert_eq!(entries_under(&log, "gray-refused"), 0);
+
+    // The transitions are in the metrics.
+    let metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.frontend_urls[1]))
+        .send()
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("text");
+    for to in ["open", "closed"] {
+        let line = format!("stocknet_frontend_catalog_breaker_transitions_total{{to=\"{to}\"}} 1");
+        assert!(metrics.contains(&line), "no {line} in:\n{metrics}");
+    }
+    assert!(metrics.contains("stocknet_frontend_catalog_breaker_open 0"));
+}
