@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: stocknet_common::server::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -54,7 +56,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     return_large_blocks_to_the_system();
     let cli = Cli::parse();
-    stocknet_common::server::init_tracing();
+    stocknet_common::server::init_tracing(cli.log.log_format);
     let result = tokio::runtime::Runtime::new()
         .map_err(Into::into)
         .and_then(|runtime| {
@@ -63,7 +65,9 @@ fn main() -> std::process::ExitCode {
                     Command::Catalog(config) => stocknet_catalog::run(config).await,
                     Command::Order(config) => stocknet_order::run(config).await,
                     Command::Frontend(config) => stocknet_frontend::run(config).await,
-                    Command::Up(config) => up::run(config).await.map_err(Into::into),
+                    Command::Up(config) => up::run(config, cli.log.log_format)
+                        .await
+                        .map_err(Into::into),
                     #[cfg(feature = "load")]
                     Command::Load(config) => load::run(config).await.map_err(Into::into),
                     #[cfg(feature = "load")]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use stocknet_common::server::{LogFormat, LOG_FORMAT_ENV};
 use stocknet_common::Secret;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
@@ -52,6 +53,8 @@ struct Service {
     ready_url: String,
     child: Option<Child>,
     restarts: u32,
+    /// Passed on, so that every service logs the way `up` was asked to.
+    log_format: LogFormat,
 }
 
 impl Service {
@@ -60,6 +63,7 @@ impl Service {
         let mut command = Command::new(exe);
         command
             .args(&self.args)
+            .env(LOG_FORMAT_ENV, self.log_format.as_str())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe; it makes the child get SIGTERM when `up` dies,
@@ -91,14 +95,14 @@ impl Service {
     }
 }
 
-pub async fn run(config: UpConfig) -> anyhow::Result<()> {
+pub async fn run(config: UpConfig, log_format: LogFormat) -> anyhow::Result<()> {
     if config.order_ports.is_empty() {
         bail!("--order-ports needs at least one port");
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let secret = ensure_secret(&config.data_dir)?;
-    let mut services = plan(&config, &secret);
+    let mut services = plan(&config, &secret, log_format);
     for service in &mut services {
         service.spawn()?;
     }
@@ -148,7 +152,7 @@ fn ensure_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn plan(config: &UpConfig, secret: &Path) -> Vec<Service> {
+fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service> {
     let local = |port: u16| format!("http://127.0.0.1:{port}");
     let data_dir = config.data_dir.display().to_string();
     let secret = secret.display().to_string();
@@ -180,6 +184,7 @@ fn plan(config: &UpConfig, secret: &Path) -> Vec<Service> {
         ready_url: format!("{}/health", local(config.catalog_port)),
         child: None,
         restarts: 0,
+        log_format,
     }];
     for (i, port) in config.order_ports.iter().enumerate() {
         services.push(Service {
@@ -202,6 +207,7 @@ fn plan(config: &UpConfig, secret: &Path) -> Vec<Service> {
             ready_url: format!("{}/ready", local(*port)),
             child: None,
             restarts: 0,
+            log_format,
         });
     }
     let mut frontend_args = vec![
@@ -226,6 +232,7 @@ fn plan(config: &UpConfig, secret: &Path) -> Vec<Service> {
         ready_url: format!("{}/health", local(config.frontend_port)),
         child: None,
         restarts: 0,
+        log_format,
     });
     services
 }

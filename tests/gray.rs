@@ -175,3 +175,96 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
     }
     assert!(metrics.contains("stocknet_frontend_catalog_breaker_open 0"));
 }
+
+/// Logs that go to a file carry no colour codes, and `--log-format json` writes one JSON
+/// object a line. (A lone frontend's breaker opens, and says so, since no catalog answers.)
+#[tokio::test]
+async fn logs_in_a_file_are_plain_text_or_json_lines() {
+    for format in ["text", "json"] {
+        let lone = common::LoneFrontend::start(&["--log-format", format]).await;
+        wait_until("a warning in the log", Duration::from_secs(10), || async {
+            lone.frontend.log_tail(50).contains("breaker open")
+        })
+        .await;
+        let log = lone.frontend.log_tail(50);
+        assert!(!log.contains('\u{1b}'), "{format}: colour codes in\n{log}");
+        if format == "json" {
+            for line in log.lines() {
+                let entry: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(entry["level"].is_string(), "{line}");
+            }
+        }
+    }
+}
+
+/// A leader that hangs is passed over: an order sent to it is answered truly (executed once
+/// on the new leader, or 504 and then resolved by its key), the other frontend follows the new
+/// leader without another election, and when the old leader resumes it commits nothing in its
+/// old term. A hung follower costs nothing.
+#[tokio::test]
+async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
+    let cluster = Cluster::start(2).await;
+    let buy = |name: &str| json!({"name": name, "quantity": 1, "type": "buy"});
+    let (status, body, _) = order(&cluster, 0, &buy("GameStart"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let old = cluster.leader().await.expect("a leader");
+    let old_term = cluster.replica_health(old).await["term"]
+        .as_u64()
+        .expect("term");
+
+    signal(&cluster.orders[old], Signal::SIGSTOP);
+    let (status, body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
+    assert!(status == 200 || status == 504, "{status}: {body}");
+    if status == 504 {
+        let (status, body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Frontend 2 still has the hung leader: it finds the new one rather than electing.
+    let (status, body, _) = order(&cluster, 1, &buy("FishCo"), Some("hung-2")).await;
+    assert!(status == 200 || status == 504, "{status}: {body}");
+    if status == 504 {
+        let (status, body, _) = order(&cluster, 1, &buy("FishCo"), Some("hung-2")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Both frontends now use the same new leader, in the same term (one election, by frontend 1).
+    let mut leaders = Vec::new();
+    for url in &cluster.frontend_urls {
+        let (_, health) = cluster.get(&format!("{url}/health")).await;
+        leaders.push((
+            health["data"]["leader"].clone(),
+            health["data"]["term"].clone(),
+        ));
+    }
+    assert_eq!(leaders[0], leaders[1], "{leaders:?}");
+    let new = usize::try_from(leaders[0].0.as_u64().expect("a leader") - 1).expect("an index");
+    assert_ne!(new, old);
+    assert_eq!(leaders[0].1.as_u64(), Some(old_term + 1));
+
+    // The old leader resumes believing it leads its old term: nothing it is sent commits.
+    signal(&cluster.orders[old], Signal::SIGCONT);
+    let response = cluster
+        .insider
+        .post(format!("{}/orders", cluster.order_urls[old]))
+        .header("idempotency-key", "client-hung-old")
+        .json(&buy("Apple"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_ne!(response.status(), 200, "{:?}", response.text().await);
+    cluster.wait_replica_ready(old).await;
+
+    // A hung follower: the leader and the other follower are a majority.
+    let follower = (0..3).find(|i| *i != new).expect("a follower");
+    signal(&cluster.orders[follower], Signal::SIGSTOP);
+    let (status, body, _) = order(&cluster, 1, &buy("BoarCo"), Some("hung-3")).await;
+    assert_eq!(status, 200, "{body}");
+    signal(&cluster.orders[follower], Signal::SIGCONT);
+    let log = cluster.wait_for_identical_logs().await;
+    for (key, count) in [("hung-1", 1), ("hung-2", 1), ("hung-3", 1), ("hung-old", 0)] {
+        assert_eq!(entries_under(&log, key), count, "{key}");
+    }
+    assert!(log.iter().all(|entry| entry["name"] != "Apple"));
+    assert_eq!(cluster.quantity(0, "GameStart").await, 98);
+    assert_eq!(cluster.quantity(1, "FishCo").await, 99);
+}

@@ -19,6 +19,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    log: stocknet_common::server::LogArgs,
     /// Address of the /metrics and /healthz endpoint.
     #[arg(
         long,
@@ -57,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    stocknet_common::server::init_tracing();
+    stocknet_common::server::init_tracing(cli.log.log_format);
     let client = kube::Client::try_default().await?;
     let context = Arc::new(Context::new(client.clone(), cli.settings));
     let listener = tokio::net::TcpListener::bind(cli.metrics_address).await?;

@@ -155,7 +155,7 @@ impl Drop for Proc {
 /// unreachable): for tests of its own routes. `extra` adds flags.
 pub struct LoneFrontend {
     pub url: String,
-    _frontend: Proc,
+    pub frontend: Proc,
     _dir: tempfile::TempDir,
 }
 
@@ -190,7 +190,7 @@ impl LoneFrontend {
         .await;
         Self {
             url,
-            _frontend: frontend,
+            frontend,
             _dir: dir,
         }
     }

@@ -80,13 +80,49 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: coloured only when stderr is a terminal, so files and pipes stay plain.
+    #[default]
+    Text,
+    /// One JSON object a line, for a log stack.
+    Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format` (and `STOCKNET_LOG_FORMAT`) that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// How log lines are written: text, or json (one object a line).
+    #[arg(long, env = LOG_FORMAT_ENV, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// The environment variable of `--log-format`, which `stocknet up` passes to its services.
+pub const LOG_FORMAT_ENV: &str = "STOCKNET_LOG_FORMAT";
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (tests, `up` in-process) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second call (tests, `up` in-process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

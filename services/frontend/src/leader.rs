@@ -167,7 +167,14 @@ impl Election {
             };
             match call::<Health>(self.http.post(url).json(&notice)).await {
                 Ok(_) => {
-                    self.notify_others(replica.id, notice).await;
+                    // In the background: a hung replica must not hold up the orders waiting
+                    // for this election.
+                    tokio::spawn(notify_others(
+                        self.http.clone(),
+                        self.replicas.clone(),
+                        replica.id,
+                        notice,
+                    ));
                     self.elections.inc();
                     tracing::info!(leader = replica.id, term, "order leader elected");
                     return Some(Leader {
@@ -182,21 +189,32 @@ impl Election {
         }
         None
     }
+}
 
-    async fn notify_others(&self, leader: u32, notice: LeaderNotice) {
-        join_all(
-            self.replicas
-                .iter()
-                .filter(|replica| replica.id != leader)
-                .map(|replica| async move {
+/// Tells every replica but the new `leader` who leads now (they learn it from its first
+/// replication too; this only makes it sooner).
+async fn notify_others(
+    http: reqwest::Client,
+    replicas: Vec<Peer>,
+    leader: u32,
+    notice: LeaderNotice,
+) {
+    join_all(
+        replicas
+            .iter()
+            .filter(|replica| replica.id != leader)
+            .map(|replica| {
+                let http = &http;
+                async move {
                     let Ok(url) = endpoint(&replica.url, &["leader"]) else {
                         return;
                     };
-                    if let Err(e) = call::<Health>(self.http.post(url).json(&notice)).await {
+                    let request = http.post(url).json(&notice).timeout(HEALTH_TIMEOUT);
+                    if let Err(e) = call::<Health>(request).await {
                         tracing::debug!(replica = replica.id, "leader notice not delivered: {e}");
                     }
-                }),
-        )
-        .await;
-    }
+                }
+            }),
+    )
+    .await;
 }

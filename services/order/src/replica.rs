@@ -944,24 +944,35 @@ impl Replica {
         &self,
         notice: LeaderNotice,
     ) -> Result<(Peer, LogPosition), OrderError> {
-        let replies = futures::future::join_all(self.peers.iter().map(|peer| async move {
-            let url = endpoint(&peer.url, &["prepare"]).ok()?;
-            match call::<LogPosition>(self.http.post(url).json(&notice)).await {
-                Ok(position) => Some((peer.clone(), position)),
-                Err(e) => {
-                    tracing::info!(peer = peer.id, "no promise for term {}: {e}", notice.term);
-                    None
+        // A majority of promises is enough (any two majorities share a replica, so the best
+        // log among them holds every committed entry); a hung peer is not waited for.
+        let needed = self.majority();
+        let mut replies: FuturesUnordered<_> = self
+            .peers
+            .iter()
+            .map(|peer| async move {
+                let url = endpoint(&peer.url, &["prepare"]).ok()?;
+                match call::<LogPosition>(self.http.post(url).json(&notice)).await {
+                    Ok(position) => Some((peer.clone(), position)),
+                    Err(e) => {
+                        tracing::info!(peer = peer.id, "no promise for term {}: {e}", notice.term);
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut promises: Vec<(Peer, LogPosition)> = Vec::new();
+        while promises.len() + 1 < needed {
+            match replies.next().await {
+                Some(Some(promise)) => promises.push(promise),
+                Some(None) => {}
+                None => {
+                    return Err(OrderError::NoMajority {
+                        acks: promises.len() + 1,
+                        needed,
+                    })
                 }
             }
-        }))
-        .await;
-        let promises: Vec<(Peer, LogPosition)> = replies.into_iter().flatten().collect();
-        let needed = self.majority();
-        if promises.len() + 1 < needed {
-            return Err(OrderError::NoMajority {
-                acks: promises.len() + 1,
-                needed,
-            });
         }
         let own = (
             Peer {

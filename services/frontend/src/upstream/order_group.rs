@@ -170,7 +170,15 @@ where
         inner.order_retries.inc();
         leader = match (elect, leader) {
             (false, Some(current)) => Some(current),
-            (_, failed) => inner.election.replace(failed.as_ref()).await,
+            // An election that outlasts the deadline leaves the write's answer as it is.
+            (_, failed) => {
+                match tokio::time::timeout_at(deadline, inner.election.replace(failed.as_ref()))
+                    .await
+                {
+                    Ok(found) => found,
+                    Err(_) => break,
+                }
+            }
         };
     }
     if maybe_executed {
