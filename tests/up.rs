@@ -283,9 +283,10 @@ async fn the_console_trades_through_its_form_and_reconnects() {
     assert!(width.as_u64().is_some_and(|w| w <= 1280), "{width}");
     browser
         .wait_for(
-            "the leader in the cluster panel",
+            "the leader and the catalog's breaker in the cluster panel",
             r#"document.getElementById('cluster-leader').textContent.includes('leader: replica 3')
-               && document.querySelectorAll('#cluster tr').length === 4"#,
+               && document.querySelectorAll('#cluster tr').length === 4
+               && document.getElementById('catalog-row').textContent.includes('breaker closed')"#,
         )
         .await;
 
