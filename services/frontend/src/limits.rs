@@ -18,7 +18,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use stocknet_common::envelope::with_retry_after;
 use stocknet_common::ApiError;
 
-use crate::{users, AppState};
+use crate::{credentials, AppState};
 
 /// Clients whose buckets are kept before idle ones are dropped.
 const TRACKED_CLIENTS: usize = 10_000;
@@ -140,7 +140,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     if !limits.enabled() || request.uri().path() == "/health" {
         return next.run(request).await;
     }
-    let user = match users::caller(&state, request.headers()).await {
+    let user = match credentials::caller(&state, request.headers()).await {
         Ok(user) => user,
         Err(refused) => return refused.into_response(),
     };

@@ -24,7 +24,8 @@ use stocknet_common::wire::{Depth, FeedPage, Health, MarketEvent, Snapshot};
 use stocknet_common::{Path, Price, Stock};
 use tokio::sync::{broadcast, Notify};
 
-use crate::{stock, AppState, FrontendError};
+use crate::routes::stocks::stock;
+use crate::{AppState, FrontendError};
 
 /// Messages a stream's channel holds for its slowest consumer.
 pub const CHANNEL: usize = 1_024;

@@ -5,6 +5,7 @@
 //! which the frontend's own probe (`upstream::catalog::watch`) finds within one
 //! [`PROBE_EVERY`] of the catalog answering again, with or without lookups.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,8 @@ struct BreakerMetrics {
 #[derive(Debug)]
 pub struct Breaker {
     state: Mutex<State>,
+    /// Whether `state` is open, for the hot path (every cached lookup asks) without the lock.
+    open: AtomicBool,
     metrics: BreakerMetrics,
 }
 
@@ -62,6 +65,7 @@ impl Default for Breaker {
     fn default() -> Self {
         Self {
             state: Mutex::new(State::Closed { failures: 0 }),
+            open: AtomicBool::new(false),
             metrics: BreakerMetrics::default(),
         }
     }
@@ -85,9 +89,10 @@ impl Breaker {
 
     /// Whether a call may go to the catalog now; if not, when to try again.
     pub fn admit(&self) -> Result<(), Duration> {
-        match *self.lock() {
-            State::Closed { .. } => Ok(()),
-            State::Open { .. } => Err(PROBE_EVERY),
+        if self.open.load(Ordering::Acquire) {
+            Err(PROBE_EVERY)
+        } else {
+            Ok(())
         }
     }
 
@@ -138,6 +143,7 @@ impl Breaker {
     }
 
     fn transition(&self, to: &'static str, open: i64) {
+        self.open.store(open == 1, Ordering::Release);
         self.metrics.open.set(open);
         self.metrics
             .transitions

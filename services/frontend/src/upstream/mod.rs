@@ -3,4 +3,5 @@
 
 pub mod breaker;
 pub mod catalog;
+pub mod leader;
 pub mod order_group;

@@ -6,11 +6,15 @@
 
 use std::time::Duration;
 
+use axum::response::Response;
+use serde_json::Value;
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::data;
 use stocknet_common::wire::CATALOG_UNAVAILABLE;
 use stocknet_common::RemoteError;
 use tokio::time::Instant;
 
-use crate::leader::Leader;
+use crate::upstream::leader::Leader;
 use crate::{AppState, FrontendError};
 
 /// How long a write is retried under its key before the answer is 504.
@@ -65,6 +69,24 @@ where
         }
     }
     Err(FrontendError::NoLeader)
+}
+
+/// Forwards a read of the book to the leader, whose book holds every committed entry; the
+/// query string goes as it came (the replica validates it).
+pub(crate) async fn forward_read(
+    state: &AppState,
+    segments: &[&str],
+    query: Option<&str>,
+) -> Result<Response, FrontendError> {
+    let value: Value = read(state, |leader| {
+        let request = endpoint(&leader.url, segments).map(|mut url| {
+            url.set_query(query);
+            state.inner.http.get(url)
+        });
+        async move { call::<Value>(request?).await }
+    })
+    .await?;
+    Ok(data(value))
 }
 
 /// What one attempt of a write says about it.

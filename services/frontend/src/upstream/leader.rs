@@ -6,14 +6,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
+use std::time::Duration;
 
 use futures::future::join_all;
 use prometheus_client::metrics::counter::Counter;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::wire::{Health, LeaderNotice, Peer};
 
+/// How long an early election waits for every replica to be ready.
+const EARLY_ELECTION_WAIT: Duration = Duration::from_secs(30);
+
 /// A replica that does not answer its health check within this is passed over.
-const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
@@ -188,6 +192,23 @@ impl Election {
             }
         }
         None
+    }
+
+    /// Finds or elects a leader as soon as the replicas are ready rather than at the first
+    /// order, so that the replicas (and the StockNet's status) name one from the start. It
+    /// waits for all of them (the highest id should lead), and for at most
+    /// [`EARLY_ELECTION_WAIT`]: then a majority does.
+    pub async fn elect_early(&self) {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        while self.current().is_none() {
+            let waited = started.elapsed() > EARLY_ELECTION_WAIT;
+            if (waited || self.all_ready().await) && self.leader().await.is_some() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 }
 

@@ -1,11 +1,10 @@
-//! The web console: one page (HTML, CSS and a dependency-free script, embedded in the binary)
-//! on the public API's streams and endpoints, and `GET /cluster`, which it polls for the
-//! replicas' and the catalog's health.
+//! `GET /cluster`: the leader this frontend uses, each replica's and the catalog's health asked
+//! now, and the breaker in front of the catalog.
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::response::{Html, Response};
+use axum::response::Response;
 use futures::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,24 +17,8 @@ use utoipa::ToSchema;
 use crate::upstream::breaker::BreakerView;
 use crate::AppState;
 
-const PAGE: &str = include_str!("console.html");
-
 /// How long `GET /cluster` waits for each service's health.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
-
-/// The web console: the market live, an order form, and the cluster.
-#[utoipa::path(get, path = "/", tag = "service",
-    responses((status = 200, description = "The web console (HTML)", content_type = "text/html")))]
-pub async fn root() -> Html<&'static str> {
-    Html(PAGE)
-}
-
-/// The web console, as at `/`.
-#[utoipa::path(get, path = "/console", tag = "service",
-    responses((status = 200, description = "The web console (HTML)", content_type = "text/html")))]
-pub async fn console() -> Html<&'static str> {
-    Html(PAGE)
-}
 
 /// One order replica as this frontend sees it now.
 #[derive(Debug, Serialize, ToSchema)]

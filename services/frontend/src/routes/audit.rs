@@ -11,7 +11,7 @@ use stocknet_common::wire::{AuditPage, AuditQuery};
 use stocknet_common::{data, Query};
 
 use crate::upstream::order_group;
-use crate::{users, AppState, FrontendError};
+use crate::{credentials, AppState, FrontendError};
 
 /// Commands that reached the leader, refused ones included, newest first: who sent each
 /// (`user`), when, under which `Idempotency-Key`, and its outcome. With a user's API key, that
@@ -32,7 +32,7 @@ pub(crate) async fn audit(
     Query(mut query): Query<AuditQuery>,
 ) -> Result<Response, FrontendError> {
     if !state.inner.secret.admits(&headers) {
-        match (users::caller(&state, &headers).await?, query.user) {
+        match (credentials::caller(&state, &headers).await?, query.user) {
             (None, _) => {
                 return Err(FrontendError::Unauthorized(
                     "The audit trail needs an API key (or the deployment's secret)",

@@ -1,0 +1,393 @@
+//! The router without its backends: envelopes, authentication, limits, the OpenAPI document.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use clap::Parser;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use stocknet_common::wire::IDEMPOTENCY_KEY;
+use stocknet_common::Secret;
+use tower::ServiceExt;
+
+use crate::{openapi_document, router, upstream, AppState, Config, FrontendError};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A frontend whose catalog and order replicas are not running.
+fn app() -> Router {
+    let cli = Cli::parse_from([
+        "frontend",
+        "--catalog-url",
+        "http://127.0.0.1:9",
+        "--order-replicas",
+        "1=http://127.0.0.1:9",
+    ]);
+    router(AppState::new(
+        &cli.config,
+        Secret::new("router-test-secret").unwrap(),
+    ))
+}
+
+async fn send(request: Request<Body>) -> (StatusCode, Value) {
+    let response = app().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+fn post_json(uri: &str, body: &'static str) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer router-test-secret")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_invalidation_push_needs_the_secret() {
+    for auth in [None, Some("Bearer wrong-secret-but-long")] {
+        let mut request = Request::post("/invalidate").header("content-type", "application/json");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let request = request
+            .body(Body::from(r#"{"names":["GameStart"]}"#))
+            .unwrap();
+        let (status, body) = send(request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], 401);
+    }
+}
+
+#[tokio::test]
+async fn envelopes_for_every_outcome_without_backends() {
+    let (status, body) = send(
+        Request::post("/invalidate/GameStart")
+            .header("authorization", "Bearer router-test-secret")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            serde_json::json!({"data": {"success": true}})
+        )
+    );
+    let (status, body) = send(post_json(
+        "/invalidate",
+        r#"{"names":["GameStart","FishCo"]}"#,
+    ))
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            serde_json::json!({"data": {"success": true}})
+        )
+    );
+    let (status, body) = send(post_json("/invalidate", r#"{"names":"GameStart"}"#)).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, serde_json::json!(400))
+    );
+    let (status, body) = send(Request::post("/orders").body(Body::from("{")).unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, serde_json::json!(400))
+    );
+    let (status, body) = send(
+        Request::get("/stocks/GameStart")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["message"].clone()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!("Catalog unavailable")
+        )
+    );
+    let valid = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
+    let (status, body) = send(Request::post("/orders").body(Body::from(valid)).unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["message"].clone()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!("No order leader available")
+        )
+    );
+    let (status, _) = send(Request::get("/orders/12x").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = send(Request::put("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// With limits on, a user's requests count against the user (whatever their address), a
+/// bad key is refused before any limit, and every user has a bucket of their own.
+#[tokio::test]
+async fn a_user_is_limited_by_their_key() {
+    use stocknet_common::api_key::{ApiKey, Credential};
+    let cli = Cli::parse_from([
+        "frontend",
+        "--catalog-url",
+        "http://127.0.0.1:9",
+        "--order-replicas",
+        "1=http://127.0.0.1:9",
+        "--rate-limit",
+        "1",
+        "--rate-burst",
+        "2",
+    ]);
+    let state = AppState::new(&cli.config, Secret::new("router-test-secret").unwrap());
+    let keys: Vec<ApiKey> = (1..=2)
+        .map(|user| ApiKey::generate(user).unwrap())
+        .collect();
+    for key in &keys {
+        // As if this frontend had fetched their credentials from the catalog.
+        let credential = Credential::of(key).unwrap();
+        state.inner.credentials.keep(key.user(), credential);
+    }
+    let app = router(state);
+    let get = |auth: Option<String>| {
+        let mut request = Request::get("/openapi.json");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        app.clone().oneshot(request.body(Body::empty()).unwrap())
+    };
+    let bearer = |key: &ApiKey| Some(format!("Bearer {}", key.reveal()));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(bearer(&keys[0])).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(
+        get(bearer(&keys[1])).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let forged = Some(format!("Bearer snk_2_{}", "0".repeat(64)));
+    assert_eq!(
+        get(forged).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // No key and no address (in-process): nothing to count against.
+    assert_eq!(get(None).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn users_and_keys_are_checked_before_any_backend_is_asked() {
+    let get = |uri: &str, auth: Option<&str>| {
+        let mut request = Request::get(uri);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    for body in [r#"{"name":"alice"}"#, "[1]", "{"] {
+        let request = Request::post("/users").body(Body::from(body)).unwrap();
+        let (status, reply) = send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+    }
+    // A valid request needs the catalog, which keeps users.
+    for body in ["", "{}", " "] {
+        let request = Request::post("/users").body(Body::from(body)).unwrap();
+        assert_eq!(
+            send(request).await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{body:?}"
+        );
+    }
+    let (status, _) = send(get("/users/x/portfolio", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The audit trail: a key (or the deployment's secret) first, known parameters only.
+    assert_eq!(send(get("/audit", None)).await.0, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(get("/audit?colour=red", Some("Bearer router-test-secret"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = send(get("/audit", Some("Bearer router-test-secret"))).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the secret admits; no leader"
+    );
+    assert_eq!(
+        send(get("/reports/daily?date=2026-11-29", None)).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let response = app()
+        .oneshot(get("/users/1/portfolio", None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let well_formed = format!("Bearer snk_1_{}", "ab".repeat(32));
+    for (auth, expected) in [
+        ("Bearer junk", StatusCode::UNAUTHORIZED),
+        ("Basic c25rOg==", StatusCode::UNAUTHORIZED),
+        ("Bearer router-test-secret", StatusCode::UNAUTHORIZED),
+        // Verifying it needs the user's credential from the catalog.
+        (well_formed.as_str(), StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let (status, body) = send(get("/users/1/portfolio", Some(auth))).await;
+        assert_eq!(status, expected, "{auth}: {body}");
+        let order = Request::post("/orders")
+            .header("authorization", auth)
+            .body(Body::from(
+                r#"{"name":"GameStart","quantity":1,"type":"buy"}"#,
+            ))
+            .unwrap();
+        assert_eq!(send(order).await.0, expected, "{auth}");
+    }
+}
+
+/// Every operation of the OpenAPI document is served by the router, and the public API
+/// that docs/API.md lists is exactly what the document describes (the router's public
+/// routes are registered together with their description, in `public_api`).
+#[tokio::test]
+async fn the_openapi_document_describes_every_public_route() {
+    let document = serde_json::to_value(openapi_document()).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            documented.insert(format!("{method} {path}"));
+            let uri = path.replace("{name}", "GameStart").replace("{number}", "1");
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .body(Body::from("{}"))
+                .unwrap();
+            let response = app().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let fallback = status == StatusCode::METHOD_NOT_ALLOWED
+                || (status == StatusCode::NOT_FOUND
+                    && String::from_utf8_lossy(&body).contains("No such route"));
+            assert!(!fallback, "{method} {uri} is documented but not routed");
+        }
+    }
+    let api = include_str!("../../../docs/API.md");
+    let public = api.split("## Internal").next().unwrap();
+    let listed: std::collections::BTreeSet<String> = public
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|row| row.split('`').next())
+        .map(|call| call.split('?').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, documented, "docs/API.md and /openapi.json differ");
+    // The internal push is served but not part of the public description.
+    assert!(!documented.iter().any(|op| op.contains("/invalidate")));
+}
+
+#[tokio::test]
+async fn the_document_and_its_page_are_served() {
+    let response = app()
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served, serde_json::to_value(openapi_document()).unwrap());
+    let response = app()
+        .oneshot(Request::get("/docs").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("openapi.json"));
+}
+
+/// Paths that are not a stock name never reach the catalog (which is not running here, so
+/// reaching it would be a 503) and never count against its breaker.
+#[tokio::test]
+async fn hostile_lookup_paths_are_404_and_leave_the_breaker_closed() {
+    let cli = Cli::parse_from([
+        "frontend",
+        "--catalog-url",
+        "http://127.0.0.1:9",
+        "--order-replicas",
+        "1=http://127.0.0.1:9",
+    ]);
+    let state = AppState::new(&cli.config, Secret::new("router-test-secret").unwrap());
+    let app = router(state.clone());
+    for _ in 0..upstream::breaker::FAILURES + 2 {
+        for path in [
+            "/stocks/..",
+            "/stocks/.",
+            "/stocks/%2e%2e",
+            "/stocks/%2E",
+            "/stocks/a%2Fb",
+            "/stocks/%2F",
+            "/book/..",
+            "/book/%2e%2e?depth=1",
+        ] {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (status, body["error"]["message"].clone()),
+                (StatusCode::NOT_FOUND, serde_json::json!("Stock not found")),
+                "{path}"
+            );
+        }
+    }
+    let breaker = state.inner.catalog_breaker.view(std::time::Instant::now());
+    assert_eq!((breaker.state, breaker.consecutive_failures), ("closed", 0));
+    // A real name does go to the (absent) catalog, and that failure counts.
+    let request = Request::get("/stocks/GameStart")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let breaker = state.inner.catalog_breaker.view(std::time::Instant::now());
+    assert_eq!(breaker.consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_504_with_the_key_in_the_body_and_a_header() {
+    let response = FrontendError::OutcomeUnknown {
+        key: "auto-1f-7".into(),
+    }
+    .into_response();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.headers()[IDEMPOTENCY_KEY], "auto-1f-7");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], 504);
+    assert_eq!(body["error"]["idempotency_key"], "auto-1f-7");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("Outcome unknown"), "{message}");
+}
+
+#[tokio::test]
+async fn an_oversized_order_body_is_refused_with_413() {
+    let huge = format!(
+        r#"{{"name":"{}","quantity":1,"type":"buy"}}"#,
+        "x".repeat(stocknet_common::server::BODY_LIMIT)
+    );
+    let (status, body) = send(Request::post("/orders").body(Body::from(huge)).unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!(413)),
+        "{body}"
+    );
+}

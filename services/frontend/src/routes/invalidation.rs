@@ -1,0 +1,30 @@
+//! The catalog's cache invalidation push (internal: it needs the shared secret).
+
+use axum::extract::State;
+use axum::response::Response;
+use stocknet_common::wire::Invalidation;
+use stocknet_common::{data, Json, Path};
+
+use crate::AppState;
+
+pub(crate) async fn invalidate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Response {
+    state.inner.cache.invalidate([name.as_str()]);
+    data(serde_json::json!({ "success": true }))
+}
+
+/// The catalog's push: every stock one catalog update named, one request per frontend.
+pub(crate) async fn invalidate_many(
+    State(state): State<AppState>,
+    Json(request): Json<Invalidation>,
+) -> Response {
+    state
+        .inner
+        .cache
+        .invalidate(request.names.iter().map(String::as_str));
+    state.inner.remember(request.stocks.iter().cloned());
+    state.inner.streams.publish_prices(request.stocks);
+    data(serde_json::json!({ "success": true }))
+}

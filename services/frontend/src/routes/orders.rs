@@ -1,0 +1,498 @@
+//! Orders: placing, modifying and cancelling them (writes, under an idempotency key), and
+//! reading them back from the leader.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use stocknet_common::client::{call, endpoint};
+use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::wire::{
+    Changed, NewOrder, OrderChange, OrderPage, OrderView, Placed, PriceGuard, CLIENT_KEY_PREFIX,
+    IDEMPOTENCY_KEY, USER,
+};
+use stocknet_common::{data, Path, Price, Side, Status};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::credentials;
+use crate::routes::stocks::MAX_NAME_LEN;
+use crate::upstream::order_group;
+use crate::{AppState, FrontendError};
+
+/// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
+/// could not apply them to the catalog anyway.
+fn fail_fast_without_catalog(state: &AppState) -> Result<(), FrontendError> {
+    state
+        .inner
+        .catalog_breaker
+        .admit()
+        .map_err(|retry_after| FrontendError::CatalogDown { retry_after })
+}
+
+/// The `Idempotency-Key` header, as the API's description shows it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // describes a header that handlers read from the `HeaderMap`
+struct IdempotencyKey {
+    /// 1–128 visible ASCII characters; a retry with the same key executes once.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// Fields a `POST /orders` body may have.
+const ORDER_FIELDS: [&str; 6] = [
+    "name",
+    "quantity",
+    "type",
+    "price",
+    "expected_price",
+    "max_deviation_bps",
+];
+
+/// A `POST /orders` body: the order, and the client's guard against a moved price, which the
+/// leader checks as it sequences the order.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrder {
+    /// The stock.
+    name: String,
+    #[schema(minimum = 1)]
+    quantity: u32,
+    #[serde(rename = "type")]
+    side: Side,
+    /// Limit price; without one the order is a market order against the catalog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price: Option<Price>,
+    /// Refuse the order (409, reason `price_moved`) if the stock's price is further than the
+    /// tolerance from this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_price: Option<Price>,
+    /// The tolerance in basis points (0–10000); the frontend's default (200: 2%) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 10000)]
+    max_deviation_bps: Option<u32>,
+}
+
+impl PlaceOrder {
+    /// The order for the leader; a guard without its own tolerance gets `default_bps`.
+    fn into_order(self, default_bps: u32) -> NewOrder {
+        NewOrder {
+            name: self.name,
+            quantity: self.quantity,
+            side: self.side,
+            price: self.price,
+            guard: self.expected_price.map(|expected| PriceGuard {
+                expected,
+                max_deviation_bps: self.max_deviation_bps.unwrap_or(default_bps),
+            }),
+        }
+    }
+}
+
+/// Largest tolerance an order may ask for: 100%.
+const MAX_DEVIATION_BPS: u32 = 10_000;
+
+fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
+    let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
+    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    refuse_unknown_fields(&fields, &ORDER_FIELDS)?;
+    let missing: Vec<&str> = ["name", "quantity", "type"]
+        .into_iter()
+        .filter(|field| !fields.contains_key(*field))
+        .collect();
+    if !missing.is_empty() {
+        return Err(FrontendError::BadRequest(format!(
+            "Missing required fields: {}",
+            missing.join(", ")
+        )));
+    }
+    let name = match &fields["name"] {
+        Value::String(name)
+            if !name.is_empty()
+                && name.len() <= MAX_NAME_LEN
+                && !name.chars().any(char::is_control) =>
+        {
+            name.clone()
+        }
+        _ => return Err(bad(
+            "name must be a non-empty string of at most 128 characters without control characters",
+        )),
+    };
+    let quantity = validate_quantity(&fields["quantity"])?;
+    let side = fields["type"]
+        .as_str()
+        .and_then(Side::parse)
+        .ok_or_else(|| bad("type must be \"buy\" or \"sell\""))?;
+    let price = fields.get("price").map(validate_price).transpose()?;
+    let expected = fields
+        .get("expected_price")
+        .map(validate_price)
+        .transpose()?;
+    let max_deviation_bps = match fields.get("max_deviation_bps") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .and_then(|bps| u32::try_from(bps).ok())
+                .filter(|bps| *bps <= MAX_DEVIATION_BPS)
+                .ok_or_else(|| {
+                    bad("max_deviation_bps must be a whole number of basis points, 0 to 10000")
+                })?,
+        ),
+    };
+    if expected.is_none() && max_deviation_bps.is_some() {
+        return Err(bad("max_deviation_bps needs expected_price"));
+    }
+    Ok(PlaceOrder {
+        name,
+        quantity,
+        side,
+        price,
+        expected_price: expected,
+        max_deviation_bps,
+    })
+}
+
+/// A `PUT /orders/{number}` body: a new total quantity, a new price, or both.
+fn validate_change(body: &[u8]) -> Result<OrderChange, FrontendError> {
+    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    refuse_unknown_fields(&fields, &["quantity", "price"])?;
+    let change = OrderChange {
+        quantity: fields.get("quantity").map(validate_quantity).transpose()?,
+        price: fields.get("price").map(validate_price).transpose()?,
+    };
+    if change.quantity.is_none() && change.price.is_none() {
+        return Err(FrontendError::BadRequest(
+            "give a new quantity, a new price or both".into(),
+        ));
+    }
+    Ok(change)
+}
+
+fn refuse_unknown_fields(
+    fields: &serde_json::Map<String, Value>,
+    known: &[&str],
+) -> Result<(), FrontendError> {
+    let unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|field| !known.contains(field))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(FrontendError::BadRequest(format!(
+            "Unknown fields: {} (known: {})",
+            unknown.join(", "),
+            known.join(", ")
+        )))
+    }
+}
+
+fn validate_quantity(value: &Value) -> Result<u32, FrontendError> {
+    let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
+    match value.as_u64() {
+        Some(0) | None => Err(bad("quantity must be a positive integer")),
+        Some(quantity) => {
+            u32::try_from(quantity).map_err(|_| bad("quantity is too large (at most 4294967295)"))
+        }
+    }
+}
+
+fn validate_price(value: &Value) -> Result<Price, FrontendError> {
+    value
+        .as_f64()
+        .and_then(|price| Price::from_f64(price).ok())
+        .filter(|price| price.cents() > 0)
+        .ok_or_else(|| {
+            FrontendError::BadRequest(format!(
+                "price must be a positive number with at most 2 decimals, at most {}",
+                Price::MAX
+            ))
+        })
+}
+
+/// Places an order: a market order against the house inventory without `price`, a limit
+/// order on the stock's book with it. A retry with the same `Idempotency-Key` returns the
+/// same transaction number and executes once.
+#[utoipa::path(post, path = "/orders", tag = "orders",
+    params(IdempotencyKey),
+    request_body = PlaceOrder,
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<Placed>),
+        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
+        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
+        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        (status = 409, description = "Refused, and recorded as refused: insufficient stock quantity (market orders; reason insufficient_quantity), or the price is further than the tolerance from expected_price (reason price_moved, with current_price)", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn place_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, FrontendError> {
+    let inner = &state.inner;
+    let order = validate_order(&body)?.into_order(inner.price_tolerance_bps);
+    fail_fast_without_catalog(&state)?;
+    let user = credentials::caller(&state, &headers).await?;
+    let key = idempotency_key(&state, &headers)?;
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
+    let placed: Placed = order_group::write(&state, &key, |leader| {
+        let request = inner
+            .http
+            .post(leader.orders_url.clone())
+            .header(IDEMPOTENCY_KEY, logged_key.as_str())
+            .json(&order);
+        call::<Placed>(for_user(request, user))
+    })
+    .await?;
+    // The catalog has already invalidated every frontend; this covers a frontend the catalog
+    // could not reach.
+    inner.cache.invalidate([order.name.as_str()]);
+    inner.orders_placed.inc();
+    Ok(data(placed))
+}
+
+/// The client's `Idempotency-Key`, or one this frontend makes up, under which its own retries
+/// of the request go. Both go to the log under [`CLIENT_KEY_PREFIX`], so that a client told a
+/// made-up key (in a 504) can retry with it.
+fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, FrontendError> {
+    let inner = &state.inner;
+    Ok(match headers.get(IDEMPOTENCY_KEY) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|key| !key.is_empty() && key.len() <= 128)
+            .ok_or_else(|| {
+                FrontendError::BadRequest(
+                    "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
+                )
+            })?
+            .to_owned(),
+        None => format!(
+            "{}-{}",
+            inner.key_prefix,
+            inner.next_key.fetch_add(1, Ordering::Relaxed)
+        ),
+    })
+}
+
+/// Marks an internal call as made for `user`, if a user sent the request.
+fn for_user(request: reqwest::RequestBuilder, user: Option<u64>) -> reqwest::RequestBuilder {
+    match user {
+        Some(user) => request.header(USER, user),
+        None => request,
+    }
+}
+
+fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
+    text.parse()
+        .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))
+}
+
+/// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
+/// price keeps its place in the queue; anything else sends it to the back (and may trade).
+#[utoipa::path(put, path = "/orders/{number}", tag = "orders",
+    params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
+    security((), ("api_key" = [])),
+    request_body = OrderChange,
+    responses(
+        (status = 200, body = DataEnvelope<Changed>),
+        (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
+        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
+        (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
+        (status = 404, description = "No such limit order", body = ErrorEnvelope),
+        (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn modify_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, FrontendError> {
+    let number = parse_order_number(&number)?;
+    let change = validate_change(&body)?;
+    change_on_leader(&state, &headers, number, Some(&change)).await
+}
+
+/// Cancels an open limit order.
+#[utoipa::path(delete, path = "/orders/{number}", tag = "orders",
+    params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<Changed>),
+        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
+        (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
+        (status = 404, description = "No such limit order", body = ErrorEnvelope),
+        (status = 409, description = "No longer open", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn cancel_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, FrontendError> {
+    let number = parse_order_number(&number)?;
+    change_on_leader(&state, &headers, number, None).await
+}
+
+/// Sends a modify (`change`) or a cancel (none) of order `number` to the leader, under the
+/// request's idempotency key.
+async fn change_on_leader(
+    state: &AppState,
+    headers: &HeaderMap,
+    number: u64,
+    change: Option<&OrderChange>,
+) -> Result<Response, FrontendError> {
+    fail_fast_without_catalog(state)?;
+    let user = credentials::caller(state, headers).await?;
+    let key = idempotency_key(state, headers)?;
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
+    let changed: Changed = order_group::write(state, &key, |leader| {
+        let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
+            let http = &state.inner.http;
+            let request = match change {
+                Some(change) => http.put(url).json(change),
+                None => http.delete(url),
+            };
+            for_user(request.header(IDEMPOTENCY_KEY, logged_key.as_str()), user)
+        });
+        async move { call::<Changed>(request?).await }
+    })
+    .await?;
+    Ok(data(changed))
+}
+
+/// Limit orders, newest first, a page at a time.
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    params(
+        ("name" = Option<String>, Query, description = "Only this stock's"),
+        ("status" = Option<Status>, Query, description = "Only orders in this state"),
+        ("user" = Option<u64>, Query, description = "Only this user's orders"),
+        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<OrderPage>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn list_orders(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, FrontendError> {
+    order_group::forward_read(&state, &["orders"], uri.query()).await
+}
+
+/// An order: the seed's fields and where it stands, with its trades.
+#[utoipa::path(get, path = "/orders/{number}", tag = "orders",
+    params(("number" = u64, Path, description = "Transaction number")),
+    responses(
+        (status = 200, body = DataEnvelope<OrderView>),
+        (status = 400, description = "Order number must be a number", body = ErrorEnvelope),
+        (status = 404, description = "Order number invalid", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn query_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Response, FrontendError> {
+    let number: u64 = number
+        .parse()
+        .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
+    let inner = &state.inner;
+    let order: OrderView = order_group::read(&state, |leader| {
+        let request =
+            endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| inner.http.get(url));
+        async move { call::<OrderView>(request?).await }
+    })
+    .await?;
+    Ok(data(order))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_validation_messages() {
+        let cases = [
+            (r#"{"name":"A","quantity":1,"type":"buy"}"#, None),
+            (r#"{"name":"A","quantity":1}"#, Some("Missing required fields: type")),
+            (r#"{"name":"A","quantity":0,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":-3,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":1.5,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":"1","type":"buy"}"#, Some("quantity must be a positive integer")),
+            (r#"{"name":"A","quantity":99999999999,"type":"buy"}"#, Some("quantity is too large (at most 4294967295)")),
+            (r#"{"name":"A","quantity":1,"type":"hold"}"#, Some("type must be \"buy\" or \"sell\"")),
+            (r#"{"name":"","quantity":1,"type":"buy"}"#, Some("name must be a non-empty string of at most 128 characters without control characters")),
+            (r#"{"name":"a\nb","quantity":1,"type":"buy"}"#, Some("name must be a non-empty string of at most 128 characters without control characters")),
+            (r#"[1]"#, Some("Request body must be a JSON object")),
+        ];
+        for (body, expected) in cases {
+            match (validate_order(body.as_bytes()), expected) {
+                (Ok(_), None) => {}
+                (Err(FrontendError::BadRequest(message)), Some(expected)) => {
+                    assert_eq!(message, expected, "{body}")
+                }
+                (other, _) => panic!("{body}: unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod price_check_tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_is_validated_and_sent_with_the_default_tolerance_filled_in() {
+        let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99,"max_deviation_bps":50}"#;
+        let order = validate_order(body).unwrap().into_order(200);
+        assert_eq!(order.price, None);
+        let guard = |bps| {
+            Some(PriceGuard {
+                expected: Price::from_cents(1599),
+                max_deviation_bps: bps,
+            })
+        };
+        assert_eq!(order.guard, guard(50));
+        let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99}"#;
+        assert_eq!(
+            validate_order(body).unwrap().into_order(200).guard,
+            guard(200)
+        );
+        let body = br#"{"name":"A","quantity":1,"type":"buy"}"#;
+        assert_eq!(validate_order(body).unwrap().into_order(200).guard, None);
+        for (body, message) in [
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","max_deviation_bps":50}"#,
+                "max_deviation_bps needs expected_price",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","expected_price":1,"max_deviation_bps":10001}"#,
+                "max_deviation_bps must be a whole number of basis points, 0 to 10000",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","expected_price":-1}"#,
+                "price must be a positive number with at most 2 decimals, at most 1000000000.00",
+            ),
+        ] {
+            match validate_order(body.as_bytes()) {
+                Err(FrontendError::BadRequest(got)) => assert_eq!(got, message, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `GET /reports/daily`.
+
+use axum::extract::State;
+use axum::http::Uri;
+use axum::response::Response;
+use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::wire::DailyReport;
+
+use crate::upstream::order_group;
+use crate::{AppState, FrontendError};
+
+/// One UTC day of the market, from the committed log: per stock the executions, volume bought
+/// and sold, VWAP, open/high/low/close and refused commands by reason; the top users by volume.
+#[utoipa::path(get, path = "/reports/daily", tag = "market",
+    params(("date" = Option<String>, Query, description = "YYYY-MM-DD (UTC); today when absent")),
+    responses(
+        (status = 200, body = DataEnvelope<DailyReport>),
+        (status = 400, description = "Unknown parameter or a date that is not YYYY-MM-DD", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn daily_report(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, FrontendError> {
+    order_group::forward_read(&state, &["reports", "daily"], uri.query()).await
+}

@@ -1,0 +1,132 @@
+//! Stock lookups (through the cache) and the catalog's listing.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use stocknet_common::client::endpoint;
+use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::wire::StockPage;
+use stocknet_common::{data, Path, RemoteError, Stock};
+
+use crate::upstream::catalog::{self, call_catalog, CatalogCall};
+use crate::{AppState, FrontendError};
+
+/// Longest stock name accepted.
+pub(crate) const MAX_NAME_LEN: usize = 128;
+
+/// A stock: its price (the last trade on its book) and the house quantity market orders use.
+/// While the catalog is unreachable, the last value this frontend saw, with `"stale": true`
+/// beside `data` and a `Warning: 110` header.
+#[utoipa::path(get, path = "/stocks/{name}", tag = "stocks",
+    params(("name" = String, Path, description = "Stock name")),
+    responses(
+        (status = 200, body = DataEnvelope<Stock>),
+        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        (status = 503, description = "Catalog unavailable and no value seen (Retry-After while its breaker is open)", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn lookup(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, FrontendError> {
+    match stock(&state, &name).await? {
+        Looked::Fresh(stock) => Ok(data(stock)),
+        // The envelope says so, and so does the standard header.
+        Looked::Stale(stock) => Ok((
+            [(
+                header::WARNING,
+                HeaderValue::from_static("110 - \"Response is Stale\""),
+            )],
+            axum::Json(serde_json::json!({ "data": stock, "stale": true })),
+        )
+            .into_response()),
+    }
+}
+
+/// A stock as a lookup found it.
+pub(crate) enum Looked {
+    Fresh(Stock),
+    /// The catalog is unreachable: the last value this frontend saw.
+    Stale(Stock),
+}
+
+impl Looked {
+    pub(crate) fn into_stock(self) -> Stock {
+        match self {
+            Self::Fresh(stock) | Self::Stale(stock) => stock,
+        }
+    }
+}
+
+/// Stocks whose names contain `search` (any case), in name order, a page at a time.
+#[utoipa::path(get, path = "/stocks", tag = "stocks",
+    params(
+        ("search" = Option<String>, Query, description = "Part of the name, any case"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<StockPage>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 503, description = "Catalog unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn list_stocks(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, FrontendError> {
+    let inner = &state.inner;
+    let mut url =
+        endpoint(&inner.catalog_url, &["stocks"]).map_err(FrontendError::CatalogUnavailable)?;
+    url.set_query(uri.query());
+    let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
+    match call_catalog::<StockPage>(&state, request).await {
+        Ok(page) => Ok(data(page)),
+        Err(CatalogCall::Answered(RemoteError::Api(error))) => Err(FrontendError::Upstream(error)),
+        Err(failure) => Err(failure.into()),
+    }
+}
+
+/// Whether `name` can be a stock's name at all. Path segments such as `..` or `a/b` (decoded
+/// from `%2e%2e`, `%2F`) would name another catalog route, so they never reach the catalog.
+fn is_stock_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
+}
+
+/// A stock from the cache, or from the catalog (then cached); while the catalog cannot be
+/// reached, the last value this frontend saw, if it saw one, marked stale: a cached value too,
+/// since the catalog cannot push invalidations while it is down.
+pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, FrontendError> {
+    if !is_stock_name(name) {
+        return Err(FrontendError::StockNotFound);
+    }
+    let inner = &state.inner;
+    let epoch = match inner.cache.get(name) {
+        Ok(stock) if inner.catalog_breaker.admit().is_err() => return Ok(Looked::Stale(stock)),
+        Ok(stock) => return Ok(Looked::Fresh(stock)),
+        Err(epoch) => epoch,
+    };
+    let url = endpoint(&inner.catalog_url, &["stocks", name])
+        .map_err(FrontendError::CatalogUnavailable)?;
+    let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
+    match call_catalog::<Stock>(state, request).await {
+        Ok(stock) => {
+            inner.remember([stock.clone()]);
+            inner.cache.fill(stock.clone(), epoch);
+            Ok(Looked::Fresh(stock))
+        }
+        Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
+            Err(FrontendError::StockNotFound)
+        }
+        Err(failure @ (CatalogCall::Refused(_) | CatalogCall::Failed(_))) => {
+            match inner.last_known(name) {
+                Some(stock) => Ok(Looked::Stale(stock)),
+                None => Err(failure.into()),
+            }
+        }
+        Err(failure) => Err(failure.into()),
+    }
+}

@@ -1,0 +1,29 @@
+//! `GET /trades`.
+
+use axum::extract::State;
+use axum::http::Uri;
+use axum::response::Response;
+use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::wire::Trade;
+
+use crate::upstream::order_group;
+use crate::{AppState, FrontendError};
+
+/// Trades after a trade id, oldest first.
+#[utoipa::path(get, path = "/trades", tag = "market",
+    params(
+        ("name" = Option<String>, Query, description = "Only this stock's"),
+        ("after" = Option<u64>, Query, description = "Trade id to start after (default 0)"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, body = DataEnvelope<Vec<Trade>>),
+        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn list_trades(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, FrontendError> {
+    order_group::forward_read(&state, &["trades"], uri.query()).await
+}

@@ -1,0 +1,157 @@
+//! What every handler shares: the cache, the upstream clients, the metrics.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use stocknet_common::metrics::HttpMetrics;
+use stocknet_common::{internal_client, Secret, Stock};
+
+use crate::cache::StockCache;
+use crate::config::Config;
+use crate::credentials;
+use crate::limits;
+use crate::streams;
+use crate::upstream::breaker::Breaker;
+use crate::upstream::leader::Election;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) catalog_url: String,
+    pub(crate) cache: StockCache,
+    pub(crate) election: Election,
+    pub(crate) http: reqwest::Client,
+    /// Prefix of the idempotency keys this frontend makes up for requests without one: random,
+    /// so that no other frontend's or client's key is the same.
+    pub(crate) key_prefix: String,
+    pub(crate) next_key: AtomicU64,
+    pub(crate) orders_placed: Counter,
+    pub(crate) order_retries: Counter,
+    pub(crate) streams: streams::Streams,
+    /// Carried by every call to the catalog and the replicas, and required of the catalog's
+    /// invalidation push.
+    pub(crate) secret: Secret,
+    /// Fails calls to the catalog fast while it is unreachable.
+    pub(crate) catalog_breaker: Breaker,
+    /// Per-client rate and in-flight limits of the public API.
+    pub(crate) limits: Arc<limits::Limits>,
+    /// Default tolerance of an order's `expected_price`.
+    pub(crate) price_tolerance_bps: u32,
+    /// The last value seen of every stock (read, or pushed with an invalidation), served
+    /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
+    pub(crate) last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
+    /// Users' credentials, to verify their API keys.
+    pub(crate) credentials: credentials::Credentials,
+    pub(crate) metrics: Metrics,
+}
+
+/// The frontend's metrics: the registry `GET /metrics` serves and what is set at scrape time.
+pub(crate) struct Metrics {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) http: HttpMetrics,
+    pub(crate) cache_entries: Gauge,
+}
+
+impl Inner {
+    /// Sets what is read at scrape time.
+    pub(crate) fn refresh_metrics(&self) {
+        let entries = i64::try_from(self.cache.len()).unwrap_or(i64::MAX);
+        self.metrics.cache_entries.set(entries);
+    }
+
+    pub(crate) fn remember(&self, stocks: impl IntoIterator<Item = Stock>) {
+        let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+        for stock in stocks {
+            known.insert(stock.name.clone(), stock);
+        }
+    }
+
+    pub(crate) fn last_known(&self, name: &str) -> Option<Stock> {
+        let known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(name).cloned()
+    }
+}
+
+impl AppState {
+    pub fn new(config: &Config, secret: Secret) -> Self {
+        // Long enough for a leader that must first retry the catalog; health checks use less.
+        let http = internal_client(Duration::from_secs(10), &secret);
+        let cache = StockCache::new((!config.no_cache).then_some(config.cache_size));
+        let election = Election::new(config.order_replicas.clone(), http.clone());
+        let (orders_placed, order_retries) = (Counter::default(), Counter::default());
+        let mut registry = Registry::with_prefix("stocknet_frontend");
+        let http_metrics = HttpMetrics::register(&mut registry);
+        let cache_entries = Gauge::default();
+        for (name, help, counter) in [
+            (
+                "cache_hits",
+                "Lookups answered from the cache",
+                cache.hits(),
+            ),
+            (
+                "cache_misses",
+                "Lookups that went to the catalog",
+                cache.misses(),
+            ),
+            (
+                "orders_placed",
+                "Orders acknowledged to clients",
+                &orders_placed,
+            ),
+            (
+                "order_retries",
+                "Order calls retried after a leader failure",
+                &order_retries,
+            ),
+            ("elections", "Order leaders elected", election.elections()),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "cache_entries",
+            "Stocks in the cache",
+            cache_entries.clone(),
+        );
+        let catalog_breaker = Breaker::default();
+        catalog_breaker.register(&mut registry);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        // The clock and the process id make it unique where the kernel's random source fails.
+        let random = stocknet_common::api_key::random_bytes::<8>()
+            .map(|bytes| stocknet_common::api_key::to_hex(&bytes))
+            .unwrap_or_else(|_| format!("{:x}-{started:x}", std::process::id()));
+        Self {
+            inner: Arc::new(Inner {
+                catalog_url: config.catalog_url.trim_end_matches('/').to_owned(),
+                cache,
+                election,
+                http,
+                key_prefix: format!("auto-{random}"),
+                next_key: AtomicU64::new(1),
+                orders_placed,
+                order_retries,
+                streams: streams::Streams::default(),
+                secret,
+                catalog_breaker,
+                limits: Arc::new(limits::Limits::new(&config.limits)),
+                price_tolerance_bps: config.price_tolerance_bps,
+                last_known: std::sync::Mutex::default(),
+                credentials: credentials::Credentials::default(),
+                metrics: Metrics {
+                    registry: Arc::new(registry),
+                    http: http_metrics,
+                    cache_entries,
+                },
+            }),
+        }
+    }
+}
