@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Failover time of the order group, measured from a client: on a fresh `stocknet up`, N times
+kill -9 the leader (which `up` restarts) or SIGSTOP it (SIGCONT once trading resumed), and time
+from the fault to the first order answered 200, sending one order after another. Every answer
+on the way is counted by status; every order is sent under its own Idempotency-Key and a 504 is
+retried with it, so none is lost or doubled.
+
+    bench/failover.py [--rounds 20] [--bin target/release/stocknet]
+"""
+import argparse, json, os, re, signal, statistics, subprocess, tempfile, time, urllib.request
+import urllib.error
+
+FRONTEND, CATALOG, ORDERS = 38080, 38081, [38091, 38092, 38093]
+
+
+def request(method, path, body=None, key=None, timeout=20):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{FRONTEND}{path}", data=data, method=method)
+    req.add_header("content-type", "application/json")
+    if key:
+        req.add_header("idempotency-key", key)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def pid_on(port):
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    found = re.search(r"pid=(\d+)", out)
+    return int(found.group(1)) if found else None
+
+
+def leader():
+    status, body = request("GET", "/cluster")
+    replicas = body["data"]["replicas"] if status == 200 else []
+    leading = [r["id"] for r in replicas if r["up"] and r["leader"] == r["id"]]
+    return leading[0] if leading else None
+
+
+def wait(what, check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def order_until_ok(tag, statuses):
+    """Orders one after another from the fault on; the time the first 200 came back."""
+    n = 0
+    while True:
+        n += 1
+        key = f"{tag}-{n}"
+        while True:
+            status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
+                                                   "type": "sell"}, key=key)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != 504:
+                break
+        if status == 200:
+            return time.monotonic()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--bin", default="target/release/stocknet")
+    args = parser.parse_args()
+    data = tempfile.mkdtemp()
+    env = dict(os.environ, RUST_LOG="warn")
+    up = subprocess.Popen([args.bin, "up", "--data-dir", data, "--frontend-port", str(FRONTEND),
+                           "--catalog-port", str(CATALOG), "--order-ports",
+                           ",".join(map(str, ORDERS))], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        for line in up.stdout:
+            if "Ctrl-C stops everything" in line:
+                break
+        wait("a leader", lambda: leader() is not None)
+        results = {}
+        for fault in ["kill", "stop"]:
+            times, statuses = [], {}
+            for round_ in range(args.rounds):
+                wait("every replica ready", lambda: request("GET", "/cluster")[1]["data"]
+                     ["replicas"] and all(r["ready"] for r in request("GET", "/cluster")[1]
+                                          ["data"]["replicas"]))
+                wait("a leader", lambda: leader() is not None)
+                status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
+                                                       "type": "sell"})
+                assert status == 200, status
+                victim = pid_on(ORDERS[leader() - 1])
+                start = time.monotonic()
+                os.kill(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+                done = order_until_ok(f"{fault}-{round_}-{start}", statuses)
+                times.append(done - start)
+                if fault == "stop":
+                    os.kill(victim, signal.SIGCONT)
+            results[fault] = (times, statuses)
+        for fault, (times, statuses) in results.items():
+            print(f"{fault:>4}: {len(times)} faults, until the next order succeeded: median "
+                  f"{statistics.median(times):.2f} s, max {max(times):.2f} s; answers on the way "
+                  f"{dict(sorted(statuses.items()))}")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
