@@ -154,6 +154,12 @@ impl PriceGuard {
 /// routes, which need the shared secret, read it.
 pub const USER: &str = "stocknet-user";
 
+/// Header a frontend puts on the reads it forwards to the leader: the replica answers only after
+/// confirming that it still leads and its book holds everything committed before the read (a
+/// read-index round), else 503. Without it a replica answers from its own book as it stands
+/// (operators, tests).
+pub const READ_FROM_LEADER: &str = "stocknet-read-from-leader";
+
 /// A user's position in one stock, as the replicas keep it (`GET /portfolios/{user}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holding {

@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stocknet_common::metrics::HttpMetrics;
+use stocknet_common::wire::READ_FROM_LEADER;
 use stocknet_common::{internal_client, Secret, Stock};
 
 use crate::cache::StockCache;
@@ -71,6 +72,12 @@ impl Inner {
         for stock in stocks {
             known.insert(stock.name.clone(), stock);
         }
+    }
+
+    /// A read for the leader's replica to serve only once it has confirmed that it leads
+    /// (a read-index round): linearizable, never from a deposed or restarted leader's book.
+    pub(crate) fn leader_read(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.http.get(url).header(READ_FROM_LEADER, "1")
     }
 
     pub(crate) fn last_known(&self, name: &str) -> Option<Stock> {

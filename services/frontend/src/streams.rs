@@ -296,7 +296,7 @@ async fn book_snapshot(state: &AppState, name: &str) -> Option<Depth> {
     let depth = crate::upstream::order_group::read(state, |leader| {
         let request = endpoint(&leader.url, &["book", name]).map(|mut url| {
             url.set_query(Some("depth=1000"));
-            state.inner.http.get(url)
+            state.inner.leader_read(url)
         });
         async move { call::<Depth>(request?).await }
     })

@@ -30,7 +30,7 @@ use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     parse_peer, AuditQuery, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    ReplicateRequest, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
+    ReplicateRequest, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -149,6 +149,10 @@ pub fn router(state: AppState) -> Router {
         .route("/leader", post(set_leader))
         .route("/prepare", post(prepare))
         .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            confirm_leader_reads,
+        ))
+        .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,
         ));
@@ -160,6 +164,24 @@ pub fn router(state: AppState) -> Router {
         .merge(internal)
         .with_state(state);
     stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)
+}
+
+/// A read a frontend forwards (it carries [`READ_FROM_LEADER`]) is served only once this
+/// replica has confirmed that it leads: never from a deposed leader or from a restarted one
+/// that has not caught up (I12).
+async fn confirm_leader_reads(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if request.method() == axum::http::Method::GET
+        && request.headers().contains_key(READ_FROM_LEADER)
+    {
+        if let Err(e) = state.replica.confirm_leadership().await {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// `GET /metrics`: Prometheus metrics, open like the probes (they reveal no orders).
@@ -550,6 +572,36 @@ mod tests {
             .header("authorization", format!("Bearer {SECRET}"))
             .body(Body::empty())
             .unwrap()
+    }
+
+    /// A replica that does not lead serves its own book to insiders, but a read a frontend
+    /// forwards (with the read-from-leader header) is refused: nothing confirms it is current.
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_refuses_reads_meant_for_the_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        for uri in [
+            "/orders/1",
+            "/orders",
+            "/trades",
+            "/book/GameStart",
+            "/portfolios/1",
+            "/reports/daily",
+            "/audit",
+        ] {
+            let own = send(&app, get(uri)).await.0;
+            assert_ne!(own, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+            let mut request = get(uri);
+            request
+                .headers_mut()
+                .insert(READ_FROM_LEADER, "1".parse().unwrap());
+            let (status, body) = send(&app, request).await;
+            assert_eq!(
+                (status, body["error"]["message"].clone()),
+                (StatusCode::SERVICE_UNAVAILABLE, json!("Not the leader")),
+                "{uri}"
+            );
+        }
     }
 
     /// The reads of issue 10 on an empty replica: their answers and their errors.

@@ -38,6 +38,8 @@ struct CommitState {
     synced: u64,
     committed: u64,
     catalog_applied: u64,
+    /// Whether the current round's replication reached a majority in the leader's term.
+    replicated: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,8 +92,13 @@ pub struct Submission {
 /// catalog: they can be acknowledged.
 #[derive(Debug, Clone, Default)]
 struct Progress {
+    /// Commit rounds started (updated without waking anybody).
+    started: u64,
     /// Commit rounds finished.
     round: u64,
+    /// The last finished round whose replication a majority accepted in this leader's term:
+    /// this replica still led when that round began.
+    confirmed: u64,
     applied: u64,
     /// The last round's failure; it concerns the orders through `through`.
     failure: Option<RoundFailure>,
@@ -597,6 +604,45 @@ impl Replica {
             .map_err(OrderError::task)?
     }
 
+    /// Leader side: confirms that this replica still leads and that its book holds every entry
+    /// written before the call (Raft's read index): it waits for a commit round that began
+    /// after the call and that a majority accepted in this leader's term. A read served after
+    /// it sees every order acknowledged before it arrived, by any frontend (I12). Concurrent
+    /// reads share rounds, as orders do.
+    pub async fn confirm_leadership(&self) -> Result<(), OrderError> {
+        let (wake, mut progress) = {
+            let leading = self.leading.lock().await;
+            match leading.as_ref() {
+                Some(leading) if leading.term == self.view().term => {
+                    (leading.wake.clone(), leading.progress.clone())
+                }
+                _ => return Err(OrderError::NotLeader),
+            }
+        };
+        let read_index = self.log().last();
+        let needed = progress.borrow().started + 1;
+        wake.notify_one();
+        loop {
+            {
+                let now = progress.borrow_and_update();
+                if now.confirmed >= needed {
+                    break;
+                }
+                if now.round >= needed {
+                    // That round did not reach a majority in this term: perhaps deposed.
+                    return Err(OrderError::NotLeader);
+                }
+            }
+            if progress.changed().await.is_err() {
+                return Err(OrderError::NotLeader);
+            }
+        }
+        if self.book().applied() < read_index {
+            return Err(OrderError::NotReady);
+        }
+        Ok(())
+    }
+
     /// Runs `read` on the book (as of the committed log this replica has applied).
     pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> T {
         read(&self.book())
@@ -737,6 +783,7 @@ impl Replica {
             synced: committed,
             committed,
             catalog_applied: committed,
+            replicated: false,
         };
         // The takeover applied everything committed to the catalog.
         self.catalog_failing.store(false, Ordering::Release);
@@ -749,6 +796,10 @@ impl Replica {
                 tracing::info!(term, "a newer term exists; no longer leading");
                 return;
             }
+            progress.send_if_modified(|now| {
+                now.started += 1;
+                false
+            });
             let through = self.log().last();
             let result = self.commit_round(term, through, &mut state).await;
             if let Err(e) = &result {
@@ -756,6 +807,9 @@ impl Replica {
             }
             progress.send_modify(|now| {
                 now.round += 1;
+                if state.replicated {
+                    now.confirmed = now.round;
+                }
                 now.applied = state.catalog_applied;
                 now.failure = result.err().map(|error| RoundFailure {
                     round: now.round,
@@ -774,7 +828,10 @@ impl Replica {
     ) -> Result<(), OrderError> {
         let started = Instant::now();
         let fresh = through.saturating_sub(state.committed);
-        if through > 0 {
+        state.replicated = false;
+        // Every round replicates, an empty log too (a heartbeat), so that a round confirms
+        // this replica's leadership for reads.
+        {
             // This replica's fsync and the followers' run at once; the orders are committed
             // once both this replica and enough followers for a majority hold them durably.
             let sync = async {
@@ -796,6 +853,7 @@ impl Replica {
             synced?;
             state.synced = through;
             replicated?;
+            state.replicated = true;
             state.committed = state.committed.max(through);
             self.committed.fetch_max(state.committed, Ordering::AcqRel);
             self.advance_book(state.committed).await?;
@@ -1098,10 +1156,13 @@ impl Replica {
     /// back past whatever the follower lacks or holds differently.
     async fn push_to(&self, peer: &Peer, term: u64, number: u64) -> Result<(), OrderError> {
         let url = endpoint(&peer.url, &["replicate"]).map_err(|e| self.peer_error(peer, e))?;
+        // Number 0 (an empty log) is a heartbeat: the empty prefix, which every log matches.
         let mut after = self
             .matched()
             .get(&peer.id)
-            .map_or(number - 1, |&matched| matched.min(number - 1));
+            .map_or(number.saturating_sub(1), |&matched| {
+                matched.min(number.saturating_sub(1))
+            });
         loop {
             let request = {
                 let log = self.log();

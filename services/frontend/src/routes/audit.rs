@@ -49,7 +49,7 @@ pub(crate) async fn audit(
     let inner = &state.inner;
     let page: AuditPage = order_group::read(&state, |leader| {
         let request =
-            endpoint(&leader.url, &["audit"]).map(|url| inner.http.get(url).query(&query));
+            endpoint(&leader.url, &["audit"]).map(|url| inner.leader_read(url).query(&query));
         async move { call::<AuditPage>(request?).await }
     })
     .await?;

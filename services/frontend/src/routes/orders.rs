@@ -413,8 +413,8 @@ pub(crate) async fn query_order(
         .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
     let inner = &state.inner;
     let order: OrderView = order_group::read(&state, |leader| {
-        let request =
-            endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| inner.http.get(url));
+        let request = endpoint(&leader.url, &["orders", &number.to_string()])
+            .map(|url| inner.leader_read(url));
         async move { call::<OrderView>(request?).await }
     })
     .await?;

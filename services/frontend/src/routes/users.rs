@@ -136,8 +136,8 @@ pub(crate) async fn portfolio(
     }
     let inner = &state.inner;
     let holdings: Vec<Holding> = order_group::read(&state, |leader| {
-        let request =
-            endpoint(&leader.url, &["portfolios", &id.to_string()]).map(|url| inner.http.get(url));
+        let request = endpoint(&leader.url, &["portfolios", &id.to_string()])
+            .map(|url| inner.leader_read(url));
         async move { call::<Vec<Holding>>(request?).await }
     })
     .await?;

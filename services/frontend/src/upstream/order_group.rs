@@ -81,7 +81,7 @@ pub(crate) async fn forward_read(
     let value: Value = read(state, |leader| {
         let request = endpoint(&leader.url, segments).map(|mut url| {
             url.set_query(query);
-            state.inner.http.get(url)
+            state.inner.leader_read(url)
         });
         async move { call::<Value>(request?).await }
     })
