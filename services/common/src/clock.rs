@@ -33,8 +33,8 @@ pub fn parse_instant(text: &str) -> Result<u64, String> {
     let instant = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
         format!("{text:?} is neither an RFC 3339 time (2026-11-29T20:16:40Z) nor milliseconds")
     })?;
-    u64::try_from(instant.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| format!("{text:?} is before 1970"))
+    // An instant before 1970 bounds nothing that is in a log: it is the beginning.
+    Ok(u64::try_from(instant.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
 /// The UTC day (days since 1970-01-01) of an instant in milliseconds.
@@ -75,7 +75,8 @@ mod tests {
         assert_eq!(parse_instant("2026-11-30T01:53:20.123+01:00"), Ok(ms));
         assert_eq!(parse_instant("1796000000123"), Ok(ms));
         assert!(parse_instant("yesterday").is_err());
-        assert!(parse_instant("1969-12-31T23:59:59Z").is_err());
+        // Before 1970 is before anything in a log: the beginning.
+        assert_eq!(parse_instant("1969-12-31T23:59:59Z"), Ok(0));
 
         let day = day_of(ms);
         assert_eq!(day_text(day), "2026-11-30");

@@ -134,7 +134,7 @@ impl utoipa::PartialSchema for Price {
             .description(Some(
                 "A price: at most 2 decimals (whole cents), at most 1000000000.",
             ))
-            .minimum(Some(0.0))
+            .minimum(Some(0.01))
             .maximum(Some(Price::MAX.as_f64()))
             .multiple_of(Some(0.01))
             .examples([serde_json::json!(15.99)])

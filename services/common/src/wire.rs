@@ -238,6 +238,9 @@ pub struct AuditQuery {
     pub name: Option<String>,
     /// `accepted`, `refused`, or a refusal's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(
+        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_open|not_a_limit_order|below_filled)$"
+    )]
     pub outcome: Option<String>,
     /// From this time on (RFC 3339, or milliseconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,9 +250,11 @@ pub struct AuditQuery {
     pub to: Option<String>,
     /// Page size, 1–1000 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The previous page's `next_cursor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
 }
 
@@ -385,9 +390,11 @@ pub struct LogSlice {
 pub struct OrderChange {
     /// The new total quantity; it must exceed what is already filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, nullable = false)]
     pub quantity: Option<u32>,
+    /// The new limit price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub price: Option<Price>,
 }
 
@@ -535,7 +542,8 @@ pub fn stock_after(cursor: &str) -> Option<String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok()
+    // Any name is a position in name order, so any even run of hex digits is a cursor.
+    Some(String::from_utf8_lossy(&bytes?).into_owned())
 }
 
 #[cfg(test)]
@@ -558,12 +566,14 @@ mod tests {
     }
 
     #[test]
-    fn stock_cursors_round_trip_and_refuse_what_they_did_not_make() {
+    fn stock_cursors_round_trip_and_refuse_what_is_not_hex() {
         for name in ["GameStart", "Fish, \"Co\"", "Ünïcode ✓", ""] {
             assert_eq!(stock_after(&stock_cursor(name)).as_deref(), Some(name));
         }
-        for bad in ["z", "zz", "4", "ff"] {
+        for bad in ["z", "zz", "4", "fff"] {
             assert_eq!(stock_after(bad), None, "{bad}");
         }
+        // Even hex that is no UTF-8 is still a position in name order.
+        assert_eq!(stock_after("ff").as_deref(), Some("\u{fffd}"));
     }
 }

@@ -23,8 +23,8 @@ pub use error::FrontendError;
 pub use state::AppState;
 
 /// The OpenAPI 3.1 document of the public API (what `GET /openapi.json` serves).
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    routes::public_api().split_for_parts().1
+pub fn openapi_document() -> serde_json::Value {
+    routes::docs::complete(routes::public_api().split_for_parts().1)
 }
 
 /// The public API and the internal routes on one port.

@@ -175,7 +175,7 @@ async fn poll(
 }
 
 /// `GET /ws/trades`: every trade, as it commits.
-#[utoipa::path(get, path = "/ws/trades", tag = "market",
+#[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
     responses((status = 101, description = "A WebSocket of `{\"type\":\"trade\", ...Trade}` \
         messages (and `{\"type\":\"gap\"}` where this frontend missed some). A consumer that \
         falls behind is closed with code 1008 and a reason.")))]
@@ -196,7 +196,7 @@ pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
 }
 
 /// `GET /ws/prices`: a snapshot of every stock, then each change of a price or quantity.
-#[utoipa::path(get, path = "/ws/prices", tag = "stocks",
+#[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
     responses((status = 101, description = "A WebSocket: `{\"type\":\"snapshot\",\"stocks\":[...]}`, \
         then `{\"type\":\"price\",\"name\",\"price\",\"quantity\"}` per change.")))]
 pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
@@ -230,7 +230,7 @@ pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
 }
 
 /// `GET /ws/book/{name}`: the stock's book (every level), then each change, in order.
-#[utoipa::path(get, path = "/ws/book/{name}", tag = "market",
+#[utoipa::path(get, path = "/ws/book/{name}", operation_id = "stream_order_book", tag = "market",
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 101, description = "A WebSocket: `{\"type\":\"snapshot\", ...Depth}` (the book \

@@ -16,7 +16,7 @@ use crate::{credentials, AppState, FrontendError};
 /// Commands that reached the leader, refused ones included, newest first: who sent each
 /// (`user`), when, under which `Idempotency-Key`, and its outcome. With a user's API key, that
 /// user's commands only; with the deployment's shared secret (operators), everybody's.
-#[utoipa::path(get, path = "/audit", tag = "users",
+#[utoipa::path(get, path = "/audit", operation_id = "list_audit_records", tag = "users",
     params(AuditQuery),
     security(("api_key" = [])),
     responses(

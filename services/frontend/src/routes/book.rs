@@ -12,10 +12,10 @@ use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
 /// A stock's book: the best price levels of each side, aggregated.
-#[utoipa::path(get, path = "/book/{name}", tag = "market",
+#[utoipa::path(get, path = "/book/{name}", operation_id = "get_order_book", tag = "market",
     params(
         ("name" = String, Path, description = "Stock name"),
-        ("depth" = Option<usize>, Query, description = "Levels per side, 1–1000 (default 10)"),
+        ("depth" = Option<usize>, Query, description = "Levels per side, 1–1000 (default 10)", minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, body = DataEnvelope<Depth>),

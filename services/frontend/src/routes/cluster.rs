@@ -58,7 +58,7 @@ pub struct ClusterView {
 
 /// The order leader this frontend sends orders to, each replica's health (term, leader, last
 /// transaction, readiness) and the catalog's, asked now (each within 0.8 s).
-#[utoipa::path(get, path = "/cluster", tag = "service",
+#[utoipa::path(get, path = "/cluster", operation_id = "get_cluster", tag = "service",
     responses((status = 200, body = DataEnvelope<ClusterView>)))]
 pub async fn cluster(State(state): State<AppState>) -> Response {
     let inner = &state.inner;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -45,15 +46,74 @@ impl utoipa::Modify for ApiKeyScheme {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "service",
+#[utoipa::path(get, path = "/openapi.json", operation_id = "get_openapi_document", tag = "service",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn document(Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>) -> Response {
+pub async fn document(Extension(document): Extension<Arc<Value>>) -> Response {
     axum::Json(document.as_ref().clone()).into_response()
 }
 
+/// The document as served: utoipa's, completed with what its attributes cannot say (JSON
+/// Schema's `dependentRequired` and `minProperties`, and the links between operations that
+/// clients and fuzzers follow from a created resource to its reads and changes).
+pub fn complete(document: utoipa::openapi::OpenApi) -> Value {
+    let mut document = serde_json::to_value(document).unwrap_or_default();
+    bound_integers(&mut document);
+    let schemas = &mut document["components"]["schemas"];
+    // A tolerance without the price it is a tolerance of is refused.
+    schemas["PlaceOrder"]["dependentRequired"] = json!({"max_deviation_bps": ["expected_price"]});
+    // A change must change something.
+    schemas["OrderChange"]["minProperties"] = json!(1);
+    // The audit trail's bounds: milliseconds since the epoch, or an RFC 3339 time.
+    let instant = json!({"anyOf": [
+        {"type": "string", "pattern": "^[0-9]{1,19}$"},
+        {"type": "string", "format": "date-time"},
+    ]});
+    if let Some(parameters) = document["paths"]["/audit"]["get"]["parameters"].as_array_mut() {
+        for parameter in parameters {
+            if parameter["name"] == "from" || parameter["name"] == "to" {
+                parameter["schema"] = instant.clone();
+            }
+        }
+    }
+    let order = "$response.body#/data/transaction_number";
+    let links = json!({
+        "GetOrder": {"operationId": "get_order", "parameters": {"number": order}},
+        "ModifyOrder": {"operationId": "modify_order", "parameters": {"number": order}},
+        "CancelOrder": {"operationId": "cancel_order", "parameters": {"number": order}},
+    });
+    document["paths"]["/orders"]["post"]["responses"]["200"]["links"] = links;
+    let user = "$response.body#/data/user_id";
+    document["paths"]["/users"]["post"]["responses"]["201"]["links"] =
+        json!({"GetPortfolio": {"operationId": "get_portfolio", "parameters": {"id": user}}});
+    document
+}
+
 /// Interactive documentation of this API (Swagger UI, loaded from a CDN by the browser).
-#[utoipa::path(get, path = "/docs", tag = "service",
+#[utoipa::path(get, path = "/docs", operation_id = "get_api_docs_page", tag = "service",
     responses((status = 200, description = "An HTML page", content_type = "text/html")))]
 pub async fn docs_page() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+/// Gives every unsigned integer the upper bound of its Rust type (`format: uint32`/`uint64`),
+/// which utoipa leaves out: the handlers refuse anything above it.
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            // utoipa spells them `u-int16`, `u-int32` and `u-int64`.
+            let bounds = match object.get("format").and_then(Value::as_str) {
+                Some("uint16" | "u-int16") => Some(("uint16", json!(u16::MAX))),
+                Some("uint32" | "u-int32") => Some(("uint32", json!(u32::MAX))),
+                Some("uint64" | "u-int64") => Some(("uint64", json!(u64::MAX))),
+                _ => None,
+            };
+            if let Some((format, maximum)) = bounds {
+                object.insert("format".into(), json!(format));
+                object.entry("maximum").or_insert(maximum);
+            }
+            object.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }

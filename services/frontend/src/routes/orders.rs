@@ -37,7 +37,12 @@ fn fail_fast_without_catalog(state: &AppState) -> Result<(), FrontendError> {
 #[allow(dead_code)] // describes a header that handlers read from the `HeaderMap`
 struct IdempotencyKey {
     /// 1–128 visible ASCII characters; a retry with the same key executes once.
-    #[param(rename = "Idempotency-Key")]
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[!-~]+$"
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -57,6 +62,11 @@ const ORDER_FIELDS: [&str; 6] = [
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
     /// The stock.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     name: String,
     #[schema(minimum = 1)]
     quantity: u32,
@@ -64,14 +74,16 @@ struct PlaceOrder {
     side: Side,
     /// Limit price; without one the order is a market order against the catalog.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     price: Option<Price>,
     /// Refuse the order (409, reason `price_moved`) if the stock's price is further than the
     /// tolerance from this.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     expected_price: Option<Price>,
     /// The tolerance in basis points (0–10000); the frontend's default (200: 2%) when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(maximum = 10000)]
+    #[schema(maximum = 10000, nullable = false)]
     max_deviation_bps: Option<u32>,
 }
 
@@ -111,7 +123,7 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     let name = match &fields["name"] {
         Value::String(name)
             if !name.is_empty()
-                && name.len() <= MAX_NAME_LEN
+                && name.chars().count() <= MAX_NAME_LEN
                 && !name.chars().any(char::is_control) =>
         {
             name.clone()
@@ -133,8 +145,7 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     let max_deviation_bps = match fields.get("max_deviation_bps") {
         None => None,
         Some(value) => Some(
-            value
-                .as_u64()
+            whole_number(value)
                 .and_then(|bps| u32::try_from(bps).ok())
                 .filter(|bps| *bps <= MAX_DEVIATION_BPS)
                 .ok_or_else(|| {
@@ -191,9 +202,19 @@ fn refuse_unknown_fields(
     }
 }
 
+/// A JSON number that is a whole non-negative number: JSON Schema's `integer` includes `5.0`.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        let number = value.as_f64()?;
+        // Below 2^53 every whole f64 is exact, and quantities and tolerances are far below.
+        (number.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&number))
+            .then_some(number as u64)
+    })
+}
+
 fn validate_quantity(value: &Value) -> Result<u32, FrontendError> {
     let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
-    match value.as_u64() {
+    match whole_number(value) {
         Some(0) | None => Err(bad("quantity must be a positive integer")),
         Some(quantity) => {
             u32::try_from(quantity).map_err(|_| bad("quantity is too large (at most 4294967295)"))
@@ -217,7 +238,7 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
 /// Places an order: a market order against the house inventory without `price`, a limit
 /// order on the stock's book with it. A retry with the same `Idempotency-Key` returns the
 /// same transaction number and executes once.
-#[utoipa::path(post, path = "/orders", tag = "orders",
+#[utoipa::path(post, path = "/orders", operation_id = "place_order", tag = "orders",
     params(IdempotencyKey),
     request_body = PlaceOrder,
     security((), ("api_key" = [])),
@@ -267,7 +288,9 @@ fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, Fron
         Some(value) => value
             .to_str()
             .ok()
-            .filter(|key| !key.is_empty() && key.len() <= 128)
+            .filter(|key| {
+                (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+            })
             .ok_or_else(|| {
                 FrontendError::BadRequest(
                     "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
@@ -297,7 +320,7 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
 
 /// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
 /// price keeps its place in the queue; anything else sends it to the back (and may trade).
-#[utoipa::path(put, path = "/orders/{number}", tag = "orders",
+#[utoipa::path(put, path = "/orders/{number}", operation_id = "modify_order", tag = "orders",
     params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
     security((), ("api_key" = [])),
     request_body = OrderChange,
@@ -324,10 +347,11 @@ pub(crate) async fn modify_order(
 }
 
 /// Cancels an open limit order.
-#[utoipa::path(delete, path = "/orders/{number}", tag = "orders",
+#[utoipa::path(delete, path = "/orders/{number}", operation_id = "cancel_order", tag = "orders",
     params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
     security((), ("api_key" = [])),
     responses(
+        (status = 400, description = "Order number must be a number, or a malformed Idempotency-Key", body = ErrorEnvelope),
         (status = 200, body = DataEnvelope<Changed>),
         (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
@@ -374,14 +398,14 @@ async fn change_on_leader(
 }
 
 /// Limit orders, newest first, a page at a time.
-#[utoipa::path(get, path = "/orders", tag = "orders",
+#[utoipa::path(get, path = "/orders", operation_id = "list_orders", tag = "orders",
     params(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("status" = Option<Status>, Query, description = "Only orders in this state"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
         ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]+$"),
     ),
     responses(
         (status = 200, body = DataEnvelope<OrderPage>),
@@ -396,7 +420,7 @@ pub(crate) async fn list_orders(
 }
 
 /// An order: the seed's fields and where it stands, with its trades.
-#[utoipa::path(get, path = "/orders/{number}", tag = "orders",
+#[utoipa::path(get, path = "/orders/{number}", operation_id = "get_order", tag = "orders",
     params(("number" = u64, Path, description = "Transaction number")),
     responses(
         (status = 200, body = DataEnvelope<OrderView>),
@@ -433,6 +457,8 @@ mod tests {
             (r#"{"name":"A","quantity":0,"type":"buy"}"#, Some("quantity must be a positive integer")),
             (r#"{"name":"A","quantity":-3,"type":"buy"}"#, Some("quantity must be a positive integer")),
             (r#"{"name":"A","quantity":1.5,"type":"buy"}"#, Some("quantity must be a positive integer")),
+            // JSON Schema's integers include whole numbers written with a fraction.
+            (r#"{"name":"A","quantity":5.0,"type":"buy"}"#, None),
             (r#"{"name":"A","quantity":"1","type":"buy"}"#, Some("quantity must be a positive integer")),
             (r#"{"name":"A","quantity":99999999999,"type":"buy"}"#, Some("quantity is too large (at most 4294967295)")),
             (r#"{"name":"A","quantity":1,"type":"hold"}"#, Some("type must be \"buy\" or \"sell\"")),

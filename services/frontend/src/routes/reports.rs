@@ -11,8 +11,9 @@ use crate::{AppState, FrontendError};
 
 /// One UTC day of the market, from the committed log: per stock the executions, volume bought
 /// and sold, VWAP, open/high/low/close and refused commands by reason; the top users by volume.
-#[utoipa::path(get, path = "/reports/daily", tag = "market",
-    params(("date" = Option<String>, Query, description = "YYYY-MM-DD (UTC); today when absent")),
+#[utoipa::path(get, path = "/reports/daily", operation_id = "get_daily_report", tag = "market",
+    params(("date" = Option<String>, Query, description = "YYYY-MM-DD (UTC); today when absent", format = Date,
+        pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}$")),
     responses(
         (status = 200, body = DataEnvelope<DailyReport>),
         (status = 400, description = "Unknown parameter or a date that is not YYYY-MM-DD", body = ErrorEnvelope),

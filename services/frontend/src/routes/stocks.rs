@@ -17,7 +17,7 @@ pub(crate) const MAX_NAME_LEN: usize = 128;
 /// A stock: its price (the last trade on its book) and the house quantity market orders use.
 /// While the catalog is unreachable, the last value this frontend saw, with `"stale": true`
 /// beside `data` and a `Warning: 110` header.
-#[utoipa::path(get, path = "/stocks/{name}", tag = "stocks",
+#[utoipa::path(get, path = "/stocks/{name}", operation_id = "get_stock", tag = "stocks",
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 200, body = DataEnvelope<Stock>),
@@ -58,11 +58,11 @@ impl Looked {
 }
 
 /// Stocks whose names contain `search` (any case), in name order, a page at a time.
-#[utoipa::path(get, path = "/stocks", tag = "stocks",
+#[utoipa::path(get, path = "/stocks", operation_id = "list_stocks", tag = "stocks",
     params(
         ("search" = Option<String>, Query, description = "Part of the name, any case"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^([0-9a-fA-F]{2})*$"),
     ),
     responses(
         (status = 200, body = DataEnvelope<StockPage>),
@@ -89,7 +89,7 @@ pub(crate) async fn list_stocks(
 /// from `%2e%2e`, `%2F`) would name another catalog route, so they never reach the catalog.
 fn is_stock_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
+        && name.chars().count() <= MAX_NAME_LEN
         && name != "."
         && name != ".."
         && !name.contains('/')

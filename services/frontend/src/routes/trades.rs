@@ -10,11 +10,11 @@ use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
 /// Trades after a trade id, oldest first.
-#[utoipa::path(get, path = "/trades", tag = "market",
+#[utoipa::path(get, path = "/trades", operation_id = "list_trades", tag = "market",
     params(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("after" = Option<u64>, Query, description = "Trade id to start after (default 0)"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, body = DataEnvelope<Vec<Trade>>),

@@ -30,7 +30,7 @@ pub struct CreatedUser {
 }
 
 /// Creates a user and returns their API key, once. The body may be empty or `{}`.
-#[utoipa::path(post, path = "/users", tag = "users",
+#[utoipa::path(post, path = "/users", operation_id = "create_user", tag = "users",
     responses(
         (status = 201, body = DataEnvelope<CreatedUser>),
         (status = 400, description = "A body that is not empty or {}", body = ErrorEnvelope),
@@ -103,7 +103,7 @@ pub struct Portfolio {
 
 /// A user's portfolio: per stock the position, average cost, market value and profit and
 /// loss, and totals. Only with that user's own key.
-#[utoipa::path(get, path = "/users/{id}/portfolio", tag = "users",
+#[utoipa::path(get, path = "/users/{id}/portfolio", operation_id = "get_portfolio", tag = "users",
     params(("id" = u64, Path, description = "User id")),
     security(("api_key" = [])),
     responses(
