@@ -157,7 +157,7 @@ impl AppState {
 }
 
 /// How long an invalidation push waits for a frontend: below the leader's deadline for the
-/// catalog's answer (2 s), so that a hung frontend slows trades without failing them.
+/// catalog's answer (1.5 s), so that a hung frontend slows trades without failing them.
 const INVALIDATION_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router(state: AppState) -> Router {

@@ -18,11 +18,11 @@ use axum::extract::State;
 use axum::response::Response;
 use futures::{Sink, SinkExt, StreamExt};
 use serde::Serialize;
-use serde_json::json;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::wire::{Depth, FeedPage, Health, MarketEvent, Snapshot};
+use stocknet_common::wire::{Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot, Trade};
 use stocknet_common::{Path, Price, Stock};
 use tokio::sync::{broadcast, Notify};
+use utoipa::ToSchema;
 
 use crate::routes::stocks::stock;
 use crate::{AppState, FrontendError};
@@ -176,9 +176,9 @@ async fn poll(
 
 /// `GET /ws/trades`: every trade, as it commits.
 #[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
-    responses((status = 101, description = "A WebSocket of `{\"type\":\"trade\", ...Trade}` \
-        messages (and `{\"type\":\"gap\"}` where this frontend missed some). A consumer that \
-        falls behind is closed with code 1008 and a reason.")))]
+    responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
+        trade as it commits, and a gap where this frontend missed some. A consumer that falls \
+        behind is closed with code 1008 and a reason.", body = TradeFrame)))]
 pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.subscribe_market(&state);
@@ -187,9 +187,9 @@ pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
             MarketItem::Event(event) => event
                 .trades
                 .iter()
-                .map(|trade| tagged("trade", trade))
+                .map(|trade| frame(&TradeFrame::Trade(trade.clone())))
                 .collect(),
-            MarketItem::Gap => vec![json!({"type": "gap"}).to_string()],
+            MarketItem::Gap => vec![frame(&TradeFrame::Gap)],
         };
         pump(receiver, sink, stream, render).await;
     })
@@ -197,8 +197,8 @@ pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
 
 /// `GET /ws/prices`: a snapshot of every stock, then each change of a price or quantity.
 #[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
-    responses((status = 101, description = "A WebSocket: `{\"type\":\"snapshot\",\"stocks\":[...]}`, \
-        then `{\"type\":\"price\",\"name\",\"price\",\"quantity\"}` per change.")))]
+    responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
+        snapshot of every stock, then a price per change.", body = PriceFrame)))]
 pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
@@ -218,12 +218,12 @@ pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
             }
         };
         state.inner.streams.seed_prices(&stocks);
-        let first = json!({"type": "snapshot", "stocks": stocks}).to_string();
+        let first = frame(&PriceFrame::Snapshot { stocks });
         if send(&mut sink, Message::Text(first.into())).await.is_err() {
             return;
         }
         pump(receiver, sink, stream, |stock: &Stock| {
-            vec![tagged("price", stock)]
+            vec![frame(&PriceFrame::Price(stock.clone()))]
         })
         .await;
     })
@@ -233,10 +233,9 @@ pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
 #[utoipa::path(get, path = "/ws/book/{name}", operation_id = "stream_order_book", tag = "market",
     params(("name" = String, Path, description = "Stock name")),
     responses(
-        (status = 101, description = "A WebSocket: `{\"type\":\"snapshot\", ...Depth}` (the book \
-            as of entry `applied`), then `{\"type\":\"update\",\"entry\",\"levels\":[...],\
-            \"last_price\"}` per entry that changed it (a level with quantity 0 is gone), and a \
-            new snapshot after a gap."),
+        (status = 101, description = "A WebSocket whose messages are BookFrames: a snapshot \
+            (the book as of entry `applied`), then an update per entry that changed it, and a \
+            new snapshot after a gap.", body = BookFrame),
         (status = 404, description = "Stock not found", body = stocknet_common::envelope::ErrorEnvelope),
     ))]
 pub async fn book(
@@ -256,9 +255,12 @@ pub async fn book(
                 return;
             };
             let applied = depth.applied;
-            if send(&mut sink, Message::Text(tagged("snapshot", &depth).into()))
-                .await
-                .is_err()
+            if send(
+                &mut sink,
+                Message::Text(frame(&BookFrame::Snapshot(depth)).into()),
+            )
+            .await
+            .is_err()
             {
                 return;
             }
@@ -275,16 +277,12 @@ pub async fn book(
                 if event.name != name || event.entry <= applied || event.levels.is_empty() {
                     continue;
                 }
-                let update = json!({
-                    "type": "update",
-                    "entry": event.entry,
-                    "levels": event.levels,
-                    "last_price": event.last_price,
+                let update = frame(&BookFrame::Update {
+                    entry: event.entry,
+                    levels: event.levels.clone(),
+                    last_price: event.last_price,
                 });
-                if send(&mut sink, Message::Text(update.to_string().into()))
-                    .await
-                    .is_err()
-                {
+                if send(&mut sink, Message::Text(update.into())).await.is_err() {
                     return;
                 }
             }
@@ -393,12 +391,43 @@ fn close(code: u16, reason: &str) -> Message {
 }
 
 /// `value`'s JSON object with `"type": kind` added.
-fn tagged(kind: &str, value: &impl Serialize) -> String {
-    let mut object = serde_json::to_value(value).unwrap_or_default();
-    if let Some(fields) = object.as_object_mut() {
-        fields.insert("type".into(), json!(kind));
-    }
-    object.to_string()
+/// Every message `GET /ws/trades` sends.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TradeFrame {
+    /// A trade, as it commits.
+    Trade(Trade),
+    /// This frontend missed some trades: they are in `GET /trades?after=`.
+    Gap,
+}
+
+/// Every message `GET /ws/prices` sends.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PriceFrame {
+    /// Every stock, first.
+    Snapshot { stocks: Vec<Stock> },
+    /// A stock whose price or quantity changed.
+    Price(Stock),
+}
+
+/// Every message `GET /ws/book/{name}` sends.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BookFrame {
+    /// The whole book as of entry `applied`: first, and again after a gap.
+    Snapshot(Depth),
+    /// What one committed entry changed; a level with quantity 0 is gone.
+    Update {
+        entry: u64,
+        levels: Vec<LevelChange>,
+        last_price: Option<Price>,
+    },
+}
+
+/// A frame as the text of a WebSocket message.
+fn frame(frame: &impl Serialize) -> String {
+    serde_json::to_string(frame).unwrap_or_default()
 }
 
 #[cfg(test)]

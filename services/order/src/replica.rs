@@ -30,6 +30,11 @@ use crate::metrics::{FollowerLabels, ReplicaMetrics};
 /// catalog up after an outage, and notices a newer term.
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 
+/// How long the leader waits for the catalog to apply a batch: its fsync and its invalidation
+/// push (at most 1 s per frontend) fit, and a round that waits on a hung catalog still ends
+/// before a frontend's 2 s deadline for the leader takes the leader for hung.
+const CATALOG_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Most orders sent in one replication, resync or catalog call.
 pub const BATCH: usize = 10_000;
 
@@ -38,8 +43,6 @@ struct CommitState {
     synced: u64,
     committed: u64,
     catalog_applied: u64,
-    /// Whether the current round's replication reached a majority in the leader's term.
-    replicated: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,8 +99,9 @@ struct Progress {
     started: u64,
     /// Commit rounds finished.
     round: u64,
-    /// The last finished round whose replication a majority accepted in this leader's term:
-    /// this replica still led when that round began.
+    /// The last round whose replication a majority accepted in this leader's term (set as
+    /// soon as it did, before the round applies to the catalog): this replica still led when
+    /// that round began, and its book holds what the round committed.
     confirmed: u64,
     applied: u64,
     /// The last round's failure; it concerns the orders through `through`.
@@ -783,7 +787,6 @@ impl Replica {
             synced: committed,
             committed,
             catalog_applied: committed,
-            replicated: false,
         };
         // The takeover applied everything committed to the catalog.
         self.catalog_failing.store(false, Ordering::Release);
@@ -801,15 +804,14 @@ impl Replica {
                 false
             });
             let through = self.log().last();
-            let result = self.commit_round(term, through, &mut state).await;
+            let result = self
+                .commit_round(term, through, &mut state, &progress)
+                .await;
             if let Err(e) = &result {
                 tracing::warn!(term, through, "commit round failed: {e}");
             }
             progress.send_modify(|now| {
                 now.round += 1;
-                if state.replicated {
-                    now.confirmed = now.round;
-                }
                 now.applied = state.catalog_applied;
                 now.failure = result.err().map(|error| RoundFailure {
                     round: now.round,
@@ -825,10 +827,10 @@ impl Replica {
         term: u64,
         through: u64,
         state: &mut CommitState,
+        progress: &watch::Sender<Progress>,
     ) -> Result<(), OrderError> {
         let started = Instant::now();
         let fresh = through.saturating_sub(state.committed);
-        state.replicated = false;
         // Every round replicates, an empty log too (a heartbeat), so that a round confirms
         // this replica's leadership for reads.
         {
@@ -853,10 +855,11 @@ impl Replica {
             synced?;
             state.synced = through;
             replicated?;
-            state.replicated = true;
             state.committed = state.committed.max(through);
             self.committed.fetch_max(state.committed, Ordering::AcqRel);
             self.advance_book(state.committed).await?;
+            // Reads waiting for this round need not wait for the catalog too.
+            progress.send_modify(|now| now.confirmed = now.started);
         }
         if state.catalog_applied < state.committed {
             let applying = Instant::now();
@@ -1254,7 +1257,8 @@ impl Replica {
                     .collect()
             };
             let request = ApplyRequest { term, trades };
-            match call::<ApplyOutcome>(self.http.post(url.clone()).json(&request)).await {
+            let apply = self.http.post(url.clone()).timeout(CATALOG_TIMEOUT);
+            match call::<ApplyOutcome>(apply.json(&request)).await {
                 Ok(outcome) => {
                     *catalog_applied = outcome.applied;
                     continue;

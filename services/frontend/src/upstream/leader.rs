@@ -17,7 +17,7 @@ use stocknet_common::wire::{Health, LeaderNotice, Peer};
 const EARLY_ELECTION_WAIT: Duration = Duration::from_secs(30);
 
 /// A replica that does not answer its health check within this is passed over.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {

@@ -22,8 +22,8 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(6);
 
 /// How long one call to a leader may take before the leader counts as hung and another is
 /// elected. A healthy leader answers in milliseconds; a round that waits on a hung catalog
-/// ends within its 2 s deadline.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// ends within the leader's 1.5 s deadline for it (and the breaker is open by then).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many times a read goes to a (re-elected) leader.
 const READ_ATTEMPTS: usize = 3;
