@@ -254,7 +254,7 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
     /// The previous page's `next_cursor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(pattern = "^[0-9]+$")]
+    #[param(pattern = "^[0-9]{1,19}$")]
     pub cursor: Option<String>,
 }
 

@@ -75,6 +75,7 @@ pub fn complete(document: utoipa::openapi::OpenApi) -> Value {
             }
         }
     }
+    answers_every_operation_may_give(&mut document);
     let order = "$response.body#/data/transaction_number";
     let links = json!({
         "GetOrder": {"operationId": "get_order", "parameters": {"number": order}},
@@ -115,5 +116,41 @@ fn bound_integers(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(bound_integers),
         _ => {}
+    }
+}
+
+/// The answers any operation may give besides its own, from the layers in front of every
+/// handler: 429 when the client is over its rate limit (`GET /health` is exempt), 413 for a body
+/// over the limit, 500 when something failed inside (logged, never detailed).
+fn answers_every_operation_may_give(document: &mut Value) {
+    let envelope =
+        json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}});
+    let answer = |description: &str| json!({"description": description, "content": envelope});
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            let has_body = operation.get("requestBody").is_some();
+            let Some(responses) = operation["responses"].as_object_mut() else {
+                continue;
+            };
+            if path != "/health" {
+                responses.entry("429").or_insert_with(|| {
+                    answer("Too many requests from this client (with Retry-After), when the frontend limits rates")
+                });
+            }
+            if has_body {
+                responses
+                    .entry("413")
+                    .or_insert_with(|| answer("The body is larger than 4 MiB"));
+            }
+            responses
+                .entry("500")
+                .or_insert_with(|| answer("An internal error (logged; the message says no more)"));
+        }
     }
 }

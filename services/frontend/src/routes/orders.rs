@@ -405,7 +405,7 @@ async fn change_on_leader(
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
         ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]+$"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]{1,19}$"),
     ),
     responses(
         (status = 200, body = DataEnvelope<OrderPage>),
