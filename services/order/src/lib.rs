@@ -131,27 +131,35 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    // The reads a frontend forwards wait for a confirmation of leadership when they ask for it;
+    // writes and replication never pass through that layer.
+    let confirmed = || middleware::from_fn_with_state(state.clone(), confirm_leader_reads);
     // Everything but the probes is for the frontends and the other replicas only.
     let internal = Router::new()
-        .route("/orders", post(place).get(list_orders))
+        .route(
+            "/orders",
+            get(list_orders).route_layer(confirmed()).post(place),
+        )
         .route(
             "/orders/{number}",
-            get(lookup).put(modify_order).delete(cancel_order),
+            get(lookup)
+                .route_layer(confirmed())
+                .put(modify_order)
+                .delete(cancel_order),
         )
-        .route("/trades", get(trades))
-        .route("/portfolios/{user}", get(portfolio))
-        .route("/audit", get(audit_trail))
-        .route("/reports/daily", get(daily_report))
-        .route("/book/{name}", get(book))
+        .route("/trades", get(trades).route_layer(confirmed()))
+        .route(
+            "/portfolios/{user}",
+            get(portfolio).route_layer(confirmed()),
+        )
+        .route("/audit", get(audit_trail).route_layer(confirmed()))
+        .route("/reports/daily", get(daily_report).route_layer(confirmed()))
+        .route("/book/{name}", get(book).route_layer(confirmed()))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
         .route("/replicate", post(replicate))
         .route("/leader", post(set_leader))
         .route("/prepare", post(prepare))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            confirm_leader_reads,
-        ))
         .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,
@@ -174,9 +182,7 @@ async fn confirm_leader_reads(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
-    if request.method() == axum::http::Method::GET
-        && request.headers().contains_key(READ_FROM_LEADER)
-    {
+    if request.headers().contains_key(READ_FROM_LEADER) {
         if let Err(e) = state.replica.confirm_leadership().await {
             return e.into_response();
         }

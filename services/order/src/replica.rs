@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,22 @@ struct Leading {
 impl Drop for Leading {
     fn drop(&mut self) {
         self.committer.abort();
+    }
+}
+
+/// Counts a read among those waiting for a commit round, for as long as it waits.
+struct ReadWaiting<'a>(&'a AtomicUsize);
+
+impl<'a> ReadWaiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for ReadWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -176,6 +192,8 @@ pub struct Replica {
     catalog_failing: AtomicBool,
     /// The term this replica last completed a takeover in: it leads while that is its term.
     leading_term: AtomicU64,
+    /// Reads waiting in [`confirm_leadership`](Self::confirm_leadership) for a round.
+    reads_waiting: AtomicUsize,
     metrics: ReplicaMetrics,
 }
 
@@ -224,6 +242,7 @@ impl Replica {
             unreachable: Mutex::new(HashSet::new()),
             catalog_failing: AtomicBool::new(false),
             leading_term: AtomicU64::new(0),
+            reads_waiting: AtomicUsize::new(0),
             metrics: ReplicaMetrics::new(),
         })
     }
@@ -623,6 +642,7 @@ impl Replica {
                 _ => return Err(OrderError::NotLeader),
             }
         };
+        let _waiting = ReadWaiting::new(&self.reads_waiting);
         let read_index = self.log().last();
         let needed = progress.borrow().started + 1;
         wake.notify_one();
@@ -858,8 +878,13 @@ impl Replica {
             state.committed = state.committed.max(through);
             self.committed.fetch_max(state.committed, Ordering::AcqRel);
             self.advance_book(state.committed).await?;
-            // Reads waiting for this round need not wait for the catalog too.
-            progress.send_modify(|now| now.confirmed = now.started);
+            // Reads waiting for this round need not wait for the catalog too; without any, the
+            // orders waiting for the round's end are not woken for nothing.
+            let wake_reads = self.reads_waiting.load(Ordering::Acquire) > 0;
+            progress.send_if_modified(|now| {
+                now.confirmed = now.started;
+                wake_reads
+            });
         }
         if state.catalog_applied < state.committed {
             let applying = Instant::now();
