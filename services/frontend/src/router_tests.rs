@@ -19,19 +19,23 @@ struct Cli {
     config: Config,
 }
 
-/// A frontend whose catalog and order replicas are not running.
-fn app() -> Router {
-    let cli = Cli::parse_from([
+/// The state of a frontend whose catalog and order replicas are not running, with `flags`.
+fn lone_state(flags: &[&str]) -> AppState {
+    let mut args = vec![
         "frontend",
         "--catalog-url",
         "http://127.0.0.1:9",
         "--order-replicas",
         "1=http://127.0.0.1:9",
-    ]);
-    router(AppState::new(
-        &cli.config,
-        Secret::new("router-test-secret").unwrap(),
-    ))
+    ];
+    args.extend_from_slice(flags);
+    let cli = Cli::parse_from(args);
+    AppState::new(&cli.config, Secret::new("router-test-secret").unwrap())
+}
+
+/// A frontend whose catalog and order replicas are not running.
+fn app() -> Router {
+    router(lone_state(&[]))
 }
 
 async fn send(request: Request<Body>) -> (StatusCode, Value) {
@@ -136,18 +140,7 @@ async fn envelopes_for_every_outcome_without_backends() {
 #[tokio::test]
 async fn a_user_is_limited_by_their_key() {
     use stocknet_common::api_key::{ApiKey, Credential};
-    let cli = Cli::parse_from([
-        "frontend",
-        "--catalog-url",
-        "http://127.0.0.1:9",
-        "--order-replicas",
-        "1=http://127.0.0.1:9",
-        "--rate-limit",
-        "1",
-        "--rate-burst",
-        "2",
-    ]);
-    let state = AppState::new(&cli.config, Secret::new("router-test-secret").unwrap());
+    let state = lone_state(&["--rate-limit", "1", "--rate-burst", "2"]);
     let keys: Vec<ApiKey> = (1..=2)
         .map(|user| ApiKey::generate(user).unwrap())
         .collect();
@@ -318,14 +311,7 @@ async fn the_document_and_its_page_are_served() {
 /// reaching it would be a 503) and never count against its breaker.
 #[tokio::test]
 async fn hostile_lookup_paths_are_404_and_leave_the_breaker_closed() {
-    let cli = Cli::parse_from([
-        "frontend",
-        "--catalog-url",
-        "http://127.0.0.1:9",
-        "--order-replicas",
-        "1=http://127.0.0.1:9",
-    ]);
-    let state = AppState::new(&cli.config, Secret::new("router-test-secret").unwrap());
+    let state = lone_state(&[]);
     let app = router(state.clone());
     for _ in 0..upstream::breaker::FAILURES + 2 {
         for path in [
@@ -412,6 +398,19 @@ fn operation_ids_are_unique_and_integers_are_bounded() {
                     );
                 }
             }
+        }
+    }
+    for (path, method) in [
+        ("/orders", "post"),
+        ("/orders/{number}", "put"),
+        ("/orders/{number}", "delete"),
+    ] {
+        let responses = &document["paths"][path][method]["responses"];
+        for status in ["400", "503", "504", "429", "500"] {
+            assert!(
+                responses[status].is_object(),
+                "{method} {path} lists no {status}"
+            );
         }
     }
     let quantity = &document["components"]["schemas"]["PlaceOrder"]["properties"]["quantity"];

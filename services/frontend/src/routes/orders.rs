@@ -250,7 +250,6 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         (status = 409, description = "Refused, and recorded as refused: insufficient stock quantity (market orders; reason insufficient_quantity), or the price is further than the tolerance from expected_price (reason price_moved, with current_price)", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
-        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
     ))]
 pub(crate) async fn place_order(
     State(state): State<AppState>,
@@ -333,7 +332,6 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
         (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
-        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
     ))]
 pub(crate) async fn modify_order(
     State(state): State<AppState>,
@@ -359,7 +357,6 @@ pub(crate) async fn modify_order(
         (status = 409, description = "No longer open", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
-        (status = 504, description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order if it was committed", body = ErrorEnvelope),
     ))]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
