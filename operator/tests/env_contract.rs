@@ -1,0 +1,65 @@
+//! The contract between the pods the operator renders and the services they run: every
+//! environment variable a container sets is one its service reads (a misspelt name would be
+//! silently ignored), and every variable whose default only makes sense on one machine (a URL
+//! or peer list on 127.0.0.1) is set.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use clap::{Args, Command};
+
+/// The variables a service reads, with their defaults.
+fn reads<A: Args>() -> BTreeMap<String, Vec<String>> {
+    A::augment_args(Command::new("service"))
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_str()?.to_owned();
+            let defaults = arg
+                .get_default_values()
+                .iter()
+                .map(|value| value.to_string_lossy().into_owned())
+                .collect();
+            Some((env, defaults))
+        })
+        .collect()
+}
+
+#[test]
+fn every_variable_a_pod_sets_is_read_and_every_local_default_is_overridden() {
+    let services = BTreeMap::from([
+        ("catalog", reads::<stocknet_catalog::Config>()),
+        ("order", reads::<stocknet_order::Config>()),
+        ("frontend", reads::<stocknet_frontend::Config>()),
+    ]);
+    let example = include_str!("../../examples/stocknet.yaml");
+    let rendered = stocknet_operator::resources::render(example, "default").expect("render");
+    let mut seen = BTreeSet::new();
+    for document in serde_yaml::Deserializer::from_str(&rendered) {
+        let object: serde_yaml::Value = serde::Deserialize::deserialize(document).expect("YAML");
+        let containers = &object["spec"]["template"]["spec"]["containers"];
+        for container in containers.as_sequence().into_iter().flatten() {
+            let service = container["args"][0].as_str().expect("a service to run");
+            let known = &services[service];
+            let set: BTreeSet<&str> = container["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|var| var["name"].as_str().expect("a name"))
+                .collect();
+            for name in &set {
+                assert!(known.contains_key(*name), "{service} does not read {name}");
+            }
+            for (name, defaults) in known {
+                let local = defaults.iter().any(|value| value.contains("127.0.0.1"));
+                assert!(
+                    !local || set.contains(name.as_str()),
+                    "{service}'s {name} defaults to {defaults:?} and the pod leaves it so"
+                );
+            }
+            seen.insert(service.to_owned());
+        }
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["catalog", "frontend", "order"].map(String::from))
+    );
+}
