@@ -339,3 +339,25 @@ async fn a_leader_restarted_at_once_serves_no_stale_read() {
     }
     eprintln!("reads after the restart, by status: {statuses:?}");
 }
+
+/// A frontend that hangs while another trades misses the catalog's invalidation push (the
+/// catalog waits 1 s for it, then acknowledges the trade). When it resumes, it must not serve
+/// its cached quantity as current (I7): it has not heard from the catalog for longer than its
+/// cache lease, so it reads the catalog again.
+#[tokio::test]
+async fn a_frontend_that_hung_does_not_serve_what_it_cached_before() {
+    let cluster = Cluster::start(2).await;
+    assert_eq!(cluster.quantity(1, "GameStart").await, 100);
+    signal(&cluster.frontends[1], Signal::SIGSTOP);
+    let (status, body, _) = order(
+        &cluster,
+        0,
+        &json!({"name": "GameStart", "quantity": 1, "type": "buy"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    signal(&cluster.frontends[1], Signal::SIGCONT);
+    // The first lookup after the hang, before any probe or push could have run.
+    assert_eq!(cluster.quantity(1, "GameStart").await, 99);
+}

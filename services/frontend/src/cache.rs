@@ -91,6 +91,15 @@ impl StockCache {
         }
     }
 
+    /// Drops everything; fills of reads that started before this are skipped.
+    pub fn clear(&self) {
+        if let Some(inner) = &self.inner {
+            let mut inner = lock(inner);
+            inner.epoch += 1;
+            inner.entries.clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.inner
             .as_ref()

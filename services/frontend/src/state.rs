@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) secret: Secret,
     /// Fails calls to the catalog fast while it is unreachable.
     pub(crate) catalog_breaker: Breaker,
+    /// When the catalog was last heard from: the cache is trusted only while that is recent.
+    pub(crate) catalog_contact: crate::upstream::catalog::CatalogContact,
     /// Per-client rate and in-flight limits of the public API.
     pub(crate) limits: Arc<limits::Limits>,
     /// Default tolerance of an order's `expected_price`.
@@ -149,6 +151,7 @@ impl AppState {
                 streams: streams::Streams::default(),
                 secret,
                 catalog_breaker,
+                catalog_contact: Default::default(),
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 price_tolerance_bps: config.price_tolerance_bps,
                 last_known: std::sync::Mutex::default(),

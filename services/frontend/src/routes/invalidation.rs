@@ -5,12 +5,14 @@ use axum::response::Response;
 use stocknet_common::wire::Invalidation;
 use stocknet_common::{data, Json, Path};
 
+use crate::upstream::catalog::heard_from_catalog;
 use crate::AppState;
 
 pub(crate) async fn invalidate(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Response {
+    heard_from_catalog(&state);
     state.inner.cache.invalidate([name.as_str()]);
     data(serde_json::json!({ "success": true }))
 }
@@ -20,6 +22,7 @@ pub(crate) async fn invalidate_many(
     State(state): State<AppState>,
     Json(request): Json<Invalidation>,
 ) -> Response {
+    heard_from_catalog(&state);
     state
         .inner
         .cache

@@ -104,6 +104,11 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
         return Err(FrontendError::StockNotFound);
     }
     let inner = &state.inner;
+    if !inner.catalog_contact.recent() && inner.catalog_breaker.admit().is_ok() {
+        // Pushes may have been missed (this frontend was paused, or cut off): nothing cached
+        // can be trusted until the catalog is heard from again.
+        inner.cache.clear();
+    }
     let epoch = match inner.cache.get(name) {
         Ok(stock) if inner.catalog_breaker.admit().is_err() => return Ok(Looked::Stale(stock)),
         Ok(stock) => return Ok(Looked::Fresh(stock)),

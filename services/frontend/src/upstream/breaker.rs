@@ -22,7 +22,7 @@ pub const FAILURES: u32 = 3;
 
 /// How often the catalog is probed, open or closed: the longest an open breaker stays open
 /// once the catalog answers again, and what `Retry-After` says while it is open.
-pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+pub const PROBE_EVERY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -1,6 +1,7 @@
 //! Calls to the catalog: each with a short deadline and through the breaker, and a probe that
 //! keeps the breaker true when no lookup goes to the catalog (every stock cached).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use stocknet_common::client::{call, endpoint};
@@ -16,7 +17,60 @@ pub const READ_TIMEOUT: Duration = Duration::from_millis(500);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Deadline of the catalog's health probe.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How long cached lookups are trusted after this frontend last heard from the catalog. Below
+/// the catalog's deadline for an invalidation push (1 s): a frontend that was paused (SIGSTOP)
+/// or cut off long enough for a push to fail stops trusting its cache before the trade that push
+/// was for can have been acknowledged, and clears it when it hears from the catalog again.
+const CACHE_LEASE: Duration = Duration::from_millis(900);
+
+/// When this frontend last heard from the catalog: a probe or a read answered, or a push.
+pub struct CatalogContact {
+    origin: Instant,
+    /// Milliseconds since `origin`.
+    last: AtomicU64,
+}
+
+impl Default for CatalogContact {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl CatalogContact {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes contact now; whether the silence before it outlasted the lease (then pushes may
+    /// have been missed, and the cache must go).
+    pub fn heard(&self) -> bool {
+        let now = self.now();
+        let before = self.last.swap(now, Ordering::AcqRel);
+        now.saturating_sub(before) > lease_ms()
+    }
+
+    /// Whether cached lookups can be trusted: the catalog was heard from within the lease.
+    pub fn recent(&self) -> bool {
+        self.now().saturating_sub(self.last.load(Ordering::Acquire)) <= lease_ms()
+    }
+}
+
+fn lease_ms() -> u64 {
+    u64::try_from(CACHE_LEASE.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Notes contact with the catalog, clearing the cache if the silence before was too long.
+pub(crate) fn heard_from_catalog(state: &AppState) {
+    let inner = &state.inner;
+    if inner.catalog_contact.heard() {
+        inner.cache.clear();
+    }
+}
 
 /// Why a call to the catalog failed.
 pub(crate) enum CatalogCall {
@@ -48,6 +102,7 @@ pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
     match call::<T>(request).await {
         Ok(value) => {
             breaker.succeeded();
+            heard_from_catalog(state);
             Ok(value)
         }
         Err(e) if is_failure(&e) => {
@@ -93,7 +148,10 @@ pub async fn watch(state: AppState) {
                 tracing::debug!("catalog probe failed: {e}");
                 inner.catalog_breaker.failed(Instant::now());
             }
-            _ => inner.catalog_breaker.succeeded(),
+            _ => {
+                inner.catalog_breaker.succeeded();
+                heard_from_catalog(&state);
+            }
         }
     }
 }
