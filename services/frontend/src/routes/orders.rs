@@ -349,8 +349,8 @@ pub(crate) async fn modify_order(
     params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
     security((), ("api_key" = [])),
     responses(
-        (status = 400, description = "Order number must be a number, or a malformed Idempotency-Key", body = ErrorEnvelope),
         (status = 200, body = DataEnvelope<Changed>),
+        (status = 400, description = "Order number must be a number, or a malformed Idempotency-Key", body = ErrorEnvelope),
         (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
