@@ -46,27 +46,24 @@ where
         .await
         .ok_or(FrontendError::NoLeader)?;
     for attempt in 1..=READ_ATTEMPTS {
-        let answer = tokio::time::timeout(ATTEMPT_TIMEOUT, send(&leader))
-            .await
-            .unwrap_or_else(|_| Err(RemoteError::Decode("no answer in time".into())));
-        match answer {
-            Ok(value) => return Ok(value),
-            Err(RemoteError::Api(error)) if error.status.is_client_error() => {
+        let failure = match tokio::time::timeout(ATTEMPT_TIMEOUT, send(&leader)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(RemoteError::Api(error))) if error.status.is_client_error() => {
                 return Err(FrontendError::Upstream(error));
             }
-            Err(e) => {
-                tracing::warn!(leader = leader.id, attempt, "leader read failed: {e}");
-                if attempt == READ_ATTEMPTS {
-                    break;
-                }
-                inner.order_retries.inc();
-                leader = inner
-                    .election
-                    .replace(Some(&leader))
-                    .await
-                    .ok_or(FrontendError::NoLeader)?;
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+        };
+        tracing::warn!(leader = leader.id, attempt, "leader read failed: {failure}");
+        if attempt == READ_ATTEMPTS {
+            break;
         }
+        inner.order_retries.inc();
+        leader = inner
+            .election
+            .replace(Some(&leader))
+            .await
+            .ok_or(FrontendError::NoLeader)?;
     }
     Err(FrontendError::NoLeader)
 }
