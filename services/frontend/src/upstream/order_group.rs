@@ -20,10 +20,15 @@ use crate::{AppState, FrontendError};
 /// How long a write is retried under its key before the answer is 504.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(6);
 
-/// How long one call to a leader may take before the leader counts as hung and another is
+/// How long one write to a leader may take before the leader counts as hung and another is
 /// elected. A healthy leader answers in milliseconds; a round that waits on a hung catalog
 /// ends within the leader's 1.5 s deadline for it (and the breaker is open by then).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a read may wait for the leader: it waits for a commit round to confirm the
+/// leadership (a read index), and with the catalog hung a round in flight takes up to the
+/// leader's 1.5 s deadline for the catalog before the next one confirms.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How many times a read goes to a (re-elected) leader.
 const READ_ATTEMPTS: usize = 3;
@@ -46,13 +51,13 @@ where
         .await
         .ok_or(FrontendError::NoLeader)?;
     for attempt in 1..=READ_ATTEMPTS {
-        let failure = match tokio::time::timeout(ATTEMPT_TIMEOUT, send(&leader)).await {
+        let failure = match tokio::time::timeout(READ_TIMEOUT, send(&leader)).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(RemoteError::Api(error))) if error.status.is_client_error() => {
                 return Err(FrontendError::Upstream(error));
             }
             Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            Err(_) => format!("no answer within {READ_TIMEOUT:?}"),
         };
         tracing::warn!(leader = leader.id, attempt, "leader read failed: {failure}");
         if attempt == READ_ATTEMPTS {
