@@ -1262,8 +1262,7 @@ impl Replica {
         number: u64,
     ) -> Result<(), OrderError> {
         let url = endpoint(&self.catalog_url, &["apply"]).map_err(OrderError::catalog)?;
-        let mut delay = Duration::from_millis(20);
-        let (mut sent, mut failures) = (false, 0);
+        let (mut sent, mut retried) = (false, false);
         // Sent at least once even when there is nothing to apply: that records the term.
         while *catalog_applied < number || !sent {
             sent = true;
@@ -1309,11 +1308,10 @@ impl Replica {
                 // hung fails the round (its entries answer "outcome unknown" at once, and new
                 // orders are refused until the catalog is back), and the next round, a
                 // heartbeat later, tries again.
-                Err(e) if failures < 1 && !is_timeout(&e) => {
-                    failures += 1;
+                Err(e) if !retried && !is_timeout(&e) => {
+                    retried = true;
                     tracing::warn!("catalog apply failed, retrying: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => return Err(OrderError::catalog(e)),
             }

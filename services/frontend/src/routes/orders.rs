@@ -17,7 +17,7 @@ use stocknet_common::{data, Path, Price, Side, Status};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::credentials;
-use crate::routes::stocks::MAX_NAME_LEN;
+use crate::routes::stocks::is_name_text;
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
@@ -121,13 +121,7 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         )));
     }
     let name = match &fields["name"] {
-        Value::String(name)
-            if !name.is_empty()
-                && name.chars().count() <= MAX_NAME_LEN
-                && !name.chars().any(char::is_control) =>
-        {
-            name.clone()
-        }
+        Value::String(name) if is_name_text(name) => name.clone(),
         _ => return Err(bad(
             "name must be a non-empty string of at most 128 characters without control characters",
         )),

@@ -11,8 +11,8 @@ use stocknet_common::{data, Path, RemoteError, Stock};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::{AppState, FrontendError};
 
-/// Longest stock name accepted.
-pub(crate) const MAX_NAME_LEN: usize = 128;
+/// Longest stock name accepted, in characters.
+const MAX_NAME_LEN: usize = 128;
 
 /// A stock: its price (the last trade on its book) and the house quantity market orders use.
 /// While the catalog is unreachable, the last value this frontend saw, with `"stale": true`
@@ -85,15 +85,16 @@ pub(crate) async fn list_stocks(
     }
 }
 
-/// Whether `name` can be a stock's name at all. Path segments such as `..` or `a/b` (decoded
-/// from `%2e%2e`, `%2F`) would name another catalog route, so they never reach the catalog.
+/// Whether `name` is text an order may name a stock by: 1–128 characters, none a control
+/// character.
+pub(crate) fn is_name_text(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}
+
+/// Whether `name` can be a stock's name in a lookup path. Segments such as `..` or `a/b`
+/// (decoded from `%2e%2e`, `%2F`) would name another catalog route, so they never reach it.
 fn is_stock_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.chars().count() <= MAX_NAME_LEN
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.chars().any(char::is_control)
+    is_name_text(name) && name != "." && name != ".." && !name.contains('/')
 }
 
 /// A stock from the cache, or from the catalog (then cached); while the catalog cannot be
