@@ -259,7 +259,7 @@ pub struct Stock {
 }
 
 /// What one log entry does to its stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// A new order: without `limit` a market order against the catalog's house inventory
     /// (as in the seed API), with it a limit order on the stock's book.
@@ -276,6 +276,19 @@ pub enum Command {
     },
     /// Cancels the open limit order `target`.
     Cancel { target: u64 },
+    /// The replica group's own entry, not an order: the blank entry a new leader appends to
+    /// commit what earlier terms left (`leader`), or a change of the voters and their
+    /// addresses (`membership`, the consensus layer's configuration as JSON). It changes no
+    /// book, portfolio or stock.
+    Group(GroupEntry),
+}
+
+/// What a [`Command::Group`] entry records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupEntry {
+    Leader,
+    Membership(String),
 }
 
 /// Why the leader refused a new order. The refusal is logged like any entry (the audit trail
@@ -405,6 +418,8 @@ impl Command {
                 price,
             } => ("modify", quantity, price, Some(target)),
             Command::Cancel { target } => ("cancel", None, None, Some(target)),
+            Command::Group(GroupEntry::Leader) => ("leader", None, None, None),
+            Command::Group(GroupEntry::Membership(_)) => ("membership", None, None, None),
         }
     }
 }
@@ -412,10 +427,15 @@ impl Command {
 impl From<Order> for EntryFields {
     fn from(order: Order) -> Self {
         let (kind, quantity, price, target) = order.command.flat();
+        // A membership entry names no stock: its field holds the configuration.
+        let name = match order.command {
+            Command::Group(GroupEntry::Membership(config)) => config,
+            _ => order.name,
+        };
         Self {
             number: order.number,
             term: order.term,
-            name: order.name,
+            name,
             kind: kind.to_owned(),
             quantity,
             price,
@@ -432,7 +452,7 @@ impl From<Order> for EntryFields {
 impl TryFrom<EntryFields> for Order {
     type Error = String;
 
-    fn try_from(fields: EntryFields) -> Result<Self, String> {
+    fn try_from(mut fields: EntryFields) -> Result<Self, String> {
         let side = Side::parse(&fields.kind);
         let command = match (side, fields.kind.as_str(), fields.quantity, fields.target) {
             (Some(side), _, Some(quantity), None) => Command::Place {
@@ -451,6 +471,12 @@ impl TryFrom<EntryFields> for Order {
             }
             (None, "cancel", None, Some(target)) if fields.price.is_none() => {
                 Command::Cancel { target }
+            }
+            (None, "leader", None, None) if fields.price.is_none() => {
+                Command::Group(GroupEntry::Leader)
+            }
+            (None, "membership", None, None) if fields.price.is_none() => {
+                Command::Group(GroupEntry::Membership(std::mem::take(&mut fields.name)))
             }
             (_, kind, ..) => {
                 return Err(format!(

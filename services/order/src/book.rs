@@ -101,6 +101,8 @@ pub enum Applied {
     Refused(Refusal),
     /// A new order the leader refused: nothing happens.
     Rejected(Rejection),
+    /// The replica group's own entry: nothing happens.
+    Group,
 }
 
 /// One price level's queue: order numbers with the slot they were queued with. A slot that no
@@ -430,6 +432,7 @@ impl Book {
         debug_assert!(entry.number > self.applied);
         self.applied = entry.number;
         self.touched.clear();
+
         let before = self.trades.len();
         let day = day_of(entry.stamp.time);
         if let Some(rejection) = entry.stamp.rejected {
@@ -483,6 +486,7 @@ impl Book {
                 price,
             } => self.modify(entry.number, target, quantity, price),
             Command::Cancel { target } => self.cancel(target),
+            Command::Group(_) => return Applied::Group,
         };
         match result {
             Ok(order) => {
@@ -723,7 +727,7 @@ mod tests {
     fn book(commands: &[Command]) -> Book {
         let mut book = Book::default();
         for (i, command) in commands.iter().enumerate() {
-            book.apply(&entry(i as u64 + 1, *command));
+            book.apply(&entry(i as u64 + 1, command.clone()));
         }
         book
     }
@@ -1060,7 +1064,7 @@ mod model_tests {
                     };
                     self.enter(order, number);
                 }
-                Command::Place { limit: None, .. } => {}
+                Command::Place { limit: None, .. } | Command::Group(_) => {}
                 Command::Cancel { target } => {
                     if let Some(i) = self.resting.iter().position(|r| r.number == target) {
                         self.resting.remove(i);
@@ -1172,7 +1176,7 @@ mod model_tests {
                 .iter()
                 .enumerate()
                 .map(|(i, command)| {
-                    stamped(i as u64 + 1, if i % 4 == 0 { "B" } else { "A" }, *command)
+                    stamped(i as u64 + 1, if i % 4 == 0 { "B" } else { "A" }, command.clone())
                 })
                 .collect();
             let cut = cut.min(entries.len());
@@ -1196,8 +1200,8 @@ mod model_tests {
             for (i, command) in commands.iter().enumerate() {
                 let number = i as u64 + 1;
                 let before = book.trades.len() as u64;
-                book.apply(&stamped(number, "A", *command));
-                model.apply(number, *command);
+                book.apply(&stamped(number, "A", command.clone()));
+                model.apply(number, command.clone());
                 // No trade crosses a limit: both sides' prices are as they were at the trade.
                 for trade in book.trades(None, before, usize::MAX) {
                     let buy = book.order(trade.buy_order).expect("buyer");

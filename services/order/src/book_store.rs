@@ -10,6 +10,7 @@ use crate::error::OrderError;
 use crate::feed::Feed;
 use crate::log::OrderLog;
 use crate::snapshot;
+use stocknet_common::Order;
 
 /// Entries applied between two snapshots, unless configured otherwise.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
@@ -77,47 +78,76 @@ impl BookStore {
     }
 
     /// Applies `log`'s entries after the book's last through `through`, which must all be
-    /// committed (the book never takes one back), and writes a snapshot when that crosses a
-    /// multiple of `snapshot_every`. Blocking: call from `spawn_blocking`.
+    /// committed (the book never takes one back). Blocking: call from `spawn_blocking`.
     pub fn advance(&self, log: &Mutex<OrderLog>, through: u64) -> Result<(), OrderError> {
+        loop {
+            let applied = self.lock().applied();
+            if applied >= through {
+                return Ok(());
+            }
+            let count = usize::try_from(through - applied)
+                .unwrap_or(READ_BATCH)
+                .min(READ_BATCH);
+            let entries = log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .after(applied, count)?;
+            if entries.is_empty() {
+                return Err(OrderError::Gap { last: applied });
+            }
+            self.apply(&entries);
+        }
+    }
+
+    /// Applies `entries`, the committed entries that follow the book's last, and writes a
+    /// snapshot when that crosses a multiple of `snapshot_every`.
+    pub fn apply(&self, entries: &[Order]) {
         let image = {
             let mut book = self.lock();
             let before = book.applied();
-            while book.applied() < through {
-                let count = usize::try_from(through - book.applied())
-                    .unwrap_or(READ_BATCH)
-                    .min(READ_BATCH);
-                let entries = log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .after(book.applied(), count)?;
-                if entries.is_empty() {
-                    return Err(OrderError::Gap {
-                        last: book.applied(),
-                    });
+            let mut events = Vec::new();
+            for entry in entries {
+                if entry.number <= book.applied() {
+                    continue;
                 }
-                let mut events = Vec::new();
-                for entry in &entries {
-                    book.apply(entry);
-                    events.extend(book.last_changes(entry));
-                }
-                self.feed.push(events, book.applied());
+                book.apply(entry);
+                events.extend(book.last_changes(entry));
             }
+            self.feed.push(events, book.applied());
             let due = book.applied() / self.snapshot_every > before / self.snapshot_every;
             // Encoded under the lock (memory only), written after it.
             due.then(|| snapshot::encode(&book))
         };
         match image {
-            Some(Ok(bytes)) => {
-                let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = snapshot::write(&self.path, &bytes) {
-                    tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
-                }
-            }
+            Some(Ok(bytes)) => self.write_snapshot(&bytes),
             Some(Err(e)) => tracing::warn!("book snapshot not encoded: {e}"),
             None => {}
         }
+    }
+
+    /// The book as a snapshot's bytes, and the last entry it holds.
+    pub fn encode(&self) -> Result<(Vec<u8>, u64), OrderError> {
+        let book = self.lock();
+        let bytes = snapshot::encode(&book).map_err(OrderError::Corrupt)?;
+        Ok((bytes, book.applied()))
+    }
+
+    /// Replaces the book with the one `bytes` encode (a snapshot from the leader), and keeps
+    /// them as this replica's snapshot.
+    pub fn install(&self, bytes: &[u8]) -> Result<(), OrderError> {
+        let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
+        let applied = book.applied();
+        *self.lock() = book;
+        self.feed.push(Vec::new(), applied);
+        self.write_snapshot(bytes);
         Ok(())
+    }
+
+    fn write_snapshot(&self, bytes: &[u8]) {
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = snapshot::write(&self.path, bytes) {
+            tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
+        }
     }
 }
 

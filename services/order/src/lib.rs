@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod book;
 pub mod book_store;
+pub mod consensus;
 pub mod error;
 pub mod feed;
 pub mod log;

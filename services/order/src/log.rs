@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use hashbrown::HashTable;
 use stocknet_common::model::EntryFields;
 use stocknet_common::wire::Merge;
-use stocknet_common::{file, Order, Price, Rejection};
+use stocknet_common::{file, Command, GroupEntry, Order, Price, Rejection};
 
 use crate::error::OrderError;
 
@@ -54,6 +54,8 @@ struct Index {
     /// `(first order, term)` of each run of consecutive orders with one term.
     terms: Vec<(u64, u64)>,
     keys: KeyIndex,
+    /// The numbers of the replica group's membership entries, in order.
+    memberships: Vec<u64>,
     /// The last (up to) [`RECENT`] orders.
     recent: VecDeque<Order>,
 }
@@ -121,6 +123,15 @@ impl OrderLog {
             }
         }
         Ok(None)
+    }
+
+    /// The last membership entry at or before `number`, if any.
+    pub fn membership_through(&self, number: u64) -> Result<Option<Order>, OrderError> {
+        let count = self.index.memberships.partition_point(|&n| n <= number);
+        match count.checked_sub(1) {
+            Some(at) => self.get(self.index.memberships[at]),
+            None => Ok(None),
+        }
     }
 
     /// Term of order `number`; 0 for the empty prefix (number 0), `None` past the end.
@@ -397,6 +408,9 @@ impl Index {
         if let Some(key) = &order.key {
             self.keys.insert(key, order.number);
         }
+        if matches!(order.command, Command::Group(GroupEntry::Membership(_))) {
+            self.memberships.push(order.number);
+        }
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -410,6 +424,8 @@ impl Index {
             .truncate(usize::try_from(last.div_ceil(STRIDE)).unwrap_or(usize::MAX));
         let runs = self.terms.partition_point(|&(first, _)| first <= last);
         self.terms.truncate(runs);
+        let kept = self.memberships.partition_point(|&number| number <= last);
+        self.memberships.truncate(kept);
         while self.recent.back().is_some_and(|o| o.number > last) {
             self.recent.pop_back();
         }

@@ -1,0 +1,336 @@
+//! The Raft log is the replica's CSV order log; the vote lives beside it in `term-<id>`.
+
+use std::fmt::Debug;
+use std::io::Write;
+use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, LogId, StorageError, StorageIOError, Vote};
+use stocknet_common::file;
+
+use super::{entry_of, log_id, order_of, TypeConfig};
+use crate::error::OrderError;
+use crate::log::OrderLog;
+
+/// The log and the vote of one replica. Clones share them (openraft reads through a clone
+/// while it appends through the original).
+#[derive(Clone)]
+pub struct LogStore {
+    log: Arc<Mutex<OrderLog>>,
+    vote_path: PathBuf,
+    state: Arc<Mutex<VoteFile>>,
+    flusher: mpsc::Sender<(SyncHandle, LogFlushed<TypeConfig>)>,
+}
+
+type SyncHandle = (std::fs::File, PathBuf);
+
+/// Makes appends durable in the order they were written: takes every append waiting, fsyncs
+/// once, then reports them all flushed. Ends when the last store clone is dropped.
+fn flush_appends(appends: mpsc::Receiver<(SyncHandle, LogFlushed<TypeConfig>)>) {
+    while let Ok(first) = appends.recv() {
+        let mut batch = vec![first];
+        batch.extend(appends.try_iter());
+        if let Some(((file, path), _)) = batch.last() {
+            file::sync_data_or_exit(file, path);
+        }
+        for (_, callback) in batch {
+            callback.log_io_completed(Ok(()));
+        }
+    }
+}
+
+/// What `term-<id>` holds: the vote, and the last entry openraft purged (it never purges
+/// while the log is the audit trail, but the contract has it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct VoteFile {
+    vote: Option<Vote<u64>>,
+    purged: Option<LogId<u64>>,
+}
+
+impl LogStore {
+    /// The store over `log`, with the vote kept at `vote_path`.
+    pub fn open(log: Arc<Mutex<OrderLog>>, vote_path: PathBuf) -> Result<Self, OrderError> {
+        let state = match std::fs::read_to_string(&vote_path) {
+            Ok(text) => parse_vote_file(&text)
+                .map_err(|e| OrderError::Corrupt(format!("{}: {e}", vote_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VoteFile::default(),
+            Err(e) => return Err(OrderError::io(&vote_path, e)),
+        };
+        let (flusher, appends) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || flush_appends(appends))
+            .map_err(|e| OrderError::io(&vote_path, e))?;
+        Ok(Self {
+            log,
+            vote_path,
+            state: Arc::new(Mutex::new(state)),
+            flusher,
+        })
+    }
+
+    fn log(&self) -> MutexGuard<'_, OrderLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state(&self) -> MutexGuard<'_, VoteFile> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `next` to `term-<id>` (fsync'd, off the async threads), then adopts it.
+    async fn save(&self, next: VoteFile) -> Result<(), StorageError<u64>> {
+        let text = format_vote_file(&next);
+        let path = self.vote_path.clone();
+        tokio::task::spawn_blocking(move || {
+            file::replace_atomically(&path, |f| f.write_all(text.as_bytes()))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|written| written)
+        .map_err(|e| StorageIOError::write_vote(&e))?;
+        *self.state() = next;
+        Ok(())
+    }
+}
+
+fn read_error(error: OrderError) -> StorageError<u64> {
+    StorageIOError::read_logs(&error).into()
+}
+
+fn write_error(error: OrderError) -> StorageError<u64> {
+    StorageIOError::write_logs(&error).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let floor = self.state().purged.map_or(0, |p| p.index + 1);
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        }
+        .max(floor);
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i + 1,
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Index `i` is line `i + 1`: the lines after `start` are those from index `start` on.
+        let count = usize::try_from(end - start).unwrap_or(usize::MAX);
+        let orders = self.log().after(start, count).map_err(read_error)?;
+        orders
+            .into_iter()
+            .map(|order| entry_of(order).map_err(read_error))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let purged = self.state().purged;
+        let last = {
+            let log = self.log();
+            match log.last() {
+                0 => None,
+                last => log.term_at(last).map(|term| log_id(term, last - 1)),
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: match (last, purged) {
+                (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
+                (None, purged) => purged,
+                (last, _) => last,
+            },
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let next = VoteFile {
+            vote: Some(*vote),
+            ..self.state().clone()
+        };
+        self.save(next).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        Ok(self.state().vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let orders = entries
+            .into_iter()
+            .map(|entry| order_of(&entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(write_error)?;
+        let Some(first) = orders.first() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // Written now (readable at once), made durable by the flusher: appends that come
+        // while it syncs are written behind and share its next fsync (group commit).
+        let handle = {
+            let mut log = self.log();
+            if first.number <= log.last() {
+                // A leader's entries replace a suffix this log holds from an older term.
+                log.replace_after(first.number - 1, &orders)
+                    .map_err(write_error)?;
+            } else {
+                log.write(&orders).map_err(write_error)?;
+            }
+            log.sync_handle().map_err(write_error)?
+        };
+        if let Err(unsent) = self.flusher.send((handle, callback)) {
+            let (_, callback) = unsent.0;
+            callback.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        // Removes index `log_id.index` and everything after it: lines from its number on.
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if log_id.index < log.last() {
+                log.replace_after(log_id.index, &[])?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| write_error(OrderError::task(e)))?
+        .map_err(write_error)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        // The lines stay (the audit trail reads them); the log just no longer offers them.
+        let next = VoteFile {
+            purged: Some(log_id),
+            ..self.state().clone()
+        };
+        self.save(next).await
+    }
+}
+
+/// `term-<id>`: `TERM [VOTED_FOR [committed]]`, then optionally `purged TERM INDEX`. A file
+/// written before the group elected itself holds `TERM [LEADER]`, which reads as a vote.
+fn parse_vote_file(text: &str) -> Result<VoteFile, String> {
+    let mut lines = text.lines();
+    let mut state = VoteFile::default();
+    if let Some(line) = lines.next().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_whitespace();
+        let term = number(fields.next(), "term")?;
+        let voted_for = fields.next().map(|f| f.parse::<u64>()).transpose();
+        let voted_for = voted_for.map_err(|e| format!("voted for: {e}"))?;
+        let mut vote = match voted_for {
+            Some(node) => Vote::new(term, node),
+            None => Vote::default(),
+        };
+        vote.leader_id.term = term;
+        match fields.next() {
+            Some("committed") => vote.commit(),
+            Some(other) => return Err(format!("unexpected {other:?}")),
+            None => {}
+        }
+        state.vote = Some(vote);
+    }
+    if let Some(line) = lines.next() {
+        let mut fields = line.split_whitespace();
+        if fields.next() != Some("purged") {
+            return Err(format!("unexpected line {line:?}"));
+        }
+        let term = number(fields.next(), "purged term")?;
+        let index = number(fields.next(), "purged index")?;
+        state.purged = Some(log_id(term, index));
+    }
+    Ok(state)
+}
+
+fn number(field: Option<&str>, what: &str) -> Result<u64, String> {
+    field
+        .ok_or_else(|| format!("no {what}"))?
+        .parse()
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+fn format_vote_file(state: &VoteFile) -> String {
+    let mut text = String::new();
+    if let Some(vote) = &state.vote {
+        text.push_str(&vote.leader_id.term.to_string());
+        if let Some(node) = vote.leader_id.voted_for {
+            text.push_str(&format!(" {node}"));
+            if vote.is_committed() {
+                text.push_str(" committed");
+            }
+        }
+        text.push('\n');
+    } else if state.purged.is_some() {
+        text.push_str("0\n");
+    }
+    if let Some(purged) = state.purged {
+        text.push_str(&format!(
+            "purged {} {}\n",
+            purged.leader_id.term, purged.index
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::log_id_of;
+    use super::*;
+
+    #[test]
+    fn vote_files_round_trip_and_old_ones_read_as_votes() {
+        for text in [
+            "7 2 committed\npurged 3 41\n",
+            "7 2\n",
+            "0\npurged 1 4\n",
+            "",
+        ] {
+            let state = parse_vote_file(text).unwrap();
+            assert_eq!(format_vote_file(&state), text, "{text:?}");
+        }
+        let old = parse_vote_file("5 3\n").unwrap();
+        assert_eq!(old.vote, Some(Vote::new(5, 3)));
+        assert!(parse_vote_file("5 3 maybe\n").is_err());
+        assert!(parse_vote_file("x\n").is_err());
+    }
+
+    #[test]
+    fn the_last_entry_is_where_the_log_ends_and_a_log_id_is_its_line() {
+        let order = stocknet_common::Order {
+            number: 5,
+            term: 2,
+            name: "A".into(),
+            key: None,
+            user: None,
+            stamp: Default::default(),
+            command: stocknet_common::Command::Cancel { target: 1 },
+        };
+        assert_eq!(log_id_of(&order), log_id(2, 4));
+    }
+}

@@ -1,0 +1,452 @@
+//! The consensus layer without HTTP: openraft's storage conformance suite over the CSV log
+//! and the book, and replica groups in one process over an in-memory network that can cut
+//! links and restart replicas.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{BasicNode, Membership, StorageError};
+use stocknet_common::wire::Peer;
+use stocknet_common::{Command, Order, Price, Side};
+use tempfile::TempDir;
+
+use super::*;
+use crate::book_store::BookStore;
+use crate::log::OrderLog;
+
+/// Opens replica `id`'s log store and state machine in `dir`, as a replica process does.
+fn open_stores(
+    dir: &std::path::Path,
+    id: u64,
+    initial: Membership<u64, BasicNode>,
+) -> (LogStore, StateMachine, Arc<Mutex<OrderLog>>) {
+    let log = OrderLog::open(dir.join(format!("orders-{id}.csv"))).unwrap();
+    let book = BookStore::open(dir.join(format!("book-{id}.snap")), 1000, log.last());
+    let log = Arc::new(Mutex::new(log));
+    let store = LogStore::open(log.clone(), dir.join(format!("term-{id}"))).unwrap();
+    let machine = StateMachine::open(Arc::new(book), &log, initial).unwrap();
+    (store, machine, log)
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, machine, _) = open_stores(dir.path(), 1, Membership::default());
+        Ok((dir, store, machine))
+    }
+}
+
+/// One test per check of openraft's storage suite. Left out are the nine checks that write
+/// a log starting past index 0, as a replica's log would after it installed a snapshot: the
+/// CSV log is also the audit trail and always starts at number 1, and a group that purges
+/// nothing never sends a snapshot (a replica that joins is sent the log from its start).
+macro_rules! storage_suite {
+    ($($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let (_dir, store, machine) = Builder.build().await.unwrap();
+                Suite::<TypeConfig, LogStore, StateMachine, Builder, TempDir>::$check(store, machine)
+                    .await
+                    .unwrap();
+            }
+        )*
+    };
+}
+
+mod storage_suite {
+    use super::*;
+
+    storage_suite!(
+        last_membership_in_log_initial,
+        get_membership_initial,
+        get_membership_from_empty_log_and_sm,
+        get_initial_state_without_init,
+        get_initial_state_with_state,
+        get_initial_state_last_log_gt_sm,
+        get_initial_state_log_ids,
+        save_vote,
+        get_log_entries,
+        limited_get_log_entries,
+        try_get_log_entry,
+        initial_logs,
+        get_log_state,
+        get_log_id,
+        last_id_in_log,
+        last_applied_state,
+        purge_logs_upto_0,
+        purge_logs_upto_5,
+        purge_logs_upto_20,
+        delete_logs_since_11,
+        delete_logs_since_0,
+        append_to_log,
+        snapshot_meta,
+        apply_single,
+        apply_multiple,
+    );
+}
+
+/// Delivers calls between the replicas of one process, except over cut links.
+#[derive(Default)]
+struct Router {
+    rafts: Mutex<BTreeMap<u64, Raft>>,
+    cut: Mutex<HashSet<(u64, u64)>>,
+}
+
+impl Router {
+    fn reach(&self, from: u64, to: u64) -> Result<Raft, Unreachable> {
+        let cut = self.cut.lock().unwrap().contains(&(from, to));
+        match self.rafts.lock().unwrap().get(&to) {
+            Some(raft) if !cut => Ok(raft.clone()),
+            _ => Err(Unreachable::new(&std::io::Error::other(format!(
+                "{from} cannot reach {to}"
+            )))),
+        }
+    }
+
+    /// Cuts (or, with `cut` false, heals) every link between `node` and the others.
+    fn isolate(&self, node: u64, others: &[u64], cut: bool) {
+        let mut links = self.cut.lock().unwrap();
+        for &other in others.iter().filter(|&&o| o != node) {
+            for link in [(node, other), (other, node)] {
+                if cut {
+                    links.insert(link);
+                } else {
+                    links.remove(&link);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Network {
+    router: Arc<Router>,
+    from: u64,
+}
+
+struct Link {
+    router: Arc<Router>,
+    from: u64,
+    to: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Link;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Link {
+        Link {
+            router: self.router.clone(),
+            from: self.from,
+            to: target,
+        }
+    }
+}
+
+impl Link {
+    /// The answer to a call, unless the link was cut while it ran (the answer is lost).
+    fn deliver<T, E>(&self, answer: Result<T, E>) -> Result<T, RPCError<u64, BasicNode, E>>
+    where
+        E: std::error::Error,
+    {
+        self.router.reach(self.to, self.from)?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Link {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let raft = self.router.reach(self.from, self.to)?;
+        self.deliver(raft.append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let raft = self.router.reach(self.from, self.to)?;
+        self.deliver(raft.install_snapshot(rpc).await)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let raft = self.router.reach(self.from, self.to)?;
+        self.deliver(raft.vote(rpc).await)
+    }
+}
+
+/// A replica group in one process, its files in a temporary directory.
+struct Group {
+    dir: TempDir,
+    ids: Vec<u64>,
+    router: Arc<Router>,
+    logs: BTreeMap<u64, Arc<Mutex<OrderLog>>>,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+impl Group {
+    async fn start(size: u64) -> Self {
+        let mut group = Self {
+            dir: tempfile::tempdir().unwrap(),
+            ids: (1..=size).collect(),
+            router: Arc::default(),
+            logs: BTreeMap::new(),
+        };
+        for id in group.ids.clone() {
+            group.start_replica(id).await;
+        }
+        group
+    }
+
+    fn peers(&self) -> Vec<Peer> {
+        self.ids
+            .iter()
+            .map(|&id| Peer {
+                id: id as u32,
+                url: format!("mem://{id}"),
+            })
+            .collect()
+    }
+
+    async fn start_replica(&mut self, id: u64) {
+        let peers = self.peers();
+        let (store, machine, log) = open_stores(self.dir.path(), id, initial_membership(&peers));
+        let network = Network {
+            router: self.router.clone(),
+            from: id,
+        };
+        let config = Arc::new(config(rank(id as u32, &peers), 1000).unwrap());
+        let raft = Raft::new(id, config, network, store, machine)
+            .await
+            .unwrap();
+        self.router.rafts.lock().unwrap().insert(id, raft);
+        self.logs.insert(id, log);
+    }
+
+    /// Stops replica `id` as a crash would, keeping its files.
+    async fn stop_replica(&mut self, id: u64) {
+        let raft = self.router.rafts.lock().unwrap().remove(&id).unwrap();
+        raft.shutdown().await.unwrap();
+    }
+
+    fn raft(&self, id: u64) -> Raft {
+        self.router.rafts.lock().unwrap()[&id].clone()
+    }
+
+    /// The leader that every replica in `among` follows, once they agree on one.
+    async fn leader(&self, among: &[u64]) -> (u64, u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let views: Vec<(Option<u64>, u64)> = among
+                .iter()
+                .map(|&id| {
+                    let m = self.raft(id).metrics().borrow().clone();
+                    (m.current_leader, m.current_term)
+                })
+                .collect();
+            if let (Some(leader), term) = views[0] {
+                if among.contains(&leader) && views.iter().all(|v| *v == (Some(leader), term)) {
+                    return (leader, term);
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader among {among:?}: {views:?}"
+            );
+            self.raft(among[0])
+                .wait(Some(WAIT))
+                .metrics(|_| true, "any change")
+                .await
+                .ok();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until replica `id` has applied through index `index`.
+    async fn applied(&self, id: u64, index: u64) {
+        self.raft(id)
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .unwrap();
+    }
+
+    fn log(&self, id: u64) -> Vec<Order> {
+        self.logs[&id].lock().unwrap().after(0, usize::MAX).unwrap()
+    }
+}
+
+fn proposal(quantity: u32) -> Order {
+    Order {
+        number: 0,
+        term: 0,
+        name: "GameStart".into(),
+        key: Some(format!("k{quantity}")),
+        user: None,
+        stamp: Default::default(),
+        command: Command::Place {
+            side: Side::Buy,
+            quantity,
+            limit: Some(Price::from_cents(100)),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_elects_itself_commits_and_keeps_identical_logs() {
+    let group = Group::start(3).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    let mut last = 0;
+    for quantity in 1..=5 {
+        last = group
+            .raft(leader)
+            .client_write(proposal(quantity))
+            .await
+            .unwrap()
+            .log_id
+            .index;
+    }
+    for &id in &group.ids {
+        group.applied(id, last).await;
+    }
+    let logs: Vec<Vec<Order>> = group.ids.iter().map(|&id| group.log(id)).collect();
+    assert!(logs.iter().all(|log| *log == logs[0]), "{logs:#?}");
+    // The leader's blank entry first, then the orders numbered by their log position.
+    assert_eq!(
+        logs[0][0].command,
+        Command::Group(stocknet_common::GroupEntry::Leader)
+    );
+    let orders: Vec<(u64, u32)> = logs[0][1..]
+        .iter()
+        .map(|o| match o.command {
+            Command::Place { quantity, .. } => (o.number, quantity),
+            _ => panic!("not an order: {o:?}"),
+        })
+        .collect();
+    assert_eq!(orders, vec![(2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
+    let group = Group::start(3).await;
+    let (old, old_term) = group.leader(&group.ids).await;
+    let first = group.raft(old).client_write(proposal(1)).await.unwrap();
+    group.router.isolate(old, &group.ids, true);
+
+    // Alone, the old leader cannot commit; the others elect a new leader of a newer term.
+    let stranded = tokio::spawn({
+        let raft = group.raft(old);
+        async move { raft.client_write(proposal(2)).await }
+    });
+    let rest: Vec<u64> = group.ids.iter().copied().filter(|&id| id != old).collect();
+    let (new, new_term) = group.leader(&rest).await;
+    assert!(new_term > old_term);
+    let committed = group.raft(new).client_write(proposal(3)).await.unwrap();
+    assert!(!stranded.is_finished(), "an isolated leader committed");
+
+    // Healed, the old leader follows the new one and its stray entry is gone.
+    group.router.isolate(old, &group.ids, false);
+    assert_eq!(group.leader(&group.ids).await, (new, new_term));
+    for &id in &group.ids {
+        group.applied(id, committed.log_id.index).await;
+    }
+    let logs: Vec<Vec<Order>> = group.ids.iter().map(|&id| group.log(id)).collect();
+    assert!(logs.iter().all(|log| *log == logs[0]), "{logs:#?}");
+    let quantities: Vec<u32> = logs[0]
+        .iter()
+        .filter_map(|o| match o.command {
+            Command::Place { quantity, .. } => Some(quantity),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(quantities, vec![1, 3]);
+    assert!(logs[0].iter().any(|o| o.number == first.log_id.index + 1));
+    // The stranded write is answered as not committed (it never will be).
+    assert!(stranded.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_recovers_its_log_and_vote_and_catches_up() {
+    let mut group = Group::start(3).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
+    group.raft(leader).client_write(proposal(1)).await.unwrap();
+    group.stop_replica(follower).await;
+    let missed = group.raft(leader).client_write(proposal(2)).await.unwrap();
+
+    group.start_replica(follower).await;
+    let vote = group
+        .raft(follower)
+        .with_raft_state(|state| *state.vote_ref())
+        .await
+        .unwrap();
+    assert!(
+        vote.leader_id.term >= 1,
+        "the vote was not recovered: {vote:?}"
+    );
+    group.applied(follower, missed.log_id.index).await;
+    assert_eq!(group.log(follower), group.log(leader));
+}
+
+#[test]
+fn group_entries_survive_the_csv_log_and_membership_is_found_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders-1.csv");
+    let peers: Vec<Peer> = (1..=3)
+        .map(|id| Peer {
+            id,
+            url: format!("http://127.0.0.1:70{id}0"),
+        })
+        .collect();
+    let entries = [
+        openraft::Entry::<TypeConfig> {
+            log_id: log_id(1, 0),
+            payload: openraft::EntryPayload::Blank,
+        },
+        openraft::Entry {
+            log_id: log_id(1, 1),
+            payload: openraft::EntryPayload::Normal(proposal(4)),
+        },
+        openraft::Entry {
+            log_id: log_id(2, 2),
+            payload: openraft::EntryPayload::Membership(initial_membership(&peers)),
+        },
+    ];
+    let lines: Vec<Order> = entries.iter().map(|e| order_of(e).unwrap()).collect();
+    OrderLog::open(&path).unwrap().append(&lines).unwrap();
+
+    let log = OrderLog::open(&path).unwrap();
+    let read = log.after(0, 10).unwrap();
+    assert_eq!(read, lines);
+    let back: Vec<openraft::Entry<TypeConfig>> =
+        read.into_iter().map(|o| entry_of(o).unwrap()).collect();
+    assert_eq!(back[2], entries[2]);
+    assert_eq!(back[0].log_id, entries[0].log_id);
+    assert_eq!(log.membership_through(2).unwrap(), None);
+    assert_eq!(
+        log.membership_through(3).unwrap().map(|o| o.number),
+        Some(3)
+    );
+}
