@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+mod network;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +22,7 @@ use stocknet_common::wire::Peer;
 use stocknet_common::{Command, GroupEntry, Order};
 
 pub use log_store::LogStore;
+pub use network::{routes, HttpNetwork};
 pub use state_machine::StateMachine;
 
 use crate::error::OrderError;

@@ -255,33 +255,10 @@ impl Group {
         self.router.rafts.lock().unwrap()[&id].clone()
     }
 
-    /// The leader that every replica in `among` follows, once they agree on one.
+    /// The leader that every replica in `among` follows, and its term.
     async fn leader(&self, among: &[u64]) -> (u64, u64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let views: Vec<(Option<u64>, u64)> = among
-                .iter()
-                .map(|&id| {
-                    let m = self.raft(id).metrics().borrow().clone();
-                    (m.current_leader, m.current_term)
-                })
-                .collect();
-            if let (Some(leader), term) = views[0] {
-                if among.contains(&leader) && views.iter().all(|v| *v == (Some(leader), term)) {
-                    return (leader, term);
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no agreed leader among {among:?}: {views:?}"
-            );
-            self.raft(among[0])
-                .wait(Some(WAIT))
-                .metrics(|_| true, "any change")
-                .await
-                .ok();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let rafts: BTreeMap<u64, Raft> = among.iter().map(|&id| (id, self.raft(id))).collect();
+        agreed_leader(&rafts).await
     }
 
     /// Waits until replica `id` has applied through index `index`.
@@ -449,4 +426,79 @@ fn group_entries_survive_the_csv_log_and_membership_is_found_again() {
         log.membership_through(3).unwrap().map(|o| o.number),
         Some(3)
     );
+}
+
+/// The leader every replica in `rafts` follows, once they agree on one, and its term.
+async fn agreed_leader(rafts: &BTreeMap<u64, Raft>) -> (u64, u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let views: Vec<(Option<u64>, u64)> = rafts
+            .values()
+            .map(|raft| {
+                let metrics = raft.metrics().borrow().clone();
+                (metrics.current_leader, metrics.current_term)
+            })
+            .collect();
+        if let (Some(leader), term) = views[0] {
+            if rafts.contains_key(&leader) && views.iter().all(|v| *v == (Some(leader), term)) {
+                return (leader, term);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agreed leader among {:?}: {views:?}",
+            rafts.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    let mut peers = Vec::new();
+    for id in 1..=3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        peers.push(Peer { id, url });
+        listeners.push((u64::from(id), listener));
+    }
+    let mut rafts = BTreeMap::new();
+    let mut servers = BTreeMap::new();
+    for (id, listener) in listeners {
+        let (store, machine, _) = open_stores(dir.path(), id, initial_membership(&peers));
+        let network = HttpNetwork::new(stocknet_common::http_client(Duration::from_secs(2)));
+        let config = Arc::new(config(rank(id as u32, &peers), 1000).unwrap());
+        let raft = Raft::new(id, config, network, store, machine)
+            .await
+            .unwrap();
+        let app = routes(raft.clone());
+        servers.insert(
+            id,
+            tokio::spawn(async move { axum::serve(listener, app).await }),
+        );
+        rafts.insert(id, raft);
+    }
+
+    let (leader, _) = agreed_leader(&rafts).await;
+    let written = rafts[&leader].client_write(proposal(1)).await.unwrap();
+    for raft in rafts.values() {
+        raft.wait(Some(WAIT))
+            .applied_index_at_least(Some(written.log_id.index), "applied")
+            .await
+            .unwrap();
+    }
+
+    // The leader stops answering (its server gone, its consensus stopped): the others elect
+    // one of themselves and commit without it.
+    servers.remove(&leader).unwrap().abort();
+    rafts.remove(&leader).unwrap().shutdown().await.unwrap();
+    let (next, _) = agreed_leader(&rafts).await;
+    assert_ne!(next, leader);
+    let after = rafts[&next].client_write(proposal(2)).await.unwrap();
+    assert!(after.log_id.index > written.log_id.index);
+    for server in servers.values() {
+        server.abort();
+    }
 }

@@ -1,0 +1,147 @@
+//! The group's messages between replicas over HTTP: `POST {replica}/raft/append`, `/vote`
+//! and `/snapshot`, openraft's requests as JSON, answered with openraft's result as JSON.
+//! Both sides are this module, so the wire format is openraft's serde form.
+
+use std::error::Error;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Raft, TypeConfig};
+
+/// The routes a replica serves to the others (behind the cluster secret, as all internal
+/// routes are).
+pub fn routes(raft: Raft) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .with_state(raft)
+}
+
+async fn append(
+    State(raft): State<Raft>,
+    Json(request): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<u64>, RaftError<u64>>> {
+    Json(raft.append_entries(request).await)
+}
+
+async fn vote(
+    State(raft): State<Raft>,
+    Json(request): Json<VoteRequest<u64>>,
+) -> Json<Result<VoteResponse<u64>, RaftError<u64>>> {
+    Json(raft.vote(request).await)
+}
+
+async fn snapshot(
+    State(raft): State<Raft>,
+    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>> {
+    Json(raft.install_snapshot(request).await)
+}
+
+/// Makes one [`Peer`] per replica openraft talks to, sharing one HTTP client (and its
+/// connection pool per replica), which carries the cluster secret.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    http: reqwest::Client,
+}
+
+impl HttpNetwork {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            http: self.http.clone(),
+            target,
+            url: node.addr.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+pub struct Peer {
+    http: reqwest::Client,
+    target: u64,
+    url: String,
+}
+
+impl Peer {
+    /// One call, within openraft's deadline for it. No answer (refused, reset, timed out: a
+    /// peer that is down or hung) is `Unreachable`, which openraft backs off from; an answer
+    /// that is not openraft's result is a network error.
+    async fn call<Q, A, E>(
+        &self,
+        path: &str,
+        request: &Q,
+        option: &RPCOption,
+    ) -> Result<A, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let response = self
+            .http
+            .post(format!("{}/raft/{path}", self.url))
+            .timeout(option.hard_ttl())
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let response = response
+            .error_for_status()
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<A, RaftError<u64, E>> = response
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call("append", &request, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &request, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call("vote", &request, &option).await
+    }
+}
