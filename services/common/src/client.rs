@@ -75,7 +75,12 @@ struct ErrorBody {
 }
 
 /// Sends a request and unwraps `{"data": T}`, or turns `{"error": ...}` into [`RemoteError::Api`].
+/// A call made while serving a request carries that request's id.
 pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T, RemoteError> {
+    let request = match crate::request_id::current() {
+        Some(id) => request.header(crate::request_id::REQUEST_ID, id),
+        None => request,
+    };
     let response = request.send().await.map_err(RemoteError::Unreachable)?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(RemoteError::Unreachable)?;

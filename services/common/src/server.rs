@@ -12,6 +12,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::envelope::{method_not_allowed, route_not_found};
+use crate::request_id;
 
 /// What a service's `run` fails with: its store could not open, or its socket failed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,7 +20,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest request body any StockNet endpoint accepts (replication batches included).
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Adds what every service router needs: envelope fallbacks, body limit, timeout, tracing.
+/// Adds what every service router needs: envelope fallbacks, body limit, timeout, tracing
+/// with the request's id (outermost, so that the trace span sees the id).
 pub fn with_common_layers(router: Router) -> Router {
     router
         .fallback(route_not_found)
@@ -29,7 +31,24 @@ pub fn with_common_layers(router: Router) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(axum::middleware::from_fn(request_id::track))
+}
+
+/// The span of one request, at info level so that every line its handlers log carries the
+/// request's id.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(request_id::REQUEST_ID)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id = %id,
+    )
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener and the bound address.
