@@ -1,15 +1,19 @@
 //! Request ids: every answer carries `X-Request-Id` (the caller's, if it sent a valid one,
-//! else a new one), the request's log lines carry it (the trace span's `request_id`), and
+//! else a new one), every line logged while serving the request carries it (`request_id`), and
 //! calls to other services made while serving it pass it on, so one id finds a request's
 //! lines in the frontend's, the order leader's and the catalog's logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http::{self, HeaderName, HeaderValue};
 use axum::response::Response;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -17,22 +21,78 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
 
 tokio::task_local! {
-    static CURRENT: HeaderValue;
+    pub(crate) static CURRENT: HeaderValue;
 }
 
-/// Middleware (outside the trace layer, so its span sees the id): adopts or makes the id,
-/// serves the request in its scope and answers with it.
-pub async fn track(mut request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|id| is_valid(id))
-        .cloned()
-        .unwrap_or_else(new_id);
-    request.headers_mut().insert(REQUEST_ID, id.clone());
-    let mut response = CURRENT.scope(id.clone(), next.run(request)).await;
-    response.headers_mut().insert(REQUEST_ID, id);
-    response
+/// The layer (outside the trace layer, so that its span sees the id) that adopts or makes
+/// each request's id, serves the request in its scope and answers with it. A plain tower
+/// layer: no allocation per request beyond the id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for RequestIdService<S>
+where
+    S: Service<http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Answered<S::Future>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|id| is_valid(id))
+            .cloned()
+            .unwrap_or_else(new_id);
+        request.headers_mut().insert(REQUEST_ID, id.clone());
+        Answered {
+            id: Some(id.clone()),
+            serving: CURRENT.scope(id, self.inner.call(request)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request being served in its id's scope; its answer gets the id.
+    pub struct Answered<F> {
+        id: Option<HeaderValue>,
+        #[pin]
+        serving: TaskLocalFuture<HeaderValue, F>,
+    }
+}
+
+impl<F, E> Future for Answered<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut answer = std::task::ready!(this.serving.poll(context));
+        if let (Ok(response), Some(id)) = (&mut answer, this.id.take()) {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
+        Poll::Ready(answer)
+    }
 }
 
 /// The id of the request this task serves, if it serves one.
@@ -76,9 +136,7 @@ mod tests {
     /// A service that answers with the id its handler sees as current.
     fn app() -> Router {
         let handler = || async { current().map_or_else(String::new, |id| format!("{id:?}")) };
-        Router::new()
-            .route("/", get(handler))
-            .layer(axum::middleware::from_fn(track))
+        Router::new().route("/", get(handler)).layer(RequestIdLayer)
     }
 
     async fn send(id: Option<&str>) -> (String, String) {

@@ -13,6 +13,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::envelope::{method_not_allowed, route_not_found};
 use crate::request_id;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 
 /// What a service's `run` fails with: its store could not open, or its socket failed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,23 +35,60 @@ pub fn with_common_layers(router: Router) -> Router {
             Duration::from_secs(30),
         ))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(axum::middleware::from_fn(request_id::track))
+        .layer(request_id::RequestIdLayer)
 }
 
-/// The span of one request, at info level so that every line its handlers log carries the
-/// request's id.
+/// The span of one request (debug level, as tower-http's: at the default level it costs
+/// nothing; the request's id reaches every log line through [`WithRequestId`] instead).
 fn request_span(request: &axum::extract::Request) -> tracing::Span {
     let id = request
         .headers()
         .get(request_id::REQUEST_ID)
         .and_then(|id| id.to_str().ok())
         .unwrap_or_default();
-    tracing::info_span!(
+    tracing::debug_span!(
         "request",
         method = %request.method(),
         uri = %request.uri(),
+        version = ?request.version(),
         request_id = %id,
     )
+}
+
+/// Writes each log line as `format` does, with the id of the request being served, if any:
+/// ` request_id=<id>` at the end of a text line, a `request_id` field in a JSON one. The id
+/// is read when a line is written (it is the serving task's), so requests that log nothing
+/// cost nothing.
+struct WithRequestId<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithRequestId<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(id) = request_id::current() else {
+            return self.0.format_event(context, writer, event);
+        };
+        let id = id.to_str().unwrap_or_default();
+        let mut line = String::new();
+        self.0
+            .format_event(context, Writer::new(&mut line), event)?;
+        let body = line.trim_end_matches('\n');
+        match body.strip_suffix('}') {
+            // Ids are letters, digits and `-_.:`: nothing to escape.
+            Some(object) if body.starts_with('{') => {
+                writeln!(writer, "{object},\"request_id\":\"{id}\"}}")
+            }
+            _ => writeln!(writer, "{body} request_id={id}"),
+        }
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener and the bound address.
@@ -141,7 +181,94 @@ pub fn init_tracing(format: LogFormat) {
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
+            .event_format(WithRequestId(tracing_subscriber::fmt::format()))
             .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(WithRequestId(
+                tracing_subscriber::fmt::format().json().flatten_event(true),
+            ))
+            .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::HeaderValue;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
+    }
+
+    /// Logs one line outside any request and one while serving request `abc-7`.
+    async fn log_both(subscriber: impl tracing::Subscriber + Send + Sync + 'static) {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        tracing::info!("outside");
+        let id = HeaderValue::from_static("abc-7");
+        request_id::CURRENT
+            .scope(id, async { tracing::warn!(stock = "GameStart", "inside") })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn lines_logged_while_serving_a_request_carry_its_id() {
+        let text = Lines::default();
+        log_both(
+            tracing_subscriber::fmt()
+                .with_writer(text.clone())
+                .with_ansi(false)
+                .event_format(WithRequestId(tracing_subscriber::fmt::format()))
+                .finish(),
+        )
+        .await;
+        let text = String::from_utf8(text.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("outside"), "{text}");
+        assert!(
+            lines[1].ends_with("inside stock=\"GameStart\" request_id=abc-7"),
+            "{text}"
+        );
+
+        let json = Lines::default();
+        log_both(
+            tracing_subscriber::fmt()
+                .with_writer(json.clone())
+                .json()
+                .event_format(WithRequestId(
+                    tracing_subscriber::fmt::format().json().flatten_event(true),
+                ))
+                .finish(),
+        )
+        .await;
+        let json = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = json
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines[0].get("request_id"), None, "{json}");
+        assert_eq!(lines[1]["request_id"], "abc-7", "{json}");
+        assert_eq!(lines[1]["stock"], "GameStart", "{json}");
+    }
 }
