@@ -1,0 +1,59 @@
+//! The frontend's Deployment.
+
+use super::*;
+
+pub(super) fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
+    let frontend = &sn.spec.frontend;
+    let mut vars = vec![
+        ("STOCKNET_HOST", "0.0.0.0".to_owned()),
+        ("STOCKNET_FRONTEND_PORT", FRONTEND_PORT.to_string()),
+        (
+            "STOCKNET_FRONTEND_INTERNAL_PORT",
+            FRONTEND_INTERNAL_PORT.to_string(),
+        ),
+        ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
+        ("STOCKNET_ORDER_REPLICAS", order_peers(sn)?),
+        ("STOCKNET_CACHE_SIZE", frontend.cache_size.to_string()),
+        (
+            "STOCKNET_RATE_LIMIT",
+            frontend.rate_limit.per_second.to_string(),
+        ),
+        ("STOCKNET_RATE_BURST", frontend.rate_limit.burst.to_string()),
+        (
+            "STOCKNET_MAX_IN_FLIGHT",
+            frontend.rate_limit.max_in_flight.to_string(),
+        ),
+    ];
+    if !frontend.cache_enabled {
+        vars.push(("STOCKNET_NO_CACHE", "true".to_owned()));
+    }
+    let mut container = container(
+        sn,
+        Component::Frontend,
+        FRONTEND_PORT,
+        env(&vars),
+        Vec::new(),
+        "/health",
+    );
+    container
+        .ports
+        .get_or_insert_with(Vec::new)
+        .push(ContainerPort {
+            name: Some("internal".into()),
+            container_port: FRONTEND_INTERNAL_PORT,
+            ..ContainerPort::default()
+        });
+    Ok(Deployment {
+        metadata: metadata(sn, name(sn, Component::Frontend), Component::Frontend)?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(frontend.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(sn, Component::Frontend)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(sn, Component::Frontend, container, Vec::new()),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}

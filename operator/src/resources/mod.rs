@@ -1,0 +1,241 @@
+//! The objects a `StockNet` stands for, as pure functions of it: nothing here talks to the
+//! API server, so every port, volume, env var, label and owner reference is unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec as KubeNetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::StockNet;
+
+// One file per kind of object; what the kinds share is here.
+mod config_map;
+mod deployment;
+mod disruption_budget;
+mod network_policy;
+mod pod;
+mod secret;
+mod service;
+mod stateful_set;
+#[cfg(test)]
+mod tests;
+
+use config_map::*;
+use deployment::*;
+use disruption_budget::*;
+pub use network_policy::*;
+use pod::*;
+pub use secret::*;
+use service::*;
+use stateful_set::*;
+
+pub const CATALOG_PORT: i32 = 8081;
+pub const ORDER_PORT: i32 = 8091;
+pub const FRONTEND_PORT: i32 = 8080;
+/// Every component serves `GET /metrics` on this port too; NetworkPolicies leave it open to
+/// Prometheus while they close the component's own port.
+pub const METRICS_PORT: i32 = 9090;
+/// The frontends' internal routes (the catalog's invalidation push), apart from the public API
+/// so that a network policy can admit only the catalog to them.
+pub const FRONTEND_INTERNAL_PORT: i32 = 8082;
+/// Where each pod's volume claim is mounted.
+const DATA_DIR: &str = "/data";
+/// Where each pod finds the deployment's shared secret, as the file `token`.
+const SECRET_DIR: &str = "/secret";
+/// The key of the shared secret in its Secret (and its file name in the pods).
+pub const SECRET_KEY: &str = "token";
+/// The user every container runs as (the image's non-root user).
+const USER: i64 = 65532;
+/// The catalog shipped with StockNet, for a spec without `catalog.initialCatalog`.
+const DEFAULT_CATALOG: &str = include_str!("../../../data/catalog.csv");
+
+/// The three workloads of a StockNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Catalog,
+    Order,
+    Frontend,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Catalog => "catalog",
+            Self::Order => "order",
+            Self::Frontend => "frontend",
+        }
+    }
+}
+
+/// Every object the operator applies for `sn`, in the order it applies them.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub services: Vec<Service>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub deployment: Deployment,
+    pub disruption_budget: PodDisruptionBudget,
+    /// Empty when `spec.networkPolicy.enabled` is false (the operator then deletes those it
+    /// made, named by [`network_policy_names`]).
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// Errors in a spec that the schema cannot catch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("StockNet has no namespace")]
+    NoNamespace,
+    #[error("StockNet has no uid yet")]
+    NoUid,
+    #[error("catalog.initialCatalog: {0}")]
+    InitialCatalog(String),
+}
+
+pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {
+    if let Some(csv) = &sn.spec.catalog.initial_catalog {
+        check_catalog_csv(csv)?;
+    }
+    Ok(Desired {
+        config_map: initial_catalog(sn)?,
+        services: vec![
+            catalog_service(sn)?,
+            order_service(sn)?,
+            frontend_service(sn)?,
+            frontend_pods_service(sn)?,
+        ],
+        stateful_sets: vec![catalog_stateful_set(sn)?, order_stateful_set(sn)?],
+        deployment: frontend_deployment(sn)?,
+        disruption_budget: order_disruption_budget(sn)?,
+        network_policies: if sn.spec.network_policy.enabled {
+            network_policies(sn)?
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// The desired objects of the StockNet in `yaml` as a multi-document YAML stream. The owner
+/// reference needs a uid; outside a cluster a placeholder stands in for it.
+pub fn render(yaml: &str, namespace: &str) -> Result<String, RenderError> {
+    let mut sn: StockNet = serde_yaml::from_str(yaml)?;
+    sn.metadata
+        .namespace
+        .get_or_insert_with(|| namespace.to_owned());
+    sn.metadata
+        .uid
+        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".to_owned());
+    let desired = desired(&sn)?;
+    let mut documents = vec![serde_yaml::to_string(&desired.config_map)?];
+    for service in &desired.services {
+        documents.push(serde_yaml::to_string(service)?);
+    }
+    for stateful_set in &desired.stateful_sets {
+        documents.push(serde_yaml::to_string(stateful_set)?);
+    }
+    documents.push(serde_yaml::to_string(&desired.deployment)?);
+    documents.push(serde_yaml::to_string(&desired.disruption_budget)?);
+    for policy in &desired.network_policies {
+        documents.push(serde_yaml::to_string(policy)?);
+    }
+    Ok(documents.join("---\n"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("not a StockNet: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+}
+
+/// `app.kubernetes.io/*` labels of one component; the first three also select its pods.
+pub fn labels(sn: &StockNet, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector(sn, component);
+    labels.insert("app.kubernetes.io/part-of".into(), "stocknet".into());
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "stocknet-operator".into(),
+    );
+    labels
+}
+
+pub fn selector(sn: &StockNet, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "stocknet".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), sn.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.as_str().to_owned(),
+        ),
+    ])
+}
+
+/// `<stocknet>-<component>`: the name of a component's workload and Service.
+pub fn name(sn: &StockNet, component: Component) -> String {
+    format!("{}-{}", sn.name_any(), component.as_str())
+}
+
+/// `<stocknet>-internal`: the Secret holding the shared secret of the StockNet's internal
+/// calls.
+pub fn secret_name(sn: &StockNet) -> String {
+    format!("{}-internal", sn.name_any())
+}
+
+/// Label selector string for a component's pods, for list calls.
+pub fn selector_string(sn: &StockNet, component: Component) -> String {
+    selector(sn, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The order replicas as `ID=URL`, in the form the services take them: stable DNS names
+/// of the StatefulSet's pods under its headless Service.
+pub fn order_peers(sn: &StockNet) -> Result<String, SpecError> {
+    let namespace = namespace(sn)?;
+    let order = name(sn, Component::Order);
+    Ok((0..sn.spec.order.replicas)
+        .map(|ordinal| {
+            format!(
+                "{}=http://{order}-{ordinal}.{order}.{namespace}.svc:{ORDER_PORT}",
+                ordinal + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+fn namespace(sn: &StockNet) -> Result<String, SpecError> {
+    sn.namespace().ok_or(SpecError::NoNamespace)
+}
+
+fn metadata(sn: &StockNet, name: String, component: Component) -> Result<ObjectMeta, SpecError> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(sn)?),
+        labels: Some(labels(sn, component)),
+        owner_references: Some(vec![sn
+            .controller_owner_ref(&())
+            .ok_or(SpecError::NoUid)?]),
+        ..ObjectMeta::default()
+    })
+}
