@@ -208,6 +208,26 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
     let buy = |name: &str| json!({"name": name, "quantity": 1, "type": "buy"});
     let (status, body, _) = order(&cluster, 0, &buy("GameStart"), None).await;
     assert_eq!(status, 200, "{body}");
+    // The fault starts from a steady state: both frontends use the leader the replicas name
+    // (two frontends that start together may still hand the leadership back and forth).
+    wait_until(
+        "both frontends on the leader",
+        Duration::from_secs(20),
+        || async {
+            let Some(leader) = cluster.leader().await else {
+                return false;
+            };
+            let term = cluster.replica_health(leader).await["term"].clone();
+            let mut agree = true;
+            for url in &cluster.frontend_urls {
+                let (_, health) = cluster.get(&format!("{url}/health")).await;
+                agree &=
+                    health["data"]["leader"] == json!(leader + 1) && health["data"]["term"] == term;
+            }
+            agree
+        },
+    )
+    .await;
     let old = cluster.leader().await.expect("a leader");
     let old_term = cluster.replica_health(old).await["term"]
         .as_u64()
