@@ -22,7 +22,7 @@ async fn lookup_trade_query_and_push_invalidation() {
         .get(&format!("{}/stocks/NoSuchStock", cluster.frontend()))
         .await;
     assert_eq!(
-        (status, body),
+        (status, common::without_request_id(body)),
         (
             404,
             json!({"error": {"code": 404, "message": "Stock not found"}})
@@ -69,7 +69,7 @@ async fn lookup_trade_query_and_push_invalidation() {
         .get(&format!("{}/orders/{}", cluster.frontend(), sell + 100))
         .await;
     assert_eq!(
-        (status, body),
+        (status, common::without_request_id(body)),
         (
             404,
             json!({"error": {"code": 404, "message": "Order number invalid"}})
@@ -82,7 +82,7 @@ async fn refused_orders_and_bad_input_change_nothing() {
     let cluster = Cluster::start(1).await;
     let (status, body) = cluster.order(0, "FishCo", "buy", 101).await;
     assert_eq!(
-        (status, body),
+        (status, common::without_request_id(body)),
         (
             409,
             json!({"error": {"code": 409, "message": "Insufficient stock quantity",

@@ -31,6 +31,21 @@ pub const BOOK_SNAPSHOT_EVERY: &str = "50";
 /// ephemeral range (32768–60999 by default), so no outgoing connection can take it as its
 /// local port in the meantime, as one could a port that `bind(0)` handed out; and each call
 /// in this process gets a different one.
+/// `body`, an error envelope, without its `request_id`, which must be there (every error
+/// names the request it answers).
+pub fn without_request_id(mut body: Value) -> Value {
+    let id = body["error"]
+        .as_object_mut()
+        .and_then(|error| error.remove("request_id"));
+    assert!(
+        id.as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|id| !id.is_empty()),
+        "no request_id in {body}"
+    );
+    body
+}
+
 pub fn free_port() -> u16 {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;

@@ -536,13 +536,16 @@ mod tests {
         );
         let (status, body) = send(
             &app,
-            Request::get("/stocks/Nope").body(Body::empty()).unwrap(),
+            Request::get("/stocks/Nope")
+                .header("x-request-id", "lookup-7")
+                .body(Body::empty())
+                .unwrap(),
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
             body,
-            json!({"error": {"code": 404, "message": "Stock not found"}})
+            json!({"error": {"code": 404, "message": "Stock not found", "request_id": "lookup-7"}})
         );
     }
 

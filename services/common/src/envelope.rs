@@ -29,6 +29,10 @@ pub struct ErrorBody {
     pub code: u16,
     #[schema(example = "Stock not found")]
     pub message: String,
+    /// The request's `X-Request-Id`, which its log lines carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "6f1c0e2a9b3d4c5e-42")]
+    pub request_id: Option<String>,
 }
 
 /// `{"data": value}` with status 200.
@@ -78,10 +82,17 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The envelope, with the id of the request being served (see [`crate::request_id`]), so
+    /// that a client's report of an error finds its log lines.
     fn into_response(self) -> Response {
         let mut error = self.extra;
         error.insert("code".into(), self.status.as_u16().into());
         error.insert("message".into(), self.message.into());
+        if let Some(id) = crate::request_id::current() {
+            if let Ok(id) = id.to_str() {
+                error.insert("request_id".into(), id.into());
+            }
+        }
         (self.status, axum::Json(json!({ "error": error }))).into_response()
     }
 }
