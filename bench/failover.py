@@ -39,6 +39,15 @@ def leader():
     return leading[0] if leading else None
 
 
+def caught_up():
+    """Every replica knows the leader and has applied as far as the others: the group is back
+    in its steady state, ready for the next fault."""
+    status, body = request("GET", "/cluster")
+    replicas = body["data"]["replicas"] if status == 200 else []
+    return bool(replicas) and all(r["ready"] for r in replicas) \
+        and len({r["applied"] for r in replicas}) == 1
+
+
 def wait(what, check, timeout=60):
     deadline = time.monotonic() + timeout
     while not check():
@@ -70,22 +79,20 @@ def main():
     args = parser.parse_args()
     data = tempfile.mkdtemp()
     env = dict(os.environ, RUST_LOG="warn")
-    up = subprocess.Popen([args.bin, "up", "--data-dir", data, "--frontend-port", str(FRONTEND),
-                           "--catalog-port", str(CATALOG), "--order-ports",
-                           ",".join(map(str, ORDERS))], stdout=subprocess.PIPE,
+    # To a file, not a pipe: a pipe nobody reads fills up and stops every service's logging.
+    log = open(os.path.join(data, "up.log"), "w")
+    up = subprocess.Popen([args.bin, "up", "--data-dir", os.path.join(data, "data"),
+                           "--frontend-port", str(FRONTEND), "--catalog-port", str(CATALOG),
+                           "--order-ports", ",".join(map(str, ORDERS))], stdout=log,
                           stderr=subprocess.STDOUT, env=env, text=True)
     try:
-        for line in up.stdout:
-            if "Ctrl-C stops everything" in line:
-                break
+        wait("stocknet up", lambda: "Ctrl-C stops everything" in open(log.name).read())
         wait("a leader", lambda: leader() is not None)
         results = {}
         for fault in ["kill", "stop"]:
             times, statuses = [], {}
             for round_ in range(args.rounds):
-                wait("every replica ready", lambda: request("GET", "/cluster")[1]["data"]
-                     ["replicas"] and all(r["ready"] for r in request("GET", "/cluster")[1]
-                                          ["data"]["replicas"]))
+                wait("every replica ready and caught up", caught_up)
                 wait("a leader", lambda: leader() is not None)
                 status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
                                                        "type": "sell"})

@@ -425,15 +425,15 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         .text()
         .await
         .expect("metrics text");
-    let elections = metrics
+    let leader_changes = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("stocknet_frontend_elections_total "))
+        .find_map(|l| l.strip_prefix("stocknet_frontend_leader_changes_total "))
         .unwrap_or("?");
     println!(
         "chaos over {seconds} s: {} commands acknowledged ({limit_orders} limit orders, \
          {trades} trades), {refused} refused (409), {unknown} unknown after {ATTEMPTS} \
          attempts, {retries} client retries; {} kills ({} of the leader, {} of the catalog), \
-         {elections} elections; orders lost: {lost}",
+         {leader_changes} leader changes followed; orders lost: {lost}",
         acks.len(),
         chaos.kills + chaos.catalog_kills,
         chaos.leader_kills,

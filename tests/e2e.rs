@@ -81,12 +81,15 @@ async fn lookup_trade_query_and_push_invalidation() {
 async fn refused_orders_and_bad_input_change_nothing() {
     let cluster = Cluster::start(1).await;
     let (status, body) = cluster.order(0, "FishCo", "buy", 101).await;
+    let refused = body["error"]["transaction_number"]
+        .as_u64()
+        .expect("a number");
     assert_eq!(
         (status, common::without_request_id(body)),
         (
             409,
             json!({"error": {"code": 409, "message": "Insufficient stock quantity",
-                             "reason": "insufficient_quantity", "transaction_number": 1}})
+                             "reason": "insufficient_quantity", "transaction_number": refused}})
         )
     );
     let (status, _) = cluster.order(0, "NoSuchStock", "buy", 1).await;
@@ -148,9 +151,12 @@ async fn refused_orders_and_bad_input_change_nothing() {
     assert_eq!(status, 404);
 
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
-    // The refused order is the log's only entry, recorded as refused; bad input never got in.
-    assert_eq!(cluster.replica_health(2).await["last_transaction"], 1);
-    let refusal = cluster.replica_order(2, 1).await;
+    // The refused order is the log's only order (after the leader's own entry), recorded as
+    // refused; bad input never got in.
+    let log = cluster.wait_for_identical_logs().await;
+    assert_eq!(log.last().unwrap()["number"], refused, "{log:?}");
+    assert_eq!(common::orders_only(&log).len(), 1, "{log:?}");
+    let refusal = cluster.replica_order(2, refused).await;
     assert_eq!(
         (refusal["name"].clone(), refusal["rejected"].clone()),
         (json!("FishCo"), json!("insufficient_quantity"))
@@ -252,7 +258,7 @@ async fn killing_the_leader_elects_the_next_and_loses_nothing() {
 #[tokio::test]
 async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
     let mut cluster = Cluster::start(1).await;
-    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 1);
+    cluster.must_order("GameStart", "buy", 1).await;
     cluster.wait_for_identical_logs().await;
 
     cluster.orders[0].kill9();
@@ -266,7 +272,9 @@ async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
         .expect("the key")
         .to_owned();
     // Durable on replica 3 alone: never committed, never applied.
-    assert_eq!(cluster.replica_order(2, 2).await["name"], "FishCo");
+    let alone = cluster.replica_log(2).await.expect("replica 3's log");
+    let stranded = alone.last().expect("an entry").clone();
+    assert_eq!(stranded["name"], "FishCo");
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
 
     cluster.orders[2].kill9();
@@ -274,18 +282,21 @@ async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
     cluster.orders[1].restart();
     cluster.wait_replica_ready(0).await;
     cluster.wait_replica_ready(1).await;
-    assert_eq!(cluster.must_order("BoarCo", "buy", 2).await, 2);
+    let boar = cluster.must_order("BoarCo", "buy", 2).await;
 
     cluster.orders[2].restart();
-    cluster.wait_replica_ready(2).await;
-    // Ready means resynced: the divergent order is gone already.
-    let order = cluster.replica_order(2, 2).await;
-    assert_eq!(
-        (order["name"].clone(), order["type"].clone()),
-        (json!("BoarCo"), json!("buy"))
-    );
+    // Back, replica 3 follows the new leader, which replaces the divergent order.
     let log = cluster.wait_for_identical_logs().await;
-    assert_eq!(log.len(), 2, "{log:?}");
+    let names: Vec<Value> = common::orders_only(&log)
+        .iter()
+        .map(|o| o["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("GameStart"), json!("BoarCo")], "{log:?}");
+    assert_ne!(
+        log[(stranded["number"].as_u64().unwrap() - 1) as usize],
+        stranded
+    );
+    assert!(log.iter().any(|o| o["number"] == boar));
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
     // Asked under its key, the order is not there: it did not execute.
     let (status, body) = cluster
@@ -315,6 +326,8 @@ async fn restarted_follower_resyncs_every_missed_order() {
     cluster.orders[0].restart();
     cluster.wait_replica_ready(0).await;
     let last = *placed.last().unwrap();
+    // Ready means it knows the leader; the leader brings its log up to date.
+    cluster.wait_for_identical_logs().await;
     assert_eq!(cluster.replica_health(0).await["last_transaction"], last);
     for number in 1..=last {
         assert_eq!(
@@ -441,7 +454,7 @@ async fn a_retry_with_the_same_idempotency_key_trades_once() {
 #[tokio::test]
 async fn internal_endpoints_refuse_callers_without_the_secret() {
     let cluster = Cluster::start(1).await;
-    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 1);
+    let first = cluster.must_order("GameStart", "buy", 1).await;
     let outsider = reqwest::Client::new();
     let attacks = [
         (
@@ -453,12 +466,14 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
             json!({"term": 999999, "trades": [{"number": 2, "name": "GameStart", "delta": 1000}]}),
         ),
         (
-            format!("{}/leader", cluster.order_urls[0]),
-            json!({"term": 999999, "leader": 1}),
+            format!("{}/raft/vote", cluster.order_urls[0]),
+            json!({"vote": {"leader_id": {"term": 999999, "voted_for": 1}, "committed": false},
+                   "last_log_id": null}),
         ),
         (
-            format!("{}/prepare", cluster.order_urls[1]),
-            json!({"term": 999999, "leader": 2}),
+            format!("{}/raft/append", cluster.order_urls[1]),
+            json!({"vote": {"leader_id": {"term": 999999, "voted_for": 1}, "committed": true},
+                   "prev_log_id": null, "leader_commit": null, "entries": []}),
         ),
         (
             format!("{}/invalidate", cluster.frontend()),
@@ -478,8 +493,15 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
         health["data"]["term"].as_u64().unwrap() < 999999,
         "{health}"
     );
+    for url in &cluster.order_urls {
+        let (_, health) = cluster.get(&format!("{url}/health")).await;
+        assert!(
+            health["data"]["term"].as_u64().unwrap() < 999999,
+            "{health}"
+        );
+    }
     assert_eq!(cluster.quantity(0, "GameStart").await, 99);
-    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 2);
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, first + 1);
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
 }
 
@@ -529,7 +551,7 @@ async fn without_the_catalog_lookups_go_stale_and_orders_fail_fast() {
     let frontend = cluster.frontend().to_owned();
     assert_eq!(cluster.quantity(0, "GameStart").await, 100);
     // The trade's invalidation drops the cached copy and carries the new value.
-    cluster.must_order("GameStart", "buy", 1).await;
+    let before = cluster.must_order("GameStart", "buy", 1).await;
 
     cluster.catalog.kill9();
     let lookup = || {
@@ -578,7 +600,8 @@ async fn without_the_catalog_lookups_go_stale_and_orders_fail_fast() {
         },
     )
     .await;
-    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 2);
+    // Nothing refused meanwhile was logged: the next order follows the last one.
+    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, before + 1);
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
 }
 
@@ -823,7 +846,12 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
     let offered = body["data"]["transaction_number"].as_u64().unwrap();
     let guarded = json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 1.0});
     assert_eq!(send(as_user(guarded)).await.0, 409);
-    assert_eq!(cluster.must_order("FishCo", "buy", 1).await, 4, "anonymous");
+    // The guarded order was refused and logged: the next number is the anonymous order's.
+    assert_eq!(
+        cluster.must_order("FishCo", "buy", 1).await,
+        offered + 2,
+        "anonymous"
+    );
     let cancel = || {
         cluster
             .http
@@ -853,16 +881,19 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
             )
         })
         .collect();
+    // The commands' numbers: the first is the one before the offer (the log starts with the
+    // leader's own entry, which the audit trail leaves out).
+    let n = |k: u64| offered - 2 + k;
     // Newest first; the anonymous order (4) is not this user's.
     assert_eq!(
         summary,
         [
-            (6, "cancel".into(), "refused".into(), json!("not_open")),
-            (5, "cancel".into(), "accepted".into(), Value::Null),
-            (3, "buy".into(), "refused".into(), json!("price_moved")),
-            (2, "sell".into(), "accepted".into(), Value::Null),
+            (n(6), "cancel".into(), "refused".into(), json!("not_open")),
+            (n(5), "cancel".into(), "accepted".into(), Value::Null),
+            (n(3), "buy".into(), "refused".into(), json!("price_moved")),
+            (n(2), "sell".into(), "accepted".into(), Value::Null),
             (
-                1,
+                n(1),
                 "buy".into(),
                 "refused".into(),
                 json!("insufficient_quantity")
@@ -894,15 +925,15 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
             .map(|r| r["number"].as_u64().unwrap())
             .collect()
     };
-    assert_eq!(numbers(&body), [6, 5]);
+    assert_eq!(numbers(&body), [n(6), n(5)]);
     let cursor = body["data"]["next_cursor"].as_str().unwrap().to_owned();
     let (_, body) = audit(&format!("limit=10&cursor={cursor}"), Some(common::SECRET)).await;
-    assert_eq!(numbers(&body), [4, 3, 2, 1]);
+    assert_eq!(numbers(&body), [n(4), n(3), n(2), n(1)]);
     assert!(body["data"].get("next_cursor").is_none(), "{body}");
     let (_, body) = audit("outcome=refused&name=GameStart", Some(&key)).await;
-    assert_eq!(numbers(&body), [6, 3]);
+    assert_eq!(numbers(&body), [n(6), n(3)]);
     let (_, body) = audit("outcome=accepted", Some(common::SECRET)).await;
-    assert_eq!(numbers(&body), [5, 4, 2]);
+    assert_eq!(numbers(&body), [n(5), n(4), n(2)]);
     // Times are inclusive bounds (several commands may share a millisecond).
     let (from, to) = (
         humantime_ms(&records[3]["time"]),
@@ -915,7 +946,7 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
         .collect();
     let (_, body) = audit(&format!("from={from}&to={to}"), Some(&key)).await;
     assert_eq!(numbers(&body), expected);
-    assert!(expected.contains(&3) && expected.contains(&2));
+    assert!(expected.contains(&n(3)) && expected.contains(&n(2)));
 
     // Who may see what, and bad requests.
     assert_eq!(audit("", None).await.0, 401);
@@ -1034,7 +1065,7 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
 #[tokio::test]
 async fn every_service_serves_prometheus_metrics() {
     let cluster = Cluster::start(1).await;
-    assert_eq!(cluster.must_order("GameStart", "buy", 1).await, 1);
+    let first = cluster.must_order("GameStart", "buy", 1).await;
     let (status, _) = cluster
         .post(
             &format!("{}/orders", cluster.frontend()),
@@ -1060,14 +1091,14 @@ async fn every_service_serves_prometheus_metrics() {
         r#"stocknet_frontend_http_request_duration_seconds_count{method="POST",route="/orders",status="200"} 1"#,
         r#"stocknet_frontend_http_request_duration_seconds_count{method="POST",route="/orders",status="400"} 1"#,
         "stocknet_frontend_orders_placed_total 1",
-        "stocknet_frontend_elections_total 1",
+        "stocknet_frontend_leader_changes_total 1",
     ] {
         assert!(frontend.contains(line), "{line} in\n{frontend}");
     }
     let leader = scrape(&cluster.order_urls[2]).await;
     for line in [
         "stocknet_order_takeovers_total 1",
-        "stocknet_order_last_entry 1",
+        &format!("stocknet_order_last_entry {first}"),
         "stocknet_order_commit_round_entries_count",
         "stocknet_order_fsync_seconds_count",
         r#"stocknet_order_replication_lag_entries{follower="1"}"#,
@@ -1080,7 +1111,7 @@ async fn every_service_serves_prometheus_metrics() {
     let catalog = scrape(&cluster.catalog_url).await;
     for line in [
         "stocknet_catalog_apply_trades_count",
-        "stocknet_catalog_applied 1",
+        &format!("stocknet_catalog_applied {first}"),
     ] {
         assert!(catalog.contains(line), "{line} in\n{catalog}");
     }

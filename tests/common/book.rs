@@ -24,7 +24,7 @@ pub struct BookState {
 
 /// The UTC days (`YYYY-MM-DD`) a log's entries were stamped on.
 pub fn days(log: &[Value]) -> Vec<String> {
-    let mut days: Vec<String> = log
+    let mut days: Vec<String> = super::orders_only(log)
         .iter()
         .map(|entry| day_text(day_of(entry["time"].as_u64().expect("a stamped entry"))))
         .collect();
@@ -46,7 +46,7 @@ pub fn check_replay(log: &[Value]) -> BookState {
     // (user, stock) → shares bought minus sold, counted from fills alone.
     let mut fills: std::collections::HashMap<(u64, String), i64> = Default::default();
     let mut owners: std::collections::HashMap<u64, u64> = Default::default();
-    for value in log {
+    for value in &super::orders_only(log) {
         let entry: Order = serde_json::from_value(value.clone()).expect("a log entry");
         if !stocks.contains(&entry.name) {
             stocks.push(entry.name.clone());

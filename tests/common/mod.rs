@@ -31,6 +31,15 @@ pub const BOOK_SNAPSHOT_EVERY: &str = "50";
 /// ephemeral range (32768–60999 by default), so no outgoing connection can take it as its
 /// local port in the meantime, as one could a port that `bind(0)` handed out; and each call
 /// in this process gets a different one.
+/// The entries of `log` (a replica's log as JSON) that are commands somebody sent: not the
+/// replica group's own entries (a new leader's, a membership change).
+pub fn orders_only(log: &[Value]) -> Vec<Value> {
+    log.iter()
+        .filter(|entry| !matches!(entry["type"].as_str(), Some("leader" | "membership")))
+        .cloned()
+        .collect()
+}
+
 /// `body`, an error envelope, without its `request_id`, which must be there (every error
 /// names the request it answers).
 pub fn without_request_id(mut body: Value) -> Value {

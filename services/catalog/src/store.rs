@@ -151,6 +151,10 @@ impl CatalogStore {
                     next: trade.number,
                 });
             }
+            if trade.is_group_entry() {
+                applied = trade.number;
+                continue;
+            }
             let (quantity, price) = match staged.get(trade.name.as_str()) {
                 Some(current) => *current,
                 None => {
@@ -359,6 +363,11 @@ fn replay_record(table: &mut Table, record: &csv::StringRecord) -> Result<(), St
             }
             if trade != table.applied + 1 {
                 return Err(format!("trade {trade} follows {}", table.applied));
+            }
+            if field(3)?.is_empty() {
+                // The order group's own entry: it changes no stock.
+                table.applied = trade;
+                return Ok(());
             }
             let delta: i64 = field(2)?.parse().map_err(|e| format!("delta: {e}"))?;
             let stock = table
@@ -654,6 +663,26 @@ mod tests {
             fs::read_to_string(dir.path().join("catalog.wal")).unwrap(),
             text
         );
+    }
+
+    #[test]
+    fn the_order_groups_own_entries_only_advance_the_position_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.csv");
+        let store = CatalogStore::open(&path, INITIAL).unwrap();
+        let trades = vec![
+            trade(1, "", 0),
+            trade(2, "GameStart", -1),
+            trade(3, "", 0),
+            trade(4, "GameStart", -1),
+        ];
+        let outcome = apply(&store, 1, trades).unwrap();
+        assert_eq!(outcome.applied, 4);
+        assert_eq!(outcome.changed, vec!["GameStart".to_string()]);
+        drop(store);
+        let reopened = CatalogStore::open(&path, INITIAL).unwrap();
+        assert_eq!(reopened.snapshot().applied, 4);
+        assert_eq!(reopened.get("GameStart").unwrap().quantity, 98);
     }
 
     #[test]

@@ -10,16 +10,25 @@ use crate::model::{Order, Price, Side, Status, Stock};
 
 // ---- catalog ---------------------------------------------------------------------------------
 
-/// One committed log entry as the catalog applies it.
+/// One committed log entry as the catalog applies it. The order group's own entries (a new
+/// leader's, a membership change) name no stock: they only advance the catalog's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogTrade {
     pub number: u64,
+    /// The stock; empty for the order group's own entries.
     pub name: String,
     /// Change in the house quantity: negative for a market buy, 0 for a book command.
     pub delta: i64,
     /// The last price the entry traded at in the book, which becomes the stock's price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
+}
+
+impl CatalogTrade {
+    /// Whether this is the order group's own entry, which changes no stock.
+    pub fn is_group_entry(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 /// Order leader → catalog (`POST /apply`): a batch of committed entries from the leader of
@@ -325,59 +334,15 @@ pub struct UserRecord {
     pub credential: Credential,
 }
 
-/// Names the leader of a term: sent by a frontend to every replica (`POST /leader`), and by
-/// the new leader to its peers as the first step of taking over (`POST /prepare`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaderNotice {
-    pub term: u64,
-    pub leader: u32,
-}
-
-/// Leader → follower (`POST /replicate`): `orders` follow order `prev` of term `prev_term` in
-/// the leader's log. The answer is the follower's [`Merge`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicateRequest {
-    pub term: u64,
-    pub leader: u32,
-    pub prev: u64,
-    pub prev_term: u64,
-    pub orders: Vec<Order>,
-    /// The leader's commit point (Raft's leaderCommit): the follower applies its log to its
-    /// book through here, where it matches the leader.
-    #[serde(default)]
-    pub committed: u64,
-}
-
-/// A follower's answer to replication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Merge {
-    /// The follower's log now matches the sender's through `through`.
-    Matched { through: u64 },
-    /// The follower's log does not hold the sender's order `prev`; retry with the batch after
-    /// this.
-    Mismatch { retry_after: u64 },
-}
-
-/// `POST /prepare`'s answer: where a replica's log ends, as logs are compared when a new
-/// leader takes over.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LogPosition {
-    /// Compared first: a log whose last order has a higher term is the more up to date.
-    pub last_term: u64,
-    pub last: u64,
-}
-
-/// `GET /orders/logs/{after}`: a page of a replica's log, for a replica catching up from it.
+/// `GET /orders/logs/{after}`: a page of a replica's log, its own entries included (for
+/// operators and tests comparing replicas).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogSlice {
     /// Term of the order the page follows; `None` when this log is shorter than that.
     pub prev_term: Option<u64>,
     /// Where this log ends.
     pub last: u64,
-    /// How far the serving replica knows the log to be committed.
+    /// How far the serving replica has applied the log (all of it committed).
     #[serde(default)]
     pub committed: u64,
     pub orders: Vec<Order>,

@@ -1,6 +1,7 @@
 //! Frontend gateway: the public REST API. Stock lookups go through an LRU cache that the
-//! catalog keeps fresh by pushing invalidations; orders go to the order leader, with discovery,
-//! re-election and bounded retries under one idempotency key, so that every answer is true.
+//! catalog keeps fresh by pushing invalidations; orders go to the order leader the replicas
+//! elected (a frontend only finds it), with bounded retries under one idempotency key, so
+//! that every answer is true.
 
 pub mod cache;
 mod config;
@@ -54,8 +55,8 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::new(&config, config.secret.load()?);
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
-    let electing = state.clone();
-    tokio::spawn(async move { electing.inner.election.elect_early().await });
+    let finding = state.clone();
+    tokio::spawn(async move { finding.inner.leaders.find_early().await });
     tokio::spawn(upstream::catalog::watch(state.clone()));
     let inner = state.inner.clone();
     let scrape = metrics::metrics_router(inner.metrics.registry.clone(), move || {

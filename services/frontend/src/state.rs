@@ -17,7 +17,7 @@ use crate::credentials;
 use crate::limits;
 use crate::streams;
 use crate::upstream::breaker::Breaker;
-use crate::upstream::leader::Election;
+use crate::upstream::leader::LeaderDiscovery;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,7 +27,7 @@ pub struct AppState {
 pub(crate) struct Inner {
     pub(crate) catalog_url: String,
     pub(crate) cache: StockCache,
-    pub(crate) election: Election,
+    pub(crate) leaders: LeaderDiscovery,
     pub(crate) http: reqwest::Client,
     /// Prefix of the idempotency keys this frontend makes up for requests without one: random,
     /// so that no other frontend's or client's key is the same.
@@ -93,7 +93,7 @@ impl AppState {
         // Long enough for a leader that must first retry the catalog; health checks use less.
         let http = internal_client(Duration::from_secs(10), &secret);
         let cache = StockCache::new((!config.no_cache).then_some(config.cache_size));
-        let election = Election::new(config.order_replicas.clone(), http.clone());
+        let leaders = LeaderDiscovery::new(config.order_replicas.clone(), http.clone());
         let (orders_placed, order_retries) = (Counter::default(), Counter::default());
         let mut registry = Registry::with_prefix("stocknet_frontend");
         let http_metrics = HttpMetrics::register(&mut registry);
@@ -119,7 +119,11 @@ impl AppState {
                 "Order calls retried after a leader failure",
                 &order_retries,
             ),
-            ("elections", "Order leaders elected", election.elections()),
+            (
+                "leader_changes",
+                "Order leaders this frontend started following",
+                leaders.leader_changes(),
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
@@ -142,7 +146,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 catalog_url: config.catalog_url.trim_end_matches('/').to_owned(),
                 cache,
-                election,
+                leaders,
                 http,
                 key_prefix: format!("auto-{random}"),
                 next_key: AtomicU64::new(1),

@@ -115,7 +115,7 @@ async fn follow_feed(state: AppState) {
             }
             continue;
         }
-        let Some(leader) = inner.election.leader().await else {
+        let Some(leader) = inner.leaders.leader().await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
             continue;
@@ -143,7 +143,7 @@ async fn follow_feed(state: AppState) {
             Err(e) => {
                 tracing::debug!(leader = leader.id, "market feed: {e}");
                 if matches!(e, stocknet_common::RemoteError::Unreachable(_)) {
-                    inner.election.replace(Some(&leader)).await;
+                    inner.leaders.replace(Some(&leader)).await;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use stocknet_common::{Command, Order, Side, Stamp};
-use stocknet_order::log::OrderLog;
+use stocknet_order::log::{Line, OrderLog};
 
 fn order(number: u64) -> Order {
     Order {
@@ -33,14 +33,14 @@ fn order_log(c: &mut Criterion) {
     c.bench_function("append 1 order + fsync", |b| {
         b.iter(|| {
             let next = log.last() + 1;
-            log.append(&[order(next)]).expect("append");
+            log.append(&[Line::alone(order(next))]).expect("append");
         })
     });
     c.bench_function("write 32 orders + one fsync (group commit)", |b| {
         b.iter(|| {
             for _ in 0..32 {
                 let next = log.last() + 1;
-                log.write(&[order(next)]).expect("write");
+                log.write(&[Line::alone(order(next))]).expect("write");
             }
             let (file, path) = log.sync_handle().expect("handle");
             stocknet_common::file::sync_data_or_exit(&file, &path);
@@ -49,7 +49,7 @@ fn order_log(c: &mut Criterion) {
 
     let large = dir.path().join("large.csv");
     let mut big = OrderLog::open(&large).expect("open");
-    let batch: Vec<Order> = (1..=100_000).map(order).collect();
+    let batch: Vec<Line> = (1..=100_000).map(|n| Line::alone(order(n))).collect();
     big.append(&batch).expect("append");
     drop(big);
     let mut group = c.benchmark_group("load");

@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use stocknet_common::clock::{day_of, DAY_MS};
 use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::book::Book;
-use stocknet_order::log::{read_entries, OrderLog};
+use stocknet_order::log::{read_entries, Line, OrderLog};
 
 const ORDERS: u64 = 1_000_000;
 /// 2026-11-29, 00:00 UTC.
@@ -53,7 +53,7 @@ fn report(c: &mut Criterion) {
     let mut batch = Vec::new();
     for order in orders() {
         book.apply(&order);
-        batch.push(order);
+        batch.push(Line::alone(order));
         if batch.len() == 10_000 {
             log.append(&batch).expect("append");
             batch.clear();

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use stocknet_common::clock::{parse_instant, rfc3339};
 use stocknet_common::wire::{AuditPage, AuditQuery, AuditRecord, Outcome, CLIENT_KEY_PREFIX};
-use stocknet_common::{Order, Rejection};
+use stocknet_common::{Command, Order, Rejection};
 
 use crate::book::Refusal;
 use crate::book_store::BookStore;
@@ -115,6 +115,10 @@ pub fn page(
             }
             scanned += 1;
             end = entry.number;
+            if matches!(entry.command, Command::Group(_)) {
+                // The replica group's own entry: not a command anybody sent.
+                continue;
+            }
             let record = record(entry, book.refusal(entry.number));
             if filter.admits(&record) {
                 records.push(record);

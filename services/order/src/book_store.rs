@@ -154,6 +154,7 @@ impl BookStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Line;
     use stocknet_common::{Command, Order, Price, Side, Stamp};
 
     fn limit(number: u64, side: Side, cents: u64) -> Order {
@@ -181,7 +182,8 @@ mod tests {
         let entries: Vec<Order> = (1..=7)
             .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
             .collect();
-        log.append(&entries).unwrap();
+        let lines: Vec<Line> = entries.iter().cloned().map(Line::alone).collect();
+        log.append(&lines).unwrap();
         let log = Mutex::new(log);
         let store = BookStore::open(snap.clone(), 3, 7);
         store.advance(&log, 5).unwrap();

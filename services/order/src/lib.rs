@@ -1,6 +1,6 @@
-//! Order service: one replica of the replicated order log. The leader sequences orders,
-//! replicates them to a majority, applies them to the catalog and answers; every replica
-//! serves lookups and resyncs from its peers on boot before it reports ready.
+//! Order service: one replica of the replicated order log. The replicas elect their leader
+//! among themselves (openraft, see [`consensus`]); the leader sequences orders, commits them
+//! on a majority, applies them to the catalog and answers.
 
 pub mod audit;
 pub mod book;
@@ -23,15 +23,15 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{middleware, Router};
 use serde::Deserialize;
 use stocknet_common::auth::require_secret;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
-    parse_peer, AuditQuery, LeaderNotice, NewOrder, OrderChange, OrderPage, OrderView, Peer,
-    ReplicateRequest, Trade, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
+    parse_peer, AuditQuery, NewOrder, OrderChange, OrderPage, OrderView, Peer, Trade,
+    CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -114,26 +114,25 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn from_config(config: &Config) -> Result<Self, OrderError> {
+    /// Opens the replica's files and starts its part in the group.
+    pub async fn start(config: &Config) -> Result<Self, OrderError> {
         let secret = config.secret.load()?;
-        let replica = Replica::open(
+        let replica = Replica::start(
             config.node_id()?,
             &config.data_dir,
             config.peers.clone(),
             config.catalog_url.trim_end_matches('/').to_owned(),
             internal_client(Duration::from_secs(2), &secret),
             config.book_snapshot_every,
-        )?;
-        Ok(Self {
-            replica: Arc::new(replica),
-            secret,
-        })
+        )
+        .await?;
+        Ok(Self { replica, secret })
     }
 }
 
 pub fn router(state: AppState) -> Router {
     // The reads a frontend forwards wait for a confirmation of leadership when they ask for it;
-    // writes and replication never pass through that layer.
+    // writes and the group's own calls never pass through that layer.
     let confirmed = || middleware::from_fn_with_state(state.clone(), confirm_leader_reads);
     // Everything but the probes is for the frontends and the other replicas only.
     let internal = Router::new()
@@ -158,9 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/book/{name}", get(book).route_layer(confirmed()))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
-        .route("/replicate", post(replicate))
-        .route("/leader", post(set_leader))
-        .route("/prepare", post(prepare))
+        .merge(consensus::routes(state.replica.raft().clone()))
         .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,
@@ -197,9 +194,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
     stocknet_common::metrics::exposition(&state.replica.metrics().registry)
 }
 
-/// Serves on the configured address; resyncs from peers in the background meanwhile.
+/// Serves on the configured address.
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
-    let state = AppState::from_config(&config)?;
+    let state = AppState::start(&config).await?;
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, node_id = state.replica.health().node_id, "order replica listening");
     let replica = state.replica.clone();
@@ -209,8 +206,6 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         });
     stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
         .await?;
-    let replica = state.replica.clone();
-    tokio::spawn(async move { replica.resync().await });
     server::serve(listener, router(state), server::shutdown_signal()).await?;
     Ok(())
 }
@@ -219,7 +214,7 @@ async fn health(State(state): State<AppState>) -> Response {
     data(state.replica.health())
 }
 
-/// Readiness: 200 only once boot resync is done.
+/// Readiness: 200 once this replica knows a leader (its term has one).
 async fn ready(State(state): State<AppState>) -> Response {
     if state.replica.is_ready() {
         data(serde_json::json!({ "ready": true }))
@@ -503,28 +498,6 @@ async fn orders_after(
     Ok(data(state.replica.slice_after(after, limit)?))
 }
 
-async fn replicate(
-    State(state): State<AppState>,
-    Json(request): Json<ReplicateRequest>,
-) -> Result<Response, OrderError> {
-    Ok(data(state.replica.replicate(request).await?))
-}
-
-async fn prepare(
-    State(state): State<AppState>,
-    Json(notice): Json<LeaderNotice>,
-) -> Result<Response, OrderError> {
-    Ok(data(state.replica.prepare(notice)?))
-}
-
-async fn set_leader(
-    State(state): State<AppState>,
-    Json(notice): Json<LeaderNotice>,
-) -> Result<Response, OrderError> {
-    state.replica.set_leader(notice).await?;
-    Ok(data(state.replica.health()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,14 +509,16 @@ mod tests {
 
     const SECRET: &str = "router-test-secret";
 
-    /// Replica 1 of a three-replica cluster whose peers and catalog are not running.
-    fn app(dir: &std::path::Path) -> Router {
+    /// Replica 1 of a three-replica group whose other replicas and catalog are not running:
+    /// it never learns of a leader.
+    async fn app(dir: &std::path::Path) -> Router {
         let peers = vec![
+            parse_peer("1=http://127.0.0.1:9").unwrap(),
             parse_peer("2=http://127.0.0.1:9").unwrap(),
             parse_peer("3=http://127.0.0.1:9").unwrap(),
         ];
         let secret = Secret::new(SECRET).unwrap();
-        let replica = Replica::open(
+        let replica = Replica::start(
             1,
             dir,
             peers,
@@ -551,11 +526,9 @@ mod tests {
             internal_client(Duration::from_millis(200), &secret),
             book_store::SNAPSHOT_EVERY,
         )
+        .await
         .unwrap();
-        router(AppState {
-            replica: Arc::new(replica),
-            secret,
-        })
+        router(AppState { replica, secret })
     }
 
     async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -563,15 +536,6 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap())
-    }
-
-    /// A call from a peer or a frontend: it carries the secret.
-    fn post(uri: &str, body: Value) -> Request<Body> {
-        Request::post(uri)
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {SECRET}"))
-            .body(Body::from(body.to_string()))
-            .unwrap()
     }
 
     fn get(uri: &str) -> Request<Body> {
@@ -586,7 +550,7 @@ mod tests {
     #[tokio::test]
     async fn a_replica_that_does_not_lead_refuses_reads_meant_for_the_leader() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(dir.path());
+        let app = app(dir.path()).await;
         for uri in [
             "/orders/1",
             "/orders",
@@ -615,7 +579,7 @@ mod tests {
     #[tokio::test]
     async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(dir.path());
+        let app = app(dir.path()).await;
         for (uri, expected) in [
             ("/portfolios/7", json!([])),
             ("/audit", json!({"records": []})),
@@ -655,7 +619,7 @@ mod tests {
     #[tokio::test]
     async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let app = app(dir.path());
+        let app = app(dir.path()).await;
         let anonymous = |method: &str, uri: &str, body: Value| {
             Request::builder()
                 .method(method)
@@ -664,15 +628,12 @@ mod tests {
                 .body(Body::from(body.to_string()))
                 .unwrap()
         };
+        let vote = json!({"vote": {"leader_id": {"term": 999999, "voted_for": 3},
+                     "committed": false}, "last_log_id": null});
         for request in [
-            anonymous("POST", "/leader", json!({"term": 999999, "leader": 1})),
-            anonymous("POST", "/prepare", json!({"term": 999999, "leader": 1})),
-            anonymous(
-                "POST",
-                "/replicate",
-                json!({"term": 999999, "leader": 3, "prev": 0, "prev_term": 0,
-                       "orders": [order(1, 999999)]}),
-            ),
+            anonymous("POST", "/raft/vote", vote.clone()),
+            anonymous("POST", "/raft/append", json!({})),
+            anonymous("POST", "/raft/snapshot", json!({})),
             anonymous(
                 "POST",
                 "/orders",
@@ -687,147 +648,20 @@ mod tests {
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
             assert_eq!(body["error"]["code"], 401);
         }
-        let wrong = Request::post("/leader")
+        let wrong = Request::post("/raft/vote")
             .header("content-type", "application/json")
             .header("authorization", "Bearer not-the-secret-at-all")
-            .body(Body::from(json!({"term": 999999, "leader": 1}).to_string()))
+            .body(Body::from(vote.to_string()))
             .unwrap();
         assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
-        // Nothing changed: no term, no log; and the probes stay open.
+        // Nothing changed: the vote was never seen, no log; and the probes stay open.
         let health = Request::get("/health").body(Body::empty()).unwrap();
         let (status, body) = send(&app, health).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            (
-                body["data"]["term"].clone(),
-                body["data"]["last_transaction"].clone()
-            ),
-            (json!(0), json!(0))
-        );
+        assert!(body["data"]["term"].as_u64().unwrap() < 999999, "{body}");
+        assert_eq!(body["data"]["last_transaction"], json!(0));
         let ready = Request::get("/ready").body(Body::empty()).unwrap();
         assert_eq!(send(&app, ready).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    }
-
-    fn order(number: u64, term: u64) -> Value {
-        json!({"number": number, "term": term, "name": "GameStart", "type": "buy", "quantity": number})
-    }
-
-    #[tokio::test]
-    async fn follower_replicates_serves_and_refuses_orders_and_stale_terms() {
-        let dir = tempfile::tempdir().unwrap();
-        let app = app(dir.path());
-        let (status, body) = send(&app, get("/health")).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["data"]["node_id"], 1);
-        assert_eq!(body["data"]["ready"], false);
-        assert_eq!(
-            send(&app, get("/ready")).await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-
-        let (status, body) = send(
-            &app,
-            post(
-                "/replicate",
-                json!({"term": 2, "leader": 3, "prev": 0, "prev_term": 0,
-                       "orders": [order(1, 2), order(2, 2)], "committed": 1}),
-            ),
-        )
-        .await;
-        assert_eq!(
-            (status, body),
-            (
-                StatusCode::OK,
-                json!({"data": {"result": "matched", "through": 2}})
-            )
-        );
-        // Orders after one this log lacks: the answer says where to resend from.
-        let (_, body) = send(
-            &app,
-            post(
-                "/replicate",
-                json!({"term": 2, "leader": 3, "prev": 4, "prev_term": 2, "orders": [order(5, 2)]}),
-            ),
-        )
-        .await;
-        assert_eq!(
-            body,
-            json!({"data": {"result": "mismatch", "retry_after": 2}})
-        );
-        // An older term, and a second leader in the same term, are refused.
-        for (term, leader) in [(1, 2), (2, 2)] {
-            let (status, body) = send(
-                &app,
-                post(
-                    "/replicate",
-                    json!({"term": term, "leader": leader, "prev": 2, "prev_term": 2,
-                           "orders": [order(3, term)]}),
-                ),
-            )
-            .await;
-            assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        }
-        let (status, body) = send(&app, post("/prepare", json!({"term": 2, "leader": 1}))).await;
-        assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        assert_eq!(
-            send(&app, get("/health")).await.1["data"]["last_transaction"],
-            2
-        );
-
-        // Order 1 is committed, as the leader said (the book applies it just after the
-        // answer); order 2 may not be yet.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while send(&app, get("/health")).await.1["data"]["applied"] != 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "order 1 never applied"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (status, body) = send(&app, get("/orders/1")).await;
-        assert_eq!(
-            (status, body["data"].clone()),
-            (
-                StatusCode::OK,
-                json!({"number": 1, "name": "GameStart", "type": "buy", "quantity": 1,
-                       "status": "filled", "filled_quantity": 1, "remaining_quantity": 0,
-                       "fills": []})
-            )
-        );
-        assert_eq!(send(&app, get("/orders/2")).await.0, StatusCode::NOT_FOUND);
-        let (_, body) = send(&app, get("/orders/logs/1")).await;
-        assert_eq!(
-            body,
-            json!({"data": {"prev_term": 2, "last": 2, "committed": 1, "orders": [order(2, 2)]}})
-        );
-        let (_, body) = send(&app, get("/orders/logs/5")).await;
-        assert_eq!(
-            body,
-            json!({"data": {"prev_term": null, "last": 2, "committed": 1, "orders": []}})
-        );
-        assert_eq!(send(&app, get("/orders/3")).await.0, StatusCode::NOT_FOUND);
-        assert_eq!(
-            send(&app, get("/orders/x")).await.0,
-            StatusCode::BAD_REQUEST
-        );
-
-        let (status, body) = send(
-            &app,
-            post(
-                "/orders",
-                json!({"name": "GameStart", "quantity": 1, "type": "buy"}),
-            ),
-        )
-        .await;
-        assert_eq!(
-            (status, body["error"]["message"].clone()),
-            (StatusCode::SERVICE_UNAVAILABLE, json!("Not the leader"))
-        );
-        let (_, body) = send(&app, get("/health")).await;
-        assert_eq!(
-            (body["data"]["term"].clone(), body["data"]["leader"].clone()),
-            (json!(2), json!(3))
-        );
     }
 
     #[test]
@@ -836,70 +670,5 @@ mod tests {
         assert_eq!(node_id_from_hostname("demo-order-12"), Some(13));
         assert_eq!(node_id_from_hostname("laptop"), None);
         assert_eq!(node_id_from_hostname("demo-order-x"), None);
-    }
-
-    #[tokio::test]
-    async fn a_term_no_election_produces_is_refused_and_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let app = app(dir.path());
-        let jump = stocknet_common::wire::MAX_TERM_STEP + 1;
-        for uri in ["/prepare", "/leader"] {
-            let (status, body) = send(&app, post(uri, json!({"term": jump, "leader": 2}))).await;
-            assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        }
-        let (status, body) = send(
-            &app,
-            post(
-                "/replicate",
-                json!({"term": jump, "leader": 3, "prev": 0, "prev_term": 0,
-                       "orders": [order(1, jump)]}),
-            ),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        let (_, body) = send(&app, get("/health")).await;
-        assert_eq!(
-            (
-                body["data"]["term"].clone(),
-                body["data"]["last_transaction"].clone()
-            ),
-            (json!(0), json!(0))
-        );
-        // A step an election can make is taken.
-        let (status, _) = send(&app, post("/prepare", json!({"term": 5, "leader": 2}))).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(send(&app, get("/health")).await.1["data"]["term"], 5);
-    }
-
-    #[tokio::test]
-    async fn a_replica_that_has_not_resynced_refuses_to_lead() {
-        let dir = tempfile::tempdir().unwrap();
-        let app = app(dir.path());
-        let (status, body) = send(&app, post("/leader", json!({"term": 1, "leader": 1}))).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    }
-
-    #[tokio::test]
-    async fn term_and_its_leader_survive_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        send(
-            &app(dir.path()),
-            post("/leader", json!({"term": 7, "leader": 2})),
-        )
-        .await;
-        let app = app(dir.path());
-        let (_, body) = send(&app, get("/health")).await;
-        assert_eq!(
-            (body["data"]["term"].clone(), body["data"]["leader"].clone()),
-            (json!(7), json!(2))
-        );
-        // The promise to follow replica 2 in term 7 holds across the restart.
-        let (status, body) = send(&app, post("/prepare", json!({"term": 7, "leader": 3}))).await;
-        assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        let (status, body) = send(&app, post("/prepare", json!({"term": 8, "leader": 3}))).await;
-        assert_eq!(
-            (status, body),
-            (StatusCode::OK, json!({"data": {"last_term": 0, "last": 0}}))
-        );
     }
 }

@@ -1,7 +1,10 @@
 //! One replica's order log: an append-only CSV file
-//! (`number,term,type,name,quantity,key,price,target,user,time,quote,rejected`).
+//! (`number,term,type,name,quantity,key,price,target,user,time,quote,rejected,entry`), one
+//! line per order, each with the index of the Raft entry it came in (a leader proposes the
+//! commands that arrive together as one entry, so an entry holds one line or several).
 //! The orders stay on disk; memory holds only what finds them again: the offset of every
-//! [`STRIDE`]th order, the runs of orders with one term, and 8 bytes per idempotency key.
+//! [`STRIDE`]th order, the runs of orders with one term, where entries of several lines
+//! start, and 8 bytes per idempotency key.
 //! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
 //! cut off when the log is opened (it was never acknowledged).
 
@@ -14,16 +17,19 @@ use std::path::{Path, PathBuf};
 
 use hashbrown::HashTable;
 use stocknet_common::model::EntryFields;
-use stocknet_common::wire::Merge;
 use stocknet_common::{file, Command, GroupEntry, Order, Price, Rejection};
 
 use crate::error::OrderError;
 
-const HEADER: &str = "number,term,type,name,quantity,key,price,target,user,time,quote,rejected\n";
+const HEADER: &str =
+    "number,term,type,name,quantity,key,price,target,user,time,quote,rejected,entry\n";
 
-/// Headers of logs written before users and stamps (eight fields) and before the order book
-/// (six). Such a log is read as it is and new entries are appended in the current form.
-const OLDER_HEADERS: [&str; 2] = [
+/// Headers of logs written before entries held several lines (twelve fields), before users
+/// and stamps (eight) and before the order book (six). Such a log is read as it is (each of
+/// its lines its own entry, see [`Line::alone`]) and new lines are appended in the current
+/// form.
+const OLDER_HEADERS: [&str; 3] = [
+    "number,term,type,name,quantity,key,price,target,user,time,quote,rejected\n",
     "number,term,type,name,quantity,key,price,target\n",
     "number,term,type,name,quantity,key\n",
 ];
@@ -35,6 +41,25 @@ const STRIDE: u64 = 64;
 /// The newest orders are also kept in memory: replication, catalog application and a client's
 /// read-back ask for them, and a CSV reader per request showed in profiles (about 0.6 MB).
 const RECENT: usize = 4096;
+
+/// A line of the log: an order, or one of the group's own entries, and the index of the Raft
+/// entry it belongs to. The lines of an entry are consecutive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub entry: u64,
+    pub order: Order,
+}
+
+impl Line {
+    /// `order` as the only line of its entry, as in a log from before entries held several
+    /// lines, where line `n` is entry `n - 1`.
+    pub fn alone(order: Order) -> Self {
+        Self {
+            entry: order.number.saturating_sub(1),
+            order,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct OrderLog {
@@ -56,6 +81,12 @@ struct Index {
     keys: KeyIndex,
     /// The numbers of the replica group's membership entries, in order.
     memberships: Vec<u64>,
+    /// Where entries start, as runs `(entry, number)`: entry `entry + k` starts at line
+    /// `number + k`, and the run's last entry holds every line up to the next run's first
+    /// (or the log's end). A log of one line per entry is one run.
+    entries: Vec<(u64, u64)>,
+    /// The entry of the last line (0 when empty).
+    last_entry: u64,
     /// The last (up to) [`RECENT`] orders.
     recent: VecDeque<Order>,
 }
@@ -139,10 +170,32 @@ impl OrderLog {
         self.index.term_at(number)
     }
 
-    /// Appends `batch` durably. Its first order must directly follow the last one here, and
-    /// its numbers must be consecutive; otherwise nothing is written and
-    /// [`OrderError::Gap`] says where this log ends.
-    pub fn append(&mut self, batch: &[Order]) -> Result<(), OrderError> {
+    /// The entry line `number` belongs to; `None` for number 0 and past the end.
+    pub fn entry_at(&self, number: u64) -> Option<u64> {
+        self.index.entry_at(number)
+    }
+
+    /// The number of entry `entry`'s first line, if the log holds that entry.
+    pub fn first_line(&self, entry: u64) -> Option<u64> {
+        self.index.first_line(entry)
+    }
+
+    /// Up to `limit` lines with numbers greater than `after`, with their entries.
+    pub fn lines_after(&self, after: u64, limit: usize) -> Result<Vec<Line>, OrderError> {
+        let orders = self.after(after, limit)?;
+        Ok(orders
+            .into_iter()
+            .map(|order| Line {
+                entry: self.index.entry_at(order.number).unwrap_or_default(),
+                order,
+            })
+            .collect())
+    }
+
+    /// Appends `batch` durably. Its first line must directly follow the last one here, its
+    /// numbers must be consecutive and each line's entry the one before's or the next;
+    /// otherwise nothing is written and [`OrderError::Gap`] says where this log ends.
+    pub fn append(&mut self, batch: &[Line]) -> Result<(), OrderError> {
         self.write(batch)?;
         file::sync_data_or_exit(&self.file, &self.path);
         Ok(())
@@ -152,8 +205,8 @@ impl OrderLog {
     /// file and visible here at once, durable only after a [`file::sync_data_or_exit`] through
     /// [`sync_handle`](Self::sync_handle). A leader writes each order as it comes and fsyncs
     /// once for all that came meanwhile (group commit).
-    pub fn write(&mut self, batch: &[Order]) -> Result<(), OrderError> {
-        check_consecutive(self.last(), batch)?;
+    pub fn write(&mut self, batch: &[Line]) -> Result<(), OrderError> {
+        check_consecutive(self.last(), self.index.entry_at(self.last()), batch)?;
         let (text, starts) = format_records(batch, self.len)?;
         if let Err(e) = (&self.file).write_all(&text) {
             // Never leave a partial record for the next write to follow.
@@ -161,8 +214,8 @@ impl OrderLog {
             return Err(OrderError::io(&self.path, e));
         }
         self.len += text.len() as u64;
-        for (order, start) in batch.iter().zip(starts) {
-            self.index.push(order, start);
+        for (line, start) in batch.iter().zip(starts) {
+            self.index.push(line, start);
         }
         Ok(())
     }
@@ -177,49 +230,10 @@ impl OrderLog {
         Ok((file, self.path.clone()))
     }
 
-    /// Takes `batch`, which in the sender's log follows order `prev` of term `prev_term`
-    /// (Raft's log matching). If this log has no such order, nothing changes and the
-    /// sender should retry from the `retry_after` of [`Merge::Mismatch`]. Otherwise orders this log
-    /// already holds with the same term are kept, the first one that differs in term and
-    /// everything after it are replaced by the batch (they were never committed), and the
-    /// rest is appended.
-    pub fn merge(
-        &mut self,
-        prev: u64,
-        prev_term: u64,
-        batch: &[Order],
-    ) -> Result<Merge, OrderError> {
-        match self.term_at(prev) {
-            None => {
-                return Ok(Merge::Mismatch {
-                    retry_after: self.last(),
-                })
-            }
-            Some(term) if term != prev_term => {
-                // Every order of that term here came from one deposed leader: skip them all.
-                return Ok(Merge::Mismatch {
-                    retry_after: self.index.first_of_term(term) - 1,
-                });
-            }
-            Some(_) => {}
-        }
-        check_consecutive(prev, batch)?;
-        let through = prev + batch.len() as u64;
-        for (index, order) in batch.iter().enumerate() {
-            match self.term_at(order.number) {
-                Some(term) if term == order.term => continue,
-                Some(_) => self.replace_after(order.number - 1, &batch[index..])?,
-                None => self.append(&batch[index..])?,
-            }
-            break;
-        }
-        Ok(Merge::Matched { through })
-    }
-
     /// Replaces every order after `number` with `batch`, atomically: the new file is written
     /// beside the old one, fsync'd and renamed over it, so a crash leaves one or the other.
-    pub fn replace_after(&mut self, number: u64, batch: &[Order]) -> Result<(), OrderError> {
-        check_consecutive(number, batch)?;
+    pub fn replace_after(&mut self, number: u64, batch: &[Line]) -> Result<(), OrderError> {
+        check_consecutive(number, self.index.entry_at(number), batch)?;
         if number > self.last() {
             return Err(OrderError::Gap { last: self.last() });
         }
@@ -253,8 +267,8 @@ impl OrderLog {
             .map_err(io)?;
         self.len = cut + text.len() as u64;
         self.index.truncate(number);
-        for (order, start) in batch.iter().zip(starts) {
-            self.index.push(order, start);
+        for (line, start) in batch.iter().zip(starts) {
+            self.index.push(line, start);
         }
         Ok(())
     }
@@ -297,7 +311,11 @@ impl OrderLog {
         while number < end {
             self.next_record(&mut reader, &mut record, number)?;
             if number >= first {
-                each(order_from(&record, number).map_err(|e| self.corrupt(number, &e))?);
+                each(
+                    line_from(&record, number)
+                        .map_err(|e| self.corrupt(number, &e))?
+                        .order,
+                );
             }
             number += 1;
         }
@@ -380,11 +398,11 @@ impl Index {
                     header_seen = true;
                     continue;
                 }
-                Ok(true) => order_from(&record, self.last + 1),
+                Ok(true) => line_from(&record, self.last + 1),
                 Err(e) => Err(e.to_string()),
             };
             match parsed {
-                Ok(order) => self.push(&order, start.byte()),
+                Ok(line) => self.push(&line, start.byte()),
                 Err(_) if reader.position().byte() >= complete => return Ok(start.byte()),
                 Err(e) => {
                     return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
@@ -393,8 +411,18 @@ impl Index {
         }
     }
 
-    /// Records `order`, which follows the last one and starts at byte `start`.
-    fn push(&mut self, order: &Order, start: u64) {
+    /// Records `line`, which follows the last one and starts at byte `start`.
+    fn push(&mut self, line: &Line, start: u64) {
+        let Line { entry, order } = line;
+        let starts_entry = self.last == 0 || *entry != self.last_entry;
+        if starts_entry
+            && self.entries.last().is_none_or(|&(first_entry, first)| {
+                first + entry.saturating_sub(first_entry) != order.number
+            })
+        {
+            self.entries.push((*entry, order.number));
+        }
+        self.last_entry = *entry;
         if (order.number - 1).is_multiple_of(STRIDE) {
             self.checkpoints.push(start);
         }
@@ -426,10 +454,37 @@ impl Index {
         self.terms.truncate(runs);
         let kept = self.memberships.partition_point(|&number| number <= last);
         self.memberships.truncate(kept);
+        self.last_entry = self.entry_at(last).unwrap_or(0);
+        let runs = self.entries.partition_point(|&(_, first)| first <= last);
+        self.entries.truncate(runs);
         while self.recent.back().is_some_and(|o| o.number > last) {
             self.recent.pop_back();
         }
         self.last = last;
+    }
+
+    fn entry_at(&self, number: u64) -> Option<u64> {
+        if number == 0 || number > self.last {
+            return None;
+        }
+        let run = self.entries.partition_point(|&(_, first)| first <= number);
+        let (entry, first) = *self.entries.get(run.checked_sub(1)?)?;
+        let run_last = self
+            .entries
+            .get(run)
+            .map_or(self.last_entry, |&(next, _)| next.saturating_sub(1));
+        Some((entry + (number - first)).min(run_last))
+    }
+
+    fn first_line(&self, entry: u64) -> Option<u64> {
+        if self.last == 0 || entry > self.last_entry {
+            return None;
+        }
+        let run = self
+            .entries
+            .partition_point(|&(first_entry, _)| first_entry <= entry);
+        let (first_entry, first) = *self.entries.get(run.checked_sub(1)?)?;
+        Some(first + (entry - first_entry))
     }
 
     fn term_at(&self, number: u64) -> Option<u64> {
@@ -441,14 +496,6 @@ impl Index {
         }
         let run = self.terms.partition_point(|&(first, _)| first <= number);
         Some(self.terms[run - 1].1)
-    }
-
-    /// The first order of the first run with a term at least `term` (terms only grow along a log).
-    fn first_of_term(&self, term: u64) -> u64 {
-        let run = self.terms.partition_point(|&(_, t)| t < term);
-        self.terms
-            .get(run)
-            .map_or(self.last + 1, |&(first, _)| first)
     }
 }
 
@@ -549,10 +596,10 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
                 )));
             }
         } else {
-            let entry = order_from(&record, number).map_err(|e| {
+            let line = line_from(&record, number).map_err(|e| {
                 OrderError::Corrupt(format!("{}: order {number}: {e}", path.display()))
             })?;
-            each(entry);
+            each(line.order);
         }
         number += 1;
     }
@@ -583,29 +630,41 @@ fn csv_reader<R: Read>(source: R) -> csv::Reader<R> {
         .from_reader(source)
 }
 
-fn check_consecutive(after: u64, batch: &[Order]) -> Result<(), OrderError> {
-    for (offset, order) in batch.iter().enumerate() {
-        if order.number != after + 1 + offset as u64 {
+/// Checks that `batch` may follow line `after`, of entry `after_entry` (`None` for the empty
+/// log, whose first entry is 0).
+fn check_consecutive(
+    after: u64,
+    after_entry: Option<u64>,
+    batch: &[Line],
+) -> Result<(), OrderError> {
+    let mut previous = after_entry;
+    for (offset, Line { entry, order }) in batch.iter().enumerate() {
+        let follows = match previous {
+            Some(previous) => *entry == previous || *entry == previous + 1,
+            None => *entry == 0,
+        };
+        if order.number != after + 1 + offset as u64 || !follows {
             return Err(OrderError::Gap { last: after });
         }
+        previous = Some(*entry);
     }
     match batch.last() {
-        Some(order) if order.number > MAX_ORDER_NUMBER => Err(OrderError::Corrupt(format!(
+        Some(line) if line.order.number > MAX_ORDER_NUMBER => Err(OrderError::Corrupt(format!(
             "order {} is past the highest a log holds ({MAX_ORDER_NUMBER})",
-            order.number
+            line.order.number
         ))),
         _ => Ok(()),
     }
 }
 
 /// The CSV records of `batch`, and where each starts if the text is written at byte `base`.
-fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), OrderError> {
+fn format_records(batch: &[Line], base: u64) -> Result<(Vec<u8>, Vec<u64>), OrderError> {
     let corrupt = |e: &dyn std::fmt::Display| OrderError::Corrupt(e.to_string());
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(Vec::new());
     let mut starts = Vec::with_capacity(batch.len());
-    for order in batch {
+    for Line { entry, order } in batch {
         writer.flush().map_err(|e| corrupt(&e))?;
         starts.push(base + writer.get_ref().len() as u64);
         let fields = EntryFields::from(order.clone());
@@ -624,6 +683,7 @@ fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), Ord
                 fields.time.to_string(),
                 text(fields.quote.map(|p| p.to_string())),
                 text(fields.rejected.map(|r| r.as_str().to_owned())),
+                entry.to_string(),
             ])
             .map_err(|e| corrupt(&e))?;
     }
@@ -631,16 +691,16 @@ fn format_records(batch: &[Order], base: u64) -> Result<(Vec<u8>, Vec<u64>), Ord
     Ok((text, starts))
 }
 
-/// Parses one record: twelve fields, or eight or six in a log written before stamps or the
-/// order book.
-fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> {
+/// Parses one record: thirteen fields, or twelve, eight or six in a log written before entries
+/// held several lines, before stamps or before the order book.
+fn line_from(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
     let field = |i: usize| {
         let bytes = record.get(i).unwrap_or_default();
         std::str::from_utf8(bytes).map_err(|e| format!("field {i}: {e}"))
     };
     let optional = |i: usize| field(i).map(|text| (!text.is_empty()).then_some(text));
-    if ![12, 8, 6].contains(&record.len()) {
-        return Err(format!("expected 12 fields, found {}", record.len()));
+    if ![13, 12, 8, 6].contains(&record.len()) {
+        return Err(format!("expected 13 fields, found {}", record.len()));
     }
     let price = |i: usize| {
         optional(i)?
@@ -676,13 +736,91 @@ fn order_from(record: &csv::ByteRecord, expected: u64) -> Result<Order, String> 
             .map(|r| Rejection::parse(r).ok_or_else(|| format!("rejected: unknown reason {r:?}")))
             .transpose()?,
     };
-    Order::try_from(fields)
+    let order = Order::try_from(fields)?;
+    match optional(12)? {
+        Some(entry) => Ok(Line {
+            entry: entry.parse().map_err(|e| format!("entry: {e}"))?,
+            order,
+        }),
+        None => Ok(Line::alone(order)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use stocknet_common::{Command, Side, Stamp};
+
+    /// `orders`, each the only line of its entry.
+    fn lines<'a>(orders: impl IntoIterator<Item = &'a Order>) -> Vec<Line> {
+        orders.into_iter().cloned().map(Line::alone).collect()
+    }
+
+    /// Lines `first..` in entries of the given sizes, the first entry being `first_entry`.
+    fn grouped(first: u64, first_entry: u64, sizes: &[u64]) -> Vec<Line> {
+        let mut lines = Vec::new();
+        let mut number = first;
+        for (offset, &size) in sizes.iter().enumerate() {
+            for _ in 0..size {
+                lines.push(Line {
+                    entry: first_entry + offset as u64,
+                    order: order(number, "A"),
+                });
+                number += 1;
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn entries_of_several_lines_are_found_by_entry_and_by_line_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders-1.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        // Entries 0..=2 alone, 3 of three lines, 4 alone, 5 of two lines, 6 alone.
+        let written = grouped(1, 0, &[1, 1, 1, 3, 1, 2, 1]);
+        log.append(&written[..4]).unwrap();
+        log.append(&written[4..]).unwrap();
+        let check = |log: &OrderLog| {
+            assert_eq!(log.lines_after(0, usize::MAX).unwrap(), written);
+            for line in &written {
+                assert_eq!(log.entry_at(line.order.number), Some(line.entry));
+            }
+            let firsts: Vec<_> = (0..=7).map(|e| log.first_line(e)).collect();
+            let expected = [1, 2, 3, 4, 7, 8, 10].map(Some);
+            assert_eq!(firsts[..7], expected, "{firsts:?}");
+            assert_eq!(firsts[7], None);
+            assert_eq!(log.entry_at(0), None);
+            assert_eq!(log.entry_at(11), None);
+        };
+        check(&log);
+        drop(log);
+        let mut log = OrderLog::open(&path).unwrap();
+        check(&log);
+
+        // A line must stay in its entry or start the next one.
+        let skips = Line {
+            entry: 8,
+            order: order(11, "A"),
+        };
+        assert!(matches!(
+            log.append(&[skips]),
+            Err(OrderError::Gap { last: 10 })
+        ));
+        // Cut after entry 4 (line 7): what follows is replaced by other entries.
+        let replacement = grouped(8, 5, &[2, 1]);
+        log.replace_after(7, &replacement).unwrap();
+        assert_eq!(log.first_line(5), Some(8));
+        assert_eq!(log.first_line(6), Some(10));
+        assert_eq!(log.first_line(7), None);
+        assert_eq!(log.entry_at(9), Some(5));
+        log.replace_after(4, &[]).unwrap();
+        assert_eq!((log.last(), log.entry_at(4)), (4, Some(3)));
+        assert_eq!(log.first_line(3), Some(4));
+        assert_eq!(log.first_line(4), None);
+        log.append(&grouped(5, 4, &[1])).unwrap();
+        assert_eq!(log.first_line(4), Some(5));
+    }
 
     fn order(number: u64, name: &str) -> Order {
         let side = if number.is_multiple_of(2) {
@@ -741,9 +879,9 @@ mod tests {
         let path = dir.path().join("orders-1.csv");
         let mut log = OrderLog::open(&path).unwrap();
         assert_eq!(log.last(), 0);
-        log.append(&[order(1, "GameStart"), order(2, "Fish, \"Co\"")])
+        log.append(&lines(&[order(1, "GameStart"), order(2, "Fish, \"Co\"")]))
             .unwrap();
-        log.append(&[order(3, "BoarCo")]).unwrap();
+        log.append(&lines(&[order(3, "BoarCo")])).unwrap();
         drop(log);
 
         let log = OrderLog::open(&path).unwrap();
@@ -779,7 +917,7 @@ mod tests {
         let total = RECENT as u64 + 1_000;
         let all = many(0, total);
         for chunk in all.chunks(37) {
-            log.write(chunk).unwrap();
+            log.write(&lines(chunk)).unwrap();
         }
         for log in [log, OrderLog::open(&path).unwrap()] {
             assert_eq!(log.last(), total);
@@ -808,7 +946,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("o.csv");
             let mut log = OrderLog::open(&path).unwrap();
-            log.write(&many(0, total)).unwrap();
+            log.write(&lines(&many(0, total))).unwrap();
             let replacement: Vec<Order> = many(kept, 30)
                 .into_iter()
                 .map(|o| Order {
@@ -817,11 +955,11 @@ mod tests {
                     ..o
                 })
                 .collect();
-            log.replace_after(kept, &replacement).unwrap();
-            log.write(&[Order {
+            log.replace_after(kept, &lines(&replacement)).unwrap();
+            log.write(&lines(&[Order {
                 term: 9,
                 ..order(kept + 31, "after")
-            }])
+            }]))
             .unwrap();
             let mut expected = many(0, kept);
             expected.extend(replacement.iter().cloned());
@@ -853,7 +991,7 @@ mod tests {
                 ..order(n, "A")
             })
             .collect();
-        log.write(&orders).unwrap();
+        log.write(&lines(&orders)).unwrap();
         // 50,000 keys in 2^24 fingerprints: about 75 pairs share one, so some lookups below
         // find two candidates and must read the log to pick the right one.
         let mut fingerprints: Vec<u64> = log
@@ -886,13 +1024,16 @@ mod tests {
     fn appends_must_follow_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
-        log.append(&[order(1, "A"), order(2, "B")]).unwrap();
+        log.append(&lines(&[order(1, "A"), order(2, "B")])).unwrap();
         for bad in [
             vec![order(2, "B"), order(3, "C")],
             vec![order(5, "E")],
             vec![order(3, "C"), order(5, "E")],
         ] {
-            assert!(matches!(log.append(&bad), Err(OrderError::Gap { last: 2 })));
+            assert!(matches!(
+                log.append(&lines(&bad)),
+                Err(OrderError::Gap { last: 2 })
+            ));
         }
         assert_eq!(log.last(), 2);
     }
@@ -905,33 +1046,28 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_matching_orders_and_replaces_a_divergent_suffix() {
+    fn a_divergent_suffix_is_replaced_with_its_keys_and_terms() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
         let mut log = OrderLog::open(&path).unwrap();
-        // Orders 3 and 4 (term 2, key-3) came from a leader that never committed them.
-        log.append(&[
+        // Orders 3 and 4 (term 2) came from a leader that never committed them.
+        log.append(&lines(&[
             termed(1, 1, "A"),
             termed(2, 1, "B"),
             termed(3, 2, "X"),
             termed(4, 2, "Y"),
-        ])
+        ]))
         .unwrap();
-        // The leader of term 3 holds order 2 of term 1 and its own 3 and 4.
-        assert_eq!(
-            log.merge(2, 1, &[termed(3, 3, "C")]).unwrap(),
-            Merge::Matched { through: 3 }
-        );
+        // The leader of term 3 holds order 2 of term 1 and its own 3.
+        log.replace_after(2, &lines(&[termed(3, 3, "C")])).unwrap();
         assert_eq!(log.last(), 3, "everything after the first conflict goes");
         assert_eq!(log.get(3).unwrap(), Some(termed(3, 3, "C")));
         assert_eq!(log.number_for_key("key-3").unwrap(), Some(3));
-        // A late, shorter copy of what this log already has changes nothing.
-        assert_eq!(
-            log.merge(1, 1, &[termed(2, 1, "B")]).unwrap(),
-            Merge::Matched { through: 2 }
-        );
-        assert_eq!(log.last(), 3);
-        log.append(&[termed(4, 3, "D")]).unwrap();
+        assert_eq!(log.number_for_key("key-4").unwrap(), None);
+        assert_eq!(log.term_at(3), Some(3));
+        assert_eq!(log.term_at(0), Some(0));
+        assert_eq!(log.term_at(9), None);
+        log.append(&lines(&[termed(4, 3, "D")])).unwrap();
         drop(log);
         let log = OrderLog::open(&path).unwrap();
         assert_eq!(
@@ -946,47 +1082,20 @@ mod tests {
     }
 
     #[test]
-    fn merge_reports_where_to_retry_when_the_previous_order_differs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
-        log.append(&[termed(1, 1, "A"), termed(2, 2, "X"), termed(3, 2, "Y")])
-            .unwrap();
-        // Past the end: retry from where this log ends.
-        assert_eq!(
-            log.merge(5, 4, &[]).unwrap(),
-            Merge::Mismatch { retry_after: 3 }
-        );
-        // Order 3 differs in term: skip back over all of term 2.
-        assert_eq!(
-            log.merge(3, 4, &[termed(4, 4, "D")]).unwrap(),
-            Merge::Mismatch { retry_after: 1 }
-        );
-        assert_eq!(log.last(), 3, "a mismatch writes nothing");
-        assert_eq!(
-            log.merge(1, 1, &[termed(2, 4, "B"), termed(3, 4, "C")])
-                .unwrap(),
-            Merge::Matched { through: 3 }
-        );
-        assert_eq!(log.term_at(2), Some(4));
-        assert_eq!(log.term_at(0), Some(0));
-        assert_eq!(log.term_at(9), None);
-    }
-
-    #[test]
     fn replace_after_rewrites_the_file_and_keeps_it_appendable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
         let mut log = OrderLog::open(&path).unwrap();
         // A quoted name may span lines: records, not lines, are what count.
-        log.append(&[
+        log.append(&lines(&[
             order(1, "Two\nLines, \"quoted\""),
             order(2, "B"),
             order(3, "C"),
-        ])
+        ]))
         .unwrap();
-        log.replace_after(1, &[termed(2, 5, "Z")]).unwrap();
+        log.replace_after(1, &lines(&[termed(2, 5, "Z")])).unwrap();
         assert_eq!(log.number_for_key("key-3").unwrap(), None);
-        log.append(&[termed(3, 5, "W")]).unwrap();
+        log.append(&lines(&[termed(3, 5, "W")])).unwrap();
         assert!(log.replace_after(7, &[]).is_err());
         drop(log);
         let log = OrderLog::open(&path).unwrap();
@@ -1006,7 +1115,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
         let mut log = OrderLog::open(&path).unwrap();
-        log.append(&[order(1, "A"), order(2, "B")]).unwrap();
+        log.append(&lines(&[order(1, "A"), order(2, "B")])).unwrap();
         drop(log);
         for torn in ["3,1,sell,C", "3,1,sell,C,x,\n", "3,1,se"] {
             let mut file = OpenOptions::new().append(true).open(&path).unwrap();
@@ -1014,7 +1123,7 @@ mod tests {
             drop(file);
             let mut log = OrderLog::open(&path).unwrap();
             assert_eq!(log.last(), 2, "after tail {torn:?}");
-            log.append(&[order(3, "C")]).unwrap();
+            log.append(&lines(&[order(3, "C")])).unwrap();
             drop(log);
             let log = OrderLog::open(&path).unwrap();
             assert_eq!(log.get(3).unwrap(), Some(order(3, "C")));
@@ -1043,7 +1152,7 @@ mod tests {
                 ..unstamped(2, "B")
             })
         );
-        log.append(&[order(3, "C"), order(4, "D"), order(5, "E")])
+        log.append(&lines(&[order(3, "C"), order(4, "D"), order(5, "E")]))
             .unwrap();
         drop(log);
         let log = OrderLog::open(&path).unwrap();

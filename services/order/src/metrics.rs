@@ -56,17 +56,17 @@ impl ReplicaMetrics {
         for (name, help, histogram) in [
             (
                 "commit_round_seconds",
-                "Commit rounds of the leader: fsync, replication to a majority, book and catalog",
+                "Commands on the leader from proposal to applied: fsync and replication to a majority, book",
                 &metrics.commit_round_seconds,
             ),
             (
                 "commit_round_entries",
-                "Entries a commit round made durable (group commit)",
+                "Committed entries the leader applied to the catalog in one round (group commit)",
                 &metrics.commit_round_entries,
             ),
             (
                 "fsync_seconds",
-                "fdatasync of the order log by the leader",
+                "fdatasync of the order log (one for every append waiting)",
                 &metrics.fsync_seconds,
             ),
             (
@@ -79,7 +79,7 @@ impl ReplicaMetrics {
         }
         registry.register(
             "takeovers",
-            "Terms this replica took over as leader",
+            "Terms this replica took over as leader (the catalog brought up to date)",
             metrics.takeovers.clone(),
         );
         for (name, help, gauge) in [
@@ -95,7 +95,7 @@ impl ReplicaMetrics {
             ),
             (
                 "committed",
-                "How far this replica knows the log to be committed",
+                "How far this replica knows the log to be committed (what it has applied)",
                 &metrics.committed,
             ),
             (
@@ -103,7 +103,11 @@ impl ReplicaMetrics {
                 "The last entry this replica's book has applied",
                 &metrics.applied,
             ),
-            ("ready", "1 once boot resync is done", &metrics.ready),
+            (
+                "ready",
+                "1 while this replica knows a leader",
+                &metrics.ready,
+            ),
         ] {
             registry.register(name, help, gauge.clone());
         }

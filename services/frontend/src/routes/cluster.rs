@@ -67,7 +67,7 @@ pub async fn cluster(State(state): State<AppState>) -> Response {
             endpoint(base, &["health"]).map(|url| inner.http.get(url).timeout(HEALTH_TIMEOUT));
         async move { call::<Value>(request?).await }
     };
-    let replicas = inner.election.replicas();
+    let replicas = inner.leaders.replicas();
     let (answers, catalog) = tokio::join!(
         join_all(replicas.iter().map(|peer| health(&peer.url))),
         health(&inner.catalog_url)
@@ -92,7 +92,7 @@ pub async fn cluster(State(state): State<AppState>) -> Response {
         .collect();
     replicas.sort_by_key(|r| r.id);
     let catalog = catalog.ok();
-    let leader = inner.election.current();
+    let leader = inner.leaders.current();
     data(ClusterView {
         leader: leader.as_ref().map(|l| l.id),
         term: leader.as_ref().map(|l| l.term),

@@ -23,7 +23,7 @@ struct FrontendHealth {
 #[utoipa::path(get, path = "/health", operation_id = "get_health", tag = "service",
     responses((status = 200, body = DataEnvelope<FrontendHealth>)))]
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
-    let leader = state.inner.election.current();
+    let leader = state.inner.leaders.current();
     data(FrontendHealth {
         service: "frontend",
         leader: leader.as_ref().map(|l| l.id),
@@ -33,7 +33,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics (OpenMetrics text): requests by route and status with their latency,
-/// cache hits, misses and entries, orders placed, retries, elections.
+/// cache hits, misses and entries, orders placed, retries, leader changes followed.
 #[utoipa::path(get, path = "/metrics", operation_id = "get_metrics", tag = "service",
     responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {

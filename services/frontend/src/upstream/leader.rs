@@ -1,20 +1,19 @@
-//! Finding the order leader. A replica that leads the highest term the live replicas know is
-//! followed as it is (another frontend elected it), so that frontends do not unseat each
-//! other's leader. Only when none does is one chosen: the highest-id replica that is live and
-//! has finished its resync, under a term one above any term a replica has seen. One election
-//! at a time; a request that saw the leader fail re-elects only if nobody has done so since.
+//! Finding the order leader. The replicas elect their leader among themselves; a frontend
+//! only asks them, and follows the replica that says it leads (and has taken over) in the
+//! highest term any live replica knows. It never changes a term, so any number of frontends
+//! leave the group's terms alone. One search at a time; a request that saw the leader fail
+//! searches again only if nobody has done so since.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::wire::{Health, LeaderNotice, Peer};
+use stocknet_common::wire::{Health, Peer};
 
-/// How long an early election waits for every replica to be ready.
-const EARLY_ELECTION_WAIT: Duration = Duration::from_secs(30);
+/// How long the first search waits for the group to have a leader.
+const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
 
 /// A replica that does not answer its health check within this is passed over.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -23,34 +22,29 @@ const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Leader {
     pub id: u32,
     pub url: String,
-    /// Where orders are placed, parsed once per election rather than once per order.
+    /// Where orders are placed, parsed once per leader rather than once per order.
     pub orders_url: reqwest::Url,
     pub term: u64,
 }
 
-pub struct Election {
-    /// Replicas by descending id: the order in which they are preferred.
+pub struct LeaderDiscovery {
+    /// Replicas by descending id, as `GET /cluster` lists them.
     replicas: Vec<Peer>,
     current: RwLock<Option<Leader>>,
-    electing: tokio::sync::Mutex<()>,
+    searching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
-    elections: Counter,
-    /// The highest term this frontend has seen or handed out. A failed election may have
-    /// raised a replica's term while that replica was unreachable for the next one, so
-    /// terms are chosen above this, not only above the live replicas' terms.
-    highest_term: AtomicU64,
+    leader_changes: Counter,
 }
 
-impl Election {
+impl LeaderDiscovery {
     pub fn new(mut replicas: Vec<Peer>, http: reqwest::Client) -> Self {
         replicas.sort_by_key(|replica| std::cmp::Reverse(replica.id));
         Self {
             replicas,
             current: RwLock::new(None),
-            electing: tokio::sync::Mutex::new(()),
+            searching: tokio::sync::Mutex::new(()),
             http,
-            elections: Default::default(),
-            highest_term: Default::default(),
+            leader_changes: Default::default(),
         }
     }
 
@@ -66,12 +60,13 @@ impl Election {
             .clone()
     }
 
-    /// How many elections have chosen a leader (the metric itself: clones share it).
-    pub fn elections(&self) -> &Counter {
-        &self.elections
+    /// How many times this frontend started following another leader (the metric itself:
+    /// clones share it).
+    pub fn leader_changes(&self) -> &Counter {
+        &self.leader_changes
     }
 
-    /// The current leader, electing one if there is none.
+    /// The current leader, searching for one if there is none.
     pub async fn leader(&self) -> Option<Leader> {
         match self.current() {
             Some(leader) => Some(leader),
@@ -79,163 +74,102 @@ impl Election {
         }
     }
 
-    /// Elects a new leader because `failed` did not answer, unless another request already
-    /// replaced it.
+    /// Searches for the leader again because `failed` did not answer as one, unless another
+    /// request already did.
     pub async fn replace(&self, failed: Option<&Leader>) -> Option<Leader> {
-        let _one_at_a_time = self.electing.lock().await;
+        let _one_at_a_time = self.searching.lock().await;
         let current = self.current();
         if current.is_some() && current.as_ref() != failed {
             return current;
         }
-        let health = self.health().await;
-        let elected = match self.leading(&health, failed) {
+        let found = self.search(failed).await;
+        self.follow(found.clone());
+        found
+    }
+
+    /// A leader other than `current`, in a newer term, if the replicas name one now: the
+    /// group replaced a leader that stopped answering (a hung one) while a call to it waits.
+    pub async fn newer_than(&self, current: &Leader) -> Option<Leader> {
+        let found = self.search(Some(current)).await?;
+        if found.term <= current.term {
+            return None;
+        }
+        let _one_at_a_time = self.searching.lock().await;
+        if self.current().as_ref() == Some(current) {
+            self.follow(Some(found.clone()));
+        }
+        Some(found)
+    }
+
+    fn follow(&self, found: Option<Leader>) {
+        match &found {
             Some(leader) => {
+                self.leader_changes.inc();
                 tracing::info!(
                     leader = leader.id,
                     term = leader.term,
                     "following the order leader"
                 );
-                Some(leader)
             }
-            None => self.elect(&health).await,
-        };
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = elected.clone();
-        if elected.is_none() {
-            tracing::warn!("no order replica can lead");
+            None => tracing::warn!("no order replica leads now"),
         }
-        elected
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = found;
     }
 
-    /// The replica that says it leads the highest term any live replica knows, unless it is
-    /// the leader that just failed this frontend in that same term.
-    fn leading(&self, health: &[Option<Health>], failed: Option<&Leader>) -> Option<Leader> {
-        let highest = health.iter().flatten().map(|h| h.term).max()?;
-        let (replica, health) = self
+    /// The replica that says it leads (and has taken over) in the highest term the replicas
+    /// report, unless it is the leader that just failed this frontend in that same term. The
+    /// answer comes as soon as a majority has answered and one of them leads a term none of
+    /// them is past, so a hung replica's health check is not waited for; otherwise once every
+    /// replica answered or timed out.
+    async fn search(&self, failed: Option<&Leader>) -> Option<Leader> {
+        let majority = self.replicas.len() / 2 + 1;
+        let mut checks: FuturesUnordered<_> = self
             .replicas
             .iter()
-            .zip(health)
-            .filter_map(|(replica, health)| Some((replica, health.as_ref()?)))
-            .find(|(replica, h)| {
-                h.leading && h.ready && h.term == highest && h.node_id == replica.id
-            })?;
-        if failed.is_some_and(|f| f.id == replica.id && f.term == health.term) {
-            return None;
-        }
-        self.highest_term.fetch_max(health.term, Ordering::Relaxed);
-        Some(Leader {
-            id: replica.id,
-            url: replica.url.clone(),
-            orders_url: endpoint(&replica.url, &["orders"]).ok()?,
-            term: health.term,
-        })
-    }
-
-    /// Whether every replica answers that it is ready (resynced).
-    pub async fn all_ready(&self) -> bool {
-        self.health()
-            .await
-            .iter()
-            .all(|health| matches!(health, Some(h) if h.ready))
-    }
-
-    /// Each replica's health, in preference order; `None` where it does not answer.
-    async fn health(&self) -> Vec<Option<Health>> {
-        join_all(self.replicas.iter().map(|replica| async move {
-            let url = endpoint(&replica.url, &["health"]).ok()?;
-            call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
-                .await
-                .ok()
-        }))
-        .await
-    }
-
-    async fn elect(&self, health: &[Option<Health>]) -> Option<Leader> {
-        let live_term = health.iter().flatten().map(|h| h.term).max()?;
-        let mut term = live_term.max(self.highest_term.load(Ordering::Relaxed));
-        for (replica, health) in self.replicas.iter().zip(health) {
-            if !matches!(health, Some(h) if h.ready) {
+            .map(|replica| async move {
+                let url = endpoint(&replica.url, &["health"]).ok()?;
+                let health = call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
+                    .await
+                    .ok()?;
+                (health.node_id == replica.id).then_some((replica, health))
+            })
+            .collect();
+        let mut answered: Vec<(&Peer, Health)> = Vec::new();
+        while let Some(check) = checks.next().await {
+            answered.extend(check);
+            if answered.len() < majority {
                 continue;
             }
-            term += 1;
-            self.highest_term.fetch_max(term, Ordering::Relaxed);
-            let notice = LeaderNotice {
-                term,
-                leader: replica.id,
-            };
-            // The candidate takes over (catches up, reconciles) before it answers.
-            let (Ok(url), Ok(orders_url)) = (
-                endpoint(&replica.url, &["leader"]),
-                endpoint(&replica.url, &["orders"]),
-            ) else {
-                continue;
-            };
-            match call::<Health>(self.http.post(url).json(&notice)).await {
-                Ok(_) => {
-                    // In the background: a hung replica must not hold up the orders waiting
-                    // for this election.
-                    tokio::spawn(notify_others(
-                        self.http.clone(),
-                        self.replicas.clone(),
-                        replica.id,
-                        notice,
-                    ));
-                    self.elections.inc();
-                    tracing::info!(leader = replica.id, term, "order leader elected");
-                    return Some(Leader {
-                        id: replica.id,
-                        url: replica.url.clone(),
-                        orders_url,
-                        term,
-                    });
-                }
-                Err(e) => tracing::warn!(replica = replica.id, "cannot lead: {e}"),
+            let highest = answered.iter().map(|(_, h)| h.term).max();
+            let leading = answered.iter().find(|(replica, h)| {
+                h.leading
+                    && Some(h.term) == highest
+                    && !failed.is_some_and(|f| f.id == replica.id && f.term == h.term)
+            });
+            if let Some((replica, health)) = leading {
+                return Some(Leader {
+                    id: replica.id,
+                    url: replica.url.clone(),
+                    orders_url: endpoint(&replica.url, &["orders"]).ok()?,
+                    term: health.term,
+                });
             }
         }
         None
     }
 
-    /// Finds or elects a leader as soon as the replicas are ready rather than at the first
-    /// order, so that the replicas (and the StockNet's status) name one from the start. It
-    /// waits for all of them (the highest id should lead), and for at most
-    /// [`EARLY_ELECTION_WAIT`]: then a majority does.
-    pub async fn elect_early(&self) {
+    /// Finds the leader as soon as the group has one rather than at the first order, so that
+    /// `GET /cluster` names it from the start. Gives up after [`FIRST_SEARCH_WAIT`]: the first
+    /// request then searches again.
+    pub async fn find_early(&self) {
         let started = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(200);
-        while self.current().is_none() {
-            let waited = started.elapsed() > EARLY_ELECTION_WAIT;
-            if (waited || self.all_ready().await) && self.leader().await.is_some() {
+        let mut delay = Duration::from_millis(100);
+        while self.current().is_none() && started.elapsed() < FIRST_SEARCH_WAIT {
+            if self.leader().await.is_some() {
                 return;
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
-}
-
-/// Tells every replica but the new `leader` who leads now (they learn it from its first
-/// replication too; this only makes it sooner).
-async fn notify_others(
-    http: reqwest::Client,
-    replicas: Vec<Peer>,
-    leader: u32,
-    notice: LeaderNotice,
-) {
-    join_all(
-        replicas
-            .iter()
-            .filter(|replica| replica.id != leader)
-            .map(|replica| {
-                let http = &http;
-                async move {
-                    let Ok(url) = endpoint(&replica.url, &["leader"]) else {
-                        return;
-                    };
-                    let request = http.post(url).json(&notice).timeout(HEALTH_TIMEOUT);
-                    if let Err(e) = call::<Health>(request).await {
-                        tracing::debug!(replica = replica.id, "leader notice not delivered: {e}");
-                    }
-                }
-            }),
-    )
-    .await;
 }

@@ -1,4 +1,4 @@
-//! Calls to the order group's leader. Reads are retried on a re-elected leader a few times.
+//! Calls to the order group's leader. Reads are retried on the leader found again a few times.
 //! Writes (place, modify, cancel) go under an idempotency key and are retried with it until
 //! they have a true answer or [`WRITE_DEADLINE`] passes (DESIGN I11): 200 executed; 4xx and
 //! 503 not executed, and never will be; 504 (outcome unknown) only once an attempt may have
@@ -17,58 +17,65 @@ use tokio::time::Instant;
 use crate::upstream::leader::Leader;
 use crate::{AppState, FrontendError};
 
+/// How long a call to the leader waits before the frontend also asks the replicas whether
+/// they replaced it, and then how often: a hung leader is replaced by the group in about
+/// 1.3 s, and a call waiting on it moves to the new one without waiting out its deadline.
+const HEDGE_AFTER: Duration = Duration::from_millis(800);
+const HEDGE_EVERY: Duration = Duration::from_millis(250);
+
 /// How long a write is retried under its key before the answer is 504.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(6);
 
-/// How long one write to a leader may take before the leader counts as hung and another is
-/// elected. A healthy leader answers in milliseconds; a round that waits on a hung catalog
+/// How long one write to a leader may take before the leader counts as hung and the frontend
+/// looks for another. A healthy leader answers in milliseconds; a round that waits on a hung catalog
 /// ends within the leader's 1.5 s deadline for it (and the breaker is open by then).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a read may wait for the leader: it waits for a commit round to confirm the
-/// leadership (a read index), and with the catalog hung a round in flight takes up to the
-/// leader's 1.5 s deadline for the catalog before the next one confirms.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one read may wait for the leader: it confirms its leadership with a heartbeat
+/// round a majority answers (a read index) before it serves.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How many times a read goes to a (re-elected) leader.
-const READ_ATTEMPTS: usize = 3;
+/// How long a read goes on finding the leader and retrying: long enough to ride over an
+/// election (about a second, or the read timeout when the leader hangs).
+const READ_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Pause before the first retry of a write; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Runs `send` against the leader; when the leader is unreachable or cannot serve (a 5xx),
-/// elects another and tries again, a bounded number of times. Client errors (4xx) are final.
+/// or while the group has none (an election takes about a second), finds the leader again
+/// and retries after a pause, until [`READ_DEADLINE`]. Client errors (4xx) are final.
 pub(crate) async fn read<T, F, Fut>(state: &AppState, send: F) -> Result<T, FrontendError>
 where
     F: Fn(&Leader) -> Fut,
     Fut: std::future::Future<Output = Result<T, RemoteError>>,
 {
     let inner = &state.inner;
-    let mut leader = inner
-        .election
-        .leader()
-        .await
-        .ok_or(FrontendError::NoLeader)?;
-    for attempt in 1..=READ_ATTEMPTS {
-        let failure = match tokio::time::timeout(READ_TIMEOUT, send(&leader)).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(RemoteError::Api(error))) if error.status.is_client_error() => {
-                return Err(FrontendError::Upstream(error));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {READ_TIMEOUT:?}"),
-        };
-        tracing::warn!(leader = leader.id, attempt, "leader read failed: {failure}");
-        if attempt == READ_ATTEMPTS {
+    let deadline = Instant::now() + READ_DEADLINE;
+    let mut leader = inner.leaders.leader().await;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if let Some(current) = &leader {
+            let until = deadline.min(Instant::now() + READ_TIMEOUT);
+            let failure = match tokio::time::timeout_at(until, send(current)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(RemoteError::Api(error))) if error.status.is_client_error() => {
+                    return Err(FrontendError::Upstream(error));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer in time".to_owned(),
+            };
+            tracing::warn!(leader = current.id, "leader read failed: {failure}");
+        }
+        let now = Instant::now();
+        if now >= deadline {
             break;
         }
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
         inner.order_retries.inc();
-        leader = inner
-            .election
-            .replace(Some(&leader))
-            .await
-            .ok_or(FrontendError::NoLeader)?;
+        leader = inner.leaders.replace(leader.as_ref()).await;
     }
     Err(FrontendError::NoLeader)
 }
@@ -149,15 +156,24 @@ where
     let deadline = Instant::now() + WRITE_DEADLINE;
     let mut maybe_executed = false;
     let mut backoff = FIRST_BACKOFF;
-    let mut leader = inner.election.leader().await;
+    let mut leader = inner.leaders.leader().await;
     loop {
-        let mut elect = true;
+        let mut search = true;
+        let mut replaced = None;
         if let Some(current) = &leader {
             let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
-            let attempt = match tokio::time::timeout_at(until, send(current)).await {
-                Ok(result) => Attempt::of(result),
-                // The request may be at the leader: it is dropped, not undone.
-                Err(_) => Attempt::Unknown { catalog: false },
+            let attempt = tokio::select! {
+                result = tokio::time::timeout_at(until, send(current)) => match result {
+                    Ok(result) => Attempt::of(result),
+                    // The request may be at the leader: it is dropped, not undone.
+                    Err(_) => Attempt::Unknown { catalog: false },
+                },
+                // The group replaced the leader while the call waited (it hangs): the request
+                // may be at the old one, so it goes on under its key at the new one at once.
+                newer = newer_leader(state, current) => {
+                    replaced = Some(newer);
+                    Attempt::Unknown { catalog: false }
+                }
             };
             match attempt {
                 Attempt::Done(value) => return Ok(value),
@@ -168,12 +184,12 @@ where
                     });
                 }
                 Attempt::NotExecuted { catalog } => {
-                    elect = !catalog;
+                    search = !catalog;
                     tracing::warn!(leader = current.id, key, catalog, "order not executed");
                 }
                 Attempt::Unknown { catalog } => {
                     maybe_executed = true;
-                    elect = !catalog;
+                    search = !catalog;
                     tracing::warn!(leader = current.id, key, catalog, "order outcome unknown");
                 }
             }
@@ -181,6 +197,11 @@ where
         let now = Instant::now();
         if now >= deadline {
             break;
+        }
+        if let Some(newer) = replaced {
+            leader = Some(newer);
+            inner.order_retries.inc();
+            continue;
         }
         if let Err(retry_after) = inner.catalog_breaker.admit() {
             // Nothing can commit without the catalog; say at once what is known.
@@ -192,11 +213,11 @@ where
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         inner.order_retries.inc();
-        leader = match (elect, leader) {
+        leader = match (search, leader) {
             (false, Some(current)) => Some(current),
-            // An election that outlasts the deadline leaves the write's answer as it is.
+            // A search that outlasts the deadline leaves the write's answer as it is.
             (_, failed) => {
-                match tokio::time::timeout_at(deadline, inner.election.replace(failed.as_ref()))
+                match tokio::time::timeout_at(deadline, inner.leaders.replace(failed.as_ref()))
                     .await
                 {
                     Ok(found) => found,
@@ -211,6 +232,18 @@ where
         })
     } else {
         Err(FrontendError::NoLeader)
+    }
+}
+
+/// Resolves with the leader the replicas elected in place of `current`, asking from
+/// [`HEDGE_AFTER`] on; never if they keep it.
+async fn newer_leader(state: &AppState, current: &Leader) -> Leader {
+    tokio::time::sleep(HEDGE_AFTER).await;
+    loop {
+        if let Some(newer) = state.inner.leaders.newer_than(current).await {
+            return newer;
+        }
+        tokio::time::sleep(HEDGE_EVERY).await;
     }
 }
 

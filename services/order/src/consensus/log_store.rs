@@ -8,11 +8,12 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, StorageError, StorageIOError, Vote};
-use stocknet_common::file;
+use prometheus_client::metrics::histogram::Histogram;
+use stocknet_common::{file, Command};
 
-use super::{entry_of, log_id, order_of, TypeConfig};
+use super::{entry_of, lines_of, log_id, TypeConfig};
 use crate::error::OrderError;
-use crate::log::OrderLog;
+use crate::log::{Line, OrderLog};
 
 /// The log and the vote of one replica. Clones share them (openraft reads through a clone
 /// while it appends through the original).
@@ -28,12 +29,19 @@ type SyncHandle = (std::fs::File, PathBuf);
 
 /// Makes appends durable in the order they were written: takes every append waiting, fsyncs
 /// once, then reports them all flushed. Ends when the last store clone is dropped.
-fn flush_appends(appends: mpsc::Receiver<(SyncHandle, LogFlushed<TypeConfig>)>) {
+fn flush_appends(
+    appends: mpsc::Receiver<(SyncHandle, LogFlushed<TypeConfig>)>,
+    fsync_seconds: Option<Histogram>,
+) {
     while let Ok(first) = appends.recv() {
         let mut batch = vec![first];
         batch.extend(appends.try_iter());
         if let Some(((file, path), _)) = batch.last() {
+            let syncing = std::time::Instant::now();
             file::sync_data_or_exit(file, path);
+            if let Some(histogram) = &fsync_seconds {
+                histogram.observe(syncing.elapsed().as_secs_f64());
+            }
         }
         for (_, callback) in batch {
             callback.log_io_completed(Ok(()));
@@ -50,8 +58,13 @@ struct VoteFile {
 }
 
 impl LogStore {
-    /// The store over `log`, with the vote kept at `vote_path`.
-    pub fn open(log: Arc<Mutex<OrderLog>>, vote_path: PathBuf) -> Result<Self, OrderError> {
+    /// The store over `log`, with the vote kept at `vote_path`; each fsync's duration goes to
+    /// `fsync_seconds`.
+    pub fn open(
+        log: Arc<Mutex<OrderLog>>,
+        vote_path: PathBuf,
+        fsync_seconds: Option<Histogram>,
+    ) -> Result<Self, OrderError> {
         let state = match std::fs::read_to_string(&vote_path) {
             Ok(text) => parse_vote_file(&text)
                 .map_err(|e| OrderError::Corrupt(format!("{}: {e}", vote_path.display())))?,
@@ -61,7 +74,7 @@ impl LogStore {
         let (flusher, appends) = mpsc::channel();
         std::thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || flush_appends(appends))
+            .spawn(move || flush_appends(appends, fsync_seconds))
             .map_err(|e| OrderError::io(&vote_path, e))?;
         Ok(Self {
             log,
@@ -123,13 +136,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        // Index `i` is line `i + 1`: the lines after `start` are those from index `start` on.
-        let count = usize::try_from(end - start).unwrap_or(usize::MAX);
-        let orders = self.log().after(start, count).map_err(read_error)?;
-        orders
-            .into_iter()
-            .map(|order| entry_of(order).map_err(read_error))
-            .collect()
+        let lines = {
+            let log = self.log();
+            let Some(first) = log.first_line(start) else {
+                return Ok(Vec::new());
+            };
+            let last = log.first_line(end).map_or(log.last(), |next| next - 1);
+            let count = usize::try_from(last + 1 - first).unwrap_or(usize::MAX);
+            log.lines_after(first - 1, count).map_err(read_error)?
+        };
+        let mut entries = Vec::new();
+        let mut group: Vec<Line> = Vec::new();
+        for line in lines {
+            if group.first().is_some_and(|first| first.entry != line.entry) {
+                entries.push(entry_of(std::mem::take(&mut group)).map_err(read_error)?);
+            }
+            group.push(line);
+        }
+        if !group.is_empty() {
+            entries.push(entry_of(group).map_err(read_error)?);
+        }
+        Ok(entries)
     }
 }
 
@@ -140,10 +167,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = self.state().purged;
         let last = {
             let log = self.log();
-            match log.last() {
-                0 => None,
-                last => log.term_at(last).map(|term| log_id(term, last - 1)),
-            }
+            let last = log.last();
+            log.term_at(last)
+                .zip(log.entry_at(last))
+                .map(|(term, entry)| log_id(term, entry))
         };
         Ok(LogState {
             last_purged_log_id: purged,
@@ -180,12 +207,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let orders = entries
-            .into_iter()
-            .map(|entry| order_of(&entry))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(write_error)?;
-        let Some(first) = orders.first() else {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(first_entry) = entries.first().map(|e| e.log_id.index) else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
@@ -193,13 +216,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // while it syncs are written behind and share its next fsync (group commit).
         let handle = {
             let mut log = self.log();
-            if first.number <= log.last() {
-                // A leader's entries replace a suffix this log holds from an older term.
-                log.replace_after(first.number - 1, &orders)
-                    .map_err(write_error)?;
-            } else {
-                log.write(&orders).map_err(write_error)?;
+            // A leader's entries may replace a suffix this log holds from an older term.
+            let replaces = log.first_line(first_entry);
+            let first = replaces.unwrap_or(log.last() + 1);
+            let mut lines = Vec::new();
+            for entry in &entries {
+                let next = first + lines.len() as u64;
+                lines.extend(lines_of(entry, next).map_err(write_error)?);
             }
+            // The group's own entries take the time of the line before them, so that times
+            // never go back along the log (the audit trail searches by time). Every replica
+            // holds the same line there (Raft's log matching), so every replica writes the
+            // same line.
+            let mut time = log
+                .get(first - 1)
+                .map_err(write_error)?
+                .map_or(0, |o| o.stamp.time);
+            for Line { order, .. } in &mut lines {
+                if matches!(order.command, Command::Group(_)) {
+                    order.stamp.time = time;
+                }
+                time = order.stamp.time;
+            }
+            match replaces {
+                Some(first) => log.replace_after(first - 1, &lines),
+                None => log.write(&lines),
+            }
+            .map_err(write_error)?;
             log.sync_handle().map_err(write_error)?
         };
         if let Err(unsent) = self.flusher.send((handle, callback)) {
@@ -210,12 +253,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        // Removes index `log_id.index` and everything after it: lines from its number on.
+        // Removes entry `log_id.index` and everything after it: lines from its first on.
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            if log_id.index < log.last() {
-                log.replace_after(log_id.index, &[])?;
+            if let Some(first) = log.first_line(log_id.index) {
+                log.replace_after(first - 1, &[])?;
             }
             Ok(())
         })
@@ -300,7 +343,6 @@ fn format_vote_file(state: &VoteFile) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::log_id_of;
     use super::*;
 
     #[test]
@@ -318,19 +360,5 @@ mod tests {
         assert_eq!(old.vote, Some(Vote::new(5, 3)));
         assert!(parse_vote_file("5 3 maybe\n").is_err());
         assert!(parse_vote_file("x\n").is_err());
-    }
-
-    #[test]
-    fn the_last_entry_is_where_the_log_ends_and_a_log_id_is_its_line() {
-        let order = stocknet_common::Order {
-            number: 5,
-            term: 2,
-            name: "A".into(),
-            key: None,
-            user: None,
-            stamp: Default::default(),
-            command: stocknet_common::Command::Cancel { target: 1 },
-        };
-        assert_eq!(log_id_of(&order), log_id(2, 4));
     }
 }

@@ -2,16 +2,19 @@
 //! its book (the state machine, whose snapshots are the book snapshots) and HTTP between
 //! replicas. The group elects its own leader; nobody outside it does.
 //!
-//! Numbering: the entry at Raft index `i` is log line (and transaction number) `i + 1`, so
-//! that the first entry a group ever writes, at index 0, is number 1 as before. Besides
-//! orders the log holds the group's own entries ([`Command::Group`]): each new leader's blank
-//! entry and membership changes, so transaction numbers increase but skip those.
+//! Numbering: a leader proposes the commands that arrive together as one entry, so an entry
+//! is one log line (transaction number) or several, consecutive, each marked with its entry's
+//! Raft index (see [`Line`]). In a log written before that, line `i + 1` is entry `i`.
+//! Besides orders the log holds the group's own entries ([`Command::Group`]), a line each:
+//! each new leader's blank entry and membership changes, so transaction numbers increase but
+//! skip those.
 
 // openraft's own error types are what its traits return.
 #![allow(clippy::result_large_err)]
 
 mod log_store;
 mod network;
+mod reads;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,16 +26,19 @@ use stocknet_common::{Command, GroupEntry, Order};
 
 pub use log_store::LogStore;
 pub use network::{routes, HttpNetwork};
+pub use reads::SharedReads;
 pub use state_machine::StateMachine;
 
 use crate::error::OrderError;
+use crate::log::Line;
 
 openraft::declare_raft_types!(
-    /// The order group's types. A proposal is the entry the leader sequenced, with number
-    /// and term 0: the log id the entry gets is its number and term.
+    /// The order group's types. A proposal is the commands the leader sequenced together,
+    /// with numbers and terms 0: they get their lines' numbers and the entry's term when the
+    /// entry is written. Applying an entry answers the number of its first line.
     pub TypeConfig:
-        D = Order,
-        R = (),
+        D = Vec<Order>,
+        R = u64,
         NodeId = u64,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
@@ -41,6 +47,12 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Most commands a leader proposes as one entry.
+pub const MAX_PROPOSAL: usize = 64;
+
+/// Most entries sent in one replication call: at most `MAX_PROPOSAL` lines each.
+const MAX_PAYLOAD_ENTRIES: u64 = 256;
 
 /// How often a leader heartbeats its followers when it has nothing to send. openraft checks
 /// its timers every 1.5 heartbeats.
@@ -68,7 +80,8 @@ pub fn config(rank: u64, snapshot_every: u64) -> Result<openraft::Config, OrderE
         election_timeout_min: millis(min),
         election_timeout_max: millis(max),
         heartbeat_interval: millis(HEARTBEAT),
-        max_payload_entries: crate::replica::BATCH as u64,
+        // A batch of entries in JSON stays well inside a request body's limit.
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
@@ -93,28 +106,25 @@ pub fn initial_membership(peers: &[Peer]) -> Membership<u64, BasicNode> {
     Membership::new(vec![voters], nodes)
 }
 
-/// The transaction number of Raft index `index`.
-pub fn number_of(index: u64) -> u64 {
-    index + 1
-}
-
-/// The log id of `order`, a line of the log.
-pub fn log_id_of(order: &Order) -> LogId<u64> {
-    log_id(order.term, order.number.saturating_sub(1))
-}
-
 pub fn log_id(term: u64, index: u64) -> LogId<u64> {
     // One leader per term (`single-term-leader`): the term alone identifies the leader.
     LogId::new(openraft::CommittedLeaderId::new(term, 0), index)
 }
 
-/// The log line that records `entry`.
-pub fn order_of(entry: &Entry<TypeConfig>) -> Result<Order, OrderError> {
-    let number = number_of(entry.log_id.index);
+/// The lines that record `entry`, the first numbered `first`.
+pub fn lines_of(entry: &Entry<TypeConfig>, first: u64) -> Result<Vec<Line>, OrderError> {
     let term = entry.log_id.leader_id.term;
+    let line = |offset: u64, order: Order| Line {
+        entry: entry.log_id.index,
+        order: Order {
+            number: first + offset,
+            term,
+            ..order
+        },
+    };
     let group = |entry: GroupEntry| Order {
-        number,
-        term,
+        number: 0,
+        term: 0,
         name: String::new(),
         key: None,
         user: None,
@@ -122,29 +132,40 @@ pub fn order_of(entry: &Entry<TypeConfig>) -> Result<Order, OrderError> {
         command: Command::Group(entry),
     };
     Ok(match &entry.payload {
-        EntryPayload::Normal(order) => Order {
-            number,
-            term,
-            ..order.clone()
-        },
-        EntryPayload::Blank => group(GroupEntry::Leader),
-        EntryPayload::Membership(membership) => group(GroupEntry::Membership(
-            serde_json::to_string(membership).map_err(|e| OrderError::Task(e.to_string()))?,
-        )),
+        EntryPayload::Normal(orders) if orders.is_empty() => {
+            return Err(OrderError::Task(format!(
+                "entry {} holds no command",
+                entry.log_id
+            )))
+        }
+        EntryPayload::Normal(orders) => (0..)
+            .zip(orders.iter().cloned())
+            .map(|(offset, order)| line(offset, order))
+            .collect(),
+        EntryPayload::Blank => vec![line(0, group(GroupEntry::Leader))],
+        EntryPayload::Membership(membership) => vec![line(
+            0,
+            group(GroupEntry::Membership(
+                serde_json::to_string(membership).map_err(|e| OrderError::Task(e.to_string()))?,
+            )),
+        )],
     })
 }
 
-/// The entry a log line records.
-pub fn entry_of(order: Order) -> Result<Entry<TypeConfig>, OrderError> {
-    let log_id = log_id_of(&order);
-    let payload = match order.command {
+/// The entry that `lines`, all the lines of one entry in order, record.
+pub fn entry_of(lines: Vec<Line>) -> Result<Entry<TypeConfig>, OrderError> {
+    let Some(first) = lines.first() else {
+        return Err(OrderError::Task("an entry of no lines".into()));
+    };
+    let log_id = log_id(first.order.term, first.entry);
+    let number = first.order.number;
+    let payload = match &first.order.command {
         Command::Group(GroupEntry::Leader) => EntryPayload::Blank,
-        Command::Group(GroupEntry::Membership(ref config)) => {
-            EntryPayload::Membership(serde_json::from_str(config).map_err(|e| {
-                OrderError::Corrupt(format!("entry {}: membership: {e}", order.number))
-            })?)
-        }
-        _ => EntryPayload::Normal(order),
+        Command::Group(GroupEntry::Membership(config)) => EntryPayload::Membership(
+            serde_json::from_str(config)
+                .map_err(|e| OrderError::Corrupt(format!("entry {number}: membership: {e}")))?,
+        ),
+        _ => EntryPayload::Normal(lines.into_iter().map(|line| line.order).collect()),
     };
     Ok(Entry { log_id, payload })
 }

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -22,8 +22,8 @@ use serde::Serialize;
 use super::{Raft, TypeConfig};
 
 /// The routes a replica serves to the others (behind the cluster secret, as all internal
-/// routes are).
-pub fn routes(raft: Raft) -> Router {
+/// routes are), for a router of any state.
+pub fn routes<S: Clone + Send + Sync + 'static>(raft: Raft) -> Router<S> {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -144,4 +144,14 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call("vote", &request, &option).await
     }
+
+    /// How long replication to a replica that did not answer pauses before it tries again:
+    /// shorter than openraft's 0.5 s, so that a replica back from a hang or a restart is
+    /// caught up at once (a lagging replica cannot win an election, and one that stands
+    /// anyway delays the one that can).
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
 }
+
+const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);

@@ -10,10 +10,10 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
-use super::{entry_of, log_id, order_of, TypeConfig};
+use super::{entry_of, lines_of, log_id, TypeConfig};
 use crate::book_store::BookStore;
 use crate::error::OrderError;
-use crate::log::OrderLog;
+use crate::log::{Line, OrderLog};
 
 type Stored = StoredMembership<u64, BasicNode>;
 
@@ -42,13 +42,16 @@ impl StateMachine {
     ) -> Result<Self, OrderError> {
         let applied = book.lock().applied();
         let log = log.lock().unwrap_or_else(|e| e.into_inner());
-        let last = match applied {
-            0 => None,
-            number => Some(log_id(log.term_at(number).unwrap_or(0), number - 1)),
-        };
+        let last = log
+            .entry_at(applied)
+            .map(|entry| log_id(log.term_at(applied).unwrap_or(0), entry));
         let membership = match log.membership_through(applied)? {
             Some(order) => {
-                let entry = entry_of(order)?;
+                let line = Line {
+                    entry: log.entry_at(order.number).unwrap_or_default(),
+                    order,
+                };
+                let entry = entry_of(vec![line])?;
                 match entry.payload {
                     EntryPayload::Membership(m) => Stored::new(Some(entry.log_id), m),
                     _ => Stored::new(None, initial),
@@ -110,7 +113,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<u64>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<u64>, StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -119,11 +122,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        let orders = entries
-            .iter()
-            .map(order_of)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(apply_error)?;
+        // Entries are applied in order, so each one's lines follow the book's last.
+        let mut next = self.book.lock().applied() + 1;
+        let mut firsts = Vec::with_capacity(entries.len());
+        let mut orders = Vec::new();
+        for entry in &entries {
+            let lines = lines_of(entry, next).map_err(apply_error)?;
+            firsts.push(next);
+            next += lines.len() as u64;
+            orders.extend(lines.into_iter().map(|line| line.order));
+        }
         let book = self.book.clone();
         tokio::task::spawn_blocking(move || book.apply(&orders))
             .await
@@ -135,7 +143,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied.membership = Stored::new(Some(entry.log_id), m.clone());
             }
         }
-        Ok(vec![(); entries.len()])
+        Ok(firsts)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -12,6 +12,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{BasicNode, Membership, StorageError};
 use stocknet_common::wire::Peer;
@@ -31,7 +32,7 @@ fn open_stores(
     let log = OrderLog::open(dir.join(format!("orders-{id}.csv"))).unwrap();
     let book = BookStore::open(dir.join(format!("book-{id}.snap")), 1000, log.last());
     let log = Arc::new(Mutex::new(log));
-    let store = LogStore::open(log.clone(), dir.join(format!("term-{id}"))).unwrap();
+    let store = LogStore::open(log.clone(), dir.join(format!("term-{id}")), None).unwrap();
     let machine = StateMachine::open(Arc::new(book), &log, initial).unwrap();
     (store, machine, log)
 }
@@ -295,16 +296,19 @@ fn proposal(quantity: u32) -> Order {
 async fn a_group_elects_itself_commits_and_keeps_identical_logs() {
     let group = Group::start(3).await;
     let (leader, _) = group.leader(&group.ids).await;
+    // Three entries, the second of three commands: each is answered its first line.
     let mut last = 0;
-    for quantity in 1..=5 {
-        last = group
+    let mut firsts = Vec::new();
+    for quantities in [vec![1], vec![2, 3, 4], vec![5]] {
+        let written = group
             .raft(leader)
-            .client_write(proposal(quantity))
+            .client_write(quantities.into_iter().map(proposal).collect())
             .await
-            .unwrap()
-            .log_id
-            .index;
+            .unwrap();
+        firsts.push(written.data);
+        last = written.log_id.index;
     }
+    assert_eq!(firsts, [2, 3, 6]);
     for &id in &group.ids {
         group.applied(id, last).await;
     }
@@ -326,21 +330,52 @@ async fn a_group_elects_itself_commits_and_keeps_identical_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_arrive_together_share_a_leadership_check_and_only_the_leader_passes() {
+    let group = Group::start(3).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
+    let reads = Arc::new(SharedReads::start(group.raft(leader)));
+    let confirmed = futures::future::join_all((0..50).map(|_| {
+        let reads = reads.clone();
+        async move { reads.confirm().await }
+    }))
+    .await;
+    assert!(confirmed.iter().all(|&c| c));
+    assert!(
+        reads.rounds() < 50,
+        "{} checks for 50 reads",
+        reads.rounds()
+    );
+    assert!(!SharedReads::start(group.raft(follower)).confirm().await);
+    // Cut off from the others, the old leader can no longer confirm a read.
+    group.router.isolate(leader, &group.ids, true);
+    assert!(!reads.confirm().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
     let group = Group::start(3).await;
     let (old, old_term) = group.leader(&group.ids).await;
-    let first = group.raft(old).client_write(proposal(1)).await.unwrap();
+    let first = group
+        .raft(old)
+        .client_write(vec![proposal(1)])
+        .await
+        .unwrap();
     group.router.isolate(old, &group.ids, true);
 
     // Alone, the old leader cannot commit; the others elect a new leader of a newer term.
     let stranded = tokio::spawn({
         let raft = group.raft(old);
-        async move { raft.client_write(proposal(2)).await }
+        async move { raft.client_write(vec![proposal(2)]).await }
     });
     let rest: Vec<u64> = group.ids.iter().copied().filter(|&id| id != old).collect();
     let (new, new_term) = group.leader(&rest).await;
     assert!(new_term > old_term);
-    let committed = group.raft(new).client_write(proposal(3)).await.unwrap();
+    let committed = group
+        .raft(new)
+        .client_write(vec![proposal(3)])
+        .await
+        .unwrap();
     assert!(!stranded.is_finished(), "an isolated leader committed");
 
     // Healed, the old leader follows the new one and its stray entry is gone.
@@ -359,7 +394,7 @@ async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
         })
         .collect();
     assert_eq!(quantities, vec![1, 3]);
-    assert!(logs[0].iter().any(|o| o.number == first.log_id.index + 1));
+    assert!(logs[0].iter().any(|o| o.number == first.data));
     // The stranded write is answered as not committed (it never will be).
     assert!(stranded.await.unwrap().is_err());
 }
@@ -369,9 +404,17 @@ async fn a_restarted_replica_recovers_its_log_and_vote_and_catches_up() {
     let mut group = Group::start(3).await;
     let (leader, _) = group.leader(&group.ids).await;
     let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
-    group.raft(leader).client_write(proposal(1)).await.unwrap();
+    group
+        .raft(leader)
+        .client_write(vec![proposal(1)])
+        .await
+        .unwrap();
     group.stop_replica(follower).await;
-    let missed = group.raft(leader).client_write(proposal(2)).await.unwrap();
+    let missed = group
+        .raft(leader)
+        .client_write(vec![proposal(2), proposal(3)])
+        .await
+        .unwrap();
 
     group.start_replica(follower).await;
     let vote = group
@@ -387,8 +430,8 @@ async fn a_restarted_replica_recovers_its_log_and_vote_and_catches_up() {
     assert_eq!(group.log(follower), group.log(leader));
 }
 
-#[test]
-fn group_entries_survive_the_csv_log_and_membership_is_found_again() {
+#[tokio::test]
+async fn entries_of_several_lines_are_read_back_whole_and_membership_is_found_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("orders-1.csv");
     let peers: Vec<Peer> = (1..=3)
@@ -404,27 +447,51 @@ fn group_entries_survive_the_csv_log_and_membership_is_found_again() {
         },
         openraft::Entry {
             log_id: log_id(1, 1),
-            payload: openraft::EntryPayload::Normal(proposal(4)),
+            payload: openraft::EntryPayload::Normal(vec![proposal(4), proposal(5), proposal(6)]),
         },
         openraft::Entry {
             log_id: log_id(2, 2),
             payload: openraft::EntryPayload::Membership(initial_membership(&peers)),
         },
+        openraft::Entry {
+            log_id: log_id(2, 3),
+            payload: openraft::EntryPayload::Normal(vec![proposal(7)]),
+        },
     ];
-    let lines: Vec<Order> = entries.iter().map(|e| order_of(e).unwrap()).collect();
+    let mut lines = Vec::new();
+    for entry in &entries {
+        let next = lines.len() as u64 + 1;
+        lines.extend(lines_of(entry, next).unwrap());
+    }
     OrderLog::open(&path).unwrap().append(&lines).unwrap();
 
-    let log = OrderLog::open(&path).unwrap();
-    let read = log.after(0, 10).unwrap();
-    assert_eq!(read, lines);
-    let back: Vec<openraft::Entry<TypeConfig>> =
-        read.into_iter().map(|o| entry_of(o).unwrap()).collect();
-    assert_eq!(back[2], entries[2]);
-    assert_eq!(back[0].log_id, entries[0].log_id);
-    assert_eq!(log.membership_through(2).unwrap(), None);
+    let (mut store, _, log) = open_stores(dir.path(), 1, initial_membership(&peers));
+    let read = store.try_get_log_entries(..).await.unwrap();
+    // Whole entries, their commands numbered by their lines and of their entry's term.
+    let numbered = |entry: &openraft::Entry<TypeConfig>| match &entry.payload {
+        openraft::EntryPayload::Normal(orders) => {
+            orders.iter().map(|o| (o.number, o.term)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let log_ids: Vec<_> = read.iter().map(|e| e.log_id).collect();
     assert_eq!(
-        log.membership_through(3).unwrap().map(|o| o.number),
-        Some(3)
+        log_ids,
+        entries.iter().map(|e| e.log_id).collect::<Vec<_>>()
+    );
+    assert_eq!(numbered(&read[1]), [(2, 1), (3, 1), (4, 1)]);
+    assert_eq!(numbered(&read[3]), [(6, 2)]);
+    assert_eq!(read[2], entries[2]);
+    assert_eq!(store.try_get_log_entries(1..3).await.unwrap(), read[1..3]);
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(2, 3))
+    );
+    let log = log.lock().unwrap();
+    assert_eq!(log.membership_through(4).unwrap(), None);
+    assert_eq!(
+        log.membership_through(5).unwrap().map(|o| o.number),
+        Some(5)
     );
 }
 
@@ -482,7 +549,10 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     }
 
     let (leader, _) = agreed_leader(&rafts).await;
-    let written = rafts[&leader].client_write(proposal(1)).await.unwrap();
+    let written = rafts[&leader]
+        .client_write(vec![proposal(1)])
+        .await
+        .unwrap();
     for raft in rafts.values() {
         raft.wait(Some(WAIT))
             .applied_index_at_least(Some(written.log_id.index), "applied")
@@ -496,7 +566,7 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     rafts.remove(&leader).unwrap().shutdown().await.unwrap();
     let (next, _) = agreed_leader(&rafts).await;
     assert_ne!(next, leader);
-    let after = rafts[&next].client_write(proposal(2)).await.unwrap();
+    let after = rafts[&next].client_write(vec![proposal(2)]).await.unwrap();
     assert!(after.log_id.index > written.log_id.index);
     for server in servers.values() {
         server.abort();

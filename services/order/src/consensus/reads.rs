@@ -1,0 +1,83 @@
+//! Linearizable reads that arrive together share one leadership check. openraft's read index
+//! (`Raft::ensure_linearizable`) sends a heartbeat to every follower per call, so one check
+//! per read would cost two calls between replicas for every read.
+
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+use super::Raft;
+
+/// The leadership checks of one replica, run one at a time by a task of their own.
+pub struct SharedReads {
+    rounds: watch::Sender<Rounds>,
+    wanted: Arc<Notify>,
+    checker: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Rounds {
+    started: u64,
+    finished: u64,
+    /// Whether the last finished round confirmed the leadership.
+    confirmed: bool,
+}
+
+impl SharedReads {
+    pub fn start(raft: Raft) -> Self {
+        let (rounds, _) = watch::channel(Rounds::default());
+        let wanted = Arc::new(Notify::new());
+        let checker = tokio::spawn(check_when_wanted(raft, rounds.clone(), wanted.clone()));
+        Self {
+            rounds,
+            wanted,
+            checker,
+        }
+    }
+
+    /// Whether this replica leads and its state machine holds every entry committed before the
+    /// call: the answer of a check that started after the call (a heartbeat round a majority
+    /// answered in this term, then the state machine applied through the commit point it
+    /// learned), shared with every read waiting for it.
+    pub async fn confirm(&self) -> bool {
+        let mut rounds = self.rounds.subscribe();
+        let needed = rounds.borrow().started + 1;
+        self.wanted.notify_one();
+        rounds
+            .wait_for(|r| r.finished >= needed)
+            .await
+            .is_ok_and(|r| r.confirmed)
+    }
+
+    /// How many checks have run, for tests.
+    #[cfg(test)]
+    pub fn rounds(&self) -> u64 {
+        self.rounds.borrow().finished
+    }
+}
+
+impl Drop for SharedReads {
+    fn drop(&mut self) {
+        self.checker.abort();
+    }
+}
+
+/// Runs a check whenever a read wants one; the reads that arrive during a check share the next.
+async fn check_when_wanted(raft: Raft, rounds: watch::Sender<Rounds>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let round = rounds.borrow().started + 1;
+        rounds.send_modify(|r| r.started = round);
+        let confirmed = match raft.ensure_linearizable().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("leadership not confirmed: {e}");
+                false
+            }
+        };
+        rounds.send_modify(|r| {
+            r.finished = round;
+            r.confirmed = confirmed;
+        });
+    }
+}
