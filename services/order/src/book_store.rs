@@ -102,6 +102,14 @@ impl BookStore {
     /// Applies `entries`, the committed entries that follow the book's last, and writes a
     /// snapshot when that crosses a multiple of `snapshot_every`.
     pub fn apply(&self, entries: &[Order]) {
+        if let Some(image) = self.apply_in_memory(entries) {
+            self.write_snapshot(&image);
+        }
+    }
+
+    /// Like [`apply`](Self::apply), but returns the snapshot that is due instead of writing
+    /// it, so that an async caller writes it off its threads; memory only.
+    pub fn apply_in_memory(&self, entries: &[Order]) -> Option<Vec<u8>> {
         let image = {
             let mut book = self.lock();
             let before = book.applied();
@@ -119,9 +127,12 @@ impl BookStore {
             due.then(|| snapshot::encode(&book))
         };
         match image {
-            Some(Ok(bytes)) => self.write_snapshot(&bytes),
-            Some(Err(e)) => tracing::warn!("book snapshot not encoded: {e}"),
-            None => {}
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(e)) => {
+                tracing::warn!("book snapshot not encoded: {e}");
+                None
+            }
+            None => None,
         }
     }
 
@@ -143,7 +154,8 @@ impl BookStore {
         Ok(())
     }
 
-    fn write_snapshot(&self, bytes: &[u8]) {
+    /// Writes `bytes` as this replica's book snapshot. Blocking.
+    pub fn write_snapshot(&self, bytes: &[u8]) {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = snapshot::write(&self.path, bytes) {
             tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");

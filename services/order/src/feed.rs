@@ -57,6 +57,11 @@ impl Feed {
         self.applied.send_replace(applied);
     }
 
+    /// Watches the book's applied entry.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
     /// The events after entry `after`, at most [`PAGE`].
     pub fn page(&self, after: u64) -> FeedPage {
         let ring = self.ring();

@@ -796,9 +796,13 @@ impl Replica {
     ) {
         let mut ticks = tokio::time::interval(CATALOG_RETRY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The book's progress starts a round as soon as an entry is applied, before its
+        // commands' answers reach the requests waiting for them.
+        let mut book_applied = self.book.feed().applied();
         loop {
             tokio::select! {
                 () = wake.notified() => {}
+                Ok(()) = book_applied.changed() => {}
                 _ = ticks.tick() => {}
             }
             let through = self.book().applied();

@@ -132,10 +132,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             next += lines.len() as u64;
             orders.extend(lines.into_iter().map(|line| line.order));
         }
-        let book = self.book.clone();
-        tokio::task::spawn_blocking(move || book.apply(&orders))
-            .await
-            .map_err(|e| apply_error(OrderError::task(e)))?;
+        // In memory, so on this thread: a thread hop per entry showed in the commit latency.
+        if let Some(image) = self.book.apply_in_memory(&orders) {
+            let book = self.book.clone();
+            tokio::task::spawn_blocking(move || book.write_snapshot(&image))
+                .await
+                .map_err(|e| apply_error(OrderError::task(e)))?;
+        }
         let mut applied = self.applied();
         applied.last = Some(last);
         for entry in &entries {
