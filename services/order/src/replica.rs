@@ -17,7 +17,7 @@ use stocknet_common::wire::{
     OrderChange, OrderView, Peer, Placed, PriceGuard, Snapshot,
 };
 use stocknet_common::{file, Command, Order, Price, Rejection, RemoteError, Side, Stamp};
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::audit::{self, AuditFilter};
 use crate::book::Book;
@@ -68,8 +68,6 @@ struct Leading {
     /// The commands to propose, in the order the house projection counted them.
     proposals: mpsc::UnboundedSender<Pending>,
     proposer: tokio::task::JoinHandle<()>,
-    /// Wakes the catalog applier.
-    wake: Arc<Notify>,
     /// The catalog applier's progress, which waiting commands watch.
     progress: watch::Receiver<Progress>,
     applier: tokio::task::JoinHandle<()>,
@@ -476,7 +474,7 @@ impl Replica {
     /// catalog call. A new order the checks refuse is proposed as a refusal, which changes
     /// nothing but is committed like the rest.
     async fn submit(self: &Arc<Self>, submission: Submission) -> Result<u64, OrderError> {
-        let (proposed, mut progress, wake) = {
+        let (proposed, mut progress) = {
             let mut guard = self.leading.lock().await;
             let term = self.leader_term().ok_or(OrderError::NotLeader)?;
             let leading = match guard.as_mut() {
@@ -489,7 +487,7 @@ impl Replica {
                 _ => return Err(OrderError::NotReady),
             };
             let proposed = self.propose(leading, submission).await?;
-            (proposed, leading.progress.clone(), leading.wake.clone())
+            (proposed, leading.progress.clone())
         };
         let number = match proposed {
             Proposed::Logged(number) => number,
@@ -531,7 +529,6 @@ impl Replica {
         };
         // Committed and in the book: it is acknowledged once the catalog has it too.
         let waiting_since = progress.borrow().round;
-        wake.notify_one();
         loop {
             {
                 let now = progress.borrow_and_update();
@@ -659,19 +656,16 @@ impl Replica {
 
     /// This replica's term while the consensus layer says it leads.
     fn leader_term(&self) -> Option<u64> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        (m.state == ServerState::Leader).then_some(m.current_term)
+        led_term(&self.raft.server_metrics().borrow())
     }
 
     /// Takes over each term this replica is elected in, and lets go of it when it is not.
+    /// It watches openraft's server metrics, which change only with the vote, the state or
+    /// the membership (its full metrics change with every entry).
     async fn follow_leadership(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         loop {
-            let term = {
-                let m = metrics.borrow_and_update();
-                (m.state == ServerState::Leader).then_some(m.current_term)
-            };
+            let term = led_term(&metrics.borrow_and_update());
             match term {
                 Some(term) if self.leading_term.load(Ordering::Acquire) != term => {
                     self.take_over(term).await;
@@ -759,16 +753,11 @@ impl Replica {
         let mut catalog_applied = snapshot.applied;
         self.apply_to_catalog(term, &mut catalog_applied, applied)
             .await?;
-        let wake = Arc::new(Notify::new());
         let (progress, watched) = watch::channel(Progress {
             applied: catalog_applied,
             ..Progress::default()
         });
-        let applier =
-            tokio::spawn(
-                self.clone()
-                    .apply_loop(term, wake.clone(), progress, catalog_applied),
-            );
+        let applier = tokio::spawn(self.clone().apply_loop(term, progress, catalog_applied));
         let (proposals, waiting) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(propose_entries(self.raft.clone(), waiting));
         Ok(Leading {
@@ -778,30 +767,27 @@ impl Replica {
             in_flight: HashMap::new(),
             proposals,
             proposer,
-            wake,
             progress: watched,
             applier,
         })
     }
 
     /// The leader's catalog applier, one per term: applies what the book has and the catalog
-    /// lacks, when a command is waiting for it and every [`CATALOG_RETRY`] otherwise (which
-    /// catches the catalog up after an outage).
+    /// lacks, as soon as the book applies an entry and every [`CATALOG_RETRY`] otherwise
+    /// (which catches the catalog up after an outage).
     async fn apply_loop(
         self: Arc<Self>,
         term: u64,
-        wake: Arc<Notify>,
         progress: watch::Sender<Progress>,
         mut catalog_applied: u64,
     ) {
         let mut ticks = tokio::time::interval(CATALOG_RETRY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The book's progress starts a round as soon as an entry is applied, before its
-        // commands' answers reach the requests waiting for them.
+        // A round starts as soon as the book applies an entry, before its commands' answers
+        // reach the requests waiting for them.
         let mut book_applied = self.book.feed().applied();
         loop {
             tokio::select! {
-                () = wake.notified() => {}
                 Ok(()) = book_applied.changed() => {}
                 _ = ticks.tick() => {}
             }
@@ -992,6 +978,13 @@ async fn propose_entries(raft: Raft, mut waiting: mpsc::UnboundedReceiver<Pendin
             }
         });
     }
+}
+
+/// The term a replica leads, from its server metrics; `None` while it does not lead.
+fn led_term(
+    metrics: &openraft::metrics::RaftServerMetrics<u64, openraft::BasicNode>,
+) -> Option<u64> {
+    (metrics.state == ServerState::Leader).then_some(metrics.vote.leader_id.term)
 }
 
 fn is_timeout(error: &RemoteError) -> bool {
