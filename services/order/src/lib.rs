@@ -157,7 +157,10 @@ pub fn router(state: AppState) -> Router {
         .route("/book/{name}", get(book).route_layer(confirmed()))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
-        .merge(consensus::routes(state.replica.raft().clone()))
+        .merge(consensus::routes(
+            state.replica.raft().clone(),
+            state.replica.elections().clone(),
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,

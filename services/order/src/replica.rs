@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use crate::audit::{self, AuditFilter};
 use crate::book::Book;
 use crate::book_store::BookStore;
-use crate::consensus::{self, HttpNetwork, LogStore, Raft, SharedReads, StateMachine};
+use crate::consensus::{
+    self, Elections, HttpNetwork, HttpPreVote, LogStore, Raft, SharedReads, StateMachine,
+};
 use crate::error::OrderError;
 use crate::log::OrderLog;
 use crate::metrics::{FollowerLabels, ReplicaMetrics};
@@ -137,6 +139,7 @@ pub struct Replica {
     book: Arc<BookStore>,
     raft: Raft,
     reads: SharedReads,
+    elections: Arc<Elections>,
     /// Held while a command is checked and proposed (which orders the proposals), not while
     /// it commits.
     leading: tokio::sync::Mutex<Option<Leading>>,
@@ -187,16 +190,23 @@ impl Replica {
         )?;
         let machine =
             StateMachine::open(book.clone(), &log, consensus::initial_membership(&peers))?;
-        let config = consensus::config(consensus::rank(id, &peers), snapshot_every)?;
+        let rank = consensus::rank(id, &peers);
+        let config = consensus::config(snapshot_every)?;
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
             HttpNetwork::new(http.clone()),
-            store,
+            store.clone(),
             machine,
         )
         .await
         .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
+        let elections = Elections::new(raft.clone(), store, u64::from(id), rank);
+        tokio::spawn(
+            elections
+                .clone()
+                .stand_when_leader_lost(HttpPreVote::new(http.clone())),
+        );
         let replica = Arc::new(Self {
             id,
             catalog_url,
@@ -204,6 +214,7 @@ impl Replica {
             log,
             book,
             reads: SharedReads::start(raft.clone()),
+            elections,
             raft,
             leading: tokio::sync::Mutex::new(None),
             leading_term: AtomicU64::new(0),
@@ -217,6 +228,11 @@ impl Replica {
     /// The group's consensus, for the routes the other replicas call.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// This replica's side of elections, for the routes the other replicas call.
+    pub fn elections(&self) -> &Arc<Elections> {
+        &self.elections
     }
 
     pub fn health(&self) -> Health {

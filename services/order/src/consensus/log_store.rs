@@ -84,6 +84,15 @@ impl LogStore {
         })
     }
 
+    /// The last entry the log holds (written, perhaps not yet flushed).
+    pub fn last_log_id(&self) -> Option<LogId<u64>> {
+        let log = self.log();
+        let last = log.last();
+        log.term_at(last)
+            .zip(log.entry_at(last))
+            .map(|(term, entry)| log_id(term, entry))
+    }
+
     fn log(&self) -> MutexGuard<'_, OrderLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -165,13 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         let purged = self.state().purged;
-        let last = {
-            let log = self.log();
-            let last = log.last();
-            log.term_at(last)
-                .zip(log.entry_at(last))
-                .map(|(term, entry)| log_id(term, entry))
-        };
+        let last = self.last_log_id();
         Ok(LogState {
             last_purged_log_id: purged,
             last_log_id: match (last, purged) {

@@ -12,6 +12,7 @@
 // openraft's own error types are what its traits return.
 #![allow(clippy::result_large_err)]
 
+mod election;
 mod log_store;
 mod network;
 mod reads;
@@ -24,8 +25,9 @@ use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership};
 use stocknet_common::wire::Peer;
 use stocknet_common::{Command, GroupEntry, Order};
 
+pub use election::{Elections, PreVote, PreVoteTransport};
 pub use log_store::LogStore;
-pub use network::{routes, HttpNetwork};
+pub use network::{routes, HttpNetwork, HttpPreVote};
 pub use reads::SharedReads;
 pub use state_machine::StateMachine;
 
@@ -59,27 +61,31 @@ const MAX_PAYLOAD_ENTRIES: u64 = 256;
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
 
 /// How long the replica ranked `rank` (0 for the highest id) waits without hearing from a
-/// leader, after the leader's lease, before it stands for election. Each rank has its own
-/// window, apart from the others by more than a timer check, so two replicas never stand in
-/// the same instant and split the vote again and again (openraft 0.9 draws a replica's
-/// timeout once); and the highest-id healthy replica stands first, which is the seeds'
-/// preference for it, as a preference only.
-pub fn election_timeout(rank: u64) -> (Duration, Duration) {
-    let start = Duration::from_millis(400 + 200 * rank);
-    (start, start + Duration::from_millis(100))
+/// leader before it asks the others for a pre-vote (`election.rs`). Each rank waits 200 ms
+/// longer than the one above, more than a timer check, so two replicas never stand in the
+/// same instant and split the vote again and again; and the highest-id healthy replica stands
+/// first, which is the seeds' preference for it, as a preference only.
+pub const fn election_timeout(rank: u64) -> Duration {
+    Duration::from_millis(400 + 200 * rank)
 }
 
-/// The consensus settings of the replica ranked `rank`: timeouts above; snapshots every
-/// `snapshot_every` entries (they speed up restarts); no entry is ever purged, since the log
-/// is also the audit trail.
-pub fn config(rank: u64, snapshot_every: u64) -> Result<openraft::Config, OrderError> {
+/// The lease openraft's voters keep for their leader (its `election_timeout_max`): they
+/// refuse votes until it passes after a heartbeat. It must pass before the first candidate
+/// stands ([`election_timeout`] of rank 0), or the candidate's first election fails and costs
+/// a term; the pre-vote is what keeps healthy leaders in place.
+const VOTER_LEASE: Duration = Duration::from_millis(350);
+
+/// The consensus settings of a replica: openraft's own election timer off (elections start
+/// after a pre-vote); snapshots every `snapshot_every` entries (they speed up restarts); no
+/// entry is ever purged, since the log is also the audit trail.
+pub fn config(snapshot_every: u64) -> Result<openraft::Config, OrderError> {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let (min, max) = election_timeout(rank);
     openraft::Config {
         cluster_name: "stocknet-order".into(),
-        election_timeout_min: millis(min),
-        election_timeout_max: millis(max),
+        election_timeout_min: millis(VOTER_LEASE) - 50,
+        election_timeout_max: millis(VOTER_LEASE),
         heartbeat_interval: millis(HEARTBEAT),
+        enable_elect: false,
         // A batch of entries in JSON stays well inside a request body's limit.
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),

@@ -1,8 +1,10 @@
 //! The group's messages between replicas over HTTP: `POST {replica}/raft/append`, `/vote`
-//! and `/snapshot`, openraft's requests as JSON, answered with openraft's result as JSON.
-//! Both sides are this module, so the wire format is openraft's serde form.
+//! and `/snapshot`, openraft's requests as JSON, answered with openraft's result as JSON, and
+//! `/raft/prevote` ([`PreVote`], answered `true` or `false`). Both sides are this module, so
+//! the wire format is openraft's serde form.
 
 use std::error::Error;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -19,37 +21,107 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Raft, TypeConfig};
+use super::{Elections, PreVote, PreVoteTransport, Raft, TypeConfig};
+
+/// How long a pre-vote waits for a replica's answer: a hung one is not waited for long.
+const PRE_VOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Clone)]
+struct Group {
+    raft: Raft,
+    elections: Arc<Elections>,
+}
 
 /// The routes a replica serves to the others (behind the cluster secret, as all internal
 /// routes are), for a router of any state.
-pub fn routes<S: Clone + Send + Sync + 'static>(raft: Raft) -> Router<S> {
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    raft: Raft,
+    elections: Arc<Elections>,
+) -> Router<S> {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
-        .with_state(raft)
+        .route("/raft/prevote", post(pre_vote))
+        .with_state(Group { raft, elections })
+}
+
+/// Accepts `request` on `raft`, and notes the leader heard from unless the sender was behind.
+pub async fn deliver_append(
+    raft: &Raft,
+    elections: &Elections,
+    request: AppendEntriesRequest<TypeConfig>,
+) -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
+    let answer = raft.append_entries(request).await;
+    if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+        elections.heard_from_leader();
+    }
+    answer
+}
+
+/// Answers `request` on `raft`; a vote granted starts the election timer again, as Raft has it.
+pub async fn deliver_vote(
+    raft: &Raft,
+    elections: &Elections,
+    request: VoteRequest<u64>,
+) -> Result<VoteResponse<u64>, RaftError<u64>> {
+    let answer = raft.vote(request).await;
+    if matches!(&answer, Ok(a) if a.vote_granted) {
+        elections.heard_from_leader();
+    }
+    answer
 }
 
 async fn append(
-    State(raft): State<Raft>,
+    State(group): State<Group>,
     Json(request): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<u64>, RaftError<u64>>> {
-    Json(raft.append_entries(request).await)
+    Json(deliver_append(&group.raft, &group.elections, request).await)
 }
 
 async fn vote(
-    State(raft): State<Raft>,
+    State(group): State<Group>,
     Json(request): Json<VoteRequest<u64>>,
 ) -> Json<Result<VoteResponse<u64>, RaftError<u64>>> {
-    Json(raft.vote(request).await)
+    Json(deliver_vote(&group.raft, &group.elections, request).await)
 }
 
 async fn snapshot(
-    State(raft): State<Raft>,
+    State(group): State<Group>,
     Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>> {
-    Json(raft.install_snapshot(request).await)
+    Json(group.raft.install_snapshot(request).await)
+}
+
+async fn pre_vote(State(group): State<Group>, Json(request): Json<PreVote>) -> Json<bool> {
+    Json(group.elections.answer(&request).await)
+}
+
+/// Asks replicas for their pre-votes over HTTP, with the cluster secret.
+#[derive(Clone)]
+pub struct HttpPreVote {
+    http: reqwest::Client,
+}
+
+impl HttpPreVote {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+}
+
+impl PreVoteTransport for HttpPreVote {
+    async fn ask(&self, _target: u64, node: &BasicNode, request: &PreVote) -> Option<bool> {
+        let url = format!("{}/raft/prevote", node.addr.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(url)
+            .timeout(PRE_VOTE_TIMEOUT)
+            .json(request)
+            .send()
+            .await
+            .ok()?;
+        response.error_for_status().ok()?.json().await.ok()
+    }
 }
 
 /// Makes one [`Peer`] per replica openraft talks to, sharing one HTTP client (and its

@@ -104,15 +104,15 @@ mod storage_suite {
 /// Delivers calls between the replicas of one process, except over cut links.
 #[derive(Default)]
 struct Router {
-    rafts: Mutex<BTreeMap<u64, Raft>>,
+    rafts: Mutex<BTreeMap<u64, (Raft, Arc<Elections>)>>,
     cut: Mutex<HashSet<(u64, u64)>>,
 }
 
 impl Router {
-    fn reach(&self, from: u64, to: u64) -> Result<Raft, Unreachable> {
+    fn reach(&self, from: u64, to: u64) -> Result<(Raft, Arc<Elections>), Unreachable> {
         let cut = self.cut.lock().unwrap().contains(&(from, to));
         match self.rafts.lock().unwrap().get(&to) {
-            Some(raft) if !cut => Ok(raft.clone()),
+            Some(replica) if !cut => Ok(replica.clone()),
             _ => Err(Unreachable::new(&std::io::Error::other(format!(
                 "{from} cannot reach {to}"
             )))),
@@ -175,8 +175,8 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let raft = self.router.reach(self.from, self.to)?;
-        self.deliver(raft.append_entries(rpc).await)
+        let (raft, elections) = self.router.reach(self.from, self.to)?;
+        self.deliver(network::deliver_append(&raft, &elections, rpc).await)
     }
 
     async fn install_snapshot(
@@ -187,7 +187,7 @@ impl RaftNetwork<TypeConfig> for Link {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        let raft = self.router.reach(self.from, self.to)?;
+        let (raft, _) = self.router.reach(self.from, self.to)?;
         self.deliver(raft.install_snapshot(rpc).await)
     }
 
@@ -196,8 +196,17 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let raft = self.router.reach(self.from, self.to)?;
-        self.deliver(raft.vote(rpc).await)
+        let (raft, elections) = self.router.reach(self.from, self.to)?;
+        self.deliver(network::deliver_vote(&raft, &elections, rpc).await)
+    }
+}
+
+impl PreVoteTransport for Network {
+    async fn ask(&self, target: u64, _node: &BasicNode, request: &PreVote) -> Option<bool> {
+        let (_, elections) = self.router.reach(self.from, target).ok()?;
+        let answer = elections.answer(request).await;
+        self.router.reach(target, self.from).ok()?;
+        Some(answer)
     }
 }
 
@@ -208,6 +217,7 @@ struct Group {
     router: Arc<Router>,
     logs: BTreeMap<u64, Arc<Mutex<OrderLog>>>,
     books: BTreeMap<u64, Arc<BookStore>>,
+    standing: BTreeMap<u64, tokio::task::JoinHandle<()>>,
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -220,6 +230,7 @@ impl Group {
             router: Arc::default(),
             logs: BTreeMap::new(),
             books: BTreeMap::new(),
+            standing: BTreeMap::new(),
         };
         for id in group.ids.clone() {
             group.start_replica(id).await;
@@ -245,23 +256,34 @@ impl Group {
             router: self.router.clone(),
             from: id,
         };
-        let config = Arc::new(config(rank(id as u32, &peers), 1000).unwrap());
-        let raft = Raft::new(id, config, network, store, machine)
+        let rank = rank(id as u32, &peers);
+        let config = Arc::new(config(1000).unwrap());
+        let raft = Raft::new(id, config, network.clone(), store.clone(), machine)
             .await
             .unwrap();
-        self.router.rafts.lock().unwrap().insert(id, raft);
+        let elections = Elections::new(raft.clone(), store, id, rank);
+        self.standing.insert(
+            id,
+            tokio::spawn(elections.clone().stand_when_leader_lost(network)),
+        );
+        self.router
+            .rafts
+            .lock()
+            .unwrap()
+            .insert(id, (raft, elections));
         self.logs.insert(id, log);
         self.books.insert(id, book);
     }
 
     /// Stops replica `id` as a crash would, keeping its files.
     async fn stop_replica(&mut self, id: u64) {
-        let raft = self.router.rafts.lock().unwrap().remove(&id).unwrap();
+        let (raft, _) = self.router.rafts.lock().unwrap().remove(&id).unwrap();
+        self.standing.remove(&id).unwrap().abort();
         raft.shutdown().await.unwrap();
     }
 
     fn raft(&self, id: u64) -> Raft {
-        self.router.rafts.lock().unwrap()[&id].clone()
+        self.router.rafts.lock().unwrap()[&id].0.clone()
     }
 
     /// The leader that every replica in `among` follows, and its term.
@@ -407,6 +429,28 @@ async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
     assert!(stranded.await.unwrap().is_err());
 }
 
+/// Raft's pre-vote: a replica cut off from the others (or hung) for longer than any election
+/// timeout stands in no election while alone, since nobody answers its pre-vote, and once
+/// back it follows the leader it had, in the same term, instead of deposing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
+    let group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
+    group.router.isolate(follower, &group.ids, true);
+    // The fault lasts longer than every replica's election timeout.
+    tokio::time::sleep(election_timeout(2) * 2).await;
+    assert_eq!(group.raft(follower).metrics().borrow().current_term, term);
+    group.router.isolate(follower, &group.ids, false);
+    let written = group
+        .raft(leader)
+        .client_write(vec![proposal(1)])
+        .await
+        .unwrap();
+    group.applied(follower, written.log_id.index).await;
+    assert_eq!(group.leader(&group.ids).await, (leader, term));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_recovers_its_log_and_vote_and_catches_up() {
     let mut group = Group::start(3).await;
@@ -541,14 +585,26 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     }
     let mut rafts = BTreeMap::new();
     let mut servers = BTreeMap::new();
+    let mut standing = BTreeMap::new();
     for (id, listener) in listeners {
         let (store, machine, _, _) = open_stores(dir.path(), id, initial_membership(&peers));
-        let network = HttpNetwork::new(stocknet_common::http_client(Duration::from_secs(2)));
-        let config = Arc::new(config(rank(id as u32, &peers), 1000).unwrap());
-        let raft = Raft::new(id, config, network, store, machine)
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let network = HttpNetwork::new(http.clone());
+        let rank = rank(id as u32, &peers);
+        let config = Arc::new(config(1000).unwrap());
+        let raft = Raft::new(id, config, network, store.clone(), machine)
             .await
             .unwrap();
-        let app = routes(raft.clone());
+        let elections = Elections::new(raft.clone(), store, id, rank);
+        standing.insert(
+            id,
+            tokio::spawn(
+                elections
+                    .clone()
+                    .stand_when_leader_lost(HttpPreVote::new(http)),
+            ),
+        );
+        let app = routes(raft.clone(), elections);
         servers.insert(
             id,
             tokio::spawn(async move { axum::serve(listener, app).await }),
@@ -571,6 +627,7 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     // The leader stops answering (its server gone, its consensus stopped): the others elect
     // one of themselves and commit without it.
     servers.remove(&leader).unwrap().abort();
+    standing.remove(&leader).unwrap().abort();
     rafts.remove(&leader).unwrap().shutdown().await.unwrap();
     let (next, _) = agreed_leader(&rafts).await;
     assert_ne!(next, leader);
@@ -578,6 +635,9 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     assert!(after.log_id.index > written.log_id.index);
     for server in servers.values() {
         server.abort();
+    }
+    for task in standing.values() {
+        task.abort();
     }
 }
 

@@ -1,0 +1,157 @@
+//! When a replica stands for election: Raft's pre-vote (the dissertation's §9.6), which
+//! openraft 0.9 lacks. openraft's own election timer is off (`enable_elect: false`); instead a
+//! replica that has not heard from a leader for its election timeout first asks the others
+//! whether they would vote for it, and triggers an election only when a majority would.
+//!
+//! Without it, a replica back from a hang (SIGSTOP, a long pause) finds its timer long expired,
+//! stands at once in a new term and, since the leader grants a vote to an up-to-date candidate
+//! and steps down on seeing the higher term, deposes a healthy leader: every hung follower
+//! cost a leader change. With it, the others refuse while they hear from their leader, and the
+//! term only grows when the leader is really gone.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use openraft::{BasicNode, LogId, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{election_timeout, LogStore, Raft, HEARTBEAT};
+
+/// How recently a replica must have heard from a leader (or, being the leader, from a
+/// majority) to refuse a pre-vote: the shortest election timeout, so that no replica stands
+/// while a majority still follows a leader.
+pub const LEASE: Duration = election_timeout(0);
+
+/// "Would you vote for me?": a candidate's next term and its last log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreVote {
+    pub candidate: u64,
+    pub term: u64,
+    pub last_log: Option<LogId<u64>>,
+}
+
+/// How a replica asks another for its pre-vote: over HTTP, or in tests in memory. `None`: no
+/// answer (down, hung, unreachable), which counts as a refusal.
+pub trait PreVoteTransport: Send + Sync + 'static {
+    fn ask(
+        &self,
+        target: u64,
+        node: &BasicNode,
+        request: &PreVote,
+    ) -> impl Future<Output = Option<bool>> + Send;
+}
+
+/// One replica's side of elections: when it last heard from a leader, its answers to others'
+/// pre-votes, and the task that stands when the leader is lost.
+pub struct Elections {
+    raft: Raft,
+    log: LogStore,
+    id: u64,
+    timeout: Duration,
+    last_contact: Mutex<Instant>,
+}
+
+impl Elections {
+    /// The elections of replica `id`, whose log is `log`, ranked `rank` among the voters (0
+    /// for the highest id, which stands first).
+    pub fn new(raft: Raft, log: LogStore, id: u64, rank: u64) -> Arc<Self> {
+        Arc::new(Self {
+            raft,
+            log,
+            id,
+            timeout: election_timeout(rank),
+            last_contact: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Records that a leader was heard from (an append it sent was accepted) or a vote was
+    /// granted: the election timer starts again.
+    pub fn heard_from_leader(&self) {
+        *self.contact() = Instant::now();
+    }
+
+    fn contact(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.last_contact.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn since_contact(&self) -> Duration {
+        self.contact().elapsed()
+    }
+
+    /// Whether this replica would vote for `request`'s candidate: it has lost its leader too
+    /// (or, leading, no majority answered it lately), the candidate's term is not behind its
+    /// own, and the candidate's log is at least as up to date as its own.
+    pub async fn answer(&self, request: &PreVote) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let still_led = if metrics.state == ServerState::Leader {
+            metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) < LEASE.as_millis())
+        } else {
+            self.since_contact() < LEASE
+        };
+        if still_led || request.term < metrics.current_term {
+            return false;
+        }
+        request.last_log >= self.log.last_log_id()
+    }
+
+    /// Stands for election whenever no leader was heard from for the election timeout and a
+    /// majority of the voters would vote for this replica. Runs until aborted.
+    pub async fn stand_when_leader_lost(self: Arc<Self>, transport: impl PreVoteTransport) {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_attempt = Instant::now();
+        loop {
+            ticks.tick().await;
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.state == ServerState::Leader
+                || self.since_contact() < self.timeout
+                || Instant::now() < next_attempt
+            {
+                continue;
+            }
+            // Whatever comes of it, the next attempt waits another timeout. (Not as a contact
+            // with a leader: a replica that answered others' pre-votes by its own attempts
+            // would refuse them all, and two could keep each other from ever standing.)
+            next_attempt = Instant::now() + self.timeout;
+            let request = PreVote {
+                candidate: self.id,
+                term: metrics.current_term + 1,
+                last_log: self.log.last_log_id(),
+            };
+            let membership = metrics.membership_config.membership().clone();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            if !voters.contains(&self.id) {
+                continue;
+            }
+            let mut asks: FuturesUnordered<_> = membership
+                .nodes()
+                .filter(|(id, _)| **id != self.id && voters.contains(id))
+                .map(|(id, node)| transport.ask(*id, node, &request))
+                .collect();
+            // Decided as soon as a majority granted: a hung voter is not waited for.
+            let mut granted = 1;
+            while granted * 2 <= voters.len() {
+                match asks.next().await {
+                    Some(Some(true)) => granted += 1,
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            drop(asks);
+            if granted * 2 > voters.len() {
+                tracing::info!(term = request.term, granted, "standing for election");
+                if self.raft.trigger().elect().await.is_err() {
+                    return;
+                }
+            } else {
+                tracing::debug!(granted, "pre-vote refused: a leader is still followed");
+            }
+        }
+    }
+}
