@@ -33,20 +33,10 @@ pub enum OrderError {
     KeyReused,
     #[error("Not the leader")]
     NotLeader,
-    #[error("Replica is not ready: resync in progress")]
+    #[error("Replica is not ready: it knows no leader, or is still taking over as one")]
     NotReady,
-    #[error("stale leader term {term}; current term is {current}")]
-    StaleTerm { term: u64, current: u64 },
-    #[error("term {term} is a jump from {current} that no election produces")]
-    TermJump { term: u64, current: u64 },
-    #[error("term {term} already has leader {current}")]
-    LeaderTaken { term: u64, current: u32 },
     #[error("order log ends at {last}")]
     Gap { last: u64 },
-    #[error("could not replicate to a majority ({acks} of {needed} replicas)")]
-    NoMajority { acks: usize, needed: usize },
-    #[error("peer unavailable: {0}")]
-    PeerUnavailable(String),
     #[error("catalog unavailable: {0}")]
     CatalogUnavailable(String),
     /// The command is in the leader's log, and whether it commits is not known: a commit
@@ -109,16 +99,10 @@ impl From<OrderError> for ApiError {
             E::NotOwner(_) => StatusCode::FORBIDDEN,
             E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
-            E::Rejected { .. }
-            | E::StaleTerm { .. }
-            | E::TermJump { .. }
-            | E::LeaderTaken { .. }
-            | E::Gap { .. } => StatusCode::CONFLICT,
-            E::NotLeader
-            | E::NotReady
-            | E::NoMajority { .. }
-            | E::PeerUnavailable(_)
-            | E::CatalogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Rejected { .. } | E::Gap { .. } => StatusCode::CONFLICT,
+            E::NotLeader | E::NotReady | E::CatalogUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             E::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) | E::Secret(_) => {
                 return ApiError::internal(&error);
