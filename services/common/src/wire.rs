@@ -192,6 +192,12 @@ pub const CLIENT_KEY_PREFIX: &str = "client-";
 /// what failed: a frontend neither retries such an answer on another replica nor elects.
 pub const CATALOG_UNAVAILABLE: &str = "catalog_unavailable";
 
+/// The field of a replica's 503 "Not the leader" answer naming the replica it follows and that
+/// replica's term (`{"leader": 3, "term": 7}` beside the code and message), when it knows one: a
+/// frontend checks that replica first instead of asking every replica.
+pub const LEADER_HINT: &str = "leader";
+pub const LEADER_HINT_TERM: &str = "term";
+
 /// What became of a command that reached the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -143,7 +143,7 @@ async fn follow_feed(state: AppState) {
             Err(e) => {
                 tracing::debug!(leader = leader.id, "market feed: {e}");
                 if matches!(e, stocknet_common::RemoteError::Unreachable(_)) {
-                    inner.leaders.replace(Some(&leader)).await;
+                    inner.leaders.replace(Some(&leader), None).await;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

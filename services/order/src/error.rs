@@ -2,7 +2,7 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use stocknet_common::wire::CATALOG_UNAVAILABLE;
+use stocknet_common::wire::{CATALOG_UNAVAILABLE, LEADER_HINT, LEADER_HINT_TERM};
 use stocknet_common::{ApiError, Price, Rejection, RemoteError};
 
 use crate::book::Refusal;
@@ -31,8 +31,9 @@ pub enum OrderError {
     InvalidChange(&'static str),
     #[error("Idempotency-Key was used for a different request")]
     KeyReused,
+    /// Not the leader; `leader` is the one this replica follows, and its term, if it knows one.
     #[error("Not the leader")]
-    NotLeader,
+    NotLeader { leader: Option<(u32, u64)> },
     #[error("Replica is not ready: it knows no leader, or is still taking over as one")]
     NotReady,
     #[error("order log ends at {last}")]
@@ -100,7 +101,7 @@ impl From<OrderError> for ApiError {
             E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
             E::Rejected { .. } | E::Gap { .. } => StatusCode::CONFLICT,
-            E::NotLeader | E::NotReady | E::CatalogUnavailable(_) => {
+            E::NotLeader { .. } | E::NotReady | E::CatalogUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             E::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -114,6 +115,9 @@ impl From<OrderError> for ApiError {
             E::CatalogUnavailable(_) | E::OutcomeUnknown { catalog: true, .. } => {
                 api.with("reason", CATALOG_UNAVAILABLE)
             }
+            E::NotLeader {
+                leader: Some((leader, term)),
+            } => api.with(LEADER_HINT, leader).with(LEADER_HINT_TERM, term),
             // The reason in a field of its own, and the price to retry with if it moved.
             E::Rejected {
                 rejection,
@@ -147,5 +151,25 @@ fn rejection_message(rejection: Rejection, quote: Option<Price>) -> String {
 impl IntoResponse for OrderError {
     fn into_response(self) -> Response {
         ApiError::from(self).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_the_leader_names_the_leader_it_follows_when_it_knows_one() {
+        let hinted = ApiError::from(OrderError::NotLeader {
+            leader: Some((3, 7)),
+        });
+        assert_eq!(hinted.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(hinted.extra.get(LEADER_HINT), Some(&serde_json::json!(3)));
+        assert_eq!(
+            hinted.extra.get(LEADER_HINT_TERM),
+            Some(&serde_json::json!(7))
+        );
+        let unknown = ApiError::from(OrderError::NotLeader { leader: None });
+        assert!(unknown.extra.get(LEADER_HINT).is_none());
     }
 }

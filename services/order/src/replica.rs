@@ -474,7 +474,7 @@ impl Replica {
         if self.reads.confirm().await {
             Ok(())
         } else {
-            Err(OrderError::NotLeader)
+            Err(self.not_leader())
         }
     }
 
@@ -492,7 +492,7 @@ impl Replica {
     async fn submit(self: &Arc<Self>, submission: Submission) -> Result<u64, OrderError> {
         let (proposed, mut progress) = {
             let mut guard = self.leading.lock().await;
-            let term = self.leader_term().ok_or(OrderError::NotLeader)?;
+            let term = self.leader_term().ok_or_else(|| self.not_leader())?;
             let leading = match guard.as_mut() {
                 Some(leading) if leading.term == term => leading,
                 _ if self.catalog_failing.load(Ordering::Acquire) => {
@@ -670,6 +670,17 @@ impl Replica {
         })
     }
 
+    /// "Not the leader", naming the leader this replica follows in its term, if any.
+    fn not_leader(&self) -> OrderError {
+        let metrics = self.raft.server_metrics().borrow().clone();
+        let leader = metrics
+            .current_leader
+            .filter(|&leader| leader != u64::from(self.id))
+            .and_then(|leader| u32::try_from(leader).ok())
+            .map(|leader| (leader, metrics.vote.leader_id.term));
+        OrderError::NotLeader { leader }
+    }
+
     /// This replica's term while the consensus layer says it leads.
     fn leader_term(&self) -> Option<u64> {
         led_term(&self.raft.server_metrics().borrow())
@@ -827,7 +838,7 @@ impl Replica {
                         .commit_round_entries
                         .observe((catalog_applied - before) as f64);
                 }
-                Err(OrderError::NotLeader) => {
+                Err(OrderError::NotLeader { .. }) => {
                     tracing::info!(term, "the catalog knows a newer term; no longer applying");
                 }
                 Err(e) => tracing::warn!(term, through, "catalog apply failed: {e}"),
@@ -923,7 +934,7 @@ impl Replica {
                     .await
                     .map_err(OrderError::catalog)?;
                     if snapshot.term > term {
-                        return Err(OrderError::NotLeader);
+                        return Err(self.not_leader());
                     }
                     if snapshot.applied == *catalog_applied {
                         return Err(OrderError::CatalogUnavailable(error.message));

@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::wire::{Health, Peer};
+use stocknet_common::wire::{Health, Peer, LEADER_HINT, LEADER_HINT_TERM};
+use stocknet_common::RemoteError;
 
 /// How long the first search waits for the group to have a leader.
 const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
@@ -70,21 +71,49 @@ impl LeaderDiscovery {
     pub async fn leader(&self) -> Option<Leader> {
         match self.current() {
             Some(leader) => Some(leader),
-            None => self.replace(None).await,
+            None => self.replace(None, None).await,
         }
     }
 
     /// Searches for the leader again because `failed` did not answer as one, unless another
-    /// request already did.
-    pub async fn replace(&self, failed: Option<&Leader>) -> Option<Leader> {
+    /// request already did. The replica `hint` names (from a "not the leader" answer, see
+    /// [`hint`]) is asked first, and followed if it leads the term named; else every replica.
+    pub async fn replace(
+        &self,
+        failed: Option<&Leader>,
+        hint: Option<(u32, u64)>,
+    ) -> Option<Leader> {
         let _one_at_a_time = self.searching.lock().await;
         let current = self.current();
         if current.is_some() && current.as_ref() != failed {
             return current;
         }
-        let found = self.search(failed).await;
+        let found = match self.hinted(hint).await {
+            Some(leader) => Some(leader),
+            None => self.search(failed).await,
+        };
         self.follow(found.clone());
         found
+    }
+
+    /// The replica `hint` names, if it says it leads (and has taken over) the term named.
+    async fn hinted(&self, hint: Option<(u32, u64)>) -> Option<Leader> {
+        let (id, term) = hint?;
+        let replica = self.replicas.iter().find(|r| r.id == id)?;
+        let health = self.health(replica).await?;
+        if health.leading && health.term == term {
+            leader(replica, term)
+        } else {
+            None
+        }
+    }
+
+    async fn health(&self, replica: &Peer) -> Option<Health> {
+        let url = endpoint(&replica.url, &["health"]).ok()?;
+        let health = call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
+            .await
+            .ok()?;
+        (health.node_id == replica.id).then_some(health)
     }
 
     /// A leader other than `current`, in a newer term, if the replicas name one now: the
@@ -126,13 +155,7 @@ impl LeaderDiscovery {
         let mut checks: FuturesUnordered<_> = self
             .replicas
             .iter()
-            .map(|replica| async move {
-                let url = endpoint(&replica.url, &["health"]).ok()?;
-                let health = call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
-                    .await
-                    .ok()?;
-                (health.node_id == replica.id).then_some((replica, health))
-            })
+            .map(|replica| async move { Some((replica, self.health(replica).await?)) })
             .collect();
         let mut answered: Vec<(&Peer, Health)> = Vec::new();
         while let Some(check) = checks.next().await {
@@ -147,12 +170,7 @@ impl LeaderDiscovery {
                     && !failed.is_some_and(|f| f.id == replica.id && f.term == h.term)
             });
             if let Some((replica, health)) = leading {
-                return Some(Leader {
-                    id: replica.id,
-                    url: replica.url.clone(),
-                    orders_url: endpoint(&replica.url, &["orders"]).ok()?,
-                    term: health.term,
-                });
+                return leader(replica, health.term);
             }
         }
         None
@@ -171,5 +189,120 @@ impl LeaderDiscovery {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+/// `replica` as the leader of `term`.
+fn leader(replica: &Peer, term: u64) -> Option<Leader> {
+    Some(Leader {
+        id: replica.id,
+        url: replica.url.clone(),
+        orders_url: endpoint(&replica.url, &["orders"]).ok()?,
+        term,
+    })
+}
+
+/// The leader a replica's "not the leader" answer names, and its term (see
+/// [`LEADER_HINT`]).
+pub fn hint(error: &RemoteError) -> Option<(u32, u64)> {
+    let RemoteError::Api(error) = error else {
+        return None;
+    };
+    let id = error.extra.get(LEADER_HINT)?.as_u64()?;
+    let term = error.extra.get(LEADER_HINT_TERM)?.as_u64()?;
+    Some((u32::try_from(id).ok()?, term))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use stocknet_common::ApiError;
+
+    use super::*;
+
+    /// A replica that answers its health check with `health` and counts the checks.
+    async fn replica(health: Health) -> (Peer, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let id = health.node_id;
+        let app = axum::Router::new().route(
+            "/health",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let health = health.clone();
+                async move { stocknet_common::data(health) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Peer { id, url }, asked)
+    }
+
+    fn health(node_id: u32, term: u64, leading: bool) -> Health {
+        Health {
+            node_id,
+            term,
+            leader: Some(2),
+            ready: true,
+            last_transaction: 0,
+            applied: 0,
+            leading,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hint_is_followed_when_the_named_replica_leads_that_term_else_all_are_asked() {
+        let mut replicas = Vec::new();
+        let mut asked = Vec::new();
+        for (id, leading) in [(1, false), (2, true), (3, false)] {
+            let (peer, count) = replica(health(id, 7, leading)).await;
+            replicas.push(peer);
+            asked.push(count);
+        }
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let asked_total = || {
+            asked
+                .iter()
+                .map(|a| a.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+
+        let discovery = LeaderDiscovery::new(replicas.clone(), http.clone());
+        let found = discovery
+            .replace(None, Some((2, 7)))
+            .await
+            .expect("a leader");
+        assert_eq!((found.id, found.term), (2, 7));
+        assert_eq!(asked_total(), 1, "only the hinted replica is asked");
+
+        // A hint of another term is checked, then the replicas are searched (the answer
+        // comes once a majority answered).
+        let discovery = LeaderDiscovery::new(replicas, http);
+        let found = discovery
+            .replace(None, Some((2, 6)))
+            .await
+            .expect("a leader");
+        assert_eq!((found.id, found.term), (2, 7));
+        assert!(asked_total() >= 1 + 1 + 2, "{} checks", asked_total());
+    }
+
+    #[test]
+    fn a_hint_is_read_from_a_not_the_leader_answer_only() {
+        let not_leader = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "Not the leader",
+        )
+        .with(LEADER_HINT, 3)
+        .with(LEADER_HINT_TERM, 9);
+        assert_eq!(hint(&RemoteError::Api(not_leader)), Some((3, 9)));
+        let plain = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "Not the leader",
+        );
+        assert_eq!(hint(&RemoteError::Api(plain)), None);
     }
 }

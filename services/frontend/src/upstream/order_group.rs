@@ -14,7 +14,7 @@ use stocknet_common::wire::CATALOG_UNAVAILABLE;
 use stocknet_common::RemoteError;
 use tokio::time::Instant;
 
-use crate::upstream::leader::Leader;
+use crate::upstream::leader::{hint, Leader};
 use crate::{AppState, FrontendError};
 
 /// How long a call to the leader waits before the frontend also asks the replicas whether
@@ -56,6 +56,7 @@ where
     let mut leader = inner.leaders.leader().await;
     let mut backoff = FIRST_BACKOFF;
     loop {
+        let mut hinted = None;
         if let Some(current) = &leader {
             let until = deadline.min(Instant::now() + READ_TIMEOUT);
             let failure = match tokio::time::timeout_at(until, send(current)).await {
@@ -63,7 +64,10 @@ where
                 Ok(Err(RemoteError::Api(error))) if error.status.is_client_error() => {
                     return Err(FrontendError::Upstream(error));
                 }
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => {
+                    hinted = hint(&e);
+                    e.to_string()
+                }
                 Err(_) => "no answer in time".to_owned(),
             };
             tracing::warn!(leader = current.id, "leader read failed: {failure}");
@@ -75,7 +79,7 @@ where
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         inner.order_retries.inc();
-        leader = inner.leaders.replace(leader.as_ref()).await;
+        leader = inner.leaders.replace(leader.as_ref(), hinted).await;
     }
     Err(FrontendError::NoLeader)
 }
@@ -160,11 +164,15 @@ where
     loop {
         let mut search = true;
         let mut replaced = None;
+        let mut hinted = None;
         if let Some(current) = &leader {
             let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
             let attempt = tokio::select! {
                 result = tokio::time::timeout_at(until, send(current)) => match result {
-                    Ok(result) => Attempt::of(result),
+                    Ok(result) => {
+                        hinted = result.as_ref().err().and_then(hint);
+                        Attempt::of(result)
+                    }
                     // The request may be at the leader: it is dropped, not undone.
                     Err(_) => Attempt::Unknown { catalog: false },
                 },
@@ -217,9 +225,8 @@ where
             (false, Some(current)) => Some(current),
             // A search that outlasts the deadline leaves the write's answer as it is.
             (_, failed) => {
-                match tokio::time::timeout_at(deadline, inner.leaders.replace(failed.as_ref()))
-                    .await
-                {
+                let replacing = inner.leaders.replace(failed.as_ref(), hinted);
+                match tokio::time::timeout_at(deadline, replacing).await {
                     Ok(found) => found,
                     Err(_) => break,
                 }
