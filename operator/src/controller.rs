@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -30,7 +30,7 @@ use stocknet_common::wire::Health;
 use crate::crd::{StockNet, StockNetStatus};
 use crate::health::{self, Observation};
 use crate::resources::{self, Component, Desired, SpecError};
-use crate::upgrade;
+use crate::{status, upgrade};
 
 /// The field manager of everything this operator applies.
 pub const MANAGER: &str = "stocknet-operator";
@@ -203,7 +203,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
             // A spec the schema let through but that cannot run: say so, do not retry soon.
             ctx.publish(&sn, EventType::Warning, "InvalidSpec", e.to_string())
                 .await;
-            let status = invalid_status(&sn, &e.to_string(), now());
+            let status = status::invalid(&sn, &e.to_string(), now());
             write_status(&stocknets, &sn, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
@@ -276,7 +276,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         ctx.publish(&sn, EventType::Normal, "OrderUpgradeComplete", message)
             .await;
     }
-    let mut status = observed_status(&sn, assessment, now());
+    let mut status = status::observed(&sn, assessment, now());
     status.upgrade = step.progress;
     write_status(&stocknets, &sn, &status).await?;
     ctx.failures().remove(&key(&sn));
@@ -441,87 +441,6 @@ async fn probe(ctx: &Context, ip: &str) -> Option<Health> {
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-/// A condition, keeping the previous transition time when its status did not change.
-fn condition(
-    sn: &StockNet,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    now: &Time,
-) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let previous = sn
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
-    let last_transition_time = match previous {
-        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
-        _ => now.clone(),
-    };
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: sn.metadata.generation,
-        last_transition_time,
-    }
-}
-
-pub fn observed_status(sn: &StockNet, assessment: health::Assessment, now: Time) -> StockNetStatus {
-    let healthy = assessment.replicas.iter().filter(|r| r.healthy).count();
-    let total = assessment.replicas.len();
-    let ready = assessment.all_healthy();
-    let message = format!("{healthy} of {total} order replicas healthy");
-    StockNetStatus {
-        observed_generation: sn.metadata.generation,
-        leader: assessment.leader,
-        conditions: vec![
-            condition(
-                sn,
-                "Ready",
-                ready,
-                if ready {
-                    "AllReplicasHealthy"
-                } else {
-                    "ReplicasUnhealthy"
-                },
-                message.clone(),
-                &now,
-            ),
-            condition(
-                sn,
-                "Degraded",
-                !ready,
-                if ready {
-                    "AllReplicasHealthy"
-                } else {
-                    "ReplicasUnhealthy"
-                },
-                message,
-                &now,
-            ),
-        ],
-        replicas: assessment.replicas,
-        // The caller knows whether an upgrade is under way.
-        upgrade: None,
-    }
-}
-
-fn invalid_status(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
-    StockNetStatus {
-        observed_generation: sn.metadata.generation,
-        leader: None,
-        replicas: Vec::new(),
-        upgrade: None,
-        conditions: vec![
-            condition(sn, "Ready", false, "InvalidSpec", message.into(), &now),
-            condition(sn, "Degraded", true, "InvalidSpec", message.into(), &now),
-        ],
-    }
 }
 
 async fn write_status(
