@@ -205,18 +205,22 @@ fn frontend_takes_cache_settings_and_every_replica() {
     );
 }
 
-#[test]
-fn every_pod_runs_as_non_root_with_a_read_only_root() {
-    let desired = desired(&stocknet(StockNetSpec::default())).unwrap();
-    let mut templates: Vec<&PodTemplateSpec> =
-        vec![&desired.deployment.spec.as_ref().unwrap().template];
+/// The pod template of every workload: the frontend's Deployment and the StatefulSets.
+fn pod_templates(desired: &Desired) -> Vec<&PodTemplateSpec> {
+    let mut templates = vec![&desired.deployment.spec.as_ref().unwrap().template];
     templates.extend(
         desired
             .stateful_sets
             .iter()
             .map(|s| &s.spec.as_ref().unwrap().template),
     );
-    for template in templates {
+    templates
+}
+
+#[test]
+fn every_pod_runs_as_non_root_with_a_read_only_root() {
+    let desired = desired(&stocknet(StockNetSpec::default())).unwrap();
+    for template in pod_templates(&desired) {
         let pod = pod_spec(template);
         assert_eq!(
             pod.security_context.as_ref().unwrap().run_as_non_root,
@@ -236,15 +240,7 @@ fn every_pod_runs_as_non_root_with_a_read_only_root() {
 fn every_pod_reads_the_shared_secret_from_the_stocknets_secret() {
     let sn = stocknet(StockNetSpec::default());
     let desired = desired(&sn).unwrap();
-    let mut templates: Vec<&PodTemplateSpec> =
-        vec![&desired.deployment.spec.as_ref().unwrap().template];
-    templates.extend(
-        desired
-            .stateful_sets
-            .iter()
-            .map(|s| &s.spec.as_ref().unwrap().template),
-    );
-    for template in templates {
+    for template in pod_templates(&desired) {
         let pod = pod_spec(template);
         let volume = pod
             .volumes

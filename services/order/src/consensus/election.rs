@@ -108,7 +108,9 @@ impl Elections {
         let mut next_attempt = Instant::now();
         loop {
             ticks.tick().await;
-            let metrics = self.raft.metrics().borrow().clone();
+            // The server metrics change only with the vote, state or membership: no copy of
+            // the per-entry metrics every tick.
+            let metrics = self.raft.server_metrics().borrow().clone();
             if metrics.state == ServerState::Leader
                 || self.since_contact() < self.timeout
                 || Instant::now() < next_attempt
@@ -121,7 +123,7 @@ impl Elections {
             next_attempt = Instant::now() + self.timeout;
             let request = PreVote {
                 candidate: self.id,
-                term: metrics.current_term + 1,
+                term: metrics.vote.leader_id.term + 1,
                 last_log: self.log.last_log_id(),
             };
             let membership = metrics.membership_config.membership().clone();

@@ -15,6 +15,8 @@ use openraft::raft::{
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{BasicNode, Membership, StorageError};
+use proptest::prelude::Rng;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use stocknet_common::wire::Peer;
 use stocknet_common::{Command, Order, Price, Side};
 use tempfile::TempDir;
@@ -641,15 +643,18 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     }
 }
 
-/// A small deterministic generator for the simulation's choices (xorshift64*).
-struct Choices(u64);
+/// The simulation's choices: proptest's generator, seeded.
+struct Choices(TestRng);
 
 impl Choices {
+    fn seeded(seed: u64) -> Self {
+        let mut bytes = [0; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Self(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+    }
+
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        self.0.next_u64() % n
     }
 }
 
@@ -684,7 +689,7 @@ fn keys_applied(group: &Group, id: u64) -> HashSet<String> {
 /// books are identical, and the reads are linearizable: a read that started after a write's
 /// acknowledgement saw it, and a read never missed what a read that ended before it saw.
 async fn simulate(seed: u64, size: u64, steps: usize) {
-    let mut choices = Choices(seed);
+    let mut choices = Choices::seeded(seed);
     let mut group = Group::start(size).await;
     let mut acked: BTreeMap<String, (u64, tokio::time::Instant)> = BTreeMap::new();
     let mut reads: Vec<Read> = Vec::new();
