@@ -286,12 +286,24 @@ async fn the_console_trades_through_its_form_and_reconnects() {
     // Nothing overflows sideways at 1280×720.
     let width = browser.eval("document.documentElement.scrollWidth").await;
     assert!(width.as_u64().is_some_and(|w| w <= 1280), "{width}");
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leader = &health["data"]["leader"];
+    assert!(leader.as_u64().is_some(), "{health}");
     browser
         .wait_for(
             "the leader and the catalog's breaker in the cluster panel",
-            r#"document.getElementById('cluster-leader').textContent.includes('leader: replica 3')
+            &format!(
+                r#"document.getElementById('cluster-leader').textContent.includes('leader: replica {leader}')
                && document.querySelectorAll('#cluster tr').length === 4
-               && document.getElementById('catalog-row').textContent.includes('breaker closed')"#,
+               && document.getElementById('catalog-row').textContent.includes('breaker closed')"#
+            ),
         )
         .await;
 
