@@ -2,6 +2,8 @@
 //! service boundary, defined once here and used by both sides of the call, so that no client
 //! links a server's crate.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -120,6 +122,55 @@ pub struct Health {
     /// follows it rather than electing anew.
     #[serde(default)]
     pub leading: bool,
+}
+
+/// `GET /members` of an order replica: the group's membership as this replica last learned it
+/// (the leader's answer is the group's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Members {
+    /// The voter sets a commit needs a majority of: one, or two while a change is under way
+    /// (Raft's joint consensus: the old set and the new).
+    pub configs: Vec<Vec<u32>>,
+    /// Replicas that receive the log but do not vote.
+    pub learners: Vec<u32>,
+    /// Every member's URL.
+    pub urls: BTreeMap<u32, String>,
+    /// The log entry that made this the membership; `None` for the founding members named by
+    /// `--peers`.
+    pub entry: Option<u64>,
+    /// The replica this one follows, if it knows one.
+    pub leader: Option<u32>,
+    /// Answered by the leader: how many log entries each other member is behind it (absent:
+    /// not heard from yet).
+    #[serde(default)]
+    pub behind: BTreeMap<u32, u64>,
+}
+
+impl Members {
+    /// Every voter, in either set while a change is under way.
+    pub fn voters(&self) -> BTreeSet<u32> {
+        self.configs.iter().flatten().copied().collect()
+    }
+
+    /// Whether a change is under way (two voter sets).
+    pub fn joint(&self) -> bool {
+        self.configs.len() > 1
+    }
+}
+
+/// `POST /members/learners`: a replica to replicate the log to, not yet voting.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NewLearner {
+    pub id: u32,
+    pub url: String,
+}
+
+/// `PUT /members/voters`: the voters the group should have; each must be a member already.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Voters {
+    pub voters: BTreeSet<u32>,
 }
 
 /// A new order (`POST /orders`, which the frontend validates and sends on to the leader).
@@ -302,7 +353,7 @@ pub struct StockDay {
     pub low: Option<Price>,
     pub close: Option<Price>,
     /// Refused commands by reason.
-    pub refused: std::collections::BTreeMap<String, u64>,
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// A user's traded shares (bought and sold) in a day.

@@ -52,6 +52,12 @@ pub enum OrderError {
         #[source]
         source: std::io::Error,
     },
+    /// A membership step that cannot be taken as asked.
+    #[error("membership: {0}")]
+    Membership(String),
+    /// A membership step was proposed and had not committed by the deadline: it may yet.
+    #[error("membership change not committed within {0:?}; GET /members shows how far it got")]
+    MembershipPending(std::time::Duration),
     #[error("configuration: {0}")]
     Config(String),
     #[error("internal task failed: {0}")]
@@ -100,11 +106,11 @@ impl From<OrderError> for ApiError {
             E::NotOwner(_) => StatusCode::FORBIDDEN,
             E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
-            E::Rejected { .. } | E::Gap { .. } => StatusCode::CONFLICT,
+            E::Rejected { .. } | E::Gap { .. } | E::Membership(_) => StatusCode::CONFLICT,
             E::NotLeader { .. } | E::NotReady | E::CatalogUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            E::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
+            E::OutcomeUnknown { .. } | E::MembershipPending(_) => StatusCode::GATEWAY_TIMEOUT,
             E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) | E::Secret(_) => {
                 return ApiError::internal(&error);
             }

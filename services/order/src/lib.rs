@@ -23,15 +23,15 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{middleware, Router};
 use serde::Deserialize;
 use stocknet_common::auth::require_secret;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
-    parse_peer, AuditQuery, NewOrder, OrderChange, OrderPage, OrderView, Peer, Trade,
-    CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
+    parse_peer, AuditQuery, NewLearner, NewOrder, OrderChange, OrderPage, OrderView, Peer, Trade,
+    Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -55,7 +55,9 @@ pub struct Config {
     /// Kubernetes StatefulSet.
     #[arg(long, env = "STOCKNET_NODE_ID")]
     pub node_id: Option<u32>,
-    /// All order replicas as ID=URL, comma-separated (this one may be included).
+    /// The group's founding replicas as ID=URL, comma-separated (etcd's initial cluster):
+    /// they are the voters until the group changes its membership (`/members`), and the same
+    /// on every replica. A replica not named here joins a running group as the leader adds it.
     #[arg(
         long,
         env = "STOCKNET_ORDER_PEERS",
@@ -157,6 +159,9 @@ pub fn router(state: AppState) -> Router {
         .route("/book/{name}", get(book).route_layer(confirmed()))
         .route("/feed", get(feed))
         .route("/orders/logs/{after}", get(orders_after))
+        .route("/members", get(members))
+        .route("/members/learners", post(add_learner))
+        .route("/members/voters", put(change_voters))
         .merge(consensus::routes(
             state.replica.raft().clone(),
             state.replica.elections().clone(),
@@ -215,6 +220,29 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
 
 async fn health(State(state): State<AppState>) -> Response {
     data(state.replica.health())
+}
+
+/// `GET /members`: the group's membership as this replica knows it.
+async fn members(State(state): State<AppState>) -> Response {
+    data(state.replica.members())
+}
+
+/// `POST /members/learners` (leader only): replicate the log to a new replica.
+async fn add_learner(
+    State(state): State<AppState>,
+    Json(learner): Json<NewLearner>,
+) -> Result<Response, ApiError> {
+    state.replica.add_learner(learner).await?;
+    Ok(data(state.replica.members()))
+}
+
+/// `PUT /members/voters` (leader only): the voters the group should have.
+async fn change_voters(
+    State(state): State<AppState>,
+    Json(voters): Json<Voters>,
+) -> Result<Response, ApiError> {
+    state.replica.change_voters(voters).await?;
+    Ok(data(state.replica.members()))
 }
 
 /// Readiness: 200 once this replica knows a leader (its term has one).

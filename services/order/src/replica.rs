@@ -13,8 +13,8 @@ use openraft::ServerState;
 use stocknet_common::client::{call, endpoint};
 use stocknet_common::clock::now_millis;
 use stocknet_common::wire::{
-    ApplyOutcome, ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, NewOrder,
-    OrderChange, OrderView, Peer, Placed, PriceGuard, Snapshot,
+    ApplyOutcome, ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, Members,
+    NewLearner, NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard, Snapshot, Voters,
 };
 use stocknet_common::{file, Command, Order, Price, Rejection, RemoteError, Side, Stamp};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -23,7 +23,7 @@ use crate::audit::{self, AuditFilter};
 use crate::book::Book;
 use crate::book_store::BookStore;
 use crate::consensus::{
-    self, Elections, HttpNetwork, HttpPreVote, LogStore, Raft, SharedReads, StateMachine,
+    self, members, Elections, HttpNetwork, HttpPreVote, LogStore, Raft, SharedReads, StateMachine,
 };
 use crate::error::OrderError;
 use crate::log::OrderLog;
@@ -155,7 +155,8 @@ pub struct Replica {
 
 impl Replica {
     /// Opens the log, book and vote of replica `id` in `data_dir` and starts its part in the
-    /// group of `peers` (which includes it), and the task that takes over when it is elected.
+    /// group founded by `peers` (or, not among them, waits to be added to the group), and the
+    /// task that takes over when it is elected.
     pub async fn start(
         id: u32,
         data_dir: &std::path::Path,
@@ -164,16 +165,6 @@ impl Replica {
         http: reqwest::Client,
         snapshot_every: u64,
     ) -> Result<Arc<Self>, OrderError> {
-        if !peers.iter().any(|p| p.id == id) {
-            return Err(OrderError::Config(format!(
-                "the peers ({}) must include this replica ({id})",
-                peers
-                    .iter()
-                    .map(|p| p.id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
         std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
         let metrics = ReplicaMetrics::new();
         let log = OrderLog::open(data_dir.join(format!("orders-{id}.csv")))?;
@@ -188,9 +179,13 @@ impl Replica {
             data_dir.join(format!("term-{id}")),
             Some(metrics.fsync_seconds.clone()),
         )?;
-        let machine =
-            StateMachine::open(book.clone(), &log, consensus::initial_membership(&peers))?;
-        let rank = consensus::rank(id, &peers);
+        // A replica not among the founding members joins as the leader adds it.
+        let founding = if peers.iter().any(|p| p.id == id) {
+            consensus::initial_membership(&peers)
+        } else {
+            members::joining()
+        };
+        let machine = StateMachine::open(book.clone(), &log, founding)?;
         let config = consensus::config(snapshot_every)?;
         let raft = Raft::new(
             u64::from(id),
@@ -201,7 +196,7 @@ impl Replica {
         )
         .await
         .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
-        let elections = Elections::new(raft.clone(), store, u64::from(id), rank);
+        let elections = Elections::new(raft.clone(), store, u64::from(id));
         tokio::spawn(
             elections
                 .clone()
@@ -668,6 +663,28 @@ impl Replica {
             key,
             proposed: Instant::now(),
         })
+    }
+
+    /// The group's membership as this replica knows it.
+    pub fn members(&self) -> Members {
+        members::members(&self.raft.metrics().borrow())
+    }
+
+    /// Adds `learner` to the group (see [`members`]); only the leader can.
+    pub async fn add_learner(&self, learner: NewLearner) -> Result<(), OrderError> {
+        self.leader_step(members::add_learner(&self.raft, learner).await)
+    }
+
+    /// Makes `voters` the group's voters (see [`members`]); only the leader can.
+    pub async fn change_voters(&self, voters: Voters) -> Result<(), OrderError> {
+        self.leader_step(members::change_voters(&self.raft, voters).await)
+    }
+
+    fn leader_step(&self, step: Result<(), OrderError>) -> Result<(), OrderError> {
+        match step {
+            Err(OrderError::NotLeader { .. }) => Err(self.not_leader()),
+            other => other,
+        }
     }
 
     /// "Not the leader", naming the leader this replica follows in its term, if any.

@@ -9,6 +9,7 @@
 //! cost a leader change. With it, the others refuse while they hear from their leader, and the
 //! term only grows when the leader is really gone.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,19 +52,16 @@ pub struct Elections {
     raft: Raft,
     log: LogStore,
     id: u64,
-    timeout: Duration,
     last_contact: Mutex<Instant>,
 }
 
 impl Elections {
-    /// The elections of replica `id`, whose log is `log`, ranked `rank` among the voters (0
-    /// for the highest id, which stands first).
-    pub fn new(raft: Raft, log: LogStore, id: u64, rank: u64) -> Arc<Self> {
+    /// The elections of replica `id`, whose log is `log`.
+    pub fn new(raft: Raft, log: LogStore, id: u64) -> Arc<Self> {
         Arc::new(Self {
             raft,
             log,
             id,
-            timeout: election_timeout(rank),
             last_contact: Mutex::new(Instant::now()),
         })
     }
@@ -101,7 +99,8 @@ impl Elections {
     }
 
     /// Stands for election whenever no leader was heard from for the election timeout and a
-    /// majority of the voters would vote for this replica. Runs until aborted.
+    /// majority of the voters would vote for this replica (of each voter set, while the
+    /// membership changes). Learners never stand. Runs until aborted.
     pub async fn stand_when_leader_lost(self: Arc<Self>, transport: impl PreVoteTransport) {
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -111,8 +110,13 @@ impl Elections {
             // The server metrics change only with the vote, state or membership: no copy of
             // the per-entry metrics every tick.
             let metrics = self.raft.server_metrics().borrow().clone();
+            let membership = metrics.membership_config.membership().clone();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            // Ranked among the voters of the day, the highest id first.
+            let timeout = election_timeout(voters.range(self.id + 1..).count() as u64);
             if metrics.state == ServerState::Leader
-                || self.since_contact() < self.timeout
+                || !voters.contains(&self.id)
+                || self.since_contact() < timeout
                 || Instant::now() < next_attempt
             {
                 continue;
@@ -120,39 +124,49 @@ impl Elections {
             // Whatever comes of it, the next attempt waits another timeout. (Not as a contact
             // with a leader: a replica that answered others' pre-votes by its own attempts
             // would refuse them all, and two could keep each other from ever standing.)
-            next_attempt = Instant::now() + self.timeout;
+            next_attempt = Instant::now() + timeout;
             let request = PreVote {
                 candidate: self.id,
                 term: metrics.vote.leader_id.term + 1,
                 last_log: self.log.last_log_id(),
             };
-            let membership = metrics.membership_config.membership().clone();
-            let voters: Vec<u64> = membership.voter_ids().collect();
-            if !voters.contains(&self.id) {
-                continue;
-            }
             let mut asks: FuturesUnordered<_> = membership
                 .nodes()
                 .filter(|(id, _)| **id != self.id && voters.contains(id))
-                .map(|(id, node)| transport.ask(*id, node, &request))
+                .map(|(id, node)| async { (*id, transport.ask(*id, node, &request).await) })
                 .collect();
+            let configs = membership.get_joint_config();
+            let won = |granted: &BTreeSet<u64>| {
+                configs
+                    .iter()
+                    .all(|config| config.intersection(granted).count() * 2 > config.len())
+            };
             // Decided as soon as a majority granted: a hung voter is not waited for.
-            let mut granted = 1;
-            while granted * 2 <= voters.len() {
+            let mut granted = BTreeSet::from([self.id]);
+            while !won(&granted) {
                 match asks.next().await {
-                    Some(Some(true)) => granted += 1,
+                    Some((voter, Some(true))) => {
+                        granted.insert(voter);
+                    }
                     Some(_) => {}
                     None => break,
                 }
             }
             drop(asks);
-            if granted * 2 > voters.len() {
-                tracing::info!(term = request.term, granted, "standing for election");
+            if won(&granted) {
+                tracing::info!(
+                    term = request.term,
+                    granted = granted.len(),
+                    "standing for election"
+                );
                 if self.raft.trigger().elect().await.is_err() {
                     return;
                 }
             } else {
-                tracing::debug!(granted, "pre-vote refused: a leader is still followed");
+                tracing::debug!(
+                    granted = granted.len(),
+                    "pre-vote refused: a leader is still followed"
+                );
             }
         }
     }

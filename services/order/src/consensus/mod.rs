@@ -14,6 +14,7 @@
 
 mod election;
 mod log_store;
+pub mod members;
 mod network;
 mod reads;
 mod state_machine;
@@ -60,7 +61,7 @@ const MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// its timers every 1.5 heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
 
-/// How long the replica ranked `rank` (0 for the highest id) waits without hearing from a
+/// How long the voter ranked `rank` (0 for the highest id) waits without hearing from a
 /// leader before it asks the others for a pre-vote (`election.rs`). Each rank waits 200 ms
 /// longer than the one above, more than a timer check, so two replicas never stand in the
 /// same instant and split the vote again and again; and the highest-id healthy replica stands
@@ -96,13 +97,9 @@ pub fn config(snapshot_every: u64) -> Result<openraft::Config, OrderError> {
     .map_err(|e| OrderError::Config(e.to_string()))
 }
 
-/// Where replica `id` ranks among `peers` by id, from the highest (0).
-pub fn rank(id: u32, peers: &[Peer]) -> u64 {
-    peers.iter().filter(|p| p.id > id).count() as u64
-}
-
 /// The voters a group starts with when its log records no membership: every replica named
-/// in the configuration (as etcd's `--initial-cluster`).
+/// in the configuration (as etcd's `--initial-cluster`). A replica not named there joins a
+/// group that exists ([`members::joining`]).
 pub fn initial_membership(peers: &[Peer]) -> Membership<u64, BasicNode> {
     let voters: BTreeSet<u64> = peers.iter().map(|p| u64::from(p.id)).collect();
     let nodes: BTreeMap<u64, BasicNode> = peers

@@ -2,7 +2,7 @@
 //! and the book, and replica groups in one process over an in-memory network that can cut
 //! links and restart replicas.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{BasicNode, Membership, StorageError};
 use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
-use stocknet_common::wire::Peer;
+use stocknet_common::wire::{NewLearner, Peer, Voters};
 use stocknet_common::{Command, Order, Price, Side};
 use tempfile::TempDir;
 
@@ -220,6 +220,8 @@ struct Group {
     logs: BTreeMap<u64, Arc<Mutex<OrderLog>>>,
     books: BTreeMap<u64, Arc<BookStore>>,
     standing: BTreeMap<u64, tokio::task::JoinHandle<()>>,
+    /// Replicas started after the group was founded, not among its founding members.
+    joined: HashSet<u64>,
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -233,6 +235,7 @@ impl Group {
             logs: BTreeMap::new(),
             books: BTreeMap::new(),
             standing: BTreeMap::new(),
+            joined: HashSet::new(),
         };
         for id in group.ids.clone() {
             group.start_replica(id).await;
@@ -251,19 +254,21 @@ impl Group {
     }
 
     async fn start_replica(&mut self, id: u64) {
-        let peers = self.peers();
-        let (store, machine, log, book) =
-            open_stores(self.dir.path(), id, initial_membership(&peers));
+        let founding = if self.joined.contains(&id) {
+            members::joining()
+        } else {
+            initial_membership(&self.peers())
+        };
+        let (store, machine, log, book) = open_stores(self.dir.path(), id, founding);
         let network = Network {
             router: self.router.clone(),
             from: id,
         };
-        let rank = rank(id as u32, &peers);
         let config = Arc::new(config(1000).unwrap());
         let raft = Raft::new(id, config, network.clone(), store.clone(), machine)
             .await
             .unwrap();
-        let elections = Elections::new(raft.clone(), store, id, rank);
+        let elections = Elections::new(raft.clone(), store, id);
         self.standing.insert(
             id,
             tokio::spawn(elections.clone().stand_when_leader_lost(network)),
@@ -275,6 +280,12 @@ impl Group {
             .insert(id, (raft, elections));
         self.logs.insert(id, log);
         self.books.insert(id, book);
+    }
+
+    /// Starts replica `id`, not a founding member: it waits for the leader to add it.
+    async fn join_replica(&mut self, id: u64) {
+        self.joined.insert(id);
+        self.start_replica(id).await;
     }
 
     /// Stops replica `id` as a crash would, keeping its files.
@@ -359,6 +370,116 @@ async fn a_group_elects_itself_commits_and_keeps_identical_logs() {
         })
         .collect();
     assert_eq!(orders, vec![(2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]);
+}
+
+/// Issue 19, item 7: 3 → 5 → 3 voters on a live group. Replicas 4 and 5 join as learners
+/// (they never stand, even cut off), catch up, and vote; the group then commits with two
+/// founders down; back to three, the removed replicas' absence stops nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing() {
+    let mut group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    let write = |group: &Group, leader: u64, quantity: u32| {
+        let raft = group.raft(leader);
+        async move { raft.client_write(vec![proposal(quantity)]).await.unwrap() }
+    };
+    write(&group, leader, 1).await;
+    for id in [4, 5] {
+        group.join_replica(id).await;
+        // Not a member yet: it knows no voters, so it never stands.
+        assert!(members::members(&group.raft(id).metrics().borrow())
+            .voters()
+            .is_empty());
+        let learner = NewLearner {
+            id: id as u32,
+            url: format!("http://mem-{id}"),
+        };
+        members::add_learner(&group.raft(leader), learner)
+            .await
+            .unwrap();
+    }
+    let last = write(&group, leader, 2).await.log_id.index;
+    for id in [4, 5] {
+        group.applied(id, last).await;
+    }
+    // A learner cut off for longer than any election timeout does not stand.
+    group.router.isolate(4, &[1, 2, 3, 5], true);
+    tokio::time::sleep(election_timeout(0) * 3).await;
+    group.router.isolate(4, &[1, 2, 3, 5], false);
+    assert_eq!(group.raft(4).metrics().borrow().current_term, term);
+    assert_eq!(group.leader(&[1, 2, 3, 4, 5]).await, (leader, term));
+
+    let five = Voters {
+        voters: BTreeSet::from([1, 2, 3, 4, 5]),
+    };
+    members::change_voters(&group.raft(leader), five.clone())
+        .await
+        .unwrap();
+    let seen = members::members(&group.raft(leader).metrics().borrow());
+    assert_eq!(
+        (seen.configs.clone(), seen.learners.clone()),
+        (vec![vec![1, 2, 3, 4, 5]], vec![])
+    );
+    assert_eq!(seen.urls[&4], "http://mem-4");
+    // Two founders down (not the leader): three of five still commit.
+    let down: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    for &id in &down {
+        group.stop_replica(id).await;
+    }
+    let committed = write(&group, leader, 3).await.log_id.index;
+    for &id in &down {
+        group.start_replica(id).await;
+        group.applied(id, committed).await;
+    }
+
+    // Back to three: the leader is kept if it is a founder (it is: 4 and 5 never stood).
+    let three = Voters {
+        voters: BTreeSet::from([1, 2, 3]),
+    };
+    members::change_voters(&group.raft(leader), three)
+        .await
+        .unwrap();
+    let seen = members::members(&group.raft(leader).metrics().borrow());
+    assert_eq!(
+        (seen.configs.clone(), seen.learners.clone()),
+        (vec![vec![1, 2, 3]], vec![])
+    );
+    assert!(!seen.urls.contains_key(&4));
+    for id in [4, 5] {
+        group.stop_replica(id).await;
+    }
+    let last = write(&group, leader, 4).await.log_id.index;
+    for id in [1, 2, 3] {
+        group.applied(id, last).await;
+    }
+    let logs: Vec<Vec<Order>> = [1, 2, 3].iter().map(|&id| group.log(id)).collect();
+    assert!(logs.iter().all(|log| *log == logs[0]), "{logs:#?}");
+    // Each step is an entry of the log: add 4, add 5, joint, five, joint, three.
+    let changes = logs[0]
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.command,
+                Command::Group(stocknet_common::GroupEntry::Membership(_))
+            )
+        })
+        .count();
+    assert_eq!(changes, 6);
+    // A step that cannot be taken is refused and changes nothing.
+    let stranger = Voters {
+        voters: BTreeSet::from([1, 2, 9]),
+    };
+    let refused = members::change_voters(&group.raft(leader), stranger).await;
+    assert!(
+        matches!(refused, Err(OrderError::Membership(_))),
+        "{refused:?}"
+    );
+    let follower = down[0];
+    let refused = members::change_voters(&group.raft(follower), five).await;
+    assert!(
+        matches!(refused, Err(OrderError::NotLeader { .. })),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,12 +713,11 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
         let (store, machine, _, _) = open_stores(dir.path(), id, initial_membership(&peers));
         let http = stocknet_common::http_client(Duration::from_secs(2));
         let network = HttpNetwork::new(http.clone());
-        let rank = rank(id as u32, &peers);
         let config = Arc::new(config(1000).unwrap());
         let raft = Raft::new(id, config, network, store.clone(), machine)
             .await
             .unwrap();
-        let elections = Elections::new(raft.clone(), store, id, rank);
+        let elections = Elections::new(raft.clone(), store, id);
         standing.insert(
             id,
             tokio::spawn(

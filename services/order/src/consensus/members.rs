@@ -1,0 +1,124 @@
+//! Membership changes: who votes in the group and who only receives the log. A replica joins
+//! as a learner, which the leader replicates to; once it has caught up it is made a voter with
+//! the others through Raft's joint consensus (openraft commits a configuration holding the old
+//! and the new voter sets, then the new set alone); a voter leaves the same way. Operators (the
+//! Kubernetes operator, or a person with the cluster secret) drive the steps through the
+//! leader; each step is idempotent, so a step retried after a lost answer does no harm.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Membership, RaftMetrics, ServerState};
+use stocknet_common::wire::{Members, NewLearner, Voters};
+
+use super::Raft;
+use crate::error::OrderError;
+
+/// How long a membership step may take to commit before the answer says it is pending: a
+/// step waits for a majority of the old voters and, while joint, of the new ones too.
+pub const STEP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The membership of a replica whose id is not among the founding members: none. It does not
+/// stand for election and votes for no one's log until the leader adds it and replicates the
+/// membership to it.
+pub fn joining() -> Membership<u64, BasicNode> {
+    Membership::default()
+}
+
+/// The membership `metrics` report, and (on the leader) how far behind each member is.
+pub fn members(metrics: &RaftMetrics<u64, BasicNode>) -> Members {
+    let stored = &metrics.membership_config;
+    let membership = stored.membership();
+    let id = |id: u64| u32::try_from(id).ok();
+    let behind = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(member, _)| **member != metrics.id)
+        .filter_map(|(member, matched)| {
+            let last = metrics.last_log_index.unwrap_or(0);
+            let matched = matched.map(|log_id| log_id.index)?;
+            Some((id(*member)?, last.saturating_sub(matched)))
+        })
+        .collect();
+    Members {
+        configs: membership
+            .get_joint_config()
+            .iter()
+            .map(|voters| voters.iter().filter_map(|&v| id(v)).collect())
+            .collect(),
+        learners: membership.learner_ids().filter_map(id).collect(),
+        urls: membership
+            .nodes()
+            .filter_map(|(member, node)| Some((id(*member)?, node.addr.clone())))
+            .collect(),
+        entry: stored.log_id().map(|log_id| log_id.index),
+        leader: metrics.current_leader.and_then(id),
+        behind,
+    }
+}
+
+/// Adds `learner` (or updates its URL): the leader starts replicating the log to it. Answers
+/// once the membership that holds it is committed.
+pub async fn add_learner(raft: &Raft, learner: NewLearner) -> Result<(), OrderError> {
+    let url = learner.url.trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(OrderError::Membership(format!(
+            "url {url:?}: expected http:// or https://"
+        )));
+    }
+    if learner.id == 0 {
+        return Err(OrderError::Membership("replica ids start at 1".into()));
+    }
+    leading(raft)?;
+    let step = raft.add_learner(u64::from(learner.id), BasicNode::new(url), false);
+    outcome(tokio::time::timeout(STEP_DEADLINE, step).await)
+}
+
+/// Makes `voters` the group's voters, through a joint configuration; members that are not in
+/// it are removed. Answers once the final configuration is committed.
+pub async fn change_voters(raft: &Raft, voters: Voters) -> Result<(), OrderError> {
+    if voters.voters.is_empty() {
+        return Err(OrderError::Membership("a group needs a voter".into()));
+    }
+    leading(raft)?;
+    let ids: BTreeSet<u64> = voters.voters.iter().map(|&v| u64::from(v)).collect();
+    let step = raft.change_membership(ids, false);
+    outcome(tokio::time::timeout(STEP_DEADLINE, step).await)
+}
+
+/// Only the leader changes the membership; a follower says so before it judges the step.
+fn leading(raft: &Raft) -> Result<(), OrderError> {
+    if raft.server_metrics().borrow().state == ServerState::Leader {
+        Ok(())
+    } else {
+        Err(OrderError::NotLeader { leader: None })
+    }
+}
+
+type Step<T> = Result<
+    Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>,
+    tokio::time::error::Elapsed,
+>;
+
+fn outcome<T>(step: Step<T>) -> Result<(), OrderError> {
+    match step {
+        Ok(Ok(_)) => Ok(()),
+        // The caller names the leader it follows (see `Replica::not_leader`).
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(OrderError::NotLeader { leader: None })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(OrderError::Membership(match e {
+                ChangeMembershipError::LearnerNotFound(e) => format!(
+                    "replica {} is not a member: add it as a learner first",
+                    e.node_id
+                ),
+                other => other.to_string(),
+            }))
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(OrderError::Task(format!("consensus stopped: {e}"))),
+        Err(_) => Err(OrderError::MembershipPending(STEP_DEADLINE)),
+    }
+}
