@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::{send, with_key, Cluster};
 use serde_json::{json, Value};
@@ -253,6 +254,118 @@ async fn killing_the_leader_elects_the_next_and_loses_nothing() {
     cluster.orders[next].kill9();
     let (status, body) = cluster.order(0, "Tesla", "buy", 1).await;
     assert_eq!(status, 503, "{body}");
+}
+
+/// Issue 19, item 7, on live processes: replicas 4 and 5 join a running group as learners,
+/// catch up and become voters; with two founders killed the five still trade; back to three
+/// voters, the two removed replicas can go and trading goes on. Only the leader takes a step.
+#[tokio::test]
+async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
+    let mut cluster = Cluster::start_with(1, 5, 3).await;
+    cluster.must_order("GameStart", "buy", 1).await;
+    let leader = cluster.leader().await.expect("a replica leads");
+    let members = |index: usize| format!("{}/members", cluster.order_urls[index]);
+    let (status, seen) = cluster.get(&members(leader)).await;
+    assert_eq!(
+        (status, seen["data"]["configs"].clone()),
+        (200, json!([[1, 2, 3]])),
+        "{seen}"
+    );
+
+    for index in [3, 4] {
+        cluster.orders[index].restart();
+        let (status, body) = cluster
+            .post(
+                &format!("{}/learners", members(leader)),
+                &json!({"id": index + 1, "url": cluster.order_urls[index]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let placed = cluster.must_order("GameStart", "buy", 2).await;
+    common::wait_until(
+        "the learners caught up",
+        Duration::from_secs(20),
+        || async {
+            let behind = cluster.get(&members(leader)).await.1["data"]["behind"].clone();
+            behind["4"] == 0 && behind["5"] == 0
+        },
+    )
+    .await;
+    for index in [3, 4] {
+        assert_eq!(
+            cluster.replica_order(index, placed).await["name"],
+            "GameStart"
+        );
+    }
+
+    let change = |index: usize, voters: Value| {
+        let request = cluster
+            .insider
+            .put(format!("{}/voters", members(index)))
+            .json(&json!({ "voters": voters }));
+        send(request)
+    };
+    let follower = (leader + 1) % 3;
+    let (status, body) = change(follower, json!([1, 2, 3, 4, 5])).await;
+    assert_eq!(
+        status, 503,
+        "only the leader changes the membership: {body}"
+    );
+    assert_eq!(body["error"]["leader"], leader + 1, "{body}");
+    let (status, body) = change(leader, json!([1, 2, 3, 7])).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = change(leader, json!([1, 2, 3, 4, 5])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["configs"], json!([[1, 2, 3, 4, 5]]), "{body}");
+
+    // Two founders down: three of five voters still commit.
+    let down: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &index in &down {
+        cluster.orders[index].kill9();
+    }
+    cluster.must_order("GameStart", "sell", 1).await;
+    for &index in &down {
+        cluster.orders[index].restart();
+        cluster.wait_replica_ready(index).await;
+    }
+
+    let (status, body) = change(leader, json!([1, 2, 3])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["data"]["configs"].clone(),
+            body["data"]["learners"].clone()
+        ),
+        (json!([[1, 2, 3]]), json!([])),
+        "{body}"
+    );
+    for index in [3, 4] {
+        cluster.orders[index].kill9();
+    }
+    let last = cluster.must_order("GameStart", "buy", 3).await;
+    let logs: Vec<Option<Vec<Value>>> = {
+        common::wait_until(
+            "the founders hold the last order",
+            Duration::from_secs(20),
+            || async {
+                let mut all = true;
+                for index in 0..3 {
+                    let health = cluster.replica_health(index).await;
+                    all &= health["applied"].as_u64() >= Some(last);
+                }
+                all
+            },
+        )
+        .await;
+        let mut logs = Vec::new();
+        for index in 0..3 {
+            logs.push(cluster.replica_log(index).await);
+        }
+        logs
+    };
+    assert!(logs.iter().all(|log| log.is_some() && *log == logs[0]));
+    assert_eq!(cluster.quantity(0, "GameStart").await, 100 - 1 - 2 + 1 - 3);
 }
 
 /// I5 and an isolated leader: a leader whose peers are gone cannot commit; the order it wrote

@@ -113,14 +113,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, args: Vec<String>, log_dir: &Path) -> Self {
-        let mut proc = Self {
+        let mut proc = Self::prepare(name, args, log_dir);
+        proc.restart();
+        proc
+    }
+
+    /// The process, not started yet (`restart` starts it).
+    pub fn prepare(name: &str, args: Vec<String>, log_dir: &Path) -> Self {
+        Self {
             name: name.to_owned(),
             args,
             log: log_dir.join(format!("{}.log", name.replace(' ', "-"))),
             child: None,
-        };
-        proc.restart();
-        proc
+        }
     }
 
     pub fn restart(&mut self) {
@@ -238,20 +243,30 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(frontends: usize) -> Self {
+        Self::start_with(frontends, 3, 3).await
+    }
+
+    /// A cluster of `replicas` order replicas that the frontends know of, of which the first
+    /// `founders` found the group and are started; the others are only prepared, to join it.
+    pub async fn start_with(frontends: usize, replicas: usize, founders: usize) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().display().to_string();
         let catalog_port = free_port();
-        let order_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let order_ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
         let frontend_ports: Vec<u16> = (0..frontends).map(|_| free_port()).collect();
         let catalog_url = url(catalog_port);
         let order_urls: Vec<String> = order_ports.iter().map(|p| url(*p)).collect();
         let frontend_urls: Vec<String> = frontend_ports.iter().map(|p| url(*p)).collect();
-        let replicas = order_urls
-            .iter()
-            .enumerate()
-            .map(|(i, u)| format!("{}={u}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peer_list = |count: usize| {
+            order_urls
+                .iter()
+                .take(count)
+                .enumerate()
+                .map(|(i, u)| format!("{}={u}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (replicas, founding) = (peer_list(replicas), peer_list(founders));
 
         let secret_file = dir.path().join("secret");
         std::fs::write(&secret_file, SECRET).expect("write the secret");
@@ -278,7 +293,12 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                Proc::start(
+                let start = if i < founders {
+                    Proc::start
+                } else {
+                    Proc::prepare
+                };
+                start(
                     &format!("order {}", i + 1),
                     args(&[
                         "order",
@@ -287,7 +307,7 @@ impl Cluster {
                         "--node-id",
                         &(i + 1).to_string(),
                         "--peers",
-                        &replicas,
+                        &founding,
                         "--catalog-url",
                         &catalog_url,
                         "--data-dir",
@@ -362,7 +382,9 @@ impl Cluster {
     pub async fn wait_ready(&self) {
         let mut waits = vec![(format!("{}/health", self.catalog_url), &self.catalog)];
         for (url, proc) in self.order_urls.iter().zip(&self.orders) {
-            waits.push((format!("{url}/ready"), proc));
+            if proc.pid().is_some() {
+                waits.push((format!("{url}/ready"), proc));
+            }
         }
         for (url, proc) in self.frontend_urls.iter().zip(&self.frontends) {
             waits.push((format!("{url}/health"), proc));
