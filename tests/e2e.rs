@@ -315,6 +315,16 @@ async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
     assert_eq!(body["error"]["leader"], leader + 1, "{body}");
     let (status, body) = change(leader, json!([1, 2, 3, 7])).await;
     assert_eq!(status, 409, "{body}");
+    // Bad input changes nothing: unknown fields, and callers without the secret.
+    let (status, body) = cluster
+        .post(
+            &format!("{}/learners", members(leader)),
+            &json!({"id": 6, "url": "http://127.0.0.1:1", "voter": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let anonymous = cluster.http.get(members(leader)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
     let (status, body) = change(leader, json!([1, 2, 3, 4, 5])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["configs"], json!([[1, 2, 3, 4, 5]]), "{body}");

@@ -1,6 +1,7 @@
-//! The reconciler: applies the desired objects of a StockNet with server-side apply, probes
-//! its order replicas, deletes the pods the health policy condemns, and writes status from
-//! what it observed.
+//! The reconciler: probes a StockNet's order replicas and asks their leader for the group's
+//! membership, applies the desired objects with server-side apply, deletes the pods the health
+//! policy condemns, takes the next step of an upgrade or a membership change, and writes
+//! status from what it observed.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -22,14 +23,16 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use reqwest::header::AUTHORIZATION;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stocknet_common::client::call;
-use stocknet_common::wire::Health;
+use stocknet_common::wire::{Health, Members, NewLearner, Voters};
 
 use crate::crd::{StockNet, StockNetStatus};
 use crate::health::{self, Observation};
-use crate::resources::{self, Component, Desired, SpecError};
+use crate::membership::{self, Change};
+use crate::resources::{self, Component, Desired, OrderLayout, SpecError};
 use crate::{status, upgrade};
 
 /// The field manager of everything this operator applies.
@@ -60,6 +63,8 @@ pub enum Error {
     Spec(#[from] SpecError),
     #[error("cannot generate the shared secret: {0}")]
     Random(#[source] std::io::Error),
+    #[error("the shared secret {0} is unusable: {1}")]
+    SecretUnusable(String, String),
 }
 
 /// What `/metrics` serves (prometheus-client).
@@ -197,9 +202,9 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
     let _timed = Timed(&ctx.metrics.reconcile_seconds, Instant::now());
     let namespace = sn.namespace().ok_or(SpecError::NoNamespace)?;
     let stocknets: Api<StockNet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let desired = match resources::desired(&sn) {
-        Ok(desired) => desired,
-        Err(e) => {
+    // The spec is checked by the same function that renders it, before anything is touched.
+    if let Err(e) = resources::desired(&sn) {
+        {
             // A spec the schema let through but that cannot run: say so, do not retry soon.
             ctx.publish(&sn, EventType::Warning, "InvalidSpec", e.to_string())
                 .await;
@@ -207,22 +212,46 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
             write_status(&stocknets, &sn, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
-    };
-    ensure_secret(&ctx.client, &namespace, &sn).await?;
-    let order = resources::name(&sn, Component::Order);
-    let revision = apply_all(&ctx.client, &namespace, &desired, &order).await?;
-    if !sn.spec.network_policy.enabled {
-        remove_network_policies(&ctx.client, &namespace, &sn).await?;
     }
+    let secret = shared_secret(&ctx.client, &namespace, &sn).await?;
+    let order = resources::name(&sn, Component::Order);
+    let existing = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&order)
+        .await?;
+    // The founders of a group that exists stay what its pods were given.
+    let founders = existing
+        .as_ref()
+        .and_then(resources::founders)
+        .unwrap_or(sn.spec.order.replicas);
+    let pods_now = existing
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.replicas)
+        .unwrap_or(0);
+    let target = u32::try_from(sn.spec.order.replicas).unwrap_or(0);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observations = observe_order_replicas(&sn, &ctx, &pods).await?;
+    let watched = target.max(u32::try_from(pods_now).unwrap_or(0));
+    let observations = observe_order_replicas(&sn, &ctx, &pods, watched).await?;
     let previous = sn
         .status
         .as_ref()
         .map(|s| s.replicas.as_slice())
         .unwrap_or_default();
     let assessment = health::assess(&observations, previous, ctx.settings.failure_threshold);
+    let members = match leader_ip(&observations, assessment.leader) {
+        Some(ip) => group_members(&ctx, &ip, &secret).await,
+        None => None,
+    };
+    let plan = membership::plan(target, members.as_ref(), &observations, pods_now);
+    let layout = OrderLayout {
+        founders,
+        pods: plan.pods,
+    };
+    let desired = resources::desired_for(&sn, layout)?;
+    let revision = apply_all(&ctx.client, &namespace, &desired, &order).await?;
+    if !sn.spec.network_policy.enabled {
+        remove_network_policies(&ctx.client, &namespace, &sn).await?;
+    }
     for deletion in &assessment.deletions {
         match pods.delete(&deletion.pod, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -239,9 +268,15 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         )
         .await;
     }
-    // A rolling upgrade waits while the health policy replaces anything.
+    // A rolling upgrade waits while the health policy replaces anything; it concerns the
+    // pods that exist (a new one starts at the current revision).
+    let existing_pods: Vec<Observation> = observations
+        .iter()
+        .filter(|seen| i64::from(seen.id) <= i64::from(pods_now.min(plan.pods)))
+        .cloned()
+        .collect();
     let step = if assessment.deletions.is_empty() {
-        upgrade::next_step(&observations, revision.as_deref(), assessment.leader)
+        upgrade::next_step(&existing_pods, revision.as_deref(), assessment.leader)
     } else {
         upgrade::Step {
             replace: None,
@@ -276,8 +311,28 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         ctx.publish(&sn, EventType::Normal, "OrderUpgradeComplete", message)
             .await;
     }
+    // One change at a time: a membership step waits for replacements to be done.
+    let quiet = assessment.deletions.is_empty() && step.replace.is_none();
+    if let (true, Some(change), Some(ip)) = (
+        quiet,
+        &plan.change,
+        leader_ip(&observations, assessment.leader),
+    ) {
+        change_members(&ctx, &sn, &ip, &secret, change).await;
+    }
+    let was_changing = sn
+        .status
+        .as_ref()
+        .and_then(|s| s.membership.as_ref())
+        .is_some_and(|m| m.waiting_for.is_some());
+    if was_changing && plan.status.waiting_for.is_none() && members.is_some() {
+        let message = format!("order replicas {} vote", list(&plan.status.voters));
+        ctx.publish(&sn, EventType::Normal, "OrderMembershipComplete", message)
+            .await;
+    }
     let mut status = status::observed(&sn, assessment, now());
     status.upgrade = step.progress;
+    status.membership = Some(plan.status);
     write_status(&stocknets, &sn, &status).await?;
     ctx.failures().remove(&key(&sn));
     Ok(Action::requeue(Duration::from_secs(
@@ -301,26 +356,143 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(seconds.min(300))
 }
 
-/// Creates the StockNet's shared secret once, with a fresh random value. An existing one is
-/// kept as it is: its value is never read here, logged or put in status. (A random value
-/// cannot be applied declaratively: every apply would change it.)
-async fn ensure_secret(client: &Client, namespace: &str, sn: &StockNet) -> Result<(), Error> {
+/// The StockNet's shared secret, created once with a fresh random value; an existing one is
+/// kept as it is. Its value authenticates the operator's membership calls to the order leader
+/// and is never logged or put in status. (A random value cannot be applied declaratively:
+/// every apply would change it.)
+async fn shared_secret(
+    client: &Client,
+    namespace: &str,
+    sn: &StockNet,
+) -> Result<stocknet_common::Secret, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = resources::secret_name(sn);
-    if api.get_metadata_opt(&name).await?.is_some() {
-        return Ok(());
-    }
-    let value = stocknet_common::Secret::generate().map_err(Error::Random)?;
-    let secret = resources::shared_secret(sn, value.expose())?;
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => {
-            tracing::info!(secret = name, "created the shared secret");
-            Ok(())
+    loop {
+        if let Some(existing) = api.get_opt(&name).await? {
+            let value = existing
+                .data
+                .as_ref()
+                .and_then(|data| data.get(resources::SECRET_KEY))
+                .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
+                .unwrap_or_default();
+            return stocknet_common::Secret::new(&value)
+                .map_err(|e| Error::SecretUnusable(name.clone(), e.to_string()));
         }
-        // Created meanwhile (another reconcile): keep that one.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+        let value = stocknet_common::Secret::generate().map_err(Error::Random)?;
+        let secret = resources::shared_secret(sn, value.expose())?;
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(secret = name, "created the shared secret");
+                return Ok(value);
+            }
+            // Created meanwhile (another reconcile): use that one.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
+}
+
+/// The pod IP of replica `leader`, if its pod has one.
+fn leader_ip(observations: &[Observation], leader: Option<u32>) -> Option<String> {
+    let seen = observations.iter().find(|seen| Some(seen.id) == leader)?;
+    let pod = seen.pod.as_ref()?;
+    pod.status.as_ref()?.pod_ip.clone()
+}
+
+/// `http://<ip>:<port>/<path>` of an order replica's pod.
+fn replica_url(ctx: &Context, ip: &str, path: &str) -> String {
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    format!("http://{host}:{}{path}", ctx.settings.probe_port)
+}
+
+/// The group's membership as the leader at `ip` reports it.
+async fn group_members(
+    ctx: &Context,
+    ip: &str,
+    secret: &stocknet_common::Secret,
+) -> Option<Members> {
+    let request = ctx
+        .http
+        .get(replica_url(ctx, ip, "/members"))
+        .header(AUTHORIZATION, secret.bearer());
+    match call::<Members>(request).await {
+        Ok(members) => Some(members),
+        Err(e) => {
+            tracing::info!(ip, "the order leader's membership is unknown: {e}");
+            None
+        }
+    }
+}
+
+/// Asks the leader at `ip` to take `change`, and records an Event of it. A failure is logged
+/// and recorded: the next round plans again from what the group then reports.
+async fn change_members(
+    ctx: &Context,
+    sn: &StockNet,
+    ip: &str,
+    secret: &stocknet_common::Secret,
+    change: &Change,
+) {
+    let (request, reason, message) = match change {
+        Change::AddLearner { id } => {
+            let url = match resources::order_replica_url(sn, *id as i32) {
+                Ok(url) => url,
+                Err(e) => {
+                    tracing::warn!("no URL for order replica {id}: {e}");
+                    return;
+                }
+            };
+            let body = NewLearner { id: *id, url };
+            (
+                ctx.http
+                    .post(replica_url(ctx, ip, "/members/learners"))
+                    .json(&body),
+                "AddingOrderReplica",
+                format!("order replica {id} joins the group as a learner"),
+            )
+        }
+        Change::SetVoters(voters) => {
+            let body = Voters {
+                voters: voters.clone(),
+            };
+            (
+                ctx.http
+                    .put(replica_url(ctx, ip, "/members/voters"))
+                    .json(&body),
+                "ChangingOrderVoters",
+                format!("order replicas {} are to vote", list(voters.iter())),
+            )
+        }
+    };
+    let request = request
+        .header(AUTHORIZATION, secret.bearer())
+        .timeout(MEMBERSHIP_CALL_TIMEOUT);
+    match call::<Members>(request).await {
+        Ok(_) => {
+            tracing::info!("{message}");
+            ctx.publish(sn, EventType::Normal, reason, message).await;
+        }
+        Err(e) => {
+            let message = format!("{message}: not yet ({e})");
+            tracing::warn!("{message}");
+            ctx.publish(sn, EventType::Warning, reason, message).await;
+        }
+    }
+}
+
+/// How long a membership call may take: the leader answers within its own deadline for a
+/// step to commit (10 s), or says it is pending.
+const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn list<'a>(ids: impl IntoIterator<Item = &'a u32>) -> String {
+    ids.into_iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Applies every object; returns the order StatefulSet's update revision as the API server
@@ -385,17 +557,18 @@ where
     Ok(applied)
 }
 
-/// Each order replica's pod (by its StatefulSet name) and `/health` answer at the pod's IP.
+/// Order replicas 1 to `replicas`: each one's pod (by its StatefulSet name) and `/health`
+/// answer at the pod's IP.
 async fn observe_order_replicas(
     sn: &StockNet,
     ctx: &Context,
     pods: &Api<Pod>,
+    replicas: u32,
 ) -> Result<Vec<Observation>, Error> {
     let listed = pods
         .list(&ListParams::default().labels(&resources::selector_string(sn, Component::Order)))
         .await?;
     let order = resources::name(sn, Component::Order);
-    let replicas = u32::try_from(sn.spec.order.replicas).unwrap_or(0);
     let observations = (1..=replicas).map(|id| {
         let pod_name = format!("{order}-{}", id - 1);
         let pod = listed
@@ -424,13 +597,7 @@ async fn observe_order_replicas(
 }
 
 async fn probe(ctx: &Context, ip: &str) -> Option<Health> {
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_owned()
-    };
-    let url = format!("http://{host}:{}/health", ctx.settings.probe_port);
-    match call::<Health>(ctx.http.get(url)).await {
+    match call::<Health>(ctx.http.get(replica_url(ctx, ip, "/health"))).await {
         Ok(health) => Some(health),
         Err(e) => {
             tracing::info!(ip, "order replica health check failed: {e}");

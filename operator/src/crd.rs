@@ -139,14 +139,12 @@ pub struct CatalogSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderSpec {
-    /// Order replicas; a majority must be up to accept orders. Fixed at creation: the
-    /// replicas cannot change their membership yet, so the API server refuses a change.
+    /// Order replicas; a majority must be up to accept orders. A change on a live StockNet is
+    /// a membership change, one step at a time (`status.membership` shows where it is): new
+    /// replicas join as learners and vote once caught up; leaving ones stop voting before
+    /// their pods go. Odd numbers tolerate as many failures as the next even one.
     #[serde(default = "default_order_replicas")]
     #[schemars(range(min = 1, max = 9))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self == oldSelf",
-        "message": "order.replicas cannot change after creation (no membership change yet)"
-    }]))]
     pub replicas: i32,
     /// Size of each replica's volume claim.
     #[serde(default = "default_storage")]
@@ -176,6 +174,26 @@ pub struct StockNetStatus {
     /// A rolling upgrade of the order replicas in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
+    /// The order group's membership, as its leader last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipStatus>,
+}
+
+/// The order group's voters and learners, and what a change of `order.replicas` waits for.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipStatus {
+    /// The voters `order.replicas` asks for (replicas 1 to it).
+    pub target: u32,
+    /// Replicas that vote (in either set while a change commits).
+    #[serde(default)]
+    pub voters: Vec<u32>,
+    /// Replicas that receive the log and do not vote yet.
+    #[serde(default)]
+    pub learners: Vec<u32>,
+    /// What the next step waits for; absent when the voters are the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// How far a rolling upgrade of the order replicas has got.
@@ -295,13 +313,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn order_replicas_cannot_change_after_creation() {
+    fn order_replicas_may_change_within_one_to_nine() {
         let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml().unwrap()).unwrap();
         let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
             ["spec"]["properties"]["order"]["properties"]["replicas"];
-        assert_eq!(
-            replicas["x-kubernetes-validations"][0]["rule"], "self == oldSelf",
+        assert!(
+            replicas.get("x-kubernetes-validations").is_none(),
             "{replicas}"
+        );
+        assert_eq!(
+            (replicas["minimum"].as_f64(), replicas["maximum"].as_f64()),
+            (Some(1.0), Some(9.0))
         );
     }
 

@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod crd;
 pub mod health;
+pub mod membership;
 pub mod metrics;
 pub mod resources;
 pub mod status;

@@ -70,8 +70,9 @@ pub fn observed(sn: &StockNet, assessment: health::Assessment, now: Time) -> Sto
             ),
         ],
         replicas: assessment.replicas,
-        // The caller knows whether an upgrade is under way.
+        // The caller knows whether an upgrade or a membership change is under way.
         upgrade: None,
+        membership: None,
     }
 }
 
@@ -81,6 +82,7 @@ pub fn invalid(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
         leader: None,
         replicas: Vec::new(),
         upgrade: None,
+        membership: None,
         conditions: vec![
             condition(sn, "Ready", false, "InvalidSpec", message.into(), &now),
             condition(sn, "Degraded", true, "InvalidSpec", message.into(), &now),

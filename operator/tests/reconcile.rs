@@ -20,11 +20,13 @@ struct Call {
 }
 
 /// Answers like an API server: echoes applied and created objects (the order StatefulSet with
-/// `order_revision` as its update revision, if given), lists `pods`, and records every call.
+/// `order_revision` as its update revision, if given), lists `pods`, serves the order
+/// StatefulSet that exists (`existing`, if any), and records every call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     pods: Value,
     order_revision: Option<String>,
+    existing: Option<Value>,
     calls: Arc<Mutex<Vec<Call>>>,
 ) {
     while let Some((request, send)) = handle.next_request().await {
@@ -37,8 +39,14 @@ async fn fake_api_server(
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
-        // No shared secret exists yet: the operator creates it.
-        if method == "GET" && path.contains("/secrets/") {
+        if method == "GET" && path.ends_with("/statefulsets/demo-order") && existing.is_some() {
+            calls.lock().unwrap().push(Call { method, uri, body });
+            let reply = serde_json::to_vec(&existing).unwrap();
+            send.send_response(Response::builder().body(Body::from(reply)).unwrap());
+            continue;
+        }
+        // No shared secret and no StatefulSet exist yet: the operator creates them.
+        if method == "GET" && (path.contains("/secrets/") || path.contains("/statefulsets/")) {
             calls.lock().unwrap().push(Call { method, uri, body });
             let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
                                 "reason": "NotFound", "code": 404, "message": "not found"});
@@ -120,23 +128,47 @@ async fn run_reconcile(sn: StockNet, pods: Vec<Value>) -> (String, Vec<Call>) {
     run_reconcile_at(sn, pods, None).await
 }
 
-/// [`run_reconcile`] with the order StatefulSet's template at `revision`.
+/// [`run_reconcile`] with the order StatefulSet's template at `revision` (it exists then, as
+/// the operator made it for `sn`).
 async fn run_reconcile_at(
     sn: StockNet,
     pods: Vec<Value>,
     revision: Option<&str>,
+) -> (String, Vec<Call>) {
+    let existing = revision.map(|_| {
+        let desired = stocknet_operator::resources::desired(&sn).unwrap();
+        serde_json::to_value(&desired.stateful_sets[1]).unwrap()
+    });
+    let port = healthy_replica().await;
+    run_reconcile_with(sn, pods, revision, existing, port).await
+}
+
+/// One reconcile of `sn` against the fake API server (see [`fake_api_server`]), with the
+/// order replicas' stand-in on `replica_port`.
+async fn run_reconcile_with(
+    sn: StockNet,
+    pods: Vec<Value>,
+    revision: Option<&str>,
+    existing: Option<Value>,
+    replica_port: u16,
 ) -> (String, Vec<Call>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
     let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods});
     let revision = revision.map(str::to_owned);
-    let server = tokio::spawn(fake_api_server(handle, list, revision, calls.clone()));
+    let server = tokio::spawn(fake_api_server(
+        handle,
+        list,
+        revision,
+        existing,
+        calls.clone(),
+    ));
     let settings = Settings {
         probe_period_seconds: 5,
         failure_threshold: 3,
         probe_timeout_ms: 500,
-        probe_port: healthy_replica().await,
+        probe_port: replica_port,
     };
     let context = Arc::new(Context::new(client, settings));
     let action = reconcile(Arc::new(sn), context).await.expect("reconcile");
@@ -436,4 +468,161 @@ async fn a_new_order_template_replaces_one_follower_at_a_time() {
     assert!(deleted_pods(&calls).is_empty());
     assert_eq!(event_reasons(&calls), ["OrderUpgradeComplete"]);
     assert_eq!(status_written(&calls).upgrade, None);
+}
+
+/// A stand-in order leader (replica 3) whose group is `members`: it serves `/health`, and
+/// `/members` and its changes to callers with a bearer token, recording each change.
+async fn leader_of(members: Value) -> (u16, Arc<Mutex<Vec<(String, Value)>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let changes: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let authorized = |headers: &HeaderMap| {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 20)
+    };
+    let record = |changes: Arc<Mutex<Vec<(String, Value)>>>, what: &'static str| {
+        move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+            if !authorized(&headers) {
+                return Err(StatusCode::UNAUTHORIZED);
+            }
+            changes.lock().unwrap().push((what.to_owned(), body));
+            Ok(axum::Json(
+                json!({"data": {"configs": [[1, 2, 3]], "learners": [], "urls": {},
+                                          "entry": 9, "leader": 3}}),
+            ))
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(|| async {
+                axum::Json(
+                    json!({"data": {"node_id": 3, "term": 7, "leader": 3, "ready": true,
+                                           "last_transaction": 12, "leading": true}}),
+                )
+            }),
+        )
+        .route(
+            "/members",
+            axum::routing::get(move |headers: HeaderMap| {
+                let members = members.clone();
+                async move {
+                    if authorized(&headers) {
+                        Ok(axum::Json(json!({ "data": members })))
+                    } else {
+                        Err(StatusCode::UNAUTHORIZED)
+                    }
+                }
+            }),
+        )
+        .route(
+            "/members/learners",
+            axum::routing::post(record(changes.clone(), "learner")),
+        )
+        .route(
+            "/members/voters",
+            axum::routing::put(record(changes.clone(), "voters")),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, changes)
+}
+
+fn env_of(calls: &[Call], kind: &str, name: &str, var: &str) -> String {
+    let applied = calls
+        .iter()
+        .find(|c| {
+            c.method == "PATCH" && c.body["kind"] == kind && c.body["metadata"]["name"] == name
+        })
+        .unwrap_or_else(|| panic!("{kind} {name} applied"));
+    let env = applied.body["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    env.iter()
+        .find(|v| v["name"] == var)
+        .and_then(|v| v["value"].as_str())
+        .unwrap_or_else(|| panic!("{var} in {kind} {name}"))
+        .to_owned()
+}
+
+/// Issue 19, item 7, through the reconciler: `order.replicas` raised from 3 to 5 on a running
+/// StockNet. The StatefulSet gets two more pods while its replicas keep their three founders;
+/// the frontends learn of five; once replica 4 answers it is added to the group as a learner
+/// through the leader, with the shared secret; status says what each round waits for.
+#[tokio::test]
+async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
+    let founded = stocknet(None);
+    let existing = serde_json::to_value(
+        &stocknet_operator::resources::desired(&founded)
+            .unwrap()
+            .stateful_sets[1],
+    )
+    .unwrap();
+    let mut grown = stocknet(None);
+    grown.spec.order.replicas = 5;
+    let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": null,
+                       "leader": 3, "behind": {"1": 0, "2": 0}});
+    let (port, changes) = leader_of(three).await;
+    let running: Value = serde_json::from_str(RUNNING).unwrap();
+    let founders: Vec<Value> = (0..3)
+        .map(|i| pod(i, "127.0.0.1", running.clone()))
+        .collect();
+
+    let (_, calls) =
+        run_reconcile_with(grown.clone(), founders, None, Some(existing.clone()), port).await;
+    let order_set = calls
+        .iter()
+        .find(|c| {
+            c.method == "PATCH"
+                && c.body["kind"] == "StatefulSet"
+                && c.body["metadata"]["name"] == "demo-order"
+        })
+        .expect("the order StatefulSet applied");
+    assert_eq!(order_set.body["spec"]["replicas"], 5);
+    let peers = env_of(&calls, "StatefulSet", "demo-order", "STOCKNET_ORDER_PEERS");
+    assert_eq!(peers.split(',').count(), 3, "the founders stay: {peers}");
+    let replicas = env_of(
+        &calls,
+        "Deployment",
+        "demo-frontend",
+        "STOCKNET_ORDER_REPLICAS",
+    );
+    assert_eq!(replicas.split(',').count(), 5, "{replicas}");
+    let membership = status_written(&calls)
+        .membership
+        .expect("membership in status");
+    assert_eq!(
+        (membership.target, membership.voters.clone()),
+        (5, vec![1, 2, 3])
+    );
+    assert_eq!(
+        membership.waiting_for.as_deref(),
+        Some("order replica 4 to start")
+    );
+    assert!(changes.lock().unwrap().is_empty());
+
+    // Replicas 4 and 5 answer: 4 joins as a learner, at its pod's stable name.
+    let all: Vec<Value> = (0..5)
+        .map(|i| pod(i, "127.0.0.1", running.clone()))
+        .collect();
+    let mut five_pods = existing;
+    five_pods["spec"]["replicas"] = json!(5);
+    let (_, calls) = run_reconcile_with(grown, all, None, Some(five_pods), port).await;
+    assert_eq!(
+        changes.lock().unwrap().clone(),
+        [(
+            "learner".to_owned(),
+            json!({"id": 4, "url": "http://demo-order-3.demo-order.shop.svc:8091"})
+        )]
+    );
+    assert!(event_reasons(&calls).contains(&"AddingOrderReplica".to_owned()));
+    let membership = status_written(&calls)
+        .membership
+        .expect("membership in status");
+    assert_eq!(
+        membership.waiting_for.as_deref(),
+        Some("order replica 4 to join as a learner")
+    );
 }

@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(super) fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError> {
+/// The frontends, which look for the order leader among `order_pods` replicas.
+pub(super) fn frontend_deployment(sn: &StockNet, order_pods: i32) -> Result<Deployment, SpecError> {
     let frontend = &sn.spec.frontend;
     let mut vars = vec![
         ("STOCKNET_HOST", "0.0.0.0".to_owned()),
@@ -12,7 +13,7 @@ pub(super) fn frontend_deployment(sn: &StockNet) -> Result<Deployment, SpecError
             FRONTEND_INTERNAL_PORT.to_string(),
         ),
         ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
-        ("STOCKNET_ORDER_REPLICAS", order_peers(sn)?),
+        ("STOCKNET_ORDER_REPLICAS", order_peers(sn, order_pods)?),
         ("STOCKNET_CACHE_SIZE", frontend.cache_size.to_string()),
         (
             "STOCKNET_RATE_LIMIT",

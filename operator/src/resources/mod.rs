@@ -109,7 +109,48 @@ pub enum SpecError {
     InitialCatalog(String),
 }
 
+/// How the order group sits on pods: the replicas that founded it (named to each replica as
+/// its initial voters, which must never change for a group that exists) and how many pods run
+/// (more than the spec asks for while replicas leave the group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderLayout {
+    pub founders: i32,
+    pub pods: i32,
+}
+
+impl OrderLayout {
+    /// A new StockNet's: every replica the spec asks for founds the group.
+    pub fn new_group(sn: &StockNet) -> Self {
+        Self {
+            founders: sn.spec.order.replicas,
+            pods: sn.spec.order.replicas,
+        }
+    }
+}
+
+/// How many replicas founded the group that the order StatefulSet `existing` runs: the peers
+/// its pods are given.
+pub fn founders(existing: &StatefulSet) -> Option<i32> {
+    let containers = &existing.spec.as_ref()?.template.spec.as_ref()?.containers;
+    let peers = containers
+        .iter()
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|var| var.name == ORDER_PEERS_VAR)?
+        .value
+        .as_deref()?;
+    i32::try_from(peers.split(',').filter(|p| !p.trim().is_empty()).count()).ok()
+}
+
+/// The env var naming the founding replicas to each order replica.
+const ORDER_PEERS_VAR: &str = "STOCKNET_ORDER_PEERS";
+
+/// The objects of a new StockNet (see [`desired_for`]).
 pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {
+    desired_for(sn, OrderLayout::new_group(sn))
+}
+
+/// The objects of `sn`, its order group laid out as `order`.
+pub fn desired_for(sn: &StockNet, order: OrderLayout) -> Result<Desired, SpecError> {
     if let Some(csv) = &sn.spec.catalog.initial_catalog {
         check_catalog_csv(csv)?;
     }
@@ -121,8 +162,8 @@ pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {
             frontend_service(sn)?,
             frontend_pods_service(sn)?,
         ],
-        stateful_sets: vec![catalog_stateful_set(sn)?, order_stateful_set(sn)?],
-        deployment: frontend_deployment(sn)?,
+        stateful_sets: vec![catalog_stateful_set(sn)?, order_stateful_set(sn, order)?],
+        deployment: frontend_deployment(sn, order.pods)?,
         disruption_budget: order_disruption_budget(sn)?,
         network_policies: if sn.spec.network_policy.enabled {
             network_policies(sn)?
@@ -208,20 +249,23 @@ pub fn selector_string(sn: &StockNet, component: Component) -> String {
         .join(",")
 }
 
-/// The order replicas as `ID=URL`, in the form the services take them: stable DNS names
-/// of the StatefulSet's pods under its headless Service.
-pub fn order_peers(sn: &StockNet) -> Result<String, SpecError> {
+/// Order replicas 1 to `count` as `ID=URL`, in the form the services take them.
+pub fn order_peers(sn: &StockNet, count: i32) -> Result<String, SpecError> {
+    (1..=count)
+        .map(|id| Ok(format!("{id}={}", order_replica_url(sn, id)?)))
+        .collect::<Result<Vec<_>, SpecError>>()
+        .map(|peers| peers.join(","))
+}
+
+/// Order replica `id`'s URL: the stable DNS name of its StatefulSet pod under the headless
+/// Service.
+pub fn order_replica_url(sn: &StockNet, id: i32) -> Result<String, SpecError> {
     let namespace = namespace(sn)?;
     let order = name(sn, Component::Order);
-    Ok((0..sn.spec.order.replicas)
-        .map(|ordinal| {
-            format!(
-                "{}=http://{order}-{ordinal}.{order}.{namespace}.svc:{ORDER_PORT}",
-                ordinal + 1
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(","))
+    let ordinal = id - 1;
+    Ok(format!(
+        "http://{order}-{ordinal}.{order}.{namespace}.svc:{ORDER_PORT}"
+    ))
 }
 
 fn namespace(sn: &StockNet) -> Result<String, SpecError> {

@@ -95,7 +95,10 @@ pub(super) fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecErr
     )
 }
 
-pub(super) fn order_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError> {
+pub(super) fn order_stateful_set(
+    sn: &StockNet,
+    layout: OrderLayout,
+) -> Result<StatefulSet, SpecError> {
     // No STOCKNET_NODE_ID: each pod takes its StatefulSet ordinal + 1 from its host name.
     let container = container(
         sn,
@@ -104,7 +107,8 @@ pub(super) fn order_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError
         env(&[
             ("STOCKNET_HOST", "0.0.0.0".into()),
             ("STOCKNET_ORDER_PORT", ORDER_PORT.to_string()),
-            ("STOCKNET_ORDER_PEERS", order_peers(sn)?),
+            // The founders only: a replica not among them joins as the operator adds it.
+            (ORDER_PEERS_VAR, order_peers(sn, layout.founders)?),
             ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
             ("STOCKNET_DATA_DIR", DATA_DIR.into()),
         ]),
@@ -130,7 +134,7 @@ pub(super) fn order_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecError
     stateful_set(
         sn,
         Component::Order,
-        sn.spec.order.replicas,
+        layout.pods,
         template,
         &sn.spec.order.storage,
     )

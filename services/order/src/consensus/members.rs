@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{BasicNode, Membership, RaftMetrics, ServerState};
+use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use stocknet_common::wire::{Members, NewLearner, Voters};
 
 use super::Raft;
@@ -77,15 +77,42 @@ pub async fn add_learner(raft: &Raft, learner: NewLearner) -> Result<(), OrderEr
 }
 
 /// Makes `voters` the group's voters, through a joint configuration; members that are not in
-/// it are removed. Answers once the final configuration is committed.
+/// it, voters or learners, are removed. Answers once the final configuration is committed.
 pub async fn change_voters(raft: &Raft, voters: Voters) -> Result<(), OrderError> {
     if voters.voters.is_empty() {
         return Err(OrderError::Membership("a group needs a voter".into()));
     }
     leading(raft)?;
     let ids: BTreeSet<u64> = voters.voters.iter().map(|&v| u64::from(v)).collect();
-    let step = raft.change_membership(ids, false);
-    outcome(tokio::time::timeout(STEP_DEADLINE, step).await)
+    let steps = async {
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let now: BTreeSet<u64> = membership.voter_ids().collect();
+        if now != ids || membership.get_joint_config().len() > 1 {
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(ids.clone()), false)
+                .await?;
+        }
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let learners: BTreeSet<u64> = membership
+            .learner_ids()
+            .filter(|l| !ids.contains(l))
+            .collect();
+        if !learners.is_empty() {
+            raft.change_membership(ChangeMembers::RemoveNodes(learners), false)
+                .await?;
+        }
+        Ok(())
+    };
+    outcome(tokio::time::timeout(STEP_DEADLINE, steps).await)
 }
 
 /// Only the leader changes the membership; a follower says so before it judges the step.

@@ -448,13 +448,30 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     for id in [4, 5] {
         group.stop_replica(id).await;
     }
+    // A learner that is not among the voters asked for goes too (even one that is down).
+    let learner = NewLearner {
+        id: 4,
+        url: "http://mem-4".into(),
+    };
+    members::add_learner(&group.raft(leader), learner)
+        .await
+        .unwrap();
+    let three = Voters {
+        voters: BTreeSet::from([1, 2, 3]),
+    };
+    members::change_voters(&group.raft(leader), three)
+        .await
+        .unwrap();
+    let seen = members::members(&group.raft(leader).metrics().borrow());
+    assert_eq!((seen.learners.len(), seen.urls.len()), (0, 3));
     let last = write(&group, leader, 4).await.log_id.index;
     for id in [1, 2, 3] {
         group.applied(id, last).await;
     }
     let logs: Vec<Vec<Order>> = [1, 2, 3].iter().map(|&id| group.log(id)).collect();
     assert!(logs.iter().all(|log| *log == logs[0]), "{logs:#?}");
-    // Each step is an entry of the log: add 4, add 5, joint, five, joint, three.
+    // Each step is an entry of the log: add 4, add 5, joint, five, joint, three, add 4,
+    // remove 4.
     let changes = logs[0]
         .iter()
         .filter(|o| {
@@ -464,7 +481,7 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
             )
         })
         .count();
-    assert_eq!(changes, 6);
+    assert_eq!(changes, 8);
     // A step that cannot be taken is refused and changes nothing.
     let stranger = Voters {
         voters: BTreeSet::from([1, 2, 9]),

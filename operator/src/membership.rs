@@ -1,0 +1,270 @@
+//! Changing `order.replicas` on a live StockNet, as a pure function: from the group's
+//! membership as its leader reports it, the order pods that exist and the spec, the next step.
+//!
+//! Growing: the StatefulSet gets the new pods first; each new replica (not among the founding
+//! members, so it waits to be added) is added as a learner once its pod answers; once every
+//! learner has caught up, all become voters together (one joint-consensus change). Shrinking:
+//! the voters change first; only once the group no longer counts on a replica does its pod go.
+//! One step a round, each idempotent, so that a step retried after a lost answer does no harm.
+
+use std::collections::BTreeSet;
+
+use stocknet_common::wire::Members;
+
+use crate::crd::MembershipStatus;
+use crate::health::Observation;
+
+/// How many log entries a learner may lag the leader and still be made a voter: a voter that
+/// lags more would make commits wait for it when another voter is down.
+pub const CAUGHT_UP_ENTRIES: u64 = 16;
+
+/// A call to the order leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `POST /members/learners`.
+    AddLearner { id: u32 },
+    /// `PUT /members/voters`.
+    SetVoters(BTreeSet<u32>),
+}
+
+/// What to do this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// How many order pods the StatefulSet runs: every member's, and the spec's.
+    pub pods: i32,
+    pub change: Option<Change>,
+    pub status: MembershipStatus,
+}
+
+/// The next step towards `target` voters (replicas 1 to `target`), given the leader's view of
+/// the membership (`None`: no leader answered), the order pods' observations and how many
+/// pods the StatefulSet runs now (0 before it exists).
+pub fn plan(
+    target: u32,
+    members: Option<&Members>,
+    observations: &[Observation],
+    pods_now: i32,
+) -> Plan {
+    let desired: BTreeSet<u32> = (1..=target).collect();
+    let Some(members) = members else {
+        // Membership unknown: pods may be added (a new replica waits to be added), never
+        // removed.
+        return Plan {
+            pods: pods_now.max(to_pods(target)),
+            change: None,
+            status: MembershipStatus {
+                waiting_for: Some("the order leader to report the membership".into()),
+                ..MembershipStatus::default()
+            },
+        };
+    };
+    let voters = members.voters();
+    let learners: BTreeSet<u32> = members.learners.iter().copied().collect();
+    let in_group: BTreeSet<u32> = voters.union(&learners).copied().collect();
+    let highest = in_group
+        .iter()
+        .copied()
+        .chain([target])
+        .max()
+        .unwrap_or(target);
+    let status = |waiting_for: Option<String>| MembershipStatus {
+        target,
+        voters: voters.iter().copied().collect(),
+        learners: learners.iter().copied().collect(),
+        waiting_for,
+    };
+    let mut plan = Plan {
+        pods: to_pods(highest),
+        change: None,
+        status: status(None),
+    };
+    if let Some(&id) = desired.difference(&in_group).next() {
+        let answering = observations
+            .iter()
+            .any(|seen| seen.id == id && seen.health.is_some());
+        if answering {
+            plan.change = Some(Change::AddLearner { id });
+            plan.status = status(Some(format!("order replica {id} to join as a learner")));
+        } else {
+            plan.status = status(Some(format!("order replica {id} to start")));
+        }
+        return plan;
+    }
+    if voters == desired && !members.joint() && learners.is_empty() {
+        plan.pods = to_pods(target);
+        return plan;
+    }
+    let lagging = desired.intersection(&learners).find_map(|id| {
+        let behind = members.behind.get(id).copied();
+        (behind.is_none_or(|behind| behind > CAUGHT_UP_ENTRIES)).then_some((*id, behind))
+    });
+    if let Some((id, behind)) = lagging {
+        let how_far = behind.map_or("not heard from yet".into(), |b| {
+            format!("{b} entries behind")
+        });
+        plan.status = status(Some(format!("order replica {id} to catch up ({how_far})")));
+        return plan;
+    }
+    plan.change = Some(Change::SetVoters(desired.clone()));
+    plan.status = status(Some(format!(
+        "the voters to become {}",
+        desired
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )));
+    plan
+}
+
+fn to_pods(replicas: u32) -> i32 {
+    i32::try_from(replicas).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use stocknet_common::wire::Health;
+
+    use super::*;
+
+    fn members(configs: &[&[u32]], learners: &[u32], behind: &[(u32, u64)]) -> Members {
+        let configs: Vec<Vec<u32>> = configs.iter().map(|c| c.to_vec()).collect();
+        let urls: BTreeMap<u32, String> = configs
+            .iter()
+            .flatten()
+            .chain(learners)
+            .map(|&id| (id, format!("http://order-{id}")))
+            .collect();
+        Members {
+            configs,
+            learners: learners.to_vec(),
+            urls,
+            entry: Some(7),
+            leader: Some(1),
+            behind: behind.iter().copied().collect(),
+        }
+    }
+
+    /// Replicas 1 to `pods`, each answering its health check unless listed in `silent`.
+    fn observed(pods: u32, silent: &[u32]) -> Vec<Observation> {
+        (1..=pods)
+            .map(|id| Observation {
+                id,
+                pod_name: format!("demo-order-{}", id - 1),
+                pod: None,
+                health: (!silent.contains(&id)).then_some(Health {
+                    node_id: id,
+                    term: 2,
+                    leader: Some(1),
+                    ready: true,
+                    last_transaction: 9,
+                    applied: 9,
+                    leading: id == 1,
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_at_its_target_is_left_alone() {
+        let plan = plan(
+            3,
+            Some(&members(&[&[1, 2, 3]], &[], &[])),
+            &observed(3, &[]),
+            3,
+        );
+        assert_eq!((plan.pods, plan.change), (3, None));
+        assert_eq!(plan.status.waiting_for, None);
+        assert_eq!(plan.status.voters, [1, 2, 3]);
+    }
+
+    #[test]
+    fn growing_starts_pods_adds_learners_one_a_round_and_promotes_them_once_caught_up() {
+        // The spec says 5: the pods come first.
+        let three = members(&[&[1, 2, 3]], &[], &[]);
+        let first = plan(5, Some(&three), &observed(3, &[]), 3);
+        assert_eq!(first.pods, 5);
+        assert_eq!(first.change, None);
+        assert_eq!(
+            first.status.waiting_for.as_deref(),
+            Some("order replica 4 to start")
+        );
+        // Replica 4 answers: it joins; then 5.
+        let up = observed(5, &[5]);
+        assert_eq!(
+            plan(5, Some(&three), &up, 5).change,
+            Some(Change::AddLearner { id: 4 })
+        );
+        let one_learner = members(&[&[1, 2, 3]], &[4], &[(4, 0)]);
+        assert_eq!(plan(5, Some(&one_learner), &up, 5).change, None);
+        let all_up = observed(5, &[]);
+        assert_eq!(
+            plan(5, Some(&one_learner), &all_up, 5).change,
+            Some(Change::AddLearner { id: 5 })
+        );
+        // A learner far behind (or not heard from) is waited for.
+        let lagging = members(&[&[1, 2, 3]], &[4, 5], &[(4, 0), (5, 500)]);
+        let waiting = plan(5, Some(&lagging), &all_up, 5);
+        assert_eq!(waiting.change, None);
+        assert_eq!(
+            waiting.status.waiting_for.as_deref(),
+            Some("order replica 5 to catch up (500 entries behind)")
+        );
+        let unheard = members(&[&[1, 2, 3]], &[4, 5], &[(4, 0)]);
+        assert_eq!(plan(5, Some(&unheard), &all_up, 5).change, None);
+        // Caught up: all five vote, in one change.
+        let caught_up = members(&[&[1, 2, 3]], &[4, 5], &[(4, 3), (5, 0)]);
+        let promote = plan(5, Some(&caught_up), &all_up, 5);
+        assert_eq!(
+            promote.change,
+            Some(Change::SetVoters(BTreeSet::from([1, 2, 3, 4, 5])))
+        );
+        assert_eq!(promote.status.learners, [4, 5]);
+        let five = members(&[&[1, 2, 3, 4, 5]], &[], &[]);
+        assert_eq!(plan(5, Some(&five), &all_up, 5).change, None);
+    }
+
+    #[test]
+    fn shrinking_changes_the_voters_before_any_pod_goes() {
+        let five = members(&[&[1, 2, 3, 4, 5]], &[], &[]);
+        let all_up = observed(5, &[]);
+        let first = plan(3, Some(&five), &all_up, 5);
+        assert_eq!(first.pods, 5, "no pod goes while it votes");
+        assert_eq!(
+            first.change,
+            Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
+        );
+        // Joint (old and new sets): the pods stay, the change is asked again until it is done.
+        let joint = members(&[&[1, 2, 3, 4, 5], &[1, 2, 3]], &[], &[]);
+        let during = plan(3, Some(&joint), &all_up, 5);
+        assert_eq!(during.pods, 5);
+        assert_eq!(
+            during.change,
+            Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
+        );
+        let three = members(&[&[1, 2, 3]], &[], &[]);
+        let done = plan(3, Some(&three), &all_up, 5);
+        assert_eq!((done.pods, done.change), (3, None));
+    }
+
+    #[test]
+    fn a_learner_the_spec_no_longer_wants_is_removed_with_its_pod_kept_until_then() {
+        let with_learner = members(&[&[1, 2, 3]], &[4], &[(4, 0)]);
+        let plan = plan(3, Some(&with_learner), &observed(4, &[]), 4);
+        assert_eq!(plan.pods, 4);
+        assert_eq!(
+            plan.change,
+            Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
+        );
+    }
+
+    #[test]
+    fn without_the_membership_pods_are_added_but_never_removed() {
+        assert_eq!(plan(3, None, &[], 0).pods, 3, "a new StockNet");
+        assert_eq!(plan(5, None, &observed(3, &[]), 3).pods, 5);
+        let shrink = plan(3, None, &observed(5, &[]), 5);
+        assert_eq!((shrink.pods, shrink.change), (5, None));
+    }
+}
