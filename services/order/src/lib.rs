@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod book;
 pub mod book_store;
+pub mod catalog;
 pub mod consensus;
 pub mod error;
 pub mod feed;
@@ -13,6 +14,8 @@ pub mod metrics;
 pub mod portfolio;
 pub mod replica;
 pub mod report;
+#[cfg(test)]
+mod simulation;
 pub mod snapshot;
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +41,7 @@ use stocknet_common::{
 };
 
 pub use error::OrderError;
-pub use replica::Replica;
+pub use replica::{Links, Replica};
 
 use audit::AuditFilter;
 
@@ -119,12 +122,15 @@ impl AppState {
     /// Opens the replica's files and starts its part in the group.
     pub async fn start(config: &Config) -> Result<Self, OrderError> {
         let secret = config.secret.load()?;
+        let links = Links::http(
+            internal_client(Duration::from_secs(2), &secret),
+            &config.catalog_url,
+        );
         let replica = Replica::start(
             config.node_id()?,
             &config.data_dir,
             config.peers.clone(),
-            config.catalog_url.trim_end_matches('/').to_owned(),
-            internal_client(Duration::from_secs(2), &secret),
+            links,
             config.book_snapshot_every,
         )
         .await?;
@@ -214,7 +220,10 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         });
     stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
         .await?;
+    let replica = state.replica.clone();
     server::serve(listener, router(state), server::shutdown_signal()).await?;
+    // Requests are answered: stop standing in elections and let consensus stop cleanly.
+    replica.shutdown().await;
     Ok(())
 }
 
@@ -549,16 +558,13 @@ mod tests {
             parse_peer("3=http://127.0.0.1:9").unwrap(),
         ];
         let secret = Secret::new(SECRET).unwrap();
-        let replica = Replica::start(
-            1,
-            dir,
-            peers,
-            "http://127.0.0.1:9".into(),
+        let links = Links::http(
             internal_client(Duration::from_millis(200), &secret),
-            book_store::SNAPSHOT_EVERY,
-        )
-        .await
-        .unwrap();
+            "http://127.0.0.1:9",
+        );
+        let replica = Replica::start(1, dir, peers, links, book_store::SNAPSHOT_EVERY)
+            .await
+            .unwrap();
         router(AppState { replica, secret })
     }
 

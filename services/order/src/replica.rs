@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use openraft::error::ClientWriteError;
+use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
-use stocknet_common::client::{call, endpoint};
 use stocknet_common::clock::now_millis;
 use stocknet_common::wire::{
-    ApplyOutcome, ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, Members,
-    NewLearner, NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard, Snapshot, Voters,
+    ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, Members, NewLearner,
+    NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard, Voters,
 };
 use stocknet_common::{file, Command, Order, Price, Rejection, RemoteError, Side, Stamp};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -22,8 +22,10 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use crate::audit::{self, AuditFilter};
 use crate::book::Book;
 use crate::book_store::BookStore;
+use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
-    self, members, Elections, HttpNetwork, HttpPreVote, LogStore, Raft, SharedReads, StateMachine,
+    self, members, Elections, HttpNetwork, HttpPreVote, LogStore, PreVoteTransport, Raft,
+    SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
 use crate::log::OrderLog;
@@ -32,11 +34,6 @@ use crate::metrics::{FollowerLabels, ReplicaMetrics};
 /// How often the leader's catalog applier looks for committed entries the catalog lacks
 /// when nothing wakes it: after a catalog outage, the catalog catches up within this.
 pub const CATALOG_RETRY: Duration = Duration::from_millis(300);
-
-/// How long the leader waits for the catalog to apply a batch: its fsync and its invalidation
-/// push (at most 1 s per frontend) fit, and a wait on a hung catalog still ends before a
-/// frontend's 2 s deadline for the leader.
-const CATALOG_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Most entries sent in one catalog call or one log page.
 pub const BATCH: usize = 4096;
@@ -90,6 +87,25 @@ struct House {
     price: Price,
 }
 
+/// How a replica reaches the others and the catalog: over HTTP in a real run
+/// ([`Links::http`]), in memory in the simulation tests.
+pub struct Links<N, P> {
+    pub network: N,
+    pub pre_votes: P,
+    pub catalog: Arc<dyn Catalog>,
+}
+
+impl Links<HttpNetwork, HttpPreVote> {
+    /// Over HTTP with `http` (which carries the cluster secret), the catalog at `catalog_url`.
+    pub fn http(http: reqwest::Client, catalog_url: &str) -> Self {
+        Self {
+            network: HttpNetwork::new(http.clone()),
+            pre_votes: HttpPreVote::new(http.clone()),
+            catalog: HttpCatalog::new(http, catalog_url),
+        }
+    }
+}
+
 /// A command to sequence, with who sends it and what it must be checked against.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -132,8 +148,7 @@ enum Proposed {
 
 pub struct Replica {
     id: u32,
-    catalog_url: String,
-    http: reqwest::Client,
+    catalog: Arc<dyn Catalog>,
     log: Arc<Mutex<OrderLog>>,
     /// The book as of the committed log, which only grows (the group's state machine).
     book: Arc<BookStore>,
@@ -151,18 +166,20 @@ pub struct Replica {
     /// waiting on the catalog with an unknown outcome.
     catalog_failing: AtomicBool,
     metrics: ReplicaMetrics,
+    /// The task that stands for election when the leader is lost.
+    standing: tokio::task::JoinHandle<()>,
 }
 
 impl Replica {
     /// Opens the log, book and vote of replica `id` in `data_dir` and starts its part in the
     /// group founded by `peers` (or, not among them, waits to be added to the group), and the
-    /// task that takes over when it is elected.
+    /// task that takes over when it is elected. It reaches the other replicas through
+    /// `network` and `pre_votes` and, leading, applies the log to `catalog`.
     pub async fn start(
         id: u32,
         data_dir: &std::path::Path,
         peers: Vec<Peer>,
-        catalog_url: String,
-        http: reqwest::Client,
+        links: Links<impl RaftNetworkFactory<TypeConfig>, impl PreVoteTransport>,
         snapshot_every: u64,
     ) -> Result<Arc<Self>, OrderError> {
         std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
@@ -190,22 +207,17 @@ impl Replica {
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
-            HttpNetwork::new(http.clone()),
+            links.network,
             store.clone(),
             machine,
         )
         .await
         .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
         let elections = Elections::new(raft.clone(), store, u64::from(id));
-        tokio::spawn(
-            elections
-                .clone()
-                .stand_when_leader_lost(HttpPreVote::new(http.clone())),
-        );
+        let standing = tokio::spawn(elections.clone().stand_when_leader_lost(links.pre_votes));
         let replica = Arc::new(Self {
             id,
-            catalog_url,
-            http,
+            catalog: links.catalog,
             log,
             book,
             reads: SharedReads::start(raft.clone()),
@@ -215,9 +227,20 @@ impl Replica {
             leading_term: AtomicU64::new(0),
             catalog_failing: AtomicBool::new(false),
             metrics,
+            standing,
         });
         tokio::spawn(replica.clone().follow_leadership());
         Ok(replica)
+    }
+
+    /// Stops this replica's part in the group: it stands in no more elections and its
+    /// consensus stops (which ends its other tasks). Its files stay as they are.
+    pub async fn shutdown(&self) {
+        self.standing.abort();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("consensus did not stop cleanly: {e}");
+        }
+        *self.leading.lock().await = None;
     }
 
     /// The group's consensus, for the routes the other replicas call.
@@ -759,13 +782,7 @@ impl Replica {
     async fn prepare_leading(self: &Arc<Self>, term: u64) -> Result<Leading, OrderError> {
         self.confirm_leadership().await?;
         let applied = self.book().applied();
-        let snapshot: Snapshot = call(
-            self.http
-                .get(endpoint(&self.catalog_url, &["snapshot"]).map_err(OrderError::catalog)?)
-                .timeout(CATALOG_TIMEOUT),
-        )
-        .await
-        .map_err(OrderError::catalog)?;
+        let snapshot = self.catalog.snapshot().await.map_err(OrderError::catalog)?;
         if snapshot.applied > applied {
             return Err(OrderError::CatalogUnavailable(format!(
                 "catalog has applied entry {} but this replica's book ends at {applied}",
@@ -910,7 +927,6 @@ impl Replica {
         catalog_applied: &mut u64,
         number: u64,
     ) -> Result<(), OrderError> {
-        let url = endpoint(&self.catalog_url, &["apply"]).map_err(OrderError::catalog)?;
         let (mut sent, mut retried) = (false, false);
         // Sent at least once even when there is nothing to apply: that records the term.
         while *catalog_applied < number || !sent {
@@ -930,8 +946,7 @@ impl Replica {
                     .collect()
             };
             let request = ApplyRequest { term, trades };
-            let apply = self.http.post(url.clone()).timeout(CATALOG_TIMEOUT);
-            match call::<ApplyOutcome>(apply.json(&request)).await {
+            match self.catalog.apply(&request).await {
                 Ok(outcome) => {
                     *catalog_applied = outcome.applied;
                     continue;
@@ -940,16 +955,7 @@ impl Replica {
                     if error.status == axum::http::StatusCode::CONFLICT =>
                 {
                     // Out of step with the catalog: a newer leader, or a different position.
-                    let snapshot: Snapshot = call(
-                        self.http
-                            .get(
-                                endpoint(&self.catalog_url, &["snapshot"])
-                                    .map_err(OrderError::catalog)?,
-                            )
-                            .timeout(CATALOG_TIMEOUT),
-                    )
-                    .await
-                    .map_err(OrderError::catalog)?;
+                    let snapshot = self.catalog.snapshot().await.map_err(OrderError::catalog)?;
                     if snapshot.term > term {
                         return Err(self.not_leader());
                     }

@@ -17,6 +17,8 @@ mod log_store;
 pub mod members;
 mod network;
 mod reads;
+#[cfg(test)]
+pub(crate) mod sim;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,21 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{BasicNode, Membership, StorageError};
-use proptest::prelude::Rng;
-use proptest::test_runner::{RngAlgorithm, TestRng};
 use stocknet_common::wire::{NewLearner, Peer, Voters};
 use stocknet_common::{Command, Order, Price, Side};
 use tempfile::TempDir;
 
+use super::sim::{Choices, Network, Router};
 use super::*;
 use crate::book_store::BookStore;
 use crate::log::OrderLog;
@@ -101,115 +94,6 @@ mod storage_suite {
         apply_single,
         apply_multiple,
     );
-}
-
-/// Delivers calls between the replicas of one process, except over cut links.
-#[derive(Default)]
-struct Router {
-    rafts: Mutex<BTreeMap<u64, (Raft, Arc<Elections>)>>,
-    cut: Mutex<HashSet<(u64, u64)>>,
-}
-
-impl Router {
-    fn reach(&self, from: u64, to: u64) -> Result<(Raft, Arc<Elections>), Unreachable> {
-        let cut = self.cut.lock().unwrap().contains(&(from, to));
-        match self.rafts.lock().unwrap().get(&to) {
-            Some(replica) if !cut => Ok(replica.clone()),
-            _ => Err(Unreachable::new(&std::io::Error::other(format!(
-                "{from} cannot reach {to}"
-            )))),
-        }
-    }
-
-    /// Cuts (or, with `cut` false, heals) every link between `node` and the others.
-    fn isolate(&self, node: u64, others: &[u64], cut: bool) {
-        let mut links = self.cut.lock().unwrap();
-        for &other in others.iter().filter(|&&o| o != node) {
-            for link in [(node, other), (other, node)] {
-                if cut {
-                    links.insert(link);
-                } else {
-                    links.remove(&link);
-                }
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Network {
-    router: Arc<Router>,
-    from: u64,
-}
-
-struct Link {
-    router: Arc<Router>,
-    from: u64,
-    to: u64,
-}
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Link;
-
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Link {
-        Link {
-            router: self.router.clone(),
-            from: self.from,
-            to: target,
-        }
-    }
-}
-
-impl Link {
-    /// The answer to a call, unless the link was cut while it ran (the answer is lost).
-    fn deliver<T, E>(&self, answer: Result<T, E>) -> Result<T, RPCError<u64, BasicNode, E>>
-    where
-        E: std::error::Error,
-    {
-        self.router.reach(self.to, self.from)?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
-    }
-}
-
-impl RaftNetwork<TypeConfig> for Link {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (raft, elections) = self.router.reach(self.from, self.to)?;
-        self.deliver(network::deliver_append(&raft, &elections, rpc).await)
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        let (raft, _) = self.router.reach(self.from, self.to)?;
-        self.deliver(raft.install_snapshot(rpc).await)
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (raft, elections) = self.router.reach(self.from, self.to)?;
-        self.deliver(network::deliver_vote(&raft, &elections, rpc).await)
-    }
-}
-
-impl PreVoteTransport for Network {
-    async fn ask(&self, target: u64, _node: &BasicNode, request: &PreVote) -> Option<bool> {
-        let (_, elections) = self.router.reach(self.from, target).ok()?;
-        let answer = elections.answer(request).await;
-        self.router.reach(target, self.from).ok()?;
-        Some(answer)
-    }
 }
 
 /// A replica group in one process, its files in a temporary directory.
@@ -777,21 +661,6 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     }
     for task in standing.values() {
         task.abort();
-    }
-}
-
-/// The simulation's choices: proptest's generator, seeded.
-struct Choices(TestRng);
-
-impl Choices {
-    fn seeded(seed: u64) -> Self {
-        let mut bytes = [0; 32];
-        bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        Self(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.next_u64() % n
     }
 }
 

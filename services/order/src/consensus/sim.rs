@@ -1,0 +1,141 @@
+//! An in-memory network between the replicas of one process, for the consensus tests and
+//! the replica simulation: calls are delivered at once, except over links a test cut.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use proptest::prelude::Rng;
+use proptest::test_runner::{RngAlgorithm, TestRng};
+
+use super::{network, Elections, PreVote, PreVoteTransport, Raft, TypeConfig};
+
+/// Delivers calls between the replicas of one process, except over cut links.
+#[derive(Default)]
+pub struct Router {
+    pub rafts: Mutex<BTreeMap<u64, (Raft, Arc<Elections>)>>,
+    pub cut: Mutex<HashSet<(u64, u64)>>,
+}
+
+impl Router {
+    pub fn reach(&self, from: u64, to: u64) -> Result<(Raft, Arc<Elections>), Unreachable> {
+        let cut = self.cut.lock().unwrap().contains(&(from, to));
+        match self.rafts.lock().unwrap().get(&to) {
+            Some(replica) if !cut => Ok(replica.clone()),
+            _ => Err(Unreachable::new(&std::io::Error::other(format!(
+                "{from} cannot reach {to}"
+            )))),
+        }
+    }
+
+    /// Cuts (or, with `cut` false, heals) every link between `node` and the others.
+    pub fn isolate(&self, node: u64, others: &[u64], cut: bool) {
+        let mut links = self.cut.lock().unwrap();
+        for &other in others.iter().filter(|&&o| o != node) {
+            for link in [(node, other), (other, node)] {
+                if cut {
+                    links.insert(link);
+                } else {
+                    links.remove(&link);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Network {
+    pub router: Arc<Router>,
+    pub from: u64,
+}
+
+pub struct Link {
+    router: Arc<Router>,
+    from: u64,
+    to: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Link;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Link {
+        Link {
+            router: self.router.clone(),
+            from: self.from,
+            to: target,
+        }
+    }
+}
+
+impl Link {
+    /// The answer to a call, unless the link was cut while it ran (the answer is lost).
+    fn deliver<T, E>(&self, answer: Result<T, E>) -> Result<T, RPCError<u64, BasicNode, E>>
+    where
+        E: std::error::Error,
+    {
+        self.router.reach(self.to, self.from)?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Link {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let (raft, elections) = self.router.reach(self.from, self.to)?;
+        self.deliver(network::deliver_append(&raft, &elections, rpc).await)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let (raft, _) = self.router.reach(self.from, self.to)?;
+        self.deliver(raft.install_snapshot(rpc).await)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let (raft, elections) = self.router.reach(self.from, self.to)?;
+        self.deliver(network::deliver_vote(&raft, &elections, rpc).await)
+    }
+}
+
+impl PreVoteTransport for Network {
+    async fn ask(&self, target: u64, _node: &BasicNode, request: &PreVote) -> Option<bool> {
+        let (_, elections) = self.router.reach(self.from, target).ok()?;
+        let answer = elections.answer(request).await;
+        self.router.reach(target, self.from).ok()?;
+        Some(answer)
+    }
+}
+
+/// The simulation's choices: proptest's generator, seeded.
+pub struct Choices(TestRng);
+
+impl Choices {
+    pub fn seeded(seed: u64) -> Self {
+        let mut bytes = [0; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Self(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0.next_u64() % n
+    }
+}

@@ -1,0 +1,384 @@
+//! Whole replicas in one process (issue 19, items 8 and 9a): the sequencer (idempotency keys,
+//! the house projection), the book and the leader's catalog applier of three replicas, over the
+//! in-memory network of the consensus tests and a catalog store in memory of the process, with
+//! seeded faults: a replica cut off, a replica stopped and restarted, the catalog down.
+//!
+//! Clients place market orders the way a frontend does: each call has a deadline, an answer
+//! that leaves the outcome unknown is retried under the same key, and after a "not executed"
+//! answer the next try is a new order under a new key. What the answers claimed is checked
+//! against the group's final log and the catalog (I11, exactly-once):
+//! - an order acknowledged with a number is in the log once, executed, at that number;
+//! - an order answered "not executed" (503, 4xx) is never executed, not even later;
+//! - no key is executed twice, whatever was retried;
+//! - the catalog holds every executed order's effect exactly once, and the logs are identical.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures::future::BoxFuture;
+use stocknet_catalog::store::CatalogStore;
+use stocknet_catalog::CatalogError;
+use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Snapshot};
+use stocknet_common::{ApiError, Order, RemoteError, Side};
+use tempfile::TempDir;
+
+use crate::catalog::Catalog;
+use crate::consensus::sim::{Choices, Network, Router};
+use crate::error::OrderError;
+use crate::replica::{Links, Replica, BATCH};
+
+const STOCKS: [&str; 2] = ["GameStart", "FishCo"];
+const INITIAL: &str = "name,price,quantity\nGameStart,15.99,1000000\nFishCo,9.50,1000000\n";
+
+/// How long a client waits for one answer: a frontend's deadline for the leader.
+const DEADLINE: Duration = Duration::from_secs(1);
+
+/// The catalog's store, in this process; while `down`, every call fails as a catalog that
+/// answers 503 would.
+struct MemoryCatalog {
+    store: CatalogStore,
+    down: AtomicBool,
+}
+
+impl MemoryCatalog {
+    fn check(&self) -> Result<(), RemoteError> {
+        if self.down.load(Ordering::Acquire) {
+            Err(RemoteError::Api(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the catalog is down",
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Catalog for MemoryCatalog {
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, RemoteError>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self.store.snapshot())
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        request: &'a ApplyRequest,
+    ) -> BoxFuture<'a, Result<ApplyOutcome, RemoteError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.store.apply(request).map_err(|e| {
+                let status = match e {
+                    CatalogError::Gap { .. }
+                    | CatalogError::StaleTerm { .. }
+                    | CatalogError::TermJump { .. }
+                    | CatalogError::InsufficientQuantity => StatusCode::CONFLICT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                RemoteError::Api(ApiError::new(status, e.to_string()))
+            })
+        })
+    }
+}
+
+/// What one try under a key was answered.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Executed(u64),
+    NotExecuted(String),
+    Unknown(String),
+}
+
+struct Cluster {
+    dir: TempDir,
+    size: u64,
+    router: Arc<Router>,
+    catalog: Arc<MemoryCatalog>,
+    running: Mutex<BTreeMap<u64, Arc<Replica>>>,
+    answers: Mutex<HashMap<String, Vec<Answer>>>,
+    keys: AtomicU64,
+}
+
+impl Cluster {
+    async fn start(size: u64) -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CatalogStore::open(dir.path().join("catalog.csv"), INITIAL).unwrap();
+        let cluster = Arc::new(Self {
+            dir,
+            size,
+            router: Arc::default(),
+            catalog: Arc::new(MemoryCatalog {
+                store,
+                down: AtomicBool::new(false),
+            }),
+            running: Mutex::default(),
+            answers: Mutex::default(),
+            keys: AtomicU64::new(0),
+        });
+        for id in 1..=size {
+            cluster.start_replica(id).await;
+        }
+        cluster
+    }
+
+    async fn start_replica(&self, id: u64) {
+        let peers = (1..=self.size)
+            .map(|id| Peer {
+                id: id as u32,
+                url: format!("mem://{id}"),
+            })
+            .collect();
+        let network = Network {
+            router: self.router.clone(),
+            from: id,
+        };
+        let links = Links {
+            network: network.clone(),
+            pre_votes: network,
+            catalog: self.catalog.clone(),
+        };
+        let replica = Replica::start(id as u32, self.dir.path(), peers, links, 50)
+            .await
+            .unwrap();
+        self.router
+            .rafts
+            .lock()
+            .unwrap()
+            .insert(id, (replica.raft().clone(), replica.elections().clone()));
+        self.running.lock().unwrap().insert(id, replica);
+    }
+
+    /// Stops replica `id` as a crash would, keeping its files.
+    async fn stop_replica(&self, id: u64) {
+        self.router.rafts.lock().unwrap().remove(&id);
+        let replica = self.running.lock().unwrap().remove(&id);
+        if let Some(replica) = replica {
+            replica.shutdown().await;
+        }
+    }
+
+    fn running(&self) -> Vec<(u64, Arc<Replica>)> {
+        let running = self.running.lock().unwrap();
+        running.iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
+    /// The replica a frontend would send to: the one that says it leads the highest term, else
+    /// any.
+    fn pick(&self, choice: u64) -> Option<Arc<Replica>> {
+        let running = self.running();
+        let leading = running
+            .iter()
+            .map(|(id, r)| (r.health(), id, r))
+            .filter(|(health, _, _)| health.leading)
+            .max_by_key(|(health, _, _)| health.term)
+            .map(|(_, id, r)| (*id, r.clone()));
+        let leading = leading.as_ref();
+        leading
+            .or_else(|| running.get(choice as usize % running.len().max(1)))
+            .map(|(_, r)| r.clone())
+    }
+
+    fn fresh_key(&self) -> String {
+        format!("sim-{}", self.keys.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn record(&self, key: &str, answer: Answer) {
+        let mut answers = self.answers.lock().unwrap();
+        answers.entry(key.to_owned()).or_default().push(answer);
+    }
+
+    /// One client's order, tried until it is answered for sure (or 8 tries).
+    async fn client(self: Arc<Self>, order: NewOrder, choice: u64) {
+        let mut key = self.fresh_key();
+        for attempt in 0..8u64 {
+            let Some(replica) = self.pick(choice + attempt) else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let placed = replica.place(order.clone(), Some(key.clone()), None);
+            match tokio::time::timeout(DEADLINE, placed).await {
+                Ok(Ok(placed)) => {
+                    self.record(&key, Answer::Executed(placed.transaction_number));
+                    return;
+                }
+                Ok(Err(e @ OrderError::OutcomeUnknown { .. })) => {
+                    self.record(&key, Answer::Unknown(e.to_string()));
+                }
+                Err(_) => self.record(&key, Answer::Unknown("no answer in time".into())),
+                Ok(Err(
+                    e @ (OrderError::NotLeader { .. }
+                    | OrderError::NotReady
+                    | OrderError::CatalogUnavailable(_)
+                    | OrderError::Rejected { .. }),
+                )) => {
+                    self.record(&key, Answer::NotExecuted(e.to_string()));
+                    key = self.fresh_key();
+                }
+                Ok(Err(e)) => panic!("an order was answered with {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// Replica `id`'s whole log.
+    fn log(replica: &Replica) -> Vec<Order> {
+        let mut log = Vec::new();
+        loop {
+            let page = replica.slice_after(log.len() as u64, BATCH).unwrap();
+            if page.orders.is_empty() {
+                return log;
+            }
+            log.extend(page.orders);
+        }
+    }
+
+    /// Waits until every replica holds the same log and the catalog has applied all of it.
+    async fn settled(&self) -> Vec<Order> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let logs: Vec<Vec<Order>> = self.running().iter().map(|(_, r)| Self::log(r)).collect();
+            let last = logs[0].last().map_or(0, |o| o.number);
+            let applied = self.catalog.store.snapshot().applied;
+            if logs.windows(2).all(|pair| pair[0] == pair[1]) && applied == last {
+                return logs[0].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never settled: log lengths {:?}, catalog at {applied}",
+                logs.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs `steps` seeded steps on three replicas and checks every answer against the outcome.
+async fn simulate(seed: u64, steps: usize) {
+    let mut choices = Choices::seeded(seed);
+    let cluster = Cluster::start(3).await;
+    let mut cut: Option<u64> = None;
+    let mut stopped: Option<u64> = None;
+    for _ in 0..steps {
+        match choices.below(12) {
+            0 => {
+                if let (None, None) = (cut, stopped) {
+                    let id = 1 + choices.below(3);
+                    cluster.router.isolate(id, &[1, 2, 3], true);
+                    cut = Some(id);
+                }
+            }
+            1 => {
+                if let (None, None) = (cut, stopped) {
+                    let id = 1 + choices.below(3);
+                    cluster.stop_replica(id).await;
+                    stopped = Some(id);
+                }
+            }
+            2 => {
+                let down = !cluster.catalog.down.load(Ordering::Acquire);
+                cluster.catalog.down.store(down, Ordering::Release);
+            }
+            3 => {
+                if let Some(id) = cut.take() {
+                    cluster.router.isolate(id, &[1, 2, 3], false);
+                }
+                if let Some(id) = stopped.take() {
+                    cluster.start_replica(id).await;
+                }
+            }
+            _ => {
+                let clients: Vec<_> = (0..1 + choices.below(4))
+                    .map(|_| {
+                        let order = NewOrder {
+                            name: STOCKS[choices.below(2) as usize].into(),
+                            quantity: 1 + choices.below(20) as u32,
+                            side: if choices.below(2) == 0 {
+                                Side::Buy
+                            } else {
+                                Side::Sell
+                            },
+                            price: None,
+                            guard: None,
+                        };
+                        tokio::spawn(cluster.clone().client(order, choices.below(3)))
+                    })
+                    .collect();
+                for client in clients {
+                    client.await.unwrap();
+                }
+            }
+        }
+    }
+    // Everything heals; the answers are then checked against what the group settled on.
+    if let Some(id) = cut {
+        cluster.router.isolate(id, &[1, 2, 3], false);
+    }
+    if let Some(id) = stopped {
+        cluster.start_replica(id).await;
+    }
+    cluster.catalog.down.store(false, Ordering::Release);
+    cluster
+        .clone()
+        .client(
+            NewOrder {
+                name: STOCKS[0].into(),
+                quantity: 1,
+                side: Side::Buy,
+                price: None,
+                guard: None,
+            },
+            0,
+        )
+        .await;
+    let log = cluster.settled().await;
+    check(&cluster, &log);
+}
+
+fn check(cluster: &Cluster, log: &[Order]) {
+    let mut executed: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut quantities: BTreeMap<&str, i64> = STOCKS.iter().map(|s| (*s, 1_000_000)).collect();
+    for entry in log {
+        if let (Some(key), Some((side, count))) = (entry.key.as_deref(), entry.market()) {
+            executed.entry(key).or_default().push(entry.number);
+            *quantities.get_mut(entry.name.as_str()).unwrap() += side.delta(count);
+        }
+    }
+    for (key, numbers) in &executed {
+        assert_eq!(numbers.len(), 1, "key {key} executed at {numbers:?}");
+    }
+    let answers = cluster.answers.lock().unwrap();
+    let mut acknowledged = 0;
+    for (key, tries) in answers.iter() {
+        let fate = executed.get(key.as_str()).map(|numbers| numbers[0]);
+        for answer in tries {
+            if let Answer::Executed(number) = answer {
+                acknowledged += 1;
+                assert_eq!(fate, Some(*number), "key {key}: {tries:?}");
+            }
+        }
+        // Its only try said "not executed": it never is.
+        if let [Answer::NotExecuted(why)] = tries.as_slice() {
+            assert_eq!(fate, None, "key {key} was answered {why:?} and executed");
+        }
+    }
+    assert!(acknowledged > 0, "no order was acknowledged: {answers:?}");
+    let catalog = cluster.catalog.store.snapshot();
+    for stock in catalog.stocks {
+        assert_eq!(
+            stock.quantity as i64,
+            quantities[stock.name.as_str()],
+            "{}: the catalog holds every executed order once",
+            stock.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_faults_keep_every_answer_true_and_every_order_executed_once() {
+    for seed in [1, 2] {
+        simulate(seed, 80).await;
+    }
+}
