@@ -5,9 +5,13 @@
 //! inventory). Modify and cancel change or remove an open limit order.
 //!
 //! Applying the same entries in the same order gives the same book on every replica: nothing
-//! here reads a clock, a random number or a hash map's iteration order.
+//! here reads a clock, a random number or a hash map's iteration order. (The maps hash with
+//! foldhash, fast and seeded per process: their keys, order numbers and stock names the log
+//! holds, are not chosen by an attacker, and nothing iterates them where order matters.)
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use hashbrown::HashMap;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::clock::day_of;
@@ -139,8 +143,12 @@ impl StockBook {
 pub struct Book {
     applied: u64,
     stocks: HashMap<String, StockBook>,
-    orders: BTreeMap<u64, LimitOrder>,
+    orders: HashMap<u64, LimitOrder>,
+    /// The numbers of `orders`, ascending: each order enters after every one before it.
+    numbers: Vec<u64>,
     trades: Vec<Trade>,
+    /// The trades the order entering now took part in (kept to reuse its allocation).
+    taken: Vec<u64>,
     /// Refused modifies and cancels, to answer a retry of one the same way.
     refusals: HashMap<u64, Refusal>,
     next_slot: u64,
@@ -170,7 +178,7 @@ impl Book {
         Parts {
             applied: self.applied,
             next_slot: self.next_slot,
-            orders: self.orders.values(),
+            orders: self.numbers.iter().filter_map(|n| self.orders.get(n)),
             trades: &self.trades,
             refusals,
             portfolios: &self.portfolios,
@@ -205,8 +213,10 @@ impl Book {
             if order.is_open() {
                 open.push((order.slot, order.number));
             }
+            book.numbers.push(order.number);
             book.orders.insert(order.number, order);
         }
+        book.numbers.sort_unstable();
         for (index, trade) in trades.iter().enumerate() {
             if trade.id != index as u64 + 1 {
                 return Err(format!("trade {} is out of place", trade.id));
@@ -375,10 +385,11 @@ impl Book {
         status: Option<Status>,
         before: u64,
     ) -> impl Iterator<Item = &'a LimitOrder> + 'a {
-        self.orders
-            .range(..before)
+        let end = self.numbers.partition_point(|&n| n < before);
+        self.numbers[..end]
+            .iter()
             .rev()
-            .map(|(_, order)| order)
+            .filter_map(|n| self.orders.get(n))
             .filter(move |o| name.is_none_or(|n| o.name == n))
             .filter(move |o| status.is_none_or(|s| o.status() == s))
     }
@@ -477,6 +488,7 @@ impl Book {
                         slot: 0,
                     },
                 );
+                self.numbers.push(entry.number);
                 self.enter(entry.number, entry.number);
                 Ok(entry.number)
             }
@@ -613,18 +625,13 @@ impl Book {
     /// Matches order `number` (open, not queued) against the opposite side, then queues what
     /// remains at the back of its level. `entry` is the log entry doing this.
     fn enter(&mut self, number: u64, entry: u64) {
-        // Out of the map while it trades: one lookup for it instead of one per fill.
-        let Some(mut taker) = self.orders.remove(&number) else {
+        let Some(taker) = self.orders.get(&number) else {
             return;
         };
-        let (side, limit) = (taker.side, taker.price);
-        if !self.stocks.contains_key(&taker.name) {
-            self.stocks.insert(taker.name.clone(), StockBook::default());
-        }
-        let Some(book) = self.stocks.get_mut(&taker.name) else {
-            return;
-        };
-        while taker.remaining() > 0 {
+        let (side, limit, mut remaining) = (taker.side, taker.price, taker.remaining());
+        let book = self.stocks.entry_ref(taker.name.as_str()).or_default();
+        self.taken.clear();
+        while remaining > 0 {
             let opposite = book.side(side.opposite());
             let best = match side {
                 Side::Buy => opposite.first_entry(),
@@ -652,7 +659,7 @@ impl Book {
                 level.queue.pop_front();
                 continue;
             };
-            let quantity = taker.remaining().min(resting.remaining());
+            let quantity = remaining.min(resting.remaining());
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
             resting.filled += quantity;
@@ -665,8 +672,8 @@ impl Book {
                     best.remove();
                 }
             }
-            taker.filled += quantity;
-            taker.trades.push(id);
+            remaining -= quantity;
+            self.taken.push(id);
             let (buy_order, sell_order) = match side {
                 Side::Buy => (number, maker),
                 Side::Sell => (maker, number),
@@ -674,7 +681,7 @@ impl Book {
             self.trades.push(Trade {
                 id,
                 entry,
-                name: taker.name.clone(),
+                name: resting.name.clone(),
                 price,
                 quantity,
                 buy_order,
@@ -684,17 +691,21 @@ impl Book {
             book.trades.push(id);
             book.last_price = Some(price);
         }
-        let remaining = taker.remaining();
         if remaining > 0 {
             self.next_slot += 1;
-            taker.slot = self.next_slot;
             self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
             level.queue.push_back((number, self.next_slot));
             level.total += u64::from(remaining);
             level.live += 1;
         }
-        self.orders.insert(number, taker);
+        if let Some(taker) = self.orders.get_mut(&number) {
+            taker.filled = taker.quantity - remaining;
+            taker.trades.extend_from_slice(&self.taken);
+            if remaining > 0 {
+                taker.slot = self.next_slot;
+            }
+        }
     }
 }
 
