@@ -109,11 +109,12 @@ pub enum Applied {
     Group,
 }
 
-/// One price level's queue: order numbers with the slot they were queued with. A slot that no
-/// longer matches its order's is stale (cancelled, filled or re-queued) and is skipped.
+/// One price level's queue: orders (their places in [`Book::orders`]) with the slot they were
+/// queued with. A slot that no longer matches its order's is stale (cancelled, filled or
+/// re-queued) and is skipped.
 #[derive(Debug, Default, Clone)]
 struct Level {
-    queue: VecDeque<(u64, u64)>,
+    queue: VecDeque<(u32, u64)>,
     /// Remaining quantity of the live orders.
     total: u64,
     live: usize,
@@ -143,9 +144,11 @@ impl StockBook {
 pub struct Book {
     applied: u64,
     stocks: HashMap<String, StockBook>,
-    orders: HashMap<u64, LimitOrder>,
-    /// The numbers of `orders`, ascending: each order enters after every one before it.
-    numbers: Vec<u64>,
+    /// Every limit order, by ascending number (each enters after every one before it): the
+    /// price levels hold places in it, so matching looks nothing up.
+    orders: Vec<LimitOrder>,
+    /// Order number → place in `orders`.
+    places: HashMap<u64, u32>,
     trades: Vec<Trade>,
     /// The trades the order entering now took part in (kept to reuse its allocation).
     taken: Vec<u64>,
@@ -178,7 +181,7 @@ impl Book {
         Parts {
             applied: self.applied,
             next_slot: self.next_slot,
-            orders: self.numbers.iter().filter_map(|n| self.orders.get(n)),
+            orders: self.orders.iter(),
             trades: &self.trades,
             refusals,
             portfolios: &self.portfolios,
@@ -210,13 +213,15 @@ impl Book {
             if order.filled > order.quantity || order.slot > next_slot {
                 return Err(format!("order {} is inconsistent", order.number));
             }
-            if order.is_open() {
-                open.push((order.slot, order.number));
+            if book.orders.last().is_some_and(|last| last.number >= order.number) {
+                return Err(format!("order {} is out of place", order.number));
             }
-            book.numbers.push(order.number);
-            book.orders.insert(order.number, order);
+            let place = book.push(order)?;
+            let order = &book.orders[place as usize];
+            if order.is_open() {
+                open.push((order.slot, place));
+            }
         }
-        book.numbers.sort_unstable();
         for (index, trade) in trades.iter().enumerate() {
             if trade.id != index as u64 + 1 {
                 return Err(format!("trade {} is out of place", trade.id));
@@ -227,8 +232,8 @@ impl Book {
         }
         book.trades = trades;
         open.sort_unstable();
-        for (slot, number) in open {
-            let order = &book.orders[&number];
+        for (slot, place) in open {
+            let order = &book.orders[place as usize];
             let remaining = u64::from(order.remaining());
             let (side, price) = (order.side, order.price);
             let level = book
@@ -238,7 +243,7 @@ impl Book {
                 .side(side)
                 .entry(price)
                 .or_default();
-            level.queue.push_back((number, slot));
+            level.queue.push_back((place, slot));
             level.total += remaining;
             level.live += 1;
         }
@@ -251,7 +256,16 @@ impl Book {
     }
 
     pub fn order(&self, number: u64) -> Option<&LimitOrder> {
-        self.orders.get(&number)
+        let place = *self.places.get(&number)?;
+        self.orders.get(place as usize)
+    }
+
+    /// Adds `order`, the newest; its place.
+    fn push(&mut self, order: LimitOrder) -> Result<u32, String> {
+        let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
+        self.places.insert(order.number, place);
+        self.orders.push(order);
+        Ok(place)
     }
 
     pub fn refusal(&self, number: u64) -> Option<Refusal> {
@@ -302,7 +316,7 @@ impl Book {
         match limit {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
             None => Some(done(Status::Filled, quantity)),
-            Some(_) => self.orders.get(&entry.number).map(|o| self.limit_view(o)),
+            Some(_) => self.order(entry.number).map(|o| self.limit_view(o)),
         }
     }
 
@@ -385,11 +399,10 @@ impl Book {
         status: Option<Status>,
         before: u64,
     ) -> impl Iterator<Item = &'a LimitOrder> + 'a {
-        let end = self.numbers.partition_point(|&n| n < before);
-        self.numbers[..end]
+        let end = self.orders.partition_point(|o| o.number < before);
+        self.orders[..end]
             .iter()
             .rev()
-            .filter_map(|n| self.orders.get(n))
             .filter(move |o| name.is_none_or(|n| o.name == n))
             .filter(move |o| status.is_none_or(|s| o.status() == s))
     }
@@ -473,9 +486,7 @@ impl Book {
                 quantity,
                 limit: Some(price),
             } => {
-                self.orders.insert(
-                    entry.number,
-                    LimitOrder {
+                let order = LimitOrder {
                         number: entry.number,
                         name: entry.name.clone(),
                         user: entry.user,
@@ -486,11 +497,15 @@ impl Book {
                         cancelled: false,
                         trades: Vec::new(),
                         slot: 0,
-                    },
-                );
-                self.numbers.push(entry.number);
-                self.enter(entry.number, entry.number);
-                Ok(entry.number)
+                    };
+                match self.push(order) {
+                    Ok(place) => {
+                        self.enter(place, entry.number);
+                        Ok(entry.number)
+                    }
+                    // Four billion limit orders in one book: refused, like an unknown target.
+                    Err(_) => Err(Refusal::NotFound(entry.number)),
+                }
             }
             Command::Modify {
                 target,
@@ -520,7 +535,7 @@ impl Book {
     /// portfolios and the day's report.
     fn book_fills(&mut self, first: usize, day: u32) {
         for trade in &self.trades[first..] {
-            let user = |order: u64| self.orders.get(&order).and_then(|o| o.user);
+            let user = |order: u64| self.order(order).and_then(|o| o.user);
             let (buyer, seller) = (user(trade.buy_order), user(trade.sell_order));
             for (side, owner) in [(Side::Buy, buyer), (Side::Sell, seller)] {
                 if let Some(owner) = owner {
@@ -533,21 +548,20 @@ impl Book {
         }
     }
 
-    fn open_order(&self, target: u64) -> Result<&LimitOrder, Refusal> {
-        let order = self.orders.get(&target).ok_or(Refusal::NotFound(target))?;
-        if order.is_open() {
-            Ok(order)
-        } else {
-            Err(Refusal::NotOpen(target))
+    /// The place of open order `target`.
+    fn open_order(&self, target: u64) -> Result<u32, Refusal> {
+        let place = *self.places.get(&target).ok_or(Refusal::NotFound(target))?;
+        match self.orders.get(place as usize) {
+            Some(order) if order.is_open() => Ok(place),
+            Some(_) => Err(Refusal::NotOpen(target)),
+            None => Err(Refusal::NotFound(target)),
         }
     }
 
     fn cancel(&mut self, target: u64) -> Result<u64, Refusal> {
-        self.open_order(target)?;
-        self.unqueue(target);
-        if let Some(order) = self.orders.get_mut(&target) {
-            order.cancelled = true;
-        }
+        let place = self.open_order(target)?;
+        self.unqueue(place);
+        self.orders[place as usize].cancelled = true;
         Ok(target)
     }
 
@@ -560,7 +574,8 @@ impl Book {
         quantity: Option<u32>,
         price: Option<Price>,
     ) -> Result<u64, Refusal> {
-        let order = self.open_order(target)?;
+        let place = self.open_order(target)?;
+        let order = &mut self.orders[place as usize];
         let new_quantity = quantity.unwrap_or(order.quantity);
         let new_price = price.unwrap_or(order.price);
         if new_quantity <= order.filled {
@@ -572,13 +587,10 @@ impl Book {
         let (side, old_price, old_quantity) = (order.side, order.price, order.quantity);
         if new_price == old_price && new_quantity <= old_quantity {
             let shrink = u64::from(old_quantity - new_quantity);
-            if let Some(order) = self.orders.get_mut(&target) {
-                order.quantity = new_quantity;
-            }
-            let name = &self.orders[&target].name;
+            order.quantity = new_quantity;
             if let Some(level) = self
                 .stocks
-                .get_mut(name)
+                .get_mut(order.name.as_str())
                 .and_then(|b| b.side(side).get_mut(&old_price))
             {
                 level.total -= shrink;
@@ -586,21 +598,20 @@ impl Book {
             self.touched.push((side, old_price));
             return Ok(target);
         }
-        self.unqueue(target);
-        if let Some(order) = self.orders.get_mut(&target) {
-            order.quantity = new_quantity;
-            order.price = new_price;
-        }
-        self.enter(target, entry);
+        self.unqueue(place);
+        let order = &mut self.orders[place as usize];
+        order.quantity = new_quantity;
+        order.price = new_price;
+        self.enter(place, entry);
         Ok(target)
     }
 
-    /// Removes an open order from its level (its queue slot goes stale).
-    fn unqueue(&mut self, number: u64) {
-        let order = &self.orders[&number];
+    /// Removes the open order at `place` from its level (its queue slot goes stale).
+    fn unqueue(&mut self, place: u32) {
+        let order = &self.orders[place as usize];
         let remaining = u64::from(order.remaining());
         let (side, price) = (order.side, order.price);
-        let Some(book) = self.stocks.get_mut(&order.name) else {
+        let Some(book) = self.stocks.get_mut(order.name.as_str()) else {
             return;
         };
         let levels = book.side(side);
@@ -612,23 +623,20 @@ impl Book {
                 levels.remove(&price);
             } else if level.queue.len() > 2 * level.live + 16 {
                 let orders = &self.orders;
-                level.queue.retain(|&(n, slot)| {
-                    n != number
-                        && orders
-                            .get(&n)
-                            .is_some_and(|o| o.slot == slot && o.is_open())
+                level.queue.retain(|&(queued, slot)| {
+                    let order = &orders[queued as usize];
+                    queued != place && order.slot == slot && order.is_open()
                 });
             }
         }
     }
 
-    /// Matches order `number` (open, not queued) against the opposite side, then queues what
-    /// remains at the back of its level. `entry` is the log entry doing this.
-    fn enter(&mut self, number: u64, entry: u64) {
-        let Some(taker) = self.orders.get(&number) else {
-            return;
-        };
-        let (side, limit, mut remaining) = (taker.side, taker.price, taker.remaining());
+    /// Matches the order at `place` (open, not queued) against the opposite side, then queues
+    /// what remains at the back of its level. `entry` is the log entry doing this.
+    fn enter(&mut self, place: u32, entry: u64) {
+        let taker = &self.orders[place as usize];
+        let (number, side, limit) = (taker.number, taker.side, taker.price);
+        let mut remaining = taker.remaining();
         let book = self.stocks.entry_ref(taker.name.as_str()).or_default();
         self.taken.clear();
         while remaining > 0 {
@@ -647,18 +655,15 @@ impl Book {
                 break;
             }
             let level = best.get_mut();
-            let Some(&(maker, slot)) = level.queue.front() else {
+            let Some(&(queued, slot)) = level.queue.front() else {
                 best.remove();
                 continue;
             };
-            let Some(resting) = self
-                .orders
-                .get_mut(&maker)
-                .filter(|o| o.slot == slot && o.is_open())
-            else {
+            let resting = &mut self.orders[queued as usize];
+            if resting.slot != slot || !resting.is_open() {
                 level.queue.pop_front();
                 continue;
-            };
+            }
             let quantity = remaining.min(resting.remaining());
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
@@ -675,8 +680,8 @@ impl Book {
             remaining -= quantity;
             self.taken.push(id);
             let (buy_order, sell_order) = match side {
-                Side::Buy => (number, maker),
-                Side::Sell => (maker, number),
+                Side::Buy => (number, resting.number),
+                Side::Sell => (resting.number, number),
             };
             self.trades.push(Trade {
                 id,
@@ -695,16 +700,15 @@ impl Book {
             self.next_slot += 1;
             self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
-            level.queue.push_back((number, self.next_slot));
+            level.queue.push_back((place, self.next_slot));
             level.total += u64::from(remaining);
             level.live += 1;
         }
-        if let Some(taker) = self.orders.get_mut(&number) {
-            taker.filled = taker.quantity - remaining;
-            taker.trades.extend_from_slice(&self.taken);
-            if remaining > 0 {
-                taker.slot = self.next_slot;
-            }
+        let taker = &mut self.orders[place as usize];
+        taker.filled = taker.quantity - remaining;
+        taker.trades.extend_from_slice(&self.taken);
+        if remaining > 0 {
+            taker.slot = self.next_slot;
         }
     }
 }
