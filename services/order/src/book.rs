@@ -143,12 +143,17 @@ impl StockBook {
 #[derive(Debug, Default, Clone)]
 pub struct Book {
     applied: u64,
-    stocks: HashMap<String, StockBook>,
+    /// Each stock's book, by the stock's place in `stock_places`.
+    stocks: Vec<StockBook>,
+    /// Stock name → place in `stocks`: a name is hashed once per entry at most.
+    stock_places: HashMap<String, u32>,
     /// Every limit order, by ascending number (each enters after every one before it): the
     /// price levels hold places in it, so matching looks nothing up.
     orders: Vec<LimitOrder>,
     /// Order number → place in `orders`.
     places: HashMap<u64, u32>,
+    /// The place in `stocks` of each order's stock, by the order's place.
+    stock_of: Vec<u32>,
     trades: Vec<Trade>,
     /// The trades the order entering now took part in (kept to reuse its allocation).
     taken: Vec<u64>,
@@ -226,7 +231,8 @@ impl Book {
             if trade.id != index as u64 + 1 {
                 return Err(format!("trade {} is out of place", trade.id));
             }
-            let stock = book.stocks.entry(trade.name.clone()).or_default();
+            let place = book.stock_place(&trade.name)?;
+            let stock = &mut book.stocks[place as usize];
             stock.trades.push(trade.id);
             stock.last_price = Some(trade.price);
         }
@@ -236,13 +242,8 @@ impl Book {
             let order = &book.orders[place as usize];
             let remaining = u64::from(order.remaining());
             let (side, price) = (order.side, order.price);
-            let level = book
-                .stocks
-                .entry(order.name.clone())
-                .or_default()
-                .side(side)
-                .entry(price)
-                .or_default();
+            let stock = book.stock_of[place as usize] as usize;
+            let level = book.stocks[stock].side(side).entry(price).or_default();
             level.queue.push_back((place, slot));
             level.total += remaining;
             level.live += 1;
@@ -263,9 +264,28 @@ impl Book {
     /// Adds `order`, the newest; its place.
     fn push(&mut self, order: LimitOrder) -> Result<u32, String> {
         let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
+        let stock = self.stock_place(&order.name)?;
         self.places.insert(order.number, place);
+        self.stock_of.push(stock);
         self.orders.push(order);
         Ok(place)
+    }
+
+    /// The place of `name`'s book, which it gets the first time it is named.
+    fn stock_place(&mut self, name: &str) -> Result<u32, String> {
+        if let Some(&place) = self.stock_places.get(name) {
+            return Ok(place);
+        }
+        let place = u32::try_from(self.stocks.len()).map_err(|_| "too many stocks".to_owned())?;
+        self.stock_places.insert(name.to_owned(), place);
+        self.stocks.push(StockBook::default());
+        Ok(place)
+    }
+
+    /// `name`'s book, if it was ever named.
+    fn stock(&self, name: &str) -> Option<&StockBook> {
+        let place = *self.stock_places.get(name)?;
+        self.stocks.get(place as usize)
     }
 
     pub fn refusal(&self, number: u64) -> Option<Refusal> {
@@ -274,7 +294,7 @@ impl Book {
 
     /// The price of `name`'s last trade on the book, if it ever traded.
     pub fn last_price(&self, name: &str) -> Option<Price> {
-        self.stocks.get(name).and_then(|b| b.last_price)
+        self.stock(name).and_then(|b| b.last_price)
     }
 
     /// `user`'s positions, stock by stock.
@@ -358,7 +378,7 @@ impl Book {
         if trades.is_empty() && touched.is_empty() {
             return None;
         }
-        let book = self.stocks.get(&entry.name);
+        let book = self.stock(&entry.name);
         let levels = touched
             .into_iter()
             .map(|(side, price)| {
@@ -417,7 +437,7 @@ impl Book {
                 .take(limit)
                 .collect(),
             Some(name) => {
-                let Some(book) = self.stocks.get(name) else {
+                let Some(book) = self.stock(name) else {
                     return Vec::new();
                 };
                 let start = book.trades.partition_point(|&id| id <= after);
@@ -437,7 +457,7 @@ impl Book {
             quantity: level.total,
             orders: level.live,
         };
-        let book = self.stocks.get(name);
+        let book = self.stock(name);
         Depth {
             name: name.to_owned(),
             applied: self.applied,
@@ -588,11 +608,8 @@ impl Book {
         if new_price == old_price && new_quantity <= old_quantity {
             let shrink = u64::from(old_quantity - new_quantity);
             order.quantity = new_quantity;
-            if let Some(level) = self
-                .stocks
-                .get_mut(order.name.as_str())
-                .and_then(|b| b.side(side).get_mut(&old_price))
-            {
+            let stock = self.stock_of[place as usize] as usize;
+            if let Some(level) = self.stocks[stock].side(side).get_mut(&old_price) {
                 level.total -= shrink;
             }
             self.touched.push((side, old_price));
@@ -611,9 +628,7 @@ impl Book {
         let order = &self.orders[place as usize];
         let remaining = u64::from(order.remaining());
         let (side, price) = (order.side, order.price);
-        let Some(book) = self.stocks.get_mut(order.name.as_str()) else {
-            return;
-        };
+        let book = &mut self.stocks[self.stock_of[place as usize] as usize];
         let levels = book.side(side);
         self.touched.push((side, price));
         if let Some(level) = levels.get_mut(&price) {
@@ -637,7 +652,7 @@ impl Book {
         let taker = &self.orders[place as usize];
         let (number, side, limit) = (taker.number, taker.side, taker.price);
         let mut remaining = taker.remaining();
-        let book = self.stocks.entry_ref(taker.name.as_str()).or_default();
+        let book = &mut self.stocks[self.stock_of[place as usize] as usize];
         self.taken.clear();
         while remaining > 0 {
             let opposite = book.side(side.opposite());
@@ -1160,7 +1175,7 @@ mod model_tests {
     /// Everything a client or a later command can observe of a book.
     fn observable(book: &Book) -> impl PartialEq + std::fmt::Debug {
         let parts = book.parts();
-        let mut names: Vec<&String> = book.stocks.keys().collect();
+        let mut names: Vec<&String> = book.stock_places.keys().collect();
         names.sort();
         (
             parts.applied,
