@@ -155,8 +155,10 @@ pub struct Book {
     /// The place in `stocks` of each order's stock, by the order's place.
     stock_of: Vec<u32>,
     trades: Vec<Trade>,
-    /// The trades the order entering now took part in (kept to reuse its allocation).
+    /// The trades the order entering now took part in, and their buyers and sellers (kept to
+    /// reuse their allocations).
     taken: Vec<u64>,
+    traders: Vec<(Option<u64>, Option<u64>)>,
     /// Refused modifies and cancels, to answer a retry of one the same way.
     refusals: HashMap<u64, Refusal>,
     next_slot: u64,
@@ -554,9 +556,7 @@ impl Book {
     /// Books the trades from index `first` on, made on UTC day `day`, into their users'
     /// portfolios and the day's report.
     fn book_fills(&mut self, first: usize, day: u32) {
-        for trade in &self.trades[first..] {
-            let user = |order: u64| self.order(order).and_then(|o| o.user);
-            let (buyer, seller) = (user(trade.buy_order), user(trade.sell_order));
+        for (trade, &(buyer, seller)) in self.trades[first..].iter().zip(&self.traders) {
             for (side, owner) in [(Side::Buy, buyer), (Side::Sell, seller)] {
                 if let Some(owner) = owner {
                     self.portfolios
@@ -650,10 +650,11 @@ impl Book {
     /// what remains at the back of its level. `entry` is the log entry doing this.
     fn enter(&mut self, place: u32, entry: u64) {
         let taker = &self.orders[place as usize];
-        let (number, side, limit) = (taker.number, taker.side, taker.price);
+        let (number, side, limit, user) = (taker.number, taker.side, taker.price, taker.user);
         let mut remaining = taker.remaining();
         let book = &mut self.stocks[self.stock_of[place as usize] as usize];
         self.taken.clear();
+        self.traders.clear();
         while remaining > 0 {
             let opposite = book.side(side.opposite());
             let best = match side {
@@ -698,6 +699,10 @@ impl Book {
                 Side::Buy => (number, resting.number),
                 Side::Sell => (resting.number, number),
             };
+            self.traders.push(match side {
+                Side::Buy => (user, resting.user),
+                Side::Sell => (resting.user, user),
+            });
             self.trades.push(Trade {
                 id,
                 entry,

@@ -9,7 +9,9 @@
 //! position and opens the other way at the fill's price. Short positions are allowed: the
 //! seed's market orders sell to the house whatever the caller names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 
 use stocknet_common::wire::Holding;
 use stocknet_common::{Price, Side};
@@ -74,11 +76,13 @@ pub struct Portfolios {
 impl Portfolios {
     pub fn fill(&mut self, user: u64, name: &str, side: Side, quantity: u32, price: Price) {
         let positions = self.users.entry(user).or_default();
-        if !positions.contains_key(name) {
-            positions.insert(name.to_owned(), Position::default());
-        }
-        if let Some(position) = positions.get_mut(name) {
-            position.fill(side, quantity, price);
+        match positions.get_mut(name) {
+            Some(position) => position.fill(side, quantity, price),
+            None => {
+                let mut position = Position::default();
+                position.fill(side, quantity, price);
+                positions.insert(name.to_owned(), position);
+            }
         }
     }
 

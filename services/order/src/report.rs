@@ -4,7 +4,9 @@
 //! users, never a scan of the log, and a replay of the log gives the same report (it is part of
 //! the book's state, I8). Rows are keyed by stock, like everything the log derives (I10).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 
 use stocknet_common::clock::day_text;
 use stocknet_common::wire::{DailyReport, StockDay, UserVolume};
@@ -61,13 +63,28 @@ struct Day {
     users: HashMap<u64, u64>,
 }
 
+impl Day {
+    fn stock(&mut self, name: &str) -> &mut StockTally {
+        if !self.stocks.contains_key(name) {
+            self.stocks.insert(name.to_owned(), StockTally::default());
+        }
+        self.stocks.get_mut(name).expect("inserted above")
+    }
+
+    fn user_traded(&mut self, user: Option<u64>, quantity: u32) {
+        if let Some(user) = user {
+            *self.users.entry(user).or_default() += u64::from(quantity);
+        }
+    }
+}
+
 impl Reports {
     fn stock(&mut self, day: u32, name: &str) -> &mut StockTally {
-        let stocks = &mut self.days.entry(day).or_default().stocks;
-        if !stocks.contains_key(name) {
-            stocks.insert(name.to_owned(), StockTally::default());
-        }
-        stocks.get_mut(name).expect("inserted above")
+        self.day(day).stock(name)
+    }
+
+    fn day(&mut self, day: u32) -> &mut Day {
+        self.days.entry(day).or_default()
     }
 
     /// A market order executed against the house.
@@ -80,13 +97,14 @@ impl Reports {
         quantity: u32,
         price: Price,
     ) {
-        let tally = self.stock(day, name);
+        let day = self.day(day);
+        let tally = day.stock(name);
         tally.execute(quantity, price);
         match side {
             Side::Buy => tally.bought += u64::from(quantity),
             Side::Sell => tally.sold += u64::from(quantity),
         }
-        self.user_traded(day, user, quantity);
+        day.user_traded(user, quantity);
     }
 
     /// A trade on the book between two orders (of `buyer` and `seller`, if users placed them).
@@ -99,12 +117,13 @@ impl Reports {
         buyer: Option<u64>,
         seller: Option<u64>,
     ) {
-        let tally = self.stock(day, name);
+        let day = self.day(day);
+        let tally = day.stock(name);
         tally.execute(quantity, price);
         tally.bought += u64::from(quantity);
         tally.sold += u64::from(quantity);
-        self.user_traded(day, buyer, quantity);
-        self.user_traded(day, seller, quantity);
+        day.user_traded(buyer, quantity);
+        day.user_traded(seller, quantity);
     }
 
     pub fn refused(&mut self, day: u32, name: &str, reason: &str) {
@@ -113,13 +132,6 @@ impl Reports {
             .refused
             .entry(reason.to_owned())
             .or_default() += 1;
-    }
-
-    fn user_traded(&mut self, day: u32, user: Option<u64>, quantity: u32) {
-        if let Some(user) = user {
-            let users = &mut self.days.entry(day).or_default().users;
-            *users.entry(user).or_default() += u64::from(quantity);
-        }
     }
 
     /// The report of `day`: its stocks in name order, and its top users by volume.
