@@ -220,7 +220,11 @@ impl Book {
             if order.filled > order.quantity || order.slot > next_slot {
                 return Err(format!("order {} is inconsistent", order.number));
             }
-            if book.orders.last().is_some_and(|last| last.number >= order.number) {
+            if book
+                .orders
+                .last()
+                .is_some_and(|last| last.number >= order.number)
+            {
                 return Err(format!("order {} is out of place", order.number));
             }
             let place = book.push(order)?;
@@ -509,17 +513,17 @@ impl Book {
                 limit: Some(price),
             } => {
                 let order = LimitOrder {
-                        number: entry.number,
-                        name: entry.name.clone(),
-                        user: entry.user,
-                        side,
-                        price,
-                        quantity,
-                        filled: 0,
-                        cancelled: false,
-                        trades: Vec::new(),
-                        slot: 0,
-                    };
+                    number: entry.number,
+                    name: entry.name.clone(),
+                    user: entry.user,
+                    side,
+                    price,
+                    quantity,
+                    filled: 0,
+                    cancelled: false,
+                    trades: Vec::new(),
+                    slot: 0,
+                };
                 match self.push(order) {
                     Ok(place) => {
                         self.enter(place, entry.number);
