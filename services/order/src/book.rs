@@ -120,9 +120,23 @@ struct Level {
     live: usize,
 }
 
+/// A trade as the book keeps it: its stock by place (the wire [`Trade`] names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Matched {
+    id: u64,
+    entry: u64,
+    stock: u32,
+    price: Price,
+    quantity: u32,
+    buy_order: u64,
+    sell_order: u64,
+    taker_side: Side,
+}
+
 /// One stock's two sides and trades.
 #[derive(Debug, Default, Clone)]
 struct StockBook {
+    name: String,
     bids: BTreeMap<Price, Level>,
     asks: BTreeMap<Price, Level>,
     last_price: Option<Price>,
@@ -154,7 +168,7 @@ pub struct Book {
     places: HashMap<u64, u32>,
     /// The place in `stocks` of each order's stock, by the order's place.
     stock_of: Vec<u32>,
-    trades: Vec<Trade>,
+    trades: Vec<Matched>,
     /// The trades the order entering now took part in, and their buyers and sellers (kept to
     /// reuse their allocations).
     taken: Vec<u64>,
@@ -173,7 +187,7 @@ pub(crate) struct Parts<'a, Orders> {
     pub applied: u64,
     pub next_slot: u64,
     pub orders: Orders,
-    pub trades: &'a [Trade],
+    pub trades: Vec<Trade>,
     /// Sorted by entry number, so that equal books give equal snapshots.
     pub refusals: Vec<(u64, Refusal)>,
     pub portfolios: &'a Portfolios,
@@ -189,7 +203,7 @@ impl Book {
             applied: self.applied,
             next_slot: self.next_slot,
             orders: self.orders.iter(),
-            trades: &self.trades,
+            trades: self.trades.iter().map(|m| self.wire(m)).collect(),
             refusals,
             portfolios: &self.portfolios,
             reports: &self.reports,
@@ -233,7 +247,7 @@ impl Book {
                 open.push((order.slot, place));
             }
         }
-        for (index, trade) in trades.iter().enumerate() {
+        for (index, trade) in trades.into_iter().enumerate() {
             if trade.id != index as u64 + 1 {
                 return Err(format!("trade {} is out of place", trade.id));
             }
@@ -241,8 +255,17 @@ impl Book {
             let stock = &mut book.stocks[place as usize];
             stock.trades.push(trade.id);
             stock.last_price = Some(trade.price);
+            book.trades.push(Matched {
+                id: trade.id,
+                entry: trade.entry,
+                stock: place,
+                price: trade.price,
+                quantity: trade.quantity,
+                buy_order: trade.buy_order,
+                sell_order: trade.sell_order,
+                taker_side: trade.taker_side,
+            });
         }
-        book.trades = trades;
         open.sort_unstable();
         for (slot, place) in open {
             let order = &book.orders[place as usize];
@@ -284,7 +307,10 @@ impl Book {
         }
         let place = u32::try_from(self.stocks.len()).map_err(|_| "too many stocks".to_owned())?;
         self.stock_places.insert(name.to_owned(), place);
-        self.stocks.push(StockBook::default());
+        self.stocks.push(StockBook {
+            name: name.to_owned(),
+            ..StockBook::default()
+        });
         Ok(place)
     }
 
@@ -313,8 +339,26 @@ impl Book {
         self.reports.daily(day)
     }
 
-    pub fn trade(&self, id: u64) -> Option<&Trade> {
+    pub fn trade(&self, id: u64) -> Option<Trade> {
+        self.matched(id).map(|m| self.wire(m))
+    }
+
+    fn matched(&self, id: u64) -> Option<&Matched> {
         id.checked_sub(1).and_then(|i| self.trades.get(i as usize))
+    }
+
+    /// `matched` as the wire names it.
+    fn wire(&self, matched: &Matched) -> Trade {
+        Trade {
+            id: matched.id,
+            entry: matched.entry,
+            name: self.stocks[matched.stock as usize].name.clone(),
+            price: matched.price,
+            quantity: matched.quantity,
+            buy_order: matched.buy_order,
+            sell_order: matched.sell_order,
+            taker_side: matched.taker_side,
+        }
     }
 
     /// The public view of the order log entry `entry` places, as of now; `None` for a modify
@@ -359,7 +403,7 @@ impl Book {
             fills: order
                 .trades
                 .iter()
-                .filter_map(|&id| self.trade(id))
+                .filter_map(|&id| self.matched(id))
                 .map(|t| Fill {
                     trade: t.id,
                     price: t.price,
@@ -377,7 +421,7 @@ impl Book {
             return None;
         }
         let first = self.trades.partition_point(|t| t.entry < entry.number);
-        let trades = self.trades[first..].to_vec();
+        let trades: Vec<Trade> = self.trades[first..].iter().map(|m| self.wire(m)).collect();
         let mut touched = self.touched.clone();
         touched.sort_unstable_by_key(|&(side, price)| (side == Side::Sell, price));
         touched.dedup();
@@ -434,13 +478,14 @@ impl Book {
     }
 
     /// Up to `limit` trades with ids above `after`, oldest first, of one stock or all.
-    pub fn trades(&self, name: Option<&str>, after: u64, limit: usize) -> Vec<&Trade> {
+    pub fn trades(&self, name: Option<&str>, after: u64, limit: usize) -> Vec<Trade> {
         match name {
             None => self
                 .trades
                 .iter()
                 .skip(usize::try_from(after).unwrap_or(usize::MAX))
                 .take(limit)
+                .map(|m| self.wire(m))
                 .collect(),
             Some(name) => {
                 let Some(book) = self.stock(name) else {
@@ -561,14 +606,15 @@ impl Book {
     /// portfolios and the day's report.
     fn book_fills(&mut self, first: usize, day: u32) {
         for (trade, &(buyer, seller)) in self.trades[first..].iter().zip(&self.traders) {
+            let name = self.stocks[trade.stock as usize].name.as_str();
             for (side, owner) in [(Side::Buy, buyer), (Side::Sell, seller)] {
                 if let Some(owner) = owner {
                     self.portfolios
-                        .fill(owner, &trade.name, side, trade.quantity, trade.price);
+                        .fill(owner, name, side, trade.quantity, trade.price);
                 }
             }
             self.reports
-                .trade(day, &trade.name, trade.quantity, trade.price, buyer, seller);
+                .trade(day, name, trade.quantity, trade.price, buyer, seller);
         }
     }
 
@@ -656,7 +702,8 @@ impl Book {
         let taker = &self.orders[place as usize];
         let (number, side, limit, user) = (taker.number, taker.side, taker.price, taker.user);
         let mut remaining = taker.remaining();
-        let book = &mut self.stocks[self.stock_of[place as usize] as usize];
+        let stock = self.stock_of[place as usize];
+        let book = &mut self.stocks[stock as usize];
         self.taken.clear();
         self.traders.clear();
         while remaining > 0 {
@@ -707,10 +754,10 @@ impl Book {
                 Side::Buy => (user, resting.user),
                 Side::Sell => (resting.user, user),
             });
-            self.trades.push(Trade {
+            self.trades.push(Matched {
                 id,
                 entry,
-                name: resting.name.clone(),
+                stock,
                 price,
                 quantity,
                 buy_order,

@@ -465,12 +465,9 @@ async fn trades(
     Query(filter): Query<TradeFilter>,
 ) -> Result<Response, ApiError> {
     let limit = page_size(filter.limit)?;
-    let trades: Vec<Trade> = state.replica.read_book(|book| {
-        book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit)
-            .into_iter()
-            .cloned()
-            .collect()
-    });
+    let trades: Vec<Trade> = state
+        .replica
+        .read_book(|book| book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit));
     Ok(data(trades))
 }
 

@@ -108,7 +108,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             .collect(),
         trades: parts
             .trades
-            .iter()
+            .into_iter()
             .map(|t| TradeImage {
                 id: t.id,
                 entry: t.entry,
