@@ -164,7 +164,8 @@ pub struct Book {
     /// Every limit order, by ascending number (each enters after every one before it): the
     /// price levels hold places in it, so matching looks nothing up.
     orders: Vec<LimitOrder>,
-    /// Order number → place in `orders`.
+    /// Open order's number → its place in `orders`. Closed orders leave it, so that it stays
+    /// as small as the book (and in the caches); they are found by number in `orders`.
     places: HashMap<u64, u32>,
     /// The place in `stocks` of each order's stock, by the order's place.
     stock_of: Vec<u32>,
@@ -286,15 +287,28 @@ impl Book {
     }
 
     pub fn order(&self, number: u64) -> Option<&LimitOrder> {
-        let place = *self.places.get(&number)?;
-        self.orders.get(place as usize)
+        self.orders.get(self.place(number)? as usize)
+    }
+
+    /// The place of order `number`, open or closed.
+    fn place(&self, number: u64) -> Option<u32> {
+        if let Some(&place) = self.places.get(&number) {
+            return Some(place);
+        }
+        let place = self
+            .orders
+            .binary_search_by_key(&number, |order| order.number)
+            .ok()?;
+        u32::try_from(place).ok()
     }
 
     /// Adds `order`, the newest; its place.
     fn push(&mut self, order: LimitOrder) -> Result<u32, String> {
         let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
         let stock = self.stock_place(&order.name)?;
-        self.places.insert(order.number, place);
+        if order.is_open() {
+            self.places.insert(order.number, place);
+        }
         self.stock_of.push(stock);
         self.orders.push(order);
         Ok(place)
@@ -620,9 +634,10 @@ impl Book {
 
     /// The place of open order `target`.
     fn open_order(&self, target: u64) -> Result<u32, Refusal> {
-        let place = *self.places.get(&target).ok_or(Refusal::NotFound(target))?;
-        match self.orders.get(place as usize) {
-            Some(order) if order.is_open() => Ok(place),
+        if let Some(&place) = self.places.get(&target) {
+            return Ok(place);
+        }
+        match self.place(target) {
             Some(_) => Err(Refusal::NotOpen(target)),
             None => Err(Refusal::NotFound(target)),
         }
@@ -632,6 +647,7 @@ impl Book {
         let place = self.open_order(target)?;
         self.unqueue(place);
         self.orders[place as usize].cancelled = true;
+        self.places.remove(&target);
         Ok(target)
     }
 
@@ -743,6 +759,7 @@ impl Book {
                 if level.live == 0 {
                     best.remove();
                 }
+                self.places.remove(&resting.number);
             }
             remaining -= quantity;
             self.taken.push(id);
@@ -780,6 +797,8 @@ impl Book {
         taker.trades.extend_from_slice(&self.taken);
         if remaining > 0 {
             taker.slot = self.next_slot;
+        } else {
+            self.places.remove(&number);
         }
     }
 }
