@@ -169,6 +169,10 @@ pub struct Book {
     places: HashMap<u64, u32>,
     /// The place in `stocks` of each order's stock, by the order's place.
     stock_of: Vec<u32>,
+    /// The slot each order is queued with, by the order's place; 0 when it is in no queue
+    /// (closed, or being re-entered). Queue entries whose slot differs are stale: this small
+    /// vector tells without reading the orders.
+    queued: Vec<u64>,
     trades: Vec<Matched>,
     /// The trades the order entering now took part in, and their buyers and sellers (kept to
     /// reuse their allocations).
@@ -310,6 +314,8 @@ impl Book {
             self.places.insert(order.number, place);
         }
         self.stock_of.push(stock);
+        self.queued
+            .push(if order.is_open() { order.slot } else { 0 });
         self.orders.push(order);
         Ok(place)
     }
@@ -697,17 +703,17 @@ impl Book {
         let book = &mut self.stocks[self.stock_of[place as usize] as usize];
         let levels = book.side(side);
         self.touched.push((side, price));
+        self.queued[place as usize] = 0;
         if let Some(level) = levels.get_mut(&price) {
             level.total -= remaining;
             level.live -= 1;
             if level.live == 0 {
                 levels.remove(&price);
             } else if level.queue.len() > 2 * level.live + 16 {
-                let orders = &self.orders;
-                level.queue.retain(|&(queued, slot)| {
-                    let order = &orders[queued as usize];
-                    queued != place && order.slot == slot && order.is_open()
-                });
+                let queued = &self.queued;
+                level
+                    .queue
+                    .retain(|&(place, slot)| queued[place as usize] == slot);
             }
         }
     }
@@ -742,11 +748,11 @@ impl Book {
                 best.remove();
                 continue;
             };
-            let resting = &mut self.orders[queued as usize];
-            if resting.slot != slot || !resting.is_open() {
+            if self.queued[queued as usize] != slot {
                 level.queue.pop_front();
                 continue;
             }
+            let resting = &mut self.orders[queued as usize];
             let quantity = remaining.min(resting.remaining());
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
@@ -760,6 +766,7 @@ impl Book {
                     best.remove();
                 }
                 self.places.remove(&resting.number);
+                self.queued[queued as usize] = 0;
             }
             remaining -= quantity;
             self.taken.push(id);
@@ -797,6 +804,7 @@ impl Book {
         taker.trades.extend_from_slice(&self.taken);
         if remaining > 0 {
             taker.slot = self.next_slot;
+            self.queued[place as usize] = self.next_slot;
         } else {
             self.places.remove(&number);
         }
