@@ -12,8 +12,8 @@ pub fn network_policy_names(sn: &StockNet) -> [String; 3] {
 }
 
 /// Ingress to the catalog from this StockNet's frontends and order replicas only; to the order
-/// replicas from its frontends, its replicas and the operator's health probes only; to the
-/// frontends' internal port from the catalog only. The frontends' public port stays open to
+/// replicas from its frontends, its replicas and the operator (health probes, membership
+/// steps) only; to the frontends' internal port from the catalog only. The frontends' public port stays open to
 /// everybody: it serves the public API; so does every component's metrics port (read only),
 /// for Prometheus wherever it runs.
 pub(super) fn network_policies(sn: &StockNet) -> Result<Vec<NetworkPolicy>, SpecError> {
