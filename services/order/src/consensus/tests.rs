@@ -383,6 +383,61 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     );
 }
 
+/// A change that removes the leader itself: the leader of a group of five (after the founder
+/// that led went down, most likely replica 5, which stands first) keeps three others as the
+/// voters; it steps down once that has committed, the three elect one of themselves in a new
+/// term, and commit on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_steps_down_and_the_rest_elect_a_leader() {
+    let mut group = Group::start(3).await;
+    let (first, _) = group.leader(&group.ids).await;
+    for id in [4, 5] {
+        group.join_replica(id).await;
+        let learner = NewLearner {
+            id: id as u32,
+            url: format!("http://mem-{id}"),
+        };
+        members::add_learner(&group.raft(first), learner)
+            .await
+            .unwrap();
+    }
+    let five = Voters {
+        voters: BTreeSet::from([1, 2, 3, 4, 5]),
+    };
+    members::change_voters(&group.raft(first), five)
+        .await
+        .unwrap();
+    // The founder that leads goes; another leads.
+    group.stop_replica(first).await;
+    let others: Vec<u64> = (1..=5).filter(|&id| id != first).collect();
+    let (leader, term) = group.leader(&others).await;
+    group.start_replica(first).await;
+    let (_, same) = group.leader(&[1, 2, 3, 4, 5]).await;
+    assert_eq!(same, term);
+
+    let kept: Vec<u64> = (1..=5).filter(|&id| id != leader).take(3).collect();
+    let three = Voters {
+        voters: kept.iter().map(|&id| id as u32).collect(),
+    };
+    members::change_voters(&group.raft(leader), three)
+        .await
+        .unwrap();
+    let (next, newer) = group.leader(&kept).await;
+    assert!(kept.contains(&next), "{next} of {kept:?}");
+    assert!(newer > term);
+    let written = group
+        .raft(next)
+        .client_write(vec![proposal(7)])
+        .await
+        .unwrap();
+    for &id in &kept {
+        group.applied(id, written.log_id.index).await;
+    }
+    let seen = members::members(&group.raft(next).metrics().borrow());
+    let voters: Vec<u32> = kept.iter().map(|&id| id as u32).collect();
+    assert_eq!(seen.configs, vec![voters]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_that_arrive_together_share_a_leadership_check_and_only_the_leader_passes() {
     let group = Group::start(3).await;
