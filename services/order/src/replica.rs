@@ -508,7 +508,7 @@ impl Replica {
     /// catalog call. A new order the checks refuse is proposed as a refusal, which changes
     /// nothing but is committed like the rest.
     async fn submit(self: &Arc<Self>, submission: Submission) -> Result<u64, OrderError> {
-        let (proposed, mut progress) = {
+        let (proposed, mut progress, market) = {
             let mut guard = self.leading.lock().await;
             let term = self.leader_term().ok_or_else(|| self.not_leader())?;
             let leading = match guard.as_mut() {
@@ -520,8 +520,9 @@ impl Replica {
                 }
                 _ => return Err(OrderError::NotReady),
             };
+            let market = matches!(submission.command, Command::Place { limit: None, .. });
             let proposed = self.propose(leading, submission).await?;
-            (proposed, leading.progress.clone())
+            (proposed, leading.progress.clone(), market)
         };
         let number = match proposed {
             Proposed::Logged(number) => number,
@@ -561,7 +562,12 @@ impl Replica {
                 })?
             }
         };
-        // Committed and in the book: it is acknowledged once the catalog has it too.
+        // Committed and in the book. A book command that did not trade changes nothing in the
+        // catalog (the catalog gets it in order with the others, for its position alone), so
+        // it is answered now; anything else once the catalog has it too (I3, I7).
+        if !market && self.book().entry_price(number).is_none() {
+            return Ok(number);
+        }
         let waiting_since = progress.borrow().round;
         loop {
             {

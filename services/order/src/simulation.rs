@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use stocknet_catalog::store::CatalogStore;
 use stocknet_catalog::CatalogError;
 use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Snapshot};
-use stocknet_common::{ApiError, Order, RemoteError, Side};
+use stocknet_common::{ApiError, Order, Price, RemoteError, Side};
 use tempfile::TempDir;
 
 use crate::catalog::Catalog;
@@ -37,10 +37,11 @@ const INITIAL: &str = "name,price,quantity\nGameStart,15.99,1000000\nFishCo,9.50
 const DEADLINE: Duration = Duration::from_secs(1);
 
 /// The catalog's store, in this process; while `down`, every call fails as a catalog that
-/// answers 503 would.
+/// answers 503 would; while `stalled`, applies wait (a catalog that takes its time).
 struct MemoryCatalog {
     store: CatalogStore,
     down: AtomicBool,
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl MemoryCatalog {
@@ -70,6 +71,7 @@ impl Catalog for MemoryCatalog {
     ) -> BoxFuture<'a, Result<ApplyOutcome, RemoteError>> {
         Box::pin(async move {
             self.check()?;
+            let _ = self.stalled.subscribe().wait_for(|stalled| !stalled).await;
             self.store.apply(request).map_err(|e| {
                 let status = match e {
                     CatalogError::Gap { .. }
@@ -113,6 +115,7 @@ impl Cluster {
             catalog: Arc::new(MemoryCatalog {
                 store,
                 down: AtomicBool::new(false),
+                stalled: tokio::sync::watch::channel(false).0,
             }),
             running: Mutex::default(),
             answers: Mutex::default(),
@@ -381,4 +384,58 @@ async fn seeded_faults_keep_every_answer_true_and_every_order_executed_once() {
     for seed in [1, 2] {
         simulate(seed, 80).await;
     }
+}
+
+/// Issue 20, item 2: a book command that does not trade changes nothing in the catalog, so its
+/// answer does not wait for it; a market order's does (I3, I7), and comes once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_commands_that_change_the_catalog_wait_for_it() {
+    let cluster = Cluster::start(3).await;
+    let order = |side: Side, price: Option<Price>| NewOrder {
+        name: STOCKS[0].into(),
+        quantity: 1,
+        side,
+        price,
+        guard: None,
+    };
+    let leader = loop {
+        if let Some(leader) = cluster.pick(0).filter(|r| r.health().leading) {
+            break leader;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let place = |order: NewOrder, key: &str| {
+        let (leader, key) = (leader.clone(), key.to_owned());
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), leader.place(order, Some(key), None))
+                .await
+                .expect("an answer")
+        }
+    };
+    place(order(Side::Buy, None), "warm-up").await.unwrap();
+
+    cluster.catalog.stalled.send_replace(true);
+    let market = tokio::spawn(place(order(Side::Buy, None), "market"));
+    // Resting limit orders (far below the price) and a cancel: answered while the catalog is
+    // stalled.
+    let resting = place(order(Side::Buy, Some(Price::from_cents(1))), "resting")
+        .await
+        .unwrap();
+    assert_eq!(resting.status, stocknet_common::Status::Open);
+    let cancel = leader
+        .cancel(resting.transaction_number, Some("cancel".into()), None)
+        .await
+        .unwrap();
+    assert!(cancel.transaction_number > resting.transaction_number);
+    // The market order changes the house's quantity: it waits for the catalog.
+    assert!(
+        !market.is_finished(),
+        "answered before the catalog applied it"
+    );
+    cluster.catalog.stalled.send_replace(false);
+    let market = market.await.unwrap().unwrap();
+    assert_eq!(market.status, stocknet_common::Status::Filled);
+    cluster.settled().await;
+    let house = cluster.catalog.store.get(STOCKS[0]).expect("the stock");
+    assert_eq!(house.quantity, 1_000_000 - 2, "both market buys, once each");
 }
