@@ -63,8 +63,12 @@ pub struct LoadConfig {
     pub json: bool,
     /// Place limit orders instead of market orders, priced within 1% of each stock's price
     /// when the run starts, so that about half of them cross the book and trade.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resting")]
     pub limit: bool,
+    /// Place limit orders that never cross: buys 2-3% below each stock's price when the run
+    /// starts, sells 2-3% above, so that every order rests on the book.
+    #[arg(long)]
+    pub resting: bool,
     /// Create this many users (POST /users) before the runs and send every session's requests
     /// with one of their API keys (session i uses user i mod N); 0: anonymous, as in the seed.
     #[arg(long, default_value_t = 0)]
@@ -238,8 +242,10 @@ struct Plan {
     lookup_paths: Vec<String>,
     name_field: String,
     max_quantity: u32,
-    /// Each stock's price in cents when the run started, with `--limit`.
+    /// Each stock's price in cents when the run started, with `--limit` or `--resting`.
     prices: Option<Vec<u64>>,
+    /// With `prices`: buys below them and sells above, so that nothing crosses.
+    resting: bool,
     /// Users' API keys the sessions act for; none: anonymous.
     api_keys: Vec<String>,
     p: f64,
@@ -299,7 +305,7 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     for frontend in &frontends {
         let target = Target::parse(frontend).map_err(anyhow::Error::msg)?;
         let cache = caches(&http, frontend).await;
-        let prices = if config.limit {
+        let prices = if config.limit || config.resting {
             Some(prices(&http, frontend, &stocks).await?)
         } else {
             None
@@ -316,6 +322,7 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
                 name_field: config.name_field.clone(),
                 max_quantity: config.max_quantity,
                 prices: prices.clone(),
+                resting: config.resting,
                 api_keys: api_keys.clone(),
                 p,
                 deadline: Instant::now() + config.duration,
@@ -470,8 +477,12 @@ async fn session(plan: Arc<Plan>, index: usize) -> anyhow::Result<Session> {
             let mut rng = rand::rng();
             let stock = rng.random_range(0..plan.stocks.len());
             let side = if rng.random_bool(0.5) { "buy" } else { "sell" };
-            // Within 1% of the starting price, in basis points.
-            let offset: i64 = rng.random_range(-100..=100);
+            // Within 1% of the starting price, in basis points; or 2-3% on the side's own half.
+            let offset: i64 = match (plan.resting, side) {
+                (false, _) => rng.random_range(-100..=100),
+                (true, "buy") => -rng.random_range(200..=300),
+                (true, _) => rng.random_range(200..=300),
+            };
             let price = plan.prices.as_ref().map(|prices| {
                 let base = prices[stock] as i64;
                 (base + base * offset / 10_000).max(1) as u64
