@@ -85,23 +85,13 @@ pub async fn change_voters(raft: &Raft, voters: Voters) -> Result<(), OrderError
     leading(raft)?;
     let ids: BTreeSet<u64> = voters.voters.iter().map(|&v| u64::from(v)).collect();
     let steps = async {
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = current(raft);
         let now: BTreeSet<u64> = membership.voter_ids().collect();
         if now != ids || membership.get_joint_config().len() > 1 {
             raft.change_membership(ChangeMembers::ReplaceAllVoters(ids.clone()), false)
                 .await?;
         }
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = current(raft);
         let learners: BTreeSet<u64> = membership
             .learner_ids()
             .filter(|l| !ids.contains(l))
@@ -113,6 +103,15 @@ pub async fn change_voters(raft: &Raft, voters: Voters) -> Result<(), OrderError
         Ok(())
     };
     outcome(tokio::time::timeout(STEP_DEADLINE, steps).await)
+}
+
+/// The membership `raft` goes by now.
+fn current(raft: &Raft) -> Membership<u64, BasicNode> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
 }
 
 /// Only the leader changes the membership; a follower says so before it judges the step.

@@ -172,6 +172,22 @@ impl Group {
         self.start_replica(id).await;
     }
 
+    /// Starts replica `id` to join the group, and has `leader` add it as a learner. Until then
+    /// it knows no voters, so it never stands.
+    async fn add_learner(&mut self, leader: u64, id: u64) {
+        self.join_replica(id).await;
+        assert!(members::members(&self.raft(id).metrics().borrow())
+            .voters()
+            .is_empty());
+        let learner = NewLearner {
+            id: id as u32,
+            url: format!("http://mem-{id}"),
+        };
+        members::add_learner(&self.raft(leader), learner)
+            .await
+            .unwrap();
+    }
+
     /// Stops replica `id` as a crash would, keeping its files.
     async fn stop_replica(&mut self, id: u64) {
         let (raft, _) = self.router.rafts.lock().unwrap().remove(&id).unwrap();
@@ -269,18 +285,7 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     };
     write(&group, leader, 1).await;
     for id in [4, 5] {
-        group.join_replica(id).await;
-        // Not a member yet: it knows no voters, so it never stands.
-        assert!(members::members(&group.raft(id).metrics().borrow())
-            .voters()
-            .is_empty());
-        let learner = NewLearner {
-            id: id as u32,
-            url: format!("http://mem-{id}"),
-        };
-        members::add_learner(&group.raft(leader), learner)
-            .await
-            .unwrap();
+        group.add_learner(leader, id).await;
     }
     let last = write(&group, leader, 2).await.log_id.index;
     for id in [4, 5] {
@@ -392,14 +397,7 @@ async fn a_leader_that_removes_itself_steps_down_and_the_rest_elect_a_leader() {
     let mut group = Group::start(3).await;
     let (first, _) = group.leader(&group.ids).await;
     for id in [4, 5] {
-        group.join_replica(id).await;
-        let learner = NewLearner {
-            id: id as u32,
-            url: format!("http://mem-{id}"),
-        };
-        members::add_learner(&group.raft(first), learner)
-            .await
-            .unwrap();
+        group.add_learner(first, id).await;
     }
     let five = Voters {
         voters: BTreeSet::from([1, 2, 3, 4, 5]),
