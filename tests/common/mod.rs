@@ -363,7 +363,23 @@ impl Cluster {
             dir,
         };
         cluster.wait_ready().await;
+        cluster.wait_led_by(founders - 1).await;
         cluster
+    }
+
+    /// Waits (bounded) until replica `index` leads: in steady state the highest-id replica
+    /// does, handed the leadership if another was elected first.
+    pub async fn wait_led_by(&self, index: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.leader().await != Some(index) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never led; its log ends:\n{}",
+                index + 1,
+                self.orders[index].log_tail(20)
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn frontend(&self) -> &str {

@@ -36,6 +36,9 @@ pub enum OrderError {
     NotLeader { leader: Option<(u32, u64)> },
     #[error("Replica is not ready: it knows no leader, or is still taking over as one")]
     NotReady,
+    /// A leader handing the leadership over takes nothing more; it executed nothing of this.
+    #[error("Leadership is moving to replica {0}; retry shortly")]
+    HandingOver(u32),
     #[error("order log ends at {last}")]
     Gap { last: u64 },
     #[error("catalog unavailable: {0}")]
@@ -107,7 +110,7 @@ impl From<OrderError> for ApiError {
             E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
             E::Rejected { .. } | E::Gap { .. } | E::Membership(_) => StatusCode::CONFLICT,
-            E::NotLeader { .. } | E::NotReady | E::CatalogUnavailable(_) => {
+            E::NotLeader { .. } | E::NotReady | E::HandingOver(_) | E::CatalogUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             E::OutcomeUnknown { .. } | E::MembershipPending(_) => StatusCode::GATEWAY_TIMEOUT,

@@ -25,6 +25,7 @@ pub struct ReplicaMetrics {
     pub fsync_seconds: Histogram,
     pub catalog_apply_seconds: Histogram,
     pub takeovers: Counter,
+    pub handovers: Counter,
     pub term: Gauge,
     pub last_entry: Gauge,
     pub committed: Gauge,
@@ -45,6 +46,7 @@ impl ReplicaMetrics {
             fsync_seconds: latency_histogram(),
             catalog_apply_seconds: latency_histogram(),
             takeovers: Counter::default(),
+            handovers: Counter::default(),
             term: Gauge::default(),
             last_entry: Gauge::default(),
             committed: Gauge::default(),
@@ -81,6 +83,11 @@ impl ReplicaMetrics {
             "takeovers",
             "Terms this replica took over as leader (the catalog brought up to date)",
             metrics.takeovers.clone(),
+        );
+        registry.register(
+            "handovers",
+            "Times this replica, leading, handed the leadership to a higher-id voter",
+            metrics.handovers.clone(),
         );
         for (name, help, gauge) in [
             (

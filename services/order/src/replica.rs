@@ -24,7 +24,7 @@ use crate::book::Book;
 use crate::book_store::BookStore;
 use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
-    self, members, Elections, HttpNetwork, HttpPreVote, LogStore, PreVoteTransport, Raft,
+    self, handover, members, Elections, HttpNetwork, HttpPreVote, LogStore, PreVoteTransport, Raft,
     SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
@@ -168,6 +168,8 @@ pub struct Replica {
     metrics: ReplicaMetrics,
     /// The task that stands for election when the leader is lost.
     standing: tokio::task::JoinHandle<()>,
+    /// The task that, leading, hands the leadership to a higher-id voter.
+    handing_over: tokio::task::JoinHandle<()>,
 }
 
 impl Replica {
@@ -215,14 +217,35 @@ impl Replica {
         .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
         let elections = Elections::new(raft.clone(), store, u64::from(id));
         let standing = tokio::spawn(elections.clone().stand_when_leader_lost(links.pre_votes));
-        let replica = Arc::new(Self {
+        let (handover_raft, handover_elections) = (raft.clone(), elections.clone());
+        let handovers = metrics.handovers.clone();
+        let handing_over = move |replica: &std::sync::Weak<Self>| {
+            let replica = replica.clone();
+            let drained = move || {
+                let replica = replica.upgrade();
+                async move {
+                    match replica {
+                        Some(replica) => replica.drained().await,
+                        None => false,
+                    }
+                }
+            };
+            tokio::spawn(handover::prefer_highest(
+                handover_raft,
+                handover_elections,
+                drained,
+                handovers,
+            ))
+        };
+        let replica = Arc::new_cyclic(|replica| Self {
+            handing_over: handing_over(replica),
             id,
             catalog: links.catalog,
             log,
             book,
             reads: SharedReads::start(raft.clone()),
-            elections,
-            raft,
+            elections: elections.clone(),
+            raft: raft.clone(),
             leading: tokio::sync::Mutex::new(None),
             leading_term: AtomicU64::new(0),
             catalog_failing: AtomicBool::new(false),
@@ -237,6 +260,7 @@ impl Replica {
     /// consensus stops (which ends its other tasks). Its files stay as they are.
     pub async fn shutdown(&self) {
         self.standing.abort();
+        self.handing_over.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("consensus did not stop cleanly: {e}");
         }
@@ -489,6 +513,7 @@ impl Replica {
     /// sees every order acknowledged before it arrived, by any frontend (I12).
     /// Reads that arrive together share one check ([`SharedReads`]).
     pub async fn confirm_leadership(&self) -> Result<(), OrderError> {
+        self.not_handing_over()?;
         if self.reads.confirm().await {
             Ok(())
         } else {
@@ -511,6 +536,7 @@ impl Replica {
         let (proposed, mut progress, market) = {
             let mut guard = self.leading.lock().await;
             let term = self.leader_term().ok_or_else(|| self.not_leader())?;
+            self.not_handing_over()?;
             let leading = match guard.as_mut() {
                 Some(leading) if leading.term == term => leading,
                 _ if self.catalog_failing.load(Ordering::Acquire) => {
@@ -701,12 +727,38 @@ impl Replica {
 
     /// Adds `learner` to the group (see [`members`]); only the leader can.
     pub async fn add_learner(&self, learner: NewLearner) -> Result<(), OrderError> {
+        self.not_handing_over()?;
         self.leader_step(members::add_learner(&self.raft, learner).await)
     }
 
     /// Makes `voters` the group's voters (see [`members`]); only the leader can.
     pub async fn change_voters(&self, voters: Voters) -> Result<(), OrderError> {
+        self.not_handing_over()?;
         self.leader_step(members::change_voters(&self.raft, voters).await)
+    }
+
+    /// Refuses what a leader handing over does not take (see [`handover`]).
+    fn not_handing_over(&self) -> Result<(), OrderError> {
+        match self.elections.handing_to() {
+            Some(to) => Err(OrderError::HandingOver(
+                u32::try_from(to).unwrap_or(u32::MAX),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether every command this leader took is answered: committed, applied, and in the
+    /// catalog.
+    async fn drained(&self) -> bool {
+        let all_applied = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics.last_applied.map(|id| id.index) == metrics.last_log_index
+        };
+        let catalog = match self.leading.lock().await.as_ref() {
+            Some(leading) => leading.progress.borrow().applied,
+            None => return false,
+        };
+        all_applied && catalog >= self.book().applied()
     }
 
     fn leader_step(&self, step: Result<(), OrderError>) -> Result<(), OrderError> {

@@ -184,6 +184,25 @@ impl Cluster {
             .map(|(_, r)| r.clone())
     }
 
+    /// Waits (bounded) until replica `id` leads and has taken over, and returns it.
+    async fn led_by(&self, id: u64, within: Duration) -> Arc<Replica> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let leader = self
+                .running()
+                .into_iter()
+                .find(|(running, replica)| *running == id && replica.health().leading);
+            if let Some((_, leader)) = leader {
+                return leader;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {id} never led"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn fresh_key(&self) -> String {
         format!("sim-{}", self.keys.fetch_add(1, Ordering::Relaxed))
     }
@@ -214,6 +233,7 @@ impl Cluster {
                 Ok(Err(
                     e @ (OrderError::NotLeader { .. }
                     | OrderError::NotReady
+                    | OrderError::HandingOver(_)
                     | OrderError::CatalogUnavailable(_)
                     | OrderError::Rejected { .. }),
                 )) => {
@@ -398,12 +418,8 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
         price,
         guard: None,
     };
-    let leader = loop {
-        if let Some(leader) = cluster.pick(0).filter(|r| r.health().leading) {
-            break leader;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The steady state: the highest id leads (it would be handed the leadership otherwise).
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let place = |order: NewOrder, key: &str| {
         let (leader, key) = (leader.clone(), key.to_owned());
         async move {
@@ -438,4 +454,57 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
     cluster.settled().await;
     let house = cluster.catalog.store.get(STOCKS[0]).expect("the stock");
     assert_eq!(house.quantity, 1_000_000 - 2, "both market buys, once each");
+}
+
+/// The seeds' preference, as a preference (issue 19, item 1): the highest-id replica, back
+/// from a crash, is handed the leadership once it has kept up with the leader, at the cost of
+/// one election; orders placed all along are answered truly and executed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highest_replica_back_from_a_crash_is_handed_the_leadership() {
+    let cluster = Cluster::start(3).await;
+    let buy = |quantity: u32| NewOrder {
+        name: STOCKS[0].into(),
+        quantity,
+        side: Side::Buy,
+        price: None,
+        guard: None,
+    };
+    cluster.led_by(3, Duration::from_secs(20)).await;
+    cluster.stop_replica(3).await;
+    for quantity in 1..=5 {
+        cluster.clone().client(buy(quantity), 0).await;
+    }
+    let (interim, interim_term) = {
+        let running = cluster.running();
+        let (id, leader) = running
+            .iter()
+            .find(|(_, replica)| replica.health().leading)
+            .expect("a leader once the orders went through");
+        (*id, leader.health().term)
+    };
+    assert!(interim < 3);
+
+    cluster.start_replica(3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut quantity = 5;
+    let leader = loop {
+        quantity += 1;
+        cluster.clone().client(buy(quantity), quantity.into()).await;
+        let running = cluster.running();
+        if let Some((_, leader)) = running
+            .iter()
+            .find(|(id, replica)| *id == 3 && replica.health().leading)
+        {
+            break leader.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never handed over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(leader.health().term, interim_term + 1, "one election");
+    let old = cluster.running().into_iter().find(|(id, _)| *id == interim);
+    let (_, old) = old.expect("the interim leader runs");
+    assert_eq!(old.metrics().handovers.get(), 1);
+    assert!(!old.health().leading);
+    let log = cluster.settled().await;
+    check(&cluster, &log);
 }

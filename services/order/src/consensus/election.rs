@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,9 @@ pub struct Elections {
     log: LogStore,
     id: u64,
     last_contact: Mutex<Instant>,
+    /// While this replica, leading, hands the leadership over (`handover.rs`): the voter it
+    /// hands it to; 0 otherwise.
+    handing_to: AtomicU64,
 }
 
 impl Elections {
@@ -63,7 +67,19 @@ impl Elections {
             log,
             id,
             last_contact: Mutex::new(Instant::now()),
+            handing_to: AtomicU64::new(0),
         })
+    }
+
+    /// The voter this leader is handing the leadership to, if it is.
+    pub fn handing_to(&self) -> Option<u64> {
+        Some(self.handing_to.load(Ordering::Acquire)).filter(|&id| id != 0)
+    }
+
+    /// Starts (`Some`) or ends (`None`) a handover: while it lasts this replica grants its
+    /// pre-vote to that voter alone.
+    pub fn hand_to(&self, voter: Option<u64>) {
+        self.handing_to.store(voter.unwrap_or(0), Ordering::Release);
     }
 
     /// Records that a leader was heard from (an append it sent was accepted) or a vote was
@@ -83,9 +99,16 @@ impl Elections {
     /// Whether this replica would vote for `request`'s candidate: it has lost its leader too
     /// (or, leading, no majority answered it lately), the candidate's term is not behind its
     /// own, and the candidate's log is at least as up to date as its own.
+    /// A leader handing over grants it at once to the voter it hands over to, and to no other.
     pub async fn answer(&self, request: &PreVote) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
-        let still_led = if metrics.state == ServerState::Leader {
+        let leading = metrics.state == ServerState::Leader;
+        if let Some(to) = self.handing_to().filter(|_| leading) {
+            return request.candidate == to
+                && request.term > metrics.current_term
+                && request.last_log >= self.log.last_log_id();
+        }
+        let still_led = if leading {
             metrics
                 .millis_since_quorum_ack
                 .is_some_and(|ms| u128::from(ms) < LEASE.as_millis())

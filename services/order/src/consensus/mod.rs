@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod election;
+pub mod handover;
 mod log_store;
 pub mod members;
 mod network;

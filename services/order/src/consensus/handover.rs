@@ -1,0 +1,256 @@
+//! The seeds' preference, kept as a preference: in steady state the highest-id voter leads.
+//! Elections already favour it (it stands first, see [`super::election_timeout`]), but after a
+//! fault another replica leads until the next fault. So a leader that sees a voter with a
+//! higher id caught up with it hands the leadership over (Raft's leadership transfer, the
+//! dissertation's §3.10; openraft 0.9 has none): it stops taking commands and reads (503,
+//! nothing executed), lets those in flight finish, stops its heartbeats, and grants that voter
+//! alone its pre-vote. The voter, first in rank, stands when the heartbeats stop; the others
+//! vote for it once their leases ran out. If it does not stand in time, the leader takes up
+//! its heartbeats again and keeps leading.
+//!
+//! Safety never rests on this: any voter may win any election, and the handover only decides
+//! when the leader stops sending heartbeats.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::metrics::RaftMetrics;
+use openraft::{BasicNode, ServerState};
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+
+use super::{Elections, Raft, HEARTBEAT};
+
+/// How long a replica leads before it hands over: a new leader settles first (its takeover,
+/// the catalog), and a group that just had a fault sees one change at a time.
+pub const LEAD_SETTLE: Duration = Duration::from_secs(2);
+
+/// How long the voter must have kept up with the leader before it is handed the leadership:
+/// a replica back from a restart or a hang proves it is answering first.
+pub const CAUGHT_UP_FOR: Duration = Duration::from_secs(1);
+
+/// How long the leader waits for the commands in flight to finish before it gives up a
+/// handover (and keeps leading).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long the leader waits, heartbeats stopped, for the voter to be elected: its first
+/// pre-vote comes one election timeout after the last heartbeat, a second one a timeout
+/// later.
+const ELECTED_DEADLINE: Duration = Duration::from_secs(2);
+
+/// After a handover that did not happen, the next waits this long, doubling up to
+/// [`MAX_RETRY`]: a voter that keeps up but does not stand (hung between two heartbeats)
+/// costs a pause now and then, not every few seconds.
+const FIRST_RETRY: Duration = Duration::from_secs(10);
+const MAX_RETRY: Duration = Duration::from_secs(160);
+
+/// The voter a leader with `metrics` would hand over to: the highest-id voter above its own
+/// that keeps up with its log, while the membership is not changing (a joint
+/// membership is left to finish first).
+pub fn preferred(metrics: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    if metrics.state != ServerState::Leader {
+        return None;
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() != 1 {
+        return None;
+    }
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    voters
+        .into_iter()
+        .rev()
+        .take_while(|&voter| voter > metrics.id)
+        .find(|&voter| caught_up(metrics, voter, KEPT_UP_ENTRIES))
+}
+
+/// How many entries behind the leader a voter may be seen and still count as keeping up: under
+/// load the entry in flight is rarely acknowledged yet. (The handover itself waits until it
+/// holds them all.)
+const KEPT_UP_ENTRIES: u64 = 8;
+
+/// Whether the leader with `metrics` has seen `voter` hold its log but for `lag` entries.
+pub fn caught_up(metrics: &RaftMetrics<u64, BasicNode>, voter: u64, lag: u64) -> bool {
+    let matched = metrics
+        .replication
+        .as_ref()
+        .and_then(|replication| replication.get(&voter));
+    // Entries held, against entries written (index 0 is the first).
+    let held = |index: Option<u64>| index.map_or(0, |index| index + 1);
+    matched.is_some_and(|matched| {
+        held(matched.map(|id| id.index)) + lag >= held(metrics.last_log_index)
+    })
+}
+
+/// Runs on every replica: while it leads and the same preferred voter (see [`preferred`]) has
+/// kept up for [`CAUGHT_UP_FOR`], hands it the leadership. `drained` says whether every command the
+/// leader took is answered (committed, and in the catalog). Runs until aborted.
+pub async fn prefer_highest<F, Fut>(
+    raft: Raft,
+    elections: Arc<Elections>,
+    drained: F,
+    handovers: Counter,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (term, since): when this replica began leading its term.
+    let mut leading_since: Option<(u64, Instant)> = None;
+    // (voter, since): since when the preferred voter has kept up.
+    let mut caught_up_since: Option<(u64, Instant)> = None;
+    let (mut retry, mut next_attempt) = (FIRST_RETRY, Instant::now());
+    loop {
+        ticks.tick().await;
+        let metrics = raft.metrics().borrow().clone();
+        let now = Instant::now();
+        let Some(voter) = preferred(&metrics) else {
+            if metrics.state != ServerState::Leader {
+                leading_since = None;
+            }
+            caught_up_since = None;
+            continue;
+        };
+        let term = metrics.current_term;
+        let led = *leading_since.get_or_insert((term, now));
+        if led.0 != term {
+            leading_since = Some((term, now));
+        }
+        let kept_up = *caught_up_since.get_or_insert((voter, now));
+        if kept_up.0 != voter {
+            caught_up_since = Some((voter, now));
+            continue;
+        }
+        if led.0 != term
+            || now < led.1 + LEAD_SETTLE
+            || now < kept_up.1 + CAUGHT_UP_FOR
+            || now < next_attempt
+        {
+            continue;
+        }
+        if hand_over(&raft, &elections, voter, &drained).await {
+            handovers.inc();
+            retry = FIRST_RETRY;
+        } else {
+            next_attempt = Instant::now() + retry;
+            retry = (retry * 2).min(MAX_RETRY);
+        }
+        caught_up_since = None;
+    }
+}
+
+/// One handover to `voter`; whether this replica stopped leading.
+async fn hand_over<F, Fut>(raft: &Raft, elections: &Elections, voter: u64, drained: &F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    // From here on the replica takes no command and serves no read.
+    elections.hand_to(Some(voter));
+    let handed = async {
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        // Twice in a row, a poll apart: a command that passed the check just before the
+        // handover began is proposed within that time.
+        let mut quiet = 0;
+        while quiet < 2 {
+            let done = drained().await && caught_up(&raft.metrics().borrow(), voter, 0);
+            quiet = if done { quiet + 1 } else { 0 };
+            if Instant::now() >= deadline {
+                tracing::info!(voter, "handover given up: commands still in flight");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(voter, "handing the leadership over to the highest-id voter");
+        raft.runtime_config().heartbeat(false);
+        let stepped_down = tokio::time::timeout(
+            ELECTED_DEADLINE,
+            raft.server_metrics()
+                .wait_for(|m| m.state != ServerState::Leader),
+        )
+        .await
+        .is_ok_and(|changed| changed.is_ok());
+        raft.runtime_config().heartbeat(true);
+        if !stepped_down {
+            tracing::warn!(voter, "handover did not happen; leading on");
+        }
+        stepped_down
+    }
+    .await;
+    elections.hand_to(None);
+    handed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{Membership, StoredMembership, Vote};
+
+    use super::*;
+    use crate::consensus::log_id;
+
+    fn leader_metrics(id: u64, configs: Vec<BTreeSet<u64>>) -> RaftMetrics<u64, BasicNode> {
+        let nodes: BTreeMap<u64, BasicNode> = configs
+            .iter()
+            .flatten()
+            .map(|&id| (id, BasicNode::new(format!("http://127.0.0.1:{id}"))))
+            .collect();
+        RaftMetrics {
+            id,
+            state: ServerState::Leader,
+            current_term: 2,
+            vote: Vote::new_committed(2, id),
+            last_log_index: Some(10),
+            membership_config: Arc::new(StoredMembership::new(
+                Some(log_id(1, 1)),
+                Membership::new(configs, nodes),
+            )),
+            ..RaftMetrics::new_initial(id)
+        }
+    }
+
+    fn replicated(metrics: &mut RaftMetrics<u64, BasicNode>, matched: &[(u64, u64)]) {
+        let matched = matched
+            .iter()
+            .map(|&(id, index)| (id, Some(log_id(2, index))));
+        metrics.replication = Some(matched.collect());
+    }
+
+    #[test]
+    fn a_leader_prefers_the_highest_caught_up_voter_above_it_outside_a_change() {
+        let three = BTreeSet::from([1, 2, 3]);
+        let mut metrics = leader_metrics(1, vec![three.clone()]);
+        assert_eq!(preferred(&metrics), None, "no replication seen yet");
+        replicated(&mut metrics, &[(2, 10), (3, 10)]);
+        assert_eq!(preferred(&metrics), Some(3));
+        replicated(&mut metrics, &[(2, 10), (3, 10 - KEPT_UP_ENTRIES - 1)]);
+        assert_eq!(preferred(&metrics), Some(2), "3 is behind");
+
+        let mut top = leader_metrics(3, vec![three.clone()]);
+        replicated(&mut top, &[(1, 10), (2, 10)]);
+        assert_eq!(preferred(&top), None, "the highest leads already");
+
+        let mut joint = leader_metrics(3, vec![three, BTreeSet::from([1, 2, 3, 4, 5])]);
+        replicated(&mut joint, &[(4, 10), (5, 10)]);
+        assert_eq!(preferred(&joint), None, "the membership is changing");
+
+        let mut follower = RaftMetrics {
+            state: ServerState::Follower,
+            ..leader_metrics(1, vec![BTreeSet::from([1, 2, 3])])
+        };
+        replicated(&mut follower, &[(2, 10), (3, 10)]);
+        assert_eq!(preferred(&follower), None);
+    }
+
+    #[test]
+    fn a_voter_is_caught_up_when_the_leader_saw_it_hold_its_log_but_for_the_lag() {
+        let mut metrics = leader_metrics(2, vec![BTreeSet::from([1, 2, 3])]);
+        assert!(!caught_up(&metrics, 3, 0));
+        replicated(&mut metrics, &[(1, 10), (3, 9)]);
+        assert!(caught_up(&metrics, 1, 0));
+        assert!(!caught_up(&metrics, 3, 0));
+        assert!(caught_up(&metrics, 3, 2));
+    }
+}
