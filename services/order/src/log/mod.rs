@@ -1,38 +1,27 @@
-//! One replica's order log: an append-only CSV file
-//! (`number,term,type,name,quantity,key,price,target,user,time,quote,rejected,entry`), one
-//! line per order, each with the index of the Raft entry it came in (a leader proposes the
-//! commands that arrive together as one entry, so an entry holds one line or several).
-//! The orders stay on disk; memory holds only what finds them again: the offset of every
-//! [`STRIDE`]th order, the runs of orders with one term, where entries of several lines
-//! start, and 8 bytes per idempotency key.
+//! One replica's order log: an append-only CSV file, one line per order, each with the index of
+//! the Raft entry it came in (a leader proposes the commands that arrive together as one entry,
+//! so an entry holds one line or several). The layout of a line is `record.rs`'s.
+//! The orders stay on disk; memory holds only what finds them again (`index.rs`): the offset
+//! of every [`STRIDE`]th order, the runs of orders with one term, where entries of several
+//! lines start, and 8 bytes per idempotency key (`keys.rs`).
 //! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
 //! cut off when the log is opened (it was never acknowledged).
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use hashbrown::HashTable;
-use stocknet_common::model::EntryFields;
-use stocknet_common::{file, Command, GroupEntry, Order, Price, Rejection};
+use stocknet_common::{file, Order};
 
 use crate::error::OrderError;
 
-const HEADER: &str =
-    "number,term,type,name,quantity,key,price,target,user,time,quote,rejected,entry\n";
+mod index;
+mod keys;
+mod record;
 
-/// Headers of logs written before entries held several lines (twelve fields), before users
-/// and stamps (eight) and before the order book (six). Such a log is read as it is (each of
-/// its lines its own entry, see [`Line::alone`]) and new lines are appended in the current
-/// form.
-const OLDER_HEADERS: [&str; 3] = [
-    "number,term,type,name,quantity,key,price,target,user,time,quote,rejected\n",
-    "number,term,type,name,quantity,key,price,target\n",
-    "number,term,type,name,quantity,key\n",
-];
+use index::Index;
+pub use keys::MAX_ORDER_NUMBER;
 
 /// One offset is kept per this many orders: a lookup parses at most this many records (a few
 /// KB), and a million orders cost 125 KB of offsets.
@@ -70,27 +59,6 @@ pub struct OrderLog {
     index: Index,
 }
 
-/// What locates orders in the file.
-#[derive(Debug, Default)]
-struct Index {
-    last: u64,
-    /// `checkpoints[i]` is the byte offset where order `i * STRIDE + 1` starts.
-    checkpoints: Vec<u64>,
-    /// `(first order, term)` of each run of consecutive orders with one term.
-    terms: Vec<(u64, u64)>,
-    keys: KeyIndex,
-    /// The numbers of the replica group's membership entries, in order.
-    memberships: Vec<u64>,
-    /// Where entries start, as runs `(entry, number)`: entry `entry + k` starts at line
-    /// `number + k`, and the run's last entry holds every line up to the next run's first
-    /// (or the log's end). A log of one line per entry is one run.
-    entries: Vec<(u64, u64)>,
-    /// The entry of the last line (0 when empty).
-    last_entry: u64,
-    /// The last (up to) [`RECENT`] orders.
-    recent: VecDeque<Order>,
-}
-
 impl OrderLog {
     /// Opens (or creates) the log at `path`, truncating a torn last record.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
@@ -111,8 +79,9 @@ impl OrderLog {
         }
         let mut len = good_len;
         if len == 0 {
-            (&file).write_all(HEADER.as_bytes()).map_err(io)?;
-            len = HEADER.len() as u64;
+            let header = record::header();
+            (&file).write_all(header.as_bytes()).map_err(io)?;
+            len = header.len() as u64;
         }
         file.sync_all().map_err(io)?;
         file::sync_dir(&path).map_err(io)?;
@@ -312,7 +281,7 @@ impl OrderLog {
             self.next_record(&mut reader, &mut record, number)?;
             if number >= first {
                 each(
-                    line_from(&record, number)
+                    record::decode(&record, number)
                         .map_err(|e| self.corrupt(number, &e))?
                         .order,
                 );
@@ -341,7 +310,7 @@ impl OrderLog {
     fn reader_at(&self, number: u64) -> (csv::Reader<ReadAt<'_>>, u64, u64) {
         let slot = (number - 1) / STRIDE;
         let start = self.index.checkpoints[slot as usize];
-        let reader = csv_reader(ReadAt {
+        let reader = record::reader(ReadAt {
             file: &self.file,
             offset: start,
             end: self.len,
@@ -370,194 +339,6 @@ impl OrderLog {
     }
 }
 
-impl Index {
-    /// Indexes every complete record of `file` before byte `complete`. Returns the length of
-    /// the well-formed prefix: a last record that is cut off or malformed is a torn append
-    /// (never acknowledged) and lies outside it; a malformed record before it is corruption.
-    fn load(&mut self, file: &File, complete: u64) -> Result<u64, OrderError> {
-        let mut reader = csv_reader(ReadAt {
-            file,
-            offset: 0,
-            end: complete,
-        });
-        let mut record = csv::ByteRecord::new();
-        let mut header_seen = false;
-        loop {
-            let start = reader.position().clone();
-            let parsed = match reader.read_byte_record(&mut record) {
-                Ok(false) => return Ok(complete),
-                Ok(true) if !header_seen => {
-                    let is = |header: &str| {
-                        record
-                            .iter()
-                            .eq(header.trim_end().split(',').map(str::as_bytes))
-                    };
-                    if !is(HEADER) && !OLDER_HEADERS.into_iter().any(is) {
-                        return Err(OrderError::Corrupt("missing header line".into()));
-                    }
-                    header_seen = true;
-                    continue;
-                }
-                Ok(true) => line_from(&record, self.last + 1),
-                Err(e) => Err(e.to_string()),
-            };
-            match parsed {
-                Ok(line) => self.push(&line, start.byte()),
-                Err(_) if reader.position().byte() >= complete => return Ok(start.byte()),
-                Err(e) => {
-                    return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
-                }
-            }
-        }
-    }
-
-    /// Records `line`, which follows the last one and starts at byte `start`.
-    fn push(&mut self, line: &Line, start: u64) {
-        let Line { entry, order } = line;
-        let starts_entry = self.last == 0 || *entry != self.last_entry;
-        if starts_entry
-            && self.entries.last().is_none_or(|&(first_entry, first)| {
-                first + entry.saturating_sub(first_entry) != order.number
-            })
-        {
-            self.entries.push((*entry, order.number));
-        }
-        self.last_entry = *entry;
-        if (order.number - 1).is_multiple_of(STRIDE) {
-            self.checkpoints.push(start);
-        }
-        if self
-            .terms
-            .last()
-            .is_none_or(|&(_, term)| term != order.term)
-        {
-            self.terms.push((order.number, order.term));
-        }
-        if let Some(key) = &order.key {
-            self.keys.insert(key, order.number);
-        }
-        if matches!(order.command, Command::Group(GroupEntry::Membership(_))) {
-            self.memberships.push(order.number);
-        }
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(order.clone());
-        self.last = order.number;
-    }
-
-    /// Forgets every order after `last` but their keys (the caller removes those).
-    fn truncate(&mut self, last: u64) {
-        self.checkpoints
-            .truncate(usize::try_from(last.div_ceil(STRIDE)).unwrap_or(usize::MAX));
-        let runs = self.terms.partition_point(|&(first, _)| first <= last);
-        self.terms.truncate(runs);
-        let kept = self.memberships.partition_point(|&number| number <= last);
-        self.memberships.truncate(kept);
-        self.last_entry = self.entry_at(last).unwrap_or(0);
-        let runs = self.entries.partition_point(|&(_, first)| first <= last);
-        self.entries.truncate(runs);
-        while self.recent.back().is_some_and(|o| o.number > last) {
-            self.recent.pop_back();
-        }
-        self.last = last;
-    }
-
-    fn entry_at(&self, number: u64) -> Option<u64> {
-        if number == 0 || number > self.last {
-            return None;
-        }
-        let run = self.entries.partition_point(|&(_, first)| first <= number);
-        let (entry, first) = *self.entries.get(run.checked_sub(1)?)?;
-        let run_last = self
-            .entries
-            .get(run)
-            .map_or(self.last_entry, |&(next, _)| next.saturating_sub(1));
-        Some((entry + (number - first)).min(run_last))
-    }
-
-    fn first_line(&self, entry: u64) -> Option<u64> {
-        if self.last == 0 || entry > self.last_entry {
-            return None;
-        }
-        let run = self
-            .entries
-            .partition_point(|&(first_entry, _)| first_entry <= entry);
-        let (first_entry, first) = *self.entries.get(run.checked_sub(1)?)?;
-        Some(first + (entry - first_entry))
-    }
-
-    fn term_at(&self, number: u64) -> Option<u64> {
-        if number == 0 {
-            return Some(0);
-        }
-        if number > self.last {
-            return None;
-        }
-        let run = self.terms.partition_point(|&(first, _)| first <= number);
-        Some(self.terms[run - 1].1)
-    }
-}
-
-/// Idempotency key → order number in one `u64` per key: the top 24 bits are a fingerprint of
-/// the key, the low 40 the order's number. The keys themselves stay in the log; a candidate
-/// whose fingerprint matches is confirmed by reading its order. A million keys fit in a table
-/// of 2^21 slots of 9 bytes (19 MB).
-#[derive(Debug, Default)]
-struct KeyIndex {
-    table: HashTable<u64>,
-    hasher: RandomState,
-}
-
-const NUMBER_BITS: u32 = 40;
-const NUMBER_MASK: u64 = (1 << NUMBER_BITS) - 1;
-
-/// The highest order number a log holds: about 10^12, nearly nine years of orders at 4,000/s.
-pub const MAX_ORDER_NUMBER: u64 = NUMBER_MASK;
-
-impl KeyIndex {
-    fn fingerprint(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key) >> NUMBER_BITS
-    }
-
-    /// The table's hash of a fingerprint. Entries are hashed from their fingerprint alone, so
-    /// the table can grow without the keys.
-    fn table_hash(fingerprint: u64) -> u64 {
-        fingerprint.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-
-    fn entry_hash(entry: &u64) -> u64 {
-        Self::table_hash(entry >> NUMBER_BITS)
-    }
-
-    fn insert(&mut self, key: &str, number: u64) {
-        let fingerprint = self.fingerprint(key);
-        let entry = fingerprint << NUMBER_BITS | number;
-        self.table
-            .insert_unique(Self::table_hash(fingerprint), entry, Self::entry_hash);
-    }
-
-    /// The numbers of the orders whose key may be `key`.
-    fn candidates(&self, key: &str) -> impl Iterator<Item = u64> + '_ {
-        let fingerprint = self.fingerprint(key);
-        self.table
-            .iter_hash(Self::table_hash(fingerprint))
-            .filter(move |&&entry| entry >> NUMBER_BITS == fingerprint)
-            .map(|&entry| entry & NUMBER_MASK)
-    }
-
-    fn remove(&mut self, key: &str, number: u64) {
-        let fingerprint = self.fingerprint(key);
-        let entry = fingerprint << NUMBER_BITS | number;
-        if let Ok(found) = self
-            .table
-            .find_entry(Self::table_hash(fingerprint), |&e| e == entry)
-        {
-            found.remove();
-        }
-    }
-}
-
 /// Calls `each` with every entry of the log file at `path`, in order, only reading it (the
 /// file may belong to a running replica): a torn last record is left out, as opening the log
 /// would cut it off.
@@ -566,7 +347,7 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
     let file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let complete = file::end_of_last_line(&file, size).map_err(io)?;
-    let mut reader = csv_reader(ReadAt {
+    let mut reader = record::reader(ReadAt {
         file: &file,
         offset: 0,
         end: complete,
@@ -581,22 +362,14 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
             return Ok(());
         }
         if number == 0 {
-            let header: Vec<&[u8]> = record.iter().collect();
-            let known = std::iter::once(HEADER).chain(OLDER_HEADERS).any(|h| {
-                header
-                    == h.trim_end()
-                        .split(',')
-                        .map(str::as_bytes)
-                        .collect::<Vec<_>>()
-            });
-            if !known {
+            if !record::is_header(&record) {
                 return Err(OrderError::Corrupt(format!(
                     "{}: missing header line",
                     path.display()
                 )));
             }
         } else {
-            let line = line_from(&record, number).map_err(|e| {
+            let line = record::decode(&record, number).map_err(|e| {
                 OrderError::Corrupt(format!("{}: order {number}: {e}", path.display()))
             })?;
             each(line.order);
@@ -621,13 +394,6 @@ impl Read for ReadAt<'_> {
         self.offset += read as u64;
         Ok(read)
     }
-}
-
-fn csv_reader<R: Read>(source: R) -> csv::Reader<R> {
-    csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(source)
 }
 
 /// Checks that `batch` may follow line `after`, of entry `after_entry` (`None` for the empty
@@ -664,92 +430,21 @@ fn format_records(batch: &[Line], base: u64) -> Result<(Vec<u8>, Vec<u64>), Orde
         .has_headers(false)
         .from_writer(Vec::new());
     let mut starts = Vec::with_capacity(batch.len());
-    for Line { entry, order } in batch {
+    for line in batch {
         writer.flush().map_err(|e| corrupt(&e))?;
         starts.push(base + writer.get_ref().len() as u64);
-        let fields = EntryFields::from(order.clone());
-        let text = |value: Option<String>| value.unwrap_or_default();
         writer
-            .write_record([
-                fields.number.to_string(),
-                fields.term.to_string(),
-                fields.kind,
-                fields.name,
-                text(fields.quantity.map(|q| q.to_string())),
-                text(fields.key),
-                text(fields.price.map(|p| p.to_string())),
-                text(fields.target.map(|t| t.to_string())),
-                text(fields.user.map(|u| u.to_string())),
-                fields.time.to_string(),
-                text(fields.quote.map(|p| p.to_string())),
-                text(fields.rejected.map(|r| r.as_str().to_owned())),
-                entry.to_string(),
-            ])
+            .write_record(record::encode(line))
             .map_err(|e| corrupt(&e))?;
     }
     let text = writer.into_inner().map_err(|e| corrupt(&e))?;
     Ok((text, starts))
 }
 
-/// Parses one record: thirteen fields, or twelve, eight or six in a log written before entries
-/// held several lines, before stamps or before the order book.
-fn line_from(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
-    let field = |i: usize| {
-        let bytes = record.get(i).unwrap_or_default();
-        std::str::from_utf8(bytes).map_err(|e| format!("field {i}: {e}"))
-    };
-    let optional = |i: usize| field(i).map(|text| (!text.is_empty()).then_some(text));
-    if ![13, 12, 8, 6].contains(&record.len()) {
-        return Err(format!("expected 13 fields, found {}", record.len()));
-    }
-    let price = |i: usize| {
-        optional(i)?
-            .map(|p| p.parse::<Price>().map_err(|e| format!("field {i}: {e}")))
-            .transpose()
-    };
-    let number: u64 = field(0)?.parse().map_err(|e| format!("number: {e}"))?;
-    if number != expected {
-        return Err(format!("expected order {expected}, found {number}"));
-    }
-    let fields = EntryFields {
-        number,
-        term: field(1)?.parse().map_err(|e| format!("term: {e}"))?,
-        kind: field(2)?.to_owned(),
-        name: field(3)?.to_owned(),
-        quantity: optional(4)?
-            .map(|q| q.parse().map_err(|e| format!("quantity: {e}")))
-            .transpose()?,
-        key: optional(5)?.map(str::to_owned),
-        price: price(6)?,
-        target: optional(7)?
-            .map(|t| t.parse().map_err(|e| format!("target: {e}")))
-            .transpose()?,
-        user: optional(8)?
-            .map(|u| u.parse().map_err(|e| format!("user: {e}")))
-            .transpose()?,
-        time: optional(9)?
-            .map(|t| t.parse().map_err(|e| format!("time: {e}")))
-            .transpose()?
-            .unwrap_or(0),
-        quote: price(10)?,
-        rejected: optional(11)?
-            .map(|r| Rejection::parse(r).ok_or_else(|| format!("rejected: unknown reason {r:?}")))
-            .transpose()?,
-    };
-    let order = Order::try_from(fields)?;
-    match optional(12)? {
-        Some(entry) => Ok(Line {
-            entry: entry.parse().map_err(|e| format!("entry: {e}"))?,
-            order,
-        }),
-        None => Ok(Line::alone(order)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stocknet_common::{Command, Side, Stamp};
+    use stocknet_common::{Command, Price, Rejection, Side, Stamp};
 
     /// `orders`, each the only line of its entry.
     fn lines<'a>(orders: impl IntoIterator<Item = &'a Order>) -> Vec<Line> {
@@ -994,13 +689,7 @@ mod tests {
         log.write(&lines(&orders)).unwrap();
         // 50,000 keys in 2^24 fingerprints: about 75 pairs share one, so some lookups below
         // find two candidates and must read the log to pick the right one.
-        let mut fingerprints: Vec<u64> = log
-            .index
-            .keys
-            .table
-            .iter()
-            .map(|entry| entry >> NUMBER_BITS)
-            .collect();
+        let mut fingerprints: Vec<u64> = log.index.keys.fingerprints().collect();
         fingerprints.sort_unstable();
         let shared: Vec<u64> = fingerprints
             .windows(2)
@@ -1141,7 +830,7 @@ mod tests {
         let path = dir.path().join("o.csv");
         std::fs::write(
             &path,
-            format!("{}1,1,sell,A,1,\n2,1,buy,B,2,k\n", OLDER_HEADERS[1]),
+            format!("{}1,1,sell,A,1,\n2,1,buy,B,2,k\n", record::header_of(8)),
         )
         .unwrap();
         let mut log = OrderLog::open(&path).unwrap();
@@ -1167,7 +856,10 @@ mod tests {
     fn corruption_before_the_tail_is_an_error_not_a_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
-        let text = format!("{HEADER}1,1,sell,A,1,\ngarbage\n3,1,sell,C,3,\n");
+        let text = format!(
+            "{}1,1,sell,A,1,\ngarbage\n3,1,sell,C,3,\n",
+            record::header()
+        );
         std::fs::write(&path, &text).unwrap();
         let error = OrderLog::open(&path).unwrap_err();
         assert!(error.to_string().contains("line 3"), "{error}");

@@ -1,0 +1,185 @@
+//! The layout of the order log's lines, defined once: the columns in file order, the header,
+//! the shorter layouts of older logs, and the codec between a [`Line`] and a CSV record that
+//! the writer, the readers and the replacement of a divergent suffix all use.
+
+use std::io::Read;
+
+use stocknet_common::model::EntryFields;
+use stocknet_common::{Price, Rejection};
+
+use super::Line;
+
+/// The columns of a line, in file order.
+pub const COLUMNS: [&str; 13] = [
+    "number", "term", "type", "name", "quantity", "key", "price", "target", "user", "time",
+    "quote", "rejected", "entry",
+];
+
+// Where each column is in a record.
+const NUMBER: usize = 0;
+const TERM: usize = 1;
+const TYPE: usize = 2;
+const NAME: usize = 3;
+const QUANTITY: usize = 4;
+const KEY: usize = 5;
+const PRICE: usize = 6;
+const TARGET: usize = 7;
+const USER: usize = 8;
+const TIME: usize = 9;
+const QUOTE: usize = 10;
+const REJECTED: usize = 11;
+const ENTRY: usize = 12;
+
+/// How many columns a log's lines have: all of them; or, in a log written before entries held
+/// several lines, before users and stamps, or before the order book, the first twelve, eight or
+/// six. Such a log is read as it is (each of its lines its own entry, see [`Line::alone`]) and
+/// new lines are appended in the current layout.
+const LAYOUTS: [usize; 4] = [COLUMNS.len(), 12, 8, 6];
+
+/// The header line of a log of `columns` columns.
+pub fn header_of(columns: usize) -> String {
+    let mut header = COLUMNS[..columns].join(",");
+    header.push('\n');
+    header
+}
+
+/// The header line a new log starts with.
+pub fn header() -> String {
+    header_of(COLUMNS.len())
+}
+
+/// Whether `record` is the header of a log in one of the [`LAYOUTS`].
+pub fn is_header(record: &csv::ByteRecord) -> bool {
+    LAYOUTS.into_iter().any(|columns| {
+        record
+            .iter()
+            .eq(COLUMNS[..columns].iter().map(|c| c.as_bytes()))
+    })
+}
+
+/// A CSV reader of the log's records (the header is a record like the others).
+pub fn reader<R: Read>(source: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(source)
+}
+
+/// The record of `line`, in the current layout.
+pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
+    let fields = EntryFields::from(line.order.clone());
+    let text = |value: Option<String>| value.unwrap_or_default();
+    let mut record: [String; COLUMNS.len()] = Default::default();
+    record[NUMBER] = fields.number.to_string();
+    record[TERM] = fields.term.to_string();
+    record[TYPE] = fields.kind;
+    record[NAME] = fields.name;
+    record[QUANTITY] = text(fields.quantity.map(|q| q.to_string()));
+    record[KEY] = text(fields.key);
+    record[PRICE] = text(fields.price.map(|p| p.to_string()));
+    record[TARGET] = text(fields.target.map(|t| t.to_string()));
+    record[USER] = text(fields.user.map(|u| u.to_string()));
+    record[TIME] = fields.time.to_string();
+    record[QUOTE] = text(fields.quote.map(|p| p.to_string()));
+    record[REJECTED] = text(fields.rejected.map(|r| r.as_str().to_owned()));
+    record[ENTRY] = line.entry.to_string();
+    record
+}
+
+/// Parses one record of any of the [`LAYOUTS`], which must be line `expected`.
+pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
+    if !LAYOUTS.contains(&record.len()) {
+        return Err(format!(
+            "expected {} fields, found {}",
+            COLUMNS.len(),
+            record.len()
+        ));
+    }
+    let field = |i: usize| {
+        let bytes = record.get(i).unwrap_or_default();
+        std::str::from_utf8(bytes).map_err(|e| format!("{}: {e}", COLUMNS[i]))
+    };
+    let optional = |i: usize| field(i).map(|text| (!text.is_empty()).then_some(text));
+    let number: u64 = field(NUMBER)?.parse().map_err(|e| format!("number: {e}"))?;
+    if number != expected {
+        return Err(format!("expected order {expected}, found {number}"));
+    }
+    let fields = EntryFields {
+        number,
+        term: field(TERM)?.parse().map_err(|e| format!("term: {e}"))?,
+        kind: field(TYPE)?.to_owned(),
+        name: field(NAME)?.to_owned(),
+        quantity: parsed(optional(QUANTITY)?, QUANTITY)?,
+        key: optional(KEY)?.map(str::to_owned),
+        price: parsed::<Price>(optional(PRICE)?, PRICE)?,
+        target: parsed(optional(TARGET)?, TARGET)?,
+        user: parsed(optional(USER)?, USER)?,
+        time: parsed(optional(TIME)?, TIME)?.unwrap_or(0),
+        quote: parsed::<Price>(optional(QUOTE)?, QUOTE)?,
+        rejected: optional(REJECTED)?
+            .map(|r| Rejection::parse(r).ok_or_else(|| format!("rejected: unknown reason {r:?}")))
+            .transpose()?,
+    };
+    let order = stocknet_common::Order::try_from(fields)?;
+    Ok(match parsed(optional(ENTRY)?, ENTRY)? {
+        Some(entry) => Line { entry, order },
+        None => Line::alone(order),
+    })
+}
+
+/// `text` of column `column`, parsed, if there is any.
+fn parsed<T>(text: Option<&str>, column: usize) -> Result<Option<T>, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.map(|text| {
+        text.parse()
+            .map_err(|e| format!("{}: {e}", COLUMNS[column]))
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use stocknet_common::{Command, Order, Side, Stamp};
+
+    use super::*;
+
+    #[test]
+    fn a_line_comes_back_as_it_was_written_and_older_layouts_are_read() {
+        let line = Line {
+            entry: 7,
+            order: Order {
+                number: 9,
+                term: 2,
+                name: "Tesla".into(),
+                key: Some("k-1".into()),
+                user: Some(4),
+                stamp: Stamp {
+                    time: 1_700_000_000_000,
+                    quote: Some(Price::from_cents(1550)),
+                    rejected: None,
+                },
+                command: Command::Place {
+                    side: Side::Buy,
+                    quantity: 3,
+                    limit: Some(Price::from_cents(1525)),
+                },
+            },
+        };
+        let record = csv::ByteRecord::from(encode(&line).to_vec());
+        assert_eq!(decode(&record, 9), Ok(line));
+        assert!(decode(&record, 10).is_err(), "not the line expected");
+
+        let eight = csv::ByteRecord::from(vec!["3", "1", "sell", "A", "2", "", "", ""]);
+        let read = decode(&eight, 3).expect("an older line");
+        assert_eq!(read.entry, 2, "an older line is its own entry");
+        for columns in LAYOUTS {
+            let header = header_of(columns);
+            let record = csv::ByteRecord::from(header.trim_end().split(',').collect::<Vec<_>>());
+            assert!(is_header(&record), "{header}");
+        }
+        assert!(!is_header(&csv::ByteRecord::from(vec!["number", "term"])));
+    }
+}
