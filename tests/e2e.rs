@@ -257,8 +257,9 @@ async fn killing_the_leader_elects_the_next_and_loses_nothing() {
 }
 
 /// Issue 19, item 7, on live processes: replicas 4 and 5 join a running group as learners,
-/// catch up and become voters, and 5, the highest, is handed the leadership; with two founders
-/// killed the five still trade; back to three voters, the two removed replicas can go and
+/// catch up and become voters, and 5, the highest, is handed the leadership (the frontend, told
+/// of the founders only, learns of it from the group); with two founders killed the five still
+/// trade; back to three voters, the two removed replicas can go and
 /// trading goes on. Only the leader takes a step.
 #[tokio::test]
 async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
@@ -332,6 +333,23 @@ async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
     // The steady state: the highest id, now 5, is handed the leadership.
     cluster.wait_led_by(4).await;
 
+    // The frontend, told of the founders only, finds the new leader through the group.
+    cluster.must_order("GameStart", "buy", 1).await;
+    let (_, view) = cluster
+        .get(&format!("{}/cluster", cluster.frontend()))
+        .await;
+    let listed: Vec<&Value> = view["data"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|replica| &replica["id"])
+        .collect();
+    assert_eq!(
+        listed,
+        [&json!(1), &json!(2), &json!(3), &json!(4), &json!(5)]
+    );
+    assert_eq!(view["data"]["leader"], 5, "{view}");
+
     // Two founders down: three of five voters still commit.
     for index in [0, 1] {
         cluster.orders[index].kill9();
@@ -378,7 +396,10 @@ async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
         logs
     };
     assert!(logs.iter().all(|log| log.is_some() && *log == logs[0]));
-    assert_eq!(cluster.quantity(0, "GameStart").await, 100 - 1 - 2 + 1 - 3);
+    assert_eq!(
+        cluster.quantity(0, "GameStart").await,
+        100 - 1 - 2 - 1 + 1 - 3
+    );
 }
 
 /// I5 and an isolated leader: a leader whose peers are gone cannot commit; the order it wrote

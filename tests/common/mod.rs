@@ -246,8 +246,9 @@ impl Cluster {
         Self::start_with(frontends, 3, 3).await
     }
 
-    /// A cluster of `replicas` order replicas that the frontends know of, of which the first
-    /// `founders` found the group and are started; the others are only prepared, to join it.
+    /// A cluster of `replicas` order replicas, of which the first `founders` found the group,
+    /// are started and are the replicas the frontends are told of; the others are only
+    /// prepared, to join it (the frontends learn of them from the group).
     pub async fn start_with(frontends: usize, replicas: usize, founders: usize) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().display().to_string();
@@ -266,7 +267,7 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let (replicas, founding) = (peer_list(replicas), peer_list(founders));
+        let founding = peer_list(founders);
 
         let secret_file = dir.path().join("secret");
         std::fs::write(&secret_file, SECRET).expect("write the secret");
@@ -333,7 +334,7 @@ impl Cluster {
                         "--catalog-url",
                         &catalog_url,
                         "--order-replicas",
-                        &replicas,
+                        &founding,
                         "--cache-size",
                         "4",
                     ]),

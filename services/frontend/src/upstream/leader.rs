@@ -2,7 +2,10 @@
 //! only asks them, and follows the replica that says it leads (and has taken over) in the
 //! highest term any live replica knows. It never changes a term, so any number of frontends
 //! leave the group's terms alone. One search at a time; a request that saw the leader fail
-//! searches again only if nobody has done so since.
+//! searches again only if nobody has done so since. It starts from the replicas it is
+//! configured with and learns the others from the group's membership (`GET /members`) when a
+//! search names a replica it does not know or finds no leader: a replica that joined later
+//! (and, having the highest id, is handed the leadership) is found too.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use stocknet_common::client::{call, endpoint};
-use stocknet_common::wire::{Health, Peer, LEADER_HINT, LEADER_HINT_TERM};
+use stocknet_common::wire::{Health, Members, Peer, LEADER_HINT, LEADER_HINT_TERM};
 use stocknet_common::RemoteError;
 
 /// How long the first search waits for the group to have a leader.
@@ -29,8 +32,9 @@ pub struct Leader {
 }
 
 pub struct LeaderDiscovery {
-    /// Replicas by descending id, as `GET /cluster` lists them.
-    replicas: Vec<Peer>,
+    /// Replicas by descending id, as `GET /cluster` lists them: those configured, and those
+    /// learned from the group's membership.
+    replicas: RwLock<Vec<Peer>>,
     current: RwLock<Option<Leader>>,
     searching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
@@ -41,7 +45,7 @@ impl LeaderDiscovery {
     pub fn new(mut replicas: Vec<Peer>, http: reqwest::Client) -> Self {
         replicas.sort_by_key(|replica| std::cmp::Reverse(replica.id));
         Self {
-            replicas,
+            replicas: RwLock::new(replicas),
             current: RwLock::new(None),
             searching: tokio::sync::Mutex::new(()),
             http,
@@ -50,8 +54,47 @@ impl LeaderDiscovery {
     }
 
     /// The order replicas, by descending id.
-    pub fn replicas(&self) -> &[Peer] {
-        &self.replicas
+    pub fn replicas(&self) -> Vec<Peer> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn knows(&self, id: u32) -> Option<Peer> {
+        self.replicas().into_iter().find(|replica| replica.id == id)
+    }
+
+    /// Adds the members the group names that this frontend does not know yet, from the first
+    /// replica that answers `GET /members`; whether it learned any.
+    async fn learn_members(&self) -> bool {
+        for replica in self.replicas() {
+            let Ok(url) = endpoint(&replica.url, &["members"]) else {
+                continue;
+            };
+            let request = self.http.get(url).timeout(HEALTH_TIMEOUT);
+            if let Ok(members) = call::<Members>(request).await {
+                return self.add_members(&members);
+            }
+        }
+        false
+    }
+
+    fn add_members(&self, members: &Members) -> bool {
+        let mut replicas = self.replicas.write().unwrap_or_else(|e| e.into_inner());
+        let mut learned = false;
+        for (&id, url) in &members.urls {
+            if !replicas.iter().any(|replica| replica.id == id) {
+                tracing::info!(replica = id, url, "learned an order replica from the group");
+                replicas.push(Peer {
+                    id,
+                    url: url.clone(),
+                });
+                learned = true;
+            }
+        }
+        replicas.sort_by_key(|replica| std::cmp::Reverse(replica.id));
+        learned
     }
 
     pub fn current(&self) -> Option<Leader> {
@@ -88,10 +131,17 @@ impl LeaderDiscovery {
         if current.is_some() && current.as_ref() != failed {
             return current;
         }
-        let found = match self.hinted(hint).await {
+        // A hint naming a replica this frontend does not know: the group has grown.
+        if hint.is_some_and(|(id, _)| self.knows(id).is_none()) {
+            self.learn_members().await;
+        }
+        let mut found = match self.hinted(hint).await {
             Some(leader) => Some(leader),
             None => self.search(failed).await,
         };
+        if found.is_none() && self.learn_members().await {
+            found = self.search(failed).await;
+        }
         self.follow(found.clone());
         found
     }
@@ -99,10 +149,10 @@ impl LeaderDiscovery {
     /// The replica `hint` names, if it says it leads (and has taken over) the term named.
     async fn hinted(&self, hint: Option<(u32, u64)>) -> Option<Leader> {
         let (id, term) = hint?;
-        let replica = self.replicas.iter().find(|r| r.id == id)?;
-        let health = self.health(replica).await?;
+        let replica = self.knows(id)?;
+        let health = self.health(&replica).await?;
         if health.leading && health.term == term {
-            leader(replica, term)
+            leader(&replica, term)
         } else {
             None
         }
@@ -151,9 +201,9 @@ impl LeaderDiscovery {
     /// them is past, so a hung replica's health check is not waited for; otherwise once every
     /// replica answered or timed out.
     async fn search(&self, failed: Option<&Leader>) -> Option<Leader> {
-        let majority = self.replicas.len() / 2 + 1;
-        let mut checks: FuturesUnordered<_> = self
-            .replicas
+        let replicas = self.replicas();
+        let majority = replicas.len() / 2 + 1;
+        let mut checks: FuturesUnordered<_> = replicas
             .iter()
             .map(|replica| async move { Some((replica, self.health(replica).await?)) })
             .collect();
@@ -215,6 +265,7 @@ pub fn hint(error: &RemoteError) -> Option<(u32, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -225,10 +276,21 @@ mod tests {
 
     /// A replica that answers its health check with `health` and counts the checks.
     async fn replica(health: Health) -> (Peer, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        serve(listener, health, None).await
+    }
+
+    /// A replica on `listener` that answers its health check with `health` and, if given,
+    /// `GET /members` with `members`.
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        health: Health,
+        members: Option<Members>,
+    ) -> (Peer, Arc<AtomicUsize>) {
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = asked.clone();
         let id = health.node_id;
-        let app = axum::Router::new().route(
+        let mut app = axum::Router::new().route(
             "/health",
             get(move || {
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -236,7 +298,15 @@ mod tests {
                 async move { stocknet_common::data(health) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        if let Some(members) = members {
+            app = app.route(
+                "/members",
+                get(move || {
+                    let members = members.clone();
+                    async move { stocknet_common::data(members) }
+                }),
+            );
+        }
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (Peer { id, url }, asked)
@@ -288,6 +358,61 @@ mod tests {
             .expect("a leader");
         assert_eq!((found.id, found.term), (2, 7));
         assert!(asked_total() >= 1 + 1 + 2, "{} checks", asked_total());
+    }
+
+    /// Replicas 1–3 are configured; 5 joined the group later and leads it.
+    async fn grown_group() -> (Vec<Peer>, Peer) {
+        let (listener, url) = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            (listener, url)
+        };
+        let mut urls = BTreeMap::from([(5, url)]);
+        let mut founders = Vec::new();
+        for id in 1..=3 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.insert(id, format!("http://{}", listener.local_addr().unwrap()));
+            founders.push((id, listener));
+        }
+        let members = Members {
+            configs: vec![vec![1, 2, 3, 5]],
+            learners: vec![],
+            urls,
+            entry: Some(9),
+            leader: Some(5),
+            behind: BTreeMap::new(),
+        };
+        let mut configured = Vec::new();
+        for (id, listener) in founders {
+            let health = Health {
+                leader: Some(5),
+                ..health(id, 7, false)
+            };
+            configured.push(serve(listener, health, Some(members.clone())).await.0);
+        }
+        let (joined, _) = serve(listener, health(5, 7, true), Some(members)).await;
+        (configured, joined)
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_joined_later_is_learned_from_the_membership() {
+        let (configured, joined) = grown_group().await;
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+
+        // No configured replica leads: the search learns the members and asks again.
+        let discovery = LeaderDiscovery::new(configured.clone(), http.clone());
+        let found = discovery.replace(None, None).await.expect("a leader");
+        assert_eq!((found.id, found.url.as_str()), (5, joined.url.as_str()));
+        let ids: Vec<u32> = discovery.replicas().iter().map(|r| r.id).collect();
+        assert_eq!(ids, [5, 3, 2, 1]);
+
+        // A hint that names a replica this frontend does not know.
+        let discovery = LeaderDiscovery::new(configured, http);
+        let found = discovery
+            .replace(None, Some((5, 7)))
+            .await
+            .expect("a leader");
+        assert_eq!(found.id, 5);
     }
 
     #[test]
