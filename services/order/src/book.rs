@@ -10,8 +10,10 @@
 //! holds, are not chosen by an attacker, and nothing iterates them where order matters.)
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::clock::day_of;
@@ -27,7 +29,8 @@ use crate::report::Reports;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitOrder {
     pub number: u64,
-    pub name: String,
+    /// Shared with its stock's book and every order of it: a new order allocates no name.
+    pub name: Arc<str>,
     /// Who placed it; `None` for an anonymous order.
     pub user: Option<u64>,
     pub side: Side,
@@ -36,8 +39,9 @@ pub struct LimitOrder {
     pub quantity: u32,
     pub filled: u32,
     pub cancelled: bool,
-    /// Ids of the trades it took part in, oldest first.
-    pub trades: Vec<u64>,
+    /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
+    /// they allocate nothing).
+    pub trades: SmallVec<[u64; 2]>,
     /// Its place in the time priority of its price level: a modify that loses priority gives
     /// it a new one, which makes its old queue slot stale.
     pub(crate) slot: u64,
@@ -109,15 +113,39 @@ pub enum Applied {
     Group,
 }
 
-/// One price level's queue: orders (their places in [`Book::orders`]) with the slot they were
-/// queued with. A slot that no longer matches its order's is stale (cancelled, filled or
-/// re-queued) and is skipped.
+/// One price level's queue: open orders (their places in [`Book::live`]) with the slot they
+/// were queued with. A slot that no longer matches its order's is stale (cancelled, filled or
+/// re-queued, the place perhaps taken by another order since) and is skipped.
 #[derive(Debug, Default, Clone)]
 struct Level {
     queue: VecDeque<(u32, u64)>,
     /// Remaining quantity of the live orders.
     total: u64,
     live: usize,
+}
+
+/// What matching and moves read and change of an open order, kept in a slab of the open orders
+/// alone ([`Book::live`]): some thousands, which stay in the caches, where the records of every
+/// order ever placed do not. The record ([`LimitOrder`]) is written through on each change.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    /// Its record's place in [`Book::orders`].
+    place: u32,
+    stock: u32,
+    side: Side,
+    price: Price,
+    quantity: u32,
+    filled: u32,
+    /// The slot it is queued with; 0 while it is in no queue.
+    slot: u64,
+    number: u64,
+    user: Option<u64>,
+}
+
+impl Live {
+    fn remaining(&self) -> u32 {
+        self.quantity - self.filled
+    }
 }
 
 /// A trade as the book keeps it: its stock by place (the wire [`Trade`] names it).
@@ -136,7 +164,7 @@ struct Matched {
 /// One stock's two sides and trades.
 #[derive(Debug, Default, Clone)]
 struct StockBook {
-    name: String,
+    name: Arc<str>,
     bids: BTreeMap<Price, Level>,
     asks: BTreeMap<Price, Level>,
     last_price: Option<Price>,
@@ -161,18 +189,15 @@ pub struct Book {
     stocks: Vec<StockBook>,
     /// Stock name → place in `stocks`: a name is hashed once per entry at most.
     stock_places: HashMap<String, u32>,
-    /// Every limit order, by ascending number (each enters after every one before it): the
-    /// price levels hold places in it, so matching looks nothing up.
+    /// The record of every limit order, by ascending number (each enters after every one
+    /// before it); a closed order is found by number in it.
     orders: Vec<LimitOrder>,
-    /// Open order's number → its place in `orders`. Closed orders leave it, so that it stays
-    /// as small as the book (and in the caches); they are found by number in `orders`.
+    /// The open orders (a slab: a closed order's place goes to the next new one, listed in
+    /// `free`); the price levels hold places in it, so matching looks nothing up.
+    live: Vec<Live>,
+    free: Vec<u32>,
+    /// Open order's number → its place in `live`.
     places: HashMap<u64, u32>,
-    /// The place in `stocks` of each order's stock, by the order's place.
-    stock_of: Vec<u32>,
-    /// The slot each order is queued with, by the order's place; 0 when it is in no queue
-    /// (closed, or being re-entered). Queue entries whose slot differs are stale: this small
-    /// vector tells without reading the orders.
-    queued: Vec<u64>,
     trades: Vec<Matched>,
     /// The trades the order entering now took part in, and their buyers and sellers (kept to
     /// reuse their allocations).
@@ -246,10 +271,14 @@ impl Book {
             {
                 return Err(format!("order {} is out of place", order.number));
             }
-            let place = book.push(order)?;
-            let order = &book.orders[place as usize];
-            if order.is_open() {
-                open.push((order.slot, place));
+            let slot = order.slot;
+            let stock = book.stock_place(&order.name)?;
+            let order = LimitOrder {
+                name: book.stocks[stock as usize].name.clone(),
+                ..order
+            };
+            if let Some(live) = book.push(stock, order)? {
+                open.push((slot, live));
             }
         }
         for (index, trade) in trades.into_iter().enumerate() {
@@ -272,14 +301,15 @@ impl Book {
             });
         }
         open.sort_unstable();
-        for (slot, place) in open {
-            let order = &book.orders[place as usize];
-            let remaining = u64::from(order.remaining());
-            let (side, price) = (order.side, order.price);
-            let stock = book.stock_of[place as usize] as usize;
-            let level = book.stocks[stock].side(side).entry(price).or_default();
-            level.queue.push_back((place, slot));
-            level.total += remaining;
+        for (slot, live) in open {
+            let order = &mut book.live[live as usize];
+            order.slot = slot;
+            let level = book.stocks[order.stock as usize]
+                .side(order.side)
+                .entry(order.price)
+                .or_default();
+            level.queue.push_back((live, slot));
+            level.total += u64::from(order.remaining());
             level.live += 1;
         }
         Ok(book)
@@ -294,10 +324,10 @@ impl Book {
         self.orders.get(self.place(number)? as usize)
     }
 
-    /// The place of order `number`, open or closed.
+    /// The place of order `number`'s record, open or closed.
     fn place(&self, number: u64) -> Option<u32> {
-        if let Some(&place) = self.places.get(&number) {
-            return Some(place);
+        if let Some(&live) = self.places.get(&number) {
+            return Some(self.live[live as usize].place);
         }
         let place = self
             .orders
@@ -306,18 +336,46 @@ impl Book {
         u32::try_from(place).ok()
     }
 
-    /// Adds `order`, the newest; its place.
-    fn push(&mut self, order: LimitOrder) -> Result<u32, String> {
+    /// Adds `order`, the newest, of the stock at `stock`, queued nowhere yet; if it is open,
+    /// its place in `live`.
+    fn push(&mut self, stock: u32, order: LimitOrder) -> Result<Option<u32>, String> {
         let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
-        let stock = self.stock_place(&order.name)?;
-        if order.is_open() {
-            self.places.insert(order.number, place);
-        }
-        self.stock_of.push(stock);
-        self.queued
-            .push(if order.is_open() { order.slot } else { 0 });
+        let live = order.is_open().then(|| Live {
+            place,
+            stock,
+            side: order.side,
+            price: order.price,
+            quantity: order.quantity,
+            filled: order.filled,
+            slot: 0,
+            number: order.number,
+            user: order.user,
+        });
         self.orders.push(order);
-        Ok(place)
+        let Some(live) = live else {
+            return Ok(None);
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.live[at as usize] = live;
+                at
+            }
+            None => {
+                let at = u32::try_from(self.live.len()).map_err(|_| "too many orders")?;
+                self.live.push(live);
+                at
+            }
+        };
+        self.places.insert(live.number, at);
+        Ok(Some(at))
+    }
+
+    /// Frees the place in `live` of an order that closed (its queue slot goes stale).
+    fn close(&mut self, at: u32) {
+        let live = &mut self.live[at as usize];
+        live.slot = 0;
+        self.places.remove(&live.number);
+        self.free.push(at);
     }
 
     /// The place of `name`'s book, which it gets the first time it is named.
@@ -328,7 +386,7 @@ impl Book {
         let place = u32::try_from(self.stocks.len()).map_err(|_| "too many stocks".to_owned())?;
         self.stock_places.insert(name.to_owned(), place);
         self.stocks.push(StockBook {
-            name: name.to_owned(),
+            name: name.into(),
             ..StockBook::default()
         });
         Ok(place)
@@ -372,7 +430,7 @@ impl Book {
         Trade {
             id: matched.id,
             entry: matched.entry,
-            name: self.stocks[matched.stock as usize].name.clone(),
+            name: self.stocks[matched.stock as usize].name.to_string(),
             price: matched.price,
             quantity: matched.quantity,
             buy_order: matched.buy_order,
@@ -413,7 +471,7 @@ impl Book {
     pub fn limit_view(&self, order: &LimitOrder) -> OrderView {
         OrderView {
             number: order.number,
-            name: order.name.clone(),
+            name: order.name.to_string(),
             side: order.side,
             quantity: order.quantity,
             price: Some(order.price),
@@ -493,7 +551,7 @@ impl Book {
         self.orders[..end]
             .iter()
             .rev()
-            .filter(move |o| name.is_none_or(|n| o.name == n))
+            .filter(move |o| name.is_none_or(|n| *o.name == *n))
             .filter(move |o| status.is_none_or(|s| o.status() == s))
     }
 
@@ -577,25 +635,28 @@ impl Book {
                 quantity,
                 limit: Some(price),
             } => {
-                let order = LimitOrder {
-                    number: entry.number,
-                    name: entry.name.clone(),
-                    user: entry.user,
-                    side,
-                    price,
-                    quantity,
-                    filled: 0,
-                    cancelled: false,
-                    trades: Vec::new(),
-                    slot: 0,
-                };
-                match self.push(order) {
-                    Ok(place) => {
-                        self.enter(place, entry.number);
+                let pushed = self.stock_place(&entry.name).and_then(|stock| {
+                    let order = LimitOrder {
+                        number: entry.number,
+                        name: self.stocks[stock as usize].name.clone(),
+                        user: entry.user,
+                        side,
+                        price,
+                        quantity,
+                        filled: 0,
+                        cancelled: false,
+                        trades: SmallVec::new(),
+                        slot: 0,
+                    };
+                    self.push(stock, order)
+                });
+                match pushed {
+                    Ok(Some(live)) => {
+                        self.enter(live, entry.number);
                         Ok(entry.number)
                     }
                     // Four billion limit orders in one book: refused, like an unknown target.
-                    Err(_) => Err(Refusal::NotFound(entry.number)),
+                    Ok(None) | Err(_) => Err(Refusal::NotFound(entry.number)),
                 }
             }
             Command::Modify {
@@ -626,7 +687,7 @@ impl Book {
     /// portfolios and the day's report.
     fn book_fills(&mut self, first: usize, day: u32) {
         for (trade, &(buyer, seller)) in self.trades[first..].iter().zip(&self.traders) {
-            let name = self.stocks[trade.stock as usize].name.as_str();
+            let name = &*self.stocks[trade.stock as usize].name;
             for (side, owner) in [(Side::Buy, buyer), (Side::Sell, seller)] {
                 if let Some(owner) = owner {
                     self.portfolios
@@ -638,10 +699,10 @@ impl Book {
         }
     }
 
-    /// The place of open order `target`.
+    /// The place in `live` of open order `target`.
     fn open_order(&self, target: u64) -> Result<u32, Refusal> {
-        if let Some(&place) = self.places.get(&target) {
-            return Ok(place);
+        if let Some(&live) = self.places.get(&target) {
+            return Ok(live);
         }
         match self.place(target) {
             Some(_) => Err(Refusal::NotOpen(target)),
@@ -650,10 +711,11 @@ impl Book {
     }
 
     fn cancel(&mut self, target: u64) -> Result<u64, Refusal> {
-        let place = self.open_order(target)?;
-        self.unqueue(place);
+        let live = self.open_order(target)?;
+        self.unqueue(live);
+        let place = self.live[live as usize].place;
         self.orders[place as usize].cancelled = true;
-        self.places.remove(&target);
+        self.close(live);
         Ok(target)
     }
 
@@ -666,8 +728,8 @@ impl Book {
         quantity: Option<u32>,
         price: Option<Price>,
     ) -> Result<u64, Refusal> {
-        let place = self.open_order(target)?;
-        let order = &mut self.orders[place as usize];
+        let at = self.open_order(target)?;
+        let order = self.live[at as usize];
         let new_quantity = quantity.unwrap_or(order.quantity);
         let new_price = price.unwrap_or(order.price);
         if new_quantity <= order.filled {
@@ -676,56 +738,55 @@ impl Book {
                 filled: order.filled,
             });
         }
-        let (side, old_price, old_quantity) = (order.side, order.price, order.quantity);
-        if new_price == old_price && new_quantity <= old_quantity {
-            let shrink = u64::from(old_quantity - new_quantity);
-            order.quantity = new_quantity;
-            let stock = self.stock_of[place as usize] as usize;
-            if let Some(level) = self.stocks[stock].side(side).get_mut(&old_price) {
+        let keeps_place = new_price == order.price && new_quantity <= order.quantity;
+        if !keeps_place {
+            self.unqueue(at);
+        }
+        let live = &mut self.live[at as usize];
+        (live.quantity, live.price) = (new_quantity, new_price);
+        let record = &mut self.orders[order.place as usize];
+        (record.quantity, record.price) = (new_quantity, new_price);
+        if keeps_place {
+            let shrink = u64::from(order.quantity - new_quantity);
+            let stock = &mut self.stocks[order.stock as usize];
+            if let Some(level) = stock.side(order.side).get_mut(&order.price) {
                 level.total -= shrink;
             }
-            self.touched.push((side, old_price));
-            return Ok(target);
+            self.touched.push((order.side, order.price));
+        } else {
+            self.enter(at, entry);
         }
-        self.unqueue(place);
-        let order = &mut self.orders[place as usize];
-        order.quantity = new_quantity;
-        order.price = new_price;
-        self.enter(place, entry);
         Ok(target)
     }
 
-    /// Removes the open order at `place` from its level (its queue slot goes stale).
-    fn unqueue(&mut self, place: u32) {
-        let order = &self.orders[place as usize];
-        let remaining = u64::from(order.remaining());
-        let (side, price) = (order.side, order.price);
-        let book = &mut self.stocks[self.stock_of[place as usize] as usize];
-        let levels = book.side(side);
+    /// Removes the open order at `at` in `live` from its level (its queue slot goes stale).
+    fn unqueue(&mut self, at: u32) {
+        let order = &mut self.live[at as usize];
+        order.slot = 0;
+        let (side, price, remaining) = (order.side, order.price, order.remaining());
+        let levels = self.stocks[order.stock as usize].side(side);
         self.touched.push((side, price));
-        self.queued[place as usize] = 0;
         if let Some(level) = levels.get_mut(&price) {
-            level.total -= remaining;
+            level.total -= u64::from(remaining);
             level.live -= 1;
             if level.live == 0 {
                 levels.remove(&price);
             } else if level.queue.len() > 2 * level.live + 16 {
-                let queued = &self.queued;
+                let live = &self.live;
                 level
                     .queue
-                    .retain(|&(place, slot)| queued[place as usize] == slot);
+                    .retain(|&(at, slot)| live[at as usize].slot == slot);
             }
         }
     }
 
-    /// Matches the order at `place` (open, not queued) against the opposite side, then queues
-    /// what remains at the back of its level. `entry` is the log entry doing this.
-    fn enter(&mut self, place: u32, entry: u64) {
-        let taker = &self.orders[place as usize];
-        let (number, side, limit, user) = (taker.number, taker.side, taker.price, taker.user);
+    /// Matches the open order at `at` in `live` (not queued) against the opposite side, then
+    /// queues what remains at the back of its level. `entry` is the log entry doing this.
+    fn enter(&mut self, at: u32, entry: u64) {
+        let taker = self.live[at as usize];
+        let (side, limit) = (taker.side, taker.price);
         let mut remaining = taker.remaining();
-        let stock = self.stock_of[place as usize];
-        let book = &mut self.stocks[stock as usize];
+        let book = &mut self.stocks[taker.stock as usize];
         self.taken.clear();
         self.traders.clear();
         while remaining > 0 {
@@ -748,40 +809,44 @@ impl Book {
                 best.remove();
                 continue;
             };
-            if self.queued[queued as usize] != slot {
+            let resting = &mut self.live[queued as usize];
+            if resting.slot != slot {
                 level.queue.pop_front();
                 continue;
             }
-            let resting = &mut self.orders[queued as usize];
             let quantity = remaining.min(resting.remaining());
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
             resting.filled += quantity;
-            resting.trades.push(id);
+            let record = &mut self.orders[resting.place as usize];
+            record.filled = resting.filled;
+            record.trades.push(id);
             level.total -= u64::from(quantity);
-            if !resting.is_open() {
+            let resting = *resting;
+            if resting.remaining() == 0 {
                 level.queue.pop_front();
                 level.live -= 1;
                 if level.live == 0 {
                     best.remove();
                 }
+                self.live[queued as usize].slot = 0;
                 self.places.remove(&resting.number);
-                self.queued[queued as usize] = 0;
+                self.free.push(queued);
             }
             remaining -= quantity;
             self.taken.push(id);
             let (buy_order, sell_order) = match side {
-                Side::Buy => (number, resting.number),
-                Side::Sell => (resting.number, number),
+                Side::Buy => (taker.number, resting.number),
+                Side::Sell => (resting.number, taker.number),
             };
             self.traders.push(match side {
-                Side::Buy => (user, resting.user),
-                Side::Sell => (resting.user, user),
+                Side::Buy => (taker.user, resting.user),
+                Side::Sell => (resting.user, taker.user),
             });
             self.trades.push(Matched {
                 id,
                 entry,
-                stock,
+                stock: taker.stock,
                 price,
                 quantity,
                 buy_order,
@@ -791,22 +856,27 @@ impl Book {
             book.trades.push(id);
             book.last_price = Some(price);
         }
-        if remaining > 0 {
+        let slot = if remaining > 0 {
             self.next_slot += 1;
             self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
-            level.queue.push_back((place, self.next_slot));
+            level.queue.push_back((at, self.next_slot));
             level.total += u64::from(remaining);
             level.live += 1;
-        }
-        let taker = &mut self.orders[place as usize];
-        taker.filled = taker.quantity - remaining;
-        taker.trades.extend_from_slice(&self.taken);
-        if remaining > 0 {
-            taker.slot = self.next_slot;
-            self.queued[place as usize] = self.next_slot;
+            self.next_slot
         } else {
-            self.places.remove(&number);
+            0
+        };
+        let filled = taker.quantity - remaining;
+        let live = &mut self.live[at as usize];
+        (live.filled, live.slot) = (filled, slot);
+        let record = &mut self.orders[taker.place as usize];
+        record.filled = filled;
+        record.trades.extend_from_slice(&self.taken);
+        if remaining > 0 {
+            record.slot = slot;
+        } else {
+            self.close(at);
         }
     }
 }

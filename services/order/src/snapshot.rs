@@ -95,14 +95,14 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             .orders
             .map(|o| OrderImage {
                 number: o.number,
-                name: o.name.clone(),
+                name: o.name.to_string(),
                 user: o.user,
                 side: o.side,
                 cents: o.price.cents(),
                 quantity: o.quantity,
                 filled: o.filled,
                 cancelled: o.cancelled,
-                trades: o.trades.clone(),
+                trades: o.trades.to_vec(),
                 slot: o.slot,
             })
             .collect(),
@@ -167,14 +167,14 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
     let image: Image = postcard::from_bytes(body).map_err(|e| e.to_string())?;
     let orders = image.orders.into_iter().map(|o| LimitOrder {
         number: o.number,
-        name: o.name,
+        name: o.name.into(),
         user: o.user,
         side: o.side,
         price: Price::from_cents(o.cents),
         quantity: o.quantity,
         filled: o.filled,
         cancelled: o.cancelled,
-        trades: o.trades,
+        trades: o.trades.into(),
         slot: o.slot,
     });
     let trades = image.trades.into_iter().map(|t| Trade {
