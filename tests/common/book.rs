@@ -89,7 +89,7 @@ pub fn check_replay(log: &[Value]) -> BookState {
     let (mut bought, mut sold) = (0u64, 0u64);
     let mut orders = Vec::new();
     for order in book.orders(None, None, u64::MAX) {
-        let view = book.limit_view(order);
+        let view = book.limit_view(&order);
         let fills: u32 = view.fills.iter().map(|f| f.quantity).sum();
         assert!(
             view.filled_quantity <= view.quantity,

@@ -43,7 +43,7 @@ pub struct LimitOrder {
     /// they allocate nothing).
     pub trades: SmallVec<[u64; 2]>,
     /// Its place in the time priority of its price level: a modify that loses priority gives
-    /// it a new one, which makes its old queue slot stale.
+    /// it a new one, which makes its old queue slot stale. 0 once it is closed.
     pub(crate) slot: u64,
 }
 
@@ -126,7 +126,8 @@ struct Level {
 
 /// What matching and moves read and change of an open order, kept in a slab of the open orders
 /// alone ([`Book::live`]): some thousands, which stay in the caches, where the records of every
-/// order ever placed do not. The record ([`LimitOrder`]) is written through on each change.
+/// order ever placed do not. An open order's record ([`LimitOrder`]) is brought up to date
+/// when it closes; until then it is read merged with this ([`Book::current`]).
 #[derive(Debug, Clone, Copy)]
 struct Live {
     /// Its record's place in [`Book::orders`].
@@ -199,9 +200,10 @@ pub struct Book {
     /// Open order's number → its place in `live`.
     places: HashMap<u64, u32>,
     trades: Vec<Matched>,
-    /// The trades the order entering now took part in, and their buyers and sellers (kept to
-    /// reuse their allocations).
+    /// The trades the order entering now took part in, their buyers and sellers, and the
+    /// resting orders it filled (kept to reuse their allocations).
     taken: Vec<u64>,
+    filled: Vec<u32>,
     traders: Vec<(Option<u64>, Option<u64>)>,
     /// Refused modifies and cancels, to answer a retry of one the same way.
     refusals: HashMap<u64, Refusal>,
@@ -225,14 +227,14 @@ pub(crate) struct Parts<'a, Orders> {
 }
 
 impl Book {
-    pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = &LimitOrder>> {
+    pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = LimitOrder> + '_> {
         let mut refusals: Vec<(u64, Refusal)> =
             self.refusals.iter().map(|(n, r)| (*n, *r)).collect();
         refusals.sort_unstable_by_key(|(n, _)| *n);
         Parts {
             applied: self.applied,
             next_slot: self.next_slot,
-            orders: self.orders.iter(),
+            orders: self.orders.iter().map(|order| self.current(order)),
             trades: self.trades.iter().map(|m| self.wire(m)).collect(),
             refusals,
             portfolios: &self.portfolios,
@@ -320,8 +322,21 @@ impl Book {
         self.applied
     }
 
-    pub fn order(&self, number: u64) -> Option<&LimitOrder> {
-        self.orders.get(self.place(number)? as usize)
+    /// Limit order `number` as of now.
+    pub fn order(&self, number: u64) -> Option<LimitOrder> {
+        let record = self.orders.get(self.place(number)? as usize)?;
+        Some(self.current(record))
+    }
+
+    /// `record` as of now: an open order's price, quantity, fills and slot are in `live`.
+    fn current(&self, record: &LimitOrder) -> LimitOrder {
+        let mut order = record.clone();
+        if let Some(&at) = self.places.get(&record.number) {
+            let live = &self.live[at as usize];
+            (order.price, order.quantity, order.filled) = (live.price, live.quantity, live.filled);
+            order.slot = live.slot;
+        }
+        order
     }
 
     /// The place of order `number`'s record, open or closed.
@@ -340,7 +355,7 @@ impl Book {
     /// its place in `live`.
     fn push(&mut self, stock: u32, order: LimitOrder) -> Result<Option<u32>, String> {
         let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
-        let live = order.is_open().then(|| Live {
+        let live = order.is_open().then_some(Live {
             place,
             stock,
             side: order.side,
@@ -370,10 +385,14 @@ impl Book {
         Ok(Some(at))
     }
 
-    /// Frees the place in `live` of an order that closed (its queue slot goes stale).
+    /// Brings the record of the order at `at` in `live`, which closed, up to date and frees
+    /// its place (its queue slot goes stale).
     fn close(&mut self, at: u32) {
         let live = &mut self.live[at as usize];
-        live.slot = 0;
+        let record = &mut self.orders[live.place as usize];
+        (record.price, record.quantity, record.filled) = (live.price, live.quantity, live.filled);
+        // A closed order is in no queue, however it closed.
+        (record.slot, live.slot) = (0, 0);
         self.places.remove(&live.number);
         self.free.push(at);
     }
@@ -464,7 +483,7 @@ impl Book {
         match limit {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
             None => Some(done(Status::Filled, quantity)),
-            Some(_) => self.order(entry.number).map(|o| self.limit_view(o)),
+            Some(_) => self.order(entry.number).map(|o| self.limit_view(&o)),
         }
     }
 
@@ -546,12 +565,13 @@ impl Book {
         name: Option<&'a str>,
         status: Option<Status>,
         before: u64,
-    ) -> impl Iterator<Item = &'a LimitOrder> + 'a {
+    ) -> impl Iterator<Item = LimitOrder> + 'a {
         let end = self.orders.partition_point(|o| o.number < before);
         self.orders[..end]
             .iter()
             .rev()
             .filter(move |o| name.is_none_or(|n| *o.name == *n))
+            .map(|o| self.current(o))
             .filter(move |o| status.is_none_or(|s| o.status() == s))
     }
 
@@ -607,9 +627,10 @@ impl Book {
         self.touched.clear();
 
         let before = self.trades.len();
-        let day = day_of(entry.stamp.time);
+        // (Worked out only where a report needs it: most entries are moves that trade nothing.)
+        let day = || day_of(entry.stamp.time);
         if let Some(rejection) = entry.stamp.rejected {
-            self.reports.refused(day, &entry.name, rejection.as_str());
+            self.reports.refused(day(), &entry.name, rejection.as_str());
             return Applied::Rejected(rejection);
         }
         let result = match entry.command {
@@ -626,7 +647,7 @@ impl Book {
                             .fill(user, &entry.name, side, quantity, quote);
                     }
                     self.reports
-                        .market(day, &entry.name, entry.user, side, quantity, quote);
+                        .market(day(), &entry.name, entry.user, side, quantity, quote);
                 }
                 return Applied::Market;
             }
@@ -669,14 +690,16 @@ impl Book {
         };
         match result {
             Ok(order) => {
-                self.book_fills(before, day);
+                if self.trades.len() > before {
+                    self.book_fills(before, day());
+                }
                 Applied::Changed {
                     order,
                     trades: self.trades.len() - before,
                 }
             }
             Err(refusal) => {
-                self.reports.refused(day, &entry.name, refusal.reason());
+                self.reports.refused(day(), &entry.name, refusal.reason());
                 self.refusals.insert(entry.number, refusal);
                 Applied::Refused(refusal)
             }
@@ -744,8 +767,6 @@ impl Book {
         }
         let live = &mut self.live[at as usize];
         (live.quantity, live.price) = (new_quantity, new_price);
-        let record = &mut self.orders[order.place as usize];
-        (record.quantity, record.price) = (new_quantity, new_price);
         if keeps_place {
             let shrink = u64::from(order.quantity - new_quantity);
             let stock = &mut self.stocks[order.stock as usize];
@@ -789,6 +810,7 @@ impl Book {
         let book = &mut self.stocks[taker.stock as usize];
         self.taken.clear();
         self.traders.clear();
+        self.filled.clear();
         while remaining > 0 {
             let opposite = book.side(side.opposite());
             let best = match side {
@@ -818,9 +840,7 @@ impl Book {
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
             resting.filled += quantity;
-            let record = &mut self.orders[resting.place as usize];
-            record.filled = resting.filled;
-            record.trades.push(id);
+            self.orders[resting.place as usize].trades.push(id);
             level.total -= u64::from(quantity);
             let resting = *resting;
             if resting.remaining() == 0 {
@@ -829,9 +849,7 @@ impl Book {
                 if level.live == 0 {
                     best.remove();
                 }
-                self.live[queued as usize].slot = 0;
-                self.places.remove(&resting.number);
-                self.free.push(queued);
+                self.filled.push(queued);
             }
             remaining -= quantity;
             self.taken.push(id);
@@ -867,17 +885,20 @@ impl Book {
         } else {
             0
         };
-        let filled = taker.quantity - remaining;
         let live = &mut self.live[at as usize];
-        (live.filled, live.slot) = (filled, slot);
-        let record = &mut self.orders[taker.place as usize];
-        record.filled = filled;
-        record.trades.extend_from_slice(&self.taken);
-        if remaining > 0 {
-            record.slot = slot;
-        } else {
+        (live.filled, live.slot) = (taker.quantity - remaining, slot);
+        if !self.taken.is_empty() {
+            self.orders[taker.place as usize]
+                .trades
+                .extend_from_slice(&self.taken);
+        }
+        if remaining == 0 {
             self.close(at);
         }
+        for index in 0..self.filled.len() {
+            self.close(self.filled[index]);
+        }
+        self.filled.clear();
     }
 }
 
@@ -1118,7 +1139,7 @@ mod tests {
             limit(Side::Buy, 2, 1000),
             limit(Side::Buy, 1, 900),
         ]);
-        let numbers = |it: &mut dyn Iterator<Item = &LimitOrder>| -> Vec<u64> {
+        let numbers = |it: &mut dyn Iterator<Item = LimitOrder>| -> Vec<u64> {
             it.map(|o| o.number).collect()
         };
         assert_eq!(numbers(&mut book.orders(None, None, u64::MAX)), [3, 2, 1]);
@@ -1333,7 +1354,7 @@ mod model_tests {
         (
             parts.applied,
             parts.next_slot,
-            parts.orders.cloned().collect::<Vec<_>>(),
+            parts.orders.collect::<Vec<_>>(),
             parts.trades.to_vec(),
             parts.refusals,
             parts.portfolios.clone(),

@@ -436,7 +436,7 @@ async fn list_orders(
             .orders(filter.name.as_deref(), status, before)
             .filter(|order| filter.user.is_none_or(|user| order.user == Some(user)))
             .take(limit + 1)
-            .map(|order| book.limit_view(order))
+            .map(|order| book.limit_view(&order))
             .collect();
         let more = orders.len() > limit;
         orders.truncate(limit);
