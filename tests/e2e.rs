@@ -1254,12 +1254,13 @@ async fn every_service_serves_prometheus_metrics() {
     ] {
         assert!(frontend.contains(line), "{line} in\n{frontend}");
     }
-    // Replica 3 usually wins the first election, but a slow machine may let another stand first.
+    // Replica 3 leads in steady state (the cluster waits for it before a test starts).
     let leading = cluster.leader().await.expect("a replica leads");
     let other = (leading + 1) % cluster.order_urls.len();
     let leader = scrape(&cluster.order_urls[leading]).await;
     for line in [
         "stocknet_order_takeovers_total 1",
+        "stocknet_order_leading 1",
         &format!("stocknet_order_last_entry {first}"),
         "stocknet_order_commit_round_entries_count",
         "stocknet_order_fsync_seconds_count",
@@ -1273,6 +1274,7 @@ async fn every_service_serves_prometheus_metrics() {
     }
     let follower = scrape(&cluster.order_urls[other]).await;
     assert!(!follower.contains("replication_lag_entries{"), "{follower}");
+    assert!(follower.contains("stocknet_order_leading 0"), "{follower}");
     let catalog = scrape(&cluster.catalog_url).await;
     for line in [
         "stocknet_catalog_apply_trades_count",
@@ -1281,20 +1283,32 @@ async fn every_service_serves_prometheus_metrics() {
         assert!(catalog.contains(line), "{line} in\n{catalog}");
     }
 
-    // Every service metric the Grafana dashboard uses is one some service exports.
-    let dashboard = include_str!("../charts/stocknet/dashboards/stocknet.json");
-    let used: Vec<&str> = dashboard
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|word| word.starts_with("stocknet_") && !word.starts_with("stocknet_operator_"))
-        .collect();
-    assert!(used.len() > 10, "{used:?}");
-    for name in used {
-        assert!(
-            [&frontend, &leader, &catalog]
-                .iter()
-                .any(|text| text.contains(name)),
-            "the dashboard uses {name}, which no service exports"
-        );
+    // Every service metric the Grafana dashboard and the alerts use is one some service exports.
+    for (what, source, at_least) in [
+        (
+            "the dashboard",
+            include_str!("../charts/stocknet/dashboards/stocknet.json"),
+            10,
+        ),
+        (
+            "the alerts",
+            include_str!("../charts/stocknet/rules/alerts.yaml"),
+            6,
+        ),
+    ] {
+        let used: Vec<&str> = source
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("stocknet_") && !word.starts_with("stocknet_operator_"))
+            .collect();
+        assert!(used.len() >= at_least, "{what}: {used:?}");
+        for name in used {
+            assert!(
+                [&frontend, &leader, &catalog]
+                    .iter()
+                    .any(|text| text.contains(name)),
+                "{what} uses {name}, which no service exports"
+            );
+        }
     }
 
     let port = common::free_port();

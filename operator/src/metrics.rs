@@ -24,17 +24,19 @@ async fn metrics(State(context): State<Arc<Context>>) -> Response {
 mod tests {
     use crate::controller::Metrics;
 
-    /// The dashboard's operator panels use metrics the operator exports.
+    /// The dashboard's operator panels and the alerts use metrics the operator exports.
     #[test]
-    fn the_dashboard_uses_only_metrics_the_operator_exports() {
+    fn the_dashboard_and_the_alerts_use_only_metrics_the_operator_exports() {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &Metrics::default().registry).unwrap();
         let dashboard = include_str!("../../charts/stocknet/dashboards/stocknet.json");
-        let used: Vec<&str> = dashboard
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        let alerts = include_str!("../../charts/stocknet/rules/alerts.yaml");
+        let used: Vec<&str> = [dashboard, alerts]
+            .iter()
+            .flat_map(|source| source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
             .filter(|word| word.starts_with("stocknet_operator_"))
             .collect();
-        assert!(used.len() >= 3, "{used:?}");
+        assert!(used.len() >= 4, "{used:?}");
         for name in used {
             let family = ["_bucket", "_sum", "_count", "_total"]
                 .iter()

@@ -157,13 +157,17 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             drop(in_flight);
             response
         }
-        Err(too_many) => with_retry_after(
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests from this client; retry later",
-            ),
-            too_many.retry_after,
-        ),
+        Err(too_many) => {
+            // Debug only: a client over its limit sends many of these.
+            tracing::debug!(?client, "over its limit: 429");
+            with_retry_after(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests from this client; retry later",
+                ),
+                too_many.retry_after,
+            )
+        }
     }
 }
 

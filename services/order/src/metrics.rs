@@ -31,6 +31,7 @@ pub struct ReplicaMetrics {
     pub committed: Gauge,
     pub applied: Gauge,
     pub ready: Gauge,
+    pub leading: Gauge,
     /// While leading: entries the leader holds that a follower was not seen to hold.
     pub replication_lag: Family<FollowerLabels, Gauge>,
 }
@@ -52,6 +53,7 @@ impl ReplicaMetrics {
             committed: Gauge::default(),
             applied: Gauge::default(),
             ready: Gauge::default(),
+            leading: Gauge::default(),
             replication_lag: Family::default(),
             registry: Arc::new(Registry::default()),
         };
@@ -114,6 +116,11 @@ impl ReplicaMetrics {
                 "ready",
                 "1 while this replica knows a leader",
                 &metrics.ready,
+            ),
+            (
+                "leading",
+                "1 while this replica leads and takes commands (it has taken over its term)",
+                &metrics.leading,
             ),
         ] {
             registry.register(name, help, gauge.clone());

@@ -313,6 +313,7 @@ impl Replica {
         metrics.committed.set(gauge(health.applied));
         metrics.applied.set(gauge(health.applied));
         metrics.ready.set(i64::from(health.ready));
+        metrics.leading.set(i64::from(health.leading));
         metrics.replication_lag.clear();
         let replication = self.raft.metrics().borrow().replication.clone();
         for (follower, matched) in replication.into_iter().flatten() {
