@@ -982,7 +982,7 @@ async fn users_own_their_orders_and_portfolios_follow_their_fills() {
 }
 
 /// Issue 10, item 3: every command that reaches the leader is in the audit trail with its
-/// user, time, key and outcome, refused ones too; a user sees only their own, operators (with
+/// user, time, key, request id and outcome, refused ones too; a user sees only their own, operators (with
 /// the deployment's secret) everybody's, and the filters and cursor work.
 #[tokio::test]
 async fn the_audit_trail_records_every_command_with_its_outcome() {
@@ -1000,7 +1000,12 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
     let buy_all = json!({"name": "FishCo", "quantity": 101, "type": "buy"});
     assert_eq!(send(as_user(buy_all)).await.0, 409);
     let offer = json!({"name": "GameStart", "quantity": 2, "type": "sell", "price": 20.0});
-    let (status, body) = send(as_user(offer).header("Idempotency-Key", "offer-1")).await;
+    let (status, body) = send(
+        as_user(offer)
+            .header("Idempotency-Key", "offer-1")
+            .header("X-Request-Id", "trace-offer-1"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let offered = body["data"]["transaction_number"].as_u64().unwrap();
     let guarded = json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 1.0});
@@ -1061,6 +1066,11 @@ async fn the_audit_trail_records_every_command_with_its_outcome() {
     );
     assert!(records.iter().all(|r| r["user"] == 1));
     assert_eq!(records[3]["idempotency_key"], "offer-1");
+    // The request's id as the client sent it, or as the frontend made it.
+    assert_eq!(records[3]["request_id"], "trace-offer-1");
+    assert!(records
+        .iter()
+        .all(|r| r["request_id"].as_str().is_some_and(|id| !id.is_empty())));
     assert_eq!(records[2]["quote"], 15.99);
     let time = humantime_ms(&records[4]["time"]);
     let since = started

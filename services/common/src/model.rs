@@ -326,7 +326,7 @@ impl Rejection {
 }
 
 /// What the leader notes about an entry when it sequences it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stamp {
     /// Milliseconds since the Unix epoch by the leader's clock, never below the entry before
     /// (0 in logs written before entries were stamped).
@@ -336,6 +336,10 @@ pub struct Stamp {
     pub quote: Option<Price>,
     /// Set when the leader refused the order.
     pub rejected: Option<Rejection>,
+    /// The `X-Request-Id` of the request that brought it (absent in logs written before, and
+    /// in the group's own entries): the audit record names it, so that its log lines in every
+    /// service are found.
+    pub request_id: Option<String>,
 }
 
 /// One entry of the replicated order log. Every entry names one stock, so that the log can
@@ -396,6 +400,8 @@ pub struct EntryFields {
     pub quote: Option<Price>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Rejection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -445,6 +451,7 @@ impl From<Order> for EntryFields {
             time: order.stamp.time,
             quote: order.stamp.quote,
             rejected: order.stamp.rejected,
+            request_id: order.stamp.request_id,
         }
     }
 }
@@ -501,6 +508,7 @@ impl TryFrom<EntryFields> for Order {
                 time: fields.time,
                 quote: fields.quote,
                 rejected: fields.rejected,
+                request_id: fields.request_id,
             },
             command,
         })
@@ -561,6 +569,7 @@ mod tests {
                     time: 1_800_000_000_000,
                     quote: Some(Price(1599)),
                     rejected: None,
+                    request_id: Some("6f1c0e2a9b3d4c5e-42".into()),
                 },
                 command,
             };

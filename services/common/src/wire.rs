@@ -289,6 +289,10 @@ pub struct AuditRecord {
     /// `not_open`, `not_a_limit_order` or `below_filled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The `X-Request-Id` of the request that brought it: its log lines in the frontend, the
+    /// leader and the catalog carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The filters of `GET /audit`, which the frontend checks and the leader's replica applies.

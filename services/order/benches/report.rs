@@ -34,7 +34,7 @@ fn orders() -> impl Iterator<Item = Order> {
                 // Spread over the day.
                 time: DAY_START + number * (DAY_MS / ORDERS),
                 quote: Some(Price::from_cents(10_000)),
-                rejected: None,
+                ..Stamp::default()
             },
             command: Command::Place {
                 side,

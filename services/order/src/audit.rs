@@ -180,5 +180,6 @@ fn record(entry: &Order, refusal: Option<Refusal>) -> AuditRecord {
             Outcome::Accepted
         },
         reason: reason.map(str::to_owned),
+        request_id: entry.stamp.request_id.clone(),
     }
 }

@@ -1174,7 +1174,7 @@ mod model_tests {
             stamp: Stamp {
                 time: number * stocknet_common::clock::DAY_MS / 10,
                 quote: Some(Price::from_cents(1_000 + number % 7)),
-                rejected: None,
+                ..Stamp::default()
             },
             command,
         }

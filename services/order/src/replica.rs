@@ -16,7 +16,9 @@ use stocknet_common::wire::{
     ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, Members, NewLearner,
     NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard, Voters,
 };
-use stocknet_common::{file, Command, Order, Price, Rejection, RemoteError, Side, Stamp};
+use stocknet_common::{
+    file, request_id, Command, Order, Price, Rejection, RemoteError, Side, Stamp,
+};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::audit::{self, AuditFilter};
@@ -691,6 +693,9 @@ impl Replica {
                 time,
                 quote: Some(quote),
                 rejected,
+                // The request's id, as the frontend passed it on.
+                request_id: request_id::current()
+                    .and_then(|id| id.to_str().ok().map(str::to_owned)),
             },
             command,
         };

@@ -554,6 +554,9 @@ mod tests {
                 time: 1_800_000_000_000 + number,
                 quote: Some(Price::from_cents(1_000 + number)),
                 rejected,
+                request_id: number
+                    .is_multiple_of(5)
+                    .then(|| format!("request-{number}")),
             },
             command,
         }

@@ -10,9 +10,21 @@ use stocknet_common::{Price, Rejection};
 use super::Line;
 
 /// The columns of a line, in file order.
-pub const COLUMNS: [&str; 13] = [
-    "number", "term", "type", "name", "quantity", "key", "price", "target", "user", "time",
-    "quote", "rejected", "entry",
+pub const COLUMNS: [&str; 14] = [
+    "number",
+    "term",
+    "type",
+    "name",
+    "quantity",
+    "key",
+    "price",
+    "target",
+    "user",
+    "time",
+    "quote",
+    "rejected",
+    "entry",
+    "request_id",
 ];
 
 // Where each column is in a record.
@@ -29,12 +41,14 @@ const TIME: usize = 9;
 const QUOTE: usize = 10;
 const REJECTED: usize = 11;
 const ENTRY: usize = 12;
+const REQUEST_ID: usize = 13;
 
-/// How many columns a log's lines have: all of them; or, in a log written before entries held
-/// several lines, before users and stamps, or before the order book, the first twelve, eight or
-/// six. Such a log is read as it is (each of its lines its own entry, see [`Line::alone`]) and
-/// new lines are appended in the current layout.
-const LAYOUTS: [usize; 4] = [COLUMNS.len(), 12, 8, 6];
+/// How many columns a log's lines have: all of them; or, in a log written before request ids,
+/// before entries held several lines, before users and stamps, or before the order book, the
+/// first thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
+/// each of its lines is its own entry, see [`Line::alone`]) and new lines are appended in the
+/// current layout.
+const LAYOUTS: [usize; 5] = [COLUMNS.len(), 13, 12, 8, 6];
 
 /// The header line of a log of `columns` columns.
 pub fn header_of(columns: usize) -> String {
@@ -83,6 +97,7 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[QUOTE] = text(fields.quote.map(|p| p.to_string()));
     record[REJECTED] = text(fields.rejected.map(|r| r.as_str().to_owned()));
     record[ENTRY] = line.entry.to_string();
+    record[REQUEST_ID] = text(fields.request_id);
     record
 }
 
@@ -119,6 +134,7 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
         rejected: optional(REJECTED)?
             .map(|r| Rejection::parse(r).ok_or_else(|| format!("rejected: unknown reason {r:?}")))
             .transpose()?,
+        request_id: optional(REQUEST_ID)?.map(str::to_owned),
     };
     let order = stocknet_common::Order::try_from(fields)?;
     Ok(match parsed(optional(ENTRY)?, ENTRY)? {
@@ -160,6 +176,7 @@ mod tests {
                     time: 1_700_000_000_000,
                     quote: Some(Price::from_cents(1550)),
                     rejected: None,
+                    request_id: Some("6f1c0e2a9b3d4c5e-42".into()),
                 },
                 command: Command::Place {
                     side: Side::Buy,
