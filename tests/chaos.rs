@@ -316,8 +316,9 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     for ack in &acks {
         let mut found = log[(ack.number - 1) as usize].clone();
         if let Some(fields) = found.as_object_mut() {
-            // What the leader adds: its term, its clock and the stock's price then.
-            for stamp in ["term", "time", "quote"] {
+            // What the leader adds: its term, its clock, the stock's price then and the id of
+            // the request that brought it.
+            for stamp in ["term", "time", "quote", "request_id"] {
                 fields.remove(stamp);
             }
         }
