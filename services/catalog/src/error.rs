@@ -1,8 +1,7 @@
 use std::path::Path;
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use stocknet_common::ApiError;
+use stocknet_common::{ApiError, Cause, Classified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -49,18 +48,21 @@ impl CatalogError {
     }
 }
 
-impl IntoResponse for CatalogError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::StockNotFound(_) | Self::UserNotFound => StatusCode::NOT_FOUND,
+impl Classified for CatalogError {
+    fn cause(&self) -> Cause {
+        match self {
+            Self::StockNotFound(_) | Self::UserNotFound => Cause::NotFound,
             Self::InsufficientQuantity
             | Self::Gap { .. }
             | Self::StaleTerm { .. }
-            | Self::TermJump { .. } => StatusCode::CONFLICT,
-            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) | Self::Secret(_) => {
-                return ApiError::internal(&self).into_response();
-            }
-        };
-        ApiError::new(status, self.to_string()).into_response()
+            | Self::TermJump { .. } => Cause::Conflict,
+            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) | Self::Secret(_) => Cause::Internal,
+        }
+    }
+}
+
+impl IntoResponse for CatalogError {
+    fn into_response(self) -> Response {
+        ApiError::classified(&self).into_response()
     }
 }

@@ -81,6 +81,90 @@ impl ApiError {
     }
 }
 
+/// What kind of failure an error is. Each crate's error type says which kind each of its
+/// variants is ([`Classified`]), and the status code follows from the kind, here, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The request is malformed or asks for what cannot be (400).
+    Input,
+    /// No credentials where they are needed, or bad ones (401).
+    Unauthenticated,
+    /// Not this caller's to do (403).
+    Forbidden,
+    /// What it names does not exist (404).
+    NotFound,
+    /// It cannot be done in the state things are in (409).
+    Conflict,
+    /// An idempotency key sent again with a different request (422).
+    KeyReused,
+    /// Not done, and not to be done: retry later (503).
+    Unavailable,
+    /// May or may not have been done: no answer says (504).
+    OutcomeUnknown,
+    /// The service's own fault: logged, never shown (500).
+    Internal,
+}
+
+impl Cause {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Input => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl TryFrom<StatusCode> for Cause {
+    type Error = StatusCode;
+
+    /// The kind of an error another service answered with `status`.
+    fn try_from(status: StatusCode) -> Result<Self, StatusCode> {
+        [
+            Self::Input,
+            Self::Unauthenticated,
+            Self::Forbidden,
+            Self::NotFound,
+            Self::Conflict,
+            Self::KeyReused,
+            Self::Unavailable,
+            Self::OutcomeUnknown,
+            Self::Internal,
+        ]
+        .into_iter()
+        .find(|cause| cause.status() == status)
+        .ok_or(status)
+    }
+}
+
+/// An error type of a service: the kind of each of its errors, and the fields its envelope
+/// carries beside `code` and `message` (its `Display`).
+pub trait Classified: std::fmt::Display {
+    fn cause(&self) -> Cause;
+
+    /// `error` with the fields this error adds (a refusal's reason, a leader hint).
+    fn detail(&self, error: ApiError) -> ApiError {
+        error
+    }
+}
+
+impl ApiError {
+    /// The envelope of `error`: its kind's status and its message, or for an internal error a
+    /// bare 500 with the cause logged.
+    pub fn classified(error: &impl Classified) -> Self {
+        match error.cause() {
+            Cause::Internal => Self::internal(error),
+            cause => error.detail(Self::new(cause.status(), error.to_string())),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     /// The envelope, with the id of the request being served (see [`crate::request_id`]), so
     /// that a client's report of an error finds its log lines.
@@ -258,6 +342,44 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Failure {
+        #[error("no such thing")]
+        Missing,
+        #[error("disk on fire")]
+        Disk,
+    }
+
+    impl Classified for Failure {
+        fn cause(&self) -> Cause {
+            match self {
+                Self::Missing => Cause::NotFound,
+                Self::Disk => Cause::Internal,
+            }
+        }
+
+        fn detail(&self, error: ApiError) -> ApiError {
+            error.with("reason", "missing")
+        }
+    }
+
+    #[test]
+    fn the_status_follows_from_the_cause_and_an_internal_cause_is_not_shown() {
+        let missing = ApiError::classified(&Failure::Missing);
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_eq!(missing.message, "no such thing");
+        assert_eq!(missing.extra.get("reason"), Some(&json!("missing")));
+        let disk = ApiError::classified(&Failure::Disk);
+        assert_eq!(disk.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(disk.message, "Internal error");
+        assert!(disk.extra.is_empty(), "{disk:?}");
+        for status in [400, 401, 403, 404, 409, 422, 500, 503, 504] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(Cause::try_from(status).map(Cause::status), Ok(status));
+        }
+        assert!(Cause::try_from(StatusCode::IM_A_TEAPOT).is_err());
+    }
     use axum::body::to_bytes;
 
     #[tokio::test]

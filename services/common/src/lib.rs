@@ -19,5 +19,5 @@ pub mod wire;
 
 pub use auth::{Secret, SecretArgs};
 pub use client::{call, endpoint, http_client, internal_client, RemoteError};
-pub use envelope::{data, ApiError, Json, Path, Query};
+pub use envelope::{data, ApiError, Cause, Classified, Json, Path, Query};
 pub use model::{Command, GroupEntry, Money, Order, Price, Rejection, Side, Stamp, Status, Stock};

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use stocknet_common::envelope::with_retry_after;
 use stocknet_common::wire::IDEMPOTENCY_KEY;
-use stocknet_common::{ApiError, RemoteError};
+use stocknet_common::{ApiError, Cause, Classified, RemoteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -41,46 +41,64 @@ pub enum FrontendError {
     OutcomeUnknown { key: String },
 }
 
+impl Classified for FrontendError {
+    fn cause(&self) -> Cause {
+        match self {
+            Self::BadRequest(_) => Cause::Input,
+            Self::Unauthorized(_) => Cause::Unauthenticated,
+            Self::Forbidden(_) => Cause::Forbidden,
+            Self::StockNotFound => Cause::NotFound,
+            Self::NoLeader | Self::CatalogUnavailable(_) | Self::CatalogDown { .. } => {
+                Cause::Unavailable
+            }
+            Self::OutcomeUnknown { .. } => Cause::OutcomeUnknown,
+            Self::Internal(_) => Cause::Internal,
+            // (Answered as the backend answered: see `into_response`.)
+            Self::Upstream(error) => Cause::try_from(error.status).unwrap_or(Cause::Internal),
+        }
+    }
+
+    fn detail(&self, error: ApiError) -> ApiError {
+        match self {
+            Self::OutcomeUnknown { key } => error.with("idempotency_key", key),
+            _ => error,
+        }
+    }
+}
+
 impl IntoResponse for FrontendError {
     fn into_response(self) -> Response {
-        let status = match &self {
+        let error = match &self {
+            // A backend's envelope, meant for the client as it is.
+            Self::Upstream(error) => return error.clone().into_response(),
             Self::BadRequest(message) => {
                 // Malformed requests never reach the leader, so no audit record holds them:
                 // they are logged here and counted by route and status in the metrics.
                 tracing::info!(%message, "refused a malformed request");
-                StatusCode::BAD_REQUEST
+                ApiError::classified(&self)
             }
-            Self::StockNotFound => StatusCode::NOT_FOUND,
-            Self::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
             Self::CatalogUnavailable(cause) => {
                 tracing::warn!("catalog unavailable: {cause}");
-                StatusCode::SERVICE_UNAVAILABLE
+                ApiError::classified(&self)
             }
-            Self::Upstream(error) => return error.clone().into_response(),
-            Self::Unauthorized(_) => {
-                let mut response =
-                    ApiError::new(StatusCode::UNAUTHORIZED, self.to_string()).into_response();
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Internal(cause) => return ApiError::internal(cause).into_response(),
             Self::CatalogDown { retry_after } => {
-                let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string());
-                return with_retry_after(error, *retry_after);
+                return with_retry_after(ApiError::classified(&self), *retry_after);
+            }
+            _ => ApiError::classified(&self),
+        };
+        let mut response = error.into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::OutcomeUnknown { key } => {
-                let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, self.to_string())
-                    .with("idempotency_key", key);
-                let mut response = error.into_response();
                 if let Ok(value) = HeaderValue::from_str(key) {
-                    response.headers_mut().insert(IDEMPOTENCY_KEY, value);
+                    headers.insert(IDEMPOTENCY_KEY, value);
                 }
-                return response;
             }
-        };
-        ApiError::new(status, self.to_string()).into_response()
+            _ => {}
+        }
+        response
     }
 }

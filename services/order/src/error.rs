@@ -1,9 +1,8 @@
 use std::path::Path;
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use stocknet_common::wire::{CATALOG_UNAVAILABLE, LEADER_HINT, LEADER_HINT_TERM};
-use stocknet_common::{ApiError, Price, Rejection, RemoteError};
+use stocknet_common::{ApiError, Cause, Classified, Price, Rejection, RemoteError};
 
 use crate::book::Refusal;
 
@@ -93,33 +92,38 @@ impl OrderError {
     }
 }
 
-impl From<OrderError> for ApiError {
-    fn from(error: OrderError) -> Self {
+impl Classified for OrderError {
+    fn cause(&self) -> Cause {
         use OrderError as E;
-        let status = match &error {
-            E::StockNotFound
-            | E::OrderNotFound
-            | E::NotAnOrder(_)
-            | E::Refused(Refusal::NotFound(_)) => StatusCode::NOT_FOUND,
+        match self {
             E::Rejected {
                 rejection: Rejection::QuantityOverflow,
                 ..
             }
-            | E::InvalidChange(_) => StatusCode::BAD_REQUEST,
-            E::NotOwner(_) => StatusCode::FORBIDDEN,
-            E::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. }) => StatusCode::CONFLICT,
-            E::Rejected { .. } | E::Gap { .. } | E::Membership(_) => StatusCode::CONFLICT,
+            | E::InvalidChange(_) => Cause::Input,
+            E::NotOwner(_) => Cause::Forbidden,
+            E::StockNotFound
+            | E::OrderNotFound
+            | E::NotAnOrder(_)
+            | E::Refused(Refusal::NotFound(_)) => Cause::NotFound,
+            E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. })
+            | E::Rejected { .. }
+            | E::Gap { .. }
+            | E::Membership(_) => Cause::Conflict,
+            E::KeyReused => Cause::KeyReused,
             E::NotLeader { .. } | E::NotReady | E::HandingOver(_) | E::CatalogUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+                Cause::Unavailable
             }
-            E::OutcomeUnknown { .. } | E::MembershipPending(_) => StatusCode::GATEWAY_TIMEOUT,
+            E::OutcomeUnknown { .. } | E::MembershipPending(_) => Cause::OutcomeUnknown,
             E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) | E::Secret(_) => {
-                return ApiError::internal(&error);
+                Cause::Internal
             }
-        };
-        let api = ApiError::new(status, error.to_string());
-        match error {
+        }
+    }
+
+    fn detail(&self, api: ApiError) -> ApiError {
+        use OrderError as E;
+        match *self {
             // Tells a frontend not to elect another leader over it (see wire::CATALOG_UNAVAILABLE).
             E::CatalogUnavailable(_) | E::OutcomeUnknown { catalog: true, .. } => {
                 api.with("reason", CATALOG_UNAVAILABLE)
@@ -146,6 +150,12 @@ impl From<OrderError> for ApiError {
     }
 }
 
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        ApiError::classified(&error)
+    }
+}
+
 fn rejection_message(rejection: Rejection, quote: Option<Price>) -> String {
     match (rejection, quote) {
         (Rejection::InsufficientQuantity, _) => "Insufficient stock quantity".into(),
@@ -165,6 +175,8 @@ impl IntoResponse for OrderError {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]
