@@ -208,8 +208,9 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
     let buy = |name: &str| json!({"name": name, "quantity": 1, "type": "buy"});
     let (status, body, _) = order(&cluster, 0, &buy("GameStart"), None).await;
     assert_eq!(status, 200, "{body}");
-    // The fault starts from a steady state: both frontends use the leader the replicas name
-    // (two frontends that start together may still hand the leadership back and forth).
+    // The fault starts from a steady state: both frontends use the leader the replicas name. (A
+    // frontend follows the replica it found until a call fails; if the group handed the
+    // leadership to replica 3 after it started, a read moves it on.)
     wait_until(
         "both frontends on the leader",
         Duration::from_secs(20),
@@ -220,6 +221,7 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
             let term = cluster.replica_health(leader).await["term"].clone();
             let mut agree = true;
             for url in &cluster.frontend_urls {
+                cluster.get(&format!("{url}/trades?limit=1")).await;
                 let (_, health) = cluster.get(&format!("{url}/health")).await;
                 agree &=
                     health["data"]["leader"] == json!(leader + 1) && health["data"]["term"] == term;

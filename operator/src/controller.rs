@@ -27,6 +27,7 @@ use reqwest::header::AUTHORIZATION;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stocknet_common::client::call;
+use stocknet_common::paths;
 use stocknet_common::wire::{Health, Members, NewLearner, Voters};
 
 use crate::crd::{StockNet, StockNetStatus};
@@ -400,13 +401,17 @@ fn leader_ip(observations: &[Observation], leader: Option<u32>) -> Option<String
 }
 
 /// `http://<ip>:<port>/<path>` of an order replica's pod.
-fn replica_url(ctx: &Context, ip: &str, path: &str) -> String {
+fn replica_url(ctx: &Context, ip: &str, route: paths::Route) -> String {
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {
         ip.to_owned()
     };
-    format!("http://{host}:{}{path}", ctx.settings.probe_port)
+    format!(
+        "http://{host}:{}{}",
+        ctx.settings.probe_port,
+        route.pattern()
+    )
 }
 
 /// The group's membership as the leader at `ip` reports it.
@@ -417,7 +422,7 @@ async fn group_members(
 ) -> Option<Members> {
     let request = ctx
         .http
-        .get(replica_url(ctx, ip, "/members"))
+        .get(replica_url(ctx, ip, paths::MEMBERS))
         .header(AUTHORIZATION, secret.bearer());
     match call::<Members>(request).await {
         Ok(members) => Some(members),
@@ -449,7 +454,7 @@ async fn change_members(
             let body = NewLearner { id: *id, url };
             (
                 ctx.http
-                    .post(replica_url(ctx, ip, "/members/learners"))
+                    .post(replica_url(ctx, ip, paths::LEARNERS))
                     .json(&body),
                 "AddingOrderReplica",
                 format!("order replica {id} joins the group as a learner"),
@@ -461,7 +466,7 @@ async fn change_members(
             };
             (
                 ctx.http
-                    .put(replica_url(ctx, ip, "/members/voters"))
+                    .put(replica_url(ctx, ip, paths::VOTERS))
                     .json(&body),
                 "ChangingOrderVoters",
                 format!("order replicas {} are to vote", list(voters.iter())),
@@ -597,7 +602,7 @@ async fn observe_order_replicas(
 }
 
 async fn probe(ctx: &Context, ip: &str) -> Option<Health> {
-    match call::<Health>(ctx.http.get(replica_url(ctx, ip, "/health"))).await {
+    match call::<Health>(ctx.http.get(replica_url(ctx, ip, paths::HEALTH))).await {
         Ok(health) => Some(health),
         Err(e) => {
             tracing::info!(ip, "order replica health check failed: {e}");

@@ -1,6 +1,7 @@
 //! The frontend's Deployment.
 
 use super::*;
+use stocknet_common::paths;
 
 /// The frontends, which look for the order leader among `order_pods` replicas.
 pub(super) fn frontend_deployment(sn: &StockNet, order_pods: i32) -> Result<Deployment, SpecError> {
@@ -34,7 +35,7 @@ pub(super) fn frontend_deployment(sn: &StockNet, order_pods: i32) -> Result<Depl
         FRONTEND_PORT,
         env(&vars),
         Vec::new(),
-        "/health",
+        paths::HEALTH.pattern(),
     );
     container
         .ports

@@ -1,6 +1,7 @@
 //! What every workload's pods share: containers, probes, environment, resources, the data volume.
 
 use super::*;
+use stocknet_common::paths;
 
 pub(super) fn env(pairs: &[(&str, String)]) -> Vec<EnvVar> {
     pairs
@@ -61,7 +62,7 @@ pub(super) fn container(
             },
         ]),
         readiness_probe: Some(http_probe(readiness_path, 2, 3)),
-        liveness_probe: Some(http_probe("/health", 10, 6)),
+        liveness_probe: Some(http_probe(paths::HEALTH.pattern(), 10, 6)),
         resources: Some(resources(sn, component)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),

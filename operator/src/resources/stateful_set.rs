@@ -1,6 +1,7 @@
 //! The catalog's and the order replicas' StatefulSets.
 
 use super::*;
+use stocknet_common::paths;
 
 pub(super) fn stateful_set(
     sn: &StockNet,
@@ -76,7 +77,7 @@ pub(super) fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecErr
                 ..VolumeMount::default()
             },
         ],
-        "/health",
+        paths::HEALTH.pattern(),
     );
     let volumes = vec![Volume {
         name: "initial-catalog".into(),
@@ -114,7 +115,7 @@ pub(super) fn order_stateful_set(
         ]),
         vec![data_mount()],
         // Ready only once boot resync is done.
-        "/ready",
+        paths::READY.pattern(),
     );
     let mut template = pod_template(sn, Component::Order, container, Vec::new());
     if let Some(pod) = template.spec.as_mut() {

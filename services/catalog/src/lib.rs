@@ -17,8 +17,8 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use futures::future::join_all;
 use stocknet_common::auth::require_secret;
-use stocknet_common::client::endpoint;
 use stocknet_common::envelope::bounded;
+use stocknet_common::paths;
 use stocknet_common::wire::{
     stock_after, stock_cursor, ApplyRequest, Invalidation, NewUser, StockPage,
 };
@@ -136,7 +136,7 @@ impl AppState {
         let calls = frontends.iter().map(|frontend| {
             let body = &body;
             async move {
-                let result = match endpoint(frontend, &["invalidate"]) {
+                let result = match paths::INVALIDATE.url(frontend, &[]) {
                     Ok(url) => {
                         let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
                         push.json(body).send().await.map(|_| ())
@@ -162,20 +162,20 @@ const INVALIDATION_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router(state: AppState) -> Router {
     let internal = Router::new()
-        .route("/snapshot", get(snapshot))
-        .route("/apply", post(apply))
-        .route("/users", post(create_user))
-        .route("/users/{id}", get(user))
+        .route(paths::SNAPSHOT.pattern(), get(snapshot))
+        .route(paths::APPLY.pattern(), post(apply))
+        .route(paths::USERS.pattern(), post(create_user))
+        .route(paths::USER.pattern(), get(user))
         .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,
         ));
     let http = state.metrics.http.clone();
     let routes = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/stocks", get(list))
-        .route("/stocks/{name}", get(lookup))
+        .route(paths::HEALTH.pattern(), get(health))
+        .route(paths::METRICS.pattern(), get(metrics))
+        .route(paths::STOCKS.pattern(), get(list))
+        .route(paths::STOCK.pattern(), get(lookup))
         .merge(internal)
         .with_state(state);
     stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod file;
 pub mod metrics;
 pub mod model;
+pub mod paths;
 pub mod request_id;
 pub mod server;
 pub mod wire;

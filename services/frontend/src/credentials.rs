@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use axum::http::{header, HeaderMap, StatusCode};
 use lru::LruCache;
 use stocknet_common::api_key::{ApiKey, Credential};
-use stocknet_common::client::endpoint;
+use stocknet_common::paths;
 use stocknet_common::wire::UserRecord;
 
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
@@ -69,7 +69,8 @@ async fn credential(state: &AppState, user: u64) -> Result<Credential, FrontendE
     if let Some(credential) = inner.credentials.get(user) {
         return Ok(credential);
     }
-    let url = endpoint(&inner.catalog_url, &["users", &user.to_string()])
+    let url = paths::USER
+        .url(&inner.catalog_url, &[&user.to_string()])
         .map_err(FrontendError::CatalogUnavailable)?;
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
     match call_catalog::<UserRecord>(state, request).await {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use stocknet_common::envelope::with_retry_after;
+use stocknet_common::paths;
 use stocknet_common::ApiError;
 
 use crate::{credentials, AppState};
@@ -137,7 +138,7 @@ impl Drop for InFlight {
 /// admitted.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = &state.inner.limits;
-    if !limits.enabled() || request.uri().path() == "/health" {
+    if !limits.enabled() || request.uri().path() == paths::HEALTH.pattern() {
         return next.run(request).await;
     }
     let user = match credentials::caller(&state, request.headers()).await {

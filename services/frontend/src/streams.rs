@@ -18,7 +18,8 @@ use axum::extract::State;
 use axum::response::Response;
 use futures::{Sink, SinkExt, StreamExt};
 use serde::Serialize;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
+use stocknet_common::paths;
 use stocknet_common::wire::{Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot, Trade};
 use stocknet_common::{Path, Price, Stock};
 use tokio::sync::{broadcast, Notify};
@@ -157,7 +158,7 @@ async fn start_position(
     state: &AppState,
     leader: &str,
 ) -> Result<u64, stocknet_common::RemoteError> {
-    let url = endpoint(leader, &["health"])?;
+    let url = paths::HEALTH.url(leader, &[])?;
     let health: Health = call(state.inner.http.get(url)).await?;
     Ok(health.applied)
 }
@@ -167,7 +168,7 @@ async fn poll(
     leader: &str,
     after: u64,
 ) -> Result<FeedPage, stocknet_common::RemoteError> {
-    let mut url = endpoint(leader, &["feed"])?;
+    let mut url = paths::FEED.url(leader, &[])?;
     url.query_pairs_mut()
         .append_pair("after", &after.to_string())
         .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
@@ -203,7 +204,7 @@ pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
-        let snapshot = match endpoint(&state.inner.catalog_url, &["snapshot"]) {
+        let snapshot = match paths::SNAPSHOT.url(&state.inner.catalog_url, &[]) {
             Ok(url) => call::<Snapshot>(state.inner.http.get(url)).await,
             Err(e) => Err(e),
         };
@@ -292,7 +293,7 @@ pub async fn book(
 
 async fn book_snapshot(state: &AppState, name: &str) -> Option<Depth> {
     let depth = crate::upstream::order_group::read(state, |leader| {
-        let request = endpoint(&leader.url, &["book", name]).map(|mut url| {
+        let request = paths::BOOK.url(&leader.url, &[name]).map(|mut url| {
             url.set_query(Some("depth=1000"));
             state.inner.leader_read(url)
         });

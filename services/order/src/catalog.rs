@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
+use stocknet_common::paths;
 use stocknet_common::wire::{ApplyOutcome, ApplyRequest, Snapshot};
 use stocknet_common::RemoteError;
 
@@ -47,7 +48,7 @@ impl HttpCatalog {
 impl Catalog for HttpCatalog {
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, RemoteError>> {
         Box::pin(async move {
-            let url = endpoint(&self.url, &["snapshot"])?;
+            let url = paths::SNAPSHOT.url(&self.url, &[])?;
             call(self.http.get(url).timeout(CATALOG_TIMEOUT)).await
         })
     }
@@ -57,7 +58,7 @@ impl Catalog for HttpCatalog {
         request: &'a ApplyRequest,
     ) -> BoxFuture<'a, Result<ApplyOutcome, RemoteError>> {
         Box::pin(async move {
-            let url = endpoint(&self.url, &["apply"])?;
+            let url = paths::APPLY.url(&self.url, &[])?;
             call(self.http.post(url).timeout(CATALOG_TIMEOUT).json(request)).await
         })
     }

@@ -32,6 +32,7 @@ use serde::Deserialize;
 use stocknet_common::auth::require_secret;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
+use stocknet_common::paths;
 use stocknet_common::wire::{
     parse_peer, AuditQuery, NewLearner, NewOrder, OrderChange, OrderPage, OrderView, Peer, Trade,
     Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
@@ -145,29 +146,38 @@ pub fn router(state: AppState) -> Router {
     // Everything but the probes is for the frontends and the other replicas only.
     let internal = Router::new()
         .route(
-            "/orders",
+            paths::ORDERS.pattern(),
             get(list_orders).route_layer(confirmed()).post(place),
         )
         .route(
-            "/orders/{number}",
+            paths::ORDER.pattern(),
             get(lookup)
                 .route_layer(confirmed())
                 .put(modify_order)
                 .delete(cancel_order),
         )
-        .route("/trades", get(trades).route_layer(confirmed()))
         .route(
-            "/portfolios/{user}",
+            paths::TRADES.pattern(),
+            get(trades).route_layer(confirmed()),
+        )
+        .route(
+            paths::PORTFOLIO.pattern(),
             get(portfolio).route_layer(confirmed()),
         )
-        .route("/audit", get(audit_trail).route_layer(confirmed()))
-        .route("/reports/daily", get(daily_report).route_layer(confirmed()))
-        .route("/book/{name}", get(book).route_layer(confirmed()))
-        .route("/feed", get(feed))
-        .route("/orders/logs/{after}", get(orders_after))
-        .route("/members", get(members))
-        .route("/members/learners", post(add_learner))
-        .route("/members/voters", put(change_voters))
+        .route(
+            paths::AUDIT.pattern(),
+            get(audit_trail).route_layer(confirmed()),
+        )
+        .route(
+            paths::DAILY_REPORT.pattern(),
+            get(daily_report).route_layer(confirmed()),
+        )
+        .route(paths::BOOK.pattern(), get(book).route_layer(confirmed()))
+        .route(paths::FEED.pattern(), get(feed))
+        .route(paths::LOG_AFTER.pattern(), get(orders_after))
+        .route(paths::MEMBERS.pattern(), get(members))
+        .route(paths::LEARNERS.pattern(), post(add_learner))
+        .route(paths::VOTERS.pattern(), put(change_voters))
         .merge(consensus::routes(
             state.replica.raft().clone(),
             state.replica.elections().clone(),
@@ -178,9 +188,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let http = state.replica.metrics().http.clone();
     let routes = Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route(paths::HEALTH.pattern(), get(health))
+        .route(paths::READY.pattern(), get(ready))
+        .route(paths::METRICS.pattern(), get(metrics))
         .merge(internal)
         .with_state(state);
     stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)

@@ -5,8 +5,9 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::paths;
 use stocknet_common::wire::{AuditPage, AuditQuery};
 use stocknet_common::{data, Query};
 
@@ -48,8 +49,9 @@ pub(crate) async fn audit(
     }
     let inner = &state.inner;
     let page: AuditPage = order_group::read(&state, |leader| {
-        let request =
-            endpoint(&leader.url, &["audit"]).map(|url| inner.leader_read(url).query(&query));
+        let request = paths::AUDIT
+            .url(&leader.url, &[])
+            .map(|url| inner.leader_read(url).query(&query));
         async move { call::<AuditPage>(request?).await }
     })
     .await?;

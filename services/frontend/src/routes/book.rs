@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::paths;
 use stocknet_common::wire::Depth;
 use stocknet_common::Path;
 
@@ -29,5 +30,5 @@ pub(crate) async fn book(
     uri: Uri,
 ) -> Result<Response, FrontendError> {
     stock(&state, &name).await?.into_stock();
-    order_group::forward_read(&state, &["book", &name], uri.query()).await
+    order_group::forward_read(&state, paths::BOOK, &[&name], uri.query()).await
 }

@@ -8,9 +8,10 @@ use axum::response::Response;
 use futures::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
 use stocknet_common::data;
 use stocknet_common::envelope::DataEnvelope;
+use stocknet_common::paths;
 use stocknet_common::wire::Health;
 use utoipa::ToSchema;
 
@@ -63,8 +64,9 @@ pub struct ClusterView {
 pub async fn cluster(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
     let health = |base: &str| {
-        let request =
-            endpoint(base, &["health"]).map(|url| inner.http.get(url).timeout(HEALTH_TIMEOUT));
+        let request = paths::HEALTH
+            .url(base, &[])
+            .map(|url| inner.http.get(url).timeout(HEALTH_TIMEOUT));
         async move { call::<Value>(request?).await }
     };
     let replicas = inner.leaders.replicas();

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use axum::routing::post;
 use axum::{middleware, Extension, Router};
 use stocknet_common::auth::require_secret;
+use stocknet_common::paths;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -68,8 +69,14 @@ pub(crate) fn public_routes(state: &AppState) -> Router<AppState> {
 /// Not part of the public API, and only for callers with the shared secret.
 pub(crate) fn internal_routes(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/invalidate", post(invalidation::invalidate_many))
-        .route("/invalidate/{name}", post(invalidation::invalidate))
+        .route(
+            paths::INVALIDATE.pattern(),
+            post(invalidation::invalidate_many),
+        )
+        .route(
+            paths::INVALIDATE_ONE.pattern(),
+            post(invalidation::invalidate),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.inner.secret.clone(),
             require_secret,

@@ -7,8 +7,9 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::Ordering;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::paths;
 use stocknet_common::wire::{
     Changed, NewOrder, OrderChange, OrderPage, OrderView, Placed, PriceGuard, CLIENT_KEY_PREFIX,
     IDEMPOTENCY_KEY, USER,
@@ -374,14 +375,16 @@ async fn change_on_leader(
     let key = idempotency_key(state, headers)?;
     let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
     let changed: Changed = order_group::write(state, &key, |leader| {
-        let request = endpoint(&leader.url, &["orders", &number.to_string()]).map(|url| {
-            let http = &state.inner.http;
-            let request = match change {
-                Some(change) => http.put(url).json(change),
-                None => http.delete(url),
-            };
-            for_user(request.header(IDEMPOTENCY_KEY, logged_key.as_str()), user)
-        });
+        let request = paths::ORDER
+            .url(&leader.url, &[&number.to_string()])
+            .map(|url| {
+                let http = &state.inner.http;
+                let request = match change {
+                    Some(change) => http.put(url).json(change),
+                    None => http.delete(url),
+                };
+                for_user(request.header(IDEMPOTENCY_KEY, logged_key.as_str()), user)
+            });
         async move { call::<Changed>(request?).await }
     })
     .await?;
@@ -407,7 +410,7 @@ pub(crate) async fn list_orders(
     State(state): State<AppState>,
     uri: Uri,
 ) -> Result<Response, FrontendError> {
-    order_group::forward_read(&state, &["orders"], uri.query()).await
+    order_group::forward_read(&state, paths::ORDERS, &[], uri.query()).await
 }
 
 /// An order: the seed's fields and where it stands, with its trades.
@@ -428,7 +431,8 @@ pub(crate) async fn query_order(
         .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
     let inner = &state.inner;
     let order: OrderView = order_group::read(&state, |leader| {
-        let request = endpoint(&leader.url, &["orders", &number.to_string()])
+        let request = paths::ORDER
+            .url(&leader.url, &[&number.to_string()])
             .map(|url| inner.leader_read(url));
         async move { call::<OrderView>(request?).await }
     })

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::paths;
 use stocknet_common::wire::DailyReport;
 
 use crate::upstream::order_group;
@@ -23,5 +24,5 @@ pub(crate) async fn daily_report(
     State(state): State<AppState>,
     uri: Uri,
 ) -> Result<Response, FrontendError> {
-    order_group::forward_read(&state, &["reports", "daily"], uri.query()).await
+    order_group::forward_read(&state, paths::DAILY_REPORT, &[], uri.query()).await
 }

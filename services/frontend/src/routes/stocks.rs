@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use stocknet_common::client::endpoint;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::paths;
 use stocknet_common::wire::StockPage;
 use stocknet_common::{data, Path, RemoteError, Stock};
 
@@ -74,8 +74,9 @@ pub(crate) async fn list_stocks(
     uri: Uri,
 ) -> Result<Response, FrontendError> {
     let inner = &state.inner;
-    let mut url =
-        endpoint(&inner.catalog_url, &["stocks"]).map_err(FrontendError::CatalogUnavailable)?;
+    let mut url = paths::STOCKS
+        .url(&inner.catalog_url, &[])
+        .map_err(FrontendError::CatalogUnavailable)?;
     url.set_query(uri.query());
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
     match call_catalog::<StockPage>(&state, request).await {
@@ -115,7 +116,8 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
         Ok(stock) => return Ok(Looked::Fresh(stock)),
         Err(epoch) => epoch,
     };
-    let url = endpoint(&inner.catalog_url, &["stocks", name])
+    let url = paths::STOCK
+        .url(&inner.catalog_url, &[name])
         .map_err(FrontendError::CatalogUnavailable)?;
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
     match call_catalog::<Stock>(state, request).await {

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::paths;
 use stocknet_common::wire::Trade;
 
 use crate::upstream::order_group;
@@ -25,5 +26,5 @@ pub(crate) async fn list_trades(
     State(state): State<AppState>,
     uri: Uri,
 ) -> Result<Response, FrontendError> {
-    order_group::forward_read(&state, &["trades"], uri.query()).await
+    order_group::forward_read(&state, paths::TRADES, &[], uri.query()).await
 }

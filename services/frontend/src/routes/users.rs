@@ -6,8 +6,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use stocknet_common::api_key::{ApiKey, Credential};
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::paths;
 use stocknet_common::wire::{Holding, NewUser, UserRecord};
 use stocknet_common::{data, Money, Path, Price};
 use utoipa::ToSchema;
@@ -51,8 +52,9 @@ pub(crate) async fn create_user(
     let inner = &state.inner;
     let key = ApiKey::generate(0).map_err(|e| FrontendError::Internal(e.to_string()))?;
     let credential = Credential::of(&key).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let url =
-        endpoint(&inner.catalog_url, &["users"]).map_err(FrontendError::CatalogUnavailable)?;
+    let url = paths::USERS
+        .url(&inner.catalog_url, &[])
+        .map_err(FrontendError::CatalogUnavailable)?;
     let request = inner
         .http
         .post(url)
@@ -136,7 +138,8 @@ pub(crate) async fn portfolio(
     }
     let inner = &state.inner;
     let holdings: Vec<Holding> = order_group::read(&state, |leader| {
-        let request = endpoint(&leader.url, &["portfolios", &id.to_string()])
+        let request = paths::PORTFOLIO
+            .url(&leader.url, &[&id.to_string()])
             .map(|url| inner.leader_read(url));
         async move { call::<Vec<Holding>>(request?).await }
     })

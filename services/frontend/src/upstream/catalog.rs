@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
+use stocknet_common::paths;
 use stocknet_common::RemoteError;
 
 use crate::{AppState, FrontendError};
@@ -131,7 +132,7 @@ fn is_failure(error: &RemoteError) -> bool {
 /// soon as the catalog answers again, without waiting for a lookup to try.
 pub async fn watch(state: AppState) {
     let inner = &state.inner;
-    let Ok(url) = endpoint(&inner.catalog_url, &["health"]) else {
+    let Ok(url) = paths::HEALTH.url(&inner.catalog_url, &[]) else {
         tracing::error!(
             url = inner.catalog_url,
             "the catalog's URL cannot take a path"

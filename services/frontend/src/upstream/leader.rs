@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
+use stocknet_common::paths;
 use stocknet_common::wire::{Health, Members, Peer, LEADER_HINT, LEADER_HINT_TERM};
 use stocknet_common::RemoteError;
 
@@ -69,7 +70,7 @@ impl LeaderDiscovery {
     /// replica that answers `GET /members`; whether it learned any.
     async fn learn_members(&self) -> bool {
         for replica in self.replicas() {
-            let Ok(url) = endpoint(&replica.url, &["members"]) else {
+            let Ok(url) = paths::MEMBERS.url(&replica.url, &[]) else {
                 continue;
             };
             let request = self.http.get(url).timeout(HEALTH_TIMEOUT);
@@ -159,7 +160,7 @@ impl LeaderDiscovery {
     }
 
     async fn health(&self, replica: &Peer) -> Option<Health> {
-        let url = endpoint(&replica.url, &["health"]).ok()?;
+        let url = paths::HEALTH.url(&replica.url, &[]).ok()?;
         let health = call::<Health>(self.http.get(url).timeout(HEALTH_TIMEOUT))
             .await
             .ok()?;
@@ -247,7 +248,7 @@ fn leader(replica: &Peer, term: u64) -> Option<Leader> {
     Some(Leader {
         id: replica.id,
         url: replica.url.clone(),
-        orders_url: endpoint(&replica.url, &["orders"]).ok()?,
+        orders_url: paths::ORDERS.url(&replica.url, &[]).ok()?,
         term,
     })
 }

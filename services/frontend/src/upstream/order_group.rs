@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use axum::response::Response;
 use serde_json::Value;
-use stocknet_common::client::{call, endpoint};
+use stocknet_common::client::call;
 use stocknet_common::data;
+use stocknet_common::paths::Route;
 use stocknet_common::wire::CATALOG_UNAVAILABLE;
 use stocknet_common::RemoteError;
 use tokio::time::Instant;
@@ -88,11 +89,12 @@ where
 /// query string goes as it came (the replica validates it).
 pub(crate) async fn forward_read(
     state: &AppState,
-    segments: &[&str],
+    route: Route,
+    params: &[&str],
     query: Option<&str>,
 ) -> Result<Response, FrontendError> {
     let value: Value = read(state, |leader| {
-        let request = endpoint(&leader.url, segments).map(|mut url| {
+        let request = route.url(&leader.url, params).map(|mut url| {
             url.set_query(query);
             state.inner.leader_read(url)
         });

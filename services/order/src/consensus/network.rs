@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Elections, PreVote, PreVoteTransport, Raft, TypeConfig};
+use stocknet_common::paths::{self, Route};
 
 /// How long a pre-vote waits for a replica's answer: a hung one is not waited for long.
 const PRE_VOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
@@ -39,10 +40,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
     elections: Arc<Elections>,
 ) -> Router<S> {
     Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .route("/raft/prevote", post(pre_vote))
+        .route(paths::RAFT_APPEND.pattern(), post(append))
+        .route(paths::RAFT_VOTE.pattern(), post(vote))
+        .route(paths::RAFT_SNAPSHOT.pattern(), post(snapshot))
+        .route(paths::RAFT_PRE_VOTE.pattern(), post(pre_vote))
         .with_state(Group { raft, elections })
 }
 
@@ -111,7 +112,7 @@ impl HttpPreVote {
 
 impl PreVoteTransport for HttpPreVote {
     async fn ask(&self, _target: u64, node: &BasicNode, request: &PreVote) -> Option<bool> {
-        let url = format!("{}/raft/prevote", node.addr.trim_end_matches('/'));
+        let url = paths::RAFT_PRE_VOTE.url(&node.addr, &[]).ok()?;
         let response = self
             .http
             .post(url)
@@ -161,7 +162,7 @@ impl Peer {
     /// that is not openraft's result is a network error.
     async fn call<Q, A, E>(
         &self,
-        path: &str,
+        route: Route,
         request: &Q,
         option: &RPCOption,
     ) -> Result<A, RPCError<u64, BasicNode, RaftError<u64, E>>>
@@ -170,9 +171,12 @@ impl Peer {
         A: DeserializeOwned,
         E: Error + DeserializeOwned,
     {
+        let url = route
+            .url(&self.url, &[])
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let response = self
             .http
-            .post(format!("{}/raft/{path}", self.url))
+            .post(url)
             .timeout(option.hard_ttl())
             .json(request)
             .send()
@@ -195,7 +199,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call("append", &request, &option).await
+        self.call(paths::RAFT_APPEND, &request, &option).await
     }
 
     async fn install_snapshot(
@@ -206,7 +210,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &request, &option).await
+        self.call(paths::RAFT_SNAPSHOT, &request, &option).await
     }
 
     async fn vote(
@@ -214,7 +218,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         request: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call("vote", &request, &option).await
+        self.call(paths::RAFT_VOTE, &request, &option).await
     }
 
     /// How long replication to a replica that did not answer pauses before it tries again:
