@@ -1228,6 +1228,119 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
     }
 }
 
+/// Issue 23, item 1: `stocknet report --out` archives a day's report as JSON and CSV and
+/// delivers it once to a webhook, signed with HMAC-SHA256; a re-run rewrites the files and does
+/// not deliver again unless asked; a delivery that fails exits non-zero and keeps the files.
+#[tokio::test]
+async fn the_report_is_archived_and_delivered_once_signed() {
+    use hmac::Mac;
+
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    for (side, price) in [("sell", 16.0), ("buy", 16.5)] {
+        let order = json!({"name": "GameStart", "quantity": 3, "type": side, "price": price});
+        let (status, body) = cluster.post(&format!("{frontend}/orders"), &order).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let log = cluster.wait_for_identical_logs().await;
+    let date = common::book::days(&log).pop().expect("a day");
+
+    // The receiver: every delivery's signature and body.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let recorded = received.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let signature = headers
+                .get("x-stocknet-signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            recorded.lock().unwrap().push((signature, body));
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let archive = tempfile::tempdir().unwrap();
+    let key_file = archive.path().join("webhook-key");
+    std::fs::write(&key_file, "hook-secret\n").unwrap();
+    let out = archive.path().join("reports");
+    let report = |webhook: &str, extra: &[&str]| {
+        let mut command = tokio::process::Command::new(common::BIN);
+        command
+            .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
+            .arg(&out)
+            .args(["--webhook", webhook, "--webhook-secret-file"])
+            .arg(&key_file)
+            .args(extra);
+        async move { command.output().await.expect("run stocknet report") }
+    };
+
+    let first = report(&hook_url, &[]).await;
+    assert!(first.status.success(), "{first:?}");
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(out.join(format!("{date}.json"))).unwrap()).unwrap();
+    let (status, served) = cluster
+        .get(&format!("{frontend}/reports/daily?date={date}"))
+        .await;
+    assert_eq!((status, &json), (200, &served["data"]));
+    assert_eq!(json["stocks"][0]["trades"], 1, "{json}");
+    let csv = std::fs::read_to_string(out.join(format!("{date}.csv"))).unwrap();
+    assert!(
+        csv.starts_with("date,name,trades") && csv.contains("GameStart"),
+        "{csv}"
+    );
+    {
+        let deliveries = received.lock().unwrap();
+        assert_eq!(deliveries.len(), 1);
+        let (signature, body) = &deliveries[0];
+        assert_eq!(serde_json::from_str::<Value>(body).unwrap(), json);
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+        mac.update(body.as_bytes());
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(*signature, format!("sha256={expected}"));
+    }
+
+    // Again: the same files, no second delivery; unless asked.
+    let again = report(&hook_url, &[]).await;
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(received.lock().unwrap().len(), 1, "delivered once");
+    let resent = report(&hook_url, &["--resend"]).await;
+    assert!(resent.status.success(), "{resent:?}");
+    assert_eq!(received.lock().unwrap().len(), 2);
+
+    // Nobody listens: non-zero, a clear message, the files in place, nothing recorded.
+    let out_failed = archive.path().join("failed");
+    let nobody = format!("http://127.0.0.1:{}/hook", common::free_port());
+    let failed = tokio::process::Command::new(common::BIN)
+        .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
+        .arg(&out_failed)
+        .args([
+            "--webhook",
+            &nobody,
+            "--webhook-attempts",
+            "2",
+            "--webhook-secret-file",
+        ])
+        .arg(&key_file)
+        .output()
+        .await
+        .expect("run stocknet report");
+    assert!(!failed.status.success(), "{failed:?}");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("delivering the report of"), "{stderr}");
+    assert!(out_failed.join(format!("{date}.json")).exists());
+    assert!(!out_failed.join(format!("{date}.delivered")).exists());
+}
+
 /// Issue 12, item 4: every service serves Prometheus metrics from prometheus-client: requests by
 /// route and status (a malformed order counted, not stored), the leader's commit rounds,
 /// fsyncs, takeovers and followers' lag, the catalog's applies; and on a port of its own.
