@@ -72,3 +72,38 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("operator stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The Helm chart's operator Deployment sets only variables the operator reads (a
+    /// misspelt name would be silently ignored): its flags' variables, and two read elsewhere.
+    #[test]
+    fn the_chart_sets_only_variables_the_operator_reads() {
+        let mut reads: BTreeSet<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|arg| Some(arg.get_env()?.to_str()?.to_owned()))
+            .collect();
+        // tracing's filter, and the instance the operator's Events name.
+        reads.extend(["RUST_LOG".to_owned(), "POD_NAME".to_owned()]);
+        let deployment = include_str!("../../charts/stocknet/templates/deployment.yaml");
+        let env = deployment
+            .split("          env:\n")
+            .nth(1)
+            .expect("the container's env");
+        let set: Vec<&str> = env
+            .lines()
+            .take_while(|line| line.starts_with("            "))
+            .filter_map(|line| line.trim().strip_prefix("- name: "))
+            .collect();
+        assert!(set.len() >= 4, "{set:?}");
+        for name in set {
+            assert!(reads.contains(name), "the operator does not read {name}");
+        }
+    }
+}
