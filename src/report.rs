@@ -52,10 +52,14 @@ pub struct ReportConfig {
     pub resend: bool,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
     /// POST the archived report's JSON here, signed (header `X-StockNet-Signature`).
-    #[arg(long, env = "STOCKNET_REPORT_WEBHOOK", requires_all = ["out", "webhook_secret_file"])]
+    #[arg(
+        long,
+        env = "STOCKNET_REPORT_WEBHOOK",
+        requires = "webhook_secret_file"
+    )]
     pub webhook: Option<reqwest::Url>,
     /// The file holding the key of the webhook's HMAC-SHA256 signature.
     #[arg(long, env = "STOCKNET_REPORT_WEBHOOK_SECRET_FILE")]
@@ -87,42 +91,56 @@ pub async fn run(config: ReportConfig) -> anyhow::Result<()> {
         None => fetch(&config.frontend, day).await?,
     };
     let Some(dir) = &config.out else {
+        if config.webhook.webhook.is_some() {
+            anyhow::bail!("--webhook delivers an archived report: give --out too");
+        }
         print!("{}", render(&report, config.format)?);
         return Ok(());
     };
-    let json = archive(dir, &report)?;
-    if let Some(url) = &config.webhook.webhook {
-        let secret_file = config
-            .webhook
-            .webhook_secret_file
-            .as_deref()
-            .context("--webhook needs --webhook-secret-file")?;
-        let key = std::fs::read(secret_file)
-            .with_context(|| format!("reading {}", secret_file.display()))?;
-        let key = key.trim_ascii();
-        let delivered = dir.join(format!("{}.delivered", report.date));
-        if delivered.exists() && !config.resend {
-            println!(
-                "{}: delivered before ({}); --resend delivers again",
-                report.date,
-                delivered.display()
-            );
-            return Ok(());
-        }
-        deliver(url, key, &json, config.webhook.webhook_attempts)
-            .await
-            .with_context(|| {
-                format!(
-                    "delivering the report of {} to {url} (its files stay in {})",
-                    report.date,
-                    dir.display()
-                )
-            })?;
-        let record = serde_json::json!({ "webhook": url.as_str(), "at_ms": now_millis() });
-        file::replace_atomically(&delivered, |f| writeln!(f, "{record}"))
-            .with_context(|| format!("writing {}", delivered.display()))?;
-        println!("{}: delivered to {url}", report.date);
+    archive_and_deliver(&report, dir, &config.webhook, config.resend).await
+}
+
+/// Archives `report` in `dir` and, if a webhook is configured, delivers it unless it was
+/// delivered before (or `resend`).
+pub async fn archive_and_deliver(
+    report: &DailyReport,
+    dir: &Path,
+    webhook: &WebhookArgs,
+    resend: bool,
+) -> anyhow::Result<()> {
+    let json = archive(dir, report)?;
+    let Some(url) = &webhook.webhook else {
+        return Ok(());
+    };
+    let secret_file = webhook
+        .webhook_secret_file
+        .as_deref()
+        .context("--webhook needs --webhook-secret-file")?;
+    let key =
+        std::fs::read(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
+    let key = key.trim_ascii();
+    let delivered = dir.join(format!("{}.delivered", report.date));
+    if delivered.exists() && !resend {
+        println!(
+            "{}: delivered before ({}); --resend delivers again",
+            report.date,
+            delivered.display()
+        );
+        return Ok(());
     }
+    deliver(url, key, &json, webhook.webhook_attempts)
+        .await
+        .with_context(|| {
+            format!(
+                "delivering the report of {} to {url} (its files stay in {})",
+                report.date,
+                dir.display()
+            )
+        })?;
+    let record = serde_json::json!({ "webhook": url.as_str(), "at_ms": now_millis() });
+    file::replace_atomically(&delivered, |f| writeln!(f, "{record}"))
+        .with_context(|| format!("writing {}", delivered.display()))?;
+    println!("{}: delivered to {url}", report.date);
     Ok(())
 }
 
@@ -188,7 +206,7 @@ pub fn recompute(path: &std::path::Path, day: u32) -> anyhow::Result<DailyReport
     Ok(book.daily_report(day))
 }
 
-async fn fetch(frontend: &str, day: u32) -> anyhow::Result<DailyReport> {
+pub async fn fetch(frontend: &str, day: u32) -> anyhow::Result<DailyReport> {
     let date = day_text(day);
     let url = format!(
         "{}/reports/daily?date={date}",

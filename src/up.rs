@@ -9,10 +9,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use stocknet_common::clock::{day_of, day_text, now_millis, DAY_MS};
 use stocknet_common::server::{LogFormat, LOG_FORMAT_ENV};
 use stocknet_common::Secret;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
+
+use crate::report;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpConfig {
@@ -40,6 +43,35 @@ pub struct UpConfig {
     /// CSV (name,price,quantity) to seed the catalog from on first run.
     #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
     pub initial_catalog: Option<PathBuf>,
+    /// When the day's report is archived under `<data-dir>/reports` (and delivered, with
+    /// `--webhook`), daily: a UTC time of day, HH:MM or HH:MM:SS.
+    #[arg(long, env = "STOCKNET_REPORT_AT", default_value = "23:59", value_parser = time_of_day)]
+    pub report_at: Duration,
+    /// No scheduled report.
+    #[arg(long, env = "STOCKNET_NO_REPORTS")]
+    pub no_reports: bool,
+    #[command(flatten)]
+    pub report_delivery: report::WebhookArgs,
+}
+
+/// `HH:MM` or `HH:MM:SS` as the time since midnight.
+fn time_of_day(text: &str) -> Result<Duration, String> {
+    let parts: Vec<u64> = text
+        .split(':')
+        .map(|part| {
+            part.parse()
+                .map_err(|_| format!("{text:?} is not HH:MM[:SS]"))
+        })
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [hours, minutes] if hours < 24 && minutes < 60 => {
+            Ok(Duration::from_secs(hours * 3600 + minutes * 60))
+        }
+        [hours, minutes, seconds] if hours < 24 && minutes < 60 && seconds < 60 => {
+            Ok(Duration::from_secs(hours * 3600 + minutes * 60 + seconds))
+        }
+        _ => Err(format!("{text:?} is not a time of day, HH:MM[:SS]")),
+    }
 }
 
 /// How long every service gets to become ready at start.
@@ -112,6 +144,14 @@ pub async fn run(config: UpConfig, log_format: LogFormat) -> anyhow::Result<()> 
         return Err(e);
     }
     print_banner(&config);
+    let reports = (!config.no_reports).then(|| {
+        tokio::spawn(report_daily(
+            format!("http://127.0.0.1:{}", config.frontend_port),
+            config.data_dir.join("reports"),
+            config.report_at,
+            config.report_delivery.clone(),
+        ))
+    });
 
     let mut shutdown = std::pin::pin!(stocknet_common::server::shutdown_signal());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -121,9 +161,34 @@ pub async fn run(config: UpConfig, log_format: LogFormat) -> anyhow::Result<()> 
             _ = tick.tick() => supervise(&mut services),
         }
     }
+    if let Some(reports) = reports {
+        reports.abort();
+    }
     stop_all(&mut services).await;
     println!("StockNet stopped.");
     Ok(())
+}
+
+/// Archives (and delivers) the report of the UTC day every day at `at` past midnight, UTC: the
+/// day that is ending, as the serverless design's 23:59 job does. A run that fails is logged
+/// and tried again the next day; `stocknet report --out` catches a day up by hand.
+async fn report_daily(frontend: String, dir: PathBuf, at: Duration, delivery: report::WebhookArgs) {
+    let at = u64::try_from(at.as_millis()).unwrap_or(0);
+    loop {
+        let now = now_millis();
+        let today = now - now % DAY_MS + at;
+        let next = if today > now { today } else { today + DAY_MS };
+        sleep(Duration::from_millis(next - now)).await;
+        let day = day_of(next);
+        let done = match report::fetch(&frontend, day).await {
+            Ok(daily) => report::archive_and_deliver(&daily, &dir, &delivery, false).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => tracing::info!(date = %day_text(day), "daily report archived"),
+            Err(e) => tracing::warn!(date = %day_text(day), "daily report failed: {e:#}"),
+        }
+    }
 }
 
 /// The deployment's shared secret, `<data dir>/secret`: made on first run (64 random hex
@@ -306,4 +371,18 @@ fn print_banner(config: &UpConfig) {
         config.frontend_port, config.frontend_port
     );
     println!("Ctrl-C stops everything.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_of_day_is_hours_minutes_and_seconds_past_midnight() {
+        assert_eq!(time_of_day("23:59"), Ok(Duration::from_secs(86_340)));
+        assert_eq!(time_of_day("00:00:30"), Ok(Duration::from_secs(30)));
+        for bad in ["24:00", "12:60", "12", "1:2:3:4", "noon", "12:00:60"] {
+            assert!(time_of_day(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -372,3 +372,81 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         )
         .await;
 }
+
+/// Issue 23, item 3: `stocknet up` archives the day's report under its data directory at its
+/// scheduled time (here a near one) and delivers it to a webhook, with the day's trades.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_archives_and_delivers_the_days_report_on_schedule() {
+    let received: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let recorded = received.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            recorded.lock().unwrap().push(body);
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("webhook-key");
+    std::fs::write(&key_file, "hook-secret").unwrap();
+    // A near schedule: 30 s from now (UTC), well after `up` is ready and the order is in.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fire = (now + 30) % 86_400;
+    let at = format!("{:02}:{:02}:{:02}", fire / 3600, fire / 60 % 60, fire % 60);
+    let data = dir.path().join("data");
+    let up = Up::start(
+        &data,
+        &[
+            "--report-at",
+            &at,
+            "--webhook",
+            &hook_url,
+            "--webhook-secret-file",
+            &key_file.display().to_string(),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let order = json!({"name": "GameStart", "quantity": 2, "type": "buy"});
+    let placed = http
+        .post(format!("{}/orders", url(up.frontend)))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 200);
+
+    wait_until("the report delivered", Duration::from_secs(60), || async {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    let body = received.lock().unwrap()[0].clone();
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let game_start = report["stocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stock| stock["name"] == "GameStart")
+        .cloned();
+    assert_eq!(
+        game_start.map(|s| s["bought"].clone()),
+        Some(json!(2)),
+        "{report}"
+    );
+    let date = report["date"].as_str().unwrap();
+    let archived =
+        std::fs::read_to_string(data.join("reports").join(format!("{date}.json"))).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&archived).unwrap(), report);
+    assert!(data
+        .join("reports")
+        .join(format!("{date}.delivered"))
+        .exists());
+    assert_eq!(received.lock().unwrap().len(), 1);
+    drop(up);
+}
