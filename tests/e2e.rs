@@ -1228,6 +1228,55 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
     }
 }
 
+/// Issue 23, items 5 and 6: one request id finds a request's lines in every service it went
+/// through: a lookup's in the frontend's and the catalog's logs, an order's in the frontend's
+/// and the leader's (tower-http's request lines at debug carry it).
+#[tokio::test]
+async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
+    let cluster = Cluster::start_logging(1, "warn,tower_http=debug").await;
+    let frontend = cluster.frontend().to_owned();
+    // A fresh frontend has nothing cached: the lookup reaches the catalog.
+    let lookup = cluster
+        .http
+        .get(format!("{frontend}/stocks/BoarCo"))
+        .header("X-Request-Id", "trace-lookup-7");
+    let (status, body) = send(lookup).await;
+    assert_eq!(status, 200, "{body}");
+    let order = cluster
+        .http
+        .post(format!("{frontend}/orders"))
+        .header("X-Request-Id", "trace-order-7")
+        .json(&json!({"name": "FishCo", "quantity": 1, "type": "buy"}));
+    let (status, body) = send(order).await;
+    assert_eq!(status, 200, "{body}");
+    let leader = cluster.leader().await.expect("a leader");
+
+    let lines = |log: String, id: &str| -> usize {
+        log.lines()
+            .filter(|line| line.contains(&format!("request_id={id}")))
+            .count()
+    };
+    let frontend_log = cluster.frontends[0].log_tail(100_000);
+    let catalog_log = cluster.catalog.log_tail(100_000);
+    let leader_log = cluster.orders[leader].log_tail(100_000);
+    assert!(
+        lines(frontend_log.clone(), "trace-lookup-7") > 0,
+        "{frontend_log}"
+    );
+    assert!(
+        lines(frontend_log.clone(), "trace-order-7") > 0,
+        "{frontend_log}"
+    );
+    assert!(
+        lines(catalog_log.clone(), "trace-lookup-7") > 0,
+        "{catalog_log}"
+    );
+    assert!(
+        lines(leader_log.clone(), "trace-order-7") > 0,
+        "{leader_log}"
+    );
+}
+
 /// Issue 23, item 1: `stocknet report --out` archives a day's report as JSON and CSV and
 /// delivers it once to a webhook, signed with HMAC-SHA256; a re-run rewrites the files and does
 /// not deliver again unless asked; a delivery that fails exits non-zero and keeps the files.

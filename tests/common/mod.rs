@@ -108,6 +108,8 @@ pub struct Proc {
     pub name: String,
     args: Vec<String>,
     log: PathBuf,
+    /// Its `RUST_LOG`.
+    filter: String,
     child: Option<Child>,
 }
 
@@ -124,6 +126,7 @@ impl Proc {
             name: name.to_owned(),
             args,
             log: log_dir.join(format!("{}.log", name.replace(' ', "-"))),
+            filter: "warn".into(),
             child: None,
         }
     }
@@ -137,7 +140,7 @@ impl Proc {
             .expect("open log");
         let child = Command::new(BIN)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -250,6 +253,16 @@ impl Cluster {
     /// are started and are the replicas the frontends are told of; the others are only
     /// prepared, to join it (the frontends learn of them from the group).
     pub async fn start_with(frontends: usize, replicas: usize, founders: usize) -> Self {
+        Self::launch(frontends, replicas, founders, "warn").await
+    }
+
+    /// Catalog, three order replicas and `frontends` frontends, every process logging with
+    /// `RUST_LOG` `filter`.
+    pub async fn start_logging(frontends: usize, filter: &str) -> Self {
+        Self::launch(frontends, 3, 3, filter).await
+    }
+
+    async fn launch(frontends: usize, replicas: usize, founders: usize, filter: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().display().to_string();
         let catalog_port = free_port();
@@ -277,7 +290,16 @@ impl Cluster {
             args.extend(["--secret-file".to_owned(), secret_file.clone()]);
             args
         };
-        let catalog = Proc::start(
+        // Each process logs with `filter`; replicas that are to join are only prepared.
+        let logged = |name: &str, args: Vec<String>, start: bool| {
+            let mut proc = Proc::prepare(name, args, dir.path());
+            proc.filter = filter.to_owned();
+            if start {
+                proc.restart();
+            }
+            proc
+        };
+        let catalog = logged(
             "catalog",
             args(&[
                 "catalog",
@@ -288,18 +310,13 @@ impl Cluster {
                 "--frontends",
                 &frontend_urls.join(","),
             ]),
-            dir.path(),
+            true,
         );
         let orders = order_ports
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                let start = if i < founders {
-                    Proc::start
-                } else {
-                    Proc::prepare
-                };
-                start(
+                logged(
                     &format!("order {}", i + 1),
                     args(&[
                         "order",
@@ -317,7 +334,7 @@ impl Cluster {
                         "--book-snapshot-every",
                         BOOK_SNAPSHOT_EVERY,
                     ]),
-                    dir.path(),
+                    i < founders,
                 )
             })
             .collect();
@@ -325,7 +342,7 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                Proc::start(
+                logged(
                     &format!("frontend {}", i + 1),
                     args(&[
                         "frontend",
@@ -338,7 +355,7 @@ impl Cluster {
                         "--cache-size",
                         "4",
                     ]),
-                    dir.path(),
+                    true,
                 )
             })
             .collect();
