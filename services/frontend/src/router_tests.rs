@@ -1,7 +1,7 @@
 //! The router without its backends: envelopes, authentication, limits, the OpenAPI document.
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use clap::Parser;
@@ -304,7 +304,25 @@ async fn the_document_and_its_page_are_served() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("openapi.json"));
+    let page = String::from_utf8_lossy(&body).into_owned();
+    assert!(page.contains("openapi.json"));
+    // Everything the page loads is this frontend's: it works offline.
+    assert!(!page.contains("//"), "{page}");
+    for (path, kind) in [
+        ("/docs/swagger-ui.css", "text/css"),
+        ("/docs/swagger-ui-bundle.js", "text/javascript"),
+    ] {
+        assert!(page.contains(&path[1..]), "{path} in {page}");
+        let response = app()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.len() > 100_000, "{path}: {} bytes", body.len());
+    }
 }
 
 /// Paths that are not a stock name never reach the catalog (which is not running here, so

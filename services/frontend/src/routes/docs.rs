@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Value};
@@ -89,11 +90,37 @@ pub fn complete(document: utoipa::openapi::OpenApi) -> Value {
     document
 }
 
-/// Interactive documentation of this API (Swagger UI, loaded from a CDN by the browser).
+/// Interactive documentation of this API (Swagger UI, served by this frontend: it works
+/// offline).
 #[utoipa::path(get, path = "/docs", operation_id = "get_api_docs_page", tag = "service",
     responses((status = 200, description = "An HTML page", content_type = "text/html")))]
 pub async fn docs_page() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+/// Swagger UI's stylesheet, vendored (`assets/swagger-ui`).
+pub async fn swagger_ui_css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_bytes!("../../assets/swagger-ui/swagger-ui.css"),
+    )
+}
+
+/// Swagger UI's script, vendored (`assets/swagger-ui`).
+pub async fn swagger_ui_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js"),
+    )
+}
+
+/// A file of the binary's, cached by browsers for a day.
+fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "public, max-age=86400"),
+    ];
+    (headers, body).into_response()
 }
 
 /// Gives every unsigned integer the upper bound of its Rust type (`format: uint32`/`uint64`),
