@@ -1251,30 +1251,21 @@ async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
     assert_eq!(status, 200, "{body}");
     let leader = cluster.leader().await.expect("a leader");
 
-    let lines = |log: String, id: &str| -> usize {
-        log.lines()
-            .filter(|line| line.contains(&format!("request_id={id}")))
-            .count()
-    };
     let frontend_log = cluster.frontends[0].log_tail(100_000);
     let catalog_log = cluster.catalog.log_tail(100_000);
     let leader_log = cluster.orders[leader].log_tail(100_000);
-    assert!(
-        lines(frontend_log.clone(), "trace-lookup-7") > 0,
-        "{frontend_log}"
-    );
-    assert!(
-        lines(frontend_log.clone(), "trace-order-7") > 0,
-        "{frontend_log}"
-    );
-    assert!(
-        lines(catalog_log.clone(), "trace-lookup-7") > 0,
-        "{catalog_log}"
-    );
-    assert!(
-        lines(leader_log.clone(), "trace-order-7") > 0,
-        "{leader_log}"
-    );
+    for (service, log, id) in [
+        ("frontend", &frontend_log, "trace-lookup-7"),
+        ("frontend", &frontend_log, "trace-order-7"),
+        ("catalog", &catalog_log, "trace-lookup-7"),
+        ("leader", &leader_log, "trace-order-7"),
+    ] {
+        let tagged = format!("request_id={id}");
+        assert!(
+            log.lines().any(|line| line.contains(&tagged)),
+            "no line of the {service} has {tagged}:\n{log}"
+        );
+    }
 }
 
 /// Issue 23, item 1: `stocknet report --out` archives a day's report as JSON and CSV and
@@ -1294,24 +1285,8 @@ async fn the_report_is_archived_and_delivered_once_signed() {
     let log = cluster.wait_for_identical_logs().await;
     let date = common::book::days(&log).pop().expect("a day");
 
-    // The receiver: every delivery's signature and body.
-    let received: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
-    let recorded = received.clone();
-    let hook = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let signature = headers
-                .get("x-stocknet-signature")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            recorded.lock().unwrap().push((signature, body));
-            async { "ok" }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let hook = common::Webhook::start().await;
+    let hook_url = hook.url.clone();
 
     let archive = tempfile::tempdir().unwrap();
     let key_file = archive.path().join("webhook-key");
@@ -1343,7 +1318,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
         "{csv}"
     );
     {
-        let deliveries = received.lock().unwrap();
+        let deliveries = hook.deliveries();
         assert_eq!(deliveries.len(), 1);
         let (signature, body) = &deliveries[0];
         assert_eq!(serde_json::from_str::<Value>(body).unwrap(), json);
@@ -1361,10 +1336,10 @@ async fn the_report_is_archived_and_delivered_once_signed() {
     // Again: the same files, no second delivery; unless asked.
     let again = report(&hook_url, &[]).await;
     assert!(again.status.success(), "{again:?}");
-    assert_eq!(received.lock().unwrap().len(), 1, "delivered once");
+    assert_eq!(hook.deliveries().len(), 1, "delivered once");
     let resent = report(&hook_url, &["--resend"]).await;
     assert!(resent.status.success(), "{resent:?}");
-    assert_eq!(received.lock().unwrap().len(), 2);
+    assert_eq!(hook.deliveries().len(), 2);
 
     // Nobody listens: non-zero, a clear message, the files in place, nothing recorded.
     let out_failed = archive.path().join("failed");

@@ -377,18 +377,8 @@ async fn the_console_trades_through_its_form_and_reconnects() {
 /// scheduled time (here a near one) and delivers it to a webhook, with the day's trades.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_archives_and_delivers_the_days_report_on_schedule() {
-    let received: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-    let recorded = received.clone();
-    let hook = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: String| {
-            recorded.lock().unwrap().push(body);
-            async { "ok" }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let hook = common::Webhook::start().await;
+    let hook_url = hook.url.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("webhook-key");
@@ -423,10 +413,10 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
     assert_eq!(placed.status(), 200);
 
     wait_until("the report delivered", Duration::from_secs(60), || async {
-        !received.lock().unwrap().is_empty()
+        !hook.deliveries().is_empty()
     })
     .await;
-    let body = received.lock().unwrap()[0].clone();
+    let (_, body) = hook.deliveries()[0].clone();
     let report: Value = serde_json::from_str(&body).unwrap();
     let game_start = report["stocks"]
         .as_array()
@@ -447,6 +437,6 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
         .join("reports")
         .join(format!("{date}.delivered"))
         .exists());
-    assert_eq!(received.lock().unwrap().len(), 1);
+    assert_eq!(hook.deliveries().len(), 1);
     drop(up);
 }

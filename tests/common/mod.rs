@@ -595,3 +595,50 @@ impl Cluster {
         }
     }
 }
+
+/// A webhook receiver on a free port: every delivery's `X-StockNet-Signature` and body, in
+/// order.
+pub struct Webhook {
+    pub url: String,
+    deliveries: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Webhook {
+    pub async fn start() -> Self {
+        let deliveries: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> =
+            Default::default();
+        let recorded = deliveries.clone();
+        let hook = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let signature = headers
+                    .get("x-stocknet-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                recorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((signature, body));
+                async { "ok" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let url = format!(
+            "http://{}/hook",
+            listener.local_addr().expect("its address")
+        );
+        tokio::spawn(async move { axum::serve(listener, hook).await });
+        Self { url, deliveries }
+    }
+
+    /// The deliveries so far: (signature, body).
+    pub fn deliveries(&self) -> Vec<(String, String)> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
