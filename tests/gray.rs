@@ -209,8 +209,8 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
     let (status, body, _) = order(&cluster, 0, &buy("GameStart"), None).await;
     assert_eq!(status, 200, "{body}");
     // The fault starts from a steady state: both frontends use the leader the replicas name. (A
-    // frontend follows the replica it found until a call fails; if the group handed the
-    // leadership to replica 3 after it started, a read moves it on.)
+    // frontend checks every second that the replica it follows still leads; a read moves it
+    // on at once.)
     wait_until(
         "both frontends on the leader",
         Duration::from_secs(20),

@@ -56,7 +56,10 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
     let finding = state.clone();
-    tokio::spawn(async move { finding.inner.leaders.find_early().await });
+    tokio::spawn(async move {
+        finding.inner.leaders.find_early().await;
+        finding.inner.leaders.watch_leader().await;
+    });
     tokio::spawn(upstream::catalog::watch(state.clone()));
     let inner = state.inner.clone();
     let scrape = metrics::metrics_router(inner.metrics.registry.clone(), move || {

@@ -23,6 +23,11 @@ const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
 /// A replica that does not answer its health check within this is passed over.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How often a frontend asks the leader it follows whether it still leads: the group changes
+/// its leader by itself (a handover to a higher id, an election), and a frontend that has no
+/// call to make would otherwise keep following the old one until its next call failed.
+const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
     pub id: u32,
@@ -227,6 +232,40 @@ impl LeaderDiscovery {
         None
     }
 
+    /// Asks the leader this frontend follows whether it still leads its term; if it does not
+    /// (or does not answer), searches again, first at the replica it names. Whether the
+    /// leader changed.
+    pub async fn check_leader(&self) -> bool {
+        let Some(current) = self.current() else {
+            return false;
+        };
+        let health = self.knows(current.id);
+        let health = match health {
+            Some(replica) => self.health(&replica).await,
+            None => None,
+        };
+        if health
+            .as_ref()
+            .is_some_and(|h| h.leading && h.term == current.term)
+        {
+            return false;
+        }
+        let hint = health.and_then(|h| Some((h.leader?, h.term)));
+        let found = self.replace(Some(&current), hint).await;
+        found.is_some_and(|leader| leader != current)
+    }
+
+    /// Checks the leader every [`LEADER_CHECK_EVERY`] (see [`Self::check_leader`]). Runs
+    /// until aborted.
+    pub async fn watch_leader(&self) {
+        let mut ticks = tokio::time::interval(LEADER_CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.check_leader().await;
+        }
+    }
+
     /// Finds the leader as soon as the group has one rather than at the first order, so that
     /// `GET /cluster` names it from the start. Gives up after [`FIRST_SEARCH_WAIT`]: the first
     /// request then searches again.
@@ -359,6 +398,50 @@ mod tests {
             .expect("a leader");
         assert_eq!((found.id, found.term), (2, 7));
         assert!(asked_total() >= 1 + 1 + 2, "{} checks", asked_total());
+    }
+
+    /// A replica whose health is what `health` holds when it is asked.
+    async fn changing(health: Arc<std::sync::Mutex<Health>>) -> Peer {
+        let id = health.lock().unwrap().node_id;
+        let app = axum::Router::new().route(
+            "/health",
+            get(move || {
+                let now = health.lock().unwrap().clone();
+                async move { stocknet_common::data(now) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Peer { id, url }
+    }
+
+    #[tokio::test]
+    async fn a_frontend_follows_a_new_leader_without_a_call_failing() {
+        let healths: Vec<Arc<std::sync::Mutex<Health>>> = (1..=3)
+            .map(|id| Arc::new(std::sync::Mutex::new(health(id, 7, id == 2))))
+            .collect();
+        let mut replicas = Vec::new();
+        for health in &healths {
+            replicas.push(changing(health.clone()).await);
+        }
+        let discovery = LeaderDiscovery::new(
+            replicas,
+            stocknet_common::http_client(Duration::from_secs(2)),
+        );
+        assert_eq!(discovery.leader().await.map(|l| l.id), Some(2));
+        assert!(!discovery.check_leader().await, "2 still leads");
+
+        // The group hands the leadership to 3, in term 8.
+        for (id, health) in (1..).zip(&healths) {
+            *health.lock().unwrap() = Health {
+                leader: Some(3),
+                ..self::health(id, 8, id == 3)
+            };
+        }
+        assert!(discovery.check_leader().await);
+        let leader = discovery.current().expect("a leader");
+        assert_eq!((leader.id, leader.term), (3, 8));
     }
 
     /// Replicas 1–3 are configured; 5 joined the group later and leads it.
