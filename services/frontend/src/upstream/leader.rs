@@ -186,7 +186,12 @@ impl LeaderDiscovery {
         Some(found)
     }
 
+    /// Makes `found` the leader this frontend follows; counted and logged when it changes.
     fn follow(&self, found: Option<Leader>) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if *current == found {
+            return;
+        }
         match &found {
             Some(leader) => {
                 self.leader_changes.inc();
@@ -198,7 +203,7 @@ impl LeaderDiscovery {
             }
             None => tracing::warn!("no order replica leads now"),
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = found;
+        *current = found;
     }
 
     /// The replica that says it leads (and has taken over) in the highest term the replicas
