@@ -433,10 +433,12 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
     let archived =
         std::fs::read_to_string(data.join("reports").join(format!("{date}.json"))).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&archived).unwrap(), report);
-    assert!(data
-        .join("reports")
-        .join(format!("{date}.delivered"))
-        .exists());
+    // `up` records the delivery once the receiver has answered.
+    let delivered = data.join("reports").join(format!("{date}.delivered"));
+    wait_until("the delivery recorded", Duration::from_secs(10), || async {
+        delivered.exists()
+    })
+    .await;
     assert_eq!(hook.deliveries().len(), 1);
     drop(up);
 }
