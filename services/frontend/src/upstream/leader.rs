@@ -244,11 +244,11 @@ impl LeaderDiscovery {
         let Some(current) = self.current() else {
             return false;
         };
-        let health = self.knows(current.id);
-        let health = match health {
-            Some(replica) => self.health(&replica).await,
-            None => None,
+        let followed = Peer {
+            id: current.id,
+            url: current.url.clone(),
         };
+        let health = self.health(&followed).await;
         if health
             .as_ref()
             .is_some_and(|h| h.leading && h.term == current.term)
