@@ -1471,3 +1471,152 @@ async fn every_service_serves_prometheus_metrics() {
     assert_eq!(status, 404, "the metrics port serves metrics only");
     drop(lone);
 }
+
+/// Issue 21, items 1, 2 and 7: time in force, post-only and self-trade prevention through the
+/// API, refusals with their reasons in the answer, the order and the audit trail, and a `gtd`
+/// order expired by the leader's expiry entry at the same point of every replica's log.
+#[tokio::test]
+async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let response = cluster.http.post(format!("{frontend}/users")).send().await;
+        let body: Value = response.unwrap().json().await.unwrap();
+        keys.push(body["data"]["api_key"].as_str().unwrap().to_owned());
+    }
+    let (alice, bob) = (keys[0].as_str(), keys[1].as_str());
+    let place = |key: &str, body: Value| {
+        send(with_key(cluster.http.post(format!("{frontend}/orders")), Some(key)).json(&body))
+    };
+    let order = |side: &str, quantity: u32, price: f64, terms: Value| {
+        let mut body =
+            json!({"name": "GameStart", "quantity": quantity, "type": side, "price": price});
+        body.as_object_mut()
+            .unwrap()
+            .extend(terms.as_object().unwrap().clone());
+        body
+    };
+    let number = |body: &Value| body["data"]["transaction_number"].as_u64().unwrap();
+
+    // Alice offers 3 at 20.00 and 2 at 21.00. Bob's ioc buy of 5 at 20.00 takes the 3 and
+    // cancels the rest; his fok buy of 5 at 21.00 finds only 2 and is refused.
+    assert_eq!(place(alice, order("sell", 3, 20.0, json!({}))).await.0, 200);
+    assert_eq!(place(alice, order("sell", 2, 21.0, json!({}))).await.0, 200);
+    let (status, body) = place(bob, order("buy", 5, 20.0, json!({"time_in_force": "ioc"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["data"]["status"],
+            &body["data"]["filled_quantity"],
+            &body["data"]["remaining_quantity"]
+        ),
+        (&json!("cancelled"), &json!(3), &json!(0)),
+        "{body}"
+    );
+    let (status, body) = place(bob, order("buy", 5, 21.0, json!({"time_in_force": "fok"}))).await;
+    assert_eq!(
+        (status, &body["error"]["reason"]),
+        (409, &json!("would_not_fill")),
+        "{body}"
+    );
+    let fok = body["error"]["transaction_number"].as_u64().unwrap();
+    let (_, body) = cluster.get(&format!("{frontend}/orders/{fok}")).await;
+    assert_eq!(
+        (&body["data"]["status"], &body["data"]["time_in_force"]),
+        (&json!("rejected"), &json!("fok")),
+        "{body}"
+    );
+
+    // A post-only buy at 21.00 would take Alice's offer: refused. At 19.00 it rests.
+    let post_only = json!({"post_only": true});
+    let (status, body) = place(bob, order("buy", 1, 21.0, post_only.clone())).await;
+    assert_eq!(
+        (status, &body["error"]["reason"]),
+        (409, &json!("would_take_liquidity")),
+        "{body}"
+    );
+    let (status, body) = place(bob, order("buy", 1, 19.0, post_only)).await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (200, &json!("open")),
+        "{body}"
+    );
+
+    // Alice's own buy at 21.00 meets her offer: by default it is cancelled, with cancel_oldest
+    // her offer is, and with none they trade.
+    let (_, body) = place(alice, order("buy", 1, 21.0, json!({}))).await;
+    assert_eq!(
+        (&body["data"]["status"], &body["data"]["filled_quantity"]),
+        (&json!("cancelled"), &json!(0)),
+        "{body}"
+    );
+    let (_, body) = place(
+        alice,
+        order("buy", 1, 21.0, json!({"stp": "cancel_oldest"})),
+    )
+    .await;
+    assert_eq!(body["data"]["status"], "open", "{body}");
+    let (_, body) = cluster.get(&format!("{frontend}/book/GameStart")).await;
+    assert_eq!(
+        body["data"]["asks"],
+        json!([]),
+        "Alice's offer at 21.00 is cancelled: {body}"
+    );
+
+    // A gtd order expires at its time; every replica expires it at the same entry.
+    let expire_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_500;
+    let gtd = json!({"time_in_force": "gtd", "expire_at": expire_at});
+    let (status, body) = place(alice, order("sell", 4, 30.0, gtd)).await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (200, &json!("open")),
+        "{body}"
+    );
+    let gtd = number(&body);
+    common::wait_until(
+        "the gtd order to expire",
+        Duration::from_secs(20),
+        || async {
+            let (_, body) = cluster.get(&format!("{frontend}/orders/{gtd}")).await;
+            body["data"]["status"] == "expired"
+        },
+    )
+    .await;
+    let logs = cluster.wait_for_identical_logs().await;
+    let expiry = logs
+        .iter()
+        .find(|entry| entry["type"] == "expire")
+        .expect("the leader's expiry entry");
+    assert!(
+        expiry["number"].as_u64().unwrap() > gtd && expiry["time"].as_u64().unwrap() >= expire_at,
+        "{expiry}"
+    );
+    for base in &cluster.order_urls {
+        let (_, body) = cluster.get(&format!("{base}/orders/{gtd}")).await;
+        assert_eq!(body["data"]["status"], "expired", "{base}: {body}");
+    }
+    let (status, audit) = send(with_key(
+        cluster
+            .http
+            .get(format!("{frontend}/audit?outcome=refused")),
+        Some(bob),
+    ))
+    .await;
+    assert_eq!(status, 200, "{audit}");
+    let reasons: Vec<&str> = audit["data"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["would_take_liquidity", "would_not_fill"],
+        "{audit}"
+    );
+}

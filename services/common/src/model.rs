@@ -7,6 +7,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::clock::DAY_MS;
+
 /// The side of an order, spelled as the public API spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -233,6 +235,8 @@ pub enum Status {
     PartiallyFilled,
     Filled,
     Cancelled,
+    /// Reached its time in force's expiry (`day`, `gtd`) while open.
+    Expired,
     /// Refused by the leader (see its audit record for why): nothing executed.
     Rejected,
 }
@@ -244,6 +248,7 @@ impl Status {
             "partially_filled" => Some(Self::PartiallyFilled),
             "filled" => Some(Self::Filled),
             "cancelled" => Some(Self::Cancelled),
+            "expired" => Some(Self::Expired),
             "rejected" => Some(Self::Rejected),
             _ => None,
         }
@@ -267,6 +272,8 @@ pub enum Command {
         side: Side,
         quantity: u32,
         limit: Option<Price>,
+        /// A limit order's time in force and protections (default for a market order).
+        terms: Terms,
     },
     /// Changes the open limit order `target`: its total quantity and/or its price.
     Modify {
@@ -276,6 +283,10 @@ pub enum Command {
     },
     /// Cancels the open limit order `target`.
     Cancel { target: u64 },
+    /// Written by the leader once an open order of the entry's stock has reached its expiry:
+    /// every open order of that stock whose expiry is at or before the entry's time expires
+    /// here, so that every replica expires the same orders at the same point of the log.
+    Expire,
     /// The replica group's own entry, not an order: the blank entry a new leader appends to
     /// commit what earlier terms left (`leader`), or a change of the voters and their
     /// addresses (`membership`, the consensus layer's configuration as JSON). It changes no
@@ -289,6 +300,124 @@ pub enum Command {
 pub enum GroupEntry {
     Leader,
     Membership(String),
+}
+
+/// How long a limit order may rest, as the exchanges' APIs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeInForce {
+    /// Good till cancelled: rests until filled or cancelled.
+    #[default]
+    Gtc,
+    /// Immediate or cancel: trades what it can now, and the rest is cancelled.
+    Ioc,
+    /// Fill or kill: trades all of its quantity now, or is refused and does nothing.
+    Fok,
+    /// Expires at the end of the UTC day it was placed on.
+    Day,
+    /// Good till date: expires at its `expire_at`.
+    Gtd,
+}
+
+impl TimeInForce {
+    pub const ALL: [Self; 5] = [Self::Gtc, Self::Ioc, Self::Fok, Self::Day, Self::Gtd];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gtc => "gtc",
+            Self::Ioc => "ioc",
+            Self::Fok => "fok",
+            Self::Day => "day",
+            Self::Gtd => "gtd",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// What happens when a user's order would trade with another of the same user's: one or both
+/// are cancelled instead (the taker's choice decides), or, with `none`, they trade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SelfTrade {
+    /// The incoming order's remainder is cancelled.
+    #[default]
+    CancelNewest,
+    /// The resting order is cancelled, and the incoming one matches on.
+    CancelOldest,
+    /// Both are cancelled.
+    CancelBoth,
+    /// They trade.
+    None,
+}
+
+impl SelfTrade {
+    pub const ALL: [Self; 4] = [
+        Self::CancelNewest,
+        Self::CancelOldest,
+        Self::CancelBoth,
+        Self::None,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CancelNewest => "cancel_newest",
+            Self::CancelOldest => "cancel_oldest",
+            Self::CancelBoth => "cancel_both",
+            Self::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// A limit order's time in force and protections. The default is the book's original order:
+/// good till cancelled, free to take liquidity, never trading with its own user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Terms {
+    pub time_in_force: TimeInForce,
+    /// Milliseconds since the Unix epoch; set exactly when `time_in_force` is `gtd`.
+    pub expire_at: Option<u64>,
+    /// Refused if it would take liquidity on entry.
+    pub post_only: bool,
+    #[serde(rename = "stp")]
+    pub self_trade: SelfTrade,
+}
+
+impl Terms {
+    /// What is wrong with these terms on an order with limit price `limit` (none: a market
+    /// order, which takes no terms), if anything. The frontend and the leader both check.
+    pub fn check(&self, limit: Option<Price>) -> Result<(), &'static str> {
+        if limit.is_none() && *self != Terms::default() {
+            return Err(
+                "time_in_force, expire_at, post_only and stp apply to limit orders: give a price",
+            );
+        }
+        match (self.time_in_force, self.expire_at) {
+            (TimeInForce::Gtd, None) => return Err("time_in_force gtd needs expire_at"),
+            (TimeInForce::Gtd, Some(_)) | (_, None) => {}
+            (_, Some(_)) => return Err("expire_at needs time_in_force gtd"),
+        }
+        if self.post_only && matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok) {
+            return Err("a post_only order rests: time_in_force ioc or fok cannot go with it");
+        }
+        Ok(())
+    }
+
+    /// When an order with these terms, placed at `placed` (milliseconds since the epoch),
+    /// expires: the end of that UTC day for `day`, `expire_at` for `gtd`.
+    pub fn expiry(&self, placed: u64) -> Option<u64> {
+        match self.time_in_force {
+            TimeInForce::Day => Some((placed / DAY_MS + 1) * DAY_MS),
+            TimeInForce::Gtd => self.expire_at,
+            _ => None,
+        }
+    }
 }
 
 /// Why the leader refused a new order. The refusal is logged like any entry (the audit trail
@@ -306,6 +435,12 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    pub const ALL: [Self; 3] = [
+        Self::InsufficientQuantity,
+        Self::QuantityOverflow,
+        Self::PriceMoved,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InsufficientQuantity => "insufficient_quantity",
@@ -315,13 +450,7 @@ impl Rejection {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::InsufficientQuantity,
-            Self::QuantityOverflow,
-            Self::PriceMoved,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == text)
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
     }
 }
 
@@ -368,6 +497,7 @@ impl Order {
                 side,
                 quantity,
                 limit: None,
+                ..
             } if self.stamp.rejected.is_none() => Some((side, quantity)),
             _ => None,
         }
@@ -402,6 +532,19 @@ pub struct EntryFields {
     pub rejected: Option<Rejection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A limit order's terms, where they are not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_in_force: Option<TimeInForce>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub post_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stp: Option<SelfTrade>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -410,13 +553,15 @@ fn is_zero(value: &u64) -> bool {
 
 impl Command {
     /// The command's fields as the flat forms spell them (the log, the audit trail): its type
-    /// (`buy`, `sell`, `modify`, `cancel`), quantity, price and target where it has them.
+    /// (`buy`, `sell`, `modify`, `cancel`, `expire`), quantity, price and target where it has
+    /// them.
     pub fn flat(&self) -> (&'static str, Option<u32>, Option<Price>, Option<u64>) {
         match *self {
             Command::Place {
                 side,
                 quantity,
                 limit,
+                ..
             } => (side.as_str(), Some(quantity), limit, None),
             Command::Modify {
                 target,
@@ -424,6 +569,7 @@ impl Command {
                 price,
             } => ("modify", quantity, price, Some(target)),
             Command::Cancel { target } => ("cancel", None, None, Some(target)),
+            Command::Expire => ("expire", None, None, None),
             Command::Group(GroupEntry::Leader) => ("leader", None, None, None),
             Command::Group(GroupEntry::Membership(_)) => ("membership", None, None, None),
         }
@@ -433,6 +579,10 @@ impl Command {
 impl From<Order> for EntryFields {
     fn from(order: Order) -> Self {
         let (kind, quantity, price, target) = order.command.flat();
+        let terms = match order.command {
+            Command::Place { terms, .. } => terms,
+            _ => Terms::default(),
+        };
         // A membership entry names no stock: its field holds the configuration.
         let name = match order.command {
             Command::Group(GroupEntry::Membership(config)) => config,
@@ -452,6 +602,10 @@ impl From<Order> for EntryFields {
             quote: order.stamp.quote,
             rejected: order.stamp.rejected,
             request_id: order.stamp.request_id,
+            time_in_force: Some(terms.time_in_force).filter(|t| *t != TimeInForce::Gtc),
+            expire_at: terms.expire_at,
+            post_only: terms.post_only,
+            stp: Some(terms.self_trade).filter(|s| *s != SelfTrade::CancelNewest),
         }
     }
 }
@@ -461,12 +615,30 @@ impl TryFrom<EntryFields> for Order {
 
     fn try_from(mut fields: EntryFields) -> Result<Self, String> {
         let side = Side::parse(&fields.kind);
+        let terms = Terms {
+            time_in_force: fields.time_in_force.unwrap_or_default(),
+            expire_at: fields.expire_at,
+            post_only: fields.post_only,
+            self_trade: fields.stp.unwrap_or_default(),
+        };
+        if side.is_none() && terms != Terms::default() {
+            return Err(format!(
+                "entry {}: only a new order has a time in force or protections",
+                fields.number
+            ));
+        }
         let command = match (side, fields.kind.as_str(), fields.quantity, fields.target) {
-            (Some(side), _, Some(quantity), None) => Command::Place {
-                side,
-                quantity,
-                limit: fields.price,
-            },
+            (Some(side), _, Some(quantity), None) => {
+                terms
+                    .check(fields.price)
+                    .map_err(|e| format!("entry {}: {e}", fields.number))?;
+                Command::Place {
+                    side,
+                    quantity,
+                    limit: fields.price,
+                    terms,
+                }
+            }
             (None, "modify", quantity, Some(target))
                 if quantity.is_some() || fields.price.is_some() =>
             {
@@ -479,6 +651,7 @@ impl TryFrom<EntryFields> for Order {
             (None, "cancel", None, Some(target)) if fields.price.is_none() => {
                 Command::Cancel { target }
             }
+            (None, "expire", None, None) if fields.price.is_none() => Command::Expire,
             (None, "leader", None, None) if fields.price.is_none() => {
                 Command::Group(GroupEntry::Leader)
             }
@@ -539,18 +712,70 @@ mod tests {
     }
 
     #[test]
+    fn terms_are_checked_and_day_orders_expire_at_the_end_of_their_utc_day() {
+        let limit = Some(Price(100));
+        let terms = |time_in_force, expire_at, post_only| Terms {
+            time_in_force,
+            expire_at,
+            post_only,
+            self_trade: SelfTrade::CancelNewest,
+        };
+        assert_eq!(Terms::default().check(None), Ok(()));
+        assert!(terms(TimeInForce::Ioc, None, false).check(None).is_err());
+        assert_eq!(terms(TimeInForce::Ioc, None, false).check(limit), Ok(()));
+        assert!(terms(TimeInForce::Gtd, None, false).check(limit).is_err());
+        assert!(terms(TimeInForce::Day, Some(5), false)
+            .check(limit)
+            .is_err());
+        assert_eq!(terms(TimeInForce::Gtd, Some(5), true).check(limit), Ok(()));
+        assert!(terms(TimeInForce::Fok, None, true).check(limit).is_err());
+
+        let day = 86_400_000;
+        let placed = 20_000 * day + 5;
+        assert_eq!(
+            terms(TimeInForce::Day, None, false).expiry(placed),
+            Some(20_001 * day)
+        );
+        assert_eq!(
+            terms(TimeInForce::Gtd, Some(7), false).expiry(placed),
+            Some(7)
+        );
+        assert_eq!(terms(TimeInForce::Gtc, None, false).expiry(placed), None);
+        for t in TimeInForce::ALL {
+            assert_eq!(TimeInForce::parse(t.as_str()), Some(t));
+        }
+        for s in SelfTrade::ALL {
+            assert_eq!(SelfTrade::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
     fn log_entries_round_trip_through_their_flat_form() {
         let entries = [
             Command::Place {
                 side: Side::Buy,
                 quantity: 5,
                 limit: None,
+                terms: Terms::default(),
             },
             Command::Place {
                 side: Side::Sell,
                 quantity: 5,
                 limit: Some(Price(1250)),
+                terms: Terms::default(),
             },
+            Command::Place {
+                side: Side::Sell,
+                quantity: 5,
+                limit: Some(Price(1250)),
+                terms: Terms {
+                    time_in_force: TimeInForce::Gtd,
+                    expire_at: Some(1_800_000_060_000),
+                    post_only: true,
+                    self_trade: SelfTrade::CancelBoth,
+                },
+            },
+            Command::Expire,
             Command::Modify {
                 target: 3,
                 quantity: None,
@@ -598,6 +823,10 @@ mod tests {
             r#"{"number":1,"term":1,"name":"A","type":"modify","target":1}"#,
             r#"{"number":1,"term":1,"name":"A","type":"hold","quantity":1}"#,
             r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"rejected":"price_moved"}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"post_only":true}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"time_in_force":"ioc"}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"price":2,"expire_at":9}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"expire","quantity":1}"#,
         ] {
             assert!(serde_json::from_str::<Order>(bad).is_err(), "{bad}");
         }

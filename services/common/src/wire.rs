@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api_key::Credential;
-use crate::model::{Order, Price, Side, Status, Stock};
+use crate::model::{Order, Price, SelfTrade, Side, Status, Stock, Terms, TimeInForce};
 
 // ---- catalog ---------------------------------------------------------------------------------
 
@@ -190,6 +190,14 @@ pub struct NewOrder {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
     pub guard: Option<PriceGuard>,
+    /// A limit order's time in force and protections.
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(ignore)]
+    pub terms: Terms,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// The price check of an order, made by the leader as it sequences the order (so the price it
@@ -267,7 +275,7 @@ pub struct AuditRecord {
     /// The user whose key it carried; absent for an anonymous command.
     pub user: Option<u64>,
     pub name: String,
-    /// `buy`, `sell`, `modify` or `cancel`.
+    /// `buy`, `sell`, `modify`, `cancel`, or `expire` (the leader's, expiring a stock's orders).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,7 +294,8 @@ pub struct AuditRecord {
     pub quote: Option<Price>,
     pub outcome: Outcome,
     /// Why it was refused: `insufficient_quantity`, `quantity_overflow`, `price_moved`,
-    /// `not_open`, `not_a_limit_order` or `below_filled`.
+    /// `not_open`, `not_a_limit_order`, `below_filled`, `would_not_fill`, `would_take_liquidity`
+    /// or `expiry_passed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The `X-Request-Id` of the request that brought it: its log lines in the frontend, the
@@ -309,7 +318,7 @@ pub struct AuditQuery {
     /// `accepted`, `refused`, or a refusal's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(
-        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_open|not_a_limit_order|below_filled)$"
+        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed)$"
     )]
     pub outcome: Option<String>,
     /// From this time on (RFC 3339, or milliseconds since the epoch).
@@ -449,6 +458,18 @@ pub struct OrderView {
     pub remaining_quantity: u32,
     /// Book trades; a market order trades with the catalog and has none.
     pub fills: Vec<Fill>,
+    /// A limit order's time in force (absent for a market order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_in_force: Option<TimeInForce>,
+    /// When it expires (RFC 3339, UTC): a `day` or `gtd` order's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<String>,
+    /// Whether it was placed post-only (absent for a market order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_only: Option<bool>,
+    /// Its self-trade prevention (absent for a market order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stp: Option<SelfTrade>,
 }
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.

@@ -437,3 +437,25 @@ fn operation_ids_are_unique_and_integers_are_bounded() {
         (Some(1), Some(u64::from(u32::MAX)))
     );
 }
+
+/// An order's terms are checked before any backend is asked: a bad one is a 400 envelope, a
+/// good one goes on (and finds no leader here).
+#[tokio::test]
+async fn order_terms_are_checked_at_the_router() {
+    let bad = r#"{"name":"GameStart","quantity":1,"type":"buy","price":10,"time_in_force":"ioc","post_only":true}"#;
+    let (status, body) = send(Request::post("/orders").body(Body::from(bad)).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "a post_only order rests: time_in_force ioc or fok cannot go with it"
+    );
+    let unknown = r#"{"name":"GameStart","quantity":1,"type":"buy","price":10,"tif":"ioc"}"#;
+    let (status, body) = send(Request::post("/orders").body(Body::from(unknown)).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("Unknown fields: tif")));
+    let good = r#"{"name":"GameStart","quantity":1,"type":"buy","price":10,"time_in_force":"day","stp":"cancel_oldest"}"#;
+    let (status, _) = send(Request::post("/orders").body(Body::from(good)).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use stocknet_common::{Command, Order, Price, Side, Stamp};
+use stocknet_common::{Command, Order, Price, SelfTrade, Side, Stamp, Terms, TimeInForce};
 use stocknet_order::book::Book;
 
 /// Commands in one run of each mix.
@@ -24,6 +24,15 @@ const COMMANDS: u64 = 1_000_000;
 const RESTING: usize = 10_000;
 const LEVELS: u64 = 20;
 const CENTER: u64 = 10_000;
+/// Every order's terms: exchange-core's benchmark has no self-trade prevention (its users'
+/// orders trade with each other), so neither do these, and the trades stay those of the
+/// mix's earlier rows.
+const TERMS: Terms = Terms {
+    time_in_force: TimeInForce::Gtc,
+    expire_at: None,
+    post_only: false,
+    self_trade: SelfTrade::None,
+};
 
 struct Random(u64);
 
@@ -113,6 +122,7 @@ fn exchange_core_mix() -> Vec<Order> {
                     side,
                     quantity: 1 + random.below(400) as u32,
                     limit: Some(Price::from_cents(through)),
+                    terms: TERMS,
                 }
             }
             _ => {
@@ -122,6 +132,7 @@ fn exchange_core_mix() -> Vec<Order> {
                     side,
                     quantity: 1 + random.below(100) as u32,
                     limit: Some(resting_price(&mut random, side)),
+                    terms: TERMS,
                 }
             }
         };
@@ -149,6 +160,7 @@ fn half_crossing() -> Vec<Order> {
                     side: random.side(),
                     quantity: 1 + random.below(20) as u32,
                     limit: Some(Price::from_cents(9_950 + random.below(100))),
+                    terms: TERMS,
                 },
             };
             entry(number, command)

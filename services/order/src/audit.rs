@@ -36,15 +36,13 @@ pub enum OutcomeFilter {
     Reason(String),
 }
 
-/// Every reason a command is refused for.
-const REASONS: [&str; 6] = [
-    "insufficient_quantity",
-    "quantity_overflow",
-    "price_moved",
-    "not_open",
-    "not_a_limit_order",
-    "below_filled",
-];
+/// Every reason a command is refused for: the leader's, then the book's.
+fn reasons() -> impl Iterator<Item = &'static str> {
+    Rejection::ALL
+        .into_iter()
+        .map(Rejection::as_str)
+        .chain(Refusal::REASONS)
+}
 
 impl AuditFilter {
     /// The filters of `query`, or what is wrong with them.
@@ -53,13 +51,13 @@ impl AuditFilter {
             None => None,
             Some("accepted") => Some(OutcomeFilter::Is(Outcome::Accepted)),
             Some("refused") => Some(OutcomeFilter::Is(Outcome::Refused)),
-            Some(reason) if REASONS.contains(&reason) => {
+            Some(reason) if reasons().any(|known| known == reason) => {
                 Some(OutcomeFilter::Reason(reason.to_owned()))
             }
             Some(other) => {
                 return Err(format!(
                     "outcome {other:?} is none of accepted, refused, {}",
-                    REASONS.join(", ")
+                    reasons().collect::<Vec<_>>().join(", ")
                 ))
             }
         };

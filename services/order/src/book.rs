@@ -4,12 +4,20 @@
 //! the remainder. Market orders do not touch the book (they trade with the catalog's house
 //! inventory). Modify and cancel change or remove an open limit order.
 //!
+//! A limit order's terms ([`Terms`]) follow the major exchanges' APIs: `ioc` cancels what does
+//! not fill at once and `fok` is refused unless all of it does; `day` and `gtd` orders expire
+//! at the [`Command::Expire`] entry the leader writes once their time has come (never by a
+//! replica's clock); a post-only order is refused if it would take liquidity; and a user's
+//! orders never trade with each other unless the incoming one says `stp: none` (Coinbase's
+//! and Binance's self-trade prevention, decided by the incoming order).
+//!
 //! Applying the same entries in the same order gives the same book on every replica: nothing
 //! here reads a clock, a random number or a hash map's iteration order. (The maps hash with
 //! foldhash, fast and seeded per process: their keys, order numbers and stock names the log
 //! holds, are not chosen by an attacker, and nothing iterates them where order matters.)
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -17,10 +25,13 @@ use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::clock::day_of;
+use stocknet_common::clock::rfc3339;
 use stocknet_common::wire::{
     DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderView, Trade,
 };
-use stocknet_common::{Command, Order, Price, Rejection, Side, Status};
+use stocknet_common::{
+    Command, Order, Price, Rejection, SelfTrade, Side, Status, Terms, TimeInForce,
+};
 
 use crate::portfolio::Portfolios;
 use crate::report::Reports;
@@ -38,7 +49,15 @@ pub struct LimitOrder {
     /// Total quantity (a modify may change it).
     pub quantity: u32,
     pub filled: u32,
-    pub cancelled: bool,
+    /// Why it left the book before it filled, if it did.
+    pub removal: Option<Removal>,
+    pub time_in_force: TimeInForce,
+    pub post_only: bool,
+    pub self_trade: SelfTrade,
+    /// When it expires (milliseconds since the epoch, never 0): a `day` order's end of day, a
+    /// `gtd` order's `expire_at`. (Its terms are spelled out field by field, and this without a
+    /// flag, to keep the record small: there is one for every order ever placed.)
+    pub expires: Option<NonZeroU64>,
     /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
     /// they allocate nothing).
     pub trades: SmallVec<[u64; 2]>,
@@ -47,9 +66,30 @@ pub struct LimitOrder {
     pub(crate) slot: u64,
 }
 
+/// How an order left the book before it filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Removal {
+    /// By its owner, by its time in force (`ioc`), or by self-trade prevention.
+    Cancelled,
+    /// At its expiry (`day`, `gtd`).
+    Expired,
+}
+
 impl LimitOrder {
+    pub fn terms(&self) -> Terms {
+        Terms {
+            time_in_force: self.time_in_force,
+            expire_at: self
+                .expires
+                .filter(|_| self.time_in_force == TimeInForce::Gtd)
+                .map(NonZeroU64::get),
+            post_only: self.post_only,
+            self_trade: self.self_trade,
+        }
+    }
+
     pub fn remaining(&self) -> u32 {
-        if self.cancelled {
+        if self.removal.is_some() {
             0
         } else {
             self.quantity - self.filled
@@ -57,8 +97,11 @@ impl LimitOrder {
     }
 
     pub fn status(&self) -> Status {
-        if self.cancelled {
-            Status::Cancelled
+        if let Some(removal) = self.removal {
+            match removal {
+                Removal::Cancelled => Status::Cancelled,
+                Removal::Expired => Status::Expired,
+            }
         } else if self.filled == self.quantity {
             Status::Filled
         } else if self.filled > 0 {
@@ -82,6 +125,12 @@ pub enum Refusal {
     NotOpen(u64),
     #[error("Order {target}: the new quantity must exceed the {filled} already filled")]
     BelowFilled { target: u64, filled: u32 },
+    #[error("Order {order}: fill or kill, and only {available} can fill now within its price")]
+    WouldNotFill { order: u64, available: u32 },
+    #[error("Order {order}: post-only, and it would trade on entry")]
+    WouldTakeLiquidity { order: u64 },
+    #[error("Order {order}: its expire_at had passed when it reached the book")]
+    ExpiryPassed { order: u64 },
 }
 
 impl Refusal {
@@ -91,8 +140,21 @@ impl Refusal {
             Self::NotFound(_) => "not_a_limit_order",
             Self::NotOpen(_) => "not_open",
             Self::BelowFilled { .. } => "below_filled",
+            Self::WouldNotFill { .. } => "would_not_fill",
+            Self::WouldTakeLiquidity { .. } => "would_take_liquidity",
+            Self::ExpiryPassed { .. } => "expiry_passed",
         }
     }
+
+    /// Every reason, as [`reason`](Self::reason) names it.
+    pub const REASONS: [&'static str; 6] = [
+        "not_a_limit_order",
+        "not_open",
+        "below_filled",
+        "would_not_fill",
+        "would_take_liquidity",
+        "expiry_passed",
+    ];
 }
 
 /// What applying one entry did.
@@ -109,6 +171,10 @@ pub enum Applied {
     Refused(Refusal),
     /// A new order the leader refused: nothing happens.
     Rejected(Rejection),
+    /// An expiry entry: this many orders expired.
+    Expired {
+        orders: usize,
+    },
     /// The replica group's own entry: nothing happens.
     Group,
 }
@@ -141,6 +207,8 @@ struct Live {
     slot: u64,
     number: u64,
     user: Option<u64>,
+    self_trade: SelfTrade,
+    post_only: bool,
 }
 
 impl Live {
@@ -171,6 +239,8 @@ struct StockBook {
     last_price: Option<Price>,
     /// Ids of this stock's trades, ascending.
     trades: Vec<u64>,
+    /// The open orders that expire: (expiry, number), soonest first.
+    expiries: BTreeSet<(u64, u64)>,
 }
 
 impl StockBook {
@@ -204,6 +274,8 @@ pub struct Book {
     /// resting orders it filled (kept to reuse their allocations).
     taken: Vec<u64>,
     filled: Vec<u32>,
+    /// The resting orders self-trade prevention cancelled while an order entered.
+    withdrawn: Vec<u32>,
     traders: Vec<(Option<u64>, Option<u64>)>,
     /// Refused modifies and cancels, to answer a retry of one the same way.
     refusals: HashMap<u64, Refusal>,
@@ -306,6 +378,11 @@ impl Book {
         for (slot, live) in open {
             let order = &mut book.live[live as usize];
             order.slot = slot;
+            if let Some(expires) = book.orders[order.place as usize].expires {
+                book.stocks[order.stock as usize]
+                    .expiries
+                    .insert((expires.get(), order.number));
+            }
             let level = book.stocks[order.stock as usize]
                 .side(order.side)
                 .entry(order.price)
@@ -365,6 +442,8 @@ impl Book {
             slot: 0,
             number: order.number,
             user: order.user,
+            self_trade: order.self_trade,
+            post_only: order.post_only,
         });
         self.orders.push(order);
         let Some(live) = live else {
@@ -393,6 +472,11 @@ impl Book {
         (record.price, record.quantity, record.filled) = (live.price, live.quantity, live.filled);
         // A closed order is in no queue, however it closed.
         (record.slot, live.slot) = (0, 0);
+        if let Some(expires) = record.expires {
+            self.stocks[live.stock as usize]
+                .expiries
+                .remove(&(expires.get(), live.number));
+        }
         self.places.remove(&live.number);
         self.free.push(at);
     }
@@ -465,6 +549,7 @@ impl Book {
             side,
             quantity,
             limit,
+            terms,
         } = entry.command
         else {
             return None;
@@ -479,10 +564,22 @@ impl Book {
             filled_quantity,
             remaining_quantity: 0,
             fills: Vec::new(),
+            time_in_force: None,
+            expire_at: None,
+            post_only: None,
+            stp: None,
         };
         match limit {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
             None => Some(done(Status::Filled, quantity)),
+            // Refused by the book (fill or kill, post-only, a passed expiry): it never rested.
+            Some(_) if self.refusals.contains_key(&entry.number) => Some(OrderView {
+                time_in_force: Some(terms.time_in_force),
+                expire_at: terms.expire_at.map(rfc3339),
+                post_only: Some(terms.post_only),
+                stp: Some(terms.self_trade),
+                ..done(Status::Rejected, 0)
+            }),
             Some(_) => self.order(entry.number).map(|o| self.limit_view(&o)),
         }
     }
@@ -507,6 +604,10 @@ impl Book {
                     quantity: t.quantity,
                 })
                 .collect(),
+            time_in_force: Some(order.time_in_force),
+            expire_at: order.expires.map(|at| rfc3339(at.get())),
+            post_only: Some(order.post_only),
+            stp: Some(order.self_trade),
         }
     }
 
@@ -638,6 +739,7 @@ impl Book {
                 side,
                 quantity,
                 limit: None,
+                ..
             } => {
                 // Executed by the house at the price the leader quoted (logs from before
                 // quotes have no users, so no portfolio misses one).
@@ -655,37 +757,21 @@ impl Book {
                 side,
                 quantity,
                 limit: Some(price),
-            } => {
-                let pushed = self.stock_place(&entry.name).and_then(|stock| {
-                    let order = LimitOrder {
-                        number: entry.number,
-                        name: self.stocks[stock as usize].name.clone(),
-                        user: entry.user,
-                        side,
-                        price,
-                        quantity,
-                        filled: 0,
-                        cancelled: false,
-                        trades: SmallVec::new(),
-                        slot: 0,
-                    };
-                    self.push(stock, order)
-                });
-                match pushed {
-                    Ok(Some(live)) => {
-                        self.enter(live, entry.number);
-                        Ok(entry.number)
-                    }
-                    // Four billion limit orders in one book: refused, like an unknown target.
-                    Ok(None) | Err(_) => Err(Refusal::NotFound(entry.number)),
-                }
-            }
+                terms,
+            } => self.place_limit(entry, side, quantity, price, terms),
             Command::Modify {
                 target,
                 quantity,
                 price,
             } => self.modify(entry.number, target, quantity, price),
             Command::Cancel { target } => self.cancel(target),
+            Command::Expire => {
+                let orders = match self.stock_places.get(entry.name.as_str()) {
+                    Some(&stock) => self.expire(stock, entry.stamp.time),
+                    None => 0,
+                };
+                return Applied::Expired { orders };
+            }
             Command::Group(_) => return Applied::Group,
         };
         match result {
@@ -733,13 +819,160 @@ impl Book {
         }
     }
 
+    /// Enters new limit order `entry` unless its terms refuse it: a `gtd` expiry already
+    /// passed, a post-only order that would take liquidity, a fill-or-kill order that cannot
+    /// fill entirely now.
+    fn place_limit(
+        &mut self,
+        entry: &Order,
+        side: Side,
+        quantity: u32,
+        price: Price,
+        terms: Terms,
+    ) -> Result<u64, Refusal> {
+        let number = entry.number;
+        // Four billion stocks or limit orders in one book: refused, like an unknown target.
+        let stock = self
+            .stock_place(&entry.name)
+            .map_err(|_| Refusal::NotFound(number))?;
+        let expires = terms.expiry(entry.stamp.time);
+        if expires.is_some_and(|expires| expires <= entry.stamp.time) {
+            // (So an expiry is never 0.)
+            return Err(Refusal::ExpiryPassed { order: number });
+        }
+        if terms.post_only && self.crosses(stock, side, price) {
+            return Err(Refusal::WouldTakeLiquidity { order: number });
+        }
+        if terms.time_in_force == TimeInForce::Fok {
+            let available =
+                self.fillable(stock, side, price, entry.user, terms.self_trade, quantity);
+            if available < quantity {
+                return Err(Refusal::WouldNotFill {
+                    order: number,
+                    available,
+                });
+            }
+        }
+        let order = LimitOrder {
+            number,
+            name: self.stocks[stock as usize].name.clone(),
+            user: entry.user,
+            side,
+            price,
+            quantity,
+            filled: 0,
+            removal: None,
+            time_in_force: terms.time_in_force,
+            post_only: terms.post_only,
+            self_trade: terms.self_trade,
+            expires: expires.and_then(NonZeroU64::new),
+            trades: SmallVec::new(),
+            slot: 0,
+        };
+        let Ok(Some(live)) = self.push(stock, order) else {
+            return Err(Refusal::NotFound(number));
+        };
+        let rests = !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+        self.enter(live, number, rests);
+        if let Some(expires) = expires.filter(|_| self.places.contains_key(&number)) {
+            self.stocks[stock as usize]
+                .expiries
+                .insert((expires, number));
+        }
+        Ok(number)
+    }
+
+    /// Whether an order of `side` at `limit` would trade with the best of the opposite side
+    /// in the stock at `stock`.
+    fn crosses(&self, stock: u32, side: Side, limit: Price) -> bool {
+        let book = &self.stocks[stock as usize];
+        match side {
+            Side::Buy => book
+                .asks
+                .first_key_value()
+                .is_some_and(|(p, _)| *p <= limit),
+            Side::Sell => book.bids.last_key_value().is_some_and(|(p, _)| *p >= limit),
+        }
+    }
+
+    /// How much of `wanted` an order of `user` at `limit` would fill now (up to `wanted`),
+    /// walking the opposite side as [`enter`](Self::enter) would, self-trade prevention
+    /// included.
+    fn fillable(
+        &self,
+        stock: u32,
+        side: Side,
+        limit: Price,
+        user: Option<u64>,
+        self_trade: SelfTrade,
+        wanted: u32,
+    ) -> u32 {
+        let book = &self.stocks[stock as usize];
+        let levels: Box<dyn Iterator<Item = &Level>> = match side {
+            Side::Buy => Box::new(book.asks.range(..=limit).map(|(_, l)| l)),
+            Side::Sell => Box::new(book.bids.range(limit..).rev().map(|(_, l)| l)),
+        };
+        let mut available = 0u32;
+        for level in levels {
+            for &(at, slot) in &level.queue {
+                let resting = &self.live[at as usize];
+                if resting.slot != slot {
+                    continue;
+                }
+                if user.is_some() && resting.user == user {
+                    match self_trade {
+                        SelfTrade::None => {}
+                        SelfTrade::CancelOldest => continue,
+                        SelfTrade::CancelNewest | SelfTrade::CancelBoth => return available,
+                    }
+                }
+                available = available.saturating_add(resting.remaining());
+                if available >= wanted {
+                    return wanted;
+                }
+            }
+        }
+        available
+    }
+
+    /// Expires every open order of the stock at `stock` whose expiry is at or before `cutoff`;
+    /// how many.
+    fn expire(&mut self, stock: u32, cutoff: u64) -> usize {
+        let mut expired = 0;
+        while let Some(&(expires, number)) = self.stocks[stock as usize].expiries.first() {
+            if expires > cutoff {
+                break;
+            }
+            self.stocks[stock as usize].expiries.pop_first();
+            if let Some(&live) = self.places.get(&number) {
+                self.remove(live, Removal::Expired);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// The soonest expiry of an open order, and its stock: when the leader is to write an
+    /// expiry entry.
+    pub fn next_expiry(&self) -> Option<(u64, &str)> {
+        self.stocks
+            .iter()
+            .filter_map(|book| Some((book.expiries.first()?.0, &*book.name)))
+            .min()
+    }
+
     fn cancel(&mut self, target: u64) -> Result<u64, Refusal> {
         let live = self.open_order(target)?;
+        self.remove(live, Removal::Cancelled);
+        Ok(target)
+    }
+
+    /// Takes the open order at `live` off its level and closes it as `removal` says.
+    fn remove(&mut self, live: u32, removal: Removal) {
         self.unqueue(live);
         let place = self.live[live as usize].place;
-        self.orders[place as usize].cancelled = true;
+        self.orders[place as usize].removal = Some(removal);
         self.close(live);
-        Ok(target)
     }
 
     /// A smaller quantity at the same price keeps the order's place; a new price or a larger
@@ -762,6 +995,9 @@ impl Book {
             });
         }
         let keeps_place = new_price == order.price && new_quantity <= order.quantity;
+        if order.post_only && self.crosses(order.stock, order.side, new_price) {
+            return Err(Refusal::WouldTakeLiquidity { order: target });
+        }
         if !keeps_place {
             self.unqueue(at);
         }
@@ -775,7 +1011,7 @@ impl Book {
             }
             self.touched.push((order.side, order.price));
         } else {
-            self.enter(at, entry);
+            self.enter(at, entry, true);
         }
         Ok(target)
     }
@@ -802,15 +1038,21 @@ impl Book {
     }
 
     /// Matches the open order at `at` in `live` (not queued) against the opposite side, then
-    /// queues what remains at the back of its level. `entry` is the log entry doing this.
-    fn enter(&mut self, at: u32, entry: u64) {
+    /// queues what remains at the back of its level if it `rests`, and cancels it otherwise.
+    /// Meeting an order of its own user, it cancels one or both as its self-trade prevention
+    /// says. `entry` is the log entry doing this.
+    fn enter(&mut self, at: u32, entry: u64, rests: bool) {
         let taker = self.live[at as usize];
         let (side, limit) = (taker.side, taker.price);
         let mut remaining = taker.remaining();
+        let mut taker_cancelled = false;
+        // The user whose orders this one may not trade with (an anonymous order trades).
+        let prevented = taker.user.filter(|_| taker.self_trade != SelfTrade::None);
         let book = &mut self.stocks[taker.stock as usize];
         self.taken.clear();
         self.traders.clear();
         self.filled.clear();
+        self.withdrawn.clear();
         while remaining > 0 {
             let opposite = book.side(side.opposite());
             let best = match side {
@@ -834,6 +1076,29 @@ impl Book {
             let resting = &mut self.live[queued as usize];
             if resting.slot != slot {
                 level.queue.pop_front();
+                continue;
+            }
+            if prevented.is_some() && resting.user == prevented {
+                let (cancel_resting, cancel_taker) = match taker.self_trade {
+                    SelfTrade::CancelOldest => (true, false),
+                    SelfTrade::CancelBoth => (true, true),
+                    SelfTrade::CancelNewest | SelfTrade::None => (false, true),
+                };
+                if cancel_resting {
+                    self.touched.push((side.opposite(), price));
+                    level.queue.pop_front();
+                    level.total -= u64::from(resting.remaining());
+                    level.live -= 1;
+                    resting.slot = 0;
+                    if level.live == 0 {
+                        best.remove();
+                    }
+                    self.withdrawn.push(queued);
+                }
+                if cancel_taker {
+                    taker_cancelled = true;
+                    break;
+                }
                 continue;
             }
             let quantity = remaining.min(resting.remaining());
@@ -874,7 +1139,8 @@ impl Book {
             book.trades.push(id);
             book.last_price = Some(price);
         }
-        let slot = if remaining > 0 {
+        let rests = rests && !taker_cancelled;
+        let slot = if remaining > 0 && rests {
             self.next_slot += 1;
             self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
@@ -894,11 +1160,21 @@ impl Book {
         }
         if remaining == 0 {
             self.close(at);
+        } else if !rests {
+            self.orders[taker.place as usize].removal = Some(Removal::Cancelled);
+            self.close(at);
         }
         for index in 0..self.filled.len() {
             self.close(self.filled[index]);
         }
         self.filled.clear();
+        for index in 0..self.withdrawn.len() {
+            let withdrawn = self.withdrawn[index];
+            let place = self.live[withdrawn as usize].place;
+            self.orders[place as usize].removal = Some(Removal::Cancelled);
+            self.close(withdrawn);
+        }
+        self.withdrawn.clear();
     }
 }
 
@@ -924,6 +1200,7 @@ mod tests {
             side,
             quantity,
             limit: Some(Price::from_cents(cents)),
+            terms: Terms::default(),
         }
     }
 
@@ -1050,6 +1327,201 @@ mod tests {
         assert_eq!(book.entry_price(3), Some(Price::from_cents(1000)));
     }
 
+    /// A limit order of `user` with `terms`, as entry `number` at time `time`.
+    fn with_terms(
+        number: u64,
+        user: u64,
+        time: u64,
+        (side, quantity, cents): (Side, u32, u64),
+        terms: Terms,
+    ) -> Order {
+        Order {
+            user: Some(user),
+            stamp: Stamp {
+                time,
+                ..Stamp::default()
+            },
+            ..entry(
+                number,
+                Command::Place {
+                    side,
+                    quantity,
+                    limit: Some(Price::from_cents(cents)),
+                    terms,
+                },
+            )
+        }
+    }
+
+    fn tif(time_in_force: TimeInForce) -> Terms {
+        Terms {
+            time_in_force,
+            ..Terms::default()
+        }
+    }
+
+    #[test]
+    fn ioc_fills_what_it_can_and_fok_all_or_is_refused() {
+        let mut book = book(&[limit(Side::Sell, 3, 1000), limit(Side::Sell, 3, 1010)]);
+        book.apply(&with_terms(
+            3,
+            1,
+            0,
+            (Side::Buy, 5, 1000),
+            tif(TimeInForce::Ioc),
+        ));
+        let ioc = book.order(3).unwrap();
+        assert_eq!((ioc.filled, ioc.status()), (3, Status::Cancelled));
+        assert!(book.depth("A", 5).bids.is_empty(), "nothing of it rests");
+
+        let refused = book.apply(&with_terms(
+            4,
+            1,
+            0,
+            (Side::Buy, 4, 1010),
+            tif(TimeInForce::Fok),
+        ));
+        assert_eq!(
+            refused,
+            Applied::Refused(Refusal::WouldNotFill {
+                order: 4,
+                available: 3
+            })
+        );
+        assert!(book.order(4).is_none() && book.trades(None, 1, 10).is_empty());
+        let view = book.view(&with_terms(
+            4,
+            1,
+            0,
+            (Side::Buy, 4, 1010),
+            tif(TimeInForce::Fok),
+        ));
+        assert_eq!(view.map(|v| v.status), Some(Status::Rejected));
+        book.apply(&with_terms(
+            5,
+            1,
+            0,
+            (Side::Buy, 3, 1010),
+            tif(TimeInForce::Fok),
+        ));
+        assert_eq!(book.order(5).unwrap().status(), Status::Filled);
+    }
+
+    #[test]
+    fn post_only_is_refused_where_it_would_take_and_rests_where_it_would_not() {
+        let post_only = Terms {
+            post_only: true,
+            ..Terms::default()
+        };
+        let mut book = book(&[limit(Side::Sell, 3, 1000)]);
+        let taking = book.apply(&with_terms(2, 1, 0, (Side::Buy, 1, 1000), post_only));
+        assert_eq!(
+            taking,
+            Applied::Refused(Refusal::WouldTakeLiquidity { order: 2 })
+        );
+        book.apply(&with_terms(3, 1, 0, (Side::Buy, 1, 990), post_only));
+        assert_eq!(book.order(3).unwrap().status(), Status::Open);
+        // Re-priced across the spread, it is refused too, and stays as it was.
+        let repriced = book.apply(&entry(
+            4,
+            Command::Modify {
+                target: 3,
+                quantity: None,
+                price: Some(Price::from_cents(1000)),
+            },
+        ));
+        assert_eq!(
+            repriced,
+            Applied::Refused(Refusal::WouldTakeLiquidity { order: 3 })
+        );
+        assert_eq!(book.depth("A", 5).bids, [level(990, 1, 1)]);
+    }
+
+    #[test]
+    fn a_users_orders_do_not_trade_with_each_other_unless_the_taker_allows_it() {
+        let stp = |self_trade| Terms {
+            self_trade,
+            ..Terms::default()
+        };
+        let gtc = Terms::default();
+        let sells = |book: &mut Book| {
+            book.apply(&with_terms(1, 7, 0, (Side::Sell, 2, 1000), gtc));
+            book.apply(&with_terms(2, 8, 0, (Side::Sell, 2, 1000), gtc));
+        };
+        let statuses = |book: &Book, numbers: &[u64]| -> Vec<Status> {
+            numbers
+                .iter()
+                .map(|&n| book.order(n).unwrap().status())
+                .collect()
+        };
+        use Status::{Cancelled, Filled, Open, PartiallyFilled};
+        // User 7 buys 3 where their own sell of 2 is first in line.
+        for (self_trade, expected, traded) in [
+            (SelfTrade::CancelNewest, [Open, Open, Cancelled], 0),
+            (
+                SelfTrade::CancelOldest,
+                [Cancelled, Filled, PartiallyFilled],
+                2,
+            ),
+            (SelfTrade::CancelBoth, [Cancelled, Open, Cancelled], 0),
+            (SelfTrade::None, [Filled, PartiallyFilled, Filled], 3),
+        ] {
+            let mut book = Book::default();
+            sells(&mut book);
+            book.apply(&with_terms(3, 7, 0, (Side::Buy, 3, 1000), stp(self_trade)));
+            assert_eq!(statuses(&book, &[1, 2, 3]), expected, "{self_trade:?}");
+            let quantity: u32 = book.trades(None, 0, 10).iter().map(|t| t.quantity).sum();
+            assert_eq!(quantity, traded, "{self_trade:?}");
+        }
+        // An anonymous order trades with anyone's.
+        let mut book = Book::default();
+        sells(&mut book);
+        book.apply(&entry(3, limit(Side::Buy, 4, 1000)));
+        assert_eq!(statuses(&book, &[1, 2, 3]), [Filled, Filled, Filled]);
+    }
+
+    #[test]
+    fn day_and_gtd_orders_expire_at_the_expiry_entry_and_a_snapshot_keeps_their_expiry() {
+        let day = stocknet_common::clock::DAY_MS;
+        let gtd = |at| Terms {
+            time_in_force: TimeInForce::Gtd,
+            expire_at: Some(at),
+            ..Terms::default()
+        };
+        let mut book = Book::default();
+        book.apply(&with_terms(
+            1,
+            1,
+            10,
+            (Side::Buy, 1, 990),
+            tif(TimeInForce::Day),
+        ));
+        book.apply(&with_terms(2, 1, 10, (Side::Buy, 1, 980), gtd(500)));
+        book.apply(&with_terms(3, 1, 10, (Side::Buy, 1, 970), Terms::default()));
+        let passed = book.apply(&with_terms(4, 1, 600, (Side::Buy, 1, 960), gtd(600)));
+        assert_eq!(passed, Applied::Refused(Refusal::ExpiryPassed { order: 4 }));
+        assert_eq!(book.next_expiry(), Some((500, "A")));
+
+        let expire = |number, time| Order {
+            stamp: Stamp {
+                time,
+                ..Stamp::default()
+            },
+            ..entry(number, Command::Expire)
+        };
+        let restored = crate::snapshot::decode(&crate::snapshot::encode(&book).unwrap()).unwrap();
+        for mut book in [book, restored] {
+            assert_eq!(book.apply(&expire(5, 499)), Applied::Expired { orders: 0 });
+            assert_eq!(book.apply(&expire(6, 500)), Applied::Expired { orders: 1 });
+            assert_eq!(book.order(2).unwrap().status(), Status::Expired);
+            assert_eq!(book.next_expiry(), Some((day, "A")), "the day order's");
+            assert_eq!(book.apply(&expire(7, day)), Applied::Expired { orders: 1 });
+            assert_eq!(book.order(1).unwrap().status(), Status::Expired);
+            assert_eq!(book.next_expiry(), None);
+            assert_eq!(book.depth("A", 5).bids, [level(970, 1, 1)]);
+        }
+    }
+
     #[test]
     fn cancel_and_modify_refuse_unknown_and_closed_orders() {
         let mut book = book(&[
@@ -1057,6 +1529,7 @@ mod tests {
                 side: Side::Buy,
                 quantity: 1,
                 limit: None,
+                terms: Terms::default(),
             },
             limit(Side::Sell, 5, 1000),
             Command::Cancel { target: 2 },
@@ -1099,6 +1572,7 @@ mod tests {
                 side: Side::Buy,
                 quantity: 1,
                 limit: None,
+                terms: Terms::default(),
             },
         );
         book.apply(&market);
@@ -1183,50 +1657,83 @@ mod model_tests {
     #[derive(Debug, Clone)]
     struct Resting {
         number: u64,
+        user: Option<u64>,
         side: Side,
         price: u64,
         quantity: u32,
         filled: u32,
         /// Time priority: lower goes first.
         since: u64,
+        self_trade: SelfTrade,
+        post_only: bool,
+        expires: Option<u64>,
     }
 
-    #[derive(Debug, Default)]
+    /// The book's rules written the plain way: a list of resting orders searched for the best
+    /// one at every step, and a fill-or-kill order tried on a copy.
+    #[derive(Debug, Default, Clone)]
     struct Model {
         resting: Vec<Resting>,
-        /// Every limit order's (quantity, filled, cancelled), by number.
+        /// Every limit order's (quantity, filled, removed, side, price), by number.
         orders: BTreeMap<u64, (u32, u32, bool, Side, u64)>,
         /// (price, quantity, buy order, sell order, entry)
         trades: Vec<(u64, u32, u64, u64, u64)>,
+        /// The entries the book refused.
+        refused: BTreeSet<u64>,
         clock: u64,
     }
 
     impl Model {
-        fn enter(&mut self, mut order: Resting, entry: u64) {
+        /// The best resting order `order` crosses, by its place in `resting`.
+        fn best(&self, order: &Resting) -> Option<usize> {
+            self.resting
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.side != order.side)
+                .filter(|(_, r)| match order.side {
+                    Side::Buy => r.price <= order.price,
+                    Side::Sell => r.price >= order.price,
+                })
+                .min_by_key(|(_, r)| {
+                    let price = match order.side {
+                        Side::Buy => r.price as i64,
+                        Side::Sell => -(r.price as i64),
+                    };
+                    (price, r.since)
+                })
+                .map(|(i, _)| i)
+        }
+
+        fn remove(&mut self, i: usize) {
+            let removed = self.resting.remove(i);
+            self.orders.get_mut(&removed.number).unwrap().2 = true;
+        }
+
+        fn enter(&mut self, mut order: Resting, entry: u64, rests: bool) {
+            let mut cancelled = !rests;
             loop {
                 let remaining = order.quantity - order.filled;
                 if remaining == 0 {
                     break;
                 }
-                let best = self
-                    .resting
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.side != order.side)
-                    .filter(|(_, r)| match order.side {
-                        Side::Buy => r.price <= order.price,
-                        Side::Sell => r.price >= order.price,
-                    })
-                    .min_by_key(|(_, r)| {
-                        let price = match order.side {
-                            Side::Buy => r.price as i64,
-                            Side::Sell => -(r.price as i64),
-                        };
-                        (price, r.since)
-                    })
-                    .map(|(i, _)| i);
-                let Some(i) = best else { break };
+                let Some(i) = self.best(&order) else { break };
                 let maker = &mut self.resting[i];
+                if order.user.is_some()
+                    && maker.user == order.user
+                    && order.self_trade != SelfTrade::None
+                {
+                    if matches!(
+                        order.self_trade,
+                        SelfTrade::CancelOldest | SelfTrade::CancelBoth
+                    ) {
+                        self.remove(i);
+                    }
+                    if order.self_trade != SelfTrade::CancelOldest {
+                        cancelled = true;
+                        break;
+                    }
+                    continue;
+                }
                 let quantity = remaining.min(maker.quantity - maker.filled);
                 maker.filled += quantity;
                 order.filled += quantity;
@@ -1241,38 +1748,77 @@ mod model_tests {
                     self.resting.remove(i);
                 }
             }
-            self.orders.get_mut(&order.number).unwrap().1 = order.filled;
+            let record = self.orders.get_mut(&order.number).unwrap();
+            record.1 = order.filled;
             if order.filled < order.quantity {
-                self.clock += 1;
-                order.since = self.clock;
-                self.resting.push(order);
+                if cancelled {
+                    record.2 = true;
+                } else {
+                    self.clock += 1;
+                    order.since = self.clock;
+                    self.resting.push(order);
+                }
             }
         }
 
-        fn apply(&mut self, number: u64, command: Command) {
-            match command {
+        fn apply(&mut self, entry: &Order) {
+            let number = entry.number;
+            let time = entry.stamp.time;
+            match entry.command.clone() {
                 Command::Place {
                     side,
                     quantity,
                     limit: Some(price),
+                    terms,
                 } => {
-                    self.orders
-                        .insert(number, (quantity, 0, false, side, price.cents()));
                     let order = Resting {
                         number,
+                        user: entry.user,
                         side,
                         price: price.cents(),
                         quantity,
                         filled: 0,
                         since: 0,
+                        self_trade: terms.self_trade,
+                        post_only: terms.post_only,
+                        expires: terms.expiry(time),
                     };
-                    self.enter(order, number);
+                    let expired = order.expires.is_some_and(|at| at <= time);
+                    let takes = self.best(&order).is_some();
+                    let fills = || {
+                        let mut trial = self.clone();
+                        trial
+                            .orders
+                            .insert(number, (quantity, 0, false, side, price.cents()));
+                        trial.enter(order.clone(), number, false);
+                        trial.orders[&number].1 == quantity
+                    };
+                    let fok = terms.time_in_force == TimeInForce::Fok;
+                    if expired || (terms.post_only && takes) || (fok && !fills()) {
+                        self.refused.insert(number);
+                        return;
+                    }
+                    self.orders
+                        .insert(number, (quantity, 0, false, side, price.cents()));
+                    let rests = !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+                    self.enter(order, number, rests);
                 }
                 Command::Place { limit: None, .. } | Command::Group(_) => {}
+                Command::Expire => {
+                    while let Some(i) = self
+                        .resting
+                        .iter()
+                        .position(|r| r.expires.is_some_and(|at| at <= time))
+                    {
+                        self.remove(i);
+                    }
+                }
                 Command::Cancel { target } => {
-                    if let Some(i) = self.resting.iter().position(|r| r.number == target) {
-                        self.resting.remove(i);
-                        self.orders.get_mut(&target).unwrap().2 = true;
+                    match self.resting.iter().position(|r| r.number == target) {
+                        Some(i) => self.remove(i),
+                        None => {
+                            self.refused.insert(number);
+                        }
                     }
                 }
                 Command::Modify {
@@ -1281,12 +1827,20 @@ mod model_tests {
                     price,
                 } => {
                     let Some(i) = self.resting.iter().position(|r| r.number == target) else {
+                        self.refused.insert(number);
                         return;
                     };
                     let old = self.resting[i].clone();
                     let new_quantity = quantity.unwrap_or(old.quantity);
                     let new_price = price.map_or(old.price, Price::cents);
-                    if new_quantity <= old.filled {
+                    let moved = Resting {
+                        quantity: new_quantity,
+                        price: new_price,
+                        ..old.clone()
+                    };
+                    if new_quantity <= old.filled || (old.post_only && self.best(&moved).is_some())
+                    {
+                        self.refused.insert(number);
                         return;
                     }
                     let entry = self.orders.get_mut(&target).unwrap();
@@ -1296,12 +1850,7 @@ mod model_tests {
                         self.resting[i].quantity = new_quantity;
                     } else {
                         self.resting.remove(i);
-                        let order = Resting {
-                            quantity: new_quantity,
-                            price: new_price,
-                            ..old
-                        };
-                        self.enter(order, number);
+                        self.enter(moved, number, true);
                     }
                 }
             }
@@ -1331,14 +1880,32 @@ mod model_tests {
     fn command(max_target: u64) -> impl Strategy<Value = Command> {
         let side = prop_oneof![Just(Side::Buy), Just(Side::Sell)];
         let price = (95u64..=105).prop_map(Price::from_cents);
+        // Mostly good till cancelled; times are those of entries 1 to 80 (see `stamped`).
+        let terms = (
+            prop_oneof![6 => Just(TimeInForce::Gtc), 1 => Just(TimeInForce::Ioc),
+                1 => Just(TimeInForce::Fok), 1 => Just(TimeInForce::Day), 1 => Just(TimeInForce::Gtd)],
+            1u64..80,
+            proptest::bool::weighted(0.15),
+            proptest::sample::select(SelfTrade::ALL.to_vec()),
+        )
+            .prop_map(|(time_in_force, at, post_only, self_trade)| Terms {
+                time_in_force,
+                expire_at: (time_in_force == TimeInForce::Gtd)
+                    .then_some(at * stocknet_common::clock::DAY_MS / 10),
+                post_only: post_only
+                    && !matches!(time_in_force, TimeInForce::Ioc | TimeInForce::Fok),
+                self_trade,
+            });
         prop_oneof![
-            6 => (side.clone(), 1u32..10, price.clone()).prop_map(|(side, quantity, price)| {
-                Command::Place { side, quantity, limit: Some(price) }
+            6 => (side.clone(), 1u32..10, price.clone(), terms).prop_map(|(side, quantity, price, terms)| {
+                Command::Place { side, quantity, limit: Some(price), terms }
             }),
+            1 => Just(Command::Expire),
             1 => (side, 1u32..10).prop_map(|(side, quantity)| Command::Place {
                 side,
                 quantity,
-                limit: None
+                limit: None,
+                terms: Terms::default(),
             }),
             2 => (1..=max_target).prop_map(|target| Command::Cancel { target }),
             2 => (1..=max_target, proptest::option::of(1u32..12), proptest::option::of(price))
@@ -1404,8 +1971,9 @@ mod model_tests {
             for (i, command) in commands.iter().enumerate() {
                 let number = i as u64 + 1;
                 let before = book.trades.len() as u64;
-                book.apply(&stamped(number, "A", command.clone()));
-                model.apply(number, command.clone());
+                let entry = stamped(number, "A", command.clone());
+                book.apply(&entry);
+                model.apply(&entry);
                 // No trade crosses a limit: both sides' prices are as they were at the trade.
                 for trade in book.trades(None, before, usize::MAX) {
                     let buy = book.order(trade.buy_order).expect("buyer");
@@ -1425,13 +1993,32 @@ mod model_tests {
             for (number, (quantity, filled, cancelled, side, price)) in &model.orders {
                 let order = book.order(*number).expect("every limit order is kept");
                 prop_assert_eq!(
-                    (order.quantity, order.filled, order.cancelled, order.side, order.price.cents()),
+                    (order.quantity, order.filled, order.removal.is_some(), order.side, order.price.cents()),
                     (*quantity, *filled, *cancelled, *side, *price)
                 );
                 // Never filled beyond its quantity; every trade within its limit.
                 prop_assert!(order.filled <= order.quantity);
             }
             prop_assert_eq!(book.orders.len(), model.orders.len());
+            let refused: BTreeSet<u64> = (1..=commands.len() as u64)
+                .filter(|&n| book.refusal(n).is_some())
+                .collect();
+            prop_assert_eq!(refused, model.refused.clone());
+            // A user's orders trade with each other only when the taker allowed it.
+            let user = |number: u64| stamped(number, "A", Command::Expire).user;
+            let stp = |number: u64| match commands[number as usize - 1] {
+                Command::Place { terms, .. } => terms.self_trade,
+                _ => SelfTrade::CancelNewest,
+            };
+            for trade in book.trades(None, 0, usize::MAX) {
+                if user(trade.buy_order).is_some() && user(trade.buy_order) == user(trade.sell_order) {
+                    let taker = match trade.taker_side {
+                        Side::Buy => trade.buy_order,
+                        Side::Sell => trade.sell_order,
+                    };
+                    prop_assert_eq!(stp(taker), SelfTrade::None);
+                }
+            }
             // Every user's position is the sum of their fills: book trades and market orders.
             for user in [0, 1] {
                 let owner = |number: u64| stamped(number, "A", Command::Cancel { target: 0 }).user;
@@ -1447,7 +2034,7 @@ mod model_tests {
                 for (i, command) in commands.iter().enumerate() {
                     let number = i as u64 + 1;
                     match *command {
-                        Command::Place { side, quantity, limit: None } if owner(number) == Some(user) => {
+                        Command::Place { side, quantity, limit: None, .. } if owner(number) == Some(user) => {
                             match side {
                                 Side::Buy => bought += u64::from(quantity),
                                 Side::Sell => sold += u64::from(quantity),

@@ -181,6 +181,7 @@ mod tests {
                 side,
                 quantity: 2,
                 limit: Some(Price::from_cents(cents)),
+                terms: Default::default(),
             },
         }
     }

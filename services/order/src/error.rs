@@ -24,8 +24,9 @@ pub enum OrderError {
     OrderNotFound,
     #[error("Transaction {0} is a modify or cancel, not an order")]
     NotAnOrder(u64),
-    #[error("{0}")]
-    Refused(#[from] Refusal),
+    /// The book refused the command, logged as entry `number`.
+    #[error("{refusal}")]
+    Refused { refusal: Refusal, number: u64 },
     #[error("{0}")]
     InvalidChange(&'static str),
     #[error("Idempotency-Key was used for a different request")]
@@ -105,11 +106,13 @@ impl Classified for OrderError {
             E::StockNotFound
             | E::OrderNotFound
             | E::NotAnOrder(_)
-            | E::Refused(Refusal::NotFound(_)) => Cause::NotFound,
-            E::Refused(Refusal::NotOpen(_) | Refusal::BelowFilled { .. })
-            | E::Rejected { .. }
-            | E::Gap { .. }
-            | E::Membership(_) => Cause::Conflict,
+            | E::Refused {
+                refusal: Refusal::NotFound(_),
+                ..
+            } => Cause::NotFound,
+            E::Refused { .. } | E::Rejected { .. } | E::Gap { .. } | E::Membership(_) => {
+                Cause::Conflict
+            }
             E::KeyReused => Cause::KeyReused,
             E::NotLeader { .. } | E::NotReady | E::HandingOver(_) | E::CatalogUnavailable(_) => {
                 Cause::Unavailable
@@ -132,6 +135,9 @@ impl Classified for OrderError {
                 leader: Some((leader, term)),
             } => api.with(LEADER_HINT, leader).with(LEADER_HINT_TERM, term),
             // The reason in a field of its own, and the price to retry with if it moved.
+            E::Refused { refusal, number } => api
+                .with("reason", refusal.reason())
+                .with("transaction_number", number),
             E::Rejected {
                 rejection,
                 quote,

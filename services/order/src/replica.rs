@@ -40,6 +40,10 @@ pub const CATALOG_RETRY: Duration = Duration::from_millis(300);
 /// Most entries sent in one catalog call or one log page.
 pub const BATCH: usize = 4096;
 
+/// How often the leader looks for open orders whose expiry has come: an order expires this
+/// long after its time at most (by the leader's clock), plus a commit round.
+const EXPIRY_CHECK: Duration = Duration::from_millis(100);
+
 /// Entries a leader has proposed and not yet seen applied. Commands that arrive meanwhile wait
 /// and are proposed together as the next entry: openraft 0.9 writes a leader's entries one at a
 /// time, each with its own fsync, so one command per entry would cap orders at one per fsync.
@@ -72,10 +76,12 @@ struct Leading {
     /// The catalog applier's progress, which waiting commands watch.
     progress: watch::Receiver<Progress>,
     applier: tokio::task::JoinHandle<()>,
+    expirer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Leading {
     fn drop(&mut self) {
+        self.expirer.abort();
         self.applier.abort();
         self.proposer.abort();
     }
@@ -369,10 +375,15 @@ impl Replica {
                 "quantity must be a positive integer",
             ));
         }
+        order
+            .terms
+            .check(order.price)
+            .map_err(OrderError::InvalidChange)?;
         let command = Command::Place {
             side: order.side,
             quantity: order.quantity,
             limit: order.price,
+            terms: order.terms,
         };
         let number = self
             .submit(Submission {
@@ -390,6 +401,9 @@ impl Replica {
                 quote: entry.stamp.quote,
                 number,
             });
+        }
+        if let Some(refusal) = self.book().refusal(number) {
+            return Err(OrderError::Refused { refusal, number });
         }
         let view = self.order_view(number)?;
         Ok(Placed {
@@ -455,7 +469,7 @@ impl Replica {
             })
             .await?;
         if let Some(refusal) = self.book().refusal(number) {
-            return Err(OrderError::Refused(refusal));
+            return Err(OrderError::Refused { refusal, number });
         }
         Ok(Changed {
             transaction_number: number,
@@ -885,6 +899,7 @@ impl Replica {
         let applier = tokio::spawn(self.clone().apply_loop(term, progress, catalog_applied));
         let (proposals, waiting) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(propose_entries(self.raft.clone(), waiting));
+        let expirer = tokio::spawn(self.clone().write_expiries());
         Ok(Leading {
             term,
             house,
@@ -894,7 +909,36 @@ impl Replica {
             proposer,
             progress: watched,
             applier,
+            expirer,
         })
+    }
+
+    /// The leader's expiry writer, one per term: once the soonest expiry of an open order has
+    /// come by this leader's clock, it proposes the expiry entry of that order's stock, whose
+    /// time (the proposal's, never earlier) is the cutoff every replica expires orders by.
+    async fn write_expiries(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(EXPIRY_CHECK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let due = self
+                .book()
+                .next_expiry()
+                .filter(|(expires, _)| *expires <= now_millis())
+                .map(|(_, name)| name.to_owned());
+            let Some(name) = due else { continue };
+            let expiry = Submission {
+                name: Some(name),
+                command: Command::Expire,
+                key: None,
+                user: None,
+                guard: None,
+            };
+            // Not written now (handing over, the catalog down): the next tick tries again.
+            if let Err(e) = self.submit(expiry).await {
+                tracing::debug!("expiry entry not written: {e}");
+            }
+        }
     }
 
     /// The leader's catalog applier, one per term: applies what the book has and the catalog
@@ -1114,6 +1158,7 @@ fn project(command: &Command, quantity: u64) -> Result<u64, Rejection> {
             side: Side::Buy,
             quantity: count,
             limit: None,
+            ..
         } => quantity
             .checked_sub(u64::from(count))
             .ok_or(Rejection::InsufficientQuantity),
@@ -1121,6 +1166,7 @@ fn project(command: &Command, quantity: u64) -> Result<u64, Rejection> {
             side: Side::Sell,
             quantity: count,
             limit: None,
+            ..
         } => quantity
             .checked_add(u64::from(count))
             .ok_or(Rejection::QuantityOverflow),

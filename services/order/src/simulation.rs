@@ -325,6 +325,7 @@ async fn simulate(seed: u64, steps: usize) {
                             },
                             price: None,
                             guard: None,
+                            terms: Default::default(),
                         };
                         tokio::spawn(cluster.clone().client(order, choices.below(3)))
                     })
@@ -352,6 +353,7 @@ async fn simulate(seed: u64, steps: usize) {
                 side: Side::Buy,
                 price: None,
                 guard: None,
+                terms: Default::default(),
             },
             0,
         )
@@ -417,6 +419,7 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
         side,
         price,
         guard: None,
+        terms: Default::default(),
     };
     // The steady state: the highest id leads (it would be handed the leadership otherwise).
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
@@ -468,6 +471,7 @@ async fn the_highest_replica_back_from_a_crash_is_handed_the_leadership() {
         side: Side::Buy,
         price: None,
         guard: None,
+        terms: Default::default(),
     };
     cluster.led_by(3, Duration::from_secs(20)).await;
     cluster.stop_replica(3).await;

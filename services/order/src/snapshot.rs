@@ -6,18 +6,19 @@
 //! cents, keep the disk format apart from the wire's and from the book's internals.
 
 use std::io::Write;
+use std::num::NonZeroU64;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::wire::Trade;
-use stocknet_common::{file, Price, Side};
+use stocknet_common::{file, Price, Side, Terms};
 
-use crate::book::{Book, LimitOrder, Refusal};
+use crate::book::{Book, LimitOrder, Refusal, Removal};
 use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
 
 /// First bytes of a snapshot file; the digit is the format's version.
-const MAGIC: &[u8] = b"stocknet book snapshot 2\n";
+const MAGIC: &[u8] = b"stocknet book snapshot 3\n";
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -40,7 +41,10 @@ struct OrderImage {
     cents: u64,
     quantity: u32,
     filled: u32,
-    cancelled: bool,
+    removal: Option<Removal>,
+    terms: Terms,
+    /// When it expires (its terms say when for `gtd`, not for `day`).
+    expires: Option<u64>,
     trades: Vec<u64>,
     slot: u64,
 }
@@ -101,7 +105,9 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 cents: o.price.cents(),
                 quantity: o.quantity,
                 filled: o.filled,
-                cancelled: o.cancelled,
+                removal: o.removal,
+                terms: o.terms(),
+                expires: o.expires.map(NonZeroU64::get),
                 trades: o.trades.to_vec(),
                 slot: o.slot,
             })
@@ -173,7 +179,11 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         price: Price::from_cents(o.cents),
         quantity: o.quantity,
         filled: o.filled,
-        cancelled: o.cancelled,
+        removal: o.removal,
+        time_in_force: o.terms.time_in_force,
+        post_only: o.terms.post_only,
+        self_trade: o.terms.self_trade,
+        expires: o.expires.and_then(NonZeroU64::new),
         trades: o.trades.into(),
         slot: o.slot,
     });

@@ -8,13 +8,14 @@ use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use stocknet_common::client::call;
+use stocknet_common::clock::{now_millis, parse_instant};
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::paths;
 use stocknet_common::wire::{
     Changed, NewOrder, OrderChange, OrderPage, OrderView, Placed, PriceGuard, CLIENT_KEY_PREFIX,
     IDEMPOTENCY_KEY, USER,
 };
-use stocknet_common::{data, Path, Price, Side, Status};
+use stocknet_common::{data, Path, Price, SelfTrade, Side, Status, Terms, TimeInForce};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::credentials;
@@ -48,13 +49,17 @@ struct IdempotencyKey {
 }
 
 /// Fields a `POST /orders` body may have.
-const ORDER_FIELDS: [&str; 6] = [
+const ORDER_FIELDS: [&str; 10] = [
     "name",
     "quantity",
     "type",
     "price",
     "expected_price",
     "max_deviation_bps",
+    "time_in_force",
+    "expire_at",
+    "post_only",
+    "stp",
 ];
 
 /// A `POST /orders` body: the order, and the client's guard against a moved price, which the
@@ -86,11 +91,34 @@ struct PlaceOrder {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 10000, nullable = false)]
     max_deviation_bps: Option<u32>,
+    /// A limit order's time in force: `gtc` (default) rests until filled or cancelled; `ioc`
+    /// fills what it can now and cancels the rest; `fok` fills entirely now or is refused (409,
+    /// reason `would_not_fill`); `day` expires at the end of the UTC day; `gtd` at `expire_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    time_in_force: Option<TimeInForce>,
+    /// When a `gtd` order expires: RFC 3339, or milliseconds since the Unix epoch; in the
+    /// future.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false, example = "2026-12-31T21:00:00Z")]
+    expire_at: Option<u64>,
+    /// Refuse the order (409, reason `would_take_liquidity`) rather than let it trade on entry;
+    /// not with `ioc` or `fok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    post_only: Option<bool>,
+    /// Self-trade prevention, when this order would trade with a resting order of the same
+    /// user: `cancel_newest` (default: this order's rest is cancelled), `cancel_oldest` (the
+    /// resting one is), `cancel_both`, or `none` (they trade). Anonymous orders trade.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    stp: Option<SelfTrade>,
 }
 
 impl PlaceOrder {
     /// The order for the leader; a guard without its own tolerance gets `default_bps`.
     fn into_order(self, default_bps: u32) -> NewOrder {
+        let terms = self.terms();
         NewOrder {
             name: self.name,
             quantity: self.quantity,
@@ -100,6 +128,16 @@ impl PlaceOrder {
                 expected,
                 max_deviation_bps: self.max_deviation_bps.unwrap_or(default_bps),
             }),
+            terms,
+        }
+    }
+
+    fn terms(&self) -> Terms {
+        Terms {
+            time_in_force: self.time_in_force.unwrap_or_default(),
+            expire_at: self.expire_at,
+            post_only: self.post_only.unwrap_or(false),
+            self_trade: self.stp.unwrap_or_default(),
         }
     }
 }
@@ -151,14 +189,64 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     if expected.is_none() && max_deviation_bps.is_some() {
         return Err(bad("max_deviation_bps needs expected_price"));
     }
-    Ok(PlaceOrder {
+    let text = |field: &str| match fields.get(field) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.as_str())),
+        Some(_) => Err(FrontendError::BadRequest(format!(
+            "{field} must be a string"
+        ))),
+    };
+    let time_in_force = text("time_in_force")?
+        .map(|t| {
+            TimeInForce::parse(t)
+                .ok_or_else(|| bad("time_in_force must be gtc, ioc, fok, day or gtd"))
+        })
+        .transpose()?;
+    let stp = text("stp")?
+        .map(|s| {
+            SelfTrade::parse(s)
+                .ok_or_else(|| bad("stp must be cancel_newest, cancel_oldest, cancel_both or none"))
+        })
+        .transpose()?;
+    let post_only = match fields.get("post_only") {
+        None => None,
+        Some(Value::Bool(post_only)) => Some(*post_only),
+        Some(_) => return Err(bad("post_only must be true or false")),
+    };
+    let expire_at = fields.get("expire_at").map(validate_expiry).transpose()?;
+    let order = PlaceOrder {
         name,
         quantity,
         side,
         price,
         expected_price: expected,
         max_deviation_bps,
-    })
+        time_in_force,
+        expire_at,
+        post_only,
+        stp,
+    };
+    // The same check the leader makes.
+    order.terms().check(order.price).map_err(bad)?;
+    Ok(order)
+}
+
+/// A `gtd` order's `expire_at`: RFC 3339 or milliseconds since the epoch, after now.
+fn validate_expiry(value: &Value) -> Result<u64, FrontendError> {
+    let bad = || {
+        FrontendError::BadRequest(
+            "expire_at must be a future time: RFC 3339 (2026-12-31T21:00:00Z) or milliseconds since the epoch"
+                .into(),
+        )
+    };
+    let at = match value {
+        Value::String(text) => parse_instant(text).map_err(|_| bad())?,
+        number => whole_number(number).ok_or_else(bad)?,
+    };
+    if at <= now_millis() {
+        return Err(bad());
+    }
+    Ok(at)
 }
 
 /// A `PUT /orders/{number}` body: a new total quantity, a new price, or both.
@@ -242,7 +330,7 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
         (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
-        (status = 409, description = "Refused, and recorded as refused: insufficient stock quantity (market orders; reason insufficient_quantity), or the price is further than the tolerance from expected_price (reason price_moved, with current_price)", body = ErrorEnvelope),
+        (status = 409, description = "Refused, and recorded as refused (with reason and transaction_number): insufficient stock quantity (market orders; reason insufficient_quantity), the price is further than the tolerance from expected_price (reason price_moved, with current_price), a fok order cannot fill entirely now (would_not_fill), a post_only order would take liquidity (would_take_liquidity), or a gtd order's expire_at had passed when it reached the book (expiry_passed)", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
         (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
     ))]
@@ -470,6 +558,94 @@ mod tests {
                 (other, _) => panic!("{body}: unexpected {other:?}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod terms_tests {
+    use super::*;
+
+    #[test]
+    fn terms_are_validated_and_sent_to_the_leader() {
+        let body = br#"{"name":"A","quantity":1,"type":"buy","price":10,"time_in_force":"gtd","expire_at":"2100-01-01T00:00:00Z","post_only":true,"stp":"cancel_both"}"#;
+        let order = validate_order(body).unwrap().into_order(200);
+        assert_eq!(
+            order.terms,
+            Terms {
+                time_in_force: TimeInForce::Gtd,
+                expire_at: Some(4_102_444_800_000),
+                post_only: true,
+                self_trade: SelfTrade::CancelBoth,
+            }
+        );
+        let body = br#"{"name":"A","quantity":1,"type":"buy","price":10,"time_in_force":"gtd","expire_at":4102444800000}"#;
+        let order = validate_order(body).unwrap().into_order(200);
+        assert_eq!(order.terms.expire_at, Some(4_102_444_800_000));
+        let body = br#"{"name":"A","quantity":1,"type":"sell","price":10,"time_in_force":"ioc","stp":"none"}"#;
+        let terms = validate_order(body).unwrap().into_order(200).terms;
+        assert_eq!(
+            (terms.time_in_force, terms.self_trade),
+            (TimeInForce::Ioc, SelfTrade::None)
+        );
+        let plain = br#"{"name":"A","quantity":1,"type":"buy","price":10}"#;
+        assert_eq!(
+            validate_order(plain).unwrap().into_order(200).terms,
+            Terms::default()
+        );
+
+        let future = r#""expire_at":"2100-01-01T00:00:00Z""#;
+        let expiry_error = "expire_at must be a future time: RFC 3339 (2026-12-31T21:00:00Z) or milliseconds since the epoch";
+        for (fields, message) in [
+            (
+                r#""time_in_force":"gfd""#.to_owned(),
+                "time_in_force must be gtc, ioc, fok, day or gtd",
+            ),
+            (
+                r#""time_in_force":1"#.to_owned(),
+                "time_in_force must be a string",
+            ),
+            (
+                r#""stp":"cancel""#.to_owned(),
+                "stp must be cancel_newest, cancel_oldest, cancel_both or none",
+            ),
+            (
+                r#""post_only":"yes""#.to_owned(),
+                "post_only must be true or false",
+            ),
+            (
+                r#""time_in_force":"gtd""#.to_owned(),
+                "time_in_force gtd needs expire_at",
+            ),
+            (future.to_owned(), "expire_at needs time_in_force gtd"),
+            (
+                r#""time_in_force":"gtd","expire_at":"2020-01-01T00:00:00Z""#.to_owned(),
+                expiry_error,
+            ),
+            (
+                r#""time_in_force":"gtd","expire_at":"tomorrow""#.to_owned(),
+                expiry_error,
+            ),
+            (
+                r#""time_in_force":"gtd","expire_at":-5"#.to_owned(),
+                expiry_error,
+            ),
+            (
+                r#""time_in_force":"fok","post_only":true"#.to_owned(),
+                "a post_only order rests: time_in_force ioc or fok cannot go with it",
+            ),
+        ] {
+            let body = format!(r#"{{"name":"A","quantity":1,"type":"buy","price":10,{fields}}}"#);
+            match validate_order(body.as_bytes()) {
+                Err(FrontendError::BadRequest(got)) => assert_eq!(got, message, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // A market order (no price) takes no terms.
+        let market = br#"{"name":"A","quantity":1,"type":"buy","time_in_force":"ioc"}"#;
+        assert!(matches!(
+            validate_order(market),
+            Err(FrontendError::BadRequest(m)) if m.contains("apply to limit orders")
+        ));
     }
 }
 

@@ -5,12 +5,12 @@
 use std::io::Read;
 
 use stocknet_common::model::EntryFields;
-use stocknet_common::{Price, Rejection};
+use stocknet_common::{Price, Rejection, SelfTrade, TimeInForce};
 
 use super::Line;
 
 /// The columns of a line, in file order.
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 18] = [
     "number",
     "term",
     "type",
@@ -25,6 +25,10 @@ pub const COLUMNS: [&str; 14] = [
     "rejected",
     "entry",
     "request_id",
+    "time_in_force",
+    "expire_at",
+    "post_only",
+    "stp",
 ];
 
 // Where each column is in a record.
@@ -42,13 +46,17 @@ const QUOTE: usize = 10;
 const REJECTED: usize = 11;
 const ENTRY: usize = 12;
 const REQUEST_ID: usize = 13;
+const TIME_IN_FORCE: usize = 14;
+const EXPIRE_AT: usize = 15;
+const POST_ONLY: usize = 16;
+const STP: usize = 17;
 
-/// How many columns a log's lines have: all of them; or, in a log written before request ids,
-/// before entries held several lines, before users and stamps, or before the order book, the
-/// first thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
+/// How many columns a log's lines have: all of them; or, in a log written before orders' terms,
+/// before request ids, before entries held several lines, before users and stamps, or before
+/// the order book, the first fourteen, thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
 /// each of its lines is its own entry, see [`Line::alone`]) and new lines are appended in the
 /// current layout.
-const LAYOUTS: [usize; 5] = [COLUMNS.len(), 13, 12, 8, 6];
+const LAYOUTS: [usize; 6] = [COLUMNS.len(), 14, 13, 12, 8, 6];
 
 /// The header line of a log of `columns` columns.
 pub fn header_of(columns: usize) -> String {
@@ -98,6 +106,10 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[REJECTED] = text(fields.rejected.map(|r| r.as_str().to_owned()));
     record[ENTRY] = line.entry.to_string();
     record[REQUEST_ID] = text(fields.request_id);
+    record[TIME_IN_FORCE] = text(fields.time_in_force.map(|t| t.as_str().to_owned()));
+    record[EXPIRE_AT] = text(fields.expire_at.map(|t| t.to_string()));
+    record[POST_ONLY] = text(fields.post_only.then(|| "true".to_owned()));
+    record[STP] = text(fields.stp.map(|s| s.as_str().to_owned()));
     record
 }
 
@@ -135,6 +147,18 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
             .map(|r| Rejection::parse(r).ok_or_else(|| format!("rejected: unknown reason {r:?}")))
             .transpose()?,
         request_id: optional(REQUEST_ID)?.map(str::to_owned),
+        time_in_force: optional(TIME_IN_FORCE)?
+            .map(|t| TimeInForce::parse(t).ok_or_else(|| format!("time_in_force: {t:?}")))
+            .transpose()?,
+        expire_at: parsed(optional(EXPIRE_AT)?, EXPIRE_AT)?,
+        post_only: match optional(POST_ONLY)? {
+            None => false,
+            Some("true") => true,
+            Some(other) => return Err(format!("post_only: {other:?}")),
+        },
+        stp: optional(STP)?
+            .map(|s| SelfTrade::parse(s).ok_or_else(|| format!("stp: {s:?}")))
+            .transpose()?,
     };
     let order = stocknet_common::Order::try_from(fields)?;
     Ok(match parsed(optional(ENTRY)?, ENTRY)? {
@@ -158,7 +182,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use stocknet_common::{Command, Order, Side, Stamp};
+    use stocknet_common::{Command, Order, Side, Stamp, Terms};
 
     use super::*;
 
@@ -182,6 +206,12 @@ mod tests {
                     side: Side::Buy,
                     quantity: 3,
                     limit: Some(Price::from_cents(1525)),
+                    terms: Terms {
+                        time_in_force: TimeInForce::Gtd,
+                        expire_at: Some(1_700_000_600_000),
+                        post_only: true,
+                        self_trade: SelfTrade::CancelOldest,
+                    },
                 },
             },
         };
