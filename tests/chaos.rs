@@ -1,7 +1,10 @@
 //! Chaos: clients trade without pause — market and limit orders, modifies and cancels, for
 //! users and anonymously — while order replicas (the leader at least every other time) are
 //! SIGKILLed and restarted, and the catalog once; then the reliability contract I1–I5 and I8
-//! (one book, one set of portfolios, one daily report) is checked on what is left.
+//! (one book, one set of portfolios, one daily report) is checked on what is left. Some limit
+//! orders carry terms (ioc, fok, day, gtd, post-only, self-trade prevention): the replay checks
+//! that no user's orders traded with each other against the taker's choice, that no fok order
+//! filled in part, and that every expired order expired at an expiry entry of its stock.
 //!
 //! CI runs it for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test --release
 //! --test chaos -- --nocapture`.
@@ -92,9 +95,19 @@ async fn client(
             (0..=3, _) | (8.., true) => {
                 Action::Place(json!({"name": name, "type": side, "quantity": quantity}))
             }
-            (4..=7, _) => Action::Place(
-                json!({"name": name, "type": side, "quantity": quantity, "price": price}),
-            ),
+            (4..=7, _) => {
+                let mut body =
+                    json!({"name": name, "type": side, "quantity": quantity, "price": price});
+                // A third of them with terms other than the default (only what differs from
+                // it, as the log records it).
+                if rng.below(3) == 0 {
+                    let terms = random_terms(&mut rng);
+                    if let (Some(body), Some(terms)) = (body.as_object_mut(), terms.as_object()) {
+                        body.extend(terms.clone());
+                    }
+                }
+                Action::Place(body)
+            }
             (8, false) => {
                 let (target, name) = limits[rng.below(limits.len() as u64) as usize].clone();
                 let change = if rng.below(2) == 0 {
@@ -191,6 +204,28 @@ async fn client(
         report.acks.push(Ack { number, key, entry });
     }
     report
+}
+
+/// A limit order's terms: `ioc`, `fok`, `day`, `gtd` (expiring within a second), post-only,
+/// or a self-trade prevention other than the default.
+fn random_terms(rng: &mut Rng) -> Value {
+    match rng.below(7) {
+        0 => json!({"time_in_force": "ioc"}),
+        1 => json!({"time_in_force": "fok"}),
+        2 => json!({"time_in_force": "day"}),
+        3 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            json!({"time_in_force": "gtd", "expire_at": now + 200 + rng.below(800)})
+        }
+        4 => json!({"post_only": true}),
+        5 => json!({"stp": "cancel_oldest"}),
+        _ => {
+            let stp = ["cancel_both", "none"][rng.below(2) as usize];
+            json!({ "stp": stp })
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -412,6 +447,11 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         "the reports count the day's trading"
     );
     let limit_orders = replayed.orders.len();
+    let expired = replayed
+        .orders
+        .iter()
+        .filter(|o| o["status"] == "expired")
+        .count();
     let trades = replayed.trades.len();
 
     let refused: usize = reports.iter().map(|r| r.refused).sum();
@@ -434,7 +474,8 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         "chaos over {seconds} s: {} commands acknowledged ({limit_orders} limit orders, \
          {trades} trades), {refused} refused (409), {unknown} unknown after {ATTEMPTS} \
          attempts, {retries} client retries; {} kills ({} of the leader, {} of the catalog), \
-         {leader_changes} leader changes followed; orders lost: {lost}",
+         {leader_changes} leader changes followed; {expired} orders expired; orders lost: \
+         {lost}",
         acks.len(),
         chaos.kills + chaos.catalog_kills,
         chaos.leader_kills,

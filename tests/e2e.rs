@@ -1542,6 +1542,14 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
         (200, &json!("open")),
         "{body}"
     );
+    // An expiry already passed when the leader sequences the order: refused, and logged.
+    let passed = json!({"time_in_force": "gtd", "expire_at": "2020-01-01T00:00:00Z"});
+    let (status, body) = place(bob, order("buy", 1, 19.0, passed)).await;
+    assert_eq!(
+        (status, &body["error"]["reason"]),
+        (409, &json!("expiry_passed")),
+        "{body}"
+    );
 
     // Alice's own buy at 21.00 meets her offer: by default it is cancelled, with cancel_oldest
     // her offer is, and with none they trade.
@@ -1616,7 +1624,7 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
         .collect();
     assert_eq!(
         reasons,
-        ["would_take_liquidity", "would_not_fill"],
+        ["expiry_passed", "would_take_liquidity", "would_not_fill"],
         "{audit}"
     );
 }

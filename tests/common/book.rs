@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stocknet_common::clock::{day_of, day_text, parse_day};
-use stocknet_common::{Order, Side};
+use stocknet_common::{Command, Order, SelfTrade, Side, Status, TimeInForce};
 use stocknet_order::book::Book;
 use tokio::time::{sleep, Instant};
 
@@ -36,9 +36,11 @@ pub fn days(log: &[Value]) -> Vec<String> {
 pub const USERS: [u64; 2] = [1, 2];
 
 /// Replays `log` into a new book, checking on the way that no trade crosses a limit price
-/// (both orders' prices as they stood when it happened), and at the end that no order is
-/// filled beyond its quantity, that fills add up on both sides of every trade, and that every
-/// user's position in every stock is the sum of their own fills.
+/// (both orders' prices as they stood when it happened) and that a user's orders trade with
+/// each other only where the taker's `stp` is `none`, and at the end that no order is filled
+/// beyond its quantity, that fills add up on both sides of every trade, that every user's
+/// position in every stock is the sum of their own fills, that a fok order is filled entirely
+/// or was refused, and that an expired order was due at an expiry entry of its stock after it.
 pub fn check_replay(log: &[Value]) -> BookState {
     let days = days(log);
     let mut book = Book::default();
@@ -46,8 +48,13 @@ pub fn check_replay(log: &[Value]) -> BookState {
     // (user, stock) → shares bought minus sold, counted from fills alone.
     let mut fills: std::collections::HashMap<(u64, String), i64> = Default::default();
     let mut owners: std::collections::HashMap<u64, u64> = Default::default();
+    // Each stock's expiry entries: (number, cutoff).
+    let mut expiries: Vec<(String, u64, u64)> = Vec::new();
     for value in &super::orders_only(log) {
         let entry: Order = serde_json::from_value(value.clone()).expect("a log entry");
+        if entry.command == Command::Expire {
+            expiries.push((entry.name.clone(), entry.number, entry.stamp.time));
+        }
         if !stocks.contains(&entry.name) {
             stocks.push(entry.name.clone());
         }
@@ -71,6 +78,18 @@ pub fn check_replay(log: &[Value]) -> BookState {
                 "trade {trade:?} crosses a limit: buy {buy:?}, sell {sell:?}"
             );
             assert_eq!((buy.side, sell.side), (Side::Buy, Side::Sell));
+            let (buyer, seller) = (owners.get(&trade.buy_order), owners.get(&trade.sell_order));
+            if buyer.is_some() && buyer == seller {
+                let taker = match trade.taker_side {
+                    Side::Buy => &buy,
+                    Side::Sell => &sell,
+                };
+                assert_eq!(
+                    taker.self_trade,
+                    SelfTrade::None,
+                    "trade {trade:?} between one user's orders"
+                );
+            }
             for (side, order) in [(Side::Buy, trade.buy_order), (Side::Sell, trade.sell_order)] {
                 if let Some(&user) = owners.get(&order) {
                     *fills.entry((user, trade.name.clone())).or_default() +=
@@ -96,6 +115,24 @@ pub fn check_replay(log: &[Value]) -> BookState {
             "overfilled: {view:?}"
         );
         assert_eq!(view.filled_quantity, fills, "fills do not add up: {view:?}");
+        if order.time_in_force == TimeInForce::Fok {
+            assert_eq!(
+                order.filled, order.quantity,
+                "a fok order filled in part: {view:?}"
+            );
+        }
+        if view.status == Status::Expired {
+            let expires = order.expires.expect("an expired order has an expiry").get();
+            assert!(
+                expiries
+                    .iter()
+                    .any(|(name, number, cutoff)| *name == *order.name
+                        && *number > order.number
+                        && *cutoff >= expires),
+                "order {} expired without an expiry entry due for it",
+                order.number
+            );
+        }
         match view.side {
             Side::Buy => bought += u64::from(fills),
             Side::Sell => sold += u64::from(fills),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use stocknet_common::client::call;
-use stocknet_common::clock::{now_millis, parse_instant};
+use stocknet_common::clock::parse_instant;
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::paths;
 use stocknet_common::wire::{
@@ -97,8 +97,8 @@ struct PlaceOrder {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     time_in_force: Option<TimeInForce>,
-    /// When a `gtd` order expires: RFC 3339, or milliseconds since the Unix epoch; in the
-    /// future.
+    /// When a `gtd` order expires: RFC 3339, or milliseconds since the Unix epoch. Refused
+    /// (409, reason `expiry_passed`) if it is not in the future when the leader sequences it.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, nullable = false, example = "2026-12-31T21:00:00Z")]
     expire_at: Option<u64>,
@@ -231,22 +231,20 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     Ok(order)
 }
 
-/// A `gtd` order's `expire_at`: RFC 3339 or milliseconds since the epoch, after now.
+/// A `gtd` order's `expire_at`: RFC 3339 or milliseconds since the epoch. Whether it is still
+/// in the future the leader decides as it sequences the order (409 `expiry_passed` if not), so
+/// that a retry of a logged order gets that order's answer whenever it comes.
 fn validate_expiry(value: &Value) -> Result<u64, FrontendError> {
     let bad = || {
         FrontendError::BadRequest(
-            "expire_at must be a future time: RFC 3339 (2026-12-31T21:00:00Z) or milliseconds since the epoch"
+            "expire_at must be a time: RFC 3339 (2026-12-31T21:00:00Z) or milliseconds since the epoch"
                 .into(),
         )
     };
-    let at = match value {
-        Value::String(text) => parse_instant(text).map_err(|_| bad())?,
-        number => whole_number(number).ok_or_else(bad)?,
-    };
-    if at <= now_millis() {
-        return Err(bad());
+    match value {
+        Value::String(text) => parse_instant(text).map_err(|_| bad()),
+        number => whole_number(number).ok_or_else(bad),
     }
-    Ok(at)
 }
 
 /// A `PUT /orders/{number}` body: a new total quantity, a new price, or both.
@@ -594,7 +592,7 @@ mod terms_tests {
         );
 
         let future = r#""expire_at":"2100-01-01T00:00:00Z""#;
-        let expiry_error = "expire_at must be a future time: RFC 3339 (2026-12-31T21:00:00Z) or milliseconds since the epoch";
+        let expiry_error = "expire_at must be a time: RFC 3339 (2026-12-31T21:00:00Z) or milliseconds since the epoch";
         for (fields, message) in [
             (
                 r#""time_in_force":"gfd""#.to_owned(),
@@ -617,10 +615,6 @@ mod terms_tests {
                 "time_in_force gtd needs expire_at",
             ),
             (future.to_owned(), "expire_at needs time_in_force gtd"),
-            (
-                r#""time_in_force":"gtd","expire_at":"2020-01-01T00:00:00Z""#.to_owned(),
-                expiry_error,
-            ),
             (
                 r#""time_in_force":"gtd","expire_at":"tomorrow""#.to_owned(),
                 expiry_error,
