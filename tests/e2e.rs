@@ -1628,3 +1628,108 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
         "{audit}"
     );
 }
+
+/// Issue 21, item 6: a client order id is echoed, unique among the user's open orders, found
+/// with `GET /orders`, in the audit trail, and cancels its order; a retry of that cancel gets
+/// the same answer.
+#[tokio::test]
+async fn a_client_order_id_names_an_order_until_it_closes() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let response = cluster.http.post(format!("{frontend}/users")).send().await;
+    let body: Value = response.unwrap().json().await.unwrap();
+    let (user, key) = (
+        body["data"]["user_id"].as_u64().unwrap(),
+        body["data"]["api_key"].as_str().unwrap().to_owned(),
+    );
+    let order = json!({"name": "GameStart", "quantity": 2, "type": "buy", "price": 5.0,
+                       "client_order_id": "ladder-1"});
+    let place = |key: Option<&str>| {
+        send(with_key(cluster.http.post(format!("{frontend}/orders")), key).json(&order))
+    };
+    let (status, body) = place(Some(&key)).await;
+    assert_eq!(
+        (status, &body["data"]["client_order_id"]),
+        (200, &json!("ladder-1")),
+        "{body}"
+    );
+    let first = body["data"]["transaction_number"].as_u64().unwrap();
+    let (status, body) = place(Some(&key)).await;
+    assert_eq!(
+        (status, &body["error"]["reason"]),
+        (409, &json!("duplicate_client_order_id")),
+        "{body}"
+    );
+    assert_eq!(
+        place(None).await.0,
+        401,
+        "an anonymous order has no client id"
+    );
+
+    let (_, body) = cluster
+        .get(&format!(
+            "{frontend}/orders?user={user}&client_order_id=ladder-1"
+        ))
+        .await;
+    let numbers: Vec<u64> = body["data"]["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [first], "{body}");
+
+    let cancel = |key: &str| {
+        send(
+            with_key(
+                cluster
+                    .http
+                    .delete(format!("{frontend}/orders?client_order_id=ladder-1")),
+                Some(key),
+            )
+            .header("idempotency-key", "cancel-ladder-1"),
+        )
+    };
+    let (status, body) = cancel(&key).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["data"]["order"]["number"],
+            &body["data"]["order"]["status"]
+        ),
+        (&json!(first), &json!("cancelled")),
+        "{body}"
+    );
+    let (status, retried) = cancel(&key).await;
+    assert_eq!(
+        (status, &retried),
+        (200, &body),
+        "a retry gets the same answer"
+    );
+    let (status, body) = send(with_key(
+        cluster
+            .http
+            .delete(format!("{frontend}/orders?client_order_id=ladder-1")),
+        Some(&key),
+    ))
+    .await;
+    assert_eq!(status, 404, "no open order has it now: {body}");
+
+    // Free again once its order closed; the audit trail names it.
+    assert_eq!(place(Some(&key)).await.0, 200);
+    let (_, audit) = send(with_key(
+        cluster
+            .http
+            .get(format!("{frontend}/audit?outcome=accepted")),
+        Some(&key),
+    ))
+    .await;
+    let ids: Vec<&Value> = audit["data"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "buy")
+        .map(|r| &r["client_order_id"])
+        .collect();
+    assert_eq!(ids, [&json!("ladder-1"), &json!("ladder-1")], "{audit}");
+}

@@ -274,6 +274,8 @@ pub enum Command {
         limit: Option<Price>,
         /// A limit order's time in force and protections (default for a market order).
         terms: Terms,
+        /// The user's own id for a limit order, unique among their open orders.
+        client_order_id: Option<String>,
     },
     /// Changes the open limit order `target`: its total quantity and/or its price.
     Modify {
@@ -420,6 +422,25 @@ impl Terms {
     }
 }
 
+/// Why an anonymous order cannot carry a client order id.
+pub const ANONYMOUS_CLIENT_ORDER_ID: &str =
+    "client_order_id needs an API key: it is unique among one user's open orders";
+
+/// What is wrong with `id` as the client order id of an order with limit price `limit`, if
+/// anything: like Binance's and Coinbase's, a short token of letters, digits and `-_.:`, on
+/// limit orders. The frontend and the leader both check.
+pub fn check_client_order_id(id: &str, limit: Option<Price>) -> Result<(), &'static str> {
+    if limit.is_none() {
+        return Err("client_order_id applies to limit orders: give a price");
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_.:".contains(&b);
+    if (1..=64).contains(&id.len()) && id.bytes().all(allowed) {
+        Ok(())
+    } else {
+        Err("client_order_id must be 1 to 64 characters: letters, digits, '-', '_', '.', ':'")
+    }
+}
+
 /// Why the leader refused a new order. The refusal is logged like any entry (the audit trail
 /// holds it, and a retry with the same idempotency key gets the same answer); it changes
 /// nothing.
@@ -541,6 +562,8 @@ pub struct EntryFields {
     pub post_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stp: Option<SelfTrade>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -579,9 +602,13 @@ impl Command {
 impl From<Order> for EntryFields {
     fn from(order: Order) -> Self {
         let (kind, quantity, price, target) = order.command.flat();
-        let terms = match order.command {
-            Command::Place { terms, .. } => terms,
-            _ => Terms::default(),
+        let (terms, client_order_id) = match &order.command {
+            Command::Place {
+                terms,
+                client_order_id,
+                ..
+            } => (*terms, client_order_id.clone()),
+            _ => (Terms::default(), None),
         };
         // A membership entry names no stock: its field holds the configuration.
         let name = match order.command {
@@ -606,6 +633,7 @@ impl From<Order> for EntryFields {
             expire_at: terms.expire_at,
             post_only: terms.post_only,
             stp: Some(terms.self_trade).filter(|s| *s != SelfTrade::CancelNewest),
+            client_order_id,
         }
     }
 }
@@ -621,9 +649,9 @@ impl TryFrom<EntryFields> for Order {
             post_only: fields.post_only,
             self_trade: fields.stp.unwrap_or_default(),
         };
-        if side.is_none() && terms != Terms::default() {
+        if side.is_none() && (terms != Terms::default() || fields.client_order_id.is_some()) {
             return Err(format!(
-                "entry {}: only a new order has a time in force or protections",
+                "entry {}: only a new order has a time in force, protections or a client order id",
                 fields.number
             ));
         }
@@ -632,11 +660,16 @@ impl TryFrom<EntryFields> for Order {
                 terms
                     .check(fields.price)
                     .map_err(|e| format!("entry {}: {e}", fields.number))?;
+                if let Some(id) = &fields.client_order_id {
+                    check_client_order_id(id, fields.price)
+                        .map_err(|e| format!("entry {}: {e}", fields.number))?;
+                }
                 Command::Place {
                     side,
                     quantity,
                     limit: fields.price,
                     terms,
+                    client_order_id: fields.client_order_id.take(),
                 }
             }
             (None, "modify", quantity, Some(target))
@@ -757,12 +790,14 @@ mod tests {
                 quantity: 5,
                 limit: None,
                 terms: Terms::default(),
+                client_order_id: None,
             },
             Command::Place {
                 side: Side::Sell,
                 quantity: 5,
                 limit: Some(Price(1250)),
                 terms: Terms::default(),
+                client_order_id: None,
             },
             Command::Place {
                 side: Side::Sell,
@@ -774,6 +809,7 @@ mod tests {
                     post_only: true,
                     self_trade: SelfTrade::CancelBoth,
                 },
+                client_order_id: Some("grid-7".into()),
             },
             Command::Expire,
             Command::Modify {
@@ -827,6 +863,9 @@ mod tests {
             r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"time_in_force":"ioc"}"#,
             r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"price":2,"expire_at":9}"#,
             r#"{"number":1,"term":1,"name":"A","type":"expire","quantity":1}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"client_order_id":"x"}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"price":2,"client_order_id":"a b"}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"client_order_id":"x"}"#,
         ] {
             assert!(serde_json::from_str::<Order>(bad).is_err(), "{bad}");
         }

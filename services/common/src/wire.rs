@@ -194,6 +194,10 @@ pub struct NewOrder {
     #[serde(default, skip_serializing_if = "is_default")]
     #[schema(ignore)]
     pub terms: Terms,
+    /// The user's own id for it, unique among their open orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub client_order_id: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -289,13 +293,16 @@ pub struct AuditRecord {
     /// The client's `Idempotency-Key`, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// A new limit order's `client_order_id`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<String>,
     /// The stock's price when the leader sequenced it (a market order's execution price).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quote: Option<Price>,
     pub outcome: Outcome,
     /// Why it was refused: `insufficient_quantity`, `quantity_overflow`, `price_moved`,
-    /// `not_open`, `not_a_limit_order`, `below_filled`, `would_not_fill`, `would_take_liquidity`
-    /// or `expiry_passed`.
+    /// `not_open`, `not_a_limit_order`, `below_filled`, `would_not_fill`, `would_take_liquidity`,
+    /// `expiry_passed` or `duplicate_client_order_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The `X-Request-Id` of the request that brought it: its log lines in the frontend, the
@@ -318,7 +325,7 @@ pub struct AuditQuery {
     /// `accepted`, `refused`, or a refusal's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(
-        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed)$"
+        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed|duplicate_client_order_id)$"
     )]
     pub outcome: Option<String>,
     /// From this time on (RFC 3339, or milliseconds since the epoch).
@@ -470,12 +477,18 @@ pub struct OrderView {
     /// Its self-trade prevention (absent for a market order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stp: Option<SelfTrade>,
+    /// The id its user gave it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<String>,
 }
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Placed {
     pub transaction_number: u64,
+    /// The id its user gave it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<String>,
     pub status: Status,
     pub filled_quantity: u32,
     pub remaining_quantity: u32,

@@ -459,3 +459,31 @@ async fn order_terms_are_checked_at_the_router() {
     let (status, _) = send(Request::post("/orders").body(Body::from(good)).unwrap()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// `DELETE /orders` takes exactly a well-formed `client_order_id` and needs an API key, all
+/// checked before any backend is asked; so does a new order's `client_order_id`.
+#[tokio::test]
+async fn cancel_by_client_order_id_is_checked_at_the_router() {
+    for (uri, expected) in [
+        ("/orders", StatusCode::BAD_REQUEST),
+        ("/orders?client_order_id=a%20b", StatusCode::BAD_REQUEST),
+        ("/orders?client_order_id=a&user=1", StatusCode::BAD_REQUEST),
+        ("/orders?client_order_id=ladder-1", StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, body) = send(Request::delete(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, expected, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], expected.as_u16(), "{uri}");
+    }
+    let anonymous =
+        r#"{"name":"GameStart","quantity":1,"type":"buy","price":10,"client_order_id":"a"}"#;
+    let (status, _) = send(
+        Request::post("/orders")
+            .body(Body::from(anonymous))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let market = r#"{"name":"GameStart","quantity":1,"type":"buy","client_order_id":"a"}"#;
+    let (status, body) = send(Request::post("/orders").body(Body::from(market)).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -123,6 +123,7 @@ fn exchange_core_mix() -> Vec<Order> {
                     quantity: 1 + random.below(400) as u32,
                     limit: Some(Price::from_cents(through)),
                     terms: TERMS,
+                    client_order_id: None,
                 }
             }
             _ => {
@@ -133,6 +134,7 @@ fn exchange_core_mix() -> Vec<Order> {
                     quantity: 1 + random.below(100) as u32,
                     limit: Some(resting_price(&mut random, side)),
                     terms: TERMS,
+                    client_order_id: None,
                 }
             }
         };
@@ -161,6 +163,7 @@ fn half_crossing() -> Vec<Order> {
                     quantity: 1 + random.below(20) as u32,
                     limit: Some(Price::from_cents(9_950 + random.below(100))),
                     terms: TERMS,
+                    client_order_id: None,
                 },
             };
             entry(number, command)

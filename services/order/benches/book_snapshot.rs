@@ -34,6 +34,7 @@ fn book() -> Book {
                 quantity: 1 + (number % 10) as u32,
                 limit: Some(Price::from_cents(cents)),
                 terms: Terms::default(),
+                client_order_id: None,
             },
         });
     }

@@ -24,6 +24,7 @@ fn order(number: u64) -> Order {
             quantity: 3,
             limit: None,
             terms: Terms::default(),
+            client_order_id: None,
         },
     }
 }

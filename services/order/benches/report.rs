@@ -41,6 +41,7 @@ fn orders() -> impl Iterator<Item = Order> {
                 quantity: 1 + next(20) as u32,
                 limit,
                 terms: Terms::default(),
+                client_order_id: None,
             },
         }
     })

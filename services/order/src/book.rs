@@ -58,6 +58,8 @@ pub struct LimitOrder {
     /// `gtd` order's `expire_at`. (Its terms are spelled out field by field, and this without a
     /// flag, to keep the record small: there is one for every order ever placed.)
     pub expires: Option<NonZeroU64>,
+    /// The id its user gave it.
+    pub client_order_id: Option<Arc<str>>,
     /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
     /// they allocate nothing).
     pub trades: SmallVec<[u64; 2]>,
@@ -131,6 +133,8 @@ pub enum Refusal {
     WouldTakeLiquidity { order: u64 },
     #[error("Order {order}: its expire_at had passed when it reached the book")]
     ExpiryPassed { order: u64 },
+    #[error("Order {order}: client_order_id is already open order {open}'s")]
+    DuplicateClientOrderId { order: u64, open: u64 },
 }
 
 impl Refusal {
@@ -143,17 +147,19 @@ impl Refusal {
             Self::WouldNotFill { .. } => "would_not_fill",
             Self::WouldTakeLiquidity { .. } => "would_take_liquidity",
             Self::ExpiryPassed { .. } => "expiry_passed",
+            Self::DuplicateClientOrderId { .. } => "duplicate_client_order_id",
         }
     }
 
     /// Every reason, as [`reason`](Self::reason) names it.
-    pub const REASONS: [&'static str; 6] = [
+    pub const REASONS: [&'static str; 7] = [
         "not_a_limit_order",
         "not_open",
         "below_filled",
         "would_not_fill",
         "would_take_liquidity",
         "expiry_passed",
+        "duplicate_client_order_id",
     ];
 }
 
@@ -279,6 +285,8 @@ pub struct Book {
     traders: Vec<(Option<u64>, Option<u64>)>,
     /// Refused modifies and cancels, to answer a retry of one the same way.
     refusals: HashMap<u64, Refusal>,
+    /// Each user's open orders by client order id (user → id → number).
+    client_ids: HashMap<u64, HashMap<Arc<str>, u64>>,
     next_slot: u64,
     /// The price levels the last applied entry changed (for its [`MarketEvent`]).
     touched: Vec<(Side, Price)>,
@@ -378,10 +386,17 @@ impl Book {
         for (slot, live) in open {
             let order = &mut book.live[live as usize];
             order.slot = slot;
-            if let Some(expires) = book.orders[order.place as usize].expires {
+            let record = &book.orders[order.place as usize];
+            if let Some(expires) = record.expires {
                 book.stocks[order.stock as usize]
                     .expiries
                     .insert((expires.get(), order.number));
+            }
+            if let (Some(user), Some(id)) = (record.user, &record.client_order_id) {
+                book.client_ids
+                    .entry(user)
+                    .or_default()
+                    .insert(id.clone(), order.number);
             }
             let level = book.stocks[order.stock as usize]
                 .side(order.side)
@@ -477,6 +492,14 @@ impl Book {
                 .expiries
                 .remove(&(expires.get(), live.number));
         }
+        if let (Some(user), Some(id)) = (record.user, &record.client_order_id) {
+            if let Some(ids) = self.client_ids.get_mut(&user) {
+                ids.remove(&**id);
+                if ids.is_empty() {
+                    self.client_ids.remove(&user);
+                }
+            }
+        }
         self.places.remove(&live.number);
         self.free.push(at);
     }
@@ -550,6 +573,7 @@ impl Book {
             quantity,
             limit,
             terms,
+            ref client_order_id,
         } = entry.command
         else {
             return None;
@@ -568,6 +592,7 @@ impl Book {
             expire_at: None,
             post_only: None,
             stp: None,
+            client_order_id: client_order_id.clone(),
         };
         match limit {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
@@ -608,6 +633,7 @@ impl Book {
             expire_at: order.expires.map(|at| rfc3339(at.get())),
             post_only: Some(order.post_only),
             stp: Some(order.self_trade),
+            client_order_id: order.client_order_id.as_deref().map(str::to_owned),
         }
     }
 
@@ -758,7 +784,15 @@ impl Book {
                 quantity,
                 limit: Some(price),
                 terms,
-            } => self.place_limit(entry, side, quantity, price, terms),
+                ref client_order_id,
+            } => self.place_limit(
+                entry,
+                side,
+                quantity,
+                price,
+                terms,
+                client_order_id.as_deref(),
+            ),
             Command::Modify {
                 target,
                 quantity,
@@ -821,7 +855,7 @@ impl Book {
 
     /// Enters new limit order `entry` unless its terms refuse it: a `gtd` expiry already
     /// passed, a post-only order that would take liquidity, a fill-or-kill order that cannot
-    /// fill entirely now.
+    /// fill entirely now; or its client order id is one of its user's open orders' already.
     fn place_limit(
         &mut self,
         entry: &Order,
@@ -829,8 +863,17 @@ impl Book {
         quantity: u32,
         price: Price,
         terms: Terms,
+        client_order_id: Option<&str>,
     ) -> Result<u64, Refusal> {
         let number = entry.number;
+        if let (Some(user), Some(id)) = (entry.user, client_order_id) {
+            if let Some(&open) = self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
+                return Err(Refusal::DuplicateClientOrderId {
+                    order: number,
+                    open,
+                });
+            }
+        }
         // Four billion stocks or limit orders in one book: refused, like an unknown target.
         let stock = self
             .stock_place(&entry.name)
@@ -866,6 +909,7 @@ impl Book {
             post_only: terms.post_only,
             self_trade: terms.self_trade,
             expires: expires.and_then(NonZeroU64::new),
+            client_order_id: client_order_id.map(Arc::from),
             trades: SmallVec::new(),
             slot: 0,
         };
@@ -874,10 +918,18 @@ impl Book {
         };
         let rests = !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
         self.enter(live, number, rests);
-        if let Some(expires) = expires.filter(|_| self.places.contains_key(&number)) {
-            self.stocks[stock as usize]
-                .expiries
-                .insert((expires, number));
+        if self.places.contains_key(&number) {
+            if let Some(expires) = expires {
+                self.stocks[stock as usize]
+                    .expiries
+                    .insert((expires, number));
+            }
+            if let (Some(user), Some(id)) = (entry.user, client_order_id) {
+                self.client_ids
+                    .entry(user)
+                    .or_default()
+                    .insert(id.into(), number);
+            }
         }
         Ok(number)
     }
@@ -950,6 +1002,11 @@ impl Book {
             }
         }
         expired
+    }
+
+    /// The open order of `user` with client order id `id`, if there is one.
+    pub fn open_by_client_order_id(&self, user: u64, id: &str) -> Option<u64> {
+        self.client_ids.get(&user)?.get(id).copied()
     }
 
     /// The soonest expiry of an open order, and its stock: when the leader is to write an
@@ -1201,6 +1258,7 @@ mod tests {
             quantity,
             limit: Some(Price::from_cents(cents)),
             terms: Terms::default(),
+            client_order_id: None,
         }
     }
 
@@ -1348,6 +1406,7 @@ mod tests {
                     quantity,
                     limit: Some(Price::from_cents(cents)),
                     terms,
+                    client_order_id: None,
                 },
             )
         }
@@ -1481,6 +1540,46 @@ mod tests {
     }
 
     #[test]
+    fn a_client_order_id_is_unique_among_its_users_open_orders() {
+        let with_id = |number, user, id: &str| Order {
+            user: Some(user),
+            ..entry(
+                number,
+                Command::Place {
+                    side: Side::Buy,
+                    quantity: 1,
+                    limit: Some(Price::from_cents(990)),
+                    terms: Terms::default(),
+                    client_order_id: Some(id.into()),
+                },
+            )
+        };
+        let mut book = Book::default();
+        book.apply(&with_id(1, 7, "grid-1"));
+        book.apply(&with_id(2, 8, "grid-1"));
+        assert_eq!(
+            book.apply(&with_id(3, 7, "grid-1")),
+            Applied::Refused(Refusal::DuplicateClientOrderId { order: 3, open: 1 })
+        );
+        assert_eq!(book.open_by_client_order_id(7, "grid-1"), Some(1));
+        assert_eq!(book.open_by_client_order_id(8, "grid-1"), Some(2));
+        assert_eq!(
+            book.order(1).unwrap().client_order_id.as_deref(),
+            Some("grid-1")
+        );
+        // Closed, its id is free again; a snapshot keeps who holds which.
+        book.apply(&entry(4, Command::Cancel { target: 1 }));
+        assert_eq!(book.open_by_client_order_id(7, "grid-1"), None);
+        let mut book = crate::snapshot::decode(&crate::snapshot::encode(&book).unwrap()).unwrap();
+        assert_eq!(book.open_by_client_order_id(8, "grid-1"), Some(2));
+        assert!(matches!(
+            book.apply(&with_id(5, 7, "grid-1")),
+            Applied::Changed { order: 5, .. }
+        ));
+        assert_eq!(book.open_by_client_order_id(7, "grid-1"), Some(5));
+    }
+
+    #[test]
     fn day_and_gtd_orders_expire_at_the_expiry_entry_and_a_snapshot_keeps_their_expiry() {
         let day = stocknet_common::clock::DAY_MS;
         let gtd = |at| Terms {
@@ -1530,6 +1629,7 @@ mod tests {
                 quantity: 1,
                 limit: None,
                 terms: Terms::default(),
+                client_order_id: None,
             },
             limit(Side::Sell, 5, 1000),
             Command::Cancel { target: 2 },
@@ -1573,6 +1673,7 @@ mod tests {
                 quantity: 1,
                 limit: None,
                 terms: Terms::default(),
+                client_order_id: None,
             },
         );
         book.apply(&market);
@@ -1667,6 +1768,7 @@ mod model_tests {
         self_trade: SelfTrade,
         post_only: bool,
         expires: Option<u64>,
+        client_order_id: Option<String>,
     }
 
     /// The book's rules written the plain way: a list of resting orders searched for the best
@@ -1770,8 +1872,16 @@ mod model_tests {
                     quantity,
                     limit: Some(price),
                     terms,
+                    client_order_id,
                 } => {
+                    let duplicate = client_order_id.is_some()
+                        && entry.user.is_some()
+                        && self
+                            .resting
+                            .iter()
+                            .any(|r| r.user == entry.user && r.client_order_id == client_order_id);
                     let order = Resting {
+                        client_order_id,
                         number,
                         user: entry.user,
                         side,
@@ -1794,7 +1904,7 @@ mod model_tests {
                         trial.orders[&number].1 == quantity
                     };
                     let fok = terms.time_in_force == TimeInForce::Fok;
-                    if expired || (terms.post_only && takes) || (fok && !fills()) {
+                    if duplicate || expired || (terms.post_only && takes) || (fok && !fills()) {
                         self.refused.insert(number);
                         return;
                     }
@@ -1897,15 +2007,22 @@ mod model_tests {
                 self_trade,
             });
         prop_oneof![
-            6 => (side.clone(), 1u32..10, price.clone(), terms).prop_map(|(side, quantity, price, terms)| {
-                Command::Place { side, quantity, limit: Some(price), terms }
-            }),
+            6 => (side.clone(), 1u32..10, price.clone(), terms, proptest::option::weighted(0.3, 0..3u8))
+                .prop_map(|(side, quantity, price, terms, id)| Command::Place {
+                    side,
+                    quantity,
+                    limit: Some(price),
+                    terms,
+                    // Few ids, so that some are taken by an open order of the same user.
+                    client_order_id: id.map(|id| format!("c{id}")),
+                }),
             1 => Just(Command::Expire),
             1 => (side, 1u32..10).prop_map(|(side, quantity)| Command::Place {
                 side,
                 quantity,
                 limit: None,
                 terms: Terms::default(),
+                client_order_id: None,
             }),
             2 => (1..=max_target).prop_map(|target| Command::Cancel { target }),
             2 => (1..=max_target, proptest::option::of(1u32..12), proptest::option::of(price))

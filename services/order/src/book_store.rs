@@ -182,6 +182,7 @@ mod tests {
                 quantity: 2,
                 limit: Some(Price::from_cents(cents)),
                 terms: Default::default(),
+                client_order_id: None,
             },
         }
     }

@@ -22,6 +22,8 @@ pub enum OrderError {
     NotOwner(u64),
     #[error("Order number invalid")]
     OrderNotFound,
+    #[error("No open order has client_order_id {0:?}")]
+    ClientOrderIdNotOpen(String),
     #[error("Transaction {0} is a modify or cancel, not an order")]
     NotAnOrder(u64),
     /// The book refused the command, logged as entry `number`.
@@ -106,6 +108,7 @@ impl Classified for OrderError {
             E::StockNotFound
             | E::OrderNotFound
             | E::NotAnOrder(_)
+            | E::ClientOrderIdNotOpen(_)
             | E::Refused {
                 refusal: Refusal::NotFound(_),
                 ..

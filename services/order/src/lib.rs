@@ -32,6 +32,7 @@ use serde::Deserialize;
 use stocknet_common::auth::require_secret;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
+use stocknet_common::model;
 use stocknet_common::paths;
 use stocknet_common::wire::{
     parse_peer, AuditQuery, NewLearner, NewOrder, OrderChange, OrderPage, OrderView, Peer, Trade,
@@ -147,7 +148,10 @@ pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route(
             paths::ORDERS.pattern(),
-            get(list_orders).route_layer(confirmed()).post(place),
+            get(list_orders)
+                .route_layer(confirmed())
+                .post(place)
+                .delete(cancel_by_client_order_id),
         )
         .route(
             paths::ORDER.pattern(),
@@ -379,6 +383,27 @@ async fn cancel_order(
     Ok(data(changed))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientOrderId {
+    client_order_id: String,
+}
+
+/// `DELETE /orders?client_order_id=`: cancels the user's open order with that client order id.
+async fn cancel_by_client_order_id(
+    State(state): State<AppState>,
+    Query(query): Query<ClientOrderId>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user =
+        user(&headers)?.ok_or_else(|| ApiError::bad_request(model::ANONYMOUS_CLIENT_ORDER_ID))?;
+    let changed = state
+        .replica
+        .cancel_by_client_order_id(&query.client_order_id, idempotency_key(&headers), user)
+        .await?;
+    Ok(data(changed))
+}
+
 /// Most items one page of a listing holds.
 pub const MAX_PAGE: usize = 1_000;
 /// Items a listing's page holds when the request does not say.
@@ -397,6 +422,8 @@ struct OrderFilter {
     user: Option<u64>,
     /// Only the order placed under this client `Idempotency-Key`, once committed.
     key: Option<String>,
+    /// Only orders with this client order id.
+    client_order_id: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -413,7 +440,9 @@ async fn list_orders(
         .as_deref()
         .map(|text| {
             Status::parse(text).ok_or_else(|| {
-                ApiError::bad_request("status must be open, partially_filled, filled or cancelled")
+                ApiError::bad_request(
+                    "status must be open, partially_filled, filled, cancelled, expired or rejected",
+                )
             })
         })
         .transpose()?;
@@ -445,6 +474,12 @@ async fn list_orders(
         let mut orders: Vec<OrderView> = book
             .orders(filter.name.as_deref(), status, before)
             .filter(|order| filter.user.is_none_or(|user| order.user == Some(user)))
+            .filter(|order| {
+                filter
+                    .client_order_id
+                    .as_deref()
+                    .is_none_or(|id| order.client_order_id.as_deref() == Some(id))
+            })
             .take(limit + 1)
             .map(|order| book.limit_view(&order))
             .collect();

@@ -12,6 +12,7 @@ use openraft::error::ClientWriteError;
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
 use stocknet_common::clock::now_millis;
+use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::wire::{
     ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, Members, NewLearner,
     NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard, Voters,
@@ -379,11 +380,19 @@ impl Replica {
             .terms
             .check(order.price)
             .map_err(OrderError::InvalidChange)?;
+        if let Some(id) = &order.client_order_id {
+            check_client_order_id(id, order.price).map_err(OrderError::InvalidChange)?;
+            if user.is_none() {
+                return Err(OrderError::InvalidChange(ANONYMOUS_CLIENT_ORDER_ID));
+            }
+        }
+        let client_order_id = order.client_order_id.clone();
         let command = Command::Place {
             side: order.side,
             quantity: order.quantity,
             limit: order.price,
             terms: order.terms,
+            client_order_id: order.client_order_id,
         };
         let number = self
             .submit(Submission {
@@ -408,6 +417,7 @@ impl Replica {
         let view = self.order_view(number)?;
         Ok(Placed {
             transaction_number: number,
+            client_order_id,
             status: view.status,
             filled_quantity: view.filled_quantity,
             remaining_quantity: view.remaining_quantity,
@@ -450,6 +460,31 @@ impl Replica {
     ) -> Result<Changed, OrderError> {
         self.change(target, Command::Cancel { target }, key, user)
             .await
+    }
+
+    /// Leader side: cancels `user`'s open order with client order id `id`. A retry under the
+    /// key of a cancel already logged gets that cancel's answer, whatever the order's state.
+    pub async fn cancel_by_client_order_id(
+        self: &Arc<Self>,
+        id: &str,
+        key: Option<String>,
+        user: u64,
+    ) -> Result<Changed, OrderError> {
+        let logged = match key.as_deref() {
+            Some(key) => self.log().number_for_key(key)?,
+            None => None,
+        };
+        let target = match logged.map(|number| self.get(number)).transpose()?.flatten() {
+            Some(Order {
+                command: Command::Cancel { target },
+                ..
+            }) => target,
+            _ => self
+                .book()
+                .open_by_client_order_id(user, id)
+                .ok_or_else(|| OrderError::ClientOrderIdNotOpen(id.to_owned()))?,
+        };
+        self.cancel(target, key, Some(user)).await
     }
 
     async fn change(

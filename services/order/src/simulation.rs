@@ -326,6 +326,7 @@ async fn simulate(seed: u64, steps: usize) {
                             price: None,
                             guard: None,
                             terms: Default::default(),
+                            client_order_id: None,
                         };
                         tokio::spawn(cluster.clone().client(order, choices.below(3)))
                     })
@@ -354,6 +355,7 @@ async fn simulate(seed: u64, steps: usize) {
                 price: None,
                 guard: None,
                 terms: Default::default(),
+                client_order_id: None,
             },
             0,
         )
@@ -420,6 +422,7 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
         price,
         guard: None,
         terms: Default::default(),
+        client_order_id: None,
     };
     // The steady state: the highest id leads (it would be handed the leadership otherwise).
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
@@ -472,6 +475,7 @@ async fn the_highest_replica_back_from_a_crash_is_handed_the_leadership() {
         price: None,
         guard: None,
         terms: Default::default(),
+        client_order_id: None,
     };
     cluster.led_by(3, Duration::from_secs(20)).await;
     cluster.stop_replica(3).await;

@@ -45,6 +45,7 @@ struct OrderImage {
     terms: Terms,
     /// When it expires (its terms say when for `gtd`, not for `day`).
     expires: Option<u64>,
+    client_order_id: Option<String>,
     trades: Vec<u64>,
     slot: u64,
 }
@@ -108,6 +109,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 removal: o.removal,
                 terms: o.terms(),
                 expires: o.expires.map(NonZeroU64::get),
+                client_order_id: o.client_order_id.as_deref().map(str::to_owned),
                 trades: o.trades.to_vec(),
                 slot: o.slot,
             })
@@ -184,6 +186,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         post_only: o.terms.post_only,
         self_trade: o.terms.self_trade,
         expires: o.expires.and_then(NonZeroU64::new),
+        client_order_id: o.client_order_id.map(Into::into),
         trades: o.trades.into(),
         slot: o.slot,
     });

@@ -33,7 +33,11 @@ pub(crate) fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(service::metrics))
         .routes(routes!(stocks::lookup))
         .routes(routes!(stocks::list_stocks))
-        .routes(routes!(orders::place_order, orders::list_orders))
+        .routes(routes!(
+            orders::place_order,
+            orders::list_orders,
+            orders::cancel_by_client_order_id
+        ))
         .routes(routes!(
             orders::query_order,
             orders::modify_order,

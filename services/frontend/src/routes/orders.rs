@@ -4,18 +4,19 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use stocknet_common::client::call;
 use stocknet_common::clock::parse_instant;
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::paths;
 use stocknet_common::wire::{
     Changed, NewOrder, OrderChange, OrderPage, OrderView, Placed, PriceGuard, CLIENT_KEY_PREFIX,
     IDEMPOTENCY_KEY, USER,
 };
-use stocknet_common::{data, Path, Price, SelfTrade, Side, Status, Terms, TimeInForce};
+use stocknet_common::{data, Path, Price, Query, SelfTrade, Side, Status, Terms, TimeInForce};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::credentials;
@@ -49,7 +50,7 @@ struct IdempotencyKey {
 }
 
 /// Fields a `POST /orders` body may have.
-const ORDER_FIELDS: [&str; 10] = [
+const ORDER_FIELDS: [&str; 11] = [
     "name",
     "quantity",
     "type",
@@ -60,6 +61,7 @@ const ORDER_FIELDS: [&str; 10] = [
     "expire_at",
     "post_only",
     "stp",
+    "client_order_id",
 ];
 
 /// A `POST /orders` body: the order, and the client's guard against a moved price, which the
@@ -113,6 +115,13 @@ struct PlaceOrder {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     stp: Option<SelfTrade>,
+    /// Your own id for a limit order (needs an API key): unique among your open orders (409,
+    /// reason `duplicate_client_order_id`, if not), shown with the order and in the audit
+    /// trail; find it with `GET /orders?user=&client_order_id=`, cancel it with
+    /// `DELETE /orders?client_order_id=`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    client_order_id: Option<String>,
 }
 
 impl PlaceOrder {
@@ -129,6 +138,7 @@ impl PlaceOrder {
                 max_deviation_bps: self.max_deviation_bps.unwrap_or(default_bps),
             }),
             terms,
+            client_order_id: self.client_order_id,
         }
     }
 
@@ -214,6 +224,10 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         Some(_) => return Err(bad("post_only must be true or false")),
     };
     let expire_at = fields.get("expire_at").map(validate_expiry).transpose()?;
+    let client_order_id = text("client_order_id")?
+        .map(|id| check_client_order_id(id, price).map(|()| id.to_owned()))
+        .transpose()
+        .map_err(bad)?;
     let order = PlaceOrder {
         name,
         quantity,
@@ -225,6 +239,7 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         expire_at,
         post_only,
         stp,
+        client_order_id,
     };
     // The same check the leader makes.
     order.terms().check(order.price).map_err(bad)?;
@@ -341,6 +356,9 @@ pub(crate) async fn place_order(
     let order = validate_order(&body)?.into_order(inner.price_tolerance_bps);
     fail_fast_without_catalog(&state)?;
     let user = credentials::caller(&state, &headers).await?;
+    if order.client_order_id.is_some() && user.is_none() {
+        return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
+    }
     let key = idempotency_key(&state, &headers)?;
     let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
     let placed: Placed = order_group::write(&state, &key, |leader| {
@@ -448,6 +466,62 @@ pub(crate) async fn cancel_order(
     change_on_leader(&state, &headers, number, None).await
 }
 
+/// The query of `DELETE /orders`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ClientOrderIdQuery {
+    /// The client_order_id the order was placed with.
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    client_order_id: String,
+}
+
+/// Cancels the caller's open limit order with this `client_order_id` (Binance's cancel by
+/// `origClientOrderId`).
+#[utoipa::path(delete, path = "/orders", operation_id = "cancel_order_by_client_order_id", tag = "orders",
+    params(ClientOrderIdQuery, IdempotencyKey),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<Changed>),
+        (status = 400, description = "No client_order_id, a malformed one, or another parameter", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or one that is malformed, unknown or wrong", body = ErrorEnvelope),
+        (status = 404, description = "None of the caller's open orders has this client_order_id", body = ErrorEnvelope),
+        (status = 409, description = "The order closed before the cancel reached it", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
+        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn cancel_by_client_order_id(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(ClientOrderIdQuery {
+        client_order_id: id,
+    }): Query<ClientOrderIdQuery>,
+) -> Result<Response, FrontendError> {
+    // (Any price: only the id's text is checked here.)
+    check_client_order_id(&id, Some(Price::from_cents(1)))
+        .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
+    fail_fast_without_catalog(&state)?;
+    let user = credentials::caller(&state, &headers)
+        .await?
+        .ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
+    let key = idempotency_key(&state, &headers)?;
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
+    let changed: Changed = order_group::write(&state, &key, |leader| {
+        let request = paths::ORDERS.url(&leader.url, &[]).map(|url| {
+            let request = state
+                .inner
+                .http
+                .delete(url)
+                .query(&[("client_order_id", id.as_str())])
+                .header(IDEMPOTENCY_KEY, logged_key.as_str());
+            for_user(request, Some(user))
+        });
+        async move { call::<Changed>(request?).await }
+    })
+    .await?;
+    Ok(data(changed))
+}
+
 /// Sends a modify (`change`) or a cancel (none) of order `number` to the leader, under the
 /// request's idempotency key.
 async fn change_on_leader(
@@ -484,6 +558,7 @@ async fn change_on_leader(
         ("status" = Option<Status>, Query, description = "Only orders in this state"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
         ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
+        ("client_order_id" = Option<String>, Query, description = "Only orders with this client_order_id (with user: that user's)", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]{1,19}$"),
     ),

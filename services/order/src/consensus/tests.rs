@@ -232,6 +232,7 @@ fn proposal(quantity: u32) -> Order {
             quantity,
             limit: Some(Price::from_cents(100)),
             terms: Default::default(),
+            client_order_id: None,
         },
     }
 }

@@ -10,7 +10,7 @@ use stocknet_common::{Price, Rejection, SelfTrade, TimeInForce};
 use super::Line;
 
 /// The columns of a line, in file order.
-pub const COLUMNS: [&str; 18] = [
+pub const COLUMNS: [&str; 19] = [
     "number",
     "term",
     "type",
@@ -29,6 +29,7 @@ pub const COLUMNS: [&str; 18] = [
     "expire_at",
     "post_only",
     "stp",
+    "client_order_id",
 ];
 
 // Where each column is in a record.
@@ -50,13 +51,15 @@ const TIME_IN_FORCE: usize = 14;
 const EXPIRE_AT: usize = 15;
 const POST_ONLY: usize = 16;
 const STP: usize = 17;
+const CLIENT_ORDER_ID: usize = 18;
 
-/// How many columns a log's lines have: all of them; or, in a log written before orders' terms,
-/// before request ids, before entries held several lines, before users and stamps, or before
-/// the order book, the first fourteen, thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
+/// How many columns a log's lines have: all of them; or, in a log written before client order
+/// ids, before orders' terms, before request ids, before entries held several lines, before
+/// users and stamps, or before the order book, the first eighteen, fourteen, thirteen, twelve,
+/// eight or six. Such a log is read as it is (without an entry column
 /// each of its lines is its own entry, see [`Line::alone`]) and new lines are appended in the
 /// current layout.
-const LAYOUTS: [usize; 6] = [COLUMNS.len(), 14, 13, 12, 8, 6];
+const LAYOUTS: [usize; 7] = [COLUMNS.len(), 18, 14, 13, 12, 8, 6];
 
 /// The header line of a log of `columns` columns.
 pub fn header_of(columns: usize) -> String {
@@ -110,6 +113,7 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[EXPIRE_AT] = text(fields.expire_at.map(|t| t.to_string()));
     record[POST_ONLY] = text(fields.post_only.then(|| "true".to_owned()));
     record[STP] = text(fields.stp.map(|s| s.as_str().to_owned()));
+    record[CLIENT_ORDER_ID] = text(fields.client_order_id);
     record
 }
 
@@ -159,6 +163,7 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
         stp: optional(STP)?
             .map(|s| SelfTrade::parse(s).ok_or_else(|| format!("stp: {s:?}")))
             .transpose()?,
+        client_order_id: optional(CLIENT_ORDER_ID)?.map(str::to_owned),
     };
     let order = stocknet_common::Order::try_from(fields)?;
     Ok(match parsed(optional(ENTRY)?, ENTRY)? {
@@ -212,6 +217,7 @@ mod tests {
                         post_only: true,
                         self_trade: SelfTrade::CancelOldest,
                     },
+                    client_order_id: Some("ladder-3".into()),
                 },
             },
         };
