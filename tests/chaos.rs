@@ -92,7 +92,11 @@ async fn client(
         let price = (price * 100.0).round() / 100.0;
         let roll = rng.below(10);
         let action = match (roll, limits.is_empty()) {
-            (0..=3, _) | (8.., true) => {
+            // One in four market orders goes to the book, the others to the house.
+            (0, _) => Action::Place(
+                json!({"name": name, "type": side, "quantity": quantity, "order_type": "market"}),
+            ),
+            (1..=3, _) | (8.., true) => {
                 Action::Place(json!({"name": name, "type": side, "quantity": quantity}))
             }
             (4..=7, _) => {
@@ -176,6 +180,12 @@ async fn client(
             Action::Place(mut body) => {
                 if body.get("price").is_some() {
                     limits.push((number, name.to_owned()));
+                }
+                // As the log records a market order on the book: the frontend's protection and
+                // its time in force.
+                if body.get("order_type").is_some() {
+                    body = json!({"name": name, "type": side, "quantity": quantity,
+                                  "protection_bps": 500, "time_in_force": "ioc"});
                 }
                 body["number"] = json!(number);
                 body["key"] = client_key;
@@ -387,6 +397,7 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     let market = |order: &&Value| {
         (order["type"] == "buy" || order["type"] == "sell")
             && order.get("price").is_none()
+            && order.get("protection_bps").is_none()
             && order.get("rejected").is_none()
     };
     for order in log.iter().filter(market) {

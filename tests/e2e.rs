@@ -1733,3 +1733,52 @@ async fn a_client_order_id_names_an_order_until_it_closes() {
         .collect();
     assert_eq!(ids, [&json!("ladder-1"), &json!("ladder-1")], "{audit}");
 }
+
+/// Issue 21, item 5: a market order against the book sweeps the offers within its protection
+/// (the frontend's 5% by default), cancels the rest and leaves the house alone; the seed's
+/// market order still trades with the house.
+#[tokio::test]
+async fn a_market_order_on_the_book_sweeps_within_its_protection() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let house = cluster.quantity(0, "FishCo").await;
+    for (quantity, price) in [(2, 10.0), (2, 10.4), (2, 11.0)] {
+        let body = json!({"name": "FishCo", "quantity": quantity, "type": "sell", "price": price});
+        let (status, reply) = cluster.post(&format!("{frontend}/orders"), &body).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    let market = json!({"name": "FishCo", "quantity": 5, "type": "buy", "order_type": "market"});
+    let (status, body) = cluster.post(&format!("{frontend}/orders"), &market).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["data"]["status"], &body["data"]["filled_quantity"]),
+        (&json!("cancelled"), &json!(4)),
+        "10.00 and 10.40 are within 5% of 10.00, 11.00 is not: {body}"
+    );
+    let number = body["data"]["transaction_number"].as_u64().unwrap();
+    let (_, body) = cluster.get(&format!("{frontend}/orders/{number}")).await;
+    assert_eq!(
+        (&body["data"]["order_type"], &body["data"]["price"]),
+        (&json!("market"), &json!(10.5)),
+        "{body}"
+    );
+    let (_, stock) = cluster.get(&format!("{frontend}/stocks/FishCo")).await;
+    assert_eq!(
+        (&stock["data"]["price"], stock["data"]["quantity"].as_u64()),
+        (&json!(10.4), Some(house)),
+        "the last trade's price; the house untouched: {stock}"
+    );
+    let sell = json!({"name": "FishCo", "quantity": 1, "type": "sell", "order_type": "market"});
+    let (status, body) = cluster.post(&format!("{frontend}/orders"), &sell).await;
+    assert_eq!(
+        (status, &body["error"]["reason"]),
+        (409, &json!("no_liquidity")),
+        "no bids: {body}"
+    );
+    let seed = json!({"name": "FishCo", "quantity": 1, "type": "buy"});
+    assert_eq!(
+        cluster.post(&format!("{frontend}/orders"), &seed).await.0,
+        200
+    );
+    assert_eq!(cluster.quantity(0, "FishCo").await, house - 1);
+}

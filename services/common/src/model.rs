@@ -283,6 +283,17 @@ pub enum Command {
         quantity: Option<u32>,
         price: Option<Price>,
     },
+    /// A market order against the book (the seed's market order, `Place` without a limit, trades
+    /// with the house): it takes the opposite side from its best price on, no further from that
+    /// price (when it executes) than `protection_bps`, as an `ioc` or `fok` order; what does not
+    /// fill is cancelled.
+    Sweep {
+        side: Side,
+        quantity: u32,
+        protection_bps: u32,
+        terms: Terms,
+        client_order_id: Option<String>,
+    },
     /// Cancels the open limit order `target`.
     Cancel { target: u64 },
     /// Written by the leader once an open order of the entry's stock has reached its expiry:
@@ -407,6 +418,18 @@ impl Terms {
         }
         if self.post_only && matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok) {
             return Err("a post_only order rests: time_in_force ioc or fok cannot go with it");
+        }
+        Ok(())
+    }
+
+    /// What is wrong with these terms on a market order against the book, if anything: it
+    /// trades now (`ioc`, or `fok`) and never rests.
+    pub fn check_market(&self) -> Result<(), &'static str> {
+        if !matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok)
+            || self.post_only
+            || self.expire_at.is_some()
+        {
+            return Err("a market order trades now: time_in_force ioc (its default) or fok, and no post_only or expire_at");
         }
         Ok(())
     }
@@ -564,6 +587,9 @@ pub struct EntryFields {
     pub stp: Option<SelfTrade>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<String>,
+    /// Set on a market order against the book: how far from the best price it may trade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_bps: Option<u32>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -586,6 +612,7 @@ impl Command {
                 limit,
                 ..
             } => (side.as_str(), Some(quantity), limit, None),
+            Command::Sweep { side, quantity, .. } => (side.as_str(), Some(quantity), None, None),
             Command::Modify {
                 target,
                 quantity,
@@ -602,13 +629,19 @@ impl Command {
 impl From<Order> for EntryFields {
     fn from(order: Order) -> Self {
         let (kind, quantity, price, target) = order.command.flat();
-        let (terms, client_order_id) = match &order.command {
+        let (terms, client_order_id, protection_bps) = match &order.command {
             Command::Place {
                 terms,
                 client_order_id,
                 ..
-            } => (*terms, client_order_id.clone()),
-            _ => (Terms::default(), None),
+            } => (*terms, client_order_id.clone(), None),
+            Command::Sweep {
+                terms,
+                client_order_id,
+                protection_bps,
+                ..
+            } => (*terms, client_order_id.clone(), Some(*protection_bps)),
+            _ => (Terms::default(), None, None),
         };
         // A membership entry names no stock: its field holds the configuration.
         let name = match order.command {
@@ -634,6 +667,7 @@ impl From<Order> for EntryFields {
             post_only: terms.post_only,
             stp: Some(terms.self_trade).filter(|s| *s != SelfTrade::CancelNewest),
             client_order_id,
+            protection_bps,
         }
     }
 }
@@ -649,13 +683,35 @@ impl TryFrom<EntryFields> for Order {
             post_only: fields.post_only,
             self_trade: fields.stp.unwrap_or_default(),
         };
-        if side.is_none() && (terms != Terms::default() || fields.client_order_id.is_some()) {
+        if side.is_none()
+            && (terms != Terms::default()
+                || fields.client_order_id.is_some()
+                || fields.protection_bps.is_some())
+        {
             return Err(format!(
                 "entry {}: only a new order has a time in force, protections or a client order id",
                 fields.number
             ));
         }
         let command = match (side, fields.kind.as_str(), fields.quantity, fields.target) {
+            (Some(side), _, Some(quantity), None) if fields.protection_bps.is_some() => {
+                let fail = |e: &str| format!("entry {}: {e}", fields.number);
+                if fields.price.is_some() {
+                    return Err(fail("a market order on the book has no price"));
+                }
+                terms.check_market().map_err(fail)?;
+                if let Some(id) = &fields.client_order_id {
+                    // (Any price: a market order may carry an id like a limit order.)
+                    check_client_order_id(id, Some(Price(1))).map_err(fail)?;
+                }
+                Command::Sweep {
+                    side,
+                    quantity,
+                    protection_bps: fields.protection_bps.unwrap_or_default(),
+                    terms,
+                    client_order_id: fields.client_order_id.take(),
+                }
+            }
             (Some(side), _, Some(quantity), None) => {
                 terms
                     .check(fields.price)
@@ -698,7 +754,9 @@ impl TryFrom<EntryFields> for Order {
                 ))
             }
         };
-        if fields.rejected.is_some() && !matches!(command, Command::Place { .. }) {
+        if fields.rejected.is_some()
+            && !matches!(command, Command::Place { .. } | Command::Sweep { .. })
+        {
             return Err(format!(
                 "entry {}: only a new order is refused by the leader",
                 fields.number
@@ -812,6 +870,16 @@ mod tests {
                 client_order_id: Some("grid-7".into()),
             },
             Command::Expire,
+            Command::Sweep {
+                side: Side::Buy,
+                quantity: 3,
+                protection_bps: 500,
+                terms: Terms {
+                    time_in_force: TimeInForce::Ioc,
+                    ..Terms::default()
+                },
+                client_order_id: Some("sweep-1".into()),
+            },
             Command::Modify {
                 target: 3,
                 quantity: None,
@@ -863,6 +931,9 @@ mod tests {
             r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"time_in_force":"ioc"}"#,
             r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"price":2,"expire_at":9}"#,
             r#"{"number":1,"term":1,"name":"A","type":"expire","quantity":1}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"protection_bps":5}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"price":2,"protection_bps":5,"time_in_force":"ioc"}"#,
+            r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"protection_bps":5}"#,
             r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"client_order_id":"x"}"#,
             r#"{"number":1,"term":1,"name":"A","type":"buy","quantity":1,"price":2,"client_order_id":"a b"}"#,
             r#"{"number":1,"term":1,"name":"A","type":"cancel","target":1,"client_order_id":"x"}"#,

@@ -198,6 +198,19 @@ pub struct NewOrder {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
     pub client_order_id: Option<String>,
+    /// Set on a market order against the book (no `price`): how far from the best price it
+    /// may trade, in basis points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub protection_bps: Option<u32>,
+}
+
+/// How an order on the book is priced: at its limit, or at the market within a protection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderType {
+    Limit,
+    Market,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -302,7 +315,7 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// Why it was refused: `insufficient_quantity`, `quantity_overflow`, `price_moved`,
     /// `not_open`, `not_a_limit_order`, `below_filled`, `would_not_fill`, `would_take_liquidity`,
-    /// `expiry_passed` or `duplicate_client_order_id`.
+    /// `expiry_passed`, `duplicate_client_order_id` or `no_liquidity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The `X-Request-Id` of the request that brought it: its log lines in the frontend, the
@@ -325,7 +338,7 @@ pub struct AuditQuery {
     /// `accepted`, `refused`, or a refusal's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(
-        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed|duplicate_client_order_id)$"
+        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed|duplicate_client_order_id|no_liquidity)$"
     )]
     pub outcome: Option<String>,
     /// From this time on (RFC 3339, or milliseconds since the epoch).
@@ -457,7 +470,12 @@ pub struct OrderView {
     #[serde(rename = "type")]
     pub side: Side,
     pub quantity: u32,
-    /// The limit price; absent for a market order.
+    /// `limit` or `market` for an order on the book; absent for a market order against the
+    /// house (the seed's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_type: Option<OrderType>,
+    /// The limit price (a book market order's: its protection limit, worked out as it
+    /// executed); absent for a market order against the house.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
     pub status: Status,

@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "STOCKNET_PRICE_TOLERANCE_BPS", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub price_tolerance_bps: u32,
+    /// How far (in basis points) from the best opposite price a market order on the book may
+    /// trade when it does not say (`protection_bps`): the rest is cancelled.
+    #[arg(long, env = "STOCKNET_MARKET_PROTECTION_BPS", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub market_protection_bps: u32,
     #[command(flatten)]
     pub secret: SecretArgs,
 }

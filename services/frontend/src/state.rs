@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) limits: Arc<limits::Limits>,
     /// Default tolerance of an order's `expected_price`.
     pub(crate) price_tolerance_bps: u32,
+    /// Default protection of a market order on the book.
+    pub(crate) market_protection_bps: u32,
     /// The last value seen of every stock (read, or pushed with an invalidation), served
     /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
     pub(crate) last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
@@ -158,6 +160,7 @@ impl AppState {
                 catalog_contact: Default::default(),
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 price_tolerance_bps: config.price_tolerance_bps,
+                market_protection_bps: config.market_protection_bps,
                 last_known: std::sync::Mutex::default(),
                 credentials: credentials::Credentials::default(),
                 metrics: Metrics {

@@ -174,6 +174,9 @@ fn record(entry: &Order, refusal: Option<Refusal>) -> AuditRecord {
         client_order_id: match &entry.command {
             Command::Place {
                 client_order_id, ..
+            }
+            | Command::Sweep {
+                client_order_id, ..
             } => client_order_id.clone(),
             _ => None,
         },

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use stocknet_common::clock::day_of;
 use stocknet_common::clock::rfc3339;
 use stocknet_common::wire::{
-    DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderView, Trade,
+    DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderType, OrderView,
+    Trade,
 };
 use stocknet_common::{
     Command, Order, Price, Rejection, SelfTrade, Side, Status, Terms, TimeInForce,
@@ -60,6 +61,8 @@ pub struct LimitOrder {
     pub expires: Option<NonZeroU64>,
     /// The id its user gave it.
     pub client_order_id: Option<Arc<str>>,
+    /// A market order against the book: `price` is its protection limit.
+    pub market: bool,
     /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
     /// they allocate nothing).
     pub trades: SmallVec<[u64; 2]>,
@@ -135,6 +138,8 @@ pub enum Refusal {
     ExpiryPassed { order: u64 },
     #[error("Order {order}: client_order_id is already open order {open}'s")]
     DuplicateClientOrderId { order: u64, open: u64 },
+    #[error("Order {order}: a market order, and the other side of the book is empty")]
+    NoLiquidity { order: u64 },
 }
 
 impl Refusal {
@@ -148,11 +153,12 @@ impl Refusal {
             Self::WouldTakeLiquidity { .. } => "would_take_liquidity",
             Self::ExpiryPassed { .. } => "expiry_passed",
             Self::DuplicateClientOrderId { .. } => "duplicate_client_order_id",
+            Self::NoLiquidity { .. } => "no_liquidity",
         }
     }
 
     /// Every reason, as [`reason`](Self::reason) names it.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "not_a_limit_order",
         "not_open",
         "below_filled",
@@ -160,6 +166,7 @@ impl Refusal {
         "would_take_liquidity",
         "expiry_passed",
         "duplicate_client_order_id",
+        "no_liquidity",
     ];
 }
 
@@ -568,21 +575,43 @@ impl Book {
     /// The public view of the order log entry `entry` places, as of now; `None` for a modify
     /// or cancel, or for a limit order not applied yet.
     pub fn view(&self, entry: &Order) -> Option<OrderView> {
-        let Command::Place {
-            side,
-            quantity,
-            limit,
-            terms,
-            ref client_order_id,
-        } = entry.command
-        else {
-            return None;
+        let (side, quantity, limit, terms, client_order_id, order_type) = match &entry.command {
+            Command::Place {
+                side,
+                quantity,
+                limit,
+                terms,
+                client_order_id,
+            } => (
+                *side,
+                *quantity,
+                *limit,
+                *terms,
+                client_order_id,
+                limit.map(|_| OrderType::Limit),
+            ),
+            Command::Sweep {
+                side,
+                quantity,
+                terms,
+                client_order_id,
+                ..
+            } => (
+                *side,
+                *quantity,
+                None,
+                *terms,
+                client_order_id,
+                Some(OrderType::Market),
+            ),
+            _ => return None,
         };
         let done = |status, filled_quantity| OrderView {
             number: entry.number,
             name: entry.name.clone(),
             side,
             quantity,
+            order_type,
             price: limit,
             status,
             filled_quantity,
@@ -594,10 +623,12 @@ impl Book {
             stp: None,
             client_order_id: client_order_id.clone(),
         };
-        match limit {
+        match order_type {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
+            // The house executed it.
             None => Some(done(Status::Filled, quantity)),
-            // Refused by the book (fill or kill, post-only, a passed expiry): it never rested.
+            // Refused by the book (fill or kill, post-only, a passed expiry, no liquidity...):
+            // it never rested.
             Some(_) if self.refusals.contains_key(&entry.number) => Some(OrderView {
                 time_in_force: Some(terms.time_in_force),
                 expire_at: terms.expire_at.map(rfc3339),
@@ -615,6 +646,11 @@ impl Book {
             name: order.name.to_string(),
             side: order.side,
             quantity: order.quantity,
+            order_type: Some(if order.market {
+                OrderType::Market
+            } else {
+                OrderType::Limit
+            }),
             price: Some(order.price),
             status: order.status(),
             filled_quantity: order.filled,
@@ -784,15 +820,15 @@ impl Book {
                 quantity,
                 limit: Some(price),
                 terms,
-                ref client_order_id,
-            } => self.place_limit(
-                entry,
+                ..
+            } => self.place_limit(entry, side, quantity, price, terms),
+            Command::Sweep {
                 side,
                 quantity,
-                price,
+                protection_bps,
                 terms,
-                client_order_id.as_deref(),
-            ),
+                ..
+            } => self.sweep(entry, side, quantity, protection_bps, terms),
             Command::Modify {
                 target,
                 quantity,
@@ -863,9 +899,17 @@ impl Book {
         quantity: u32,
         price: Price,
         terms: Terms,
-        client_order_id: Option<&str>,
     ) -> Result<u64, Refusal> {
         let number = entry.number;
+        let (client_order_id, market) = match &entry.command {
+            Command::Place {
+                client_order_id, ..
+            } => (client_order_id.as_deref(), false),
+            Command::Sweep {
+                client_order_id, ..
+            } => (client_order_id.as_deref(), true),
+            _ => (None, false),
+        };
         if let (Some(user), Some(id)) = (entry.user, client_order_id) {
             if let Some(&open) = self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
                 return Err(Refusal::DuplicateClientOrderId {
@@ -910,6 +954,7 @@ impl Book {
             self_trade: terms.self_trade,
             expires: expires.and_then(NonZeroU64::new),
             client_order_id: client_order_id.map(Arc::from),
+            market,
             trades: SmallVec::new(),
             slot: 0,
         };
@@ -932,6 +977,40 @@ impl Book {
             }
         }
         Ok(number)
+    }
+
+    /// Enters market order `entry` against the book: as an `ioc` or `fok` order whose limit is
+    /// the opposite side's best price now, moved `protection_bps` against it (rounded to the
+    /// cent towards the best price). Refused if that side is empty.
+    fn sweep(
+        &mut self,
+        entry: &Order,
+        side: Side,
+        quantity: u32,
+        protection_bps: u32,
+        terms: Terms,
+    ) -> Result<u64, Refusal> {
+        let number = entry.number;
+        let stock = self
+            .stock_place(&entry.name)
+            .map_err(|_| Refusal::NotFound(number))?;
+        let book = &self.stocks[stock as usize];
+        let best = match side {
+            Side::Buy => book.asks.first_key_value(),
+            Side::Sell => book.bids.last_key_value(),
+        };
+        let best = u128::from(
+            best.ok_or(Refusal::NoLiquidity { order: number })?
+                .0
+                .cents(),
+        );
+        let bps = u128::from(protection_bps.min(10_000));
+        let limit = match side {
+            Side::Buy => best * (10_000 + bps) / 10_000,
+            Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
+        };
+        let limit = u64::try_from(limit).map_or(Price::MAX, Price::from_cents);
+        self.place_limit(entry, side, quantity, limit.min(Price::MAX), terms)
     }
 
     /// Whether an order of `side` at `limit` would trade with the best of the opposite side
@@ -1540,6 +1619,48 @@ mod tests {
     }
 
     #[test]
+    fn a_market_order_sweeps_the_book_within_its_protection_and_cancels_the_rest() {
+        let sweep = |number, side, quantity, protection_bps| {
+            entry(
+                number,
+                Command::Sweep {
+                    side,
+                    quantity,
+                    protection_bps,
+                    terms: tif(TimeInForce::Ioc),
+                    client_order_id: None,
+                },
+            )
+        };
+        let mut book = book(&[]);
+        assert_eq!(
+            book.apply(&sweep(1, Side::Buy, 5, 500)),
+            Applied::Refused(Refusal::NoLiquidity { order: 1 })
+        );
+        book.apply(&entry(2, limit(Side::Sell, 2, 1000)));
+        book.apply(&entry(3, limit(Side::Sell, 2, 1050)));
+        book.apply(&entry(4, limit(Side::Sell, 2, 1051)));
+        // 5% above 10.00 is 10.50: the offers at 10.00 and 10.50 fill, the one at 10.51 not.
+        book.apply(&sweep(5, Side::Buy, 10, 500));
+        let order = book.order(5).unwrap();
+        assert_eq!(
+            (order.filled, order.status(), order.price, order.market),
+            (4, Status::Cancelled, Price::from_cents(1050), true)
+        );
+        assert_eq!(book.depth("A", 5).asks, [level(1051, 2, 1)]);
+        assert_eq!(
+            book.view(&sweep(5, Side::Buy, 10, 500)).unwrap().order_type,
+            Some(OrderType::Market)
+        );
+        // A sell's limit rounds up, towards the best bid: 1% below 9.99 is 9.8901, so 9.90.
+        book.apply(&entry(6, limit(Side::Buy, 1, 999)));
+        book.apply(&entry(7, limit(Side::Buy, 1, 989)));
+        book.apply(&sweep(8, Side::Sell, 3, 100));
+        let order = book.order(8).unwrap();
+        assert_eq!((order.filled, order.price), (1, Price::from_cents(990)));
+    }
+
+    #[test]
     fn a_client_order_id_is_unique_among_its_users_open_orders() {
         let with_id = |number, user, id: &str| Order {
             user: Some(user),
@@ -1863,6 +1984,56 @@ mod model_tests {
             }
         }
 
+        fn place(
+            &mut self,
+            entry: &Order,
+            side: Side,
+            quantity: u32,
+            price: u64,
+            terms: Terms,
+            client_order_id: Option<String>,
+        ) {
+            let (number, time) = (entry.number, entry.stamp.time);
+            let duplicate = client_order_id.is_some()
+                && entry.user.is_some()
+                && self
+                    .resting
+                    .iter()
+                    .any(|r| r.user == entry.user && r.client_order_id == client_order_id);
+            let order = Resting {
+                client_order_id,
+                number,
+                user: entry.user,
+                side,
+                price,
+                quantity,
+                filled: 0,
+                since: 0,
+                self_trade: terms.self_trade,
+                post_only: terms.post_only,
+                expires: terms.expiry(time),
+            };
+            let expired = order.expires.is_some_and(|at| at <= time);
+            let takes = self.best(&order).is_some();
+            let fills = || {
+                let mut trial = self.clone();
+                trial
+                    .orders
+                    .insert(number, (quantity, 0, false, side, price));
+                trial.enter(order.clone(), number, false);
+                trial.orders[&number].1 == quantity
+            };
+            let fok = terms.time_in_force == TimeInForce::Fok;
+            if duplicate || expired || (terms.post_only && takes) || (fok && !fills()) {
+                self.refused.insert(number);
+                return;
+            }
+            self.orders
+                .insert(number, (quantity, 0, false, side, price));
+            let rests = !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+            self.enter(order, number, rests);
+        }
+
         fn apply(&mut self, entry: &Order) {
             let number = entry.number;
             let time = entry.stamp.time;
@@ -1873,45 +2044,34 @@ mod model_tests {
                     limit: Some(price),
                     terms,
                     client_order_id,
+                } => self.place(entry, side, quantity, price.cents(), terms, client_order_id),
+                Command::Sweep {
+                    side,
+                    quantity,
+                    protection_bps,
+                    terms,
+                    client_order_id,
                 } => {
-                    let duplicate = client_order_id.is_some()
-                        && entry.user.is_some()
-                        && self
-                            .resting
-                            .iter()
-                            .any(|r| r.user == entry.user && r.client_order_id == client_order_id);
-                    let order = Resting {
-                        client_order_id,
-                        number,
-                        user: entry.user,
-                        side,
-                        price: price.cents(),
-                        quantity,
-                        filled: 0,
-                        since: 0,
-                        self_trade: terms.self_trade,
-                        post_only: terms.post_only,
-                        expires: terms.expiry(time),
+                    // The best opposite price, moved by the protection, to the cent towards it.
+                    let opposite = self
+                        .resting
+                        .iter()
+                        .filter(|r| r.side != side)
+                        .map(|r| r.price);
+                    let best = match side {
+                        Side::Buy => opposite.min(),
+                        Side::Sell => opposite.max(),
                     };
-                    let expired = order.expires.is_some_and(|at| at <= time);
-                    let takes = self.best(&order).is_some();
-                    let fills = || {
-                        let mut trial = self.clone();
-                        trial
-                            .orders
-                            .insert(number, (quantity, 0, false, side, price.cents()));
-                        trial.enter(order.clone(), number, false);
-                        trial.orders[&number].1 == quantity
-                    };
-                    let fok = terms.time_in_force == TimeInForce::Fok;
-                    if duplicate || expired || (terms.post_only && takes) || (fok && !fills()) {
+                    let Some(best) = best else {
                         self.refused.insert(number);
                         return;
-                    }
-                    self.orders
-                        .insert(number, (quantity, 0, false, side, price.cents()));
-                    let rests = !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
-                    self.enter(order, number, rests);
+                    };
+                    let bps = u64::from(protection_bps);
+                    let limit = match side {
+                        Side::Buy => best * (10_000 + bps) / 10_000,
+                        Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
+                    };
+                    self.place(entry, side, quantity, limit, terms, client_order_id);
                 }
                 Command::Place { limit: None, .. } | Command::Group(_) => {}
                 Command::Expire => {
@@ -2017,6 +2177,24 @@ mod model_tests {
                     client_order_id: id.map(|id| format!("c{id}")),
                 }),
             1 => Just(Command::Expire),
+            1 => (
+                side.clone(),
+                1u32..20,
+                0u32..300,
+                proptest::bool::ANY,
+                proptest::sample::select(SelfTrade::ALL.to_vec()),
+            )
+                .prop_map(|(side, quantity, protection_bps, fok, self_trade)| Command::Sweep {
+                    side,
+                    quantity,
+                    protection_bps,
+                    terms: Terms {
+                        time_in_force: if fok { TimeInForce::Fok } else { TimeInForce::Ioc },
+                        self_trade,
+                        ..Terms::default()
+                    },
+                    client_order_id: None,
+                }),
             1 => (side, 1u32..10).prop_map(|(side, quantity)| Command::Place {
                 side,
                 quantity,
@@ -2124,7 +2302,7 @@ mod model_tests {
             // A user's orders trade with each other only when the taker allowed it.
             let user = |number: u64| stamped(number, "A", Command::Expire).user;
             let stp = |number: u64| match commands[number as usize - 1] {
-                Command::Place { terms, .. } => terms.self_trade,
+                Command::Place { terms, .. } | Command::Sweep { terms, .. } => terms.self_trade,
                 _ => SelfTrade::CancelNewest,
             };
             for trade in book.trades(None, 0, usize::MAX) {

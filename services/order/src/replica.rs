@@ -376,23 +376,38 @@ impl Replica {
                 "quantity must be a positive integer",
             ));
         }
-        order
-            .terms
-            .check(order.price)
-            .map_err(OrderError::InvalidChange)?;
+        // A market order on the book is priced like a limit order for these checks.
+        let priced = order
+            .price
+            .or(order.protection_bps.map(|_| Price::from_cents(1)));
+        match order.protection_bps {
+            Some(_) if order.price.is_some() => Err("a market order on the book has no price"),
+            Some(_) => order.terms.check_market(),
+            None => order.terms.check(order.price),
+        }
+        .map_err(OrderError::InvalidChange)?;
         if let Some(id) = &order.client_order_id {
-            check_client_order_id(id, order.price).map_err(OrderError::InvalidChange)?;
+            check_client_order_id(id, priced).map_err(OrderError::InvalidChange)?;
             if user.is_none() {
                 return Err(OrderError::InvalidChange(ANONYMOUS_CLIENT_ORDER_ID));
             }
         }
         let client_order_id = order.client_order_id.clone();
-        let command = Command::Place {
-            side: order.side,
-            quantity: order.quantity,
-            limit: order.price,
-            terms: order.terms,
-            client_order_id: order.client_order_id,
+        let command = match order.protection_bps {
+            Some(protection_bps) => Command::Sweep {
+                side: order.side,
+                quantity: order.quantity,
+                protection_bps,
+                terms: order.terms,
+                client_order_id: order.client_order_id,
+            },
+            None => Command::Place {
+                side: order.side,
+                quantity: order.quantity,
+                limit: order.price,
+                terms: order.terms,
+                client_order_id: order.client_order_id,
+            },
         };
         let number = self
             .submit(Submission {
@@ -522,7 +537,9 @@ impl Replica {
         let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
         match book.view(&entry) {
             Some(view) => Ok(view),
-            None if matches!(entry.command, Command::Place { .. }) => Err(OrderError::NotReady),
+            None if matches!(entry.command, Command::Place { .. } | Command::Sweep { .. }) => {
+                Err(OrderError::NotReady)
+            }
             None => Err(OrderError::NotAnOrder(number)),
         }
     }

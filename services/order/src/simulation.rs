@@ -327,6 +327,7 @@ async fn simulate(seed: u64, steps: usize) {
                             guard: None,
                             terms: Default::default(),
                             client_order_id: None,
+                            protection_bps: None,
                         };
                         tokio::spawn(cluster.clone().client(order, choices.below(3)))
                     })
@@ -356,6 +357,7 @@ async fn simulate(seed: u64, steps: usize) {
                 guard: None,
                 terms: Default::default(),
                 client_order_id: None,
+                protection_bps: None,
             },
             0,
         )
@@ -423,6 +425,7 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
         guard: None,
         terms: Default::default(),
         client_order_id: None,
+        protection_bps: None,
     };
     // The steady state: the highest id leads (it would be handed the leadership otherwise).
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
@@ -476,6 +479,7 @@ async fn the_highest_replica_back_from_a_crash_is_handed_the_leadership() {
         guard: None,
         terms: Default::default(),
         client_order_id: None,
+        protection_bps: None,
     };
     cluster.led_by(3, Duration::from_secs(20)).await;
     cluster.stop_replica(3).await;

@@ -46,6 +46,7 @@ struct OrderImage {
     /// When it expires (its terms say when for `gtd`, not for `day`).
     expires: Option<u64>,
     client_order_id: Option<String>,
+    market: bool,
     trades: Vec<u64>,
     slot: u64,
 }
@@ -110,6 +111,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 terms: o.terms(),
                 expires: o.expires.map(NonZeroU64::get),
                 client_order_id: o.client_order_id.as_deref().map(str::to_owned),
+                market: o.market,
                 trades: o.trades.to_vec(),
                 slot: o.slot,
             })
@@ -187,6 +189,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         self_trade: o.terms.self_trade,
         expires: o.expires.and_then(NonZeroU64::new),
         client_order_id: o.client_order_id.map(Into::into),
+        market: o.market,
         trades: o.trades.into(),
         slot: o.slot,
     });

@@ -13,8 +13,8 @@ use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, 
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    Changed, NewOrder, OrderChange, OrderPage, OrderView, Placed, PriceGuard, CLIENT_KEY_PREFIX,
-    IDEMPOTENCY_KEY, USER,
+    Changed, NewOrder, OrderChange, OrderPage, OrderType, OrderView, Placed, PriceGuard,
+    CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
 };
 use stocknet_common::{data, Path, Price, Query, SelfTrade, Side, Status, Terms, TimeInForce};
 use utoipa::{IntoParams, ToSchema};
@@ -50,7 +50,7 @@ struct IdempotencyKey {
 }
 
 /// Fields a `POST /orders` body may have.
-const ORDER_FIELDS: [&str; 11] = [
+const ORDER_FIELDS: [&str; 13] = [
     "name",
     "quantity",
     "type",
@@ -62,6 +62,8 @@ const ORDER_FIELDS: [&str; 11] = [
     "post_only",
     "stp",
     "client_order_id",
+    "order_type",
+    "protection_bps",
 ];
 
 /// A `POST /orders` body: the order, and the client's guard against a moved price, which the
@@ -80,10 +82,23 @@ struct PlaceOrder {
     quantity: u32,
     #[serde(rename = "type")]
     side: Side,
-    /// Limit price; without one the order is a market order against the catalog.
+    /// Limit price; without one (and without `order_type`) the order is a market order against
+    /// the house inventory, as in the seed API.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     price: Option<Price>,
+    /// `limit` (needs `price`) or `market`: a market order against the book (no `price`), which
+    /// takes the opposite side from its best price on, within `protection_bps`, as an `ioc`
+    /// (default) or `fok` order; what does not fill is cancelled (409 `no_liquidity` if that
+    /// side is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    order_type: Option<OrderType>,
+    /// How far from the best opposite price a market order on the book may trade, in basis
+    /// points (0–10000); the frontend's default (500: 5%) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 10000, nullable = false)]
+    protection_bps: Option<u32>,
     /// Refuse the order (409, reason `price_moved`) if the stock's price is further than the
     /// tolerance from this.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,9 +140,12 @@ struct PlaceOrder {
 }
 
 impl PlaceOrder {
-    /// The order for the leader; a guard without its own tolerance gets `default_bps`.
-    fn into_order(self, default_bps: u32) -> NewOrder {
+    /// The order for the leader; a guard without its own tolerance gets `default_bps`, a market
+    /// order on the book without its own protection `default_protection_bps`.
+    fn into_order(self, default_bps: u32, default_protection_bps: u32) -> NewOrder {
         let terms = self.terms();
+        let protection_bps = (self.order_type == Some(OrderType::Market))
+            .then(|| self.protection_bps.unwrap_or(default_protection_bps));
         NewOrder {
             name: self.name,
             quantity: self.quantity,
@@ -139,12 +157,18 @@ impl PlaceOrder {
             }),
             terms,
             client_order_id: self.client_order_id,
+            protection_bps,
         }
     }
 
     fn terms(&self) -> Terms {
+        let market = self.order_type == Some(OrderType::Market);
         Terms {
-            time_in_force: self.time_in_force.unwrap_or_default(),
+            time_in_force: self.time_in_force.unwrap_or(if market {
+                TimeInForce::Ioc
+            } else {
+                TimeInForce::Gtc
+            }),
             expire_at: self.expire_at,
             post_only: self.post_only.unwrap_or(false),
             self_trade: self.stp.unwrap_or_default(),
@@ -224,8 +248,40 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         Some(_) => return Err(bad("post_only must be true or false")),
     };
     let expire_at = fields.get("expire_at").map(validate_expiry).transpose()?;
+    let order_type = text("order_type")?
+        .map(|t| match t {
+            "limit" => Ok(OrderType::Limit),
+            "market" => Ok(OrderType::Market),
+            _ => Err(bad("order_type must be limit or market")),
+        })
+        .transpose()?;
+    let protection_bps = match fields.get("protection_bps") {
+        None => None,
+        Some(value) => Some(
+            whole_number(value)
+                .and_then(|bps| u32::try_from(bps).ok())
+                .filter(|bps| *bps <= MAX_DEVIATION_BPS)
+                .ok_or_else(|| {
+                    bad("protection_bps must be a whole number of basis points, 0 to 10000")
+                })?,
+        ),
+    };
+    match (order_type, price) {
+        (Some(OrderType::Limit), None) => return Err(bad("order_type limit needs a price")),
+        (Some(OrderType::Market), Some(_)) => {
+            return Err(bad(
+                "a market order (order_type market) has no price: protection_bps bounds it",
+            ))
+        }
+        _ => {}
+    }
+    if protection_bps.is_some() && order_type != Some(OrderType::Market) {
+        return Err(bad("protection_bps needs order_type market"));
+    }
+    // A market order on the book may carry a client order id like a limit order.
+    let priced = price.or((order_type == Some(OrderType::Market)).then(|| Price::from_cents(1)));
     let client_order_id = text("client_order_id")?
-        .map(|id| check_client_order_id(id, price).map(|()| id.to_owned()))
+        .map(|id| check_client_order_id(id, priced).map(|()| id.to_owned()))
         .transpose()
         .map_err(bad)?;
     let order = PlaceOrder {
@@ -240,9 +296,15 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         post_only,
         stp,
         client_order_id,
+        order_type,
+        protection_bps,
     };
-    // The same check the leader makes.
-    order.terms().check(order.price).map_err(bad)?;
+    // The same checks the leader makes.
+    match order_type {
+        Some(OrderType::Market) => order.terms().check_market(),
+        _ => order.terms().check(order.price),
+    }
+    .map_err(bad)?;
     Ok(order)
 }
 
@@ -353,7 +415,8 @@ pub(crate) async fn place_order(
     RawBody(body): RawBody,
 ) -> Result<Response, FrontendError> {
     let inner = &state.inner;
-    let order = validate_order(&body)?.into_order(inner.price_tolerance_bps);
+    let order =
+        validate_order(&body)?.into_order(inner.price_tolerance_bps, inner.market_protection_bps);
     fail_fast_without_catalog(&state)?;
     let user = credentials::caller(&state, &headers).await?;
     if order.client_order_id.is_some() && user.is_none() {
@@ -641,7 +704,7 @@ mod terms_tests {
     #[test]
     fn terms_are_validated_and_sent_to_the_leader() {
         let body = br#"{"name":"A","quantity":1,"type":"buy","price":10,"time_in_force":"gtd","expire_at":"2100-01-01T00:00:00Z","post_only":true,"stp":"cancel_both"}"#;
-        let order = validate_order(body).unwrap().into_order(200);
+        let order = validate_order(body).unwrap().into_order(200, 500);
         assert_eq!(
             order.terms,
             Terms {
@@ -652,17 +715,17 @@ mod terms_tests {
             }
         );
         let body = br#"{"name":"A","quantity":1,"type":"buy","price":10,"time_in_force":"gtd","expire_at":4102444800000}"#;
-        let order = validate_order(body).unwrap().into_order(200);
+        let order = validate_order(body).unwrap().into_order(200, 500);
         assert_eq!(order.terms.expire_at, Some(4_102_444_800_000));
         let body = br#"{"name":"A","quantity":1,"type":"sell","price":10,"time_in_force":"ioc","stp":"none"}"#;
-        let terms = validate_order(body).unwrap().into_order(200).terms;
+        let terms = validate_order(body).unwrap().into_order(200, 500).terms;
         assert_eq!(
             (terms.time_in_force, terms.self_trade),
             (TimeInForce::Ioc, SelfTrade::None)
         );
         let plain = br#"{"name":"A","quantity":1,"type":"buy","price":10}"#;
         assert_eq!(
-            validate_order(plain).unwrap().into_order(200).terms,
+            validate_order(plain).unwrap().into_order(200, 500).terms,
             Terms::default()
         );
 
@@ -709,6 +772,43 @@ mod terms_tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+        // A market order on the book: ioc by default, the frontend's protection unless it
+        // names its own, and none of a resting order's terms.
+        let market = br#"{"name":"A","quantity":3,"type":"buy","order_type":"market"}"#;
+        let order = validate_order(market).unwrap().into_order(200, 500);
+        assert_eq!(
+            (order.price, order.protection_bps, order.terms.time_in_force),
+            (None, Some(500), TimeInForce::Ioc)
+        );
+        let market = br#"{"name":"A","quantity":3,"type":"sell","order_type":"market","protection_bps":50,"time_in_force":"fok","client_order_id":"m-1"}"#;
+        let order = validate_order(market).unwrap().into_order(200, 500);
+        assert_eq!(
+            (order.protection_bps, order.terms.time_in_force),
+            (Some(50), TimeInForce::Fok)
+        );
+        let limit = br#"{"name":"A","quantity":3,"type":"sell","order_type":"limit","price":9}"#;
+        assert_eq!(
+            validate_order(limit)
+                .unwrap()
+                .into_order(200, 500)
+                .protection_bps,
+            None
+        );
+        for (fields, message) in [
+            (r#""order_type":"stop""#, "order_type must be limit or market"),
+            (r#""order_type":"limit""#, "order_type limit needs a price"),
+            (r#""order_type":"market","price":5"#, "a market order (order_type market) has no price: protection_bps bounds it"),
+            (r#""protection_bps":5"#, "protection_bps needs order_type market"),
+            (r#""order_type":"market","protection_bps":10001"#, "protection_bps must be a whole number of basis points, 0 to 10000"),
+            (r#""order_type":"market","time_in_force":"gtc""#, "a market order trades now: time_in_force ioc (its default) or fok, and no post_only or expire_at"),
+            (r#""order_type":"market","post_only":true"#, "a market order trades now: time_in_force ioc (its default) or fok, and no post_only or expire_at"),
+        ] {
+            let body = format!(r#"{{"name":"A","quantity":1,"type":"buy",{fields}}}"#);
+            match validate_order(body.as_bytes()) {
+                Err(FrontendError::BadRequest(got)) => assert_eq!(got, message, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
         // A market order (no price) takes no terms.
         let market = br#"{"name":"A","quantity":1,"type":"buy","time_in_force":"ioc"}"#;
         assert!(matches!(
@@ -725,7 +825,7 @@ mod price_check_tests {
     #[test]
     fn the_guard_is_validated_and_sent_with_the_default_tolerance_filled_in() {
         let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99,"max_deviation_bps":50}"#;
-        let order = validate_order(body).unwrap().into_order(200);
+        let order = validate_order(body).unwrap().into_order(200, 500);
         assert_eq!(order.price, None);
         let guard = |bps| {
             Some(PriceGuard {
@@ -736,11 +836,14 @@ mod price_check_tests {
         assert_eq!(order.guard, guard(50));
         let body = br#"{"name":"A","quantity":1,"type":"buy","expected_price":15.99}"#;
         assert_eq!(
-            validate_order(body).unwrap().into_order(200).guard,
+            validate_order(body).unwrap().into_order(200, 500).guard,
             guard(200)
         );
         let body = br#"{"name":"A","quantity":1,"type":"buy"}"#;
-        assert_eq!(validate_order(body).unwrap().into_order(200).guard, None);
+        assert_eq!(
+            validate_order(body).unwrap().into_order(200, 500).guard,
+            None
+        );
         for (body, message) in [
             (
                 r#"{"name":"A","quantity":1,"type":"buy","max_deviation_bps":50}"#,

@@ -10,7 +10,7 @@ use stocknet_common::{Price, Rejection, SelfTrade, TimeInForce};
 use super::Line;
 
 /// The columns of a line, in file order.
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 20] = [
     "number",
     "term",
     "type",
@@ -30,6 +30,7 @@ pub const COLUMNS: [&str; 19] = [
     "post_only",
     "stp",
     "client_order_id",
+    "protection_bps",
 ];
 
 // Where each column is in a record.
@@ -52,14 +53,15 @@ const EXPIRE_AT: usize = 15;
 const POST_ONLY: usize = 16;
 const STP: usize = 17;
 const CLIENT_ORDER_ID: usize = 18;
+const PROTECTION_BPS: usize = 19;
 
-/// How many columns a log's lines have: all of them; or, in a log written before client order
-/// ids, before orders' terms, before request ids, before entries held several lines, before
-/// users and stamps, or before the order book, the first eighteen, fourteen, thirteen, twelve,
-/// eight or six. Such a log is read as it is (without an entry column
+/// How many columns a log's lines have: all of them; or, in a log written before market orders
+/// on the book, before client order ids, before orders' terms, before request ids, before entries held several lines, before
+/// users and stamps, or before the order book, the first nineteen, eighteen, fourteen,
+/// thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
 /// each of its lines is its own entry, see [`Line::alone`]) and new lines are appended in the
 /// current layout.
-const LAYOUTS: [usize; 7] = [COLUMNS.len(), 18, 14, 13, 12, 8, 6];
+const LAYOUTS: [usize; 8] = [COLUMNS.len(), 19, 18, 14, 13, 12, 8, 6];
 
 /// The header line of a log of `columns` columns.
 pub fn header_of(columns: usize) -> String {
@@ -114,6 +116,7 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[POST_ONLY] = text(fields.post_only.then(|| "true".to_owned()));
     record[STP] = text(fields.stp.map(|s| s.as_str().to_owned()));
     record[CLIENT_ORDER_ID] = text(fields.client_order_id);
+    record[PROTECTION_BPS] = text(fields.protection_bps.map(|bps| bps.to_string()));
     record
 }
 
@@ -164,6 +167,7 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
             .map(|s| SelfTrade::parse(s).ok_or_else(|| format!("stp: {s:?}")))
             .transpose()?,
         client_order_id: optional(CLIENT_ORDER_ID)?.map(str::to_owned),
+        protection_bps: parsed(optional(PROTECTION_BPS)?, PROTECTION_BPS)?,
     };
     let order = stocknet_common::Order::try_from(fields)?;
     Ok(match parsed(optional(ENTRY)?, ENTRY)? {
