@@ -105,7 +105,7 @@ async fn client(
                 // A third of them with terms other than the default (only what differs from
                 // it, as the log records it).
                 if rng.below(3) == 0 {
-                    let terms = random_terms(&mut rng);
+                    let terms = random_terms(&mut rng, quantity);
                     if let (Some(body), Some(terms)) = (body.as_object_mut(), terms.as_object()) {
                         body.extend(terms.clone());
                     }
@@ -217,9 +217,10 @@ async fn client(
 }
 
 /// A limit order's terms: `ioc`, `fok`, `day`, `gtd` (expiring within a second), post-only,
-/// or a self-trade prevention other than the default.
-fn random_terms(rng: &mut Rng) -> Value {
-    match rng.below(7) {
+/// a self-trade prevention other than the default, or (of more than one share) an iceberg.
+fn random_terms(rng: &mut Rng, quantity: u64) -> Value {
+    match rng.below(8) {
+        7 if quantity > 1 => json!({"display_quantity": 1}),
         0 => json!({"time_in_force": "ioc"}),
         1 => json!({"time_in_force": "fok"}),
         2 => json!({"time_in_force": "day"}),

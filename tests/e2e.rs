@@ -1782,3 +1782,50 @@ async fn a_market_order_on_the_book_sweeps_within_its_protection() {
     );
     assert_eq!(cluster.quantity(0, "FishCo").await, house - 1);
 }
+
+/// Issue 21, item 4: an iceberg shows only its slice on the book, and refills it at the back
+/// of its level.
+#[tokio::test]
+async fn an_iceberg_shows_its_slice_and_refills_behind_the_level() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let orders = format!("{frontend}/orders");
+    let iceberg = json!({"name": "BoarCo", "quantity": 10, "type": "sell", "price": 20.0,
+                         "display_quantity": 3});
+    let (status, body) = cluster.post(&orders, &iceberg).await;
+    assert_eq!(status, 200, "{body}");
+    let number = body["data"]["transaction_number"].as_u64().unwrap();
+    let plain = json!({"name": "BoarCo", "quantity": 2, "type": "sell", "price": 20.0});
+    let plain = cluster.post(&orders, &plain).await.1["data"]["transaction_number"].clone();
+    let (_, book) = cluster.get(&format!("{frontend}/book/BoarCo")).await;
+    assert_eq!(
+        book["data"]["asks"],
+        json!([{"price": 20.0, "quantity": 5, "orders": 2}]),
+        "3 of the iceberg's 10 show: {book}"
+    );
+    let buy = json!({"name": "BoarCo", "quantity": 4, "type": "buy", "price": 20.0});
+    let (_, body) = cluster.post(&orders, &buy).await;
+    let buyer = body["data"]["transaction_number"].as_u64().unwrap();
+    let (_, trades) = cluster.get(&format!("{frontend}/trades?name=BoarCo")).await;
+    let sellers: Vec<(Value, Value)> = trades["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["buy_order"] == buyer)
+        .map(|t| (t["sell_order"].clone(), t["quantity"].clone()))
+        .collect();
+    assert_eq!(
+        sellers,
+        [(json!(number), json!(3)), (plain, json!(1))],
+        "the slice, then the order that was behind it: {trades}"
+    );
+    let (_, order) = cluster.get(&format!("{frontend}/orders/{number}")).await;
+    assert_eq!(
+        (
+            &order["data"]["display_quantity"],
+            &order["data"]["remaining_quantity"]
+        ),
+        (&json!(3), &json!(7)),
+        "{order}"
+    );
+}

@@ -400,12 +400,15 @@ pub struct Terms {
     pub post_only: bool,
     #[serde(rename = "stp")]
     pub self_trade: SelfTrade,
+    /// An iceberg order's visible part: only this much shows on the book at a time.
+    pub display_quantity: Option<u32>,
 }
 
 impl Terms {
-    /// What is wrong with these terms on an order with limit price `limit` (none: a market
-    /// order, which takes no terms), if anything. The frontend and the leader both check.
-    pub fn check(&self, limit: Option<Price>) -> Result<(), &'static str> {
+    /// What is wrong with these terms on an order of `quantity` with limit price `limit` (none:
+    /// a market order, which takes no terms), if anything. The frontend and the leader both
+    /// check.
+    pub fn check(&self, limit: Option<Price>, quantity: u32) -> Result<(), &'static str> {
         if limit.is_none() && *self != Terms::default() {
             return Err(
                 "time_in_force, expire_at, post_only and stp apply to limit orders: give a price",
@@ -416,10 +419,19 @@ impl Terms {
             (TimeInForce::Gtd, Some(_)) | (_, None) => {}
             (_, Some(_)) => return Err("expire_at needs time_in_force gtd"),
         }
-        if self.post_only && matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok) {
+        let now_only = matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+        if self.post_only && now_only {
             return Err("a post_only order rests: time_in_force ioc or fok cannot go with it");
         }
-        Ok(())
+        match self.display_quantity {
+            Some(_) if now_only => Err(
+                "an iceberg (display_quantity) rests: time_in_force ioc or fok cannot go with it",
+            ),
+            Some(display) if display == 0 || display >= quantity => {
+                Err("display_quantity must be at least 1 and below quantity")
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What is wrong with these terms on a market order against the book, if anything: it
@@ -428,8 +440,9 @@ impl Terms {
         if !matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok)
             || self.post_only
             || self.expire_at.is_some()
+            || self.display_quantity.is_some()
         {
-            return Err("a market order trades now: time_in_force ioc (its default) or fok, and no post_only or expire_at");
+            return Err("a market order trades now: time_in_force ioc (its default) or fok, and no post_only, expire_at or display_quantity");
         }
         Ok(())
     }
@@ -590,6 +603,8 @@ pub struct EntryFields {
     /// Set on a market order against the book: how far from the best price it may trade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection_bps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_quantity: Option<u32>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -668,6 +683,7 @@ impl From<Order> for EntryFields {
             stp: Some(terms.self_trade).filter(|s| *s != SelfTrade::CancelNewest),
             client_order_id,
             protection_bps,
+            display_quantity: terms.display_quantity,
         }
     }
 }
@@ -682,6 +698,7 @@ impl TryFrom<EntryFields> for Order {
             expire_at: fields.expire_at,
             post_only: fields.post_only,
             self_trade: fields.stp.unwrap_or_default(),
+            display_quantity: fields.display_quantity,
         };
         if side.is_none()
             && (terms != Terms::default()
@@ -714,7 +731,7 @@ impl TryFrom<EntryFields> for Order {
             }
             (Some(side), _, Some(quantity), None) => {
                 terms
-                    .check(fields.price)
+                    .check(fields.price, quantity)
                     .map_err(|e| format!("entry {}: {e}", fields.number))?;
                 if let Some(id) = &fields.client_order_id {
                     check_client_order_id(id, fields.price)
@@ -809,17 +826,35 @@ mod tests {
             time_in_force,
             expire_at,
             post_only,
-            self_trade: SelfTrade::CancelNewest,
+            ..Terms::default()
         };
-        assert_eq!(Terms::default().check(None), Ok(()));
-        assert!(terms(TimeInForce::Ioc, None, false).check(None).is_err());
-        assert_eq!(terms(TimeInForce::Ioc, None, false).check(limit), Ok(()));
-        assert!(terms(TimeInForce::Gtd, None, false).check(limit).is_err());
-        assert!(terms(TimeInForce::Day, Some(5), false)
-            .check(limit)
+        assert_eq!(Terms::default().check(None, 5), Ok(()));
+        assert!(terms(TimeInForce::Ioc, None, false).check(None, 5).is_err());
+        assert_eq!(terms(TimeInForce::Ioc, None, false).check(limit, 5), Ok(()));
+        assert!(terms(TimeInForce::Gtd, None, false)
+            .check(limit, 5)
             .is_err());
-        assert_eq!(terms(TimeInForce::Gtd, Some(5), true).check(limit), Ok(()));
-        assert!(terms(TimeInForce::Fok, None, true).check(limit).is_err());
+        assert!(terms(TimeInForce::Day, Some(5), false)
+            .check(limit, 5)
+            .is_err());
+        assert_eq!(
+            terms(TimeInForce::Gtd, Some(5), true).check(limit, 5),
+            Ok(())
+        );
+        assert!(terms(TimeInForce::Fok, None, true).check(limit, 5).is_err());
+        let iceberg = |time_in_force, display| Terms {
+            time_in_force,
+            display_quantity: Some(display),
+            ..Terms::default()
+        };
+        assert_eq!(iceberg(TimeInForce::Gtc, 2).check(limit, 5), Ok(()));
+        for bad in [
+            iceberg(TimeInForce::Gtc, 0),
+            iceberg(TimeInForce::Gtc, 5),
+            iceberg(TimeInForce::Ioc, 2),
+        ] {
+            assert!(bad.check(limit, 5).is_err(), "{bad:?}");
+        }
 
         let day = 86_400_000;
         let placed = 20_000 * day + 5;
@@ -866,6 +901,7 @@ mod tests {
                     expire_at: Some(1_800_000_060_000),
                     post_only: true,
                     self_trade: SelfTrade::CancelBoth,
+                    display_quantity: Some(2),
                 },
                 client_order_id: Some("grid-7".into()),
             },

@@ -498,6 +498,9 @@ pub struct OrderView {
     /// The id its user gave it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<String>,
+    /// An iceberg's visible part: only this much of it shows on the book at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_quantity: Option<u32>,
 }
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.

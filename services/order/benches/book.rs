@@ -32,6 +32,7 @@ const TERMS: Terms = Terms {
     expire_at: None,
     post_only: false,
     self_trade: SelfTrade::None,
+    display_quantity: None,
 };
 
 struct Random(u64);

@@ -63,6 +63,10 @@ pub struct LimitOrder {
     pub client_order_id: Option<Arc<str>>,
     /// A market order against the book: `price` is its protection limit.
     pub market: bool,
+    /// An iceberg's visible part (0: not an iceberg), and how much of its current slice is
+    /// still unfilled.
+    pub display: u32,
+    pub shown: u32,
     /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
     /// they allocate nothing).
     pub trades: SmallVec<[u64; 2]>,
@@ -90,6 +94,7 @@ impl LimitOrder {
                 .map(NonZeroU64::get),
             post_only: self.post_only,
             self_trade: self.self_trade,
+            display_quantity: (self.display > 0).then_some(self.display),
         }
     }
 
@@ -222,11 +227,23 @@ struct Live {
     user: Option<u64>,
     self_trade: SelfTrade,
     post_only: bool,
+    /// An iceberg's visible part (0: not an iceberg), and what of its current slice is unfilled.
+    display: u32,
+    shown: u32,
 }
 
 impl Live {
     fn remaining(&self) -> u32 {
         self.quantity - self.filled
+    }
+
+    /// What of it shows on the book: all that remains, or an iceberg's current slice.
+    fn visible(&self) -> u32 {
+        if self.display == 0 {
+            self.remaining()
+        } else {
+            self.shown
+        }
     }
 }
 
@@ -410,7 +427,7 @@ impl Book {
                 .entry(order.price)
                 .or_default();
             level.queue.push_back((live, slot));
-            level.total += u64::from(order.remaining());
+            level.total += u64::from(order.visible());
             level.live += 1;
         }
         Ok(book)
@@ -433,7 +450,7 @@ impl Book {
         if let Some(&at) = self.places.get(&record.number) {
             let live = &self.live[at as usize];
             (order.price, order.quantity, order.filled) = (live.price, live.quantity, live.filled);
-            order.slot = live.slot;
+            (order.slot, order.shown) = (live.slot, live.shown);
         }
         order
     }
@@ -466,6 +483,8 @@ impl Book {
             user: order.user,
             self_trade: order.self_trade,
             post_only: order.post_only,
+            display: order.display,
+            shown: order.shown,
         });
         self.orders.push(order);
         let Some(live) = live else {
@@ -492,6 +511,7 @@ impl Book {
         let live = &mut self.live[at as usize];
         let record = &mut self.orders[live.place as usize];
         (record.price, record.quantity, record.filled) = (live.price, live.quantity, live.filled);
+        record.shown = live.shown;
         // A closed order is in no queue, however it closed.
         (record.slot, live.slot) = (0, 0);
         if let Some(expires) = record.expires {
@@ -622,6 +642,7 @@ impl Book {
             post_only: None,
             stp: None,
             client_order_id: client_order_id.clone(),
+            display_quantity: None,
         };
         match order_type {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
@@ -634,6 +655,7 @@ impl Book {
                 expire_at: terms.expire_at.map(rfc3339),
                 post_only: Some(terms.post_only),
                 stp: Some(terms.self_trade),
+                display_quantity: terms.display_quantity,
                 ..done(Status::Rejected, 0)
             }),
             Some(_) => self.order(entry.number).map(|o| self.limit_view(&o)),
@@ -670,6 +692,7 @@ impl Book {
             post_only: Some(order.post_only),
             stp: Some(order.self_trade),
             client_order_id: order.client_order_id.as_deref().map(str::to_owned),
+            display_quantity: (order.display > 0).then_some(order.display),
         }
     }
 
@@ -955,6 +978,8 @@ impl Book {
             expires: expires.and_then(NonZeroU64::new),
             client_order_id: client_order_id.map(Arc::from),
             market,
+            display: terms.display_quantity.unwrap_or(0),
+            shown: 0,
             trades: SmallVec::new(),
             slot: 0,
         };
@@ -1140,7 +1165,9 @@ impl Book {
         let live = &mut self.live[at as usize];
         (live.quantity, live.price) = (new_quantity, new_price);
         if keeps_place {
-            let shrink = u64::from(order.quantity - new_quantity);
+            // An iceberg's slice shrinks only if less than it remains.
+            live.shown = live.shown.min(live.remaining());
+            let shrink = u64::from(order.visible() - live.visible());
             let stock = &mut self.stocks[order.stock as usize];
             if let Some(level) = stock.side(order.side).get_mut(&order.price) {
                 level.total -= shrink;
@@ -1156,11 +1183,11 @@ impl Book {
     fn unqueue(&mut self, at: u32) {
         let order = &mut self.live[at as usize];
         order.slot = 0;
-        let (side, price, remaining) = (order.side, order.price, order.remaining());
+        let (side, price, visible) = (order.side, order.price, order.visible());
         let levels = self.stocks[order.stock as usize].side(side);
         self.touched.push((side, price));
         if let Some(level) = levels.get_mut(&price) {
-            level.total -= u64::from(remaining);
+            level.total -= u64::from(visible);
             level.live -= 1;
             if level.live == 0 {
                 levels.remove(&price);
@@ -1223,7 +1250,7 @@ impl Book {
                 if cancel_resting {
                     self.touched.push((side.opposite(), price));
                     level.queue.pop_front();
-                    level.total -= u64::from(resting.remaining());
+                    level.total -= u64::from(resting.visible());
                     level.live -= 1;
                     resting.slot = 0;
                     if level.live == 0 {
@@ -1237,12 +1264,25 @@ impl Book {
                 }
                 continue;
             }
-            let quantity = remaining.min(resting.remaining());
+            // An iceberg trades its visible slice, and only then shows the next one, at the back
+            // of its level (a new slot), as exchanges refill them.
+            let quantity = remaining.min(resting.visible());
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
             resting.filled += quantity;
             self.orders[resting.place as usize].trades.push(id);
             level.total -= u64::from(quantity);
+            if resting.display > 0 {
+                resting.shown -= quantity;
+                if resting.shown == 0 && resting.remaining() > 0 {
+                    resting.shown = resting.display.min(resting.remaining());
+                    self.next_slot += 1;
+                    resting.slot = self.next_slot;
+                    level.queue.pop_front();
+                    level.queue.push_back((queued, self.next_slot));
+                    level.total += u64::from(resting.shown);
+                }
+            }
             let resting = *resting;
             if resting.remaining() == 0 {
                 level.queue.pop_front();
@@ -1276,19 +1316,23 @@ impl Book {
             book.last_price = Some(price);
         }
         let rests = rests && !taker_cancelled;
+        let shown = match taker.display {
+            0 => 0,
+            display => display.min(remaining),
+        };
         let slot = if remaining > 0 && rests {
             self.next_slot += 1;
             self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
             level.queue.push_back((at, self.next_slot));
-            level.total += u64::from(remaining);
+            level.total += u64::from(if taker.display == 0 { remaining } else { shown });
             level.live += 1;
             self.next_slot
         } else {
             0
         };
         let live = &mut self.live[at as usize];
-        (live.filled, live.slot) = (taker.quantity - remaining, slot);
+        (live.filled, live.slot, live.shown) = (taker.quantity - remaining, slot, shown);
         if !self.taken.is_empty() {
             self.orders[taker.place as usize]
                 .trades
@@ -1661,6 +1705,55 @@ mod tests {
     }
 
     #[test]
+    fn an_iceberg_shows_a_slice_and_each_refill_goes_to_the_back_of_its_level() {
+        let iceberg = Terms {
+            display_quantity: Some(2),
+            ..Terms::default()
+        };
+        let mut book = book(&[]);
+        book.apply(&with_terms(1, 1, 0, (Side::Sell, 5, 1000), iceberg));
+        book.apply(&entry(2, limit(Side::Sell, 3, 1000)));
+        assert_eq!(
+            book.depth("A", 5).asks,
+            [level(1000, 5, 2)],
+            "2 of 5 show, and 3"
+        );
+        // A buy of 3 takes the iceberg's slice of 2, whose next slice goes behind order 2,
+        // then 1 of order 2.
+        book.apply(&with_terms(3, 2, 0, (Side::Buy, 3, 1000), Terms::default()));
+        let sellers: Vec<(u64, u32)> = book
+            .trades(None, 0, 10)
+            .iter()
+            .map(|t| (t.sell_order, t.quantity))
+            .collect();
+        assert_eq!(sellers, [(1, 2), (2, 1)]);
+        assert_eq!(
+            book.depth("A", 5).asks,
+            [level(1000, 4, 2)],
+            "2 of order 2, 2 shown"
+        );
+        book.apply(&with_terms(4, 2, 0, (Side::Buy, 3, 1000), Terms::default()));
+        let sellers: Vec<u64> = book
+            .trades(None, 2, 10)
+            .iter()
+            .map(|t| t.sell_order)
+            .collect();
+        assert_eq!(sellers, [2, 1], "order 2 first now");
+        let order = book.order(1).unwrap();
+        assert_eq!(
+            (order.filled, order.shown),
+            (3, 1),
+            "the last slice: 1 shows of 2 left"
+        );
+        assert_eq!(book.depth("A", 5).asks, [level(1000, 1, 1)]);
+        let view = book.limit_view(&order);
+        assert_eq!(
+            (view.display_quantity, view.remaining_quantity),
+            (Some(2), 2)
+        );
+    }
+
+    #[test]
     fn a_client_order_id_is_unique_among_its_users_open_orders() {
         let with_id = |number, user, id: &str| Order {
             user: Some(user),
@@ -1890,6 +1983,19 @@ mod model_tests {
         post_only: bool,
         expires: Option<u64>,
         client_order_id: Option<String>,
+        /// An iceberg's slice size (0: none) and what of its slice is unfilled.
+        display: u32,
+        shown: u32,
+    }
+
+    impl Resting {
+        fn visible(&self) -> u32 {
+            if self.display == 0 {
+                self.quantity - self.filled
+            } else {
+                self.shown
+            }
+        }
     }
 
     /// The book's rules written the plain way: a list of resting orders searched for the best
@@ -1957,9 +2063,18 @@ mod model_tests {
                     }
                     continue;
                 }
-                let quantity = remaining.min(maker.quantity - maker.filled);
+                let quantity = remaining.min(maker.visible());
                 maker.filled += quantity;
                 order.filled += quantity;
+                if maker.display > 0 {
+                    maker.shown -= quantity;
+                    if maker.shown == 0 && maker.filled < maker.quantity {
+                        // The next slice, behind everything resting now.
+                        maker.shown = maker.display.min(maker.quantity - maker.filled);
+                        self.clock += 1;
+                        maker.since = self.clock;
+                    }
+                }
                 let (buy, sell) = match order.side {
                     Side::Buy => (order.number, maker.number),
                     Side::Sell => (maker.number, order.number),
@@ -1979,6 +2094,7 @@ mod model_tests {
                 } else {
                     self.clock += 1;
                     order.since = self.clock;
+                    order.shown = order.display.min(order.quantity - order.filled);
                     self.resting.push(order);
                 }
             }
@@ -2012,6 +2128,8 @@ mod model_tests {
                 self_trade: terms.self_trade,
                 post_only: terms.post_only,
                 expires: terms.expiry(time),
+                display: terms.display_quantity.unwrap_or(0),
+                shown: 0,
             };
             let expired = order.expires.is_some_and(|at| at <= time);
             let takes = self.best(&order).is_some();
@@ -2117,7 +2235,9 @@ mod model_tests {
                     entry.0 = new_quantity;
                     entry.4 = new_price;
                     if new_price == old.price && new_quantity <= old.quantity {
-                        self.resting[i].quantity = new_quantity;
+                        let kept = &mut self.resting[i];
+                        kept.quantity = new_quantity;
+                        kept.shown = kept.shown.min(new_quantity - kept.filled);
                     } else {
                         self.resting.remove(i);
                         self.enter(moved, number, true);
@@ -2130,7 +2250,7 @@ mod model_tests {
             let mut levels: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
             for r in self.resting.iter().filter(|r| r.side == side) {
                 let level = levels.entry(r.price).or_default();
-                level.0 += u64::from(r.quantity - r.filled);
+                level.0 += u64::from(r.visible());
                 level.1 += 1;
             }
             let levels = levels
@@ -2165,14 +2285,22 @@ mod model_tests {
                 post_only: post_only
                     && !matches!(time_in_force, TimeInForce::Ioc | TimeInForce::Fok),
                 self_trade,
+                display_quantity: None,
             });
         prop_oneof![
-            6 => (side.clone(), 1u32..10, price.clone(), terms, proptest::option::weighted(0.3, 0..3u8))
-                .prop_map(|(side, quantity, price, terms, id)| Command::Place {
+            6 => (side.clone(), 1u32..10, price.clone(), terms, proptest::option::weighted(0.3, 0..3u8), proptest::option::weighted(0.2, 1u32..4))
+                .prop_map(|(side, quantity, price, terms, id, display)| Command::Place {
                     side,
                     quantity,
                     limit: Some(price),
-                    terms,
+                    // Icebergs where the terms allow one.
+                    terms: Terms {
+                        display_quantity: display.filter(|display| {
+                            *display < quantity && terms.check(Some(price), quantity).is_ok()
+                                && !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok)
+                        }),
+                        ..terms
+                    },
                     // Few ids, so that some are taken by an open order of the same user.
                     client_order_id: id.map(|id| format!("c{id}")),
                 }),

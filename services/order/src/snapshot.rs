@@ -47,6 +47,8 @@ struct OrderImage {
     expires: Option<u64>,
     client_order_id: Option<String>,
     market: bool,
+    /// What of an iceberg's current slice is unfilled.
+    shown: u32,
     trades: Vec<u64>,
     slot: u64,
 }
@@ -112,6 +114,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 expires: o.expires.map(NonZeroU64::get),
                 client_order_id: o.client_order_id.as_deref().map(str::to_owned),
                 market: o.market,
+                shown: o.shown,
                 trades: o.trades.to_vec(),
                 slot: o.slot,
             })
@@ -190,6 +193,8 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         expires: o.expires.and_then(NonZeroU64::new),
         client_order_id: o.client_order_id.map(Into::into),
         market: o.market,
+        display: o.terms.display_quantity.unwrap_or(0),
+        shown: o.shown,
         trades: o.trades.into(),
         slot: o.slot,
     });

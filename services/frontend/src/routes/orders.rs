@@ -50,7 +50,7 @@ struct IdempotencyKey {
 }
 
 /// Fields a `POST /orders` body may have.
-const ORDER_FIELDS: [&str; 13] = [
+const ORDER_FIELDS: [&str; 14] = [
     "name",
     "quantity",
     "type",
@@ -64,6 +64,7 @@ const ORDER_FIELDS: [&str; 13] = [
     "client_order_id",
     "order_type",
     "protection_bps",
+    "display_quantity",
 ];
 
 /// A `POST /orders` body: the order, and the client's guard against a moved price, which the
@@ -99,6 +100,11 @@ struct PlaceOrder {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 10000, nullable = false)]
     protection_bps: Option<u32>,
+    /// An iceberg: only this much of a resting limit order shows on the book at a time (at
+    /// least 1, below `quantity`); each new slice goes to the back of its price level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, nullable = false)]
+    display_quantity: Option<u32>,
     /// Refuse the order (409, reason `price_moved`) if the stock's price is further than the
     /// tolerance from this.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,6 +178,7 @@ impl PlaceOrder {
             expire_at: self.expire_at,
             post_only: self.post_only.unwrap_or(false),
             self_trade: self.stp.unwrap_or_default(),
+            display_quantity: self.display_quantity,
         }
     }
 }
@@ -266,6 +273,16 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
                 })?,
         ),
     };
+    let display_quantity = fields
+        .get("display_quantity")
+        .map(|value| {
+            whole_number(value)
+                .and_then(|q| u32::try_from(q).ok())
+                .ok_or_else(|| {
+                    bad("display_quantity must be a whole number, at least 1 and below quantity")
+                })
+        })
+        .transpose()?;
     match (order_type, price) {
         (Some(OrderType::Limit), None) => return Err(bad("order_type limit needs a price")),
         (Some(OrderType::Market), Some(_)) => {
@@ -298,11 +315,12 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         client_order_id,
         order_type,
         protection_bps,
+        display_quantity,
     };
     // The same checks the leader makes.
     match order_type {
         Some(OrderType::Market) => order.terms().check_market(),
-        _ => order.terms().check(order.price),
+        _ => order.terms().check(order.price, order.quantity),
     }
     .map_err(bad)?;
     Ok(order)
@@ -712,8 +730,21 @@ mod terms_tests {
                 expire_at: Some(4_102_444_800_000),
                 post_only: true,
                 self_trade: SelfTrade::CancelBoth,
+                display_quantity: None,
             }
         );
+        let iceberg = br#"{"name":"A","quantity":10,"type":"buy","price":10,"display_quantity":3}"#;
+        let terms = validate_order(iceberg).unwrap().into_order(200, 500).terms;
+        assert_eq!(terms.display_quantity, Some(3));
+        for (quantity, display) in [(10, "10"), (10, "0"), (10, "1.5"), (10, "\"3\"")] {
+            let body = format!(
+                r#"{{"name":"A","quantity":{quantity},"type":"buy","price":10,"display_quantity":{display}}}"#
+            );
+            assert!(
+                matches!(validate_order(body.as_bytes()), Err(FrontendError::BadRequest(m)) if m.contains("display_quantity")),
+                "{body}"
+            );
+        }
         let body = br#"{"name":"A","quantity":1,"type":"buy","price":10,"time_in_force":"gtd","expire_at":4102444800000}"#;
         let order = validate_order(body).unwrap().into_order(200, 500);
         assert_eq!(order.terms.expire_at, Some(4_102_444_800_000));
@@ -800,8 +831,8 @@ mod terms_tests {
             (r#""order_type":"market","price":5"#, "a market order (order_type market) has no price: protection_bps bounds it"),
             (r#""protection_bps":5"#, "protection_bps needs order_type market"),
             (r#""order_type":"market","protection_bps":10001"#, "protection_bps must be a whole number of basis points, 0 to 10000"),
-            (r#""order_type":"market","time_in_force":"gtc""#, "a market order trades now: time_in_force ioc (its default) or fok, and no post_only or expire_at"),
-            (r#""order_type":"market","post_only":true"#, "a market order trades now: time_in_force ioc (its default) or fok, and no post_only or expire_at"),
+            (r#""order_type":"market","time_in_force":"gtc""#, "a market order trades now: time_in_force ioc (its default) or fok, and no post_only, expire_at or display_quantity"),
+            (r#""order_type":"market","post_only":true"#, "a market order trades now: time_in_force ioc (its default) or fok, and no post_only, expire_at or display_quantity"),
         ] {
             let body = format!(r#"{{"name":"A","quantity":1,"type":"buy",{fields}}}"#);
             match validate_order(body.as_bytes()) {

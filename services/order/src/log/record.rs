@@ -10,7 +10,7 @@ use stocknet_common::{Price, Rejection, SelfTrade, TimeInForce};
 use super::Line;
 
 /// The columns of a line, in file order.
-pub const COLUMNS: [&str; 20] = [
+pub const COLUMNS: [&str; 21] = [
     "number",
     "term",
     "type",
@@ -31,6 +31,7 @@ pub const COLUMNS: [&str; 20] = [
     "stp",
     "client_order_id",
     "protection_bps",
+    "display_quantity",
 ];
 
 // Where each column is in a record.
@@ -54,14 +55,15 @@ const POST_ONLY: usize = 16;
 const STP: usize = 17;
 const CLIENT_ORDER_ID: usize = 18;
 const PROTECTION_BPS: usize = 19;
+const DISPLAY_QUANTITY: usize = 20;
 
-/// How many columns a log's lines have: all of them; or, in a log written before market orders
-/// on the book, before client order ids, before orders' terms, before request ids, before entries held several lines, before
-/// users and stamps, or before the order book, the first nineteen, eighteen, fourteen,
-/// thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
+/// How many columns a log's lines have: all of them; or, in a log written before icebergs,
+/// before market orders on the book, before client order ids, before orders' terms, before request ids, before entries held several lines, before
+/// users and stamps, or before the order book, the first twenty, nineteen, eighteen,
+/// fourteen, thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
 /// each of its lines is its own entry, see [`Line::alone`]) and new lines are appended in the
 /// current layout.
-const LAYOUTS: [usize; 8] = [COLUMNS.len(), 19, 18, 14, 13, 12, 8, 6];
+const LAYOUTS: [usize; 9] = [COLUMNS.len(), 20, 19, 18, 14, 13, 12, 8, 6];
 
 /// The header line of a log of `columns` columns.
 pub fn header_of(columns: usize) -> String {
@@ -117,6 +119,7 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[STP] = text(fields.stp.map(|s| s.as_str().to_owned()));
     record[CLIENT_ORDER_ID] = text(fields.client_order_id);
     record[PROTECTION_BPS] = text(fields.protection_bps.map(|bps| bps.to_string()));
+    record[DISPLAY_QUANTITY] = text(fields.display_quantity.map(|q| q.to_string()));
     record
 }
 
@@ -168,6 +171,7 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
             .transpose()?,
         client_order_id: optional(CLIENT_ORDER_ID)?.map(str::to_owned),
         protection_bps: parsed(optional(PROTECTION_BPS)?, PROTECTION_BPS)?,
+        display_quantity: parsed(optional(DISPLAY_QUANTITY)?, DISPLAY_QUANTITY)?,
     };
     let order = stocknet_common::Order::try_from(fields)?;
     Ok(match parsed(optional(ENTRY)?, ENTRY)? {
@@ -220,6 +224,7 @@ mod tests {
                         expire_at: Some(1_700_000_600_000),
                         post_only: true,
                         self_trade: SelfTrade::CancelOldest,
+                        display_quantity: Some(1),
                     },
                     client_order_id: Some("ladder-3".into()),
                 },
