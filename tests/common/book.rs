@@ -122,7 +122,7 @@ pub fn check_replay(log: &[Value]) -> BookState {
             );
         }
         if view.status == Status::Expired {
-            let expires = order.expires.expect("an expired order has an expiry").get();
+            let expires = order.expires().expect("an expired order has an expiry");
             assert!(
                 expiries
                     .iter()

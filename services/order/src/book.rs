@@ -17,7 +17,6 @@
 //! holds, are not chosen by an attacker, and nothing iterates them where order matters.)
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -55,24 +54,41 @@ pub struct LimitOrder {
     pub time_in_force: TimeInForce,
     pub post_only: bool,
     pub self_trade: SelfTrade,
-    /// When it expires (milliseconds since the epoch, never 0): a `day` order's end of day, a
-    /// `gtd` order's `expire_at`. (Its terms are spelled out field by field, and this without a
-    /// flag, to keep the record small: there is one for every order ever placed.)
-    pub expires: Option<NonZeroU64>,
-    /// The id its user gave it.
-    pub client_order_id: Option<Arc<str>>,
     /// A market order against the book: `price` is its protection limit.
     pub market: bool,
-    /// An iceberg's visible part (0: not an iceberg), and how much of its current slice is
-    /// still unfilled.
-    pub display: u32,
+    /// What of an iceberg's current slice is unfilled.
     pub shown: u32,
+    /// What few orders have (an expiry, a client order id, an iceberg's slice), boxed: there
+    /// is a record for every order ever placed, and matching reads and writes them.
+    pub(crate) extras: Option<Box<Extras>>,
     /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
     /// they allocate nothing).
     pub trades: SmallVec<[u64; 2]>,
     /// Its place in the time priority of its price level: a modify that loses priority gives
     /// it a new one, which makes its old queue slot stale. 0 once it is closed.
     pub(crate) slot: u64,
+}
+
+/// What few limit orders have.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Extras {
+    /// When it expires (milliseconds since the epoch): a `day` order's end of day, a `gtd`
+    /// order's `expire_at`.
+    pub expires: Option<u64>,
+    /// The id its user gave it.
+    pub client_order_id: Option<Arc<str>>,
+    /// An iceberg's visible part.
+    pub display: Option<u32>,
+}
+
+impl Extras {
+    /// `None` where there is nothing to keep.
+    #[inline]
+    pub(crate) fn boxed(self) -> Option<Box<Self>> {
+        let none =
+            self.expires.is_none() && self.client_order_id.is_none() && self.display.is_none();
+        (!none).then(|| Box::new(self))
+    }
 }
 
 /// How an order left the book before it filled.
@@ -89,13 +105,24 @@ impl LimitOrder {
         Terms {
             time_in_force: self.time_in_force,
             expire_at: self
-                .expires
-                .filter(|_| self.time_in_force == TimeInForce::Gtd)
-                .map(NonZeroU64::get),
+                .expires()
+                .filter(|_| self.time_in_force == TimeInForce::Gtd),
             post_only: self.post_only,
             self_trade: self.self_trade,
-            display_quantity: (self.display > 0).then_some(self.display),
+            display_quantity: self.display(),
         }
+    }
+
+    pub fn expires(&self) -> Option<u64> {
+        self.extras.as_ref()?.expires
+    }
+
+    pub fn client_order_id(&self) -> Option<&str> {
+        self.extras.as_ref()?.client_order_id.as_deref()
+    }
+
+    pub fn display(&self) -> Option<u32> {
+        self.extras.as_ref()?.display
     }
 
     pub fn remaining(&self) -> u32 {
@@ -226,23 +253,34 @@ struct Live {
     number: u64,
     user: Option<u64>,
     self_trade: SelfTrade,
-    post_only: bool,
-    /// An iceberg's visible part (0: not an iceberg), and what of its current slice is unfilled.
-    display: u32,
+    /// [`Live::POST_ONLY`], [`Live::ICEBERG`], [`Live::EXTRAS`]: in one byte, so that this
+    /// stays 64 bytes.
+    flags: u8,
+    /// What of an iceberg's current slice is unfilled (its slice size is in its record).
     shown: u32,
 }
 
 impl Live {
+    const POST_ONLY: u8 = 1;
+    const ICEBERG: u8 = 2;
+    /// Its record has extras to forget when it closes: known without reading the record,
+    /// which closing otherwise only writes.
+    const EXTRAS: u8 = 4;
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
     fn remaining(&self) -> u32 {
         self.quantity - self.filled
     }
 
     /// What of it shows on the book: all that remains, or an iceberg's current slice.
     fn visible(&self) -> u32 {
-        if self.display == 0 {
-            self.remaining()
-        } else {
+        if self.has(Self::ICEBERG) {
             self.shown
+        } else {
+            self.remaining()
         }
     }
 }
@@ -411,16 +449,17 @@ impl Book {
             let order = &mut book.live[live as usize];
             order.slot = slot;
             let record = &book.orders[order.place as usize];
-            if let Some(expires) = record.expires {
+            let extras = record.extras.as_deref().cloned().unwrap_or_default();
+            if let Some(expires) = extras.expires {
                 book.stocks[order.stock as usize]
                     .expiries
-                    .insert((expires.get(), order.number));
+                    .insert((expires, order.number));
             }
-            if let (Some(user), Some(id)) = (record.user, &record.client_order_id) {
+            if let (Some(user), Some(id)) = (record.user, extras.client_order_id) {
                 book.client_ids
                     .entry(user)
                     .or_default()
-                    .insert(id.clone(), order.number);
+                    .insert(id, order.number);
             }
             let level = book.stocks[order.stock as usize]
                 .side(order.side)
@@ -482,8 +521,14 @@ impl Book {
             number: order.number,
             user: order.user,
             self_trade: order.self_trade,
-            post_only: order.post_only,
-            display: order.display,
+            flags: [
+                (order.post_only, Live::POST_ONLY),
+                (order.display().is_some(), Live::ICEBERG),
+                (order.extras.is_some(), Live::EXTRAS),
+            ]
+            .into_iter()
+            .filter(|(set, _)| *set)
+            .fold(0, |flags, (_, flag)| flags | flag),
             shown: order.shown,
         });
         self.orders.push(order);
@@ -507,6 +552,7 @@ impl Book {
 
     /// Brings the record of the order at `at` in `live`, which closed, up to date and frees
     /// its place (its queue slot goes stale).
+    #[inline]
     fn close(&mut self, at: u32) {
         let live = &mut self.live[at as usize];
         let record = &mut self.orders[live.place as usize];
@@ -514,12 +560,28 @@ impl Book {
         record.shown = live.shown;
         // A closed order is in no queue, however it closed.
         (record.slot, live.slot) = (0, 0);
-        if let Some(expires) = record.expires {
-            self.stocks[live.stock as usize]
-                .expiries
-                .remove(&(expires.get(), live.number));
+        let (number, stock, place) = (live.number, live.stock, live.place);
+        if live.has(Live::EXTRAS) {
+            self.forget_extras(number, stock, place);
         }
-        if let (Some(user), Some(id)) = (record.user, &record.client_order_id) {
+        self.places.remove(&number);
+        self.free.push(at);
+    }
+
+    /// Takes closed order `number`, of the stock at `stock`, whose record is at `place`, out of
+    /// the expiries and client order ids it is in.
+    #[cold]
+    fn forget_extras(&mut self, number: u64, stock: u32, place: u32) {
+        let record = &self.orders[place as usize];
+        let Some(extras) = record.extras.as_deref() else {
+            return;
+        };
+        if let Some(expires) = extras.expires {
+            self.stocks[stock as usize]
+                .expiries
+                .remove(&(expires, number));
+        }
+        if let (Some(user), Some(id)) = (record.user, &extras.client_order_id) {
             if let Some(ids) = self.client_ids.get_mut(&user) {
                 ids.remove(&**id);
                 if ids.is_empty() {
@@ -527,8 +589,6 @@ impl Book {
                 }
             }
         }
-        self.places.remove(&live.number);
-        self.free.push(at);
     }
 
     /// The place of `name`'s book, which it gets the first time it is named.
@@ -688,11 +748,11 @@ impl Book {
                 })
                 .collect(),
             time_in_force: Some(order.time_in_force),
-            expire_at: order.expires.map(|at| rfc3339(at.get())),
+            expire_at: order.expires().map(rfc3339),
             post_only: Some(order.post_only),
             stp: Some(order.self_trade),
-            client_order_id: order.client_order_id.as_deref().map(str::to_owned),
-            display_quantity: (order.display > 0).then_some(order.display),
+            client_order_id: order.client_order_id().map(str::to_owned),
+            display_quantity: order.display(),
         }
     }
 
@@ -975,11 +1035,14 @@ impl Book {
             time_in_force: terms.time_in_force,
             post_only: terms.post_only,
             self_trade: terms.self_trade,
-            expires: expires.and_then(NonZeroU64::new),
-            client_order_id: client_order_id.map(Arc::from),
             market,
-            display: terms.display_quantity.unwrap_or(0),
             shown: 0,
+            extras: Extras {
+                expires,
+                client_order_id: client_order_id.map(Arc::from),
+                display: terms.display_quantity,
+            }
+            .boxed(),
             trades: SmallVec::new(),
             slot: 0,
         };
@@ -987,8 +1050,7 @@ impl Book {
             return Err(Refusal::NotFound(number));
         };
         let rests = !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
-        self.enter(live, number, rests);
-        if self.places.contains_key(&number) {
+        if self.enter(live, number, rests) {
             if let Some(expires) = expires {
                 self.stocks[stock as usize]
                     .expiries
@@ -1156,7 +1218,7 @@ impl Book {
             });
         }
         let keeps_place = new_price == order.price && new_quantity <= order.quantity;
-        if order.post_only && self.crosses(order.stock, order.side, new_price) {
+        if order.has(Live::POST_ONLY) && self.crosses(order.stock, order.side, new_price) {
             return Err(Refusal::WouldTakeLiquidity { order: target });
         }
         if !keeps_place {
@@ -1203,8 +1265,8 @@ impl Book {
     /// Matches the open order at `at` in `live` (not queued) against the opposite side, then
     /// queues what remains at the back of its level if it `rests`, and cancels it otherwise.
     /// Meeting an order of its own user, it cancels one or both as its self-trade prevention
-    /// says. `entry` is the log entry doing this.
-    fn enter(&mut self, at: u32, entry: u64, rests: bool) {
+    /// says. `entry` is the log entry doing this. Whether it rests now.
+    fn enter(&mut self, at: u32, entry: u64, rests: bool) -> bool {
         let taker = self.live[at as usize];
         let (side, limit) = (taker.side, taker.price);
         let mut remaining = taker.remaining();
@@ -1272,10 +1334,12 @@ impl Book {
             resting.filled += quantity;
             self.orders[resting.place as usize].trades.push(id);
             level.total -= u64::from(quantity);
-            if resting.display > 0 {
+            if resting.has(Live::ICEBERG) {
                 resting.shown -= quantity;
                 if resting.shown == 0 && resting.remaining() > 0 {
-                    resting.shown = resting.display.min(resting.remaining());
+                    let display = self.orders[resting.place as usize].display();
+                    let display = display.unwrap_or_default();
+                    resting.shown = display.min(resting.remaining());
                     self.next_slot += 1;
                     resting.slot = self.next_slot;
                     level.queue.pop_front();
@@ -1316,16 +1380,22 @@ impl Book {
             book.last_price = Some(price);
         }
         let rests = rests && !taker_cancelled;
-        let shown = match taker.display {
-            0 => 0,
-            display => display.min(remaining),
+        let shown = if taker.has(Live::ICEBERG) {
+            let display = self.orders[taker.place as usize].display();
+            display.unwrap_or_default().min(remaining)
+        } else {
+            0
         };
         let slot = if remaining > 0 && rests {
             self.next_slot += 1;
             self.touched.push((side, limit));
             let level = book.side(side).entry(limit).or_default();
             level.queue.push_back((at, self.next_slot));
-            level.total += u64::from(if taker.display == 0 { remaining } else { shown });
+            level.total += u64::from(if taker.has(Live::ICEBERG) {
+                shown
+            } else {
+                remaining
+            });
             level.live += 1;
             self.next_slot
         } else {
@@ -1355,6 +1425,7 @@ impl Book {
             self.close(withdrawn);
         }
         self.withdrawn.clear();
+        slot != 0
     }
 }
 
@@ -1777,10 +1848,7 @@ mod tests {
         );
         assert_eq!(book.open_by_client_order_id(7, "grid-1"), Some(1));
         assert_eq!(book.open_by_client_order_id(8, "grid-1"), Some(2));
-        assert_eq!(
-            book.order(1).unwrap().client_order_id.as_deref(),
-            Some("grid-1")
-        );
+        assert_eq!(book.order(1).unwrap().client_order_id(), Some("grid-1"));
         // Closed, its id is free again; a snapshot keeps who holds which.
         book.apply(&entry(4, Command::Cancel { target: 1 }));
         assert_eq!(book.open_by_client_order_id(7, "grid-1"), None);

@@ -478,7 +478,7 @@ async fn list_orders(
                 filter
                     .client_order_id
                     .as_deref()
-                    .is_none_or(|id| order.client_order_id.as_deref() == Some(id))
+                    .is_none_or(|id| order.client_order_id() == Some(id))
             })
             .take(limit + 1)
             .map(|order| book.limit_view(&order))

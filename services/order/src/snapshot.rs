@@ -6,14 +6,13 @@
 //! cents, keep the disk format apart from the wire's and from the book's internals.
 
 use std::io::Write;
-use std::num::NonZeroU64;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::wire::Trade;
 use stocknet_common::{file, Price, Side, Terms};
 
-use crate::book::{Book, LimitOrder, Refusal, Removal};
+use crate::book::{Book, Extras, LimitOrder, Refusal, Removal};
 use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
 
@@ -111,8 +110,8 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 filled: o.filled,
                 removal: o.removal,
                 terms: o.terms(),
-                expires: o.expires.map(NonZeroU64::get),
-                client_order_id: o.client_order_id.as_deref().map(str::to_owned),
+                expires: o.expires(),
+                client_order_id: o.client_order_id().map(str::to_owned),
                 market: o.market,
                 shown: o.shown,
                 trades: o.trades.to_vec(),
@@ -190,10 +189,13 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         time_in_force: o.terms.time_in_force,
         post_only: o.terms.post_only,
         self_trade: o.terms.self_trade,
-        expires: o.expires.and_then(NonZeroU64::new),
-        client_order_id: o.client_order_id.map(Into::into),
+        extras: Extras {
+            expires: o.expires,
+            client_order_id: o.client_order_id.map(Into::into),
+            display: o.terms.display_quantity,
+        }
+        .boxed(),
         market: o.market,
-        display: o.terms.display_quantity.unwrap_or(0),
         shown: o.shown,
         trades: o.trades.into(),
         slot: o.slot,
