@@ -22,6 +22,6 @@ pub use auth::{Secret, SecretArgs};
 pub use client::{call, endpoint, http_client, internal_client, RemoteError};
 pub use envelope::{data, ApiError, Cause, Classified, Json, Path, Query};
 pub use model::{
-    Command, GroupEntry, Money, Order, Price, Rejection, SelfTrade, Side, Stamp, Status, Stock,
-    Terms, TimeInForce,
+    Command, GroupEntry, Money, Order, OrderOptions, Price, Rejection, SelfTrade, Side, Stamp,
+    Status, Stock, Terms, TimeInForce,
 };

@@ -272,10 +272,8 @@ pub enum Command {
         side: Side,
         quantity: u32,
         limit: Option<Price>,
-        /// A limit order's time in force and protections (default for a market order).
-        terms: Terms,
-        /// The user's own id for a limit order, unique among their open orders.
-        client_order_id: Option<String>,
+        /// A limit order's terms and client order id, if it has any.
+        options: Option<Box<OrderOptions>>,
     },
     /// Changes the open limit order `target`: its total quantity and/or its price.
     Modify {
@@ -291,8 +289,8 @@ pub enum Command {
         side: Side,
         quantity: u32,
         protection_bps: u32,
-        terms: Terms,
-        client_order_id: Option<String>,
+        /// Its terms (`ioc` or `fok`) and client order id.
+        options: Option<Box<OrderOptions>>,
     },
     /// Cancels the open limit order `target`.
     Cancel { target: u64 },
@@ -313,6 +311,28 @@ pub enum Command {
 pub enum GroupEntry {
     Leader,
     Membership(String),
+}
+
+/// What a new order carries beyond side, quantity and price: its terms and the user's own id
+/// for it (unique among their open orders). Boxed in a command, and absent where it is all
+/// default: most orders have none, and every log entry in memory is the size of the largest
+/// command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrderOptions {
+    pub terms: Terms,
+    pub client_order_id: Option<String>,
+}
+
+impl OrderOptions {
+    /// The options of an order with `terms` and `client_order_id`: `None` if they are the
+    /// default, so that equal orders are equal commands.
+    pub fn boxed(terms: Terms, client_order_id: Option<String>) -> Option<Box<Self>> {
+        let options = Self {
+            terms,
+            client_order_id,
+        };
+        (options != Self::default()).then(|| Box::new(options))
+    }
 }
 
 /// How long a limit order may rest, as the exchanges' APIs name it.
@@ -616,6 +636,23 @@ fn is_zero(value: &u64) -> bool {
 }
 
 impl Command {
+    /// A new order's terms; the default for anything else.
+    pub fn terms(&self) -> Terms {
+        self.options().map(|o| o.terms).unwrap_or_default()
+    }
+
+    /// A new order's client order id, if it has one.
+    pub fn client_order_id(&self) -> Option<&str> {
+        self.options()?.client_order_id.as_deref()
+    }
+
+    fn options(&self) -> Option<&OrderOptions> {
+        match self {
+            Command::Place { options, .. } | Command::Sweep { options, .. } => options.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The command's fields as the flat forms spell them (the log, the audit trail): its type
     /// (`buy`, `sell`, `modify`, `cancel`, `expire`), quantity, price and target where it has
     /// them.
@@ -644,19 +681,11 @@ impl Command {
 impl From<Order> for EntryFields {
     fn from(order: Order) -> Self {
         let (kind, quantity, price, target) = order.command.flat();
-        let (terms, client_order_id, protection_bps) = match &order.command {
-            Command::Place {
-                terms,
-                client_order_id,
-                ..
-            } => (*terms, client_order_id.clone(), None),
-            Command::Sweep {
-                terms,
-                client_order_id,
-                protection_bps,
-                ..
-            } => (*terms, client_order_id.clone(), Some(*protection_bps)),
-            _ => (Terms::default(), None, None),
+        let terms = order.command.terms();
+        let client_order_id = order.command.client_order_id().map(str::to_owned);
+        let protection_bps = match order.command {
+            Command::Sweep { protection_bps, .. } => Some(protection_bps),
+            _ => None,
         };
         // A membership entry names no stock: its field holds the configuration.
         let name = match order.command {
@@ -725,8 +754,7 @@ impl TryFrom<EntryFields> for Order {
                     side,
                     quantity,
                     protection_bps: fields.protection_bps.unwrap_or_default(),
-                    terms,
-                    client_order_id: fields.client_order_id.take(),
+                    options: OrderOptions::boxed(terms, fields.client_order_id.take()),
                 }
             }
             (Some(side), _, Some(quantity), None) => {
@@ -741,8 +769,7 @@ impl TryFrom<EntryFields> for Order {
                     side,
                     quantity,
                     limit: fields.price,
-                    terms,
-                    client_order_id: fields.client_order_id.take(),
+                    options: OrderOptions::boxed(terms, fields.client_order_id.take()),
                 }
             }
             (None, "modify", quantity, Some(target))
@@ -882,39 +909,41 @@ mod tests {
                 side: Side::Buy,
                 quantity: 5,
                 limit: None,
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             },
             Command::Place {
                 side: Side::Sell,
                 quantity: 5,
                 limit: Some(Price(1250)),
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             },
             Command::Place {
                 side: Side::Sell,
                 quantity: 5,
                 limit: Some(Price(1250)),
-                terms: Terms {
-                    time_in_force: TimeInForce::Gtd,
-                    expire_at: Some(1_800_000_060_000),
-                    post_only: true,
-                    self_trade: SelfTrade::CancelBoth,
-                    display_quantity: Some(2),
-                },
-                client_order_id: Some("grid-7".into()),
+                options: OrderOptions::boxed(
+                    Terms {
+                        time_in_force: TimeInForce::Gtd,
+                        expire_at: Some(1_800_000_060_000),
+                        post_only: true,
+                        self_trade: SelfTrade::CancelBoth,
+                        display_quantity: Some(2),
+                    },
+                    Some("grid-7".into()),
+                ),
             },
             Command::Expire,
             Command::Sweep {
                 side: Side::Buy,
                 quantity: 3,
                 protection_bps: 500,
-                terms: Terms {
-                    time_in_force: TimeInForce::Ioc,
-                    ..Terms::default()
-                },
-                client_order_id: Some("sweep-1".into()),
+                options: OrderOptions::boxed(
+                    Terms {
+                        time_in_force: TimeInForce::Ioc,
+                        ..Terms::default()
+                    },
+                    Some("sweep-1".into()),
+                ),
             },
             Command::Modify {
                 target: 3,

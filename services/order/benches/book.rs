@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use stocknet_common::{Command, Order, Price, SelfTrade, Side, Stamp, Terms, TimeInForce};
+use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::book::Book;
 
 /// Commands in one run of each mix.
@@ -24,16 +24,6 @@ const COMMANDS: u64 = 1_000_000;
 const RESTING: usize = 10_000;
 const LEVELS: u64 = 20;
 const CENTER: u64 = 10_000;
-/// Every order's terms: exchange-core's benchmark has no self-trade prevention (its users'
-/// orders trade with each other), so neither do these, and the trades stay those of the
-/// mix's earlier rows.
-const TERMS: Terms = Terms {
-    time_in_force: TimeInForce::Gtc,
-    expire_at: None,
-    post_only: false,
-    self_trade: SelfTrade::None,
-    display_quantity: None,
-};
 
 struct Random(u64);
 
@@ -60,7 +50,14 @@ fn entry(number: u64, command: Command) -> Order {
         term: 1,
         name: "GameStart".into(),
         key: None,
-        user: Some(number % 100),
+        // Buyers and sellers are different users, so that no order meets one of its own
+        // user's: the mix trades as exchange-core's, which has no self-trade prevention.
+        user: Some(match command {
+            Command::Place {
+                side: Side::Sell, ..
+            } => 50 + number % 50,
+            _ => number % 50,
+        }),
         stamp: Stamp::default(),
         command,
     }
@@ -123,8 +120,7 @@ fn exchange_core_mix() -> Vec<Order> {
                     side,
                     quantity: 1 + random.below(400) as u32,
                     limit: Some(Price::from_cents(through)),
-                    terms: TERMS,
-                    client_order_id: None,
+                    options: None,
                 }
             }
             _ => {
@@ -134,8 +130,7 @@ fn exchange_core_mix() -> Vec<Order> {
                     side,
                     quantity: 1 + random.below(100) as u32,
                     limit: Some(resting_price(&mut random, side)),
-                    terms: TERMS,
-                    client_order_id: None,
+                    options: None,
                 }
             }
         };
@@ -163,8 +158,7 @@ fn half_crossing() -> Vec<Order> {
                     side: random.side(),
                     quantity: 1 + random.below(20) as u32,
                     limit: Some(Price::from_cents(9_950 + random.below(100))),
-                    terms: TERMS,
-                    client_order_id: None,
+                    options: None,
                 },
             };
             entry(number, command)

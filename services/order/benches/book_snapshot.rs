@@ -3,7 +3,7 @@
 //! `cargo bench -p stocknet-order --bench book_snapshot`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use stocknet_common::{Command, Order, Price, Side, Stamp, Terms};
+use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::book::Book;
 use stocknet_order::snapshot;
 
@@ -33,8 +33,7 @@ fn book() -> Book {
                 side,
                 quantity: 1 + (number % 10) as u32,
                 limit: Some(Price::from_cents(cents)),
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             },
         });
     }

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use stocknet_common::{Command, Order, Side, Stamp, Terms};
+use stocknet_common::{Command, Order, Side, Stamp};
 use stocknet_order::log::{Line, OrderLog};
 
 fn order(number: u64) -> Order {
@@ -23,8 +23,7 @@ fn order(number: u64) -> Order {
             },
             quantity: 3,
             limit: None,
-            terms: Terms::default(),
-            client_order_id: None,
+            options: None,
         },
     }
 }

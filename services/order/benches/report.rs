@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use stocknet_common::clock::{day_of, DAY_MS};
-use stocknet_common::{Command, Order, Price, Side, Stamp, Terms};
+use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::book::Book;
 use stocknet_order::log::{read_entries, Line, OrderLog};
 
@@ -40,8 +40,7 @@ fn orders() -> impl Iterator<Item = Order> {
                 side,
                 quantity: 1 + next(20) as u32,
                 limit,
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             },
         }
     })

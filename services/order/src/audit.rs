@@ -171,15 +171,7 @@ fn record(entry: &Order, refusal: Option<Refusal>) -> AuditRecord {
             .as_deref()
             .and_then(|key| key.strip_prefix(CLIENT_KEY_PREFIX))
             .map(str::to_owned),
-        client_order_id: match &entry.command {
-            Command::Place {
-                client_order_id, ..
-            }
-            | Command::Sweep {
-                client_order_id, ..
-            } => client_order_id.clone(),
-            _ => None,
-        },
+        client_order_id: entry.command.client_order_id().map(str::to_owned),
         quote: entry.stamp.quote,
         outcome: if reason.is_some() {
             Outcome::Refused

@@ -655,37 +655,20 @@ impl Book {
     /// The public view of the order log entry `entry` places, as of now; `None` for a modify
     /// or cancel, or for a limit order not applied yet.
     pub fn view(&self, entry: &Order) -> Option<OrderView> {
-        let (side, quantity, limit, terms, client_order_id, order_type) = match &entry.command {
+        let (side, quantity, limit, order_type) = match entry.command {
             Command::Place {
                 side,
                 quantity,
                 limit,
-                terms,
-                client_order_id,
-            } => (
-                *side,
-                *quantity,
-                *limit,
-                *terms,
-                client_order_id,
-                limit.map(|_| OrderType::Limit),
-            ),
-            Command::Sweep {
-                side,
-                quantity,
-                terms,
-                client_order_id,
                 ..
-            } => (
-                *side,
-                *quantity,
-                None,
-                *terms,
-                client_order_id,
-                Some(OrderType::Market),
-            ),
+            } => (side, quantity, limit, limit.map(|_| OrderType::Limit)),
+            Command::Sweep { side, quantity, .. } => {
+                (side, quantity, None, Some(OrderType::Market))
+            }
             _ => return None,
         };
+        let terms = entry.command.terms();
+        let client_order_id = entry.command.client_order_id().map(str::to_owned);
         let done = |status, filled_quantity| OrderView {
             number: entry.number,
             name: entry.name.clone(),
@@ -902,16 +885,14 @@ impl Book {
                 side,
                 quantity,
                 limit: Some(price),
-                terms,
                 ..
-            } => self.place_limit(entry, side, quantity, price, terms),
+            } => self.place_limit(entry, side, quantity, price),
             Command::Sweep {
                 side,
                 quantity,
                 protection_bps,
-                terms,
                 ..
-            } => self.sweep(entry, side, quantity, protection_bps, terms),
+            } => self.sweep(entry, side, quantity, protection_bps),
             Command::Modify {
                 target,
                 quantity,
@@ -981,18 +962,11 @@ impl Book {
         side: Side,
         quantity: u32,
         price: Price,
-        terms: Terms,
     ) -> Result<u64, Refusal> {
         let number = entry.number;
-        let (client_order_id, market) = match &entry.command {
-            Command::Place {
-                client_order_id, ..
-            } => (client_order_id.as_deref(), false),
-            Command::Sweep {
-                client_order_id, ..
-            } => (client_order_id.as_deref(), true),
-            _ => (None, false),
-        };
+        let terms = entry.command.terms();
+        let client_order_id = entry.command.client_order_id();
+        let market = matches!(entry.command, Command::Sweep { .. });
         if let (Some(user), Some(id)) = (entry.user, client_order_id) {
             if let Some(&open) = self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
                 return Err(Refusal::DuplicateClientOrderId {
@@ -1075,7 +1049,6 @@ impl Book {
         side: Side,
         quantity: u32,
         protection_bps: u32,
-        terms: Terms,
     ) -> Result<u64, Refusal> {
         let number = entry.number;
         let stock = self
@@ -1097,7 +1070,7 @@ impl Book {
             Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
         };
         let limit = u64::try_from(limit).map_or(Price::MAX, Price::from_cents);
-        self.place_limit(entry, side, quantity, limit.min(Price::MAX), terms)
+        self.place_limit(entry, side, quantity, limit.min(Price::MAX))
     }
 
     /// Whether an order of `side` at `limit` would trade with the best of the opposite side
@@ -1130,23 +1103,43 @@ impl Book {
             Side::Buy => Box::new(book.asks.range(..=limit).map(|(_, l)| l)),
             Side::Sell => Box::new(book.bids.range(limit..).rev().map(|(_, l)| l)),
         };
+        let prevented = user.filter(|_| self_trade != SelfTrade::None);
         let mut available = 0u32;
         for level in levels {
-            for &(at, slot) in &level.queue {
-                let resting = &self.live[at as usize];
-                if resting.slot != slot {
-                    continue;
-                }
-                if user.is_some() && resting.user == user {
+            // The level's orders as matching meets them: an iceberg's next slice behind the
+            // rest, so that an order of the same user may be met before it.
+            // (remaining, visible, slice size, of the same user)
+            let mut queue: VecDeque<(u32, u32, u32, bool)> = level
+                .queue
+                .iter()
+                .map(|&(at, slot)| (&self.live[at as usize], slot))
+                .filter(|(resting, slot)| resting.slot == *slot)
+                .map(|(resting, _)| {
+                    let own = prevented.is_some() && resting.user == prevented;
+                    let slice = match resting.has(Live::ICEBERG) {
+                        true => self.orders[resting.place as usize].display(),
+                        false => None,
+                    };
+                    let (remaining, visible) = (resting.remaining(), resting.visible());
+                    (remaining, visible, slice.unwrap_or(remaining), own)
+                })
+                .collect();
+            while let Some((remaining, visible, slice, own)) = queue.pop_front() {
+                if own {
                     match self_trade {
-                        SelfTrade::None => {}
                         SelfTrade::CancelOldest => continue,
-                        SelfTrade::CancelNewest | SelfTrade::CancelBoth => return available,
+                        _ => return available,
                     }
                 }
-                available = available.saturating_add(resting.remaining());
-                if available >= wanted {
+                let taken = visible.min(wanted - available);
+                available += taken;
+                if available == wanted {
                     return wanted;
+                }
+                if remaining > taken {
+                    // Only an iceberg has more than it shows: its next slice.
+                    let left = remaining - taken;
+                    queue.push_back((left, slice.min(left), slice, own));
                 }
             }
         }
@@ -1432,7 +1425,7 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stocknet_common::Stamp;
+    use stocknet_common::{OrderOptions, Stamp};
 
     fn entry(number: u64, command: Command) -> Order {
         Order {
@@ -1451,8 +1444,7 @@ mod tests {
             side,
             quantity,
             limit: Some(Price::from_cents(cents)),
-            terms: Terms::default(),
-            client_order_id: None,
+            options: None,
         }
     }
 
@@ -1599,8 +1591,7 @@ mod tests {
                     side,
                     quantity,
                     limit: Some(Price::from_cents(cents)),
-                    terms,
-                    client_order_id: None,
+                    options: OrderOptions::boxed(terms, None),
                 },
             )
         }
@@ -1742,8 +1733,7 @@ mod tests {
                     side,
                     quantity,
                     protection_bps,
-                    terms: tif(TimeInForce::Ioc),
-                    client_order_id: None,
+                    options: OrderOptions::boxed(tif(TimeInForce::Ioc), None),
                 },
             )
         };
@@ -1834,8 +1824,7 @@ mod tests {
                     side: Side::Buy,
                     quantity: 1,
                     limit: Some(Price::from_cents(990)),
-                    terms: Terms::default(),
-                    client_order_id: Some(id.into()),
+                    options: OrderOptions::boxed(Terms::default(), Some(id.into())),
                 },
             )
         };
@@ -1910,8 +1899,7 @@ mod tests {
                 side: Side::Buy,
                 quantity: 1,
                 limit: None,
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             },
             limit(Side::Sell, 5, 1000),
             Command::Cancel { target: 2 },
@@ -1954,8 +1942,7 @@ mod tests {
                 side: Side::Buy,
                 quantity: 1,
                 limit: None,
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             },
         );
         book.apply(&market);
@@ -2017,7 +2004,7 @@ mod tests {
 mod model_tests {
     use super::*;
     use proptest::prelude::*;
-    use stocknet_common::Stamp;
+    use stocknet_common::{OrderOptions, Stamp};
 
     /// Entries go to users 0 and 1 and to nobody in turn; market orders execute at a quote.
     fn stamped(number: u64, name: &str, command: Command) -> Order {
@@ -2168,16 +2155,10 @@ mod model_tests {
             }
         }
 
-        fn place(
-            &mut self,
-            entry: &Order,
-            side: Side,
-            quantity: u32,
-            price: u64,
-            terms: Terms,
-            client_order_id: Option<String>,
-        ) {
+        fn place(&mut self, entry: &Order, side: Side, quantity: u32, price: u64) {
             let (number, time) = (entry.number, entry.stamp.time);
+            let terms = entry.command.terms();
+            let client_order_id = entry.command.client_order_id().map(str::to_owned);
             let duplicate = client_order_id.is_some()
                 && entry.user.is_some()
                 && self
@@ -2228,15 +2209,13 @@ mod model_tests {
                     side,
                     quantity,
                     limit: Some(price),
-                    terms,
-                    client_order_id,
-                } => self.place(entry, side, quantity, price.cents(), terms, client_order_id),
+                    ..
+                } => self.place(entry, side, quantity, price.cents()),
                 Command::Sweep {
                     side,
                     quantity,
                     protection_bps,
-                    terms,
-                    client_order_id,
+                    ..
                 } => {
                     // The best opposite price, moved by the protection, to the cent towards it.
                     let opposite = self
@@ -2257,7 +2236,7 @@ mod model_tests {
                         Side::Buy => best * (10_000 + bps) / 10_000,
                         Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
                     };
-                    self.place(entry, side, quantity, limit, terms, client_order_id);
+                    self.place(entry, side, quantity, limit);
                 }
                 Command::Place { limit: None, .. } | Command::Group(_) => {}
                 Command::Expire => {
@@ -2361,16 +2340,18 @@ mod model_tests {
                     side,
                     quantity,
                     limit: Some(price),
-                    // Icebergs where the terms allow one.
-                    terms: Terms {
-                        display_quantity: display.filter(|display| {
-                            *display < quantity && terms.check(Some(price), quantity).is_ok()
-                                && !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok)
-                        }),
-                        ..terms
-                    },
-                    // Few ids, so that some are taken by an open order of the same user.
-                    client_order_id: id.map(|id| format!("c{id}")),
+                    options: OrderOptions::boxed(
+                        // Icebergs where the terms allow one.
+                        Terms {
+                            display_quantity: display.filter(|display| {
+                                *display < quantity && terms.check(Some(price), quantity).is_ok()
+                                    && !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok)
+                            }),
+                            ..terms
+                        },
+                        // Few ids, so that some are taken by an open order of the same user.
+                        id.map(|id| format!("c{id}")),
+                    ),
                 }),
             1 => Just(Command::Expire),
             1 => (
@@ -2384,19 +2365,20 @@ mod model_tests {
                     side,
                     quantity,
                     protection_bps,
-                    terms: Terms {
-                        time_in_force: if fok { TimeInForce::Fok } else { TimeInForce::Ioc },
-                        self_trade,
-                        ..Terms::default()
-                    },
-                    client_order_id: None,
+                    options: OrderOptions::boxed(
+                        Terms {
+                            time_in_force: if fok { TimeInForce::Fok } else { TimeInForce::Ioc },
+                            self_trade,
+                            ..Terms::default()
+                        },
+                        None,
+                    ),
                 }),
             1 => (side, 1u32..10).prop_map(|(side, quantity)| Command::Place {
                 side,
                 quantity,
                 limit: None,
-                terms: Terms::default(),
-                client_order_id: None,
+                options: None,
             }),
             2 => (1..=max_target).prop_map(|target| Command::Cancel { target }),
             2 => (1..=max_target, proptest::option::of(1u32..12), proptest::option::of(price))
@@ -2497,10 +2479,7 @@ mod model_tests {
             prop_assert_eq!(refused, model.refused.clone());
             // A user's orders trade with each other only when the taker allowed it.
             let user = |number: u64| stamped(number, "A", Command::Expire).user;
-            let stp = |number: u64| match commands[number as usize - 1] {
-                Command::Place { terms, .. } | Command::Sweep { terms, .. } => terms.self_trade,
-                _ => SelfTrade::CancelNewest,
-            };
+            let stp = |number: u64| commands[number as usize - 1].terms().self_trade;
             for trade in book.trades(None, 0, usize::MAX) {
                 if user(trade.buy_order).is_some() && user(trade.buy_order) == user(trade.sell_order) {
                     let taker = match trade.taker_side {

@@ -181,8 +181,7 @@ mod tests {
                 side,
                 quantity: 2,
                 limit: Some(Price::from_cents(cents)),
-                terms: Default::default(),
-                client_order_id: None,
+                options: None,
             },
         }
     }

@@ -18,7 +18,7 @@ use stocknet_common::wire::{
     NewOrder, OrderChange, OrderView, Peer, Placed, PriceGuard, Voters,
 };
 use stocknet_common::{
-    file, request_id, Command, Order, Price, Rejection, RemoteError, Side, Stamp,
+    file, request_id, Command, Order, OrderOptions, Price, Rejection, RemoteError, Side, Stamp,
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
@@ -398,15 +398,13 @@ impl Replica {
                 side: order.side,
                 quantity: order.quantity,
                 protection_bps,
-                terms: order.terms,
-                client_order_id: order.client_order_id,
+                options: OrderOptions::boxed(order.terms, order.client_order_id),
             },
             None => Command::Place {
                 side: order.side,
                 quantity: order.quantity,
                 limit: order.price,
-                terms: order.terms,
-                client_order_id: order.client_order_id,
+                options: OrderOptions::boxed(order.terms, order.client_order_id),
             },
         };
         let number = self

@@ -231,8 +231,7 @@ fn proposal(quantity: u32) -> Order {
             side: Side::Buy,
             quantity,
             limit: Some(Price::from_cents(100)),
-            terms: Default::default(),
-            client_order_id: None,
+            options: None,
         },
     }
 }

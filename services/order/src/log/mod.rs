@@ -539,8 +539,7 @@ mod tests {
                 limit: number
                     .is_multiple_of(5)
                     .then(|| Price::from_cents(100 + number)),
-                terms: Default::default(),
-                client_order_id: None,
+                options: None,
             }
         };
         // Every fourth has a user, and every new order the thirteenth was refused.

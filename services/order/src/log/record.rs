@@ -195,7 +195,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use stocknet_common::{Command, Order, Side, Stamp, Terms};
+    use stocknet_common::{Command, Order, OrderOptions, Side, Stamp, Terms};
 
     use super::*;
 
@@ -219,14 +219,16 @@ mod tests {
                     side: Side::Buy,
                     quantity: 3,
                     limit: Some(Price::from_cents(1525)),
-                    terms: Terms {
-                        time_in_force: TimeInForce::Gtd,
-                        expire_at: Some(1_700_000_600_000),
-                        post_only: true,
-                        self_trade: SelfTrade::CancelOldest,
-                        display_quantity: Some(1),
-                    },
-                    client_order_id: Some("ladder-3".into()),
+                    options: OrderOptions::boxed(
+                        Terms {
+                            time_in_force: TimeInForce::Gtd,
+                            expire_at: Some(1_700_000_600_000),
+                            post_only: true,
+                            self_trade: SelfTrade::CancelOldest,
+                            display_quantity: Some(1),
+                        },
+                        Some("ladder-3".into()),
+                    ),
                 },
             },
         };
