@@ -1829,3 +1829,76 @@ async fn an_iceberg_shows_its_slice_and_refills_behind_the_level() {
         "{order}"
     );
 }
+
+/// Issue 21, item 9: candles of a stock's book trades, whatever minutes they fell in.
+#[tokio::test]
+async fn candles_sum_up_the_trades() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let orders = format!("{frontend}/orders");
+    // Three trades: 2 at 30.00, 1 at 31.50, 3 at 29.25.
+    for (quantity, price) in [(2, 30.0), (1, 31.5), (3, 29.25)] {
+        let sell =
+            json!({"name": "MenhirCo", "quantity": quantity, "type": "sell", "price": price});
+        let buy = json!({"name": "MenhirCo", "quantity": quantity, "type": "buy", "price": price});
+        assert_eq!(cluster.post(&orders, &sell).await.0, 200);
+        let (status, body) = cluster.post(&orders, &buy).await;
+        assert_eq!(
+            (status, &body["data"]["status"]),
+            (200, &json!("filled")),
+            "{body}"
+        );
+    }
+    for interval in ["1m", "5m", "1h", "1d"] {
+        let (status, body) = cluster
+            .get(&format!("{frontend}/candles/MenhirCo?interval={interval}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let candles = body["data"]["candles"].as_array().unwrap();
+        assert!(!candles.is_empty(), "{interval}: {body}");
+        let sum = |field: &str| {
+            candles
+                .iter()
+                .map(|c| c[field].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        let prices = |field: &str| {
+            candles
+                .iter()
+                .map(|c| c[field].as_f64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!((sum("volume"), sum("trades")), (6, 3), "{interval}: {body}");
+        assert_eq!(candles[0]["open"], json!(30.0), "{interval}");
+        assert_eq!(
+            candles[candles.len() - 1]["close"],
+            json!(29.25),
+            "{interval}"
+        );
+        assert_eq!(
+            prices("high").into_iter().fold(0.0, f64::max),
+            31.5,
+            "{interval}"
+        );
+        assert_eq!(
+            prices("low").into_iter().fold(f64::MAX, f64::min),
+            29.25,
+            "{interval}"
+        );
+    }
+    for (query, status) in [
+        ("interval=2m", 400),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", 400),
+        ("interval=1m&from=2020-01-01T00:00:00Z", 400),
+        ("limit=5", 400),
+    ] {
+        let (got, body) = cluster
+            .get(&format!("{frontend}/candles/MenhirCo?{query}"))
+            .await;
+        assert_eq!(got, status, "{query}: {body}");
+    }
+    assert_eq!(
+        cluster.get(&format!("{frontend}/candles/NoSuchCo")).await.0,
+        404
+    );
+}

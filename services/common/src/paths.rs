@@ -54,6 +54,7 @@ pub const PORTFOLIO: Route = Route("/portfolios/{user}");
 pub const AUDIT: Route = Route("/audit");
 pub const DAILY_REPORT: Route = Route("/reports/daily");
 pub const BOOK: Route = Route("/book/{name}");
+pub const CANDLES: Route = Route("/candles/{name}");
 pub const FEED: Route = Route("/feed");
 pub const LOG_AFTER: Route = Route("/orders/logs/{after}");
 pub const MEMBERS: Route = Route("/members");

@@ -568,6 +568,73 @@ pub struct Depth {
     pub last_price: Option<Price>,
 }
 
+/// A candle's width, as `GET /candles/{name}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub enum CandleInterval {
+    #[default]
+    #[serde(rename = "1m")]
+    Minute,
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "1d")]
+    Day,
+}
+
+impl CandleInterval {
+    /// Its width in milliseconds.
+    pub fn millis(self) -> u64 {
+        const MINUTE: u64 = 60_000;
+        match self {
+            Self::Minute => MINUTE,
+            Self::FiveMinutes => 5 * MINUTE,
+            Self::Hour => 60 * MINUTE,
+            Self::Day => 24 * 60 * MINUTE,
+        }
+    }
+}
+
+/// The query of `GET /candles/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CandleQuery {
+    /// `1m` (default), `5m`, `1h` or `1d` (UTC days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<CandleInterval>)]
+    pub interval: Option<CandleInterval>,
+    /// From this time on (RFC 3339, or milliseconds since the epoch); default: 100 intervals
+    /// before `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Up to this time, exclusive; default: now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// The book trades of one interval of one stock. Intervals without trades have none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Candle {
+    /// Start of the interval, RFC 3339, UTC.
+    pub time: String,
+    pub open: Price,
+    pub high: Price,
+    pub low: Price,
+    pub close: Price,
+    /// Shares traded.
+    pub volume: u64,
+    pub trades: u32,
+}
+
+/// `GET /candles/{name}`: oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Candles {
+    pub name: String,
+    pub interval: CandleInterval,
+    pub candles: Vec<Candle>,
+}
+
 /// A price level after a change: quantity 0 means the level is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LevelChange {

@@ -33,6 +33,7 @@ use stocknet_common::{
     Command, Order, Price, Rejection, SelfTrade, Side, Status, Terms, TimeInForce,
 };
 
+use crate::candles::{Candle, Minutes};
 use crate::portfolio::Portfolios;
 use crate::report::Reports;
 
@@ -309,6 +310,8 @@ struct StockBook {
     trades: Vec<u64>,
     /// The open orders that expire: (expiry, number), soonest first.
     expiries: BTreeSet<(u64, u64)>,
+    /// Its trades, minute by minute.
+    minutes: Minutes,
 }
 
 impl StockBook {
@@ -366,6 +369,8 @@ pub(crate) struct Parts<'a, Orders> {
     pub refusals: Vec<(u64, Refusal)>,
     pub portfolios: &'a Portfolios,
     pub reports: &'a Reports,
+    /// Each stock's minutes with trades, by name.
+    pub candles: Vec<(&'a str, &'a [Candle])>,
 }
 
 impl Book {
@@ -373,6 +378,14 @@ impl Book {
         let mut refusals: Vec<(u64, Refusal)> =
             self.refusals.iter().map(|(n, r)| (*n, *r)).collect();
         refusals.sort_unstable_by_key(|(n, _)| *n);
+        // By name, so that equal books give equal snapshots.
+        let mut candles: Vec<(&str, &[Candle])> = self
+            .stocks
+            .iter()
+            .map(|book| (&*book.name, book.minutes.as_slice()))
+            .filter(|(_, minutes)| !minutes.is_empty())
+            .collect();
+        candles.sort_unstable_by_key(|(name, _)| *name);
         Parts {
             applied: self.applied,
             next_slot: self.next_slot,
@@ -381,6 +394,7 @@ impl Book {
             refusals,
             portfolios: &self.portfolios,
             reports: &self.reports,
+            candles,
         }
     }
 
@@ -470,6 +484,25 @@ impl Book {
             level.live += 1;
         }
         Ok(book)
+    }
+
+    /// Restores the minutes of `name`'s trades (from a snapshot).
+    pub(crate) fn restore_minutes(
+        &mut self,
+        name: &str,
+        candles: Vec<Candle>,
+    ) -> Result<(), String> {
+        let place = self.stock_place(name)?;
+        self.stocks[place as usize].minutes = Minutes::from_candles(candles)?;
+        Ok(())
+    }
+
+    /// `name`'s candles of `interval` milliseconds (a whole number of minutes) starting in
+    /// `[from, to)`, oldest first.
+    pub fn candles(&self, name: &str, interval: u64, from: u64, to: u64) -> Vec<Candle> {
+        self.stock(name)
+            .map(|book| book.minutes.candles(interval, from, to))
+            .unwrap_or_default()
     }
 
     /// The last log entry applied.
@@ -911,7 +944,7 @@ impl Book {
         match result {
             Ok(order) => {
                 if self.trades.len() > before {
-                    self.book_fills(before, day());
+                    self.book_fills(before, entry.stamp.time);
                 }
                 Applied::Changed {
                     order,
@@ -926,11 +959,14 @@ impl Book {
         }
     }
 
-    /// Books the trades from index `first` on, made on UTC day `day`, into their users'
-    /// portfolios and the day's report.
-    fn book_fills(&mut self, first: usize, day: u32) {
+    /// Books the trades from index `first` on, made at `time`, into their users' portfolios,
+    /// the day's report and their stock's minutes.
+    fn book_fills(&mut self, first: usize, time: u64) {
+        let day = day_of(time);
         for (trade, &(buyer, seller)) in self.trades[first..].iter().zip(&self.traders) {
-            let name = &*self.stocks[trade.stock as usize].name;
+            let stock = &mut self.stocks[trade.stock as usize];
+            stock.minutes.trade(time, trade.price, trade.quantity);
+            let name = &*stock.name;
             for (side, owner) in [(Side::Buy, buyer), (Side::Sell, seller)] {
                 if let Some(owner) = owner {
                     self.portfolios
@@ -2399,6 +2435,11 @@ mod model_tests {
             parts.refusals,
             parts.portfolios.clone(),
             parts.reports.clone(),
+            parts
+                .candles
+                .iter()
+                .map(|(name, minutes)| (name.to_string(), minutes.to_vec()))
+                .collect::<Vec<_>>(),
             // A stock whose book is empty and never traded looks like one never seen.
             names
                 .into_iter()

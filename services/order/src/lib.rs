@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod book;
 pub mod book_store;
+pub mod candles;
 pub mod catalog;
 pub mod consensus;
 pub mod error;
@@ -35,8 +36,9 @@ use stocknet_common::envelope::bounded;
 use stocknet_common::model;
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    parse_peer, AuditQuery, NewLearner, NewOrder, OrderChange, OrderPage, OrderView, Peer, Trade,
-    Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
+    self, parse_peer, AuditQuery, CandleQuery, Candles, NewLearner, NewOrder, OrderChange,
+    OrderPage, OrderView, Peer, Trade, Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY,
+    READ_FROM_LEADER, USER,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs, Status,
@@ -177,6 +179,10 @@ pub fn router(state: AppState) -> Router {
             get(daily_report).route_layer(confirmed()),
         )
         .route(paths::BOOK.pattern(), get(book).route_layer(confirmed()))
+        .route(
+            paths::CANDLES.pattern(),
+            get(candles).route_layer(confirmed()),
+        )
         .route(paths::FEED.pattern(), get(feed))
         .route(paths::LOG_AFTER.pattern(), get(orders_after))
         .route(paths::MEMBERS.pattern(), get(members))
@@ -550,6 +556,55 @@ async fn book(
     Ok(data(
         state.replica.read_book(|book| book.depth(&name, depth)),
     ))
+}
+
+/// Candles a request gets when it gives no `from`.
+const DEFAULT_CANDLES: u64 = 100;
+
+/// `GET /candles/{name}`: the stock's candles of one interval in `[from, to)`, at most
+/// [`MAX_PAGE`] intervals' worth.
+async fn candles(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<CandleQuery>,
+) -> Result<Response, ApiError> {
+    let interval = query.interval.unwrap_or_default();
+    let width = interval.millis();
+    let instant = |text: &Option<String>| {
+        text.as_deref()
+            .map(clock::parse_instant)
+            .transpose()
+            .map_err(ApiError::bad_request)
+    };
+    let to = instant(&query.to)?.unwrap_or_else(clock::now_millis);
+    let from = instant(&query.from)?.unwrap_or(to.saturating_sub(DEFAULT_CANDLES * width));
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    if (to - from).div_ceil(width) > MAX_PAGE as u64 {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_PAGE} candles at once: narrow from and to, or widen the interval"
+        )));
+    }
+    let candles = state
+        .replica
+        .read_book(|book| book.candles(&name, width, from, to))
+        .into_iter()
+        .map(|c| wire::Candle {
+            time: clock::rfc3339(c.start),
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            trades: c.trades,
+        })
+        .collect();
+    Ok(data(Candles {
+        name,
+        interval,
+        candles,
+    }))
 }
 
 fn parse_number(text: &str) -> Result<u64, ApiError> {

@@ -13,11 +13,12 @@ use stocknet_common::wire::Trade;
 use stocknet_common::{file, Price, Side, Terms};
 
 use crate::book::{Book, Extras, LimitOrder, Refusal, Removal};
+use crate::candles::Candle;
 use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
 
 /// First bytes of a snapshot file; the digit is the format's version.
-const MAGIC: &[u8] = b"stocknet book snapshot 3\n";
+const MAGIC: &[u8] = b"stocknet book snapshot 4\n";
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -29,6 +30,18 @@ struct Image {
     positions: Vec<PositionImage>,
     stock_days: Vec<StockDayImage>,
     user_days: Vec<(u32, u64, u64)>,
+    candles: Vec<(String, Vec<CandleImage>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CandleImage {
+    start: u64,
+    open: u64,
+    high: u64,
+    low: u64,
+    close: u64,
+    volume: u64,
+    trades: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,6 +178,25 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             })
             .collect(),
         user_days,
+        candles: parts
+            .candles
+            .iter()
+            .map(|(name, minutes)| {
+                let minutes = minutes
+                    .iter()
+                    .map(|c| CandleImage {
+                        start: c.start,
+                        open: c.open.cents(),
+                        high: c.high.cents(),
+                        low: c.low.cents(),
+                        close: c.close.cents(),
+                        volume: c.volume,
+                        trades: c.trades,
+                    })
+                    .collect();
+                ((*name).to_owned(), minutes)
+            })
+            .collect(),
     };
     let mut bytes = MAGIC.to_vec();
     postcard::to_io(&image, &mut bytes).map_err(|e| e.to_string())?;
@@ -210,7 +242,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         sell_order: t.sell_order,
         taker_side: t.taker_side,
     });
-    Book::from_parts(
+    let mut book = Book::from_parts(
         image.applied,
         image.next_slot,
         orders,
@@ -244,7 +276,23 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
             }),
             image.user_days,
         ),
-    )
+    )?;
+    for (name, minutes) in image.candles {
+        let minutes = minutes
+            .into_iter()
+            .map(|c| Candle {
+                start: c.start,
+                open: Price::from_cents(c.open),
+                high: Price::from_cents(c.high),
+                low: Price::from_cents(c.low),
+                close: Price::from_cents(c.close),
+                volume: c.volume,
+                trades: c.trades,
+            })
+            .collect();
+        book.restore_minutes(&name, minutes)?;
+    }
+    Ok(book)
 }
 
 /// Replaces the snapshot at `path` with `bytes`, atomically.

@@ -1,11 +1,11 @@
-//! `GET /book/{name}`.
+//! `GET /book/{name}` and `GET /candles/{name}`.
 
 use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
-use stocknet_common::wire::Depth;
+use stocknet_common::wire::{CandleQuery, Candles, Depth};
 use stocknet_common::Path;
 
 use crate::routes::stocks::stock;
@@ -31,4 +31,23 @@ pub(crate) async fn book(
 ) -> Result<Response, FrontendError> {
     stock(&state, &name).await?.into_stock();
     order_group::forward_read(&state, paths::BOOK, &[&name], uri.query()).await
+}
+
+/// A stock's candles (OHLCV of its book trades) of one interval, oldest first; intervals
+/// without trades have none. Kept per minute by every replica as trades happen.
+#[utoipa::path(get, path = "/candles/{name}", operation_id = "get_candles", tag = "market",
+    params(("name" = String, Path, description = "Stock name"), CandleQuery),
+    responses(
+        (status = 200, body = DataEnvelope<Candles>),
+        (status = 400, description = "An unknown parameter, a bad interval or time, from not before to, or more than 1000 candles", body = ErrorEnvelope),
+        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn candles(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, FrontendError> {
+    stock(&state, &name).await?.into_stock();
+    order_group::forward_read(&state, paths::CANDLES, &[&name], uri.query()).await
 }

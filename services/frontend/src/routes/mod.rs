@@ -45,6 +45,7 @@ pub(crate) fn public_api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(trades::list_trades))
         .routes(routes!(book::book))
+        .routes(routes!(book::candles))
         .routes(routes!(reports::daily_report))
         .routes(routes!(users::create_user))
         .routes(routes!(users::portfolio))
