@@ -1,5 +1,5 @@
-//! The live streams through real frontends: trades, a book and prices, on two frontends at
-//! once, across a kill of the order leader.
+//! The live streams through real frontends: trades, a book, candles and prices, on two
+//! frontends at once, across a kill of the order leader.
 
 mod common;
 
@@ -59,7 +59,7 @@ async fn limit(cluster: &Cluster, frontend: usize, side: &str, quantity: u64, pr
 }
 
 #[tokio::test]
-async fn every_frontend_streams_trades_books_and_prices_across_a_failover() {
+async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failover() {
     let mut cluster = Cluster::start(2).await;
     let (one, two) = (
         cluster.frontend_urls[0].clone(),
@@ -69,6 +69,17 @@ async fn every_frontend_streams_trades_books_and_prices_across_a_failover() {
     let mut book_one = connect(&one, "/ws/book/GameStart").await;
     let mut book_two = connect(&two, "/ws/book/GameStart").await;
     let mut prices = connect(&two, "/ws/prices").await;
+    let mut candles = connect(&two, "/ws/candles/GameStart?interval=1d").await;
+    let snapshot = next(&mut candles).await;
+    assert_eq!(
+        (
+            &snapshot["type"],
+            &snapshot["interval"],
+            &snapshot["candles"]
+        ),
+        (&json!("snapshot"), &json!("1d"), &json!([])),
+        "{snapshot}"
+    );
     for book in [&mut book_one, &mut book_two] {
         let snapshot = next(book).await;
         assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
@@ -109,6 +120,18 @@ async fn every_frontend_streams_trades_books_and_prices_across_a_failover() {
         );
         assert_eq!(update["last_price"], 20.5);
     }
+    let first = next(&mut candles).await;
+    assert_eq!(first["type"], "update", "{first}");
+    assert_eq!(
+        [
+            &first["candle"]["open"],
+            &first["candle"]["close"],
+            &first["candle"]["volume"],
+            &first["candle"]["trades"],
+        ],
+        [&json!(20.5), &json!(20.5), &json!(2), &json!(1)],
+        "{first}"
+    );
     let price = next_matching(&mut prices, |m| m["name"] == "GameStart").await;
     assert_eq!(
         (price["type"].clone(), price["price"].clone()),
@@ -133,20 +156,38 @@ async fn every_frontend_streams_trades_books_and_prices_across_a_failover() {
             "{update}"
         );
     }
+    // The day's candle grows by the trade (a new one if the UTC day turned meanwhile).
+    let second = next_matching(&mut candles, |m| m["type"] == "update").await;
+    let expected = if second["candle"]["time"] == first["candle"]["time"] {
+        [json!(5), json!(2)]
+    } else {
+        [json!(3), json!(1)]
+    };
+    assert_eq!(
+        [&second["candle"]["volume"], &second["candle"]["trades"]],
+        [&expected[0], &expected[1]],
+        "{second}"
+    );
     cluster.orders[leader].restart();
 }
 
 #[tokio::test]
-async fn a_book_stream_for_an_unknown_stock_is_refused() {
+async fn a_stream_for_an_unknown_stock_or_interval_is_refused() {
     let cluster = Cluster::start(1).await;
-    let url = format!(
-        "{}/ws/book/NoSuchStock",
-        cluster.frontend().replace("http://", "ws://")
-    );
-    match connect_async(&url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 404)
+    for (path, status) in [
+        ("/ws/book/NoSuchStock", 404),
+        ("/ws/candles/NoSuchStock", 404),
+        ("/ws/candles/GameStart?interval=7m", 400),
+    ] {
+        let url = format!("{}{path}", cluster.frontend().replace("http://", "ws://"));
+        match connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), status, "{path}")
+            }
+            other => panic!(
+                "{path}: expected {status}, got {:?}",
+                other.map(|(_, r)| r.status())
+            ),
         }
-        other => panic!("expected 404, got {:?}", other.map(|(_, r)| r.status())),
     }
 }

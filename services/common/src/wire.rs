@@ -632,6 +632,8 @@ pub struct Candle {
 pub struct Candles {
     pub name: String,
     pub interval: CandleInterval,
+    /// The candles are as of this log entry: a stream of trades goes on from the next.
+    pub applied: u64,
     pub candles: Vec<Candle>,
 }
 
@@ -649,6 +651,9 @@ pub struct LevelChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MarketEvent {
     pub entry: u64,
+    /// The entry's time (milliseconds since the epoch, the leader's stamp): its trades' time.
+    #[serde(default)]
+    pub time: u64,
     pub name: String,
     pub trades: Vec<Trade>,
     pub levels: Vec<LevelChange>,

@@ -1,6 +1,6 @@
 //! Live streams over WebSockets: `/ws/trades` (every trade as it commits), `/ws/book/{name}`
-//! (a snapshot of the book, then its changes) and `/ws/prices` (price and quantity changes of
-//! every stock).
+//! (a snapshot of the book, then its changes), `/ws/candles/{name}` (recent candles, then each
+//! candle a trade changes) and `/ws/prices` (price and quantity changes of every stock).
 //!
 //! While anybody listens, one task per frontend follows the order leader's market feed with
 //! long polls, from the entry it got to, also across a change of leader (every replica derives
@@ -17,13 +17,17 @@ use axum::extract::ws::{close_code, CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures::{Sink, SinkExt, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use stocknet_common::client::call;
+use stocknet_common::clock::{parse_instant, rfc3339};
 use stocknet_common::paths;
-use stocknet_common::wire::{Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot, Trade};
-use stocknet_common::{Path, Price, Stock};
+use stocknet_common::wire::{
+    Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot,
+    Trade,
+};
+use stocknet_common::{Path, Price, Query, Stock};
 use tokio::sync::{broadcast, Notify};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::stocks::stock;
 use crate::{AppState, FrontendError};
@@ -291,6 +295,140 @@ pub async fn book(
     }))
 }
 
+/// The query of `GET /ws/candles/{name}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CandleStreamQuery {
+    /// `1m` (default), `5m`, `1h` or `1d`.
+    #[param(value_type = Option<CandleInterval>)]
+    interval: Option<CandleInterval>,
+}
+
+/// `GET /ws/candles/{name}`: the stock's candles of the last 100 intervals, then the candle
+/// each trade changes, as it commits (bucketed by the leader's time of its entry, as the book
+/// keeps them).
+#[utoipa::path(get, path = "/ws/candles/{name}", operation_id = "stream_candles", tag = "market",
+    params(("name" = String, Path, description = "Stock name"), CandleStreamQuery),
+    responses(
+        (status = 101, description = "A WebSocket whose messages are CandleFrames: a snapshot \
+            (the last 100 intervals' candles as of entry `applied`), then the candle each \
+            committed trade changed, and a new snapshot after a gap.", body = CandleFrame),
+        (status = 400, description = "An unknown parameter or interval", body = stocknet_common::envelope::ErrorEnvelope),
+        (status = 404, description = "Stock not found", body = stocknet_common::envelope::ErrorEnvelope),
+    ))]
+pub async fn candles(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<CandleStreamQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, FrontendError> {
+    stock(&state, &name).await?.into_stock();
+    let interval = query.interval.unwrap_or_default();
+    let width = interval.millis();
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let mut receiver = state.inner.streams.subscribe_market(&state);
+        let (mut sink, mut stream) = socket.split();
+        'snapshot: loop {
+            let Some(snapshot) = candle_snapshot(&state, &name, interval).await else {
+                let _ = sink
+                    .send(close(close_code::AGAIN, "no order leader available"))
+                    .await;
+                return;
+            };
+            let applied = snapshot.applied;
+            // The last candle, which the next trades extend while they fall in its interval.
+            let mut last: Option<(u64, Candle)> = snapshot.candles.last().and_then(|candle| {
+                let start = parse_instant(&candle.time).ok()?;
+                Some((start, candle.clone()))
+            });
+            let first = frame(&CandleFrame::Snapshot(snapshot));
+            if send(&mut sink, Message::Text(first.into())).await.is_err() {
+                return;
+            }
+            loop {
+                let event = match next_item(&mut receiver, &mut stream).await {
+                    Next::Item(MarketItem::Event(event)) => event,
+                    Next::Item(MarketItem::Gap) => continue 'snapshot,
+                    Next::Behind(missed) => {
+                        let _ = sink.send(slow_consumer(missed)).await;
+                        return;
+                    }
+                    Next::Done => return,
+                };
+                if event.name != name || event.entry <= applied || event.trades.is_empty() {
+                    continue;
+                }
+                let start = event.time - event.time % width;
+                for trade in &event.trades {
+                    last = Some(match last.take() {
+                        Some((at, mut candle)) if at == start => {
+                            candle.high = candle.high.max(trade.price);
+                            candle.low = candle.low.min(trade.price);
+                            candle.close = trade.price;
+                            candle.volume += u64::from(trade.quantity);
+                            candle.trades += 1;
+                            (at, candle)
+                        }
+                        _ => (
+                            start,
+                            Candle {
+                                time: rfc3339(start),
+                                open: trade.price,
+                                high: trade.price,
+                                low: trade.price,
+                                close: trade.price,
+                                volume: u64::from(trade.quantity),
+                                trades: 1,
+                            },
+                        ),
+                    });
+                }
+                let Some((_, candle)) = &last else { continue };
+                let update = frame(&CandleFrame::Update {
+                    entry: event.entry,
+                    candle: candle.clone(),
+                });
+                if send(&mut sink, Message::Text(update.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+async fn candle_snapshot(
+    state: &AppState,
+    name: &str,
+    interval: CandleInterval,
+) -> Option<Candles> {
+    let query = interval_query(interval);
+    let candles = crate::upstream::order_group::read(state, |leader| {
+        let request = paths::CANDLES.url(&leader.url, &[name]).map(|mut url| {
+            url.set_query(Some(&query));
+            state.inner.leader_read(url)
+        });
+        async move { call::<Candles>(request?).await }
+    })
+    .await;
+    match candles {
+        Ok(candles) => Some(candles),
+        Err(e) => {
+            tracing::warn!("candle stream for {name}: {e}");
+            None
+        }
+    }
+}
+
+/// `interval=...` as the candles' query spells it.
+fn interval_query(interval: CandleInterval) -> String {
+    let text = serde_json::to_value(interval)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("interval={text}")
+}
+
 async fn book_snapshot(state: &AppState, name: &str) -> Option<Depth> {
     let depth = crate::upstream::order_group::read(state, |leader| {
         let request = paths::BOOK.url(&leader.url, &[name]).map(|mut url| {
@@ -424,6 +562,16 @@ pub enum BookFrame {
         levels: Vec<LevelChange>,
         last_price: Option<Price>,
     },
+}
+
+/// Every message `GET /ws/candles/{name}` sends.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CandleFrame {
+    /// The last 100 intervals' candles as of entry `applied`: first, and again after a gap.
+    Snapshot(Candles),
+    /// The candle a committed entry's trades changed, as it stands after them.
+    Update { entry: u64, candle: Candle },
 }
 
 /// A frame as the text of a WebSocket message.

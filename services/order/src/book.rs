@@ -805,6 +805,7 @@ impl Book {
             .collect();
         Some(MarketEvent {
             entry: entry.number,
+            time: entry.stamp.time,
             name: entry.name.clone(),
             trades,
             levels,

@@ -99,6 +99,7 @@ mod tests {
     fn event(entry: u64) -> MarketEvent {
         MarketEvent {
             entry,
+            time: 0,
             name: "A".into(),
             trades: Vec::new(),
             levels: Vec::new(),

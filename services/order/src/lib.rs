@@ -586,9 +586,10 @@ async fn candles(
             "at most {MAX_PAGE} candles at once: narrow from and to, or widen the interval"
         )));
     }
-    let candles = state
+    let (applied, candles) = state
         .replica
-        .read_book(|book| book.candles(&name, width, from, to))
+        .read_book(|book| (book.applied(), book.candles(&name, width, from, to)));
+    let candles = candles
         .into_iter()
         .map(|c| wire::Candle {
             time: clock::rfc3339(c.start),
@@ -603,6 +604,7 @@ async fn candles(
     Ok(data(Candles {
         name,
         interval,
+        applied,
         candles,
     }))
 }

@@ -53,6 +53,7 @@ pub(crate) fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(streams::trades))
         .routes(routes!(streams::prices))
         .routes(routes!(streams::book))
+        .routes(routes!(streams::candles))
         .routes(routes!(docs::document))
         .routes(routes!(docs::docs_page))
         .routes(routes!(console::root))
