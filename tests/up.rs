@@ -174,6 +174,72 @@ async fn up_runs_supervises_and_stops_everything() {
     })
     .await;
 
+    // The order terms through `up` (issue 21): a user's iceberg that expires at its time, with
+    // a client order id, and an ioc order that takes its slices; what is left of it expires.
+    let created: Value = http
+        .post(format!("{}/users", url(frontend)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["data"]["api_key"]
+        .as_str()
+        .expect("a key")
+        .to_owned();
+    let expire_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_500;
+    let iceberg = json!({"name": "FishCo", "quantity": 5, "type": "sell", "price": 40.0,
+        "display_quantity": 2, "time_in_force": "gtd", "expire_at": expire_at,
+        "client_order_id": "up-1"});
+    let placed: Value = http
+        .post(format!("{}/orders", url(frontend)))
+        .bearer_auth(&key)
+        .json(&iceberg)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(placed["data"]["client_order_id"], "up-1", "{placed}");
+    let resting = placed["data"]["transaction_number"]
+        .as_u64()
+        .expect("a number");
+    let ioc = json!({"name": "FishCo", "quantity": 4, "type": "buy", "price": 40.0,
+        "time_in_force": "ioc"});
+    let taken: Value = http
+        .post(format!("{}/orders", url(frontend)))
+        .json(&ioc)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Slice by slice: 2, then the refill of 2 (alone at its level, it is next again).
+    let fills: Vec<&Value> = taken["data"]["fills"]
+        .as_array()
+        .expect("fills")
+        .iter()
+        .map(|fill| &fill["quantity"])
+        .collect();
+    assert_eq!(fills, [&json!(2), &json!(2)], "{taken}");
+    wait_until(
+        "the gtd iceberg to expire",
+        Duration::from_secs(20),
+        || async {
+            get(format!("{}/orders/{resting}", url(frontend)))
+                .await
+                .is_some_and(|order| order["data"]["status"] == "expired")
+        },
+    )
+    .await;
+
     // SIGTERM: `up` stops all its children and exits.
     let pids: Vec<u32> = children(up_pid).into_iter().map(|(pid, _)| pid).collect();
     kill(Pid::from_raw(up_pid as i32), Signal::SIGTERM).unwrap();
