@@ -605,12 +605,31 @@ pub struct CandleQuery {
     #[param(value_type = Option<CandleInterval>)]
     pub interval: Option<CandleInterval>,
     /// From this time on (RFC 3339, or milliseconds since the epoch); default: 100 intervals
-    /// before `to`.
+    /// before `to`. A page that ends before `to` says where the next starts (`next_from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = instant_schema)]
     pub from: Option<String>,
     /// Up to this time, exclusive; default: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = instant_schema)]
     pub to: Option<String>,
+}
+
+/// An instant as a query takes it: RFC 3339, or milliseconds since the epoch.
+fn instant_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,15}$")),
+        )
+        .into()
 }
 
 /// The book trades of one interval of one stock. Intervals without trades have none.
@@ -635,6 +654,9 @@ pub struct Candles {
     /// The candles are as of this log entry: a stream of trades goes on from the next.
     pub applied: u64,
     pub candles: Vec<Candle>,
+    /// More candles start here, before `to`: pass it as `from` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_from: Option<String>,
 }
 
 /// A price level after a change: quantity 0 means the level is gone.

@@ -497,11 +497,17 @@ impl Book {
         Ok(())
     }
 
-    /// `name`'s candles of `interval` milliseconds (a whole number of minutes) starting in
-    /// `[from, to)`, oldest first.
-    pub fn candles(&self, name: &str, interval: u64, from: u64, to: u64) -> Vec<Candle> {
+    /// The first `limit` of `name`'s candles of `interval` milliseconds (a whole number of
+    /// minutes) starting in `[from, to)`, oldest first, and where the next starts if any.
+    pub fn candles(
+        &self,
+        name: &str,
+        interval: u64,
+        (from, to): (u64, u64),
+        limit: usize,
+    ) -> (Vec<Candle>, Option<u64>) {
         self.stock(name)
-            .map(|book| book.minutes.candles(interval, from, to))
+            .map(|book| book.minutes.candles(interval, from, to, limit))
             .unwrap_or_default()
     }
 

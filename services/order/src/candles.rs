@@ -75,9 +75,16 @@ impl Minutes {
         }
     }
 
-    /// The candles of width `interval` (a whole number of minutes) that start at or after
-    /// `from` and before `to`, oldest first; an interval without trades has none.
-    pub fn candles(&self, interval: u64, from: u64, to: u64) -> Vec<Candle> {
+    /// The first `limit` candles of width `interval` (a whole number of minutes) that start
+    /// at or after `from` and before `to`, oldest first (an interval without trades has none),
+    /// and the start of the next one if there are more.
+    pub fn candles(
+        &self,
+        interval: u64,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> (Vec<Candle>, Option<u64>) {
         let first = self.0.partition_point(|c| c.start < from - from % interval);
         let mut candles: Vec<Candle> = Vec::new();
         for minute in self.0[first..].iter().take_while(|c| c.start < to) {
@@ -85,12 +92,14 @@ impl Minutes {
             if start < from {
                 continue;
             }
+            let full = candles.len() == limit;
             match candles.last_mut() {
                 Some(last) if last.start == start => last.extend(minute),
+                _ if full => return (candles, Some(start)),
                 _ => candles.push(Candle { start, ..*minute }),
             }
         }
-        candles
+        (candles, None)
     }
 }
 
@@ -111,7 +120,7 @@ mod tests {
         minutes.trade(59_999, cents(1010), 1);
         minutes.trade(MINUTE_MS + 1, cents(990), 4);
         minutes.trade(hour + MINUTE_MS, cents(1005), 3);
-        let one = minutes.candles(MINUTE_MS, 0, 2 * hour);
+        let one = minutes.candles(MINUTE_MS, 0, 2 * hour, 10).0;
         assert_eq!(one.len(), 3);
         assert_eq!(
             one[0],
@@ -125,7 +134,7 @@ mod tests {
                 trades: 2
             }
         );
-        let hours = minutes.candles(hour, 0, 2 * hour);
+        let hours = minutes.candles(hour, 0, 2 * hour, 10).0;
         assert_eq!(
             hours
                 .iter()
@@ -145,8 +154,14 @@ mod tests {
             ]
         );
         // Only intervals that start within [from, to).
-        assert_eq!(minutes.candles(hour, 1, 2 * hour).len(), 1);
-        assert_eq!(minutes.candles(MINUTE_MS, MINUTE_MS, hour).len(), 1);
+        assert_eq!(minutes.candles(hour, 1, 2 * hour, 10).0.len(), 1);
+        assert_eq!(minutes.candles(MINUTE_MS, MINUTE_MS, hour, 10).0.len(), 1);
+        // A page of two minutes says where the next begins.
+        assert_eq!(
+            minutes.candles(MINUTE_MS, 0, 2 * hour, 2).1,
+            Some(hour + MINUTE_MS)
+        );
+        assert_eq!(minutes.candles(MINUTE_MS, 0, 2 * hour, 3).1, None);
         assert!(Minutes::from_candles(vec![one[1], one[0]]).is_err());
         assert_eq!(Minutes::from_candles(one.clone()).map(|m| m.0), Ok(one));
     }

@@ -452,6 +452,11 @@ async fn list_orders(
             })
         })
         .transpose()?;
+    if let Some(id) = filter.client_order_id.as_deref() {
+        // (Any price: only the id's text is checked here.)
+        model::check_client_order_id(id, Some(stocknet_common::Price::from_cents(1)))
+            .map_err(ApiError::bad_request)?;
+    }
     let before = match filter.cursor.as_deref() {
         None => u64::MAX,
         Some(cursor) => cursor
@@ -561,8 +566,8 @@ async fn book(
 /// Candles a request gets when it gives no `from`.
 const DEFAULT_CANDLES: u64 = 100;
 
-/// `GET /candles/{name}`: the stock's candles of one interval in `[from, to)`, at most
-/// [`MAX_PAGE`] intervals' worth.
+/// `GET /candles/{name}`: the stock's candles of one interval in `[from, to)` (none if `from`
+/// is not before `to`), at most [`MAX_PAGE`] of them, with where the next page starts.
 async fn candles(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -578,17 +583,10 @@ async fn candles(
     };
     let to = instant(&query.to)?.unwrap_or_else(clock::now_millis);
     let from = instant(&query.from)?.unwrap_or(to.saturating_sub(DEFAULT_CANDLES * width));
-    if from >= to {
-        return Err(ApiError::bad_request("from must be before to"));
-    }
-    if (to - from).div_ceil(width) > MAX_PAGE as u64 {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_PAGE} candles at once: narrow from and to, or widen the interval"
-        )));
-    }
-    let (applied, candles) = state
-        .replica
-        .read_book(|book| (book.applied(), book.candles(&name, width, from, to)));
+    let (applied, (candles, next)) = state.replica.read_book(|book| {
+        let candles = book.candles(&name, width, (from, to), MAX_PAGE);
+        (book.applied(), candles)
+    });
     let candles = candles
         .into_iter()
         .map(|c| wire::Candle {
@@ -606,6 +604,7 @@ async fn candles(
         interval,
         applied,
         candles,
+        next_from: next.map(clock::rfc3339),
     }))
 }
 

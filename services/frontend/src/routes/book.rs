@@ -33,13 +33,14 @@ pub(crate) async fn book(
     order_group::forward_read(&state, paths::BOOK, &[&name], uri.query()).await
 }
 
-/// A stock's candles (OHLCV of its book trades) of one interval, oldest first; intervals
-/// without trades have none. Kept per minute by every replica as trades happen.
+/// A stock's candles (OHLCV of its book trades) of one interval, oldest first, at most 1000 at
+/// once (`next_from` then says where the next page starts); intervals without trades have
+/// none. Kept per minute by every replica as trades happen.
 #[utoipa::path(get, path = "/candles/{name}", operation_id = "get_candles", tag = "market",
     params(("name" = String, Path, description = "Stock name"), CandleQuery),
     responses(
         (status = 200, body = DataEnvelope<Candles>),
-        (status = 400, description = "An unknown parameter, a bad interval or time, from not before to, or more than 1000 candles", body = ErrorEnvelope),
+        (status = 400, description = "An unknown parameter, a bad interval or time", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
         (status = 503, description = "No order leader available", body = ErrorEnvelope),
     ))]

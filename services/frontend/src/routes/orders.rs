@@ -420,7 +420,7 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
     security((), ("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Placed>),
-        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value", body = ErrorEnvelope),
+        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; terms or client_order_id on a market order against the house", body = ErrorEnvelope),
         (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
         (status = 409, description = "Refused, and recorded as refused (with reason and transaction_number): insufficient stock quantity (market orders; reason insufficient_quantity), the price is further than the tolerance from expected_price (reason price_moved, with current_price), a fok order cannot fill entirely now (would_not_fill), a post_only order would take liquidity (would_take_liquidity), or a gtd order's expire_at had passed when it reached the book (expiry_passed)", body = ErrorEnvelope),
