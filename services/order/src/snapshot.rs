@@ -18,7 +18,7 @@ use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
 
 /// First bytes of a snapshot file; the digit is the format's version.
-const MAGIC: &[u8] = b"stocknet book snapshot 4\n";
+const MAGIC: &[u8] = b"stocknet book snapshot 3\n";
 
 #[derive(Serialize, Deserialize)]
 struct Image {

@@ -57,13 +57,12 @@ const CLIENT_ORDER_ID: usize = 18;
 const PROTECTION_BPS: usize = 19;
 const DISPLAY_QUANTITY: usize = 20;
 
-/// How many columns a log's lines have: all of them; or, in a log written before icebergs,
-/// before market orders on the book, before client order ids, before orders' terms, before request ids, before entries held several lines, before
-/// users and stamps, or before the order book, the first twenty, nineteen, eighteen,
-/// fourteen, thirteen, twelve, eight or six. Such a log is read as it is (without an entry column
-/// each of its lines is its own entry, see [`Line::alone`]) and new lines are appended in the
-/// current layout.
-const LAYOUTS: [usize; 9] = [COLUMNS.len(), 20, 19, 18, 14, 13, 12, 8, 6];
+/// How many columns a log's lines have: all of them; or, in a log written before orders' terms
+/// (time in force to display quantity), before request ids, before entries held several lines,
+/// before users and stamps, or before the order book, the first fourteen, thirteen, twelve,
+/// eight or six. Such a log is read as it is (without an entry column each of its lines is its
+/// own entry, see [`Line::alone`]) and new lines are appended in the current layout.
+const LAYOUTS: [usize; 6] = [COLUMNS.len(), 14, 13, 12, 8, 6];
 
 /// The header line of a log of `columns` columns.
 pub fn header_of(columns: usize) -> String {
