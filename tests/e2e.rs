@@ -1608,6 +1608,18 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
         let (_, body) = cluster.get(&format!("{base}/orders/{gtd}")).await;
         assert_eq!(body["data"]["status"], "expired", "{base}: {body}");
     }
+    // The leader that wrote it counted it.
+    let mut written = 0;
+    for base in &cluster.order_urls {
+        let metrics = cluster.insider.get(format!("{base}/metrics")).send().await;
+        let text = metrics.unwrap().text().await.unwrap();
+        written += text
+            .lines()
+            .find_map(|line| line.strip_prefix("stocknet_order_expiry_entries_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(written >= 1, "no expiry entry counted");
     let (status, audit) = send(with_key(
         cluster
             .http

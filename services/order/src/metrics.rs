@@ -26,6 +26,7 @@ pub struct ReplicaMetrics {
     pub catalog_apply_seconds: Histogram,
     pub takeovers: Counter,
     pub handovers: Counter,
+    pub expiry_entries: Counter,
     pub term: Gauge,
     pub last_entry: Gauge,
     pub committed: Gauge,
@@ -48,6 +49,7 @@ impl ReplicaMetrics {
             catalog_apply_seconds: latency_histogram(),
             takeovers: Counter::default(),
             handovers: Counter::default(),
+            expiry_entries: Counter::default(),
             term: Gauge::default(),
             last_entry: Gauge::default(),
             committed: Gauge::default(),
@@ -90,6 +92,11 @@ impl ReplicaMetrics {
             "handovers",
             "Times this replica, leading, handed the leadership to a higher-id voter",
             metrics.handovers.clone(),
+        );
+        registry.register(
+            "expiry_entries",
+            "Expiry entries this replica, leading, wrote to expire day and gtd orders",
+            metrics.expiry_entries.clone(),
         );
         for (name, help, gauge) in [
             (

@@ -985,8 +985,11 @@ impl Replica {
                 guard: None,
             };
             // Not written now (handing over, the catalog down): the next tick tries again.
-            if let Err(e) = self.submit(expiry).await {
-                tracing::debug!("expiry entry not written: {e}");
+            match self.submit(expiry).await {
+                Ok(_) => {
+                    self.metrics.expiry_entries.inc();
+                }
+                Err(e) => tracing::debug!("expiry entry not written: {e}"),
             }
         }
     }
