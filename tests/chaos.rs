@@ -217,9 +217,14 @@ async fn client(
 }
 
 /// A limit order's terms: `ioc`, `fok`, `day`, `gtd` (expiring within a second), post-only,
-/// a self-trade prevention other than the default, or (of more than one share) an iceberg.
+/// a self-trade prevention other than the default, (of more than one share) an iceberg, or a
+/// stop.
 fn random_terms(rng: &mut Rng, quantity: u64) -> Value {
-    match rng.below(8) {
+    match rng.below(9) {
+        8 => {
+            let stop = [9.97, 10.03][rng.below(2) as usize];
+            json!({ "stop_price": stop })
+        }
         7 if quantity > 1 => json!({"display_quantity": 1}),
         0 => json!({"time_in_force": "ioc"}),
         1 => json!({"time_in_force": "fok"}),
@@ -464,6 +469,11 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         .iter()
         .filter(|o| o["status"] == "expired")
         .count();
+    let triggered = replayed
+        .orders
+        .iter()
+        .filter(|o| o.get("triggered_at").is_some())
+        .count();
     let trades = replayed.trades.len();
 
     let refused: usize = reports.iter().map(|r| r.refused).sum();
@@ -486,8 +496,8 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         "chaos over {seconds} s: {} commands acknowledged ({limit_orders} limit orders, \
          {trades} trades), {refused} refused (409), {unknown} unknown after {ATTEMPTS} \
          attempts, {retries} client retries; {} kills ({} of the leader, {} of the catalog), \
-         {leader_changes} leader changes followed; {expired} orders expired; orders lost: \
-         {lost}",
+         {leader_changes} leader changes followed; {expired} orders expired, {triggered} stops \
+         triggered; orders lost: {lost}",
         acks.len(),
         chaos.kills + chaos.catalog_kills,
         chaos.leader_kills,

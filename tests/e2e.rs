@@ -1930,3 +1930,55 @@ async fn candles_sum_up_the_trades() {
         404
     );
 }
+
+/// Issue 21, item 3: a stop-limit order waits off the book until a trade reaches its stop,
+/// then enters, the same on every replica.
+#[tokio::test]
+async fn a_stop_order_enters_when_a_trade_reaches_its_stop() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let orders = format!("{frontend}/orders");
+    let place = |body: Value| {
+        let orders = orders.clone();
+        let cluster = &cluster;
+        async move { cluster.post(&orders, &body).await }
+    };
+    // Offers at 50.00 and 51.00; a stop-limit buy of 2 at 51.00 once a trade is at 50.50 or
+    // above.
+    for price in [50.0, 51.0] {
+        let body = json!({"name": "BoarCo", "quantity": 2, "type": "sell", "price": price});
+        assert_eq!(place(body).await.0, 200);
+    }
+    let stop = json!({"name": "BoarCo", "quantity": 2, "type": "buy", "price": 51.0,
+                      "stop_price": 50.5});
+    let (status, body) = place(stop).await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (200, &json!("untriggered")),
+        "{body}"
+    );
+    let stop = body["data"]["transaction_number"].as_u64().unwrap();
+    // A trade at 50.00 does not reach it; one at 51.00 does (a buy of 2 takes the last one
+    // at 50.00 and one at 51.00), and it buys the last one left at 51.00.
+    let buy = |quantity: u32, price: f64| json!({"name": "BoarCo", "quantity": quantity, "type": "buy", "price": price});
+    assert_eq!(place(buy(1, 50.0)).await.0, 200);
+    let (_, order) = cluster.get(&format!("{frontend}/orders/{stop}")).await;
+    assert_eq!(order["data"]["status"], "untriggered", "{order}");
+    let (_, body) = place(buy(2, 51.0)).await;
+    let trigger = body["data"]["transaction_number"].clone();
+    let (_, order) = cluster.get(&format!("{frontend}/orders/{stop}")).await;
+    assert_eq!(
+        (
+            &order["data"]["status"],
+            &order["data"]["triggered_at"],
+            &order["data"]["filled_quantity"]
+        ),
+        (&json!("partially_filled"), &trigger, &json!(1)),
+        "one of 51.00 left after the trigger: {order}"
+    );
+    cluster.wait_for_identical_logs().await;
+    for base in &cluster.order_urls {
+        let (_, order) = cluster.get(&format!("{base}/orders/{stop}")).await;
+        assert_eq!(order["data"]["triggered_at"], trigger, "{base}: {order}");
+    }
+}

@@ -121,6 +121,22 @@ pub fn check_replay(log: &[Value]) -> BookState {
                 "a fok order filled in part: {view:?}"
             );
         }
+        // A triggered stop order was triggered by a trade of its stock at or past its stop.
+        if let (Some(entry), Some(stop)) = (order.triggered(), order.stop_price()) {
+            let reached = trades.iter().any(|t| {
+                t.entry == entry
+                    && *t.name == *order.name
+                    && match order.side {
+                        Side::Buy => t.price >= stop,
+                        Side::Sell => t.price <= stop,
+                    }
+            });
+            assert!(
+                reached,
+                "order {} triggered at {entry} by no trade reaching its stop",
+                order.number
+            );
+        }
         if view.status == Status::Expired {
             let expires = order.expires().expect("an expired order has an expiry");
             assert!(

@@ -237,6 +237,8 @@ pub enum Status {
     Cancelled,
     /// Reached its time in force's expiry (`day`, `gtd`) while open.
     Expired,
+    /// A stop order waiting for its trigger, off the book.
+    Untriggered,
     /// Refused by the leader (see its audit record for why): nothing executed.
     Rejected,
 }
@@ -249,6 +251,7 @@ impl Status {
             "filled" => Some(Self::Filled),
             "cancelled" => Some(Self::Cancelled),
             "expired" => Some(Self::Expired),
+            "untriggered" => Some(Self::Untriggered),
             "rejected" => Some(Self::Rejected),
             _ => None,
         }
@@ -422,6 +425,9 @@ pub struct Terms {
     pub self_trade: SelfTrade,
     /// An iceberg order's visible part: only this much shows on the book at a time.
     pub display_quantity: Option<u32>,
+    /// A stop order's trigger: it waits, off the book, until a trade of its stock is at or
+    /// above this (a buy) or at or below it (a sell), then enters as it was placed.
+    pub stop_price: Option<Price>,
 }
 
 impl Terms {
@@ -442,6 +448,15 @@ impl Terms {
         let now_only = matches!(self.time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
         if self.post_only && now_only {
             return Err("a post_only order rests: time_in_force ioc or fok cannot go with it");
+        }
+        if self.stop_price.is_some()
+            && (self.post_only
+                || self.display_quantity.is_some()
+                || matches!(self.time_in_force, TimeInForce::Day | TimeInForce::Gtd))
+        {
+            return Err(
+                "a stop order (stop_price) is gtc, ioc or fok, and not post_only or an iceberg",
+            );
         }
         match self.display_quantity {
             Some(_) if now_only => Err(
@@ -625,6 +640,8 @@ pub struct EntryFields {
     pub protection_bps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_quantity: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_price: Option<Price>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -713,6 +730,7 @@ impl From<Order> for EntryFields {
             client_order_id,
             protection_bps,
             display_quantity: terms.display_quantity,
+            stop_price: terms.stop_price,
         }
     }
 }
@@ -728,6 +746,7 @@ impl TryFrom<EntryFields> for Order {
             post_only: fields.post_only,
             self_trade: fields.stp.unwrap_or_default(),
             display_quantity: fields.display_quantity,
+            stop_price: fields.stop_price,
         };
         if side.is_none()
             && (terms != Terms::default()
@@ -928,11 +947,24 @@ mod tests {
                         post_only: true,
                         self_trade: SelfTrade::CancelBoth,
                         display_quantity: Some(2),
+                        stop_price: None,
                     },
                     Some("grid-7".into()),
                 ),
             },
             Command::Expire,
+            Command::Place {
+                side: Side::Buy,
+                quantity: 5,
+                limit: Some(Price(1300)),
+                options: OrderOptions::boxed(
+                    Terms {
+                        stop_price: Some(Price(1290)),
+                        ..Terms::default()
+                    },
+                    None,
+                ),
+            },
             Command::Sweep {
                 side: Side::Buy,
                 quantity: 3,

@@ -315,7 +315,7 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// Why it was refused: `insufficient_quantity`, `quantity_overflow`, `price_moved`,
     /// `not_open`, `not_a_limit_order`, `below_filled`, `would_not_fill`, `would_take_liquidity`,
-    /// `expiry_passed`, `duplicate_client_order_id` or `no_liquidity`.
+    /// `expiry_passed`, `duplicate_client_order_id`, `no_liquidity` or `untriggered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The `X-Request-Id` of the request that brought it: its log lines in the frontend, the
@@ -338,7 +338,7 @@ pub struct AuditQuery {
     /// `accepted`, `refused`, or a refusal's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(
-        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed|duplicate_client_order_id|no_liquidity)$"
+        pattern = "^(accepted|refused|insufficient_quantity|quantity_overflow|price_moved|not_a_limit_order|not_open|below_filled|would_not_fill|would_take_liquidity|expiry_passed|duplicate_client_order_id|no_liquidity|untriggered)$"
     )]
     pub outcome: Option<String>,
     /// From this time on (RFC 3339, or milliseconds since the epoch).
@@ -501,6 +501,12 @@ pub struct OrderView {
     /// An iceberg's visible part: only this much of it shows on the book at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_quantity: Option<u32>,
+    /// A stop order's trigger price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_price: Option<Price>,
+    /// The log entry whose trade triggered this stop order, once one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<u64>,
 }
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.

@@ -59,6 +59,8 @@ pub struct LimitOrder {
     pub market: bool,
     /// What of an iceberg's current slice is unfilled.
     pub shown: u32,
+    /// A stop order waiting for its trigger: in no queue, and not open.
+    pub pending: bool,
     /// What few orders have (an expiry, a client order id, an iceberg's slice), boxed: there
     /// is a record for every order ever placed, and matching reads and writes them.
     pub(crate) extras: Option<Box<Extras>>,
@@ -80,14 +82,22 @@ pub struct Extras {
     pub client_order_id: Option<Arc<str>>,
     /// An iceberg's visible part.
     pub display: Option<u32>,
+    /// A stop order's trigger.
+    pub stop_price: Option<Price>,
+    /// A stop order to enter as a market order on the book: its protection.
+    pub protection_bps: Option<u32>,
+    /// The entry whose trade triggered it.
+    pub triggered: Option<u64>,
 }
 
 impl Extras {
     /// `None` where there is nothing to keep.
     #[inline]
     pub(crate) fn boxed(self) -> Option<Box<Self>> {
-        let none =
-            self.expires.is_none() && self.client_order_id.is_none() && self.display.is_none();
+        let none = self.expires.is_none()
+            && self.client_order_id.is_none()
+            && self.display.is_none()
+            && self.stop_price.is_none();
         (!none).then(|| Box::new(self))
     }
 }
@@ -111,6 +121,7 @@ impl LimitOrder {
             post_only: self.post_only,
             self_trade: self.self_trade,
             display_quantity: self.display(),
+            stop_price: self.stop_price(),
         }
     }
 
@@ -124,6 +135,15 @@ impl LimitOrder {
 
     pub fn display(&self) -> Option<u32> {
         self.extras.as_ref()?.display
+    }
+
+    pub fn stop_price(&self) -> Option<Price> {
+        self.extras.as_ref()?.stop_price
+    }
+
+    /// The entry whose trade triggered this stop order.
+    pub fn triggered(&self) -> Option<u64> {
+        self.extras.as_ref()?.triggered
     }
 
     pub fn remaining(&self) -> u32 {
@@ -140,6 +160,8 @@ impl LimitOrder {
                 Removal::Cancelled => Status::Cancelled,
                 Removal::Expired => Status::Expired,
             }
+        } else if self.pending {
+            Status::Untriggered
         } else if self.filled == self.quantity {
             Status::Filled
         } else if self.filled > 0 {
@@ -173,6 +195,8 @@ pub enum Refusal {
     DuplicateClientOrderId { order: u64, open: u64 },
     #[error("Order {order}: a market order, and the other side of the book is empty")]
     NoLiquidity { order: u64 },
+    #[error("Order {0} is a stop order not triggered yet: cancel it and place another")]
+    Untriggered(u64),
 }
 
 impl Refusal {
@@ -187,11 +211,12 @@ impl Refusal {
             Self::ExpiryPassed { .. } => "expiry_passed",
             Self::DuplicateClientOrderId { .. } => "duplicate_client_order_id",
             Self::NoLiquidity { .. } => "no_liquidity",
+            Self::Untriggered(_) => "untriggered",
         }
     }
 
     /// Every reason, as [`reason`](Self::reason) names it.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "not_a_limit_order",
         "not_open",
         "below_filled",
@@ -200,6 +225,7 @@ impl Refusal {
         "expiry_passed",
         "duplicate_client_order_id",
         "no_liquidity",
+        "untriggered",
     ];
 }
 
@@ -310,6 +336,10 @@ struct StockBook {
     trades: Vec<u64>,
     /// The open orders that expire: (expiry, number), soonest first.
     expiries: BTreeSet<(u64, u64)>,
+    /// Stop orders waiting for a trade at or above (buys), at or below (sells) their stop:
+    /// (stop, number).
+    buy_stops: BTreeSet<(Price, u64)>,
+    sell_stops: BTreeSet<(Price, u64)>,
     /// Its trades, minute by minute.
     minutes: Minutes,
 }
@@ -435,8 +465,26 @@ impl Book {
                 name: book.stocks[stock as usize].name.clone(),
                 ..order
             };
+            // A stop order waiting for its trigger goes back among its stock's stops.
+            let held = match (order.pending && order.removal.is_none(), order.stop_price()) {
+                (true, Some(stop)) => {
+                    let id = order.client_order_id().map(Arc::<str>::from);
+                    Some((order.side, stop, order.number, order.user, id))
+                }
+                _ => None,
+            };
             if let Some(live) = book.push(stock, order)? {
                 open.push((slot, live));
+            }
+            if let Some((side, stop, number, user, id)) = held {
+                let stock_book = &mut book.stocks[stock as usize];
+                match side {
+                    Side::Buy => stock_book.buy_stops.insert((stop, number)),
+                    Side::Sell => stock_book.sell_stops.insert((stop, number)),
+                };
+                if let (Some(user), Some(id)) = (user, id) {
+                    book.client_ids.entry(user).or_default().insert(id, number);
+                }
             }
         }
         for (index, trade) in trades.into_iter().enumerate() {
@@ -549,7 +597,19 @@ impl Book {
     /// its place in `live`.
     fn push(&mut self, stock: u32, order: LimitOrder) -> Result<Option<u32>, String> {
         let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
-        let live = order.is_open().then_some(Live {
+        let open = order.is_open();
+        self.orders.push(order);
+        if !open {
+            return Ok(None);
+        }
+        self.open_live(place, stock).map(Some)
+    }
+
+    /// Gives the record at `place` in `orders`, of the stock at `stock`, a place among the
+    /// open orders; that place.
+    fn open_live(&mut self, place: u32, stock: u32) -> Result<u32, String> {
+        let order = &self.orders[place as usize];
+        let live = Live {
             place,
             stock,
             side: order.side,
@@ -569,10 +629,6 @@ impl Book {
             .filter(|(set, _)| *set)
             .fold(0, |flags, (_, flag)| flags | flag),
             shown: order.shown,
-        });
-        self.orders.push(order);
-        let Some(live) = live else {
-            return Ok(None);
         };
         let at = match self.free.pop() {
             Some(at) => {
@@ -586,7 +642,7 @@ impl Book {
             }
         };
         self.places.insert(live.number, at);
-        Ok(Some(at))
+        Ok(at)
     }
 
     /// Brings the record of the order at `at` in `live`, which closed, up to date and frees
@@ -725,6 +781,8 @@ impl Book {
             stp: None,
             client_order_id: client_order_id.clone(),
             display_quantity: None,
+            stop_price: None,
+            triggered_at: None,
         };
         match order_type {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
@@ -738,6 +796,7 @@ impl Book {
                 post_only: Some(terms.post_only),
                 stp: Some(terms.self_trade),
                 display_quantity: terms.display_quantity,
+                stop_price: terms.stop_price,
                 ..done(Status::Rejected, 0)
             }),
             Some(_) => self.order(entry.number).map(|o| self.limit_view(&o)),
@@ -775,6 +834,8 @@ impl Book {
             stp: Some(order.self_trade),
             client_order_id: order.client_order_id().map(str::to_owned),
             display_quantity: order.display(),
+            stop_price: order.stop_price(),
+            triggered_at: order.triggered(),
         }
     }
 
@@ -952,6 +1013,9 @@ impl Book {
             Ok(order) => {
                 if self.trades.len() > before {
                     self.book_fills(before, entry.stamp.time);
+                    if let Some(&stock) = self.stock_places.get(entry.name.as_str()) {
+                        self.trigger_stops(stock, entry);
+                    }
                 }
                 Applied::Changed {
                     order,
@@ -1027,6 +1091,11 @@ impl Book {
             // (So an expiry is never 0.)
             return Err(Refusal::ExpiryPassed { order: number });
         }
+        if let Some(stop) = terms.stop_price {
+            if !self.stop_reached(stock, side, stop) {
+                return self.hold(entry, stock, (side, quantity, price), None);
+            }
+        }
         if terms.post_only && self.crosses(stock, side, price) {
             return Err(Refusal::WouldTakeLiquidity { order: number });
         }
@@ -1058,8 +1127,11 @@ impl Book {
                 expires,
                 client_order_id: client_order_id.map(Arc::from),
                 display: terms.display_quantity,
+                stop_price: terms.stop_price,
+                ..Extras::default()
             }
             .boxed(),
+            pending: false,
             trades: SmallVec::new(),
             slot: 0,
         };
@@ -1097,23 +1169,189 @@ impl Book {
         let stock = self
             .stock_place(&entry.name)
             .map_err(|_| Refusal::NotFound(number))?;
+        if let Some(stop) = entry.command.terms().stop_price {
+            if !self.stop_reached(stock, side, stop) {
+                let order = (side, quantity, Price::default());
+                return self.hold(entry, stock, order, Some(protection_bps));
+            }
+        }
+        let Some(limit) = self.protection_limit(stock, side, protection_bps) else {
+            return Err(Refusal::NoLiquidity { order: number });
+        };
+        self.place_limit(entry, side, quantity, limit)
+    }
+
+    /// The limit of a market order of `side` on the book at `stock` with `protection_bps`:
+    /// the opposite side's best price now, moved that far against it (rounded to the cent
+    /// towards the best price); `None` if that side is empty.
+    fn protection_limit(&self, stock: u32, side: Side, protection_bps: u32) -> Option<Price> {
         let book = &self.stocks[stock as usize];
         let best = match side {
             Side::Buy => book.asks.first_key_value(),
             Side::Sell => book.bids.last_key_value(),
         };
-        let best = u128::from(
-            best.ok_or(Refusal::NoLiquidity { order: number })?
-                .0
-                .cents(),
-        );
+        let best = u128::from(best?.0.cents());
         let bps = u128::from(protection_bps.min(10_000));
         let limit = match side {
             Side::Buy => best * (10_000 + bps) / 10_000,
             Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
         };
         let limit = u64::try_from(limit).map_or(Price::MAX, Price::from_cents);
-        self.place_limit(entry, side, quantity, limit.min(Price::MAX))
+        Some(limit.min(Price::MAX))
+    }
+
+    /// Whether the last trade of the stock at `stock` has reached `stop` for a stop order of
+    /// `side`: at or above it for a buy, at or below it for a sell.
+    fn stop_reached(&self, stock: u32, side: Side, stop: Price) -> bool {
+        self.stocks[stock as usize]
+            .last_price
+            .is_some_and(|last| match side {
+                Side::Buy => last >= stop,
+                Side::Sell => last <= stop,
+            })
+    }
+
+    /// Keeps stop order `entry` (`side`, `quantity`, limit `price`; a market order on the book
+    /// with `protection` instead) off the book until a trade reaches its stop.
+    fn hold(
+        &mut self,
+        entry: &Order,
+        stock: u32,
+        (side, quantity, price): (Side, u32, Price),
+        protection: Option<u32>,
+    ) -> Result<u64, Refusal> {
+        let number = entry.number;
+        let terms = entry.command.terms();
+        let client_order_id = entry.command.client_order_id();
+        let Some(stop) = terms.stop_price else {
+            return Err(Refusal::NotFound(number));
+        };
+        if let (Some(user), Some(id)) = (entry.user, client_order_id) {
+            if let Some(&open) = self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
+                return Err(Refusal::DuplicateClientOrderId {
+                    order: number,
+                    open,
+                });
+            }
+        }
+        let order = LimitOrder {
+            number,
+            name: self.stocks[stock as usize].name.clone(),
+            user: entry.user,
+            side,
+            price,
+            quantity,
+            filled: 0,
+            removal: None,
+            time_in_force: terms.time_in_force,
+            post_only: false,
+            self_trade: terms.self_trade,
+            market: protection.is_some(),
+            shown: 0,
+            pending: true,
+            extras: Extras {
+                client_order_id: client_order_id.map(Arc::from),
+                stop_price: Some(stop),
+                protection_bps: protection,
+                ..Extras::default()
+            }
+            .boxed(),
+            trades: SmallVec::new(),
+            slot: 0,
+        };
+        if self.push(stock, order).is_err() {
+            return Err(Refusal::NotFound(number));
+        }
+        let book = &mut self.stocks[stock as usize];
+        match side {
+            Side::Buy => book.buy_stops.insert((stop, number)),
+            Side::Sell => book.sell_stops.insert((stop, number)),
+        };
+        if let (Some(user), Some(id)) = (entry.user, client_order_id) {
+            self.client_ids
+                .entry(user)
+                .or_default()
+                .insert(id.into(), number);
+        }
+        Ok(number)
+    }
+
+    /// Enters, oldest first, every stop order of the stock at `stock` the last trade has
+    /// reached, as entry `entry`'s doing: each may trade and reach more.
+    fn trigger_stops(&mut self, stock: u32, entry: &Order) {
+        loop {
+            let book = &self.stocks[stock as usize];
+            let Some(last) = book.last_price else { return };
+            let buys = book.buy_stops.range(..=(last, u64::MAX));
+            let sells = book.sell_stops.range((last, 0)..);
+            let due = buys.chain(sells).map(|&(_, number)| number).min();
+            let Some(number) = due else { return };
+            self.trigger(stock, number, entry);
+        }
+    }
+
+    /// Enters stop order `number` of the stock at `stock`, whose stop a trade of `entry` has
+    /// reached: a market order at its protection limit now, a limit order at its limit.
+    fn trigger(&mut self, stock: u32, number: u64, entry: &Order) {
+        let Some(place) = self.place(number) else {
+            return;
+        };
+        let record = &mut self.orders[place as usize];
+        let (stop, protection) = match record.extras.as_deref_mut() {
+            Some(extras) => {
+                extras.triggered = Some(entry.number);
+                (extras.stop_price, extras.protection_bps)
+            }
+            None => (None, None),
+        };
+        record.pending = false;
+        let (side, quantity, user) = (record.side, record.quantity, record.user);
+        let (time_in_force, self_trade) = (record.time_in_force, record.self_trade);
+        if let Some(stop) = stop {
+            let book = &mut self.stocks[stock as usize];
+            match side {
+                Side::Buy => book.buy_stops.remove(&(stop, number)),
+                Side::Sell => book.sell_stops.remove(&(stop, number)),
+            };
+        }
+        let price = match protection {
+            Some(bps) => match self.protection_limit(stock, side, bps) {
+                Some(limit) => limit,
+                None => return self.withdraw_stop(stock, number, place),
+            },
+            None => self.orders[place as usize].price,
+        };
+        self.orders[place as usize].price = price;
+        if time_in_force == TimeInForce::Fok
+            && self.fillable(stock, side, price, user, self_trade, quantity) < quantity
+        {
+            return self.withdraw_stop(stock, number, place);
+        }
+        let Ok(at) = self.open_live(place, stock) else {
+            return self.withdraw_stop(stock, number, place);
+        };
+        let before = self.trades.len();
+        let rests = !matches!(time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+        self.enter(at, entry.number, rests);
+        if self.trades.len() > before {
+            self.book_fills(before, entry.stamp.time);
+        }
+    }
+
+    /// Cancels stop order `number` (record at `place`) that is in no queue: untriggered, or
+    /// triggered and unable to enter (no liquidity; fill or kill, and not fillable).
+    fn withdraw_stop(&mut self, stock: u32, number: u64, place: u32) {
+        let record = &mut self.orders[place as usize];
+        if let Some(stop) = record.extras.as_ref().and_then(|e| e.stop_price) {
+            let book = &mut self.stocks[stock as usize];
+            match record.side {
+                Side::Buy => book.buy_stops.remove(&(stop, number)),
+                Side::Sell => book.sell_stops.remove(&(stop, number)),
+            };
+        }
+        record.pending = false;
+        record.removal = Some(Removal::Cancelled);
+        self.forget_extras(number, stock, place);
     }
 
     /// Whether an order of `side` at `limit` would trade with the best of the opposite side
@@ -1221,9 +1459,27 @@ impl Book {
     }
 
     fn cancel(&mut self, target: u64) -> Result<u64, Refusal> {
+        if let Some((stock, place)) = self.untriggered(target) {
+            self.withdraw_stop(stock, target, place);
+            return Ok(target);
+        }
         let live = self.open_order(target)?;
         self.remove(live, Removal::Cancelled);
         Ok(target)
+    }
+
+    /// The stock and record place of `target` if it is a stop order waiting for its trigger.
+    fn untriggered(&self, target: u64) -> Option<(u32, u32)> {
+        if self.places.contains_key(&target) {
+            return None;
+        }
+        let place = self.place(target)?;
+        let record = &self.orders[place as usize];
+        if !record.pending || record.removal.is_some() {
+            return None;
+        }
+        let stock = *self.stock_places.get(&*record.name)?;
+        Some((stock, place))
     }
 
     /// Takes the open order at `live` off its level and closes it as `removal` says.
@@ -1243,6 +1499,9 @@ impl Book {
         quantity: Option<u32>,
         price: Option<Price>,
     ) -> Result<u64, Refusal> {
+        if self.untriggered(target).is_some() {
+            return Err(Refusal::Untriggered(target));
+        }
         let at = self.open_order(target)?;
         let order = self.live[at as usize];
         let new_quantity = quantity.unwrap_or(order.quantity);
@@ -1858,6 +2117,62 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
+        let stop = |cents| Terms {
+            stop_price: Some(Price::from_cents(cents)),
+            ..Terms::default()
+        };
+        let mut book = book(&[limit(Side::Sell, 2, 1000), limit(Side::Sell, 5, 1050)]);
+        // A stop-limit buy at 10.50 once a trade is at 10.20 or above; a stop-market sell
+        // once one is at 9.00 or below.
+        book.apply(&with_terms(3, 7, 0, (Side::Buy, 3, 1050), stop(1020)));
+        book.apply(&Order {
+            user: Some(8),
+            ..entry(
+                4,
+                Command::Sweep {
+                    side: Side::Sell,
+                    quantity: 1,
+                    protection_bps: 500,
+                    options: OrderOptions::boxed(
+                        Terms {
+                            time_in_force: TimeInForce::Ioc,
+                            ..stop(900)
+                        },
+                        None,
+                    ),
+                },
+            )
+        });
+        assert_eq!(book.order(3).unwrap().status(), Status::Untriggered);
+        assert_eq!(book.order(4).unwrap().status(), Status::Untriggered);
+        assert_eq!(book.depth("A", 5).bids, []);
+        let refused = book.apply(&entry(
+            5,
+            Command::Modify {
+                target: 3,
+                quantity: Some(1),
+                price: None,
+            },
+        ));
+        assert_eq!(refused, Applied::Refused(Refusal::Untriggered(3)));
+        // A trade at 10.00 reaches neither stop; one at 10.50 triggers the buy, which takes 3
+        // of the rest at 10.50 in the same entry.
+        book.apply(&entry(6, limit(Side::Buy, 2, 1000)));
+        assert_eq!(book.order(3).unwrap().status(), Status::Untriggered);
+        book.apply(&entry(7, limit(Side::Buy, 1, 1050)));
+        let triggered = book.order(3).unwrap();
+        assert_eq!(
+            (triggered.status(), triggered.filled, triggered.triggered()),
+            (Status::Filled, 3, Some(7))
+        );
+        assert!(book.trades(None, 0, 10).iter().all(|t| t.entry != 3));
+        // Cancelled while waiting, it never enters.
+        book.apply(&entry(8, Command::Cancel { target: 4 }));
+        assert_eq!(book.order(4).unwrap().status(), Status::Cancelled);
+    }
+
+    #[test]
     fn a_client_order_id_is_unique_among_its_users_open_orders() {
         let with_id = |number, user, id: &str| Order {
             user: Some(user),
@@ -2108,6 +2423,9 @@ mod model_tests {
         /// The entries the book refused.
         refused: BTreeSet<u64>,
         clock: u64,
+        /// Stop orders waiting for their trigger, with their stop, and a market one's
+        /// protection (`None`: a limit order).
+        stops: Vec<(Resting, u64, Option<u32>, TimeInForce)>,
     }
 
     impl Model {
@@ -2198,7 +2516,75 @@ mod model_tests {
             }
         }
 
+        /// A market order's limit: the best opposite price moved by the protection, to the cent
+        /// towards it; `None` if that side is empty.
+        fn protection_limit(&self, side: Side, protection_bps: u32) -> Option<u64> {
+            let opposite = self
+                .resting
+                .iter()
+                .filter(|r| r.side != side)
+                .map(|r| r.price);
+            let best = match side {
+                Side::Buy => opposite.min(),
+                Side::Sell => opposite.max(),
+            }?;
+            let bps = u64::from(protection_bps);
+            Some(match side {
+                Side::Buy => best * (10_000 + bps) / 10_000,
+                Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
+            })
+        }
+
+        fn reached(&self, side: Side, stop: u64) -> bool {
+            self.trades.last().is_some_and(|&(last, ..)| match side {
+                Side::Buy => last >= stop,
+                Side::Sell => last <= stop,
+            })
+        }
+
+        /// Enters the oldest stop order the last trade reached, and again, while there is one.
+        fn trigger(&mut self, entry: u64) {
+            while let Some(i) = (0..self.stops.len())
+                .filter(|&i| self.reached(self.stops[i].0.side, self.stops[i].1))
+                .min_by_key(|&i| self.stops[i].0.number)
+            {
+                let (mut order, _, protection, time_in_force) = self.stops.remove(i);
+                if let Some(bps) = protection {
+                    match self.protection_limit(order.side, bps) {
+                        Some(limit) => order.price = limit,
+                        None => {
+                            self.orders.get_mut(&order.number).unwrap().2 = true;
+                            continue;
+                        }
+                    }
+                }
+                self.orders.get_mut(&order.number).unwrap().4 = order.price;
+                if time_in_force == TimeInForce::Fok {
+                    let mut trial = self.clone();
+                    trial.enter(order.clone(), entry, false);
+                    if trial.orders[&order.number].1 < order.quantity {
+                        self.orders.get_mut(&order.number).unwrap().2 = true;
+                        continue;
+                    }
+                }
+                let rests = !matches!(time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+                self.enter(order, entry, rests);
+            }
+        }
+
         fn place(&mut self, entry: &Order, side: Side, quantity: u32, price: u64) {
+            self.place_as(entry, side, quantity, price, None);
+        }
+
+        /// Places `entry`, a market order on the book with `protection` if given.
+        fn place_as(
+            &mut self,
+            entry: &Order,
+            side: Side,
+            quantity: u32,
+            price: u64,
+            protection: Option<u32>,
+        ) {
             let (number, time) = (entry.number, entry.stamp.time);
             let terms = entry.command.terms();
             let client_order_id = entry.command.client_order_id().map(str::to_owned);
@@ -2207,6 +2593,7 @@ mod model_tests {
                 && self
                     .resting
                     .iter()
+                    .chain(self.stops.iter().map(|stop| &stop.0))
                     .any(|r| r.user == entry.user && r.client_order_id == client_order_id);
             let order = Resting {
                 client_order_id,
@@ -2224,6 +2611,26 @@ mod model_tests {
                 shown: 0,
             };
             let expired = order.expires.is_some_and(|at| at <= time);
+            if let Some(stop) = terms.stop_price.map(Price::cents) {
+                if duplicate {
+                    self.refused.insert(number);
+                    return;
+                }
+                if !self.reached(side, stop) {
+                    // A market one's price is worked out when it triggers.
+                    let price = if protection.is_some() { 0 } else { price };
+                    self.orders
+                        .insert(number, (quantity, 0, false, side, price));
+                    let held = Resting { price, ..order };
+                    self.stops
+                        .push((held, stop, protection, terms.time_in_force));
+                    return;
+                }
+            }
+            if protection.is_some() && price == 0 {
+                self.refused.insert(number);
+                return;
+            }
             let takes = self.best(&order).is_some();
             let fills = || {
                 let mut trial = self.clone();
@@ -2245,6 +2652,14 @@ mod model_tests {
         }
 
         fn apply(&mut self, entry: &Order) {
+            let before = self.trades.len();
+            self.apply_command(entry);
+            if self.trades.len() > before {
+                self.trigger(entry.number);
+            }
+        }
+
+        fn apply_command(&mut self, entry: &Order) {
             let number = entry.number;
             let time = entry.stamp.time;
             match entry.command.clone() {
@@ -2260,26 +2675,10 @@ mod model_tests {
                     protection_bps,
                     ..
                 } => {
-                    // The best opposite price, moved by the protection, to the cent towards it.
-                    let opposite = self
-                        .resting
-                        .iter()
-                        .filter(|r| r.side != side)
-                        .map(|r| r.price);
-                    let best = match side {
-                        Side::Buy => opposite.min(),
-                        Side::Sell => opposite.max(),
-                    };
-                    let Some(best) = best else {
-                        self.refused.insert(number);
-                        return;
-                    };
-                    let bps = u64::from(protection_bps);
-                    let limit = match side {
-                        Side::Buy => best * (10_000 + bps) / 10_000,
-                        Side::Sell => (best * (10_000 - bps)).div_ceil(10_000).max(1),
-                    };
-                    self.place(entry, side, quantity, limit);
+                    // Its limit now (0: the book is empty on that side, refused unless it is
+                    // a stop order to hold).
+                    let limit = self.protection_limit(side, protection_bps).unwrap_or(0);
+                    self.place_as(entry, side, quantity, limit, Some(protection_bps));
                 }
                 Command::Place { limit: None, .. } | Command::Group(_) => {}
                 Command::Expire => {
@@ -2292,6 +2691,11 @@ mod model_tests {
                     }
                 }
                 Command::Cancel { target } => {
+                    if let Some(i) = self.stops.iter().position(|s| s.0.number == target) {
+                        self.stops.remove(i);
+                        self.orders.get_mut(&target).unwrap().2 = true;
+                        return;
+                    }
                     match self.resting.iter().position(|r| r.number == target) {
                         Some(i) => self.remove(i),
                         None => {
@@ -2367,15 +2771,24 @@ mod model_tests {
             1u64..80,
             proptest::bool::weighted(0.15),
             proptest::sample::select(SelfTrade::ALL.to_vec()),
+            proptest::option::weighted(0.2, 95u64..=105),
         )
-            .prop_map(|(time_in_force, at, post_only, self_trade)| Terms {
-                time_in_force,
-                expire_at: (time_in_force == TimeInForce::Gtd)
-                    .then_some(at * stocknet_common::clock::DAY_MS / 10),
-                post_only: post_only
-                    && !matches!(time_in_force, TimeInForce::Ioc | TimeInForce::Fok),
-                self_trade,
-                display_quantity: None,
+            .prop_map(|(time_in_force, at, post_only, self_trade, stop)| {
+                let post_only =
+                    post_only && !matches!(time_in_force, TimeInForce::Ioc | TimeInForce::Fok);
+                // Stop orders where the terms allow one.
+                let stop = stop.filter(|_| {
+                    !post_only && !matches!(time_in_force, TimeInForce::Day | TimeInForce::Gtd)
+                });
+                Terms {
+                    time_in_force,
+                    expire_at: (time_in_force == TimeInForce::Gtd)
+                        .then_some(at * stocknet_common::clock::DAY_MS / 10),
+                    post_only,
+                    self_trade,
+                    display_quantity: None,
+                    stop_price: stop.map(Price::from_cents),
+                }
             });
         prop_oneof![
             6 => (side.clone(), 1u32..10, price.clone(), terms, proptest::option::weighted(0.3, 0..3u8), proptest::option::weighted(0.2, 1u32..4))
@@ -2389,6 +2802,7 @@ mod model_tests {
                             display_quantity: display.filter(|display| {
                                 *display < quantity && terms.check(Some(price), quantity).is_ok()
                                     && !matches!(terms.time_in_force, TimeInForce::Ioc | TimeInForce::Fok)
+                                    && terms.stop_price.is_none()
                             }),
                             ..terms
                         },
@@ -2403,8 +2817,9 @@ mod model_tests {
                 0u32..300,
                 proptest::bool::ANY,
                 proptest::sample::select(SelfTrade::ALL.to_vec()),
+                proptest::option::weighted(0.3, 95u64..=105),
             )
-                .prop_map(|(side, quantity, protection_bps, fok, self_trade)| Command::Sweep {
+                .prop_map(|(side, quantity, protection_bps, fok, self_trade, stop)| Command::Sweep {
                     side,
                     quantity,
                     protection_bps,
@@ -2412,6 +2827,7 @@ mod model_tests {
                         Terms {
                             time_in_force: if fok { TimeInForce::Fok } else { TimeInForce::Ioc },
                             self_trade,
+                            stop_price: stop.map(Price::from_cents),
                             ..Terms::default()
                         },
                         None,

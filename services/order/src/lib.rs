@@ -447,7 +447,7 @@ async fn list_orders(
         .map(|text| {
             Status::parse(text).ok_or_else(|| {
                 ApiError::bad_request(
-                    "status must be open, partially_filled, filled, cancelled, expired or rejected",
+                    "status must be open, partially_filled, filled, cancelled, expired, untriggered or rejected",
                 )
             })
         })

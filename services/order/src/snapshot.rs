@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::wire::Trade;
-use stocknet_common::{file, Price, Side, Terms};
+use stocknet_common::{file, Price, SelfTrade, Side, TimeInForce};
 
 use crate::book::{Book, Extras, LimitOrder, Refusal, Removal};
 use crate::candles::Candle;
@@ -54,13 +54,21 @@ struct OrderImage {
     quantity: u32,
     filled: u32,
     removal: Option<Removal>,
-    terms: Terms,
-    /// When it expires (its terms say when for `gtd`, not for `day`).
+    time_in_force: TimeInForce,
+    post_only: bool,
+    self_trade: SelfTrade,
+    display: Option<u32>,
     expires: Option<u64>,
     client_order_id: Option<String>,
     market: bool,
     /// What of an iceberg's current slice is unfilled.
     shown: u32,
+    /// A stop order waiting for its trigger, its stop (cents), a market one's protection,
+    /// and the entry that triggered it.
+    pending: bool,
+    stop: Option<u64>,
+    protection_bps: Option<u32>,
+    triggered: Option<u64>,
     trades: Vec<u64>,
     slot: u64,
 }
@@ -122,11 +130,18 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 quantity: o.quantity,
                 filled: o.filled,
                 removal: o.removal,
-                terms: o.terms(),
+                time_in_force: o.time_in_force,
+                post_only: o.post_only,
+                self_trade: o.self_trade,
+                display: o.display(),
                 expires: o.expires(),
                 client_order_id: o.client_order_id().map(str::to_owned),
                 market: o.market,
                 shown: o.shown,
+                pending: o.pending,
+                stop: o.stop_price().map(Price::cents),
+                protection_bps: o.extras.as_ref().and_then(|e| e.protection_bps),
+                triggered: o.triggered(),
                 trades: o.trades.to_vec(),
                 slot: o.slot,
             })
@@ -218,17 +233,21 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         quantity: o.quantity,
         filled: o.filled,
         removal: o.removal,
-        time_in_force: o.terms.time_in_force,
-        post_only: o.terms.post_only,
-        self_trade: o.terms.self_trade,
+        time_in_force: o.time_in_force,
+        post_only: o.post_only,
+        self_trade: o.self_trade,
         extras: Extras {
             expires: o.expires,
             client_order_id: o.client_order_id.map(Into::into),
-            display: o.terms.display_quantity,
+            display: o.display,
+            stop_price: o.stop.map(Price::from_cents),
+            protection_bps: o.protection_bps,
+            triggered: o.triggered,
         }
         .boxed(),
         market: o.market,
         shown: o.shown,
+        pending: o.pending,
         trades: o.trades.into(),
         slot: o.slot,
     });

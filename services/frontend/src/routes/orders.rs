@@ -50,7 +50,7 @@ struct IdempotencyKey {
 }
 
 /// Fields a `POST /orders` body may have.
-const ORDER_FIELDS: [&str; 14] = [
+const ORDER_FIELDS: [&str; 15] = [
     "name",
     "quantity",
     "type",
@@ -65,6 +65,7 @@ const ORDER_FIELDS: [&str; 14] = [
     "order_type",
     "protection_bps",
     "display_quantity",
+    "stop_price",
 ];
 
 /// A `POST /orders` body: the order, and the client's guard against a moved price, which the
@@ -105,6 +106,13 @@ struct PlaceOrder {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, nullable = false)]
     display_quantity: Option<u32>,
+    /// A stop order: it waits off the book until a trade of the stock is at or above this (a
+    /// buy) or at or below it (a sell), then enters as placed: a limit order with `price`, a
+    /// market order on the book with `order_type` `market`. With `gtc`, `ioc` or `fok`; not
+    /// post-only or an iceberg. Its status is `untriggered` until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    stop_price: Option<Price>,
     /// Refuse the order (409, reason `price_moved`) if the stock's price is further than the
     /// tolerance from this.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +187,7 @@ impl PlaceOrder {
             post_only: self.post_only.unwrap_or(false),
             self_trade: self.stp.unwrap_or_default(),
             display_quantity: self.display_quantity,
+            stop_price: self.stop_price,
         }
     }
 }
@@ -273,6 +282,7 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
                 })?,
         ),
     };
+    let stop_price = fields.get("stop_price").map(validate_price).transpose()?;
     let display_quantity = fields
         .get("display_quantity")
         .map(|value| {
@@ -316,6 +326,7 @@ fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         order_type,
         protection_bps,
         display_quantity,
+        stop_price,
     };
     // The same checks the leader makes.
     match order_type {
@@ -420,7 +431,7 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
     security((), ("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Placed>),
-        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; terms or client_order_id on a market order against the house", body = ErrorEnvelope),
+        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; stop_price with post_only, display_quantity, day or gtd; terms or client_order_id on a market order against the house", body = ErrorEnvelope),
         (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 404, description = "Stock not found", body = ErrorEnvelope),
         (status = 409, description = "Refused, and recorded as refused (with reason and transaction_number): insufficient stock quantity (market orders; reason insufficient_quantity), the price is further than the tolerance from expected_price (reason price_moved, with current_price), a fok order cannot fill entirely now (would_not_fill), a post_only order would take liquidity (would_take_liquidity), or a gtd order's expire_at had passed when it reached the book (expiry_passed)", body = ErrorEnvelope),
@@ -731,6 +742,7 @@ mod terms_tests {
                 post_only: true,
                 self_trade: SelfTrade::CancelBoth,
                 display_quantity: None,
+                stop_price: None,
             }
         );
         let iceberg = br#"{"name":"A","quantity":10,"type":"buy","price":10,"display_quantity":3}"#;
@@ -839,6 +851,31 @@ mod terms_tests {
                 Err(FrontendError::BadRequest(got)) => assert_eq!(got, message, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
+        }
+        // A stop order: gtc, ioc or fok, not post-only or an iceberg.
+        let stop = br#"{"name":"A","quantity":2,"type":"buy","price":10,"stop_price":9.5}"#;
+        let terms = validate_order(stop).unwrap().into_order(200, 500).terms;
+        assert_eq!(terms.stop_price, Some(Price::from_cents(950)));
+        let stop_market =
+            br#"{"name":"A","quantity":2,"type":"sell","order_type":"market","stop_price":9}"#;
+        let order = validate_order(stop_market).unwrap().into_order(200, 500);
+        assert_eq!(
+            (order.protection_bps, order.terms.stop_price),
+            (Some(500), Some(Price::from_cents(900)))
+        );
+        for fields in [
+            r#""stop_price":9,"post_only":true"#,
+            r#""stop_price":9,"time_in_force":"day""#,
+            r#""stop_price":0"#,
+        ] {
+            let body = format!(r#"{{"name":"A","quantity":2,"type":"buy","price":10,{fields}}}"#);
+            assert!(
+                matches!(
+                    validate_order(body.as_bytes()),
+                    Err(FrontendError::BadRequest(_))
+                ),
+                "{body}"
+            );
         }
         // A market order (no price) takes no terms.
         let market = br#"{"name":"A","quantity":1,"type":"buy","time_in_force":"ioc"}"#;

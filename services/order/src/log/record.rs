@@ -10,7 +10,7 @@ use stocknet_common::{Price, Rejection, SelfTrade, TimeInForce};
 use super::Line;
 
 /// The columns of a line, in file order.
-pub const COLUMNS: [&str; 21] = [
+pub const COLUMNS: [&str; 22] = [
     "number",
     "term",
     "type",
@@ -32,6 +32,7 @@ pub const COLUMNS: [&str; 21] = [
     "client_order_id",
     "protection_bps",
     "display_quantity",
+    "stop_price",
 ];
 
 // Where each column is in a record.
@@ -56,9 +57,10 @@ const STP: usize = 17;
 const CLIENT_ORDER_ID: usize = 18;
 const PROTECTION_BPS: usize = 19;
 const DISPLAY_QUANTITY: usize = 20;
+const STOP_PRICE: usize = 21;
 
 /// How many columns a log's lines have: all of them; or, in a log written before orders' terms
-/// (time in force to display quantity), before request ids, before entries held several lines,
+/// (time in force to stop price), before request ids, before entries held several lines,
 /// before users and stamps, or before the order book, the first fourteen, thirteen, twelve,
 /// eight or six. Such a log is read as it is (without an entry column each of its lines is its
 /// own entry, see [`Line::alone`]) and new lines are appended in the current layout.
@@ -119,6 +121,7 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[CLIENT_ORDER_ID] = text(fields.client_order_id);
     record[PROTECTION_BPS] = text(fields.protection_bps.map(|bps| bps.to_string()));
     record[DISPLAY_QUANTITY] = text(fields.display_quantity.map(|q| q.to_string()));
+    record[STOP_PRICE] = text(fields.stop_price.map(|p| p.to_string()));
     record
 }
 
@@ -171,6 +174,7 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
         client_order_id: optional(CLIENT_ORDER_ID)?.map(str::to_owned),
         protection_bps: parsed(optional(PROTECTION_BPS)?, PROTECTION_BPS)?,
         display_quantity: parsed(optional(DISPLAY_QUANTITY)?, DISPLAY_QUANTITY)?,
+        stop_price: parsed::<Price>(optional(STOP_PRICE)?, STOP_PRICE)?,
     };
     let order = stocknet_common::Order::try_from(fields)?;
     Ok(match parsed(optional(ENTRY)?, ENTRY)? {
@@ -225,6 +229,7 @@ mod tests {
                             post_only: true,
                             self_trade: SelfTrade::CancelOldest,
                             display_quantity: Some(1),
+                            stop_price: None,
                         },
                         Some("ladder-3".into()),
                     ),
