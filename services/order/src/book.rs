@@ -1013,7 +1013,10 @@ impl Book {
             Ok(order) => {
                 if self.trades.len() > before {
                     self.book_fills(before, entry.stamp.time);
-                    if let Some(&stock) = self.stock_places.get(entry.name.as_str()) {
+                    // (The trades name their stock's place: no name is hashed.)
+                    let stock = self.trades[before].stock;
+                    let book = &self.stocks[stock as usize];
+                    if !book.buy_stops.is_empty() || !book.sell_stops.is_empty() {
                         self.trigger_stops(stock, entry);
                     }
                 }
@@ -1459,20 +1462,21 @@ impl Book {
     }
 
     fn cancel(&mut self, target: u64) -> Result<u64, Refusal> {
-        if let Some((stock, place)) = self.untriggered(target) {
-            self.withdraw_stop(stock, target, place);
-            return Ok(target);
-        }
-        let live = self.open_order(target)?;
+        let live = match self.open_order(target) {
+            Ok(live) => live,
+            Err(refusal) => {
+                let (stock, place) = self.untriggered(target).ok_or(refusal)?;
+                self.withdraw_stop(stock, target, place);
+                return Ok(target);
+            }
+        };
         self.remove(live, Removal::Cancelled);
         Ok(target)
     }
 
-    /// The stock and record place of `target` if it is a stop order waiting for its trigger.
+    /// The stock and record place of `target`, which is not open, if it is a stop order
+    /// waiting for its trigger.
     fn untriggered(&self, target: u64) -> Option<(u32, u32)> {
-        if self.places.contains_key(&target) {
-            return None;
-        }
         let place = self.place(target)?;
         let record = &self.orders[place as usize];
         if !record.pending || record.removal.is_some() {
@@ -1499,10 +1503,12 @@ impl Book {
         quantity: Option<u32>,
         price: Option<Price>,
     ) -> Result<u64, Refusal> {
-        if self.untriggered(target).is_some() {
-            return Err(Refusal::Untriggered(target));
-        }
-        let at = self.open_order(target)?;
+        let at = self
+            .open_order(target)
+            .map_err(|refusal| match self.untriggered(target) {
+                Some(_) => Refusal::Untriggered(target),
+                None => refusal,
+            })?;
         let order = self.live[at as usize];
         let new_quantity = quantity.unwrap_or(order.quantity);
         let new_price = price.unwrap_or(order.price);
