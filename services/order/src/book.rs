@@ -345,6 +345,14 @@ struct StockBook {
 }
 
 impl StockBook {
+    /// The waiting stop orders of `side`.
+    fn stops(&mut self, side: Side) -> &mut BTreeSet<(Price, u64)> {
+        match side {
+            Side::Buy => &mut self.buy_stops,
+            Side::Sell => &mut self.sell_stops,
+        }
+    }
+
     fn side(&mut self, side: Side) -> &mut BTreeMap<Price, Level> {
         match side {
             Side::Buy => &mut self.bids,
@@ -477,14 +485,10 @@ impl Book {
                 open.push((slot, live));
             }
             if let Some((side, stop, number, user, id)) = held {
-                let stock_book = &mut book.stocks[stock as usize];
-                match side {
-                    Side::Buy => stock_book.buy_stops.insert((stop, number)),
-                    Side::Sell => stock_book.sell_stops.insert((stop, number)),
-                };
-                if let (Some(user), Some(id)) = (user, id) {
-                    book.client_ids.entry(user).or_default().insert(id, number);
-                }
+                book.stocks[stock as usize]
+                    .stops(side)
+                    .insert((stop, number));
+                book.keep_client_id(user, id, number);
             }
         }
         for (index, trade) in trades.into_iter().enumerate() {
@@ -508,21 +512,17 @@ impl Book {
         }
         open.sort_unstable();
         for (slot, live) in open {
-            let order = &mut book.live[live as usize];
-            order.slot = slot;
+            book.live[live as usize].slot = slot;
+            let order = book.live[live as usize];
             let record = &book.orders[order.place as usize];
-            let extras = record.extras.as_deref().cloned().unwrap_or_default();
+            let (user, extras) = (record.user, record.extras.as_deref().cloned());
+            let extras = extras.unwrap_or_default();
             if let Some(expires) = extras.expires {
                 book.stocks[order.stock as usize]
                     .expiries
                     .insert((expires, order.number));
             }
-            if let (Some(user), Some(id)) = (record.user, extras.client_order_id) {
-                book.client_ids
-                    .entry(user)
-                    .or_default()
-                    .insert(id, order.number);
-            }
+            book.keep_client_id(user, extras.client_order_id, order.number);
             let level = book.stocks[order.stock as usize]
                 .side(order.side)
                 .entry(order.price)
@@ -1077,14 +1077,7 @@ impl Book {
         let terms = entry.command.terms();
         let client_order_id = entry.command.client_order_id();
         let market = matches!(entry.command, Command::Sweep { .. });
-        if let (Some(user), Some(id)) = (entry.user, client_order_id) {
-            if let Some(&open) = self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
-                return Err(Refusal::DuplicateClientOrderId {
-                    order: number,
-                    open,
-                });
-            }
-        }
+        self.check_client_id(entry)?;
         // Four billion stocks or limit orders in one book: refused, like an unknown target.
         let stock = self
             .stock_place(&entry.name)
@@ -1148,12 +1141,7 @@ impl Book {
                     .expiries
                     .insert((expires, number));
             }
-            if let (Some(user), Some(id)) = (entry.user, client_order_id) {
-                self.client_ids
-                    .entry(user)
-                    .or_default()
-                    .insert(id.into(), number);
-            }
+            self.keep_client_id(entry.user, client_order_id.map(Arc::from), number);
         }
         Ok(number)
     }
@@ -1229,14 +1217,7 @@ impl Book {
         let Some(stop) = terms.stop_price else {
             return Err(Refusal::NotFound(number));
         };
-        if let (Some(user), Some(id)) = (entry.user, client_order_id) {
-            if let Some(&open) = self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
-                return Err(Refusal::DuplicateClientOrderId {
-                    order: number,
-                    open,
-                });
-            }
-        }
+        self.check_client_id(entry)?;
         let order = LimitOrder {
             number,
             name: self.stocks[stock as usize].name.clone(),
@@ -1265,17 +1246,10 @@ impl Book {
         if self.push(stock, order).is_err() {
             return Err(Refusal::NotFound(number));
         }
-        let book = &mut self.stocks[stock as usize];
-        match side {
-            Side::Buy => book.buy_stops.insert((stop, number)),
-            Side::Sell => book.sell_stops.insert((stop, number)),
-        };
-        if let (Some(user), Some(id)) = (entry.user, client_order_id) {
-            self.client_ids
-                .entry(user)
-                .or_default()
-                .insert(id.into(), number);
-        }
+        self.stocks[stock as usize]
+            .stops(side)
+            .insert((stop, number));
+        self.keep_client_id(entry.user, client_order_id.map(Arc::from), number);
         Ok(number)
     }
 
@@ -1311,11 +1285,9 @@ impl Book {
         let (side, quantity, user) = (record.side, record.quantity, record.user);
         let (time_in_force, self_trade) = (record.time_in_force, record.self_trade);
         if let Some(stop) = stop {
-            let book = &mut self.stocks[stock as usize];
-            match side {
-                Side::Buy => book.buy_stops.remove(&(stop, number)),
-                Side::Sell => book.sell_stops.remove(&(stop, number)),
-            };
+            self.stocks[stock as usize]
+                .stops(side)
+                .remove(&(stop, number));
         }
         let price = match protection {
             Some(bps) => match self.protection_limit(stock, side, bps) {
@@ -1346,11 +1318,9 @@ impl Book {
     fn withdraw_stop(&mut self, stock: u32, number: u64, place: u32) {
         let record = &mut self.orders[place as usize];
         if let Some(stop) = record.extras.as_ref().and_then(|e| e.stop_price) {
-            let book = &mut self.stocks[stock as usize];
-            match record.side {
-                Side::Buy => book.buy_stops.remove(&(stop, number)),
-                Side::Sell => book.sell_stops.remove(&(stop, number)),
-            };
+            self.stocks[stock as usize]
+                .stops(record.side)
+                .remove(&(stop, number));
         }
         record.pending = false;
         record.removal = Some(Removal::Cancelled);
@@ -1445,6 +1415,28 @@ impl Book {
             }
         }
         expired
+    }
+
+    /// Refuses new order `entry` if one of its user's open or waiting orders holds its client
+    /// order id.
+    fn check_client_id(&self, entry: &Order) -> Result<(), Refusal> {
+        let (Some(user), Some(id)) = (entry.user, entry.command.client_order_id()) else {
+            return Ok(());
+        };
+        match self.client_ids.get(&user).and_then(|ids| ids.get(id)) {
+            Some(&open) => Err(Refusal::DuplicateClientOrderId {
+                order: entry.number,
+                open,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Notes that order `number`, open or waiting, holds its user's client order id `id`.
+    fn keep_client_id(&mut self, user: Option<u64>, id: Option<Arc<str>>, number: u64) {
+        if let (Some(user), Some(id)) = (user, id) {
+            self.client_ids.entry(user).or_default().insert(id, number);
+        }
     }
 
     /// The open order of `user` with client order id `id`, if there is one.
