@@ -191,3 +191,221 @@ async fn a_stream_for_an_unknown_stock_or_interval_is_refused() {
         }
     }
 }
+
+/// A new user's id and API key, made through `frontend`.
+async fn new_user(cluster: &Cluster, frontend: &str) -> (u64, String) {
+    let (status, created) = cluster.post(&format!("{frontend}/users"), &json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    let data = &created["data"];
+    (
+        data["user_id"].as_u64().expect("id"),
+        data["api_key"].as_str().expect("key").to_owned(),
+    )
+}
+
+/// Sends `body` to `path` of `frontend` as the user whose key is `key`.
+async fn as_user(
+    cluster: &Cluster,
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut request = cluster
+        .client_for(&url)
+        .request(method, &url)
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status();
+    let reply: Value = response.json().await.expect("JSON");
+    assert!(status.is_success(), "{status}: {reply}");
+    reply["data"].clone()
+}
+
+/// Opens `/ws/orders` on `frontend` with the key in the Authorization header.
+async fn own_orders(frontend: &str, query: &str, key: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/ws/orders{query}", frontend.replace("http://", "ws://"));
+    let mut request = url.into_client_request().expect("a request");
+    let bearer = format!("Bearer {key}").parse().expect("a header value");
+    request.headers_mut().insert("authorization", bearer);
+    let (socket, _) = connect_async(request).await.expect("WebSocket connects");
+    socket
+}
+
+/// The next `update` message: (order number, event).
+async fn next_update(socket: &mut Socket) -> (Value, Value) {
+    let update = next_matching(socket, |m| m["type"] == "update").await;
+    (update["order"]["number"].clone(), update["event"].clone())
+}
+
+#[tokio::test]
+async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
+    let mut cluster = Cluster::start(2).await;
+    let (one, two) = (
+        cluster.frontend_urls[0].clone(),
+        cluster.frontend_urls[1].clone(),
+    );
+    let (seller, seller_key) = new_user(&cluster, &one).await;
+    let (buyer, buyer_key) = new_user(&cluster, &one).await;
+    // The seller's key in the header, on the other frontend; the buyer's as a first message.
+    let mut sells = own_orders(&two, "", &seller_key).await;
+    let subscribed = next(&mut sells).await;
+    assert_eq!(
+        (&subscribed["type"], &subscribed["user"]),
+        (&json!("subscribed"), &json!(seller)),
+        "{subscribed}"
+    );
+    let url = format!("{}/ws/orders", one.replace("http://", "ws://"));
+    let (mut buys, _) = connect_async(&url).await.expect("connects");
+    buys.send(Message::Text(
+        json!({"api_key": buyer_key}).to_string().into(),
+    ))
+    .await
+    .expect("hello");
+    let subscribed = next(&mut buys).await;
+    assert_eq!(subscribed["user"], json!(buyer), "{subscribed}");
+
+    let order = |side: &str, quantity: u64, price: f64, id: &str| {
+        json!({"name": "GameStart", "type": side, "quantity": quantity, "price": price,
+            "client_order_id": id})
+    };
+    let post = reqwest::Method::POST;
+    let resting = as_user(
+        &cluster,
+        post.clone(),
+        format!("{one}/orders"),
+        &seller_key,
+        Some(order("sell", 5, 20.5, "ask-1")),
+    )
+    .await;
+    let number = resting["transaction_number"].clone();
+    let accepted = next_matching(&mut sells, |m| m["type"] == "update").await;
+    assert_eq!(
+        (
+            &accepted["event"],
+            &accepted["order"]["number"],
+            &accepted["order"]["status"]
+        ),
+        (&json!("accepted"), &number, &json!("open")),
+        "{accepted}"
+    );
+    assert_eq!(accepted["order"]["client_order_id"], "ask-1");
+    assert_eq!(
+        accepted["entry"], number,
+        "a new order's entry is its number"
+    );
+
+    let taker = as_user(
+        &cluster,
+        post.clone(),
+        format!("{two}/orders"),
+        &buyer_key,
+        Some(order("buy", 2, 21.0, "bid-1")),
+    )
+    .await;
+    let taken = taker["transaction_number"].clone();
+    assert_eq!(
+        next_update(&mut buys).await,
+        (taken.clone(), json!("accepted"))
+    );
+    let filled = next_matching(&mut buys, |m| m["type"] == "update").await;
+    assert_eq!(
+        (
+            &filled["event"],
+            &filled["fills"][0]["quantity"],
+            &filled["fills"][0]["price"]
+        ),
+        (&json!("filled"), &json!(2), &json!(20.5)),
+        "{filled}"
+    );
+    // The seller hears of the fill of their resting order, and of nothing of the buyer's.
+    let partial = next_matching(&mut sells, |m| m["type"] == "update").await;
+    assert_eq!(
+        (
+            &partial["event"],
+            &partial["order"]["number"],
+            &partial["entry"]
+        ),
+        (&json!("partially_filled"), &number, &taken),
+        "{partial}"
+    );
+    assert_eq!(partial["order"]["remaining_quantity"], 3);
+    assert_eq!(partial["fills"], filled["fills"]);
+    let seen = partial["entry"].as_u64().expect("entry");
+    drop(sells);
+
+    // While the seller is away the leader dies, and the seller cancels through a new one.
+    let leader = cluster.leader().await.expect("a leader");
+    cluster.orders[leader].kill9();
+    let delete = reqwest::Method::DELETE;
+    let cancelled = as_user(
+        &cluster,
+        delete,
+        format!("{one}/orders/{number}"),
+        &seller_key,
+        None,
+    )
+    .await;
+    let cancel_entry = cancelled["transaction_number"].clone();
+    // Back after the last entry it saw: the cancel, with nothing missed and nothing twice.
+    let mut sells = own_orders(&two, &format!("?after={seen}"), &seller_key).await;
+    let subscribed = next(&mut sells).await;
+    assert_eq!(subscribed["after"], json!(seen), "{subscribed}");
+    let update = next(&mut sells).await;
+    assert_eq!(
+        (
+            &update["type"],
+            &update["event"],
+            &update["order"]["number"],
+            &update["entry"]
+        ),
+        (
+            &json!("update"),
+            &json!("cancelled"),
+            &number,
+            &cancel_entry
+        ),
+        "{update}"
+    );
+    cluster.orders[leader].restart();
+}
+
+#[tokio::test]
+async fn an_order_stream_needs_its_users_key() {
+    let cluster = Cluster::start(1).await;
+    let frontend = cluster.frontend().to_owned();
+    let (user, key) = new_user(&cluster, &frontend).await;
+    let wrong = key.replace(&format!("snk_{user}_"), &format!("snk_{}_", user + 1));
+    let ws = format!("{}/ws/orders", frontend.replace("http://", "ws://"));
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws.clone().into_client_request().expect("a request");
+    let bearer = format!("Bearer {wrong}").parse().expect("a header value");
+    request.headers_mut().insert("authorization", bearer);
+    match connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // A wrong key as the first message closes the stream with a policy violation.
+    for hello in [json!({"api_key": wrong}), json!({"key": key})] {
+        let (mut socket, _) = connect_async(&ws).await.expect("connects");
+        socket
+            .send(Message::Text(hello.to_string().into()))
+            .await
+            .expect("hello");
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("an answer within 20 s");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1008, "{hello}: {frame:?}")
+            }
+            other => panic!("{hello}: expected a close, got {other:?}"),
+        }
+    }
+}

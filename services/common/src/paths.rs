@@ -56,6 +56,7 @@ pub const DAILY_REPORT: Route = Route("/reports/daily");
 pub const BOOK: Route = Route("/book/{name}");
 pub const CANDLES: Route = Route("/candles/{name}");
 pub const FEED: Route = Route("/feed");
+pub const ORDER_FEED: Route = Route("/feed/orders");
 pub const LOG_AFTER: Route = Route("/orders/logs/{after}");
 pub const MEMBERS: Route = Route("/members");
 pub const LEARNERS: Route = Route("/members/learners");

@@ -700,6 +700,63 @@ pub struct FeedPage {
     pub events: Vec<MarketEvent>,
 }
 
+/// What happened to an order at one log entry, as its user's stream (`/ws/orders`) tells it.
+/// Names follow Binance's execution types and Coinbase's order statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderEvent {
+    /// It reached the book (resting, or waiting for its stop), or the house took it.
+    Accepted,
+    /// Refused by the leader or the book (`reason` says why); for a modify or cancel, the
+    /// order it named, unchanged.
+    Refused,
+    /// A modify changed its price or quantity.
+    Modified,
+    /// A stop order's trigger was reached: it entered the book.
+    Triggered,
+    /// It traded (`fills`) and some is left.
+    PartiallyFilled,
+    /// It traded (`fills`, if on the book) and nothing is left.
+    Filled,
+    /// Its owner cancelled it, its time in force did (`ioc`, `fok`), or self-trade prevention.
+    Cancelled,
+    /// Its `day` or `gtd` expiry came.
+    Expired,
+}
+
+/// One change of a user's order, at log entry `entry`. One entry may change an order more
+/// than once (a stop triggered, then filled): those updates come in that order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrderUpdate {
+    /// The log entry that made the change: resume a stream after it.
+    pub entry: u64,
+    /// The entry's time, RFC 3339, UTC.
+    pub time: String,
+    pub user: u64,
+    pub event: OrderEvent,
+    /// The order after the entry. Its `fills` are left out: each update carries its own.
+    pub order: OrderView,
+    /// The order's trades at this entry (`partially_filled`, `filled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fills: Vec<Fill>,
+    /// Why it was refused (`refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Leader → frontend (`GET /feed/orders?user=U&after=N`): one user's order updates of the
+/// entries after `N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderUpdatePage {
+    /// Some updates of the entries after `after` are gone (the replica's ring moved past
+    /// them, or it started after them): the page holds those still kept.
+    pub gap: bool,
+    /// The page holds every update of the user's orders after the request's `after` through
+    /// this entry.
+    pub through: u64,
+    pub updates: Vec<OrderUpdate>,
+}
+
 /// A page of `GET /stocks`, in name order.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StockPage {

@@ -45,20 +45,33 @@ pub(crate) async fn caller(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<u64>, FrontendError> {
+    match bearer(headers)? {
+        Some(key) => verify(state, &key).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The API key `headers` carry, not verified yet; `None` without an `Authorization` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<ApiKey>, FrontendError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let key = value
+    value
         .to_str()
         .ok()
         .and_then(|text| text.strip_prefix("Bearer "))
         .and_then(ApiKey::parse)
+        .map(Some)
         .ok_or(FrontendError::Unauthorized(
             "Authorization must be `Bearer <API key>` with a key from POST /users",
-        ))?;
+        ))
+}
+
+/// The user `key` acts for, if it is theirs (401 if not).
+pub(crate) async fn verify(state: &AppState, key: &ApiKey) -> Result<u64, FrontendError> {
     let credential = credential(state, key.user()).await?;
-    if credential.verifies(&key) {
-        Ok(Some(key.user()))
+    if credential.verifies(key) {
+        Ok(key.user())
     } else {
         Err(FrontendError::Unauthorized("Invalid API key"))
     }

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use stocknet_common::clock::day_of;
 use stocknet_common::clock::rfc3339;
 use stocknet_common::wire::{
-    DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderType, OrderView,
-    Trade,
+    DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderEvent, OrderType,
+    OrderUpdate, OrderView, Trade,
 };
 use stocknet_common::{
     Command, Order, Price, Rejection, SelfTrade, Side, Status, Terms, TimeInForce,
@@ -393,6 +393,9 @@ pub struct Book {
     next_slot: u64,
     /// The price levels the last applied entry changed (for its [`MarketEvent`]).
     touched: Vec<(Side, Price)>,
+    /// The orders the last applied entry changed besides its own and its trades' (for its
+    /// [`OrderUpdate`]s): those it triggered, expired or cancelled by self-trade prevention.
+    affected: Vec<u64>,
     portfolios: Portfolios,
     reports: Reports,
 }
@@ -880,6 +883,101 @@ impl Book {
         })
     }
 
+    /// What the last applied entry, `entry`, did to users' orders (anonymous orders have no
+    /// updates): its own order first, then every other it changed by number, each with one
+    /// update per thing that happened to it, in the order it happened.
+    pub fn last_order_updates(&self, entry: &Order) -> Vec<OrderUpdate> {
+        if entry.number != self.applied {
+            return Vec::new();
+        }
+        let first = self.trades.partition_point(|t| t.entry < entry.number);
+        let trades = &self.trades[first..];
+        let (own, entered) = match entry.command {
+            Command::Place { .. } | Command::Sweep { .. } => (Some(entry.number), true),
+            Command::Modify { target, .. } | Command::Cancel { target } => (Some(target), false),
+            Command::Expire | Command::Group(_) => (None, false),
+        };
+        let mut others: Vec<u64> = trades
+            .iter()
+            .flat_map(|t| [t.buy_order, t.sell_order])
+            .chain(self.affected.iter().copied())
+            .filter(|&number| Some(number) != own)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        let time = rfc3339(entry.stamp.time);
+        let mut updates = Vec::new();
+        for number in own.into_iter().chain(others) {
+            let is_own = Some(number) == own;
+            let view = if is_own && entered {
+                self.view(entry)
+            } else {
+                self.order(number).map(|order| self.limit_view(&order))
+            };
+            let Some(mut order) = view else { continue };
+            let user = match self.place(number) {
+                Some(place) => self.orders[place as usize].user,
+                None => entry.user,
+            };
+            let Some(user) = user else { continue };
+            let fills: Vec<Fill> = trades
+                .iter()
+                .filter(|t| t.buy_order == number || t.sell_order == number)
+                .map(|t| Fill {
+                    trade: t.id,
+                    price: t.price,
+                    quantity: t.quantity,
+                })
+                .collect();
+            order.fills = Vec::new();
+            let mut events = Vec::new();
+            let refusal = match (is_own, entry.stamp.rejected) {
+                (false, _) => None,
+                (true, Some(rejection)) => Some(rejection.as_str()),
+                (true, None) => self.refusals.get(&entry.number).map(Refusal::reason),
+            };
+            if let Some(reason) = refusal {
+                events.push((OrderEvent::Refused, Some(reason)));
+            } else {
+                if is_own && entered {
+                    events.push((OrderEvent::Accepted, None));
+                }
+                if order.triggered_at == Some(entry.number) {
+                    events.push((OrderEvent::Triggered, None));
+                }
+                if is_own && matches!(entry.command, Command::Modify { .. }) {
+                    events.push((OrderEvent::Modified, None));
+                }
+                // A market order against the house fills without book trades.
+                let house = is_own && order.order_type.is_none();
+                if !fills.is_empty() || house {
+                    events.push(match order.status {
+                        Status::Filled => (OrderEvent::Filled, None),
+                        _ => (OrderEvent::PartiallyFilled, None),
+                    });
+                }
+                match order.status {
+                    Status::Cancelled => events.push((OrderEvent::Cancelled, None)),
+                    Status::Expired => events.push((OrderEvent::Expired, None)),
+                    _ => {}
+                }
+            }
+            for (event, reason) in events {
+                let traded = matches!(event, OrderEvent::PartiallyFilled | OrderEvent::Filled);
+                updates.push(OrderUpdate {
+                    entry: entry.number,
+                    time: time.clone(),
+                    user,
+                    event,
+                    order: order.clone(),
+                    fills: if traded { fills.clone() } else { Vec::new() },
+                    reason: reason.map(str::to_owned),
+                });
+            }
+        }
+        updates
+    }
+
     /// The price of the last trade entry `number` caused, if it traded.
     pub fn entry_price(&self, number: u64) -> Option<Price> {
         let end = self.trades.partition_point(|t| t.entry <= number);
@@ -955,6 +1053,7 @@ impl Book {
         debug_assert!(entry.number > self.applied);
         self.applied = entry.number;
         self.touched.clear();
+        self.affected.clear();
 
         let before = self.trades.len();
         // (Worked out only where a report needs it: most entries are moves that trade nothing.)
@@ -1273,6 +1372,7 @@ impl Book {
         let Some(place) = self.place(number) else {
             return;
         };
+        self.affected.push(number);
         let record = &mut self.orders[place as usize];
         let (stop, protection) = match record.extras.as_deref_mut() {
             Some(extras) => {
@@ -1411,6 +1511,7 @@ impl Book {
             self.stocks[stock as usize].expiries.pop_first();
             if let Some(&live) = self.places.get(&number) {
                 self.remove(live, Removal::Expired);
+                self.affected.push(number);
                 expired += 1;
             }
         }
@@ -1715,6 +1816,7 @@ impl Book {
             let withdrawn = self.withdrawn[index];
             let place = self.live[withdrawn as usize].place;
             self.orders[place as usize].removal = Some(Removal::Cancelled);
+            self.affected.push(self.orders[place as usize].number);
             self.close(withdrawn);
         }
         self.withdrawn.clear();
@@ -2111,6 +2213,95 @@ mod tests {
         assert_eq!(
             (view.display_quantity, view.remaining_quantity),
             (Some(2), 2)
+        );
+    }
+
+    #[test]
+    fn each_entry_tells_its_users_what_it_did_to_their_orders() {
+        let said =
+            |book: &Book, entry: &Order| -> Vec<(u64, u64, OrderEvent, usize, Option<String>)> {
+                book.last_order_updates(entry)
+                    .into_iter()
+                    .map(|u| {
+                        assert_eq!(u.entry, entry.number);
+                        assert!(u.order.fills.is_empty(), "fills come with the update");
+                        (u.order.number, u.user, u.event, u.fills.len(), u.reason)
+                    })
+                    .collect()
+            };
+        let mut book = Book::default();
+        let apply = |book: &mut Book, order: Order| {
+            book.apply(&order);
+            said(book, &order)
+        };
+        use OrderEvent::*;
+        let sell = with_terms(1, 7, 0, (Side::Sell, 5, 1000), Terms::default());
+        assert_eq!(apply(&mut book, sell), [(1, 7, Accepted, 0, None)]);
+        let stop = Terms {
+            stop_price: Some(Price::from_cents(1000)),
+            ..Terms::default()
+        };
+        let waiting = with_terms(2, 8, 0, (Side::Buy, 3, 1050), stop);
+        assert_eq!(apply(&mut book, waiting), [(2, 8, Accepted, 0, None)]);
+        // User 8 buys 2 of order 1; the trade triggers user 8's stop, which takes the other 3.
+        let buy = with_terms(3, 8, 0, (Side::Buy, 2, 1000), Terms::default());
+        assert_eq!(
+            apply(&mut book, buy),
+            [
+                (3, 8, Accepted, 0, None),
+                (3, 8, Filled, 1, None),
+                (1, 7, Filled, 2, None),
+                (2, 8, Triggered, 0, None),
+                (2, 8, Filled, 1, None),
+            ]
+        );
+        let cancel = Order {
+            user: Some(7),
+            ..entry(4, Command::Cancel { target: 1 })
+        };
+        assert_eq!(
+            apply(&mut book, cancel),
+            [(1, 7, Refused, 0, Some("not_open".into()))]
+        );
+        // Anonymous orders have no updates; a user's resting order they trade with has.
+        let resting = with_terms(5, 7, 0, (Side::Sell, 4, 1100), Terms::default());
+        apply(&mut book, resting);
+        assert_eq!(
+            apply(&mut book, entry(6, limit(Side::Buy, 1, 1100))),
+            [(5, 7, PartiallyFilled, 1, None)]
+        );
+        // Self-trade prevention cancels user 7's resting order; the new one rests.
+        let oldest = Terms {
+            self_trade: SelfTrade::CancelOldest,
+            ..Terms::default()
+        };
+        let own = with_terms(7, 7, 0, (Side::Buy, 1, 1100), oldest);
+        assert_eq!(
+            apply(&mut book, own),
+            [(7, 7, Accepted, 0, None), (5, 7, Cancelled, 0, None)]
+        );
+        let gtd = Terms {
+            time_in_force: TimeInForce::Gtd,
+            expire_at: Some(5_000),
+            ..Terms::default()
+        };
+        apply(&mut book, with_terms(8, 8, 1_000, (Side::Buy, 1, 900), gtd));
+        let expiry = Order {
+            stamp: Stamp {
+                time: 6_000,
+                ..Stamp::default()
+            },
+            ..entry(9, Command::Expire)
+        };
+        assert_eq!(apply(&mut book, expiry), [(8, 8, Expired, 0, None)]);
+        let post_only = Terms {
+            post_only: true,
+            ..Terms::default()
+        };
+        let crossing = with_terms(10, 8, 0, (Side::Sell, 1, 1000), post_only);
+        assert_eq!(
+            apply(&mut book, crossing),
+            [(10, 8, Refused, 0, Some("would_take_liquidity".into()))]
         );
     }
 

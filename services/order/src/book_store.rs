@@ -113,15 +113,16 @@ impl BookStore {
         let image = {
             let mut book = self.lock();
             let before = book.applied();
-            let mut events = Vec::new();
+            let (mut events, mut updates) = (Vec::new(), Vec::new());
             for entry in entries {
                 if entry.number <= book.applied() {
                     continue;
                 }
                 book.apply(entry);
                 events.extend(book.last_changes(entry));
+                updates.extend(book.last_order_updates(entry));
             }
-            self.feed.push(events, book.applied());
+            self.feed.push(events, updates, book.applied());
             let due = book.applied() / self.snapshot_every > before / self.snapshot_every;
             // Encoded under the lock (memory only), written after it.
             due.then(|| snapshot::encode(&book))
@@ -149,7 +150,7 @@ impl BookStore {
         let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
         let applied = book.applied();
         *self.lock() = book;
-        self.feed.push(Vec::new(), applied);
+        self.feed.restart(applied);
         self.write_snapshot(bytes);
         Ok(())
     }

@@ -1,59 +1,131 @@
-//! The market feed: the events of the last entries the book applied, kept in a bounded ring
-//! for frontends to follow with long polls (`GET /feed?after=N`). Entries that change nothing
-//! in the book have no event; the ring forgets the oldest events first.
+//! The feeds frontends follow with long polls: the market events of the last entries the book
+//! applied (`GET /feed?after=N`) and users' order updates (`GET /feed/orders?user=U&after=N`),
+//! each kept in a bounded ring that forgets the oldest first. Entries that change nothing in
+//! the book have no event; entries that change no user's order have no update.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use stocknet_common::wire::{FeedPage, MarketEvent};
+use stocknet_common::wire::{FeedPage, MarketEvent, OrderUpdate, OrderUpdatePage};
 use tokio::sync::watch;
 
 /// Events kept for followers that fall behind.
 pub const CAPACITY: usize = 8_192;
 
-/// Most events in one page.
+/// Order updates kept for users' streams that fall behind or reconnect.
+pub const UPDATE_CAPACITY: usize = 16_384;
+
+/// Most events or updates in one page (a page ends at a whole entry).
 pub const PAGE: usize = 1_000;
 
 pub struct Feed {
-    state: Mutex<Ring>,
+    state: Mutex<Rings>,
     /// The book's applied entry, for long polls to wait on.
     applied: watch::Sender<u64>,
 }
 
-struct Ring {
-    events: VecDeque<MarketEvent>,
-    /// Events of entries up to here may have been dropped (or never kept: a restart).
-    floor: u64,
+struct Rings {
+    events: Ring<MarketEvent>,
+    updates: Ring<OrderUpdate>,
     applied: u64,
+}
+
+/// What a ring keeps: things of one log entry each.
+trait OfEntry: Clone {
+    fn entry(&self) -> u64;
+}
+
+impl OfEntry for MarketEvent {
+    fn entry(&self) -> u64 {
+        self.entry
+    }
+}
+
+impl OfEntry for OrderUpdate {
+    fn entry(&self) -> u64 {
+        self.entry
+    }
+}
+
+struct Ring<T> {
+    items: VecDeque<T>,
+    capacity: usize,
+    /// Items of entries up to here may have been dropped (or never kept: a restart).
+    floor: u64,
+}
+
+impl<T: OfEntry> Ring<T> {
+    fn new(capacity: usize, floor: u64) -> Self {
+        Self {
+            items: VecDeque::new(),
+            capacity,
+            floor,
+        }
+    }
+
+    fn push(&mut self, items: Vec<T>) {
+        for item in items {
+            if self.items.len() == self.capacity {
+                if let Some(dropped) = self.items.pop_front() {
+                    self.floor = dropped.entry();
+                }
+            }
+            self.items.push_back(item);
+        }
+    }
+
+    /// The items after entry `after` that `keep` admits, at most [`PAGE`] but whole entries,
+    /// and the entry the page runs through (`applied` when it reached the end).
+    fn page(&self, after: u64, applied: u64, keep: impl Fn(&T) -> bool) -> (Vec<T>, u64) {
+        let start = self.items.partition_point(|item| item.entry() <= after);
+        let mut page: Vec<T> = Vec::new();
+        for item in self.items.iter().skip(start) {
+            if let Some(last) = page.last().filter(|_| page.len() >= PAGE) {
+                if item.entry() != last.entry() {
+                    let through = last.entry();
+                    return (page, through);
+                }
+            }
+            if keep(item) {
+                page.push(item.clone());
+            }
+        }
+        (page, applied.max(after))
+    }
 }
 
 impl Feed {
     /// A feed that starts after entry `applied` (where the book starts).
     pub fn new(applied: u64) -> Self {
         Self {
-            state: Mutex::new(Ring {
-                events: VecDeque::new(),
-                floor: applied,
+            state: Mutex::new(Rings {
+                events: Ring::new(CAPACITY, applied),
+                updates: Ring::new(UPDATE_CAPACITY, applied),
                 applied,
             }),
             applied: watch::Sender::new(applied),
         }
     }
 
-    /// Records the events of the entries through `applied`.
-    pub fn push(&self, events: Vec<MarketEvent>, applied: u64) {
-        let mut ring = self.ring();
-        for event in events {
-            if ring.events.len() == CAPACITY {
-                if let Some(dropped) = ring.events.pop_front() {
-                    ring.floor = dropped.entry;
-                }
-            }
-            ring.events.push_back(event);
-        }
-        ring.applied = applied;
-        drop(ring);
+    /// Records the events and order updates of the entries through `applied`.
+    pub fn push(&self, events: Vec<MarketEvent>, updates: Vec<OrderUpdate>, applied: u64) {
+        let mut rings = self.rings();
+        rings.events.push(events);
+        rings.updates.push(updates);
+        rings.applied = applied;
+        drop(rings);
+        self.applied.send_replace(applied);
+    }
+
+    /// Starts again after entry `applied`, with nothing kept: the book was replaced (a
+    /// snapshot installed), so the entries it skipped have no events here.
+    pub fn restart(&self, applied: u64) {
+        *self.rings() = Rings {
+            events: Ring::new(CAPACITY, applied),
+            updates: Ring::new(UPDATE_CAPACITY, applied),
+            applied,
+        };
         self.applied.send_replace(applied);
     }
 
@@ -64,16 +136,10 @@ impl Feed {
 
     /// The events after entry `after`, at most [`PAGE`].
     pub fn page(&self, after: u64) -> FeedPage {
-        let ring = self.ring();
-        let start = ring.events.partition_point(|e| e.entry <= after);
-        let events: Vec<MarketEvent> = ring.events.iter().skip(start).take(PAGE).cloned().collect();
-        let through = if start + events.len() < ring.events.len() {
-            events.last().map_or(after, |e| e.entry)
-        } else {
-            ring.applied.max(after)
-        };
+        let rings = self.rings();
+        let (events, through) = rings.events.page(after, rings.applied, |_| true);
         FeedPage {
-            floor: ring.floor,
+            floor: rings.events.floor,
             through,
             events,
         }
@@ -87,7 +153,38 @@ impl Feed {
         self.page(after)
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+    /// `user`'s order updates after entry `after`; when there are none yet, waits up to `wait`
+    /// for some.
+    pub async fn wait_for_updates(&self, user: u64, after: u64, wait: Duration) -> OrderUpdatePage {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.applied.subscribe();
+        // Entries through `scanned` have no update of the user's: the wait goes on after it.
+        let mut scanned = after;
+        loop {
+            let (updates, through, floor) = {
+                let rings = self.rings();
+                let (updates, through) = rings
+                    .updates
+                    .page(scanned, rings.applied, |u| u.user == user);
+                (updates, through, rings.updates.floor)
+            };
+            let page = OrderUpdatePage {
+                gap: floor > scanned,
+                through,
+                updates,
+            };
+            if page.gap || !page.updates.is_empty() {
+                return page;
+            }
+            scanned = through;
+            let more = applied.wait_for(|&a| a > scanned);
+            if tokio::time::timeout_at(deadline, more).await.is_err() {
+                return page;
+            }
+        }
+    }
+
+    fn rings(&self) -> std::sync::MutexGuard<'_, Rings> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -110,7 +207,7 @@ mod tests {
     #[test]
     fn pages_follow_the_entries_and_say_what_was_dropped() {
         let feed = Feed::new(10);
-        feed.push(vec![event(11), event(13)], 14);
+        feed.push(vec![event(11), event(13)], Vec::new(), 14);
         let page = feed.page(10);
         assert_eq!((page.floor, page.through, page.events.len()), (10, 14, 2));
         let page = feed.page(11);
@@ -119,6 +216,7 @@ mod tests {
         // Past capacity, the oldest go and the floor says so.
         feed.push(
             (15..15 + CAPACITY as u64).map(event).collect(),
+            Vec::new(),
             15 + CAPACITY as u64,
         );
         // Events 11 and 13 went: a follower still before 13 has missed some.
@@ -137,7 +235,7 @@ mod tests {
             tokio::spawn(async move { feed.wait_for_page(0, Duration::from_secs(30)).await })
         };
         tokio::task::yield_now().await;
-        feed.push(vec![event(1)], 1);
+        feed.push(vec![event(1)], Vec::new(), 1);
         let page = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("the poll returns once entry 1 is applied")
@@ -146,5 +244,106 @@ mod tests {
         // Nothing new: the poll gives up after its wait, empty.
         let page = feed.wait_for_page(1, Duration::from_millis(10)).await;
         assert!(page.events.is_empty());
+    }
+
+    fn update(entry: u64, user: u64) -> OrderUpdate {
+        OrderUpdate {
+            entry,
+            time: String::new(),
+            user,
+            event: stocknet_common::wire::OrderEvent::Accepted,
+            order: stocknet_common::wire::OrderView {
+                number: entry,
+                name: "A".into(),
+                side: stocknet_common::Side::Buy,
+                quantity: 1,
+                order_type: None,
+                price: None,
+                status: stocknet_common::Status::Open,
+                filled_quantity: 0,
+                remaining_quantity: 1,
+                fills: Vec::new(),
+                time_in_force: None,
+                expire_at: None,
+                post_only: None,
+                stp: None,
+                client_order_id: None,
+                display_quantity: None,
+                stop_price: None,
+                triggered_at: None,
+            },
+            fills: Vec::new(),
+            reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_users_updates_wait_for_their_own_and_say_when_some_are_gone() {
+        let feed = std::sync::Arc::new(Feed::new(0));
+        feed.push(
+            Vec::new(),
+            vec![update(1, 7), update(2, 8), update(2, 7)],
+            2,
+        );
+        let page = feed.wait_for_updates(7, 0, Duration::ZERO).await;
+        assert!(!page.gap);
+        assert_eq!(page.through, 2);
+        assert_eq!(page.updates, [update(1, 7), update(2, 7)]);
+
+        // Nothing of user 7's after 2: the poll waits past user 8's entry for user 7's.
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.wait_for_updates(7, 2, Duration::from_secs(30)).await })
+        };
+        feed.push(Vec::new(), vec![update(3, 8)], 3);
+        feed.push(Vec::new(), vec![update(5, 7)], 5);
+        let page = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the poll returns once user 7 has an update")
+            .unwrap();
+        assert_eq!((page.gap, page.through, page.updates.len()), (false, 5, 1));
+        assert_eq!(page.updates[0].entry, 5);
+
+        // Nothing new: an empty page through the last applied entry once the wait is over.
+        let page = feed.wait_for_updates(7, 5, Duration::from_millis(10)).await;
+        assert_eq!((page.gap, page.through), (false, 5));
+        assert!(page.updates.is_empty());
+
+        // The ring forgets the oldest: a stream behind them is told, and given what is kept.
+        let many: Vec<OrderUpdate> = (6..6 + UPDATE_CAPACITY as u64)
+            .map(|e| update(e, 8))
+            .collect();
+        feed.push(Vec::new(), many, 5 + UPDATE_CAPACITY as u64);
+        feed.push(
+            Vec::new(),
+            vec![update(9 + UPDATE_CAPACITY as u64, 7)],
+            9 + UPDATE_CAPACITY as u64,
+        );
+        let page = feed.wait_for_updates(7, 5, Duration::ZERO).await;
+        assert!(page.gap);
+        assert_eq!(page.updates.len(), 1);
+        // A replaced book starts the rings again: whoever was before it has a gap.
+        feed.restart(20_000);
+        assert!(feed.wait_for_updates(7, 10, Duration::ZERO).await.gap);
+        assert!(!feed.wait_for_updates(7, 20_000, Duration::ZERO).await.gap);
+    }
+
+    #[test]
+    fn a_page_ends_at_a_whole_entry() {
+        let feed = Feed::new(0);
+        let updates: Vec<OrderUpdate> =
+            (0..PAGE as u64 + 2).map(|i| update(1 + i / 3, 7)).collect();
+        let last = updates.last().unwrap().entry;
+        feed.push(Vec::new(), updates, last);
+        let rings = feed.rings();
+        let (page, through) = rings.updates.page(0, last, |_| true);
+        assert!(
+            page.len() > PAGE,
+            "the entry that crosses the limit is whole"
+        );
+        assert_eq!(page.len() % 3, 0);
+        assert_eq!(through, page.last().unwrap().entry);
+        let (rest, _) = rings.updates.page(through, last, |_| true);
+        assert_eq!(page.len() + rest.len(), PAGE + 2);
     }
 }

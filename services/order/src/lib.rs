@@ -184,6 +184,7 @@ pub fn router(state: AppState) -> Router {
             get(candles).route_layer(confirmed()),
         )
         .route(paths::FEED.pattern(), get(feed))
+        .route(paths::ORDER_FEED.pattern(), get(order_feed))
         .route(paths::LOG_AFTER.pattern(), get(orders_after))
         .route(paths::MEMBERS.pattern(), get(members))
         .route(paths::LEARNERS.pattern(), post(add_learner))
@@ -544,6 +545,26 @@ async fn feed(State(state): State<AppState>, Query(query): Query<FeedQuery>) -> 
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct OrderFeedQuery {
+    user: u64,
+    after: u64,
+    /// How long to wait for an update, in milliseconds (default and at most 20,000).
+    wait_ms: Option<u64>,
+}
+
+/// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N; a long
+/// poll that waits for one when there is none yet.
+async fn order_feed(
+    State(state): State<AppState>,
+    Query(query): Query<OrderFeedQuery>,
+) -> Response {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
+    let feed = state.replica.feed();
+    data(feed.wait_for_updates(query.user, query.after, wait).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DepthQuery {
     depth: Option<usize>,
 }
@@ -777,6 +798,7 @@ mod tests {
             anonymous("DELETE", "/orders/1", Value::Null),
             anonymous("GET", "/orders/logs/0", Value::Null),
             anonymous("GET", "/feed?after=0", Value::Null),
+            anonymous("GET", "/feed/orders?user=1&after=0", Value::Null),
         ] {
             let uri = request.uri().to_string();
             let (status, body) = send(&app, request).await;

@@ -18,6 +18,8 @@ use utoipa::OpenApi;
             `{\"error\": {\"code\", \"message\"}}` with the HTTP status equal to `code`.",
     ),
     modifiers(&ApiKeyScheme),
+    // The first message of `/ws/orders` without an Authorization header: no operation's body.
+    components(schemas(crate::streams::orders::OrderStreamHello)),
     tags(
         (name = "stocks", description = "The catalog of stocks"),
         (name = "users", description = "Users, their API keys and portfolios"),

@@ -54,6 +54,7 @@ pub(crate) fn public_api() -> OpenApiRouter<AppState> {
         .routes(routes!(streams::prices))
         .routes(routes!(streams::book))
         .routes(routes!(streams::candles))
+        .routes(routes!(streams::orders::orders))
         .routes(routes!(docs::document))
         .routes(routes!(docs::docs_page))
         .routes(routes!(console::root))

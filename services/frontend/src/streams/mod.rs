@@ -1,6 +1,7 @@
 //! Live streams over WebSockets: `/ws/trades` (every trade as it commits), `/ws/book/{name}`
 //! (a snapshot of the book, then its changes), `/ws/candles/{name}` (recent candles, then each
-//! candle a trade changes) and `/ws/prices` (price and quantity changes of every stock).
+//! candle a trade changes), `/ws/prices` (price and quantity changes of every stock) and
+//! `/ws/orders` (a user's own order updates, see [`orders`]).
 //!
 //! While anybody listens, one task per frontend follows the order leader's market feed with
 //! long polls, from the entry it got to, also across a change of leader (every replica derives
@@ -31,6 +32,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::stocks::stock;
 use crate::{AppState, FrontendError};
+
+pub mod orders;
 
 /// Messages a stream's channel holds for its slowest consumer.
 pub const CHANNEL: usize = 1_024;

@@ -1,0 +1,217 @@
+//! `GET /ws/orders`: a user's own order updates, in log order, resumable after a reconnect.
+//!
+//! Each connection follows its user's updates on the order leader with long polls from the
+//! entry it got to (`GET /feed/orders`), so a stream resumes at any entry the leader still
+//! keeps updates for, also across a change of leader: every replica derives the same updates
+//! from the same log. Where some are gone, the stream says so (a gap) instead of skipping
+//! them silently. The key is checked again before every poll, so a revoked key's stream ends.
+
+use std::time::Duration;
+
+use axum::extract::ws::{close_code, Message, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use stocknet_common::api_key::ApiKey;
+use stocknet_common::client::call;
+use stocknet_common::paths;
+use stocknet_common::wire::{OrderUpdate, OrderUpdatePage};
+use stocknet_common::{Query, RemoteError};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{close, frame, send, start_position, POLL_WAIT};
+use crate::credentials::{bearer, verify};
+use crate::{AppState, FrontendError};
+
+/// How long a client without an `Authorization` header has to send its key.
+const HELLO_WAIT: Duration = Duration::from_secs(5);
+
+/// The query of `GET /ws/orders`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrderStreamQuery {
+    /// Resume after this log entry: the `entry` of the last update received (or the `after`
+    /// of `subscribed`). Absent: from now.
+    after: Option<u64>,
+}
+
+/// The first message of a client that cannot set an `Authorization` header (a browser).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderStreamHello {
+    /// The user's API key, as `POST /users` gave it.
+    pub api_key: String,
+}
+
+/// Every message `GET /ws/orders` sends.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrderFrame {
+    /// First: whose updates follow, and the entry they follow.
+    Subscribed { user: u64, after: u64 },
+    /// One change of one of the user's orders.
+    Update(Box<OrderUpdate>),
+    /// Some updates of the entries after `after` are gone (the leader keeps the last 16,384
+    /// of all users): re-read the orders (`GET /orders?user=`); the updates that follow are
+    /// complete.
+    Gap { after: u64 },
+}
+
+/// `GET /ws/orders`: every change of the caller's orders as it commits (accepted, refused,
+/// modified, triggered, partially filled with the fills, filled, cancelled, expired), in log
+/// order. Send the key as `Authorization: Bearer` or as the first message.
+#[utoipa::path(get, path = "/ws/orders", operation_id = "stream_own_orders", tag = "orders",
+    params(OrderStreamQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 101, description = "A WebSocket whose messages are OrderFrames: \
+            `subscribed`, then an `update` per change of the user's orders, in log order, and a \
+            `gap` where some are gone. Without an Authorization header, the first message must \
+            be an OrderStreamHello within 5 s. A key that is wrong, or revoked while the stream \
+            runs, closes it with code 1008.", body = OrderFrame),
+        (status = 400, description = "An unknown parameter, or `after` not a number", body = stocknet_common::envelope::ErrorEnvelope),
+        (status = 401, description = "An Authorization header with a wrong key", body = stocknet_common::envelope::ErrorEnvelope),
+    ))]
+pub async fn orders(
+    State(state): State<AppState>,
+    Query(query): Query<OrderStreamQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, FrontendError> {
+    let key = bearer(&headers)?;
+    if let Some(key) = &key {
+        verify(&state, key).await?;
+    }
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let (mut sink, mut stream) = socket.split();
+        let key = match key {
+            Some(key) => key,
+            None => match hello(&mut stream).await {
+                Some(key) => key,
+                None => {
+                    let reason = "send {\"api_key\": ...} first, or an Authorization header";
+                    let _ = sink.send(close(close_code::POLICY, reason)).await;
+                    return;
+                }
+            },
+        };
+        let Ok(user) = verify(&state, &key).await else {
+            let _ = sink
+                .send(close(close_code::POLICY, "invalid API key"))
+                .await;
+            return;
+        };
+        let mut backoff = Duration::from_millis(50);
+        let mut cursor = query.after;
+        let mut subscribed = false;
+        loop {
+            match verify(&state, &key).await {
+                Ok(_) => {}
+                Err(FrontendError::Unauthorized(_)) => {
+                    let _ = sink
+                        .send(close(close_code::POLICY, "API key revoked"))
+                        .await;
+                    return;
+                }
+                // The catalog cannot say now: the key was good, and is asked again next round.
+                Err(_) => {}
+            }
+            let polled = tokio::select! {
+                polled = next_page(&state, user, cursor) => polled,
+                message = stream.next() => match message {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                },
+            };
+            let (after, page) = match polled {
+                Ok(polled) => {
+                    backoff = Duration::from_millis(50);
+                    polled
+                }
+                Err(e) => {
+                    tracing::debug!(user, "order stream: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let mut frames = Vec::new();
+            if !subscribed {
+                frames.push(OrderFrame::Subscribed { user, after });
+                subscribed = true;
+            }
+            if let Some(page) = page {
+                if page.gap {
+                    frames.push(OrderFrame::Gap { after });
+                }
+                frames.extend(
+                    page.updates
+                        .into_iter()
+                        .map(|u| OrderFrame::Update(Box::new(u))),
+                );
+                cursor = Some(page.through.max(after));
+            } else {
+                cursor = Some(after);
+            }
+            for message in frames {
+                if send(&mut sink, Message::Text(frame(&message).into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// The key a client sends as its first message, if it does in time.
+async fn hello(
+    stream: &mut (impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin),
+) -> Option<ApiKey> {
+    let message = tokio::time::timeout(HELLO_WAIT, stream.next())
+        .await
+        .ok()??;
+    let Ok(Message::Text(text)) = message else {
+        return None;
+    };
+    let hello: OrderStreamHello = serde_json::from_str(&text).ok()?;
+    ApiKey::parse(&hello.api_key)
+}
+
+/// From `cursor` (or, at first without one, from where the leader is now): the entry the next
+/// updates follow, and the leader's page of the user's updates after it (none when the stream
+/// only found its start).
+async fn next_page(
+    state: &AppState,
+    user: u64,
+    cursor: Option<u64>,
+) -> Result<(u64, Option<OrderUpdatePage>), String> {
+    let inner = &state.inner;
+    let Some(leader) = inner.leaders.leader().await else {
+        return Err("no order leader".into());
+    };
+    let result = match cursor {
+        None => start_position(state, &leader.url)
+            .await
+            .map(|at| (at, None)),
+        Some(after) => {
+            let poll = async {
+                let mut url = paths::ORDER_FEED.url(&leader.url, &[])?;
+                url.query_pairs_mut()
+                    .append_pair("user", &user.to_string())
+                    .append_pair("after", &after.to_string())
+                    .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
+                call::<OrderUpdatePage>(inner.http.get(url)).await
+            };
+            poll.await.map(|page| (after, Some(page)))
+        }
+    };
+    if matches!(result, Err(RemoteError::Unreachable(_))) {
+        inner.leaders.replace(Some(&leader), None).await;
+    }
+    result.map_err(|e| e.to_string())
+}
