@@ -1,8 +1,13 @@
-//! `stocknet admin`: offline repairs of a stopped service's files.
+//! `stocknet admin`: offline repairs of a stopped service's files, and revoking any user's key
+//! through the catalog.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+use stocknet_common::paths;
+use stocknet_common::wire::KeyRecord;
+use stocknet_common::SecretArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct AdminConfig {
@@ -28,10 +33,50 @@ pub enum AdminCommand {
         #[arg(long)]
         term: u64,
     },
+    /// Revoke a user's API key (a leaked one, say) through the running catalog: every frontend
+    /// it reaches refuses the key before this returns.
+    RevokeKey {
+        /// The catalog's base URL.
+        #[arg(
+            long,
+            env = "STOCKNET_CATALOG_URL",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        catalog: String,
+        #[arg(long)]
+        user: u64,
+        /// The key's id (`GET /users/{id}/keys` lists them).
+        #[arg(long)]
+        key: u32,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
 }
 
-pub fn run(config: AdminConfig) -> anyhow::Result<()> {
+pub async fn run(config: AdminConfig) -> anyhow::Result<()> {
     match config.command {
+        AdminCommand::RevokeKey {
+            catalog,
+            user,
+            key,
+            secret,
+        } => {
+            let secret = secret.load()?;
+            let client = stocknet_common::internal_client(Duration::from_secs(10), &secret);
+            let url = paths::USER_KEY.url(&catalog, &[&user.to_string(), &key.to_string()])?;
+            let revoked: KeyRecord = stocknet_common::client::call(client.delete(url))
+                .await
+                .with_context(|| format!("revoking key {key} of user {user} at {catalog}"))?;
+            println!(
+                "user {user}: key {} (snk_{user}_{}) revoked at {}",
+                revoked.id,
+                revoked.prefix.as_deref().unwrap_or_default(),
+                revoked
+                    .revoked
+                    .map(stocknet_common::clock::rfc3339)
+                    .unwrap_or_default()
+            );
+        }
         AdminCommand::SetTerm {
             data_dir,
             replica: Some(id),

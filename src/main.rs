@@ -45,7 +45,7 @@ enum Command {
     GenerateCatalog(catalog_gen::GenerateConfig),
     /// Print a day's market report (from a frontend, or recomputed from an order log).
     Report(report::ReportConfig),
-    /// Offline repairs of a stopped service's files.
+    /// Offline repairs of a stopped service's files; revoking a user's key.
     Admin(admin::AdminConfig),
     /// Serve stock lookups from a bare axum handler: the benchmarks' ceiling.
     #[cfg(feature = "load")]
@@ -73,7 +73,7 @@ fn main() -> std::process::ExitCode {
                     #[cfg(feature = "load")]
                     Command::Ceiling(config) => ceiling::run(config).await.map_err(Into::into),
                     Command::Report(config) => report::run(config).await.map_err(Into::into),
-                    Command::Admin(config) => admin::run(config).map_err(Into::into),
+                    Command::Admin(config) => admin::run(config).await.map_err(Into::into),
                     #[cfg(feature = "load")]
                     Command::GenerateCatalog(config) => {
                         catalog_gen::run(config).map_err(Into::into)

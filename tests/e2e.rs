@@ -1982,3 +1982,189 @@ async fn a_stop_order_enters_when_a_trade_reaches_its_stop() {
         assert_eq!(order["data"]["triggered_at"], trigger, "{base}: {order}");
     }
 }
+
+/// Issue 21, item 10: a user with a display name makes a second key, lists both by prefix, and
+/// revokes the first: every frontend refuses it at once (an open order stream with it is
+/// closed), the second goes on working; an operator's `stocknet admin revoke-key` revokes any
+/// key the same way.
+#[tokio::test]
+async fn a_revoked_key_is_refused_at_once_on_every_frontend() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let cluster = Cluster::start(2).await;
+    let (one, two) = (
+        cluster.frontend_urls[0].clone(),
+        cluster.frontend_urls[1].clone(),
+    );
+    let (status, created) = cluster
+        .post(&format!("{one}/users"), &json!({"display_name": "Ada"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let user = created["data"]["user_id"].as_u64().unwrap();
+    let first = created["data"]["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (&created["data"]["display_name"], &created["data"]["key_id"]),
+        (&json!("Ada"), &json!(1))
+    );
+    let as_user = |method: reqwest::Method, url: String, key: &str| {
+        cluster
+            .http
+            .request(method, url)
+            .bearer_auth(key.to_owned())
+    };
+    let get = reqwest::Method::GET;
+    let (status, made) = send(as_user(
+        reqwest::Method::POST,
+        format!("{two}/users/{user}/keys"),
+        &first,
+    ))
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let second = made["data"]["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(made["data"]["key_id"], 2);
+    let (status, listed) = send(as_user(
+        get.clone(),
+        format!("{one}/users/{user}/keys"),
+        &second,
+    ))
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let prefixes: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes.len(), 2, "{listed}");
+    assert!(
+        first.starts_with(prefixes[0]) && second.starts_with(prefixes[1]),
+        "{listed}"
+    );
+    assert!(prefixes
+        .iter()
+        .all(|p| p.len() == format!("snk_{user}_").len() + 8));
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&first[12..]) && !text.contains(&second[12..]),
+        "no key shown"
+    );
+    // Another user's keys are not the caller's to see.
+    let (status, _) = send(as_user(
+        get.clone(),
+        format!("{one}/users/{}/keys", user + 1),
+        &first,
+    ))
+    .await;
+    assert_eq!(status, 403);
+
+    // Both frontends know the first key; an order stream runs with it on the second.
+    for frontend in [&one, &two] {
+        let (status, me) = send(as_user(
+            get.clone(),
+            format!("{frontend}/users/{user}"),
+            &first,
+        ))
+        .await;
+        assert_eq!((status, &me["data"]["keys"]), (200, &json!(2)), "{me}");
+    }
+    let ws = format!("{}/ws/orders", two.replace("http://", "ws://"));
+    let (mut stream, _) = tokio_tungstenite::connect_async(&ws)
+        .await
+        .expect("connects");
+    stream
+        .send(Message::Text(json!({"api_key": first}).to_string().into()))
+        .await
+        .unwrap();
+    let subscribed = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("subscribed within 20 s");
+    assert!(
+        matches!(subscribed, Some(Ok(Message::Text(_)))),
+        "{subscribed:?}"
+    );
+
+    let (status, revoked) = send(as_user(
+        reqwest::Method::DELETE,
+        format!("{one}/users/{user}/keys/1"),
+        &second,
+    ))
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked["data"]["revoked"].is_u64(), "{revoked}");
+    for frontend in [&one, &two] {
+        let (status, body) = send(as_user(
+            get.clone(),
+            format!("{frontend}/users/{user}"),
+            &first,
+        ))
+        .await;
+        assert_eq!(status, 401, "{frontend}: {body}");
+        let order = json!({"name": "GameStart", "type": "buy", "quantity": 1, "price": 1.0});
+        let (status, _) =
+            send(as_user(reqwest::Method::POST, format!("{frontend}/orders"), &first).json(&order))
+                .await;
+        assert_eq!(status, 401, "{frontend}: an order with the revoked key");
+        let (status, _) = send(as_user(
+            get.clone(),
+            format!("{frontend}/users/{user}"),
+            &second,
+        ))
+        .await;
+        assert_eq!(status, 200, "{frontend}: the second key still works");
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the stream ends within 20 s");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008, "{frame:?}")
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    // Revoking it again answers the same; the list shows the second key only.
+    let (status, again) = send(as_user(
+        reqwest::Method::DELETE,
+        format!("{two}/users/{user}/keys/1"),
+        &second,
+    ))
+    .await;
+    assert_eq!(
+        (status, &again["data"]["revoked"]),
+        (200, &revoked["data"]["revoked"])
+    );
+    let (_, listed) = send(as_user(
+        get.clone(),
+        format!("{two}/users/{user}/keys"),
+        &second,
+    ))
+    .await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
+
+    // The operator revokes the second key through the catalog.
+    let output = std::process::Command::new(common::BIN)
+        .args(["admin", "revoke-key", "--catalog", &cluster.catalog_url])
+        .args(["--user", &user.to_string(), "--key", "2"])
+        .arg("--secret-file")
+        .arg(cluster.dir.path().join("secret"))
+        .output()
+        .expect("stocknet admin runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("key 2") && printed.contains("revoked"),
+        "{printed}"
+    );
+    for frontend in [&one, &two] {
+        let (status, _) = send(as_user(
+            get.clone(),
+            format!("{frontend}/users/{user}"),
+            &second,
+        ))
+        .await;
+        assert_eq!(status, 401, "{frontend}");
+    }
+}

@@ -9,6 +9,12 @@ pub enum CatalogError {
     StockNotFound(String),
     #[error("User not found")]
     UserNotFound,
+    #[error("Key not found")]
+    KeyNotFound,
+    #[error("A user holds at most {0} keys at once: revoke one first")]
+    TooManyKeys(usize),
+    #[error("{0}")]
+    Invalid(String),
     #[error("Insufficient stock quantity")]
     InsufficientQuantity,
     #[error("trade {next} does not follow the last applied trade {applied}")]
@@ -51,8 +57,10 @@ impl CatalogError {
 impl Classified for CatalogError {
     fn cause(&self) -> Cause {
         match self {
-            Self::StockNotFound(_) | Self::UserNotFound => Cause::NotFound,
+            Self::StockNotFound(_) | Self::UserNotFound | Self::KeyNotFound => Cause::NotFound,
+            Self::Invalid(_) => Cause::Input,
             Self::InsufficientQuantity
+            | Self::TooManyKeys(_)
             | Self::Gap { .. }
             | Self::StaleTerm { .. }
             | Self::TermJump { .. } => Cause::Conflict,

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{middleware, Router};
 use futures::future::join_all;
 use stocknet_common::auth::require_secret;
 use stocknet_common::envelope::bounded;
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    stock_after, stock_cursor, ApplyRequest, Invalidation, NewUser, StockPage,
+    stock_after, stock_cursor, ApplyRequest, Invalidation, NewKey, NewUser, StockPage,
 };
 use stocknet_common::{
     data, internal_client, server, ApiError, Json, Path, Query, Secret, SecretArgs,
@@ -119,6 +119,21 @@ impl AppState {
         if names.is_empty() {
             return;
         }
+        let stocks = names
+            .iter()
+            .filter_map(|name| self.store.get(name))
+            .collect();
+        self.push(Invalidation {
+            names,
+            stocks,
+            ..Invalidation::default()
+        })
+        .await;
+    }
+
+    /// Sends `body` to every frontend, and waits for the answers (each within
+    /// [`INVALIDATION_TIMEOUT`]).
+    async fn push(&self, body: Invalidation) {
         let mut frontends: Vec<String> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
             match tokio::net::lookup_host(&**dns).await {
@@ -128,11 +143,6 @@ impl AppState {
                 Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
             }
         }
-        let stocks = names
-            .iter()
-            .filter_map(|name| self.store.get(name))
-            .collect();
-        let body = Invalidation { names, stocks };
         let calls = frontends.iter().map(|frontend| {
             let body = &body;
             async move {
@@ -166,6 +176,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::APPLY.pattern(), post(apply))
         .route(paths::USERS.pattern(), post(create_user))
         .route(paths::USER.pattern(), get(user))
+        .route(paths::USER_KEYS.pattern(), post(add_key))
+        .route(paths::USER_KEY.pattern(), delete(revoke_key))
         .route_layer(middleware::from_fn_with_state(
             state.secret.clone(),
             require_secret,
@@ -212,8 +224,19 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         .into_iter()
         .map(|s| s.name)
         .collect();
+    // So do their users' credentials: a key revoked just before the crash may not have been
+    // pushed.
+    let stocks = names.iter().filter_map(|n| state.store.get(n)).collect();
     let boot = state.clone();
-    tokio::spawn(async move { boot.invalidate(names).await });
+    tokio::spawn(async move {
+        let everything = Invalidation {
+            names,
+            stocks,
+            users: Vec::new(),
+            all_users: true,
+        };
+        boot.push(everything).await
+    });
     let scraped = state.clone();
     let scrape =
         stocknet_common::metrics::metrics_router(state.metrics.registry.clone(), move || {
@@ -281,30 +304,89 @@ async fn list(
     }))
 }
 
-/// `POST /users` (from a frontend): registers a user by the credential of their new key.
+/// `POST /users` (from a frontend): registers a user by the credential of their first key.
 async fn create_user(
     State(state): State<AppState>,
     Json(request): Json<NewUser>,
 ) -> Result<Response, CatalogError> {
     let created = stocknet_common::clock::now_millis();
     let users = state.users.clone();
-    let record = tokio::task::spawn_blocking(move || users.create(request.credential, created))
-        .await
-        .map_err(|e| CatalogError::Task(e.to_string()))??;
+    let NewUser {
+        credential,
+        prefix,
+        display_name,
+    } = request;
+    let record = tokio::task::spawn_blocking(move || {
+        users.create(credential, prefix, display_name, created)
+    })
+    .await
+    .map_err(|e| CatalogError::Task(e.to_string()))??;
     tracing::info!(user = record.id, "user created");
     Ok(data(record))
 }
 
-/// `GET /users/{id}`: a user's credential, for a frontend verifying their key.
+/// `GET /users/{id}`: a user and their keys' credentials, for a frontend verifying a key.
 async fn user(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, CatalogError> {
-    id.parse()
-        .ok()
+    user_id(&id)
         .and_then(|id| state.users.get(id))
         .map(data)
         .ok_or(CatalogError::UserNotFound)
+}
+
+fn user_id(text: &str) -> Option<u64> {
+    text.parse().ok()
+}
+
+/// `POST /users/{id}/keys` (from a frontend): another key for the user, answered once every
+/// frontend reachable was told to fetch the user's keys again.
+async fn add_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(request): Json<NewKey>,
+) -> Result<Response, CatalogError> {
+    let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
+    let created = stocknet_common::clock::now_millis();
+    let users = state.users.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        users.add_key(user, request.credential, request.prefix, created)
+    })
+    .await
+    .map_err(|e| CatalogError::Task(e.to_string()))??;
+    tracing::info!(user, key = key.id, "key added");
+    // Frontends keep the user's keys as they were: told, they fetch them again.
+    state
+        .push(Invalidation {
+            users: vec![user],
+            ..Invalidation::default()
+        })
+        .await;
+    Ok(data(key))
+}
+
+/// `DELETE /users/{id}/keys/{key}` (from a frontend, or `stocknet admin`): revokes the key,
+/// and answers once every frontend reachable was told to forget the user's credentials.
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Response, CatalogError> {
+    let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
+    let key: u32 = key.parse().map_err(|_| CatalogError::KeyNotFound)?;
+    let time = stocknet_common::clock::now_millis();
+    let users = state.users.clone();
+    let revoked = tokio::task::spawn_blocking(move || users.revoke(user, key, time))
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))??;
+    tracing::info!(user, key, "key revoked");
+    state
+        .push(Invalidation {
+            users: vec![user],
+            ..Invalidation::default()
+        })
+        .await;
+    Ok(data(revoked))
 }
 
 async fn snapshot(State(state): State<AppState>) -> Response {
@@ -351,6 +433,7 @@ mod tests {
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use serde_json::{json, Value};
+    use stocknet_common::wire::UserRecord;
     use tower::ServiceExt;
 
     fn app(dir: &std::path::Path) -> Router {
@@ -395,7 +478,7 @@ mod tests {
         let app = app(dir.path());
         let key = ApiKey::generate(1).unwrap();
         let credential = Credential::of(&key).unwrap();
-        let body = json!({ "credential": credential }).to_string();
+        let body = json!({ "credential": credential, "prefix": key.prefix() }).to_string();
         let anonymous = Request::post("/users")
             .header("content-type", "application/json")
             .body(Body::from(body.clone()))
@@ -419,14 +502,17 @@ mod tests {
         assert_eq!(second["data"]["id"], 2);
         let (status, read) = send(&app, get_internal("/users/1")).await;
         assert_eq!(status, StatusCode::OK);
-        let stored: Credential =
-            serde_json::from_value(read["data"]["credential"].clone()).unwrap();
-        assert!(stored.verifies(&key));
+        let stored: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
+        assert!(stored.admits(&key.clone().with_user(1)));
 
+        let named = json!({"credential": credential, "prefix": "00", "display_name": "Ada"});
+        let (_, third) = send(&app, post_json("/users", &named.to_string())).await;
+        assert_eq!(third["data"]["display_name"], "Ada");
         for bad in [
             r#"{"credential":"00:11"}"#,
             r#"{"credential":"x","admin":true}"#,
             "{}",
+            &json!({"credential": credential, "prefix": "00", "display_name": "A\nda"}).to_string(),
         ] {
             let (status, body) = send(&app, post_json("/users", bad)).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
@@ -571,8 +657,8 @@ mod tests {
         assert_eq!(body["data"]["quantity"], 60);
     }
 
-    /// A stand-in frontend on 127.0.0.1 that records the stocks it is told to invalidate.
-    async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<(String, u64)>>>) {
+    /// A stand-in frontend on 127.0.0.1 that records the pushes it gets.
+    async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<Invalidation>>>) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorder = seen.clone();
         // Only pushes that carry the secret are recorded.
@@ -581,8 +667,7 @@ mod tests {
             post(
                 move |headers: axum::http::HeaderMap, Json(request): Json<Invalidation>| async move {
                     if secret().admits(&headers) {
-                        let stocks = request.stocks.into_iter().map(|s| (s.name, s.quantity));
-                        recorder.lock().unwrap().extend(stocks);
+                        recorder.lock().unwrap().push(request);
                     }
                     data(json!({"success": true}))
                 },
@@ -616,7 +701,12 @@ mod tests {
             StatusCode::OK
         );
         // Each push names the stocks and carries their new quantities.
-        let mut pushed = seen.lock().unwrap().clone();
+        let mut pushed: Vec<(String, u64)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|push| push.stocks.iter().map(|s| (s.name.clone(), s.quantity)))
+            .collect();
         pushed.sort();
         let expected = [
             ("FishCo", 102),
@@ -628,6 +718,64 @@ mod tests {
             pushed,
             expected.map(|(name, quantity)| (name.to_owned(), quantity))
         );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
+        use stocknet_common::api_key::{ApiKey, Credential};
+        let dir = tempfile::tempdir().unwrap();
+        let (port, seen) = recording_frontend().await;
+        let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+        let users = UserStore::open(dir.path().join("users.csv")).unwrap();
+        let app = router(AppState::new(
+            store,
+            users,
+            vec![format!("http://127.0.0.1:{port}")],
+            secret(),
+        ));
+        let new_key = || {
+            let key = ApiKey::generate(1).unwrap();
+            let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});
+            (key, body.to_string())
+        };
+        let (first, body) = new_key();
+        send(&app, post_json("/users", &body)).await;
+        let (second, body) = new_key();
+        let (status, added) = send(&app, post_json("/users/1/keys", &body)).await;
+        assert_eq!((status, &added["data"]["id"]), (StatusCode::OK, &json!(2)));
+        let delete = |uri: &str| {
+            Request::delete(uri)
+                .header("authorization", format!("Bearer {SECRET}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (status, revoked) = send(&app, delete("/users/1/keys/1")).await;
+        assert_eq!(status, StatusCode::OK, "{revoked}");
+        assert!(revoked["data"]["revoked"].is_u64(), "{revoked}");
+        let pushes = seen.lock().unwrap().clone();
+        assert_eq!(pushes.len(), 2, "each answer came after its push");
+        assert!(pushes.iter().all(|push| push.users == [1]));
+        let (_, read) = send(&app, get_internal("/users/1")).await;
+        let user: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
+        assert!(!user.admits(&first.with_user(1)));
+        assert!(user.admits(&second.clone().with_user(1)));
+        for (uri, status) in [
+            ("/users/1/keys/3", StatusCode::NOT_FOUND),
+            ("/users/1/keys/x", StatusCode::NOT_FOUND),
+            ("/users/2/keys/1", StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(send(&app, delete(uri)).await.0, status, "{uri}");
+        }
+        let unauthenticated = Request::delete("/users/1/keys/2")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            send(&app, unauthenticated).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (_, read) = send(&app, get_internal("/users/1")).await;
+        let user: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
+        assert!(user.admits(&second.with_user(1)), "still live");
     }
 
     #[tokio::test]

@@ -58,7 +58,13 @@ impl ApiKey {
         self.user
     }
 
-    /// The text a client sends. Shown once, when the user is created.
+    /// The first 8 hex digits of the secret: enough to tell a user's keys apart in a list
+    /// and to pick the one credential to check, too few to help guess the other 224 bits.
+    pub fn prefix(&self) -> String {
+        to_hex(&self.secret[..4])
+    }
+
+    /// The text a client sends. Shown once, when the key is made.
     pub fn reveal(&self) -> String {
         format!("{PREFIX}{}_{}", self.user, to_hex(&self.secret))
     }

@@ -73,6 +73,8 @@ pub const SNAPSHOT: Route = Route("/snapshot");
 pub const APPLY: Route = Route("/apply");
 pub const USERS: Route = Route("/users");
 pub const USER: Route = Route("/users/{id}");
+pub const USER_KEYS: Route = Route("/users/{id}/keys");
+pub const USER_KEY: Route = Route("/users/{id}/keys/{key}");
 
 // A frontend's internal routes: the catalog's invalidation push.
 pub const INVALIDATE: Route = Route("/invalidate");

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api_key::Credential;
+use crate::api_key::{ApiKey, Credential};
 use crate::model::{Order, Price, SelfTrade, Side, Status, Stock, Terms, TimeInForce};
 
 // ---- catalog ---------------------------------------------------------------------------------
@@ -60,13 +60,19 @@ pub struct Snapshot {
 // ---- frontend (internal) --------------------------------------------------------------------
 
 /// Catalog → frontend (`POST /invalidate`): every stock one catalog update named.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Invalidation {
     pub names: Vec<String>,
     /// The named stocks as they are now, for the frontends' price streams.
     #[serde(default)]
     pub stocks: Vec<Stock>,
+    /// Users whose keys changed (a key revoked): frontends forget their credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<u64>,
+    /// Every user's (a restarted catalog may have revoked a key and not told anybody).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_users: bool,
 }
 
 // ---- order replicas ---------------------------------------------------------------------------
@@ -408,20 +414,86 @@ pub struct DailyReport {
 
 // ---- users (catalog, internal) ----------------------------------------------------------------
 
-/// Frontend → catalog (`POST /users`): store a new user's credential.
+/// Frontend → catalog (`POST /users`): store a new user with the credential of their first key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub credential: Credential,
+    /// The key's [prefix](crate::api_key::ApiKey::prefix).
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
-/// A user as the catalog keeps it.
+/// Frontend → catalog (`POST /users/{id}/keys`): another key for a user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub credential: Credential,
+    pub prefix: String,
+}
+
+/// A user as the catalog keeps it, revoked keys included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub id: u64,
     /// Milliseconds since the Unix epoch.
     pub created: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// By id, from 1.
+    pub keys: Vec<KeyRecord>,
+}
+
+impl UserRecord {
+    /// Whether `key` is one of this user's keys, and not revoked.
+    pub fn admits(&self, key: &ApiKey) -> bool {
+        key.user() == self.id && self.keys.iter().any(|k| k.admits(key))
+    }
+
+    /// The keys not revoked.
+    pub fn live_keys(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.iter().filter(|k| k.revoked.is_none())
+    }
+}
+
+/// One of a user's API keys as the catalog keeps it: never the key, only its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: u32,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+    /// The key's [prefix](crate::api_key::ApiKey::prefix); absent for a key made before
+    /// prefixes were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     pub credential: Credential,
+    /// When it was revoked (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<u64>,
+}
+
+impl KeyRecord {
+    /// Whether `key` is this one and it is not revoked: one hash, only where the prefix matches.
+    pub fn admits(&self, key: &ApiKey) -> bool {
+        self.revoked.is_none()
+            && self
+                .prefix
+                .as_ref()
+                .is_none_or(|prefix| *prefix == key.prefix())
+            && self.credential.verifies(key)
+    }
+}
+
+/// Whether `name` can be a user's display name: 1 to 64 characters, none of them a control
+/// character.
+pub fn check_display_name(name: &str) -> Result<(), &'static str> {
+    let length = name.chars().count();
+    if (1..=64).contains(&length) && !name.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err("display_name must be 1 to 64 characters, none of them a control character")
+    }
 }
 
 /// `GET /orders/logs/{after}`: a page of a replica's log, its own entries included (for

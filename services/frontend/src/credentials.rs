@@ -1,46 +1,88 @@
 //! Knowing who calls: a verified `Authorization: Bearer` key, or nobody. The catalog keeps each
-//! user's credential; a frontend fetches it once per user (it never changes) and verifies keys
+//! user's keys' credentials; a frontend keeps those of users seen lately and verifies keys
 //! itself with one hash.
+//!
+//! A revoked key is refused at once: the catalog answers a revocation only after pushing it to
+//! every frontend it reaches, and a frontend trusts what it keeps only while it hears from the
+//! catalog (its lease, as for cached lookups). One cut off from the catalog asks it again; if
+//! it cannot, it goes on with what it fetched within [`CREDENTIAL_BOUND`], and refuses the
+//! user's keys (503) after that: that bound is how long a revoked key may still work there.
 
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
 use lru::LruCache;
-use stocknet_common::api_key::{ApiKey, Credential};
+use stocknet_common::api_key::ApiKey;
 use stocknet_common::paths;
 use stocknet_common::wire::UserRecord;
+use tokio::sync::watch;
 
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::{AppState, FrontendError};
 
-/// Users whose credentials a frontend keeps: about 200 bytes each.
+/// Users whose credentials a frontend keeps: a few hundred bytes each.
 const CREDENTIALS_KEPT: usize = 100_000;
 
-/// The credentials of users seen lately.
-pub struct Credentials(Mutex<LruCache<u64, Credential>>);
+/// How long a frontend that cannot reach the catalog accepts keys on credentials it fetched.
+pub const CREDENTIAL_BOUND: Duration = Duration::from_secs(30);
+
+/// The credentials of users seen lately, with when they were fetched.
+pub struct Credentials {
+    kept: Mutex<LruCache<u64, (Arc<UserRecord>, Instant)>>,
+    /// Counts what was forgotten, so that open streams check their keys again at once.
+    forgotten: watch::Sender<u64>,
+}
 
 impl Default for Credentials {
     fn default() -> Self {
         let size = NonZeroUsize::new(CREDENTIALS_KEPT).unwrap_or(NonZeroUsize::MIN);
-        Self(Mutex::new(LruCache::new(size)))
+        Self {
+            kept: Mutex::new(LruCache::new(size)),
+            forgotten: watch::Sender::new(0),
+        }
     }
 }
 
 impl Credentials {
-    fn get(&self, user: u64) -> Option<Credential> {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        kept.get(&user).copied()
+    /// Changes each time credentials are forgotten (a key may have been revoked).
+    pub(crate) fn forgotten(&self) -> watch::Receiver<u64> {
+        self.forgotten.subscribe()
     }
 
-    pub(crate) fn keep(&self, user: u64, credential: Credential) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        kept.put(user, credential);
+    fn get(&self, user: u64) -> Option<(Arc<UserRecord>, Instant)> {
+        self.kept().get(&user).cloned()
+    }
+
+    pub(crate) fn keep(&self, user: UserRecord) -> Arc<UserRecord> {
+        let user = Arc::new(user);
+        self.kept().put(user.id, (user.clone(), Instant::now()));
+        user
+    }
+
+    /// Forgets `users`' credentials: a key of theirs changed.
+    pub(crate) fn forget(&self, users: &[u64]) {
+        let mut kept = self.kept();
+        for user in users {
+            kept.pop(user);
+        }
+        drop(kept);
+        self.forgotten.send_modify(|count| *count += 1);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.kept().clear();
+        self.forgotten.send_modify(|count| *count += 1);
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, LruCache<u64, (Arc<UserRecord>, Instant)>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Who sends a request: the user whose API key it carries, verified, or `None` without an
-/// `Authorization` header. A key that is malformed, unknown or wrong is refused (401).
+/// `Authorization` header. A key that is malformed, unknown, wrong or revoked is refused (401).
 pub(crate) async fn caller(
     state: &AppState,
     headers: &HeaderMap,
@@ -67,33 +109,36 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<ApiKey>, FrontendErro
         ))
 }
 
-/// The user `key` acts for, if it is theirs (401 if not).
+/// The user `key` acts for, if it is one of theirs and not revoked (401 if not).
 pub(crate) async fn verify(state: &AppState, key: &ApiKey) -> Result<u64, FrontendError> {
-    let credential = credential(state, key.user()).await?;
-    if credential.verifies(key) {
+    if user(state, key.user()).await?.admits(key) {
         Ok(key.user())
     } else {
         Err(FrontendError::Unauthorized("Invalid API key"))
     }
 }
 
-async fn credential(state: &AppState, user: u64) -> Result<Credential, FrontendError> {
+/// User `id` with their keys' credentials: kept, or from the catalog.
+pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, FrontendError> {
     let inner = &state.inner;
-    if let Some(credential) = inner.credentials.get(user) {
-        return Ok(credential);
+    let kept = inner.credentials.get(id);
+    if let Some((user, _)) = &kept {
+        if inner.catalog_contact.recent() {
+            return Ok(user.clone());
+        }
     }
     let url = paths::USER
-        .url(&inner.catalog_url, &[&user.to_string()])
+        .url(&inner.catalog_url, &[&id.to_string()])
         .map_err(FrontendError::CatalogUnavailable)?;
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
     match call_catalog::<UserRecord>(state, request).await {
-        Ok(record) => {
-            inner.credentials.keep(user, record.credential);
-            Ok(record.credential)
-        }
+        Ok(user) => Ok(inner.credentials.keep(user)),
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
             Err(FrontendError::Unauthorized("Invalid API key"))
         }
-        Err(failure) => Err(failure.into()),
+        Err(failure) => match kept {
+            Some((user, fetched)) if fetched.elapsed() < CREDENTIAL_BOUND => Ok(user),
+            _ => Err(failure.into()),
+        },
     }
 }

@@ -140,14 +140,25 @@ async fn envelopes_for_every_outcome_without_backends() {
 #[tokio::test]
 async fn a_user_is_limited_by_their_key() {
     use stocknet_common::api_key::{ApiKey, Credential};
+    use stocknet_common::wire::{KeyRecord, UserRecord};
     let state = lone_state(&["--rate-limit", "1", "--rate-burst", "2"]);
     let keys: Vec<ApiKey> = (1..=2)
         .map(|user| ApiKey::generate(user).unwrap())
         .collect();
     for key in &keys {
         // As if this frontend had fetched their credentials from the catalog.
-        let credential = Credential::of(key).unwrap();
-        state.inner.credentials.keep(key.user(), credential);
+        state.inner.credentials.keep(UserRecord {
+            id: key.user(),
+            created: 0,
+            display_name: None,
+            keys: vec![KeyRecord {
+                id: 1,
+                created: 0,
+                prefix: Some(key.prefix()),
+                credential: Credential::of(key).unwrap(),
+                revoked: None,
+            }],
+        });
     }
     let app = router(state);
     let get = |auth: Option<String>| {
@@ -192,13 +203,25 @@ async fn users_and_keys_are_checked_before_any_backend_is_asked() {
         }
         request.body(Body::empty()).unwrap()
     };
-    for body in [r#"{"name":"alice"}"#, "[1]", "{"] {
-        let request = Request::post("/users").body(Body::from(body)).unwrap();
+    let long = format!(r#"{{"display_name":"{}"}}"#, "x".repeat(65));
+    for body in [
+        r#"{"name":"alice"}"#,
+        "[1]",
+        "{",
+        r#"{"display_name":""}"#,
+        r#"{"display_name":"a\u0007"}"#,
+        r#"{"display_name":7}"#,
+        r#"{"display_name":"a","display_name":"b"}"#,
+        &long,
+    ] {
+        let request = Request::post("/users")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
         let (status, reply) = send(request).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
     }
     // A valid request needs the catalog, which keeps users.
-    for body in ["", "{}", " "] {
+    for body in ["", "{}", " ", r#"{"display_name":"Ada Lovelace"}"#] {
         let request = Request::post("/users").body(Body::from(body)).unwrap();
         assert_eq!(
             send(request).await.0,
@@ -206,8 +229,25 @@ async fn users_and_keys_are_checked_before_any_backend_is_asked() {
             "{body:?}"
         );
     }
-    let (status, _) = send(get("/users/x/portfolio", None)).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for uri in ["/users/x/portfolio", "/users/x", "/users/x/keys"] {
+        assert_eq!(
+            send(get(uri, None)).await.0,
+            StatusCode::BAD_REQUEST,
+            "{uri}"
+        );
+    }
+    // A user's own records and keys need their key.
+    for request in [
+        get("/users/1", None),
+        get("/users/1/keys", None),
+        Request::post("/users/1/keys").body(Body::empty()).unwrap(),
+        Request::delete("/users/1/keys/1")
+            .body(Body::empty())
+            .unwrap(),
+    ] {
+        let uri = request.uri().to_string();
+        assert_eq!(send(request).await.0, StatusCode::UNAUTHORIZED, "{uri}");
+    }
     // The audit trail: a key (or the deployment's secret) first, known parameters only.
     assert_eq!(send(get("/audit", None)).await.0, StatusCode::UNAUTHORIZED);
     let (status, _) = send(get("/audit?colour=red", Some("Bearer router-test-secret"))).await;

@@ -56,7 +56,7 @@ pub async fn document(Extension(document): Extension<Arc<Value>>) -> Response {
 }
 
 /// The document as served: utoipa's, completed with what its attributes cannot say (JSON
-/// Schema's `dependentRequired` and `minProperties`, and the links between operations that
+/// Schema's `dependentRequired` and `minProperties`, an optional body, and the links between operations that
 /// clients and fuzzers follow from a created resource to its reads and changes).
 pub fn complete(document: utoipa::openapi::OpenApi) -> Value {
     let mut document = serde_json::to_value(document).unwrap_or_default();
@@ -66,6 +66,8 @@ pub fn complete(document: utoipa::openapi::OpenApi) -> Value {
     schemas["PlaceOrder"]["dependentRequired"] = json!({"max_deviation_bps": ["expected_price"]});
     // A change must change something.
     schemas["OrderChange"]["minProperties"] = json!(1);
+    // A new user may come with no body at all (utoipa marks every body required).
+    document["paths"]["/users"]["post"]["requestBody"]["required"] = json!(false);
     // The audit trail's bounds: milliseconds since the epoch, or an RFC 3339 time.
     let instant = json!({"anyOf": [
         {"type": "string", "pattern": "^[0-9]{1,19}$"},

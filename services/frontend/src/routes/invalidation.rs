@@ -17,7 +17,8 @@ pub(crate) async fn invalidate(
     data(serde_json::json!({ "success": true }))
 }
 
-/// The catalog's push: every stock one catalog update named, one request per frontend.
+/// The catalog's push: every stock one catalog update named, or the users one of whose keys
+/// was revoked; one request per frontend.
 pub(crate) async fn invalidate_many(
     State(state): State<AppState>,
     Json(request): Json<Invalidation>,
@@ -27,6 +28,11 @@ pub(crate) async fn invalidate_many(
         .inner
         .cache
         .invalidate(request.names.iter().map(String::as_str));
+    if request.all_users {
+        state.inner.credentials.clear();
+    } else if !request.users.is_empty() {
+        state.inner.credentials.forget(&request.users);
+    }
     state.inner.remember(request.stocks.iter().cloned());
     state.inner.streams.publish_prices(request.stocks);
     data(serde_json::json!({ "success": true }))

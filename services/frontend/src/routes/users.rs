@@ -1,21 +1,24 @@
-//! Users as the public API sees them: creating one (its API key is shown once) and a user's
-//! portfolio valued at current prices.
+//! Users as the public API sees them: creating one (its API key is shown once), their keys
+//! (listed by prefix, another made, one revoked) and a user's portfolio valued at current
+//! prices.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use stocknet_common::api_key::{ApiKey, Credential};
 use stocknet_common::client::call;
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::paths;
-use stocknet_common::wire::{Holding, NewUser, UserRecord};
-use stocknet_common::{data, Money, Path, Price};
+use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewUser, UserRecord};
+use stocknet_common::{data, Money, Path, Price, RemoteError};
 use utoipa::ToSchema;
 
-use crate::credentials::caller;
+use crate::credentials::{self, caller};
 use crate::routes::stocks::{stock, Looked};
-use crate::upstream::catalog::{self, call_catalog};
+use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
@@ -23,51 +26,303 @@ use crate::{AppState, FrontendError};
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedUser {
     pub user_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// Send as `Authorization: Bearer <api_key>`. Only a hash of it is stored: keep it safe,
     /// it cannot be shown again.
     pub api_key: String,
+    /// The key's id among the user's keys (to revoke it).
+    pub key_id: u32,
     /// Milliseconds since the Unix epoch.
     pub created: u64,
 }
 
-/// Creates a user and returns their API key, once. The body may be empty or `{}`.
+/// The body of `POST /users`; it may also be empty.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserRequest {
+    /// A name to show for the user (not unique, not used to sign in).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    pub display_name: Option<String>,
+}
+
+/// Creates a user and returns their API key, once. The body may be empty, `{}` or carry a
+/// `display_name`.
 #[utoipa::path(post, path = "/users", operation_id = "create_user", tag = "users",
+    request_body(content = NewUserRequest, description = "Optional: the body may be empty"),
     responses(
         (status = 201, body = DataEnvelope<CreatedUser>),
-        (status = 400, description = "A body that is not empty or {}", body = ErrorEnvelope),
+        (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters", body = ErrorEnvelope),
         (status = 503, description = "The catalog, which keeps users, is unavailable", body = ErrorEnvelope),
     ))]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     RawBody(body): RawBody,
 ) -> Result<Response, FrontendError> {
-    if !body.iter().all(u8::is_ascii_whitespace) {
+    let display_name = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
         let fields = parse_json_object(&body).map_err(|e| FrontendError::BadRequest(e.message))?;
-        if let Some(field) = fields.keys().next() {
-            return Err(FrontendError::BadRequest(format!(
-                "Unknown field: {field} (a new user takes none)"
-            )));
+        let request: NewUserRequest = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| FrontendError::BadRequest(format!("Invalid user: {e}")))?;
+        if let Some(name) = &request.display_name {
+            check_display_name(name).map_err(|e| FrontendError::BadRequest(e.into()))?;
         }
-    }
-    let inner = &state.inner;
+        request.display_name
+    };
+    let (key, credential, prefix) = new_key()?;
+    let new = NewUser {
+        credential,
+        prefix,
+        display_name,
+    };
+    let url = paths::USERS.url(&state.inner.catalog_url, &[]);
+    let user: UserRecord = catalog_write(&state, url, Method::POST, Some(&new)).await?;
+    let key_id = user.keys.first().map_or(1, |k| k.id);
+    let created = CreatedUser {
+        user_id: user.id,
+        display_name: user.display_name.clone(),
+        api_key: key.with_user(user.id).reveal(),
+        key_id,
+        created: user.created,
+    };
+    state.inner.credentials.keep(user);
+    Ok((StatusCode::CREATED, data(created)).into_response())
+}
+
+/// A new key's secret part, its credential and prefix. The key names user 0 until the
+/// catalog gives it its user (the credential does not depend on it).
+fn new_key() -> Result<(ApiKey, Credential, String), FrontendError> {
     let key = ApiKey::generate(0).map_err(|e| FrontendError::Internal(e.to_string()))?;
     let credential = Credential::of(&key).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let url = paths::USERS
-        .url(&inner.catalog_url, &[])
-        .map_err(FrontendError::CatalogUnavailable)?;
-    let request = inner
+    let prefix = key.prefix();
+    Ok((key, credential, prefix))
+}
+
+/// A change to the catalog's users (an fsync there), passing its refusals (404, 409) on.
+async fn catalog_write<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    url: Result<reqwest::Url, RemoteError>,
+    method: Method,
+    body: Option<&impl Serialize>,
+) -> Result<T, FrontendError> {
+    let url = url.map_err(FrontendError::CatalogUnavailable)?;
+    let mut request = state
+        .inner
         .http
-        .post(url)
-        .timeout(catalog::WRITE_TIMEOUT)
-        .json(&NewUser { credential });
-    let record: UserRecord = call_catalog(&state, request).await?;
-    inner.credentials.keep(record.id, credential);
-    let created = CreatedUser {
-        user_id: record.id,
-        api_key: key.with_user(record.id).reveal(),
+        .request(method, url)
+        .timeout(catalog::WRITE_TIMEOUT);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    call_catalog(state, request)
+        .await
+        .map_err(|failure| match failure {
+            CatalogCall::Answered(RemoteError::Api(e)) if e.status.is_client_error() => {
+                FrontendError::Upstream(e)
+            }
+            other => other.into(),
+        })
+}
+
+/// The caller, who must be user `id` (by their key).
+async fn own(state: &AppState, id: &str, headers: &HeaderMap) -> Result<u64, FrontendError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| FrontendError::BadRequest("User id must be a number".into()))?;
+    match caller(state, headers).await? {
+        None => Err(FrontendError::Unauthorized(
+            "This needs its user's API key (Authorization: Bearer)",
+        )),
+        Some(user) if user != id => Err(FrontendError::Forbidden(
+            "Only the user's own key may do this".into(),
+        )),
+        Some(user) => Ok(user),
+    }
+}
+
+/// A user as they see themselves.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub user_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+    /// Keys not revoked.
+    pub keys: usize,
+}
+
+/// The caller's user.
+#[utoipa::path(get, path = "/users/{id}", operation_id = "get_user", tag = "users",
+    params(("id" = u64, Path, description = "User id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<UserView>),
+        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        (status = 403, description = "Another user", body = ErrorEnvelope),
+        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn get_user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, FrontendError> {
+    let id = own(&state, &id, &headers).await?;
+    let user = credentials::user(&state, id).await?;
+    Ok(data(UserView {
+        user_id: user.id,
+        display_name: user.display_name.clone(),
+        created: user.created,
+        keys: user.live_keys().count(),
+    }))
+}
+
+/// One of a user's keys as a list shows it: never the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub key_id: u32,
+    /// The key's first characters (`snk_<user>_` and 8 hex digits of its secret; only
+    /// `snk_<user>_` for a key made before prefixes were kept).
+    pub prefix: String,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+    /// When it was revoked (milliseconds since the Unix epoch); only in a revocation's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<u64>,
+}
+
+impl KeyView {
+    fn of(user: u64, key: &KeyRecord) -> Self {
+        Self {
+            key_id: key.id,
+            prefix: format!("snk_{user}_{}", key.prefix.as_deref().unwrap_or_default()),
+            created: key.created,
+            revoked: key.revoked,
+        }
+    }
+}
+
+/// The caller's keys that are not revoked, by id.
+#[utoipa::path(get, path = "/users/{id}/keys", operation_id = "list_keys", tag = "users",
+    params(("id" = u64, Path, description = "User id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = DataEnvelope<Vec<KeyView>>),
+        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        (status = 403, description = "Another user's keys", body = ErrorEnvelope),
+        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, FrontendError> {
+    let id = own(&state, &id, &headers).await?;
+    let user = credentials::user(&state, id).await?;
+    let keys: Vec<KeyView> = user.live_keys().map(|k| KeyView::of(id, k)).collect();
+    Ok(data(keys))
+}
+
+/// Another key, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub key_id: u32,
+    /// Send as `Authorization: Bearer <api_key>`; it cannot be shown again.
+    pub api_key: String,
+    pub prefix: String,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// Makes the caller another key (at most 10 at once), to rotate keys or to give a program its
+/// own. The body may be empty or `{}`.
+#[utoipa::path(post, path = "/users/{id}/keys", operation_id = "create_key", tag = "users",
+    params(("id" = u64, Path, description = "User id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = DataEnvelope<CreatedKey>),
+        (status = 400, description = "User id must be a number, or a body that is not empty or {}", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        (status = 403, description = "Another user", body = ErrorEnvelope),
+        (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
+        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, FrontendError> {
+    let id = own(&state, &id, &headers).await?;
+    refuse_a_body(&body, "a new key takes none")?;
+    let (key, credential, prefix) = new_key()?;
+    let url = paths::USER_KEYS.url(&state.inner.catalog_url, &[&id.to_string()]);
+    let new = NewKey { credential, prefix };
+    let record: KeyRecord = catalog_write(&state, url, Method::POST, Some(&new)).await?;
+    state.inner.credentials.forget(&[id]);
+    let view = KeyView::of(id, &record);
+    let created = CreatedKey {
+        key_id: record.id,
+        api_key: key.with_user(id).reveal(),
+        prefix: view.prefix,
         created: record.created,
     };
     Ok((StatusCode::CREATED, data(created)).into_response())
+}
+
+/// Revokes one of the caller's keys (the one sending this too, if it is that one). Every
+/// frontend the catalog reaches refuses it before this answers; one cut off from the catalog
+/// within 30 s. Revoking a revoked key answers as the first time.
+#[utoipa::path(delete, path = "/users/{id}/keys/{key_id}", operation_id = "revoke_key", tag = "users",
+    params(("id" = u64, Path, description = "User id"), ("key_id" = u32, Path, description = "Key id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The key, with `revoked`", body = DataEnvelope<KeyView>),
+        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
+        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        (status = 403, description = "Another user's key", body = ErrorEnvelope),
+        (status = 404, description = "Key not found", body = ErrorEnvelope),
+        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+    ))]
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FrontendError> {
+    let id = own(&state, &id, &headers).await?;
+    let key_id: u32 = key_id
+        .parse()
+        .map_err(|_| FrontendError::BadRequest("Key id must be a number".into()))?;
+    let url = paths::USER_KEY.url(
+        &state.inner.catalog_url,
+        &[&id.to_string(), &key_id.to_string()],
+    );
+    let body: Option<&()> = None;
+    let record: KeyRecord = catalog_write(&state, url, Method::DELETE, body).await?;
+    // (The catalog's push did this too; this frontend's own next read must not wait for it.)
+    state.inner.credentials.forget(&[id]);
+    Ok(data(KeyView::of(id, &record)))
+}
+
+/// Refuses a body that is not empty or `{}`.
+fn refuse_a_body(body: &[u8], why: &str) -> Result<(), FrontendError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    match fields.keys().next() {
+        Some(field) => Err(FrontendError::BadRequest(format!(
+            "Unknown field: {field} ({why})"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// One stock of a portfolio.
@@ -120,22 +375,7 @@ pub(crate) async fn portfolio(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, FrontendError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| FrontendError::BadRequest("User id must be a number".into()))?;
-    match caller(&state, &headers).await? {
-        None => {
-            return Err(FrontendError::Unauthorized(
-                "A portfolio needs its user's API key (Authorization: Bearer)",
-            ))
-        }
-        Some(user) if user != id => {
-            return Err(FrontendError::Forbidden(
-                "A portfolio is shown only with its own user's key".into(),
-            ))
-        }
-        Some(_) => {}
-    }
+    let id = own(&state, &id, &headers).await?;
     let inner = &state.inner;
     let holdings: Vec<Holding> = order_group::read(&state, |leader| {
         let request = paths::PORTFOLIO

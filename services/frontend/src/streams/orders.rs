@@ -4,7 +4,8 @@
 //! entry it got to (`GET /feed/orders`), so a stream resumes at any entry the leader still
 //! keeps updates for, also across a change of leader: every replica derives the same updates
 //! from the same log. Where some are gone, the stream says so (a gap) instead of skipping
-//! them silently. The key is checked again before every poll, so a revoked key's stream ends.
+//! them silently. The key is checked again before every poll and whenever the frontend forgets
+//! credentials (a revocation's push), so a revoked key's stream ends at once.
 
 use std::time::Duration;
 
@@ -104,6 +105,7 @@ pub async fn orders(
                 .await;
             return;
         };
+        let mut forgotten = state.inner.credentials.forgotten();
         let mut backoff = Duration::from_millis(50);
         let mut cursor = query.after;
         let mut subscribed = false;
@@ -121,6 +123,8 @@ pub async fn orders(
             }
             let polled = tokio::select! {
                 polled = next_page(&state, user, cursor) => polled,
+                // A key may have been revoked: check this one again now.
+                _ = forgotten.changed() => continue,
                 message = stream.next() => match message {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                     Some(Ok(_)) => continue,

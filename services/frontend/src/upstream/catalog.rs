@@ -65,11 +65,13 @@ fn lease_ms() -> u64 {
     u64::try_from(CACHE_LEASE.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Notes contact with the catalog, clearing the cache if the silence before was too long.
+/// Notes contact with the catalog, clearing the cache and the credentials kept if the
+/// silence before was too long.
 pub(crate) fn heard_from_catalog(state: &AppState) {
     let inner = &state.inner;
     if inner.catalog_contact.heard() {
         inner.cache.clear();
+        inner.credentials.clear();
     }
 }
 
