@@ -312,10 +312,14 @@ async fn up_with_ten_thousand_stocks_searches_and_pages_them() {
     assert_eq!(found, expected);
 }
 
-/// Issue 11: the console in a real browser. Headless Chromium opens it on `stocknet up`, a user
-/// buys through the form from an offer on the book, and the trade shows in the tape and the
-/// stock's price in the table; the cluster panel names the leader; when the frontend is killed
-/// the page says it is reconnecting, and goes live again once `up` has restarted it.
+/// Issues 11 and 21: the console in a real browser. Headless Chromium opens it on `stocknet up`,
+/// a user buys through the form from an offer on the book, and the trade shows in the tape, the
+/// stock's price in the table (the same row, changed in place), a candle with its volume in the
+/// chart and the rest of the offer in the depth chart; the user's own stream brings the order's
+/// updates, the fill and the position; the form refuses terms that do not go together before
+/// sending them; a resting order's cancel arrives as an update. The cluster panel names the
+/// leader; when the frontend is killed the page says it is reconnecting, and goes live again
+/// once `up` has restarted it.
 /// `STOCKNET_CONSOLE_SCREENSHOT=docs/console.png` saves what it looked like.
 #[tokio::test]
 async fn the_console_trades_through_its_form_and_reconnects() {
@@ -373,14 +377,24 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         )
         .await;
 
-    // A new user buys 2 at 20.00 through the form.
+    // A new user buys 2 at 20.00 through the form. The stock's row is kept, and changed in
+    // place, as its price moves.
     browser
-        .eval("document.getElementById('new-user').click()")
+        .eval("window.gameStartRow = document.getElementById('stock-GameStart')")
+        .await;
+    browser
+        .eval(
+            r#"(() => {
+                document.getElementById('display-name').value = 'Ada';
+                document.getElementById('new-user').click();
+            })()"#,
+        )
         .await;
     browser
         .wait_for(
-            "a new user's key",
-            "document.getElementById('api-key').value.startsWith('snk_')",
+            "a new user's key, and their order stream",
+            r#"document.getElementById('api-key').value.startsWith('snk_')
+               && document.getElementById('user').dataset.live === 'true'"#,
         )
         .await;
     browser
@@ -410,8 +424,77 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         .await;
     browser
         .wait_for(
-            "the new price in the table",
-            r#"document.querySelector('#stock-GameStart [data-field=price]').textContent === '20.00'"#,
+            "the new price in the table, in the same row",
+            r#"document.querySelector('#stock-GameStart [data-field=price]').textContent === '20.00'
+               && document.getElementById('stock-GameStart') === window.gameStartRow"#,
+        )
+        .await;
+    // The chart draws the trade's candle with its volume; the depth chart the 3 left on offer.
+    browser
+        .wait_for(
+            "a candle with volume, and the depth of the offer",
+            r#"document.getElementById('candles').dataset.candles === '1'
+               && document.querySelectorAll('#candles rect.volume').length === 1
+               && document.querySelector('#candles rect.body title').textContent.includes('C 20')
+               && document.querySelectorAll('#depth path.depth.ask').length === 1
+               && document.getElementById('depth').dataset.levels === '1'"#,
+        )
+        .await;
+    // The user's own stream brings the order's updates, the fill and the position.
+    browser
+        .wait_for(
+            "the order's updates, its fill and the position",
+            r#"[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('GameStart buy: filled'))
+               && document.querySelector('#fills [data-field=price]')?.textContent === '20.00'
+               && document.querySelector('#position-GameStart [data-field=shares]')?.textContent === '2'"#,
+        )
+        .await;
+    // The form checks an order's terms before sending it, and names the field.
+    browser
+        .eval(
+            r#"(() => {
+                document.getElementById('tif').value = 'fok';
+                document.getElementById('post-only').checked = true;
+                document.getElementById('place').click();
+            })()"#,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the form refusing post-only with fok",
+            r#"document.getElementById('message').textContent.startsWith('post-only:')
+               && document.getElementById('post-only').getAttribute('aria-invalid') === 'true'"#,
+        )
+        .await;
+    // A resting sell shows in the open orders, and its cancel arrives as an update.
+    browser
+        .eval(
+            r#"(() => {
+                document.getElementById('tif').value = 'gtc';
+                document.getElementById('post-only').checked = false;
+                document.getElementById('side').value = 'sell';
+                document.getElementById('quantity').value = '1';
+                document.getElementById('price').value = '30.00';
+                document.getElementById('place').click();
+            })()"#,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the resting order among the open orders",
+            r#"[...document.querySelectorAll('#open-orders tr')]
+                 .some(row => row.querySelector('[data-field=price]').textContent === '30.00'
+                              && row.querySelector('[data-field=status]').textContent === 'open')"#,
+        )
+        .await;
+    browser
+        .eval("document.querySelector('#open-orders button.cancel').click()")
+        .await;
+    browser
+        .wait_for(
+            "the cancel arriving as an update",
+            r#"[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('GameStart sell: cancelled'))
+               && document.querySelectorAll('#open-orders tr').length === 0"#,
         )
         .await;
     if let Ok(path) = std::env::var("STOCKNET_CONSOLE_SCREENSHOT") {
