@@ -240,6 +240,31 @@ async fn up_runs_supervises_and_stops_everything() {
     )
     .await;
 
+    // Keys through `up` (issue 21): a second key, the first revoked and refused at once.
+    let user = created["data"]["user_id"].as_u64().expect("a user");
+    let keys = format!("{}/users/{user}/keys", url(frontend));
+    let made: Value = http
+        .post(&keys)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = made["data"]["api_key"].as_str().expect("a key").to_owned();
+    let revoke = http
+        .delete(format!("{keys}/1"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    for (key, status) in [(&key, 401), (&second, 200)] {
+        let answer = http.get(&keys).bearer_auth(key).send().await.unwrap();
+        assert_eq!(answer.status(), status);
+    }
+
     // SIGTERM: `up` stops all its children and exits.
     let pids: Vec<u32> = children(up_pid).into_iter().map(|(pid, _)| pid).collect();
     kill(Pid::from_raw(up_pid as i32), Signal::SIGTERM).unwrap();
