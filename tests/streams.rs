@@ -172,12 +172,14 @@ async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failove
 }
 
 #[tokio::test]
-async fn a_stream_for_an_unknown_stock_or_interval_is_refused() {
+async fn a_stream_for_an_unknown_stock_or_interval_or_a_bad_position_is_refused() {
     let cluster = Cluster::start(1).await;
     for (path, status) in [
         ("/ws/book/NoSuchStock", 404),
         ("/ws/candles/NoSuchStock", 404),
         ("/ws/candles/GameStart?interval=7m", 400),
+        ("/ws/orders?after=soon", 400),
+        ("/ws/orders?since=4", 400),
     ] {
         let url = format!("{}{path}", cluster.frontend().replace("http://", "ws://"));
         match connect_async(&url).await {

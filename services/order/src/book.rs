@@ -262,6 +262,18 @@ struct Level {
     live: usize,
 }
 
+/// Keeps the queue of a level that emptied for a new one, up to [`SPARE_QUEUES`] of them.
+fn spare(queues: &mut Vec<VecDeque<(u32, u64)>>, level: Level) {
+    if queues.len() < SPARE_QUEUES {
+        let mut queue = level.queue;
+        queue.clear();
+        queues.push(queue);
+    }
+}
+
+/// Emptied levels' queues kept for new ones.
+const SPARE_QUEUES: usize = 64;
+
 /// What matching and moves read and change of an open order, kept in a slab of the open orders
 /// alone ([`Book::live`]): some thousands, which stay in the caches, where the records of every
 /// order ever placed do not. An open order's record ([`LimitOrder`]) is brought up to date
@@ -393,6 +405,9 @@ pub struct Book {
     next_slot: u64,
     /// The price levels the last applied entry changed (for its [`MarketEvent`]).
     touched: Vec<(Side, Price)>,
+    /// Queues of price levels that emptied, kept to give new levels (most moves empty one
+    /// level and start another): matching allocates no queue in the steady state.
+    spare_queues: Vec<VecDeque<(u32, u64)>>,
     /// The orders the last applied entry changed besides its own and its trades' (for its
     /// [`OrderUpdate`]s): those it triggered, expired or cancelled by self-trade prevention.
     affected: Vec<u64>,
@@ -1646,7 +1661,9 @@ impl Book {
             level.total -= u64::from(visible);
             level.live -= 1;
             if level.live == 0 {
-                levels.remove(&price);
+                if let Some(level) = levels.remove(&price) {
+                    spare(&mut self.spare_queues, level);
+                }
             } else if level.queue.len() > 2 * level.live + 16 {
                 let live = &self.live;
                 level
@@ -1710,7 +1727,7 @@ impl Book {
                     level.live -= 1;
                     resting.slot = 0;
                     if level.live == 0 {
-                        best.remove();
+                        spare(&mut self.spare_queues, best.remove());
                     }
                     self.withdrawn.push(queued);
                 }
@@ -1746,7 +1763,7 @@ impl Book {
                 level.queue.pop_front();
                 level.live -= 1;
                 if level.live == 0 {
-                    best.remove();
+                    spare(&mut self.spare_queues, best.remove());
                 }
                 self.filled.push(queued);
             }
@@ -1783,7 +1800,10 @@ impl Book {
         let slot = if remaining > 0 && rests {
             self.next_slot += 1;
             self.touched.push((side, limit));
-            let level = book.side(side).entry(limit).or_default();
+            let level = book.side(side).entry(limit).or_insert_with(|| Level {
+                queue: self.spare_queues.pop().unwrap_or_default(),
+                ..Level::default()
+            });
             level.queue.push_back((at, self.next_slot));
             level.total += u64::from(if taker.has(Live::ICEBERG) {
                 shown
