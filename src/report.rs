@@ -2,9 +2,10 @@
 //! from an order log file: printed, or archived to a directory and delivered to a webhook.
 //!
 //! Archived, a date's report is `<date>.json` and `<date>.csv`, each replaced atomically, so a
-//! re-run rewrites the same files; a delivery is recorded in `<date>.delivered`, so a re-run
-//! delivers again only when asked (`--resend`). A delivery that fails leaves the files in place
-//! and the command exits non-zero.
+//! re-run rewrites the same files. It is then delivered to a webhook, by mail, or both; each
+//! delivery is recorded in `<date>.delivered`, so a re-run delivers again only where it has not
+//! (or everywhere when asked: `--resend`). A delivery that fails leaves the files in place and
+//! the command exits non-zero.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -46,10 +47,44 @@ pub struct ReportConfig {
     #[arg(long, env = "STOCKNET_REPORT_DIR")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
-    pub webhook: WebhookArgs,
+    pub delivery: DeliveryArgs,
     /// Deliver again a report already delivered.
     #[arg(long, requires = "out")]
     pub resend: bool,
+}
+
+/// Where an archived report goes: a webhook, mail, both or neither.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeliveryArgs {
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub mail: MailArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MailArgs {
+    /// Mail the archived report through this SMTP server: `smtp://host[:port]` (port 587; the
+    /// connection is upgraded with STARTTLS when the server offers it, and must be when there
+    /// are credentials) or `smtps://host[:port]` (port 465, TLS from the start).
+    #[arg(long, env = "STOCKNET_REPORT_SMTP_URL", requires_all = ["mail_from", "mail_to"])]
+    pub smtp_url: Option<reqwest::Url>,
+    /// The sender's address, e.g. `StockNet <reports@example.com>`.
+    #[arg(long, env = "STOCKNET_REPORT_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    /// The recipients' addresses, comma-separated.
+    #[arg(long, env = "STOCKNET_REPORT_MAIL_TO", value_delimiter = ',')]
+    pub mail_to: Vec<String>,
+    /// A file holding `user:password` to log in to the SMTP server with (none: no login).
+    #[arg(
+        long,
+        env = "STOCKNET_REPORT_SMTP_CREDENTIALS_FILE",
+        requires = "smtp_url"
+    )]
+    pub smtp_credentials_file: Option<PathBuf>,
+    /// Attempts at mailing before it fails, 1 s apart and doubling.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub smtp_attempts: u32,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -91,24 +126,87 @@ pub async fn run(config: ReportConfig) -> anyhow::Result<()> {
         None => fetch(&config.frontend, day).await?,
     };
     let Some(dir) = &config.out else {
-        if config.webhook.webhook.is_some() {
-            anyhow::bail!("--webhook delivers an archived report: give --out too");
+        if config.delivery.webhook.webhook.is_some() || config.delivery.mail.smtp_url.is_some() {
+            anyhow::bail!("--webhook and --smtp-url deliver an archived report: give --out too");
         }
         print!("{}", render(&report, config.format)?);
         return Ok(());
     };
-    archive_and_deliver(&report, dir, &config.webhook, config.resend).await
+    archive_and_deliver(&report, dir, &config.delivery, config.resend).await
 }
 
-/// Archives `report` in `dir` and, if a webhook is configured, delivers it unless it was
-/// delivered before (or `resend`).
+/// Archives `report` in `dir` and delivers it where configured, except where it was delivered
+/// before (unless `resend`). Every delivery is tried; any that failed makes this an error.
 pub async fn archive_and_deliver(
     report: &DailyReport,
     dir: &Path,
-    webhook: &WebhookArgs,
+    delivery: &DeliveryArgs,
     resend: bool,
 ) -> anyhow::Result<()> {
     let json = archive(dir, report)?;
+    let date = &report.date;
+    let record_path = dir.join(format!("{date}.delivered"));
+    let mut record = delivered(&record_path)?;
+    let mut failures = Vec::new();
+    let mut channels: Vec<(&str, String)> = Vec::new();
+    if let Some(url) = &delivery.webhook.webhook {
+        channels.push(("webhook", url.to_string()));
+    }
+    if delivery.mail.smtp_url.is_some() {
+        channels.push(("mail", delivery.mail.mail_to.join(", ")));
+    }
+    for (channel, to) in channels {
+        if record.contains_key(channel) && !resend {
+            println!(
+                "{date}: delivered by {channel} before ({}); --resend delivers again",
+                record_path.display()
+            );
+            continue;
+        }
+        let sent = match channel {
+            "webhook" => deliver_webhook(&delivery.webhook, &json).await,
+            _ => mail(&delivery.mail, report, &json).await,
+        };
+        match sent {
+            Ok(()) => {
+                record.insert(
+                    channel.to_owned(),
+                    serde_json::json!({ "to": to, "at_ms": now_millis() }),
+                );
+                let text = serde_json::Value::Object(record.clone()).to_string();
+                file::replace_atomically(&record_path, |f| writeln!(f, "{text}"))
+                    .with_context(|| format!("writing {}", record_path.display()))?;
+                println!("{date}: delivered by {channel} to {to}");
+            }
+            Err(e) => failures.push(format!("{channel} to {to}: {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "delivering the report of {date} failed (its files stay in {}): {}",
+            dir.display(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// What `<date>.delivered` says was delivered: a channel name per delivery (an empty record
+/// without the file). The first form of the file, `{"webhook": URL, "at_ms": N}`, reads as a
+/// webhook delivery.
+fn delivered(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(record)) => Ok(record),
+            _ => anyhow::bail!("{} is not a delivery record: move it away", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// POSTs the report's JSON to the webhook, signed.
+async fn deliver_webhook(webhook: &WebhookArgs, json: &str) -> anyhow::Result<()> {
     let Some(url) = &webhook.webhook else {
         return Ok(());
     };
@@ -118,30 +216,83 @@ pub async fn archive_and_deliver(
         .context("--webhook needs --webhook-secret-file")?;
     let key =
         std::fs::read(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
-    let key = key.trim_ascii();
-    let delivered = dir.join(format!("{}.delivered", report.date));
-    if delivered.exists() && !resend {
-        println!(
-            "{}: delivered before ({}); --resend delivers again",
-            report.date,
-            delivered.display()
-        );
+    deliver(url, key.trim_ascii(), json, webhook.webhook_attempts).await
+}
+
+/// Mails the report: the Markdown tables as the text, the CSV and the JSON attached.
+async fn mail(args: &MailArgs, report: &DailyReport, json: &str) -> anyhow::Result<()> {
+    use lettre::message::header::ContentType;
+    use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let Some(url) = &args.smtp_url else {
         return Ok(());
+    };
+    let address = |text: &str| {
+        text.parse::<Mailbox>()
+            .with_context(|| format!("{text:?} is not a mail address"))
+    };
+    let mut message = Message::builder()
+        .from(address(args.mail_from.as_deref().unwrap_or_default())?)
+        .subject(format!("StockNet daily report {}", report.date));
+    for to in &args.mail_to {
+        message = message.to(address(to)?);
     }
-    deliver(url, key, &json, webhook.webhook_attempts)
-        .await
-        .with_context(|| {
-            format!(
-                "delivering the report of {} to {url} (its files stay in {})",
-                report.date,
-                dir.display()
-            )
-        })?;
-    let record = serde_json::json!({ "webhook": url.as_str(), "at_ms": now_millis() });
-    file::replace_atomically(&delivered, |f| writeln!(f, "{record}"))
-        .with_context(|| format!("writing {}", delivered.display()))?;
-    println!("{}: delivered to {url}", report.date);
-    Ok(())
+    let csv_type = ContentType::parse("text/csv").context("text/csv")?;
+    let message = message
+        .multipart(
+            MultiPart::mixed()
+                .singlepart(SinglePart::plain(render(report, Format::Md)?))
+                .singlepart(
+                    Attachment::new(format!("{}.csv", report.date))
+                        .body(render(report, Format::Csv)?, csv_type),
+                )
+                .singlepart(
+                    Attachment::new(format!("{}.json", report.date))
+                        .body(json.to_owned(), ContentType::TEXT_PLAIN),
+                ),
+        )
+        .context("building the mail")?;
+
+    let host = url.host_str().context("--smtp-url needs a host")?;
+    let tls = TlsParameters::new(host.to_owned()).context("TLS parameters")?;
+    let credentials = match &args.smtp_credentials_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let (user, password) = text
+                .trim_end_matches(['\r', '\n'])
+                .split_once(':')
+                .with_context(|| format!("{} must hold user:password", path.display()))?;
+            Some(Credentials::new(user.to_owned(), password.to_owned()))
+        }
+        None => None,
+    };
+    let (port, tls) = match url.scheme() {
+        "smtps" => (465, Tls::Wrapper(tls)),
+        // Credentials never go over a connection STARTTLS did not protect.
+        "smtp" if credentials.is_some() => (587, Tls::Required(tls)),
+        "smtp" => (587, Tls::Opportunistic(tls)),
+        other => anyhow::bail!("--smtp-url is smtp:// or smtps://, not {other}://"),
+    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(url.port().unwrap_or(port))
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(10)));
+    if let Some(credentials) = credentials {
+        transport = transport.credentials(credentials);
+    }
+    let transport = transport.build();
+    retried(args.smtp_attempts, Duration::from_secs(1), || async {
+        transport
+            .send(message.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// Writes `report` into `dir` as `<date>.json` and `<date>.csv`, each atomically; the JSON.
@@ -170,9 +321,7 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 async fn deliver(url: &reqwest::Url, key: &[u8], json: &str, attempts: u32) -> anyhow::Result<()> {
     let http = stocknet_common::http_client(Duration::from_secs(10));
     let signature = signature(key, json.as_bytes());
-    let mut pause = Duration::from_millis(500);
-    let mut failure = String::new();
-    for attempt in 1..=attempts {
+    retried(attempts, Duration::from_millis(500), || async {
         let sent = http
             .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -181,13 +330,30 @@ async fn deliver(url: &reqwest::Url, key: &[u8], json: &str, attempts: u32) -> a
             .send()
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => return Ok(()),
-            Ok(response) => failure = format!("answered {}", response.status()),
-            Err(e) => failure = format!("no answer: {e}"),
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("answered {}", response.status())),
+            Err(e) => Err(format!("no answer: {e}")),
         }
-        if attempt < attempts {
+    })
+    .await
+}
+
+/// Tries `attempt` until it succeeds or `attempts` are spent, pausing `pause` after the first
+/// failure and doubling it after each.
+async fn retried<F, Fut>(attempts: u32, mut pause: Duration, mut attempt: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut failure = String::new();
+    for tried in 1..=attempts {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) => failure = e,
+        }
+        if tried < attempts {
             eprintln!(
-                "delivery attempt {attempt} of {attempts} failed ({failure}); again in {pause:?}"
+                "delivery attempt {tried} of {attempts} failed ({failure}); again in {pause:?}"
             );
             tokio::time::sleep(pause).await;
             pause *= 2;

@@ -44,14 +44,14 @@ pub struct UpConfig {
     #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
     pub initial_catalog: Option<PathBuf>,
     /// When the day's report is archived under `<data-dir>/reports` (and delivered, with
-    /// `--webhook`), daily: a UTC time of day, HH:MM or HH:MM:SS.
+    /// `--webhook` or `--smtp-url`), daily: a UTC time of day, HH:MM or HH:MM:SS.
     #[arg(long, env = "STOCKNET_REPORT_AT", default_value = "23:59", value_parser = time_of_day)]
     pub report_at: Duration,
     /// No scheduled report.
     #[arg(long, env = "STOCKNET_NO_REPORTS")]
     pub no_reports: bool,
     #[command(flatten)]
-    pub report_delivery: report::WebhookArgs,
+    pub report_delivery: report::DeliveryArgs,
 }
 
 /// `HH:MM` or `HH:MM:SS` as the time since midnight.
@@ -172,7 +172,12 @@ pub async fn run(config: UpConfig, log_format: LogFormat) -> anyhow::Result<()> 
 /// Archives (and delivers) the report of the UTC day every day at `at` past midnight, UTC: the
 /// day that is ending, as the serverless design's 23:59 job does. A run that fails is logged
 /// and tried again the next day; `stocknet report --out` catches a day up by hand.
-async fn report_daily(frontend: String, dir: PathBuf, at: Duration, delivery: report::WebhookArgs) {
+async fn report_daily(
+    frontend: String,
+    dir: PathBuf,
+    at: Duration,
+    delivery: report::DeliveryArgs,
+) {
     let at = u64::try_from(at.as_millis()).unwrap_or(0);
     loop {
         let now = now_millis();

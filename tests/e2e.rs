@@ -1269,8 +1269,10 @@ async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
 }
 
 /// Issue 23, item 1: `stocknet report --out` archives a day's report as JSON and CSV and
-/// delivers it once to a webhook, signed with HMAC-SHA256; a re-run rewrites the files and does
-/// not deliver again unless asked; a delivery that fails exits non-zero and keeps the files.
+/// delivers it once to a webhook, signed with HMAC-SHA256, and by mail, with both files
+/// attached; a re-run rewrites the files and does not deliver again unless asked; a delivery
+/// that fails exits non-zero and keeps the files, and credentials never go over a connection
+/// without TLS.
 #[tokio::test]
 async fn the_report_is_archived_and_delivered_once_signed() {
     use hmac::Mac;
@@ -1287,6 +1289,8 @@ async fn the_report_is_archived_and_delivered_once_signed() {
 
     let hook = common::Webhook::start().await;
     let hook_url = hook.url.clone();
+    let mail = common::MailServer::start().await;
+    let smtp = format!("smtp://127.0.0.1:{}", mail.port);
 
     let archive = tempfile::tempdir().unwrap();
     let key_file = archive.path().join("webhook-key");
@@ -1299,6 +1303,13 @@ async fn the_report_is_archived_and_delivered_once_signed() {
             .arg(&out)
             .args(["--webhook", webhook, "--webhook-secret-file"])
             .arg(&key_file)
+            .args([
+                "--smtp-url",
+                &smtp,
+                "--mail-from",
+                "StockNet <reports@stocknet.test>",
+            ])
+            .args(["--mail-to", "desk@stocknet.test,risk@stocknet.test"])
             .args(extra);
         async move { command.output().await.expect("run stocknet report") }
     };
@@ -1333,13 +1344,88 @@ async fn the_report_is_archived_and_delivered_once_signed() {
         assert_eq!(*signature, format!("sha256={expected}"));
     }
 
+    {
+        let messages = mail.messages();
+        assert_eq!(messages.len(), 1);
+        let message = &messages[0];
+        assert_eq!(message.from, "<reports@stocknet.test>");
+        assert_eq!(message.to, ["<desk@stocknet.test>", "<risk@stocknet.test>"]);
+        assert!(
+            message
+                .data
+                .contains(&format!("Subject: StockNet daily report {date}")),
+            "{}",
+            message.data
+        );
+        assert!(
+            message.data.contains(&format!("filename=\"{date}.csv\"")),
+            "{}",
+            message.data
+        );
+        assert!(
+            message.data.contains(&format!("filename=\"{date}.json\"")),
+            "{}",
+            message.data
+        );
+        assert!(message.data.contains("GameStart"), "{}", message.data);
+    }
+
     // Again: the same files, no second delivery; unless asked.
     let again = report(&hook_url, &[]).await;
     assert!(again.status.success(), "{again:?}");
     assert_eq!(hook.deliveries().len(), 1, "delivered once");
+    assert_eq!(mail.messages().len(), 1, "mailed once");
     let resent = report(&hook_url, &["--resend"]).await;
     assert!(resent.status.success(), "{resent:?}");
     assert_eq!(hook.deliveries().len(), 2);
+    assert_eq!(mail.messages().len(), 2);
+
+    // A webhook that fails does not stop the mail, and is tried again on the next run alone.
+    let out_half = archive.path().join("half");
+    let dead = format!("http://127.0.0.1:{}/hook", common::free_port());
+    let half = |webhook: String| {
+        let mut command = tokio::process::Command::new(common::BIN);
+        command
+            .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
+            .arg(&out_half)
+            .args([
+                "--webhook",
+                &webhook,
+                "--webhook-attempts",
+                "1",
+                "--webhook-secret-file",
+            ])
+            .arg(&key_file)
+            .args(["--smtp-url", &smtp, "--mail-from", "reports@stocknet.test"])
+            .args(["--mail-to", "desk@stocknet.test"]);
+        async move { command.output().await.expect("run stocknet report") }
+    };
+    let failed = half(dead).await;
+    assert!(!failed.status.success(), "{failed:?}");
+    assert_eq!(
+        mail.messages().len(),
+        3,
+        "mailed although the webhook failed"
+    );
+    let retried = half(hook_url.clone()).await;
+    assert!(retried.status.success(), "{retried:?}");
+    assert_eq!((hook.deliveries().len(), mail.messages().len()), (3, 3));
+
+    // Credentials and a server that does not offer STARTTLS: nothing is sent.
+    let credentials = archive.path().join("smtp-credentials");
+    std::fs::write(&credentials, "reports:secret\n").unwrap();
+    let refused = tokio::process::Command::new(common::BIN)
+        .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
+        .arg(archive.path().join("refused"))
+        .args(["--smtp-url", &smtp, "--mail-from", "reports@stocknet.test"])
+        .args(["--mail-to", "desk@stocknet.test", "--smtp-attempts", "1"])
+        .arg("--smtp-credentials-file")
+        .arg(&credentials)
+        .output()
+        .await
+        .expect("run stocknet report");
+    assert!(!refused.status.success(), "{refused:?}");
+    assert_eq!(mail.messages().len(), 3);
 
     // Nobody listens: non-zero, a clear message, the files in place, nothing recorded.
     let out_failed = archive.path().join("failed");

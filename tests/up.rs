@@ -547,12 +547,15 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         .await;
 }
 
-/// Issue 23, item 3: `stocknet up` archives the day's report under its data directory at its
-/// scheduled time (here a near one) and delivers it to a webhook, with the day's trades.
+/// Issue 23, items 1, 3 and 6: `stocknet up` archives the day's report under its data directory
+/// at its scheduled time (here a near one) and delivers it to a webhook and by mail, with the
+/// day's trades, exactly once: a re-run of the same date sends nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_archives_and_delivers_the_days_report_on_schedule() {
     let hook = common::Webhook::start().await;
     let hook_url = hook.url.clone();
+    let mail = common::MailServer::start().await;
+    let smtp = format!("smtp://127.0.0.1:{}", mail.port);
 
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("webhook-key");
@@ -574,6 +577,12 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
             &hook_url,
             "--webhook-secret-file",
             &key_file.display().to_string(),
+            "--smtp-url",
+            &smtp,
+            "--mail-from",
+            "reports@stocknet.test",
+            "--mail-to",
+            "desk@stocknet.test",
         ],
     );
     let http = reqwest::Client::new();
@@ -607,12 +616,41 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
     let archived =
         std::fs::read_to_string(data.join("reports").join(format!("{date}.json"))).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&archived).unwrap(), report);
-    // `up` records the delivery once the receiver has answered.
+    // `up` records each delivery once the receiver has taken it: the webhook's, then the mail's.
     let delivered = data.join("reports").join(format!("{date}.delivered"));
-    wait_until("the delivery recorded", Duration::from_secs(10), || async {
-        delivered.exists()
-    })
+    wait_until(
+        "both deliveries recorded",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&delivered).is_ok_and(|record| record.contains("\"mail\""))
+        },
+    )
     .await;
-    assert_eq!(hook.deliveries().len(), 1);
+    let messages = mail.messages();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0]
+        .data
+        .contains(&format!("StockNet daily report {date}")));
+    assert!(messages[0].data.contains("GameStart"));
+    // The same date again by hand, as an operator catching up would: nothing is sent twice.
+    let again = tokio::process::Command::new(common::BIN)
+        .args([
+            "report",
+            "--frontend",
+            &url(up.frontend),
+            "--date",
+            date,
+            "--out",
+        ])
+        .arg(data.join("reports"))
+        .args(["--webhook", &hook_url, "--webhook-secret-file"])
+        .arg(&key_file)
+        .args(["--smtp-url", &smtp, "--mail-from", "reports@stocknet.test"])
+        .args(["--mail-to", "desk@stocknet.test"])
+        .output()
+        .await
+        .expect("run stocknet report");
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!((hook.deliveries().len(), mail.messages().len()), (1, 1));
     drop(up);
 }

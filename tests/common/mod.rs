@@ -642,3 +642,85 @@ impl Webhook {
             .clone()
     }
 }
+
+/// A mail server on a free port that takes every message (SMTP without STARTTLS or AUTH):
+/// each message's sender, recipients and data, in order.
+pub struct MailServer {
+    pub port: u16,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl MailServer {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let messages: std::sync::Arc<std::sync::Mutex<Vec<Mail>>> = Default::default();
+        let kept = messages.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let (reader, mut writer) = stream.into_split();
+                    let mut lines = BufReader::new(reader).lines();
+                    let mut mail = Mail::default();
+                    let _ = writer.write_all(b"220 test ESMTP\r\n").await;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" | "HELO" => b"250-test\r\n250 8BITMIME\r\n",
+                            "MAIL" => {
+                                mail.from = line[10..].to_owned();
+                                b"250 ok\r\n"
+                            }
+                            "RCPT" => {
+                                mail.to.push(line[8..].to_owned());
+                                b"250 ok\r\n"
+                            }
+                            "DATA" => {
+                                let _ = writer.write_all(b"354 go on\r\n").await;
+                                while let Ok(Some(line)) = lines.next_line().await {
+                                    if line == "." {
+                                        break;
+                                    }
+                                    mail.data.push_str(&line);
+                                    mail.data.push('\n');
+                                }
+                                kept.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(std::mem::take(&mut mail));
+                                b"250 queued\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = writer.write_all(b"221 bye\r\n").await;
+                                return;
+                            }
+                            _ => b"250 ok\r\n",
+                        };
+                        if writer.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, messages }
+    }
+
+    /// The messages so far.
+    pub fn messages(&self) -> Vec<Mail> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
