@@ -25,8 +25,9 @@ pub const SIGNATURE_HEADER: &str = "x-stocknet-signature";
 
 #[derive(Debug, clap::Args)]
 pub struct ReportConfig {
-    /// The UTC day, YYYY-MM-DD; today when absent.
-    #[arg(long)]
+    /// The UTC day: YYYY-MM-DD, `today` or `yesterday`. Absent: today, or with `--out` the
+    /// day that just ended.
+    #[arg(long, env = "STOCKNET_REPORT_DATE")]
     pub date: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
@@ -115,7 +116,9 @@ pub enum Format {
 }
 
 pub async fn run(config: ReportConfig) -> anyhow::Result<()> {
-    let day = match &config.date {
+    let day = match config.date.as_deref() {
+        Some("today") => day_of(now_millis()),
+        Some("yesterday") => day_of(now_millis().saturating_sub(DAY_MS)),
         Some(date) => parse_day(date).map_err(anyhow::Error::msg)?,
         // An archive is of a day that is over.
         None if config.out.is_some() => day_of(now_millis().saturating_sub(DAY_MS)),

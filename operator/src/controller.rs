@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -21,6 +22,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use reqwest::header::AUTHORIZATION;
@@ -75,6 +78,9 @@ pub struct Metrics {
     pub failures: Counter,
     pub pods_deleted: Counter,
     pub reconcile_seconds: Histogram,
+    /// Per StockNet (`stocknet_namespace`, `stocknet`): when its last scheduled report succeeded, or
+    /// when it was made while none has.
+    pub report_success: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -103,12 +109,20 @@ impl Default for Metrics {
             "Time one reconciliation took, failed ones included",
             reconcile_seconds.clone(),
         );
+        let report_success = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "report_last_success_timestamp_seconds",
+            "When the StockNet's last scheduled report succeeded (or, while none has, when the \
+             StockNet was made), seconds since the epoch",
+            report_success.clone(),
+        );
         Self {
             registry,
             reconciliations,
             failures,
             pods_deleted,
             reconcile_seconds,
+            report_success,
         }
     }
 }
@@ -186,7 +200,9 @@ pub async fn run(client: Client, context: Arc<Context>) {
         Api::<PodDisruptionBudget>::all(client.clone()),
         owned.clone(),
     )
-    .owns(Api::<NetworkPolicy>::all(client), owned)
+    .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+    .owns(Api::<CronJob>::all(client.clone()), owned.clone())
+    .owns(Api::<PersistentVolumeClaim>::all(client), owned)
     .shutdown_on_signal()
     .run(reconcile, error_policy, context)
     .for_each(|result| async move {
@@ -253,6 +269,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
     if !sn.spec.network_policy.enabled {
         remove_network_policies(&ctx.client, &namespace, &sn).await?;
     }
+    let reports = observe_reports(&ctx, &sn, &namespace, desired.reports.as_ref()).await?;
     for deletion in &assessment.deletions {
         match pods.delete(&deletion.pod, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -334,6 +351,7 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
     let mut status = status::observed(&sn, assessment, now());
     status.upgrade = step.progress;
     status.membership = Some(plan.status);
+    status.reports = reports;
     write_status(&stocknets, &sn, &status).await?;
     ctx.failures().remove(&key(&sn));
     Ok(Action::requeue(Duration::from_secs(
@@ -525,7 +543,79 @@ async fn apply_all(
     for policy in &desired.network_policies {
         apply(client, namespace, policy).await?;
     }
+    if let Some((claim, cron_job)) = &desired.reports {
+        apply(client, namespace, claim).await?;
+        apply(client, namespace, cron_job).await?;
+    }
     Ok(order_revision)
+}
+
+/// The scheduled report: with `spec.reports.enabled` false, removes the CronJob an earlier
+/// spec made (the archive's claim stays); else reads its Jobs for the status, says in a Warning
+/// Event when a run failed (once per run), and sets the last-success gauge the missing-report
+/// alert watches.
+async fn observe_reports(
+    ctx: &Context,
+    sn: &StockNet,
+    namespace: &str,
+    desired: Option<&(PersistentVolumeClaim, CronJob)>,
+) -> Result<Option<crate::crd::ReportsStatus>, Error> {
+    let name = resources::reports_name(sn);
+    // (Not `namespace`: Prometheus gives that label the operator's own namespace.)
+    let labels = vec![
+        ("stocknet_namespace".to_owned(), namespace.to_owned()),
+        ("stocknet".to_owned(), sn.name_any()),
+    ];
+    if desired.is_none() {
+        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), namespace);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(cron_job = name, "report CronJob removed"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.report_success.remove(&labels);
+        return Ok(None);
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = resources::selector_string(sn, Component::Reports);
+    let jobs = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let previous = sn.status.as_ref().and_then(|s| s.reports.as_ref());
+    let observed = status::reports(sn, &jobs, previous);
+    if let Some(now) = &observed {
+        let newly_failed = now.last_outcome.as_deref() == Some("Failed")
+            && previous
+                .is_none_or(|p| p.last_job != now.last_job || p.last_outcome != now.last_outcome);
+        if newly_failed {
+            let why = jobs
+                .iter()
+                .find(|job| Some(job.name_any()) == now.last_job)
+                .and_then(status::failure)
+                .unwrap_or_default();
+            let message = format!(
+                "the report of {} (Job {}) failed: {why}; its files, if any, are on the claim {name}",
+                now.last_date.as_deref().unwrap_or("?"),
+                now.last_job.as_deref().unwrap_or("?"),
+            );
+            ctx.publish(sn, EventType::Warning, "ReportFailed", message)
+                .await;
+        }
+    }
+    // While no run has succeeded, the alert counts from when the StockNet was made.
+    let since = observed
+        .as_ref()
+        .and_then(|s| s.last_success.as_deref())
+        .and_then(|text| text.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .or_else(|| sn.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    if let Some(since) = since {
+        ctx.metrics
+            .report_success
+            .get_or_create(&labels)
+            .set(since.as_second());
+    }
+    Ok(observed)
 }
 
 /// With `spec.networkPolicy.enabled` false, removes the policies an earlier spec made.

@@ -46,6 +46,85 @@ pub struct StockNetSpec {
     pub storage_class_name: Option<String>,
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    #[serde(default)]
+    pub reports: ReportsSpec,
+}
+
+/// The end-of-day report, archived and delivered on a schedule: a CronJob running
+/// `stocknet report` against the frontend Service (a client of the public API), keeping the
+/// archive on a volume claim of its own.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportsSpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// When it runs, in cron syntax, in `timeZone`.
+    #[serde(default = "default_report_schedule")]
+    #[schemars(regex(pattern = r"^\S+( \S+){4}$"))]
+    pub schedule: String,
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Which UTC day a run reports: `today` (the day that is ending, for a schedule late in
+    /// the day, as the default 23:59) or `yesterday` (for a schedule after midnight).
+    #[serde(default = "default_report_day")]
+    #[schemars(regex(pattern = r"^(today|yesterday)$"))]
+    pub day: String,
+    /// Size of the archive's volume claim.
+    #[serde(default = "default_report_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub storage: String,
+    /// POST each report, signed, to a webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<ReportWebhookSpec>,
+    /// Mail each report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<ReportMailSpec>,
+}
+
+impl Default for ReportsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: yes(),
+            schedule: default_report_schedule(),
+            time_zone: default_time_zone(),
+            day: default_report_day(),
+            storage: default_report_storage(),
+            webhook: None,
+            mail: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportWebhookSpec {
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// The key of the HMAC-SHA256 signature: a key of a Secret in the StockNet's namespace.
+    pub secret: SecretKey,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportMailSpec {
+    /// `smtp://host[:port]` (STARTTLS when offered, required with credentials) or
+    /// `smtps://host[:port]`.
+    #[schemars(regex(pattern = r"^smtps?://[^/]+$"))]
+    pub smtp_url: String,
+    pub from: String,
+    #[schemars(length(min = 1))]
+    pub to: Vec<String>,
+    /// `user:password` for the server's login: a key of a Secret in the StockNet's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SecretKey>,
+}
+
+/// A key of a Secret in the StockNet's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKey {
+    pub name: String,
+    pub key: String,
 }
 
 /// NetworkPolicies that let only the StockNet's own components (and the operator's health
@@ -177,6 +256,30 @@ pub struct StockNetStatus {
     /// The order group's membership, as its leader last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipStatus>,
+    /// The last scheduled report, from the report CronJob's Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<ReportsStatus>,
+}
+
+/// The last run of the report CronJob, and the last that succeeded.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportsStatus {
+    /// The Job of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
+    /// The UTC day it reported, YYYY-MM-DD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_date: Option<String>,
+    /// When it started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// `Running`, `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<String>,
+    /// When the last run that succeeded finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
 }
 
 /// The order group's voters and learners, and what a change of `order.replicas` waits for.
@@ -238,6 +341,7 @@ impl Default for StockNetSpec {
             order: OrderSpec::default(),
             storage_class_name: None,
             network_policy: NetworkPolicySpec::default(),
+            reports: ReportsSpec::default(),
         }
     }
 }
@@ -280,6 +384,22 @@ fn default_image() -> String {
 
 fn default_pull_policy() -> String {
     "IfNotPresent".to_owned()
+}
+
+fn default_report_schedule() -> String {
+    "59 23 * * *".into()
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+fn default_report_day() -> String {
+    "today".into()
+}
+
+fn default_report_storage() -> String {
+    "1Gi".into()
 }
 
 fn one() -> i32 {

@@ -1,10 +1,13 @@
 //! The `StockNet` status as a pure function of what the operator observed: the replicas'
-//! health, the leader they report, and the `Ready` and `Degraded` conditions (each keeping its
-//! last transition time while its status holds).
+//! health, the leader they report, the `Ready` and `Degraded` conditions (each keeping its
+//! last transition time while its status holds), and the scheduled report's last run.
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use stocknet_common::clock::day_text;
 
-use crate::crd::{StockNet, StockNetStatus};
+use crate::crd::{ReportsStatus, StockNet, StockNetStatus};
 use crate::health;
 
 /// A condition, keeping the previous transition time when its status did not change.
@@ -73,7 +76,65 @@ pub fn observed(sn: &StockNet, assessment: health::Assessment, now: Time) -> Sto
         // The caller knows whether an upgrade or a membership change is under way.
         upgrade: None,
         membership: None,
+        reports: None,
     }
+}
+
+/// The scheduled report as the report CronJob's `jobs` show it: the last run (by start), what
+/// day it reported, how it ended, and the last success (kept from `previous` once its Job is
+/// out of the CronJob's history). `None` when no run was ever seen.
+pub fn reports(
+    sn: &StockNet,
+    jobs: &[Job],
+    previous: Option<&ReportsStatus>,
+) -> Option<ReportsStatus> {
+    let started = |job: &Job| job.status.as_ref().and_then(|s| s.start_time.clone());
+    let last = jobs
+        .iter()
+        .filter(|job| started(job).is_some())
+        .max_by_key(|job| started(job).map(|t| t.0))?;
+    let succeeded = |job: &Job| job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0;
+    let outcome = if succeeded(last) {
+        "Succeeded"
+    } else if failure(last).is_some() {
+        "Failed"
+    } else {
+        "Running"
+    };
+    let start = started(last)?.0;
+    // The day a run reports, as `stocknet report --date today|yesterday` works it out (UTC).
+    let back = if sn.spec.reports.day == "yesterday" {
+        86_400
+    } else {
+        0
+    };
+    let day = (start.as_second() - back).div_euclid(86_400);
+    let last_success = jobs
+        .iter()
+        .filter(|job| succeeded(job))
+        .filter_map(|job| job.status.as_ref()?.completion_time.clone())
+        .map(|time| time.0)
+        .max()
+        .map(|time| time.to_string())
+        .or_else(|| previous.and_then(|p| p.last_success.clone()));
+    Some(ReportsStatus {
+        last_job: Some(last.name_any()),
+        last_date: Some(day_text(u32::try_from(day).unwrap_or(0))),
+        last_run: Some(start.to_string()),
+        last_outcome: Some(outcome.into()),
+        last_success,
+    })
+}
+
+/// Why `job` failed, if it did (its `Failed` condition's message).
+pub fn failure(job: &Job) -> Option<String> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| c.message.clone().unwrap_or_else(|| "failed".into()))
 }
 
 pub fn invalid(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
@@ -83,6 +144,7 @@ pub fn invalid(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
         replicas: Vec::new(),
         upgrade: None,
         membership: None,
+        reports: None,
         conditions: vec![
             condition(sn, "Ready", false, "InvalidSpec", message.into(), &now),
             condition(sn, "Degraded", true, "InvalidSpec", message.into(), &now),
@@ -181,5 +243,70 @@ mod tests {
         );
         assert_eq!(find(&status, "Degraded").status, "True");
         assert!(status.replicas.is_empty() && status.leader.is_none());
+    }
+
+    fn job(name: &str, started: i64, ended: Option<(bool, i64)>) -> Job {
+        let mut status = k8s_openapi::api::batch::v1::JobStatus {
+            start_time: Some(time(started)),
+            ..Default::default()
+        };
+        match ended {
+            Some((true, at)) => {
+                status.succeeded = Some(1);
+                status.completion_time = Some(time(at));
+            }
+            Some((false, _)) => {
+                status.failed = Some(3);
+                status.conditions = Some(vec![k8s_openapi::api::batch::v1::JobCondition {
+                    type_: "Failed".into(),
+                    status: "True".into(),
+                    message: Some("Job has reached the specified backoff limit".into()),
+                    ..Default::default()
+                }]);
+            }
+            None => {}
+        }
+        Job {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(status),
+            ..Job::default()
+        }
+    }
+
+    #[test]
+    fn the_last_report_run_and_the_last_success_come_from_the_jobs() {
+        let sn = StockNet::new("demo", crate::crd::StockNetSpec::default());
+        assert_eq!(reports(&sn, &[], None), None);
+        // 2026-12-03 23:59 and 2026-12-04 23:59 UTC.
+        let (day3, day4) = (1_796_342_340, 1_796_428_740);
+        let jobs = [
+            job("r-1", day3, Some((true, day3 + 20))),
+            job("r-2", day4, Some((false, 0))),
+        ];
+        let seen = reports(&sn, &jobs, None).unwrap();
+        assert_eq!(seen.last_job.as_deref(), Some("r-2"));
+        assert_eq!(seen.last_date.as_deref(), Some("2026-12-04"));
+        assert_eq!(seen.last_outcome.as_deref(), Some("Failed"));
+        assert_eq!(seen.last_success.as_deref(), Some("2026-12-03T23:59:20Z"));
+        assert_eq!(
+            failure(&jobs[1]).as_deref(),
+            Some("Job has reached the specified backoff limit")
+        );
+        // The success's Job is out of the history: it is kept from before. A run still going.
+        let running = [job("r-3", day4 + 86_400, None)];
+        let later = reports(&sn, &running, Some(&seen)).unwrap();
+        assert_eq!(later.last_outcome.as_deref(), Some("Running"));
+        assert_eq!(later.last_success, seen.last_success);
+        // A schedule after midnight reports the day before.
+        let mut sn = sn;
+        sn.spec.reports.day = "yesterday".into();
+        let early = [job("r-4", day4 + 360, Some((true, day4 + 400)))];
+        assert_eq!(
+            reports(&sn, &early, None).unwrap().last_date.as_deref(),
+            Some("2026-12-04")
+        );
     }
 }

@@ -20,11 +20,11 @@ struct Call {
 }
 
 /// Answers like an API server: echoes applied and created objects (the order StatefulSet with
-/// `order_revision` as its update revision, if given), lists `pods`, serves the order
+/// `order_revision` as its update revision, if given), lists `pods` and `jobs`, serves the order
 /// StatefulSet that exists (`existing`, if any), and records every call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    pods: Value,
+    (pods, jobs): (Value, Value),
     order_revision: Option<String>,
     existing: Option<Value>,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -60,6 +60,7 @@ async fn fake_api_server(
         }
         let reply = match method.as_str() {
             "GET" if path.ends_with("/pods") => pods.clone(),
+            "GET" if path.ends_with("/jobs") => jobs.clone(),
             "DELETE" if path.contains("/networkpolicies/") => json!({
                 "apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
             "DELETE" => json!({"apiVersion": "v1", "kind": "Pod",
@@ -152,14 +153,27 @@ async fn run_reconcile_with(
     existing: Option<Value>,
     replica_port: u16,
 ) -> (String, Vec<Call>) {
+    run_reconcile_with_jobs(sn, pods, revision, existing, replica_port, Vec::new()).await
+}
+
+/// [`run_reconcile_with`], the report CronJob's Jobs being `jobs`.
+async fn run_reconcile_with_jobs(
+    sn: StockNet,
+    pods: Vec<Value>,
+    revision: Option<&str>,
+    existing: Option<Value>,
+    replica_port: u16,
+    jobs: Vec<Value>,
+) -> (String, Vec<Call>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
     let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods});
+    let jobs = json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": jobs});
     let revision = revision.map(str::to_owned);
     let server = tokio::spawn(fake_api_server(
         handle,
-        list,
+        (list, jobs),
         revision,
         existing,
         calls.clone(),
@@ -236,6 +250,8 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
         ("NetworkPolicy", "demo-catalog"),
         ("NetworkPolicy", "demo-order"),
         ("NetworkPolicy", "demo-frontend"),
+        ("PersistentVolumeClaim", "demo-reports"),
+        ("CronJob", "demo-reports"),
     ];
     assert_eq!(
         applied,
@@ -624,5 +640,69 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
     assert_eq!(
         membership.waiting_for.as_deref(),
         Some("order replica 4 to join as a learner")
+    );
+}
+
+/// Issue 23, item 2: the report CronJob's Jobs make the status's `reports`; a run that failed
+/// is a Warning Event, once: the next reconcile of the same run says nothing again.
+#[tokio::test]
+async fn a_failed_report_run_shows_in_status_and_one_warning_event() {
+    let running: Value = serde_json::from_str(RUNNING).unwrap();
+    let pods: Vec<Value> = (0..3)
+        .map(|i| pod(i, "127.0.0.1", running.clone()))
+        .collect();
+    let job = |name: &str, start: &str, status: Value| {
+        let mut status = status;
+        status["startTime"] = json!(start);
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": name, "namespace": "shop"}, "status": status})
+    };
+    let jobs = vec![
+        job(
+            "demo-reports-1",
+            "2026-12-03T23:59:00Z",
+            json!({"succeeded": 1, "completionTime": "2026-12-03T23:59:30Z"}),
+        ),
+        job(
+            "demo-reports-2",
+            "2026-12-04T23:59:00Z",
+            json!({"failed": 3, "conditions": [{"type": "Failed", "status": "True",
+                   "message": "Job has reached the specified backoff limit"}]}),
+        ),
+    ];
+    let port = healthy_replica().await;
+    let (_, calls) =
+        run_reconcile_with_jobs(stocknet(None), pods.clone(), None, None, port, jobs.clone()).await;
+    let status = status_written(&calls);
+    let reports = status.reports.clone().expect("reports in the status");
+    assert_eq!(
+        (
+            reports.last_job.as_deref(),
+            reports.last_date.as_deref(),
+            reports.last_outcome.as_deref()
+        ),
+        (Some("demo-reports-2"), Some("2026-12-04"), Some("Failed"))
+    );
+    assert_eq!(
+        reports.last_success.as_deref(),
+        Some("2026-12-03T23:59:30Z")
+    );
+    assert_eq!(event_reasons(&calls), ["ReportFailed"]);
+    let note = calls
+        .iter()
+        .find(|c| c.uri.contains("/events"))
+        .map(|c| c.body["note"].to_string())
+        .unwrap_or_default();
+    assert!(
+        note.contains("2026-12-04") && note.contains("backoff limit"),
+        "{note}"
+    );
+    // The same failed run seen again: no second Event.
+    let (_, calls) =
+        run_reconcile_with_jobs(stocknet(Some(status)), pods, None, None, port, jobs).await;
+    assert!(
+        event_reasons(&calls).is_empty(),
+        "{:?}",
+        event_reasons(&calls)
     );
 }

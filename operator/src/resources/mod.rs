@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
@@ -28,6 +29,7 @@ use crate::crd::StockNet;
 
 // One file per kind of object; what the kinds share is here.
 mod config_map;
+mod cron_job;
 mod deployment;
 mod disruption_budget;
 mod network_policy;
@@ -39,6 +41,8 @@ mod stateful_set;
 mod tests;
 
 use config_map::*;
+pub use cron_job::reports_name;
+use cron_job::*;
 use deployment::*;
 use disruption_budget::*;
 pub use network_policy::*;
@@ -73,6 +77,8 @@ pub enum Component {
     Catalog,
     Order,
     Frontend,
+    /// The scheduled report's CronJob and archive.
+    Reports,
 }
 
 impl Component {
@@ -81,6 +87,7 @@ impl Component {
             Self::Catalog => "catalog",
             Self::Order => "order",
             Self::Frontend => "frontend",
+            Self::Reports => "reports",
         }
     }
 }
@@ -96,6 +103,9 @@ pub struct Desired {
     /// Empty when `spec.networkPolicy.enabled` is false (the operator then deletes those it
     /// made, named by [`network_policy_names`]).
     pub network_policies: Vec<NetworkPolicy>,
+    /// The report's archive claim and CronJob; `None` when `spec.reports.enabled` is false
+    /// (the operator then deletes the CronJob, and keeps the claim with its archive).
+    pub reports: Option<(PersistentVolumeClaim, CronJob)>,
 }
 
 /// Errors in a spec that the schema cannot catch.
@@ -170,6 +180,11 @@ pub fn desired_for(sn: &StockNet, order: OrderLayout) -> Result<Desired, SpecErr
         } else {
             Vec::new()
         },
+        reports: if sn.spec.reports.enabled {
+            Some((reports_claim(sn)?, reports_cron_job(sn)?))
+        } else {
+            None
+        },
     })
 }
 
@@ -195,6 +210,10 @@ pub fn render(yaml: &str, namespace: &str) -> Result<String, RenderError> {
     documents.push(serde_yaml::to_string(&desired.disruption_budget)?);
     for policy in &desired.network_policies {
         documents.push(serde_yaml::to_string(policy)?);
+    }
+    if let Some((claim, cron_job)) = &desired.reports {
+        documents.push(serde_yaml::to_string(claim)?);
+        documents.push(serde_yaml::to_string(cron_job)?);
     }
     Ok(documents.join("---\n"))
 }

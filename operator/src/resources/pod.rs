@@ -64,16 +64,7 @@ pub(super) fn container(
         readiness_probe: Some(http_probe(readiness_path, 2, 3)),
         liveness_probe: Some(http_probe(paths::HEALTH.pattern(), 10, 6)),
         resources: Some(resources(sn, component)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         volume_mounts: Some(
             volume_mounts
                 .into_iter()
@@ -89,6 +80,35 @@ pub(super) fn container(
     }
 }
 
+/// A container's: non-root, read-only root filesystem, no capabilities, no escalation.
+pub(super) fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// A pod's: the image's non-root user and group, the runtime's seccomp profile.
+pub(super) fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(USER),
+        run_as_group: Some(USER),
+        fs_group: Some(USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
 /// The spec's resources for `component`, or defaults: a small request and a memory limit (an
 /// order replica holds its book in memory, so it gets more). No CPU limit: throttling would
 /// stretch commit rounds for every client.
@@ -97,6 +117,7 @@ pub(super) fn resources(sn: &StockNet, component: Component) -> ResourceRequirem
         Component::Catalog => (&sn.spec.catalog.resources, "256Mi"),
         Component::Order => (&sn.spec.order.resources, "512Mi"),
         Component::Frontend => (&sn.spec.frontend.resources, "256Mi"),
+        Component::Reports => (&None, "128Mi"),
     };
     configured.clone().unwrap_or_else(|| ResourceRequirements {
         requests: Some(BTreeMap::from([
@@ -136,17 +157,7 @@ pub(super) fn pod_template(
             containers: vec![container],
             volumes: Some(volumes),
             automount_service_account_token: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(USER),
-                run_as_group: Some(USER),
-                fs_group: Some(USER),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(pod_security()),
             ..PodSpec::default()
         }),
     }

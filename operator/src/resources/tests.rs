@@ -28,7 +28,9 @@ fn every_object_is_owned_labelled_and_namespaced() {
         vec![&desired.config_map.metadata, &desired.deployment.metadata];
     metas.extend(desired.services.iter().map(|s| &s.metadata));
     metas.extend(desired.stateful_sets.iter().map(|s| &s.metadata));
-    assert_eq!(metas.len(), 8);
+    let (claim, cron_job) = desired.reports.as_ref().unwrap();
+    metas.extend([&claim.metadata, &cron_job.metadata]);
+    assert_eq!(metas.len(), 10);
     for meta in metas {
         assert_eq!(meta.namespace.as_deref(), Some("shop"));
         let owner = &meta.owner_references.as_ref().unwrap()[0];
@@ -465,7 +467,9 @@ fn render_prints_every_object_of_a_stocknet_file() {
             "PodDisruptionBudget",
             "NetworkPolicy",
             "NetworkPolicy",
-            "NetworkPolicy"
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "CronJob"
         ]
     );
     assert!(rendered.contains("namespace: shop"));
@@ -498,4 +502,148 @@ fn a_bad_spec_is_an_error_not_a_panic() {
     let mut no_namespace = stocknet(StockNetSpec::default());
     no_namespace.metadata.namespace = None;
     assert_eq!(desired(&no_namespace).unwrap_err(), SpecError::NoNamespace);
+}
+
+#[test]
+fn the_report_runs_on_schedule_against_the_frontend_with_its_own_archive_and_secrets() {
+    use crate::crd::{ReportMailSpec, ReportWebhookSpec, SecretKey};
+    let sn = stocknet(StockNetSpec::default());
+    let (claim, cron_job) = desired(&sn).unwrap().reports.unwrap();
+    let spec = cron_job.spec.as_ref().unwrap();
+    assert_eq!(
+        (spec.schedule.as_str(), spec.time_zone.as_deref()),
+        ("59 23 * * *", Some("UTC"))
+    );
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    assert_eq!(spec.starting_deadline_seconds, Some(600));
+    assert_eq!(
+        (
+            spec.successful_jobs_history_limit,
+            spec.failed_jobs_history_limit
+        ),
+        (Some(3), Some(3))
+    );
+    let job = spec.job_template.spec.as_ref().unwrap();
+    let pod = pod_spec(&job.template);
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let container = &pod.containers[0];
+    assert_eq!(container.args.as_deref(), Some(&["report".to_owned()][..]));
+    let env = env_of(container);
+    assert_eq!(
+        env["STOCKNET_REPORT_FRONTEND"],
+        "http://demo-frontend.shop.svc:8080"
+    );
+    assert_eq!(env["STOCKNET_REPORT_DATE"], "today");
+    assert!(
+        !env.keys()
+            .any(|k| k.contains("SMTP") || k.contains("WEBHOOK")),
+        "{env:?}"
+    );
+    // A client of the public API: no shared secret, no service account token.
+    let volumes = pod.volumes.as_ref().unwrap();
+    assert!(volumes.iter().all(|v| v.secret.is_none()), "{volumes:?}");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        volumes[0]
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap()
+            .claim_name,
+        claim.metadata.name.clone().unwrap()
+    );
+    assert_eq!(claim.metadata.name.as_deref(), Some("demo-reports"));
+    let requests = claim
+        .spec
+        .as_ref()
+        .unwrap()
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .as_ref()
+        .unwrap();
+    assert_eq!(requests["storage"].0, "1Gi");
+
+    // Webhook and mail: the URLs as variables, the keys as files from the user's Secrets.
+    let mut spec = StockNetSpec::default();
+    spec.reports.schedule = "5 0 * * *".into();
+    spec.reports.day = "yesterday".into();
+    spec.reports.webhook = Some(ReportWebhookSpec {
+        url: "https://hooks.example.com/r".into(),
+        secret: SecretKey {
+            name: "hook".into(),
+            key: "hmac".into(),
+        },
+    });
+    spec.reports.mail = Some(ReportMailSpec {
+        smtp_url: "smtp://mail.example.com".into(),
+        from: "reports@example.com".into(),
+        to: vec!["desk@example.com".into(), "risk@example.com".into()],
+        credentials: Some(SecretKey {
+            name: "smtp".into(),
+            key: "login".into(),
+        }),
+    });
+    let (_, cron_job) = desired(&stocknet(spec)).unwrap().reports.unwrap();
+    let pod = pod_spec(
+        &cron_job
+            .spec
+            .as_ref()
+            .unwrap()
+            .job_template
+            .spec
+            .as_ref()
+            .unwrap()
+            .template,
+    )
+    .clone();
+    let env = env_of(&pod.containers[0]);
+    assert_eq!(env["STOCKNET_REPORT_DATE"], "yesterday");
+    assert_eq!(
+        env["STOCKNET_REPORT_WEBHOOK"],
+        "https://hooks.example.com/r"
+    );
+    assert_eq!(
+        env["STOCKNET_REPORT_MAIL_TO"],
+        "desk@example.com,risk@example.com"
+    );
+    let files: Vec<(String, String, String)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            let secret = v.secret.as_ref()?;
+            let item = &secret.items.as_ref()?[0];
+            Some((
+                secret.secret_name.clone()?,
+                item.key.clone(),
+                item.path.clone(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("hook".into(), "hmac".into(), "key".into()),
+            ("smtp".into(), "login".into(), "login".into())
+        ]
+    );
+    let mounts: Vec<String> = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert!(
+        env["STOCKNET_REPORT_WEBHOOK_SECRET_FILE"].starts_with(&mounts[1]),
+        "{mounts:?}"
+    );
+    assert!(
+        env["STOCKNET_REPORT_SMTP_CREDENTIALS_FILE"].starts_with(&mounts[2]),
+        "{mounts:?}"
+    );
+
+    let mut spec = StockNetSpec::default();
+    spec.reports.enabled = false;
+    assert!(desired(&stocknet(spec)).unwrap().reports.is_none());
 }
