@@ -1229,11 +1229,12 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
 }
 
 /// Issue 23, items 5 and 6: one request id finds a request's lines in every service it went
-/// through: a lookup's in the frontend's and the catalog's logs, an order's in the frontend's
-/// and the leader's (tower-http's request lines at debug carry it).
+/// through: a lookup's in the frontend's and the catalog's logs, a market order's in the
+/// frontend's, the leader's and the catalog's (tower-http's request lines at debug carry it,
+/// and the catalog's line for each committed entry it applies).
 #[tokio::test]
 async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
-    let cluster = Cluster::start_logging(1, "warn,tower_http=debug").await;
+    let cluster = Cluster::start_logging(1, "warn,tower_http=debug,stocknet_catalog=debug").await;
     let frontend = cluster.frontend().to_owned();
     // A fresh frontend has nothing cached: the lookup reaches the catalog.
     let lookup = cluster
@@ -1258,6 +1259,7 @@ async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
         ("frontend", &frontend_log, "trace-lookup-7"),
         ("frontend", &frontend_log, "trace-order-7"),
         ("catalog", &catalog_log, "trace-lookup-7"),
+        ("catalog", &catalog_log, "trace-order-7"),
         ("leader", &leader_log, "trace-order-7"),
     ] {
         let tagged = format!("request_id={id}");

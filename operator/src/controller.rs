@@ -78,7 +78,7 @@ pub struct Metrics {
     pub failures: Counter,
     pub pods_deleted: Counter,
     pub reconcile_seconds: Histogram,
-    /// Per StockNet (`stocknet_namespace`, `stocknet`): when its last scheduled report succeeded, or
+    /// Per StockNet (`object_namespace`, `stocknet`): when its last scheduled report succeeded, or
     /// when it was made while none has.
     pub report_success: Family<Vec<(String, String)>, Gauge>,
 }
@@ -563,7 +563,7 @@ async fn observe_reports(
     let name = resources::reports_name(sn);
     // (Not `namespace`: Prometheus gives that label the operator's own namespace.)
     let labels = vec![
-        ("stocknet_namespace".to_owned(), namespace.to_owned()),
+        ("object_namespace".to_owned(), namespace.to_owned()),
         ("stocknet".to_owned(), sn.name_any()),
     ];
     if desired.is_none() {

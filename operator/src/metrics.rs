@@ -30,7 +30,7 @@ mod tests {
         let metrics = Metrics::default();
         // A family shows once it has a series: one StockNet's.
         let one = vec![
-            ("stocknet_namespace".into(), "shop".into()),
+            ("object_namespace".into(), "shop".into()),
             ("stocknet".into(), "demo".into()),
         ];
         metrics.report_success.get_or_create(&one).set(1);

@@ -63,3 +63,48 @@ fn every_variable_a_pod_sets_is_read_and_every_local_default_is_overridden() {
         BTreeSet::from(["catalog", "frontend", "order"].map(String::from))
     );
 }
+
+/// The report CronJob's container runs `stocknet report`, whose flags live in the root crate
+/// (src/report.rs): every variable the job sets is one of its `env = "..."` attributes.
+#[test]
+fn every_variable_the_report_job_sets_is_one_stocknet_report_reads() {
+    let source = include_str!("../../src/report.rs");
+    let reads: BTreeSet<&str> = source
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(reads.contains("STOCKNET_REPORT_FRONTEND"), "{reads:?}");
+    let yaml = r#"
+apiVersion: stocknet.io/v1alpha1
+kind: StockNet
+metadata: {name: demo}
+spec:
+  reports:
+    webhook: {url: "https://hooks.example.com/r", secret: {name: hook, key: hmac}}
+    mail:
+      smtpUrl: smtp://mail.example.com
+      from: reports@example.com
+      to: [desk@example.com]
+      credentials: {name: smtp, key: login}
+"#;
+    let rendered = stocknet_operator::resources::render(yaml, "default").expect("render");
+    let mut set = BTreeSet::new();
+    for document in serde_yaml::Deserializer::from_str(&rendered) {
+        let object: serde_yaml::Value = serde::Deserialize::deserialize(document).expect("YAML");
+        let pod = &object["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        for container in pod["containers"].as_sequence().into_iter().flatten() {
+            assert_eq!(container["args"][0].as_str(), Some("report"));
+            for var in container["env"].as_sequence().into_iter().flatten() {
+                set.insert(var["name"].as_str().expect("a name").to_owned());
+            }
+        }
+    }
+    assert!(set.len() >= 8, "{set:?}");
+    for name in &set {
+        assert!(
+            reads.contains(name.as_str()),
+            "stocknet report does not read {name}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ fn apply(c: &mut Criterion) {
                             // Alternate so the quantity stays near 100.
                             delta: if i.is_multiple_of(2) { 1 } else { -1 },
                             price: None,
+                            request_id: None,
                         }
                     })
                     .collect();

@@ -403,6 +403,11 @@ async fn apply(
     names.sort();
     names.dedup();
     let outcome = state.store.apply(&request)?;
+    // The leader batches entries of many requests: each line names its entry's request.
+    for trade in request.trades.iter().filter(|t| t.request_id.is_some()) {
+        let id = trade.request_id.as_deref().unwrap_or_default();
+        tracing::debug!(request_id = %id, entry = trade.number, stock = trade.name, delta = trade.delta, "applied a committed entry");
+    }
     let metrics = &state.metrics;
     metrics.apply_trades.observe(request.trades.len() as f64);
     // The frontends refetch from memory, which holds only committed trades; so they may be told

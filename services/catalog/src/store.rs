@@ -490,6 +490,7 @@ mod tests {
             name: name.into(),
             delta,
             price: None,
+            request_id: None,
         }
     }
 

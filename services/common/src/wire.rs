@@ -24,6 +24,10 @@ pub struct CatalogTrade {
     /// The last price the entry traded at in the book, which becomes the stock's price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
+    /// The `X-Request-Id` of the request that brought the entry, for the catalog's log (only
+    /// on entries that change a stock: the catalog logs nothing of the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl CatalogTrade {

@@ -1098,11 +1098,17 @@ impl Replica {
                 let book = self.book();
                 orders
                     .into_iter()
-                    .map(|o| CatalogTrade {
-                        number: o.number,
-                        delta: o.market().map_or(0, |(side, count)| side.delta(count)),
-                        price: book.entry_price(o.number),
-                        name: o.name,
+                    .map(|o| {
+                        let delta = o.market().map_or(0, |(side, count)| side.delta(count));
+                        let price = book.entry_price(o.number);
+                        let changes = delta != 0 || price.is_some();
+                        CatalogTrade {
+                            number: o.number,
+                            delta,
+                            price,
+                            request_id: o.stamp.request_id.filter(|_| changes),
+                            name: o.name,
+                        }
                     })
                     .collect()
             };
