@@ -71,6 +71,55 @@ const USER: i64 = 65532;
 /// The catalog shipped with StockNet, for a spec without `catalog.initialCatalog`.
 const DEFAULT_CATALOG: &str = include_str!("../../../data/catalog.csv");
 
+/// One kind of object the operator applies for a StockNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedKind {
+    pub kind: &'static str,
+    /// Its API group (`""` for the core group) and resource name, as RBAC rules name them.
+    pub group: &'static str,
+    pub resource: &'static str,
+    /// Whether the operator also deletes ones a spec no longer asks for.
+    pub pruned: bool,
+}
+
+/// Every kind of object [`desired`] makes, which the operator applies and watches: the list the
+/// Helm chart's RBAC rules and the controller's watches are checked against (a new kind fails
+/// the tests until both have it).
+pub const OWNED_KINDS: [OwnedKind; 8] = [
+    owned("ConfigMap", "", "configmaps", false),
+    owned("Service", "", "services", false),
+    owned("StatefulSet", "apps", "statefulsets", false),
+    owned("Deployment", "apps", "deployments", false),
+    owned(
+        "PodDisruptionBudget",
+        "policy",
+        "poddisruptionbudgets",
+        false,
+    ),
+    owned(
+        "NetworkPolicy",
+        "networking.k8s.io",
+        "networkpolicies",
+        true,
+    ),
+    owned("PersistentVolumeClaim", "", "persistentvolumeclaims", false),
+    owned("CronJob", "batch", "cronjobs", true),
+];
+
+const fn owned(
+    kind: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    pruned: bool,
+) -> OwnedKind {
+    OwnedKind {
+        kind,
+        group,
+        resource,
+        pruned,
+    }
+}
+
 /// The three workloads of a StockNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {

@@ -647,3 +647,63 @@ fn the_report_runs_on_schedule_against_the_frontend_with_its_own_archive_and_sec
     spec.reports.enabled = false;
     assert!(desired(&stocknet(spec)).unwrap().reports.is_none());
 }
+
+#[test]
+fn the_owned_kinds_are_what_render_makes_what_rbac_grants_and_what_the_controller_watches() {
+    use std::collections::BTreeSet;
+    let yaml =
+        "apiVersion: stocknet.io/v1alpha1\nkind: StockNet\nmetadata:\n  name: demo\nspec: {}\n";
+    let text = render(yaml, "shop").unwrap();
+    let rendered: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    let owned: BTreeSet<&str> = OWNED_KINDS.iter().map(|o| o.kind).collect();
+    assert_eq!(rendered, owned);
+
+    // The ClusterRole's rules (its templating is in its metadata only).
+    let rbac = include_str!("../../../charts/stocknet/templates/rbac.yaml");
+    let role = rbac.split("\n---").next().unwrap();
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&role[role.find("rules:").unwrap()..]).unwrap();
+    let rules = rules["rules"].as_sequence().unwrap();
+    let names = |rule: &serde_yaml::Value, field: &str| -> Vec<String> {
+        rule[field]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    // Without the spaces rustfmt puts in, every watch reads `.owns(Api::<Kind>`.
+    let controller: String = include_str!("../controller.rs")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    for kind in OWNED_KINDS {
+        let verbs: BTreeSet<String> = rules
+            .iter()
+            .filter(|rule| {
+                names(rule, "apiGroups").contains(&kind.group.to_owned())
+                    && names(rule, "resources").contains(&kind.resource.to_owned())
+            })
+            .flat_map(|rule| names(rule, "verbs"))
+            .collect();
+        let mut needed = vec!["get", "list", "watch", "create", "patch"];
+        if kind.pruned {
+            needed.push("delete");
+        }
+        for verb in needed {
+            assert!(
+                verbs.contains(verb),
+                "RBAC lacks {verb} on {}",
+                kind.resource
+            );
+        }
+        assert!(
+            controller.contains(&format!(".owns(Api::<{}>", kind.kind)),
+            "the controller does not watch {}",
+            kind.kind
+        );
+    }
+}
