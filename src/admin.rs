@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use stocknet_common::env;
 use stocknet_common::paths;
 use stocknet_common::wire::KeyRecord;
 use stocknet_common::SecretArgs;
@@ -39,7 +40,7 @@ pub enum AdminCommand {
         /// The catalog's base URL.
         #[arg(
             long,
-            env = "STOCKNET_CATALOG_URL",
+            env = env::CATALOG_URL,
             default_value = "http://127.0.0.1:8081"
         )]
         catalog: String,

@@ -17,13 +17,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use connection::{Connection, Target};
+use stocknet_common::env;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadConfig {
     /// Frontend base URL.
     #[arg(
         long,
-        env = "STOCKNET_LOAD_FRONTEND",
+        env = env::LOAD_FRONTEND,
         default_value = "http://127.0.0.1:8080"
     )]
     pub frontend: String,

@@ -16,6 +16,7 @@ use anyhow::Context;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use stocknet_common::clock::{day_of, day_text, now_millis, parse_day, DAY_MS};
+use stocknet_common::env;
 use stocknet_common::file;
 use stocknet_common::wire::DailyReport;
 use stocknet_common::Price;
@@ -27,14 +28,14 @@ pub const SIGNATURE_HEADER: &str = "x-stocknet-signature";
 pub struct ReportConfig {
     /// The UTC day: YYYY-MM-DD, `today` or `yesterday`. Absent: today, or with `--out` the
     /// day that just ended.
-    #[arg(long, env = "STOCKNET_REPORT_DATE")]
+    #[arg(long, env = env::REPORT_DATE)]
     pub date: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
     /// The frontend to ask.
     #[arg(
         long,
-        env = "STOCKNET_REPORT_FRONTEND",
+        env = env::REPORT_FRONTEND,
         default_value = "http://127.0.0.1:8080"
     )]
     pub frontend: String,
@@ -45,7 +46,7 @@ pub struct ReportConfig {
     pub log: Option<PathBuf>,
     /// Archive the report in this directory as `<date>.json` and `<date>.csv` instead of
     /// printing it; the date is then, by default, the UTC day that just ended.
-    #[arg(long, env = "STOCKNET_REPORT_DIR")]
+    #[arg(long, env = env::REPORT_DIR)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
@@ -68,18 +69,18 @@ pub struct MailArgs {
     /// Mail the archived report through this SMTP server: `smtp://host[:port]` (port 587; the
     /// connection is upgraded with STARTTLS when the server offers it, and must be when there
     /// are credentials) or `smtps://host[:port]` (port 465, TLS from the start).
-    #[arg(long, env = "STOCKNET_REPORT_SMTP_URL", requires_all = ["mail_from", "mail_to"])]
+    #[arg(long, env = env::REPORT_SMTP_URL, requires_all = ["mail_from", "mail_to"])]
     pub smtp_url: Option<reqwest::Url>,
     /// The sender's address, e.g. `StockNet <reports@example.com>`.
-    #[arg(long, env = "STOCKNET_REPORT_MAIL_FROM")]
+    #[arg(long, env = env::REPORT_MAIL_FROM)]
     pub mail_from: Option<String>,
     /// The recipients' addresses, comma-separated.
-    #[arg(long, env = "STOCKNET_REPORT_MAIL_TO", value_delimiter = ',')]
+    #[arg(long, env = env::REPORT_MAIL_TO, value_delimiter = ',')]
     pub mail_to: Vec<String>,
     /// A file holding `user:password` to log in to the SMTP server with (none: no login).
     #[arg(
         long,
-        env = "STOCKNET_REPORT_SMTP_CREDENTIALS_FILE",
+        env = env::REPORT_SMTP_CREDENTIALS_FILE,
         requires = "smtp_url"
     )]
     pub smtp_credentials_file: Option<PathBuf>,
@@ -93,12 +94,12 @@ pub struct WebhookArgs {
     /// POST the archived report's JSON here, signed (header `X-StockNet-Signature`).
     #[arg(
         long,
-        env = "STOCKNET_REPORT_WEBHOOK",
+        env = env::REPORT_WEBHOOK,
         requires = "webhook_secret_file"
     )]
     pub webhook: Option<reqwest::Url>,
     /// The file holding the key of the webhook's HMAC-SHA256 signature.
-    #[arg(long, env = "STOCKNET_REPORT_WEBHOOK_SECRET_FILE")]
+    #[arg(long, env = env::REPORT_WEBHOOK_SECRET_FILE)]
     pub webhook_secret_file: Option<PathBuf>,
     /// Attempts at a delivery before it fails, 0.5 s apart and doubling.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]

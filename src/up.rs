@@ -16,39 +16,40 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::report;
+use stocknet_common::env;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpConfig {
     /// Directory for catalog.csv and the order logs (seeded on first run).
-    #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
+    #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
-    #[arg(long, env = "STOCKNET_FRONTEND_PORT", default_value_t = 8080)]
+    #[arg(long, env = env::FRONTEND_PORT, default_value_t = 8080)]
     pub frontend_port: u16,
-    #[arg(long, env = "STOCKNET_CATALOG_PORT", default_value_t = 8081)]
+    #[arg(long, env = env::CATALOG_PORT, default_value_t = 8081)]
     pub catalog_port: u16,
     /// One port per order replica; replica ids are 1, 2, 3... in this order.
     #[arg(
         long,
-        env = "STOCKNET_ORDER_PORTS",
+        env = env::ORDER_PORTS,
         value_delimiter = ',',
         default_value = "8091,8092,8093"
     )]
     pub order_ports: Vec<u16>,
     /// Stocks held by the frontend's cache (below the catalog's 12 stocks by default).
-    #[arg(long, env = "STOCKNET_CACHE_SIZE", default_value_t = 8)]
+    #[arg(long, env = env::CACHE_SIZE, default_value_t = 8)]
     pub cache_size: usize,
     /// Turn the frontend's cache off.
-    #[arg(long, env = "STOCKNET_NO_CACHE")]
+    #[arg(long, env = env::NO_CACHE)]
     pub no_cache: bool,
     /// CSV (name,price,quantity) to seed the catalog from on first run.
-    #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
+    #[arg(long, env = env::INITIAL_CATALOG)]
     pub initial_catalog: Option<PathBuf>,
     /// When the day's report is archived under `<data-dir>/reports` (and delivered, with
     /// `--webhook` or `--smtp-url`), daily: a UTC time of day, HH:MM or HH:MM:SS.
-    #[arg(long, env = "STOCKNET_REPORT_AT", default_value = "23:59", value_parser = time_of_day)]
+    #[arg(long, env = env::REPORT_AT, default_value = "23:59", value_parser = time_of_day)]
     pub report_at: Duration,
     /// No scheduled report.
-    #[arg(long, env = "STOCKNET_NO_REPORTS")]
+    #[arg(long, env = env::NO_REPORTS)]
     pub no_reports: bool,
     #[command(flatten)]
     pub report_delivery: report::DeliveryArgs,

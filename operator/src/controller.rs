@@ -38,6 +38,7 @@ use crate::health::{self, Observation};
 use crate::membership::{self, Change};
 use crate::resources::{self, Component, Desired, OrderLayout, SpecError};
 use crate::{status, upgrade};
+use stocknet_common::env;
 
 /// The field manager of everything this operator applies.
 pub const MANAGER: &str = "stocknet-operator";
@@ -46,16 +47,16 @@ pub const MANAGER: &str = "stocknet-operator";
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Seconds between health rounds of each StockNet.
-    #[arg(long, env = "STOCKNET_PROBE_PERIOD", default_value_t = 5)]
+    #[arg(long, env = env::PROBE_PERIOD, default_value_t = 5)]
     pub probe_period_seconds: u64,
     /// Failed health checks in a row after which a running order pod is deleted.
-    #[arg(long, env = "STOCKNET_FAILURE_THRESHOLD", default_value_t = 3)]
+    #[arg(long, env = env::FAILURE_THRESHOLD, default_value_t = 3)]
     pub failure_threshold: u32,
     /// Timeout of one health check, in milliseconds.
-    #[arg(long, env = "STOCKNET_PROBE_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = env::PROBE_TIMEOUT_MS, default_value_t = 1000)]
     pub probe_timeout_ms: u64,
     /// Port of the order replicas' health endpoint in their pods.
-    #[arg(long, env = "STOCKNET_PROBE_PORT", default_value_t = resources::ORDER_PORT as u16)]
+    #[arg(long, env = env::PROBE_PORT, default_value_t = resources::ORDER_PORT as u16)]
     pub probe_port: u16,
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use stocknet_common::env;
 use stocknet_operator::controller::{self, Context, Settings};
 use stocknet_operator::{crd, metrics, resources};
 
@@ -24,7 +25,7 @@ struct Cli {
     /// Address of the /metrics and /healthz endpoint.
     #[arg(
         long,
-        env = "STOCKNET_OPERATOR_METRICS",
+        env = env::OPERATOR_METRICS,
         default_value = "0.0.0.0:8080"
     )]
     metrics_address: SocketAddr,

@@ -65,14 +65,27 @@ fn every_variable_a_pod_sets_is_read_and_every_local_default_is_overridden() {
 }
 
 /// The report CronJob's container runs `stocknet report`, whose flags live in the root crate
-/// (src/report.rs): every variable the job sets is one of its `env = "..."` attributes.
+/// (src/report.rs): every variable the job sets is one of its flags' `env`.
 #[test]
 fn every_variable_the_report_job_sets_is_one_stocknet_report_reads() {
-    let source = include_str!("../../src/report.rs");
-    let reads: BTreeSet<&str> = source
-        .split("env = \"")
+    // Its flags name their variables as `env = env::NAME`, the constants of common's `env`.
+    let names: BTreeMap<&str, &str> = include_str!("../../services/common/src/env.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("pub const "))
+        .filter_map(|rest| {
+            let (name, value) = rest.split_once(": &str = \"")?;
+            Some((name, value.strip_suffix("\";")?))
+        })
+        .collect();
+    let reads: BTreeSet<&str> = include_str!("../../src/report.rs")
+        .split("env = env::")
         .skip(1)
-        .filter_map(|rest| rest.split('"').next())
+        .filter_map(|rest| {
+            let name = rest
+                .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .next()?;
+            names.get(name).copied()
+        })
         .collect();
     assert!(reads.contains("STOCKNET_REPORT_FRONTEND"), "{reads:?}");
     let yaml = r#"

@@ -63,9 +63,9 @@ pub(super) fn reports_cron_job(sn: &StockNet) -> Result<CronJob, SpecError> {
         namespace(sn)?
     );
     let mut vars = vec![
-        ("STOCKNET_REPORT_FRONTEND", frontend),
-        ("STOCKNET_REPORT_DIR", ARCHIVE_DIR.to_owned()),
-        ("STOCKNET_REPORT_DATE", reports.day.clone()),
+        (env::REPORT_FRONTEND, frontend),
+        (env::REPORT_DIR, ARCHIVE_DIR.to_owned()),
+        (env::REPORT_DATE, reports.day.clone()),
     ];
     let mut volumes = vec![Volume {
         name: "archive".into(),
@@ -77,21 +77,21 @@ pub(super) fn reports_cron_job(sn: &StockNet) -> Result<CronJob, SpecError> {
     }];
     let mut mounts = vec![mount("archive", ARCHIVE_DIR, false)];
     if let Some(webhook) = &reports.webhook {
-        vars.push(("STOCKNET_REPORT_WEBHOOK", webhook.url.clone()));
+        vars.push((env::REPORT_WEBHOOK, webhook.url.clone()));
         vars.push((
-            "STOCKNET_REPORT_WEBHOOK_SECRET_FILE",
+            env::REPORT_WEBHOOK_SECRET_FILE,
             format!("{WEBHOOK_KEY_DIR}/key"),
         ));
         volumes.push(secret_file("webhook-key", &webhook.secret, "key"));
         mounts.push(mount("webhook-key", WEBHOOK_KEY_DIR, true));
     }
     if let Some(mail) = &reports.mail {
-        vars.push(("STOCKNET_REPORT_SMTP_URL", mail.smtp_url.clone()));
-        vars.push(("STOCKNET_REPORT_MAIL_FROM", mail.from.clone()));
-        vars.push(("STOCKNET_REPORT_MAIL_TO", mail.to.join(",")));
+        vars.push((env::REPORT_SMTP_URL, mail.smtp_url.clone()));
+        vars.push((env::REPORT_MAIL_FROM, mail.from.clone()));
+        vars.push((env::REPORT_MAIL_TO, mail.to.join(",")));
         if let Some(credentials) = &mail.credentials {
             vars.push((
-                "STOCKNET_REPORT_SMTP_CREDENTIALS_FILE",
+                env::REPORT_SMTP_CREDENTIALS_FILE,
                 format!("{MAIL_LOGIN_DIR}/login"),
             ));
             volumes.push(secret_file("mail-login", credentials, "login"));

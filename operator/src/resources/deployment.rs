@@ -7,27 +7,24 @@ use stocknet_common::paths;
 pub(super) fn frontend_deployment(sn: &StockNet, order_pods: i32) -> Result<Deployment, SpecError> {
     let frontend = &sn.spec.frontend;
     let mut vars = vec![
-        ("STOCKNET_HOST", "0.0.0.0".to_owned()),
-        ("STOCKNET_FRONTEND_PORT", FRONTEND_PORT.to_string()),
+        (env::HOST, "0.0.0.0".to_owned()),
+        (env::FRONTEND_PORT, FRONTEND_PORT.to_string()),
         (
-            "STOCKNET_FRONTEND_INTERNAL_PORT",
+            env::FRONTEND_INTERNAL_PORT,
             FRONTEND_INTERNAL_PORT.to_string(),
         ),
-        ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
-        ("STOCKNET_ORDER_REPLICAS", order_peers(sn, order_pods)?),
-        ("STOCKNET_CACHE_SIZE", frontend.cache_size.to_string()),
+        (env::CATALOG_URL, catalog_url(sn)?),
+        (env::ORDER_REPLICAS, order_peers(sn, order_pods)?),
+        (env::CACHE_SIZE, frontend.cache_size.to_string()),
+        (env::RATE_LIMIT, frontend.rate_limit.per_second.to_string()),
+        (env::RATE_BURST, frontend.rate_limit.burst.to_string()),
         (
-            "STOCKNET_RATE_LIMIT",
-            frontend.rate_limit.per_second.to_string(),
-        ),
-        ("STOCKNET_RATE_BURST", frontend.rate_limit.burst.to_string()),
-        (
-            "STOCKNET_MAX_IN_FLIGHT",
+            env::MAX_IN_FLIGHT,
             frontend.rate_limit.max_in_flight.to_string(),
         ),
     ];
     if !frontend.cache_enabled {
-        vars.push(("STOCKNET_NO_CACHE", "true".to_owned()));
+        vars.push((env::NO_CACHE, "true".to_owned()));
     }
     let mut container = container(
         sn,

@@ -50,6 +50,7 @@ use pod::*;
 pub use secret::*;
 use service::*;
 use stateful_set::*;
+use stocknet_common::env;
 
 pub const CATALOG_PORT: i32 = 8081;
 pub const ORDER_PORT: i32 = 8091;
@@ -201,7 +202,7 @@ pub fn founders(existing: &StatefulSet) -> Option<i32> {
 }
 
 /// The env var naming the founding replicas to each order replica.
-const ORDER_PEERS_VAR: &str = "STOCKNET_ORDER_PEERS";
+const ORDER_PEERS_VAR: &str = env::ORDER_PEERS;
 
 /// The objects of a new StockNet (see [`desired_for`]).
 pub fn desired(sn: &StockNet) -> Result<Desired, SpecError> {

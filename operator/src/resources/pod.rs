@@ -44,8 +44,8 @@ pub(super) fn container(
         env: Some(
             env.into_iter()
                 .chain(self::env(&[
-                    ("STOCKNET_SECRET_FILE", format!("{SECRET_DIR}/{SECRET_KEY}")),
-                    ("STOCKNET_METRICS_PORT", METRICS_PORT.to_string()),
+                    (env::SECRET_FILE, format!("{SECRET_DIR}/{SECRET_KEY}")),
+                    (env::METRICS_PORT, METRICS_PORT.to_string()),
                 ]))
                 .collect(),
         ),

@@ -61,12 +61,12 @@ pub(super) fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecErr
         Component::Catalog,
         CATALOG_PORT,
         env(&[
-            ("STOCKNET_HOST", "0.0.0.0".into()),
-            ("STOCKNET_CATALOG_PORT", CATALOG_PORT.to_string()),
-            ("STOCKNET_DATA_DIR", DATA_DIR.into()),
-            ("STOCKNET_INITIAL_CATALOG", "/config/catalog.csv".into()),
-            ("STOCKNET_FRONTEND_URLS", String::new()),
-            ("STOCKNET_FRONTEND_DNS", frontend_pods),
+            (env::HOST, "0.0.0.0".into()),
+            (env::CATALOG_PORT, CATALOG_PORT.to_string()),
+            (env::DATA_DIR, DATA_DIR.into()),
+            (env::INITIAL_CATALOG, "/config/catalog.csv".into()),
+            (env::FRONTEND_URLS, String::new()),
+            (env::FRONTEND_DNS, frontend_pods),
         ]),
         vec![
             data_mount(),
@@ -106,12 +106,12 @@ pub(super) fn order_stateful_set(
         Component::Order,
         ORDER_PORT,
         env(&[
-            ("STOCKNET_HOST", "0.0.0.0".into()),
-            ("STOCKNET_ORDER_PORT", ORDER_PORT.to_string()),
+            (env::HOST, "0.0.0.0".into()),
+            (env::ORDER_PORT, ORDER_PORT.to_string()),
             // The founders only: a replica not among them joins as the operator adds it.
             (ORDER_PEERS_VAR, order_peers(sn, layout.founders)?),
-            ("STOCKNET_CATALOG_URL", catalog_url(sn)?),
-            ("STOCKNET_DATA_DIR", DATA_DIR.into()),
+            (env::CATALOG_URL, catalog_url(sn)?),
+            (env::DATA_DIR, DATA_DIR.into()),
         ]),
         vec![data_mount()],
         // Ready only once boot resync is done.

@@ -17,6 +17,7 @@ use axum::routing::{delete, get, post};
 use axum::{middleware, Router};
 use futures::future::join_all;
 use stocknet_common::auth::require_secret;
+use stocknet_common::env;
 use stocknet_common::envelope::bounded;
 use stocknet_common::paths;
 use stocknet_common::wire::{
@@ -36,24 +37,24 @@ pub const DEFAULT_CATALOG: &str = include_str!("../../../data/catalog.csv");
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "STOCKNET_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = env::HOST, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "STOCKNET_CATALOG_PORT", default_value_t = 8081)]
+    #[arg(long, env = env::CATALOG_PORT, default_value_t = 8081)]
     pub port: u16,
     /// Directory holding catalog.csv.
-    #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
+    #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
     /// CSV (name,price,quantity) to seed catalog.csv from on first start; default: the
     /// built-in catalog of 12 stocks.
-    #[arg(long, env = "STOCKNET_INITIAL_CATALOG")]
+    #[arg(long, env = env::INITIAL_CATALOG)]
     pub initial_catalog: Option<PathBuf>,
     /// Frontend base URLs to push cache invalidations to, comma-separated; none when empty.
-    #[arg(long, env = "STOCKNET_FRONTEND_URLS", value_delimiter = ',')]
+    #[arg(long, env = env::FRONTEND_URLS, value_delimiter = ',')]
     pub frontends: Vec<String>,
     /// HOST:PORT whose DNS name resolves to every frontend (a headless Service in
     /// Kubernetes); resolved at each invalidation, so frontends that come and go are reached.
-    #[arg(long, env = "STOCKNET_FRONTEND_DNS")]
+    #[arg(long, env = env::FRONTEND_DNS)]
     pub frontend_dns: Option<String>,
     #[command(flatten)]
     pub secret: SecretArgs,

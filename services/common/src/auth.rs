@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use crate::api_key::{random_bytes, to_hex};
+use crate::env;
 use crate::envelope::ApiError;
 
 /// Shortest secret accepted.
@@ -24,11 +25,11 @@ pub const MIN_LEN: usize = 16;
 pub struct SecretArgs {
     /// File holding the deployment's shared secret, which every internal call carries
     /// (`stocknet up` creates one in its data directory).
-    #[arg(long, env = "STOCKNET_SECRET_FILE")]
+    #[arg(long, env = env::SECRET_FILE)]
     pub secret_file: Option<PathBuf>,
     /// The shared secret itself. Prefer --secret-file: other users of the machine can read a
     /// process's arguments.
-    #[arg(long, env = "STOCKNET_SECRET", hide_env_values = true)]
+    #[arg(long, env = env::SECRET, hide_env_values = true)]
     pub secret: Option<String>,
 }
 

@@ -15,6 +15,7 @@ use axum::Router;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::env;
 use crate::envelope::ApiError;
 
 /// Content type of the exposition.
@@ -25,7 +26,7 @@ pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0;
 pub struct MetricsArgs {
     /// A port of its own for `GET /metrics` (also served on the service's port), for a
     /// scraper that NetworkPolicies keep off the service's port.
-    #[arg(long, env = "STOCKNET_METRICS_PORT")]
+    #[arg(long, env = env::METRICS_PORT)]
     pub metrics_port: Option<u16>,
 }
 

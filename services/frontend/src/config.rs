@@ -8,26 +8,27 @@ use stocknet_common::wire::{parse_peer, Peer};
 use stocknet_common::SecretArgs;
 
 use crate::limits;
+use stocknet_common::env;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "STOCKNET_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = env::HOST, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "STOCKNET_FRONTEND_PORT", default_value_t = 8080)]
+    #[arg(long, env = env::FRONTEND_PORT, default_value_t = 8080)]
     pub port: u16,
     /// Catalog base URL.
     #[arg(
         long,
-        env = "STOCKNET_CATALOG_URL",
+        env = env::CATALOG_URL,
         default_value = "http://127.0.0.1:8081"
     )]
     pub catalog_url: String,
     /// Order replicas as ID=URL, comma-separated.
     #[arg(
         long,
-        env = "STOCKNET_ORDER_REPLICAS",
+        env = env::ORDER_REPLICAS,
         value_delimiter = ',',
         value_parser = parse_peer,
         default_value = "1=http://127.0.0.1:8091,2=http://127.0.0.1:8092,3=http://127.0.0.1:8093"
@@ -35,15 +36,15 @@ pub struct Config {
     pub order_replicas: Vec<Peer>,
     /// Number of stocks the lookup cache holds (kept below the catalog size so that the
     /// LRU policy is exercised).
-    #[arg(long, env = "STOCKNET_CACHE_SIZE", default_value_t = NonZeroUsize::new(8).expect("8 > 0"))]
+    #[arg(long, env = env::CACHE_SIZE, default_value_t = NonZeroUsize::new(8).expect("8 > 0"))]
     pub cache_size: NonZeroUsize,
     /// Turn the lookup cache off.
-    #[arg(long, env = "STOCKNET_NO_CACHE")]
+    #[arg(long, env = env::NO_CACHE)]
     pub no_cache: bool,
     /// A port of their own for the internal routes (the catalog's invalidation push), so that
     /// a network policy can keep them from everybody but the catalog; on the public port
     /// when unset.
-    #[arg(long, env = "STOCKNET_FRONTEND_INTERNAL_PORT")]
+    #[arg(long, env = env::FRONTEND_INTERNAL_PORT)]
     pub internal_port: Option<u16>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
@@ -51,12 +52,12 @@ pub struct Config {
     pub metrics: MetricsArgs,
     /// How far (in basis points) a stock's price may be from an order's `expected_price`
     /// when the order does not say (`max_deviation_bps`).
-    #[arg(long, env = "STOCKNET_PRICE_TOLERANCE_BPS", default_value_t = 200,
+    #[arg(long, env = env::PRICE_TOLERANCE_BPS, default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub price_tolerance_bps: u32,
     /// How far (in basis points) from the best opposite price a market order on the book may
     /// trade when it does not say (`protection_bps`): the rest is cancelled.
-    #[arg(long, env = "STOCKNET_MARKET_PROTECTION_BPS", default_value_t = 500,
+    #[arg(long, env = env::MARKET_PROTECTION_BPS, default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub market_protection_bps: u32,
     #[command(flatten)]

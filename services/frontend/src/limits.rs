@@ -20,6 +20,7 @@ use stocknet_common::paths;
 use stocknet_common::ApiError;
 
 use crate::{credentials, AppState};
+use stocknet_common::env;
 
 /// Clients whose buckets are kept before idle ones are dropped.
 const TRACKED_CLIENTS: usize = 10_000;
@@ -27,13 +28,13 @@ const TRACKED_CLIENTS: usize = 10_000;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LimitArgs {
     /// Requests per second each client may make on average (0: no limit).
-    #[arg(long, env = "STOCKNET_RATE_LIMIT", default_value_t = 0)]
+    #[arg(long, env = env::RATE_LIMIT, default_value_t = 0)]
     pub rate_limit: u32,
     /// Requests a client may make at once above its rate (default: one second's worth).
-    #[arg(long, env = "STOCKNET_RATE_BURST")]
+    #[arg(long, env = env::RATE_BURST)]
     pub rate_burst: Option<u32>,
     /// Requests each client may have in flight (0: no limit).
-    #[arg(long, env = "STOCKNET_MAX_IN_FLIGHT", default_value_t = 0)]
+    #[arg(long, env = env::MAX_IN_FLIGHT, default_value_t = 0)]
     pub max_in_flight: u32,
 }
 

@@ -48,26 +48,27 @@ pub use error::OrderError;
 pub use replica::{Links, Replica};
 
 use audit::AuditFilter;
+use stocknet_common::env;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "STOCKNET_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = env::HOST, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "STOCKNET_ORDER_PORT", default_value_t = 8091)]
+    #[arg(long, env = env::ORDER_PORT, default_value_t = 8091)]
     pub port: u16,
     /// This replica's id: unique, >= 1; the highest live id leads. Default: the ordinal at
     /// the end of the host name plus one (`stocknet-order-2` is replica 3), as in a
     /// Kubernetes StatefulSet.
-    #[arg(long, env = "STOCKNET_NODE_ID")]
+    #[arg(long, env = env::NODE_ID)]
     pub node_id: Option<u32>,
     /// The group's founding replicas as ID=URL, comma-separated (etcd's initial cluster):
     /// they are the voters until the group changes its membership (`/members`), and the same
     /// on every replica. A replica not named here joins a running group as the leader adds it.
     #[arg(
         long,
-        env = "STOCKNET_ORDER_PEERS",
+        env = env::ORDER_PEERS,
         value_delimiter = ',',
         value_parser = parse_peer
     )]
@@ -75,16 +76,16 @@ pub struct Config {
     /// Catalog base URL.
     #[arg(
         long,
-        env = "STOCKNET_CATALOG_URL",
+        env = env::CATALOG_URL,
         default_value = "http://127.0.0.1:8081"
     )]
     pub catalog_url: String,
     /// Directory holding orders-<id>.csv, term-<id> and book-<id>.snap.
-    #[arg(long, env = "STOCKNET_DATA_DIR", default_value = "./stocknet-data")]
+    #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
     /// Log entries applied to the book between two snapshots of it (a restart loads the
     /// last snapshot and applies only the entries after it).
-    #[arg(long, env = "STOCKNET_BOOK_SNAPSHOT_EVERY", default_value_t = book_store::SNAPSHOT_EVERY,
+    #[arg(long, env = env::BOOK_SNAPSHOT_EVERY, default_value_t = book_store::SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub book_snapshot_every: u64,
     #[command(flatten)]
