@@ -17,15 +17,16 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::report;
 use stocknet_common::env;
+use stocknet_common::ports;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpConfig {
     /// Directory for catalog.csv and the order logs (seeded on first run).
     #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
-    #[arg(long, env = env::FRONTEND_PORT, default_value_t = 8080)]
+    #[arg(long, env = env::FRONTEND_PORT, default_value_t = ports::FRONTEND)]
     pub frontend_port: u16,
-    #[arg(long, env = env::CATALOG_PORT, default_value_t = 8081)]
+    #[arg(long, env = env::CATALOG_PORT, default_value_t = ports::CATALOG)]
     pub catalog_port: u16,
     /// One port per order replica; replica ids are 1, 2, 3... in this order.
     #[arg(

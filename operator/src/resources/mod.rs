@@ -51,16 +51,17 @@ pub use secret::*;
 use service::*;
 use stateful_set::*;
 use stocknet_common::env;
+use stocknet_common::ports;
 
-pub const CATALOG_PORT: i32 = 8081;
-pub const ORDER_PORT: i32 = 8091;
-pub const FRONTEND_PORT: i32 = 8080;
+pub const CATALOG_PORT: i32 = ports::CATALOG as i32;
+pub const ORDER_PORT: i32 = ports::ORDER as i32;
+pub const FRONTEND_PORT: i32 = ports::FRONTEND as i32;
 /// Every component serves `GET /metrics` on this port too; NetworkPolicies leave it open to
 /// Prometheus while they close the component's own port.
-pub const METRICS_PORT: i32 = 9090;
+pub const METRICS_PORT: i32 = ports::METRICS as i32;
 /// The frontends' internal routes (the catalog's invalidation push), apart from the public API
 /// so that a network policy can admit only the catalog to them.
-pub const FRONTEND_INTERNAL_PORT: i32 = 8082;
+pub const FRONTEND_INTERNAL_PORT: i32 = ports::FRONTEND_INTERNAL as i32;
 /// Where each pod's volume claim is mounted.
 const DATA_DIR: &str = "/data";
 /// Where each pod finds the deployment's shared secret, as the file `token`.

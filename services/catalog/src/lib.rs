@@ -20,6 +20,7 @@ use stocknet_common::auth::require_secret;
 use stocknet_common::env;
 use stocknet_common::envelope::bounded;
 use stocknet_common::paths;
+use stocknet_common::ports;
 use stocknet_common::wire::{
     stock_after, stock_cursor, ApplyRequest, Invalidation, NewKey, NewUser, StockPage,
 };
@@ -40,7 +41,7 @@ pub struct Config {
     #[arg(long, env = env::HOST, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = env::CATALOG_PORT, default_value_t = 8081)]
+    #[arg(long, env = env::CATALOG_PORT, default_value_t = ports::CATALOG)]
     pub port: u16,
     /// Directory holding catalog.csv.
     #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]

@@ -15,6 +15,7 @@ pub mod file;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod ports;
 pub mod request_id;
 pub mod server;
 pub mod wire;

@@ -9,6 +9,7 @@ use stocknet_common::SecretArgs;
 
 use crate::limits;
 use stocknet_common::env;
+use stocknet_common::ports;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -16,7 +17,7 @@ pub struct Config {
     #[arg(long, env = env::HOST, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = env::FRONTEND_PORT, default_value_t = 8080)]
+    #[arg(long, env = env::FRONTEND_PORT, default_value_t = ports::FRONTEND)]
     pub port: u16,
     /// Catalog base URL.
     #[arg(

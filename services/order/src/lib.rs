@@ -49,6 +49,7 @@ pub use replica::{Links, Replica};
 
 use audit::AuditFilter;
 use stocknet_common::env;
+use stocknet_common::ports;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -56,7 +57,7 @@ pub struct Config {
     #[arg(long, env = env::HOST, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = env::ORDER_PORT, default_value_t = 8091)]
+    #[arg(long, env = env::ORDER_PORT, default_value_t = ports::ORDER)]
     pub port: u16,
     /// This replica's id: unique, >= 1; the highest live id leads. Default: the ordinal at
     /// the end of the host name plus one (`stocknet-order-2` is replica 3), as in a
