@@ -5,12 +5,13 @@
 //! A revoked key is refused at once: the catalog answers a revocation only after pushing it to
 //! every frontend it reaches, and a frontend trusts what it keeps only while it hears from the
 //! catalog (its lease, as for cached lookups). One cut off from the catalog asks it again; if
-//! it cannot, it goes on with what it fetched within [`CREDENTIAL_BOUND`], and refuses the
-//! user's keys (503) after that: that bound is how long a revoked key may still work there.
+//! it cannot, it goes on with what it keeps while its last word from the catalog is less than
+//! [`CREDENTIAL_BOUND`] old, and answers 503 for keys after that: that bound is how long a
+//! revoked key may still work there.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use lru::LruCache;
@@ -25,12 +26,13 @@ use crate::{AppState, FrontendError};
 /// Users whose credentials a frontend keeps: a few hundred bytes each.
 const CREDENTIALS_KEPT: usize = 100_000;
 
-/// How long a frontend that cannot reach the catalog accepts keys on credentials it fetched.
+/// How long after it last heard from the catalog a frontend that cannot reach it goes on
+/// accepting keys on the credentials it keeps.
 pub const CREDENTIAL_BOUND: Duration = Duration::from_secs(30);
 
-/// The credentials of users seen lately, with when they were fetched.
+/// The credentials of users seen lately.
 pub struct Credentials {
-    kept: Mutex<LruCache<u64, (Arc<UserRecord>, Instant)>>,
+    kept: Mutex<LruCache<u64, Arc<UserRecord>>>,
     /// Counts what was forgotten, so that open streams check their keys again at once.
     forgotten: watch::Sender<u64>,
 }
@@ -51,13 +53,13 @@ impl Credentials {
         self.forgotten.subscribe()
     }
 
-    fn get(&self, user: u64) -> Option<(Arc<UserRecord>, Instant)> {
+    fn get(&self, user: u64) -> Option<Arc<UserRecord>> {
         self.kept().get(&user).cloned()
     }
 
     pub(crate) fn keep(&self, user: UserRecord) -> Arc<UserRecord> {
         let user = Arc::new(user);
-        self.kept().put(user.id, (user.clone(), Instant::now()));
+        self.kept().put(user.id, user.clone());
         user
     }
 
@@ -76,7 +78,7 @@ impl Credentials {
         self.forgotten.send_modify(|count| *count += 1);
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, LruCache<u64, (Arc<UserRecord>, Instant)>> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<UserRecord>>> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -122,7 +124,7 @@ pub(crate) async fn verify(state: &AppState, key: &ApiKey) -> Result<u64, Fronte
 pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, FrontendError> {
     let inner = &state.inner;
     let kept = inner.credentials.get(id);
-    if let Some((user, _)) = &kept {
+    if let Some(user) = &kept {
         if inner.catalog_contact.recent() {
             return Ok(user.clone());
         }
@@ -136,8 +138,10 @@ pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, F
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
             Err(FrontendError::Unauthorized("Invalid API key"))
         }
+        // What is kept was true when the catalog was last heard from: every change before
+        // that was pushed.
         Err(failure) => match kept {
-            Some((user, fetched)) if fetched.elapsed() < CREDENTIAL_BOUND => Ok(user),
+            Some(user) if inner.catalog_contact.silence() < CREDENTIAL_BOUND => Ok(user),
             _ => Err(failure.into()),
         },
     }

@@ -527,3 +527,49 @@ async fn cancel_by_client_order_id_is_checked_at_the_router() {
     let (status, body) = send(Request::post("/orders").body(Body::from(market)).unwrap()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// A frontend cut off from the catalog goes on with the credentials it keeps only while its
+/// last word from the catalog is under the bound (docs/API.md: a revoked key works at most that
+/// long there), and answers 503 for keys after it.
+#[tokio::test]
+async fn kept_credentials_outlive_the_catalog_only_within_their_bound() {
+    use std::time::Duration;
+
+    use stocknet_common::api_key::{ApiKey, Credential};
+    use stocknet_common::wire::{KeyRecord, UserRecord};
+
+    use crate::credentials::CREDENTIAL_BOUND;
+    use crate::upstream::catalog::CatalogContact;
+
+    let key = ApiKey::generate(1).unwrap();
+    let bearer = format!("Bearer {}", key.reveal());
+    for (silence, expected) in [
+        (CREDENTIAL_BOUND / 2, StatusCode::OK),
+        (
+            CREDENTIAL_BOUND + Duration::from_secs(1),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ] {
+        let mut state = lone_state(&[]);
+        let inner = std::sync::Arc::get_mut(&mut state.inner).expect("the only reference");
+        inner.catalog_contact = CatalogContact::silent_for(silence);
+        state.inner.credentials.keep(UserRecord {
+            id: 1,
+            created: 0,
+            display_name: None,
+            keys: vec![KeyRecord {
+                id: 1,
+                created: 0,
+                prefix: Some(key.prefix()),
+                credential: Credential::of(&key).unwrap(),
+                revoked: None,
+            }],
+        });
+        let request = Request::get("/users/1")
+            .header("authorization", &bearer)
+            .body(Body::empty())
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), expected, "silent for {silence:?}");
+    }
+}

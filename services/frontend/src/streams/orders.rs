@@ -118,8 +118,13 @@ pub async fn orders(
                         .await;
                     return;
                 }
-                // The catalog cannot say now: the key was good, and is asked again next round.
-                Err(_) => {}
+                // Cut off from the catalog past the credentials' bound: the key may have been
+                // revoked, so the stream ends; the client reconnects and resumes later.
+                Err(_) => {
+                    let reason = "the API key cannot be checked now; reconnect to resume";
+                    let _ = sink.send(close(close_code::AGAIN, reason)).await;
+                    return;
+                }
             }
             let polled = tokio::select! {
                 polled = next_page(&state, user, cursor) => polled,

@@ -43,6 +43,17 @@ impl Default for CatalogContact {
 }
 
 impl CatalogContact {
+    /// Contact that was last heard `silence` ago (for tests of what depends on it).
+    #[cfg(test)]
+    pub fn silent_for(silence: Duration) -> Self {
+        Self {
+            origin: Instant::now()
+                .checked_sub(silence)
+                .unwrap_or_else(Instant::now),
+            last: AtomicU64::new(0),
+        }
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -57,7 +68,16 @@ impl CatalogContact {
 
     /// Whether cached lookups can be trusted: the catalog was heard from within the lease.
     pub fn recent(&self) -> bool {
-        self.now().saturating_sub(self.last.load(Ordering::Acquire)) <= lease_ms()
+        self.silence_ms() <= lease_ms()
+    }
+
+    /// How long since this frontend last heard from the catalog.
+    pub fn silence(&self) -> Duration {
+        Duration::from_millis(self.silence_ms())
+    }
+
+    fn silence_ms(&self) -> u64 {
+        self.now().saturating_sub(self.last.load(Ordering::Acquire))
     }
 }
 
