@@ -20,6 +20,25 @@ struct Cli {
 }
 
 /// The state of a frontend whose catalog and order replicas are not running, with `flags`.
+/// The user `key` names, holding that one key: as a frontend keeps them once it has fetched them
+/// from the catalog.
+fn holder_of(key: &stocknet_common::api_key::ApiKey) -> stocknet_common::wire::UserRecord {
+    use stocknet_common::api_key::Credential;
+    use stocknet_common::wire::{KeyRecord, UserRecord};
+    UserRecord {
+        id: key.user(),
+        created: 0,
+        display_name: None,
+        keys: vec![KeyRecord {
+            id: 1,
+            created: 0,
+            prefix: Some(key.prefix()),
+            credential: Credential::of(key).unwrap(),
+            revoked: None,
+        }],
+    }
+}
+
 fn lone_state(flags: &[&str]) -> AppState {
     let mut args = vec![
         "frontend",
@@ -139,26 +158,14 @@ async fn envelopes_for_every_outcome_without_backends() {
 /// bad key is refused before any limit, and every user has a bucket of their own.
 #[tokio::test]
 async fn a_user_is_limited_by_their_key() {
-    use stocknet_common::api_key::{ApiKey, Credential};
-    use stocknet_common::wire::{KeyRecord, UserRecord};
+    use stocknet_common::api_key::ApiKey;
     let state = lone_state(&["--rate-limit", "1", "--rate-burst", "2"]);
     let keys: Vec<ApiKey> = (1..=2)
         .map(|user| ApiKey::generate(user).unwrap())
         .collect();
     for key in &keys {
         // As if this frontend had fetched their credentials from the catalog.
-        state.inner.credentials.keep(UserRecord {
-            id: key.user(),
-            created: 0,
-            display_name: None,
-            keys: vec![KeyRecord {
-                id: 1,
-                created: 0,
-                prefix: Some(key.prefix()),
-                credential: Credential::of(key).unwrap(),
-                revoked: None,
-            }],
-        });
+        state.inner.credentials.keep(holder_of(key));
     }
     let app = router(state);
     let get = |auth: Option<String>| {
@@ -535,8 +542,7 @@ async fn cancel_by_client_order_id_is_checked_at_the_router() {
 async fn kept_credentials_outlive_the_catalog_only_within_their_bound() {
     use std::time::Duration;
 
-    use stocknet_common::api_key::{ApiKey, Credential};
-    use stocknet_common::wire::{KeyRecord, UserRecord};
+    use stocknet_common::api_key::ApiKey;
 
     use crate::credentials::CREDENTIAL_BOUND;
     use crate::upstream::catalog::CatalogContact;
@@ -553,18 +559,7 @@ async fn kept_credentials_outlive_the_catalog_only_within_their_bound() {
         let mut state = lone_state(&[]);
         let inner = std::sync::Arc::get_mut(&mut state.inner).expect("the only reference");
         inner.catalog_contact = CatalogContact::silent_for(silence);
-        state.inner.credentials.keep(UserRecord {
-            id: 1,
-            created: 0,
-            display_name: None,
-            keys: vec![KeyRecord {
-                id: 1,
-                created: 0,
-                prefix: Some(key.prefix()),
-                credential: Credential::of(&key).unwrap(),
-                revoked: None,
-            }],
-        });
+        state.inner.credentials.keep(holder_of(&key));
         let request = Request::get("/users/1")
             .header("authorization", &bearer)
             .body(Body::empty())

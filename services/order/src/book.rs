@@ -823,6 +823,24 @@ impl Book {
 
     pub fn limit_view(&self, order: &LimitOrder) -> OrderView {
         OrderView {
+            fills: order
+                .trades
+                .iter()
+                .filter_map(|&id| self.matched(id))
+                .map(|t| Fill {
+                    trade: t.id,
+                    price: t.price,
+                    quantity: t.quantity,
+                })
+                .collect(),
+            ..self.limit_view_without_fills(order)
+        }
+    }
+
+    /// [`limit_view`](Self::limit_view) without the fill list, which grows with every trade
+    /// of the order (an order update carries its own entry's fills instead).
+    fn limit_view_without_fills(&self, order: &LimitOrder) -> OrderView {
+        OrderView {
             number: order.number,
             name: order.name.to_string(),
             side: order.side,
@@ -836,16 +854,7 @@ impl Book {
             status: order.status(),
             filled_quantity: order.filled,
             remaining_quantity: order.remaining(),
-            fills: order
-                .trades
-                .iter()
-                .filter_map(|&id| self.matched(id))
-                .map(|t| Fill {
-                    trade: t.id,
-                    price: t.price,
-                    quantity: t.quantity,
-                })
-                .collect(),
+            fills: Vec::new(),
             time_in_force: Some(order.time_in_force),
             expire_at: order.expires().map(rfc3339),
             post_only: Some(order.post_only),
@@ -927,7 +936,8 @@ impl Book {
             let view = if is_own && entered {
                 self.view(entry)
             } else {
-                self.order(number).map(|order| self.limit_view(&order))
+                self.order(number)
+                    .map(|order| self.limit_view_without_fills(&order))
             };
             let Some(mut order) = view else { continue };
             let user = match self.place(number) {
