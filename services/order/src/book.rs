@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::clock::day_of;
@@ -64,9 +63,10 @@ pub struct LimitOrder {
     /// What few orders have (an expiry, a client order id, an iceberg's slice), boxed: there
     /// is a record for every order ever placed, and matching reads and writes them.
     pub(crate) extras: Option<Box<Extras>>,
-    /// Ids of the trades it took part in, oldest first (most orders take part in one or two:
-    /// they allocate nothing).
-    pub trades: SmallVec<[u64; 2]>,
+    /// Id of the last trade it took part in (0: none); each trade links to the one before of
+    /// each of its orders ([`Book::order_trades`]), so that a fill appends to the trade list
+    /// alone and allocates nothing.
+    pub(crate) last_trade: u64,
     /// Its place in the time priority of its price level: a modify that loses priority gives
     /// it a new one, which makes its old queue slot stale. 0 once it is closed.
     pub(crate) slot: u64,
@@ -335,6 +335,9 @@ struct Matched {
     buy_order: u64,
     sell_order: u64,
     taker_side: Side,
+    /// The previous trade of its buy order, of its sell order (0: none).
+    buy_previous: u64,
+    sell_previous: u64,
 }
 
 /// One stock's two sides and trades.
@@ -387,13 +390,17 @@ pub struct Book {
     /// The open orders (a slab: a closed order's place goes to the next new one, listed in
     /// `free`); the price levels hold places in it, so matching looks nothing up.
     live: Vec<Live>,
+    /// The last trade of the open order at the same place in `live`: kept beside the slab
+    /// rather than in the order's record, so that a fill writes nothing of the records of
+    /// every order ever placed, whose caches it would miss. It moves to the record when the
+    /// order closes.
+    live_last_trade: Vec<u64>,
     free: Vec<u32>,
     /// Open order's number → its place in `live`.
     places: HashMap<u64, u32>,
     trades: Vec<Matched>,
-    /// The trades the order entering now took part in, their buyers and sellers, and the
-    /// resting orders it filled (kept to reuse their allocations).
-    taken: Vec<u64>,
+    /// The buyers and sellers of the trades of the order entering now, and the resting orders
+    /// it filled (kept to reuse their allocations).
     filled: Vec<u32>,
     /// The resting orders self-trade prevention cancelled while an order entered.
     withdrawn: Vec<u32>,
@@ -473,6 +480,15 @@ impl Book {
             reports,
             ..Book::default()
         };
+        // Each trade's link to the previous of its orders, and each order's last, follow from
+        // the trade list.
+        let mut last_trades: HashMap<u64, u64> = HashMap::new();
+        let mut links = Vec::with_capacity(trades.len());
+        for trade in &trades {
+            let buy_previous = last_trades.insert(trade.buy_order, trade.id);
+            let sell_previous = last_trades.insert(trade.sell_order, trade.id);
+            links.push((buy_previous.unwrap_or(0), sell_previous.unwrap_or(0)));
+        }
         let mut open = Vec::new();
         for order in orders {
             if order.filled > order.quantity || order.slot > next_slot {
@@ -489,6 +505,7 @@ impl Book {
             let stock = book.stock_place(&order.name)?;
             let order = LimitOrder {
                 name: book.stocks[stock as usize].name.clone(),
+                last_trade: last_trades.get(&order.number).copied().unwrap_or(0),
                 ..order
             };
             // A stop order waiting for its trigger goes back among its stock's stops.
@@ -509,7 +526,9 @@ impl Book {
                 book.keep_client_id(user, id, number);
             }
         }
-        for (index, trade) in trades.into_iter().enumerate() {
+        for (index, (trade, (buy_previous, sell_previous))) in
+            trades.into_iter().zip(links).enumerate()
+        {
             if trade.id != index as u64 + 1 {
                 return Err(format!("trade {} is out of place", trade.id));
             }
@@ -526,6 +545,8 @@ impl Book {
                 buy_order: trade.buy_order,
                 sell_order: trade.sell_order,
                 taker_side: trade.taker_side,
+                buy_previous,
+                sell_previous,
             });
         }
         open.sort_unstable();
@@ -595,6 +616,7 @@ impl Book {
             let live = &self.live[at as usize];
             (order.price, order.quantity, order.filled) = (live.price, live.quantity, live.filled);
             (order.slot, order.shown) = (live.slot, live.shown);
+            order.last_trade = self.live_last_trade[at as usize];
         }
         order
     }
@@ -627,6 +649,7 @@ impl Book {
     /// open orders; that place.
     fn open_live(&mut self, place: u32, stock: u32) -> Result<u32, String> {
         let order = &self.orders[place as usize];
+        let last_trade = order.last_trade;
         let live = Live {
             place,
             stock,
@@ -651,11 +674,13 @@ impl Book {
         let at = match self.free.pop() {
             Some(at) => {
                 self.live[at as usize] = live;
+                self.live_last_trade[at as usize] = last_trade;
                 at
             }
             None => {
                 let at = u32::try_from(self.live.len()).map_err(|_| "too many orders")?;
                 self.live.push(live);
+                self.live_last_trade.push(last_trade);
                 at
             }
         };
@@ -671,6 +696,7 @@ impl Book {
         let record = &mut self.orders[live.place as usize];
         (record.price, record.quantity, record.filled) = (live.price, live.quantity, live.filled);
         record.shown = live.shown;
+        record.last_trade = self.live_last_trade[at as usize];
         // A closed order is in no queue, however it closed.
         (record.slot, live.slot) = (0, 0);
         let (number, stock, place) = (live.number, live.stock, live.place);
@@ -752,6 +778,26 @@ impl Book {
     }
 
     /// `matched` as the wire names it.
+    /// The trades `order` took part in, oldest first.
+    fn order_trades(&self, order: &LimitOrder) -> Vec<&Matched> {
+        let mut trades = Vec::new();
+        let mut id = order.last_trade;
+        while let Some(trade) = self.matched(id) {
+            trades.push(trade);
+            id = match trade.buy_order == order.number {
+                true => trade.buy_previous,
+                false => trade.sell_previous,
+            };
+        }
+        trades.reverse();
+        trades
+    }
+
+    /// The ids of the trades `order` took part in, oldest first.
+    pub(crate) fn order_trade_ids(&self, order: &LimitOrder) -> Vec<u64> {
+        self.order_trades(order).iter().map(|t| t.id).collect()
+    }
+
     fn wire(&self, matched: &Matched) -> Trade {
         Trade {
             id: matched.id,
@@ -823,10 +869,9 @@ impl Book {
 
     pub fn limit_view(&self, order: &LimitOrder) -> OrderView {
         OrderView {
-            fills: order
-                .trades
-                .iter()
-                .filter_map(|&id| self.matched(id))
+            fills: self
+                .order_trades(order)
+                .into_iter()
                 .map(|t| Fill {
                     trade: t.id,
                     price: t.price,
@@ -1252,7 +1297,7 @@ impl Book {
             }
             .boxed(),
             pending: false,
-            trades: SmallVec::new(),
+            last_trade: 0,
             slot: 0,
         };
         let Ok(Some(live)) = self.push(stock, order) else {
@@ -1364,7 +1409,7 @@ impl Book {
                 ..Extras::default()
             }
             .boxed(),
-            trades: SmallVec::new(),
+            last_trade: 0,
             slot: 0,
         };
         if self.push(stock, order).is_err() {
@@ -1695,7 +1740,6 @@ impl Book {
         // The user whose orders this one may not trade with (an anonymous order trades).
         let prevented = taker.user.filter(|_| taker.self_trade != SelfTrade::None);
         let book = &mut self.stocks[taker.stock as usize];
-        self.taken.clear();
         self.traders.clear();
         self.filled.clear();
         self.withdrawn.clear();
@@ -1753,7 +1797,6 @@ impl Book {
             let id = self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
             resting.filled += quantity;
-            self.orders[resting.place as usize].trades.push(id);
             level.total -= u64::from(quantity);
             if resting.has(Live::ICEBERG) {
                 resting.shown -= quantity;
@@ -1778,10 +1821,22 @@ impl Book {
                 self.filled.push(queued);
             }
             remaining -= quantity;
-            self.taken.push(id);
-            let (buy_order, sell_order) = match side {
-                Side::Buy => (taker.number, resting.number),
-                Side::Sell => (resting.number, taker.number),
+            let taker_previous = std::mem::replace(&mut self.live_last_trade[at as usize], id);
+            let resting_previous =
+                std::mem::replace(&mut self.live_last_trade[queued as usize], id);
+            let (buy_order, sell_order, buy_previous, sell_previous) = match side {
+                Side::Buy => (
+                    taker.number,
+                    resting.number,
+                    taker_previous,
+                    resting_previous,
+                ),
+                Side::Sell => (
+                    resting.number,
+                    taker.number,
+                    resting_previous,
+                    taker_previous,
+                ),
             };
             self.traders.push(match side {
                 Side::Buy => (taker.user, resting.user),
@@ -1796,6 +1851,8 @@ impl Book {
                 buy_order,
                 sell_order,
                 taker_side: side,
+                buy_previous,
+                sell_previous,
             });
             book.trades.push(id);
             book.last_price = Some(price);
@@ -1827,11 +1884,6 @@ impl Book {
         };
         let live = &mut self.live[at as usize];
         (live.filled, live.slot, live.shown) = (taker.quantity - remaining, slot, shown);
-        if !self.taken.is_empty() {
-            self.orders[taker.place as usize]
-                .trades
-                .extend_from_slice(&self.taken);
-        }
         if remaining == 0 {
             self.close(at);
         } else if !rests {

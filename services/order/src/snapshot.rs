@@ -142,7 +142,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 stop: o.stop_price().map(Price::cents),
                 protection_bps: o.extras.as_ref().and_then(|e| e.protection_bps),
                 triggered: o.triggered(),
-                trades: o.trades.to_vec(),
+                trades: book.order_trade_ids(&o),
                 slot: o.slot,
             })
             .collect(),
@@ -248,7 +248,9 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         market: o.market,
         shown: o.shown,
         pending: o.pending,
-        trades: o.trades.into(),
+        // Linked from the trade list by `from_parts`. An order's own list of trade ids is
+        // kept in the format, unchanged, for replicas of the previous release.
+        last_trade: 0,
         slot: o.slot,
     });
     let trades = image.trades.into_iter().map(|t| Trade {
