@@ -55,6 +55,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     return_large_blocks_to_the_system();
+    // Before any thread starts: it reads and clears environment variables.
+    if let Err(e) = stocknet_common::listeners::adopt() {
+        eprintln!("stocknet: cannot take over the listeners handed to it: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     stocknet_common::server::init_tracing(cli.log.log_format);
     let result = tokio::runtime::Runtime::new()

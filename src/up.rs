@@ -1,12 +1,17 @@
-//! `stocknet up`: the whole system on 127.0.0.1 as supervised child processes.
+//! `stocknet up`: the whole system on 127.0.0.1 as supervised child processes. `up` binds
+//! every port first (0 picks a free one) and hands each service its socket, so a port in use
+//! is an error before anything starts, and every address is known to every service.
 
 use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use stocknet_common::clock::{day_of, day_text, now_millis, DAY_MS};
@@ -17,6 +22,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::report;
 use stocknet_common::env;
+use stocknet_common::listeners;
 use stocknet_common::ports;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +90,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 struct Service {
     name: String,
     args: Vec<String>,
+    /// The port it listens on; its socket is bound here and handed to it.
+    port: u16,
+    /// The socket bound for its first start; a restart binds the port again.
+    listener: Option<TcpListener>,
     ready_url: String,
     child: Option<Child>,
     restarts: u32,
@@ -94,9 +104,21 @@ struct Service {
 impl Service {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the stocknet binary")?;
+        let listener = match self.listener.take() {
+            Some(listener) => listener,
+            None => bind(self.port)?,
+        };
         let mut command = Command::new(exe);
         command
+            .fd_mappings(vec![FdMapping {
+                parent_fd: OwnedFd::from(listener),
+                child_fd: 3,
+            }])
+            .context("cannot hand a socket over")?;
+        command
             .args(&self.args)
+            .env("LISTEN_FDS", "1")
+            .env(listeners::NAMES_ENV, listeners::PUBLIC)
             .env(LOG_FORMAT_ENV, self.log_format.as_str())
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -129,14 +151,31 @@ impl Service {
     }
 }
 
-pub async fn run(config: UpConfig, log_format: LogFormat) -> anyhow::Result<()> {
+pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<()> {
     if config.order_ports.is_empty() {
         bail!("--order-ports needs at least one port");
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let secret = ensure_secret(&config.data_dir)?;
+    let mut listeners = vec![bind(config.catalog_port)?];
+    for port in &config.order_ports {
+        listeners.push(bind(*port)?);
+    }
+    listeners.push(bind(config.frontend_port)?);
+    // Ports given as 0 are now the ones the system picked.
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    let (catalog, rest) = ports.split_first().context("no ports")?;
+    let (frontend, orders) = rest.split_last().context("no ports")?;
+    (config.catalog_port, config.frontend_port) = (*catalog, *frontend);
+    config.order_ports = orders.to_vec();
     let mut services = plan(&config, &secret, log_format);
+    for (service, listener) in services.iter_mut().zip(listeners) {
+        service.listener = Some(listener);
+    }
     for service in &mut services {
         service.spawn()?;
     }
@@ -198,6 +237,11 @@ async fn report_daily(
     }
 }
 
+/// A socket listening on `port` of 127.0.0.1 (0: a free port), to hand to a service.
+fn bind(port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("cannot listen on port {port}"))
+}
+
 /// The deployment's shared secret, `<data dir>/secret`: made on first run (64 random hex
 /// digits, mode 0600), read afterwards. Returns its path, which every service is given.
 fn ensure_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
@@ -254,6 +298,8 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         name: "catalog".into(),
         args: catalog_args,
         ready_url: format!("{}/health", local(config.catalog_port)),
+        port: config.catalog_port,
+        listener: None,
         child: None,
         restarts: 0,
         log_format,
@@ -277,6 +323,8 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
                 secret.clone(),
             ],
             ready_url: format!("{}/ready", local(*port)),
+            port: *port,
+            listener: None,
             child: None,
             restarts: 0,
             log_format,
@@ -302,6 +350,8 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         name: "frontend".into(),
         args: frontend_args,
         ready_url: format!("{}/health", local(config.frontend_port)),
+        port: config.frontend_port,
+        listener: None,
         child: None,
         restarts: 0,
         log_format,

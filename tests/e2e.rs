@@ -668,8 +668,13 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
 /// there (with the secret) and not on its public port, and the public API not there.
 #[tokio::test]
 async fn internal_routes_can_have_a_port_of_their_own() {
-    let internal = common::free_port();
-    let frontend = common::LoneFrontend::start(&["--internal-port", &internal.to_string()]).await;
+    let listener = common::listener();
+    let internal = common::port_of(&listener);
+    let frontend = common::LoneFrontend::start_with(
+        &["--internal-port", &internal.to_string()],
+        vec![(stocknet_common::listeners::INTERNAL, listener)],
+    )
+    .await;
     let (public, internal) = (frontend.url.clone(), common::url(internal));
     let http = reqwest::Client::new();
     let push = |base: &str| {
@@ -1384,7 +1389,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
 
     // A webhook that fails does not stop the mail, and is tried again on the next run alone.
     let out_half = archive.path().join("half");
-    let dead = format!("http://127.0.0.1:{}/hook", common::free_port());
+    let dead = format!("http://127.0.0.1:{}/hook", common::closed_port());
     let half = |webhook: String| {
         let mut command = tokio::process::Command::new(common::BIN);
         command
@@ -1431,7 +1436,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
 
     // Nobody listens: non-zero, a clear message, the files in place, nothing recorded.
     let out_failed = archive.path().join("failed");
-    let nobody = format!("http://127.0.0.1:{}/hook", common::free_port());
+    let nobody = format!("http://127.0.0.1:{}/hook", common::closed_port());
     let failed = tokio::process::Command::new(common::BIN)
         .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
         .arg(&out_failed)
@@ -1546,8 +1551,13 @@ async fn every_service_serves_prometheus_metrics() {
         }
     }
 
-    let port = common::free_port();
-    let lone = common::LoneFrontend::start(&["--metrics-port", &port.to_string()]).await;
+    let listener = common::listener();
+    let port = common::port_of(&listener);
+    let lone = common::LoneFrontend::start_with(
+        &["--metrics-port", &port.to_string()],
+        vec![(stocknet_common::listeners::METRICS, listener)],
+    )
+    .await;
     let own_port = scrape(&common::url(port)).await;
     assert!(
         own_port.contains("stocknet_frontend_cache_hits_total"),

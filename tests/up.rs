@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, url, wait_until, BIN};
+use common::{url, wait_until, BIN};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -38,8 +38,9 @@ fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok() && !stat.contains(") Z ")
 }
 
-/// `stocknet up` on free ports, once it has printed its banner (every service ready). Dropping
-/// it kills `up`; its children follow it (parent-death signal).
+/// `stocknet up` on ports the system picks (all given as 0), once it has printed its banner
+/// (every service ready), which tells the ports. Dropping it kills `up`; its children follow
+/// it (parent-death signal).
 struct Up {
     child: std::process::Child,
     frontend: u16,
@@ -49,14 +50,10 @@ struct Up {
 
 impl Up {
     fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
-        let (frontend, catalog) = (free_port(), free_port());
-        let orders: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let order_ports: Vec<String> = orders.iter().map(u16::to_string).collect();
         let mut child = Command::new(BIN)
             .args(["up", "--data-dir", &data_dir.display().to_string()])
-            .args(["--frontend-port", &frontend.to_string()])
-            .args(["--catalog-port", &catalog.to_string()])
-            .args(["--order-ports", &order_ports.join(",")])
+            .args(["--frontend-port", "0", "--catalog-port", "0"])
+            .args(["--order-ports", "0,0,0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -65,25 +62,38 @@ impl Up {
             .spawn()
             .unwrap();
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let up = Self {
-            child,
-            frontend,
-            catalog,
-            orders,
-        };
-        // `up` prints its banner once every service is ready; the last line ends it.
+        // `up` prints its banner once every service is ready, a line per service with its
+        // URL; the last line ends it.
         let (banner_tx, banner_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut banner = Vec::new();
             for line in stdout.lines().map_while(Result::ok) {
                 if line.contains("Ctrl-C stops everything") {
-                    let _ = banner_tx.send(());
+                    let _ = banner_tx.send(std::mem::take(&mut banner));
+                } else {
+                    banner.push(line);
                 }
             }
         });
-        banner_rx
+        let banner = banner_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("up prints its banner");
-        up
+        let port = |service: &str| {
+            banner
+                .iter()
+                .filter_map(|line| line.trim().strip_prefix(service))
+                .find_map(|rest| {
+                    let port = rest.trim().strip_prefix("http://127.0.0.1:")?;
+                    port.split_whitespace().next()?.parse::<u16>().ok()
+                })
+                .unwrap_or_else(|| panic!("no {service} port in the banner: {banner:?}"))
+        };
+        Self {
+            frontend: port("frontend"),
+            catalog: port("catalog"),
+            orders: (1..=3).map(|i| port(&format!("order {i}"))).collect(),
+            child,
+        }
     }
 
     fn pid(&self) -> u32 {

@@ -1,5 +1,8 @@
 //! Harness for end-to-end tests: real `stocknet` processes on free 127.0.0.1 ports, each in
 //! its own temporary data directory, killed and reaped when the test ends (also on failure).
+//! The harness binds every port first (port 0: the system picks a free one) and hands each
+//! process its sockets (`stocknet_common::listeners`), so every address is known before any
+//! process starts and no other process can take a port meanwhile.
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
@@ -9,14 +12,17 @@ pub mod browser;
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+use stocknet_common::listeners::PUBLIC;
 use tokio::time::{sleep, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stocknet");
@@ -27,10 +33,6 @@ pub const SECRET: &str = "test-cluster-shared-secret";
 /// Book entries between snapshots in test clusters.
 pub const BOOK_SNAPSHOT_EVERY: &str = "50";
 
-/// A port nobody listens on right now, for a service to bind later. It lies below the kernel's
-/// ephemeral range (32768–60999 by default), so no outgoing connection can take it as its
-/// local port in the meantime, as one could a port that `bind(0)` handed out; and each call
-/// in this process gets a different one.
 /// The entries of `log` (a replica's log as JSON) that are commands somebody sent: not the
 /// replica group's own entries (a new leader's, a membership change).
 pub fn orders_only(log: &[Value]) -> Vec<Value> {
@@ -55,7 +57,11 @@ pub fn without_request_id(mut body: Value) -> Value {
     body
 }
 
-pub fn free_port() -> u16 {
+/// A socket listening on a free port of 127.0.0.1, to hand to a process. The port lies below
+/// the kernel's ephemeral range (32768–60999 by default), so no outgoing connection takes it
+/// as its local port while the process restarts and the port is bound again, as one could a
+/// port that `bind(0)` handed out; each call in this process gets a different one.
+pub fn listener() -> TcpListener {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -65,10 +71,20 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(n < SPAN, "no free port left below the ephemeral range");
         let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
         }
     }
+}
+
+/// The port `listener` listens on.
+pub fn port_of(listener: &TcpListener) -> u16 {
+    listener.local_addr().expect("a bound listener").port()
+}
+
+/// A port nobody listens on: an address that refuses connections.
+pub fn closed_port() -> u16 {
+    port_of(&listener())
 }
 
 pub fn url(port: u16) -> String {
@@ -103,7 +119,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, response.json().await.expect("JSON body"))
 }
 
-/// One child process, restartable with the same arguments.
+/// One child process, restartable with the same arguments and ports.
 pub struct Proc {
     pub name: String,
     args: Vec<String>,
@@ -111,23 +127,39 @@ pub struct Proc {
     /// Its `RUST_LOG`.
     filter: String,
     child: Option<Child>,
+    /// What it listens on: by name (`stocknet_common::listeners`), the port.
+    ports: Vec<(&'static str, u16)>,
+    /// The sockets bound for its first start; later starts bind its ports again.
+    first: Vec<TcpListener>,
 }
 
 impl Proc {
-    pub fn start(name: &str, args: Vec<String>, log_dir: &Path) -> Self {
-        let mut proc = Self::prepare(name, args, log_dir);
+    pub fn start(
+        name: &str,
+        args: Vec<String>,
+        log_dir: &Path,
+        listeners: Vec<(&'static str, TcpListener)>,
+    ) -> Self {
+        let mut proc = Self::prepare(name, args, log_dir, listeners);
         proc.restart();
         proc
     }
 
-    /// The process, not started yet (`restart` starts it).
-    pub fn prepare(name: &str, args: Vec<String>, log_dir: &Path) -> Self {
+    /// The process, not started yet (`restart` starts it), to be handed `listeners`.
+    pub fn prepare(
+        name: &str,
+        args: Vec<String>,
+        log_dir: &Path,
+        listeners: Vec<(&'static str, TcpListener)>,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             args,
             log: log_dir.join(format!("{}.log", name.replace(' ', "-"))),
             filter: "warn".into(),
             child: None,
+            ports: listeners.iter().map(|(n, l)| (*n, port_of(l))).collect(),
+            first: listeners.into_iter().map(|(_, l)| l).collect(),
         }
     }
 
@@ -138,15 +170,40 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = Command::new(BIN)
+        let listeners = match self.first.is_empty() {
+            false => std::mem::take(&mut self.first),
+            true => self
+                .ports
+                .iter()
+                .map(|(_, port)| {
+                    TcpListener::bind(("127.0.0.1", *port)).unwrap_or_else(|e| {
+                        panic!("{} cannot have port {port} again: {e}", self.name)
+                    })
+                })
+                .collect(),
+        };
+        let names: Vec<&str> = self.ports.iter().map(|(name, _)| *name).collect();
+        let mut command = Command::new(BIN);
+        command
             .args(&self.args)
             .env("RUST_LOG", &self.filter)
+            .env("LISTEN_FDS", listeners.len().to_string())
+            .env(stocknet_common::listeners::NAMES_ENV, names.join(":"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn stocknet");
-        self.child = Some(child);
+            .stderr(log);
+        let mappings = listeners
+            .into_iter()
+            .zip(3..)
+            .map(|(listener, child_fd)| FdMapping {
+                parent_fd: OwnedFd::from(listener),
+                child_fd,
+            });
+        command
+            .fd_mappings(mappings.collect())
+            .expect("distinct descriptors");
+        // (Dropping `command` then closes this process's copies of the sockets.)
+        self.child = Some(command.spawn().expect("spawn stocknet"));
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -193,10 +250,19 @@ pub struct LoneFrontend {
 
 impl LoneFrontend {
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, Vec::new()).await
+    }
+
+    /// With more listeners (e.g. `--internal-port`'s, named `internal`).
+    pub async fn start_with(
+        extra: &[&str],
+        mut listeners: Vec<(&'static str, TcpListener)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, SECRET).expect("write the secret");
-        let port = free_port();
+        let public = listener();
+        let port = port_of(&public);
         let mut args: Vec<String> = [
             "frontend",
             "--port",
@@ -211,7 +277,8 @@ impl LoneFrontend {
         .map(str::to_owned)
         .to_vec();
         args.extend(extra.iter().map(|a| a.to_string()));
-        let frontend = Proc::start("frontend", args, dir.path());
+        listeners.insert(0, (PUBLIC, public));
+        let frontend = Proc::start("frontend", args, dir.path(), listeners);
         let url = url(port);
         let http = reqwest::Client::new();
         // Serving means every port it was given is bound.
@@ -265,9 +332,12 @@ impl Cluster {
     async fn launch(frontends: usize, replicas: usize, founders: usize, filter: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().display().to_string();
-        let catalog_port = free_port();
-        let order_ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
-        let frontend_ports: Vec<u16> = (0..frontends).map(|_| free_port()).collect();
+        let catalog_listener = listener();
+        let order_listeners: Vec<TcpListener> = (0..replicas).map(|_| listener()).collect();
+        let frontend_listeners: Vec<TcpListener> = (0..frontends).map(|_| listener()).collect();
+        let catalog_port = port_of(&catalog_listener);
+        let order_ports: Vec<u16> = order_listeners.iter().map(port_of).collect();
+        let frontend_ports: Vec<u16> = frontend_listeners.iter().map(port_of).collect();
         let catalog_url = url(catalog_port);
         let order_urls: Vec<String> = order_ports.iter().map(|p| url(*p)).collect();
         let frontend_urls: Vec<String> = frontend_ports.iter().map(|p| url(*p)).collect();
@@ -291,8 +361,8 @@ impl Cluster {
             args
         };
         // Each process logs with `filter`; replicas that are to join are only prepared.
-        let logged = |name: &str, args: Vec<String>, start: bool| {
-            let mut proc = Proc::prepare(name, args, dir.path());
+        let logged = |name: &str, args: Vec<String>, listener: TcpListener, start: bool| {
+            let mut proc = Proc::prepare(name, args, dir.path(), vec![(PUBLIC, listener)]);
             proc.filter = filter.to_owned();
             if start {
                 proc.restart();
@@ -310,12 +380,14 @@ impl Cluster {
                 "--frontends",
                 &frontend_urls.join(","),
             ]),
+            catalog_listener,
             true,
         );
         let orders = order_ports
             .iter()
+            .zip(order_listeners)
             .enumerate()
-            .map(|(i, port)| {
+            .map(|(i, (port, listener))| {
                 logged(
                     &format!("order {}", i + 1),
                     args(&[
@@ -334,14 +406,16 @@ impl Cluster {
                         "--book-snapshot-every",
                         BOOK_SNAPSHOT_EVERY,
                     ]),
+                    listener,
                     i < founders,
                 )
             })
             .collect();
         let frontends = frontend_ports
             .iter()
+            .zip(frontend_listeners)
             .enumerate()
-            .map(|(i, port)| {
+            .map(|(i, (port, listener))| {
                 logged(
                     &format!("frontend {}", i + 1),
                     args(&[
@@ -355,6 +429,7 @@ impl Cluster {
                         "--cache-size",
                         "4",
                     ]),
+                    listener,
                     true,
                 )
             })

@@ -19,6 +19,7 @@ use futures::future::join_all;
 use stocknet_common::auth::require_secret;
 use stocknet_common::env;
 use stocknet_common::envelope::bounded;
+use stocknet_common::listeners;
 use stocknet_common::paths;
 use stocknet_common::ports;
 use stocknet_common::wire::{
@@ -215,7 +216,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Binds the configured address and serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::from_config(&config)?;
-    let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
+    let (listener, addr) =
+        listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, frontends = ?config.frontends, "catalog listening");
     // A crash may have come between writing a trade and invalidating it: frontends that
     // outlived this process drop everything they cached from it.

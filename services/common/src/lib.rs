@@ -12,6 +12,7 @@ pub mod clock;
 pub mod env;
 pub mod envelope;
 pub mod file;
+pub mod listeners;
 pub mod metrics;
 pub mod model;
 pub mod paths;

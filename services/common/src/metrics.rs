@@ -362,7 +362,8 @@ pub async fn spawn_metrics_port(
     let Some(port) = port else {
         return Ok(());
     };
-    let (listener, addr) = crate::server::bind(std::net::SocketAddr::new(host, port)).await?;
+    let addr = std::net::SocketAddr::new(host, port);
+    let (listener, addr) = crate::listeners::listen(crate::listeners::METRICS, addr).await?;
     tracing::info!(%addr, "metrics listening");
     tokio::spawn(async move {
         let served =

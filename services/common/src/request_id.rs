@@ -187,9 +187,8 @@ mod tests {
                 crate::data(id)
             }),
         );
-        let (listener, address) = crate::server::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, echo).await });
         let url = format!("http://{address}/");
         let http = crate::http_client(std::time::Duration::from_secs(2));

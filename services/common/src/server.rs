@@ -91,13 +91,6 @@ where
     }
 }
 
-/// Binds `addr` (port 0 picks a free port) and returns the listener and the bound address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
-}
-
 /// Serves until `shutdown` resolves, then finishes in-flight requests. Handlers can see the
 /// client's address (`ConnectInfo<SocketAddr>`), e.g. to limit each client's rate.
 pub async fn serve(

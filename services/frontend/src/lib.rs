@@ -16,6 +16,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 
 use axum::Router;
+use stocknet_common::listeners;
 use stocknet_common::metrics;
 use stocknet_common::server;
 
@@ -53,7 +54,8 @@ pub fn internal_router(state: AppState) -> Router {
 
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::new(&config, config.secret.load()?);
-    let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
+    let (listener, addr) =
+        listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, cache = !config.no_cache, cache_size = config.cache_size, "frontend listening");
     let finding = state.clone();
     tokio::spawn(async move {
@@ -70,8 +72,11 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         server::serve(listener, router(state), server::shutdown_signal()).await?;
         return Ok(());
     };
-    let (internal, internal_addr) =
-        server::bind(SocketAddr::new(config.host, internal_port)).await?;
+    let (internal, internal_addr) = listeners::listen(
+        listeners::INTERNAL,
+        SocketAddr::new(config.host, internal_port),
+    )
+    .await?;
     tracing::info!(%internal_addr, "internal routes listening");
     // One signal stops both listeners.
     let (stop, stopped) = tokio::sync::watch::channel(false);

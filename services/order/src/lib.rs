@@ -33,6 +33,7 @@ use serde::Deserialize;
 use stocknet_common::auth::require_secret;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
+use stocknet_common::listeners;
 use stocknet_common::model;
 use stocknet_common::paths;
 use stocknet_common::wire::{
@@ -234,7 +235,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Serves on the configured address.
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
     let state = AppState::start(&config).await?;
-    let (listener, addr) = server::bind(SocketAddr::new(config.host, config.port)).await?;
+    let (listener, addr) =
+        listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, node_id = state.replica.health().node_id, "order replica listening");
     let replica = state.replica.clone();
     let scrape =
