@@ -1245,7 +1245,6 @@ impl Book {
         let number = entry.number;
         let terms = entry.command.terms();
         let client_order_id = entry.command.client_order_id();
-        let market = matches!(entry.command, Command::Sweep { .. });
         self.check_client_id(entry)?;
         // Four billion stocks or limit orders in one book: refused, like an unknown target.
         let stock = self
@@ -1274,32 +1273,14 @@ impl Book {
                 });
             }
         }
-        let order = LimitOrder {
-            number,
-            name: self.stocks[stock as usize].name.clone(),
-            user: entry.user,
-            side,
-            price,
-            quantity,
-            filled: 0,
-            removal: None,
-            time_in_force: terms.time_in_force,
-            post_only: terms.post_only,
-            self_trade: terms.self_trade,
-            market,
-            shown: 0,
-            extras: Extras {
-                expires,
-                client_order_id: client_order_id.map(Arc::from),
-                display: terms.display_quantity,
-                stop_price: terms.stop_price,
-                ..Extras::default()
-            }
-            .boxed(),
-            pending: false,
-            last_trade: 0,
-            slot: 0,
+        let extras = Extras {
+            expires,
+            client_order_id: client_order_id.map(Arc::from),
+            display: terms.display_quantity,
+            stop_price: terms.stop_price,
+            ..Extras::default()
         };
+        let order = self.new_order(entry, stock, (side, quantity, price), &terms, extras);
         let Ok(Some(live)) = self.push(stock, order) else {
             return Err(Refusal::NotFound(number));
         };
@@ -1313,6 +1294,37 @@ impl Book {
             self.keep_client_id(entry.user, client_order_id.map(Arc::from), number);
         }
         Ok(number)
+    }
+
+    /// Entry `entry`'s new order (`side`, `quantity`, `price`) of the stock at `stock`, under
+    /// `terms`, as it arrives: nothing filled, in no queue.
+    fn new_order(
+        &self,
+        entry: &Order,
+        stock: u32,
+        (side, quantity, price): (Side, u32, Price),
+        terms: &Terms,
+        extras: Extras,
+    ) -> LimitOrder {
+        LimitOrder {
+            number: entry.number,
+            name: self.stocks[stock as usize].name.clone(),
+            user: entry.user,
+            side,
+            price,
+            quantity,
+            filled: 0,
+            removal: None,
+            time_in_force: terms.time_in_force,
+            post_only: terms.post_only,
+            self_trade: terms.self_trade,
+            market: matches!(entry.command, Command::Sweep { .. }),
+            shown: 0,
+            extras: extras.boxed(),
+            pending: false,
+            last_trade: 0,
+            slot: 0,
+        }
     }
 
     /// Enters market order `entry` against the book: as an `ioc` or `fok` order whose limit is
@@ -1387,30 +1399,17 @@ impl Book {
             return Err(Refusal::NotFound(number));
         };
         self.check_client_id(entry)?;
+        let extras = Extras {
+            client_order_id: client_order_id.map(Arc::from),
+            stop_price: Some(stop),
+            protection_bps: protection,
+            ..Extras::default()
+        };
         let order = LimitOrder {
-            number,
-            name: self.stocks[stock as usize].name.clone(),
-            user: entry.user,
-            side,
-            price,
-            quantity,
-            filled: 0,
-            removal: None,
-            time_in_force: terms.time_in_force,
             post_only: false,
-            self_trade: terms.self_trade,
             market: protection.is_some(),
-            shown: 0,
             pending: true,
-            extras: Extras {
-                client_order_id: client_order_id.map(Arc::from),
-                stop_price: Some(stop),
-                protection_bps: protection,
-                ..Extras::default()
-            }
-            .boxed(),
-            last_trade: 0,
-            slot: 0,
+            ..self.new_order(entry, stock, (side, quantity, price), &terms, extras)
         };
         if self.push(stock, order).is_err() {
             return Err(Refusal::NotFound(number));
