@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use stocknet_common::env;
 use stocknet_common::paths;
+use stocknet_common::ports;
 use stocknet_common::wire::KeyRecord;
 use stocknet_common::SecretArgs;
 
@@ -41,7 +42,7 @@ pub enum AdminCommand {
         #[arg(
             long,
             env = env::CATALOG_URL,
-            default_value = "http://127.0.0.1:8081"
+            default_value = ports::CATALOG_URL
         )]
         catalog: String,
         #[arg(long)]

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use connection::{Connection, Target};
 use stocknet_common::env;
+use stocknet_common::ports;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadConfig {
@@ -25,7 +26,7 @@ pub struct LoadConfig {
     #[arg(
         long,
         env = env::LOAD_FRONTEND,
-        default_value = "http://127.0.0.1:8080"
+        default_value = ports::FRONTEND_URL
     )]
     pub frontend: String,
     /// Concurrent client sessions.

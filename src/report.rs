@@ -18,6 +18,7 @@ use sha2::Sha256;
 use stocknet_common::clock::{day_of, day_text, now_millis, parse_day, DAY_MS};
 use stocknet_common::env;
 use stocknet_common::file;
+use stocknet_common::ports;
 use stocknet_common::wire::DailyReport;
 use stocknet_common::Price;
 
@@ -36,7 +37,7 @@ pub struct ReportConfig {
     #[arg(
         long,
         env = env::REPORT_FRONTEND,
-        default_value = "http://127.0.0.1:8080"
+        default_value = ports::FRONTEND_URL
     )]
     pub frontend: String,
     /// Recompute the report from this order log (`orders-<id>.csv`) instead of asking a

@@ -39,7 +39,7 @@ pub struct UpConfig {
         long,
         env = env::ORDER_PORTS,
         value_delimiter = ',',
-        default_value = "8091,8092,8093"
+        default_value = ports::ORDER_PORTS
     )]
     pub order_ports: Vec<u16>,
     /// Stocks held by the frontend's cache (below the catalog's 12 stocks by default).

@@ -23,7 +23,7 @@ pub struct Config {
     #[arg(
         long,
         env = env::CATALOG_URL,
-        default_value = "http://127.0.0.1:8081"
+        default_value = ports::CATALOG_URL
     )]
     pub catalog_url: String,
     /// Order replicas as ID=URL, comma-separated.
@@ -32,7 +32,7 @@ pub struct Config {
         env = env::ORDER_REPLICAS,
         value_delimiter = ',',
         value_parser = parse_peer,
-        default_value = "1=http://127.0.0.1:8091,2=http://127.0.0.1:8092,3=http://127.0.0.1:8093"
+        default_value = ports::ORDER_REPLICAS
     )]
     pub order_replicas: Vec<Peer>,
     /// Number of stocks the lookup cache holds (kept below the catalog size so that the

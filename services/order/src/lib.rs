@@ -79,7 +79,7 @@ pub struct Config {
     #[arg(
         long,
         env = env::CATALOG_URL,
-        default_value = "http://127.0.0.1:8081"
+        default_value = ports::CATALOG_URL
     )]
     pub catalog_url: String,
     /// Directory holding orders-<id>.csv, term-<id> and book-<id>.snap.
