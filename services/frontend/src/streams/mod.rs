@@ -252,50 +252,30 @@ pub async fn book(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, FrontendError> {
     stock(&state, &name).await?.into_stock();
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        let mut receiver = state.inner.streams.subscribe_market(&state);
-        let (mut sink, mut stream) = socket.split();
-        'snapshot: loop {
-            let Some(depth) = book_snapshot(&state, &name).await else {
-                let _ = sink
-                    .send(close(close_code::AGAIN, "no order leader available"))
-                    .await;
-                return;
-            };
-            let applied = depth.applied;
-            if send(
-                &mut sink,
-                Message::Text(frame(&BookFrame::Snapshot(depth)).into()),
-            )
-            .await
-            .is_err()
-            {
-                return;
-            }
-            loop {
-                let event = match next_item(&mut receiver, &mut stream).await {
-                    Next::Item(MarketItem::Event(event)) => event,
-                    Next::Item(MarketItem::Gap) => continue 'snapshot,
-                    Next::Behind(missed) => {
-                        let _ = sink.send(slow_consumer(missed)).await;
-                        return;
-                    }
-                    Next::Done => return,
-                };
-                if event.name != name || event.entry <= applied || event.levels.is_empty() {
-                    continue;
-                }
-                let update = frame(&BookFrame::Update {
-                    entry: event.entry,
-                    levels: event.levels.clone(),
-                    last_price: event.last_price,
-                });
-                if send(&mut sink, Message::Text(update.into())).await.is_err() {
-                    return;
-                }
-            }
+    Ok(upgrade.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
+}
+
+/// `GET /ws/book/{name}`'s frames.
+struct BookStream {
+    name: String,
+}
+
+impl Followed for BookStream {
+    async fn snapshot(&mut self, state: &AppState) -> Option<(u64, String)> {
+        let depth = book_snapshot(state, &self.name).await?;
+        Some((depth.applied, frame(&BookFrame::Snapshot(depth))))
+    }
+
+    fn update(&mut self, event: &MarketEvent) -> Option<String> {
+        if event.name != self.name || event.levels.is_empty() {
+            return None;
         }
-    }))
+        Some(frame(&BookFrame::Update {
+            entry: event.entry,
+            levels: event.levels.clone(),
+            last_price: event.last_price,
+        }))
+    }
 }
 
 /// The query of `GET /ws/candles/{name}`.
@@ -328,76 +308,123 @@ pub async fn candles(
 ) -> Result<Response, FrontendError> {
     stock(&state, &name).await?.into_stock();
     let interval = query.interval.unwrap_or_default();
-    let width = interval.millis();
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        let mut receiver = state.inner.streams.subscribe_market(&state);
-        let (mut sink, mut stream) = socket.split();
-        'snapshot: loop {
-            let Some(snapshot) = candle_snapshot(&state, &name, interval).await else {
-                let _ = sink
-                    .send(close(close_code::AGAIN, "no order leader available"))
-                    .await;
-                return;
-            };
-            let applied = snapshot.applied;
-            // The last candle, which the next trades extend while they fall in its interval.
-            let mut last: Option<(u64, Candle)> = snapshot.candles.last().and_then(|candle| {
-                let start = parse_instant(&candle.time).ok()?;
-                Some((start, candle.clone()))
+    let stream = CandleStream {
+        name,
+        interval,
+        last: None,
+    };
+    Ok(upgrade.on_upgrade(move |socket| follow(state, socket, stream)))
+}
+
+/// `GET /ws/candles/{name}`'s frames.
+struct CandleStream {
+    name: String,
+    interval: CandleInterval,
+    /// The last candle sent and its start, which the next trades extend while they fall in
+    /// its interval.
+    last: Option<(u64, Candle)>,
+}
+
+impl Followed for CandleStream {
+    async fn snapshot(&mut self, state: &AppState) -> Option<(u64, String)> {
+        let snapshot = candle_snapshot(state, &self.name, self.interval).await?;
+        self.last = snapshot.candles.last().and_then(|candle| {
+            let start = parse_instant(&candle.time).ok()?;
+            Some((start, candle.clone()))
+        });
+        Some((snapshot.applied, frame(&CandleFrame::Snapshot(snapshot))))
+    }
+
+    fn update(&mut self, event: &MarketEvent) -> Option<String> {
+        if event.name != self.name || event.trades.is_empty() {
+            return None;
+        }
+        let width = self.interval.millis();
+        let start = event.time - event.time % width;
+        for trade in &event.trades {
+            self.last = Some(match self.last.take() {
+                Some((at, mut candle)) if at == start => {
+                    candle.high = candle.high.max(trade.price);
+                    candle.low = candle.low.min(trade.price);
+                    candle.close = trade.price;
+                    candle.volume += u64::from(trade.quantity);
+                    candle.trades += 1;
+                    (at, candle)
+                }
+                _ => (
+                    start,
+                    Candle {
+                        time: rfc3339(start),
+                        open: trade.price,
+                        high: trade.price,
+                        low: trade.price,
+                        close: trade.price,
+                        volume: u64::from(trade.quantity),
+                        trades: 1,
+                    },
+                ),
             });
-            let first = frame(&CandleFrame::Snapshot(snapshot));
-            if send(&mut sink, Message::Text(first.into())).await.is_err() {
-                return;
-            }
-            loop {
-                let event = match next_item(&mut receiver, &mut stream).await {
-                    Next::Item(MarketItem::Event(event)) => event,
-                    Next::Item(MarketItem::Gap) => continue 'snapshot,
-                    Next::Behind(missed) => {
-                        let _ = sink.send(slow_consumer(missed)).await;
-                        return;
-                    }
-                    Next::Done => return,
-                };
-                if event.name != name || event.entry <= applied || event.trades.is_empty() {
-                    continue;
-                }
-                let start = event.time - event.time % width;
-                for trade in &event.trades {
-                    last = Some(match last.take() {
-                        Some((at, mut candle)) if at == start => {
-                            candle.high = candle.high.max(trade.price);
-                            candle.low = candle.low.min(trade.price);
-                            candle.close = trade.price;
-                            candle.volume += u64::from(trade.quantity);
-                            candle.trades += 1;
-                            (at, candle)
-                        }
-                        _ => (
-                            start,
-                            Candle {
-                                time: rfc3339(start),
-                                open: trade.price,
-                                high: trade.price,
-                                low: trade.price,
-                                close: trade.price,
-                                volume: u64::from(trade.quantity),
-                                trades: 1,
-                            },
-                        ),
-                    });
-                }
-                let Some((_, candle)) = &last else { continue };
-                let update = frame(&CandleFrame::Update {
-                    entry: event.entry,
-                    candle: candle.clone(),
-                });
-                if send(&mut sink, Message::Text(update.into())).await.is_err() {
+        }
+        let (_, candle) = self.last.as_ref()?;
+        Some(frame(&CandleFrame::Update {
+            entry: event.entry,
+            candle: candle.clone(),
+        }))
+    }
+}
+
+/// A stream that starts from a snapshot of what it follows and goes on with what each market
+/// event changes of it, from a new snapshot after a gap in the feed.
+trait Followed: Send {
+    /// The snapshot's frame and the entry it is as of; `None` when no leader answers.
+    fn snapshot(
+        &mut self,
+        state: &AppState,
+    ) -> impl std::future::Future<Output = Option<(u64, String)>> + Send;
+
+    /// The frame for `event`, which comes after the snapshot, if it changes what is followed.
+    fn update(&mut self, event: &MarketEvent) -> Option<String>;
+}
+
+/// Serves `followed` on `socket` until the client goes or falls behind.
+async fn follow(
+    state: AppState,
+    socket: axum::extract::ws::WebSocket,
+    mut followed: impl Followed,
+) {
+    let mut receiver = state.inner.streams.subscribe_market(&state);
+    let (mut sink, mut stream) = socket.split();
+    'snapshot: loop {
+        let Some((applied, first)) = followed.snapshot(&state).await else {
+            let _ = sink
+                .send(close(close_code::AGAIN, "no order leader available"))
+                .await;
+            return;
+        };
+        if send(&mut sink, Message::Text(first.into())).await.is_err() {
+            return;
+        }
+        loop {
+            let event = match next_item(&mut receiver, &mut stream).await {
+                Next::Item(MarketItem::Event(event)) => event,
+                Next::Item(MarketItem::Gap) => continue 'snapshot,
+                Next::Behind(missed) => {
+                    let _ = sink.send(slow_consumer(missed)).await;
                     return;
                 }
+                Next::Done => return,
+            };
+            if event.entry <= applied {
+                continue;
+            }
+            let Some(update) = followed.update(&event) else {
+                continue;
+            };
+            if send(&mut sink, Message::Text(update.into())).await.is_err() {
+                return;
             }
         }
-    }))
+    }
 }
 
 async fn candle_snapshot(
