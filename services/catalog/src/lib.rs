@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod store;
 pub mod users;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -215,6 +216,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Binds the configured address and serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
+    start(config, server::shutdown_signal())
+        .await?
+        .stopped()
+        .await
+}
+
+/// Binds the configured address and serves in the background until `shutdown` resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<server::Running, server::BoxError> {
     let state = AppState::from_config(&config)?;
     let (listener, addr) =
         listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
@@ -248,8 +260,10 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
         });
     stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
         .await?;
-    server::serve(listener, router(state), server::shutdown_signal()).await?;
-    Ok(())
+    Ok(server::Running::spawn(addr, async move {
+        server::serve(listener, router(state), shutdown).await?;
+        Ok(())
+    }))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -664,6 +678,40 @@ mod tests {
         )
         .await;
         assert_eq!(body["data"]["quantity"], 60);
+    }
+
+    #[tokio::test]
+    async fn a_catalog_on_port_0_tells_its_address_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            host: "127.0.0.1".parse().unwrap(),
+            port: 0,
+            data_dir: dir.path().to_path_buf(),
+            initial_catalog: None,
+            frontends: Vec::new(),
+            frontend_dns: None,
+            secret: SecretArgs {
+                secret_file: None,
+                secret: Some(SECRET.into()),
+            },
+            metrics: stocknet_common::metrics::MetricsArgs { metrics_port: None },
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = start(config, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        assert_ne!(running.addr.port(), 0);
+        let url = format!("http://{}/stocks/GameStart", running.addr);
+        let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        assert_eq!(body["data"]["name"], "GameStart");
+        stop.send(()).unwrap();
+        running.stopped().await.unwrap();
+        assert!(
+            reqwest::get(&url).await.is_err(),
+            "still serving after it stopped"
+        );
     }
 
     /// A stand-in frontend on 127.0.0.1 that records the pushes it gets.

@@ -91,6 +91,32 @@ where
     }
 }
 
+/// A service serving in the background: the address it listens on (with port 0 in its flags,
+/// the one the system picked), and its task.
+pub struct Running {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<Result<(), BoxError>>,
+}
+
+impl Running {
+    /// `serving`, spawned, which listens on `addr`.
+    pub fn spawn(
+        addr: SocketAddr,
+        serving: impl Future<Output = Result<(), BoxError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            addr,
+            task: tokio::spawn(serving),
+        }
+    }
+
+    /// Waits until it stopped (its shutdown came and in-flight requests were answered), and
+    /// how.
+    pub async fn stopped(self) -> Result<(), BoxError> {
+        self.task.await?
+    }
+}
+
 /// Serves until `shutdown` resolves, then finishes in-flight requests. Handlers can see the
 /// client's address (`ConnectInfo<SocketAddr>`), e.g. to limit each client's rate.
 pub async fn serve(

@@ -13,6 +13,7 @@ mod state;
 pub mod streams;
 pub mod upstream;
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -52,7 +53,20 @@ pub fn internal_router(state: AppState) -> Router {
     metrics::tracked(server::with_common_layers(routes), &http)
 }
 
+/// Serves on the configured address until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
+    start(config, server::shutdown_signal())
+        .await?
+        .stopped()
+        .await
+}
+
+/// Serves on the configured address (and the internal routes' own port, if configured) in
+/// the background until `shutdown` resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<server::Running, server::BoxError> {
     let state = AppState::new(&config, config.secret.load()?);
     let (listener, addr) =
         listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
@@ -69,8 +83,10 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     });
     metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape).await?;
     let Some(internal_port) = config.internal_port else {
-        server::serve(listener, router(state), server::shutdown_signal()).await?;
-        return Ok(());
+        return Ok(server::Running::spawn(addr, async move {
+            server::serve(listener, router(state), shutdown).await?;
+            Ok(())
+        }));
     };
     let (internal, internal_addr) = listeners::listen(
         listeners::INTERNAL,
@@ -81,21 +97,23 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     // One signal stops both listeners.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        server::shutdown_signal().await;
+        shutdown.await;
         let _ = stop.send(true);
     });
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&stop| stop).await;
     };
-    tokio::try_join!(
-        server::serve(
-            listener,
-            public_router(state.clone()),
-            until_stopped(stopped.clone())
-        ),
-        server::serve(internal, internal_router(state), until_stopped(stopped)),
-    )?;
-    Ok(())
+    Ok(server::Running::spawn(addr, async move {
+        tokio::try_join!(
+            server::serve(
+                listener,
+                public_router(state.clone()),
+                until_stopped(stopped.clone())
+            ),
+            server::serve(internal, internal_router(state), until_stopped(stopped)),
+        )?;
+        Ok(())
+    }))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod report;
 mod simulation;
 pub mod snapshot;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -232,8 +233,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
     stocknet_common::metrics::exposition(&state.replica.metrics().registry)
 }
 
-/// Serves on the configured address.
+/// Serves on the configured address until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), server::BoxError> {
+    start(config, server::shutdown_signal())
+        .await?
+        .stopped()
+        .await
+}
+
+/// Starts the replica and serves on the configured address in the background until
+/// `shutdown` resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<server::Running, server::BoxError> {
     let state = AppState::start(&config).await?;
     let (listener, addr) =
         listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
@@ -246,10 +259,12 @@ pub async fn run(config: Config) -> Result<(), server::BoxError> {
     stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
         .await?;
     let replica = state.replica.clone();
-    server::serve(listener, router(state), server::shutdown_signal()).await?;
-    // Requests are answered: stop standing in elections and let consensus stop cleanly.
-    replica.shutdown().await;
-    Ok(())
+    Ok(server::Running::spawn(addr, async move {
+        server::serve(listener, router(state), shutdown).await?;
+        // Requests are answered: stop standing in elections and let consensus stop cleanly.
+        replica.shutdown().await;
+        Ok(())
+    }))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
