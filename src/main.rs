@@ -13,6 +13,7 @@ mod report;
 mod up;
 
 use clap::{Parser, Subcommand};
+use stocknet_common::server::{shutdown_signal, BoxError, Running};
 
 #[derive(Parser)]
 #[command(
@@ -67,9 +68,18 @@ fn main() -> std::process::ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Command::Catalog(config) => stocknet_catalog::run(config).await,
-                    Command::Order(config) => stocknet_order::run(config).await,
-                    Command::Frontend(config) => stocknet_frontend::run(config).await,
+                    // Each serves until Ctrl-C or SIGTERM.
+                    Command::Catalog(config) => {
+                        until_stopped(stocknet_catalog::start(config, shutdown_signal()).await)
+                            .await
+                    }
+                    Command::Order(config) => {
+                        until_stopped(stocknet_order::start(config, shutdown_signal()).await).await
+                    }
+                    Command::Frontend(config) => {
+                        until_stopped(stocknet_frontend::start(config, shutdown_signal()).await)
+                            .await
+                    }
                     Command::Up(config) => up::run(config, cli.log.log_format)
                         .await
                         .map_err(Into::into),
@@ -93,6 +103,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Waits until a service that started stops.
+async fn until_stopped(started: Result<Running, BoxError>) -> Result<(), BoxError> {
+    started?.stopped().await
 }
 
 /// glibc raises its mmap threshold each time a large block is freed; from then on blocks of a

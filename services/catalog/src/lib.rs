@@ -214,14 +214,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
     stocknet_common::metrics::exposition(&state.metrics.registry)
 }
 
-/// Binds the configured address and serves until Ctrl-C or SIGTERM.
-pub async fn run(config: Config) -> Result<(), server::BoxError> {
-    start(config, server::shutdown_signal())
-        .await?
-        .stopped()
-        .await
-}
-
 /// Binds the configured address and serves in the background until `shutdown` resolves.
 pub async fn start(
     config: Config,

@@ -53,14 +53,6 @@ pub fn internal_router(state: AppState) -> Router {
     metrics::tracked(server::with_common_layers(routes), &http)
 }
 
-/// Serves on the configured address until Ctrl-C or SIGTERM.
-pub async fn run(config: Config) -> Result<(), server::BoxError> {
-    start(config, server::shutdown_signal())
-        .await?
-        .stopped()
-        .await
-}
-
 /// Serves on the configured address (and the internal routes' own port, if configured) in
 /// the background until `shutdown` resolves.
 pub async fn start(

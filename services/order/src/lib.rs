@@ -233,14 +233,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
     stocknet_common::metrics::exposition(&state.replica.metrics().registry)
 }
 
-/// Serves on the configured address until Ctrl-C or SIGTERM.
-pub async fn run(config: Config) -> Result<(), server::BoxError> {
-    start(config, server::shutdown_signal())
-        .await?
-        .stopped()
-        .await
-}
-
 /// Starts the replica and serves on the configured address in the background until
 /// `shutdown` resolves.
 pub async fn start(
