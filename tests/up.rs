@@ -290,6 +290,47 @@ async fn up_runs_supervises_and_stops_everything() {
 
 /// The stock search through `stocknet up` seeded with a generated catalog of 10,000 stocks:
 /// paging through every match finds each matching stock once, in name order.
+/// A port in use stops `up` before it starts any service, with the port named.
+#[test]
+fn up_with_a_port_in_use_says_so_and_starts_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["up", "--data-dir", &dir.path().display().to_string()])
+        .args(["--frontend-port", "0", "--catalog-port", &port.to_string()])
+        .args(["--order-ports", "0,0,0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("up ran with port {port} in use");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on port {port}")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("catalog.csv").exists(),
+        "a service started"
+    );
+}
+
 #[tokio::test]
 async fn up_with_ten_thousand_stocks_searches_and_pages_them() {
     let dir = tempfile::tempdir().unwrap();
