@@ -28,7 +28,9 @@ pub const NAMES_ENV: &str = "LISTEN_FDNAMES";
 static HANDED_OVER: Mutex<Vec<(String, std::net::TcpListener)>> = Mutex::new(Vec::new());
 
 /// Takes over the listeners this process was handed, if any. Call it first thing in `main`,
-/// before any thread starts: it reads and clears the protocol's environment variables.
+/// before any thread starts: it reads the protocol's environment variables and removes
+/// `LISTEN_FDS`, so that a process this one starts does not take them for its own. A socket
+/// handed over under a name no service asks for is never used.
 pub fn adopt() -> std::io::Result<()> {
     let names = std::env::var(NAMES_ENV).unwrap_or_default();
     let mut names = names.split(':').filter(|name| !name.is_empty());
