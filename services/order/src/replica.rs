@@ -165,8 +165,9 @@ pub struct Replica {
     reads: SharedReads,
     elections: Arc<Elections>,
     /// Held while a command is checked and proposed (which orders the proposals), not while
-    /// it commits.
-    leading: tokio::sync::Mutex<Option<Leading>>,
+    /// it commits; never across an await (its guard is not `Send`, so the compiler refuses
+    /// one in the replica's futures). Taken before the log's and the book's locks.
+    leading: Mutex<Option<Leading>>,
     /// The term this replica last completed a takeover in: it takes commands while it leads
     /// that term.
     leading_term: AtomicU64,
@@ -255,7 +256,7 @@ impl Replica {
             reads: SharedReads::start(raft.clone()),
             elections: elections.clone(),
             raft: raft.clone(),
-            leading: tokio::sync::Mutex::new(None),
+            leading: Mutex::new(None),
             leading_term: AtomicU64::new(0),
             catalog_failing: AtomicBool::new(false),
             metrics,
@@ -273,7 +274,7 @@ impl Replica {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("consensus did not stop cleanly: {e}");
         }
-        *self.leading.lock().await = None;
+        *self.leading() = None;
     }
 
     /// The group's consensus, for the routes the other replicas call.
@@ -601,7 +602,7 @@ impl Replica {
     /// nothing but is committed like the rest.
     async fn submit(self: &Arc<Self>, submission: Submission) -> Result<u64, OrderError> {
         let (proposed, mut progress, market) = {
-            let mut guard = self.leading.lock().await;
+            let mut guard = self.leading();
             let term = self.leader_term().ok_or_else(|| self.not_leader())?;
             self.not_handing_over()?;
             let leading = match guard.as_mut() {
@@ -614,7 +615,7 @@ impl Replica {
                 _ => return Err(OrderError::NotReady),
             };
             let market = matches!(submission.command, Command::Place { limit: None, .. });
-            let proposed = self.propose(leading, submission).await?;
+            let proposed = self.propose(leading, submission)?;
             (proposed, leading.progress.clone(), market)
         };
         let number = match proposed {
@@ -642,7 +643,7 @@ impl Replica {
                     .unwrap_or_else(|_| Err("this replica stopped leading".to_owned()));
                 if let Some((key, done)) = key {
                     done.send_replace(Some(number.as_ref().ok().copied()));
-                    if let Some(leading) = self.leading.lock().await.as_mut() {
+                    if let Some(leading) = self.leading().as_mut() {
                         leading.in_flight.remove(&key);
                     }
                 }
@@ -690,7 +691,7 @@ impl Replica {
 
     /// Checks `submission` against the log (a retry), the house and the price guard, and
     /// proposes it, all while the caller holds the leader's state.
-    async fn propose(
+    fn propose(
         &self,
         leading: &mut Leading,
         submission: Submission,
@@ -824,7 +825,7 @@ impl Replica {
             let metrics = self.raft.metrics().borrow().clone();
             metrics.last_applied.map(|id| id.index) == metrics.last_log_index
         };
-        let catalog = match self.leading.lock().await.as_ref() {
+        let catalog = match self.leading().as_ref() {
             Some(leading) => leading.progress.borrow().applied,
             None => return false,
         };
@@ -870,7 +871,7 @@ impl Replica {
                     if self.leading_term.swap(0, Ordering::AcqRel) != 0 {
                         tracing::info!("no longer leading");
                     }
-                    *self.leading.lock().await = None;
+                    *self.leading() = None;
                 }
             }
             let changed = match self.leading_term.load(Ordering::Acquire) {
@@ -892,7 +893,7 @@ impl Replica {
     async fn take_over(self: &Arc<Self>, term: u64) {
         match self.prepare_leading(term).await {
             Ok(leading) => {
-                *self.leading.lock().await = Some(leading);
+                *self.leading() = Some(leading);
                 self.catalog_failing.store(false, Ordering::Release);
                 self.leading_term.store(term, Ordering::Release);
                 self.metrics.takeovers.inc();
@@ -1048,6 +1049,10 @@ impl Replica {
                 });
             });
         }
+    }
+
+    fn leading(&self) -> MutexGuard<'_, Option<Leading>> {
+        self.leading.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn log(&self) -> MutexGuard<'_, OrderLog> {
