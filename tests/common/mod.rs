@@ -33,6 +33,10 @@ pub const SECRET: &str = "test-cluster-shared-secret";
 /// Book entries between snapshots in test clusters.
 pub const BOOK_SNAPSHOT_EVERY: &str = "50";
 
+/// Trades a test cluster's books keep in memory: few, so that tests read older ones from
+/// the replicas' trade archives.
+pub const TRADES_IN_MEMORY: &str = "4";
+
 /// The entries of `log` (a replica's log as JSON) that are commands somebody sent: not the
 /// replica group's own entries (a new leader's, a membership change).
 pub fn orders_only(log: &[Value]) -> Vec<Value> {
@@ -405,6 +409,8 @@ impl Cluster {
                         // Often, so that every restart in a test loads a book snapshot.
                         "--book-snapshot-every",
                         BOOK_SNAPSHOT_EVERY,
+                        "--trades-in-memory",
+                        TRADES_IN_MEMORY,
                     ]),
                     listener,
                     i < founders,

@@ -35,6 +35,7 @@ use stocknet_common::{
 use crate::candles::{Candle, Minutes};
 use crate::portfolio::Portfolios;
 use crate::report::Reports;
+use crate::trade_archive::TradeArchive;
 
 /// A limit order and what has happened to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,18 +327,18 @@ impl Live {
 
 /// A trade as the book keeps it: its stock by place (the wire [`Trade`] names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Matched {
-    id: u64,
-    entry: u64,
-    stock: u32,
-    price: Price,
-    quantity: u32,
-    buy_order: u64,
-    sell_order: u64,
-    taker_side: Side,
+pub(crate) struct Matched {
+    pub id: u64,
+    pub entry: u64,
+    pub stock: u32,
+    pub price: Price,
+    pub quantity: u32,
+    pub buy_order: u64,
+    pub sell_order: u64,
+    pub taker_side: Side,
     /// The previous trade of its buy order, of its sell order (0: none).
-    buy_previous: u64,
-    sell_previous: u64,
+    pub buy_previous: u64,
+    pub sell_previous: u64,
 }
 
 /// One stock's two sides and trades.
@@ -398,7 +399,13 @@ pub struct Book {
     free: Vec<u32>,
     /// Open order's number → its place in `live`.
     places: HashMap<u64, u32>,
+    /// The newest trades: `trades[i]` has id `trades_archived + i + 1`. Those before went
+    /// to `archive`.
     trades: Vec<Matched>,
+    trades_archived: u64,
+    /// Where trades go once more than `trades_in_memory` are held (none: all stay).
+    archive: Option<Arc<TradeArchive>>,
+    trades_in_memory: usize,
     /// The buyers and sellers of the trades of the order entering now, and the resting orders
     /// it filled (kept to reuse their allocations).
     filled: Vec<u32>,
@@ -422,12 +429,24 @@ pub struct Book {
     reports: Reports,
 }
 
+/// A stock as a snapshot holds it.
+pub(crate) struct StockPart<'a> {
+    pub name: &'a str,
+    pub last_price: Option<Price>,
+    /// Ids of its trades, ascending (archived ones too).
+    pub trades: &'a [u64],
+}
+
 /// What a snapshot of the book holds; the price levels follow from the open orders.
 pub(crate) struct Parts<'a, Orders> {
     pub applied: u64,
     pub next_slot: u64,
+    /// Each stock, by place: its name, last price and trade ids.
+    pub stocks: Vec<StockPart<'a>>,
     pub orders: Orders,
-    pub trades: Vec<Trade>,
+    /// The trades in memory, after the archive's first `trades_archived`.
+    pub trades_archived: u64,
+    pub trades: &'a [Matched],
     /// Sorted by entry number, so that equal books give equal snapshots.
     pub refusals: Vec<(u64, Refusal)>,
     pub portfolios: &'a Portfolios,
@@ -452,8 +471,18 @@ impl Book {
         Parts {
             applied: self.applied,
             next_slot: self.next_slot,
+            stocks: self
+                .stocks
+                .iter()
+                .map(|book| StockPart {
+                    name: &book.name,
+                    last_price: book.last_price,
+                    trades: &book.trades,
+                })
+                .collect(),
             orders: self.orders.iter().map(|order| self.current(order)),
-            trades: self.trades.iter().map(|m| self.wire(m)).collect(),
+            trades_archived: self.trades_archived,
+            trades: &self.trades,
             refusals,
             portfolios: &self.portfolios,
             reports: &self.reports,
@@ -463,11 +492,13 @@ impl Book {
 
     /// Rebuilds a book from the parts of a snapshot: each open order goes back into its price
     /// level in the order of its slot, which is its time priority.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         applied: u64,
         next_slot: u64,
+        stocks: Vec<(String, Option<Price>, Vec<u64>)>,
         orders: impl Iterator<Item = LimitOrder>,
-        trades: Vec<Trade>,
+        (trades_archived, trades): (u64, Vec<Matched>),
         refusals: Vec<(u64, Refusal)>,
         portfolios: Portfolios,
         reports: Reports,
@@ -475,19 +506,23 @@ impl Book {
         let mut book = Book {
             applied,
             next_slot,
+            trades_archived,
             refusals: refusals.into_iter().collect(),
             portfolios,
             reports,
             ..Book::default()
         };
-        // Each trade's link to the previous of its orders, and each order's last, follow from
-        // the trade list.
-        let mut last_trades: HashMap<u64, u64> = HashMap::new();
-        let mut links = Vec::with_capacity(trades.len());
-        for trade in &trades {
-            let buy_previous = last_trades.insert(trade.buy_order, trade.id);
-            let sell_previous = last_trades.insert(trade.sell_order, trade.id);
-            links.push((buy_previous.unwrap_or(0), sell_previous.unwrap_or(0)));
+        let trade_count = trades_archived + trades.len() as u64;
+        // The stocks in their places: archived trades name them by place.
+        for (index, (name, last_price, ids)) in stocks.into_iter().enumerate() {
+            if book.stock_place(&name)? as usize != index {
+                return Err(format!("stock {name} is listed twice"));
+            }
+            if !ids.is_sorted() || ids.last().is_some_and(|&last| last > trade_count) {
+                return Err(format!("the trades of stock {name} are out of place"));
+            }
+            let stock = &mut book.stocks[index];
+            (stock.last_price, stock.trades) = (last_price, ids);
         }
         let mut open = Vec::new();
         for order in orders {
@@ -503,9 +538,11 @@ impl Book {
             }
             let slot = order.slot;
             let stock = book.stock_place(&order.name)?;
+            if order.last_trade > trade_count {
+                return Err(format!("order {} names a trade to come", order.number));
+            }
             let order = LimitOrder {
                 name: book.stocks[stock as usize].name.clone(),
-                last_trade: last_trades.get(&order.number).copied().unwrap_or(0),
                 ..order
             };
             // A stop order waiting for its trigger goes back among its stock's stops.
@@ -526,29 +563,16 @@ impl Book {
                 book.keep_client_id(user, id, number);
             }
         }
-        for (index, (trade, (buy_previous, sell_previous))) in
-            trades.into_iter().zip(links).enumerate()
-        {
-            if trade.id != index as u64 + 1 {
+        for (index, trade) in trades.iter().enumerate() {
+            let stocks = book.stocks.len();
+            if trade.id != trades_archived + index as u64 + 1
+                || trade.stock as usize >= stocks
+                || trade.buy_previous.max(trade.sell_previous) >= trade.id
+            {
                 return Err(format!("trade {} is out of place", trade.id));
             }
-            let place = book.stock_place(&trade.name)?;
-            let stock = &mut book.stocks[place as usize];
-            stock.trades.push(trade.id);
-            stock.last_price = Some(trade.price);
-            book.trades.push(Matched {
-                id: trade.id,
-                entry: trade.entry,
-                stock: place,
-                price: trade.price,
-                quantity: trade.quantity,
-                buy_order: trade.buy_order,
-                sell_order: trade.sell_order,
-                taker_side: trade.taker_side,
-                buy_previous,
-                sell_previous,
-            });
         }
+        book.trades = trades;
         open.sort_unstable();
         for (slot, live) in open {
             book.live[live as usize].slot = slot;
@@ -770,16 +794,65 @@ impl Book {
     }
 
     pub fn trade(&self, id: u64) -> Option<Trade> {
-        self.matched(id).map(|m| self.wire(m))
+        self.matched(id).map(|m| self.wire(&m))
     }
 
-    fn matched(&self, id: u64) -> Option<&Matched> {
-        id.checked_sub(1).and_then(|i| self.trades.get(i as usize))
+    /// Trade `id`, from memory or, an older one, from the archive.
+    fn matched(&self, id: u64) -> Option<Matched> {
+        match id.checked_sub(self.trades_archived + 1) {
+            Some(index) => self.trades.get(usize::try_from(index).ok()?).copied(),
+            None if id == 0 => None,
+            None => self.archive.as_ref()?.read(id),
+        }
+    }
+
+    /// How many trades there have been.
+    fn trade_count(&self) -> u64 {
+        self.trades_archived + self.trades.len() as u64
+    }
+
+    /// Sends the oldest trades to the archive once twice as many as are to stay in memory are
+    /// held (so that each trade is moved once), keeping `trades_in_memory`. Called before an
+    /// entry is applied: its own trades stay in memory while it is. A trade that cannot be
+    /// written stays in memory, with those after it.
+    fn archive_trades(&mut self) {
+        let Some(archive) = &self.archive else {
+            return;
+        };
+        if self.trades.len() < 2 * self.trades_in_memory {
+            return;
+        }
+        let leaving = self.trades.len() - self.trades_in_memory;
+        for trade in &self.trades[..leaving] {
+            if let Err(e) = archive.write(trade) {
+                tracing::error!("trades stay in memory: {e}");
+                return;
+            }
+        }
+        self.trades.drain(..leaving);
+        self.trades_archived += leaving as u64;
+    }
+
+    /// Keeps no more than `in_memory` trades (at least one) in memory; older ones go to
+    /// `archive`, which must hold every trade this book archived already.
+    pub fn with_trade_archive(mut self, archive: Arc<TradeArchive>, in_memory: usize) -> Self {
+        self.archive = Some(archive);
+        self.trades_in_memory = in_memory.max(1);
+        self
+    }
+
+    pub fn trades_in_memory(&self) -> usize {
+        self.trades_in_memory
+    }
+
+    /// How many trades, from the first, are in the archive rather than in memory.
+    pub fn trades_archived(&self) -> u64 {
+        self.trades_archived
     }
 
     /// `matched` as the wire names it.
     /// The trades `order` took part in, oldest first.
-    fn order_trades(&self, order: &LimitOrder) -> Vec<&Matched> {
+    fn order_trades(&self, order: &LimitOrder) -> Vec<Matched> {
         let mut trades = Vec::new();
         let mut id = order.last_trade;
         while let Some(trade) = self.matched(id) {
@@ -791,11 +864,6 @@ impl Book {
         }
         trades.reverse();
         trades
-    }
-
-    /// The ids of the trades `order` took part in, oldest first.
-    pub(crate) fn order_trade_ids(&self, order: &LimitOrder) -> Vec<u64> {
-        self.order_trades(order).iter().map(|t| t.id).collect()
     }
 
     fn wire(&self, matched: &Matched) -> Trade {
@@ -1051,10 +1119,27 @@ impl Book {
     /// The price of the last trade entry `number` caused, if it traded.
     pub fn entry_price(&self, number: u64) -> Option<Price> {
         let end = self.trades.partition_point(|t| t.entry <= number);
-        end.checked_sub(1)
-            .map(|i| &self.trades[i])
-            .filter(|t| t.entry == number)
-            .map(|t| t.price)
+        let last = match end.checked_sub(1) {
+            Some(i) => self.trades[i],
+            // Older than every trade in memory: the archive's last trade of an entry up to
+            // `number`, by bisection (trades are in entry order).
+            None => {
+                let (mut low, mut high) = (1, self.trades_archived);
+                let mut found = None;
+                while low <= high {
+                    let middle = low + (high - low) / 2;
+                    let trade = self.matched(middle)?;
+                    if trade.entry <= number {
+                        found = Some(trade);
+                        low = middle + 1;
+                    } else {
+                        high = middle - 1;
+                    }
+                }
+                found?
+            }
+        };
+        (last.entry == number).then_some(last.price)
     }
 
     /// Limit orders, newest first, with numbers below `before`, matching the filters.
@@ -1076,12 +1161,10 @@ impl Book {
     /// Up to `limit` trades with ids above `after`, oldest first, of one stock or all.
     pub fn trades(&self, name: Option<&str>, after: u64, limit: usize) -> Vec<Trade> {
         match name {
-            None => self
-                .trades
-                .iter()
-                .skip(usize::try_from(after).unwrap_or(usize::MAX))
+            None => (after.saturating_add(1)..=self.trade_count())
                 .take(limit)
-                .map(|m| self.wire(m))
+                .map_while(|id| self.matched(id))
+                .map(|m| self.wire(&m))
                 .collect(),
             Some(name) => {
                 let Some(book) = self.stock(name) else {
@@ -1121,6 +1204,7 @@ impl Book {
     /// Applies the next log entry. Entries must come in log order, each exactly once.
     pub fn apply(&mut self, entry: &Order) -> Applied {
         debug_assert!(entry.number > self.applied);
+        self.archive_trades();
         self.applied = entry.number;
         self.touched.clear();
         self.affected.clear();
@@ -1793,7 +1877,7 @@ impl Book {
             // An iceberg trades its visible slice, and only then shows the next one, at the back
             // of its level (a new slot), as exchanges refill them.
             let quantity = remaining.min(resting.visible());
-            let id = self.trades.len() as u64 + 1;
+            let id = self.trades_archived + self.trades.len() as u64 + 1;
             self.touched.push((side.opposite(), price));
             resting.filled += quantity;
             level.total -= u64::from(quantity);
@@ -3120,11 +3204,17 @@ mod model_tests {
         let parts = book.parts();
         let mut names: Vec<&String> = book.stock_places.keys().collect();
         names.sort();
+        let orders: Vec<LimitOrder> = book.orders.iter().map(|o| book.current(o)).collect();
+        // Every trade and fill, wherever it is kept (memory or archive).
+        let views: Vec<OrderView> = orders.iter().map(|o| book.limit_view(o)).collect();
+        let prices: Vec<Option<Price>> = (1..=parts.applied).map(|n| book.entry_price(n)).collect();
+        let of_stock: Vec<Vec<Trade>> = ["A", "B"]
+            .iter()
+            .map(|name| book.trades(Some(name), 0, usize::MAX))
+            .collect();
         (
-            parts.applied,
-            parts.next_slot,
-            parts.orders.collect::<Vec<_>>(),
-            parts.trades.to_vec(),
+            (parts.applied, parts.next_slot, orders, views, prices),
+            (book.trades(None, 0, usize::MAX), of_stock),
             parts.refusals,
             parts.portfolios.clone(),
             parts.reports.clone(),
@@ -3158,17 +3248,25 @@ mod model_tests {
                 })
                 .collect();
             let cut = cut.min(entries.len());
-            let mut original = Book::default();
+            // The book keeps three trades in memory, the rest in its archive; the reference
+            // keeps them all.
+            let dir = tempfile::tempdir().expect("temp dir");
+            let archive = Arc::new(TradeArchive::open(dir.path().join("trades.bin")).expect("archive"));
+            let mut original = Book::default().with_trade_archive(archive.clone(), 3);
+            let mut reference = Book::default();
             for entry in &entries[..cut] {
-                original.apply(entry);
+                prop_assert_eq!(original.apply(entry), reference.apply(entry));
             }
             let bytes = crate::snapshot::encode(&original).expect("encode");
-            let mut restored = crate::snapshot::decode(&bytes).expect("decode");
-            prop_assert_eq!(observable(&restored), observable(&original));
+            let restored = crate::snapshot::decode(&bytes).expect("decode");
+            let mut restored = restored.with_trade_archive(archive.clone(), 3);
+            prop_assert_eq!(observable(&restored), observable(&reference));
+            prop_assert_eq!(observable(&original), observable(&reference));
             for entry in &entries[cut..] {
-                prop_assert_eq!(restored.apply(entry), original.apply(entry));
+                prop_assert_eq!(restored.apply(entry), reference.apply(entry));
             }
-            prop_assert_eq!(observable(&restored), observable(&original));
+            prop_assert_eq!(observable(&restored), observable(&reference));
+            prop_assert_eq!(archive.failed_reads(), 0);
         }
 
         #[test]

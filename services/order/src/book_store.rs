@@ -1,19 +1,43 @@
-//! A replica's book and its snapshot file: the book advances through committed log entries,
-//! and every `snapshot_every` entries it is written to disk, so that a restart loads the
-//! snapshot and applies only what follows it.
+//! A replica's book, its snapshot file and its trade archive: the book advances through
+//! committed log entries, sending older trades to the archive, and every `snapshot_every`
+//! entries it is written to disk, so that a restart loads the snapshot and applies only what
+//! follows it.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::book::Book;
 use crate::error::OrderError;
 use crate::feed::Feed;
 use crate::log::OrderLog;
 use crate::snapshot;
+use crate::trade_archive::TradeArchive;
 use stocknet_common::Order;
 
 /// Entries applied between two snapshots, unless configured otherwise.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
+
+/// Trades kept in memory, unless configured otherwise: the newest, which the streams and
+/// most reads want.
+pub const TRADES_IN_MEMORY: usize = 100_000;
+
+/// How a replica keeps its book.
+#[derive(Debug, Clone, Copy)]
+pub struct BookSettings {
+    /// Entries applied between two snapshots.
+    pub snapshot_every: u64,
+    /// The newest trades kept in memory; older ones are read from the trade archive.
+    pub trades_in_memory: usize,
+}
+
+impl Default for BookSettings {
+    fn default() -> Self {
+        Self {
+            snapshot_every: SNAPSHOT_EVERY,
+            trades_in_memory: TRADES_IN_MEMORY,
+        }
+    }
+}
 
 /// Most entries read from the log at once while advancing.
 const READ_BATCH: usize = 10_000;
@@ -23,21 +47,42 @@ pub struct BookStore {
     /// The events of the entries applied lately, for frontends' streams.
     feed: Feed,
     path: PathBuf,
+    trades: Arc<TradeArchive>,
     snapshot_every: u64,
     /// One snapshot written at a time.
     writing: Mutex<()>,
 }
 
 impl BookStore {
-    /// Loads the snapshot at `path` if there is a usable one: readable, and not past the end
-    /// of the log it must continue from (`log_last`). Anything else starts an empty book that
-    /// the log rebuilds; a snapshot is never needed for correctness.
-    pub fn open(path: PathBuf, snapshot_every: u64, log_last: u64) -> Self {
+    /// Loads the snapshot at `path` if there is a usable one: readable, not past the end of
+    /// the log it must continue from (`log_last`), and continuing the trades `trades` holds.
+    /// Anything else starts an empty book that the log rebuilds; a snapshot is never needed
+    /// for correctness. Older trades than `settings` keep in memory go to `trades`.
+    pub fn open(
+        path: PathBuf,
+        trades: TradeArchive,
+        settings: BookSettings,
+        log_last: u64,
+    ) -> Self {
+        let archived = trades.count().unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            0
+        });
         let book = match std::fs::read(&path) {
             Ok(bytes) => match snapshot::decode(&bytes) {
-                Ok(book) if book.applied() <= log_last => {
+                Ok(book) if book.applied() <= log_last && book.trades_archived() <= archived => {
                     tracing::info!(applied = book.applied(), "book loaded from its snapshot");
                     book
+                }
+                Ok(book) if book.applied() <= log_last => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        trades_archived = book.trades_archived(),
+                        archive = %trades.path().display(),
+                        archived,
+                        "book snapshot continues trades the archive lacks; rebuilding from the log"
+                    );
+                    Book::default()
                 }
                 Ok(book) => {
                     tracing::warn!(
@@ -59,12 +104,29 @@ impl BookStore {
                 Book::default()
             }
         };
+        let trades = Arc::new(trades);
+        let book = book.with_trade_archive(trades.clone(), settings.trades_in_memory);
         Self {
             feed: Feed::new(book.applied()),
             book: Mutex::new(book),
             path,
-            snapshot_every: snapshot_every.max(1),
+            trades,
+            snapshot_every: settings.snapshot_every.max(1),
             writing: Mutex::new(()),
+        }
+    }
+
+    /// Runs `read` on the book; an error if it needed an archived trade that could not be
+    /// read, since its answer would then not be true.
+    pub fn read<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
+        let failed = self.trades.failed_reads();
+        let answer = read(&self.lock());
+        match self.trades.failed_reads() == failed {
+            true => Ok(answer),
+            false => Err(OrderError::Corrupt(format!(
+                "{}: an archived trade could not be read",
+                self.trades.path().display()
+            ))),
         }
     }
 
@@ -148,16 +210,29 @@ impl BookStore {
     /// them as this replica's snapshot.
     pub fn install(&self, bytes: &[u8]) -> Result<(), OrderError> {
         let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
+        if book.trades_archived() > self.trades.count()? {
+            return Err(OrderError::Corrupt(format!(
+                "the snapshot continues {} archived trades, which {} lacks",
+                book.trades_archived(),
+                self.trades.path().display()
+            )));
+        }
         let applied = book.applied();
-        *self.lock() = book;
+        let in_memory = self.lock().trades_in_memory();
+        *self.lock() = book.with_trade_archive(self.trades.clone(), in_memory);
         self.feed.restart(applied);
         self.write_snapshot(bytes);
         Ok(())
     }
 
-    /// Writes `bytes` as this replica's book snapshot. Blocking.
+    /// Writes `bytes` as this replica's book snapshot, once the trades it does not hold are
+    /// durable in the archive. Blocking.
     pub fn write_snapshot(&self, bytes: &[u8]) {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.trades.sync() {
+            tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
+            return;
+        }
         if let Err(e) = snapshot::write(&self.path, bytes) {
             tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
         }
@@ -187,37 +262,100 @@ mod tests {
         }
     }
 
+    /// The store of replica 1 in `dir`, keeping `in_memory` trades in memory.
+    fn open(dir: &std::path::Path, in_memory: usize, log_last: u64) -> BookStore {
+        let trades = TradeArchive::open(dir.join("trades-1.bin")).unwrap();
+        let settings = BookSettings {
+            snapshot_every: 3,
+            trades_in_memory: in_memory,
+        };
+        BookStore::open(dir.join("book-1.snap"), trades, settings, log_last)
+    }
+
+    /// Everything a reader can see of `book`'s orders and trades through entry `last`.
+    fn seen(book: &Book, last: u64) -> String {
+        let orders: Vec<_> = (1..=last)
+            .map(|n| {
+                let view = book.order(n).map(|o| book.limit_view(&o));
+                (view, book.entry_price(n))
+            })
+            .collect();
+        let trades = book.trades(None, 0, 1000);
+        let ids: Vec<_> = (0..=trades.len() as u64 + 1)
+            .map(|id| book.trade(id))
+            .collect();
+        let pages: Vec<_> = (0..4)
+            .map(|after| book.trades(Some("A"), after, 2))
+            .collect();
+        format!(
+            "{orders:?} {trades:?} {ids:?} {pages:?} {:?}",
+            book.depth("A", 10)
+        )
+    }
+
     #[test]
     fn a_restart_loads_the_last_snapshot_and_applies_only_what_follows() {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("orders-1.csv");
-        let snap = dir.path().join("book-1.snap");
         let mut log = OrderLog::open(&log_path).unwrap();
-        let entries: Vec<Order> = (1..=7)
+        // Each buy crosses the sell before it: a trade every other entry.
+        let entries: Vec<Order> = (1..=40)
             .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
             .collect();
         let lines: Vec<Line> = entries.iter().cloned().map(Line::alone).collect();
         log.append(&lines).unwrap();
         let log = Mutex::new(log);
-        let store = BookStore::open(snap.clone(), 3, 7);
-        store.advance(&log, 5).unwrap();
-        let expected = store.lock().depth("A", 10);
-        // Going from 0 to 5 crosses a multiple of 3: the book as of 5 is written.
-        let loaded = BookStore::open(snap.clone(), 3, 7);
-        assert_eq!(loaded.lock().applied(), 5);
-        assert_eq!(loaded.lock().depth("A", 10), expected);
-        loaded.advance(&log, 7).unwrap();
-        store.advance(&log, 7).unwrap();
-        assert_eq!(loaded.lock().depth("A", 10), store.lock().depth("A", 10));
-        assert_eq!(
-            loaded.lock().trades(None, 0, 10),
-            store.lock().trades(None, 0, 10)
-        );
+        let mut everything = Book::default();
+        for entry in &entries {
+            everything.apply(entry);
+        }
+        let store = open(dir.path(), 2, 40);
+        store.advance(&log, 29).unwrap();
+        assert!(store.lock().trades_archived() >= 10);
+        let expected = store.read(|book| seen(book, 29)).unwrap();
+        // Going from 0 to 29 crosses multiples of 3: the book as of 29 is written, and the
+        // trades it no longer holds are in the archive.
+        let loaded = open(dir.path(), 2, 40);
+        assert_eq!(loaded.lock().applied(), 29);
+        assert_eq!(loaded.read(|book| seen(book, 29)).unwrap(), expected);
+        loaded.advance(&log, 40).unwrap();
+        store.advance(&log, 40).unwrap();
+        let all = seen(&everything, 40);
+        assert_eq!(loaded.read(|book| seen(book, 40)).unwrap(), all);
+        assert_eq!(store.read(|book| seen(book, 40)).unwrap(), all);
 
-        // A snapshot past the end of the log (the log was replaced), or one that is not a
-        // snapshot, is not used: the book starts empty and the log rebuilds it.
-        assert_eq!(BookStore::open(snap.clone(), 3, 4).lock().applied(), 0);
-        std::fs::write(&snap, b"garbage").unwrap();
-        assert_eq!(BookStore::open(snap, 3, 7).lock().applied(), 0);
+        // A snapshot past the end of the log (the log was replaced), one that continues trades
+        // the archive lacks, or one that is not a snapshot, is not used: the book starts empty
+        // and the log rebuilds it, the archive with it.
+        drop((store, loaded));
+        assert_eq!(open(dir.path(), 2, 28).lock().applied(), 0);
+        let archive = dir.path().join("trades-1.bin");
+        let bytes = std::fs::read(&archive).unwrap();
+        std::fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
+        let rebuilt = open(dir.path(), 2, 40);
+        assert_eq!(rebuilt.lock().applied(), 0);
+        rebuilt.advance(&log, 40).unwrap();
+        assert_eq!(rebuilt.read(|book| seen(book, 40)).unwrap(), all);
+        std::fs::write(dir.path().join("book-1.snap"), b"garbage").unwrap();
+        assert_eq!(open(dir.path(), 2, 40).lock().applied(), 0);
+    }
+
+    #[test]
+    fn a_read_that_needs_an_unreadable_archived_trade_is_an_error_not_an_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Order> = (1..=20)
+            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
+            .collect();
+        let store = open(dir.path(), 2, 20);
+        store.apply(&entries);
+        assert!(store.read(|book| book.trade(1)).unwrap().is_some());
+        // The archive loses its records (a disk that returns nothing where they were).
+        std::fs::write(dir.path().join("trades-1.bin"), b"").unwrap();
+        assert!(store.read(|book| book.trade(1)).is_err());
+        assert!(store.read(|book| book.trades(None, 0, 5)).is_err());
+        // What is in memory is still answered.
+        let in_memory = store.lock().trades_archived() + 1;
+        assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
+        assert!(store.read(|book| book.depth("A", 5)).is_ok());
     }
 }

@@ -18,6 +18,7 @@ pub mod report;
 #[cfg(test)]
 mod simulation;
 pub mod snapshot;
+pub mod trade_archive;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +51,7 @@ pub use error::OrderError;
 pub use replica::{Links, Replica};
 
 use audit::AuditFilter;
+use book_store::BookSettings;
 use stocknet_common::env;
 use stocknet_common::ports;
 
@@ -83,7 +85,7 @@ pub struct Config {
         default_value = ports::CATALOG_URL
     )]
     pub catalog_url: String,
-    /// Directory holding orders-<id>.csv, term-<id> and book-<id>.snap.
+    /// Directory holding orders-<id>.csv, term-<id>, book-<id>.snap and trades-<id>.bin.
     #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
     /// Log entries applied to the book between two snapshots of it (a restart loads the
@@ -91,6 +93,11 @@ pub struct Config {
     #[arg(long, env = env::BOOK_SNAPSHOT_EVERY, default_value_t = book_store::SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub book_snapshot_every: u64,
+    /// The newest trades the book keeps in memory; older ones are read from the trade
+    /// archive (`trades-<id>.bin`) when asked for.
+    #[arg(long, env = env::TRADES_IN_MEMORY, default_value_t = book_store::TRADES_IN_MEMORY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub trades_in_memory: usize,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
@@ -139,7 +146,10 @@ impl AppState {
             &config.data_dir,
             config.peers.clone(),
             links,
-            config.book_snapshot_every,
+            BookSettings {
+                snapshot_every: config.book_snapshot_every,
+                trades_in_memory: config.trades_in_memory,
+            },
         )
         .await?;
         Ok(Self { replica, secret })
@@ -360,7 +370,9 @@ async fn daily_report(
         Some(date) => clock::parse_day(date).map_err(ApiError::bad_request)?,
         None => clock::day_of(clock::now_millis()),
     };
-    Ok(data(state.replica.read_book(|book| book.daily_report(day))))
+    Ok(data(
+        state.replica.read_book(|book| book.daily_report(day))?,
+    ))
 }
 
 /// `GET /portfolios/{user}`: the user's positions, from the committed log.
@@ -371,7 +383,7 @@ async fn portfolio(
     let user: u64 = user
         .parse()
         .map_err(|_| ApiError::bad_request("User id must be a number"))?;
-    Ok(data(state.replica.read_book(|book| book.holdings(user))))
+    Ok(data(state.replica.read_book(|book| book.holdings(user))?))
 }
 
 async fn modify_order(
@@ -515,7 +527,7 @@ async fn list_orders(
             orders,
             next_cursor,
         }
-    });
+    })?;
     Ok(data(page))
 }
 
@@ -535,7 +547,7 @@ async fn trades(
     let limit = page_size(filter.limit)?;
     let trades: Vec<Trade> = state
         .replica
-        .read_book(|book| book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit));
+        .read_book(|book| book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit))?;
     Ok(data(trades))
 }
 
@@ -591,7 +603,7 @@ async fn book(
 ) -> Result<Response, ApiError> {
     let depth = bounded("depth", query.depth, DEFAULT_DEPTH, MAX_PAGE)?;
     Ok(data(
-        state.replica.read_book(|book| book.depth(&name, depth)),
+        state.replica.read_book(|book| book.depth(&name, depth))?,
     ))
 }
 
@@ -618,7 +630,7 @@ async fn candles(
     let (applied, (candles, next)) = state.replica.read_book(|book| {
         let candles = book.candles(&name, width, (from, to), MAX_PAGE);
         (book.applied(), candles)
-    });
+    })?;
     let candles = candles
         .into_iter()
         .map(|c| wire::Candle {
@@ -692,7 +704,7 @@ mod tests {
             internal_client(Duration::from_millis(200), &secret),
             "http://127.0.0.1:9",
         );
-        let replica = Replica::start(1, dir, peers, links, book_store::SNAPSHOT_EVERY)
+        let replica = Replica::start(1, dir, peers, links, BookSettings::default())
             .await
             .unwrap();
         router(AppState { replica, secret })

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::audit::{self, AuditFilter};
 use crate::book::Book;
-use crate::book_store::BookStore;
+use crate::book_store::{BookSettings, BookStore};
 use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
     self, handover, members, Elections, HttpNetwork, HttpPreVote, LogStore, PreVoteTransport, Raft,
@@ -33,6 +33,7 @@ use crate::consensus::{
 use crate::error::OrderError;
 use crate::log::OrderLog;
 use crate::metrics::{FollowerLabels, ReplicaMetrics};
+use crate::trade_archive::TradeArchive;
 
 /// How often the leader's catalog applier looks for committed entries the catalog lacks
 /// when nothing wakes it: after a catalog outage, the catalog catches up within this.
@@ -183,7 +184,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the log, book and vote of replica `id` in `data_dir` and starts its part in the
+    /// Opens the log, book (kept as `book` says) and vote of replica `id` in `data_dir` and
+    /// starts its part in the
     /// group founded by `peers` (or, not among them, waits to be added to the group), and the
     /// task that takes over when it is elected. It reaches the other replicas through
     /// `network` and `pre_votes` and, leading, applies the log to `catalog`.
@@ -192,14 +194,16 @@ impl Replica {
         data_dir: &std::path::Path,
         peers: Vec<Peer>,
         links: Links<impl RaftNetworkFactory<TypeConfig>, impl PreVoteTransport>,
-        snapshot_every: u64,
+        book: BookSettings,
     ) -> Result<Arc<Self>, OrderError> {
         std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
         let metrics = ReplicaMetrics::new();
         let log = OrderLog::open(data_dir.join(format!("orders-{id}.csv")))?;
+        let settings = book;
         let book = Arc::new(BookStore::open(
             data_dir.join(format!("book-{id}.snap")),
-            snapshot_every,
+            TradeArchive::open(data_dir.join(format!("trades-{id}.bin")))?,
+            settings,
             log.last(),
         ));
         let log = Arc::new(Mutex::new(log));
@@ -215,7 +219,7 @@ impl Replica {
             members::joining()
         };
         let machine = StateMachine::open(book.clone(), &log, founding)?;
-        let config = consensus::config(snapshot_every)?;
+        let config = consensus::config(settings.snapshot_every)?;
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
@@ -528,19 +532,20 @@ impl Replica {
 
     /// The public view of order `number`, from the log and the book.
     pub fn order_view(&self, number: u64) -> Result<OrderView, OrderError> {
-        let book = self.book();
-        // An entry past the book is not known to be committed yet: it may never be.
-        if number > book.applied() {
-            return Err(OrderError::OrderNotFound);
-        }
-        let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
-        match book.view(&entry) {
-            Some(view) => Ok(view),
-            None if matches!(entry.command, Command::Place { .. } | Command::Sweep { .. }) => {
-                Err(OrderError::NotReady)
+        self.book.read(|book| {
+            // An entry past the book is not known to be committed yet: it may never be.
+            if number > book.applied() {
+                return Err(OrderError::OrderNotFound);
             }
-            None => Err(OrderError::NotAnOrder(number)),
-        }
+            let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+            match book.view(&entry) {
+                Some(view) => Ok(view),
+                None if matches!(entry.command, Command::Place { .. } | Command::Sweep { .. }) => {
+                    Err(OrderError::NotReady)
+                }
+                None => Err(OrderError::NotAnOrder(number)),
+            }
+        })?
     }
 
     /// The order placed under idempotency key `key` (as logged) and its user, once committed
@@ -590,8 +595,8 @@ impl Replica {
     }
 
     /// Runs `read` on the book (as of the committed log this replica has applied).
-    pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> T {
-        read(&self.book())
+    pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
+        self.book.read(read)
     }
 
     /// Leader side: checks and proposes one command, then waits until the group committed
@@ -659,7 +664,7 @@ impl Replica {
         // Committed and in the book. A book command that did not trade changes nothing in the
         // catalog (the catalog gets it in order with the others, for its position alone), so
         // it is answered now; anything else once the catalog has it too (I3, I7).
-        if !market && self.book().entry_price(number).is_none() {
+        if !market && self.book.read(|book| book.entry_price(number))?.is_none() {
             return Ok(number);
         }
         let waiting_since = progress.borrow().round;
@@ -1099,8 +1104,9 @@ impl Replica {
             sent = true;
             let through = number.min(*catalog_applied + BATCH as u64);
             let orders = self.orders_between(*catalog_applied, through)?;
-            let trades: Vec<CatalogTrade> = {
-                let book = self.book();
+            // (A trade the archive cannot give fails the round, which is retried: a price
+            // missing from it would be a change the catalog never gets.)
+            let trades: Vec<CatalogTrade> = self.book.read(|book| {
                 orders
                     .into_iter()
                     .map(|o| {
@@ -1116,7 +1122,7 @@ impl Replica {
                         }
                     })
                     .collect()
-            };
+            })?;
             let request = ApplyRequest { term, trades };
             match self.catalog.apply(&request).await {
                 Ok(outcome) => {

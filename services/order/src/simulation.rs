@@ -25,6 +25,7 @@ use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Snapshot
 use stocknet_common::{ApiError, Order, Price, RemoteError, Side};
 use tempfile::TempDir;
 
+use crate::book_store::BookSettings;
 use crate::catalog::Catalog;
 use crate::consensus::sim::{Choices, Network, Router};
 use crate::error::OrderError;
@@ -143,7 +144,12 @@ impl Cluster {
             pre_votes: network,
             catalog: self.catalog.clone(),
         };
-        let replica = Replica::start(id as u32, self.dir.path(), peers, links, 50)
+        // Small enough that the checks read trades from the archive too.
+        let book = BookSettings {
+            snapshot_every: 50,
+            trades_in_memory: 8,
+        };
+        let replica = Replica::start(id as u32, self.dir.path(), peers, links, book)
             .await
             .unwrap();
         self.router

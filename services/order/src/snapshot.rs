@@ -9,28 +9,40 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use stocknet_common::wire::Trade;
 use stocknet_common::{file, Price, SelfTrade, Side, TimeInForce};
 
-use crate::book::{Book, Extras, LimitOrder, Refusal, Removal};
+use crate::book::{Book, Extras, LimitOrder, Matched, Refusal, Removal};
 use crate::candles::Candle;
 use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
 
 /// First bytes of a snapshot file; the digit is the format's version.
-const MAGIC: &[u8] = b"stocknet book snapshot 3\n";
+const MAGIC: &[u8] = b"stocknet book snapshot 4\n";
 
 #[derive(Serialize, Deserialize)]
 struct Image {
     applied: u64,
     next_slot: u64,
+    /// By place: archived trades name their stock by it.
+    stocks: Vec<StockImage>,
     orders: Vec<OrderImage>,
+    /// The trades before these are in the trade archive (`trades-<id>.bin`).
+    trades_archived: u64,
     trades: Vec<TradeImage>,
     refusals: Vec<(u64, Refusal)>,
     positions: Vec<PositionImage>,
     stock_days: Vec<StockDayImage>,
     user_days: Vec<(u32, u64, u64)>,
     candles: Vec<(String, Vec<CandleImage>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StockImage {
+    name: String,
+    last_cents: Option<u64>,
+    /// Its trade ids, each as the gap from the one before (the first from 0): a byte or two
+    /// each.
+    trade_gaps: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,7 +81,8 @@ struct OrderImage {
     stop: Option<u64>,
     protection_bps: Option<u32>,
     triggered: Option<u64>,
-    trades: Vec<u64>,
+    /// Its last trade (0: none); each trade links to the one before of each of its orders.
+    last_trade: u64,
     slot: u64,
 }
 
@@ -104,12 +117,15 @@ struct StockDayImage {
 struct TradeImage {
     id: u64,
     entry: u64,
-    name: String,
+    /// Its stock's place in `stocks`.
+    stock: u32,
     cents: u64,
     quantity: u32,
     buy_order: u64,
     sell_order: u64,
     taker_side: Side,
+    buy_previous: u64,
+    sell_previous: u64,
 }
 
 /// The snapshot of `book`, ready to be written.
@@ -119,6 +135,21 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
     let image = Image {
         applied: parts.applied,
         next_slot: parts.next_slot,
+        stocks: parts
+            .stocks
+            .iter()
+            .map(|stock| StockImage {
+                name: stock.name.to_owned(),
+                last_cents: stock.last_price.map(Price::cents),
+                trade_gaps: stock
+                    .trades
+                    .iter()
+                    .scan(0, |previous, &id| {
+                        Some(id - std::mem::replace(previous, id))
+                    })
+                    .collect(),
+            })
+            .collect(),
         orders: parts
             .orders
             .map(|o| OrderImage {
@@ -142,22 +173,25 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 stop: o.stop_price().map(Price::cents),
                 protection_bps: o.extras.as_ref().and_then(|e| e.protection_bps),
                 triggered: o.triggered(),
-                trades: book.order_trade_ids(&o),
+                last_trade: o.last_trade,
                 slot: o.slot,
             })
             .collect(),
+        trades_archived: parts.trades_archived,
         trades: parts
             .trades
-            .into_iter()
+            .iter()
             .map(|t| TradeImage {
                 id: t.id,
                 entry: t.entry,
-                name: t.name.clone(),
+                stock: t.stock,
                 cents: t.price.cents(),
                 quantity: t.quantity,
                 buy_order: t.buy_order,
                 sell_order: t.sell_order,
                 taker_side: t.taker_side,
+                buy_previous: t.buy_previous,
+                sell_previous: t.sell_previous,
             })
             .collect(),
         refusals: parts.refusals,
@@ -248,26 +282,38 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         market: o.market,
         shown: o.shown,
         pending: o.pending,
-        // Linked from the trade list by `from_parts`. An order's own list of trade ids is
-        // kept in the format, unchanged, for replicas of the previous release.
-        last_trade: 0,
+        last_trade: o.last_trade,
         slot: o.slot,
     });
-    let trades = image.trades.into_iter().map(|t| Trade {
+    let trades = image.trades.into_iter().map(|t| Matched {
         id: t.id,
         entry: t.entry,
-        name: t.name,
+        stock: t.stock,
         price: Price::from_cents(t.cents),
         quantity: t.quantity,
         buy_order: t.buy_order,
         sell_order: t.sell_order,
         taker_side: t.taker_side,
+        buy_previous: t.buy_previous,
+        sell_previous: t.sell_previous,
+    });
+    let stocks = image.stocks.into_iter().map(|stock| {
+        let ids = stock
+            .trade_gaps
+            .iter()
+            .scan(0u64, |id, &gap| {
+                *id = id.saturating_add(gap);
+                Some(*id)
+            })
+            .collect();
+        (stock.name, stock.last_cents.map(Price::from_cents), ids)
     });
     let mut book = Book::from_parts(
         image.applied,
         image.next_slot,
+        stocks.collect(),
         orders,
-        trades.collect(),
+        (image.trades_archived, trades.collect()),
         image.refusals,
         Portfolios::from_rows(image.positions.into_iter().map(|p| {
             let position = Position {

@@ -15,8 +15,9 @@ use tempfile::TempDir;
 
 use super::sim::{Choices, Network, Router};
 use super::*;
-use crate::book_store::BookStore;
+use crate::book_store::{BookSettings, BookStore};
 use crate::log::OrderLog;
+use crate::trade_archive::TradeArchive;
 
 /// Opens replica `id`'s log store and state machine in `dir`, as a replica process does.
 fn open_stores(
@@ -27,7 +28,11 @@ fn open_stores(
     let log = OrderLog::open(dir.join(format!("orders-{id}.csv"))).unwrap();
     let book = Arc::new(BookStore::open(
         dir.join(format!("book-{id}.snap")),
-        1000,
+        TradeArchive::open(dir.join(format!("trades-{id}.bin"))).unwrap(),
+        BookSettings {
+            snapshot_every: 1000,
+            trades_in_memory: 4,
+        },
         log.last(),
     ));
     let log = Arc::new(Mutex::new(log));
