@@ -107,7 +107,9 @@ pub fn check_replay(log: &[Value]) -> BookState {
     let traded: u64 = trades.iter().map(|t| u64::from(t.quantity)).sum();
     let (mut bought, mut sold) = (0u64, 0u64);
     let mut orders = Vec::new();
-    for order in book.orders(None, None, u64::MAX) {
+    let (listed, more) = book.orders_page(u64::MAX, (usize::MAX, usize::MAX), |_| true);
+    assert_eq!(more, None);
+    for order in listed {
         let view = book.limit_view(&order);
         let fills: u32 = view.fills.iter().map(|f| f.quantity).sum();
         assert!(

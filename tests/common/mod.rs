@@ -33,9 +33,9 @@ pub const SECRET: &str = "test-cluster-shared-secret";
 /// Book entries between snapshots in test clusters.
 pub const BOOK_SNAPSHOT_EVERY: &str = "50";
 
-/// Trades a test cluster's books keep in memory: few, so that tests read older ones from
-/// the replicas' trade archives.
-pub const TRADES_IN_MEMORY: &str = "4";
+/// Trades and limit orders a test cluster's books keep in memory: few, so that tests read
+/// older ones from the replicas' archives.
+pub const IN_MEMORY: &str = "4";
 
 /// The entries of `log` (a replica's log as JSON) that are commands somebody sent: not the
 /// replica group's own entries (a new leader's, a membership change).
@@ -410,7 +410,9 @@ impl Cluster {
                         "--book-snapshot-every",
                         BOOK_SNAPSHOT_EVERY,
                         "--trades-in-memory",
-                        TRADES_IN_MEMORY,
+                        IN_MEMORY,
+                        "--orders-in-memory",
+                        IN_MEMORY,
                     ]),
                     listener,
                     i < founders,

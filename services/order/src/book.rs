@@ -32,10 +32,11 @@ use stocknet_common::{
     Command, Order, Price, Rejection, SelfTrade, Side, Status, Terms, TimeInForce,
 };
 
+use crate::archive::Archive;
 use crate::candles::{Candle, Minutes};
+use crate::error::OrderError;
 use crate::portfolio::Portfolios;
 use crate::report::Reports;
-use crate::trade_archive::TradeArchive;
 
 /// A limit order and what has happened to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,6 +264,21 @@ struct Level {
     live: usize,
 }
 
+/// The record at `place` of a book whose `orders` start at place `archived`, before which
+/// `pinned` holds those kept in memory (the fields, so that matching can read one while it
+/// changes a stock's book).
+fn record_in<'a>(
+    orders: &'a [LimitOrder],
+    pinned: &'a BTreeMap<u32, LimitOrder>,
+    archived: u32,
+    place: u32,
+) -> &'a LimitOrder {
+    match place.checked_sub(archived) {
+        Some(index) => &orders[index as usize],
+        None => &pinned[&place],
+    }
+}
+
 /// Keeps the queue of a level that emptied for a new one, up to [`SPARE_QUEUES`] of them.
 fn spare(queues: &mut Vec<VecDeque<(u32, u64)>>, level: Level) {
     if queues.len() < SPARE_QUEUES {
@@ -385,9 +401,15 @@ pub struct Book {
     stocks: Vec<StockBook>,
     /// Stock name → place in `stocks`: a name is hashed once per entry at most.
     stock_places: HashMap<String, u32>,
-    /// The record of every limit order, by ascending number (each enters after every one
-    /// before it); a closed order is found by number in it.
+    /// The records of the newest limit orders, by ascending number (each enters after every
+    /// one before it): `orders[i]` is at place `orders_archived + i`; a closed order is found
+    /// by number in it. Those before are in the archive, and those of them still needed
+    /// (open, waiting to trigger) in `pinned` too.
     orders: Vec<LimitOrder>,
+    orders_archived: u32,
+    /// The records before `orders` still kept in memory, by place, and their numbers' places.
+    pinned: BTreeMap<u32, LimitOrder>,
+    pinned_places: HashMap<u64, u32>,
     /// The open orders (a slab: a closed order's place goes to the next new one, listed in
     /// `free`); the price levels hold places in it, so matching looks nothing up.
     live: Vec<Live>,
@@ -403,9 +425,9 @@ pub struct Book {
     /// to `archive`.
     trades: Vec<Matched>,
     trades_archived: u64,
-    /// Where trades go once more than `trades_in_memory` are held (none: all stay).
-    archive: Option<Arc<TradeArchive>>,
-    trades_in_memory: usize,
+    /// Where records go once more than `in_memory` says are held (none: all stay).
+    archive: Option<Arc<Archive>>,
+    in_memory: InMemory,
     /// The buyers and sellers of the trades of the order entering now, and the resting orders
     /// it filled (kept to reuse their allocations).
     filled: Vec<u32>,
@@ -429,6 +451,17 @@ pub struct Book {
     reports: Reports,
 }
 
+/// How many of the newest trades and limit orders a book with an archive keeps in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InMemory {
+    pub trades: usize,
+    pub orders: usize,
+}
+
+/// Records an order listing reads at most for one page: a filter that matches few orders
+/// gives a short page, with where the next one starts.
+pub const ORDERS_SCANNED: usize = 100_000;
+
 /// A stock as a snapshot holds it.
 pub(crate) struct StockPart<'a> {
     pub name: &'a str,
@@ -443,6 +476,9 @@ pub(crate) struct Parts<'a, Orders> {
     pub next_slot: u64,
     /// Each stock, by place: its name, last price and trade ids.
     pub stocks: Vec<StockPart<'a>>,
+    /// The records in memory, each with its place: the ones before `orders_archived` are
+    /// also in the archive.
+    pub orders_archived: u32,
     pub orders: Orders,
     /// The trades in memory, after the archive's first `trades_archived`.
     pub trades_archived: u64,
@@ -456,7 +492,7 @@ pub(crate) struct Parts<'a, Orders> {
 }
 
 impl Book {
-    pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = LimitOrder> + '_> {
+    pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = (u32, LimitOrder)> + '_> {
         let mut refusals: Vec<(u64, Refusal)> =
             self.refusals.iter().map(|(n, r)| (*n, *r)).collect();
         refusals.sort_unstable_by_key(|(n, _)| *n);
@@ -480,7 +516,13 @@ impl Book {
                     trades: &book.trades,
                 })
                 .collect(),
-            orders: self.orders.iter().map(|order| self.current(order)),
+            orders_archived: self.orders_archived,
+            orders: self
+                .pinned
+                .iter()
+                .map(|(&place, order)| (place, order))
+                .chain((self.orders_archived..).zip(&self.orders))
+                .map(|(place, order)| (place, self.current(order))),
             trades_archived: self.trades_archived,
             trades: &self.trades,
             refusals,
@@ -497,7 +539,7 @@ impl Book {
         applied: u64,
         next_slot: u64,
         stocks: Vec<(String, Option<Price>, Vec<u64>)>,
-        orders: impl Iterator<Item = LimitOrder>,
+        (orders_archived, orders): (u32, impl Iterator<Item = (u32, LimitOrder)>),
         (trades_archived, trades): (u64, Vec<Matched>),
         refusals: Vec<(u64, Refusal)>,
         portfolios: Portfolios,
@@ -506,6 +548,7 @@ impl Book {
         let mut book = Book {
             applied,
             next_slot,
+            orders_archived,
             trades_archived,
             refusals: refusals.into_iter().collect(),
             portfolios,
@@ -525,17 +568,19 @@ impl Book {
             (stock.last_price, stock.trades) = (last_price, ids);
         }
         let mut open = Vec::new();
-        for order in orders {
+        let mut last: Option<(u32, u64)> = None;
+        for (place, order) in orders {
             if order.filled > order.quantity || order.slot > next_slot {
                 return Err(format!("order {} is inconsistent", order.number));
             }
-            if book
-                .orders
-                .last()
-                .is_some_and(|last| last.number >= order.number)
-            {
+            // In place order, by number, the ones before the archived mark pinned and the
+            // rest one after another from it.
+            let in_order = last.is_none_or(|(p, n)| p < place && n < order.number);
+            let next = orders_archived as usize + book.orders.len();
+            if !in_order || (place >= orders_archived && place as usize != next) {
                 return Err(format!("order {} is out of place", order.number));
             }
+            last = Some((place, order.number));
             let slot = order.slot;
             let stock = book.stock_place(&order.name)?;
             if order.last_trade > trade_count {
@@ -553,7 +598,18 @@ impl Book {
                 }
                 _ => None,
             };
-            if let Some(live) = book.push(stock, order)? {
+            let live = if place < orders_archived {
+                let open = order.is_open();
+                book.pinned_places.insert(order.number, place);
+                book.pinned.insert(place, order);
+                match open {
+                    true => Some(book.open_live(place, stock)?),
+                    false => None,
+                }
+            } else {
+                book.push(stock, order)?
+            };
+            if let Some(live) = live {
                 open.push((slot, live));
             }
             if let Some((side, stop, number, user, id)) = held {
@@ -577,7 +633,7 @@ impl Book {
         for (slot, live) in open {
             book.live[live as usize].slot = slot;
             let order = book.live[live as usize];
-            let record = &book.orders[order.place as usize];
+            let record = book.record(order.place);
             let (user, extras) = (record.user, record.extras.as_deref().cloned());
             let extras = extras.unwrap_or_default();
             if let Some(expires) = extras.expires {
@@ -629,8 +685,36 @@ impl Book {
 
     /// Limit order `number` as of now.
     pub fn order(&self, number: u64) -> Option<LimitOrder> {
-        let record = self.orders.get(self.place(number)? as usize)?;
-        Some(self.current(record))
+        let record = self.record_at(self.place(number)?)?;
+        Some(self.current(&record))
+    }
+
+    /// The record at `place`, from memory or, a closed order's from long ago, the archive.
+    fn record_at(&self, place: u32) -> Option<std::borrow::Cow<'_, LimitOrder>> {
+        if let Some(index) = place.checked_sub(self.orders_archived) {
+            return self
+                .orders
+                .get(index as usize)
+                .map(std::borrow::Cow::Borrowed);
+        }
+        if let Some(record) = self.pinned.get(&place) {
+            return Some(std::borrow::Cow::Borrowed(record));
+        }
+        let name = |stock: u32| Some(self.stocks.get(stock as usize)?.name.clone());
+        let order = self.archive.as_ref()?.order(place, name)?;
+        Some(std::borrow::Cow::Owned(order))
+    }
+
+    /// The record at `place` of an order kept in memory (open, waiting, or recent).
+    fn record(&self, place: u32) -> &LimitOrder {
+        record_in(&self.orders, &self.pinned, self.orders_archived, place)
+    }
+
+    fn record_mut(&mut self, place: u32) -> &mut LimitOrder {
+        match place.checked_sub(self.orders_archived) {
+            Some(index) => &mut self.orders[index as usize],
+            None => self.pinned.get_mut(&place).expect("a pinned record"),
+        }
     }
 
     /// `record` as of now: an open order's price, quantity, fills and slot are in `live`.
@@ -650,17 +734,51 @@ impl Book {
         if let Some(&live) = self.places.get(&number) {
             return Some(self.live[live as usize].place);
         }
-        let place = self
+        if self
             .orders
-            .binary_search_by_key(&number, |order| order.number)
-            .ok()?;
-        u32::try_from(place).ok()
+            .first()
+            .is_some_and(|first| first.number <= number)
+        {
+            let index = self
+                .orders
+                .binary_search_by_key(&number, |order| order.number)
+                .ok()?;
+            return Some(self.orders_archived + index as u32);
+        }
+        if let Some(&place) = self.pinned_places.get(&number) {
+            return Some(place);
+        }
+        let place = self.archived_below(number);
+        (place < self.orders_archived && self.archived_number(place)? == number).then_some(place)
+    }
+
+    /// The first place before `orders` whose order's number is not below `number` (every
+    /// place before it holds a smaller one), by bisecting the archive.
+    fn archived_below(&self, number: u64) -> u32 {
+        let (mut low, mut high) = (0, self.orders_archived);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.archived_number(middle) {
+                Some(found) if found < number => low = middle + 1,
+                Some(_) => high = middle,
+                // Unreadable (counted as a failed read): nothing is answered from here.
+                None => return 0,
+            }
+        }
+        low
+    }
+
+    fn archived_number(&self, place: u32) -> Option<u64> {
+        self.archive.as_ref()?.order_number(place)
     }
 
     /// Adds `order`, the newest, of the stock at `stock`, queued nowhere yet; if it is open,
     /// its place in `live`.
     fn push(&mut self, stock: u32, order: LimitOrder) -> Result<Option<u32>, String> {
-        let place = u32::try_from(self.orders.len()).map_err(|_| "too many orders".to_owned())?;
+        let place = u32::try_from(self.orders.len())
+            .ok()
+            .and_then(|index| index.checked_add(self.orders_archived))
+            .ok_or("too many orders")?;
         let open = order.is_open();
         self.orders.push(order);
         if !open {
@@ -672,7 +790,7 @@ impl Book {
     /// Gives the record at `place` in `orders`, of the stock at `stock`, a place among the
     /// open orders; that place.
     fn open_live(&mut self, place: u32, stock: u32) -> Result<u32, String> {
-        let order = &self.orders[place as usize];
+        let order = self.record(place);
         let last_trade = order.last_trade;
         let live = Live {
             place,
@@ -716,13 +834,15 @@ impl Book {
     /// its place (its queue slot goes stale).
     #[inline]
     fn close(&mut self, at: u32) {
-        let live = &mut self.live[at as usize];
-        let record = &mut self.orders[live.place as usize];
+        let live = self.live[at as usize];
+        let last_trade = self.live_last_trade[at as usize];
+        let record = self.record_mut(live.place);
         (record.price, record.quantity, record.filled) = (live.price, live.quantity, live.filled);
         record.shown = live.shown;
-        record.last_trade = self.live_last_trade[at as usize];
+        record.last_trade = last_trade;
         // A closed order is in no queue, however it closed.
-        (record.slot, live.slot) = (0, 0);
+        record.slot = 0;
+        self.live[at as usize].slot = 0;
         let (number, stock, place) = (live.number, live.stock, live.place);
         if live.has(Live::EXTRAS) {
             self.forget_extras(number, stock, place);
@@ -735,7 +855,7 @@ impl Book {
     /// the expiries and client order ids it is in.
     #[cold]
     fn forget_extras(&mut self, number: u64, stock: u32, place: u32) {
-        let record = &self.orders[place as usize];
+        let record = record_in(&self.orders, &self.pinned, self.orders_archived, place);
         let Some(extras) = record.extras.as_deref() else {
             return;
         };
@@ -802,7 +922,7 @@ impl Book {
         match id.checked_sub(self.trades_archived + 1) {
             Some(index) => self.trades.get(usize::try_from(index).ok()?).copied(),
             None if id == 0 => None,
-            None => self.archive.as_ref()?.read(id),
+            None => self.archive.as_ref()?.trade(id),
         }
     }
 
@@ -811,43 +931,104 @@ impl Book {
         self.trades_archived + self.trades.len() as u64
     }
 
-    /// Sends the oldest trades to the archive once twice as many as are to stay in memory are
-    /// held (so that each trade is moved once), keeping `trades_in_memory`. Called before an
-    /// entry is applied: its own trades stay in memory while it is. A trade that cannot be
-    /// written stays in memory, with those after it.
-    fn archive_trades(&mut self) {
-        let Some(archive) = &self.archive else {
+    /// Sends the oldest trades and limit orders' records to the archive once twice as many as
+    /// are to stay in memory are held (so that each is moved once), keeping the newest. Called
+    /// before an entry is applied: what it touches stays in memory while it is. A record that
+    /// cannot be written stays in memory, with those after it.
+    fn archive_old(&mut self) {
+        let Some(archive) = self.archive.clone() else {
             return;
         };
-        if self.trades.len() < 2 * self.trades_in_memory {
-            return;
-        }
-        let leaving = self.trades.len() - self.trades_in_memory;
-        for trade in &self.trades[..leaving] {
-            if let Err(e) = archive.write(trade) {
-                tracing::error!("trades stay in memory: {e}");
-                return;
+        if self.trades.len() >= 2 * self.in_memory.trades {
+            let leaving = self.trades.len() - self.in_memory.trades;
+            let written = self.trades[..leaving]
+                .iter()
+                .try_for_each(|trade| archive.write_trade(trade));
+            match written {
+                Ok(()) => {
+                    self.trades.drain(..leaving);
+                    self.trades_archived += leaving as u64;
+                }
+                Err(e) => tracing::error!("trades stay in memory: {e}"),
             }
         }
-        self.trades.drain(..leaving);
-        self.trades_archived += leaving as u64;
+        if self.orders.len() >= 2 * self.in_memory.orders {
+            if let Err(e) = self.archive_orders(&archive) {
+                tracing::error!("order records stay in memory: {e}");
+            }
+        }
     }
 
-    /// Keeps no more than `in_memory` trades (at least one) in memory; older ones go to
-    /// `archive`, which must hold every trade this book archived already.
-    pub fn with_trade_archive(mut self, archive: Arc<TradeArchive>, in_memory: usize) -> Self {
+    /// Writes the oldest records of `orders` to `archive`, keeping the newest
+    /// `in_memory.orders`, and the records that closed among the pinned ones; pins those that
+    /// are still needed (open, waiting to trigger, or too long for the archive).
+    #[cold]
+    fn archive_orders(&mut self, archive: &Archive) -> Result<(), OrderError> {
+        let needed = |book: &Book, order: &LimitOrder| {
+            book.places.contains_key(&order.number) || (order.pending && order.removal.is_none())
+        };
+        let closed: Vec<u32> = self
+            .pinned
+            .iter()
+            .filter(|(_, order)| !needed(self, order))
+            .map(|(&place, _)| place)
+            .collect();
+        for place in closed {
+            let order = &self.pinned[&place];
+            if archive.write_order(place, self.stock_places[&*order.name], order)? {
+                let number = order.number;
+                self.pinned.remove(&place);
+                self.pinned_places.remove(&number);
+            }
+        }
+        let leaving = self.orders.len() - self.in_memory.orders;
+        let mut pins = Vec::new();
+        for (index, record) in self.orders[..leaving].iter().enumerate() {
+            let place = self.orders_archived + index as u32;
+            // An open one's record is written as it is now (its number is what a search by
+            // number reads), and again once it closes.
+            let order = self.current(record);
+            let whole = archive.write_order(place, self.stock_places[&*order.name], &order)?;
+            if !whole || needed(self, record) {
+                pins.push(place);
+            }
+        }
+        let base = self.orders_archived;
+        let mut leaving_records = self.orders.drain(..leaving).enumerate();
+        for place in pins {
+            let record = leaving_records
+                .find(|(index, _)| base + *index as u32 == place)
+                .map(|(_, record)| record);
+            if let Some(record) = record {
+                self.pinned_places.insert(record.number, place);
+                self.pinned.insert(place, record);
+            }
+        }
+        drop(leaving_records);
+        self.orders_archived += leaving as u32;
+        Ok(())
+    }
+
+    /// Keeps no more than `in_memory` trades and limit orders' records (at least one of each)
+    /// in memory; older ones go to `archive`, which must hold every record this book archived
+    /// already.
+    pub fn with_archive(mut self, archive: Arc<Archive>, in_memory: InMemory) -> Self {
         self.archive = Some(archive);
-        self.trades_in_memory = in_memory.max(1);
+        self.in_memory = InMemory {
+            trades: in_memory.trades.max(1),
+            orders: in_memory.orders.max(1),
+        };
         self
     }
 
-    pub fn trades_in_memory(&self) -> usize {
-        self.trades_in_memory
+    pub fn in_memory(&self) -> InMemory {
+        self.in_memory
     }
 
-    /// How many trades, from the first, are in the archive rather than in memory.
-    pub fn trades_archived(&self) -> u64 {
-        self.trades_archived
+    /// How many trades, from the first, and how many limit orders' records, from place 0,
+    /// are in the archive rather than only in memory.
+    pub fn archived(&self) -> (u64, u64) {
+        (self.trades_archived, u64::from(self.orders_archived))
     }
 
     /// `matched` as the wire names it.
@@ -1053,8 +1234,8 @@ impl Book {
                     .map(|order| self.limit_view_without_fills(&order))
             };
             let Some(mut order) = view else { continue };
-            let user = match self.place(number) {
-                Some(place) => self.orders[place as usize].user,
+            let user = match self.place(number).and_then(|place| self.record_at(place)) {
+                Some(record) => record.user,
                 None => entry.user,
             };
             let Some(user) = user else { continue };
@@ -1142,20 +1323,48 @@ impl Book {
         (last.entry == number).then_some(last.price)
     }
 
-    /// Limit orders, newest first, with numbers below `before`, matching the filters.
-    pub fn orders<'a>(
-        &'a self,
-        name: Option<&'a str>,
-        status: Option<Status>,
+    /// Up to `limit` limit orders as of now, newest first, with numbers below `before`, that
+    /// `wanted` keeps, and the number the next page starts below if there may be more. It
+    /// looks at `scanned` orders at most: a filter that few orders pass gives a short page
+    /// (perhaps an empty one) and where to go on.
+    pub fn orders_page(
+        &self,
         before: u64,
-    ) -> impl Iterator<Item = LimitOrder> + 'a {
+        (limit, scanned): (usize, usize),
+        wanted: impl Fn(&LimitOrder) -> bool,
+    ) -> (Vec<LimitOrder>, Option<u64>) {
         let end = self.orders.partition_point(|o| o.number < before);
-        self.orders[..end]
+        let recent = self.orders[..end]
             .iter()
             .rev()
-            .filter(move |o| name.is_none_or(|n| *o.name == *n))
-            .map(|o| self.current(o))
-            .filter(move |o| status.is_none_or(|s| o.status() == s))
+            .map(|o| Some(std::borrow::Cow::Borrowed(o)));
+        // Before `orders`: kept in memory (pinned), or read from the archive.
+        let top = match end {
+            0 => self.archived_below(before),
+            _ => self.orders_archived,
+        };
+        let older = (0..top).rev().map(|place| self.record_at(place));
+        let mut found = Vec::new();
+        for (looked, record) in recent.chain(older).enumerate() {
+            // Unreadable: counted as a failed read, which fails the whole read.
+            let Some(record) = record else { break };
+            let order = self.current(&record);
+            let number = order.number;
+            if wanted(&order) {
+                if found.len() == limit {
+                    // More: the next page starts below the last of this one.
+                    let next = found
+                        .last()
+                        .map_or(number + 1, |last: &LimitOrder| last.number);
+                    return (found, Some(next));
+                }
+                found.push(order);
+            }
+            if looked + 1 == scanned {
+                return (found, Some(number));
+            }
+        }
+        (found, None)
     }
 
     /// Up to `limit` trades with ids above `after`, oldest first, of one stock or all.
@@ -1204,7 +1413,7 @@ impl Book {
     /// Applies the next log entry. Entries must come in log order, each exactly once.
     pub fn apply(&mut self, entry: &Order) -> Applied {
         debug_assert!(entry.number > self.applied);
-        self.archive_trades();
+        self.archive_old();
         self.applied = entry.number;
         self.touched.clear();
         self.affected.clear();
@@ -1526,7 +1735,7 @@ impl Book {
             return;
         };
         self.affected.push(number);
-        let record = &mut self.orders[place as usize];
+        let record = self.record_mut(place);
         let (stop, protection) = match record.extras.as_deref_mut() {
             Some(extras) => {
                 extras.triggered = Some(entry.number);
@@ -1547,9 +1756,9 @@ impl Book {
                 Some(limit) => limit,
                 None => return self.withdraw_stop(stock, number, place),
             },
-            None => self.orders[place as usize].price,
+            None => self.record(place).price,
         };
-        self.orders[place as usize].price = price;
+        self.record_mut(place).price = price;
         if time_in_force == TimeInForce::Fok
             && self.fillable(stock, side, price, user, self_trade, quantity) < quantity
         {
@@ -1569,14 +1778,18 @@ impl Book {
     /// Cancels stop order `number` (record at `place`) that is in no queue: untriggered, or
     /// triggered and unable to enter (no liquidity; fill or kill, and not fillable).
     fn withdraw_stop(&mut self, stock: u32, number: u64, place: u32) {
-        let record = &mut self.orders[place as usize];
-        if let Some(stop) = record.extras.as_ref().and_then(|e| e.stop_price) {
-            self.stocks[stock as usize]
-                .stops(record.side)
-                .remove(&(stop, number));
-        }
+        let record = self.record_mut(place);
+        let (side, stop) = (
+            record.side,
+            record.extras.as_ref().and_then(|e| e.stop_price),
+        );
         record.pending = false;
         record.removal = Some(Removal::Cancelled);
+        if let Some(stop) = stop {
+            self.stocks[stock as usize]
+                .stops(side)
+                .remove(&(stop, number));
+        }
         self.forget_extras(number, stock, place);
     }
 
@@ -1624,7 +1837,7 @@ impl Book {
                 .map(|(resting, _)| {
                     let own = prevented.is_some() && resting.user == prevented;
                     let slice = match resting.has(Live::ICEBERG) {
-                        true => self.orders[resting.place as usize].display(),
+                        true => self.record(resting.place).display(),
                         false => None,
                     };
                     let (remaining, visible) = (resting.remaining(), resting.visible());
@@ -1724,7 +1937,7 @@ impl Book {
     /// waiting for its trigger.
     fn untriggered(&self, target: u64) -> Option<(u32, u32)> {
         let place = self.place(target)?;
-        let record = &self.orders[place as usize];
+        let record = self.record_at(place)?;
         if !record.pending || record.removal.is_some() {
             return None;
         }
@@ -1736,7 +1949,7 @@ impl Book {
     fn remove(&mut self, live: u32, removal: Removal) {
         self.unqueue(live);
         let place = self.live[live as usize].place;
-        self.orders[place as usize].removal = Some(removal);
+        self.record_mut(place).removal = Some(removal);
         self.close(live);
     }
 
@@ -1884,7 +2097,13 @@ impl Book {
             if resting.has(Live::ICEBERG) {
                 resting.shown -= quantity;
                 if resting.shown == 0 && resting.remaining() > 0 {
-                    let display = self.orders[resting.place as usize].display();
+                    let display = record_in(
+                        &self.orders,
+                        &self.pinned,
+                        self.orders_archived,
+                        resting.place,
+                    )
+                    .display();
                     let display = display.unwrap_or_default();
                     resting.shown = display.min(resting.remaining());
                     self.next_slot += 1;
@@ -1942,8 +2161,13 @@ impl Book {
         }
         let rests = rests && !taker_cancelled;
         let shown = if taker.has(Live::ICEBERG) {
-            let display = self.orders[taker.place as usize].display();
-            display.unwrap_or_default().min(remaining)
+            let record = record_in(
+                &self.orders,
+                &self.pinned,
+                self.orders_archived,
+                taker.place,
+            );
+            record.display().unwrap_or_default().min(remaining)
         } else {
             0
         };
@@ -1970,7 +2194,7 @@ impl Book {
         if remaining == 0 {
             self.close(at);
         } else if !rests {
-            self.orders[taker.place as usize].removal = Some(Removal::Cancelled);
+            self.record_mut(taker.place).removal = Some(Removal::Cancelled);
             self.close(at);
         }
         for index in 0..self.filled.len() {
@@ -1980,8 +2204,8 @@ impl Book {
         for index in 0..self.withdrawn.len() {
             let withdrawn = self.withdrawn[index];
             let place = self.live[withdrawn as usize].place;
-            self.orders[place as usize].removal = Some(Removal::Cancelled);
-            self.affected.push(self.orders[place as usize].number);
+            self.record_mut(place).removal = Some(Removal::Cancelled);
+            self.affected.push(self.record(place).number);
             self.close(withdrawn);
         }
         self.withdrawn.clear();
@@ -2695,16 +2919,18 @@ mod tests {
             limit(Side::Buy, 2, 1000),
             limit(Side::Buy, 1, 900),
         ]);
-        let numbers = |it: &mut dyn Iterator<Item = LimitOrder>| -> Vec<u64> {
-            it.map(|o| o.number).collect()
+        let numbers = |before, limit, wanted: &dyn Fn(&LimitOrder) -> bool| {
+            let (orders, next) = book.orders_page(before, (limit, 10), wanted);
+            (orders.iter().map(|o| o.number).collect::<Vec<u64>>(), next)
         };
-        assert_eq!(numbers(&mut book.orders(None, None, u64::MAX)), [3, 2, 1]);
-        assert_eq!(numbers(&mut book.orders(None, None, 3)), [2, 1]);
-        assert_eq!(
-            numbers(&mut book.orders(Some("A"), Some(Status::Filled), u64::MAX)),
-            [2]
-        );
-        assert!(book.orders(Some("B"), None, u64::MAX).next().is_none());
+        assert_eq!(numbers(u64::MAX, 10, &|_| true), (vec![3, 2, 1], None));
+        assert_eq!(numbers(3, 10, &|_| true), (vec![2, 1], None));
+        assert_eq!(numbers(u64::MAX, 2, &|_| true), (vec![3, 2], Some(2)));
+        let filled = |o: &LimitOrder| o.status() == Status::Filled;
+        assert_eq!(numbers(u64::MAX, 10, &filled), (vec![2], None));
+        // Looking at one order at most: a short page, and where the next one starts.
+        let (orders, next) = book.orders_page(u64::MAX, (10, 1), filled);
+        assert_eq!((orders.len(), next), (0, Some(3)));
         assert_eq!(book.trades(Some("A"), 1, 10).len(), 0);
         assert_eq!(book.trades(Some("B"), 0, 10).len(), 0);
     }
@@ -3204,7 +3430,22 @@ mod model_tests {
         let parts = book.parts();
         let mut names: Vec<&String> = book.stock_places.keys().collect();
         names.sort();
-        let orders: Vec<LimitOrder> = book.orders.iter().map(|o| book.current(o)).collect();
+        let orders: Vec<LimitOrder> = (1..=parts.applied).filter_map(|n| book.order(n)).collect();
+        // Listed newest first, whole and page by page (pages of two, looking at three orders
+        // at most): the same orders.
+        let (listed, end) = book.orders_page(u64::MAX, (usize::MAX, usize::MAX), |_| true);
+        let mut paged = Vec::new();
+        let mut before = Some(u64::MAX);
+        while let Some(below) = before {
+            let (page, next) = book.orders_page(below, (2, 3), |o| o.number % 3 != 0);
+            paged.extend(page);
+            before = next;
+        }
+        let every_third_kept: Vec<&LimitOrder> =
+            listed.iter().filter(|o| o.number % 3 != 0).collect();
+        assert_eq!(paged.iter().collect::<Vec<_>>(), every_third_kept);
+        assert_eq!(end, None);
+        assert_eq!(listed.iter().rev().cloned().collect::<Vec<_>>(), orders);
         // Every trade and fill, wherever it is kept (memory or archive).
         let views: Vec<OrderView> = orders.iter().map(|o| book.limit_view(o)).collect();
         let prices: Vec<Option<Price>> = (1..=parts.applied).map(|n| book.entry_price(n)).collect();
@@ -3251,15 +3492,16 @@ mod model_tests {
             // The book keeps three trades in memory, the rest in its archive; the reference
             // keeps them all.
             let dir = tempfile::tempdir().expect("temp dir");
-            let archive = Arc::new(TradeArchive::open(dir.path().join("trades.bin")).expect("archive"));
-            let mut original = Book::default().with_trade_archive(archive.clone(), 3);
+            let archive = Arc::new(Archive::open(dir.path(), 1).expect("archive"));
+            let in_memory = InMemory { trades: 3, orders: 3 };
+            let mut original = Book::default().with_archive(archive.clone(), in_memory);
             let mut reference = Book::default();
             for entry in &entries[..cut] {
                 prop_assert_eq!(original.apply(entry), reference.apply(entry));
             }
             let bytes = crate::snapshot::encode(&original).expect("encode");
             let restored = crate::snapshot::decode(&bytes).expect("decode");
-            let mut restored = restored.with_trade_archive(archive.clone(), 3);
+            let mut restored = restored.with_archive(archive.clone(), in_memory);
             prop_assert_eq!(observable(&restored), observable(&reference));
             prop_assert_eq!(observable(&original), observable(&reference));
             for entry in &entries[cut..] {
@@ -3304,7 +3546,8 @@ mod model_tests {
                 // Never filled beyond its quantity; every trade within its limit.
                 prop_assert!(order.filled <= order.quantity);
             }
-            prop_assert_eq!(book.orders.len(), model.orders.len());
+            let kept = (1..=commands.len() as u64).filter(|&n| book.order(n).is_some()).count();
+            prop_assert_eq!(kept, model.orders.len());
             let refused: BTreeSet<u64> = (1..=commands.len() as u64)
                 .filter(|&n| book.refusal(n).is_some())
                 .collect();

@@ -1,40 +1,46 @@
-//! A replica's book, its snapshot file and its trade archive: the book advances through
-//! committed log entries, sending older trades to the archive, and every `snapshot_every`
-//! entries it is written to disk, so that a restart loads the snapshot and applies only what
-//! follows it.
+//! A replica's book, its snapshot file and its archive: the book advances through committed
+//! log entries, sending older trades and closed orders to the archive, and every
+//! `snapshot_every` entries it is written to disk, so that a restart loads the snapshot and
+//! applies only what follows it.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::archive::Archive;
 use crate::book::Book;
+use crate::book::InMemory;
 use crate::error::OrderError;
 use crate::feed::Feed;
 use crate::log::OrderLog;
 use crate::snapshot;
-use crate::trade_archive::TradeArchive;
 use stocknet_common::Order;
 
 /// Entries applied between two snapshots, unless configured otherwise.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
 
-/// Trades kept in memory, unless configured otherwise: the newest, which the streams and
-/// most reads want.
+/// Trades and limit orders kept in memory, unless configured otherwise: the newest, which the
+/// streams and most reads want (open orders are kept whatever their age).
 pub const TRADES_IN_MEMORY: usize = 100_000;
+pub const ORDERS_IN_MEMORY: usize = 100_000;
 
 /// How a replica keeps its book.
 #[derive(Debug, Clone, Copy)]
 pub struct BookSettings {
     /// Entries applied between two snapshots.
     pub snapshot_every: u64,
-    /// The newest trades kept in memory; older ones are read from the trade archive.
-    pub trades_in_memory: usize,
+    /// The newest trades and limit orders kept in memory; older ones are read from the
+    /// archive.
+    pub in_memory: InMemory,
 }
 
 impl Default for BookSettings {
     fn default() -> Self {
         Self {
             snapshot_every: SNAPSHOT_EVERY,
-            trades_in_memory: TRADES_IN_MEMORY,
+            in_memory: InMemory {
+                trades: TRADES_IN_MEMORY,
+                orders: ORDERS_IN_MEMORY,
+            },
         }
     }
 }
@@ -47,7 +53,7 @@ pub struct BookStore {
     /// The events of the entries applied lately, for frontends' streams.
     feed: Feed,
     path: PathBuf,
-    trades: Arc<TradeArchive>,
+    archive: Arc<Archive>,
     snapshot_every: u64,
     /// One snapshot written at a time.
     writing: Mutex<()>,
@@ -55,32 +61,31 @@ pub struct BookStore {
 
 impl BookStore {
     /// Loads the snapshot at `path` if there is a usable one: readable, not past the end of
-    /// the log it must continue from (`log_last`), and continuing the trades `trades` holds.
+    /// the log it must continue from (`log_last`), and continuing what `archive` holds.
     /// Anything else starts an empty book that the log rebuilds; a snapshot is never needed
-    /// for correctness. Older trades than `settings` keep in memory go to `trades`.
-    pub fn open(
-        path: PathBuf,
-        trades: TradeArchive,
-        settings: BookSettings,
-        log_last: u64,
-    ) -> Self {
-        let archived = trades.count().unwrap_or_else(|e| {
+    /// for correctness. Older records than `settings` keep in memory go to `archive`.
+    pub fn open(path: PathBuf, archive: Archive, settings: BookSettings, log_last: u64) -> Self {
+        let held = archive.held().unwrap_or_else(|e| {
             tracing::warn!("{e}");
-            0
+            (0, 0)
         });
+        let continues = |book: &Book| {
+            let (trades, orders) = book.archived();
+            trades <= held.0 && orders <= held.1
+        };
         let book = match std::fs::read(&path) {
             Ok(bytes) => match snapshot::decode(&bytes) {
-                Ok(book) if book.applied() <= log_last && book.trades_archived() <= archived => {
+                Ok(book) if book.applied() <= log_last && continues(&book) => {
                     tracing::info!(applied = book.applied(), "book loaded from its snapshot");
                     book
                 }
                 Ok(book) if book.applied() <= log_last => {
                     tracing::warn!(
                         path = %path.display(),
-                        trades_archived = book.trades_archived(),
-                        archive = %trades.path().display(),
-                        archived,
-                        "book snapshot continues trades the archive lacks; rebuilding from the log"
+                        archived = ?book.archived(),
+                        archive = archive.describe(),
+                        ?held,
+                        "book snapshot continues records the archive lacks; rebuilding from the log"
                     );
                     Book::default()
                 }
@@ -104,28 +109,28 @@ impl BookStore {
                 Book::default()
             }
         };
-        let trades = Arc::new(trades);
-        let book = book.with_trade_archive(trades.clone(), settings.trades_in_memory);
+        let archive = Arc::new(archive);
+        let book = book.with_archive(archive.clone(), settings.in_memory);
         Self {
             feed: Feed::new(book.applied()),
             book: Mutex::new(book),
             path,
-            trades,
+            archive,
             snapshot_every: settings.snapshot_every.max(1),
             writing: Mutex::new(()),
         }
     }
 
-    /// Runs `read` on the book; an error if it needed an archived trade that could not be
+    /// Runs `read` on the book; an error if it needed an archived record that could not be
     /// read, since its answer would then not be true.
     pub fn read<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
-        let failed = self.trades.failed_reads();
+        let failed = self.archive.failed_reads();
         let answer = read(&self.lock());
-        match self.trades.failed_reads() == failed {
+        match self.archive.failed_reads() == failed {
             true => Ok(answer),
             false => Err(OrderError::Corrupt(format!(
-                "{}: an archived trade could not be read",
-                self.trades.path().display()
+                "{}: an archived record could not be read",
+                self.archive.describe()
             ))),
         }
     }
@@ -210,26 +215,28 @@ impl BookStore {
     /// them as this replica's snapshot.
     pub fn install(&self, bytes: &[u8]) -> Result<(), OrderError> {
         let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
-        if book.trades_archived() > self.trades.count()? {
+        let (trades, orders) = self.archive.held()?;
+        let (archived_trades, archived_orders) = book.archived();
+        if archived_trades > trades || archived_orders > orders {
             return Err(OrderError::Corrupt(format!(
-                "the snapshot continues {} archived trades, which {} lacks",
-                book.trades_archived(),
-                self.trades.path().display()
+                "the snapshot continues {archived_trades} archived trades and \
+                 {archived_orders} orders, which {} lack",
+                self.archive.describe()
             )));
         }
         let applied = book.applied();
-        let in_memory = self.lock().trades_in_memory();
-        *self.lock() = book.with_trade_archive(self.trades.clone(), in_memory);
+        let in_memory = self.lock().in_memory();
+        *self.lock() = book.with_archive(self.archive.clone(), in_memory);
         self.feed.restart(applied);
         self.write_snapshot(bytes);
         Ok(())
     }
 
-    /// Writes `bytes` as this replica's book snapshot, once the trades it does not hold are
+    /// Writes `bytes` as this replica's book snapshot, once the records it does not hold are
     /// durable in the archive. Blocking.
     pub fn write_snapshot(&self, bytes: &[u8]) {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self.trades.sync() {
+        if let Err(e) = self.archive.sync() {
             tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
             return;
         }
@@ -262,14 +269,17 @@ mod tests {
         }
     }
 
-    /// The store of replica 1 in `dir`, keeping `in_memory` trades in memory.
+    /// The store of replica 1 in `dir`, keeping `in_memory` trades and orders in memory.
     fn open(dir: &std::path::Path, in_memory: usize, log_last: u64) -> BookStore {
-        let trades = TradeArchive::open(dir.join("trades-1.bin")).unwrap();
+        let archive = Archive::open(dir, 1).unwrap();
         let settings = BookSettings {
             snapshot_every: 3,
-            trades_in_memory: in_memory,
+            in_memory: InMemory {
+                trades: in_memory,
+                orders: in_memory,
+            },
         };
-        BookStore::open(dir.join("book-1.snap"), trades, settings, log_last)
+        BookStore::open(dir.join("book-1.snap"), archive, settings, log_last)
     }
 
     /// Everything a reader can see of `book`'s orders and trades through entry `last`.
@@ -311,7 +321,8 @@ mod tests {
         }
         let store = open(dir.path(), 2, 40);
         store.advance(&log, 29).unwrap();
-        assert!(store.lock().trades_archived() >= 10);
+        let (trades, orders) = store.lock().archived();
+        assert!(trades >= 10 && orders >= 20, "{trades} {orders}");
         let expected = store.read(|book| seen(book, 29)).unwrap();
         // Going from 0 to 29 crosses multiples of 3: the book as of 29 is written, and the
         // trades it no longer holds are in the archive.
@@ -354,7 +365,7 @@ mod tests {
         assert!(store.read(|book| book.trade(1)).is_err());
         assert!(store.read(|book| book.trades(None, 0, 5)).is_err());
         // What is in memory is still answered.
-        let in_memory = store.lock().trades_archived() + 1;
+        let in_memory = store.lock().archived().0 + 1;
         assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
         assert!(store.read(|book| book.depth("A", 5)).is_ok());
     }

@@ -2,6 +2,7 @@
 //! among themselves (openraft, see [`consensus`]); the leader sequences orders, commits them
 //! on a majority, applies them to the catalog and answers.
 
+pub mod archive;
 pub mod audit;
 pub mod book;
 pub mod book_store;
@@ -18,7 +19,6 @@ pub mod report;
 #[cfg(test)]
 mod simulation;
 pub mod snapshot;
-pub mod trade_archive;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +51,7 @@ pub use error::OrderError;
 pub use replica::{Links, Replica};
 
 use audit::AuditFilter;
+use book::InMemory;
 use book_store::BookSettings;
 use stocknet_common::env;
 use stocknet_common::ports;
@@ -85,7 +86,8 @@ pub struct Config {
         default_value = ports::CATALOG_URL
     )]
     pub catalog_url: String,
-    /// Directory holding orders-<id>.csv, term-<id>, book-<id>.snap and trades-<id>.bin.
+    /// Directory holding orders-<id>.csv, term-<id>, book-<id>.snap, trades-<id>.bin and
+    /// order-records-<id>.bin.
     #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
     /// Log entries applied to the book between two snapshots of it (a restart loads the
@@ -93,11 +95,16 @@ pub struct Config {
     #[arg(long, env = env::BOOK_SNAPSHOT_EVERY, default_value_t = book_store::SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub book_snapshot_every: u64,
-    /// The newest trades the book keeps in memory; older ones are read from the trade
-    /// archive (`trades-<id>.bin`) when asked for.
+    /// The newest trades the book keeps in memory; older ones are read from the archive
+    /// (`trades-<id>.bin`) when asked for.
     #[arg(long, env = env::TRADES_IN_MEMORY, default_value_t = book_store::TRADES_IN_MEMORY,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub trades_in_memory: usize,
+    /// The newest limit orders whose records the book keeps in memory, besides every open one;
+    /// older ones are read from the archive (`order-records-<id>.bin`) when asked for.
+    #[arg(long, env = env::ORDERS_IN_MEMORY, default_value_t = book_store::ORDERS_IN_MEMORY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub orders_in_memory: usize,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
@@ -148,7 +155,10 @@ impl AppState {
             links,
             BookSettings {
                 snapshot_every: config.book_snapshot_every,
-                trades_in_memory: config.trades_in_memory,
+                in_memory: InMemory {
+                    trades: config.trades_in_memory,
+                    orders: config.orders_in_memory,
+                },
             },
         )
         .await?;
@@ -506,23 +516,21 @@ async fn list_orders(
         }));
     }
     let page = state.replica.read_book(|book| {
-        let mut orders: Vec<OrderView> = book
-            .orders(filter.name.as_deref(), status, before)
-            .filter(|order| filter.user.is_none_or(|user| order.user == Some(user)))
-            .filter(|order| {
-                filter
+        let wanted = |order: &book::LimitOrder| {
+            filter
+                .name
+                .as_deref()
+                .is_none_or(|name| *order.name == *name)
+                && status.is_none_or(|status| order.status() == status)
+                && filter.user.is_none_or(|user| order.user == Some(user))
+                && filter
                     .client_order_id
                     .as_deref()
                     .is_none_or(|id| order.client_order_id() == Some(id))
-            })
-            .take(limit + 1)
-            .map(|order| book.limit_view(&order))
-            .collect();
-        let more = orders.len() > limit;
-        orders.truncate(limit);
-        let next_cursor = more
-            .then(|| orders.last().map(|o| o.number.to_string()))
-            .flatten();
+        };
+        let (orders, next) = book.orders_page(before, (limit, book::ORDERS_SCANNED), wanted);
+        let orders: Vec<OrderView> = orders.iter().map(|o| book.limit_view(o)).collect();
+        let next_cursor = next.map(|number| number.to_string());
         OrderPage {
             orders,
             next_cursor,

@@ -22,6 +22,7 @@ use stocknet_common::{
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::archive::Archive;
 use crate::audit::{self, AuditFilter};
 use crate::book::Book;
 use crate::book_store::{BookSettings, BookStore};
@@ -33,7 +34,6 @@ use crate::consensus::{
 use crate::error::OrderError;
 use crate::log::OrderLog;
 use crate::metrics::{FollowerLabels, ReplicaMetrics};
-use crate::trade_archive::TradeArchive;
 
 /// How often the leader's catalog applier looks for committed entries the catalog lacks
 /// when nothing wakes it: after a catalog outage, the catalog catches up within this.
@@ -202,7 +202,7 @@ impl Replica {
         let settings = book;
         let book = Arc::new(BookStore::open(
             data_dir.join(format!("book-{id}.snap")),
-            TradeArchive::open(data_dir.join(format!("trades-{id}.bin")))?,
+            Archive::open(data_dir, id)?,
             settings,
             log.last(),
         ));

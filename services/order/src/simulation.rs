@@ -25,6 +25,7 @@ use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Snapshot
 use stocknet_common::{ApiError, Order, Price, RemoteError, Side};
 use tempfile::TempDir;
 
+use crate::book::InMemory;
 use crate::book_store::BookSettings;
 use crate::catalog::Catalog;
 use crate::consensus::sim::{Choices, Network, Router};
@@ -147,7 +148,10 @@ impl Cluster {
         // Small enough that the checks read trades from the archive too.
         let book = BookSettings {
             snapshot_every: 50,
-            trades_in_memory: 8,
+            in_memory: InMemory {
+                trades: 8,
+                orders: 8,
+            },
         };
         let replica = Replica::start(id as u32, self.dir.path(), peers, links, book)
             .await

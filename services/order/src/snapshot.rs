@@ -25,6 +25,8 @@ struct Image {
     next_slot: u64,
     /// By place: archived trades name their stock by it.
     stocks: Vec<StockImage>,
+    /// The orders in memory; those placed before this mark are in the archive too.
+    orders_archived: u32,
     orders: Vec<OrderImage>,
     /// The trades before these are in the trade archive (`trades-<id>.bin`).
     trades_archived: u64,
@@ -58,6 +60,8 @@ struct CandleImage {
 
 #[derive(Serialize, Deserialize)]
 struct OrderImage {
+    /// Its place among the limit orders, from 0.
+    place: u32,
     number: u64,
     name: String,
     user: Option<u64>,
@@ -150,9 +154,11 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                     .collect(),
             })
             .collect(),
+        orders_archived: parts.orders_archived,
         orders: parts
             .orders
-            .map(|o| OrderImage {
+            .map(|(place, o)| OrderImage {
+                place,
                 number: o.number,
                 name: o.name.to_string(),
                 user: o.user,
@@ -258,32 +264,35 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         .strip_prefix(MAGIC)
         .ok_or("not a book snapshot of this version")?;
     let image: Image = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-    let orders = image.orders.into_iter().map(|o| LimitOrder {
-        number: o.number,
-        name: o.name.into(),
-        user: o.user,
-        side: o.side,
-        price: Price::from_cents(o.cents),
-        quantity: o.quantity,
-        filled: o.filled,
-        removal: o.removal,
-        time_in_force: o.time_in_force,
-        post_only: o.post_only,
-        self_trade: o.self_trade,
-        extras: Extras {
-            expires: o.expires,
-            client_order_id: o.client_order_id.map(Into::into),
-            display: o.display,
-            stop_price: o.stop.map(Price::from_cents),
-            protection_bps: o.protection_bps,
-            triggered: o.triggered,
-        }
-        .boxed(),
-        market: o.market,
-        shown: o.shown,
-        pending: o.pending,
-        last_trade: o.last_trade,
-        slot: o.slot,
+    let orders = image.orders.into_iter().map(|o| {
+        let order = LimitOrder {
+            number: o.number,
+            name: o.name.into(),
+            user: o.user,
+            side: o.side,
+            price: Price::from_cents(o.cents),
+            quantity: o.quantity,
+            filled: o.filled,
+            removal: o.removal,
+            time_in_force: o.time_in_force,
+            post_only: o.post_only,
+            self_trade: o.self_trade,
+            extras: Extras {
+                expires: o.expires,
+                client_order_id: o.client_order_id.map(Into::into),
+                display: o.display,
+                stop_price: o.stop.map(Price::from_cents),
+                protection_bps: o.protection_bps,
+                triggered: o.triggered,
+            }
+            .boxed(),
+            market: o.market,
+            shown: o.shown,
+            pending: o.pending,
+            last_trade: o.last_trade,
+            slot: o.slot,
+        };
+        (o.place, order)
     });
     let trades = image.trades.into_iter().map(|t| Matched {
         id: t.id,
@@ -312,7 +321,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         image.applied,
         image.next_slot,
         stocks.collect(),
-        orders,
+        (image.orders_archived, orders),
         (image.trades_archived, trades.collect()),
         image.refusals,
         Portfolios::from_rows(image.positions.into_iter().map(|p| {

@@ -15,9 +15,10 @@ use tempfile::TempDir;
 
 use super::sim::{Choices, Network, Router};
 use super::*;
+use crate::archive::Archive;
+use crate::book::InMemory;
 use crate::book_store::{BookSettings, BookStore};
 use crate::log::OrderLog;
-use crate::trade_archive::TradeArchive;
 
 /// Opens replica `id`'s log store and state machine in `dir`, as a replica process does.
 fn open_stores(
@@ -28,10 +29,13 @@ fn open_stores(
     let log = OrderLog::open(dir.join(format!("orders-{id}.csv"))).unwrap();
     let book = Arc::new(BookStore::open(
         dir.join(format!("book-{id}.snap")),
-        TradeArchive::open(dir.join(format!("trades-{id}.bin"))).unwrap(),
+        Archive::open(dir, id as u32).unwrap(),
         BookSettings {
             snapshot_every: 1000,
-            trades_in_memory: 4,
+            in_memory: InMemory {
+                trades: 4,
+                orders: 4,
+            },
         },
         log.last(),
     ));

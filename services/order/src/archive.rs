@@ -1,0 +1,456 @@
+//! What left the book's memory: two files of fixed-size records beside the log, so that a
+//! record is found by one read and neither file needs an index.
+//! - `trades-<id>.bin`: trade `id` at record `id - 1` ([`TRADE`] bytes each).
+//! - `order-records-<id>.bin`: the limit order at place `p` of the book (the `p`th limit order
+//!   of the log) at record `p` ([`ORDER`] bytes each): its number, then its record.
+//!
+//! They are derived state, like the book: each replica writes the records as its book sends
+//! them out of memory, and a replica that replays its log writes the same records again at
+//! the same places. Both are fsync'd before each book snapshot, which holds only what the
+//! files do not; a snapshot whose records the files do not reach is not used.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use stocknet_common::{Price, SelfTrade, Side, TimeInForce};
+
+use crate::book::{Extras, LimitOrder, Matched, Removal};
+use crate::error::OrderError;
+
+/// Bytes of one trade's record: seven little-endian words (id, entry, price in cents, buy
+/// order, sell order, the previous trades of the buy and of the sell order), then the stock's
+/// place, the quantity and the taker's side.
+const TRADE: u64 = 72;
+
+/// Bytes of one order's record: its number (a little-endian word, so that the book can bisect
+/// the file by number), the length of what follows, and its record in postcard.
+const ORDER: u64 = 192;
+
+/// The two files of replica `id`.
+#[derive(Debug)]
+pub struct Archive {
+    trades: RecordFile,
+    orders: RecordFile,
+}
+
+impl Archive {
+    pub fn open(dir: &Path, id: u32) -> Result<Self, OrderError> {
+        Ok(Self {
+            trades: RecordFile::open(dir.join(format!("trades-{id}.bin")), TRADE)?,
+            orders: RecordFile::open(dir.join(format!("order-records-{id}.bin")), ORDER)?,
+        })
+    }
+
+    /// How many trades, from the first, and how many orders, from place 0, the files hold.
+    pub fn held(&self) -> Result<(u64, u64), OrderError> {
+        Ok((self.trades.count()?, self.orders.count()?))
+    }
+
+    /// Writes `trade` at its place (not durably: see [`sync`](Self::sync)).
+    pub(crate) fn write_trade(&self, trade: &Matched) -> Result<(), OrderError> {
+        self.trades.write(trade.id - 1, &encode_trade(trade))
+    }
+
+    /// Trade `id`, which the book sent here.
+    pub(crate) fn trade(&self, id: u64) -> Option<Matched> {
+        let mut bytes = [0; TRADE as usize];
+        self.trades.read(id.checked_sub(1)?, &mut bytes)?;
+        let trade = decode_trade(&bytes).filter(|trade| trade.id == id);
+        self.trades.found(trade, id)
+    }
+
+    /// Writes `order`, at `place` of the book, of the stock at `stock`; `false` if its record
+    /// is too long for the file (a long client order id and every extra): then only its
+    /// number is written, and the book keeps the record.
+    pub(crate) fn write_order(
+        &self,
+        place: u32,
+        stock: u32,
+        order: &LimitOrder,
+    ) -> Result<bool, OrderError> {
+        let mut bytes = [0; ORDER as usize];
+        bytes[..8].copy_from_slice(&order.number.to_le_bytes());
+        let record = OrderRecord::of(stock, order);
+        let whole = match postcard::to_slice(&record, &mut bytes[9..]) {
+            Ok(written) => {
+                // At most ORDER - 9 bytes, which fits the length byte.
+                bytes[8] = written.len() as u8;
+                true
+            }
+            Err(_) => false,
+        };
+        if !whole {
+            bytes[8..].fill(0);
+        }
+        self.orders.write(u64::from(place), &bytes)?;
+        Ok(whole)
+    }
+
+    /// The number of the order at `place`, which the book sent here.
+    pub(crate) fn order_number(&self, place: u32) -> Option<u64> {
+        let mut bytes = [0; 8];
+        self.orders.read(u64::from(place), &mut bytes)?;
+        let number = u64::from_le_bytes(bytes);
+        self.orders.found(Some(number).filter(|&n| n > 0), place)
+    }
+
+    /// The order at `place`, whose record the book sent here, with its stock's place; named
+    /// by `name` of that place.
+    pub(crate) fn order(
+        &self,
+        place: u32,
+        name: impl FnOnce(u32) -> Option<Arc<str>>,
+    ) -> Option<LimitOrder> {
+        let mut bytes = [0; ORDER as usize];
+        self.orders.read(u64::from(place), &mut bytes)?;
+        let mut number = [0; 8];
+        number.copy_from_slice(&bytes[..8]);
+        let length = usize::from(bytes[8]);
+        let order = postcard::from_bytes::<OrderRecord>(&bytes[9..9 + length])
+            .ok()
+            .filter(|_| length > 0)
+            .and_then(|record| {
+                let name = name(record.stock)?;
+                Some(record.into_order(u64::from_le_bytes(number), name))
+            });
+        self.orders.found(order, place)
+    }
+
+    /// Reads that failed so far: one more after a read means its answer is not true.
+    pub fn failed_reads(&self) -> u64 {
+        self.trades.failed_reads.load(Ordering::Relaxed)
+            + self.orders.failed_reads.load(Ordering::Relaxed)
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&self) -> Result<(), OrderError> {
+        self.trades.sync()?;
+        self.orders.sync()
+    }
+
+    /// The files, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} and {}",
+            self.trades.path.display(),
+            self.orders.path.display()
+        )
+    }
+}
+
+/// A file of records of `size` bytes, record `i` at byte `i × size`.
+#[derive(Debug)]
+struct RecordFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// Reads that failed (the file could not give a record the book sent it).
+    failed_reads: AtomicU64,
+}
+
+impl RecordFile {
+    fn open(path: PathBuf, size: u64) -> Result<Self, OrderError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| OrderError::io(&path, e))?;
+        Ok(Self {
+            path,
+            file,
+            size,
+            failed_reads: AtomicU64::new(0),
+        })
+    }
+
+    /// How many records, from the first, the file holds.
+    fn count(&self) -> Result<u64, OrderError> {
+        let bytes = self
+            .file
+            .metadata()
+            .map_err(|e| OrderError::io(&self.path, e))?
+            .len();
+        Ok(bytes / self.size)
+    }
+
+    fn write(&self, index: u64, bytes: &[u8]) -> Result<(), OrderError> {
+        self.file
+            .write_all_at(bytes, index * self.size)
+            .map_err(|e| OrderError::io(&self.path, e))
+    }
+
+    /// Fills `bytes` from the start of record `index`; `None` (a failed read) if it cannot.
+    fn read(&self, index: u64, bytes: &mut [u8]) -> Option<()> {
+        let read = self.file.read_exact_at(bytes, index * self.size);
+        self.found(read.ok(), index)
+    }
+
+    /// `found`, counting and logging a failed read where it is `None`.
+    fn found<T>(&self, found: Option<T>, index: impl Into<u64>) -> Option<T> {
+        if found.is_none() {
+            let index = index.into();
+            tracing::error!(path = %self.path.display(), index, "archive record unreadable");
+            self.failed_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    fn sync(&self) -> Result<(), OrderError> {
+        self.file
+            .sync_data()
+            .map_err(|e| OrderError::io(&self.path, e))
+    }
+}
+
+fn encode_trade(trade: &Matched) -> [u8; TRADE as usize] {
+    let mut bytes = [0; TRADE as usize];
+    let words = [
+        trade.id,
+        trade.entry,
+        trade.price.cents(),
+        trade.buy_order,
+        trade.sell_order,
+        trade.buy_previous,
+        trade.sell_previous,
+    ];
+    for (at, word) in words.into_iter().enumerate() {
+        bytes[at * 8..at * 8 + 8].copy_from_slice(&word.to_le_bytes());
+    }
+    bytes[56..60].copy_from_slice(&trade.stock.to_le_bytes());
+    bytes[60..64].copy_from_slice(&trade.quantity.to_le_bytes());
+    bytes[64] = match trade.taker_side {
+        Side::Buy => 1,
+        Side::Sell => 2,
+    };
+    bytes
+}
+
+/// The trade `bytes` hold; `None` for a record never written (zeros).
+fn decode_trade(bytes: &[u8; TRADE as usize]) -> Option<Matched> {
+    let word = |at: usize| {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[at * 8..at * 8 + 8]);
+        u64::from_le_bytes(word)
+    };
+    let half = |at: usize| {
+        let mut half = [0; 4];
+        half.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_le_bytes(half)
+    };
+    let taker_side = match bytes[64] {
+        1 => Side::Buy,
+        2 => Side::Sell,
+        _ => return None,
+    };
+    Some(Matched {
+        id: word(0),
+        entry: word(1),
+        price: Price::from_cents(word(2)),
+        buy_order: word(3),
+        sell_order: word(4),
+        buy_previous: word(5),
+        sell_previous: word(6),
+        stock: half(56),
+        quantity: half(60),
+        taker_side,
+    })
+}
+
+/// A limit order's record on disk: its stock by place, prices in cents.
+#[derive(Serialize, Deserialize)]
+struct OrderRecord<'a> {
+    stock: u32,
+    user: Option<u64>,
+    side: Side,
+    cents: u64,
+    quantity: u32,
+    filled: u32,
+    removal: Option<Removal>,
+    time_in_force: TimeInForce,
+    post_only: bool,
+    self_trade: SelfTrade,
+    market: bool,
+    shown: u32,
+    pending: bool,
+    expires: Option<u64>,
+    #[serde(borrow)]
+    client_order_id: Option<Cow<'a, str>>,
+    display: Option<u32>,
+    stop: Option<u64>,
+    protection_bps: Option<u32>,
+    triggered: Option<u64>,
+    last_trade: u64,
+    slot: u64,
+}
+
+impl<'a> OrderRecord<'a> {
+    fn of(stock: u32, order: &'a LimitOrder) -> Self {
+        let extras = order.extras.as_deref().cloned().unwrap_or_default();
+        Self {
+            stock,
+            user: order.user,
+            side: order.side,
+            cents: order.price.cents(),
+            quantity: order.quantity,
+            filled: order.filled,
+            removal: order.removal,
+            time_in_force: order.time_in_force,
+            post_only: order.post_only,
+            self_trade: order.self_trade,
+            market: order.market,
+            shown: order.shown,
+            pending: order.pending,
+            expires: extras.expires,
+            client_order_id: order.client_order_id().map(Cow::Borrowed),
+            display: extras.display,
+            stop: extras.stop_price.map(Price::cents),
+            protection_bps: extras.protection_bps,
+            triggered: extras.triggered,
+            last_trade: order.last_trade,
+            slot: order.slot,
+        }
+    }
+
+    fn into_order(self, number: u64, name: Arc<str>) -> LimitOrder {
+        LimitOrder {
+            number,
+            name,
+            user: self.user,
+            side: self.side,
+            price: Price::from_cents(self.cents),
+            quantity: self.quantity,
+            filled: self.filled,
+            removal: self.removal,
+            time_in_force: self.time_in_force,
+            post_only: self.post_only,
+            self_trade: self.self_trade,
+            market: self.market,
+            shown: self.shown,
+            pending: self.pending,
+            extras: Extras {
+                expires: self.expires,
+                client_order_id: self.client_order_id.map(|id| Arc::from(&*id)),
+                display: self.display,
+                stop_price: self.stop.map(Price::from_cents),
+                protection_bps: self.protection_bps,
+                triggered: self.triggered,
+            }
+            .boxed(),
+            last_trade: self.last_trade,
+            slot: self.slot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trade(id: u64) -> Matched {
+        Matched {
+            id,
+            entry: id * 3,
+            stock: 7,
+            price: Price::from_cents(12_345 + id),
+            quantity: 40,
+            buy_order: id * 3 - 1,
+            sell_order: id * 3 - 2,
+            taker_side: if id.is_multiple_of(2) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            buy_previous: id - 1,
+            sell_previous: 0,
+        }
+    }
+
+    fn order(number: u64, client_order_id: Option<&str>) -> LimitOrder {
+        LimitOrder {
+            number,
+            name: "FishCo".into(),
+            user: Some(u64::MAX),
+            side: Side::Sell,
+            price: Price::from_cents(u64::MAX / 3),
+            quantity: u32::MAX,
+            filled: u32::MAX - 1,
+            removal: Some(Removal::Expired),
+            time_in_force: TimeInForce::Gtd,
+            post_only: true,
+            self_trade: SelfTrade::CancelBoth,
+            market: true,
+            shown: u32::MAX,
+            pending: true,
+            extras: Extras {
+                expires: Some(u64::MAX),
+                client_order_id: client_order_id.map(Into::into),
+                display: Some(u32::MAX),
+                stop_price: Some(Price::from_cents(u64::MAX / 7)),
+                protection_bps: Some(u32::MAX),
+                triggered: Some(u64::MAX),
+            }
+            .boxed(),
+            last_trade: u64::MAX,
+            slot: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn trades_are_read_back_by_id_and_absent_ones_are_failed_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 1).unwrap();
+        for id in [1, 2, 3, 5] {
+            archive.write_trade(&trade(id)).unwrap();
+        }
+        archive.sync().unwrap();
+        assert_eq!(archive.held().unwrap(), (5, 0));
+        for id in [1, 2, 3, 5] {
+            assert_eq!(archive.trade(id), Some(trade(id)));
+        }
+        // Never written (a hole), past the end, and the id no trade has.
+        assert_eq!(archive.failed_reads(), 0);
+        assert_eq!(archive.trade(4), None);
+        assert_eq!(archive.trade(6), None);
+        assert_eq!(archive.trade(0), None);
+        assert_eq!(archive.failed_reads(), 2, "id 0 is no read at all");
+
+        // Written again at the same place (a replay), and read after a reopen.
+        archive.write_trade(&trade(3)).unwrap();
+        drop(archive);
+        let archive = Archive::open(dir.path(), 1).unwrap();
+        assert_eq!(archive.trade(3), Some(trade(3)));
+        assert_eq!(archive.held().unwrap(), (5, 0));
+    }
+
+    #[test]
+    fn orders_come_back_whole_even_at_every_field_s_largest() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 1).unwrap();
+        let name = |stock| (stock == 9).then(|| Arc::from("FishCo"));
+        let longest = "x".repeat(64);
+        for (place, order) in [(0, order(5, None)), (1, order(u64::MAX, Some(&longest)))] {
+            assert!(archive.write_order(place, 9, &order).unwrap());
+            assert_eq!(archive.order_number(place), Some(order.number));
+            assert_eq!(archive.order(place, name), Some(order));
+        }
+        // A stock the book does not know is a failed read, as is a place never written.
+        assert_eq!(archive.failed_reads(), 0);
+        assert_eq!(archive.order(0, |_| None), None);
+        assert_eq!(archive.order_number(2), None);
+        assert_eq!(archive.failed_reads(), 2);
+
+        // A record too long for the file: its number is written, the record is not.
+        let mut long = order(7, Some(&longest));
+        long.extras.as_mut().unwrap().client_order_id = Some("y".repeat(200).into());
+        assert!(!archive.write_order(2, 9, &long).unwrap());
+        assert_eq!(archive.order_number(2), Some(7));
+        assert_eq!(archive.order(2, name), None);
+    }
+}
