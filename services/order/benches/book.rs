@@ -15,130 +15,28 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use stocknet_common::{Command, Order, Price, Side, Stamp};
+use stocknet_common::{Command, Order, Price};
 use stocknet_order::book::Book;
+
+#[path = "common/mix.rs"]
+mod mix;
+
+use mix::{entry, Mix, Random};
 
 /// Commands in one run of each mix.
 const COMMANDS: u64 = 1_000_000;
-/// The exchange-core mix's book: resting orders it stays near, price levels each side.
-const RESTING: usize = 10_000;
-const LEVELS: u64 = 20;
-const CENTER: u64 = 10_000;
 
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    fn side(&mut self) -> Side {
-        if self.below(2) == 0 {
-            Side::Buy
-        } else {
-            Side::Sell
-        }
-    }
-}
-
-fn entry(number: u64, command: Command) -> Order {
-    Order {
-        number,
-        term: 1,
-        name: "GameStart".into(),
-        key: None,
-        // Buyers and sellers are different users, so that no order meets one of its own
-        // user's: the mix trades as exchange-core's, which has no self-trade prevention.
-        user: Some(match command {
-            Command::Place {
-                side: Side::Sell, ..
-            } => 50 + number % 50,
-            _ => number % 50,
-        }),
-        stamp: Stamp::default(),
-        command,
-    }
-}
-
-/// A price on `side`'s own half of the book: bids below the centre, asks above.
-fn resting_price(random: &mut Random, side: Side) -> Price {
-    let offset = 1 + random.below(LEVELS);
-    Price::from_cents(match side {
-        Side::Buy => CENTER - offset,
-        Side::Sell => CENTER + offset,
-    })
-}
-
-/// An open order of `open`, picked at random (closed ones are dropped from it on the way).
-fn pick(open: &mut Vec<u64>, random: &mut Random, book: &Book) -> Option<(u64, Side)> {
-    loop {
-        if open.is_empty() {
-            return None;
-        }
-        let index = random.below(open.len() as u64) as usize;
-        match book.order(open[index]) {
-            Some(order) if order.is_open() => return Some((order.number, order.side)),
-            _ => {
-                open.swap_remove(index);
-            }
-        }
-    }
-}
-
-/// The exchange-core mix, generated against a book of its own so that moves and cancels name
-/// open orders.
+/// The exchange-core mix, generated against a book of its own.
 fn exchange_core_mix() -> Vec<Order> {
-    let mut random = Random(0x9e37_79b9_7f4a_7c15);
     let mut book = Book::default();
-    let mut open: Vec<u64> = Vec::new();
-    let mut commands = Vec::with_capacity(COMMANDS as usize);
-    for number in 1..=COMMANDS {
-        let roll = random.below(100);
-        let command = match roll {
-            0..82 if open.len() > RESTING / 10 => {
-                let (target, side) = pick(&mut open, &mut random, &book).expect("open orders");
-                Command::Modify {
-                    target,
-                    quantity: None,
-                    price: Some(resting_price(&mut random, side)),
-                }
-            }
-            82..97 if open.len() > RESTING => {
-                let (target, _) = pick(&mut open, &mut random, &book).expect("open orders");
-                Command::Cancel { target }
-            }
-            97.. => {
-                let side = random.side();
-                let through = match side {
-                    Side::Buy => CENTER + LEVELS,
-                    Side::Sell => CENTER - LEVELS,
-                };
-                Command::Place {
-                    side,
-                    quantity: 1 + random.below(400) as u32,
-                    limit: Some(Price::from_cents(through)),
-                    options: None,
-                }
-            }
-            _ => {
-                let side = random.side();
-                open.push(number);
-                Command::Place {
-                    side,
-                    quantity: 1 + random.below(100) as u32,
-                    limit: Some(resting_price(&mut random, side)),
-                    options: None,
-                }
-            }
-        };
-        let order = entry(number, command);
-        book.apply(&order);
-        commands.push(order);
-    }
-    commands
+    let mut mix = Mix::new();
+    (0..COMMANDS)
+        .map(|_| {
+            let order = mix.next(&book);
+            book.apply(&order);
+            order
+        })
+        .collect()
 }
 
 fn half_crossing() -> Vec<Order> {

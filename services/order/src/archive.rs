@@ -3,6 +3,8 @@
 //! - `trades-<id>.bin`: trade `id` at record `id - 1` ([`TRADE`] bytes each).
 //! - `order-records-<id>.bin`: the limit order at place `p` of the book (the `p`th limit order
 //!   of the log) at record `p` ([`ORDER`] bytes each): its number, then its record.
+//! - `refusals-<id>.bin`: the `i`th command the book refused at record `i` ([`REFUSAL`] bytes
+//!   each): its number, then the refusal.
 //!
 //! They are derived state, like the book: each replica writes the records as its book sends
 //! them out of memory, and a replica that replays its log writes the same records again at
@@ -19,23 +21,45 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use stocknet_common::{Price, SelfTrade, Side, TimeInForce};
 
-use crate::book::{Extras, LimitOrder, Matched, Removal};
+use crate::book::{Extras, LimitOrder, Matched, Refusal, Removal};
 use crate::error::OrderError;
 
-/// Bytes of one trade's record: seven little-endian words (id, entry, price in cents, buy
-/// order, sell order, the previous trades of the buy and of the sell order), then the stock's
-/// place, the quantity and the taker's side.
-const TRADE: u64 = 72;
+/// Bytes of one trade's record: eight little-endian words (id, entry, price in cents, buy
+/// order, sell order, the previous trades of the buy order, of the sell order and of the
+/// stock), then the stock's place, the quantity and the taker's side.
+const TRADE: u64 = 80;
 
 /// Bytes of one order's record: its number (a little-endian word, so that the book can bisect
 /// the file by number), the length of what follows, and its record in postcard.
 const ORDER: u64 = 192;
 
-/// The two files of replica `id`.
+/// Bytes of one refusal's record: the command's number, the length of what follows, and the
+/// refusal in postcard.
+const REFUSAL: u64 = 32;
+
+/// How many records, from the first, each file holds (or the book has sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub trades: u64,
+    pub orders: u64,
+    pub refusals: u64,
+}
+
+impl Counts {
+    /// Whether every file holds at least what `other` counts.
+    pub fn covers(&self, other: &Counts) -> bool {
+        self.trades >= other.trades
+            && self.orders >= other.orders
+            && self.refusals >= other.refusals
+    }
+}
+
+/// The files of replica `id`.
 #[derive(Debug)]
 pub struct Archive {
     trades: RecordFile,
     orders: RecordFile,
+    refusals: RecordFile,
 }
 
 impl Archive {
@@ -43,12 +67,17 @@ impl Archive {
         Ok(Self {
             trades: RecordFile::open(dir.join(format!("trades-{id}.bin")), TRADE)?,
             orders: RecordFile::open(dir.join(format!("order-records-{id}.bin")), ORDER)?,
+            refusals: RecordFile::open(dir.join(format!("refusals-{id}.bin")), REFUSAL)?,
         })
     }
 
-    /// How many trades, from the first, and how many orders, from place 0, the files hold.
-    pub fn held(&self) -> Result<(u64, u64), OrderError> {
-        Ok((self.trades.count()?, self.orders.count()?))
+    /// How many records the files hold.
+    pub fn held(&self) -> Result<Counts, OrderError> {
+        Ok(Counts {
+            trades: self.trades.count()?,
+            orders: self.orders.count()?,
+            refusals: self.refusals.count()?,
+        })
     }
 
     /// Writes `trade` at its place (not durably: see [`sync`](Self::sync)).
@@ -121,24 +150,58 @@ impl Archive {
         self.orders.found(order, place)
     }
 
+    /// Writes the `index`th refusal: the command `number` was refused as `refusal` says.
+    pub(crate) fn write_refusal(
+        &self,
+        index: u64,
+        number: u64,
+        refusal: &Refusal,
+    ) -> Result<(), OrderError> {
+        let mut bytes = [0; REFUSAL as usize];
+        bytes[..8].copy_from_slice(&number.to_le_bytes());
+        let written = postcard::to_slice(refusal, &mut bytes[9..])
+            .map_err(|e| OrderError::Corrupt(format!("refusal of {number}: {e}")))?;
+        // At most REFUSAL - 9 bytes, which fits the length byte.
+        bytes[8] = written.len() as u8;
+        self.refusals.write(index, &bytes)
+    }
+
+    /// The `index`th refusal, which the book sent here: the command's number and the refusal.
+    pub(crate) fn refusal(&self, index: u64) -> Option<(u64, Refusal)> {
+        let mut bytes = [0; REFUSAL as usize];
+        self.refusals.read(index, &mut bytes)?;
+        let mut number = [0; 8];
+        number.copy_from_slice(&bytes[..8]);
+        let length = usize::from(bytes[8]).min(bytes.len() - 9);
+        let refusal = postcard::from_bytes(&bytes[9..9 + length]).ok();
+        let found = refusal
+            .filter(|_| length > 0)
+            .map(|refusal| (u64::from_le_bytes(number), refusal));
+        self.refusals.found(found, index)
+    }
+
     /// Reads that failed so far: one more after a read means its answer is not true.
     pub fn failed_reads(&self) -> u64 {
-        self.trades.failed_reads.load(Ordering::Relaxed)
-            + self.orders.failed_reads.load(Ordering::Relaxed)
+        [&self.trades, &self.orders, &self.refusals]
+            .iter()
+            .map(|file| file.failed_reads.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Makes every record written so far durable.
     pub fn sync(&self) -> Result<(), OrderError> {
         self.trades.sync()?;
-        self.orders.sync()
+        self.orders.sync()?;
+        self.refusals.sync()
     }
 
     /// The files, for messages.
     pub fn describe(&self) -> String {
         format!(
-            "{} and {}",
+            "{}, {} and {}",
             self.trades.path.display(),
-            self.orders.path.display()
+            self.orders.path.display(),
+            self.refusals.path.display()
         )
     }
 }
@@ -219,13 +282,14 @@ fn encode_trade(trade: &Matched) -> [u8; TRADE as usize] {
         trade.sell_order,
         trade.buy_previous,
         trade.sell_previous,
+        trade.stock_previous,
     ];
     for (at, word) in words.into_iter().enumerate() {
         bytes[at * 8..at * 8 + 8].copy_from_slice(&word.to_le_bytes());
     }
-    bytes[56..60].copy_from_slice(&trade.stock.to_le_bytes());
-    bytes[60..64].copy_from_slice(&trade.quantity.to_le_bytes());
-    bytes[64] = match trade.taker_side {
+    bytes[64..68].copy_from_slice(&trade.stock.to_le_bytes());
+    bytes[68..72].copy_from_slice(&trade.quantity.to_le_bytes());
+    bytes[72] = match trade.taker_side {
         Side::Buy => 1,
         Side::Sell => 2,
     };
@@ -244,7 +308,7 @@ fn decode_trade(bytes: &[u8; TRADE as usize]) -> Option<Matched> {
         half.copy_from_slice(&bytes[at..at + 4]);
         u32::from_le_bytes(half)
     };
-    let taker_side = match bytes[64] {
+    let taker_side = match bytes[72] {
         1 => Side::Buy,
         2 => Side::Sell,
         _ => return None,
@@ -257,8 +321,9 @@ fn decode_trade(bytes: &[u8; TRADE as usize]) -> Option<Matched> {
         sell_order: word(4),
         buy_previous: word(5),
         sell_previous: word(6),
-        stock: half(56),
-        quantity: half(60),
+        stock_previous: word(7),
+        stock: half(64),
+        quantity: half(68),
         taker_side,
     })
 }
@@ -369,6 +434,7 @@ mod tests {
             },
             buy_previous: id - 1,
             sell_previous: 0,
+            stock_previous: id / 2,
         }
     }
 
@@ -410,7 +476,7 @@ mod tests {
             archive.write_trade(&trade(id)).unwrap();
         }
         archive.sync().unwrap();
-        assert_eq!(archive.held().unwrap(), (5, 0));
+        assert_eq!(archive.held().unwrap().trades, 5);
         for id in [1, 2, 3, 5] {
             assert_eq!(archive.trade(id), Some(trade(id)));
         }
@@ -426,7 +492,33 @@ mod tests {
         drop(archive);
         let archive = Archive::open(dir.path(), 1).unwrap();
         assert_eq!(archive.trade(3), Some(trade(3)));
-        assert_eq!(archive.held().unwrap(), (5, 0));
+        assert_eq!(archive.held().unwrap().trades, 5);
+    }
+
+    #[test]
+    fn refusals_come_back_with_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 1).unwrap();
+        let refusals = [
+            (7, Refusal::NotOpen(u64::MAX)),
+            (
+                u64::MAX,
+                Refusal::BelowFilled {
+                    target: u64::MAX,
+                    filled: u32::MAX,
+                },
+            ),
+        ];
+        for (index, (number, refusal)) in refusals.iter().enumerate() {
+            archive
+                .write_refusal(index as u64, *number, refusal)
+                .unwrap();
+        }
+        for (index, expected) in refusals.iter().enumerate() {
+            assert_eq!(archive.refusal(index as u64).as_ref(), Some(expected));
+        }
+        assert_eq!(archive.refusal(2), None);
+        assert_eq!(archive.held().unwrap().refusals, 2);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use stocknet_common::{
     Command, Order, Price, Rejection, SelfTrade, Side, Status, Terms, TimeInForce,
 };
 
-use crate::archive::Archive;
+use crate::archive::{Archive, Counts};
 use crate::candles::{Candle, Minutes};
 use crate::error::OrderError;
 use crate::portfolio::Portfolios;
@@ -352,9 +352,10 @@ pub(crate) struct Matched {
     pub buy_order: u64,
     pub sell_order: u64,
     pub taker_side: Side,
-    /// The previous trade of its buy order, of its sell order (0: none).
+    /// The previous trade of its buy order, of its sell order, of its stock (0: none).
     pub buy_previous: u64,
     pub sell_previous: u64,
+    pub stock_previous: u64,
 }
 
 /// One stock's two sides and trades.
@@ -364,8 +365,10 @@ struct StockBook {
     bids: BTreeMap<Price, Level>,
     asks: BTreeMap<Price, Level>,
     last_price: Option<Price>,
-    /// Ids of this stock's trades, ascending.
-    trades: Vec<u64>,
+    /// Its trades: each links to the one before ([`Matched::stock_previous`]) from the last,
+    /// and every [`CHECKPOINT_EVERY`]th is listed, so that a page is found by walking one
+    /// stretch between two of them.
+    trades: StockTrades,
     /// The open orders that expire: (expiry, number), soonest first.
     expiries: BTreeSet<(u64, u64)>,
     /// Stop orders waiting for a trade at or above (buys), at or below (sells) their stop:
@@ -435,7 +438,10 @@ pub struct Book {
     withdrawn: Vec<u32>,
     traders: Vec<(Option<u64>, Option<u64>)>,
     /// Refused modifies and cancels, to answer a retry of one the same way.
-    refusals: HashMap<u64, Refusal>,
+    /// By ascending number (each refused after those before it): the newest; the
+    /// `refusals_archived` before them are in the archive.
+    refusals: Vec<(u64, Refusal)>,
+    refusals_archived: u64,
     /// Each user's open orders by client order id (user → id → number).
     client_ids: HashMap<u64, HashMap<Arc<str>, u64>>,
     next_slot: u64,
@@ -462,12 +468,35 @@ pub struct InMemory {
 /// gives a short page, with where the next one starts.
 pub const ORDERS_SCANNED: usize = 100_000;
 
+/// How far apart the trades a stock lists are: a page of its trades walks at most this many.
+const CHECKPOINT_EVERY: u64 = 1024;
+
+/// A stock's trades, as [`StockBook`] keeps them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct StockTrades {
+    /// How many it has had, and the id of its last (0: none).
+    pub count: u64,
+    pub last: u64,
+    /// The id of every [`CHECKPOINT_EVERY`]th, ascending.
+    pub checkpoints: Vec<u64>,
+}
+
+impl StockTrades {
+    /// Adds trade `id`, the stock's newest; the id of its trade before (0: none).
+    fn add(&mut self, id: u64) -> u64 {
+        self.count += 1;
+        if self.count.is_multiple_of(CHECKPOINT_EVERY) {
+            self.checkpoints.push(id);
+        }
+        std::mem::replace(&mut self.last, id)
+    }
+}
+
 /// A stock as a snapshot holds it.
 pub(crate) struct StockPart<'a> {
     pub name: &'a str,
     pub last_price: Option<Price>,
-    /// Ids of its trades, ascending (archived ones too).
-    pub trades: &'a [u64],
+    pub trades: &'a StockTrades,
 }
 
 /// What a snapshot of the book holds; the price levels follow from the open orders.
@@ -484,7 +513,8 @@ pub(crate) struct Parts<'a, Orders> {
     pub trades_archived: u64,
     pub trades: &'a [Matched],
     /// Sorted by entry number, so that equal books give equal snapshots.
-    pub refusals: Vec<(u64, Refusal)>,
+    /// The refusals in memory, after the archive's first ones.
+    pub refusals: (u64, &'a [(u64, Refusal)]),
     pub portfolios: &'a Portfolios,
     pub reports: &'a Reports,
     /// Each stock's minutes with trades, by name.
@@ -493,9 +523,6 @@ pub(crate) struct Parts<'a, Orders> {
 
 impl Book {
     pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = (u32, LimitOrder)> + '_> {
-        let mut refusals: Vec<(u64, Refusal)> =
-            self.refusals.iter().map(|(n, r)| (*n, *r)).collect();
-        refusals.sort_unstable_by_key(|(n, _)| *n);
         // By name, so that equal books give equal snapshots.
         let mut candles: Vec<(&str, &[Candle])> = self
             .stocks
@@ -525,7 +552,7 @@ impl Book {
                 .map(|(place, order)| (place, self.current(order))),
             trades_archived: self.trades_archived,
             trades: &self.trades,
-            refusals,
+            refusals: (self.refusals_archived, &self.refusals),
             portfolios: &self.portfolios,
             reports: &self.reports,
             candles,
@@ -538,34 +565,46 @@ impl Book {
     pub(crate) fn from_parts(
         applied: u64,
         next_slot: u64,
-        stocks: Vec<(String, Option<Price>, Vec<u64>)>,
+        stocks: Vec<(String, Option<Price>, StockTrades)>,
         (orders_archived, orders): (u32, impl Iterator<Item = (u32, LimitOrder)>),
         (trades_archived, trades): (u64, Vec<Matched>),
-        refusals: Vec<(u64, Refusal)>,
+        (refusals_archived, refusals): (u64, Vec<(u64, Refusal)>),
         portfolios: Portfolios,
         reports: Reports,
     ) -> Result<Self, String> {
+        let ascending = refusals.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        if !ascending || refusals.last().is_some_and(|&(number, _)| number > applied) {
+            return Err("the refusals are out of place".to_owned());
+        }
         let mut book = Book {
             applied,
             next_slot,
             orders_archived,
             trades_archived,
-            refusals: refusals.into_iter().collect(),
+            refusals_archived,
+            refusals,
             portfolios,
             reports,
             ..Book::default()
         };
         let trade_count = trades_archived + trades.len() as u64;
         // The stocks in their places: archived trades name them by place.
-        for (index, (name, last_price, ids)) in stocks.into_iter().enumerate() {
+        for (index, (name, last_price, trades)) in stocks.into_iter().enumerate() {
             if book.stock_place(&name)? as usize != index {
                 return Err(format!("stock {name} is listed twice"));
             }
-            if !ids.is_sorted() || ids.last().is_some_and(|&last| last > trade_count) {
+            let listed = trades.checkpoints.len() as u64 == trades.count / CHECKPOINT_EVERY
+                && trades.checkpoints.is_sorted()
+                && trades
+                    .checkpoints
+                    .last()
+                    .is_none_or(|&id| id <= trades.last)
+                && trades.last <= trade_count;
+            if !listed {
                 return Err(format!("the trades of stock {name} are out of place"));
             }
             let stock = &mut book.stocks[index];
-            (stock.last_price, stock.trades) = (last_price, ids);
+            (stock.last_price, stock.trades) = (last_price, trades);
         }
         let mut open = Vec::new();
         let mut last: Option<(u32, u64)> = None;
@@ -623,7 +662,11 @@ impl Book {
             let stocks = book.stocks.len();
             if trade.id != trades_archived + index as u64 + 1
                 || trade.stock as usize >= stocks
-                || trade.buy_previous.max(trade.sell_previous) >= trade.id
+                || trade
+                    .buy_previous
+                    .max(trade.sell_previous)
+                    .max(trade.stock_previous)
+                    >= trade.id
             {
                 return Err(format!("trade {} is out of place", trade.id));
             }
@@ -894,8 +937,29 @@ impl Book {
         self.stocks.get(place as usize)
     }
 
+    /// Why the book refused command `number`, if it did.
     pub fn refusal(&self, number: u64) -> Option<Refusal> {
-        self.refusals.get(&number).copied()
+        if self
+            .refusals
+            .first()
+            .is_some_and(|&(first, _)| first <= number)
+        {
+            let index = self.refusals.binary_search_by_key(&number, |r| r.0).ok()?;
+            return Some(self.refusals[index].1);
+        }
+        // Older: bisect the archive's.
+        let archive = self.archive.as_ref()?;
+        let (mut low, mut high) = (0, self.refusals_archived);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let (found, refusal) = archive.refusal(middle)?;
+            match found.cmp(&number) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return Some(refusal),
+            }
+        }
+        None
     }
 
     /// The price of `name`'s last trade on the book, if it ever traded.
@@ -955,6 +1019,20 @@ impl Book {
         if self.orders.len() >= 2 * self.in_memory.orders {
             if let Err(e) = self.archive_orders(&archive) {
                 tracing::error!("order records stay in memory: {e}");
+            }
+        }
+        if self.refusals.len() >= 2 * self.in_memory.orders {
+            let leaving = self.refusals.len() - self.in_memory.orders;
+            let first = self.refusals_archived;
+            let written = (first..).zip(&self.refusals[..leaving]).try_for_each(
+                |(index, (number, refusal))| archive.write_refusal(index, *number, refusal),
+            );
+            match written {
+                Ok(()) => {
+                    self.refusals.drain(..leaving);
+                    self.refusals_archived += leaving as u64;
+                }
+                Err(e) => tracing::error!("refusals stay in memory: {e}"),
             }
         }
     }
@@ -1025,10 +1103,14 @@ impl Book {
         self.in_memory
     }
 
-    /// How many trades, from the first, and how many limit orders' records, from place 0,
-    /// are in the archive rather than only in memory.
-    pub fn archived(&self) -> (u64, u64) {
-        (self.trades_archived, u64::from(self.orders_archived))
+    /// How many trades, limit orders' records and refusals, from the first, are in the
+    /// archive rather than only in memory.
+    pub fn archived(&self) -> Counts {
+        Counts {
+            trades: self.trades_archived,
+            orders: u64::from(self.orders_archived),
+            refusals: self.refusals_archived,
+        }
     }
 
     /// `matched` as the wire names it.
@@ -1103,7 +1185,7 @@ impl Book {
             None => Some(done(Status::Filled, quantity)),
             // Refused by the book (fill or kill, post-only, a passed expiry, no liquidity...):
             // it never rested.
-            Some(_) if self.refusals.contains_key(&entry.number) => Some(OrderView {
+            Some(_) if self.refusal(entry.number).is_some() => Some(OrderView {
                 time_in_force: Some(terms.time_in_force),
                 expire_at: terms.expire_at.map(rfc3339),
                 post_only: Some(terms.post_only),
@@ -1253,7 +1335,7 @@ impl Book {
             let refusal = match (is_own, entry.stamp.rejected) {
                 (false, _) => None,
                 (true, Some(rejection)) => Some(rejection.as_str()),
-                (true, None) => self.refusals.get(&entry.number).map(Refusal::reason),
+                (true, None) => self.refusal(entry.number).map(|r| r.reason()),
             };
             if let Some(reason) = refusal {
                 events.push((OrderEvent::Refused, Some(reason)));
@@ -1379,12 +1461,34 @@ impl Book {
                 let Some(book) = self.stock(name) else {
                     return Vec::new();
                 };
-                let start = book.trades.partition_point(|&id| id <= after);
-                book.trades[start..]
-                    .iter()
-                    .take(limit)
-                    .filter_map(|&id| self.trade(id))
-                    .collect()
+                let trades = &book.trades;
+                // The stretches between the listed trades after `after`, and after the last
+                // listed one, each walked back from its end.
+                let first = trades.checkpoints.partition_point(|&id| id <= after);
+                let listed = trades.checkpoints[first..].iter().copied();
+                let last = trades.checkpoints.last().copied().unwrap_or(0);
+                let ends = listed.chain((trades.last > last.max(after)).then_some(trades.last));
+                let mut found: Vec<Trade> = Vec::new();
+                let mut floor = after;
+                for end in ends {
+                    let mut stretch = Vec::new();
+                    let mut id = end;
+                    while id > floor {
+                        let Some(trade) = self.matched(id) else {
+                            // Unreadable: counted as a failed read, which fails the read.
+                            return found;
+                        };
+                        stretch.push(trade);
+                        id = trade.stock_previous;
+                    }
+                    found.extend(stretch.iter().rev().map(|m| self.wire(m)));
+                    if found.len() >= limit {
+                        found.truncate(limit);
+                        break;
+                    }
+                    floor = end;
+                }
+                found
             }
         }
     }
@@ -1489,7 +1593,7 @@ impl Book {
             }
             Err(refusal) => {
                 self.reports.refused(day(), &entry.name, refusal.reason());
-                self.refusals.insert(entry.number, refusal);
+                self.refusals.push((entry.number, refusal));
                 Applied::Refused(refusal)
             }
         }
@@ -2144,6 +2248,7 @@ impl Book {
                 Side::Buy => (taker.user, resting.user),
                 Side::Sell => (resting.user, taker.user),
             });
+            let stock_previous = book.trades.add(id);
             self.trades.push(Matched {
                 id,
                 entry,
@@ -2155,8 +2260,8 @@ impl Book {
                 taker_side: side,
                 buy_previous,
                 sell_previous,
+                stock_previous,
             });
-            book.trades.push(id);
             book.last_price = Some(price);
         }
         let rests = rests && !taker_cancelled;
@@ -2913,6 +3018,67 @@ mod tests {
     }
 
     #[test]
+    fn a_stock_s_trades_page_across_its_checkpoints_and_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Arc::new(Archive::open(dir.path(), 1).unwrap());
+        let in_memory = InMemory {
+            trades: 100,
+            orders: 100,
+        };
+        let mut book = Book::default().with_archive(archive.clone(), in_memory);
+        // A crossing pair a trade, one in three of stock B: over two checkpoints of A.
+        let mut number = 0;
+        for pair in 0..3_300 {
+            let name = if pair % 3 == 0 { "B" } else { "A" };
+            for side in [Side::Sell, Side::Buy] {
+                number += 1;
+                let order = Order {
+                    name: name.into(),
+                    ..entry(number, limit(side, 1, 100 + pair % 7))
+                };
+                book.apply(&order);
+            }
+        }
+        assert!(book.archived().trades > 3_000);
+        let all = book.trades(None, 0, usize::MAX);
+        assert_eq!(all.len(), 3_300);
+        for name in ["A", "B"] {
+            let of: Vec<&Trade> = all.iter().filter(|t| t.name == name).collect();
+            let at = |i: usize| of[i.min(of.len() - 1)].id;
+            let cases = [
+                (0, usize::MAX),
+                (0, 1),
+                (at(500), 10),
+                (at(1022), 3),
+                (at(1023), 2),
+                (at(1023) - 1, 1_500),
+                (at(2047), 1_000),
+                (at(of.len() - 2), 5),
+                (at(of.len() - 1), 5),
+            ];
+            for (after, limit) in cases {
+                let expected: Vec<Trade> = of
+                    .iter()
+                    .filter(|t| t.id > after)
+                    .take(limit)
+                    .map(|t| (*t).clone())
+                    .collect();
+                let paged = book.trades(Some(name), after, limit);
+                assert_eq!(paged, expected, "{name} after {after}, {limit}");
+            }
+        }
+        // A snapshot keeps each stock's checkpoints.
+        let bytes = crate::snapshot::encode(&book).unwrap();
+        let restored = crate::snapshot::decode(&bytes).unwrap();
+        let restored = restored.with_archive(archive.clone(), in_memory);
+        for name in ["A", "B"] {
+            let every = |book: &Book| book.trades(Some(name), 0, usize::MAX);
+            assert_eq!(every(&restored), every(&book));
+        }
+        assert_eq!(archive.failed_reads(), 0);
+    }
+
+    #[test]
     fn listings_filter_and_page() {
         let book = book(&[
             limit(Side::Sell, 5, 1000),
@@ -3456,7 +3622,9 @@ mod model_tests {
         (
             (parts.applied, parts.next_slot, orders, views, prices),
             (book.trades(None, 0, usize::MAX), of_stock),
-            parts.refusals,
+            (1..=parts.applied)
+                .filter_map(|n| Some((n, book.refusal(n)?)))
+                .collect::<Vec<_>>(),
             parts.portfolios.clone(),
             parts.reports.clone(),
             parts

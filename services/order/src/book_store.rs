@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::archive::Archive;
+use crate::archive::{Archive, Counts};
 use crate::book::Book;
 use crate::book::InMemory;
 use crate::error::OrderError;
@@ -67,12 +67,9 @@ impl BookStore {
     pub fn open(path: PathBuf, archive: Archive, settings: BookSettings, log_last: u64) -> Self {
         let held = archive.held().unwrap_or_else(|e| {
             tracing::warn!("{e}");
-            (0, 0)
+            Counts::default()
         });
-        let continues = |book: &Book| {
-            let (trades, orders) = book.archived();
-            trades <= held.0 && orders <= held.1
-        };
+        let continues = |book: &Book| held.covers(&book.archived());
         let book = match std::fs::read(&path) {
             Ok(bytes) => match snapshot::decode(&bytes) {
                 Ok(book) if book.applied() <= log_last && continues(&book) => {
@@ -215,12 +212,10 @@ impl BookStore {
     /// them as this replica's snapshot.
     pub fn install(&self, bytes: &[u8]) -> Result<(), OrderError> {
         let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
-        let (trades, orders) = self.archive.held()?;
-        let (archived_trades, archived_orders) = book.archived();
-        if archived_trades > trades || archived_orders > orders {
+        let archived = book.archived();
+        if !self.archive.held()?.covers(&archived) {
             return Err(OrderError::Corrupt(format!(
-                "the snapshot continues {archived_trades} archived trades and \
-                 {archived_orders} orders, which {} lack",
+                "the snapshot continues archived records ({archived:?}) which {} lack",
                 self.archive.describe()
             )));
         }
@@ -321,8 +316,11 @@ mod tests {
         }
         let store = open(dir.path(), 2, 40);
         store.advance(&log, 29).unwrap();
-        let (trades, orders) = store.lock().archived();
-        assert!(trades >= 10 && orders >= 20, "{trades} {orders}");
+        let archived = store.lock().archived();
+        assert!(
+            archived.trades >= 10 && archived.orders >= 20,
+            "{archived:?}"
+        );
         let expected = store.read(|book| seen(book, 29)).unwrap();
         // Going from 0 to 29 crosses multiples of 3: the book as of 29 is written, and the
         // trades it no longer holds are in the archive.
@@ -365,7 +363,7 @@ mod tests {
         assert!(store.read(|book| book.trade(1)).is_err());
         assert!(store.read(|book| book.trades(None, 0, 5)).is_err());
         // What is in memory is still answered.
-        let in_memory = store.lock().archived().0 + 1;
+        let in_memory = store.lock().archived().trades + 1;
         assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
         assert!(store.read(|book| book.depth("A", 5)).is_ok());
     }

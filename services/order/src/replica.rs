@@ -429,7 +429,7 @@ impl Replica {
                 number,
             });
         }
-        if let Some(refusal) = self.book().refusal(number) {
+        if let Some(refusal) = self.book.read(|book| book.refusal(number))? {
             return Err(OrderError::Refused { refusal, number });
         }
         let view = self.order_view(number)?;
@@ -521,7 +521,7 @@ impl Replica {
                 guard: None,
             })
             .await?;
-        if let Some(refusal) = self.book().refusal(number) {
+        if let Some(refusal) = self.book.read(|book| book.refusal(number))? {
             return Err(OrderError::Refused { refusal, number });
         }
         Ok(Changed {

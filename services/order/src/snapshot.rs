@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use stocknet_common::{file, Price, SelfTrade, Side, TimeInForce};
 
-use crate::book::{Book, Extras, LimitOrder, Matched, Refusal, Removal};
+use crate::book::{Book, Extras, LimitOrder, Matched, Refusal, Removal, StockTrades};
 use crate::candles::Candle;
 use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
@@ -31,6 +31,8 @@ struct Image {
     /// The trades before these are in the trade archive (`trades-<id>.bin`).
     trades_archived: u64,
     trades: Vec<TradeImage>,
+    /// The refusals in memory; the ones before are in the archive.
+    refusals_archived: u64,
     refusals: Vec<(u64, Refusal)>,
     positions: Vec<PositionImage>,
     stock_days: Vec<StockDayImage>,
@@ -42,9 +44,10 @@ struct Image {
 struct StockImage {
     name: String,
     last_cents: Option<u64>,
-    /// Its trade ids, each as the gap from the one before (the first from 0): a byte or two
-    /// each.
-    trade_gaps: Vec<u64>,
+    /// How many trades it has had, the id of its last, and the ids of every 1,024th.
+    trades: u64,
+    last_trade: u64,
+    checkpoints: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -130,6 +133,7 @@ struct TradeImage {
     taker_side: Side,
     buy_previous: u64,
     sell_previous: u64,
+    stock_previous: u64,
 }
 
 /// The snapshot of `book`, ready to be written.
@@ -145,13 +149,9 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             .map(|stock| StockImage {
                 name: stock.name.to_owned(),
                 last_cents: stock.last_price.map(Price::cents),
-                trade_gaps: stock
-                    .trades
-                    .iter()
-                    .scan(0, |previous, &id| {
-                        Some(id - std::mem::replace(previous, id))
-                    })
-                    .collect(),
+                trades: stock.trades.count,
+                last_trade: stock.trades.last,
+                checkpoints: stock.trades.checkpoints.clone(),
             })
             .collect(),
         orders_archived: parts.orders_archived,
@@ -198,9 +198,11 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                 taker_side: t.taker_side,
                 buy_previous: t.buy_previous,
                 sell_previous: t.sell_previous,
+                stock_previous: t.stock_previous,
             })
             .collect(),
-        refusals: parts.refusals,
+        refusals_archived: parts.refusals.0,
+        refusals: parts.refusals.1.to_vec(),
         positions: parts
             .portfolios
             .rows()
@@ -305,17 +307,15 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         taker_side: t.taker_side,
         buy_previous: t.buy_previous,
         sell_previous: t.sell_previous,
+        stock_previous: t.stock_previous,
     });
     let stocks = image.stocks.into_iter().map(|stock| {
-        let ids = stock
-            .trade_gaps
-            .iter()
-            .scan(0u64, |id, &gap| {
-                *id = id.saturating_add(gap);
-                Some(*id)
-            })
-            .collect();
-        (stock.name, stock.last_cents.map(Price::from_cents), ids)
+        let trades = StockTrades {
+            count: stock.trades,
+            last: stock.last_trade,
+            checkpoints: stock.checkpoints,
+        };
+        (stock.name, stock.last_cents.map(Price::from_cents), trades)
     });
     let mut book = Book::from_parts(
         image.applied,
@@ -323,7 +323,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         stocks.collect(),
         (image.orders_archived, orders),
         (image.trades_archived, trades.collect()),
-        image.refusals,
+        (image.refusals_archived, image.refusals),
         Portfolios::from_rows(image.positions.into_iter().map(|p| {
             let position = Position {
                 shares: p.shares,
