@@ -328,10 +328,11 @@ fn decode_trade(bytes: &[u8; TRADE as usize]) -> Option<Matched> {
     })
 }
 
-/// A limit order's record on disk: its stock by place, prices in cents.
+/// A limit order's record on disk (in the archive and in snapshots): its stock by place,
+/// prices in cents.
 #[derive(Serialize, Deserialize)]
-struct OrderRecord<'a> {
-    stock: u32,
+pub(crate) struct OrderRecord<'a> {
+    pub stock: u32,
     user: Option<u64>,
     side: Side,
     cents: u64,
@@ -356,7 +357,7 @@ struct OrderRecord<'a> {
 }
 
 impl<'a> OrderRecord<'a> {
-    fn of(stock: u32, order: &'a LimitOrder) -> Self {
+    pub(crate) fn of(stock: u32, order: &'a LimitOrder) -> Self {
         let extras = order.extras.as_deref().cloned().unwrap_or_default();
         Self {
             stock,
@@ -383,7 +384,7 @@ impl<'a> OrderRecord<'a> {
         }
     }
 
-    fn into_order(self, number: u64, name: Arc<str>) -> LimitOrder {
+    pub(crate) fn into_order(self, number: u64, name: Arc<str>) -> LimitOrder {
         LimitOrder {
             number,
             name,

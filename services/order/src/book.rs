@@ -505,8 +505,8 @@ pub(crate) struct Parts<'a, Orders> {
     pub next_slot: u64,
     /// Each stock, by place: its name, last price and trade ids.
     pub stocks: Vec<StockPart<'a>>,
-    /// The records in memory, each with its place: the ones before `orders_archived` are
-    /// also in the archive.
+    /// The records in memory, each with its place and its stock's: the ones before
+    /// `orders_archived` are also in the archive.
     pub orders_archived: u32,
     pub orders: Orders,
     /// The trades in memory, after the archive's first `trades_archived`.
@@ -522,7 +522,7 @@ pub(crate) struct Parts<'a, Orders> {
 }
 
 impl Book {
-    pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = (u32, LimitOrder)> + '_> {
+    pub(crate) fn parts(&self) -> Parts<'_, impl Iterator<Item = (u32, u32, LimitOrder)> + '_> {
         // By name, so that equal books give equal snapshots.
         let mut candles: Vec<(&str, &[Candle])> = self
             .stocks
@@ -549,7 +549,14 @@ impl Book {
                 .iter()
                 .map(|(&place, order)| (place, order))
                 .chain((self.orders_archived..).zip(&self.orders))
-                .map(|(place, order)| (place, self.current(order))),
+                .map(|(place, order)| {
+                    let stock = self
+                        .stock_places
+                        .get(&*order.name)
+                        .copied()
+                        .unwrap_or_default();
+                    (place, stock, self.current(order))
+                }),
             trades_archived: self.trades_archived,
             trades: &self.trades,
             refusals: (self.refusals_archived, &self.refusals),

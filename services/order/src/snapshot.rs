@@ -7,11 +7,13 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use stocknet_common::{file, Price, SelfTrade, Side, TimeInForce};
+use stocknet_common::{file, Price, Side};
 
-use crate::book::{Book, Extras, LimitOrder, Matched, Refusal, Removal, StockTrades};
+use crate::archive::OrderRecord;
+use crate::book::{Book, LimitOrder, Matched, Refusal, StockTrades};
 use crate::candles::Candle;
 use crate::portfolio::{Portfolios, Position};
 use crate::report::{Reports, StockTally};
@@ -20,14 +22,15 @@ use crate::report::{Reports, StockTally};
 const MAGIC: &[u8] = b"stocknet book snapshot 4\n";
 
 #[derive(Serialize, Deserialize)]
-struct Image {
+struct Image<'a> {
     applied: u64,
     next_slot: u64,
     /// By place: archived trades name their stock by it.
     stocks: Vec<StockImage>,
     /// The orders in memory; those placed before this mark are in the archive too.
     orders_archived: u32,
-    orders: Vec<OrderImage>,
+    #[serde(borrow)]
+    orders: Vec<OrderImage<'a>>,
     /// The trades before these are in the trade archive (`trades-<id>.bin`).
     trades_archived: u64,
     trades: Vec<TradeImage>,
@@ -61,36 +64,13 @@ struct CandleImage {
     trades: u32,
 }
 
+/// A limit order's record as the archive keeps it, with its place and number.
 #[derive(Serialize, Deserialize)]
-struct OrderImage {
-    /// Its place among the limit orders, from 0.
+struct OrderImage<'a> {
     place: u32,
     number: u64,
-    name: String,
-    user: Option<u64>,
-    side: Side,
-    cents: u64,
-    quantity: u32,
-    filled: u32,
-    removal: Option<Removal>,
-    time_in_force: TimeInForce,
-    post_only: bool,
-    self_trade: SelfTrade,
-    display: Option<u32>,
-    expires: Option<u64>,
-    client_order_id: Option<String>,
-    market: bool,
-    /// What of an iceberg's current slice is unfilled.
-    shown: u32,
-    /// A stop order waiting for its trigger, its stop (cents), a market one's protection,
-    /// and the entry that triggered it.
-    pending: bool,
-    stop: Option<u64>,
-    protection_bps: Option<u32>,
-    triggered: Option<u64>,
-    /// Its last trade (0: none); each trade links to the one before of each of its orders.
-    last_trade: u64,
-    slot: u64,
+    #[serde(borrow)]
+    record: OrderRecord<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +119,7 @@ struct TradeImage {
 /// The snapshot of `book`, ready to be written.
 pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
     let parts = book.parts();
+    let orders: Vec<(u32, u32, LimitOrder)> = parts.orders.collect();
     let (stock_days, user_days) = (parts.reports.stock_rows(), parts.reports.user_rows());
     let image = Image {
         applied: parts.applied,
@@ -155,32 +136,12 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             })
             .collect(),
         orders_archived: parts.orders_archived,
-        orders: parts
-            .orders
-            .map(|(place, o)| OrderImage {
-                place,
-                number: o.number,
-                name: o.name.to_string(),
-                user: o.user,
-                side: o.side,
-                cents: o.price.cents(),
-                quantity: o.quantity,
-                filled: o.filled,
-                removal: o.removal,
-                time_in_force: o.time_in_force,
-                post_only: o.post_only,
-                self_trade: o.self_trade,
-                display: o.display(),
-                expires: o.expires(),
-                client_order_id: o.client_order_id().map(str::to_owned),
-                market: o.market,
-                shown: o.shown,
-                pending: o.pending,
-                stop: o.stop_price().map(Price::cents),
-                protection_bps: o.extras.as_ref().and_then(|e| e.protection_bps),
-                triggered: o.triggered(),
-                last_trade: o.last_trade,
-                slot: o.slot,
+        orders: orders
+            .iter()
+            .map(|(place, stock, order)| OrderImage {
+                place: *place,
+                number: order.number,
+                record: OrderRecord::of(*stock, order),
             })
             .collect(),
         trades_archived: parts.trades_archived,
@@ -266,36 +227,20 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         .strip_prefix(MAGIC)
         .ok_or("not a book snapshot of this version")?;
     let image: Image = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-    let orders = image.orders.into_iter().map(|o| {
-        let order = LimitOrder {
-            number: o.number,
-            name: o.name.into(),
-            user: o.user,
-            side: o.side,
-            price: Price::from_cents(o.cents),
-            quantity: o.quantity,
-            filled: o.filled,
-            removal: o.removal,
-            time_in_force: o.time_in_force,
-            post_only: o.post_only,
-            self_trade: o.self_trade,
-            extras: Extras {
-                expires: o.expires,
-                client_order_id: o.client_order_id.map(Into::into),
-                display: o.display,
-                stop_price: o.stop.map(Price::from_cents),
-                protection_bps: o.protection_bps,
-                triggered: o.triggered,
-            }
-            .boxed(),
-            market: o.market,
-            shown: o.shown,
-            pending: o.pending,
-            last_trade: o.last_trade,
-            slot: o.slot,
-        };
-        (o.place, order)
-    });
+    let names: Vec<Arc<str>> = image
+        .stocks
+        .iter()
+        .map(|s| s.name.as_str().into())
+        .collect();
+    let orders = image
+        .orders
+        .into_iter()
+        .map(|o| {
+            let name = names.get(o.record.stock as usize).cloned();
+            let name = name.ok_or_else(|| format!("order {} names no stock", o.number))?;
+            Ok((o.place, o.record.into_order(o.number, name)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let trades = image.trades.into_iter().map(|t| Matched {
         id: t.id,
         entry: t.entry,
@@ -321,7 +266,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         image.applied,
         image.next_slot,
         stocks.collect(),
-        (image.orders_archived, orders),
+        (image.orders_archived, orders.into_iter()),
         (image.trades_archived, trades.collect()),
         (image.refusals_archived, image.refusals),
         Portfolios::from_rows(image.positions.into_iter().map(|p| {
