@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of two builds: alternating, each round on a fresh `stocknet up --cache-size 12`, durable
-# orders (32 clients, p = 1, 8 s; acknowledged per second) and cached lookups (32 clients,
-# p = 0, 5 s). Build each commit and copy its target/release/stocknet somewhere first:
+# orders (32 clients, p = 1, 8 s; acknowledged per second, and each process's CPU time, user +
+# system from /proc/PID/stat, per 1,000 of them) and cached lookups (32 clients, p = 0, 5 s).
+# Build each commit and copy its target/release/stocknet somewhere first:
 #   bench/ab.sh ROUNDS /tmp/stocknet-before /tmp/stocknet-after
 # A build may be followed by `:` and more flags for the orders' load, e.g. authenticated
 # orders: bench/ab.sh 3 /tmp/stocknet /tmp/stocknet:--users=8
@@ -11,6 +12,15 @@ dir="$(mktemp -d)"
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
+ticks=$(getconf CLK_TCK)
+# "role ticks" for each child of `up`: its role is its subcommand (and node id).
+cpu() {
+  for child in $(pgrep -P "$1"); do
+    role=$(tr '\0' ' ' <"/proc/$child/cmdline" |
+      awk '{r=$2; for (i=3;i<=NF;i++) if ($i=="--node-id") r=r"-"$(i+1); print r}')
+    awk -v r="$role" '{print r, $14 + $15}' "/proc/$child/stat"
+  done | sort
+}
 for round in $(seq 1 "$rounds"); do
   for spec in "$@"; do
     bin=${spec%%:*}
@@ -21,12 +31,17 @@ for round in $(seq 1 "$rounds"); do
       --cache-size 12 --order-ports 38091,38092,38093 >"$dir/up.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
+    cpu "$pid" >"$dir/before"
     # shellcheck disable=SC2086 # the flags are words
-    orders=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 1 --duration 8s \
-      --max-quantity 3 $flags --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["order"]["ok"]/r["seconds"]))')
+    "$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 1 --duration 8s \
+      --max-quantity 3 $flags --json >"$dir/orders.json"
+    cpu "$pid" >"$dir/after"
+    read -r acknowledged orders < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; o=r["requests"]["order"]["ok"]; print(o, round(o/r["seconds"]))' "$dir/orders.json")
+    per_order=$(join "$dir/before" "$dir/after" | awk -v n="$acknowledged" -v t="$ticks" \
+      '{ms = ($3 - $2) * 1000 / t; all += ms; printf "%s %.0f, ", $1, ms * 1000 / n} END {printf "all %.0f", all * 1000 / n}')
     lookups=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 0 --duration 5s \
       --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["lookup"]["per_second"]))')
-    echo "round $round $spec: orders $orders/s, lookups $lookups/s"
+    echo "round $round $spec: orders $orders/s (CPU ms per 1,000: $per_order), lookups $lookups/s"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   done
 done
