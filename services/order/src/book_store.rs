@@ -121,9 +121,14 @@ impl BookStore {
     /// Runs `read` on the book; an error if it needed an archived record that could not be
     /// read, since its answer would then not be true.
     pub fn read<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
+        // Counted under the book's lock, which every reader and the applier hold while they
+        // read the archive: a failure counted meanwhile is this read's.
+        let book = self.lock();
         let failed = self.archive.failed_reads();
-        let answer = read(&self.lock());
-        match self.archive.failed_reads() == failed {
+        let answer = read(&book);
+        let failed_now = self.archive.failed_reads();
+        drop(book);
+        match failed_now == failed {
             true => Ok(answer),
             false => Err(OrderError::Corrupt(format!(
                 "{}: an archived record could not be read",
