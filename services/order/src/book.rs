@@ -396,7 +396,8 @@ impl StockBook {
     }
 }
 
-/// Every stock's book, every limit order and every trade, as of log entry `applied`.
+/// Every stock's book, every limit order and every trade (the older ones in the archive, when
+/// it has one), as of log entry `applied`.
 #[derive(Debug, Default, Clone)]
 pub struct Book {
     applied: u64,
