@@ -229,8 +229,8 @@ pub struct OrderSpec {
     #[serde(default = "default_storage")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
     pub storage: String,
-    /// CPU and memory of each order replica's pod (its book is in memory); the operator's
-    /// defaults when unset.
+    /// CPU and memory of each order replica's pod (its open orders and newest trades are in
+    /// memory, older ones on its volume); the operator's defaults when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
