@@ -668,13 +668,9 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
 /// there (with the secret) and not on its public port, and the public API not there.
 #[tokio::test]
 async fn internal_routes_can_have_a_port_of_their_own() {
-    let listener = common::listener();
-    let internal = common::port_of(&listener);
-    let frontend = common::LoneFrontend::start_with(
-        &["--internal-port", &internal.to_string()],
-        vec![(stocknet_common::listeners::INTERNAL, listener)],
-    )
-    .await;
+    let (frontend, internal) =
+        common::LoneFrontend::with_port("--internal-port", stocknet_common::listeners::INTERNAL)
+            .await;
     let (public, internal) = (frontend.url.clone(), common::url(internal));
     let http = reqwest::Client::new();
     let push = |base: &str| {
@@ -1558,13 +1554,9 @@ async fn every_service_serves_prometheus_metrics() {
         }
     }
 
-    let listener = common::listener();
-    let port = common::port_of(&listener);
-    let lone = common::LoneFrontend::start_with(
-        &["--metrics-port", &port.to_string()],
-        vec![(stocknet_common::listeners::METRICS, listener)],
-    )
-    .await;
+    let (lone, port) =
+        common::LoneFrontend::with_port("--metrics-port", stocknet_common::listeners::METRICS)
+            .await;
     let own_port = scrape(&common::url(port)).await;
     assert!(
         own_port.contains("stocknet_frontend_cache_hits_total"),

@@ -257,6 +257,15 @@ impl LoneFrontend {
         Self::start_with(extra, Vec::new()).await
     }
 
+    /// With a second port, of `flag` (`--internal-port`, `--metrics-port`), handed to it as the
+    /// socket named `name`; and that port.
+    pub async fn with_port(flag: &str, name: &'static str) -> (Self, u16) {
+        let listener = listener();
+        let port = port_of(&listener);
+        let frontend = Self::start_with(&[flag, &port.to_string()], vec![(name, listener)]).await;
+        (frontend, port)
+    }
+
     /// With more listeners (e.g. `--internal-port`'s, named `internal`).
     pub async fn start_with(
         extra: &[&str],

@@ -610,7 +610,8 @@ pub struct Changed {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OrderPage {
     pub orders: Vec<OrderView>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; absent on the last one. A page that looked at as
+    /// many orders as one request may can be short, even empty, and still have it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }

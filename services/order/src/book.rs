@@ -1008,7 +1008,12 @@ impl Book {
     /// before an entry is applied: what it touches stays in memory while it is. A record that
     /// cannot be written stays in memory, with those after it.
     fn archive_old(&mut self) {
-        let Some(archive) = self.archive.clone() else {
+        let (trades, orders) = (self.in_memory.trades, self.in_memory.orders);
+        let due = self.trades.len() >= 2 * trades
+            || self.orders.len() >= 2 * orders
+            || self.refusals.len() >= 2 * orders;
+        // (Most entries find nothing due: the archive is not even touched then.)
+        let Some(archive) = self.archive.as_ref().filter(|_| due).cloned() else {
             return;
         };
         if self.trades.len() >= 2 * self.in_memory.trades {
@@ -1079,18 +1084,13 @@ impl Book {
                 pins.push(place);
             }
         }
-        let base = self.orders_archived;
-        let mut leaving_records = self.orders.drain(..leaving).enumerate();
-        for place in pins {
-            let record = leaving_records
-                .find(|(index, _)| base + *index as u32 == place)
-                .map(|(_, record)| record);
-            if let Some(record) = record {
+        let mut pins = pins.into_iter().peekable();
+        for (place, record) in (self.orders_archived..).zip(self.orders.drain(..leaving)) {
+            if pins.next_if_eq(&place).is_some() {
                 self.pinned_places.insert(record.number, place);
                 self.pinned.insert(place, record);
             }
         }
-        drop(leaving_records);
         self.orders_archived += leaving as u32;
         Ok(())
     }

@@ -643,7 +643,8 @@ async fn change_on_leader(
     Ok(data(changed))
 }
 
-/// Limit orders, newest first, a page at a time.
+/// Limit orders, newest first, a page at a time. One request looks at 100,000 orders at most,
+/// so a page may hold fewer than `limit` orders, even none, and still have a `next_cursor`.
 #[utoipa::path(get, path = "/orders", operation_id = "list_orders", tag = "orders",
     params(
         ("name" = Option<String>, Query, description = "Only this stock's"),
