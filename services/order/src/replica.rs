@@ -335,11 +335,17 @@ impl Replica {
             else {
                 continue;
             };
-            let held = matched.map_or(0, |id| {
-                let log = self.log();
-                log.first_line(id.index + 1)
-                    .map_or(log.last(), |next| next - 1)
-            });
+            let held = match matched {
+                None => 0,
+                Some(id) => {
+                    let log = self.log();
+                    // A lag that cannot be read is not reported.
+                    let Ok(next) = log.first_line(id.index + 1) else {
+                        continue;
+                    };
+                    next.map_or(log.last(), |next| next - 1)
+                }
+            };
             metrics
                 .replication_lag
                 .get_or_create(&FollowerLabels { follower })

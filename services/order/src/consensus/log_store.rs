@@ -89,7 +89,7 @@ impl LogStore {
         let log = self.log();
         let last = log.last();
         log.term_at(last)
-            .zip(log.entry_at(last))
+            .zip(log.last_entry())
             .map(|(term, entry)| log_id(term, entry))
     }
 
@@ -147,10 +147,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         let lines = {
             let log = self.log();
-            let Some(first) = log.first_line(start) else {
+            let Some(first) = log.first_line(start).map_err(read_error)? else {
                 return Ok(Vec::new());
             };
-            let last = log.first_line(end).map_or(log.last(), |next| next - 1);
+            let last = log
+                .first_line(end)
+                .map_err(read_error)?
+                .map_or(log.last(), |next| next - 1);
             let count = usize::try_from(last + 1 - first).unwrap_or(usize::MAX);
             log.lines_after(first - 1, count).map_err(read_error)?
         };
@@ -220,7 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let handle = {
             let mut log = self.log();
             // A leader's entries may replace a suffix this log holds from an older term.
-            let replaces = log.first_line(first_entry);
+            let replaces = log.first_line(first_entry).map_err(write_error)?;
             let first = replaces.unwrap_or(log.last() + 1);
             let mut lines = Vec::new();
             for entry in &entries {
@@ -260,7 +263,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(first) = log.first_line(log_id.index) {
+            if let Some(first) = log.first_line(log_id.index)? {
                 log.replace_after(first - 1, &[])?;
             }
             Ok(())

@@ -43,12 +43,12 @@ impl StateMachine {
         let applied = book.lock().applied();
         let log = log.lock().unwrap_or_else(|e| e.into_inner());
         let last = log
-            .entry_at(applied)
+            .entry_at(applied)?
             .map(|entry| log_id(log.term_at(applied).unwrap_or(0), entry));
         let membership = match log.membership_through(applied)? {
             Some(order) => {
                 let line = Line {
-                    entry: log.entry_at(order.number).unwrap_or_default(),
+                    entry: log.entry_at(order.number)?.unwrap_or_default(),
                     order,
                 };
                 let entry = entry_of(vec![line])?;

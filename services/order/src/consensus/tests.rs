@@ -18,7 +18,7 @@ use super::*;
 use crate::archive::Archive;
 use crate::book::InMemory;
 use crate::book_store::{BookSettings, BookStore};
-use crate::log::OrderLog;
+use crate::log::{IndexLimits, OrderLog};
 
 /// Opens replica `id`'s log store and state machine in `dir`, as a replica process does.
 fn open_stores(
@@ -26,7 +26,12 @@ fn open_stores(
     id: u64,
     initial: Membership<u64, BasicNode>,
 ) -> (LogStore, StateMachine, Arc<Mutex<OrderLog>>, Arc<BookStore>) {
-    let log = OrderLog::open(dir.join(format!("orders-{id}.csv"))).unwrap();
+    // A small index, so that entries are also found from the file and keys in several tables.
+    let limits = IndexLimits {
+        first_key_buckets: 2,
+        entry_runs: 4,
+    };
+    let log = OrderLog::open_with(dir.join(format!("orders-{id}.csv")), limits).unwrap();
     let book = Arc::new(BookStore::open(
         dir.join(format!("book-{id}.snap")),
         Archive::open(dir, id as u32).unwrap(),

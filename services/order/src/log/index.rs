@@ -1,6 +1,6 @@
 //! What locates the log's lines in its file: the offset of every [`STRIDE`]th line, the runs
-//! of lines with one term, where entries of several lines start, the membership entries, the
-//! idempotency keys, and the newest lines themselves.
+//! of lines with one term, where the newest entries start, the membership entries, the
+//! idempotency keys (on disk), and the newest lines themselves.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -12,7 +12,7 @@ use super::{record, Line, ReadAt, RECENT, STRIDE};
 use crate::error::OrderError;
 
 /// What locates orders in the file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Index {
     pub(super) last: u64,
     /// `checkpoints[i]` is the byte offset where order `i * STRIDE + 1` starts.
@@ -22,10 +22,13 @@ pub(super) struct Index {
     pub(super) keys: KeyIndex,
     /// The numbers of the replica group's membership entries, in order.
     pub(super) memberships: Vec<u64>,
-    /// Where entries start, as runs `(entry, number)`: entry `entry + k` starts at line
-    /// `number + k`, and the run's last entry holds every line up to the next run's first
-    /// (or the log's end). A log of one line per entry is one run.
+    /// Where the newest entries start, as runs `(entry, number)`: entry `entry + k` starts at
+    /// line `number + k`, and the run's last entry holds every line up to the next run's
+    /// first (or the log's end). A log of one line per entry is one run; each entry of several
+    /// lines starts one, so only the newest `kept_runs` to `2 × kept_runs` are kept: older
+    /// lines say their entry in the file.
     pub(super) entries: Vec<(u64, u64)>,
+    kept_runs: usize,
     /// The entry of the last line (0 when empty).
     pub(super) last_entry: u64,
     /// The last (up to) [`RECENT`] orders.
@@ -33,6 +36,20 @@ pub(super) struct Index {
 }
 
 impl Index {
+    pub(super) fn new(keys: KeyIndex, kept_runs: usize) -> Self {
+        Self {
+            last: 0,
+            checkpoints: Vec::new(),
+            terms: Vec::new(),
+            keys,
+            memberships: Vec::new(),
+            entries: Vec::new(),
+            kept_runs: kept_runs.max(1),
+            last_entry: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
     /// Indexes every complete record of `file` before byte `complete`. Returns the length of
     /// the well-formed prefix: a last record that is cut off or malformed is a torn append
     /// (never acknowledged) and lies outside it; a malformed record before it is corruption.
@@ -59,7 +76,14 @@ impl Index {
                 Err(e) => Err(e.to_string()),
             };
             match parsed {
-                Ok(line) => self.push(&line, start.byte()),
+                Ok(line) => {
+                    if let Some(key) = &line.order.key {
+                        self.keys
+                            .insert(key, line.order.number)
+                            .map_err(|e| OrderError::Corrupt(format!("its key index: {e}")))?;
+                    }
+                    self.push(&line, start.byte());
+                }
                 Err(_) if reader.position().byte() >= complete => return Ok(start.byte()),
                 Err(e) => {
                     return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
@@ -68,7 +92,8 @@ impl Index {
         }
     }
 
-    /// Records `line`, which follows the last one and starts at byte `start`.
+    /// Records `line`, which follows the last one and starts at byte `start` (its key is the
+    /// caller's to insert, before the line is written).
     pub(super) fn push(&mut self, line: &Line, start: u64) {
         let Line { entry, order } = line;
         let starts_entry = self.last == 0 || *entry != self.last_entry;
@@ -77,6 +102,9 @@ impl Index {
                 first + entry.saturating_sub(first_entry) != order.number
             })
         {
+            if self.entries.len() >= 2 * self.kept_runs {
+                self.entries.drain(..self.kept_runs);
+            }
             self.entries.push((*entry, order.number));
         }
         self.last_entry = *entry;
@@ -90,9 +118,6 @@ impl Index {
         {
             self.terms.push((order.number, order.term));
         }
-        if let Some(key) = &order.key {
-            self.keys.insert(key, order.number);
-        }
         if matches!(order.command, Command::Group(GroupEntry::Membership(_))) {
             self.memberships.push(order.number);
         }
@@ -103,15 +128,16 @@ impl Index {
         self.last = order.number;
     }
 
-    /// Forgets every order after `last` but their keys (the caller removes those).
-    pub(super) fn truncate(&mut self, last: u64) {
+    /// Forgets every order after `last`, whose entry is `last_entry`, but their keys (a key
+    /// index slot whose line is gone or replaced is harmless: lookups read the line).
+    pub(super) fn truncate(&mut self, last: u64, last_entry: u64) {
         self.checkpoints
             .truncate(usize::try_from(last.div_ceil(STRIDE)).unwrap_or(usize::MAX));
         let runs = self.terms.partition_point(|&(first, _)| first <= last);
         self.terms.truncate(runs);
         let kept = self.memberships.partition_point(|&number| number <= last);
         self.memberships.truncate(kept);
-        self.last_entry = self.entry_at(last).unwrap_or(0);
+        self.last_entry = last_entry;
         let runs = self.entries.partition_point(|&(_, first)| first <= last);
         self.entries.truncate(runs);
         while self.recent.back().is_some_and(|o| o.number > last) {
@@ -120,8 +146,9 @@ impl Index {
         self.last = last;
     }
 
-    pub(super) fn entry_at(&self, number: u64) -> Option<u64> {
-        if number == 0 || number > self.last {
+    /// The entry of line `number` (in the log), if the runs kept in memory reach back to it.
+    pub(super) fn entry_in_memory(&self, number: u64) -> Option<u64> {
+        if !self.covers_line(number) {
             return None;
         }
         let run = self.entries.partition_point(|&(_, first)| first <= number);
@@ -133,15 +160,26 @@ impl Index {
         Some((entry + (number - first)).min(run_last))
     }
 
-    pub(super) fn first_line(&self, entry: u64) -> Option<u64> {
-        if self.last == 0 || entry > self.last_entry {
-            return None;
+    /// Whether the runs kept in memory reach back to line `number`.
+    pub(super) fn covers_line(&self, number: u64) -> bool {
+        self.entries
+            .first()
+            .is_some_and(|&(_, first)| first <= number)
+    }
+
+    /// The first line of entry `entry` (at most the last entry), if the runs kept in memory
+    /// reach back to it; otherwise `Err` with the line before which it starts.
+    pub(super) fn first_line_in_memory(&self, entry: u64) -> Result<u64, u64> {
+        match self.entries.first() {
+            Some(&(first_entry, _)) if first_entry <= entry => {}
+            Some(&(_, first)) => return Err(first),
+            None => return Err(self.last + 1),
         }
         let run = self
             .entries
             .partition_point(|&(first_entry, _)| first_entry <= entry);
-        let (first_entry, first) = *self.entries.get(run.checked_sub(1)?)?;
-        Some(first + (entry - first_entry))
+        let (first_entry, first) = self.entries[run - 1];
+        Ok(first + (entry - first_entry))
     }
 
     pub(super) fn term_at(&self, number: u64) -> Option<u64> {

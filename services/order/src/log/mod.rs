@@ -2,8 +2,10 @@
 //! the Raft entry it came in (a leader proposes the commands that arrive together as one entry,
 //! so an entry holds one line or several). The layout of a line is `record.rs`'s.
 //! The orders stay on disk; memory holds only what finds them again (`index.rs`): the offset
-//! of every [`STRIDE`]th order, the runs of orders with one term, where entries of several
-//! lines start, and 8 bytes per idempotency key (`keys.rs`).
+//! of every [`STRIDE`]th order, the runs of orders with one term, where the newest entries
+//! start (older lines say theirs in the file), and the newest orders. The idempotency keys
+//! are found through hash tables in a folder beside the log (`keys.rs`), built again whenever
+//! the log is opened.
 //! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
 //! cut off when the log is opened (it was never acknowledged).
 
@@ -21,6 +23,7 @@ mod keys;
 mod record;
 
 use index::Index;
+use keys::KeyIndex;
 pub use keys::MAX_ORDER_NUMBER;
 
 /// One offset is kept per this many orders: a lookup parses at most this many records (a few
@@ -50,6 +53,26 @@ impl Line {
     }
 }
 
+/// How much of its index a log keeps where: the defaults, but for tests that need the parts
+/// kept on disk with few orders.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexLimits {
+    /// Buckets (of 8 keys) of the first key table; each next one has 4 times as many.
+    pub first_key_buckets: u64,
+    /// Runs of where entries start kept in memory (16 bytes each; at least this many, at
+    /// most twice): every entry of several lines starts a run.
+    pub entry_runs: usize,
+}
+
+impl Default for IndexLimits {
+    fn default() -> Self {
+        Self {
+            first_key_buckets: keys::FIRST_BUCKETS,
+            entry_runs: 1 << 16,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct OrderLog {
     path: PathBuf,
@@ -60,14 +83,22 @@ pub struct OrderLog {
 }
 
 impl OrderLog {
-    /// Opens (or creates) the log at `path`, truncating a torn last record.
+    /// Opens (or creates) the log at `path`, truncating a torn last record; its key index is
+    /// the folder beside it with the extension `keys`.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
+        Self::open_with(path, IndexLimits::default())
+    }
+
+    pub fn open_with(path: impl Into<PathBuf>, limits: IndexLimits) -> Result<Self, OrderError> {
         let path = path.into();
         let io = |e| OrderError::io(&path, e);
         let file = file::open_append(&path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
         let complete = file::end_of_last_line(&file, size).map_err(io)?;
-        let mut index = Index::default();
+        let keys_dir = path.with_extension("keys");
+        let keys = KeyIndex::create(keys_dir.clone(), limits.first_key_buckets)
+            .map_err(|e| OrderError::io(&keys_dir, e))?;
+        let mut index = Index::new(keys, limits.entry_runs);
         let good_len = index.load(&file, complete).map_err(|e| e.in_file(&path))?;
         if good_len < size {
             tracing::warn!(
@@ -117,7 +148,12 @@ impl OrderLog {
 
     /// The number of the order placed with idempotency `key`, if there is one.
     pub fn number_for_key(&self, key: &str) -> Result<Option<u64>, OrderError> {
-        for number in self.index.keys.candidates(key) {
+        let candidates = self
+            .index
+            .keys
+            .candidates(key)
+            .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))?;
+        for number in candidates {
             if self.get(number)?.and_then(|o| o.key).as_deref() == Some(key) {
                 return Ok(Some(number));
             }
@@ -139,26 +175,61 @@ impl OrderLog {
         self.index.term_at(number)
     }
 
+    /// The entry of the last line; `None` when the log is empty.
+    pub fn last_entry(&self) -> Option<u64> {
+        (self.last() > 0).then_some(self.index.last_entry)
+    }
+
     /// The entry line `number` belongs to; `None` for number 0 and past the end.
-    pub fn entry_at(&self, number: u64) -> Option<u64> {
-        self.index.entry_at(number)
+    pub fn entry_at(&self, number: u64) -> Result<Option<u64>, OrderError> {
+        if number == 0 || number > self.last() {
+            return Ok(None);
+        }
+        match self.index.entry_in_memory(number) {
+            Some(entry) => Ok(Some(entry)),
+            None => Ok(Some(self.line_at(number)?.entry)),
+        }
     }
 
     /// The number of entry `entry`'s first line, if the log holds that entry.
-    pub fn first_line(&self, entry: u64) -> Option<u64> {
-        self.index.first_line(entry)
+    pub fn first_line(&self, entry: u64) -> Result<Option<u64>, OrderError> {
+        if self.last() == 0 || entry > self.index.last_entry {
+            return Ok(None);
+        }
+        let below = match self.index.first_line_in_memory(entry) {
+            Ok(first) => return Ok(Some(first)),
+            Err(below) => below,
+        };
+        // Older than the runs in memory: the first line before `below` whose entry is not
+        // older (entries never decrease along the log), if it is that entry's.
+        let (mut low, mut high) = (1, below);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.line_at(middle)?.entry < entry {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok((low < below && self.line_at(low)?.entry == entry).then_some(low))
     }
 
     /// Up to `limit` lines with numbers greater than `after`, with their entries.
     pub fn lines_after(&self, after: u64, limit: usize) -> Result<Vec<Line>, OrderError> {
-        let orders = self.after(after, limit)?;
-        Ok(orders
-            .into_iter()
-            .map(|order| Line {
-                entry: self.index.entry_at(order.number).unwrap_or_default(),
-                order,
-            })
-            .collect())
+        let first = after.saturating_add(1);
+        if self.index.covers_line(first) {
+            let orders = self.after(after, limit)?;
+            return Ok(orders
+                .into_iter()
+                .map(|order| Line {
+                    entry: self.index.entry_in_memory(order.number).unwrap_or_default(),
+                    order,
+                })
+                .collect());
+        }
+        let mut lines = Vec::new();
+        self.visit_file(first, self.end_of(first, limit), |line| lines.push(line))?;
+        Ok(lines)
     }
 
     /// Appends `batch` durably. Its first line must directly follow the last one here, its
@@ -175,7 +246,8 @@ impl OrderLog {
     /// [`sync_handle`](Self::sync_handle). A leader writes each order as it comes and fsyncs
     /// once for all that came meanwhile (group commit).
     pub fn write(&mut self, batch: &[Line]) -> Result<(), OrderError> {
-        check_consecutive(self.last(), self.index.entry_at(self.last()), batch)?;
+        check_consecutive(self.last(), self.last_entry(), batch)?;
+        self.insert_keys(batch)?;
         let (text, starts) = format_records(batch, self.len)?;
         if let Err(e) = (&self.file).write_all(&text) {
             // Never leave a partial record for the next write to follow.
@@ -202,10 +274,12 @@ impl OrderLog {
     /// Replaces every order after `number` with `batch`, atomically: the new file is written
     /// beside the old one, fsync'd and renamed over it, so a crash leaves one or the other.
     pub fn replace_after(&mut self, number: u64, batch: &[Line]) -> Result<(), OrderError> {
-        check_consecutive(number, self.index.entry_at(number), batch)?;
         if number > self.last() {
             return Err(OrderError::Gap { last: self.last() });
         }
+        let number_entry = self.entry_at(number)?;
+        check_consecutive(number, number_entry, batch)?;
+        self.insert_keys(batch)?;
         let io = |e| OrderError::io(&self.path, e);
         let cut = self.offset_of(number + 1)?;
         let (text, starts) = format_records(batch, cut)?;
@@ -221,21 +295,13 @@ impl OrderLog {
             out.write_all(&text)
         })
         .map_err(io)?;
-        // The old file is still open here: its dropped orders say which keys to forget.
-        let mut dropped = Vec::new();
-        self.visit(number + 1, usize::MAX, |order| {
-            dropped.extend(order.key.map(|key| (key, order.number)));
-        })?;
-        for (key, number) in dropped {
-            self.index.keys.remove(&key, number);
-        }
         self.file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(&self.path)
             .map_err(io)?;
         self.len = cut + text.len() as u64;
-        self.index.truncate(number);
+        self.index.truncate(number, number_entry.unwrap_or(0));
         for (line, start) in batch.iter().zip(starts) {
             self.index.push(line, start);
         }
@@ -256,9 +322,7 @@ impl OrderLog {
         limit: usize,
         mut each: impl FnMut(Order),
     ) -> Result<(), OrderError> {
-        let end = first
-            .saturating_add(limit as u64)
-            .min(self.last().saturating_add(1));
+        let end = self.end_of(first, limit);
         if first == 0 || first >= end {
             return Ok(());
         }
@@ -275,18 +339,55 @@ impl OrderLog {
                 return Ok(());
             }
         }
+        self.visit_file(first, end, |line| each(line.order))
+    }
+
+    /// The number after the last of `limit` lines from `first` on (or of the log).
+    fn end_of(&self, first: u64, limit: usize) -> u64 {
+        first
+            .saturating_add(limit as u64)
+            .min(self.last().saturating_add(1))
+    }
+
+    /// Calls `each` with the lines `first..end` (in the log) as the file has them.
+    fn visit_file(
+        &self,
+        first: u64,
+        end: u64,
+        mut each: impl FnMut(Line),
+    ) -> Result<(), OrderError> {
+        if first == 0 || first >= end {
+            return Ok(());
+        }
         let (mut reader, mut number, _) = self.reader_at(first);
         let mut record = csv::ByteRecord::new();
         while number < end {
             self.next_record(&mut reader, &mut record, number)?;
             if number >= first {
-                each(
-                    record::decode(&record, number)
-                        .map_err(|e| self.corrupt(number, &e))?
-                        .order,
-                );
+                each(record::decode(&record, number).map_err(|e| self.corrupt(number, &e))?);
             }
             number += 1;
+        }
+        Ok(())
+    }
+
+    /// Line `number` (in the log) as the file has it.
+    fn line_at(&self, number: u64) -> Result<Line, OrderError> {
+        let mut found = None;
+        self.visit_file(number, number + 1, |line| found = Some(line))?;
+        found.ok_or_else(|| self.corrupt(number, "not in the file"))
+    }
+
+    /// Notes the keys of `batch` in the key index, before the batch is written: a slot of a
+    /// line that is then not written is harmless.
+    fn insert_keys(&mut self, batch: &[Line]) -> Result<(), OrderError> {
+        for line in batch {
+            if let Some(key) = &line.order.key {
+                self.index
+                    .keys
+                    .insert(key, line.order.number)
+                    .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))?;
+            }
         }
         Ok(())
     }
@@ -467,11 +568,24 @@ mod tests {
         lines
     }
 
+    /// The smallest index: one key bucket to start with, and entries found from the file
+    /// but for the newest one or two runs.
+    const SMALL: IndexLimits = IndexLimits {
+        first_key_buckets: 1,
+        entry_runs: 1,
+    };
+
     #[test]
     fn entries_of_several_lines_are_found_by_entry_and_by_line_and_survive_reopen() {
+        for limits in [IndexLimits::default(), SMALL] {
+            entries_are_found(limits);
+        }
+    }
+
+    fn entries_are_found(limits: IndexLimits) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orders-1.csv");
-        let mut log = OrderLog::open(&path).unwrap();
+        let mut log = OrderLog::open_with(&path, limits).unwrap();
         // Entries 0..=2 alone, 3 of three lines, 4 alone, 5 of two lines, 6 alone.
         let written = grouped(1, 0, &[1, 1, 1, 3, 1, 2, 1]);
         log.append(&written[..4]).unwrap();
@@ -479,18 +593,18 @@ mod tests {
         let check = |log: &OrderLog| {
             assert_eq!(log.lines_after(0, usize::MAX).unwrap(), written);
             for line in &written {
-                assert_eq!(log.entry_at(line.order.number), Some(line.entry));
+                assert_eq!(log.entry_at(line.order.number).unwrap(), Some(line.entry));
             }
-            let firsts: Vec<_> = (0..=7).map(|e| log.first_line(e)).collect();
+            let firsts: Vec<_> = (0..=7).map(|e| log.first_line(e).unwrap()).collect();
             let expected = [1, 2, 3, 4, 7, 8, 10].map(Some);
             assert_eq!(firsts[..7], expected, "{firsts:?}");
             assert_eq!(firsts[7], None);
-            assert_eq!(log.entry_at(0), None);
-            assert_eq!(log.entry_at(11), None);
+            assert_eq!(log.entry_at(0).unwrap(), None);
+            assert_eq!(log.entry_at(11).unwrap(), None);
         };
         check(&log);
         drop(log);
-        let mut log = OrderLog::open(&path).unwrap();
+        let mut log = OrderLog::open_with(&path, limits).unwrap();
         check(&log);
 
         // A line must stay in its entry or start the next one.
@@ -505,16 +619,16 @@ mod tests {
         // Cut after entry 4 (line 7): what follows is replaced by other entries.
         let replacement = grouped(8, 5, &[2, 1]);
         log.replace_after(7, &replacement).unwrap();
-        assert_eq!(log.first_line(5), Some(8));
-        assert_eq!(log.first_line(6), Some(10));
-        assert_eq!(log.first_line(7), None);
-        assert_eq!(log.entry_at(9), Some(5));
+        assert_eq!(log.first_line(5).unwrap(), Some(8));
+        assert_eq!(log.first_line(6).unwrap(), Some(10));
+        assert_eq!(log.first_line(7).unwrap(), None);
+        assert_eq!(log.entry_at(9).unwrap(), Some(5));
         log.replace_after(4, &[]).unwrap();
-        assert_eq!((log.last(), log.entry_at(4)), (4, Some(3)));
-        assert_eq!(log.first_line(3), Some(4));
-        assert_eq!(log.first_line(4), None);
+        assert_eq!((log.last(), log.entry_at(4).unwrap()), (4, Some(3)));
+        assert_eq!(log.first_line(3).unwrap(), Some(4));
+        assert_eq!(log.first_line(4).unwrap(), None);
         log.append(&grouped(5, 4, &[1])).unwrap();
-        assert_eq!(log.first_line(4), Some(5));
+        assert_eq!(log.first_line(4).unwrap(), Some(5));
     }
 
     fn order(number: u64, name: &str) -> Order {
@@ -641,10 +755,13 @@ mod tests {
     #[test]
     fn replace_after_at_and_between_checkpoints_keeps_the_index_true() {
         let total = RECENT as u64 + 200;
-        for kept in [0, 1, 63, 64, 65, 100, total - 100, total - 1] {
+        let cases = [0, 1, 63, 64, 65, 100, total - 100, total - 1]
+            .into_iter()
+            .flat_map(|kept| [(kept, IndexLimits::default()), (kept, SMALL)]);
+        for (kept, limits) in cases {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("o.csv");
-            let mut log = OrderLog::open(&path).unwrap();
+            let mut log = OrderLog::open_with(&path, limits).unwrap();
             log.write(&lines(&many(0, total))).unwrap();
             let replacement: Vec<Order> = many(kept, 30)
                 .into_iter()
@@ -666,7 +783,7 @@ mod tests {
                 term: 9,
                 ..order(kept + 31, "after")
             });
-            for log in [log, OrderLog::open(&path).unwrap()] {
+            for log in [log, OrderLog::open_with(&path, limits).unwrap()] {
                 assert_eq!(log.after(0, usize::MAX).unwrap(), expected, "kept {kept}");
                 assert_eq!(log.term_at(kept + 1), Some(9));
                 let dropped = (kept + 1..=total).find(|n| n % 3 == 0 && *n > kept + 31);
@@ -681,36 +798,41 @@ mod tests {
     }
 
     #[test]
-    fn keys_whose_fingerprints_collide_are_told_apart_by_the_log() {
+    fn keys_are_found_in_every_key_table_and_lines_in_long_entries_before_the_runs_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = OrderLog::open(dir.path().join("o.csv")).unwrap();
-        let orders: Vec<Order> = (1..=50_000)
-            .map(|n| Order {
-                key: Some(format!("client-key-{n}")),
-                ..order(n, "A")
-            })
-            .collect();
-        log.write(&lines(&orders)).unwrap();
-        // 50,000 keys in 2^24 fingerprints: about 75 pairs share one, so some lookups below
-        // find two candidates and must read the log to pick the right one.
-        let mut fingerprints: Vec<u64> = log.index.keys.fingerprints().collect();
-        fingerprints.sort_unstable();
-        let shared: Vec<u64> = fingerprints
-            .windows(2)
-            .filter(|w| w[0] == w[1])
-            .map(|w| w[0])
-            .collect();
-        assert!(!shared.is_empty(), "no two fingerprints collided");
-        for order in &orders {
-            let key = order.key.as_deref().unwrap();
-            if shared.contains(&log.index.keys.fingerprint(key)) || order.number % 97 == 0 {
-                assert_eq!(log.number_for_key(key).unwrap(), Some(order.number));
+        let path = dir.path().join("o.csv");
+        let mut log = OrderLog::open_with(&path, SMALL).unwrap();
+        // 3,000 keyed lines in entries of 1 to 4 lines: several key tables, runs on disk.
+        let sizes: Vec<u64> = (0..1_200).map(|e| e % 4 + 1).collect();
+        let mut written = grouped(1, 0, &sizes);
+        written.truncate(3_000);
+        for line in &mut written {
+            line.order.key = Some(format!("client-key-{}", line.order.number));
+        }
+        for batch in written.chunks(7) {
+            log.write(batch).unwrap();
+        }
+        assert!(log.index.keys.tables() >= 4);
+        assert!(log.index.entries.len() <= 2);
+        let check = |log: &OrderLog| {
+            for line in written.iter().step_by(37) {
+                let key = line.order.key.as_deref().unwrap();
+                assert_eq!(log.number_for_key(key).unwrap(), Some(line.order.number));
+                assert_eq!(log.entry_at(line.order.number).unwrap(), Some(line.entry));
             }
-        }
-        for n in 50_001..55_000 {
-            let key = format!("client-key-{n}");
-            assert_eq!(log.number_for_key(&key).unwrap(), None);
-        }
+            for entry in (0..=written.last().unwrap().entry).step_by(29) {
+                let first = written.iter().find(|l| l.entry == entry).unwrap();
+                assert_eq!(log.first_line(entry).unwrap(), Some(first.order.number));
+            }
+            assert_eq!(log.lines_after(100, 50).unwrap(), written[100..150]);
+            for n in 3_001..3_500 {
+                let key = format!("client-key-{n}");
+                assert_eq!(log.number_for_key(&key).unwrap(), None);
+            }
+        };
+        check(&log);
+        drop(log);
+        check(&OrderLog::open_with(&path, SMALL).unwrap());
     }
 
     #[test]
