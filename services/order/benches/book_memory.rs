@@ -15,22 +15,15 @@ use stocknet_order::archive::Archive;
 use stocknet_order::book::{Book, InMemory};
 use stocknet_order::book_store::{ORDERS_IN_MEMORY, TRADES_IN_MEMORY};
 
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "common/mix.rs"]
 mod mix;
+use measure::rss_kb;
 
 /// Which book a child process runs: `archive` or `memory`.
 const RUN: &str = "STOCKNET_BENCH_BOOK";
 const ORDERS: &str = "STOCKNET_BENCH_ORDERS";
-
-/// The process's resident set, in kB.
-fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn run(kind: &str, orders: u64) {
     let dir = tempfile::tempdir().expect("temp dir");

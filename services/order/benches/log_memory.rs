@@ -7,44 +7,16 @@
 
 use std::time::Instant;
 
-use stocknet_common::{Command, Order, Side, Stamp};
 use stocknet_order::log::{Line, OrderLog};
 
-/// The process's resident set, in kB.
-fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn key(number: u64) -> String {
-    format!("fe-7f3a9c-{number}")
-}
+#[path = "common/measure.rs"]
+mod measure;
+use measure::{keyed_order, rss_kb};
 
 fn line(number: u64, entry: u64) -> Line {
     Line {
         entry,
-        order: Order {
-            number,
-            term: 1,
-            name: "GameStart".into(),
-            key: Some(key(number)),
-            user: None,
-            stamp: Stamp::default(),
-            command: Command::Place {
-                side: if number.is_multiple_of(2) {
-                    Side::Buy
-                } else {
-                    Side::Sell
-                },
-                quantity: 3,
-                limit: None,
-                options: None,
-            },
-        },
+        order: keyed_order(number),
     }
 }
 
@@ -103,7 +75,7 @@ fn main() {
         (0..10_000)
             .map(|_| {
                 let number = 1 + next() % lines;
-                let (took, found) = timed(key(number));
+                let (took, found) = timed(keyed_order(number).key.unwrap_or_default());
                 assert_eq!(found, Some(number));
                 took
             })

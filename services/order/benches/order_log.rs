@@ -4,29 +4,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use stocknet_common::{Command, Order, Side, Stamp};
 use stocknet_order::log::{Line, OrderLog};
 
-fn order(number: u64) -> Order {
-    Order {
-        number,
-        term: 1,
-        name: "GameStart".into(),
-        key: Some(format!("fe-1234-{number}")),
-        user: None,
-        stamp: Stamp::default(),
-        command: Command::Place {
-            side: if number.is_multiple_of(2) {
-                Side::Buy
-            } else {
-                Side::Sell
-            },
-            quantity: 3,
-            limit: None,
-            options: None,
-        },
-    }
-}
+#[path = "common/measure.rs"]
+mod measure;
+use measure::keyed_order as order;
 
 fn order_log(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
