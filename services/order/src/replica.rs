@@ -279,6 +279,16 @@ impl Replica {
             tracing::warn!("consensus did not stop cleanly: {e}");
         }
         *self.leading() = None;
+        let log = self.log.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .checkpoint_keys()
+        });
+        match checkpoint.await.map_err(OrderError::task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => tracing::warn!("the key index will be built again: {e}"),
+        }
     }
 
     /// The group's consensus, for the routes the other replicas call.

@@ -30,6 +30,7 @@ fn open_stores(
     let limits = IndexLimits {
         first_key_buckets: 2,
         entry_runs: 4,
+        key_checkpoint_every: 64,
     };
     let log = OrderLog::open_with(dir.join(format!("orders-{id}.csv")), limits).unwrap();
     let book = Arc::new(BookStore::open(

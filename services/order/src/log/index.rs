@@ -50,10 +50,16 @@ impl Index {
         }
     }
 
-    /// Indexes every complete record of `file` before byte `complete`. Returns the length of
-    /// the well-formed prefix: a last record that is cut off or malformed is a torn append
-    /// (never acknowledged) and lies outside it; a malformed record before it is corruption.
-    pub(super) fn load(&mut self, file: &File, complete: u64) -> Result<u64, OrderError> {
+    /// Indexes every complete record of `file` before byte `complete`, and inserts the keys
+    /// of those after line `keys_through`. Returns the length of the well-formed prefix: a
+    /// last record that is cut off or malformed is a torn append (never acknowledged) and lies
+    /// outside it; a malformed record before it is corruption.
+    pub(super) fn load(
+        &mut self,
+        file: &File,
+        complete: u64,
+        keys_through: u64,
+    ) -> Result<u64, OrderError> {
         let mut reader = record::reader(ReadAt {
             file,
             offset: 0,
@@ -77,7 +83,7 @@ impl Index {
             };
             match parsed {
                 Ok(line) => {
-                    if let Some(key) = &line.order.key {
+                    if let (Some(key), true) = (&line.order.key, line.order.number > keys_through) {
                         self.keys
                             .insert(key, line.order.number)
                             .map_err(|e| OrderError::Corrupt(format!("its key index: {e}")))?;

@@ -4,8 +4,8 @@
 //! The orders stay on disk; memory holds only what finds them again (`index.rs`): the offset
 //! of every [`STRIDE`]th order, the runs of orders with one term, where the newest entries
 //! start (older lines say theirs in the file), and the newest orders. The idempotency keys
-//! are found through hash tables in a folder beside the log (`keys.rs`), built again whenever
-//! the log is opened.
+//! are found through hash tables in a folder beside the log (`keys.rs`), derived from it and
+//! checkpointed now and then.
 //! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
 //! cut off when the log is opened (it was never acknowledged).
 
@@ -23,8 +23,8 @@ mod keys;
 mod record;
 
 use index::Index;
-use keys::KeyIndex;
 pub use keys::MAX_ORDER_NUMBER;
+use keys::{Covered, KeyIndex};
 
 /// One offset is kept per this many orders: a lookup parses at most this many records (a few
 /// KB), and a million orders cost 125 KB of offsets.
@@ -62,6 +62,9 @@ pub struct IndexLimits {
     /// Runs of where entries start kept in memory (16 bytes each; at least this many, at
     /// most twice): every entry of several lines starts a run.
     pub entry_runs: usize,
+    /// Lines between checkpoints of the key tables: a log that opens after a crash inserts
+    /// the keys of about this many lines again.
+    pub key_checkpoint_every: u64,
 }
 
 impl Default for IndexLimits {
@@ -69,6 +72,7 @@ impl Default for IndexLimits {
         Self {
             first_key_buckets: keys::FIRST_BUCKETS,
             entry_runs: 1 << 16,
+            key_checkpoint_every: 1 << 16,
         }
     }
 }
@@ -84,7 +88,7 @@ pub struct OrderLog {
 
 impl OrderLog {
     /// Opens (or creates) the log at `path`, truncating a torn last record; its key index is
-    /// the folder beside it with the extension `keys`.
+    /// the folder beside it with the extension `keys`. One `OrderLog` at a time for a path.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
         Self::open_with(path, IndexLimits::default())
     }
@@ -96,10 +100,18 @@ impl OrderLog {
         let size = file.metadata().map_err(io)?.len();
         let complete = file::end_of_last_line(&file, size).map_err(io)?;
         let keys_dir = path.with_extension("keys");
-        let keys = KeyIndex::create(keys_dir.clone(), limits.first_key_buckets)
-            .map_err(|e| OrderError::io(&keys_dir, e))?;
+        let keys_io = |e| OrderError::io(&keys_dir, e);
+        let (keys, covered) = KeyIndex::open(
+            keys_dir.clone(),
+            limits.first_key_buckets,
+            limits.key_checkpoint_every,
+        )
+        .map_err(keys_io)?;
         let mut index = Index::new(keys, limits.entry_runs);
-        let good_len = index.load(&file, complete).map_err(|e| e.in_file(&path))?;
+        let keys_through = covered.map_or(0, |c| c.through);
+        let good_len = index
+            .load(&file, complete, keys_through)
+            .map_err(|e| e.in_file(&path))?;
         if good_len < size {
             tracing::warn!(
                 path = %path.display(),
@@ -116,12 +128,30 @@ impl OrderLog {
         }
         file.sync_all().map_err(io)?;
         file::sync_dir(&path).map_err(io)?;
-        Ok(Self {
+        let mut log = Self {
             path,
             file,
             len,
             index,
-        })
+        };
+        // Key tables that say they cover a line this log does not hold as they saw it are
+        // built again from the whole log.
+        if let Some(covered) = covered {
+            if log.index.term_at(covered.through) != Some(covered.term) {
+                tracing::info!(
+                    dir = %keys_dir.display(),
+                    "building the key index: the log differs from what it covered"
+                );
+                log.index.keys.reset().map_err(keys_io)?;
+                let end = log.last() + 1;
+                for first in (1..end).step_by(4096) {
+                    let mut lines = Vec::new();
+                    log.visit_file(first, end.min(first + 4096), |line| lines.push(line))?;
+                    log.insert_keys(&lines)?;
+                }
+            }
+        }
+        Ok(log)
     }
 
     /// Transaction number of the last order, 0 when empty.
@@ -258,7 +288,25 @@ impl OrderLog {
         for (line, start) in batch.iter().zip(starts) {
             self.index.push(line, start);
         }
+        self.index.keys.written(Covered {
+            through: self.last(),
+            term: self.last_term(),
+        });
         Ok(())
+    }
+
+    /// Records that the key tables hold every key of this log, so that the next open finds
+    /// them as they are (a replica does this when it stops; otherwise the last checkpoint
+    /// counts, and the keys after it are inserted again).
+    pub fn checkpoint_keys(&mut self) -> Result<(), OrderError> {
+        let covered = Covered {
+            through: self.last(),
+            term: self.last_term(),
+        };
+        self.index
+            .keys
+            .checkpoint_now(covered)
+            .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))
     }
 
     /// A handle on the log file for [`file::sync_data_or_exit`], so the fsync need not hold
@@ -279,6 +327,11 @@ impl OrderLog {
         }
         let number_entry = self.entry_at(number)?;
         check_consecutive(number, number_entry, batch)?;
+        // The key tables' state may cover lines about to change.
+        self.index
+            .keys
+            .forget_state()
+            .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))?;
         self.insert_keys(batch)?;
         let io = |e| OrderError::io(&self.path, e);
         let cut = self.offset_of(number + 1)?;
@@ -573,6 +626,7 @@ mod tests {
     const SMALL: IndexLimits = IndexLimits {
         first_key_buckets: 1,
         entry_runs: 1,
+        key_checkpoint_every: 16,
     };
 
     #[test]
@@ -783,7 +837,7 @@ mod tests {
                 term: 9,
                 ..order(kept + 31, "after")
             });
-            for log in [log, OrderLog::open_with(&path, limits).unwrap()] {
+            let check = |log: &OrderLog| {
                 assert_eq!(log.after(0, usize::MAX).unwrap(), expected, "kept {kept}");
                 assert_eq!(log.term_at(kept + 1), Some(9));
                 let dropped = (kept + 1..=total).find(|n| n % 3 == 0 && *n > kept + 31);
@@ -793,7 +847,11 @@ mod tests {
                 }
                 let key = format!("new-{}", kept + 1);
                 assert_eq!(log.number_for_key(&key).unwrap(), Some(kept + 1));
-            }
+            };
+            check(&log);
+            // One log at a time on a path.
+            drop(log);
+            check(&OrderLog::open_with(&path, limits).unwrap());
         }
     }
 
@@ -833,6 +891,78 @@ mod tests {
         check(&log);
         drop(log);
         check(&OrderLog::open_with(&path, SMALL).unwrap());
+    }
+
+    #[test]
+    fn keys_are_kept_from_their_checkpoint_and_built_again_when_the_log_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let limits = IndexLimits {
+            key_checkpoint_every: u64::MAX,
+            ..SMALL
+        };
+        let keyed = |n: u64| Order {
+            key: Some(format!("client-key-{n}")),
+            ..order(n, "A")
+        };
+        let mut log = OrderLog::open_with(&path, limits).unwrap();
+        log.write(&lines(&(1..=200).map(keyed).collect::<Vec<_>>()))
+            .unwrap();
+        log.checkpoint_keys().unwrap();
+        log.write(&lines(&(201..=300).map(keyed).collect::<Vec<_>>()))
+            .unwrap();
+        drop(log);
+        let found =
+            |log: &OrderLog, n: u64| log.number_for_key(&format!("client-key-{n}")).unwrap();
+
+        // The tables as the checkpoint left them, and the keys after it inserted again.
+        let log = OrderLog::open_with(&path, limits).unwrap();
+        for n in (1..=300).step_by(3) {
+            assert_eq!(found(&log, n), Some(n));
+        }
+        assert_eq!(found(&log, 301), None);
+        drop(log);
+
+        // Tables and a state that cover lines the log no longer holds as they saw them (put
+        // back after the log was cut, and then written again, behind their back) are not
+        // trusted.
+        let keys = dir.path().join("o.keys");
+        let saved = dir.path().join("saved-keys");
+        let copy = |from: &Path, to: &Path| {
+            let _ = std::fs::remove_dir_all(to);
+            std::fs::create_dir(to).unwrap();
+            for file in std::fs::read_dir(from).unwrap() {
+                let file = file.unwrap();
+                std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+            }
+        };
+        copy(&keys, &saved);
+        let mut log = OrderLog::open_with(&path, limits).unwrap();
+        log.replace_after(150, &[]).unwrap();
+        assert!(!keys.join("state").exists());
+        drop(log);
+        copy(&saved, &keys);
+        let mut log = OrderLog::open_with(&path, limits).unwrap();
+        assert_eq!(found(&log, 150), Some(150));
+        assert_eq!(found(&log, 151), None);
+        let other = |n: u64| Order {
+            term: 7,
+            key: Some(format!("other-key-{n}")),
+            ..order(n, "A")
+        };
+        log.write(&lines(&(151..=200).map(other).collect::<Vec<_>>()))
+            .unwrap();
+        drop(log);
+        copy(&saved, &keys);
+        let log = OrderLog::open_with(&path, limits).unwrap();
+        for n in (1..=150).step_by(3) {
+            assert_eq!(found(&log, n), Some(n));
+        }
+        for n in 151..=200 {
+            assert_eq!(found(&log, n), None);
+            let key = format!("other-key-{n}");
+            assert_eq!(log.number_for_key(&key).unwrap(), Some(n));
+        }
     }
 
     #[test]
