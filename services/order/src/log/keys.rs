@@ -165,7 +165,10 @@ impl KeyIndex {
 
     /// Opens the tables the state describes.
     fn reopen(&mut self) -> Result<Covered, String> {
-        let text = std::fs::read_to_string(self.dir.join("state")).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(self.dir.join("state")).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "no checkpoint".to_string(),
+            _ => e.to_string(),
+        })?;
         let fields: Vec<&str> = text
             .strip_prefix(STATE_VERSION)
             .ok_or("a state of another version")?
