@@ -19,7 +19,7 @@ use stocknet_common::clock::{day_of, day_text, now_millis, parse_day, DAY_MS};
 use stocknet_common::env;
 use stocknet_common::file;
 use stocknet_common::ports;
-use stocknet_common::wire::DailyReport;
+use stocknet_common::wire::{DailyReport, StockDay};
 use stocknet_common::Price;
 
 /// The header that carries a delivery's signature: `sha256=<hex HMAC-SHA256 of the body>`.
@@ -397,6 +397,22 @@ pub fn render(report: &DailyReport, format: Format) -> anyhow::Result<String> {
             .collect::<Vec<_>>()
             .join(";")
     };
+    // A stock's row, from its name on, the same in both tables.
+    let row = |s: &StockDay| {
+        [
+            s.name.clone(),
+            s.trades.to_string(),
+            s.volume.to_string(),
+            s.bought.to_string(),
+            s.sold.to_string(),
+            price(s.vwap),
+            price(s.open),
+            price(s.high),
+            price(s.low),
+            price(s.close),
+            refused(&s.refused),
+        ]
+    };
     let mut out = String::new();
     match format {
         Format::Json => out = serde_json::to_string_pretty(report)? + "\n",
@@ -407,20 +423,7 @@ pub fn render(report: &DailyReport, format: Format) -> anyhow::Result<String> {
                 "low", "close", "refused",
             ])?;
             for s in &report.stocks {
-                writer.write_record([
-                    report.date.clone(),
-                    s.name.clone(),
-                    s.trades.to_string(),
-                    s.volume.to_string(),
-                    s.bought.to_string(),
-                    s.sold.to_string(),
-                    price(s.vwap),
-                    price(s.open),
-                    price(s.high),
-                    price(s.low),
-                    price(s.close),
-                    refused(&s.refused),
-                ])?;
+                writer.write_record(std::iter::once(report.date.clone()).chain(row(s)))?;
             }
             out = String::from_utf8(writer.into_inner()?)?;
         }
@@ -432,21 +435,9 @@ pub fn render(report: &DailyReport, format: Format) -> anyhow::Result<String> {
             )?;
             writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")?;
             for s in &report.stocks {
-                writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    s.name.replace('|', "\\|"),
-                    s.trades,
-                    s.volume,
-                    s.bought,
-                    s.sold,
-                    price(s.vwap),
-                    price(s.open),
-                    price(s.high),
-                    price(s.low),
-                    price(s.close),
-                    refused(&s.refused),
-                )?;
+                let mut cells = row(s);
+                cells[0] = cells[0].replace('|', "\\|");
+                writeln!(out, "| {} |", cells.join(" | "))?;
             }
             writeln!(out, "\n| top user | volume |\n|--:|--:|")?;
             for user in &report.top_users {

@@ -1216,6 +1216,16 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
         "{markdown}"
     );
     assert!(markdown.contains("| 1 | 6 |"), "the top user: {markdown}");
+    // Each stock's row has the CSV's cells but the date.
+    let fishco = csv
+        .lines()
+        .find(|l| l.contains("FishCo"))
+        .expect("FishCo's row");
+    let cells: Vec<&str> = fishco.split(',').skip(1).collect();
+    assert!(
+        markdown.contains(&format!("| {} |", cells.join(" | "))),
+        "{markdown}"
+    );
 
     let (status, body) = cluster
         .get(&format!("{frontend}/reports/daily?date=1999-01-01"))

@@ -2327,11 +2327,12 @@ impl Book {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use stocknet_common::{OrderOptions, Stamp};
 
-    fn entry(number: u64, command: Command) -> Order {
+    /// Entry `number` of stock `A` in term 1, anonymous and without a key.
+    pub(crate) fn entry(number: u64, command: Command) -> Order {
         Order {
             number,
             term: 1,

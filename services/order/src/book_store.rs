@@ -250,23 +250,16 @@ impl BookStore {
 mod tests {
     use super::*;
     use crate::log::Line;
-    use stocknet_common::{Command, Order, Price, Side, Stamp};
+    use stocknet_common::{Command, Order, Price, Side};
 
     fn limit(number: u64, side: Side, cents: u64) -> Order {
-        Order {
-            number,
-            term: 1,
-            name: "A".into(),
-            key: None,
-            user: None,
-            stamp: Stamp::default(),
-            command: Command::Place {
-                side,
-                quantity: 2,
-                limit: Some(Price::from_cents(cents)),
-                options: None,
-            },
-        }
+        let command = Command::Place {
+            side,
+            quantity: 2,
+            limit: Some(Price::from_cents(cents)),
+            options: None,
+        };
+        crate::book::tests::entry(number, command)
     }
 
     /// The store of replica 1 in `dir`, keeping `in_memory` trades and orders in memory.

@@ -289,6 +289,20 @@ impl Cluster {
 }
 
 /// Runs `steps` seeded steps on three replicas and checks every answer against the outcome.
+/// An order of `quantity` shares of `name` with no terms: a market order without a `price`.
+fn new_order(name: &str, side: Side, quantity: u32, price: Option<Price>) -> NewOrder {
+    NewOrder {
+        name: name.into(),
+        quantity,
+        side,
+        price,
+        guard: None,
+        terms: Default::default(),
+        client_order_id: None,
+        protection_bps: None,
+    }
+}
+
 async fn simulate(seed: u64, steps: usize) {
     let mut choices = Choices::seeded(seed);
     let cluster = Cluster::start(3).await;
@@ -325,20 +339,14 @@ async fn simulate(seed: u64, steps: usize) {
             _ => {
                 let clients: Vec<_> = (0..1 + choices.below(4))
                     .map(|_| {
-                        let order = NewOrder {
-                            name: STOCKS[choices.below(2) as usize].into(),
-                            quantity: 1 + choices.below(20) as u32,
-                            side: if choices.below(2) == 0 {
-                                Side::Buy
-                            } else {
-                                Side::Sell
-                            },
-                            price: None,
-                            guard: None,
-                            terms: Default::default(),
-                            client_order_id: None,
-                            protection_bps: None,
+                        let name = STOCKS[choices.below(2) as usize];
+                        let quantity = 1 + choices.below(20) as u32;
+                        let side = if choices.below(2) == 0 {
+                            Side::Buy
+                        } else {
+                            Side::Sell
                         };
+                        let order = new_order(name, side, quantity, None);
                         tokio::spawn(cluster.clone().client(order, choices.below(3)))
                     })
                     .collect();
@@ -358,19 +366,7 @@ async fn simulate(seed: u64, steps: usize) {
     cluster.catalog.down.store(false, Ordering::Release);
     cluster
         .clone()
-        .client(
-            NewOrder {
-                name: STOCKS[0].into(),
-                quantity: 1,
-                side: Side::Buy,
-                price: None,
-                guard: None,
-                terms: Default::default(),
-                client_order_id: None,
-                protection_bps: None,
-            },
-            0,
-        )
+        .client(new_order(STOCKS[0], Side::Buy, 1, None), 0)
         .await;
     let log = cluster.settled().await;
     check(&cluster, &log);
@@ -427,16 +423,7 @@ async fn seeded_faults_keep_every_answer_true_and_every_order_executed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_commands_that_change_the_catalog_wait_for_it() {
     let cluster = Cluster::start(3).await;
-    let order = |side: Side, price: Option<Price>| NewOrder {
-        name: STOCKS[0].into(),
-        quantity: 1,
-        side,
-        price,
-        guard: None,
-        terms: Default::default(),
-        client_order_id: None,
-        protection_bps: None,
-    };
+    let order = |side: Side, price: Option<Price>| new_order(STOCKS[0], side, 1, price);
     // The steady state: the highest id leads (it would be handed the leadership otherwise).
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let place = |order: NewOrder, key: &str| {
@@ -481,16 +468,7 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_highest_replica_back_from_a_crash_is_handed_the_leadership() {
     let cluster = Cluster::start(3).await;
-    let buy = |quantity: u32| NewOrder {
-        name: STOCKS[0].into(),
-        quantity,
-        side: Side::Buy,
-        price: None,
-        guard: None,
-        terms: Default::default(),
-        client_order_id: None,
-        protection_bps: None,
-    };
+    let buy = |quantity: u32| new_order(STOCKS[0], Side::Buy, quantity, None);
     cluster.led_by(3, Duration::from_secs(20)).await;
     cluster.stop_replica(3).await;
     for quantity in 1..=5 {

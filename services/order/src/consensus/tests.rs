@@ -203,6 +203,22 @@ impl Group {
             .unwrap();
     }
 
+    /// Has `leader` make `voters` the group's voters (and nobody else a member).
+    async fn change_voters(&self, leader: u64, voters: impl IntoIterator<Item = u32>) {
+        let voters = Voters {
+            voters: voters.into_iter().collect(),
+        };
+        members::change_voters(&self.raft(leader), voters)
+            .await
+            .unwrap();
+    }
+
+    /// The voters (as configurations) and learners that `id` knows.
+    fn members_seen(&self, id: u64) -> (Vec<Vec<u32>>, Vec<u32>) {
+        let seen = members::members(&self.raft(id).metrics().borrow());
+        (seen.configs, seen.learners)
+    }
+
     /// Stops replica `id` as a crash would, keeping its files.
     async fn stop_replica(&mut self, id: u64) {
         let (raft, _) = self.router.rafts.lock().unwrap().remove(&id).unwrap();
@@ -314,17 +330,12 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     assert_eq!(group.raft(4).metrics().borrow().current_term, term);
     assert_eq!(group.leader(&[1, 2, 3, 4, 5]).await, (leader, term));
 
-    let five = Voters {
-        voters: BTreeSet::from([1, 2, 3, 4, 5]),
-    };
-    members::change_voters(&group.raft(leader), five.clone())
-        .await
-        .unwrap();
-    let seen = members::members(&group.raft(leader).metrics().borrow());
+    group.change_voters(leader, [1, 2, 3, 4, 5]).await;
     assert_eq!(
-        (seen.configs.clone(), seen.learners.clone()),
+        group.members_seen(leader),
         (vec![vec![1, 2, 3, 4, 5]], vec![])
     );
+    let seen = members::members(&group.raft(leader).metrics().borrow());
     assert_eq!(seen.urls[&4], "http://mem-4");
     // Two founders down (not the leader): three of five still commit.
     let down: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
@@ -338,17 +349,9 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     }
 
     // Back to three: the leader is kept if it is a founder (it is: 4 and 5 never stood).
-    let three = Voters {
-        voters: BTreeSet::from([1, 2, 3]),
-    };
-    members::change_voters(&group.raft(leader), three)
-        .await
-        .unwrap();
+    group.change_voters(leader, [1, 2, 3]).await;
+    assert_eq!(group.members_seen(leader), (vec![vec![1, 2, 3]], vec![]));
     let seen = members::members(&group.raft(leader).metrics().borrow());
-    assert_eq!(
-        (seen.configs.clone(), seen.learners.clone()),
-        (vec![vec![1, 2, 3]], vec![])
-    );
     assert!(!seen.urls.contains_key(&4));
     for id in [4, 5] {
         group.stop_replica(id).await;
@@ -361,12 +364,7 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     members::add_learner(&group.raft(leader), learner)
         .await
         .unwrap();
-    let three = Voters {
-        voters: BTreeSet::from([1, 2, 3]),
-    };
-    members::change_voters(&group.raft(leader), three)
-        .await
-        .unwrap();
+    group.change_voters(leader, [1, 2, 3]).await;
     let seen = members::members(&group.raft(leader).metrics().borrow());
     assert_eq!((seen.learners.len(), seen.urls.len()), (0, 3));
     let last = write(&group, leader, 4).await.log_id.index;
@@ -397,6 +395,9 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
         "{refused:?}"
     );
     let follower = down[0];
+    let five = Voters {
+        voters: BTreeSet::from([1, 2, 3, 4, 5]),
+    };
     let refused = members::change_voters(&group.raft(follower), five).await;
     assert!(
         matches!(refused, Err(OrderError::NotLeader { .. })),
@@ -415,12 +416,7 @@ async fn a_leader_that_removes_itself_steps_down_and_the_rest_elect_a_leader() {
     for id in [4, 5] {
         group.add_learner(first, id).await;
     }
-    let five = Voters {
-        voters: BTreeSet::from([1, 2, 3, 4, 5]),
-    };
-    members::change_voters(&group.raft(first), five)
-        .await
-        .unwrap();
+    group.change_voters(first, [1, 2, 3, 4, 5]).await;
     // The founder that leads goes; another leads.
     group.stop_replica(first).await;
     let others: Vec<u64> = (1..=5).filter(|&id| id != first).collect();
@@ -430,12 +426,9 @@ async fn a_leader_that_removes_itself_steps_down_and_the_rest_elect_a_leader() {
     assert_eq!(same, term);
 
     let kept: Vec<u64> = (1..=5).filter(|&id| id != leader).take(3).collect();
-    let three = Voters {
-        voters: kept.iter().map(|&id| id as u32).collect(),
-    };
-    members::change_voters(&group.raft(leader), three)
-        .await
-        .unwrap();
+    group
+        .change_voters(leader, kept.iter().map(|&id| id as u32))
+        .await;
     let (next, newer) = group.leader(&kept).await;
     assert!(kept.contains(&next), "{next} of {kept:?}");
     assert!(newer > term);
