@@ -6,11 +6,12 @@ mod common;
 use common::{Cluster, BIN};
 use serde_json::Value;
 
-/// Runs `stocknet load ARGS --json`; it must succeed. Returns its report.
-async fn load(args: &[&str]) -> Value {
+/// Runs `stocknet load --frontend FRONTEND ARGS --json` (`args` split at spaces); it must
+/// succeed. Returns its report.
+async fn load(frontend: &str, args: &str) -> Value {
     let output = tokio::process::Command::new(BIN)
-        .arg("load")
-        .args(args)
+        .args(["load", "--frontend", frontend])
+        .args(args.split_whitespace())
         .arg("--json")
         .kill_on_drop(true)
         .output()
@@ -28,19 +29,8 @@ async fn load(args: &[&str]) -> Value {
 #[tokio::test]
 async fn load_client_trades_reads_back_every_order_and_reports() {
     let cluster = Cluster::start(1).await;
-    let report = load(&[
-        "--frontend",
-        cluster.frontend(),
-        "--clients",
-        "4",
-        "--p",
-        "0,0.5",
-        "--iterations",
-        "25",
-        "--stocks",
-        "GameStart,FishCo",
-    ])
-    .await;
+    let args = "--clients 4 --p 0,0.5 --iterations 25 --stocks GameStart,FishCo";
+    let report = load(cluster.frontend(), args).await;
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2);
 
@@ -66,22 +56,8 @@ async fn load_client_trades_reads_back_every_order_and_reports() {
 #[tokio::test]
 async fn load_client_places_limit_orders_that_trade_for_its_users() {
     let cluster = Cluster::start(1).await;
-    let report = load(&[
-        "--frontend",
-        cluster.frontend(),
-        "--clients",
-        "4",
-        "--p",
-        "1",
-        "--iterations",
-        "30",
-        "--stocks",
-        "GameStart",
-        "--limit",
-        "--users",
-        "2",
-    ])
-    .await;
+    let args = "--clients 4 --p 1 --iterations 30 --stocks GameStart --limit --users 2";
+    let report = load(cluster.frontend(), args).await;
     let run = &report["runs"][0];
     // Limit orders are never refused for want of house inventory: all 120 are placed.
     assert_eq!(run["requests"]["order"]["ok"], 120, "{run}");

@@ -206,6 +206,16 @@ fn status_written(calls: &[Call]) -> StockNetStatus {
     serde_json::from_value(call.body["status"].clone()).unwrap()
 }
 
+/// The status, reason and message of the `Ready` condition in `status`.
+fn ready(status: &StockNetStatus) -> (&str, &str, &str) {
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    (&ready.status, &ready.reason, &ready.message)
+}
+
 const RUNNING: &str = r#"{"running": {}}"#;
 
 #[tokio::test]
@@ -287,15 +297,8 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
         .replicas
         .iter()
         .all(|r| r.healthy && r.last_transaction == Some(12)));
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "AllReplicasHealthy")
-    );
+    let (ready, reason, _) = ready(&status);
+    assert_eq!((ready, reason), ("True", "AllReplicasHealthy"));
 }
 
 #[tokio::test]
@@ -320,26 +323,17 @@ async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
     let (action, calls) = run_reconcile(stocknet(Some(previous)), pods).await;
     assert_eq!(action, requeue_after(5));
 
-    let deleted: Vec<&str> = calls
-        .iter()
-        .filter(|c| c.method == "DELETE")
-        .map(|c| c.uri.split('?').next().unwrap_or_default())
-        .collect();
-    assert_eq!(deleted.len(), 2, "{deleted:?}");
-    assert!(
-        deleted[0].ends_with("/namespaces/shop/pods/demo-order-1"),
-        "{deleted:?}"
+    assert_eq!(
+        deleted(&calls),
+        [
+            "/api/v1/namespaces/shop/pods/demo-order-1",
+            "/api/v1/namespaces/shop/pods/demo-order-2"
+        ]
     );
-    assert!(
-        deleted[1].ends_with("/namespaces/shop/pods/demo-order-2"),
-        "{deleted:?}"
+    assert_eq!(
+        event_reasons(&calls),
+        ["OrderReplicaCrashed", "OrderReplicaUnhealthy"]
     );
-    let reasons: Vec<&str> = calls
-        .iter()
-        .filter(|c| c.method == "POST" && c.uri.contains("/events"))
-        .map(|c| c.body["reason"].as_str().unwrap())
-        .collect();
-    assert_eq!(reasons, ["OrderReplicaCrashed", "OrderReplicaUnhealthy"]);
 
     let status = status_written(&calls);
     let restarts: Vec<(u32, bool, u32)> = status
@@ -370,16 +364,9 @@ async fn an_invalid_spec_is_reported_in_status_not_applied() {
         "nothing applied: {calls:?}"
     );
     let status = status_written(&calls);
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "InvalidSpec")
-    );
-    assert!(ready.message.contains("line 2: price"), "{}", ready.message);
+    let (ready, reason, message) = ready(&status);
+    assert_eq!((ready, reason), ("False", "InvalidSpec"));
+    assert!(message.contains("line 2: price"), "{message}");
 }
 
 #[tokio::test]
@@ -394,11 +381,7 @@ async fn network_policies_switched_off_are_removed_not_applied() {
     assert!(!calls
         .iter()
         .any(|c| c.method == "PATCH" && c.uri.contains("networkpolicies")));
-    let deleted: Vec<&str> = calls
-        .iter()
-        .filter(|c| c.method == "DELETE")
-        .map(|c| c.uri.as_str())
-        .collect();
+    let deleted = deleted(&calls);
     assert_eq!(deleted.len(), 3, "{deleted:?}");
     assert!(
         deleted[0].contains("/networkpolicies/demo-catalog"),
@@ -417,14 +400,20 @@ fn pod_at(ordinal: u32, ip: &str, revision: &str) -> Value {
     pod
 }
 
-fn deleted_pods(calls: &[Call]) -> Vec<String> {
+/// The paths (without their query) the operator deleted, in order.
+fn deleted(calls: &[Call]) -> Vec<&str> {
     calls
         .iter()
-        .filter(|c| c.method == "DELETE" && c.uri.contains("/pods/"))
-        .map(|c| {
-            let path = c.uri.split('?').next().unwrap_or_default();
-            path.rsplit('/').next().unwrap_or_default().to_owned()
-        })
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.uri.split('?').next().unwrap_or_default())
+        .collect()
+}
+
+fn deleted_pods(calls: &[Call]) -> Vec<String> {
+    deleted(calls)
+        .into_iter()
+        .filter(|path| path.contains("/pods/"))
+        .map(|path| path.rsplit('/').next().unwrap_or_default().to_owned())
         .collect()
 }
 

@@ -25,12 +25,8 @@ pub enum CatalogError {
     TermJump { term: u64, current: u64 },
     #[error("catalog file is corrupt: {0}")]
     Corrupt(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] stocknet_common::file::FileError),
     #[error("internal task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -39,10 +35,7 @@ pub enum CatalogError {
 
 impl CatalogError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.display().to_string(),
-            source,
-        }
+        Self::Io(stocknet_common::file::FileError::new(path, source))
     }
 
     /// Names the file a parse error came from.
@@ -64,7 +57,7 @@ impl Classified for CatalogError {
             | Self::Gap { .. }
             | Self::StaleTerm { .. }
             | Self::TermJump { .. } => Cause::Conflict,
-            Self::Corrupt(_) | Self::Io { .. } | Self::Task(_) | Self::Secret(_) => Cause::Internal,
+            Self::Corrupt(_) | Self::Io(_) | Self::Task(_) | Self::Secret(_) => Cause::Internal,
         }
     }
 }

@@ -6,6 +6,24 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// An I/O error on a file, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct FileError {
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FileError {
+    pub fn new(path: &Path, source: io::Error) -> Self {
+        Self {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
 /// Opens (or creates) an append-only log for reading and appending.
 pub fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -51,12 +51,8 @@ pub enum OrderError {
     OutcomeUnknown { cause: String, catalog: bool },
     #[error("order log is corrupt: {0}")]
     Corrupt(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] stocknet_common::file::FileError),
     /// A membership step that cannot be taken as asked.
     #[error("membership: {0}")]
     Membership(String),
@@ -73,10 +69,7 @@ pub enum OrderError {
 
 impl OrderError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.display().to_string(),
-            source,
-        }
+        Self::Io(stocknet_common::file::FileError::new(path, source))
     }
 
     pub fn in_file(self, path: &Path) -> Self {
@@ -121,9 +114,7 @@ impl Classified for OrderError {
                 Cause::Unavailable
             }
             E::OutcomeUnknown { .. } | E::MembershipPending(_) => Cause::OutcomeUnknown,
-            E::Corrupt(_) | E::Io { .. } | E::Config(_) | E::Task(_) | E::Secret(_) => {
-                Cause::Internal
-            }
+            E::Corrupt(_) | E::Io(_) | E::Config(_) | E::Task(_) | E::Secret(_) => Cause::Internal,
         }
     }
 
