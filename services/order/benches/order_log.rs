@@ -1,5 +1,6 @@
 //! Order log hot paths: a durable append (write + fsync), a group of 32 written then fsync'd
-//! once, and loading a large log from CSV. `cargo bench -p stocknet-order`
+//! once, and opening a large log (its index from the CSV, its key tables kept or built).
+//! `cargo bench -p stocknet-order --bench order_log`
 
 use std::hint::black_box;
 
@@ -30,20 +31,30 @@ fn order_log(c: &mut Criterion) {
         })
     });
 
-    let large = dir.path().join("large.csv");
-    let mut big = OrderLog::open(&large).expect("open");
+    // Two logs of 100,000 orders: one whose replica stopped cleanly (its key tables
+    // checkpointed), one whose replica crashed before any checkpoint (they are built again).
     let batch: Vec<Line> = (1..=100_000).map(|n| Line::alone(order(n))).collect();
-    big.append(&batch).expect("append");
-    drop(big);
+    let stopped = dir.path().join("stopped.csv");
+    let mut log = OrderLog::open(&stopped).expect("open");
+    log.append(&batch).expect("append");
+    log.checkpoint_keys().expect("checkpoint");
+    drop(log);
+    let crashed = dir.path().join("crashed.csv");
+    OrderLog::open(&crashed)
+        .expect("open")
+        .append(&batch)
+        .expect("append");
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
-    group.bench_function("open a log of 100000 orders", |b| {
-        b.iter_batched(
-            || (),
-            |()| black_box(OrderLog::open(&large).expect("open").last()),
-            BatchSize::PerIteration,
-        )
-    });
+    for (name, path) in [("stopped", &stopped), ("crashed", &crashed)] {
+        group.bench_function(format!("open a log of 100000 orders ({name})"), |b| {
+            b.iter_batched(
+                || (),
+                |()| black_box(OrderLog::open(path).expect("open").last()),
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

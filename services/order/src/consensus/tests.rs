@@ -31,6 +31,7 @@ fn open_stores(
         first_key_buckets: 2,
         entry_runs: 4,
         key_checkpoint_every: 64,
+        key_checkpoint_interval: std::time::Duration::ZERO,
     };
     let log = OrderLog::open_with(dir.join(format!("orders-{id}.csv")), limits).unwrap();
     let book = Arc::new(BookStore::open(

@@ -10,8 +10,9 @@
 //! [`GROWTH`] times as large, is started: nothing is ever moved, and a lookup reads about one
 //! bucket per table, newest first (four tables at 10 M keys with the default first size).
 //!
-//! The tables are derived from the log. Now and then (every `checkpoint_every` lines) a
-//! thread fsyncs them and then records in the file `state` through which line they hold every
+//! The tables are derived from the log. Now and then (after `checkpoint_every` lines, and
+//! not more often than `checkpoint_interval`: a checkpoint writes back the pages the keys
+//! since the last one touched, a few bytes a key but a whole page each) a thread fsyncs them and then records in the file `state` through which line they hold every
 //! key; a log that opens finds that line as it was and inserts only the keys after it, and
 //! otherwise builds the tables again from the whole log. Replacing lines that a state covers
 //! removes the state first.
@@ -22,6 +23,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use siphasher::sip::SipHasher13;
 use stocknet_common::file;
@@ -70,8 +72,10 @@ pub(super) struct KeyIndex {
     /// process never meets its checkpoint.
     writer: Option<std::thread::JoinHandle<()>>,
     checkpoint_every: u64,
-    /// The line of the last checkpoint asked for.
+    checkpoint_interval: Duration,
+    /// The line and time of the last checkpoint asked for.
     asked_through: u64,
+    asked_at: Instant,
 }
 
 #[derive(Debug)]
@@ -124,7 +128,7 @@ impl KeyIndex {
     pub(super) fn open(
         dir: PathBuf,
         first_buckets: u64,
-        checkpoint_every: u64,
+        (checkpoint_every, checkpoint_interval): (u64, Duration),
     ) -> io::Result<(Self, Option<Covered>)> {
         let first_buckets = first_buckets.next_power_of_two();
         let epoch = Arc::new(Mutex::new(0));
@@ -149,7 +153,9 @@ impl KeyIndex {
             checkpoints: Some(checkpoints),
             writer: Some(writer),
             checkpoint_every: checkpoint_every.max(1),
+            checkpoint_interval,
             asked_through: 0,
+            asked_at: Instant::now(),
         };
         let covered = match index.reopen() {
             Ok(covered) => Some(covered),
@@ -290,7 +296,9 @@ impl KeyIndex {
     /// Notes that the log holds every line through `covered.through`, each with its key in
     /// the tables; once enough have come since the last checkpoint, asks for another.
     pub(super) fn written(&mut self, covered: Covered) {
-        if covered.through < self.asked_through.saturating_add(self.checkpoint_every) {
+        if covered.through < self.asked_through.saturating_add(self.checkpoint_every)
+            || self.asked_at.elapsed() < self.checkpoint_interval
+        {
             return;
         }
         match self.checkpoint(covered) {
@@ -299,6 +307,7 @@ impl KeyIndex {
                 let sent = self.checkpoints.as_ref().map(|c| c.try_send(checkpoint));
                 if matches!(sent, Some(Ok(()))) {
                     self.asked_through = covered.through;
+                    self.asked_at = Instant::now();
                 }
             }
             Err(e) => tracing::warn!("no checkpoint of the key index: {e}"),
@@ -415,6 +424,9 @@ fn write_checkpoint(state: &Path, epoch: &Mutex<u64>, checkpoint: Checkpoint) ->
 mod tests {
     use super::*;
 
+    /// No checkpoint but those a test writes itself.
+    const NEVER: (u64, Duration) = (u64::MAX, Duration::ZERO);
+
     fn key(n: u64) -> String {
         format!("key-{n}")
     }
@@ -423,7 +435,7 @@ mod tests {
     fn keys_are_found_across_tables_and_overflowing_buckets() {
         let dir = tempfile::tempdir().unwrap();
         // Two buckets to start with: keys overflow buckets and fill five tables.
-        let (mut index, covered) = KeyIndex::open(dir.path().join("keys"), 2, 1 << 20).unwrap();
+        let (mut index, covered) = KeyIndex::open(dir.path().join("keys"), 2, NEVER).unwrap();
         assert_eq!(covered, None);
         for n in 1..=3_000 {
             index.insert(&key(n), n).unwrap();
@@ -443,7 +455,7 @@ mod tests {
     fn a_checkpoint_keeps_the_tables_and_anything_else_builds_them_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
-        let (mut index, _) = KeyIndex::open(path.clone(), 2, 1 << 20).unwrap();
+        let (mut index, _) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
         for n in 1..=500 {
             index.insert(&key(n), n).unwrap();
         }
@@ -460,7 +472,7 @@ mod tests {
         assert!(index.tables() > tables);
         drop(index);
 
-        let (mut index, reopened) = KeyIndex::open(path.clone(), 2, 1 << 20).unwrap();
+        let (mut index, reopened) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
         assert_eq!(reopened, Some(covered));
         assert_eq!(index.tables(), tables, "tables after the state are dropped");
         for n in (1..=500).step_by(7) {
@@ -479,14 +491,14 @@ mod tests {
         // Replacing covered lines forgets the state; so does another first size.
         index.forget_state().unwrap();
         drop(index);
-        let (index, reopened) = KeyIndex::open(path.clone(), 2, 1 << 20).unwrap();
+        let (index, reopened) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
         assert_eq!(reopened, None);
         assert!(index.candidates(&key(1)).unwrap().is_empty());
-        let (mut index, _) = KeyIndex::open(path.clone(), 2, 1 << 20).unwrap();
+        let (mut index, _) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
         index.insert(&key(1), 1).unwrap();
         index.checkpoint_now(covered).unwrap();
         drop(index);
-        let (_, reopened) = KeyIndex::open(path, 8, 1 << 20).unwrap();
+        let (_, reopened) = KeyIndex::open(path, 8, NEVER).unwrap();
         assert_eq!(reopened, None);
     }
 
@@ -494,7 +506,7 @@ mod tests {
     fn a_checkpoint_taken_before_the_state_is_forgotten_is_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
-        let (mut index, _) = KeyIndex::open(path.clone(), 2, 1 << 20).unwrap();
+        let (mut index, _) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
         index.insert(&key(1), 1).unwrap();
         let covered = Covered {
             through: 1,

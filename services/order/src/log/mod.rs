@@ -62,9 +62,10 @@ pub struct IndexLimits {
     /// Runs of where entries start kept in memory (16 bytes each; at least this many, at
     /// most twice): every entry of several lines starts a run.
     pub entry_runs: usize,
-    /// Lines between checkpoints of the key tables: a log that opens after a crash inserts
-    /// the keys of about this many lines again.
+    /// Lines between checkpoints of the key tables, and the least time between two: a log
+    /// that opens after a crash inserts the keys of the lines after the last one again.
     pub key_checkpoint_every: u64,
+    pub key_checkpoint_interval: std::time::Duration,
 }
 
 impl Default for IndexLimits {
@@ -73,6 +74,7 @@ impl Default for IndexLimits {
             first_key_buckets: keys::FIRST_BUCKETS,
             entry_runs: 1 << 16,
             key_checkpoint_every: 1 << 16,
+            key_checkpoint_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -104,7 +106,7 @@ impl OrderLog {
         let (keys, covered) = KeyIndex::open(
             keys_dir.clone(),
             limits.first_key_buckets,
-            limits.key_checkpoint_every,
+            (limits.key_checkpoint_every, limits.key_checkpoint_interval),
         )
         .map_err(keys_io)?;
         let mut index = Index::new(keys, limits.entry_runs);
@@ -627,6 +629,7 @@ mod tests {
         first_key_buckets: 1,
         entry_runs: 1,
         key_checkpoint_every: 16,
+        key_checkpoint_interval: std::time::Duration::ZERO,
     };
 
     #[test]
