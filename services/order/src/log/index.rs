@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 
+use serde::{Deserialize, Serialize};
 use stocknet_common::{Command, GroupEntry, Order};
 
 use super::keys::KeyIndex;
@@ -35,6 +36,28 @@ pub(super) struct Index {
     pub(super) recent: VecDeque<Order>,
 }
 
+/// What an index holds but its keys and newest lines, as a checkpoint keeps it: the index of
+/// the file's first `len` bytes, through line `last`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct IndexImage {
+    pub(super) last: u64,
+    pub(super) len: u64,
+    checkpoints: Vec<u64>,
+    terms: Vec<(u64, u64)>,
+    memberships: Vec<u64>,
+    entries: Vec<(u64, u64)>,
+    last_entry: u64,
+}
+
+impl IndexImage {
+    /// The byte offset of the checkpoint at or before line `number` (in the image).
+    pub(super) fn checkpoint_before(&self, number: u64) -> Option<(u64, u64)> {
+        let slot = number.checked_sub(1)? / STRIDE;
+        let offset = *self.checkpoints.get(usize::try_from(slot).ok()?)?;
+        Some((slot * STRIDE + 1, offset))
+    }
+}
+
 impl Index {
     pub(super) fn new(keys: KeyIndex, kept_runs: usize) -> Self {
         Self {
@@ -50,23 +73,49 @@ impl Index {
         }
     }
 
-    /// Indexes every complete record of `file` before byte `complete`, and inserts the keys
-    /// of those after line `keys_through`. Returns the length of the well-formed prefix: a
-    /// last record that is cut off or malformed is a torn append (never acknowledged) and lies
-    /// outside it; a malformed record before it is corruption.
+    /// This index but its keys and newest lines, for a checkpoint; `len` is the length of
+    /// the file it indexes.
+    pub(super) fn image(&self, len: u64) -> IndexImage {
+        IndexImage {
+            last: self.last,
+            len,
+            checkpoints: self.checkpoints.clone(),
+            terms: self.terms.clone(),
+            memberships: self.memberships.clone(),
+            entries: self.entries.clone(),
+            last_entry: self.last_entry,
+        }
+    }
+
+    /// Takes what `image` says of an empty index; the lines after it are then loaded from
+    /// its `len` on.
+    pub(super) fn restore(&mut self, image: IndexImage) {
+        self.last = image.last;
+        self.checkpoints = image.checkpoints;
+        self.terms = image.terms;
+        self.memberships = image.memberships;
+        self.entries = image.entries;
+        self.last_entry = image.last_entry;
+    }
+
+    /// Indexes every complete record of `file` from byte `from` (0, or where a restored
+    /// image ends) to byte `complete`, and inserts the keys of those after line
+    /// `keys_through`. Returns the length of the well-formed prefix: a last record that is cut
+    /// off or malformed is a torn append (never acknowledged) and lies outside it; a malformed
+    /// record before it is corruption.
     pub(super) fn load(
         &mut self,
         file: &File,
-        complete: u64,
+        (from, complete): (u64, u64),
         keys_through: u64,
     ) -> Result<u64, OrderError> {
         let mut reader = record::reader(ReadAt {
             file,
-            offset: 0,
+            offset: from,
             end: complete,
         });
         let mut record = csv::ByteRecord::new();
-        let mut header_seen = false;
+        let mut header_seen = from > 0;
         loop {
             let start = reader.position().clone();
             let parsed = match reader.read_byte_record(&mut record) {
@@ -88,11 +137,17 @@ impl Index {
                             .insert(key, line.order.number)
                             .map_err(|e| OrderError::Corrupt(format!("its key index: {e}")))?;
                     }
-                    self.push(&line, start.byte());
+                    self.push(&line, from + start.byte());
                 }
-                Err(_) if reader.position().byte() >= complete => return Ok(start.byte()),
-                Err(e) => {
+                Err(_) if from + reader.position().byte() >= complete => {
+                    return Ok(from + start.byte())
+                }
+                Err(e) if from == 0 => {
                     return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
+                }
+                Err(e) => {
+                    let number = self.last + 1;
+                    return Err(OrderError::Corrupt(format!("order {number}: {e}")));
                 }
             }
         }

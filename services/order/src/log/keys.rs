@@ -12,10 +12,12 @@
 //!
 //! The tables are derived from the log. Now and then (after `checkpoint_every` lines, and
 //! not more often than `checkpoint_interval`: a checkpoint writes back the pages the keys
-//! since the last one touched, a few bytes a key but a whole page each) a thread fsyncs them and then records in the file `state` through which line they hold every
-//! key; a log that opens finds that line as it was and inserts only the keys after it, and
-//! otherwise builds the tables again from the whole log. Replacing lines that a state covers
-//! removes the state first.
+//! since the last one touched, a few bytes a key but a whole page each) a thread fsyncs them,
+//! writes the log's index as of the same line (the file `index`, which the log reads back),
+//! and then records in the file `state` through which line they hold every key; a log that
+//! opens finds that line as it was and inserts only the keys after it, and otherwise builds
+//! the tables again from the whole log. Replacing lines that a state covers removes the state
+//! first.
 
 use std::fs::{File, OpenOptions};
 use std::hash::Hasher;
@@ -114,11 +116,20 @@ impl Table {
     }
 }
 
-/// What a checkpoint writes once the tables are on disk.
+/// What a checkpoint writes once the tables are on disk: the log's index as of the same
+/// line (the file `index`), then the state.
 struct Checkpoint {
     files: Vec<File>,
     epoch: u64,
+    index: Vec<u8>,
     state: String,
+}
+
+/// What a log opening finds of its last checkpoint: the line the tables cover and the index
+/// as of that line (which the log decodes and checks).
+pub(super) struct Found {
+    pub covered: Covered,
+    pub index: Option<Vec<u8>>,
 }
 
 impl KeyIndex {
@@ -129,7 +140,7 @@ impl KeyIndex {
         dir: PathBuf,
         first_buckets: u64,
         (checkpoint_every, checkpoint_interval): (u64, Duration),
-    ) -> io::Result<(Self, Option<Covered>)> {
+    ) -> io::Result<(Self, Option<Found>)> {
         let first_buckets = first_buckets.next_power_of_two();
         let epoch = Arc::new(Mutex::new(0));
         let (checkpoints, requests) = mpsc::sync_channel(1);
@@ -157,16 +168,19 @@ impl KeyIndex {
             asked_through: 0,
             asked_at: Instant::now(),
         };
-        let covered = match index.reopen() {
-            Ok(covered) => Some(covered),
+        let found = match index.reopen() {
+            Ok(covered) => Some(Found {
+                covered,
+                index: std::fs::read(index.dir.join("index")).ok(),
+            }),
             Err(reason) => {
                 tracing::info!(dir = %index.dir.display(), "building the key index: {reason}");
                 index.reset()?;
                 None
             }
         };
-        index.asked_through = covered.map_or(0, |c| c.through);
-        Ok((index, covered))
+        index.asked_through = found.as_ref().map_or(0, |f| f.covered.through);
+        Ok((index, found))
     }
 
     /// Opens the tables the state describes.
@@ -293,15 +307,17 @@ impl KeyIndex {
         Ok(found)
     }
 
-    /// Notes that the log holds every line through `covered.through`, each with its key in
-    /// the tables; once enough have come since the last checkpoint, asks for another.
-    pub(super) fn written(&mut self, covered: Covered) {
-        if covered.through < self.asked_through.saturating_add(self.checkpoint_every)
-            || self.asked_at.elapsed() < self.checkpoint_interval
-        {
-            return;
-        }
-        match self.checkpoint(covered) {
+    /// Whether enough lines and time have come since the last checkpoint for another, now
+    /// that the log holds every line through `through`.
+    pub(super) fn checkpoint_due(&self, through: u64) -> bool {
+        through >= self.asked_through.saturating_add(self.checkpoint_every)
+            && self.asked_at.elapsed() >= self.checkpoint_interval
+    }
+
+    /// Asks the thread for a checkpoint: the log holds every line through `covered.through`,
+    /// each with its key in the tables, and `index` is its index as of that line.
+    pub(super) fn request_checkpoint(&mut self, covered: Covered, index: Vec<u8>) {
+        match self.checkpoint(covered, index) {
             // One at a time: while one is being written, the next waits for more lines.
             Ok(checkpoint) => {
                 let sent = self.checkpoints.as_ref().map(|c| c.try_send(checkpoint));
@@ -315,12 +331,12 @@ impl KeyIndex {
     }
 
     /// Writes a checkpoint at once, as the thread does.
-    pub(super) fn checkpoint_now(&mut self, covered: Covered) -> io::Result<()> {
-        let checkpoint = self.checkpoint(covered)?;
+    pub(super) fn checkpoint_now(&mut self, covered: Covered, index: Vec<u8>) -> io::Result<()> {
+        let checkpoint = self.checkpoint(covered, index)?;
         write_checkpoint(&self.dir.join("state"), &self.epoch, checkpoint)
     }
 
-    fn checkpoint(&self, covered: Covered) -> io::Result<Checkpoint> {
+    fn checkpoint(&self, covered: Covered, index: Vec<u8>) -> io::Result<Checkpoint> {
         let mut state = format!(
             "{STATE_VERSION} {} {} {} {} {}",
             covered.through, covered.term, self.seed.0, self.seed.1, self.first_buckets
@@ -336,6 +352,7 @@ impl KeyIndex {
                 .map(|t| t.file.try_clone())
                 .collect::<io::Result<_>>()?,
             epoch: *lock(&self.epoch),
+            index,
             state,
         })
     }
@@ -415,6 +432,10 @@ fn write_checkpoint(state: &Path, epoch: &Mutex<u64>, checkpoint: Checkpoint) ->
     if *epoch != checkpoint.epoch {
         return Ok(());
     }
+    let index = state.with_file_name("index");
+    file::replace_atomically(&index, |out| {
+        std::io::Write::write_all(out, &checkpoint.index)
+    })?;
     file::replace_atomically(state, |out| {
         std::io::Write::write_all(out, checkpoint.state.as_bytes())
     })
@@ -435,8 +456,8 @@ mod tests {
     fn keys_are_found_across_tables_and_overflowing_buckets() {
         let dir = tempfile::tempdir().unwrap();
         // Two buckets to start with: keys overflow buckets and fill five tables.
-        let (mut index, covered) = KeyIndex::open(dir.path().join("keys"), 2, NEVER).unwrap();
-        assert_eq!(covered, None);
+        let (mut index, found) = KeyIndex::open(dir.path().join("keys"), 2, NEVER).unwrap();
+        assert!(found.is_none());
         for n in 1..=3_000 {
             index.insert(&key(n), n).unwrap();
         }
@@ -463,7 +484,9 @@ mod tests {
             through: 500,
             term: 3,
         };
-        index.checkpoint_now(covered).unwrap();
+        index
+            .checkpoint_now(covered, b"the log's index".to_vec())
+            .unwrap();
         let tables = index.tables();
         // Keys after the checkpoint, some in a table started after it.
         for n in 501..=2_000 {
@@ -472,8 +495,10 @@ mod tests {
         assert!(index.tables() > tables);
         drop(index);
 
-        let (mut index, reopened) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
-        assert_eq!(reopened, Some(covered));
+        let (mut index, found) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
+        let found = found.expect("the checkpoint");
+        assert_eq!(found.covered, covered);
+        assert_eq!(found.index.as_deref(), Some(&b"the log's index"[..]));
         assert_eq!(index.tables(), tables, "tables after the state are dropped");
         for n in (1..=500).step_by(7) {
             assert!(index.candidates(&key(n)).unwrap().contains(&n), "{n}");
@@ -491,15 +516,15 @@ mod tests {
         // Replacing covered lines forgets the state; so does another first size.
         index.forget_state().unwrap();
         drop(index);
-        let (index, reopened) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
-        assert_eq!(reopened, None);
+        let (index, found) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
+        assert!(found.is_none());
         assert!(index.candidates(&key(1)).unwrap().is_empty());
         let (mut index, _) = KeyIndex::open(path.clone(), 2, NEVER).unwrap();
         index.insert(&key(1), 1).unwrap();
-        index.checkpoint_now(covered).unwrap();
+        index.checkpoint_now(covered, Vec::new()).unwrap();
         drop(index);
-        let (_, reopened) = KeyIndex::open(path, 8, NEVER).unwrap();
-        assert_eq!(reopened, None);
+        let (_, found) = KeyIndex::open(path, 8, NEVER).unwrap();
+        assert!(found.is_none());
     }
 
     #[test]
@@ -512,7 +537,7 @@ mod tests {
             through: 1,
             term: 1,
         };
-        let taken = index.checkpoint(covered).unwrap();
+        let taken = index.checkpoint(covered, Vec::new()).unwrap();
         index.forget_state().unwrap();
         write_checkpoint(&path.join("state"), &index.epoch, taken).unwrap();
         assert!(!path.join("state").exists());

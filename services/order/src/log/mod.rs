@@ -5,7 +5,8 @@
 //! of every [`STRIDE`]th order, the runs of orders with one term, where the newest entries
 //! start (older lines say theirs in the file), and the newest orders. The idempotency keys
 //! are found through hash tables in a folder beside the log (`keys.rs`), derived from it and
-//! checkpointed now and then.
+//! checkpointed now and then with the rest of the index, so that opening a log reads only
+//! the lines after its last checkpoint.
 //! Appends are fsync'd before they return; a torn last record left by a crash mid-append is
 //! cut off when the log is opened (it was never acknowledged).
 
@@ -86,11 +87,14 @@ pub struct OrderLog {
     /// Length of the file; every byte before it belongs to a complete record.
     len: u64,
     index: Index,
+    /// Where opening it began to read the file (after a checkpoint's index, or 0).
+    #[cfg(test)]
+    read_from: u64,
 }
 
 impl OrderLog {
-    /// Opens (or creates) the log at `path`, truncating a torn last record; its key index is
-    /// the folder beside it with the extension `keys`. One `OrderLog` at a time for a path.
+    /// Opens (or creates) the log at `path`, truncating a torn last record; its index is kept
+    /// in the folder beside it with the extension `index`. One `OrderLog` at a time for a path.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, OrderError> {
         Self::open_with(path, IndexLimits::default())
     }
@@ -101,18 +105,29 @@ impl OrderLog {
         let file = file::open_append(&path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
         let complete = file::end_of_last_line(&file, size).map_err(io)?;
-        let keys_dir = path.with_extension("keys");
+        let keys_dir = index_dir(&path);
         let keys_io = |e| OrderError::io(&keys_dir, e);
-        let (keys, covered) = KeyIndex::open(
+        let (keys, found) = KeyIndex::open(
             keys_dir.clone(),
             limits.first_key_buckets,
             (limits.key_checkpoint_every, limits.key_checkpoint_interval),
         )
         .map_err(keys_io)?;
+        let covered = found.as_ref().map(|f| f.covered);
         let mut index = Index::new(keys, limits.entry_runs);
+        // The index as of the last checkpoint, if the file still holds that line as it was:
+        // only the lines after it are read.
+        let from = match found.and_then(|f| checked_image(&file, complete, f)) {
+            Some(image) => {
+                let from = image.len;
+                index.restore(image);
+                from
+            }
+            None => 0,
+        };
         let keys_through = covered.map_or(0, |c| c.through);
         let good_len = index
-            .load(&file, complete, keys_through)
+            .load(&file, (from, complete), keys_through)
             .map_err(|e| e.in_file(&path))?;
         if good_len < size {
             tracing::warn!(
@@ -135,7 +150,10 @@ impl OrderLog {
             file,
             len,
             index,
+            #[cfg(test)]
+            read_from: from,
         };
+        log.fill_recent()?;
         // Key tables that say they cover a line this log does not hold as they saw it are
         // built again from the whole log.
         if let Some(covered) = covered {
@@ -184,7 +202,7 @@ impl OrderLog {
             .index
             .keys
             .candidates(key)
-            .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))?;
+            .map_err(|e| OrderError::io(&index_dir(&self.path), e))?;
         for number in candidates {
             if self.get(number)?.and_then(|o| o.key).as_deref() == Some(key) {
                 return Ok(Some(number));
@@ -290,10 +308,10 @@ impl OrderLog {
         for (line, start) in batch.iter().zip(starts) {
             self.index.push(line, start);
         }
-        self.index.keys.written(Covered {
-            through: self.last(),
-            term: self.last_term(),
-        });
+        if self.index.keys.checkpoint_due(self.last()) {
+            let (covered, image) = self.checkpoint()?;
+            self.index.keys.request_checkpoint(covered, image);
+        }
         Ok(())
     }
 
@@ -301,14 +319,38 @@ impl OrderLog {
     /// them as they are (a replica does this when it stops; otherwise the last checkpoint
     /// counts, and the keys after it are inserted again).
     pub fn checkpoint_keys(&mut self) -> Result<(), OrderError> {
+        let (covered, image) = self.checkpoint()?;
+        self.index
+            .keys
+            .checkpoint_now(covered, image)
+            .map_err(|e| OrderError::io(&index_dir(&self.path), e))
+    }
+
+    /// What a checkpoint records now: the last line, and the index as of it.
+    fn checkpoint(&self) -> Result<(Covered, Vec<u8>), OrderError> {
         let covered = Covered {
             through: self.last(),
             term: self.last_term(),
         };
-        self.index
-            .keys
-            .checkpoint_now(covered)
-            .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))
+        let image = postcard::to_stdvec(&self.index.image(self.len))
+            .map_err(|e| OrderError::Task(format!("the log's index: {e}")))?;
+        Ok((covered, image))
+    }
+
+    /// Reads the newest lines a restored index lacks.
+    fn fill_recent(&mut self) -> Result<(), OrderError> {
+        let held = self.index.recent.len() as u64;
+        let first = self.last().saturating_sub(RECENT as u64) + 1;
+        let missing_end = self.last() + 1 - held;
+        if first >= missing_end {
+            return Ok(());
+        }
+        let mut older = Vec::new();
+        self.visit_file(first, missing_end, |line| older.push(line.order))?;
+        for order in older.into_iter().rev() {
+            self.index.recent.push_front(order);
+        }
+        Ok(())
     }
 
     /// A handle on the log file for [`file::sync_data_or_exit`], so the fsync need not hold
@@ -333,7 +375,7 @@ impl OrderLog {
         self.index
             .keys
             .forget_state()
-            .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))?;
+            .map_err(|e| OrderError::io(&index_dir(&self.path), e))?;
         self.insert_keys(batch)?;
         let io = |e| OrderError::io(&self.path, e);
         let cut = self.offset_of(number + 1)?;
@@ -441,7 +483,7 @@ impl OrderLog {
                 self.index
                     .keys
                     .insert(key, line.order.number)
-                    .map_err(|e| OrderError::io(&self.path.with_extension("keys"), e))?;
+                    .map_err(|e| OrderError::io(&index_dir(&self.path), e))?;
             }
         }
         Ok(())
@@ -493,6 +535,40 @@ impl OrderLog {
             self.path.display()
         ))
     }
+}
+
+/// The folder of the index beside the log at `path`: its key tables, and its last checkpoint.
+fn index_dir(path: &Path) -> PathBuf {
+    path.with_extension("index")
+}
+
+/// The index image `found` holds, if it is as of the line its checkpoint covers and the file
+/// (complete through byte `complete`) still holds that line, with that term, ending where the
+/// image ends.
+fn checked_image(file: &File, complete: u64, found: keys::Found) -> Option<index::IndexImage> {
+    let image: index::IndexImage = postcard::from_bytes(found.index.as_deref()?).ok()?;
+    let Covered { through, term } = found.covered;
+    if image.last != through || image.len > complete || through == 0 {
+        return None;
+    }
+    let (mut number, offset) = image.checkpoint_before(through)?;
+    let mut reader = record::reader(ReadAt {
+        file,
+        offset,
+        end: image.len,
+    });
+    let mut record = csv::ByteRecord::new();
+    while number < through {
+        reader.read_byte_record(&mut record).ok()?;
+        number += 1;
+    }
+    let line = reader
+        .read_byte_record(&mut record)
+        .ok()
+        .filter(|&read| read)
+        .and_then(|_| record::decode(&record, through).ok())?;
+    let ends = offset + reader.position().byte() == image.len;
+    (line.order.term == term && ends).then_some(image)
 }
 
 /// Calls `each` with every entry of the log file at `path`, in order, only reading it (the
@@ -929,7 +1005,7 @@ mod tests {
         // Tables and a state that cover lines the log no longer holds as they saw them (put
         // back after the log was cut, and then written again, behind their back) are not
         // trusted.
-        let keys = dir.path().join("o.keys");
+        let keys = dir.path().join("o.index");
         let saved = dir.path().join("saved-keys");
         let copy = |from: &Path, to: &Path| {
             let _ = std::fs::remove_dir_all(to);
@@ -948,9 +1024,10 @@ mod tests {
         let mut log = OrderLog::open_with(&path, limits).unwrap();
         assert_eq!(found(&log, 150), Some(150));
         assert_eq!(found(&log, 151), None);
+        // Lines of the same length as those they replace, in another term.
         let other = |n: u64| Order {
             term: 7,
-            key: Some(format!("other-key-{n}")),
+            key: Some(format!("client-kex-{n}")),
             ..order(n, "A")
         };
         log.write(&lines(&(151..=200).map(other).collect::<Vec<_>>()))
@@ -963,9 +1040,84 @@ mod tests {
         }
         for n in 151..=200 {
             assert_eq!(found(&log, n), None);
-            let key = format!("other-key-{n}");
+            let key = format!("client-kex-{n}");
             assert_eq!(log.number_for_key(&key).unwrap(), Some(n));
         }
+    }
+
+    #[test]
+    fn a_log_opened_from_its_checkpoint_reads_as_one_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let limits = IndexLimits {
+            key_checkpoint_every: u64::MAX,
+            entry_runs: 16,
+            ..SMALL
+        };
+        // Entries of 1 to 3 lines, keyed, in three terms, the newest lines fewer than RECENT
+        // after the checkpoint.
+        let sizes: Vec<u64> = (0..4_000).map(|e| e % 3 + 1).collect();
+        let mut written = grouped(1, 0, &sizes);
+        written.truncate(RECENT + 3_000);
+        for line in &mut written {
+            line.order.term = 1 + line.order.number / 2_500;
+            line.order.key = Some(format!("client-key-{}", line.order.number));
+        }
+        let cut = written
+            .iter()
+            .position(|l| l.order.number == 5_000)
+            .unwrap();
+        // The checkpoint falls between two lines of one entry, as it may.
+        let mut log = OrderLog::open_with(&path, limits).unwrap();
+        for batch in written[..=cut].chunks(50) {
+            log.write(batch).unwrap();
+        }
+        log.checkpoint_keys().unwrap();
+        for batch in written[cut + 1..].chunks(50) {
+            log.write(batch).unwrap();
+        }
+        drop(log);
+        let whole_path = dir.path().join("whole.csv");
+        std::fs::copy(&path, &whole_path).unwrap();
+
+        let restored = OrderLog::open_with(&path, limits).unwrap();
+        let whole = OrderLog::open_with(&whole_path, limits).unwrap();
+        assert!(restored.read_from > 0 && whole.read_from == 0);
+        let same = |a: &OrderLog, b: &OrderLog| {
+            assert_eq!(
+                (a.last(), a.last_term(), a.last_entry()),
+                (b.last(), b.last_term(), b.last_entry())
+            );
+            assert_eq!(
+                a.after(0, usize::MAX).unwrap(),
+                b.after(0, usize::MAX).unwrap()
+            );
+            for n in (1..=a.last()).step_by(7) {
+                assert_eq!(a.term_at(n), b.term_at(n), "{n}");
+                assert_eq!(a.entry_at(n).unwrap(), b.entry_at(n).unwrap(), "{n}");
+                if let Some(key) = a.get(n).unwrap().and_then(|o| o.key) {
+                    assert_eq!(a.number_for_key(&key).unwrap(), Some(n));
+                    assert_eq!(b.number_for_key(&key).unwrap(), Some(n));
+                }
+            }
+            for e in (0..=a.last_entry().unwrap()).step_by(11) {
+                assert_eq!(a.first_line(e).unwrap(), b.first_line(e).unwrap(), "{e}");
+            }
+            for after in [0, 4_990, a.last() - RECENT as u64 - 5] {
+                assert_eq!(
+                    a.lines_after(after, 100).unwrap(),
+                    b.lines_after(after, 100).unwrap()
+                );
+            }
+        };
+        same(&restored, &whole);
+        // And both go on alike.
+        let next_entry = restored.last_entry().unwrap() + 1;
+        let next = grouped(written.len() as u64 + 1, next_entry, &[2, 1, 3]);
+        let (mut restored, mut whole) = (restored, whole);
+        restored.write(&next).unwrap();
+        whole.write(&next).unwrap();
+        same(&restored, &whole);
     }
 
     #[test]
