@@ -972,14 +972,17 @@ mod tests {
         check(&OrderLog::open_with(&path, SMALL).unwrap());
     }
 
+    /// [`SMALL`], checkpointed only when a test calls [`OrderLog::checkpoint_keys`].
+    const CHECKPOINTS_BY_HAND: IndexLimits = IndexLimits {
+        key_checkpoint_every: u64::MAX,
+        ..SMALL
+    };
+
     #[test]
     fn keys_are_kept_from_their_checkpoint_and_built_again_when_the_log_differs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
-        let limits = IndexLimits {
-            key_checkpoint_every: u64::MAX,
-            ..SMALL
-        };
+        let limits = CHECKPOINTS_BY_HAND;
         let keyed = |n: u64| Order {
             key: Some(format!("client-key-{n}")),
             ..order(n, "A")
@@ -1050,9 +1053,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.csv");
         let limits = IndexLimits {
-            key_checkpoint_every: u64::MAX,
             entry_runs: 16,
-            ..SMALL
+            ..CHECKPOINTS_BY_HAND
         };
         // Entries of 1 to 3 lines, keyed, in three terms, the newest lines fewer than RECENT
         // after the checkpoint.
