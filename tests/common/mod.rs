@@ -422,6 +422,11 @@ impl Cluster {
                         IN_MEMORY,
                         "--orders-in-memory",
                         IN_MEMORY,
+                        // Often, so that every restart reads its log's index from a checkpoint.
+                        "--index-checkpoint-every",
+                        "16",
+                        "--index-checkpoint-seconds",
+                        "0",
                     ]),
                     listener,
                     i < founders,

@@ -53,6 +53,7 @@ pub use replica::{Links, Replica};
 use audit::AuditFilter;
 use book::InMemory;
 use book_store::BookSettings;
+use log::IndexLimits;
 use stocknet_common::env;
 use stocknet_common::ports;
 
@@ -105,6 +106,15 @@ pub struct Config {
     #[arg(long, env = env::ORDERS_IN_MEMORY, default_value_t = book_store::ORDERS_IN_MEMORY,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub orders_in_memory: usize,
+    /// Lines of the order log between two checkpoints of its index (`orders-<id>.index/`): a
+    /// replica that starts reads only the lines after the last one.
+    #[arg(long, env = env::INDEX_CHECKPOINT_EVERY, default_value_t = log::CHECKPOINT_EVERY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub index_checkpoint_every: u64,
+    /// The least seconds between two checkpoints of the index (each writes back every page
+    /// of its key tables touched since the last).
+    #[arg(long, env = env::INDEX_CHECKPOINT_SECONDS, default_value_t = log::CHECKPOINT_SECONDS)]
+    pub index_checkpoint_seconds: u64,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
@@ -159,6 +169,11 @@ impl AppState {
                     trades: config.trades_in_memory,
                     orders: config.orders_in_memory,
                 },
+            },
+            IndexLimits {
+                key_checkpoint_every: config.index_checkpoint_every,
+                key_checkpoint_interval: Duration::from_secs(config.index_checkpoint_seconds),
+                ..IndexLimits::default()
             },
         )
         .await?;
@@ -712,9 +727,16 @@ mod tests {
             internal_client(Duration::from_millis(200), &secret),
             "http://127.0.0.1:9",
         );
-        let replica = Replica::start(1, dir, peers, links, BookSettings::default())
-            .await
-            .unwrap();
+        let replica = Replica::start(
+            1,
+            dir,
+            peers,
+            links,
+            BookSettings::default(),
+            IndexLimits::default(),
+        )
+        .await
+        .unwrap();
         router(AppState { replica, secret })
     }
 

@@ -32,7 +32,7 @@ use crate::consensus::{
     SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
-use crate::log::OrderLog;
+use crate::log::{IndexLimits, OrderLog};
 use crate::metrics::{FollowerLabels, ReplicaMetrics};
 
 /// How often the leader's catalog applier looks for committed entries the catalog lacks
@@ -195,10 +195,11 @@ impl Replica {
         peers: Vec<Peer>,
         links: Links<impl RaftNetworkFactory<TypeConfig>, impl PreVoteTransport>,
         book: BookSettings,
+        index: IndexLimits,
     ) -> Result<Arc<Self>, OrderError> {
         std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
         let metrics = ReplicaMetrics::new();
-        let log = OrderLog::open(data_dir.join(format!("orders-{id}.csv")))?;
+        let log = OrderLog::open_with(data_dir.join(format!("orders-{id}.csv")), index)?;
         let settings = book;
         let book = Arc::new(BookStore::open(
             data_dir.join(format!("book-{id}.snap")),

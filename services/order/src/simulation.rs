@@ -30,6 +30,7 @@ use crate::book_store::BookSettings;
 use crate::catalog::Catalog;
 use crate::consensus::sim::{Choices, Network, Router};
 use crate::error::OrderError;
+use crate::log::IndexLimits;
 use crate::replica::{Links, Replica, BATCH};
 
 const STOCKS: [&str; 2] = ["GameStart", "FishCo"];
@@ -153,7 +154,13 @@ impl Cluster {
                 orders: 8,
             },
         };
-        let replica = Replica::start(id as u32, self.dir.path(), peers, links, book)
+        // Checkpoints of the log's index as often as it takes, so that restarts read them.
+        let index = IndexLimits {
+            key_checkpoint_every: 16,
+            key_checkpoint_interval: Duration::ZERO,
+            ..IndexLimits::default()
+        };
+        let replica = Replica::start(id as u32, self.dir.path(), peers, links, book, index)
             .await
             .unwrap();
         self.router

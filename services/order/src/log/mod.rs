@@ -69,13 +69,17 @@ pub struct IndexLimits {
     pub key_checkpoint_interval: std::time::Duration,
 }
 
+/// Lines between two checkpoints of a log's index, and the least seconds: the defaults.
+pub const CHECKPOINT_EVERY: u64 = 1 << 16;
+pub const CHECKPOINT_SECONDS: u64 = 30;
+
 impl Default for IndexLimits {
     fn default() -> Self {
         Self {
             first_key_buckets: keys::FIRST_BUCKETS,
             entry_runs: 1 << 16,
-            key_checkpoint_every: 1 << 16,
-            key_checkpoint_interval: std::time::Duration::from_secs(30),
+            key_checkpoint_every: CHECKPOINT_EVERY,
+            key_checkpoint_interval: std::time::Duration::from_secs(CHECKPOINT_SECONDS),
         }
     }
 }
