@@ -61,11 +61,13 @@ type Pending = (Order, oneshot::Sender<Result<u64, String>>);
 /// or `None` within if it may or may not have executed.
 type Outcome = Option<Option<u64>>;
 
+/// What the sequencer reads its requests from.
+type UnboundedReceiver = mpsc::UnboundedReceiver<Request>;
+
 /// What only the leader keeps, for its term: the house as it will be once every command it
 /// proposed is applied (to refuse overdrafts before proposing), the time of its last entry,
 /// the commands proposed under a key and not yet applied, and its catalog applier.
 struct Leading {
-    term: u64,
     house: HashMap<String, House>,
     /// Entries' times never go back along the log, whatever the clock does.
     last_time: u64,
@@ -87,6 +89,36 @@ impl Drop for Leading {
         self.applier.abort();
         self.proposer.abort();
     }
+}
+
+/// The leader's sequencer for one term: the task that owns [`Leading`] and checks and
+/// proposes commands one at a time, in the order they reach it. Nothing else touches the
+/// leader's state, so no lock guards it and none is taken with another's.
+struct Sequencer {
+    term: u64,
+    requests: mpsc::UnboundedSender<Request>,
+    /// The catalog applier's progress, which waiting commands watch.
+    progress: watch::Receiver<Progress>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sequencer {
+    fn drop(&mut self) {
+        // Ends the task, which drops the leader's state (and stops its tasks).
+        self.task.abort();
+    }
+}
+
+/// What the sequencer is asked.
+enum Request {
+    /// Check and propose `submission`, which came with the request id `request_id`.
+    Propose {
+        submission: Submission,
+        request_id: Option<String>,
+        reply: oneshot::Sender<Result<Proposed, OrderError>>,
+    },
+    /// The command proposed under `key` has its outcome: a retry under it no longer waits.
+    Finished { key: String },
 }
 
 /// One stock as the leader projects it.
@@ -165,10 +197,9 @@ pub struct Replica {
     raft: Raft,
     reads: SharedReads,
     elections: Arc<Elections>,
-    /// Held while a command is checked and proposed (which orders the proposals), not while
-    /// it commits; never across an await (its guard is not `Send`, so the compiler refuses
-    /// one in the replica's futures). Taken before the log's and the book's locks.
-    leading: Mutex<Option<Leading>>,
+    /// The sequencer of the term this replica leads, once it has taken it over. Its lock is
+    /// held only to replace it or to copy its handles.
+    leading: Mutex<Option<Sequencer>>,
     /// The term this replica last completed a takeover in: it takes commands while it leads
     /// that term.
     leading_term: AtomicU64,
@@ -549,19 +580,18 @@ impl Replica {
 
     /// The public view of order `number`, from the log and the book.
     pub fn order_view(&self, number: u64) -> Result<OrderView, OrderError> {
-        self.book.read(|book| {
-            // An entry past the book is not known to be committed yet: it may never be.
-            if number > book.applied() {
-                return Err(OrderError::OrderNotFound);
+        // An entry past the book is not known to be committed yet: it may never be. (The log
+        // is read between two looks at the book, never while the book is held.)
+        if number > self.book().applied() {
+            return Err(OrderError::OrderNotFound);
+        }
+        let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+        self.book.read(|book| match book.view(&entry) {
+            Some(view) => Ok(view),
+            None if matches!(entry.command, Command::Place { .. } | Command::Sweep { .. }) => {
+                Err(OrderError::NotReady)
             }
-            let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
-            match book.view(&entry) {
-                Some(view) => Ok(view),
-                None if matches!(entry.command, Command::Place { .. } | Command::Sweep { .. }) => {
-                    Err(OrderError::NotReady)
-                }
-                None => Err(OrderError::NotAnOrder(number)),
-            }
+            None => Err(OrderError::NotAnOrder(number)),
         })?
     }
 
@@ -623,23 +653,33 @@ impl Replica {
     /// catalog call. A new order the checks refuse is proposed as a refusal, which changes
     /// nothing but is committed like the rest.
     async fn submit(self: &Arc<Self>, submission: Submission) -> Result<u64, OrderError> {
-        let (proposed, mut progress, market) = {
-            let mut guard = self.leading();
+        let (requests, mut progress) = {
+            let guard = self.leading();
             let term = self.leader_term().ok_or_else(|| self.not_leader())?;
             self.not_handing_over()?;
-            let leading = match guard.as_mut() {
-                Some(leading) if leading.term == term => leading,
+            match guard.as_ref() {
+                Some(sequencer) if sequencer.term == term => {
+                    (sequencer.requests.clone(), sequencer.progress.clone())
+                }
                 _ if self.catalog_failing.load(Ordering::Acquire) => {
                     return Err(OrderError::CatalogUnavailable(
                         "the new leader cannot bring the catalog up to date yet".into(),
                     ))
                 }
                 _ => return Err(OrderError::NotReady),
-            };
-            let market = matches!(submission.command, Command::Place { limit: None, .. });
-            let proposed = self.propose(leading, submission)?;
-            (proposed, leading.progress.clone(), market)
+            }
         };
+        let market = matches!(submission.command, Command::Place { limit: None, .. });
+        let (reply, proposed) = oneshot::channel();
+        let request = Request::Propose {
+            submission,
+            // The request's id, as the frontend passed it on: the sequencer is another task.
+            request_id: request_id::current().and_then(|id| id.to_str().ok().map(str::to_owned)),
+            reply,
+        };
+        // A sequencer that is gone proposed nothing: this replica no longer leads that term.
+        requests.send(request).map_err(|_| OrderError::NotReady)?;
+        let proposed = proposed.await.map_err(|_| OrderError::NotReady)??;
         let number = match proposed {
             Proposed::Logged(number) => number,
             Proposed::InFlight(mut first) => {
@@ -665,9 +705,8 @@ impl Replica {
                     .unwrap_or_else(|_| Err("this replica stopped leading".to_owned()));
                 if let Some((key, done)) = key {
                     done.send_replace(Some(number.as_ref().ok().copied()));
-                    if let Some(leading) = self.leading().as_mut() {
-                        leading.in_flight.remove(&key);
-                    }
+                    // (A sequencer that is gone has dropped its state with the key.)
+                    let _ = requests.send(Request::Finished { key });
                 }
                 self.metrics
                     .commit_round_seconds
@@ -712,11 +751,12 @@ impl Replica {
     }
 
     /// Checks `submission` against the log (a retry), the house and the price guard, and
-    /// proposes it, all while the caller holds the leader's state.
+    /// proposes it; the sequencer's, which owns `leading`.
     fn propose(
         &self,
         leading: &mut Leading,
         submission: Submission,
+        request_id: Option<String>,
     ) -> Result<Proposed, OrderError> {
         let Submission {
             name,
@@ -780,9 +820,7 @@ impl Replica {
                 time,
                 quote: Some(quote),
                 rejected,
-                // The request's id, as the frontend passed it on.
-                request_id: request_id::current()
-                    .and_then(|id| id.to_str().ok().map(str::to_owned)),
+                request_id,
             },
             command,
         };
@@ -848,7 +886,7 @@ impl Replica {
             metrics.last_applied.map(|id| id.index) == metrics.last_log_index
         };
         let catalog = match self.leading().as_ref() {
-            Some(leading) => leading.progress.borrow().applied,
+            Some(sequencer) => sequencer.progress.borrow().applied,
             None => return false,
         };
         all_applied && catalog >= self.book().applied()
@@ -915,7 +953,15 @@ impl Replica {
     async fn take_over(self: &Arc<Self>, term: u64) {
         match self.prepare_leading(term).await {
             Ok(leading) => {
-                *self.leading() = Some(leading);
+                let (requests, waiting) = mpsc::unbounded_channel();
+                let progress = leading.progress.clone();
+                let task = tokio::spawn(self.clone().sequence(term, leading, waiting));
+                *self.leading() = Some(Sequencer {
+                    term,
+                    requests,
+                    progress,
+                    task,
+                });
                 self.catalog_failing.store(false, Ordering::Release);
                 self.leading_term.store(term, Ordering::Release);
                 self.metrics.takeovers.inc();
@@ -926,6 +972,37 @@ impl Replica {
                     self.catalog_failing.store(true, Ordering::Release);
                 }
                 tracing::warn!(term, "cannot take over yet: {e}");
+            }
+        }
+    }
+
+    /// The sequencer's task for `term`: it owns `leading` and answers what it is asked, in
+    /// order. A command it is asked for once this replica no longer leads the term, or hands
+    /// it over, is refused before it is proposed, as one asked for then would be.
+    async fn sequence(
+        self: Arc<Self>,
+        term: u64,
+        mut leading: Leading,
+        mut requests: UnboundedReceiver,
+    ) {
+        while let Some(request) = requests.recv().await {
+            match request {
+                Request::Propose {
+                    submission,
+                    request_id,
+                    reply,
+                } => {
+                    let answer = match self.leader_term() {
+                        Some(led) if led == term => self
+                            .not_handing_over()
+                            .and_then(|()| self.propose(&mut leading, submission, request_id)),
+                        _ => Err(self.not_leader()),
+                    };
+                    let _ = reply.send(answer);
+                }
+                Request::Finished { key } => {
+                    leading.in_flight.remove(&key);
+                }
             }
         }
     }
@@ -974,7 +1051,6 @@ impl Replica {
         let proposer = tokio::spawn(propose_entries(self.raft.clone(), waiting));
         let expirer = tokio::spawn(self.clone().write_expiries());
         Ok(Leading {
-            term,
             house,
             last_time,
             in_flight: HashMap::new(),
@@ -1073,7 +1149,7 @@ impl Replica {
         }
     }
 
-    fn leading(&self) -> MutexGuard<'_, Option<Leading>> {
+    fn leading(&self) -> MutexGuard<'_, Option<Sequencer>> {
         self.leading.lock().unwrap_or_else(|e| e.into_inner())
     }
 
