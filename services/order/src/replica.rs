@@ -61,9 +61,6 @@ type Pending = (Order, oneshot::Sender<Result<u64, String>>);
 /// or `None` within if it may or may not have executed.
 type Outcome = Option<Option<u64>>;
 
-/// What the sequencer reads its requests from.
-type UnboundedReceiver = mpsc::UnboundedReceiver<Request>;
-
 /// What only the leader keeps, for its term: the house as it will be once every command it
 /// proposed is applied (to refuse overdrafts before proposing), the time of its last entry,
 /// the commands proposed under a key and not yet applied, and its catalog applier.
@@ -77,8 +74,6 @@ struct Leading {
     /// The commands to propose, in the order the house projection counted them.
     proposals: mpsc::UnboundedSender<Pending>,
     proposer: tokio::task::JoinHandle<()>,
-    /// The catalog applier's progress, which waiting commands watch.
-    progress: watch::Receiver<Progress>,
     applier: tokio::task::JoinHandle<()>,
     expirer: tokio::task::JoinHandle<()>,
 }
@@ -952,9 +947,8 @@ impl Replica {
     /// fences older leaders out of it) and projects the house from it.
     async fn take_over(self: &Arc<Self>, term: u64) {
         match self.prepare_leading(term).await {
-            Ok(leading) => {
+            Ok((leading, progress)) => {
                 let (requests, waiting) = mpsc::unbounded_channel();
-                let progress = leading.progress.clone();
                 let task = tokio::spawn(self.clone().sequence(term, leading, waiting));
                 *self.leading() = Some(Sequencer {
                     term,
@@ -983,7 +977,7 @@ impl Replica {
         self: Arc<Self>,
         term: u64,
         mut leading: Leading,
-        mut requests: UnboundedReceiver,
+        mut requests: mpsc::UnboundedReceiver<Request>,
     ) {
         while let Some(request) = requests.recv().await {
             match request {
@@ -1007,7 +1001,11 @@ impl Replica {
         }
     }
 
-    async fn prepare_leading(self: &Arc<Self>, term: u64) -> Result<Leading, OrderError> {
+    /// The leader's state for `term`, and its catalog applier's progress.
+    async fn prepare_leading(
+        self: &Arc<Self>,
+        term: u64,
+    ) -> Result<(Leading, watch::Receiver<Progress>), OrderError> {
         self.confirm_leadership().await?;
         let applied = self.book().applied();
         let snapshot = self.catalog.snapshot().await.map_err(OrderError::catalog)?;
@@ -1050,16 +1048,16 @@ impl Replica {
         let (proposals, waiting) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(propose_entries(self.raft.clone(), waiting));
         let expirer = tokio::spawn(self.clone().write_expiries());
-        Ok(Leading {
+        let leading = Leading {
             house,
             last_time,
             in_flight: HashMap::new(),
             proposals,
             proposer,
-            progress: watched,
             applier,
             expirer,
-        })
+        };
+        Ok((leading, watched))
     }
 
     /// The leader's expiry writer, one per term: once the soonest expiry of an open order has

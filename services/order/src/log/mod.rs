@@ -111,25 +111,38 @@ impl OrderLog {
         let complete = file::end_of_last_line(&file, size).map_err(io)?;
         let keys_dir = index_dir(&path);
         let keys_io = |e| OrderError::io(&keys_dir, e);
-        let (keys, found) = KeyIndex::open(
+        let (mut keys, found) = KeyIndex::open(
             keys_dir.clone(),
             limits.first_key_buckets,
             (limits.key_checkpoint_every, limits.key_checkpoint_interval),
         )
         .map_err(keys_io)?;
-        let covered = found.as_ref().map(|f| f.covered);
-        let mut index = Index::new(keys, limits.entry_runs);
-        // The index as of the last checkpoint, if the file still holds that line as it was:
-        // only the lines after it are read.
-        let from = match found.and_then(|f| checked_image(&file, complete, f)) {
-            Some(image) => {
-                let from = image.len;
-                index.restore(image);
-                from
+        // The last checkpoint, whole, if the file still holds its line as it was: its index
+        // and key tables are taken and only the lines after it are read. Otherwise the whole
+        // file is read and the tables built again.
+        let image = match found {
+            Some(found) => {
+                let image = checked_image(&file, complete, found);
+                if image.is_none() {
+                    tracing::info!(
+                        dir = %keys_dir.display(),
+                        "building the key index: the log differs from its checkpoint"
+                    );
+                    keys.reset().map_err(keys_io)?;
+                }
+                image
             }
-            None => 0,
+            None => None,
         };
-        let keys_through = covered.map_or(0, |c| c.through);
+        let mut index = Index::new(keys, limits.entry_runs);
+        let (from, keys_through) = match image {
+            Some(image) => {
+                let read_from = (image.len, image.last);
+                index.restore(image);
+                read_from
+            }
+            None => (0, 0),
+        };
         let good_len = index
             .load(&file, (from, complete), keys_through)
             .map_err(|e| e.in_file(&path))?;
@@ -158,23 +171,6 @@ impl OrderLog {
             read_from: from,
         };
         log.fill_recent()?;
-        // Key tables that say they cover a line this log does not hold as they saw it are
-        // built again from the whole log.
-        if let Some(covered) = covered {
-            if log.index.term_at(covered.through) != Some(covered.term) {
-                tracing::info!(
-                    dir = %keys_dir.display(),
-                    "building the key index: the log differs from what it covered"
-                );
-                log.index.keys.reset().map_err(keys_io)?;
-                let end = log.last() + 1;
-                for first in (1..end).step_by(4096) {
-                    let mut lines = Vec::new();
-                    log.visit_file(first, end.min(first + 4096), |line| lines.push(line))?;
-                    log.insert_keys(&lines)?;
-                }
-            }
-        }
         Ok(log)
     }
 
@@ -206,7 +202,7 @@ impl OrderLog {
             .index
             .keys
             .candidates(key)
-            .map_err(|e| OrderError::io(&index_dir(&self.path), e))?;
+            .map_err(|e| self.index_error(e))?;
         for number in candidates {
             if self.get(number)?.and_then(|o| o.key).as_deref() == Some(key) {
                 return Ok(Some(number));
@@ -327,7 +323,7 @@ impl OrderLog {
         self.index
             .keys
             .checkpoint_now(covered, image)
-            .map_err(|e| OrderError::io(&index_dir(&self.path), e))
+            .map_err(|e| self.index_error(e))
     }
 
     /// What a checkpoint records now: the last line, and the index as of it.
@@ -339,6 +335,11 @@ impl OrderLog {
         let image = postcard::to_stdvec(&self.index.image(self.len))
             .map_err(|e| OrderError::Task(format!("the log's index: {e}")))?;
         Ok((covered, image))
+    }
+
+    /// An I/O error of this log's index folder.
+    fn index_error(&self, error: std::io::Error) -> OrderError {
+        OrderError::io(&index_dir(&self.path), error)
     }
 
     /// Reads the newest lines a restored index lacks.
@@ -379,7 +380,7 @@ impl OrderLog {
         self.index
             .keys
             .forget_state()
-            .map_err(|e| OrderError::io(&index_dir(&self.path), e))?;
+            .map_err(|e| self.index_error(e))?;
         self.insert_keys(batch)?;
         let io = |e| OrderError::io(&self.path, e);
         let cut = self.offset_of(number + 1)?;
@@ -487,7 +488,7 @@ impl OrderLog {
                 self.index
                     .keys
                     .insert(key, line.order.number)
-                    .map_err(|e| OrderError::io(&index_dir(&self.path), e))?;
+                    .map_err(|e| self.index_error(e))?;
             }
         }
         Ok(())
