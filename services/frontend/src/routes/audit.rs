@@ -11,6 +11,7 @@ use stocknet_common::paths;
 use stocknet_common::wire::{AuditPage, AuditQuery};
 use stocknet_common::{data, Query};
 
+use super::answers::{BadQuery, NeedsKey, NoLeader};
 use crate::upstream::order_group;
 use crate::{credentials, AppState, FrontendError};
 
@@ -22,10 +23,10 @@ use crate::{credentials, AppState, FrontendError};
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<AuditPage>),
-        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or an invalid one", body = ErrorEnvelope),
+        BadQuery,
+        NeedsKey,
         (status = 403, description = "Another user's commands", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        NoLeader,
     ))]
 pub(crate) async fn audit(
     State(state): State<AppState>,

@@ -8,6 +8,7 @@ use stocknet_common::paths;
 use stocknet_common::wire::{CandleQuery, Candles, Depth};
 use stocknet_common::Path;
 
+use super::answers::{NoLeader, UnknownStock};
 use crate::routes::stocks::stock;
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
@@ -21,8 +22,8 @@ use crate::{AppState, FrontendError};
     responses(
         (status = 200, body = DataEnvelope<Depth>),
         (status = 400, description = "Bad depth", body = ErrorEnvelope),
-        (status = 404, description = "Stock not found", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        UnknownStock,
+        NoLeader,
     ))]
 pub(crate) async fn book(
     State(state): State<AppState>,
@@ -41,8 +42,8 @@ pub(crate) async fn book(
     responses(
         (status = 200, body = DataEnvelope<Candles>),
         (status = 400, description = "An unknown parameter, a bad interval or time", body = ErrorEnvelope),
-        (status = 404, description = "Stock not found", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        UnknownStock,
+        NoLeader,
     ))]
 pub(crate) async fn candles(
     State(state): State<AppState>,

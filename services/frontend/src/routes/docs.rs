@@ -152,8 +152,7 @@ fn bound_integers(value: &mut Value) {
 
 /// The answers any operation may give besides its own, from the layers in front of every
 /// handler: 429 when the client is over its rate limit (`GET /health` is exempt), 413 for a body
-/// over the limit, 500 when something failed inside (logged, never detailed); and the 504 of
-/// every write (place, modify, cancel), from `upstream::order_group::write`.
+/// over the limit, 500 when something failed inside (logged, never detailed).
 fn answers_every_operation_may_give(document: &mut Value) {
     let envelope =
         json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}});
@@ -167,25 +166,12 @@ fn answers_every_operation_may_give(document: &mut Value) {
         };
         for operation in operations.values_mut() {
             let has_body = operation.get("requestBody").is_some();
-            let id = operation["operationId"].as_str().unwrap_or_default();
-            let write = matches!(id, "place_order" | "modify_order" | "cancel_order");
             let Some(responses) = operation["responses"].as_object_mut() else {
                 continue;
             };
             if path != "/health" {
                 responses.entry("429").or_insert_with(|| {
                     answer("Too many requests from this client (with Retry-After), when the frontend limits rates")
-                });
-            }
-            // A write runs under an idempotency key, and says when its outcome is unknown.
-            if write {
-                responses.entry("504").or_insert_with(|| {
-                    answer(
-                        "Outcome unknown: it may have executed. The body's idempotency_key (also \
-                         the Idempotency-Key header) is the key it ran under: a retry with it \
-                         executes at most once and answers how it went; GET /orders?key= shows \
-                         the order once it is committed",
-                    )
                 });
             }
             if has_body {

@@ -19,6 +19,7 @@ use stocknet_common::wire::{
 use stocknet_common::{data, Path, Price, Query, SelfTrade, Side, Status, Terms, TimeInForce};
 use utoipa::{IntoParams, ToSchema};
 
+use super::answers::{BadQuery, NoLeader, UnknownStock, WriteAnswers};
 use crate::credentials;
 use crate::routes::stocks::is_name_text;
 use crate::upstream::order_group;
@@ -433,10 +434,9 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
         (status = 200, body = DataEnvelope<Placed>),
         (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; stop_price with post_only, display_quantity, day or gtd; terms or client_order_id on a market order against the house", body = ErrorEnvelope),
         (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
-        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        UnknownStock,
         (status = 409, description = "Refused, and recorded as refused (with reason and transaction_number): insufficient stock quantity (market orders; reason insufficient_quantity), the price is further than the tolerance from expected_price (reason price_moved, with current_price), a fok order cannot fill entirely now (would_not_fill), a post_only order would take liquidity (would_take_liquidity), a gtd order's expire_at had passed when it reached the book (expiry_passed), the client_order_id is one of the user's open orders' (duplicate_client_order_id), or a market order on the book found the other side empty (no_liquidity)", body = ErrorEnvelope),
-        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        WriteAnswers,
     ))]
 pub(crate) async fn place_order(
     State(state): State<AppState>,
@@ -521,8 +521,7 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
         (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
-        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        WriteAnswers,
     ))]
 pub(crate) async fn modify_order(
     State(state): State<AppState>,
@@ -546,8 +545,7 @@ pub(crate) async fn modify_order(
         (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
         (status = 404, description = "No such limit order", body = ErrorEnvelope),
         (status = 409, description = "No longer open", body = ErrorEnvelope),
-        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        WriteAnswers,
     ))]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
@@ -579,8 +577,7 @@ pub(crate) struct ClientOrderIdQuery {
         (status = 401, description = "No API key, or one that is malformed, unknown or wrong", body = ErrorEnvelope),
         (status = 404, description = "None of the caller's open orders has this client_order_id", body = ErrorEnvelope),
         (status = 409, description = "The order closed before the cancel reached it", body = ErrorEnvelope),
-        (status = 422, description = "Idempotency-Key used before for a different request", body = ErrorEnvelope),
-        (status = 503, description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)", body = ErrorEnvelope),
+        WriteAnswers,
     ))]
 pub(crate) async fn cancel_by_client_order_id(
     State(state): State<AppState>,
@@ -657,8 +654,8 @@ async fn change_on_leader(
     ),
     responses(
         (status = 200, body = DataEnvelope<OrderPage>),
-        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        BadQuery,
+        NoLeader,
     ))]
 pub(crate) async fn list_orders(
     State(state): State<AppState>,
@@ -674,7 +671,7 @@ pub(crate) async fn list_orders(
         (status = 200, body = DataEnvelope<OrderView>),
         (status = 400, description = "Order number must be a number", body = ErrorEnvelope),
         (status = 404, description = "Order number invalid", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        NoLeader,
     ))]
 pub(crate) async fn query_order(
     State(state): State<AppState>,

@@ -7,6 +7,7 @@ use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::DailyReport;
 
+use super::answers::NoLeader;
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
@@ -18,7 +19,7 @@ use crate::{AppState, FrontendError};
     responses(
         (status = 200, body = DataEnvelope<DailyReport>),
         (status = 400, description = "Unknown parameter or a date that is not YYYY-MM-DD", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        NoLeader,
     ))]
 pub(crate) async fn daily_report(
     State(state): State<AppState>,

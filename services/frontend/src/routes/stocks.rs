@@ -8,6 +8,7 @@ use stocknet_common::paths;
 use stocknet_common::wire::StockPage;
 use stocknet_common::{data, Path, RemoteError, Stock};
 
+use super::answers::{BadQuery, UnknownStock};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::{AppState, FrontendError};
 
@@ -21,7 +22,7 @@ const MAX_NAME_LEN: usize = 128;
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 200, body = DataEnvelope<Stock>),
-        (status = 404, description = "Stock not found", body = ErrorEnvelope),
+        UnknownStock,
         (status = 503, description = "Catalog unavailable and no value seen (Retry-After while its breaker is open)", body = ErrorEnvelope),
     ))]
 pub(crate) async fn lookup(
@@ -66,7 +67,7 @@ impl Looked {
     ),
     responses(
         (status = 200, body = DataEnvelope<StockPage>),
-        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
+        BadQuery,
         (status = 503, description = "Catalog unavailable", body = ErrorEnvelope),
     ))]
 pub(crate) async fn list_stocks(

@@ -3,10 +3,11 @@
 use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
-use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::envelope::DataEnvelope;
 use stocknet_common::paths;
 use stocknet_common::wire::Trade;
 
+use super::answers::{BadQuery, NoLeader};
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
@@ -19,8 +20,8 @@ use crate::{AppState, FrontendError};
     ),
     responses(
         (status = 200, body = DataEnvelope<Vec<Trade>>),
-        (status = 400, description = "Unknown parameter or bad value", body = ErrorEnvelope),
-        (status = 503, description = "No order leader available", body = ErrorEnvelope),
+        BadQuery,
+        NoLeader,
     ))]
 pub(crate) async fn list_trades(
     State(state): State<AppState>,

@@ -16,6 +16,7 @@ use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewU
 use stocknet_common::{data, Money, Path, Price, RemoteError};
 use utoipa::ToSchema;
 
+use super::answers::{BadUserId, NeedsKey, NoCatalog};
 use crate::credentials::{self, caller};
 use crate::routes::stocks::{stock, Looked};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
@@ -57,7 +58,7 @@ pub struct NewUserRequest {
     responses(
         (status = 201, body = DataEnvelope<CreatedUser>),
         (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters", body = ErrorEnvelope),
-        (status = 503, description = "The catalog, which keeps users, is unavailable", body = ErrorEnvelope),
+        NoCatalog,
     ))]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
@@ -163,10 +164,10 @@ pub struct UserView {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<UserView>),
-        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        BadUserId,
+        NeedsKey,
         (status = 403, description = "Another user", body = ErrorEnvelope),
-        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+        NoCatalog,
     ))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
@@ -214,10 +215,10 @@ impl KeyView {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Vec<KeyView>>),
-        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        BadUserId,
+        NeedsKey,
         (status = 403, description = "Another user's keys", body = ErrorEnvelope),
-        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+        NoCatalog,
     ))]
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
@@ -249,10 +250,10 @@ pub struct CreatedKey {
     responses(
         (status = 201, body = DataEnvelope<CreatedKey>),
         (status = 400, description = "User id must be a number, or a body that is not empty or {}", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        NeedsKey,
         (status = 403, description = "Another user", body = ErrorEnvelope),
         (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
-        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+        NoCatalog,
     ))]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
@@ -285,11 +286,11 @@ pub(crate) async fn create_key(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The key, with `revoked`", body = DataEnvelope<KeyView>),
-        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or an invalid or revoked one", body = ErrorEnvelope),
+        BadUserId,
+        NeedsKey,
         (status = 403, description = "Another user's key", body = ErrorEnvelope),
         (status = 404, description = "Key not found", body = ErrorEnvelope),
-        (status = 503, description = "The catalog is unavailable", body = ErrorEnvelope),
+        NoCatalog,
     ))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
@@ -365,8 +366,8 @@ pub struct Portfolio {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Portfolio>),
-        (status = 400, description = "User id must be a number", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or an invalid one", body = ErrorEnvelope),
+        BadUserId,
+        NeedsKey,
         (status = 403, description = "Another user's portfolio", body = ErrorEnvelope),
         (status = 503, description = "No order leader, or the catalog is unavailable", body = ErrorEnvelope),
     ))]

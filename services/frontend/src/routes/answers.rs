@@ -1,0 +1,64 @@
+//! Error answers that several operations give for the same cause, described once, so that
+//! the OpenAPI document says the same of the same failure everywhere (an operation lists
+//! these beside the answers of its own).
+//!
+//! The types only describe: handlers answer through `FrontendError`, so none is built.
+#![allow(dead_code)]
+
+use stocknet_common::envelope::ErrorEnvelope;
+use utoipa::IntoResponses;
+
+/// What every write (place, modify, cancel) may answer besides its own outcomes: it runs under
+/// an idempotency key (`upstream::order_group::write`), which is what makes a 504 safe to
+/// retry.
+#[derive(IntoResponses)]
+pub(crate) enum WriteAnswers {
+    #[response(
+        status = 422,
+        description = "Idempotency-Key used before for a different request"
+    )]
+    KeyReused(ErrorEnvelope),
+    #[response(
+        status = 503,
+        description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)"
+    )]
+    NotExecuted(ErrorEnvelope),
+    #[response(
+        status = 504,
+        description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order once it is committed"
+    )]
+    OutcomeUnknown(ErrorEnvelope),
+}
+
+/// A read the order group's leader serves (after confirming it leads) or a caught-up follower.
+#[derive(IntoResponses)]
+#[response(status = 503, description = "No order leader available")]
+pub(crate) struct NoLeader(ErrorEnvelope);
+
+/// A stock name in the path or the body that the catalog does not list.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "Stock not found")]
+pub(crate) struct UnknownStock(ErrorEnvelope);
+
+/// A query string with a parameter the operation does not take, or a bad value.
+#[derive(IntoResponses)]
+#[response(status = 400, description = "Unknown parameter or bad value")]
+pub(crate) struct BadQuery(ErrorEnvelope);
+
+/// An operation that needs the caller's own API key.
+#[derive(IntoResponses)]
+#[response(status = 401, description = "No API key, or an invalid or revoked one")]
+pub(crate) struct NeedsKey(ErrorEnvelope);
+
+/// `/users/{id}/…` with an id that is not one.
+#[derive(IntoResponses)]
+#[response(status = 400, description = "User id must be a number")]
+pub(crate) struct BadUserId(ErrorEnvelope);
+
+/// Users and their keys live in the catalog.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "The catalog, which keeps users, is unavailable"
+)]
+pub(crate) struct NoCatalog(ErrorEnvelope);
