@@ -19,7 +19,7 @@ use stocknet_common::envelope::with_retry_after;
 use stocknet_common::paths;
 use stocknet_common::ApiError;
 
-use crate::{credentials, AppState};
+use crate::{credentials, AppState, FrontendError};
 use stocknet_common::env;
 
 /// Clients whose buckets are kept before idle ones are dropped.
@@ -133,8 +133,8 @@ impl Drop for InFlight {
 }
 
 /// Middleware of the public routes. A request with an API key counts against its user once the
-/// key is verified (a bad key is refused here, 401, as the handler would); one without, against
-/// its address. Health checks (the kubelet's probes, the operator's) are never limited, and an
+/// key is verified (a bad key is refused here, 401, on every route); one without, or with a
+/// key that cannot be verified while the catalog is unreachable, against its address. Health checks (the kubelet's probes, the operator's) are never limited, and an
 /// anonymous request whose address is unknown (served in-process, as in router tests) is
 /// admitted.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -144,6 +144,10 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     }
     let user = match credentials::caller(&state, request.headers()).await {
         Ok(user) => user,
+        // A key the catalog cannot be asked about counts against the address: a route that
+        // needs no user serves on, as it does without limits, and one that needs the user
+        // answers 503 itself.
+        Err(FrontendError::CatalogUnavailable(_) | FrontendError::CatalogDown { .. }) => None,
         Err(refused) => return refused.into_response(),
     };
     let address = request

@@ -201,6 +201,52 @@ async fn a_user_is_limited_by_their_key() {
     assert_eq!(get(None).await.unwrap().status(), StatusCode::OK);
 }
 
+/// A WebSocket route asked with a plain GET answers 400 in the error envelope, as the
+/// document says, before it looks anything up.
+#[tokio::test]
+async fn a_stream_without_a_handshake_is_a_400_envelope() {
+    let document = openapi_document();
+    for uri in [
+        "/ws/trades",
+        "/ws/prices",
+        "/ws/book/GameStart",
+        "/ws/candles/GameStart",
+        "/ws/orders",
+    ] {
+        let (status, body) = send(Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, serde_json::json!(400)),
+            "{uri}: {body}"
+        );
+        let path = uri.replace("GameStart", "{name}");
+        assert!(
+            document["paths"][&path]["get"]["responses"]["400"].is_object(),
+            "{path} lists no 400"
+        );
+    }
+}
+
+/// With limits on and the catalog unreachable, a key that cannot be verified is not refused
+/// by the limiter: a route that needs no user answers as without limits, one that needs the
+/// user answers 503 itself.
+#[tokio::test]
+async fn under_limits_a_key_the_catalog_cannot_verify_stops_no_public_read() {
+    use stocknet_common::api_key::ApiKey;
+    let app = router(lone_state(&["--rate-limit", "100"]));
+    let key = ApiKey::generate(3).unwrap();
+    let keyed = |uri: &str| {
+        Request::get(uri)
+            .header("authorization", format!("Bearer {}", key.reveal()))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let public = app.clone().oneshot(keyed("/openapi.json")).await.unwrap();
+    assert_eq!(public.status(), StatusCode::OK);
+    let own = app.oneshot(keyed("/users/3")).await.unwrap();
+    assert_eq!(own.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test]
 async fn users_and_keys_are_checked_before_any_backend_is_asked() {
     let get = |uri: &str, auth: Option<&str>| {

@@ -40,6 +40,26 @@ pub(crate) struct NoLeader(ErrorEnvelope);
 #[response(status = 404, description = "Stock not found")]
 pub(crate) struct UnknownStock(ErrorEnvelope);
 
+/// A stock looked up by name through this frontend's cache, where nothing else can fail.
+#[derive(IntoResponses)]
+pub(crate) enum StockLookup {
+    #[response(status = 404, description = "Stock not found")]
+    NotFound(ErrorEnvelope),
+    #[response(
+        status = 503,
+        description = "Catalog unavailable and no value seen for the stock (Retry-After while its breaker is open)"
+    )]
+    Unavailable(ErrorEnvelope),
+}
+
+/// A WebSocket route asked with a request that is not a WebSocket handshake.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "Not a WebSocket handshake: it needs Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"
+)]
+pub(crate) struct NotAHandshake(ErrorEnvelope);
+
 /// A query string with a parameter the operation does not take, or a bad value.
 #[derive(IntoResponses)]
 #[response(status = 400, description = "Unknown parameter or bad value")]

@@ -8,7 +8,7 @@ use stocknet_common::paths;
 use stocknet_common::wire::{CandleQuery, Candles, Depth};
 use stocknet_common::Path;
 
-use super::answers::{NoLeader, UnknownStock};
+use super::answers::UnknownStock;
 use crate::routes::stocks::stock;
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
@@ -23,7 +23,7 @@ use crate::{AppState, FrontendError};
         (status = 200, body = DataEnvelope<Depth>),
         (status = 400, description = "Bad depth", body = ErrorEnvelope),
         UnknownStock,
-        NoLeader,
+        (status = 503, description = "No order leader available, or the catalog unavailable and no value seen for the stock", body = ErrorEnvelope),
     ))]
 pub(crate) async fn book(
     State(state): State<AppState>,
@@ -43,7 +43,7 @@ pub(crate) async fn book(
         (status = 200, body = DataEnvelope<Candles>),
         (status = 400, description = "An unknown parameter, a bad interval or time", body = ErrorEnvelope),
         UnknownStock,
-        NoLeader,
+        (status = 503, description = "No order leader available, or the catalog unavailable and no value seen for the stock", body = ErrorEnvelope),
     ))]
 pub(crate) async fn candles(
     State(state): State<AppState>,

@@ -151,8 +151,9 @@ fn bound_integers(value: &mut Value) {
 }
 
 /// The answers any operation may give besides its own, from the layers in front of every
-/// handler: 429 when the client is over its rate limit (`GET /health` is exempt), 413 for a body
-/// over the limit, 500 when something failed inside (logged, never detailed).
+/// handler: when the frontend limits rates (`GET /health` is exempt), 429 for a client over its
+/// limit and 401 for a request with a bad API key, which it counts against the key's user; 413
+/// for a body over the limit; 500 when something failed inside (logged, never detailed).
 fn answers_every_operation_may_give(document: &mut Value) {
     let envelope =
         json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}});
@@ -172,6 +173,9 @@ fn answers_every_operation_may_give(document: &mut Value) {
             if path != "/health" {
                 responses.entry("429").or_insert_with(|| {
                     answer("Too many requests from this client (with Retry-After), when the frontend limits rates")
+                });
+                responses.entry("401").or_insert_with(|| {
+                    answer("An API key that is malformed, unknown or revoked, when the frontend limits rates: it checks the key of every request that sends one")
                 });
             }
             if has_body {

@@ -1,6 +1,6 @@
 //! The public API's handlers, one file per resource, and the internal invalidation push.
 
-mod answers;
+pub(crate) mod answers;
 pub(crate) mod audit;
 pub(crate) mod book;
 pub(crate) mod cluster;

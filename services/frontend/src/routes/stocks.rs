@@ -8,7 +8,7 @@ use stocknet_common::paths;
 use stocknet_common::wire::StockPage;
 use stocknet_common::{data, Path, RemoteError, Stock};
 
-use super::answers::{BadQuery, UnknownStock};
+use super::answers::{BadQuery, StockLookup};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::{AppState, FrontendError};
 
@@ -22,8 +22,7 @@ const MAX_NAME_LEN: usize = 128;
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 200, body = DataEnvelope<Stock>),
-        UnknownStock,
-        (status = 503, description = "Catalog unavailable and no value seen (Retry-After while its breaker is open)", body = ErrorEnvelope),
+        StockLookup,
     ))]
 pub(crate) async fn lookup(
     State(state): State<AppState>,

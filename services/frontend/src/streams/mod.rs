@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::response::Response;
 use futures::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -26,10 +27,11 @@ use stocknet_common::wire::{
     Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot,
     Trade,
 };
-use stocknet_common::{Path, Price, Query, Stock};
+use stocknet_common::{ApiError, Path, Price, Query, Stock};
 use tokio::sync::{broadcast, Notify};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::routes::answers::{NotAHandshake, StockLookup};
 use crate::routes::stocks::stock;
 use crate::{AppState, FrontendError};
 
@@ -182,12 +184,27 @@ async fn poll(
     call(state.inner.http.get(url)).await
 }
 
+/// `WebSocketUpgrade` whose rejection (a request that is not a WebSocket handshake, e.g. a
+/// plain GET) is an error envelope like every other answer, not axum's plain text.
+pub struct Handshake(WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
+    }
+}
+
 /// `GET /ws/trades`: every trade, as it commits.
 #[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
     responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
         trade as it commits, and a gap where this frontend missed some. A consumer that falls \
-        behind is closed with code 1008 and a reason.", body = TradeFrame)))]
-pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+        behind is closed with code 1008 and a reason.", body = TradeFrame), NotAHandshake))]
+pub async fn trades(State(state): State<AppState>, Handshake(upgrade): Handshake) -> Response {
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.subscribe_market(&state);
         let (sink, stream) = socket.split();
@@ -206,8 +223,8 @@ pub async fn trades(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
 /// `GET /ws/prices`: a snapshot of every stock, then each change of a price or quantity.
 #[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
     responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
-        snapshot of every stock, then a price per change.", body = PriceFrame)))]
-pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+        snapshot of every stock, then a price per change.", body = PriceFrame), NotAHandshake))]
+pub async fn prices(State(state): State<AppState>, Handshake(upgrade): Handshake) -> Response {
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
@@ -244,12 +261,13 @@ pub async fn prices(State(state): State<AppState>, upgrade: WebSocketUpgrade) ->
         (status = 101, description = "A WebSocket whose messages are BookFrames: a snapshot \
             (the book as of entry `applied`), then an update per entry that changed it, and a \
             new snapshot after a gap.", body = BookFrame),
-        (status = 404, description = "Stock not found", body = stocknet_common::envelope::ErrorEnvelope),
+        NotAHandshake,
+        StockLookup,
     ))]
 pub async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    upgrade: WebSocketUpgrade,
+    Handshake(upgrade): Handshake,
 ) -> Result<Response, FrontendError> {
     stock(&state, &name).await?.into_stock();
     Ok(upgrade.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
@@ -297,14 +315,14 @@ pub struct CandleStreamQuery {
         (status = 101, description = "A WebSocket whose messages are CandleFrames: a snapshot \
             (the last 100 intervals' candles as of entry `applied`), then the candle each \
             committed trade changed, and a new snapshot after a gap.", body = CandleFrame),
-        (status = 400, description = "An unknown parameter or interval", body = stocknet_common::envelope::ErrorEnvelope),
-        (status = 404, description = "Stock not found", body = stocknet_common::envelope::ErrorEnvelope),
+        (status = 400, description = "An unknown parameter or interval, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
+        StockLookup,
     ))]
 pub async fn candles(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<CandleStreamQuery>,
-    upgrade: WebSocketUpgrade,
+    Handshake(upgrade): Handshake,
 ) -> Result<Response, FrontendError> {
     stock(&state, &name).await?.into_stock();
     let interval = query.interval.unwrap_or_default();

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{close_code, Message, WebSocketUpgrade};
+use axum::extract::ws::{close_code, Message};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -22,8 +22,9 @@ use stocknet_common::wire::{OrderUpdate, OrderUpdatePage};
 use stocknet_common::{Query, RemoteError};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{close, frame, send, start_position, POLL_WAIT};
+use super::{close, frame, send, start_position, Handshake, POLL_WAIT};
 use crate::credentials::{bearer, verify};
+use crate::routes::answers::NoCatalog;
 use crate::{AppState, FrontendError};
 
 /// How long a client without an `Authorization` header has to send its key.
@@ -73,14 +74,15 @@ pub enum OrderFrame {
             `gap` where some are gone. Without an Authorization header, the first message must \
             be an OrderStreamHello within 5 s. A key that is wrong, or revoked while the stream \
             runs, closes it with code 1008.", body = OrderFrame),
-        (status = 400, description = "An unknown parameter, or `after` not a number", body = stocknet_common::envelope::ErrorEnvelope),
+        (status = 400, description = "An unknown parameter, `after` not a number, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         (status = 401, description = "An Authorization header with a wrong key", body = stocknet_common::envelope::ErrorEnvelope),
+        NoCatalog,
     ))]
 pub async fn orders(
     State(state): State<AppState>,
     Query(query): Query<OrderStreamQuery>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    Handshake(upgrade): Handshake,
 ) -> Result<Response, FrontendError> {
     let key = bearer(&headers)?;
     if let Some(key) = &key {
