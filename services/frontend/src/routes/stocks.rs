@@ -22,6 +22,7 @@ const MAX_NAME_LEN: usize = 128;
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 200, body = DataEnvelope<Stock>),
+        (status = 400, description = "A name that is not UTF-8 text", body = ErrorEnvelope),
         StockLookup,
     ))]
 pub(crate) async fn lookup(

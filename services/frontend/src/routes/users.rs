@@ -253,6 +253,7 @@ pub struct CreatedKey {
         NeedsKey,
         (status = 403, description = "Another user", body = ErrorEnvelope),
         (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
+        (status = 413, description = "The body is larger than 4 MiB", body = ErrorEnvelope),
         NoCatalog,
     ))]
 pub(crate) async fn create_key(
@@ -286,7 +287,7 @@ pub(crate) async fn create_key(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The key, with `revoked`", body = DataEnvelope<KeyView>),
-        BadUserId,
+        (status = 400, description = "User id or key id is not a number", body = ErrorEnvelope),
         NeedsKey,
         (status = 403, description = "Another user's key", body = ErrorEnvelope),
         (status = 404, description = "Key not found", body = ErrorEnvelope),
