@@ -10,6 +10,7 @@ use stocknet_common::{data, Path, RemoteError, Stock};
 
 use super::answers::{BadQuery, StockLookup};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
+use crate::upstream::is_for_client;
 use crate::{AppState, FrontendError};
 
 /// Longest stock name accepted, in characters.
@@ -82,7 +83,9 @@ pub(crate) async fn list_stocks(
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
     match call_catalog::<StockPage>(&state, request).await {
         Ok(page) => Ok(data(page)),
-        Err(CatalogCall::Answered(RemoteError::Api(error))) => Err(FrontendError::Upstream(error)),
+        Err(CatalogCall::Answered(RemoteError::Api(error))) if is_for_client(&error) => {
+            Err(FrontendError::Upstream(error))
+        }
         Err(failure) => Err(failure.into()),
     }
 }

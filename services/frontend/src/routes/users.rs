@@ -20,6 +20,7 @@ use super::answers::{BadUserId, NeedsKey, NoCatalog};
 use crate::credentials::{self, caller};
 use crate::routes::stocks::{stock, Looked};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
+use crate::upstream::is_for_client;
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
 
@@ -123,7 +124,7 @@ async fn catalog_write<T: serde::de::DeserializeOwned>(
     call_catalog(state, request)
         .await
         .map_err(|failure| match failure {
-            CatalogCall::Answered(RemoteError::Api(e)) if e.status.is_client_error() => {
+            CatalogCall::Answered(RemoteError::Api(e)) if is_for_client(&e) => {
                 FrontendError::Upstream(e)
             }
             other => other.into(),

@@ -15,6 +15,7 @@ use stocknet_common::wire::CATALOG_UNAVAILABLE;
 use stocknet_common::RemoteError;
 use tokio::time::Instant;
 
+use crate::upstream::is_for_client;
 use crate::upstream::leader::{hint, Leader};
 use crate::{AppState, FrontendError};
 
@@ -62,7 +63,7 @@ where
             let until = deadline.min(Instant::now() + READ_TIMEOUT);
             let failure = match tokio::time::timeout_at(until, send(current)).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(RemoteError::Api(error))) if error.status.is_client_error() => {
+                Ok(Err(RemoteError::Api(error))) if is_for_client(&error) => {
                     return Err(FrontendError::Upstream(error));
                 }
                 Ok(Err(e)) => {
@@ -126,9 +127,12 @@ impl<T> Attempt<T> {
             Err(RemoteError::Api(error)) => {
                 let catalog =
                     error.extra.get("reason").and_then(|r| r.as_str()) == Some(CATALOG_UNAVAILABLE);
-                if error.status.is_client_error() {
+                if is_for_client(&error) {
                     Self::Refused(error)
-                } else if error.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+                } else if error.status.is_client_error()
+                    || error.status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+                {
+                    // (A 401: the replica's secret check refused it before anything ran.)
                     Self::NotExecuted { catalog }
                 } else {
                     Self::Unknown { catalog }
@@ -278,10 +282,12 @@ mod tests {
             Attempt::of(api(StatusCode::CONFLICT, None)),
             Attempt::Refused(conflict)
         );
-        assert_eq!(
-            Attempt::of(api(StatusCode::SERVICE_UNAVAILABLE, None)),
-            Attempt::NotExecuted { catalog: false }
-        );
+        for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::UNAUTHORIZED] {
+            assert_eq!(
+                Attempt::of(api(status, None)),
+                Attempt::NotExecuted { catalog: false }
+            );
+        }
         assert_eq!(
             Attempt::of(api(
                 StatusCode::SERVICE_UNAVAILABLE,
