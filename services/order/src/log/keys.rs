@@ -8,7 +8,7 @@
 //! nothing is ever removed. A table is an array of buckets of [`BUCKET_SLOTS`] slots (one
 //! `pread` each), probed linearly. A table takes keys until it is half full, then the next,
 //! [`GROWTH`] times as large, is started: nothing is ever moved, and a lookup reads about one
-//! bucket per table, newest first (four tables at 10 M keys with the default first size).
+//! bucket per table, newest first (three tables at 10 M keys with the default first size).
 //!
 //! The tables are derived from the log. Now and then (after `checkpoint_every` lines, and
 //! not more often than `checkpoint_interval`: a checkpoint writes back the pages the keys
