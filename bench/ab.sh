@@ -6,8 +6,10 @@
 #   bench/ab.sh ROUNDS /tmp/stocknet-before /tmp/stocknet-after
 # A build may be followed by `:` and more flags for the orders' load, e.g. authenticated
 # orders: bench/ab.sh 3 /tmp/stocknet /tmp/stocknet:--users=8
+# CLIENTS (default 32) sets the orders' concurrency, e.g. CLIENTS=5 bench/ab.sh 3 A B.
 set -euo pipefail
 rounds=$1; shift
+clients=${CLIENTS:-32}
 dir="$(mktemp -d)"
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
@@ -33,15 +35,15 @@ for round in $(seq 1 "$rounds"); do
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     cpu "$pid" >"$dir/before"
     # shellcheck disable=SC2086 # the flags are words
-    "$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 1 --duration 8s \
+    "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p 1 --duration 8s \
       --max-quantity 3 $flags --json >"$dir/orders.json"
     cpu "$pid" >"$dir/after"
-    read -r acknowledged orders < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; o=r["requests"]["order"]["ok"]; print(o, round(o/r["seconds"]))' "$dir/orders.json")
+    read -r acknowledged orders p50 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; o=r["requests"]["order"]; print(o["ok"], round(o["ok"]/r["seconds"]), o["p50_ms"])' "$dir/orders.json")
     per_order=$(join "$dir/before" "$dir/after" | awk -v n="$acknowledged" -v t="$ticks" \
       '{ms = ($3 - $2) * 1000 / t; all += ms; printf "%s %.0f, ", $1, ms * 1000 / n} END {printf "all %.0f", all * 1000 / n}')
     lookups=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 0 --duration 5s \
       --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["lookup"]["per_second"]))')
-    echo "round $round $spec: orders $orders/s (CPU ms per 1,000: $per_order), lookups $lookups/s"
+    echo "round $round $spec: orders $orders/s, p50 $p50 ms (CPU ms per 1,000: $per_order), lookups $lookups/s"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   done
 done

@@ -134,7 +134,18 @@ async fn up_runs_supervises_and_stops_everything() {
     assert_eq!(mode & 0o777, 0o600);
     let token = std::fs::read_to_string(&secret).unwrap();
     assert_eq!(token.len(), 64);
-    for (_, cmd) in children(up_pid) {
+    for (pid, cmd) in children(up_pid) {
+        // Each runs the share of the cores `up` gives it as tokio workers.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let workers = environ
+            .split(|&b| b == 0)
+            .find_map(|var| var.strip_prefix(b"TOKIO_WORKER_THREADS="))
+            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert!(
+            workers.is_some_and(|n| (1..=cores).contains(&n)),
+            "{cmd}: {workers:?}"
+        );
         assert!(cmd.contains("--secret-file"), "{cmd}");
         assert!(
             !cmd.contains(&token),

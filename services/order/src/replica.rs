@@ -1249,7 +1249,6 @@ impl Replica {
     }
 }
 
-/// Whether a call got no answer in time: a hung peer, not worth an immediate retry.
 /// Proposes the commands `waiting` brings, in order, as entries of up to
 /// [`consensus::MAX_PROPOSAL`] commands, with at most [`PROPOSALS_IN_FLIGHT`] entries proposed
 /// and not yet applied; each command is answered its number once its entry is applied.
@@ -1306,6 +1305,7 @@ fn led_term(
     (metrics.state == ServerState::Leader).then_some(metrics.vote.leader_id.term)
 }
 
+/// Whether a call got no answer in time: a hung peer, not worth an immediate retry.
 fn is_timeout(error: &RemoteError) -> bool {
     matches!(error, RemoteError::Unreachable(e) if e.is_timeout())
 }
