@@ -90,12 +90,17 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// tokio's own setting of a runtime's worker threads (its default: one per core).
 const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
-/// The tokio worker threads of each service `up` starts, unless `TOKIO_WORKER_THREADS` is set:
-/// half the cores, at least one, since the five processes share them. On two cores one worker
-/// each served durable orders from five clients with a 9% lower median latency and 12% more of
-/// them than one per core (docs/BENCHMARKS.md, "Worker threads under `up`").
-fn workers_per_service() -> usize {
-    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+/// The tokio worker threads `up` starts the catalog and each order replica with, unless
+/// `TOKIO_WORKER_THREADS` is set: half the cores, at least one. Their work goes through one
+/// task at a time (the catalog's store, a replica's consensus core and sequencer), and on two
+/// cores ten workers in five processes handed each commit round between threads: one worker
+/// each served five clients' durable orders 1.12× as fast, p50 0.91× (docs/BENCHMARKS.md,
+/// "Worker threads under `up`"). The frontend, whose requests run side by side, keeps one per
+/// core.
+fn serial_service_workers() -> Option<usize> {
+    std::env::var_os(WORKER_THREADS_ENV)
+        .is_none()
+        .then(|| std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1)))
 }
 
 struct Service {
@@ -110,6 +115,8 @@ struct Service {
     restarts: u32,
     /// Passed on, so that every service logs the way `up` was asked to.
     log_format: LogFormat,
+    /// Its tokio worker threads, where `up` chooses them.
+    workers: Option<usize>,
 }
 
 impl Service {
@@ -133,8 +140,8 @@ impl Service {
             .env(LOG_FORMAT_ENV, self.log_format.as_str())
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        if std::env::var_os(WORKER_THREADS_ENV).is_none() {
-            command.env(WORKER_THREADS_ENV, workers_per_service().to_string());
+        if let Some(workers) = self.workers {
+            command.env(WORKER_THREADS_ENV, workers.to_string());
         }
         // SAFETY: prctl is async-signal-safe; it makes the child get SIGTERM when `up` dies,
         // even by SIGKILL, so no service outlives its supervisor.
@@ -317,6 +324,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         child: None,
         restarts: 0,
         log_format,
+        workers: serial_service_workers(),
     }];
     for (i, port) in config.order_ports.iter().enumerate() {
         services.push(Service {
@@ -342,6 +350,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
             child: None,
             restarts: 0,
             log_format,
+            workers: serial_service_workers(),
         });
     }
     let mut frontend_args = vec![
@@ -369,6 +378,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         child: None,
         restarts: 0,
         log_format,
+        workers: None,
     });
     services
 }
