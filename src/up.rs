@@ -93,10 +93,10 @@ const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 /// The tokio worker threads `up` starts the catalog and each order replica with, unless
 /// `TOKIO_WORKER_THREADS` is set: half the cores, at least one. Their work goes through one
 /// task at a time (the catalog's store, a replica's consensus core and sequencer), and on two
-/// cores ten workers in five processes handed each commit round between threads: one worker
-/// each served five clients' durable orders 1.12× as fast, p50 0.91× (docs/BENCHMARKS.md,
-/// "Worker threads under `up`"). The frontend, whose requests run side by side, keeps one per
-/// core.
+/// cores ten workers in five processes handed each commit round between threads: with one
+/// worker each, 32 clients' durable orders ran 1.28–1.30× as fast for 0.78× the CPU
+/// (docs/BENCHMARKS.md, "Worker threads under `up`"). The frontend, whose requests run side by
+/// side, keeps one per core.
 fn serial_service_workers() -> Option<usize> {
     std::env::var_os(WORKER_THREADS_ENV)
         .is_none()

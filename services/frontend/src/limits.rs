@@ -134,9 +134,9 @@ impl Drop for InFlight {
 
 /// Middleware of the public routes. A request with an API key counts against its user once the
 /// key is verified (a bad key is refused here, 401, on every route); one without, or with a
-/// key that cannot be verified while the catalog is unreachable, against its address. Health checks (the kubelet's probes, the operator's) are never limited, and an
-/// anonymous request whose address is unknown (served in-process, as in router tests) is
-/// admitted.
+/// key that cannot be verified while the catalog is unreachable, against its address. Health
+/// checks (the kubelet's probes, the operator's) are never limited, and an anonymous request
+/// whose address is unknown (served in-process, as in router tests) is admitted.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = &state.inner.limits;
     if !limits.enabled() || request.uri().path() == paths::HEALTH.pattern() {
