@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
 use stocknet_common::client::call;
@@ -129,10 +130,11 @@ impl<T> Attempt<T> {
                     error.extra.get("reason").and_then(|r| r.as_str()) == Some(CATALOG_UNAVAILABLE);
                 if is_for_client(&error) {
                     Self::Refused(error)
-                } else if error.status.is_client_error()
-                    || error.status == axum::http::StatusCode::SERVICE_UNAVAILABLE
-                {
-                    // (A 401: the replica's secret check refused it before anything ran.)
+                } else if matches!(
+                    error.status,
+                    // A 401: the replica's secret check refused it before anything ran.
+                    StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE
+                ) {
                     Self::NotExecuted { catalog }
                 } else {
                     Self::Unknown { catalog }
