@@ -463,126 +463,13 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         )
         .await;
 
-    // A new user buys 2 at 20.00 through the form. The stock's row is kept, and changed in
-    // place, as its price moves.
-    browser
-        .eval("window.gameStartRow = document.getElementById('stock-GameStart')")
-        .await;
-    browser
-        .eval(
-            r#"(() => {
-                document.getElementById('display-name').value = 'Ada';
-                document.getElementById('new-user').click();
-            })()"#,
-        )
-        .await;
-    browser
-        .wait_for(
-            "a new user's key, and their order stream",
-            r#"document.getElementById('api-key').value.startsWith('snk_')
-               && document.getElementById('user').dataset.live === 'true'"#,
-        )
-        .await;
-    browser
-        .eval(
-            r#"(() => {
-                document.querySelector('#stock-GameStart button').click();
-                document.getElementById('side').value = 'buy';
-                document.getElementById('kind').value = 'limit';
-                document.getElementById('quantity').value = '2';
-                document.getElementById('price').value = '20.00';
-                document.getElementById('place').click();
-            })()"#,
-        )
-        .await;
-    browser
-        .wait_for(
-            "the order's answer",
-            "document.getElementById('message').textContent.includes('filled, 2 filled')",
-        )
-        .await;
-    browser
-        .wait_for(
-            "the trade in the tape",
-            r#"[...document.querySelectorAll('#trades tr')]
-                 .some(row => row.querySelector('[data-field=price]').textContent === '20.00')"#,
-        )
-        .await;
-    browser
-        .wait_for(
-            "the new price in the table, in the same row",
-            r#"document.querySelector('#stock-GameStart [data-field=price]').textContent === '20.00'
-               && document.getElementById('stock-GameStart') === window.gameStartRow"#,
-        )
-        .await;
-    // The chart draws the trade's candle with its volume; the depth chart the 3 left on offer.
-    browser
-        .wait_for(
-            "a candle with volume, and the depth of the offer",
-            r#"document.getElementById('candles').dataset.candles === '1'
-               && document.querySelectorAll('#candles rect.volume').length === 1
-               && document.querySelector('#candles rect.body title').textContent.includes('C 20')
-               && document.querySelectorAll('#depth path.depth.ask').length === 1
-               && document.getElementById('depth').dataset.levels === '1'"#,
-        )
-        .await;
-    // The user's own stream brings the order's updates, the fill and the position.
-    browser
-        .wait_for(
-            "the order's updates, its fill and the position",
-            r#"[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('GameStart buy: filled'))
-               && document.querySelector('#fills [data-field=price]')?.textContent === '20.00'
-               && document.querySelector('#position-GameStart [data-field=shares]')?.textContent === '2'"#,
-        )
-        .await;
-    // The form checks an order's terms before sending it, and names the field.
-    browser
-        .eval(
-            r#"(() => {
-                document.getElementById('tif').value = 'fok';
-                document.getElementById('post-only').checked = true;
-                document.getElementById('place').click();
-            })()"#,
-        )
-        .await;
-    browser
-        .wait_for(
-            "the form refusing post-only with fok",
-            r#"document.getElementById('message').textContent.startsWith('post-only:')
-               && document.getElementById('post-only').getAttribute('aria-invalid') === 'true'"#,
-        )
-        .await;
-    // A resting sell shows in the open orders, and its cancel arrives as an update.
-    browser
-        .eval(
-            r#"(() => {
-                document.getElementById('tif').value = 'gtc';
-                document.getElementById('post-only').checked = false;
-                document.getElementById('side').value = 'sell';
-                document.getElementById('quantity').value = '1';
-                document.getElementById('price').value = '30.00';
-                document.getElementById('place').click();
-            })()"#,
-        )
-        .await;
-    browser
-        .wait_for(
-            "the resting order among the open orders",
-            r#"[...document.querySelectorAll('#open-orders tr')]
-                 .some(row => row.querySelector('[data-field=price]').textContent === '30.00'
-                              && row.querySelector('[data-field=status]').textContent === 'open')"#,
-        )
-        .await;
-    browser
-        .eval("document.querySelector('#open-orders button.cancel').click()")
-        .await;
-    browser
-        .wait_for(
-            "the cancel arriving as an update",
-            r#"[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('GameStart sell: cancelled'))
-               && document.querySelectorAll('#open-orders tr').length === 0"#,
-        )
-        .await;
+    // The trading itself, a step a row.
+    for (act, what, until) in CONSOLE_TRADING {
+        if !act.is_empty() {
+            browser.eval(act).await;
+        }
+        browser.wait_for(what, until).await;
+    }
     if let Ok(path) = std::env::var("STOCKNET_CONSOLE_SCREENSHOT") {
         std::fs::write(path, browser.screenshot().await).expect("write the screenshot");
     }
@@ -607,6 +494,97 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         )
         .await;
 }
+
+/// The console test's trading, a step a row: a script that acts in the page (empty for none),
+/// then what the page must come to show, as words for the failure and as an expression.
+const CONSOLE_TRADING: &[(&str, &str, &str)] = &[
+    // A new user buys 2 at 20.00 through the form. The stock's row is kept, and changed in
+    // place, as its price moves.
+    (
+        r#"(() => {
+            window.gameStartRow = document.getElementById('stock-GameStart');
+            document.getElementById('display-name').value = 'Ada';
+            document.getElementById('new-user').click();
+        })()"#,
+        "a new user's key, and their order stream",
+        r#"document.getElementById('api-key').value.startsWith('snk_')
+           && document.getElementById('user').dataset.live === 'true'"#,
+    ),
+    (
+        r#"(() => {
+            document.querySelector('#stock-GameStart button').click();
+            document.getElementById('side').value = 'buy';
+            document.getElementById('kind').value = 'limit';
+            document.getElementById('quantity').value = '2';
+            document.getElementById('price').value = '20.00';
+            document.getElementById('place').click();
+        })()"#,
+        "the order's answer",
+        "document.getElementById('message').textContent.includes('filled, 2 filled')",
+    ),
+    (
+        "",
+        "the trade in the tape",
+        r#"[...document.querySelectorAll('#trades tr')]
+             .some(row => row.querySelector('[data-field=price]').textContent === '20.00')"#,
+    ),
+    (
+        "",
+        "the new price in the table, in the same row",
+        r#"document.querySelector('#stock-GameStart [data-field=price]').textContent === '20.00'
+           && document.getElementById('stock-GameStart') === window.gameStartRow"#,
+    ),
+    // The chart draws the trade's candle with its volume; the depth chart the 3 left on offer.
+    (
+        "",
+        "a candle with volume, and the depth of the offer",
+        r#"document.getElementById('candles').dataset.candles === '1'
+           && document.querySelectorAll('#candles rect.volume').length === 1
+           && document.querySelector('#candles rect.body title').textContent.includes('C 20')
+           && document.querySelectorAll('#depth path.depth.ask').length === 1
+           && document.getElementById('depth').dataset.levels === '1'"#,
+    ),
+    // The user's own stream brings the order's updates, the fill and the position.
+    (
+        "",
+        "the order's updates, its fill and the position",
+        r#"[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('GameStart buy: filled'))
+           && document.querySelector('#fills [data-field=price]')?.textContent === '20.00'
+           && document.querySelector('#position-GameStart [data-field=shares]')?.textContent === '2'"#,
+    ),
+    // The form checks an order's terms before sending it, and names the field.
+    (
+        r#"(() => {
+            document.getElementById('tif').value = 'fok';
+            document.getElementById('post-only').checked = true;
+            document.getElementById('place').click();
+        })()"#,
+        "the form refusing post-only with fok",
+        r#"document.getElementById('message').textContent.startsWith('post-only:')
+           && document.getElementById('post-only').getAttribute('aria-invalid') === 'true'"#,
+    ),
+    // A resting sell shows in the open orders, and its cancel arrives as an update.
+    (
+        r#"(() => {
+            document.getElementById('tif').value = 'gtc';
+            document.getElementById('post-only').checked = false;
+            document.getElementById('side').value = 'sell';
+            document.getElementById('quantity').value = '1';
+            document.getElementById('price').value = '30.00';
+            document.getElementById('place').click();
+        })()"#,
+        "the resting order among the open orders",
+        r#"[...document.querySelectorAll('#open-orders tr')]
+             .some(row => row.querySelector('[data-field=price]').textContent === '30.00'
+                          && row.querySelector('[data-field=status]').textContent === 'open')"#,
+    ),
+    (
+        "document.querySelector('#open-orders button.cancel').click()",
+        "the cancel arriving as an update",
+        r#"[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('GameStart sell: cancelled'))
+           && document.querySelectorAll('#open-orders tr').length === 0"#,
+    ),
+];
 
 /// Issue 23, items 1, 3 and 6: `stocknet up` archives the day's report under its data directory
 /// at its scheduled time (here a near one) and delivers it to a webhook and by mail, with the

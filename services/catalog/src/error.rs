@@ -1,6 +1,5 @@
-use std::path::Path;
-
 use axum::response::{IntoResponse, Response};
+use stocknet_common::file::FileFailure;
 use stocknet_common::{ApiError, Cause, Classified};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,20 +32,6 @@ pub enum CatalogError {
     Secret(#[from] stocknet_common::auth::SecretError),
 }
 
-impl CatalogError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io(stocknet_common::file::FileError::new(path, source))
-    }
-
-    /// Names the file a parse error came from.
-    pub fn in_file(self, path: &Path) -> Self {
-        match self {
-            Self::Corrupt(message) => Self::Corrupt(format!("{}: {message}", path.display())),
-            other => other,
-        }
-    }
-}
-
 impl Classified for CatalogError {
     fn cause(&self) -> Cause {
         match self {
@@ -65,5 +50,14 @@ impl Classified for CatalogError {
 impl IntoResponse for CatalogError {
     fn into_response(self) -> Response {
         ApiError::classified(&self).into_response()
+    }
+}
+
+impl FileFailure for CatalogError {
+    fn corrupt_message(&mut self) -> Option<&mut String> {
+        match self {
+            Self::Corrupt(message) => Some(message),
+            _ => None,
+        }
     }
 }

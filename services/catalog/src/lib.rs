@@ -20,6 +20,7 @@ use futures::future::join_all;
 use stocknet_common::auth::require_secret;
 use stocknet_common::env;
 use stocknet_common::envelope::bounded;
+use stocknet_common::file::FileFailure;
 use stocknet_common::listeners;
 use stocknet_common::paths;
 use stocknet_common::ports;

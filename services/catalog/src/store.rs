@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use stocknet_common::file::FileFailure;
 use stocknet_common::wire::{is_term_jump, ApplyOutcome, ApplyRequest, CatalogTrade, Snapshot};
 use stocknet_common::{catalog_file, file, Price, Stock};
 

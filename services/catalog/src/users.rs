@@ -13,6 +13,7 @@ use std::sync::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use stocknet_common::api_key::Credential;
 use stocknet_common::file;
+use stocknet_common::file::FileFailure;
 use stocknet_common::wire::{check_display_name, KeyRecord, UserRecord};
 
 use crate::error::CatalogError;

@@ -24,6 +24,25 @@ impl FileError {
     }
 }
 
+/// A service's error type as far as its files go: a failed call on a file, and a file whose
+/// content is corrupt, which the service's parsers report before they know the file's name.
+pub trait FileFailure: From<FileError> + Sized {
+    /// The description a corrupt file's error carries, if this is one.
+    fn corrupt_message(&mut self) -> Option<&mut String>;
+
+    fn io(path: &Path, source: io::Error) -> Self {
+        FileError::new(path, source).into()
+    }
+
+    /// Names the file a parse error came from.
+    fn in_file(mut self, path: &Path) -> Self {
+        if let Some(message) = self.corrupt_message() {
+            *message = format!("{}: {message}", path.display());
+        }
+        self
+    }
+}
+
 /// Opens (or creates) an append-only log for reading and appending.
 pub fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()

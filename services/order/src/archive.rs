@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use stocknet_common::file::FileFailure;
 use stocknet_common::{Price, SelfTrade, Side, TimeInForce};
 
 use crate::book::{Extras, LimitOrder, Matched, Refusal, Removal};

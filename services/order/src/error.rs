@@ -1,6 +1,5 @@
-use std::path::Path;
-
 use axum::response::{IntoResponse, Response};
+use stocknet_common::file::FileFailure;
 use stocknet_common::wire::{CATALOG_UNAVAILABLE, LEADER_HINT, LEADER_HINT_TERM};
 use stocknet_common::{ApiError, Cause, Classified, Price, Rejection, RemoteError};
 
@@ -68,17 +67,6 @@ pub enum OrderError {
 }
 
 impl OrderError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io(stocknet_common::file::FileError::new(path, source))
-    }
-
-    pub fn in_file(self, path: &Path) -> Self {
-        match self {
-            Self::Corrupt(message) => Self::Corrupt(format!("{}: {message}", path.display())),
-            other => other,
-        }
-    }
-
     pub fn task(error: tokio::task::JoinError) -> Self {
         Self::Task(error.to_string())
     }
@@ -170,6 +158,15 @@ fn rejection_message(rejection: Rejection, quote: Option<Price>) -> String {
 impl IntoResponse for OrderError {
     fn into_response(self) -> Response {
         ApiError::from(self).into_response()
+    }
+}
+
+impl FileFailure for OrderError {
+    fn corrupt_message(&mut self) -> Option<&mut String> {
+        match self {
+            Self::Corrupt(message) => Some(message),
+            _ => None,
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use openraft::error::ClientWriteError;
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
 use stocknet_common::clock::now_millis;
+use stocknet_common::file::FileFailure;
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::wire::{
     ApplyRequest, AuditPage, CatalogTrade, Changed, Health, LogSlice, Members, NewLearner,

@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, StorageError, StorageIOError, Vote};
 use prometheus_client::metrics::histogram::Histogram;
+use stocknet_common::file::FileFailure;
 use stocknet_common::{file, Command};
 
 use super::{entry_of, lines_of, log_id, TypeConfig};

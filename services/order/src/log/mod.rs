@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use stocknet_common::file::FileFailure;
 use stocknet_common::{file, Order};
 
 use crate::error::OrderError;
