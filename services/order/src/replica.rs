@@ -29,8 +29,8 @@ use crate::book::Book;
 use crate::book_store::{BookSettings, BookStore};
 use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
-    self, handover, members, Elections, HttpNetwork, HttpPreVote, LogStore, PreVoteTransport, Raft,
-    SharedReads, StateMachine, TypeConfig,
+    self, handover, members, Elections, HttpNetwork, HttpPreVote, Lease, LogStore,
+    PreVoteTransport, Raft, SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
 use crate::log::{IndexLimits, OrderLog};
@@ -248,10 +248,11 @@ impl Replica {
         };
         let machine = StateMachine::open(book.clone(), &log, founding)?;
         let config = consensus::config(settings.snapshot_every)?;
+        let lease = Lease::new();
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
-            links.network,
+            lease.tracking(links.network),
             store.clone(),
             machine,
         )
@@ -285,7 +286,7 @@ impl Replica {
             catalog: links.catalog,
             log,
             book,
-            reads: SharedReads::start(raft.clone()),
+            reads: SharedReads::start(raft.clone(), lease),
             elections: elections.clone(),
             raft: raft.clone(),
             leading: Mutex::new(None),
@@ -624,10 +625,9 @@ impl Replica {
     }
 
     /// Confirms that this replica leads and that its book holds every entry committed before
-    /// the call (openraft's read index: a heartbeat round a majority answers in this term,
-    /// then the book applied through the commit point it learned). A read served after it
-    /// sees every order acknowledged before it arrived, by any frontend (I12).
-    /// Reads that arrive together share one check ([`SharedReads`]).
+    /// the call (on its lease, or by openraft's read index; see [`SharedReads`]). A read
+    /// served after it sees every order acknowledged before it arrived, by any frontend (I12).
+    /// None while a handover runs: the leader stops renewing its lease then, and may vote.
     pub async fn confirm_leadership(&self) -> Result<(), OrderError> {
         self.not_handing_over()?;
         if self.reads.confirm().await {

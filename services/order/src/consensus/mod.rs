@@ -14,6 +14,7 @@
 
 mod election;
 pub mod handover;
+mod lease;
 mod log_store;
 pub mod members;
 mod network;
@@ -30,6 +31,7 @@ use stocknet_common::wire::Peer;
 use stocknet_common::{Command, GroupEntry, Order};
 
 pub use election::{Elections, PreVote, PreVoteTransport};
+pub use lease::Lease;
 pub use log_store::LogStore;
 pub use network::{routes, HttpNetwork, HttpPreVote};
 pub use reads::SharedReads;

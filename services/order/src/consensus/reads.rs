@@ -1,15 +1,23 @@
-//! Linearizable reads that arrive together share one leadership check. openraft's read index
+//! Linearizable reads: served on the leader's lease (`lease.rs`) when it holds one, with no
+//! call between replicas; otherwise they share a leadership check. openraft's read index
 //! (`Raft::ensure_linearizable`) sends a heartbeat to every follower per call, so one check
 //! per read would cost two calls between replicas for every read.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::Raft;
+use super::{Lease, Raft};
+
+/// How long a read on the lease waits for the book to apply the entries before it: about a
+/// commit round under load. Past it, the read takes a leadership check instead.
+const LEASE_APPLY_WAIT: Duration = Duration::from_millis(500);
 
 /// The leadership checks of one replica, run one at a time by a task of their own.
 pub struct SharedReads {
+    raft: Raft,
+    lease: Arc<Lease>,
     rounds: watch::Sender<Rounds>,
     wanted: Arc<Notify>,
     checker: tokio::task::JoinHandle<()>,
@@ -24,11 +32,17 @@ struct Rounds {
 }
 
 impl SharedReads {
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, lease: Arc<Lease>) -> Self {
         let (rounds, _) = watch::channel(Rounds::default());
         let wanted = Arc::new(Notify::new());
-        let checker = tokio::spawn(check_when_wanted(raft, rounds.clone(), wanted.clone()));
+        let checker = tokio::spawn(check_when_wanted(
+            raft.clone(),
+            rounds.clone(),
+            wanted.clone(),
+        ));
         Self {
+            raft,
+            lease,
             rounds,
             wanted,
             checker,
@@ -36,10 +50,22 @@ impl SharedReads {
     }
 
     /// Whether this replica leads and its state machine holds every entry committed before the
-    /// call: the answer of a check that started after the call (a heartbeat round a majority
-    /// answered in this term, then the state machine applied through the commit point it
-    /// learned), shared with every read waiting for it.
+    /// call: on the lease, once the state machine applied through the last entry it holds;
+    /// without one, the answer of a check that started after the call (a heartbeat round a
+    /// majority answered in this term, then the state machine applied through the commit
+    /// point it learned), shared with every read waiting for it.
     pub async fn confirm(&self) -> bool {
+        let on_lease = self.lease.read_index(&self.raft.metrics().borrow());
+        if let Some(index) = on_lease {
+            let applied = self
+                .raft
+                .wait(Some(LEASE_APPLY_WAIT))
+                .applied_index_at_least(Some(index), "a read on the lease")
+                .await;
+            if applied.is_ok() {
+                return true;
+            }
+        }
         let mut rounds = self.rounds.subscribe();
         let needed = rounds.borrow().started + 1;
         self.wanted.notify_one();

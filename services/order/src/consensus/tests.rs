@@ -120,6 +120,8 @@ struct Group {
     logs: BTreeMap<u64, Arc<Mutex<OrderLog>>>,
     books: BTreeMap<u64, Arc<BookStore>>,
     standing: BTreeMap<u64, tokio::task::JoinHandle<()>>,
+    /// Each replica's lease, renewed by the appends its network saw accepted.
+    leases: BTreeMap<u64, Arc<Lease>>,
     /// Replicas started after the group was founded, not among its founding members.
     joined: HashSet<u64>,
 }
@@ -135,6 +137,7 @@ impl Group {
             logs: BTreeMap::new(),
             books: BTreeMap::new(),
             standing: BTreeMap::new(),
+            leases: BTreeMap::new(),
             joined: HashSet::new(),
         };
         for id in group.ids.clone() {
@@ -165,9 +168,17 @@ impl Group {
             from: id,
         };
         let config = Arc::new(config(1000).unwrap());
-        let raft = Raft::new(id, config, network.clone(), store.clone(), machine)
-            .await
-            .unwrap();
+        let lease = Lease::new();
+        let raft = Raft::new(
+            id,
+            config,
+            lease.tracking(network.clone()),
+            store.clone(),
+            machine,
+        )
+        .await
+        .unwrap();
+        self.leases.insert(id, lease);
         let elections = Elections::new(raft.clone(), store, id);
         self.standing.insert(
             id,
@@ -229,6 +240,11 @@ impl Group {
 
     fn raft(&self, id: u64) -> Raft {
         self.router.rafts.lock().unwrap()[&id].0.clone()
+    }
+
+    /// Replica `id`'s linearizable reads, on its lease when it holds one.
+    fn reads(&self, id: u64) -> SharedReads {
+        SharedReads::start(self.raft(id), self.leases[&id].clone())
     }
 
     /// The leader that every replica in `among` follows, and its term.
@@ -447,11 +463,12 @@ async fn a_leader_that_removes_itself_steps_down_and_the_rest_elect_a_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_that_arrive_together_share_a_leadership_check_and_only_the_leader_passes() {
+async fn reads_without_a_lease_share_a_leadership_check_and_only_the_leader_passes() {
     let group = Group::start(3).await;
     let (leader, _) = group.leader(&group.ids).await;
     let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
-    let reads = Arc::new(SharedReads::start(group.raft(leader)));
+    // A lease no append renews: every read needs a check.
+    let reads = Arc::new(SharedReads::start(group.raft(leader), Lease::new()));
     let confirmed = futures::future::join_all((0..50).map(|_| {
         let reads = reads.clone();
         async move { reads.confirm().await }
@@ -459,14 +476,60 @@ async fn reads_that_arrive_together_share_a_leadership_check_and_only_the_leader
     .await;
     assert!(confirmed.iter().all(|&c| c));
     assert!(
-        reads.rounds() < 50,
+        (1..50).contains(&reads.rounds()),
         "{} checks for 50 reads",
         reads.rounds()
     );
-    assert!(!SharedReads::start(group.raft(follower)).confirm().await);
+    assert!(!group.reads(follower).confirm().await);
     // Cut off from the others, the old leader can no longer confirm a read.
     group.router.isolate(leader, &group.ids, true);
     assert!(!reads.confirm().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_reads_on_its_lease_only_while_no_other_can_lead() {
+    let group = Group::start(3).await;
+    let (old, term) = group.leader(&group.ids).await;
+    let written = group
+        .raft(old)
+        .client_write(vec![proposal(1)])
+        .await
+        .unwrap();
+    let reads = group.reads(old);
+    assert!(reads.confirm().await);
+    assert_eq!(reads.rounds(), 0, "a read on the lease took a check");
+    assert!(keys_applied(&group, old).contains("k1"));
+
+    group.router.isolate(old, &group.ids, true);
+    let others: Vec<u64> = group.ids.iter().copied().filter(|&id| id != old).collect();
+    let led_by_another = || {
+        others
+            .iter()
+            .any(|&id| group.raft(id).metrics().borrow().state == openraft::ServerState::Leader)
+    };
+    // Every read it still confirms, it confirms while no other replica leads; then none.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reads.confirm().await {
+        assert!(
+            !led_by_another(),
+            "a read on the lease beside another leader"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (new, newer) = group.leader(&others).await;
+    assert!(newer > term);
+    let after = group
+        .raft(new)
+        .client_write(vec![proposal(2)])
+        .await
+        .unwrap();
+    assert!(after.log_id.index > written.log_id.index);
+    assert!(!reads.confirm().await);
+    assert!(!keys_applied(&group, old).contains("k2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -796,7 +859,7 @@ async fn simulate(seed: u64, size: u64, steps: usize) {
             (60..=84, _) => {
                 let id = up[choices.below(up.len() as u64) as usize];
                 let started = tokio::time::Instant::now();
-                let reads_here = SharedReads::start(group.raft(id));
+                let reads_here = group.reads(id);
                 if let Ok(true) = tokio::time::timeout(call, reads_here.confirm()).await {
                     let seen = keys_applied(&group, id);
                     reads.push(Read {
