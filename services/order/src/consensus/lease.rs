@@ -8,7 +8,7 @@
 //! notes when it sent each append that a voter accepted ([`Tracked`], around the network
 //! openraft calls) and holds its lease for [`READ_LEASE`] after the newest time a majority
 //! acknowledged. Under load every commit round renews it; idle, the heartbeats do (every
-//! 50 ms).
+//! 50 ms). What a read on the lease must wait for is [`LeaseRead`]'s.
 //!
 //! What this assumes, beyond what the read index needs: the replicas' clocks advance at the
 //! same rate within the margin (`VOTER_LEASE - READ_LEASE`, 100 ms in 350), as etcd's and
@@ -38,6 +38,19 @@ pub const READ_LEASE: Duration = Duration::from_millis(250);
 
 const _: () = assert!(READ_LEASE.as_millis() + 100 <= VOTER_LEASE.as_millis());
 
+/// A read on the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRead {
+    /// The book applied an entry of this leader's term, so every entry of earlier terms (all
+    /// before its blank entry), and each entry of its own term it acknowledged (it answers
+    /// after its book applied them): the book as it stands holds every acknowledged order,
+    /// and it only grows.
+    Now,
+    /// Just elected: once the book applied this index (its last entry, at or past the commit
+    /// point).
+    After(u64),
+}
+
 /// Per replica, the send time of the newest append it accepted, and the leader's term then.
 #[derive(Debug, Default)]
 pub struct Lease {
@@ -65,27 +78,29 @@ impl Lease {
         }
     }
 
-    /// The index a read must see applied, if `metrics`' replica leads and holds its lease now:
-    /// its last log entry, which is at or past the commit point (so the read sees at least
-    /// every entry committed before it).
-    pub fn read_index(&self, metrics: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    /// How a read may be served on the lease, if `metrics`' replica leads and holds its lease
+    /// now (`None`: it must confirm its leadership by a round).
+    pub fn read(&self, metrics: &RaftMetrics<u64, BasicNode>) -> Option<LeaseRead> {
         if metrics.state != ServerState::Leader
             || metrics.current_leader != Some(metrics.id)
             || !metrics.vote.is_committed()
         {
             return None;
         }
+        let term = metrics.vote.leader_id().term;
         let now = Instant::now();
         let acked = self.quorum_acked(
             metrics.id,
-            metrics.vote.leader_id().term,
+            term,
             metrics.membership_config.membership().get_joint_config(),
             now,
         )?;
-        if now < acked + READ_LEASE {
-            metrics.last_log_index
-        } else {
-            None
+        if now >= acked + READ_LEASE {
+            return None;
+        }
+        match metrics.last_applied {
+            Some(applied) if applied.leader_id.term == term => Some(LeaseRead::Now),
+            _ => metrics.last_log_index.map(LeaseRead::After),
         }
     }
 
@@ -190,6 +205,8 @@ impl<N: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackedPeer<N> {
 
 #[cfg(test)]
 mod tests {
+    use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership, Vote};
+
     use super::*;
 
     #[test]
@@ -220,5 +237,52 @@ mod tests {
         assert_eq!(lease.quorum_acked(1, 5, &joint, now), Some(at(50)));
         // A leader outside the voter set counts for nothing.
         assert_eq!(lease.quorum_acked(9, 5, &three, now), Some(at(100)));
+    }
+
+    /// A leader of term 2 with replicas 2 and 3 acknowledging now, whose book applied
+    /// `applied`, with its log ending at entry 9.
+    fn leading(lease: &Lease, applied: LogId<u64>) -> RaftMetrics<u64, BasicNode> {
+        let now = Instant::now();
+        lease.acked(2, 2, now);
+        lease.acked(3, 2, now);
+        let voters = BTreeSet::from([1, 2, 3]);
+        let mut metrics = RaftMetrics::new_initial(1);
+        metrics.state = ServerState::Leader;
+        metrics.current_leader = Some(1);
+        metrics.vote = Vote::new_committed(2, 1);
+        metrics.membership_config = Arc::new(StoredMembership::new(
+            None,
+            Membership::new(vec![voters], None),
+        ));
+        metrics.last_log_index = Some(9);
+        metrics.last_applied = Some(applied);
+        metrics
+    }
+
+    #[test]
+    fn a_read_on_the_lease_waits_only_until_the_book_applied_an_entry_of_the_leaders_term() {
+        let entry = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+        let lease = Lease::new();
+        // Its blank entry (7) applied: every acknowledged order is in the book.
+        assert_eq!(
+            lease.read(&leading(&lease, entry(2, 7))),
+            Some(LeaseRead::Now)
+        );
+        // Just elected, the book still behind its blank entry: an order a former leader
+        // acknowledged may not be applied yet, so the read waits for the log's end.
+        assert_eq!(
+            lease.read(&leading(&lease, entry(1, 6))),
+            Some(LeaseRead::After(9))
+        );
+        // Not leading: no read on the lease.
+        let mut following = leading(&lease, entry(2, 7));
+        following.state = ServerState::Follower;
+        assert_eq!(lease.read(&following), None);
+        // A lease long gone: none either.
+        let stale = Lease::new();
+        let long_ago = Instant::now() - READ_LEASE * 2;
+        stale.acked(2, 2, long_ago);
+        stale.acked(3, 2, long_ago);
+        assert_eq!(stale.read(&leading(&Lease::new(), entry(2, 7))), None);
     }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use super::lease::LeaseRead;
 use super::{Lease, Raft};
 
-/// How long a read on the lease waits for the book to apply the entries before it: about a
-/// commit round under load. Past it, the read takes a leadership check instead.
+/// How long a read on the lease of a leader just elected waits for its book to apply the
+/// entries before it. Past it, the read takes a leadership check instead.
 const LEASE_APPLY_WAIT: Duration = Duration::from_millis(500);
 
 /// The leadership checks of one replica, run one at a time by a task of their own.
@@ -50,21 +51,25 @@ impl SharedReads {
     }
 
     /// Whether this replica leads and its state machine holds every entry committed before the
-    /// call: on the lease, once the state machine applied through the last entry it holds;
-    /// without one, the answer of a check that started after the call (a heartbeat round a
+    /// call: on the lease, at once (or, just elected, once the state machine applied the
+    /// entries before its term's first); without one, the answer of a check that started after the call (a heartbeat round a
     /// majority answered in this term, then the state machine applied through the commit
     /// point it learned), shared with every read waiting for it.
     pub async fn confirm(&self) -> bool {
-        let on_lease = self.lease.read_index(&self.raft.metrics().borrow());
-        if let Some(index) = on_lease {
-            let applied = self
-                .raft
-                .wait(Some(LEASE_APPLY_WAIT))
-                .applied_index_at_least(Some(index), "a read on the lease")
-                .await;
-            if applied.is_ok() {
-                return true;
+        let on_lease = self.lease.read(&self.raft.metrics().borrow());
+        match on_lease {
+            Some(LeaseRead::Now) => return true,
+            Some(LeaseRead::After(index)) => {
+                let applied = self
+                    .raft
+                    .wait(Some(LEASE_APPLY_WAIT))
+                    .applied_index_at_least(Some(index), "a read on the lease")
+                    .await;
+                if applied.is_ok() {
+                    return true;
+                }
             }
+            None => {}
         }
         let mut rounds = self.rounds.subscribe();
         let needed = rounds.borrow().started + 1;
