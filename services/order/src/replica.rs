@@ -55,6 +55,9 @@ const EXPIRY_CHECK: Duration = Duration::from_millis(100);
 /// fuller entries cost less.
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
+/// How often the proposer yields, once an entry can be proposed, before it closes the entry.
+const GATHER_YIELDS: usize = 2;
+
 /// A command to propose, and where its number (or why it has none) goes once it is applied.
 type Pending = (Order, oneshot::Sender<Result<u64, String>>);
 
@@ -1262,6 +1265,11 @@ async fn propose_entries(raft: Raft, mut waiting: mpsc::UnboundedReceiver<Pendin
         let Some(first) = waiting.recv().await else {
             return;
         };
+        // Let the commands already on their way in join this entry: a yield runs the tasks
+        // that are ready and polls the sockets (tokio wakes a yielded task after its driver).
+        for _ in 0..GATHER_YIELDS {
+            tokio::task::yield_now().await;
+        }
         let mut batch = vec![first];
         while batch.len() < consensus::MAX_PROPOSAL {
             match waiting.try_recv() {
