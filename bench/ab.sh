@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of two builds: alternating, each round on a fresh `stocknet up --cache-size 12`, durable
 # orders (32 clients, p = 1, 8 s; acknowledged per second, and each process's CPU time, user +
-# system from /proc/PID/stat, per 1,000 of them) and cached lookups (32 clients, p = 0, 5 s).
+# system from /proc/PID/stat, per 1,000 of them; orders per commit round, from the replicas'
+# metrics) and cached lookups (32 clients, p = 0, 5 s).
 # Build each commit and copy its target/release/stocknet somewhere first:
 #   bench/ab.sh ROUNDS /tmp/stocknet-before /tmp/stocknet-after
 # A build may be followed by `:` and more flags for the orders' load, e.g. authenticated
@@ -23,6 +24,12 @@ cpu() {
     awk -v r="$role" '{print r, $14 + $15}' "/proc/$child/stat"
   done | sort
 }
+# "orders rounds": the orders the group's leaders committed, and in how many commit rounds.
+commit_rounds() {
+  for port in 38091 38092 38093; do
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E '^stocknet_order_commit_round_entries_(sum|count) '
+  done | awk '/_sum/ {s += $2} /_count/ {c += $2} END {print s + 0, c + 0}'
+}
 for round in $(seq 1 "$rounds"); do
   for spec in "$@"; do
     bin=${spec%%:*}
@@ -34,16 +41,19 @@ for round in $(seq 1 "$rounds"); do
     pid=$!
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     cpu "$pid" >"$dir/before"
+    rounds_before=$(commit_rounds)
     # shellcheck disable=SC2086 # the flags are words
     "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p 1 --duration 8s \
       --max-quantity 3 $flags --json >"$dir/orders.json"
     cpu "$pid" >"$dir/after"
+    per_round=$(printf '%s\n%s\n' "$rounds_before" "$(commit_rounds)" |
+      awk 'NR == 1 {s = $1; c = $2} NR == 2 {printf "%.1f", ($1 - s) / (($2 - c) > 0 ? $2 - c : 1)}')
     read -r acknowledged orders p50 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; o=r["requests"]["order"]; print(o["ok"], round(o["ok"]/r["seconds"]), o["p50_ms"])' "$dir/orders.json")
     per_order=$(join "$dir/before" "$dir/after" | awk -v n="$acknowledged" -v t="$ticks" \
       '{ms = ($3 - $2) * 1000 / t; all += ms; printf "%s %.0f, ", $1, ms * 1000 / n} END {printf "all %.0f", all * 1000 / n}')
     lookups=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 0 --duration 5s \
       --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["lookup"]["per_second"]))')
-    echo "round $round $spec: orders $orders/s, p50 $p50 ms (CPU ms per 1,000: $per_order), lookups $lookups/s"
+    echo "round $round $spec: orders $orders/s, p50 $p50 ms, $per_round orders per commit round (CPU ms per 1,000: $per_order), lookups $lookups/s"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   done
 done
