@@ -26,7 +26,7 @@ cpu() {
 }
 # "orders rounds": the orders the group's leaders committed, and in how many commit rounds.
 commit_rounds() {
-  for port in 38091 38092 38093; do
+  for port in 18091 18092 18093; do
     curl -s "http://127.0.0.1:$port/metrics" | grep -E '^stocknet_order_commit_round_entries_(sum|count) '
   done | awk '/_sum/ {s += $2} /_count/ {c += $2} END {print s + 0, c + 0}'
 }
@@ -36,14 +36,14 @@ for round in $(seq 1 "$rounds"); do
     flags=
     [ "$spec" != "$bin" ] && flags=${spec#*:}
     rm -rf "$dir/data"
-    RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port 38080 --catalog-port 38081 \
-      --cache-size 12 --order-ports 38091,38092,38093 >"$dir/up.log" 2>&1 &
+    RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port 18080 --catalog-port 18081 \
+      --cache-size 12 --order-ports 18091,18092,18093 >"$dir/up.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     cpu "$pid" >"$dir/before"
     rounds_before=$(commit_rounds)
     # shellcheck disable=SC2086 # the flags are words
-    "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p 1 --duration 8s \
+    "$bin" load --frontend http://127.0.0.1:18080 --clients "$clients" --p 1 --duration 8s \
       --max-quantity 3 $flags --json >"$dir/orders.json"
     cpu "$pid" >"$dir/after"
     per_round=$(printf '%s\n%s\n' "$rounds_before" "$(commit_rounds)" |
@@ -51,7 +51,7 @@ for round in $(seq 1 "$rounds"); do
     read -r acknowledged orders p50 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; o=r["requests"]["order"]; print(o["ok"], round(o["ok"]/r["seconds"]), o["p50_ms"])' "$dir/orders.json")
     per_order=$(join "$dir/before" "$dir/after" | awk -v n="$acknowledged" -v t="$ticks" \
       '{ms = ($3 - $2) * 1000 / t; all += ms; printf "%s %.0f, ", $1, ms * 1000 / n} END {printf "all %.0f", all * 1000 / n}')
-    lookups=$("$bin" load --frontend http://127.0.0.1:38080 --clients 32 --p 0 --duration 5s \
+    lookups=$("$bin" load --frontend http://127.0.0.1:18080 --clients 32 --p 0 --duration 5s \
       --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]; print(round(r["requests"]["lookup"]["per_second"]))')
     echo "round $round $spec: orders $orders/s, p50 $p50 ms, $per_round orders per commit round (CPU ms per 1,000: $per_order), lookups $lookups/s"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=

@@ -12,7 +12,7 @@ if ! command -v wrk >/dev/null; then
 fi
 source bench/lib.sh
 
-fe=38080 ceiling=38099
+fe=18080 ceiling=18099
 RUST_LOG=warn "$bin" ceiling --port $ceiling >"$dir/ceiling.log" 2>&1 &
 pids+=($!)
 start_up $fe

@@ -35,7 +35,7 @@ for i in 1 2 3; do
     >"$dir/etcd-$i.log" 2>&1 &
   pids+=($!)
 done
-start_up 38080
+start_up 18080
 
 cat >"$dir/etcd.lua" <<'LUA'
 -- A put of key "bench-<n>" (n counting per thread), as etcd's JSON gateway takes it: base64.
@@ -88,7 +88,7 @@ run() {
 results="$dir/results"
 for round in $(seq 1 "$rounds"); do
   for clients in 5 32; do
-    stocknet=$(run stocknet http://127.0.0.1:38080 "$dir/orders.lua" "$clients")
+    stocknet=$(run stocknet http://127.0.0.1:18080 "$dir/orders.lua" "$clients")
     etcd_run=$(run etcd http://127.0.0.1:42379 "$dir/etcd.lua" "$clients")
     echo "round $round, $clients connections: stocknet $stocknet | etcd $etcd_run (requests/s, p50 ms, non-2xx)"
     echo "$clients $stocknet $etcd_run" >>"$results"

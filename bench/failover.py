@@ -16,7 +16,7 @@ the handover back.
 import argparse, json, os, re, signal, statistics, subprocess, tempfile, time, urllib.request
 import urllib.error
 
-FRONTEND, CATALOG, ORDERS = 38080, 38081, [38091, 38092, 38093]
+FRONTEND, CATALOG, ORDERS = 18080, 18081, [18091, 18092, 18093]
 
 
 def request(method, path, body=None, key=None, timeout=20):

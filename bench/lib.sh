@@ -10,7 +10,9 @@ trap cleanup EXIT
 # start_up FRONTEND_PORT: `stocknet up` on ports FRONTEND_PORT and the next one (catalog) and
 # FRONTEND_PORT+11..13 (order replicas), with a cache as large as the catalog (12 stocks), so
 # lookups measure the hit path (the default 8 leaves a third of random lookups missing).
-# Returns once `up` reports every service ready (at most 60 s).
+# Returns once `up` reports every service ready (at most 60 s). The scripts use ports below
+# 32768, outside Linux's ephemeral range: a client's own port, or a connection to itself left in
+# TIME_WAIT, can otherwise hold the port `up` is to listen on.
 start_up() {
   local fe=$1
   RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port "$fe" --catalog-port $((fe + 1)) \

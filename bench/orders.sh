@@ -13,9 +13,9 @@ load_flags=("$@")
 source bench/lib.sh
 
 for run in $(seq 1 "$runs"); do
-  start_up 38080
+  start_up 18080
   for clients in 5 32; do
-    "$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p 1 \
+    "$bin" load --frontend http://127.0.0.1:18080 --clients "$clients" --p 1 \
       --duration "${seconds}s" --max-quantity 3 "${load_flags[@]}" --json \
       >"$dir/run-$run-$clients.json"
   done

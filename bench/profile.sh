@@ -13,8 +13,8 @@ load_flags=("$@")
 command -v perf >/dev/null || { echo "perf not found (Debian package linux-perf)" >&2; exit 1; }
 source bench/lib.sh
 
-start_up 38080
-"$bin" load --frontend http://127.0.0.1:38080 --clients "$clients" --p "$p" --duration 12s \
+start_up 18080
+"$bin" load --frontend http://127.0.0.1:18080 --clients "$clients" --p "$p" --duration 12s \
   --max-quantity 3 "${load_flags[@]}" --json >"$dir/load.json" &
 load=$!
 sleep 3
