@@ -30,6 +30,33 @@ pub(crate) enum WriteAnswers {
     OutcomeUnknown(ErrorEnvelope),
 }
 
+/// A change of a limit order (modify, cancel) that only its owner may make.
+#[derive(IntoResponses)]
+pub(crate) enum OrderChangeAnswers {
+    #[response(
+        status = 401,
+        description = "An API key that is malformed, unknown or wrong"
+    )]
+    BadKey(ErrorEnvelope),
+    #[response(status = 403, description = "The order belongs to another user")]
+    NotTheOwner(ErrorEnvelope),
+    #[response(status = 404, description = "No such limit order")]
+    NoSuchOrder(ErrorEnvelope),
+}
+
+/// A stock's market data from the order group's leader (book, candles), for a stock the
+/// catalog lists.
+#[derive(IntoResponses)]
+pub(crate) enum StockMarketRead {
+    #[response(status = 404, description = "Stock not found")]
+    UnknownStock(ErrorEnvelope),
+    #[response(
+        status = 503,
+        description = "No order leader available, or the catalog unavailable and no value seen for the stock"
+    )]
+    Unavailable(ErrorEnvelope),
+}
+
 /// A read the order group's leader serves (after confirming it leads) or a caught-up follower.
 #[derive(IntoResponses)]
 #[response(status = 503, description = "No order leader available")]

@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
-use stocknet_common::paths;
+use stocknet_common::paths::{self, Route};
 use stocknet_common::wire::{CandleQuery, Candles, Depth};
 use stocknet_common::Path;
 
-use super::answers::UnknownStock;
+use super::answers::StockMarketRead;
 use crate::routes::stocks::stock;
 use crate::upstream::order_group;
 use crate::{AppState, FrontendError};
@@ -22,16 +22,14 @@ use crate::{AppState, FrontendError};
     responses(
         (status = 200, body = DataEnvelope<Depth>),
         (status = 400, description = "Bad depth", body = ErrorEnvelope),
-        UnknownStock,
-        (status = 503, description = "No order leader available, or the catalog unavailable and no value seen for the stock", body = ErrorEnvelope),
+        StockMarketRead,
     ))]
 pub(crate) async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Result<Response, FrontendError> {
-    stock(&state, &name).await?.into_stock();
-    order_group::forward_read(&state, paths::BOOK, &[&name], uri.query()).await
+    market_read(&state, paths::BOOK, &name, &uri).await
 }
 
 /// A stock's candles (OHLCV of its book trades) of one interval, oldest first, at most 1000 at
@@ -42,14 +40,24 @@ pub(crate) async fn book(
     responses(
         (status = 200, body = DataEnvelope<Candles>),
         (status = 400, description = "An unknown parameter, a bad interval or time", body = ErrorEnvelope),
-        UnknownStock,
-        (status = 503, description = "No order leader available, or the catalog unavailable and no value seen for the stock", body = ErrorEnvelope),
+        StockMarketRead,
     ))]
 pub(crate) async fn candles(
     State(state): State<AppState>,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Result<Response, FrontendError> {
-    stock(&state, &name).await?.into_stock();
-    order_group::forward_read(&state, paths::CANDLES, &[&name], uri.query()).await
+    market_read(&state, paths::CANDLES, &name, &uri).await
+}
+
+/// Forwards a read of a stock's market data to the order group's leader, once the catalog is
+/// known to list the stock.
+async fn market_read(
+    state: &AppState,
+    route: Route,
+    name: &str,
+    uri: &Uri,
+) -> Result<Response, FrontendError> {
+    stock(state, name).await?.into_stock();
+    order_group::forward_read(state, route, &[name], uri.query()).await
 }

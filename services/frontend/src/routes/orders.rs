@@ -19,7 +19,7 @@ use stocknet_common::wire::{
 use stocknet_common::{data, Path, Price, Query, SelfTrade, Side, Status, Terms, TimeInForce};
 use utoipa::{IntoParams, ToSchema};
 
-use super::answers::{BadQuery, NoLeader, UnknownStock, WriteAnswers};
+use super::answers::{BadQuery, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers};
 use crate::credentials;
 use crate::routes::stocks::is_name_text;
 use crate::upstream::order_group;
@@ -517,9 +517,7 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
     responses(
         (status = 200, body = DataEnvelope<Changed>),
         (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
-        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
-        (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
-        (status = 404, description = "No such limit order", body = ErrorEnvelope),
+        OrderChangeAnswers,
         (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
         WriteAnswers,
     ))]
@@ -541,9 +539,7 @@ pub(crate) async fn modify_order(
     responses(
         (status = 200, body = DataEnvelope<Changed>),
         (status = 400, description = "Order number must be a number, or a malformed Idempotency-Key", body = ErrorEnvelope),
-        (status = 401, description = "An API key that is malformed, unknown or wrong", body = ErrorEnvelope),
-        (status = 403, description = "The order belongs to another user", body = ErrorEnvelope),
-        (status = 404, description = "No such limit order", body = ErrorEnvelope),
+        OrderChangeAnswers,
         (status = 409, description = "No longer open", body = ErrorEnvelope),
         WriteAnswers,
     ))]

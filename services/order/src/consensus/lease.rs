@@ -22,16 +22,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError};
+use openraft::error::{RPCError, RaftError};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
-use super::{TypeConfig, VOTER_LEASE};
+use super::{SnapshotAnswer, TypeConfig, VOTER_LEASE};
 
 /// How long after a majority's acknowledgement the leader serves reads on its own.
 pub const READ_LEASE: Duration = Duration::from_millis(250);
@@ -183,10 +182,7 @@ impl<N: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackedPeer<N> {
         &mut self,
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
+    ) -> SnapshotAnswer {
         self.inner.install_snapshot(request, option).await
     }
 

@@ -56,6 +56,17 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// What sending a snapshot to a replica answers, in openraft's terms (each network's
+/// `install_snapshot`).
+pub type SnapshotAnswer = Result<
+    openraft::raft::InstallSnapshotResponse<u64>,
+    openraft::error::RPCError<
+        u64,
+        BasicNode,
+        openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+    >,
+>;
+
 /// Most commands a leader proposes as one entry.
 pub const MAX_PROPOSAL: usize = 64;
 

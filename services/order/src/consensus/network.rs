@@ -21,7 +21,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Elections, PreVote, PreVoteTransport, Raft, TypeConfig};
+use super::{Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer, TypeConfig};
 use stocknet_common::envelope::RawBody;
 use stocknet_common::paths::{self, Route};
 use stocknet_common::ApiError;
@@ -214,10 +214,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
+    ) -> SnapshotAnswer {
         self.call(paths::RAFT_SNAPSHOT, &request, &option).await
     }
 

@@ -4,17 +4,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
-use super::{network, Elections, PreVote, PreVoteTransport, Raft, TypeConfig};
+use super::{network, Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer, TypeConfig};
 
 /// Delivers calls between the replicas of one process, except over cut links.
 #[derive(Default)]
@@ -98,10 +97,7 @@ impl RaftNetwork<TypeConfig> for Link {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
+    ) -> SnapshotAnswer {
         let (raft, _) = self.router.reach(self.from, self.to)?;
         self.deliver(raft.install_snapshot(rpc).await)
     }
