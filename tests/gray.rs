@@ -10,6 +10,7 @@ use common::{wait_until, Cluster, Proc};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+use stocknet_common::wire::READ_FROM_LEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn signal(proc: &Proc, signal: Signal) {
@@ -236,12 +237,14 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
         .expect("term");
 
     signal(&cluster.orders[old], Signal::SIGSTOP);
-    let (status, body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
+    let (mut status, mut body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
     assert!(status == 200 || status == 504, "{status}: {body}");
     if status == 504 {
-        let (status, body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
+        (status, body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
         assert_eq!(status, 200, "{body}");
     }
+    let hung_one = body["data"]["transaction_number"].clone();
+    assert!(hung_one.is_u64(), "{body}");
     // Frontend 2 still has the hung leader: it finds the new one rather than electing.
     let (status, body, _) = order(&cluster, 1, &buy("FishCo"), Some("hung-2")).await;
     assert!(status == 200 || status == 504, "{status}: {body}");
@@ -263,8 +266,24 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
     assert_ne!(new, old);
     assert_eq!(leaders[0].1.as_u64(), Some(old_term + 1));
 
-    // The old leader resumes believing it leads its old term: nothing it is sent commits.
+    // The old leader resumes believing it leads its old term. It holds no lease (the appends
+    // it saw acknowledged were sent before its hang), so it serves no read it cannot confirm:
+    // 503, never a book without hung-1.
     signal(&cluster.orders[old], Signal::SIGCONT);
+    let read = cluster
+        .insider
+        .get(format!("{}/orders/{hung_one}", cluster.order_urls[old]))
+        .header(READ_FROM_LEADER, "1")
+        .send()
+        .await
+        .expect("an answer");
+    let status = read.status().as_u16();
+    let body: Value = read.json().await.expect("JSON");
+    assert!(
+        status == 503 || (status == 200 && body["data"]["transaction_number"] == hung_one),
+        "{status}: {body}"
+    );
+    // And nothing it is sent commits.
     let response = cluster
         .insider
         .post(format!("{}/orders", cluster.order_urls[old]))
