@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{send, with_key, Cluster};
+use common::{send, status, with_key, Cluster};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -325,8 +325,7 @@ async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    let anonymous = cluster.http.get(members(leader)).send().await.unwrap();
-    assert_eq!(anonymous.status(), 401);
+    assert_eq!(common::status(cluster.http.get(members(leader))).await, 401);
     let (status, body) = change(leader, json!([1, 2, 3, 4, 5])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["configs"], json!([[1, 2, 3, 4, 5]]), "{body}");
@@ -566,15 +565,17 @@ async fn a_retry_with_the_same_idempotency_key_trades_once() {
     assert_eq!(cluster.quantity(0, "Amazon").await, 100 - 4 - 4);
 
     // The same key with a different request is refused, and executes nothing.
-    let reused = cluster
-        .http
-        .post(&orders)
-        .header("Idempotency-Key", "order-a")
-        .json(&json!({"name": "Amazon", "quantity": 5, "type": "buy"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reused.status(), 422);
+    assert_eq!(
+        status(
+            cluster
+                .http
+                .post(&orders)
+                .header("Idempotency-Key", "order-a")
+                .json(&json!({"name": "Amazon", "quantity": 5, "type": "buy"}))
+        )
+        .await,
+        422
+    );
     assert_eq!(cluster.quantity(0, "Amazon").await, 100 - 4 - 4);
 
     // A cancel retried with its key answers as the first time; without one, it is refused
@@ -599,13 +600,10 @@ async fn a_retry_with_the_same_idempotency_key_trades_once() {
     assert_eq!(first["data"]["order"]["status"], "cancelled", "{first}");
     let retry = cancel().await.unwrap().json::<Value>().await.unwrap();
     assert_eq!(first, retry);
-    let again = cluster
-        .http
-        .delete(format!("{orders}/{limit}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
+    assert_eq!(
+        status(cluster.http.delete(format!("{orders}/{limit}"))).await,
+        409
+    );
 }
 
 /// The attack of issue 12, on real processes: without the shared secret, a bogus term sent to
@@ -681,25 +679,22 @@ async fn internal_routes_can_have_a_port_of_their_own() {
     };
     assert_eq!(push(&internal).await.unwrap().status(), 200);
     assert_eq!(push(&public).await.unwrap().status(), 404);
-    let outsider = http
-        .post(format!("{internal}/invalidate"))
-        .json(&json!({"names": ["GameStart"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(outsider.status(), 401);
-    let docs = http
-        .get(format!("{internal}/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(docs.status(), 404);
-    let docs = http
-        .get(format!("{public}/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(docs.status(), 200);
+    assert_eq!(
+        status(
+            http.post(format!("{internal}/invalidate"))
+                .json(&json!({"names": ["GameStart"]}))
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        status(http.get(format!("{internal}/openapi.json"))).await,
+        404
+    );
+    assert_eq!(
+        status(http.get(format!("{public}/openapi.json"))).await,
+        200
+    );
 }
 
 /// The catalog dies: lookups of stocks the frontend has seen are served stale (so marked),
@@ -802,8 +797,7 @@ async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
         "at 2 per second the next token is under a second away"
     );
     for _ in 0..10 {
-        let health = http.get(format!("{base}/health")).send().await.unwrap();
-        assert_eq!(health.status(), 200);
+        assert_eq!(status(http.get(format!("{base}/health"))).await, 200);
     }
 }
 

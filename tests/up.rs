@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{url, wait_until, BIN};
+use common::{status, url, wait_until, BIN};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -151,13 +151,14 @@ async fn up_runs_supervises_and_stops_everything() {
             "the secret is on a command line: {cmd}"
         );
     }
-    let outsider = http
-        .post(format!("{}/apply", url(catalog)))
-        .json(&json!({"term": 999999, "trades": []}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(outsider.status(), 401);
+    assert_eq!(
+        status(
+            http.post(format!("{}/apply", url(catalog)))
+                .json(&json!({"term": 999999, "trades": []}))
+        )
+        .await,
+        401
+    );
 
     let placed: Value = http
         .post(format!("{}/orders", url(frontend)))
@@ -273,13 +274,10 @@ async fn up_runs_supervises_and_stops_everything() {
         .await
         .unwrap();
     let second = made["data"]["api_key"].as_str().expect("a key").to_owned();
-    let revoke = http
-        .delete(format!("{keys}/1"))
-        .bearer_auth(&second)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoke.status(), 200);
+    assert_eq!(
+        status(http.delete(format!("{keys}/1")).bearer_auth(&second)).await,
+        200
+    );
     for (key, status) in [(&key, 401), (&second, 200)] {
         let answer = http.get(&keys).bearer_auth(key).send().await.unwrap();
         assert_eq!(answer.status(), status);
@@ -422,13 +420,10 @@ async fn the_console_trades_through_its_form_and_reconnects() {
     // An offer to buy from: 5 GameStart at 20.00 (the catalog says 15.99).
     let http = reqwest::Client::new();
     let offer = json!({"name": "GameStart", "quantity": 5, "type": "sell", "price": 20.0});
-    let placed = http
-        .post(format!("{base}/orders"))
-        .json(&offer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 200);
+    assert_eq!(
+        status(http.post(format!("{base}/orders")).json(&offer)).await,
+        200
+    );
 
     let mut browser = common::browser::Browser::start(&chromium).await;
     browser.navigate(&format!("{base}/console")).await;
@@ -626,13 +621,14 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
     );
     let http = reqwest::Client::new();
     let order = json!({"name": "GameStart", "quantity": 2, "type": "buy"});
-    let placed = http
-        .post(format!("{}/orders", url(up.frontend)))
-        .json(&order)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 200);
+    assert_eq!(
+        status(
+            http.post(format!("{}/orders", url(up.frontend)))
+                .json(&order)
+        )
+        .await,
+        200
+    );
 
     wait_until("the report delivered", Duration::from_secs(60), || async {
         !hook.deliveries().is_empty()

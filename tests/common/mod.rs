@@ -116,6 +116,11 @@ pub fn with_key(request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest:
     }
 }
 
+/// Sends `request`; its status.
+pub async fn status(request: reqwest::RequestBuilder) -> u16 {
+    request.send().await.expect("an answer").status().as_u16()
+}
+
 /// Sends `request`; its status and JSON body.
 pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("an answer");
