@@ -72,9 +72,7 @@ impl Lease {
     fn acked(&self, voter: u64, term: u64, sent: Instant) {
         let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let newest = acks.entry(voter).or_insert((term, sent));
-        if (term, sent) > *newest {
-            *newest = (term, sent);
-        }
+        *newest = (*newest).max((term, sent));
     }
 
     /// How a read may be served on the lease, if `metrics`' replica leads and holds its lease

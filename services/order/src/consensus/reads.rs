@@ -52,9 +52,10 @@ impl SharedReads {
 
     /// Whether this replica leads and its state machine holds every entry committed before the
     /// call: on the lease, at once (or, just elected, once the state machine applied the
-    /// entries before its term's first); without one, the answer of a check that started after the call (a heartbeat round a
-    /// majority answered in this term, then the state machine applied through the commit
-    /// point it learned), shared with every read waiting for it.
+    /// entries before its term's first); without one, the answer of a check that started
+    /// after the call (a heartbeat round a majority answered in this term, then the state
+    /// machine applied through the commit point it learned), shared with every read waiting
+    /// for it.
     pub async fn confirm(&self) -> bool {
         let on_lease = self.lease.read(&self.raft.metrics().borrow());
         match on_lease {
