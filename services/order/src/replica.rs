@@ -239,6 +239,7 @@ impl Replica {
         ));
         let log = Arc::new(Mutex::new(log));
         let store = LogStore::open(
+            u64::from(id),
             log.clone(),
             data_dir.join(format!("term-{id}")),
             Some(metrics.fsync_seconds.clone()),
@@ -249,13 +250,13 @@ impl Replica {
         } else {
             members::joining()
         };
-        let machine = StateMachine::open(book.clone(), &log, founding)?;
+        let machine = StateMachine::open(book.clone(), &log, founding, store.durable())?;
         let config = consensus::config(settings.snapshot_every)?;
         let lease = Lease::new();
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
-            lease.tracking(links.network),
+            lease.tracking(store.durable().clamping(links.network)),
             store.clone(),
             machine,
         )

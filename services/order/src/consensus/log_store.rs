@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{Entry, LogId, StorageError, StorageIOError, Vote};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, StorageError, StorageIOError, Vote};
 use prometheus_client::metrics::histogram::Histogram;
 use stocknet_common::file::FileFailure;
 use stocknet_common::{file, Command};
 
-use super::{entry_of, lines_of, log_id, TypeConfig};
+use super::{entry_of, lines_of, log_id, Durable, DurableLog, TypeConfig};
 use crate::error::OrderError;
 use crate::log::{Line, OrderLog};
 
@@ -20,31 +20,46 @@ use crate::log::{Line, OrderLog};
 /// while it appends through the original).
 #[derive(Clone)]
 pub struct LogStore {
+    id: u64,
     log: Arc<Mutex<OrderLog>>,
     vote_path: PathBuf,
     state: Arc<Mutex<VoteFile>>,
-    flusher: mpsc::Sender<(SyncHandle, LogFlushed<TypeConfig>)>,
+    durable: DurableLog,
+    flusher: mpsc::Sender<Written>,
 }
 
-type SyncHandle = (std::fs::File, PathBuf);
+/// How the log file is made durable: [`file::sync_data_or_exit`], or a test's stand-in.
+pub type Sync = Box<dyn Fn(&std::fs::File, &std::path::Path) + Send>;
+
+/// An append for the flusher: the file it went to, the epoch and last entry it wrote, and
+/// openraft's callback, unless it was answered before the fsync.
+struct Written {
+    file: (std::fs::File, PathBuf),
+    epoch: u64,
+    last: u64,
+    callback: Option<LogFlushed<TypeConfig>>,
+}
 
 /// Makes appends durable in the order they were written: takes every append waiting, fsyncs
 /// once, then reports them all flushed. Ends when the last store clone is dropped.
 fn flush_appends(
-    appends: mpsc::Receiver<(SyncHandle, LogFlushed<TypeConfig>)>,
+    appends: mpsc::Receiver<Written>,
+    sync: Sync,
+    durable: DurableLog,
     fsync_seconds: Option<Histogram>,
 ) {
     while let Ok(first) = appends.recv() {
         let mut batch = vec![first];
         batch.extend(appends.try_iter());
-        if let Some(((file, path), _)) = batch.last() {
+        if let Some(newest) = batch.last() {
             let syncing = std::time::Instant::now();
-            file::sync_data_or_exit(file, path);
+            sync(&newest.file.0, &newest.file.1);
             if let Some(histogram) = &fsync_seconds {
                 histogram.observe(syncing.elapsed().as_secs_f64());
             }
+            durable.synced(newest.epoch, newest.last);
         }
-        for (_, callback) in batch {
+        for callback in batch.into_iter().filter_map(|w| w.callback) {
             callback.log_io_completed(Ok(()));
         }
     }
@@ -59,11 +74,24 @@ struct VoteFile {
 }
 
 impl LogStore {
-    /// The store over `log`, with the vote kept at `vote_path`; each fsync's duration goes to
-    /// `fsync_seconds`.
+    /// Replica `id`'s store over `log`, with the vote kept at `vote_path`; each fsync's
+    /// duration goes to `fsync_seconds`.
     pub fn open(
+        id: u64,
         log: Arc<Mutex<OrderLog>>,
         vote_path: PathBuf,
+        fsync_seconds: Option<Histogram>,
+    ) -> Result<Self, OrderError> {
+        let sync = Box::new(|f: &std::fs::File, p: &std::path::Path| file::sync_data_or_exit(f, p));
+        Self::open_with(id, log, vote_path, sync, fsync_seconds)
+    }
+
+    /// [`LogStore::open`], making the log durable with `sync`.
+    pub fn open_with(
+        id: u64,
+        log: Arc<Mutex<OrderLog>>,
+        vote_path: PathBuf,
+        sync: Sync,
         fsync_seconds: Option<Histogram>,
     ) -> Result<Self, OrderError> {
         let state = match std::fs::read_to_string(&vote_path) {
@@ -72,17 +100,46 @@ impl LogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => VoteFile::default(),
             Err(e) => return Err(OrderError::io(&vote_path, e)),
         };
+        // What the file holds now is what the disk holds from here on.
+        let (file, path) = log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync_handle()?;
+        sync(&file, &path);
+        let durable = DurableLog::new(log.lock().unwrap_or_else(|e| e.into_inner()).last_entry());
         let (flusher, appends) = mpsc::channel();
+        let flushed = durable.clone();
         std::thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || flush_appends(appends, fsync_seconds))
+            .spawn(move || flush_appends(appends, sync, flushed, fsync_seconds))
             .map_err(|e| OrderError::io(&vote_path, e))?;
         Ok(Self {
+            id,
             log,
             vote_path,
             state: Arc::new(Mutex::new(state)),
+            durable,
             flusher,
         })
+    }
+
+    /// What this log holds durably.
+    pub fn durable(&self) -> Durable {
+        self.durable.watch()
+    }
+
+    /// Whether `entries` are this replica's own as the leader of its current term, and no
+    /// membership change: those may be reported flushed before their fsync (`durable.rs`).
+    fn leading_with(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let Some(vote) = self.state().vote else {
+            return false;
+        };
+        let leader = CommittedLeaderId::new(vote.leader_id().term, self.id);
+        vote.is_committed()
+            && vote.leader_id().voted_for() == Some(self.id)
+            && entries.iter().all(|e| {
+                e.log_id.leader_id == leader && !matches!(e.payload, EntryPayload::Membership(_))
+            })
     }
 
     /// The last entry the log holds (written, perhaps not yet flushed).
@@ -215,13 +272,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let Some(first_entry) = entries.first().map(|e| e.log_id.index) else {
+        let (Some(first_entry), Some(last)) = (entries.first(), entries.last()) else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        let (first_entry, last) = (first_entry.log_id.index, last.log_id.index);
         // Written now (readable at once), made durable by the flusher: appends that come
         // while it syncs are written behind and share its next fsync (group commit).
-        let handle = {
+        let (file, epoch, early) = {
             let mut log = self.log();
             // A leader's entries may replace a suffix this log holds from an older term.
             let replaces = log.first_line(first_entry).map_err(write_error)?;
@@ -246,25 +304,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 time = order.stamp.time;
             }
             match replaces {
-                Some(first) => log.replace_after(first - 1, &lines),
+                Some(first) => {
+                    self.durable.cut(first_entry.checked_sub(1));
+                    log.replace_after(first - 1, &lines)
+                }
                 None => log.write(&lines),
             }
             .map_err(write_error)?;
-            log.sync_handle().map_err(write_error)?
+            let early = replaces.is_none() && self.leading_with(&entries);
+            if early {
+                self.durable.written_early(last);
+            }
+            let file = log.sync_handle().map_err(write_error)?;
+            (file, self.durable.epoch(), early)
         };
-        if let Err(unsent) = self.flusher.send((handle, callback)) {
-            let (_, callback) = unsent.0;
-            callback.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+        let callback = if early {
+            callback.log_io_completed(Ok(()));
+            None
+        } else {
+            Some(callback)
+        };
+        let written = Written {
+            file,
+            epoch,
+            last,
+            callback,
+        };
+        if let Err(unsent) = self.flusher.send(written) {
+            if let Some(callback) = unsent.0.callback {
+                callback.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+            }
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         // Removes entry `log_id.index` and everything after it: lines from its first on.
-        let log = self.log.clone();
+        let (log, durable) = (self.log.clone(), self.durable.clone());
         tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(first) = log.first_line(log_id.index)? {
+                durable.cut(log_id.index.checked_sub(1));
                 log.replace_after(first - 1, &[])?;
             }
             Ok(())

@@ -12,6 +12,7 @@
 // openraft's own error types are what its traits return.
 #![allow(clippy::result_large_err)]
 
+mod durable;
 mod election;
 pub mod handover;
 mod lease;
@@ -30,6 +31,7 @@ use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership};
 use stocknet_common::wire::Peer;
 use stocknet_common::{Command, GroupEntry, Order};
 
+pub use durable::{Durable, DurableLog};
 pub use election::{Elections, PreVote, PreVoteTransport};
 pub use lease::Lease;
 pub use log_store::LogStore;

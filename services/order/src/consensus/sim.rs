@@ -20,6 +20,8 @@ use super::{network, Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer,
 pub struct Router {
     pub rafts: Mutex<BTreeMap<u64, (Raft, Arc<Elections>)>>,
     pub cut: Mutex<HashSet<(u64, u64)>>,
+    /// How many appends each replica answered.
+    pub appends_answered: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Router {
@@ -90,7 +92,17 @@ impl RaftNetwork<TypeConfig> for Link {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let (raft, elections) = self.router.reach(self.from, self.to)?;
-        self.deliver(network::deliver_append(&raft, &elections, rpc).await)
+        let answer = self.deliver(network::deliver_append(&raft, &elections, rpc).await);
+        if answer.is_ok() {
+            *self
+                .router
+                .appends_answered
+                .lock()
+                .unwrap()
+                .entry(self.to)
+                .or_default() += 1;
+        }
+        answer
     }
 
     async fn install_snapshot(

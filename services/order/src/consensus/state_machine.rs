@@ -10,7 +10,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
-use super::{entry_of, lines_of, log_id, TypeConfig};
+use super::{entry_of, lines_of, log_id, Durable, TypeConfig};
 use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::{Line, OrderLog};
@@ -22,6 +22,8 @@ type Stored = StoredMembership<u64, BasicNode>;
 pub struct StateMachine {
     book: Arc<BookStore>,
     applied: Arc<Mutex<Applied>>,
+    /// What the log holds durably: a leader's entries are applied only once it is on disk.
+    durable: Durable,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,11 +36,13 @@ struct Applied {
 
 impl StateMachine {
     /// The state machine over `book`, whose entries came from `log`. The membership is the
-    /// last one the log holds through what the book applied, or `initial` if none.
+    /// last one the log holds through what the book applied, or `initial` if none; `durable`
+    /// is what the log holds on disk.
     pub fn open(
         book: Arc<BookStore>,
         log: &Mutex<OrderLog>,
         initial: Membership<u64, BasicNode>,
+        durable: Durable,
     ) -> Result<Self, OrderError> {
         let applied = book.lock().applied();
         let log = log.lock().unwrap_or_else(|e| e.into_inner());
@@ -66,6 +70,7 @@ impl StateMachine {
                 membership,
                 snapshot: None,
             })),
+            durable,
         })
     }
 
@@ -122,6 +127,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
+        if !self.durable.wait_through(last.index).await {
+            let closed = OrderError::Task("the log closed before its entries were durable".into());
+            return Err(apply_error(closed));
+        }
         // Entries are applied in order, so each one's lines follow the book's last.
         let mut next = self.book.lock().applied() + 1;
         let mut firsts = Vec::with_capacity(entries.len());

@@ -3,7 +3,7 @@
 //! links and restart replicas.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage};
@@ -26,6 +26,39 @@ fn open_stores(
     id: u64,
     initial: Membership<u64, BasicNode>,
 ) -> (LogStore, StateMachine, Arc<Mutex<OrderLog>>, Arc<BookStore>) {
+    open_gated_stores(dir, id, initial, Arc::default())
+}
+
+/// Holds a replica's fsyncs while a test keeps it closed, as a slow disk would.
+#[derive(Default)]
+struct SyncGate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl SyncGate {
+    fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let closed = self.closed.lock().unwrap();
+        drop(self.opened.wait_while(closed, |closed| *closed).unwrap());
+    }
+}
+
+/// [`open_stores`], each fsync of the log passing `gate` first.
+fn open_gated_stores(
+    dir: &std::path::Path,
+    id: u64,
+    initial: Membership<u64, BasicNode>,
+    gate: Arc<SyncGate>,
+) -> (LogStore, StateMachine, Arc<Mutex<OrderLog>>, Arc<BookStore>) {
     // A small index, so that entries are also found from the file and keys in several tables.
     let limits = IndexLimits {
         first_key_buckets: 2,
@@ -47,8 +80,13 @@ fn open_stores(
         log.last(),
     ));
     let log = Arc::new(Mutex::new(log));
-    let store = LogStore::open(log.clone(), dir.join(format!("term-{id}")), None).unwrap();
-    let machine = StateMachine::open(book.clone(), &log, initial).unwrap();
+    let sync = Box::new(move |file: &std::fs::File, _: &std::path::Path| {
+        gate.pass();
+        file.sync_data().unwrap();
+    });
+    let store =
+        LogStore::open_with(id, log.clone(), dir.join(format!("term-{id}")), sync, None).unwrap();
+    let machine = StateMachine::open(book.clone(), &log, initial, store.durable()).unwrap();
     (store, machine, log, book)
 }
 
@@ -122,6 +160,8 @@ struct Group {
     standing: BTreeMap<u64, tokio::task::JoinHandle<()>>,
     /// Each replica's lease, renewed by the appends its network saw accepted.
     leases: BTreeMap<u64, Arc<Lease>>,
+    /// What each replica's log fsyncs pass.
+    gates: BTreeMap<u64, Arc<SyncGate>>,
     /// Replicas started after the group was founded, not among its founding members.
     joined: HashSet<u64>,
 }
@@ -138,6 +178,7 @@ impl Group {
             books: BTreeMap::new(),
             standing: BTreeMap::new(),
             leases: BTreeMap::new(),
+            gates: BTreeMap::new(),
             joined: HashSet::new(),
         };
         for id in group.ids.clone() {
@@ -162,7 +203,10 @@ impl Group {
         } else {
             initial_membership(&self.peers())
         };
-        let (store, machine, log, book) = open_stores(self.dir.path(), id, founding);
+        let gate = Arc::<SyncGate>::default();
+        let (store, machine, log, book) =
+            open_gated_stores(self.dir.path(), id, founding, gate.clone());
+        self.gates.insert(id, gate);
         let network = Network {
             router: self.router.clone(),
             from: id,
@@ -172,7 +216,7 @@ impl Group {
         let raft = Raft::new(
             id,
             config,
-            lease.tracking(network.clone()),
+            lease.tracking(store.durable().clamping(network.clone())),
             store.clone(),
             machine,
         )
@@ -319,6 +363,80 @@ async fn a_group_elects_itself_commits_and_keeps_identical_logs() {
         })
         .collect();
     assert_eq!(orders, vec![(2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]);
+}
+
+/// The leader fsyncs an entry while its followers write theirs (`durable.rs`): with the
+/// leader's disk held, the followers get the entry and openraft commits it, yet no replica
+/// applies it and the client has no answer until the leader's own copy is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_replicates_during_its_fsync_and_nobody_applies_before_it_ends() {
+    let group = Group::start(3).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    let raft = group.raft(leader);
+    let first = raft
+        .client_write(vec![proposal(1)])
+        .await
+        .unwrap()
+        .log_id
+        .index;
+    for &id in &group.ids {
+        group.applied(id, first).await;
+    }
+    group.gates[&leader].close();
+    let writing = tokio::spawn({
+        let raft = raft.clone();
+        async move { raft.client_write(vec![proposal(2)]).await }
+    });
+    let entry = first + 1;
+    let followers: Vec<u64> = group
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    let matched = |metrics: &openraft::RaftMetrics<u64, BasicNode>| {
+        metrics.replication.as_ref().is_some_and(|matched| {
+            followers.iter().all(|f| {
+                matched
+                    .get(f)
+                    .is_some_and(|id| id.is_some_and(|id| id.index >= entry))
+            })
+        })
+    };
+    // Both followers hold it durably, so openraft (counting the leader) has committed it.
+    raft.wait(Some(WAIT))
+        .metrics(matched, "followers matched the entry")
+        .await
+        .unwrap();
+    // Two appends answered by each follower since: the later was sent after the commit.
+    let answered = group.router.appends_answered.lock().unwrap().clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !followers
+        .iter()
+        .all(|f| group.router.appends_answered.lock().unwrap()[f] >= answered[f] + 2)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no appends answered"
+        );
+        raft.trigger().heartbeat().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!writing.is_finished(), "answered before the leader's fsync");
+    for &id in &group.ids {
+        let applied = group.raft(id).metrics().borrow().last_applied;
+        assert_eq!(
+            applied.map(|a| a.index),
+            Some(first),
+            "replica {id} applied"
+        );
+    }
+    group.gates[&leader].open();
+    let written = writing.await.unwrap().unwrap();
+    assert_eq!(written.log_id.index, entry);
+    for &id in &group.ids {
+        group.applied(id, entry).await;
+    }
 }
 
 /// Issue 19, item 7: 3 → 5 → 3 voters on a live group. Replicas 4 and 5 join as learners
@@ -739,7 +857,7 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     for (id, listener) in listeners {
         let (store, machine, _, _) = open_stores(dir.path(), id, initial_membership(&peers));
         let http = stocknet_common::http_client(Duration::from_secs(2));
-        let network = HttpNetwork::new(http.clone());
+        let network = store.durable().clamping(HttpNetwork::new(http.clone()));
         let config = Arc::new(config(1000).unwrap());
         let raft = Raft::new(id, config, network, store.clone(), machine)
             .await
