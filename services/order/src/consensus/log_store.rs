@@ -21,6 +21,7 @@ use crate::log::{Line, OrderLog};
 #[derive(Clone)]
 pub struct LogStore {
     id: u64,
+    boot: Option<String>,
     log: Arc<Mutex<OrderLog>>,
     vote_path: PathBuf,
     state: Arc<Mutex<VoteFile>>,
@@ -30,6 +31,26 @@ pub struct LogStore {
 
 /// How the log file is made durable: [`file::sync_data_or_exit`], or a test's stand-in.
 pub type Sync = Box<dyn Fn(&std::fs::File, &std::path::Path) + Send>;
+
+/// What the store relies on of the machine: how the log is made durable, and which boot of
+/// the machine this is. What was written and not yet fsync'd outlives a killed process, not a
+/// power loss; a power loss is a new boot.
+pub struct Disk {
+    pub sync: Sync,
+    /// The kernel's boot id; `None` where it has none to give.
+    pub boot: Option<String>,
+}
+
+impl Disk {
+    pub fn this_machine() -> Self {
+        Self {
+            sync: Box::new(file::sync_data_or_exit),
+            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned()),
+        }
+    }
+}
 
 /// An append for the flusher: the file it went to, the epoch and last entry it wrote, and
 /// openraft's callback, unless it was answered before the fsync.
@@ -71,6 +92,8 @@ fn flush_appends(
 struct VoteFile {
     vote: Option<Vote<u64>>,
     purged: Option<LogId<u64>>,
+    /// The boot of the machine it was written in.
+    boot: Option<String>,
 }
 
 impl LogStore {
@@ -82,24 +105,32 @@ impl LogStore {
         vote_path: PathBuf,
         fsync_seconds: Option<Histogram>,
     ) -> Result<Self, OrderError> {
-        let sync = Box::new(|f: &std::fs::File, p: &std::path::Path| file::sync_data_or_exit(f, p));
-        Self::open_with(id, log, vote_path, sync, fsync_seconds)
+        Self::open_with(id, log, vote_path, Disk::this_machine(), fsync_seconds)
     }
 
-    /// [`LogStore::open`], making the log durable with `sync`.
+    /// [`LogStore::open`] on `disk`.
     pub fn open_with(
         id: u64,
         log: Arc<Mutex<OrderLog>>,
         vote_path: PathBuf,
-        sync: Sync,
+        disk: Disk,
         fsync_seconds: Option<Histogram>,
     ) -> Result<Self, OrderError> {
-        let state = match std::fs::read_to_string(&vote_path) {
+        let mut state = match std::fs::read_to_string(&vote_path) {
             Ok(text) => parse_vote_file(&text)
                 .map_err(|e| OrderError::Corrupt(format!("{}: {e}", vote_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => VoteFile::default(),
             Err(e) => return Err(OrderError::io(&vote_path, e)),
         };
+        // openraft resumes leading at start-up under a vote that made this replica the leader.
+        // That is sound only if its log still holds every entry it sent: entries it reported
+        // flushed before their fsync (`durable.rs`) are lost by a power loss, and a leader of
+        // the same term would number new entries as the lost ones, which followers hold. So
+        // after a new boot (or where the boot is unknown) it stands for a new term instead.
+        if state.boot.is_none() || state.boot != disk.boot {
+            state.vote = state.vote.map(|vote| no_longer_leading(vote, id));
+        }
+        let Disk { sync, boot } = disk;
         // What the file holds now is what the disk holds from here on.
         let (file, path) = log
             .lock()
@@ -115,6 +146,7 @@ impl LogStore {
             .map_err(|e| OrderError::io(&vote_path, e))?;
         Ok(Self {
             id,
+            boot,
             log,
             vote_path,
             state: Arc::new(Mutex::new(state)),
@@ -159,8 +191,10 @@ impl LogStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `next` to `term-<id>` (fsync'd, off the async threads), then adopts it.
-    async fn save(&self, next: VoteFile) -> Result<(), StorageError<u64>> {
+    /// Writes `next`, with this boot, to `term-<id>` (fsync'd, off the async threads), then
+    /// adopts it.
+    async fn save(&self, mut next: VoteFile) -> Result<(), StorageError<u64>> {
+        next.boot.clone_from(&self.boot);
         let text = format_vote_file(&next);
         let path = self.vote_path.clone();
         tokio::task::spawn_blocking(move || {
@@ -364,8 +398,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// `term-<id>`: `TERM [VOTED_FOR [committed]]`, then optionally `purged TERM INDEX`. A file
-/// written before the group elected itself holds `TERM [LEADER]`, which reads as a vote.
+/// `vote`, unless it made replica `id` the leader: then the same vote, as a candidate's.
+fn no_longer_leading(vote: Vote<u64>, id: u64) -> Vote<u64> {
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+        Vote::new(vote.leader_id().term, id)
+    } else {
+        vote
+    }
+}
+
+/// `term-<id>`: `TERM [VOTED_FOR [committed]]`, then optionally `purged TERM INDEX` and
+/// `boot ID`. A file written before the group elected itself holds `TERM [LEADER]`, which
+/// reads as a vote.
 fn parse_vote_file(text: &str) -> Result<VoteFile, String> {
     let mut lines = text.lines();
     let mut state = VoteFile::default();
@@ -386,14 +430,17 @@ fn parse_vote_file(text: &str) -> Result<VoteFile, String> {
         }
         state.vote = Some(vote);
     }
-    if let Some(line) = lines.next() {
+    for line in lines {
         let mut fields = line.split_whitespace();
-        if fields.next() != Some("purged") {
-            return Err(format!("unexpected line {line:?}"));
+        match fields.next() {
+            Some("purged") => {
+                let term = number(fields.next(), "purged term")?;
+                let index = number(fields.next(), "purged index")?;
+                state.purged = Some(log_id(term, index));
+            }
+            Some("boot") => state.boot = fields.next().map(str::to_owned),
+            _ => return Err(format!("unexpected line {line:?}")),
         }
-        let term = number(fields.next(), "purged term")?;
-        let index = number(fields.next(), "purged index")?;
-        state.purged = Some(log_id(term, index));
     }
     Ok(state)
 }
@@ -416,7 +463,7 @@ fn format_vote_file(state: &VoteFile) -> String {
             }
         }
         text.push('\n');
-    } else if state.purged.is_some() {
+    } else if state.purged.is_some() || state.boot.is_some() {
         text.push_str("0\n");
     }
     if let Some(purged) = state.purged {
@@ -424,6 +471,9 @@ fn format_vote_file(state: &VoteFile) -> String {
             "purged {} {}\n",
             purged.leader_id.term, purged.index
         ));
+    }
+    if let Some(boot) = &state.boot {
+        text.push_str(&format!("boot {boot}\n"));
     }
     text
 }
@@ -435,9 +485,11 @@ mod tests {
     #[test]
     fn vote_files_round_trip_and_old_ones_read_as_votes() {
         for text in [
+            "7 2 committed\npurged 3 41\nboot 5d1b\n",
             "7 2 committed\npurged 3 41\n",
             "7 2\n",
             "0\npurged 1 4\n",
+            "0\nboot 5d1b\n",
             "",
         ] {
             let state = parse_vote_file(text).unwrap();
@@ -447,5 +499,33 @@ mod tests {
         assert_eq!(old.vote, Some(Vote::new(5, 3)));
         assert!(parse_vote_file("5 3 maybe\n").is_err());
         assert!(parse_vote_file("x\n").is_err());
+    }
+
+    /// The vote replica 1 finds after writing `written` in one boot and opening it in `boot`.
+    async fn vote_after(written: Vote<u64>, boot: &str) -> Vote<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = OrderLog::open(dir.path().join("orders-1.csv")).unwrap();
+        let log = Arc::new(Mutex::new(log));
+        let vote_path = dir.path().join("term-1");
+        let open = |boot: &str| {
+            let disk = Disk {
+                boot: Some(boot.to_owned()),
+                ..Disk::this_machine()
+            };
+            LogStore::open_with(1, log.clone(), vote_path.clone(), disk, None).unwrap()
+        };
+        open("first").save_vote(&written).await.unwrap();
+        open(boot).read_vote().await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_leader_resumes_its_term_after_a_restart_and_stands_again_after_a_new_boot() {
+        let leading = Vote::new_committed(7, 1);
+        assert_eq!(vote_after(leading, "first").await, leading);
+        assert_eq!(vote_after(leading, "second").await, Vote::new(7, 1));
+        // Another's leadership, and a candidate's vote, are kept as they were.
+        let following = Vote::new_committed(7, 2);
+        assert_eq!(vote_after(following, "second").await, following);
+        assert_eq!(vote_after(Vote::new(7, 1), "second").await, Vote::new(7, 1));
     }
 }

@@ -34,7 +34,7 @@ use stocknet_common::{Command, GroupEntry, Order};
 pub use durable::{Durable, DurableLog};
 pub use election::{Elections, PreVote, PreVoteTransport};
 pub use lease::Lease;
-pub use log_store::LogStore;
+pub use log_store::{Disk, LogStore};
 pub use network::{routes, HttpNetwork, HttpPreVote};
 pub use reads::SharedReads;
 pub use state_machine::StateMachine;

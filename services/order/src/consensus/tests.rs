@@ -80,12 +80,15 @@ fn open_gated_stores(
         log.last(),
     ));
     let log = Arc::new(Mutex::new(log));
-    let sync = Box::new(move |file: &std::fs::File, _: &std::path::Path| {
-        gate.pass();
-        file.sync_data().unwrap();
-    });
+    let disk = Disk {
+        sync: Box::new(move |file, _| {
+            gate.pass();
+            file.sync_data().unwrap();
+        }),
+        ..Disk::this_machine()
+    };
     let store =
-        LogStore::open_with(id, log.clone(), dir.join(format!("term-{id}")), sync, None).unwrap();
+        LogStore::open_with(id, log.clone(), dir.join(format!("term-{id}")), disk, None).unwrap();
     let machine = StateMachine::open(book.clone(), &log, initial, store.durable()).unwrap();
     (store, machine, log, book)
 }
