@@ -50,10 +50,15 @@ struct Up {
 
 impl Up {
     fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_replicas(data_dir, 3, extra)
+    }
+
+    /// [`Up::start`] with `replicas` order replicas.
+    fn start_replicas(data_dir: &std::path::Path, replicas: usize, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["up", "--data-dir", &data_dir.display().to_string()])
             .args(["--frontend-port", "0", "--catalog-port", "0"])
-            .args(["--order-ports", "0,0,0"])
+            .args(["--order-ports", &vec!["0"; replicas].join(",")])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -91,7 +96,9 @@ impl Up {
         Self {
             frontend: port("frontend"),
             catalog: port("catalog"),
-            orders: (1..=3).map(|i| port(&format!("order {i}"))).collect(),
+            orders: (1..=replicas)
+                .map(|i| port(&format!("order {i}")))
+                .collect(),
             child,
         }
     }
@@ -296,8 +303,92 @@ async fn up_runs_supervises_and_stops_everything() {
     }
 }
 
-/// The stock search through `stocknet up` seeded with a generated catalog of 10,000 stocks:
-/// paging through every match finds each matching stock once, in name order.
+/// Issue 19, item 7: `stocknet up` with five order ports runs a group of five voters, which
+/// elects one leader, commits an order on all five, and keeps trading with two of them killed
+/// (a majority of five is three).
+#[tokio::test]
+async fn up_with_five_order_ports_runs_a_group_of_five() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start_replicas(dir.path(), 5, &[]);
+    assert_eq!(children(up.pid()).len(), 7, "{:?}", children(up.pid()));
+    let http = reqwest::Client::new();
+    let cluster = || async {
+        let answer = http
+            .get(format!("{}/cluster", url(up.frontend)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        answer.json::<Value>().await.ok()
+    };
+    let placed: Value = http
+        .post(format!("{}/orders", url(up.frontend)))
+        .json(&json!({"name": "GameStart", "quantity": 2, "type": "buy"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let number = placed["data"]["transaction_number"].clone();
+    assert!(number.as_u64().is_some(), "{placed}");
+    wait_until(
+        "five replicas applied it",
+        Duration::from_secs(20),
+        || async {
+            cluster().await.is_some_and(|c| {
+                let replicas = c["data"]["replicas"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                replicas.len() == 5
+                    && replicas
+                        .iter()
+                        .all(|r| r["ready"] == true && r["applied"].as_u64() >= number.as_u64())
+            })
+        },
+    )
+    .await;
+    let members: Value = http
+        .get(format!("{}/members", url(up.orders[4])))
+        .bearer_auth(std::fs::read_to_string(dir.path().join("secret")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        members["data"]["configs"],
+        json!([[1, 2, 3, 4, 5]]),
+        "{members}"
+    );
+
+    // Two replicas stopped (SIGSTOP keeps `up` from restarting them): three still commit.
+    let stopped: Vec<u32> = children(up.pid())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("--node-id 1 ") || cmd.contains("--node-id 2 "))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(stopped.len(), 2);
+    for &pid in &stopped {
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    }
+    let placed = http
+        .post(format!("{}/orders", url(up.frontend)))
+        .json(&json!({"name": "GameStart", "quantity": 1, "type": "buy"}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    let status = placed.status();
+    let body: Value = placed.json().await.unwrap();
+    for &pid in &stopped {
+        kill(Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+    }
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A port in use stops `up` before it starts any service, with the port named.
 #[test]
 fn up_with_a_port_in_use_says_so_and_starts_nothing() {
