@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{status, url, wait_until, BIN};
+use common::{send, status, url, wait_until, BIN};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -167,15 +167,11 @@ async fn up_runs_supervises_and_stops_everything() {
         401
     );
 
-    let placed: Value = http
-        .post(format!("{}/orders", url(frontend)))
-        .json(&json!({"name": "GameStart", "quantity": 2, "type": "buy"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, placed) = send(
+        http.post(format!("{}/orders", url(frontend)))
+            .json(&json!({"name": "GameStart", "quantity": 2, "type": "buy"})),
+    )
+    .await;
     let number = placed["data"]["transaction_number"].clone();
     assert!(number.as_u64().is_some(), "{placed}");
 
@@ -204,14 +200,7 @@ async fn up_runs_supervises_and_stops_everything() {
 
     // The order terms through `up` (issue 21): a user's iceberg that expires at its time, with
     // a client order id, and an ioc order that takes its slices; what is left of it expires.
-    let created: Value = http
-        .post(format!("{}/users", url(frontend)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) = send(http.post(format!("{}/users", url(frontend)))).await;
     let key = created["data"]["api_key"]
         .as_str()
         .expect("a key")
@@ -224,31 +213,19 @@ async fn up_runs_supervises_and_stops_everything() {
     let iceberg = json!({"name": "FishCo", "quantity": 5, "type": "sell", "price": 40.0,
         "display_quantity": 2, "time_in_force": "gtd", "expire_at": expire_at,
         "client_order_id": "up-1"});
-    let placed: Value = http
-        .post(format!("{}/orders", url(frontend)))
-        .bearer_auth(&key)
-        .json(&iceberg)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, placed) = send(
+        http.post(format!("{}/orders", url(frontend)))
+            .bearer_auth(&key)
+            .json(&iceberg),
+    )
+    .await;
     assert_eq!(placed["data"]["client_order_id"], "up-1", "{placed}");
     let resting = placed["data"]["transaction_number"]
         .as_u64()
         .expect("a number");
     let ioc = json!({"name": "FishCo", "quantity": 4, "type": "buy", "price": 40.0,
         "time_in_force": "ioc"});
-    let taken: Value = http
-        .post(format!("{}/orders", url(frontend)))
-        .json(&ioc)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, taken) = send(http.post(format!("{}/orders", url(frontend))).json(&ioc)).await;
     // Slice by slice: 2, then the refill of 2 (alone at its level, it is next again).
     let fills: Vec<&Value> = taken["data"]["fills"]
         .as_array()
@@ -271,15 +248,7 @@ async fn up_runs_supervises_and_stops_everything() {
     // Keys through `up` (issue 21): a second key, the first revoked and refused at once.
     let user = created["data"]["user_id"].as_u64().expect("a user");
     let keys = format!("{}/users/{user}/keys", url(frontend));
-    let made: Value = http
-        .post(&keys)
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, made) = send(http.post(&keys).bearer_auth(&key)).await;
     let second = made["data"]["api_key"].as_str().expect("a key").to_owned();
     assert_eq!(
         status(http.delete(format!("{keys}/1")).bearer_auth(&second)).await,
@@ -321,15 +290,11 @@ async fn up_with_five_order_ports_runs_a_group_of_five() {
             .ok()?;
         answer.json::<Value>().await.ok()
     };
-    let placed: Value = http
-        .post(format!("{}/orders", url(up.frontend)))
-        .json(&json!({"name": "GameStart", "quantity": 2, "type": "buy"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, placed) = send(
+        http.post(format!("{}/orders", url(up.frontend)))
+            .json(&json!({"name": "GameStart", "quantity": 2, "type": "buy"})),
+    )
+    .await;
     let number = placed["data"]["transaction_number"].clone();
     assert!(number.as_u64().is_some(), "{placed}");
     wait_until(
@@ -349,15 +314,11 @@ async fn up_with_five_order_ports_runs_a_group_of_five() {
         },
     )
     .await;
-    let members: Value = http
-        .get(format!("{}/members", url(up.orders[4])))
-        .bearer_auth(std::fs::read_to_string(dir.path().join("secret")).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, members) = send(
+        http.get(format!("{}/members", url(up.orders[4])))
+            .bearer_auth(std::fs::read_to_string(dir.path().join("secret")).unwrap()),
+    )
+    .await;
     assert_eq!(
         members["data"]["configs"],
         json!([[1, 2, 3, 4, 5]]),
@@ -528,14 +489,7 @@ async fn the_console_trades_through_its_form_and_reconnects() {
     // Nothing overflows sideways at 1280×720.
     let width = browser.eval("document.documentElement.scrollWidth").await;
     assert!(width.as_u64().is_some_and(|w| w <= 1280), "{width}");
-    let health: Value = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = send(http.get(format!("{base}/health"))).await;
     let leader = &health["data"]["leader"];
     assert!(leader.as_u64().is_some(), "{health}");
     browser

@@ -29,7 +29,7 @@ use crate::book::Book;
 use crate::book_store::{BookSettings, BookStore};
 use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
-    self, handover, members, Elections, HttpNetwork, HttpPreVote, Lease, LogStore,
+    self, handover, members, Elections, HttpNetwork, HttpPreVote, Lease, LogStore, Outgoing,
     PreVoteTransport, Raft, SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
@@ -256,7 +256,7 @@ impl Replica {
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
-            lease.tracking(store.durable().clamping(links.network)),
+            Outgoing::new(links.network, lease.clone(), store.durable()),
             store.clone(),
             machine,
         )

@@ -9,7 +9,8 @@
 //! - the state machine applies an entry only once this replica's log holds it durably
 //!   ([`Durable::wait_through`]), so the leader answers, and calls the catalog, only with its
 //!   own copy on disk beside a follower's;
-//! - the commit point the leader sends is cut to what it holds durably ([`Durable::clamping`]),
+//! - the commit point the leader sends is cut to what it holds durably ([`clamp_commit`], on
+//!   every append it sends: [`Outgoing`](super::Outgoing)),
 //!   so no follower applies an entry that a power loss of the leader's machine could leave on
 //!   one disk only, to be overwritten by a leader elected without it.
 //!
@@ -18,15 +19,10 @@
 
 use std::sync::Arc;
 
-use openraft::error::{RPCError, RaftError};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
-};
-use openraft::BasicNode;
+use openraft::raft::AppendEntriesRequest;
 use tokio::sync::watch;
 
-use super::{SnapshotAnswer, TypeConfig};
+use super::TypeConfig;
 
 /// What the log holds durably.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,16 +104,8 @@ impl Durable {
         durable
     }
 
-    /// The network factory `network`, whose appends carry no commit point past what this
-    /// replica holds durably.
-    pub fn clamping<F>(&self, network: F) -> Clamped<F> {
-        Clamped {
-            inner: network,
-            durable: self.clone(),
-        }
-    }
-
-    fn through(&self) -> Option<u64> {
+    /// Every entry through this index is on disk.
+    pub(super) fn through(&self) -> Option<u64> {
         self.0.borrow().through
     }
 }
@@ -125,7 +113,7 @@ impl Durable {
 /// Cuts `request`'s commit point to the newest entry it names (the previous one or its own)
 /// that the leader holds durably through `durable`, or to none. A lower commit point is no
 /// news to a follower; it keeps its own.
-fn clamp_commit(request: &mut AppendEntriesRequest<TypeConfig>, durable: Option<u64>) {
+pub(super) fn clamp_commit(request: &mut AppendEntriesRequest<TypeConfig>, durable: Option<u64>) {
     let Some(commit) = request.leader_commit else {
         return;
     };
@@ -140,59 +128,6 @@ fn clamp_commit(request: &mut AppendEntriesRequest<TypeConfig>, durable: Option<
         .filter(|id| Some(id.index) <= durable && id.index <= commit.index)
         .max_by_key(|id| id.index)
         .copied();
-}
-
-/// A network factory whose appends carry the commit point cut to the leader's disk.
-pub struct Clamped<F> {
-    inner: F,
-    durable: Durable,
-}
-
-impl<F: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Clamped<F> {
-    type Network = ClampedPeer<F::Network>;
-
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
-        ClampedPeer {
-            inner: self.inner.new_client(target, node).await,
-            durable: self.durable.clone(),
-        }
-    }
-}
-
-pub struct ClampedPeer<N> {
-    inner: N,
-    durable: Durable,
-}
-
-impl<N: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for ClampedPeer<N> {
-    async fn append_entries(
-        &mut self,
-        mut request: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        clamp_commit(&mut request, self.durable.through());
-        self.inner.append_entries(request, option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        request: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> SnapshotAnswer {
-        self.inner.install_snapshot(request, option).await
-    }
-
-    async fn vote(
-        &mut self,
-        request: VoteRequest<u64>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.inner.vote(request, option).await
-    }
-
-    fn backoff(&self) -> Backoff {
-        self.inner.backoff()
-    }
 }
 
 #[cfg(test)]

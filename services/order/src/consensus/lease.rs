@@ -5,7 +5,7 @@
 //! (openraft's `leader_lease`, counted from when they got it). So once a majority of every
 //! voter set has accepted appends this leader sent at or after `t`, no other replica can be
 //! elected before `t + VOTER_LEASE`: each candidate needs one of those votes. The leader
-//! notes when it sent each append that a voter accepted ([`Tracked`], around the network
+//! notes when it sent each append that a voter accepted ([`Outgoing`](super::Outgoing), around the network
 //! openraft calls) and holds its lease for [`READ_LEASE`] after the newest time a majority
 //! acknowledged. Under load every commit round renews it; idle, the heartbeats do (every
 //! 50 ms). What a read on the lease must wait for is [`LeaseRead`]'s.
@@ -22,15 +22,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{RPCError, RaftError};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
-};
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
-use super::{SnapshotAnswer, TypeConfig, VOTER_LEASE};
+use super::VOTER_LEASE;
 
 /// How long after a majority's acknowledgement the leader serves reads on its own.
 pub const READ_LEASE: Duration = Duration::from_millis(250);
@@ -61,15 +56,8 @@ impl Lease {
         Arc::default()
     }
 
-    /// `network`, noting the appends that are accepted.
-    pub fn tracking<F>(self: &Arc<Self>, network: F) -> Tracked<F> {
-        Tracked {
-            inner: network,
-            lease: self.clone(),
-        }
-    }
-
-    fn acked(&self, voter: u64, term: u64, sent: Instant) {
+    /// Notes that `voter` accepted an append of `term` sent at `sent`.
+    pub(super) fn acked(&self, voter: u64, term: u64, sent: Instant) {
         let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let newest = acks.entry(voter).or_insert((term, sent));
         *newest = (*newest).max((term, sent));
@@ -130,70 +118,6 @@ impl Lease {
             oldest = Some(oldest.map_or(acked, |o| o.min(acked)));
         }
         oldest
-    }
-}
-
-/// A network factory whose connections note accepted appends in a [`Lease`].
-pub struct Tracked<F> {
-    inner: F,
-    lease: Arc<Lease>,
-}
-
-impl<F: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Tracked<F> {
-    type Network = TrackedPeer<F::Network>;
-
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
-        TrackedPeer {
-            inner: self.inner.new_client(target, node).await,
-            target,
-            lease: self.lease.clone(),
-        }
-    }
-}
-
-pub struct TrackedPeer<N> {
-    inner: N,
-    target: u64,
-    lease: Arc<Lease>,
-}
-
-impl<N: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackedPeer<N> {
-    /// Any answer but `HigherVote` means the voter took this leader's vote, and with it
-    /// started its lease again (openraft answers a log conflict after that).
-    async fn append_entries(
-        &mut self,
-        request: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let vote = request.vote;
-        let sent = Instant::now();
-        let answer = self.inner.append_entries(request, option).await;
-        if vote.is_committed()
-            && matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
-        {
-            self.lease.acked(self.target, vote.leader_id().term, sent);
-        }
-        answer
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        request: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> SnapshotAnswer {
-        self.inner.install_snapshot(request, option).await
-    }
-
-    async fn vote(
-        &mut self,
-        request: VoteRequest<u64>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.inner.vote(request, option).await
-    }
-
-    fn backoff(&self) -> Backoff {
-        self.inner.backoff()
     }
 }
 

@@ -19,6 +19,7 @@ mod lease;
 mod log_store;
 pub mod members;
 mod network;
+mod outgoing;
 mod reads;
 #[cfg(test)]
 pub(crate) mod sim;
@@ -36,6 +37,7 @@ pub use election::{Elections, PreVote, PreVoteTransport};
 pub use lease::Lease;
 pub use log_store::{Disk, LogStore};
 pub use network::{routes, HttpNetwork, HttpPreVote};
+pub use outgoing::Outgoing;
 pub use reads::SharedReads;
 pub use state_machine::StateMachine;
 

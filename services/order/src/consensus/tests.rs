@@ -219,7 +219,7 @@ impl Group {
         let raft = Raft::new(
             id,
             config,
-            lease.tracking(store.durable().clamping(network.clone())),
+            Outgoing::new(network.clone(), lease.clone(), store.durable()),
             store.clone(),
             machine,
         )
@@ -860,7 +860,11 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     for (id, listener) in listeners {
         let (store, machine, _, _) = open_stores(dir.path(), id, initial_membership(&peers));
         let http = stocknet_common::http_client(Duration::from_secs(2));
-        let network = store.durable().clamping(HttpNetwork::new(http.clone()));
+        let network = Outgoing::new(
+            HttpNetwork::new(http.clone()),
+            Lease::new(),
+            store.durable(),
+        );
         let config = Arc::new(config(1000).unwrap());
         let raft = Raft::new(id, config, network, store.clone(), machine)
             .await
