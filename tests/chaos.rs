@@ -298,14 +298,8 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     // Two clients trade for users (whose portfolios are checked at the end), two anonymously.
     let mut users = Vec::new();
     for expected in book::USERS {
-        let (status, body) = cluster
-            .post(&format!("{}/users", cluster.frontend()), &json!({}))
-            .await;
-        assert_eq!(
-            (status, body["data"]["user_id"].clone()),
-            (201, json!(expected))
-        );
-        let key = body["data"]["api_key"].as_str().expect("key").to_owned();
+        let (id, key) = cluster.new_user(cluster.frontend()).await;
+        assert_eq!(id, expected);
         users.push((expected, key));
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -983,11 +983,7 @@ async fn users_own_their_orders_and_portfolios_follow_their_fills() {
 async fn the_audit_trail_records_every_command_with_its_outcome() {
     let cluster = Cluster::start(1).await;
     let frontend = cluster.frontend().to_owned();
-    let created = cluster
-        .post(&format!("{frontend}/users"), &json!({}))
-        .await
-        .1;
-    let key = created["data"]["api_key"].as_str().unwrap().to_owned();
+    let (_, key) = cluster.new_user(&frontend).await;
     let orders = format!("{frontend}/orders");
     let as_user = |body: Value| cluster.http.post(&orders).bearer_auth(&key).json(&body);
 
@@ -1141,11 +1137,7 @@ fn humantime_ms(time: &Value) -> u64 {
 async fn the_daily_report_equals_a_recomputation_from_the_log() {
     let cluster = Cluster::start(1).await;
     let frontend = cluster.frontend().to_owned();
-    let created = cluster
-        .post(&format!("{frontend}/users"), &json!({}))
-        .await
-        .1;
-    let key = created["data"]["api_key"].as_str().unwrap().to_owned();
+    let (_, key) = cluster.new_user(&frontend).await;
     let orders = format!("{frontend}/orders");
     let place = |body: Value, key: Option<&str>| {
         let request = with_key(cluster.http.post(&orders), key).json(&body);
@@ -1580,13 +1572,9 @@ async fn every_service_serves_prometheus_metrics() {
 async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
     let cluster = Cluster::start(1).await;
     let frontend = cluster.frontend().to_owned();
-    let mut keys = Vec::new();
-    for _ in 0..2 {
-        let response = cluster.http.post(format!("{frontend}/users")).send().await;
-        let body: Value = response.unwrap().json().await.unwrap();
-        keys.push(body["data"]["api_key"].as_str().unwrap().to_owned());
-    }
-    let (alice, bob) = (keys[0].as_str(), keys[1].as_str());
+    let (_, alice) = cluster.new_user(&frontend).await;
+    let (_, bob) = cluster.new_user(&frontend).await;
+    let (alice, bob) = (alice.as_str(), bob.as_str());
     let place = |key: &str, body: Value| {
         send(with_key(cluster.http.post(format!("{frontend}/orders")), Some(key)).json(&body))
     };
@@ -1749,12 +1737,7 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
 async fn a_client_order_id_names_an_order_until_it_closes() {
     let cluster = Cluster::start(1).await;
     let frontend = cluster.frontend().to_owned();
-    let response = cluster.http.post(format!("{frontend}/users")).send().await;
-    let body: Value = response.unwrap().json().await.unwrap();
-    let (user, key) = (
-        body["data"]["user_id"].as_u64().unwrap(),
-        body["data"]["api_key"].as_str().unwrap().to_owned(),
-    );
+    let (user, key) = cluster.new_user(&frontend).await;
     let order = json!({"name": "GameStart", "quantity": 2, "type": "buy", "price": 5.0,
                        "client_order_id": "ladder-1"});
     let place = |key: Option<&str>| {

@@ -194,17 +194,6 @@ async fn a_stream_for_an_unknown_stock_or_interval_or_a_bad_position_is_refused(
     }
 }
 
-/// A new user's id and API key, made through `frontend`.
-async fn new_user(cluster: &Cluster, frontend: &str) -> (u64, String) {
-    let (status, created) = cluster.post(&format!("{frontend}/users"), &json!({})).await;
-    assert_eq!(status, 201, "{created}");
-    let data = &created["data"];
-    (
-        data["user_id"].as_u64().expect("id"),
-        data["api_key"].as_str().expect("key").to_owned(),
-    )
-}
-
 /// Sends `body` to `path` of `frontend` as the user whose key is `key`.
 async fn as_user(
     cluster: &Cluster,
@@ -251,8 +240,8 @@ async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
         cluster.frontend_urls[0].clone(),
         cluster.frontend_urls[1].clone(),
     );
-    let (seller, seller_key) = new_user(&cluster, &one).await;
-    let (buyer, buyer_key) = new_user(&cluster, &one).await;
+    let (seller, seller_key) = cluster.new_user(&one).await;
+    let (buyer, buyer_key) = cluster.new_user(&one).await;
     // The seller's key in the header, on the other frontend; the buyer's as a first message.
     let mut sells = own_orders(&two, "", &seller_key).await;
     let subscribed = next(&mut sells).await;
@@ -380,7 +369,7 @@ async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
 async fn an_order_stream_needs_its_users_key() {
     let cluster = Cluster::start(1).await;
     let frontend = cluster.frontend().to_owned();
-    let (user, key) = new_user(&cluster, &frontend).await;
+    let (user, key) = cluster.new_user(&frontend).await;
     let wrong = key.replace(&format!("snk_{user}_"), &format!("snk_{}_", user + 1));
     let ws = format!("{}/ws/orders", frontend.replace("http://", "ws://"));
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;

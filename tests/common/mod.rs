@@ -509,6 +509,17 @@ impl Cluster {
         &self.frontend_urls[0]
     }
 
+    /// A new user's id and API key, made through `frontend`.
+    pub async fn new_user(&self, frontend: &str) -> (u64, String) {
+        let (status, created) = self.post(&format!("{frontend}/users"), &json!({})).await;
+        assert_eq!(status, 201, "{created}");
+        let data = &created["data"];
+        (
+            data["user_id"].as_u64().expect("id"),
+            data["api_key"].as_str().expect("key").to_owned(),
+        )
+    }
+
     pub async fn is_up(&self, url: &str) -> bool {
         self.http
             .get(url)
