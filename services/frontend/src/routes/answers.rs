@@ -97,10 +97,19 @@ pub(crate) struct BadQuery(ErrorEnvelope);
 #[response(status = 401, description = "No API key, or an invalid or revoked one")]
 pub(crate) struct NeedsKey(ErrorEnvelope);
 
-/// `/users/{id}/…` with an id that is not one.
+/// `/users/{id}` and what is below it, which only that user's own key opens.
 #[derive(IntoResponses)]
-#[response(status = 400, description = "User id must be a number")]
-pub(crate) struct BadUserId(ErrorEnvelope);
+pub(crate) enum OwnUserAnswers {
+    #[response(status = 400, description = "User id must be a number")]
+    BadUserId(ErrorEnvelope),
+    #[response(status = 401, description = "No API key, or an invalid or revoked one")]
+    NeedsKey(ErrorEnvelope),
+    #[response(
+        status = 403,
+        description = "Another user's: only the user's own key opens it"
+    )]
+    AnotherUser(ErrorEnvelope),
+}
 
 /// Users and their keys live in the catalog.
 #[derive(IntoResponses)]

@@ -16,7 +16,7 @@ use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewU
 use stocknet_common::{data, Money, Path, Price, RemoteError};
 use utoipa::ToSchema;
 
-use super::answers::{BadUserId, NeedsKey, NoCatalog};
+use super::answers::{NeedsKey, NoCatalog, OwnUserAnswers};
 use crate::credentials::{self, caller};
 use crate::routes::stocks::{stock, Looked};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
@@ -165,9 +165,7 @@ pub struct UserView {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<UserView>),
-        BadUserId,
-        NeedsKey,
-        (status = 403, description = "Another user", body = ErrorEnvelope),
+        OwnUserAnswers,
         NoCatalog,
     ))]
 pub(crate) async fn get_user(
@@ -216,9 +214,7 @@ impl KeyView {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Vec<KeyView>>),
-        BadUserId,
-        NeedsKey,
-        (status = 403, description = "Another user's keys", body = ErrorEnvelope),
+        OwnUserAnswers,
         NoCatalog,
     ))]
 pub(crate) async fn list_keys(
@@ -368,9 +364,7 @@ pub struct Portfolio {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Portfolio>),
-        BadUserId,
-        NeedsKey,
-        (status = 403, description = "Another user's portfolio", body = ErrorEnvelope),
+        OwnUserAnswers,
         (status = 503, description = "No order leader, or the catalog is unavailable", body = ErrorEnvelope),
     ))]
 pub(crate) async fn portfolio(
