@@ -423,59 +423,97 @@ async fn a_group_elects_itself_commits_and_keeps_identical_logs() {
     assert_eq!(orders, vec![(2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]);
 }
 
+/// A group of three whose leader committed an entry that every replica applied.
+struct Settled {
+    group: Group,
+    leader: u64,
+    term: u64,
+    /// The entry's index.
+    first: u64,
+    followers: Vec<u64>,
+}
+
+async fn settled_group() -> Settled {
+    let group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    let written = group.raft(leader).client_write(vec![proposal(1)]).await;
+    let first = written.unwrap().log_id.index;
+    for &id in &group.ids {
+        group.applied(id, first).await;
+    }
+    let followers = group.ids.iter().copied().filter(|&id| id != leader);
+    Settled {
+        followers: followers.collect(),
+        group,
+        leader,
+        term,
+        first,
+    }
+}
+
+/// What a leader's `client_write` answers.
+type Written = Result<
+    openraft::raft::ClientWriteResponse<TypeConfig>,
+    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
+>;
+
+impl Group {
+    /// Holds `leader`'s disk and has it write an order for `quantity`; the write answers (or
+    /// fails) in the task returned.
+    fn write_with_disk_held(&self, leader: u64, quantity: u32) -> tokio::task::JoinHandle<Written> {
+        self.disks[&leader].close();
+        let raft = self.raft(leader);
+        tokio::spawn(async move { raft.client_write(vec![proposal(quantity)]).await })
+    }
+
+    /// Waits until `leader` knows each of `followers` holds its log through `index`.
+    async fn matched(&self, leader: u64, followers: &[u64], index: u64) {
+        let matched = |metrics: &openraft::RaftMetrics<u64, BasicNode>| {
+            metrics.replication.as_ref().is_some_and(|matched| {
+                followers.iter().all(|f| {
+                    matched
+                        .get(f)
+                        .is_some_and(|id| id.is_some_and(|id| id.index >= index))
+                })
+            })
+        };
+        self.raft(leader)
+            .wait(Some(WAIT))
+            .metrics(matched, "followers matched")
+            .await
+            .unwrap();
+    }
+
+    fn applied_now(&self, id: u64) -> Option<u64> {
+        self.raft(id)
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|a| a.index)
+    }
+}
+
 /// The leader fsyncs an entry while its followers write theirs (`durable.rs`): with the
 /// leader's disk held, the followers get the entry and openraft commits it, yet no replica
 /// applies it and the client has no answer until the leader's own copy is on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_replicates_during_its_fsync_and_nobody_applies_before_it_ends() {
-    let group = Group::start(3).await;
-    let (leader, _) = group.leader(&group.ids).await;
-    let raft = group.raft(leader);
-    let first = raft
-        .client_write(vec![proposal(1)])
-        .await
-        .unwrap()
-        .log_id
-        .index;
-    for &id in &group.ids {
-        group.applied(id, first).await;
-    }
-    group.disks[&leader].close();
-    let writing = tokio::spawn({
-        let raft = raft.clone();
-        async move { raft.client_write(vec![proposal(2)]).await }
-    });
+    let Settled {
+        group,
+        leader,
+        first,
+        followers,
+        ..
+    } = settled_group().await;
+    let writing = group.write_with_disk_held(leader, 2);
     let entry = first + 1;
-    let followers: Vec<u64> = group
-        .ids
-        .iter()
-        .copied()
-        .filter(|&id| id != leader)
-        .collect();
-    let matched = |metrics: &openraft::RaftMetrics<u64, BasicNode>| {
-        metrics.replication.as_ref().is_some_and(|matched| {
-            followers.iter().all(|f| {
-                matched
-                    .get(f)
-                    .is_some_and(|id| id.is_some_and(|id| id.index >= entry))
-            })
-        })
-    };
     // Both followers hold it durably, so openraft (counting the leader) has committed it.
-    raft.wait(Some(WAIT))
-        .metrics(matched, "followers matched the entry")
-        .await
-        .unwrap();
+    group.matched(leader, &followers, entry).await;
     // Each follower answered an append sent after the commit.
     group.two_appends_answered(leader, &followers).await;
     assert!(!writing.is_finished(), "answered before the leader's fsync");
     for &id in &group.ids {
-        let applied = group.raft(id).metrics().borrow().last_applied;
-        assert_eq!(
-            applied.map(|a| a.index),
-            Some(first),
-            "replica {id} applied"
-        );
+        assert_eq!(group.applied_now(id), Some(first), "replica {id} applied");
     }
     group.disks[&leader].open();
     let written = writing.await.unwrap().unwrap();
@@ -492,54 +530,21 @@ async fn the_leader_replicates_during_its_fsync_and_nobody_applies_before_it_end
 /// end identical and the lost entry's client never had an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_power_before_its_fsync_leaves_the_group_consistent() {
-    let mut group = Group::start(3).await;
-    let (leader, term) = group.leader(&group.ids).await;
-    let raft = group.raft(leader);
-    let first = raft
-        .client_write(vec![proposal(1)])
-        .await
-        .unwrap()
-        .log_id
-        .index;
-    for &id in &group.ids {
-        group.applied(id, first).await;
-    }
-    let followers: Vec<u64> = group
-        .ids
-        .iter()
-        .copied()
-        .filter(|&id| id != leader)
-        .collect();
+    let Settled {
+        mut group,
+        leader,
+        term,
+        first,
+        followers,
+    } = settled_group().await;
     let (near, far) = (followers[0], followers[1]);
     group.cut(leader, far, true);
-    group.disks[&leader].close();
-    let writing = tokio::spawn({
-        let raft = raft.clone();
-        async move { raft.client_write(vec![proposal(2)]).await }
-    });
+    let writing = group.write_with_disk_held(leader, 2);
     let lost = first + 1;
-    let near_matched = |m: &openraft::RaftMetrics<u64, BasicNode>| {
-        m.replication.as_ref().is_some_and(|matched| {
-            matched
-                .get(&near)
-                .is_some_and(|id| id.is_some_and(|id| id.index >= lost))
-        })
-    };
-    raft.wait(Some(WAIT))
-        .metrics(near_matched, "the near follower matched the entry")
-        .await
-        .unwrap();
+    group.matched(leader, &[near], lost).await;
     group.two_appends_answered(leader, &[near]).await;
-    let applied = |id: u64| {
-        group
-            .raft(id)
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|a| a.index)
-    };
     assert_eq!(
-        applied(near),
+        group.applied_now(near),
         Some(first),
         "applied before the leader's fsync"
     );
