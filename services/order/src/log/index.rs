@@ -116,10 +116,17 @@ impl Index {
         });
         let mut record = csv::ByteRecord::new();
         let mut header_seen = from > 0;
+        // The lines of an entry are taken once its last line is read: a crash mid-append may
+        // have left only its first lines, and then the whole entry goes (it was never
+        // acknowledged: one append writes it, and answers once the append is durable).
+        let mut entry_lines: Vec<(Line, u64)> = Vec::new();
         loop {
             let start = reader.position().clone();
+            let expected = self.last + 1 + entry_lines.len() as u64;
             let parsed = match reader.read_byte_record(&mut record) {
-                Ok(false) => return Ok(complete),
+                Ok(false) => {
+                    return Ok(entry_lines.first().map_or(complete, |(_, start)| *start));
+                }
                 Ok(true) if !header_seen => {
                     if !record::is_header(&record) {
                         return Err(OrderError::Corrupt("missing header line".into()));
@@ -127,27 +134,34 @@ impl Index {
                     header_seen = true;
                     continue;
                 }
-                Ok(true) => record::decode(&record, self.last + 1),
+                Ok(true) => record::decode(&record, expected),
                 Err(e) => Err(e.to_string()),
             };
             match parsed {
                 Ok(line) => {
-                    if let (Some(key), true) = (&line.order.key, line.order.number > keys_through) {
-                        self.keys
-                            .insert(key, line.order.number)
-                            .map_err(|e| OrderError::Corrupt(format!("its key index: {e}")))?;
+                    entry_lines.push((line, from + start.byte()));
+                    if record::is_continued(&record) {
+                        continue;
                     }
-                    self.push(&line, from + start.byte());
+                    for (line, start) in entry_lines.drain(..) {
+                        let number = line.order.number;
+                        if let (Some(key), true) = (&line.order.key, number > keys_through) {
+                            self.keys
+                                .insert(key, number)
+                                .map_err(|e| OrderError::Corrupt(format!("its key index: {e}")))?;
+                        }
+                        self.push(&line, start);
+                    }
                 }
                 Err(_) if from + reader.position().byte() >= complete => {
-                    return Ok(from + start.byte())
+                    let torn = from + start.byte();
+                    return Ok(entry_lines.first().map_or(torn, |(_, start)| *start));
                 }
                 Err(e) if from == 0 => {
                     return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));
                 }
                 Err(e) => {
-                    let number = self.last + 1;
-                    return Err(OrderError::Corrupt(format!("order {number}: {e}")));
+                    return Err(OrderError::Corrupt(format!("order {expected}: {e}")));
                 }
             }
         }

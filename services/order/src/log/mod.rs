@@ -151,7 +151,7 @@ impl OrderLog {
             tracing::warn!(
                 path = %path.display(),
                 dropped_bytes = size - good_len,
-                "truncating a torn last record of the order log"
+                "truncating a torn last record, or an entry missing its last lines, of the order log"
             );
             file.set_len(good_len).map_err(io)?;
         }
@@ -668,11 +668,14 @@ fn format_records(batch: &[Line], base: u64) -> Result<(Vec<u8>, Vec<u64>), Orde
         .has_headers(false)
         .from_writer(Vec::new());
     let mut starts = Vec::with_capacity(batch.len());
-    for line in batch {
+    for (i, line) in batch.iter().enumerate() {
         writer.flush().map_err(|e| corrupt(&e))?;
         starts.push(base + writer.get_ref().len() as u64);
+        let continued = batch
+            .get(i + 1)
+            .is_some_and(|next| next.entry == line.entry);
         writer
-            .write_record(record::encode(line))
+            .write_record(record::encode(line, continued))
             .map_err(|e| corrupt(&e))?;
     }
     let text = writer.into_inner().map_err(|e| corrupt(&e))?;
@@ -1240,6 +1243,49 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let keep: Vec<&str> = text.lines().take(3).collect();
             std::fs::write(&path, keep.join("\n") + "\n").unwrap();
+        }
+    }
+
+    /// A crash mid-append may leave the first lines of an entry without its last (a write cut
+    /// at a page, a power loss): opening the log drops the whole entry, whose keys are then
+    /// not found, and the log takes the entry again.
+    #[test]
+    fn an_entry_missing_its_last_lines_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let mut log = OrderLog::open(&path).unwrap();
+        log.write(&grouped(1, 0, &[1, 3])).unwrap();
+        drop(log);
+        let whole = std::fs::read_to_string(&path).unwrap();
+        let kept = whole.len();
+        let mut log = OrderLog::open(&path).unwrap();
+        let entry = grouped(5, 2, &[3]);
+        log.write(&entry).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let written: Vec<&str> = text[kept..].split_inclusive('\n').collect();
+        assert_eq!(written.len(), 3);
+        assert!(
+            written[0].contains(",2+,") && written[2].contains(",2,"),
+            "{written:?}"
+        );
+        // Cut after one line, after two, and inside the third.
+        let cuts = [
+            written[0].len(),
+            written[0].len() + written[1].len(),
+            written[0].len() + written[1].len() + 10,
+        ];
+        for cut in cuts {
+            std::fs::write(&path, &text[..kept + cut]).unwrap();
+            let mut log = OrderLog::open(&path).unwrap();
+            assert_eq!((log.last(), log.last_entry()), (4, Some(1)), "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), kept as u64);
+            assert_eq!(log.number_for_key("key-6").unwrap(), None, "cut at {cut}");
+            log.write(&entry).unwrap();
+            drop(log);
+            let log = OrderLog::open(&path).unwrap();
+            assert_eq!((log.last(), log.last_entry()), (7, Some(2)));
+            assert_eq!(log.number_for_key("key-6").unwrap(), Some(6));
         }
     }
 

@@ -95,8 +95,13 @@ pub fn reader<R: Read>(source: R) -> csv::Reader<R> {
         .from_reader(source)
 }
 
-/// The record of `line`, in the current layout.
-pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
+/// What ends the `entry` column of a line that more lines of its entry follow: a log whose
+/// last line has it lost the rest of its entry to a crash mid-write, and opening it drops the
+/// whole entry, which was never acknowledged (its lines are written by one append).
+const CONTINUED: char = '+';
+
+/// The record of `line`, in the current layout; `continued` if more lines of its entry follow.
+pub fn encode(line: &Line, continued: bool) -> [String; COLUMNS.len()] {
     let fields = EntryFields::from(line.order.clone());
     let text = |value: Option<String>| value.unwrap_or_default();
     let mut record: [String; COLUMNS.len()] = Default::default();
@@ -112,7 +117,11 @@ pub fn encode(line: &Line) -> [String; COLUMNS.len()] {
     record[TIME] = fields.time.to_string();
     record[QUOTE] = text(fields.quote.map(|p| p.to_string()));
     record[REJECTED] = text(fields.rejected.map(|r| r.as_str().to_owned()));
-    record[ENTRY] = line.entry.to_string();
+    record[ENTRY] = if continued {
+        format!("{}{CONTINUED}", line.entry)
+    } else {
+        line.entry.to_string()
+    };
     record[REQUEST_ID] = text(fields.request_id);
     record[TIME_IN_FORCE] = text(fields.time_in_force.map(|t| t.as_str().to_owned()));
     record[EXPIRE_AT] = text(fields.expire_at.map(|t| t.to_string()));
@@ -177,10 +186,18 @@ pub fn decode(record: &csv::ByteRecord, expected: u64) -> Result<Line, String> {
         stop_price: parsed::<Price>(optional(STOP_PRICE)?, STOP_PRICE)?,
     };
     let order = stocknet_common::Order::try_from(fields)?;
-    Ok(match parsed(optional(ENTRY)?, ENTRY)? {
+    let entry = optional(ENTRY)?.map(|e| e.strip_suffix(CONTINUED).unwrap_or(e));
+    Ok(match parsed(entry, ENTRY)? {
         Some(entry) => Line { entry, order },
         None => Line::alone(order),
     })
+}
+
+/// Whether more lines of its entry follow `record`'s line.
+pub fn is_continued(record: &csv::ByteRecord) -> bool {
+    record
+        .get(ENTRY)
+        .is_some_and(|entry| entry.ends_with(&[CONTINUED as u8]))
 }
 
 /// `text` of column `column`, parsed, if there is any.
@@ -236,9 +253,15 @@ mod tests {
                 },
             },
         };
-        let record = csv::ByteRecord::from(encode(&line).to_vec());
-        assert_eq!(decode(&record, 9), Ok(line));
+        let record = csv::ByteRecord::from(encode(&line, false).to_vec());
+        assert_eq!(decode(&record, 9), Ok(line.clone()));
+        assert!(!is_continued(&record));
         assert!(decode(&record, 10).is_err(), "not the line expected");
+        // A line that more of its entry follows says so, and reads as the same line.
+        let continued = csv::ByteRecord::from(encode(&line, true).to_vec());
+        assert_eq!(continued.get(ENTRY), Some(&b"7+"[..]));
+        assert!(is_continued(&continued));
+        assert_eq!(decode(&continued, 9), Ok(line));
 
         let eight = csv::ByteRecord::from(vec!["3", "1", "sell", "A", "2", "", "", ""]);
         let read = decode(&eight, 3).expect("an older line");
