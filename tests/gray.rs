@@ -1,4 +1,4 @@
-//! Gray failures on real processes (DESIGN I11, I13): a catalog that hangs (SIGSTOP) instead of
+//! Gray failures on real processes (I11, I13, docs/ARCHITECTURE.md): a catalog that hangs (SIGSTOP) instead of
 //! dying, a leader that hangs, and requests that look harmless. Two frontends throughout.
 //! Every answer must be true: 200 executed, 503 never executed, 504 resolved by its key.
 
@@ -69,6 +69,22 @@ async fn order(
 }
 
 /// The orders `GET /orders?key=` finds through frontend `frontend`.
+/// The group's term, as the frontend `frontend` sees it, once it knows one.
+async fn term(cluster: &Cluster, frontend: usize) -> u64 {
+    let url = format!("{}/cluster", cluster.frontend_urls[frontend]);
+    let term = std::cell::Cell::new(None);
+    wait_until(
+        "the frontend to know a term",
+        Duration::from_secs(10),
+        || async {
+            term.set(cluster.get(&url).await.1["data"]["term"].as_u64());
+            term.get().is_some()
+        },
+    )
+    .await;
+    term.get().unwrap_or_default()
+}
+
 async fn orders_under(cluster: &Cluster, frontend: usize, key: &str) -> Vec<Value> {
     let url = format!("{}/orders?key={key}", cluster.frontend_urls[frontend]);
     let (status, body) = cluster.get(&url).await;
@@ -92,7 +108,13 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
 
     // Paths that are no stock's name: 404 at the frontend, however many, and trading goes on.
     for _ in 0..3 {
-        for path in ["/stocks/..", "/stocks/.", "/stocks/%2e%2e", "/stocks/a%2Fb"] {
+        for path in [
+            "/stocks/..",
+            "/stocks/.",
+            "/stocks/%2e%2e",
+            "/stocks/a%2Fb",
+            "/stocks/",
+        ] {
             assert_eq!(
                 raw_get_status(cluster.frontend(), path).await,
                 404,
@@ -103,6 +125,7 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
     assert_eq!(breaker(&cluster, 0).await["state"], "closed");
     let (status, body, _) = order(&cluster, 0, &buy, None).await;
     assert_eq!(status, 200, "{body}");
+    let term_before = term(&cluster, 0).await;
 
     signal(&cluster.catalog, Signal::SIGSTOP);
     // Sent at once, before any breaker can know: the leader commits it and cannot apply it to
@@ -175,6 +198,37 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
         assert!(metrics.contains(&line), "no {line} in:\n{metrics}");
     }
     assert!(metrics.contains("stocknet_frontend_catalog_breaker_open 0"));
+    // The catalog's hang moved no leadership: the term is the one before it.
+    assert_eq!(term(&cluster, 1).await, term_before);
+}
+
+/// Issue 19, items 2 and 5: frontends discover the leader, never elect one. Two frontends
+/// started together, ordering at once through both, leave the group in its term.
+#[tokio::test]
+async fn two_frontends_ordering_at_once_leave_the_term_alone() {
+    let cluster = Cluster::start(2).await;
+    // In steady state: the highest replica leads (a handover to it is a real leader change).
+    cluster.wait_led_by(2).await;
+    let before = term(&cluster, 0).await;
+    let buy = json!({"name": "GameStart", "quantity": 1, "type": "buy"});
+    let orders = |frontend: usize| {
+        let (cluster, buy) = (&cluster, &buy);
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                statuses.push(order(cluster, frontend, buy, None).await.0);
+            }
+            statuses
+        }
+    };
+    let (first, second) = tokio::join!(orders(0), orders(1));
+    assert!(
+        first.iter().chain(&second).all(|&s| s == 200),
+        "{first:?} {second:?}"
+    );
+    for frontend in 0..2 {
+        assert_eq!(term(&cluster, frontend).await, before);
+    }
 }
 
 /// Logs that go to a file carry no colour codes, and `--log-format json` writes one JSON

@@ -3,7 +3,7 @@
 //! revoked), fsync'd before a change is acknowledged. It holds no API key, only each key's
 //! credential (salt and hash) and prefix, which frontends fetch to verify keys. The catalog
 //! keeps it because the catalog is the one service every order group shares: users are not a
-//! stock's state and belong to no group (DESIGN I10).
+//! stock's state and belong to no group (I10, docs/ARCHITECTURE.md).
 
 use std::fs::File;
 use std::io::Write;

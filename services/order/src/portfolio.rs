@@ -1,7 +1,7 @@
 //! Users' holdings: per user and stock, the position and its cost from the user's own fills,
 //! kept as the book applies committed entries, so every replica holds the same and a fresh
 //! replay of the log gives it again. A row belongs to one stock, like everything else the log
-//! derives (DESIGN I10).
+//! derives (I10, docs/ARCHITECTURE.md).
 //!
 //! Cost is the average-cost method in integer cents: a fill that grows a position adds its
 //! price to the cost basis; one that shrinks it takes out the average cost of the shares it

@@ -1,8 +1,12 @@
 //! An in-memory network between the replicas of one process, for the consensus tests and
-//! the replica simulation: calls are delivered at once, except over links a test cut.
+//! the replica simulation: calls are delivered at once, except over links a test cut, and to
+//! and from replicas it made slow, lossy or paused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use openraft::error::{RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -22,16 +26,76 @@ pub struct Router {
     pub cut: Mutex<HashSet<(u64, u64)>>,
     /// How many appends each replica answered.
     pub appends_answered: Mutex<BTreeMap<u64, u64>>,
+    /// What is wrong with a replica's messages, in and out.
+    faults: Mutex<BTreeMap<u64, LinkFault>>,
+    resumed: Notify,
+    /// Messages counted, for the lossy replicas' losses.
+    sent: std::sync::atomic::AtomicU64,
+}
+
+/// What happens to every message to and from a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkFault {
+    /// Each takes this long: a slow link.
+    Slow(Duration),
+    /// One in this many is lost.
+    Lossy(u64),
+    /// Each waits until the replica resumes, and then arrives, late: a process stopped
+    /// (SIGSTOP) and continued.
+    Paused,
 }
 
 impl Router {
-    pub fn reach(&self, from: u64, to: u64) -> Result<(Raft, Arc<Elections>), Unreachable> {
+    /// Sets (or with `None` clears) what happens to `node`'s messages.
+    pub fn set_fault(&self, node: u64, fault: Option<LinkFault>) {
+        let mut faults = self.faults.lock().unwrap();
+        match fault {
+            Some(fault) => faults.insert(node, fault),
+            None => faults.remove(&node),
+        };
+        drop(faults);
+        self.resumed.notify_waiters();
+    }
+
+    /// Carries one message from `from` to `to` through their faults: it waits while either is
+    /// paused, takes a slow one's time, or is lost (then the caller hears nothing, as from a
+    /// cut link).
+    async fn carry(&self, from: u64, to: u64) -> Result<(), Unreachable> {
+        loop {
+            let resumed = self.resumed.notified();
+            let faults: Vec<LinkFault> = {
+                let faults = self.faults.lock().unwrap();
+                [from, to]
+                    .iter()
+                    .filter_map(|n| faults.get(n).copied())
+                    .collect()
+            };
+            if !faults.contains(&LinkFault::Paused) {
+                for fault in faults {
+                    match fault {
+                        LinkFault::Slow(delay) => tokio::time::sleep(delay).await,
+                        LinkFault::Lossy(one_in) => {
+                            let sent = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if sent.is_multiple_of(one_in) {
+                                return Err(unreachable(from, to));
+                            }
+                        }
+                        LinkFault::Paused => {}
+                    }
+                }
+                return Ok(());
+            }
+            resumed.await;
+        }
+    }
+
+    /// `to`'s replica, if `from`'s message reaches it.
+    pub async fn reach(&self, from: u64, to: u64) -> Result<(Raft, Arc<Elections>), Unreachable> {
+        self.carry(from, to).await?;
         let cut = self.cut.lock().unwrap().contains(&(from, to));
         match self.rafts.lock().unwrap().get(&to) {
             Some(replica) if !cut => Ok(replica.clone()),
-            _ => Err(Unreachable::new(&std::io::Error::other(format!(
-                "{from} cannot reach {to}"
-            )))),
+            _ => Err(unreachable(from, to)),
         }
     }
 
@@ -48,6 +112,10 @@ impl Router {
             }
         }
     }
+}
+
+fn unreachable(from: u64, to: u64) -> Unreachable {
+    Unreachable::new(&std::io::Error::other(format!("{from} cannot reach {to}")))
 }
 
 #[derive(Clone)]
@@ -75,12 +143,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl Link {
-    /// The answer to a call, unless the link was cut while it ran (the answer is lost).
-    fn deliver<T, E>(&self, answer: Result<T, E>) -> Result<T, RPCError<u64, BasicNode, E>>
+    /// The answer to a call, unless the link was cut while it ran or the answer is lost.
+    async fn deliver<T, E>(&self, answer: Result<T, E>) -> Result<T, RPCError<u64, BasicNode, E>>
     where
         E: std::error::Error,
     {
-        self.router.reach(self.to, self.from)?;
+        self.router.reach(self.to, self.from).await?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
     }
 }
@@ -91,8 +159,9 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (raft, elections) = self.router.reach(self.from, self.to)?;
-        let answer = self.deliver(network::deliver_append(&raft, &elections, rpc).await);
+        let (raft, elections) = self.router.reach(self.from, self.to).await?;
+        let answer = network::deliver_append(&raft, &elections, rpc).await;
+        let answer = self.deliver(answer).await;
         if answer.is_ok() {
             *self
                 .router
@@ -110,8 +179,9 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> SnapshotAnswer {
-        let (raft, _) = self.router.reach(self.from, self.to)?;
-        self.deliver(raft.install_snapshot(rpc).await)
+        let (raft, _) = self.router.reach(self.from, self.to).await?;
+        let answer = raft.install_snapshot(rpc).await;
+        self.deliver(answer).await
     }
 
     async fn vote(
@@ -119,16 +189,17 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (raft, elections) = self.router.reach(self.from, self.to)?;
-        self.deliver(network::deliver_vote(&raft, &elections, rpc).await)
+        let (raft, elections) = self.router.reach(self.from, self.to).await?;
+        let answer = network::deliver_vote(&raft, &elections, rpc).await;
+        self.deliver(answer).await
     }
 }
 
 impl PreVoteTransport for Network {
     async fn ask(&self, target: u64, _node: &BasicNode, request: &PreVote) -> Option<bool> {
-        let (_, elections) = self.router.reach(self.from, target).ok()?;
+        let (_, elections) = self.router.reach(self.from, target).await.ok()?;
         let answer = elections.answer(request).await;
-        self.router.reach(target, self.from).ok()?;
+        self.router.reach(target, self.from).await.ok()?;
         Some(answer)
     }
 }

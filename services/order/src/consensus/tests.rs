@@ -13,7 +13,7 @@ use stocknet_common::wire::{NewLearner, Peer, Voters};
 use stocknet_common::{Command, Order, Price, Side};
 use tempfile::TempDir;
 
-use super::sim::{Choices, Network, Router};
+use super::sim::{Choices, LinkFault, Network, Router};
 use super::*;
 use crate::archive::Archive;
 use crate::book::InMemory;
@@ -1073,8 +1073,71 @@ fn keys_applied(group: &Group, id: u64) -> HashSet<String> {
     orders.into_iter().filter_map(|o| o.key).collect()
 }
 
-/// A seeded run of writes, reads and faults (a replica cut off, or stopped and restarted; at
-/// most one at a time, so a majority stays), then the checks: every acknowledged write is in
+/// A fault of one replica in the simulation.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Stopped, then started again on its files.
+    Stopped,
+    /// Cut off from every other replica.
+    Cut,
+    /// Its messages, in and out, slow, lost or held (paused, with its timers).
+    Messages(LinkFault),
+}
+
+impl Fault {
+    fn kind(&self) -> &'static str {
+        match self {
+            Fault::Stopped => "stopped",
+            Fault::Cut => "cut",
+            Fault::Messages(LinkFault::Paused) => "paused",
+            Fault::Messages(LinkFault::Slow(_)) => "slow",
+            Fault::Messages(LinkFault::Lossy(_)) => "lossy",
+        }
+    }
+}
+
+impl Group {
+    /// Begins replica `id`'s `fault`.
+    async fn begin(&mut self, id: u64, fault: Fault) {
+        match fault {
+            Fault::Stopped => self.stop_replica(id).await,
+            Fault::Cut => self.router.isolate(id, &self.ids, true),
+            Fault::Messages(fault) => {
+                if fault == LinkFault::Paused {
+                    self.timers(id, false);
+                }
+                self.router.set_fault(id, Some(fault));
+            }
+        }
+    }
+
+    /// Turns replica `id`'s timers (elections, heartbeats) on or off, as pausing it would.
+    fn timers(&self, id: u64, on: bool) {
+        let raft = self.raft(id);
+        let config = raft.runtime_config();
+        config.tick(on);
+        config.heartbeat(on);
+        config.elect(on);
+    }
+
+    /// Ends replica `id`'s `fault`.
+    async fn heal(&mut self, id: u64, fault: Fault) {
+        match fault {
+            Fault::Stopped => self.start_replica(id).await,
+            Fault::Cut => self.router.isolate(id, &self.ids, false),
+            Fault::Messages(fault) => {
+                self.router.set_fault(id, None);
+                if fault == LinkFault::Paused {
+                    self.timers(id, true);
+                }
+            }
+        }
+    }
+}
+
+/// A seeded run of writes, reads and faults (a replica stopped and restarted, cut off, paused
+/// and resumed, or its messages slow or lost; at most one at a time, so a majority stays),
+/// then the checks: every acknowledged write is in
 /// every log at the number it was acknowledged with, no key is logged twice, the logs and the
 /// books are identical, and the reads are linearizable: a read that started after a write's
 /// acknowledgement saw it, and a read never missed what a read that ended before it saw.
@@ -1083,13 +1146,14 @@ async fn simulate(seed: u64, size: u64, steps: usize) {
     let mut group = Group::start(size).await;
     let mut acked: BTreeMap<String, (u64, tokio::time::Instant)> = BTreeMap::new();
     let mut reads: Vec<Read> = Vec::new();
-    let mut faulty: Option<(u64, bool)> = None;
+    let mut faulty: Option<(u64, Fault)> = None;
+    let mut kinds_seen = BTreeSet::new();
     let mut next_key = 0;
     // A call to a cut-off leader waits this long for an answer that will not come.
     let call = Duration::from_secs(1);
     for _ in 0..steps {
         let up: Vec<u64> = match faulty {
-            Some((id, true)) => group.ids.iter().copied().filter(|&i| i != id).collect(),
+            Some((id, Fault::Stopped)) => group.ids.iter().copied().filter(|&i| i != id).collect(),
             _ => group.ids.clone(),
         };
         let leader = up.iter().copied().find(|&id| {
@@ -1129,27 +1193,30 @@ async fn simulate(seed: u64, size: u64, steps: usize) {
             }
             (85..=88, _) if faulty.is_none() => {
                 let id = group.ids[choices.below(size) as usize];
-                let stop = choices.below(2) == 0;
-                if stop {
-                    group.stop_replica(id).await;
-                } else {
-                    group.router.isolate(id, &group.ids, true);
-                }
-                faulty = Some((id, stop));
+                let fault = match choices.below(5) {
+                    0 => Fault::Stopped,
+                    1 => Fault::Cut,
+                    2 => Fault::Messages(LinkFault::Paused),
+                    3 => Fault::Messages(LinkFault::Slow(Duration::from_millis(
+                        5 + choices.below(60),
+                    ))),
+                    _ => Fault::Messages(LinkFault::Lossy(2 + choices.below(4))),
+                };
+                group.begin(id, fault).await;
+                kinds_seen.insert(fault.kind());
+                faulty = Some((id, fault));
             }
-            (93.., _) => match faulty.take() {
-                Some((id, true)) => group.start_replica(id).await,
-                Some((id, false)) => group.router.isolate(id, &group.ids, false),
-                None => {}
-            },
+            (93.., _) => {
+                if let Some((id, fault)) = faulty.take() {
+                    group.heal(id, fault).await;
+                }
+            }
             // No leader to write to yet (an election is under way).
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    match faulty {
-        Some((id, true)) => group.start_replica(id).await,
-        Some((id, false)) => group.router.isolate(id, &group.ids, false),
-        None => {}
+    if let Some((id, fault)) = faulty {
+        group.heal(id, fault).await;
     }
 
     // Healed: one more write commits everything, and every replica applies it.
@@ -1209,6 +1276,7 @@ async fn simulate(seed: u64, size: u64, steps: usize) {
             );
         }
     }
+    assert_eq!(kinds_seen.len(), 5, "seed {seed}: faults {kinds_seen:?}");
     assert!(
         acked.len() > steps / 10 && !reads.is_empty(),
         "seed {seed}: too little happened ({} writes acknowledged, {} reads)",
@@ -1219,10 +1287,10 @@ async fn simulate(seed: u64, size: u64, steps: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_faults_keep_acknowledged_writes_and_reads_linearizable_three_replicas() {
-    simulate(7, 3, 1200).await;
+    simulate(7, 3, 2000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_faults_keep_acknowledged_writes_and_reads_linearizable_five_replicas() {
-    simulate(11, 5, 800).await;
+    simulate(11, 5, 1200).await;
 }
