@@ -1,5 +1,6 @@
-//! Gray failures on real processes (I11, I13, docs/ARCHITECTURE.md): a catalog that hangs (SIGSTOP) instead of
-//! dying, a leader that hangs, and requests that look harmless. Two frontends throughout.
+//! Gray failures on real processes (I11, I13, docs/ARCHITECTURE.md): a catalog that hangs
+//! (SIGSTOP) instead of dying, a leader that hangs, and requests that look harmless. Two
+//! frontends throughout.
 //! Every answer must be true: 200 executed, 503 never executed, 504 resolved by its key.
 
 mod common;

@@ -1,8 +1,8 @@
 //! Calls to the order group's leader. Reads are retried on the leader found again a few times.
 //! Writes (place, modify, cancel) go under an idempotency key and are retried with it until
-//! they have a true answer or [`WRITE_DEADLINE`] passes (I11, docs/ARCHITECTURE.md): 200 executed; 4xx and
-//! 503 not executed, and never will be; 504 (outcome unknown) only once an attempt may have
-//! reached a leader that could have executed it.
+//! they have a true answer or [`WRITE_DEADLINE`] passes (I11, docs/ARCHITECTURE.md): 200
+//! executed; 4xx and 503 not executed, and never will be; 504 (outcome unknown) only once an
+//! attempt may have reached a leader that could have executed it.
 
 use std::time::Duration;
 
