@@ -632,6 +632,95 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
     );
 }
 
+/// Issue 19, item 7, through the reconciler, the rest of 3 → 5 → 3: caught-up learners become
+/// voters in one change through the leader; lowered back to three, the voters change first
+/// while all five pods stay; once the group no longer counts on replicas 4 and 5, their pods
+/// go and an Event says the membership is complete.
+#[tokio::test]
+async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
+    let running: Value = serde_json::from_str(RUNNING).unwrap();
+    let five: Vec<Value> = (0..5)
+        .map(|i| pod(i, "127.0.0.1", running.clone()))
+        .collect();
+    let mut grown = stocknet(None);
+    grown.spec.order.replicas = 5;
+    let mut five_pods = serde_json::to_value(
+        &stocknet_operator::resources::desired(&grown)
+            .unwrap()
+            .stateful_sets[1],
+    )
+    .unwrap();
+    five_pods["spec"]["replicas"] = json!(5);
+    let order_set_replicas = |calls: &[Call]| {
+        calls
+            .iter()
+            .find(|c| {
+                c.method == "PATCH"
+                    && c.body["kind"] == "StatefulSet"
+                    && c.body["metadata"]["name"] == "demo-order"
+            })
+            .expect("the order StatefulSet applied")
+            .body["spec"]["replicas"]
+            .clone()
+    };
+
+    // Learners 4 and 5 caught up: all five become voters together.
+    let learning = json!({"configs": [[1, 2, 3]], "learners": [4, 5], "urls": {}, "entry": 40,
+                          "leader": 3, "behind": {"1": 0, "2": 0, "4": 0, "5": 3}});
+    let (port, changes) = leader_of(learning).await;
+    let (_, calls) =
+        run_reconcile_with(grown, five.clone(), None, Some(five_pods.clone()), port).await;
+    assert_eq!(
+        changes.lock().unwrap().clone(),
+        [("voters".to_owned(), json!({"voters": [1, 2, 3, 4, 5]}))]
+    );
+    assert!(event_reasons(&calls).contains(&"ChangingOrderVoters".to_owned()));
+    assert_eq!(order_set_replicas(&calls), 5);
+
+    // Back to three: the voters change first, and every pod stays while they do.
+    let mut shrunk = stocknet(None);
+    shrunk.spec.order.replicas = 3;
+    let voting = json!({"configs": [[1, 2, 3, 4, 5]], "learners": [], "urls": {}, "entry": 50,
+                        "leader": 3, "behind": {"1": 0, "2": 0, "4": 0, "5": 0}});
+    let (port, changes) = leader_of(voting).await;
+    let (_, calls) = run_reconcile_with(
+        shrunk.clone(),
+        five.clone(),
+        None,
+        Some(five_pods.clone()),
+        port,
+    )
+    .await;
+    assert_eq!(
+        changes.lock().unwrap().clone(),
+        [("voters".to_owned(), json!({"voters": [1, 2, 3]}))]
+    );
+    assert_eq!(
+        order_set_replicas(&calls),
+        5,
+        "a pod went before the voters changed"
+    );
+    let membership = status_written(&calls).membership.expect("membership");
+    assert_eq!(
+        membership.waiting_for.as_deref(),
+        Some("the voters to become 1, 2, 3")
+    );
+
+    // The group votes with three: the two pods go, and the change is complete.
+    let mut changing = shrunk;
+    changing.status = Some(StockNetStatus {
+        membership: Some(membership),
+        ..StockNetStatus::default()
+    });
+    let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": 52,
+                       "leader": 3, "behind": {"1": 0, "2": 0}});
+    let (port, changes) = leader_of(three).await;
+    let (_, calls) = run_reconcile_with(changing, five, None, Some(five_pods), port).await;
+    assert!(changes.lock().unwrap().is_empty());
+    assert_eq!(order_set_replicas(&calls), 3);
+    assert!(event_reasons(&calls).contains(&"OrderMembershipComplete".to_owned()));
+}
+
 /// Issue 23, item 2: the report CronJob's Jobs make the status's `reports`; a run that failed
 /// is a Warning Event, once: the next reconcile of the same run says nothing again.
 #[tokio::test]
