@@ -203,32 +203,51 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
     assert_eq!(term(&cluster, 1).await, term_before);
 }
 
-/// Issue 19, items 2 and 5: frontends discover the leader, never elect one. Two frontends
-/// started together, ordering at once through both, leave the group in its term.
+/// Issue 19, items 2, 4 and 5: frontends discover the leader, never elect one. Orders sent
+/// through two frontends the moment they start are answered truly (200 executed once, 503
+/// never executed, 504 settled by a retry under its key); once the group is settled, ordering
+/// at once through both leaves it in its term.
 #[tokio::test]
 async fn two_frontends_ordering_at_once_leave_the_term_alone() {
     let cluster = Cluster::start(2).await;
+    let buy = json!({"name": "GameStart", "quantity": 1, "type": "buy"});
+    let orders = |frontend: usize, round: &'static str| {
+        let (cluster, buy) = (&cluster, &buy);
+        async move {
+            let mut answers = Vec::new();
+            for i in 0..10 {
+                let key = format!("{round}-{frontend}-{i}");
+                answers.push((order(cluster, frontend, buy, Some(&key)).await.0, key));
+            }
+            answers
+        }
+    };
+    let (first, second) = tokio::join!(orders(0, "start"), orders(1, "start"));
+    let mut refused = Vec::new();
+    for (status, key) in first.into_iter().chain(second) {
+        let status = match status {
+            504 => order(&cluster, 0, &buy, Some(&key)).await.0,
+            status => status,
+        };
+        match status {
+            200 => assert_eq!(orders_under(&cluster, 1, &key).await.len(), 1, "{key}"),
+            503 => refused.push(key),
+            other => panic!("{key} answered {other}"),
+        }
+    }
+
     // In steady state: the highest replica leads (a handover to it is a real leader change).
     cluster.wait_led_by(2).await;
     let before = term(&cluster, 0).await;
-    let buy = json!({"name": "GameStart", "quantity": 1, "type": "buy"});
-    let orders = |frontend: usize| {
-        let (cluster, buy) = (&cluster, &buy);
-        async move {
-            let mut statuses = Vec::new();
-            for _ in 0..10 {
-                statuses.push(order(cluster, frontend, buy, None).await.0);
-            }
-            statuses
-        }
-    };
-    let (first, second) = tokio::join!(orders(0), orders(1));
-    assert!(
-        first.iter().chain(&second).all(|&s| s == 200),
-        "{first:?} {second:?}"
-    );
+    let (first, second) = tokio::join!(orders(0, "steady"), orders(1, "steady"));
+    let statuses: Vec<u16> = first.iter().chain(&second).map(|(s, _)| *s).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     for frontend in 0..2 {
         assert_eq!(term(&cluster, frontend).await, before);
+    }
+    let log = cluster.wait_for_identical_logs().await;
+    for key in refused {
+        assert_eq!(entries_under(&log, &key), 0, "{key} answered 503");
     }
 }
 
