@@ -552,6 +552,19 @@ fn env_of(calls: &[Call], kind: &str, name: &str, var: &str) -> String {
         .to_owned()
 }
 
+/// The order StatefulSet as the reconcile applied it.
+fn order_set_applied(calls: &[Call]) -> &Value {
+    &calls
+        .iter()
+        .find(|c| {
+            c.method == "PATCH"
+                && c.body["kind"] == "StatefulSet"
+                && c.body["metadata"]["name"] == "demo-order"
+        })
+        .expect("the order StatefulSet applied")
+        .body
+}
+
 /// Issue 19, item 7, through the reconciler: `order.replicas` raised from 3 to 5 on a running
 /// StockNet. The StatefulSet gets two more pods while its replicas keep their three founders;
 /// the frontends learn of five; once replica 4 answers it is added to the group as a learner
@@ -577,15 +590,7 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
 
     let (_, calls) =
         run_reconcile_with(grown.clone(), founders, None, Some(existing.clone()), port).await;
-    let order_set = calls
-        .iter()
-        .find(|c| {
-            c.method == "PATCH"
-                && c.body["kind"] == "StatefulSet"
-                && c.body["metadata"]["name"] == "demo-order"
-        })
-        .expect("the order StatefulSet applied");
-    assert_eq!(order_set.body["spec"]["replicas"], 5);
+    assert_eq!(order_set_applied(&calls)["spec"]["replicas"], 5);
     let peers = env_of(&calls, "StatefulSet", "demo-order", "STOCKNET_ORDER_PEERS");
     assert_eq!(peers.split(',').count(), 3, "the founders stay: {peers}");
     let replicas = env_of(
@@ -651,18 +656,7 @@ async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
     )
     .unwrap();
     five_pods["spec"]["replicas"] = json!(5);
-    let order_set_replicas = |calls: &[Call]| {
-        calls
-            .iter()
-            .find(|c| {
-                c.method == "PATCH"
-                    && c.body["kind"] == "StatefulSet"
-                    && c.body["metadata"]["name"] == "demo-order"
-            })
-            .expect("the order StatefulSet applied")
-            .body["spec"]["replicas"]
-            .clone()
-    };
+    let order_set_replicas = |calls: &[Call]| order_set_applied(calls)["spec"]["replicas"].clone();
 
     // Learners 4 and 5 caught up: all five become voters together.
     let learning = json!({"configs": [[1, 2, 3]], "learners": [4, 5], "urls": {}, "entry": 40,
