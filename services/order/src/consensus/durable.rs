@@ -110,24 +110,32 @@ impl Durable {
     }
 }
 
-/// Cuts `request`'s commit point to the newest entry it names (the previous one or its own)
-/// that the leader holds durably through `durable`, or to none. A lower commit point is no
-/// news to a follower; it keeps its own.
+/// Cuts `request`'s commit point to the newest entry of the leader's own term that it names
+/// (the previous one or its own) and the leader holds durably through `durable`, or to none. A
+/// lower commit point is no news to a follower; it keeps its own.
+///
+/// Only an entry of the leader's term: openraft counts the leader towards a majority before its
+/// fsync, so what it calls committed is durable on a majority only through what the leader holds
+/// on disk; and an entry of an earlier term is committed only by one of the leader's own after
+/// it (Raft's §5.4.2). Cut to an earlier term's entry, the commit point would let a follower
+/// apply it while the leader's first entry of its term was on a minority of disks, which a
+/// power loss of the leader could leave to be overwritten.
 pub(super) fn clamp_commit(request: &mut AppendEntriesRequest<TypeConfig>, durable: Option<u64>) {
     let Some(commit) = request.leader_commit else {
         return;
     };
-    if Some(commit.index) <= durable {
-        return;
-    }
+    let term = request.vote.leader_id().term;
     let named = request
         .prev_log_id
         .iter()
         .chain(request.entries.iter().map(|e| &e.log_id));
-    request.leader_commit = named
-        .filter(|id| Some(id.index) <= durable && id.index <= commit.index)
+    let newest_durable = named
+        .filter(|id| Some(id.index) <= durable && id.leader_id.term == term)
         .max_by_key(|id| id.index)
         .copied();
+    if Some(commit.index) > durable || commit.leader_id.term != term {
+        request.leader_commit = newest_durable.filter(|id| id.index <= commit.index);
+    }
 }
 
 #[cfg(test)]
@@ -137,8 +145,10 @@ mod tests {
 
     use super::*;
 
+    /// Entry `index`, of term 1 up to index 4 and of the leader's term, 2, from 5 on.
     fn id(index: u64) -> LogId<u64> {
-        LogId::new(CommittedLeaderId::new(2, 1), index)
+        let term = if index < 5 { 1 } else { 2 };
+        LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
     fn clamped(
@@ -174,6 +184,13 @@ mod tests {
         assert_eq!(clamped(Some(9), &[], 9, Some(8)), None);
         // Nothing durable: no commit point at all.
         assert_eq!(clamped(Some(5), &[6], 6, None), None);
+        // Never an earlier term's entry: the leader's first of its own (5) is not on its disk
+        // yet, so the entries before it are not yet committed on a majority of disks.
+        assert_eq!(clamped(Some(3), &[4, 5, 6], 6, Some(4)), None);
+        assert_eq!(clamped(Some(4), &[], 6, Some(4)), None);
+        // A commit point of an earlier term is sent only as the leader's own entries allow.
+        assert_eq!(clamped(Some(3), &[4], 4, Some(9)), None);
+        assert_eq!(clamped(Some(6), &[7], 7, Some(9)), Some(7));
     }
 
     /// Whether applying through `index` may go ahead now.

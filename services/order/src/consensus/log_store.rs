@@ -29,8 +29,8 @@ pub struct LogStore {
     flusher: mpsc::Sender<Written>,
 }
 
-/// How the log file is made durable: [`file::sync_data_or_exit`], or a test's stand-in.
-pub type Sync = Box<dyn Fn(&std::fs::File, &std::path::Path) + Send>;
+/// How the log file is made durable: `fdatasync`, or a test's stand-in.
+pub type Sync = Box<dyn Fn(&std::fs::File) -> std::io::Result<()> + Send>;
 
 /// What the store relies on of the machine: how the log is made durable, and which boot of
 /// the machine this is. What was written and not yet fsync'd outlives a killed process, not a
@@ -44,7 +44,7 @@ pub struct Disk {
 impl Disk {
     pub fn this_machine() -> Self {
         Self {
-            sync: Box::new(file::sync_data_or_exit),
+            sync: Box::new(std::fs::File::sync_data),
             boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()
                 .map(|id| id.trim().to_owned()),
@@ -66,7 +66,7 @@ struct Written {
 fn flush_appends(
     appends: mpsc::Receiver<Written>,
     sync: Sync,
-    durable: DurableLog,
+    (durable, failed): (DurableLog, PathBuf),
     fsync_seconds: Option<Histogram>,
 ) {
     while let Ok(first) = appends.recv() {
@@ -74,7 +74,9 @@ fn flush_appends(
         batch.extend(appends.try_iter());
         if let Some(newest) = batch.last() {
             let syncing = std::time::Instant::now();
-            sync(&newest.file.0, &newest.file.1);
+            if let Err(e) = sync(&newest.file.0) {
+                fsync_failed(&newest.file.1, &failed, &e);
+            }
             if let Some(histogram) = &fsync_seconds {
                 histogram.observe(syncing.elapsed().as_secs_f64());
             }
@@ -84,6 +86,23 @@ fn flush_appends(
             callback.log_io_completed(Ok(()));
         }
     }
+}
+
+/// Ends the process after a failed fsync of the log at `path`, leaving the file `failed` behind:
+/// the kernel may have dropped pages this leader sent before their fsync, so on its restart, in
+/// the same boot, it must not resume its term (see [`LogStore::open_with`]) any more than after
+/// a power loss. (Exiting, not going on: the next fsync may report success for lost pages.)
+fn fsync_failed(path: &std::path::Path, failed: &std::path::Path, error: &std::io::Error) -> ! {
+    if let Err(e) = std::fs::write(failed, error.to_string()) {
+        tracing::error!(path = %failed.display(), "could not note the failed fsync: {e}");
+    }
+    tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {error}");
+    std::process::exit(70);
+}
+
+/// The file that says the log's last fsync failed, beside the vote file `vote_path`.
+fn failed_fsync_path(vote_path: &std::path::Path) -> PathBuf {
+    vote_path.with_extension("fsync-failed")
 }
 
 /// What `term-<id>` holds: the vote, and the last entry openraft purged (it never purges
@@ -124,10 +143,12 @@ impl LogStore {
         };
         // openraft resumes leading at start-up under a vote that made this replica the leader.
         // That is sound only if its log still holds every entry it sent: entries it reported
-        // flushed before their fsync (`durable.rs`) are lost by a power loss, and a leader of
-        // the same term would number new entries as the lost ones, which followers hold. So
-        // after a new boot (or where the boot is unknown) it stands for a new term instead.
-        if state.boot.is_none() || state.boot != disk.boot {
+        // flushed before their fsync (`durable.rs`) are lost by a power loss, or by a failed
+        // fsync, and a leader of the same term would number new entries as the lost ones,
+        // which followers hold. So after a new boot (or where the boot is unknown), or after
+        // a failed fsync, it stands for a new term instead.
+        let failed = failed_fsync_path(&vote_path);
+        if state.boot.is_none() || state.boot != disk.boot || failed.exists() {
             state.vote = state.vote.map(|vote| no_longer_leading(vote, id));
         }
         let Disk { sync, boot } = disk;
@@ -136,13 +157,13 @@ impl LogStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sync_handle()?;
-        sync(&file, &path);
+        sync(&file).map_err(|e| OrderError::io(&path, e))?;
         let durable = DurableLog::new(log.lock().unwrap_or_else(|e| e.into_inner()).last_entry());
         let (flusher, appends) = mpsc::channel();
         let flushed = durable.clone();
         std::thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || flush_appends(appends, sync, flushed, fsync_seconds))
+            .spawn(move || flush_appends(appends, sync, (flushed, failed), fsync_seconds))
             .map_err(|e| OrderError::io(&vote_path, e))?;
         Ok(Self {
             id,
@@ -198,7 +219,12 @@ impl LogStore {
         let text = format_vote_file(&next);
         let path = self.vote_path.clone();
         tokio::task::spawn_blocking(move || {
-            file::replace_atomically(&path, |f| f.write_all(text.as_bytes()))
+            file::replace_atomically(&path, |f| f.write_all(text.as_bytes()))?;
+            // The vote on disk no longer leads a term of before a failed fsync.
+            match std::fs::remove_file(failed_fsync_path(&path)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })
         .await
         .map_err(std::io::Error::other)
@@ -340,7 +366,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             match replaces {
                 Some(first) => {
                     self.durable.cut(first_entry.checked_sub(1));
-                    log.replace_after(first - 1, &lines)
+                    // Written to a new file, fsync'd before it replaced the old one.
+                    log.replace_after(first - 1, &lines).inspect(|()| {
+                        self.durable.synced(self.durable.epoch(), last);
+                    })
                 }
                 None => log.write(&lines),
             }
@@ -378,8 +407,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(first) = log.first_line(log_id.index)? {
-                durable.cut(log_id.index.checked_sub(1));
+                let kept = log_id.index.checked_sub(1);
+                durable.cut(kept);
+                // Written to a new file, fsync'd before it replaced the old one.
                 log.replace_after(first - 1, &[])?;
+                if let Some(kept) = kept {
+                    durable.synced(durable.epoch(), kept);
+                }
             }
             Ok(())
         })
@@ -527,5 +561,32 @@ mod tests {
         let following = Vote::new_committed(7, 2);
         assert_eq!(vote_after(following, "second").await, following);
         assert_eq!(vote_after(Vote::new(7, 1), "second").await, Vote::new(7, 1));
+    }
+
+    /// A failed fsync, noted beside the vote, counts as a power loss in the same boot, until
+    /// the replica saves a vote again.
+    #[tokio::test]
+    async fn a_leader_stands_again_after_a_failed_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = OrderLog::open(dir.path().join("orders-1.csv")).unwrap();
+        let log = Arc::new(Mutex::new(log));
+        let vote_path = dir.path().join("term-1");
+        let open = || {
+            let disk = Disk {
+                boot: Some("one".to_owned()),
+                ..Disk::this_machine()
+            };
+            LogStore::open_with(1, log.clone(), vote_path.clone(), disk, None).unwrap()
+        };
+        let leading = Vote::new_committed(7, 1);
+        open().save_vote(&leading).await.unwrap();
+        std::fs::write(failed_fsync_path(&vote_path), "EIO").unwrap();
+        let mut store = open();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+        // Elected again, in a new term: the note has done its work.
+        let next = Vote::new_committed(8, 1);
+        store.save_vote(&next).await.unwrap();
+        assert!(!failed_fsync_path(&vote_path).exists());
+        assert_eq!(open().read_vote().await.unwrap(), Some(next));
     }
 }

@@ -85,11 +85,12 @@ fn open_disk_stores(
     ));
     let log = Arc::new(Mutex::new(log));
     let disk = Disk {
-        sync: Box::new(move |file, _| {
-            let length = file.metadata().unwrap().len();
+        sync: Box::new(move |file| {
+            let length = file.metadata()?.len();
             disk.pass();
-            file.sync_data().unwrap();
+            file.sync_data()?;
             *disk.synced.lock().unwrap() = length;
+            Ok(())
         }),
         boot: Some(boot.to_owned()),
     };
