@@ -578,8 +578,8 @@ fn checked_image(file: &File, complete: u64, found: keys::Found) -> Option<index
 }
 
 /// Calls `each` with every entry of the log file at `path`, in order, only reading it (the
-/// file may belong to a running replica): a torn last record is left out, as opening the log
-/// would cut it off.
+/// file may belong to a running replica): a torn last record, and an entry missing its last
+/// lines (one being written), are left out, as opening the log would cut them off.
 pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), OrderError> {
     let io = |e| OrderError::io(path, e);
     let file = File::open(path).map_err(io)?;
@@ -592,6 +592,7 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
     });
     let mut record = csv::ByteRecord::new();
     let mut number = 0;
+    let mut entry = Vec::new();
     loop {
         let read = reader
             .read_byte_record(&mut record)
@@ -610,7 +611,10 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
             let line = record::decode(&record, number).map_err(|e| {
                 OrderError::Corrupt(format!("{}: order {number}: {e}", path.display()))
             })?;
-            each(line.order);
+            entry.push(line.order);
+            if !record::is_continued(&record) {
+                entry.drain(..).for_each(&mut each);
+            }
         }
         number += 1;
     }
@@ -1277,6 +1281,9 @@ mod tests {
         ];
         for cut in cuts {
             std::fs::write(&path, &text[..kept + cut]).unwrap();
+            let mut read = 0;
+            read_entries(&path, |_| read += 1).unwrap();
+            assert_eq!(read, 4, "read as it is, cut at {cut}");
             let mut log = OrderLog::open(&path).unwrap();
             assert_eq!((log.last(), log.last_entry()), (4, Some(1)), "cut at {cut}");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), kept as u64);
