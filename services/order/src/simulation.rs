@@ -28,7 +28,7 @@ use tempfile::TempDir;
 use crate::book::InMemory;
 use crate::book_store::BookSettings;
 use crate::catalog::Catalog;
-use crate::consensus::sim::{Choices, Network, Router};
+use crate::consensus::sim::{Choices, LinkFault, Network, Router};
 use crate::error::OrderError;
 use crate::log::IndexLimits;
 use crate::replica::{Links, Replica, BATCH};
@@ -315,17 +315,33 @@ async fn simulate(seed: u64, steps: usize) {
     let cluster = Cluster::start(3).await;
     let mut cut: Option<u64> = None;
     let mut stopped: Option<u64> = None;
+    // A replica whose messages are slow, lost one in a few, or held until it "resumes".
+    let mut troubled: Option<u64> = None;
+    let mut link_faults = 0;
     for _ in 0..steps {
-        match choices.below(12) {
+        match choices.below(13) {
+            12 => {
+                if let (None, None, None) = (cut, stopped, troubled) {
+                    let id = 1 + choices.below(3);
+                    let fault = match choices.below(3) {
+                        0 => LinkFault::Slow(Duration::from_millis(5 + choices.below(60))),
+                        1 => LinkFault::Lossy(2 + choices.below(4)),
+                        _ => LinkFault::Paused,
+                    };
+                    cluster.router.set_fault(id, Some(fault));
+                    troubled = Some(id);
+                    link_faults += 1;
+                }
+            }
             0 => {
-                if let (None, None) = (cut, stopped) {
+                if let (None, None, None) = (cut, stopped, troubled) {
                     let id = 1 + choices.below(3);
                     cluster.router.isolate(id, &[1, 2, 3], true);
                     cut = Some(id);
                 }
             }
             1 => {
-                if let (None, None) = (cut, stopped) {
+                if let (None, None, None) = (cut, stopped, troubled) {
                     let id = 1 + choices.below(3);
                     cluster.stop_replica(id).await;
                     stopped = Some(id);
@@ -338,6 +354,9 @@ async fn simulate(seed: u64, steps: usize) {
             3 => {
                 if let Some(id) = cut.take() {
                     cluster.router.isolate(id, &[1, 2, 3], false);
+                }
+                if let Some(id) = troubled.take() {
+                    cluster.router.set_fault(id, None);
                 }
                 if let Some(id) = stopped.take() {
                     cluster.start_replica(id).await;
@@ -367,6 +386,9 @@ async fn simulate(seed: u64, steps: usize) {
     if let Some(id) = cut {
         cluster.router.isolate(id, &[1, 2, 3], false);
     }
+    if let Some(id) = troubled {
+        cluster.router.set_fault(id, None);
+    }
     if let Some(id) = stopped {
         cluster.start_replica(id).await;
     }
@@ -377,6 +399,10 @@ async fn simulate(seed: u64, steps: usize) {
         .await;
     let log = cluster.settled().await;
     check(&cluster, &log);
+    assert!(
+        link_faults > 0,
+        "seed {seed}: no slow, lossy or held messages drawn"
+    );
 }
 
 fn check(cluster: &Cluster, log: &[Order]) {
