@@ -93,11 +93,16 @@ fn flush_appends(
 /// the same boot, it must not resume its term (see [`LogStore::open_with`]) any more than after
 /// a power loss. (Exiting, not going on: the next fsync may report success for lost pages.)
 fn fsync_failed(path: &std::path::Path, failed: &std::path::Path, error: &std::io::Error) -> ! {
+    note_failed_fsync(failed, error);
+    tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {error}");
+    std::process::exit(70);
+}
+
+/// Leaves the file `failed`, which the next start reads as a reason not to resume leading.
+fn note_failed_fsync(failed: &std::path::Path, error: &std::io::Error) {
     if let Err(e) = std::fs::write(failed, error.to_string()) {
         tracing::error!(path = %failed.display(), "could not note the failed fsync: {e}");
     }
-    tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {error}");
-    std::process::exit(70);
 }
 
 /// The file that says the log's last fsync failed, beside the vote file `vote_path`.
@@ -157,7 +162,10 @@ impl LogStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sync_handle()?;
-        sync(&file).map_err(|e| OrderError::io(&path, e))?;
+        sync(&file).map_err(|e| {
+            note_failed_fsync(&failed, &e);
+            OrderError::io(&path, e)
+        })?;
         let durable = DurableLog::new(log.lock().unwrap_or_else(|e| e.into_inner()).last_entry());
         let (flusher, appends) = mpsc::channel();
         let flushed = durable.clone();
@@ -588,5 +596,12 @@ mod tests {
         store.save_vote(&next).await.unwrap();
         assert!(!failed_fsync_path(&vote_path).exists());
         assert_eq!(open().read_vote().await.unwrap(), Some(next));
+        // An fsync that fails as the log opens is noted too, and the start fails.
+        let failing = Disk {
+            sync: Box::new(|_| Err(std::io::Error::other("EIO"))),
+            boot: Some("one".to_owned()),
+        };
+        assert!(LogStore::open_with(1, log.clone(), vote_path.clone(), failing, None).is_err());
+        assert_eq!(open().read_vote().await.unwrap(), Some(Vote::new(8, 1)));
     }
 }
