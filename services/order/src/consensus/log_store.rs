@@ -22,6 +22,9 @@ use crate::log::{Line, OrderLog};
 pub struct LogStore {
     id: u64,
     boot: Option<String>,
+    /// A failed fsync was noted before this start: the next vote saved clears the note. (One
+    /// noted while this process runs is left for the next start.)
+    failed_before: Arc<std::sync::atomic::AtomicBool>,
     log: Arc<Mutex<OrderLog>>,
     vote_path: PathBuf,
     state: Arc<Mutex<VoteFile>>,
@@ -153,10 +156,19 @@ impl LogStore {
         // which followers hold. So after a new boot (or where the boot is unknown), or after
         // a failed fsync, it stands for a new term instead.
         let failed = failed_fsync_path(&vote_path);
-        if state.boot.is_none() || state.boot != disk.boot || failed.exists() {
+        let failed_before = failed.exists();
+        if state.boot.is_none() || state.boot != disk.boot || failed_before {
             state.vote = state.vote.map(|vote| no_longer_leading(vote, id));
         }
         let Disk { sync, boot } = disk;
+        if failed_before {
+            // After a failed fsync the kernel may keep pages it never wrote, as clean, and an
+            // fsync through another handle reports success: what this process reads may not be
+            // on disk. Written anew to a new file, fsync'd, it is.
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            let last = log.last();
+            log.replace_after(last, &[])?;
+        }
         // What the file holds now is what the disk holds from here on.
         let (file, path) = log
             .lock()
@@ -176,6 +188,7 @@ impl LogStore {
         Ok(Self {
             id,
             boot,
+            failed_before: Arc::new(failed_before.into()),
             log,
             vote_path,
             state: Arc::new(Mutex::new(state)),
@@ -226,13 +239,17 @@ impl LogStore {
         next.boot.clone_from(&self.boot);
         let text = format_vote_file(&next);
         let path = self.vote_path.clone();
+        let failed_before = self.failed_before.clone();
         tokio::task::spawn_blocking(move || {
             file::replace_atomically(&path, |f| f.write_all(text.as_bytes()))?;
-            // The vote on disk no longer leads a term of before a failed fsync.
-            match std::fs::remove_file(failed_fsync_path(&path)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+            // The vote on disk no longer leads a term of before the failed fsync noted.
+            if failed_before.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                match std::fs::remove_file(failed_fsync_path(&path)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
+            Ok(())
         })
         .await
         .map_err(std::io::Error::other)
@@ -588,9 +605,21 @@ mod tests {
         };
         let leading = Vote::new_committed(7, 1);
         open().save_vote(&leading).await.unwrap();
+        let inode = || {
+            std::os::unix::fs::MetadataExt::ino(
+                &std::fs::metadata(dir.path().join("orders-1.csv")).unwrap(),
+            )
+        };
+        let written = inode();
+        // A note left while a store runs is the next start's: its own saves keep it.
+        let mut running = open();
         std::fs::write(failed_fsync_path(&vote_path), "EIO").unwrap();
+        running.save_vote(&leading).await.unwrap();
+        assert!(failed_fsync_path(&vote_path).exists());
         let mut store = open();
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+        // The log, read from what may be pages never written, was written anew.
+        assert_ne!(inode(), written);
         // Elected again, in a new term: the note has done its work.
         let next = Vote::new_committed(8, 1);
         store.save_vote(&next).await.unwrap();
