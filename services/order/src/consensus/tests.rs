@@ -329,18 +329,6 @@ impl Group {
         }
     }
 
-    /// Cuts (or heals) the link between `a` and `b`, both ways.
-    fn cut(&self, a: u64, b: u64, cut: bool) {
-        let mut links = self.router.cut.lock().unwrap();
-        for link in [(a, b), (b, a)] {
-            if cut {
-                links.insert(link);
-            } else {
-                links.remove(&link);
-            }
-        }
-    }
-
     fn raft(&self, id: u64) -> Raft {
         self.router.rafts.lock().unwrap()[&id].0.clone()
     }
@@ -539,7 +527,7 @@ async fn a_leader_that_loses_power_before_its_fsync_leaves_the_group_consistent(
         followers,
     } = settled_group().await;
     let (near, far) = (followers[0], followers[1]);
-    group.cut(leader, far, true);
+    group.router.isolate(leader, &[far], true);
     let writing = group.write_with_disk_held(leader, 2);
     let lost = first + 1;
     group.matched(leader, &[near], lost).await;
@@ -561,7 +549,7 @@ async fn a_leader_that_loses_power_before_its_fsync_leaves_the_group_consistent(
         .iter()
         .any(|o| o.key.as_deref() == lost_key));
     // The near follower cut off: the restarted leader and the far one elect without the entry.
-    group.cut(leader, far, false);
+    group.router.isolate(leader, &[far], false);
     group.router.isolate(near, &group.ids, true);
     let (elected, new_term) = group.leader(&[leader, far]).await;
     assert!(new_term > term, "term {new_term} after {term}");
