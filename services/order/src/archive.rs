@@ -38,6 +38,9 @@ const ORDER: u64 = 192;
 /// refusal in postcard.
 const REFUSAL: u64 = 32;
 
+/// The first records of each file, as they are on disk: trades, orders, refusals.
+pub type Records = [Vec<u8>; 3];
+
 /// How many records, from the first, each file holds (or the book has sent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -79,6 +82,27 @@ impl Archive {
             orders: self.orders.count()?,
             refusals: self.refusals.count()?,
         })
+    }
+
+    /// The first `counts` records of each file as it holds them: trades, orders, refusals.
+    /// (Records are never rewritten with other content, so a prefix the book sent out is
+    /// fixed.)
+    pub fn records(&self, counts: &Counts) -> Result<Records, OrderError> {
+        Ok([
+            self.trades.prefix(counts.trades)?,
+            self.orders.prefix(counts.orders)?,
+            self.refusals.prefix(counts.refusals)?,
+        ])
+    }
+
+    /// Writes `records`, as [`records`](Self::records) gives them, from each file's first
+    /// record on, durably.
+    pub fn install(&self, records: &Records) -> Result<(), OrderError> {
+        let [trades, orders, refusals] = records;
+        self.trades.write_prefix(trades)?;
+        self.orders.write_prefix(orders)?;
+        self.refusals.write_prefix(refusals)?;
+        self.sync()
     }
 
     /// Writes `trade` at its place (not durably: see [`sync`](Self::sync)).
@@ -248,6 +272,28 @@ impl RecordFile {
         self.file
             .write_all_at(bytes, index * self.size)
             .map_err(|e| OrderError::io(&self.path, e))
+    }
+
+    /// Writes `bytes`, whole records, from the first record on.
+    fn write_prefix(&self, bytes: &[u8]) -> Result<(), OrderError> {
+        if !(bytes.len() as u64).is_multiple_of(self.size) {
+            return Err(OrderError::Corrupt(format!(
+                "{}: {} bytes are not whole records of {}",
+                self.path.display(),
+                bytes.len(),
+                self.size
+            )));
+        }
+        self.write(0, bytes)
+    }
+
+    /// The first `count` records.
+    fn prefix(&self, count: u64) -> Result<Vec<u8>, OrderError> {
+        let io = |e| OrderError::io(&self.path, e);
+        let length = usize::try_from(count * self.size).map_err(std::io::Error::other);
+        let mut bytes = vec![0; length.map_err(io)?];
+        self.file.read_exact_at(&mut bytes, 0).map_err(io)?;
+        Ok(bytes)
     }
 
     /// Fills `bytes` from the start of record `index`; `None` (a failed read) if it cannot.

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::archive::{Archive, Counts};
+use crate::archive::{Archive, Counts, Records};
 use crate::book::Book;
 use crate::book::InMemory;
 use crate::error::OrderError;
@@ -47,6 +47,14 @@ impl Default for BookSettings {
 
 /// Most entries read from the log at once while advancing.
 const READ_BATCH: usize = 10_000;
+
+/// The book as a snapshot's bytes, the last line it holds, and the archived records it
+/// continues: what another replica installs.
+pub struct BookImage {
+    pub bytes: Vec<u8>,
+    pub line: u64,
+    pub records: Records,
+}
 
 pub struct BookStore {
     book: Mutex<Book>,
@@ -206,17 +214,45 @@ impl BookStore {
         }
     }
 
-    /// The book as a snapshot's bytes, and the last entry it holds.
+    /// The book as a snapshot's bytes, and the last line it holds.
     pub fn encode(&self) -> Result<(Vec<u8>, u64), OrderError> {
         let book = self.lock();
         let bytes = snapshot::encode(&book).map_err(OrderError::Corrupt)?;
         Ok((bytes, book.applied()))
     }
 
-    /// Replaces the book with the one `bytes` encode (a snapshot from the leader), and keeps
-    /// them as this replica's snapshot.
-    pub fn install(&self, bytes: &[u8]) -> Result<(), OrderError> {
+    /// The book as another replica installs it. Blocking.
+    pub fn image(&self) -> Result<BookImage, OrderError> {
+        let (bytes, line, archived) = {
+            let book = self.lock();
+            let bytes = snapshot::encode(&book).map_err(OrderError::Corrupt)?;
+            (bytes, book.applied(), book.archived())
+        };
+        let records = self.archive.records(&archived)?;
+        Ok(BookImage {
+            bytes,
+            line,
+            records,
+        })
+    }
+
+    /// Replaces the book with the one `bytes` encode, which must end at line `line`, and the
+    /// archive's first records with `records` (an [`image`](Self::image) from another
+    /// replica), and keeps the book as this replica's snapshot. Blocking.
+    pub fn install(
+        &self,
+        bytes: &[u8],
+        records: &[Vec<u8>; 3],
+        line: u64,
+    ) -> Result<(), OrderError> {
         let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
+        if book.applied() != line {
+            return Err(OrderError::Corrupt(format!(
+                "a snapshot of the book through line {} where {line} was expected",
+                book.applied()
+            )));
+        }
+        self.archive.install(records)?;
         let archived = book.archived();
         if !self.archive.held()?.covers(&archived) {
             return Err(OrderError::Corrupt(format!(

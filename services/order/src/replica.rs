@@ -250,7 +250,7 @@ impl Replica {
         } else {
             members::joining()
         };
-        let machine = StateMachine::open(book.clone(), &log, founding, store.durable())?;
+        let machine = StateMachine::open(book.clone(), &store, founding)?;
         let config = consensus::config(settings.snapshot_every)?;
         let lease = Lease::new();
         let raft = Raft::new(

@@ -30,6 +30,14 @@ pub struct LogStore {
     state: Arc<Mutex<VoteFile>>,
     durable: DurableLog,
     flusher: mpsc::Sender<Written>,
+    /// The entry through which a snapshot being installed will bring this log, when openraft
+    /// purged past its end ([`install_lines`](Self::install_lines)). Changed under the log's
+    /// lock.
+    installing: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    /// The last entry openraft purged since this start, which the log no longer offers. Not
+    /// kept: the lines stay, and openraft starts with its commit point unknown, which a purge
+    /// may not pass.
+    purged: Arc<Mutex<Option<LogId<u64>>>>,
 }
 
 /// How the log file is made durable: `fdatasync`, or a test's stand-in.
@@ -113,13 +121,10 @@ fn failed_fsync_path(vote_path: &std::path::Path) -> PathBuf {
     vote_path.with_extension("fsync-failed")
 }
 
-/// What `term-<id>` holds: the vote, and the last entry openraft purged (it never purges
-/// while the log is the audit trail, but the contract has it).
+/// What `term-<id>` holds: the vote, and the boot of the machine it was written in.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct VoteFile {
     vote: Option<Vote<u64>>,
-    purged: Option<LogId<u64>>,
-    /// The boot of the machine it was written in.
     boot: Option<String>,
 }
 
@@ -191,15 +196,38 @@ impl LogStore {
             failed_before: Arc::new(failed_before.into()),
             log,
             vote_path,
-            state: Arc::new(Mutex::new(state)),
             durable,
             flusher,
+            installing: Arc::new(tokio::sync::watch::Sender::new(None)),
+            purged: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
         })
     }
 
     /// What this log holds durably.
     pub fn durable(&self) -> Durable {
         self.durable.watch()
+    }
+
+    /// The log, for the state machine.
+    pub(super) fn order_log(&self) -> &Arc<Mutex<OrderLog>> {
+        &self.log
+    }
+
+    /// Makes the log hold `lines`, another replica's log from its start through the last entry
+    /// of a snapshot this replica installs, durably: what it holds of them is kept, anything
+    /// after is replaced ([`OrderLog::install`]). Blocking.
+    pub fn install_lines(&self, lines: &[Line]) -> Result<(), OrderError> {
+        let Some(last) = lines.last().map(|line| line.entry) else {
+            return Ok(());
+        };
+        let mut log = self.log();
+        if let Some(kept) = log.install(lines)? {
+            self.durable.cut(log.entry_at(kept)?);
+        }
+        self.durable.synced(self.durable.epoch(), last);
+        self.installing.send_replace(None);
+        Ok(())
     }
 
     /// Whether `entries` are this replica's own as the leader of its current term, and no
@@ -227,6 +255,10 @@ impl LogStore {
 
     fn log(&self) -> MutexGuard<'_, OrderLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn purged(&self) -> Option<LogId<u64>> {
+        *self.purged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn state(&self) -> MutexGuard<'_, VoteFile> {
@@ -273,7 +305,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
-        let floor = self.state().purged.map_or(0, |p| p.index + 1);
+        let floor = self.purged().map_or(0, |p| p.index + 1);
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
@@ -319,7 +351,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let purged = self.state().purged;
+        let purged = self.purged();
         let last = self.last_log_id();
         Ok(LogState {
             last_purged_log_id: purged,
@@ -362,6 +394,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let (first_entry, last) = (first_entry.log_id.index, last.log_id.index);
+        // Entries after a snapshot come once it is installed, but a new leader's may come
+        // while it still is: they follow the snapshot's lines, which must be here first.
+        let mut installing = self.installing.subscribe();
+        if installing.borrow().is_some() {
+            let installed = installing.wait_for(Option::is_none).await.is_ok();
+            if !installed {
+                callback.log_io_completed(Err(std::io::Error::other("the log store closed")));
+                return Ok(());
+            }
+        }
         // Written now (readable at once), made durable by the flusher: appends that come
         // while it syncs are written behind and share its next fsync (group commit).
         let (file, epoch, early) = {
@@ -449,11 +491,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         // The lines stay (the audit trail reads them); the log just no longer offers them.
-        let next = VoteFile {
-            purged: Some(log_id),
-            ..self.state().clone()
-        };
-        self.save(next).await
+        // Past the log's end, openraft purges the entries of a snapshot being installed,
+        // whose lines are on their way (`install_lines`).
+        {
+            let log = self.log();
+            if log.last_entry().is_none_or(|last| last < log_id.index) {
+                self.installing.send_replace(Some(log_id.index));
+            }
+        }
+        *self.purged.lock().unwrap_or_else(|e| e.into_inner()) = Some(log_id);
+        Ok(())
     }
 }
 
@@ -466,9 +513,9 @@ fn no_longer_leading(vote: Vote<u64>, id: u64) -> Vote<u64> {
     }
 }
 
-/// `term-<id>`: `TERM [VOTED_FOR [committed]]`, then optionally `purged TERM INDEX` and
-/// `boot ID`. A file written before the group elected itself holds `TERM [LEADER]`, which
-/// reads as a vote.
+/// `term-<id>`: `TERM [VOTED_FOR [committed]]`, then optionally `boot ID`. A file written
+/// before the group elected itself holds `TERM [LEADER]`, which reads as a vote; one written
+/// while purges were kept may hold `purged TERM INDEX`, which is read and left out.
 fn parse_vote_file(text: &str) -> Result<VoteFile, String> {
     let mut lines = text.lines();
     let mut state = VoteFile::default();
@@ -493,9 +540,8 @@ fn parse_vote_file(text: &str) -> Result<VoteFile, String> {
         let mut fields = line.split_whitespace();
         match fields.next() {
             Some("purged") => {
-                let term = number(fields.next(), "purged term")?;
-                let index = number(fields.next(), "purged index")?;
-                state.purged = Some(log_id(term, index));
+                number(fields.next(), "purged term")?;
+                number(fields.next(), "purged index")?;
             }
             Some("boot") => state.boot = fields.next().map(str::to_owned),
             _ => return Err(format!("unexpected line {line:?}")),
@@ -522,14 +568,8 @@ fn format_vote_file(state: &VoteFile) -> String {
             }
         }
         text.push('\n');
-    } else if state.purged.is_some() || state.boot.is_some() {
+    } else if state.boot.is_some() {
         text.push_str("0\n");
-    }
-    if let Some(purged) = state.purged {
-        text.push_str(&format!(
-            "purged {} {}\n",
-            purged.leader_id.term, purged.index
-        ));
     }
     if let Some(boot) = &state.boot {
         text.push_str(&format!("boot {boot}\n"));
@@ -544,16 +584,18 @@ mod tests {
     #[test]
     fn vote_files_round_trip_and_old_ones_read_as_votes() {
         for text in [
-            "7 2 committed\npurged 3 41\nboot 5d1b\n",
-            "7 2 committed\npurged 3 41\n",
+            "7 2 committed\nboot 5d1b\n",
+            "7 2 committed\n",
             "7 2\n",
-            "0\npurged 1 4\n",
             "0\nboot 5d1b\n",
             "",
         ] {
             let state = parse_vote_file(text).unwrap();
             assert_eq!(format_vote_file(&state), text, "{text:?}");
         }
+        let purged = parse_vote_file("7 2 committed\npurged 3 41\nboot 5d1b\n").unwrap();
+        assert_eq!(format_vote_file(&purged), "7 2 committed\nboot 5d1b\n");
+        assert!(parse_vote_file("7 2\npurged 3\n").is_err());
         let old = parse_vote_file("5 3\n").unwrap();
         assert_eq!(old.vote, Some(Vote::new(5, 3)));
         assert!(parse_vote_file("5 3 maybe\n").is_err());

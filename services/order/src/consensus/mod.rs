@@ -24,6 +24,7 @@ mod reads;
 #[cfg(test)]
 pub(crate) mod sim;
 mod state_machine;
+mod transfer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -77,6 +78,12 @@ pub const MAX_PROPOSAL: usize = 64;
 /// Most entries sent in one replication call: at most `MAX_PROPOSAL` lines each.
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
 
+/// Bytes of a snapshot per request to a replica that installs it (a byte is up to 4 in JSON).
+const SNAPSHOT_CHUNK: u64 = 256 * 1024;
+
+/// How long a replica may take to answer a chunk of a snapshot, the last one included.
+const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often a leader heartbeats its followers when it has nothing to send. openraft checks
 /// its timers every 1.5 heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
@@ -110,7 +117,14 @@ pub fn config(snapshot_every: u64) -> Result<openraft::Config, OrderError> {
         // A batch of entries in JSON stays well inside a request body's limit.
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
-        max_in_snapshot_log_to_keep: u64::MAX,
+        // A replica further behind than that is sent a snapshot (`transfer.rs`) rather than
+        // the entries, which it would otherwise apply one by one (etcd keeps 5,000 for it).
+        max_in_snapshot_log_to_keep: snapshot_every.max(1),
+        // A chunk is JSON of at most about 1 MB, within a request body's limit.
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
+        // The last chunk is answered once the snapshot is installed: its log written and
+        // fsync'd, which for a long log takes seconds.
+        install_snapshot_timeout: millis(INSTALL_SNAPSHOT_TIMEOUT),
         ..Default::default()
     }
     .validate()

@@ -26,6 +26,8 @@ pub struct Router {
     pub cut: Mutex<HashSet<(u64, u64)>>,
     /// How many appends each replica answered.
     pub appends_answered: Mutex<BTreeMap<u64, u64>>,
+    /// How many snapshots each replica was sent whole (their last chunks delivered).
+    pub snapshots_sent: Mutex<BTreeMap<u64, u64>>,
     /// What is wrong with a replica's messages, in and out.
     faults: Mutex<BTreeMap<u64, LinkFault>>,
     resumed: Notify,
@@ -180,6 +182,15 @@ impl RaftNetwork<TypeConfig> for Link {
         _option: RPCOption,
     ) -> SnapshotAnswer {
         let (raft, _) = self.router.reach(self.from, self.to).await?;
+        if rpc.done {
+            *self
+                .router
+                .snapshots_sent
+                .lock()
+                .unwrap()
+                .entry(self.to)
+                .or_default() += 1;
+        }
         let answer = raft.install_snapshot(rpc).await;
         self.deliver(answer).await
     }

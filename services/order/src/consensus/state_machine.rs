@@ -10,7 +10,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
-use super::{entry_of, lines_of, log_id, Durable, TypeConfig};
+use super::{entry_of, lines_of, log_id, transfer, Durable, LogStore, TypeConfig};
 use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::{Line, OrderLog};
@@ -22,7 +22,9 @@ type Stored = StoredMembership<u64, BasicNode>;
 pub struct StateMachine {
     book: Arc<BookStore>,
     applied: Arc<Mutex<Applied>>,
-    /// What the log holds durably: a leader's entries are applied only once it is on disk.
+    /// The log: a leader's entries are applied only once it holds them durably, a snapshot
+    /// sent carries its lines, and one installed brings them.
+    store: LogStore,
     durable: Durable,
 }
 
@@ -30,53 +32,63 @@ pub struct StateMachine {
 struct Applied {
     last: Option<LogId<u64>>,
     membership: Stored,
-    /// The last snapshot built or installed, which a far-behind follower would be sent.
-    snapshot: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    /// A snapshot was built or installed since this start: openraft has one to send.
+    snapshot: bool,
 }
 
 impl StateMachine {
-    /// The state machine over `book`, whose entries came from `log`. The membership is the
-    /// last one the log holds through what the book applied, or `initial` if none; `durable`
-    /// is what the log holds on disk.
+    /// The state machine over `book`, whose entries came from `store`'s log. The membership is
+    /// the last one the log holds through what the book applied, or `initial` if none.
     pub fn open(
         book: Arc<BookStore>,
-        log: &Mutex<OrderLog>,
+        store: &LogStore,
         initial: Membership<u64, BasicNode>,
-        durable: Durable,
     ) -> Result<Self, OrderError> {
         let applied = book.lock().applied();
-        let log = log.lock().unwrap_or_else(|e| e.into_inner());
-        let last = log
-            .entry_at(applied)?
-            .map(|entry| log_id(log.term_at(applied).unwrap_or(0), entry));
-        let membership = match log.membership_through(applied)? {
-            Some(order) => {
-                let line = Line {
-                    entry: log.entry_at(order.number)?.unwrap_or_default(),
-                    order,
-                };
-                let entry = entry_of(vec![line])?;
-                match entry.payload {
-                    EntryPayload::Membership(m) => Stored::new(Some(entry.log_id), m),
-                    _ => Stored::new(None, initial),
-                }
-            }
-            None => Stored::new(None, initial),
-        };
+        let (last, membership) = as_of(store.order_log(), applied, initial)?;
         Ok(Self {
             book,
             applied: Arc::new(Mutex::new(Applied {
                 last,
                 membership,
-                snapshot: None,
+                snapshot: false,
             })),
-            durable,
+            store: store.clone(),
+            durable: store.durable(),
         })
     }
 
     fn applied(&self) -> MutexGuard<'_, Applied> {
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The entry of line `line` of `log` and the membership in force after it: the last one the
+/// log holds through it, or `initial` if none.
+fn as_of(
+    log: &Mutex<OrderLog>,
+    line: u64,
+    initial: Membership<u64, BasicNode>,
+) -> Result<(Option<LogId<u64>>, Stored), OrderError> {
+    let log = log.lock().unwrap_or_else(|e| e.into_inner());
+    let last = log
+        .entry_at(line)?
+        .map(|entry| log_id(log.term_at(line).unwrap_or(0), entry));
+    let membership = match log.membership_through(line)? {
+        Some(order) => {
+            let line = Line {
+                entry: log.entry_at(order.number)?.unwrap_or_default(),
+                order,
+            };
+            let entry = entry_of(vec![line])?;
+            match entry.payload {
+                EntryPayload::Membership(m) => Stored::new(Some(entry.log_id), m),
+                _ => Stored::new(None, initial),
+            }
+        }
+        None => Stored::new(None, initial),
+    };
+    Ok((last, membership))
 }
 
 fn apply_error(error: OrderError) -> StorageError<u64> {
@@ -88,25 +100,28 @@ fn snapshot_error(error: OrderError) -> StorageError<u64> {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Marks what is applied as a snapshot, so that openraft may purge the log before it (it
+    /// keeps only a built snapshot's meta). The book's own snapshots are written as it
+    /// applies; what a replica is sent is assembled when it is sent
+    /// ([`get_current_snapshot`](RaftStateMachine::get_current_snapshot)).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let book = self.book.clone();
-        let (bytes, _) = tokio::task::spawn_blocking(move || book.encode())
-            .await
-            .map_err(|e| snapshot_error(OrderError::task(e)))?
-            .map_err(snapshot_error)?;
-        let mut applied = self.applied();
-        let meta = SnapshotMeta {
-            last_log_id: applied.last,
-            last_membership: applied.membership.clone(),
-            snapshot_id: applied
-                .last
-                .map_or_else(|| "empty".into(), |id| id.to_string()),
+        let applied = {
+            let mut applied = self.applied();
+            applied.snapshot = true;
+            applied.clone()
         };
-        applied.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta: meta(applied.last, applied.membership),
+            snapshot: Box::default(),
         })
+    }
+}
+
+fn meta(last: Option<LogId<u64>>, membership: Stored) -> SnapshotMeta<u64, BasicNode> {
+    SnapshotMeta {
+        last_log_id: last,
+        last_membership: membership,
+        snapshot_id: last.map_or_else(|| "empty".into(), |id| id.to_string()),
     }
 }
 
@@ -174,26 +189,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let bytes = snapshot.into_inner();
-        self.book
-            .install(&bytes)
+        let (book, store) = (self.book.clone(), self.store.clone());
+        let through = meta.last_log_id.map(|id| id.index);
+        tokio::task::spawn_blocking(move || transfer::install(&bytes, &book, &store, through))
+            .await
+            .map_err(OrderError::task)
+            .and_then(|installed| installed)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let mut applied = self.applied();
         applied.last = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
-        applied.snapshot = Some((meta.clone(), bytes));
+        applied.snapshot = true;
         Ok(())
     }
 
+    /// The book as applied now, with the archived records and the log lines it continues,
+    /// for a replica that lacks entries the log no longer offers; none until a snapshot was
+    /// built or installed since this start (openraft asks at start-up, and purges nothing
+    /// before). Assembled when asked, on the state machine's task, so that nothing is
+    /// applied meanwhile.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(self
-            .applied()
-            .snapshot
-            .clone()
-            .map(|(meta, bytes)| Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(bytes)),
-            }))
+        let (initial, ready) = {
+            let applied = self.applied();
+            let ready = applied.snapshot && applied.last.is_some();
+            (applied.membership.membership().clone(), ready)
+        };
+        if !ready {
+            return Ok(None);
+        }
+        let (book, store) = (self.book.clone(), self.store.clone());
+        let assembled = tokio::task::spawn_blocking(move || {
+            let (bytes, line) = transfer::assemble(&book, store.order_log())?;
+            let (last, membership) = as_of(store.order_log(), line, initial)?;
+            Ok::<_, OrderError>((bytes, meta(last, membership)))
+        })
+        .await
+        .map_err(OrderError::task)
+        .and_then(|assembled| assembled)
+        .map_err(snapshot_error)?;
+        let (bytes, meta) = assembled;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
     }
 }

@@ -96,7 +96,7 @@ fn open_disk_stores(
     };
     let store =
         LogStore::open_with(id, log.clone(), dir.join(format!("term-{id}")), disk, None).unwrap();
-    let machine = StateMachine::open(book.clone(), &log, initial, store.durable()).unwrap();
+    let machine = StateMachine::open(book.clone(), &store, initial).unwrap();
     (store, machine, log, book)
 }
 
@@ -175,12 +175,20 @@ struct Group {
     boots: BTreeMap<u64, String>,
     /// Replicas started after the group was founded, not among its founding members.
     joined: HashSet<u64>,
+    /// Entries between snapshots, and kept before the last one: a replica further behind is
+    /// sent a snapshot.
+    snapshot_every: u64,
 }
 
 const WAIT: Duration = Duration::from_secs(10);
 
 impl Group {
     async fn start(size: u64) -> Self {
+        Self::start_with_snapshots(size, 1000).await
+    }
+
+    /// A group that marks a snapshot every `snapshot_every` entries.
+    async fn start_with_snapshots(size: u64, snapshot_every: u64) -> Self {
         let mut group = Self {
             dir: tempfile::tempdir().unwrap(),
             ids: (1..=size).collect(),
@@ -192,6 +200,7 @@ impl Group {
             disks: BTreeMap::new(),
             boots: BTreeMap::new(),
             joined: HashSet::new(),
+            snapshot_every,
         };
         for id in group.ids.clone() {
             group.start_replica(id).await;
@@ -224,7 +233,7 @@ impl Group {
             router: self.router.clone(),
             from: id,
         };
-        let config = Arc::new(config(1000).unwrap());
+        let config = Arc::new(config(self.snapshot_every).unwrap());
         let lease = Lease::new();
         let raft = Raft::new(
             id,
@@ -822,6 +831,174 @@ async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
     assert!(stranded.await.unwrap().is_err());
 }
 
+/// An order that trades with the one before it: buys and sells by turns, at one price.
+fn crossing(i: u32) -> Order {
+    let side = if i.is_multiple_of(2) {
+        Side::Buy
+    } else {
+        Side::Sell
+    };
+    Order {
+        key: Some(format!("c{i}")),
+        command: Command::Place {
+            side,
+            quantity: 1,
+            limit: Some(Price::from_cents(100)),
+            options: None,
+        },
+        ..proposal(1)
+    }
+}
+
+impl Group {
+    /// Has `leader` commit `orders` crossing orders, an entry each; the last entry's index.
+    async fn write_crossing(&self, leader: u64, orders: std::ops::Range<u32>) -> u64 {
+        let mut last = 0;
+        for i in orders {
+            let written = self.raft(leader).client_write(vec![crossing(i)]).await;
+            last = written.unwrap().log_id.index;
+        }
+        last
+    }
+
+    /// Waits until `leader` purged its log past `index`. (openraft does not purge what a
+    /// replication is sending: between a cut-off replica's failed attempts.)
+    async fn purged_past(&self, leader: u64, index: Option<u64>) {
+        self.raft(leader)
+            .wait(Some(WAIT))
+            .metrics(|m| m.purged.map(|p| p.index) > index, "purged")
+            .await
+            .unwrap();
+    }
+
+    fn snapshots_sent(&self, id: u64) -> u64 {
+        let sent = self.router.snapshots_sent.lock().unwrap();
+        sent.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Asserts that `ids` hold the same log, book, archive and idempotency keys.
+    fn assert_same(&self, ids: &[u64]) {
+        let first = ids[0];
+        let read = |id: u64, name: &str| {
+            let name = name.replace("{id}", &id.to_string());
+            std::fs::read(self.dir.path().join(name)).unwrap()
+        };
+        let keys = |id: u64| {
+            let log = self.logs[&id].lock().unwrap();
+            let orders = log.after(0, usize::MAX).unwrap();
+            let keys = orders.iter().filter_map(|o| o.key.clone());
+            keys.map(|key| (log.number_for_key(&key).unwrap(), key))
+                .collect::<Vec<_>>()
+        };
+        for &id in &ids[1..] {
+            assert_eq!(self.log(id), self.log(first), "logs of {id} and {first}");
+            let books = [id, first].map(|id| self.books[&id].encode().unwrap());
+            assert_eq!(books[0], books[1], "books of {id} and {first}");
+            for file in [
+                "trades-{id}.bin",
+                "order-records-{id}.bin",
+                "refusals-{id}.bin",
+            ] {
+                assert_eq!(
+                    read(id, file),
+                    read(first, file),
+                    "{file} of {id} and {first}"
+                );
+            }
+            assert_eq!(keys(id), keys(first), "keys of {id} and {first}");
+        }
+        assert!(
+            !read(first, "trades-{id}.bin").is_empty(),
+            "no trade left the book's memory"
+        );
+    }
+}
+
+/// A replica further behind than the log offers is sent a snapshot (`transfer.rs`): it
+/// installs the book, the archived records and the log's lines, and ends with the same
+/// log, book, archive and keys as the others, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_further_behind_than_the_log_offers_installs_a_snapshot() {
+    let mut group = Group::start_with_snapshots(3, 4).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
+    group.write_crossing(leader, 0..2).await;
+    group.router.isolate(follower, &group.ids, true);
+    let last = group.write_crossing(leader, 2..40).await;
+    group.purged_past(leader, group.applied_now(follower)).await;
+
+    group.router.isolate(follower, &group.ids, false);
+    group.applied(follower, last).await;
+    assert_eq!(group.snapshots_sent(follower), 1);
+    group.assert_same(&group.ids);
+
+    // Restarted, it opens what it installed and goes on with the group.
+    group.stop_replica(follower).await;
+    group.start_replica(follower).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    let last = group.write_crossing(leader, 40..44).await;
+    for &id in &group.ids {
+        group.applied(id, last).await;
+    }
+    group.assert_same(&group.ids);
+}
+
+/// A deposed leader holds entries of its term that were never committed; the group went on
+/// and purged past them. The snapshot it is sent replaces them, and it ends as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_replaces_a_deposed_leaders_uncommitted_entries() {
+    let group = Group::start_with_snapshots(3, 4).await;
+    let (old, _) = group.leader(&group.ids).await;
+    group.write_crossing(old, 0..2).await;
+    group.router.isolate(old, &group.ids, true);
+    let stranded = tokio::spawn({
+        let raft = group.raft(old);
+        async move { raft.client_write(vec![proposal(99), proposal(98)]).await }
+    });
+    let before = group.raft(old).metrics().borrow().last_log_index;
+    group
+        .raft(old)
+        .wait(Some(WAIT))
+        .metrics(|m| m.last_log_index > before, "stranded entry written")
+        .await
+        .unwrap();
+
+    let rest: Vec<u64> = group.ids.iter().copied().filter(|&id| id != old).collect();
+    let (new, _) = group.leader(&rest).await;
+    let last = group.write_crossing(new, 2..40).await;
+    group.purged_past(new, group.applied_now(old)).await;
+    group.router.isolate(old, &group.ids, false);
+    group.applied(old, last).await;
+    assert_eq!(group.snapshots_sent(old), 1);
+    group.assert_same(&group.ids);
+    let stray = group
+        .log(old)
+        .into_iter()
+        .find(|o| matches!(o.command, Command::Place { quantity, .. } if quantity > 90));
+    assert_eq!(stray, None);
+    // openraft 0.9 does not answer a proposal whose entry a snapshot replaced (only one that
+    // a conflicting entry truncated): its client's deadline answers it, outcome unknown.
+    assert!(!stranded.is_finished());
+    stranded.abort();
+}
+
+/// A replica that joins a group whose log was purged installs a snapshot, then follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_joins_by_installing_a_snapshot() {
+    let mut group = Group::start_with_snapshots(3, 4).await;
+    let (leader, _) = group.leader(&group.ids).await;
+    group.write_crossing(leader, 0..30).await;
+    group.add_learner(leader, 4).await;
+    let last = group.write_crossing(leader, 30..32).await;
+    for id in 1..=4 {
+        group.applied(id, last).await;
+    }
+    assert_eq!(group.snapshots_sent(4), 1);
+    let mut all = group.ids.clone();
+    all.push(4);
+    group.assert_same(&all);
+}
+
 /// Raft's pre-vote: a replica cut off from the others (or hung) for longer than any election
 /// timeout stands in no election while alone, since nobody answers its pre-vote, and once
 /// back it follows the leader it had, in the same term, instead of deposing it.
@@ -1132,7 +1309,8 @@ impl Group {
 /// acknowledgement saw it, and a read never missed what a read that ended before it saw.
 async fn simulate(seed: u64, size: u64, steps: usize) {
     let mut choices = Choices::seeded(seed);
-    let mut group = Group::start(size).await;
+    // Snapshots often, so that a replica that missed a few entries is sent one.
+    let mut group = Group::start_with_snapshots(size, 5).await;
     let mut acked: BTreeMap<String, (u64, tokio::time::Instant)> = BTreeMap::new();
     let mut reads: Vec<Read> = Vec::new();
     let mut faulty: Option<(u64, Fault)> = None;
@@ -1266,6 +1444,8 @@ async fn simulate(seed: u64, size: u64, steps: usize) {
         }
     }
     assert_eq!(kinds_seen.len(), 5, "seed {seed}: faults {kinds_seen:?}");
+    let snapshots: u64 = group.router.snapshots_sent.lock().unwrap().values().sum();
+    assert!(snapshots > 0, "seed {seed}: no replica was sent a snapshot");
     assert!(
         acked.len() > steps / 10 && !reads.is_empty(),
         "seed {seed}: too little happened ({} writes acknowledged, {} reads)",

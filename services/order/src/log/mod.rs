@@ -283,6 +283,48 @@ impl OrderLog {
         Ok(lines)
     }
 
+    /// The file's bytes from its start through line `number`, which a snapshot sent to a
+    /// replica carries ([`parse_copy`] reads them back).
+    pub fn copy_through(&self, number: u64) -> Result<Vec<u8>, OrderError> {
+        let end = self.offset_of(number.min(self.last()) + 1)?;
+        let length = usize::try_from(end)
+            .map_err(|_| self.corrupt(number, "too long to copy into memory"))?;
+        let mut bytes = vec![0; length];
+        self.file
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| OrderError::io(&self.path, e))?;
+        Ok(bytes)
+    }
+
+    /// Makes this log hold `lines`, which are another replica's log from line 1 on, as a
+    /// snapshot sent from it carries them: what this log shares of them is kept, and
+    /// everything after the last line it shares is replaced by theirs. A line with the same
+    /// number and term as one here is the same line, and so is every line before it (Raft's
+    /// log matching). Returns the last line kept, if lines were replaced; durable on return.
+    pub fn install(&mut self, lines: &[Line]) -> Result<Option<u64>, OrderError> {
+        let Some(last) = lines.last().map(|line| line.order.number) else {
+            return Ok(None);
+        };
+        let shared = |kept: u64| {
+            let theirs = usize::try_from(kept - 1).ok().and_then(|i| lines.get(i));
+            theirs.is_some_and(|line| self.term_at(kept) == Some(line.order.term))
+        };
+        let mut kept = self.last().min(last);
+        while kept > 0 && !shared(kept) {
+            kept -= 1;
+        }
+        let after = usize::try_from(kept).unwrap_or(usize::MAX);
+        let rest = lines.get(after..).unwrap_or_default();
+        if kept == self.last() {
+            if !rest.is_empty() {
+                self.append(rest)?;
+            }
+            return Ok(None);
+        }
+        self.replace_after(kept, rest)?;
+        Ok(Some(kept))
+    }
+
     /// Appends `batch` durably. Its first line must directly follow the last one here, its
     /// numbers must be consecutive and each line's entry the one before's or the next;
     /// otherwise nothing is written and [`OrderError::Gap`] says where this log ends.
@@ -575,6 +617,28 @@ fn checked_image(file: &File, complete: u64, found: keys::Found) -> Option<index
         .and_then(|_| record::decode(&record, through).ok())?;
     let ends = offset + reader.position().byte() == image.len;
     (line.order.term == term && ends).then_some(image)
+}
+
+/// The lines of `copy`, a log file's bytes from its start ([`OrderLog::copy_through`]).
+pub fn parse_copy(copy: &[u8]) -> Result<Vec<Line>, OrderError> {
+    let corrupt = |number: u64, e: &dyn std::fmt::Display| {
+        OrderError::Corrupt(format!("a copied log, after line {number}: {e}"))
+    };
+    let mut reader = record::reader(copy);
+    let mut record = csv::ByteRecord::new();
+    let mut lines: Vec<Line> = Vec::new();
+    let mut number = 0;
+    while reader
+        .read_byte_record(&mut record)
+        .map_err(|e| corrupt(number, &e))?
+    {
+        if lines.is_empty() && record::is_header(&record) {
+            continue;
+        }
+        number += 1;
+        lines.push(record::decode(&record, number).map_err(|e| corrupt(number - 1, &e))?);
+    }
+    Ok(lines)
 }
 
 /// Calls `each` with every entry of the log file at `path`, in order, only reading it (the
