@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{send, status, with_key, Cluster};
+use common::{send, status, with_key, Cluster, BOOK_SNAPSHOT_EVERY};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -493,6 +493,50 @@ async fn restarted_follower_resyncs_every_missed_order() {
             cluster.replica_order(leader, number).await
         );
     }
+}
+
+/// A follower that missed more entries than the leader's log offers (the cluster snapshots
+/// every 50, and keeps 50 before the last snapshot) is sent a snapshot over HTTP, in chunks,
+/// and ends with the leader's log, its orders and its book.
+#[tokio::test]
+async fn a_follower_further_behind_than_the_log_offers_installs_a_snapshot() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.must_order("Apple", "buy", 1).await;
+    let leader = cluster.leader().await.expect("a replica leads");
+    let follower = (leader + 1) % 3;
+    cluster.orders[follower].kill9();
+    let missed = 3 * BOOK_SNAPSHOT_EVERY.parse::<u64>().expect("a number");
+    for i in 0..missed {
+        let side = if i % 2 == 0 { "buy" } else { "sell" };
+        cluster.must_order("Apple", side, 1).await;
+    }
+    cluster.orders[follower].restart();
+    cluster.wait_replica_ready(follower).await;
+    cluster.wait_for_identical_logs().await;
+    let metric = |index: usize, name: &'static str| {
+        let url = format!("{}/metrics", cluster.order_urls[index]);
+        let request = cluster.http.get(url).send();
+        async move {
+            let text = request.await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| -> u64 { panic!("{name} in\n{text}") })
+        }
+    };
+    assert!(metric(leader, "stocknet_order_snapshots_sent_total").await >= 1u64);
+    assert_eq!(
+        metric(follower, "stocknet_order_snapshots_installed_total").await,
+        1
+    );
+    let urls: Vec<String> = (0..3)
+        .map(|index| format!("{}/book/Apple", cluster.order_urls[index]))
+        .collect();
+    let leaders = cluster.get(&urls[leader]).await;
+    assert_eq!(leaders.0, 200);
+    common::wait_until("the follower's book", Duration::from_secs(10), || async {
+        cluster.get(&urls[follower]).await == leaders
+    })
+    .await;
 }
 
 #[tokio::test]

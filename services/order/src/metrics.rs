@@ -17,6 +17,13 @@ pub struct FollowerLabels {
     pub follower: u32,
 }
 
+/// Snapshots sent to and installed from other replicas (`consensus/transfer.rs`).
+#[derive(Clone, Default)]
+pub struct SnapshotCounters {
+    pub sent: Counter,
+    pub installed: Counter,
+}
+
 pub struct ReplicaMetrics {
     pub registry: Arc<Registry>,
     pub http: HttpMetrics,
@@ -27,6 +34,7 @@ pub struct ReplicaMetrics {
     pub takeovers: Counter,
     pub handovers: Counter,
     pub expiry_entries: Counter,
+    pub snapshots: SnapshotCounters,
     pub term: Gauge,
     pub last_entry: Gauge,
     pub committed: Gauge,
@@ -50,6 +58,7 @@ impl ReplicaMetrics {
             takeovers: Counter::default(),
             handovers: Counter::default(),
             expiry_entries: Counter::default(),
+            snapshots: SnapshotCounters::default(),
             term: Gauge::default(),
             last_entry: Gauge::default(),
             committed: Gauge::default(),
@@ -97,6 +106,16 @@ impl ReplicaMetrics {
             "expiry_entries",
             "Expiry entries this replica, leading, wrote to expire day and gtd orders",
             metrics.expiry_entries.clone(),
+        );
+        registry.register(
+            "snapshots_sent",
+            "Snapshots this replica assembled for a replica lacking entries its log no longer offers",
+            metrics.snapshots.sent.clone(),
+        );
+        registry.register(
+            "snapshots_installed",
+            "Snapshots this replica installed: a book, archived records and log lines from the leader",
+            metrics.snapshots.installed.clone(),
         );
         for (name, help, gauge) in [
             (

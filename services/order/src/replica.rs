@@ -250,7 +250,8 @@ impl Replica {
         } else {
             members::joining()
         };
-        let machine = StateMachine::open(book.clone(), &store, founding)?;
+        let machine =
+            StateMachine::open(book.clone(), &store, founding, metrics.snapshots.clone())?;
         let config = consensus::config(settings.snapshot_every)?;
         let lease = Lease::new();
         let raft = Raft::new(

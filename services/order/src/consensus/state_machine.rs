@@ -14,6 +14,7 @@ use super::{entry_of, lines_of, log_id, transfer, Durable, LogStore, TypeConfig}
 use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::{Line, OrderLog};
+use crate::metrics::SnapshotCounters;
 
 type Stored = StoredMembership<u64, BasicNode>;
 
@@ -26,6 +27,7 @@ pub struct StateMachine {
     /// sent carries its lines, and one installed brings them.
     store: LogStore,
     durable: Durable,
+    counters: SnapshotCounters,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,10 +41,12 @@ struct Applied {
 impl StateMachine {
     /// The state machine over `book`, whose entries came from `store`'s log. The membership is
     /// the last one the log holds through what the book applied, or `initial` if none.
+    /// Snapshots sent and installed are counted in `counters`.
     pub fn open(
         book: Arc<BookStore>,
         store: &LogStore,
         initial: Membership<u64, BasicNode>,
+        counters: SnapshotCounters,
     ) -> Result<Self, OrderError> {
         let applied = book.lock().applied();
         let (last, membership) = as_of(store.order_log(), applied, initial)?;
@@ -55,6 +59,7 @@ impl StateMachine {
             })),
             store: store.clone(),
             durable: store.durable(),
+            counters,
         })
     }
 
@@ -200,6 +205,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.last = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         applied.snapshot = true;
+        self.counters.installed.inc();
+        tracing::info!(through = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
     }
 
@@ -230,6 +237,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .and_then(|assembled| assembled)
         .map_err(snapshot_error)?;
         let (bytes, meta) = assembled;
+        self.counters.sent.inc();
+        tracing::info!(through = ?meta.last_log_id, bytes = bytes.len(), "assembled a snapshot to send");
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -19,6 +19,7 @@ use crate::archive::Archive;
 use crate::book::InMemory;
 use crate::book_store::{BookSettings, BookStore};
 use crate::log::{IndexLimits, OrderLog};
+use crate::metrics::SnapshotCounters;
 
 /// Opens replica `id`'s log store and state machine in `dir`, as a replica process does.
 fn open_stores(
@@ -96,7 +97,8 @@ fn open_disk_stores(
     };
     let store =
         LogStore::open_with(id, log.clone(), dir.join(format!("term-{id}")), disk, None).unwrap();
-    let machine = StateMachine::open(book.clone(), &store, initial).unwrap();
+    let machine =
+        StateMachine::open(book.clone(), &store, initial, SnapshotCounters::default()).unwrap();
     (store, machine, log, book)
 }
 
