@@ -24,7 +24,7 @@ mod reads;
 #[cfg(test)]
 pub(crate) mod sim;
 mod state_machine;
-mod transfer;
+pub mod transfer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

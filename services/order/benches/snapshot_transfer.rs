@@ -1,0 +1,119 @@
+//! Bringing a replica that lacks 100,000 entries (one order each, half of them trading) up to
+//! date: by a snapshot (`consensus/transfer.rs`), as the leader assembles it (its state machine
+//! waits meanwhile) and as an empty replica installs it; and by the entries, as openraft
+//! sends them without snapshots: appended 256 at a time, each batch fsync'd, then applied.
+//! `cargo bench -p stocknet-order --bench snapshot_transfer`
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use stocknet_common::{Command, Order, Price, Side, Stamp};
+use stocknet_order::archive::Archive;
+use stocknet_order::book_store::{BookSettings, BookStore};
+use stocknet_order::consensus::{transfer, LogStore};
+use stocknet_order::log::{Line, OrderLog};
+
+const ENTRIES: u64 = 100_000;
+
+/// Entries the leader sends in one append (openraft's `max_payload_entries` here).
+const BATCH: usize = 256;
+
+fn lines() -> Vec<Line> {
+    (1..=ENTRIES)
+        .map(|number| {
+            let side = if number % 2 == 0 {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
+            Line {
+                entry: number - 1,
+                order: Order {
+                    number,
+                    term: 1,
+                    name: format!("Stock{}", number % 12),
+                    key: Some(format!("key-{number}")),
+                    user: None,
+                    stamp: Stamp::default(),
+                    command: Command::Place {
+                        side,
+                        quantity: 1 + (number % 10) as u32,
+                        limit: Some(Price::from_cents(9_950 + number % 100)),
+                        options: None,
+                    },
+                },
+            }
+        })
+        .collect()
+}
+
+/// An empty replica's log, book and store in `dir`.
+fn replica(dir: &Path) -> (Arc<Mutex<OrderLog>>, Arc<BookStore>, LogStore) {
+    let log = OrderLog::open(dir.join("orders-1.csv")).expect("log");
+    let archive = Archive::open(dir, 1).expect("archive");
+    let book = BookStore::open(
+        dir.join("book-1.snap"),
+        archive,
+        BookSettings::default(),
+        log.last(),
+    );
+    let log = Arc::new(Mutex::new(log));
+    let store = LogStore::open(1, log.clone(), dir.join("term-1"), None).expect("store");
+    (log, Arc::new(book), store)
+}
+
+fn catch_up(c: &mut Criterion) {
+    let lines = lines();
+    let leader = tempfile::tempdir().expect("temp dir");
+    let (log, book, _store) = replica(leader.path());
+    for batch in lines.chunks(BATCH) {
+        log.lock().unwrap().append(batch).expect("append");
+        let orders: Vec<Order> = batch.iter().map(|line| line.order.clone()).collect();
+        book.apply(&orders);
+    }
+    let (sent, _) = transfer::assemble(&book, &log).expect("assemble");
+    println!("a snapshot of {ENTRIES} entries: {} bytes", sent.len());
+
+    let mut group = c.benchmark_group("a replica 100,000 entries behind");
+    group.sample_size(10);
+    group.bench_function("leader: assemble the snapshot", |b| {
+        b.iter(|| transfer::assemble(&book, &log).expect("assemble"))
+    });
+    group.bench_function("follower: install the snapshot", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let stores = replica(dir.path());
+                (dir, stores)
+            },
+            |(dir, (_, book, store))| {
+                transfer::install(&sent, &book, &store, Some(ENTRIES - 1)).expect("install");
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("follower: append and apply the entries", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let stores = replica(dir.path());
+                (dir, stores)
+            },
+            |(dir, (log, book, _))| {
+                for batch in lines.chunks(BATCH) {
+                    log.lock().unwrap().append(batch).expect("append");
+                    let orders: Vec<Order> = batch.iter().map(|l| l.order.clone()).collect();
+                    book.apply(&orders);
+                }
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, catch_up);
+criterion_main!(benches);
