@@ -92,7 +92,8 @@ pub struct Config {
     #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]
     pub data_dir: PathBuf,
     /// Log entries applied to the book between two snapshots of it (a restart loads the
-    /// last snapshot and applies only the entries after it).
+    /// last snapshot and applies only the entries after it). Also how far behind a replica
+    /// may fall and still be sent entries: one further behind is sent a snapshot.
     #[arg(long, env = env::BOOK_SNAPSHOT_EVERY, default_value_t = book_store::SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub book_snapshot_every: u64,
