@@ -1,7 +1,8 @@
 //! Bringing a replica that lacks 100,000 entries (one order each, half of them trading) up to
 //! date: by a snapshot (`consensus/transfer.rs`), as the leader assembles it (its state machine
-//! waits meanwhile) and as an empty replica installs it; and by the entries, as openraft
-//! sends them without snapshots: appended 256 at a time, each batch fsync'd, then applied.
+//! waits meanwhile), and read in chunks into an empty replica's file and installed there; and
+//! by the entries, as openraft sends them without snapshots: appended 256 at a time, each
+//! batch fsync'd, then applied.
 //! `cargo bench -p stocknet-order --bench snapshot_transfer`
 
 use std::path::Path;
@@ -11,8 +12,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use stocknet_common::{Command, Order, Price, Side, Stamp};
 use stocknet_order::archive::Archive;
 use stocknet_order::book_store::{BookSettings, BookStore};
-use stocknet_order::consensus::{transfer, LogStore};
+use stocknet_order::consensus::transfer::{self, SnapshotData};
+use stocknet_order::consensus::LogStore;
 use stocknet_order::log::{Line, OrderLog};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENTRIES: u64 = 100_000;
 
@@ -72,23 +75,38 @@ fn catch_up(c: &mut Criterion) {
         let orders: Vec<Order> = batch.iter().map(|line| line.order.clone()).collect();
         book.apply(&orders);
     }
-    let (sent, _) = transfer::assemble(&book, &log).expect("assemble");
-    println!("a snapshot of {ENTRIES} entries: {} bytes", sent.len());
-
     let mut group = c.benchmark_group("a replica 100,000 entries behind");
     group.sample_size(10);
     group.bench_function("leader: assemble the snapshot", |b| {
         b.iter(|| transfer::assemble(&book, &log).expect("assemble"))
     });
-    group.bench_function("follower: install the snapshot", |b| {
+    group.bench_function("leader sends, follower receives and installs", |b| {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let stores = replica(dir.path());
                 (dir, stores)
             },
-            |(dir, (_, book, store))| {
-                transfer::install(&sent, &book, &store, Some(ENTRIES - 1)).expect("install");
+            |(dir, (_, follower, store))| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    let (mut sent, _) = transfer::assemble(&book, &log).expect("assemble");
+                    let path = dir.path().join("snapshot-1.received");
+                    let mut received = SnapshotData::receiving(path).expect("receive");
+                    // In chunks, as openraft sends it.
+                    let mut chunk = vec![0; 256 * 1024];
+                    loop {
+                        let read = sent.read(&mut chunk).await.expect("read");
+                        if read == 0 {
+                            break;
+                        }
+                        received.write_all(&chunk[..read]).await.expect("write");
+                    }
+                    transfer::install(&received, &follower, &store, Some(ENTRIES - 1))
+                        .expect("install");
+                });
                 dir
             },
             BatchSize::PerIteration,

@@ -34,12 +34,12 @@ const TRADE: u64 = 80;
 /// the file by number), the length of what follows, and its record in postcard.
 const ORDER: u64 = 192;
 
+/// Bytes an install copies at a time.
+const COPY_CHUNK: usize = 1 << 20;
+
 /// Bytes of one refusal's record: the command's number, the length of what follows, and the
 /// refusal in postcard.
 const REFUSAL: u64 = 32;
-
-/// The first records of each file, as they are on disk: trades, orders, refusals.
-pub type Records = [Vec<u8>; 3];
 
 /// How many records, from the first, each file holds (or the book has sent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,24 +84,25 @@ impl Archive {
         })
     }
 
-    /// The first `counts` records of each file as it holds them: trades, orders, refusals.
-    /// (Records are never rewritten with other content, so a prefix the book sent out is
-    /// fixed.)
-    pub fn records(&self, counts: &Counts) -> Result<Records, OrderError> {
+    /// Handles on the files as they are now (trades, orders, refusals), each with the length
+    /// of its first `counts` records: what a snapshot sent to a replica reads. (A record the
+    /// book sent out is never rewritten with other content.)
+    pub fn record_files(&self, counts: &Counts) -> Result<[(File, u64); 3], OrderError> {
         Ok([
-            self.trades.prefix(counts.trades)?,
-            self.orders.prefix(counts.orders)?,
-            self.refusals.prefix(counts.refusals)?,
+            self.trades.open_prefix(counts.trades)?,
+            self.orders.open_prefix(counts.orders)?,
+            self.refusals.open_prefix(counts.refusals)?,
         ])
     }
 
-    /// Writes `records`, as [`records`](Self::records) gives them, from each file's first
-    /// record on, durably.
-    pub fn install(&self, records: &Records) -> Result<(), OrderError> {
-        let [trades, orders, refusals] = records;
-        self.trades.write_prefix(trades)?;
-        self.orders.write_prefix(orders)?;
-        self.refusals.write_prefix(refusals)?;
+    /// Writes the records that `sections` of `source` hold (trades, orders, refusals, each an
+    /// offset and a length, as [`record_files`](Self::record_files) gave them) from each
+    /// file's first record on, durably.
+    pub fn install(&self, source: &File, sections: [(u64, u64); 3]) -> Result<(), OrderError> {
+        let [trades, orders, refusals] = sections;
+        self.trades.copy_prefix(source, trades)?;
+        self.orders.copy_prefix(source, orders)?;
+        self.refusals.copy_prefix(source, refusals)?;
         self.sync()
     }
 
@@ -274,26 +275,43 @@ impl RecordFile {
             .map_err(|e| OrderError::io(&self.path, e))
     }
 
-    /// Writes `bytes`, whole records, from the first record on.
-    fn write_prefix(&self, bytes: &[u8]) -> Result<(), OrderError> {
-        if !(bytes.len() as u64).is_multiple_of(self.size) {
+    /// Copies the whole records `length` bytes of `source` at `offset` hold to the start.
+    fn copy_prefix(&self, source: &File, (offset, length): (u64, u64)) -> Result<(), OrderError> {
+        if !length.is_multiple_of(self.size) {
             return Err(OrderError::Corrupt(format!(
-                "{}: {} bytes are not whole records of {}",
+                "{}: {length} bytes are not whole records of {}",
                 self.path.display(),
-                bytes.len(),
                 self.size
             )));
         }
-        self.write(0, bytes)
+        let mut chunk = vec![0; COPY_CHUNK];
+        let mut done = 0;
+        while done < length {
+            let part =
+                usize::try_from(length - done).map_or(COPY_CHUNK, |left| left.min(COPY_CHUNK));
+            source
+                .read_exact_at(&mut chunk[..part], offset + done)
+                .map_err(|e| OrderError::Corrupt(format!("a snapshot's records: {e}")))?;
+            self.file
+                .write_all_at(&chunk[..part], done)
+                .map_err(|e| OrderError::io(&self.path, e))?;
+            done += part as u64;
+        }
+        Ok(())
     }
 
-    /// The first `count` records.
-    fn prefix(&self, count: u64) -> Result<Vec<u8>, OrderError> {
+    /// A handle on the file as it is now, and the length of its first `count` records.
+    fn open_prefix(&self, count: u64) -> Result<(File, u64), OrderError> {
         let io = |e| OrderError::io(&self.path, e);
-        let length = usize::try_from(count * self.size).map_err(std::io::Error::other);
-        let mut bytes = vec![0; length.map_err(io)?];
-        self.file.read_exact_at(&mut bytes, 0).map_err(io)?;
-        Ok(bytes)
+        let file = File::open(&self.path).map_err(io)?;
+        let length = count * self.size;
+        if file.metadata().map_err(io)?.len() < length {
+            return Err(OrderError::Corrupt(format!(
+                "{} holds fewer than the {count} records the book sent it",
+                self.path.display()
+            )));
+        }
+        Ok((file, length))
     }
 
     /// Fills `bytes` from the start of record `index`; `None` (a failed read) if it cannot.

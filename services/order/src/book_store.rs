@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::archive::{Archive, Counts, Records};
+use crate::archive::{Archive, Counts};
 use crate::book::Book;
 use crate::book::InMemory;
 use crate::error::OrderError;
@@ -48,12 +48,12 @@ impl Default for BookSettings {
 /// Most entries read from the log at once while advancing.
 const READ_BATCH: usize = 10_000;
 
-/// The book as a snapshot's bytes, the last line it holds, and the archived records it
-/// continues: what another replica installs.
+/// The book as a snapshot's bytes, the last line it holds, and how many archived records it
+/// continues: with those records, what another replica installs.
 pub struct BookImage {
     pub bytes: Vec<u8>,
     pub line: u64,
-    pub records: Records,
+    pub archived: Counts,
 }
 
 pub struct BookStore {
@@ -221,29 +221,29 @@ impl BookStore {
         Ok((bytes, book.applied()))
     }
 
-    /// The book as another replica installs it. Blocking.
+    /// The book as another replica installs it (under the book's lock: memory only).
     pub fn image(&self) -> Result<BookImage, OrderError> {
-        let (bytes, line, archived) = {
-            let book = self.lock();
-            let bytes = snapshot::encode(&book).map_err(OrderError::Corrupt)?;
-            (bytes, book.applied(), book.archived())
-        };
-        let records = self.archive.records(&archived)?;
+        let book = self.lock();
         Ok(BookImage {
-            bytes,
-            line,
-            records,
+            bytes: snapshot::encode(&book).map_err(OrderError::Corrupt)?,
+            line: book.applied(),
+            archived: book.archived(),
         })
     }
 
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
     /// Replaces the book with the one `bytes` encode, which must end at line `line`, and the
-    /// archive's first records with `records` (an [`image`](Self::image) from another
-    /// replica), and keeps the book as this replica's snapshot. Blocking.
+    /// archive's first records with those `sections` of `source` hold (another replica's
+    /// [`image`](Self::image) and records), and keeps the book as this replica's snapshot.
+    /// Blocking.
     pub fn install(
         &self,
         bytes: &[u8],
-        records: &[Vec<u8>; 3],
         line: u64,
+        (source, sections): (&std::fs::File, [(u64, u64); 3]),
     ) -> Result<(), OrderError> {
         let book = snapshot::decode(bytes).map_err(OrderError::Corrupt)?;
         if book.applied() != line {
@@ -252,7 +252,7 @@ impl BookStore {
                 book.applied()
             )));
         }
-        self.archive.install(records)?;
+        self.archive.install(source, sections)?;
         let archived = book.archived();
         if !self.archive.held()?.covers(&archived) {
             return Err(OrderError::Corrupt(format!(

@@ -1,7 +1,7 @@
 //! The Raft log is the replica's CSV order log; the vote lives beside it in `term-<id>`.
 
 use std::fmt::Debug;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -209,25 +209,33 @@ impl LogStore {
         self.durable.watch()
     }
 
+    /// Where a snapshot being received is kept until it is installed, beside the vote.
+    pub(super) fn received_snapshot_path(&self) -> PathBuf {
+        self.vote_path
+            .with_file_name(format!("snapshot-{}.received", self.id))
+    }
+
     /// The log, for the state machine.
     pub(super) fn order_log(&self) -> &Arc<Mutex<OrderLog>> {
         &self.log
     }
 
-    /// Makes the log hold `lines`, another replica's log from its start through the last entry
-    /// of a snapshot this replica installs, durably: what it holds of them is kept, anything
-    /// after is replaced ([`OrderLog::install`]). Blocking.
-    pub fn install_lines(&self, lines: &[Line]) -> Result<(), OrderError> {
-        let Some(last) = lines.last().map(|line| line.entry) else {
-            return Ok(());
-        };
+    /// Makes the log hold the lines `copy` reads, another replica's log file from its start
+    /// through the last entry of a snapshot this replica installs, durably: what it holds of
+    /// them is kept, anything after the first that differs is replaced ([`OrderLog::install`]).
+    /// Returns the copy's last line and entry. Blocking.
+    pub fn install_lines(&self, copy: impl Read) -> Result<(u64, Option<u64>), OrderError> {
         let mut log = self.log();
-        if let Some(kept) = log.install(lines)? {
+        let installed = log.install(copy)?;
+        if let Some(kept) = installed.replaced_after {
             self.durable.cut(log.entry_at(kept)?);
         }
-        self.durable.synced(self.durable.epoch(), last);
+        if let Some(last) = log.last_entry() {
+            self.durable.synced(self.durable.epoch(), last);
+        }
         self.installing.send_replace(None);
-        Ok(())
+        let (line, entry) = installed.last.unzip();
+        Ok((line.unwrap_or(0), entry))
     }
 
     /// Whether `entries` are this replica's own as the leader of its current term, and no

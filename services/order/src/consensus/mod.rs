@@ -55,7 +55,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = transfer::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

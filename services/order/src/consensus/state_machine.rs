@@ -1,7 +1,6 @@
 //! The state machine is the replica's book: committed entries are applied to it, and its
 //! snapshots are the book snapshots (`book-<id>.snap`).
 
-use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -10,7 +9,8 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
-use super::{entry_of, lines_of, log_id, transfer, Durable, LogStore, TypeConfig};
+use super::transfer::{self, SnapshotData};
+use super::{entry_of, lines_of, log_id, Durable, LogStore, TypeConfig};
 use crate::book_store::BookStore;
 use crate::error::OrderError;
 use crate::log::{Line, OrderLog};
@@ -117,7 +117,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         Ok(Snapshot {
             meta: meta(applied.last, applied.membership),
-            snapshot: Box::default(),
+            snapshot: Box::new(SnapshotData::empty()),
         })
     }
 }
@@ -182,21 +182,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        let path = self.store.received_snapshot_path();
+        let data =
+            SnapshotData::receiving(path).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(data))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = snapshot.into_inner();
         let (book, store) = (self.book.clone(), self.store.clone());
         let through = meta.last_log_id.map(|id| id.index);
-        tokio::task::spawn_blocking(move || transfer::install(&bytes, &book, &store, through))
+        tokio::task::spawn_blocking(move || transfer::install(&snapshot, &book, &store, through))
             .await
             .map_err(OrderError::task)
             .and_then(|installed| installed)
@@ -213,8 +213,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// The book as applied now, with the archived records and the log lines it continues,
     /// for a replica that lacks entries the log no longer offers; none until a snapshot was
     /// built or installed since this start (openraft asks at start-up, and purges nothing
-    /// before). Assembled when asked, on the state machine's task, so that nothing is
-    /// applied meanwhile.
+    /// before). The book is encoded when asked, on the state machine's task, so that nothing
+    /// is applied meanwhile; the rest is read from the files as it is sent.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
@@ -228,20 +228,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let (book, store) = (self.book.clone(), self.store.clone());
         let assembled = tokio::task::spawn_blocking(move || {
-            let (bytes, line) = transfer::assemble(&book, store.order_log())?;
+            let (data, line) = transfer::assemble(&book, store.order_log())?;
             let (last, membership) = as_of(store.order_log(), line, initial)?;
-            Ok::<_, OrderError>((bytes, meta(last, membership)))
+            Ok::<_, OrderError>((data, meta(last, membership)))
         })
         .await
         .map_err(OrderError::task)
         .and_then(|assembled| assembled)
         .map_err(snapshot_error)?;
-        let (bytes, meta) = assembled;
+        let (data, meta) = assembled;
         self.counters.sent.inc();
-        tracing::info!(through = ?meta.last_log_id, bytes = bytes.len(), "assembled a snapshot to send");
+        tracing::info!(through = ?meta.last_log_id, "assembled a snapshot to send");
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(data),
         }))
     }
 }

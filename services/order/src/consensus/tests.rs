@@ -953,11 +953,11 @@ async fn a_snapshot_replaces_a_deposed_leaders_uncommitted_entries() {
     let (old, _) = group.leader(&group.ids).await;
     group.write_crossing(old, 0..2).await;
     group.router.isolate(old, &group.ids, true);
+    let before = group.raft(old).metrics().borrow().last_log_index;
     let stranded = tokio::spawn({
         let raft = group.raft(old);
         async move { raft.client_write(vec![proposal(99), proposal(98)]).await }
     });
-    let before = group.raft(old).metrics().borrow().last_log_index;
     group
         .raft(old)
         .wait(Some(WAIT))

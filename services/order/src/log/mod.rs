@@ -283,46 +283,63 @@ impl OrderLog {
         Ok(lines)
     }
 
-    /// The file's bytes from its start through line `number`, which a snapshot sent to a
-    /// replica carries ([`parse_copy`] reads them back).
-    pub fn copy_through(&self, number: u64) -> Result<Vec<u8>, OrderError> {
+    /// A handle on the file as it is now, and the length of its bytes through line `number`:
+    /// what a snapshot sent to a replica reads. The lines through a committed one never
+    /// change, and the handle keeps them if the file is replaced meanwhile.
+    pub fn open_through(&self, number: u64) -> Result<(File, u64), OrderError> {
         let end = self.offset_of(number.min(self.last()) + 1)?;
-        let length = usize::try_from(end)
-            .map_err(|_| self.corrupt(number, "too long to copy into memory"))?;
-        let mut bytes = vec![0; length];
-        self.file
-            .read_exact_at(&mut bytes, 0)
-            .map_err(|e| OrderError::io(&self.path, e))?;
-        Ok(bytes)
+        let file = File::open(&self.path).map_err(|e| OrderError::io(&self.path, e))?;
+        Ok((file, end))
     }
 
-    /// Makes this log hold `lines`, which are another replica's log from line 1 on, as a
-    /// snapshot sent from it carries them: what this log shares of them is kept, and
-    /// everything after the last line it shares is replaced by theirs. A line with the same
-    /// number and term as one here is the same line, and so is every line before it (Raft's
-    /// log matching). Returns the last line kept, if lines were replaced; durable on return.
-    pub fn install(&mut self, lines: &[Line]) -> Result<Option<u64>, OrderError> {
-        let Some(last) = lines.last().map(|line| line.order.number) else {
-            return Ok(None);
-        };
-        let shared = |kept: u64| {
-            let theirs = usize::try_from(kept - 1).ok().and_then(|i| lines.get(i));
-            theirs.is_some_and(|line| self.term_at(kept) == Some(line.order.term))
-        };
-        let mut kept = self.last().min(last);
-        while kept > 0 && !shared(kept) {
-            kept -= 1;
-        }
-        let after = usize::try_from(kept).unwrap_or(usize::MAX);
-        let rest = lines.get(after..).unwrap_or_default();
-        if kept == self.last() {
-            if !rest.is_empty() {
-                self.append(rest)?;
+    /// Makes this log hold the lines `copy` reads, another replica's log file from its start
+    /// (as a snapshot sent from it carries it): the lines it shares with them are kept, and
+    /// from the first that differs on, theirs replace its own. A line with the same number
+    /// and term as one here is the same line, and so is every line before it (Raft's log
+    /// matching). Lines after the copy's last are kept if every line of the copy was here.
+    /// Durable on return.
+    pub fn install(&mut self, copy: impl Read) -> Result<Installed, OrderError> {
+        let mut lines = CopiedLines::new(copy);
+        let mut installed = Installed::default();
+        let mut first_new = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            installed.last = Some((line.order.number, line.entry));
+            let number = line.order.number;
+            if number > self.last() || self.term_at(number) != Some(line.order.term) {
+                first_new = Some(line);
+                break;
             }
-            return Ok(None);
         }
-        self.replace_after(kept, rest)?;
-        Ok(Some(kept))
+        let Some(first_new) = first_new else {
+            // Every line was here already, perhaps not yet on disk.
+            file::sync_data_or_exit(&self.file, &self.path);
+            return Ok(installed);
+        };
+        let kept = first_new.order.number - 1;
+        let replacing = kept < self.last();
+        let mut batch = vec![first_new];
+        let mut first_batch = true;
+        loop {
+            for line in lines.by_ref().take(INSTALL_BATCH) {
+                let line = line?;
+                installed.last = Some((line.order.number, line.entry));
+                batch.push(line);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if first_batch && replacing {
+                self.replace_after(kept, &batch)?;
+            } else {
+                self.write(&batch)?;
+            }
+            first_batch = false;
+            batch.clear();
+        }
+        file::sync_data_or_exit(&self.file, &self.path);
+        installed.replaced_after = replacing.then_some(kept);
+        Ok(installed)
     }
 
     /// Appends `batch` durably. Its first line must directly follow the last one here, its
@@ -619,26 +636,57 @@ fn checked_image(file: &File, complete: u64, found: keys::Found) -> Option<index
     (line.order.term == term && ends).then_some(image)
 }
 
-/// The lines of `copy`, a log file's bytes from its start ([`OrderLog::copy_through`]).
-pub fn parse_copy(copy: &[u8]) -> Result<Vec<Line>, OrderError> {
-    let corrupt = |number: u64, e: &dyn std::fmt::Display| {
-        OrderError::Corrupt(format!("a copied log, after line {number}: {e}"))
-    };
-    let mut reader = record::reader(copy);
-    let mut record = csv::ByteRecord::new();
-    let mut lines: Vec<Line> = Vec::new();
-    let mut number = 0;
-    while reader
-        .read_byte_record(&mut record)
-        .map_err(|e| corrupt(number, &e))?
-    {
-        if lines.is_empty() && record::is_header(&record) {
-            continue;
+/// Lines an install writes at a time.
+const INSTALL_BATCH: usize = 4096;
+
+/// What [`OrderLog::install`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// The copy's last line and its entry.
+    pub last: Option<(u64, u64)>,
+    /// The last line kept, where the lines after it were replaced.
+    pub replaced_after: Option<u64>,
+}
+
+/// The lines of a copy of a log file, read from its start: its header, then line 1 on.
+struct CopiedLines<R: Read> {
+    reader: csv::Reader<R>,
+    record: csv::ByteRecord,
+    number: u64,
+}
+
+impl<R: Read> CopiedLines<R> {
+    fn new(copy: R) -> Self {
+        Self {
+            reader: record::reader(copy),
+            record: csv::ByteRecord::new(),
+            number: 0,
         }
-        number += 1;
-        lines.push(record::decode(&record, number).map_err(|e| corrupt(number - 1, &e))?);
     }
-    Ok(lines)
+
+    fn corrupt(&self, e: &dyn std::fmt::Display) -> OrderError {
+        OrderError::Corrupt(format!("a copied log, after line {}: {e}", self.number))
+    }
+}
+
+impl<R: Read> Iterator for CopiedLines<R> {
+    type Item = Result<Line, OrderError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.reader.read_byte_record(&mut self.record) {
+                Ok(false) => return None,
+                Err(e) => return Some(Err(self.corrupt(&e))),
+                Ok(true) if self.number == 0 && record::is_header(&self.record) => continue,
+                Ok(true) => {
+                    let line = record::decode(&self.record, self.number + 1);
+                    let line = line.map_err(|e| self.corrupt(&e));
+                    self.number += 1;
+                    return Some(line);
+                }
+            }
+        }
+    }
 }
 
 /// Calls `each` with every entry of the log file at `path`, in order, only reading it (the
@@ -685,10 +733,10 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
 }
 
 /// Reads a file between two offsets with `pread`, so readers share no file position.
-struct ReadAt<'a> {
-    file: &'a File,
-    offset: u64,
-    end: u64,
+pub struct ReadAt<'a> {
+    pub file: &'a File,
+    pub offset: u64,
+    pub end: u64,
 }
 
 impl Read for ReadAt<'_> {
@@ -894,6 +942,55 @@ mod tests {
             stamp: Stamp::default(),
             ..order(number, name)
         }
+    }
+
+    /// A log's file, as a snapshot carries it, installed over other logs: an empty one, one
+    /// that holds a prefix, one longer than the copy, one whose end differs (another term).
+    #[test]
+    fn an_installed_copy_keeps_what_is_shared_and_replaces_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| OrderLog::open_with(dir.path().join(name), SMALL).unwrap();
+        let mut leader = open("leader.csv");
+        leader.append(&grouped(1, 0, &[1, 3, 2, 1, 2])).unwrap();
+        let (file, through) = leader.open_through(6).unwrap();
+        let copy = || ReadAt {
+            file: &file,
+            offset: 0,
+            end: through,
+        };
+        let every = |log: &OrderLog| log.lines_after(0, usize::MAX).unwrap();
+        let copied = every(&leader)[..6].to_vec();
+        let key = |log: &OrderLog| log.number_for_key("key-6").unwrap();
+
+        let mut empty = open("empty.csv");
+        let installed = empty.install(copy()).unwrap();
+        assert_eq!(installed.last, Some((6, 2)));
+        assert_eq!(installed.replaced_after, None);
+        assert_eq!((every(&empty), key(&empty)), (copied.clone(), Some(6)));
+
+        let mut prefix = open("prefix.csv");
+        prefix.append(&grouped(1, 0, &[1, 3])).unwrap();
+        assert_eq!(prefix.install(copy()).unwrap().replaced_after, None);
+        assert_eq!(every(&prefix), copied);
+
+        // Lines after the copy's last are the replica's: openraft still counts them.
+        let mut longer = open("longer.csv");
+        longer.append(&grouped(1, 0, &[1, 3, 2, 1])).unwrap();
+        assert_eq!(longer.install(copy()).unwrap().replaced_after, None);
+        assert_eq!(every(&longer), every(&leader)[..7].to_vec());
+
+        let mut diverged = open("diverged.csv");
+        let mut stray = grouped(1, 0, &[1, 3, 2, 1]);
+        for line in &mut stray[4..] {
+            line.order.term = 2;
+            line.order.key = None;
+        }
+        diverged.append(&stray).unwrap();
+        assert_eq!(diverged.install(copy()).unwrap().replaced_after, Some(4));
+        assert_eq!((every(&diverged), key(&diverged)), (copied, Some(6)));
+        drop(diverged);
+        let reopened = open("diverged.csv");
+        assert_eq!(every(&reopened), every(&leader)[..6].to_vec());
     }
 
     #[test]
