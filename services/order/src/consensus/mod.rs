@@ -78,8 +78,9 @@ pub const MAX_PROPOSAL: usize = 64;
 /// Most entries sent in one replication call: at most `MAX_PROPOSAL` lines each.
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
 
-/// Bytes of a snapshot per request to a replica that installs it (a byte is up to 4 in JSON).
-const SNAPSHOT_CHUNK: u64 = 256 * 1024;
+/// Bytes of a snapshot per request to a replica that installs it, within a request body's
+/// limit (2 MiB).
+const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
 
 /// How long a replica may take to answer a chunk of a snapshot, the last one included.
 const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -120,7 +121,6 @@ pub fn config(snapshot_every: u64) -> Result<openraft::Config, OrderError> {
         // A replica further behind than that is sent a snapshot (`transfer.rs`) rather than
         // the entries, which it would otherwise apply one by one (etcd keeps 5,000 for it).
         max_in_snapshot_log_to_keep: snapshot_every.max(1),
-        // A chunk is JSON of at most about 1 MB, within a request body's limit.
         snapshot_max_chunk_size: SNAPSHOT_CHUNK,
         // The last chunk is answered once the snapshot is installed: its log written and
         // fsync'd, which for a long log takes seconds.

@@ -1,7 +1,8 @@
 //! The group's messages between replicas over HTTP: `POST {replica}/raft/append`, `/vote`
-//! and `/snapshot`, openraft's requests as JSON, answered with openraft's result as JSON, and
-//! `/raft/prevote` ([`PreVote`], answered `true` or `false`). Both sides are this module, so
-//! the wire format is openraft's serde form.
+//! and `/snapshot`, openraft's requests as JSON (a snapshot's chunk with its bytes as they
+//! are, see [`encode_chunk`]), answered with openraft's result as JSON, and `/raft/prevote`
+//! ([`PreVote`], answered `true` or `false`). Both sides are this module, so the wire format
+//! is openraft's serde form.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -97,9 +98,41 @@ async fn vote(
 
 async fn snapshot(
     State(group): State<Group>,
-    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>> {
-    Json(group.raft.install_snapshot(request).await)
+    RawBody(body): RawBody,
+) -> Result<
+    Json<Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>>,
+    ApiError,
+> {
+    let request = decode_chunk(&body).map_err(ApiError::bad_request)?;
+    Ok(Json(group.raft.install_snapshot(request).await))
+}
+
+/// A snapshot's chunk on the wire: the length of the rest of openraft's request as JSON (four
+/// bytes, little-endian), that JSON, then the chunk's bytes as they are (in JSON each would be
+/// a number).
+fn encode_chunk(mut request: InstallSnapshotRequest<TypeConfig>) -> Result<Vec<u8>, String> {
+    let data = std::mem::take(&mut request.data);
+    let head = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    let length = u32::try_from(head.len()).map_err(|e| e.to_string())?;
+    let mut body = Vec::with_capacity(4 + head.len() + data.len());
+    body.extend_from_slice(&length.to_le_bytes());
+    body.extend_from_slice(&head);
+    body.extend_from_slice(&data);
+    Ok(body)
+}
+
+fn decode_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
+    let (length, rest) = body
+        .split_first_chunk::<4>()
+        .ok_or("a snapshot chunk without its length")?;
+    let length = usize::try_from(u32::from_le_bytes(*length)).map_err(|e| e.to_string())?;
+    let (head, data) = rest
+        .split_at_checked(length)
+        .ok_or("a snapshot chunk shorter than its length says")?;
+    let mut request: InstallSnapshotRequest<TypeConfig> =
+        serde_json::from_slice(head).map_err(|e| e.to_string())?;
+    request.data = data.to_vec();
+    Ok(request)
 }
 
 async fn pre_vote(State(group): State<Group>, Json(request): Json<PreVote>) -> Json<bool> {
@@ -179,6 +212,22 @@ impl Peer {
         A: DeserializeOwned,
         E: Error + DeserializeOwned,
     {
+        let body =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(route, (body, "application/json"), option).await
+    }
+
+    /// [`call`](Self::call) with a body already encoded, of the content type given.
+    async fn send<A, E>(
+        &self,
+        route: Route,
+        (body, content_type): (Vec<u8>, &'static str),
+        option: &RPCOption,
+    ) -> Result<A, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        A: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
         let url = route
             .url(&self.url, &[])
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -186,7 +235,8 @@ impl Peer {
             .http
             .post(url)
             .timeout(option.hard_ttl())
-            .json(request)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
             .send()
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
@@ -215,7 +265,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> SnapshotAnswer {
-        self.call(paths::RAFT_SNAPSHOT, &request, &option).await
+        let body = encode_chunk(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let body = (body, "application/octet-stream");
+        self.send(paths::RAFT_SNAPSHOT, body, &option).await
     }
 
     async fn vote(
@@ -236,3 +289,38 @@ impl RaftNetwork<TypeConfig> for Peer {
 }
 
 const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{SnapshotMeta, Vote};
+
+    #[test]
+    fn a_snapshot_chunk_travels_with_its_bytes_as_they_are() {
+        let request = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 2),
+            meta: SnapshotMeta {
+                last_log_id: Some(super::super::log_id(3, 41)),
+                snapshot_id: "3-41".into(),
+                ..Default::default()
+            },
+            offset: 262_144,
+            data: (0..=255).cycle().take(1000).collect(),
+            done: false,
+        };
+        let body = encode_chunk(request.clone()).unwrap();
+        assert!(
+            body.len() < request.data.len() + 400,
+            "{} bytes",
+            body.len()
+        );
+        let decoded = decode_chunk(&body).unwrap();
+        assert_eq!(decoded.data, request.data);
+        assert_eq!(
+            (decoded.vote, decoded.meta, decoded.offset, decoded.done),
+            (request.vote, request.meta, request.offset, request.done)
+        );
+        assert!(decode_chunk(&body[..3]).is_err());
+        assert!(decode_chunk(&body[..body.len() - request.data.len() - 1]).is_err());
+    }
+}

@@ -235,7 +235,12 @@ impl Group {
             router: self.router.clone(),
             from: id,
         };
-        let config = Arc::new(config(self.snapshot_every).unwrap());
+        let config = openraft::Config {
+            // Small, so that a snapshot goes in several chunks.
+            snapshot_max_chunk_size: 16 * 1024,
+            ..config(self.snapshot_every).unwrap()
+        };
+        let config = Arc::new(config);
         let lease = Lease::new();
         let raft = Raft::new(
             id,

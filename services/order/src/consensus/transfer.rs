@@ -213,7 +213,7 @@ fn unsupported(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::Unsupported, what.to_owned())
 }
 
-// The reads and writes are `pread`/`pwrite` of at most a chunk (256 KiB), on the runtime's
+// The reads and writes are `pread`/`pwrite` of at most a chunk (1 MiB), on the runtime's
 // thread: openraft reads and writes a snapshot through these traits only.
 impl AsyncRead for SnapshotData {
     fn poll_read(
