@@ -9,6 +9,8 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
+use stocknet_common::file::FileFailure;
+
 use super::transfer::{self, SnapshotData};
 use super::{entry_of, lines_of, log_id, Durable, LogStore, TypeConfig};
 use crate::book_store::BookStore;
@@ -50,6 +52,14 @@ impl StateMachine {
     ) -> Result<Self, OrderError> {
         let applied = book.lock().applied();
         let (last, membership) = as_of(store.order_log(), applied, initial)?;
+        // A snapshot a stopped replica was receiving is sent again whole, if still needed.
+        let received = store.received_snapshot_path();
+        match std::fs::remove_file(&received) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(OrderError::io(&received, e))
+            }
+            _ => {}
+        }
         Ok(Self {
             book,
             applied: Arc::new(Mutex::new(Applied {

@@ -939,9 +939,16 @@ async fn a_replica_further_behind_than_the_log_offers_installs_a_snapshot() {
     assert_eq!(group.snapshots_sent(follower), 1);
     group.assert_same(&group.ids);
 
-    // Restarted, it opens what it installed and goes on with the group.
+    // Restarted, it opens what it installed and goes on with the group; a snapshot it was
+    // receiving when it stopped is gone.
     group.stop_replica(follower).await;
+    let received = group
+        .dir
+        .path()
+        .join(format!("snapshot-{follower}.received"));
+    std::fs::write(&received, b"half a snapshot").unwrap();
     group.start_replica(follower).await;
+    assert!(!received.exists());
     let (leader, _) = group.leader(&group.ids).await;
     let last = group.write_crossing(leader, 40..44).await;
     for &id in &group.ids {
