@@ -85,8 +85,11 @@ impl Archive {
     }
 
     /// Handles on the files as they are now (trades, orders, refusals), each with the length
-    /// of its first `counts` records: what a snapshot sent to a replica reads. (A record the
-    /// book sent out is never rewritten with other content.)
+    /// of its first `counts` records: what a snapshot sent to a replica reads. A trade's or a
+    /// refusal's record is never rewritten; an order's is when the book archived it while it
+    /// was open (its copy in the book's memory counts until it closes) and rewrites it as it
+    /// closes, so a snapshot may carry either version, and the replica that installs it
+    /// rewrites it as it closes there too.
     pub fn record_files(&self, counts: &Counts) -> Result<[(File, u64); 3], OrderError> {
         Ok([
             self.trades.open_prefix(counts.trades)?,

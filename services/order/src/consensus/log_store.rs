@@ -226,16 +226,35 @@ impl LogStore {
     /// Returns the copy's last line and entry. Blocking.
     pub fn install_lines(&self, copy: impl Read) -> Result<(u64, Option<u64>), OrderError> {
         let mut log = self.log();
-        let installed = log.install(copy)?;
+        let installed = log.install(copy);
+        let last = log.last_entry();
+        // Appends waiting for this install go on once the log reaches the entry they follow,
+        // or at once if it failed (they then fail, loudly, rather than wait for ever).
+        self.installing.send_if_modified(|awaited| {
+            let reached = installed.is_err() || awaited.is_some_and(|e| last >= Some(e));
+            if reached {
+                *awaited = None;
+            }
+            reached
+        });
+        let installed = installed?;
         if let Some(kept) = installed.replaced_after {
             self.durable.cut(log.entry_at(kept)?);
         }
-        if let Some(last) = log.last_entry() {
+        if let Some(last) = last {
             self.durable.synced(self.durable.epoch(), last);
         }
-        self.installing.send_replace(None);
         let (line, entry) = installed.last.unzip();
         Ok((line.unwrap_or(0), entry))
+    }
+
+    /// Lets appends waiting for an install go on: it failed, and they will fail too.
+    pub fn install_failed(&self) {
+        self.installing.send_replace(None);
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Whether `entries` are this replica's own as the leader of its current term, and no

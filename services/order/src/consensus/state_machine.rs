@@ -246,8 +246,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(OrderError::task)
         .and_then(|assembled| assembled)
         .map_err(snapshot_error)?;
-        let (data, meta) = assembled;
-        self.counters.sent.inc();
+        let (data, mut meta) = assembled;
+        // openraft resumes a transfer by its id alone: one replica's image differs from
+        // another's for the same entry, so the id names the sender and the transfer too.
+        let sent = self.counters.sent.inc();
+        meta.snapshot_id = format!("{}-from-{}-{sent}", meta.snapshot_id, self.store.id());
         tracing::info!(through = ?meta.last_log_id, "assembled a snapshot to send");
         Ok(Some(Snapshot {
             meta,

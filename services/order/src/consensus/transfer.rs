@@ -156,6 +156,9 @@ pub fn install(
         return Err(corrupt("not one received".into()));
     };
     let installed = install_file(file, book, store, through);
+    if installed.is_err() {
+        store.install_failed();
+    }
     if let Err(e) = std::fs::remove_file(path) {
         tracing::warn!(path = %path.display(), "a received snapshot not removed: {e}");
     }
@@ -283,8 +286,13 @@ impl AsyncWrite for SnapshotData {
         Poll::Ready(Ok(()))
     }
 
+    /// The end of a snapshot received: whatever the file holds past the last chunk (from an
+    /// earlier, longer transfer under the same id) is cut off.
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+        Poll::Ready(match &self.source {
+            Source::Receiving(file, _) => file.set_len(self.position),
+            Source::Sending(_) => Ok(()),
+        })
     }
 }
 

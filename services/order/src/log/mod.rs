@@ -320,8 +320,17 @@ impl OrderLog {
         let replacing = kept < self.last();
         let mut batch = vec![first_new];
         let mut first_batch = true;
+        let mut lines = lines.peekable();
         loop {
-            for line in lines.by_ref().take(INSTALL_BATCH) {
+            // Whole entries only: a batch's last line is written without the mark that more
+            // of its entry follow, and a crash after it must not leave half an entry that
+            // reads as whole.
+            while let Some(line) = lines.next_if(|next| {
+                batch.len() < INSTALL_BATCH
+                    || next.as_ref().map_or(true, |next| {
+                        batch.last().is_some_and(|last| last.entry == next.entry)
+                    })
+            }) {
                 let line = line?;
                 installed.last = Some((line.order.number, line.entry));
                 batch.push(line);
@@ -991,6 +1000,41 @@ mod tests {
         drop(diverged);
         let reopened = open("diverged.csv");
         assert_eq!(every(&reopened), every(&leader)[..6].to_vec());
+    }
+
+    /// An install writes whole entries at a time: every line of an entry but its last says
+    /// that more follow, also where an entry straddles the lines an install writes at once.
+    #[test]
+    fn an_install_marks_each_entry_whole_across_its_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leader.csv");
+        let mut leader = OrderLog::open(&path).unwrap();
+        let mut sizes = vec![1; INSTALL_BATCH - 10];
+        sizes.push(20);
+        leader.append(&grouped(1, 0, &sizes)).unwrap();
+        let (file, through) = leader.open_through(leader.last()).unwrap();
+        let copy = ReadAt {
+            file: &file,
+            offset: 0,
+            end: through,
+        };
+        let installed_path = dir.path().join("installed.csv");
+        let mut installed = OrderLog::open(&installed_path).unwrap();
+        installed.install(copy).unwrap();
+        let text = std::fs::read(&installed_path).unwrap();
+        let mut reader = record::reader(&text[..]);
+        let mut records: Vec<(u64, bool)> = Vec::new();
+        for record in reader.byte_records().skip(1) {
+            let record = record.unwrap();
+            let number = records.len() as u64 + 1;
+            let line = record::decode(&record, number).unwrap();
+            records.push((line.entry, record::is_continued(&record)));
+        }
+        assert_eq!(records.len(), INSTALL_BATCH + 10);
+        for (i, (entry, continued)) in records.iter().enumerate() {
+            let next = records.get(i + 1).map(|(next, _)| next);
+            assert_eq!(*continued, next == Some(entry), "line {}", i + 1);
+        }
     }
 
     #[test]
