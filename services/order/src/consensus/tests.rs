@@ -113,9 +113,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 }
 
 /// One test per check of openraft's storage suite. Left out are the nine checks that write
-/// a log starting past index 0, as a replica's log would after it installed a snapshot: the
-/// CSV log is also the audit trail and always starts at number 1, and a group that purges
-/// nothing never sends a snapshot (a replica that joins is sent the log from its start).
+/// a log starting past index 0, as openraft's logs would after a snapshot: the CSV log is also
+/// the audit trail and always starts at number 1, and a snapshot brings the sender's lines
+/// from there (`transfer.rs`).
 macro_rules! storage_suite {
     ($($check:ident),* $(,)?) => {
         $(
