@@ -52,7 +52,7 @@ fn lines() -> Vec<Line> {
 }
 
 /// An empty replica's log, book and store in `dir`.
-fn replica(dir: &Path) -> (Arc<Mutex<OrderLog>>, Arc<BookStore>, LogStore) {
+fn replica(dir: &Path) -> Replica {
     let log = OrderLog::open(dir.join("orders-1.csv")).expect("log");
     let archive = Archive::open(dir, 1).expect("archive");
     let book = BookStore::open(
@@ -66,15 +66,28 @@ fn replica(dir: &Path) -> (Arc<Mutex<OrderLog>>, Arc<BookStore>, LogStore) {
     (log, Arc::new(book), store)
 }
 
-fn catch_up(c: &mut Criterion) {
-    let lines = lines();
-    let leader = tempfile::tempdir().expect("temp dir");
-    let (log, book, _store) = replica(leader.path());
+type Replica = (Arc<Mutex<OrderLog>>, Arc<BookStore>, LogStore);
+
+/// An empty replica in a directory of its own.
+fn empty_replica() -> (tempfile::TempDir, Replica) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let replica = replica(dir.path());
+    (dir, replica)
+}
+
+/// Appends `lines` to `log` `BATCH` at a time, each batch fsync'd, and applies them to `book`.
+fn append_and_apply(log: &Mutex<OrderLog>, book: &BookStore, lines: &[Line]) {
     for batch in lines.chunks(BATCH) {
         log.lock().unwrap().append(batch).expect("append");
         let orders: Vec<Order> = batch.iter().map(|line| line.order.clone()).collect();
         book.apply(&orders);
     }
+}
+
+fn catch_up(c: &mut Criterion) {
+    let lines = lines();
+    let (_leader, (log, book, _store)) = empty_replica();
+    append_and_apply(&log, &book, &lines);
     let mut group = c.benchmark_group("a replica 100,000 entries behind");
     group.sample_size(10);
     group.bench_function("leader: assemble the snapshot", |b| {
@@ -82,11 +95,7 @@ fn catch_up(c: &mut Criterion) {
     });
     group.bench_function("leader sends, follower receives and installs", |b| {
         b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let stores = replica(dir.path());
-                (dir, stores)
-            },
+            empty_replica,
             |(dir, (_, follower, store))| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .build()
@@ -95,8 +104,8 @@ fn catch_up(c: &mut Criterion) {
                     let (mut sent, _) = transfer::assemble(&book, &log).expect("assemble");
                     let path = dir.path().join("snapshot-1.received");
                     let mut received = SnapshotData::receiving(path).expect("receive");
-                    // In chunks, as openraft sends it.
-                    let mut chunk = vec![0; 256 * 1024];
+                    // In chunks of 1 MiB, as openraft sends it.
+                    let mut chunk = vec![0; 1024 * 1024];
                     loop {
                         let read = sent.read(&mut chunk).await.expect("read");
                         if read == 0 {
@@ -114,17 +123,9 @@ fn catch_up(c: &mut Criterion) {
     });
     group.bench_function("follower: append and apply the entries", |b| {
         b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let stores = replica(dir.path());
-                (dir, stores)
-            },
+            empty_replica,
             |(dir, (log, book, _))| {
-                for batch in lines.chunks(BATCH) {
-                    log.lock().unwrap().append(batch).expect("append");
-                    let orders: Vec<Order> = batch.iter().map(|l| l.order.clone()).collect();
-                    book.apply(&orders);
-                }
+                append_and_apply(&log, &book, &lines);
                 dir
             },
             BatchSize::PerIteration,

@@ -423,8 +423,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (first_entry, last) = (first_entry.log_id.index, last.log_id.index);
         // Entries after a snapshot come once it is installed, but a new leader's may come
         // while it still is: they follow the snapshot's lines, which must be here first.
-        let mut installing = self.installing.subscribe();
-        if installing.borrow().is_some() {
+        if self.installing.borrow().is_some() {
+            let mut installing = self.installing.subscribe();
             let installed = installing.wait_for(Option::is_none).await.is_ok();
             if !installed {
                 callback.log_io_completed(Err(std::io::Error::other("the log store closed")));
