@@ -8,6 +8,9 @@ use stocknet_common::envelope::with_retry_after;
 use stocknet_common::wire::IDEMPOTENCY_KEY;
 use stocknet_common::{ApiError, Cause, Classified, RemoteError};
 
+/// What a handler answers: a response, or the error's envelope.
+pub type Answer = Result<Response, FrontendError>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
     #[error("{0}")]

@@ -22,7 +22,7 @@ use stocknet_common::metrics;
 use stocknet_common::server;
 
 pub use config::Config;
-pub use error::FrontendError;
+pub use error::{Answer, FrontendError};
 pub use state::AppState;
 
 /// The OpenAPI 3.1 document of the public API (what `GET /openapi.json` serves).

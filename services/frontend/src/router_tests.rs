@@ -282,12 +282,37 @@ async fn users_and_keys_are_checked_before_any_backend_is_asked() {
             "{body:?}"
         );
     }
-    for uri in ["/users/x/portfolio", "/users/x", "/users/x/keys"] {
-        assert_eq!(
-            send(get(uri, None)).await.0,
-            StatusCode::BAD_REQUEST,
-            "{uri}"
-        );
+    // A number the path names is checked before the key is asked for.
+    let number = |method: &str, uri: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (request, message) in [
+        (get("/users/x/portfolio", None), "User id must be a number"),
+        (get("/users/x", None), "User id must be a number"),
+        (get("/users/x/keys", None), "User id must be a number"),
+        (
+            number("DELETE", "/users/x/keys/1"),
+            "User id must be a number",
+        ),
+        (
+            number("DELETE", "/users/1/keys/x"),
+            "Key id must be a number",
+        ),
+        (get("/orders/x", None), "Order number must be a number"),
+        (number("PUT", "/orders/-1"), "Order number must be a number"),
+        (
+            number("DELETE", "/orders/1.5"),
+            "Order number must be a number",
+        ),
+    ] {
+        let uri = request.uri().to_string();
+        let (status, reply) = send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {reply}");
+        assert_eq!(reply["error"]["message"], message, "{uri}");
     }
     // A user's own records and keys need their key.
     for request in [

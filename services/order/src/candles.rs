@@ -107,29 +107,25 @@ impl Minutes {
 mod tests {
     use super::*;
 
-    fn cents(cents: u64) -> Price {
-        Price::from_cents(cents)
-    }
-
     #[test]
     fn minutes_add_up_to_any_interval() {
         let mut minutes = Minutes::default();
         let hour = 60 * MINUTE_MS;
         // Two trades in minute 0, one in minute 1, one in minute 61.
-        minutes.trade(5, cents(1000), 2);
-        minutes.trade(59_999, cents(1010), 1);
-        minutes.trade(MINUTE_MS + 1, cents(990), 4);
-        minutes.trade(hour + MINUTE_MS, cents(1005), 3);
+        minutes.trade(5, Price::from_cents(1000), 2);
+        minutes.trade(59_999, Price::from_cents(1010), 1);
+        minutes.trade(MINUTE_MS + 1, Price::from_cents(990), 4);
+        minutes.trade(hour + MINUTE_MS, Price::from_cents(1005), 3);
         let one = minutes.candles(MINUTE_MS, 0, 2 * hour, 10).0;
         assert_eq!(one.len(), 3);
         assert_eq!(
             one[0],
             Candle {
                 start: 0,
-                open: cents(1000),
-                high: cents(1010),
-                low: cents(1000),
-                close: cents(1010),
+                open: Price::from_cents(1000),
+                high: Price::from_cents(1010),
+                low: Price::from_cents(1000),
+                close: Price::from_cents(1010),
                 volume: 3,
                 trades: 2
             }
@@ -141,13 +137,21 @@ mod tests {
                 .map(|c| (c.start, c.open, c.high, c.low, c.close, c.volume, c.trades))
                 .collect::<Vec<_>>(),
             [
-                (0, cents(1000), cents(1010), cents(990), cents(990), 7, 3),
+                (
+                    0,
+                    Price::from_cents(1000),
+                    Price::from_cents(1010),
+                    Price::from_cents(990),
+                    Price::from_cents(990),
+                    7,
+                    3
+                ),
                 (
                     hour,
-                    cents(1005),
-                    cents(1005),
-                    cents(1005),
-                    cents(1005),
+                    Price::from_cents(1005),
+                    Price::from_cents(1005),
+                    Price::from_cents(1005),
+                    Price::from_cents(1005),
                     3,
                     1
                 )

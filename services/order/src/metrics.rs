@@ -92,31 +92,35 @@ impl ReplicaMetrics {
         ] {
             registry.register(name, help, histogram.clone());
         }
-        registry.register(
-            "takeovers",
-            "Terms this replica took over as leader (the catalog brought up to date)",
-            metrics.takeovers.clone(),
-        );
-        registry.register(
-            "handovers",
-            "Times this replica, leading, handed the leadership to a higher-id voter",
-            metrics.handovers.clone(),
-        );
-        registry.register(
-            "expiry_entries",
-            "Expiry entries this replica, leading, wrote to expire day and gtd orders",
-            metrics.expiry_entries.clone(),
-        );
-        registry.register(
-            "snapshots_sent",
-            "Snapshots this replica assembled for a replica lacking entries its log no longer offers",
-            metrics.snapshots.sent.clone(),
-        );
-        registry.register(
-            "snapshots_installed",
-            "Snapshots this replica installed: a book, archived records and log lines from the leader",
-            metrics.snapshots.installed.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "takeovers",
+                "Terms this replica took over as leader (the catalog brought up to date)",
+                &metrics.takeovers,
+            ),
+            (
+                "handovers",
+                "Times this replica, leading, handed the leadership to a higher-id voter",
+                &metrics.handovers,
+            ),
+            (
+                "expiry_entries",
+                "Expiry entries this replica, leading, wrote to expire day and gtd orders",
+                &metrics.expiry_entries,
+            ),
+            (
+                "snapshots_sent",
+                "Snapshots this replica assembled for a replica lacking entries its log no longer offers",
+                &metrics.snapshots.sent,
+            ),
+            (
+                "snapshots_installed",
+                "Snapshots this replica installed: a book, archived records and log lines from the leader",
+                &metrics.snapshots.installed,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         for (name, help, gauge) in [
             (
                 "term",

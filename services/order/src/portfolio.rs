@@ -136,23 +136,19 @@ impl Portfolios {
 mod tests {
     use super::*;
 
-    fn cents(c: u64) -> Price {
-        Price::from_cents(c)
-    }
-
     #[test]
     fn average_cost_grows_with_buys_and_sells_realise_against_it() {
         let mut p = Position::default();
-        p.fill(Side::Buy, 10, cents(1000));
-        p.fill(Side::Buy, 10, cents(2000));
+        p.fill(Side::Buy, 10, Price::from_cents(1000));
+        p.fill(Side::Buy, 10, Price::from_cents(2000));
         assert_eq!(
             (p.shares, p.cost, p.average_cost()),
             (20, 30_000, Some(1500))
         );
-        p.fill(Side::Sell, 5, cents(1800));
+        p.fill(Side::Sell, 5, Price::from_cents(1800));
         // 5 shares at average 15.00 sold at 18.00: 15.00 realised.
         assert_eq!((p.shares, p.cost, p.realized), (15, 22_500, 1500));
-        p.fill(Side::Sell, 15, cents(1000));
+        p.fill(Side::Sell, 15, Price::from_cents(1000));
         assert_eq!((p.shares, p.cost, p.realized), (0, 0, 1500 - 7500));
         assert_eq!(p.average_cost(), None);
         assert_eq!((p.bought, p.sold), (20, 20));
@@ -161,12 +157,12 @@ mod tests {
     #[test]
     fn a_fill_through_zero_closes_and_opens_the_other_way() {
         let mut p = Position::default();
-        p.fill(Side::Buy, 4, cents(500));
-        p.fill(Side::Sell, 10, cents(600));
+        p.fill(Side::Buy, 4, Price::from_cents(500));
+        p.fill(Side::Sell, 10, Price::from_cents(600));
         // 4 closed at +1.00 each; 6 short opened at 6.00.
         assert_eq!((p.shares, p.cost, p.realized), (-6, -3600, 400));
         assert_eq!(p.average_cost(), Some(600));
-        p.fill(Side::Buy, 2, cents(400));
+        p.fill(Side::Buy, 2, Price::from_cents(400));
         // Covering 2 short shares bought at 4.00 that were sold at 6.00: 4.00 gained.
         assert_eq!((p.shares, p.cost, p.realized), (-4, -2400, 800));
     }
@@ -174,12 +170,12 @@ mod tests {
     #[test]
     fn rounding_of_the_closed_cost_never_loses_a_cent_overall() {
         let mut p = Position::default();
-        p.fill(Side::Buy, 2, cents(100));
-        p.fill(Side::Buy, 1, cents(0));
-        p.fill(Side::Sell, 1, cents(0));
+        p.fill(Side::Buy, 2, Price::from_cents(100));
+        p.fill(Side::Buy, 1, Price::from_cents(0));
+        p.fill(Side::Sell, 1, Price::from_cents(0));
         // A third of 2.00 is 66 cents rounded down; the rest stays in the basis.
         assert_eq!((p.shares, p.cost, p.realized), (2, 134, -66));
-        p.fill(Side::Sell, 2, cents(0));
+        p.fill(Side::Sell, 2, Price::from_cents(0));
         // 3 shares for 2.00 sold for nothing: exactly 2.00 lost, however it was split.
         assert_eq!((p.shares, p.cost, p.realized), (0, 0, -200));
     }
@@ -187,9 +183,9 @@ mod tests {
     #[test]
     fn holdings_are_per_user_and_stock_in_name_order() {
         let mut all = Portfolios::default();
-        all.fill(1, "B", Side::Buy, 2, cents(100));
-        all.fill(1, "A", Side::Sell, 1, cents(300));
-        all.fill(2, "A", Side::Buy, 7, cents(300));
+        all.fill(1, "B", Side::Buy, 2, Price::from_cents(100));
+        all.fill(1, "A", Side::Sell, 1, Price::from_cents(300));
+        all.fill(2, "A", Side::Buy, 7, Price::from_cents(300));
         let names: Vec<_> = all.holdings(1).into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["A", "B"]);
         assert_eq!(all.holdings(2)[0].shares, 7);

@@ -231,33 +231,29 @@ impl Reports {
 mod tests {
     use super::*;
 
-    fn cents(c: u64) -> Price {
-        Price::from_cents(c)
-    }
-
     #[test]
     fn a_day_sums_its_executions_and_ranks_its_users() {
         let mut reports = Reports::default();
-        reports.trade(5, "A", 10, cents(1000), Some(1), None);
-        reports.market(5, "A", Some(2), Side::Buy, 30, cents(1200));
-        reports.trade(5, "A", 5, cents(900), Some(2), Some(1));
+        reports.trade(5, "A", 10, Price::from_cents(1000), Some(1), None);
+        reports.market(5, "A", Some(2), Side::Buy, 30, Price::from_cents(1200));
+        reports.trade(5, "A", 5, Price::from_cents(900), Some(2), Some(1));
         reports.refused(5, "A", "price_moved");
         reports.refused(5, "B", "insufficient_quantity");
-        reports.market(6, "A", Some(3), Side::Sell, 1, cents(5000));
+        reports.market(6, "A", Some(3), Side::Sell, 1, Price::from_cents(5000));
 
         let day = reports.daily(5);
         assert_eq!(day.date, "1970-01-06");
         let a = &day.stocks[0];
         assert_eq!((a.trades, a.volume, a.bought, a.sold), (3, 45, 45, 15));
         // (10 × 10.00 + 30 × 12.00 + 5 × 9.00) / 45 = 11.22
-        assert_eq!(a.vwap, Some(cents(1122)));
+        assert_eq!(a.vwap, Some(Price::from_cents(1122)));
         assert_eq!(
             (a.open, a.high, a.low, a.close),
             (
-                Some(cents(1000)),
-                Some(cents(1200)),
-                Some(cents(900)),
-                Some(cents(900))
+                Some(Price::from_cents(1000)),
+                Some(Price::from_cents(1200)),
+                Some(Price::from_cents(900)),
+                Some(Price::from_cents(900))
             )
         );
         assert_eq!(a.refused["price_moved"], 1);

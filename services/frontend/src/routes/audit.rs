@@ -4,7 +4,6 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
 use stocknet_common::client::call;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
@@ -13,7 +12,7 @@ use stocknet_common::{data, Query};
 
 use super::answers::{BadQuery, NeedsKey, NoLeader};
 use crate::upstream::order_group;
-use crate::{credentials, AppState, FrontendError};
+use crate::{credentials, Answer, AppState, FrontendError};
 
 /// Commands that reached the leader, refused ones included, newest first: who sent each
 /// (`user`), when, under which `Idempotency-Key`, and its outcome. With a user's API key, that
@@ -32,7 +31,7 @@ pub(crate) async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(mut query): Query<AuditQuery>,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     if !state.inner.secret.admits(&headers) {
         match (credentials::caller(&state, &headers).await?, query.user) {
             (None, _) => {

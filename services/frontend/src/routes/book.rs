@@ -2,7 +2,6 @@
 
 use axum::extract::State;
 use axum::http::Uri;
-use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths::{self, Route};
 use stocknet_common::wire::{CandleQuery, Candles, Depth};
@@ -11,7 +10,7 @@ use stocknet_common::Path;
 use super::answers::StockMarketRead;
 use crate::routes::stocks::stock;
 use crate::upstream::order_group;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState};
 
 /// A stock's book: the best price levels of each side, aggregated.
 #[utoipa::path(get, path = "/book/{name}", operation_id = "get_order_book", tag = "market",
@@ -28,7 +27,7 @@ pub(crate) async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
     uri: Uri,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     market_read(&state, paths::BOOK, &name, &uri).await
 }
 
@@ -46,18 +45,13 @@ pub(crate) async fn candles(
     State(state): State<AppState>,
     Path(name): Path<String>,
     uri: Uri,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     market_read(&state, paths::CANDLES, &name, &uri).await
 }
 
 /// Forwards a read of a stock's market data to the order group's leader, once the catalog is
 /// known to list the stock.
-async fn market_read(
-    state: &AppState,
-    route: Route,
-    name: &str,
-    uri: &Uri,
-) -> Result<Response, FrontendError> {
+async fn market_read(state: &AppState, route: Route, name: &str, uri: &Uri) -> Answer {
     stock(state, name).await?.into_stock();
     order_group::forward_read(state, route, &[name], uri.query()).await
 }

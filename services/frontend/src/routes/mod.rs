@@ -6,6 +6,7 @@ pub(crate) mod book;
 pub(crate) mod cluster;
 pub(crate) mod console;
 pub mod docs;
+mod extract;
 mod invalidation;
 pub(crate) mod orders;
 pub(crate) mod reports;

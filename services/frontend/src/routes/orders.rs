@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -16,14 +16,18 @@ use stocknet_common::wire::{
     Changed, NewOrder, OrderChange, OrderPage, OrderType, OrderView, Placed, PriceGuard,
     CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
 };
-use stocknet_common::{data, Path, Price, Query, SelfTrade, Side, Status, Terms, TimeInForce};
+use stocknet_common::{
+    data, Price, Query, RemoteError, SelfTrade, Side, Status, Terms, TimeInForce,
+};
 use utoipa::{IntoParams, ToSchema};
 
 use super::answers::{BadQuery, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers};
+use super::extract::OrderNumber;
 use crate::credentials;
 use crate::routes::stocks::is_name_text;
+use crate::upstream::leader::Leader;
 use crate::upstream::order_group;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState, FrontendError};
 
 /// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
 /// could not apply them to the catalog anyway.
@@ -442,7 +446,7 @@ pub(crate) async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     let inner = &state.inner;
     let order =
         validate_order(&body)?.into_order(inner.price_tolerance_bps, inner.market_protection_bps);
@@ -451,15 +455,8 @@ pub(crate) async fn place_order(
     if order.client_order_id.is_some() && user.is_none() {
         return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
     }
-    let key = idempotency_key(&state, &headers)?;
-    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
-    let placed: Placed = order_group::write(&state, &key, |leader| {
-        let request = inner
-            .http
-            .post(leader.orders_url.clone())
-            .header(IDEMPOTENCY_KEY, logged_key.as_str())
-            .json(&order);
-        call::<Placed>(for_user(request, user))
+    let placed: Placed = write_on_leader(&state, &headers, user, |leader| {
+        Ok(inner.http.post(leader.orders_url.clone()).json(&order))
     })
     .await?;
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
@@ -495,17 +492,27 @@ fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, Fron
     })
 }
 
-/// Marks an internal call as made for `user`, if a user sent the request.
-fn for_user(request: reqwest::RequestBuilder, user: Option<u64>) -> reqwest::RequestBuilder {
-    match user {
-        Some(user) => request.header(USER, user),
-        None => request,
-    }
-}
-
-fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
-    text.parse()
-        .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))
+/// Sends a write, which `request` makes for a leader, under the request's idempotency key
+/// (see [`idempotency_key`]) and for `user`, through [`order_group::write`].
+async fn write_on_leader<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: Option<u64>,
+    request: impl Fn(&Leader) -> Result<reqwest::RequestBuilder, RemoteError>,
+) -> Result<T, FrontendError> {
+    let key = idempotency_key(state, headers)?;
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
+    order_group::write(state, &key, |leader| {
+        let request = request(leader).map(|request| {
+            let request = request.header(IDEMPOTENCY_KEY, logged_key.as_str());
+            match user {
+                Some(user) => request.header(USER, user),
+                None => request,
+            }
+        });
+        async move { call::<T>(request?).await }
+    })
+    .await
 }
 
 /// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
@@ -523,11 +530,10 @@ fn parse_order_number(text: &str) -> Result<u64, FrontendError> {
     ))]
 pub(crate) async fn modify_order(
     State(state): State<AppState>,
-    Path(number): Path<String>,
+    OrderNumber(number): OrderNumber,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Response, FrontendError> {
-    let number = parse_order_number(&number)?;
+) -> Answer {
     let change = validate_change(&body)?;
     change_on_leader(&state, &headers, number, Some(&change)).await
 }
@@ -545,10 +551,9 @@ pub(crate) async fn modify_order(
     ))]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
-    Path(number): Path<String>,
+    OrderNumber(number): OrderNumber,
     headers: HeaderMap,
-) -> Result<Response, FrontendError> {
-    let number = parse_order_number(&number)?;
+) -> Answer {
     change_on_leader(&state, &headers, number, None).await
 }
 
@@ -581,7 +586,7 @@ pub(crate) async fn cancel_by_client_order_id(
     Query(ClientOrderIdQuery {
         client_order_id: id,
     }): Query<ClientOrderIdQuery>,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     // (Any price: only the id's text is checked here.)
     check_client_order_id(&id, Some(Price::from_cents(1)))
         .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
@@ -589,19 +594,13 @@ pub(crate) async fn cancel_by_client_order_id(
     let user = credentials::caller(&state, &headers)
         .await?
         .ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
-    let key = idempotency_key(&state, &headers)?;
-    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
-    let changed: Changed = order_group::write(&state, &key, |leader| {
-        let request = paths::ORDERS.url(&leader.url, &[]).map(|url| {
-            let request = state
-                .inner
-                .http
-                .delete(url)
-                .query(&[("client_order_id", id.as_str())])
-                .header(IDEMPOTENCY_KEY, logged_key.as_str());
-            for_user(request, Some(user))
-        });
-        async move { call::<Changed>(request?).await }
+    let changed: Changed = write_on_leader(&state, &headers, Some(user), |leader| {
+        let url = paths::ORDERS.url(&leader.url, &[])?;
+        Ok(state
+            .inner
+            .http
+            .delete(url)
+            .query(&[("client_order_id", id.as_str())]))
     })
     .await?;
     Ok(data(changed))
@@ -614,23 +613,16 @@ async fn change_on_leader(
     headers: &HeaderMap,
     number: u64,
     change: Option<&OrderChange>,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     fail_fast_without_catalog(state)?;
     let user = credentials::caller(state, headers).await?;
-    let key = idempotency_key(state, headers)?;
-    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
-    let changed: Changed = order_group::write(state, &key, |leader| {
-        let request = paths::ORDER
-            .url(&leader.url, &[&number.to_string()])
-            .map(|url| {
-                let http = &state.inner.http;
-                let request = match change {
-                    Some(change) => http.put(url).json(change),
-                    None => http.delete(url),
-                };
-                for_user(request.header(IDEMPOTENCY_KEY, logged_key.as_str()), user)
-            });
-        async move { call::<Changed>(request?).await }
+    let changed: Changed = write_on_leader(state, headers, user, |leader| {
+        let url = paths::ORDER.url(&leader.url, &[&number.to_string()])?;
+        let http = &state.inner.http;
+        Ok(match change {
+            Some(change) => http.put(url).json(change),
+            None => http.delete(url),
+        })
     })
     .await?;
     Ok(data(changed))
@@ -653,10 +645,7 @@ async fn change_on_leader(
         BadQuery,
         NoLeader,
     ))]
-pub(crate) async fn list_orders(
-    State(state): State<AppState>,
-    uri: Uri,
-) -> Result<Response, FrontendError> {
+pub(crate) async fn list_orders(State(state): State<AppState>, uri: Uri) -> Answer {
     order_group::forward_read(&state, paths::ORDERS, &[], uri.query()).await
 }
 
@@ -671,20 +660,9 @@ pub(crate) async fn list_orders(
     ))]
 pub(crate) async fn query_order(
     State(state): State<AppState>,
-    Path(number): Path<String>,
-) -> Result<Response, FrontendError> {
-    let number: u64 = number
-        .parse()
-        .map_err(|_| FrontendError::BadRequest("Order number must be a number".into()))?;
-    let inner = &state.inner;
-    let order: OrderView = order_group::read(&state, |leader| {
-        let request = paths::ORDER
-            .url(&leader.url, &[&number.to_string()])
-            .map(|url| inner.leader_read(url));
-        async move { call::<OrderView>(request?).await }
-    })
-    .await?;
-    Ok(data(order))
+    OrderNumber(number): OrderNumber,
+) -> Answer {
+    order_group::forward_read(&state, paths::ORDER, &[&number.to_string()], None).await
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 
 use axum::extract::State;
 use axum::http::Uri;
-use axum::response::Response;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::DailyReport;
 
 use super::answers::NoLeader;
 use crate::upstream::order_group;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState};
 
 /// One UTC day of the market, from the committed log: per stock the executions, volume bought
 /// and sold, VWAP, open/high/low/close and refused commands by reason; the top users by volume.
@@ -21,9 +20,6 @@ use crate::{AppState, FrontendError};
         (status = 400, description = "Unknown parameter or a date that is not YYYY-MM-DD", body = ErrorEnvelope),
         NoLeader,
     ))]
-pub(crate) async fn daily_report(
-    State(state): State<AppState>,
-    uri: Uri,
-) -> Result<Response, FrontendError> {
+pub(crate) async fn daily_report(State(state): State<AppState>, uri: Uri) -> Answer {
     order_group::forward_read(&state, paths::DAILY_REPORT, &[], uri.query()).await
 }

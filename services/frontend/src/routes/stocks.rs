@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::StockPage;
@@ -11,7 +11,7 @@ use stocknet_common::{data, Path, RemoteError, Stock};
 use super::answers::{BadQuery, StockLookup};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::upstream::is_for_client;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState, FrontendError};
 
 /// Longest stock name accepted, in characters.
 const MAX_NAME_LEN: usize = 128;
@@ -26,10 +26,7 @@ const MAX_NAME_LEN: usize = 128;
         (status = 400, description = "A name that is not UTF-8 text", body = ErrorEnvelope),
         StockLookup,
     ))]
-pub(crate) async fn lookup(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Response, FrontendError> {
+pub(crate) async fn lookup(State(state): State<AppState>, Path(name): Path<String>) -> Answer {
     match stock(&state, &name).await? {
         Looked::Fresh(stock) => Ok(data(stock)),
         // The envelope says so, and so does the standard header.
@@ -71,10 +68,7 @@ impl Looked {
         BadQuery,
         (status = 503, description = "Catalog unavailable", body = ErrorEnvelope),
     ))]
-pub(crate) async fn list_stocks(
-    State(state): State<AppState>,
-    uri: Uri,
-) -> Result<Response, FrontendError> {
+pub(crate) async fn list_stocks(State(state): State<AppState>, uri: Uri) -> Answer {
     let inner = &state.inner;
     let mut url = paths::STOCKS
         .url(&inner.catalog_url, &[])

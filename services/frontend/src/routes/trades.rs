@@ -2,14 +2,13 @@
 
 use axum::extract::State;
 use axum::http::Uri;
-use axum::response::Response;
 use stocknet_common::envelope::DataEnvelope;
 use stocknet_common::paths;
 use stocknet_common::wire::Trade;
 
 use super::answers::{BadQuery, NoLeader};
 use crate::upstream::order_group;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState};
 
 /// Trades after a trade id, oldest first.
 #[utoipa::path(get, path = "/trades", operation_id = "list_trades", tag = "market",
@@ -23,9 +22,6 @@ use crate::{AppState, FrontendError};
         BadQuery,
         NoLeader,
     ))]
-pub(crate) async fn list_trades(
-    State(state): State<AppState>,
-    uri: Uri,
-) -> Result<Response, FrontendError> {
+pub(crate) async fn list_trades(State(state): State<AppState>, uri: Uri) -> Answer {
     order_group::forward_read(&state, paths::TRADES, &[], uri.query()).await
 }

@@ -3,26 +3,26 @@
 //! prices.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stocknet_common::api_key::{ApiKey, Credential};
-use stocknet_common::client::call;
 use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
 use stocknet_common::paths;
 use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewUser, UserRecord};
-use stocknet_common::{data, Money, Path, Price, RemoteError};
+use stocknet_common::{data, Money, Price, RemoteError};
 use utoipa::ToSchema;
 
 use super::answers::{NeedsKey, NoCatalog, OwnUserAnswers};
-use crate::credentials::{self, caller};
+use super::extract::{KeyId, OwnUser};
+use crate::credentials;
 use crate::routes::stocks::{stock, Looked};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::upstream::is_for_client;
 use crate::upstream::order_group;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState, FrontendError};
 
 /// A new user, with the API key that acts for them. The key is shown here only.
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,10 +61,7 @@ pub struct NewUserRequest {
         (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters", body = ErrorEnvelope),
         NoCatalog,
     ))]
-pub(crate) async fn create_user(
-    State(state): State<AppState>,
-    RawBody(body): RawBody,
-) -> Result<Response, FrontendError> {
+pub(crate) async fn create_user(State(state): State<AppState>, RawBody(body): RawBody) -> Answer {
     let display_name = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -131,22 +128,6 @@ async fn catalog_write<T: serde::de::DeserializeOwned>(
         })
 }
 
-/// The caller, who must be user `id` (by their key).
-async fn own(state: &AppState, id: &str, headers: &HeaderMap) -> Result<u64, FrontendError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| FrontendError::BadRequest("User id must be a number".into()))?;
-    match caller(state, headers).await? {
-        None => Err(FrontendError::Unauthorized(
-            "This needs its user's API key (Authorization: Bearer)",
-        )),
-        Some(user) if user != id => Err(FrontendError::Forbidden(
-            "Only the user's own key may do this".into(),
-        )),
-        Some(user) => Ok(user),
-    }
-}
-
 /// A user as they see themselves.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
@@ -168,12 +149,7 @@ pub struct UserView {
         OwnUserAnswers,
         NoCatalog,
     ))]
-pub(crate) async fn get_user(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, FrontendError> {
-    let id = own(&state, &id, &headers).await?;
+pub(crate) async fn get_user(State(state): State<AppState>, OwnUser(id): OwnUser) -> Answer {
     let user = credentials::user(&state, id).await?;
     Ok(data(UserView {
         user_id: user.id,
@@ -217,12 +193,7 @@ impl KeyView {
         OwnUserAnswers,
         NoCatalog,
     ))]
-pub(crate) async fn list_keys(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, FrontendError> {
-    let id = own(&state, &id, &headers).await?;
+pub(crate) async fn list_keys(State(state): State<AppState>, OwnUser(id): OwnUser) -> Answer {
     let user = credentials::user(&state, id).await?;
     let keys: Vec<KeyView> = user.live_keys().map(|k| KeyView::of(id, k)).collect();
     Ok(data(keys))
@@ -255,11 +226,9 @@ pub struct CreatedKey {
     ))]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    OwnUser(id): OwnUser,
     RawBody(body): RawBody,
-) -> Result<Response, FrontendError> {
-    let id = own(&state, &id, &headers).await?;
+) -> Answer {
     refuse_a_body(&body, "a new key takes none")?;
     let (key, credential, prefix) = new_key()?;
     let url = paths::USER_KEYS.url(&state.inner.catalog_url, &[&id.to_string()]);
@@ -292,13 +261,9 @@ pub(crate) async fn create_key(
     ))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
-    Path((id, key_id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, FrontendError> {
-    let id = own(&state, &id, &headers).await?;
-    let key_id: u32 = key_id
-        .parse()
-        .map_err(|_| FrontendError::BadRequest("Key id must be a number".into()))?;
+    KeyId(key_id): KeyId,
+    OwnUser(id): OwnUser,
+) -> Answer {
     let url = paths::USER_KEY.url(
         &state.inner.catalog_url,
         &[&id.to_string(), &key_id.to_string()],
@@ -367,20 +332,9 @@ pub struct Portfolio {
         OwnUserAnswers,
         (status = 503, description = "No order leader, or the catalog is unavailable", body = ErrorEnvelope),
     ))]
-pub(crate) async fn portfolio(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, FrontendError> {
-    let id = own(&state, &id, &headers).await?;
-    let inner = &state.inner;
-    let holdings: Vec<Holding> = order_group::read(&state, |leader| {
-        let request = paths::PORTFOLIO
-            .url(&leader.url, &[&id.to_string()])
-            .map(|url| inner.leader_read(url));
-        async move { call::<Vec<Holding>>(request?).await }
-    })
-    .await?;
+pub(crate) async fn portfolio(State(state): State<AppState>, OwnUser(id): OwnUser) -> Answer {
+    let holdings: Vec<Holding> =
+        order_group::get(&state, paths::PORTFOLIO, &[&id.to_string()], None).await?;
     let mut portfolio = Portfolio {
         user_id: id,
         positions: Vec::with_capacity(holdings.len()),

@@ -33,7 +33,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::answers::{NotAHandshake, StockLookup};
 use crate::routes::stocks::stock;
-use crate::{AppState, FrontendError};
+use crate::upstream::order_group;
+use crate::{Answer, AppState};
 
 pub mod orders;
 
@@ -268,7 +269,7 @@ pub async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Handshake(upgrade): Handshake,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     stock(&state, &name).await?.into_stock();
     Ok(upgrade.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
 }
@@ -323,7 +324,7 @@ pub async fn candles(
     Path(name): Path<String>,
     Query(query): Query<CandleStreamQuery>,
     Handshake(upgrade): Handshake,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     stock(&state, &name).await?.into_stock();
     let interval = query.interval.unwrap_or_default();
     let stream = CandleStream {
@@ -451,21 +452,10 @@ async fn candle_snapshot(
     interval: CandleInterval,
 ) -> Option<Candles> {
     let query = interval_query(interval);
-    let candles = crate::upstream::order_group::read(state, |leader| {
-        let request = paths::CANDLES.url(&leader.url, &[name]).map(|mut url| {
-            url.set_query(Some(&query));
-            state.inner.leader_read(url)
-        });
-        async move { call::<Candles>(request?).await }
-    })
-    .await;
-    match candles {
-        Ok(candles) => Some(candles),
-        Err(e) => {
-            tracing::warn!("candle stream for {name}: {e}");
-            None
-        }
-    }
+    order_group::get(state, paths::CANDLES, &[name], Some(&query))
+        .await
+        .inspect_err(|e| tracing::warn!("candle stream for {name}: {e}"))
+        .ok()
 }
 
 /// `interval=...` as the candles' query spells it.
@@ -478,21 +468,10 @@ fn interval_query(interval: CandleInterval) -> String {
 }
 
 async fn book_snapshot(state: &AppState, name: &str) -> Option<Depth> {
-    let depth = crate::upstream::order_group::read(state, |leader| {
-        let request = paths::BOOK.url(&leader.url, &[name]).map(|mut url| {
-            url.set_query(Some("depth=1000"));
-            state.inner.leader_read(url)
-        });
-        async move { call::<Depth>(request?).await }
-    })
-    .await;
-    match depth {
-        Ok(depth) => Some(depth),
-        Err(e) => {
-            tracing::warn!("book stream for {name}: {e}");
-            None
-        }
-    }
+    order_group::get(state, paths::BOOK, &[name], Some("depth=1000"))
+        .await
+        .inspect_err(|e| tracing::warn!("book stream for {name}: {e}"))
+        .ok()
 }
 
 /// Forwards what `receiver` gets, rendered as text messages, until the client goes, the

@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::ws::{close_code, Message};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use stocknet_common::api_key::ApiKey;
@@ -25,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{close, frame, send, start_position, Handshake, POLL_WAIT};
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState, FrontendError};
 
 /// How long a client without an `Authorization` header has to send its key.
 const HELLO_WAIT: Duration = Duration::from_secs(5);
@@ -83,7 +82,7 @@ pub async fn orders(
     Query(query): Query<OrderStreamQuery>,
     headers: HeaderMap,
     Handshake(upgrade): Handshake,
-) -> Result<Response, FrontendError> {
+) -> Answer {
     let key = bearer(&headers)?;
     if let Some(key) = &key {
         verify(&state, key).await?;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use stocknet_common::client::call;
 use stocknet_common::data;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::upstream::is_for_client;
 use crate::upstream::leader::{hint, Leader};
-use crate::{AppState, FrontendError};
+use crate::{Answer, AppState, FrontendError};
 
 /// How long a call to the leader waits before the frontend also asks the replicas whether
 /// they replaced it, and then how often: a hung leader is replaced by the group in about
@@ -87,6 +87,23 @@ where
     Err(FrontendError::NoLeader)
 }
 
+/// `GET` of `route` (with `params`, and `query` as it came) from the leader, through [`read`].
+pub(crate) async fn get<T: DeserializeOwned>(
+    state: &AppState,
+    route: Route,
+    params: &[&str],
+    query: Option<&str>,
+) -> Result<T, FrontendError> {
+    read(state, |leader| {
+        let request = route.url(&leader.url, params).map(|mut url| {
+            url.set_query(query);
+            state.inner.leader_read(url)
+        });
+        async move { call::<T>(request?).await }
+    })
+    .await
+}
+
 /// Forwards a read of the book to the leader, whose book holds every committed entry; the
 /// query string goes as it came (the replica validates it).
 pub(crate) async fn forward_read(
@@ -94,15 +111,8 @@ pub(crate) async fn forward_read(
     route: Route,
     params: &[&str],
     query: Option<&str>,
-) -> Result<Response, FrontendError> {
-    let value: Value = read(state, |leader| {
-        let request = route.url(&leader.url, params).map(|mut url| {
-            url.set_query(query);
-            state.inner.leader_read(url)
-        });
-        async move { call::<Value>(request?).await }
-    })
-    .await?;
+) -> Answer {
+    let value: Value = get(state, route, params, query).await?;
     Ok(data(value))
 }
 
