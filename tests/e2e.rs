@@ -1330,14 +1330,10 @@ async fn the_report_is_archived_and_delivered_once_signed() {
     let log = cluster.wait_for_identical_logs().await;
     let date = common::book::days(&log).pop().expect("a day");
 
-    let hook = common::Webhook::start().await;
+    let sinks = common::ReportSinks::start().await;
+    let (hook, mail, smtp, key_file) = (&sinks.hook, &sinks.mail, &sinks.smtp, &sinks.key_file);
     let hook_url = hook.url.clone();
-    let mail = common::MailServer::start().await;
-    let smtp = format!("smtp://127.0.0.1:{}", mail.port);
-
-    let archive = tempfile::tempdir().unwrap();
-    let key_file = archive.path().join("webhook-key");
-    std::fs::write(&key_file, "hook-secret\n").unwrap();
+    let archive = &sinks.dir;
     let out = archive.path().join("reports");
     let report = |webhook: &str, extra: &[&str]| {
         let mut command = tokio::process::Command::new(common::BIN);
@@ -1348,7 +1344,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
             .arg(&key_file)
             .args([
                 "--smtp-url",
-                &smtp,
+                smtp,
                 "--mail-from",
                 "StockNet <reports@stocknet.test>",
             ])
@@ -1439,7 +1435,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
                 "--webhook-secret-file",
             ])
             .arg(&key_file)
-            .args(["--smtp-url", &smtp, "--mail-from", "reports@stocknet.test"])
+            .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
             .args(["--mail-to", "desk@stocknet.test"]);
         async move { command.output().await.expect("run stocknet report") }
     };
@@ -1460,7 +1456,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
     let refused = tokio::process::Command::new(common::BIN)
         .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
         .arg(archive.path().join("refused"))
-        .args(["--smtp-url", &smtp, "--mail-from", "reports@stocknet.test"])
+        .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
         .args(["--mail-to", "desk@stocknet.test", "--smtp-attempts", "1"])
         .arg("--smtp-credentials-file")
         .arg(&credentials)
@@ -2118,6 +2114,7 @@ async fn a_stop_order_enters_when_a_trade_reaches_its_stop() {
 #[tokio::test]
 async fn a_revoked_key_is_refused_at_once_on_every_frontend() {
     use futures::{SinkExt, StreamExt};
+    use reqwest::Method;
     use tokio_tungstenite::tungstenite::Message;
     let cluster = Cluster::start(2).await;
     let (one, two) = (
@@ -2134,28 +2131,19 @@ async fn a_revoked_key_is_refused_at_once_on_every_frontend() {
         (&created["data"]["display_name"], &created["data"]["key_id"]),
         (&json!("Ada"), &json!(1))
     );
-    let as_user = |method: reqwest::Method, url: String, key: &str| {
+    let as_user = |method: Method, url: String, key: &str| {
         cluster
             .http
             .request(method, url)
             .bearer_auth(key.to_owned())
     };
-    let get = reqwest::Method::GET;
-    let (status, made) = send(as_user(
-        reqwest::Method::POST,
-        format!("{two}/users/{user}/keys"),
-        &first,
-    ))
-    .await;
+    // A request with no body, with `key`, and its answer.
+    let keyed = |method: Method, url: String, key: &str| send(as_user(method, url, key));
+    let (status, made) = keyed(Method::POST, format!("{two}/users/{user}/keys"), &first).await;
     assert_eq!(status, 201, "{made}");
     let second = made["data"]["api_key"].as_str().unwrap().to_owned();
     assert_eq!(made["data"]["key_id"], 2);
-    let (status, listed) = send(as_user(
-        get.clone(),
-        format!("{one}/users/{user}/keys"),
-        &second,
-    ))
-    .await;
+    let (status, listed) = keyed(Method::GET, format!("{one}/users/{user}/keys"), &second).await;
     assert_eq!(status, 200, "{listed}");
     let prefixes: Vec<&str> = listed["data"]
         .as_array()
@@ -2177,22 +2165,17 @@ async fn a_revoked_key_is_refused_at_once_on_every_frontend() {
         "no key shown"
     );
     // Another user's keys are not the caller's to see.
-    let (status, _) = send(as_user(
-        get.clone(),
+    let (status, _) = keyed(
+        Method::GET,
         format!("{one}/users/{}/keys", user + 1),
         &first,
-    ))
+    )
     .await;
     assert_eq!(status, 403);
 
     // Both frontends know the first key; an order stream runs with it on the second.
     for frontend in [&one, &two] {
-        let (status, me) = send(as_user(
-            get.clone(),
-            format!("{frontend}/users/{user}"),
-            &first,
-        ))
-        .await;
+        let (status, me) = keyed(Method::GET, format!("{frontend}/users/{user}"), &first).await;
         assert_eq!((status, &me["data"]["keys"]), (200, &json!(2)), "{me}");
     }
     let ws = format!("{}/ws/orders", two.replace("http://", "ws://"));
@@ -2211,61 +2194,37 @@ async fn a_revoked_key_is_refused_at_once_on_every_frontend() {
         "{subscribed:?}"
     );
 
-    let (status, revoked) = send(as_user(
-        reqwest::Method::DELETE,
+    let (status, revoked) = keyed(
+        Method::DELETE,
         format!("{one}/users/{user}/keys/1"),
         &second,
-    ))
+    )
     .await;
     assert_eq!(status, 200, "{revoked}");
     assert!(revoked["data"]["revoked"].is_u64(), "{revoked}");
     for frontend in [&one, &two] {
-        let (status, body) = send(as_user(
-            get.clone(),
-            format!("{frontend}/users/{user}"),
-            &first,
-        ))
-        .await;
+        let (status, body) = keyed(Method::GET, format!("{frontend}/users/{user}"), &first).await;
         assert_eq!(status, 401, "{frontend}: {body}");
         let order = json!({"name": "GameStart", "type": "buy", "quantity": 1, "price": 1.0});
         let (status, _) =
-            send(as_user(reqwest::Method::POST, format!("{frontend}/orders"), &first).json(&order))
-                .await;
+            send(as_user(Method::POST, format!("{frontend}/orders"), &first).json(&order)).await;
         assert_eq!(status, 401, "{frontend}: an order with the revoked key");
-        let (status, _) = send(as_user(
-            get.clone(),
-            format!("{frontend}/users/{user}"),
-            &second,
-        ))
-        .await;
+        let (status, _) = keyed(Method::GET, format!("{frontend}/users/{user}"), &second).await;
         assert_eq!(status, 200, "{frontend}: the second key still works");
     }
-    let closed = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("the stream ends within 20 s");
-    match closed {
-        Some(Ok(Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 1008, "{frame:?}")
-        }
-        other => panic!("expected a close, got {other:?}"),
-    }
+    common::expect_policy_close(&mut stream, "the stream with the revoked key").await;
     // Revoking it again answers the same; the list shows the second key only.
-    let (status, again) = send(as_user(
-        reqwest::Method::DELETE,
+    let (status, again) = keyed(
+        Method::DELETE,
         format!("{two}/users/{user}/keys/1"),
         &second,
-    ))
+    )
     .await;
     assert_eq!(
         (status, &again["data"]["revoked"]),
         (200, &revoked["data"]["revoked"])
     );
-    let (_, listed) = send(as_user(
-        get.clone(),
-        format!("{two}/users/{user}/keys"),
-        &second,
-    ))
-    .await;
+    let (_, listed) = keyed(Method::GET, format!("{two}/users/{user}/keys"), &second).await;
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
 
     // The operator revokes the second key through the catalog.
@@ -2276,23 +2235,13 @@ async fn a_revoked_key_is_refused_at_once_on_every_frontend() {
         .arg(cluster.dir.path().join("secret"))
         .output()
         .expect("stocknet admin runs");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{printed} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let printed = common::succeeded(&output);
     assert!(
         printed.contains("key 2") && printed.contains("revoked"),
         "{printed}"
     );
     for frontend in [&one, &two] {
-        let (status, _) = send(as_user(
-            get.clone(),
-            format!("{frontend}/users/{user}"),
-            &second,
-        ))
-        .await;
+        let (status, _) = keyed(Method::GET, format!("{frontend}/users/{user}"), &second).await;
         assert_eq!(status, 401, "{frontend}");
     }
 }

@@ -17,13 +17,7 @@ async fn load(frontend: &str, args: &str) -> Value {
         .output()
         .await
         .expect("run stocknet load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&stdout).expect("JSON report")
+    serde_json::from_str(&common::succeeded(&output)).expect("JSON report")
 }
 
 #[tokio::test]

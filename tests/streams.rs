@@ -389,14 +389,6 @@ async fn an_order_stream_needs_its_users_key() {
             .send(Message::Text(hello.to_string().into()))
             .await
             .expect("hello");
-        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .expect("an answer within 20 s");
-        match message {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                assert_eq!(u16::from(frame.code), 1008, "{hello}: {frame:?}")
-            }
-            other => panic!("{hello}: expected a close, got {other:?}"),
-        }
+        common::expect_policy_close(&mut socket, &hello.to_string()).await;
     }
 }

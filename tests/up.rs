@@ -631,14 +631,10 @@ const CONSOLE_TRADING: &[(&str, &str, &str)] = &[
 /// day's trades, exactly once: a re-run of the same date sends nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_archives_and_delivers_the_days_report_on_schedule() {
-    let hook = common::Webhook::start().await;
+    let sinks = common::ReportSinks::start().await;
+    let (hook, mail, smtp, key_file) = (&sinks.hook, &sinks.mail, &sinks.smtp, &sinks.key_file);
     let hook_url = hook.url.clone();
-    let mail = common::MailServer::start().await;
-    let smtp = format!("smtp://127.0.0.1:{}", mail.port);
-
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("webhook-key");
-    std::fs::write(&key_file, "hook-secret").unwrap();
+    let dir = &sinks.dir;
     // A near schedule: 30 s from now (UTC), well after `up` is ready and the order is in.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -657,7 +653,7 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
             "--webhook-secret-file",
             &key_file.display().to_string(),
             "--smtp-url",
-            &smtp,
+            smtp,
             "--mail-from",
             "reports@stocknet.test",
             "--mail-to",
@@ -725,7 +721,7 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
         .arg(data.join("reports"))
         .args(["--webhook", &hook_url, "--webhook-secret-file"])
         .arg(&key_file)
-        .args(["--smtp-url", &smtp, "--mail-from", "reports@stocknet.test"])
+        .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
         .args(["--mail-to", "desk@stocknet.test"])
         .output()
         .await

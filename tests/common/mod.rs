@@ -128,6 +128,43 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, response.json().await.expect("JSON body"))
 }
 
+/// The standard output of a `stocknet` command that must have succeeded (else the test fails
+/// with both of its outputs).
+pub fn succeeded(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Waits (20 s at most) for the next message of a WebSocket, which must close it with a
+/// policy violation (1008): a wrong or revoked key. `what` names the case in a failure.
+pub async fn expect_policy_close<S>(socket: &mut S, what: &str)
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no message within 20 s"));
+    match message {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008, "{what}: {frame:?}")
+        }
+        other => panic!("{what}: expected a close, got {other:?}"),
+    }
+}
+
 /// One child process, restartable with the same arguments and ports.
 pub struct Proc {
     pub name: String,
@@ -715,6 +752,36 @@ impl Cluster {
                 );
             }
             sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Where a test's reports go: a webhook and a mail server, each on a free port, and the
+/// webhook's signing key (`hook-secret`) in a file of a temporary directory the test may use
+/// for its other files.
+pub struct ReportSinks {
+    pub hook: Webhook,
+    pub mail: MailServer,
+    /// `smtp://` URL of `mail`.
+    pub smtp: String,
+    pub key_file: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl ReportSinks {
+    pub async fn start() -> Self {
+        let hook = Webhook::start().await;
+        let mail = MailServer::start().await;
+        let smtp = format!("smtp://127.0.0.1:{}", mail.port);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let key_file = dir.path().join("webhook-key");
+        std::fs::write(&key_file, "hook-secret\n").expect("the webhook's key written");
+        Self {
+            hook,
+            mail,
+            smtp,
+            key_file,
+            dir,
         }
     }
 }

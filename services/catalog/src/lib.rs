@@ -321,19 +321,38 @@ async fn create_user(
     Json(request): Json<NewUser>,
 ) -> Result<Response, CatalogError> {
     let created = stocknet_common::clock::now_millis();
-    let users = state.users.clone();
     let NewUser {
         credential,
         prefix,
         display_name,
     } = request;
-    let record = tokio::task::spawn_blocking(move || {
+    let record = change_users(&state, move |users| {
         users.create(credential, prefix, display_name, created)
     })
-    .await
-    .map_err(|e| CatalogError::Task(e.to_string()))??;
+    .await?;
     tracing::info!(user = record.id, "user created");
     Ok(data(record))
+}
+
+/// Runs `change` on the user store on the blocking pool: it writes and fsyncs the users' file.
+async fn change_users<T: Send + 'static>(
+    state: &AppState,
+    change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    let users = state.users.clone();
+    tokio::task::spawn_blocking(move || change(&users))
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))?
+}
+
+/// Tells every frontend reachable that `user`'s keys changed: they fetch them again.
+async fn forget_credentials(state: &AppState, user: u64) {
+    state
+        .push(Invalidation {
+            users: vec![user],
+            ..Invalidation::default()
+        })
+        .await;
 }
 
 /// `GET /users/{id}`: a user and their keys' credentials, for a frontend verifying a key.
@@ -360,20 +379,12 @@ async fn add_key(
 ) -> Result<Response, CatalogError> {
     let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
     let created = stocknet_common::clock::now_millis();
-    let users = state.users.clone();
-    let key = tokio::task::spawn_blocking(move || {
+    let key = change_users(&state, move |users| {
         users.add_key(user, request.credential, request.prefix, created)
     })
-    .await
-    .map_err(|e| CatalogError::Task(e.to_string()))??;
+    .await?;
     tracing::info!(user, key = key.id, "key added");
-    // Frontends keep the user's keys as they were: told, they fetch them again.
-    state
-        .push(Invalidation {
-            users: vec![user],
-            ..Invalidation::default()
-        })
-        .await;
+    forget_credentials(&state, user).await;
     Ok(data(key))
 }
 
@@ -386,17 +397,9 @@ async fn revoke_key(
     let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
     let key: u32 = key.parse().map_err(|_| CatalogError::KeyNotFound)?;
     let time = stocknet_common::clock::now_millis();
-    let users = state.users.clone();
-    let revoked = tokio::task::spawn_blocking(move || users.revoke(user, key, time))
-        .await
-        .map_err(|e| CatalogError::Task(e.to_string()))??;
+    let revoked = change_users(&state, move |users| users.revoke(user, key, time)).await?;
     tracing::info!(user, key, "key revoked");
-    state
-        .push(Invalidation {
-            users: vec![user],
-            ..Invalidation::default()
-        })
-        .await;
+    forget_credentials(&state, user).await;
     Ok(data(revoked))
 }
 
@@ -447,10 +450,9 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
     use serde_json::{json, Value};
+    use stocknet_common::testing::send;
     use stocknet_common::wire::UserRecord;
-    use tower::ServiceExt;
 
     fn app(dir: &std::path::Path) -> Router {
         let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
@@ -464,11 +466,9 @@ mod tests {
         Secret::new(SECRET).unwrap()
     }
 
-    async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap())
+    /// A `GET` without credentials.
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
     }
 
     /// A call from the order leader: it carries the secret.
@@ -500,7 +500,7 @@ mod tests {
             .body(Body::from(body.clone()))
             .unwrap();
         assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
-        let unauthenticated_read = Request::get("/users/1").body(Body::empty()).unwrap();
+        let unauthenticated_read = get("/users/1");
         assert_eq!(
             send(&app, unauthenticated_read).await.0,
             StatusCode::UNAUTHORIZED
@@ -559,9 +559,9 @@ mod tests {
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
             assert_eq!(reply["error"]["code"], 401);
         }
-        let (status, _) = send(&app, Request::get("/snapshot").body(Body::empty()).unwrap()).await;
+        let (status, _) = send(&app, get("/snapshot")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        let (_, health) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
+        let (_, health) = send(&app, get("/health")).await;
         assert_eq!(
             (
                 health["data"]["term"].clone(),
@@ -569,13 +569,7 @@ mod tests {
             ),
             (json!(0), json!(0))
         );
-        let (_, stock) = send(
-            &app,
-            Request::get("/stocks/GameStart")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (_, stock) = send(&app, get("/stocks/GameStart")).await;
         assert_eq!(stock["data"]["quantity"], 100);
         // The leader's next apply, with the secret, is accepted at its real term.
         let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
@@ -589,7 +583,6 @@ mod tests {
     async fn stocks_are_listed_searched_and_paged_with_opaque_cursors() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path());
-        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
         let (status, body) = send(&app, get("/stocks?limit=5")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let first: Vec<&str> = body["data"]["stocks"]
@@ -624,13 +617,7 @@ mod tests {
     async fn lookup_hit_and_miss() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path());
-        let (status, body) = send(
-            &app,
-            Request::get("/stocks/GameStart")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = send(&app, get("/stocks/GameStart")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             body,
@@ -663,13 +650,7 @@ mod tests {
         let (status, reply) = send(&app, post_json("/apply", overdraw)).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(reply["error"]["message"], "Insufficient stock quantity");
-        let (_, body) = send(
-            &app,
-            Request::get("/stocks/GameStart")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (_, body) = send(&app, get("/stocks/GameStart")).await;
         assert_eq!(body["data"]["quantity"], 60);
     }
 
@@ -838,10 +819,7 @@ mod tests {
                 post_json("/apply", r#"{"term":"x"}"#),
                 StatusCode::BAD_REQUEST,
             ),
-            (
-                Request::get("/nothing").body(Body::empty()).unwrap(),
-                StatusCode::NOT_FOUND,
-            ),
+            (get("/nothing"), StatusCode::NOT_FOUND),
             (
                 Request::delete("/stocks/GameStart")
                     .body(Body::empty())

@@ -19,6 +19,8 @@ pub mod paths;
 pub mod ports;
 pub mod request_id;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use auth::{Secret, SecretArgs};

@@ -58,10 +58,7 @@ fn app() -> Router {
 }
 
 async fn send(request: Request<Body>) -> (StatusCode, Value) {
-    let response = app().oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
+    stocknet_common::testing::send(&app(), request).await
 }
 
 fn post_json(uri: &str, body: &'static str) -> Request<Body> {

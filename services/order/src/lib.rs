@@ -709,9 +709,8 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
-    use http_body_util::BodyExt;
     use serde_json::{json, Value};
-    use tower::ServiceExt;
+    use stocknet_common::testing::send;
 
     const SECRET: &str = "router-test-secret";
 
@@ -739,13 +738,6 @@ mod tests {
         .await
         .unwrap();
         router(AppState { replica, secret })
-    }
-
-    async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap())
     }
 
     fn get(uri: &str) -> Request<Body> {

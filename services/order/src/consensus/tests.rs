@@ -349,6 +349,16 @@ impl Group {
         self.router.rafts.lock().unwrap()[&id].0.clone()
     }
 
+    /// An order for `quantity` written through replica `id`, which must lead and commit it.
+    async fn write(
+        &self,
+        id: u64,
+        quantity: u32,
+    ) -> openraft::raft::ClientWriteResponse<TypeConfig> {
+        let written = self.raft(id).client_write(vec![proposal(quantity)]).await;
+        written.unwrap_or_else(|e| panic!("replica {id} commits an order: {e}"))
+    }
+
     /// Replica `id`'s linearizable reads, on its lease when it holds one.
     fn reads(&self, id: u64) -> SharedReads {
         SharedReads::start(self.raft(id), self.leases[&id].clone())
@@ -441,8 +451,7 @@ struct Settled {
 async fn settled_group() -> Settled {
     let group = Group::start(3).await;
     let (leader, term) = group.leader(&group.ids).await;
-    let written = group.raft(leader).client_write(vec![proposal(1)]).await;
-    let first = written.unwrap().log_id.index;
+    let first = group.write(leader, 1).await.log_id.index;
     for &id in &group.ids {
         group.applied(id, first).await;
     }
@@ -569,8 +578,7 @@ async fn a_leader_that_loses_power_before_its_fsync_leaves_the_group_consistent(
     group.router.isolate(near, &group.ids, true);
     let (elected, new_term) = group.leader(&[leader, far]).await;
     assert!(new_term > term, "term {new_term} after {term}");
-    let written = group.raft(elected).client_write(vec![proposal(3)]).await;
-    let written = written.unwrap().log_id.index;
+    let written = group.write(elected, 3).await.log_id.index;
     group.router.isolate(near, &group.ids, false);
     for &id in &group.ids {
         group.applied(id, written).await;
@@ -587,15 +595,11 @@ async fn a_leader_that_loses_power_before_its_fsync_leaves_the_group_consistent(
 async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing() {
     let mut group = Group::start(3).await;
     let (leader, term) = group.leader(&group.ids).await;
-    let write = |group: &Group, leader: u64, quantity: u32| {
-        let raft = group.raft(leader);
-        async move { raft.client_write(vec![proposal(quantity)]).await.unwrap() }
-    };
-    write(&group, leader, 1).await;
+    group.write(leader, 1).await;
     for id in [4, 5] {
         group.add_learner(leader, id).await;
     }
-    let last = write(&group, leader, 2).await.log_id.index;
+    let last = group.write(leader, 2).await.log_id.index;
     for id in [4, 5] {
         group.applied(id, last).await;
     }
@@ -618,7 +622,7 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     for &id in &down {
         group.stop_replica(id).await;
     }
-    let committed = write(&group, leader, 3).await.log_id.index;
+    let committed = group.write(leader, 3).await.log_id.index;
     for &id in &down {
         group.start_replica(id).await;
         group.applied(id, committed).await;
@@ -643,7 +647,7 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
     group.change_voters(leader, [1, 2, 3]).await;
     let seen = members::members(&group.raft(leader).metrics().borrow());
     assert_eq!((seen.learners.len(), seen.urls.len()), (0, 3));
-    let last = write(&group, leader, 4).await.log_id.index;
+    let last = group.write(leader, 4).await.log_id.index;
     for id in [1, 2, 3] {
         group.applied(id, last).await;
     }
@@ -708,11 +712,7 @@ async fn a_leader_that_removes_itself_steps_down_and_the_rest_elect_a_leader() {
     let (next, newer) = group.leader(&kept).await;
     assert!(kept.contains(&next), "{next} of {kept:?}");
     assert!(newer > term);
-    let written = group
-        .raft(next)
-        .client_write(vec![proposal(7)])
-        .await
-        .unwrap();
+    let written = group.write(next, 7).await;
     for &id in &kept {
         group.applied(id, written.log_id.index).await;
     }
@@ -749,11 +749,7 @@ async fn reads_without_a_lease_share_a_leadership_check_and_only_the_leader_pass
 async fn a_cut_off_leader_reads_on_its_lease_only_while_no_other_can_lead() {
     let group = Group::start(3).await;
     let (old, term) = group.leader(&group.ids).await;
-    let written = group
-        .raft(old)
-        .client_write(vec![proposal(1)])
-        .await
-        .unwrap();
+    let written = group.write(old, 1).await;
     let reads = group.reads(old);
     assert!(reads.confirm().await);
     assert_eq!(reads.rounds(), 0, "a read on the lease took a check");
@@ -781,11 +777,7 @@ async fn a_cut_off_leader_reads_on_its_lease_only_while_no_other_can_lead() {
     }
     let (new, newer) = group.leader(&others).await;
     assert!(newer > term);
-    let after = group
-        .raft(new)
-        .client_write(vec![proposal(2)])
-        .await
-        .unwrap();
+    let after = group.write(new, 2).await;
     assert!(after.log_id.index > written.log_id.index);
     assert!(!reads.confirm().await);
     assert!(!keys_applied(&group, old).contains("k2"));
@@ -795,11 +787,7 @@ async fn a_cut_off_leader_reads_on_its_lease_only_while_no_other_can_lead() {
 async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
     let group = Group::start(3).await;
     let (old, old_term) = group.leader(&group.ids).await;
-    let first = group
-        .raft(old)
-        .client_write(vec![proposal(1)])
-        .await
-        .unwrap();
+    let first = group.write(old, 1).await;
     group.router.isolate(old, &group.ids, true);
 
     // Alone, the old leader cannot commit; the others elect a new leader of a newer term.
@@ -810,11 +798,7 @@ async fn an_isolated_leader_is_replaced_and_its_uncommitted_entry_dropped() {
     let rest: Vec<u64> = group.ids.iter().copied().filter(|&id| id != old).collect();
     let (new, new_term) = group.leader(&rest).await;
     assert!(new_term > old_term);
-    let committed = group
-        .raft(new)
-        .client_write(vec![proposal(3)])
-        .await
-        .unwrap();
+    let committed = group.write(new, 3).await;
     assert!(!stranded.is_finished(), "an isolated leader committed");
 
     // Healed, the old leader follows the new one and its stray entry is gone.
@@ -1026,11 +1010,7 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
     tokio::time::sleep(election_timeout(2) * 2).await;
     assert_eq!(group.raft(follower).metrics().borrow().current_term, term);
     group.router.isolate(follower, &group.ids, false);
-    let written = group
-        .raft(leader)
-        .client_write(vec![proposal(1)])
-        .await
-        .unwrap();
+    let written = group.write(leader, 1).await;
     group.applied(follower, written.log_id.index).await;
     assert_eq!(group.leader(&group.ids).await, (leader, term));
 }
@@ -1040,11 +1020,7 @@ async fn a_restarted_replica_recovers_its_log_and_vote_and_catches_up() {
     let mut group = Group::start(3).await;
     let (leader, _) = group.leader(&group.ids).await;
     let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
-    group
-        .raft(leader)
-        .client_write(vec![proposal(1)])
-        .await
-        .unwrap();
+    group.write(leader, 1).await;
     group.stop_replica(follower).await;
     let missed = group
         .raft(leader)
