@@ -1,0 +1,436 @@
+//! One order replica: its log and book under the group's consensus (see [`crate::consensus`]),
+//! what it serves to anyone (reads, health, membership) and, while it leads, the API's writes
+//! ([`commands`]), the term's sequencer and proposer ([`sequencer`]) and the catalog applier
+//! ([`catalog_applier`]).
+
+mod catalog_applier;
+mod commands;
+mod sequencer;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::network::RaftNetworkFactory;
+use openraft::ServerState;
+use stocknet_common::file::FileFailure;
+use stocknet_common::wire::{
+    AuditPage, Health, LogSlice, Members, NewLearner, OrderView, Peer, Voters,
+};
+use stocknet_common::{file, Command, Order};
+
+use crate::archive::Archive;
+use crate::audit::{self, AuditFilter};
+use crate::book::Book;
+use crate::book_store::{BookSettings, BookStore};
+use crate::catalog::{Catalog, HttpCatalog};
+use crate::consensus::{
+    self, handover, members, Elections, HttpNetwork, HttpPreVote, Lease, LogStore, Outgoing,
+    PreVoteTransport, Raft, SharedReads, StateMachine, TypeConfig,
+};
+use crate::error::OrderError;
+use crate::log::{IndexLimits, OrderLog};
+use crate::metrics::{FollowerLabels, ReplicaMetrics};
+use sequencer::{led_term, Sequencer};
+
+/// Most entries sent in one catalog call or one log page.
+pub const BATCH: usize = 4096;
+
+/// How a replica reaches the others and the catalog: over HTTP in a real run
+/// ([`Links::http`]), in memory in the simulation tests.
+pub struct Links<N, P> {
+    pub network: N,
+    pub pre_votes: P,
+    pub catalog: Arc<dyn Catalog>,
+}
+
+impl Links<HttpNetwork, HttpPreVote> {
+    /// Over HTTP with `http` (which carries the cluster secret), the catalog at `catalog_url`.
+    pub fn http(http: reqwest::Client, catalog_url: &str) -> Self {
+        Self {
+            network: HttpNetwork::new(http.clone()),
+            pre_votes: HttpPreVote::new(http.clone()),
+            catalog: HttpCatalog::new(http, catalog_url),
+        }
+    }
+}
+
+pub struct Replica {
+    id: u32,
+    catalog: Arc<dyn Catalog>,
+    log: Arc<Mutex<OrderLog>>,
+    /// The book as of the committed log, which only grows (the group's state machine).
+    book: Arc<BookStore>,
+    raft: Raft,
+    reads: SharedReads,
+    elections: Arc<Elections>,
+    /// The sequencer of the term this replica leads, once it has taken it over. Its lock is
+    /// held only to replace it or to copy its handles.
+    leading: Mutex<Option<Sequencer>>,
+    /// The term this replica last completed a takeover in: it takes commands while it leads
+    /// that term.
+    leading_term: AtomicU64,
+    /// Set while the leader cannot apply committed entries to the catalog: new commands are
+    /// refused before they are proposed (503, not executed) rather than committed and left
+    /// waiting on the catalog with an unknown outcome.
+    catalog_failing: AtomicBool,
+    metrics: ReplicaMetrics,
+    /// The task that stands for election when the leader is lost.
+    standing: tokio::task::JoinHandle<()>,
+    /// The task that, leading, hands the leadership to a higher-id voter.
+    handing_over: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    /// Opens the log, book (kept as `book` says) and vote of replica `id` in `data_dir` and
+    /// starts its part in the
+    /// group founded by `peers` (or, not among them, waits to be added to the group), and the
+    /// task that takes over when it is elected. It reaches the other replicas through
+    /// `network` and `pre_votes` and, leading, applies the log to `catalog`.
+    pub async fn start(
+        id: u32,
+        data_dir: &std::path::Path,
+        peers: Vec<Peer>,
+        links: Links<impl RaftNetworkFactory<TypeConfig>, impl PreVoteTransport>,
+        book: BookSettings,
+        index: IndexLimits,
+    ) -> Result<Arc<Self>, OrderError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
+        let metrics = ReplicaMetrics::new();
+        let log = OrderLog::open_with(data_dir.join(format!("orders-{id}.csv")), index)?;
+        let settings = book;
+        let book = Arc::new(BookStore::open(
+            data_dir.join(format!("book-{id}.snap")),
+            Archive::open(data_dir, id)?,
+            settings,
+            log.last(),
+        ));
+        let log = Arc::new(Mutex::new(log));
+        let store = LogStore::open(
+            u64::from(id),
+            log.clone(),
+            data_dir.join(format!("term-{id}")),
+            Some(metrics.fsync_seconds.clone()),
+        )?;
+        // A replica not among the founding members joins as the leader adds it.
+        let founding = if peers.iter().any(|p| p.id == id) {
+            consensus::initial_membership(&peers)
+        } else {
+            members::joining()
+        };
+        let machine =
+            StateMachine::open(book.clone(), &store, founding, metrics.snapshots.clone())?;
+        let config = consensus::config(settings.snapshot_every)?;
+        let lease = Lease::new();
+        let raft = Raft::new(
+            u64::from(id),
+            Arc::new(config),
+            Outgoing::new(links.network, lease.clone(), store.durable()),
+            store.clone(),
+            machine,
+        )
+        .await
+        .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
+        let elections = Elections::new(raft.clone(), store, u64::from(id));
+        let standing = tokio::spawn(elections.clone().stand_when_leader_lost(links.pre_votes));
+        let (handover_raft, handover_elections) = (raft.clone(), elections.clone());
+        let handovers = metrics.handovers.clone();
+        let handing_over = move |replica: &std::sync::Weak<Self>| {
+            let replica = replica.clone();
+            let drained = move || {
+                let replica = replica.upgrade();
+                async move {
+                    match replica {
+                        Some(replica) => replica.drained().await,
+                        None => false,
+                    }
+                }
+            };
+            tokio::spawn(handover::prefer_highest(
+                handover_raft,
+                handover_elections,
+                drained,
+                handovers,
+            ))
+        };
+        let replica = Arc::new_cyclic(|replica| Self {
+            handing_over: handing_over(replica),
+            id,
+            catalog: links.catalog,
+            log,
+            book,
+            reads: SharedReads::start(raft.clone(), lease),
+            elections: elections.clone(),
+            raft: raft.clone(),
+            leading: Mutex::new(None),
+            leading_term: AtomicU64::new(0),
+            catalog_failing: AtomicBool::new(false),
+            metrics,
+            standing,
+        });
+        tokio::spawn(replica.clone().follow_leadership());
+        Ok(replica)
+    }
+
+    /// Stops this replica's part in the group: it stands in no more elections and its
+    /// consensus stops (which ends its other tasks). Its files stay as they are.
+    pub async fn shutdown(&self) {
+        self.standing.abort();
+        self.handing_over.abort();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("consensus did not stop cleanly: {e}");
+        }
+        *self.leading() = None;
+        let log = self.log.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .checkpoint_keys()
+        });
+        match checkpoint.await.map_err(OrderError::task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => tracing::warn!("the key index will be built again: {e}"),
+        }
+    }
+
+    /// The group's consensus, for the routes the other replicas call.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This replica's side of elections, for the routes the other replicas call.
+    pub fn elections(&self) -> &Arc<Elections> {
+        &self.elections
+    }
+
+    pub fn health(&self) -> Health {
+        let (term, leader, state) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_term, m.current_leader, m.state)
+        };
+        // One lock at a time: the book is never locked while the log is held.
+        let last_transaction = self.log().last();
+        let applied = self.book().applied();
+        Health {
+            node_id: self.id,
+            term,
+            leader: leader.and_then(|l| u32::try_from(l).ok()),
+            ready: leader.is_some(),
+            last_transaction,
+            applied,
+            leading: state == ServerState::Leader
+                && self.leading_term.load(Ordering::Acquire) == term,
+        }
+    }
+
+    pub fn metrics(&self) -> &ReplicaMetrics {
+        &self.metrics
+    }
+
+    /// Sets the gauges read at scrape time: the log's positions, readiness and, while this
+    /// replica leads, each follower's lag.
+    pub fn refresh_metrics(&self) {
+        let health = self.health();
+        let metrics = &self.metrics;
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        metrics.term.set(gauge(health.term));
+        metrics.last_entry.set(gauge(health.last_transaction));
+        metrics.committed.set(gauge(health.applied));
+        metrics.applied.set(gauge(health.applied));
+        metrics.ready.set(i64::from(health.ready));
+        metrics.leading.set(i64::from(health.leading));
+        metrics.replication_lag.clear();
+        let replication = self.raft.metrics().borrow().replication.clone();
+        for (follower, matched) in replication.into_iter().flatten() {
+            let (Ok(follower), true) = (u32::try_from(follower), follower != u64::from(self.id))
+            else {
+                continue;
+            };
+            let held = match matched {
+                None => 0,
+                Some(id) => {
+                    let log = self.log();
+                    // A lag that cannot be read is not reported.
+                    let Ok(next) = log.first_line(id.index + 1) else {
+                        continue;
+                    };
+                    next.map_or(log.last(), |next| next - 1)
+                }
+            };
+            metrics
+                .replication_lag
+                .get_or_create(&FollowerLabels { follower })
+                .set(gauge(health.last_transaction.saturating_sub(held)));
+        }
+    }
+
+    /// Whether this replica knows a leader (its own term has one).
+    pub fn is_ready(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    pub fn get(&self, number: u64) -> Result<Option<Order>, OrderError> {
+        self.log().get(number)
+    }
+
+    /// A page of this replica's log (committed or not) after number `after`.
+    pub fn slice_after(&self, after: u64, limit: usize) -> Result<LogSlice, OrderError> {
+        let committed = self.book().applied();
+        let log = self.log();
+        Ok(LogSlice {
+            prev_term: log.term_at(after),
+            last: log.last(),
+            committed,
+            orders: log.after(after, limit.min(BATCH))?,
+        })
+    }
+
+    /// The public view of order `number`, from the log and the book.
+    pub fn order_view(&self, number: u64) -> Result<OrderView, OrderError> {
+        // An entry past the book is not known to be committed yet: it may never be. (The log
+        // is read between two looks at the book, never while the book is held.)
+        if number > self.book().applied() {
+            return Err(OrderError::OrderNotFound);
+        }
+        let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+        self.book.read(|book| match book.view(&entry) {
+            Some(view) => Ok(view),
+            None if matches!(entry.command, Command::Place { .. } | Command::Sweep { .. }) => {
+                Err(OrderError::NotReady)
+            }
+            None => Err(OrderError::NotAnOrder(number)),
+        })?
+    }
+
+    /// The order placed under idempotency key `key` (as logged) and its user, once committed
+    /// and applied here; `None` for a modify's or cancel's key.
+    pub fn placed_under(&self, key: &str) -> Result<Option<(OrderView, Option<u64>)>, OrderError> {
+        let Some(number) = self.log().number_for_key(key)? else {
+            return Ok(None);
+        };
+        let user = self.get(number)?.and_then(|entry| entry.user);
+        match self.order_view(number) {
+            Ok(view) => Ok(Some((view, user))),
+            Err(OrderError::OrderNotFound | OrderError::NotAnOrder(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The market events of the entries this replica's book applied lately.
+    pub fn feed(&self) -> &crate::feed::Feed {
+        self.book.feed()
+    }
+
+    /// A page of the audit trail (see [`audit::page`]), read off the async threads.
+    pub async fn audit(
+        &self,
+        filter: AuditFilter,
+        before: u64,
+        limit: usize,
+    ) -> Result<AuditPage, OrderError> {
+        let (log, book) = (self.log.clone(), self.book.clone());
+        tokio::task::spawn_blocking(move || audit::page(&log, &book, &filter, before, limit))
+            .await
+            .map_err(OrderError::task)?
+    }
+
+    /// Confirms that this replica leads and that its book holds every entry committed before
+    /// the call (on its lease, or by openraft's read index; see [`SharedReads`]). A read
+    /// served after it sees every order acknowledged before it arrived, by any frontend (I12).
+    /// None while a handover runs: the leader stops renewing its lease then, and may vote.
+    pub async fn confirm_leadership(&self) -> Result<(), OrderError> {
+        self.not_handing_over()?;
+        if self.reads.confirm().await {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// Runs `read` on the book (as of the committed log this replica has applied).
+    pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
+        self.book.read(read)
+    }
+
+    /// The group's membership as this replica knows it.
+    pub fn members(&self) -> Members {
+        members::members(&self.raft.metrics().borrow())
+    }
+
+    /// Adds `learner` to the group (see [`members`]); only the leader can.
+    pub async fn add_learner(&self, learner: NewLearner) -> Result<(), OrderError> {
+        self.not_handing_over()?;
+        self.leader_step(members::add_learner(&self.raft, learner).await)
+    }
+
+    /// Makes `voters` the group's voters (see [`members`]); only the leader can.
+    pub async fn change_voters(&self, voters: Voters) -> Result<(), OrderError> {
+        self.not_handing_over()?;
+        self.leader_step(members::change_voters(&self.raft, voters).await)
+    }
+
+    /// Refuses what a leader handing over does not take (see [`handover`]).
+    fn not_handing_over(&self) -> Result<(), OrderError> {
+        match self.elections.handing_to() {
+            Some(to) => Err(OrderError::HandingOver(
+                u32::try_from(to).unwrap_or(u32::MAX),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn leader_step(&self, step: Result<(), OrderError>) -> Result<(), OrderError> {
+        match step {
+            Err(OrderError::NotLeader { .. }) => Err(self.not_leader()),
+            other => other,
+        }
+    }
+
+    /// "Not the leader", naming the leader this replica follows in its term, if any.
+    fn not_leader(&self) -> OrderError {
+        let metrics = self.raft.server_metrics().borrow().clone();
+        let leader = metrics
+            .current_leader
+            .filter(|&leader| leader != u64::from(self.id))
+            .and_then(|leader| u32::try_from(leader).ok())
+            .map(|leader| (leader, metrics.vote.leader_id.term));
+        OrderError::NotLeader { leader }
+    }
+
+    /// This replica's term while the consensus layer says it leads.
+    fn leader_term(&self) -> Option<u64> {
+        led_term(&self.raft.server_metrics().borrow())
+    }
+
+    fn leading(&self) -> MutexGuard<'_, Option<Sequencer>> {
+        self.leading.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log(&self) -> MutexGuard<'_, OrderLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock()
+    }
+
+    fn orders_between(&self, after: u64, through: u64) -> Result<Vec<Order>, OrderError> {
+        let count = usize::try_from(through.saturating_sub(after)).unwrap_or(usize::MAX);
+        self.log().after(after, count)
+    }
+}
+
+/// Sets the term of replica `id` in `data_dir` to `term`, with no vote cast in it: how an
+/// operator recovers a replica that accepted a bogus term. The replica must be stopped.
+pub fn reset_term(data_dir: &std::path::Path, id: u32, term: u64) -> Result<(), OrderError> {
+    let path = data_dir.join(format!("term-{id}"));
+    if !path.exists() {
+        return Err(OrderError::Config(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    file::replace_atomically(&path, |f| f.write_all(format!("{term}\n").as_bytes()))
+        .map_err(|e| OrderError::io(&path, e))
+}
