@@ -370,7 +370,7 @@ async fn audit_trail(
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let filter = AuditFilter::parse(&query).map_err(ApiError::bad_request)?;
-    let limit = bounded("limit", query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let limit = page_size(query.limit)?;
     let before = match query.cursor.as_deref() {
         None => u64::MAX,
         Some(cursor) => cursor
