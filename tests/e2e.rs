@@ -1341,7 +1341,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
             .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
             .arg(&out)
             .args(["--webhook", webhook, "--webhook-secret-file"])
-            .arg(&key_file)
+            .arg(key_file)
             .args([
                 "--smtp-url",
                 smtp,
@@ -1434,7 +1434,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
                 "1",
                 "--webhook-secret-file",
             ])
-            .arg(&key_file)
+            .arg(key_file)
             .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
             .args(["--mail-to", "desk@stocknet.test"]);
         async move { command.output().await.expect("run stocknet report") }
@@ -1479,7 +1479,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
             "2",
             "--webhook-secret-file",
         ])
-        .arg(&key_file)
+        .arg(key_file)
         .output()
         .await
         .expect("run stocknet report");

@@ -720,7 +720,7 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
         ])
         .arg(data.join("reports"))
         .args(["--webhook", &hook_url, "--webhook-secret-file"])
-        .arg(&key_file)
+        .arg(key_file)
         .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
         .args(["--mail-to", "desk@stocknet.test"])
         .output()
