@@ -21,7 +21,9 @@ use stocknet_common::{
 };
 use utoipa::{IntoParams, ToSchema};
 
-use super::answers::{BadQuery, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers};
+use super::answers::{
+    BadQuery, NeedsKey, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers,
+};
 use super::extract::OrderNumber;
 use crate::credentials;
 use crate::routes::stocks::is_name_text;
@@ -575,7 +577,7 @@ pub(crate) struct ClientOrderIdQuery {
     responses(
         (status = 200, body = DataEnvelope<Changed>),
         (status = 400, description = "No client_order_id, a malformed one, or another parameter", body = ErrorEnvelope),
-        (status = 401, description = "No API key, or one that is malformed, unknown or wrong", body = ErrorEnvelope),
+        NeedsKey,
         (status = 404, description = "None of the caller's open orders has this client_order_id", body = ErrorEnvelope),
         (status = 409, description = "The order closed before the cancel reached it", body = ErrorEnvelope),
         WriteAnswers,
