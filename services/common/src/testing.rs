@@ -1,7 +1,9 @@
 //! What the services' router tests share (the `testing` feature, which their dev-dependencies
-//! turn on): a request through a router, without a socket, and its answer as JSON.
+//! turn on): a request through a router, without a socket, and its answer as JSON; requests
+//! from another service, which carry the shared secret.
 
 use axum::body::Body;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use serde_json::Value;
@@ -19,4 +21,24 @@ pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
         .await
         .expect("the whole body");
     (status, serde_json::from_slice(&body).expect("a JSON body"))
+}
+
+/// The shared secret the services' router tests run with.
+pub const SECRET: &str = "router-test-secret";
+
+/// `GET uri` from another service: it carries [`SECRET`].
+pub fn insider_get(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(AUTHORIZATION, format!("Bearer {SECRET}"))
+        .body(Body::empty())
+        .expect("a request")
+}
+
+/// `POST uri` with the JSON `body`, from another service: it carries [`SECRET`].
+pub fn insider_post(uri: &str, body: &str) -> Request<Body> {
+    Request::post(uri)
+        .header(CONTENT_TYPE, "application/json")
+        .header(AUTHORIZATION, format!("Bearer {SECRET}"))
+        .body(Body::from(body.to_owned()))
+        .expect("a request")
 }

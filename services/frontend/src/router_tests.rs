@@ -7,6 +7,7 @@ use axum::Router;
 use clap::Parser;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use stocknet_common::testing::{insider_post, SECRET};
 use stocknet_common::wire::IDEMPOTENCY_KEY;
 use stocknet_common::Secret;
 use tower::ServiceExt;
@@ -49,7 +50,7 @@ fn lone_state(flags: &[&str]) -> AppState {
     ];
     args.extend_from_slice(flags);
     let cli = Cli::parse_from(args);
-    AppState::new(&cli.config, Secret::new("router-test-secret").unwrap())
+    AppState::new(&cli.config, Secret::new(SECRET).unwrap())
 }
 
 /// A frontend whose catalog and order replicas are not running.
@@ -59,14 +60,6 @@ fn app() -> Router {
 
 async fn send(request: Request<Body>) -> (StatusCode, Value) {
     stocknet_common::testing::send(&app(), request).await
-}
-
-fn post_json(uri: &str, body: &'static str) -> Request<Body> {
-    Request::post(uri)
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer router-test-secret")
-        .body(Body::from(body))
-        .unwrap()
 }
 
 #[tokio::test]
@@ -101,7 +94,7 @@ async fn envelopes_for_every_outcome_without_backends() {
             serde_json::json!({"data": {"success": true}})
         )
     );
-    let (status, body) = send(post_json(
+    let (status, body) = send(insider_post(
         "/invalidate",
         r#"{"names":["GameStart","FishCo"]}"#,
     ))
@@ -113,7 +106,7 @@ async fn envelopes_for_every_outcome_without_backends() {
             serde_json::json!({"data": {"success": true}})
         )
     );
-    let (status, body) = send(post_json("/invalidate", r#"{"names":"GameStart"}"#)).await;
+    let (status, body) = send(insider_post("/invalidate", r#"{"names":"GameStart"}"#)).await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (StatusCode::BAD_REQUEST, serde_json::json!(400))

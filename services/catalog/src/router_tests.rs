@@ -1,0 +1,374 @@
+//! The catalog's router without a socket: lookups, applying trades in order, users and keys,
+//! and the invalidation push to a recording frontend.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use stocknet_common::testing::{insider_get, insider_post, send, SECRET};
+use stocknet_common::wire::UserRecord;
+use stocknet_common::{data, Json, Secret, SecretArgs};
+
+use super::*;
+
+fn app(dir: &std::path::Path) -> Router {
+    let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+    let users = UserStore::open(dir.join("users.csv")).unwrap();
+    router(AppState::new(store, users, vec![], secret()))
+}
+
+fn secret() -> Secret {
+    Secret::new(SECRET).unwrap()
+}
+
+/// A `GET` without credentials.
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn users_are_registered_and_read_back_only_with_the_secret() {
+    use stocknet_common::api_key::{ApiKey, Credential};
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let key = ApiKey::generate(1).unwrap();
+    let credential = Credential::of(&key).unwrap();
+    let body = json!({ "credential": credential, "prefix": key.prefix() }).to_string();
+    let anonymous = Request::post("/users")
+        .header("content-type", "application/json")
+        .body(Body::from(body.clone()))
+        .unwrap();
+    assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+    let unauthenticated_read = get("/users/1");
+    assert_eq!(
+        send(&app, unauthenticated_read).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&app, insider_get("/users/1")).await.0,
+        StatusCode::NOT_FOUND,
+        "the refused call registered nobody"
+    );
+
+    let (status, created) = send(&app, insider_post("/users", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["data"]["id"], 1);
+    let (_, second) = send(&app, insider_post("/users", &body)).await;
+    assert_eq!(second["data"]["id"], 2);
+    let (status, read) = send(&app, insider_get("/users/1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let stored: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
+    assert!(stored.admits(&key.clone().with_user(1)));
+
+    let named = json!({"credential": credential, "prefix": "00", "display_name": "Ada"});
+    let (_, third) = send(&app, insider_post("/users", &named.to_string())).await;
+    assert_eq!(third["data"]["display_name"], "Ada");
+    for bad in [
+        r#"{"credential":"00:11"}"#,
+        r#"{"credential":"x","admin":true}"#,
+        "{}",
+        &json!({"credential": credential, "prefix": "00", "display_name": "A\nda"}).to_string(),
+    ] {
+        let (status, body) = send(&app, insider_post("/users", bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    for (uri, status) in [
+        ("/users/9", StatusCode::NOT_FOUND),
+        ("/users/x", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(send(&app, insider_get(uri)).await.0, status, "{uri}");
+    }
+}
+
+/// The attack of issue 12: without the secret, neither a bogus term nor arbitrary trades
+/// get in, and the catalog is as it was.
+#[tokio::test]
+async fn apply_and_snapshot_need_the_secret_and_nothing_changes_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    for body in [
+        r#"{"term":999999,"trades":[]}"#,
+        r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":100000}]}"#,
+    ] {
+        let request = Request::post("/apply")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, reply) = send(&app, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
+        assert_eq!(reply["error"]["code"], 401);
+    }
+    let (status, _) = send(&app, get("/snapshot")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, health) = send(&app, get("/health")).await;
+    assert_eq!(
+        (
+            health["data"]["term"].clone(),
+            health["data"]["applied"].clone()
+        ),
+        (json!(0), json!(0))
+    );
+    let (_, stock) = send(&app, get("/stocks/GameStart")).await;
+    assert_eq!(stock["data"]["quantity"], 100);
+    // The leader's next apply, with the secret, is accepted at its real term.
+    let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
+    assert_eq!(
+        send(&app, insider_post("/apply", body)).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn stocks_are_listed_searched_and_paged_with_opaque_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let (status, body) = send(&app, get("/stocks?limit=5")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first: Vec<&str> = body["data"]["stocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(first.len(), 5);
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(first, sorted, "name order");
+    let cursor = body["data"]["next_cursor"].as_str().unwrap().to_owned();
+    let (_, next) = send(&app, get(&format!("/stocks?limit=100&cursor={cursor}"))).await;
+    let rest = next["data"]["stocks"].as_array().unwrap();
+    assert_eq!(first.len() + rest.len(), 12, "every stock once");
+    assert!(next["data"].get("next_cursor").is_none());
+    let (_, found) = send(&app, get("/stocks?search=GAME")).await;
+    assert_eq!(found["data"]["stocks"][0]["name"], "GameStart");
+    for bad in [
+        "/stocks?limit=0",
+        "/stocks?limit=1001",
+        "/stocks?cursor=zz",
+        "/stocks?sort=name",
+    ] {
+        let (status, body) = send(&app, get(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn lookup_hit_and_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let (status, body) = send(&app, get("/stocks/GameStart")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
+    );
+    let (status, body) = send(
+        &app,
+        Request::get("/stocks/Nope")
+            .header("x-request-id", "lookup-7")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        json!({"error": {"code": 404, "message": "Stock not found", "request_id": "lookup-7"}})
+    );
+}
+
+#[tokio::test]
+async fn apply_changes_quantity_and_refuses_overdraw() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-40}]}"#;
+    let (status, reply) = send(&app, insider_post("/apply", body)).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["data"]["applied"], 1);
+    let overdraw = r#"{"term":1,"trades":[{"number":2,"name":"GameStart","delta":-61}]}"#;
+    let (status, reply) = send(&app, insider_post("/apply", overdraw)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(reply["error"]["message"], "Insufficient stock quantity");
+    let (_, body) = send(&app, get("/stocks/GameStart")).await;
+    assert_eq!(body["data"]["quantity"], 60);
+}
+
+#[tokio::test]
+async fn a_catalog_on_port_0_tells_its_address_and_stops_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        initial_catalog: None,
+        frontends: Vec::new(),
+        frontend_dns: None,
+        secret: SecretArgs {
+            secret_file: None,
+            secret: Some(SECRET.into()),
+        },
+        metrics: stocknet_common::metrics::MetricsArgs { metrics_port: None },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = start(config, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert_ne!(running.addr.port(), 0);
+    let url = format!("http://{}/stocks/GameStart", running.addr);
+    let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(body["data"]["name"], "GameStart");
+    stop.send(()).unwrap();
+    running.stopped().await.unwrap();
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "still serving after it stopped"
+    );
+}
+
+/// A stand-in frontend on 127.0.0.1 that records the pushes it gets.
+async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<Invalidation>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = seen.clone();
+    // Only pushes that carry the secret are recorded.
+    let app = Router::new().route(
+        "/invalidate",
+        post(
+            move |headers: axum::http::HeaderMap, Json(request): Json<Invalidation>| async move {
+                if secret().admits(&headers) {
+                    recorder.lock().unwrap().push(request);
+                }
+                data(json!({"success": true}))
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = recording_frontend().await;
+    let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+    let users = UserStore::open(dir.path().join("users.csv")).unwrap();
+    let app = router(AppState {
+        frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
+        ..AppState::new(store, users, vec![String::new()], secret())
+    });
+    let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
+                                        {"number":2,"name":"FishCo","delta":2}]}"#;
+    assert_eq!(
+        send(&app, insider_post("/apply", body)).await.0,
+        StatusCode::OK
+    );
+    // Resent after a crash: nothing changes, but the stocks are invalidated again.
+    assert_eq!(
+        send(&app, insider_post("/apply", body)).await.0,
+        StatusCode::OK
+    );
+    // Each push names the stocks and carries their new quantities.
+    let mut pushed: Vec<(String, u64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|push| push.stocks.iter().map(|s| (s.name.clone(), s.quantity)))
+        .collect();
+    pushed.sort();
+    let expected = [
+        ("FishCo", 102),
+        ("FishCo", 102),
+        ("GameStart", 99),
+        ("GameStart", 99),
+    ];
+    assert_eq!(
+        pushed,
+        expected.map(|(name, quantity)| (name.to_owned(), quantity))
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
+    use stocknet_common::api_key::{ApiKey, Credential};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = recording_frontend().await;
+    let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+    let users = UserStore::open(dir.path().join("users.csv")).unwrap();
+    let app = router(AppState::new(
+        store,
+        users,
+        vec![format!("http://127.0.0.1:{port}")],
+        secret(),
+    ));
+    let new_key = || {
+        let key = ApiKey::generate(1).unwrap();
+        let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});
+        (key, body.to_string())
+    };
+    let (first, body) = new_key();
+    send(&app, insider_post("/users", &body)).await;
+    let (second, body) = new_key();
+    let (status, added) = send(&app, insider_post("/users/1/keys", &body)).await;
+    assert_eq!((status, &added["data"]["id"]), (StatusCode::OK, &json!(2)));
+    let delete = |uri: &str| {
+        Request::delete(uri)
+            .header("authorization", format!("Bearer {SECRET}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, revoked) = send(&app, delete("/users/1/keys/1")).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["data"]["revoked"].is_u64(), "{revoked}");
+    let pushes = seen.lock().unwrap().clone();
+    assert_eq!(pushes.len(), 2, "each answer came after its push");
+    assert!(pushes.iter().all(|push| push.users == [1]));
+    let (_, read) = send(&app, insider_get("/users/1")).await;
+    let user: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
+    assert!(!user.admits(&first.with_user(1)));
+    assert!(user.admits(&second.clone().with_user(1)));
+    for (uri, status) in [
+        ("/users/1/keys/3", StatusCode::NOT_FOUND),
+        ("/users/1/keys/x", StatusCode::NOT_FOUND),
+        ("/users/2/keys/1", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(send(&app, delete(uri)).await.0, status, "{uri}");
+    }
+    let unauthenticated = Request::delete("/users/1/keys/2")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&app, unauthenticated).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, read) = send(&app, insider_get("/users/1")).await;
+    let user: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
+    assert!(user.admits(&second.with_user(1)), "still live");
+}
+
+#[tokio::test]
+async fn bad_requests_get_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    for (request, expected) in [
+        (insider_post("/apply", "{nope"), StatusCode::BAD_REQUEST),
+        (
+            insider_post("/apply", r#"{"term":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (get("/nothing"), StatusCode::NOT_FOUND),
+        (
+            Request::delete("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let (status, body) = send(&app, request).await;
+        assert_eq!(status, expected, "{body}");
+        assert_eq!(body["error"]["code"], expected.as_u16());
+    }
+}

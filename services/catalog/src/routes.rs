@@ -1,0 +1,207 @@
+//! The catalog's handlers: probes and metrics; stock lookups and listings; and, for the order
+//! leader and the frontends only, the snapshot, applying committed trades, and users and
+//! their keys.
+
+use axum::extract::State;
+use axum::response::Response;
+use stocknet_common::envelope::bounded;
+use stocknet_common::wire::{
+    stock_after, stock_cursor, ApplyRequest, Invalidation, NewKey, NewUser, StockPage,
+};
+use stocknet_common::{data, ApiError, Json, Path, Query};
+
+use crate::error::CatalogError;
+use crate::users::UserStore;
+use crate::AppState;
+
+/// `GET /metrics`: Prometheus metrics, open like `/health`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    state.refresh_metrics();
+    stocknet_common::metrics::exposition(&state.metrics.registry)
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let snapshot = state.store.snapshot();
+    data(serde_json::json!({
+        "service": "catalog",
+        "applied": snapshot.applied,
+        "term": snapshot.term,
+    }))
+}
+
+pub(crate) async fn lookup(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, CatalogError> {
+    state
+        .store
+        .get(&name)
+        .map(data)
+        .ok_or(CatalogError::StockNotFound(name))
+}
+
+/// Most stocks one page of `GET /stocks` holds.
+pub const MAX_PAGE: usize = 1_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    search: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /stocks?search=&limit=&cursor=`: stocks whose names contain `search`, any case, in
+/// name order, a page at a time.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = bounded("limit", query.limit, 100, MAX_PAGE)?;
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            stock_after(cursor)
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave out"))?,
+        ),
+    };
+    let search = query.search.unwrap_or_default();
+    let (stocks, more) = state.store.list(&search, after.as_deref(), limit);
+    let next_cursor = more
+        .then(|| stocks.last().map(|s| stock_cursor(&s.name)))
+        .flatten();
+    Ok(data(StockPage {
+        stocks,
+        next_cursor,
+    }))
+}
+
+/// `POST /users` (from a frontend): registers a user by the credential of their first key.
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    Json(request): Json<NewUser>,
+) -> Result<Response, CatalogError> {
+    let created = stocknet_common::clock::now_millis();
+    let NewUser {
+        credential,
+        prefix,
+        display_name,
+    } = request;
+    let record = change_users(&state, move |users| {
+        users.create(credential, prefix, display_name, created)
+    })
+    .await?;
+    tracing::info!(user = record.id, "user created");
+    Ok(data(record))
+}
+
+/// Runs `change` on the user store on the blocking pool: it writes and fsyncs the users' file.
+pub(crate) async fn change_users<T: Send + 'static>(
+    state: &AppState,
+    change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    let users = state.users.clone();
+    tokio::task::spawn_blocking(move || change(&users))
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))?
+}
+
+/// Tells every frontend reachable that `user`'s keys changed: they fetch them again.
+pub(crate) async fn forget_credentials(state: &AppState, user: u64) {
+    state
+        .push(Invalidation {
+            users: vec![user],
+            ..Invalidation::default()
+        })
+        .await;
+}
+
+/// `GET /users/{id}`: a user and their keys' credentials, for a frontend verifying a key.
+pub(crate) async fn user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, CatalogError> {
+    user_id(&id)
+        .and_then(|id| state.users.get(id))
+        .map(data)
+        .ok_or(CatalogError::UserNotFound)
+}
+
+pub(crate) fn user_id(text: &str) -> Option<u64> {
+    text.parse().ok()
+}
+
+/// `POST /users/{id}/keys` (from a frontend): another key for the user, answered once every
+/// frontend reachable was told to fetch the user's keys again.
+pub(crate) async fn add_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(request): Json<NewKey>,
+) -> Result<Response, CatalogError> {
+    let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
+    let created = stocknet_common::clock::now_millis();
+    let key = change_users(&state, move |users| {
+        users.add_key(user, request.credential, request.prefix, created)
+    })
+    .await?;
+    tracing::info!(user, key = key.id, "key added");
+    forget_credentials(&state, user).await;
+    Ok(data(key))
+}
+
+/// `DELETE /users/{id}/keys/{key}` (from a frontend, or `stocknet admin`): revokes the key,
+/// and answers once every frontend reachable was told to forget the user's credentials.
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Response, CatalogError> {
+    let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
+    let key: u32 = key.parse().map_err(|_| CatalogError::KeyNotFound)?;
+    let time = stocknet_common::clock::now_millis();
+    let revoked = change_users(&state, move |users| users.revoke(user, key, time)).await?;
+    tracing::info!(user, key, "key revoked");
+    forget_credentials(&state, user).await;
+    Ok(data(revoked))
+}
+
+pub(crate) async fn snapshot(State(state): State<AppState>) -> Response {
+    data(state.store.snapshot())
+}
+
+pub(crate) async fn apply(
+    State(state): State<AppState>,
+    Json(request): Json<ApplyRequest>,
+) -> Result<Response, CatalogError> {
+    // Every stock the request names, not only those changed now: when the catalog crashed
+    // between writing a trade and invalidating, the leader's resend must still invalidate.
+    let mut names: Vec<String> = request.trades.iter().map(|t| t.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    let outcome = state.store.apply(&request)?;
+    // The leader batches entries of many requests: each line names its entry's request.
+    for trade in request.trades.iter().filter(|t| t.request_id.is_some()) {
+        let id = trade.request_id.as_deref().unwrap_or_default();
+        tracing::debug!(request_id = %id, entry = trade.number, stock = trade.name, delta = trade.delta, "applied a committed entry");
+    }
+    let metrics = &state.metrics;
+    metrics.apply_trades.observe(request.trades.len() as f64);
+    // The frontends refetch from memory, which holds only committed trades; so they may be told
+    // while the disk works, and the answer waits for both.
+    let store = state.store.clone();
+    let fsync_seconds = metrics.fsync_seconds.clone();
+    let sync = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        store.sync();
+        fsync_seconds.observe(started.elapsed().as_secs_f64());
+    });
+    let invalidate = async {
+        let started = std::time::Instant::now();
+        state.invalidate(names).await;
+        metrics
+            .invalidation_seconds
+            .observe(started.elapsed().as_secs_f64());
+    };
+    let (synced, ()) = tokio::join!(sync, invalidate);
+    synced.map_err(|e| CatalogError::Task(e.to_string()))?;
+    Ok(data(outcome))
+}

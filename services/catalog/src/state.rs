@@ -1,0 +1,137 @@
+//! What the catalog's handlers share: its stores, the frontends it keeps fresh, and the
+//! invalidation push that tells them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use stocknet_common::file::FileFailure;
+use stocknet_common::paths;
+use stocknet_common::wire::Invalidation;
+use stocknet_common::{internal_client, Secret};
+
+use crate::config::{Config, DEFAULT_CATALOG};
+use crate::error::CatalogError;
+use crate::metrics;
+use crate::store::CatalogStore;
+use crate::users::UserStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<CatalogStore>,
+    pub users: Arc<UserStore>,
+    pub frontends: Arc<Vec<String>>,
+    pub frontend_dns: Option<Arc<str>>,
+    /// Carried by the invalidation push, and required of callers of the internal routes.
+    pub secret: Secret,
+    pub http: reqwest::Client,
+    pub metrics: Arc<metrics::CatalogMetrics>,
+}
+
+impl AppState {
+    pub fn new(
+        store: CatalogStore,
+        users: UserStore,
+        frontends: Vec<String>,
+        secret: Secret,
+    ) -> Self {
+        Self {
+            store: Arc::new(store),
+            users: Arc::new(users),
+            frontends: Arc::new(
+                frontends
+                    .into_iter()
+                    .filter(|url| !url.is_empty())
+                    .collect(),
+            ),
+            frontend_dns: None,
+            http: internal_client(Duration::from_secs(2), &secret),
+            secret,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Opens the store named by `config`, seeding it on first start.
+    pub fn from_config(config: &Config) -> Result<Self, CatalogError> {
+        let initial = match &config.initial_catalog {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| CatalogError::io(path, e))?,
+            None => DEFAULT_CATALOG.to_owned(),
+        };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| CatalogError::io(&config.data_dir, e))?;
+        let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
+        let users = UserStore::open(config.data_dir.join("users.csv"))?;
+        let secret = config.secret.load()?;
+        Ok(Self {
+            frontend_dns: config.frontend_dns.as_deref().map(Arc::from),
+            ..Self::new(store, users, config.frontends.clone(), secret)
+        })
+    }
+
+    /// Tells every frontend to drop `names` from its cache, and waits for the answers so
+    /// that an acknowledged trade is never followed by a stale cached read.
+    pub(crate) async fn invalidate(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let stocks = names
+            .iter()
+            .filter_map(|name| self.store.get(name))
+            .collect();
+        self.push(Invalidation {
+            names,
+            stocks,
+            ..Invalidation::default()
+        })
+        .await;
+    }
+
+    /// Sends `body` to every frontend, and waits for the answers (each within
+    /// [`INVALIDATION_TIMEOUT`]).
+    pub(crate) async fn push(&self, body: Invalidation) {
+        let mut frontends: Vec<String> = self.frontends.to_vec();
+        if let Some(dns) = &self.frontend_dns {
+            match tokio::net::lookup_host(&**dns).await {
+                Ok(addrs) => frontends.extend(addrs.map(|addr| format!("http://{addr}"))),
+                // No frontend pod exists yet (nothing cached), or DNS is failing: then a frontend
+                // may serve a stale quantity until its next invalidation (docs/OPERATIONS.md).
+                Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
+            }
+        }
+        let calls = frontends.iter().map(|frontend| {
+            let body = &body;
+            async move {
+                let result = match paths::INVALIDATE.url(frontend, &[]) {
+                    Ok(url) => {
+                        let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
+                        push.json(body).send().await.map(|_| ())
+                    }
+                    Err(e) => {
+                        tracing::warn!("invalidate at {frontend}: {e}");
+                        return;
+                    }
+                };
+                // A frontend that is down has no cache to keep fresh; it starts empty.
+                if let Err(e) = result {
+                    tracing::debug!("invalidate at {frontend}: {e}");
+                }
+            }
+        });
+        join_all(calls).await;
+    }
+}
+
+/// How long an invalidation push waits for a frontend: below the leader's deadline for the
+/// catalog's answer (1.5 s), so that a hung frontend slows trades without failing them.
+const INVALIDATION_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl AppState {
+    /// Sets the gauges read at scrape time.
+    pub(crate) fn refresh_metrics(&self) {
+        let snapshot = self.store.snapshot();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.metrics.applied.set(gauge(snapshot.applied));
+        self.metrics.term.set(gauge(snapshot.term));
+        self.metrics.users.set(gauge(self.users.count() as u64));
+    }
+}

@@ -1,0 +1,164 @@
+//! The replica's router without a socket, in a group whose other replicas and catalog are not
+//! running.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use stocknet_common::testing::{insider_get, send, SECRET};
+use stocknet_common::wire::{parse_peer, READ_FROM_LEADER};
+
+use super::*;
+
+/// Replica 1 of a three-replica group whose other replicas and catalog are not running:
+/// it never learns of a leader.
+async fn app(dir: &std::path::Path) -> Router {
+    let peers = vec![
+        parse_peer("1=http://127.0.0.1:9").unwrap(),
+        parse_peer("2=http://127.0.0.1:9").unwrap(),
+        parse_peer("3=http://127.0.0.1:9").unwrap(),
+    ];
+    let secret = Secret::new(SECRET).unwrap();
+    let links = Links::http(
+        internal_client(Duration::from_millis(200), &secret),
+        "http://127.0.0.1:9",
+    );
+    let replica = Replica::start(
+        1,
+        dir,
+        peers,
+        links,
+        BookSettings::default(),
+        IndexLimits::default(),
+    )
+    .await
+    .unwrap();
+    router(AppState { replica, secret })
+}
+
+/// A replica that does not lead serves its own book to insiders, but a read a frontend
+/// forwards (with the read-from-leader header) is refused: nothing confirms it is current.
+#[tokio::test]
+async fn a_replica_that_does_not_lead_refuses_reads_meant_for_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    for uri in [
+        "/orders/1",
+        "/orders",
+        "/trades",
+        "/book/GameStart",
+        "/portfolios/1",
+        "/reports/daily",
+        "/audit",
+    ] {
+        let own = send(&app, insider_get(uri)).await.0;
+        assert_ne!(own, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        let mut request = insider_get(uri);
+        request
+            .headers_mut()
+            .insert(READ_FROM_LEADER, "1".parse().unwrap());
+        let (status, body) = send(&app, request).await;
+        assert_eq!(
+            (status, body["error"]["message"].clone()),
+            (StatusCode::SERVICE_UNAVAILABLE, json!("Not the leader")),
+            "{uri}"
+        );
+    }
+}
+
+/// The reads of issue 10 on an empty replica: their answers and their errors.
+#[tokio::test]
+async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    for (uri, expected) in [
+        ("/portfolios/7", json!([])),
+        ("/audit", json!({"records": []})),
+        (
+            "/audit?user=7&outcome=price_moved&from=2026-11-29T00:00:00Z",
+            json!({"records": []}),
+        ),
+        (
+            "/reports/daily?date=2026-11-29",
+            json!({"date": "2026-11-29", "stocks": [], "top_users": []}),
+        ),
+    ] {
+        let (status, body) = send(&app, insider_get(uri)).await;
+        assert_eq!(
+            (status, &body["data"]),
+            (StatusCode::OK, &expected),
+            "{uri}"
+        );
+    }
+    for uri in [
+        "/portfolios/x",
+        "/audit?outcome=maybe",
+        "/audit?to=tomorrow",
+        "/audit?cursor=x",
+        "/audit?limit=0",
+        "/audit?colour=red",
+        "/reports/daily?date=2026-02-30",
+        "/reports/daily?day=2026-11-29",
+    ] {
+        let (status, body) = send(&app, insider_get(uri)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+    }
+    let anonymous = Request::get("/audit").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let anonymous = |method: &str, uri: &str, body: Value| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let vote = json!({"vote": {"leader_id": {"term": 999999, "voted_for": 3},
+                     "committed": false}, "last_log_id": null});
+    for request in [
+        anonymous("POST", "/raft/vote", vote.clone()),
+        anonymous("POST", "/raft/append", json!({})),
+        anonymous("POST", "/raft/snapshot", json!({})),
+        anonymous(
+            "POST",
+            "/orders",
+            json!({"name": "GameStart", "quantity": 1, "type": "buy"}),
+        ),
+        anonymous("DELETE", "/orders/1", Value::Null),
+        anonymous("GET", "/orders/logs/0", Value::Null),
+        anonymous("GET", "/feed?after=0", Value::Null),
+        anonymous("GET", "/feed/orders?user=1&after=0", Value::Null),
+    ] {
+        let uri = request.uri().to_string();
+        let (status, body) = send(&app, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], 401);
+    }
+    let wrong = Request::post("/raft/vote")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer not-the-secret-at-all")
+        .body(Body::from(vote.to_string()))
+        .unwrap();
+    assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+    // Nothing changed: the vote was never seen, no log; and the probes stay open.
+    let health = Request::get("/health").body(Body::empty()).unwrap();
+    let (status, body) = send(&app, health).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["data"]["term"].as_u64().unwrap() < 999999, "{body}");
+    assert_eq!(body["data"]["last_transaction"], json!(0));
+    let ready = Request::get("/ready").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, ready).await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn node_id_from_a_statefulset_pod_name() {
+    assert_eq!(node_id_from_hostname("demo-order-0"), Some(1));
+    assert_eq!(node_id_from_hostname("demo-order-12"), Some(13));
+    assert_eq!(node_id_from_hostname("laptop"), None);
+    assert_eq!(node_id_from_hostname("demo-order-x"), None);
+}

@@ -1,0 +1,457 @@
+//! The replica's HTTP handlers: probes and metrics; the frontends' reads and writes (orders,
+//! trades, book, candles, portfolio, audit, report, the feeds); the group's log pages and
+//! membership steps. Every route but the probes and metrics needs the shared secret.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use stocknet_common::clock;
+use stocknet_common::envelope::bounded;
+use stocknet_common::model;
+use stocknet_common::wire::{
+    self, AuditQuery, CandleQuery, Candles, NewLearner, NewOrder, OrderChange, OrderPage,
+    OrderView, Trade, Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
+};
+use stocknet_common::{data, ApiError, Json, Path, Query, Status};
+
+use crate::audit::AuditFilter;
+use crate::error::OrderError;
+use crate::AppState;
+
+/// A read a frontend forwards (it carries [`READ_FROM_LEADER`]) is served only once this
+/// replica has confirmed that it leads: never from a deposed leader or from a restarted one
+/// that has not caught up (I12).
+pub(crate) async fn confirm_leader_reads(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if request.headers().contains_key(READ_FROM_LEADER) {
+        if let Err(e) = state.replica.confirm_leadership().await {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `GET /metrics`: Prometheus metrics, open like the probes (they reveal no orders).
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    state.replica.refresh_metrics();
+    stocknet_common::metrics::exposition(&state.replica.metrics().registry)
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    data(state.replica.health())
+}
+
+/// `GET /members`: the group's membership as this replica knows it.
+pub(crate) async fn members(State(state): State<AppState>) -> Response {
+    data(state.replica.members())
+}
+
+/// `POST /members/learners` (leader only): replicate the log to a new replica.
+pub(crate) async fn add_learner(
+    State(state): State<AppState>,
+    Json(learner): Json<NewLearner>,
+) -> Result<Response, ApiError> {
+    state.replica.add_learner(learner).await?;
+    Ok(data(state.replica.members()))
+}
+
+/// `PUT /members/voters` (leader only): the voters the group should have.
+pub(crate) async fn change_voters(
+    State(state): State<AppState>,
+    Json(voters): Json<Voters>,
+) -> Result<Response, ApiError> {
+    state.replica.change_voters(voters).await?;
+    Ok(data(state.replica.members()))
+}
+
+/// Readiness: 200 once this replica knows a leader (its term has one).
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    if state.replica.is_ready() {
+        data(serde_json::json!({ "ready": true }))
+    } else {
+        OrderError::NotReady.into_response()
+    }
+}
+
+pub(crate) async fn place(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(order): Json<NewOrder>,
+) -> Result<Response, ApiError> {
+    let placed = state
+        .replica
+        .place(order, idempotency_key(&headers), user(&headers)?)
+        .await?;
+    Ok(data(placed))
+}
+
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The user the frontend verified the request's API key for, if it had one.
+pub(crate) fn user(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(USER)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| ApiError::bad_request("the user header must be a user id"))
+        })
+        .transpose()
+}
+
+/// `GET /audit`: the commands that reached a leader, newest first, filtered.
+pub(crate) async fn audit_trail(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let filter = AuditFilter::parse(&query).map_err(ApiError::bad_request)?;
+    let limit = page_size(query.limit)?;
+    let before = match query.cursor.as_deref() {
+        None => u64::MAX,
+        Some(cursor) => cursor
+            .parse()
+            .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
+    };
+    Ok(data(state.replica.audit(filter, before, limit).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReportQuery {
+    /// `YYYY-MM-DD`; today (UTC) when absent.
+    date: Option<String>,
+}
+
+/// `GET /reports/daily?date=`: one UTC day of the market, from the book's tallies.
+pub(crate) async fn daily_report(
+    State(state): State<AppState>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let day = match query.date.as_deref() {
+        Some(date) => clock::parse_day(date).map_err(ApiError::bad_request)?,
+        None => clock::day_of(clock::now_millis()),
+    };
+    Ok(data(
+        state.replica.read_book(|book| book.daily_report(day))?,
+    ))
+}
+
+/// `GET /portfolios/{user}`: the user's positions, from the committed log.
+pub(crate) async fn portfolio(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    let user: u64 = user
+        .parse()
+        .map_err(|_| ApiError::bad_request("User id must be a number"))?;
+    Ok(data(state.replica.read_book(|book| book.holdings(user))?))
+}
+
+pub(crate) async fn modify_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+    Json(change): Json<OrderChange>,
+) -> Result<Response, ApiError> {
+    let number = parse_number(&number)?;
+    let changed = state
+        .replica
+        .modify(number, change, idempotency_key(&headers), user(&headers)?)
+        .await?;
+    Ok(data(changed))
+}
+
+pub(crate) async fn cancel_order(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let number = parse_number(&number)?;
+    let changed = state
+        .replica
+        .cancel(number, idempotency_key(&headers), user(&headers)?)
+        .await?;
+    Ok(data(changed))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientOrderId {
+    client_order_id: String,
+}
+
+/// `DELETE /orders?client_order_id=`: cancels the user's open order with that client order id.
+pub(crate) async fn cancel_by_client_order_id(
+    State(state): State<AppState>,
+    Query(query): Query<ClientOrderId>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user =
+        user(&headers)?.ok_or_else(|| ApiError::bad_request(model::ANONYMOUS_CLIENT_ORDER_ID))?;
+    let changed = state
+        .replica
+        .cancel_by_client_order_id(&query.client_order_id, idempotency_key(&headers), user)
+        .await?;
+    Ok(data(changed))
+}
+
+/// Most items one page of a listing holds.
+pub const MAX_PAGE: usize = 1_000;
+/// Items a listing's page holds when the request does not say.
+pub(crate) const DEFAULT_PAGE: usize = 100;
+
+pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
+    bounded("limit", limit, DEFAULT_PAGE, MAX_PAGE)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OrderFilter {
+    name: Option<String>,
+    status: Option<String>,
+    /// Only this user's orders.
+    user: Option<u64>,
+    /// Only the order placed under this client `Idempotency-Key`, once committed.
+    key: Option<String>,
+    /// Only orders with this client order id.
+    client_order_id: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /orders`: limit orders, newest first; the cursor is the last number of the previous
+/// page.
+pub(crate) async fn list_orders(
+    State(state): State<AppState>,
+    Query(filter): Query<OrderFilter>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(filter.limit)?;
+    let status = filter
+        .status
+        .as_deref()
+        .map(|text| {
+            Status::parse(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "status must be open, partially_filled, filled, cancelled, expired, untriggered or rejected",
+                )
+            })
+        })
+        .transpose()?;
+    if let Some(id) = filter.client_order_id.as_deref() {
+        // (Any price: only the id's text is checked here.)
+        model::check_client_order_id(id, Some(stocknet_common::Price::from_cents(1)))
+            .map_err(ApiError::bad_request)?;
+    }
+    let before = match filter.cursor.as_deref() {
+        None => u64::MAX,
+        Some(cursor) => cursor
+            .parse()
+            .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
+    };
+    if let Some(key) = filter.key.as_deref() {
+        let logged = format!("{CLIENT_KEY_PREFIX}{key}");
+        let orders = state
+            .replica
+            .placed_under(&logged)?
+            .filter(|(order, user)| {
+                filter.name.as_ref().is_none_or(|name| *name == order.name)
+                    && status.is_none_or(|status| status == order.status)
+                    && filter.user.is_none_or(|wanted| *user == Some(wanted))
+            })
+            .map(|(order, _)| order)
+            .into_iter()
+            .collect();
+        return Ok(data(OrderPage {
+            orders,
+            next_cursor: None,
+        }));
+    }
+    let page = state.replica.read_book(|book| {
+        let wanted = |order: &crate::book::LimitOrder| {
+            filter
+                .name
+                .as_deref()
+                .is_none_or(|name| *order.name == *name)
+                && status.is_none_or(|status| order.status() == status)
+                && filter.user.is_none_or(|user| order.user == Some(user))
+                && filter
+                    .client_order_id
+                    .as_deref()
+                    .is_none_or(|id| order.client_order_id() == Some(id))
+        };
+        let (orders, next) = book.orders_page(before, (limit, crate::book::ORDERS_SCANNED), wanted);
+        let orders: Vec<OrderView> = orders.iter().map(|o| book.limit_view(o)).collect();
+        let next_cursor = next.map(|number| number.to_string());
+        OrderPage {
+            orders,
+            next_cursor,
+        }
+    })?;
+    Ok(data(page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TradeFilter {
+    name: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /trades`: trades after trade id `after`, oldest first.
+pub(crate) async fn trades(
+    State(state): State<AppState>,
+    Query(filter): Query<TradeFilter>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(filter.limit)?;
+    let trades: Vec<Trade> = state
+        .replica
+        .read_book(|book| book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit))?;
+    Ok(data(trades))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedQuery {
+    after: u64,
+    /// How long to wait for a new entry, in milliseconds (default and at most 20,000).
+    wait_ms: Option<u64>,
+}
+
+/// `GET /feed?after=N`: the market events of the entries after N; a long poll that waits for
+/// the next entry when there is none yet.
+pub(crate) async fn feed(
+    State(state): State<AppState>,
+    Query(query): Query<FeedQuery>,
+) -> Response {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
+    data(state.replica.feed().wait_for_page(query.after, wait).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OrderFeedQuery {
+    user: u64,
+    after: u64,
+    /// How long to wait for an update, in milliseconds (default and at most 20,000).
+    wait_ms: Option<u64>,
+}
+
+/// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N; a long
+/// poll that waits for one when there is none yet.
+pub(crate) async fn order_feed(
+    State(state): State<AppState>,
+    Query(query): Query<OrderFeedQuery>,
+) -> Response {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
+    let feed = state.replica.feed();
+    data(feed.wait_for_updates(query.user, query.after, wait).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DepthQuery {
+    depth: Option<usize>,
+}
+
+/// Price levels shown when the request does not say.
+pub(crate) const DEFAULT_DEPTH: usize = 10;
+
+/// `GET /book/{name}`: the best price levels of each side, aggregated.
+pub(crate) async fn book(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<DepthQuery>,
+) -> Result<Response, ApiError> {
+    let depth = bounded("depth", query.depth, DEFAULT_DEPTH, MAX_PAGE)?;
+    Ok(data(
+        state.replica.read_book(|book| book.depth(&name, depth))?,
+    ))
+}
+
+/// Candles a request gets when it gives no `from`.
+pub(crate) const DEFAULT_CANDLES: u64 = 100;
+
+/// `GET /candles/{name}`: the stock's candles of one interval in `[from, to)` (none if `from`
+/// is not before `to`), at most [`MAX_PAGE`] of them, with where the next page starts.
+pub(crate) async fn candles(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<CandleQuery>,
+) -> Result<Response, ApiError> {
+    let interval = query.interval.unwrap_or_default();
+    let width = interval.millis();
+    let instant = |text: &Option<String>| {
+        text.as_deref()
+            .map(clock::parse_instant)
+            .transpose()
+            .map_err(ApiError::bad_request)
+    };
+    let to = instant(&query.to)?.unwrap_or_else(clock::now_millis);
+    let from = instant(&query.from)?.unwrap_or(to.saturating_sub(DEFAULT_CANDLES * width));
+    let (applied, (candles, next)) = state.replica.read_book(|book| {
+        let candles = book.candles(&name, width, (from, to), MAX_PAGE);
+        (book.applied(), candles)
+    })?;
+    let candles = candles
+        .into_iter()
+        .map(|c| wire::Candle {
+            time: clock::rfc3339(c.start),
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            trades: c.trades,
+        })
+        .collect();
+    Ok(data(Candles {
+        name,
+        interval,
+        applied,
+        candles,
+        next_from: next.map(clock::rfc3339),
+    }))
+}
+
+pub(crate) fn parse_number(text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Order number must be a number"))
+}
+
+pub(crate) async fn lookup(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Response, ApiError> {
+    let number = parse_number(&number)?;
+    Ok(data(state.replica.order_view(number)?))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Page {
+    limit: Option<usize>,
+}
+
+pub(crate) async fn orders_after(
+    State(state): State<AppState>,
+    Path(after): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
+    let after = parse_number(&after)?;
+    let limit = page.limit.unwrap_or(crate::replica::BATCH);
+    Ok(data(state.replica.slice_after(after, limit)?))
+}
