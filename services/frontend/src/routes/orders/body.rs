@@ -1,60 +1,18 @@
-//! Orders: placing, modifying and cancelling them (writes, under an idempotency key), and
-//! reading them back from the leader.
+//! The body of `POST /orders` and of `PUT /orders/{number}` as the API describes them, and
+//! their validation: every field's type and bounds, fields that do not go together, unknown
+//! fields refused; a valid order becomes the leader's `NewOrder`.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use std::sync::atomic::Ordering;
-use stocknet_common::client::call;
 use stocknet_common::clock::parse_instant;
-use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
-use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
-use stocknet_common::paths;
-use stocknet_common::wire::{
-    Changed, NewOrder, OrderChange, OrderPage, OrderType, OrderView, Placed, PriceGuard,
-    CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
-};
-use stocknet_common::{
-    data, Price, Query, RemoteError, SelfTrade, Side, Status, Terms, TimeInForce,
-};
-use utoipa::{IntoParams, ToSchema};
+use stocknet_common::envelope::parse_json_object;
+use stocknet_common::model::check_client_order_id;
+use stocknet_common::wire::{NewOrder, OrderChange, OrderType, PriceGuard};
+use stocknet_common::{Price, SelfTrade, Side, Terms, TimeInForce};
+use utoipa::ToSchema;
 
-use super::answers::{
-    BadQuery, NeedsKey, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers,
-};
-use super::extract::OrderNumber;
-use crate::credentials;
 use crate::routes::stocks::is_name_text;
-use crate::upstream::leader::Leader;
-use crate::upstream::order_group;
-use crate::{Answer, AppState, FrontendError};
-
-/// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
-/// could not apply them to the catalog anyway.
-fn fail_fast_without_catalog(state: &AppState) -> Result<(), FrontendError> {
-    state
-        .inner
-        .catalog_breaker
-        .admit()
-        .map_err(|retry_after| FrontendError::CatalogDown { retry_after })
-}
-
-/// The `Idempotency-Key` header, as the API's description shows it.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // describes a header that handlers read from the `HeaderMap`
-struct IdempotencyKey {
-    /// 1–128 visible ASCII characters; a retry with the same key executes once.
-    #[param(
-        rename = "Idempotency-Key",
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[!-~]+$"
-    )]
-    idempotency_key: Option<String>,
-}
+use crate::FrontendError;
 
 /// Fields a `POST /orders` body may have.
 const ORDER_FIELDS: [&str; 15] = [
@@ -79,7 +37,7 @@ const ORDER_FIELDS: [&str; 15] = [
 /// leader checks as it sequences the order.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlaceOrder {
+pub(super) struct PlaceOrder {
     /// The stock.
     #[schema(
         min_length = 1,
@@ -163,7 +121,7 @@ struct PlaceOrder {
 impl PlaceOrder {
     /// The order for the leader; a guard without its own tolerance gets `default_bps`, a market
     /// order on the book without its own protection `default_protection_bps`.
-    fn into_order(self, default_bps: u32, default_protection_bps: u32) -> NewOrder {
+    pub(super) fn into_order(self, default_bps: u32, default_protection_bps: u32) -> NewOrder {
         let terms = self.terms();
         let protection_bps = (self.order_type == Some(OrderType::Market))
             .then(|| self.protection_bps.unwrap_or(default_protection_bps));
@@ -202,7 +160,7 @@ impl PlaceOrder {
 /// Largest tolerance an order may ask for: 100%.
 const MAX_DEVIATION_BPS: u32 = 10_000;
 
-fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
+pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
     let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
     refuse_unknown_fields(&fields, &ORDER_FIELDS)?;
@@ -361,7 +319,7 @@ fn validate_expiry(value: &Value) -> Result<u64, FrontendError> {
 }
 
 /// A `PUT /orders/{number}` body: a new total quantity, a new price, or both.
-fn validate_change(body: &[u8]) -> Result<OrderChange, FrontendError> {
+pub(super) fn validate_change(body: &[u8]) -> Result<OrderChange, FrontendError> {
     let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
     refuse_unknown_fields(&fields, &["quantity", "price"])?;
     let change = OrderChange {
@@ -427,244 +385,6 @@ fn validate_price(value: &Value) -> Result<Price, FrontendError> {
                 Price::MAX
             ))
         })
-}
-
-/// Places an order: a market order against the house inventory without `price`, a limit
-/// order on the stock's book with it. A retry with the same `Idempotency-Key` returns the
-/// same transaction number and executes once.
-#[utoipa::path(post, path = "/orders", operation_id = "place_order", tag = "orders",
-    params(IdempotencyKey),
-    request_body = PlaceOrder,
-    security((), ("api_key" = [])),
-    responses(
-        (status = 200, body = DataEnvelope<Placed>),
-        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; stop_price with post_only, display_quantity, day or gtd; terms or client_order_id on a market order against the house; or, recorded as refused (reason quantity_overflow), a market sell that would take the house's quantity past what it can count", body = ErrorEnvelope),
-        (status = 401, description = "An API key that is malformed, unknown or wrong, or none with a client_order_id", body = ErrorEnvelope),
-        UnknownStock,
-        (status = 409, description = "Refused, and recorded as refused (with reason and transaction_number): insufficient stock quantity (market orders; reason insufficient_quantity), the price is further than the tolerance from expected_price (reason price_moved, with current_price), a fok order cannot fill entirely now (would_not_fill), a post_only order would take liquidity (would_take_liquidity), a gtd order's expire_at had passed when it reached the book (expiry_passed), the client_order_id is one of the user's open orders' (duplicate_client_order_id), or a market order on the book found the other side empty (no_liquidity)", body = ErrorEnvelope),
-        WriteAnswers,
-    ))]
-pub(crate) async fn place_order(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Answer {
-    let inner = &state.inner;
-    let order =
-        validate_order(&body)?.into_order(inner.price_tolerance_bps, inner.market_protection_bps);
-    fail_fast_without_catalog(&state)?;
-    let user = credentials::caller(&state, &headers).await?;
-    if order.client_order_id.is_some() && user.is_none() {
-        return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
-    }
-    let placed: Placed = write_on_leader(&state, &headers, user, |leader| {
-        Ok(inner.http.post(leader.orders_url.clone()).json(&order))
-    })
-    .await?;
-    // The catalog has already invalidated every frontend; this covers a frontend the catalog
-    // could not reach.
-    inner.cache.invalidate([order.name.as_str()]);
-    inner.orders_placed.inc();
-    Ok(data(placed))
-}
-
-/// The client's `Idempotency-Key`, or one this frontend makes up, under which its own retries
-/// of the request go. Both go to the log under [`CLIENT_KEY_PREFIX`], so that a client told a
-/// made-up key (in a 504) can retry with it.
-fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, FrontendError> {
-    let inner = &state.inner;
-    Ok(match headers.get(IDEMPOTENCY_KEY) {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|key| {
-                (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .ok_or_else(|| {
-                FrontendError::BadRequest(
-                    "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
-                )
-            })?
-            .to_owned(),
-        None => format!(
-            "{}-{}",
-            inner.key_prefix,
-            inner.next_key.fetch_add(1, Ordering::Relaxed)
-        ),
-    })
-}
-
-/// Sends a write, which `request` makes for a leader, under the request's idempotency key
-/// (see [`idempotency_key`]) and for `user`, through [`order_group::write`].
-async fn write_on_leader<T: DeserializeOwned>(
-    state: &AppState,
-    headers: &HeaderMap,
-    user: Option<u64>,
-    request: impl Fn(&Leader) -> Result<reqwest::RequestBuilder, RemoteError>,
-) -> Result<T, FrontendError> {
-    let key = idempotency_key(state, headers)?;
-    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
-    order_group::write(state, &key, |leader| {
-        let request = request(leader).map(|request| {
-            let request = request.header(IDEMPOTENCY_KEY, logged_key.as_str());
-            match user {
-                Some(user) => request.header(USER, user),
-                None => request,
-            }
-        });
-        async move { call::<T>(request?).await }
-    })
-    .await
-}
-
-/// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
-/// price keeps its place in the queue; anything else sends it to the back (and may trade).
-#[utoipa::path(put, path = "/orders/{number}", operation_id = "modify_order", tag = "orders",
-    params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
-    security((), ("api_key" = [])),
-    request_body = OrderChange,
-    responses(
-        (status = 200, body = DataEnvelope<Changed>),
-        (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
-        OrderChangeAnswers,
-        (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
-        WriteAnswers,
-    ))]
-pub(crate) async fn modify_order(
-    State(state): State<AppState>,
-    OrderNumber(number): OrderNumber,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Answer {
-    let change = validate_change(&body)?;
-    change_on_leader(&state, &headers, number, Some(&change)).await
-}
-
-/// Cancels an open limit order.
-#[utoipa::path(delete, path = "/orders/{number}", operation_id = "cancel_order", tag = "orders",
-    params(("number" = u64, Path, description = "Transaction number of the limit order"), IdempotencyKey),
-    security((), ("api_key" = [])),
-    responses(
-        (status = 200, body = DataEnvelope<Changed>),
-        (status = 400, description = "Order number must be a number, or a malformed Idempotency-Key", body = ErrorEnvelope),
-        OrderChangeAnswers,
-        (status = 409, description = "No longer open", body = ErrorEnvelope),
-        WriteAnswers,
-    ))]
-pub(crate) async fn cancel_order(
-    State(state): State<AppState>,
-    OrderNumber(number): OrderNumber,
-    headers: HeaderMap,
-) -> Answer {
-    change_on_leader(&state, &headers, number, None).await
-}
-
-/// The query of `DELETE /orders`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ClientOrderIdQuery {
-    /// The client_order_id the order was placed with.
-    #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    client_order_id: String,
-}
-
-/// Cancels the caller's open limit order with this `client_order_id` (Binance's cancel by
-/// `origClientOrderId`).
-#[utoipa::path(delete, path = "/orders", operation_id = "cancel_order_by_client_order_id", tag = "orders",
-    params(ClientOrderIdQuery, IdempotencyKey),
-    security(("api_key" = [])),
-    responses(
-        (status = 200, body = DataEnvelope<Changed>),
-        (status = 400, description = "No client_order_id, a malformed one, or another parameter", body = ErrorEnvelope),
-        NeedsKey,
-        (status = 404, description = "None of the caller's open orders has this client_order_id", body = ErrorEnvelope),
-        (status = 409, description = "The order closed before the cancel reached it", body = ErrorEnvelope),
-        WriteAnswers,
-    ))]
-pub(crate) async fn cancel_by_client_order_id(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(ClientOrderIdQuery {
-        client_order_id: id,
-    }): Query<ClientOrderIdQuery>,
-) -> Answer {
-    // (Any price: only the id's text is checked here.)
-    check_client_order_id(&id, Some(Price::from_cents(1)))
-        .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
-    fail_fast_without_catalog(&state)?;
-    let user = credentials::caller(&state, &headers)
-        .await?
-        .ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
-    let changed: Changed = write_on_leader(&state, &headers, Some(user), |leader| {
-        let url = paths::ORDERS.url(&leader.url, &[])?;
-        Ok(state
-            .inner
-            .http
-            .delete(url)
-            .query(&[("client_order_id", id.as_str())]))
-    })
-    .await?;
-    Ok(data(changed))
-}
-
-/// Sends a modify (`change`) or a cancel (none) of order `number` to the leader, under the
-/// request's idempotency key.
-async fn change_on_leader(
-    state: &AppState,
-    headers: &HeaderMap,
-    number: u64,
-    change: Option<&OrderChange>,
-) -> Answer {
-    fail_fast_without_catalog(state)?;
-    let user = credentials::caller(state, headers).await?;
-    let changed: Changed = write_on_leader(state, headers, user, |leader| {
-        let url = paths::ORDER.url(&leader.url, &[&number.to_string()])?;
-        let http = &state.inner.http;
-        Ok(match change {
-            Some(change) => http.put(url).json(change),
-            None => http.delete(url),
-        })
-    })
-    .await?;
-    Ok(data(changed))
-}
-
-/// Limit orders, newest first, a page at a time. One request looks at 100,000 orders at most,
-/// so a page may hold fewer than `limit` orders, even none, and still have a `next_cursor`.
-#[utoipa::path(get, path = "/orders", operation_id = "list_orders", tag = "orders",
-    params(
-        ("name" = Option<String>, Query, description = "Only this stock's"),
-        ("status" = Option<Status>, Query, description = "Only orders in this state"),
-        ("user" = Option<u64>, Query, description = "Only this user's orders"),
-        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
-        ("client_order_id" = Option<String>, Query, description = "Only orders with this client_order_id (with user: that user's)", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]{1,19}$"),
-    ),
-    responses(
-        (status = 200, body = DataEnvelope<OrderPage>),
-        BadQuery,
-        NoLeader,
-    ))]
-pub(crate) async fn list_orders(State(state): State<AppState>, uri: Uri) -> Answer {
-    order_group::forward_read(&state, paths::ORDERS, &[], uri.query()).await
-}
-
-/// An order: the seed's fields and where it stands, with its trades.
-#[utoipa::path(get, path = "/orders/{number}", operation_id = "get_order", tag = "orders",
-    params(("number" = u64, Path, description = "Transaction number")),
-    responses(
-        (status = 200, body = DataEnvelope<OrderView>),
-        (status = 400, description = "Order number must be a number", body = ErrorEnvelope),
-        (status = 404, description = "Order number invalid", body = ErrorEnvelope),
-        NoLeader,
-    ))]
-pub(crate) async fn query_order(
-    State(state): State<AppState>,
-    OrderNumber(number): OrderNumber,
-) -> Answer {
-    order_group::forward_read(&state, paths::ORDER, &[&number.to_string()], None).await
 }
 
 #[cfg(test)]
