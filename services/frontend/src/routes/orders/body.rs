@@ -157,8 +157,8 @@ impl PlaceOrder {
     }
 }
 
-/// Largest tolerance an order may ask for: 100%.
-const MAX_DEVIATION_BPS: u32 = 10_000;
+/// Largest tolerance an order may ask for (`max_deviation_bps`, `protection_bps`): 100%.
+const MAX_BASIS_POINTS: u32 = 10_000;
 
 pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     let bad = |message: &str| FrontendError::BadRequest(message.to_owned());
@@ -190,17 +190,7 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         .get("expected_price")
         .map(validate_price)
         .transpose()?;
-    let max_deviation_bps = match fields.get("max_deviation_bps") {
-        None => None,
-        Some(value) => Some(
-            whole_number(value)
-                .and_then(|bps| u32::try_from(bps).ok())
-                .filter(|bps| *bps <= MAX_DEVIATION_BPS)
-                .ok_or_else(|| {
-                    bad("max_deviation_bps must be a whole number of basis points, 0 to 10000")
-                })?,
-        ),
-    };
+    let max_deviation_bps = basis_points(&fields, "max_deviation_bps")?;
     if expected.is_none() && max_deviation_bps.is_some() {
         return Err(bad("max_deviation_bps needs expected_price"));
     }
@@ -236,17 +226,7 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
             _ => Err(bad("order_type must be limit or market")),
         })
         .transpose()?;
-    let protection_bps = match fields.get("protection_bps") {
-        None => None,
-        Some(value) => Some(
-            whole_number(value)
-                .and_then(|bps| u32::try_from(bps).ok())
-                .filter(|bps| *bps <= MAX_DEVIATION_BPS)
-                .ok_or_else(|| {
-                    bad("protection_bps must be a whole number of basis points, 0 to 10000")
-                })?,
-        ),
-    };
+    let protection_bps = basis_points(&fields, "protection_bps")?;
     let stop_price = fields.get("stop_price").map(validate_price).transpose()?;
     let display_quantity = fields
         .get("display_quantity")
@@ -352,6 +332,25 @@ fn refuse_unknown_fields(
             known.join(", ")
         )))
     }
+}
+
+/// The field `name` of an order, if it has one: a whole number of basis points, 0 to 10000.
+fn basis_points(
+    fields: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<u32>, FrontendError> {
+    let Some(value) = fields.get(name) else {
+        return Ok(None);
+    };
+    whole_number(value)
+        .and_then(|bps| u32::try_from(bps).ok())
+        .filter(|bps| *bps <= MAX_BASIS_POINTS)
+        .map(Some)
+        .ok_or_else(|| {
+            FrontendError::BadRequest(format!(
+                "{name} must be a whole number of basis points, 0 to 10000"
+            ))
+        })
 }
 
 /// A JSON number that is a whole non-negative number: JSON Schema's `integer` includes `5.0`.
