@@ -1,5 +1,5 @@
 //! What several handlers take from a request's path and headers, checked one way everywhere:
-//! the user a path names, whose own key must open it, and an order's number.
+//! the user a path names (whose own key must open it), an order's number and a key's id.
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
