@@ -1,9 +1,11 @@
 //! The one response shape of every StockNet endpoint: `{"data": ...}` on success,
 //! `{"error": {"code", "message"}}` on failure, with the HTTP status equal to `code`.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -38,6 +40,20 @@ pub struct ErrorBody {
 /// `{"data": value}` with status 200.
 pub fn data<T: Serialize>(value: T) -> Response {
     axum::Json(json!({ "data": value })).into_response()
+}
+
+/// `{"data": value}` encoded once, for an answer sent many times (by [`encoded`]).
+pub fn encode_data<T: Serialize>(value: &T) -> serde_json::Result<Bytes> {
+    serde_json::to_vec(&DataEnvelope { data: value }).map(Bytes::from)
+}
+
+/// An answer encoded before, as [`encode_data`] encodes it, with status 200.
+pub fn encoded(body: Bytes) -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
 }
 
 /// An error already decided for the client: status and a message safe to show, and any

@@ -1,4 +1,6 @@
-//! The lookup cache: LRU (`lru` crate) of stocks, invalidated by the catalog's pushes.
+//! The lookup cache: LRU (`lru` crate) of stocks, invalidated by the catalog's pushes. Each
+//! stock is kept with its lookup answer, encoded once when cached: a hit copies no stock and
+//! encodes nothing.
 //!
 //! A lookup that misses reads the catalog and then fills the cache. If an invalidation arrives
 //! between the read and the fill, the value read may already be stale, so the fill is skipped:
@@ -7,10 +9,12 @@
 //! invalidation (read-your-writes, I7).
 
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use lru::LruCache;
 use prometheus_client::metrics::counter::Counter;
+use stocknet_common::envelope::encode_data;
 use stocknet_common::Stock;
 
 pub struct StockCache {
@@ -20,8 +24,15 @@ pub struct StockCache {
 }
 
 struct Inner {
-    entries: LruCache<String, Stock>,
+    entries: LruCache<String, Arc<CachedStock>>,
     epoch: u64,
+}
+
+/// A stock as cached, with the body of its lookup's answer (`{"data": stock}`).
+#[derive(Debug)]
+pub struct CachedStock {
+    pub stock: Stock,
+    pub answer: Bytes,
 }
 
 /// Epoch of a cache miss, to be handed back to [`StockCache::fill`].
@@ -48,7 +59,7 @@ impl StockCache {
     }
 
     /// The cached stock, or the epoch to fill with after reading the catalog.
-    pub fn get(&self, name: &str) -> Result<Stock, Epoch> {
+    pub fn get(&self, name: &str) -> Result<Arc<CachedStock>, Epoch> {
         let Some(inner) = &self.inner else {
             return Err(Epoch(0));
         };
@@ -67,11 +78,18 @@ impl StockCache {
 
     /// Stores `stock` unless an invalidation happened since `epoch` was taken.
     pub fn fill(&self, stock: Stock, epoch: Epoch) {
-        if let Some(inner) = &self.inner {
-            let mut inner = lock(inner);
-            if inner.epoch == epoch.0 {
-                inner.entries.put(stock.name.clone(), stock);
-            }
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        // Encoded outside the lock; a stock always encodes, and one that did not would only
+        // go uncached.
+        let Ok(answer) = encode_data(&stock) else {
+            return;
+        };
+        let cached = Arc::new(CachedStock { stock, answer });
+        let mut inner = lock(inner);
+        if inner.epoch == epoch.0 {
+            inner.entries.put(cached.stock.name.clone(), cached);
         }
     }
 
@@ -198,7 +216,17 @@ mod tests {
         // pushes an invalidation of no stock.
         cache.invalidate([]);
         cache.fill(stock("a", 100), epoch);
-        assert_eq!(cache.get("a").unwrap().quantity, 100);
+        assert_eq!(cache.get("a").unwrap().stock.quantity, 100);
+    }
+
+    #[tokio::test]
+    async fn a_hit_answers_what_a_lookup_from_the_catalog_answers() {
+        let cache = cache(1);
+        let epoch = cache.get("a").unwrap_err();
+        cache.fill(stock("a", 7), epoch);
+        let from_catalog = stocknet_common::data(stock("a", 7)).into_body();
+        let from_catalog = axum::body::to_bytes(from_catalog, 1 << 16).await.unwrap();
+        assert_eq!(cache.get("a").unwrap().answer, from_catalog);
     }
 
     #[test]

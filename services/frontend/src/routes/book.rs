@@ -52,6 +52,6 @@ pub(crate) async fn candles(
 /// Forwards a read of a stock's market data to the order group's leader, once the catalog is
 /// known to list the stock.
 async fn market_read(state: &AppState, route: Route, name: &str, uri: &Uri) -> Answer {
-    stock(state, name).await?.into_stock();
+    stock(state, name).await?;
     order_group::forward_read(state, route, &[name], uri.query()).await
 }

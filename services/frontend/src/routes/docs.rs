@@ -1,11 +1,11 @@
 //! The public API's OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]`
 //! attributes and the wire types, and a page that renders it.
 
-use std::sync::Arc;
+use std::sync::LazyLock;
 
+use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::Extension;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
@@ -51,8 +51,18 @@ impl utoipa::Modify for ApiKeyScheme {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", operation_id = "get_openapi_document", tag = "service",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn document(Extension(document): Extension<Arc<Value>>) -> Response {
-    axum::Json(document.as_ref().clone()).into_response()
+pub async fn document() -> Response {
+    /// Made once, when first asked for: the same for the life of the process.
+    static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
+        serde_json::to_vec(&crate::openapi_document())
+            .map(Bytes::from)
+            .unwrap_or_default()
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.clone(),
+    )
+        .into_response()
 }
 
 /// The document as served: utoipa's, completed with what its attributes cannot say (JSON

@@ -15,10 +15,8 @@ pub(crate) mod stocks;
 pub(crate) mod trades;
 pub(crate) mod users;
 
-use std::sync::Arc;
-
 use axum::routing::{get, post};
-use axum::{middleware, Extension, Router};
+use axum::{middleware, Router};
 use stocknet_common::auth::require_secret;
 use stocknet_common::paths;
 use utoipa::OpenApi;
@@ -68,9 +66,7 @@ pub(crate) fn public_api() -> OpenApiRouter<AppState> {
 }
 
 pub(crate) fn public_routes(state: &AppState) -> Router<AppState> {
-    let (public, document) = public_api().split_for_parts();
-    let public = public
-        .layer(Extension(Arc::new(docs::complete(document))))
+    let public = Router::from(public_api())
         // The docs page's own files: not part of the API's document.
         .route("/docs/swagger-ui.css", get(docs::swagger_ui_css))
         .route("/docs/swagger-ui-bundle.js", get(docs::swagger_ui_js))

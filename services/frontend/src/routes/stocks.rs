@@ -1,14 +1,17 @@
 //! Stock lookups (through the cache) and the catalog's listing.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::IntoResponse;
-use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope};
+use stocknet_common::envelope::{encoded, DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::StockPage;
 use stocknet_common::{data, Path, RemoteError, Stock};
 
 use super::answers::{BadQuery, StockLookup};
+use crate::cache::CachedStock;
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::upstream::is_for_client;
 use crate::{Answer, AppState, FrontendError};
@@ -28,6 +31,7 @@ const MAX_NAME_LEN: usize = 128;
     ))]
 pub(crate) async fn lookup(State(state): State<AppState>, Path(name): Path<String>) -> Answer {
     match stock(&state, &name).await? {
+        Looked::Cached(cached) => Ok(encoded(cached.answer.clone())),
         Looked::Fresh(stock) => Ok(data(stock)),
         // The envelope says so, and so does the standard header.
         Looked::Stale(stock) => Ok((
@@ -43,17 +47,12 @@ pub(crate) async fn lookup(State(state): State<AppState>, Path(name): Path<Strin
 
 /// A stock as a lookup found it.
 pub(crate) enum Looked {
+    /// In the cache, with its answer encoded.
+    Cached(Arc<CachedStock>),
+    /// Read from the catalog.
     Fresh(Stock),
     /// The catalog is unreachable: the last value this frontend saw.
     Stale(Stock),
-}
-
-impl Looked {
-    pub(crate) fn into_stock(self) -> Stock {
-        match self {
-            Self::Fresh(stock) | Self::Stale(stock) => stock,
-        }
-    }
 }
 
 /// Stocks whose names contain `search` (any case), in name order, a page at a time.
@@ -110,8 +109,10 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
         inner.cache.clear();
     }
     let epoch = match inner.cache.get(name) {
-        Ok(stock) if inner.catalog_breaker.admit().is_err() => return Ok(Looked::Stale(stock)),
-        Ok(stock) => return Ok(Looked::Fresh(stock)),
+        Ok(cached) if inner.catalog_breaker.admit().is_err() => {
+            return Ok(Looked::Stale(cached.stock.clone()))
+        }
+        Ok(cached) => return Ok(Looked::Cached(cached)),
         Err(epoch) => epoch,
     };
     let url = paths::STOCK

@@ -346,6 +346,7 @@ pub(crate) async fn portfolio(State(state): State<AppState>, OwnUser(id): OwnUse
     };
     for holding in holdings {
         let price = match stock(&state, &holding.name).await? {
+            Looked::Cached(cached) => cached.stock.price,
             Looked::Fresh(stock) => stock.price,
             Looked::Stale(stock) => {
                 portfolio.stale = true;

@@ -270,7 +270,7 @@ pub async fn book(
     Path(name): Path<String>,
     Handshake(upgrade): Handshake,
 ) -> Answer {
-    stock(&state, &name).await?.into_stock();
+    stock(&state, &name).await?;
     Ok(upgrade.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
 }
 
@@ -325,7 +325,7 @@ pub async fn candles(
     Query(query): Query<CandleStreamQuery>,
     Handshake(upgrade): Handshake,
 ) -> Answer {
-    stock(&state, &name).await?.into_stock();
+    stock(&state, &name).await?;
     let interval = query.interval.unwrap_or_default();
     let stream = CandleStream {
         name,
