@@ -163,8 +163,9 @@ async fn lookup_hit_and_miss() {
         body,
         json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
     );
+    // The request's id is adopted around routing, as `serve` does.
     let (status, body) = send(
-        &app,
+        &stocknet_common::server::around_routes(app),
         Request::get("/stocks/Nope")
             .header("x-request-id", "lookup-7")
             .body(Body::empty())

@@ -3,15 +3,16 @@
 //! calls to other services made while serving it pass it on, so one id finds a request's
 //! lines in the frontend's, the order leader's and the catalog's logs.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
+use std::fmt::Write;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use axum::http::{self, HeaderName, HeaderValue};
 use axum::response::Response;
+use bytes::BytesMut;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
@@ -55,17 +56,18 @@ where
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let id = request
             .headers()
             .get(&REQUEST_ID)
             .filter(|id| is_valid(id))
             .cloned()
             .unwrap_or_else(new_id);
-        request.headers_mut().insert(REQUEST_ID, id.clone());
+        // The inner services' `call` (the trace layer makes its span there) sees the id too.
+        let serving = CURRENT.sync_scope(id.clone(), || self.inner.call(request));
         Answered {
             id: Some(id.clone()),
-            serving: CURRENT.scope(id, self.inner.call(request)),
+            serving: CURRENT.scope(id, serving),
         }
     }
 }
@@ -110,7 +112,8 @@ fn is_valid(id: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// `<random per process>-<count>`: unique without coordination, cheap per request.
+/// `<random per process>-<count>`: unique without coordination, cheap per request (one
+/// allocation, shared by its copies).
 fn new_id() -> HeaderValue {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -119,9 +122,11 @@ fn new_id() -> HeaderValue {
             .map(|bytes| crate::api_key::to_hex(&bytes))
             .unwrap_or_else(|_| format!("{:x}", std::process::id()))
     });
-    let id = format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut id = BytesMut::with_capacity(prefix.len() + 21);
+    // Writing to memory cannot fail.
+    let _ = write!(id, "{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
     // Hex digits, a dash and decimal digits are always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
+    HeaderValue::from_maybe_shared(id.freeze()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

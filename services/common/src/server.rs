@@ -1,16 +1,17 @@
 //! Serving a router: middleware shared by every service, graceful shutdown, logging.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::{IntoResponse, Response};
+use axum::{Router, ServiceExt};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
+use tower::Service;
 use tower_http::trace::TraceLayer;
 
+use crate::deadline::{DeadlineLayer, REQUEST_DEADLINE};
 use crate::envelope::{method_not_allowed, route_not_found};
 use crate::request_id;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
@@ -23,27 +24,40 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest request body any StockNet endpoint accepts (replication batches included).
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Adds what every service router needs: envelope fallbacks, body limit, timeout, tracing
-/// with the request's id (outermost, so that the trace span sees the id).
+/// Adds what every service router needs inside routing: envelope fallbacks and the body
+/// limit. [`serve`] adds what every request gets around routing ([`around_routes`]).
 pub fn with_common_layers(router: Router) -> Router {
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// What every request gets around routing: its id (outermost, so that its trace span and
+/// every line logged while serving it carry the id), its trace span, and a deadline. Around
+/// the router, these run once per request; as route layers they would be cloned with the
+/// route's service for every request (docs/BENCHMARKS.md, "Cached lookups").
+pub fn around_routes(
+    router: Router,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    tower::ServiceBuilder::new()
         .layer(request_id::RequestIdLayer)
+        .map_response(IntoResponse::into_response)
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(DeadlineLayer(REQUEST_DEADLINE))
+        .service(router)
 }
 
 /// The span of one request (debug level, as tower-http's: at the default level it costs
 /// nothing; the request's id reaches every log line through [`WithRequestId`] instead).
-fn request_span(request: &axum::extract::Request) -> tracing::Span {
-    let id = request
-        .headers()
-        .get(request_id::REQUEST_ID)
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request_id::current();
+    let id = id
+        .as_ref()
         .and_then(|id| id.to_str().ok())
         .unwrap_or_default();
     tracing::debug_span!(
@@ -124,9 +138,10 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = around_routes(router);
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -5,12 +5,18 @@
 use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{Request, StatusCode};
-use axum::Router;
-use serde_json::Value;
-use tower::ServiceExt;
+use std::convert::Infallible;
 
-/// Sends `request` through `app` and returns the status and the JSON body.
-pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+use axum::response::Response;
+use serde_json::Value;
+use tower::{Service, ServiceExt};
+
+/// Sends `request` through `app` (a router, or one with [`crate::server::around_routes`]) and
+/// returns the status and the JSON body.
+pub async fn send<S>(app: &S, request: Request<Body>) -> (StatusCode, Value)
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
     let response = app
         .clone()
         .oneshot(request)
