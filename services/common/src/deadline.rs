@@ -7,54 +7,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{self, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Sleep;
-use tower::{Layer, Service};
 
 use crate::envelope::ApiError;
 
 /// How long a request may wait for its answer.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy)]
-pub struct DeadlineLayer(pub Duration);
-
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
-            inner,
-            limit: self.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
-    inner: S,
-    limit: Duration,
-}
-
-impl<S, B> Service<http::Request<B>> for DeadlineService<S>
-where
-    S: Service<http::Request<B>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = WithinDeadline<S::Future>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        WithinDeadline {
-            serving: self.inner.call(request),
-            limit: self.limit,
-            timer: None,
-        }
+/// `serving`, answered 408 if it has not answered within [`REQUEST_DEADLINE`] of when it first
+/// had to wait (a service's future, as `ServiceBuilder::map_future` takes it).
+pub fn within_deadline<F>(serving: F) -> WithinDeadline<F> {
+    WithinDeadline {
+        serving,
+        timer: None,
     }
 }
 
@@ -63,7 +30,6 @@ pin_project_lite::pin_project! {
     pub struct WithinDeadline<F> {
         #[pin]
         serving: F,
-        limit: Duration,
         timer: Option<Pin<Box<Sleep>>>,
     }
 }
@@ -79,14 +45,13 @@ where
         if let Poll::Ready(answer) = this.serving.poll(context) {
             return Poll::Ready(answer);
         }
-        let limit = *this.limit;
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(REQUEST_DEADLINE)));
         match timer.as_mut().poll(context) {
             Poll::Ready(()) => Poll::Ready(Ok(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                format!("No answer within {} s", limit.as_secs()),
+                format!("No answer within {} s", REQUEST_DEADLINE.as_secs()),
             )
             .into_response())),
             Poll::Pending => Poll::Pending,
@@ -97,8 +62,10 @@ where
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
+    use axum::http;
     use axum::routing::get;
     use axum::Router;
+    use tower::util::MapFutureLayer;
     use tower::ServiceExt;
 
     use super::*;
@@ -107,7 +74,7 @@ mod tests {
         Router::new()
             .route("/now", get(|| async { "now" }))
             .route("/never", get(std::future::pending::<&'static str>))
-            .layer(DeadlineLayer(Duration::from_secs(30)))
+            .layer(MapFutureLayer::new(within_deadline))
     }
 
     /// The status and body of `path`'s answer, if it came within a minute.

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tower::Service;
 use tower_http::trace::TraceLayer;
 
-use crate::deadline::{DeadlineLayer, REQUEST_DEADLINE};
+use crate::deadline::within_deadline;
 use crate::envelope::{method_not_allowed, route_not_found};
 use crate::request_id;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
@@ -48,7 +48,7 @@ pub fn around_routes(
         .layer(request_id::RequestIdLayer)
         .map_response(IntoResponse::into_response)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(DeadlineLayer(REQUEST_DEADLINE))
+        .map_future(within_deadline)
         .service(router)
 }
 
