@@ -62,28 +62,26 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
-    #[tokio::test]
-    async fn answers_like_the_frontend_does() {
-        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
-        let response = router()
-            .unwrap()
-            .oneshot(get("/stocks/GameStart"))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+    /// `GET uri` through the ceiling's router: the status and the whole body.
+    async fn answer(uri: &str) -> (StatusCode, axum::body::Bytes) {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = router().unwrap().oneshot(request).await.unwrap();
+        let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .unwrap();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn answers_like_the_frontend_does() {
+        let (status, body) = answer("/stocks/GameStart").await;
+        assert_eq!(status, StatusCode::OK);
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
         );
-        let missing = router()
-            .unwrap()
-            .oneshot(get("/stocks/Nope"))
-            .await
-            .unwrap();
-        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(answer("/stocks/Nope").await.0, StatusCode::NOT_FOUND);
     }
 }

@@ -463,13 +463,19 @@ async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
     assert_eq!(cluster.quantity(0, "BoarCo").await, 98);
 }
 
-#[tokio::test]
-async fn restarted_follower_resyncs_every_missed_order() {
+/// A cluster with one order placed, the replica leading it, and a follower killed (-9) since.
+async fn with_a_follower_killed() -> (Cluster, usize, usize) {
     let mut cluster = Cluster::start(1).await;
     cluster.must_order("Apple", "buy", 1).await;
     let leader = cluster.leader().await.expect("a replica leads");
     let follower = (leader + 1) % 3;
     cluster.orders[follower].kill9();
+    (cluster, leader, follower)
+}
+
+#[tokio::test]
+async fn restarted_follower_resyncs_every_missed_order() {
+    let (mut cluster, leader, follower) = with_a_follower_killed().await;
     let mut placed = Vec::new();
     for i in 0..6 {
         placed.push(
@@ -500,11 +506,7 @@ async fn restarted_follower_resyncs_every_missed_order() {
 /// and ends with the leader's log, its orders and its book.
 #[tokio::test]
 async fn a_follower_further_behind_than_the_log_offers_installs_a_snapshot() {
-    let mut cluster = Cluster::start(1).await;
-    cluster.must_order("Apple", "buy", 1).await;
-    let leader = cluster.leader().await.expect("a replica leads");
-    let follower = (leader + 1) % 3;
-    cluster.orders[follower].kill9();
+    let (mut cluster, leader, follower) = with_a_follower_killed().await;
     let missed = 3 * BOOK_SNAPSHOT_EVERY.parse::<u64>().expect("a number");
     for i in 0..missed {
         let side = if i % 2 == 0 { "buy" } else { "sell" };

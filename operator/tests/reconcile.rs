@@ -216,14 +216,19 @@ fn ready(status: &StockNetStatus) -> (&str, &str, &str) {
     (&ready.status, &ready.reason, &ready.message)
 }
 
-const RUNNING: &str = r#"{"running": {}}"#;
+/// A container state: running.
+fn running() -> Value {
+    json!({"running": {}})
+}
+
+/// Order pods 0 to `count` - 1, running, each at 127.0.0.1 (where the test's replica stands in).
+fn running_pods(count: u32) -> Vec<Value> {
+    (0..count).map(|i| pod(i, "127.0.0.1", running())).collect()
+}
 
 #[tokio::test]
 async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
-    let running: Value = serde_json::from_str(RUNNING).unwrap();
-    let pods = (0..3)
-        .map(|i| pod(i, "127.0.0.1", running.clone()))
-        .collect();
+    let pods = running_pods(3);
     let (action, calls) = run_reconcile(stocknet(None), pods).await;
     assert_eq!(action, requeue_after(5), "the next health round");
 
@@ -303,7 +308,6 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
 
 #[tokio::test]
 async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
-    let running: Value = serde_json::from_str(RUNNING).unwrap();
     let crash_loop = json!({"waiting": {"reason": "CrashLoopBackOff"}});
     // Replica 3 listens nowhere (127.0.0.2 has no stand-in) and has failed twice already.
     let previous = StockNetStatus {
@@ -316,9 +320,9 @@ async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
         ..StockNetStatus::default()
     };
     let pods = vec![
-        pod(0, "127.0.0.1", running.clone()),
+        pod(0, "127.0.0.1", running()),
         pod(1, "127.0.0.1", crash_loop),
-        pod(2, "127.0.0.2", running),
+        pod(2, "127.0.0.2", running()),
     ];
     let (action, calls) = run_reconcile(stocknet(Some(previous)), pods).await;
     assert_eq!(action, requeue_after(5));
@@ -371,10 +375,7 @@ async fn an_invalid_spec_is_reported_in_status_not_applied() {
 
 #[tokio::test]
 async fn network_policies_switched_off_are_removed_not_applied() {
-    let running: Value = serde_json::from_str(RUNNING).unwrap();
-    let pods = (0..3)
-        .map(|i| pod(i, "127.0.0.1", running.clone()))
-        .collect();
+    let pods = running_pods(3);
     let mut sn = stocknet(None);
     sn.spec.network_policy.enabled = false;
     let (_, calls) = run_reconcile(sn, pods).await;
@@ -395,7 +396,7 @@ async fn network_policies_switched_off_are_removed_not_applied() {
 
 /// Order pod `ordinal` at `ip`, running, on template revision `revision`.
 fn pod_at(ordinal: u32, ip: &str, revision: &str) -> Value {
-    let mut pod = pod(ordinal, ip, serde_json::from_str(RUNNING).unwrap());
+    let mut pod = pod(ordinal, ip, running());
     pod["metadata"]["labels"] = json!({"controller-revision-hash": revision});
     pod
 }
@@ -583,10 +584,7 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
     let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": null,
                        "leader": 3, "behind": {"1": 0, "2": 0}});
     let (port, changes) = leader_of(three).await;
-    let running: Value = serde_json::from_str(RUNNING).unwrap();
-    let founders: Vec<Value> = (0..3)
-        .map(|i| pod(i, "127.0.0.1", running.clone()))
-        .collect();
+    let founders = running_pods(3);
 
     let (_, calls) =
         run_reconcile_with(grown.clone(), founders, None, Some(existing.clone()), port).await;
@@ -614,9 +612,7 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
     assert!(changes.lock().unwrap().is_empty());
 
     // Replicas 4 and 5 answer: 4 joins as a learner, at its pod's stable name.
-    let all: Vec<Value> = (0..5)
-        .map(|i| pod(i, "127.0.0.1", running.clone()))
-        .collect();
+    let all = running_pods(5);
     let mut five_pods = existing;
     five_pods["spec"]["replicas"] = json!(5);
     let (_, calls) = run_reconcile_with(grown, all, None, Some(five_pods), port).await;
@@ -643,10 +639,7 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
 /// go and an Event says the membership is complete.
 #[tokio::test]
 async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
-    let running: Value = serde_json::from_str(RUNNING).unwrap();
-    let five: Vec<Value> = (0..5)
-        .map(|i| pod(i, "127.0.0.1", running.clone()))
-        .collect();
+    let five = running_pods(5);
     let mut grown = stocknet(None);
     grown.spec.order.replicas = 5;
     let mut five_pods = serde_json::to_value(
@@ -719,10 +712,7 @@ async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
 /// is a Warning Event, once: the next reconcile of the same run says nothing again.
 #[tokio::test]
 async fn a_failed_report_run_shows_in_status_and_one_warning_event() {
-    let running: Value = serde_json::from_str(RUNNING).unwrap();
-    let pods: Vec<Value> = (0..3)
-        .map(|i| pod(i, "127.0.0.1", running.clone()))
-        .collect();
+    let pods = running_pods(3);
     let job = |name: &str, start: &str, status: Value| {
         let mut status = status;
         status["startTime"] = json!(start);

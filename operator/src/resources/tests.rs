@@ -444,17 +444,26 @@ fn at_most_one_order_replica_is_disrupted_and_replicas_spread_over_nodes() {
     );
 }
 
-#[test]
-fn render_prints_every_object_of_a_stocknet_file() {
+/// What `render` prints for a StockNet file of the default spec, in namespace `shop`.
+fn rendered_default() -> String {
     let yaml =
         "apiVersion: stocknet.io/v1alpha1\nkind: StockNet\nmetadata:\n  name: demo\nspec: {}\n";
-    let rendered = render(yaml, "shop").unwrap();
-    let kinds: Vec<&str> = rendered
+    render(yaml, "shop").unwrap()
+}
+
+/// The kind of every object in `rendered`, in order.
+fn kinds(rendered: &str) -> Vec<&str> {
+    rendered
         .lines()
         .filter_map(|l| l.strip_prefix("kind: "))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn render_prints_every_object_of_a_stocknet_file() {
+    let rendered = rendered_default();
     assert_eq!(
-        kinds,
+        kinds(&rendered),
         [
             "ConfigMap",
             "Service",
@@ -651,13 +660,8 @@ fn the_report_runs_on_schedule_against_the_frontend_with_its_own_archive_and_sec
 #[test]
 fn the_owned_kinds_are_what_render_makes_what_rbac_grants_and_what_the_controller_watches() {
     use std::collections::BTreeSet;
-    let yaml =
-        "apiVersion: stocknet.io/v1alpha1\nkind: StockNet\nmetadata:\n  name: demo\nspec: {}\n";
-    let text = render(yaml, "shop").unwrap();
-    let rendered: BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("kind: "))
-        .collect();
+    let text = rendered_default();
+    let rendered: BTreeSet<&str> = kinds(&text).into_iter().collect();
     let owned: BTreeSet<&str> = OWNED_KINDS.iter().map(|o| o.kind).collect();
     assert_eq!(rendered, owned);
 

@@ -12,10 +12,15 @@ use stocknet_common::{data, Json, Secret, SecretArgs};
 
 use super::*;
 
-fn app(dir: &std::path::Path) -> Router {
+/// A catalog of the built-in stocks in `dir`, which pushes invalidations to `frontends`.
+fn state(dir: &std::path::Path, frontends: Vec<String>) -> AppState {
     let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
     let users = UserStore::open(dir.join("users.csv")).unwrap();
-    router(AppState::new(store, users, vec![], secret()))
+    AppState::new(store, users, frontends, secret())
+}
+
+fn app(dir: &std::path::Path) -> Router {
+    router(state(dir, vec![]))
 }
 
 fn secret() -> Secret {
@@ -255,11 +260,9 @@ async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<Invalidation>>>)
 async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
     let dir = tempfile::tempdir().unwrap();
     let (port, seen) = recording_frontend().await;
-    let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
-    let users = UserStore::open(dir.path().join("users.csv")).unwrap();
     let app = router(AppState {
         frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
-        ..AppState::new(store, users, vec![String::new()], secret())
+        ..state(dir.path(), vec![String::new()])
     });
     let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
                                         {"number":2,"name":"FishCo","delta":2}]}"#;
@@ -297,14 +300,7 @@ async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
     use stocknet_common::api_key::{ApiKey, Credential};
     let dir = tempfile::tempdir().unwrap();
     let (port, seen) = recording_frontend().await;
-    let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
-    let users = UserStore::open(dir.path().join("users.csv")).unwrap();
-    let app = router(AppState::new(
-        store,
-        users,
-        vec![format!("http://127.0.0.1:{port}")],
-        secret(),
-    ));
+    let app = router(state(dir.path(), vec![format!("http://127.0.0.1:{port}")]));
     let new_key = || {
         let key = ApiKey::generate(1).unwrap();
         let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});

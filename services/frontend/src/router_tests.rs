@@ -396,22 +396,30 @@ async fn the_openapi_document_describes_every_public_route() {
     assert!(!documented.iter().any(|op| op.contains("/invalidate")));
 }
 
+/// `GET path` through a frontend's router: the status, the content type and the whole body.
+async fn served(path: &str) -> (StatusCode, String, axum::body::Bytes) {
+    let response = app()
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|kind| kind.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, content_type, body)
+}
+
 #[tokio::test]
 async fn the_document_and_its_page_are_served() {
-    let response = app()
-        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let served: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(served, openapi_document());
-    let response = app()
-        .oneshot(Request::get("/docs").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, body) = served("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let served_document: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served_document, openapi_document());
+    let (status, _, body) = served("/docs").await;
+    assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8_lossy(&body).into_owned();
     assert!(page.contains("openapi.json"));
     // Everything the page loads is this frontend's: it works offline.
@@ -421,14 +429,9 @@ async fn the_document_and_its_page_are_served() {
         ("/docs/swagger-ui-bundle.js", "text/javascript"),
     ] {
         assert!(page.contains(&path[1..]), "{path} in {page}");
-        let response = app()
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{path}");
-        let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        let (status, content_type, body) = served(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
         assert!(content_type.starts_with(kind), "{path}: {content_type}");
-        let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(body.len() > 100_000, "{path}: {} bytes", body.len());
     }
 }

@@ -28,6 +28,24 @@ fn limit(side: Side, quantity: u32, cents: u64) -> Command {
     }
 }
 
+/// A modify of order `target` to a total of `quantity`, at its price.
+fn resize(target: u64, quantity: u32) -> Command {
+    Command::Modify {
+        target,
+        quantity: Some(quantity),
+        price: None,
+    }
+}
+
+/// A modify of order `target` to the price `cents`, its quantity as it is.
+fn reprice(target: u64, cents: u64) -> Command {
+    Command::Modify {
+        target,
+        quantity: None,
+        price: Some(Price::from_cents(cents)),
+    }
+}
+
 /// Applies `commands` as entries 1, 2, ...
 fn book(commands: &[Command]) -> Book {
     let mut book = Book::default();
@@ -97,11 +115,7 @@ fn modify_keeps_priority_only_when_it_shrinks_at_the_same_price() {
     let mut book = book(&[
         limit(Side::Sell, 5, 1000),
         limit(Side::Sell, 5, 1000),
-        Command::Modify {
-            target: 1,
-            quantity: Some(2),
-            price: None,
-        },
+        resize(1, 2),
     ]);
     assert_eq!(book.depth("A", 1).asks, [level(1000, 7, 2)]);
     book.apply(&entry(4, limit(Side::Buy, 3, 1000)));
@@ -114,11 +128,7 @@ fn modify_keeps_priority_only_when_it_shrinks_at_the_same_price() {
 
     // A larger quantity goes to the back: order 2 (4 left) moves behind order 5.
     book.apply(&entry(5, limit(Side::Sell, 1, 1000)));
-    let modify = Command::Modify {
-        target: 2,
-        quantity: Some(9),
-        price: None,
-    };
+    let modify = resize(2, 9);
     assert!(matches!(
         book.apply(&entry(6, modify)),
         Applied::Changed { .. }
@@ -131,14 +141,7 @@ fn modify_keeps_priority_only_when_it_shrinks_at_the_same_price() {
 #[test]
 fn a_repriced_order_matches_what_it_now_crosses() {
     let mut book = book(&[limit(Side::Sell, 5, 1000), limit(Side::Buy, 5, 900)]);
-    let applied = book.apply(&entry(
-        3,
-        Command::Modify {
-            target: 2,
-            quantity: None,
-            price: Some(Price::from_cents(1000)),
-        },
-    ));
+    let applied = book.apply(&entry(3, reprice(2, 1000)));
     assert_eq!(
         applied,
         Applied::Changed {
@@ -246,14 +249,7 @@ fn post_only_is_refused_where_it_would_take_and_rests_where_it_would_not() {
     book.apply(&with_terms(3, 1, 0, (Side::Buy, 1, 990), post_only));
     assert_eq!(book.order(3).unwrap().status(), Status::Open);
     // Re-priced across the spread, it is refused too, and stays as it was.
-    let repriced = book.apply(&entry(
-        4,
-        Command::Modify {
-            target: 3,
-            quantity: None,
-            price: Some(Price::from_cents(1000)),
-        },
-    ));
+    let repriced = book.apply(&entry(4, reprice(3, 1000)));
     assert_eq!(
         repriced,
         Applied::Refused(Refusal::WouldTakeLiquidity { order: 3 })
@@ -513,14 +509,7 @@ fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
     assert_eq!(book.order(3).unwrap().status(), Status::Untriggered);
     assert_eq!(book.order(4).unwrap().status(), Status::Untriggered);
     assert_eq!(book.depth("A", 5).bids, []);
-    let refused = book.apply(&entry(
-        5,
-        Command::Modify {
-            target: 3,
-            quantity: Some(1),
-            price: None,
-        },
-    ));
+    let refused = book.apply(&entry(5, resize(3, 1)));
     assert_eq!(refused, Applied::Refused(Refusal::Untriggered(3)));
     // A trade at 10.00 reaches neither stop; one at 10.50 triggers the buy, which takes 3
     // of the rest at 10.50 in the same entry.
@@ -643,11 +632,7 @@ fn cancel_and_modify_refuse_unknown_and_closed_orders() {
     }
     book.apply(&entry(7, limit(Side::Sell, 5, 1000)));
     book.apply(&entry(8, limit(Side::Buy, 2, 1000)));
-    let shrink = Command::Modify {
-        target: 7,
-        quantity: Some(2),
-        price: None,
-    };
+    let shrink = resize(7, 2);
     assert_eq!(
         book.apply(&entry(9, shrink)),
         Applied::Refused(Refusal::BelowFilled {

@@ -812,6 +812,14 @@ mod tests {
     use super::*;
     use stocknet_common::{Command, Price, Rejection, Side, Stamp};
 
+    /// An empty log in a directory of its own (kept while the directory is).
+    fn new_log() -> (tempfile::TempDir, std::path::PathBuf, OrderLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        let log = OrderLog::open(&path).unwrap();
+        (dir, path, log)
+    }
+
     /// `orders`, each the only line of its entry.
     fn lines<'a>(orders: impl IntoIterator<Item = &'a Order>) -> Vec<Line> {
         orders.into_iter().cloned().map(Line::alone).collect()
@@ -1074,9 +1082,7 @@ mod tests {
 
     #[test]
     fn reads_across_checkpoints_before_and_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.csv");
-        let mut log = OrderLog::open(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
         // More than RECENT: the oldest orders are read from the file, the newest from memory.
         let total = RECENT as u64 + 1_000;
         let all = many(0, total);
@@ -1367,9 +1373,7 @@ mod tests {
 
     #[test]
     fn a_divergent_suffix_is_replaced_with_its_keys_and_terms() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.csv");
-        let mut log = OrderLog::open(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
         // Orders 3 and 4 (term 2) came from a leader that never committed them.
         log.append(&lines(&[
             termed(1, 1, "A"),
@@ -1403,9 +1407,7 @@ mod tests {
 
     #[test]
     fn replace_after_rewrites_the_file_and_keeps_it_appendable() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.csv");
-        let mut log = OrderLog::open(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
         // A quoted name may span lines: records, not lines, are what count.
         log.append(&lines(&[
             order(1, "Two\nLines, \"quoted\""),
@@ -1432,9 +1434,7 @@ mod tests {
 
     #[test]
     fn torn_last_line_is_truncated_and_log_stays_appendable() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.csv");
-        let mut log = OrderLog::open(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
         log.append(&lines(&[order(1, "A"), order(2, "B")])).unwrap();
         drop(log);
         for torn in ["3,1,sell,C", "3,1,sell,C,x,\n", "3,1,se"] {
@@ -1460,9 +1460,7 @@ mod tests {
     /// not found, and the log takes the entry again.
     #[test]
     fn an_entry_missing_its_last_lines_is_dropped_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.csv");
-        let mut log = OrderLog::open(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
         log.write(&grouped(1, 0, &[1, 3])).unwrap();
         drop(log);
         let whole = std::fs::read_to_string(&path).unwrap();
