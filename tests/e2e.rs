@@ -853,20 +853,21 @@ async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
 async fn an_order_whose_price_moved_is_refused_with_the_current_price() {
     let cluster = Cluster::start(1).await;
     let orders = format!("{}/orders", cluster.frontend());
-    let (status, body) = cluster
-        .post(
-            &orders,
-            &json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 15.99}),
-        )
-        .await;
+    // A buy of one GameStart expecting `price`, with the fields of `more`.
+    let buy_expecting = |price: f64, more: Value| {
+        let mut order = json!({"name": "GameStart", "quantity": 1, "type": "buy"});
+        order["expected_price"] = json!(price);
+        order
+            .as_object_mut()
+            .unwrap()
+            .extend(more.as_object().unwrap().clone());
+        let (cluster, orders) = (&cluster, &orders);
+        async move { cluster.post(orders, &order).await }
+    };
+    let (status, body) = buy_expecting(15.99, json!({})).await;
     assert_eq!(status, 200, "{body}");
     // 15.99 is 5.9% above 15.10: beyond the default 2%.
-    let (status, body) = cluster
-        .post(
-            &orders,
-            &json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 15.10}),
-        )
-        .await;
+    let (status, body) = buy_expecting(15.10, json!({})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(
         (
@@ -881,13 +882,7 @@ async fn an_order_whose_price_moved_is_refused_with_the_current_price() {
         "the refused order did nothing"
     );
     // Within a tolerance the order itself asks for.
-    let (status, body) = cluster
-        .post(
-            &orders,
-            &json!({"name": "GameStart", "quantity": 1, "type": "buy", "expected_price": 15.10,
-                    "max_deviation_bps": 1000}),
-        )
-        .await;
+    let (status, body) = buy_expecting(15.10, json!({"max_deviation_bps": 1000})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
 }

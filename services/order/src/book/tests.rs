@@ -46,6 +46,14 @@ fn reprice(target: u64, cents: u64) -> Command {
     }
 }
 
+/// The seller and quantity of each of the book's first ten trades.
+fn sellers(book: &Book) -> Vec<(u64, u32)> {
+    book.trades(None, 0, 10)
+        .iter()
+        .map(|t| (t.sell_order, t.quantity))
+        .collect()
+}
+
 /// Applies `commands` as entries 1, 2, ...
 fn book(commands: &[Command]) -> Book {
     let mut book = Book::default();
@@ -119,12 +127,7 @@ fn modify_keeps_priority_only_when_it_shrinks_at_the_same_price() {
     ]);
     assert_eq!(book.depth("A", 1).asks, [level(1000, 7, 2)]);
     book.apply(&entry(4, limit(Side::Buy, 3, 1000)));
-    let sells: Vec<(u64, u32)> = book
-        .trades(None, 0, 10)
-        .iter()
-        .map(|t| (t.sell_order, t.quantity))
-        .collect();
-    assert_eq!(sells, [(1, 2), (2, 1)]);
+    assert_eq!(sellers(&book), [(1, 2), (2, 1)]);
 
     // A larger quantity goes to the back: order 2 (4 left) moves behind order 5.
     book.apply(&entry(5, limit(Side::Sell, 1, 1000)));
@@ -358,12 +361,7 @@ fn an_iceberg_shows_a_slice_and_each_refill_goes_to_the_back_of_its_level() {
     // A buy of 3 takes the iceberg's slice of 2, whose next slice goes behind order 2,
     // then 1 of order 2.
     book.apply(&with_terms(3, 2, 0, (Side::Buy, 3, 1000), Terms::default()));
-    let sellers: Vec<(u64, u32)> = book
-        .trades(None, 0, 10)
-        .iter()
-        .map(|t| (t.sell_order, t.quantity))
-        .collect();
-    assert_eq!(sellers, [(1, 2), (2, 1)]);
+    assert_eq!(sellers(&book), [(1, 2), (2, 1)]);
     assert_eq!(
         book.depth("A", 5).asks,
         [level(1000, 4, 2)],

@@ -862,6 +862,18 @@ impl Group {
             .unwrap();
     }
 
+    /// Writes on `leader`, while `behind` is cut off, until the leader's log is purged past
+    /// what `behind` applied; then lets `behind` back in and waits until it caught up, which
+    /// only a snapshot (exactly one) can bring, and the group is the same everywhere.
+    async fn catch_up_by_snapshot(&self, leader: u64, behind: u64) {
+        let last = self.write_crossing(leader, 2..40).await;
+        self.purged_past(leader, self.applied_now(behind)).await;
+        self.router.isolate(behind, &self.ids, false);
+        self.applied(behind, last).await;
+        assert_eq!(self.snapshots_sent(behind), 1);
+        self.assert_same(&self.ids);
+    }
+
     fn snapshots_sent(&self, id: u64) -> u64 {
         let sent = self.router.snapshots_sent.lock().unwrap();
         sent.get(&id).copied().unwrap_or(0)
@@ -915,13 +927,7 @@ async fn a_replica_further_behind_than_the_log_offers_installs_a_snapshot() {
     let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
     group.write_crossing(leader, 0..2).await;
     group.router.isolate(follower, &group.ids, true);
-    let last = group.write_crossing(leader, 2..40).await;
-    group.purged_past(leader, group.applied_now(follower)).await;
-
-    group.router.isolate(follower, &group.ids, false);
-    group.applied(follower, last).await;
-    assert_eq!(group.snapshots_sent(follower), 1);
-    group.assert_same(&group.ids);
+    group.catch_up_by_snapshot(leader, follower).await;
 
     // Restarted, it opens what it installed and goes on with the group; a snapshot it was
     // receiving when it stopped is gone.
@@ -963,12 +969,7 @@ async fn a_snapshot_replaces_a_deposed_leaders_uncommitted_entries() {
 
     let rest: Vec<u64> = group.ids.iter().copied().filter(|&id| id != old).collect();
     let (new, _) = group.leader(&rest).await;
-    let last = group.write_crossing(new, 2..40).await;
-    group.purged_past(new, group.applied_now(old)).await;
-    group.router.isolate(old, &group.ids, false);
-    group.applied(old, last).await;
-    assert_eq!(group.snapshots_sent(old), 1);
-    group.assert_same(&group.ids);
+    group.catch_up_by_snapshot(new, old).await;
     let stray = group
         .log(old)
         .into_iter()
