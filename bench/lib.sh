@@ -19,7 +19,7 @@ start_up() {
     --cache-size 12 --order-ports $((fe + 11)),$((fe + 12)),$((fe + 13)) >"$dir/up.log" 2>&1 &
   pids+=($!)
   local deadline=$((SECONDS + 60))
-  until grep -q "Ctrl-C stops everything" "$dir/up.log"; do
+  until grep -qs "Ctrl-C stops everything" "$dir/up.log"; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "stocknet up did not get ready; its log:" >&2
       tail -20 "$dir/up.log" >&2
