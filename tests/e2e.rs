@@ -337,14 +337,8 @@ async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
     let (_, view) = cluster
         .get(&format!("{}/cluster", cluster.frontend()))
         .await;
-    let listed: Vec<&Value> = view["data"]["replicas"]
-        .as_array()
-        .expect("replicas")
-        .iter()
-        .map(|replica| &replica["id"])
-        .collect();
     assert_eq!(
-        listed,
+        common::each(&view["data"]["replicas"], "id"),
         [&json!(1), &json!(2), &json!(3), &json!(4), &json!(5)]
     );
     assert_eq!(view["data"]["leader"], 5, "{view}");

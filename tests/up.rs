@@ -227,12 +227,7 @@ async fn up_runs_supervises_and_stops_everything() {
         "time_in_force": "ioc"});
     let (_, taken) = send(http.post(format!("{}/orders", url(frontend))).json(&ioc)).await;
     // Slice by slice: 2, then the refill of 2 (alone at its level, it is next again).
-    let fills: Vec<&Value> = taken["data"]["fills"]
-        .as_array()
-        .expect("fills")
-        .iter()
-        .map(|fill| &fill["quantity"])
-        .collect();
+    let fills = common::each(&taken["data"]["fills"], "quantity");
     assert_eq!(fills, [&json!(2), &json!(2)], "{taken}");
     wait_until(
         "the gtd iceberg to expire",

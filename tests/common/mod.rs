@@ -46,6 +46,15 @@ pub fn orders_only(log: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The `field` of each element of the array `list` (a test fails if `list` is not an array).
+pub fn each<'a>(list: &'a Value, field: &str) -> Vec<&'a Value> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("an array: {list}"))
+        .iter()
+        .map(|element| &element[field])
+        .collect()
+}
+
 /// `body`, an error envelope, without its `request_id`, which must be there (every error
 /// names the request it answers).
 pub fn without_request_id(mut body: Value) -> Value {
