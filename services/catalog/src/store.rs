@@ -626,17 +626,21 @@ mod tests {
         assert_eq!(fs::metadata(&journal).unwrap().len(), 0);
     }
 
-    #[test]
-    fn replay_skips_what_the_snapshot_holds_and_drops_a_torn_tail() {
+    /// A catalog file holding `text`, in a directory of its own (kept while the directory is).
+    fn catalog_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.csv");
+        fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn replay_skips_what_the_snapshot_holds_and_drops_a_torn_tail() {
         // A compaction that renamed the snapshot (through trade 2) but crashed before emptying
         // the journal, which also ends in a torn record of trade 4.
-        fs::write(
-            &path,
+        let (dir, path) = catalog_file(
             "# stocknet applied=2 term=1\nname,price,quantity\nGameStart,15.99,90\nFishCo,9.5,100\n",
-        )
-        .unwrap();
+        );
         fs::write(
             dir.path().join("catalog.wal"),
             "term,1\ntrade,1,-4,GameStart\ntrade,2,-6,GameStart\ntrade,3,7,\"FishCo\"\ntrade,4,-",
@@ -744,13 +748,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_files_own_line_after_the_mark() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.csv");
-        fs::write(
-            &path,
-            "# stocknet applied=1 term=1\nname,price,quantity\nA,1,1\nB,x,1\n",
-        )
-        .unwrap();
+        let (_dir, path) =
+            catalog_file("# stocknet applied=1 term=1\nname,price,quantity\nA,1,1\nB,x,1\n");
         let error = CatalogStore::open(&path, INITIAL).unwrap_err();
         assert!(error.to_string().contains("line 4: price"), "{error}");
     }
