@@ -37,9 +37,10 @@ pub struct ErrorBody {
     pub request_id: Option<String>,
 }
 
-/// `{"data": value}` with status 200.
+/// `{"data": value}` with status 200, serialized straight from `value` (its fields in their
+/// declared order).
 pub fn data<T: Serialize>(value: T) -> Response {
-    axum::Json(json!({ "data": value })).into_response()
+    axum::Json(DataEnvelope { data: value }).into_response()
 }
 
 /// `{"data": value}` encoded once, for an answer sent many times (by [`encoded`]).
