@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use stocknet_common::testing::{insider_get, insider_post, send, SECRET};
+use stocknet_common::testing::{assert_each_answered, insider_get, insider_post, send, SECRET};
 use stocknet_common::wire::UserRecord;
 use stocknet_common::{data, Json, Secret, SecretArgs};
 
@@ -69,15 +69,14 @@ async fn users_are_registered_and_read_back_only_with_the_secret() {
     let named = json!({"credential": credential, "prefix": "00", "display_name": "Ada"});
     let (_, third) = send(&app, insider_post("/users", &named.to_string())).await;
     assert_eq!(third["data"]["display_name"], "Ada");
-    for bad in [
+    let bad = [
         r#"{"credential":"00:11"}"#,
         r#"{"credential":"x","admin":true}"#,
         "{}",
         &json!({"credential": credential, "prefix": "00", "display_name": "A\nda"}).to_string(),
-    ] {
-        let (status, body) = send(&app, insider_post("/users", bad)).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
-    }
+    ]
+    .map(|body| insider_post("/users", body));
+    assert_each_answered(&app, bad, StatusCode::BAD_REQUEST).await;
     for (uri, status) in [
         ("/users/9", StatusCode::NOT_FOUND),
         ("/users/x", StatusCode::NOT_FOUND),
@@ -147,15 +146,14 @@ async fn stocks_are_listed_searched_and_paged_with_opaque_cursors() {
     assert!(next["data"].get("next_cursor").is_none());
     let (_, found) = send(&app, get("/stocks?search=GAME")).await;
     assert_eq!(found["data"]["stocks"][0]["name"], "GameStart");
-    for bad in [
+    let bad = [
         "/stocks?limit=0",
         "/stocks?limit=1001",
         "/stocks?cursor=zz",
         "/stocks?sort=name",
-    ] {
-        let (status, body) = send(&app, get(bad)).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
-    }
+    ]
+    .map(get);
+    assert_each_answered(&app, bad, StatusCode::BAD_REQUEST).await;
 }
 
 #[tokio::test]

@@ -29,6 +29,22 @@ where
     (status, serde_json::from_slice(&body).expect("a JSON body"))
 }
 
+/// Asserts that `app` answers each of `requests` with `status` (a failure names the request
+/// by its place in the list, its method and URI, and shows the answer).
+pub async fn assert_each_answered<S>(
+    app: &S,
+    requests: impl IntoIterator<Item = Request<Body>>,
+    status: StatusCode,
+) where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
+    for (place, request) in requests.into_iter().enumerate() {
+        let asked = format!("request {place}, {} {}", request.method(), request.uri());
+        let (answered, body) = send(app, request).await;
+        assert_eq!(answered, status, "{asked}: {body}");
+    }
+}
+
 /// The shared secret the services' router tests run with.
 pub const SECRET: &str = "router-test-secret";
 

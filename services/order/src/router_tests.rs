@@ -4,7 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use stocknet_common::testing::{insider_get, send, SECRET};
+use stocknet_common::testing::{assert_each_answered, insider_get, send, SECRET};
 use stocknet_common::wire::{parse_peer, READ_FROM_LEADER};
 
 use super::*;
@@ -89,7 +89,7 @@ async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
             "{uri}"
         );
     }
-    for uri in [
+    let bad = [
         "/portfolios/x",
         "/audit?outcome=maybe",
         "/audit?to=tomorrow",
@@ -98,10 +98,9 @@ async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
         "/audit?colour=red",
         "/reports/daily?date=2026-02-30",
         "/reports/daily?day=2026-11-29",
-    ] {
-        let (status, body) = send(&app, insider_get(uri)).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
-    }
+    ]
+    .map(insider_get);
+    assert_each_answered(&app, bad, StatusCode::BAD_REQUEST).await;
     let anonymous = Request::get("/audit").body(Body::empty()).unwrap();
     assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
 }
