@@ -536,7 +536,7 @@ fn operation_ids_are_unique_and_integers_are_bounded() {
         ("/orders", "delete"),
     ] {
         let responses = &document["paths"][path][method]["responses"];
-        for status in ["400", "503", "504", "429", "500"] {
+        for status in ["400", "408", "503", "504", "429", "500"] {
             assert!(
                 responses[status].is_object(),
                 "{method} {path} lists no {status}"

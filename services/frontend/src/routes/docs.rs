@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{json, Value};
+use stocknet_common::deadline::REQUEST_DEADLINE;
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -163,7 +164,9 @@ fn bound_integers(value: &mut Value) {
 /// The answers any operation may give besides its own, from the layers in front of every
 /// handler: when the frontend limits rates (`GET /health` is exempt), 429 for a client over its
 /// limit and 401 for a request with a bad API key, which it counts against the key's user; 413
-/// for a body over the limit; 500 when something failed inside (logged, never detailed).
+/// for a body over the limit; 408 for a request not answered within 30 s of when it first had
+/// to wait (`stocknet_common::deadline`); 500 when something failed inside (logged, never
+/// detailed).
 fn answers_every_operation_may_give(document: &mut Value) {
     let envelope =
         json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}});
@@ -193,6 +196,12 @@ fn answers_every_operation_may_give(document: &mut Value) {
                     .entry("413")
                     .or_insert_with(|| answer("The body is larger than 4 MiB"));
             }
+            responses.entry("408").or_insert_with(|| {
+                answer(&format!(
+                    "Not answered within {} s of when it first had to wait",
+                    REQUEST_DEADLINE.as_secs()
+                ))
+            });
             responses
                 .entry("500")
                 .or_insert_with(|| answer("An internal error (logged; the message says no more)"));
