@@ -40,7 +40,10 @@ pub struct ErrorBody {
 /// `{"data": value}` with status 200, serialized straight from `value` (its fields in their
 /// declared order).
 pub fn data<T: Serialize>(value: T) -> Response {
-    axum::Json(DataEnvelope { data: value }).into_response()
+    match encode_data(&value) {
+        Ok(body) => encoded(body),
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
 }
 
 /// `{"data": value}` encoded once, for an answer sent many times (by [`encoded`]).
