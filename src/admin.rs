@@ -9,7 +9,7 @@ use stocknet_common::env;
 use stocknet_common::paths;
 use stocknet_common::ports;
 use stocknet_common::wire::KeyRecord;
-use stocknet_common::SecretArgs;
+use stocknet_common::{BaseUrl, SecretArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct AdminConfig {
@@ -44,7 +44,7 @@ pub enum AdminCommand {
             env = env::CATALOG_URL,
             default_value = ports::CATALOG_URL
         )]
-        catalog: String,
+        catalog: BaseUrl,
         #[arg(long)]
         user: u64,
         /// The key's id (`GET /users/{id}/keys` lists them).

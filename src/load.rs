@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use connection::{Connection, Target};
 use stocknet_common::env;
 use stocknet_common::ports;
+use stocknet_common::BaseUrl;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadConfig {
@@ -295,14 +296,11 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     if let Some(uncached) = &config.uncached_frontend {
         frontends.push(uncached.trim_end_matches('/').to_owned());
     }
-    let lookup_paths = stocks
+    let any_host: BaseUrl = "http://load".parse().map_err(anyhow::Error::msg)?;
+    let lookup_paths: Vec<String> = stocks
         .iter()
-        .map(|stock| {
-            stocknet_common::client::endpoint("http://load", &["stocks", stock])
-                .map(|url| url.path().to_owned())
-                .map_err(|e| anyhow::anyhow!("stock {stock:?}: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|stock| any_host.join(&["stocks", stock]).path().to_owned())
+        .collect();
     let mut runs = Vec::new();
     for frontend in &frontends {
         let target = Target::parse(frontend).map_err(anyhow::Error::msg)?;
@@ -367,9 +365,10 @@ async fn create_users(
 
 /// Each stock's price in cents, looked up through the frontend at `url`.
 async fn prices(http: &reqwest::Client, url: &str, stocks: &[String]) -> anyhow::Result<Vec<u64>> {
+    let frontend: BaseUrl = url.parse().map_err(anyhow::Error::msg)?;
     let mut prices = Vec::new();
     for stock in stocks {
-        let lookup = stocknet_common::client::endpoint(url, &["stocks", stock])?;
+        let lookup = frontend.join(&["stocks", stock]);
         let reply: Value = http.get(lookup).send().await?.json().await?;
         let price = reply["data"]["price"]
             .as_f64()

@@ -351,7 +351,7 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["up", "--data-dir", &dir.path().display().to_string()])
         .args(["--frontend-port", "0", "--catalog-port", &port.to_string()])
         .args(["--order-ports", "0,0,0"])
@@ -361,6 +361,20 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = refusal(child, &format!("up ran with port {port} in use"));
+    assert!(
+        stderr.contains(&format!("cannot listen on port {port}")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("catalog.csv").exists(),
+        "a service started"
+    );
+}
+
+/// What `child` wrote to its standard error before it exited unsuccessfully; kills it and
+/// fails with `ran` if it is still running after 20 s.
+fn refusal(mut child: std::process::Child, ran: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -369,19 +383,72 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("up ran with port {port} in use");
+            panic!("{ran}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
-    assert!(
-        stderr.contains(&format!("cannot listen on port {port}")),
-        "{stderr}"
-    );
-    assert!(
-        !dir.path().join("catalog.csv").exists(),
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+/// A service given a URL it could never call stops at once and says which flag and why,
+/// instead of starting and failing every call to that peer.
+#[test]
+fn a_service_refuses_a_url_it_could_never_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    for (args, flag, reason) in [
+        (
+            vec!["frontend", "--catalog-url", "localhost:8081"],
+            "--catalog-url",
+            "is not an http or https URL",
+        ),
+        (
+            vec![
+                "order",
+                "--data-dir",
+                &data,
+                "--node-id",
+                "1",
+                "--peers",
+                "1=http://127.0.0.1:1,2=ftp://b",
+            ],
+            "--peers",
+            "replica 2: \"ftp://b\" is not an http or https URL",
+        ),
+        (
+            vec![
+                "catalog",
+                "--data-dir",
+                &data,
+                "--frontends",
+                "http://127.0.0.1:1,not a url",
+            ],
+            "--frontends",
+            "\"not a url\" is not a URL",
+        ),
+    ] {
+        let child = Command::new(BIN)
+            .args(&args)
+            .args(["--port", "0"])
+            .env("RUST_LOG", "warn")
+            .env("STOCKNET_SECRET", "a-secret-long-enough-for-the-test-0123")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = refusal(child, &format!("{args:?} ran"));
+        assert!(
+            stderr.contains(flag) && stderr.contains(reason),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
         "a service started"
     );
 }

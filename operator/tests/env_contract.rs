@@ -1,11 +1,11 @@
 //! The contract between the pods the operator renders and the services they run: every
 //! environment variable a container sets is one its service reads (a misspelt name would be
-//! silently ignored), and every variable whose default only makes sense on one machine (a URL
-//! or peer list on 127.0.0.1) is set.
+//! silently ignored), its value is one the service's own parsers take, and every variable
+//! whose default only makes sense on one machine (a URL or peer list on 127.0.0.1) is set.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use clap::{Args, Command};
+use clap::{ArgAction, Args, Command};
 
 /// The variables a service reads, with their defaults.
 fn reads<A: Args>() -> BTreeMap<String, Vec<String>> {
@@ -23,12 +23,41 @@ fn reads<A: Args>() -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+type Parser = fn(&[String], &BTreeMap<&str, &str>) -> Result<(), String>;
+
+/// Parses a container's arguments and the values its variables set (as the flags those
+/// variables stand for) with the service's own flags, as the service would at start.
+fn parse<A: Args>(arguments: &[String], values: &BTreeMap<&str, &str>) -> Result<(), String> {
+    let command = A::augment_args(Command::new("service"));
+    let mut argv = arguments.to_vec();
+    for arg in command.get_arguments() {
+        let Some(value) = arg.get_env().and_then(|name| values.get(name.to_str()?)) else {
+            continue;
+        };
+        let long = arg.get_long().expect("a variable stands for a flag");
+        match arg.get_action() {
+            ArgAction::SetTrue if *value == "true" => argv.push(format!("--{long}")),
+            ArgAction::SetTrue => {}
+            _ => argv.push(format!("--{long}={value}")),
+        }
+    }
+    command
+        .try_get_matches_from(argv)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 #[test]
 fn every_variable_a_pod_sets_is_read_and_every_local_default_is_overridden() {
     let services = BTreeMap::from([
         ("catalog", reads::<stocknet_catalog::Config>()),
         ("order", reads::<stocknet_order::Config>()),
         ("frontend", reads::<stocknet_frontend::Config>()),
+    ]);
+    let parsers: BTreeMap<&str, Parser> = BTreeMap::from([
+        ("catalog", parse::<stocknet_catalog::Config> as _),
+        ("order", parse::<stocknet_order::Config> as _),
+        ("frontend", parse::<stocknet_frontend::Config> as _),
     ]);
     let example = include_str!("../../examples/stocknet.yaml");
     let rendered = stocknet_operator::resources::render(example, "default").expect("render");
@@ -54,6 +83,22 @@ fn every_variable_a_pod_sets_is_read_and_every_local_default_is_overridden() {
                     !local || set.contains(name.as_str()),
                     "{service}'s {name} defaults to {defaults:?} and the pod leaves it so"
                 );
+            }
+            // Values from secrets and the pod's own fields are not known before it runs.
+            let values: BTreeMap<&str, &str> = container["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|var| Some((var["name"].as_str()?, var["value"].as_str()?)))
+                .collect();
+            let arguments: Vec<String> = container["args"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|arg| Some(arg.as_str()?.to_owned()))
+                .collect();
+            if let Err(refused) = parsers[service](&arguments, &values) {
+                panic!("{service} refuses what its pod sets: {refused}");
             }
             seen.insert(service.to_owned());
         }

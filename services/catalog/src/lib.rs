@@ -26,7 +26,7 @@ use routes::{
     add_key, apply, create_user, health, list, lookup, metrics, revoke_key, snapshot, user,
 };
 
-pub use config::{Config, DEFAULT_CATALOG};
+pub use config::{Config, Frontends, DEFAULT_CATALOG};
 pub use error::CatalogError;
 pub use state::AppState;
 pub use store::CatalogStore;

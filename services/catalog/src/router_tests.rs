@@ -13,14 +13,15 @@ use stocknet_common::{data, Json, Secret, SecretArgs};
 use super::*;
 
 /// A catalog of the built-in stocks in `dir`, which pushes invalidations to `frontends`.
-fn state(dir: &std::path::Path, frontends: Vec<String>) -> AppState {
+fn state(dir: &std::path::Path, frontends: &[String]) -> AppState {
+    let frontends = frontends.iter().map(|url| url.parse().unwrap()).collect();
     let store = CatalogStore::open(dir.join("catalog.csv"), DEFAULT_CATALOG).unwrap();
     let users = UserStore::open(dir.join("users.csv")).unwrap();
     AppState::new(store, users, frontends, secret())
 }
 
 fn app(dir: &std::path::Path) -> Router {
-    router(state(dir, vec![]))
+    router(state(dir, &[]))
 }
 
 fn secret() -> Secret {
@@ -206,7 +207,7 @@ async fn a_catalog_on_port_0_tells_its_address_and_stops_when_told() {
         port: 0,
         data_dir: dir.path().to_path_buf(),
         initial_catalog: None,
-        frontends: Vec::new(),
+        frontends: Frontends::default(),
         frontend_dns: None,
         secret: SecretArgs {
             secret_file: None,
@@ -260,7 +261,7 @@ async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
     let (port, seen) = recording_frontend().await;
     let app = router(AppState {
         frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
-        ..state(dir.path(), vec![String::new()])
+        ..state(dir.path(), &[])
     });
     let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
                                         {"number":2,"name":"FishCo","delta":2}]}"#;
@@ -298,7 +299,7 @@ async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
     use stocknet_common::api_key::{ApiKey, Credential};
     let dir = tempfile::tempdir().unwrap();
     let (port, seen) = recording_frontend().await;
-    let app = router(state(dir.path(), vec![format!("http://127.0.0.1:{port}")]));
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
     let new_key = || {
         let key = ApiKey::generate(1).unwrap();
         let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});

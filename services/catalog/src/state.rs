@@ -8,7 +8,7 @@ use futures::future::join_all;
 use stocknet_common::file::FileFailure;
 use stocknet_common::paths;
 use stocknet_common::wire::Invalidation;
-use stocknet_common::{internal_client, Secret};
+use stocknet_common::{internal_client, BaseUrl, Secret};
 
 use crate::config::{Config, DEFAULT_CATALOG};
 use crate::error::CatalogError;
@@ -20,7 +20,7 @@ use crate::users::UserStore;
 pub struct AppState {
     pub store: Arc<CatalogStore>,
     pub users: Arc<UserStore>,
-    pub frontends: Arc<Vec<String>>,
+    pub frontends: Arc<Vec<BaseUrl>>,
     pub frontend_dns: Option<Arc<str>>,
     /// Carried by the invalidation push, and required of callers of the internal routes.
     pub secret: Secret,
@@ -32,18 +32,13 @@ impl AppState {
     pub fn new(
         store: CatalogStore,
         users: UserStore,
-        frontends: Vec<String>,
+        frontends: Vec<BaseUrl>,
         secret: Secret,
     ) -> Self {
         Self {
             store: Arc::new(store),
             users: Arc::new(users),
-            frontends: Arc::new(
-                frontends
-                    .into_iter()
-                    .filter(|url| !url.is_empty())
-                    .collect(),
-            ),
+            frontends: Arc::new(frontends),
             frontend_dns: None,
             http: internal_client(Duration::from_secs(2), &secret),
             secret,
@@ -64,7 +59,7 @@ impl AppState {
         let secret = config.secret.load()?;
         Ok(Self {
             frontend_dns: config.frontend_dns.as_deref().map(Arc::from),
-            ..Self::new(store, users, config.frontends.clone(), secret)
+            ..Self::new(store, users, config.frontends.0.clone(), secret)
         })
     }
 
@@ -89,10 +84,13 @@ impl AppState {
     /// Sends `body` to every frontend, and waits for the answers (each within
     /// [`INVALIDATION_TIMEOUT`]).
     pub(crate) async fn push(&self, body: Invalidation) {
-        let mut frontends: Vec<String> = self.frontends.to_vec();
+        let mut frontends: Vec<BaseUrl> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
             match tokio::net::lookup_host(&**dns).await {
-                Ok(addrs) => frontends.extend(addrs.map(|addr| format!("http://{addr}"))),
+                // An address always makes a base URL.
+                Ok(addrs) => {
+                    frontends.extend(addrs.filter_map(|addr| format!("http://{addr}").parse().ok()))
+                }
                 // No frontend pod exists yet (nothing cached), or DNS is failing: then a frontend
                 // may serve a stale quantity until its next invalidation (docs/OPERATIONS.md).
                 Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),

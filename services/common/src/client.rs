@@ -105,26 +105,97 @@ pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Resu
     }
 }
 
-/// `base` with `segments` appended as percent-encoded path segments.
-pub fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, RemoteError> {
-    let mut url =
-        reqwest::Url::parse(base).map_err(|e| RemoteError::Decode(format!("{base}: {e}")))?;
-    url.path_segments_mut()
-        .map_err(|_| RemoteError::Decode(format!("{base} cannot take a path")))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
+/// Where another service answers: an absolute `http` or `https` URL that takes a path. It is
+/// checked once, when a flag or a peer list is read, so that a bad one stops the process with
+/// a clear error instead of failing every call, and no call parses it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// As given, without a trailing `/`: what logs, the group's membership and answers show.
+    text: String,
+    url: reqwest::Url,
+}
+
+impl BaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// This base with `segments` appended as percent-encoded path segments.
+    pub fn join(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.url.clone();
+        // A base always takes a path: parsing refused any that does not.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+}
+
+impl std::str::FromStr for BaseUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim().trim_end_matches('/');
+        let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{text:?} is not an http or https URL"));
+        }
+        if url.cannot_be_a_base() || !url.has_host() {
+            return Err(format!("{text:?} names no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{text:?}: a base URL has no query or fragment"));
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            url,
+        })
+    }
+}
+
+impl std::fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn base(text: &str) -> BaseUrl {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn endpoint_encodes_segments() {
-        let url = endpoint("http://127.0.0.1:1/", &["stocks", "a b/c"]).unwrap();
+    fn a_base_takes_percent_encoded_segments_after_its_own_path() {
+        let url = base("http://127.0.0.1:1/").join(&["stocks", "a b/c"]);
         assert_eq!(url.as_str(), "http://127.0.0.1:1/stocks/a%20b%2Fc");
-        let url = endpoint("http://127.0.0.1:1", &["health"]).unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:1/health");
+        assert_eq!(
+            base("http://127.0.0.1:1").join(&["health"]).as_str(),
+            "http://127.0.0.1:1/health"
+        );
+        let prefixed = base(" https://example.test/api/ ");
+        assert_eq!(prefixed.as_str(), "https://example.test/api");
+        assert_eq!(
+            prefixed.join(&["health"]).as_str(),
+            "https://example.test/api/health"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_a_base_is_refused_with_the_reason() {
+        for (text, reason) in [
+            ("not a url", "is not a URL"),
+            ("127.0.0.1:8081", "is not a URL"),
+            ("localhost:8081", "is not an http or https URL"),
+            ("ftp://host/", "is not an http or https URL"),
+            ("http://", "is not a URL"),
+            ("http://host/?a=1", "no query or fragment"),
+            ("http://host/#top", "no query or fragment"),
+        ] {
+            let refused = text.parse::<BaseUrl>().unwrap_err();
+            assert!(refused.contains(reason), "{text}: {refused}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! each with [`Route::pattern`] and a client builds its URL with [`Route::url`], so the two
 //! sides cannot drift apart. (The public API's paths are the frontend's OpenAPI document's.)
 
-use crate::client::{endpoint, RemoteError};
+use crate::client::{BaseUrl, RemoteError};
 
 /// A route's path, with `{name}` segments for its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ impl Route {
 
     /// The route at `base`, with `params` (percent-encoded) for its `{name}` segments, in
     /// order.
-    pub fn url(self, base: &str, params: &[&str]) -> Result<reqwest::Url, RemoteError> {
+    pub fn url(self, base: &BaseUrl, params: &[&str]) -> Result<reqwest::Url, RemoteError> {
         let mut params = params.iter();
         let segments: Option<Vec<&str>> = self
             .0
@@ -31,7 +31,7 @@ impl Route {
             })
             .collect();
         match (segments, params.next()) {
-            (Some(segments), None) => endpoint(base, &segments),
+            (Some(segments), None) => Ok(base.join(&segments)),
             _ => Err(RemoteError::Decode(format!(
                 "{}: wrong number of parameters",
                 self.0
@@ -86,11 +86,12 @@ mod tests {
 
     #[test]
     fn a_route_fills_its_parameters_in_order_and_encodes_them() {
-        let url = STOCK.url("http://127.0.0.1:1/", &["a b/c"]).unwrap();
+        let base: BaseUrl = "http://127.0.0.1:1/".parse().unwrap();
+        let url = STOCK.url(&base, &["a b/c"]).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:1/stocks/a%20b%2Fc");
-        let url = RAFT_PRE_VOTE.url("http://127.0.0.1:1", &[]).unwrap();
+        let url = RAFT_PRE_VOTE.url(&base, &[]).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:1/raft/prevote");
-        assert!(ORDER.url("http://127.0.0.1:1", &[]).is_err());
-        assert!(HEALTH.url("http://127.0.0.1:1", &["extra"]).is_err());
+        assert!(ORDER.url(&base, &[]).is_err());
+        assert!(HEALTH.url(&base, &["extra"]).is_err());
     }
 }

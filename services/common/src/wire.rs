@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api_key::{ApiKey, Credential};
+use crate::client::BaseUrl;
 use crate::model::{Order, Price, SelfTrade, Side, Status, Stock, Terms, TimeInForce};
 
 // ---- catalog ---------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub id: u32,
-    pub url: String,
+    pub url: BaseUrl,
 }
 
 /// Parses `ID=URL`.
@@ -113,7 +114,7 @@ pub fn parse_peer(text: &str) -> Result<Peer, String> {
         .map_err(|e| format!("replica id {id:?}: {e}"))?;
     Ok(Peer {
         id,
-        url: url.trim().trim_end_matches('/').to_owned(),
+        url: url.parse().map_err(|e| format!("replica {id}: {e}"))?,
     })
 }
 

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 
 use stocknet_common::metrics::MetricsArgs;
 use stocknet_common::wire::{parse_peer, Peer};
-use stocknet_common::SecretArgs;
+use stocknet_common::{BaseUrl, SecretArgs};
 
 use crate::limits;
 use stocknet_common::env;
@@ -25,7 +25,7 @@ pub struct Config {
         env = env::CATALOG_URL,
         default_value = ports::CATALOG_URL
     )]
-    pub catalog_url: String,
+    pub catalog_url: BaseUrl,
     /// Order replicas as ID=URL, comma-separated.
     #[arg(
         long,

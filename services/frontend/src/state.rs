@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stocknet_common::metrics::HttpMetrics;
 use stocknet_common::wire::READ_FROM_LEADER;
-use stocknet_common::{internal_client, Secret, Stock};
+use stocknet_common::{internal_client, BaseUrl, Secret, Stock};
 
 use crate::cache::StockCache;
 use crate::config::Config;
@@ -25,7 +25,7 @@ pub struct AppState {
 }
 
 pub(crate) struct Inner {
-    pub(crate) catalog_url: String,
+    pub(crate) catalog_url: BaseUrl,
     pub(crate) cache: StockCache,
     pub(crate) leaders: LeaderDiscovery,
     pub(crate) http: reqwest::Client,
@@ -146,7 +146,7 @@ impl AppState {
             .unwrap_or_else(|_| format!("{:x}-{started:x}", std::process::id()));
         Self {
             inner: Arc::new(Inner {
-                catalog_url: config.catalog_url.trim_end_matches('/').to_owned(),
+                catalog_url: config.catalog_url.clone(),
                 cache,
                 leaders,
                 http,

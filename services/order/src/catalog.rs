@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use stocknet_common::client::call;
 use stocknet_common::paths;
 use stocknet_common::wire::{ApplyOutcome, ApplyRequest, Snapshot};
-use stocknet_common::RemoteError;
+use stocknet_common::{BaseUrl, RemoteError};
 
 /// How long the leader waits for the catalog to apply a batch: its fsync and its invalidation
 /// push (at most 1 s per frontend) fit, and a wait on a hung catalog still ends before a
@@ -33,14 +33,14 @@ pub trait Catalog: Send + Sync + 'static {
 /// The catalog service at `url`, called with `http` (which carries the cluster secret).
 pub struct HttpCatalog {
     http: reqwest::Client,
-    url: String,
+    url: BaseUrl,
 }
 
 impl HttpCatalog {
-    pub fn new(http: reqwest::Client, url: &str) -> Arc<Self> {
+    pub fn new(http: reqwest::Client, url: &BaseUrl) -> Arc<Self> {
         Arc::new(Self {
             http,
-            url: url.trim_end_matches('/').to_owned(),
+            url: url.clone(),
         })
     }
 }

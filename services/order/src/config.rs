@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use stocknet_common::env;
 use stocknet_common::ports;
 use stocknet_common::wire::{parse_peer, Peer};
-use stocknet_common::SecretArgs;
+use stocknet_common::{BaseUrl, SecretArgs};
 
 use crate::error::OrderError;
 
@@ -39,7 +39,7 @@ pub struct Config {
         env = env::CATALOG_URL,
         default_value = ports::CATALOG_URL
     )]
-    pub catalog_url: String,
+    pub catalog_url: BaseUrl,
     /// Directory holding orders-<id>.csv, term-<id>, book-<id>.snap, trades-<id>.bin and
     /// order-records-<id>.bin.
     #[arg(long, env = env::DATA_DIR, default_value = "./stocknet-data")]

@@ -20,7 +20,7 @@ async fn app(dir: &std::path::Path) -> Router {
     let secret = Secret::new(SECRET).unwrap();
     let links = Links::http(
         internal_client(Duration::from_millis(200), &secret),
-        "http://127.0.0.1:9",
+        &"http://127.0.0.1:9".parse().unwrap(),
     );
     let replica = Replica::start(
         1,

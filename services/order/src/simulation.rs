@@ -134,7 +134,9 @@ impl Cluster {
         let peers = (1..=self.size)
             .map(|id| Peer {
                 id: id as u32,
-                url: format!("mem://{id}"),
+                url: format!("http://replica-{id}.sim")
+                    .parse()
+                    .expect("a simulated address"),
             })
             .collect();
         let network = Network {

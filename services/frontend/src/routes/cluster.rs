@@ -13,6 +13,7 @@ use stocknet_common::data;
 use stocknet_common::envelope::DataEnvelope;
 use stocknet_common::paths;
 use stocknet_common::wire::Health;
+use stocknet_common::BaseUrl;
 use utoipa::ToSchema;
 
 use crate::upstream::breaker::BreakerView;
@@ -63,7 +64,7 @@ pub struct ClusterView {
     responses((status = 200, body = DataEnvelope<ClusterView>)))]
 pub async fn cluster(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
-    let health = |base: &str| {
+    let health = |base: &BaseUrl| {
         let request = paths::HEALTH
             .url(base, &[])
             .map(|url| inner.http.get(url).timeout(HEALTH_TIMEOUT));

@@ -27,7 +27,7 @@ use stocknet_common::wire::{
     Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot,
     Trade,
 };
-use stocknet_common::{ApiError, Path, Price, Query, Stock};
+use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, Stock};
 use tokio::sync::{broadcast, Notify};
 use utoipa::{IntoParams, ToSchema};
 
@@ -166,7 +166,7 @@ async fn follow_feed(state: AppState) {
 /// Where the leader's book is now: a stream starts there.
 async fn start_position(
     state: &AppState,
-    leader: &str,
+    leader: &BaseUrl,
 ) -> Result<u64, stocknet_common::RemoteError> {
     let url = paths::HEALTH.url(leader, &[])?;
     let health: Health = call(state.inner.http.get(url)).await?;
@@ -175,7 +175,7 @@ async fn start_position(
 
 async fn poll(
     state: &AppState,
-    leader: &str,
+    leader: &BaseUrl,
     after: u64,
 ) -> Result<FeedPage, stocknet_common::RemoteError> {
     let mut url = paths::FEED.url(leader, &[])?;

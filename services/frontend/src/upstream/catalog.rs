@@ -154,12 +154,12 @@ fn is_failure(error: &RemoteError) -> bool {
 /// soon as the catalog answers again, without waiting for a lookup to try.
 pub async fn watch(state: AppState) {
     let inner = &state.inner;
-    let Ok(url) = paths::HEALTH.url(&inner.catalog_url, &[]) else {
-        tracing::error!(
-            url = inner.catalog_url,
-            "the catalog's URL cannot take a path"
-        );
-        return;
+    let url = match paths::HEALTH.url(&inner.catalog_url, &[]) {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::error!("no catalog probes: {e}");
+            return;
+        }
     };
     let mut ticks = tokio::time::interval(super::breaker::PROBE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

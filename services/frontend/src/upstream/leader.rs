@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use stocknet_common::client::call;
 use stocknet_common::paths;
 use stocknet_common::wire::{Health, Members, Peer, LEADER_HINT, LEADER_HINT_TERM};
-use stocknet_common::RemoteError;
+use stocknet_common::{BaseUrl, RemoteError};
 
 /// How long the first search waits for the group to have a leader.
 const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
@@ -31,7 +31,7 @@ const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
     pub id: u32,
-    pub url: String,
+    pub url: BaseUrl,
     /// Where orders are placed, parsed once per leader rather than once per order.
     pub orders_url: reqwest::Url,
     pub term: u64,
@@ -90,13 +90,16 @@ impl LeaderDiscovery {
         let mut replicas = self.replicas.write().unwrap_or_else(|e| e.into_inner());
         let mut learned = false;
         for (&id, url) in &members.urls {
-            if !replicas.iter().any(|replica| replica.id == id) {
-                tracing::info!(replica = id, url, "learned an order replica from the group");
-                replicas.push(Peer {
-                    id,
-                    url: url.clone(),
-                });
-                learned = true;
+            if replicas.iter().any(|replica| replica.id == id) {
+                continue;
+            }
+            match url.parse() {
+                Ok(url) => {
+                    tracing::info!(replica = id, %url, "learned an order replica from the group");
+                    replicas.push(Peer { id, url });
+                    learned = true;
+                }
+                Err(e) => tracing::warn!(replica = id, "the group names an unusable URL: {e}"),
             }
         }
         replicas.sort_by_key(|replica| std::cmp::Reverse(replica.id));
@@ -352,7 +355,9 @@ mod tests {
                 }),
             );
         }
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (Peer { id, url }, asked)
     }
@@ -416,7 +421,9 @@ mod tests {
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Peer { id, url }
     }
@@ -453,7 +460,9 @@ mod tests {
     async fn grown_group() -> (Vec<Peer>, Peer) {
         let (listener, url) = {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
+            let url = format!("http://{}", listener.local_addr().unwrap())
+                .parse()
+                .unwrap();
             (listener, url)
         };
         let mut urls = BTreeMap::from([(5, url)]);
@@ -481,6 +490,30 @@ mod tests {
         }
         let (joined, _) = serve(listener, health(5, 7, true), Some(members)).await;
         (configured, joined)
+    }
+
+    #[test]
+    fn a_member_the_group_names_by_an_unusable_url_is_not_learned() {
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(Vec::new(), http);
+        let members = Members {
+            configs: vec![vec![1, 2]],
+            learners: vec![],
+            urls: BTreeMap::from([
+                (1, "http://127.0.0.1:9/".to_owned()),
+                (2, "127.0.0.1:10".to_owned()),
+            ]),
+            entry: None,
+            leader: None,
+            behind: BTreeMap::new(),
+        };
+        assert!(discovery.add_members(&members));
+        let learned: Vec<(u32, String)> = discovery
+            .replicas()
+            .iter()
+            .map(|r| (r.id, r.url.to_string()))
+            .collect();
+        assert_eq!(learned, [(1, "http://127.0.0.1:9".to_owned())]);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use stocknet_common::wire::{Members, NewLearner, Voters};
+use stocknet_common::BaseUrl;
 
 use super::Raft;
 use crate::error::OrderError;
@@ -62,17 +63,15 @@ pub fn members(metrics: &RaftMetrics<u64, BasicNode>) -> Members {
 /// Adds `learner` (or updates its URL): the leader starts replicating the log to it. Answers
 /// once the membership that holds it is committed.
 pub async fn add_learner(raft: &Raft, learner: NewLearner) -> Result<(), OrderError> {
-    let url = learner.url.trim_end_matches('/');
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(OrderError::Membership(format!(
-            "url {url:?}: expected http:// or https://"
-        )));
-    }
+    let url: BaseUrl = learner
+        .url
+        .parse()
+        .map_err(|e| OrderError::Membership(format!("url: {e}")))?;
     if learner.id == 0 {
         return Err(OrderError::Membership("replica ids start at 1".into()));
     }
     leading(raft)?;
-    let step = raft.add_learner(u64::from(learner.id), BasicNode::new(url), false);
+    let step = raft.add_learner(u64::from(learner.id), BasicNode::new(url.as_str()), false);
     outcome(tokio::time::timeout(STEP_DEADLINE, step).await)
 }
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::{Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer, TypeConfig};
 use stocknet_common::envelope::RawBody;
 use stocknet_common::paths::{self, Route};
-use stocknet_common::ApiError;
+use stocknet_common::{ApiError, BaseUrl};
 
 /// How long a pre-vote waits for a replica's answer: a hung one is not waited for long.
 const PRE_VOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
@@ -153,7 +153,8 @@ impl HttpPreVote {
 
 impl PreVoteTransport for HttpPreVote {
     async fn ask(&self, _target: u64, node: &BasicNode, request: &PreVote) -> Option<bool> {
-        let url = paths::RAFT_PRE_VOTE.url(&node.addr, &[]).ok()?;
+        let base: BaseUrl = node.addr.parse().ok()?;
+        let url = paths::RAFT_PRE_VOTE.url(&base, &[]).ok()?;
         let response = self
             .http
             .post(url)
@@ -186,7 +187,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         Peer {
             http: self.http.clone(),
             target,
-            url: node.addr.trim_end_matches('/').to_owned(),
+            url: node.addr.parse(),
         }
     }
 }
@@ -194,7 +195,9 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 pub struct Peer {
     http: reqwest::Client,
     target: u64,
-    url: String,
+    /// Where the replica answers: openraft names it by text, which only an address that
+    /// parsed ever came from (`--peers`, `POST /learners`).
+    url: Result<BaseUrl, String>,
 }
 
 impl Peer {
@@ -228,8 +231,13 @@ impl Peer {
         A: DeserializeOwned,
         E: Error + DeserializeOwned,
     {
+        let base = self.url.as_ref().map_err(|e| {
+            RPCError::Network(NetworkError::new(&stocknet_common::RemoteError::Decode(
+                e.clone(),
+            )))
+        })?;
         let url = route
-            .url(&self.url, &[])
+            .url(base, &[])
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let response = self
             .http

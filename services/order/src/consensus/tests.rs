@@ -215,7 +215,7 @@ impl Group {
             .iter()
             .map(|&id| Peer {
                 id: id as u32,
-                url: format!("mem://{id}"),
+                url: format!("http://replica-{id}.sim").parse().unwrap(),
             })
             .collect()
     }
@@ -674,6 +674,21 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
         matches!(refused, Err(OrderError::Membership(_))),
         "{refused:?}"
     );
+    // So is a learner that could never be called.
+    for url in ["mem-6", "ftp://mem-6", "http://mem-6/?q"] {
+        let learner = NewLearner {
+            id: 6,
+            url: url.into(),
+        };
+        let refused = members::add_learner(&group.raft(leader), learner).await;
+        assert!(
+            matches!(&refused, Err(OrderError::Membership(m)) if m.contains(url)),
+            "{refused:?}"
+        );
+    }
+    assert!(!members::members(&group.raft(leader).metrics().borrow())
+        .urls
+        .contains_key(&6));
     let follower = down[0];
     let five = Voters {
         voters: BTreeSet::from([1, 2, 3, 4, 5]),
@@ -1050,7 +1065,7 @@ async fn entries_of_several_lines_are_read_back_whole_and_membership_is_found_ag
     let peers: Vec<Peer> = (1..=3)
         .map(|id| Peer {
             id,
-            url: format!("http://127.0.0.1:70{id}0"),
+            url: format!("http://127.0.0.1:70{id}0").parse().unwrap(),
         })
         .collect();
     let entries = [
@@ -1140,7 +1155,9 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
     let mut peers = Vec::new();
     for id in 1..=3 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         peers.push(Peer { id, url });
         listeners.push((u64::from(id), listener));
     }

@@ -17,7 +17,7 @@ use stocknet_common::file::FileFailure;
 use stocknet_common::wire::{
     AuditPage, Health, LogSlice, Members, NewLearner, OrderView, Peer, Voters,
 };
-use stocknet_common::{file, Command, Order};
+use stocknet_common::{file, BaseUrl, Command, Order};
 
 use crate::archive::Archive;
 use crate::audit::{self, AuditFilter};
@@ -46,7 +46,7 @@ pub struct Links<N, P> {
 
 impl Links<HttpNetwork, HttpPreVote> {
     /// Over HTTP with `http` (which carries the cluster secret), the catalog at `catalog_url`.
-    pub fn http(http: reqwest::Client, catalog_url: &str) -> Self {
+    pub fn http(http: reqwest::Client, catalog_url: &BaseUrl) -> Self {
         Self {
             network: HttpNetwork::new(http.clone()),
             pre_votes: HttpPreVote::new(http.clone()),
