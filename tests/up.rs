@@ -351,17 +351,18 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args(["up", "--data-dir", &dir.path().display().to_string()])
-        .args(["--frontend-port", "0", "--catalog-port", &port.to_string()])
-        .args(["--order-ports", "0,0,0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = refusal(child, &format!("up ran with port {port} in use"));
+    let data = dir.path().display().to_string();
+    let stderr = refusal(&[
+        "up",
+        "--data-dir",
+        &data,
+        "--frontend-port",
+        "0",
+        "--catalog-port",
+        &port.to_string(),
+        "--order-ports",
+        "0,0,0",
+    ]);
     assert!(
         stderr.contains(&format!("cannot listen on port {port}")),
         "{stderr}"
@@ -372,9 +373,17 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
     );
 }
 
-/// What `child` wrote to its standard error before it exited unsuccessfully; kills it and
-/// fails with `ran` if it is still running after 20 s.
-fn refusal(mut child: std::process::Child, ran: &str) -> String {
+/// What `stocknet args` wrote to its standard error before it exited unsuccessfully; kills
+/// it and fails if it still runs after 20 s.
+fn refusal(args: &[&str]) -> String {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -383,7 +392,7 @@ fn refusal(mut child: std::process::Child, ran: &str) -> String {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{ran}");
+            panic!("stocknet {args:?} still runs after 20 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -430,17 +439,7 @@ fn a_service_refuses_a_url_it_could_never_call() {
             "\"not a url\" is not a URL",
         ),
     ] {
-        let child = Command::new(BIN)
-            .args(&args)
-            .args(["--port", "0"])
-            .env("RUST_LOG", "warn")
-            .env("STOCKNET_SECRET", "a-secret-long-enough-for-the-test-0123")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = refusal(child, &format!("{args:?} ran"));
+        let stderr = refusal(&[&args[..], &["--port", "0"]].concat());
         assert!(
             stderr.contains(flag) && stderr.contains(reason),
             "{args:?}: {stderr}"
