@@ -90,43 +90,29 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     // The reads a frontend forwards wait for a confirmation of leadership when they ask for it;
     // writes and the group's own calls never pass through that layer.
-    let confirmed = || middleware::from_fn_with_state(state.clone(), confirm_leader_reads);
+    let confirmed_reads = Router::new()
+        .route(paths::ORDERS.pattern(), get(list_orders))
+        .route(paths::ORDER.pattern(), get(lookup))
+        .route(paths::TRADES.pattern(), get(trades))
+        .route(paths::PORTFOLIO.pattern(), get(portfolio))
+        .route(paths::AUDIT.pattern(), get(audit_trail))
+        .route(paths::DAILY_REPORT.pattern(), get(daily_report))
+        .route(paths::BOOK.pattern(), get(book))
+        .route(paths::CANDLES.pattern(), get(candles))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            confirm_leader_reads,
+        ));
     // Everything but the probes is for the frontends and the other replicas only.
     let internal = Router::new()
+        .merge(confirmed_reads)
         .route(
             paths::ORDERS.pattern(),
-            get(list_orders)
-                .route_layer(confirmed())
-                .post(place)
-                .delete(cancel_by_client_order_id),
+            post(place).delete(cancel_by_client_order_id),
         )
         .route(
             paths::ORDER.pattern(),
-            get(lookup)
-                .route_layer(confirmed())
-                .put(modify_order)
-                .delete(cancel_order),
-        )
-        .route(
-            paths::TRADES.pattern(),
-            get(trades).route_layer(confirmed()),
-        )
-        .route(
-            paths::PORTFOLIO.pattern(),
-            get(portfolio).route_layer(confirmed()),
-        )
-        .route(
-            paths::AUDIT.pattern(),
-            get(audit_trail).route_layer(confirmed()),
-        )
-        .route(
-            paths::DAILY_REPORT.pattern(),
-            get(daily_report).route_layer(confirmed()),
-        )
-        .route(paths::BOOK.pattern(), get(book).route_layer(confirmed()))
-        .route(
-            paths::CANDLES.pattern(),
-            get(candles).route_layer(confirmed()),
+            put(modify_order).delete(cancel_order),
         )
         .route(paths::FEED.pattern(), get(feed))
         .route(paths::ORDER_FEED.pattern(), get(order_feed))

@@ -46,6 +46,7 @@ async fn a_replica_that_does_not_lead_refuses_reads_meant_for_the_leader() {
         "/orders",
         "/trades",
         "/book/GameStart",
+        "/candles/GameStart",
         "/portfolios/1",
         "/reports/daily",
         "/audit",
