@@ -6,10 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
-if ! command -v wrk >/dev/null; then
-  echo "== installing wrk (Debian package)"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
 source bench/lib.sh
 
 fe=18080 ceiling=18099

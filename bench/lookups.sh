@@ -7,25 +7,16 @@
 #   bench/lookups.sh ROUNDS BUILD...   (e.g. bench/lookups.sh 3 /tmp/stocknet-before target/release/stocknet)
 set -euo pipefail
 rounds=$1; shift
-if ! command -v wrk >/dev/null; then
-  echo "== installing wrk (Debian package)"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
-dir="$(mktemp -d)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+cd "$(dirname "$0")/.."
+source bench/common.sh
 rate() { wrk -t2 -c32 -d2s "$1/stocks/GameStart" | awk '/Requests\/sec/ {print $2}'; }
 
 for round in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     rm -rf "$dir/data"
-    RUST_LOG=warn "$bin" up --data-dir "$dir/data" --frontend-port 18080 --catalog-port 18081 \
-      --cache-size 12 --order-ports 18091,18092,18093 >"$dir/up.log" 2>&1 &
-    pids=($!)
+    start_up 18080
     RUST_LOG=warn "$bin" ceiling --port 18099 >"$dir/ceiling.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18099/stocks/GameStart >/dev/null && break; sleep 0.1; done
     curl -sf http://127.0.0.1:18080/stocks/GameStart >/dev/null # fills the cache
     frontend=() ceiling=()
