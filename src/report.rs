@@ -20,7 +20,7 @@ use stocknet_common::env;
 use stocknet_common::file;
 use stocknet_common::ports;
 use stocknet_common::wire::{DailyReport, StockDay};
-use stocknet_common::Price;
+use stocknet_common::{BaseUrl, Price};
 
 /// The header that carries a delivery's signature: `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-stocknet-signature";
@@ -39,7 +39,7 @@ pub struct ReportConfig {
         env = env::REPORT_FRONTEND,
         default_value = ports::FRONTEND_URL
     )]
-    pub frontend: String,
+    pub frontend: BaseUrl,
     /// Recompute the report from this order log (`orders-<id>.csv`) instead of asking a
     /// frontend. It reads the log as it is: use a replica's at quiescence, since a replica may
     /// hold a tail of entries that were never committed.
@@ -377,14 +377,11 @@ pub fn recompute(path: &std::path::Path, day: u32) -> anyhow::Result<DailyReport
     Ok(book.daily_report(day))
 }
 
-pub async fn fetch(frontend: &str, day: u32) -> anyhow::Result<DailyReport> {
-    let date = day_text(day);
-    let url = format!(
-        "{}/reports/daily?date={date}",
-        frontend.trim_end_matches('/')
-    );
+pub async fn fetch(frontend: &BaseUrl, day: u32) -> anyhow::Result<DailyReport> {
+    let mut url = frontend.join(&["reports", "daily"]);
+    url.query_pairs_mut().append_pair("date", &day_text(day));
     let http = stocknet_common::http_client(std::time::Duration::from_secs(30));
-    stocknet_common::call(http.get(&url))
+    stocknet_common::call(http.get(url.clone()))
         .await
         .with_context(|| format!("GET {url}"))
 }

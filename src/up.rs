@@ -16,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use stocknet_common::clock::{day_of, day_text, now_millis, DAY_MS};
 use stocknet_common::server::{LogFormat, LOG_FORMAT_ENV};
-use stocknet_common::Secret;
+use stocknet_common::{BaseUrl, Secret};
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -206,9 +206,12 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
         return Err(e);
     }
     print_banner(&config);
+    let frontend: BaseUrl = format!("http://127.0.0.1:{}", config.frontend_port)
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let reports = (!config.no_reports).then(|| {
         tokio::spawn(report_daily(
-            format!("http://127.0.0.1:{}", config.frontend_port),
+            frontend,
             config.data_dir.join("reports"),
             config.report_at,
             config.report_delivery.clone(),
@@ -235,7 +238,7 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
 /// day that is ending, as the serverless design's 23:59 job does. A run that fails is logged
 /// and tried again the next day; `stocknet report --out` catches a day up by hand.
 async fn report_daily(
-    frontend: String,
+    frontend: BaseUrl,
     dir: PathBuf,
     at: Duration,
     delivery: report::DeliveryArgs,
