@@ -7,8 +7,6 @@ use stocknet_common::paths;
 pub(super) fn frontend_deployment(sn: &StockNet, order_pods: i32) -> Result<Deployment, SpecError> {
     let frontend = &sn.spec.frontend;
     let mut vars = vec![
-        (env::HOST, "0.0.0.0".to_owned()),
-        (env::FRONTEND_PORT, FRONTEND_PORT.to_string()),
         (
             env::FRONTEND_INTERNAL_PORT,
             FRONTEND_INTERNAL_PORT.to_string(),
@@ -29,7 +27,7 @@ pub(super) fn frontend_deployment(sn: &StockNet, order_pods: i32) -> Result<Depl
     let mut container = container(
         sn,
         Component::Frontend,
-        FRONTEND_PORT,
+        (env::FRONTEND_PORT, FRONTEND_PORT),
         env(&vars),
         Vec::new(),
         paths::HEALTH.pattern(),

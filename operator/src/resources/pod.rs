@@ -27,11 +27,14 @@ pub(super) fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// One StockNet container: non-root, read-only root filesystem, no capabilities.
+/// `component`'s container, serving on `port` (which `port_var` tells the service): non-root,
+/// read-only root filesystem, no capabilities. Besides `env` it sets what every service's
+/// container does: listening on every address of the pod, the shared secret's file and the
+/// metrics port.
 pub(super) fn container(
     sn: &StockNet,
     component: Component,
-    port: i32,
+    (port_var, port): (&str, i32),
     env: Vec<EnvVar>,
     volume_mounts: Vec<VolumeMount>,
     readiness_path: &str,
@@ -42,7 +45,9 @@ pub(super) fn container(
         image_pull_policy: Some(sn.spec.image_pull_policy.clone()),
         args: Some(vec![component.as_str().to_owned()]),
         env: Some(
-            env.into_iter()
+            self::env(&[(env::HOST, "0.0.0.0".into()), (port_var, port.to_string())])
+                .into_iter()
+                .chain(env)
                 .chain(self::env(&[
                     (env::SECRET_FILE, format!("{SECRET_DIR}/{SECRET_KEY}")),
                     (env::METRICS_PORT, METRICS_PORT.to_string()),

@@ -59,10 +59,8 @@ pub(super) fn catalog_stateful_set(sn: &StockNet) -> Result<StatefulSet, SpecErr
     let container = container(
         sn,
         Component::Catalog,
-        CATALOG_PORT,
+        (env::CATALOG_PORT, CATALOG_PORT),
         env(&[
-            (env::HOST, "0.0.0.0".into()),
-            (env::CATALOG_PORT, CATALOG_PORT.to_string()),
             (env::DATA_DIR, DATA_DIR.into()),
             (env::INITIAL_CATALOG, "/config/catalog.csv".into()),
             (env::FRONTEND_URLS, String::new()),
@@ -104,10 +102,8 @@ pub(super) fn order_stateful_set(
     let container = container(
         sn,
         Component::Order,
-        ORDER_PORT,
+        (env::ORDER_PORT, ORDER_PORT),
         env(&[
-            (env::HOST, "0.0.0.0".into()),
-            (env::ORDER_PORT, ORDER_PORT.to_string()),
             // The founders only: a replica not among them joins as the operator adds it.
             (ORDER_PEERS_VAR, order_peers(sn, layout.founders)?),
             (env::CATALOG_URL, catalog_url(sn)?),
