@@ -15,8 +15,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::routing::{delete, get, post};
-use axum::{middleware, Router};
-use stocknet_common::auth::require_secret;
+use axum::Router;
+use stocknet_common::auth::internal_only;
 use stocknet_common::listeners;
 use stocknet_common::paths;
 use stocknet_common::server;
@@ -39,11 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::USERS.pattern(), post(create_user))
         .route(paths::USER.pattern(), get(user))
         .route(paths::USER_KEYS.pattern(), post(add_key))
-        .route(paths::USER_KEY.pattern(), delete(revoke_key))
-        .route_layer(middleware::from_fn_with_state(
-            state.secret.clone(),
-            require_secret,
-        ));
+        .route(paths::USER_KEY.pattern(), delete(revoke_key));
+    let internal = internal_only(internal, state.secret.clone());
     let http = state.metrics.http.clone();
     let routes = Router::new()
         .route(paths::HEALTH.pattern(), get(health))
@@ -52,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::STOCK.pattern(), get(lookup))
         .merge(internal)
         .with_state(state);
-    stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)
+    server::service_router(routes, &http)
 }
 
 /// Binds the configured address and serves in the background until `shutdown` resolves.
@@ -87,12 +84,13 @@ pub async fn start(
         boot.push(everything).await
     });
     let scraped = state.clone();
-    let scrape =
-        stocknet_common::metrics::metrics_router(state.metrics.registry.clone(), move || {
-            scraped.refresh_metrics()
-        });
-    stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
-        .await?;
+    stocknet_common::metrics::spawn_metrics_port(
+        config.host,
+        config.metrics.metrics_port,
+        state.metrics.registry.clone(),
+        move || scraped.refresh_metrics(),
+    )
+    .await?;
     Ok(server::Running::spawn(addr, async move {
         server::serve(listener, router(state), shutdown).await?;
         Ok(())

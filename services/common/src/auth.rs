@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::Router;
 use subtle::ConstantTimeEq;
 
 use crate::api_key::{random_bytes, to_hex};
@@ -116,12 +117,16 @@ impl Secret {
     }
 }
 
+/// `routes` for callers with `secret` only: any other call gets 401 and reaches nothing.
+pub fn internal_only<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    secret: Secret,
+) -> Router<S> {
+    routes.route_layer(middleware::from_fn_with_state(secret, require_secret))
+}
+
 /// Middleware of internal routes: a call without the secret gets 401 and reaches nothing.
-pub async fn require_secret(
-    State(secret): State<Secret>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_secret(State(secret): State<Secret>, request: Request, next: Next) -> Response {
     if secret.admits(request.headers()) {
         return next.run(request).await;
     }

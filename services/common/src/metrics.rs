@@ -320,7 +320,7 @@ where
 }
 
 /// `router` with its requests recorded in `metrics`.
-pub fn tracked<S: Clone + Send + Sync + 'static>(
+pub(crate) fn tracked<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     metrics: &HttpMetrics,
 ) -> Router<S> {
@@ -336,9 +336,8 @@ pub fn exposition(registry: &Registry) -> Response {
     }
 }
 
-/// A router serving `GET /metrics` alone, from `registry` after `refresh` (which sets gauges
-/// read at scrape time).
-pub fn metrics_router(
+/// A router serving `GET /metrics` alone, from `registry` after `refresh`.
+fn scrape_router(
     registry: Arc<Registry>,
     refresh: impl Fn() + Clone + Send + Sync + 'static,
 ) -> Router {
@@ -352,16 +351,19 @@ pub fn metrics_router(
     crate::server::with_common_layers(router)
 }
 
-/// Binds `port` of `host`, if a port is given, and serves `metrics` there in the background
-/// until the shutdown signal. A port that cannot be bound is an error at once.
+/// Binds `port` of `host`, if a port is given, and serves `GET /metrics` there from
+/// `registry` after `refresh` (which sets gauges read at scrape time), in the background until
+/// the shutdown signal. A port that cannot be bound is an error at once.
 pub async fn spawn_metrics_port(
     host: IpAddr,
     port: Option<u16>,
-    metrics: Router,
+    registry: Arc<Registry>,
+    refresh: impl Fn() + Clone + Send + Sync + 'static,
 ) -> Result<(), crate::server::BoxError> {
     let Some(port) = port else {
         return Ok(());
     };
+    let metrics = scrape_router(registry, refresh);
     let addr = std::net::SocketAddr::new(host, port);
     let (listener, addr) = crate::listeners::listen(crate::listeners::METRICS, addr).await?;
     tracing::info!(%addr, "metrics listening");

@@ -13,6 +13,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::deadline::within_deadline;
 use crate::envelope::{method_not_allowed, route_not_found};
+use crate::metrics::HttpMetrics;
 use crate::request_id;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
@@ -31,6 +32,11 @@ pub fn with_common_layers(router: Router) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// A service's routes with the common layers, each request recorded in `http`.
+pub fn service_router(routes: Router, http: &HttpMetrics) -> Router {
+    crate::metrics::tracked(with_common_layers(routes), http)
 }
 
 /// What every request gets around routing: its id (outermost, so that its trace span and

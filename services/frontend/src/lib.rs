@@ -36,21 +36,21 @@ pub fn router(state: AppState) -> Router {
     let routes = routes::public_routes(&state)
         .merge(routes::internal_routes(&state))
         .with_state(state);
-    metrics::tracked(server::with_common_layers(routes), &http)
+    server::service_router(routes, &http)
 }
 
 /// The public API alone, for a frontend whose internal routes have a port of their own.
 pub fn public_router(state: AppState) -> Router {
     let http = state.inner.metrics.http.clone();
     let routes = routes::public_routes(&state).with_state(state);
-    metrics::tracked(server::with_common_layers(routes), &http)
+    server::service_router(routes, &http)
 }
 
 /// The internal routes alone: the catalog's cache invalidation push.
 pub fn internal_router(state: AppState) -> Router {
     let http = state.inner.metrics.http.clone();
     let routes = routes::internal_routes(&state).with_state(state);
-    metrics::tracked(server::with_common_layers(routes), &http)
+    server::service_router(routes, &http)
 }
 
 /// Serves on the configured address (and the internal routes' own port, if configured) in
@@ -70,10 +70,13 @@ pub async fn start(
     });
     tokio::spawn(upstream::catalog::watch(state.clone()));
     let inner = state.inner.clone();
-    let scrape = metrics::metrics_router(inner.metrics.registry.clone(), move || {
-        inner.refresh_metrics()
-    });
-    metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape).await?;
+    metrics::spawn_metrics_port(
+        config.host,
+        config.metrics.metrics_port,
+        inner.metrics.registry.clone(),
+        move || inner.refresh_metrics(),
+    )
+    .await?;
     let Some(internal_port) = config.internal_port else {
         return Ok(server::Running::spawn(addr, async move {
             server::serve(listener, router(state), shutdown).await?;

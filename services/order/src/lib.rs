@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post, put};
 use axum::{middleware, Router};
-use stocknet_common::auth::require_secret;
+use stocknet_common::auth::internal_only;
 use stocknet_common::listeners;
 use stocknet_common::paths;
 use stocknet_common::{internal_client, server, Secret};
@@ -123,11 +123,8 @@ pub fn router(state: AppState) -> Router {
         .merge(consensus::routes(
             state.replica.raft().clone(),
             state.replica.elections().clone(),
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.secret.clone(),
-            require_secret,
         ));
+    let internal = internal_only(internal, state.secret.clone());
     let http = state.replica.metrics().http.clone();
     let routes = Router::new()
         .route(paths::HEALTH.pattern(), get(health))
@@ -135,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::METRICS.pattern(), get(metrics))
         .merge(internal)
         .with_state(state);
-    stocknet_common::metrics::tracked(server::with_common_layers(routes), &http)
+    server::service_router(routes, &http)
 }
 
 /// Starts the replica and serves on the configured address in the background until
@@ -149,12 +146,13 @@ pub async fn start(
         listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, node_id = state.replica.health().node_id, "order replica listening");
     let replica = state.replica.clone();
-    let scrape =
-        stocknet_common::metrics::metrics_router(replica.metrics().registry.clone(), move || {
-            replica.refresh_metrics()
-        });
-    stocknet_common::metrics::spawn_metrics_port(config.host, config.metrics.metrics_port, scrape)
-        .await?;
+    stocknet_common::metrics::spawn_metrics_port(
+        config.host,
+        config.metrics.metrics_port,
+        replica.metrics().registry.clone(),
+        move || replica.refresh_metrics(),
+    )
+    .await?;
     let replica = state.replica.clone();
     Ok(server::Running::spawn(addr, async move {
         server::serve(listener, router(state), shutdown).await?;

@@ -17,7 +17,7 @@ pub(crate) mod users;
 
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use stocknet_common::auth::require_secret;
+use stocknet_common::auth::internal_only;
 use stocknet_common::paths;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -82,7 +82,7 @@ pub(crate) fn public_routes(state: &AppState) -> Router<AppState> {
 
 /// Not part of the public API, and only for callers with the shared secret.
 pub(crate) fn internal_routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+    let routes = Router::new()
         .route(
             paths::INVALIDATE.pattern(),
             post(invalidation::invalidate_many),
@@ -90,9 +90,6 @@ pub(crate) fn internal_routes(state: &AppState) -> Router<AppState> {
         .route(
             paths::INVALIDATE_ONE.pattern(),
             post(invalidation::invalidate),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.inner.secret.clone(),
-            require_secret,
-        ))
+        );
+    internal_only(routes, state.inner.secret.clone())
 }
