@@ -188,9 +188,10 @@ impl<'de> Deserialize<'de> for Price {
 }
 
 /// An amount of money in integer cents that may be negative (a profit or loss, a short
-/// position's value). On the wire, a JSON number with at most two decimals.
+/// position's value). On the wire, a JSON number with at most two decimals: exact to the
+/// cent within ±2^53 cents (about 90 trillion), as every JSON reader's doubles are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Money(pub i64);
+pub struct Money(pub i128);
 
 impl Serialize for Money {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -207,7 +208,7 @@ impl<'de> Deserialize<'de> for Money {
                 "an amount with at most 2 decimals",
             ));
         }
-        Ok(Self(cents as i64))
+        Ok(Self(cents as i128))
     }
 }
 

@@ -263,9 +263,9 @@ pub struct Holding {
     /// Negative when short.
     pub shares: i64,
     /// What the open shares cost, with the sign of `shares`.
-    pub cost_cents: i64,
+    pub cost_cents: i128,
     pub average_cost: Option<Price>,
-    pub realized_cents: i64,
+    pub realized_cents: i128,
     pub bought: u64,
     pub sold: u64,
 }

@@ -7,7 +7,8 @@
 //! price to the cost basis; one that shrinks it takes out the average cost of the shares it
 //! closes (rounded toward zero) and realises the difference; one that crosses zero closes the
 //! position and opens the other way at the fill's price. Short positions are allowed: the
-//! seed's market orders sell to the house whatever the caller names.
+//! seed's market orders sell to the house whatever the caller names. Amounts are i128 cents:
+//! one fill of the most shares an order may name at the highest price is past i64.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +23,9 @@ pub struct Position {
     /// Shares held; negative when short.
     pub shares: i64,
     /// What the open shares cost, in cents, with the sign of `shares`.
-    pub cost: i64,
+    pub cost: i128,
     /// Profit taken by closing shares, in cents.
-    pub realized: i64,
+    pub realized: i128,
     pub bought: u64,
     pub sold: u64,
 }
@@ -32,29 +33,28 @@ pub struct Position {
 impl Position {
     /// Books one fill of `quantity` shares at `price`.
     pub fn fill(&mut self, side: Side, quantity: u32, price: Price) {
-        let quantity = i64::from(quantity);
-        let price = price.cents() as i64;
+        let price = i128::from(price.cents());
         let (direction, counter) = match side {
             Side::Buy => (1, &mut self.bought),
             Side::Sell => (-1, &mut self.sold),
         };
-        *counter += quantity as u64;
+        *counter += u64::from(quantity);
+        let quantity = i64::from(quantity);
         if self.shares == 0 || self.shares.signum() == direction {
             self.shares += direction * quantity;
-            self.cost += direction * quantity * price;
+            self.cost += i128::from(direction * quantity) * price;
             return;
         }
         let held = self.shares.abs();
         let closing = quantity.min(held);
-        // i128: cost times shares may pass i64 for large positions at high prices.
-        let removed = (i128::from(self.cost) * i128::from(closing) / i128::from(held)) as i64;
-        self.realized += self.shares.signum() * closing * price - removed;
+        let removed = self.cost * i128::from(closing) / i128::from(held);
+        self.realized += i128::from(self.shares.signum() * closing) * price - removed;
         self.cost -= removed;
         self.shares += direction * closing;
         let opening = quantity - closing;
         if opening > 0 {
             self.shares = direction * opening;
-            self.cost = direction * opening * price;
+            self.cost = i128::from(direction * opening) * price;
         }
     }
 
@@ -178,6 +178,25 @@ mod tests {
         p.fill(Side::Sell, 2, Price::from_cents(0));
         // 3 shares for 2.00 sold for nothing: exactly 2.00 lost, however it was split.
         assert_eq!((p.shares, p.cost, p.realized), (0, 0, -200));
+    }
+
+    #[test]
+    fn the_largest_fills_the_api_takes_are_booked_exactly() {
+        let most = Price::from_cents(100_000_000_000);
+        let mut p = Position::default();
+        // One fill of every share an order may name at the highest price is past i64 cents.
+        for _ in 0..3 {
+            p.fill(Side::Sell, u32::MAX, most);
+        }
+        let shares = 3 * i64::from(u32::MAX);
+        let value = i128::from(u32::MAX) * 100_000_000_000;
+        assert_eq!((p.shares, p.cost), (-shares, -3 * value));
+        p.fill(Side::Buy, u32::MAX, Price::from_cents(0));
+        assert_eq!((p.cost, p.realized), (-2 * value, value));
+        assert_eq!(p.average_cost(), Some(100_000_000_000));
+        let mut all = Portfolios::default();
+        all.fill(1, "A", Side::Buy, u32::MAX, most);
+        assert_eq!(all.holdings(1)[0].cost_cents, value);
     }
 
     #[test]

@@ -78,8 +78,10 @@ struct PositionImage {
     user: u64,
     name: String,
     shares: i64,
-    cost: i64,
-    realized: i64,
+    // i128 since positions are: postcard writes every integer as a varint, so snapshots
+    // written with i64 read the same.
+    cost: i128,
+    realized: i128,
     bought: u64,
     sold: u64,
 }

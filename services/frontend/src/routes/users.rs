@@ -353,8 +353,8 @@ pub(crate) async fn portfolio(State(state): State<AppState>, OwnUser(id): OwnUse
                 stock.price
             }
         };
-        let market_value = holding.shares.saturating_mul(price.cents() as i64);
-        let unrealized = market_value.saturating_sub(holding.cost_cents);
+        let market_value = i128::from(holding.shares) * i128::from(price.cents());
+        let unrealized = market_value - holding.cost_cents;
         portfolio.market_value.0 += market_value;
         portfolio.cost_basis.0 += holding.cost_cents;
         portfolio.unrealized_pnl.0 += unrealized;
