@@ -81,7 +81,7 @@ impl Book {
                     let stock = self.trades[before].stock;
                     let book = &self.stocks[stock as usize];
                     if !book.buy_stops.is_empty() || !book.sell_stops.is_empty() {
-                        self.trigger_stops(stock, entry);
+                        self.trigger_stops(stock, entry, before);
                     }
                 }
                 Applied::Changed {
@@ -321,14 +321,22 @@ impl Book {
         Ok(number)
     }
 
-    /// Enters, oldest first, every stop order of the stock at `stock` the last trade has
-    /// reached, as entry `entry`'s doing: each may trade and reach more.
-    pub(super) fn trigger_stops(&mut self, stock: u32, entry: &Order) {
+    /// Enters, oldest first, every stop order of the stock at `stock` that a trade of entry
+    /// `entry` has reached (its trades are those from index `first` of the trades): not only
+    /// the last, since a sweep through several levels passes stops it does not end at. Each
+    /// stop entered may trade and reach more.
+    pub(super) fn trigger_stops(&mut self, stock: u32, entry: &Order, first: usize) {
+        let (mut low, mut high) = (Price::MAX, Price::from_cents(0));
+        let mut seen = first;
         loop {
+            for trade in &self.trades[seen..] {
+                low = low.min(trade.price);
+                high = high.max(trade.price);
+            }
+            seen = self.trades.len();
             let book = &self.stocks[stock as usize];
-            let Some(last) = book.last_price else { return };
-            let buys = book.buy_stops.range(..=(last, u64::MAX));
-            let sells = book.sell_stops.range((last, 0)..);
+            let buys = book.buy_stops.range(..=(high, u64::MAX));
+            let sells = book.sell_stops.range((low, 0)..);
             let due = buys.chain(sells).map(|&(_, number)| number).min();
             let Some(number) = due else { return };
             self.trigger(stock, number, entry);

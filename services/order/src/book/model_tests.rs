@@ -178,17 +178,19 @@ impl Model {
         })
     }
 
-    fn reached(&self, side: Side, stop: u64) -> bool {
-        self.trades.last().is_some_and(|&(last, ..)| match side {
-            Side::Buy => last >= stop,
-            Side::Sell => last <= stop,
+    /// Whether a trade from index `first` on reached `stop` for a stop order of `side`.
+    fn reached(&self, side: Side, stop: u64, first: usize) -> bool {
+        self.trades[first..].iter().any(|&(price, ..)| match side {
+            Side::Buy => price >= stop,
+            Side::Sell => price <= stop,
         })
     }
 
-    /// Enters the oldest stop order the last trade reached, and again, while there is one.
-    fn trigger(&mut self, entry: u64) {
+    /// Enters the oldest stop order a trade of this entry (from index `first` on) reached, and
+    /// again, while there is one.
+    fn trigger(&mut self, entry: u64, first: usize) {
         while let Some(i) = (0..self.stops.len())
-            .filter(|&i| self.reached(self.stops[i].0.side, self.stops[i].1))
+            .filter(|&i| self.reached(self.stops[i].0.side, self.stops[i].1, first))
             .min_by_key(|&i| self.stops[i].0.number)
         {
             let (mut order, _, protection, time_in_force) = self.stops.remove(i);
@@ -259,7 +261,7 @@ impl Model {
                 self.refused.insert(number);
                 return;
             }
-            if !self.reached(side, stop) {
+            if !self.reached(side, stop, self.trades.len().saturating_sub(1)) {
                 // A market one's price is worked out when it triggers.
                 let price = if protection.is_some() { 0 } else { price };
                 self.orders
@@ -298,7 +300,7 @@ impl Model {
         let before = self.trades.len();
         self.apply_command(entry);
         if self.trades.len() > before {
-            self.trigger(entry.number);
+            self.trigger(entry.number, before);
         }
     }
 

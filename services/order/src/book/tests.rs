@@ -526,6 +526,35 @@ fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
 }
 
 #[test]
+fn a_stop_is_reached_by_any_trade_of_the_entry_not_only_its_last() {
+    let stop = |cents| Terms {
+        stop_price: Some(Price::from_cents(cents)),
+        ..Terms::default()
+    };
+    // A sweep that trades at 10.00 and then at 11.00 passes a sell stop at 10.00.
+    let mut sweep = book(&[limit(Side::Sell, 1, 1000), limit(Side::Sell, 1, 1100)]);
+    sweep.apply(&with_terms(3, 7, 0, (Side::Sell, 1, 900), stop(1000)));
+    assert_eq!(sweep.order(3).unwrap().status(), Status::Untriggered);
+    sweep.apply(&entry(4, limit(Side::Buy, 2, 1100)));
+    let triggered = sweep.order(3).unwrap();
+    assert_eq!(
+        (triggered.status(), triggered.triggered()),
+        (Status::Open, Some(4))
+    );
+    // Two buy stops at 10.00 reached by one trade both enter, though the first one's trade
+    // (at 9.00) is below the stop by the time the second is looked at.
+    let mut cascade = book(&[limit(Side::Buy, 1, 1000)]);
+    cascade.apply(&with_terms(2, 7, 0, (Side::Buy, 1, 900), stop(1000)));
+    cascade.apply(&with_terms(3, 8, 0, (Side::Buy, 1, 900), stop(1000)));
+    cascade.apply(&entry(4, limit(Side::Sell, 2, 900)));
+    for number in [2, 3] {
+        assert_eq!(cascade.order(number).unwrap().triggered(), Some(4), "{number}");
+    }
+    assert_eq!(cascade.order(2).unwrap().status(), Status::Filled);
+    assert_eq!(cascade.order(3).unwrap().status(), Status::Open);
+}
+
+#[test]
 fn a_client_order_id_is_unique_among_its_users_open_orders() {
     let with_id = |number, user, id: &str| Order {
         user: Some(user),
