@@ -497,6 +497,112 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
     assert_eq!(house.quantity, 1_000_000 - 2, "both market buys, once each");
 }
 
+/// A retry of a command the leader has written to its log but the group has not committed is
+/// answered as undecided, never as done nor as not found (I11, I12): the leader may be cut off,
+/// and the entry overwritten. So while the first try waits, and after it went away unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_command_logged_and_not_committed_is_not_answered_as_done() {
+    // Each on a group of its own: an entry that cannot commit holds back the next.
+    for (key, cancel) in [("cut-off place", false), ("cut-off cancel", true)] {
+        retry_on_a_cut_off_leader(key, cancel).await;
+    }
+}
+
+async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+    let placed = leader.place(resting.clone(), Some("resting".into()), None);
+    let open = placed.await.unwrap().transaction_number;
+    let send = || {
+        let (leader, order, key) = (leader.clone(), resting.clone(), Some(key.to_owned()));
+        tokio::spawn(async move {
+            let answer = async {
+                if cancel {
+                    let changed = leader.cancel(open, key, None).await;
+                    changed.map(|c| c.transaction_number)
+                } else {
+                    let placed = leader.place(order, key, None).await;
+                    placed.map(|p| p.transaction_number)
+                }
+            };
+            tokio::time::timeout(Duration::from_millis(500), answer).await
+        })
+    };
+    let undecided = |answer: &Result<Result<u64, OrderError>, _>| {
+        matches!(answer, Err(_) | Ok(Err(OrderError::OutcomeUnknown { .. })))
+    };
+
+    cluster.router.isolate(3, &[1, 2, 3], true);
+    let first = send();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !Cluster::log(&leader)
+        .iter()
+        .any(|o| o.key.as_deref() == Some(key))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{key} never logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let beside = send().await.unwrap();
+    assert!(
+        undecided(&beside),
+        "{key}, retried beside the first: {beside:?}"
+    );
+    let first = first.await.unwrap();
+    assert!(undecided(&first), "{key}: {first:?}");
+    let after = send().await.unwrap();
+    assert!(
+        undecided(&after),
+        "{key}, retried after the first: {after:?}"
+    );
+
+    cluster.router.isolate(3, &[1, 2, 3], false);
+    let log = cluster.settled().await;
+    assert!(log.iter().filter(|o| o.key.as_deref() == Some(key)).count() <= 1);
+}
+
+/// A request that goes away before its command commits (its caller's deadline passed) leaves
+/// nothing in flight behind it: once the command commits, a retry under its key gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_first_try_went_away_gets_the_committed_command() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+    let place = |replica: Arc<Replica>, within: Duration| {
+        let order = resting.clone();
+        let placed = async move { replica.place(order, Some("went away".into()), None).await };
+        tokio::time::timeout(within, placed)
+    };
+    cluster
+        .router
+        .set_fault(3, Some(LinkFault::Slow(Duration::from_millis(100))));
+    let gone = place(leader.clone(), Duration::from_millis(20)).await;
+    assert!(
+        gone.is_err(),
+        "answered within 20 ms over a slow link: {gone:?}"
+    );
+    cluster.router.set_fault(3, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let placed = loop {
+        if let Some(replica) = cluster.pick(0) {
+            match place(replica, Duration::from_secs(1)).await {
+                Ok(Ok(placed)) => break placed,
+                Ok(Err(OrderError::OutcomeUnknown { .. })) | Err(_) => {}
+                Ok(Err(e)) => panic!("{e:?}"),
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = cluster.settled().await;
+    let logged: Vec<u64> = log
+        .iter()
+        .filter(|o| o.key.as_deref() == Some("went away"))
+        .map(|o| o.number)
+        .collect();
+    assert_eq!(logged, [placed.transaction_number]);
+}
+
 /// The seeds' preference, as a preference (issue 19, item 1): the highest-id replica, back
 /// from a crash, is handed the leadership once it has kept up with the leader, at the cost of
 /// one election; orders placed all along are answered truly and executed once.

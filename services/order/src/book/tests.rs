@@ -548,7 +548,11 @@ fn a_stop_is_reached_by_any_trade_of_the_entry_not_only_its_last() {
     cascade.apply(&with_terms(3, 8, 0, (Side::Buy, 1, 900), stop(1000)));
     cascade.apply(&entry(4, limit(Side::Sell, 2, 900)));
     for number in [2, 3] {
-        assert_eq!(cascade.order(number).unwrap().triggered(), Some(4), "{number}");
+        assert_eq!(
+            cascade.order(number).unwrap().triggered(),
+            Some(4),
+            "{number}"
+        );
     }
     assert_eq!(cascade.order(2).unwrap().status(), Status::Filled);
     assert_eq!(cascade.order(3).unwrap().status(), Status::Open);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::wire::{Changed, NewOrder, OrderChange, Placed, PriceGuard};
 use stocknet_common::{request_id, Command, Order, OrderOptions, Price};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::sequencer::{Proposed, Request};
 use super::Replica;
@@ -244,14 +244,19 @@ impl Replica {
                 key,
                 proposed,
             } => {
+                let (key, done) = key.unzip();
+                // Answered or not (the caller may go away first), the key stops being in
+                // flight when this request ends; the log answers its retries from then on.
+                let _in_flight = InFlight {
+                    key,
+                    requests: &requests,
+                };
                 // Proposed, so perhaps written: only a retry under its key can say.
                 let number = answer
                     .await
                     .unwrap_or_else(|_| Err("this replica stopped leading".to_owned()));
-                if let Some((key, done)) = key {
+                if let Some(done) = done {
                     done.send_replace(Some(number.as_ref().ok().copied()));
-                    // (A sequencer that is gone has dropped its state with the key.)
-                    let _ = requests.send(Request::Finished { key });
                 }
                 self.metrics
                     .commit_round_seconds
@@ -292,6 +297,21 @@ impl Replica {
                     catalog: false,
                 });
             }
+        }
+    }
+}
+
+/// A key in flight, for as long as the request that proposed its command runs: dropped, it
+/// tells the sequencer (which, once gone, has dropped its state with the key).
+struct InFlight<'a> {
+    key: Option<String>,
+    requests: &'a mpsc::UnboundedSender<Request>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let _ = self.requests.send(Request::Finished { key });
         }
     }
 }

@@ -104,8 +104,8 @@ pub(super) struct House {
     pub(super) price: Price,
 }
 
-/// How a command got into the log: found there (a retry), proposed by another request under
-/// the same key (still in flight), or proposed now.
+/// How a command got into the log: found there committed (a retry), proposed by another request
+/// under the same key (still in flight), or proposed now.
 pub(super) enum Proposed {
     Logged(u64),
     InFlight(watch::Receiver<Outcome>),
@@ -140,21 +140,32 @@ impl Replica {
                     && name.as_ref().is_none_or(|name| *name == logged.name)
                     && logged.user == user
             };
-            // (The log's guard must be gone before `get` takes it again.)
-            let logged = self.log().number_for_key(key)?;
-            if let Some(number) = logged {
-                let logged = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
-                return if same(&logged) {
-                    Ok(Proposed::Logged(number))
-                } else {
-                    Err(OrderError::KeyReused)
-                };
-            }
+            // In flight first: its entry may be in the log already, written and not committed.
             if let Some((proposal, first)) = leading.in_flight.get(key) {
                 return if same(proposal) {
                     Ok(Proposed::InFlight(first.clone()))
                 } else {
                     Err(OrderError::KeyReused)
+                };
+            }
+            // What the book has applied is committed and stays: read before the log, an entry
+            // at or below it under the key is this command's for good.
+            let applied = self.book().applied();
+            // (The log's guard must be gone before `get` takes it again.)
+            let logged = self.log().number_for_key(key)?;
+            if let Some(number) = logged {
+                let logged = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+                return if !same(&logged) {
+                    Err(OrderError::KeyReused)
+                } else if number <= applied {
+                    Ok(Proposed::Logged(number))
+                } else {
+                    // Written by a proposal that has ended without an outcome (its leader
+                    // stepped down): it may commit yet, or be overwritten.
+                    Err(OrderError::OutcomeUnknown {
+                        cause: "the command under this key is logged and not yet committed".into(),
+                        catalog: false,
+                    })
                 };
             }
         }
