@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -25,6 +26,7 @@ use serde::Serialize;
 use super::{Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer, TypeConfig};
 use stocknet_common::envelope::RawBody;
 use stocknet_common::paths::{self, Route};
+use stocknet_common::server::BODY_LIMIT;
 use stocknet_common::{ApiError, BaseUrl};
 
 /// How long a pre-vote waits for a replica's answer: a hung one is not waited for long.
@@ -265,7 +267,13 @@ impl RaftNetwork<TypeConfig> for Peer {
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(paths::RAFT_APPEND, &request, &option).await
+        let body =
+            serde_json::to_vec(&request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(too_large) = too_large(request.entries.len(), body.len()) {
+            return Err(RPCError::PayloadTooLarge(too_large));
+        }
+        self.send(paths::RAFT_APPEND, (body, "application/json"), &option)
+            .await
     }
 
     async fn install_snapshot(
@@ -298,10 +306,80 @@ impl RaftNetwork<TypeConfig> for Peer {
 
 const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Whether `entries` entries encoded in `bytes` bytes are past the body limit every replica
+/// enforces, and if so how many to send instead. Long idempotency keys and request ids make
+/// `MAX_PAYLOAD_ENTRIES` full entries larger than that; openraft splits a batch on this
+/// error, and only on it (any other would send the same batch again, for ever).
+fn too_large(entries: usize, bytes: usize) -> Option<PayloadTooLarge> {
+    (bytes > BODY_LIMIT).then(|| {
+        let fitting = entries as u64 * BODY_LIMIT as u64 / bytes as u64;
+        PayloadTooLarge::new_entries_hint(fitting.max(1))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use openraft::{SnapshotMeta, Vote};
+    use stocknet_common::{Command, Order, Price, Side, Stamp};
+
+    /// A batch as full as the leader sends, of orders with the longest key and request id the
+    /// API takes, is past the body limit: it is split, never sent to be refused (a follower
+    /// behind by that much would otherwise never catch up).
+    #[tokio::test]
+    async fn a_batch_past_the_body_limit_is_split_before_it_is_sent() {
+        let long = |n: usize| format!("{n:0>128}");
+        let entry = |index: u64| openraft::Entry::<TypeConfig> {
+            log_id: super::super::log_id(1, index),
+            payload: openraft::EntryPayload::Normal(
+                (0..super::super::MAX_PROPOSAL)
+                    .map(|i| Order {
+                        number: 0,
+                        term: 0,
+                        name: "GameStart".into(),
+                        key: Some(long(i)),
+                        user: Some(u64::MAX),
+                        stamp: Stamp {
+                            time: u64::MAX,
+                            request_id: Some(long(i)),
+                            ..Stamp::default()
+                        },
+                        command: Command::Place {
+                            side: Side::Buy,
+                            quantity: u32::MAX,
+                            limit: Some(Price::MAX),
+                            options: None,
+                        },
+                    })
+                    .collect(),
+            ),
+        };
+        let full = super::super::MAX_PAYLOAD_ENTRIES;
+        let request = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=full).map(entry).collect(),
+            leader_commit: None,
+        };
+        // Nothing listens there: a batch that went out would be unreachable, not too large.
+        let mut peer = Peer {
+            http: reqwest::Client::new(),
+            target: 2,
+            url: "http://127.0.0.1:9".parse(),
+        };
+        let option = RPCOption::new(std::time::Duration::from_secs(1));
+        let refused = peer.append_entries(request.clone(), option).await;
+        let Err(RPCError::PayloadTooLarge(too_large)) = refused else {
+            panic!("{refused:?}");
+        };
+        let hint = too_large.entries_hint();
+        assert!(hint < full, "{hint}");
+        let fitting = AppendEntriesRequest {
+            entries: request.entries[..hint as usize].to_vec(),
+            ..request
+        };
+        assert!(serde_json::to_vec(&fitting).unwrap().len() <= BODY_LIMIT);
+    }
 
     #[test]
     fn a_snapshot_chunk_travels_with_its_bytes_as_they_are() {
