@@ -3,7 +3,8 @@
 //! itself with one hash.
 //!
 //! A revoked key is refused at once: the catalog answers a revocation only after pushing it to
-//! every frontend it reaches, and a frontend trusts what it keeps only while it hears from the
+//! every frontend it reaches, a record fetched while a push arrived is not kept (it may be from
+//! before the revocation), and a frontend trusts what it keeps only while it hears from the
 //! catalog (its lease, as for cached lookups). One cut off from the catalog asks it again; if
 //! it cannot, it goes on with what it keeps while its last word from the catalog is less than
 //! [`CREDENTIAL_BOUND`] old, and answers 503 for keys after that: that bound is how long a
@@ -32,16 +33,26 @@ pub const CREDENTIAL_BOUND: Duration = Duration::from_secs(30);
 
 /// The credentials of users seen lately.
 pub struct Credentials {
-    kept: Mutex<LruCache<u64, Arc<UserRecord>>>,
+    kept: Mutex<Kept>,
     /// Counts what was forgotten, so that open streams check their keys again at once.
     forgotten: watch::Sender<u64>,
+}
+
+struct Kept {
+    users: LruCache<u64, Arc<UserRecord>>,
+    /// Counts forgetting, under the same lock: a record fetched from the catalog while a
+    /// revocation's push was forgotten may be from before it, and is not kept.
+    generation: u64,
 }
 
 impl Default for Credentials {
     fn default() -> Self {
         let size = NonZeroUsize::new(CREDENTIALS_KEPT).unwrap_or(NonZeroUsize::MIN);
         Self {
-            kept: Mutex::new(LruCache::new(size)),
+            kept: Mutex::new(Kept {
+                users: LruCache::new(size),
+                generation: 0,
+            }),
             forgotten: watch::Sender::new(0),
         }
     }
@@ -54,31 +65,51 @@ impl Credentials {
     }
 
     fn get(&self, user: u64) -> Option<Arc<UserRecord>> {
-        self.kept().get(&user).cloned()
+        self.kept().users.get(&user).cloned()
     }
 
     pub(crate) fn keep(&self, user: UserRecord) -> Arc<UserRecord> {
         let user = Arc::new(user);
-        self.kept().put(user.id, user.clone());
+        self.kept().users.put(user.id, user.clone());
+        user
+    }
+
+    /// What to pass to [`keep_fetched`](Self::keep_fetched) for a record asked for now.
+    fn generation(&self) -> u64 {
+        self.kept().generation
+    }
+
+    /// Keeps `user`, asked for from the catalog at `generation`, unless anything was forgotten
+    /// since: then the record may predate a revocation already pushed here.
+    fn keep_fetched(&self, user: UserRecord, generation: u64) -> Arc<UserRecord> {
+        let user = Arc::new(user);
+        let mut kept = self.kept();
+        if kept.generation == generation {
+            kept.users.put(user.id, user.clone());
+        }
         user
     }
 
     /// Forgets `users`' credentials: a key of theirs changed.
     pub(crate) fn forget(&self, users: &[u64]) {
         let mut kept = self.kept();
+        kept.generation += 1;
         for user in users {
-            kept.pop(user);
+            kept.users.pop(user);
         }
         drop(kept);
         self.forgotten.send_modify(|count| *count += 1);
     }
 
     pub(crate) fn clear(&self) {
-        self.kept().clear();
+        let mut kept = self.kept();
+        kept.generation += 1;
+        kept.users.clear();
+        drop(kept);
         self.forgotten.send_modify(|count| *count += 1);
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<UserRecord>>> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -133,8 +164,9 @@ pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, F
         .url(&inner.catalog_url, &[&id.to_string()])
         .map_err(FrontendError::CatalogUnavailable)?;
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
+    let generation = inner.credentials.generation();
     match call_catalog::<UserRecord>(state, request).await {
-        Ok(user) => Ok(inner.credentials.keep(user)),
+        Ok(user) => Ok(inner.credentials.keep_fetched(user, generation)),
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
             Err(FrontendError::Unauthorized("Invalid API key"))
         }

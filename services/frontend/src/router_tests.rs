@@ -20,7 +20,6 @@ struct Cli {
     config: Config,
 }
 
-/// The state of a frontend whose catalog and order replicas are not running, with `flags`.
 /// The user `key` names, holding that one key: as a frontend keeps them once it has fetched them
 /// from the catalog.
 fn holder_of(key: &stocknet_common::api_key::ApiKey) -> stocknet_common::wire::UserRecord {
@@ -40,14 +39,13 @@ fn holder_of(key: &stocknet_common::api_key::ApiKey) -> stocknet_common::wire::U
     }
 }
 
+/// The state of a frontend whose catalog (unless `flags` name one) and order replicas are not
+/// running, with `flags`.
 fn lone_state(flags: &[&str]) -> AppState {
-    let mut args = vec![
-        "frontend",
-        "--catalog-url",
-        "http://127.0.0.1:9",
-        "--order-replicas",
-        "1=http://127.0.0.1:9",
-    ];
+    let mut args = vec!["frontend", "--order-replicas", "1=http://127.0.0.1:9"];
+    if !flags.contains(&"--catalog-url") {
+        args.extend(["--catalog-url", "http://127.0.0.1:9"]);
+    }
     args.extend_from_slice(flags);
     let cli = Cli::parse_from(args);
     AppState::new(&cli.config, Secret::new(SECRET).unwrap())
@@ -632,4 +630,74 @@ async fn kept_credentials_outlive_the_catalog_only_within_their_bound() {
         let response = router(state).oneshot(request).await.unwrap();
         assert_eq!(response.status(), expected, "silent for {silence:?}");
     }
+}
+
+/// A user's record fetched from the catalog while a revocation of one of their keys is pushed
+/// here is not kept: it may be from before the revocation, and kept it would admit the revoked
+/// key for as long as this frontend hears from the catalog.
+#[tokio::test]
+async fn a_record_fetched_across_a_revocation_is_not_kept() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use stocknet_common::api_key::ApiKey;
+    use tokio::sync::Notify;
+
+    let key = ApiKey::generate(1).unwrap();
+    let (asked, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let calls = Arc::new(AtomicU32::new(0));
+    // The catalog: the first answer is the record before the revocation, held back until the
+    // test lets it go; every later one has the key revoked.
+    let catalog = {
+        let (asked, release, calls) = (asked.clone(), release.clone(), calls.clone());
+        let record = holder_of(&key);
+        Router::new().route(
+            "/users/{id}",
+            get(move || async move {
+                let mut record = record.clone();
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    asked.notify_one();
+                    release.notified().await;
+                } else {
+                    record.keys[0].revoked = Some(1);
+                }
+                axum::Json(serde_json::json!({ "data": record }))
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let catalog_url = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let state = lone_state(&["--catalog-url", &catalog_url]);
+    // In touch with the catalog already: its first word after a silence would clear every
+    // credential kept, and hide what this test is about.
+    upstream::catalog::heard_from_catalog(&state);
+    let app = router(state);
+    let as_user = || {
+        let request = Request::get("/users/1")
+            .header("authorization", format!("Bearer {}", key.reveal()))
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(request)
+    };
+
+    let first = tokio::spawn(as_user());
+    asked.notified().await;
+    let pushed = app
+        .clone()
+        .oneshot(insider_post("/invalidate", r#"{"names":[],"users":[1]}"#))
+        .await
+        .unwrap();
+    assert!(pushed.status().is_success(), "{}", pushed.status());
+    release.notify_one();
+    // Sent before the revocation was answered, the first request may go either way.
+    first.await.unwrap().unwrap();
+    let after = as_user().await.unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "the record was asked for again"
+    );
+    served.abort();
 }
