@@ -55,6 +55,12 @@ impl RemoteError {
             _ => None,
         }
     }
+
+    /// Whether the call never reached the peer (no connection was made), so nothing it asked
+    /// for was done.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, Self::Unreachable(e) if e.is_connect())
+    }
 }
 
 #[derive(Deserialize)]

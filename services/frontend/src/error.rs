@@ -42,6 +42,13 @@ pub enum FrontendError {
          Idempotency-Key {key} (it executes at most once), or GET /orders?key={key}"
     )]
     OutcomeUnknown { key: String },
+    /// A change to the catalog's users that may have been made: it was sent and no answer
+    /// says how it went.
+    #[error(
+        "Outcome unknown: the catalog did not answer, so the change may or may not have been \
+         made; GET /users/{{id}}/keys shows a user's keys"
+    )]
+    CatalogWriteUnknown(#[source] RemoteError),
 }
 
 impl Classified for FrontendError {
@@ -54,7 +61,7 @@ impl Classified for FrontendError {
             Self::NoLeader | Self::CatalogUnavailable(_) | Self::CatalogDown { .. } => {
                 Cause::Unavailable
             }
-            Self::OutcomeUnknown { .. } => Cause::OutcomeUnknown,
+            Self::OutcomeUnknown { .. } | Self::CatalogWriteUnknown(_) => Cause::OutcomeUnknown,
             Self::Internal(_) => Cause::Internal,
             // (Answered as the backend answered: see `into_response`.)
             Self::Upstream(error) => Cause::try_from(error.status).unwrap_or(Cause::Internal),
@@ -82,6 +89,10 @@ impl IntoResponse for FrontendError {
             }
             Self::CatalogUnavailable(cause) => {
                 tracing::warn!("catalog unavailable: {cause}");
+                ApiError::classified(&self)
+            }
+            Self::CatalogWriteUnknown(cause) => {
+                tracing::warn!("a change to the catalog's users without an answer: {cause}");
                 ApiError::classified(&self)
             }
             Self::CatalogDown { retry_after } => {

@@ -701,3 +701,41 @@ async fn a_record_fetched_across_a_revocation_is_not_kept() {
     );
     served.abort();
 }
+
+/// A change to the users that reached the catalog and was not answered may have been made: 504,
+/// not 503, which says it was not. A change the catalog never got is 503.
+#[tokio::test]
+async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
+    use axum::routing::get;
+    use stocknet_common::api_key::ApiKey;
+
+    let key = ApiKey::generate(1).unwrap();
+    let record = holder_of(&key);
+    let catalog = Router::new().route(
+        "/users/{id}/keys/{key_id}",
+        axum::routing::delete(|| std::future::pending::<()>()),
+    );
+    let catalog = catalog.route(
+        "/users/{id}",
+        get(move || async move { axum::Json(serde_json::json!({ "data": record })) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    for (catalog_url, expected) in [
+        (hung.as_str(), StatusCode::GATEWAY_TIMEOUT),
+        ("http://127.0.0.1:9", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let state = lone_state(&["--catalog-url", catalog_url]);
+        upstream::catalog::heard_from_catalog(&state);
+        state.inner.credentials.keep(holder_of(&key));
+        let request = Request::delete("/users/1/keys/1")
+            .header("authorization", format!("Bearer {}", key.reveal()))
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = stocknet_common::testing::send(&router(state), request).await;
+        assert_eq!(status, expected, "{catalog_url}: {body}");
+        assert_eq!(body["error"]["code"], expected.as_u16());
+    }
+    served.abort();
+}

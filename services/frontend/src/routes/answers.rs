@@ -118,3 +118,11 @@ pub(crate) enum OwnUserAnswers {
     description = "The catalog, which keeps users, is unavailable"
 )]
 pub(crate) struct NoCatalog(ErrorEnvelope);
+
+/// A change to the users sent to the catalog and not answered.
+#[derive(IntoResponses)]
+#[response(
+    status = 504,
+    description = "Outcome unknown: the catalog did not answer, so the change may or may not have been made"
+)]
+pub(crate) struct CatalogWriteUnknown(ErrorEnvelope);

@@ -15,7 +15,7 @@ use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewU
 use stocknet_common::{data, Money, Price, RemoteError};
 use utoipa::ToSchema;
 
-use super::answers::{NeedsKey, NoCatalog, OwnUserAnswers};
+use super::answers::{CatalogWriteUnknown, NeedsKey, NoCatalog, OwnUserAnswers};
 use super::extract::{KeyId, OwnUser};
 use crate::credentials;
 use crate::routes::stocks::{stock, Looked};
@@ -60,6 +60,7 @@ pub struct NewUserRequest {
         (status = 201, body = DataEnvelope<CreatedUser>),
         (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters", body = ErrorEnvelope),
         NoCatalog,
+        CatalogWriteUnknown,
     ))]
 pub(crate) async fn create_user(State(state): State<AppState>, RawBody(body): RawBody) -> Answer {
     let display_name = if body.iter().all(u8::is_ascii_whitespace) {
@@ -102,7 +103,9 @@ fn new_key() -> Result<(ApiKey, Credential, String), FrontendError> {
     Ok((key, credential, prefix))
 }
 
-/// A change to the catalog's users (an fsync there), passing its refusals (404, 409) on.
+/// A change to the catalog's users (an fsync there), passing its refusals (404, 409) on. Sent
+/// and not answered (a timeout, a connection lost, an answer that does not read), it may have
+/// been made: 504, not the 503 that says it was not.
 async fn catalog_write<T: serde::de::DeserializeOwned>(
     state: &AppState,
     url: Result<reqwest::Url, RemoteError>,
@@ -123,6 +126,12 @@ async fn catalog_write<T: serde::de::DeserializeOwned>(
         .map_err(|failure| match failure {
             CatalogCall::Answered(RemoteError::Api(e)) if is_for_client(&e) => {
                 FrontendError::Upstream(e)
+            }
+            CatalogCall::Failed(e @ RemoteError::Unreachable(_)) if !e.never_sent() => {
+                FrontendError::CatalogWriteUnknown(e)
+            }
+            CatalogCall::Answered(e @ RemoteError::Decode(_)) => {
+                FrontendError::CatalogWriteUnknown(e)
             }
             other => other.into(),
         })
@@ -223,6 +232,7 @@ pub struct CreatedKey {
         (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
         (status = 413, description = "The body is larger than 4 MiB", body = ErrorEnvelope),
         NoCatalog,
+        CatalogWriteUnknown,
     ))]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
@@ -258,6 +268,7 @@ pub(crate) async fn create_key(
         (status = 403, description = "Another user's key", body = ErrorEnvelope),
         (status = 404, description = "Key not found", body = ErrorEnvelope),
         NoCatalog,
+        CatalogWriteUnknown,
     ))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,

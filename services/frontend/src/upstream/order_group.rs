@@ -150,9 +150,7 @@ impl<T> Attempt<T> {
                     Self::Unknown { catalog }
                 }
             }
-            Err(RemoteError::Unreachable(e)) if e.is_connect() => {
-                Self::NotExecuted { catalog: false }
-            }
+            Err(e) if e.never_sent() => Self::NotExecuted { catalog: false },
             Err(RemoteError::Unreachable(_) | RemoteError::Decode(_)) => {
                 Self::Unknown { catalog: false }
             }
