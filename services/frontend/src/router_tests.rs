@@ -39,12 +39,17 @@ fn holder_of(key: &stocknet_common::api_key::ApiKey) -> stocknet_common::wire::U
     }
 }
 
-/// The state of a frontend whose catalog (unless `flags` name one) and order replicas are not
+/// The state of a frontend whose catalog and order replicas (unless `flags` name them) are not
 /// running, with `flags`.
-fn lone_state(flags: &[&str]) -> AppState {
-    let mut args = vec!["frontend", "--order-replicas", "1=http://127.0.0.1:9"];
-    if !flags.contains(&"--catalog-url") {
-        args.extend(["--catalog-url", "http://127.0.0.1:9"]);
+pub(crate) fn lone_state(flags: &[&str]) -> AppState {
+    let mut args = vec!["frontend"];
+    for (flag, nothing_there) in [
+        ("--catalog-url", "http://127.0.0.1:9"),
+        ("--order-replicas", "1=http://127.0.0.1:9"),
+    ] {
+        if !flags.contains(&flag) {
+            args.extend([flag, nothing_there]);
+        }
     }
     args.extend_from_slice(flags);
     let cli = Cli::parse_from(args);

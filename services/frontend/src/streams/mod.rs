@@ -54,6 +54,9 @@ pub enum MarketItem {
     /// The feed lost events (the leader's ring moved past this frontend's position): book
     /// streams start again from a snapshot.
     Gap,
+    /// The feed started after this entry, the leader's present one: a snapshot older than it
+    /// misses the events between the two, which never come, so its stream takes another.
+    Started(u64),
 }
 
 pub struct Streams {
@@ -134,6 +137,7 @@ async fn follow_feed(state: AppState) {
         let polled = match cursor {
             None => start_position(&state, &leader.url).await.map(|applied| {
                 cursor = Some(applied);
+                let _ = streams.market.send(MarketItem::Started(applied));
                 None
             }),
             Some(after) => poll(&state, &leader.url, after).await.map(Some),
@@ -216,6 +220,8 @@ pub async fn trades(State(state): State<AppState>, Handshake(upgrade): Handshake
                 .map(|trade| frame(&TradeFrame::Trade(trade.clone())))
                 .collect(),
             MarketItem::Gap => vec![frame(&TradeFrame::Gap)],
+            // A trade stream starts from the present anyway.
+            MarketItem::Started(_) => Vec::new(),
         };
         pump(receiver, sink, stream, render).await;
     })
@@ -427,6 +433,8 @@ async fn follow(
             let event = match next_item(&mut receiver, &mut stream).await {
                 Next::Item(MarketItem::Event(event)) => event,
                 Next::Item(MarketItem::Gap) => continue 'snapshot,
+                Next::Item(MarketItem::Started(after)) if after > applied => continue 'snapshot,
+                Next::Item(MarketItem::Started(_)) => continue,
                 Next::Behind(missed) => {
                     let _ = sink.send(slow_consumer(missed)).await;
                     return;
@@ -650,6 +658,52 @@ mod tests {
             .collect()
             .await;
         assert_eq!(texts, ["0", "1", "2"]);
+    }
+
+    /// Whoever subscribed before the feed started may hold a snapshot older than where the
+    /// feed starts: the start tells them, before any event.
+    #[tokio::test]
+    async fn the_feed_tells_its_listeners_where_it_started_before_any_event() {
+        use axum::routing::get;
+        use stocknet_common::wire::{FeedPage, Health};
+
+        let health = Health {
+            node_id: 1,
+            term: 1,
+            leader: Some(1),
+            ready: true,
+            last_transaction: 11,
+            applied: 10,
+            leading: true,
+        };
+        let page = FeedPage {
+            floor: 0,
+            through: 11,
+            events: Vec::new(),
+        };
+        let leader = axum::Router::new()
+            .route(
+                "/health",
+                get(move || async move { stocknet_common::data(health) }),
+            )
+            .route(
+                "/feed",
+                get(move || {
+                    let page = page.clone();
+                    async move { stocknet_common::data(page) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let replica = format!("1=http://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move { axum::serve(listener, leader).await });
+        let state = crate::router_tests::lone_state(&["--order-replicas", &replica]);
+        let mut receiver = state.inner.streams.subscribe_market(&state);
+        let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
+        assert!(
+            matches!(first, Ok(Ok(MarketItem::Started(10)))),
+            "{first:?}"
+        );
+        served.abort();
     }
 
     #[test]
