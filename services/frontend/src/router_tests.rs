@@ -718,7 +718,7 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
     let record = holder_of(&key);
     let catalog = Router::new().route(
         "/users/{id}/keys/{key_id}",
-        axum::routing::delete(|| std::future::pending::<()>()),
+        axum::routing::delete(std::future::pending::<()>),
     );
     let catalog = catalog.route(
         "/users/{id}",
