@@ -151,15 +151,21 @@ pub(crate) async fn verify(state: &AppState, key: &ApiKey) -> Result<u64, Fronte
     }
 }
 
+/// User `id` with their keys' credentials, if this frontend keeps them and may trust them
+/// now: checking a key of theirs asks the catalog nothing.
+pub(crate) fn kept(state: &AppState, id: u64) -> Option<Arc<UserRecord>> {
+    let inner = &state.inner;
+    let kept = inner.credentials.get(id)?;
+    inner.catalog_contact.recent().then_some(kept)
+}
+
 /// User `id` with their keys' credentials: kept, or from the catalog.
 pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, FrontendError> {
     let inner = &state.inner;
-    let kept = inner.credentials.get(id);
-    if let Some(user) = &kept {
-        if inner.catalog_contact.recent() {
-            return Ok(user.clone());
-        }
+    if let Some(user) = kept(state, id) {
+        return Ok(user);
     }
+    let held = inner.credentials.get(id);
     let url = paths::USER
         .url(&inner.catalog_url, &[&id.to_string()])
         .map_err(FrontendError::CatalogUnavailable)?;
@@ -172,7 +178,7 @@ pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, F
         }
         // What is kept was true when the catalog was last heard from: every change before
         // that was pushed.
-        Err(failure) => match kept {
+        Err(failure) => match held {
             Some(user) if inner.catalog_contact.silence() < CREDENTIAL_BOUND => Ok(user),
             _ => Err(failure.into()),
         },

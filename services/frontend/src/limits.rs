@@ -134,7 +134,9 @@ impl Drop for InFlight {
 
 /// Middleware of the public routes. A request with an API key counts against its user once the
 /// key is verified (a bad key is refused here, 401, on every route); one without, or with a
-/// key that cannot be verified while the catalog is unreachable, against its address. Health
+/// key that cannot be verified while the catalog is unreachable, against its address. Checking
+/// a key this frontend keeps no credentials for asks the catalog, so it costs the address one
+/// request first. Health
 /// checks (the kubelet's probes, the operator's) are never limited, and an anonymous request
 /// whose address is unknown (served in-process, as in router tests) is admitted.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -142,18 +144,35 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     if !limits.enabled() || request.uri().path() == paths::HEALTH.pattern() {
         return next.run(request).await;
     }
-    let user = match credentials::caller(&state, request.headers()).await {
-        Ok(user) => user,
-        // A key the catalog cannot be asked about counts against the address: a route that
-        // needs no user serves on, as it does without limits, and one that needs the user
-        // answers 503 itself.
-        Err(FrontendError::CatalogUnavailable(_) | FrontendError::CatalogDown { .. }) => None,
-        Err(refused) => return refused.into_response(),
-    };
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
+    let key = match credentials::bearer(request.headers()) {
+        Ok(key) => key,
+        Err(refused) => return refused.into_response(),
+    };
+    // A key of a user whose credentials this frontend does not keep is checked by asking the
+    // catalog: its address pays for that first, so that made-up keys cannot make the catalog
+    // work without limit.
+    if let (Some(key), Some(address)) = (&key, address) {
+        if credentials::kept(&state, key.user()).is_none() {
+            if let Err(too_many) = limits.admit(Client::Address(address)) {
+                return over_its_limit(Client::Address(address), too_many);
+            }
+        }
+    }
+    let user = match &key {
+        Some(key) => match credentials::verify(&state, key).await {
+            Ok(user) => Some(user),
+            // A key the catalog cannot be asked about counts against the address: a route
+            // that needs no user serves on, as it does without limits, and one that needs the
+            // user answers 503 itself.
+            Err(FrontendError::CatalogUnavailable(_) | FrontendError::CatalogDown { .. }) => None,
+            Err(refused) => return refused.into_response(),
+        },
+        None => None,
+    };
     let Some(client) = user.map(Client::User).or(address.map(Client::Address)) else {
         return next.run(request).await;
     };
@@ -163,18 +182,21 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             drop(in_flight);
             response
         }
-        Err(too_many) => {
-            // Debug only: a client over its limit sends many of these.
-            tracing::debug!(?client, "over its limit: 429");
-            with_retry_after(
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many requests from this client; retry later",
-                ),
-                too_many.retry_after,
-            )
-        }
+        Err(too_many) => over_its_limit(client, too_many),
     }
+}
+
+/// The 429 of a request `client` sent over its limit.
+fn over_its_limit(client: Client, too_many: TooMany) -> Response {
+    // Debug only: a client over its limit sends many of these.
+    tracing::debug!(?client, "over its limit: 429");
+    with_retry_after(
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests from this client; retry later",
+        ),
+        too_many.retry_after,
+    )
 }
 
 #[cfg(test)]

@@ -744,3 +744,65 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
     }
     served.abort();
 }
+
+/// Under limits, keys of users this frontend keeps nothing for cost their address a request
+/// before the catalog is asked about them: made-up keys are refused 429 once the address is
+/// over its limit, without a call to the catalog each.
+#[tokio::test]
+async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked() {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    use stocknet_common::api_key::ApiKey;
+
+    let asked = Arc::new(AtomicU32::new(0));
+    let counter = asked.clone();
+    let catalog = Router::new().route(
+        "/users/{id}",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { stocknet_common::ApiError::new(StatusCode::NOT_FOUND, "User not found") }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let catalog_url = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let state = lone_state(&[
+        "--catalog-url",
+        &catalog_url,
+        "--rate-limit",
+        "1",
+        "--rate-burst",
+        "2",
+    ]);
+    upstream::catalog::heard_from_catalog(&state);
+    let app = router(state);
+    let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let mut statuses = Vec::new();
+    for user in 1..=10 {
+        let key = ApiKey::generate(user).unwrap();
+        let mut request = Request::get("/openapi.json")
+            .header("authorization", format!("Bearer {}", key.reveal()))
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(from));
+        statuses.push(app.clone().oneshot(request).await.unwrap().status());
+    }
+    let refused = statuses
+        .iter()
+        .filter(|&&s| s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        statuses[..2].iter().all(|&s| s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst) as usize, refused);
+    served.abort();
+}
