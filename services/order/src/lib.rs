@@ -153,6 +153,15 @@ pub async fn start(
         move || replica.refresh_metrics(),
     )
     .await?;
+    let watched = state.replica.clone();
+    tokio::spawn(async move {
+        if let Some(fault) = watched.consensus_fault().await {
+            // As after a failed fsync: the files are sound and a new process recovers from
+            // them, while this one would go on serving without taking part in the group.
+            tracing::error!("consensus stopped: {fault}; exiting to recover");
+            std::process::exit(70);
+        }
+    });
     let replica = state.replica.clone();
     Ok(server::Running::spawn(addr, async move {
         server::serve(listener, router(state), shutdown).await?;

@@ -603,6 +603,54 @@ async fn a_retry_after_the_first_try_went_away_gets_the_committed_command() {
     assert_eq!(logged, [placed.transaction_number]);
 }
 
+/// A replica whose consensus core stops on a fault (here a snapshot that does not install)
+/// says so: it is not ready, and the fault is reported, which the service exits on to be
+/// restarted (docs/OPERATIONS.md). It kept its last leader, which read alone looked healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_consensus_stopped_on_a_fault_is_not_ready() {
+    use openraft::error::Fatal;
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::SnapshotMeta;
+
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let running = cluster.running();
+    let (_, follower) = running.iter().find(|(id, _)| *id == 1).expect("replica 1");
+    assert!(follower.health().ready);
+    let fault = tokio::spawn({
+        let follower = follower.clone();
+        async move { follower.consensus_fault().await }
+    });
+    let vote = leader.raft().metrics().borrow().vote;
+    let term = leader.health().term;
+    let garbage = InstallSnapshotRequest {
+        vote,
+        meta: SnapshotMeta {
+            last_log_id: Some(crate::consensus::log_id(term, 1_000_000)),
+            snapshot_id: "garbage".into(),
+            ..Default::default()
+        },
+        offset: 0,
+        data: b"not a snapshot".to_vec(),
+        done: true,
+    };
+    let _ = follower.raft().install_snapshot(garbage).await;
+    let fault = tokio::time::timeout(Duration::from_secs(10), fault)
+        .await
+        .expect("the core stopped")
+        .unwrap();
+    assert!(matches!(fault, Some(Fatal::StorageError(_))), "{fault:?}");
+    assert!(!follower.health().ready);
+    // A replica shut down is no fault.
+    let (_, other) = running.iter().find(|(id, _)| *id == 2).expect("replica 2");
+    let stopped = tokio::spawn({
+        let other = other.clone();
+        async move { other.consensus_fault().await }
+    });
+    cluster.stop_replica(2).await;
+    assert!(stopped.await.unwrap().is_none());
+}
+
 /// The seeds' preference, as a preference (issue 19, item 1): the highest-id replica, back
 /// from a crash, is handed the leadership once it has kept up with the leader, at the cost of
 /// one election; orders placed all along are answered truly and executed once.

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use openraft::error::Fatal;
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
 use stocknet_common::file::FileFailure;
@@ -203,11 +204,26 @@ impl Replica {
         &self.elections
     }
 
+    /// Waits until this replica's consensus core stops on a fault (a storage error, a panic)
+    /// and returns it; `None` once the core stopped because it was shut down.
+    pub async fn consensus_fault(&self) -> Option<Fatal<u64>> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            match &metrics.borrow_and_update().running_state {
+                Err(Fatal::Stopped) => return None,
+                Err(fault) => return Some(fault.clone()),
+                Ok(()) => {}
+            }
+            metrics.changed().await.ok()?;
+        }
+    }
+
     pub fn health(&self) -> Health {
-        let (term, leader, state) = {
+        let (term, leader, state, running) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            (m.current_term, m.current_leader, m.state)
+            let running = m.running_state.is_ok();
+            (m.current_term, m.current_leader, m.state, running)
         };
         // One lock at a time: the book is never locked while the log is held.
         let last_transaction = self.log().last();
@@ -216,7 +232,8 @@ impl Replica {
             node_id: self.id,
             term,
             leader: leader.and_then(|l| u32::try_from(l).ok()),
-            ready: leader.is_some(),
+            // A core that stopped keeps the last leader it knew: it takes no part any more.
+            ready: running && leader.is_some(),
             last_transaction,
             applied,
             leading: state == ServerState::Leader
