@@ -7,6 +7,7 @@
 //! search names a replica it does not know or finds no leader: a replica that joined later
 //! (and, having the highest id, is handed the leadership) is found too.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub struct LeaderDiscovery {
     replicas: RwLock<Vec<Peer>>,
     current: RwLock<Option<Leader>>,
     searching: tokio::sync::Mutex<()>,
+    /// Searches finished: a request that waited for one to end takes its result, whatever it
+    /// found, instead of searching again (with replicas that hang, each search takes a while).
+    searches: AtomicU64,
     http: reqwest::Client,
     leader_changes: Counter,
 }
@@ -54,6 +58,7 @@ impl LeaderDiscovery {
             replicas: RwLock::new(replicas),
             current: RwLock::new(None),
             searching: tokio::sync::Mutex::new(()),
+            searches: AtomicU64::new(0),
             http,
             leader_changes: Default::default(),
         }
@@ -135,9 +140,12 @@ impl LeaderDiscovery {
         failed: Option<&Leader>,
         hint: Option<(u32, u64)>,
     ) -> Option<Leader> {
+        let searched_before = self.searches.load(Ordering::Acquire);
         let _one_at_a_time = self.searching.lock().await;
         let current = self.current();
-        if current.is_some() && current.as_ref() != failed {
+        if current.is_some() && current.as_ref() != failed
+            || self.searches.load(Ordering::Acquire) != searched_before
+        {
             return current;
         }
         // A hint naming a replica this frontend does not know: the group has grown.
@@ -152,6 +160,7 @@ impl LeaderDiscovery {
             found = self.search(failed).await;
         }
         self.follow(found.clone());
+        self.searches.fetch_add(1, Ordering::Release);
         found
     }
 
@@ -551,5 +560,42 @@ mod tests {
             "Not the leader",
         );
         assert_eq!(hint(&RemoteError::Api(plain)), None);
+    }
+
+    /// A replica that takes connections and never answers its health check (stopped, as by
+    /// SIGSTOP, its socket still open), counting the checks.
+    async fn hung(id: u32) -> (Peer, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().route(
+            "/health",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Peer { id, url }, asked)
+    }
+
+    /// Requests that wait while a search is under way take what it found, even nothing,
+    /// instead of each searching again: with two replicas hung, every search waits for their
+    /// health checks to time out, and the requests would wait for one search each.
+    #[tokio::test]
+    async fn waiting_requests_share_the_search_under_way() {
+        let (one, one_asked) = hung(1).await;
+        let (two, two_asked) = hung(2).await;
+        let (three, _) = replica(health(3, 7, false)).await;
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(vec![one, two, three], http);
+        let found = futures::future::join_all((0..5).map(|_| discovery.leader())).await;
+        assert!(found.iter().all(Option::is_none), "{found:?}");
+        for asked in [one_asked, two_asked] {
+            assert_eq!(asked.load(Ordering::SeqCst), 1, "one search for all five");
+        }
     }
 }

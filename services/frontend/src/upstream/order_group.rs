@@ -56,7 +56,7 @@ where
 {
     let inner = &state.inner;
     let deadline = Instant::now() + READ_DEADLINE;
-    let mut leader = inner.leaders.leader().await;
+    let mut leader = leader_by(state, deadline).await;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let mut hinted = None;
@@ -82,9 +82,23 @@ where
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         inner.order_retries.inc();
-        leader = inner.leaders.replace(leader.as_ref(), hinted).await;
+        let replacing = inner.leaders.replace(leader.as_ref(), hinted);
+        leader = tokio::time::timeout_at(deadline, replacing)
+            .await
+            .ok()
+            .flatten();
     }
     Err(FrontendError::NoLeader)
+}
+
+/// The leader, if one is known or found before `deadline`: with replicas that hang, a search
+/// takes a while, and requests wait for the one under way.
+async fn leader_by(state: &AppState, deadline: Instant) -> Option<Leader> {
+    let finding = state.inner.leaders.leader();
+    tokio::time::timeout_at(deadline, finding)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// `GET` of `route` (with `params`, and `query` as it came) from the leader, through [`read`].
@@ -176,7 +190,7 @@ where
     let deadline = Instant::now() + WRITE_DEADLINE;
     let mut maybe_executed = false;
     let mut backoff = FIRST_BACKOFF;
-    let mut leader = inner.leaders.leader().await;
+    let mut leader = leader_by(state, deadline).await;
     loop {
         let mut search = true;
         let mut replaced = None;
