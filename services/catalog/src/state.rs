@@ -102,16 +102,22 @@ impl AppState {
                 let result = match paths::INVALIDATE.url(frontend, &[]) {
                     Ok(url) => {
                         let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
-                        push.json(body).send().await.map(|_| ())
+                        push.json(body).send().await
                     }
                     Err(e) => {
                         tracing::warn!("invalidate at {frontend}: {e}");
                         return;
                     }
                 };
-                // A frontend that is down has no cache to keep fresh; it starts empty.
-                if let Err(e) = result {
-                    tracing::debug!("invalidate at {frontend}: {e}");
+                match result {
+                    Ok(answer) if answer.status().is_success() => {}
+                    // A frontend that answers and refuses (its secret is not this one's) keeps
+                    // what it cached: that needs an operator.
+                    Ok(answer) => {
+                        tracing::warn!("invalidate at {frontend}: refused, {}", answer.status());
+                    }
+                    // A frontend that is down has no cache to keep fresh; it starts empty.
+                    Err(e) => tracing::debug!("invalidate at {frontend}: {e}"),
                 }
             }
         });
