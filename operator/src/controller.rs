@@ -255,7 +255,16 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         .as_ref()
         .map(|s| s.replicas.as_slice())
         .unwrap_or_default();
-    let assessment = health::assess(&observations, previous, ctx.settings.failure_threshold);
+    let policy = health::Policy {
+        failure_threshold: ctx.settings.failure_threshold,
+        probe_period: Duration::from_secs(ctx.settings.probe_period_seconds),
+    };
+    let assessment = health::assess(
+        &observations,
+        previous,
+        policy,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
     let members = match leader_ip(&observations, assessment.leader) {
         Some(ip) => group_members(&ctx, &ip, &secret).await,
         None => None,

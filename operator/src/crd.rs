@@ -323,9 +323,12 @@ pub struct ReplicaStatus {
     pub healthy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transaction: Option<u64>,
-    /// Health checks failed in a row.
+    /// Health checks failed in a row, counted at most once a probe period.
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// When the last of them was counted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
     /// Times the operator deleted this replica's pod.
     #[serde(default)]
     pub restarts: u32,

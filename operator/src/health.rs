@@ -1,7 +1,10 @@
 //! The order-replica health policy, as a pure function: what the operator observed of each
 //! replica's pod and health endpoint in, the replicas' status and the pods to delete out.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use stocknet_common::wire::Health;
 
 use crate::crd::ReplicaStatus;
@@ -40,17 +43,33 @@ impl Assessment {
     }
 }
 
+/// When a running pod that does not answer is deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Failed health checks in a row.
+    pub failure_threshold: u32,
+    /// Checks count at most once in this long, however often the operator reconciles (each
+    /// status it writes starts another round at once).
+    pub probe_period: Duration,
+}
+
 /// Applies the policy: a pod whose container has crashed (CrashLoopBackOff, terminated, phase
 /// Failed) is deleted at once; a running pod whose health check fails `failure_threshold`
-/// times in a row is deleted too. Pods that are starting, already being deleted, or answering
-/// but still resyncing are left alone. `previous` is the last status written.
+/// times in a row, a probe period apart, is deleted too, one a round and only while a majority
+/// of the replicas answer ready without it. A pod that does not answer while the others do
+/// hangs; when most do not answer, the operator may be the one cut off, or they are all
+/// starting, and deleting them would only stop the group again. Pods that are starting,
+/// already being deleted, or answering but still resyncing are left alone. `previous` is the
+/// last status written.
 pub fn assess(
     observations: &[Observation],
     previous: &[ReplicaStatus],
-    failure_threshold: u32,
+    policy: Policy,
+    now: Timestamp,
 ) -> Assessment {
     let mut deletions = Vec::new();
-    let replicas = observations
+    let mut unanswered: Vec<usize> = Vec::new();
+    let mut replicas: Vec<ReplicaStatus> = observations
         .iter()
         .map(|seen| {
             let before = previous.iter().find(|r| r.id == seen.id);
@@ -64,6 +83,7 @@ pub fn assess(
                     .map(|h| h.last_transaction)
                     .or(before.and_then(|b| b.last_transaction)),
                 consecutive_failures: 0,
+                last_failure: None,
                 restarts: before.map_or(0, |b| b.restarts),
             };
             let Some(pod) = &seen.pod else {
@@ -83,23 +103,47 @@ pub fn assess(
             }
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             if running && seen.health.is_none() {
-                status.consecutive_failures = before.map_or(0, |b| b.consecutive_failures) + 1;
-                if status.consecutive_failures >= failure_threshold {
-                    deletions.push(Deletion {
-                        pod: seen.pod_name.clone(),
-                        reason: "OrderReplicaUnhealthy",
-                        message: format!(
-                            "order replica {} failed {} health checks in a row; deleting its pod",
-                            seen.id, status.consecutive_failures
-                        ),
-                    });
-                    status.consecutive_failures = 0;
-                    status.restarts += 1;
+                let failures = before.map_or(0, |b| b.consecutive_failures);
+                let counted = before
+                    .and_then(|b| b.last_failure.as_deref())
+                    .and_then(|text| text.parse::<Timestamp>().ok());
+                let period_passed = counted.is_none_or(|at| {
+                    now.duration_since(at).as_secs_f64() >= policy.probe_period.as_secs_f64()
+                });
+                if period_passed {
+                    status.consecutive_failures = failures + 1;
+                    status.last_failure = Some(now.to_string());
+                } else {
+                    status.consecutive_failures = failures;
+                    status.last_failure = before.and_then(|b| b.last_failure.clone());
                 }
             }
             status
         })
         .collect();
+    for (at, status) in replicas.iter().enumerate() {
+        if status.consecutive_failures >= policy.failure_threshold {
+            unanswered.push(at);
+        }
+    }
+    let answering = replicas.iter().filter(|r| r.healthy).count();
+    let majority = observations.len() / 2 + 1;
+    // The longest silent first; the others wait for the next round, and for it to answer.
+    unanswered.sort_by_key(|&at| std::cmp::Reverse(replicas[at].consecutive_failures));
+    if let Some(&at) = unanswered.first().filter(|_| answering >= majority) {
+        let status = &mut replicas[at];
+        deletions.push(Deletion {
+            pod: status.pod.clone(),
+            reason: "OrderReplicaUnhealthy",
+            message: format!(
+                "order replica {} failed {} health checks in a row; deleting its pod",
+                status.id, status.consecutive_failures
+            ),
+        });
+        status.consecutive_failures = 0;
+        status.last_failure = None;
+        status.restarts += 1;
+    }
     let leader = observations
         .iter()
         .filter_map(|seen| seen.health.as_ref())
@@ -173,6 +217,16 @@ mod tests {
         }
     }
 
+    const POLICY: Policy = Policy {
+        failure_threshold: 3,
+        probe_period: Duration::from_secs(5),
+    };
+
+    /// `periods` probe periods into the test.
+    fn at(periods: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + 5 * periods).unwrap()
+    }
+
     fn seen(id: u32, pod: Option<Pod>, health: Option<Health>) -> Observation {
         Observation {
             id,
@@ -189,7 +243,7 @@ mod tests {
             seen(2, Some(pod("Running", None)), Some(health(2, 4, 3, true))),
             seen(3, Some(pod("Running", None)), Some(health(3, 4, 3, true))),
         ];
-        let assessment = assess(&observations, &[], 3);
+        let assessment = assess(&observations, &[], POLICY, at(0));
         assert!(assessment.deletions.is_empty());
         assert!(assessment.all_healthy());
         assert_eq!(assessment.leader, Some(3));
@@ -223,7 +277,7 @@ mod tests {
             restarts: 2,
             ..ReplicaStatus::default()
         }];
-        let assessment = assess(&observations, &previous, 3);
+        let assessment = assess(&observations, &previous, POLICY, at(0));
         let deleted: Vec<&str> = assessment
             .deletions
             .iter()
@@ -238,14 +292,22 @@ mod tests {
     }
 
     #[test]
-    fn failed_health_checks_delete_only_past_the_threshold() {
-        let unanswered = [seen(1, Some(pod("Running", None)), None)];
-        let first = assess(&unanswered, &[], 3);
+    fn failed_health_checks_delete_only_past_the_threshold_a_period_apart() {
+        let answering = |id| seen(id, Some(pod("Running", None)), Some(health(id, 1, 3, true)));
+        let unanswered = [
+            seen(1, Some(pod("Running", None)), None),
+            answering(2),
+            answering(3),
+        ];
+        let first = assess(&unanswered, &[], POLICY, at(0));
         assert!(first.deletions.is_empty());
         assert_eq!(first.replicas[0].consecutive_failures, 1);
-        let second = assess(&unanswered, &first.replicas, 3);
+        // Rounds within a period (each status written starts one) count once.
+        let again = assess(&unanswered, &first.replicas, POLICY, at(0));
+        assert_eq!(again.replicas[0].consecutive_failures, 1);
+        let second = assess(&unanswered, &again.replicas, POLICY, at(1));
         assert!(second.deletions.is_empty());
-        let third = assess(&unanswered, &second.replicas, 3);
+        let third = assess(&unanswered, &second.replicas, POLICY, at(2));
         assert_eq!(third.deletions.len(), 1);
         assert_eq!(third.deletions[0].reason, "OrderReplicaUnhealthy");
         assert_eq!(
@@ -256,15 +318,56 @@ mod tests {
             (0, 1)
         );
         // An answer resets the count.
-        let answered = [seen(
-            1,
-            Some(pod("Running", None)),
-            Some(health(1, 1, 1, true)),
-        )];
+        let answered = [answering(1), answering(2), answering(3)];
         assert_eq!(
-            assess(&answered, &second.replicas, 3).replicas[0].consecutive_failures,
+            assess(&answered, &second.replicas, POLICY, at(2)).replicas[0].consecutive_failures,
             0
         );
+    }
+
+    #[test]
+    fn silent_pods_are_deleted_one_a_round_and_only_while_a_majority_answers() {
+        let running = || Some(pod("Running", None));
+        let silent = |id| seen(id, running(), None);
+        let answering = |id| seen(id, running(), Some(health(id, 1, 5, true)));
+        let past_threshold: Vec<ReplicaStatus> = (1..=5)
+            .map(|id| ReplicaStatus {
+                id,
+                pod: format!("demo-order-{}", id - 1),
+                consecutive_failures: 2,
+                ..ReplicaStatus::default()
+            })
+            .collect();
+        // None answers: the operator may be the one cut off, or all are starting.
+        let none = [silent(1), silent(2), silent(3)];
+        let assessment = assess(&none, &past_threshold[..3], POLICY, at(10));
+        assert!(
+            assessment.deletions.is_empty(),
+            "{:?}",
+            assessment.deletions
+        );
+        assert_eq!(assessment.replicas[0].consecutive_failures, 3);
+        // Two of five silent, three answering: one goes now, the other in a later round.
+        let two = [
+            silent(1),
+            silent(2),
+            answering(3),
+            answering(4),
+            answering(5),
+        ];
+        let assessment = assess(&two, &past_threshold, POLICY, at(10));
+        let deleted: Vec<&str> = assessment
+            .deletions
+            .iter()
+            .map(|d| d.pod.as_str())
+            .collect();
+        assert_eq!(deleted, ["demo-order-0"]);
+        assert_eq!(assessment.replicas[1].consecutive_failures, 3);
+        // Two of three silent: the one answering is no majority.
+        let most = [silent(1), silent(2), answering(3)];
+        assert!(assess(&most, &past_threshold[..3], POLICY, at(10))
+            .deletions
+            .is_empty());
     }
 
     #[test]
@@ -287,7 +390,7 @@ mod tests {
                 ..ReplicaStatus::default()
             })
             .collect();
-        let assessment = assess(&observations, &previous, 3);
+        let assessment = assess(&observations, &previous, POLICY, at(0));
         assert!(
             assessment.deletions.is_empty(),
             "{:?}",

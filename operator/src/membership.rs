@@ -105,6 +105,29 @@ pub fn plan(
         plan.status = status(Some(format!("order replica {id} to catch up ({how_far})")));
         return plan;
     }
+    // Every commit under the new voters needs a majority of them: if as many are down or far
+    // behind, the change itself would stop the group (shrinking away from the replicas that
+    // work), so it waits for them.
+    let keeping_up = |id: &&u32| {
+        members.leader == Some(**id)
+            || members
+                .behind
+                .get(id)
+                .is_some_and(|&behind| behind <= CAUGHT_UP_ENTRIES)
+    };
+    let live = desired.iter().filter(keeping_up).count();
+    if live < desired.len() / 2 + 1 {
+        let missing: Vec<String> = desired
+            .iter()
+            .filter(|id| !keeping_up(id))
+            .map(u32::to_string)
+            .collect();
+        plan.status = status(Some(format!(
+            "order replicas {} to keep up with the leader, so that most of the new voters do",
+            missing.join(", ")
+        )));
+        return plan;
+    }
     plan.change = Some(Change::SetVoters(desired.clone()));
     plan.status = status(Some(format!(
         "the voters to become {}",
@@ -228,7 +251,8 @@ mod tests {
 
     #[test]
     fn shrinking_changes_the_voters_before_any_pod_goes() {
-        let five = members(&[&[1, 2, 3, 4, 5]], &[], &[]);
+        let keeping_up = [(2, 0), (3, 1), (4, 0), (5, 0)];
+        let five = members(&[&[1, 2, 3, 4, 5]], &[], &keeping_up);
         let all_up = observed(5, &[]);
         let first = plan(3, Some(&five), &all_up, 5);
         assert_eq!(first.pods, 5, "no pod goes while it votes");
@@ -237,7 +261,7 @@ mod tests {
             Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
         );
         // Joint (old and new sets): the pods stay, the change is asked again until it is done.
-        let joint = members(&[&[1, 2, 3, 4, 5], &[1, 2, 3]], &[], &[]);
+        let joint = members(&[&[1, 2, 3, 4, 5], &[1, 2, 3]], &[], &keeping_up);
         let during = plan(3, Some(&joint), &all_up, 5);
         assert_eq!(during.pods, 5);
         assert_eq!(
@@ -250,8 +274,35 @@ mod tests {
     }
 
     #[test]
+    fn the_voters_change_only_to_a_set_most_of_which_keeps_up() {
+        // Five voters; 2 and 3 are down (not heard from) or far behind, 1, 4 and 5 trade.
+        let all_up = observed(5, &[]);
+        for behind in [&[(4, 0), (5, 0)][..], &[(2, 90_000), (4, 0), (5, 0)]] {
+            let five = members(&[&[1, 2, 3, 4, 5]], &[], behind);
+            let shrink = plan(3, Some(&five), &all_up, 5);
+            assert_eq!(shrink.change, None, "{behind:?}");
+            assert_eq!(shrink.pods, 5);
+            assert!(
+                shrink
+                    .status
+                    .waiting_for
+                    .as_deref()
+                    .is_some_and(|w| w.contains('2')),
+                "{:?}",
+                shrink.status.waiting_for
+            );
+        }
+        // One of the three down: 1 and 3 are a majority of them.
+        let one_down = members(&[&[1, 2, 3, 4, 5]], &[], &[(3, 0), (4, 0), (5, 0)]);
+        assert_eq!(
+            plan(3, Some(&one_down), &all_up, 5).change,
+            Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
+        );
+    }
+
+    #[test]
     fn a_learner_the_spec_no_longer_wants_is_removed_with_its_pod_kept_until_then() {
-        let with_learner = members(&[&[1, 2, 3]], &[4], &[(4, 0)]);
+        let with_learner = members(&[&[1, 2, 3]], &[4], &[(2, 0), (3, 0), (4, 0)]);
         let plan = plan(3, Some(&with_learner), &observed(4, &[]), 4);
         assert_eq!(plan.pods, 4);
         assert_eq!(

@@ -168,6 +168,7 @@ mod tests {
             healthy,
             last_transaction: None,
             consecutive_failures: 0,
+            last_failure: None,
             restarts: 0,
         }
     }
