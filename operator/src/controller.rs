@@ -304,7 +304,12 @@ pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, E
         .cloned()
         .collect();
     let step = if assessment.deletions.is_empty() {
-        upgrade::next_step(&existing_pods, revision.as_deref(), assessment.leader)
+        upgrade::next_step(
+            &existing_pods,
+            revision.as_deref(),
+            assessment.leader,
+            members.as_ref().map(|m| &m.behind),
+        )
     } else {
         upgrade::Step {
             replace: None,

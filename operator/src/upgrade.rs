@@ -4,8 +4,11 @@
 //! every replica is up, ready and resynced, so that a majority always holds the log and no two
 //! replicas are ever down at once.
 
+use std::collections::BTreeMap;
+
 use crate::crd::UpgradeStatus;
 use crate::health::Observation;
+use crate::membership::CAUGHT_UP_ENTRIES;
 
 /// The label the StatefulSet controller gives each pod: the revision of its template.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -27,12 +30,14 @@ pub struct Replacement {
 }
 
 /// The next step towards every order replica running `revision` (the StatefulSet's update
-/// revision; `None` before the controller has computed it), given this round's observations
-/// and the leader they report.
+/// revision; `None` before the controller has computed it), given this round's observations,
+/// the leader they report and how many log entries the leader says each other replica is
+/// behind (`None`: the leader did not say).
 pub fn next_step(
     observations: &[Observation],
     revision: Option<&str>,
     leader: Option<u32>,
+    behind: Option<&BTreeMap<u32, u64>>,
 ) -> Step {
     let Some(revision) = revision else {
         return Step {
@@ -67,19 +72,34 @@ pub fn next_step(
         total,
         waiting_for: None,
     };
-    // Every replica up, ready (resynced) and not on its way out: otherwise replacing one more
-    // could leave no majority.
+    // Every replica up, ready and not on its way out, and every follower caught up by the
+    // leader's count (a replica back from a replacement says it is ready once it hears from the
+    // leader, long before it has caught up): otherwise replacing one more could leave no
+    // majority that keeps up, and commits would wait.
+    let waiting = |why: String| Step {
+        replace: None,
+        progress: Some(UpgradeStatus {
+            waiting_for: Some(why),
+            ..progress.clone()
+        }),
+    };
     if let Some(down) = observations.iter().find(|seen| !up_and_ready(seen)) {
-        return Step {
-            replace: None,
-            progress: Some(UpgradeStatus {
-                waiting_for: Some(format!(
-                    "order replica {} to be ready and resynced",
-                    down.id
-                )),
-                ..progress
-            }),
-        };
+        return waiting(format!(
+            "order replica {} to be ready and resynced",
+            down.id
+        ));
+    }
+    let Some(behind) = behind else {
+        return waiting("the order leader to report how far each replica is behind".into());
+    };
+    let lagging = observations.iter().find(|seen| {
+        Some(seen.id) != leader
+            && behind
+                .get(&seen.id)
+                .is_none_or(|&entries| entries > CAUGHT_UP_ENTRIES)
+    });
+    if let Some(lagging) = lagging {
+        return waiting(format!("order replica {} to catch up", lagging.id));
     }
     // Followers first, the highest id first (the next leader should be up to date); the leader
     // last, so that it changes once.
@@ -150,11 +170,13 @@ mod tests {
                     }),
                     ..Pod::default()
                 });
+                // Resyncing, it says it is ready once it hears from the leader, as a replica
+                // does; only the leader's count says it is far behind.
                 let health = (replica.state != State::Gone).then(|| Health {
                     node_id: id,
                     term: 4,
                     leader: Some(leader),
-                    ready: replica.state == State::Ready,
+                    ready: true,
                     last_transaction: 100,
                     applied: 100,
                     leading: leader == id,
@@ -165,6 +187,22 @@ mod tests {
                     pod,
                     health,
                 }
+            })
+            .collect()
+    }
+
+    /// How far the leader says each replica is behind.
+    fn behind(world: &[Replica]) -> BTreeMap<u32, u64> {
+        (1..)
+            .zip(world)
+            .filter(|(_, replica)| replica.state != State::Gone)
+            .map(|(id, replica)| {
+                let entries = if replica.state == State::Ready {
+                    0
+                } else {
+                    50_000
+                };
+                (id, entries)
             })
             .collect()
     }
@@ -186,7 +224,12 @@ mod tests {
         let mut recovering: Option<(usize, u32)> = None;
         for _round in 0..40 {
             let observations = observe(&world, leader);
-            let step = next_step(&observations, Some("new"), Some(leader));
+            let step = next_step(
+                &observations,
+                Some("new"),
+                Some(leader),
+                Some(&behind(&world)),
+            );
             let down = world.iter().filter(|r| r.state != State::Ready).count();
             assert!(down <= 1, "two replicas down at once: {world:?}");
             if let Some(replacement) = &step.replace {
@@ -220,7 +263,13 @@ mod tests {
             .iter()
             .all(|r| r.revision == "new" && r.state == State::Ready));
         assert_eq!(
-            next_step(&observe(&world, leader), Some("new"), Some(leader)).progress,
+            next_step(
+                &observe(&world, leader),
+                Some("new"),
+                Some(leader),
+                Some(&behind(&world))
+            )
+            .progress,
             None
         );
     }
@@ -235,22 +284,35 @@ mod tests {
             3
         ];
         world[0].state = State::Resyncing;
-        let step = next_step(&observe(&world, 3), Some("new"), Some(3));
+        let step = next_step(
+            &observe(&world, 3),
+            Some("new"),
+            Some(3),
+            Some(&behind(&world)),
+        );
         assert_eq!(step.replace, None);
         let progress = step.progress.expect("upgrading");
         assert_eq!((progress.updated, progress.total), (0, 3));
         assert!(progress.waiting_for.unwrap().contains("order replica 1"));
-
+        // Without the leader's count of who is behind, nothing goes either.
         world[0].state = State::Ready;
+        let step = next_step(&observe(&world, 3), Some("new"), Some(3), None);
+        assert_eq!(step.replace, None);
+
         assert_eq!(
-            next_step(&observe(&world, 3), None, Some(3)),
+            next_step(&observe(&world, 3), None, Some(3), Some(&behind(&world))),
             Step {
                 replace: None,
                 progress: None
             }
         );
         assert_eq!(
-            next_step(&observe(&world, 3), Some("old"), Some(3)),
+            next_step(
+                &observe(&world, 3),
+                Some("old"),
+                Some(3),
+                Some(&behind(&world))
+            ),
             Step {
                 replace: None,
                 progress: None
