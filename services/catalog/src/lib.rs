@@ -20,7 +20,6 @@ use stocknet_common::auth::internal_only;
 use stocknet_common::listeners;
 use stocknet_common::paths;
 use stocknet_common::server;
-use stocknet_common::wire::Invalidation;
 
 use routes::{
     add_key, apply, create_user, health, list, lookup, metrics, revoke_key, snapshot, user,
@@ -62,27 +61,10 @@ pub async fn start(
         listeners::listen(listeners::PUBLIC, SocketAddr::new(config.host, config.port)).await?;
     tracing::info!(%addr, frontends = ?config.frontends, "catalog listening");
     // A crash may have come between writing a trade and invalidating it: frontends that
-    // outlived this process drop everything they cached from it.
-    let names: Vec<String> = state
-        .store
-        .snapshot()
-        .stocks
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    // So do their users' credentials: a key revoked just before the crash may not have been
-    // pushed.
-    let stocks = names.iter().filter_map(|n| state.store.get(n)).collect();
+    // outlived this process drop everything they cached from it, and their users' credentials
+    // too (a key revoked just before the crash may not have been pushed).
     let boot = state.clone();
-    tokio::spawn(async move {
-        let everything = Invalidation {
-            names,
-            stocks,
-            users: Vec::new(),
-            all_users: true,
-        };
-        boot.push(everything).await
-    });
+    tokio::spawn(async move { boot.invalidate_everything(true).await });
     let scraped = state.clone();
     stocknet_common::metrics::spawn_metrics_port(
         config.host,

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 use stocknet_common::testing::{assert_each_answered, insider_get, insider_post, send, SECRET};
-use stocknet_common::wire::UserRecord;
+use stocknet_common::wire::{Invalidation, UserRecord};
 use stocknet_common::{data, Json, Secret, SecretArgs};
 
 use super::*;
@@ -263,6 +263,10 @@ async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
         frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
         ..state(dir.path(), &[])
     });
+    // The leader of term 1 takes over (which invalidates everything: below).
+    let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
+    assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
+    seen.lock().unwrap().clear();
     let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1},
                                         {"number":2,"name":"FishCo","delta":2}]}"#;
     assert_eq!(
@@ -292,6 +296,39 @@ async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
         pushed,
         expected.map(|(name, quantity)| (name.to_owned(), quantity))
     );
+}
+
+/// A new leader counts what the catalog applied as done, and the last leader's last apply may
+/// have been taken without its invalidation finishing (the call dropped with that leader): so
+/// the first apply of a new term has every frontend drop every stock before it is answered.
+#[tokio::test]
+async fn a_new_leaders_first_apply_invalidates_every_stock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = recording_frontend().await;
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let apply = |body: &str| send(&app, insider_post("/apply", body));
+    let trade = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
+    assert_eq!(apply(trade).await.0, StatusCode::OK);
+    seen.lock().unwrap().clear();
+    // Leader 1 again, nothing new: nothing to tell.
+    assert_eq!(apply(r#"{"term":1,"trades":[]}"#).await.0, StatusCode::OK);
+    assert!(seen.lock().unwrap().is_empty());
+    // Leader 2 takes over, with nothing the catalog lacks.
+    assert_eq!(apply(r#"{"term":2,"trades":[]}"#).await.0, StatusCode::OK);
+    let pushes = seen.lock().unwrap().clone();
+    let mut named: Vec<&str> = pushes
+        .iter()
+        .flat_map(|p| &p.names)
+        .map(String::as_str)
+        .collect();
+    named.sort_unstable();
+    let mut every: Vec<String> =
+        CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG)
+            .unwrap()
+            .names();
+    every.sort_unstable();
+    assert_eq!(named, every);
+    assert!(pushes.iter().all(|p| !p.all_users));
 }
 
 #[tokio::test]

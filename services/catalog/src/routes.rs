@@ -177,7 +177,12 @@ pub(crate) async fn apply(
     let mut names: Vec<String> = request.trades.iter().map(|t| t.name.clone()).collect();
     names.sort();
     names.dedup();
+    let term_before = state.store.term();
     let outcome = state.store.apply(&request)?;
+    // A new leader's first apply. The last leader's last apply may have been taken here and
+    // its invalidation cut short (its call dropped with it), and the new leader counts what is
+    // applied here as done: every frontend drops every stock before it hears back.
+    let new_term = request.term > term_before;
     // The leader batches entries of many requests: each line names its entry's request.
     for trade in request.trades.iter().filter(|t| t.request_id.is_some()) {
         let id = trade.request_id.as_deref().unwrap_or_default();
@@ -196,7 +201,11 @@ pub(crate) async fn apply(
     });
     let invalidate = async {
         let started = std::time::Instant::now();
-        state.invalidate(names).await;
+        if new_term {
+            state.invalidate_everything(false).await;
+        } else {
+            state.invalidate(names).await;
+        }
         metrics
             .invalidation_seconds
             .observe(started.elapsed().as_secs_f64());

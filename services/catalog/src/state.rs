@@ -1,7 +1,7 @@
 //! What the catalog's handlers share: its stores, the frontends it keeps fresh, and the
 //! invalidation push that tells them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub users: Arc<UserStore>,
     pub frontends: Arc<Vec<BaseUrl>>,
     pub frontend_dns: Option<Arc<str>>,
+    /// The frontends `frontend_dns` named when it last answered.
+    pub resolved: Arc<Mutex<Vec<BaseUrl>>>,
     /// Carried by the invalidation push, and required of callers of the internal routes.
     pub secret: Secret,
     pub http: reqwest::Client,
@@ -40,6 +42,7 @@ impl AppState {
             users: Arc::new(users),
             frontends: Arc::new(frontends),
             frontend_dns: None,
+            resolved: Arc::default(),
             http: internal_client(Duration::from_secs(2), &secret),
             secret,
             metrics: Arc::default(),
@@ -81,19 +84,47 @@ impl AppState {
         .await;
     }
 
+    fn resolved(&self) -> std::sync::MutexGuard<'_, Vec<BaseUrl>> {
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every frontend to drop every stock it cached, and with `all_users` every user's
+    /// credentials, and waits for the answers.
+    pub(crate) async fn invalidate_everything(&self, all_users: bool) {
+        let names = self.store.names();
+        let stocks = names.iter().filter_map(|n| self.store.get(n)).collect();
+        self.push(Invalidation {
+            names,
+            stocks,
+            users: Vec::new(),
+            all_users,
+        })
+        .await;
+    }
+
     /// Sends `body` to every frontend, and waits for the answers (each within
     /// [`INVALIDATION_TIMEOUT`]).
     pub(crate) async fn push(&self, body: Invalidation) {
         let mut frontends: Vec<BaseUrl> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
-            match tokio::net::lookup_host(&**dns).await {
+            let resolving = tokio::net::lookup_host(&**dns);
+            match tokio::time::timeout(RESOLVE_TIMEOUT, resolving).await {
                 // An address always makes a base URL.
-                Ok(addrs) => {
-                    frontends.extend(addrs.filter_map(|addr| format!("http://{addr}").parse().ok()))
+                Ok(Ok(addrs)) => {
+                    let found: Vec<BaseUrl> = addrs
+                        .filter_map(|addr| format!("http://{addr}").parse().ok())
+                        .collect();
+                    *self.resolved() = found.clone();
+                    frontends.extend(found);
                 }
                 // No frontend pod exists yet (nothing cached), or DNS is failing: then a frontend
                 // may serve a stale quantity until its next invalidation (docs/OPERATIONS.md).
-                Err(e) => tracing::warn!("resolving frontends at {dns}: {e}"),
+                Ok(Err(e)) => tracing::warn!("resolving frontends at {dns}: {e}"),
+                // A resolver that hangs would hold every apply past its leader's deadline.
+                Err(_) => {
+                    tracing::warn!("resolving frontends at {dns} timed out: the last ones found");
+                    frontends.extend(self.resolved().iter().cloned());
+                }
             }
         }
         let calls = frontends.iter().map(|frontend| {
@@ -124,6 +155,10 @@ impl AppState {
         join_all(calls).await;
     }
 }
+
+/// How long the frontends' DNS name may take to resolve before a push goes to the frontends it
+/// named last.
+const RESOLVE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// How long an invalidation push waits for a frontend: below the leader's deadline for the
 /// catalog's answer (1.5 s), so that a hung frontend slows trades without failing them.

@@ -106,6 +106,16 @@ impl CatalogStore {
         (page, more)
     }
 
+    /// The term of the last leader that applied here.
+    pub fn term(&self) -> u64 {
+        self.read().term
+    }
+
+    /// Every stock's name, in name order.
+    pub fn names(&self) -> Vec<String> {
+        self.read().stocks.keys().cloned().collect()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let table = self.read();
         Snapshot {
