@@ -172,7 +172,7 @@ mod tests {
                 });
                 // Resyncing, it says it is ready once it hears from the leader, as a replica
                 // does; only the leader's count says it is far behind.
-                let health = (replica.state != State::Gone).then(|| Health {
+                let health = (replica.state != State::Gone).then_some(Health {
                     node_id: id,
                     term: 4,
                     leader: Some(leader),
