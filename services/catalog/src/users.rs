@@ -187,11 +187,20 @@ impl UserStore {
         self.read().get(index).cloned()
     }
 
-    /// Appends `bytes` (whole lines) and waits until they are on disk.
+    /// Appends `bytes` (whole lines) and waits until they are on disk. A write that fails
+    /// part way (a full disk) is cut off again, as the journal's are: the next line appended
+    /// after a fragment would make one line that no start can read.
     fn append(&self, file: &File, bytes: Vec<u8>) -> Result<(), CatalogError> {
-        (&*file)
-            .write_all(&bytes)
-            .map_err(|e| CatalogError::io(&self.path, e))?;
+        let io = |e| CatalogError::io(&self.path, e);
+        let before = file.metadata().map_err(io)?.len();
+        if let Err(e) = (&*file).write_all(&bytes) {
+            if let Err(cut) = file.set_len(before) {
+                // A start cuts a torn last line off; an append after it would not be.
+                tracing::error!(path = %self.path.display(), "could not cut a failed write off ({cut}), exiting to recover");
+                std::process::exit(70);
+            }
+            return Err(io(e));
+        }
         file::sync_data_or_exit(file, &self.path);
         Ok(())
     }
