@@ -603,6 +603,48 @@ async fn a_retry_after_the_first_try_went_away_gets_the_committed_command() {
     assert_eq!(logged, [placed.transaction_number]);
 }
 
+/// A request that goes away while its command waits for the entry in flight to be applied
+/// (queued for the next entry: in neither the log nor an entry yet) leaves it in flight: a
+/// retry under its key waits for that command instead of proposing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let resting = |cents| new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(cents)));
+    let place = |order: NewOrder, key: &str, within: Duration| {
+        let (leader, key) = (leader.clone(), Some(key.to_owned()));
+        tokio::time::timeout(within, async move { leader.place(order, key, None).await })
+    };
+    // Cut off for a moment, well inside the followers' patience: the entry in flight waits.
+    cluster.router.isolate(3, &[1, 2, 3], true);
+    let first = tokio::spawn(place(resting(1), "first", Duration::from_secs(5)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !Cluster::log(&leader)
+        .iter()
+        .any(|o| o.key.as_deref() == Some("first"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never logged");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..2 {
+        let gone = place(resting(2), "queued", Duration::from_millis(20)).await;
+        assert!(gone.is_err(), "answered while cut off: {gone:?}");
+    }
+    cluster.router.isolate(3, &[1, 2, 3], false);
+    let placed = match place(resting(2), "queued", Duration::from_secs(5)).await {
+        Ok(Ok(placed)) => placed,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(first.await.unwrap(), Ok(Ok(_))));
+    let log = cluster.settled().await;
+    let queued: Vec<u64> = log
+        .iter()
+        .filter(|o| o.key.as_deref() == Some("queued"))
+        .map(|o| o.number)
+        .collect();
+    assert_eq!(queued, [placed.transaction_number], "executed once");
+}
+
 /// A replica whose consensus core stops on a fault (here a snapshot that does not install)
 /// says so: it is not ready, and the fault is reported, which the service exits on to be
 /// restarted (docs/OPERATIONS.md). It kept its last leader, which read alone looked healthy.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::wire::{Changed, NewOrder, OrderChange, Placed, PriceGuard};
 use stocknet_common::{request_id, Command, Order, OrderOptions, Price};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::sequencer::{Proposed, Request};
 use super::Replica;
@@ -227,44 +227,24 @@ impl Replica {
         let proposed = proposed.await.map_err(|_| OrderError::NotReady)??;
         let number = match proposed {
             Proposed::Logged(number) => number,
-            Proposed::InFlight(mut first) => {
-                let outcome = first
-                    .wait_for(Option::is_some)
-                    .await
-                    .map(|outcome| outcome.flatten())
-                    .ok()
-                    .flatten();
-                outcome.ok_or_else(|| OrderError::OutcomeUnknown {
-                    cause: "the same command under this key did not finish".into(),
-                    catalog: false,
-                })?
-            }
-            Proposed::Now {
-                answer,
-                key,
-                proposed,
-            } => {
-                let (key, done) = key.unzip();
-                // Answered or not (the caller may go away first), the key stops being in
-                // flight when this request ends; the log answers its retries from then on.
-                let _in_flight = InFlight {
-                    key,
-                    requests: &requests,
-                };
-                // Proposed, so perhaps written: only a retry under its key can say.
-                let number = answer
-                    .await
-                    .unwrap_or_else(|_| Err("this replica stopped leading".to_owned()));
-                if let Some(done) = done {
-                    done.send_replace(Some(number.as_ref().ok().copied()));
+            // Proposed, so perhaps written: only its outcome, or a retry under its key, can say.
+            Proposed::InFlight(mut outcome) => {
+                let known = outcome.wait_for(Option::is_some).await.ok();
+                match known.as_deref().cloned().flatten() {
+                    Some(Ok(number)) => number,
+                    Some(Err(cause)) => {
+                        return Err(OrderError::OutcomeUnknown {
+                            cause,
+                            catalog: false,
+                        })
+                    }
+                    None => {
+                        return Err(OrderError::OutcomeUnknown {
+                            cause: "the same command under this key did not finish".into(),
+                            catalog: false,
+                        })
+                    }
                 }
-                self.metrics
-                    .commit_round_seconds
-                    .observe(proposed.elapsed().as_secs_f64());
-                number.map_err(|cause| OrderError::OutcomeUnknown {
-                    cause,
-                    catalog: false,
-                })?
             }
         };
         // Committed and in the book. A book command that did not trade changes nothing in the
@@ -297,21 +277,6 @@ impl Replica {
                     catalog: false,
                 });
             }
-        }
-    }
-}
-
-/// A key in flight, for as long as the request that proposed its command runs: dropped, it
-/// tells the sequencer (which, once gone, has dropped its state with the key).
-struct InFlight<'a> {
-    key: Option<String>,
-    requests: &'a mpsc::UnboundedSender<Request>,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let _ = self.requests.send(Request::Finished { key });
         }
     }
 }

@@ -37,9 +37,12 @@ pub(super) const GATHER_YIELDS: usize = 2;
 /// A command to propose, and where its number (or why it has none) goes once it is applied.
 pub(super) type Pending = (Order, oneshot::Sender<Result<u64, String>>);
 
-/// A proposed command's outcome as its retries learn it: `None` until known, then its number,
-/// or `None` within if it may or may not have executed.
-pub(super) type Outcome = Option<Option<u64>>;
+/// A proposed command's outcome as its requests learn it: `None` until known, then its number
+/// once applied, or why it may or may not have executed.
+pub(super) type Outcome = Option<Result<u64, String>>;
+
+/// Commands a leader keeps in flight past their outcome before it forgets those finished.
+const FINISHED_KEPT: usize = 1024;
 
 /// What only the leader keeps, for its term: the house as it will be once every command it
 /// proposed is applied (to refuse overdrafts before proposing), the time of its last entry,
@@ -49,7 +52,10 @@ pub(super) struct Leading {
     /// Entries' times never go back along the log, whatever the clock does.
     pub(super) last_time: u64,
     /// Key → the command proposed under it, and its outcome once known: a retry that arrives
-    /// meanwhile waits for the first.
+    /// meanwhile waits for the first. The outcome is awaited by a task of its own, so that a
+    /// request that goes away (its caller's deadline) takes nothing out of flight: a command
+    /// still queued for the next entry is in neither the log nor here otherwise, and its retry
+    /// would execute it twice.
     pub(super) in_flight: HashMap<String, (Order, watch::Receiver<Outcome>)>,
     /// The commands to propose, in the order the house projection counted them.
     pub(super) proposals: mpsc::UnboundedSender<Pending>,
@@ -92,8 +98,6 @@ pub(super) enum Request {
         request_id: Option<String>,
         reply: oneshot::Sender<Result<Proposed, OrderError>>,
     },
-    /// The command proposed under `key` has its outcome: a retry under it no longer waits.
-    Finished { key: String },
 }
 
 /// One stock as the leader projects it.
@@ -104,16 +108,11 @@ pub(super) struct House {
     pub(super) price: Price,
 }
 
-/// How a command got into the log: found there committed (a retry), proposed by another request
-/// under the same key (still in flight), or proposed now.
+/// How a command got into the log: found there committed (a retry), or proposed, by this
+/// request or an earlier one under the same key, with its outcome to come.
 pub(super) enum Proposed {
     Logged(u64),
     InFlight(watch::Receiver<Outcome>),
-    Now {
-        answer: oneshot::Receiver<Result<u64, String>>,
-        key: Option<(String, watch::Sender<Outcome>)>,
-        proposed: Instant,
-    },
 }
 
 impl Replica {
@@ -141,12 +140,16 @@ impl Replica {
                     && logged.user == user
             };
             // In flight first: its entry may be in the log already, written and not committed.
-            if let Some((proposal, first)) = leading.in_flight.get(key) {
-                return if same(proposal) {
-                    Ok(Proposed::InFlight(first.clone()))
-                } else {
-                    Err(OrderError::KeyReused)
-                };
+            // Once its outcome is known, the log says the rest.
+            match leading.in_flight.get(key) {
+                Some((proposal, _)) if !same(proposal) => return Err(OrderError::KeyReused),
+                Some((_, first)) if first.borrow().is_none() => {
+                    return Ok(Proposed::InFlight(first.clone()))
+                }
+                Some(_) => {
+                    leading.in_flight.remove(key);
+                }
+                None => {}
             }
             // What the book has applied is committed and stays: read before the log, an entry
             // at or below it under the key is this command's for good.
@@ -217,16 +220,25 @@ impl Replica {
                 ..house
             },
         );
-        let key = key.map(|key| {
-            let (done, first) = watch::channel(None);
-            leading.in_flight.insert(key.clone(), (proposal, first));
-            (key, done)
+        let (done, outcome) = watch::channel(None);
+        if let Some(key) = key {
+            if leading.in_flight.len() >= FINISHED_KEPT {
+                leading
+                    .in_flight
+                    .retain(|_, (_, outcome)| outcome.borrow().is_none());
+            }
+            leading.in_flight.insert(key, (proposal, outcome.clone()));
+        }
+        let commit_round_seconds = self.metrics.commit_round_seconds.clone();
+        let proposed = Instant::now();
+        tokio::spawn(async move {
+            let number = answer
+                .await
+                .unwrap_or_else(|_| Err("this replica stopped leading".to_owned()));
+            commit_round_seconds.observe(proposed.elapsed().as_secs_f64());
+            done.send_replace(Some(number));
         });
-        Ok(Proposed::Now {
-            answer,
-            key,
-            proposed: Instant::now(),
-        })
+        Ok(Proposed::InFlight(outcome))
     }
 
     /// Whether every command this leader took is answered: committed, applied, and in the
@@ -326,9 +338,6 @@ impl Replica {
                         _ => Err(self.not_leader()),
                     };
                     let _ = reply.send(answer);
-                }
-                Request::Finished { key } => {
-                    leading.in_flight.remove(&key);
                 }
             }
         }
