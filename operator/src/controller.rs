@@ -16,7 +16,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -583,10 +583,8 @@ async fn observe_reports(
     ];
     if desired.is_none() {
         let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), namespace);
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(cron_job = name, "report CronJob removed"),
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        if delete_owned(&api, &name, sn).await? {
+            tracing::info!(cron_job = name, "report CronJob removed");
         }
         ctx.metrics.report_success.remove(&labels);
         return Ok(None);
@@ -641,13 +639,42 @@ async fn remove_network_policies(
 ) -> Result<(), Error> {
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
     for name in resources::network_policy_names(sn) {
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(policy = name, "network policy removed"),
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        if delete_owned(&api, &name, sn).await? {
+            tracing::info!(policy = name, "network policy removed");
         }
     }
     Ok(())
+}
+
+/// Deletes `name` if `sn` owns it, and says whether it did: an object of the same name that
+/// somebody else made (a user's own network policy, say) is left alone. The deletion is
+/// conditional on the object seen, so one made anew meanwhile is not taken for it.
+async fn delete_owned<K>(api: &Api<K>, name: &str, sn: &StockNet) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + Debug,
+{
+    let Some(object) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let owned = sn
+        .uid()
+        .is_some_and(|uid| object.owner_references().iter().any(|o| o.uid == uid));
+    if !owned {
+        tracing::info!(name, "not made by this StockNet: left alone");
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: object.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Server-side applies `object`; returns the object as the API server now holds it.

@@ -21,7 +21,9 @@ struct Call {
 
 /// Answers like an API server: echoes applied and created objects (the order StatefulSet with
 /// `order_revision` as its update revision, if given), lists `pods` and `jobs`, serves the order
-/// StatefulSet that exists (`existing`, if any), and records every call.
+/// StatefulSet that exists (`existing`, if any) and the StockNet's network policies and report
+/// CronJob (`demo-frontend`'s policy is a user's own, not the StockNet's), and records every
+/// call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     (pods, jobs): (Value, Value),
@@ -59,6 +61,17 @@ async fn fake_api_server(
             continue;
         }
         let reply = match method.as_str() {
+            "GET" if path.contains("/networkpolicies/") || path.contains("/cronjobs/") => {
+                let name = path.rsplit('/').next().unwrap_or_default();
+                let owners = if name == "demo-frontend" {
+                    json!([])
+                } else {
+                    json!([{"apiVersion": "stocknet.io/v1alpha1", "kind": "StockNet",
+                            "name": "demo", "uid": "uid-1", "controller": true}])
+                };
+                json!({"metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                                    "ownerReferences": owners}})
+            }
             "GET" if path.ends_with("/pods") => pods.clone(),
             "GET" if path.ends_with("/jobs") => jobs.clone(),
             "DELETE" if path.contains("/networkpolicies/") => json!({
@@ -140,7 +153,10 @@ async fn run_reconcile_at(
         let desired = stocknet_operator::resources::desired(&sn).unwrap();
         serde_json::to_value(&desired.stateful_sets[1]).unwrap()
     });
-    let port = healthy_replica().await;
+    // The group as it stands: three voters, the followers caught up.
+    let (port, _) = leader_of(json!({"configs": [[1, 2, 3]], "learners": [], "urls": {},
+                                     "entry": 9, "leader": 3, "behind": {"1": 0, "2": 0}}))
+    .await;
     run_reconcile_with(sn, pods, revision, existing, port).await
 }
 
@@ -383,7 +399,7 @@ async fn network_policies_switched_off_are_removed_not_applied() {
         .iter()
         .any(|c| c.method == "PATCH" && c.uri.contains("networkpolicies")));
     let deleted = deleted(&calls);
-    assert_eq!(deleted.len(), 3, "{deleted:?}");
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
     assert!(
         deleted[0].contains("/networkpolicies/demo-catalog"),
         "{deleted:?}"
@@ -392,6 +408,13 @@ async fn network_policies_switched_off_are_removed_not_applied() {
         deleted[1].contains("/networkpolicies/demo-order"),
         "{deleted:?}"
     );
+    // A policy of the same name that the StockNet does not own is somebody else's.
+    assert!(!deleted.iter().any(|d| d.contains("demo-frontend")));
+    let conditional = calls
+        .iter()
+        .find(|c| c.method == "DELETE")
+        .map(|c| c.body["preconditions"]["uid"].clone());
+    assert_eq!(conditional, Some(json!("uid-demo-catalog")));
 }
 
 /// Order pod `ordinal` at `ip`, running, on template revision `revision`.
