@@ -93,7 +93,7 @@ pub fn page(
 ) -> Result<AuditPage, OrderError> {
     let read_log = || log.lock().unwrap_or_else(|e| e.into_inner());
     // Commands past the book are not known to be committed.
-    let mut end = before.min(book.lock().applied().saturating_add(1));
+    let mut end = before.min(book.read(|book| book.applied())?.saturating_add(1));
     if let Some(to) = filter.to {
         // Times never go back along the log: skip straight past everything later than `to`.
         end = end.min(first_after(&read_log(), end, to)?);
@@ -103,8 +103,16 @@ pub fn page(
     while end > 1 && scanned < MAX_SCAN {
         let start = end.saturating_sub(CHUNK).max(1);
         let chunk = read_log().after(start - 1, (end - start) as usize)?;
-        let book = book.lock();
-        for entry in chunk.iter().rev() {
+        // Through the book's check: a refusal whose archived record cannot be read would
+        // otherwise read as an accepted command.
+        let refusals: Vec<Option<Refusal>> = book.read(|book| {
+            chunk
+                .iter()
+                .rev()
+                .map(|entry| book.refusal(entry.number))
+                .collect()
+        })?;
+        for (entry, refusal) in chunk.iter().rev().zip(refusals) {
             if filter.from.is_some_and(|from| entry.stamp.time < from) {
                 return Ok(AuditPage {
                     records,
@@ -117,7 +125,7 @@ pub fn page(
                 // The replica group's own entry: not a command anybody sent.
                 continue;
             }
-            let record = record(entry, book.refusal(entry.number));
+            let record = record(entry, refusal);
             if filter.admits(&record) {
                 records.push(record);
                 if records.len() == limit {

@@ -286,6 +286,7 @@ impl BookStore {
 mod tests {
     use super::*;
     use crate::log::Line;
+    use stocknet_common::wire::Outcome;
     use stocknet_common::{Command, Order, Price, Side};
 
     fn limit(number: u64, side: Side, cents: u64) -> Order {
@@ -400,5 +401,28 @@ mod tests {
         let in_memory = store.lock().archived().trades + 1;
         assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
         assert!(store.read(|book| book.depth("A", 5)).is_ok());
+    }
+
+    /// The audit trail of a refused command whose archived refusal cannot be read is an error:
+    /// read past the book's check it said "accepted".
+    #[test]
+    fn an_audit_that_needs_an_unreadable_archived_refusal_is_an_error_not_an_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        // Cancels of an order that never was: each refused.
+        let entries: Vec<Order> = (1..=20)
+            .map(|n| crate::book::tests::entry(n, Command::Cancel { target: 999 }))
+            .collect();
+        let mut log = OrderLog::open(dir.path().join("orders-1.csv")).unwrap();
+        let lines: Vec<Line> = entries.iter().cloned().map(Line::alone).collect();
+        log.append(&lines).unwrap();
+        let log = Mutex::new(log);
+        let store = open(dir.path(), 2, 20);
+        store.apply(&entries);
+        let filter = crate::audit::AuditFilter::default();
+        let page = crate::audit::page(&log, &store, &filter, u64::MAX, 50).unwrap();
+        assert_eq!(page.records.len(), 20);
+        assert!(page.records.iter().all(|r| r.outcome == Outcome::Refused));
+        std::fs::write(dir.path().join("refusals-1.bin"), b"").unwrap();
+        assert!(crate::audit::page(&log, &store, &filter, u64::MAX, 50).is_err());
     }
 }
