@@ -124,6 +124,8 @@ pub struct Health {
     pub node_id: u32,
     pub term: u64,
     pub leader: Option<u32>,
+    /// It knows its term's leader and, following, has applied through the commit point that
+    /// leader first sent it: caught up, not merely connected.
     pub ready: bool,
     pub last_transaction: u64,
     /// The last log entry this replica's book holds; everything through it is committed.

@@ -645,6 +645,46 @@ async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once
     assert_eq!(queued, [placed.transaction_number], "executed once");
 }
 
+/// A replica back from a crash is ready only once it has applied through its leader's commit
+/// point: ready, it holds no old book (DESIGN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_from_a_crash_is_ready_only_once_caught_up() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    cluster.stop_replica(1).await;
+    let orders = (1..=150).map(|n| {
+        let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(n)));
+        let leader = leader.clone();
+        async move {
+            leader
+                .place(resting, Some(format!("missed-{n}")), None)
+                .await
+        }
+    });
+    for placed in futures::future::join_all(orders).await {
+        placed.unwrap();
+    }
+    let target = leader.health().applied;
+    cluster.start_replica(1).await;
+    let running = cluster.running();
+    let (_, back) = running.iter().find(|(id, _)| *id == 1).expect("replica 1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = back.health();
+        if health.ready {
+            assert!(
+                health.applied >= target,
+                "ready at {} of {target}",
+                health.applied
+            );
+            break;
+        }
+        assert!(!back.is_ready());
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A replica whose consensus core stops on a fault (here a snapshot that does not install)
 /// says so: it is not ready, and the fault is reported, which the service exits on to be
 /// restarted (docs/OPERATIONS.md). It kept its last leader, which read alone looked healthy.

@@ -20,7 +20,7 @@ use openraft::{BasicNode, LogId, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{election_timeout, LogStore, Raft, HEARTBEAT};
+use super::{election_timeout, CatchUp, LogStore, Raft, HEARTBEAT};
 
 /// How recently a replica must have heard from a leader (or, being the leader, from a
 /// majority) to refuse a pre-vote: the shortest election timeout, so that no replica stands
@@ -57,6 +57,8 @@ pub struct Elections {
     /// While this replica, leading, hands the leadership over (`handover.rs`): the voter it
     /// hands it to; 0 otherwise.
     handing_to: AtomicU64,
+    /// How far this replica, following, has caught up with its leader.
+    pub catch_up: CatchUp,
 }
 
 impl Elections {
@@ -68,6 +70,7 @@ impl Elections {
             id,
             last_contact: Mutex::new(Instant::now()),
             handing_to: AtomicU64::new(0),
+            catch_up: CatchUp::default(),
         })
     }
 

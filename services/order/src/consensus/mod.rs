@@ -12,6 +12,7 @@
 // openraft's own error types are what its traits return.
 #![allow(clippy::result_large_err)]
 
+mod catch_up;
 mod durable;
 mod election;
 pub mod handover;
@@ -33,6 +34,7 @@ use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership};
 use stocknet_common::wire::Peer;
 use stocknet_common::{Command, GroupEntry, Order};
 
+pub use catch_up::CatchUp;
 pub use durable::{Durable, DurableLog};
 pub use election::{Elections, PreVote, PreVoteTransport};
 pub use lease::Lease;

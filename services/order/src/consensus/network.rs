@@ -58,9 +58,12 @@ pub async fn deliver_append(
     elections: &Elections,
     request: AppendEntriesRequest<TypeConfig>,
 ) -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
+    let term = request.vote.leader_id().get_term();
+    let commit = request.leader_commit.map(|id| id.index);
     let answer = raft.append_entries(request).await;
     if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
         elections.heard_from_leader();
+        elections.catch_up.heard(term, commit);
     }
     answer
 }

@@ -219,12 +219,12 @@ impl Replica {
     }
 
     pub fn health(&self) -> Health {
-        let (term, leader, state, running) = {
+        let (term, leader, state) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            let running = m.running_state.is_ok();
-            (m.current_term, m.current_leader, m.state, running)
+            (m.current_term, m.current_leader, m.state)
         };
+        let ready = self.is_ready();
         // One lock at a time: the book is never locked while the log is held.
         let last_transaction = self.log().last();
         let applied = self.book().applied();
@@ -232,8 +232,7 @@ impl Replica {
             node_id: self.id,
             term,
             leader: leader.and_then(|l| u32::try_from(l).ok()),
-            // A core that stopped keeps the last leader it knew: it takes no part any more.
-            ready: running && leader.is_some(),
+            ready,
             last_transaction,
             applied,
             leading: state == ServerState::Leader
@@ -282,9 +281,19 @@ impl Replica {
         }
     }
 
-    /// Whether this replica knows a leader (its own term has one).
+    /// Whether this replica takes part in the group and is caught up: it knows its term's
+    /// leader, and, following, has applied through the commit point that leader first sent it
+    /// (a replica back from a restart is not ready while it holds an old book).
     pub fn is_ready(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let caught_up = m.state == ServerState::Leader
+            || self.elections.catch_up.reached(
+                m.current_term,
+                m.last_applied.map_or(0, |applied| applied.index),
+            );
+        // A core that stopped keeps the last leader it knew: it takes no part any more.
+        m.running_state.is_ok() && m.current_leader.is_some() && caught_up
     }
 
     pub fn get(&self, number: u64) -> Result<Option<Order>, OrderError> {
