@@ -217,6 +217,14 @@ mod tests {
         }
     }
 
+    fn deleted_pods(assessment: &Assessment) -> Vec<&str> {
+        assessment
+            .deletions
+            .iter()
+            .map(|d| d.pod.as_str())
+            .collect()
+    }
+
     const POLICY: Policy = Policy {
         failure_threshold: 3,
         probe_period: Duration::from_secs(5),
@@ -278,11 +286,7 @@ mod tests {
             ..ReplicaStatus::default()
         }];
         let assessment = assess(&observations, &previous, POLICY, at(0));
-        let deleted: Vec<&str> = assessment
-            .deletions
-            .iter()
-            .map(|d| d.pod.as_str())
-            .collect();
+        let deleted = deleted_pods(&assessment);
         assert_eq!(deleted, ["demo-order-0", "demo-order-1", "demo-order-2"]);
         assert!(assessment.deletions[1]
             .message
@@ -356,11 +360,7 @@ mod tests {
             answering(5),
         ];
         let assessment = assess(&two, &past_threshold, POLICY, at(10));
-        let deleted: Vec<&str> = assessment
-            .deletions
-            .iter()
-            .map(|d| d.pod.as_str())
-            .collect();
+        let deleted = deleted_pods(&assessment);
         assert_eq!(deleted, ["demo-order-0"]);
         assert_eq!(assessment.replicas[1].consecutive_failures, 3);
         // Two of three silent: the one answering is no majority.

@@ -299,6 +299,14 @@ impl Cluster {
 
 /// Runs `steps` seeded steps on three replicas and checks every answer against the outcome.
 /// An order of `quantity` shares of `name` with no terms: a market order without a `price`.
+/// The numbers of the entries in `log` under idempotency key `key`.
+fn numbers_under(log: &[Order], key: &str) -> Vec<u64> {
+    log.iter()
+        .filter(|o| o.key.as_deref() == Some(key))
+        .map(|o| o.number)
+        .collect()
+}
+
 fn new_order(name: &str, side: Side, quantity: u32, price: Option<Price>) -> NewOrder {
     NewOrder {
         name: name.into(),
@@ -558,7 +566,7 @@ async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
 
     cluster.router.isolate(3, &[1, 2, 3], false);
     let log = cluster.settled().await;
-    assert!(log.iter().filter(|o| o.key.as_deref() == Some(key)).count() <= 1);
+    assert!(numbers_under(&log, key).len() <= 1);
 }
 
 /// A request that goes away before its command commits (its caller's deadline passed) leaves
@@ -595,12 +603,10 @@ async fn a_retry_after_the_first_try_went_away_gets_the_committed_command() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let log = cluster.settled().await;
-    let logged: Vec<u64> = log
-        .iter()
-        .filter(|o| o.key.as_deref() == Some("went away"))
-        .map(|o| o.number)
-        .collect();
-    assert_eq!(logged, [placed.transaction_number]);
+    assert_eq!(
+        numbers_under(&log, "went away"),
+        [placed.transaction_number]
+    );
 }
 
 /// A request that goes away while its command waits for the entry in flight to be applied
@@ -637,11 +643,7 @@ async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once
     };
     assert!(matches!(first.await.unwrap(), Ok(Ok(_))));
     let log = cluster.settled().await;
-    let queued: Vec<u64> = log
-        .iter()
-        .filter(|o| o.key.as_deref() == Some("queued"))
-        .map(|o| o.number)
-        .collect();
+    let queued = numbers_under(&log, "queued");
     assert_eq!(queued, [placed.transaction_number], "executed once");
 }
 

@@ -476,12 +476,16 @@ fn each_entry_tells_its_users_what_it_did_to_their_orders() {
     );
 }
 
-#[test]
-fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
-    let stop = |cents| Terms {
+/// A stop order's terms: it waits until a trade reaches `cents`.
+fn stop(cents: u64) -> Terms {
+    Terms {
         stop_price: Some(Price::from_cents(cents)),
         ..Terms::default()
-    };
+    }
+}
+
+#[test]
+fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
     let mut book = book(&[limit(Side::Sell, 2, 1000), limit(Side::Sell, 5, 1050)]);
     // A stop-limit buy at 10.50 once a trade is at 10.20 or above; a stop-market sell
     // once one is at 9.00 or below.
@@ -527,10 +531,6 @@ fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
 
 #[test]
 fn a_stop_is_reached_by_any_trade_of_the_entry_not_only_its_last() {
-    let stop = |cents| Terms {
-        stop_price: Some(Price::from_cents(cents)),
-        ..Terms::default()
-    };
     // A sweep that trades at 10.00 and then at 11.00 passes a sell stop at 10.00.
     let mut sweep = book(&[limit(Side::Sell, 1, 1000), limit(Side::Sell, 1, 1100)]);
     sweep.apply(&with_terms(3, 7, 0, (Side::Sell, 1, 900), stop(1000)));
