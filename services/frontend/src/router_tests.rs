@@ -806,3 +806,89 @@ async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked()
     assert_eq!(asked.load(Ordering::SeqCst) as usize, refused);
     served.abort();
 }
+
+/// A user's order stream keeps one poll of the leader in flight, whatever the client sends
+/// meanwhile: each frame used to drop the poll and start another, a new connection to the
+/// leader per ping (I13).
+#[tokio::test]
+async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_sends() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use futures::{SinkExt, StreamExt};
+    use stocknet_common::api_key::ApiKey;
+    use stocknet_common::wire::Health;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let polls = Arc::new(AtomicU32::new(0));
+    let counter = polls.clone();
+    let health = Health {
+        node_id: 1,
+        term: 1,
+        leader: Some(1),
+        ready: true,
+        last_transaction: 10,
+        applied: 10,
+        leading: true,
+    };
+    // The leader: it holds every poll of the feed open.
+    let leader = Router::new()
+        .route(
+            "/health",
+            get(move || async move { stocknet_common::data(health) }),
+        )
+        .route(
+            "/feed/orders",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica = format!("1=http://{}", listener.local_addr().unwrap());
+    let leader = tokio::spawn(async move { axum::serve(listener, leader).await });
+    let state = lone_state(&["--order-replicas", &replica]);
+    upstream::catalog::heard_from_catalog(&state);
+    let key = ApiKey::generate(7).unwrap();
+    state.inner.credentials.keep(holder_of(&key));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frontend = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+    let mut request = format!("ws://{frontend}/ws/orders")
+        .into_client_request()
+        .unwrap();
+    let bearer = format!("Bearer {}", key.reveal()).parse().unwrap();
+    request.headers_mut().insert("authorization", bearer);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await;
+    assert!(
+        matches!(&first, Ok(Some(Ok(Message::Text(text)))) if text.contains("subscribed")),
+        "{first:?}"
+    );
+    // A client that sends something every 20 ms, as a chatty one would.
+    for n in 0..25 {
+        let text = Message::Text(n.to_string().into());
+        socket.send(text).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Answered once the frontend has read every message before it.
+    socket.send(Message::Ping(Vec::new().into())).await.unwrap();
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await;
+        match message {
+            Ok(Some(Ok(Message::Pong(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        polls.load(Ordering::SeqCst) <= 2,
+        "{} polls",
+        polls.load(Ordering::SeqCst)
+    );
+    served.abort();
+    leader.abort();
+}

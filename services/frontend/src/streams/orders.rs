@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::ws::{close_code, Message};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use stocknet_common::api_key::ApiKey;
 use stocknet_common::client::call;
@@ -95,40 +95,34 @@ pub async fn orders(
                 Some(key) => key,
                 None => {
                     let reason = "send {\"api_key\": ...} first, or an Authorization header";
-                    let _ = sink.send(close(close_code::POLICY, reason)).await;
+                    let _ = send(&mut sink, close(close_code::POLICY, reason)).await;
                     return;
                 }
             },
         };
-        let Ok(user) = verify(&state, &key).await else {
-            let _ = sink
-                .send(close(close_code::POLICY, "invalid API key"))
-                .await;
-            return;
+        let user = match verify(&state, &key).await {
+            Ok(user) => user,
+            Err(refused) => {
+                let _ = send(&mut sink, refusal(&refused)).await;
+                return;
+            }
         };
         let mut forgotten = state.inner.credentials.forgotten();
         let mut backoff = Duration::from_millis(50);
         let mut cursor = query.after;
         let mut subscribed = false;
+        // One poll of the leader at a time, kept across what else the loop hears (a client's
+        // frames, a key forgotten somewhere): dropped, a poll in flight costs the leader its
+        // connection, and a client could make it cost one per frame it sends.
+        let mut polling = None;
         loop {
-            match verify(&state, &key).await {
-                Ok(_) => {}
-                Err(FrontendError::Unauthorized(_)) => {
-                    let _ = sink
-                        .send(close(close_code::POLICY, "API key revoked"))
-                        .await;
-                    return;
-                }
-                // Cut off from the catalog past the credentials' bound: the key may have been
-                // revoked, so the stream ends; the client reconnects and resumes later.
-                Err(_) => {
-                    let reason = "the API key cannot be checked now; reconnect to resume";
-                    let _ = sink.send(close(close_code::AGAIN, reason)).await;
-                    return;
-                }
+            if let Err(refused) = verify(&state, &key).await {
+                let _ = send(&mut sink, refusal(&refused)).await;
+                return;
             }
+            let poll = polling.get_or_insert_with(|| Box::pin(next_page(&state, user, cursor)));
             let polled = tokio::select! {
-                polled = next_page(&state, user, cursor) => polled,
+                polled = poll => polled,
                 // A key may have been revoked: check this one again now.
                 _ = forgotten.changed() => continue,
                 message = stream.next() => match message {
@@ -136,6 +130,7 @@ pub async fn orders(
                     Some(Ok(_)) => continue,
                 },
             };
+            polling = None;
             let (after, page) = match polled {
                 Ok(polled) => {
                     backoff = Duration::from_millis(50);
@@ -176,6 +171,19 @@ pub async fn orders(
             }
         }
     }))
+}
+
+/// The close frame for a key that `verify` did not pass: refused (1008, final), or not to be
+/// checked now (1013: the catalog is out of reach past the credentials' bound, so it may have
+/// been revoked; the client reconnects and resumes later).
+fn refusal(error: &FrontendError) -> Message {
+    match error {
+        FrontendError::Unauthorized(_) => close(close_code::POLICY, "invalid or revoked API key"),
+        _ => close(
+            close_code::AGAIN,
+            "the API key cannot be checked now; reconnect to resume",
+        ),
+    }
 }
 
 /// The key a client sends as its first message, if it does in time.
