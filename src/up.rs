@@ -113,6 +113,7 @@ struct Service {
     ready_url: String,
     child: Option<Child>,
     restarts: u32,
+    restart: Restart,
     /// Passed on, so that every service logs the way `up` was asked to.
     log_format: LogFormat,
     /// Its tokio worker threads, where `up` chooses them.
@@ -155,6 +156,7 @@ impl Service {
                 .spawn()
                 .with_context(|| format!("cannot start {}", self.name))?,
         );
+        self.restart.started = Some(Instant::now());
         Ok(())
     }
 
@@ -326,6 +328,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         listener: None,
         child: None,
         restarts: 0,
+        restart: Restart::default(),
         log_format,
         workers: serial_service_workers(),
     }];
@@ -352,6 +355,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
             listener: None,
             child: None,
             restarts: 0,
+            restart: Restart::default(),
             log_format,
             workers: serial_service_workers(),
         });
@@ -380,6 +384,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         listener: None,
         child: None,
         restarts: 0,
+        restart: Restart::default(),
         log_format,
         workers: None,
     });
@@ -414,20 +419,58 @@ async fn wait_ready(http: &reqwest::Client, services: &mut [Service]) -> anyhow:
     Ok(())
 }
 
-/// Restarts every service whose process has exited. An order replica resyncs on restart.
+/// How a service is restarted: at once after it ran a while, later and later (up to
+/// [`MAX_RESTART_WAIT`]) while it keeps exiting soon after it starts, so that one that cannot
+/// start (a log it refuses to read) does not take the CPU from those that run.
+#[derive(Debug, Default)]
+struct Restart {
+    started: Option<Instant>,
+    wait: Duration,
+    at: Option<Instant>,
+}
+
+/// How long a service must run for its next restart to be at once.
+const RAN_LONG_ENOUGH: Duration = Duration::from_secs(30);
+const FIRST_RESTART_WAIT: Duration = Duration::from_millis(200);
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(10);
+
+/// The wait before the next restart of a service that ran for `ran` after a wait of
+/// `previous` before its last start.
+fn restart_wait(ran: Duration, previous: Duration) -> Duration {
+    if ran >= RAN_LONG_ENOUGH {
+        Duration::ZERO
+    } else {
+        (previous * 2).clamp(FIRST_RESTART_WAIT, MAX_RESTART_WAIT)
+    }
+}
+
+/// Restarts every service whose process has exited, when its wait is over. An order replica
+/// resyncs on restart.
 fn supervise(services: &mut [Service]) {
+    let now = Instant::now();
     for service in services {
         let exited = match service.child.as_mut().map(Child::try_wait) {
             Some(Ok(Some(status))) => Some(status.to_string()),
             Some(Err(e)) => Some(e.to_string()),
-            None => Some("not running".into()),
-            Some(Ok(None)) => None,
+            None => None,
+            Some(Ok(None)) => continue,
         };
         if let Some(why) = exited {
+            service.child = None;
+            let ran = service.restart.started.map_or(Duration::ZERO, |s| now - s);
+            let wait = restart_wait(ran, service.restart.wait);
+            service.restart.wait = wait;
+            service.restart.at = Some(now + wait);
+            tracing::warn!(service = %service.name, restarts = service.restarts, "exited ({why}); restarting in {wait:?}");
+        }
+        if service.restart.at.is_none_or(|at| now >= at) {
             service.restarts += 1;
-            tracing::warn!(service = %service.name, restarts = service.restarts, "exited ({why}); restarting");
+            service.restart.at = None;
             if let Err(e) = service.spawn() {
                 tracing::error!("{e:#}");
+                let wait = restart_wait(Duration::ZERO, service.restart.wait);
+                service.restart.wait = wait;
+                service.restart.at = Some(now + wait);
             }
         }
     }
@@ -460,6 +503,21 @@ fn print_banner(config: &UpConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_that_keeps_exiting_is_restarted_later_and_later() {
+        let soon = Duration::from_millis(300);
+        let mut wait = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            wait = restart_wait(soon, wait);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        // One that ran a while is restarted at once, and starts over.
+        assert_eq!(restart_wait(RAN_LONG_ENOUGH, wait), Duration::ZERO);
+        assert_eq!(restart_wait(soon, Duration::ZERO), FIRST_RESTART_WAIT);
+    }
 
     #[test]
     fn a_time_of_day_is_hours_minutes_and_seconds_past_midnight() {
