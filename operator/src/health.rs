@@ -127,7 +127,10 @@ pub fn assess(
         }
     }
     let answering = replicas.iter().filter(|r| r.healthy).count();
-    let majority = observations.len() / 2 + 1;
+    // A majority of the group, which the silent pod is part of; in a group of one or two, the
+    // others (none, or the one).
+    let group = observations.len();
+    let majority = (group / 2 + 1).min(group.saturating_sub(1));
     // The longest silent first; the others wait for the next round, and for it to answer.
     unanswered.sort_by_key(|&at| std::cmp::Reverse(replicas[at].consecutive_failures));
     if let Some(&at) = unanswered.first().filter(|_| answering >= majority) {
@@ -363,6 +366,17 @@ mod tests {
         let deleted = deleted_pods(&assessment);
         assert_eq!(deleted, ["demo-order-0"]);
         assert_eq!(assessment.replicas[1].consecutive_failures, 3);
+        // A group of one or two: the others are all there is to answer.
+        let alone = [silent(1)];
+        assert_eq!(
+            deleted_pods(&assess(&alone, &past_threshold[..1], POLICY, at(10))),
+            ["demo-order-0"]
+        );
+        let pair = [silent(1), answering(2)];
+        assert_eq!(
+            deleted_pods(&assess(&pair, &past_threshold[..2], POLICY, at(10))),
+            ["demo-order-0"]
+        );
         // Two of three silent: the one answering is no majority.
         let most = [silent(1), silent(2), answering(3)];
         assert!(assess(&most, &past_threshold[..3], POLICY, at(10))

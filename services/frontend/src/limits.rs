@@ -153,12 +153,14 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         Err(refused) => return refused.into_response(),
     };
     // A key of a user whose credentials this frontend does not keep is checked by asking the
-    // catalog: its address pays for that first, so that made-up keys cannot make the catalog
-    // work without limit.
+    // catalog: its address is admitted for that first (and counts it in flight meanwhile), so
+    // that made-up keys cannot make the catalog work without limit.
+    let mut admitted = None;
     if let (Some(key), Some(address)) = (&key, address) {
         if credentials::kept(&state, key.user()).is_none() {
-            if let Err(too_many) = limits.admit(Client::Address(address)) {
-                return over_its_limit(Client::Address(address), too_many);
+            match limits.admit(Client::Address(address)) {
+                Ok(in_flight) => admitted = Some(in_flight),
+                Err(too_many) => return over_its_limit(Client::Address(address), too_many),
             }
         }
     }
@@ -176,14 +178,17 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     let Some(client) = user.map(Client::User).or(address.map(Client::Address)) else {
         return next.run(request).await;
     };
-    match limits.admit(client) {
-        Ok(in_flight) => {
-            let response = next.run(request).await;
-            drop(in_flight);
-            response
-        }
-        Err(too_many) => over_its_limit(client, too_many),
-    }
+    // The address, admitted already for its key, is not counted twice.
+    let in_flight = match admitted.filter(|_| matches!(client, Client::Address(_))) {
+        Some(in_flight) => in_flight,
+        None => match limits.admit(client) {
+            Ok(in_flight) => in_flight,
+            Err(too_many) => return over_its_limit(client, too_many),
+        },
+    };
+    let response = next.run(request).await;
+    drop(in_flight);
+    response
 }
 
 /// The 429 of a request `client` sent over its limit.

@@ -892,3 +892,49 @@ async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_se
     served.abort();
     leader.abort();
 }
+
+/// Checking a key the frontend keeps nothing for counts in flight against the address while
+/// the catalog is asked: with one request in flight allowed, a second made-up key waits for
+/// nobody, it is 429 at once.
+#[tokio::test]
+async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is_asked() {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    use stocknet_common::api_key::ApiKey;
+    use tokio::sync::Notify;
+
+    let asked = Arc::new(Notify::new());
+    let arrived = asked.clone();
+    let catalog = Router::new().route(
+        "/users/{id}",
+        get(move || {
+            arrived.notify_one();
+            std::future::pending::<()>()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let catalog_url = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let state = lone_state(&["--catalog-url", &catalog_url, "--max-in-flight", "1"]);
+    upstream::catalog::heard_from_catalog(&state);
+    let app = router(state);
+    let from: SocketAddr = "192.0.2.8:40000".parse().unwrap();
+    let with_key = |user| {
+        let key = ApiKey::generate(user).unwrap();
+        let mut request = Request::get("/openapi.json")
+            .header("authorization", format!("Bearer {}", key.reveal()))
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(from));
+        app.clone().oneshot(request)
+    };
+    let first = tokio::spawn(with_key(1));
+    asked.notified().await;
+    let second = with_key(2).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    first.abort();
+    served.abort();
+}

@@ -71,7 +71,8 @@ pub(crate) async fn change_voters(
     Ok(data(state.replica.members()))
 }
 
-/// Readiness: 200 once this replica knows a leader (its term has one).
+/// Readiness: 200 once this replica knows its term's leader and is caught up with it
+/// ([`Replica::is_ready`](crate::replica::Replica::is_ready)).
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     if state.replica.is_ready() {
         data(serde_json::json!({ "ready": true }))

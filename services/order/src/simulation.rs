@@ -648,9 +648,16 @@ async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once
 }
 
 /// A replica back from a crash is ready only once it has applied through its leader's commit
-/// point: ready, it holds no old book (DESIGN).
+/// point: ready, it holds no old book (DESIGN). So too when it comes back into a new term,
+/// whose leader's first appends carry no commit point of the term yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_back_from_a_crash_is_ready_only_once_caught_up() {
+    for new_term in [false, true] {
+        back_from_a_crash(new_term).await;
+    }
+}
+
+async fn back_from_a_crash(new_term: bool) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     cluster.stop_replica(1).await;
@@ -667,6 +674,10 @@ async fn a_replica_back_from_a_crash_is_ready_only_once_caught_up() {
         placed.unwrap();
     }
     let target = leader.health().applied;
+    if new_term {
+        // Replica 2 is elected only with 1's vote: 1 hears the new term's first appends.
+        cluster.stop_replica(3).await;
+    }
     cluster.start_replica(1).await;
     let running = cluster.running();
     let (_, back) = running.iter().find(|(id, _)| *id == 1).expect("replica 1");
@@ -676,7 +687,7 @@ async fn a_replica_back_from_a_crash_is_ready_only_once_caught_up() {
         if health.ready {
             assert!(
                 health.applied >= target,
-                "ready at {} of {target}",
+                "ready at {} of {target} (new term: {new_term})",
                 health.applied
             );
             break;

@@ -19,17 +19,18 @@ struct Target {
 
 impl CatchUp {
     /// Notes the commit point `commit` (a log index) that an append from `term`'s leader
-    /// carried.
+    /// carried. An append without one (a new leader's first, before an entry of its term is
+    /// committed) sets no target: nothing would be caught up with.
     pub fn heard(&self, term: u64, commit: Option<u64>) {
         let mut target = self.lock();
         if term > target.term {
             *target = Target {
                 term,
-                index: Some(commit.unwrap_or(0)),
+                index: commit,
                 reached: false,
             };
         } else if term == target.term && target.index.is_none() {
-            target.index = Some(commit.unwrap_or(0));
+            target.index = commit;
         }
     }
 
@@ -59,6 +60,9 @@ mod tests {
     fn a_follower_is_caught_up_once_it_applied_its_leaders_first_commit_point() {
         let catch_up = CatchUp::default();
         assert!(!catch_up.reached(0, 0), "no leader heard from yet");
+        // A new leader's first appends carry no commit point of its term yet.
+        catch_up.heard(3, None);
+        assert!(!catch_up.reached(3, 0));
         catch_up.heard(3, Some(100));
         assert!(!catch_up.reached(3, 40));
         // Later commit points of the term do not move the target.

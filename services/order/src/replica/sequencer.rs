@@ -41,7 +41,9 @@ pub(super) type Pending = (Order, oneshot::Sender<Result<u64, String>>);
 /// once applied, or why it may or may not have executed.
 pub(super) type Outcome = Option<Result<u64, String>>;
 
-/// Commands a leader keeps in flight past their outcome before it forgets those finished.
+/// Commands a leader keeps in flight (some with their outcome known) before it forgets those
+/// finished; then again once as many more were proposed as are still unfinished, so that a
+/// stall (many unfinished) costs no scan per command.
 const FINISHED_KEPT: usize = 1024;
 
 /// What only the leader keeps, for its term: the house as it will be once every command it
@@ -57,6 +59,8 @@ pub(super) struct Leading {
     /// still queued for the next entry is in neither the log nor here otherwise, and its retry
     /// would execute it twice.
     pub(super) in_flight: HashMap<String, (Order, watch::Receiver<Outcome>)>,
+    /// How many commands may be in flight before the finished ones are forgotten.
+    pub(super) forget_at: usize,
     /// The commands to propose, in the order the house projection counted them.
     pub(super) proposals: mpsc::UnboundedSender<Pending>,
     pub(super) proposer: tokio::task::JoinHandle<()>,
@@ -222,10 +226,11 @@ impl Replica {
         );
         let (done, outcome) = watch::channel(None);
         if let Some(key) = key {
-            if leading.in_flight.len() >= FINISHED_KEPT {
+            if leading.in_flight.len() >= leading.forget_at {
                 leading
                     .in_flight
                     .retain(|_, (_, outcome)| outcome.borrow().is_none());
+                leading.forget_at = FINISHED_KEPT.max(2 * leading.in_flight.len());
             }
             leading.in_flight.insert(key, (proposal, outcome.clone()));
         }
@@ -394,6 +399,7 @@ impl Replica {
             house,
             last_time,
             in_flight: HashMap::new(),
+            forget_at: FINISHED_KEPT,
             proposals,
             proposer,
             applier,
