@@ -225,11 +225,18 @@ impl Replica {
         // A sequencer that is gone proposed nothing: this replica no longer leads that term.
         requests.send(request).map_err(|_| OrderError::NotReady)?;
         let proposed = proposed.await.map_err(|_| OrderError::NotReady)??;
+        // The commit round of a command this request proposed, from proposal to answer.
+        let proposed_now = matches!(proposed, Proposed::Now(_)).then(std::time::Instant::now);
         let number = match proposed {
             Proposed::Logged(number) => number,
             // Proposed, so perhaps written: only its outcome, or a retry under its key, can say.
-            Proposed::InFlight(mut outcome) => {
+            Proposed::InFlight(mut outcome) | Proposed::Now(mut outcome) => {
                 let known = outcome.wait_for(Option::is_some).await.ok();
+                if let Some(proposed) = proposed_now {
+                    self.metrics
+                        .commit_round_seconds
+                        .observe(proposed.elapsed().as_secs_f64());
+                }
                 match known.as_deref().cloned().flatten() {
                     Some(Ok(number)) => number,
                     Some(Err(cause)) => {

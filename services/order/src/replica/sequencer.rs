@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use openraft::ServerState;
@@ -35,7 +35,7 @@ pub(super) const PROPOSALS_IN_FLIGHT: usize = 1;
 pub(super) const GATHER_YIELDS: usize = 2;
 
 /// A command to propose, and where its number (or why it has none) goes once it is applied.
-pub(super) type Pending = (Order, oneshot::Sender<Result<u64, String>>);
+pub(super) type Pending = (Order, watch::Sender<Outcome>);
 
 /// A proposed command's outcome as its requests learn it: `None` until known, then its number
 /// once applied, or why it may or may not have executed.
@@ -54,10 +54,10 @@ pub(super) struct Leading {
     /// Entries' times never go back along the log, whatever the clock does.
     pub(super) last_time: u64,
     /// Key → the command proposed under it, and its outcome once known: a retry that arrives
-    /// meanwhile waits for the first. The outcome is awaited by a task of its own, so that a
-    /// request that goes away (its caller's deadline) takes nothing out of flight: a command
-    /// still queued for the next entry is in neither the log nor here otherwise, and its retry
-    /// would execute it twice.
+    /// meanwhile waits for the first. The proposer sets the outcome, whether or not the request
+    /// that proposed it is still there: a request that goes away (its caller's deadline) takes
+    /// nothing out of flight, or a command still queued for the next entry would be in neither
+    /// the log nor here, and its retry would execute it twice.
     pub(super) in_flight: HashMap<String, (Order, watch::Receiver<Outcome>)>,
     /// How many commands may be in flight before the finished ones are forgotten.
     pub(super) forget_at: usize,
@@ -112,11 +112,12 @@ pub(super) struct House {
     pub(super) price: Price,
 }
 
-/// How a command got into the log: found there committed (a retry), or proposed, by this
-/// request or an earlier one under the same key, with its outcome to come.
+/// How a command got into the log: found there committed (a retry), proposed by an earlier
+/// request under the same key, or proposed now; the outcome of the last two is to come.
 pub(super) enum Proposed {
     Logged(u64),
     InFlight(watch::Receiver<Outcome>),
+    Now(watch::Receiver<Outcome>),
 }
 
 impl Replica {
@@ -209,10 +210,10 @@ impl Replica {
             },
             command,
         };
-        let (answered, answer) = oneshot::channel();
+        let (done, outcome) = watch::channel(None);
         leading
             .proposals
-            .send((proposal.clone(), answered))
+            .send((proposal.clone(), done))
             .map_err(|_| OrderError::Task("the proposer stopped".into()))?;
         // Proposed: it will be applied if it commits, by this leader or the next, so the
         // projection counts it either way.
@@ -224,7 +225,6 @@ impl Replica {
                 ..house
             },
         );
-        let (done, outcome) = watch::channel(None);
         if let Some(key) = key {
             if leading.in_flight.len() >= leading.forget_at {
                 leading
@@ -234,16 +234,7 @@ impl Replica {
             }
             leading.in_flight.insert(key, (proposal, outcome.clone()));
         }
-        let commit_round_seconds = self.metrics.commit_round_seconds.clone();
-        let proposed = Instant::now();
-        tokio::spawn(async move {
-            let number = answer
-                .await
-                .unwrap_or_else(|_| Err("this replica stopped leading".to_owned()));
-            commit_round_seconds.observe(proposed.elapsed().as_secs_f64());
-            done.send_replace(Some(number));
-        });
-        Ok(Proposed::InFlight(outcome))
+        Ok(Proposed::Now(outcome))
     }
 
     /// Whether every command this leader took is answered: committed, applied, and in the
@@ -492,7 +483,7 @@ pub(super) async fn propose_entries(raft: Raft, mut waiting: mpsc::UnboundedRece
             Err(e) => {
                 let cause = format!("consensus stopped: {e}");
                 for answer in answers {
-                    let _ = answer.send(Err(cause.clone()));
+                    answer.send_replace(Some(Err(cause.clone())));
                 }
                 continue;
             }
@@ -510,7 +501,7 @@ pub(super) async fn propose_entries(raft: Raft, mut waiting: mpsc::UnboundedRece
             };
             drop(slot);
             for (offset, answer) in (0..).zip(answers) {
-                let _ = answer.send(first.clone().map(|first| first + offset));
+                answer.send_replace(Some(first.clone().map(|first| first + offset)));
             }
         });
     }
