@@ -156,16 +156,20 @@ impl Replica {
                 }
                 None => {}
             }
-            // What the book has applied is committed and stays: read before the log, an entry
-            // at or below it under the key is this command's for good.
-            let applied = self.book().applied();
             // (The log's guard must be gone before `get` takes it again.)
             let logged = self.log().number_for_key(key)?;
             if let Some(number) = logged {
                 let logged = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+                // What the book has applied is committed and stays: once it covers the entry,
+                // a key that still names it is this command's for good (asked again after, in
+                // case the entry was overwritten between the two looks).
+                let committed = || -> Result<bool, OrderError> {
+                    let applied = self.book().applied();
+                    Ok(number <= applied && self.log().number_for_key(key)? == Some(number))
+                };
                 return if !same(&logged) {
                     Err(OrderError::KeyReused)
-                } else if number <= applied {
+                } else if committed()? {
                     Ok(Proposed::Logged(number))
                 } else {
                     // Written by a proposal that has ended without an outcome (its leader
