@@ -745,6 +745,19 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
     served.abort();
 }
 
+/// A read with a key of `user` the catalog never made, from `from`.
+fn made_up_key_from(user: u64, from: std::net::SocketAddr) -> Request<Body> {
+    let key = stocknet_common::api_key::ApiKey::generate(user).unwrap();
+    let mut request = Request::get("/openapi.json")
+        .header("authorization", format!("Bearer {}", key.reveal()))
+        .body(Body::empty())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(from));
+    request
+}
+
 /// Under limits, keys of users this frontend keeps nothing for cost their address a request
 /// before the catalog is asked about them: made-up keys are refused 429 once the address is
 /// over its limit, without a call to the catalog each.
@@ -754,9 +767,7 @@ async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked()
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
-    use axum::extract::ConnectInfo;
     use axum::routing::get;
-    use stocknet_common::api_key::ApiKey;
 
     let asked = Arc::new(AtomicU32::new(0));
     let counter = asked.clone();
@@ -783,12 +794,7 @@ async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked()
     let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
     let mut statuses = Vec::new();
     for user in 1..=10 {
-        let key = ApiKey::generate(user).unwrap();
-        let mut request = Request::get("/openapi.json")
-            .header("authorization", format!("Bearer {}", key.reveal()))
-            .body(Body::empty())
-            .unwrap();
-        request.extensions_mut().insert(ConnectInfo(from));
+        let request = made_up_key_from(user, from);
         statuses.push(app.clone().oneshot(request).await.unwrap().status());
     }
     let refused = statuses
@@ -901,9 +907,7 @@ async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is
     use std::net::SocketAddr;
     use std::sync::Arc;
 
-    use axum::extract::ConnectInfo;
     use axum::routing::get;
-    use stocknet_common::api_key::ApiKey;
     use tokio::sync::Notify;
 
     let asked = Arc::new(Notify::new());
@@ -922,15 +926,7 @@ async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is
     upstream::catalog::heard_from_catalog(&state);
     let app = router(state);
     let from: SocketAddr = "192.0.2.8:40000".parse().unwrap();
-    let with_key = |user| {
-        let key = ApiKey::generate(user).unwrap();
-        let mut request = Request::get("/openapi.json")
-            .header("authorization", format!("Bearer {}", key.reveal()))
-            .body(Body::empty())
-            .unwrap();
-        request.extensions_mut().insert(ConnectInfo(from));
-        app.clone().oneshot(request)
-    };
+    let with_key = |user| app.clone().oneshot(made_up_key_from(user, from));
     let first = tokio::spawn(with_key(1));
     asked.notified().await;
     let second = with_key(2).await.unwrap();
