@@ -20,6 +20,21 @@ struct Cli {
     config: Config,
 }
 
+/// Serves `app` on a free port of 127.0.0.1 in the background: a stand-in for another process.
+async fn serve(
+    app: Router,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    (
+        address,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    )
+}
+
 /// The user `key` names, holding that one key: as a frontend keeps them once it has fetched them
 /// from the catalog.
 fn holder_of(key: &stocknet_common::api_key::ApiKey) -> stocknet_common::wire::UserRecord {
@@ -671,9 +686,8 @@ async fn a_record_fetched_across_a_revocation_is_not_kept() {
             }),
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let catalog_url = format!("http://{}", listener.local_addr().unwrap());
-    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let (address, served) = serve(catalog).await;
+    let catalog_url = format!("http://{address}");
     let state = lone_state(&["--catalog-url", &catalog_url]);
     // In touch with the catalog already: its first word after a silence would clear every
     // credential kept, and hide what this test is about.
@@ -724,9 +738,8 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
         "/users/{id}",
         get(move || async move { axum::Json(serde_json::json!({ "data": record })) }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung = format!("http://{}", listener.local_addr().unwrap());
-    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let (address, served) = serve(catalog).await;
+    let hung = format!("http://{address}");
     for (catalog_url, expected) in [
         (hung.as_str(), StatusCode::GATEWAY_TIMEOUT),
         ("http://127.0.0.1:9", StatusCode::SERVICE_UNAVAILABLE),
@@ -778,9 +791,8 @@ async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked()
             async { stocknet_common::ApiError::new(StatusCode::NOT_FOUND, "User not found") }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let catalog_url = format!("http://{}", listener.local_addr().unwrap());
-    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let (address, served) = serve(catalog).await;
+    let catalog_url = format!("http://{address}");
     let state = lone_state(&[
         "--catalog-url",
         &catalog_url,
@@ -852,16 +864,13 @@ async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_se
                 std::future::pending::<()>()
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let replica = format!("1=http://{}", listener.local_addr().unwrap());
-    let leader = tokio::spawn(async move { axum::serve(listener, leader).await });
+    let (address, leader) = serve(leader).await;
+    let replica = format!("1=http://{address}");
     let state = lone_state(&["--order-replicas", &replica]);
     upstream::catalog::heard_from_catalog(&state);
     let key = ApiKey::generate(7).unwrap();
     state.inner.credentials.keep(holder_of(&key));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let frontend = listener.local_addr().unwrap();
-    let served = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let (frontend, served) = serve(router(state)).await;
 
     let mut request = format!("ws://{frontend}/ws/orders")
         .into_client_request()
@@ -919,9 +928,8 @@ async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is
             std::future::pending::<()>()
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let catalog_url = format!("http://{}", listener.local_addr().unwrap());
-    let served = tokio::spawn(async move { axum::serve(listener, catalog).await });
+    let (address, served) = serve(catalog).await;
+    let catalog_url = format!("http://{address}");
     let state = lone_state(&["--catalog-url", &catalog_url, "--max-in-flight", "1"]);
     upstream::catalog::heard_from_catalog(&state);
     let app = router(state);
