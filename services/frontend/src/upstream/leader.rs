@@ -250,11 +250,13 @@ impl LeaderDiscovery {
     }
 
     /// Asks the leader this frontend follows whether it still leads its term; if it does not
-    /// (or does not answer), searches again, first at the replica it names. Whether the
-    /// leader changed.
+    /// (or does not answer), searches again, first at the replica it names; following none,
+    /// searches. Whether the leader changed (or one was found).
     pub async fn check_leader(&self) -> bool {
+        // Following none (a search found no leader, mid-election): look again, rather than
+        // wait for a request to.
         let Some(current) = self.current() else {
-            return false;
+            return self.leader().await.is_some();
         };
         let followed = Peer {
             id: current.id,
@@ -463,6 +465,17 @@ mod tests {
         assert!(discovery.check_leader().await);
         let leader = discovery.current().expect("a leader");
         assert_eq!((leader.id, leader.term), (3, 8));
+
+        // Mid-election nobody leads: the search finds none, and the next check finds the
+        // leader elected meanwhile, with no request asking.
+        for (id, health) in (1..).zip(&healths) {
+            *health.lock().unwrap() = self::health(id, 9, false);
+        }
+        assert!(!discovery.check_leader().await);
+        assert_eq!(discovery.current(), None);
+        *healths[0].lock().unwrap() = self::health(1, 9, true);
+        assert!(discovery.check_leader().await);
+        assert_eq!(discovery.current().map(|l| (l.id, l.term)), Some((1, 9)));
     }
 
     /// Replicas 1–3 are configured; 5 joined the group later and leads it.
