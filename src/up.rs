@@ -55,11 +55,22 @@ pub struct UpConfig {
     /// `--webhook` or `--smtp-url`), daily: a UTC time of day, HH:MM or HH:MM:SS.
     #[arg(long, env = env::REPORT_AT, default_value = "23:59", value_parser = time_of_day)]
     pub report_at: Duration,
+    /// Which day the scheduled report covers: the one it runs in (for a run late in the
+    /// day), or the one before (for a run after midnight).
+    #[arg(long, env = env::REPORT_DAY, value_enum, default_value_t = ReportDay::Today)]
+    pub report_day: ReportDay,
     /// No scheduled report.
     #[arg(long, env = env::NO_REPORTS)]
     pub no_reports: bool,
     #[command(flatten)]
     pub report_delivery: report::DeliveryArgs,
+}
+
+/// Which day a scheduled report covers, counted from the day it runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportDay {
+    Today,
+    Yesterday,
 }
 
 /// `HH:MM` or `HH:MM:SS` as the time since midnight.
@@ -121,6 +132,29 @@ struct Service {
 }
 
 impl Service {
+    /// A service not started yet, ready when `ready_url` answers 2xx.
+    fn new(
+        name: String,
+        args: Vec<String>,
+        ready_url: String,
+        port: u16,
+        log_format: LogFormat,
+        workers: Option<usize>,
+    ) -> Self {
+        Self {
+            name,
+            args,
+            port,
+            listener: None,
+            ready_url,
+            child: None,
+            restarts: 0,
+            restart: Restart::default(),
+            log_format,
+            workers,
+        }
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the stocknet binary")?;
         let listener = match self.listener.take() {
@@ -216,6 +250,7 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
             frontend,
             config.data_dir.join("reports"),
             config.report_at,
+            config.report_day,
             config.report_delivery.clone(),
         ))
     });
@@ -243,15 +278,14 @@ async fn report_daily(
     frontend: BaseUrl,
     dir: PathBuf,
     at: Duration,
+    covered: ReportDay,
     delivery: report::DeliveryArgs,
 ) {
     let at = u64::try_from(at.as_millis()).unwrap_or(0);
     loop {
         let now = now_millis();
-        let today = now - now % DAY_MS + at;
-        let next = if today > now { today } else { today + DAY_MS };
+        let (next, day) = next_report(now, at, covered);
         sleep(Duration::from_millis(next - now)).await;
-        let day = day_of(next);
         let done = match report::fetch(&frontend, day).await {
             Ok(daily) => report::archive_and_deliver(&daily, &dir, &delivery, false).await,
             Err(e) => Err(e),
@@ -261,6 +295,18 @@ async fn report_daily(
             Err(e) => tracing::warn!(date = %day_text(day), "daily report failed: {e:#}"),
         }
     }
+}
+
+/// When the next scheduled report runs after `now` (milliseconds since the epoch), `at` past
+/// a UTC midnight, and the day it covers.
+fn next_report(now: u64, at: u64, covered: ReportDay) -> (u64, u32) {
+    let today = now - now % DAY_MS + at;
+    let next = if today > now { today } else { today + DAY_MS };
+    let day = match covered {
+        ReportDay::Today => day_of(next),
+        ReportDay::Yesterday => day_of(next - DAY_MS),
+    };
+    (next, day)
 }
 
 /// A socket listening on `port` of 127.0.0.1 (0: a free port), to hand to a service.
@@ -320,22 +366,18 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
     if let Some(initial) = &config.initial_catalog {
         catalog_args.extend(["--initial-catalog".into(), initial.display().to_string()]);
     }
-    let mut services = vec![Service {
-        name: "catalog".into(),
-        args: catalog_args,
-        ready_url: format!("{}/health", local(config.catalog_port)),
-        port: config.catalog_port,
-        listener: None,
-        child: None,
-        restarts: 0,
-        restart: Restart::default(),
+    let mut services = vec![Service::new(
+        "catalog".into(),
+        catalog_args,
+        format!("{}/health", local(config.catalog_port)),
+        config.catalog_port,
         log_format,
-        workers: serial_service_workers(),
-    }];
+        serial_service_workers(),
+    )];
     for (i, port) in config.order_ports.iter().enumerate() {
-        services.push(Service {
-            name: format!("order {}", i + 1),
-            args: vec![
+        services.push(Service::new(
+            format!("order {}", i + 1),
+            vec![
                 "order".into(),
                 "--port".into(),
                 port.to_string(),
@@ -350,15 +392,11 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
                 "--secret-file".into(),
                 secret.clone(),
             ],
-            ready_url: format!("{}/ready", local(*port)),
-            port: *port,
-            listener: None,
-            child: None,
-            restarts: 0,
-            restart: Restart::default(),
+            format!("{}/ready", local(*port)),
+            *port,
             log_format,
-            workers: serial_service_workers(),
-        });
+            serial_service_workers(),
+        ));
     }
     let mut frontend_args = vec![
         "frontend".into(),
@@ -376,18 +414,14 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
     if config.no_cache {
         frontend_args.push("--no-cache".into());
     }
-    services.push(Service {
-        name: "frontend".into(),
-        args: frontend_args,
-        ready_url: format!("{}/health", local(config.frontend_port)),
-        port: config.frontend_port,
-        listener: None,
-        child: None,
-        restarts: 0,
-        restart: Restart::default(),
+    services.push(Service::new(
+        "frontend".into(),
+        frontend_args,
+        format!("{}/health", local(config.frontend_port)),
+        config.frontend_port,
         log_format,
-        workers: None,
-    });
+        None,
+    ));
     services
 }
 
@@ -517,6 +551,35 @@ mod tests {
         // One that ran a while is restarted at once, and starts over.
         assert_eq!(restart_wait(RAN_LONG_ENOUGH, wait), Duration::ZERO);
         assert_eq!(restart_wait(soon, Duration::ZERO), FIRST_RESTART_WAIT);
+    }
+
+    #[test]
+    fn a_scheduled_report_covers_the_day_it_runs_in_or_the_one_before() {
+        let midnight = 20_000 * DAY_MS;
+        let ten_past = 10 * 60_000;
+        let ends = DAY_MS - 60_000;
+        // Before 23:59: tonight's run, for today.
+        let evening = midnight + 20 * 3_600_000;
+        assert_eq!(
+            next_report(evening, ends, ReportDay::Today),
+            (midnight + ends, 20_000)
+        );
+        // After 00:10 has passed: tomorrow's run, for tomorrow, or with `yesterday` for today.
+        let noon = midnight + 12 * 3_600_000;
+        let tomorrow_ten_past = midnight + DAY_MS + ten_past;
+        assert_eq!(
+            next_report(noon, ten_past, ReportDay::Yesterday),
+            (tomorrow_ten_past, 20_000)
+        );
+        assert_eq!(
+            next_report(noon, ten_past, ReportDay::Today),
+            (tomorrow_ten_past, 20_001)
+        );
+        // Exactly at the time: the next day's run.
+        assert_eq!(
+            next_report(midnight + ten_past, ten_past, ReportDay::Yesterday),
+            (tomorrow_ten_past, 20_000)
+        );
     }
 
     #[test]
