@@ -825,6 +825,31 @@ async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked()
     served.abort();
 }
 
+/// A price stream starts with the catalog's snapshot; a catalog that hangs closes the stream
+/// with 1013 (try again) within the snapshot's deadline, not the HTTP client's 10 s.
+#[tokio::test]
+async fn a_price_stream_whose_catalog_hangs_closes_within_the_snapshot_deadline() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let catalog = Router::new().route("/snapshot", axum::routing::get(std::future::pending::<()>));
+    let (address, catalog) = serve(catalog).await;
+    let state = lone_state(&["--catalog-url", &format!("http://{address}")]);
+    let (frontend, served) = serve(router(state)).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/prices"))
+        .await
+        .unwrap();
+    let bound = upstream::catalog::SNAPSHOT_TIMEOUT + std::time::Duration::from_secs(3);
+    let first = tokio::time::timeout(bound, socket.next()).await;
+    assert!(
+        matches!(&first, Ok(Some(Ok(Message::Close(Some(frame))))) if frame.code == CloseCode::Again),
+        "{first:?}"
+    );
+    served.abort();
+    catalog.abort();
+}
+
 /// A user's order stream keeps one poll of the leader in flight, whatever the client sends
 /// meanwhile: each frame used to drop the poll and start another, a new connection to the
 /// leader per ping (I13).

@@ -33,8 +33,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::answers::{NotAHandshake, StockLookup};
 use crate::routes::stocks::stock;
+use crate::upstream::catalog::{self, call_catalog};
 use crate::upstream::order_group;
-use crate::{Answer, AppState};
+use crate::{Answer, AppState, FrontendError};
 
 pub mod orders;
 
@@ -235,9 +236,15 @@ pub async fn prices(State(state): State<AppState>, Handshake(upgrade): Handshake
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
+        // Through the breaker and within a deadline: a hung catalog closes the stream soon,
+        // as it fails a lookup.
         let snapshot = match paths::SNAPSHOT.url(&state.inner.catalog_url, &[]) {
-            Ok(url) => call::<Snapshot>(state.inner.http.get(url)).await,
-            Err(e) => Err(e),
+            Ok(url) => {
+                let request = state.inner.http.get(url).timeout(catalog::SNAPSHOT_TIMEOUT);
+                let snapshot = call_catalog::<Snapshot>(&state, request).await;
+                snapshot.map_err(FrontendError::from)
+            }
+            Err(e) => Err(FrontendError::CatalogUnavailable(e)),
         };
         let stocks = match snapshot {
             Ok(snapshot) => snapshot.stocks,

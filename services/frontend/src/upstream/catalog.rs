@@ -17,6 +17,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// Deadline of a write to the catalog (a new user: an fsync there).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Deadline of the catalog's snapshot (every stock), which a price stream starts with.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Deadline of the catalog's health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
