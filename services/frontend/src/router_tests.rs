@@ -850,6 +850,32 @@ async fn a_price_stream_whose_catalog_hangs_closes_within_the_snapshot_deadline(
     catalog.abort();
 }
 
+/// A client message longer than a stream takes ends the socket, instead of being gathered
+/// (up to 64 MiB a message, the WebSocket library's default) and then ignored.
+#[tokio::test]
+async fn a_stream_ends_a_socket_whose_client_sends_an_oversized_message() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (frontend, served) = serve(router(lone_state(&[]))).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
+        .await
+        .unwrap();
+    let oversized = "x".repeat(crate::streams::CLIENT_MESSAGE_LIMIT + 1);
+    socket.send(Message::Text(oversized.into())).await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the socket stayed open");
+    served.abort();
+}
+
 /// A user's order stream keeps one poll of the leader in flight, whatever the client sends
 /// meanwhile: each frame used to drop the poll and start another, a new connection to the
 /// leader per ping (I13).

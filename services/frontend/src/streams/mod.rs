@@ -191,8 +191,15 @@ async fn poll(
 }
 
 /// `WebSocketUpgrade` whose rejection (a request that is not a WebSocket handshake, e.g. a
-/// plain GET) is an error envelope like every other answer, not axum's plain text.
+/// plain GET) is an error envelope like every other answer, not axum's plain text. Its socket
+/// reads client messages of at most [`CLIENT_MESSAGE_LIMIT`] bytes.
 pub struct Handshake(WebSocketUpgrade);
+
+/// The largest message or frame a client may send on a stream: the most any stream takes is
+/// `/ws/orders`' hello with a key. A longer one closes the socket (1009); the WebSocket
+/// library's own limit, 64 MiB a message held until it is complete, would let a few clients
+/// exhaust a frontend's memory.
+pub const CLIENT_MESSAGE_LIMIT: usize = 4096;
 
 impl<S: Send + Sync> FromRequestParts<S> for Handshake {
     type Rejection = ApiError;
@@ -200,7 +207,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         WebSocketUpgrade::from_request_parts(parts, state)
             .await
-            .map(Self)
+            .map(|upgrade| {
+                Self(
+                    upgrade
+                        .max_message_size(CLIENT_MESSAGE_LIMIT)
+                        .max_frame_size(CLIENT_MESSAGE_LIMIT),
+                )
+            })
             .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
     }
 }
@@ -250,9 +263,7 @@ pub async fn prices(State(state): State<AppState>, Handshake(upgrade): Handshake
             Ok(snapshot) => snapshot.stocks,
             Err(e) => {
                 tracing::warn!("prices stream: catalog snapshot: {e}");
-                let _ = sink
-                    .send(close(close_code::AGAIN, "catalog unavailable"))
-                    .await;
+                let _ = send(&mut sink, close(close_code::AGAIN, "catalog unavailable")).await;
                 return;
             }
         };
@@ -428,9 +439,11 @@ async fn follow(
     let (mut sink, mut stream) = socket.split();
     'snapshot: loop {
         let Some((applied, first)) = followed.snapshot(&state).await else {
-            let _ = sink
-                .send(close(close_code::AGAIN, "no order leader available"))
-                .await;
+            let _ = send(
+                &mut sink,
+                close(close_code::AGAIN, "no order leader available"),
+            )
+            .await;
             return;
         };
         if send(&mut sink, Message::Text(first.into())).await.is_err() {
@@ -443,7 +456,7 @@ async fn follow(
                 Next::Item(MarketItem::Started(after)) if after > applied => continue 'snapshot,
                 Next::Item(MarketItem::Started(_)) => continue,
                 Next::Behind(missed) => {
-                    let _ = sink.send(slow_consumer(missed)).await;
+                    let _ = send(&mut sink, slow_consumer(missed)).await;
                     return;
                 }
                 Next::Done => return,
@@ -509,7 +522,7 @@ pub async fn pump<T: Clone, S>(
                 }
             }
             Next::Behind(missed) => {
-                let _ = sink.send(slow_consumer(missed)).await;
+                let _ = send(&mut sink, slow_consumer(missed)).await;
                 return;
             }
             Next::Done => return,
