@@ -850,6 +850,28 @@ async fn a_price_stream_whose_catalog_hangs_closes_within_the_snapshot_deadline(
     catalog.abort();
 }
 
+/// A stream without parameters refuses any, before the upgrade: `/ws/trades?name=X` must not
+/// stream every stock's trades as if it were filtered.
+#[tokio::test]
+async fn a_stream_without_parameters_refuses_a_query_parameter() {
+    for path in [
+        "/ws/trades?name=GameStart",
+        "/ws/prices?x=1",
+        "/ws/book/GameStart?depth=10",
+    ] {
+        let request = Request::get(path)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = stocknet_common::testing::send(&app(), request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["code"], 400, "{path}: {body}");
+    }
+}
+
 /// A client message longer than a stream takes ends the socket, instead of being gathered
 /// (up to 64 MiB a message, the WebSocket library's default) and then ignored.
 #[tokio::test]

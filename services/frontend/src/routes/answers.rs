@@ -79,11 +79,12 @@ pub(crate) enum StockLookup {
     Unavailable(ErrorEnvelope),
 }
 
-/// A WebSocket route asked with a request that is not a WebSocket handshake.
+/// A WebSocket route asked with a request that is not a WebSocket handshake, or with a query
+/// parameter (it takes none).
 #[derive(IntoResponses)]
 #[response(
     status = 400,
-    description = "Not a WebSocket handshake: it needs Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"
+    description = "Not a WebSocket handshake (it needs Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key), or a query parameter: the stream takes none"
 )]
 pub(crate) struct NotAHandshake(ErrorEnvelope);
 

@@ -218,12 +218,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
     }
 }
 
+/// The query of a stream that takes no parameters: any is a 400, not ignored
+/// (`/ws/trades?name=X` would otherwise stream every stock's trades).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParameters {}
+
 /// `GET /ws/trades`: every trade, as it commits.
 #[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
     responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
         trade as it commits, and a gap where this frontend missed some. A consumer that falls \
         behind is closed with code 1008 and a reason.", body = TradeFrame), NotAHandshake))]
-pub async fn trades(State(state): State<AppState>, Handshake(upgrade): Handshake) -> Response {
+pub async fn trades(
+    State(state): State<AppState>,
+    Query(NoParameters {}): Query<NoParameters>,
+    Handshake(upgrade): Handshake,
+) -> Response {
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.subscribe_market(&state);
         let (sink, stream) = socket.split();
@@ -245,7 +255,11 @@ pub async fn trades(State(state): State<AppState>, Handshake(upgrade): Handshake
 #[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
     responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
         snapshot of every stock, then a price per change.", body = PriceFrame), NotAHandshake))]
-pub async fn prices(State(state): State<AppState>, Handshake(upgrade): Handshake) -> Response {
+pub async fn prices(
+    State(state): State<AppState>,
+    Query(NoParameters {}): Query<NoParameters>,
+    Handshake(upgrade): Handshake,
+) -> Response {
     upgrade.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
@@ -292,6 +306,7 @@ pub async fn prices(State(state): State<AppState>, Handshake(upgrade): Handshake
 pub async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(NoParameters {}): Query<NoParameters>,
     Handshake(upgrade): Handshake,
 ) -> Answer {
     stock(&state, &name).await?;
