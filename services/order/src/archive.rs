@@ -115,10 +115,12 @@ impl Archive {
     }
 
     /// Trade `id`, which the book sent here.
-    pub(crate) fn trade(&self, id: u64) -> Option<Matched> {
+    pub(crate) fn trade(&self, id: u64, stocks: usize) -> Option<Matched> {
         let mut bytes = [0; TRADE as usize];
         self.trades.read(id.checked_sub(1)?, &mut bytes)?;
-        let trade = decode_trade(&bytes).filter(|trade| trade.id == id);
+        // A record that names no stock of the book's `stocks` is as unreadable as a torn one.
+        let trade =
+            decode_trade(&bytes).filter(|trade| trade.id == id && (trade.stock as usize) < stocks);
         self.trades.found(trade, id)
     }
 
@@ -169,9 +171,11 @@ impl Archive {
         let mut number = [0; 8];
         number.copy_from_slice(&bytes[..8]);
         let length = usize::from(bytes[8]);
-        let order = postcard::from_bytes::<OrderRecord>(&bytes[9..9 + length])
-            .ok()
+        // A length past the record (a corrupt byte) is an unreadable record, not a panic.
+        let order = bytes
+            .get(9..9 + length)
             .filter(|_| length > 0)
+            .and_then(|record| postcard::from_bytes::<OrderRecord>(record).ok())
             .and_then(|record| {
                 let name = name(record.stock)?;
                 Some(record.into_order(u64::from_le_bytes(number), name))
@@ -547,21 +551,44 @@ mod tests {
         archive.sync().unwrap();
         assert_eq!(archive.held().unwrap().trades, 5);
         for id in [1, 2, 3, 5] {
-            assert_eq!(archive.trade(id), Some(trade(id)));
+            assert_eq!(archive.trade(id, 8), Some(trade(id)));
         }
         // Never written (a hole), past the end, and the id no trade has.
         assert_eq!(archive.failed_reads(), 0);
-        assert_eq!(archive.trade(4), None);
-        assert_eq!(archive.trade(6), None);
-        assert_eq!(archive.trade(0), None);
+        assert_eq!(archive.trade(4, 8), None);
+        assert_eq!(archive.trade(6, 8), None);
+        assert_eq!(archive.trade(0, 8), None);
         assert_eq!(archive.failed_reads(), 2, "id 0 is no read at all");
 
         // Written again at the same place (a replay), and read after a reopen.
         archive.write_trade(&trade(3)).unwrap();
         drop(archive);
         let archive = Archive::open(dir.path(), 1).unwrap();
-        assert_eq!(archive.trade(3), Some(trade(3)));
+        assert_eq!(archive.trade(3, 8), Some(trade(3)));
         assert_eq!(archive.held().unwrap().trades, 5);
+    }
+
+    #[test]
+    fn corrupt_records_are_failed_reads_not_panics() {
+        use std::os::unix::fs::FileExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 1).unwrap();
+        archive.write_trade(&trade(1)).unwrap();
+        assert!(archive.write_order(0, 9, &order(5, None)).unwrap());
+        archive.sync().unwrap();
+        // The trade's stock (7) is not one of a book of 7 stocks.
+        assert_eq!(archive.trade(1, 7), None);
+        assert_eq!(archive.failed_reads(), 1);
+        // The order record's length byte says more than the record holds.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("order-records-1.bin"))
+            .unwrap();
+        file.write_all_at(&[u8::MAX], 8).unwrap();
+        let name = |stock| (stock == 9).then(|| Arc::from("FishCo"));
+        assert!(archive.order(0, name).is_none());
+        assert_eq!(archive.failed_reads(), 2);
     }
 
     #[test]

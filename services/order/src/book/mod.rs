@@ -743,7 +743,7 @@ impl Book {
         match id.checked_sub(self.trades_archived + 1) {
             Some(index) => self.trades.get(usize::try_from(index).ok()?).copied(),
             None if id == 0 => None,
-            None => self.archive.as_ref()?.trade(id),
+            None => self.archive.as_ref()?.trade(id, self.stocks.len()),
         }
     }
 
