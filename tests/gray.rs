@@ -496,3 +496,64 @@ async fn a_frontend_that_hung_does_not_serve_what_it_cached_before() {
     // The first lookup after the hang, before any probe or push could have run.
     assert_eq!(cluster.quantity(1, "GameStart").await, 99);
 }
+
+/// A frontend the catalog does not push to (not yet in the catalog's DNS answer, or cut off
+/// one way) stops trusting what it cached within the cache lease once a push it never got has
+/// been numbered, instead of serving a quantity older than an acknowledged trade for as long
+/// as it can probe the catalog.
+#[tokio::test]
+async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease() {
+    use stocknet_common::listeners::PUBLIC;
+    use stocknet_common::wire::CACHE_LEASE;
+
+    let cluster = Cluster::start(1).await;
+    let listener = common::listener();
+    let base = common::url(common::port_of(&listener));
+    let replicas: Vec<String> = (cluster.order_urls.iter().enumerate())
+        .map(|(i, url)| format!("{}={url}", i + 1))
+        .collect();
+    let secret = cluster.dir.path().join("secret").display().to_string();
+    let args = [
+        "frontend",
+        "--port",
+        &common::port_of(&listener).to_string(),
+        "--catalog-url",
+        &cluster.catalog_url,
+        "--order-replicas",
+        &replicas.join(","),
+        "--cache-size",
+        "4",
+        "--secret-file",
+        &secret,
+    ];
+    let args = args.iter().map(|arg| arg.to_string()).collect();
+    let _unpushed = Proc::start(
+        "frontend unpushed",
+        args,
+        cluster.dir.path(),
+        vec![(PUBLIC, listener)],
+    );
+    let lookup = || async {
+        let (status, body) = cluster.get(&format!("{base}/stocks/GameStart")).await;
+        (
+            status,
+            body["data"]["quantity"].as_u64(),
+            body.get("stale").cloned(),
+        )
+    };
+    wait_until(
+        "the unpushed frontend to answer",
+        Duration::from_secs(20),
+        || async { lookup().await.0 == 200 },
+    )
+    .await;
+    // Cached there now.
+    assert_eq!(lookup().await, (200, Some(100), None));
+    cluster.must_order("GameStart", "buy", 5).await;
+    // The lease, a probe's period and the machine's share of the suite: well within 5 s.
+    let bound = CACHE_LEASE + Duration::from_secs(4);
+    wait_until("the unpushed frontend to show the trade", bound, || async {
+        lookup().await == (200, Some(95), None)
+    })
+    .await;
+}

@@ -255,6 +255,58 @@ async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<Invalidation>>>)
     (port, seen)
 }
 
+/// Each push carries its number, and `/health` tells the last one: a frontend that is told a
+/// number it did not get knows it missed a push.
+#[tokio::test]
+async fn pushes_are_numbered_and_health_tells_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = recording_frontend().await;
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
+    assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
+    let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
+    assert_eq!(
+        send(&app, insider_post("/apply", body)).await.0,
+        StatusCode::OK
+    );
+    let marks: Vec<_> = seen.lock().unwrap().iter().map(|push| push.mark).collect();
+    let boot = marks[0].expect("numbered").boot;
+    let sequences: Vec<_> = marks.iter().map(|mark| mark.map(|m| m.sequence)).collect();
+    assert_eq!(sequences, [Some(1), Some(2)]);
+    assert!(marks
+        .iter()
+        .all(|mark| mark.is_some_and(|m| m.boot == boot)));
+    let (status, health) = send(&app, get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        health["data"]["pushes"],
+        json!({ "boot": boot, "sequence": 2 })
+    );
+}
+
+/// A frontend that answered a push and refused it (its secret is another) goes on trusting
+/// what it cached until its lease runs out: the write that pushed is answered only after that.
+#[tokio::test]
+async fn a_write_whose_push_a_frontend_refused_is_answered_after_the_lease() {
+    use stocknet_common::wire::CACHE_LEASE;
+
+    let refusing = Router::new().route("/invalidate", post(|| async { StatusCode::UNAUTHORIZED }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, refusing).await });
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
+    assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
+    assert_eq!(
+        send(&app, insider_post("/apply", body)).await.0,
+        StatusCode::OK
+    );
+    assert!(started.elapsed() >= CACHE_LEASE, "{:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
     let dir = tempfile::tempdir().unwrap();

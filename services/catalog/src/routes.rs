@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::response::Response;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
-    stock_after, stock_cursor, ApplyRequest, Invalidation, NewKey, NewUser, StockPage,
+    stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, NewKey, NewUser,
+    StockPage,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query};
 
@@ -22,11 +23,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let snapshot = state.store.snapshot();
-    data(serde_json::json!({
-        "service": "catalog",
-        "applied": snapshot.applied,
-        "term": snapshot.term,
-    }))
+    data(CatalogHealth {
+        service: "catalog".to_owned(),
+        applied: snapshot.applied,
+        term: snapshot.term,
+        pushes: state.pushes.mark(),
+    })
 }
 
 pub(crate) async fn lookup(

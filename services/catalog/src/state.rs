@@ -1,13 +1,14 @@
 //! What the catalog's handlers share: its stores, the frontends it keeps fresh, and the
 //! invalidation push that tells them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use stocknet_common::file::FileFailure;
 use stocknet_common::paths;
-use stocknet_common::wire::Invalidation;
+use stocknet_common::wire::{Invalidation, PushMark, CACHE_LEASE};
 use stocknet_common::{internal_client, BaseUrl, Secret};
 
 use crate::config::{Config, DEFAULT_CATALOG};
@@ -28,6 +29,44 @@ pub struct AppState {
     pub secret: Secret,
     pub http: reqwest::Client,
     pub metrics: Arc<metrics::CatalogMetrics>,
+    pub pushes: Arc<Pushes>,
+}
+
+/// This process's invalidation pushes, numbered so that a frontend can tell it missed one
+/// ([`PushMark`]).
+#[derive(Debug)]
+pub struct Pushes {
+    boot: u64,
+    last: AtomicU64,
+}
+
+impl Default for Pushes {
+    /// A process's first: its boot is the time it started, in nanoseconds.
+    fn default() -> Self {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let boot = now.map_or(1, |since| since.as_nanos() as u64);
+        Self {
+            boot,
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Pushes {
+    /// The last push numbered.
+    pub fn mark(&self) -> PushMark {
+        PushMark {
+            boot: self.boot,
+            sequence: self.last.load(Ordering::SeqCst),
+        }
+    }
+
+    fn next(&self) -> PushMark {
+        PushMark {
+            boot: self.boot,
+            sequence: self.last.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
 }
 
 impl AppState {
@@ -46,6 +85,7 @@ impl AppState {
             http: internal_client(Duration::from_secs(2), &secret),
             secret,
             metrics: Arc::default(),
+            pushes: Arc::default(),
         }
     }
 
@@ -96,15 +136,18 @@ impl AppState {
         self.push(Invalidation {
             names,
             stocks,
-            users: Vec::new(),
             all_users,
+            ..Invalidation::default()
         })
         .await;
     }
 
-    /// Sends `body` to every frontend, and waits for the answers (each within
-    /// [`INVALIDATION_TIMEOUT`]).
-    pub(crate) async fn push(&self, body: Invalidation) {
+    /// Sends `body` to every frontend, numbered, and waits for the answers (each within
+    /// [`INVALIDATION_TIMEOUT`]). If a frontend answered and did not take it, waits until the
+    /// lease of what that frontend cached has run out ([`PushMark`]).
+    pub(crate) async fn push(&self, mut body: Invalidation) {
+        body.mark = Some(self.pushes.next());
+        let numbered = Instant::now();
         let mut frontends: Vec<BaseUrl> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
             let resolving = tokio::net::lookup_host(&**dns);
@@ -137,24 +180,50 @@ impl AppState {
                     }
                     Err(e) => {
                         tracing::warn!("invalidate at {frontend}: {e}");
-                        return;
+                        return Delivery::NotConnected;
                     }
                 };
                 match result {
-                    Ok(answer) if answer.status().is_success() => {}
+                    Ok(answer) if answer.status().is_success() => Delivery::Taken,
                     // A frontend that answers and refuses (its secret is not this one's) keeps
-                    // what it cached: that needs an operator.
+                    // what it cached until its lease runs out: that needs an operator.
                     Ok(answer) => {
                         tracing::warn!("invalidate at {frontend}: refused, {}", answer.status());
+                        Delivery::Failed
                     }
                     // A frontend that is down has no cache to keep fresh; it starts empty.
-                    Err(e) => tracing::debug!("invalidate at {frontend}: {e}"),
+                    Err(e) if e.is_connect() => {
+                        tracing::debug!("invalidate at {frontend}: {e}");
+                        Delivery::NotConnected
+                    }
+                    Err(e) => {
+                        tracing::warn!("invalidate at {frontend}: {e}");
+                        Delivery::Failed
+                    }
                 }
             }
         });
-        join_all(calls).await;
+        let failed = join_all(calls).await.contains(&Delivery::Failed);
+        if failed {
+            // The frontend stops trusting what it cached a lease after the last probe it sent
+            // before this push was numbered.
+            tokio::time::sleep_until((numbered + CACHE_LEASE + LEASE_MARGIN).into()).await;
+        }
     }
 }
+
+/// What became of a push to one frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Taken,
+    /// Nothing listened at its address: no frontend there keeps a cache.
+    NotConnected,
+    /// Refused, or cut off after it connected: it may still trust what it cached.
+    Failed,
+}
+
+/// Beyond the lease, for the frontend's clock running slightly slower than this one's.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 /// How long the frontends' DNS name may take to resolve before a push goes to the frontends it
 /// named last.

@@ -3,6 +3,7 @@
 //! links a server's crate.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -62,6 +63,33 @@ pub struct Snapshot {
     pub stocks: Vec<Stock>,
 }
 
+/// `GET /health` of the catalog, which its frontends probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogHealth {
+    pub service: String,
+    pub applied: u64,
+    pub term: u64,
+    /// The last invalidation push this catalog process numbered.
+    pub pushes: PushMark,
+}
+
+/// One invalidation push of a catalog process: `boot` names the process (a new one at every
+/// start), `sequence` counts its pushes from 1. A frontend trusts what it cached for
+/// [`CACHE_LEASE`] after a probe that it sent, whose answer's mark it has every push through:
+/// so a frontend that missed a push (refused it, or was not pushed to) stops trusting its
+/// cache within the lease, and the catalog, when a frontend answered a push with a refusal,
+/// waits out the lease before it answers the write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushMark {
+    pub boot: u64,
+    pub sequence: u64,
+}
+
+/// How long a frontend trusts its cached lookups and users' credentials after the probe that
+/// last confirmed it had every push (counted from when the probe was sent). Below the
+/// catalog's deadline for a push (1 s), so that a push that timed out outlasts it too.
+pub const CACHE_LEASE: Duration = Duration::from_millis(900);
+
 // ---- frontend (internal) --------------------------------------------------------------------
 
 /// Catalog → frontend (`POST /invalidate`): every stock one catalog update named.
@@ -78,6 +106,9 @@ pub struct Invalidation {
     /// Every user's (a restarted catalog may have revoked a key and not told anybody).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_users: bool,
+    /// Which push this is (absent from a push by hand, which only invalidates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<PushMark>,
 }
 
 // ---- order replicas ---------------------------------------------------------------------------

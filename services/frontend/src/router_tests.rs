@@ -691,7 +691,7 @@ async fn a_record_fetched_across_a_revocation_is_not_kept() {
     let state = lone_state(&["--catalog-url", &catalog_url]);
     // In touch with the catalog already: its first word after a silence would clear every
     // credential kept, and hide what this test is about.
-    upstream::catalog::heard_from_catalog(&state);
+    state.inner.catalog_contact.renewed_now();
     let app = router(state);
     let as_user = || {
         let request = Request::get("/users/1")
@@ -745,7 +745,7 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
         ("http://127.0.0.1:9", StatusCode::SERVICE_UNAVAILABLE),
     ] {
         let state = lone_state(&["--catalog-url", catalog_url]);
-        upstream::catalog::heard_from_catalog(&state);
+        state.inner.catalog_contact.renewed_now();
         state.inner.credentials.keep(holder_of(&key));
         let request = Request::delete("/users/1/keys/1")
             .header("authorization", format!("Bearer {}", key.reveal()))
@@ -801,7 +801,7 @@ async fn made_up_keys_are_limited_by_their_address_before_the_catalog_is_asked()
         "--rate-burst",
         "2",
     ]);
-    upstream::catalog::heard_from_catalog(&state);
+    state.inner.catalog_contact.renewed_now();
     let app = router(state);
     let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
     let mut statuses = Vec::new();
@@ -940,7 +940,7 @@ async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_se
     let (address, leader) = serve(leader).await;
     let replica = format!("1=http://{address}");
     let state = lone_state(&["--order-replicas", &replica]);
-    upstream::catalog::heard_from_catalog(&state);
+    state.inner.catalog_contact.renewed_now();
     let key = ApiKey::generate(7).unwrap();
     state.inner.credentials.keep(holder_of(&key));
     let (frontend, served) = serve(router(state)).await;
@@ -1004,7 +1004,7 @@ async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is
     let (address, served) = serve(catalog).await;
     let catalog_url = format!("http://{address}");
     let state = lone_state(&["--catalog-url", &catalog_url, "--max-in-flight", "1"]);
-    upstream::catalog::heard_from_catalog(&state);
+    state.inner.catalog_contact.renewed_now();
     let app = router(state);
     let from: SocketAddr = "192.0.2.8:40000".parse().unwrap();
     let with_key = |user| app.clone().oneshot(made_up_key_from(user, from));

@@ -5,14 +5,13 @@ use axum::response::Response;
 use stocknet_common::wire::Invalidation;
 use stocknet_common::{data, Json, Path};
 
-use crate::upstream::catalog::heard_from_catalog;
+use crate::upstream::catalog::forget_cached;
 use crate::AppState;
 
 pub(crate) async fn invalidate(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Response {
-    heard_from_catalog(&state);
     state.inner.cache.invalidate([name.as_str()]);
     data(serde_json::json!({ "success": true }))
 }
@@ -23,7 +22,6 @@ pub(crate) async fn invalidate_many(
     State(state): State<AppState>,
     Json(request): Json<Invalidation>,
 ) -> Response {
-    heard_from_catalog(&state);
     state
         .inner
         .cache
@@ -32,6 +30,11 @@ pub(crate) async fn invalidate_many(
         state.inner.credentials.clear();
     } else if !request.users.is_empty() {
         state.inner.credentials.forget(&request.users);
+    }
+    // Counted once what it invalidates is dropped: counting it may renew the lease.
+    if let Some(mark) = request.mark {
+        let forget = || forget_cached(&state);
+        state.inner.catalog_contact.pushed(mark, forget);
     }
     state.inner.remember(request.stocks.iter().cloned());
     state.inner.streams.publish_prices(request.stocks);

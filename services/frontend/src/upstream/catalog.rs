@@ -1,11 +1,14 @@
 //! Calls to the catalog: each with a short deadline and through the breaker, and a probe that
 //! keeps the breaker true when no lookup goes to the catalog (every stock cached).
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use stocknet_common::client::call;
 use stocknet_common::paths;
+use stocknet_common::wire::{CatalogHealth, PushMark, CACHE_LEASE};
 use stocknet_common::RemoteError;
 
 use crate::{AppState, FrontendError};
@@ -23,64 +26,183 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of the catalog's health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// How long cached lookups are trusted after this frontend last heard from the catalog. Below
-/// the catalog's deadline for an invalidation push (1 s): a frontend that was paused (SIGSTOP)
-/// or cut off long enough for a push to fail stops trusting its cache before the trade that push
-/// was for can have been acknowledged, and clears it when it hears from the catalog again.
-const CACHE_LEASE: Duration = Duration::from_millis(900);
-
-/// When this frontend last heard from the catalog: a probe or a read answered, or a push.
+/// What this frontend has of the catalog's invalidation pushes, and until when it trusts what
+/// it cached (lookups, users' credentials): [`CACHE_LEASE`] after the last probe it sent whose
+/// answer's [`PushMark`] it has every push through. A push it misses (refused, lost, or never
+/// sent to it, e.g. while the catalog's DNS answer did not name it yet) stops renewals, so the
+/// lease runs out, the cache is cleared, and the next probe starts again from its mark.
 pub struct CatalogContact {
     origin: Instant,
-    /// Milliseconds since `origin`.
-    last: AtomicU64,
+    /// Milliseconds since `origin` until which the cache is trusted.
+    trusted_until: AtomicU64,
+    pushes: Mutex<PushesSeen>,
 }
+
+#[derive(Debug, Default)]
+struct PushesSeen {
+    /// The catalog process the pushes are from.
+    boot: u64,
+    /// Every push through this one has arrived.
+    through: u64,
+    /// Pushes that arrived while one before them had not.
+    ahead: BTreeSet<u64>,
+    /// Probes answered with a mark beyond `through`: (sent, sequence), each renewing the lease
+    /// from when it was sent once every push through its sequence has arrived.
+    waiting: VecDeque<(u64, u64)>,
+}
+
+impl PushesSeen {
+    /// Counts the pushes that arrived ahead and now follow on.
+    fn take_ahead(&mut self) {
+        while self.ahead.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
+}
+
+/// The most probes kept waiting for pushes; older ones renew no further than newer ones.
+const WAITING_KEPT: usize = 16;
 
 impl Default for CatalogContact {
     fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            last: AtomicU64::new(0),
-        }
+        Self::counting_from(Instant::now())
     }
 }
 
 impl CatalogContact {
-    /// Contact that was last heard `silence` ago (for tests of what depends on it).
-    #[cfg(test)]
-    pub fn silent_for(silence: Duration) -> Self {
+    /// No contact yet; times counted from `origin`, which is no later than any time given.
+    fn counting_from(origin: Instant) -> Self {
         Self {
-            origin: Instant::now()
-                .checked_sub(silence)
-                .unwrap_or_else(Instant::now),
-            last: AtomicU64::new(0),
+            origin,
+            trusted_until: AtomicU64::new(0),
+            pushes: Mutex::default(),
         }
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Contact whose lease was last renewed by a probe sent `silence` ago (for tests of what
+    /// depends on it).
+    #[cfg(test)]
+    pub fn silent_for(silence: Duration) -> Self {
+        let sent = Instant::now()
+            .checked_sub(silence)
+            .unwrap_or_else(Instant::now);
+        let contact = Self::counting_from(sent);
+        contact.renew(sent);
+        contact
     }
 
-    /// Notes contact now; whether the silence before it outlasted the lease (then pushes may
-    /// have been missed, and the cache must go).
-    pub fn heard(&self) -> bool {
-        let now = self.now();
-        let before = self.last.swap(now, Ordering::AcqRel);
-        now.saturating_sub(before) > lease_ms()
+    /// Renews the lease as a probe sent now would (for tests of what depends on it).
+    #[cfg(test)]
+    pub fn renewed_now(&self) {
+        self.renew(Instant::now());
     }
 
-    /// Whether cached lookups can be trusted: the catalog was heard from within the lease.
+    /// When (milliseconds since `origin`) the probe that last renewed the lease was sent.
+    #[cfg(test)]
+    fn renewed_by(&self) -> u64 {
+        self.trusted_until.load(Ordering::Acquire) - lease_ms()
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.origin);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, PushesSeen> {
+        self.pushes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn renew(&self, sent: Instant) {
+        let until = self.millis(sent).saturating_add(lease_ms());
+        self.trusted_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    fn renew_at(&self, sent_ms: u64) {
+        let until = sent_ms.saturating_add(lease_ms());
+        self.trusted_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// A push has arrived (after what it invalidates was dropped). One from a new catalog
+    /// process, whose pushes before it this frontend may have missed, calls `forget` (drop
+    /// everything cached).
+    pub fn pushed(&self, mark: PushMark, forget: impl FnOnce()) {
+        let mut seen = self.seen();
+        if mark.boot != seen.boot {
+            forget();
+            *seen = PushesSeen {
+                boot: mark.boot,
+                through: mark.sequence,
+                ..PushesSeen::default()
+            };
+            return;
+        }
+        if mark.sequence > seen.through {
+            seen.ahead.insert(mark.sequence);
+        }
+        seen.take_ahead();
+        let mut renewed = None;
+        while let Some(&(sent, sequence)) = seen.waiting.front() {
+            if sequence > seen.through {
+                break;
+            }
+            renewed = Some(sent);
+            seen.waiting.pop_front();
+        }
+        if let Some(sent) = renewed {
+            self.renew_at(sent);
+        }
+    }
+
+    /// A probe sent at `sent` was answered with the catalog's `mark`. Where everything cached
+    /// must go first (a new catalog process, or a push missed and the lease run out), calls
+    /// `forget` before it renews the lease.
+    pub fn probed(&self, sent: Instant, mark: PushMark, forget: impl FnOnce()) {
+        let mut seen = self.seen();
+        if mark.boot != seen.boot {
+            forget();
+            *seen = PushesSeen {
+                boot: mark.boot,
+                through: mark.sequence,
+                ..PushesSeen::default()
+            };
+            self.renew(sent);
+            return;
+        }
+        if mark.sequence <= seen.through {
+            self.renew(sent);
+            return;
+        }
+        if !self.recent() {
+            // A push this frontend has not got may never come: start again from this mark,
+            // with nothing cached from before it.
+            forget();
+            seen.through = mark.sequence;
+            let through = seen.through;
+            seen.ahead.retain(|sequence| *sequence > through);
+            seen.take_ahead();
+            seen.waiting.clear();
+            self.renew(sent);
+            return;
+        }
+        if seen.waiting.len() == WAITING_KEPT {
+            seen.waiting.pop_front();
+        }
+        let sent = self.millis(sent);
+        seen.waiting.push_back((sent, mark.sequence));
+    }
+
+    /// Whether cached lookups and credentials can be trusted now.
     pub fn recent(&self) -> bool {
-        self.silence_ms() <= lease_ms()
+        self.millis(Instant::now()) < self.trusted_until.load(Ordering::Acquire)
     }
 
-    /// How long since this frontend last heard from the catalog.
+    /// How long since the probe that last renewed the lease was sent.
     pub fn silence(&self) -> Duration {
-        Duration::from_millis(self.silence_ms())
-    }
-
-    fn silence_ms(&self) -> u64 {
-        self.now().saturating_sub(self.last.load(Ordering::Acquire))
+        let renewed = self
+            .trusted_until
+            .load(Ordering::Acquire)
+            .saturating_sub(lease_ms());
+        Duration::from_millis(self.millis(Instant::now()).saturating_sub(renewed))
     }
 }
 
@@ -88,14 +210,10 @@ fn lease_ms() -> u64 {
     u64::try_from(CACHE_LEASE.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Notes contact with the catalog, clearing the cache and the credentials kept if the
-/// silence before was too long.
-pub(crate) fn heard_from_catalog(state: &AppState) {
-    let inner = &state.inner;
-    if inner.catalog_contact.heard() {
-        inner.cache.clear();
-        inner.credentials.clear();
-    }
+/// Clears what this frontend cached from the catalog: lookups and users' credentials.
+pub(crate) fn forget_cached(state: &AppState) {
+    state.inner.cache.clear();
+    state.inner.credentials.clear();
 }
 
 /// Why a call to the catalog failed.
@@ -128,7 +246,6 @@ pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
     match call::<T>(request).await {
         Ok(value) => {
             breaker.succeeded();
-            heard_from_catalog(state);
             Ok(value)
         }
         Err(e) if is_failure(&e) => {
@@ -169,15 +286,110 @@ pub async fn watch(state: AppState) {
     loop {
         ticks.tick().await;
         let probe = inner.http.get(url.clone()).timeout(PROBE_TIMEOUT);
-        match call::<serde_json::Value>(probe).await {
+        let sent = Instant::now();
+        match call::<CatalogHealth>(probe).await {
             Err(e) if is_failure(&e) => {
                 tracing::debug!("catalog probe failed: {e}");
                 inner.catalog_breaker.failed(Instant::now());
             }
-            _ => {
+            Err(e) => {
+                tracing::warn!("catalog probe: {e}");
                 inner.catalog_breaker.succeeded();
-                heard_from_catalog(&state);
+            }
+            Ok(health) => {
+                inner.catalog_breaker.succeeded();
+                let forget = || forget_cached(&state);
+                inner.catalog_contact.probed(sent, health.pushes, forget);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn mark(boot: u64, sequence: u64) -> PushMark {
+        PushMark { boot, sequence }
+    }
+
+    /// Contact counting from a minute ago, so that the tests' earlier probes are after it.
+    fn contact() -> CatalogContact {
+        CatalogContact::counting_from(Instant::now() - Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_probe_renews_the_lease_once_every_push_it_counted_has_arrived() {
+        let contact = contact();
+        let forgot = Cell::new(0);
+        let forget = || forgot.set(forgot.get() + 1);
+        let (first, second) = (Instant::now() - Duration::from_millis(500), Instant::now());
+        // The first word from a catalog process: nothing cached before it is trusted.
+        contact.probed(first, mark(1, 0), forget);
+        assert_eq!(forgot.get(), 1);
+        assert_eq!(contact.renewed_by(), contact.millis(first));
+        assert!(contact.recent());
+        // Two pushes counted that have not arrived: no renewal until both have.
+        contact.probed(second, mark(1, 2), forget);
+        assert_eq!(contact.renewed_by(), contact.millis(first));
+        contact.pushed(mark(1, 2), forget);
+        assert_eq!(
+            contact.renewed_by(),
+            contact.millis(first),
+            "push 1 is missing"
+        );
+        contact.pushed(mark(1, 1), forget);
+        assert_eq!(contact.renewed_by(), contact.millis(second));
+        // A probe whose pushes have all arrived renews at once.
+        let third = Instant::now();
+        contact.probed(third, mark(1, 2), forget);
+        assert_eq!(contact.renewed_by(), contact.millis(third));
+        assert_eq!(forgot.get(), 1, "nothing was missed");
+    }
+
+    #[test]
+    fn a_missed_push_lets_the_lease_run_out_and_the_next_probe_starts_again() {
+        let contact = contact();
+        let forgot = Cell::new(0);
+        let forget = || forgot.set(forgot.get() + 1);
+        contact.probed(Instant::now() - Duration::from_secs(2), mark(1, 0), forget);
+        assert!(!contact.recent());
+        // Push 1 never comes; push 2 does.
+        contact.pushed(mark(1, 2), forget);
+        assert!(!contact.recent());
+        assert_eq!(forgot.get(), 1);
+        let now = Instant::now();
+        contact.probed(now, mark(1, 2), forget);
+        assert_eq!(forgot.get(), 2, "what was cached may be older than push 1");
+        assert_eq!(contact.renewed_by(), contact.millis(now));
+        // Counting goes on from there.
+        let later = Instant::now();
+        contact.probed(later, mark(1, 3), forget);
+        assert_eq!(contact.renewed_by(), contact.millis(now));
+        contact.pushed(mark(1, 3), forget);
+        assert_eq!(contact.renewed_by(), contact.millis(later));
+        assert_eq!(forgot.get(), 2);
+    }
+
+    #[test]
+    fn a_push_from_a_new_catalog_process_drops_everything_cached() {
+        let contact = contact();
+        let forgot = Cell::new(0);
+        let forget = || forgot.set(forgot.get() + 1);
+        let sent = Instant::now();
+        contact.probed(sent, mark(1, 4), forget);
+        contact.pushed(mark(1, 5), forget);
+        assert_eq!(forgot.get(), 1);
+        contact.pushed(mark(2, 1), forget);
+        assert_eq!(forgot.get(), 2);
+        assert_eq!(
+            contact.renewed_by(),
+            contact.millis(sent),
+            "a push renews nothing"
+        );
+        contact.pushed(mark(2, 2), forget);
+        assert_eq!(forgot.get(), 2);
     }
 }
