@@ -51,6 +51,17 @@ struct PushesSeen {
     waiting: VecDeque<(u64, u64)>,
 }
 
+impl From<PushMark> for PushesSeen {
+    /// Counting from `mark` of its catalog process, as if every push before it had arrived.
+    fn from(mark: PushMark) -> Self {
+        Self {
+            boot: mark.boot,
+            through: mark.sequence,
+            ..Self::default()
+        }
+    }
+}
+
 impl PushesSeen {
     /// Counts the pushes that arrived ahead and now follow on.
     fn take_ahead(&mut self) {
@@ -129,11 +140,7 @@ impl CatalogContact {
         let mut seen = self.seen();
         if mark.boot != seen.boot {
             forget();
-            *seen = PushesSeen {
-                boot: mark.boot,
-                through: mark.sequence,
-                ..PushesSeen::default()
-            };
+            *seen = PushesSeen::from(mark);
             return;
         }
         if mark.sequence > seen.through {
@@ -160,11 +167,7 @@ impl CatalogContact {
         let mut seen = self.seen();
         if mark.boot != seen.boot {
             forget();
-            *seen = PushesSeen {
-                boot: mark.boot,
-                through: mark.sequence,
-                ..PushesSeen::default()
-            };
+            *seen = PushesSeen::from(mark);
             self.renew(sent);
             return;
         }
