@@ -172,30 +172,42 @@ impl BookStore {
             if entries.is_empty() {
                 return Err(OrderError::Gap { last: applied });
             }
-            self.apply(&entries);
+            self.apply(&entries)?;
         }
     }
 
     /// Applies `entries`, the committed entries that follow the book's last, and writes a
     /// snapshot when that crosses a multiple of `snapshot_every`.
-    pub fn apply(&self, entries: &[Order]) {
-        if let Some(image) = self.apply_in_memory(entries) {
+    pub fn apply(&self, entries: &[Order]) -> Result<(), OrderError> {
+        if let Some(image) = self.apply_in_memory(entries)? {
             self.write_snapshot(&image);
         }
+        Ok(())
     }
 
     /// Like [`apply`](Self::apply), but returns the snapshot that is due instead of writing
-    /// it, so that an async caller writes it off its threads; memory only.
-    pub fn apply_in_memory(&self, entries: &[Order]) -> Option<Vec<u8>> {
+    /// it, so that an async caller writes it off its threads; memory only. An entry whose
+    /// outcome rested on an archived record that could not be read is an error: the book may
+    /// have decided it otherwise than every other replica (I8), so this replica must stop and
+    /// apply it again from its log when it restarts.
+    pub fn apply_in_memory(&self, entries: &[Order]) -> Result<Option<Vec<u8>>, OrderError> {
         let image = {
             let mut book = self.lock();
             let before = book.applied();
+            let failed = self.archive.failed_reads();
             let (mut events, mut updates) = (Vec::new(), Vec::new());
             for entry in entries {
                 if entry.number <= book.applied() {
                     continue;
                 }
                 book.apply(entry);
+                if self.archive.failed_reads() != failed {
+                    return Err(OrderError::Corrupt(format!(
+                        "{}: an archived record could not be read while applying line {}",
+                        self.archive.describe(),
+                        entry.number
+                    )));
+                }
                 events.extend(book.last_changes(entry));
                 updates.extend(book.last_order_updates(entry));
             }
@@ -205,12 +217,12 @@ impl BookStore {
             due.then(|| snapshot::encode(&book))
         };
         match image {
-            Some(Ok(bytes)) => Some(bytes),
+            Some(Ok(bytes)) => Ok(Some(bytes)),
             Some(Err(e)) => {
                 tracing::warn!("book snapshot not encoded: {e}");
-                None
+                Ok(None)
             }
-            None => None,
+            None => Ok(None),
         }
     }
 
@@ -391,7 +403,7 @@ mod tests {
             .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
             .collect();
         let store = open(dir.path(), 2, 20);
-        store.apply(&entries);
+        store.apply(&entries).unwrap();
         assert!(store.read(|book| book.trade(1)).unwrap().is_some());
         // The archive loses its records (a disk that returns nothing where they were).
         std::fs::write(dir.path().join("trades-1.bin"), b"").unwrap();
@@ -401,6 +413,24 @@ mod tests {
         let in_memory = store.lock().archived().trades + 1;
         assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
         assert!(store.read(|book| book.depth("A", 5)).is_ok());
+    }
+
+    /// An entry whose outcome rests on an archived record that cannot be read stops the apply:
+    /// decided on nothing (a cancel of a closed order refused as "not a limit order" instead of
+    /// "not open"), this replica's book would differ from every other's (I8).
+    #[test]
+    fn an_entry_that_needs_an_unreadable_archived_order_is_an_error_not_applied_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Order> = (1..=20)
+            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
+            .collect();
+        let store = open(dir.path(), 2, 20);
+        store.apply(&entries).unwrap();
+        assert!(store.lock().archived().orders > 0);
+        let cancel = crate::book::tests::entry(21, Command::Cancel { target: 1 });
+        // The archive loses its order records.
+        std::fs::write(dir.path().join("order-records-1.bin"), b"").unwrap();
+        assert!(store.apply(&[cancel]).is_err());
     }
 
     /// The audit trail of a refused command whose archived refusal cannot be read is an error:
@@ -417,7 +447,7 @@ mod tests {
         log.append(&lines).unwrap();
         let log = Mutex::new(log);
         let store = open(dir.path(), 2, 20);
-        store.apply(&entries);
+        store.apply(&entries).unwrap();
         let filter = crate::audit::AuditFilter::default();
         let page = crate::audit::page(&log, &store, &filter, u64::MAX, 50).unwrap();
         assert_eq!(page.records.len(), 20);

@@ -172,7 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             orders.extend(lines.into_iter().map(|line| line.order));
         }
         // In memory, so on this thread: a thread hop per entry showed in the commit latency.
-        if let Some(image) = self.book.apply_in_memory(&orders) {
+        if let Some(image) = self.book.apply_in_memory(&orders).map_err(apply_error)? {
             let book = self.book.clone();
             tokio::task::spawn_blocking(move || book.write_snapshot(&image))
                 .await
