@@ -49,6 +49,10 @@ pub struct Config {
     pub internal_port: Option<u16>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    /// WebSocket streams this frontend keeps open at once; one more is closed at once with
+    /// 1013 (try again later). Each user order stream polls the order leader.
+    #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]
+    pub max_streams: usize,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     /// How far (in basis points) a stock's price may be from an order's `expected_price`

@@ -110,6 +110,13 @@ impl Limits {
     }
 }
 
+/// The request's place in flight, for a WebSocket stream to keep while it is open (a request
+/// extension the limit middleware sets): it stops counting when the last holder drops it.
+#[derive(Clone)]
+pub struct HeldInFlight {
+    _in_flight: Arc<InFlight>,
+}
+
 /// A request in flight: it stops counting when dropped.
 pub struct InFlight {
     limits: Arc<Limits>,
@@ -186,9 +193,12 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             Err(too_many) => return over_its_limit(client, too_many),
         },
     };
-    let response = next.run(request).await;
-    drop(in_flight);
-    response
+    // A stream keeps it while it is open.
+    let mut request = request;
+    request.extensions_mut().insert(HeldInFlight {
+        _in_flight: Arc::new(in_flight),
+    });
+    next.run(request).await
 }
 
 /// The 429 of a request `client` sent over its limit.

@@ -872,6 +872,87 @@ async fn a_stream_without_parameters_refuses_a_query_parameter() {
     }
 }
 
+/// The first message of a new `/ws/trades` socket at `frontend` after a ping: a pong if the
+/// stream was let open, its close frame if not.
+async fn first_answer_to_a_ping(
+    frontend: std::net::SocketAddr,
+) -> tokio_tungstenite::tungstenite::Message {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
+        .await
+        .unwrap();
+    socket.send(Message::Ping(Vec::new().into())).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next()).await;
+    first
+        .expect("an answer in time")
+        .expect("a message")
+        .unwrap()
+}
+
+/// Streams beyond `--max-streams` are closed at once with 1013 (try again later), and a place
+/// that a closed stream leaves is taken again: open streams cannot pile up without bound.
+#[tokio::test]
+async fn streams_over_the_cap_are_closed_with_1013_until_a_place_is_free() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (frontend, served) = serve(router(lone_state(&["--max-streams", "1"]))).await;
+    let (mut open, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
+        .await
+        .unwrap();
+    open.send(Message::Ping(Vec::new().into())).await.unwrap();
+    assert!(matches!(open.next().await, Some(Ok(Message::Pong(_)))));
+    let over = first_answer_to_a_ping(frontend).await;
+    assert!(
+        matches!(&over, Message::Close(Some(frame)) if frame.code == CloseCode::Again),
+        "{over:?}"
+    );
+    open.close(None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !matches!(first_answer_to_a_ping(frontend).await, Message::Pong(_)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    served.abort();
+}
+
+/// With `--max-in-flight`, an open stream counts in flight for its client until it closes: a
+/// client cannot hold streams beyond its cap.
+#[tokio::test]
+async fn an_open_stream_counts_in_flight_for_its_client() {
+    use futures::SinkExt;
+
+    let app = router(lone_state(&["--max-in-flight", "1"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frontend = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).await
+    });
+    let (mut open, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
+        .await
+        .unwrap();
+    let docs = format!("http://{frontend}/openapi.json");
+    let status = || async { reqwest::get(&docs).await.unwrap().status() };
+    assert_eq!(status().await, StatusCode::TOO_MANY_REQUESTS);
+    open.close(None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while status().await != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still in flight after it closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    served.abort();
+}
+
 /// A client message longer than a stream takes ends the socket, instead of being gathered
 /// (up to 64 MiB a message, the WebSocket library's default) and then ignored.
 #[tokio::test]

@@ -154,7 +154,7 @@ impl AppState {
                 next_key: AtomicU64::new(1),
                 orders_placed,
                 order_retries,
-                streams: streams::Streams::default(),
+                streams: streams::Streams::new(config.max_streams),
                 secret,
                 catalog_breaker,
                 catalog_contact: Default::default(),

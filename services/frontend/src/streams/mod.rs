@@ -10,11 +10,11 @@
 //! is closed with a reason, so nobody's backlog grows without bound or slows the order path.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::Response;
@@ -31,6 +31,7 @@ use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, Stock};
 use tokio::sync::{broadcast, Notify};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::limits::HeldInFlight;
 use crate::routes::answers::{NotAHandshake, StockLookup};
 use crate::routes::stocks::stock;
 use crate::upstream::catalog::{self, call_catalog};
@@ -67,21 +68,31 @@ pub struct Streams {
     last_sent: Mutex<HashMap<String, (Price, u64)>>,
     follower_started: AtomicBool,
     listener_arrived: Notify,
+    /// Streams open now, and how many may be.
+    open: Arc<AtomicUsize>,
+    max_open: usize,
 }
 
-impl Default for Streams {
-    fn default() -> Self {
+impl Streams {
+    pub fn new(max_open: usize) -> Self {
         Self {
             market: broadcast::channel(CHANNEL).0,
             prices: broadcast::channel(CHANNEL).0,
             last_sent: Mutex::default(),
             follower_started: AtomicBool::new(false),
             listener_arrived: Notify::new(),
+            open: Arc::default(),
+            max_open,
         }
     }
-}
 
-impl Streams {
+    /// One more stream open, if the cap allows it: it counts until the guard is dropped.
+    fn open(&self) -> Option<OpenStream> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        let guard = OpenStream(self.open.clone());
+        (open < self.max_open).then_some(guard)
+    }
+
     /// Sends the stocks whose price or quantity changed to `/ws/prices`.
     pub fn publish_prices(&self, stocks: Vec<Stock>) {
         let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,10 +201,45 @@ async fn poll(
     call(state.inner.http.get(url)).await
 }
 
+/// A stream counted open until dropped.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// `WebSocketUpgrade` whose rejection (a request that is not a WebSocket handshake, e.g. a
 /// plain GET) is an error envelope like every other answer, not axum's plain text. Its socket
-/// reads client messages of at most [`CLIENT_MESSAGE_LIMIT`] bytes.
-pub struct Handshake(WebSocketUpgrade);
+/// reads client messages of at most [`CLIENT_MESSAGE_LIMIT`] bytes, and counts as open (against
+/// `--max-streams`) and in flight for its client (`--max-in-flight`) until it closes.
+pub struct Handshake {
+    upgrade: WebSocketUpgrade,
+    open: Option<OpenStream>,
+    in_flight: Option<HeldInFlight>,
+}
+
+impl Handshake {
+    /// Upgrades and runs `stream` on the socket, holding the stream's place meanwhile; over
+    /// the cap, closes the socket with 1013 at once.
+    pub fn on_upgrade<F, Fut>(self, stream: F) -> Response
+    where
+        F: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (open, in_flight) = (self.open, self.in_flight);
+        self.upgrade.on_upgrade(move |mut socket| async move {
+            let Some(_open) = open else {
+                let full = close(close_code::AGAIN, "too many streams open here; retry later");
+                let _ = send(&mut socket, full).await;
+                return;
+            };
+            let _in_flight = in_flight;
+            stream(socket).await;
+        })
+    }
+}
 
 /// The largest message or frame a client may send on a stream: the most any stream takes is
 /// `/ws/orders`' hello with a key. A longer one closes the socket (1009); the WebSocket
@@ -201,20 +247,20 @@ pub struct Handshake(WebSocketUpgrade);
 /// exhaust a frontend's memory.
 pub const CLIENT_MESSAGE_LIMIT: usize = 4096;
 
-impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+impl FromRequestParts<AppState> for Handshake {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        WebSocketUpgrade::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
-            .map(|upgrade| {
-                Self(
-                    upgrade
-                        .max_message_size(CLIENT_MESSAGE_LIMIT)
-                        .max_frame_size(CLIENT_MESSAGE_LIMIT),
-                )
-            })
-            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        Ok(Self {
+            upgrade: upgrade
+                .max_message_size(CLIENT_MESSAGE_LIMIT)
+                .max_frame_size(CLIENT_MESSAGE_LIMIT),
+            open: state.inner.streams.open(),
+            in_flight: parts.extensions.remove::<HeldInFlight>(),
+        })
     }
 }
 
@@ -232,9 +278,9 @@ pub struct NoParameters {}
 pub async fn trades(
     State(state): State<AppState>,
     Query(NoParameters {}): Query<NoParameters>,
-    Handshake(upgrade): Handshake,
+    handshake: Handshake,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| async move {
+    handshake.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.subscribe_market(&state);
         let (sink, stream) = socket.split();
         let render = |item: &MarketItem| match item {
@@ -258,9 +304,9 @@ pub async fn trades(
 pub async fn prices(
     State(state): State<AppState>,
     Query(NoParameters {}): Query<NoParameters>,
-    Handshake(upgrade): Handshake,
+    handshake: Handshake,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| async move {
+    handshake.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
         // Through the breaker and within a deadline: a hung catalog closes the stream soon,
@@ -307,10 +353,10 @@ pub async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(NoParameters {}): Query<NoParameters>,
-    Handshake(upgrade): Handshake,
+    handshake: Handshake,
 ) -> Answer {
     stock(&state, &name).await?;
-    Ok(upgrade.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
+    Ok(handshake.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
 }
 
 /// `GET /ws/book/{name}`'s frames.
@@ -362,7 +408,7 @@ pub async fn candles(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<CandleStreamQuery>,
-    Handshake(upgrade): Handshake,
+    handshake: Handshake,
 ) -> Answer {
     stock(&state, &name).await?;
     let interval = query.interval.unwrap_or_default();
@@ -371,7 +417,7 @@ pub async fn candles(
         interval,
         last: None,
     };
-    Ok(upgrade.on_upgrade(move |socket| follow(state, socket, stream)))
+    Ok(handshake.on_upgrade(move |socket| follow(state, socket, stream)))
 }
 
 /// `GET /ws/candles/{name}`'s frames.
@@ -743,7 +789,7 @@ mod tests {
 
     #[test]
     fn prices_are_published_only_when_they_change() {
-        let streams = Streams::default();
+        let streams = Streams::new(1);
         let mut receiver = streams.prices.subscribe();
         let stock = |quantity| Stock {
             name: "A".into(),

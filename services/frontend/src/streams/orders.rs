@@ -82,13 +82,13 @@ pub async fn orders(
     State(state): State<AppState>,
     Query(query): Query<OrderStreamQuery>,
     headers: HeaderMap,
-    Handshake(upgrade): Handshake,
+    handshake: Handshake,
 ) -> Answer {
     let key = bearer(&headers)?;
     if let Some(key) = &key {
         verify(&state, key).await?;
     }
-    Ok(upgrade.on_upgrade(move |socket| async move {
+    Ok(handshake.on_upgrade(move |socket| async move {
         let (mut sink, mut stream) = socket.split();
         let key = match key {
             Some(key) => key,
