@@ -926,8 +926,6 @@ async fn streams_over_the_cap_are_closed_with_1013_until_a_place_is_free() {
 /// client cannot hold streams beyond its cap.
 #[tokio::test]
 async fn an_open_stream_counts_in_flight_for_its_client() {
-    use futures::SinkExt;
-
     let app = router(lone_state(&["--max-in-flight", "1"]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let frontend = listener.local_addr().unwrap();
