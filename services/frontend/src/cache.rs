@@ -76,21 +76,24 @@ impl StockCache {
         }
     }
 
-    /// Stores `stock` unless an invalidation happened since `epoch` was taken.
-    pub fn fill(&self, stock: Stock, epoch: Epoch) {
+    /// Stores `stock` unless an invalidation happened since `epoch` was taken; whether none
+    /// did (always, without a cache): then `stock` is as new as anything pushed meanwhile.
+    pub fn fill(&self, stock: Stock, epoch: Epoch) -> bool {
         let Some(inner) = &self.inner else {
-            return;
+            return true;
         };
         // Encoded outside the lock; a stock always encodes, and one that did not would only
         // go uncached.
         let Ok(answer) = encode_data(&stock) else {
-            return;
+            return lock(inner).epoch == epoch.0;
         };
         let cached = Arc::new(CachedStock { stock, answer });
         let mut inner = lock(inner);
-        if inner.epoch == epoch.0 {
+        let current = inner.epoch == epoch.0;
+        if current {
             inner.entries.put(cached.stock.name.clone(), cached);
         }
+        current
     }
 
     /// Drops `names`; fills of reads that started before this are skipped.

@@ -721,6 +721,69 @@ async fn a_record_fetched_across_a_revocation_is_not_kept() {
     served.abort();
 }
 
+/// The last value a frontend saw of a stock, which it serves marked stale while the catalog is
+/// out of reach, is never older than one it was pushed: a read answered across a push does not
+/// overwrite the pushed value.
+#[tokio::test]
+async fn a_lookup_read_across_a_push_does_not_replace_the_pushed_value_as_the_last_seen() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use tokio::sync::Notify;
+
+    let (asked, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let calls = Arc::new(AtomicU32::new(0));
+    // The catalog: its first answer, quantity 100, is held back until the push of 95 has
+    // arrived; after it, it fails.
+    let catalog = {
+        let (asked, release, calls) = (asked.clone(), release.clone(), calls.clone());
+        Router::new().route(
+            "/stocks/{name}",
+            get(move || async move {
+                if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                asked.notify_one();
+                release.notified().await;
+                let old = serde_json::json!({"name": "GameStart", "price": 15.99, "quantity": 100});
+                axum::Json(serde_json::json!({ "data": old })).into_response()
+            }),
+        )
+    };
+    let (address, served) = serve(catalog).await;
+    let state = lone_state(&["--catalog-url", &format!("http://{address}")]);
+    state.inner.catalog_contact.renewed_now();
+    let app = router(state);
+    let lookup = || {
+        app.clone().oneshot(
+            Request::get("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+
+    let first = tokio::spawn(lookup());
+    asked.notified().await;
+    let push =
+        r#"{"names":["GameStart"],"stocks":[{"name":"GameStart","price":16.5,"quantity":95}]}"#;
+    let pushed = app
+        .clone()
+        .oneshot(insider_post("/invalidate", push))
+        .await
+        .unwrap();
+    assert!(pushed.status().is_success(), "{}", pushed.status());
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    let stale = lookup().await.unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+    let body = stale.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["stale"], true, "{body}");
+    assert_eq!(body["data"]["quantity"], 95, "{body}");
+    served.abort();
+}
+
 /// A change to the users that reached the catalog and was not answered may have been made: 504,
 /// not 503, which says it was not. A change the catalog never got is 503.
 #[tokio::test]

@@ -121,8 +121,11 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
     let request = inner.http.get(url).timeout(catalog::READ_TIMEOUT);
     match call_catalog::<Stock>(state, request).await {
         Ok(stock) => {
-            inner.remember([stock.clone()]);
-            inner.cache.fill(stock.clone(), epoch);
+            // A push that arrived while this was read holds a newer value: keep that one as
+            // the last seen.
+            if inner.cache.fill(stock.clone(), epoch) {
+                inner.remember([stock.clone()]);
+            }
             Ok(Looked::Fresh(stock))
         }
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
