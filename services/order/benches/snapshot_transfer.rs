@@ -80,7 +80,7 @@ fn append_and_apply(log: &Mutex<OrderLog>, book: &BookStore, lines: &[Line]) {
     for batch in lines.chunks(BATCH) {
         log.lock().unwrap().append(batch).expect("append");
         let orders: Vec<Order> = batch.iter().map(|line| line.order.clone()).collect();
-        book.apply(&orders);
+        book.apply(&orders).expect("apply");
     }
 }
 
