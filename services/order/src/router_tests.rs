@@ -99,6 +99,9 @@ async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
         "/audit?colour=red",
         "/reports/daily?date=2026-02-30",
         "/reports/daily?day=2026-11-29",
+        "/orders?status=maybe",
+        // A refused order is not on the book: listing them would answer nothing, ever.
+        "/orders?status=rejected",
     ]
     .map(insider_get);
     assert_each_answered(&app, bad, StatusCode::BAD_REQUEST).await;

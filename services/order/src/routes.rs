@@ -245,11 +245,14 @@ pub(crate) async fn list_orders(
         .status
         .as_deref()
         .map(|text| {
-            Status::parse(text).ok_or_else(|| {
-                ApiError::bad_request(
-                    "status must be open, partially_filled, filled, cancelled, expired, untriggered or rejected",
-                )
-            })
+            // A refused order is not on the book: `rejected` would list nothing, ever.
+            Status::parse(text)
+                .filter(|status| *status != Status::Rejected)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "status must be open, partially_filled, filled, cancelled, expired or untriggered",
+                    )
+                })
         })
         .transpose()?;
     if let Some(id) = filter.client_order_id.as_deref() {

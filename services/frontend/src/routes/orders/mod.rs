@@ -260,7 +260,7 @@ async fn change_on_leader(
 #[utoipa::path(get, path = "/orders", operation_id = "list_orders", tag = "orders",
     params(
         ("name" = Option<String>, Query, description = "Only this stock's"),
-        ("status" = Option<Status>, Query, description = "Only orders in this state"),
+        ("status" = Option<String>, Query, description = "Only orders in this state (not rejected: a refused order is not on the book; GET /orders/{number} shows it)", pattern = "^(open|partially_filled|filled|cancelled|expired|untriggered)$"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
         ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
         ("client_order_id" = Option<String>, Query, description = "Only orders with this client_order_id (with user: that user's)", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
