@@ -16,7 +16,7 @@ use stocknet_common::paths;
 use stocknet_common::wire::{
     Changed, OrderChange, OrderPage, OrderView, Placed, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
 };
-use stocknet_common::{data, Price, Query, RemoteError, Status};
+use stocknet_common::{data, Price, Query, RemoteError};
 use utoipa::IntoParams;
 
 use crate::credentials;
