@@ -591,8 +591,13 @@ pub struct OrderView {
     pub status: Status,
     pub filled_quantity: u32,
     pub remaining_quantity: u32,
-    /// Book trades; a market order trades with the catalog and has none.
+    /// Book trades, oldest first, at most the last [`FILLS_SHOWN`]; a market order trades with
+    /// the catalog and has none.
     pub fills: Vec<Fill>,
+    /// Present (true) when the order has more fills than `fills` shows: `GET /trades` has every
+    /// trade.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fills_truncated: bool,
     /// A limit order's time in force (absent for a market order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_in_force: Option<TimeInForce>,
@@ -618,6 +623,10 @@ pub struct OrderView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_at: Option<u64>,
 }
+
+/// The most fills an order's view lists: each older one is a read of the archive under the
+/// book's lock, so an order with a million fills must not make every look at it read them all.
+pub const FILLS_SHOWN: usize = 1000;
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

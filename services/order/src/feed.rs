@@ -263,6 +263,7 @@ mod tests {
                 filled_quantity: 0,
                 remaining_quantity: 1,
                 fills: Vec::new(),
+                fills_truncated: false,
                 time_in_force: None,
                 expire_at: None,
                 post_only: None,

@@ -388,6 +388,27 @@ fn an_iceberg_shows_a_slice_and_each_refill_goes_to_the_back_of_its_level() {
     );
 }
 
+/// An order's view lists its last `FILLS_SHOWN` fills and says there are more: each older
+/// one would be a read under the book's lock on every look at the order.
+#[test]
+fn an_order_view_lists_its_last_fills_and_says_when_there_are_more() {
+    use stocknet_common::wire::FILLS_SHOWN;
+
+    let buys = u32::try_from(FILLS_SHOWN).unwrap() + 1;
+    let mut commands = vec![limit(Side::Sell, buys + 5, 1000)];
+    commands.extend((0..buys).map(|_| limit(Side::Buy, 1, 1000)));
+    let book = book(&commands);
+    let view = book.limit_view(&book.order(1).unwrap());
+    assert_eq!(view.filled_quantity, buys);
+    assert_eq!(view.fills.len(), FILLS_SHOWN);
+    assert!(view.fills_truncated);
+    // The newest, oldest first: the first trade is the one left out.
+    let trades: Vec<u64> = view.fills.iter().map(|fill| fill.trade).collect();
+    assert_eq!(trades, (2..=u64::from(buys)).collect::<Vec<_>>());
+    let buyer = book.limit_view(&book.order(2).unwrap());
+    assert_eq!((buyer.fills.len(), buyer.fills_truncated), (1, false));
+}
+
 #[test]
 fn each_entry_tells_its_users_what_it_did_to_their_orders() {
     let said = |book: &Book, entry: &Order| -> Vec<(u64, u64, OrderEvent, usize, Option<String>)> {

@@ -5,7 +5,7 @@
 use stocknet_common::clock::rfc3339;
 use stocknet_common::wire::{
     DailyReport, Depth, DepthLevel, Fill, Holding, LevelChange, MarketEvent, OrderEvent, OrderType,
-    OrderUpdate, OrderView, Trade,
+    OrderUpdate, OrderView, Trade, FILLS_SHOWN,
 };
 use stocknet_common::{Command, Order, Price, Side, Status};
 
@@ -72,11 +72,16 @@ impl Book {
     }
 
     /// `matched` as the wire names it.
-    /// The trades `order` took part in, oldest first.
-    pub(super) fn order_trades(&self, order: &LimitOrder) -> Vec<Matched> {
+    /// The last `most` trades `order` took part in, oldest first, and whether it took part in
+    /// more.
+    pub(super) fn order_trades(&self, order: &LimitOrder, most: usize) -> (Vec<Matched>, bool) {
         let mut trades = Vec::new();
         let mut id = order.last_trade;
         while let Some(trade) = self.matched(id) {
+            if trades.len() == most {
+                trades.reverse();
+                return (trades, true);
+            }
             trades.push(trade);
             id = match trade.buy_order == order.number {
                 true => trade.buy_previous,
@@ -84,7 +89,7 @@ impl Book {
             };
         }
         trades.reverse();
-        trades
+        (trades, false)
     }
 
     pub(super) fn wire(&self, matched: &Matched) -> Trade {
@@ -128,6 +133,7 @@ impl Book {
             filled_quantity,
             remaining_quantity: 0,
             fills: Vec::new(),
+            fills_truncated: false,
             time_in_force: None,
             expire_at: None,
             post_only: None,
@@ -156,10 +162,11 @@ impl Book {
         }
     }
 
+    /// `order` as the API shows it, with its last [`FILLS_SHOWN`] fills.
     pub fn limit_view(&self, order: &LimitOrder) -> OrderView {
+        let (trades, fills_truncated) = self.order_trades(order, FILLS_SHOWN);
         OrderView {
-            fills: self
-                .order_trades(order)
+            fills: trades
                 .into_iter()
                 .map(|t| Fill {
                     trade: t.id,
@@ -167,6 +174,7 @@ impl Book {
                     quantity: t.quantity,
                 })
                 .collect(),
+            fills_truncated,
             ..self.limit_view_without_fills(order)
         }
     }
@@ -189,6 +197,7 @@ impl Book {
             filled_quantity: order.filled,
             remaining_quantity: order.remaining(),
             fills: Vec::new(),
+            fills_truncated: false,
             time_in_force: Some(order.time_in_force),
             expire_at: order.expires().map(rfc3339),
             post_only: Some(order.post_only),
