@@ -625,8 +625,9 @@ pub struct OrderView {
 }
 
 /// The most fills an order's view lists: each older one is a read of the archive under the
-/// book's lock, so an order with a million fills must not make every look at it read them all.
-pub const FILLS_SHOWN: usize = 1000;
+/// book's lock, so an order with a million fills must not make every look at it read them all
+/// (nor a page of 1,000 such orders 1,000 times that).
+pub const FILLS_SHOWN: usize = 100;
 
 /// The answer to `POST /orders`: the seed's `transaction_number` and the order's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::archive::{Archive, Counts};
-use crate::book::Book;
 use crate::book::InMemory;
+use crate::book::{Book, LimitOrder};
 use crate::error::OrderError;
 use crate::feed::Feed;
 use crate::log::OrderLog;
@@ -147,6 +147,36 @@ impl BookStore {
 
     pub fn feed(&self) -> &Feed {
         &self.feed
+    }
+
+    /// A page of the order listing ([`Book::orders_page`]: up to `limit` orders below
+    /// `before` that `wanted` takes, each as `view` makes it, looking at most at `scanned`
+    /// records), read `at_once` records per hold of the book's lock, so that a filter that
+    /// matches little does not hold up the applier for the whole scan.
+    pub fn orders_page<T>(
+        &self,
+        before: u64,
+        (limit, scanned, at_once): (usize, usize, usize),
+        wanted: impl Fn(&LimitOrder) -> bool,
+        view: impl Fn(&Book, &LimitOrder) -> T,
+    ) -> Result<(Vec<T>, Option<u64>), OrderError> {
+        let (mut page, mut before, mut looked) = (Vec::new(), before, 0);
+        loop {
+            let stretch = at_once.min(scanned - looked);
+            let wanted_now = limit - page.len();
+            let (views, next) = self.read(|book| {
+                let (found, next) = book.orders_page(before, (wanted_now, stretch), &wanted);
+                let views: Vec<T> = found.iter().map(|order| view(book, order)).collect();
+                (views, next)
+            })?;
+            let full = views.len() == wanted_now;
+            page.extend(views);
+            looked += stretch;
+            match next {
+                Some(next) if !full && looked < scanned => before = next,
+                next => return Ok((page, next)),
+            }
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Book> {
@@ -413,6 +443,61 @@ mod tests {
         let in_memory = store.lock().archived().trades + 1;
         assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
         assert!(store.read(|book| book.depth("A", 5)).is_ok());
+    }
+
+    /// A listing read a stretch of records per hold of the book's lock lists, page by page,
+    /// what one hold per page lists: every wanted order once, newest first, pages of at most
+    /// `limit`, however the stretches fall.
+    #[test]
+    fn an_order_listing_in_stretches_lists_what_the_listing_in_one_go_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Order> = (1..=60)
+            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
+            .collect();
+        let store = open(dir.path(), 4, 1000);
+        store.apply(&entries).unwrap();
+        let number = |_: &Book, order: &LimitOrder| order.number;
+        // Every page from the first, following the cursors.
+        let follow = |page: &dyn Fn(u64) -> (Vec<u64>, Option<u64>), limit: usize| {
+            let (mut listed, mut before) = (Vec::new(), u64::MAX);
+            loop {
+                let (numbers, next) = page(before);
+                assert!(numbers.len() <= limit);
+                listed.extend(numbers);
+                match next {
+                    Some(next) => before = next,
+                    None => return listed,
+                }
+            }
+        };
+        for wanted in [
+            |o: &LimitOrder| o.number.is_multiple_of(7),
+            |_: &LimitOrder| true,
+        ] {
+            let every: Vec<u64> = (1..=60)
+                .rev()
+                .filter(|n| wanted(&store.lock().order(*n).unwrap()))
+                .collect();
+            for (limit, scanned) in [(3, 60), (5, 20), (100, 45)] {
+                let whole = |before| {
+                    let (found, next) = store
+                        .read(|book| book.orders_page(before, (limit, scanned), wanted))
+                        .unwrap();
+                    (found.iter().map(|o| o.number).collect(), next)
+                };
+                assert_eq!(follow(&whole, limit), every, "{limit} of {scanned}");
+                for at_once in [1, 4, 7, 1000] {
+                    let budget = (limit, scanned, at_once);
+                    let stretches =
+                        |before| store.orders_page(before, budget, wanted, number).unwrap();
+                    assert_eq!(
+                        follow(&stretches, limit),
+                        every,
+                        "{limit} of {scanned}, {at_once} at once"
+                    );
+                }
+            }
+        }
     }
 
     /// An entry whose outcome rests on an archived record that cannot be read stops the apply:

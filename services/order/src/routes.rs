@@ -13,8 +13,8 @@ use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::model;
 use stocknet_common::wire::{
-    self, AuditQuery, CandleQuery, Candles, NewLearner, NewOrder, OrderChange, OrderPage,
-    OrderView, Trade, Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
+    self, AuditQuery, CandleQuery, Candles, NewLearner, NewOrder, OrderChange, OrderPage, Trade,
+    Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query, Status};
 
@@ -284,29 +284,32 @@ pub(crate) async fn list_orders(
             next_cursor: None,
         }));
     }
-    let page = state.replica.read_book(|book| {
-        let wanted = |order: &crate::book::LimitOrder| {
-            filter
-                .name
+    let wanted = |order: &crate::book::LimitOrder| {
+        filter
+            .name
+            .as_deref()
+            .is_none_or(|name| *order.name == *name)
+            && status.is_none_or(|status| order.status() == status)
+            && filter.user.is_none_or(|user| order.user == Some(user))
+            && filter
+                .client_order_id
                 .as_deref()
-                .is_none_or(|name| *order.name == *name)
-                && status.is_none_or(|status| order.status() == status)
-                && filter.user.is_none_or(|user| order.user == Some(user))
-                && filter
-                    .client_order_id
-                    .as_deref()
-                    .is_none_or(|id| order.client_order_id() == Some(id))
-        };
-        let (orders, next) = book.orders_page(before, (limit, crate::book::ORDERS_SCANNED), wanted);
-        let orders: Vec<OrderView> = orders.iter().map(|o| book.limit_view(o)).collect();
-        let next_cursor = next.map(|number| number.to_string());
-        OrderPage {
-            orders,
-            next_cursor,
-        }
-    })?;
-    Ok(data(page))
+                .is_none_or(|id| order.client_order_id() == Some(id))
+    };
+    let budget = (limit, crate::book::ORDERS_SCANNED, ORDERS_SCANNED_AT_ONCE);
+    let view = |book: &crate::book::Book, order: &crate::book::LimitOrder| book.limit_view(order);
+    let (orders, next) = state
+        .replica
+        .book_store()
+        .orders_page(before, budget, wanted, view)?;
+    Ok(data(OrderPage {
+        orders,
+        next_cursor: next.map(|number| number.to_string()),
+    }))
 }
+
+/// How many records an order listing reads under one hold of the book's lock.
+const ORDERS_SCANNED_AT_ONCE: usize = 4096;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

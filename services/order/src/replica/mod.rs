@@ -379,6 +379,11 @@ impl Replica {
         self.book.read(read)
     }
 
+    /// The book with its archive, for reads in several holds of its lock.
+    pub fn book_store(&self) -> &BookStore {
+        &self.book
+    }
+
     /// The group's membership as this replica knows it.
     pub fn members(&self) -> Members {
         members::members(&self.raft.metrics().borrow())
