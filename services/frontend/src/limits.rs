@@ -52,7 +52,13 @@ pub struct Limits {
     max_in_flight: Option<u32>,
     in_flight: Mutex<HashMap<Client, u32>>,
     clock: DefaultClock,
+    /// When idle buckets were last dropped: a scan of every bucket, so at most once per
+    /// [`PRUNE_EVERY`], not once per request while many clients are tracked.
+    pruned: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often idle clients' buckets may be dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a request was not admitted: when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,7 @@ impl Limits {
             max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
             in_flight: Mutex::default(),
             clock: DefaultClock::default(),
+            pruned: Mutex::default(),
         }
     }
 
@@ -82,7 +89,7 @@ impl Limits {
     /// request in flight until it is dropped.
     pub fn admit(self: &Arc<Self>, client: Client) -> Result<InFlight, TooMany> {
         if let Some(rate) = &self.rate {
-            if rate.len() > TRACKED_CLIENTS {
+            if rate.len() > TRACKED_CLIENTS && self.prune_due() {
                 rate.retain_recent();
             }
             rate.check_key(&client).map_err(|not_until| TooMany {
@@ -103,6 +110,17 @@ impl Limits {
             limits: self.clone(),
             client,
         })
+    }
+
+    /// Whether idle buckets may be dropped now; if so, notes that they are.
+    fn prune_due(&self) -> bool {
+        let mut pruned = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let due = pruned.is_none_or(|last| now.duration_since(last) >= PRUNE_EVERY);
+        if due {
+            *pruned = Some(now);
+        }
+        due
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Client, u32>> {
@@ -240,6 +258,13 @@ mod tests {
             rate_burst,
             max_in_flight,
         }))
+    }
+
+    #[test]
+    fn idle_buckets_are_dropped_at_most_once_a_period() {
+        let limits = limits(1, None, 0);
+        assert!(limits.prune_due());
+        assert!(!limits.prune_due(), "again at once");
     }
 
     #[test]
