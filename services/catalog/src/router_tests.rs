@@ -197,6 +197,13 @@ async fn apply_changes_quantity_and_refuses_overdraw() {
     assert_eq!(reply["error"]["message"], "Insufficient stock quantity");
     let (_, body) = send(&app, get("/stocks/GameStart")).await;
     assert_eq!(body["data"]["quantity"], 60);
+    // A trade with a field the catalog does not know (a misspelt price) changes nothing.
+    let misspelt =
+        r#"{"term":1,"trades":[{"number":2,"name":"GameStart","delta":-1,"prize":17.5}]}"#;
+    let (status, reply) = send(&app, insider_post("/apply", misspelt)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    let (_, body) = send(&app, get("/stocks/GameStart")).await;
+    assert_eq!(body["data"]["quantity"], 60);
 }
 
 #[tokio::test]

@@ -224,10 +224,18 @@ impl CatalogStore {
     /// that accepted a bogus term. The catalog service must be stopped.
     pub fn reset_term(&self, term: u64) -> Result<(), CatalogError> {
         let mut table = self.write();
-        table.term = term;
         let mut journal = lock(&self.journal);
+        // The journal into the snapshot first: its term records would otherwise raise the term
+        // again at the next start, were this stopped between the two steps.
         write_atomically(&self.path, &table)?;
-        journal.clear()
+        journal.clear()?;
+        let reset = Table {
+            term,
+            ..table.clone()
+        };
+        write_atomically(&self.path, &reset)?;
+        *table = reset;
+        Ok(())
     }
 
     fn compact(&self) {
@@ -258,6 +266,8 @@ impl CatalogStore {
 impl Journal {
     fn open(path: PathBuf) -> Result<Self, CatalogError> {
         let file = file::open_append(&path).map_err(|e| CatalogError::io(&path, e))?;
+        // The journal may be new: its name must be on disk before an apply in it is answered.
+        file::sync_dir(&path).map_err(|e| CatalogError::io(&path, e))?;
         Ok(Self {
             path,
             file: Arc::new(file),
@@ -337,7 +347,11 @@ impl Journal {
         let text = writer.into_inner().map_err(|e| corrupt(&e))?;
         let io = |e| CatalogError::io(&self.path, e);
         if let Err(e) = (&*self.file).write_all(&text) {
-            let _ = self.file.set_len(self.len);
+            if let Err(cut) = self.file.set_len(self.len) {
+                // A start cuts a torn last record off; an append after it would not be.
+                tracing::error!(path = %self.path.display(), "could not cut a failed write off ({cut}), exiting to recover");
+                std::process::exit(70);
+            }
             return Err(io(e));
         }
         self.len += text.len() as u64;
@@ -349,9 +363,10 @@ impl Journal {
     fn clear(&mut self) -> Result<(), CatalogError> {
         let io = |e| CatalogError::io(&self.path, e);
         self.file.set_len(0).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
         self.len = 0;
         self.records = 0;
+        // A failed fsync is never retried: what it left unwritten is unknown.
+        file::sync_data_or_exit(&self.file, &self.path);
         Ok(())
     }
 }

@@ -148,7 +148,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Exactly `N` bytes from `2 * N` lowercase or uppercase hex digits.
 fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
+    // (`from_str_radix` alone would take a sign: "+f" for "0f".)
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut bytes = [0u8; N];
@@ -198,11 +199,18 @@ mod tests {
             format!("snk_12_{}", &secret[1..]),
             format!("snk_12_{secret}0"),
             format!("snk_12_{}g", &secret[1..]),
+            // A sign is no hex digit, though `from_str_radix` would take it.
+            format!("snk_12_+{}", &secret[1..]),
             format!("snk_99999999999999999999_{secret}"),
         ] {
             assert!(ApiKey::parse(&bad).is_none(), "{bad}");
         }
-        for bad in ["", "00:00", "x", &"0".repeat(97)] {
+        let credential = Credential::of(&ApiKey::generate(12).unwrap())
+            .unwrap()
+            .to_string();
+        let signed = format!("+{}", &credential[1..]);
+        assert!(credential.parse::<Credential>().is_ok());
+        for bad in ["", "00:00", "x", &"0".repeat(97), &signed] {
             assert!(bad.parse::<Credential>().is_err(), "{bad}");
         }
     }

@@ -17,6 +17,7 @@ use crate::model::{Order, Price, SelfTrade, Side, Status, Stock, Terms, TimeInFo
 /// One committed log entry as the catalog applies it. The order group's own entries (a new
 /// leader's, a membership change) name no stock: they only advance the catalog's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CatalogTrade {
     pub number: u64,
     /// The stock; empty for the order group's own entries.
