@@ -444,3 +444,27 @@ pub fn render(report: &DailyReport, format: Format) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// An https webhook is called over TLS: the connection opens with a TLS handshake record.
+    /// (Built without a TLS backend, the HTTP client refused an https URL before connecting.)
+    #[tokio::test]
+    async fn an_https_webhook_is_called_over_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url: reqwest::Url = format!("https://127.0.0.1:{port}/hook").parse().unwrap();
+        let delivery = tokio::spawn(async move { deliver(&url, b"key", "{}", 1).await });
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+        let (mut connection, _) = accepted.expect("a connection in time").unwrap();
+        let mut first = [0u8; 1];
+        connection.read_exact(&mut first).await.unwrap();
+        assert_eq!(first[0], 0x16, "a TLS handshake record");
+        drop(connection);
+        assert!(delivery.await.unwrap().is_err(), "no TLS server answered");
+    }
+}
