@@ -64,8 +64,8 @@ pub struct ReportsSpec {
     pub schedule: String,
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
-    /// Which UTC day a run reports: `today` (the day that is ending, for a schedule late in
-    /// the day, as the default 23:59) or `yesterday` (for a schedule after midnight).
+    /// Which UTC day a run reports: `yesterday` (for a schedule after midnight, as the default
+    /// 00:05) or `today` (the day that is ending, for a schedule late in the day).
     #[serde(default = "default_report_day")]
     #[schemars(regex(pattern = r"^(today|yesterday)$"))]
     pub day: String,
@@ -389,8 +389,11 @@ fn default_pull_policy() -> String {
     "IfNotPresent".to_owned()
 }
 
+/// Five past midnight, for the day before: the whole day, and a retry of a failed run (or a
+/// run started late) still reports that day. A run at 23:59 for `today` misses the last
+/// minute, and its retry after midnight would report the new day.
 fn default_report_schedule() -> String {
-    "59 23 * * *".into()
+    "5 0 * * *".into()
 }
 
 fn default_time_zone() -> String {
@@ -398,7 +401,7 @@ fn default_time_zone() -> String {
 }
 
 fn default_report_day() -> String {
-    "today".into()
+    "yesterday".into()
 }
 
 fn default_report_storage() -> String {

@@ -279,7 +279,10 @@ mod tests {
 
     #[test]
     fn the_last_report_run_and_the_last_success_come_from_the_jobs() {
-        let sn = StockNet::new("demo", crate::crd::StockNetSpec::default());
+        // Runs at 23:59 for the day that is ending.
+        let mut spec = crate::crd::StockNetSpec::default();
+        spec.reports.day = "today".into();
+        let sn = StockNet::new("demo", spec);
         assert_eq!(reports(&sn, &[], None), None);
         // 2026-12-03 23:59 and 2026-12-04 23:59 UTC.
         let (day3, day4) = (1_796_342_340, 1_796_428_740);

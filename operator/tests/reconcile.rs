@@ -742,15 +742,16 @@ async fn a_failed_report_run_shows_in_status_and_one_warning_event() {
         json!({"apiVersion": "batch/v1", "kind": "Job",
                "metadata": {"name": name, "namespace": "shop"}, "status": status})
     };
+    // At the default 00:05, each for the day before.
     let jobs = vec![
         job(
             "demo-reports-1",
-            "2026-12-03T23:59:00Z",
-            json!({"succeeded": 1, "completionTime": "2026-12-03T23:59:30Z"}),
+            "2026-12-04T00:05:00Z",
+            json!({"succeeded": 1, "completionTime": "2026-12-04T00:05:30Z"}),
         ),
         job(
             "demo-reports-2",
-            "2026-12-04T23:59:00Z",
+            "2026-12-05T00:05:00Z",
             json!({"failed": 3, "conditions": [{"type": "Failed", "status": "True",
                    "message": "Job has reached the specified backoff limit"}]}),
         ),
@@ -770,7 +771,7 @@ async fn a_failed_report_run_shows_in_status_and_one_warning_event() {
     );
     assert_eq!(
         reports.last_success.as_deref(),
-        Some("2026-12-03T23:59:30Z")
+        Some("2026-12-04T00:05:30Z")
     );
     assert_eq!(event_reasons(&calls), ["ReportFailed"]);
     let note = calls

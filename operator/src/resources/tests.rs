@@ -521,7 +521,7 @@ fn the_report_runs_on_schedule_against_the_frontend_with_its_own_archive_and_sec
     let spec = cron_job.spec.as_ref().unwrap();
     assert_eq!(
         (spec.schedule.as_str(), spec.time_zone.as_deref()),
-        ("59 23 * * *", Some("UTC"))
+        ("5 0 * * *", Some("UTC"))
     );
     assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
     assert_eq!(spec.starting_deadline_seconds, Some(600));
@@ -542,7 +542,7 @@ fn the_report_runs_on_schedule_against_the_frontend_with_its_own_archive_and_sec
         env["STOCKNET_REPORT_FRONTEND"],
         "http://demo-frontend.shop.svc:8080"
     );
-    assert_eq!(env["STOCKNET_REPORT_DATE"], "today");
+    assert_eq!(env["STOCKNET_REPORT_DATE"], "yesterday");
     assert!(
         !env.keys()
             .any(|k| k.contains("SMTP") || k.contains("WEBHOOK")),
