@@ -117,7 +117,8 @@ pub struct RequestStats {
 pub struct Verification {
     /// Acknowledged orders read back.
     pub checked: u64,
-    /// Read back with a different stock, side or quantity, or not found.
+    /// Read back with a different stock, side or quantity, or not found; or acknowledged with
+    /// a number another acknowledged order had (one of them is gone).
     pub mismatched: u64,
     /// Could not be read back (transport failure or 5xx).
     pub unreadable: u64,
@@ -613,7 +614,10 @@ async fn verify(plan: &Plan, placed: &[Placed], clients: u32) -> (Latencies, Ver
         .collect()
         .await;
     let mut latencies = Latencies::new();
-    let mut verification = Verification::default();
+    let mut verification = Verification {
+        mismatched: numbers_given_twice(placed),
+        ..Verification::default()
+    };
     for (elapsed, outcome) in results {
         latencies.record(elapsed);
         verification.checked += 1;
@@ -630,6 +634,16 @@ async fn verify(plan: &Plan, placed: &[Placed], clients: u32) -> (Latencies, Ver
         }
     }
     (latencies, verification)
+}
+
+/// How many acknowledged orders carry a number an earlier one had: each is an order lost, which
+/// reading back the number would not show if the two were alike.
+fn numbers_given_twice(placed: &[Placed]) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    placed
+        .iter()
+        .filter(|order| !seen.insert(order.number))
+        .count() as u64
 }
 
 fn cache_label(cache: Option<bool>) -> &'static str {
@@ -756,6 +770,22 @@ fn plot(report: &LoadReport, path: &std::path::Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_number_acknowledged_twice_counts_as_an_order_lost() {
+        let order = |number| Placed {
+            number,
+            name: "GameStart".into(),
+            side: "buy",
+            quantity: 1,
+            price: None,
+        };
+        assert_eq!(numbers_given_twice(&[order(1), order(2), order(3)]), 0);
+        assert_eq!(
+            numbers_given_twice(&[order(1), order(2), order(1), order(1)]),
+            2
+        );
+    }
 
     #[test]
     fn durations_and_probabilities_parse_or_explain() {

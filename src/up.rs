@@ -318,25 +318,36 @@ fn bind(port: u16) -> anyhow::Result<TcpListener> {
 /// digits, mode 0600), read afterwards. Returns its path, which every service is given.
 fn ensure_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("secret");
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
-        Ok(mut file) => {
-            let secret = Secret::generate().context("cannot read random bytes")?;
-            file.write_all(secret.expose().as_bytes())
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            stocknet_common::file::sync_dir(&path)
-                .with_context(|| format!("cannot sync {}", path.display()))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Secret::read(&path)?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    let read = |path: &Path| {
+        Secret::read(path).with_context(|| format!("the shared secret in {}", path.display()))
+    };
+    if path.exists() {
+        read(&path)?;
+        return Ok(path);
     }
+    // Written whole beside it, then linked into place (which fails if it exists): a crash
+    // while it is written leaves no secret file, never an empty one that no start accepts.
+    let temp = data_dir.join(format!("secret.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        let secret = Secret::generate()?;
+        file.write_all(secret.expose().as_bytes())?;
+        file.sync_all()?;
+        match std::fs::hard_link(&temp, &path) {
+            // Another `up` made it first: theirs stands.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            linked => linked.and_then(|()| stocknet_common::file::sync_dir(&path)),
+        }
+    })();
+    let removed = std::fs::remove_file(&temp);
+    written.with_context(|| format!("cannot write {}", path.display()))?;
+    removed.with_context(|| format!("cannot remove {}", temp.display()))?;
+    read(&path)?;
     Ok(path)
 }
 
@@ -551,6 +562,32 @@ mod tests {
         // One that ran a while is restarted at once, and starts over.
         assert_eq!(restart_wait(RAN_LONG_ENOUGH, wait), Duration::ZERO);
         assert_eq!(restart_wait(soon, Duration::ZERO), FIRST_RESTART_WAIT);
+    }
+
+    #[test]
+    fn the_secret_is_made_once_private_and_whole_and_read_after() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = ensure_secret(dir.path()).unwrap();
+        let made = std::fs::read_to_string(&path).unwrap();
+        assert!(Secret::new(&made).is_ok());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(ensure_secret(dir.path()).unwrap(), path);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), made);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["secret"], "nothing left beside it");
+        // One left empty (by a version that crashed while writing it) is named in the error.
+        std::fs::write(&path, "").unwrap();
+        let refused = ensure_secret(dir.path()).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains(&path.display().to_string()),
+            "{refused:#}"
+        );
     }
 
     #[test]
