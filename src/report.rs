@@ -155,7 +155,7 @@ pub async fn archive_and_deliver(
     let mut failures = Vec::new();
     let mut channels: Vec<(&str, String)> = Vec::new();
     if let Some(url) = &delivery.webhook.webhook {
-        channels.push(("webhook", url.to_string()));
+        channels.push(("webhook", shown(url)));
     }
     if delivery.mail.smtp_url.is_some() {
         channels.push(("mail", delivery.mail.mail_to.join(", ")));
@@ -194,6 +194,20 @@ pub async fn archive_and_deliver(
         );
     }
     Ok(())
+}
+
+/// Where a webhook is, as logs and the delivery record show it: its scheme, host and port. Its
+/// path, query and user part may hold a token (a Slack-style URL's path does).
+fn shown(url: &reqwest::Url) -> String {
+    let port = url
+        .port()
+        .map(|port| format!(":{port}"))
+        .unwrap_or_default();
+    format!(
+        "{}://{}{port}",
+        url.scheme(),
+        url.host_str().unwrap_or_default()
+    )
 }
 
 /// What `<date>.delivered` says was delivered: a channel name per delivery (an empty record
@@ -337,7 +351,8 @@ async fn deliver(url: &reqwest::Url, key: &[u8], json: &str, attempts: u32) -> a
         match sent {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(format!("answered {}", response.status())),
-            Err(e) => Err(format!("no answer: {e}")),
+            // (reqwest's error names the URL, token and all.)
+            Err(e) => Err(format!("no answer: {}", e.without_url())),
         }
     })
     .await
@@ -450,6 +465,17 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    #[test]
+    fn a_webhook_is_shown_without_its_path_query_or_user() {
+        let url = "https://user:pw@hooks.example.com:8443/services/T0/B1/token?k=v";
+        assert_eq!(
+            shown(&url.parse().unwrap()),
+            "https://hooks.example.com:8443"
+        );
+        let plain = "http://10.0.0.9/hook".parse().unwrap();
+        assert_eq!(shown(&plain), "http://10.0.0.9");
+    }
 
     /// An https webhook is called over TLS: the connection opens with a TLS handshake record.
     /// (Built without a TLS backend, the HTTP client refused an https URL before connecting.)
