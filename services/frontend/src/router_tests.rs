@@ -974,15 +974,23 @@ async fn streams_over_the_cap_are_closed_with_1013_until_a_place_is_free() {
         "{over:?}"
     );
     open.close(None).await.unwrap();
+    within_5_s("the place to come back", || async {
+        matches!(first_answer_to_a_ping(frontend).await, Message::Pong(_))
+    })
+    .await;
+    served.abort();
+}
+
+/// Waits until `check` holds, asking every 25 ms, and fails the test after 5 s.
+async fn within_5_s<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !matches!(first_answer_to_a_ping(frontend).await, Message::Pong(_)) {
+    while !check().await {
         assert!(
             std::time::Instant::now() < deadline,
-            "the place never came back"
+            "waited 5 s for {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    served.abort();
 }
 
 /// With `--max-in-flight`, an open stream counts in flight for its client until it closes: a
@@ -1003,14 +1011,10 @@ async fn an_open_stream_counts_in_flight_for_its_client() {
     let status = || async { reqwest::get(&docs).await.unwrap().status() };
     assert_eq!(status().await, StatusCode::TOO_MANY_REQUESTS);
     open.close(None).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while status().await != StatusCode::OK {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still in flight after it closed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    within_5_s("the stream to stop counting", || async {
+        status().await == StatusCode::OK
+    })
+    .await;
     served.abort();
 }
 

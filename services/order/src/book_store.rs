@@ -426,14 +426,21 @@ mod tests {
         assert_eq!(open(dir.path(), 2, 40).lock().applied(), 0);
     }
 
+    /// A store in `dir` that keeps `in_memory` orders and has applied `count` limit orders,
+    /// sells and buys by turns at rising prices: each buy takes the sell before it.
+    fn crossed(dir: &std::path::Path, count: u64, in_memory: usize) -> BookStore {
+        let entries: Vec<Order> = (1..=count)
+            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
+            .collect();
+        let store = open(dir, in_memory, count);
+        store.apply(&entries).unwrap();
+        store
+    }
+
     #[test]
     fn a_read_that_needs_an_unreadable_archived_trade_is_an_error_not_an_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let entries: Vec<Order> = (1..=20)
-            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
-            .collect();
-        let store = open(dir.path(), 2, 20);
-        store.apply(&entries).unwrap();
+        let store = crossed(dir.path(), 20, 2);
         assert!(store.read(|book| book.trade(1)).unwrap().is_some());
         // The archive loses its records (a disk that returns nothing where they were).
         std::fs::write(dir.path().join("trades-1.bin"), b"").unwrap();
@@ -451,11 +458,7 @@ mod tests {
     #[test]
     fn an_order_listing_in_stretches_lists_what_the_listing_in_one_go_lists() {
         let dir = tempfile::tempdir().unwrap();
-        let entries: Vec<Order> = (1..=60)
-            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
-            .collect();
-        let store = open(dir.path(), 4, 1000);
-        store.apply(&entries).unwrap();
+        let store = crossed(dir.path(), 60, 4);
         let number = |_: &Book, order: &LimitOrder| order.number;
         // Every page from the first, following the cursors.
         let follow = |page: &dyn Fn(u64) -> (Vec<u64>, Option<u64>), limit: usize| {
@@ -506,11 +509,7 @@ mod tests {
     #[test]
     fn an_entry_that_needs_an_unreadable_archived_order_is_an_error_not_applied_silently() {
         let dir = tempfile::tempdir().unwrap();
-        let entries: Vec<Order> = (1..=20)
-            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
-            .collect();
-        let store = open(dir.path(), 2, 20);
-        store.apply(&entries).unwrap();
+        let store = crossed(dir.path(), 20, 2);
         assert!(store.lock().archived().orders > 0);
         let cancel = crate::book::tests::entry(21, Command::Cancel { target: 1 });
         // The archive loses its order records.

@@ -264,11 +264,21 @@ impl FromRequestParts<AppState> for Handshake {
     }
 }
 
-/// The query of a stream that takes no parameters: any is a 400, not ignored
+/// The [`Handshake`] of a stream that takes no query parameters: any is a 400, not ignored
 /// (`/ws/trades?name=X` would otherwise stream every stock's trades).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoParameters {}
+pub struct BareHandshake(pub Handshake);
+
+impl FromRequestParts<AppState> for BareHandshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NoParameters {}
+        let Query(NoParameters {}) = Query::from_request_parts(parts, state).await?;
+        Handshake::from_request_parts(parts, state).await.map(Self)
+    }
+}
 
 /// `GET /ws/trades`: every trade, as it commits.
 #[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
@@ -277,8 +287,7 @@ pub struct NoParameters {}
         behind is closed with code 1008 and a reason.", body = TradeFrame), NotAHandshake))]
 pub async fn trades(
     State(state): State<AppState>,
-    Query(NoParameters {}): Query<NoParameters>,
-    handshake: Handshake,
+    BareHandshake(handshake): BareHandshake,
 ) -> Response {
     handshake.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.subscribe_market(&state);
@@ -303,8 +312,7 @@ pub async fn trades(
         snapshot of every stock, then a price per change.", body = PriceFrame), NotAHandshake))]
 pub async fn prices(
     State(state): State<AppState>,
-    Query(NoParameters {}): Query<NoParameters>,
-    handshake: Handshake,
+    BareHandshake(handshake): BareHandshake,
 ) -> Response {
     handshake.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
@@ -352,8 +360,7 @@ pub async fn prices(
 pub async fn book(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(NoParameters {}): Query<NoParameters>,
-    handshake: Handshake,
+    BareHandshake(handshake): BareHandshake,
 ) -> Answer {
     stock(&state, &name).await?;
     Ok(handshake.on_upgrade(move |socket| follow(state, socket, BookStream { name })))
