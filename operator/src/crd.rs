@@ -1,7 +1,7 @@
 //! The `StockNet` custom resource (`stocknet.io/v1alpha1`): what a user asks for, and the
 //! status the operator reports from what it observes.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -34,6 +34,10 @@ pub struct StockNetSpec {
     #[serde(default = "default_pull_policy")]
     #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
     pub image_pull_policy: String,
+    /// Secrets in the StockNet's namespace to pull `image` with, from a private registry
+    /// (every StockNet pod's `imagePullSecrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     #[serde(default)]
     pub frontend: FrontendSpec,
     #[serde(default)]
@@ -339,6 +343,7 @@ impl Default for StockNetSpec {
         Self {
             image: default_image(),
             image_pull_policy: default_pull_policy(),
+            image_pull_secrets: Vec::new(),
             frontend: FrontendSpec::default(),
             catalog: CatalogSpec::default(),
             order: OrderSpec::default(),

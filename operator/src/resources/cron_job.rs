@@ -119,6 +119,7 @@ pub(super) fn reports_cron_job(sn: &StockNet) -> Result<CronJob, SpecError> {
             containers: vec![container],
             volumes: Some(volumes),
             restart_policy: Some("Never".into()),
+            image_pull_secrets: pull_secrets(sn),
             automount_service_account_token: Some(false),
             security_context: Some(pod_security()),
             ..PodSpec::default()

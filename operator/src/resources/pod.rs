@@ -100,6 +100,12 @@ pub(super) fn restricted() -> SecurityContext {
 }
 
 /// A pod's: the image's non-root user and group, the runtime's seccomp profile.
+/// The spec's `imagePullSecrets`, for every pod that runs its image.
+pub(super) fn pull_secrets(sn: &StockNet) -> Option<Vec<LocalObjectReference>> {
+    let secrets = &sn.spec.image_pull_secrets;
+    (!secrets.is_empty()).then(|| secrets.clone())
+}
+
 pub(super) fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
@@ -161,6 +167,7 @@ pub(super) fn pod_template(
         spec: Some(PodSpec {
             containers: vec![container],
             volumes: Some(volumes),
+            image_pull_secrets: pull_secrets(sn),
             automount_service_account_token: Some(false),
             security_context: Some(pod_security()),
             ..PodSpec::default()

@@ -238,6 +238,38 @@ fn every_pod_runs_as_non_root_with_a_read_only_root() {
     }
 }
 
+/// A private registry's pull secrets reach every pod that runs the image, the report's too;
+/// without any, no pod names one.
+#[test]
+fn every_pod_pulls_its_image_with_the_spec_s_pull_secrets() {
+    use k8s_openapi::api::core::v1::LocalObjectReference;
+
+    let regcred = LocalObjectReference {
+        name: "regcred".into(),
+    };
+    let spec = StockNetSpec {
+        image_pull_secrets: vec![regcred.clone()],
+        ..StockNetSpec::default()
+    };
+    for (spec, expected) in [(spec, Some(vec![regcred])), (StockNetSpec::default(), None)] {
+        let desired = desired(&stocknet(spec)).unwrap();
+        let (_, cron_job) = desired.reports.as_ref().unwrap();
+        let job = cron_job
+            .spec
+            .as_ref()
+            .unwrap()
+            .job_template
+            .spec
+            .as_ref()
+            .unwrap();
+        let mut templates = pod_templates(&desired);
+        templates.push(&job.template);
+        for template in templates {
+            assert_eq!(pod_spec(template).image_pull_secrets, expected);
+        }
+    }
+}
+
 #[test]
 fn every_pod_reads_the_shared_secret_from_the_stocknets_secret() {
     let sn = stocknet(StockNetSpec::default());
