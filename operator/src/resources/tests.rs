@@ -21,6 +21,12 @@ fn pod_spec(template: &PodTemplateSpec) -> &PodSpec {
     template.spec.as_ref().unwrap()
 }
 
+/// The pod template of the report CronJob's Jobs.
+fn report_template(cron_job: &k8s_openapi::api::batch::v1::CronJob) -> &PodTemplateSpec {
+    let jobs = &cron_job.spec.as_ref().unwrap().job_template;
+    &jobs.spec.as_ref().unwrap().template
+}
+
 #[test]
 fn every_object_is_owned_labelled_and_namespaced() {
     let desired = desired(&stocknet(StockNetSpec::default())).unwrap();
@@ -254,16 +260,8 @@ fn every_pod_pulls_its_image_with_the_spec_s_pull_secrets() {
     for (spec, expected) in [(spec, Some(vec![regcred])), (StockNetSpec::default(), None)] {
         let desired = desired(&stocknet(spec)).unwrap();
         let (_, cron_job) = desired.reports.as_ref().unwrap();
-        let job = cron_job
-            .spec
-            .as_ref()
-            .unwrap()
-            .job_template
-            .spec
-            .as_ref()
-            .unwrap();
         let mut templates = pod_templates(&desired);
-        templates.push(&job.template);
+        templates.push(report_template(cron_job));
         for template in templates {
             assert_eq!(pod_spec(template).image_pull_secrets, expected);
         }
@@ -626,18 +624,7 @@ fn the_report_runs_on_schedule_against_the_frontend_with_its_own_archive_and_sec
         }),
     });
     let (_, cron_job) = desired(&stocknet(spec)).unwrap().reports.unwrap();
-    let pod = pod_spec(
-        &cron_job
-            .spec
-            .as_ref()
-            .unwrap()
-            .job_template
-            .spec
-            .as_ref()
-            .unwrap()
-            .template,
-    )
-    .clone();
+    let pod = pod_spec(report_template(&cron_job)).clone();
     let env = env_of(&pod.containers[0]);
     assert_eq!(env["STOCKNET_REPORT_DATE"], "yesterday");
     assert_eq!(
