@@ -211,12 +211,16 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             Err(too_many) => return over_its_limit(client, too_many),
         },
     };
-    // A stream keeps it while it is open.
-    let mut request = request;
-    request.extensions_mut().insert(HeldInFlight {
+    // Held here until the answer (axum drops a request's extensions once its handler has
+    // extracted what it takes), and by a stream while it is open.
+    let held = HeldInFlight {
         _in_flight: Arc::new(in_flight),
-    });
-    next.run(request).await
+    };
+    let mut request = request;
+    request.extensions_mut().insert(held.clone());
+    let response = next.run(request).await;
+    drop(held);
+    response
 }
 
 /// The address an anonymous client is counted by: an IPv4 address as it is, an IPv6 address by

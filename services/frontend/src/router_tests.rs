@@ -1018,6 +1018,67 @@ async fn an_open_stream_counts_in_flight_for_its_client() {
     served.abort();
 }
 
+/// With `--max-in-flight`, a request counts in flight until it is answered, not only until
+/// its handler has what it takes from the request: an order the leader holds keeps its
+/// client's place.
+#[tokio::test]
+async fn a_request_counts_in_flight_until_it_is_answered() {
+    use std::sync::Arc;
+
+    use axum::routing::{get, post};
+    use stocknet_common::wire::Health;
+    use tokio::sync::Notify;
+
+    let health = Health {
+        node_id: 1,
+        term: 1,
+        leader: Some(1),
+        ready: true,
+        last_transaction: 0,
+        applied: 0,
+        leading: true,
+    };
+    let asked = Arc::new(Notify::new());
+    let told = asked.clone();
+    // The leader: it holds every order.
+    let leader = Router::new()
+        .route(
+            "/health",
+            get(move || async move { stocknet_common::data(health) }),
+        )
+        .route(
+            "/orders",
+            post(move || {
+                told.notify_one();
+                std::future::pending::<()>()
+            }),
+        );
+    let (address, leader) = serve(leader).await;
+    let replica = format!("1=http://{address}");
+    let state = lone_state(&["--max-in-flight", "1", "--order-replicas", &replica]);
+    state.inner.catalog_contact.renewed_now();
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frontend = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).await
+    });
+    let order = tokio::spawn(async move {
+        let body = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
+        let url = format!("http://{frontend}/orders");
+        reqwest::Client::new().post(url).body(body).send().await
+    });
+    asked.notified().await;
+    let docs = reqwest::get(format!("http://{frontend}/openapi.json"))
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::TOO_MANY_REQUESTS);
+    order.abort();
+    served.abort();
+    leader.abort();
+}
+
 /// A client message longer than a stream takes ends the socket, instead of being gathered
 /// (up to 64 MiB a message, the WebSocket library's default) and then ignored.
 #[tokio::test]
