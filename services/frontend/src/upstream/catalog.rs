@@ -124,8 +124,7 @@ impl CatalogContact {
     }
 
     fn renew(&self, sent: Instant) {
-        let until = self.millis(sent).saturating_add(lease_ms());
-        self.trusted_until.fetch_max(until, Ordering::AcqRel);
+        self.renew_at(self.millis(sent));
     }
 
     fn renew_at(&self, sent_ms: u64) {
@@ -180,8 +179,7 @@ impl CatalogContact {
             // with nothing cached from before it.
             forget();
             seen.through = mark.sequence;
-            let through = seen.through;
-            seen.ahead.retain(|sequence| *sequence > through);
+            seen.ahead = seen.ahead.split_off(&(mark.sequence + 1));
             seen.take_ahead();
             seen.waiting.clear();
             self.renew(sent);
