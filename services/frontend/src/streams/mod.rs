@@ -284,7 +284,8 @@ impl FromRequestParts<AppState> for BareHandshake {
 #[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
     responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
         trade as it commits, and a gap where this frontend missed some. A consumer that falls \
-        behind is closed with code 1008 and a reason.", body = TradeFrame), NotAHandshake))]
+        behind is closed with code 1008 and a reason; one over the frontend's cap of open \
+        streams, at once with 1013.", body = TradeFrame), NotAHandshake))]
 pub async fn trades(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -309,7 +310,8 @@ pub async fn trades(
 /// `GET /ws/prices`: a snapshot of every stock, then each change of a price or quantity.
 #[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
     responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
-        snapshot of every stock, then a price per change.", body = PriceFrame), NotAHandshake))]
+        snapshot of every stock, then a price per change. Closed with 1013 when the catalog \
+        is unavailable, or at once over the frontend's cap of open streams.", body = PriceFrame), NotAHandshake))]
 pub async fn prices(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -353,7 +355,8 @@ pub async fn prices(
     responses(
         (status = 101, description = "A WebSocket whose messages are BookFrames: a snapshot \
             (the book as of entry `applied`), then an update per entry that changed it, and a \
-            new snapshot after a gap.", body = BookFrame),
+            new snapshot after a gap. Closed at once with 1013 over the frontend's cap of open \
+            streams.", body = BookFrame),
         NotAHandshake,
         StockLookup,
     ))]
@@ -407,7 +410,8 @@ pub struct CandleStreamQuery {
     responses(
         (status = 101, description = "A WebSocket whose messages are CandleFrames: a snapshot \
             (the last 100 intervals' candles as of entry `applied`), then the candle each \
-            committed trade changed, and a new snapshot after a gap.", body = CandleFrame),
+            committed trade changed, and a new snapshot after a gap. Closed at once with 1013 \
+            over the frontend's cap of open streams.", body = CandleFrame),
         (status = 400, description = "An unknown parameter or interval, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         StockLookup,
     ))]

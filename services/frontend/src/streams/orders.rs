@@ -73,7 +73,8 @@ pub enum OrderFrame {
             `gap` where some are gone. Without an Authorization header, the first message must \
             be an OrderStreamHello within 5 s. A key that is wrong, or revoked while the stream \
             runs, closes it with code 1008; one that cannot be checked now (the catalog out \
-            of reach past 30 s) with 1013: reconnect to resume.", body = OrderFrame),
+            of reach past 30 s) with 1013, as one over the frontend's cap of open streams: \
+            reconnect to resume.", body = OrderFrame),
         (status = 400, description = "An unknown parameter, `after` not a number, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         (status = 401, description = "An Authorization header with a wrong key", body = stocknet_common::envelope::ErrorEnvelope),
         NoCatalog,
