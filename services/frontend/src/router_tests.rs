@@ -1023,11 +1023,8 @@ async fn an_open_stream_counts_in_flight_for_its_client() {
 /// client's place.
 #[tokio::test]
 async fn a_request_counts_in_flight_until_it_is_answered() {
-    use std::sync::Arc;
-
     use axum::routing::{get, post};
     use stocknet_common::wire::Health;
-    use tokio::sync::Notify;
 
     let health = Health {
         node_id: 1,
@@ -1038,45 +1035,48 @@ async fn a_request_counts_in_flight_until_it_is_answered() {
         applied: 0,
         leading: true,
     };
-    let asked = Arc::new(Notify::new());
-    let told = asked.clone();
-    // The leader: it holds every order.
+    let (asked, holds) = holding();
     let leader = Router::new()
         .route(
             "/health",
             get(move || async move { stocknet_common::data(health) }),
         )
-        .route(
-            "/orders",
-            post(move || {
-                told.notify_one();
-                std::future::pending::<()>()
-            }),
-        );
+        .route("/orders", post(holds));
     let (address, leader) = serve(leader).await;
     let replica = format!("1=http://{address}");
     let state = lone_state(&["--max-in-flight", "1", "--order-replicas", &replica]);
     state.inner.catalog_contact.renewed_now();
     let app = router(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let frontend = listener.local_addr().unwrap();
-    let served = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app).await
-    });
-    let order = tokio::spawn(async move {
-        let body = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
-        let url = format!("http://{frontend}/orders");
-        reqwest::Client::new().post(url).body(body).send().await
-    });
-    asked.notified().await;
-    let docs = reqwest::get(format!("http://{frontend}/openapi.json"))
-        .await
+    let from =
+        axum::extract::ConnectInfo("192.0.2.8:40000".parse::<std::net::SocketAddr>().unwrap());
+    let mut order = Request::post("/orders")
+        .body(Body::from(
+            r#"{"name":"GameStart","quantity":1,"type":"buy"}"#,
+        ))
         .unwrap();
+    order.extensions_mut().insert(from);
+    let order = tokio::spawn(app.clone().oneshot(order));
+    asked.notified().await;
+    let mut docs = Request::get("/openapi.json").body(Body::empty()).unwrap();
+    docs.extensions_mut().insert(from);
+    let docs = app.oneshot(docs).await.unwrap();
     assert_eq!(docs.status(), StatusCode::TOO_MANY_REQUESTS);
     order.abort();
-    served.abort();
     leader.abort();
+}
+
+/// A backend's handler that never answers, and what tells the test it was asked.
+fn holding() -> (
+    std::sync::Arc<tokio::sync::Notify>,
+    impl Fn() -> std::future::Pending<()> + Clone + Send + Sync + 'static,
+) {
+    let asked = std::sync::Arc::new(tokio::sync::Notify::new());
+    let told = asked.clone();
+    let holds = move || {
+        told.notify_one();
+        std::future::pending::<()>()
+    };
+    (asked, holds)
 }
 
 /// A client message longer than a stream takes ends the socket, instead of being gathered
@@ -1194,20 +1194,11 @@ async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_se
 #[tokio::test]
 async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is_asked() {
     use std::net::SocketAddr;
-    use std::sync::Arc;
 
     use axum::routing::get;
-    use tokio::sync::Notify;
 
-    let asked = Arc::new(Notify::new());
-    let arrived = asked.clone();
-    let catalog = Router::new().route(
-        "/users/{id}",
-        get(move || {
-            arrived.notify_one();
-            std::future::pending::<()>()
-        }),
-    );
+    let (asked, holds) = holding();
+    let catalog = Router::new().route("/users/{id}", get(holds));
     let (address, served) = serve(catalog).await;
     let catalog_url = format!("http://{address}");
     let state = lone_state(&["--catalog-url", &catalog_url, "--max-in-flight", "1"]);
