@@ -304,13 +304,19 @@ async fn mail(args: &MailArgs, report: &DailyReport, json: &str) -> anyhow::Resu
         transport = transport.credentials(credentials);
     }
     let transport = transport.build();
-    retried(args.smtp_attempts, Duration::from_secs(1), || async {
-        transport
-            .send(message.clone())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
+    // lettre's timeout bounds each connect only, not the server's answers.
+    retried(
+        args.smtp_attempts,
+        Duration::from_secs(1),
+        MAIL_ATTEMPT,
+        || async {
+            transport
+                .send(message.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
     .await
 }
 
@@ -340,36 +346,54 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 async fn deliver(url: &reqwest::Url, key: &[u8], json: &str, attempts: u32) -> anyhow::Result<()> {
     let http = stocknet_common::http_client(Duration::from_secs(10));
     let signature = signature(key, json.as_bytes());
-    retried(attempts, Duration::from_millis(500), || async {
-        let sent = http
-            .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, &signature)
-            .body(json.to_owned())
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(format!("answered {}", response.status())),
-            // (reqwest's error names the URL, token and all.)
-            Err(e) => Err(format!("no answer: {}", e.without_url())),
-        }
-    })
+    retried(
+        attempts,
+        Duration::from_millis(500),
+        WEBHOOK_ATTEMPT,
+        || async {
+            let sent = http
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(SIGNATURE_HEADER, &signature)
+                .body(json.to_owned())
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("answered {}", response.status())),
+                // (reqwest's error names the URL, token and all.)
+                Err(e) => Err(format!("no answer: {}", e.without_url())),
+            }
+        },
+    )
     .await
 }
 
-/// Tries `attempt` until it succeeds or `attempts` are spent, pausing `pause` after the first
-/// failure and doubling it after each.
-async fn retried<F, Fut>(attempts: u32, mut pause: Duration, mut attempt: F) -> anyhow::Result<()>
+/// How long one delivery by mail may take, from connecting to the server's last answer.
+const MAIL_ATTEMPT: Duration = Duration::from_secs(60);
+
+/// How long one webhook call may take (its client's own deadline is 10 s).
+const WEBHOOK_ATTEMPT: Duration = Duration::from_secs(15);
+
+/// Tries `attempt` until it succeeds or `attempts` are spent, each within `deadline` (a
+/// receiver that accepts and never answers is a failed attempt), pausing `pause` after the
+/// first failure and doubling it after each.
+async fn retried<F, Fut>(
+    attempts: u32,
+    mut pause: Duration,
+    deadline: Duration,
+    mut attempt: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let mut failure = String::new();
     for tried in 1..=attempts {
-        match attempt().await {
-            Ok(()) => return Ok(()),
-            Err(e) => failure = e,
+        match tokio::time::timeout(deadline, attempt()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => failure = e,
+            Err(_) => failure = format!("no answer within {deadline:?}"),
         }
         if tried < attempts {
             eprintln!(
@@ -475,6 +499,27 @@ mod tests {
         );
         let plain = "http://10.0.0.9/hook".parse().unwrap();
         assert_eq!(shown(&plain), "http://10.0.0.9");
+    }
+
+    /// An attempt whose receiver never answers fails at its deadline, and the next is tried.
+    #[tokio::test]
+    async fn a_delivery_attempt_that_gets_no_answer_fails_at_its_deadline() {
+        let mut tries = 0;
+        let delivery = retried(
+            2,
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+            || {
+                tries += 1;
+                std::future::pending()
+            },
+        );
+        let failed = tokio::time::timeout(Duration::from_secs(10), delivery)
+            .await
+            .expect("the attempts end at their deadlines");
+        let failure = failed.expect_err("no attempt answered").to_string();
+        assert!(failure.contains("no answer within 50ms"), "{failure}");
+        assert_eq!(tries, 2);
     }
 
     /// An https webhook is called over TLS: the connection opens with a TLS handshake record.

@@ -252,12 +252,13 @@ struct Chaos {
 }
 
 /// Kills and restarts replicas until `until`, the leader every other time and the catalog once
-/// halfway; waits for each victim to be back (ready) before the next round.
+/// from halfway on; waits for each victim to be back (ready) before the next round.
 async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut chaos = Chaos::default();
     let halfway = Instant::now() + (until - Instant::now()) / 2;
-    while Instant::now() < until {
+    // Past `until`, the catalog is still killed once if the replicas' rounds used up the time.
+    while Instant::now() < until || chaos.catalog_kills == 0 {
         // Pacing: let the clients trade for a while between kills.
         sleep(Duration::from_millis(200 + rng.below(300))).await;
         if chaos.catalog_kills == 0 && Instant::now() >= halfway {

@@ -55,7 +55,7 @@ impl Up {
 
     /// [`Up::start`] with `replicas` order replicas.
     fn start_replicas(data_dir: &std::path::Path, replicas: usize, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(["up", "--data-dir", &data_dir.display().to_string()])
             .args(["--frontend-port", "0", "--catalog-port", "0"])
             .args(["--order-ports", &vec!["0"; replicas].join(",")])
@@ -66,7 +66,14 @@ impl Up {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        // Owned at once, so that a start that fails below kills `up` (and its children) too.
+        let mut up = Self {
+            child,
+            frontend: 0,
+            catalog: 0,
+            orders: Vec::new(),
+        };
+        let stdout = BufReader::new(up.child.stdout.take().expect("piped stdout"));
         // `up` prints its banner once every service is ready, a line per service with its
         // URL; the last line ends it.
         let (banner_tx, banner_rx) = std::sync::mpsc::channel();
@@ -93,18 +100,38 @@ impl Up {
                 })
                 .unwrap_or_else(|| panic!("no {service} port in the banner: {banner:?}"))
         };
-        Self {
-            frontend: port("frontend"),
-            catalog: port("catalog"),
-            orders: (1..=replicas)
-                .map(|i| port(&format!("order {i}")))
-                .collect(),
-            child,
-        }
+        up.frontend = port("frontend");
+        up.catalog = port("catalog");
+        up.orders = (1..=replicas)
+            .map(|i| port(&format!("order {i}")))
+            .collect();
+        up
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// Processes held with SIGSTOP until this is dropped, a failed test's panic included: a stopped
+/// process would not act on the SIGTERM its parent's death sends it, and would stay behind.
+struct Stopped(Vec<u32>);
+
+impl Stopped {
+    fn all(pids: Vec<u32>) -> Self {
+        let stopped = Self(pids);
+        for &pid in &stopped.0 {
+            kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        }
+        stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+        }
     }
 }
 
@@ -327,9 +354,7 @@ async fn up_with_five_order_ports_runs_a_group_of_five() {
         .map(|(pid, _)| pid)
         .collect();
     assert_eq!(stopped.len(), 2);
-    for &pid in &stopped {
-        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-    }
+    let stopped = Stopped::all(stopped);
     let placed = http
         .post(format!("{}/orders", url(up.frontend)))
         .json(&json!({"name": "GameStart", "quantity": 1, "type": "buy"}))
@@ -339,9 +364,7 @@ async fn up_with_five_order_ports_runs_a_group_of_five() {
         .unwrap();
     let status = placed.status();
     let body: Value = placed.json().await.unwrap();
-    for &pid in &stopped {
-        kill(Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
-    }
+    drop(stopped);
     assert_eq!(status, 200, "{body}");
 }
 
@@ -696,12 +719,14 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
     let (hook, mail, smtp, key_file) = (&sinks.hook, &sinks.mail, &sinks.smtp, &sinks.key_file);
     let hook_url = hook.url.clone();
     let dir = &sinks.dir;
-    // A near schedule: 30 s from now (UTC), well after `up` is ready and the order is in.
+    // A near schedule: 40 s from now (UTC), well after `up` is ready and the order is in
+    // (checked below: a start that took longer would otherwise look like a lost trade).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let fire = (now + 30) % 86_400;
+    let fire_at = now + 40;
+    let fire = fire_at % 86_400;
     let at = format!("{:02}:{:02}:{:02}", fire / 3600, fire / 60 % 60, fire % 60);
     let data = dir.path().join("data");
     let up = Up::start(
@@ -731,8 +756,17 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
         .await,
         200
     );
+    let placed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        placed_at < fire_at,
+        "the order came after the report's time: `up` took {} s to start",
+        placed_at - now
+    );
 
-    wait_until("the report delivered", Duration::from_secs(60), || async {
+    wait_until("the report delivered", Duration::from_secs(70), || async {
         !hook.deliveries().is_empty()
     })
     .await;

@@ -70,7 +70,15 @@ pub enum Error {
     Random(#[source] std::io::Error),
     #[error("the shared secret {0} is unusable: {1}")]
     SecretUnusable(String, String),
+    #[error("reconcile took longer than {0:?} (an API server or replica that does not answer)")]
+    Deadline(Duration),
 }
+
+/// How long one reconcile may take. kube's client has no read deadline by default (a watch
+/// waits minutes by design), and the controller runs one reconcile per StockNet at a time: an
+/// API server that accepts a call and never answers would stop that StockNet's repairs for
+/// good. Its calls to replicas have deadlines of their own, the longest 15 s.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What `/metrics` serves (prometheus-client).
 pub struct Metrics {
@@ -215,7 +223,25 @@ pub async fn run(client: Client, context: Arc<Context>) {
     .await;
 }
 
+/// Brings one StockNet's objects to what its spec asks and writes its status, within
+/// [`RECONCILE_DEADLINE`].
 pub async fn reconcile(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_within(RECONCILE_DEADLINE, sn, ctx).await
+}
+
+/// [`reconcile`] with a deadline of `deadline`: past it, the reconcile is dropped (what it
+/// applied stays; the next one goes on from there) and counts as failed.
+pub async fn reconcile_within(
+    deadline: Duration,
+    sn: Arc<StockNet>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    tokio::time::timeout(deadline, reconcile_once(sn, ctx))
+        .await
+        .map_err(|_| Error::Deadline(deadline))?
+}
+
+async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciliations.inc();
     let _timed = Timed(&ctx.metrics.reconcile_seconds, Instant::now());
     let namespace = sn.namespace().ok_or(SpecError::NoNamespace)?;

@@ -8,7 +8,7 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::Client;
 use serde_json::{json, Value};
-use stocknet_operator::controller::{reconcile, Context, Settings};
+use stocknet_operator::controller::{reconcile, reconcile_within, Context, Error, Settings};
 use stocknet_operator::crd::{ReplicaStatus, StockNet, StockNetSpec, StockNetStatus};
 
 /// One request the operator made: method, path and query, JSON body.
@@ -205,6 +205,42 @@ async fn run_reconcile_with_jobs(
     server.abort();
     let calls = calls.lock().unwrap().clone();
     (format!("{action:?}"), calls)
+}
+
+/// An API server that takes a call and never answers ends the reconcile at its deadline, as
+/// a failure (retried with backoff), instead of holding the StockNet's reconciles for good.
+#[tokio::test]
+async fn an_api_server_that_never_answers_fails_the_reconcile_at_its_deadline() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    // Takes every request and answers none.
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let _ = asked_tx.send(request.uri().to_string());
+            held.push(send);
+        }
+    });
+    let settings = Settings {
+        probe_period_seconds: 5,
+        failure_threshold: 3,
+        probe_timeout_ms: 500,
+        probe_port: 1,
+    };
+    let context = Arc::new(Context::new(Client::new(service, "default"), settings));
+    let deadline = std::time::Duration::from_millis(300);
+    let reconciled = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reconcile_within(deadline, Arc::new(stocknet(None)), context),
+    )
+    .await
+    .expect("the reconcile ends at its deadline");
+    assert!(
+        matches!(reconciled, Err(Error::Deadline(d)) if d == deadline),
+        "{reconciled:?}"
+    );
+    assert!(asked.recv().await.is_some(), "the API server was called");
+    server.abort();
 }
 
 fn requeue_after(seconds: u64) -> String {

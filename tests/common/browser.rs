@@ -26,7 +26,7 @@ pub fn chromium() -> Option<String> {
 }
 
 pub struct Browser {
-    process: Child,
+    _process: Chromium,
     page: Socket,
     next_id: u64,
     _profile: tempfile::TempDir,
@@ -36,7 +36,7 @@ impl Browser {
     /// Starts headless `chromium` at 1280×720 and attaches to its page.
     pub async fn start(chromium: &str) -> Self {
         let profile = tempfile::tempdir().expect("profile dir");
-        let mut process = Command::new(chromium)
+        let process = Command::new(chromium)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -56,8 +56,10 @@ impl Browser {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start chromium");
+        // Owned at once: a start that fails below kills it too.
+        let mut process = Chromium(process);
         // It says where its DevTools endpoint listens on stderr.
-        let stderr = BufReader::new(process.stderr.take().expect("piped stderr"));
+        let stderr = BufReader::new(process.0.stderr.take().expect("piped stderr"));
         let (found, port) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
@@ -70,7 +72,10 @@ impl Browser {
         let port = port
             .recv_timeout(Duration::from_secs(30))
             .expect("chromium's DevTools port");
-        let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
+        let targets: Value = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/json/list"))
+            .timeout(Duration::from_secs(30))
+            .send()
             .await
             .expect("DevTools targets")
             .json()
@@ -82,11 +87,15 @@ impl Browser {
             .and_then(|page| page["webSocketDebuggerUrl"].as_str())
             .expect("a page target")
             .to_owned();
-        let (page, _) = tokio_tungstenite::connect_async(page_url)
-            .await
-            .expect("attach to the page");
+        let (page, _) = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio_tungstenite::connect_async(page_url),
+        )
+        .await
+        .expect("attached to the page in time")
+        .expect("attach to the page");
         let mut browser = Self {
-            process,
+            _process: process,
             page,
             next_id: 0,
             _profile: profile,
@@ -169,10 +178,13 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+/// The browser's process, killed when dropped.
+struct Chromium(Child);
+
+impl Drop for Chromium {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

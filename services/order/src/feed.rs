@@ -296,7 +296,14 @@ mod tests {
             let feed = feed.clone();
             tokio::spawn(async move { feed.wait_for_updates(7, 2, Duration::from_secs(30)).await })
         };
+        // One thread: each yield lets the poll run until it waits again.
+        tokio::task::yield_now().await;
         feed.push(Vec::new(), vec![update(3, 8)], 3);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "the poll went on waiting past an entry with only another user's update"
+        );
         feed.push(Vec::new(), vec![update(5, 7)], 5);
         let page = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await

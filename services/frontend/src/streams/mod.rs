@@ -27,7 +27,7 @@ use stocknet_common::wire::{
     Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot,
     Trade,
 };
-use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, Stock};
+use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, RemoteError, Stock};
 use tokio::sync::{broadcast, Notify};
 use utoipa::{IntoParams, ToSchema};
 
@@ -35,6 +35,7 @@ use crate::limits::HeldInFlight;
 use crate::routes::answers::{NotAHandshake, StockLookup};
 use crate::routes::stocks::stock;
 use crate::upstream::catalog::{self, call_catalog};
+use crate::upstream::leader::{Leader, HEALTH_TIMEOUT};
 use crate::upstream::order_group;
 use crate::{Answer, AppState, FrontendError};
 
@@ -43,8 +44,11 @@ pub mod orders;
 /// Messages a stream's channel holds for its slowest consumer.
 pub const CHANNEL: usize = 1_024;
 
-/// How long the leader holds a feed poll open (below the frontend's HTTP timeout).
+/// How long the leader holds a feed poll open.
 const POLL_WAIT: Duration = Duration::from_secs(8);
+
+/// A feed poll's deadline: the leader's wait and room for its answer.
+const POLL_DEADLINE: Duration = Duration::from_secs(9);
 
 /// A consumer that accepts nothing for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,12 +151,22 @@ async fn follow_feed(state: AppState) {
             continue;
         };
         let polled = match cursor {
-            None => start_position(&state, &leader.url).await.map(|applied| {
-                cursor = Some(applied);
-                let _ = streams.market.send(MarketItem::Started(applied));
-                None
-            }),
-            Some(after) => poll(&state, &leader.url, after).await.map(Some),
+            None => while_followed(&state, &leader, start_position(&state, &leader.url))
+                .await
+                .map(|started| {
+                    started.map(|applied| {
+                        cursor = Some(applied);
+                        let _ = streams.market.send(MarketItem::Started(applied));
+                        None
+                    })
+                }),
+            Some(after) => while_followed(&state, &leader, poll(&state, &leader.url, after))
+                .await
+                .map(|page| page.map(Some)),
+        };
+        // This frontend follows another leader now: poll that one at once.
+        let Some(polled) = polled else {
+            continue;
         };
         match polled {
             Ok(None) => {}
@@ -169,7 +183,7 @@ async fn follow_feed(state: AppState) {
             }
             Err(e) => {
                 tracing::debug!(leader = leader.id, "market feed: {e}");
-                if matches!(e, stocknet_common::RemoteError::Unreachable(_)) {
+                if matches!(e, RemoteError::Unreachable(_)) {
                     inner.leaders.replace(Some(&leader), None).await;
                 }
                 tokio::time::sleep(backoff).await;
@@ -179,26 +193,33 @@ async fn follow_feed(state: AppState) {
     }
 }
 
-/// Where the leader's book is now: a stream starts there.
-async fn start_position(
+/// `call` to `leader`, given up (`None`) once this frontend follows another leader: the poll
+/// of a leader that hangs would hold its streams until the poll's deadline, while orders go to
+/// the new leader within about a second.
+async fn while_followed<T>(
     state: &AppState,
-    leader: &BaseUrl,
-) -> Result<u64, stocknet_common::RemoteError> {
+    leader: &Leader,
+    call: impl std::future::Future<Output = Result<T, RemoteError>>,
+) -> Option<Result<T, RemoteError>> {
+    tokio::select! {
+        answer = call => Some(answer),
+        () = state.inner.leaders.no_longer_following(leader) => None,
+    }
+}
+
+/// Where the leader's book is now: a stream starts there.
+async fn start_position(state: &AppState, leader: &BaseUrl) -> Result<u64, RemoteError> {
     let url = paths::HEALTH.url(leader, &[])?;
-    let health: Health = call(state.inner.http.get(url)).await?;
+    let health: Health = call(state.inner.http.get(url).timeout(HEALTH_TIMEOUT)).await?;
     Ok(health.applied)
 }
 
-async fn poll(
-    state: &AppState,
-    leader: &BaseUrl,
-    after: u64,
-) -> Result<FeedPage, stocknet_common::RemoteError> {
+async fn poll(state: &AppState, leader: &BaseUrl, after: u64) -> Result<FeedPage, RemoteError> {
     let mut url = paths::FEED.url(leader, &[])?;
     url.query_pairs_mut()
         .append_pair("after", &after.to_string())
         .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
-    call(state.inner.http.get(url)).await
+    call(state.inner.http.get(url).timeout(POLL_DEADLINE)).await
 }
 
 /// A stream counted open until dropped.
@@ -796,6 +817,81 @@ mod tests {
             "{first:?}"
         );
         served.abort();
+    }
+
+    /// A leader that hangs holds its feed poll: once this frontend follows the new leader,
+    /// the feed polls that one at once, instead of waiting out the hung poll's deadline.
+    #[tokio::test]
+    async fn the_feed_leaves_a_hung_leader_s_poll_once_another_leader_is_followed() {
+        use axum::routing::get;
+        use std::sync::atomic::AtomicBool;
+        use stocknet_common::wire::{FeedPage, Health};
+
+        // Replica 1 leads term 1, until `moved`: then replica 2 leads term 2. Replica 1's
+        // feed never answers.
+        let moved = Arc::new(AtomicBool::new(false));
+        let replica = |id: u32, feed_hangs: bool| {
+            let moved = moved.clone();
+            let health = move || {
+                let moved = moved.load(Ordering::Acquire);
+                let term = if moved { 2 } else { 1 };
+                let leads = (id == 2) == moved;
+                stocknet_common::data(Health {
+                    node_id: id,
+                    term,
+                    leader: Some(if moved { 2 } else { 1 }),
+                    ready: true,
+                    last_transaction: 10,
+                    applied: 10,
+                    leading: leads,
+                })
+            };
+            axum::Router::new()
+                .route("/health", get(move || std::future::ready(health())))
+                .route(
+                    "/feed",
+                    get(move || async move {
+                        if feed_hangs {
+                            std::future::pending::<()>().await;
+                        }
+                        // Events before 11 are gone: the frontend's listeners hear of a gap.
+                        stocknet_common::data(FeedPage {
+                            floor: 11,
+                            through: 12,
+                            events: Vec::new(),
+                        })
+                    }),
+                )
+        };
+        let mut urls = Vec::new();
+        let mut served = Vec::new();
+        for (id, feed_hangs) in [(1, true), (2, false)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(format!("{id}=http://{}", listener.local_addr().unwrap()));
+            let router = replica(id, feed_hangs);
+            served.push(tokio::spawn(
+                async move { axum::serve(listener, router).await },
+            ));
+        }
+        let state = crate::router_tests::lone_state(&["--order-replicas", &urls.join(",")]);
+        let mut receiver = state.inner.streams.subscribe_market(&state);
+        let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
+        assert!(
+            matches!(first, Ok(Ok(MarketItem::Started(10)))),
+            "{first:?}"
+        );
+        // The feed now polls replica 1, which hangs; the group moves on to replica 2.
+        moved.store(true, Ordering::Release);
+        assert!(
+            state.inner.leaders.check_leader().await,
+            "follows replica 2"
+        );
+        // Well inside the hung poll's deadline (9 s).
+        let next = tokio::time::timeout(Duration::from_secs(4), receiver.recv()).await;
+        assert!(matches!(next, Ok(Ok(MarketItem::Gap))), "{next:?}");
+        for server in served {
+            server.abort();
+        }
     }
 
     #[test]

@@ -21,7 +21,9 @@ use stocknet_common::wire::{OrderUpdate, OrderUpdatePage};
 use stocknet_common::{Query, RemoteError};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{close, frame, send, start_position, Handshake, POLL_WAIT};
+use super::{
+    close, frame, send, start_position, while_followed, Handshake, POLL_DEADLINE, POLL_WAIT,
+};
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
 use crate::{Answer, AppState, FrontendError};
@@ -214,21 +216,26 @@ async fn next_page(
     let Some(leader) = inner.leaders.leader().await else {
         return Err("no order leader".into());
     };
-    let result = match cursor {
-        None => start_position(state, &leader.url)
-            .await
-            .map(|at| (at, None)),
-        Some(after) => {
-            let poll = async {
+    let asked = async {
+        match cursor {
+            None => start_position(state, &leader.url)
+                .await
+                .map(|at| (at, None)),
+            Some(after) => {
                 let mut url = paths::ORDER_FEED.url(&leader.url, &[])?;
                 url.query_pairs_mut()
                     .append_pair("user", &user.to_string())
                     .append_pair("after", &after.to_string())
                     .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
-                call::<OrderUpdatePage>(inner.http.get(url)).await
-            };
-            poll.await.map(|page| (after, Some(page)))
+                let request = inner.http.get(url).timeout(POLL_DEADLINE);
+                call::<OrderUpdatePage>(request)
+                    .await
+                    .map(|page| (after, Some(page)))
+            }
         }
+    };
+    let Some(result) = while_followed(state, &leader, asked).await else {
+        return Err("this frontend follows another leader now".into());
     };
     if matches!(result, Err(RemoteError::Unreachable(_))) {
         inner.leaders.replace(Some(&leader), None).await;

@@ -22,7 +22,7 @@ use stocknet_common::{BaseUrl, RemoteError};
 const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
 
 /// A replica that does not answer its health check within this is passed over.
-const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often a frontend asks the leader it follows whether it still leads: the group changes
 /// its leader by itself (a handover to a higher id, an election), and a frontend that has no
@@ -42,7 +42,8 @@ pub struct LeaderDiscovery {
     /// Replicas by descending id, as `GET /cluster` lists them: those configured, and those
     /// learned from the group's membership.
     replicas: RwLock<Vec<Peer>>,
-    current: RwLock<Option<Leader>>,
+    /// The leader followed; streams that poll it watch for a change.
+    current: tokio::sync::watch::Sender<Option<Leader>>,
     searching: tokio::sync::Mutex<()>,
     /// Searches finished: a request that waited for one to end takes its result, whatever it
     /// found, instead of searching again (with replicas that hang, each search takes a while).
@@ -56,7 +57,7 @@ impl LeaderDiscovery {
         replicas.sort_by_key(|replica| std::cmp::Reverse(replica.id));
         Self {
             replicas: RwLock::new(replicas),
-            current: RwLock::new(None),
+            current: tokio::sync::watch::Sender::new(None),
             searching: tokio::sync::Mutex::new(()),
             searches: AtomicU64::new(0),
             http,
@@ -112,10 +113,16 @@ impl LeaderDiscovery {
     }
 
     pub fn current(&self) -> Option<Leader> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.borrow().clone()
+    }
+
+    /// Resolves once this frontend follows another leader than `leader`.
+    pub async fn no_longer_following(&self, leader: &Leader) {
+        let mut followed = self.current.subscribe();
+        // (The sender lives as long as `self`.)
+        let _ = followed
+            .wait_for(|current| current.as_ref() != Some(leader))
+            .await;
     }
 
     /// How many times this frontend started following another leader (the metric itself:
@@ -200,22 +207,24 @@ impl LeaderDiscovery {
 
     /// Makes `found` the leader this frontend follows; counted and logged when it changes.
     fn follow(&self, found: Option<Leader>) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if *current == found {
-            return;
-        }
-        match &found {
-            Some(leader) => {
-                self.leader_changes.inc();
-                tracing::info!(
-                    leader = leader.id,
-                    term = leader.term,
-                    "following the order leader"
-                );
+        self.current.send_if_modified(|current| {
+            if *current == found {
+                return false;
             }
-            None => tracing::warn!("no order replica leads now"),
-        }
-        *current = found;
+            match &found {
+                Some(leader) => {
+                    self.leader_changes.inc();
+                    tracing::info!(
+                        leader = leader.id,
+                        term = leader.term,
+                        "following the order leader"
+                    );
+                }
+                None => tracing::warn!("no order replica leads now"),
+            }
+            *current = found;
+            true
+        });
     }
 
     /// The replica that says it leads (and has taken over) in the highest term the replicas
