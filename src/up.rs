@@ -125,6 +125,7 @@ struct Service {
     child: Option<Child>,
     restarts: u32,
     restart: Restart,
+    liveness: Liveness,
     /// Passed on, so that every service logs the way `up` was asked to.
     log_format: LogFormat,
     /// Its tokio worker threads, where `up` chooses them.
@@ -150,6 +151,7 @@ impl Service {
             child: None,
             restarts: 0,
             restart: Restart::default(),
+            liveness: Liveness::default(),
             log_format,
             workers,
         }
@@ -191,7 +193,21 @@ impl Service {
                 .with_context(|| format!("cannot start {}", self.name))?,
         );
         self.restart.started = Some(Instant::now());
+        self.liveness = Liveness::default();
         Ok(())
+    }
+
+    /// Counts one liveness check: kills a process that answered since it started and now has
+    /// failed [`LIVENESS_FAILURES`] checks in a row (it hangs), for [`supervise`] to restart.
+    fn checked(&mut self, answered: bool) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if self.liveness.heard(answered) {
+            tracing::warn!(service = %self.name, "no answer to {LIVENESS_FAILURES} health checks in a row; killing it to restart it");
+            // SIGKILL also ends a stopped process.
+            let _ = child.start_kill();
+        }
     }
 
     async fn stop(&mut self) {
@@ -257,10 +273,13 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
 
     let mut shutdown = std::pin::pin!(stocknet_common::server::shutdown_signal());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut liveness = tokio::time::interval(LIVENESS_PERIOD);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => supervise(&mut services),
+            _ = liveness.tick() => check_liveness(&http, &mut services).await,
         }
     }
     if let Some(reports) = reports {
@@ -449,6 +468,8 @@ async fn wait_ready(http: &reqwest::Client, services: &mut [Service]) -> anyhow:
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if ready {
+                // Started: from now on it is expected to answer.
+                services[index].liveness.heard(true);
                 break;
             }
             if Instant::now() > deadline {
@@ -462,6 +483,60 @@ async fn wait_ready(http: &reqwest::Client, services: &mut [Service]) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// How often `up` asks every service's `/health` once it runs, and how long each answer may
+/// take. A process that hangs (SIGSTOP, a deadlock) answers nothing but does not exit: after
+/// [`LIVENESS_FAILURES`] checks in a row without an answer it is killed and restarted like one
+/// that died, as Kubernetes' liveness probe does. A hung frontend would otherwise slow every
+/// trade's invalidation push for good, and a hung catalog fail every order.
+const LIVENESS_PERIOD: Duration = Duration::from_secs(2);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+const LIVENESS_FAILURES: u32 = 5;
+
+/// A service's liveness checks since it started. Until it has answered once it is starting (an
+/// order replica replays its log before it serves) and is not counted against.
+#[derive(Debug, Default)]
+struct Liveness {
+    answered: bool,
+    failures: u32,
+}
+
+impl Liveness {
+    /// Counts a check; whether the service hangs.
+    fn heard(&mut self, answered: bool) -> bool {
+        if answered {
+            *self = Self {
+                answered: true,
+                failures: 0,
+            };
+            return false;
+        }
+        if self.answered {
+            self.failures += 1;
+        }
+        self.failures >= LIVENESS_FAILURES
+    }
+}
+
+/// Asks every running service's `/health` at once, and kills those that hang.
+async fn check_liveness(http: &reqwest::Client, services: &mut [Service]) {
+    let mut checks = tokio::task::JoinSet::new();
+    for (index, service) in services.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{}/health", service.port);
+        let check = http.get(url).timeout(LIVENESS_TIMEOUT);
+        checks.spawn(async move {
+            let answer = check.send().await;
+            (index, answer.is_ok_and(|a| a.status().is_success()))
+        });
+    }
+    let mut answered = vec![false; services.len()];
+    while let Some(Ok((index, answer))) = checks.join_next().await {
+        answered[index] = answer;
+    }
+    for (service, answered) in services.iter_mut().zip(answered) {
+        service.checked(answered);
+    }
 }
 
 /// How a service is restarted: at once after it ran a while, later and later (up to
@@ -548,6 +623,25 @@ fn print_banner(config: &UpConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_that_answered_and_then_stops_answering_is_killed_after_five_checks() {
+        let mut liveness = Liveness::default();
+        // Starting: no answer yet is not held against it.
+        for _ in 0..10 {
+            assert!(!liveness.heard(false));
+        }
+        assert!(!liveness.heard(true));
+        for _ in 1..LIVENESS_FAILURES {
+            assert!(!liveness.heard(false));
+        }
+        // One answer starts the count again.
+        assert!(!liveness.heard(true));
+        for _ in 1..LIVENESS_FAILURES {
+            assert!(!liveness.heard(false));
+        }
+        assert!(liveness.heard(false));
+    }
 
     #[test]
     fn a_service_that_keeps_exiting_is_restarted_later_and_later() {

@@ -1697,7 +1697,7 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-        + 1_500;
+        + 5_000;
     let gtd = json!({"time_in_force": "gtd", "expire_at": expire_at});
     let (status, body) = place(alice, order("sell", 4, 30.0, gtd)).await;
     assert_eq!(

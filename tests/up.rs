@@ -236,7 +236,7 @@ async fn up_runs_supervises_and_stops_everything() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-        + 1_500;
+        + 5_000;
     let iceberg = json!({"name": "FishCo", "quantity": 5, "type": "sell", "price": 40.0,
         "display_quantity": 2, "time_in_force": "gtd", "expire_at": expire_at,
         "client_order_id": "up-1"});
@@ -347,7 +347,8 @@ async fn up_with_five_order_ports_runs_a_group_of_five() {
         "{members}"
     );
 
-    // Two replicas stopped (SIGSTOP keeps `up` from restarting them): three still commit.
+    // Two replicas stopped (`up` restarts a hung process only after 10 s of failed health
+    // checks): three still commit.
     let stopped: Vec<u32> = children(up.pid())
         .into_iter()
         .filter(|(_, cmd)| cmd.contains("--node-id 1 ") || cmd.contains("--node-id 2 "))
@@ -366,6 +367,45 @@ async fn up_with_five_order_ports_runs_a_group_of_five() {
     let body: Value = placed.json().await.unwrap();
     drop(stopped);
     assert_eq!(status, 200, "{body}");
+}
+
+/// A service that hangs (SIGSTOP) answers no health check but does not exit: `up` kills it
+/// after five failed checks in a row and starts another, as Kubernetes' liveness probe would.
+/// A hung frontend would otherwise slow every trade's invalidation push for as long as it
+/// hangs.
+#[tokio::test]
+async fn up_restarts_a_service_that_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let (hung, _) = children(up.pid())
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(" frontend "))
+        .expect("the frontend is a child of up");
+    let _stopped = Stopped::all(vec![hung]);
+    wait_until(
+        "the hung frontend replaced",
+        Duration::from_secs(60),
+        || async {
+            children(up.pid())
+                .iter()
+                .any(|(pid, cmd)| *pid != hung && cmd.contains(" frontend "))
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let order = json!({"name": "GameStart", "quantity": 1, "type": "buy"});
+    wait_until(
+        "orders through the new frontend",
+        Duration::from_secs(30),
+        || async {
+            let placed = http
+                .post(format!("{}/orders", url(up.frontend)))
+                .json(&order)
+                .timeout(Duration::from_secs(5));
+            status(placed).await == 200
+        },
+    )
+    .await;
 }
 
 /// A port in use stops `up` before it starts any service, with the port named.
