@@ -391,4 +391,8 @@ async fn an_order_stream_needs_its_users_key() {
             .expect("hello");
         common::expect_policy_close(&mut socket, &hello.to_string()).await;
     }
+    // A position past the end of the log is no stream's: the stream is closed, rather than
+    // skipping every update up to it without a word.
+    let mut ahead = own_orders(&frontend, "?after=999999999", &key).await;
+    common::expect_policy_close(&mut ahead, "after past the end of the log").await;
 }

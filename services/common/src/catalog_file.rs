@@ -20,8 +20,25 @@ pub enum CatalogFileError {
     Empty,
 }
 
-/// The stocks of a catalog file, by name: every row a stock with a non-empty name, a price of
-/// at most two decimals and a whole quantity, no name twice, at least one stock.
+/// The longest stock name, in characters.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `name` is text an order may name a stock by: 1–128 characters, none a control
+/// character.
+pub fn is_name_text(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}
+
+/// Whether `name` can be a stock's name in a lookup path. Segments such as `..` or `a/b`
+/// (decoded from `%2e%2e`, `%2F`) would name another catalog route, so they never reach it,
+/// and no catalog may name a stock so: nobody could look it up or value it.
+pub fn is_stock_name(name: &str) -> bool {
+    is_name_text(name) && name != "." && name != ".." && !name.contains('/')
+}
+
+/// The stocks of a catalog file, by name: every row a stock with a name the API can address
+/// ([`is_stock_name`]), a price of at most two decimals and a whole quantity, no name twice, at
+/// least one stock.
 pub fn parse(text: &str) -> Result<BTreeMap<String, Stock>, CatalogFileError> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header = reader.headers().map_err(|_| CatalogFileError::Header)?;
@@ -42,6 +59,12 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, Stock>, CatalogFileError> {
         let name = record.get(0).unwrap_or_default();
         if name.is_empty() {
             return Err(bad("empty stock name"));
+        }
+        if !is_stock_name(name) {
+            return Err(bad(&format!(
+                "{name:?} cannot be a stock's name: at most {MAX_NAME_LEN} characters, no \
+                 control character or '/', not '.' or '..'"
+            )));
         }
         let price: Price = record
             .get(1)
@@ -96,6 +119,16 @@ mod tests {
                 "line 2: quantity must be a whole number >= 0",
             ),
             ("name,price,quantity\n,1,1\n", "line 2: empty stock name"),
+            (
+                "name,price,quantity\nA/B,1,1\n",
+                "line 2: \"A/B\" cannot be a stock's name: at most 128 characters, no control \
+                 character or '/', not '.' or '..'",
+            ),
+            (
+                "name,price,quantity\n..,1,1\n",
+                "line 2: \"..\" cannot be a stock's name: at most 128 characters, no control \
+                 character or '/', not '.' or '..'",
+            ),
             (
                 "name,price,quantity\nA,1,1\nA,2,2\n",
                 "line 3: A appears twice",

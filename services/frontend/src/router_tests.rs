@@ -590,6 +590,75 @@ async fn order_terms_are_checked_at_the_router() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A write takes no query parameter and a cancel or revocation no body: one ignored (a
+/// misspelt option, a partial quantity on a cancel) would carry the write out as it was not
+/// meant. Checked before any backend is asked.
+#[tokio::test]
+async fn writes_refuse_query_parameters_and_cancels_refuse_a_body() {
+    let order = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
+    for (method, uri, body, expected) in [
+        (
+            "POST",
+            "/orders?dry_run=true",
+            order,
+            "Unknown parameter: dry_run (this operation takes none)",
+        ),
+        (
+            "PUT",
+            "/orders/4?price=10",
+            r#"{"quantity":2}"#,
+            "Unknown parameter: price (this operation takes none)",
+        ),
+        (
+            "DELETE",
+            "/orders/4?quantity=2",
+            "",
+            "Unknown parameter: quantity (this operation takes none)",
+        ),
+        (
+            "DELETE",
+            "/orders/4",
+            r#"{"quantity":2}"#,
+            "Unknown field: quantity (a cancel takes none: PUT changes a quantity)",
+        ),
+        (
+            "DELETE",
+            "/orders?client_order_id=a",
+            r#"{"all":true}"#,
+            "Unknown field: all (a cancel takes none)",
+        ),
+        (
+            "POST",
+            "/users?admin=1",
+            "",
+            "Unknown parameter: admin (this operation takes none)",
+        ),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
+        let (status, answer) = send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {answer}");
+        assert_eq!(answer["error"]["message"], expected, "{method} {uri}");
+    }
+    // Without them, the same writes go on (and find no leader or catalog here).
+    for (method, uri, body) in [("DELETE", "/orders/4", ""), ("DELETE", "/orders/4", "{}")] {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
+        let (status, answer) = send(request).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {uri} {body}: {answer}"
+        );
+    }
+}
+
 /// `DELETE /orders` takes exactly a well-formed `client_order_id` and needs an API key, all
 /// checked before any backend is asked; so does a new order's `client_order_id`.
 #[tokio::test]

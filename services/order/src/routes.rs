@@ -359,14 +359,25 @@ pub(crate) struct OrderFeedQuery {
 }
 
 /// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N; a long
-/// poll that waits for one when there is none yet.
+/// poll that waits for one when there is none yet. An N past the end of this replica's log is
+/// no entry any stream got to (a leader's log holds every committed entry): it is refused, as
+/// the updates between the book's entry and N would otherwise be skipped without a word.
 pub(crate) async fn order_feed(
     State(state): State<AppState>,
     Query(query): Query<OrderFeedQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let last = state.replica.health().last_transaction;
+    if query.after > last {
+        return Err(ApiError::bad_request(format!(
+            "after {} is past the end of the order log ({last})",
+            query.after
+        )));
+    }
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
     let feed = state.replica.feed();
-    data(feed.wait_for_updates(query.user, query.after, wait).await)
+    Ok(data(
+        feed.wait_for_updates(query.user, query.after, wait).await,
+    ))
 }
 
 #[derive(Deserialize)]

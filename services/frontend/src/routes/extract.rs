@@ -1,11 +1,47 @@
-//! What several handlers take from a request's path and headers, checked one way everywhere:
-//! the user a path names (whose own key must open it), an order's number and a key's id.
+//! What several handlers take from a request's path, query and headers, checked one way
+//! everywhere: the user a path names (whose own key must open it), an order's number and a
+//! key's id, and writes that take no parameters or no body.
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
+use stocknet_common::envelope::parse_json_object;
 
 use crate::credentials::caller;
 use crate::{AppState, FrontendError};
+
+/// A write that takes no query parameter: any is a 400, since one ignored (a misspelt option,
+/// say `?dry_run=true`) would carry the write out as it was not meant.
+pub(crate) struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = FrontendError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.uri.query().filter(|query| !query.is_empty()) {
+            None => Ok(Self),
+            Some(query) => {
+                let first = query.split(['&', '=']).next().unwrap_or(query);
+                Err(FrontendError::BadRequest(format!(
+                    "Unknown parameter: {first} (this operation takes none)"
+                )))
+            }
+        }
+    }
+}
+
+/// Refuses a body that is not empty or `{}`: `why` says what takes none.
+pub(crate) fn refuse_a_body(body: &[u8], why: &str) -> Result<(), FrontendError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
+    match fields.keys().next() {
+        Some(field) => Err(FrontendError::BadRequest(format!(
+            "Unknown field: {field} ({why})"
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// The caller, who must be the user the path's `{id}` names: 400 for an id that is not a
 /// number, 401 without a key, 403 with another user's.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::IntoResponse;
+use stocknet_common::catalog_file::is_stock_name;
 use stocknet_common::envelope::{encoded, DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::StockPage;
@@ -15,9 +16,6 @@ use crate::cache::CachedStock;
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::upstream::is_for_client;
 use crate::{Answer, AppState, FrontendError};
-
-/// Longest stock name accepted, in characters.
-const MAX_NAME_LEN: usize = 128;
 
 /// A stock: its price (the last trade on its book) and the house quantity market orders use.
 /// While the catalog is unreachable, the last value this frontend saw, with `"stale": true`
@@ -81,18 +79,6 @@ pub(crate) async fn list_stocks(State(state): State<AppState>, uri: Uri) -> Answ
         }
         Err(failure) => Err(failure.into()),
     }
-}
-
-/// Whether `name` is text an order may name a stock by: 1–128 characters, none a control
-/// character.
-pub(crate) fn is_name_text(name: &str) -> bool {
-    !name.is_empty() && name.chars().count() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
-}
-
-/// Whether `name` can be a stock's name in a lookup path. Segments such as `..` or `a/b`
-/// (decoded from `%2e%2e`, `%2F`) would name another catalog route, so they never reach it.
-fn is_stock_name(name: &str) -> bool {
-    is_name_text(name) && name != "." && name != ".." && !name.contains('/')
 }
 
 /// A stock from the cache, or from the catalog (then cached); while the catalog cannot be

@@ -16,7 +16,7 @@ use stocknet_common::{data, Money, Price, RemoteError};
 use utoipa::ToSchema;
 
 use super::answers::{CatalogWriteUnknown, NeedsKey, NoCatalog, OwnUserAnswers};
-use super::extract::{KeyId, OwnUser};
+use super::extract::{refuse_a_body, KeyId, NoQuery, OwnUser};
 use crate::credentials;
 use crate::routes::stocks::{stock, Looked};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
@@ -58,11 +58,15 @@ pub struct NewUserRequest {
     request_body(content = NewUserRequest, description = "Optional: the body may be empty"),
     responses(
         (status = 201, body = DataEnvelope<CreatedUser>),
-        (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters", body = ErrorEnvelope),
+        (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters; or a query parameter (it takes none)", body = ErrorEnvelope),
         NoCatalog,
         CatalogWriteUnknown,
     ))]
-pub(crate) async fn create_user(State(state): State<AppState>, RawBody(body): RawBody) -> Answer {
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    _: NoQuery,
+    RawBody(body): RawBody,
+) -> Answer {
     let display_name = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -226,7 +230,7 @@ pub struct CreatedKey {
     security(("api_key" = [])),
     responses(
         (status = 201, body = DataEnvelope<CreatedKey>),
-        (status = 400, description = "User id must be a number, or a body that is not empty or {}", body = ErrorEnvelope),
+        (status = 400, description = "User id must be a number, a body that is not empty or {}, or a query parameter (it takes none)", body = ErrorEnvelope),
         NeedsKey,
         (status = 403, description = "Another user", body = ErrorEnvelope),
         (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
@@ -237,6 +241,7 @@ pub struct CreatedKey {
 pub(crate) async fn create_key(
     State(state): State<AppState>,
     OwnUser(id): OwnUser,
+    _: NoQuery,
     RawBody(body): RawBody,
 ) -> Answer {
     refuse_a_body(&body, "a new key takes none")?;
@@ -263,7 +268,7 @@ pub(crate) async fn create_key(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The key, with `revoked`", body = DataEnvelope<KeyView>),
-        (status = 400, description = "User id or key id is not a number", body = ErrorEnvelope),
+        (status = 400, description = "User id or key id is not a number, a body that is not empty or {}, or a query parameter (it takes none)", body = ErrorEnvelope),
         NeedsKey,
         (status = 403, description = "Another user's key", body = ErrorEnvelope),
         (status = 404, description = "Key not found", body = ErrorEnvelope),
@@ -274,7 +279,10 @@ pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     KeyId(key_id): KeyId,
     OwnUser(id): OwnUser,
+    _: NoQuery,
+    RawBody(body): RawBody,
 ) -> Answer {
+    refuse_a_body(&body, "a revocation takes none")?;
     let url = paths::USER_KEY.url(
         &state.inner.catalog_url,
         &[&id.to_string(), &key_id.to_string()],
@@ -284,20 +292,6 @@ pub(crate) async fn revoke_key(
     // (The catalog's push did this too; this frontend's own next read must not wait for it.)
     state.inner.credentials.forget(&[id]);
     Ok(data(KeyView::of(id, &record)))
-}
-
-/// Refuses a body that is not empty or `{}`.
-fn refuse_a_body(body: &[u8], why: &str) -> Result<(), FrontendError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let fields = parse_json_object(body).map_err(|e| FrontendError::BadRequest(e.message))?;
-    match fields.keys().next() {
-        Some(field) => Err(FrontendError::BadRequest(format!(
-            "Unknown field: {field} ({why})"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// One stock of a portfolio.

@@ -74,7 +74,7 @@ pub enum OrderFrame {
             `subscribed`, then an `update` per change of the user's orders, in log order, and a \
             `gap` where some are gone. Without an Authorization header, the first message must \
             be an OrderStreamHello within 5 s. A key that is wrong, or revoked while the stream \
-            runs, closes it with code 1008; one that cannot be checked now (the catalog out \
+            runs, closes it with code 1008, as does an `after` past the end of the order log; one that cannot be checked now (the catalog out \
             of reach past 30 s) with 1013, as one over the frontend's cap of open streams: \
             reconnect to resume.", body = OrderFrame),
         (status = 400, description = "An unknown parameter, `after` not a number, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
@@ -140,7 +140,11 @@ pub async fn orders(
                     backoff = Duration::from_millis(50);
                     polled
                 }
-                Err(e) => {
+                Err(PollError::Refused(why)) => {
+                    let _ = send(&mut sink, close(close_code::POLICY, &why)).await;
+                    return;
+                }
+                Err(PollError::Failed(e)) => {
                     tracing::debug!(user, "order stream: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -204,6 +208,14 @@ async fn hello(
     ApiKey::parse(&hello.api_key)
 }
 
+/// Why a poll of the leader brought no page.
+enum PollError {
+    /// The leader refused the client's position (`after` past the end of the log): final.
+    Refused(String),
+    /// No answer, or no leader: tried again.
+    Failed(String),
+}
+
 /// From `cursor` (or, at first without one, from where the leader is now): the entry the next
 /// updates follow, and the leader's page of the user's updates after it (none when the stream
 /// only found its start).
@@ -211,10 +223,10 @@ async fn next_page(
     state: &AppState,
     user: u64,
     cursor: Option<u64>,
-) -> Result<(u64, Option<OrderUpdatePage>), String> {
+) -> Result<(u64, Option<OrderUpdatePage>), PollError> {
     let inner = &state.inner;
     let Some(leader) = inner.leaders.leader().await else {
-        return Err("no order leader".into());
+        return Err(PollError::Failed("no order leader".into()));
     };
     let asked = async {
         match cursor {
@@ -235,10 +247,17 @@ async fn next_page(
         }
     };
     let Some(result) = while_followed(state, &leader, asked).await else {
-        return Err("this frontend follows another leader now".into());
+        return Err(PollError::Failed(
+            "this frontend follows another leader now".into(),
+        ));
     };
     if matches!(result, Err(RemoteError::Unreachable(_))) {
         inner.leaders.replace(Some(&leader), None).await;
     }
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| match e {
+        RemoteError::Api(refused) if refused.status == axum::http::StatusCode::BAD_REQUEST => {
+            PollError::Refused(refused.message)
+        }
+        e => PollError::Failed(e.to_string()),
+    })
 }

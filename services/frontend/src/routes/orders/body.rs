@@ -11,8 +11,8 @@ use stocknet_common::wire::{NewOrder, OrderChange, OrderType, PriceGuard};
 use stocknet_common::{Price, SelfTrade, Side, Terms, TimeInForce};
 use utoipa::ToSchema;
 
-use crate::routes::stocks::is_name_text;
 use crate::FrontendError;
+use stocknet_common::catalog_file::is_name_text;
 
 /// Fields a `POST /orders` body may have.
 const ORDER_FIELDS: [&str; 15] = [

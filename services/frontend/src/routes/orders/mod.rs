@@ -23,7 +23,7 @@ use crate::credentials;
 use crate::routes::answers::{
     BadQuery, NeedsKey, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers,
 };
-use crate::routes::extract::OrderNumber;
+use crate::routes::extract::{refuse_a_body, NoQuery, OrderNumber};
 use crate::upstream::leader::Leader;
 use crate::upstream::order_group;
 use crate::{Answer, AppState, FrontendError};
@@ -63,7 +63,7 @@ struct IdempotencyKey {
     security((), ("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Placed>),
-        (status = 400, description = "Malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; stop_price with post_only, display_quantity, day or gtd; terms or client_order_id on a market order against the house; or, recorded as refused (reason quantity_overflow), a market sell that would take the house's quantity past what it can count", body = ErrorEnvelope),
+        (status = 400, description = "A query parameter (it takes none), a malformed Idempotency-Key, or a malformed body: bad JSON, a field twice, an unknown or missing field, a bad value, or fields that do not go together: max_deviation_bps without expected_price; protection_bps without order_type market; order_type limit without price, market with one; expire_at without time_in_force gtd or gtd without it; post_only or display_quantity with ioc or fok; display_quantity not below quantity; stop_price with post_only, display_quantity, day or gtd; terms or client_order_id on a market order against the house; or, recorded as refused (reason quantity_overflow), a market sell that would take the house's quantity past what it can count", body = ErrorEnvelope),
         (status = 401, description = "An API key that is malformed, unknown or wrong, or none with a client_order_id", body = ErrorEnvelope),
         UnknownStock,
         (status = 409, description = "Refused, and recorded as refused (with reason and transaction_number): insufficient stock quantity (market orders; reason insufficient_quantity), the price is further than the tolerance from expected_price (reason price_moved, with current_price), a fok order cannot fill entirely now (would_not_fill), a post_only order would take liquidity (would_take_liquidity), a gtd order's expire_at had passed when it reached the book (expiry_passed), the client_order_id is one of the user's open orders' (duplicate_client_order_id), or a market order on the book found the other side empty (no_liquidity)", body = ErrorEnvelope),
@@ -72,6 +72,7 @@ struct IdempotencyKey {
 pub(crate) async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
+    _: NoQuery,
     RawBody(body): RawBody,
 ) -> Answer {
     let inner = &state.inner;
@@ -150,15 +151,16 @@ async fn write_on_leader<T: DeserializeOwned>(
     request_body = OrderChange,
     responses(
         (status = 200, body = DataEnvelope<Changed>),
-        (status = 400, description = "Malformed body, or neither quantity nor price", body = ErrorEnvelope),
+        (status = 400, description = "Order number must be a number; a malformed Idempotency-Key, body or a query parameter (it takes none); or neither quantity nor price", body = ErrorEnvelope),
         OrderChangeAnswers,
-        (status = 409, description = "No longer open, or a quantity not above what is filled", body = ErrorEnvelope),
+        (status = 409, description = "No longer open, a quantity not above what is filled, a stop order not triggered yet (untriggered), or a post_only order whose new price would take liquidity (would_take_liquidity)", body = ErrorEnvelope),
         WriteAnswers,
     ))]
 pub(crate) async fn modify_order(
     State(state): State<AppState>,
     OrderNumber(number): OrderNumber,
     headers: HeaderMap,
+    _: NoQuery,
     RawBody(body): RawBody,
 ) -> Answer {
     let change = validate_change(&body)?;
@@ -171,7 +173,7 @@ pub(crate) async fn modify_order(
     security((), ("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Changed>),
-        (status = 400, description = "Order number must be a number, or a malformed Idempotency-Key", body = ErrorEnvelope),
+        (status = 400, description = "Order number must be a number; a malformed Idempotency-Key; a body that is not empty or {}, or a query parameter (it takes none)", body = ErrorEnvelope),
         OrderChangeAnswers,
         (status = 409, description = "No longer open", body = ErrorEnvelope),
         WriteAnswers,
@@ -180,7 +182,10 @@ pub(crate) async fn cancel_order(
     State(state): State<AppState>,
     OrderNumber(number): OrderNumber,
     headers: HeaderMap,
+    _: NoQuery,
+    RawBody(body): RawBody,
 ) -> Answer {
+    refuse_a_body(&body, "a cancel takes none: PUT changes a quantity")?;
     change_on_leader(&state, &headers, number, None).await
 }
 
@@ -201,7 +206,7 @@ pub(crate) struct ClientOrderIdQuery {
     security(("api_key" = [])),
     responses(
         (status = 200, body = DataEnvelope<Changed>),
-        (status = 400, description = "No client_order_id, a malformed one, or another parameter", body = ErrorEnvelope),
+        (status = 400, description = "No client_order_id, a malformed one, or another parameter; a malformed Idempotency-Key; a body that is not empty or {}", body = ErrorEnvelope),
         NeedsKey,
         (status = 404, description = "None of the caller's open orders has this client_order_id", body = ErrorEnvelope),
         (status = 409, description = "The order closed before the cancel reached it", body = ErrorEnvelope),
@@ -213,7 +218,9 @@ pub(crate) async fn cancel_by_client_order_id(
     Query(ClientOrderIdQuery {
         client_order_id: id,
     }): Query<ClientOrderIdQuery>,
+    RawBody(body): RawBody,
 ) -> Answer {
+    refuse_a_body(&body, "a cancel takes none")?;
     // (Any price: only the id's text is checked here.)
     check_client_order_id(&id, Some(Price::from_cents(1)))
         .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
