@@ -162,11 +162,15 @@ impl Drop for InFlight {
 /// key that cannot be verified while the catalog is unreachable, against its address. Checking
 /// a key this frontend keeps no credentials for asks the catalog, so it costs the address one
 /// request first. Health
-/// checks (the kubelet's probes, the operator's) are never limited, and an anonymous request
-/// whose address is unknown (served in-process, as in router tests) is admitted.
+/// checks (the kubelet's probes, the operator's) and the deployment's operators (its shared
+/// secret, which `GET /audit` takes in place of a key) are never limited, and an anonymous
+/// request whose address is unknown (served in-process, as in router tests) is admitted.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = &state.inner.limits;
-    if !limits.enabled() || request.uri().path() == paths::HEALTH.pattern() {
+    if !limits.enabled()
+        || request.uri().path() == paths::HEALTH.pattern()
+        || state.inner.secret.admits(request.headers())
+    {
         return next.run(request).await;
     }
     let address = request

@@ -251,8 +251,19 @@ async fn under_limits_a_key_the_catalog_cannot_verify_stops_no_public_read() {
     };
     let public = app.clone().oneshot(keyed("/openapi.json")).await.unwrap();
     assert_eq!(public.status(), StatusCode::OK);
-    let own = app.oneshot(keyed("/users/3")).await.unwrap();
+    let own = app.clone().oneshot(keyed("/users/3")).await.unwrap();
     assert_eq!(own.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The deployment's secret is no API key, and the audit trail takes it in place of one.
+    let everybody = Request::get("/audit")
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(Body::empty())
+        .unwrap();
+    let trail = app.oneshot(everybody).await.unwrap();
+    assert_eq!(
+        trail.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the secret admits under limits too; no leader here"
+    );
 }
 
 #[tokio::test]

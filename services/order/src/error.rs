@@ -52,7 +52,10 @@ pub enum OrderError {
     Corrupt(String),
     #[error(transparent)]
     Io(#[from] stocknet_common::file::FileError),
-    /// A membership step that cannot be taken as asked.
+    /// A membership step asked with a value no group can take (a bad URL, id 0, no voter).
+    #[error("membership: {0}")]
+    InvalidMembership(String),
+    /// A membership step that cannot be taken in the group as it stands.
     #[error("membership: {0}")]
     Membership(String),
     /// A membership step was proposed and had not committed by the deadline: it may yet.
@@ -84,7 +87,8 @@ impl Classified for OrderError {
                 rejection: Rejection::QuantityOverflow,
                 ..
             }
-            | E::InvalidChange(_) => Cause::Input,
+            | E::InvalidChange(_)
+            | E::InvalidMembership(_) => Cause::Input,
             E::NotOwner(_) => Cause::Forbidden,
             E::StockNotFound
             | E::OrderNotFound

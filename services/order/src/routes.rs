@@ -460,16 +460,20 @@ pub(crate) async fn lookup(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Page {
     limit: Option<usize>,
 }
 
+/// `GET /orders/logs/{after}?limit=`: the log's lines after `after`, at most `limit` (1 to a
+/// batch, a batch by default).
 pub(crate) async fn orders_after(
     State(state): State<AppState>,
     Path(after): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     let after = parse_number(&after)?;
-    let limit = page.limit.unwrap_or(crate::replica::BATCH);
+    let batch = crate::replica::BATCH;
+    let limit = bounded("limit", page.limit, batch, batch)?;
     Ok(data(state.replica.slice_after(after, limit)?))
 }

@@ -65,7 +65,7 @@ impl From<PushMark> for PushesSeen {
 impl PushesSeen {
     /// Counts the pushes that arrived ahead and now follow on.
     fn take_ahead(&mut self) {
-        while self.ahead.remove(&(self.through + 1)) {
+        while self.ahead.remove(&(self.through.saturating_add(1))) {
             self.through += 1;
         }
     }
@@ -179,7 +179,7 @@ impl CatalogContact {
             // with nothing cached from before it.
             forget();
             seen.through = mark.sequence;
-            seen.ahead = seen.ahead.split_off(&(mark.sequence + 1));
+            seen.ahead = seen.ahead.split_off(&(mark.sequence.saturating_add(1)));
             seen.take_ahead();
             seen.waiting.clear();
             self.renew(sent);

@@ -66,9 +66,11 @@ pub async fn add_learner(raft: &Raft, learner: NewLearner) -> Result<(), OrderEr
     let url: BaseUrl = learner
         .url
         .parse()
-        .map_err(|e| OrderError::Membership(format!("url: {e}")))?;
+        .map_err(|e| OrderError::InvalidMembership(format!("url: {e}")))?;
     if learner.id == 0 {
-        return Err(OrderError::Membership("replica ids start at 1".into()));
+        return Err(OrderError::InvalidMembership(
+            "replica ids start at 1".into(),
+        ));
     }
     leading(raft)?;
     let step = raft.add_learner(u64::from(learner.id), BasicNode::new(url.as_str()), false);
@@ -79,7 +81,9 @@ pub async fn add_learner(raft: &Raft, learner: NewLearner) -> Result<(), OrderEr
 /// it, voters or learners, are removed. Answers once the final configuration is committed.
 pub async fn change_voters(raft: &Raft, voters: Voters) -> Result<(), OrderError> {
     if voters.voters.is_empty() {
-        return Err(OrderError::Membership("a group needs a voter".into()));
+        return Err(OrderError::InvalidMembership(
+            "a group needs a voter".into(),
+        ));
     }
     leading(raft)?;
     let ids: BTreeSet<u64> = voters.voters.iter().map(|&v| u64::from(v)).collect();

@@ -674,7 +674,19 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
         matches!(refused, Err(OrderError::Membership(_))),
         "{refused:?}"
     );
-    // So is a learner that could never be called.
+    // So is a learner that could never be called, as bad input (400), and no voter at all.
+    let no_voter = Voters {
+        voters: BTreeSet::new(),
+    };
+    let none = members::change_voters(&group.raft(leader), no_voter).await;
+    assert!(
+        matches!(none, Err(OrderError::InvalidMembership(_))),
+        "{none:?}"
+    );
+    assert_eq!(
+        stocknet_common::Classified::cause(&none.unwrap_err()),
+        stocknet_common::Cause::Input
+    );
     for url in ["mem-6", "ftp://mem-6", "http://mem-6/?q"] {
         let learner = NewLearner {
             id: 6,
@@ -682,7 +694,7 @@ async fn a_group_grows_to_five_voters_and_shrinks_back_to_three_while_committing
         };
         let refused = members::add_learner(&group.raft(leader), learner).await;
         assert!(
-            matches!(&refused, Err(OrderError::Membership(m)) if m.contains(url)),
+            matches!(&refused, Err(OrderError::InvalidMembership(m)) if m.contains(url)),
             "{refused:?}"
         );
     }

@@ -50,6 +50,13 @@ pub(super) struct IndexImage {
 }
 
 impl IndexImage {
+    /// Whether its runs of terms start at line 1 and go up: an image decoded from a damaged
+    /// checkpoint may not, and would leave lines without a term.
+    pub(super) fn terms_are_whole(&self) -> bool {
+        self.terms.first().is_some_and(|&(first, _)| first == 1)
+            && self.terms.windows(2).all(|pair| pair[0].0 < pair[1].0)
+    }
+
     /// The byte offset of the checkpoint at or before line `number` (in the image).
     pub(super) fn checkpoint_before(&self, number: u64) -> Option<(u64, u64)> {
         let slot = number.checked_sub(1)? / STRIDE;
@@ -265,6 +272,35 @@ impl Index {
             return None;
         }
         let run = self.terms.partition_point(|&(first, _)| first <= number);
-        Some(self.terms[run - 1].1)
+        self.terms.get(run.checked_sub(1)?).map(|&(_, term)| term)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image whose terms do not start at line 1 (a damaged checkpoint that still decodes)
+    /// is not taken, so no line is left without a term.
+    #[test]
+    fn an_image_whose_terms_do_not_start_at_line_one_is_not_whole() {
+        let image = |terms: Vec<(u64, u64)>| IndexImage {
+            last: 9,
+            len: 100,
+            checkpoints: vec![0],
+            terms,
+            memberships: Vec::new(),
+            entries: Vec::new(),
+            last_entry: 9,
+        };
+        assert!(image(vec![(1, 1), (5, 2)]).terms_are_whole());
+        for damaged in [
+            vec![],
+            vec![(2, 1)],
+            vec![(1, 1), (1, 2)],
+            vec![(1, 1), (7, 2), (5, 3)],
+        ] {
+            assert!(!image(damaged.clone()).terms_are_whole(), "{damaged:?}");
+        }
     }
 }

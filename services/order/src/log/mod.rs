@@ -622,7 +622,7 @@ fn index_dir(path: &Path) -> PathBuf {
 fn checked_image(file: &File, complete: u64, found: keys::Found) -> Option<index::IndexImage> {
     let image: index::IndexImage = postcard::from_bytes(found.index.as_deref()?).ok()?;
     let Covered { through, term } = found.covered;
-    if image.last != through || image.len > complete || through == 0 {
+    if image.last != through || image.len > complete || through == 0 || !image.terms_are_whole() {
         return None;
     }
     let (mut number, offset) = image.checkpoint_before(through)?;
