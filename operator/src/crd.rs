@@ -167,7 +167,8 @@ pub struct FrontendSpec {
 
 /// Per-client limits of each frontend's public API (a client is a user, by their API key, or
 /// else an address: behind a proxy or a port-forward, every anonymous caller is one client,
-/// hence the generous defaults). 0 turns a limit off.
+/// hence the generous defaults). A `perSecond` or `maxInFlight` of 0 turns that limit off; a
+/// `burst` of 0 is the rate.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {

@@ -388,9 +388,11 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// From this time on (RFC 3339, or milliseconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = instant_schema)]
     pub from: Option<String>,
     /// Up to this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = instant_schema)]
     pub to: Option<String>,
     /// Page size, 1–1000 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -592,8 +594,8 @@ pub struct OrderView {
     pub status: Status,
     pub filled_quantity: u32,
     pub remaining_quantity: u32,
-    /// Book trades, oldest first, at most the last [`FILLS_SHOWN`]; a market order trades with
-    /// the catalog and has none.
+    /// Book trades, oldest first, at most the last 100 (`FILLS_SHOWN`); a market order trades
+    /// with the catalog and has none.
     pub fills: Vec<Fill>,
     /// Present (true) when the order has more fills than `fills` shows: `GET /trades` has every
     /// trade.
@@ -743,19 +745,20 @@ pub struct CandleQuery {
     pub to: Option<String>,
 }
 
-/// An instant as a query takes it: RFC 3339, or milliseconds since the epoch.
-fn instant_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
-    OneOfBuilder::new()
+/// An instant as a query takes it: RFC 3339, or milliseconds since the epoch. Any of the two
+/// (a validator that does not check formats takes a number for a date-time too).
+pub fn instant_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+                .pattern(Some("^[0-9]{1,19}$")),
         )
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .pattern(Some("^[0-9]{1,15}$")),
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
         )
         .into()
 }

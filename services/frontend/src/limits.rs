@@ -30,7 +30,8 @@ pub struct LimitArgs {
     /// Requests per second each client may make on average (0: no limit).
     #[arg(long, env = env::RATE_LIMIT, default_value_t = 0)]
     pub rate_limit: u32,
-    /// Requests a client may make at once above its rate (default: one second's worth).
+    /// Requests a client may make at once above its rate (default, and 0: one second's worth);
+    /// without `--rate-limit` it limits nothing.
     #[arg(long, env = env::RATE_BURST)]
     pub rate_burst: Option<u32>,
     /// Requests each client may have in flight (0: no limit).

@@ -389,6 +389,44 @@ async fn users_and_keys_are_checked_before_any_backend_is_asked() {
 /// that docs/API.md lists is exactly what the document describes (the router's public
 /// routes are registered together with their description, in `public_api`).
 #[tokio::test]
+async fn the_openapi_document_describes_times_and_fills_as_the_code_takes_them() {
+    let document = openapi_document();
+    let kinds = |schema: &Value| -> Vec<String> {
+        schema["anyOf"]
+            .as_array()
+            .map(|items| items.iter().map(|i| i["type"].to_string()).collect())
+            .unwrap_or_default()
+    };
+    let expire_at = &document["components"]["schemas"]["PlaceOrder"]["properties"]["expire_at"];
+    assert_eq!(
+        kinds(expire_at),
+        ["\"string\"", "\"string\"", "\"integer\""],
+        "{expire_at}"
+    );
+    for path in ["/audit", "/candles/{name}"] {
+        let parameters = document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let times: Vec<&Value> = parameters
+            .iter()
+            .filter(|p| p["name"] == "from" || p["name"] == "to")
+            .collect();
+        assert_eq!(times.len(), 2, "{path}");
+        for parameter in times {
+            assert_eq!(kinds(&parameter["schema"]).len(), 2, "{path}: {parameter}");
+        }
+    }
+    let fills = &document["components"]["schemas"]["OrderView"]["properties"]["fills"];
+    let shown = format!("the last {}", stocknet_common::wire::FILLS_SHOWN);
+    assert!(
+        fills["description"]
+            .as_str()
+            .is_some_and(|d| d.contains(&shown)),
+        "{fills}"
+    );
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_every_public_route() {
     let document = openapi_document();
     assert_eq!(document["openapi"], "3.1.0");

@@ -23,7 +23,7 @@ pub enum OrderError {
     OrderNotFound,
     #[error("No open order has client_order_id {0:?}")]
     ClientOrderIdNotOpen(String),
-    #[error("Transaction {0} is a modify or cancel, not an order")]
+    #[error("Transaction {0} is not an order: a modify, a cancel, or the group's own entry")]
     NotAnOrder(u64),
     /// The book refused the command, logged as entry `number`.
     #[error("{refusal}")]

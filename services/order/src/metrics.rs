@@ -144,7 +144,7 @@ impl ReplicaMetrics {
             ),
             (
                 "ready",
-                "1 while this replica knows a leader",
+                "1 while this replica is ready: it knows its term's leader and has caught up with it",
                 &metrics.ready,
             ),
             (

@@ -20,7 +20,7 @@ use crate::{Answer, AppState};
     ),
     responses(
         (status = 200, body = DataEnvelope<Depth>),
-        (status = 400, description = "Bad depth", body = ErrorEnvelope),
+        (status = 400, description = "Bad depth, or an unknown parameter", body = ErrorEnvelope),
         StockMarketRead,
     ))]
 pub(crate) async fn book(

@@ -332,7 +332,8 @@ pub async fn trades(
 #[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
     responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
         snapshot of every stock, then a price per change. Closed with 1013 when the catalog \
-        is unavailable, or at once over the frontend's cap of open streams.", body = PriceFrame), NotAHandshake))]
+        is unavailable, or at once over the frontend's cap of open streams; with 1008 and a \
+        reason when the consumer falls behind.", body = PriceFrame), NotAHandshake))]
 pub async fn prices(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -376,8 +377,9 @@ pub async fn prices(
     responses(
         (status = 101, description = "A WebSocket whose messages are BookFrames: a snapshot \
             (the book as of entry `applied`), then an update per entry that changed it, and a \
-            new snapshot after a gap. Closed at once with 1013 over the frontend's cap of open \
-            streams.", body = BookFrame),
+            new snapshot after a gap. Closed with 1013 when no order leader answers, or at once \
+            over the frontend's cap of open streams; with 1008 and a reason when the consumer \
+            falls behind.", body = BookFrame),
         NotAHandshake,
         StockLookup,
     ))]
@@ -431,8 +433,9 @@ pub struct CandleStreamQuery {
     responses(
         (status = 101, description = "A WebSocket whose messages are CandleFrames: a snapshot \
             (the last 100 intervals' candles as of entry `applied`), then the candle each \
-            committed trade changed, and a new snapshot after a gap. Closed at once with 1013 \
-            over the frontend's cap of open streams.", body = CandleFrame),
+            committed trade changed, and a new snapshot after a gap. Closed with 1013 when no \
+            order leader answers, or at once over the frontend's cap of open streams; with 1008 \
+            and a reason when the consumer falls behind.", body = CandleFrame),
         (status = 400, description = "An unknown parameter or interval, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         StockLookup,
     ))]

@@ -96,7 +96,7 @@ pub(super) struct PlaceOrder {
     /// When a `gtd` order expires: RFC 3339, or milliseconds since the Unix epoch. Refused
     /// (409, reason `expiry_passed`) if it is not in the future when the leader sequences it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, nullable = false, example = "2026-12-31T21:00:00Z")]
+    #[schema(schema_with = expiry_schema)]
     expire_at: Option<u64>,
     /// Refuse the order (409, reason `would_take_liquidity`) rather than let it trade on entry;
     /// not with `ioc` or `fok`.
@@ -280,6 +280,30 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     }
     .map_err(bad)?;
     Ok(order)
+}
+
+/// `expire_at` as a body takes it: an RFC 3339 time, or milliseconds since the epoch as a
+/// string or a number.
+fn expiry_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,19}$")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        )
+        .examples([serde_json::json!("2026-12-31T21:00:00Z")])
+        .into()
 }
 
 /// A `gtd` order's `expire_at`: RFC 3339 or milliseconds since the epoch. Whether it is still
