@@ -53,6 +53,48 @@ const POLL_DEADLINE: Duration = Duration::from_secs(9);
 /// A consumer that accepts nothing for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a stream pings its client, and how long the client may stay silent (a pong
+/// answers each ping; browsers send it by themselves) before its stream is closed. A client
+/// that vanished without closing (a dropped network, a suspended laptop) sends nothing and,
+/// on a quiet stream, is sent too little to fill the socket: it would hold its place among the
+/// open streams, and a `/ws/orders` its poll of the leader, for good.
+const PING_EVERY: Duration = Duration::from_secs(20);
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// When a stream pings its client next, and when it last heard from it.
+struct Keepalive {
+    ping: tokio::time::Interval,
+    heard: tokio::time::Instant,
+}
+
+impl Keepalive {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval_at(now + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ping, heard: now }
+    }
+
+    /// The client said something (a pong, a ping, anything).
+    fn heard(&mut self) {
+        self.heard = tokio::time::Instant::now();
+    }
+
+    /// Waits until the next ping is due: the ping to send, or the close of a client silent
+    /// for [`SILENCE_LIMIT`].
+    async fn due(&mut self) -> Result<Message, Message> {
+        self.ping.tick().await;
+        if self.heard.elapsed() < SILENCE_LIMIT {
+            Ok(Message::Ping(axum::body::Bytes::new()))
+        } else {
+            Err(close(
+                close_code::AWAY,
+                "no answer to pings: closing a client that is gone",
+            ))
+        }
+    }
+}
+
 /// What the market channel carries.
 #[derive(Debug, Clone)]
 pub enum MarketItem {
@@ -533,6 +575,7 @@ async fn follow(
 ) {
     let mut receiver = state.inner.streams.subscribe_market(&state);
     let (mut sink, mut stream) = socket.split();
+    let mut keepalive = Keepalive::new();
     'snapshot: loop {
         let Some((applied, first)) = followed.snapshot(&state).await else {
             let _ = send(
@@ -546,17 +589,18 @@ async fn follow(
             return;
         }
         loop {
-            let event = match next_item(&mut receiver, &mut stream).await {
-                Next::Item(MarketItem::Event(event)) => event,
-                Next::Item(MarketItem::Gap) => continue 'snapshot,
-                Next::Item(MarketItem::Started(after)) if after > applied => continue 'snapshot,
-                Next::Item(MarketItem::Started(_)) => continue,
-                Next::Behind(missed) => {
-                    let _ = send(&mut sink, slow_consumer(missed)).await;
-                    return;
-                }
-                Next::Done => return,
-            };
+            let event =
+                match next_item(&mut receiver, (&mut sink, &mut stream), &mut keepalive).await {
+                    Next::Item(MarketItem::Event(event)) => event,
+                    Next::Item(MarketItem::Gap) => continue 'snapshot,
+                    Next::Item(MarketItem::Started(after)) if after > applied => continue 'snapshot,
+                    Next::Item(MarketItem::Started(_)) => continue,
+                    Next::Behind(missed) => {
+                        let _ = send(&mut sink, slow_consumer(missed)).await;
+                        return;
+                    }
+                    Next::Done => return,
+                };
             if event.entry <= applied {
                 continue;
             }
@@ -608,8 +652,9 @@ pub async fn pump<T: Clone, S>(
 ) where
     S: Sink<Message> + Unpin,
 {
+    let mut keepalive = Keepalive::new();
     loop {
-        match next_item(&mut receiver, &mut stream).await {
+        match next_item(&mut receiver, (&mut sink, &mut stream), &mut keepalive).await {
             Next::Item(item) => {
                 for text in render(&item) {
                     if send(&mut sink, Message::Text(text.into())).await.is_err() {
@@ -636,10 +681,15 @@ enum Next<T> {
 }
 
 /// The next item for a consumer, watching its socket meanwhile: clients have nothing to say
-/// on these streams (axum answers pings), so anything but a close is ignored.
-async fn next_item<T: Clone>(
+/// on these streams (axum answers pings), so anything but a close only tells that the client
+/// is there. A ping due goes out on `sink` meanwhile.
+async fn next_item<T: Clone, S: Sink<Message> + Unpin>(
     receiver: &mut broadcast::Receiver<T>,
-    stream: &mut (impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin),
+    (sink, stream): (
+        &mut S,
+        &mut (impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin),
+    ),
+    keepalive: &mut Keepalive,
 ) -> Next<T> {
     loop {
         tokio::select! {
@@ -652,7 +702,18 @@ async fn next_item<T: Clone>(
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Next::Done,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => keepalive.heard(),
+            },
+            due = keepalive.due() => match due {
+                Ok(ping) => {
+                    if send(sink, ping).await.is_err() {
+                        return Next::Done;
+                    }
+                }
+                Err(gone) => {
+                    let _ = send(sink, gone).await;
+                    return Next::Done;
+                }
             },
         }
     }
@@ -752,6 +813,45 @@ mod tests {
             }
             other => panic!("expected a close frame, got {other:?}"),
         }
+    }
+
+    /// A client that says nothing (gone without closing) is pinged, then closed once silent for
+    /// the limit; one that answers the pings keeps its stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_past_the_limit_is_closed_and_one_that_answers_pings_is_kept() {
+        let (sender, receiver) = broadcast::channel::<u32>(4);
+        let (sink, sent) = futures::channel::mpsc::unbounded::<Message>();
+        let (_client, silent) = futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        let started = tokio::time::Instant::now();
+        let pumped = pump(receiver, sink, silent, |n| vec![n.to_string()]);
+        tokio::time::timeout(SILENCE_LIMIT * 10, pumped)
+            .await
+            .expect("a silent client's stream ends");
+        assert_eq!(started.elapsed(), SILENCE_LIMIT);
+        let sent: Vec<Message> = sent.collect().await;
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [Message::Ping(_), Message::Ping(_), Message::Close(Some(frame))]
+                    if frame.code == close_code::AWAY
+            ),
+            "{sent:?}"
+        );
+
+        let (sink, mut sent) = futures::channel::mpsc::unbounded::<Message>();
+        let (client, answers) = futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        let pumping = tokio::spawn(pump(sender.subscribe(), sink, answers, |n| {
+            vec![n.to_string()]
+        }));
+        for _ in 0..5 {
+            assert!(matches!(sent.next().await, Some(Message::Ping(_))));
+            client
+                .unbounded_send(Ok(Message::Pong(axum::body::Bytes::new())))
+                .unwrap();
+        }
+        assert!(!pumping.is_finished(), "answered five pings: kept");
+        drop(sender);
+        pumping.await.unwrap();
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ use stocknet_common::{Query, RemoteError};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    close, frame, send, start_position, while_followed, Handshake, POLL_DEADLINE, POLL_WAIT,
+    close, frame, send, start_position, while_followed, Handshake, Keepalive, POLL_DEADLINE,
+    POLL_WAIT,
 };
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
@@ -119,6 +120,7 @@ pub async fn orders(
         // frames, a key forgotten somewhere): dropped, a poll in flight costs the leader its
         // connection, and a client could make it cost one per frame it sends.
         let mut polling = None;
+        let mut keepalive = Keepalive::new();
         loop {
             if let Err(refused) = verify(&state, &key).await {
                 let _ = send(&mut sink, refusal(&refused)).await;
@@ -131,8 +133,21 @@ pub async fn orders(
                 _ = forgotten.changed() => continue,
                 message = stream.next() => match message {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => continue,
+                    Some(Ok(_)) => {
+                        keepalive.heard();
+                        continue;
+                    }
                 },
+                due = keepalive.due() => {
+                    let (message, goes_on) = match due {
+                        Ok(ping) => (ping, true),
+                        Err(gone) => (gone, false),
+                    };
+                    if send(&mut sink, message).await.is_ok() && goes_on {
+                        continue;
+                    }
+                    return;
+                }
             };
             polling = None;
             let (after, page) = match polled {
