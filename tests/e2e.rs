@@ -1341,7 +1341,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
             ])
             .args(["--mail-to", "desk@stocknet.test,risk@stocknet.test"])
             .args(extra);
-        async move { command.output().await.expect("run stocknet report") }
+        async move { common::output_within(&mut command).await }
     };
 
     let first = report(&hook_url, &[]).await;
@@ -1428,7 +1428,7 @@ async fn the_report_is_archived_and_delivered_once_signed() {
             .arg(key_file)
             .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
             .args(["--mail-to", "desk@stocknet.test"]);
-        async move { command.output().await.expect("run stocknet report") }
+        async move { common::output_within(&mut command).await }
     };
     let failed = half(dead).await;
     assert!(!failed.status.success(), "{failed:?}");
@@ -1444,36 +1444,36 @@ async fn the_report_is_archived_and_delivered_once_signed() {
     // Credentials and a server that does not offer STARTTLS: nothing is sent.
     let credentials = archive.path().join("smtp-credentials");
     std::fs::write(&credentials, "reports:secret\n").unwrap();
-    let refused = tokio::process::Command::new(common::BIN)
-        .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
-        .arg(archive.path().join("refused"))
-        .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
-        .args(["--mail-to", "desk@stocknet.test", "--smtp-attempts", "1"])
-        .arg("--smtp-credentials-file")
-        .arg(&credentials)
-        .output()
-        .await
-        .expect("run stocknet report");
+    let refused = common::output_within(
+        tokio::process::Command::new(common::BIN)
+            .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
+            .arg(archive.path().join("refused"))
+            .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
+            .args(["--mail-to", "desk@stocknet.test", "--smtp-attempts", "1"])
+            .arg("--smtp-credentials-file")
+            .arg(&credentials),
+    )
+    .await;
     assert!(!refused.status.success(), "{refused:?}");
     assert_eq!(mail.messages().len(), 3);
 
     // Nobody listens: non-zero, a clear message, the files in place, nothing recorded.
     let out_failed = archive.path().join("failed");
     let nobody = format!("http://127.0.0.1:{}/hook", common::closed_port());
-    let failed = tokio::process::Command::new(common::BIN)
-        .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
-        .arg(&out_failed)
-        .args([
-            "--webhook",
-            &nobody,
-            "--webhook-attempts",
-            "2",
-            "--webhook-secret-file",
-        ])
-        .arg(key_file)
-        .output()
-        .await
-        .expect("run stocknet report");
+    let failed = common::output_within(
+        tokio::process::Command::new(common::BIN)
+            .args(["report", "--frontend", &frontend, "--date", &date, "--out"])
+            .arg(&out_failed)
+            .args([
+                "--webhook",
+                &nobody,
+                "--webhook-attempts",
+                "2",
+                "--webhook-secret-file",
+            ])
+            .arg(key_file),
+    )
+    .await;
     assert!(!failed.status.success(), "{failed:?}");
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("delivering the report of"), "{stderr}");

@@ -844,23 +844,23 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
         .contains(&format!("StockNet daily report {date}")));
     assert!(messages[0].data.contains("GameStart"));
     // The same date again by hand, as an operator catching up would: nothing is sent twice.
-    let again = tokio::process::Command::new(common::BIN)
-        .args([
-            "report",
-            "--frontend",
-            &url(up.frontend),
-            "--date",
-            date,
-            "--out",
-        ])
-        .arg(data.join("reports"))
-        .args(["--webhook", &hook_url, "--webhook-secret-file"])
-        .arg(key_file)
-        .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
-        .args(["--mail-to", "desk@stocknet.test"])
-        .output()
-        .await
-        .expect("run stocknet report");
+    let again = common::output_within(
+        tokio::process::Command::new(common::BIN)
+            .args([
+                "report",
+                "--frontend",
+                &url(up.frontend),
+                "--date",
+                date,
+                "--out",
+            ])
+            .arg(data.join("reports"))
+            .args(["--webhook", &hook_url, "--webhook-secret-file"])
+            .arg(key_file)
+            .args(["--smtp-url", smtp, "--mail-from", "reports@stocknet.test"])
+            .args(["--mail-to", "desk@stocknet.test"]),
+    )
+    .await;
     assert!(again.status.success(), "{again:?}");
     assert_eq!((hook.deliveries().len(), mail.messages().len()), (1, 1));
     drop(up);

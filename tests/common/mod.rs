@@ -104,6 +104,16 @@ pub fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// Runs `command` (a `stocknet` client of servers the test runs) to its end, within 180 s: a
+/// client that hangs fails its test instead of stalling the whole run. Killed when dropped.
+pub async fn output_within(command: &mut tokio::process::Command) -> std::process::Output {
+    command.kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("the command ended within 180 s")
+        .expect("the command runs")
+}
+
 /// Polls `check` until it holds or `timeout` passes; panics naming `what` on timeout.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -280,11 +290,20 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then wait for a graceful exit.
+    /// SIGTERM, then wait for a graceful exit: 30 s at most, then SIGKILL (a process that does
+    /// not stop fails its test, not the whole run).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let _ = child.wait();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("a process did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

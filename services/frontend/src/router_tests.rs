@@ -820,7 +820,9 @@ async fn a_record_fetched_across_a_revocation_is_not_kept() {
     };
 
     let first = tokio::spawn(as_user());
-    asked.notified().await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), asked.notified())
+        .await
+        .expect("the backend was asked");
     let pushed = app
         .clone()
         .oneshot(insider_post("/invalidate", r#"{"names":[],"users":[1]}"#))
@@ -882,7 +884,9 @@ async fn a_lookup_read_across_a_push_does_not_replace_the_pushed_value_as_the_la
     };
 
     let first = tokio::spawn(lookup());
-    asked.notified().await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), asked.notified())
+        .await
+        .expect("the backend was asked");
     let push =
         r#"{"names":["GameStart"],"stocks":[{"name":"GameStart","price":16.5,"quantity":95}]}"#;
     let pushed = app
@@ -1085,7 +1089,11 @@ async fn streams_over_the_cap_are_closed_with_1013_until_a_place_is_free() {
         .await
         .unwrap();
     open.send(Message::Ping(Vec::new().into())).await.unwrap();
-    assert!(matches!(open.next().await, Some(Ok(Message::Pong(_)))));
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), open.next()).await;
+    assert!(
+        matches!(answer, Ok(Some(Ok(Message::Pong(_))))),
+        "{answer:?}"
+    );
     let over = first_answer_to_a_ping(frontend).await;
     assert!(
         matches!(&over, Message::Close(Some(frame)) if frame.code == CloseCode::Again),
@@ -1174,7 +1182,9 @@ async fn a_request_counts_in_flight_until_it_is_answered() {
         .unwrap();
     order.extensions_mut().insert(from);
     let order = tokio::spawn(app.clone().oneshot(order));
-    asked.notified().await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), asked.notified())
+        .await
+        .expect("the backend was asked");
     let mut docs = Request::get("/openapi.json").body(Body::empty()).unwrap();
     docs.extensions_mut().insert(from);
     let docs = app.oneshot(docs).await.unwrap();
@@ -1325,7 +1335,9 @@ async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is
     let from: SocketAddr = "192.0.2.8:40000".parse().unwrap();
     let with_key = |user| app.clone().oneshot(made_up_key_from(user, from));
     let first = tokio::spawn(with_key(1));
-    asked.notified().await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), asked.notified())
+        .await
+        .expect("the backend was asked");
     let second = with_key(2).await.unwrap();
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     first.abort();

@@ -184,6 +184,10 @@ struct Group {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a write the test needs committed may take: a group that lost its quorum fails the
+/// test instead of hanging it.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+
 impl Group {
     async fn start(size: u64) -> Self {
         Self::start_with_snapshots(size, 1000).await
@@ -355,7 +359,10 @@ impl Group {
         id: u64,
         quantity: u32,
     ) -> openraft::raft::ClientWriteResponse<TypeConfig> {
-        let written = self.raft(id).client_write(vec![proposal(quantity)]).await;
+        let raft = self.raft(id);
+        let written = raft.client_write(vec![proposal(quantity)]);
+        let written = tokio::time::timeout(COMMIT_WAIT, written).await;
+        let written = written.unwrap_or_else(|_| panic!("replica {id} committed in time"));
         written.unwrap_or_else(|e| panic!("replica {id} commits an order: {e}"))
     }
 
@@ -873,8 +880,10 @@ impl Group {
     async fn write_crossing(&self, leader: u64, orders: std::ops::Range<u32>) -> u64 {
         let mut last = 0;
         for i in orders {
-            let written = self.raft(leader).client_write(vec![crossing(i)]).await;
-            last = written.unwrap().log_id.index;
+            let raft = self.raft(leader);
+            let written = raft.client_write(vec![crossing(i)]);
+            let written = tokio::time::timeout(COMMIT_WAIT, written).await;
+            last = written.expect("committed in time").unwrap().log_id.index;
         }
         last
     }
