@@ -151,7 +151,7 @@ impl Service {
             child: None,
             restarts: 0,
             restart: Restart::default(),
-            liveness: Liveness::default(),
+            liveness: Liveness::new(LIVENESS_FAILURES),
             log_format,
             workers,
         }
@@ -193,18 +193,18 @@ impl Service {
                 .with_context(|| format!("cannot start {}", self.name))?,
         );
         self.restart.started = Some(Instant::now());
-        self.liveness = Liveness::default();
+        self.liveness = Liveness::new(self.liveness.allowed);
         Ok(())
     }
 
     /// Counts one liveness check: kills a process that answered since it started and now has
-    /// failed [`LIVENESS_FAILURES`] checks in a row (it hangs), for [`supervise`] to restart.
+    /// failed its allowance of checks in a row (it hangs), for [`supervise`] to restart.
     fn checked(&mut self, answered: bool) {
         let Some(child) = self.child.as_mut() else {
             return;
         };
         if self.liveness.heard(answered) {
-            tracing::warn!(service = %self.name, "no answer to {LIVENESS_FAILURES} health checks in a row; killing it to restart it");
+            tracing::warn!(service = %self.name, "no answer to {} health checks in a row; killing it to restart it", self.liveness.allowed);
             // SIGKILL also ends a stopped process.
             let _ = child.start_kill();
         }
@@ -427,6 +427,9 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
             log_format,
             serial_service_workers(),
         ));
+        if let Some(replica) = services.last_mut() {
+            replica.liveness = Liveness::new(ORDER_LIVENESS_FAILURES);
+        }
     }
     let mut frontend_args = vec![
         "frontend".into(),
@@ -487,35 +490,47 @@ async fn wait_ready(http: &reqwest::Client, services: &mut [Service]) -> anyhow:
 
 /// How often `up` asks every service's `/health` once it runs, and how long each answer may
 /// take. A process that hangs (SIGSTOP, a deadlock) answers nothing but does not exit: after
-/// [`LIVENESS_FAILURES`] checks in a row without an answer it is killed and restarted like one
-/// that died, as Kubernetes' liveness probe does. A hung frontend would otherwise slow every
-/// trade's invalidation push for good, and a hung catalog fail every order.
+/// its allowance of checks in a row without an answer it is killed and restarted like one that
+/// died, as Kubernetes' liveness probe does. A hung frontend would otherwise slow every trade's
+/// invalidation push for good, and a hung catalog fail every order.
 const LIVENESS_PERIOD: Duration = Duration::from_secs(2);
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// The frontend's and the catalog's allowance: 10 s.
 const LIVENESS_FAILURES: u32 = 5;
+/// An order replica's: 60 s, as on Kubernetes. A replica installing a snapshot holds its log
+/// for the install (about 35 s for 10 M lines), and its health check waits for it.
+const ORDER_LIVENESS_FAILURES: u32 = 30;
 
 /// A service's liveness checks since it started. Until it has answered once it is starting (an
 /// order replica replays its log before it serves) and is not counted against.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Liveness {
+    allowed: u32,
     answered: bool,
     failures: u32,
 }
 
 impl Liveness {
+    /// No check yet; killed after `allowed` failed checks in a row.
+    fn new(allowed: u32) -> Self {
+        Self {
+            allowed,
+            answered: false,
+            failures: 0,
+        }
+    }
+
     /// Counts a check; whether the service hangs.
     fn heard(&mut self, answered: bool) -> bool {
         if answered {
-            *self = Self {
-                answered: true,
-                failures: 0,
-            };
+            self.answered = true;
+            self.failures = 0;
             return false;
         }
         if self.answered {
             self.failures += 1;
         }
-        self.failures >= LIVENESS_FAILURES
+        self.failures >= self.allowed
     }
 }
 
@@ -626,7 +641,7 @@ mod tests {
 
     #[test]
     fn a_service_that_answered_and_then_stops_answering_is_killed_after_five_checks() {
-        let mut liveness = Liveness::default();
+        let mut liveness = Liveness::new(LIVENESS_FAILURES);
         // Starting: no answer yet is not held against it.
         for _ in 0..10 {
             assert!(!liveness.heard(false));

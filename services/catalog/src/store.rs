@@ -64,9 +64,9 @@ impl CatalogStore {
         let path = path.into();
         let mut table = if path.exists() {
             let file = File::open(&path).map_err(|e| CatalogError::io(&path, e))?;
-            parse(BufReader::new(file)).map_err(|e| e.in_file(&path))?
+            parse(BufReader::new(file), Names::AsSaved).map_err(|e| e.in_file(&path))?
         } else {
-            let table = parse(initial.as_bytes())?;
+            let table = parse(initial.as_bytes(), Names::Addressable)?;
             write_atomically(&path, &table)?;
             table
         };
@@ -435,7 +435,15 @@ fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
     journal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn parse(reader: impl BufRead) -> Result<Table, CatalogError> {
+/// Which stock names a table may hold: a new catalog's only those the API can address; a saved
+/// one also those it held before names were checked.
+#[derive(Clone, Copy)]
+enum Names {
+    Addressable,
+    AsSaved,
+}
+
+fn parse(reader: impl BufRead, names: Names) -> Result<Table, CatalogError> {
     let mut lines = reader.lines();
     let mut body = String::new();
     let (mut applied, mut term) = (0, 0);
@@ -454,7 +462,11 @@ fn parse(reader: impl BufRead) -> Result<Table, CatalogError> {
         body.push_str(&line.map_err(|e| CatalogError::Corrupt(e.to_string()))?);
         body.push('\n');
     }
-    let stocks = catalog_file::parse(&body).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+    let parsed = match names {
+        Names::Addressable => catalog_file::parse(&body),
+        Names::AsSaved => catalog_file::parse_saved(&body),
+    };
+    let stocks = parsed.map_err(|e| CatalogError::Corrupt(e.to_string()))?;
     Ok(Table {
         stocks,
         applied,

@@ -36,10 +36,23 @@ pub fn is_stock_name(name: &str) -> bool {
     is_name_text(name) && name != "." && name != ".." && !name.contains('/')
 }
 
-/// The stocks of a catalog file, by name: every row a stock with a name the API can address
-/// ([`is_stock_name`]), a price of at most two decimals and a whole quantity, no name twice, at
-/// least one stock.
+/// The stocks of a catalog file to start from, by name: every row a stock with a name the API
+/// can address ([`is_stock_name`]), a price of at most two decimals and a whole quantity, no
+/// name twice, at least one stock.
 pub fn parse(text: &str) -> Result<BTreeMap<String, Stock>, CatalogFileError> {
+    parse_names(text, true)
+}
+
+/// [`parse`] of a catalog's own saved table, which may hold a name from before names were
+/// checked: it is kept (refusing it would stop the catalog from starting at all).
+pub fn parse_saved(text: &str) -> Result<BTreeMap<String, Stock>, CatalogFileError> {
+    parse_names(text, false)
+}
+
+fn parse_names(
+    text: &str,
+    addressable_names: bool,
+) -> Result<BTreeMap<String, Stock>, CatalogFileError> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header = reader.headers().map_err(|_| CatalogFileError::Header)?;
     if header.iter().ne(HEADER) {
@@ -60,7 +73,7 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, Stock>, CatalogFileError> {
         if name.is_empty() {
             return Err(bad("empty stock name"));
         }
-        if !is_stock_name(name) {
+        if addressable_names && !is_stock_name(name) {
             return Err(bad(&format!(
                 "{name:?} cannot be a stock's name: at most {MAX_NAME_LEN} characters, no \
                  control character or '/', not '.' or '..'"
@@ -136,6 +149,9 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), error, "{text:?}");
         }
+        // A catalog's own table from before names were checked still opens.
+        let saved = parse_saved("name,price,quantity\nA/B,1,1\n").unwrap();
+        assert_eq!(saved["A/B"].quantity, 1);
         assert!(matches!(
             parse("name,price,quantity\nA,1\n"),
             Err(CatalogFileError::Row { .. })

@@ -644,6 +644,13 @@ async fn order_terms_are_checked_at_the_router() {
 /// meant. Checked before any backend is asked.
 #[tokio::test]
 async fn writes_refuse_query_parameters_and_cancels_refuse_a_body() {
+    let write = |method: &str, uri: &str, body: &'static str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap()
+    };
     let order = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
     for (method, uri, body, expected) in [
         (
@@ -683,23 +690,13 @@ async fn writes_refuse_query_parameters_and_cancels_refuse_a_body() {
             "Unknown parameter: admin (this operation takes none)",
         ),
     ] {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Body::from(body))
-            .unwrap();
-        let (status, answer) = send(request).await;
+        let (status, answer) = send(write(method, uri, body)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {answer}");
         assert_eq!(answer["error"]["message"], expected, "{method} {uri}");
     }
     // Without them, the same writes go on (and find no leader or catalog here).
     for (method, uri, body) in [("DELETE", "/orders/4", ""), ("DELETE", "/orders/4", "{}")] {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Body::from(body))
-            .unwrap();
-        let (status, answer) = send(request).await;
+        let (status, answer) = send(write(method, uri, body)).await;
         assert_eq!(
             status,
             StatusCode::SERVICE_UNAVAILABLE,

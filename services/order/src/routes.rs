@@ -359,15 +359,17 @@ pub(crate) struct OrderFeedQuery {
 }
 
 /// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N; a long
-/// poll that waits for one when there is none yet. An N past the end of this replica's log is
-/// no entry any stream got to (a leader's log holds every committed entry): it is refused, as
-/// the updates between the book's entry and N would otherwise be skipped without a word.
+/// poll that waits for one when there is none yet. An N past the end of a leader's log is no
+/// entry any stream got to (a leader's log holds every committed entry): it is refused, as the
+/// updates between the book's entry and N would otherwise be skipped without a word. A
+/// follower (asked by a frontend that has not yet heard of a new leader) may lag: it waits.
 pub(crate) async fn order_feed(
     State(state): State<AppState>,
     Query(query): Query<OrderFeedQuery>,
 ) -> Result<Response, ApiError> {
-    let last = state.replica.health().last_transaction;
-    if query.after > last {
+    let health = state.replica.health();
+    let last = health.last_transaction;
+    if health.leading && query.after > last {
         return Err(ApiError::bad_request(format!(
             "after {} is past the end of the order log ({last})",
             query.after

@@ -35,7 +35,7 @@ use crate::limits::HeldInFlight;
 use crate::routes::answers::{NotAHandshake, StockLookup};
 use crate::routes::stocks::stock;
 use crate::upstream::catalog::{self, call_catalog};
-use crate::upstream::leader::{Leader, HEALTH_TIMEOUT};
+use crate::upstream::leader::Leader;
 use crate::upstream::order_group;
 use crate::{Answer, AppState, FrontendError};
 
@@ -48,7 +48,10 @@ pub const CHANNEL: usize = 1_024;
 const POLL_WAIT: Duration = Duration::from_secs(8);
 
 /// A feed poll's deadline: the leader's wait and room for its answer.
-const POLL_DEADLINE: Duration = Duration::from_secs(9);
+const POLL_DEADLINE: Duration = Duration::from_secs(11);
+
+/// How long the leader's health may take to tell where a stream starts.
+const START_DEADLINE: Duration = Duration::from_secs(2);
 
 /// A consumer that accepts nothing for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,14 +248,14 @@ async fn while_followed<T>(
 ) -> Option<Result<T, RemoteError>> {
     tokio::select! {
         answer = call => Some(answer),
-        () = state.inner.leaders.no_longer_following(leader) => None,
+        () = state.inner.leaders.follows_another(leader) => None,
     }
 }
 
 /// Where the leader's book is now: a stream starts there.
 async fn start_position(state: &AppState, leader: &BaseUrl) -> Result<u64, RemoteError> {
     let url = paths::HEALTH.url(leader, &[])?;
-    let health: Health = call(state.inner.http.get(url).timeout(HEALTH_TIMEOUT)).await?;
+    let health: Health = call(state.inner.http.get(url).timeout(START_DEADLINE)).await?;
     Ok(health.applied)
 }
 
@@ -348,7 +351,7 @@ impl FromRequestParts<AppState> for BareHandshake {
     responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
         trade as it commits, and a gap where this frontend missed some. A consumer that falls \
         behind is closed with code 1008 and a reason; one over the frontend's cap of open \
-        streams, at once with 1013.", body = TradeFrame), NotAHandshake))]
+        streams, at once with 1013; one silent for 60 s (pings go every 20 s), with 1001.", body = TradeFrame), NotAHandshake))]
 pub async fn trades(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -375,7 +378,8 @@ pub async fn trades(
     responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
         snapshot of every stock, then a price per change. Closed with 1013 when the catalog \
         is unavailable, or at once over the frontend's cap of open streams; with 1008 and a \
-        reason when the consumer falls behind.", body = PriceFrame), NotAHandshake))]
+        reason when the consumer falls behind; with 1001 when it is silent for 60 s (pings go \
+        every 20 s).", body = PriceFrame), NotAHandshake))]
 pub async fn prices(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -421,7 +425,7 @@ pub async fn prices(
             (the book as of entry `applied`), then an update per entry that changed it, and a \
             new snapshot after a gap. Closed with 1013 when no order leader answers, or at once \
             over the frontend's cap of open streams; with 1008 and a reason when the consumer \
-            falls behind.", body = BookFrame),
+            falls behind; with 1001 when it is silent for 60 s (pings go every 20 s).", body = BookFrame),
         NotAHandshake,
         StockLookup,
     ))]
@@ -477,7 +481,8 @@ pub struct CandleStreamQuery {
             (the last 100 intervals' candles as of entry `applied`), then the candle each \
             committed trade changed, and a new snapshot after a gap. Closed with 1013 when no \
             order leader answers, or at once over the frontend's cap of open streams; with 1008 \
-            and a reason when the consumer falls behind.", body = CandleFrame),
+            and a reason when the consumer falls behind; with 1001 when it is silent for 60 s \
+            (pings go every 20 s).", body = CandleFrame),
         (status = 400, description = "An unknown parameter or interval, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         StockLookup,
     ))]
@@ -989,7 +994,7 @@ mod tests {
             state.inner.leaders.check_leader().await,
             "follows replica 2"
         );
-        // Well inside the hung poll's deadline (9 s).
+        // Well inside the hung poll's deadline (11 s).
         let next = tokio::time::timeout(Duration::from_secs(4), receiver.recv()).await;
         assert!(matches!(next, Ok(Ok(MarketItem::Gap))), "{next:?}");
         for server in served {

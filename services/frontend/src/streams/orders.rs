@@ -75,7 +75,8 @@ pub enum OrderFrame {
             `subscribed`, then an `update` per change of the user's orders, in log order, and a \
             `gap` where some are gone. Without an Authorization header, the first message must \
             be an OrderStreamHello within 5 s. A key that is wrong, or revoked while the stream \
-            runs, closes it with code 1008, as does an `after` past the end of the order log; one that cannot be checked now (the catalog out \
+            runs, closes it with code 1008, as does an `after` past the end of the order log; \
+            silence for 60 s (pings go every 20 s) with 1001; one that cannot be checked now (the catalog out \
             of reach past 30 s) with 1013, as one over the frontend's cap of open streams: \
             reconnect to resume.", body = OrderFrame),
         (status = 400, description = "An unknown parameter, `after` not a number, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),

@@ -22,7 +22,7 @@ use stocknet_common::{BaseUrl, RemoteError};
 const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
 
 /// A replica that does not answer its health check within this is passed over.
-pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often a frontend asks the leader it follows whether it still leads: the group changes
 /// its leader by itself (a handover to a higher id, an election), and a frontend that has no
@@ -116,12 +116,13 @@ impl LeaderDiscovery {
         self.current.borrow().clone()
     }
 
-    /// Resolves once this frontend follows another leader than `leader`.
-    pub async fn no_longer_following(&self, leader: &Leader) {
+    /// Resolves once this frontend follows a leader other than `leader` (following none, after
+    /// a search that found none mid-election, is no reason to drop what `leader` is asked).
+    pub async fn follows_another(&self, leader: &Leader) {
         let mut followed = self.current.subscribe();
         // (The sender lives as long as `self`.)
         let _ = followed
-            .wait_for(|current| current.as_ref() != Some(leader))
+            .wait_for(|current| current.as_ref().is_some_and(|c| c != leader))
             .await;
     }
 

@@ -282,28 +282,20 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     Ok(order)
 }
 
-/// `expire_at` as a body takes it: an RFC 3339 time, or milliseconds since the epoch as a
-/// string or a number.
+/// `expire_at` as a body takes it: an instant as a query takes one, or milliseconds since the
+/// epoch as a number.
 fn expiry_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
-    AnyOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^[0-9]{1,19}$")),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0)),
-        )
-        .examples([serde_json::json!("2026-12-31T21:00:00Z")])
-        .into()
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+    let mut schema = stocknet_common::wire::instant_schema();
+    if let RefOr::T(Schema::AnyOf(times)) = &mut schema {
+        let number = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0));
+        times.items.push(number.into());
+        times.examples = vec![serde_json::json!("2026-12-31T21:00:00Z")];
+    }
+    schema
 }
 
 /// A `gtd` order's `expire_at`: RFC 3339 or milliseconds since the epoch. Whether it is still
