@@ -637,6 +637,22 @@ async fn the_console_trades_through_its_form_and_reconnects() {
     if let Ok(path) = std::env::var("STOCKNET_CONSOLE_SCREENSHOT") {
         std::fs::write(path, browser.screenshot().await).expect("write the screenshot");
     }
+    // The API's documentation renders under its content security policy, from this frontend
+    // alone.
+    browser.navigate(&format!("{base}/docs")).await;
+    browser
+        .wait_for(
+            "Swagger UI's operations",
+            "document.querySelectorAll('.swagger-ui .opblock').length > 20",
+        )
+        .await;
+    browser.navigate(&format!("{base}/console")).await;
+    browser
+        .wait_for(
+            "the console live again",
+            "document.getElementById('connection').textContent === 'live'",
+        )
+        .await;
 
     // The frontend dies; `up` restarts it; the page reconnects by itself and says so.
     let frontend = children(up.pid())

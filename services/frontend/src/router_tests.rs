@@ -426,6 +426,35 @@ async fn the_openapi_document_describes_times_and_fills_as_the_code_takes_them()
     );
 }
 
+/// The console and the docs page say what they may load (their own files, calls to this
+/// frontend), and that no page may frame them.
+#[tokio::test]
+async fn the_pages_carry_a_content_security_policy_and_refuse_framing() {
+    for uri in ["/", "/console", "/docs"] {
+        let page = app()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let header = |name: &str| {
+            page.headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let policy = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{uri}: {policy}");
+        }
+        assert_eq!(header("x-frame-options"), "DENY", "{uri}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{uri}");
+    }
+}
+
 #[tokio::test]
 async fn the_openapi_document_describes_every_public_route() {
     let document = openapi_document();

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use axum::body::Bytes;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use stocknet_common::deadline::REQUEST_DEADLINE;
 use utoipa::OpenApi;
@@ -97,8 +97,23 @@ pub fn complete(document: utoipa::openapi::OpenApi) -> Value {
 /// offline).
 #[utoipa::path(get, path = "/docs", operation_id = "get_api_docs_page", tag = "service",
     responses((status = 200, description = "An HTML page", content_type = "text/html")))]
-pub async fn docs_page() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+pub async fn docs_page() -> Response {
+    super::console::page(DOCS_POLICY, include_str!("docs.html"))
+}
+
+/// What the docs page may load and run: Swagger UI's own files (served here) and calls to this
+/// frontend ("Try it out"); nothing from elsewhere, and no framing.
+const DOCS_POLICY: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The docs page's own script, which starts Swagger UI (a file, so that the page runs no
+/// inline script).
+pub async fn docs_init() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_bytes!("docs_init.js"),
+    )
 }
 
 /// Swagger UI's stylesheet, vendored (`assets/swagger-ui`).
@@ -122,6 +137,7 @@ fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
     let headers = [
         (header::CONTENT_TYPE, content_type),
         (header::CACHE_CONTROL, "public, max-age=86400"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
     (headers, body).into_response()
 }

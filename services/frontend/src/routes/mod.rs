@@ -70,6 +70,7 @@ pub(crate) fn public_routes(state: &AppState) -> Router<AppState> {
         // The docs page's own files: not part of the API's document.
         .route("/docs/swagger-ui.css", get(docs::swagger_ui_css))
         .route("/docs/swagger-ui-bundle.js", get(docs::swagger_ui_js))
+        .route("/docs/init.js", get(docs::docs_init))
         // The console's modules: not part of the API's document either.
         .route("/console/{file}", get(console::module));
     // Only when configured: the layer costs cached lookups about 9% even when it lets
