@@ -135,6 +135,12 @@ fn digest(salt: &[u8], secret: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// A tag of `value` that nobody without `salt` can make: the first 8 bytes of
+/// SHA-256(salt, value), in hex.
+pub fn tag(salt: &[u8], value: &[u8]) -> String {
+    to_hex(&digest(salt, value)[..8])
+}
+
 /// Bytes from the kernel's random source.
 pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut bytes = [0u8; N];

@@ -573,6 +573,70 @@ async fn hostile_lookup_paths_are_404_and_leave_the_breaker_closed() {
     assert_eq!(breaker.consecutive_failures, 1);
 }
 
+/// While the catalog's breaker is open a write is not sent. Without a key of the client's it
+/// never executed: 503. Under the client's key an earlier request may have executed it, so
+/// the answer is 504 with the key (a retry resolves it), never a 503 that says it did not.
+#[tokio::test]
+async fn an_unsent_write_under_the_client_s_key_is_504_not_503() {
+    let state = lone_state(&[]);
+    for _ in 0..upstream::breaker::FAILURES {
+        state
+            .inner
+            .catalog_breaker
+            .failed(std::time::Instant::now());
+    }
+    let app = router(state);
+    let order = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
+    let writes = |key: Option<&str>| {
+        [
+            Request::post("/orders").body(Body::from(order)),
+            Request::put("/orders/4").body(Body::from(r#"{"quantity":2}"#)),
+            Request::delete("/orders/4").body(Body::empty()),
+        ]
+        .map(|request| {
+            let mut request = request.unwrap();
+            if let Some(key) = key {
+                request
+                    .headers_mut()
+                    .insert(IDEMPOTENCY_KEY, key.parse().unwrap());
+            }
+            request
+        })
+    };
+    for request in writes(None) {
+        let uri = request.uri().to_string();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+    }
+    for request in writes(Some("retry-7")) {
+        let uri = request.uri().to_string();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{uri}");
+        assert_eq!(response.headers()[IDEMPOTENCY_KEY], "retry-7", "{uri}");
+    }
+}
+
+/// Keys made up for writes without one cannot be foreseen: each carries a tag under a salt the
+/// frontend never shows, so no client can claim an anonymous client's next key first.
+#[test]
+fn made_up_write_keys_carry_a_tag_nobody_else_can_make() {
+    let (one, two) = (lone_state(&[]), lone_state(&[]));
+    let first = one.inner.next_write_key();
+    let second = one.inner.next_write_key();
+    assert_ne!(first, second);
+    let (counted, tag) = second.rsplit_once('-').expect("a tag");
+    assert!(
+        counted.starts_with("auto-") && counted.ends_with("-2"),
+        "{second}"
+    );
+    assert_eq!(tag.len(), 16, "{second}");
+    // The tag is of the prefix and count under this frontend's salt, not of them alone.
+    let salted =
+        |state: &AppState| stocknet_common::api_key::tag(&state.inner.key_salt, counted.as_bytes());
+    assert_eq!(salted(&one), tag);
+    assert_ne!(salted(&two), tag);
+}
+
 #[tokio::test]
 async fn an_unknown_outcome_is_504_with_the_key_in_the_body_and_a_header() {
     let response = FrontendError::OutcomeUnknown {

@@ -31,8 +31,10 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     /// Prefix of the idempotency keys this frontend makes up for requests without one: random,
     /// so that no other frontend's or client's key is the same.
-    pub(crate) key_prefix: String,
-    pub(crate) next_key: AtomicU64,
+    key_prefix: String,
+    next_key: AtomicU64,
+    /// What each made-up key is tagged under ([`Inner::next_write_key`]); never shown.
+    pub(crate) key_salt: [u8; 16],
     pub(crate) orders_placed: Counter,
     pub(crate) order_retries: Counter,
     pub(crate) streams: streams::Streams,
@@ -65,6 +67,18 @@ pub(crate) struct Metrics {
 }
 
 impl Inner {
+    /// An idempotency key for a write that came without one: this frontend's prefix, a count,
+    /// and a tag of both under a salt only it knows, so that no client can foresee (and claim
+    /// first, spoiling it) the key an anonymous client's write will go under.
+    pub(crate) fn next_write_key(&self) -> String {
+        let count = self
+            .next_key
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{}-{count}", self.key_prefix);
+        let tag = stocknet_common::api_key::tag(&self.key_salt, key.as_bytes());
+        format!("{key}-{tag}")
+    }
+
     /// Sets what is read at scrape time.
     pub(crate) fn refresh_metrics(&self) {
         let entries = i64::try_from(self.cache.len()).unwrap_or(i64::MAX);
@@ -152,6 +166,8 @@ impl AppState {
                 http,
                 key_prefix: format!("auto-{random}"),
                 next_key: AtomicU64::new(1),
+                key_salt: stocknet_common::api_key::random_bytes::<16>()
+                    .unwrap_or_else(|_| started.to_le_bytes()),
                 orders_placed,
                 order_retries,
                 streams: streams::Streams::new(config.max_streams),

@@ -176,10 +176,12 @@ impl<T> Attempt<T> {
 /// answer. Retries go to a newly elected leader when the last one did not answer or said it
 /// cannot lead, and to the same one when only the catalog failed; they stop at the deadline,
 /// or at once when the catalog's breaker is open. Then the answer is 503 if no attempt can have
-/// executed, else 504 with `key`.
+/// executed, else 504 with `key`. A key `from_client` may name a command an earlier request
+/// executed: unless a leader answers for it, its outcome is unknown (504) from the start.
 pub(crate) async fn write<T, F, Fut>(
     state: &AppState,
     key: &str,
+    from_client: bool,
     send: F,
 ) -> Result<T, FrontendError>
 where
@@ -188,7 +190,7 @@ where
 {
     let inner = &state.inner;
     let deadline = Instant::now() + WRITE_DEADLINE;
-    let mut maybe_executed = false;
+    let mut maybe_executed = from_client;
     let mut backoff = FIRST_BACKOFF;
     let mut leader = leader_by(state, deadline).await;
     loop {

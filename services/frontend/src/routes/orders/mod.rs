@@ -3,8 +3,6 @@
 
 mod body;
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use serde::de::DeserializeOwned;
@@ -30,13 +28,31 @@ use crate::{Answer, AppState, FrontendError};
 use body::{validate_change, validate_order, PlaceOrder};
 
 /// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
-/// could not apply them to the catalog anyway.
-fn fail_fast_without_catalog(state: &AppState) -> Result<(), FrontendError> {
+/// could not apply them to the catalog anyway. Under the client's own key the answer is 504
+/// (see [`WriteKey::unsent`]).
+fn fail_fast_without_catalog(state: &AppState, key: &WriteKey) -> Result<(), FrontendError> {
     state
         .inner
         .catalog_breaker
         .admit()
-        .map_err(|retry_after| FrontendError::CatalogDown { retry_after })
+        .map_err(|retry_after| key.unsent(FrontendError::CatalogDown { retry_after }))
+}
+
+/// The writer: the user its API key names, if it carries one. A key that cannot be checked
+/// now (the catalog out of reach) leaves the write unsent: see [`WriteKey::unsent`].
+async fn writer(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &WriteKey,
+) -> Result<Option<u64>, FrontendError> {
+    credentials::caller(state, headers)
+        .await
+        .map_err(|e| match e {
+            FrontendError::CatalogUnavailable(_) | FrontendError::CatalogDown { .. } => {
+                key.unsent(e)
+            }
+            refused => refused,
+        })
 }
 
 /// The `Idempotency-Key` header, as the API's description shows it.
@@ -78,12 +94,13 @@ pub(crate) async fn place_order(
     let inner = &state.inner;
     let order =
         validate_order(&body)?.into_order(inner.price_tolerance_bps, inner.market_protection_bps);
-    fail_fast_without_catalog(&state)?;
-    let user = credentials::caller(&state, &headers).await?;
+    let key = WriteKey::of(&state, &headers)?;
+    fail_fast_without_catalog(&state, &key)?;
+    let user = writer(&state, &headers, &key).await?;
     if order.client_order_id.is_some() && user.is_none() {
         return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
     }
-    let placed: Placed = write_on_leader(&state, &headers, user, |leader| {
+    let placed: Placed = write_on_leader(&state, &key, user, |leader| {
         Ok(inner.http.post(leader.orders_url.clone()).json(&order))
     })
     .await?;
@@ -94,13 +111,24 @@ pub(crate) async fn place_order(
     Ok(data(placed))
 }
 
-/// The client's `Idempotency-Key`, or one this frontend makes up, under which its own retries
-/// of the request go. Both go to the log under [`CLIENT_KEY_PREFIX`], so that a client told a
-/// made-up key (in a 504) can retry with it.
-fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, FrontendError> {
-    let inner = &state.inner;
-    Ok(match headers.get(IDEMPOTENCY_KEY) {
-        Some(value) => value
+/// A write's idempotency key: the client's `Idempotency-Key`, or one this frontend makes up,
+/// under which its own retries of the request go. Both go to the log under
+/// [`CLIENT_KEY_PREFIX`], so that a client told a made-up key (in a 504) can retry with it.
+pub(crate) struct WriteKey {
+    text: String,
+    /// The client chose it: this request may be a retry of one that executed.
+    from_client: bool,
+}
+
+impl WriteKey {
+    fn of(state: &AppState, headers: &HeaderMap) -> Result<Self, FrontendError> {
+        let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+            return Ok(Self {
+                text: state.inner.next_write_key(),
+                from_client: false,
+            });
+        };
+        let text = value
             .to_str()
             .ok()
             .filter(|key| {
@@ -110,27 +138,38 @@ fn idempotency_key(state: &AppState, headers: &HeaderMap) -> Result<String, Fron
                 FrontendError::BadRequest(
                     "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
                 )
-            })?
-            .to_owned(),
-        None => format!(
-            "{}-{}",
-            inner.key_prefix,
-            inner.next_key.fetch_add(1, Ordering::Relaxed)
-        ),
-    })
+            })?;
+        Ok(Self {
+            text: text.to_owned(),
+            from_client: true,
+        })
+    }
+
+    /// The answer to a write that is not sent now, for want of the catalog or a leader:
+    /// `not_sent` (not executed) under a key of its own; under the client's key, which an
+    /// earlier request may have executed, 504 with the key (I11: a 503 would say that what
+    /// the key names never executed).
+    fn unsent(&self, not_sent: FrontendError) -> FrontendError {
+        if self.from_client {
+            FrontendError::OutcomeUnknown {
+                key: self.text.clone(),
+            }
+        } else {
+            not_sent
+        }
+    }
 }
 
 /// Sends a write, which `request` makes for a leader, under the request's idempotency key
-/// (see [`idempotency_key`]) and for `user`, through [`order_group::write`].
+/// ([`WriteKey`]) and for `user`, through [`order_group::write`].
 async fn write_on_leader<T: DeserializeOwned>(
     state: &AppState,
-    headers: &HeaderMap,
+    key: &WriteKey,
     user: Option<u64>,
     request: impl Fn(&Leader) -> Result<reqwest::RequestBuilder, RemoteError>,
 ) -> Result<T, FrontendError> {
-    let key = idempotency_key(state, headers)?;
-    let logged_key = format!("{CLIENT_KEY_PREFIX}{key}");
-    order_group::write(state, &key, |leader| {
+    let logged_key = format!("{CLIENT_KEY_PREFIX}{}", key.text);
+    order_group::write(state, &key.text, key.from_client, |leader| {
         let request = request(leader).map(|request| {
             let request = request.header(IDEMPOTENCY_KEY, logged_key.as_str());
             match user {
@@ -224,11 +263,12 @@ pub(crate) async fn cancel_by_client_order_id(
     // (Any price: only the id's text is checked here.)
     check_client_order_id(&id, Some(Price::from_cents(1)))
         .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
-    fail_fast_without_catalog(&state)?;
-    let user = credentials::caller(&state, &headers)
+    let key = WriteKey::of(&state, &headers)?;
+    fail_fast_without_catalog(&state, &key)?;
+    let user = writer(&state, &headers, &key)
         .await?
         .ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
-    let changed: Changed = write_on_leader(&state, &headers, Some(user), |leader| {
+    let changed: Changed = write_on_leader(&state, &key, Some(user), |leader| {
         let url = paths::ORDERS.url(&leader.url, &[])?;
         Ok(state
             .inner
@@ -248,9 +288,10 @@ async fn change_on_leader(
     number: u64,
     change: Option<&OrderChange>,
 ) -> Answer {
-    fail_fast_without_catalog(state)?;
-    let user = credentials::caller(state, headers).await?;
-    let changed: Changed = write_on_leader(state, headers, user, |leader| {
+    let key = WriteKey::of(state, headers)?;
+    fail_fast_without_catalog(state, &key)?;
+    let user = writer(state, headers, &key).await?;
+    let changed: Changed = write_on_leader(state, &key, user, |leader| {
         let url = paths::ORDER.url(&leader.url, &[&number.to_string()])?;
         let http = &state.inner.http;
         Ok(match change {
