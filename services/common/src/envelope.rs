@@ -242,15 +242,32 @@ pub struct Path<T>(pub T);
 pub struct Query<T>(pub T);
 
 /// The raw request body (`axum::body::Bytes`) whose rejection, e.g. 413 for a body over
-/// the limit, is an envelope.
+/// the limit, is an envelope. It must arrive whole within [`BODY_DEADLINE`], or the answer is
+/// 408 before the handler does anything.
 #[derive(Debug)]
 pub struct RawBody(pub axum::body::Bytes);
+
+/// How long a request's body may take to arrive. A client that trickles its body in would
+/// otherwise spend the request's own deadline (30 s, `deadline.rs`) before a write even
+/// starts, and that deadline's 408 could then cut the write off after the leader logged it:
+/// a 408 that says "not executed" about a command that commits.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        Ok(Self(axum::body::Bytes::from_request(request, state).await?))
+        let reading = axum::body::Bytes::from_request(request, state);
+        match tokio::time::timeout(BODY_DEADLINE, reading).await {
+            Ok(body) => Ok(Self(body?)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "The body did not arrive within {} s: nothing was done",
+                    BODY_DEADLINE.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -401,6 +418,32 @@ mod tests {
         assert!(Cause::try_from(StatusCode::IM_A_TEAPOT).is_err());
     }
     use axum::body::to_bytes;
+
+    /// A body that never comes (a client trickling it, or stalled) is answered 408 at the
+    /// body's deadline, before the handler could start anything.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_is_408() {
+        struct Stalled;
+        impl axum::body::HttpBody for Stalled {
+            type Data = axum::body::Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>>
+            {
+                std::task::Poll::Pending
+            }
+        }
+        let request = axum::http::Request::post("/orders")
+            .body(axum::body::Body::new(Stalled))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let read = RawBody::from_request(request, &()).await;
+        assert_eq!(started.elapsed(), BODY_DEADLINE);
+        let refused = read.expect_err("no body in time");
+        assert_eq!(refused.status, StatusCode::REQUEST_TIMEOUT);
+    }
 
     #[tokio::test]
     async fn error_envelope_carries_status_as_code() {
