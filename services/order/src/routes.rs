@@ -270,7 +270,8 @@ pub(crate) async fn list_orders(
         let logged = format!("{CLIENT_KEY_PREFIX}{key}");
         let orders = state
             .replica
-            .placed_under(&logged)?
+            .placed_under(&logged)
+            .await?
             .filter(|(order, user)| {
                 filter.name.as_ref().is_none_or(|name| *name == order.name)
                     && status.is_none_or(|status| status == order.status)

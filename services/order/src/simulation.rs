@@ -556,6 +556,13 @@ async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
         undecided(&beside),
         "{key}, retried beside the first: {beside:?}"
     );
+    // Asked under its key meanwhile (`GET /orders?key=`), the leader says it is still being
+    // decided: an empty answer would say it never executed, and it may yet.
+    let asked = leader.placed_under(key).await;
+    assert!(
+        matches!(asked, Err(OrderError::OutcomeUnknown { .. })),
+        "{key}, asked under its key: {asked:?}"
+    );
     let first = first.await.unwrap();
     assert!(undecided(&first), "{key}: {first:?}");
     let after = send().await.unwrap();

@@ -58,14 +58,24 @@ where
     let deadline = Instant::now() + READ_DEADLINE;
     let mut leader = leader_by(state, deadline).await;
     let mut backoff = FIRST_BACKOFF;
+    // A leader's 504: what it reads is still being decided (a command under a key, in flight).
+    let mut undecided = None;
     loop {
         let mut hinted = None;
+        let mut still_leads = false;
         if let Some(current) = &leader {
             let until = deadline.min(Instant::now() + READ_TIMEOUT);
             let failure = match tokio::time::timeout_at(until, send(current)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(RemoteError::Api(error))) if is_for_client(&error) => {
                     return Err(FrontendError::Upstream(error));
+                }
+                // The leader answered: ask it again, not another.
+                Ok(Err(RemoteError::Api(error))) if error.status == StatusCode::GATEWAY_TIMEOUT => {
+                    still_leads = true;
+                    let failure = error.message.clone();
+                    undecided = Some(error);
+                    failure
                 }
                 Ok(Err(e)) => {
                     hinted = hint(&e);
@@ -82,13 +92,16 @@ where
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         inner.order_retries.inc();
+        if still_leads {
+            continue;
+        }
         let replacing = inner.leaders.replace(leader.as_ref(), hinted);
         leader = tokio::time::timeout_at(deadline, replacing)
             .await
             .ok()
             .flatten();
     }
-    Err(FrontendError::NoLeader)
+    Err(undecided.map_or(FrontendError::NoLeader, FrontendError::Upstream))
 }
 
 /// The leader, if one is known or found before `deadline`: with replicas that hang, a search

@@ -331,16 +331,52 @@ impl Replica {
 
     /// The order placed under idempotency key `key` (as logged) and its user, once committed
     /// and applied here; `None` for a modify's or cancel's key.
-    pub fn placed_under(&self, key: &str) -> Result<Option<(OrderView, Option<u64>)>, OrderError> {
-        let Some(number) = self.log().number_for_key(key)? else {
-            return Ok(None);
+    pub async fn placed_under(
+        &self,
+        key: &str,
+    ) -> Result<Option<(OrderView, Option<u64>)>, OrderError> {
+        let still = || OrderError::OutcomeUnknown {
+            cause: "a command under this key is still being decided".into(),
+            catalog: false,
         };
+        let logged = self.log().number_for_key(key)?;
+        let Some(number) = logged else {
+            // Not in the leader's log: never committed, and never will be once the leader has
+            // committed in its term, unless it is queued here still.
+            return if self.in_flight(key).await? {
+                Err(still())
+            } else {
+                Ok(None)
+            };
+        };
+        // Written, and not applied yet: it may or may not commit. (Once applied it stays, if
+        // the key still names it after: the entry was not replaced between the two looks.)
+        let applied = self.book().applied();
+        if number > applied || self.log().number_for_key(key)? != Some(number) {
+            return Err(still());
+        }
         let user = self.get(number)?.and_then(|entry| entry.user);
         match self.order_view(number) {
             Ok(view) => Ok(Some((view, user))),
             Err(OrderError::OrderNotFound | OrderError::NotAnOrder(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether this replica, leading, has a command under `key` in flight with its outcome
+    /// not known yet; not leading (no sequencer), it cannot tell: not ready.
+    async fn in_flight(&self, key: &str) -> Result<bool, OrderError> {
+        let requests = match self.leading().as_ref() {
+            Some(sequencer) => sequencer.requests.clone(),
+            None => return Err(OrderError::NotReady),
+        };
+        let (reply, pending) = tokio::sync::oneshot::channel();
+        let asked = sequencer::Request::Pending {
+            key: key.to_owned(),
+            reply,
+        };
+        requests.send(asked).map_err(|_| OrderError::NotReady)?;
+        pending.await.map_err(|_| OrderError::NotReady)
     }
 
     /// The market events of the entries this replica's book applied lately.

@@ -102,6 +102,11 @@ pub(super) enum Request {
         request_id: Option<String>,
         reply: oneshot::Sender<Result<Proposed, OrderError>>,
     },
+    /// Whether a command proposed under `key` is in flight with its outcome not known yet.
+    Pending {
+        key: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// One stock as the leader projects it.
@@ -338,6 +343,13 @@ impl Replica {
                         _ => Err(self.not_leader()),
                     };
                     let _ = reply.send(answer);
+                }
+                Request::Pending { key, reply } => {
+                    let pending = leading
+                        .in_flight
+                        .get(&key)
+                        .is_some_and(|(_, outcome)| outcome.borrow().is_none());
+                    let _ = reply.send(pending);
                 }
             }
         }

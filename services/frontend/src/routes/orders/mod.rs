@@ -310,7 +310,7 @@ async fn change_on_leader(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("status" = Option<String>, Query, description = "Only orders in this state (not rejected: a refused order is not on the book; GET /orders/{number} shows it)", pattern = "^(open|partially_filled|filled|cancelled|expired|untriggered)$"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
-        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed"),
+        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed; none if nothing under the key executed; a 504 while a command under it is still being decided"),
         ("client_order_id" = Option<String>, Query, description = "Only orders with this client_order_id (with user: that user's)", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]{1,19}$"),
@@ -319,6 +319,7 @@ async fn change_on_leader(
         (status = 200, body = DataEnvelope<OrderPage>),
         BadQuery,
         NoLeader,
+        (status = 504, description = "With key: a command under it is still being decided (written and not committed, or queued at the leader); ask again", body = ErrorEnvelope),
     ))]
 pub(crate) async fn list_orders(State(state): State<AppState>, uri: Uri) -> Answer {
     order_group::forward_read(&state, paths::ORDERS, &[], uri.query()).await
