@@ -516,6 +516,39 @@ async fn a_retry_of_a_command_logged_and_not_committed_is_not_answered_as_done()
     }
 }
 
+/// Only the leader, taken over, answers a cancel by client order id: a follower's book may lag
+/// an order placed a moment ago, and its "no open order has it" (404) would be untrue.
+#[tokio::test]
+async fn a_cancel_by_client_order_id_is_answered_by_the_leader_only() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    // Replica 1 hears nothing of the order: its book lags.
+    cluster.router.isolate(1, &[1, 2, 3], true);
+    let mut resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+    resting.client_order_id = Some("ladder-1".into());
+    leader
+        .place(resting, Some("resting".into()), Some(7))
+        .await
+        .unwrap();
+    for (id, follower) in cluster.running() {
+        if id == 3 {
+            continue;
+        }
+        let asked = follower
+            .cancel_by_client_order_id("ladder-1", Some("cancel".into()), 7)
+            .await;
+        assert!(
+            matches!(asked, Err(OrderError::NotLeader { .. })),
+            "replica {id}: {asked:?}"
+        );
+    }
+    cluster.router.isolate(1, &[1, 2, 3], false);
+    let cancelled = leader
+        .cancel_by_client_order_id("ladder-1", Some("cancel".into()), 7)
+        .await;
+    assert!(cancelled.is_ok(), "{cancelled:?}");
+}
+
 async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;

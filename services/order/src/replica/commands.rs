@@ -79,7 +79,9 @@ impl Replica {
                 guard: order.guard,
             })
             .await?;
-        let entry = self.get(number)?.ok_or(OrderError::OrderNotFound)?;
+        let unread = |e| answer_unread(number, e);
+        let entry = self.get(number).map_err(unread)?;
+        let entry = entry.ok_or_else(|| unread(OrderError::OrderNotFound))?;
         if let Some(rejection) = entry.stamp.rejected {
             return Err(OrderError::Rejected {
                 rejection,
@@ -87,10 +89,14 @@ impl Replica {
                 number,
             });
         }
-        if let Some(refusal) = self.book.read(|book| book.refusal(number))? {
+        let refusal = self
+            .book
+            .read(|book| book.refusal(number))
+            .map_err(unread)?;
+        if let Some(refusal) = refusal {
             return Err(OrderError::Refused { refusal, number });
         }
-        let view = self.order_view(number)?;
+        let view = self.order_view(number).map_err(unread)?;
         Ok(Placed {
             transaction_number: number,
             client_order_id,
@@ -146,6 +152,12 @@ impl Replica {
         key: Option<String>,
         user: u64,
     ) -> Result<Changed, OrderError> {
+        // Only a leader that has taken over its term has applied every committed entry: any
+        // other replica's book may lag, and its "no open order has it" would be untrue.
+        let term = self.leader_term().ok_or_else(|| self.not_leader())?;
+        if self.leading().as_ref().is_none_or(|led| led.term != term) {
+            return Err(OrderError::NotReady);
+        }
         let logged = match key.as_deref() {
             Some(key) => self.log().number_for_key(key)?,
             None => None,
@@ -179,12 +191,17 @@ impl Replica {
                 guard: None,
             })
             .await?;
-        if let Some(refusal) = self.book.read(|book| book.refusal(number))? {
+        let unread = |e| answer_unread(number, e);
+        let refusal = self
+            .book
+            .read(|book| book.refusal(number))
+            .map_err(unread)?;
+        if let Some(refusal) = refusal {
             return Err(OrderError::Refused { refusal, number });
         }
         Ok(Changed {
             transaction_number: number,
-            order: self.order_view(target)?,
+            order: self.order_view(target).map_err(unread)?,
         })
     }
 
@@ -285,5 +302,14 @@ impl Replica {
                 });
             }
         }
+    }
+}
+
+/// An error reading the answer of entry `number`, which committed: the command executed, so
+/// nothing may say it did not (a 404, a 503); a retry under its key reads the answer again.
+fn answer_unread(number: u64, error: OrderError) -> OrderError {
+    OrderError::OutcomeUnknown {
+        cause: format!("entry {number} committed, and its answer could not be read: {error}"),
+        catalog: false,
     }
 }
