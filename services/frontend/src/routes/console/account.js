@@ -37,16 +37,29 @@ export function signIn() {
   stream.onRefused = (reason) => {
     delete $("user").dataset.live;
     note(`order stream closed: ${reason}`);
+    if (reason.includes("past the end of the order log")) {
+      // A position from another deployment (or one restored from an older state): start
+      // from now, with the orders read again.
+      signIn();
+    } else if (reason.includes("invalid or revoked")) {
+      // The key is no good any more: forget it, rather than send it with every call.
+      localStorage.removeItem("stocknet-api-key");
+      $("api-key").value = "";
+      signIn();
+      note(`the key was refused (${reason}): create a user, or paste another key`);
+    }
   };
 }
 
 // The user's recent orders and fills, and their portfolio: what the stream then changes.
-async function load() {
+// After a gap (`fresh`), what was read replaces what the page held: the updates that would
+// have changed it are gone.
+async function load(fresh = false) {
   const user = userOfKey();
   const reply = await api(`/orders?user=${user}&limit=100`);
   if (user !== userOfKey() || !reply.data) return;
   for (const order of reply.data.orders) {
-    if (!orders.has(order.number)) orders.set(order.number, order);
+    if (fresh || !orders.has(order.number)) orders.set(order.number, order);
     for (const fill of order.fills) fills.set(fill.trade, [order.name, order.type, fill]);
   }
   render();
@@ -61,7 +74,7 @@ function onUpdate(message) {
     load();
   } else if (message.type === "gap") {
     note("some updates were missed: reloaded");
-    load();
+    load(true);
   } else if (message.type === "update") {
     lastEntry = message.entry;
     const order = message.order;

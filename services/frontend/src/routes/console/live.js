@@ -10,7 +10,10 @@ function showConnection() {
 }
 
 // Follows the WebSocket at `path()` (asked again at each reconnect, so a stream can resume
-// where it was), backing off to 5 s. `onOpen(socket)` may send a first message.
+// where it was), backing off to 5 s, with jitter. The backoff starts again only once a stream
+// has brought a message: a frontend over its cap of streams (or without the catalog) accepts a
+// socket and closes it at once (1013), and every page must not come back at once, four times
+// a second. `onOpen(socket)` may send a first message.
 export function follow(path, onMessage, onOpen = () => {}) {
   const stream = { socket: null, closed: false };
   let delay = 250;
@@ -19,14 +22,20 @@ export function follow(path, onMessage, onOpen = () => {}) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}${path()}`);
     stream.socket = socket;
-    socket.onopen = () => { delay = 250; onOpen(socket); showConnection(); };
-    socket.onmessage = (event) => onMessage(JSON.parse(event.data));
+    socket.onopen = () => { onOpen(socket); showConnection(); };
+    socket.onmessage = (event) => { delay = 250; onMessage(JSON.parse(event.data)); };
     socket.onclose = (event) => {
       if (stream.closed) return;
-      showConnection();
       // 1008: refused for good (a revoked key); say so instead of retrying.
-      if (event.code === 1008 && stream.onRefused) { stream.onRefused(event.reason); return; }
-      setTimeout(connect, delay);
+      if (event.code === 1008 && stream.onRefused) {
+        streams.delete(stream);
+        showConnection();
+        stream.onRefused(event.reason);
+        return;
+      }
+      showConnection();
+      if (event.code === 1013) delay = Math.max(delay, 2000);
+      setTimeout(connect, delay * (0.5 + Math.random() / 2));
       delay = Math.min(delay * 2, 5000);
     };
   };
