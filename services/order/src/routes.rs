@@ -147,7 +147,10 @@ pub(crate) async fn daily_report(
         None => clock::day_of(clock::now_millis()),
     };
     Ok(data(
-        state.replica.read_book(|book| book.daily_report(day))?,
+        state
+            .replica
+            .read_off_runtime(move |replica| replica.read_book(|book| book.daily_report(day)))
+            .await?,
     ))
 }
 
@@ -159,7 +162,11 @@ pub(crate) async fn portfolio(
     let user: u64 = user
         .parse()
         .map_err(|_| ApiError::bad_request("User id must be a number"))?;
-    Ok(data(state.replica.read_book(|book| book.holdings(user))?))
+    let holdings = state
+        .replica
+        .read_off_runtime(move |replica| replica.read_book(|book| book.holdings(user)))
+        .await?;
+    Ok(data(holdings))
 }
 
 pub(crate) async fn modify_order(
@@ -285,7 +292,7 @@ pub(crate) async fn list_orders(
             next_cursor: None,
         }));
     }
-    let wanted = |order: &crate::book::LimitOrder| {
+    let wanted = move |order: &crate::book::LimitOrder| {
         filter
             .name
             .as_deref()
@@ -301,8 +308,12 @@ pub(crate) async fn list_orders(
     let view = |book: &crate::book::Book, order: &crate::book::LimitOrder| book.limit_view(order);
     let (orders, next) = state
         .replica
-        .book_store()
-        .orders_page(before, budget, wanted, view)?;
+        .read_off_runtime(move |replica| {
+            replica
+                .book_store()
+                .orders_page(before, budget, wanted, view)
+        })
+        .await?;
     Ok(data(OrderPage {
         orders,
         next_cursor: next.map(|number| number.to_string()),
@@ -328,7 +339,12 @@ pub(crate) async fn trades(
     let limit = page_size(filter.limit)?;
     let trades: Vec<Trade> = state
         .replica
-        .read_book(|book| book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit))?;
+        .read_off_runtime(move |replica| {
+            replica.read_book(|book| {
+                book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit)
+            })
+        })
+        .await?;
     Ok(data(trades))
 }
 
@@ -400,7 +416,10 @@ pub(crate) async fn book(
 ) -> Result<Response, ApiError> {
     let depth = bounded("depth", query.depth, DEFAULT_DEPTH, MAX_PAGE)?;
     Ok(data(
-        state.replica.read_book(|book| book.depth(&name, depth))?,
+        state
+            .replica
+            .read_off_runtime(move |replica| replica.read_book(|book| book.depth(&name, depth)))
+            .await?,
     ))
 }
 
@@ -424,10 +443,16 @@ pub(crate) async fn candles(
     };
     let to = instant(&query.to)?.unwrap_or_else(clock::now_millis);
     let from = instant(&query.from)?.unwrap_or(to.saturating_sub(DEFAULT_CANDLES * width));
-    let (applied, (candles, next)) = state.replica.read_book(|book| {
-        let candles = book.candles(&name, width, (from, to), MAX_PAGE);
-        (book.applied(), candles)
-    })?;
+    let stock = name.clone();
+    let (applied, (candles, next)) = state
+        .replica
+        .read_off_runtime(move |replica| {
+            replica.read_book(|book| {
+                let candles = book.candles(&stock, width, (from, to), MAX_PAGE);
+                (book.applied(), candles)
+            })
+        })
+        .await?;
     let candles = candles
         .into_iter()
         .map(|c| wire::Candle {
@@ -459,7 +484,11 @@ pub(crate) async fn lookup(
     Path(number): Path<String>,
 ) -> Result<Response, ApiError> {
     let number = parse_number(&number)?;
-    Ok(data(state.replica.order_view(number)?))
+    let view = state
+        .replica
+        .read_off_runtime(move |replica| replica.order_view(number))
+        .await?;
+    Ok(data(view))
 }
 
 #[derive(Deserialize)]

@@ -516,6 +516,32 @@ async fn a_retry_of_a_command_logged_and_not_committed_is_not_answered_as_done()
     }
 }
 
+/// A client's read of the book runs off the async workers: one that takes a while (archived
+/// records read from disk under the book's lock) leaves the replica's own traffic on them, its
+/// consensus heartbeats and appends, going meanwhile.
+#[tokio::test]
+async fn a_slow_read_of_the_book_leaves_the_async_workers_free() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let reading = tokio::spawn({
+        let leader = leader.clone();
+        async move {
+            leader
+                .read_off_runtime(move |replica| {
+                    // Held until this test's task, on the async worker, lets it go.
+                    let let_go = released.recv_timeout(Duration::from_secs(10)).is_ok();
+                    replica.read_book(|book| (let_go, book.applied()))
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    release.send(()).unwrap();
+    let (let_go, _) = reading.await.unwrap().unwrap();
+    assert!(let_go, "the read held the async worker the test runs on");
+}
+
 /// Only the leader, taken over, answers a cancel by client order id: a follower's book may lag
 /// an order placed a moment ago, and its "no open order has it" (404) would be untrue.
 #[tokio::test]

@@ -80,7 +80,13 @@ pub struct Replica {
     standing: tokio::task::JoinHandle<()>,
     /// The task that, leading, hands the leadership to a higher-id voter.
     handing_over: tokio::task::JoinHandle<()>,
+    /// Places for clients' reads of the book on the blocking pool ([`Replica::read_off_runtime`]).
+    book_reads: tokio::sync::Semaphore,
 }
+
+/// Clients' reads of the book that run at once: more would only queue for the book's lock,
+/// which the applier needs too.
+const BOOK_READS_AT_ONCE: usize = 2;
 
 impl Replica {
     /// Opens the log, book (kept as `book` says) and vote of replica `id` in `data_dir` and
@@ -168,6 +174,7 @@ impl Replica {
             catalog_failing: AtomicBool::new(false),
             metrics,
             standing,
+            book_reads: tokio::sync::Semaphore::new(BOOK_READS_AT_ONCE),
         });
         tokio::spawn(replica.clone().follow_leadership());
         Ok(replica)
@@ -413,6 +420,26 @@ impl Replica {
     /// Runs `read` on the book (as of the committed log this replica has applied).
     pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
         self.book.read(read)
+    }
+
+    /// Runs `read` (a client's read of the book, the log or the archive) on the blocking pool,
+    /// [`BOOK_READS_AT_ONCE`] at most. Such a read may hold the book's lock while it reads
+    /// archived records from disk: on the async workers (one, under `stocknet up`) it would hold
+    /// up this replica's consensus traffic on the same threads (heartbeats, appends), and with
+    /// it a leader's lease, so that a few slow reads could cost an election.
+    pub async fn read_off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Replica) -> Result<T, OrderError> + Send + 'static,
+    ) -> Result<T, OrderError> {
+        let _place = self
+            .book_reads
+            .acquire()
+            .await
+            .map_err(|_| OrderError::NotReady)?;
+        let replica = self.clone();
+        tokio::task::spawn_blocking(move || read(&replica))
+            .await
+            .map_err(OrderError::task)?
     }
 
     /// The book with its archive, for reads in several holds of its lock.
