@@ -221,7 +221,7 @@ impl BookStore {
     /// have decided it otherwise than every other replica (I8), so this replica must stop and
     /// apply it again from its log when it restarts.
     pub fn apply_in_memory(&self, entries: &[Order]) -> Result<Option<Vec<u8>>, OrderError> {
-        let image = {
+        let (image, changes) = {
             let mut book = self.lock();
             let before = book.applied();
             let failed = self.archive.failed_reads();
@@ -241,11 +241,16 @@ impl BookStore {
                 events.extend(book.last_changes(entry));
                 updates.extend(book.last_order_updates(entry));
             }
-            self.feed.push(events, updates, book.applied());
             let due = book.applied() / self.snapshot_every > before / self.snapshot_every;
             // Encoded under the lock (memory only), written after it.
-            due.then(|| snapshot::encode(&book))
+            let image = due.then(|| snapshot::encode(&book));
+            (image, (events, updates, book.applied()))
         };
+        // Pushed once the book's lock is free: it wakes every poll of the feed (a stream's
+        // each), which the lock's other users need not wait for. Only this applier pushes, so
+        // entries still reach the feed in order.
+        let (events, updates, applied) = changes;
+        self.feed.push(events, updates, applied);
         match image {
             Some(Ok(bytes)) => Ok(Some(bytes)),
             Some(Err(e)) => {
