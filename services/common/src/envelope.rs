@@ -242,18 +242,31 @@ pub struct Path<T>(pub T);
 pub struct Query<T>(pub T);
 
 /// The raw request body (`axum::body::Bytes`) whose rejection, e.g. 413 for a body over
-/// the limit, is an envelope. It must arrive whole within [`BODY_DEADLINE`], or the answer is
-/// 408 before the handler does anything.
+/// the limit, is an envelope. (A peer's bulk transfer, a consensus append or a snapshot's
+/// chunk, takes as long as its sender's own deadline allows.)
 #[derive(Debug)]
 pub struct RawBody(pub axum::body::Bytes);
 
-/// How long a request's body may take to arrive. A client that trickles its body in would
-/// otherwise spend the request's own deadline (30 s, `deadline.rs`) before a write even
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(axum::body::Bytes::from_request(request, state).await?))
+    }
+}
+
+/// A client's request body, as [`RawBody`], which must arrive whole within [`BODY_DEADLINE`],
+/// or the answer is 408 before the handler does anything.
+#[derive(Debug)]
+pub struct ClientBody(pub axum::body::Bytes);
+
+/// How long a client's request body may take to arrive. A client that trickles its body in
+/// would otherwise spend the request's own deadline (30 s, `deadline.rs`) before a write even
 /// starts, and that deadline's 408 could then cut the write off after the leader logged it:
 /// a 408 that says "not executed" about a command that commits.
 pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl<S: Send + Sync> FromRequest<S> for ClientBody {
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
@@ -439,7 +452,7 @@ mod tests {
             .body(axum::body::Body::new(Stalled))
             .unwrap();
         let started = tokio::time::Instant::now();
-        let read = RawBody::from_request(request, &()).await;
+        let read = ClientBody::from_request(request, &()).await;
         assert_eq!(started.elapsed(), BODY_DEADLINE);
         let refused = read.expect_err("no body in time");
         assert_eq!(refused.status, StatusCode::REQUEST_TIMEOUT);

@@ -166,8 +166,10 @@ impl AppState {
                 http,
                 key_prefix: format!("auto-{random}"),
                 next_key: AtomicU64::new(1),
-                key_salt: stocknet_common::api_key::random_bytes::<16>()
-                    .unwrap_or_else(|_| started.to_le_bytes()),
+                key_salt: stocknet_common::api_key::random_bytes::<16>().unwrap_or_else(|e| {
+                    tracing::warn!("no random source for the write keys' salt ({e}): the clock's stands in, and keys made up for anonymous writes can be foreseen");
+                    started.to_le_bytes()
+                }),
                 orders_placed,
                 order_retries,
                 streams: streams::Streams::new(config.max_streams),

@@ -20,12 +20,12 @@ pub(crate) enum WriteAnswers {
     KeyReused(ErrorEnvelope),
     #[response(
         status = 503,
-        description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After)"
+        description = "Not executed, and never will be: no order leader available, or the catalog is down (then with Retry-After). Only without an Idempotency-Key of the client's: under one, an earlier request may have executed it, and such a write is 504 instead"
     )]
     NotExecuted(ErrorEnvelope),
     #[response(
         status = 504,
-        description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= shows the order once it is committed"
+        description = "Outcome unknown: it may have executed. The body's idempotency_key (also the Idempotency-Key header) is the key it ran under: a retry with it executes at most once and answers how it went; GET /orders?key= settles it too (the order once committed, none if no order was placed under the key, 504 while it is still being decided)"
     )]
     OutcomeUnknown(ErrorEnvelope),
 }

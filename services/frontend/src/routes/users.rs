@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stocknet_common::api_key::{ApiKey, Credential};
-use stocknet_common::envelope::{parse_json_object, DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::envelope::{parse_json_object, ClientBody, DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewUser, UserRecord};
 use stocknet_common::{data, Money, Price, RemoteError};
@@ -65,7 +65,7 @@ pub struct NewUserRequest {
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     _: NoQuery,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     let display_name = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -242,7 +242,7 @@ pub(crate) async fn create_key(
     State(state): State<AppState>,
     OwnUser(id): OwnUser,
     _: NoQuery,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     refuse_a_body(&body, "a new key takes none")?;
     let (key, credential, prefix) = new_key()?;
@@ -280,7 +280,7 @@ pub(crate) async fn revoke_key(
     KeyId(key_id): KeyId,
     OwnUser(id): OwnUser,
     _: NoQuery,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     refuse_a_body(&body, "a revocation takes none")?;
     let url = paths::USER_KEY.url(

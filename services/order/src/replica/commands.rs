@@ -158,6 +158,8 @@ impl Replica {
         if self.leading().as_ref().is_none_or(|led| led.term != term) {
             return Err(OrderError::NotReady);
         }
+        // (A leader deposed without knowing it yet would answer from a book that lags.)
+        self.confirm_leadership().await?;
         let logged = match key.as_deref() {
             Some(key) => self.log().number_for_key(key)?,
             None => None,

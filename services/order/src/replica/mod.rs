@@ -81,7 +81,7 @@ pub struct Replica {
     /// The task that, leading, hands the leadership to a higher-id voter.
     handing_over: tokio::task::JoinHandle<()>,
     /// Places for clients' reads of the book on the blocking pool ([`Replica::read_off_runtime`]).
-    book_reads: tokio::sync::Semaphore,
+    book_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Clients' reads of the book that run at once: more would only queue for the book's lock,
@@ -174,7 +174,7 @@ impl Replica {
             catalog_failing: AtomicBool::new(false),
             metrics,
             standing,
-            book_reads: tokio::sync::Semaphore::new(BOOK_READS_AT_ONCE),
+            book_reads: Arc::new(tokio::sync::Semaphore::new(BOOK_READS_AT_ONCE)),
         });
         tokio::spawn(replica.clone().follow_leadership());
         Ok(replica)
@@ -346,15 +346,18 @@ impl Replica {
             cause: "a command under this key is still being decided".into(),
             catalog: false,
         };
-        let logged = self.log().number_for_key(key)?;
-        let Some(number) = logged else {
+        let mut logged = self.log().number_for_key(key)?;
+        if logged.is_none() {
             // Not in the leader's log: never committed, and never will be once the leader has
             // committed in its term, unless it is queued here still.
-            return if self.in_flight(key).await? {
-                Err(still())
-            } else {
-                Ok(None)
-            };
+            if self.in_flight(key).await? {
+                return Err(still());
+            }
+            // Not queued now: it may have been written (and decided) since the first look.
+            logged = self.log().number_for_key(key)?;
+        }
+        let Some(number) = logged else {
+            return Ok(None);
         };
         // Written, and not applied yet: it may or may not commit. (Once applied it stays, if
         // the key still names it after: the entry was not replaced between the two looks.)
@@ -371,11 +374,13 @@ impl Replica {
     }
 
     /// Whether this replica, leading, has a command under `key` in flight with its outcome
-    /// not known yet; not leading (no sequencer), it cannot tell: not ready.
+    /// not known yet. Without a sequencer of the term it leads (not leading, or not taken
+    /// over yet), nothing of its own is: a sequencer's commands go with its term.
     async fn in_flight(&self, key: &str) -> Result<bool, OrderError> {
+        let term = self.leader_term();
         let requests = match self.leading().as_ref() {
-            Some(sequencer) => sequencer.requests.clone(),
-            None => return Err(OrderError::NotReady),
+            Some(sequencer) if Some(sequencer.term) == term => sequencer.requests.clone(),
+            _ => return Ok(false),
         };
         let (reply, pending) = tokio::sync::oneshot::channel();
         let asked = sequencer::Request::Pending {
@@ -431,15 +436,21 @@ impl Replica {
         self: &Arc<Self>,
         read: impl FnOnce(&Replica) -> Result<T, OrderError> + Send + 'static,
     ) -> Result<T, OrderError> {
-        let _place = self
+        // The place goes with the read, not with the request: a request dropped (its deadline)
+        // leaves the read running, and its place taken, until it ends.
+        let place = self
             .book_reads
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| OrderError::NotReady)?;
         let replica = self.clone();
-        tokio::task::spawn_blocking(move || read(&replica))
-            .await
-            .map_err(OrderError::task)?
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            read(&replica)
+        })
+        .await
+        .map_err(OrderError::task)?
     }
 
     /// The book with its archive, for reads in several holds of its lock.

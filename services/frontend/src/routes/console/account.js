@@ -36,17 +36,19 @@ export function signIn() {
     onUpdate, (socket) => socket.send(JSON.stringify({ api_key: key })));
   stream.onRefused = (reason) => {
     delete $("user").dataset.live;
-    note(`order stream closed: ${reason}`);
     if (reason.includes("past the end of the order log")) {
       // A position from another deployment (or one restored from an older state): start
       // from now, with the orders read again.
       signIn();
+      note(`order stream restarted from now: ${reason}`);
     } else if (reason.includes("invalid or revoked")) {
       // The key is no good any more: forget it, rather than send it with every call.
       localStorage.removeItem("stocknet-api-key");
       $("api-key").value = "";
       signIn();
       note(`the key was refused (${reason}): create a user, or paste another key`);
+    } else {
+      note(`order stream closed: ${reason}`);
     }
   };
 }

@@ -119,8 +119,11 @@ async function select(name) {
   selected = name;
   $("selected").textContent = name;
   for (const n of [previous, name]) if (n && stocks.has(n)) stockRow(n);
+  // Another stock's price left in the form would cross this one's book far from its price.
   const stock = stocks.get(name);
-  if (stock && !$("price").value) $("price").value = money(stock.price);
+  if (stock && stock.price != null && (name !== previous || !$("price").value)) {
+    $("price").value = money(stock.price);
+  }
   tape.clear(); renderTape();
   book.bids.clear(); book.asks.clear(); renderBook();
   candles = []; drawCandles($("candles"), candles);

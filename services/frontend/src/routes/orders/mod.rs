@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Uri};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use stocknet_common::client::call;
-use stocknet_common::envelope::{DataEnvelope, ErrorEnvelope, RawBody};
+use stocknet_common::envelope::{ClientBody, DataEnvelope, ErrorEnvelope};
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::paths;
 use stocknet_common::wire::{
@@ -89,7 +89,7 @@ pub(crate) async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
     _: NoQuery,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     let inner = &state.inner;
     let order =
@@ -200,7 +200,7 @@ pub(crate) async fn modify_order(
     OrderNumber(number): OrderNumber,
     headers: HeaderMap,
     _: NoQuery,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     let change = validate_change(&body)?;
     change_on_leader(&state, &headers, number, Some(&change)).await
@@ -222,7 +222,7 @@ pub(crate) async fn cancel_order(
     OrderNumber(number): OrderNumber,
     headers: HeaderMap,
     _: NoQuery,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     refuse_a_body(&body, "a cancel takes none: PUT changes a quantity")?;
     change_on_leader(&state, &headers, number, None).await
@@ -257,7 +257,7 @@ pub(crate) async fn cancel_by_client_order_id(
     Query(ClientOrderIdQuery {
         client_order_id: id,
     }): Query<ClientOrderIdQuery>,
-    RawBody(body): RawBody,
+    ClientBody(body): ClientBody,
 ) -> Answer {
     refuse_a_body(&body, "a cancel takes none")?;
     // (Any price: only the id's text is checked here.)
@@ -310,7 +310,7 @@ async fn change_on_leader(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("status" = Option<String>, Query, description = "Only orders in this state (not rejected: a refused order is not on the book; GET /orders/{number} shows it)", pattern = "^(open|partially_filled|filled|cancelled|expired|untriggered)$"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
-        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed; none if nothing under the key executed; a 504 while a command under it is still being decided"),
+        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed; none if no order was placed under the key (a modify's or cancel's key lists none: retry it to learn how it went); a 504 while a command under it is still being decided"),
         ("client_order_id" = Option<String>, Query, description = "Only orders with this client_order_id (with user: that user's)", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]{1,19}$"),
