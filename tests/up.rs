@@ -638,21 +638,22 @@ async fn the_console_trades_through_its_form_and_reconnects() {
         std::fs::write(path, browser.screenshot().await).expect("write the screenshot");
     }
     // The API's documentation renders under its content security policy, from this frontend
-    // alone.
-    browser.navigate(&format!("{base}/docs")).await;
-    browser
-        .wait_for(
+    // alone; then the console again.
+    for (page, what, until) in [
+        (
+            "docs",
             "Swagger UI's operations",
             "document.querySelectorAll('.swagger-ui .opblock').length > 20",
-        )
-        .await;
-    browser.navigate(&format!("{base}/console")).await;
-    browser
-        .wait_for(
+        ),
+        (
+            "console",
             "the console live again",
             "document.getElementById('connection').textContent === 'live'",
-        )
-        .await;
+        ),
+    ] {
+        browser.navigate(&format!("{base}/{page}")).await;
+        browser.wait_for(what, until).await;
+    }
 
     // The frontend dies; `up` restarts it; the page reconnects by itself and says so.
     let frontend = children(up.pid())

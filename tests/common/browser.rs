@@ -154,10 +154,12 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Waits (bounded) until `expression` is true in the page.
+    /// Waits (bounded) until `expression` is true in the page. Until then it may also throw: a
+    /// page just navigated to may not have loaded the elements it names yet.
     pub async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.eval(expression).await != json!(true) {
+        let guarded = format!("(() => {{ try {{ return ({expression}) === true; }} catch (_) {{ return false; }} }})()");
+        while self.eval(&guarded).await != json!(true) {
             if Instant::now() > deadline {
                 let text = self.eval("document.body.innerText").await;
                 panic!(
