@@ -484,10 +484,19 @@ pub(crate) async fn lookup(
     Path(number): Path<String>,
 ) -> Result<Response, ApiError> {
     let number = parse_number(&number)?;
-    let view = state
+    // A recent order's view is read from memory, quicker than a hand-over to the blocking
+    // pool (a reader checking what it just placed); an older one's may read the archive.
+    let view = if state
         .replica
-        .read_off_runtime(move |replica| replica.order_view(number))
-        .await?;
+        .read_book(|book| book.view_in_memory(number))?
+    {
+        state.replica.order_view(number)?
+    } else {
+        state
+            .replica
+            .read_off_runtime(move |replica| replica.order_view(number))
+            .await?
+    };
     Ok(data(view))
 }
 

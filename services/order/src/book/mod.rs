@@ -527,6 +527,25 @@ impl Book {
         self.applied
     }
 
+    /// Whether the view of order `number` (entry `number`) reads nothing from the archive: its
+    /// record, if it has one (a market order against the house has none), is in memory, and so
+    /// is every trade since it entered (records and trades go to the archive oldest first, so
+    /// all those after the oldest kept are kept).
+    pub fn view_in_memory(&self, number: u64) -> bool {
+        let record = self.orders_archived == 0
+            || self.places.contains_key(&number)
+            || self
+                .orders
+                .first()
+                .is_some_and(|first| first.number <= number);
+        let trades = self.trades_archived == 0
+            || self
+                .trades
+                .first()
+                .is_some_and(|oldest| oldest.entry <= number);
+        record && trades
+    }
+
     /// Limit order `number` as of now.
     pub fn order(&self, number: u64) -> Option<LimitOrder> {
         let record = self.record_at(self.place(number)?)?;
