@@ -173,9 +173,15 @@ impl Reports {
             .iter()
             .map(|(&user, &volume)| UserVolume { user, volume })
             .collect();
-        // Highest volume first; ties by user id, so every replica ranks alike.
-        users.sort_unstable_by(|a, b| b.volume.cmp(&a.volume).then(a.user.cmp(&b.user)));
-        users.truncate(TOP_USERS);
+        // Highest volume first; ties by user id, so every replica ranks alike. Only the top
+        // ones are sorted (this runs under the book's lock, and a day may have many users).
+        let ranked =
+            |a: &UserVolume, b: &UserVolume| b.volume.cmp(&a.volume).then(a.user.cmp(&b.user));
+        if users.len() > TOP_USERS {
+            users.select_nth_unstable_by(TOP_USERS, ranked);
+            users.truncate(TOP_USERS);
+        }
+        users.sort_unstable_by(ranked);
         DailyReport {
             date: day_text(day),
             stocks,
@@ -230,6 +236,25 @@ impl Reports {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Of many users, the ten with the most volume, highest first, ties by user id: what a
+    /// full sort would give.
+    #[test]
+    fn the_top_users_of_many_are_the_full_ranking_s_first_ten() {
+        // Users 1–40 trade volumes that repeat, so that ties need the user id to order them.
+        let users = (1..=40u64).map(|user| (5, user, (user * 7) % 13 + 1));
+        let reports = Reports::from_rows(std::iter::empty(), users.clone());
+        let mut expected: Vec<(u64, u64)> = users.map(|(_, user, volume)| (user, volume)).collect();
+        expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        expected.truncate(TOP_USERS);
+        let ranked: Vec<(u64, u64)> = reports
+            .daily(5)
+            .top_users
+            .iter()
+            .map(|u| (u.user, u.volume))
+            .collect();
+        assert_eq!(ranked, expected);
+    }
 
     #[test]
     fn a_day_sums_its_executions_and_ranks_its_users() {

@@ -820,3 +820,29 @@ fn listings_filter_and_page() {
     assert_eq!(book.trades(Some("A"), 1, 10).len(), 0);
     assert_eq!(book.trades(Some("B"), 0, 10).len(), 0);
 }
+
+/// A view is in memory for a recent order (its record and the trades since it entered are
+/// kept), not for one whose record or trades went to the archive.
+#[test]
+fn only_a_recent_order_s_view_is_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Arc::new(Archive::open(dir.path(), 1).unwrap());
+    let in_memory = InMemory {
+        trades: 100,
+        orders: 100,
+    };
+    let mut book = Book::default().with_archive(archive, in_memory);
+    assert!(book.view_in_memory(1), "nothing archived yet");
+    let mut number = 0;
+    for pair in 0..300 {
+        for side in [Side::Sell, Side::Buy] {
+            number += 1;
+            book.apply(&entry(number, limit(side, 1, 100 + pair % 7)));
+        }
+    }
+    assert!(book.archived().trades > 0);
+    assert!(book.view_in_memory(number));
+    assert!(book.view_in_memory(number - 1));
+    assert!(!book.view_in_memory(1));
+    assert!(!book.view_in_memory(2));
+}
