@@ -740,12 +740,8 @@ fn each_entry_reports_its_trades_and_the_levels_it_changed() {
 #[test]
 fn a_stock_s_trades_page_across_its_checkpoints_and_the_archive() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = Arc::new(Archive::open(dir.path(), 1).unwrap());
-    let in_memory = InMemory {
-        trades: 100,
-        orders: 100,
-    };
-    let mut book = Book::default().with_archive(archive.clone(), in_memory);
+    let (mut book, archive) = archiving_book(dir.path());
+    let in_memory = book.in_memory();
     // A crossing pair a trade, one in three of stock B: over two checkpoints of A.
     let mut number = 0;
     for pair in 0..3_300 {
@@ -826,12 +822,7 @@ fn listings_filter_and_page() {
 #[test]
 fn only_a_recent_order_s_view_is_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = Arc::new(Archive::open(dir.path(), 1).unwrap());
-    let in_memory = InMemory {
-        trades: 100,
-        orders: 100,
-    };
-    let mut book = Book::default().with_archive(archive, in_memory);
+    let (mut book, _) = archiving_book(dir.path());
     assert!(book.view_in_memory(1), "nothing archived yet");
     let mut number = 0;
     for pair in 0..300 {
@@ -845,4 +836,18 @@ fn only_a_recent_order_s_view_is_in_memory() {
     assert!(book.view_in_memory(number - 1));
     assert!(!book.view_in_memory(1));
     assert!(!book.view_in_memory(2));
+}
+
+/// A book that keeps its newest 100 trades and orders in memory and the rest in an archive in
+/// `dir`, and that archive.
+fn archiving_book(dir: &std::path::Path) -> (Book, Arc<Archive>) {
+    let archive = Arc::new(Archive::open(dir, 1).unwrap());
+    let in_memory = InMemory {
+        trades: 100,
+        orders: 100,
+    };
+    (
+        Book::default().with_archive(archive.clone(), in_memory),
+        archive,
+    )
 }
