@@ -157,6 +157,12 @@ impl Service {
         }
     }
 
+    /// The same, killed only after `failures` failed liveness checks in a row.
+    fn allowing(mut self, failures: u32) -> Self {
+        self.liveness = Liveness::new(failures);
+        self
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the stocknet binary")?;
         let listener = match self.listener.take() {
@@ -405,31 +411,31 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
         serial_service_workers(),
     )];
     for (i, port) in config.order_ports.iter().enumerate() {
-        services.push(Service::new(
-            format!("order {}", i + 1),
-            vec![
-                "order".into(),
-                "--port".into(),
-                port.to_string(),
-                "--node-id".into(),
-                (i + 1).to_string(),
-                "--peers".into(),
-                replicas.clone(),
-                "--catalog-url".into(),
-                local(config.catalog_port),
-                "--data-dir".into(),
-                data_dir.clone(),
-                "--secret-file".into(),
-                secret.clone(),
-            ],
-            format!("{}/ready", local(*port)),
-            *port,
-            log_format,
-            serial_service_workers(),
-        ));
-        if let Some(replica) = services.last_mut() {
-            replica.liveness = Liveness::new(ORDER_LIVENESS_FAILURES);
-        }
+        services.push(
+            Service::new(
+                format!("order {}", i + 1),
+                vec![
+                    "order".into(),
+                    "--port".into(),
+                    port.to_string(),
+                    "--node-id".into(),
+                    (i + 1).to_string(),
+                    "--peers".into(),
+                    replicas.clone(),
+                    "--catalog-url".into(),
+                    local(config.catalog_port),
+                    "--data-dir".into(),
+                    data_dir.clone(),
+                    "--secret-file".into(),
+                    secret.clone(),
+                ],
+                format!("{}/ready", local(*port)),
+                *port,
+                log_format,
+                serial_service_workers(),
+            )
+            .allowing(ORDER_LIVENESS_FAILURES),
+        );
     }
     let mut frontend_args = vec![
         "frontend".into(),

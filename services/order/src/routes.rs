@@ -149,7 +149,7 @@ pub(crate) async fn daily_report(
     Ok(data(
         state
             .replica
-            .read_off_runtime(move |replica| replica.read_book(|book| book.daily_report(day)))
+            .read_book_off_runtime(move |book| book.daily_report(day))
             .await?,
     ))
 }
@@ -164,7 +164,7 @@ pub(crate) async fn portfolio(
         .map_err(|_| ApiError::bad_request("User id must be a number"))?;
     let holdings = state
         .replica
-        .read_off_runtime(move |replica| replica.read_book(|book| book.holdings(user)))
+        .read_book_off_runtime(move |book| book.holdings(user))
         .await?;
     Ok(data(holdings))
 }
@@ -339,10 +339,8 @@ pub(crate) async fn trades(
     let limit = page_size(filter.limit)?;
     let trades: Vec<Trade> = state
         .replica
-        .read_off_runtime(move |replica| {
-            replica.read_book(|book| {
-                book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit)
-            })
+        .read_book_off_runtime(move |book| {
+            book.trades(filter.name.as_deref(), filter.after.unwrap_or(0), limit)
         })
         .await?;
     Ok(data(trades))
@@ -418,7 +416,7 @@ pub(crate) async fn book(
     Ok(data(
         state
             .replica
-            .read_off_runtime(move |replica| replica.read_book(|book| book.depth(&name, depth)))
+            .read_book_off_runtime(move |book| book.depth(&name, depth))
             .await?,
     ))
 }
@@ -446,11 +444,9 @@ pub(crate) async fn candles(
     let stock = name.clone();
     let (applied, (candles, next)) = state
         .replica
-        .read_off_runtime(move |replica| {
-            replica.read_book(|book| {
-                let candles = book.candles(&stock, width, (from, to), MAX_PAGE);
-                (book.applied(), candles)
-            })
+        .read_book_off_runtime(move |book| {
+            let candles = book.candles(&stock, width, (from, to), MAX_PAGE);
+            (book.applied(), candles)
         })
         .await?;
     let candles = candles

@@ -98,6 +98,18 @@ impl Keepalive {
     }
 }
 
+/// Sends what [`Keepalive::due`] says is due: whether the stream goes on (a ping sent, not a
+/// close).
+async fn answer_due<S: Sink<Message> + Unpin>(sink: &mut S, due: Result<Message, Message>) -> bool {
+    match due {
+        Ok(ping) => send(sink, ping).await.is_ok(),
+        Err(gone) => {
+            let _ = send(sink, gone).await;
+            false
+        }
+    }
+}
+
 /// What the market channel carries.
 #[derive(Debug, Clone)]
 pub enum MarketItem {
@@ -709,16 +721,8 @@ async fn next_item<T: Clone, S: Sink<Message> + Unpin>(
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Next::Done,
                 Some(Ok(_)) => keepalive.heard(),
             },
-            due = keepalive.due() => match due {
-                Ok(ping) => {
-                    if send(sink, ping).await.is_err() {
-                        return Next::Done;
-                    }
-                }
-                Err(gone) => {
-                    let _ = send(sink, gone).await;
-                    return Next::Done;
-                }
+            due = keepalive.due() => if !answer_due(sink, due).await {
+                return Next::Done;
             },
         }
     }

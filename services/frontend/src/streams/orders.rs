@@ -22,8 +22,8 @@ use stocknet_common::{Query, RemoteError};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    close, frame, send, start_position, while_followed, Handshake, Keepalive, POLL_DEADLINE,
-    POLL_WAIT,
+    answer_due, close, frame, send, start_position, while_followed, Handshake, Keepalive,
+    POLL_DEADLINE, POLL_WAIT,
 };
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
@@ -139,16 +139,10 @@ pub async fn orders(
                         continue;
                     }
                 },
-                due = keepalive.due() => {
-                    let (message, goes_on) = match due {
-                        Ok(ping) => (ping, true),
-                        Err(gone) => (gone, false),
-                    };
-                    if send(&mut sink, message).await.is_ok() && goes_on {
-                        continue;
-                    }
-                    return;
-                }
+                due = keepalive.due() => match answer_due(&mut sink, due).await {
+                    true => continue,
+                    false => return,
+                },
             };
             polling = None;
             let (after, page) = match polled {

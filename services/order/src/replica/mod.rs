@@ -427,11 +427,21 @@ impl Replica {
         self.book.read(read)
     }
 
-    /// Runs `read` (a client's read of the book, the log or the archive) on the blocking pool,
-    /// [`BOOK_READS_AT_ONCE`] at most. Such a read may hold the book's lock while it reads
+    /// Runs `read` of the book (a client's) on the blocking pool, [`BOOK_READS_AT_ONCE`] at
+    /// most. Such a read may hold the book's lock while it reads
     /// archived records from disk: on the async workers (one, under `stocknet up`) it would hold
     /// up this replica's consensus traffic on the same threads (heartbeats, appends), and with
     /// it a leader's lease, so that a few slow reads could cost an election.
+    pub async fn read_book_off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Book) -> T + Send + 'static,
+    ) -> Result<T, OrderError> {
+        self.read_off_runtime(move |replica| replica.read_book(read))
+            .await
+    }
+
+    /// Runs `read` (a client's read of the book, the log or the archive) on the blocking pool,
+    /// [`BOOK_READS_AT_ONCE`] at most: see [`Replica::read_book_off_runtime`].
     pub async fn read_off_runtime<T: Send + 'static>(
         self: &Arc<Self>,
         read: impl FnOnce(&Replica) -> Result<T, OrderError> + Send + 'static,

@@ -27,32 +27,27 @@ use crate::upstream::order_group;
 use crate::{Answer, AppState, FrontendError};
 use body::{validate_change, validate_order, PlaceOrder};
 
-/// Orders fail at once, with `Retry-After`, while the catalog's breaker is open: the leader
-/// could not apply them to the catalog anyway. Under the client's own key the answer is 504
-/// (see [`WriteKey::unsent`]).
-fn fail_fast_without_catalog(state: &AppState, key: &WriteKey) -> Result<(), FrontendError> {
-    state
-        .inner
-        .catalog_breaker
-        .admit()
-        .map_err(|retry_after| key.unsent(FrontendError::CatalogDown { retry_after }))
-}
-
-/// The writer: the user its API key names, if it carries one. A key that cannot be checked
-/// now (the catalog out of reach) leaves the write unsent: see [`WriteKey::unsent`].
-async fn writer(
+/// What a write starts from: its idempotency key, and the writer (the user its API key names,
+/// if it carries one). It fails at once, with `Retry-After`, while the catalog's breaker is
+/// open (the leader could not apply it to the catalog anyway), and when the API key cannot be
+/// checked now: under the client's own key the answer is then 504 ([`WriteKey::unsent`]).
+async fn write_start(
     state: &AppState,
     headers: &HeaderMap,
-    key: &WriteKey,
-) -> Result<Option<u64>, FrontendError> {
-    credentials::caller(state, headers)
+) -> Result<(WriteKey, Option<u64>), FrontendError> {
+    let key = WriteKey::of(state, headers)?;
+    if let Err(retry_after) = state.inner.catalog_breaker.admit() {
+        return Err(key.unsent(FrontendError::CatalogDown { retry_after }));
+    }
+    let user = credentials::caller(state, headers)
         .await
         .map_err(|e| match e {
             FrontendError::CatalogUnavailable(_) | FrontendError::CatalogDown { .. } => {
                 key.unsent(e)
             }
             refused => refused,
-        })
+        })?;
+    Ok((key, user))
 }
 
 /// The `Idempotency-Key` header, as the API's description shows it.
@@ -94,9 +89,7 @@ pub(crate) async fn place_order(
     let inner = &state.inner;
     let order =
         validate_order(&body)?.into_order(inner.price_tolerance_bps, inner.market_protection_bps);
-    let key = WriteKey::of(&state, &headers)?;
-    fail_fast_without_catalog(&state, &key)?;
-    let user = writer(&state, &headers, &key).await?;
+    let (key, user) = write_start(&state, &headers).await?;
     if order.client_order_id.is_some() && user.is_none() {
         return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
     }
@@ -263,11 +256,8 @@ pub(crate) async fn cancel_by_client_order_id(
     // (Any price: only the id's text is checked here.)
     check_client_order_id(&id, Some(Price::from_cents(1)))
         .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
-    let key = WriteKey::of(&state, &headers)?;
-    fail_fast_without_catalog(&state, &key)?;
-    let user = writer(&state, &headers, &key)
-        .await?
-        .ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
+    let (key, user) = write_start(&state, &headers).await?;
+    let user = user.ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
     let changed: Changed = write_on_leader(&state, &key, Some(user), |leader| {
         let url = paths::ORDERS.url(&leader.url, &[])?;
         Ok(state
@@ -288,9 +278,7 @@ async fn change_on_leader(
     number: u64,
     change: Option<&OrderChange>,
 ) -> Answer {
-    let key = WriteKey::of(state, headers)?;
-    fail_fast_without_catalog(state, &key)?;
-    let user = writer(state, headers, &key).await?;
+    let (key, user) = write_start(state, headers).await?;
     let changed: Changed = write_on_leader(state, &key, user, |leader| {
         let url = paths::ORDER.url(&leader.url, &[&number.to_string()])?;
         let http = &state.inner.http;
