@@ -512,6 +512,90 @@ async fn a_frontend_that_hung_does_not_serve_what_it_cached_before() {
     assert_eq!(cluster.quantity(1, "GameStart").await, 99);
 }
 
+/// How many invalidation pushes to one frontend the catalog counts with `outcome`.
+async fn pushes(cluster: &Cluster, outcome: &str) -> u64 {
+    let url = format!("{}/metrics", cluster.catalog_url);
+    let metrics = cluster.http.get(url).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    let line = format!("stocknet_catalog_pushes_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |count| count.parse().expect("a count"))
+}
+
+/// A frontend that hangs holds trades up for one push's deadline, not for as long as it hangs:
+/// once its process has not probed the catalog within a cache lease, it trusts nothing it
+/// cached, and the catalog leaves it out of pushes instead of waiting 1 s on every one. Back,
+/// it serves no quantity older than the trades (I7), and its price stream catches up with the
+/// pushes it missed.
+#[tokio::test]
+async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cluster = Cluster::start(2).await;
+    let ws = cluster.frontend_urls[1].replace("http://", "ws://");
+    let (mut prices, _) = tokio_tungstenite::connect_async(format!("{ws}/ws/prices"))
+        .await
+        .expect("WebSocket connects");
+    // The next price message, or none by `deadline` (pings come in between).
+    let mut next_price = async |deadline: tokio::time::Instant| loop {
+        let message = tokio::time::timeout_at(deadline, prices.next()).await;
+        let message = message.expect("a price in time").expect("open");
+        if let Message::Text(text) = message.expect("a message") {
+            return serde_json::from_str::<Value>(&text).expect("JSON");
+        }
+    };
+    let soon = || tokio::time::Instant::now() + Duration::from_secs(20);
+    assert_eq!(next_price(soon()).await["type"], "snapshot");
+    assert_eq!(cluster.quantity(1, "GameStart").await, 100);
+
+    signal(&cluster.frontends[1], Signal::SIGSTOP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut bought = 0;
+    while pushes(&cluster, "skipped").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "never left out");
+        cluster.must_order("GameStart", "buy", 1).await;
+        bought += 1;
+    }
+    let (failed, skipped) = (
+        pushes(&cluster, "failed").await,
+        pushes(&cluster, "skipped").await,
+    );
+    for _ in 0..5 {
+        cluster.must_order("GameStart", "buy", 1).await;
+        bought += 1;
+    }
+    assert_eq!(
+        pushes(&cluster, "failed").await,
+        failed,
+        "no push waited for the hung frontend"
+    );
+    assert!(pushes(&cluster, "skipped").await >= skipped + 5);
+
+    signal(&cluster.frontends[1], Signal::SIGCONT);
+    assert_eq!(cluster.quantity(1, "GameStart").await, 100 - bought);
+    let caught_up = soon();
+    loop {
+        let price = next_price(caught_up).await;
+        if price["name"] == "GameStart" && price["quantity"] == 100 - bought {
+            break;
+        }
+    }
+    // Probing again, it is pushed to again.
+    let taken = pushes(&cluster, "taken").await;
+    wait_until(
+        "the frontend to be pushed to again",
+        Duration::from_secs(10),
+        || async {
+            cluster.must_order("GameStart", "buy", 1).await;
+            pushes(&cluster, "taken").await >= taken + 2
+        },
+    )
+    .await;
+}
+
 /// A frontend the catalog does not push to (not yet in the catalog's DNS answer, or cut off
 /// one way) stops trusting what it cached within the cache lease once a push it never got has
 /// been numbered, instead of serving a quantity older than an acknowledged trade for as long

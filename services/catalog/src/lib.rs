@@ -4,6 +4,7 @@
 mod config;
 pub mod error;
 pub mod metrics;
+mod pushes;
 #[cfg(test)]
 mod router_tests;
 mod routes;

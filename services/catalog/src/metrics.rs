@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -15,6 +18,7 @@ pub struct CatalogMetrics {
     pub apply_trades: Histogram,
     pub fsync_seconds: Histogram,
     pub invalidation_seconds: Histogram,
+    pub pushes: Family<PushOutcome, Counter>,
     pub applied: Gauge,
     pub term: Gauge,
     pub users: Gauge,
@@ -41,6 +45,12 @@ impl CatalogMetrics {
             "Pushing one update's invalidations to every frontend",
             invalidation_seconds.clone(),
         );
+        let pushes = Family::default();
+        registry.register(
+            "pushes",
+            "Invalidation pushes to one frontend, by outcome: taken, not_connected (nothing listens), failed (refused or no answer in time), skipped (its process has not probed within a cache lease)",
+            pushes.clone(),
+        );
         let (applied, term, users) = (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register("applied", "The last transaction applied", applied.clone());
         registry.register("term", "The order leaders' term last seen", term.clone());
@@ -51,11 +61,18 @@ impl CatalogMetrics {
             apply_trades,
             fsync_seconds,
             invalidation_seconds,
+            pushes,
             applied,
             term,
             users,
         }
     }
+}
+
+/// What became of one push to one frontend, as a metric label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushOutcome {
+    pub outcome: &'static str,
 }
 
 impl Default for CatalogMetrics {

@@ -2,12 +2,15 @@
 //! leader and the frontends only, the snapshot, applying committed trades, and users and
 //! their keys.
 
+use std::time::Instant;
+
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, NewKey, NewUser,
-    StockPage,
+    StockPage, FRONTEND_PROCESS,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query};
 
@@ -21,13 +24,22 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     stocknet_common::metrics::exposition(&state.metrics.registry)
 }
 
-pub(crate) async fn health(State(state): State<AppState>) -> Response {
+/// `GET /health`, which the frontends probe (and Kubernetes). A frontend's probe, with the
+/// secret, names its process: the catalog notes when each last probed (`pushes.rs`).
+pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let snapshot = state.store.snapshot();
+    let pushes = if state.secret.admits(&headers) {
+        let process = headers.get(FRONTEND_PROCESS);
+        let process = process.and_then(|name| name.to_str().ok());
+        state.pushes.probed(process, Instant::now())
+    } else {
+        state.pushes.mark()
+    };
     data(CatalogHealth {
         service: "catalog".to_owned(),
         applied: snapshot.applied,
         term: snapshot.term,
-        pushes: state.pushes.mark(),
+        pushes,
     })
 }
 

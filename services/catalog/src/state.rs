@@ -1,19 +1,19 @@
 //! What the catalog's handlers share: its stores, the frontends it keeps fresh, and the
 //! invalidation push that tells them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use stocknet_common::file::FileFailure;
 use stocknet_common::paths;
-use stocknet_common::wire::{Invalidation, PushMark, CACHE_LEASE};
+use stocknet_common::wire::{Invalidation, CACHE_LEASE, FRONTEND_PROCESS};
 use stocknet_common::{internal_client, BaseUrl, Secret};
 
 use crate::config::{Config, DEFAULT_CATALOG};
 use crate::error::CatalogError;
 use crate::metrics;
+use crate::pushes::{Pushes, LEASE_MARGIN};
 use crate::store::CatalogStore;
 use crate::users::UserStore;
 
@@ -30,43 +30,6 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub metrics: Arc<metrics::CatalogMetrics>,
     pub pushes: Arc<Pushes>,
-}
-
-/// This process's invalidation pushes, numbered so that a frontend can tell it missed one
-/// ([`PushMark`]).
-#[derive(Debug)]
-pub struct Pushes {
-    boot: u64,
-    last: AtomicU64,
-}
-
-impl Default for Pushes {
-    /// A process's first: its boot is the time it started, in nanoseconds.
-    fn default() -> Self {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let boot = now.map_or(1, |since| since.as_nanos() as u64);
-        Self {
-            boot,
-            last: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Pushes {
-    /// The last push numbered.
-    pub fn mark(&self) -> PushMark {
-        PushMark {
-            boot: self.boot,
-            sequence: self.last.load(Ordering::SeqCst),
-        }
-    }
-
-    fn next(&self) -> PushMark {
-        PushMark {
-            boot: self.boot,
-            sequence: self.last.fetch_add(1, Ordering::SeqCst) + 1,
-        }
-    }
 }
 
 impl AppState {
@@ -142,12 +105,11 @@ impl AppState {
         .await;
     }
 
-    /// Sends `body` to every frontend, numbered, and waits for the answers (each within
-    /// [`INVALIDATION_TIMEOUT`]). If a frontend answered and did not take it, waits until the
-    /// lease of what that frontend cached has run out ([`PushMark`]).
+    /// Sends `body` to every frontend that may trust what it cached ([`Pushes`]), numbered,
+    /// and waits for the answers (each within [`INVALIDATION_TIMEOUT`]). If a frontend
+    /// answered and did not take it, waits until the lease of what that frontend cached has run
+    /// out ([`PushMark`](stocknet_common::wire::PushMark)).
     pub(crate) async fn push(&self, mut body: Invalidation) {
-        body.mark = Some(self.pushes.next());
-        let numbered = Instant::now();
         let mut frontends: Vec<BaseUrl> = self.frontends.to_vec();
         if let Some(dns) = &self.frontend_dns {
             let resolving = tokio::net::lookup_host(&**dns);
@@ -170,9 +132,15 @@ impl AppState {
                 }
             }
         }
-        let calls = frontends.iter().map(|frontend| {
+        let numbered = Instant::now();
+        let (mark, needed) = self.pushes.next(&frontends, numbered);
+        body.mark = Some(mark);
+        let calls = frontends.iter().zip(needed).map(|(frontend, needed)| {
             let body = &body;
             async move {
+                if !needed {
+                    return Delivery::Skipped;
+                }
                 let result = match paths::INVALIDATE.url(frontend, &[]) {
                     Ok(url) => {
                         let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
@@ -184,7 +152,12 @@ impl AppState {
                     }
                 };
                 match result {
-                    Ok(answer) if answer.status().is_success() => Delivery::Taken,
+                    Ok(answer) if answer.status().is_success() => {
+                        let process = answer.headers().get(FRONTEND_PROCESS);
+                        let process = process.and_then(|name| name.to_str().ok());
+                        self.pushes.taken(frontend, process);
+                        Delivery::Taken
+                    }
                     // A frontend that answers and refuses (its secret is not this one's) keeps
                     // what it cached until its lease runs out: that needs an operator.
                     Ok(answer) => {
@@ -194,6 +167,7 @@ impl AppState {
                     // A frontend that is down has no cache to keep fresh; it starts empty.
                     Err(e) if e.is_connect() => {
                         tracing::debug!("invalidate at {frontend}: {e}");
+                        self.pushes.gone(frontend);
                         Delivery::NotConnected
                     }
                     Err(e) => {
@@ -203,8 +177,11 @@ impl AppState {
                 }
             }
         });
-        let failed = join_all(calls).await.contains(&Delivery::Failed);
-        if failed {
+        let deliveries = join_all(calls).await;
+        for delivery in &deliveries {
+            self.metrics.pushes.get_or_create(&delivery.label()).inc();
+        }
+        if deliveries.contains(&Delivery::Failed) {
             // The frontend stops trusting what it cached a lease after the last probe it sent
             // before this push was numbered.
             tokio::time::sleep_until((numbered + CACHE_LEASE + LEASE_MARGIN).into()).await;
@@ -220,10 +197,22 @@ enum Delivery {
     NotConnected,
     /// Refused, or cut off after it connected: it may still trust what it cached.
     Failed,
+    /// Its process has not probed within a lease: it trusts nothing it cached.
+    Skipped,
 }
 
-/// Beyond the lease, for the frontend's clock running slightly slower than this one's.
-const LEASE_MARGIN: Duration = Duration::from_millis(50);
+impl Delivery {
+    /// As the `outcome` label of the pushes counted.
+    fn label(self) -> metrics::PushOutcome {
+        let outcome = match self {
+            Delivery::Taken => "taken",
+            Delivery::NotConnected => "not_connected",
+            Delivery::Failed => "failed",
+            Delivery::Skipped => "skipped",
+        };
+        metrics::PushOutcome { outcome }
+    }
+}
 
 /// How long the frontends' DNS name may take to resolve before a push goes to the frontends it
 /// named last.

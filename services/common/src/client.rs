@@ -23,8 +23,16 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
 
 /// Like [`http_client`], for calls to internal endpoints: every request carries `secret`.
 pub fn internal_client(timeout: Duration, secret: &Secret) -> reqwest::Client {
-    let headers =
-        reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, secret.bearer())]);
+    internal_client_carrying(timeout, secret, reqwest::header::HeaderMap::new())
+}
+
+/// Like [`internal_client`], with `headers` on every request too.
+pub fn internal_client_carrying(
+    timeout: Duration,
+    secret: &Secret,
+    mut headers: reqwest::header::HeaderMap,
+) -> reqwest::Client {
+    headers.insert(reqwest::header::AUTHORIZATION, secret.bearer());
     reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)

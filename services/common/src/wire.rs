@@ -91,6 +91,12 @@ pub struct PushMark {
 /// catalog's deadline for a push (1 s), so that a push that timed out outlasts it too.
 pub const CACHE_LEASE: Duration = Duration::from_millis(900);
 
+/// Header of a frontend's calls to the catalog and of its answers to the catalog's pushes:
+/// the frontend process's name (random, a new one at every start). The catalog leaves a
+/// frontend out of a push once its process has not probed within a lease: it trusts nothing
+/// it cached, and a hung frontend would otherwise hold every write for the push's deadline.
+pub const FRONTEND_PROCESS: &str = "x-stocknet-frontend";
+
 // ---- frontend (internal) --------------------------------------------------------------------
 
 /// Catalog → frontend (`POST /invalidate`): every stock one catalog update named.

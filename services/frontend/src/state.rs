@@ -4,12 +4,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use stocknet_common::client::internal_client_carrying;
 use stocknet_common::metrics::HttpMetrics;
-use stocknet_common::wire::READ_FROM_LEADER;
-use stocknet_common::{internal_client, BaseUrl, Secret, Stock};
+use stocknet_common::wire::{FRONTEND_PROCESS, READ_FROM_LEADER};
+use stocknet_common::{BaseUrl, Secret, Stock};
 
 use crate::cache::StockCache;
 use crate::config::Config;
@@ -32,6 +34,9 @@ pub(crate) struct Inner {
     /// Prefix of the idempotency keys this frontend makes up for requests without one: random,
     /// so that no other frontend's or client's key is the same.
     key_prefix: String,
+    /// This process's name, on its calls to the catalog and its answers to the catalog's
+    /// pushes (`wire::FRONTEND_PROCESS`).
+    pub(crate) process: HeaderValue,
     next_key: AtomicU64,
     /// What each made-up key is tagged under ([`Inner::next_write_key`]); never shown.
     pub(crate) key_salt: [u8; 16],
@@ -106,8 +111,22 @@ impl Inner {
 
 impl AppState {
     pub fn new(config: &Config, secret: Secret) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        // The clock and the process id make it unique where the kernel's random source fails.
+        let process = stocknet_common::api_key::random_bytes::<8>()
+            .map(|bytes| stocknet_common::api_key::to_hex(&bytes))
+            .unwrap_or_else(|_| format!("{:x}-{started:x}", std::process::id()));
+        let named = HeaderValue::from_str(&process).unwrap_or(HeaderValue::from_static("unnamed"));
         // Long enough for a leader that must first retry the catalog; health checks use less.
-        let http = internal_client(Duration::from_secs(10), &secret);
+        // Its calls name this process: the catalog's probe notes it (wire::FRONTEND_PROCESS).
+        let http = internal_client_carrying(
+            Duration::from_secs(10),
+            &secret,
+            HeaderMap::from_iter([(HeaderName::from_static(FRONTEND_PROCESS), named.clone())]),
+        );
         let cache = StockCache::new((!config.no_cache).then_some(config.cache_size));
         let leaders = LeaderDiscovery::new(config.order_replicas.clone(), http.clone());
         let (orders_placed, order_retries) = (Counter::default(), Counter::default());
@@ -150,21 +169,14 @@ impl AppState {
         );
         let catalog_breaker = Breaker::default();
         catalog_breaker.register(&mut registry);
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        // The clock and the process id make it unique where the kernel's random source fails.
-        let random = stocknet_common::api_key::random_bytes::<8>()
-            .map(|bytes| stocknet_common::api_key::to_hex(&bytes))
-            .unwrap_or_else(|_| format!("{:x}-{started:x}", std::process::id()));
         Self {
             inner: Arc::new(Inner {
                 catalog_url: config.catalog_url.clone(),
                 cache,
                 leaders,
                 http,
-                key_prefix: format!("auto-{random}"),
+                key_prefix: format!("auto-{process}"),
+                process: named,
                 next_key: AtomicU64::new(1),
                 key_salt: stocknet_common::api_key::random_bytes::<16>().unwrap_or_else(|e| {
                     tracing::warn!("no random source for the write keys' salt ({e}): the clock's stands in, and keys made up for anonymous writes can be foreseen");

@@ -1,8 +1,8 @@
 //! The catalog's cache invalidation push (internal: it needs the shared secret).
 
 use axum::extract::State;
-use axum::response::Response;
-use stocknet_common::wire::Invalidation;
+use axum::response::{IntoResponse, Response};
+use stocknet_common::wire::{Invalidation, FRONTEND_PROCESS};
 use stocknet_common::{data, Json, Path};
 
 use crate::upstream::catalog::forget_cached;
@@ -32,11 +32,18 @@ pub(crate) async fn invalidate_many(
         state.inner.credentials.forget(&request.users);
     }
     // Counted once what it invalidates is dropped: counting it may renew the lease.
-    if let Some(mark) = request.mark {
+    let news = request.mark.is_none_or(|mark| {
         let forget = || forget_cached(&state);
-        state.inner.catalog_contact.pushed(mark, forget);
+        state.inner.catalog_contact.pushed(mark, forget)
+    });
+    // A push taken late (it timed out while this process hung) carries values that later
+    // ones, or the catalog's snapshot since, have replaced.
+    if news {
+        state.inner.remember(request.stocks.iter().cloned());
+        state.inner.streams.publish_prices(request.stocks);
     }
-    state.inner.remember(request.stocks.iter().cloned());
-    state.inner.streams.publish_prices(request.stocks);
-    data(serde_json::json!({ "success": true }))
+    // Which process took it: the catalog leaves this process out of pushes once it stops
+    // probing (a hang), knowing that it trusts nothing it cached by then.
+    let process = [(FRONTEND_PROCESS, state.inner.process.clone())];
+    (process, data(serde_json::json!({ "success": true }))).into_response()
 }

@@ -399,18 +399,9 @@ pub async fn prices(
     handshake.on_upgrade(move |socket| async move {
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
-        // Through the breaker and within a deadline: a hung catalog closes the stream soon,
-        // as it fails a lookup.
-        let snapshot = match paths::SNAPSHOT.url(&state.inner.catalog_url, &[]) {
-            Ok(url) => {
-                let request = state.inner.http.get(url).timeout(catalog::SNAPSHOT_TIMEOUT);
-                let snapshot = call_catalog::<Snapshot>(&state, request).await;
-                snapshot.map_err(FrontendError::from)
-            }
-            Err(e) => Err(FrontendError::CatalogUnavailable(e)),
-        };
-        let stocks = match snapshot {
-            Ok(snapshot) => snapshot.stocks,
+        // A hung catalog closes the stream soon, as it fails a lookup.
+        let stocks = match catalog_stocks(&state).await {
+            Ok(stocks) => stocks,
             Err(e) => {
                 tracing::warn!("prices stream: catalog snapshot: {e}");
                 let _ = send(&mut sink, close(close_code::AGAIN, "catalog unavailable")).await;
@@ -427,6 +418,29 @@ pub async fn prices(
         })
         .await;
     })
+}
+
+/// Every stock as the catalog has it now, through the breaker and within a deadline.
+async fn catalog_stocks(state: &AppState) -> Result<Vec<Stock>, FrontendError> {
+    let url = paths::SNAPSHOT
+        .url(&state.inner.catalog_url, &[])
+        .map_err(FrontendError::CatalogUnavailable)?;
+    let request = state.inner.http.get(url).timeout(catalog::SNAPSHOT_TIMEOUT);
+    let snapshot = call_catalog::<Snapshot>(state, request).await?;
+    Ok(snapshot.stocks)
+}
+
+/// Sends the price streams every stock whose price or quantity they have not been sent: after
+/// this frontend found it had missed pushes (which carry the changes), e.g. while it hung.
+pub(crate) async fn catch_up_prices(state: AppState) {
+    if state.inner.streams.prices.receiver_count() == 0 {
+        return;
+    }
+    match catalog_stocks(&state).await {
+        Ok(stocks) => state.inner.streams.publish_prices(stocks),
+        // The next push of each stock brings it.
+        Err(e) => tracing::warn!("prices after missed pushes: catalog snapshot: {e}"),
+    }
 }
 
 /// `GET /ws/book/{name}`: the stock's book (every level), then each change, in order.

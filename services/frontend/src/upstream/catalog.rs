@@ -134,17 +134,19 @@ impl CatalogContact {
 
     /// A push has arrived (after what it invalidates was dropped). One from a new catalog
     /// process, whose pushes before it this frontend may have missed, calls `forget` (drop
-    /// everything cached).
-    pub fn pushed(&self, mark: PushMark, forget: impl FnOnce()) {
+    /// everything cached). Whether the push is news: not one counted already, nor one from
+    /// before a mark this frontend started again from (a push that timed out, taken late).
+    pub fn pushed(&self, mark: PushMark, forget: impl FnOnce()) -> bool {
         let mut seen = self.seen();
         if mark.boot != seen.boot {
             forget();
             *seen = PushesSeen::from(mark);
-            return;
+            return true;
         }
-        if mark.sequence > seen.through {
-            seen.ahead.insert(mark.sequence);
+        if mark.sequence <= seen.through || seen.ahead.contains(&mark.sequence) {
+            return false;
         }
+        seen.ahead.insert(mark.sequence);
         seen.take_ahead();
         let mut renewed = None;
         while let Some(&(sent, sequence)) = seen.waiting.front() {
@@ -157,6 +159,7 @@ impl CatalogContact {
         if let Some(sent) = renewed {
             self.renew_at(sent);
         }
+        true
     }
 
     /// A probe sent at `sent` was answered with the catalog's `mark`. Where everything cached
@@ -299,8 +302,15 @@ pub async fn watch(state: AppState) {
             }
             Ok(health) => {
                 inner.catalog_breaker.succeeded();
-                let forget = || forget_cached(&state);
+                let mut forgot = false;
+                let forget = || {
+                    forget_cached(&state);
+                    forgot = true;
+                };
                 inner.catalog_contact.probed(sent, health.pushes, forget);
+                if forgot {
+                    tokio::spawn(crate::streams::catch_up_prices(state.clone()));
+                }
             }
         }
     }
@@ -365,12 +375,16 @@ mod tests {
         contact.probed(now, mark(1, 2), forget);
         assert_eq!(forgot.get(), 2, "what was cached may be older than push 1");
         assert_eq!(contact.renewed_by(), contact.millis(now));
+        // Push 1, taken late (it timed out while this process hung), is no news: the values
+        // it carries are older than what the frontend started again from.
+        assert!(!contact.pushed(mark(1, 1), forget));
         // Counting goes on from there.
         let later = Instant::now();
         contact.probed(later, mark(1, 3), forget);
         assert_eq!(contact.renewed_by(), contact.millis(now));
-        contact.pushed(mark(1, 3), forget);
+        assert!(contact.pushed(mark(1, 3), forget));
         assert_eq!(contact.renewed_by(), contact.millis(later));
+        assert!(!contact.pushed(mark(1, 3), forget), "counted already");
         assert_eq!(forgot.get(), 2);
     }
 
