@@ -5,7 +5,7 @@
 //! every push that probe's answer counts. So a frontend process that has not probed this
 //! catalog for longer than the lease trusts nothing it cached: its next probe counts a push it
 //! never got, and it clears its cache before it trusts anything again. Such a frontend is left
-//! out of a push instead of waited for, so that a hung one (SIGSTOP, a VM pause) holds writes
+//! out of a push instead of waited for, so that a hung one (SIGSTOP, a stuck disk) holds writes
 //! for one push's deadline, not every write until it is restarted. Frontends name their
 //! process in their probes and in their answers to pushes ([`FRONTEND_PROCESS`]), so the
 //! catalog knows which process answers at each address and when that process last probed.
@@ -63,6 +63,11 @@ impl Pushes {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The catalog process ([`PushMark::boot`]).
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
     /// The last push numbered, for a caller that is not a frontend.
     pub fn mark(&self) -> PushMark {
         self.mark_of(&self.ledger())
@@ -75,7 +80,7 @@ impl Pushes {
         }
     }
 
-    /// Notes a frontend's probe (`process`: the name it gave, if any) and returns the mark to
+    /// Notes a frontend's probe (`process`: the name it gave, if one it can be trusted for) and returns the mark to
     /// answer it with. Both happen under the lock that numbers pushes: a push numbered later
     /// sees this probe, and one numbered earlier is counted in the mark.
     pub fn probed(&self, process: Option<&str>, now: Instant) -> PushMark {

@@ -381,10 +381,13 @@ async fn a_new_leaders_first_apply_invalidates_every_stock() {
         .map(String::as_str)
         .collect();
     named.sort_unstable();
-    let mut every: Vec<String> =
-        CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG)
-            .unwrap()
-            .names();
+    let store = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG).unwrap();
+    let mut every: Vec<String> = store
+        .snapshot()
+        .stocks
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     every.sort_unstable();
     assert_eq!(named, every);
     assert!(pushes.iter().all(|p| !p.all_users));

@@ -10,7 +10,7 @@ use axum::response::Response;
 use stocknet_common::envelope::bounded;
 use stocknet_common::wire::{
     stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, NewKey, NewUser,
-    StockPage, FRONTEND_PROCESS,
+    Snapshot, StockPage, FRONTEND_PROCESS,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query};
 
@@ -24,16 +24,20 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     stocknet_common::metrics::exposition(&state.metrics.registry)
 }
 
-/// `GET /health`, which the frontends probe (and Kubernetes). A frontend's probe, with the
-/// secret, names its process: the catalog notes when each last probed (`pushes.rs`).
+/// `GET /health`, which the frontends probe (and Kubernetes). A frontend's probe names its
+/// process: the catalog notes when each last probed (`pushes.rs`). One without the secret (a
+/// frontend given another) is a stranger: it may trust its cache from this answer, and the
+/// catalog cannot tell where it listens.
 pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let snapshot = state.store.snapshot();
-    let pushes = if state.secret.admits(&headers) {
-        let process = headers.get(FRONTEND_PROCESS);
-        let process = process.and_then(|name| name.to_str().ok());
-        state.pushes.probed(process, Instant::now())
-    } else {
-        state.pushes.mark()
+    let process = headers.get(FRONTEND_PROCESS);
+    let pushes = match (state.secret.admits(&headers), process) {
+        (true, _) => {
+            let process = process.and_then(|name| name.to_str().ok());
+            state.pushes.probed(process, Instant::now())
+        }
+        (false, Some(_)) => state.pushes.probed(None, Instant::now()),
+        (false, None) => state.pushes.mark(),
     };
     data(CatalogHealth {
         service: "catalog".to_owned(),
@@ -179,7 +183,10 @@ pub(crate) async fn revoke_key(
 }
 
 pub(crate) async fn snapshot(State(state): State<AppState>) -> Response {
-    data(state.store.snapshot())
+    data(Snapshot {
+        boot: state.pushes.boot(),
+        ..state.store.snapshot()
+    })
 }
 
 pub(crate) async fn apply(

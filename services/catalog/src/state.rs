@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use stocknet_common::file::FileFailure;
 use stocknet_common::paths;
-use stocknet_common::wire::{Invalidation, CACHE_LEASE, FRONTEND_PROCESS};
+use stocknet_common::wire::{AsOf, Invalidation, CACHE_LEASE, FRONTEND_PROCESS};
 use stocknet_common::{internal_client, BaseUrl, Secret};
 
 use crate::config::{Config, DEFAULT_CATALOG};
@@ -75,13 +75,11 @@ impl AppState {
         if names.is_empty() {
             return;
         }
-        let stocks = names
-            .iter()
-            .filter_map(|name| self.store.get(name))
-            .collect();
+        let (applied, stocks) = self.store.stocks_as_of(&names);
         self.push(Invalidation {
             names,
             stocks,
+            as_of: Some(self.as_of(applied)),
             ..Invalidation::default()
         })
         .await;
@@ -94,15 +92,23 @@ impl AppState {
     /// Tells every frontend to drop every stock it cached, and with `all_users` every user's
     /// credentials, and waits for the answers.
     pub(crate) async fn invalidate_everything(&self, all_users: bool) {
-        let names = self.store.names();
-        let stocks = names.iter().filter_map(|n| self.store.get(n)).collect();
+        let snapshot = self.store.snapshot();
+        let names = snapshot.stocks.iter().map(|s| s.name.clone()).collect();
         self.push(Invalidation {
             names,
-            stocks,
+            stocks: snapshot.stocks,
             all_users,
+            as_of: Some(self.as_of(snapshot.applied)),
             ..Invalidation::default()
         })
         .await;
+    }
+
+    fn as_of(&self, applied: u64) -> AsOf {
+        AsOf {
+            boot: self.pushes.boot(),
+            applied,
+        }
     }
 
     /// Sends `body` to every frontend that may trust what it cached ([`Pushes`]), numbered,

@@ -89,6 +89,13 @@ impl CatalogStore {
         self.read().stocks.get(name).cloned()
     }
 
+    /// The named stocks that exist, and the last transaction applied to them, read together.
+    pub fn stocks_as_of(&self, names: &[String]) -> (u64, Vec<Stock>) {
+        let table = self.read();
+        let stocks = names.iter().filter_map(|name| table.stocks.get(name));
+        (table.applied, stocks.cloned().collect())
+    }
+
     /// Up to `limit` stocks in name order after the name `after`, whose names contain
     /// `search` (ignoring case; empty matches all), and whether more follow.
     pub fn list(&self, search: &str, after: Option<&str>, limit: usize) -> (Vec<Stock>, bool) {
@@ -111,17 +118,13 @@ impl CatalogStore {
         self.read().term
     }
 
-    /// Every stock's name, in name order.
-    pub fn names(&self) -> Vec<String> {
-        self.read().stocks.keys().cloned().collect()
-    }
-
     pub fn snapshot(&self) -> Snapshot {
         let table = self.read();
         Snapshot {
             applied: table.applied,
             term: table.term,
             stocks: table.stocks.values().cloned().collect(),
+            boot: 0,
         }
     }
 

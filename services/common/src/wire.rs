@@ -62,6 +62,30 @@ pub struct Snapshot {
     pub applied: u64,
     pub term: u64,
     pub stocks: Vec<Stock>,
+    /// The catalog process that answered ([`PushMark::boot`]).
+    #[serde(default)]
+    pub boot: u64,
+}
+
+impl Snapshot {
+    /// Which catalog state its stocks are from.
+    pub fn as_of(&self) -> AsOf {
+        AsOf {
+            boot: self.boot,
+            applied: self.applied,
+        }
+    }
+}
+
+/// Which catalog state a stock's value is from: the catalog process ([`PushMark::boot`], its
+/// start: a later process's values are newer) and the last transaction it had applied. A
+/// frontend's price streams take a value only if it is newer than the one they sent: a push
+/// that timed out and arrived late, or a snapshot overtaken by a push, sends nothing back in
+/// time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AsOf {
+    pub boot: u64,
+    pub applied: u64,
 }
 
 /// `GET /health` of the catalog, which its frontends probe.
@@ -116,6 +140,9 @@ pub struct Invalidation {
     /// Which push this is (absent from a push by hand, which only invalidates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<PushMark>,
+    /// Which catalog state `stocks` are from (absent from a push by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOf>,
 }
 
 // ---- order replicas ---------------------------------------------------------------------------

@@ -32,16 +32,14 @@ pub(crate) async fn invalidate_many(
         state.inner.credentials.forget(&request.users);
     }
     // Counted once what it invalidates is dropped: counting it may renew the lease.
-    let news = request.mark.is_none_or(|mark| {
+    if let Some(mark) = request.mark {
         let forget = || forget_cached(&state);
-        state.inner.catalog_contact.pushed(mark, forget)
-    });
-    // A push taken late (it timed out while this process hung) carries values that later
-    // ones, or the catalog's snapshot since, have replaced.
-    if news {
-        state.inner.remember(request.stocks.iter().cloned());
-        state.inner.streams.publish_prices(request.stocks);
+        state.inner.catalog_contact.pushed(mark, forget);
     }
+    state.inner.remember(request.stocks.iter().cloned());
+    // Only values newer than those sent: a push that timed out while this process hung may
+    // arrive after later ones, or after the catalog's snapshot.
+    (state.inner.streams).publish_prices(request.stocks, request.as_of);
     // Which process took it: the catalog leaves this process out of pushes once it stops
     // probing (a hang), knowing that it trusts nothing it cached by then.
     let process = [(FRONTEND_PROCESS, state.inner.process.clone())];

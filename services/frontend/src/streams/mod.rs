@@ -24,8 +24,8 @@ use stocknet_common::client::call;
 use stocknet_common::clock::{parse_instant, rfc3339};
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent, Snapshot,
-    Trade,
+    AsOf, Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent,
+    Snapshot, Trade,
 };
 use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, RemoteError, Stock};
 use tokio::sync::{broadcast, Notify};
@@ -110,6 +110,13 @@ async fn answer_due<S: Sink<Message> + Unpin>(sink: &mut S, due: Result<Message,
     }
 }
 
+/// A stock's price and quantity as last sent to `/ws/prices`, and which catalog state it was.
+#[derive(Debug, Clone, Copy)]
+struct PriceSent {
+    value: (Price, u64),
+    as_of: AsOf,
+}
+
 /// What the market channel carries.
 #[derive(Debug, Clone)]
 pub enum MarketItem {
@@ -126,7 +133,7 @@ pub struct Streams {
     market: broadcast::Sender<MarketItem>,
     prices: broadcast::Sender<Stock>,
     /// The last price and quantity sent per stock: the catalog names stocks that did not change.
-    last_sent: Mutex<HashMap<String, (Price, u64)>>,
+    last_sent: Mutex<HashMap<String, PriceSent>>,
     follower_started: AtomicBool,
     listener_arrived: Notify,
     /// Streams open now, and how many may be.
@@ -154,25 +161,36 @@ impl Streams {
         (open < self.max_open).then_some(guard)
     }
 
-    /// Sends the stocks whose price or quantity changed to `/ws/prices`.
-    pub fn publish_prices(&self, stocks: Vec<Stock>) {
+    /// Sends to `/ws/prices` the stocks whose price or quantity changed, of those newer than
+    /// what was sent (`as_of`: absent from a push by hand, which counts as new).
+    pub fn publish_prices(&self, stocks: Vec<Stock>, as_of: Option<AsOf>) {
         let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
         for stock in stocks {
-            let now = (stock.price, stock.quantity);
-            if last.insert(stock.name.clone(), now) != Some(now) {
+            let value = (stock.price, stock.quantity);
+            let sent = last.get(&stock.name);
+            let as_of = match (as_of, sent) {
+                (Some(new), Some(sent)) if new <= sent.as_of => continue,
+                (Some(new), _) => new,
+                (None, Some(sent)) => sent.as_of,
+                (None, None) => AsOf::default(),
+            };
+            let changed = sent.is_none_or(|sent| sent.value != value);
+            last.insert(stock.name.clone(), PriceSent { value, as_of });
+            if changed {
                 // No receiver is not an error: nobody is listening.
                 let _ = self.prices.send(stock);
             }
         }
     }
 
-    /// Remembers prices a client was just sent in a snapshot (unless newer ones are known),
-    /// so that an unchanged stock is not sent again as a change.
-    fn seed_prices(&self, stocks: &[Stock]) {
+    /// Remembers prices a client was just sent in a snapshot (unless others are known), so
+    /// that an unchanged stock is not sent again as a change.
+    fn seed_prices(&self, stocks: &[Stock], as_of: AsOf) {
         let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
         for stock in stocks {
+            let value = (stock.price, stock.quantity);
             last.entry(stock.name.clone())
-                .or_insert((stock.price, stock.quantity));
+                .or_insert(PriceSent { value, as_of });
         }
     }
 
@@ -400,15 +418,15 @@ pub async fn prices(
         let receiver = state.inner.streams.prices.subscribe();
         let (mut sink, stream) = socket.split();
         // A hung catalog closes the stream soon, as it fails a lookup.
-        let stocks = match catalog_stocks(&state).await {
-            Ok(stocks) => stocks,
+        let (as_of, stocks) = match catalog_stocks(&state).await {
+            Ok(snapshot) => (snapshot.as_of(), snapshot.stocks),
             Err(e) => {
                 tracing::warn!("prices stream: catalog snapshot: {e}");
                 let _ = send(&mut sink, close(close_code::AGAIN, "catalog unavailable")).await;
                 return;
             }
         };
-        state.inner.streams.seed_prices(&stocks);
+        state.inner.streams.seed_prices(&stocks, as_of);
         let first = frame(&PriceFrame::Snapshot { stocks });
         if send(&mut sink, Message::Text(first.into())).await.is_err() {
             return;
@@ -421,23 +439,26 @@ pub async fn prices(
 }
 
 /// Every stock as the catalog has it now, through the breaker and within a deadline.
-async fn catalog_stocks(state: &AppState) -> Result<Vec<Stock>, FrontendError> {
+async fn catalog_stocks(state: &AppState) -> Result<Snapshot, FrontendError> {
     let url = paths::SNAPSHOT
         .url(&state.inner.catalog_url, &[])
         .map_err(FrontendError::CatalogUnavailable)?;
     let request = state.inner.http.get(url).timeout(catalog::SNAPSHOT_TIMEOUT);
-    let snapshot = call_catalog::<Snapshot>(state, request).await?;
-    Ok(snapshot.stocks)
+    Ok(call_catalog::<Snapshot>(state, request).await?)
 }
 
-/// Sends the price streams every stock whose price or quantity they have not been sent: after
-/// this frontend found it had missed pushes (which carry the changes), e.g. while it hung.
+/// Sends the price streams every stock whose price or quantity changed since what they were
+/// sent: after this frontend found it had missed pushes (which carry the changes), e.g. while
+/// it hung.
 pub(crate) async fn catch_up_prices(state: AppState) {
     if state.inner.streams.prices.receiver_count() == 0 {
         return;
     }
     match catalog_stocks(&state).await {
-        Ok(stocks) => state.inner.streams.publish_prices(stocks),
+        Ok(snapshot) => {
+            let as_of = Some(snapshot.as_of());
+            state.inner.streams.publish_prices(snapshot.stocks, as_of);
+        }
         // The next push of each stock brings it.
         Err(e) => tracing::warn!("prices after missed pushes: catalog snapshot: {e}"),
     }
@@ -1029,11 +1050,36 @@ mod tests {
             price: Price::from_cents(100),
             quantity,
         };
-        streams.publish_prices(vec![stock(5)]);
-        streams.publish_prices(vec![stock(5)]);
-        streams.publish_prices(vec![stock(6)]);
+        let as_of = |applied| Some(AsOf { boot: 1, applied });
+        streams.publish_prices(vec![stock(5)], as_of(1));
+        streams.publish_prices(vec![stock(5)], as_of(2));
+        streams.publish_prices(vec![stock(6)], as_of(3));
         assert_eq!(receiver.try_recv().unwrap().quantity, 5);
         assert_eq!(receiver.try_recv().unwrap().quantity, 6);
+        assert!(receiver.try_recv().is_err());
+    }
+
+    /// A value from an older catalog state (a push that timed out and arrived late, a
+    /// snapshot a push overtook, a push of a catalog process since replaced) sends nothing.
+    #[test]
+    fn prices_never_go_back_to_an_older_catalog_state() {
+        let streams = Streams::new(1);
+        let mut receiver = streams.prices.subscribe();
+        let stock = |quantity| Stock {
+            name: "A".into(),
+            price: Price::from_cents(100),
+            quantity,
+        };
+        let as_of = |boot, applied| Some(AsOf { boot, applied });
+        streams.publish_prices(vec![stock(5)], as_of(1, 7));
+        streams.publish_prices(vec![stock(6)], as_of(1, 6));
+        streams.publish_prices(vec![stock(6)], as_of(1, 7));
+        assert_eq!(receiver.try_recv().unwrap().quantity, 5);
+        assert!(receiver.try_recv().is_err());
+        // A new catalog process's values are newer, whatever its position.
+        streams.publish_prices(vec![stock(4)], as_of(2, 1));
+        streams.publish_prices(vec![stock(6)], as_of(1, 9));
+        assert_eq!(receiver.try_recv().unwrap().quantity, 4);
         assert!(receiver.try_recv().is_err());
     }
 }

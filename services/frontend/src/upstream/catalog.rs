@@ -134,19 +134,21 @@ impl CatalogContact {
 
     /// A push has arrived (after what it invalidates was dropped). One from a new catalog
     /// process, whose pushes before it this frontend may have missed, calls `forget` (drop
-    /// everything cached). Whether the push is news: not one counted already, nor one from
-    /// before a mark this frontend started again from (a push that timed out, taken late).
-    pub fn pushed(&self, mark: PushMark, forget: impl FnOnce()) -> bool {
+    /// everything cached). One from an older process (it timed out while this one hung, and
+    /// arrived late) counts for nothing.
+    pub fn pushed(&self, mark: PushMark, forget: impl FnOnce()) {
         let mut seen = self.seen();
-        if mark.boot != seen.boot {
+        if mark.boot < seen.boot {
+            return;
+        }
+        if mark.boot > seen.boot {
             forget();
             *seen = PushesSeen::from(mark);
-            return true;
+            return;
         }
-        if mark.sequence <= seen.through || seen.ahead.contains(&mark.sequence) {
-            return false;
+        if mark.sequence > seen.through {
+            seen.ahead.insert(mark.sequence);
         }
-        seen.ahead.insert(mark.sequence);
         seen.take_ahead();
         let mut renewed = None;
         while let Some(&(sent, sequence)) = seen.waiting.front() {
@@ -159,7 +161,6 @@ impl CatalogContact {
         if let Some(sent) = renewed {
             self.renew_at(sent);
         }
-        true
     }
 
     /// A probe sent at `sent` was answered with the catalog's `mark`. Where everything cached
@@ -375,16 +376,12 @@ mod tests {
         contact.probed(now, mark(1, 2), forget);
         assert_eq!(forgot.get(), 2, "what was cached may be older than push 1");
         assert_eq!(contact.renewed_by(), contact.millis(now));
-        // Push 1, taken late (it timed out while this process hung), is no news: the values
-        // it carries are older than what the frontend started again from.
-        assert!(!contact.pushed(mark(1, 1), forget));
         // Counting goes on from there.
         let later = Instant::now();
         contact.probed(later, mark(1, 3), forget);
         assert_eq!(contact.renewed_by(), contact.millis(now));
-        assert!(contact.pushed(mark(1, 3), forget));
+        contact.pushed(mark(1, 3), forget);
         assert_eq!(contact.renewed_by(), contact.millis(later));
-        assert!(!contact.pushed(mark(1, 3), forget), "counted already");
         assert_eq!(forgot.get(), 2);
     }
 
@@ -406,5 +403,16 @@ mod tests {
         );
         contact.pushed(mark(2, 2), forget);
         assert_eq!(forgot.get(), 2);
+        // A push of the process before, which timed out while this frontend hung and arrives
+        // now, changes nothing.
+        contact.pushed(mark(1, 6), forget);
+        assert_eq!(forgot.get(), 2);
+        let sent = Instant::now();
+        contact.probed(sent, mark(2, 2), forget);
+        assert_eq!(
+            contact.renewed_by(),
+            contact.millis(sent),
+            "still counting process 2's"
+        );
     }
 }
