@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_until, Cluster, Proc};
+use common::{wait_until, Cluster, Link, Proc};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -597,6 +597,66 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
             );
             after == (taken + 2, skipped)
         },
+    )
+    .await;
+}
+
+/// A frontend that the catalog's pushes stop reaching while its probes still reach the
+/// catalog (a one-way partition): the catalog refuses it the cache lease in its probes'
+/// answers, so it reads the catalog instead of its cache (I7), and once its lease has run out
+/// the catalog no longer waits for it, only tries a push at a time until one reaches it.
+#[tokio::test]
+async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do() {
+    let link = Link::start().await;
+    let push_to = |i: usize, url: &str| match i {
+        1 => link.forward_to(url),
+        _ => url.to_owned(),
+    };
+    let cluster = Cluster::start_pushing(2, &push_to).await;
+    let taken_by_both = || async {
+        let taken = pushes(&cluster, "taken").await;
+        let skipped = pushes(&cluster, "skipped").await;
+        cluster.must_order("GameStart", "buy", 1).await;
+        let after = (
+            pushes(&cluster, "taken").await,
+            pushes(&cluster, "skipped").await,
+        );
+        after == (taken + 2, skipped)
+    };
+    wait_until(
+        "both frontends to take a push",
+        Duration::from_secs(10),
+        taken_by_both,
+    )
+    .await;
+    // Frontend 1 caches the stock.
+    let cached = cluster.quantity(1, "GameStart").await;
+
+    link.cut();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut bought = 0;
+    while pushes(&cluster, "skipped").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "never left out");
+        cluster.must_order("GameStart", "buy", 1).await;
+        bought += 1;
+    }
+    // Alive and cut off from the pushes, it serves no quantity older than the trades, also
+    // one it read just before a trade (I7).
+    let skipped = pushes(&cluster, "skipped").await;
+    for _ in 0..5 {
+        let before = cluster.quantity(1, "GameStart").await;
+        assert_eq!(before, cached - bought);
+        cluster.must_order("GameStart", "buy", 1).await;
+        bought += 1;
+        assert_eq!(cluster.quantity(1, "GameStart").await, before - 1);
+    }
+    assert!(pushes(&cluster, "skipped").await >= skipped + 5);
+
+    link.heal();
+    wait_until(
+        "a push to reach it again",
+        Duration::from_secs(15),
+        taken_by_both,
     )
     .await;
 }

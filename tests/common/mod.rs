@@ -394,6 +394,68 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
+/// A TCP link on 127.0.0.1 to one address that a test can cut: once cut, what arrives is
+/// neither forwarded nor answered (connections stay open, as over a link that drops packets),
+/// until it is healed. Its task ends with the test's runtime.
+pub struct Link {
+    pub url: String,
+    target: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Link {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let target: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let (cut, watching) = tokio::sync::watch::channel(false);
+        let to = target.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = to.lock().expect("target").clone();
+                let mut cut = watching.clone();
+                if *cut.borrow() {
+                    held.push(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Some(target) = target else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let black_holed = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        cut_off = async { cut.wait_for(|&cut| cut).await.is_ok() } => cut_off,
+                    };
+                    if black_holed {
+                        // Keep the client's connection open, silent, until healed.
+                        let _ = cut.wait_for(|&cut| !cut).await.is_ok();
+                    }
+                });
+            }
+        });
+        Self { url, target, cut }
+    }
+
+    /// Forwards to `url` (`http://host:port`); returns the link's own URL.
+    pub fn forward_to(&self, url: &str) -> String {
+        let address = url.trim_start_matches("http://").to_owned();
+        *self.target.lock().expect("target") = Some(address);
+        self.url.clone()
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
 impl Cluster {
     pub async fn start(frontends: usize) -> Self {
         Self::start_with(frontends, 3, 3).await
@@ -403,16 +465,31 @@ impl Cluster {
     /// are started and are the replicas the frontends are told of; the others are only
     /// prepared, to join it (the frontends learn of them from the group).
     pub async fn start_with(frontends: usize, replicas: usize, founders: usize) -> Self {
-        Self::launch(frontends, replicas, founders, "warn").await
+        Self::launch(frontends, replicas, founders, "warn", &|_, url| {
+            url.to_owned()
+        })
+        .await
     }
 
     /// Catalog, three order replicas and `frontends` frontends, every process logging with
     /// `RUST_LOG` `filter`.
     pub async fn start_logging(frontends: usize, filter: &str) -> Self {
-        Self::launch(frontends, 3, 3, filter).await
+        Self::launch(frontends, 3, 3, filter, &|_, url| url.to_owned()).await
     }
 
-    async fn launch(frontends: usize, replicas: usize, founders: usize, filter: &str) -> Self {
+    /// Catalog, three order replicas and `frontends` frontends; the catalog pushes to frontend
+    /// `i` (at `url`) at `push_to(i, url)`, e.g. through a [`Link`].
+    pub async fn start_pushing(frontends: usize, push_to: &dyn Fn(usize, &str) -> String) -> Self {
+        Self::launch(frontends, 3, 3, "warn", push_to).await
+    }
+
+    async fn launch(
+        frontends: usize,
+        replicas: usize,
+        founders: usize,
+        filter: &str,
+        push_to: &dyn Fn(usize, &str) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().display().to_string();
         let catalog_listener = listener();
@@ -461,7 +538,10 @@ impl Cluster {
                 "--data-dir",
                 &data,
                 "--frontends",
-                &frontend_urls.join(","),
+                &(frontend_urls.iter().enumerate())
+                    .map(|(i, url)| push_to(i, url))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]),
             catalog_listener,
             true,

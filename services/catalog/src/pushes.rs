@@ -10,9 +10,13 @@
 //! process in their probes and in their answers to pushes ([`FRONTEND_PROCESS`]), so the
 //! catalog knows which process answers at each address and when that process last probed.
 //!
+//! A process that still probes but that a push did not reach (a one-way partition) is refused
+//! the lease in its probes' answers until a push reaches it again; once the leases it renewed
+//! before have run out, it is only sent trials, one at a time, that nobody waits for.
+//!
 //! [`FRONTEND_PROCESS`]: stocknet_common::wire::FRONTEND_PROCESS
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,10 @@ struct Ledger {
     /// When a probe last came from a frontend that no address is known to reach: one not yet
     /// pushed to where it listens now (just restarted), or one that does not name itself.
     stranger: Option<Instant>,
+    /// Frontend processes a push did not reach, and since when their probes renew no lease.
+    unreached: HashMap<String, Instant>,
+    /// Addresses with a trial push in flight.
+    trying: HashSet<String>,
 }
 
 impl Default for Pushes {
@@ -80,10 +88,11 @@ impl Pushes {
         }
     }
 
-    /// Notes a frontend's probe (`process`: the name it gave, if one it can be trusted for) and returns the mark to
-    /// answer it with. Both happen under the lock that numbers pushes: a push numbered later
-    /// sees this probe, and one numbered earlier is counted in the mark.
-    pub fn probed(&self, process: Option<&str>, now: Instant) -> PushMark {
+    /// Notes a frontend's probe (`process`: the name it gave, if one it can be trusted for),
+    /// and returns the mark to answer it with and whether the prober may renew its lease from
+    /// the answer: not while pushes do not reach it. All under the lock that numbers pushes: a
+    /// push numbered later sees this probe, and one numbered earlier is counted in the mark.
+    pub fn probed(&self, process: Option<&str>, now: Instant) -> (PushMark, bool) {
         let mut ledger = self.ledger();
         let process = process.filter(|name| name.len() <= MAX_PROCESS_NAME);
         let known = process.is_some_and(|name| ledger.at.values().any(|p| p == name));
@@ -93,13 +102,17 @@ impl Pushes {
         if !known {
             ledger.stranger = Some(now);
         }
-        self.mark_of(&ledger)
+        let lease = process.is_none_or(|name| !ledger.unreached.contains_key(name));
+        (self.mark_of(&ledger), lease)
     }
 
-    /// Numbers the next push, and says for each of `frontends` whether it must get it: all but
-    /// those whose process has not probed within a lease, while no stranger has either.
-    pub fn next(&self, frontends: &[BaseUrl], now: Instant) -> (PushMark, Vec<bool>) {
-        let mut ledger = self.ledger();
+    /// Numbers the next push, and says how each of `frontends` gets it. A frontend's process
+    /// that has not probed within a lease is skipped; one whose probes have been refused the
+    /// lease for longer than a lease (pushes do not reach it) gets a trial, not waited for, one
+    /// at a time. Neither while a stranger has probed within a lease.
+    pub fn next(&self, frontends: &[BaseUrl], now: Instant) -> (PushMark, Vec<Delivery>) {
+        let mut guard = self.ledger();
+        let ledger = &mut *guard;
         ledger.last += 1;
         let lapsed = |since: Option<Instant>| {
             let since = since.map_or(self.started, |at| at.max(self.started));
@@ -111,23 +124,48 @@ impl Pushes {
         ledger
             .at
             .retain(|address, _| frontends.iter().any(|f| f.as_str() == address));
-        let needed = frontends
+        let at = &ledger.at;
+        ledger
+            .unreached
+            .retain(|process, _| at.values().any(|p| p == process));
+        ledger.trying.retain(|address| at.contains_key(address));
+        let stranger = !lapsed(ledger.stranger);
+        let plan = frontends
             .iter()
-            .map(|frontend| match ledger.at.get(frontend.as_str()) {
-                Some(process) => {
-                    !lapsed(ledger.probed.get(process).copied()) || !lapsed(ledger.stranger)
+            .map(|frontend| {
+                let Some(process) = ledger.at.get(frontend.as_str()) else {
+                    return Delivery::Wait;
+                };
+                if stranger {
+                    Delivery::Wait
+                } else if lapsed(ledger.probed.get(process).copied()) {
+                    Delivery::Skip
+                } else if ledger
+                    .unreached
+                    .get(process)
+                    .is_some_and(|since| lapsed(Some(*since)))
+                {
+                    if ledger.trying.insert(frontend.as_str().to_owned()) {
+                        Delivery::Try
+                    } else {
+                        Delivery::Skip
+                    }
+                } else {
+                    Delivery::Wait
                 }
-                None => true,
             })
             .collect();
-        (self.mark_of(&ledger), needed)
+        (self.mark_of(ledger), plan)
     }
 
-    /// A push to `frontend` was taken, by the process it names (or by one that named none).
+    /// A push to `frontend` was taken, by the process it names (or by one that named none):
+    /// pushes reach it.
     pub fn taken(&self, frontend: &BaseUrl, process: Option<&str>) {
         let mut ledger = self.ledger();
+        ledger.trying.remove(frontend.as_str());
         match process.filter(|name| name.len() <= MAX_PROCESS_NAME) {
             Some(name) => {
+                ledger.unreached.remove(name);
                 ledger
                     .at
                     .insert(frontend.as_str().to_owned(), name.to_owned());
@@ -138,15 +176,39 @@ impl Pushes {
         }
     }
 
+    /// A push to `frontend` failed (no answer in time, cut off, refused): from `now`, the
+    /// process last there is refused the lease in its probes' answers until a push reaches it.
+    pub fn failed(&self, frontend: &BaseUrl, now: Instant) {
+        let mut ledger = self.ledger();
+        ledger.trying.remove(frontend.as_str());
+        if let Some(process) = ledger.at.get(frontend.as_str()).cloned() {
+            ledger.unreached.entry(process).or_insert(now);
+        }
+    }
+
     /// Nothing listens at `frontend` any more: whatever starts there is a stranger until it
     /// takes a push.
     pub fn gone(&self, frontend: &BaseUrl) {
-        self.ledger().at.remove(frontend.as_str());
+        let mut ledger = self.ledger();
+        ledger.trying.remove(frontend.as_str());
+        ledger.at.remove(frontend.as_str());
     }
+}
+
+/// How one frontend gets a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Sent, and waited for.
+    Wait,
+    /// Not sent: the frontend trusts nothing it cached.
+    Skip,
+    /// Sent, not waited for: whether it reaches a frontend that pushes did not reach.
+    Try,
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Delivery::{Skip, Try, Wait};
     use super::*;
 
     fn url(port: u16) -> BaseUrl {
@@ -169,23 +231,23 @@ mod tests {
         let frontends = [one.clone(), two.clone()];
         pushes.probed(Some("p1"), t0);
         pushes.probed(Some("p2"), t0);
-        let (first, needed) = pushes.next(&frontends, t0);
-        assert_eq!(needed, [true, true]);
+        let (first, plan) = pushes.next(&frontends, t0);
+        assert_eq!(plan, [Wait, Wait]);
         pushes.taken(&one, Some("p1"));
         pushes.taken(&two, Some("p2"));
         // p2 goes on probing; p1 hangs after its last probe at t0.
         let later = t0 + LEASE;
-        assert_eq!(pushes.probed(Some("p2"), later).sequence, first.sequence);
-        let (_, needed) = pushes.next(&frontends, later);
-        assert_eq!(needed, [true, true], "p1's lease may still run");
-        let (second, needed) = pushes.next(&frontends, later + TICK);
-        assert_eq!(needed, [false, true], "p1 trusts nothing it cached");
+        assert_eq!(pushes.probed(Some("p2"), later).0.sequence, first.sequence);
+        let (_, plan) = pushes.next(&frontends, later);
+        assert_eq!(plan, [Wait, Wait], "p1's lease may still run");
+        let (second, plan) = pushes.next(&frontends, later + TICK);
+        assert_eq!(plan, [Skip, Wait], "p1 trusts nothing it cached");
         assert_eq!(second.sequence, first.sequence + 2);
         // Back, p1 probes (and learns of the pushes it missed): it is pushed to again.
         let back = later + 10 * TICK;
-        assert_eq!(pushes.probed(Some("p1"), back), second);
-        let (_, needed) = pushes.next(&frontends, back);
-        assert_eq!(needed, [true, true]);
+        assert_eq!(pushes.probed(Some("p1"), back), (second, true));
+        let (_, plan) = pushes.next(&frontends, back);
+        assert_eq!(plan, [Wait, Wait]);
     }
 
     #[test]
@@ -198,19 +260,19 @@ mod tests {
         // there, its probes may come from there.
         let later = t0 + 2 * LEASE;
         pushes.probed(Some("new"), later);
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), later + TICK);
-        assert_eq!(needed, [true]);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), later + TICK);
+        assert_eq!(plan, [Wait]);
         pushes.taken(&one, Some("new"));
         // Once "new" answers there it is known, and "old"'s silence no longer matters.
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), later + LEASE);
-        assert_eq!(needed, [true], "new probed within the lease");
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), later + LEASE + TICK);
-        assert_eq!(needed, [false]);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), later + LEASE);
+        assert_eq!(plan, [Wait], "new probed within the lease");
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), later + LEASE + TICK);
+        assert_eq!(plan, [Skip]);
         // A caller with the secret that names no process is a stranger too.
         let quiet = later + 3 * LEASE;
         pushes.probed(None, quiet);
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), quiet);
-        assert_eq!(needed, [true]);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), quiet);
+        assert_eq!(plan, [Wait]);
     }
 
     #[test]
@@ -222,10 +284,10 @@ mod tests {
         // previous catalog process answered.
         pushes.next(std::slice::from_ref(&one), start);
         pushes.taken(&one, Some("p"));
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), start + TICK);
-        assert_eq!(needed, [true]);
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), start + 2 * LEASE);
-        assert_eq!(needed, [false]);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), start + TICK);
+        assert_eq!(plan, [Wait]);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), start + 2 * LEASE);
+        assert_eq!(plan, [Skip]);
     }
 
     #[test]
@@ -238,13 +300,13 @@ mod tests {
         pushes.taken(&two, Some("p2"));
         pushes.taken(&one, None);
         pushes.gone(&two);
-        let (_, needed) = pushes.next(&frontends, t0 + 2 * LEASE);
-        assert_eq!(needed, [true, true]);
+        let (_, plan) = pushes.next(&frontends, t0 + 2 * LEASE);
+        assert_eq!(plan, [Wait, Wait]);
         // One left out of a push's list is forgotten: back in the list, it is pushed to.
         pushes.taken(&two, Some("p2"));
         pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
-        let (_, needed) = pushes.next(&frontends, t0 + 3 * LEASE);
-        assert_eq!(needed, [true, true]);
+        let (_, plan) = pushes.next(&frontends, t0 + 3 * LEASE);
+        assert_eq!(plan, [Wait, Wait]);
     }
 
     #[test]
@@ -254,7 +316,54 @@ mod tests {
         let long = "x".repeat(MAX_PROCESS_NAME + 1);
         pushes.next(std::slice::from_ref(&one), t0);
         pushes.taken(&one, Some(&long));
-        let (_, needed) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
-        assert_eq!(needed, [true], "no process is known at the address");
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
+        assert_eq!(plan, [Wait], "no process is known at the address");
+    }
+
+    #[test]
+    fn a_frontend_that_pushes_do_not_reach_is_refused_the_lease_then_tried_until_one_does() {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let (one, two) = (url(1), url(2));
+        let frontends = [one.clone(), two.clone()];
+        pushes.next(&frontends, t0);
+        pushes.taken(&one, Some("p1"));
+        pushes.taken(&two, Some("p2"));
+        assert!(pushes.probed(Some("p1"), t0).1);
+        // The link to p1 drops: its push fails, while its probes still arrive.
+        let cut = t0 + TICK;
+        pushes.failed(&one, cut);
+        let (_, lease) = pushes.probed(Some("p1"), cut + TICK);
+        assert!(!lease, "no lease while pushes do not reach it");
+        assert!(pushes.probed(Some("p2"), cut + TICK).1);
+        // Until the leases of its probes before the cut have run out, it is waited for.
+        let (_, plan) = pushes.next(&frontends, cut + LEASE);
+        assert_eq!(plan, [Wait, Wait]);
+        pushes.probed(Some("p1"), cut + LEASE);
+        pushes.probed(Some("p2"), cut + LEASE);
+        // Then tried, one push at a time, and not waited for.
+        let (_, plan) = pushes.next(&frontends, cut + LEASE + TICK);
+        assert_eq!(plan, [Try, Wait]);
+        let (_, plan) = pushes.next(&frontends, cut + LEASE + 2 * TICK);
+        assert_eq!(plan, [Skip, Wait], "a trial is in flight");
+        // The trial fails: the next push tries again.
+        pushes.failed(&one, cut + LEASE + 3 * TICK);
+        let (_, plan) = pushes.next(&frontends, cut + LEASE + 4 * TICK);
+        assert_eq!(plan, [Try, Wait]);
+        // A trial reaches it: the lease again, and pushes waited for.
+        pushes.taken(&one, Some("p1"));
+        assert!(pushes.probed(Some("p1"), cut + LEASE + 5 * TICK).1);
+        let (_, plan) = pushes.next(&frontends, cut + LEASE + 5 * TICK);
+        assert_eq!(plan, [Wait, Wait]);
+    }
+
+    #[test]
+    fn a_failed_push_to_an_address_no_process_is_known_at_refuses_nobody_the_lease() {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let one = url(1);
+        pushes.next(std::slice::from_ref(&one), t0);
+        pushes.failed(&one, t0);
+        assert!(pushes.probed(Some("p"), t0 + TICK).1);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
+        assert_eq!(plan, [Wait]);
     }
 }

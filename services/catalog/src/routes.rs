@@ -31,19 +31,20 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let snapshot = state.store.snapshot();
     let process = headers.get(FRONTEND_PROCESS);
-    let pushes = match (state.secret.admits(&headers), process) {
+    let (pushes, lease) = match (state.secret.admits(&headers), process) {
         (true, _) => {
             let process = process.and_then(|name| name.to_str().ok());
             state.pushes.probed(process, Instant::now())
         }
         (false, Some(_)) => state.pushes.probed(None, Instant::now()),
-        (false, None) => state.pushes.mark(),
+        (false, None) => (state.pushes.mark(), true),
     };
     data(CatalogHealth {
         service: "catalog".to_owned(),
         applied: snapshot.applied,
         term: snapshot.term,
         pushes,
+        lease,
     })
 }
 

@@ -13,7 +13,7 @@ use stocknet_common::{internal_client, BaseUrl, Secret};
 use crate::config::{Config, DEFAULT_CATALOG};
 use crate::error::CatalogError;
 use crate::metrics;
-use crate::pushes::{Pushes, LEASE_MARGIN};
+use crate::pushes::{Delivery, Pushes, LEASE_MARGIN};
 use crate::store::CatalogStore;
 use crate::users::UserStore;
 
@@ -139,82 +139,101 @@ impl AppState {
             }
         }
         let numbered = Instant::now();
-        let (mark, needed) = self.pushes.next(&frontends, numbered);
+        let (mark, plan) = self.pushes.next(&frontends, numbered);
         body.mark = Some(mark);
-        let calls = frontends.iter().zip(needed).map(|(frontend, needed)| {
-            let body = &body;
+        let trial = Arc::new(body.clone());
+        let calls = frontends.iter().zip(plan).map(|(frontend, plan)| {
+            let (body, trial) = (&body, &trial);
             async move {
-                if !needed {
-                    return Delivery::Skipped;
-                }
-                let result = match paths::INVALIDATE.url(frontend, &[]) {
-                    Ok(url) => {
-                        let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
-                        push.json(body).send().await
-                    }
-                    Err(e) => {
-                        tracing::warn!("invalidate at {frontend}: {e}");
-                        return Delivery::NotConnected;
-                    }
-                };
-                match result {
-                    Ok(answer) if answer.status().is_success() => {
-                        let process = answer.headers().get(FRONTEND_PROCESS);
-                        let process = process.and_then(|name| name.to_str().ok());
-                        self.pushes.taken(frontend, process);
-                        Delivery::Taken
-                    }
-                    // A frontend that answers and refuses (its secret is not this one's) keeps
-                    // what it cached until its lease runs out: that needs an operator.
-                    Ok(answer) => {
-                        tracing::warn!("invalidate at {frontend}: refused, {}", answer.status());
-                        Delivery::Failed
-                    }
-                    // A frontend that is down has no cache to keep fresh; it starts empty.
-                    Err(e) if e.is_connect() => {
-                        tracing::debug!("invalidate at {frontend}: {e}");
-                        self.pushes.gone(frontend);
-                        Delivery::NotConnected
-                    }
-                    Err(e) => {
-                        tracing::warn!("invalidate at {frontend}: {e}");
-                        Delivery::Failed
+                match plan {
+                    Delivery::Wait => self.deliver(frontend, body).await,
+                    Delivery::Skip => Outcome::Skipped,
+                    Delivery::Try => {
+                        let (state, frontend, body) =
+                            (self.clone(), frontend.clone(), trial.clone());
+                        tokio::spawn(async move {
+                            let tried = state.deliver(&frontend, &body).await;
+                            state.metrics.pushes.get_or_create(&tried.label()).inc();
+                        });
+                        Outcome::Skipped
                     }
                 }
             }
         });
-        let deliveries = join_all(calls).await;
-        for delivery in &deliveries {
-            self.metrics.pushes.get_or_create(&delivery.label()).inc();
+        let outcomes = join_all(calls).await;
+        for outcome in &outcomes {
+            self.metrics.pushes.get_or_create(&outcome.label()).inc();
         }
-        if deliveries.contains(&Delivery::Failed) {
+        if outcomes.contains(&Outcome::Failed) {
             // The frontend stops trusting what it cached a lease after the last probe it sent
             // before this push was numbered.
             tokio::time::sleep_until((numbered + CACHE_LEASE + LEASE_MARGIN).into()).await;
+        }
+    }
+
+    /// Sends `body` to `frontend` within [`INVALIDATION_TIMEOUT`], and notes in the pushes'
+    /// ledger what became of it.
+    async fn deliver(&self, frontend: &BaseUrl, body: &Invalidation) -> Outcome {
+        let result = match paths::INVALIDATE.url(frontend, &[]) {
+            Ok(url) => {
+                let push = self.http.post(url).timeout(INVALIDATION_TIMEOUT);
+                push.json(body).send().await
+            }
+            Err(e) => {
+                tracing::warn!("invalidate at {frontend}: {e}");
+                return Outcome::NotConnected;
+            }
+        };
+        match result {
+            Ok(answer) if answer.status().is_success() => {
+                let process = answer.headers().get(FRONTEND_PROCESS);
+                let process = process.and_then(|name| name.to_str().ok());
+                self.pushes.taken(frontend, process);
+                Outcome::Taken
+            }
+            // A frontend that answers and refuses (its secret is not this one's) keeps what it
+            // cached until its lease runs out: that needs an operator.
+            Ok(answer) => {
+                tracing::warn!("invalidate at {frontend}: refused, {}", answer.status());
+                self.pushes.failed(frontend, Instant::now());
+                Outcome::Failed
+            }
+            // A frontend that is down has no cache to keep fresh; it starts empty.
+            Err(e) if e.is_connect() => {
+                tracing::debug!("invalidate at {frontend}: {e}");
+                self.pushes.gone(frontend);
+                Outcome::NotConnected
+            }
+            Err(e) => {
+                tracing::warn!("invalidate at {frontend}: {e}");
+                self.pushes.failed(frontend, Instant::now());
+                Outcome::Failed
+            }
         }
     }
 }
 
 /// What became of a push to one frontend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
+enum Outcome {
     Taken,
     /// Nothing listened at its address: no frontend there keeps a cache.
     NotConnected,
     /// Refused, or cut off after it connected: it may still trust what it cached.
     Failed,
-    /// Its process has not probed within a lease: it trusts nothing it cached.
+    /// Not waited for: its process trusts nothing it cached (it has not probed within a lease,
+    /// or its probes have been refused the lease for longer than one).
     Skipped,
 }
 
-impl Delivery {
+impl Outcome {
     /// As the `outcome` label of the pushes counted.
     fn label(self) -> metrics::PushOutcome {
         let outcome = match self {
-            Delivery::Taken => "taken",
-            Delivery::NotConnected => "not_connected",
-            Delivery::Failed => "failed",
-            Delivery::Skipped => "skipped",
+            Outcome::Taken => "taken",
+            Outcome::NotConnected => "not_connected",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
         };
         metrics::PushOutcome { outcome }
     }

@@ -96,6 +96,14 @@ pub struct CatalogHealth {
     pub term: u64,
     /// The last invalidation push this catalog process numbered.
     pub pushes: PushMark,
+    /// Whether the probing frontend may renew its cache lease from this answer: not while the
+    /// catalog's pushes do not reach it (absent from catalogs before this field: yes).
+    #[serde(default = "granted")]
+    pub lease: bool,
+}
+
+fn granted() -> bool {
+    true
 }
 
 /// One invalidation push of a catalog process: `boot` names the process (a new one at every

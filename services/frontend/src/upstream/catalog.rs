@@ -26,6 +26,10 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of the catalog's health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// How often price streams are caught up from the catalog's snapshot while its pushes do not
+/// reach this frontend.
+const UNREACHED_CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+
 /// What this frontend has of the catalog's invalidation pushes, and until when it trusts what
 /// it cached (lookups, users' credentials): [`CACHE_LEASE`] after the last probe it sent whose
 /// answer's [`PushMark`] it has every push through. A push it misses (refused, lost, or never
@@ -163,10 +167,16 @@ impl CatalogContact {
         }
     }
 
-    /// A probe sent at `sent` was answered with the catalog's `mark`. Where everything cached
-    /// must go first (a new catalog process, or a push missed and the lease run out), calls
-    /// `forget` before it renews the lease.
-    pub fn probed(&self, sent: Instant, mark: PushMark, forget: impl FnOnce()) {
+    /// A probe sent at `sent` was answered with `health`. Where everything cached must go
+    /// first (a new catalog process, or a push missed and the lease run out), calls `forget`
+    /// before it renews the lease. Renews nothing where the catalog refused the lease (its
+    /// pushes do not reach this frontend).
+    pub fn probed(&self, sent: Instant, health: CatalogHealth, forget: impl FnOnce()) {
+        if !health.lease {
+            tracing::debug!("the catalog's pushes do not reach this frontend: no cache lease");
+            return;
+        }
+        let mark = health.pushes;
         let mut seen = self.seen();
         if mark.boot != seen.boot {
             forget();
@@ -288,6 +298,7 @@ pub async fn watch(state: AppState) {
     };
     let mut ticks = tokio::time::interval(super::breaker::PROBE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut caught_up: Option<Instant> = None;
     loop {
         ticks.tick().await;
         let probe = inner.http.get(url.clone()).timeout(PROBE_TIMEOUT);
@@ -308,8 +319,13 @@ pub async fn watch(state: AppState) {
                     forget_cached(&state);
                     forgot = true;
                 };
-                inner.catalog_contact.probed(sent, health.pushes, forget);
-                if forgot {
+                // Pushes do not reach this frontend while the catalog refuses it the lease:
+                // its price streams are caught up from the catalog's snapshot meanwhile.
+                let unreached = !health.lease;
+                inner.catalog_contact.probed(sent, health, forget);
+                let due = caught_up.is_none_or(|at| at.elapsed() >= UNREACHED_CATCH_UP_EVERY);
+                if forgot || (unreached && due) {
+                    caught_up = Some(Instant::now());
                     tokio::spawn(crate::streams::catch_up_prices(state.clone()));
                 }
             }
@@ -327,6 +343,17 @@ mod tests {
         PushMark { boot, sequence }
     }
 
+    /// The catalog's answer to a probe, with its mark, granting the lease.
+    fn answer(boot: u64, sequence: u64) -> CatalogHealth {
+        CatalogHealth {
+            service: "catalog".into(),
+            applied: 0,
+            term: 0,
+            pushes: mark(boot, sequence),
+            lease: true,
+        }
+    }
+
     /// Contact counting from a minute ago, so that the tests' earlier probes are after it.
     fn contact() -> CatalogContact {
         CatalogContact::counting_from(Instant::now() - Duration::from_secs(60))
@@ -339,12 +366,12 @@ mod tests {
         let forget = || forgot.set(forgot.get() + 1);
         let (first, second) = (Instant::now() - Duration::from_millis(500), Instant::now());
         // The first word from a catalog process: nothing cached before it is trusted.
-        contact.probed(first, mark(1, 0), forget);
+        contact.probed(first, answer(1, 0), forget);
         assert_eq!(forgot.get(), 1);
         assert_eq!(contact.renewed_by(), contact.millis(first));
         assert!(contact.recent());
         // Two pushes counted that have not arrived: no renewal until both have.
-        contact.probed(second, mark(1, 2), forget);
+        contact.probed(second, answer(1, 2), forget);
         assert_eq!(contact.renewed_by(), contact.millis(first));
         contact.pushed(mark(1, 2), forget);
         assert_eq!(
@@ -356,7 +383,7 @@ mod tests {
         assert_eq!(contact.renewed_by(), contact.millis(second));
         // A probe whose pushes have all arrived renews at once.
         let third = Instant::now();
-        contact.probed(third, mark(1, 2), forget);
+        contact.probed(third, answer(1, 2), forget);
         assert_eq!(contact.renewed_by(), contact.millis(third));
         assert_eq!(forgot.get(), 1, "nothing was missed");
     }
@@ -366,19 +393,23 @@ mod tests {
         let contact = contact();
         let forgot = Cell::new(0);
         let forget = || forgot.set(forgot.get() + 1);
-        contact.probed(Instant::now() - Duration::from_secs(2), mark(1, 0), forget);
+        contact.probed(
+            Instant::now() - Duration::from_secs(2),
+            answer(1, 0),
+            forget,
+        );
         assert!(!contact.recent());
         // Push 1 never comes; push 2 does.
         contact.pushed(mark(1, 2), forget);
         assert!(!contact.recent());
         assert_eq!(forgot.get(), 1);
         let now = Instant::now();
-        contact.probed(now, mark(1, 2), forget);
+        contact.probed(now, answer(1, 2), forget);
         assert_eq!(forgot.get(), 2, "what was cached may be older than push 1");
         assert_eq!(contact.renewed_by(), contact.millis(now));
         // Counting goes on from there.
         let later = Instant::now();
-        contact.probed(later, mark(1, 3), forget);
+        contact.probed(later, answer(1, 3), forget);
         assert_eq!(contact.renewed_by(), contact.millis(now));
         contact.pushed(mark(1, 3), forget);
         assert_eq!(contact.renewed_by(), contact.millis(later));
@@ -391,7 +422,7 @@ mod tests {
         let forgot = Cell::new(0);
         let forget = || forgot.set(forgot.get() + 1);
         let sent = Instant::now();
-        contact.probed(sent, mark(1, 4), forget);
+        contact.probed(sent, answer(1, 4), forget);
         contact.pushed(mark(1, 5), forget);
         assert_eq!(forgot.get(), 1);
         contact.pushed(mark(2, 1), forget);
@@ -408,11 +439,37 @@ mod tests {
         contact.pushed(mark(1, 6), forget);
         assert_eq!(forgot.get(), 2);
         let sent = Instant::now();
-        contact.probed(sent, mark(2, 2), forget);
+        contact.probed(sent, answer(2, 2), forget);
         assert_eq!(
             contact.renewed_by(),
             contact.millis(sent),
             "still counting process 2's"
         );
+    }
+
+    #[test]
+    fn an_answer_that_refuses_the_lease_renews_nothing() {
+        let contact = contact();
+        let forgot = Cell::new(0);
+        let forget = || forgot.set(forgot.get() + 1);
+        let first = Instant::now() - Duration::from_millis(500);
+        contact.probed(first, answer(1, 0), forget);
+        let refused = CatalogHealth {
+            lease: false,
+            ..answer(1, 0)
+        };
+        contact.probed(Instant::now(), refused.clone(), forget);
+        assert_eq!(contact.renewed_by(), contact.millis(first));
+        // Not even from a new catalog process.
+        contact.probed(
+            Instant::now(),
+            CatalogHealth {
+                pushes: mark(2, 0),
+                ..refused
+            },
+            forget,
+        );
+        assert_eq!(contact.renewed_by(), contact.millis(first));
+        assert_eq!(forgot.get(), 1);
     }
 }
