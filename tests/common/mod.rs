@@ -395,8 +395,8 @@ pub struct Cluster {
 }
 
 /// A TCP link on 127.0.0.1 to one address that a test can cut: once cut, what arrives is
-/// neither forwarded nor answered (connections stay open, as over a link that drops packets),
-/// until it is healed. Its task ends with the test's runtime.
+/// neither forwarded nor answered (connections stay open, as over a link that drops packets;
+/// those made while it is cut are never forwarded). Its tasks end with the test's runtime.
 pub struct Link {
     pub url: String,
     target: std::sync::Arc<std::sync::Mutex<Option<String>>>,

@@ -176,22 +176,41 @@ impl Pushes {
         }
     }
 
-    /// A push to `frontend` failed (no answer in time, cut off, refused): from `now`, the
-    /// process last there is refused the lease in its probes' answers until a push reaches it.
+    /// A push to `frontend` failed (no answer in time, cut off, refused) at `now`: from then
+    /// (or from its last probe, if the clock was read before that was noted), the process last
+    /// there is refused the lease in its probes' answers until a push reaches it.
     pub fn failed(&self, frontend: &BaseUrl, now: Instant) {
         let mut ledger = self.ledger();
+        Self::refuse(&mut ledger, frontend, now);
+    }
+
+    fn refuse(ledger: &mut Ledger, frontend: &BaseUrl, now: Instant) {
         ledger.trying.remove(frontend.as_str());
         if let Some(process) = ledger.at.get(frontend.as_str()).cloned() {
-            ledger.unreached.entry(process).or_insert(now);
+            let since = ledger.probed.get(&process).map_or(now, |&at| at.max(now));
+            ledger.unreached.entry(process).or_insert(since);
         }
     }
 
-    /// Nothing listens at `frontend` any more: whatever starts there is a stranger until it
-    /// takes a push.
-    pub fn gone(&self, frontend: &BaseUrl) {
+    /// No connection to `frontend` could be made at `now`. If the process known there has
+    /// probed within a lease, it is alive and cut off (a one-way partition that refuses or
+    /// drops connections): it is refused the lease as after a failed push, and this returns
+    /// true. Otherwise nothing is known to listen there any more, and whatever starts there is
+    /// a stranger until it takes a push.
+    pub fn not_connected(&self, frontend: &BaseUrl, now: Instant) -> bool {
         let mut ledger = self.ledger();
-        ledger.trying.remove(frontend.as_str());
-        ledger.at.remove(frontend.as_str());
+        let alive = (ledger.at.get(frontend.as_str()))
+            .and_then(|process| ledger.probed.get(process))
+            .is_some_and(|&at| {
+                now.saturating_duration_since(at.max(self.started)) <= CACHE_LEASE + LEASE_MARGIN
+            });
+        if alive {
+            Self::refuse(&mut ledger, frontend, now);
+        } else {
+            ledger.trying.remove(frontend.as_str());
+            ledger.at.remove(frontend.as_str());
+        }
+        alive
     }
 }
 
@@ -291,7 +310,8 @@ mod tests {
     }
 
     #[test]
-    fn an_address_whose_answer_names_no_process_that_is_gone_or_was_not_listed_is_pushed_to() {
+    fn an_address_whose_answer_names_no_process_that_nobody_listens_at_or_not_listed_is_pushed_to()
+    {
         let (pushes, t0) = pushes_started(Duration::from_secs(5));
         let (one, two) = (url(1), url(2));
         let frontends = [one.clone(), two.clone()];
@@ -299,7 +319,10 @@ mod tests {
         pushes.taken(&one, Some("p1"));
         pushes.taken(&two, Some("p2"));
         pushes.taken(&one, None);
-        pushes.gone(&two);
+        assert!(
+            !pushes.not_connected(&two, t0 + 2 * LEASE),
+            "p2 has not probed"
+        );
         let (_, plan) = pushes.next(&frontends, t0 + 2 * LEASE);
         assert_eq!(plan, [Wait, Wait]);
         // One left out of a push's list is forgotten: back in the list, it is pushed to.
@@ -365,5 +388,37 @@ mod tests {
         assert!(pushes.probed(Some("p"), t0 + TICK).1);
         let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
         assert_eq!(plan, [Wait]);
+    }
+
+    #[test]
+    fn a_refused_connection_to_a_process_that_still_probes_refuses_it_the_lease() {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let one = url(1);
+        pushes.next(std::slice::from_ref(&one), t0);
+        pushes.taken(&one, Some("p"));
+        pushes.probed(Some("p"), t0);
+        // Alive, cut off by a rule that refuses connections: as after a failed push.
+        assert!(pushes.not_connected(&one, t0 + TICK));
+        assert!(!pushes.probed(Some("p"), t0 + 2 * TICK).1);
+        pushes.probed(Some("p"), t0 + LEASE);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * TICK + LEASE + TICK);
+        assert_eq!(plan, [Try]);
+    }
+
+    #[test]
+    fn the_refusal_runs_from_the_last_probe_noted_if_the_failure_was_timed_before_it() {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let one = url(1);
+        pushes.next(std::slice::from_ref(&one), t0);
+        pushes.taken(&one, Some("p"));
+        // The failure's time was read, then a probe was noted, then the failure.
+        let failure = t0 + TICK;
+        pushes.probed(Some("p"), failure + 10 * TICK);
+        pushes.failed(&one, failure);
+        pushes.probed(Some("p"), failure + LEASE + 5 * TICK);
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), failure + LEASE + 5 * TICK);
+        assert_eq!(plan, [Wait], "the probe's lease may still run");
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), failure + LEASE + 11 * TICK);
+        assert_eq!(plan, [Try]);
     }
 }

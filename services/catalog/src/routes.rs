@@ -25,19 +25,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /health`, which the frontends probe (and Kubernetes). A frontend's probe names its
-/// process: the catalog notes when each last probed (`pushes.rs`). One without the secret (a
-/// frontend given another) is a stranger: it may trust its cache from this answer, and the
-/// catalog cannot tell where it listens.
+/// process: the catalog notes when each last probed (`pushes.rs`). A caller without the secret
+/// (a frontend given another) is never granted the lease: nothing it cached is pushed to it.
 pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let snapshot = state.store.snapshot();
-    let process = headers.get(FRONTEND_PROCESS);
-    let (pushes, lease) = match (state.secret.admits(&headers), process) {
-        (true, _) => {
-            let process = process.and_then(|name| name.to_str().ok());
-            state.pushes.probed(process, Instant::now())
-        }
-        (false, Some(_)) => state.pushes.probed(None, Instant::now()),
-        (false, None) => (state.pushes.mark(), true),
+    let (pushes, lease) = if state.secret.admits(&headers) {
+        let process = headers.get(FRONTEND_PROCESS);
+        let process = process.and_then(|name| name.to_str().ok());
+        state.pushes.probed(process, Instant::now())
+    } else {
+        (state.pushes.mark(), false)
     };
     data(CatalogHealth {
         service: "catalog".to_owned(),

@@ -141,7 +141,9 @@ impl AppState {
         let numbered = Instant::now();
         let (mark, plan) = self.pushes.next(&frontends, numbered);
         body.mark = Some(mark);
-        let trial = Arc::new(body.clone());
+        let trial = plan
+            .contains(&Delivery::Try)
+            .then(|| Arc::new(body.clone()));
         let calls = frontends.iter().zip(plan).map(|(frontend, plan)| {
             let (body, trial) = (&body, &trial);
             async move {
@@ -149,8 +151,10 @@ impl AppState {
                     Delivery::Wait => self.deliver(frontend, body).await,
                     Delivery::Skip => Outcome::Skipped,
                     Delivery::Try => {
-                        let (state, frontend, body) =
-                            (self.clone(), frontend.clone(), trial.clone());
+                        let Some(body) = trial.clone() else {
+                            return Outcome::Skipped;
+                        };
+                        let (state, frontend) = (self.clone(), frontend.clone());
                         tokio::spawn(async move {
                             let tried = state.deliver(&frontend, &body).await;
                             state.metrics.pushes.get_or_create(&tried.label()).inc();
@@ -198,11 +202,16 @@ impl AppState {
                 self.pushes.failed(frontend, Instant::now());
                 Outcome::Failed
             }
-            // A frontend that is down has no cache to keep fresh; it starts empty.
+            // A frontend that is down has no cache to keep fresh; it starts empty. One that
+            // still probes is cut off.
             Err(e) if e.is_connect() => {
-                tracing::debug!("invalidate at {frontend}: {e}");
-                self.pushes.gone(frontend);
-                Outcome::NotConnected
+                if self.pushes.not_connected(frontend, Instant::now()) {
+                    tracing::warn!("invalidate at {frontend}: {e}, while it probes");
+                    Outcome::Failed
+                } else {
+                    tracing::debug!("invalidate at {frontend}: {e}");
+                    Outcome::NotConnected
+                }
             }
             Err(e) => {
                 tracing::warn!("invalidate at {frontend}: {e}");
