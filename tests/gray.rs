@@ -524,6 +524,31 @@ async fn pushes(cluster: &Cluster, outcome: &str) -> u64 {
         .map_or(0, |count| count.parse().expect("a count"))
 }
 
+/// Places orders until the catalog leaves a frontend out of a push; returns how many.
+async fn trade_until_a_push_is_skipped(cluster: &Cluster) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let before = pushes(cluster, "skipped").await;
+    let mut bought = 0;
+    while pushes(cluster, "skipped").await == before {
+        assert!(std::time::Instant::now() < deadline, "never left out");
+        cluster.must_order("GameStart", "buy", 1).await;
+        bought += 1;
+    }
+    bought
+}
+
+/// Places an order: whether both frontends took its push (and none was left out).
+async fn taken_by_both(cluster: &Cluster) -> bool {
+    let taken = pushes(cluster, "taken").await;
+    let skipped = pushes(cluster, "skipped").await;
+    cluster.must_order("GameStart", "buy", 1).await;
+    let after = (
+        pushes(cluster, "taken").await,
+        pushes(cluster, "skipped").await,
+    );
+    after == (taken + 2, skipped)
+}
+
 /// A frontend that hangs holds trades up for one push's deadline, not for as long as it hangs:
 /// once its process has not probed the catalog within a cache lease, it trusts nothing it
 /// cached, and the catalog leaves it out of pushes instead of waiting 1 s on every one. Back,
@@ -552,14 +577,7 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
     assert_eq!(cluster.quantity(1, "GameStart").await, 100);
 
     signal(&cluster.frontends[1], Signal::SIGSTOP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut bought = 0;
-    let before = pushes(&cluster, "skipped").await;
-    while pushes(&cluster, "skipped").await == before {
-        assert!(std::time::Instant::now() < deadline, "never left out");
-        cluster.must_order("GameStart", "buy", 1).await;
-        bought += 1;
-    }
+    let mut bought = trade_until_a_push_is_skipped(&cluster).await;
     let (failed, skipped) = (
         pushes(&cluster, "failed").await,
         pushes(&cluster, "skipped").await,
@@ -584,20 +602,12 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
             break;
         }
     }
-    // Probing again, it is pushed to again: an order's push is taken by both frontends.
+    // Probing again, it is pushed to again.
+    let again = || taken_by_both(&cluster);
     wait_until(
         "the frontend to be pushed to again",
         Duration::from_secs(10),
-        || async {
-            let taken = pushes(&cluster, "taken").await;
-            let skipped = pushes(&cluster, "skipped").await;
-            cluster.must_order("GameStart", "buy", 1).await;
-            let after = (
-                pushes(&cluster, "taken").await,
-                pushes(&cluster, "skipped").await,
-            );
-            after == (taken + 2, skipped)
-        },
+        again,
     )
     .await;
 }
@@ -614,34 +624,18 @@ async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do()
         _ => url.to_owned(),
     };
     let cluster = Cluster::start_pushing(2, &push_to).await;
-    let taken_by_both = || async {
-        let taken = pushes(&cluster, "taken").await;
-        let skipped = pushes(&cluster, "skipped").await;
-        cluster.must_order("GameStart", "buy", 1).await;
-        let after = (
-            pushes(&cluster, "taken").await,
-            pushes(&cluster, "skipped").await,
-        );
-        after == (taken + 2, skipped)
-    };
+    let both_took = || taken_by_both(&cluster);
     wait_until(
         "both frontends to take a push",
         Duration::from_secs(10),
-        taken_by_both,
+        both_took,
     )
     .await;
     // Frontend 1 caches the stock.
     let cached = cluster.quantity(1, "GameStart").await;
 
     link.cut();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut bought = 0;
-    let before = pushes(&cluster, "skipped").await;
-    while pushes(&cluster, "skipped").await == before {
-        assert!(std::time::Instant::now() < deadline, "never left out");
-        cluster.must_order("GameStart", "buy", 1).await;
-        bought += 1;
-    }
+    let mut bought = trade_until_a_push_is_skipped(&cluster).await;
     // Alive and cut off from the pushes, it serves no quantity older than the trades, also
     // one it read just before a trade (I7).
     let skipped = pushes(&cluster, "skipped").await;
@@ -658,7 +652,7 @@ async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do()
     wait_until(
         "a push to reach it again",
         Duration::from_secs(15),
-        taken_by_both,
+        both_took,
     )
     .await;
 }

@@ -240,6 +240,26 @@ mod tests {
         (pushes, Instant::now() + ago)
     }
 
+    /// A catalog process that started 5 s before `t0`, pushing to one address, where
+    /// `process` took push 1 at `t0`.
+    fn one_frontend(process: &str) -> (Pushes, Instant, BaseUrl) {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let one = url(1);
+        pushes.next(std::slice::from_ref(&one), t0);
+        pushes.taken(&one, Some(process));
+        (pushes, t0, one)
+    }
+
+    /// Like [`one_frontend`], with two addresses, where `p1` and `p2` took push 1.
+    fn two_frontends() -> (Pushes, Instant, [BaseUrl; 2]) {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let frontends = [url(1), url(2)];
+        pushes.next(&frontends, t0);
+        pushes.taken(&frontends[0], Some("p1"));
+        pushes.taken(&frontends[1], Some("p2"));
+        (pushes, t0, frontends)
+    }
+
     const LEASE: Duration = CACHE_LEASE.saturating_add(LEASE_MARGIN);
     const TICK: Duration = Duration::from_millis(1);
 
@@ -271,10 +291,7 @@ mod tests {
 
     #[test]
     fn a_probe_from_a_process_no_address_is_known_for_keeps_every_frontend_pushed() {
-        let (pushes, t0) = pushes_started(Duration::from_secs(5));
-        let one = url(1);
-        pushes.next(std::slice::from_ref(&one), t0);
-        pushes.taken(&one, Some("old"));
+        let (pushes, t0, one) = one_frontend("old");
         // "old" is gone and a new process listens at the same address: until it takes a push
         // there, its probes may come from there.
         let later = t0 + 2 * LEASE;
@@ -312,12 +329,8 @@ mod tests {
     #[test]
     fn an_address_whose_answer_names_no_process_that_nobody_listens_at_or_not_listed_is_pushed_to()
     {
-        let (pushes, t0) = pushes_started(Duration::from_secs(5));
-        let (one, two) = (url(1), url(2));
+        let (pushes, t0, [one, two]) = two_frontends();
         let frontends = [one.clone(), two.clone()];
-        pushes.next(&frontends, t0);
-        pushes.taken(&one, Some("p1"));
-        pushes.taken(&two, Some("p2"));
         pushes.taken(&one, None);
         assert!(
             !pushes.not_connected(&two, t0 + 2 * LEASE),
@@ -334,23 +347,16 @@ mod tests {
 
     #[test]
     fn a_process_name_too_long_counts_as_none() {
-        let (pushes, t0) = pushes_started(Duration::from_secs(5));
-        let one = url(1);
-        let long = "x".repeat(MAX_PROCESS_NAME + 1);
-        pushes.next(std::slice::from_ref(&one), t0);
-        pushes.taken(&one, Some(&long));
+        let (pushes, t0, one) = one_frontend("p");
+        pushes.taken(&one, Some(&"x".repeat(MAX_PROCESS_NAME + 1)));
         let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
         assert_eq!(plan, [Wait], "no process is known at the address");
     }
 
     #[test]
     fn a_frontend_that_pushes_do_not_reach_is_refused_the_lease_then_tried_until_one_does() {
-        let (pushes, t0) = pushes_started(Duration::from_secs(5));
-        let (one, two) = (url(1), url(2));
+        let (pushes, t0, [one, two]) = two_frontends();
         let frontends = [one.clone(), two.clone()];
-        pushes.next(&frontends, t0);
-        pushes.taken(&one, Some("p1"));
-        pushes.taken(&two, Some("p2"));
         assert!(pushes.probed(Some("p1"), t0).1);
         // The link to p1 drops: its push fails, while its probes still arrive.
         let cut = t0 + TICK;
@@ -392,10 +398,7 @@ mod tests {
 
     #[test]
     fn a_refused_connection_to_a_process_that_still_probes_refuses_it_the_lease() {
-        let (pushes, t0) = pushes_started(Duration::from_secs(5));
-        let one = url(1);
-        pushes.next(std::slice::from_ref(&one), t0);
-        pushes.taken(&one, Some("p"));
+        let (pushes, t0, one) = one_frontend("p");
         pushes.probed(Some("p"), t0);
         // Alive, cut off by a rule that refuses connections: as after a failed push.
         assert!(pushes.not_connected(&one, t0 + TICK));
@@ -407,10 +410,7 @@ mod tests {
 
     #[test]
     fn the_refusal_runs_from_the_last_probe_noted_if_the_failure_was_timed_before_it() {
-        let (pushes, t0) = pushes_started(Duration::from_secs(5));
-        let one = url(1);
-        pushes.next(std::slice::from_ref(&one), t0);
-        pushes.taken(&one, Some("p"));
+        let (pushes, t0, one) = one_frontend("p");
         // The failure's time was read, then a probe was noted, then the failure.
         let failure = t0 + TICK;
         pushes.probed(Some("p"), failure + 10 * TICK);

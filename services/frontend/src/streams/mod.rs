@@ -1041,15 +1041,19 @@ mod tests {
         }
     }
 
+    /// Stock A at $1 with `quantity` shares.
+    fn stock(quantity: u64) -> Stock {
+        Stock {
+            name: "A".into(),
+            price: Price::from_cents(100),
+            quantity,
+        }
+    }
+
     #[test]
     fn prices_are_published_only_when_they_change() {
         let streams = Streams::new(1);
         let mut receiver = streams.prices.subscribe();
-        let stock = |quantity| Stock {
-            name: "A".into(),
-            price: Price::from_cents(100),
-            quantity,
-        };
         let as_of = |applied| Some(AsOf { boot: 1, applied });
         streams.publish_prices(vec![stock(5)], as_of(1));
         streams.publish_prices(vec![stock(5)], as_of(2));
@@ -1065,11 +1069,6 @@ mod tests {
     fn prices_never_go_back_to_an_older_catalog_state() {
         let streams = Streams::new(1);
         let mut receiver = streams.prices.subscribe();
-        let stock = |quantity| Stock {
-            name: "A".into(),
-            price: Price::from_cents(100),
-            quantity,
-        };
         let as_of = |boot, applied| Some(AsOf { boot, applied });
         streams.publish_prices(vec![stock(5)], as_of(1, 7));
         streams.publish_prices(vec![stock(6)], as_of(1, 6));
