@@ -71,6 +71,13 @@ impl Pushes {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a lease from a probe noted at `since` (none: before this process started) has
+    /// run out by `now`.
+    fn lapsed(&self, since: Option<Instant>, now: Instant) -> bool {
+        let since = since.map_or(self.started, |at| at.max(self.started));
+        now.saturating_duration_since(since) > CACHE_LEASE + LEASE_MARGIN
+    }
+
     /// The catalog process ([`PushMark::boot`]).
     pub fn boot(&self) -> u64 {
         self.boot
@@ -114,10 +121,7 @@ impl Pushes {
         let mut guard = self.ledger();
         let ledger = &mut *guard;
         ledger.last += 1;
-        let lapsed = |since: Option<Instant>| {
-            let since = since.map_or(self.started, |at| at.max(self.started));
-            now.saturating_duration_since(since) > CACHE_LEASE + LEASE_MARGIN
-        };
+        let lapsed = |since| self.lapsed(since, now);
         ledger.probed.retain(|_, at| !lapsed(Some(*at)));
         // Addresses no longer pushed to (a frontend pod gone from the DNS answer) are forgotten:
         // should one come back, it is pushed to until it answers again.
@@ -199,11 +203,11 @@ impl Pushes {
     /// a stranger until it takes a push.
     pub fn not_connected(&self, frontend: &BaseUrl, now: Instant) -> bool {
         let mut ledger = self.ledger();
-        let alive = (ledger.at.get(frontend.as_str()))
+        let process = ledger.at.get(frontend.as_str());
+        let probed = process
             .and_then(|process| ledger.probed.get(process))
-            .is_some_and(|&at| {
-                now.saturating_duration_since(at.max(self.started)) <= CACHE_LEASE + LEASE_MARGIN
-            });
+            .copied();
+        let alive = probed.is_some() && !self.lapsed(probed, now);
         if alive {
             Self::refuse(&mut ledger, frontend, now);
         } else {

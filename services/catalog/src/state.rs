@@ -141,20 +141,15 @@ impl AppState {
         let numbered = Instant::now();
         let (mark, plan) = self.pushes.next(&frontends, numbered);
         body.mark = Some(mark);
-        let trial = plan
-            .contains(&Delivery::Try)
-            .then(|| Arc::new(body.clone()));
         let calls = frontends.iter().zip(plan).map(|(frontend, plan)| {
-            let (body, trial) = (&body, &trial);
+            let body = &body;
             async move {
                 match plan {
                     Delivery::Wait => self.deliver(frontend, body).await,
                     Delivery::Skip => Outcome::Skipped,
                     Delivery::Try => {
-                        let Some(body) = trial.clone() else {
-                            return Outcome::Skipped;
-                        };
-                        let (state, frontend) = (self.clone(), frontend.clone());
+                        let (state, frontend, body) =
+                            (self.clone(), frontend.clone(), body.clone());
                         tokio::spawn(async move {
                             let tried = state.deliver(&frontend, &body).await;
                             state.metrics.pushes.get_or_create(&tried.label()).inc();

@@ -39,7 +39,8 @@ pub(crate) async fn invalidate_many(
     state.inner.remember(request.stocks.iter().cloned());
     // Only values newer than those sent: a push that timed out while this process hung may
     // arrive after later ones, or after the catalog's snapshot.
-    (state.inner.streams).publish_prices(request.stocks, request.as_of);
+    let as_of = request.as_of;
+    state.inner.streams.publish_prices(request.stocks, as_of);
     // Which process took it: the catalog leaves this process out of pushes once it stops
     // probing (a hang), knowing that it trusts nothing it cached by then.
     let process = [(FRONTEND_PROCESS, state.inner.process.clone())];
