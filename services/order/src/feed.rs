@@ -2,13 +2,17 @@
 //! applied (`GET /feed?after=N`) and users' order updates (`GET /feed/orders?user=U&after=N`),
 //! each kept in a bounded ring that forgets the oldest first. Entries that change nothing in
 //! the book have no event; entries that change no user's order have no update.
+//!
+//! A user's poll waits on that user's own signal, which only an update of theirs (or a
+//! replaced book) sends: idle streams sleep through other users' entries, where one signal
+//! for all woke every poll for every entry applied.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stocknet_common::wire::{FeedPage, MarketEvent, OrderUpdate, OrderUpdatePage};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Events kept for followers that fall behind.
 pub const CAPACITY: usize = 8_192;
@@ -29,6 +33,47 @@ struct Rings {
     events: Ring<MarketEvent>,
     updates: Ring<OrderUpdate>,
     applied: u64,
+    /// The users whose updates polls wait for.
+    waiting: HashMap<u64, Waiters>,
+}
+
+/// The polls waiting for one user's updates.
+struct Waiters {
+    /// Sent when an update of the user's is pushed, or the book replaced.
+    signal: Arc<Notify>,
+    polls: usize,
+    /// The last entry of the user's whose update the ring forgot while polls waited.
+    forgotten: u64,
+}
+
+impl Rings {
+    fn new(applied: u64) -> Self {
+        Self {
+            events: Ring::new(CAPACITY, applied),
+            updates: Ring::new(UPDATE_CAPACITY, applied),
+            applied,
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+/// A poll's place among those waiting for `user`'s updates, given up when it is dropped.
+struct Waiting<'a> {
+    feed: &'a Feed,
+    user: u64,
+    signal: Arc<Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut rings = self.feed.rings();
+        if let Some(waiters) = rings.waiting.get_mut(&self.user) {
+            waiters.polls -= 1;
+            if waiters.polls == 0 {
+                rings.waiting.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// What a ring keeps: things of one log entry each.
@@ -64,11 +109,13 @@ impl<T: OfEntry> Ring<T> {
         }
     }
 
-    fn push(&mut self, items: Vec<T>) {
+    /// Adds `items`, the newest, handing each item it forgets to `forgotten`.
+    fn push(&mut self, items: Vec<T>, mut forgotten: impl FnMut(&T)) {
         for item in items {
             if self.items.len() == self.capacity {
                 if let Some(dropped) = self.items.pop_front() {
                     self.floor = dropped.entry();
+                    forgotten(&dropped);
                 }
             }
             self.items.push_back(item);
@@ -99,33 +146,54 @@ impl Feed {
     /// A feed that starts after entry `applied` (where the book starts).
     pub fn new(applied: u64) -> Self {
         Self {
-            state: Mutex::new(Rings {
-                events: Ring::new(CAPACITY, applied),
-                updates: Ring::new(UPDATE_CAPACITY, applied),
-                applied,
-            }),
+            state: Mutex::new(Rings::new(applied)),
             applied: watch::Sender::new(applied),
         }
     }
 
-    /// Records the events and order updates of the entries through `applied`.
+    /// Records the events and order updates of the entries through `applied`, and wakes the
+    /// polls of the users these updates are for.
     pub fn push(&self, events: Vec<MarketEvent>, updates: Vec<OrderUpdate>, applied: u64) {
-        let mut rings = self.rings();
-        rings.events.push(events);
-        rings.updates.push(updates);
+        let mut guard = self.rings();
+        let rings = &mut *guard;
+        let mut signals: Vec<Arc<Notify>> = Vec::new();
+        if !rings.waiting.is_empty() {
+            for update in &updates {
+                if let Some(waiters) = rings.waiting.get(&update.user) {
+                    if !signals.iter().any(|s| Arc::ptr_eq(s, &waiters.signal)) {
+                        signals.push(waiters.signal.clone());
+                    }
+                }
+            }
+        }
+        rings.events.push(events, |_| {});
+        let waiting = &mut rings.waiting;
+        rings.updates.push(updates, |dropped| {
+            if let Some(waiters) = waiting.get_mut(&dropped.user) {
+                waiters.forgotten = dropped.entry;
+            }
+        });
         rings.applied = applied;
-        drop(rings);
+        drop(guard);
         self.applied.send_replace(applied);
+        signals.iter().for_each(|signal| signal.notify_waiters());
     }
 
     /// Starts again after entry `applied`, with nothing kept: the book was replaced (a
-    /// snapshot installed), so the entries it skipped have no events here.
+    /// snapshot installed), so the entries it skipped have no events here, and every waiting
+    /// poll is woken to say so.
     pub fn restart(&self, applied: u64) {
-        *self.rings() = Rings {
-            events: Ring::new(CAPACITY, applied),
-            updates: Ring::new(UPDATE_CAPACITY, applied),
-            applied,
+        let mut rings = self.rings();
+        let waiting = std::mem::take(&mut rings.waiting);
+        *rings = Rings {
+            waiting,
+            ..Rings::new(applied)
         };
+        for waiters in rings.waiting.values_mut() {
+            waiters.forgotten = applied;
+            waiters.signal.notify_waiters();
+        }
+        drop(rings);
         self.applied.send_replace(applied);
     }
 
@@ -157,30 +225,54 @@ impl Feed {
     /// for some.
     pub async fn wait_for_updates(&self, user: u64, after: u64, wait: Duration) -> OrderUpdatePage {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut applied = self.applied.subscribe();
+        let waiting = self.wait_for(user);
         // Entries through `scanned` have no update of the user's: the wait goes on after it.
         let mut scanned = after;
+        let mut first = true;
         loop {
-            let (updates, through, floor) = {
+            // Listening before looking: an update pushed after the look signals this poll.
+            let signal = waiting.signal.notified();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            let page = {
                 let rings = self.rings();
                 let (updates, through) = rings
                     .updates
                     .page(scanned, rings.applied, |u| u.user == user);
-                (updates, through, rings.updates.floor)
+                // Before this poll waited, whatever the ring forgot after `after` may have been
+                // the user's; since, the ring has noted what of the user's it forgot.
+                let forgotten = match first {
+                    true => rings.updates.floor,
+                    false => rings.waiting.get(&user).map_or(0, |w| w.forgotten),
+                };
+                OrderUpdatePage {
+                    gap: forgotten > scanned,
+                    through,
+                    updates,
+                }
             };
-            let page = OrderUpdatePage {
-                gap: floor > scanned,
-                through,
-                updates,
-            };
-            if page.gap || !page.updates.is_empty() {
+            if page.gap || !page.updates.is_empty() || tokio::time::Instant::now() >= deadline {
                 return page;
             }
-            scanned = through;
-            let more = applied.wait_for(|&a| a > scanned);
-            if tokio::time::timeout_at(deadline, more).await.is_err() {
-                return page;
-            }
+            (scanned, first) = (page.through, false);
+            let _ = tokio::time::timeout_at(deadline, signal).await;
+        }
+    }
+
+    /// Counts a poll among those waiting for `user`'s updates, with their shared signal.
+    fn wait_for(&self, user: u64) -> Waiting<'_> {
+        let mut rings = self.rings();
+        let waiters = rings.waiting.entry(user).or_insert_with(|| Waiters {
+            signal: Arc::new(Notify::new()),
+            polls: 0,
+            forgotten: 0,
+        });
+        waiters.polls += 1;
+        let signal = waiters.signal.clone();
+        Waiting {
+            feed: self,
+            user,
+            signal,
         }
     }
 
@@ -334,6 +426,73 @@ mod tests {
         feed.restart(20_000);
         assert!(feed.wait_for_updates(7, 10, Duration::ZERO).await.gap);
         assert!(!feed.wait_for_updates(7, 20_000, Duration::ZERO).await.gap);
+    }
+
+    /// Counts the wakes of a task.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_users_poll_sleeps_through_other_users_updates_and_wakes_for_its_own() {
+        use std::future::Future;
+        let feed = Feed::new(0);
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut context = std::task::Context::from_waker(&waker);
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        let poll = feed.wait_for_updates(7, 0, Duration::from_secs(30));
+        tokio::pin!(poll);
+        assert!(poll.as_mut().poll(&mut context).is_pending());
+
+        // Enough of user 8's updates that the ring forgets the oldest past where user 7's
+        // poll looked last: none of them wakes it.
+        let others: Vec<OrderUpdate> = (1..=UPDATE_CAPACITY as u64 + 10)
+            .map(|e| update(e, 8))
+            .collect();
+        feed.push(vec![event(1)], others, UPDATE_CAPACITY as u64 + 10);
+        assert_eq!(woken(), 0, "another user's updates woke the poll");
+
+        // Its own wakes it, and it is complete: what was forgotten was user 8's.
+        let own = UPDATE_CAPACITY as u64 + 11;
+        feed.push(Vec::new(), vec![update(own, 7)], own);
+        assert_eq!(woken(), 1);
+        let std::task::Poll::Ready(page) = poll.as_mut().poll(&mut context) else {
+            panic!("the poll is still waiting after its user's update");
+        };
+        assert_eq!((page.gap, page.through), (false, own));
+        assert_eq!(page.updates, [update(own, 7)]);
+        assert!(feed.rings().waiting.is_empty(), "the poll left its place");
+
+        // Its own update forgotten before the poll looks again: a gap.
+        let poll = feed.wait_for_updates(7, own, Duration::from_secs(30));
+        tokio::pin!(poll);
+        assert!(poll.as_mut().poll(&mut context).is_pending());
+        feed.push(Vec::new(), vec![update(own + 1, 7)], own + 1);
+        let others: Vec<OrderUpdate> = (own + 2..own + 2 + UPDATE_CAPACITY as u64)
+            .map(|e| update(e, 8))
+            .collect();
+        let own = own + 1 + UPDATE_CAPACITY as u64;
+        feed.push(Vec::new(), others, own);
+        let std::task::Poll::Ready(page) = poll.as_mut().poll(&mut context) else {
+            panic!("the poll is still waiting after its user's update");
+        };
+        assert!(page.gap, "an update of the user's was forgotten unseen");
+
+        // A replaced book wakes every poll, to tell it of the gap.
+        let poll = feed.wait_for_updates(7, own, Duration::from_secs(30));
+        tokio::pin!(poll);
+        assert!(poll.as_mut().poll(&mut context).is_pending());
+        feed.restart(own + 100);
+        assert_eq!(woken(), 3);
+        let std::task::Poll::Ready(page) = poll.as_mut().poll(&mut context) else {
+            panic!("the poll is still waiting after the book was replaced");
+        };
+        assert!(page.gap);
     }
 
     #[test]
