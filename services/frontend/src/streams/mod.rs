@@ -8,6 +8,8 @@
 //! the same events from the same log). Prices come with the catalog's invalidation push. Both
 //! fan out through bounded broadcast channels: a consumer that falls a channel's length behind
 //! is closed with a reason, so nobody's backlog grows without bound or slows the order path.
+//! A stream of one stock listens on that stock's channel, so that it is woken by that stock's
+//! events only (a thousand watchers of one book cost nothing to trading in the others).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -130,7 +132,11 @@ pub enum MarketItem {
 }
 
 pub struct Streams {
+    /// Every market item: `/ws/trades`.
     market: broadcast::Sender<MarketItem>,
+    /// One stock's items (its events, and every gap and start) for its `/ws/book` and
+    /// `/ws/candles` streams, while it has any.
+    stocks: Mutex<HashMap<String, broadcast::Sender<MarketItem>>>,
     prices: broadcast::Sender<Stock>,
     /// The last price and quantity sent per stock: the catalog names stocks that did not change.
     last_sent: Mutex<HashMap<String, PriceSent>>,
@@ -145,6 +151,7 @@ impl Streams {
     pub fn new(max_open: usize) -> Self {
         Self {
             market: broadcast::channel(CHANNEL).0,
+            stocks: Mutex::default(),
             prices: broadcast::channel(CHANNEL).0,
             last_sent: Mutex::default(),
             follower_started: AtomicBool::new(false),
@@ -194,28 +201,80 @@ impl Streams {
         }
     }
 
-    fn subscribe_market(&self, state: &AppState) -> broadcast::Receiver<MarketItem> {
-        let receiver = self.market.subscribe();
+    /// A receiver of the market items of `stock`, or of every stock, with the leader's feed
+    /// followed.
+    fn subscribe_market(
+        &self,
+        state: &AppState,
+        stock: Option<&str>,
+    ) -> broadcast::Receiver<MarketItem> {
+        let receiver = self.market_receiver(stock);
         if !self.follower_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(follow_feed(state.clone()));
         }
         self.listener_arrived.notify_one();
         receiver
     }
+
+    fn market_receiver(&self, stock: Option<&str>) -> broadcast::Receiver<MarketItem> {
+        match stock {
+            None => self.market.subscribe(),
+            Some(name) => self
+                .stock_channels()
+                .entry(name.to_owned())
+                .or_insert_with(|| broadcast::channel(CHANNEL).0)
+                .subscribe(),
+        }
+    }
+
+    /// Whether any stream listens to the market; stocks' channels nobody listens to go.
+    fn market_listened(&self) -> bool {
+        let mut stocks = self.stock_channels();
+        stocks.retain(|_, channel| channel.receiver_count() > 0);
+        !stocks.is_empty() || self.market.receiver_count() > 0
+    }
+
+    /// Sends `item` to the streams it concerns: an event to its stock's and to every stock's;
+    /// a gap or a start to all.
+    fn publish_market(&self, item: MarketItem) {
+        // No receiver is not an error: nobody is listening there.
+        {
+            let stocks = self.stock_channels();
+            match &item {
+                MarketItem::Event(event) => {
+                    if let Some(channel) = stocks.get(&event.name) {
+                        let _ = channel.send(item.clone());
+                    }
+                }
+                MarketItem::Gap | MarketItem::Started(_) => {
+                    for channel in stocks.values() {
+                        let _ = channel.send(item.clone());
+                    }
+                }
+            }
+        }
+        let _ = self.market.send(item);
+    }
+
+    fn stock_channels(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<MarketItem>>> {
+        self.stocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Follows the leader's feed while the market channel has receivers.
+/// Follows the leader's feed while any market stream listens.
 async fn follow_feed(state: AppState) {
     let inner = &state.inner;
     let streams = &inner.streams;
     let mut cursor: Option<u64> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
-        if streams.market.receiver_count() == 0 {
+        if !streams.market_listened() {
             // Nobody listens: stop polling, and start from the present when somebody does.
             cursor = None;
             let arrived = streams.listener_arrived.notified();
-            if streams.market.receiver_count() == 0 {
+            if !streams.market_listened() {
                 arrived.await;
             }
             continue;
@@ -231,7 +290,7 @@ async fn follow_feed(state: AppState) {
                 .map(|started| {
                     started.map(|applied| {
                         cursor = Some(applied);
-                        let _ = streams.market.send(MarketItem::Started(applied));
+                        streams.publish_market(MarketItem::Started(applied));
                         None
                     })
                 }),
@@ -249,10 +308,10 @@ async fn follow_feed(state: AppState) {
                 backoff = Duration::from_millis(50);
                 let after = cursor.unwrap_or_default();
                 if page.floor > after {
-                    let _ = streams.market.send(MarketItem::Gap);
+                    streams.publish_market(MarketItem::Gap);
                 }
                 for event in page.events {
-                    let _ = streams.market.send(MarketItem::Event(Arc::new(event)));
+                    streams.publish_market(MarketItem::Event(Arc::new(event)));
                 }
                 cursor = Some(page.through.max(after));
             }
@@ -387,7 +446,7 @@ pub async fn trades(
     BareHandshake(handshake): BareHandshake,
 ) -> Response {
     handshake.on_upgrade(move |socket| async move {
-        let receiver = state.inner.streams.subscribe_market(&state);
+        let receiver = state.inner.streams.subscribe_market(&state, None);
         let (sink, stream) = socket.split();
         let render = |item: &MarketItem| match item {
             MarketItem::Event(event) => event
@@ -506,6 +565,10 @@ impl Followed for BookStream {
             last_price: event.last_price,
         }))
     }
+
+    fn stock(&self) -> &str {
+        &self.name
+    }
 }
 
 /// The query of `GET /ws/candles/{name}`.
@@ -604,6 +667,10 @@ impl Followed for CandleStream {
             candle: candle.clone(),
         }))
     }
+
+    fn stock(&self) -> &str {
+        &self.name
+    }
 }
 
 /// A stream that starts from a snapshot of what it follows and goes on with what each market
@@ -617,6 +684,9 @@ trait Followed: Send {
 
     /// The frame for `event`, which comes after the snapshot, if it changes what is followed.
     fn update(&mut self, event: &MarketEvent) -> Option<String>;
+
+    /// The stock followed.
+    fn stock(&self) -> &str;
 }
 
 /// Serves `followed` on `socket` until the client goes or falls behind.
@@ -625,7 +695,10 @@ async fn follow(
     socket: axum::extract::ws::WebSocket,
     mut followed: impl Followed,
 ) {
-    let mut receiver = state.inner.streams.subscribe_market(&state);
+    let mut receiver = state
+        .inner
+        .streams
+        .subscribe_market(&state, Some(followed.stock()));
     let (mut sink, mut stream) = socket.split();
     let mut keepalive = Keepalive::new();
     'snapshot: loop {
@@ -785,7 +858,6 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// `value`'s JSON object with `"type": kind` added.
 /// Every message `GET /ws/trades` sends.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -957,7 +1029,7 @@ mod tests {
         let replica = format!("1=http://{}", listener.local_addr().unwrap());
         let served = tokio::spawn(async move { axum::serve(listener, leader).await });
         let state = crate::router_tests::lone_state(&["--order-replicas", &replica]);
-        let mut receiver = state.inner.streams.subscribe_market(&state);
+        let mut receiver = state.inner.streams.subscribe_market(&state, None);
         let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
         assert!(
             matches!(first, Ok(Ok(MarketItem::Started(10)))),
@@ -1021,7 +1093,7 @@ mod tests {
             ));
         }
         let state = crate::router_tests::lone_state(&["--order-replicas", &urls.join(",")]);
-        let mut receiver = state.inner.streams.subscribe_market(&state);
+        let mut receiver = state.inner.streams.subscribe_market(&state, None);
         let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
         assert!(
             matches!(first, Ok(Ok(MarketItem::Started(10)))),
@@ -1039,6 +1111,56 @@ mod tests {
         for server in served {
             server.abort();
         }
+    }
+
+    fn event(entry: u64, name: &str) -> MarketItem {
+        MarketItem::Event(Arc::new(MarketEvent {
+            entry,
+            time: 0,
+            name: name.into(),
+            trades: Vec::new(),
+            levels: Vec::new(),
+            last_price: None,
+        }))
+    }
+
+    fn entry_of(item: Result<MarketItem, broadcast::error::TryRecvError>) -> Option<u64> {
+        match item {
+            Ok(MarketItem::Event(event)) => Some(event.entry),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_stock_s_streams_hear_its_events_and_every_gap_only() {
+        let streams = Streams::new(10);
+        let mut a = streams.market_receiver(Some("A"));
+        let mut every = streams.market_receiver(None);
+        assert!(streams.market_listened());
+        streams.publish_market(MarketItem::Started(1));
+        for (entry, name) in [(2, "A"), (3, "B"), (4, "B"), (5, "A")] {
+            streams.publish_market(event(entry, name));
+        }
+        streams.publish_market(MarketItem::Gap);
+
+        assert!(matches!(a.try_recv(), Ok(MarketItem::Started(1))));
+        assert_eq!(entry_of(a.try_recv()), Some(2));
+        assert_eq!(
+            entry_of(a.try_recv()),
+            Some(5),
+            "B's events reached A's stream"
+        );
+        assert!(matches!(a.try_recv(), Ok(MarketItem::Gap)));
+        assert!(a.try_recv().is_err());
+        assert!(matches!(every.try_recv(), Ok(MarketItem::Started(1))));
+        let entries: Vec<_> = (0..4).map(|_| entry_of(every.try_recv())).collect();
+        assert_eq!(entries, [Some(2), Some(3), Some(4), Some(5)]);
+        assert!(matches!(every.try_recv(), Ok(MarketItem::Gap)));
+
+        // Nobody left: the feed is no longer listened to, and A's channel is gone.
+        drop((a, every));
+        assert!(!streams.market_listened());
+        assert!(streams.stock_channels().is_empty());
     }
 
     /// Stock A at $1 with `quantity` shares.
