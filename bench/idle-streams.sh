@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Durable orders while idle users hold order streams: what subscribers who trade nothing cost
-# everybody's trading. Each round starts a fresh `stocknet up --cache-size 12` per build,
-# alternating, opens STREAMS `/ws/orders` streams of one user who places no order
+# Durable orders while idle subscribers hold WebSocket streams: what streams that are sent
+# nothing cost everybody's trading. Each round starts a fresh `stocknet up --cache-size 12` per
+# build, alternating, opens STREAMS streams of PATH that nothing is sent on
 # (bench/idle_streams.py), and runs `stocknet load` (32 clients, p = 1, 8 s); it prints orders/s,
 # p50 and p99, and each process's CPU time (user + system, /proc/PID/stat) per 1,000 orders.
-#   bench/order-streams.sh ROUNDS STREAMS /tmp/stocknet-before /tmp/stocknet-after
-# STREAMS 0 measures the same without streams; the frontend keeps 1,000 open at most.
+#   bench/idle-streams.sh ROUNDS STREAMS PATH /tmp/stocknet-before /tmp/stocknet-after
+# PATH /ws/orders: streams of one user who places no order, while the load places market
+# orders. PATH /ws/book/Tesla: the book of a stock the load does not trade, while it places
+# limit orders (half of them trade) in three others. STREAMS 0 measures the same without
+# streams; the frontend keeps 1,000 open at most.
 set -euo pipefail
-rounds=$1; streams=$2; shift 2
+rounds=$1; streams=$2; path=$3; shift 3
+flags=()
+case "$path" in
+  /ws/book/Tesla) flags=(--limit --stocks GameStart,FishCo,BoarCo) ;;
+  /ws/orders) ;;
+  *) echo "PATH: /ws/orders or /ws/book/Tesla" >&2; exit 2 ;;
+esac
 dir="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
@@ -30,19 +39,19 @@ for round in $(seq 1 "$rounds"); do
     pids=("$up")
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     if [ "$streams" -gt 0 ]; then
-      python3 bench/idle_streams.py http://127.0.0.1:18080 "$streams" >"$dir/streams.log" 2>&1 &
+      python3 bench/idle_streams.py http://127.0.0.1:18080 "$streams" "$path" >"$dir/streams.log" 2>&1 &
       pids+=($!)
       for _ in $(seq 1 600); do grep -q "^open" "$dir/streams.log" && break; sleep 0.1; done
       grep -q "^open" "$dir/streams.log" || { cat "$dir/streams.log"; exit 1; }
     fi
     cpu "$up" >"$dir/before"
     "$bin" load --frontend http://127.0.0.1:18080 --clients 32 --p 1 --duration 8s \
-      --max-quantity 3 --json >"$dir/orders.json"
+      --max-quantity 3 "${flags[@]}" --json >"$dir/orders.json"
     cpu "$up" >"$dir/after"
     read -r acknowledged orders p50 p99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; o=r["requests"]["order"]; print(o["ok"], round(o["ok"]/r["seconds"]), o["p50_ms"], o["p99_ms"])' "$dir/orders.json")
     per_order=$(join "$dir/before" "$dir/after" | awk -v n="$acknowledged" -v t="$ticks" \
       '{ms = ($3 - $2) * 1000 / t; all += ms; printf "%s %.0f, ", $1, ms * 1000 / n} END {printf "all %.0f", all * 1000 / n}')
-    echo "round $round $bin, $streams idle streams: orders $orders/s, p50 $p50 ms, p99 $p99 ms (CPU ms per 1,000: $per_order)"
+    echo "round $round $bin, $streams idle streams of $path: orders $orders/s, p50 $p50 ms, p99 $p99 ms (CPU ms per 1,000: $per_order)"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pids=()
