@@ -4,6 +4,7 @@
 //! throughput and latency percentiles (HdrHistogram) per request type.
 
 mod connection;
+mod order_streams;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -76,6 +77,10 @@ pub struct LoadConfig {
     /// with one of their API keys (session i uses user i mod N); 0: anonymous, as in the seed.
     #[arg(long, default_value_t = 0)]
     pub users: u32,
+    /// Follow each user's order updates on a `/ws/orders` stream (one per user) throughout,
+    /// as traders' screens do; the report counts the updates received.
+    #[arg(long, requires = "users")]
+    pub order_streams: bool,
 }
 
 /// A whole `stocknet load` invocation: one run per value of `p`.
@@ -95,6 +100,16 @@ pub struct RunReport {
     /// Per request type: `lookup`, `order`, `query` (the verification reads).
     pub requests: BTreeMap<&'static str, RequestStats>,
     pub verification: Verification,
+    /// With `--order-streams`: the order updates the streams received during the run, and
+    /// how many streams had ended by its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_streams: Option<OrderStreamStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderStreamStats {
+    pub updates: u64,
+    pub ended: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -312,6 +327,10 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
             None
         };
         let api_keys = create_users(&http, frontend, config.users).await?;
+        let streams = match config.order_streams {
+            true => Some(order_streams::OrderStreams::open(frontend, &api_keys).await?),
+            false => None,
+        };
         for &p in &config.p {
             let show_progress = !config.json && std::io::stderr().is_terminal();
             let plan = Arc::new(Plan {
@@ -330,8 +349,13 @@ pub async fn measure(config: &LoadConfig) -> anyhow::Result<LoadReport> {
                 iterations: config.iterations,
                 progress: show_progress.then(|| progress_bar(config, p)),
             });
+            let updates_before = streams.as_ref().map_or(0, |s| s.updates());
             let mut run = run_once(plan, config.clients).await?;
             run.cache = cache;
+            run.order_streams = streams.as_ref().map(|s| OrderStreamStats {
+                updates: s.updates() - updates_before,
+                ended: s.ended(),
+            });
             runs.push(run);
         }
     }
@@ -450,6 +474,7 @@ async fn run_once(plan: Arc<Plan>, clients: u32) -> anyhow::Result<RunReport> {
         seconds,
         requests,
         verification,
+        order_streams: None,
     })
 }
 
@@ -699,6 +724,12 @@ fn print_tables(report: &LoadReport) {
             v.unreadable,
             if v.passed() { "PASSED" } else { "FAILED" }
         );
+        if let Some(streams) = &run.order_streams {
+            println!(
+                "order streams: {} updates received, {} streams ended",
+                streams.updates, streams.ended
+            );
+        }
     }
 }
 

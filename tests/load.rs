@@ -48,11 +48,16 @@ async fn load_client_trades_reads_back_every_order_and_reports() {
 }
 
 #[tokio::test]
-async fn load_client_places_limit_orders_that_trade_for_its_users() {
+async fn load_client_places_limit_orders_that_trade_for_its_users_and_follows_their_updates() {
     let cluster = Cluster::start(1).await;
-    let args = "--clients 4 --p 1 --iterations 30 --stocks GameStart --limit --users 2";
+    let args =
+        "--clients 4 --p 1 --iterations 30 --stocks GameStart --limit --users 2 --order-streams";
     let report = load(cluster.frontend(), args).await;
     let run = &report["runs"][0];
+    // Each user's stream heard of its orders, and none ended.
+    let streams = &run["order_streams"];
+    assert!(streams["updates"].as_u64().is_some_and(|n| n > 0), "{run}");
+    assert_eq!(streams["ended"], 0, "{run}");
     // Limit orders are never refused for want of house inventory: all 120 are placed.
     assert_eq!(run["requests"]["order"]["ok"], 120, "{run}");
     assert_eq!(run["verification"]["checked"], 120);
