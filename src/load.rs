@@ -865,6 +865,7 @@ mod tests {
                 seconds: 1.0,
                 requests,
                 verification: Verification::default(),
+                order_streams: None,
             }
         };
         let report = LoadReport {
