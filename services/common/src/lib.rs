@@ -19,8 +19,9 @@ pub mod model;
 pub mod paths;
 pub mod ports;
 pub mod request_id;
+pub mod ring;
 pub mod server;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod wire;
 

@@ -1,6 +1,6 @@
 //! What the services' router tests share (the `testing` feature, which their dev-dependencies
 //! turn on): a request through a router, without a socket, and its answer as JSON; requests
-//! from another service, which carry the shared secret.
+//! from another service, which carry the shared secret; an order update.
 
 use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -63,4 +63,38 @@ pub fn insider_post(uri: &str, body: &str) -> Request<Body> {
         .header(AUTHORIZATION, format!("Bearer {SECRET}"))
         .body(Body::from(body.to_owned()))
         .expect("a request")
+}
+
+/// The update of entry `entry` for `user`: an order of one share of `A` accepted.
+pub fn order_update(entry: u64, user: u64) -> crate::wire::OrderUpdate {
+    use crate::wire::{OrderEvent, OrderUpdate, OrderView};
+    OrderUpdate {
+        entry,
+        time: String::new(),
+        user,
+        event: OrderEvent::Accepted,
+        order: OrderView {
+            number: entry,
+            name: "A".into(),
+            side: crate::Side::Buy,
+            quantity: 1,
+            order_type: None,
+            price: None,
+            status: crate::Status::Open,
+            filled_quantity: 0,
+            remaining_quantity: 1,
+            fills: Vec::new(),
+            fills_truncated: false,
+            time_in_force: None,
+            expire_at: None,
+            post_only: None,
+            stp: None,
+            client_order_id: None,
+            display_quantity: None,
+            stop_price: None,
+            triggered_at: None,
+        },
+        fills: Vec::new(),
+        reason: None,
+    }
 }

@@ -367,14 +367,15 @@ pub(crate) async fn feed(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OrderFeedQuery {
-    user: u64,
+    /// Only this user's updates; absent: everybody's (a frontend's shared poll).
+    user: Option<u64>,
     after: u64,
     /// How long to wait for an update, in milliseconds (default and at most 20,000).
     wait_ms: Option<u64>,
 }
 
-/// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N; a long
-/// poll that waits for one when there is none yet. An N past the end of a leader's log is no
+/// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N
+/// (everybody's without `user`); a long poll that waits for one when there is none yet. An N past the end of a leader's log is no
 /// entry any stream got to (a leader's log holds every committed entry): it is refused, as the
 /// updates between the book's entry and N would otherwise be skipped without a word. A
 /// follower (asked by a frontend that has not yet heard of a new leader) may lag: it waits.

@@ -142,6 +142,8 @@ pub struct Streams {
     last_sent: Mutex<HashMap<String, PriceSent>>,
     follower_started: AtomicBool,
     listener_arrived: Notify,
+    /// The copy of the leader's order updates that `/ws/orders` streams read.
+    pub(crate) orders: orders::OrderFeed,
     /// Streams open now, and how many may be.
     open: Arc<AtomicUsize>,
     max_open: usize,
@@ -156,6 +158,7 @@ impl Streams {
             last_sent: Mutex::default(),
             follower_started: AtomicBool::new(false),
             listener_arrived: Notify::new(),
+            orders: orders::OrderFeed::default(),
             open: Arc::default(),
             max_open,
         }

@@ -1,12 +1,19 @@
 //! `GET /ws/orders`: a user's own order updates, in log order, resumable after a reconnect.
 //!
-//! Each connection follows its user's updates on the order leader with long polls from the
-//! entry it got to (`GET /feed/orders`), so a stream resumes at any entry the leader still
-//! keeps updates for, also across a change of leader: every replica derives the same updates
-//! from the same log. Where some are gone, the stream says so (a gap) instead of skipping
-//! them silently. The key is checked again before every poll and whenever the frontend forgets
-//! credentials (a revocation's push), so a revoked key's stream ends at once.
+//! While any of its streams is open, the frontend keeps a copy of the order leader's updates
+//! of everybody ([`OrderFeed`]), followed with one long poll at a time (`GET /feed/orders`),
+//! and each stream reads its user's updates from that copy, from the entry it got to. A
+//! stream behind what the copy holds (one that resumes from long ago, or started before the
+//! copy did) reads its user's updates from the leader itself until it reaches the copy: so a
+//! stream resumes at any entry the leader still keeps updates for, also across a change of
+//! leader (every replica derives the same updates from the same log), and the leader answers
+//! one poll per frontend instead of one per stream. Where some are gone, the stream says so
+//! (a gap) instead of skipping them silently. The key is checked again before every page
+//! (at least every 8 s) and whenever the frontend forgets credentials (a revocation's push),
+//! so a revoked key's stream ends at once.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, Message};
@@ -17,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use stocknet_common::api_key::ApiKey;
 use stocknet_common::client::call;
 use stocknet_common::paths;
+use stocknet_common::ring::UpdateRing;
 use stocknet_common::wire::{OrderUpdate, OrderUpdatePage};
-use stocknet_common::{Query, RemoteError};
+use stocknet_common::{BaseUrl, Query, RemoteError};
+use tokio::sync::Notify;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
@@ -31,6 +40,170 @@ use crate::{Answer, AppState, FrontendError};
 
 /// How long a client without an `Authorization` header has to send its key.
 const HELLO_WAIT: Duration = Duration::from_secs(5);
+
+/// This frontend's copy of the order leader's updates, for its `/ws/orders` streams.
+pub struct OrderFeed {
+    updates: UpdateRing,
+    /// Whether `updates` follows the leader now, from its floor on.
+    following: AtomicBool,
+    follower_started: AtomicBool,
+    /// `/ws/orders` streams open now: the copy is followed while there are any.
+    streams: Arc<AtomicUsize>,
+    stream_arrived: Notify,
+}
+
+/// Where a stream's position stands against the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The copy holds every update after it.
+    Within,
+    /// Before the copy's floor: its updates from there are the leader's to give.
+    Before,
+    /// Past what the copy holds, or the copy follows nothing now. Only the leader knows
+    /// whether such a position is in its log at all.
+    Beyond,
+}
+
+/// A stream counted among those the copy is followed for, until dropped.
+struct Listening(Arc<AtomicUsize>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Default for OrderFeed {
+    fn default() -> Self {
+        Self {
+            updates: UpdateRing::new(0),
+            following: AtomicBool::new(false),
+            follower_started: AtomicBool::new(false),
+            streams: Arc::default(),
+            stream_arrived: Notify::new(),
+        }
+    }
+}
+
+impl OrderFeed {
+    /// Counts a stream open, and has the copy followed.
+    fn listen(&self, state: &AppState) -> Listening {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        if !self.follower_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(follow_order_feed(state.clone()));
+        }
+        self.stream_arrived.notify_one();
+        Listening(self.streams.clone())
+    }
+
+    /// Where entry `after` stands against the copy.
+    fn place(&self, after: u64) -> Place {
+        if !self.following.load(Ordering::Acquire) || after > self.updates.applied() {
+            Place::Beyond
+        } else if after < self.updates.floor() {
+            Place::Before
+        } else {
+            Place::Within
+        }
+    }
+}
+
+/// Follows the leader's updates of everybody into the copy while any stream is open: from the
+/// leader's present entry when the first stream opens, and again from the present whenever the
+/// leader's answer shows the copy missed some (a gap), since streams behind that read the
+/// leader itself.
+async fn follow_order_feed(state: AppState) {
+    let inner = &state.inner;
+    let feed = &inner.streams.orders;
+    let mut cursor: Option<u64> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if feed.streams.load(Ordering::Acquire) == 0 {
+            // Nobody listens: stop, and start from the present when somebody does.
+            feed.following.store(false, Ordering::Release);
+            cursor = None;
+            let arrived = feed.stream_arrived.notified();
+            if feed.streams.load(Ordering::Acquire) == 0 {
+                arrived.await;
+            }
+            continue;
+        }
+        let Some(leader) = inner.leaders.leader().await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
+        let polled = match cursor {
+            // The leader's present entry: the copy starts there, as after a gap.
+            None => while_followed(&state, &leader, start_position(&state, &leader.url))
+                .await
+                .map(|started| {
+                    started.map(|applied| OrderUpdatePage {
+                        gap: true,
+                        through: applied,
+                        updates: Vec::new(),
+                    })
+                }),
+            Some(after) => {
+                let asked = poll_updates(&state, &leader.url, None, after, POLL_WAIT);
+                while_followed(&state, &leader, asked).await
+            }
+        };
+        // This frontend follows another leader now: poll that one at once.
+        let Some(polled) = polled else {
+            continue;
+        };
+        match polled {
+            Ok(page) => {
+                backoff = Duration::from_millis(50);
+                // After a gap the page's updates are dropped too: streams behind its end read
+                // the leader, which says what is gone.
+                if page.gap {
+                    feed.updates.restart(page.through);
+                    feed.following.store(true, Ordering::Release);
+                } else {
+                    feed.updates.push(page.updates, page.through);
+                }
+                cursor = Some(page.through);
+            }
+            Err(e) => {
+                tracing::debug!(leader = leader.id, "order update feed: {e}");
+                match e {
+                    // Refused (an entry past the leader's log): start again from its present.
+                    RemoteError::Api(_) => cursor = None,
+                    RemoteError::Unreachable(_) => {
+                        inner.leaders.replace(Some(&leader), None).await;
+                    }
+                    _ => {}
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// The leader's page of `user`'s updates (`None`: everybody's) after entry `after`, held up to
+/// `wait` when there are none yet.
+async fn poll_updates(
+    state: &AppState,
+    leader: &BaseUrl,
+    user: Option<u64>,
+    after: u64,
+    wait: Duration,
+) -> Result<OrderUpdatePage, RemoteError> {
+    let mut url = paths::ORDER_FEED.url(leader, &[])?;
+    {
+        let mut query = url.query_pairs_mut();
+        if let Some(user) = user {
+            query.append_pair("user", &user.to_string());
+        }
+        query
+            .append_pair("after", &after.to_string())
+            .append_pair("wait_ms", &wait.as_millis().to_string());
+    }
+    call(state.inner.http.get(url).timeout(POLL_DEADLINE)).await
+}
 
 /// The query of `GET /ws/orders`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -113,12 +286,13 @@ pub async fn orders(
                 return;
             }
         };
+        let _listening = state.inner.streams.orders.listen(&state);
         let mut forgotten = state.inner.credentials.forgotten();
         let mut backoff = Duration::from_millis(50);
         let mut cursor = query.after;
         let mut subscribed = false;
-        // One poll of the leader at a time, kept across what else the loop hears (a client's
-        // frames, a key forgotten somewhere): dropped, a poll in flight costs the leader its
+        // One page at a time, kept across what else the loop hears (a client's frames, a key
+        // forgotten somewhere): dropped, a poll of the leader in flight costs the leader its
         // connection, and a client could make it cost one per frame it sends.
         let mut polling = None;
         let mut keepalive = Keepalive::new();
@@ -227,14 +401,31 @@ enum PollError {
 }
 
 /// From `cursor` (or, at first without one, from where the leader is now): the entry the next
-/// updates follow, and the leader's page of the user's updates after it (none when the stream
-/// only found its start).
+/// updates follow, and the page of the user's updates after it (none when the stream only
+/// found its start): from the frontend's copy when it holds them, else from the leader.
 async fn next_page(
     state: &AppState,
     user: u64,
     cursor: Option<u64>,
 ) -> Result<(u64, Option<OrderUpdatePage>), PollError> {
     let inner = &state.inner;
+    let copy = &inner.streams.orders;
+    let place = cursor.map(|after| (after, copy.place(after)));
+    if let Some((after, Place::Within)) = place {
+        let page = copy
+            .updates
+            .wait_for_updates(Some(user), after, POLL_WAIT)
+            .await;
+        // A gap here is the copy's (it started again): the leader tells what is gone.
+        if !page.gap {
+            return Ok((after, Some(page)));
+        }
+    }
+    // Behind the copy: the leader's page at once, so that the stream reaches the copy soon.
+    let wait = match place {
+        Some((_, Place::Before)) => Duration::ZERO,
+        _ => POLL_WAIT,
+    };
     let Some(leader) = inner.leaders.leader().await else {
         return Err(PollError::Failed("no order leader".into()));
     };
@@ -243,17 +434,9 @@ async fn next_page(
             None => start_position(state, &leader.url)
                 .await
                 .map(|at| (at, None)),
-            Some(after) => {
-                let mut url = paths::ORDER_FEED.url(&leader.url, &[])?;
-                url.query_pairs_mut()
-                    .append_pair("user", &user.to_string())
-                    .append_pair("after", &after.to_string())
-                    .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
-                let request = inner.http.get(url).timeout(POLL_DEADLINE);
-                call::<OrderUpdatePage>(request)
-                    .await
-                    .map(|page| (after, Some(page)))
-            }
+            Some(after) => poll_updates(state, &leader.url, Some(user), after, wait)
+                .await
+                .map(|page| (after, Some(page))),
         }
     };
     let Some(result) = while_followed(state, &leader, asked).await else {
@@ -270,4 +453,125 @@ async fn next_page(
         }
         e => PollError::Failed(e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use axum::extract::Query as AxumQuery;
+    use axum::routing::get;
+    use stocknet_common::testing::order_update;
+    use stocknet_common::wire::Health;
+
+    use super::*;
+
+    /// The leader's polls of `/feed/orders`, by their query.
+    type Polls = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+    /// A leader at entry 10 whose next entries, 11 and 12, carry updates of users 7 and 8.
+    async fn leader() -> (String, Polls, tokio::task::JoinHandle<()>) {
+        let polls: Polls = Arc::default();
+        let health = Health {
+            node_id: 1,
+            term: 1,
+            leader: Some(1),
+            ready: true,
+            last_transaction: 12,
+            applied: 10,
+            leading: true,
+        };
+        let seen = polls.clone();
+        let feed = move |AxumQuery(query): AxumQuery<HashMap<String, String>>| {
+            seen.lock().unwrap().push(query.clone());
+            async move {
+                let after: u64 = query["after"].parse().unwrap();
+                let user: Option<u64> = query.get("user").map(|u| u.parse().unwrap());
+                if after >= 12 && user.is_none() {
+                    // Nothing more: held like a long poll.
+                    std::future::pending::<()>().await;
+                }
+                let updates = [order_update(11, 7), order_update(12, 8)]
+                    .into_iter()
+                    .filter(|u| u.entry > after && user.is_none_or(|user| u.user == user))
+                    .collect();
+                stocknet_common::data(OrderUpdatePage {
+                    gap: false,
+                    through: 12,
+                    updates,
+                })
+            }
+        };
+        let router = axum::Router::new()
+            .route(
+                "/health",
+                get(move || std::future::ready(stocknet_common::data(health))),
+            )
+            .route("/feed/orders", get(feed));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("1=http://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (url, polls, served)
+    }
+
+    #[tokio::test]
+    async fn streams_read_their_users_updates_from_one_shared_poll_of_the_leader() {
+        let (replica, polls, served) = leader().await;
+        let state = crate::router_tests::lone_state(&["--order-replicas", &replica]);
+        let copy = &state.inner.streams.orders;
+        let listening = copy.listen(&state);
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            while copy.place(10) != Place::Within {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        started
+            .await
+            .expect("the copy follows the leader from entry 10");
+
+        for (user, entry) in [(7, 11), (8, 12)] {
+            let (after, page) =
+                tokio::time::timeout(Duration::from_secs(10), next_page(&state, user, Some(10)))
+                    .await
+                    .expect("a page within the bound")
+                    .ok()
+                    .expect("a page");
+            let page = page.expect("updates");
+            assert_eq!(after, 10);
+            assert!(!page.gap);
+            assert_eq!(page.updates, [order_update(entry, user)]);
+        }
+        let by_user = |polls: &Polls| {
+            let polls = polls.lock().unwrap();
+            polls
+                .iter()
+                .filter(|q| q.contains_key("user"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            by_user(&polls).is_empty(),
+            "a stream polled the leader itself: {:?}",
+            polls.lock().unwrap()
+        );
+
+        // A stream from before the copy's start reads the leader itself, without waiting.
+        let (_, page) = next_page(&state, 7, Some(5)).await.ok().expect("a page");
+        assert_eq!(page.expect("updates").updates, [order_update(11, 7)]);
+        let asked = by_user(&polls);
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        assert_eq!(
+            (asked[0]["user"].as_str(), asked[0]["wait_ms"].as_str()),
+            ("7", "0")
+        );
+        // One past what the copy holds is the leader's to judge: it refuses a position past
+        // its log, which the copy cannot tell from one it has not reached yet.
+        let _ = next_page(&state, 7, Some(50)).await;
+        let asked = by_user(&polls);
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert_eq!(asked[1]["after"], "50");
+        drop(listening);
+        served.abort();
+    }
 }
