@@ -402,7 +402,9 @@ impl Handshake {
 /// The largest message or frame a client may send on a stream: the most any stream takes is
 /// `/ws/orders`' hello with a key. A longer one closes the socket (1009); the WebSocket
 /// library's own limit, 64 MiB a message held until it is complete, would let a few clients
-/// exhaust a frontend's memory.
+/// exhaust a frontend's memory. It is also the socket's read buffer: the library zeroes the
+/// buffer's free part on every read it tries, and a stream tries one (finding nothing) for
+/// every message it sends, so its default 128 KiB cost every message sent a 128 KiB memset.
 pub const CLIENT_MESSAGE_LIMIT: usize = 4096;
 
 impl FromRequestParts<AppState> for Handshake {
@@ -415,7 +417,8 @@ impl FromRequestParts<AppState> for Handshake {
         Ok(Self {
             upgrade: upgrade
                 .max_message_size(CLIENT_MESSAGE_LIMIT)
-                .max_frame_size(CLIENT_MESSAGE_LIMIT),
+                .max_frame_size(CLIENT_MESSAGE_LIMIT)
+                .read_buffer_size(CLIENT_MESSAGE_LIMIT),
             open: state.inner.streams.open(),
             in_flight: parts.extensions.remove::<HeldInFlight>(),
         })
