@@ -8,7 +8,7 @@
 //! signal for all woke every poll for every entry applied. A poll of every user's updates (the
 //! frontends') waits on a signal that every update sends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -158,12 +158,10 @@ impl UpdateRing {
         let state = &mut *guard;
         let mut signals: Vec<Arc<Notify>> = Vec::new();
         if !state.waiting.is_empty() && !updates.is_empty() {
-            let users = updates.iter().map(|u| Some(u.user));
-            for user in users.chain([None]) {
+            let users: HashSet<Option<u64>> = updates.iter().map(|u| Some(u.user)).collect();
+            for user in users.into_iter().chain([None]) {
                 if let Some(waiters) = state.waiting.get(&user) {
-                    if !signals.iter().any(|s| Arc::ptr_eq(s, &waiters.signal)) {
-                        signals.push(waiters.signal.clone());
-                    }
+                    signals.push(waiters.signal.clone());
                 }
             }
         }

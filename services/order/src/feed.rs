@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use stocknet_common::ring::{Ring, UpdateRing};
-use stocknet_common::wire::{FeedPage, MarketEvent, OrderUpdate, OrderUpdatePage};
+use stocknet_common::wire::{FeedPage, MarketEvent, OrderUpdate};
 use tokio::sync::watch;
 
 /// Events kept for followers that fall behind.
@@ -87,15 +87,9 @@ impl Feed {
         self.page(after)
     }
 
-    /// `user`'s order updates (`None`: everybody's) after entry `after`; when there are none
-    /// yet, waits up to `wait` for some.
-    pub async fn wait_for_updates(
-        &self,
-        user: Option<u64>,
-        after: u64,
-        wait: Duration,
-    ) -> OrderUpdatePage {
-        self.updates.wait_for_updates(user, after, wait).await
+    /// The order updates, for users' polls.
+    pub fn updates(&self) -> &UpdateRing {
+        &self.updates
     }
 
     fn events(&self) -> std::sync::MutexGuard<'_, Events> {

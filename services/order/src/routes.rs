@@ -394,7 +394,9 @@ pub(crate) async fn order_feed(
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
     let feed = state.replica.feed();
     Ok(data(
-        feed.wait_for_updates(query.user, query.after, wait).await,
+        feed.updates()
+            .wait_for_updates(query.user, query.after, wait)
+            .await,
     ))
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{close_code, Message};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use stocknet_common::api_key::ApiKey;
@@ -55,12 +55,12 @@ pub struct OrderFeed {
 /// Where a stream's position stands against the copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    /// The copy holds every update after it.
+    /// The copy holds every update after it, or will.
     Within,
     /// Before the copy's floor: its updates from there are the leader's to give.
     Before,
-    /// Past what the copy holds, or the copy follows nothing now. Only the leader knows
-    /// whether such a position is in its log at all.
+    /// A client's position past what the copy holds, or the copy follows nothing now. Only
+    /// the leader knows whether such a position is in its log at all.
     Beyond,
 }
 
@@ -96,14 +96,17 @@ impl OrderFeed {
         Listening(self.streams.clone())
     }
 
-    /// Where entry `after` stands against the copy.
-    fn place(&self, after: u64) -> Place {
-        if !self.following.load(Ordering::Acquire) || after > self.updates.applied() {
+    /// Where entry `after` stands against the copy; `known`: it is an entry of the log (the
+    /// leader or the copy gave it), not a client's word.
+    fn place(&self, after: u64, known: bool) -> Place {
+        if !self.following.load(Ordering::Acquire) {
             Place::Beyond
         } else if after < self.updates.floor() {
             Place::Before
-        } else {
+        } else if known || after <= self.updates.applied() {
             Place::Within
+        } else {
+            Place::Beyond
         }
     }
 }
@@ -170,7 +173,9 @@ async fn follow_order_feed(state: AppState) {
                 tracing::debug!(leader = leader.id, "order update feed: {e}");
                 match e {
                     // Refused (an entry past the leader's log): start again from its present.
-                    RemoteError::Api(_) => cursor = None,
+                    RemoteError::Api(refused) if refused.status == StatusCode::BAD_REQUEST => {
+                        cursor = None;
+                    }
                     RemoteError::Unreachable(_) => {
                         inner.leaders.replace(Some(&leader), None).await;
                     }
@@ -290,6 +295,8 @@ pub async fn orders(
         let mut forgotten = state.inner.credentials.forgotten();
         let mut backoff = Duration::from_millis(50);
         let mut cursor = query.after;
+        // Whether `cursor` is an entry of the log: the client's may not be.
+        let mut known = false;
         let mut subscribed = false;
         // One page at a time, kept across what else the loop hears (a client's frames, a key
         // forgotten somewhere): dropped, a poll of the leader in flight costs the leader its
@@ -301,7 +308,8 @@ pub async fn orders(
                 let _ = send(&mut sink, refusal(&refused)).await;
                 return;
             }
-            let poll = polling.get_or_insert_with(|| Box::pin(next_page(&state, user, cursor)));
+            let poll =
+                polling.get_or_insert_with(|| Box::pin(next_page(&state, user, cursor, known)));
             let polled = tokio::select! {
                 polled = poll => polled,
                 // A key may have been revoked: check this one again now.
@@ -322,6 +330,7 @@ pub async fn orders(
             let (after, page) = match polled {
                 Ok(polled) => {
                     backoff = Duration::from_millis(50);
+                    known = true;
                     polled
                 }
                 Err(PollError::Refused(why)) => {
@@ -400,32 +409,37 @@ enum PollError {
     Failed(String),
 }
 
-/// From `cursor` (or, at first without one, from where the leader is now): the entry the next
-/// updates follow, and the page of the user's updates after it (none when the stream only
-/// found its start): from the frontend's copy when it holds them, else from the leader.
+/// From `cursor` (or, at first without one, from where the leader is now; `known`: the cursor
+/// is an entry of the log): the entry the next updates follow, and the page of the user's
+/// updates after it (none when the stream only found its start): from the frontend's copy
+/// when it holds them, else from the leader.
 async fn next_page(
     state: &AppState,
     user: u64,
     cursor: Option<u64>,
+    known: bool,
 ) -> Result<(u64, Option<OrderUpdatePage>), PollError> {
     let inner = &state.inner;
     let copy = &inner.streams.orders;
-    let place = cursor.map(|after| (after, copy.place(after)));
-    if let Some((after, Place::Within)) = place {
-        let page = copy
-            .updates
-            .wait_for_updates(Some(user), after, POLL_WAIT)
-            .await;
-        // A gap here is the copy's (it started again): the leader tells what is gone.
-        if !page.gap {
-            return Ok((after, Some(page)));
+    let mut wait = POLL_WAIT;
+    if let Some(after) = cursor {
+        match copy.place(after, known) {
+            Place::Within => {
+                let page = copy
+                    .updates
+                    .wait_for_updates(Some(user), after, POLL_WAIT)
+                    .await;
+                if !page.gap {
+                    return Ok((after, Some(page)));
+                }
+                // The copy's gap (it started again): the leader tells what is gone, at once.
+                wait = Duration::ZERO;
+            }
+            // Behind the copy: the leader's page at once, so that the stream reaches the copy.
+            Place::Before => wait = Duration::ZERO,
+            Place::Beyond => {}
         }
     }
-    // Behind the copy: the leader's page at once, so that the stream reaches the copy soon.
-    let wait = match place {
-        Some((_, Place::Before)) => Duration::ZERO,
-        _ => POLL_WAIT,
-    };
     let Some(leader) = inner.leaders.leader().await else {
         return Err(PollError::Failed("no order leader".into()));
     };
@@ -448,7 +462,7 @@ async fn next_page(
         inner.leaders.replace(Some(&leader), None).await;
     }
     result.map_err(|e| match e {
-        RemoteError::Api(refused) if refused.status == axum::http::StatusCode::BAD_REQUEST => {
+        RemoteError::Api(refused) if refused.status == StatusCode::BAD_REQUEST => {
             PollError::Refused(refused.message)
         }
         e => PollError::Failed(e.to_string()),
@@ -470,35 +484,47 @@ mod tests {
     /// The leader's polls of `/feed/orders`, by their query.
     type Polls = Arc<Mutex<Vec<HashMap<String, String>>>>;
 
-    /// A leader at entry 10 whose next entries, 11 and 12, carry updates of users 7 and 8.
-    async fn leader() -> (String, Polls, tokio::task::JoinHandle<()>) {
+    /// A leader at entry 10 whose next entries carry updates: 11 (user 7), 12 (user 8), and 14
+    /// (user 7), which its feed of everybody gives only once `release` is notified.
+    async fn leader(release: Arc<Notify>) -> (String, Polls, tokio::task::JoinHandle<()>) {
         let polls: Polls = Arc::default();
         let health = Health {
             node_id: 1,
             term: 1,
             leader: Some(1),
             ready: true,
-            last_transaction: 12,
+            last_transaction: 14,
             applied: 10,
             leading: true,
         };
         let seen = polls.clone();
         let feed = move |AxumQuery(query): AxumQuery<HashMap<String, String>>| {
             seen.lock().unwrap().push(query.clone());
+            let release = release.clone();
             async move {
                 let after: u64 = query["after"].parse().unwrap();
                 let user: Option<u64> = query.get("user").map(|u| u.parse().unwrap());
-                if after >= 12 && user.is_none() {
-                    // Nothing more: held like a long poll.
-                    std::future::pending::<()>().await;
+                let mut through = 14;
+                if user.is_none() {
+                    match after {
+                        ..12 => through = 12,
+                        12..14 => release.notified().await,
+                        // Nothing more: held like a long poll.
+                        _ => std::future::pending::<()>().await,
+                    }
                 }
-                let updates = [order_update(11, 7), order_update(12, 8)]
-                    .into_iter()
-                    .filter(|u| u.entry > after && user.is_none_or(|user| u.user == user))
-                    .collect();
+                let updates = [
+                    order_update(11, 7),
+                    order_update(12, 8),
+                    order_update(14, 7),
+                ]
+                .into_iter()
+                .filter(|u| u.entry > after && u.entry <= through)
+                .filter(|u| user.is_none_or(|user| u.user == user))
+                .collect();
                 stocknet_common::data(OrderUpdatePage {
                     gap: false,
-                    through: 12,
+                    through,
                     updates,
                 })
             }
@@ -515,62 +541,83 @@ mod tests {
         (url, polls, served)
     }
 
+    /// The leader's polls of one user's updates.
+    fn by_user(polls: &Polls) -> Vec<HashMap<String, String>> {
+        let polls = polls.lock().unwrap();
+        polls
+            .iter()
+            .filter(|q| q.contains_key("user"))
+            .cloned()
+            .collect()
+    }
+
+    /// `next_page` within the test's bound, and its page.
+    async fn page(state: &AppState, user: u64, after: u64, known: bool) -> OrderUpdatePage {
+        let next = next_page(state, user, Some(after), known);
+        let (from, page) = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("a page within the bound")
+            .ok()
+            .expect("a page");
+        assert_eq!(from, after);
+        page.expect("updates")
+    }
+
     #[tokio::test]
     async fn streams_read_their_users_updates_from_one_shared_poll_of_the_leader() {
-        let (replica, polls, served) = leader().await;
+        let release = Arc::new(Notify::new());
+        let (replica, polls, served) = leader(release.clone()).await;
         let state = crate::router_tests::lone_state(&["--order-replicas", &replica]);
         let copy = &state.inner.streams.orders;
         let listening = copy.listen(&state);
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            while copy.place(10) != Place::Within {
+        let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
+            while copy.updates.applied() < 12 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
-        started
+        caught_up
             .await
             .expect("the copy follows the leader from entry 10");
 
         for (user, entry) in [(7, 11), (8, 12)] {
-            let (after, page) =
-                tokio::time::timeout(Duration::from_secs(10), next_page(&state, user, Some(10)))
-                    .await
-                    .expect("a page within the bound")
-                    .ok()
-                    .expect("a page");
-            let page = page.expect("updates");
-            assert_eq!(after, 10);
+            let page = page(&state, user, 10, false).await;
             assert!(!page.gap);
             assert_eq!(page.updates, [order_update(entry, user)]);
         }
-        let by_user = |polls: &Polls| {
-            let polls = polls.lock().unwrap();
-            polls
-                .iter()
-                .filter(|q| q.contains_key("user"))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
         assert!(
             by_user(&polls).is_empty(),
-            "a stream polled the leader itself: {:?}",
-            polls.lock().unwrap()
+            "a stream polled the leader itself"
         );
 
         // A stream from before the copy's start reads the leader itself, without waiting.
-        let (_, page) = next_page(&state, 7, Some(5)).await.ok().expect("a page");
-        assert_eq!(page.expect("updates").updates, [order_update(11, 7)]);
+        let before = page(&state, 7, 5, false).await;
+        assert_eq!(before.updates[0], order_update(11, 7));
         let asked = by_user(&polls);
         assert_eq!(asked.len(), 1, "{asked:?}");
         assert_eq!(
             (asked[0]["user"].as_str(), asked[0]["wait_ms"].as_str()),
             ("7", "0")
         );
-        // One past what the copy holds is the leader's to judge: it refuses a position past
+        // A client's position past the copy is the leader's to judge: it refuses one past
         // its log, which the copy cannot tell from one it has not reached yet.
-        let _ = next_page(&state, 7, Some(50)).await;
+        let _ = page(&state, 7, 50, false).await;
         let asked = by_user(&polls);
         assert_eq!(asked.len(), 2, "{asked:?}");
         assert_eq!(asked[1]["after"], "50");
+
+        // One the leader gave (a stream's start, ahead of the copy) waits on the copy.
+        let ahead = tokio::spawn({
+            let state = state.clone();
+            async move { page(&state, 7, 13, true).await }
+        });
+        release.notify_one();
+        let ahead = ahead.await.expect("the page");
+        assert_eq!(ahead.updates, [order_update(14, 7)]);
+        assert_eq!(
+            by_user(&polls).len(),
+            2,
+            "a stream polled the leader itself"
+        );
         drop(listening);
         served.abort();
     }
