@@ -15,15 +15,7 @@ dir="$(mktemp -d)"
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-ticks=$(getconf CLK_TCK)
-# "role ticks" for each child of `up`: its role is its subcommand (and node id).
-cpu() {
-  for child in $(pgrep -P "$1"); do
-    role=$(tr '\0' ' ' <"/proc/$child/cmdline" |
-      awk '{r=$2; for (i=3;i<=NF;i++) if ($i=="--node-id") r=r"-"$(i+1); print r}')
-    awk -v r="$role" '{print r, $14 + $15}' "/proc/$child/stat"
-  done | sort
-}
+source bench/cpu.sh
 # "orders rounds": the orders the group's leaders committed, and in how many commit rounds.
 commit_rounds() {
   for port in 18091 18092 18093; do

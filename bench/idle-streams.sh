@@ -21,15 +21,7 @@ dir="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-ticks=$(getconf CLK_TCK)
-# "role ticks" for each child of `up`: its role is its subcommand (and node id).
-cpu() {
-  for child in $(pgrep -P "$1"); do
-    role=$(tr '\0' ' ' <"/proc/$child/cmdline" |
-      awk '{r=$2; for (i=3;i<=NF;i++) if ($i=="--node-id") r=r"-"$(i+1); print r}')
-    awk -v r="$role" '{print r, $14 + $15}' "/proc/$child/stat"
-  done | sort
-}
+source bench/cpu.sh
 for round in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     rm -rf "$dir/data"

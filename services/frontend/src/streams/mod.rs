@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -213,7 +214,7 @@ impl Streams {
     ) -> broadcast::Receiver<MarketItem> {
         let receiver = self.market_receiver(stock);
         if !self.follower_started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(follow_feed(state.clone()));
+            tokio::spawn(follow_leader(state.clone(), MarketFeed));
         }
         self.listener_arrived.notify_one();
         receiver
@@ -266,18 +267,50 @@ impl Streams {
     }
 }
 
-/// Follows the leader's feed while any market stream listens.
-async fn follow_feed(state: AppState) {
+/// One of the leader's feeds that a frontend follows while its streams listen, from the
+/// entry it got to, across changes of leader (every replica derives the same feed from the
+/// same log): [`follow_leader`] polls it and hands each answer here.
+trait LeaderFeed: Send + Sync + 'static {
+    type Page: Send;
+
+    /// What the logs call it.
+    const NAME: &'static str;
+
+    /// Whether any stream listens, and the signal of one arriving.
+    fn listened(&self, state: &AppState) -> bool;
+    fn arrived<'a>(&self, state: &'a AppState) -> &'a Notify;
+
+    /// Nobody listens any more: the feed is no longer followed.
+    fn stopped(&self, _state: &AppState) {}
+
+    /// The leader's page after entry `after`, held up to [`POLL_WAIT`] when there is none.
+    fn poll(
+        &self,
+        state: &AppState,
+        leader: &BaseUrl,
+        after: u64,
+    ) -> impl std::future::Future<Output = Result<Self::Page, RemoteError>> + Send;
+
+    /// The feed is followed from entry `applied`, the leader's present one.
+    fn started(&self, state: &AppState, applied: u64);
+
+    /// Takes `page`, polled after entry `after`: the entry the next poll is after.
+    fn took(&self, state: &AppState, after: u64, page: Self::Page) -> u64;
+}
+
+/// Follows `feed` while its streams listen: from the leader's present when the first one
+/// arrives, and again from the present when the leader refuses the position (past its log).
+async fn follow_leader<F: LeaderFeed>(state: AppState, feed: F) {
     let inner = &state.inner;
-    let streams = &inner.streams;
     let mut cursor: Option<u64> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
-        if !streams.market_listened() {
+        if !feed.listened(&state) {
             // Nobody listens: stop polling, and start from the present when somebody does.
+            feed.stopped(&state);
             cursor = None;
-            let arrived = streams.listener_arrived.notified();
-            if !streams.market_listened() {
+            let arrived = feed.arrived(&state).notified();
+            if !feed.listened(&state) {
                 arrived.await;
             }
             continue;
@@ -290,43 +323,82 @@ async fn follow_feed(state: AppState) {
         let polled = match cursor {
             None => while_followed(&state, &leader, start_position(&state, &leader.url))
                 .await
-                .map(|started| {
-                    started.map(|applied| {
-                        cursor = Some(applied);
-                        streams.publish_market(MarketItem::Started(applied));
-                        None
-                    })
-                }),
-            Some(after) => while_followed(&state, &leader, poll(&state, &leader.url, after))
+                .map(|started| started.inspect(|&applied| feed.started(&state, applied))),
+            Some(after) => while_followed(&state, &leader, feed.poll(&state, &leader.url, after))
                 .await
-                .map(|page| page.map(Some)),
+                .map(|page| page.map(|page| feed.took(&state, after, page))),
         };
         // This frontend follows another leader now: poll that one at once.
         let Some(polled) = polled else {
             continue;
         };
         match polled {
-            Ok(None) => {}
-            Ok(Some(page)) => {
+            Ok(next) => {
                 backoff = Duration::from_millis(50);
-                let after = cursor.unwrap_or_default();
-                if page.floor > after {
-                    streams.publish_market(MarketItem::Gap);
-                }
-                for event in page.events {
-                    streams.publish_market(MarketItem::Event(Arc::new(event)));
-                }
-                cursor = Some(page.through.max(after));
+                cursor = Some(next);
             }
             Err(e) => {
-                tracing::debug!(leader = leader.id, "market feed: {e}");
-                if matches!(e, RemoteError::Unreachable(_)) {
-                    inner.leaders.replace(Some(&leader), None).await;
+                tracing::debug!(leader = leader.id, "{}: {e}", F::NAME);
+                match e {
+                    RemoteError::Api(refused) if refused.status == StatusCode::BAD_REQUEST => {
+                        cursor = None;
+                    }
+                    RemoteError::Unreachable(_) => {
+                        inner.leaders.replace(Some(&leader), None).await;
+                    }
+                    _ => {}
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// The leader's market feed (`GET /feed`), for the trade, book and candle streams.
+struct MarketFeed;
+
+impl LeaderFeed for MarketFeed {
+    type Page = FeedPage;
+    const NAME: &'static str = "market feed";
+
+    fn listened(&self, state: &AppState) -> bool {
+        state.inner.streams.market_listened()
+    }
+
+    fn arrived<'a>(&self, state: &'a AppState) -> &'a Notify {
+        &state.inner.streams.listener_arrived
+    }
+
+    async fn poll(
+        &self,
+        state: &AppState,
+        leader: &BaseUrl,
+        after: u64,
+    ) -> Result<FeedPage, RemoteError> {
+        let mut url = paths::FEED.url(leader, &[])?;
+        url.query_pairs_mut()
+            .append_pair("after", &after.to_string())
+            .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
+        call(state.inner.http.get(url).timeout(POLL_DEADLINE)).await
+    }
+
+    fn started(&self, state: &AppState, applied: u64) {
+        state
+            .inner
+            .streams
+            .publish_market(MarketItem::Started(applied));
+    }
+
+    fn took(&self, state: &AppState, after: u64, page: FeedPage) -> u64 {
+        let streams = &state.inner.streams;
+        if page.floor > after {
+            streams.publish_market(MarketItem::Gap);
+        }
+        for event in page.events {
+            streams.publish_market(MarketItem::Event(Arc::new(event)));
+        }
+        page.through.max(after)
     }
 }
 
@@ -349,14 +421,6 @@ async fn start_position(state: &AppState, leader: &BaseUrl) -> Result<u64, Remot
     let url = paths::HEALTH.url(leader, &[])?;
     let health: Health = call(state.inner.http.get(url).timeout(START_DEADLINE)).await?;
     Ok(health.applied)
-}
-
-async fn poll(state: &AppState, leader: &BaseUrl, after: u64) -> Result<FeedPage, RemoteError> {
-    let mut url = paths::FEED.url(leader, &[])?;
-    url.query_pairs_mut()
-        .append_pair("after", &after.to_string())
-        .append_pair("wait_ms", &POLL_WAIT.as_millis().to_string());
-    call(state.inner.http.get(url).timeout(POLL_DEADLINE)).await
 }
 
 /// A stream counted open until dropped.

@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    answer_due, close, frame, send, start_position, while_followed, Handshake, Keepalive,
-    POLL_DEADLINE, POLL_WAIT,
+    answer_due, close, follow_leader, frame, send, start_position, while_followed, Handshake,
+    Keepalive, LeaderFeed, POLL_DEADLINE, POLL_WAIT,
 };
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
@@ -90,7 +90,7 @@ impl OrderFeed {
     fn listen(&self, state: &AppState) -> Listening {
         self.streams.fetch_add(1, Ordering::AcqRel);
         if !self.follower_started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(follow_order_feed(state.clone()));
+            tokio::spawn(follow_leader(state.clone(), UpdateFeed));
         }
         self.stream_arrived.notify_one();
         Listening(self.streams.clone())
@@ -111,80 +111,57 @@ impl OrderFeed {
     }
 }
 
-/// Follows the leader's updates of everybody into the copy while any stream is open: from the
-/// leader's present entry when the first stream opens, and again from the present whenever the
-/// leader's answer shows the copy missed some (a gap), since streams behind that read the
-/// leader itself.
-async fn follow_order_feed(state: AppState) {
-    let inner = &state.inner;
-    let feed = &inner.streams.orders;
-    let mut cursor: Option<u64> = None;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if feed.streams.load(Ordering::Acquire) == 0 {
-            // Nobody listens: stop, and start from the present when somebody does.
-            feed.following.store(false, Ordering::Release);
-            cursor = None;
-            let arrived = feed.stream_arrived.notified();
-            if feed.streams.load(Ordering::Acquire) == 0 {
-                arrived.await;
-            }
-            continue;
+/// The leader's updates of everybody (`GET /feed/orders`), followed into the copy while any
+/// stream is open: from the leader's present entry when the first stream opens, and again
+/// from where the leader's answer shows the copy missed some (a gap), since streams behind
+/// that read the leader itself.
+struct UpdateFeed;
+
+impl LeaderFeed for UpdateFeed {
+    type Page = OrderUpdatePage;
+    const NAME: &'static str = "order update feed";
+
+    fn listened(&self, state: &AppState) -> bool {
+        state.inner.streams.orders.streams.load(Ordering::Acquire) > 0
+    }
+
+    fn arrived<'a>(&self, state: &'a AppState) -> &'a Notify {
+        &state.inner.streams.orders.stream_arrived
+    }
+
+    fn stopped(&self, state: &AppState) {
+        state
+            .inner
+            .streams
+            .orders
+            .following
+            .store(false, Ordering::Release);
+    }
+
+    async fn poll(
+        &self,
+        state: &AppState,
+        leader: &BaseUrl,
+        after: u64,
+    ) -> Result<OrderUpdatePage, RemoteError> {
+        poll_updates(state, leader, None, after, POLL_WAIT).await
+    }
+
+    fn started(&self, state: &AppState, applied: u64) {
+        let copy = &state.inner.streams.orders;
+        copy.updates.restart(applied);
+        copy.following.store(true, Ordering::Release);
+    }
+
+    fn took(&self, state: &AppState, _after: u64, page: OrderUpdatePage) -> u64 {
+        let copy = &state.inner.streams.orders;
+        // After a gap the page's updates are dropped too: streams behind its end read the
+        // leader, which says what is gone.
+        match page.gap {
+            true => copy.updates.restart(page.through),
+            false => copy.updates.push(page.updates, page.through),
         }
-        let Some(leader) = inner.leaders.leader().await else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            continue;
-        };
-        let polled = match cursor {
-            // The leader's present entry: the copy starts there, as after a gap.
-            None => while_followed(&state, &leader, start_position(&state, &leader.url))
-                .await
-                .map(|started| {
-                    started.map(|applied| OrderUpdatePage {
-                        gap: true,
-                        through: applied,
-                        updates: Vec::new(),
-                    })
-                }),
-            Some(after) => {
-                let asked = poll_updates(&state, &leader.url, None, after, POLL_WAIT);
-                while_followed(&state, &leader, asked).await
-            }
-        };
-        // This frontend follows another leader now: poll that one at once.
-        let Some(polled) = polled else {
-            continue;
-        };
-        match polled {
-            Ok(page) => {
-                backoff = Duration::from_millis(50);
-                // After a gap the page's updates are dropped too: streams behind its end read
-                // the leader, which says what is gone.
-                if page.gap {
-                    feed.updates.restart(page.through);
-                    feed.following.store(true, Ordering::Release);
-                } else {
-                    feed.updates.push(page.updates, page.through);
-                }
-                cursor = Some(page.through);
-            }
-            Err(e) => {
-                tracing::debug!(leader = leader.id, "order update feed: {e}");
-                match e {
-                    // Refused (an entry past the leader's log): start again from its present.
-                    RemoteError::Api(refused) if refused.status == StatusCode::BAD_REQUEST => {
-                        cursor = None;
-                    }
-                    RemoteError::Unreachable(_) => {
-                        inner.leaders.replace(Some(&leader), None).await;
-                    }
-                    _ => {}
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
+        page.through
     }
 }
 
