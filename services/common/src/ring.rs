@@ -390,6 +390,39 @@ mod tests {
         assert!(page.gap);
     }
 
+    /// A frontend's copy starts again from an earlier entry (a new leader a little behind):
+    /// a poll past that entry has lost nothing and goes on waiting, and a poll before it is
+    /// told of a gap.
+    #[tokio::test]
+    async fn a_restart_before_a_poll_s_position_costs_it_nothing() {
+        use std::future::Future;
+        let feed = UpdateRing::new(20);
+        let waker = std::task::Waker::from(Arc::new(Wakes(Default::default())));
+        let mut context = std::task::Context::from_waker(&waker);
+        let ahead = feed.wait_for_updates(Some(7), 20, Duration::from_secs(30));
+        tokio::pin!(ahead);
+        let behind = feed.wait_for_updates(Some(7), 10, Duration::from_secs(30));
+        tokio::pin!(behind);
+        assert!(ahead.as_mut().poll(&mut context).is_pending());
+        // Nothing after 10 is held (the ring starts at 20): told at once.
+        let std::task::Poll::Ready(page) = behind.as_mut().poll(&mut context) else {
+            panic!("a poll before the ring's floor waits");
+        };
+        assert!(page.gap);
+
+        feed.restart(15);
+        assert!(
+            ahead.as_mut().poll(&mut context).is_pending(),
+            "a restart before the poll's position ended it"
+        );
+        feed.push(vec![update(16, 7), update(21, 7)], 21);
+        let std::task::Poll::Ready(page) = ahead.as_mut().poll(&mut context) else {
+            panic!("the poll is still waiting after its user's update");
+        };
+        assert!(!page.gap);
+        assert_eq!(page.updates, [update(21, 7)]);
+    }
+
     #[test]
     fn a_page_ends_at_a_whole_entry() {
         let feed = UpdateRing::new(0);
