@@ -47,6 +47,9 @@ pub mod orders;
 /// Messages a stream's channel holds for its slowest consumer.
 pub const CHANNEL: usize = 1_024;
 
+/// Most channel items a stream takes at once, to send with one write.
+const BATCH: usize = 64;
+
 /// How long the leader holds a feed poll open.
 const POLL_WAIT: Duration = Duration::from_secs(8);
 
@@ -851,10 +854,22 @@ pub async fn pump<T: Clone, S>(
     loop {
         match next_item(&mut receiver, (&mut sink, &mut stream), &mut keepalive).await {
             Next::Item(item) => {
-                for text in render(&item) {
-                    if send(&mut sink, Message::Text(text.into())).await.is_err() {
-                        return;
+                // With what else is waiting in the channel, written at once: a write per
+                // message was most of what a stream cost.
+                let mut texts = render(&item);
+                for _ in 0..BATCH {
+                    match receiver.try_recv() {
+                        Ok(item) => texts.extend(render(&item)),
+                        Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                            let _ = send(&mut sink, slow_consumer(missed)).await;
+                            return;
+                        }
+                        Err(_) => break,
                     }
+                }
+                let messages = texts.into_iter().map(|text| Message::Text(text.into()));
+                if send_all(&mut sink, messages).await.is_err() {
+                    return;
                 }
             }
             Next::Behind(missed) => {
@@ -908,10 +923,24 @@ async fn next_item<T: Clone, S: Sink<Message> + Unpin>(
 
 /// Sends one message, giving up on a client that accepts nothing for [`SEND_TIMEOUT`].
 async fn send<S: Sink<Message> + Unpin>(sink: &mut S, message: Message) -> Result<(), ()> {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    send_all(sink, [message]).await
+}
+
+/// Sends `messages` with one write where they fit the socket's buffer, giving up on a client
+/// that accepts nothing for [`SEND_TIMEOUT`].
+async fn send_all<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    messages: impl IntoIterator<Item = Message>,
+) -> Result<(), ()> {
+    let sending = async {
+        for message in messages {
+            sink.feed(message).await.map_err(|_| ())?;
+        }
+        sink.flush().await.map_err(|_| ())
+    };
+    tokio::time::timeout(SEND_TIMEOUT, sending)
+        .await
+        .unwrap_or(Err(()))
 }
 
 fn slow_consumer(missed: u64) -> Message {
@@ -1060,6 +1089,66 @@ mod tests {
             .collect()
             .await;
         assert_eq!(texts, ["0", "1", "2"]);
+    }
+
+    /// A client's socket: what it was sent, and in how many writes (flushes).
+    #[derive(Default, Clone)]
+    struct Socket {
+        sent: Arc<Mutex<Vec<String>>>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl Sink<Message> for Socket {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: std::pin::Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            if let Message::Text(text) = message {
+                self.sent.lock().unwrap().push(text.to_string());
+            }
+            Ok(())
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn what_waits_in_the_channel_is_sent_with_one_write() {
+        let (sender, receiver) = broadcast::channel::<u32>(8);
+        for n in 0..3 {
+            sender.send(n).unwrap();
+        }
+        drop(sender);
+        let socket = Socket::default();
+        let (_client, quiet) = futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        pump(receiver, socket.clone(), quiet, |n| {
+            vec![n.to_string(), format!("{n}'")]
+        })
+        .await;
+        assert_eq!(
+            *socket.sent.lock().unwrap(),
+            ["0", "0'", "1", "1'", "2", "2'"]
+        );
+        assert_eq!(socket.writes.load(Ordering::SeqCst), 1);
     }
 
     /// Whoever subscribed before the feed started may hold a snapshot older than where the

@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    answer_due, close, follow_leader, frame, send, start_position, while_followed, Handshake,
-    Keepalive, LeaderFeed, POLL_DEADLINE, POLL_WAIT,
+    answer_due, close, follow_leader, frame, send, send_all, start_position, while_followed,
+    Handshake, Keepalive, LeaderFeed, POLL_DEADLINE, POLL_WAIT,
 };
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
@@ -339,13 +339,12 @@ pub async fn orders(
             } else {
                 cursor = Some(after);
             }
-            for message in frames {
-                if send(&mut sink, Message::Text(frame(&message).into()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            let messages: Vec<Message> = frames
+                .iter()
+                .map(|f| Message::Text(frame(f).into()))
+                .collect();
+            if send_all(&mut sink, messages).await.is_err() {
+                return;
             }
         }
     }))
