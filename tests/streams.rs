@@ -396,3 +396,97 @@ async fn an_order_stream_needs_its_users_key() {
     let mut ahead = own_orders(&frontend, "?after=999999999", &key).await;
     common::expect_policy_close(&mut ahead, "after past the end of the log").await;
 }
+
+/// Places a resting sell for the user whose key is `key` through `frontend`, under the
+/// Idempotency-Key `id`, again under the same key while the group answers 503 or 504 (a hung
+/// or restarting leader), for at most 30 s; its transaction number.
+async fn place_through_faults(cluster: &Cluster, frontend: &str, key: &str, id: &str) -> u64 {
+    let url = format!("{frontend}/orders");
+    let body = json!({"name": "GameStart", "type": "sell", "quantity": 1, "price": 900.0});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = cluster
+            .client_for(&url)
+            .post(&url)
+            .bearer_auth(key)
+            .header("idempotency-key", id)
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(response) = response {
+            let status = response.status();
+            let reply: Value = response.json().await.expect("JSON");
+            if status.is_success() {
+                return reply["data"]["transaction_number"]
+                    .as_u64()
+                    .expect("a number");
+            }
+            assert!(
+                status == 503 || status == 504,
+                "{status}: an answer other than not-now: {reply}"
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order {id} not placed within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The next update on `stream` is the acceptance of order `number`.
+async fn accepted_next(stream: &mut Socket, number: u64) {
+    let update = next_matching(stream, |m| m["type"] == "update").await;
+    assert_eq!(
+        (&update["event"], &update["order"]["number"]),
+        (&json!("accepted"), &json!(number)),
+        "{update}"
+    );
+}
+
+/// A user's order stream through gray failures of the order leader, with two frontends: the
+/// stream on one, the orders through the other. The leader hangs (SIGSTOP); later the new
+/// leader is killed and back within a second. The stream's frontend leaves each for the leader
+/// that follows, and the stream gets every update of the user's, in order, each once.
+#[tokio::test]
+async fn a_user_s_order_stream_goes_on_through_a_hung_and_a_restarted_leader() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let mut cluster = Cluster::start(2).await;
+    let (one, two) = (
+        cluster.frontend_urls[0].clone(),
+        cluster.frontend_urls[1].clone(),
+    );
+    let (_, key) = cluster.new_user(&one).await;
+    let mut stream = own_orders(&two, "", &key).await;
+    assert_eq!(next(&mut stream).await["type"], "subscribed");
+    let signal = |cluster: &Cluster, index: usize, signal: Signal| {
+        let pid = cluster.orders[index].pid().expect("running");
+        kill(Pid::from_raw(i32::try_from(pid).expect("a pid")), signal).expect("signal");
+    };
+    let first = place_through_faults(&cluster, &one, &key, "gray-1").await;
+    accepted_next(&mut stream, first).await;
+
+    let hung = cluster.leader().await.expect("a leader");
+    signal(&cluster, hung, Signal::SIGSTOP);
+    let second = place_through_faults(&cluster, &one, &key, "gray-2").await;
+    accepted_next(&mut stream, second).await;
+    signal(&cluster, hung, Signal::SIGCONT);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        if let Some(leader) = cluster.leader().await {
+            break leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader in 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster.orders[leader].kill9();
+    cluster.orders[leader].restart();
+    let third = place_through_faults(&cluster, &one, &key, "gray-3").await;
+    accepted_next(&mut stream, third).await;
+    // Nothing came twice meanwhile: the update after the third order's is the fourth's.
+    let fourth = place_through_faults(&cluster, &one, &key, "gray-4").await;
+    accepted_next(&mut stream, fourth).await;
+}
