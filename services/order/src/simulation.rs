@@ -777,7 +777,13 @@ async fn a_replica_whose_consensus_stopped_on_a_fault_is_not_ready() {
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let running = cluster.running();
     let (_, follower) = running.iter().find(|(id, _)| *id == 1).expect("replica 1");
-    assert!(follower.health().ready);
+    // Ready once it applied the new leader's first commit point, which reaches it with the
+    // next append after the leader's first round.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !follower.health().ready {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let fault = tokio::spawn({
         let follower = follower.clone();
         async move { follower.consensus_fault().await }
