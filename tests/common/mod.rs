@@ -835,15 +835,33 @@ impl Cluster {
         }
     }
 
-    /// Waits until every order replica holds the same log; returns it.
+    /// Whether replica `index` has applied all of its log (a follower learns the last commit
+    /// point with the append after the one that brought the entry).
+    async fn replica_applied_all(&self, index: usize) -> bool {
+        let url = format!("{}/orders/logs/{}", self.order_urls[index], u64::MAX);
+        let Ok(response) = self.insider.get(&url).send().await else {
+            return false;
+        };
+        let body: Value = response.json().await.unwrap_or_default();
+        let (last, committed) = (&body["data"]["last"], &body["data"]["committed"]);
+        last.as_u64().is_some() && last == committed
+    }
+
+    /// Waits until every order replica holds the same log and has applied all of it; returns
+    /// the log.
     pub async fn wait_for_identical_logs(&self) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut logs = Vec::new();
+            let mut applied = true;
             for index in 0..self.order_urls.len() {
                 logs.push(self.replica_log(index).await);
+                applied &= self.replica_applied_all(index).await;
             }
-            if logs.iter().all(Option::is_some) && logs.windows(2).all(|pair| pair[0] == pair[1]) {
+            if applied
+                && logs.iter().all(Option::is_some)
+                && logs.windows(2).all(|pair| pair[0] == pair[1])
+            {
                 return logs.swap_remove(0).unwrap_or_default();
             }
             let lengths: Vec<Option<usize>> =

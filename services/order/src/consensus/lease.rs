@@ -8,7 +8,7 @@
 //! notes when it sent each append that a voter accepted ([`Outgoing`](super::Outgoing), around the network
 //! openraft calls) and holds its lease for [`READ_LEASE`] after the newest time a majority
 //! acknowledged. Under load every commit round renews it; idle, the heartbeats do (every
-//! 50 ms). What a read on the lease must wait for is [`LeaseRead`]'s.
+//! 75 ms). What a read on the lease must wait for is [`LeaseRead`]'s.
 //!
 //! What this assumes, beyond what the read index needs: the replicas' clocks advance at the
 //! same rate within the margin (`VOTER_LEASE - READ_LEASE`, 100 ms in 350), as etcd's and
