@@ -10,9 +10,17 @@
 //! them out of memory, and a replica that replays its log writes the same records again at
 //! the same places. Both are fsync'd before each book snapshot, which holds only what the
 //! files do not; a snapshot whose records the files do not reach is not used.
+//!
+//! Readers read the archive under the book's lock, which the applier needs for every entry.
+//! So a read that would wait for the disk does not: within [`cached_only`] a record the page
+//! cache lacks is noted instead of read (`preadv2` with `RWF_NOWAIT`), the reader lets the
+//! lock go, [`Archive::warm`]s what it noted, and reads again (`book_store.rs`). A bisect
+//! over ten million cold records would otherwise hold every commit for two dozen disk reads.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fs::File;
+use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +66,47 @@ impl Counts {
     }
 }
 
+/// Which of the archive's files a record is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Trades,
+    Orders,
+    Refusals,
+}
+
+/// A record a read within [`cached_only`] found outside the page cache and did not wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uncached {
+    kind: Kind,
+    index: u64,
+    length: usize,
+}
+
+thread_local! {
+    /// Set within [`cached_only`]: the records this thread's reads found uncached.
+    static UNCACHED: RefCell<Option<Vec<Uncached>>> = const { RefCell::new(None) };
+}
+
+/// Runs `read` with this thread's archive reads taking only what the page cache holds: a
+/// record the disk would have to give is noted, not waited for, and its read answers nothing
+/// (not counted as failed). Returns `read`'s answer, not to be used if any record was noted,
+/// and the records noted. Where the kernel cannot tell (no `RWF_NOWAIT`), reads wait.
+pub fn cached_only<T>(read: impl FnOnce() -> T) -> (T, Vec<Uncached>) {
+    /// Ends the scope however `read` ends, a panic included.
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            UNCACHED.with(|uncached| uncached.borrow_mut().take());
+        }
+    }
+    UNCACHED.with(|uncached| *uncached.borrow_mut() = Some(Vec::new()));
+    let scope = Scope;
+    let answer = read();
+    let noted = UNCACHED.with(|uncached| uncached.borrow_mut().take());
+    drop(scope);
+    (answer, noted.unwrap_or_default())
+}
+
 /// The files of replica `id`.
 #[derive(Debug)]
 pub struct Archive {
@@ -69,10 +118,36 @@ pub struct Archive {
 impl Archive {
     pub fn open(dir: &Path, id: u32) -> Result<Self, OrderError> {
         Ok(Self {
-            trades: RecordFile::open(dir.join(format!("trades-{id}.bin")), TRADE)?,
-            orders: RecordFile::open(dir.join(format!("order-records-{id}.bin")), ORDER)?,
-            refusals: RecordFile::open(dir.join(format!("refusals-{id}.bin")), REFUSAL)?,
+            trades: RecordFile::open(dir.join(format!("trades-{id}.bin")), TRADE, Kind::Trades)?,
+            orders: RecordFile::open(
+                dir.join(format!("order-records-{id}.bin")),
+                ORDER,
+                Kind::Orders,
+            )?,
+            refusals: RecordFile::open(
+                dir.join(format!("refusals-{id}.bin")),
+                REFUSAL,
+                Kind::Refusals,
+            )?,
         })
+    }
+
+    /// Reads `uncached` from the disk into the page cache, waiting: what a reader does with
+    /// the book's lock let go. A record that cannot be read is left for the read after, which
+    /// counts it.
+    pub fn warm(&self, uncached: &[Uncached]) {
+        let mut bytes = Vec::new();
+        for record in uncached {
+            let file = match record.kind {
+                Kind::Trades => &self.trades,
+                Kind::Orders => &self.orders,
+                Kind::Refusals => &self.refusals,
+            };
+            bytes.resize(record.length, 0);
+            let _ = file
+                .file
+                .read_exact_at(&mut bytes, record.index * file.size);
+        }
     }
 
     /// How many records the files hold.
@@ -245,12 +320,13 @@ struct RecordFile {
     path: PathBuf,
     file: File,
     size: u64,
+    kind: Kind,
     /// Reads that failed (the file could not give a record the book sent it).
     failed_reads: AtomicU64,
 }
 
 impl RecordFile {
-    fn open(path: PathBuf, size: u64) -> Result<Self, OrderError> {
+    fn open(path: PathBuf, size: u64, kind: Kind) -> Result<Self, OrderError> {
         let file = File::options()
             .read(true)
             .write(true)
@@ -262,6 +338,7 @@ impl RecordFile {
             path,
             file,
             size,
+            kind,
             failed_reads: AtomicU64::new(0),
         })
     }
@@ -321,10 +398,31 @@ impl RecordFile {
         Ok((file, length))
     }
 
-    /// Fills `bytes` from the start of record `index`; `None` (a failed read) if it cannot.
+    /// Fills `bytes` from the start of record `index`; `None` (a failed read) if it cannot,
+    /// or (noted, not failed) within [`cached_only`] if the page cache lacks it.
     fn read(&self, index: u64, bytes: &mut [u8]) -> Option<()> {
-        let read = self.file.read_exact_at(bytes, index * self.size);
-        self.found(read.ok(), index)
+        let offset = index * self.size;
+        let cached = UNCACHED.with(|uncached| {
+            let mut uncached = uncached.borrow_mut();
+            let noted = uncached.as_mut()?;
+            let cached = read_cached(&self.file, bytes, offset)?;
+            if !cached {
+                noted.push(Uncached {
+                    kind: self.kind,
+                    index,
+                    length: bytes.len(),
+                });
+            }
+            Some(cached)
+        });
+        match cached {
+            Some(true) => Some(()),
+            Some(false) => None,
+            None => {
+                let read = self.file.read_exact_at(bytes, offset);
+                self.found(read.ok(), index)
+            }
+        }
     }
 
     /// `found`, counting and logging a failed read where it is `None`.
@@ -342,6 +440,25 @@ impl RecordFile {
             .sync_data()
             .map_err(|e| OrderError::io(&self.path, e))
     }
+}
+
+/// Fills `bytes` from `offset` of `file` if the page cache holds them all: `Some(true)`
+/// read, `Some(false)` the disk would have to give some; `None` where the kernel cannot tell,
+/// or the read fails otherwise (a waiting read then reports it).
+fn read_cached(file: &File, bytes: &mut [u8], offset: u64) -> Option<bool> {
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+    let mut done = 0;
+    while done < bytes.len() {
+        let part = &mut [IoSliceMut::new(&mut bytes[done..])];
+        match preadv2(file, part, offset + done as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => return None,
+            Ok(read) => done += read,
+            Err(Errno::AGAIN) => return Some(false),
+            Err(Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(true)
 }
 
 fn encode_trade(trade: &Matched) -> [u8; TRADE as usize] {
@@ -488,7 +605,7 @@ impl<'a> OrderRecord<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn trade(id: u64) -> Matched {
@@ -539,6 +656,46 @@ mod tests {
             last_trade: u64::MAX,
             slot: u64::MAX,
         }
+    }
+
+    /// Drops `archive`'s records from the page cache (written and fsync'd, they are clean);
+    /// whether the file system let it: tmpfs keeps its pages, and there no read waits.
+    pub(crate) fn evicted(archive: &Archive) -> bool {
+        use rustix::fs::{fadvise, Advice};
+        for file in [&archive.trades, &archive.orders, &archive.refusals] {
+            fadvise(&file.file, 0, None, Advice::DontNeed).unwrap();
+        }
+        let mut first = [0; 8];
+        read_cached(&archive.orders.file, &mut first, 0) == Some(false)
+    }
+
+    /// Within `cached_only`, a record the page cache lacks is noted, not read, and counts as
+    /// no failure; warmed, it is read at once. Outside, reads wait as they always did.
+    #[test]
+    fn a_record_the_page_cache_lacks_is_noted_and_read_once_warmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), 1).unwrap();
+        for id in 1..=200 {
+            archive.write_trade(&trade(id)).unwrap();
+        }
+        archive.write_order(0, 0, &order(5, None)).unwrap();
+        archive.sync().unwrap();
+        let (read, uncached) = cached_only(|| archive.trade(150, 8));
+        assert_eq!((read, uncached), (Some(trade(150)), Vec::new()));
+        if !evicted(&archive) {
+            // tmpfs: nothing to wait for, nothing noted.
+            assert_eq!(cached_only(|| archive.trade(150, 8)).1, Vec::new());
+            return;
+        }
+        let (read, uncached) = cached_only(|| (archive.trade(150, 8), archive.order_number(0)));
+        assert_eq!(read, (None, None));
+        assert_eq!(uncached.len(), 2, "{uncached:?}");
+        assert_eq!(archive.failed_reads(), 0);
+        archive.warm(&uncached);
+        let (read, uncached) = cached_only(|| (archive.trade(150, 8), archive.order_number(0)));
+        assert_eq!((read, uncached), ((Some(trade(150)), Some(5)), Vec::new()));
+        assert!(evicted(&archive));
+        assert_eq!(archive.trade(150, 8), Some(trade(150)));
     }
 
     #[test]

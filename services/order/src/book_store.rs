@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::archive::{Archive, Counts};
+use crate::archive::{self, Archive, Counts};
 use crate::book::InMemory;
 use crate::book::{Book, LimitOrder};
 use crate::error::OrderError;
@@ -14,6 +14,10 @@ use crate::feed::Feed;
 use crate::log::OrderLog;
 use crate::snapshot;
 use stocknet_common::Order;
+
+/// How many times a read lets the book's lock go to warm archived records before it reads
+/// waiting: a bisect of 2^32 records needs 32.
+const WARMINGS: usize = 40;
 
 /// Entries applied between two snapshots, unless configured otherwise.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
@@ -127,8 +131,24 @@ impl BookStore {
     }
 
     /// Runs `read` on the book; an error if it needed an archived record that could not be
-    /// read, since its answer would then not be true.
-    pub fn read<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
+    /// read, since its answer would then not be true. Archived records the page cache lacks
+    /// are read with the book's lock let go (`archive.rs`), and `read` runs again: the
+    /// applier never waits for a reader's disk.
+    pub fn read<T>(&self, read: impl Fn(&Book) -> T) -> Result<T, OrderError> {
+        for _ in 0..WARMINGS {
+            let (answer, uncached) =
+                self.read_locked(|book| archive::cached_only(|| read(book)))?;
+            if uncached.is_empty() {
+                return Ok(answer);
+            }
+            self.archive.warm(&uncached);
+        }
+        // The cache lost what was warmed as fast as it was read: read waiting.
+        self.read_locked(read)
+    }
+
+    /// Runs `read` under the book's lock; an error if an archived record failed meanwhile.
+    fn read_locked<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
         // Counted under the book's lock, which every reader and the applier hold while they
         // read the archive: a failure counted meanwhile is this read's.
         let book = self.lock();
@@ -455,6 +475,39 @@ mod tests {
         let in_memory = store.lock().archived().trades + 1;
         assert!(store.read(|book| book.trade(in_memory)).unwrap().is_some());
         assert!(store.read(|book| book.depth("A", 5)).is_ok());
+    }
+
+    /// A read that needs archived records the page cache lacks lets the book's lock go to
+    /// read them (`archive.rs`) and runs again: the same answer as with them cached, after
+    /// more than one run.
+    #[test]
+    fn a_read_of_uncached_archived_records_runs_again_once_they_are_read_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crossed(dir.path(), 400, 2);
+        let archived = store.lock().archived();
+        assert!(
+            archived.orders > 300 && archived.trades > 150,
+            "{archived:?}"
+        );
+        store.archive().sync().unwrap();
+        let everything = |book: &Book| (seen(book, 400), book.order(7), book.order(391));
+        let expected = store.read(everything).unwrap();
+        assert!(expected.1.is_some() && expected.2.is_some());
+        if !crate::archive::tests::evicted(store.archive()) {
+            return; // tmpfs: reads never wait there (the archive's own test says so).
+        }
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let answer = store
+            .read(|book| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                everything(book)
+            })
+            .unwrap();
+        assert_eq!(answer, expected);
+        assert!(
+            runs.into_inner() > 1,
+            "no record was read with the lock let go"
+        );
     }
 
     /// A listing read a stretch of records per hold of the book's lock lists, page by page,

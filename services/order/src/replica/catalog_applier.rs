@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stocknet_common::wire::{ApplyRequest, CatalogTrade};
-use stocknet_common::RemoteError;
+use stocknet_common::{Price, RemoteError};
 use tokio::sync::watch;
 
 use super::{Replica, BATCH};
@@ -105,23 +105,24 @@ impl Replica {
             let orders = self.orders_between(*catalog_applied, through)?;
             // (A trade the archive cannot give fails the round, which is retried: a price
             // missing from it would be a change the catalog never gets.)
-            let trades: Vec<CatalogTrade> = self.book.read(|book| {
-                orders
-                    .into_iter()
-                    .map(|o| {
-                        let delta = o.market().map_or(0, |(side, count)| side.delta(count));
-                        let price = book.entry_price(o.number);
-                        let changes = delta != 0 || price.is_some();
-                        CatalogTrade {
-                            number: o.number,
-                            delta,
-                            price,
-                            request_id: o.stamp.request_id.filter(|_| changes),
-                            name: o.name,
-                        }
-                    })
-                    .collect()
-            })?;
+            let prices: Vec<Option<Price>> = self
+                .book
+                .read(|book| orders.iter().map(|o| book.entry_price(o.number)).collect())?;
+            let trades: Vec<CatalogTrade> = orders
+                .into_iter()
+                .zip(prices)
+                .map(|(o, price)| {
+                    let delta = o.market().map_or(0, |(side, count)| side.delta(count));
+                    let changes = delta != 0 || price.is_some();
+                    CatalogTrade {
+                        number: o.number,
+                        delta,
+                        price,
+                        request_id: o.stamp.request_id.filter(|_| changes),
+                        name: o.name,
+                    }
+                })
+                .collect();
             let request = ApplyRequest { term, trades };
             match self.catalog.apply(&request).await {
                 Ok(outcome) => {

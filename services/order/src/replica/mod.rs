@@ -423,18 +423,19 @@ impl Replica {
     }
 
     /// Runs `read` on the book (as of the committed log this replica has applied).
-    pub fn read_book<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
+    pub fn read_book<T>(&self, read: impl Fn(&Book) -> T) -> Result<T, OrderError> {
         self.book.read(read)
     }
 
     /// Runs `read` of the book (a client's) on the blocking pool, [`BOOK_READS_AT_ONCE`] at
-    /// most. Such a read may hold the book's lock while it reads
-    /// archived records from disk: on the async workers (one, under `stocknet up`) it would hold
-    /// up this replica's consensus traffic on the same threads (heartbeats, appends), and with
-    /// it a leader's lease, so that a few slow reads could cost an election.
+    /// most. Such a read may wait for archived records from disk (with the book's lock let go:
+    /// [`BookStore::read`](crate::book_store::BookStore::read)): on the async workers (one,
+    /// under `stocknet up`) it would hold up this replica's consensus traffic on the same
+    /// threads (heartbeats, appends), and with it a leader's lease, so that a few slow reads
+    /// could cost an election.
     pub async fn read_book_off_runtime<T: Send + 'static>(
         self: &Arc<Self>,
-        read: impl FnOnce(&Book) -> T + Send + 'static,
+        read: impl Fn(&Book) -> T + Send + 'static,
     ) -> Result<T, OrderError> {
         self.read_off_runtime(move |replica| replica.read_book(read))
             .await
