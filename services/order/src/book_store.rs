@@ -15,10 +15,6 @@ use crate::log::OrderLog;
 use crate::snapshot;
 use stocknet_common::Order;
 
-/// How many times a read lets the book's lock go to warm archived records before it reads
-/// waiting: a bisect of 2^32 records needs 32.
-const WARMINGS: usize = 40;
-
 /// Entries applied between two snapshots, unless configured otherwise.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
 
@@ -132,19 +128,28 @@ impl BookStore {
 
     /// Runs `read` on the book; an error if it needed an archived record that could not be
     /// read, since its answer would then not be true. Archived records the page cache lacks
-    /// are read with the book's lock let go (`archive.rs`), and `read` runs again: the
-    /// applier never waits for a reader's disk.
+    /// are read with the book's lock let go (`archive.rs`), and `read` runs again, as often
+    /// as it finds records it has not had warmed: the applier never waits for a reader's disk.
     pub fn read<T>(&self, read: impl Fn(&Book) -> T) -> Result<T, OrderError> {
-        for _ in 0..WARMINGS {
+        let mut warmed = std::collections::HashSet::new();
+        loop {
             let (answer, uncached) =
                 self.read_locked(|book| archive::cached_only(|| read(book)))?;
             if uncached.is_empty() {
                 return Ok(answer);
             }
+            // Each run gets further (a bisect, a chain, a listing goes on from the record
+            // warmed last) unless the cache lets go of what is warmed as fast as it is read:
+            // then read waiting.
+            let new = uncached
+                .iter()
+                .filter(|record| warmed.insert(**record))
+                .count();
+            if new == 0 {
+                return self.read_locked(read);
+            }
             self.archive.warm(&uncached);
         }
-        // The cache lost what was warmed as fast as it was read: read waiting.
-        self.read_locked(read)
     }
 
     /// Runs `read` under the book's lock; an error if an archived record failed meanwhile.
