@@ -19,21 +19,11 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 source bench/cpu.sh
-cat >"$dir/orders.lua" <<'LUA'
-local n = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  n = n + 1
-  local side = (n % 2 == 0) and "sell" or "buy"
-  return wrk.format(nil, "/orders", nil, '{"name":"GameStart","quantity":1,"type":"' .. side .. '"}')
-end
-LUA
 # "acknowledged per-second p50-ms": durable orders placed for 8 s, by `stocknet load` or wrk.
 place_orders() {
   local bin=$1 flags=$2
   if [ -n "${WRK:-}" ]; then
-    wrk -t"$((clients < 2 ? 1 : 2))" -c"$clients" -d8s --latency -s "$dir/orders.lua" \
+    wrk -t"$((clients < 2 ? 1 : 2))" -c"$clients" -d8s --latency -s bench/market-orders.lua \
       http://127.0.0.1:18080 | awk '
       / requests in / {n = $1}
       /Non-2xx/ {bad = $NF}

@@ -11,16 +11,6 @@ cd "$(dirname "$0")/.."
 rounds=$1; shift
 source bench/common.sh
 export STOCKNET_ORDERS_IN_MEMORY=1000 STOCKNET_TRADES_IN_MEMORY=1000
-cat >"$dir/orders.lua" <<'LUA'
-local n = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  n = n + 1
-  local side = (n % 2 == 0) and "sell" or "buy"
-  return wrk.format(nil, "/orders", nil, '{"name":"GameStart","quantity":1,"type":"' .. side .. '"}')
-end
-LUA
 for round in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     rm -rf "$dir/data"
@@ -33,7 +23,7 @@ for round in $(seq 1 "$rounds"); do
     reader=$!
     ( for _ in $(seq 1 24); do echo 1 >/proc/sys/vm/drop_caches; sleep 0.5; done ) &
     dropper=$!
-    out=$(wrk -t2 -c5 -d8s --latency -s "$dir/orders.lua" http://127.0.0.1:18080)
+    out=$(wrk -t2 -c5 -d8s --latency -s bench/market-orders.lua http://127.0.0.1:18080)
     wait "$reader" "$dropper"
     echo "round $round $(basename "$bin"): $(echo "$out" | awk '/Requests\/sec/ {r = $2} / 50%/ {p = $2} / 99%/ {q = $2} END {print r " orders/s, p50 " p ", p99 " q}'), $(cat "$dir/reads") of ${placed} entries"
     kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true

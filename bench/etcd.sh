@@ -57,17 +57,6 @@ request = function()
   return wrk.format(nil, "/v3/kv/put", nil, body)
 end
 LUA
-cat >"$dir/orders.lua" <<'LUA'
--- Market orders of one share of GameStart, buys and sells alternating.
-local n = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  n = n + 1
-  local side = (n % 2 == 0) and "sell" or "buy"
-  return wrk.format(nil, "/orders", nil, '{"name":"GameStart","quantity":1,"type":"' .. side .. '"}')
-end
-LUA
 
 for _ in $(seq 1 100); do curl -sf -X POST http://127.0.0.1:42379/v3/kv/put \
   -d '{"key":"d2FybQ==","value":"MQ=="}' >/dev/null && break; sleep 0.1; done
@@ -84,7 +73,7 @@ run() {
 results="$dir/results"
 for round in $(seq 1 "$rounds"); do
   for clients in 5 32; do
-    stocknet=$(run stocknet http://127.0.0.1:18080 "$dir/orders.lua" "$clients")
+    stocknet=$(run stocknet http://127.0.0.1:18080 bench/market-orders.lua "$clients")
     etcd_run=$(run etcd http://127.0.0.1:42379 "$dir/etcd.lua" "$clients")
     echo "round $round, $clients connections: stocknet $stocknet | etcd $etcd_run (requests/s, p50 ms, non-2xx)"
     echo "$clients $stocknet $etcd_run" >>"$results"
