@@ -7,15 +7,16 @@
 #   bench/idle-streams.sh ROUNDS STREAMS PATH /tmp/stocknet-before /tmp/stocknet-after
 # PATH /ws/orders: streams of one user who places no order, while the load places market
 # orders. PATH /ws/book/Tesla: the book of a stock the load does not trade, while it places
-# limit orders (half of them trade) in three others. STREAMS 0 measures the same without
-# streams; the frontend keeps 1,000 open at most.
+# limit orders (half of them trade) in three others; PATH /ws/book/GameStart: the book of one of
+# those three. READ=1: the streams read (and drop) what they are sent, as subscribers that keep
+# up. STREAMS 0 measures the same without streams; the frontend keeps 1,000 open at most.
 set -euo pipefail
 rounds=$1; streams=$2; path=$3; shift 3
 flags=()
 case "$path" in
-  /ws/book/Tesla) flags=(--limit --stocks GameStart,FishCo,BoarCo) ;;
+  /ws/book/Tesla | /ws/book/GameStart) flags=(--limit --stocks GameStart,FishCo,BoarCo) ;;
   /ws/orders) ;;
-  *) echo "PATH: /ws/orders or /ws/book/Tesla" >&2; exit 2 ;;
+  *) echo "PATH: /ws/orders, /ws/book/Tesla or /ws/book/GameStart" >&2; exit 2 ;;
 esac
 dir="$(mktemp -d)"
 pids=()
@@ -31,7 +32,8 @@ for round in $(seq 1 "$rounds"); do
     pids=("$up")
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     if [ "$streams" -gt 0 ]; then
-      python3 bench/idle_streams.py http://127.0.0.1:18080 "$streams" "$path" >"$dir/streams.log" 2>&1 &
+      python3 bench/idle_streams.py http://127.0.0.1:18080 "$streams" "$path" ${READ:+--read} \
+        >"$dir/streams.log" 2>&1 &
       pids+=($!)
       for _ in $(seq 1 600); do grep -q "^open" "$dir/streams.log" && break; sleep 0.1; done
       grep -q "^open" "$dir/streams.log" || { cat "$dir/streams.log"; exit 1; }

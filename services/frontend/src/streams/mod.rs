@@ -774,7 +774,7 @@ async fn follow(
         .subscribe_market(&state, Some(followed.stock()));
     let (mut sink, mut stream) = socket.split();
     let mut keepalive = Keepalive::new();
-    'snapshot: loop {
+    loop {
         let Some((applied, first)) = followed.snapshot(&state).await else {
             let _ = send(
                 &mut sink,
@@ -786,28 +786,84 @@ async fn follow(
         if send(&mut sink, Message::Text(first.into())).await.is_err() {
             return;
         }
-        loop {
-            let event =
-                match next_item(&mut receiver, (&mut sink, &mut stream), &mut keepalive).await {
-                    Next::Item(MarketItem::Event(event)) => event,
-                    Next::Item(MarketItem::Gap) => continue 'snapshot,
-                    Next::Item(MarketItem::Started(after)) if after > applied => continue 'snapshot,
-                    Next::Item(MarketItem::Started(_)) => continue,
-                    Next::Behind(missed) => {
-                        let _ = send(&mut sink, slow_consumer(missed)).await;
-                        return;
+        let client = (&mut sink, &mut stream);
+        let after = send_updates(
+            &mut receiver,
+            client,
+            &mut keepalive,
+            &mut followed,
+            applied,
+        );
+        if let AfterSnapshot::Over = after.await {
+            return;
+        }
+    }
+}
+
+/// What ended a stream's updates after a snapshot.
+enum AfterSnapshot {
+    /// The feed lost events, or started past the snapshot: a new snapshot follows.
+    Again,
+    /// The client went or fell behind, or the channel closed.
+    Over,
+}
+
+/// Sends what each market item `receiver` gets changes of `followed` after its snapshot as of
+/// `applied`, with what else waits in the channel (up to [`BATCH`] items) in one write, until
+/// the stream needs a new snapshot or is over.
+async fn send_updates<S: Sink<Message> + Unpin>(
+    receiver: &mut broadcast::Receiver<MarketItem>,
+    (sink, stream): (
+        &mut S,
+        &mut (impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin),
+    ),
+    keepalive: &mut Keepalive,
+    followed: &mut impl Followed,
+    applied: u64,
+) -> AfterSnapshot {
+    loop {
+        let mut item = match next_item(receiver, (&mut *sink, &mut *stream), keepalive).await {
+            Next::Item(item) => Some(item),
+            Next::Behind(missed) => {
+                let _ = send(sink, slow_consumer(missed)).await;
+                return AfterSnapshot::Over;
+            }
+            Next::Done => return AfterSnapshot::Over,
+        };
+        let (mut updates, mut again, mut taken) = (Vec::new(), false, 0);
+        while let Some(next) = item.take() {
+            match next {
+                MarketItem::Event(event) => {
+                    if event.entry > applied {
+                        updates.extend(followed.update(&event));
                     }
-                    Next::Done => return,
-                };
-            if event.entry <= applied {
-                continue;
+                }
+                MarketItem::Gap => again = true,
+                MarketItem::Started(after) => again = after > applied,
             }
-            let Some(update) = followed.update(&event) else {
-                continue;
+            taken += 1;
+            if again || taken == BATCH {
+                break;
+            }
+            item = match receiver.try_recv() {
+                Ok(next) => Some(next),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    let _ = send(sink, slow_consumer(missed)).await;
+                    return AfterSnapshot::Over;
+                }
+                Err(_) => None,
             };
-            if send(&mut sink, Message::Text(update.into())).await.is_err() {
-                return;
+        }
+        if !updates.is_empty() {
+            let messages = updates
+                .into_iter()
+                .map(|update| Message::Text(update.into()));
+            if send_all(sink, messages).await.is_err() {
+                return AfterSnapshot::Over;
             }
+        }
+        if again {
+            return AfterSnapshot::Again;
         }
     }
 }
@@ -1149,6 +1205,42 @@ mod tests {
             ["0", "0'", "1", "1'", "2", "2'"]
         );
         assert_eq!(socket.writes.load(Ordering::SeqCst), 1);
+    }
+
+    /// A book or candle stream sends the updates of what waits in its channel with one write,
+    /// skips what its snapshot holds already, and at a gap stops for a new snapshot once it
+    /// sent what came before the gap.
+    #[tokio::test]
+    async fn a_followed_stream_sends_what_waits_with_one_write_and_stops_at_a_gap() {
+        struct Entries;
+        impl Followed for Entries {
+            async fn snapshot(&mut self, _: &AppState) -> Option<(u64, String)> {
+                None
+            }
+            fn update(&mut self, event: &MarketEvent) -> Option<String> {
+                Some(event.entry.to_string())
+            }
+            fn stock(&self) -> &str {
+                "GameStart"
+            }
+        }
+        let (sender, mut receiver) = broadcast::channel(16);
+        for entry in [3, 4, 5, 6] {
+            sender.send(event(entry, "GameStart")).unwrap();
+        }
+        sender.send(MarketItem::Gap).unwrap();
+        sender.send(event(7, "GameStart")).unwrap();
+        let socket = Socket::default();
+        let (_client, mut quiet) =
+            futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        let mut sink = socket.clone();
+        let (client, mut keepalive) = ((&mut sink, &mut quiet), Keepalive::new());
+        let after = send_updates(&mut receiver, client, &mut keepalive, &mut Entries, 3).await;
+        assert!(matches!(after, AfterSnapshot::Again));
+        assert_eq!(*socket.sent.lock().unwrap(), ["4", "5", "6"]);
+        assert_eq!(socket.writes.load(Ordering::SeqCst), 1);
+        // What came after the gap is for the new snapshot's updates.
+        assert_eq!(entry_of(receiver.try_recv()), Some(7));
     }
 
     /// Whoever subscribed before the feed started may hold a snapshot older than where the
