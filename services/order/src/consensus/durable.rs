@@ -141,7 +141,7 @@ pub(super) fn clamp_commit(request: &mut AppendEntriesRequest<TypeConfig>, durab
 #[cfg(test)]
 mod tests {
     use futures::FutureExt;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use openraft::{CommittedLeaderId, LogId};
 
     use super::*;
 
@@ -157,18 +157,8 @@ mod tests {
         commit: u64,
         durable: Option<u64>,
     ) -> Option<u64> {
-        let mut request = AppendEntriesRequest::<TypeConfig> {
-            vote: Vote::new_committed(2, 1),
-            prev_log_id: prev.map(id),
-            entries: entries
-                .iter()
-                .map(|&i| Entry {
-                    log_id: id(i),
-                    payload: EntryPayload::Blank,
-                })
-                .collect(),
-            leader_commit: Some(id(commit)),
-        };
+        let entries = entries.iter().map(|&i| id(i));
+        let mut request = super::super::blank_append(2, prev.map(id), entries, Some(id(commit)));
         clamp_commit(&mut request, durable);
         request.leader_commit.map(|c| c.index)
     }

@@ -211,5 +211,27 @@ pub fn entry_of(lines: Vec<Line>) -> Result<Entry<TypeConfig>, OrderError> {
     Ok(Entry { log_id, payload })
 }
 
+/// Tests: an append from leader 1 of `term`, of blank entries `entries` after `prev`.
+#[cfg(test)]
+fn blank_append(
+    term: u64,
+    prev: Option<LogId<u64>>,
+    entries: impl IntoIterator<Item = LogId<u64>>,
+    commit: Option<LogId<u64>>,
+) -> openraft::raft::AppendEntriesRequest<TypeConfig> {
+    openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(term, 1),
+        prev_log_id: prev,
+        entries: entries
+            .into_iter()
+            .map(|log_id| Entry {
+                log_id,
+                payload: EntryPayload::Blank,
+            })
+            .collect(),
+        leader_commit: commit,
+    }
+}
+
 #[cfg(test)]
 mod tests;

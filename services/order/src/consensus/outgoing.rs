@@ -156,7 +156,7 @@ impl<N: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for OutgoingPeer<N> {
 mod tests {
     use std::sync::Mutex;
 
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, Vote};
+    use openraft::CommittedLeaderId;
 
     use super::*;
     use crate::consensus::DurableLog;
@@ -210,18 +210,8 @@ mod tests {
 
     /// An append from leader 1 of term 1: `entries` after `prev`, and the commit point.
     fn append(prev: u64, entries: &[u64], commit: u64) -> AppendEntriesRequest<TypeConfig> {
-        AppendEntriesRequest {
-            vote: Vote::new_committed(1, 1),
-            prev_log_id: Some(id(prev)),
-            entries: entries
-                .iter()
-                .map(|&i| Entry {
-                    log_id: id(i),
-                    payload: EntryPayload::Blank,
-                })
-                .collect(),
-            leader_commit: Some(id(commit)),
-        }
+        let entries = entries.iter().map(|&i| id(i));
+        crate::consensus::blank_append(1, Some(id(prev)), entries, Some(id(commit)))
     }
 
     /// Sends `request` through `peer`; whether it reached the follower.
