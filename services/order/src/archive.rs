@@ -70,7 +70,7 @@ impl Counts {
 }
 
 /// Which of the archive's files a record is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Kind {
     Trades,
     Orders,
@@ -148,19 +148,30 @@ impl Archive {
     /// cache, waiting: what a reader does with the book's lock let go. What cannot be read is
     /// left for the read after, which counts it.
     pub fn warm(&self, uncached: &[Uncached]) {
+        // Readers waiting on the same record (every bisect starts at the same middle) note it
+        // alike: each stretch is read once.
+        let stretches: std::collections::BTreeSet<(Kind, u64, u64)> = uncached
+            .iter()
+            .map(|record| {
+                let at = record.index * self.file(record.kind).size;
+                let start = at / WARM_AHEAD * WARM_AHEAD;
+                let end = (at + record.length as u64).max(start + WARM_AHEAD);
+                (record.kind, start, end)
+            })
+            .collect();
         let mut bytes = Vec::new();
-        for record in uncached {
-            let file = match record.kind {
-                Kind::Trades => &self.trades,
-                Kind::Orders => &self.orders,
-                Kind::Refusals => &self.refusals,
-            };
-            let at = record.index * file.size;
-            let start = at / WARM_AHEAD * WARM_AHEAD;
-            let end = (at + record.length as u64).max(start + WARM_AHEAD);
+        for (kind, start, end) in stretches {
             bytes.resize(usize::try_from(end - start).unwrap_or(0), 0);
             // Short at the file's end: what is there is read.
-            let _ = file.file.read_at(&mut bytes, start);
+            let _ = self.file(kind).file.read_at(&mut bytes, start);
+        }
+    }
+
+    fn file(&self, kind: Kind) -> &RecordFile {
+        match kind {
+            Kind::Trades => &self.trades,
+            Kind::Orders => &self.orders,
+            Kind::Refusals => &self.refusals,
         }
     }
 
