@@ -1266,7 +1266,12 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
 /// and the catalog's line for each committed entry it applies).
 #[tokio::test]
 async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
-    let cluster = Cluster::start_logging(1, "warn,tower_http=debug,stocknet_catalog=debug").await;
+    // (The leader serves the frontend's orders in batches, with a line of its own for each.)
+    let cluster = Cluster::start_logging(
+        1,
+        "warn,tower_http=debug,stocknet_catalog=debug,stocknet_order=debug",
+    )
+    .await;
     let frontend = cluster.frontend().to_owned();
     // A fresh frontend has nothing cached: the lookup reaches the catalog.
     let lookup = cluster
@@ -1538,7 +1543,8 @@ async fn every_service_serves_prometheus_metrics() {
             r#"stocknet_order_replication_lag_entries{{follower="{}"}}"#,
             other + 1
         ),
-        r#"route="/orders",status="200"} 1"#,
+        // The frontend places orders in batches.
+        r#"route="/orders/batch",status="200"} 1"#,
     ] {
         assert!(leader.contains(line), "{line} in\n{leader}");
     }

@@ -1,5 +1,6 @@
 //! Service-to-service HTTP: one client per service, envelope-aware calls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -43,11 +44,12 @@ pub fn internal_client_carrying(
 }
 
 /// Why a call to another service failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
-    /// No answer: refused, reset or timed out. The peer may be dead.
+    /// No answer: refused, reset or timed out. The peer may be dead. (Shared: a batch's
+    /// failure is each of its calls'.)
     #[error("unreachable: {0}")]
-    Unreachable(#[source] reqwest::Error),
+    Unreachable(#[source] Arc<reqwest::Error>),
     /// The peer answered with an error envelope.
     #[error("{}: {}", .0.status, .0.message)]
     Api(ApiError),
@@ -57,6 +59,10 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    pub fn unreachable(error: reqwest::Error) -> Self {
+        Self::Unreachable(Arc::new(error))
+    }
+
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Self::Api(error) => Some(error.status),
@@ -78,14 +84,7 @@ struct DataEnvelope<T> {
 
 #[derive(Deserialize)]
 struct ErrorEnvelope {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    message: String,
-    #[serde(flatten)]
-    extra: serde_json::Map<String, serde_json::Value>,
+    error: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Sends a request and unwraps `{"data": T}`, or turns `{"error": ...}` into [`RemoteError::Api`].
@@ -95,27 +94,46 @@ pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Resu
         Some(id) => request.header(crate::request_id::REQUEST_ID, id),
         None => request,
     };
-    let response = request.send().await.map_err(RemoteError::Unreachable)?;
+    let response = request.send().await.map_err(RemoteError::unreachable)?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(RemoteError::Unreachable)?;
+    let bytes = response.bytes().await.map_err(RemoteError::unreachable)?;
     if status.is_success() {
         serde_json::from_slice::<DataEnvelope<T>>(&bytes)
             .map(|envelope| envelope.data)
             .map_err(|e| RemoteError::Decode(e.to_string()))
     } else {
-        let error = match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
-            Ok(ErrorEnvelope { error }) => {
-                let mut extra = error.extra;
-                extra.remove("code");
-                ApiError {
-                    status,
-                    message: error.message,
-                    extra,
-                }
-            }
-            Err(_) => ApiError::new(status, String::from_utf8_lossy(&bytes)),
-        };
+        let error = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+            .ok()
+            .and_then(|envelope| api_error(status, envelope.error))
+            .unwrap_or_else(|| ApiError::new(status, String::from_utf8_lossy(&bytes)));
         Err(RemoteError::Api(error))
+    }
+}
+
+/// The error an envelope's `error` object says, if it has a `message`.
+fn api_error(
+    status: StatusCode,
+    error: serde_json::Map<String, serde_json::Value>,
+) -> Option<ApiError> {
+    error
+        .get("message")?
+        .is_string()
+        .then(|| ApiError::from_error_object(status, error))
+}
+
+/// One answer of a batch ([`crate::wire::BatchAnswer`]) as [`call`] would have given it.
+pub fn batch_answer<T>(answer: crate::wire::BatchAnswer<T>) -> Result<T, RemoteError> {
+    let status = StatusCode::from_u16(answer.status)
+        .map_err(|_| RemoteError::Decode(format!("status {} in a batch", answer.status)))?;
+    match (answer.data, answer.error) {
+        (Some(data), None) if status.is_success() => Ok(data),
+        (None, Some(error)) if !status.is_success() => Err(RemoteError::Api(
+            api_error(status, error)
+                .ok_or_else(|| RemoteError::Decode("an error without a message".into()))?,
+        )),
+        _ => Err(RemoteError::Decode(format!(
+            "a batch's answer with status {status} is neither data nor an error"
+        ))),
     }
 }
 
@@ -179,6 +197,46 @@ mod tests {
 
     fn base(text: &str) -> BaseUrl {
         text.parse().unwrap()
+    }
+
+    /// A batch's answer says what the call on its own would have: its data, or its error
+    /// with every field; an answer that is neither is not taken for either.
+    #[test]
+    fn a_batch_answer_gives_the_data_or_the_error_a_single_call_would() {
+        let refused = ApiError::new(StatusCode::CONFLICT, "Not enough stock")
+            .with("reason", "insufficient_quantity")
+            .with("transaction_number", 7);
+        let answer = crate::wire::BatchAnswer::<u64> {
+            status: 409,
+            data: None,
+            error: Some(refused.clone().into_error_object()),
+        };
+        match batch_answer(answer) {
+            Err(RemoteError::Api(error)) => assert_eq!(error, refused),
+            other => panic!("{other:?}"),
+        }
+        let placed = crate::wire::BatchAnswer {
+            status: 200,
+            data: Some(7_u64),
+            error: None,
+        };
+        assert_eq!(batch_answer(placed).ok(), Some(7));
+        for (status, data, error) in [
+            (200, None, Some(serde_json::Map::new())),
+            (409, Some(7), None),
+            (200, None, None),
+            (99, Some(7), None),
+        ] {
+            let answer = crate::wire::BatchAnswer {
+                status,
+                data,
+                error,
+            };
+            assert!(
+                matches!(batch_answer(answer), Err(RemoteError::Decode(_))),
+                "{status}"
+            );
+        }
     }
 
     #[test]

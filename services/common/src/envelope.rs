@@ -185,10 +185,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    /// The envelope, with the id of the request being served (see [`crate::request_id`]), so
-    /// that a client's report of an error finds its log lines.
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The envelope's `error` object: `code`, `message`, the further fields, and the id of the
+    /// request being served (see [`crate::request_id`]), so that a client's report of an
+    /// error finds its log lines.
+    pub fn into_error_object(self) -> serde_json::Map<String, serde_json::Value> {
         let mut error = self.extra;
         error.insert("code".into(), self.status.as_u16().into());
         error.insert("message".into(), self.message.into());
@@ -197,7 +198,33 @@ impl IntoResponse for ApiError {
                 error.insert("request_id".into(), id.into());
             }
         }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        error
+    }
+
+    /// The error an envelope's `error` object under `status` says (the inverse of
+    /// [`ApiError::into_error_object`], but for the request id, which stays a further field).
+    pub fn from_error_object(
+        status: StatusCode,
+        mut error: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        error.remove("code");
+        let message = match error.remove("message") {
+            Some(serde_json::Value::String(message)) => message,
+            _ => String::new(),
+        };
+        Self {
+            status,
+            message,
+            extra: error,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let error = self.into_error_object();
+        (status, axum::Json(json!({ "error": error }))).into_response()
     }
 }
 

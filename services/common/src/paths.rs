@@ -49,6 +49,7 @@ pub const METRICS: Route = Route("/metrics");
 pub const READY: Route = Route("/ready");
 pub const ORDERS: Route = Route("/orders");
 pub const ORDER: Route = Route("/orders/{number}");
+pub const ORDER_BATCH: Route = Route("/orders/batch");
 pub const TRADES: Route = Route("/trades");
 pub const PORTFOLIO: Route = Route("/portfolios/{user}");
 pub const AUDIT: Route = Route("/audit");

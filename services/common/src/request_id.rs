@@ -102,6 +102,17 @@ pub fn current() -> Option<HeaderValue> {
     CURRENT.try_with(HeaderValue::clone).ok()
 }
 
+/// Runs `serving` as the request with the id `id` (a new one if it is not a valid id): how a
+/// batch's handler serves each call in it, so that its log lines and the log's entry carry
+/// the call's own id.
+pub fn serve_as<F: Future>(id: Option<&str>, serving: F) -> TaskLocalFuture<HeaderValue, F> {
+    let id = id
+        .and_then(|id| HeaderValue::from_str(id).ok())
+        .filter(is_valid)
+        .unwrap_or_else(new_id);
+    CURRENT.scope(id, serving)
+}
+
 /// Up to 128 letters, digits and `-_.:`: what fits a log line and a header as it is.
 fn is_valid(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();

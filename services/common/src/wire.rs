@@ -291,6 +291,38 @@ pub struct NewOrder {
     pub protection_bps: Option<u32>,
 }
 
+/// Most orders in one `POST /orders/batch`.
+pub const MAX_BATCH: usize = 512;
+
+/// One order of a `POST /orders/batch`, in which a frontend sends the leader the orders its
+/// clients placed at about the same time: what a `POST /orders` carries in its body and its
+/// headers (`Idempotency-Key`, the user, `X-Request-Id`). Each is executed, logged and
+/// answered as that call would have been.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchedOrder {
+    pub order: NewOrder,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The answer to one call of a batch, in the batch's order: the status and the envelope's
+/// `data` or `error` that the call on its own would have answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchAnswer<T> {
+    pub status: u16,
+    // (A missing `Option` is `None` without `default`, which would bound `T: Default`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// How an order on the book is priced: at its limit, or at the market within a protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -4,8 +4,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use stocknet_common::testing::{assert_each_answered, insider_get, send, SECRET};
-use stocknet_common::wire::{parse_peer, READ_FROM_LEADER};
+use stocknet_common::testing::{assert_each_answered, insider_get, insider_post, send, SECRET};
+use stocknet_common::wire::{parse_peer, MAX_BATCH, READ_FROM_LEADER};
 
 use super::*;
 
@@ -111,6 +111,60 @@ async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
     assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
 }
 
+/// Each order of a batch is answered as `POST /orders` would have answered it, in order,
+/// under its own request id; a batch that is not one is refused whole.
+#[tokio::test]
+async fn each_order_of_a_batch_gets_its_own_answer_under_its_own_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let batch = json!([
+        {"order": {"name": "GameStart", "quantity": 0, "type": "buy"}, "request_id": "batch-a"},
+        {"order": {"name": "GameStart", "quantity": 1, "type": "buy"}, "key": "k1", "user": 7,
+         "request_id": "batch-b"},
+        {"order": {"name": "GameStart", "quantity": 1, "type": "sell"}, "request_id": "has space"},
+    ]);
+    let (status, body) = send(&app, insider_post("/orders/batch", &batch.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answers = body["data"].as_array().expect("answers");
+    let single = |order: &Value| {
+        let order = order.to_string();
+        let app = app.clone();
+        async move { send(&app, insider_post("/orders", &order)).await }
+    };
+    for (answer, (id, order)) in answers.iter().zip([
+        ("batch-a", &batch[0]["order"]),
+        ("batch-b", &batch[1]["order"]),
+        ("", &batch[2]["order"]),
+    ]) {
+        let (alone, mut alone_body) = single(order).await;
+        assert_eq!(answer["status"], alone.as_u16(), "{answer}");
+        let mut error = answer["error"].clone();
+        let own_id = error["request_id"].take();
+        alone_body["error"]["request_id"].take();
+        assert_eq!(error, alone_body["error"], "{answer}");
+        if id.is_empty() {
+            assert!(own_id.as_str().is_some_and(|own| own != "has space"));
+        } else {
+            assert_eq!(own_id, id);
+        }
+    }
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0]["status"], 400);
+    assert_eq!(answers[1]["status"], 503);
+
+    let unknown_field = json!([{"order": {"name": "GameStart", "quantity": 1, "type": "buy"},
+        "priority": 1}]);
+    let too_many = Value::Array(vec![batch[1].clone(); MAX_BATCH + 1]);
+    for (batch, refused) in [
+        (unknown_field, StatusCode::BAD_REQUEST),
+        (json!({"order": {}}), StatusCode::BAD_REQUEST),
+        (too_many, StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (status, body) = send(&app, insider_post("/orders/batch", &batch.to_string())).await;
+        assert_eq!(status, refused, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,6 +187,11 @@ async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
             "POST",
             "/orders",
             json!({"name": "GameStart", "quantity": 1, "type": "buy"}),
+        ),
+        anonymous(
+            "POST",
+            "/orders/batch",
+            json!([{"order": {"name": "GameStart", "quantity": 1, "type": "buy"}}]),
         ),
         anonymous("DELETE", "/orders/1", Value::Null),
         anonymous("GET", "/orders/logs/0", Value::Null),

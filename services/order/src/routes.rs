@@ -12,9 +12,11 @@ use serde::Deserialize;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
 use stocknet_common::model;
+use stocknet_common::request_id;
 use stocknet_common::wire::{
-    self, AuditQuery, CandleQuery, Candles, NewLearner, NewOrder, OrderChange, OrderPage, Trade,
-    Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, READ_FROM_LEADER, USER,
+    self, AuditQuery, BatchAnswer, BatchedOrder, CandleQuery, Candles, NewLearner, NewOrder,
+    OrderChange, OrderPage, Trade, Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, MAX_BATCH,
+    READ_FROM_LEADER, USER,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query, Status};
 
@@ -91,6 +93,49 @@ pub(crate) async fn place(
         .place(order, idempotency_key(&headers), user(&headers)?)
         .await?;
     Ok(data(placed))
+}
+
+/// `POST /orders/batch`: orders a frontend gathered, each executed, logged (under its own
+/// request id) and answered as `POST /orders` would have, in the batch's order. They are put
+/// to the sequencer together, in that order, so that they share commit rounds.
+pub(crate) async fn place_batch(
+    State(state): State<AppState>,
+    Json(orders): Json<Vec<BatchedOrder>>,
+) -> Result<Response, ApiError> {
+    if orders.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a batch holds at most {MAX_BATCH} orders"),
+        ));
+    }
+    let placing = orders.into_iter().map(|batched| {
+        let replica = &state.replica;
+        let id = batched.request_id;
+        request_id::serve_as(id.as_deref(), async move {
+            let answer = match replica
+                .place(batched.order, batched.key, batched.user)
+                .await
+            {
+                Ok(placed) => BatchAnswer {
+                    status: StatusCode::OK.as_u16(),
+                    data: Some(placed),
+                    error: None,
+                },
+                Err(e) => {
+                    let error = ApiError::from(e);
+                    BatchAnswer {
+                        status: error.status.as_u16(),
+                        data: None,
+                        error: Some(error.into_error_object()),
+                    }
+                }
+            };
+            // The order's own line, under its id, as the trace layer writes one per request.
+            tracing::debug!(status = answer.status, "placed an order of a batch");
+            answer
+        })
+    });
+    Ok(data(futures::future::join_all(placing).await))
 }
 
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {

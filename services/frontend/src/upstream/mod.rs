@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod leader;
 pub mod order_group;
+pub mod placements;
 
 use axum::http::StatusCode;
 use stocknet_common::ApiError;

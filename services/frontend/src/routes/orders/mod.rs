@@ -3,6 +3,8 @@
 
 mod body;
 
+use std::future::Future;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use serde::de::DeserializeOwned;
@@ -12,9 +14,10 @@ use stocknet_common::envelope::{ClientBody, DataEnvelope, ErrorEnvelope};
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    Changed, OrderChange, OrderPage, OrderView, Placed, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, USER,
+    BatchedOrder, Changed, OrderChange, OrderPage, OrderView, Placed, CLIENT_KEY_PREFIX,
+    IDEMPOTENCY_KEY, USER,
 };
-use stocknet_common::{data, Price, Query, RemoteError};
+use stocknet_common::{data, request_id, Price, Query, RemoteError};
 use utoipa::IntoParams;
 
 use crate::credentials;
@@ -93,8 +96,16 @@ pub(crate) async fn place_order(
     if order.client_order_id.is_some() && user.is_none() {
         return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
     }
-    let placed: Placed = write_on_leader(&state, &key, user, |leader| {
-        Ok(inner.http.post(leader.orders_url.clone()).json(&order))
+    let request_id = request_id::current().and_then(|id| id.to_str().ok().map(str::to_owned));
+    let placed: Placed = write_on_leader(&state, &key, |leader, logged_key| {
+        let order = BatchedOrder {
+            order: order.clone(),
+            key: Some(logged_key.to_owned()),
+            user,
+            request_id: request_id.clone(),
+        };
+        let url = leader.placements_url.clone();
+        async move { inner.placements.place(&url, order).await }
     })
     .await?;
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
@@ -153,26 +164,38 @@ impl WriteKey {
     }
 }
 
-/// Sends a write, which `request` makes for a leader, under the request's idempotency key
-/// ([`WriteKey`]) and for `user`, through [`order_group::write`].
-async fn write_on_leader<T: DeserializeOwned>(
+/// Sends a write with `send`, which puts the request's idempotency key ([`WriteKey`]), as
+/// logged, on it, through [`order_group::write`].
+async fn write_on_leader<T, F, Fut>(
     state: &AppState,
     key: &WriteKey,
-    user: Option<u64>,
-    request: impl Fn(&Leader) -> Result<reqwest::RequestBuilder, RemoteError>,
-) -> Result<T, FrontendError> {
+    send: F,
+) -> Result<T, FrontendError>
+where
+    F: Fn(&Leader, &str) -> Fut,
+    Fut: Future<Output = Result<T, RemoteError>>,
+{
     let logged_key = format!("{CLIENT_KEY_PREFIX}{}", key.text);
     order_group::write(state, &key.text, key.from_client, |leader| {
-        let request = request(leader).map(|request| {
-            let request = request.header(IDEMPOTENCY_KEY, logged_key.as_str());
-            match user {
-                Some(user) => request.header(USER, user),
-                None => request,
-            }
-        });
-        async move { call::<T>(request?).await }
+        send(leader, &logged_key)
     })
     .await
+}
+
+/// A change of an order, which `request` makes, for `user` under `logged_key`.
+fn keyed_call<T: DeserializeOwned>(
+    request: Result<reqwest::RequestBuilder, RemoteError>,
+    logged_key: &str,
+    user: Option<u64>,
+) -> impl Future<Output = Result<T, RemoteError>> {
+    let request = request.map(|request| {
+        let request = request.header(IDEMPOTENCY_KEY, logged_key);
+        match user {
+            Some(user) => request.header(USER, user),
+            None => request,
+        }
+    });
+    async move { call::<T>(request?).await }
 }
 
 /// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
@@ -258,13 +281,12 @@ pub(crate) async fn cancel_by_client_order_id(
         .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
     let (key, user) = write_start(&state, &headers).await?;
     let user = user.ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
-    let changed: Changed = write_on_leader(&state, &key, Some(user), |leader| {
-        let url = paths::ORDERS.url(&leader.url, &[])?;
-        Ok(state
-            .inner
-            .http
-            .delete(url)
-            .query(&[("client_order_id", id.as_str())]))
+    let changed: Changed = write_on_leader(&state, &key, |leader, logged_key| {
+        let request = paths::ORDERS.url(&leader.url, &[]).map(|url| {
+            let http = &state.inner.http;
+            http.delete(url).query(&[("client_order_id", id.as_str())])
+        });
+        keyed_call(request, logged_key, Some(user))
     })
     .await?;
     Ok(data(changed))
@@ -279,13 +301,17 @@ async fn change_on_leader(
     change: Option<&OrderChange>,
 ) -> Answer {
     let (key, user) = write_start(state, headers).await?;
-    let changed: Changed = write_on_leader(state, &key, user, |leader| {
-        let url = paths::ORDER.url(&leader.url, &[&number.to_string()])?;
-        let http = &state.inner.http;
-        Ok(match change {
-            Some(change) => http.put(url).json(change),
-            None => http.delete(url),
-        })
+    let changed: Changed = write_on_leader(state, &key, |leader, logged_key| {
+        let request = paths::ORDER
+            .url(&leader.url, &[&number.to_string()])
+            .map(|url| {
+                let http = &state.inner.http;
+                match change {
+                    Some(change) => http.put(url).json(change),
+                    None => http.delete(url),
+                }
+            });
+        keyed_call(request, logged_key, user)
     })
     .await?;
     Ok(data(changed))

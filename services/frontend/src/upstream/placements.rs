@@ -1,0 +1,387 @@
+//! Orders placed on the leader in batches. The orders this frontend's clients place at about
+//! the same time go to the leader in one call (`POST /orders/batch`), which executes, logs and
+//! answers each as its own `POST /orders` would: one call and one request for the leader to
+//! parse per batch instead of per order. Nothing waits to fill a batch: it holds what queued
+//! while the task that sends it was being scheduled. A batch is only the transport of one
+//! attempt; each order's retries, deadline and answer stay its own ([`super::order_group`]).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::http::StatusCode;
+use futures::future::join_all;
+use stocknet_common::client::{batch_answer, call};
+use stocknet_common::request_id::REQUEST_ID;
+use stocknet_common::wire::{BatchAnswer, BatchedOrder, Placed, IDEMPOTENCY_KEY, MAX_BATCH, USER};
+use stocknet_common::{ApiError, RemoteError};
+use tokio::sync::oneshot;
+
+/// The queue of orders for the next batch, and the client that sends batches.
+pub struct Placements {
+    http: reqwest::Client,
+    queue: Arc<Mutex<Vec<Pending>>>,
+}
+
+struct Pending {
+    /// The batch route of the leader it is for.
+    url: reqwest::Url,
+    order: BatchedOrder,
+    answer: oneshot::Sender<Result<Placed, RemoteError>>,
+}
+
+impl Placements {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self {
+            http,
+            queue: Arc::default(),
+        }
+    }
+
+    /// Places `order` with the next batch sent to `url` (a leader's
+    /// [`stocknet_common::paths::ORDER_BATCH`]); the answer is what `POST /orders` would have
+    /// given. Dropping the future leaves the order in its batch: like a call whose answer is
+    /// not awaited, it may execute.
+    pub async fn place(
+        &self,
+        url: &reqwest::Url,
+        order: BatchedOrder,
+    ) -> Result<Placed, RemoteError> {
+        let (answer, answered) = oneshot::channel();
+        let first = {
+            let mut queue = lock(&self.queue);
+            queue.push(Pending {
+                url: url.clone(),
+                order,
+                answer,
+            });
+            queue.len() == 1
+        };
+        if first {
+            let (queue, http) = (self.queue.clone(), self.http.clone());
+            tokio::spawn(async move {
+                // The requests that arrived with this one queue while it yields.
+                tokio::task::yield_now().await;
+                let batch = std::mem::take(&mut *lock(&queue));
+                send(&http, batch).await;
+            });
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(RemoteError::Decode(
+                "the batch's call ended without an answer".into(),
+            ))
+        })
+    }
+}
+
+fn lock(queue: &Mutex<Vec<Pending>>) -> MutexGuard<'_, Vec<Pending>> {
+    queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends what queued, as one call per leader (the leader may have changed in between) and
+/// per [`MAX_BATCH`] orders, side by side.
+async fn send(http: &reqwest::Client, mut queued: Vec<Pending>) {
+    let mut calls: Vec<(reqwest::Url, Vec<Pending>)> = Vec::new();
+    for pending in queued.drain(..) {
+        match calls
+            .iter_mut()
+            .find(|(url, batch)| *url == pending.url && batch.len() < MAX_BATCH)
+        {
+            Some((_, batch)) => batch.push(pending),
+            None => calls.push((pending.url.clone(), vec![pending])),
+        }
+    }
+    join_all(
+        calls
+            .into_iter()
+            .map(|(url, batch)| send_batch(http, url, batch)),
+    )
+    .await;
+}
+
+async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pending>) {
+    let (orders, answers): (Vec<BatchedOrder>, Vec<_>) = batch
+        .into_iter()
+        .map(|pending| (pending.order, pending.answer))
+        .unzip();
+    let request = http.post(url.clone()).json(&orders);
+    let results: Vec<Result<Placed, RemoteError>> =
+        match call::<Vec<BatchAnswer<Placed>>>(request).await {
+            Ok(answered) if answered.len() == orders.len() => {
+                answered.into_iter().map(batch_answer).collect()
+            }
+            Ok(answered) => {
+                let wrong = RemoteError::Decode(format!(
+                    "the leader answered {} of a batch's {} orders",
+                    answered.len(),
+                    orders.len()
+                ));
+                vec![Err(wrong); orders.len()]
+            }
+            // A leader of an older version, without the batch route: each on its own.
+            Err(RemoteError::Api(error))
+                if matches!(
+                    error.status,
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                ) =>
+            {
+                let mut single = url;
+                if let Ok(mut segments) = single.path_segments_mut() {
+                    segments.pop();
+                }
+                join_all(
+                    orders
+                        .into_iter()
+                        .map(|order| place_alone(http, &single, order)),
+                )
+                .await
+            }
+            Err(e) => vec![Err(each_failed(e)); orders.len()],
+        };
+    for (answer, result) in answers.into_iter().zip(results) {
+        // A caller that stopped waiting has dropped its receiver.
+        let _ = answer.send(result);
+    }
+}
+
+/// What a batch's failure says of each order in it. A 401 or a 503 refused the whole call
+/// before anything ran; any other error answer to the batch as a whole (a 408 from the
+/// leader's deadline, say) is not the client's doing and may have come after orders
+/// executed, so it is a bad gateway, whose outcome is unknown; a failure to reach the leader
+/// is each order's as it is.
+fn each_failed(error: RemoteError) -> RemoteError {
+    match error {
+        RemoteError::Api(error)
+            if !matches!(
+                error.status,
+                StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE
+            ) =>
+        {
+            RemoteError::Api(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the leader answered a batch of orders with {}: {}",
+                    error.status, error.message
+                ),
+            ))
+        }
+        other => other,
+    }
+}
+
+/// `POST /orders` of one batched order, at `url`.
+async fn place_alone(
+    http: &reqwest::Client,
+    url: &reqwest::Url,
+    order: BatchedOrder,
+) -> Result<Placed, RemoteError> {
+    let mut request = http.post(url.clone()).json(&order.order);
+    if let Some(key) = &order.key {
+        request = request.header(IDEMPOTENCY_KEY, key);
+    }
+    if let Some(user) = order.user {
+        request = request.header(USER, user);
+    }
+    if let Some(id) = &order.request_id {
+        request = request.header(REQUEST_ID, id);
+    }
+    call(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    use axum::Router;
+    use serde_json::{json, Value};
+    use stocknet_common::wire::NewOrder;
+    use stocknet_common::Status;
+
+    use super::*;
+
+    /// What a fake leader was sent: the size of each batch, and the headers of each order
+    /// placed on its own.
+    #[derive(Clone, Default)]
+    struct Seen {
+        batches: Arc<Mutex<Vec<usize>>>,
+        alone: Arc<Mutex<Vec<HeaderMap>>>,
+    }
+
+    fn placed(order: &NewOrder) -> Placed {
+        Placed {
+            transaction_number: u64::from(order.quantity),
+            client_order_id: None,
+            status: Status::Filled,
+            filled_quantity: order.quantity,
+            remaining_quantity: 0,
+            fills: Vec::new(),
+        }
+    }
+
+    /// A leader that numbers each order by its quantity and refuses a quantity of 13; with
+    /// `batches` false, one of an older version without the batch route.
+    async fn leader(batches: bool) -> (reqwest::Url, Seen) {
+        let seen = Seen::default();
+        let mut routes = Router::new().route(
+            "/orders",
+            post(
+                |State(seen): State<Seen>,
+                 headers: HeaderMap,
+                 axum::Json(order): axum::Json<NewOrder>| async move {
+                    lock_seen(&seen.alone).push(headers);
+                    stocknet_common::data(placed(&order))
+                },
+            ),
+        );
+        if batches {
+            routes = routes.route(
+                "/orders/batch",
+                post(
+                    |State(seen): State<Seen>,
+                     axum::Json(orders): axum::Json<Vec<BatchedOrder>>| async move {
+                        lock_seen(&seen.batches).push(orders.len());
+                        let answers: Vec<Value> = orders
+                            .iter()
+                            .map(|batched| match batched.order.quantity {
+                                13 => json!({"status": 409, "error": {"code": 409,
+                                    "message": "Refused", "reason": "unlucky"}}),
+                                _ => json!({"status": 200, "data": placed(&batched.order)}),
+                            })
+                            .collect();
+                        stocknet_common::data(answers)
+                    },
+                ),
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = routes.with_state(seen.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{address}/orders/batch").parse().unwrap();
+        (url, seen)
+    }
+
+    fn lock_seen<T>(seen: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        seen.lock().unwrap()
+    }
+
+    fn order(quantity: u32) -> BatchedOrder {
+        BatchedOrder {
+            order: NewOrder {
+                name: "GameStart".into(),
+                quantity,
+                side: stocknet_common::Side::Buy,
+                price: None,
+                guard: None,
+                terms: Default::default(),
+                client_order_id: None,
+                protection_bps: None,
+            },
+            key: Some(format!("key-{quantity}")),
+            user: Some(7),
+            request_id: Some(format!("trace-{quantity}")),
+        }
+    }
+
+    fn placements() -> Placements {
+        Placements::new(stocknet_common::http_client(Duration::from_secs(2)))
+    }
+
+    use std::time::Duration;
+
+    /// Orders placed together go in one call, and each caller gets its own order's answer.
+    #[tokio::test]
+    async fn orders_placed_together_go_in_one_call_each_answered_as_its_own() {
+        let (url, seen) = leader(true).await;
+        let placements = placements();
+        let answers =
+            join_all((1..=20).map(|quantity| placements.place(&url, order(quantity)))).await;
+        assert_eq!(*lock_seen(&seen.batches), vec![20]);
+        for (quantity, answer) in (1..=20_u32).zip(answers) {
+            match answer {
+                Ok(placed) => assert_eq!(placed.transaction_number, u64::from(quantity)),
+                Err(RemoteError::Api(error)) if quantity == 13 => {
+                    assert_eq!(error.status, StatusCode::CONFLICT);
+                    assert_eq!(error.extra["reason"], "unlucky");
+                }
+                Err(e) => panic!("{quantity}: {e}"),
+            }
+        }
+        // One placed later goes in a call of its own.
+        let later = placements.place(&url, order(21)).await;
+        assert_eq!(later.ok().map(|p| p.transaction_number), Some(21));
+        assert_eq!(*lock_seen(&seen.batches), vec![20, 1]);
+    }
+
+    /// A leader without the batch route gets each order on its own, with the key, the user
+    /// and the request id a single call carries.
+    #[tokio::test]
+    async fn a_leader_without_the_batch_route_gets_each_order_on_its_own() {
+        let (url, seen) = leader(false).await;
+        let placements = placements();
+        let answers =
+            join_all((1..=3).map(|quantity| placements.place(&url, order(quantity)))).await;
+        let numbers: Vec<_> = answers
+            .into_iter()
+            .map(|answer| answer.map(|placed| placed.transaction_number).ok())
+            .collect();
+        assert_eq!(numbers, vec![Some(1), Some(2), Some(3)]);
+        let alone = lock_seen(&seen.alone);
+        let mut keys: Vec<_> = alone
+            .iter()
+            .map(|headers| {
+                let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+                (
+                    header(IDEMPOTENCY_KEY),
+                    header(USER),
+                    header("x-request-id"),
+                )
+            })
+            .collect();
+        keys.sort();
+        let expected: Vec<_> = (1..=3)
+            .map(|n| (format!("key-{n}"), "7".to_owned(), format!("trace-{n}")))
+            .collect();
+        assert_eq!(keys, expected);
+    }
+
+    /// A batch refused as a whole: a 503 or an unreachable leader is each order's as it is (not
+    /// executed), any other refusal (here a 400) leaves each order's outcome unknown, never the
+    /// client's error.
+    #[tokio::test]
+    async fn a_batch_refused_whole_is_never_the_clients_error() {
+        for (status, expected) in [
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (StatusCode::BAD_REQUEST, StatusCode::BAD_GATEWAY),
+            (StatusCode::REQUEST_TIMEOUT, StatusCode::BAD_GATEWAY),
+        ] {
+            let refusing = Router::new().route(
+                "/orders/batch",
+                post(move || async move { ApiError::new(status, "no") }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, refusing).await });
+            let placements = placements();
+            let url = url.parse().unwrap();
+            for answer in join_all((1..=2).map(|n| placements.place(&url, order(n)))).await {
+                match answer {
+                    Err(RemoteError::Api(error)) => assert_eq!(error.status, expected, "{status}"),
+                    other => panic!("{status}: {other:?}"),
+                }
+            }
+        }
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/orders/batch", closed.local_addr().unwrap());
+        drop(closed);
+        let placements = placements();
+        let url = url.parse().unwrap();
+        for answer in join_all((1..=2).map(|n| placements.place(&url, order(n)))).await {
+            assert!(answer.is_err_and(|e| e.never_sent()));
+        }
+    }
+}
