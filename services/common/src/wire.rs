@@ -311,9 +311,9 @@ pub struct BatchedOrder {
 }
 
 /// The answer to one call of a batch, in the batch's order: the status and the envelope's
-/// `data` or `error` that the call on its own would have answered.
+/// `data` or `error` that the call on its own would have answered. (Further fields, from a
+/// newer leader, are let be: what the answer says is in these.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BatchAnswer<T> {
     pub status: u16,
     // (A missing `Option` is `None` without `default`, which would bound `T: Default`.)

@@ -152,11 +152,29 @@ async fn each_order_of_a_batch_gets_its_own_answer_under_its_own_request_id() {
     assert_eq!(answers[0]["status"], 400);
     assert_eq!(answers[1]["status"], 503);
 
-    let unknown_field = json!([{"order": {"name": "GameStart", "quantity": 1, "type": "buy"},
-        "priority": 1}]);
+    // An order that is not one is refused alone.
+    let unknown_field = json!([
+        {"order": {"name": "GameStart", "quantity": 1, "type": "buy"}, "priority": 1},
+        {"order": {"name": "GameStart", "quantity": 0, "type": "buy"}},
+    ]);
+    let (status, body) = send(
+        &app,
+        insider_post("/orders/batch", &unknown_field.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let statuses: Vec<_> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!(400), json!(400)], "{body}");
+    let message = body["data"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("priority"), "{message}");
+
     let too_many = Value::Array(vec![batch[1].clone(); MAX_BATCH + 1]);
     for (batch, refused) in [
-        (unknown_field, StatusCode::BAD_REQUEST),
         (json!({"order": {}}), StatusCode::BAD_REQUEST),
         (too_many, StatusCode::PAYLOAD_TOO_LARGE),
     ] {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
@@ -96,12 +97,26 @@ pub(crate) async fn place(
 }
 
 /// `POST /orders/batch`: orders a frontend gathered, each executed, logged (under its own
-/// request id) and answered as `POST /orders` would have, in the batch's order. They are put
-/// to the sequencer together, in that order, so that they share commit rounds.
+/// request id) and answered as `POST /orders` would have, in the batch's order: one that is
+/// not an order (an unknown field, from a newer frontend, say) is refused alone. They are put
+/// to the sequencer together, in that order, so that they share commit rounds; the batch is
+/// answered once the last of them is.
 pub(crate) async fn place_batch(
     State(state): State<AppState>,
-    Json(orders): Json<Vec<BatchedOrder>>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
+    let orders: Vec<Result<BatchedOrder, ApiError>> =
+        match serde_json::from_slice::<Vec<BatchedOrder>>(&body) {
+            Ok(orders) => orders.into_iter().map(Ok).collect(),
+            Err(_) => serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+                .map_err(|e| ApiError::bad_request(format!("a batch of orders: {e}")))?
+                .into_iter()
+                .map(|order| {
+                    serde_json::from_value(order)
+                        .map_err(|e| ApiError::bad_request(format!("an order of the batch: {e}")))
+                })
+                .collect(),
+        };
     if orders.len() > MAX_BATCH {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,25 +125,26 @@ pub(crate) async fn place_batch(
     }
     let placing = orders.into_iter().map(|batched| {
         let replica = &state.replica;
-        let id = batched.request_id;
+        let id = batched.as_ref().ok().and_then(|b| b.request_id.clone());
         request_id::serve_as(id.as_deref(), async move {
-            let answer = match replica
-                .place(batched.order, batched.key, batched.user)
-                .await
-            {
+            let placed = match batched {
+                Ok(batched) => replica
+                    .place(batched.order, batched.key, batched.user)
+                    .await
+                    .map_err(ApiError::from),
+                Err(refused) => Err(refused),
+            };
+            let answer = match placed {
                 Ok(placed) => BatchAnswer {
                     status: StatusCode::OK.as_u16(),
                     data: Some(placed),
                     error: None,
                 },
-                Err(e) => {
-                    let error = ApiError::from(e);
-                    BatchAnswer {
-                        status: error.status.as_u16(),
-                        data: None,
-                        error: Some(error.into_error_object()),
-                    }
-                }
+                Err(error) => BatchAnswer {
+                    status: error.status.as_u16(),
+                    data: None,
+                    error: Some(error.into_error_object()),
+                },
             };
             // The order's own line, under its id, as the trace layer writes one per request.
             tracing::debug!(status = answer.status, "placed an order of a batch");

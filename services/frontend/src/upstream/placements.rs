@@ -134,7 +134,10 @@ async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pendin
                 )
                 .await
             }
-            Err(e) => vec![Err(each_failed(e)); orders.len()],
+            Err(e) => {
+                tracing::warn!(%url, orders = orders.len(), "a batch of orders failed: {e}");
+                vec![Err(each_failed(e)); orders.len()]
+            }
         };
     for (answer, result) in answers.into_iter().zip(results) {
         // A caller that stopped waiting has dropped its receiver.
@@ -312,6 +315,28 @@ mod tests {
         let later = placements.place(&url, order(21)).await;
         assert_eq!(later.ok().map(|p| p.transaction_number), Some(21));
         assert_eq!(*lock_seen(&seen.batches), vec![20, 1]);
+    }
+
+    /// Each call holds at most [`MAX_BATCH`] orders, all for one leader; an order whose
+    /// caller stopped waiting is still sent.
+    #[tokio::test]
+    async fn calls_hold_one_leaders_orders_up_to_the_most_and_dropped_callers_orders_go_too() {
+        let ((first, first_seen), (second, second_seen)) = (leader(true).await, leader(true).await);
+        let placements = placements();
+        let mut dropped = Box::pin(placements.place(&first, order(1)));
+        assert!(futures::poll!(&mut dropped).is_pending());
+        drop(dropped);
+        // Six of them for the second leader, the rest and the dropped one for the first.
+        let orders = (0..MAX_BATCH + 10).map(|n| {
+            let url = if n % 100 == 0 { &second } else { &first };
+            placements.place(url, order(2))
+        });
+        let answers = join_all(orders).await;
+        assert!(answers.iter().all(Result::is_ok));
+        let mut sizes = lock_seen(&first_seen.batches).clone();
+        sizes.sort();
+        assert_eq!(sizes, vec![5, MAX_BATCH]);
+        assert_eq!(*lock_seen(&second_seen.batches), vec![6]);
     }
 
     /// A leader without the batch route gets each order on its own, with the key, the user
