@@ -192,6 +192,7 @@ async fn place_alone(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use axum::extract::State;
     use axum::http::HeaderMap;
@@ -290,8 +291,6 @@ mod tests {
     fn placements() -> Placements {
         Placements::new(stocknet_common::http_client(Duration::from_secs(2)))
     }
-
-    use std::time::Duration;
 
     /// Orders placed together go in one call, and each caller gets its own order's answer.
     #[tokio::test]
