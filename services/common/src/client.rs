@@ -97,15 +97,21 @@ pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Resu
     let response = request.send().await.map_err(RemoteError::unreachable)?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(RemoteError::unreachable)?;
+    decode(status, &bytes)
+}
+
+/// What an answer with `status` and the body `bytes` says: `{"data": T}`, or `{"error": ...}`
+/// as [`RemoteError::Api`].
+pub fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, RemoteError> {
     if status.is_success() {
-        serde_json::from_slice::<DataEnvelope<T>>(&bytes)
+        serde_json::from_slice::<DataEnvelope<T>>(bytes)
             .map(|envelope| envelope.data)
             .map_err(|e| RemoteError::Decode(e.to_string()))
     } else {
-        let error = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+        let error = serde_json::from_slice::<ErrorEnvelope>(bytes)
             .ok()
             .and_then(|envelope| api_error(status, envelope.error))
-            .unwrap_or_else(|| ApiError::new(status, String::from_utf8_lossy(&bytes)));
+            .unwrap_or_else(|| ApiError::new(status, String::from_utf8_lossy(bytes)));
         Err(RemoteError::Api(error))
     }
 }
@@ -207,6 +213,7 @@ mod tests {
             .with("reason", "insufficient_quantity")
             .with("transaction_number", 7);
         let answer = crate::wire::BatchAnswer::<u64> {
+            index: 0,
             status: 409,
             data: None,
             error: Some(refused.clone().into_error_object()),
@@ -216,6 +223,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let placed = crate::wire::BatchAnswer {
+            index: 1,
             status: 200,
             data: Some(7_u64),
             error: None,
@@ -228,6 +236,7 @@ mod tests {
             (99, Some(7), None),
         ] {
             let answer = crate::wire::BatchAnswer {
+                index: 2,
                 status,
                 data,
                 error,

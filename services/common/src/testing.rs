@@ -2,9 +2,9 @@
 //! turn on): a request through a router, without a socket, and its answer as JSON; requests
 //! from another service, which carry the shared secret; an order update.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use std::convert::Infallible;
 
 use axum::response::Response;
@@ -17,16 +17,25 @@ pub async fn send<S>(app: &S, request: Request<Body>) -> (StatusCode, Value)
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
 {
+    let (status, _, body) = send_raw(app, request).await;
+    (status, serde_json::from_slice(&body).expect("a JSON body"))
+}
+
+/// Like [`send`], with the headers and the body as it came.
+pub async fn send_raw<S>(app: &S, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes)
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
     let response = app
         .clone()
         .oneshot(request)
         .await
         .expect("a router answers");
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .expect("the whole body");
-    (status, serde_json::from_slice(&body).expect("a JSON body"))
+    (parts.status, parts.headers, body)
 }
 
 /// Asserts that `app` answers each of `requests` with `status` (a failure names the request

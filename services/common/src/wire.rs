@@ -310,11 +310,14 @@ pub struct BatchedOrder {
     pub request_id: Option<String>,
 }
 
-/// The answer to one call of a batch, in the batch's order: the status and the envelope's
-/// `data` or `error` that the call on its own would have answered. (Further fields, from a
-/// newer leader, are let be: what the answer says is in these.)
+/// The answer to one call of a batch: a line of the batch's answer (`application/x-ndjson`),
+/// which gives each as soon as it is decided, in any order. `index` is the call's place in
+/// the batch; the status and the envelope's `data` or `error` are what the call on its own
+/// would have answered. (Further fields, from a newer leader, are let be: what the answer
+/// says is in these.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchAnswer<T> {
+    pub index: usize,
     pub status: u16,
     // (A missing `Option` is `None` without `default`, which would bound `T: Default`.)
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,9 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use stocknet_common::testing::{assert_each_answered, insider_get, insider_post, send, SECRET};
+use stocknet_common::testing::{
+    assert_each_answered, insider_get, insider_post, send, send_raw, SECRET,
+};
 use stocknet_common::wire::{parse_peer, MAX_BATCH, READ_FROM_LEADER};
 
 use super::*;
@@ -111,6 +113,26 @@ async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
     assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
 }
 
+/// The answer lines of `batch`, by the index of their order: one for each.
+async fn batch_answers(app: &Router, batch: &Value) -> Vec<Value> {
+    let request = insider_post("/orders/batch", &batch.to_string());
+    let (status, headers, body) = send_raw(app, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let mut answers: Vec<Value> = body
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect();
+    answers.sort_by_key(|answer| answer["index"].as_u64());
+    let indexes: Vec<_> = answers.iter().map(|a| a["index"].as_u64()).collect();
+    let expected: Vec<_> = (0..batch.as_array().unwrap().len() as u64)
+        .map(Some)
+        .collect();
+    assert_eq!(indexes, expected);
+    answers
+}
+
 /// Each order of a batch is answered as `POST /orders` would have answered it, in order,
 /// under its own request id; a batch that is not one is refused whole.
 #[tokio::test]
@@ -123,9 +145,7 @@ async fn each_order_of_a_batch_gets_its_own_answer_under_its_own_request_id() {
          "request_id": "batch-b"},
         {"order": {"name": "GameStart", "quantity": 1, "type": "sell"}, "request_id": "has space"},
     ]);
-    let (status, body) = send(&app, insider_post("/orders/batch", &batch.to_string())).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let answers = body["data"].as_array().expect("answers");
+    let answers = batch_answers(&app, &batch).await;
     let single = |order: &Value| {
         let order = order.to_string();
         let app = app.clone();
@@ -157,20 +177,10 @@ async fn each_order_of_a_batch_gets_its_own_answer_under_its_own_request_id() {
         {"order": {"name": "GameStart", "quantity": 1, "type": "buy"}, "priority": 1},
         {"order": {"name": "GameStart", "quantity": 0, "type": "buy"}},
     ]);
-    let (status, body) = send(
-        &app,
-        insider_post("/orders/batch", &unknown_field.to_string()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let statuses: Vec<_> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["status"].clone())
-        .collect();
-    assert_eq!(statuses, [json!(400), json!(400)], "{body}");
-    let message = body["data"][0]["error"]["message"].as_str().unwrap();
+    let answers = batch_answers(&app, &unknown_field).await;
+    let statuses: Vec<_> = answers.iter().map(|a| a["status"].clone()).collect();
+    assert_eq!(statuses, [json!(400), json!(400)], "{answers:?}");
+    let message = answers[0]["error"]["message"].as_str().unwrap();
     assert!(message.contains("priority"), "{message}");
 
     let too_many = Value::Array(vec![batch[1].clone(); MAX_BATCH + 1]);

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use stocknet_common::clock;
 use stocknet_common::envelope::bounded;
@@ -97,10 +99,11 @@ pub(crate) async fn place(
 }
 
 /// `POST /orders/batch`: orders a frontend gathered, each executed, logged (under its own
-/// request id) and answered as `POST /orders` would have, in the batch's order: one that is
-/// not an order (an unknown field, from a newer frontend, say) is refused alone. They are put
-/// to the sequencer together, in that order, so that they share commit rounds; the batch is
-/// answered once the last of them is.
+/// request id) and answered as `POST /orders` would have: one that is not an order (an
+/// unknown field, from a newer frontend, say) is refused alone. They are put to the sequencer
+/// together, in the batch's order, so that they share commit rounds. The answer is a line per
+/// order ([`BatchAnswer`]), each sent as soon as its order is decided, those decided together
+/// in one write: an order that needs no catalog round does not wait for one that does.
 pub(crate) async fn place_batch(
     State(state): State<AppState>,
     body: Bytes,
@@ -123,35 +126,53 @@ pub(crate) async fn place_batch(
             format!("a batch holds at most {MAX_BATCH} orders"),
         ));
     }
-    let placing = orders.into_iter().map(|batched| {
-        let replica = &state.replica;
-        let id = batched.as_ref().ok().and_then(|b| b.request_id.clone());
-        request_id::serve_as(id.as_deref(), async move {
-            let placed = match batched {
-                Ok(batched) => replica
-                    .place(batched.order, batched.key, batched.user)
-                    .await
-                    .map_err(ApiError::from),
-                Err(refused) => Err(refused),
-            };
-            let answer = match placed {
-                Ok(placed) => BatchAnswer {
-                    status: StatusCode::OK.as_u16(),
-                    data: Some(placed),
-                    error: None,
-                },
-                Err(error) => BatchAnswer {
-                    status: error.status.as_u16(),
-                    data: None,
-                    error: Some(error.into_error_object()),
-                },
-            };
-            // The order's own line, under its id, as the trace layer writes one per request.
-            tracing::debug!(status = answer.status, "placed an order of a batch");
-            answer
+    let placing: FuturesUnordered<_> = orders
+        .into_iter()
+        .enumerate()
+        .map(|(index, batched)| {
+            let replica = state.replica.clone();
+            let id = batched.as_ref().ok().and_then(|b| b.request_id.clone());
+            request_id::serve_as(id.as_deref(), async move {
+                let placed = match batched {
+                    Ok(batched) => replica
+                        .place(batched.order, batched.key, batched.user)
+                        .await
+                        .map_err(ApiError::from),
+                    Err(refused) => Err(refused),
+                };
+                let answer = match placed {
+                    Ok(placed) => BatchAnswer {
+                        index,
+                        status: StatusCode::OK.as_u16(),
+                        data: Some(placed),
+                        error: None,
+                    },
+                    Err(error) => BatchAnswer {
+                        index,
+                        status: error.status.as_u16(),
+                        data: None,
+                        error: Some(error.into_error_object()),
+                    },
+                };
+                // The order's own line, under its id, as the trace layer writes one per request.
+                tracing::debug!(status = answer.status, "placed an order of a batch");
+                answer
+            })
         })
+        .collect();
+    let lines = placing.ready_chunks(MAX_BATCH).map(|answers| {
+        let mut chunk = Vec::new();
+        for answer in answers {
+            serde_json::to_writer(&mut chunk, &answer)?;
+            chunk.push(b'\n');
+        }
+        Ok::<_, serde_json::Error>(chunk)
     });
-    Ok(data(futures::future::join_all(placing).await))
+    Ok((
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {

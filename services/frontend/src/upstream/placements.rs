@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::StatusCode;
 use futures::future::join_all;
-use stocknet_common::client::{batch_answer, call};
+use stocknet_common::client::{batch_answer, call, decode};
 use stocknet_common::request_id::REQUEST_ID;
 use stocknet_common::wire::{BatchAnswer, BatchedOrder, Placed, IDEMPOTENCY_KEY, MAX_BATCH, USER};
 use stocknet_common::{ApiError, RemoteError};
@@ -100,49 +100,90 @@ async fn send(http: &reqwest::Client, mut queued: Vec<Pending>) {
 async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pending>) {
     let (orders, answers): (Vec<BatchedOrder>, Vec<_>) = batch
         .into_iter()
-        .map(|pending| (pending.order, pending.answer))
+        .map(|pending| (pending.order, Some(pending.answer)))
         .unzip();
-    let request = http.post(url.clone()).json(&orders);
-    let results: Vec<Result<Placed, RemoteError>> =
-        match call::<Vec<BatchAnswer<Placed>>>(request).await {
-            Ok(answered) if answered.len() == orders.len() => {
-                answered.into_iter().map(batch_answer).collect()
+    let mut waiting = Waiting(answers);
+    let failure = match http.post(url.clone()).json(&orders).send().await {
+        Ok(response) if response.status().is_success() => {
+            match read_answers(response, &mut waiting).await {
+                Ok(()) => RemoteError::Decode("the leader's answers to a batch ended early".into()),
+                Err(e) => e,
             }
-            Ok(answered) => {
-                let wrong = RemoteError::Decode(format!(
-                    "the leader answered {} of a batch's {} orders",
-                    answered.len(),
-                    orders.len()
-                ));
-                vec![Err(wrong); orders.len()]
+        }
+        Ok(response) => {
+            let status = response.status();
+            match response.bytes().await {
+                Ok(bytes) => match decode::<()>(status, &bytes) {
+                    // A leader of an older version, without the batch route: each on its own.
+                    Err(RemoteError::Api(error))
+                        if matches!(
+                            error.status,
+                            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                        ) =>
+                    {
+                        let mut single = url;
+                        if let Ok(mut segments) = single.path_segments_mut() {
+                            segments.pop();
+                        }
+                        let alone = orders
+                            .into_iter()
+                            .map(|order| place_alone(http, &single, order));
+                        for (index, result) in join_all(alone).await.into_iter().enumerate() {
+                            waiting.answer(index, result);
+                        }
+                        return;
+                    }
+                    Err(e) => each_failed(e),
+                    Ok(()) => RemoteError::Decode(format!("{status} to a batch")),
+                },
+                Err(e) => RemoteError::unreachable(e),
             }
-            // A leader of an older version, without the batch route: each on its own.
-            Err(RemoteError::Api(error))
-                if matches!(
-                    error.status,
-                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-                ) =>
-            {
-                let mut single = url;
-                if let Ok(mut segments) = single.path_segments_mut() {
-                    segments.pop();
-                }
-                join_all(
-                    orders
-                        .into_iter()
-                        .map(|order| place_alone(http, &single, order)),
-                )
-                .await
-            }
-            Err(e) => {
-                tracing::warn!(%url, orders = orders.len(), "a batch of orders failed: {e}");
-                vec![Err(each_failed(e)); orders.len()]
-            }
-        };
-    for (answer, result) in answers.into_iter().zip(results) {
-        // A caller that stopped waiting has dropped its receiver.
-        let _ = answer.send(result);
+        }
+        Err(e) => RemoteError::unreachable(e),
+    };
+    let unanswered = waiting.0.iter().flatten().count();
+    if unanswered > 0 {
+        tracing::warn!(%url, unanswered, "a batch of orders failed: {failure}");
+        for index in 0..waiting.0.len() {
+            waiting.answer(index, Err(failure.clone()));
+        }
     }
+}
+
+/// The callers of a batch's orders still waiting for their answer, by the order's index.
+struct Waiting(Vec<Option<oneshot::Sender<Result<Placed, RemoteError>>>>);
+
+impl Waiting {
+    fn answer(&mut self, index: usize, result: Result<Placed, RemoteError>) {
+        if let Some(answer) = self.0.get_mut(index).and_then(Option::take) {
+            // A caller that stopped waiting has dropped its receiver.
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// Hands each answer line of a batch to its caller as it arrives. Ends when the answer does,
+/// or with the failure of reading it.
+async fn read_answers(
+    mut response: reqwest::Response,
+    waiting: &mut Waiting,
+) -> Result<(), RemoteError> {
+    let mut pending = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(RemoteError::unreachable)? {
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &pending[start..start + end];
+            start += end + 1;
+            match serde_json::from_slice::<BatchAnswer<Placed>>(line) {
+                Ok(answer) => waiting.answer(answer.index, batch_answer(answer)),
+                // Which order it was for is unknown: each still waiting is answered at the end.
+                Err(e) => tracing::warn!("an answer to a batch that is not one: {e}"),
+            }
+        }
+        pending.drain(..start);
+    }
+    Ok(())
 }
 
 /// What a batch's failure says of each order in it. A 401 or a 503 refused the whole call
@@ -198,7 +239,7 @@ mod tests {
     use axum::http::HeaderMap;
     use axum::routing::post;
     use axum::Router;
-    use serde_json::{json, Value};
+    use serde_json::json;
     use stocknet_common::wire::NewOrder;
     use stocknet_common::Status;
 
@@ -210,6 +251,8 @@ mod tests {
     struct Seen {
         batches: Arc<Mutex<Vec<usize>>>,
         alone: Arc<Mutex<Vec<HeaderMap>>>,
+        /// Lets the answers held back go.
+        gate: Arc<tokio::sync::Notify>,
     }
 
     fn placed(order: &NewOrder) -> Placed {
@@ -245,15 +288,31 @@ mod tests {
                     |State(seen): State<Seen>,
                      axum::Json(orders): axum::Json<Vec<BatchedOrder>>| async move {
                         lock_seen(&seen.batches).push(orders.len());
-                        let answers: Vec<Value> = orders
-                            .iter()
-                            .map(|batched| match batched.order.quantity {
-                                13 => json!({"status": 409, "error": {"code": 409,
-                                    "message": "Refused", "reason": "unlucky"}}),
-                                _ => json!({"status": 200, "data": placed(&batched.order)}),
-                            })
-                            .collect();
-                        stocknet_common::data(answers)
+                        let (lines, body) = futures::channel::mpsc::unbounded();
+                        // Last first, a quantity of 99 only once the test lets it go.
+                        tokio::spawn(async move {
+                            let mut held = Vec::new();
+                            for (index, batched) in orders.iter().enumerate().rev() {
+                                let line = match batched.order.quantity {
+                                    13 => json!({"index": index, "status": 409, "error":
+                                        {"code": 409, "message": "Refused", "reason": "unlucky"}}),
+                                    _ => json!({"index": index, "status": 200,
+                                        "data": placed(&batched.order)}),
+                                };
+                                let line = Ok::<_, std::io::Error>(format!("{line}\n"));
+                                match batched.order.quantity {
+                                    99 => held.push(line),
+                                    _ => lines.unbounded_send(line).unwrap(),
+                                }
+                            }
+                            if !held.is_empty() {
+                                seen.gate.notified().await;
+                                for line in held {
+                                    lines.unbounded_send(line).unwrap();
+                                }
+                            }
+                        });
+                        axum::body::Body::from_stream(body)
                     },
                 ),
             );
@@ -314,6 +373,24 @@ mod tests {
         let later = placements.place(&url, order(21)).await;
         assert_eq!(later.ok().map(|p| p.transaction_number), Some(21));
         assert_eq!(*lock_seen(&seen.batches), vec![20, 1]);
+    }
+
+    /// An order is answered as soon as the leader answers it, not when the slowest of its
+    /// batch is.
+    #[tokio::test]
+    async fn an_order_is_answered_without_waiting_for_a_slower_one_of_its_batch() {
+        let (url, seen) = leader(true).await;
+        let placements = placements();
+        let mut slow = Box::pin(placements.place(&url, order(99)));
+        assert!(futures::poll!(&mut slow).is_pending());
+        let quick = tokio::time::timeout(Duration::from_secs(10), placements.place(&url, order(1)))
+            .await
+            .expect("answered while the other waits");
+        assert_eq!(quick.ok().map(|p| p.transaction_number), Some(1));
+        assert_eq!(*lock_seen(&seen.batches), vec![2]);
+        assert!(futures::poll!(&mut slow).is_pending());
+        seen.gate.notify_one();
+        assert_eq!(slow.await.ok().map(|p| p.transaction_number), Some(99));
     }
 
     /// Each call holds at most [`MAX_BATCH`] orders, all for one leader; an order whose
