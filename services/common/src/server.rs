@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use axum::{Router, ServiceExt};
 use tokio::net::TcpListener;
 use tower::Service;
@@ -145,6 +146,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = around_routes(router);
+    // An answer written in parts (a batch's lines, a stream's frames) goes out part by part:
+    // with Nagle's algorithm a part would wait for the peer's delayed acknowledgement (40 ms).
+    let listener = listener.tap_io(|connection| {
+        if let Err(e) = connection.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     axum::serve(
         listener,
         ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
