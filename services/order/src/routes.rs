@@ -160,7 +160,7 @@ pub(crate) async fn place_batch(
             })
         })
         .collect();
-    let lines = placing.ready_chunks(MAX_BATCH).map(|answers| {
+    let mut lines = placing.ready_chunks(MAX_BATCH).map(|answers| {
         let mut chunk = Vec::new();
         for answer in answers {
             serde_json::to_writer(&mut chunk, &answer)?;
@@ -168,6 +168,10 @@ pub(crate) async fn place_batch(
         }
         Ok::<_, serde_json::Error>(chunk)
     });
+    // The first answers go with the headers, and with the end when they are all: one write,
+    // and one wake-up of the frontend, where the headers alone would take one of their own.
+    let first = lines.next().await;
+    let lines = futures::stream::iter(first).chain(lines);
     Ok((
         [(CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
