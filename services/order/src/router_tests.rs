@@ -193,6 +193,43 @@ async fn each_order_of_a_batch_gets_its_own_answer_under_its_own_request_id() {
     }
 }
 
+/// A batch's answer gives each order's line once that order is decided, not once the last
+/// is; and ends at the deadline, without the lines of orders still undecided.
+#[tokio::test(start_paused = true)]
+async fn a_batch_answer_gives_each_line_once_its_order_is_decided_until_the_deadline() {
+    use futures::future::BoxFuture;
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use stocknet_common::wire::BatchAnswer;
+
+    let answer = |index| BatchAnswer::<u64> {
+        index,
+        status: 200,
+        data: Some(index as u64),
+        error: None,
+    };
+    let line = |index| format!("{}\n", serde_json::to_string(&answer(index)).unwrap());
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let answers: FuturesUnordered<BoxFuture<'static, BatchAnswer<u64>>> = FuturesUnordered::new();
+    answers.push(Box::pin(async move {
+        let _ = held.await;
+        answer(0)
+    }));
+    answers.push(Box::pin(async move { answer(1) }));
+    answers.push(Box::pin(futures::future::pending()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut lines = Box::pin(routes::answer_lines(answers, deadline));
+    let first = lines.next().await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(first).unwrap(), line(1));
+    assert!(futures::poll!(lines.next()).is_pending());
+    release.send(()).unwrap();
+    let second = lines.next().await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(second).unwrap(), line(0));
+    // The third is never decided: the lines end at the deadline.
+    let end = tokio::time::timeout(Duration::from_secs(60), lines.next()).await;
+    assert!(end.expect("the lines end").is_none());
+    assert!(tokio::time::Instant::now() >= deadline);
+}
+
 #[tokio::test]
 async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();

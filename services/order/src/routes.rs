@@ -2,6 +2,7 @@
 //! trades, book, candles, portfolio, audit, report, the feeds); the group's log pages and
 //! membership steps. Every route but the probes and metrics needs the shared secret.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -10,9 +11,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use serde::Deserialize;
 use stocknet_common::clock;
+use stocknet_common::deadline::REQUEST_DEADLINE;
 use stocknet_common::envelope::bounded;
 use stocknet_common::model;
 use stocknet_common::request_id;
@@ -100,14 +102,14 @@ pub(crate) async fn place(
 
 /// `POST /orders/batch`: orders a frontend gathered, each executed, logged (under its own
 /// request id) and answered as `POST /orders` would have: one that is not an order (an
-/// unknown field, from a newer frontend, say) is refused alone. They are put to the sequencer
-/// together, in the batch's order, so that they share commit rounds. The answer is a line per
-/// order ([`BatchAnswer`]), each sent as soon as its order is decided, those decided together
-/// in one write: an order that needs no catalog round does not wait for one that does.
+/// unknown field, from a newer frontend, say) is refused alone. They go to the sequencer in
+/// the batch's order, at once, so that they share commit rounds. The answer is a line per
+/// order ([`BatchAnswer`], see [`answer_lines`]).
 pub(crate) async fn place_batch(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
     let orders: Vec<Result<BatchedOrder, ApiError>> =
         match serde_json::from_slice::<Vec<BatchedOrder>>(&body) {
             Ok(orders) => orders.into_iter().map(Ok).collect(),
@@ -160,14 +162,7 @@ pub(crate) async fn place_batch(
             })
         })
         .collect();
-    let mut lines = placing.ready_chunks(MAX_BATCH).map(|answers| {
-        let mut chunk = Vec::new();
-        for answer in answers {
-            serde_json::to_writer(&mut chunk, &answer)?;
-            chunk.push(b'\n');
-        }
-        Ok::<_, serde_json::Error>(chunk)
-    });
+    let mut lines = answer_lines(placing, deadline);
     // The first answers go with the headers, and with the end when they are all: one write,
     // and one wake-up of the frontend, where the headers alone would take one of their own.
     let first = lines.next().await;
@@ -177,6 +172,31 @@ pub(crate) async fn place_batch(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+/// The lines of a batch's answer: each order's as soon as it is decided, those decided
+/// together in one chunk (one write), so that an order that needs no catalog round does not
+/// wait for one that does. They end at `deadline`, as a request's answer would (a 408): the
+/// frontend takes an order without a line as one whose outcome is unknown.
+pub(crate) fn answer_lines<F, T>(
+    answers: FuturesUnordered<F>,
+    deadline: tokio::time::Instant,
+) -> impl Stream<Item = Result<Vec<u8>, serde_json::Error>>
+where
+    F: Future<Output = BatchAnswer<T>>,
+    T: serde::Serialize,
+{
+    answers
+        .take_until(Box::pin(tokio::time::sleep_until(deadline)))
+        .ready_chunks(MAX_BATCH)
+        .map(|answers| {
+            let mut chunk = Vec::new();
+            for answer in answers {
+                serde_json::to_writer(&mut chunk, &answer)?;
+                chunk.push(b'\n');
+            }
+            Ok(chunk)
+        })
 }
 
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {

@@ -239,7 +239,7 @@ mod tests {
     use axum::http::HeaderMap;
     use axum::routing::post;
     use axum::Router;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use stocknet_common::wire::NewOrder;
     use stocknet_common::Status;
 
@@ -391,6 +391,50 @@ mod tests {
         assert!(futures::poll!(&mut slow).is_pending());
         seen.gate.notify_one();
         assert_eq!(slow.await.ok().map(|p| p.transaction_number), Some(99));
+    }
+
+    /// Lines split across chunks (within a character) are read whole; a line for no order,
+    /// a second line for one, and one that is not an answer change nothing; an order the
+    /// answer ends without is one whose outcome is unknown.
+    #[tokio::test]
+    async fn a_batch_answer_read_in_pieces_leaves_an_order_without_a_line_unknown() {
+        let mut first = placed(&order(1).order);
+        first.client_order_id = Some("é".into());
+        let line = format!("{}\n", json!({"index": 0, "status": 200, "data": first}));
+        let cut = line.find('é').unwrap() + 1;
+        let other = |answer: Value| format!("{answer}\n").into_bytes();
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+            Ok(line.as_bytes()[..cut].to_vec()),
+            Ok(line.as_bytes()[cut..].to_vec()),
+            Ok(other(
+                json!({"index": 0, "status": 409, "error": {"message": "x"}}),
+            )),
+            Ok(other(json!({"index": 7, "status": 200, "data": first}))),
+            Ok(b"not an answer\n".to_vec()),
+        ];
+        let pieces = Arc::new(Mutex::new(Some(chunks)));
+        let answering = Router::new().route(
+            "/orders/batch",
+            post(move || {
+                let chunks = pieces.lock().unwrap().take().unwrap_or_default();
+                async move { axum::body::Body::from_stream(futures::stream::iter(chunks)) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, answering).await });
+        let placements = placements();
+        let url = url.parse().unwrap();
+        let (answered, unanswered) = futures::join!(
+            placements.place(&url, order(1)),
+            placements.place(&url, order(2))
+        );
+        assert_eq!(answered.ok(), Some(first));
+        let unanswered = unanswered.unwrap_err();
+        assert_eq!(
+            super::super::order_group::Attempt::<()>::of(Err(unanswered)),
+            super::super::order_group::Attempt::Unknown { catalog: false }
+        );
     }
 
     /// Each call holds at most [`MAX_BATCH`] orders, all for one leader; an order whose
