@@ -291,23 +291,37 @@ pub struct NewOrder {
     pub protection_bps: Option<u32>,
 }
 
-/// Most orders in one `POST /orders/batch`.
+/// Most calls in one `POST /orders/batch`.
 pub const MAX_BATCH: usize = 512;
 
-/// One order of a `POST /orders/batch`, in which a frontend sends the leader the orders its
-/// clients placed at about the same time: what a `POST /orders` carries in its body and its
-/// headers (`Idempotency-Key`, the user, `X-Request-Id`). Each is executed, logged and
-/// answered as that call would have been.
+/// One call of a `POST /orders/batch`, in which a frontend sends the leader the writes its
+/// clients made at about the same time: what the call on its own carries in its path, query
+/// and body (`command`) and in its headers (`Idempotency-Key`, the user, `X-Request-Id`).
+/// Each is executed, logged and answered as that call would have been.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchedOrder {
-    pub order: NewOrder,
+pub struct BatchedCall {
+    pub command: BatchedCommand,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+/// What a batched call does, as its own route would.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BatchedCommand {
+    /// `POST /orders`.
+    Place(NewOrder),
+    /// `PUT /orders/{number}`.
+    Modify { number: u64, change: OrderChange },
+    /// `DELETE /orders/{number}`.
+    Cancel { number: u64 },
+    /// `DELETE /orders?client_order_id=`.
+    CancelByClientOrderId { client_order_id: String },
 }
 
 /// The answer to one call of a batch: a line of the batch's answer (`application/x-ndjson`),

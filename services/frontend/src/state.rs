@@ -20,7 +20,7 @@ use crate::limits;
 use crate::streams;
 use crate::upstream::breaker::Breaker;
 use crate::upstream::leader::LeaderDiscovery;
-use crate::upstream::placements::Placements;
+use crate::upstream::writes::Writes;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -32,7 +32,7 @@ pub(crate) struct Inner {
     pub(crate) cache: StockCache,
     pub(crate) leaders: LeaderDiscovery,
     pub(crate) http: reqwest::Client,
-    pub(crate) placements: Placements,
+    pub(crate) writes: Writes,
     /// Prefix of the idempotency keys this frontend makes up for requests without one: random,
     /// so that no other frontend's or client's key is the same.
     key_prefix: String,
@@ -176,7 +176,7 @@ impl AppState {
                 catalog_url: config.catalog_url.clone(),
                 cache,
                 leaders,
-                placements: Placements::new(http.clone()),
+                writes: Writes::new(http.clone()),
                 http,
                 key_prefix: format!("auto-{process}"),
                 process: named,

@@ -42,7 +42,7 @@ use log::IndexLimits;
 use routes::{
     add_learner, audit_trail, book, cancel_by_client_order_id, cancel_order, candles,
     change_voters, confirm_leader_reads, daily_report, feed, health, list_orders, lookup, members,
-    metrics, modify_order, order_feed, orders_after, place, place_batch, portfolio, ready, trades,
+    metrics, modify_order, order_feed, orders_after, place, portfolio, ready, trades, write_batch,
 };
 
 pub use config::{node_id_from_hostname, Config};
@@ -114,7 +114,7 @@ pub fn router(state: AppState) -> Router {
             paths::ORDER.pattern(),
             put(modify_order).delete(cancel_order),
         )
-        .route(paths::ORDER_BATCH.pattern(), post(place_batch))
+        .route(paths::ORDER_BATCH.pattern(), post(write_batch))
         .route(paths::FEED.pattern(), get(feed))
         .route(paths::ORDER_FEED.pattern(), get(order_feed))
         .route(paths::LOG_AFTER.pattern(), get(orders_after))

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use stocknet_common::testing::{
     assert_each_answered, insider_get, insider_post, send, send_raw, SECRET,
 };
-use stocknet_common::wire::{parse_peer, MAX_BATCH, READ_FROM_LEADER};
+use stocknet_common::wire::{parse_peer, MAX_BATCH, READ_FROM_LEADER, USER};
 
 use super::*;
 
@@ -133,59 +133,115 @@ async fn batch_answers(app: &Router, batch: &Value) -> Vec<Value> {
     answers
 }
 
-/// Each order of a batch is answered as `POST /orders` would have answered it, in order,
+/// Each call of a batch is answered as its own route would have answered it, in order,
 /// under its own request id; a batch that is not one is refused whole.
 #[tokio::test]
-async fn each_order_of_a_batch_gets_its_own_answer_under_its_own_request_id() {
+async fn each_call_of_a_batch_gets_its_own_routes_answer_under_its_own_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path()).await;
-    let batch = json!([
-        {"order": {"name": "GameStart", "quantity": 0, "type": "buy"}, "request_id": "batch-a"},
-        {"order": {"name": "GameStart", "quantity": 1, "type": "buy"}, "key": "k1", "user": 7,
-         "request_id": "batch-b"},
-        {"order": {"name": "GameStart", "quantity": 1, "type": "sell"}, "request_id": "has space"},
-    ]);
+    let place = |quantity: u32, side: &str| json!({"place": {"name": "GameStart", "quantity": quantity, "type": side}});
+    let calls = [
+        (
+            json!({"command": place(0, "buy"), "request_id": "batch-a"}),
+            "POST",
+            "/orders",
+        ),
+        (
+            json!({"command": place(1, "buy"), "key": "k1", "user": 7, "request_id": "batch-b"}),
+            "POST",
+            "/orders",
+        ),
+        (
+            json!({"command": place(1, "sell"), "request_id": "has space"}),
+            "POST",
+            "/orders",
+        ),
+        (
+            json!({"command": {"modify": {"number": 5, "change": {"price": 16.5}}}, "user": 7}),
+            "PUT",
+            "/orders/5",
+        ),
+        (
+            json!({"command": {"cancel": {"number": 5}}}),
+            "DELETE",
+            "/orders/5",
+        ),
+        (
+            json!({"command": {"cancel_by_client_order_id": {"client_order_id": "mm-1"}}}),
+            "DELETE",
+            "/orders?client_order_id=mm-1",
+        ),
+        (
+            json!({"command": {"cancel_by_client_order_id": {"client_order_id": "mm-1"}},
+                   "user": 7}),
+            "DELETE",
+            "/orders?client_order_id=mm-1",
+        ),
+    ];
+    let batch = Value::Array(calls.iter().map(|(call, _, _)| call.clone()).collect());
     let answers = batch_answers(&app, &batch).await;
-    let single = |order: &Value| {
-        let order = order.to_string();
+    // The same call on its own route, with the headers it would carry.
+    let single = |call: &Value, method: &str, uri: &str| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {SECRET}"))
+            .header("content-type", "application/json");
+        if let Some(user) = call["user"].as_u64() {
+            request = request.header(USER, user);
+        }
+        let command = call["command"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        let body = match method {
+            "POST" => command.to_string(),
+            "PUT" => command["change"].to_string(),
+            _ => String::new(),
+        };
         let app = app.clone();
-        async move { send(&app, insider_post("/orders", &order)).await }
+        let request = request.body(Body::from(body)).unwrap();
+        async move { send(&app, request).await }
     };
-    for (answer, (id, order)) in answers.iter().zip([
-        ("batch-a", &batch[0]["order"]),
-        ("batch-b", &batch[1]["order"]),
-        ("", &batch[2]["order"]),
-    ]) {
-        let (alone, mut alone_body) = single(order).await;
-        assert_eq!(answer["status"], alone.as_u16(), "{answer}");
+    let statuses: Vec<_> = answers.iter().map(|a| a["status"].clone()).collect();
+    for (answer, (call, method, uri)) in answers.iter().zip(&calls) {
+        let (alone, mut alone_body) = single(call, method, uri).await;
+        assert_eq!(answer["status"], alone.as_u16(), "{call}: {answer}");
         let mut error = answer["error"].clone();
         let own_id = error["request_id"].take();
         alone_body["error"]["request_id"].take();
-        assert_eq!(error, alone_body["error"], "{answer}");
-        if id.is_empty() {
-            assert!(own_id.as_str().is_some_and(|own| own != "has space"));
-        } else {
-            assert_eq!(own_id, id);
+        assert_eq!(error, alone_body["error"], "{call}: {answer}");
+        match call["request_id"].as_str() {
+            Some("has space") | None => {
+                assert!(own_id.as_str().is_some_and(|own| own != "has space"));
+            }
+            Some(id) => assert_eq!(own_id, id),
         }
     }
-    assert_eq!(answers.len(), 3);
-    assert_eq!(answers[0]["status"], 400);
-    assert_eq!(answers[1]["status"], 503);
+    let expected = [400, 503, 503, 503, 503, 400, 503].map(|status| json!(status));
+    assert_eq!(statuses, expected);
 
     // An order that is not one is refused alone.
     let unknown_field = json!([
-        {"order": {"name": "GameStart", "quantity": 1, "type": "buy"}, "priority": 1},
-        {"order": {"name": "GameStart", "quantity": 0, "type": "buy"}},
+        {"command": place(1, "buy"), "priority": 1},
+        {"command": {"place": {"name": "GameStart", "quantity": 1, "type": "buy", "colour": 1}}},
+        {"command": place(0, "buy")},
     ]);
     let answers = batch_answers(&app, &unknown_field).await;
     let statuses: Vec<_> = answers.iter().map(|a| a["status"].clone()).collect();
-    assert_eq!(statuses, [json!(400), json!(400)], "{answers:?}");
+    assert_eq!(
+        statuses,
+        [json!(400), json!(400), json!(400)],
+        "{answers:?}"
+    );
     let message = answers[0]["error"]["message"].as_str().unwrap();
     assert!(message.contains("priority"), "{message}");
 
     let too_many = Value::Array(vec![batch[1].clone(); MAX_BATCH + 1]);
     for (batch, refused) in [
-        (json!({"order": {}}), StatusCode::BAD_REQUEST),
+        (json!({"command": {}}), StatusCode::BAD_REQUEST),
         (too_many, StatusCode::PAYLOAD_TOO_LARGE),
     ] {
         let (status, body) = send(&app, insider_post("/orders/batch", &batch.to_string())).await;
@@ -256,7 +312,7 @@ async fn without_the_secret_only_the_probes_answer_and_nothing_changes() {
         anonymous(
             "POST",
             "/orders/batch",
-            json!([{"order": {"name": "GameStart", "quantity": 1, "type": "buy"}}]),
+            json!([{"command": {"place": {"name": "GameStart", "quantity": 1, "type": "buy"}}}]),
         ),
         anonymous("DELETE", "/orders/1", Value::Null),
         anonymous("GET", "/orders/logs/0", Value::Null),

@@ -3,6 +3,7 @@
 //! membership steps. Every route but the probes and metrics needs the shared secret.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -12,21 +13,22 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stocknet_common::clock;
 use stocknet_common::deadline::REQUEST_DEADLINE;
 use stocknet_common::envelope::bounded;
 use stocknet_common::model;
 use stocknet_common::request_id;
 use stocknet_common::wire::{
-    self, AuditQuery, BatchAnswer, BatchedOrder, CandleQuery, Candles, NewLearner, NewOrder,
-    OrderChange, OrderPage, Trade, Voters, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY, MAX_BATCH,
-    READ_FROM_LEADER, USER,
+    self, AuditQuery, BatchAnswer, BatchedCall, BatchedCommand, CandleQuery, Candles, Changed,
+    NewLearner, NewOrder, OrderChange, OrderPage, Placed, Trade, Voters, CLIENT_KEY_PREFIX,
+    IDEMPOTENCY_KEY, MAX_BATCH, READ_FROM_LEADER, USER,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query, Status};
 
 use crate::audit::AuditFilter;
 use crate::error::OrderError;
+use crate::replica::Replica;
 use crate::AppState;
 
 /// A read a frontend forwards (it carries [`READ_FROM_LEADER`]) is served only once this
@@ -100,53 +102,50 @@ pub(crate) async fn place(
     Ok(data(placed))
 }
 
-/// `POST /orders/batch`: orders a frontend gathered, each executed, logged (under its own
-/// request id) and answered as `POST /orders` would have: one that is not an order (an
-/// unknown field, from a newer frontend, say) is refused alone. They go to the sequencer in
-/// the batch's order, at once, so that they share commit rounds. The answer is a line per
-/// order ([`BatchAnswer`], see [`answer_lines`]).
-pub(crate) async fn place_batch(
+/// `POST /orders/batch`: writes a frontend gathered (placements, modifies, cancels), each
+/// executed, logged (under its own request id) and answered as its own route would have: one
+/// that is not such a call (an unknown field, from a newer frontend, say) is refused alone.
+/// They go to the sequencer in the batch's order, at once, so that they share commit rounds.
+/// The answer is a line per call ([`BatchAnswer`], see [`answer_lines`]).
+pub(crate) async fn write_batch(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
-    let orders: Vec<Result<BatchedOrder, ApiError>> =
-        match serde_json::from_slice::<Vec<BatchedOrder>>(&body) {
-            Ok(orders) => orders.into_iter().map(Ok).collect(),
+    let calls: Vec<Result<BatchedCall, ApiError>> =
+        match serde_json::from_slice::<Vec<BatchedCall>>(&body) {
+            Ok(calls) => calls.into_iter().map(Ok).collect(),
             Err(_) => serde_json::from_slice::<Vec<serde_json::Value>>(&body)
-                .map_err(|e| ApiError::bad_request(format!("a batch of orders: {e}")))?
+                .map_err(|e| ApiError::bad_request(format!("a batch of calls: {e}")))?
                 .into_iter()
-                .map(|order| {
-                    serde_json::from_value(order)
-                        .map_err(|e| ApiError::bad_request(format!("an order of the batch: {e}")))
+                .map(|call| {
+                    serde_json::from_value(call)
+                        .map_err(|e| ApiError::bad_request(format!("a call of the batch: {e}")))
                 })
                 .collect(),
         };
-    if orders.len() > MAX_BATCH {
+    if calls.len() > MAX_BATCH {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a batch holds at most {MAX_BATCH} orders"),
+            format!("a batch holds at most {MAX_BATCH} calls"),
         ));
     }
-    let placing: FuturesUnordered<_> = orders
+    let writing: FuturesUnordered<_> = calls
         .into_iter()
         .enumerate()
-        .map(|(index, batched)| {
+        .map(|(index, call)| {
             let replica = state.replica.clone();
-            let id = batched.as_ref().ok().and_then(|b| b.request_id.clone());
+            let id = call.as_ref().ok().and_then(|c| c.request_id.clone());
             request_id::serve_as(id.as_deref(), async move {
-                let placed = match batched {
-                    Ok(batched) => replica
-                        .place(batched.order, batched.key, batched.user)
-                        .await
-                        .map_err(ApiError::from),
+                let written = match call {
+                    Ok(call) => write(&replica, call).await,
                     Err(refused) => Err(refused),
                 };
-                let answer = match placed {
-                    Ok(placed) => BatchAnswer {
+                let answer = match written {
+                    Ok(written) => BatchAnswer {
                         index,
                         status: StatusCode::OK.as_u16(),
-                        data: Some(placed),
+                        data: Some(written),
                         error: None,
                     },
                     Err(error) => BatchAnswer {
@@ -156,13 +155,13 @@ pub(crate) async fn place_batch(
                         error: Some(error.into_error_object()),
                     },
                 };
-                // The order's own line, under its id, as the trace layer writes one per request.
-                tracing::debug!(status = answer.status, "placed an order of a batch");
+                // The call's own line, under its id, as the trace layer writes one per request.
+                tracing::debug!(status = answer.status, "served a call of a batch");
                 answer
             })
         })
         .collect();
-    let mut lines = answer_lines(placing, deadline);
+    let mut lines = answer_lines(writing, deadline);
     // The first answers go with the headers, and with the end when they are all: one write,
     // and one wake-up of the frontend, where the headers alone would take one of their own.
     let first = lines.next().await;
@@ -172,6 +171,37 @@ pub(crate) async fn place_batch(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+/// What a write answers with.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Written {
+    Placed(Placed),
+    Changed(Changed),
+}
+
+/// A batched call, as its own route's handler runs it.
+async fn write(replica: &Arc<Replica>, call: BatchedCall) -> Result<Written, ApiError> {
+    let (key, user) = (call.key, call.user);
+    Ok(match call.command {
+        BatchedCommand::Place(order) => Written::Placed(replica.place(order, key, user).await?),
+        BatchedCommand::Modify { number, change } => {
+            Written::Changed(replica.modify(number, change, key, user).await?)
+        }
+        BatchedCommand::Cancel { number } => {
+            Written::Changed(replica.cancel(number, key, user).await?)
+        }
+        BatchedCommand::CancelByClientOrderId { client_order_id } => {
+            let user =
+                user.ok_or_else(|| ApiError::bad_request(model::ANONYMOUS_CLIENT_ORDER_ID))?;
+            Written::Changed(
+                replica
+                    .cancel_by_client_order_id(&client_order_id, key, user)
+                    .await?,
+            )
+        }
+    })
 }
 
 /// The lines of a batch's answer: each order's as soon as it is decided, those decided

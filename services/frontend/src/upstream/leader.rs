@@ -33,8 +33,8 @@ const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
 pub struct Leader {
     pub id: u32,
     pub url: BaseUrl,
-    /// Where orders are placed, in batches: parsed once per leader rather than once per order.
-    pub placements_url: reqwest::Url,
+    /// Where order writes go, in batches: parsed once per leader rather than once per write.
+    pub batch_url: reqwest::Url,
     pub term: u64,
 }
 
@@ -316,7 +316,7 @@ fn leader(replica: &Peer, term: u64) -> Option<Leader> {
     Some(Leader {
         id: replica.id,
         url: replica.url.clone(),
-        placements_url: paths::ORDER_BATCH.url(&replica.url, &[]).ok()?,
+        batch_url: paths::ORDER_BATCH.url(&replica.url, &[]).ok()?,
         term,
     })
 }

@@ -5,7 +5,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod leader;
 pub mod order_group;
-pub mod placements;
+pub mod writes;
 
 use axum::http::StatusCode;
 use stocknet_common::ApiError;

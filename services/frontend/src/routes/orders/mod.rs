@@ -3,21 +3,18 @@
 
 mod body;
 
-use std::future::Future;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use stocknet_common::client::call;
 use stocknet_common::envelope::{ClientBody, DataEnvelope, ErrorEnvelope};
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    BatchedOrder, Changed, OrderChange, OrderPage, OrderView, Placed, CLIENT_KEY_PREFIX,
-    IDEMPOTENCY_KEY, USER,
+    BatchedCall, BatchedCommand, Changed, OrderChange, OrderPage, OrderView, Placed,
+    CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY,
 };
-use stocknet_common::{data, request_id, Price, Query, RemoteError};
+use stocknet_common::{data, request_id, Price, Query};
 use utoipa::IntoParams;
 
 use crate::credentials;
@@ -25,7 +22,6 @@ use crate::routes::answers::{
     BadQuery, NeedsKey, NoLeader, OrderChangeAnswers, UnknownStock, WriteAnswers,
 };
 use crate::routes::extract::{refuse_a_body, NoQuery, OrderNumber};
-use crate::upstream::leader::Leader;
 use crate::upstream::order_group;
 use crate::{Answer, AppState, FrontendError};
 use body::{validate_change, validate_order, PlaceOrder};
@@ -96,21 +92,11 @@ pub(crate) async fn place_order(
     if order.client_order_id.is_some() && user.is_none() {
         return Err(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID));
     }
-    let request_id = request_id::current().and_then(|id| id.to_str().ok().map(str::to_owned));
-    let placed: Placed = write_on_leader(&state, &key, |leader, logged_key| {
-        let order = BatchedOrder {
-            order: order.clone(),
-            key: Some(logged_key.to_owned()),
-            user,
-            request_id: request_id.clone(),
-        };
-        let url = leader.placements_url.clone();
-        async move { inner.placements.place(&url, order).await }
-    })
-    .await?;
+    let name = order.name.clone();
+    let placed: Placed = write_on_leader(&state, &key, user, &BatchedCommand::Place(order)).await?;
     // The catalog has already invalidated every frontend; this covers a frontend the catalog
     // could not reach.
-    inner.cache.invalidate([order.name.as_str()]);
+    inner.cache.invalidate([name.as_str()]);
     inner.orders_placed.inc();
     Ok(data(placed))
 }
@@ -164,38 +150,28 @@ impl WriteKey {
     }
 }
 
-/// Sends a write with `send`, which puts the request's idempotency key ([`WriteKey`]), as
-/// logged, on it, through [`order_group::write`].
-async fn write_on_leader<T, F, Fut>(
+/// Sends `command`, for `user` under the request's idempotency key ([`WriteKey`], as logged)
+/// and its id, with the next batch of writes to the leader, through [`order_group::write`].
+async fn write_on_leader<T: DeserializeOwned>(
     state: &AppState,
     key: &WriteKey,
-    send: F,
-) -> Result<T, FrontendError>
-where
-    F: Fn(&Leader, &str) -> Fut,
-    Fut: Future<Output = Result<T, RemoteError>>,
-{
+    user: Option<u64>,
+    command: &BatchedCommand,
+) -> Result<T, FrontendError> {
     let logged_key = format!("{CLIENT_KEY_PREFIX}{}", key.text);
+    let request_id = request_id::current().and_then(|id| id.to_str().ok().map(str::to_owned));
+    let writes = &state.inner.writes;
     order_group::write(state, &key.text, key.from_client, |leader| {
-        send(leader, &logged_key)
+        let call = BatchedCall {
+            command: command.clone(),
+            key: Some(logged_key.clone()),
+            user,
+            request_id: request_id.clone(),
+        };
+        let url = leader.batch_url.clone();
+        async move { writes.write(&url, call).await }
     })
     .await
-}
-
-/// A change of an order, which `request` makes, for `user` under `logged_key`.
-fn keyed_call<T: DeserializeOwned>(
-    request: Result<reqwest::RequestBuilder, RemoteError>,
-    logged_key: &str,
-    user: Option<u64>,
-) -> impl Future<Output = Result<T, RemoteError>> {
-    let request = request.map(|request| {
-        let request = request.header(IDEMPOTENCY_KEY, logged_key);
-        match user {
-            Some(user) => request.header(USER, user),
-            None => request,
-        }
-    });
-    async move { call::<T>(request?).await }
 }
 
 /// Changes an open limit order's total quantity and/or price. A smaller quantity at the same
@@ -281,14 +257,10 @@ pub(crate) async fn cancel_by_client_order_id(
         .map_err(|e| FrontendError::BadRequest(e.to_owned()))?;
     let (key, user) = write_start(&state, &headers).await?;
     let user = user.ok_or(FrontendError::Unauthorized(ANONYMOUS_CLIENT_ORDER_ID))?;
-    let changed: Changed = write_on_leader(&state, &key, |leader, logged_key| {
-        let request = paths::ORDERS.url(&leader.url, &[]).map(|url| {
-            let http = &state.inner.http;
-            http.delete(url).query(&[("client_order_id", id.as_str())])
-        });
-        keyed_call(request, logged_key, Some(user))
-    })
-    .await?;
+    let cancel = BatchedCommand::CancelByClientOrderId {
+        client_order_id: id,
+    };
+    let changed: Changed = write_on_leader(&state, &key, Some(user), &cancel).await?;
     Ok(data(changed))
 }
 
@@ -301,19 +273,14 @@ async fn change_on_leader(
     change: Option<&OrderChange>,
 ) -> Answer {
     let (key, user) = write_start(state, headers).await?;
-    let changed: Changed = write_on_leader(state, &key, |leader, logged_key| {
-        let request = paths::ORDER
-            .url(&leader.url, &[&number.to_string()])
-            .map(|url| {
-                let http = &state.inner.http;
-                match change {
-                    Some(change) => http.put(url).json(change),
-                    None => http.delete(url),
-                }
-            });
-        keyed_call(request, logged_key, user)
-    })
-    .await?;
+    let command = match change {
+        Some(change) => BatchedCommand::Modify {
+            number,
+            change: change.clone(),
+        },
+        None => BatchedCommand::Cancel { number },
+    };
+    let changed: Changed = write_on_leader(state, &key, user, &command).await?;
     Ok(data(changed))
 }
 

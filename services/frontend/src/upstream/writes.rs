@@ -1,22 +1,30 @@
-//! Orders placed on the leader in batches. The orders this frontend's clients place at about
-//! the same time go to the leader in one call (`POST /orders/batch`), which executes, logs and
-//! answers each as its own `POST /orders` would: one call and one request for the leader to
-//! parse per batch instead of per order. Nothing waits to fill a batch: it holds what queued
-//! while the task that sends it was being scheduled. A batch is only the transport of one
-//! attempt; each order's retries, deadline and answer stay its own ([`super::order_group`]).
+//! Order writes (placements, modifies, cancels) sent to the leader in batches. The writes this
+//! frontend's clients make at about the same time go to the leader in one call
+//! (`POST /orders/batch`), which executes, logs and answers each as its own route would, each
+//! as soon as it is decided: one call and one request for the leader to parse per batch
+//! instead of per write. Nothing waits to fill a batch: it holds what queued while the task
+//! that sends it was being scheduled. A batch is only the transport of one attempt; each
+//! write's retries, deadline and answer stay its own ([`super::order_group`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::StatusCode;
 use futures::future::join_all;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use stocknet_common::client::{batch_answer, call, decode};
 use stocknet_common::request_id::REQUEST_ID;
-use stocknet_common::wire::{BatchAnswer, BatchedOrder, Placed, IDEMPOTENCY_KEY, MAX_BATCH, USER};
+use stocknet_common::wire::{
+    BatchAnswer, BatchedCall, BatchedCommand, IDEMPOTENCY_KEY, MAX_BATCH, USER,
+};
 use stocknet_common::{ApiError, RemoteError};
 use tokio::sync::oneshot;
 
-/// The queue of orders for the next batch, and the client that sends batches.
-pub struct Placements {
+/// A write's answer, as it came, for its caller to decode.
+type Answer = Result<Box<RawValue>, RemoteError>;
+
+/// The queue of writes for the next batch, and the client that sends batches.
+pub struct Writes {
     http: reqwest::Client,
     queue: Arc<Mutex<Vec<Pending>>>,
 }
@@ -24,11 +32,11 @@ pub struct Placements {
 struct Pending {
     /// The batch route of the leader it is for.
     url: reqwest::Url,
-    order: BatchedOrder,
-    answer: oneshot::Sender<Result<Placed, RemoteError>>,
+    call: BatchedCall,
+    answer: oneshot::Sender<Answer>,
 }
 
-impl Placements {
+impl Writes {
     pub fn new(http: reqwest::Client) -> Self {
         Self {
             http,
@@ -36,21 +44,21 @@ impl Placements {
         }
     }
 
-    /// Places `order` with the next batch sent to `url` (a leader's
-    /// [`stocknet_common::paths::ORDER_BATCH`]); the answer is what `POST /orders` would have
-    /// given. Dropping the future leaves the order in its batch: like a call whose answer is
-    /// not awaited, it may execute.
-    pub async fn place(
+    /// Sends `call` with the next batch to `url` (a leader's
+    /// [`stocknet_common::paths::ORDER_BATCH`]); the answer is what the call's own route would
+    /// have given. Dropping the future leaves the call in its batch: like a call whose answer
+    /// is not awaited, it may execute.
+    pub async fn write<T: DeserializeOwned>(
         &self,
         url: &reqwest::Url,
-        order: BatchedOrder,
-    ) -> Result<Placed, RemoteError> {
+        call: BatchedCall,
+    ) -> Result<T, RemoteError> {
         let (answer, answered) = oneshot::channel();
         let first = {
             let mut queue = lock(&self.queue);
             queue.push(Pending {
                 url: url.clone(),
-                order,
+                call,
                 answer,
             });
             queue.len() == 1
@@ -64,11 +72,12 @@ impl Placements {
                 send(&http, batch).await;
             });
         }
-        answered.await.unwrap_or_else(|_| {
+        let raw = answered.await.unwrap_or_else(|_| {
             Err(RemoteError::Decode(
                 "the batch's call ended without an answer".into(),
             ))
-        })
+        })?;
+        serde_json::from_str(raw.get()).map_err(|e| RemoteError::Decode(e.to_string()))
     }
 }
 
@@ -77,7 +86,7 @@ fn lock(queue: &Mutex<Vec<Pending>>) -> MutexGuard<'_, Vec<Pending>> {
 }
 
 /// Sends what queued, as one call per leader (the leader may have changed in between) and
-/// per [`MAX_BATCH`] orders, side by side.
+/// per [`MAX_BATCH`] writes, side by side.
 async fn send(http: &reqwest::Client, mut queued: Vec<Pending>) {
     let mut calls: Vec<(reqwest::Url, Vec<Pending>)> = Vec::new();
     for pending in queued.drain(..) {
@@ -98,12 +107,12 @@ async fn send(http: &reqwest::Client, mut queued: Vec<Pending>) {
 }
 
 async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pending>) {
-    let (orders, answers): (Vec<BatchedOrder>, Vec<_>) = batch
+    let (calls, answers): (Vec<BatchedCall>, Vec<_>) = batch
         .into_iter()
-        .map(|pending| (pending.order, Some(pending.answer)))
+        .map(|pending| (pending.call, Some(pending.answer)))
         .unzip();
     let mut waiting = Waiting(answers);
-    let failure = match http.post(url.clone()).json(&orders).send().await {
+    let failure = match http.post(url.clone()).json(&calls).send().await {
         Ok(response) if response.status().is_success() => {
             match read_answers(response, &mut waiting).await {
                 Ok(()) => RemoteError::Decode("the leader's answers to a batch ended early".into()),
@@ -121,13 +130,7 @@ async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pendin
                             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
                         ) =>
                     {
-                        let mut single = url;
-                        if let Ok(mut segments) = single.path_segments_mut() {
-                            segments.pop();
-                        }
-                        let alone = orders
-                            .into_iter()
-                            .map(|order| place_alone(http, &single, order));
+                        let alone = calls.into_iter().map(|call| write_alone(http, &url, call));
                         for (index, result) in join_all(alone).await.into_iter().enumerate() {
                             waiting.answer(index, result);
                         }
@@ -143,18 +146,18 @@ async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pendin
     };
     let unanswered = waiting.0.iter().flatten().count();
     if unanswered > 0 {
-        tracing::warn!(%url, unanswered, "a batch of orders failed: {failure}");
+        tracing::warn!(%url, unanswered, "a batch of order writes failed: {failure}");
         for index in 0..waiting.0.len() {
             waiting.answer(index, Err(failure.clone()));
         }
     }
 }
 
-/// The callers of a batch's orders still waiting for their answer, by the order's index.
-struct Waiting(Vec<Option<oneshot::Sender<Result<Placed, RemoteError>>>>);
+/// The callers of a batch's writes still waiting for their answer, by the write's index.
+struct Waiting(Vec<Option<oneshot::Sender<Answer>>>);
 
 impl Waiting {
-    fn answer(&mut self, index: usize, result: Result<Placed, RemoteError>) {
+    fn answer(&mut self, index: usize, result: Answer) {
         if let Some(answer) = self.0.get_mut(index).and_then(Option::take) {
             // A caller that stopped waiting has dropped its receiver.
             let _ = answer.send(result);
@@ -175,9 +178,9 @@ async fn read_answers(
         while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
             let line = &pending[start..start + end];
             start += end + 1;
-            match serde_json::from_slice::<BatchAnswer<Placed>>(line) {
+            match serde_json::from_slice::<BatchAnswer<Box<RawValue>>>(line) {
                 Ok(answer) => waiting.answer(answer.index, batch_answer(answer)),
-                // Which order it was for is unknown: each still waiting is answered at the end.
+                // Which write it was for is unknown: each still waiting is answered at the end.
                 Err(e) => tracing::warn!("an answer to a batch that is not one: {e}"),
             }
         }
@@ -186,11 +189,11 @@ async fn read_answers(
     Ok(())
 }
 
-/// What a batch's failure says of each order in it. A 401 or a 503 refused the whole call
+/// What a batch's failure says of each write in it. A 401 or a 503 refused the whole call
 /// before anything ran; any other error answer to the batch as a whole (a 408 from the
-/// leader's deadline, say) is not the client's doing and may have come after orders
+/// leader's deadline, say) is not the client's doing and may have come after writes
 /// executed, so it is a bad gateway, whose outcome is unknown; a failure to reach the leader
-/// is each order's as it is.
+/// is each write's as it is.
 fn each_failed(error: RemoteError) -> RemoteError {
     match error {
         RemoteError::Api(error)
@@ -202,7 +205,7 @@ fn each_failed(error: RemoteError) -> RemoteError {
             RemoteError::Api(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 format!(
-                    "the leader answered a batch of orders with {}: {}",
+                    "the leader answered a batch of order writes with {}: {}",
                     error.status, error.message
                 ),
             ))
@@ -211,23 +214,41 @@ fn each_failed(error: RemoteError) -> RemoteError {
     }
 }
 
-/// `POST /orders` of one batched order, at `url`.
-async fn place_alone(
+/// One batched call sent on its own route, beside the batch route at `batch_url`.
+async fn write_alone(
     http: &reqwest::Client,
-    url: &reqwest::Url,
-    order: BatchedOrder,
-) -> Result<Placed, RemoteError> {
-    let mut request = http.post(url.clone()).json(&order.order);
-    if let Some(key) = &order.key {
+    batch_url: &reqwest::Url,
+    batched: BatchedCall,
+) -> Answer {
+    let mut orders = batch_url.clone();
+    if let Ok(mut segments) = orders.path_segments_mut() {
+        segments.pop();
+    }
+    let order = |number: u64| {
+        let mut url = orders.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(&number.to_string());
+        }
+        url
+    };
+    let mut request = match batched.command {
+        BatchedCommand::Place(new) => http.post(orders.clone()).json(&new),
+        BatchedCommand::Modify { number, change } => http.put(order(number)).json(&change),
+        BatchedCommand::Cancel { number } => http.delete(order(number)),
+        BatchedCommand::CancelByClientOrderId { client_order_id } => http
+            .delete(orders.clone())
+            .query(&[("client_order_id", client_order_id)]),
+    };
+    if let Some(key) = &batched.key {
         request = request.header(IDEMPOTENCY_KEY, key);
     }
-    if let Some(user) = order.user {
+    if let Some(user) = batched.user {
         request = request.header(USER, user);
     }
-    if let Some(id) = &order.request_id {
+    if let Some(id) = &batched.request_id {
         request = request.header(REQUEST_ID, id);
     }
-    call(request).await
+    call::<Box<RawValue>>(request).await
 }
 
 #[cfg(test)]
@@ -240,17 +261,15 @@ mod tests {
     use axum::routing::post;
     use axum::Router;
     use serde_json::{json, Value};
-    use stocknet_common::wire::NewOrder;
+    use stocknet_common::wire::{NewOrder, Placed};
     use stocknet_common::Status;
 
     use super::*;
 
-    /// What a fake leader was sent: the size of each batch, and the headers of each order
-    /// placed on its own.
+    /// What a fake leader was sent: the size of each batch.
     #[derive(Clone, Default)]
     struct Seen {
         batches: Arc<Mutex<Vec<usize>>>,
-        alone: Arc<Mutex<Vec<HeaderMap>>>,
         /// Lets the answers held back go.
         gate: Arc<tokio::sync::Notify>,
     }
@@ -266,57 +285,47 @@ mod tests {
         }
     }
 
-    /// A leader that numbers each order by its quantity and refuses a quantity of 13; with
-    /// `batches` false, one of an older version without the batch route.
-    async fn leader(batches: bool) -> (reqwest::Url, Seen) {
+    /// A leader that numbers each placement by its quantity, refuses a quantity of 13, and
+    /// holds back the answer to a quantity of 99 until the test lets it go.
+    async fn leader() -> (reqwest::Url, Seen) {
         let seen = Seen::default();
-        let mut routes = Router::new().route(
-            "/orders",
+        let routes = Router::new().route(
+            "/orders/batch",
             post(
                 |State(seen): State<Seen>,
-                 headers: HeaderMap,
-                 axum::Json(order): axum::Json<NewOrder>| async move {
-                    lock_seen(&seen.alone).push(headers);
-                    stocknet_common::data(placed(&order))
+                 axum::Json(orders): axum::Json<Vec<BatchedCall>>| async move {
+                    lock_seen(&seen.batches).push(orders.len());
+                    let (lines, body) = futures::channel::mpsc::unbounded();
+                    // Last first, a quantity of 99 only once the test lets it go.
+                    tokio::spawn(async move {
+                        let mut held = Vec::new();
+                        for (index, batched) in orders.iter().enumerate().rev() {
+                            let BatchedCommand::Place(order) = &batched.command else {
+                                panic!("only placements here: {batched:?}");
+                            };
+                            let line = match order.quantity {
+                                13 => json!({"index": index, "status": 409, "error":
+                                    {"code": 409, "message": "Refused", "reason": "unlucky"}}),
+                                _ => json!({"index": index, "status": 200,
+                                    "data": placed(order)}),
+                            };
+                            let line = Ok::<_, std::io::Error>(format!("{line}\n"));
+                            match order.quantity {
+                                99 => held.push(line),
+                                _ => lines.unbounded_send(line).unwrap(),
+                            }
+                        }
+                        if !held.is_empty() {
+                            seen.gate.notified().await;
+                            for line in held {
+                                lines.unbounded_send(line).unwrap();
+                            }
+                        }
+                    });
+                    axum::body::Body::from_stream(body)
                 },
             ),
         );
-        if batches {
-            routes = routes.route(
-                "/orders/batch",
-                post(
-                    |State(seen): State<Seen>,
-                     axum::Json(orders): axum::Json<Vec<BatchedOrder>>| async move {
-                        lock_seen(&seen.batches).push(orders.len());
-                        let (lines, body) = futures::channel::mpsc::unbounded();
-                        // Last first, a quantity of 99 only once the test lets it go.
-                        tokio::spawn(async move {
-                            let mut held = Vec::new();
-                            for (index, batched) in orders.iter().enumerate().rev() {
-                                let line = match batched.order.quantity {
-                                    13 => json!({"index": index, "status": 409, "error":
-                                        {"code": 409, "message": "Refused", "reason": "unlucky"}}),
-                                    _ => json!({"index": index, "status": 200,
-                                        "data": placed(&batched.order)}),
-                                };
-                                let line = Ok::<_, std::io::Error>(format!("{line}\n"));
-                                match batched.order.quantity {
-                                    99 => held.push(line),
-                                    _ => lines.unbounded_send(line).unwrap(),
-                                }
-                            }
-                            if !held.is_empty() {
-                                seen.gate.notified().await;
-                                for line in held {
-                                    lines.unbounded_send(line).unwrap();
-                                }
-                            }
-                        });
-                        axum::body::Body::from_stream(body)
-                    },
-                ),
-            );
-        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = routes.with_state(seen.clone());
@@ -329,35 +338,44 @@ mod tests {
         seen.lock().unwrap()
     }
 
-    fn order(quantity: u32) -> BatchedOrder {
-        BatchedOrder {
-            order: NewOrder {
-                name: "GameStart".into(),
-                quantity,
-                side: stocknet_common::Side::Buy,
-                price: None,
-                guard: None,
-                terms: Default::default(),
-                client_order_id: None,
-                protection_bps: None,
-            },
-            key: Some(format!("key-{quantity}")),
-            user: Some(7),
-            request_id: Some(format!("trace-{quantity}")),
+    fn new_order(quantity: u32) -> NewOrder {
+        NewOrder {
+            name: "GameStart".into(),
+            quantity,
+            side: stocknet_common::Side::Buy,
+            price: None,
+            guard: None,
+            terms: Default::default(),
+            client_order_id: None,
+            protection_bps: None,
         }
     }
 
-    fn placements() -> Placements {
-        Placements::new(stocknet_common::http_client(Duration::from_secs(2)))
+    /// `command` as a call with the key, user and request id a frontend gives it.
+    fn call(command: BatchedCommand, n: u32) -> BatchedCall {
+        BatchedCall {
+            command,
+            key: Some(format!("key-{n}")),
+            user: Some(7),
+            request_id: Some(format!("trace-{n}")),
+        }
+    }
+
+    fn order(quantity: u32) -> BatchedCall {
+        call(BatchedCommand::Place(new_order(quantity)), quantity)
+    }
+
+    fn writes() -> Writes {
+        Writes::new(stocknet_common::http_client(Duration::from_secs(2)))
     }
 
     /// Orders placed together go in one call, and each caller gets its own order's answer.
     #[tokio::test]
     async fn orders_placed_together_go_in_one_call_each_answered_as_its_own() {
-        let (url, seen) = leader(true).await;
-        let placements = placements();
+        let (url, seen) = leader().await;
+        let writes = writes();
         let answers =
-            join_all((1..=20).map(|quantity| placements.place(&url, order(quantity)))).await;
+            join_all((1..=20).map(|quantity| writes.write::<Placed>(&url, order(quantity)))).await;
         assert_eq!(*lock_seen(&seen.batches), vec![20]);
         for (quantity, answer) in (1..=20_u32).zip(answers) {
             match answer {
@@ -370,7 +388,7 @@ mod tests {
             }
         }
         // One placed later goes in a call of its own.
-        let later = placements.place(&url, order(21)).await;
+        let later = writes.write::<Placed>(&url, order(21)).await;
         assert_eq!(later.ok().map(|p| p.transaction_number), Some(21));
         assert_eq!(*lock_seen(&seen.batches), vec![20, 1]);
     }
@@ -379,13 +397,16 @@ mod tests {
     /// batch is.
     #[tokio::test]
     async fn an_order_is_answered_without_waiting_for_a_slower_one_of_its_batch() {
-        let (url, seen) = leader(true).await;
-        let placements = placements();
-        let mut slow = Box::pin(placements.place(&url, order(99)));
+        let (url, seen) = leader().await;
+        let writes = writes();
+        let mut slow = Box::pin(writes.write::<Placed>(&url, order(99)));
         assert!(futures::poll!(&mut slow).is_pending());
-        let quick = tokio::time::timeout(Duration::from_secs(10), placements.place(&url, order(1)))
-            .await
-            .expect("answered while the other waits");
+        let quick = tokio::time::timeout(
+            Duration::from_secs(10),
+            writes.write::<Placed>(&url, order(1)),
+        )
+        .await
+        .expect("answered while the other waits");
         assert_eq!(quick.ok().map(|p| p.transaction_number), Some(1));
         assert_eq!(*lock_seen(&seen.batches), vec![2]);
         assert!(futures::poll!(&mut slow).is_pending());
@@ -398,7 +419,7 @@ mod tests {
     /// answer ends without is one whose outcome is unknown.
     #[tokio::test]
     async fn a_batch_answer_read_in_pieces_leaves_an_order_without_a_line_unknown() {
-        let mut first = placed(&order(1).order);
+        let mut first = placed(&new_order(1));
         first.client_order_id = Some("é".into());
         let line = format!("{}\n", json!({"index": 0, "status": 200, "data": first}));
         let cut = line.find('é').unwrap() + 1;
@@ -423,11 +444,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, answering).await });
-        let placements = placements();
+        let writes = writes();
         let url = url.parse().unwrap();
         let (answered, unanswered) = futures::join!(
-            placements.place(&url, order(1)),
-            placements.place(&url, order(2))
+            writes.write::<Placed>(&url, order(1)),
+            writes.write::<Placed>(&url, order(2))
         );
         assert_eq!(answered.ok(), Some(first));
         let unanswered = unanswered.unwrap_err();
@@ -441,15 +462,15 @@ mod tests {
     /// caller stopped waiting is still sent.
     #[tokio::test]
     async fn calls_hold_one_leaders_orders_up_to_the_most_and_dropped_callers_orders_go_too() {
-        let ((first, first_seen), (second, second_seen)) = (leader(true).await, leader(true).await);
-        let placements = placements();
-        let mut dropped = Box::pin(placements.place(&first, order(1)));
+        let ((first, first_seen), (second, second_seen)) = (leader().await, leader().await);
+        let writes = writes();
+        let mut dropped = Box::pin(writes.write::<Placed>(&first, order(1)));
         assert!(futures::poll!(&mut dropped).is_pending());
         drop(dropped);
         // Six of them for the second leader, the rest and the dropped one for the first.
         let orders = (0..MAX_BATCH + 10).map(|n| {
             let url = if n % 100 == 0 { &second } else { &first };
-            placements.place(url, order(2))
+            writes.write::<Placed>(url, order(2))
         });
         let answers = join_all(orders).await;
         assert!(answers.iter().all(Result::is_ok));
@@ -459,36 +480,69 @@ mod tests {
         assert_eq!(*lock_seen(&second_seen.batches), vec![6]);
     }
 
-    /// A leader without the batch route gets each order on its own, with the key, the user
-    /// and the request id a single call carries.
+    /// A leader without the batch route gets each write on its own route, with the key, the
+    /// user and the request id a single call carries.
     #[tokio::test]
-    async fn a_leader_without_the_batch_route_gets_each_order_on_its_own() {
-        let (url, seen) = leader(false).await;
-        let placements = placements();
-        let answers =
-            join_all((1..=3).map(|quantity| placements.place(&url, order(quantity)))).await;
-        let numbers: Vec<_> = answers
-            .into_iter()
-            .map(|answer| answer.map(|placed| placed.transaction_number).ok())
-            .collect();
-        assert_eq!(numbers, vec![Some(1), Some(2), Some(3)]);
-        let alone = lock_seen(&seen.alone);
-        let mut keys: Vec<_> = alone
-            .iter()
-            .map(|headers| {
-                let header = |name: &str| headers[name].to_str().unwrap().to_owned();
-                (
-                    header(IDEMPOTENCY_KEY),
-                    header(USER),
-                    header("x-request-id"),
-                )
-            })
-            .collect();
-        keys.sort();
-        let expected: Vec<_> = (1..=3)
-            .map(|n| (format!("key-{n}"), "7".to_owned(), format!("trace-{n}")))
-            .collect();
-        assert_eq!(keys, expected);
+    async fn a_leader_without_the_batch_route_gets_each_write_on_its_own_route() {
+        // It echoes each call: method, path, query, headers and body.
+        let echo = |method: axum::http::Method,
+                    uri: axum::http::Uri,
+                    headers: HeaderMap,
+                    body: String| async move {
+            let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+            stocknet_common::data(json!({
+                "call": format!("{method} {uri}"),
+                "key": header(IDEMPOTENCY_KEY),
+                "user": header(USER),
+                "request_id": header("x-request-id"),
+                "body": body,
+            }))
+        };
+        let old = Router::new()
+            .route("/orders", post(echo).delete(echo))
+            .route("/orders/{number}", axum::routing::put(echo).delete(echo));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, old).await });
+        let url = url.parse().unwrap();
+        let change = stocknet_common::wire::OrderChange {
+            quantity: Some(3),
+            price: None,
+        };
+        let commands = [
+            (
+                order(1).command,
+                "POST /orders",
+                r#"{"name":"GameStart","quantity":1,"type":"buy"}"#,
+            ),
+            (
+                BatchedCommand::Modify { number: 12, change },
+                "PUT /orders/12",
+                r#"{"quantity":3}"#,
+            ),
+            (
+                BatchedCommand::Cancel { number: 13 },
+                "DELETE /orders/13",
+                "",
+            ),
+            (
+                BatchedCommand::CancelByClientOrderId {
+                    client_order_id: "mm-1".into(),
+                },
+                "DELETE /orders?client_order_id=mm-1",
+                "",
+            ),
+        ];
+        let writes = writes();
+        let sent = commands.iter().enumerate().map(|(n, (command, _, _))| {
+            writes.write::<Value>(&url, call(command.clone(), n as u32))
+        });
+        let answers = join_all(sent).await;
+        for (n, ((_, expected, body), answer)) in commands.iter().zip(answers).enumerate() {
+            let expected = json!({"call": expected, "key": format!("key-{n}"), "user": "7",
+                "request_id": format!("trace-{n}"), "body": body});
+            assert_eq!(answer.unwrap(), expected);
+        }
     }
 
     /// A batch refused as a whole: a 503 or an unreachable leader is each order's as it is (not
@@ -511,9 +565,9 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
             tokio::spawn(async move { axum::serve(listener, refusing).await });
-            let placements = placements();
+            let writes = writes();
             let url = url.parse().unwrap();
-            for answer in join_all((1..=2).map(|n| placements.place(&url, order(n)))).await {
+            for answer in join_all((1..=2).map(|n| writes.write::<Placed>(&url, order(n)))).await {
                 match answer {
                     Err(RemoteError::Api(error)) => assert_eq!(error.status, expected, "{status}"),
                     other => panic!("{status}: {other:?}"),
@@ -523,9 +577,9 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/orders/batch", closed.local_addr().unwrap());
         drop(closed);
-        let placements = placements();
+        let writes = writes();
         let url = url.parse().unwrap();
-        for answer in join_all((1..=2).map(|n| placements.place(&url, order(n)))).await {
+        for answer in join_all((1..=2).map(|n| writes.write::<Placed>(&url, order(n)))).await {
             assert!(answer.is_err_and(|e| e.never_sent()));
         }
     }
