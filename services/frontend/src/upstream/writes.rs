@@ -527,9 +527,9 @@ mod tests {
             ),
             (
                 BatchedCommand::CancelByClientOrderId {
-                    client_order_id: "mm-1".into(),
+                    client_order_id: "mm:1".into(),
                 },
-                "DELETE /orders?client_order_id=mm-1",
+                "DELETE /orders?client_order_id=mm%3A1",
                 "",
             ),
         ];
