@@ -95,11 +95,23 @@ pub(crate) async fn place(
     headers: HeaderMap,
     Json(order): Json<NewOrder>,
 ) -> Result<Response, ApiError> {
-    let placed = state
-        .replica
-        .place(order, idempotency_key(&headers), user(&headers)?)
-        .await?;
-    Ok(data(placed))
+    write_alone(&state, &headers, BatchedCommand::Place(order)).await
+}
+
+/// A write that came on its own route, with its key and user in `headers`, run as a batch
+/// runs each of its calls.
+async fn write_alone(
+    state: &AppState,
+    headers: &HeaderMap,
+    command: BatchedCommand,
+) -> Result<Response, ApiError> {
+    let call = BatchedCall {
+        command,
+        key: idempotency_key(headers),
+        user: user(headers)?,
+        request_id: None,
+    };
+    Ok(data(write(&state.replica, call).await?))
 }
 
 /// `POST /orders/batch`: writes a frontend gathered (placements, modifies, cancels), each
@@ -181,7 +193,7 @@ enum Written {
     Changed(Changed),
 }
 
-/// A batched call, as its own route's handler runs it.
+/// A write, from a batch or its own route.
 async fn write(replica: &Arc<Replica>, call: BatchedCall) -> Result<Written, ApiError> {
     let (key, user) = (call.key, call.user);
     Ok(match call.command {
@@ -312,11 +324,7 @@ pub(crate) async fn modify_order(
     Json(change): Json<OrderChange>,
 ) -> Result<Response, ApiError> {
     let number = parse_number(&number)?;
-    let changed = state
-        .replica
-        .modify(number, change, idempotency_key(&headers), user(&headers)?)
-        .await?;
-    Ok(data(changed))
+    write_alone(&state, &headers, BatchedCommand::Modify { number, change }).await
 }
 
 pub(crate) async fn cancel_order(
@@ -325,11 +333,7 @@ pub(crate) async fn cancel_order(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let number = parse_number(&number)?;
-    let changed = state
-        .replica
-        .cancel(number, idempotency_key(&headers), user(&headers)?)
-        .await?;
-    Ok(data(changed))
+    write_alone(&state, &headers, BatchedCommand::Cancel { number }).await
 }
 
 #[derive(Deserialize)]
@@ -344,13 +348,9 @@ pub(crate) async fn cancel_by_client_order_id(
     Query(query): Query<ClientOrderId>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let user =
-        user(&headers)?.ok_or_else(|| ApiError::bad_request(model::ANONYMOUS_CLIENT_ORDER_ID))?;
-    let changed = state
-        .replica
-        .cancel_by_client_order_id(&query.client_order_id, idempotency_key(&headers), user)
-        .await?;
-    Ok(data(changed))
+    let client_order_id = query.client_order_id;
+    let command = BatchedCommand::CancelByClientOrderId { client_order_id };
+    write_alone(&state, &headers, command).await
 }
 
 /// Most items one page of a listing holds.

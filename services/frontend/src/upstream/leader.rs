@@ -33,8 +33,6 @@ const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
 pub struct Leader {
     pub id: u32,
     pub url: BaseUrl,
-    /// Where order writes go, in batches: parsed once per leader rather than once per write.
-    pub batch_url: reqwest::Url,
     pub term: u64,
 }
 
@@ -177,11 +175,7 @@ impl LeaderDiscovery {
         let (id, term) = hint?;
         let replica = self.knows(id)?;
         let health = self.health(&replica).await?;
-        if health.leading && health.term == term {
-            leader(&replica, term)
-        } else {
-            None
-        }
+        (health.leading && health.term == term).then(|| leader(&replica, term))
     }
 
     async fn health(&self, replica: &Peer) -> Option<Health> {
@@ -253,7 +247,7 @@ impl LeaderDiscovery {
                     && !failed.is_some_and(|f| f.id == replica.id && f.term == h.term)
             });
             if let Some((replica, health)) = leading {
-                return leader(replica, health.term);
+                return Some(leader(replica, health.term));
             }
         }
         None
@@ -312,13 +306,12 @@ impl LeaderDiscovery {
 }
 
 /// `replica` as the leader of `term`.
-fn leader(replica: &Peer, term: u64) -> Option<Leader> {
-    Some(Leader {
+fn leader(replica: &Peer, term: u64) -> Leader {
+    Leader {
         id: replica.id,
         url: replica.url.clone(),
-        batch_url: paths::ORDER_BATCH.url(&replica.url, &[]).ok()?,
         term,
-    })
+    }
 }
 
 /// The leader a replica's "not the leader" answer names, and its term (see

@@ -13,11 +13,12 @@ use futures::future::join_all;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use stocknet_common::client::{batch_answer, call, decode};
+use stocknet_common::paths;
 use stocknet_common::request_id::REQUEST_ID;
 use stocknet_common::wire::{
     BatchAnswer, BatchedCall, BatchedCommand, IDEMPOTENCY_KEY, MAX_BATCH, USER,
 };
-use stocknet_common::{ApiError, RemoteError};
+use stocknet_common::{ApiError, BaseUrl, RemoteError};
 use tokio::sync::oneshot;
 
 /// A write's answer, as it came, for its caller to decode.
@@ -30,8 +31,8 @@ pub struct Writes {
 }
 
 struct Pending {
-    /// The batch route of the leader it is for.
-    url: reqwest::Url,
+    /// The leader it is for.
+    leader: BaseUrl,
     call: BatchedCall,
     answer: oneshot::Sender<Answer>,
 }
@@ -44,20 +45,19 @@ impl Writes {
         }
     }
 
-    /// Sends `call` with the next batch to `url` (a leader's
-    /// [`stocknet_common::paths::ORDER_BATCH`]); the answer is what the call's own route would
-    /// have given. Dropping the future leaves the call in its batch: like a call whose answer
-    /// is not awaited, it may execute.
+    /// Sends `call` with the next batch to `leader`; the answer is what the call's own route
+    /// would have given. Dropping the future leaves the call in its batch: like a call whose
+    /// answer is not awaited, it may execute.
     pub async fn write<T: DeserializeOwned>(
         &self,
-        url: &reqwest::Url,
+        leader: &BaseUrl,
         call: BatchedCall,
     ) -> Result<T, RemoteError> {
         let (answer, answered) = oneshot::channel();
         let first = {
             let mut queue = lock(&self.queue);
             queue.push(Pending {
-                url: url.clone(),
+                leader: leader.clone(),
                 call,
                 answer,
             });
@@ -88,31 +88,38 @@ fn lock(queue: &Mutex<Vec<Pending>>) -> MutexGuard<'_, Vec<Pending>> {
 /// Sends what queued, as one call per leader (the leader may have changed in between) and
 /// per [`MAX_BATCH`] writes, side by side.
 async fn send(http: &reqwest::Client, mut queued: Vec<Pending>) {
-    let mut calls: Vec<(reqwest::Url, Vec<Pending>)> = Vec::new();
+    let mut calls: Vec<(BaseUrl, Vec<Pending>)> = Vec::new();
     for pending in queued.drain(..) {
         match calls
             .iter_mut()
-            .find(|(url, batch)| *url == pending.url && batch.len() < MAX_BATCH)
+            .find(|(leader, batch)| *leader == pending.leader && batch.len() < MAX_BATCH)
         {
             Some((_, batch)) => batch.push(pending),
-            None => calls.push((pending.url.clone(), vec![pending])),
+            None => calls.push((pending.leader.clone(), vec![pending])),
         }
     }
     join_all(
         calls
             .into_iter()
-            .map(|(url, batch)| send_batch(http, url, batch)),
+            .map(|(leader, batch)| send_batch(http, leader, batch)),
     )
     .await;
 }
 
-async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pending>) {
+async fn send_batch(http: &reqwest::Client, leader: BaseUrl, batch: Vec<Pending>) {
     let (calls, answers): (Vec<BatchedCall>, Vec<_>) = batch
         .into_iter()
         .map(|pending| (pending.call, Some(pending.answer)))
         .unzip();
     let mut waiting = Waiting(answers);
-    let failure = match http.post(url.clone()).json(&calls).send().await {
+    let sent = match paths::ORDER_BATCH.url(&leader, &[]) {
+        Ok(url) => http.post(url).json(&calls).send().await,
+        Err(e) => {
+            waiting.fail(&leader, e);
+            return;
+        }
+    };
+    let failure = match sent {
         Ok(response) if response.status().is_success() => {
             match read_answers(response, &mut waiting).await {
                 Ok(()) => RemoteError::Decode("the leader's answers to a batch ended early".into()),
@@ -130,7 +137,9 @@ async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pendin
                             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
                         ) =>
                     {
-                        let alone = calls.into_iter().map(|call| write_alone(http, &url, call));
+                        let alone = calls
+                            .into_iter()
+                            .map(|call| write_alone(http, &leader, call));
                         for (index, result) in join_all(alone).await.into_iter().enumerate() {
                             waiting.answer(index, result);
                         }
@@ -144,13 +153,7 @@ async fn send_batch(http: &reqwest::Client, url: reqwest::Url, batch: Vec<Pendin
         }
         Err(e) => RemoteError::unreachable(e),
     };
-    let unanswered = waiting.0.iter().flatten().count();
-    if unanswered > 0 {
-        tracing::warn!(%url, unanswered, "a batch of order writes failed: {failure}");
-        for index in 0..waiting.0.len() {
-            waiting.answer(index, Err(failure.clone()));
-        }
-    }
+    waiting.fail(&leader, failure);
 }
 
 /// The callers of a batch's writes still waiting for their answer, by the write's index.
@@ -161,6 +164,17 @@ impl Waiting {
         if let Some(answer) = self.0.get_mut(index).and_then(Option::take) {
             // A caller that stopped waiting has dropped its receiver.
             let _ = answer.send(result);
+        }
+    }
+
+    /// Answers every write still waiting with `failure`, the batch's to `leader`.
+    fn fail(&mut self, leader: &BaseUrl, failure: RemoteError) {
+        let unanswered = self.0.iter().flatten().count();
+        if unanswered > 0 {
+            tracing::warn!(%leader, unanswered, "a batch of order writes failed: {failure}");
+            for index in 0..self.0.len() {
+                self.answer(index, Err(failure.clone()));
+            }
         }
     }
 }
@@ -214,29 +228,15 @@ fn each_failed(error: RemoteError) -> RemoteError {
     }
 }
 
-/// One batched call sent on its own route, beside the batch route at `batch_url`.
-async fn write_alone(
-    http: &reqwest::Client,
-    batch_url: &reqwest::Url,
-    batched: BatchedCall,
-) -> Answer {
-    let mut orders = batch_url.clone();
-    if let Ok(mut segments) = orders.path_segments_mut() {
-        segments.pop();
-    }
-    let order = |number: u64| {
-        let mut url = orders.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.push(&number.to_string());
-        }
-        url
-    };
+/// One batched call sent to `leader` on its own route.
+async fn write_alone(http: &reqwest::Client, leader: &BaseUrl, batched: BatchedCall) -> Answer {
+    let order = |number: u64| paths::ORDER.url(leader, &[&number.to_string()]);
     let mut request = match batched.command {
-        BatchedCommand::Place(new) => http.post(orders.clone()).json(&new),
-        BatchedCommand::Modify { number, change } => http.put(order(number)).json(&change),
-        BatchedCommand::Cancel { number } => http.delete(order(number)),
+        BatchedCommand::Place(new) => http.post(paths::ORDERS.url(leader, &[])?).json(&new),
+        BatchedCommand::Modify { number, change } => http.put(order(number)?).json(&change),
+        BatchedCommand::Cancel { number } => http.delete(order(number)?),
         BatchedCommand::CancelByClientOrderId { client_order_id } => http
-            .delete(orders.clone())
+            .delete(paths::ORDERS.url(leader, &[])?)
             .query(&[("client_order_id", client_order_id)]),
     };
     if let Some(key) = &batched.key {
@@ -287,7 +287,7 @@ mod tests {
 
     /// A leader that numbers each placement by its quantity, refuses a quantity of 13, and
     /// holds back the answer to a quantity of 99 until the test lets it go.
-    async fn leader() -> (reqwest::Url, Seen) {
+    async fn leader() -> (BaseUrl, Seen) {
         let seen = Seen::default();
         let routes = Router::new().route(
             "/orders/batch",
@@ -330,7 +330,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let app = routes.with_state(seen.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let url = format!("http://{address}/orders/batch").parse().unwrap();
+        let url: BaseUrl = format!("http://{address}").parse().unwrap();
         (url, seen)
     }
 
@@ -442,10 +442,10 @@ mod tests {
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, answering).await });
         let writes = writes();
-        let url = url.parse().unwrap();
+        let url: BaseUrl = url.parse().unwrap();
         let (answered, unanswered) = futures::join!(
             writes.write::<Placed>(&url, order(1)),
             writes.write::<Placed>(&url, order(2))
@@ -502,9 +502,9 @@ mod tests {
             .route("/orders", post(echo).delete(echo))
             .route("/orders/{number}", axum::routing::put(echo).delete(echo));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, old).await });
-        let url = url.parse().unwrap();
+        let url: BaseUrl = url.parse().unwrap();
         let change = stocknet_common::wire::OrderChange {
             quantity: Some(3),
             price: None,
@@ -563,10 +563,10 @@ mod tests {
                 post(move || async move { ApiError::new(status, "no") }),
             );
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}/orders/batch", listener.local_addr().unwrap());
+            let url = format!("http://{}", listener.local_addr().unwrap());
             tokio::spawn(async move { axum::serve(listener, refusing).await });
             let writes = writes();
-            let url = url.parse().unwrap();
+            let url: BaseUrl = url.parse().unwrap();
             for answer in join_all((1..=2).map(|n| writes.write::<Placed>(&url, order(n)))).await {
                 match answer {
                     Err(RemoteError::Api(error)) => assert_eq!(error.status, expected, "{status}"),
@@ -575,10 +575,10 @@ mod tests {
             }
         }
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/orders/batch", closed.local_addr().unwrap());
+        let url = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
         let writes = writes();
-        let url = url.parse().unwrap();
+        let url: BaseUrl = url.parse().unwrap();
         for answer in join_all((1..=2).map(|n| writes.write::<Placed>(&url, order(n)))).await {
             assert!(answer.is_err_and(|e| e.never_sent()));
         }

@@ -168,8 +168,8 @@ async fn write_on_leader<T: DeserializeOwned>(
             user,
             request_id: request_id.clone(),
         };
-        let url = leader.batch_url.clone();
-        async move { writes.write(&url, call).await }
+        let leader = leader.url.clone();
+        async move { writes.write(&leader, call).await }
     })
     .await
 }
