@@ -1,5 +1,6 @@
 //! Order log hot paths: a durable append (write + fsync), a group of 32 written then fsync'd
-//! once, and opening a large log (its index from the CSV, its key tables kept or built).
+//! once, reading an old order (one no longer kept in memory), and opening a large log (its
+//! index from the CSV, its key tables kept or built).
 //! `cargo bench -p stocknet-order --bench order_log`
 
 use std::hint::black_box;
@@ -38,6 +39,15 @@ fn order_log(c: &mut Criterion) {
     let mut log = OrderLog::open(&stopped).expect("open");
     log.append(&batch).expect("append");
     log.checkpoint_keys().expect("checkpoint");
+    // Numbers spread over the log, so each lookup parses a different part of its checkpoint's
+    // stride, as lookups of resting orders do.
+    let mut number = 0;
+    c.bench_function("get an old order (of 100000)", |b| {
+        b.iter(|| {
+            number = (number + 7_919) % 90_000 + 1;
+            black_box(log.get(number).expect("get"))
+        })
+    });
     drop(log);
     let crashed = dir.path().join("crashed.csv");
     OrderLog::open(&crashed)

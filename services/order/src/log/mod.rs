@@ -12,8 +12,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use stocknet_common::file::FileFailure;
 use stocknet_common::{file, Order};
@@ -22,11 +22,14 @@ use crate::error::OrderError;
 
 mod index;
 mod keys;
+mod read_at;
 mod record;
 
 use index::Index;
 pub use keys::MAX_ORDER_NUMBER;
 use keys::{Covered, KeyIndex};
+pub use read_at::ReadAt;
+use read_at::{Kept, Readers};
 
 /// One offset is kept per this many orders: a lookup parses at most this many records (a few
 /// KB), and a million orders cost 125 KB of offsets.
@@ -88,7 +91,9 @@ impl Default for IndexLimits {
 #[derive(Debug)]
 pub struct OrderLog {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
+    /// Readers of `file` for lookups.
+    readers: Readers,
     /// Length of the file; every byte before it belongs to a complete record.
     len: u64,
     index: Index,
@@ -165,7 +170,8 @@ impl OrderLog {
         file::sync_dir(&path).map_err(io)?;
         let mut log = Self {
             path,
-            file,
+            file: Arc::new(file),
+            readers: Readers::default(),
             len,
             index,
             #[cfg(test)]
@@ -368,7 +374,7 @@ impl OrderLog {
         check_consecutive(self.last(), self.last_entry(), batch)?;
         self.insert_keys(batch)?;
         let (text, starts) = format_records(batch, self.len)?;
-        if let Err(e) = (&self.file).write_all(&text) {
+        if let Err(e) = (&*self.file).write_all(&text) {
             // Never leave a partial record for the next write to follow.
             let _ = self.file.set_len(self.len);
             return Err(OrderError::io(&self.path, e));
@@ -466,11 +472,13 @@ impl OrderLog {
             out.write_all(&text)
         })
         .map_err(io)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
+        self.file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io)?,
+        );
         self.len = cut + text.len() as u64;
         self.index.truncate(number, number_entry.unwrap_or(0));
         for (line, start) in batch.iter().zip(starts) {
@@ -530,7 +538,7 @@ impl OrderLog {
         if first == 0 || first >= end {
             return Ok(());
         }
-        let (mut reader, mut number, _) = self.reader_at(first);
+        let (mut reader, mut number, _) = self.reader_at(first)?;
         let mut record = csv::ByteRecord::new();
         while number < end {
             self.next_record(&mut reader, &mut record, number)?;
@@ -568,7 +576,7 @@ impl OrderLog {
         if number > self.last() {
             return Ok(self.len);
         }
-        let (mut reader, mut at, base) = self.reader_at(number);
+        let (mut reader, mut at, base) = self.reader_at(number)?;
         let mut record = csv::ByteRecord::new();
         while at < number {
             self.next_record(&mut reader, &mut record, at)?;
@@ -579,20 +587,19 @@ impl OrderLog {
 
     /// A reader at the checkpoint at or before order `number` (which must be in the log),
     /// with the number of the order it starts at and its byte offset.
-    fn reader_at(&self, number: u64) -> (csv::Reader<ReadAt<'_>>, u64, u64) {
+    fn reader_at(&self, number: u64) -> Result<(Kept<'_>, u64, u64), OrderError> {
         let slot = (number - 1) / STRIDE;
         let start = self.index.checkpoints[slot as usize];
-        let reader = record::reader(ReadAt {
-            file: &self.file,
-            offset: start,
-            end: self.len,
-        });
-        (reader, slot * STRIDE + 1, start)
+        let reader = self
+            .readers
+            .at(&self.file, start, self.len)
+            .map_err(|e| OrderError::io(&self.path, e))?;
+        Ok((reader, slot * STRIDE + 1, start))
     }
 
     fn next_record(
         &self,
-        reader: &mut csv::Reader<ReadAt<'_>>,
+        reader: &mut Kept<'_>,
         record: &mut csv::ByteRecord,
         number: u64,
     ) -> Result<(), OrderError> {
@@ -738,24 +745,6 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(Order)) -> Result<(), Orde
             }
         }
         number += 1;
-    }
-}
-
-/// Reads a file between two offsets with `pread`, so readers share no file position.
-pub struct ReadAt<'a> {
-    pub file: &'a File,
-    pub offset: u64,
-    pub end: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let room = usize::try_from(self.end.saturating_sub(self.offset))
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let read = self.file.read_at(&mut buf[..room], self.offset)?;
-        self.offset += read as u64;
-        Ok(read)
     }
 }
 
