@@ -6,7 +6,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use stocknet_common::testing::{assert_each_answered, insider_get, insider_post, send, SECRET};
+use stocknet_common::testing::{
+    assert_each_answered, insider_get, insider_post, send, send_raw, SECRET,
+};
 use stocknet_common::wire::{Invalidation, UserRecord};
 use stocknet_common::{data, Json, Secret, SecretArgs};
 
@@ -355,6 +357,56 @@ async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
         pushed,
         expected.map(|(name, quantity)| (name.to_owned(), quantity))
     );
+}
+
+/// An apply of entries that change no stock (resting orders, cancels, modifies that trade
+/// nothing) advances the position with no push and no fsync: the leader's answers do not wait
+/// for it. One with a change among them is pushed and synced, resent or not.
+#[tokio::test]
+async fn entries_that_change_no_stock_are_neither_pushed_nor_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = recording_frontend().await;
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let apply = |body: &str| send(&app, insider_post("/apply", body));
+    let fsyncs = || async {
+        let (_, _, text) = send_raw(&app, get("/metrics")).await;
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("stocknet_catalog_fsync_seconds_count"))
+            .expect("the fsync histogram");
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    assert_eq!(apply(r#"{"term":1,"trades":[]}"#).await.0, StatusCode::OK);
+    let (pushes, synced) = (seen.lock().unwrap().len(), fsyncs().await);
+    assert_eq!(synced, 1, "a new term is made durable");
+
+    let quiet = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":0},
+                                         {"number":2,"name":"","delta":0}]}"#;
+    let (status, body) = apply(quiet).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["applied"], 2);
+    assert_eq!(seen.lock().unwrap().len(), pushes);
+    assert_eq!(fsyncs().await, synced);
+
+    let priced = r#"{"term":1,"trades":[{"number":3,"name":"FishCo","delta":0,"price":9.5},
+                                          {"number":4,"name":"GameStart","delta":0}]}"#;
+    for round in 1..=2 {
+        assert_eq!(apply(priced).await.0, StatusCode::OK);
+        let pushed = seen.lock().unwrap();
+        assert_eq!(pushed.len(), pushes + round);
+        assert_eq!(
+            pushed.last().unwrap().names,
+            ["FishCo"],
+            "only the stock it changes"
+        );
+        drop(pushed);
+        assert_eq!(
+            fsyncs().await,
+            synced + round as u64,
+            "resent: synced again"
+        );
+    }
 }
 
 /// A new leader counts what the catalog applied as done, and the last leader's last apply may

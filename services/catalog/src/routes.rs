@@ -191,9 +191,15 @@ pub(crate) async fn apply(
     State(state): State<AppState>,
     Json(request): Json<ApplyRequest>,
 ) -> Result<Response, CatalogError> {
-    // Every stock the request names, not only those changed now: when the catalog crashed
-    // between writing a trade and invalidating, the leader's resend must still invalidate.
-    let mut names: Vec<String> = request.trades.iter().map(|t| t.name.clone()).collect();
+    // Every stock the request changes, not only those changed now: when the catalog crashed
+    // between writing a trade and invalidating (or syncing), the leader's resend must still
+    // invalidate (and sync).
+    let mut names: Vec<String> = request
+        .trades
+        .iter()
+        .filter(|t| t.changes_stock())
+        .map(|t| t.name.clone())
+        .collect();
     names.sort();
     names.dedup();
     let term_before = state.store.term();
@@ -209,6 +215,12 @@ pub(crate) async fn apply(
     }
     let metrics = &state.metrics;
     metrics.apply_trades.observe(request.trades.len() as f64);
+    if names.is_empty() && !new_term {
+        // Entries that change no stock: nothing to tell, and nothing the leader's answers
+        // wait for. Their journal lines become durable with the next sync; lost in a crash
+        // before it, they are sent again (the leader resends from the position it is told).
+        return Ok(data(outcome));
+    }
     // The frontends refetch from memory, which holds only committed trades; so they may be told
     // while the disk works, and the answer waits for both.
     let store = state.store.clone();

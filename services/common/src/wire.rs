@@ -38,6 +38,13 @@ impl CatalogTrade {
     pub fn is_group_entry(&self) -> bool {
         self.name.is_empty()
     }
+
+    /// Whether applying it changes its stock: a quantity the house traded, or a new price. (A
+    /// resting limit order, a cancel, a modify that trades nothing, the group's own entries
+    /// only advance the catalog's position.)
+    pub fn changes_stock(&self) -> bool {
+        self.delta != 0 || self.price.is_some()
+    }
 }
 
 /// Order leader → catalog (`POST /apply`): a batch of committed entries from the leader of

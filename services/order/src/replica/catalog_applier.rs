@@ -112,15 +112,17 @@ impl Replica {
                 .into_iter()
                 .zip(prices)
                 .map(|(o, price)| {
-                    let delta = o.market().map_or(0, |(side, count)| side.delta(count));
-                    let changes = delta != 0 || price.is_some();
-                    CatalogTrade {
+                    let mut trade = CatalogTrade {
                         number: o.number,
-                        delta,
+                        delta: o.market().map_or(0, |(side, count)| side.delta(count)),
                         price,
-                        request_id: o.stamp.request_id.filter(|_| changes),
+                        request_id: None,
                         name: o.name,
+                    };
+                    if trade.changes_stock() {
+                        trade.request_id = o.stamp.request_id;
                     }
+                    trade
                 })
                 .collect();
             let request = ApplyRequest { term, trades };
