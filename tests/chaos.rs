@@ -474,15 +474,7 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     let refused: usize = reports.iter().map(|r| r.refused).sum();
     let unknown: usize = reports.iter().map(|r| r.unknown).sum();
     let retries: usize = reports.iter().map(|r| r.retries).sum();
-    let metrics = cluster
-        .http
-        .get(format!("{}/metrics", cluster.frontend()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = cluster.metrics(cluster.frontend()).await;
     let leader_changes = metrics
         .lines()
         .find_map(|l| l.strip_prefix("stocknet_frontend_leader_changes_total "))

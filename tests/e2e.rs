@@ -11,17 +11,13 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn lookup_trade_query_and_push_invalidation() {
     let cluster = Cluster::start(2).await;
-    let (status, body) = cluster
-        .get(&format!("{}/stocks/GameStart", cluster.frontend()))
-        .await;
+    let (status, body) = cluster.get_front("/stocks/GameStart").await;
     assert_eq!(status, 200);
     assert_eq!(
         body,
         json!({"data": {"name": "GameStart", "price": 15.99, "quantity": 100}})
     );
-    let (status, body) = cluster
-        .get(&format!("{}/stocks/NoSuchStock", cluster.frontend()))
-        .await;
+    let (status, body) = cluster.get_front("/stocks/NoSuchStock").await;
     assert_eq!(
         (status, common::without_request_id(body)),
         (
@@ -33,15 +29,7 @@ async fn lookup_trade_query_and_push_invalidation() {
     // Both frontends cache GameStart; frontend 1 then serves it from the cache.
     assert_eq!(cluster.quantity(1, "GameStart").await, 100);
     assert_eq!(cluster.quantity(1, "GameStart").await, 100);
-    let metrics = cluster
-        .http
-        .get(format!("{}/metrics", cluster.frontend_urls[1]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics(&cluster.frontend_urls[1]).await;
     assert!(
         metrics.contains("stocknet_frontend_cache_hits_total 1"),
         "{metrics}"
@@ -56,9 +44,7 @@ async fn lookup_trade_query_and_push_invalidation() {
     assert_eq!(cluster.quantity(0, "GameStart").await, 98);
     assert!(sell > buy);
 
-    let (status, body) = cluster
-        .get(&format!("{}/orders/{buy}", cluster.frontend()))
-        .await;
+    let (status, body) = cluster.get_front(&format!("/orders/{buy}")).await;
     assert_eq!(status, 200);
     assert_eq!(
         body,
@@ -127,17 +113,11 @@ async fn refused_orders_and_bad_input_change_nothing() {
         assert_eq!(status, 400, "{body} -> {reply}");
         assert_eq!(reply["error"]["code"], 400, "{body} -> {reply}");
     }
-    let (status, _) = cluster
-        .get(&format!("{}/orders/abc", cluster.frontend()))
-        .await;
+    let (status, _) = cluster.get_front("/orders/abc").await;
     assert_eq!(status, 400);
-    let (status, body) = cluster
-        .get(&format!("{}/no/such/route", cluster.frontend()))
-        .await;
+    let (status, body) = cluster.get_front("/no/such/route").await;
     assert_eq!((status, body["error"]["code"].clone()), (404, json!(404)));
-    let (status, body) = cluster
-        .get(&format!("{}/stocks/%ff%fe", cluster.frontend()))
-        .await;
+    let (status, body) = cluster.get_front("/stocks/%ff%fe").await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (400, json!(400)),
@@ -217,9 +197,7 @@ async fn concurrent_clients_conserve_quantity() {
     assert_eq!(cluster.quantity(0, "BoarCo").await, 100 + sold - bought);
     // Every acknowledged order is retrievable and was the one placed.
     for number in numbers {
-        let (status, body) = cluster
-            .get(&format!("{}/orders/{number}", cluster.frontend()))
-            .await;
+        let (status, body) = cluster.get_front(&format!("/orders/{number}")).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["data"]["name"], "BoarCo");
     }
@@ -234,19 +212,14 @@ async fn killing_the_leader_elects_the_next_and_loses_nothing() {
     cluster.orders[first].kill9();
     let after = cluster.must_order("Tesla", "buy", 5).await;
     assert!(after > before);
-    let health = cluster
-        .get(&format!("{}/health", cluster.frontend()))
-        .await
-        .1;
+    let health = cluster.get_front("/health").await.1;
     let next = health["data"]["leader"].as_u64().expect("a leader") as usize - 1;
     assert_ne!(next, first, "{health}");
     assert_eq!(cluster.leader().await, Some(next));
     let more = cluster.must_order("Tesla", "sell", 1).await;
     assert_eq!(cluster.quantity(0, "Tesla").await, 100 - 10 - 5 + 1);
     for number in [before, after, more] {
-        let (status, _) = cluster
-            .get(&format!("{}/orders/{number}", cluster.frontend()))
-            .await;
+        let (status, _) = cluster.get_front(&format!("/orders/{number}")).await;
         assert_eq!(status, 200);
     }
 
@@ -334,9 +307,7 @@ async fn the_group_grows_to_five_voters_and_back_to_three_while_trading() {
 
     // The frontend, told of the founders only, finds the new leader through the group.
     cluster.must_order("GameStart", "buy", 1).await;
-    let (_, view) = cluster
-        .get(&format!("{}/cluster", cluster.frontend()))
-        .await;
+    let (_, view) = cluster.get_front("/cluster").await;
     assert_eq!(
         common::each(&view["data"]["replicas"], "id"),
         [&json!(1), &json!(2), &json!(3), &json!(4), &json!(5)]
@@ -446,9 +417,7 @@ async fn an_order_the_leader_could_not_commit_is_dropped_on_its_return() {
     assert!(log.iter().any(|o| o["number"] == boar));
     assert_eq!(cluster.quantity(0, "FishCo").await, 100);
     // Asked under its key, the order is not there: it did not execute.
-    let (status, body) = cluster
-        .get(&format!("{}/orders?key={key}", cluster.frontend()))
-        .await;
+    let (status, body) = cluster.get_front(&format!("/orders?key={key}")).await;
     assert_eq!(
         (status, body["data"]["orders"].clone()),
         (200, json!([])),
@@ -548,12 +517,7 @@ async fn services_restarted_on_the_same_data_keep_everything() {
     let expected: Vec<Value> = {
         let mut orders = Vec::new();
         for (number, _) in &placed {
-            orders.push(
-                cluster
-                    .get(&format!("{}/orders/{number}", cluster.frontend()))
-                    .await
-                    .1,
-            );
+            orders.push(cluster.get_front(&format!("/orders/{number}")).await.1);
         }
         orders
     };
@@ -573,9 +537,7 @@ async fn services_restarted_on_the_same_data_keep_everything() {
 
     assert_eq!(cluster.quantity(0, "Nvidia").await, 100 - 10);
     for ((number, _), expected) in placed.iter().zip(&expected) {
-        let (status, body) = cluster
-            .get(&format!("{}/orders/{number}", cluster.frontend()))
-            .await;
+        let (status, body) = cluster.get_front(&format!("/orders/{number}")).await;
         assert_eq!(status, 200);
         assert_eq!(&body, expected);
     }
@@ -1016,9 +978,7 @@ async fn users_own_their_orders_and_portfolios_follow_their_fills() {
 /// the deployment's secret) everybody's, and the filters and cursor work.
 #[tokio::test]
 async fn the_audit_trail_records_every_command_with_its_outcome() {
-    let cluster = Cluster::start(1).await;
-    let frontend = cluster.frontend().to_owned();
-    let (_, key) = cluster.new_user(&frontend).await;
+    let (cluster, frontend, (_, key)) = Cluster::start_with_user().await;
     let orders = format!("{frontend}/orders");
     let as_user = |body: Value| cluster.http.post(&orders).bearer_auth(&key).json(&body);
 
@@ -1170,9 +1130,7 @@ fn humantime_ms(time: &Value) -> u64 {
 /// `stocknet report --log` recomputes the same from a replica's log, in every format.
 #[tokio::test]
 async fn the_daily_report_equals_a_recomputation_from_the_log() {
-    let cluster = Cluster::start(1).await;
-    let frontend = cluster.frontend().to_owned();
-    let (_, key) = cluster.new_user(&frontend).await;
+    let (cluster, frontend, (_, key)) = Cluster::start_with_user().await;
     let orders = format!("{frontend}/orders");
     let place = |body: Value, key: Option<&str>| {
         let request = with_key(cluster.http.post(&orders), key).json(&body);
@@ -1607,9 +1565,7 @@ async fn every_service_serves_prometheus_metrics() {
 /// order expired by the leader's expiry entry at the same point of every replica's log.
 #[tokio::test]
 async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
-    let cluster = Cluster::start(1).await;
-    let frontend = cluster.frontend().to_owned();
-    let (_, alice) = cluster.new_user(&frontend).await;
+    let (cluster, frontend, (_, alice)) = Cluster::start_with_user().await;
     let (_, bob) = cluster.new_user(&frontend).await;
     let (alice, bob) = (alice.as_str(), bob.as_str());
     let place = |key: &str, body: Value| {
@@ -1772,9 +1728,7 @@ async fn order_terms_fill_refuse_and_expire_the_same_on_every_replica() {
 /// the same answer.
 #[tokio::test]
 async fn a_client_order_id_names_an_order_until_it_closes() {
-    let cluster = Cluster::start(1).await;
-    let frontend = cluster.frontend().to_owned();
-    let (user, key) = cluster.new_user(&frontend).await;
+    let (cluster, frontend, (user, key)) = Cluster::start_with_user().await;
     let order = json!({"name": "GameStart", "quantity": 2, "type": "buy", "price": 5.0,
                        "client_order_id": "ladder-1"});
     let place = |key: Option<&str>| {
@@ -1834,29 +1788,25 @@ async fn a_client_order_id_names_an_order_until_it_closes() {
         "{body}"
     );
     let (status, retried) = cancel(&key).await;
+    let own = |method: reqwest::Method, path: &str| {
+        send(
+            cluster
+                .http
+                .request(method, format!("{frontend}{path}"))
+                .bearer_auth(&key),
+        )
+    };
     assert_eq!(
         (status, &retried),
         (200, &body),
         "a retry gets the same answer"
     );
-    let (status, body) = send(with_key(
-        cluster
-            .http
-            .delete(format!("{frontend}/orders?client_order_id=ladder-1")),
-        Some(&key),
-    ))
-    .await;
+    let (status, body) = own(reqwest::Method::DELETE, "/orders?client_order_id=ladder-1").await;
     assert_eq!(status, 404, "no open order has it now: {body}");
 
     // Free again once its order closed; the audit trail names it.
     assert_eq!(place(Some(&key)).await.0, 200);
-    let (_, audit) = send(with_key(
-        cluster
-            .http
-            .get(format!("{frontend}/audit?outcome=accepted")),
-        Some(&key),
-    ))
-    .await;
+    let (_, audit) = own(reqwest::Method::GET, "/audit?outcome=accepted").await;
     let ids: Vec<&Value> = audit["data"]["records"]
         .as_array()
         .unwrap()

@@ -190,15 +190,7 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
     assert_eq!(entries_under(&log, "gray-refused"), 0);
 
     // The transitions are in the metrics.
-    let metrics = cluster
-        .http
-        .get(format!("{}/metrics", cluster.frontend_urls[1]))
-        .send()
-        .await
-        .expect("an answer")
-        .text()
-        .await
-        .expect("text");
+    let metrics = cluster.metrics(&cluster.frontend_urls[1]).await;
     for to in ["open", "closed"] {
         let line = format!("stocknet_frontend_catalog_breaker_transitions_total{{to=\"{to}\"}} 1");
         assert!(metrics.contains(&line), "no {line} in:\n{metrics}");
@@ -537,6 +529,14 @@ async fn trade_until_a_push_is_skipped(cluster: &Cluster) -> u64 {
     bought
 }
 
+/// Waits, placing orders, until both frontends take a push.
+async fn both_take_a_push(cluster: &Cluster, what: &str, seconds: u64) {
+    wait_until(what, Duration::from_secs(seconds), || {
+        taken_by_both(cluster)
+    })
+    .await;
+}
+
 /// Places an order: whether both frontends took its push (and none was left out).
 async fn taken_by_both(cluster: &Cluster) -> bool {
     let taken = pushes(cluster, "taken").await;
@@ -603,13 +603,7 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
         }
     }
     // Probing again, it is pushed to again.
-    let again = || taken_by_both(&cluster);
-    wait_until(
-        "the frontend to be pushed to again",
-        Duration::from_secs(10),
-        again,
-    )
-    .await;
+    both_take_a_push(&cluster, "the frontend to be pushed to again", 10).await;
 }
 
 /// A frontend that the catalog's pushes stop reaching while its probes still reach the
@@ -624,13 +618,7 @@ async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do()
         _ => url.to_owned(),
     };
     let cluster = Cluster::start_pushing(2, &push_to).await;
-    let both_took = || taken_by_both(&cluster);
-    wait_until(
-        "both frontends to take a push",
-        Duration::from_secs(10),
-        both_took,
-    )
-    .await;
+    both_take_a_push(&cluster, "both frontends to take a push", 10).await;
     // Frontend 1 caches the stock.
     let cached = cluster.quantity(1, "GameStart").await;
 
@@ -649,12 +637,7 @@ async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do()
     assert!(pushes(&cluster, "skipped").await >= skipped + 5);
 
     link.heal();
-    wait_until(
-        "a push to reach it again",
-        Duration::from_secs(15),
-        both_took,
-    )
-    .await;
+    both_take_a_push(&cluster, "a push to reach it again", 15).await;
 }
 
 /// A frontend the catalog does not push to (not yet in the catalog's DNS answer, or cut off

@@ -58,13 +58,19 @@ async fn limit(cluster: &Cluster, frontend: usize, side: &str, quantity: u64, pr
     reply["data"].clone()
 }
 
-#[tokio::test]
-async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failover() {
-    let mut cluster = Cluster::start(2).await;
+/// A cluster with two frontends, and their URLs.
+async fn two_frontends() -> (Cluster, String, String) {
+    let cluster = Cluster::start(2).await;
     let (one, two) = (
         cluster.frontend_urls[0].clone(),
         cluster.frontend_urls[1].clone(),
     );
+    (cluster, one, two)
+}
+
+#[tokio::test]
+async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failover() {
+    let (mut cluster, one, two) = two_frontends().await;
     let mut trades = connect(&two, "/ws/trades").await;
     let mut book_one = connect(&one, "/ws/book/GameStart").await;
     let mut book_two = connect(&two, "/ws/book/GameStart").await;
@@ -216,6 +222,13 @@ async fn as_user(
     reply["data"].clone()
 }
 
+/// Places `order` through `frontend` with `key`; its transaction number.
+async fn place_as(cluster: &Cluster, frontend: &str, key: &str, order: Value) -> Value {
+    let url = format!("{frontend}/orders");
+    let placed = as_user(cluster, reqwest::Method::POST, url, key, Some(order)).await;
+    placed["transaction_number"].clone()
+}
+
 /// Opens `/ws/orders` on `frontend` with the key in the Authorization header.
 async fn own_orders(frontend: &str, query: &str, key: &str) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -235,11 +248,7 @@ async fn next_update(socket: &mut Socket) -> (Value, Value) {
 
 #[tokio::test]
 async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
-    let mut cluster = Cluster::start(2).await;
-    let (one, two) = (
-        cluster.frontend_urls[0].clone(),
-        cluster.frontend_urls[1].clone(),
-    );
+    let (mut cluster, one, two) = two_frontends().await;
     let (seller, seller_key) = cluster.new_user(&one).await;
     let (buyer, buyer_key) = cluster.new_user(&one).await;
     // The seller's key in the header, on the other frontend; the buyer's as a first message.
@@ -264,16 +273,7 @@ async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
         json!({"name": "GameStart", "type": side, "quantity": quantity, "price": price,
             "client_order_id": id})
     };
-    let post = reqwest::Method::POST;
-    let resting = as_user(
-        &cluster,
-        post.clone(),
-        format!("{one}/orders"),
-        &seller_key,
-        Some(order("sell", 5, 20.5, "ask-1")),
-    )
-    .await;
-    let number = resting["transaction_number"].clone();
+    let number = place_as(&cluster, &one, &seller_key, order("sell", 5, 20.5, "ask-1")).await;
     let accepted = next_matching(&mut sells, |m| m["type"] == "update").await;
     assert_eq!(
         (
@@ -290,15 +290,7 @@ async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
         "a new order's entry is its number"
     );
 
-    let taker = as_user(
-        &cluster,
-        post.clone(),
-        format!("{two}/orders"),
-        &buyer_key,
-        Some(order("buy", 2, 21.0, "bid-1")),
-    )
-    .await;
-    let taken = taker["transaction_number"].clone();
+    let taken = place_as(&cluster, &two, &buyer_key, order("buy", 2, 21.0, "bid-1")).await;
     assert_eq!(
         next_update(&mut buys).await,
         (taken.clone(), json!("accepted"))
@@ -453,11 +445,7 @@ async fn a_user_s_order_stream_goes_on_through_a_hung_and_a_restarted_leader() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
 
-    let mut cluster = Cluster::start(2).await;
-    let (one, two) = (
-        cluster.frontend_urls[0].clone(),
-        cluster.frontend_urls[1].clone(),
-    );
+    let (mut cluster, one, two) = two_frontends().await;
     let (_, key) = cluster.new_user(&one).await;
     let mut stream = own_orders(&two, "", &key).await;
     assert_eq!(next(&mut stream).await["type"], "subscribed");

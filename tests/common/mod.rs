@@ -546,67 +546,72 @@ impl Cluster {
             catalog_listener,
             true,
         );
-        let orders = order_ports
-            .iter()
-            .zip(order_listeners)
-            .enumerate()
-            .map(|(i, (port, listener))| {
-                logged(
-                    &format!("order {}", i + 1),
-                    args(&[
-                        "order",
-                        "--port",
-                        &port.to_string(),
-                        "--node-id",
-                        &(i + 1).to_string(),
-                        "--peers",
-                        &founding,
-                        "--catalog-url",
-                        &catalog_url,
-                        "--data-dir",
-                        &data,
-                        // Often, so that every restart in a test loads a book snapshot.
-                        "--book-snapshot-every",
-                        BOOK_SNAPSHOT_EVERY,
-                        "--trades-in-memory",
-                        IN_MEMORY,
-                        "--orders-in-memory",
-                        IN_MEMORY,
-                        // Often, so that a restart reads its log's index from a checkpoint (each
-                        // costs a few fsyncs, which the suite's clusters share one disk for).
-                        "--index-checkpoint-every",
-                        "64",
-                        "--index-checkpoint-seconds",
-                        "0",
-                    ]),
-                    listener,
-                    i < founders,
-                )
-            })
-            .collect();
-        let frontends = frontend_ports
-            .iter()
-            .zip(frontend_listeners)
-            .enumerate()
-            .map(|(i, (port, listener))| {
-                logged(
-                    &format!("frontend {}", i + 1),
-                    args(&[
-                        "frontend",
-                        "--port",
-                        &port.to_string(),
-                        "--catalog-url",
-                        &catalog_url,
-                        "--order-replicas",
-                        &founding,
-                        "--cache-size",
-                        "4",
-                    ]),
-                    listener,
-                    true,
-                )
-            })
-            .collect();
+        // One process of `kind` on each port: its flags after `--port`, and whether it starts now.
+        let spawn = |kind: &str,
+                     ports: &[u16],
+                     listeners: Vec<TcpListener>,
+                     flags: &dyn Fn(usize) -> Vec<String>,
+                     start: &dyn Fn(usize) -> bool| {
+            (ports.iter().zip(listeners).enumerate())
+                .map(|(i, (port, listener))| {
+                    let mut list = vec![kind.to_owned(), "--port".to_owned(), port.to_string()];
+                    list.extend(flags(i));
+                    let list: Vec<&str> = list.iter().map(String::as_str).collect();
+                    logged(
+                        &format!("{kind} {}", i + 1),
+                        args(&list),
+                        listener,
+                        start(i),
+                    )
+                })
+                .collect()
+        };
+        let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let order_flags = |i: usize| {
+            owned(&[
+                "--node-id",
+                &(i + 1).to_string(),
+                "--peers",
+                &founding,
+                "--catalog-url",
+                &catalog_url,
+                "--data-dir",
+                &data,
+                // Often, so that every restart in a test loads a book snapshot.
+                "--book-snapshot-every",
+                BOOK_SNAPSHOT_EVERY,
+                "--trades-in-memory",
+                IN_MEMORY,
+                "--orders-in-memory",
+                IN_MEMORY,
+                // Often, so that a restart reads its log's index from a checkpoint (each
+                // costs a few fsyncs, which the suite's clusters share one disk for).
+                "--index-checkpoint-every",
+                "64",
+                "--index-checkpoint-seconds",
+                "0",
+            ])
+        };
+        let orders = spawn("order", &order_ports, order_listeners, &order_flags, &|i| {
+            i < founders
+        });
+        let frontend_flags = |_: usize| {
+            owned(&[
+                "--catalog-url",
+                &catalog_url,
+                "--order-replicas",
+                &founding,
+                "--cache-size",
+                "4",
+            ])
+        };
+        let frontends = spawn(
+            "frontend",
+            &frontend_ports,
+            frontend_listeners,
+            &frontend_flags,
+            &|_| true,
+        );
         let cluster = Self {
             catalog,
             orders,
@@ -723,6 +728,29 @@ impl Cluster {
         } else {
             &self.insider
         }
+    }
+
+    /// The Prometheus text `base` (a frontend's URL) serves at `/metrics`.
+    pub async fn metrics(&self, base: &str) -> String {
+        let response = self.http.get(format!("{base}/metrics")).send().await;
+        response
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// A cluster of one frontend, its URL and a new user there (id and key).
+    pub async fn start_with_user() -> (Self, String, (u64, String)) {
+        let cluster = Self::start(1).await;
+        let frontend = cluster.frontend().to_owned();
+        let user = cluster.new_user(&frontend).await;
+        (cluster, frontend, user)
+    }
+
+    /// `GET` of `path` on the first frontend.
+    pub async fn get_front(&self, path: &str) -> (u16, Value) {
+        self.get(&format!("{}{path}", self.frontend())).await
     }
 
     pub async fn get(&self, url: &str) -> (u16, Value) {

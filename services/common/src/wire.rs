@@ -724,6 +724,33 @@ pub struct OrderView {
     pub triggered_at: Option<u64>,
 }
 
+impl OrderView {
+    /// An order with nothing filled, no price, no terms and no fills.
+    pub fn new(number: u64, name: String, side: Side, quantity: u32, status: Status) -> Self {
+        Self {
+            number,
+            name,
+            side,
+            quantity,
+            order_type: None,
+            price: None,
+            status,
+            filled_quantity: 0,
+            remaining_quantity: 0,
+            fills: Vec::new(),
+            fills_truncated: false,
+            time_in_force: None,
+            expire_at: None,
+            post_only: None,
+            stp: None,
+            client_order_id: None,
+            display_quantity: None,
+            stop_price: None,
+            triggered_at: None,
+        }
+    }
+}
+
 /// The most fills an order's view lists: each older one is a read of the archive under the
 /// book's lock, so an order with a million fills must not make every look at it read them all
 /// (nor a page of 1,000 such orders 1,000 times that).

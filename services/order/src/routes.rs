@@ -28,7 +28,7 @@ use stocknet_common::{data, ApiError, Json, Path, Query, Status};
 
 use crate::audit::AuditFilter;
 use crate::error::OrderError;
-use crate::replica::Replica;
+use crate::replica::{Caller, Replica};
 use crate::AppState;
 
 /// A read a frontend forwards (it carries [`READ_FROM_LEADER`]) is served only once this
@@ -195,21 +195,22 @@ enum Written {
 
 /// A write, from a batch or its own route.
 async fn write(replica: &Arc<Replica>, call: BatchedCall) -> Result<Written, ApiError> {
-    let (key, user) = (call.key, call.user);
+    let caller = Caller::new(call.key, call.user);
     Ok(match call.command {
-        BatchedCommand::Place(order) => Written::Placed(replica.place(order, key, user).await?),
+        BatchedCommand::Place(order) => Written::Placed(replica.place(order, caller).await?),
         BatchedCommand::Modify { number, change } => {
-            Written::Changed(replica.modify(number, change, key, user).await?)
+            Written::Changed(replica.modify(number, change, caller).await?)
         }
         BatchedCommand::Cancel { number } => {
-            Written::Changed(replica.cancel(number, key, user).await?)
+            Written::Changed(replica.cancel(number, caller).await?)
         }
         BatchedCommand::CancelByClientOrderId { client_order_id } => {
-            let user =
-                user.ok_or_else(|| ApiError::bad_request(model::ANONYMOUS_CLIENT_ORDER_ID))?;
+            let user = caller
+                .user
+                .ok_or_else(|| ApiError::bad_request(model::ANONYMOUS_CLIENT_ORDER_ID))?;
             Written::Changed(
                 replica
-                    .cancel_by_client_order_id(&client_order_id, key, user)
+                    .cancel_by_client_order_id(&client_order_id, caller.key, user)
                     .await?,
             )
         }

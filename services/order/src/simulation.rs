@@ -31,7 +31,7 @@ use crate::catalog::Catalog;
 use crate::consensus::sim::{Choices, LinkFault, Network, Router};
 use crate::error::OrderError;
 use crate::log::IndexLimits;
-use crate::replica::{Links, Replica, BATCH};
+use crate::replica::{Caller, Links, Replica, BATCH};
 
 const STOCKS: [&str; 2] = ["GameStart", "FishCo"];
 const INITIAL: &str = "name,price,quantity\nGameStart,15.99,1000000\nFishCo,9.50,1000000\n";
@@ -239,7 +239,7 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let placed = replica.place(order.clone(), Some(key.clone()), None);
+            let placed = replica.place(order.clone(), Caller::new(Some(key.clone()), None));
             match tokio::time::timeout(DEADLINE, placed).await {
                 Ok(Ok(placed)) => {
                     self.record(&key, Answer::Executed(placed.transaction_number));
@@ -472,9 +472,12 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
     let place = |order: NewOrder, key: &str| {
         let (leader, key) = (leader.clone(), key.to_owned());
         async move {
-            tokio::time::timeout(Duration::from_secs(5), leader.place(order, Some(key), None))
-                .await
-                .expect("an answer")
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                leader.place(order, Caller::new(Some(key), None)),
+            )
+            .await
+            .expect("an answer")
         }
     };
     place(order(Side::Buy, None), "warm-up").await.unwrap();
@@ -488,7 +491,10 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
         .unwrap();
     assert_eq!(resting.status, stocknet_common::Status::Open);
     let cancel = leader
-        .cancel(resting.transaction_number, Some("cancel".into()), None)
+        .cancel(
+            resting.transaction_number,
+            Caller::new(Some("cancel".into()), None),
+        )
         .await
         .unwrap();
     assert!(cancel.transaction_number > resting.transaction_number);
@@ -553,7 +559,7 @@ async fn a_cancel_by_client_order_id_is_answered_by_the_leader_only() {
     let mut resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
     resting.client_order_id = Some("ladder-1".into());
     leader
-        .place(resting, Some("resting".into()), Some(7))
+        .place(resting, Caller::new(Some("resting".into()), Some(7)))
         .await
         .unwrap();
     for (id, follower) in cluster.running() {
@@ -579,17 +585,17 @@ async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
-    let placed = leader.place(resting.clone(), Some("resting".into()), None);
+    let placed = leader.place(resting.clone(), Caller::new(Some("resting".into()), None));
     let open = placed.await.unwrap().transaction_number;
     let send = || {
         let (leader, order, key) = (leader.clone(), resting.clone(), Some(key.to_owned()));
         tokio::spawn(async move {
             let answer = async {
                 if cancel {
-                    let changed = leader.cancel(open, key, None).await;
+                    let changed = leader.cancel(open, Caller::new(key, None)).await;
                     changed.map(|c| c.transaction_number)
                 } else {
-                    let placed = leader.place(order, key, None).await;
+                    let placed = leader.place(order, Caller::new(key, None)).await;
                     placed.map(|p| p.transaction_number)
                 }
             };
@@ -644,7 +650,11 @@ async fn a_retry_after_the_first_try_went_away_gets_the_committed_command() {
     let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
     let place = |replica: Arc<Replica>, within: Duration| {
         let order = resting.clone();
-        let placed = async move { replica.place(order, Some("went away".into()), None).await };
+        let placed = async move {
+            replica
+                .place(order, Caller::new(Some("went away".into()), None))
+                .await
+        };
         tokio::time::timeout(within, placed)
     };
     cluster
@@ -685,7 +695,9 @@ async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once
     let resting = |cents| new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(cents)));
     let place = |order: NewOrder, key: &str, within: Duration| {
         let (leader, key) = (leader.clone(), Some(key.to_owned()));
-        tokio::time::timeout(within, async move { leader.place(order, key, None).await })
+        tokio::time::timeout(within, async move {
+            leader.place(order, Caller::new(key, None)).await
+        })
     };
     // Cut off for a moment, well inside the followers' patience: the entry in flight waits.
     cluster.router.isolate(3, &[1, 2, 3], true);
@@ -732,7 +744,7 @@ async fn back_from_a_crash(new_term: bool) {
         let leader = leader.clone();
         async move {
             leader
-                .place(resting, Some(format!("missed-{n}")), None)
+                .place(resting, Caller::new(Some(format!("missed-{n}")), None))
                 .await
         }
     });

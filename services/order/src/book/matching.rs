@@ -51,7 +51,7 @@ impl Book {
                 quantity,
                 limit: Some(price),
                 ..
-            } => self.place_limit(entry, side, quantity, price),
+            } => self.place_limit(entry, (side, quantity, price)),
             Command::Sweep {
                 side,
                 quantity,
@@ -133,9 +133,7 @@ impl Book {
     pub(super) fn place_limit(
         &mut self,
         entry: &Order,
-        side: Side,
-        quantity: u32,
-        price: Price,
+        (side, quantity, price): (Side, u32, Price),
     ) -> Result<u64, Refusal> {
         let number = entry.number;
         let terms = entry.command.terms();
@@ -245,7 +243,7 @@ impl Book {
         let Some(limit) = self.protection_limit(stock, side, protection_bps) else {
             return Err(Refusal::NoLiquidity { order: number });
         };
-        self.place_limit(entry, side, quantity, limit)
+        self.place_limit(entry, (side, quantity, limit))
     }
 
     /// The limit of a market order of `side` on the book at `stock` with `protection_bps`:

@@ -123,25 +123,11 @@ impl Book {
         let terms = entry.command.terms();
         let client_order_id = entry.command.client_order_id().map(str::to_owned);
         let done = |status, filled_quantity| OrderView {
-            number: entry.number,
-            name: entry.name.clone(),
-            side,
-            quantity,
             order_type,
             price: limit,
-            status,
             filled_quantity,
-            remaining_quantity: 0,
-            fills: Vec::new(),
-            fills_truncated: false,
-            time_in_force: None,
-            expire_at: None,
-            post_only: None,
-            stp: None,
             client_order_id: client_order_id.clone(),
-            display_quantity: None,
-            stop_price: None,
-            triggered_at: None,
+            ..OrderView::new(entry.number, entry.name.clone(), side, quantity, status)
         };
         match order_type {
             _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),

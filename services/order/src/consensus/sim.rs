@@ -145,6 +145,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl Link {
+    /// `deliver`'s answer from the target, through the simulated network.
+    async fn call<T>(
+        &self,
+        deliver: impl AsyncFnOnce(&Raft, &Elections) -> Result<T, RaftError<u64>>,
+    ) -> Result<T, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let (raft, elections) = self.router.reach(self.from, self.to).await?;
+        let answer = deliver(&raft, &elections).await;
+        self.deliver(answer).await
+    }
+
     /// The answer to a call, unless the link was cut while it ran or the answer is lost.
     async fn deliver<T, E>(&self, answer: Result<T, E>) -> Result<T, RPCError<u64, BasicNode, E>>
     where
@@ -161,9 +171,10 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (raft, elections) = self.router.reach(self.from, self.to).await?;
-        let answer = network::deliver_append(&raft, &elections, rpc).await;
-        let answer = self.deliver(answer).await;
+        let deliver = async |raft: &Raft, elections: &Elections| {
+            network::deliver_append(raft, elections, rpc).await
+        };
+        let answer = self.call(deliver).await;
         if answer.is_ok() {
             *self
                 .router
@@ -200,9 +211,10 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (raft, elections) = self.router.reach(self.from, self.to).await?;
-        let answer = network::deliver_vote(&raft, &elections, rpc).await;
-        self.deliver(answer).await
+        self.call(async |raft: &Raft, elections: &Elections| {
+            network::deliver_vote(raft, elections, rpc).await
+        })
+        .await
     }
 }
 

@@ -14,6 +14,19 @@ use super::sequencer::{Proposed, Request};
 use super::Replica;
 use crate::error::OrderError;
 
+/// Who sends a write: its `Idempotency-Key` as logged, and its user (`None`: anonymous).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub key: Option<String>,
+    pub user: Option<u64>,
+}
+
+impl Caller {
+    pub fn new(key: Option<String>, user: Option<u64>) -> Self {
+        Self { key, user }
+    }
+}
+
 /// A command to sequence, with who sends it and what it must be checked against.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -31,9 +44,9 @@ impl Replica {
     pub async fn place(
         self: &Arc<Self>,
         order: NewOrder,
-        key: Option<String>,
-        user: Option<u64>,
+        caller: Caller,
     ) -> Result<Placed, OrderError> {
+        let Caller { key, user } = caller;
         if order.quantity == 0 {
             return Err(OrderError::InvalidChange(
                 "quantity must be a positive integer",
@@ -89,13 +102,7 @@ impl Replica {
                 number,
             });
         }
-        let refusal = self
-            .book
-            .read(|book| book.refusal(number))
-            .map_err(unread)?;
-        if let Some(refusal) = refusal {
-            return Err(OrderError::Refused { refusal, number });
-        }
+        self.check_refusal(number)?;
         let view = self.order_view(number).map_err(unread)?;
         Ok(Placed {
             transaction_number: number,
@@ -112,8 +119,7 @@ impl Replica {
         self: &Arc<Self>,
         target: u64,
         change: OrderChange,
-        key: Option<String>,
-        user: Option<u64>,
+        caller: Caller,
     ) -> Result<Changed, OrderError> {
         if change.quantity == Some(0) {
             return Err(OrderError::InvalidChange(
@@ -130,17 +136,16 @@ impl Replica {
             quantity: change.quantity,
             price: change.price,
         };
-        self.change(target, command, key, user).await
+        self.change(target, command, caller).await
     }
 
     /// Leader side: cancels open limit order `target`.
     pub async fn cancel(
         self: &Arc<Self>,
         target: u64,
-        key: Option<String>,
-        user: Option<u64>,
+        caller: Caller,
     ) -> Result<Changed, OrderError> {
-        self.change(target, Command::Cancel { target }, key, user)
+        self.change(target, Command::Cancel { target }, caller)
             .await
     }
 
@@ -174,37 +179,46 @@ impl Replica {
                 .open_by_client_order_id(user, id)
                 .ok_or_else(|| OrderError::ClientOrderIdNotOpen(id.to_owned()))?,
         };
-        self.cancel(target, key, Some(user)).await
+        let caller = Caller {
+            key,
+            user: Some(user),
+        };
+        self.cancel(target, caller).await
     }
 
     pub(super) async fn change(
         self: &Arc<Self>,
         target: u64,
         command: Command,
-        key: Option<String>,
-        user: Option<u64>,
+        caller: Caller,
     ) -> Result<Changed, OrderError> {
         let number = self
             .submit(Submission {
                 name: None,
                 command,
-                key,
-                user,
+                key: caller.key,
+                user: caller.user,
                 guard: None,
             })
             .await?;
+        self.check_refusal(number)?;
         let unread = |e| answer_unread(number, e);
-        let refusal = self
-            .book
-            .read(|book| book.refusal(number))
-            .map_err(unread)?;
-        if let Some(refusal) = refusal {
-            return Err(OrderError::Refused { refusal, number });
-        }
         Ok(Changed {
             transaction_number: number,
             order: self.order_view(target).map_err(unread)?,
         })
+    }
+
+    /// `Refused` if the book refused entry `number` (a failed read: the outcome is unknown).
+    fn check_refusal(&self, number: u64) -> Result<(), OrderError> {
+        let refusal = self
+            .book
+            .read(|book| book.refusal(number))
+            .map_err(|e| answer_unread(number, e))?;
+        match refusal {
+            Some(refusal) => Err(OrderError::Refused { refusal, number }),
+            None => Ok(()),
+        }
     }
 
     /// Leader side: checks and proposes one command, then waits until the group committed

@@ -32,6 +32,7 @@ use crate::consensus::{
 use crate::error::OrderError;
 use crate::log::{IndexLimits, OrderLog};
 use crate::metrics::{FollowerLabels, ReplicaMetrics};
+pub use commands::Caller;
 use sequencer::{led_term, Sequencer};
 
 /// Most entries sent in one catalog call or one log page.

@@ -536,21 +536,18 @@ pub(super) fn led_term(
 pub(super) fn project(command: &Command, quantity: u64) -> Result<u64, Rejection> {
     match *command {
         Command::Place {
-            side: Side::Buy,
+            side,
             quantity: count,
             limit: None,
             ..
-        } => quantity
-            .checked_sub(u64::from(count))
-            .ok_or(Rejection::InsufficientQuantity),
-        Command::Place {
-            side: Side::Sell,
-            quantity: count,
-            limit: None,
-            ..
-        } => quantity
-            .checked_add(u64::from(count))
-            .ok_or(Rejection::QuantityOverflow),
+        } => {
+            let count = u64::from(count);
+            let (after, refusal) = match side {
+                Side::Buy => (quantity.checked_sub(count), Rejection::InsufficientQuantity),
+                Side::Sell => (quantity.checked_add(count), Rejection::QuantityOverflow),
+            };
+            after.ok_or(refusal)
+        }
         _ => Ok(quantity),
     }
 }
