@@ -242,8 +242,10 @@ async fn a_catalog_on_port_0_tells_its_address_and_stops_when_told() {
     );
 }
 
+type Pushes = Arc<std::sync::Mutex<Vec<Invalidation>>>;
+
 /// A stand-in frontend on 127.0.0.1 that records the pushes it gets.
-async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<Invalidation>>>) {
+async fn recording_frontend() -> (u16, Pushes) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorder = seen.clone();
     // Only pushes that carry the secret are recorded.
@@ -264,13 +266,21 @@ async fn recording_frontend() -> (u16, Arc<std::sync::Mutex<Vec<Invalidation>>>)
     (port, seen)
 }
 
+/// A catalog in `dir` that pushes to a [`recording_frontend`], and what that records.
+async fn pushing_to_a_recorder(dir: &std::path::Path) -> (Router, Pushes) {
+    let (port, seen) = recording_frontend().await;
+    (
+        router(state(dir, &[format!("http://127.0.0.1:{port}")])),
+        seen,
+    )
+}
+
 /// Each push carries its number, and `/health` tells the last one: a frontend that is told a
 /// number it did not get knows it missed a push.
 #[tokio::test]
 async fn pushes_are_numbered_and_health_tells_the_last() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, seen) = recording_frontend().await;
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let (app, seen) = pushing_to_a_recorder(dir.path()).await;
     let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
     assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
     let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
@@ -365,8 +375,7 @@ async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
 #[tokio::test]
 async fn entries_that_change_no_stock_are_neither_pushed_nor_synced() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, seen) = recording_frontend().await;
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let (app, seen) = pushing_to_a_recorder(dir.path()).await;
     let apply = |body: &str| send(&app, insider_post("/apply", body));
     let fsyncs = || async {
         let (_, _, text) = send_raw(&app, get("/metrics")).await;
@@ -415,8 +424,7 @@ async fn entries_that_change_no_stock_are_neither_pushed_nor_synced() {
 #[tokio::test]
 async fn a_new_leaders_first_apply_invalidates_every_stock() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, seen) = recording_frontend().await;
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let (app, seen) = pushing_to_a_recorder(dir.path()).await;
     let apply = |body: &str| send(&app, insider_post("/apply", body));
     let trade = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
     assert_eq!(apply(trade).await.0, StatusCode::OK);
@@ -449,8 +457,7 @@ async fn a_new_leaders_first_apply_invalidates_every_stock() {
 async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
     use stocknet_common::api_key::{ApiKey, Credential};
     let dir = tempfile::tempdir().unwrap();
-    let (port, seen) = recording_frontend().await;
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let (app, seen) = pushing_to_a_recorder(dir.path()).await;
     let new_key = || {
         let key = ApiKey::generate(1).unwrap();
         let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});
