@@ -416,6 +416,30 @@ async fn entries_that_change_no_stock_are_neither_pushed_nor_synced() {
             "resent: synced again"
         );
     }
+
+    // A long run of them still syncs once the journal is due to be compacted, and compacts it.
+    let run = |numbers: std::ops::Range<usize>| {
+        let trades: Vec<Value> = numbers
+            .map(|number| json!({"number": number, "name": "GameStart", "delta": 0}))
+            .collect();
+        json!({"term": 1, "trades": trades}).to_string()
+    };
+    let journal = || {
+        std::fs::metadata(dir.path().join("catalog.wal"))
+            .unwrap()
+            .len()
+    };
+    let (before, synced) = (journal(), synced + 2);
+    let short = 5 + store::COMPACT_EVERY - 100;
+    assert_eq!(apply(&run(5..short)).await.0, StatusCode::OK);
+    assert!(journal() > before);
+    assert_eq!(fsyncs().await, synced, "quiet: no sync");
+    assert_eq!(apply(&run(short..short + 100)).await.0, StatusCode::OK);
+    assert_eq!(
+        (journal(), fsyncs().await),
+        (0, synced + 1),
+        "synced, then compacted"
+    );
 }
 
 /// A new leader counts what the catalog applied as done, and the last leader's last apply may

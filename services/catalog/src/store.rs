@@ -218,9 +218,16 @@ impl CatalogStore {
         };
         // Without the journal's lock: applies go on meanwhile, and the next sync covers them.
         file::sync_data_or_exit(&file, &path);
-        if lock(&self.journal).records >= COMPACT_EVERY {
+        if self.compaction_due() {
             self.compact();
         }
+    }
+
+    /// Whether the journal holds [`COMPACT_EVERY`] records, so that the next [`sync`](Self::sync)
+    /// rewrites the snapshot: an apply that needs no sync of its own still takes one then, or
+    /// a long run of entries that change no stock would grow the journal without end.
+    pub fn compaction_due(&self) -> bool {
+        lock(&self.journal).records >= COMPACT_EVERY
     }
 
     /// Sets the leader term the catalog has seen to `term`: how an operator recovers a catalog
