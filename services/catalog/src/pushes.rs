@@ -162,6 +162,21 @@ impl Pushes {
         (self.mark_of(ledger), plan)
     }
 
+    /// Whether a push now would send a trial: a process that still probes has been refused
+    /// the lease for longer than a lease, with no trial to it in flight.
+    pub fn trial_due(&self, now: Instant) -> bool {
+        let ledger = self.ledger();
+        let lapsed = |since| self.lapsed(since, now);
+        ledger.at.iter().any(|(address, process)| {
+            !ledger.trying.contains(address)
+                && !lapsed(ledger.probed.get(process).copied())
+                && ledger
+                    .unreached
+                    .get(process)
+                    .is_some_and(|since| lapsed(Some(*since)))
+        })
+    }
+
     /// A push to `frontend` was taken, by the process it names (or by one that named none):
     /// pushes reach it.
     pub fn taken(&self, frontend: &BaseUrl, process: Option<&str>) {
@@ -369,21 +384,29 @@ mod tests {
         assert!(!lease, "no lease while pushes do not reach it");
         assert!(pushes.probed(Some("p2"), cut + TICK).1);
         // Until the leases of its probes before the cut have run out, it is waited for.
+        assert!(!pushes.trial_due(cut + LEASE));
         let (_, plan) = pushes.next(&frontends, cut + LEASE);
         assert_eq!(plan, [Wait, Wait]);
         pushes.probed(Some("p1"), cut + LEASE);
         pushes.probed(Some("p2"), cut + LEASE);
         // Then tried, one push at a time, and not waited for.
+        assert!(
+            pushes.trial_due(cut + LEASE + TICK),
+            "with nothing to push, an empty one"
+        );
         let (_, plan) = pushes.next(&frontends, cut + LEASE + TICK);
         assert_eq!(plan, [Try, Wait]);
+        assert!(!pushes.trial_due(cut + LEASE + 2 * TICK));
         let (_, plan) = pushes.next(&frontends, cut + LEASE + 2 * TICK);
         assert_eq!(plan, [Skip, Wait], "a trial is in flight");
         // The trial fails: the next push tries again.
         pushes.failed(&one, cut + LEASE + 3 * TICK);
+        assert!(pushes.trial_due(cut + LEASE + 4 * TICK));
         let (_, plan) = pushes.next(&frontends, cut + LEASE + 4 * TICK);
         assert_eq!(plan, [Try, Wait]);
         // A trial reaches it: the lease again, and pushes waited for.
         pushes.taken(&one, Some("p1"));
+        assert!(!pushes.trial_due(cut + LEASE + 5 * TICK));
         assert!(pushes.probed(Some("p1"), cut + LEASE + 5 * TICK).1);
         let (_, plan) = pushes.next(&frontends, cut + LEASE + 5 * TICK);
         assert_eq!(plan, [Wait, Wait]);

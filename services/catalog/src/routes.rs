@@ -215,10 +215,11 @@ pub(crate) async fn apply(
     }
     let metrics = &state.metrics;
     metrics.apply_trades.observe(request.trades.len() as f64);
-    if names.is_empty() && !new_term && !state.store.compaction_due() {
+    if names.is_empty() && !new_term && !state.store.needs_sync(Instant::now()) {
         // Entries that change no stock: nothing to tell, and nothing the leader's answers
         // wait for. Their journal lines become durable with the next sync; lost in a crash
         // before it, they are sent again (the leader resends from the position it is told).
+        state.offer_trial();
         return Ok(data(outcome));
     }
     // The frontends refetch from memory, which holds only committed trades; so they may be told

@@ -73,6 +73,7 @@ impl AppState {
     /// that an acknowledged trade is never followed by a stale cached read.
     pub(crate) async fn invalidate(&self, names: Vec<String>) {
         if names.is_empty() {
+            self.offer_trial();
             return;
         }
         let (applied, stocks) = self.store.stocks_as_of(&names);
@@ -83,6 +84,16 @@ impl AppState {
             ..Invalidation::default()
         })
         .await;
+    }
+
+    /// With nothing to tell: a frontend refused the lease (pushes did not reach it) gets it
+    /// back only from a push that reaches it, so when one is due a trial, an empty push goes
+    /// out, which nothing waits for.
+    pub(crate) fn offer_trial(&self) {
+        if self.pushes.trial_due(Instant::now()) {
+            let state = self.clone();
+            tokio::spawn(async move { state.push(Invalidation::default()).await });
+        }
     }
 
     fn resolved(&self) -> std::sync::MutexGuard<'_, Vec<BaseUrl>> {

@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use stocknet_common::file::FileFailure;
 use stocknet_common::wire::{is_term_jump, ApplyOutcome, ApplyRequest, CatalogTrade, Snapshot};
@@ -25,6 +26,11 @@ use crate::error::CatalogError;
 
 /// Journal records between snapshot rewrites.
 pub const COMPACT_EVERY: usize = 10_000;
+
+/// The longest an apply's journal lines that change no stock stay unsynced while applies
+/// come: they need no fsync of their own, but a catalog whose machine fails loses no more
+/// than this of its position (the leader sends the lines again).
+pub const QUIET_SYNC_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 struct Table {
@@ -53,6 +59,14 @@ struct Journal {
     file: Arc<File>,
     len: u64,
     records: usize,
+    /// Through where the file must be durable before an apply is answered: its last term
+    /// record or trade that changes a stock.
+    must_sync: u64,
+    /// Through where the last fsync made it durable, and when that fsync ended.
+    synced: u64,
+    synced_at: Instant,
+    /// Counts the times it was emptied: a sync that began before is not one of this file.
+    generation: u64,
 }
 
 const MARK_PREFIX: &str = "# stocknet";
@@ -212,22 +226,35 @@ impl CatalogStore {
     /// process, see [`file::sync_data_or_exit`]), and rewrites the snapshot once the journal
     /// holds [`COMPACT_EVERY`] records. Blocking: call from `spawn_blocking`.
     pub fn sync(&self) {
-        let (file, path) = {
+        let (file, path, len, generation) = {
             let journal = lock(&self.journal);
-            (journal.file.clone(), journal.path.clone())
+            let file = journal.file.clone();
+            (file, journal.path.clone(), journal.len, journal.generation)
         };
         // Without the journal's lock: applies go on meanwhile, and the next sync covers them.
         file::sync_data_or_exit(&file, &path);
-        if self.compaction_due() {
+        let mut journal = lock(&self.journal);
+        if journal.generation == generation {
+            journal.synced = journal.synced.max(len);
+            journal.synced_at = Instant::now();
+        }
+        if journal.records >= COMPACT_EVERY {
+            drop(journal);
             self.compact();
         }
     }
 
-    /// Whether the journal holds [`COMPACT_EVERY`] records, so that the next [`sync`](Self::sync)
-    /// rewrites the snapshot: an apply that needs no sync of its own still takes one then, or
-    /// a long run of entries that change no stock would grow the journal without end.
-    pub fn compaction_due(&self) -> bool {
-        lock(&self.journal).records >= COMPACT_EVERY
+    /// Whether an apply answered now needs a [`sync`](Self::sync): something it must not answer
+    /// before is not durable yet (a term record, a trade that changes a stock, also one that a
+    /// sync still running covers), or the journal is due to be compacted (a long run of entries
+    /// that change no stock would grow it without end), or lines wait for longer than
+    /// [`QUIET_SYNC_AFTER`].
+    pub fn needs_sync(&self, now: Instant) -> bool {
+        let journal = lock(&self.journal);
+        journal.synced < journal.must_sync
+            || journal.records >= COMPACT_EVERY
+            || (journal.synced < journal.len
+                && now.saturating_duration_since(journal.synced_at) >= QUIET_SYNC_AFTER)
     }
 
     /// Sets the leader term the catalog has seen to `term`: how an operator recovers a catalog
@@ -283,6 +310,10 @@ impl Journal {
             file: Arc::new(file),
             len: 0,
             records: 0,
+            must_sync: 0,
+            synced: 0,
+            synced_at: Instant::now(),
+            generation: 0,
         })
     }
 
@@ -339,7 +370,7 @@ impl Journal {
             .has_headers(false)
             .flexible(true)
             .from_writer(Vec::new());
-        let mut records = 0;
+        let (mut records, mut changes) = (0, term.is_some());
         if let Some(term) = term {
             writer
                 .write_record(["term", &term.to_string()])
@@ -347,6 +378,7 @@ impl Journal {
             records += 1;
         }
         for trade in trades {
+            changes |= trade.changes_stock();
             let (number, delta) = (trade.number.to_string(), trade.delta.to_string());
             let mut record = vec!["trade", &number, &delta, &trade.name];
             let price = trade.price.map(|p| p.to_string());
@@ -366,6 +398,9 @@ impl Journal {
         }
         self.len += text.len() as u64;
         self.records += records;
+        if changes {
+            self.must_sync = self.len;
+        }
         Ok(())
     }
 
@@ -375,6 +410,7 @@ impl Journal {
         self.file.set_len(0).map_err(io)?;
         self.len = 0;
         self.records = 0;
+        (self.must_sync, self.synced, self.generation) = (0, 0, self.generation + 1);
         // A failed fsync is never retried: what it left unwritten is unknown.
         file::sync_data_or_exit(&self.file, &self.path);
         Ok(())
@@ -550,6 +586,31 @@ mod tests {
         let outcome = store.apply(&ApplyRequest { term, trades })?;
         store.sync();
         Ok(outcome)
+    }
+
+    /// An apply needs a sync of its own while a term record or a trade that changes a stock
+    /// is not durable; lines that change no stock only once they have waited long enough.
+    #[test]
+    fn an_apply_needs_a_sync_while_what_it_must_not_answer_before_is_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CatalogStore::open(dir.path().join("catalog.csv"), INITIAL).unwrap();
+        let now = Instant::now;
+        let take = |term, trades| store.apply(&ApplyRequest { term, trades }).unwrap();
+        assert!(!store.needs_sync(now()), "nothing written");
+        take(1, vec![]);
+        assert!(store.needs_sync(now()), "a new term");
+        store.sync();
+        assert!(!store.needs_sync(now()));
+        take(1, vec![trade(1, "GameStart", 0), trade(2, "", 0)]);
+        assert!(!store.needs_sync(now()), "no stock changed");
+        assert!(
+            store.needs_sync(now() + QUIET_SYNC_AFTER),
+            "not for longer than this"
+        );
+        take(1, vec![trade(3, "FishCo", 0), trade(4, "GameStart", 2)]);
+        assert!(store.needs_sync(now()), "a trade");
+        store.sync();
+        assert!(!store.needs_sync(now()));
     }
 
     #[test]

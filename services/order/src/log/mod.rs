@@ -479,6 +479,8 @@ impl OrderLog {
                 .open(&self.path)
                 .map_err(io)?,
         );
+        // Kept readers hold the replaced file open: they go with it.
+        self.readers = Readers::default();
         self.len = cut + text.len() as u64;
         self.index.truncate(number, number_entry.unwrap_or(0));
         for (line, start) in batch.iter().zip(starts) {

@@ -44,8 +44,9 @@ impl<F> Seek for ReadAt<F> {
 
 type LogReader = csv::Reader<ReadAt<Arc<File>>>;
 
-/// At most this many readers wait for reuse: as many as lookups run at once, about.
-const KEPT: usize = 8;
+/// At most this many readers wait for reuse: lookups run one at a time (under the log's lock),
+/// each with one reader; one more is spare.
+const KEPT: usize = 2;
 
 /// CSV readers of the log file, kept for the next lookup: building one (its parser's tables,
 /// its buffer) cost more than parsing the few lines a lookup reads (27.5% of the leader's
