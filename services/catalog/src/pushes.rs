@@ -53,6 +53,8 @@ struct Ledger {
     unreached: HashMap<String, Instant>,
     /// Addresses with a trial push in flight.
     trying: HashSet<String>,
+    /// When an empty push last went out for a trial ([`Pushes::claim_trial`]).
+    trial_offered: Option<Instant>,
 }
 
 impl Default for Pushes {
@@ -162,19 +164,31 @@ impl Pushes {
         (self.mark_of(ledger), plan)
     }
 
-    /// Whether a push now would send a trial: a process that still probes has been refused
-    /// the lease for longer than a lease, with no trial to it in flight.
-    pub fn trial_due(&self, now: Instant) -> bool {
-        let ledger = self.ledger();
+    /// Whether to send an empty push for a trial, with nothing else to push: a push now would
+    /// send one (a process that still probes has been refused the lease for longer than a
+    /// lease, with no trial to it in flight, and no stranger has every push waited for), and
+    /// none went out for one within a lease. Claimed here: updates in quick succession, or a
+    /// trial refused at once, send one a lease.
+    pub fn claim_trial(&self, now: Instant) -> bool {
+        let mut ledger = self.ledger();
         let lapsed = |since| self.lapsed(since, now);
-        ledger.at.iter().any(|(address, process)| {
-            !ledger.trying.contains(address)
-                && !lapsed(ledger.probed.get(process).copied())
-                && ledger
-                    .unreached
-                    .get(process)
-                    .is_some_and(|since| lapsed(Some(*since)))
-        })
+        let offered = ledger
+            .trial_offered
+            .is_some_and(|at| now < at + CACHE_LEASE);
+        let due = !offered
+            && lapsed(ledger.stranger)
+            && ledger.at.iter().any(|(address, process)| {
+                !ledger.trying.contains(address)
+                    && !lapsed(ledger.probed.get(process).copied())
+                    && ledger
+                        .unreached
+                        .get(process)
+                        .is_some_and(|since| lapsed(Some(*since)))
+            });
+        if due {
+            ledger.trial_offered = Some(now);
+        }
+        due
     }
 
     /// A push to `frontend` was taken, by the process it names (or by one that named none):
@@ -384,32 +398,54 @@ mod tests {
         assert!(!lease, "no lease while pushes do not reach it");
         assert!(pushes.probed(Some("p2"), cut + TICK).1);
         // Until the leases of its probes before the cut have run out, it is waited for.
-        assert!(!pushes.trial_due(cut + LEASE));
         let (_, plan) = pushes.next(&frontends, cut + LEASE);
         assert_eq!(plan, [Wait, Wait]);
         pushes.probed(Some("p1"), cut + LEASE);
         pushes.probed(Some("p2"), cut + LEASE);
         // Then tried, one push at a time, and not waited for.
-        assert!(
-            pushes.trial_due(cut + LEASE + TICK),
-            "with nothing to push, an empty one"
-        );
         let (_, plan) = pushes.next(&frontends, cut + LEASE + TICK);
         assert_eq!(plan, [Try, Wait]);
-        assert!(!pushes.trial_due(cut + LEASE + 2 * TICK));
         let (_, plan) = pushes.next(&frontends, cut + LEASE + 2 * TICK);
         assert_eq!(plan, [Skip, Wait], "a trial is in flight");
         // The trial fails: the next push tries again.
         pushes.failed(&one, cut + LEASE + 3 * TICK);
-        assert!(pushes.trial_due(cut + LEASE + 4 * TICK));
         let (_, plan) = pushes.next(&frontends, cut + LEASE + 4 * TICK);
         assert_eq!(plan, [Try, Wait]);
         // A trial reaches it: the lease again, and pushes waited for.
         pushes.taken(&one, Some("p1"));
-        assert!(!pushes.trial_due(cut + LEASE + 5 * TICK));
         assert!(pushes.probed(Some("p1"), cut + LEASE + 5 * TICK).1);
         let (_, plan) = pushes.next(&frontends, cut + LEASE + 5 * TICK);
         assert_eq!(plan, [Wait, Wait]);
+    }
+
+    /// With nothing to push, a frontend refused the lease gets its trial as an empty push:
+    /// claimed once, at most once a lease, and not while a stranger has every push waited for.
+    #[test]
+    fn an_empty_push_for_a_trial_is_claimed_once_a_lease() {
+        let (pushes, t0, [one, _]) = two_frontends();
+        let cut = t0 + TICK;
+        pushes.failed(&one, cut);
+        let probe = |at| {
+            pushes.probed(Some("p1"), at);
+            pushes.probed(Some("p2"), at);
+        };
+        probe(cut + LEASE);
+        assert!(
+            !pushes.claim_trial(cut + LEASE),
+            "refused for a lease at most"
+        );
+        let due = cut + LEASE + TICK;
+        assert!(pushes.claim_trial(due));
+        assert!(!pushes.claim_trial(due), "claimed");
+        // Refused again at once (a connection refused): the next one a lease later.
+        pushes.failed(&one, due + TICK);
+        assert!(!pushes.claim_trial(due + 2 * TICK));
+        probe(due + CACHE_LEASE);
+        assert!(pushes.claim_trial(due + CACHE_LEASE));
+        // A stranger probes: every push is waited for, and no trial is sent.
+        pushes.probed(None, due + CACHE_LEASE + TICK);
+        probe(due + 2 * CACHE_LEASE + TICK);
+        assert!(!pushes.claim_trial(due + 2 * CACHE_LEASE + 2 * TICK));
     }
 
     #[test]

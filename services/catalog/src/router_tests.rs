@@ -477,6 +477,57 @@ async fn a_new_leaders_first_apply_invalidates_every_stock() {
     assert!(pushes.iter().all(|p| !p.all_users));
 }
 
+/// A take-over whose push was cut short (its call dropped, as a leader that gave up drops it)
+/// has every stock pushed again when the leader retries it, though the store has its term.
+#[tokio::test]
+async fn a_retried_take_over_whose_push_was_cut_short_is_pushed_again() {
+    let seen: Pushes = Arc::default();
+    let recorder = seen.clone();
+    // The first push hangs; later ones are answered.
+    let app = Router::new().route(
+        "/invalidate",
+        post(move |Json(request): Json<Invalidation>| async move {
+            let first = {
+                let mut seen = recorder.lock().unwrap();
+                seen.push(request);
+                seen.len() == 1
+            };
+            if first {
+                std::future::pending::<()>().await;
+            }
+            data(json!({"success": true}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let take_over = || insider_post("/apply", r#"{"term":1,"trades":[]}"#);
+
+    let cut_short = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        send(&app, take_over()),
+    );
+    assert!(cut_short.await.is_err(), "the push hangs");
+    let (status, _) = send(&app, take_over()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 2, "pushed again");
+
+    // Once pushed, the term's next applies are not pushed whole again.
+    let (status, _) = send(&app, take_over()).await;
+    assert_eq!(status, StatusCode::OK);
+    let pushes = seen.lock().unwrap().clone();
+    assert_eq!(pushes.len(), 2);
+    drop(app);
+    let every = CatalogStore::open(dir.path().join("catalog.csv"), DEFAULT_CATALOG)
+        .unwrap()
+        .snapshot()
+        .stocks
+        .len();
+    assert!(pushes.iter().all(|push| push.names.len() == every));
+}
+
 #[tokio::test]
 async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
     use stocknet_common::api_key::{ApiKey, Credential};

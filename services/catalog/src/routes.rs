@@ -2,6 +2,7 @@
 //! leader and the frontends only, the snapshot, applying committed trades, and users and
 //! their keys.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -202,12 +203,12 @@ pub(crate) async fn apply(
         .collect();
     names.sort();
     names.dedup();
-    let term_before = state.store.term();
     let outcome = state.store.apply(&request)?;
-    // A new leader's first apply. The last leader's last apply may have been taken here and
-    // its invalidation cut short (its call dropped with it), and the new leader counts what is
-    // applied here as done: every frontend drops every stock before it hears back.
-    let new_term = request.term > term_before;
+    // A new leader's first apply (or its retry, if that one's push was cut short). The last
+    // leader's last apply may have been taken here and its invalidation cut short (its call
+    // dropped with it), and the new leader counts what is applied here as done: every frontend
+    // drops every stock before it hears back.
+    let new_term = request.term > state.pushed_term.load(Ordering::Acquire);
     // The leader batches entries of many requests: each line names its entry's request.
     for trade in request.trades.iter().filter(|t| t.request_id.is_some()) {
         let id = trade.request_id.as_deref().unwrap_or_default();
@@ -235,6 +236,7 @@ pub(crate) async fn apply(
         let started = std::time::Instant::now();
         if new_term {
             state.invalidate_everything(false).await;
+            state.pushed_term.fetch_max(request.term, Ordering::AcqRel);
         } else {
             state.invalidate(names).await;
         }

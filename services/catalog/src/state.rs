@@ -1,6 +1,7 @@
 //! What the catalog's handlers share: its stores, the frontends it keeps fresh, and the
 //! invalidation push that tells them.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,10 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub metrics: Arc<metrics::CatalogMetrics>,
     pub pushes: Arc<Pushes>,
+    /// The newest leader term whose first apply has had every frontend drop every stock; the
+    /// push at the start stands for the term the store held then. A take-over whose push was
+    /// cut short (its call dropped) is pushed again when retried.
+    pub pushed_term: Arc<AtomicU64>,
 }
 
 impl AppState {
@@ -40,6 +45,7 @@ impl AppState {
         secret: Secret,
     ) -> Self {
         Self {
+            pushed_term: Arc::new(AtomicU64::new(store.term())),
             store: Arc::new(store),
             users: Arc::new(users),
             frontends: Arc::new(frontends),
@@ -88,9 +94,9 @@ impl AppState {
 
     /// With nothing to tell: a frontend refused the lease (pushes did not reach it) gets it
     /// back only from a push that reaches it, so when one is due a trial, an empty push goes
-    /// out, which nothing waits for.
+    /// out (at most one a lease), which nothing waits for.
     pub(crate) fn offer_trial(&self) {
-        if self.pushes.trial_due(Instant::now()) {
+        if self.pushes.claim_trial(Instant::now()) {
             let state = self.clone();
             tokio::spawn(async move { state.push(Invalidation::default()).await });
         }

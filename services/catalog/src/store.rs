@@ -27,9 +27,10 @@ use crate::error::CatalogError;
 /// Journal records between snapshot rewrites.
 pub const COMPACT_EVERY: usize = 10_000;
 
-/// The longest an apply's journal lines that change no stock stay unsynced while applies
-/// come: they need no fsync of their own, but a catalog whose machine fails loses no more
-/// than this of its position (the leader sends the lines again).
+/// While applies come, the longest an apply's journal lines that change no stock stay
+/// unsynced: they need no fsync of their own, and a catalog whose machine fails loses only
+/// its position through them (the leader sends them again). The lines of the last applies
+/// before a pause wait for the next apply, or for the kernel's writeback.
 pub const QUIET_SYNC_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
