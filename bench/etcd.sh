@@ -58,8 +58,21 @@ request = function()
 end
 LUA
 
-for _ in $(seq 1 100); do curl -sf -X POST http://127.0.0.1:42379/v3/kv/put \
-  -d '{"key":"d2FybQ==","value":"MQ=="}' >/dev/null && break; sleep 0.1; done
+# A first start (or a slow disk) can take etcd many seconds to elect its leader.
+ready=
+for _ in $(seq 1 300); do
+  if curl -sf -X POST http://127.0.0.1:42379/v3/kv/put -d '{"key":"d2FybQ==","value":"MQ=="}' \
+    >/dev/null; then
+    ready=1
+    break
+  fi
+  sleep 0.1
+done
+if [ -z "$ready" ]; then
+  echo "etcd took no put within 30 s; its logs:" >&2
+  tail -n 5 "$dir"/etcd-*.log >&2
+  exit 1
+fi
 
 # run NAME URL SCRIPT CONNECTIONS: one wrk run; prints "requests/s p50_ms non-2xx".
 run() {
