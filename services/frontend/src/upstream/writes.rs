@@ -19,6 +19,8 @@ use stocknet_common::wire::{
     BatchAnswer, BatchedCall, BatchedCommand, IDEMPOTENCY_KEY, MAX_BATCH, USER,
 };
 use stocknet_common::{ApiError, BaseUrl, RemoteError};
+
+use super::is_for_client;
 use tokio::sync::oneshot;
 
 /// A write's answer, as it came, for its caller to decode.
@@ -50,14 +52,14 @@ impl Writes {
     /// answer is not awaited, it may execute.
     pub async fn write<T: DeserializeOwned>(
         &self,
-        leader: &BaseUrl,
+        leader: BaseUrl,
         call: BatchedCall,
     ) -> Result<T, RemoteError> {
         let (answer, answered) = oneshot::channel();
         let first = {
             let mut queue = lock(&self.queue);
             queue.push(Pending {
-                leader: leader.clone(),
+                leader,
                 call,
                 answer,
             });
@@ -126,25 +128,25 @@ async fn send_batch(http: &reqwest::Client, leader: BaseUrl, batch: Vec<Pending>
                 Err(e) => e,
             }
         }
+        // A leader of an older version, without the batch route: each on its own.
+        Ok(response)
+            if matches!(
+                response.status(),
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+            ) =>
+        {
+            let alone = calls
+                .into_iter()
+                .map(|call| write_alone(http, &leader, call));
+            for (index, result) in join_all(alone).await.into_iter().enumerate() {
+                waiting.answer(index, result);
+            }
+            return;
+        }
         Ok(response) => {
             let status = response.status();
             match response.bytes().await {
                 Ok(bytes) => match decode::<()>(status, &bytes) {
-                    // A leader of an older version, without the batch route: each on its own.
-                    Err(RemoteError::Api(error))
-                        if matches!(
-                            error.status,
-                            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-                        ) =>
-                    {
-                        let alone = calls
-                            .into_iter()
-                            .map(|call| write_alone(http, &leader, call));
-                        for (index, result) in join_all(alone).await.into_iter().enumerate() {
-                            waiting.answer(index, result);
-                        }
-                        return;
-                    }
                     Err(e) => each_failed(e),
                     Ok(()) => RemoteError::Decode(format!("{status} to a batch")),
                 },
@@ -203,27 +205,20 @@ async fn read_answers(
     Ok(())
 }
 
-/// What a batch's failure says of each write in it. A 401 or a 503 refused the whole call
-/// before anything ran; any other error answer to the batch as a whole (a 408 from the
-/// leader's deadline, say) is not the client's doing and may have come after writes
-/// executed, so it is a bad gateway, whose outcome is unknown; a failure to reach the leader
-/// is each write's as it is.
+/// What a batch's failure says of each write in it. An error answer a write's own route
+/// would have its client see (a 4xx but a 401) concerns the batch as a whole, not the write,
+/// and may have come after writes executed (a 408 from the leader's deadline, say): for each
+/// write it is a bad gateway, whose outcome is unknown. Anything else is each write's as it is,
+/// for [`Attempt::of`](super::order_group::Attempt::of) to tell what it means.
 fn each_failed(error: RemoteError) -> RemoteError {
     match error {
-        RemoteError::Api(error)
-            if !matches!(
-                error.status,
-                StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE
-            ) =>
-        {
-            RemoteError::Api(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "the leader answered a batch of order writes with {}: {}",
-                    error.status, error.message
-                ),
-            ))
-        }
+        RemoteError::Api(error) if is_for_client(&error) => RemoteError::Api(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the leader answered a batch of order writes with {}: {}",
+                error.status, error.message
+            ),
+        )),
         other => other,
     }
 }
@@ -375,7 +370,8 @@ mod tests {
         let (url, seen) = leader().await;
         let writes = writes();
         let answers =
-            join_all((1..=20).map(|quantity| writes.write::<Placed>(&url, order(quantity)))).await;
+            join_all((1..=20).map(|quantity| writes.write::<Placed>(url.clone(), order(quantity))))
+                .await;
         assert_eq!(*lock_seen(&seen.batches), vec![20]);
         for (quantity, answer) in (1..=20_u32).zip(answers) {
             match answer {
@@ -388,7 +384,7 @@ mod tests {
             }
         }
         // One placed later goes in a call of its own.
-        let later = writes.write::<Placed>(&url, order(21)).await;
+        let later = writes.write::<Placed>(url.clone(), order(21)).await;
         assert_eq!(later.ok().map(|p| p.transaction_number), Some(21));
         assert_eq!(*lock_seen(&seen.batches), vec![20, 1]);
     }
@@ -399,11 +395,11 @@ mod tests {
     async fn an_order_is_answered_without_waiting_for_a_slower_one_of_its_batch() {
         let (url, seen) = leader().await;
         let writes = writes();
-        let mut slow = Box::pin(writes.write::<Placed>(&url, order(99)));
+        let mut slow = Box::pin(writes.write::<Placed>(url.clone(), order(99)));
         assert!(futures::poll!(&mut slow).is_pending());
         let quick = tokio::time::timeout(
             Duration::from_secs(10),
-            writes.write::<Placed>(&url, order(1)),
+            writes.write::<Placed>(url.clone(), order(1)),
         )
         .await
         .expect("answered while the other waits");
@@ -447,8 +443,8 @@ mod tests {
         let writes = writes();
         let url: BaseUrl = url.parse().unwrap();
         let (answered, unanswered) = futures::join!(
-            writes.write::<Placed>(&url, order(1)),
-            writes.write::<Placed>(&url, order(2))
+            writes.write::<Placed>(url.clone(), order(1)),
+            writes.write::<Placed>(url.clone(), order(2))
         );
         assert_eq!(answered.ok(), Some(first));
         let unanswered = unanswered.unwrap_err();
@@ -464,13 +460,13 @@ mod tests {
     async fn calls_hold_one_leaders_orders_up_to_the_most_and_dropped_callers_orders_go_too() {
         let ((first, first_seen), (second, second_seen)) = (leader().await, leader().await);
         let writes = writes();
-        let mut dropped = Box::pin(writes.write::<Placed>(&first, order(1)));
+        let mut dropped = Box::pin(writes.write::<Placed>(first.clone(), order(1)));
         assert!(futures::poll!(&mut dropped).is_pending());
         drop(dropped);
         // Six of them for the second leader, the rest and the dropped one for the first.
         let orders = (0..MAX_BATCH + 10).map(|n| {
             let url = if n % 100 == 0 { &second } else { &first };
-            writes.write::<Placed>(url, order(2))
+            writes.write::<Placed>(url.clone(), order(2))
         });
         let answers = join_all(orders).await;
         assert!(answers.iter().all(Result::is_ok));
@@ -535,7 +531,7 @@ mod tests {
         ];
         let writes = writes();
         let sent = commands.iter().enumerate().map(|(n, (command, _, _))| {
-            writes.write::<Value>(&url, call(command.clone(), n as u32))
+            writes.write::<Value>(url.clone(), call(command.clone(), n as u32))
         });
         let answers = join_all(sent).await;
         for (n, ((_, expected, body), answer)) in commands.iter().zip(answers).enumerate() {
@@ -567,7 +563,9 @@ mod tests {
             tokio::spawn(async move { axum::serve(listener, refusing).await });
             let writes = writes();
             let url: BaseUrl = url.parse().unwrap();
-            for answer in join_all((1..=2).map(|n| writes.write::<Placed>(&url, order(n)))).await {
+            for answer in
+                join_all((1..=2).map(|n| writes.write::<Placed>(url.clone(), order(n)))).await
+            {
                 match answer {
                     Err(RemoteError::Api(error)) => assert_eq!(error.status, expected, "{status}"),
                     other => panic!("{status}: {other:?}"),
@@ -579,7 +577,8 @@ mod tests {
         drop(closed);
         let writes = writes();
         let url: BaseUrl = url.parse().unwrap();
-        for answer in join_all((1..=2).map(|n| writes.write::<Placed>(&url, order(n)))).await {
+        for answer in join_all((1..=2).map(|n| writes.write::<Placed>(url.clone(), order(n)))).await
+        {
             assert!(answer.is_err_and(|e| e.never_sent()));
         }
     }

@@ -169,7 +169,7 @@ async fn write_on_leader<T: DeserializeOwned>(
             request_id: request_id.clone(),
         };
         let leader = leader.url.clone();
-        async move { writes.write(&leader, call).await }
+        async move { writes.write(leader, call).await }
     })
     .await
 }
