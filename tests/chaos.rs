@@ -1,13 +1,20 @@
 //! Chaos: clients trade without pause — market and limit orders, modifies and cancels, for
-//! users and anonymously — while order replicas (the leader at least every other time) are
-//! SIGKILLed and restarted, and the catalog once; then the reliability contract I1–I5 and I8
-//! (one book, one set of portfolios, one daily report) is checked on what is left. Some limit
-//! orders carry terms (ioc, fok, day, gtd, post-only, self-trade prevention): the replay checks
-//! that no user's orders traded with each other against the taker's choice, that no fok order
-//! filled in part, and that every expired order expired at an expiry entry of its stock.
+//! users and anonymously — while faults hit the processes, then the reliability contract I1–I5
+//! and I8 (one book, one set of portfolios, one daily report) is checked on what is left. Two
+//! runs: one SIGKILLs and restarts order replicas (the leader at least every other time) and
+//! the catalog once; the other, with two frontends, brings gray failures (I13): replicas, the
+//! catalog and a frontend hang (SIGSTOP) and go on (SIGCONT), and replicas die and are back
+//! within a second. Some limit orders carry terms (ioc, fok, day, gtd, post-only, self-trade
+//! prevention): the replay checks that no user's orders traded with each other against the
+//! taker's choice, that no fok order filled in part, and that every expired order expired at
+//! an expiry entry of its stock.
 //!
-//! CI runs it for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test --release
-//! --test chaos -- --nocapture`.
+//! Every answer is checked to be true (I11): a command answered 503 is not retried, and its
+//! key must never reach the log; only 504 is retried under its key. Every order acknowledged is read back at once through another frontend, which must not
+//! answer 404 (I12).
+//!
+//! CI runs each for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test
+//! --release --test chaos -- --nocapture`.
 
 mod common;
 
@@ -64,14 +71,26 @@ enum Action {
 struct ClientReport {
     acks: Vec<Ack>,
     refused: usize,
+    /// Keys of commands answered 503: not executed, and never to be (not retried).
+    unavailable: Vec<String>,
     unknown: usize,
     retries: usize,
+    /// Acknowledged orders read back through another frontend, and how many of those reads
+    /// answered 503 or 504 (no leader could be confirmed then) rather than the order.
+    reads: usize,
+    reads_unavailable: usize,
+}
+
+/// The frontend a client sends its commands to, and the one it reads its orders back from.
+struct Reach {
+    write: String,
+    read: String,
 }
 
 /// A client trading for a user (`Some((user id, API key))`) or anonymously.
 async fn client(
     http: reqwest::Client,
-    frontend: String,
+    reach: Reach,
     id: usize,
     user: Option<(u64, String)>,
     stop: Arc<AtomicBool>,
@@ -137,6 +156,7 @@ async fn client(
                 // Pacing between retries of a command whose outcome is unknown.
                 sleep(Duration::from_millis(50)).await;
             }
+            let frontend = &reach.write;
             let request = match &action {
                 Action::Place(body) => http.post(format!("{frontend}/orders")).json(body),
                 Action::Modify { target, change, .. } => {
@@ -144,10 +164,7 @@ async fn client(
                 }
                 Action::Cancel { target, .. } => http.delete(format!("{frontend}/orders/{target}")),
             };
-            let request = match &user {
-                Some((_, api_key)) => request.bearer_auth(api_key),
-                None => request,
-            };
+            let request = authorized(request, &user);
             let Ok(response) = request.header("idempotency-key", &key).send().await else {
                 continue;
             };
@@ -165,8 +182,14 @@ async fn client(
                     outcome = Some(None);
                     break;
                 }
-                // Not executed (503), or not known (504): the retry under the same key says.
-                503 | 504 => continue,
+                // Not executed, and never to be: the final checks hold the system to it.
+                503 => {
+                    report.unavailable.push(key.clone());
+                    outcome = Some(None);
+                    break;
+                }
+                // Not known: the retry under the same key says.
+                504 => continue,
                 other => panic!("command {key} answered {other}: {reply}"),
             }
         }
@@ -175,6 +198,9 @@ async fn client(
             continue;
         };
         let Some(number) = outcome else { continue };
+        if matches!(action, Action::Place(_)) {
+            read_back(&http, &reach.read, &user, number, name, &mut report).await;
+        }
         let client_key = json!(format!("client-{key}"));
         let mut entry = match action {
             Action::Place(mut body) => {
@@ -216,6 +242,43 @@ async fn client(
     report
 }
 
+/// `request` with the user's API key, if the client trades for one.
+fn authorized(
+    request: reqwest::RequestBuilder,
+    user: &Option<(u64, String)>,
+) -> reqwest::RequestBuilder {
+    match user {
+        Some((_, api_key)) => request.bearer_auth(api_key),
+        None => request,
+    }
+}
+
+/// Reads order `number`, just acknowledged, through `frontend` (I12): it must be there, or
+/// the read must say that no leader can be confirmed (503), or time out (504); never 404.
+async fn read_back(
+    http: &reqwest::Client,
+    frontend: &str,
+    user: &Option<(u64, String)>,
+    number: u64,
+    name: &str,
+    report: &mut ClientReport,
+) {
+    report.reads += 1;
+    let request = authorized(http.get(format!("{frontend}/orders/{number}")), user);
+    // A frontend that hangs (the gray run) fails the read; that is not an answer.
+    let Ok(response) = request.send().await else {
+        report.reads_unavailable += 1;
+        return;
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match status {
+        200 => assert_eq!(body["data"]["name"], name, "order {number}: {body}"),
+        503 | 504 => report.reads_unavailable += 1,
+        other => panic!("order {number}, acknowledged, read back as {other}: {body}"),
+    }
+}
+
 /// A limit order's terms: `ioc`, `fok`, `day`, `gtd` (expiring within a second), post-only,
 /// a self-trade prevention other than the default, (of more than one share) an iceberg, or a
 /// stop.
@@ -244,11 +307,66 @@ fn random_terms(rng: &mut Rng, quantity: u64) -> Value {
     }
 }
 
+/// The faults a run brings, and how many of each.
 #[derive(Debug, Default)]
 struct Chaos {
+    /// Replicas killed (SIGKILL) and restarted, and of those the leader.
     kills: usize,
     leader_kills: usize,
+    /// Replicas that hung (SIGSTOP) and went on (SIGCONT), and of those the leader.
+    hangs: usize,
+    leader_hangs: usize,
     catalog_kills: usize,
+    catalog_hangs: usize,
+    frontend_hangs: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Faults {
+    /// [`kill_and_restart`], one frontend.
+    Kills,
+    /// [`hang_and_resume`], two frontends.
+    Gray,
+}
+
+impl Faults {
+    fn frontends(self) -> usize {
+        match self {
+            Self::Kills => 1,
+            Self::Gray => 2,
+        }
+    }
+
+    async fn bring(self, cluster: &mut Cluster, until: Instant) -> Chaos {
+        match self {
+            Self::Kills => kill_and_restart(cluster, until).await,
+            Self::Gray => hang_and_resume(cluster, until).await,
+        }
+    }
+
+    /// Every kind of fault came at least once.
+    fn all_came(self, chaos: &Chaos) -> bool {
+        match self {
+            Self::Kills => chaos.leader_kills >= 1 && chaos.catalog_kills == 1,
+            Self::Gray => {
+                chaos.leader_hangs >= 1
+                    && chaos.leader_kills >= 1
+                    && chaos.catalog_hangs >= 1
+                    && chaos.frontend_hangs >= 1
+            }
+        }
+    }
+}
+
+/// The replica a fault hits: the leader when `leader_first` (every other fault of a kind),
+/// else any; and whether that is the leader.
+async fn victim(cluster: &Cluster, rng: &mut Rng, leader_first: bool) -> (usize, bool) {
+    let leader = cluster.leader().await;
+    let victim = match leader {
+        Some(index) if leader_first => index,
+        _ => rng.below(cluster.orders.len() as u64) as usize,
+    };
+    (victim, Some(victim) == leader)
 }
 
 /// Kills and restarts replicas until `until`, the leader every other time and the catalog once
@@ -264,22 +382,12 @@ async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
         if chaos.catalog_kills == 0 && Instant::now() >= halfway {
             cluster.catalog.kill9();
             cluster.catalog.restart();
-            let url = format!("{}/health", cluster.catalog_url);
-            wait_until("catalog back", Duration::from_secs(20), || {
-                cluster.is_up(&url)
-            })
-            .await;
+            wait_catalog_back(cluster).await;
             chaos.catalog_kills += 1;
             continue;
         }
-        let current_leader = cluster.leader().await;
-        let victim = match current_leader {
-            Some(index) if chaos.kills % 2 == 0 => index,
-            _ => rng.below(cluster.orders.len() as u64) as usize,
-        };
-        if Some(victim) == current_leader {
-            chaos.leader_kills += 1;
-        }
+        let (victim, leader) = victim(cluster, &mut rng, chaos.kills % 2 == 0).await;
+        chaos.leader_kills += usize::from(leader);
         cluster.orders[victim].kill9();
         chaos.kills += 1;
         sleep(Duration::from_millis(rng.below(300))).await;
@@ -289,13 +397,85 @@ async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
     chaos
 }
 
+/// Gray failures until `until`, one at a time, every kind at least once (the first four
+/// rounds take them in turn): a replica hangs, the leader every other time; the catalog
+/// hangs; a replica, the leader every other time, dies and is started again within a second;
+/// a frontend hangs. A hang lasts 0.2 to 3 s: at times shorter than an election takes, at
+/// times longer than the frontends' deadlines.
+async fn hang_and_resume(cluster: &mut Cluster, until: Instant) -> Chaos {
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let mut chaos = Chaos::default();
+    let mut round = 0;
+    while Instant::now() < until || round < 4 {
+        sleep(Duration::from_millis(200 + rng.below(300))).await;
+        let kind = if round < 4 { round } else { rng.below(4) };
+        round += 1;
+        let hang = Duration::from_millis(200 + rng.below(2800));
+        match kind {
+            0 => {
+                let (victim, leader) = victim(cluster, &mut rng, chaos.hangs % 2 == 0).await;
+                chaos.leader_hangs += usize::from(leader);
+                chaos.hangs += 1;
+                cluster.orders[victim].pause();
+                sleep(hang).await;
+                cluster.orders[victim].resume();
+                cluster.wait_replica_ready(victim).await;
+            }
+            1 => {
+                chaos.catalog_hangs += 1;
+                cluster.catalog.pause();
+                sleep(hang).await;
+                cluster.catalog.resume();
+                wait_catalog_back(cluster).await;
+            }
+            2 => {
+                let (victim, leader) = victim(cluster, &mut rng, chaos.kills % 2 == 0).await;
+                chaos.leader_kills += usize::from(leader);
+                chaos.kills += 1;
+                cluster.orders[victim].kill9();
+                sleep(Duration::from_millis(rng.below(1000))).await;
+                cluster.orders[victim].restart();
+                cluster.wait_replica_ready(victim).await;
+            }
+            _ => {
+                chaos.frontend_hangs += 1;
+                let frontend =
+                    &cluster.frontends[rng.below(cluster.frontends.len() as u64) as usize];
+                frontend.pause();
+                sleep(hang).await;
+                frontend.resume();
+            }
+        }
+    }
+    chaos
+}
+
+async fn wait_catalog_back(cluster: &Cluster) {
+    let url = format!("{}/health", cluster.catalog_url);
+    wait_until("catalog back", Duration::from_secs(20), || {
+        cluster.is_up(&url)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kills_and_restarts_lose_no_acknowledged_order() {
+    trade_through(Faults::Kills).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hangs_and_quick_restarts_answer_truly_and_lose_nothing() {
+    trade_through(Faults::Gray).await;
+}
+
+/// Clients trade while `faults` come for `STOCKNET_CHAOS_SECS` (8 s by default), then the
+/// contract is checked on what is left.
+async fn trade_through(faults: Faults) {
     let seconds: u64 = std::env::var("STOCKNET_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let mut cluster = Cluster::start(1).await;
+    let mut cluster = Cluster::start(faults.frontends()).await;
     // Two clients trade for users (whose portfolios are checked at the end), two anonymously.
     let mut users = Vec::new();
     for expected in book::USERS {
@@ -304,18 +484,25 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         users.push((expected, key));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let urls = &cluster.frontend_urls;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
+            let reach = Reach {
+                write: urls[id % urls.len()].clone(),
+                read: urls[(id + 1) % urls.len()].clone(),
+            };
             tokio::spawn(client(
                 cluster.http.clone(),
-                cluster.frontend().to_owned(),
+                reach,
                 id,
                 users.get(id).cloned(),
                 stop.clone(),
             ))
         })
         .collect();
-    let chaos = kill_and_restart(&mut cluster, Instant::now() + Duration::from_secs(seconds)).await;
+    let chaos = faults
+        .bring(&mut cluster, Instant::now() + Duration::from_secs(seconds))
+        .await;
     stop.store(true, Ordering::Relaxed);
     let mut reports = Vec::new();
     for client in clients {
@@ -354,6 +541,15 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
         if let Some(key) = order["key"].as_str() {
             assert!(keys.insert(key.to_owned()), "key {key} executed twice");
         }
+    }
+
+    // I11: a command answered 503 was not executed and never will be: its key is not logged.
+    let unavailable: Vec<&String> = reports.iter().flat_map(|r| &r.unavailable).collect();
+    for key in &unavailable {
+        assert!(
+            !keys.contains(&format!("client-{key}")),
+            "command {key} was answered 503, and executed"
+        );
     }
 
     // I1: every acknowledged command is in the log, unchanged, and an order is served by the
@@ -474,26 +670,24 @@ async fn kills_and_restarts_lose_no_acknowledged_order() {
     let refused: usize = reports.iter().map(|r| r.refused).sum();
     let unknown: usize = reports.iter().map(|r| r.unknown).sum();
     let retries: usize = reports.iter().map(|r| r.retries).sum();
+    let reads: usize = reports.iter().map(|r| r.reads).sum();
+    let reads_unavailable: usize = reports.iter().map(|r| r.reads_unavailable).sum();
     let metrics = cluster.metrics(cluster.frontend()).await;
     let leader_changes = metrics
         .lines()
         .find_map(|l| l.strip_prefix("stocknet_frontend_leader_changes_total "))
         .unwrap_or("?");
     println!(
-        "chaos over {seconds} s: {} commands acknowledged ({limit_orders} limit orders, \
-         {trades} trades), {refused} refused (409), {unknown} unknown after {ATTEMPTS} \
-         attempts, {retries} client retries; {} kills ({} of the leader, {} of the catalog), \
-         {leader_changes} leader changes followed; {expired} orders expired, {triggered} stops \
-         triggered; orders lost: {lost}",
+        "chaos ({faults:?}) over {seconds} s: {} commands acknowledged ({limit_orders} limit \
+         orders, {trades} trades), {refused} refused (409), {} not executed (503), {unknown} \
+         unknown after {ATTEMPTS} attempts, {retries} client retries; {reads} acknowledged \
+         orders read back through another frontend, {reads_unavailable} of those reads \
+         unavailable; faults {chaos:?}; {leader_changes} leader changes followed; {expired} \
+         orders expired, {triggered} stops triggered; orders lost: {lost}",
         acks.len(),
-        chaos.kills + chaos.catalog_kills,
-        chaos.leader_kills,
-        chaos.catalog_kills,
+        unavailable.len(),
     );
     assert_eq!(lost, 0);
-    assert!(
-        chaos.leader_kills >= 1 && chaos.catalog_kills == 1,
-        "{chaos:?}"
-    );
+    assert!(faults.all_came(&chaos), "{chaos:?}");
     assert!(!acks.is_empty());
 }

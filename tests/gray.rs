@@ -8,16 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_until, Cluster, Link, Proc};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 use stocknet_common::wire::READ_FROM_LEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn signal(proc: &Proc, signal: Signal) {
-    let pid = proc.pid().expect("running");
-    kill(Pid::from_raw(i32::try_from(pid).expect("a pid")), signal).expect("signal");
-}
 
 /// The status of `GET path` sent as it is: HTTP clients would normalise `..` away.
 async fn raw_get_status(base: &str, path: &str) -> u16 {
@@ -128,7 +121,7 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
     assert_eq!(status, 200, "{body}");
     let term_before = term(&cluster, 0).await;
 
-    signal(&cluster.catalog, Signal::SIGSTOP);
+    cluster.catalog.pause();
     // Sent at once, before any breaker can know: the leader commits it and cannot apply it to
     // the catalog, so nobody can say yet whether it executed. The answer says so, and names
     // the key the frontend gave it.
@@ -171,7 +164,7 @@ async fn a_hung_catalog_fails_orders_truthfully_and_trading_resumes_without_look
     assert_eq!(found.len(), 1, "{found:?}");
     let number = found[0]["number"].as_u64().expect("a number");
 
-    signal(&cluster.catalog, Signal::SIGCONT);
+    cluster.catalog.resume();
     // No lookup needed: the probes close both breakers.
     for frontend in 0..2 {
         wait_until("the breaker to close", Duration::from_secs(10), || async {
@@ -316,7 +309,7 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
         .as_u64()
         .expect("term");
 
-    signal(&cluster.orders[old], Signal::SIGSTOP);
+    cluster.orders[old].pause();
     let (mut status, mut body, _) = order(&cluster, 0, &buy("GameStart"), Some("hung-1")).await;
     assert!(status == 200 || status == 504, "{status}: {body}");
     if status == 504 {
@@ -368,7 +361,7 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
     // The old leader resumes believing it leads its old term. It holds no lease (the appends
     // it saw acknowledged were sent before its hang), so it serves no read it cannot confirm:
     // 503, never a book without hung-1.
-    signal(&cluster.orders[old], Signal::SIGCONT);
+    cluster.orders[old].resume();
     let read = cluster
         .insider
         .get(format!("{}/orders/{hung_one}", cluster.order_urls[old]))
@@ -396,10 +389,10 @@ async fn a_hung_leader_is_replaced_and_commits_nothing_when_it_resumes() {
 
     // A hung follower: the leader and the other follower are a majority.
     let follower = (0..3).find(|i| *i != new).expect("a follower");
-    signal(&cluster.orders[follower], Signal::SIGSTOP);
+    cluster.orders[follower].pause();
     let (status, body, _) = order(&cluster, 1, &buy("BoarCo"), Some("hung-3")).await;
     assert_eq!(status, 200, "{body}");
-    signal(&cluster.orders[follower], Signal::SIGCONT);
+    cluster.orders[follower].resume();
     let log = cluster.wait_for_identical_logs().await;
     for (key, count) in [("hung-1", 1), ("hung-2", 1), ("hung-3", 1), ("hung-old", 0)] {
         assert_eq!(entries_under(&log, key), count, "{key}");
@@ -490,7 +483,7 @@ async fn a_leader_restarted_at_once_serves_no_stale_read() {
 async fn a_frontend_that_hung_does_not_serve_what_it_cached_before() {
     let cluster = Cluster::start(2).await;
     assert_eq!(cluster.quantity(1, "GameStart").await, 100);
-    signal(&cluster.frontends[1], Signal::SIGSTOP);
+    cluster.frontends[1].pause();
     let (status, body, _) = order(
         &cluster,
         0,
@@ -499,7 +492,7 @@ async fn a_frontend_that_hung_does_not_serve_what_it_cached_before() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    signal(&cluster.frontends[1], Signal::SIGCONT);
+    cluster.frontends[1].resume();
     // The first lookup after the hang.
     assert_eq!(cluster.quantity(1, "GameStart").await, 99);
 }
@@ -576,7 +569,7 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
     assert_eq!(next_price(soon()).await["type"], "snapshot");
     assert_eq!(cluster.quantity(1, "GameStart").await, 100);
 
-    signal(&cluster.frontends[1], Signal::SIGSTOP);
+    cluster.frontends[1].pause();
     let mut bought = trade_until_a_push_is_skipped(&cluster).await;
     let (failed, skipped) = (
         pushes(&cluster, "failed").await,
@@ -593,7 +586,7 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
     );
     assert!(pushes(&cluster, "skipped").await >= skipped + 5);
 
-    signal(&cluster.frontends[1], Signal::SIGCONT);
+    cluster.frontends[1].resume();
     assert_eq!(cluster.quantity(1, "GameStart").await, 100 - bought);
     let caught_up = soon();
     loop {

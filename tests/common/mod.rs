@@ -282,6 +282,24 @@ impl Proc {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// SIGSTOP: it hangs, holding its sockets open, until [`Proc::resume`] (a gray failure).
+    pub fn pause(&self) {
+        self.send(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT: a paused process goes on where it stopped.
+    pub fn resume(&self) {
+        self.send(Signal::SIGCONT);
+    }
+
+    fn send(&self, signal: Signal) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        let pid = Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to {}: {e}", self.name));
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
