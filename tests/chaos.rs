@@ -450,6 +450,53 @@ async fn hang_and_resume(cluster: &mut Cluster, until: Instant) -> Chaos {
     chaos
 }
 
+/// Once the clients stopped: the one log every replica holds (I5), and the catalog's snapshot,
+/// which has applied all of it (I3). The leader may append an entry of its own meanwhile (it
+/// expires orders whose time ran out, and a new term begins with one), so both are read again
+/// until they agree.
+async fn converged(cluster: &Cluster) -> (Vec<Value>, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = cluster.wait_for_identical_logs().await;
+        let url = format!("{}/snapshot", cluster.catalog_url);
+        let (_, snapshot) = cluster.get(&url).await;
+        if snapshot["data"]["applied"] == log.len() as u64 {
+            return (log, snapshot);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the catalog never applied just the log's {} entries: {snapshot}",
+            log.len()
+        );
+        eprintln!(
+            "the catalog applied {} entries, the log holds {}: reading both again",
+            snapshot["data"]["applied"],
+            log.len()
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`converged`], with every replica's book at the end of that log (I8).
+async fn final_state(cluster: &Cluster) -> (Vec<Value>, Value, Vec<book::BookState>) {
+    let mut read_before = None;
+    loop {
+        let (log, snapshot) = converged(cluster).await;
+        if let Some(before) = read_before {
+            eprintln!("the log grew by {:?}", log.get(before..));
+        }
+        read_before = Some(log.len());
+        let days = book::days(&log);
+        if let Some(books) = book::books_at(cluster, log.len() as u64, &STOCKS, &days).await {
+            return (log, snapshot, books);
+        }
+        eprintln!(
+            "a replica applied more than the log's {} entries: reading all again",
+            log.len()
+        );
+    }
+}
+
 async fn wait_catalog_back(cluster: &Cluster) {
     let url = format!("{}/health", cluster.catalog_url);
     wait_until("catalog back", Duration::from_secs(20), || {
@@ -522,7 +569,7 @@ async fn trade_through(faults: Faults) {
         sleep(Duration::from_millis(50)).await;
     }
     assert!(settled, "no order succeeds after the chaos");
-    let log = cluster.wait_for_identical_logs().await; // I5
+    let (log, snapshot, books) = final_state(&cluster).await;
 
     // I2: numbers are 1..=n, each used once; no two acknowledgements share one.
     for (index, order) in log.iter().enumerate() {
@@ -608,10 +655,6 @@ async fn trade_through(faults: Faults) {
             .entry(order["name"].as_str().expect("name").to_owned())
             .or_insert(INITIAL_QUANTITY) += signed;
     }
-    let (_, snapshot) = cluster
-        .get(&format!("{}/snapshot", cluster.catalog_url))
-        .await;
-    assert_eq!(snapshot["data"]["applied"], log.len() as u64, "{snapshot}");
     for stock in snapshot["data"]["stocks"].as_array().expect("stocks") {
         let name = stock["name"].as_str().expect("name");
         let quantity = stock["quantity"].as_i64().expect("quantity");
@@ -630,8 +673,6 @@ async fn trade_through(faults: Faults) {
 
     // I8: every replica holds the same book, equal to a fresh replay of the committed log.
     let replayed = book::check_replay(&log);
-    let days = book::days(&log);
-    let books = book::wait_for_applied_books(&cluster, log.len() as u64, &STOCKS, &days).await;
     for (index, replica_book) in books.iter().enumerate() {
         assert!(
             *replica_book == replayed,

@@ -194,19 +194,27 @@ fn signed(side: Side, quantity: u32) -> i64 {
     }
 }
 
-/// Waits until every replica's book has applied `applied` entries, then reads each one's.
-pub async fn wait_for_applied_books(
+/// Every replica's book once each has applied `applied` entries, or `None` if one has
+/// applied more, before its book was read or while it was (the leader may write an entry of
+/// its own at any time: it expires orders whose time ran out, and a new term begins with one).
+pub async fn books_at(
     cluster: &Cluster,
     applied: u64,
     stocks: &[&str],
     days: &[String],
-) -> Vec<BookState> {
+) -> Option<Vec<BookState>> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for index in 0..cluster.order_urls.len() {
-        while cluster.replica_health(index).await["applied"] != applied {
+        loop {
+            let now = cluster.replica_health(index).await["applied"].as_u64();
+            match now {
+                Some(now) if now == applied => break,
+                Some(now) if now > applied => return None,
+                _ => {}
+            }
             assert!(
                 Instant::now() < deadline,
-                "replica {}'s book has not applied {applied} entries",
+                "replica {}'s book has applied {now:?} entries, not {applied}",
                 index + 1
             );
             sleep(Duration::from_millis(25)).await;
@@ -218,7 +226,12 @@ pub async fn wait_for_applied_books(
     for base in &cluster.order_urls {
         books.push(replica_book(cluster, base, &stocks, days).await);
     }
-    books
+    for index in 0..cluster.order_urls.len() {
+        if cluster.replica_health(index).await["applied"] != applied {
+            return None;
+        }
+    }
+    Some(books)
 }
 
 async fn replica_book(

@@ -8,6 +8,10 @@ use time::{Date, OffsetDateTime};
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 86_400_000;
 
+/// The last instant RFC 3339 can write, 9999-12-31T23:59:59.999Z, in milliseconds since the
+/// epoch: a time the API takes to keep (an order's `expire_at`) may be no later.
+pub const LATEST_MS: u64 = 253_402_300_799_999;
+
 /// Milliseconds since the Unix epoch now (0 if the clock is before it).
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
@@ -74,6 +78,7 @@ mod tests {
         assert_eq!(parse_instant(&rfc3339(ms)), Ok(ms));
         assert_eq!(parse_instant("2026-11-30T01:53:20.123+01:00"), Ok(ms));
         assert_eq!(parse_instant("1796000000123"), Ok(ms));
+        assert_eq!(rfc3339(LATEST_MS), "9999-12-31T23:59:59.999Z");
         assert!(parse_instant("yesterday").is_err());
         // Before 1970 is before anything in a log: the beginning.
         assert_eq!(parse_instant("1969-12-31T23:59:59Z"), Ok(0));

@@ -297,6 +297,20 @@ impl<S: Send + Sync> FromRequest<S> for ClientBody {
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        // A body declared too large is refused before any of it is waited for.
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > crate::server::BODY_LIMIT as u64) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "The body is larger than {} bytes: nothing was done",
+                    crate::server::BODY_LIMIT
+                ),
+            ));
+        }
         let reading = axum::body::Bytes::from_request(request, state);
         match tokio::time::timeout(BODY_DEADLINE, reading).await {
             Ok(body) => Ok(Self(body?)),

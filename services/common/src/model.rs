@@ -438,9 +438,10 @@ impl Terms {
     pub fn check(&self, limit: Option<Price>, quantity: u32) -> Result<(), &'static str> {
         if limit.is_none() && *self != Terms::default() {
             return Err(
-                "time_in_force, expire_at, post_only and stp apply to limit orders: give a price",
+                "time_in_force, expire_at, post_only, stp, display_quantity and stop_price apply to limit orders: give a price",
             );
         }
+
         match (self.time_in_force, self.expire_at) {
             (TimeInForce::Gtd, None) => return Err("time_in_force gtd needs expire_at"),
             (TimeInForce::Gtd, Some(_)) | (_, None) => {}
@@ -468,6 +469,20 @@ impl Terms {
             }
             _ => Ok(()),
         }
+    }
+
+    /// [`Terms::check`], and what a new order must satisfy besides: an `expire_at` the API can
+    /// show. (Entries already logged are decoded with `check` alone, so that a log written
+    /// before a bound was added still reads.)
+    pub fn check_new(&self, limit: Option<Price>, quantity: u32) -> Result<(), &'static str> {
+        self.check(limit, quantity)?;
+        if self
+            .expire_at
+            .is_some_and(|at| at > crate::clock::LATEST_MS)
+        {
+            return Err("expire_at must be at most 9999-12-31T23:59:59.999Z");
+        }
+        Ok(())
     }
 
     /// What is wrong with these terms on a market order against the book, if anything: it
@@ -889,6 +904,14 @@ mod tests {
             Ok(())
         );
         assert!(terms(TimeInForce::Fok, None, true).check(limit, 5).is_err());
+        let latest = Some(crate::clock::LATEST_MS);
+        assert_eq!(
+            terms(TimeInForce::Gtd, latest, false).check_new(limit, 5),
+            Ok(())
+        );
+        let later = terms(TimeInForce::Gtd, latest.map(|at| at + 1), false);
+        assert!(later.check_new(limit, 5).is_err());
+        assert_eq!(later.check(limit, 5), Ok(()), "a logged entry still reads");
         let iceberg = |time_in_force, display| Terms {
             time_in_force,
             display_quantity: Some(display),

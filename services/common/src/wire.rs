@@ -176,6 +176,12 @@ pub fn is_term_jump(current: u64, term: u64) -> bool {
 /// Header carrying a client's (or the frontend's) idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// Whether `key` may be a client's idempotency key: 1 to 128 visible ASCII characters. A write
+/// under another is refused, and so is a lookup by one (no order can be under it).
+pub fn is_idempotency_key(key: &str) -> bool {
+    (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// An order replica as its peers and the frontends address it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {

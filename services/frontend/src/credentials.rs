@@ -126,9 +126,26 @@ pub(crate) async fn caller(
     }
 }
 
+/// Header `name` of a request, if it has one; `Err` if it has more than one, which a header
+/// that names one thing (a key, a credential) must not: which of them would count is not
+/// for a parser to decide.
+pub(crate) fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a header::HeaderValue>, FrontendError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(FrontendError::BadRequest(format!(
+            "more than one {name} header"
+        )));
+    }
+    Ok(first)
+}
+
 /// The API key `headers` carry, not verified yet; `None` without an `Authorization` header.
 pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<ApiKey>, FrontendError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let Some(value) = single_header(headers, header::AUTHORIZATION.as_str())? else {
         return Ok(None);
     };
     value

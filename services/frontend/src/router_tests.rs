@@ -1,7 +1,7 @@
 //! The router without its backends: envelopes, authentication, limits, the OpenAPI document.
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use clap::Parser;
@@ -221,6 +221,14 @@ async fn a_stream_without_a_handshake_is_a_400_envelope() {
         "/ws/candles/GameStart",
         "/ws/orders",
     ] {
+        for method in [Method::GET, Method::HEAD] {
+            let request = Request::builder().method(&method).uri(uri);
+            let response = app()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
+        }
         let (status, body) = send(Request::get(uri).body(Body::empty()).unwrap()).await;
         assert_eq!(
             (status, body["error"]["code"].clone()),
@@ -665,6 +673,17 @@ async fn an_oversized_order_body_is_refused_with_413() {
         (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!(413)),
         "{body}"
     );
+    // Declared too large: refused at once, before any of the body is waited for (this one is
+    // short: the declared length is what counts).
+    let declared = Request::post("/orders")
+        .header(
+            header::CONTENT_LENGTH,
+            stocknet_common::server::BODY_LIMIT + 1,
+        )
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, body) = send(declared).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }
 
 /// What generators and fuzzers rely on: every operation has its own id, and every integer a
@@ -730,6 +749,28 @@ async fn order_terms_are_checked_at_the_router() {
     let good = r#"{"name":"GameStart","quantity":1,"type":"buy","price":10,"time_in_force":"day","stp":"cancel_oldest"}"#;
     let (status, _) = send(Request::post("/orders").body(Body::from(good)).unwrap()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A header that names one thing (a credential, a write's key) comes once: of two, which one
+/// counts is not for a parser to decide. Refused before any backend is asked.
+#[tokio::test]
+async fn a_second_authorization_or_idempotency_key_header_is_refused() {
+    let order = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
+    for (header, values) in [
+        ("authorization", ["Bearer one", "Bearer two"]),
+        (IDEMPOTENCY_KEY, ["first", "second"]),
+    ] {
+        let mut request = Request::post("/orders");
+        for value in values {
+            request = request.header(header, value);
+        }
+        let (status, body) = send(request.body(Body::from(order)).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{header}: {body}");
+        assert_eq!(
+            body["error"]["message"],
+            format!("more than one {header} header")
+        );
+    }
 }
 
 /// A write takes no query parameter and a cancel or revocation no body: one ignored (a

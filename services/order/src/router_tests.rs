@@ -104,6 +104,10 @@ async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {
         "/orders?status=maybe",
         // A refused order is not on the book: listing them would answer nothing, ever.
         "/orders?status=rejected",
+        // No order can be under a key no write may carry.
+        "/orders?key=",
+        "/orders?key=a%20b",
+        format!("/orders?key={}", "k".repeat(129)).as_str(),
         "/orders/logs/0?limt=5",
         "/orders/logs/0?limit=0",
     ]
@@ -240,12 +244,19 @@ async fn each_call_of_a_batch_gets_its_own_routes_answer_under_its_own_request_i
     assert!(message.contains("priority"), "{message}");
 
     let too_many = Value::Array(vec![batch[1].clone(); MAX_BATCH + 1]);
+    let too_long = json!("x".repeat(stocknet_common::server::BODY_LIMIT));
     for (batch, refused) in [
         (json!({"command": {}}), StatusCode::BAD_REQUEST),
         (too_many, StatusCode::PAYLOAD_TOO_LARGE),
+        (too_long, StatusCode::PAYLOAD_TOO_LARGE),
     ] {
         let (status, body) = send(&app, insider_post("/orders/batch", &batch.to_string())).await;
         assert_eq!(status, refused, "{body}");
+        assert_eq!(
+            body["error"]["code"],
+            refused.as_u16(),
+            "an envelope: {body}"
+        );
     }
 }
 

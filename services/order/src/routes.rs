@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,7 +16,7 @@ use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use stocknet_common::clock;
 use stocknet_common::deadline::REQUEST_DEADLINE;
-use stocknet_common::envelope::bounded;
+use stocknet_common::envelope::{bounded, RawBody};
 use stocknet_common::model;
 use stocknet_common::request_id;
 use stocknet_common::wire::{
@@ -121,7 +121,7 @@ async fn write_alone(
 /// The answer is a line per call ([`BatchAnswer`], see [`answer_lines`]).
 pub(crate) async fn write_batch(
     State(state): State<AppState>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
     let calls: Vec<Result<BatchedCall, ApiError>> =
@@ -411,6 +411,11 @@ pub(crate) async fn list_orders(
             .map_err(|_| ApiError::bad_request("cursor is not one this API gave out"))?,
     };
     if let Some(key) = filter.key.as_deref() {
+        if !wire::is_idempotency_key(key) {
+            return Err(ApiError::bad_request(
+                "key must be an Idempotency-Key: 1 to 128 visible ASCII characters",
+            ));
+        }
         let logged = format!("{CLIENT_KEY_PREFIX}{key}");
         let orders = state
             .replica

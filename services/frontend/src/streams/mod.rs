@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -480,7 +481,14 @@ impl FromRequestParts<AppState> for Handshake {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+            .map_err(|rejection| match rejection {
+                // A HEAD, which axum routes to a GET route: a 405 would contradict the route's
+                // own `Allow: GET,HEAD`.
+                WebSocketUpgradeRejection::MethodNotGet(_) => {
+                    ApiError::bad_request("a stream opens with a WebSocket handshake, a GET")
+                }
+                other => ApiError::new(other.status(), other.body_text()),
+            })?;
         Ok(Self {
             upgrade: upgrade
                 .max_message_size(CLIENT_MESSAGE_LIMIT)

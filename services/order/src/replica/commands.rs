@@ -59,7 +59,7 @@ impl Replica {
         match order.protection_bps {
             Some(_) if order.price.is_some() => Err("a market order on the book has no price"),
             Some(_) => order.terms.check_market(),
-            None => order.terms.check(order.price, order.quantity),
+            None => order.terms.check_new(order.price, order.quantity),
         }
         .map_err(OrderError::InvalidChange)?;
         if let Some(id) = &order.client_order_id {

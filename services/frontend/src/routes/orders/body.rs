@@ -185,11 +185,8 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         .as_str()
         .and_then(Side::parse)
         .ok_or_else(|| bad("type must be \"buy\" or \"sell\""))?;
-    let price = fields.get("price").map(validate_price).transpose()?;
-    let expected = fields
-        .get("expected_price")
-        .map(validate_price)
-        .transpose()?;
+    let price = price_field(&fields, "price")?;
+    let expected = price_field(&fields, "expected_price")?;
     let max_deviation_bps = basis_points(&fields, "max_deviation_bps")?;
     if expected.is_none() && max_deviation_bps.is_some() {
         return Err(bad("max_deviation_bps needs expected_price"));
@@ -227,7 +224,7 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         })
         .transpose()?;
     let protection_bps = basis_points(&fields, "protection_bps")?;
-    let stop_price = fields.get("stop_price").map(validate_price).transpose()?;
+    let stop_price = price_field(&fields, "stop_price")?;
     let display_quantity = fields
         .get("display_quantity")
         .map(|value| {
@@ -276,7 +273,7 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
     // The same checks the leader makes.
     match order_type {
         Some(OrderType::Market) => order.terms().check_market(),
-        _ => order.terms().check(order.price, order.quantity),
+        _ => order.terms().check_new(order.price, order.quantity),
     }
     .map_err(bad)?;
     Ok(order)
@@ -291,7 +288,8 @@ fn expiry_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     if let RefOr::T(Schema::AnyOf(times)) = &mut schema {
         let number = ObjectBuilder::new()
             .schema_type(Type::Integer)
-            .minimum(Some(0));
+            .minimum(Some(0))
+            .maximum(Some(stocknet_common::clock::LATEST_MS));
         times.items.push(number.into());
         times.examples = vec![serde_json::json!("2026-12-31T21:00:00Z")];
     }
@@ -320,7 +318,7 @@ pub(super) fn validate_change(body: &[u8]) -> Result<OrderChange, FrontendError>
     refuse_unknown_fields(&fields, &["quantity", "price"])?;
     let change = OrderChange {
         quantity: fields.get("quantity").map(validate_quantity).transpose()?,
-        price: fields.get("price").map(validate_price).transpose()?,
+        price: price_field(&fields, "price")?,
     };
     if change.quantity.is_none() && change.price.is_none() {
         return Err(FrontendError::BadRequest(
@@ -340,14 +338,18 @@ fn refuse_unknown_fields(
         .filter(|field| !known.contains(field))
         .collect();
     if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(FrontendError::BadRequest(format!(
-            "Unknown fields: {} (known: {})",
-            unknown.join(", "),
-            known.join(", ")
-        )))
+        return Ok(());
     }
+    // Named up to a few: the answer to a body of a million made-up fields stays short.
+    const NAMED: usize = 8;
+    let mut named = unknown[..unknown.len().min(NAMED)].join(", ");
+    if unknown.len() > NAMED {
+        named.push_str(&format!(" and {} more", unknown.len() - NAMED));
+    }
+    Err(FrontendError::BadRequest(format!(
+        "Unknown fields: {named} (known: {})",
+        known.join(", ")
+    )))
 }
 
 /// The field `name` of an order, if it has one: a whole number of basis points, 0 to 10000.
@@ -389,14 +391,22 @@ fn validate_quantity(value: &Value) -> Result<u32, FrontendError> {
     }
 }
 
-fn validate_price(value: &Value) -> Result<Price, FrontendError> {
+/// Price `field` of a body, if it has one; a bad one is refused by its name.
+fn price_field(
+    fields: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<Price>, FrontendError> {
+    let Some(value) = fields.get(field) else {
+        return Ok(None);
+    };
     value
         .as_f64()
         .and_then(|price| Price::from_f64(price).ok())
         .filter(|price| price.cents() > 0)
+        .map(Some)
         .ok_or_else(|| {
             FrontendError::BadRequest(format!(
-                "price must be a positive number with at most 2 decimals, at most {}",
+                "{field} must be a positive number with at most 2 decimals, at most {}",
                 Price::MAX
             ))
         })
@@ -632,7 +642,23 @@ mod price_check_tests {
             ),
             (
                 r#"{"name":"A","quantity":1,"type":"buy","expected_price":-1}"#,
-                "price must be a positive number with at most 2 decimals, at most 1000000000.00",
+                "expected_price must be a positive number with at most 2 decimals, at most 1000000000.00",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","price":1,"stop_price":0}"#,
+                "stop_price must be a positive number with at most 2 decimals, at most 1000000000.00",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","stop_price":5}"#,
+                "time_in_force, expire_at, post_only, stp, display_quantity and stop_price apply to limit orders: give a price",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","price":1,"time_in_force":"gtd","expire_at":253402300800000}"#,
+                "expire_at must be at most 9999-12-31T23:59:59.999Z",
+            ),
+            (
+                r#"{"name":"A","quantity":1,"type":"buy","a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1}"#,
+                "Unknown fields: a, b, c, d, e, f, g, h and 2 more (known: name, quantity, type, price, expected_price, max_deviation_bps, time_in_force, expire_at, post_only, stp, client_order_id, order_type, protection_bps, display_quantity, stop_price)",
             ),
         ] {
             match validate_order(body.as_bytes()) {

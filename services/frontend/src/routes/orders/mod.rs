@@ -11,8 +11,8 @@ use stocknet_common::envelope::{ClientBody, DataEnvelope, ErrorEnvelope};
 use stocknet_common::model::{check_client_order_id, ANONYMOUS_CLIENT_ORDER_ID};
 use stocknet_common::paths;
 use stocknet_common::wire::{
-    BatchedCall, BatchedCommand, Changed, OrderChange, OrderPage, OrderView, Placed,
-    CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY,
+    is_idempotency_key, BatchedCall, BatchedCommand, Changed, OrderChange, OrderPage, OrderView,
+    Placed, CLIENT_KEY_PREFIX, IDEMPOTENCY_KEY,
 };
 use stocknet_common::{data, request_id, Price, Query};
 use utoipa::IntoParams;
@@ -112,7 +112,7 @@ pub(crate) struct WriteKey {
 
 impl WriteKey {
     fn of(state: &AppState, headers: &HeaderMap) -> Result<Self, FrontendError> {
-        let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        let Some(value) = credentials::single_header(headers, IDEMPOTENCY_KEY)? else {
             return Ok(Self {
                 text: state.inner.next_write_key(),
                 from_client: false,
@@ -121,9 +121,7 @@ impl WriteKey {
         let text = value
             .to_str()
             .ok()
-            .filter(|key| {
-                (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-            })
+            .filter(|key| is_idempotency_key(key))
             .ok_or_else(|| {
                 FrontendError::BadRequest(
                     "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
