@@ -673,13 +673,21 @@ async fn trade_through(faults: Faults) {
 
     // I8: every replica holds the same book, equal to a fresh replay of the committed log.
     let replayed = book::check_replay(&log);
-    for (index, replica_book) in books.iter().enumerate() {
-        assert!(
-            *replica_book == replayed,
-            "replica {}'s book differs from a replay of the log",
-            index + 1
-        );
-    }
+    let differing: Vec<String> = books
+        .iter()
+        .enumerate()
+        .filter(|(_, book)| **book != replayed)
+        .map(|(index, book)| {
+            format!(
+                "replica {}'s book differs from a replay of the log: {:?}; from replica {}'s: {:?}",
+                index + 1,
+                book.differences(&replayed),
+                (index + 1) % books.len() + 1,
+                book.differences(&books[(index + 1) % books.len()]),
+            )
+        })
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
     assert!(
         replayed
             .portfolios

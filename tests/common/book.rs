@@ -22,6 +22,35 @@ pub struct BookState {
     pub reports: Vec<Value>,
 }
 
+impl BookState {
+    /// Where `self` first differs from `other`, part by part, with both values: for a failure
+    /// message that says what differs, not only that something does.
+    pub fn differences(&self, other: &BookState) -> Vec<String> {
+        let parts = [
+            ("orders", &self.orders, &other.orders),
+            ("trades", &self.trades, &other.trades),
+            ("depths", &self.depths, &other.depths),
+            ("portfolios", &self.portfolios, &other.portfolios),
+            ("reports", &self.reports, &other.reports),
+        ];
+        let mut found = Vec::new();
+        for (part, mine, theirs) in parts {
+            if mine.len() != theirs.len() {
+                found.push(format!("{part}: {} against {}", mine.len(), theirs.len()));
+            }
+            if let Some((index, (a, b))) = mine
+                .iter()
+                .zip(theirs.iter())
+                .enumerate()
+                .find(|(_, (a, b))| a != b)
+            {
+                found.push(format!("{part}[{index}]: {a} against {b}"));
+            }
+        }
+        found
+    }
+}
+
 /// The UTC days (`YYYY-MM-DD`) a log's entries were stamped on.
 pub fn days(log: &[Value]) -> Vec<String> {
     let mut days: Vec<String> = super::orders_only(log)
@@ -50,8 +79,13 @@ pub fn check_replay(log: &[Value]) -> BookState {
     let mut owners: std::collections::HashMap<u64, u64> = Default::default();
     // Each stock's expiry entries: (number, cutoff).
     let mut expiries: Vec<(String, u64, u64)> = Vec::new();
-    for value in &super::orders_only(log) {
+    for value in log {
         let entry: Order = serde_json::from_value(value.clone()).expect("a log entry");
+        // The group's own entries change nothing but how far the book has applied.
+        if matches!(entry.command, Command::Group(_)) {
+            book.apply(&entry);
+            continue;
+        }
         if entry.command == Command::Expire {
             expiries.push((entry.name.clone(), entry.number, entry.stamp.time));
         }
