@@ -51,6 +51,8 @@ struct Ack {
     number: u64,
     key: String,
     entry: Value,
+    /// When its answer came.
+    at: Instant,
 }
 
 /// What a client sends next.
@@ -237,7 +239,12 @@ async fn client(
         if let Some((user, _)) = &user {
             entry["user"] = json!(user);
         }
-        report.acks.push(Ack { number, key, entry });
+        report.acks.push(Ack {
+            number,
+            key,
+            entry,
+            at: Instant::now(),
+        });
     }
     report
 }
@@ -721,6 +728,15 @@ async fn trade_through(faults: Faults) {
     let retries: usize = reports.iter().map(|r| r.retries).sum();
     let reads: usize = reports.iter().map(|r| r.reads).sum();
     let reads_unavailable: usize = reports.iter().map(|r| r.reads_unavailable).sum();
+    // What the faults cost trading (I13), reported, not asserted: the longest time in which no
+    // client had a command acknowledged.
+    let mut times: Vec<Instant> = acks.iter().map(|a| a.at).collect();
+    times.sort();
+    let longest_pause = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
     let metrics = cluster.metrics(cluster.frontend()).await;
     let leader_changes = metrics
         .lines()
@@ -731,7 +747,7 @@ async fn trade_through(faults: Faults) {
          orders, {trades} trades), {refused} refused (409), {} not executed (503), {unknown} \
          unknown after {ATTEMPTS} attempts, {retries} client retries; {reads} acknowledged \
          orders read back through another frontend, {reads_unavailable} of those reads \
-         unavailable; faults {chaos:?}; {leader_changes} leader changes followed; {expired} \
+         unavailable; at most {longest_pause:.1?} without an acknowledgement; faults {chaos:?}; {leader_changes} leader changes followed; {expired} \
          orders expired, {triggered} stops triggered; orders lost: {lost}",
         acks.len(),
         unavailable.len(),

@@ -3,9 +3,11 @@
 //! (`Raft::ensure_linearizable`) sends a heartbeat to every follower per call, so one check
 //! per read would cost two calls between replicas for every read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ServerState;
 use tokio::sync::{watch, Notify};
 
 use super::lease::LeaseRead;
@@ -19,6 +21,14 @@ const LEASE_APPLY_WAIT: Duration = Duration::from_millis(500);
 pub struct SharedReads {
     raft: Raft,
     lease: Arc<Lease>,
+    /// The last entry of this replica's log when it started. A leader that restarts within its
+    /// term (openraft resumes it: no election, no blank entry) may have acknowledged entries
+    /// up to here in its earlier life, and neither its lease (whose reads rely on its answers
+    /// coming after its book applied what they answer) nor openraft's read index (its term's
+    /// first entry, or the commit point it has learned since the restart) covers them.
+    boot_floor: u64,
+    /// Whether the book has applied through `boot_floor`: from then on it only grows.
+    floor_applied: AtomicBool,
     rounds: watch::Sender<Rounds>,
     wanted: Arc<Notify>,
     checker: tokio::task::JoinHandle<()>,
@@ -33,7 +43,7 @@ struct Rounds {
 }
 
 impl SharedReads {
-    pub fn start(raft: Raft, lease: Arc<Lease>) -> Self {
+    pub fn start(raft: Raft, lease: Arc<Lease>, boot_floor: u64) -> Self {
         let (rounds, _) = watch::channel(Rounds::default());
         let wanted = Arc::new(Notify::new());
         let checker = tokio::spawn(check_when_wanted(
@@ -44,6 +54,8 @@ impl SharedReads {
         Self {
             raft,
             lease,
+            boot_floor,
+            floor_applied: AtomicBool::new(false),
             rounds,
             wanted,
             checker,
@@ -55,8 +67,12 @@ impl SharedReads {
     /// entries before its term's first); without one, the answer of a check that started
     /// after the call (a heartbeat round a majority answered in this term, then the state
     /// machine applied through the commit point it learned), shared with every read waiting
-    /// for it.
+    /// for it. Either way only once the state machine holds its log as it was when this
+    /// replica started (`boot_floor`).
     pub async fn confirm(&self) -> bool {
+        if !self.holds_boot_log().await {
+            return false;
+        }
         let on_lease = self.lease.read(&self.raft.metrics().borrow());
         match on_lease {
             Some(LeaseRead::Now) => return true,
@@ -79,6 +95,28 @@ impl SharedReads {
             .wait_for(|r| r.finished >= needed)
             .await
             .is_ok_and(|r| r.confirmed)
+    }
+
+    /// Whether the state machine holds the log as it was when this replica started, waiting
+    /// for it a while if this replica leads (one that does not is refused by the checks after,
+    /// at once).
+    async fn holds_boot_log(&self) -> bool {
+        if self.floor_applied.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return true;
+        }
+        let applied = self
+            .raft
+            .wait(Some(LEASE_APPLY_WAIT))
+            .applied_index_at_least(Some(self.boot_floor), "a read after a restart")
+            .await;
+        if applied.is_err() {
+            return false;
+        }
+        self.floor_applied.store(true, Ordering::Release);
+        true
     }
 
     /// How many checks have run, for tests.

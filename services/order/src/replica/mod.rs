@@ -130,6 +130,7 @@ impl Replica {
             StateMachine::open(book.clone(), &store, founding, metrics.snapshots.clone())?;
         let config = consensus::config(settings.snapshot_every)?;
         let lease = Lease::new();
+        let boot_floor = store.last_log_id().map_or(0, |last| last.index);
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),
@@ -167,7 +168,7 @@ impl Replica {
             catalog: links.catalog,
             log,
             book,
-            reads: SharedReads::start(raft.clone(), lease),
+            reads: SharedReads::start(raft.clone(), lease, boot_floor),
             elections: elections.clone(),
             raft: raft.clone(),
             leading: Mutex::new(None),
