@@ -357,18 +357,33 @@ fn basis_points(
     fields: &serde_json::Map<String, Value>,
     name: &str,
 ) -> Result<Option<u32>, FrontendError> {
+    let read = |value: &Value| {
+        whole_number(value)
+            .and_then(|bps| u32::try_from(bps).ok())
+            .filter(|bps| *bps <= MAX_BASIS_POINTS)
+    };
+    optional_field(
+        fields,
+        name,
+        read,
+        "must be a whole number of basis points, 0 to 10000",
+    )
+}
+
+/// Field `name` of a body, if it has one, as `read` takes it; a value `read` refuses is a 400
+/// that names the field and says what `rule` says.
+fn optional_field<T>(
+    fields: &serde_json::Map<String, Value>,
+    name: &str,
+    read: impl FnOnce(&Value) -> Option<T>,
+    rule: &str,
+) -> Result<Option<T>, FrontendError> {
     let Some(value) = fields.get(name) else {
         return Ok(None);
     };
-    whole_number(value)
-        .and_then(|bps| u32::try_from(bps).ok())
-        .filter(|bps| *bps <= MAX_BASIS_POINTS)
+    read(value)
         .map(Some)
-        .ok_or_else(|| {
-            FrontendError::BadRequest(format!(
-                "{name} must be a whole number of basis points, 0 to 10000"
-            ))
-        })
+        .ok_or_else(|| FrontendError::BadRequest(format!("{name} {rule}")))
 }
 
 /// A JSON number that is a whole non-negative number: JSON Schema's `integer` includes `5.0`.
@@ -396,20 +411,17 @@ fn price_field(
     fields: &serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<Price>, FrontendError> {
-    let Some(value) = fields.get(field) else {
-        return Ok(None);
+    let read = |value: &Value| {
+        value
+            .as_f64()
+            .and_then(|price| Price::from_f64(price).ok())
+            .filter(|price| price.cents() > 0)
     };
-    value
-        .as_f64()
-        .and_then(|price| Price::from_f64(price).ok())
-        .filter(|price| price.cents() > 0)
-        .map(Some)
-        .ok_or_else(|| {
-            FrontendError::BadRequest(format!(
-                "{field} must be a positive number with at most 2 decimals, at most {}",
-                Price::MAX
-            ))
-        })
+    let rule = format!(
+        "must be a positive number with at most 2 decimals, at most {}",
+        Price::MAX
+    );
+    optional_field(fields, field, read, &rule)
 }
 
 #[cfg(test)]
