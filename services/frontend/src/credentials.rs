@@ -126,16 +126,16 @@ pub(crate) async fn caller(
     }
 }
 
-/// Header `name` of a request, if it has one; `Err` if it has more than one, which a header
+/// Header `name` of a request, if it has one; `Err` if it has two that differ, which a header
 /// that names one thing (a key, a credential) must not: which of them would count is not
-/// for a parser to decide.
+/// for a parser to decide. (A proxy may repeat a header as it was.)
 pub(crate) fn single_header<'a>(
     headers: &'a HeaderMap,
     name: &str,
 ) -> Result<Option<&'a header::HeaderValue>, FrontendError> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
-    if values.next().is_some() {
+    if values.any(|value| Some(value) != first) {
         return Err(FrontendError::BadRequest(format!(
             "more than one {name} header"
         )));

@@ -751,8 +751,8 @@ async fn order_terms_are_checked_at_the_router() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
-/// A header that names one thing (a credential, a write's key) comes once: of two, which one
-/// counts is not for a parser to decide. Refused before any backend is asked.
+/// A header that names one thing (a credential, a write's key) comes once: of two that differ,
+/// which one counts is not for a parser to decide. Refused before any backend is asked.
 #[tokio::test]
 async fn a_second_authorization_or_idempotency_key_header_is_refused() {
     let order = r#"{"name":"GameStart","quantity":1,"type":"buy"}"#;
@@ -771,6 +771,15 @@ async fn a_second_authorization_or_idempotency_key_header_is_refused() {
             format!("more than one {header} header")
         );
     }
+    // The same key twice (a proxy repeating it) is that key: the order goes on, and finds no
+    // leader here.
+    let twice = Request::post("/orders")
+        .header(IDEMPOTENCY_KEY, "same")
+        .header(IDEMPOTENCY_KEY, "same")
+        .body(Body::from(order))
+        .unwrap();
+    let (status, body) = send(twice).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
 }
 
 /// A write takes no query parameter and a cancel or revocation no body: one ignored (a

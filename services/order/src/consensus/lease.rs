@@ -38,7 +38,8 @@ pub enum LeaseRead {
     /// The book applied an entry of this leader's term, so every entry of earlier terms (all
     /// before its blank entry), and each entry of its own term it acknowledged (it answers
     /// after its book applied them): the book as it stands holds every acknowledged order,
-    /// and it only grows.
+    /// and it only grows. (Not for a leader restarted within its term, which acknowledged
+    /// entries in its earlier life: `reads.rs` holds its reads to its `BootFloor` first.)
     Now,
     /// Just elected: once the book applied this index (its last entry, at or past the commit
     /// point).

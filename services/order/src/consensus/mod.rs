@@ -41,7 +41,7 @@ pub use lease::Lease;
 pub use log_store::{Disk, LogStore};
 pub use network::{routes, HttpNetwork, HttpPreVote};
 pub use outgoing::Outgoing;
-pub use reads::SharedReads;
+pub use reads::{BootFloor, SharedReads};
 pub use state_machine::StateMachine;
 
 use crate::error::OrderError;

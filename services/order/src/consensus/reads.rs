@@ -7,28 +7,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::storage::RaftLogStorage;
+use openraft::StorageError;
 use tokio::sync::{watch, Notify};
 
 use super::lease::LeaseRead;
-use super::{Lease, Raft};
+use super::{Lease, LogStore, Raft};
 
 /// How long a read on the lease of a leader just elected waits for its book to apply the
 /// entries before it. Past it, the read takes a leadership check instead.
 const LEASE_APPLY_WAIT: Duration = Duration::from_millis(500);
 
+/// What a replica that starts as the leader of its term must have applied before it serves a
+/// read. openraft resumes a leader whose vote is committed, with no election and no blank
+/// entry, so what it acknowledged before it stopped is in its log but may not be in its book
+/// (restored from an older snapshot), and neither way of confirming a read covers it: the
+/// lease's "now" relies on every answer of this term coming after the book applied it, and
+/// openraft's read index is the term's first entry, or the commit point learned since. Every
+/// entry of its log is its term's to commit (only a newer term's leader could cut any), so
+/// the book reaches the floor while the term lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootFloor {
+    /// The term it leads.
+    pub term: u64,
+    /// The last entry of its log when it started.
+    pub index: u64,
+}
+
+impl BootFloor {
+    /// The floor of replica `id` that starts on `store`: `None` unless its vote is a committed
+    /// one for itself.
+    pub async fn of(store: &LogStore, id: u64) -> Result<Option<Self>, StorageError<u64>> {
+        let vote = store.clone().read_vote().await?;
+        Ok(vote
+            .filter(|vote| vote.is_committed() && vote.leader_id().voted_for() == Some(id))
+            .map(|vote| Self {
+                term: vote.leader_id().term,
+                index: store.last_log_id().map_or(0, |last| last.index),
+            }))
+    }
+}
+
 /// The leadership checks of one replica, run one at a time by a task of their own.
 pub struct SharedReads {
     raft: Raft,
     lease: Arc<Lease>,
-    /// The last entry of this replica's log when it started. A leader that restarts within its
-    /// term (openraft resumes it: no election, no blank entry) may have acknowledged entries
-    /// up to here in its earlier life, and neither its lease (whose reads rely on its answers
-    /// coming after its book applied what they answer) nor openraft's read index (its term's
-    /// first entry, or the commit point it has learned since the restart) covers them.
-    boot_floor: u64,
-    /// Whether the book has applied through `boot_floor`: from then on it only grows.
-    floor_applied: AtomicBool,
+    /// Where a leader restarted within its term may serve reads from, if this replica started
+    /// as one.
+    boot_floor: Option<BootFloor>,
+    /// Whether `boot_floor` no longer holds reads back: the book applied through it, or a
+    /// newer term began.
+    floor_passed: AtomicBool,
     rounds: watch::Sender<Rounds>,
     wanted: Arc<Notify>,
     checker: tokio::task::JoinHandle<()>,
@@ -43,7 +72,7 @@ struct Rounds {
 }
 
 impl SharedReads {
-    pub fn start(raft: Raft, lease: Arc<Lease>, boot_floor: u64) -> Self {
+    pub fn start(raft: Raft, lease: Arc<Lease>, boot_floor: Option<BootFloor>) -> Self {
         let (rounds, _) = watch::channel(Rounds::default());
         let wanted = Arc::new(Notify::new());
         let checker = tokio::spawn(check_when_wanted(
@@ -54,8 +83,8 @@ impl SharedReads {
         Self {
             raft,
             lease,
+            floor_passed: AtomicBool::new(boot_floor.is_none()),
             boot_floor,
-            floor_applied: AtomicBool::new(false),
             rounds,
             wanted,
             checker,
@@ -67,8 +96,7 @@ impl SharedReads {
     /// entries before its term's first); without one, the answer of a check that started
     /// after the call (a heartbeat round a majority answered in this term, then the state
     /// machine applied through the commit point it learned), shared with every read waiting
-    /// for it. Either way only once the state machine holds its log as it was when this
-    /// replica started (`boot_floor`).
+    /// for it. Either way only past the [`BootFloor`], if this replica started as a leader.
     pub async fn confirm(&self) -> bool {
         if !self.holds_boot_log().await {
             return false;
@@ -97,25 +125,30 @@ impl SharedReads {
             .is_ok_and(|r| r.confirmed)
     }
 
-    /// Whether the state machine holds the log as it was when this replica started, waiting
-    /// for it a while if this replica leads (one that does not is refused by the checks after,
-    /// at once).
+    /// Whether reads are past the [`BootFloor`], waiting a while for the book to apply through
+    /// it while the term this replica started in lasts.
     async fn holds_boot_log(&self) -> bool {
-        if self.floor_applied.load(Ordering::Acquire) {
+        let Some(floor) = self.boot_floor else {
+            return true;
+        };
+        if self.floor_passed.load(Ordering::Acquire) {
             return true;
         }
-        if self.raft.metrics().borrow().state != ServerState::Leader {
+        // A newer term begins with its leader's blank entry, after everything before it: the
+        // checks below cover all of that (and the floor may no longer be in this log at all).
+        if self.raft.metrics().borrow().vote.leader_id().term > floor.term {
+            self.floor_passed.store(true, Ordering::Release);
             return true;
         }
         let applied = self
             .raft
             .wait(Some(LEASE_APPLY_WAIT))
-            .applied_index_at_least(Some(self.boot_floor), "a read after a restart")
+            .applied_index_at_least(Some(floor.index), "a read after a restart")
             .await;
         if applied.is_err() {
             return false;
         }
-        self.floor_applied.store(true, Ordering::Release);
+        self.floor_passed.store(true, Ordering::Release);
         true
     }
 

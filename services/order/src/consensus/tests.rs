@@ -175,6 +175,8 @@ struct Group {
     /// Each replica's disk, and the machine's boot it runs in.
     disks: BTreeMap<u64, Arc<TestDisk>>,
     boots: BTreeMap<u64, String>,
+    /// Each replica's boot floor, as it started.
+    floors: BTreeMap<u64, Option<BootFloor>>,
     /// Replicas started after the group was founded, not among its founding members.
     joined: HashSet<u64>,
     /// Entries between snapshots, and kept before the last one: a replica further behind is
@@ -205,6 +207,7 @@ impl Group {
             leases: BTreeMap::new(),
             disks: BTreeMap::new(),
             boots: BTreeMap::new(),
+            floors: BTreeMap::new(),
             joined: HashSet::new(),
             snapshot_every,
         };
@@ -234,6 +237,8 @@ impl Group {
         let boot = self.boots.entry(id).or_insert_with(|| "boot-1".into());
         let (store, machine, log, book) =
             open_disk_stores(self.dir.path(), id, founding, disk.clone(), boot);
+        self.floors
+            .insert(id, BootFloor::of(&store, id).await.unwrap());
         self.disks.insert(id, disk);
         let network = Network {
             router: self.router.clone(),
@@ -366,11 +371,9 @@ impl Group {
         written.unwrap_or_else(|e| panic!("replica {id} commits an order: {e}"))
     }
 
-    /// Replica `id`'s linearizable reads, on its lease when it holds one, once its book holds
-    /// its log as it is now (as a replica's hold its log as it was when it started).
+    /// Replica `id`'s linearizable reads, on its lease when it holds one, past its boot floor.
     fn reads(&self, id: u64) -> SharedReads {
-        let floor = self.raft(id).metrics().borrow().last_log_index.unwrap_or(0);
-        SharedReads::start(self.raft(id), self.leases[&id].clone(), floor)
+        SharedReads::start(self.raft(id), self.leases[&id].clone(), self.floors[&id])
     }
 
     /// The leader that every replica in `among` follows, and its term.
@@ -779,7 +782,7 @@ async fn reads_without_a_lease_share_a_leadership_check_and_only_the_leader_pass
     let (leader, _) = group.leader(&group.ids).await;
     let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
     // A lease no append renews: every read needs a check.
-    let reads = Arc::new(SharedReads::start(group.raft(leader), Lease::new(), 0));
+    let reads = Arc::new(SharedReads::start(group.raft(leader), Lease::new(), None));
     let confirmed = futures::future::join_all((0..50).map(|_| {
         let reads = reads.clone();
         async move { reads.confirm().await }

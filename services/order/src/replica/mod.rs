@@ -26,8 +26,8 @@ use crate::book::Book;
 use crate::book_store::{BookSettings, BookStore};
 use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
-    self, handover, members, Elections, HttpNetwork, HttpPreVote, Lease, LogStore, Outgoing,
-    PreVoteTransport, Raft, SharedReads, StateMachine, TypeConfig,
+    self, handover, members, BootFloor, Elections, HttpNetwork, HttpPreVote, Lease, LogStore,
+    Outgoing, PreVoteTransport, Raft, SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
 use crate::log::{IndexLimits, OrderLog};
@@ -130,7 +130,9 @@ impl Replica {
             StateMachine::open(book.clone(), &store, founding, metrics.snapshots.clone())?;
         let config = consensus::config(settings.snapshot_every)?;
         let lease = Lease::new();
-        let boot_floor = store.last_log_id().map_or(0, |last| last.index);
+        let boot_floor = BootFloor::of(&store, u64::from(id))
+            .await
+            .map_err(|e| OrderError::Task(format!("the vote could not be read: {e}")))?;
         let raft = Raft::new(
             u64::from(id),
             Arc::new(config),

@@ -289,7 +289,7 @@ async fn change_on_leader(
         ("name" = Option<String>, Query, description = "Only this stock's"),
         ("status" = Option<String>, Query, description = "Only orders in this state (not rejected: a refused order is not on the book; GET /orders/{number} shows it)", pattern = "^(open|partially_filled|filled|cancelled|expired|untriggered)$"),
         ("user" = Option<u64>, Query, description = "Only this user's orders"),
-        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed; none if no order was placed under the key (a modify's or cancel's key lists none: retry it to learn how it went); a 504 while a command under it is still being decided"),
+        ("key" = Option<String>, Query, description = "Only the order placed under this Idempotency-Key (the client's, or the one a 504 named), if it was committed; none if no order was placed under the key (a modify's or cancel's key lists none: retry it to learn how it went); a 504 while a command under it is still being decided", min_length = 1, max_length = 128, pattern = "^[!-~]+$"),
         ("client_order_id" = Option<String>, Query, description = "Only orders with this client_order_id (with user: that user's)", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor", pattern = "^[0-9]{1,19}$"),
