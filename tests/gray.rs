@@ -717,3 +717,37 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
     })
     .await;
 }
+
+/// Connections that send nothing cannot take every place a frontend has (I13): past
+/// `--max-connections` a new one is closed as it comes, and as they close, clients get in
+/// again. (By default the cap leaves 1,024 descriptors of the open-file limit for the
+/// frontend's own calls.)
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_and_places_free_up_as_they_close() {
+    let lone = common::LoneFrontend::start(&["--max-connections", "4"]).await;
+    let address = lone.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Past the cap whether or not the start's probe still held a place.
+    let mut over = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), over.read(&mut byte))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(idle);
+    let http = reqwest::Client::new();
+    wait_until("a place again", Duration::from_secs(10), || {
+        let request = http.get(format!("{}/health", lone.url)).send();
+        async move { request.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+}

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod catalog_file;
 pub mod client;
 pub mod clock;
+pub mod connections;
 pub mod deadline;
 pub mod env;
 pub mod envelope;

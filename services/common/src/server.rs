@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tower::Service;
 use tower_http::trace::TraceLayer;
 
+use crate::connections::{CappedListener, ConnectionCaps};
 use crate::deadline::within_deadline;
 use crate::envelope::{method_not_allowed, route_not_found};
 use crate::metrics::HttpMetrics;
@@ -145,11 +146,22 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_capped(listener, ConnectionCaps::NONE, router, shutdown).await
+}
+
+/// [`serve`], keeping at most `caps` connections open (`connections.rs`): for a port clients
+/// reach.
+pub async fn serve_capped(
+    listener: TcpListener,
+    caps: ConnectionCaps,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = around_routes(router);
     // An answer written in parts (a batch's lines, a stream's frames) goes out part by part:
     // with Nagle's algorithm a part would wait for the peer's delayed acknowledgement (40 ms).
-    let listener = listener.tap_io(|connection| {
-        if let Err(e) = connection.set_nodelay(true) {
+    let listener = CappedListener::new(listener, caps).tap_io(|connection| {
+        if let Err(e) = connection.tcp().set_nodelay(true) {
             tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
         }
     });

@@ -49,6 +49,11 @@ pub struct Config {
     pub internal_port: Option<u16>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    /// Client connections the public port keeps open at once; more are closed as they come, so
+    /// that clients cannot take every file descriptor this frontend needs for its own calls.
+    /// Default: what the open-file limit leaves after 1,024.
+    #[arg(long, env = env::MAX_CONNECTIONS)]
+    pub max_connections: Option<usize>,
     /// WebSocket streams this frontend keeps open at once; one more is closed at once with
     /// 1013 (try again later). Each user order stream polls the order leader.
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]

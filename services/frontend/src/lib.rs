@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
+use stocknet_common::connections::ConnectionCaps;
 use stocknet_common::listeners;
 use stocknet_common::metrics;
 use stocknet_common::server;
@@ -77,9 +78,15 @@ pub async fn start(
         move || inner.refresh_metrics(),
     )
     .await?;
+    let per_client = match config.limits.max_connections_per_client {
+        0 => usize::MAX,
+        cap => cap,
+    };
+    let caps = ConnectionCaps::within_open_file_limit(config.max_connections, per_client);
+    tracing::info!(?caps, "client connections kept open at most");
     let Some(internal_port) = config.internal_port else {
         return Ok(server::Running::spawn(addr, async move {
-            server::serve(listener, router(state), shutdown).await?;
+            server::serve_capped(listener, caps, router(state), shutdown).await?;
             Ok(())
         }));
     };
@@ -100,8 +107,9 @@ pub async fn start(
     };
     Ok(server::Running::spawn(addr, async move {
         tokio::try_join!(
-            server::serve(
+            server::serve_capped(
                 listener,
+                caps,
                 public_router(state.clone()),
                 until_stopped(stopped.clone())
             ),

@@ -37,6 +37,10 @@ pub struct LimitArgs {
     /// Requests each client may have in flight (0: no limit).
     #[arg(long, env = env::MAX_IN_FLIGHT, default_value_t = 0)]
     pub max_in_flight: u32,
+    /// Connections each client address may keep open at once; more are closed as they come
+    /// (0: no limit; behind a proxy every client has the proxy's address).
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_CLIENT, default_value_t = 0)]
+    pub max_connections_per_client: usize,
 }
 
 /// Whom a limit counts against.
@@ -266,6 +270,7 @@ mod tests {
             rate_limit,
             rate_burst,
             max_in_flight,
+            max_connections_per_client: 0,
         }))
     }
 
