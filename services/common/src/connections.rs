@@ -15,8 +15,8 @@ use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// File descriptors kept for everything but the clients' connections: calls to other
-/// processes, files, the listeners.
+/// File descriptors kept for everything but the clients' connections (calls to other
+/// processes, files, the listeners): this many, or a quarter of a lower open-file limit.
 const RESERVED_DESCRIPTORS: u64 = 1024;
 
 /// The caps of one listener.
@@ -34,12 +34,14 @@ impl ConnectionCaps {
     };
 
     /// `per_address`, and `total` if given, else what this process's open-file limit leaves
-    /// after [`RESERVED_DESCRIPTORS`] (at least 64).
+    /// after [`RESERVED_DESCRIPTORS`].
     pub fn within_open_file_limit(total: Option<usize>, per_address: usize) -> Self {
         let total = total.unwrap_or_else(|| {
             let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-            let free = limit.map_or(u64::MAX, |limit| limit.saturating_sub(RESERVED_DESCRIPTORS));
-            usize::try_from(free.max(64)).unwrap_or(usize::MAX)
+            let free = limit.map_or(u64::MAX, |limit| {
+                limit - RESERVED_DESCRIPTORS.min(limit / 4)
+            });
+            usize::try_from(free).unwrap_or(usize::MAX)
         });
         Self { total, per_address }
     }
@@ -261,8 +263,9 @@ mod tests {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let caps = ConnectionCaps::within_open_file_limit(None, 10);
         if let Some(limit) = limit {
+            let reserved = limit - caps.total as u64;
             assert!(
-                (caps.total as u64) < limit.max(65),
+                reserved == 1024 || reserved == limit / 4,
                 "{caps:?} under {limit}"
             );
         }

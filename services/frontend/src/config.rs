@@ -51,7 +51,7 @@ pub struct Config {
     pub limits: limits::LimitArgs,
     /// Client connections the public port keeps open at once; more are closed as they come, so
     /// that clients cannot take every file descriptor this frontend needs for its own calls.
-    /// Default: what the open-file limit leaves after 1,024.
+    /// Default: what the open-file limit leaves after 1,024 (a quarter of a lower limit).
     #[arg(long, env = env::MAX_CONNECTIONS)]
     pub max_connections: Option<usize>,
     /// WebSocket streams this frontend keeps open at once; one more is closed at once with
