@@ -726,15 +726,30 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
 async fn connections_past_the_cap_are_closed_and_places_free_up_as_they_close() {
     let lone = common::LoneFrontend::start(&["--max-connections", "4"]).await;
     let address = lone.url.trim_start_matches("http://").to_owned();
-    let mut idle = Vec::new();
-    for _ in 0..4 {
-        idle.push(
-            tokio::net::TcpStream::connect(&address)
+    // Four places taken, each by a connection that a request answered on proves admitted (the
+    // start's probe may still hold a place for a moment: a connection closed instead is
+    // replaced).
+    let mut held = Vec::new();
+    let mut tries = 0;
+    while held.len() < 4 {
+        tries += 1;
+        assert!(tries <= 20, "four connections admitted in 20 tries");
+        let mut connection = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\n\r\n");
+        if connection.write_all(request.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut answer = [0u8; 12];
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), connection.read_exact(&mut answer))
                 .await
-                .expect("connect"),
-        );
+                .expect("an answer or a close in time");
+        if read.is_ok() && answer.starts_with(b"HTTP/1.1 200") {
+            held.push(connection);
+        }
     }
-    // Past the cap whether or not the start's probe still held a place.
     let mut over = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
@@ -743,7 +758,7 @@ async fn connections_past_the_cap_are_closed_and_places_free_up_as_they_close() 
         .await
         .expect("closed at once, not left waiting");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    drop(idle);
+    drop(held);
     let http = reqwest::Client::new();
     wait_until("a place again", Duration::from_secs(10), || {
         let request = http.get(format!("{}/health", lone.url)).send();

@@ -1,8 +1,12 @@
 //! How many connections a listener keeps open: in all, and from one client address. A client
 //! that opens connections and sends nothing would otherwise hold one file descriptor each
 //! until the process has none left, and then no other client gets in and the process's own
-//! calls to other processes fail too (I13: nothing a client sends stops trading for anyone
-//! else). A connection over either cap is closed as soon as it is accepted.
+//! calls to other processes fail too (I13). A connection over either cap is closed as soon as
+//! it is accepted. What this does not do: close idle connections (no timer is set on them), so
+//! that without a cap per address one client can still hold every place, and new clients are
+//! refused while those connected go on; and the reserve covers the process's calls for idle
+//! clients, not for more than about a thousand requests in flight at once (`--max-in-flight`
+//! bounds those per client).
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +22,28 @@ use tokio::net::{TcpListener, TcpStream};
 /// File descriptors kept for everything but the clients' connections (calls to other
 /// processes, files, the listeners): this many, or a quarter of a lower open-file limit.
 const RESERVED_DESCRIPTORS: u64 = 1024;
+
+/// The address a client is counted by: an IPv4 address as it is, an IPv6 address by its /64,
+/// which one host or customer usually holds whole (each of its 2^64 addresses would otherwise
+/// be a client of its own).
+pub fn client_address(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::from([a, b, c, d, 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+/// What the clients' connections may use of an open-file limit of `limit` descriptors: all
+/// but [`RESERVED_DESCRIPTORS`], or three quarters of a lower limit.
+fn clients_under(limit: u64) -> u64 {
+    limit - RESERVED_DESCRIPTORS.min(limit / 4)
+}
 
 /// The caps of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +64,7 @@ impl ConnectionCaps {
     pub fn within_open_file_limit(total: Option<usize>, per_address: usize) -> Self {
         let total = total.unwrap_or_else(|| {
             let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-            let free = limit.map_or(u64::MAX, |limit| {
-                limit - RESERVED_DESCRIPTORS.min(limit / 4)
-            });
+            let free = limit.map_or(u64::MAX, clients_under);
             usize::try_from(free).unwrap_or(usize::MAX)
         });
         Self { total, per_address }
@@ -110,7 +134,7 @@ impl Listener for CappedListener {
         loop {
             // (axum's accept retries on errors, such as running out of descriptors.)
             let (stream, address) = Listener::accept(&mut self.inner).await;
-            if let Some(counted) = self.admit(address.ip()) {
+            if let Some(counted) = self.admit(client_address(address.ip())) {
                 let stream = CountedStream {
                     stream,
                     _counted: counted,
@@ -260,14 +284,8 @@ mod tests {
 
     #[test]
     fn the_default_total_leaves_descriptors_for_everything_else() {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-        let caps = ConnectionCaps::within_open_file_limit(None, 10);
-        if let Some(limit) = limit {
-            let reserved = limit - caps.total as u64;
-            assert!(
-                reserved == 1024 || reserved == limit / 4,
-                "{caps:?} under {limit}"
-            );
+        for (limit, clients) in [(100_000, 98_976), (4096, 3072), (1024, 768), (0, 0)] {
+            assert_eq!(clients_under(limit), clients, "{limit}");
         }
         assert_eq!(
             ConnectionCaps::within_open_file_limit(Some(7), 3),

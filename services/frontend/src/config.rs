@@ -52,8 +52,8 @@ pub struct Config {
     /// Client connections the public port keeps open at once; more are closed as they come, so
     /// that clients cannot take every file descriptor this frontend needs for its own calls.
     /// Default: what the open-file limit leaves after 1,024 (a quarter of a lower limit).
-    #[arg(long, env = env::MAX_CONNECTIONS)]
-    pub max_connections: Option<usize>,
+    #[arg(long, env = env::MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// WebSocket streams this frontend keeps open at once; one more is closed at once with
     /// 1013 (try again later). Each user order stream polls the order leader.
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]

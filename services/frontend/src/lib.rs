@@ -82,7 +82,10 @@ pub async fn start(
         0 => usize::MAX,
         cap => cap,
     };
-    let caps = ConnectionCaps::within_open_file_limit(config.max_connections, per_client);
+    let total = config
+        .max_connections
+        .map(|total| usize::try_from(total).unwrap_or(usize::MAX));
+    let caps = ConnectionCaps::within_open_file_limit(total, per_client);
     tracing::info!(?caps, "client connections kept open at most");
     let Some(internal_port) = config.internal_port else {
         return Ok(server::Running::spawn(addr, async move {

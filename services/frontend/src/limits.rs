@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use stocknet_common::connections::client_address;
 use stocknet_common::envelope::with_retry_after;
 use stocknet_common::paths;
 use stocknet_common::ApiError;
@@ -181,7 +182,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| counted_address(info.0.ip()));
+        .map(|info| client_address(info.0.ip()));
     let key = match credentials::bearer(request.headers()) {
         Ok(key) => key,
         Err(refused) => return refused.into_response(),
@@ -232,22 +233,6 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
-/// The address an anonymous client is counted by: an IPv4 address as it is, an IPv6 address by
-/// its /64, which one host or customer usually holds whole (each of its 2^64 addresses would
-/// otherwise be a client of its own).
-fn counted_address(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                IpAddr::from([a, b, c, d, 0, 0, 0, 0])
-            }
-        },
-    }
-}
-
 /// The 429 of a request `client` sent over its limit.
 fn over_its_limit(client: Client, too_many: TooMany) -> Response {
     // Debug only: a client over its limit sends many of these.
@@ -284,7 +269,7 @@ mod tests {
     #[test]
     fn an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_one_by_its_address() {
         let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        let counted = |text| counted_address(ip(text));
+        let counted = |text| client_address(ip(text));
         assert_eq!(counted("2001:db8:1:2::1"), counted("2001:db8:1:2:ffff::9"));
         assert_ne!(counted("2001:db8:1:2::1"), counted("2001:db8:1:3::1"));
         assert_eq!(counted("::ffff:10.0.0.1"), ip("10.0.0.1"));
