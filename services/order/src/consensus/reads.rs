@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
-use openraft::StorageError;
+use openraft::{BasicNode, RaftMetrics, StorageError};
 use tokio::sync::{watch, Notify};
 
 use super::lease::LeaseRead;
@@ -131,13 +131,7 @@ impl SharedReads {
         let Some(floor) = self.boot_floor else {
             return true;
         };
-        if self.floor_passed.load(Ordering::Acquire) {
-            return true;
-        }
-        // A newer term begins with its leader's blank entry, after everything before it: the
-        // checks below cover all of that (and the floor may no longer be in this log at all).
-        if self.raft.metrics().borrow().vote.leader_id().term > floor.term {
-            self.floor_passed.store(true, Ordering::Release);
+        if self.past_boot_floor(&self.raft.metrics().borrow()) {
             return true;
         }
         let applied = self
@@ -150,6 +144,24 @@ impl SharedReads {
         }
         self.floor_passed.store(true, Ordering::Release);
         true
+    }
+
+    /// Whether, as `metrics` show this replica, its reads are past its [`BootFloor`] (it has
+    /// none, its book applied through it, or a newer term began: that term's leader's blank
+    /// entry comes after everything before it, which the lease and the read index cover).
+    pub fn past_boot_floor(&self, metrics: &RaftMetrics<u64, BasicNode>) -> bool {
+        let Some(floor) = self.boot_floor else {
+            return true;
+        };
+        if self.floor_passed.load(Ordering::Acquire) {
+            return true;
+        }
+        let applied = metrics.last_applied.map_or(0, |applied| applied.index);
+        let past = metrics.vote.leader_id().term > floor.term || applied >= floor.index;
+        if past {
+            self.floor_passed.store(true, Ordering::Release);
+        }
+        past
     }
 
     /// How many checks have run, for tests.

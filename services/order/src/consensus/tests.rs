@@ -1126,6 +1126,28 @@ async fn a_leader_restarted_within_its_term_reads_only_once_its_book_holds_its_l
     }
 }
 
+/// What holds a replica's reads (and its readiness) at its boot floor, and what lets them past:
+/// its book applying through the floor, or a newer term than the floor's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_floor_holds_until_the_book_reaches_it_or_a_newer_term_begins() {
+    let group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    let applied = group.write(leader, 1).await.log_id.index;
+    group.applied(leader, applied).await;
+    let metrics = group.raft(leader).metrics().borrow().clone();
+    let past = |floor: Option<BootFloor>| {
+        SharedReads::start(group.raft(leader), Lease::new(), floor).past_boot_floor(&metrics)
+    };
+    let floor = |term, index| Some(BootFloor { term, index });
+    assert!(past(None), "no floor");
+    assert!(past(floor(term, applied)), "the book applied through it");
+    assert!(
+        !past(floor(term, applied + 1)),
+        "the book short of it, in its term"
+    );
+    assert!(past(floor(term - 1, applied + 1)), "a newer term began");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_recovers_its_log_and_vote_and_catches_up() {
     let mut group = Group::start(3).await;

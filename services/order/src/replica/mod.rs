@@ -293,12 +293,13 @@ impl Replica {
     }
 
     /// Whether this replica takes part in the group and is caught up: it knows its term's
-    /// leader, and, following, has applied through the commit point that leader first sent it
-    /// (a replica back from a restart is not ready while it holds an old book).
+    /// leader, and, following, has applied through the commit point that leader first sent it,
+    /// or, leading, is past its boot floor (a replica back from a restart is not ready while it
+    /// holds an old book).
     pub fn is_ready(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        let caught_up = m.state == ServerState::Leader
+        let caught_up = (m.state == ServerState::Leader && self.reads.past_boot_floor(&m))
             || self.elections.catch_up.reached(
                 m.current_term,
                 m.last_applied.map_or(0, |applied| applied.index),
