@@ -2,11 +2,12 @@
 //! that opens connections and sends nothing would otherwise hold one file descriptor each
 //! until the process has none left, and then no other client gets in and the process's own
 //! calls to other processes fail too (I13). A connection over either cap is closed as soon as
-//! it is accepted. What this does not do: close idle connections (no timer is set on them), so
-//! that without a cap per address one client can still hold every place, and new clients are
-//! refused while those connected go on; and the reserve covers the process's calls for idle
-//! clients, not for more than about a thousand requests in flight at once (`--max-in-flight`
-//! bounds those per client).
+//! it is accepted; an idle one is closed by its server after a while
+//! (`server::ConnectionRules::idle_timeout`). What this does not do: without a cap per address,
+//! one client can still hold every place until its connections idle out, and new clients are
+//! refused meanwhile while those connected go on; and the reserve covers the process's calls
+//! for idle clients, not for more than about a thousand requests in flight at once
+//! (`--max-in-flight` bounds those per client).
 
 use std::collections::HashMap;
 use std::io;

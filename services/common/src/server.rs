@@ -3,13 +3,18 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
-use axum::{Router, ServiceExt};
+use axum::serve::Listener;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::Service;
+use tokio::sync::watch;
+use tower::{Service, ServiceExt};
 use tower_http::trace::TraceLayer;
 
 use crate::connections::{CappedListener, ConnectionCaps};
@@ -139,6 +144,27 @@ impl Running {
     }
 }
 
+/// How a listening port treats its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRules {
+    /// How many it keeps open (`connections.rs`).
+    pub caps: ConnectionCaps,
+    /// How long a connection may go without sending a whole request head, from when it opens
+    /// or its last answer was written; then it is closed (without an answer). So a
+    /// client that sends nothing, or its headers a byte at a time, does not hold its place
+    /// for ever. A request being answered, and a WebSocket stream, are not idle.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ConnectionRules {
+    /// No cap, no timeout: for ports only other StockNet processes reach, which keep their
+    /// connections pooled.
+    pub const INSIDE: Self = Self {
+        caps: ConnectionCaps::NONE,
+        idle_timeout: None,
+    };
+}
+
 /// Serves until `shutdown` resolves, then finishes in-flight requests. Handlers can see the
 /// client's address (`ConnectInfo<SocketAddr>`), e.g. to limit each client's rate.
 pub async fn serve(
@@ -146,31 +172,70 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_capped(listener, ConnectionCaps::NONE, router, shutdown).await
+    serve_with(listener, ConnectionRules::INSIDE, router, shutdown).await
 }
 
-/// [`serve`], keeping at most `caps` connections open (`connections.rs`): for a port clients
-/// reach.
-pub async fn serve_capped(
+/// [`serve`], under `rules`: for a port clients reach. HTTP/1.1, as axum's `serve`, whose
+/// loop this is but for the timer that hyper's idle timeout needs.
+pub async fn serve_with(
     listener: TcpListener,
-    caps: ConnectionCaps,
+    rules: ConnectionRules,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = around_routes(router);
-    // An answer written in parts (a batch's lines, a stream's frames) goes out part by part:
-    // with Nagle's algorithm a part would wait for the peer's delayed acknowledgement (40 ms).
-    let listener = CappedListener::new(listener, caps).tap_io(|connection| {
+    let mut listener = CappedListener::new(listener, rules.caps);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    if let Some(timeout) = rules.idle_timeout {
+        http.timer(TokioTimer::new()).header_read_timeout(timeout);
+    }
+    // Each connection holds a sender of `finish`, whose one receiver is dropped to ask them
+    // all to finish, and a receiver of `finished`, whose sender sees when they all have.
+    let (finish, finish_asked) = watch::channel(());
+    let (finished, serving_connection) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (connection, client) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        // An answer written in parts (a batch's lines, a stream's frames) goes out part by
+        // part: with Nagle's algorithm a part would wait for the peer's delayed
+        // acknowledgement (40 ms).
         if let Err(e) = connection.tcp().set_nodelay(true) {
             tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
         }
-    });
-    axum::serve(
-        listener,
-        ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        let service = app
+            .clone()
+            .map_request(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(client));
+                request.map(axum::body::Body::new)
+            });
+        let serving = http
+            .serve_connection(TokioIo::new(connection), TowerToHyperService::new(service))
+            .with_upgrades();
+        let finish = finish.clone();
+        let serving_connection = serving_connection.clone();
+        tokio::spawn(async move {
+            let mut serving = std::pin::pin!(serving);
+            let served = tokio::select! {
+                served = serving.as_mut() => served,
+                () = finish.closed() => {
+                    serving.as_mut().graceful_shutdown();
+                    serving.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%client, "connection ended: {e}");
+            }
+            drop(serving_connection);
+        });
+    }
+    drop(listener);
+    drop(finish_asked);
+    drop(serving_connection);
+    finished.closed().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -257,9 +322,139 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use axum::http::HeaderValue;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::Notify;
+    use tokio::time::timeout;
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
+
+    /// Every wait of these tests is bounded by this.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Reads from `stream` until what it read contains `text`, and returns it all.
+    async fn read_until(stream: &mut TcpStream, text: &str) -> String {
+        let mut read = Vec::new();
+        let mut buffer = [0; 1024];
+        while !String::from_utf8_lossy(&read).contains(text) {
+            let n = timeout(WAIT, stream.read(&mut buffer))
+                .await
+                .expect("an answer in time")
+                .expect("a read");
+            assert!(
+                n > 0,
+                "closed before {text:?}: {}",
+                String::from_utf8_lossy(&read)
+            );
+            read.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&read).into_owned()
+    }
+
+    /// Whether the server closes `stream` (within the bounded wait) without another byte.
+    async fn closed_silently(stream: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        let read = timeout(WAIT, stream.read_to_end(&mut rest)).await;
+        matches!(read, Ok(Ok(0)))
+    }
+
+    /// Switches the connection to a protocol of its own, which sends back what it receives.
+    async fn echo(mut request: Request) -> Response {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let mut connection = TokioIo::new(upgrade.await.expect("upgraded"));
+            let mut buffer = [0; 64];
+            while let Ok(n @ 1..) = connection.read(&mut buffer).await {
+                if connection.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Response::builder()
+            .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .expect("a valid answer")
+    }
+
+    #[tokio::test]
+    async fn idle_and_trickling_connections_are_closed_and_requests_being_answered_are_not() {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let (to_start, to_release) = (started.clone(), release.clone());
+        let router = Router::new()
+            .route("/quick", get(|| async { "quick" }))
+            .route("/echo", get(echo))
+            .route(
+                "/slow",
+                get(move || async move {
+                    to_start.notify_one();
+                    to_release.notified().await;
+                    "slow"
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rules = ConnectionRules {
+            caps: ConnectionCaps::NONE,
+            idle_timeout: Some(Duration::from_millis(300)),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve_with(listener, rules, router, async {
+            let _ = stopped.await;
+        }));
+
+        let mut answering = TcpStream::connect(addr).await.unwrap();
+        answering
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        timeout(WAIT, started.notified())
+            .await
+            .expect("/slow begun");
+        let mut upgraded = TcpStream::connect(addr).await.unwrap();
+        upgraded
+            .write_all(
+                b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let switched = read_until(&mut upgraded, "\r\n\r\n").await;
+        assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
+        let mut trickling = TcpStream::connect(addr).await.unwrap();
+        trickling
+            .write_all(b"GET /quick HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_until(&mut idle, "quick").await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+        assert!(
+            closed_silently(&mut trickling).await,
+            "a half-sent head is cut off"
+        );
+        assert!(
+            closed_silently(&mut idle).await,
+            "an idle connection is closed"
+        );
+        // Both waited out the timeout; the request begun before them is still answered, and
+        // the upgraded connection (as a WebSocket stream's) still open.
+        release.notify_one();
+        let answer = read_until(&mut answering, "slow").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        upgraded.write_all(b"still here").await.unwrap();
+        assert_eq!(read_until(&mut upgraded, "still here").await, "still here");
+
+        stop.send(()).unwrap();
+        timeout(WAIT, serving).await.unwrap().unwrap().unwrap();
+    }
 
     /// Collects what the subscriber writes.
     #[derive(Clone, Default)]

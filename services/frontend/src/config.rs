@@ -1,7 +1,7 @@
 //! The frontend's configuration: flags with environment fallbacks.
 
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 
 use stocknet_common::metrics::MetricsArgs;
 use stocknet_common::wire::{parse_peer, Peer};
@@ -54,6 +54,11 @@ pub struct Config {
     /// Default: what the open-file limit leaves after 1,024 (a quarter of a lower limit).
     #[arg(long, env = env::MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// Seconds a client connection may go without sending a whole request head (after it
+    /// opens, or between requests) before it is closed, so that idle or trickling clients do
+    /// not hold their places for ever. Requests being answered and streams are not idle.
+    #[arg(long, env = env::CLIENT_IDLE_SECONDS, default_value_t = NonZeroU64::new(60).expect("60 > 0"))]
+    pub client_idle_seconds: NonZeroU64,
     /// WebSocket streams this frontend keeps open at once; one more is closed at once with
     /// 1013 (try again later). Each user order stream polls the order leader.
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]

@@ -15,12 +15,13 @@ pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use stocknet_common::connections::ConnectionCaps;
 use stocknet_common::listeners;
 use stocknet_common::metrics;
-use stocknet_common::server;
+use stocknet_common::server::{self, ConnectionRules};
 
 pub use config::Config;
 pub use error::{Answer, FrontendError};
@@ -85,11 +86,14 @@ pub async fn start(
     let total = config
         .max_connections
         .map(|total| usize::try_from(total).unwrap_or(usize::MAX));
-    let caps = ConnectionCaps::within_open_file_limit(total, per_client);
-    tracing::info!(?caps, "client connections kept open at most");
+    let rules = ConnectionRules {
+        caps: ConnectionCaps::within_open_file_limit(total, per_client),
+        idle_timeout: Some(Duration::from_secs(config.client_idle_seconds.get())),
+    };
+    tracing::info!(?rules, "client connections");
     let Some(internal_port) = config.internal_port else {
         return Ok(server::Running::spawn(addr, async move {
-            server::serve_capped(listener, caps, router(state), shutdown).await?;
+            server::serve_with(listener, rules, router(state), shutdown).await?;
             Ok(())
         }));
     };
@@ -110,9 +114,9 @@ pub async fn start(
     };
     Ok(server::Running::spawn(addr, async move {
         tokio::try_join!(
-            server::serve_capped(
+            server::serve_with(
                 listener,
-                caps,
+                rules,
                 public_router(state.clone()),
                 until_stopped(stopped.clone())
             ),
