@@ -197,6 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     }
 }
 
+#[derive(Clone)]
 pub struct Peer {
     http: reqwest::Client,
     target: u64,

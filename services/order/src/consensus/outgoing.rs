@@ -16,15 +16,26 @@
 //! acknowledgement by at most [`COMMIT_ALONE_WINDOW`] and a round trip. That time serves only
 //! `millis_since_quorum_ack`, by which a leader refuses pre-votes (`election.rs`): later is
 //! the cautious side. The lease is renewed only by acknowledgements that came (`lease.rs`).
+//!
+//! openraft 0.9 waits one heartbeat for an append's answer and then drops the call, so over a
+//! link whose round trip is longer no answer ever came back and the group committed nothing
+//! (a gray failure: slow, not down). An append is therefore sent from a task of its own, with
+//! a deadline of [`APPEND_DEADLINE`], which goes on when openraft stops waiting; the next
+//! append to the same replica first waits for it, and takes its answer when it says what the
+//! new one asks (the same leader and log position: the follower matched the old one's
+//! entries, which begin the new one's). Such an answer is an acknowledgement that came late,
+//! which Raft allows of any message. A replica that is down or hung holds at most one append
+//! of this leader's at a time, as before.
 
 use std::sync::Arc;
 
-use openraft::error::{RPCError, RaftError};
+use openraft::error::{NetworkError, RPCError, RaftError};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, LogId};
+use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
 use super::durable::clamp_commit;
@@ -48,7 +59,11 @@ impl<F> Outgoing<F> {
     }
 }
 
-impl<F: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Outgoing<F> {
+impl<F> RaftNetworkFactory<TypeConfig> for Outgoing<F>
+where
+    F: RaftNetworkFactory<TypeConfig>,
+    F::Network: Clone + Sync,
+{
     type Network = OutgoingPeer<F::Network>;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
@@ -58,9 +73,13 @@ impl<F: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Outgo
             lease: self.lease.clone(),
             durable: self.durable.clone(),
             accepted: None,
+            in_flight: None,
         }
     }
 }
+
+/// How long an append may take to be answered, openraft's deadline (a heartbeat) passed.
+const APPEND_DEADLINE: Duration = Duration::from_secs(1);
 
 /// How soon after an accepted append an append that carries nothing new but the commit point
 /// is held back for the next one.
@@ -74,6 +93,86 @@ pub struct OutgoingPeer<N> {
     /// The last append this connection sent that the follower accepted. A new connection
     /// (openraft opens one for each leadership check) has none, so it sends every append.
     accepted: Option<Accepted>,
+    /// The last append sent, while its answer has not been taken.
+    in_flight: Option<InFlight>,
+}
+
+type AppendAnswer = Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>>;
+
+/// An append on its way: what it asked, and its answer to come.
+struct InFlight {
+    sent: SentAppend,
+    answer: JoinHandle<AppendAnswer>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.answer.abort();
+    }
+}
+
+/// What an append asked: under which vote, after which entry, through which, with which
+/// commit point, and when it was sent.
+#[derive(Debug, Clone, Copy)]
+struct SentAppend {
+    vote: openraft::Vote<u64>,
+    prev: Option<LogId<u64>>,
+    last: Option<LogId<u64>>,
+    commit: Option<LogId<u64>>,
+    at: Instant,
+}
+
+impl SentAppend {
+    fn of(request: &AppendEntriesRequest<TypeConfig>) -> Self {
+        Self {
+            vote: request.vote,
+            prev: request.prev_log_id,
+            last: last_of(request),
+            commit: request.leader_commit,
+            at: Instant::now(),
+        }
+    }
+
+    /// This append's `answer` as the answer to `request`, where it is one: the same leader's
+    /// append after the same entry, which the follower matched through an entry of
+    /// `request`'s (or through all of them) or refused for the same reason.
+    fn answers(
+        &self,
+        answer: &AppendAnswer,
+        request: &AppendEntriesRequest<TypeConfig>,
+    ) -> Option<AppendEntriesResponse<u64>> {
+        if self.vote != request.vote || self.prev != request.prev_log_id {
+            return None;
+        }
+        let matched = |matching: Option<LogId<u64>>| {
+            let last = last_of(request);
+            if matching >= last {
+                // A leader's log only grows: the follower holds every entry `request` sends.
+                Some(AppendEntriesResponse::Success)
+            } else if matching > request.prev_log_id {
+                Some(AppendEntriesResponse::PartialSuccess(matching))
+            } else {
+                // Nothing new matched: `request`'s entries must go.
+                None
+            }
+        };
+        match answer.as_ref().ok()? {
+            AppendEntriesResponse::Success => matched(self.last),
+            AppendEntriesResponse::PartialSuccess(matching) => matched(*matching),
+            AppendEntriesResponse::Conflict => Some(AppendEntriesResponse::Conflict),
+            AppendEntriesResponse::HigherVote(vote) => {
+                Some(AppendEntriesResponse::HigherVote(*vote))
+            }
+        }
+    }
+}
+
+/// The last entry `request` sends, or the one it follows if it sends none.
+fn last_of(request: &AppendEntriesRequest<TypeConfig>) -> Option<LogId<u64>> {
+    request
+        .entries
+        .last()
+        .map_or(request.prev_log_id, |entry| Some(entry.log_id))
 }
 
 /// An append the follower accepted: the log it matched through, the commit point it was told,
@@ -98,36 +197,74 @@ impl<N> OutgoingPeer<N> {
     }
 }
 
-impl<N: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for OutgoingPeer<N> {
+impl<N> OutgoingPeer<N> {
+    /// Notes what the answer to `sent` says: a voter that took the vote renewed this leader's
+    /// lease from when it was sent, and an accepted append is what a commit point alone may
+    /// wait behind.
+    fn note(&mut self, sent: &SentAppend, answer: &AppendAnswer) {
+        if sent.vote.is_committed()
+            && matches!(answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
+        {
+            self.lease
+                .acked(self.target, sent.vote.leader_id().term, sent.at);
+        }
+        self.accepted = match answer {
+            Ok(AppendEntriesResponse::Success) => Some(Accepted {
+                matching: sent.last,
+                commit: sent.commit,
+                at: Instant::now(),
+            }),
+            _ => None,
+        };
+    }
+
+    /// The answer to the append in flight, once it comes (if openraft stops waiting for it,
+    /// it stays in flight for the next call).
+    async fn answer_in_flight(&mut self) -> Option<(SentAppend, AppendAnswer)> {
+        let in_flight = self.in_flight.as_mut()?;
+        let answer = (&mut in_flight.answer).await.unwrap_or_else(|e| {
+            Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(e),
+            )))
+        });
+        let sent = self.in_flight.take()?.sent;
+        self.note(&sent, &answer);
+        Some((sent, answer))
+    }
+}
+
+impl<N> RaftNetwork<TypeConfig> for OutgoingPeer<N>
+where
+    N: RaftNetwork<TypeConfig> + Clone + Send + Sync + 'static,
+{
     /// Any answer but `HigherVote` means the voter took this leader's vote, and with it
     /// started its lease again (openraft answers a log conflict after that).
     async fn append_entries(
         &mut self,
         mut request: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        _option: RPCOption,
+    ) -> AppendAnswer {
         clamp_commit(&mut request, self.durable.through());
+        if let Some((sent, answer)) = self.answer_in_flight().await {
+            if let Some(answer) = sent.answers(&answer, &request) {
+                return Ok(answer);
+            }
+        }
         if self.commit_alone(&request) {
             return Ok(AppendEntriesResponse::Success);
         }
-        let vote = request.vote;
-        let (commit, last) = (request.leader_commit, request.entries.last());
-        let matching = last.map_or(request.prev_log_id, |entry| Some(entry.log_id));
-        let sent = Instant::now();
-        let answer = self.inner.append_entries(request, option).await;
-        if vote.is_committed()
-            && matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
-        {
-            self.lease.acked(self.target, vote.leader_id().term, sent);
-        }
-        self.accepted = match &answer {
-            Ok(AppendEntriesResponse::Success) => Some(Accepted {
-                matching,
-                commit,
-                at: Instant::now(),
-            }),
-            _ => None,
-        };
+        let sent = SentAppend::of(&request);
+        let mut inner = self.inner.clone();
+        let answer = tokio::spawn(async move {
+            inner
+                .append_entries(request, RPCOption::new(APPEND_DEADLINE))
+                .await
+        });
+        self.in_flight = Some(InFlight { sent, answer });
+        let (_, answer) = self
+            .answer_in_flight()
+            .await
+            .expect("the append just sent is in flight");
         answer
     }
 
@@ -159,14 +296,18 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
-    use crate::consensus::DurableLog;
+    use crate::consensus::{DurableLog, HEARTBEAT};
 
     /// What a follower was sent: each append's count of entries and commit point.
     type Told = Vec<(usize, Option<u64>)>;
 
-    /// A follower that accepts every append, and what it was sent.
+    /// A follower that accepts every append, and what it was sent; while `holding` is set,
+    /// its answers wait (a slow link).
     #[derive(Clone, Default)]
-    struct Follower(Arc<Mutex<Told>>);
+    struct Follower {
+        told: Arc<Mutex<Told>>,
+        holding: Arc<tokio::sync::watch::Sender<bool>>,
+    }
 
     impl RaftNetwork<TypeConfig> for Follower {
         async fn append_entries(
@@ -175,7 +316,12 @@ mod tests {
             _option: RPCOption,
         ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
             let commit = request.leader_commit.map(|c| c.index);
-            self.0.lock().unwrap().push((request.entries.len(), commit));
+            self.told
+                .lock()
+                .unwrap()
+                .push((request.entries.len(), commit));
+            let mut holding = self.holding.subscribe();
+            let _ = holding.wait_for(|&holding| !holding).await;
             Ok(AppendEntriesResponse::Success)
         }
 
@@ -220,12 +366,12 @@ mod tests {
         follower: &Follower,
         request: AppendEntriesRequest<TypeConfig>,
     ) -> bool {
-        let before = follower.0.lock().unwrap().len();
+        let before = follower.told.lock().unwrap().len();
         let answer = peer
             .append_entries(request, RPCOption::new(Duration::from_millis(50)))
             .await;
         assert!(matches!(answer, Ok(AppendEntriesResponse::Success)));
-        follower.0.lock().unwrap().len() > before
+        follower.told.lock().unwrap().len() > before
     }
 
     /// A commit point alone right after an accepted append is not sent: the next append
@@ -258,7 +404,7 @@ mod tests {
         // Entries the follower does not hold yet: a different position, sent.
         assert!(sent(&mut peer, &follower, append(9, &[], 9)).await);
 
-        let told: Told = follower.0.lock().unwrap().clone();
+        let told: Told = follower.told.lock().unwrap().clone();
         assert_eq!(
             told,
             [
@@ -286,6 +432,47 @@ mod tests {
         // Committed through 8, but the leader's disk holds through 6 and the append names
         // only 8: cut to none, nothing new.
         assert!(sent(&mut peer, &follower, append(8, &[], 8)).await);
-        assert_eq!(follower.0.lock().unwrap().last(), Some(&(0, None)));
+        assert_eq!(follower.told.lock().unwrap().last(), Some(&(0, None)));
+    }
+
+    /// openraft waits a heartbeat for an append's answer; one that comes later answers the
+    /// next append where it says what that one asks, and nothing is sent twice.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_openraft_stopped_waiting_for_answers_the_next_append() {
+        let durable = DurableLog::new(Some(100));
+        let follower = Follower::default();
+        let mut network = Outgoing::new(follower.clone(), Lease::new(), durable.watch());
+        let mut peer = network.new_client(2, &BasicNode::default()).await;
+        let option = || RPCOption::new(HEARTBEAT);
+        // Sends `request` while the follower's answer is held, as openraft does: it gives up.
+        let give_up = async |peer: &mut OutgoingPeer<Follower>, request| {
+            follower.holding.send_replace(true);
+            let waited = tokio::time::timeout(HEARTBEAT, peer.append_entries(request, option()));
+            assert!(waited.await.is_err(), "no answer within the heartbeat");
+            follower.holding.send_replace(false);
+        };
+
+        give_up(&mut peer, append(4, &[5, 6], 4)).await;
+        // One entry more since: the follower matched 5 and 6, so only 7 must go.
+        let answer = peer
+            .append_entries(append(4, &[5, 6, 7], 6), option())
+            .await;
+        assert!(
+            matches!(answer, Ok(AppendEntriesResponse::PartialSuccess(Some(m))) if m == id(6)),
+            "{answer:?}"
+        );
+        // The same entries again: all matched.
+        give_up(&mut peer, append(6, &[7], 6)).await;
+        let answer = peer.append_entries(append(6, &[7], 6), option()).await;
+        assert!(matches!(answer, Ok(AppendEntriesResponse::Success)));
+        // Another position (openraft probing back after a conflict): sent.
+        give_up(&mut peer, append(7, &[8], 7)).await;
+        assert!(sent(&mut peer, &follower, append(5, &[6, 7, 8], 7)).await);
+
+        let told: Told = follower.told.lock().unwrap().clone();
+        assert_eq!(
+            told,
+            [(2, Some(4)), (1, Some(6)), (1, Some(7)), (3, Some(7))]
+        );
     }
 }

@@ -126,6 +126,7 @@ pub struct Network {
     pub from: u64,
 }
 
+#[derive(Clone)]
 pub struct Link {
     router: Arc<Router>,
     from: u64,

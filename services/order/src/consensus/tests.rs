@@ -1073,6 +1073,35 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
     assert_eq!(group.leader(&group.ids).await, (leader, term));
 }
 
+/// A round trip longer than a heartbeat (openraft's deadline for each append) slows commits
+/// down but does not stop them (`outgoing.rs`): the leader's every message takes 35 ms each
+/// way, so no answer comes within the 50 ms openraft gives an append. Before, this group
+/// committed nothing in 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_round_trips_outlast_a_heartbeat_still_commits() {
+    let group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    group
+        .router
+        .set_fault(leader, Some(LinkFault::Slow(Duration::from_millis(35))));
+    let mut last = 0;
+    for quantity in 1..=10 {
+        last = group.write(leader, quantity).await.log_id.index;
+    }
+    // The late acknowledgements renew the leader's lease too (from when each append was
+    // sent), so it confirms reads.
+    let reads = group.reads(leader);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !reads.confirm().await {
+        assert!(tokio::time::Instant::now() < deadline, "no read confirmed");
+    }
+    group.router.set_fault(leader, None);
+    for &id in &group.ids {
+        group.applied(id, last).await;
+    }
+    assert_eq!(group.leader(&group.ids).await, (leader, term));
+}
+
 /// A leader restarted within its term (openraft resumes it: no election, no blank entry)
 /// confirms no read before its book holds what its log held: it may have acknowledged all of
 /// that before the restart, and neither its lease (fresh) nor openraft's read index (its

@@ -99,7 +99,10 @@ impl Replica {
         id: u32,
         data_dir: &std::path::Path,
         peers: Vec<Peer>,
-        links: Links<impl RaftNetworkFactory<TypeConfig>, impl PreVoteTransport>,
+        links: Links<
+            impl RaftNetworkFactory<TypeConfig, Network: Clone + Sync>,
+            impl PreVoteTransport,
+        >,
         book: BookSettings,
         index: IndexLimits,
     ) -> Result<Arc<Self>, OrderError> {
