@@ -380,41 +380,100 @@ mod tests {
             .expect("a valid answer")
     }
 
-    #[tokio::test]
-    async fn idle_and_trickling_connections_are_closed_and_requests_being_answered_are_not() {
-        let started = Arc::new(Notify::new());
-        let release = Arc::new(Notify::new());
-        let (to_start, to_release) = (started.clone(), release.clone());
-        let router = Router::new()
+    /// The routes of these tests: `/quick`; `/slow`, which says it began on `began` and
+    /// answers once `release` is notified; `/client`, the client's address as the handler
+    /// sees it; and `/echo`.
+    fn test_routes(began: Arc<Notify>, release: Arc<Notify>) -> Router {
+        Router::new()
             .route("/quick", get(|| async { "quick" }))
+            .route(
+                "/client",
+                get(|ConnectInfo(client): ConnectInfo<SocketAddr>| async move {
+                    format!("from {client} end")
+                }),
+            )
             .route("/echo", get(echo))
             .route(
                 "/slow",
                 get(move || async move {
-                    to_start.notify_one();
-                    to_release.notified().await;
+                    began.notify_one();
+                    release.notified().await;
                     "slow"
                 }),
-            );
+            )
+    }
+
+    /// Serves `router` under `rules` on a free port: the address, what stops it, its task.
+    async fn serving(
+        router: Router,
+        rules: ConnectionRules,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let rules = ConnectionRules {
-            caps: ConnectionCaps::NONE,
-            idle_timeout: Some(Duration::from_millis(300)),
-        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve_with(listener, rules, router, async {
+        let task = tokio::spawn(serve_with(listener, rules, router, async {
             let _ = stopped.await;
         }));
+        (addr, stop, task)
+    }
+
+    /// `GET path` on `connection`, answered with a body ending in `end`: the answer.
+    async fn get_on(connection: &mut TcpStream, path: &str, end: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        connection.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until(connection, end).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answer
+    }
+
+    const IDLE: Duration = Duration::from_millis(300);
+
+    fn idle_after(timeout: Duration) -> ConnectionRules {
+        ConnectionRules {
+            caps: ConnectionCaps::NONE,
+            idle_timeout: Some(timeout),
+        }
+    }
+
+    /// Idle is counted from the last answer, not from the connection's start; and handlers
+    /// see the client's address.
+    #[tokio::test]
+    async fn a_connection_is_closed_once_idle_since_its_last_answer() {
+        let router = test_routes(Arc::default(), Arc::default());
+        let (addr, stop, task) = serving(router, idle_after(IDLE)).await;
+        let mut connection = TcpStream::connect(addr).await.unwrap();
+        let client = connection.local_addr().unwrap();
+        // Three requests over 400 ms, longer than the timeout, each within it of the last.
+        for _ in 0..3 {
+            let answer = get_on(&mut connection, "/client", "end").await;
+            assert!(answer.contains(&format!("from {client} end")), "{answer}");
+            tokio::time::sleep(IDLE * 2 / 3).await;
+        }
+        get_on(&mut connection, "/quick", "quick").await;
+        let answered = tokio::time::Instant::now();
+        assert!(closed_silently(&mut connection).await, "closed once idle");
+        // (Less a margin for the time the answer took to be read here.)
+        assert!(answered.elapsed() >= IDLE * 5 / 6, "not before the timeout");
+        stop.send(()).unwrap();
+        timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn trickling_connections_are_closed_and_requests_being_answered_are_not() {
+        let (began, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let router = test_routes(began.clone(), release.clone());
+        let (addr, stop, task) = serving(router, idle_after(IDLE)).await;
 
         let mut answering = TcpStream::connect(addr).await.unwrap();
         answering
             .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        timeout(WAIT, started.notified())
-            .await
-            .expect("/slow begun");
+        timeout(WAIT, began.notified()).await.expect("/slow begun");
         let mut upgraded = TcpStream::connect(addr).await.unwrap();
         upgraded
             .write_all(
@@ -425,27 +484,21 @@ mod tests {
         let switched = read_until(&mut upgraded, "\r\n\r\n").await;
         assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
         let mut trickling = TcpStream::connect(addr).await.unwrap();
+        let opened = tokio::time::Instant::now();
         trickling
             .write_all(b"GET /quick HTTP/1.1\r\nHo")
             .await
             .unwrap();
-        let mut idle = TcpStream::connect(addr).await.unwrap();
-        idle.write_all(b"GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let first = read_until(&mut idle, "quick").await;
-        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        tokio::time::sleep(IDLE / 2).await;
+        trickling.write_all(b"st: a\r\nX-More: ").await.unwrap();
 
         assert!(
             closed_silently(&mut trickling).await,
-            "a half-sent head is cut off"
+            "a head not whole within the timeout is cut off"
         );
-        assert!(
-            closed_silently(&mut idle).await,
-            "an idle connection is closed"
-        );
-        // Both waited out the timeout; the request begun before them is still answered, and
-        // the upgraded connection (as a WebSocket stream's) still open.
+        assert!(opened.elapsed() >= IDLE * 5 / 6, "not before the timeout");
+        // The request begun before it is still answered, and the upgraded connection (as a
+        // WebSocket stream's) is still open.
         release.notify_one();
         let answer = read_until(&mut answering, "slow").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -453,7 +506,41 @@ mod tests {
         assert_eq!(read_until(&mut upgraded, "still here").await, "still here");
 
         stop.send(()).unwrap();
-        timeout(WAIT, serving).await.unwrap().unwrap().unwrap();
+        timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    }
+
+    /// At shutdown an idle connection is closed at once, and the server stops once the
+    /// requests being answered are, each answer saying the connection closes.
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_finishes_requests_being_answered() {
+        let (began, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let router = test_routes(began.clone(), release.clone());
+        let (addr, stop, task) = serving(router, ConnectionRules::INSIDE).await;
+        let mut answering = TcpStream::connect(addr).await.unwrap();
+        answering
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        timeout(WAIT, began.notified()).await.expect("/slow begun");
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        get_on(&mut idle, "/quick", "quick").await;
+
+        stop.send(()).unwrap();
+        assert!(
+            closed_silently(&mut idle).await,
+            "an idle one closes at once"
+        );
+        assert!(
+            !task.is_finished(),
+            "it waits for the request being answered"
+        );
+        release.notify_one();
+        let answer = read_until(&mut answering, "slow").await;
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        timeout(WAIT, task).await.unwrap().unwrap().unwrap();
     }
 
     /// Collects what the subscriber writes.

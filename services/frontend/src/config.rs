@@ -1,7 +1,7 @@
 //! The frontend's configuration: flags with environment fallbacks.
 
 use std::net::IpAddr;
-use std::num::{NonZeroU64, NonZeroUsize};
+use std::num::NonZeroUsize;
 
 use stocknet_common::metrics::MetricsArgs;
 use stocknet_common::wire::{parse_peer, Peer};
@@ -57,8 +57,10 @@ pub struct Config {
     /// Seconds a client connection may go without sending a whole request head (after it
     /// opens, or between requests) before it is closed, so that idle or trickling clients do
     /// not hold their places for ever. Requests being answered and streams are not idle.
-    #[arg(long, env = env::CLIENT_IDLE_SECONDS, default_value_t = NonZeroU64::new(60).expect("60 > 0"))]
-    pub client_idle_seconds: NonZeroU64,
+    /// Longer than the usual proxies' idle timeouts (60 s), which must be the shorter.
+    #[arg(long, env = env::CLIENT_IDLE_SECONDS, default_value_t = 75,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub client_idle_seconds: u64,
     /// WebSocket streams this frontend keeps open at once; one more is closed at once with
     /// 1013 (try again later). Each user order stream polls the order leader.
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]

@@ -88,7 +88,7 @@ pub async fn start(
         .map(|total| usize::try_from(total).unwrap_or(usize::MAX));
     let rules = ConnectionRules {
         caps: ConnectionCaps::within_open_file_limit(total, per_client),
-        idle_timeout: Some(Duration::from_secs(config.client_idle_seconds.get())),
+        idle_timeout: Some(Duration::from_secs(config.client_idle_seconds)),
     };
     tracing::info!(?rules, "client connections");
     let Some(internal_port) = config.internal_port else {
