@@ -41,16 +41,19 @@ impl ApiKey {
         Self { user, ..self }
     }
 
-    /// Parses the text form; `None` for anything that is not one.
+    /// Parses the text form; `None` for anything that is not one. A key has one spelling, the
+    /// one [`reveal`](Self::reveal) gave (no leading zeros, lowercase hex), so that no two
+    /// texts stand for the same key.
     pub fn parse(text: &str) -> Option<Self> {
         let (user, secret) = text.strip_prefix(PREFIX)?.split_once('_')?;
         if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        Some(Self {
+        let key = Self {
             user: user.parse().ok()?,
             secret: from_hex(secret)?,
-        })
+        };
+        (key.reveal() == text).then_some(key)
     }
 
     /// The user the key claims to belong to (true once a credential verifies it).
@@ -208,6 +211,9 @@ mod tests {
             // A sign is no hex digit, though `from_str_radix` would take it.
             format!("snk_12_+{}", &secret[1..]),
             format!("snk_99999999999999999999_{secret}"),
+            // Other spellings of the same key.
+            format!("snk_012_{secret}"),
+            format!("snk_12_{}", secret.to_ascii_uppercase()),
         ] {
             assert!(ApiKey::parse(&bad).is_none(), "{bad}");
         }

@@ -151,12 +151,21 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<ApiKey>, FrontendErro
     value
         .to_str()
         .ok()
-        .and_then(|text| text.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .and_then(ApiKey::parse)
         .map(Some)
         .ok_or(FrontendError::Unauthorized(
             "Authorization must be `Bearer <API key>` with a key from POST /users",
         ))
+}
+
+/// The token of a `Bearer` credential: the scheme in any case, then one or more spaces
+/// (RFC 9110, 11.4).
+fn bearer_token(credential: &str) -> Option<&str> {
+    let (scheme, token) = credential.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// The user `key` acts for, if it is one of theirs and not revoked (401 if not).

@@ -196,6 +196,15 @@ async fn a_user_is_limited_by_their_key() {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+    // The scheme in any case, and with more than one space, names the same key: the same
+    // bucket.
+    let key = keys[0].reveal();
+    for spelling in [format!("bearer {key}"), format!("BEARER  {key}")] {
+        assert_eq!(
+            get(Some(spelling)).await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
     assert_eq!(
         get(bearer(&keys[1])).await.unwrap().status(),
         StatusCode::OK
