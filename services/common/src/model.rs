@@ -437,9 +437,7 @@ impl Terms {
     /// check.
     pub fn check(&self, limit: Option<Price>, quantity: u32) -> Result<(), &'static str> {
         if limit.is_none() && *self != Terms::default() {
-            return Err(
-                "time_in_force, expire_at, post_only, stp, display_quantity and stop_price apply to limit orders: give a price",
-            );
+            return Err(LIMIT_TERMS_ONLY);
         }
 
         match (self.time_in_force, self.expire_at) {
@@ -508,6 +506,9 @@ impl Terms {
         }
     }
 }
+
+/// Why a market order against the house cannot carry a limit order's terms.
+pub const LIMIT_TERMS_ONLY: &str = "time_in_force, expire_at, post_only, stp, display_quantity and stop_price apply to limit orders: give a price";
 
 /// Why an anonymous order cannot carry a client order id.
 pub const ANONYMOUS_CLIENT_ORDER_ID: &str =

@@ -451,7 +451,8 @@ pub struct AuditRecord {
     /// The order a modify or cancel changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<u64>,
-    /// The client's `Idempotency-Key`, if it sent one.
+    /// The `Idempotency-Key` it ran under: the client's, or the frontend's own (`auto-…`) when
+    /// the client sent none, which an answer of 504 names too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// A new limit order's `client_order_id`, if it had one.
@@ -691,7 +692,8 @@ pub struct OrderView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_type: Option<OrderType>,
     /// The limit price (a book market order's: its protection limit, worked out as it
-    /// executed); absent for a market order against the house.
+    /// executed); absent for a market order against the house, and for a stop market order
+    /// that has not triggered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
     pub status: Status,

@@ -705,6 +705,12 @@ fn operation_ids_are_unique_and_integers_are_bounded() {
         for (method, operation) in item.as_object().unwrap() {
             let id = operation["operationId"].as_str().unwrap().to_owned();
             assert!(ids.insert(id.clone()), "{method} {path}: {id} twice");
+            // Every write reads a body, if only to refuse one; no read does.
+            assert_eq!(
+                operation["responses"]["413"].is_object(),
+                method != "get",
+                "{method} {path}: 413"
+            );
             for parameter in operation["parameters"].as_array().into_iter().flatten() {
                 let schema = &parameter["schema"];
                 if schema["type"] == "integer" {
@@ -724,7 +730,7 @@ fn operation_ids_are_unique_and_integers_are_bounded() {
         ("/orders", "delete"),
     ] {
         let responses = &document["paths"][path][method]["responses"];
-        for status in ["400", "408", "503", "504", "429", "500"] {
+        for status in ["400", "408", "413", "503", "504", "429", "500"] {
             assert!(
                 responses[status].is_object(),
                 "{method} {path} lists no {status}"

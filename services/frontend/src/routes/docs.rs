@@ -168,7 +168,7 @@ fn bound_integers(value: &mut Value) {
 /// The answers any operation may give besides its own, from the layers in front of every
 /// handler: when the frontend limits rates (`GET /health` is exempt), 429 for a client over its
 /// limit and 401 for a request with a bad API key, which it counts against the key's user; 413
-/// for a body over the limit; 408 for a request not answered within 30 s of when it first had
+/// for a write's body over the limit; 408 for a request not answered within 30 s of when it first had
 /// to wait (`stocknet_common::deadline`); 500 when something failed inside (logged, never
 /// detailed).
 fn answers_every_operation_may_give(document: &mut Value) {
@@ -182,8 +182,9 @@ fn answers_every_operation_may_give(document: &mut Value) {
         let Some(operations) = item.as_object_mut() else {
             continue;
         };
-        for operation in operations.values_mut() {
-            let has_body = operation.get("requestBody").is_some();
+        for (method, operation) in operations.iter_mut() {
+            // Every write reads its body, if only to refuse one (`ClientBody`).
+            let reads_a_body = method != "get";
             let Some(responses) = operation["responses"].as_object_mut() else {
                 continue;
             };
@@ -195,7 +196,7 @@ fn answers_every_operation_may_give(document: &mut Value) {
                     answer("An API key that is malformed, unknown or revoked, when the frontend limits rates: it checks the key of every request that sends one")
                 });
             }
-            if has_body {
+            if reads_a_body {
                 responses
                     .entry("413")
                     .or_insert_with(|| answer("The body is larger than 4 MiB"));

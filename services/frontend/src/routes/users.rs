@@ -234,7 +234,6 @@ pub struct CreatedKey {
         NeedsKey,
         (status = 403, description = "Another user", body = ErrorEnvelope),
         (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
-        (status = 413, description = "The body is larger than 4 MiB", body = ErrorEnvelope),
         NoCatalog,
         CatalogWriteUnknown,
     ))]

@@ -532,6 +532,9 @@ fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
     assert_eq!(book.order(3).unwrap().status(), Status::Untriggered);
     assert_eq!(book.order(4).unwrap().status(), Status::Untriggered);
     assert_eq!(book.depth("A", 5).bids, []);
+    // The stop limit shows its price; the stop market none until it triggers.
+    let price = |number| book.limit_view(&book.order(number).unwrap()).price;
+    assert_eq!((price(3), price(4)), (Some(Price::from_cents(1050)), None));
     let refused = book.apply(&entry(5, resize(3, 1)));
     assert_eq!(refused, Applied::Refused(Refusal::Untriggered(3)));
     // A trade at 10.00 reaches neither stop; one at 10.50 triggers the buy, which takes 3
@@ -548,6 +551,7 @@ fn a_stop_order_waits_off_the_book_until_a_trade_reaches_its_stop() {
     // Cancelled while waiting, it never enters.
     book.apply(&entry(8, Command::Cancel { target: 4 }));
     assert_eq!(book.order(4).unwrap().status(), Status::Cancelled);
+    assert_eq!(book.limit_view(&book.order(4).unwrap()).price, None);
 }
 
 #[test]

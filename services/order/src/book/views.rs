@@ -178,7 +178,9 @@ impl Book {
             } else {
                 OrderType::Limit
             }),
-            price: Some(order.price),
+            // A stop market order's protection limit is worked out once it triggers; until
+            // then (and if it never does) it has none.
+            price: (order.price.cents() > 0).then_some(order.price),
             status: order.status(),
             filled_quantity: order.filled,
             remaining_quantity: order.remaining(),

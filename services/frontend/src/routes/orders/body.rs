@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use stocknet_common::clock::parse_instant;
 use stocknet_common::envelope::parse_json_object;
-use stocknet_common::model::check_client_order_id;
+use stocknet_common::model::{check_client_order_id, LIMIT_TERMS_ONLY};
 use stocknet_common::wire::{NewOrder, OrderChange, OrderType, PriceGuard};
 use stocknet_common::{Price, SelfTrade, Side, Terms, TimeInForce};
 use utoipa::ToSchema;
@@ -270,6 +270,22 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         display_quantity,
         stop_price,
     };
+    // A market order against the house takes no term of a limit order, not even one spelled
+    // as its default, which the leader cannot tell from none.
+    let limit_terms = [
+        "time_in_force",
+        "expire_at",
+        "post_only",
+        "stp",
+        "display_quantity",
+        "stop_price",
+    ];
+    if order.price.is_none()
+        && order_type.is_none()
+        && limit_terms.iter().any(|field| fields.contains_key(*field))
+    {
+        return Err(bad(LIMIT_TERMS_ONLY));
+    }
     // The same checks the leader makes.
     match order_type {
         Some(OrderType::Market) => order.terms().check_market(),
@@ -444,6 +460,10 @@ mod tests {
             (r#"{"name":"","quantity":1,"type":"buy"}"#, Some("name must be a non-empty string of at most 128 characters without control characters")),
             (r#"{"name":"a\nb","quantity":1,"type":"buy"}"#, Some("name must be a non-empty string of at most 128 characters without control characters")),
             (r#"[1]"#, Some("Request body must be a JSON object")),
+            // A limit order's terms, even their defaults, are not a house order's.
+            (r#"{"name":"A","quantity":1,"type":"buy","time_in_force":"gtc"}"#, Some(LIMIT_TERMS_ONLY)),
+            (r#"{"name":"A","quantity":1,"type":"buy","post_only":false}"#, Some(LIMIT_TERMS_ONLY)),
+            (r#"{"name":"A","quantity":1,"type":"buy","stp":"cancel_newest"}"#, Some(LIMIT_TERMS_ONLY)),
         ];
         for (body, expected) in cases {
             match (validate_order(body.as_bytes()), expected) {
