@@ -378,7 +378,8 @@ pub async fn method_not_allowed() -> ApiError {
 /// Parses a body the lenient way clients send it (no content-type check), for handlers
 /// that validate field by field to give precise messages.
 /// A field given twice (`{"quantity":-5,"quantity":1}`) is refused: parsers disagree on which
-/// one wins, so accepting it would let a proxy and this service read different orders.
+/// one wins, so accepting it would let a proxy and this service read different orders. So is
+/// a number a double cannot hold exactly (`0.99999999999999999` would be read as 1).
 pub fn parse_json_object(
     bytes: &[u8],
 ) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
@@ -387,9 +388,61 @@ pub fn parse_json_object(
         Ok(_) => return Err(ApiError::bad_request("Request body must be a JSON object")),
         Err(e) => return Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
     }
+    if let Some(number) = imprecise_number(bytes) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid JSON body: {number} has more than {EXACT_DIGITS} significant digits: it would be read as another number"
+        )));
+    }
     serde_json::from_slice::<UniqueFields>(bytes)
         .map(|fields| fields.0)
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+}
+
+/// Significant digits every decimal number keeps through a double (`f64::DIGITS`): with at
+/// most this many, a number is read as exactly what it says.
+const EXACT_DIGITS: usize = f64::DIGITS as usize;
+
+/// The first number of `json` (valid JSON) with more significant digits than
+/// [`EXACT_DIGITS`], from its first non-zero digit to its last.
+fn imprecise_number(json: &[u8]) -> Option<&str> {
+    let (mut in_string, mut escaped) = (false, false);
+    let mut at = 0;
+    while let Some(&byte) = json.get(at) {
+        at += 1;
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if byte == b'-' || byte.is_ascii_digit() {
+            let start = at - 1;
+            while json
+                .get(at)
+                .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            {
+                at += 1;
+            }
+            let number = &json[start..at];
+            let mantissa = number.split(|b| matches!(b, b'e' | b'E')).next()?;
+            let digits: Vec<u8> = mantissa
+                .iter()
+                .copied()
+                .filter(u8::is_ascii_digit)
+                .collect();
+            let significant = digits.iter().position(|&d| d != b'0').map_or(0, |first| {
+                let last = digits.iter().rposition(|&d| d != b'0').unwrap_or(first);
+                last - first + 1
+            });
+            if significant > EXACT_DIGITS {
+                return std::str::from_utf8(number).ok();
+            }
+        }
+    }
+    None
 }
 
 /// A JSON object whose top-level keys are all different.
@@ -538,6 +591,27 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert!(parse_json_object(br#"{"a":1}"#).is_ok());
+        // Numbers a double reads as what they say, and numbers inside strings, pass; a
+        // number with more significant digits would be read as another.
+        let exact = br#"{"a":[1.000000000000000000,100000000000000000000,-0.0000123456789012345e-3],"b":"0.99999999999999999\"1234567890123456"}"#;
+        assert!(parse_json_object(exact).is_ok());
+        for (body, number) in [
+            (r#"{"quantity":0.99999999999999999}"#, "0.99999999999999999"),
+            (
+                r#"{"a":{"b":[1,4294967295.0000001]}}"#,
+                "4294967295.0000001",
+            ),
+            (
+                r#"{"price":-10.0000000000000001e2}"#,
+                "-10.0000000000000001e2",
+            ),
+        ] {
+            let refused = parse_json_object(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                refused.message,
+                format!("Invalid JSON body: {number} has more than 15 significant digits: it would be read as another number"),
+            );
+        }
         let twice = parse_json_object(br#"{"quantity":-5,"quantity":1}"#).unwrap_err();
         assert_eq!(twice.status, StatusCode::BAD_REQUEST);
         assert!(

@@ -454,6 +454,8 @@ mod tests {
             (r#"{"name":"A","quantity":1.5,"type":"buy"}"#, Some("quantity must be a positive integer")),
             // JSON Schema's integers include whole numbers written with a fraction.
             (r#"{"name":"A","quantity":5.0,"type":"buy"}"#, None),
+            // Not one that only a double's rounding makes whole.
+            (r#"{"name":"A","quantity":0.99999999999999999,"type":"buy"}"#, Some("Invalid JSON body: 0.99999999999999999 has more than 15 significant digits: it would be read as another number")),
             (r#"{"name":"A","quantity":"1","type":"buy"}"#, Some("quantity must be a positive integer")),
             (r#"{"name":"A","quantity":99999999999,"type":"buy"}"#, Some("quantity is too large (at most 4294967295)")),
             (r#"{"name":"A","quantity":1,"type":"hold"}"#, Some("type must be \"buy\" or \"sell\"")),
