@@ -20,12 +20,17 @@
 //! openraft 0.9 waits one heartbeat for an append's answer and then drops the call, so over a
 //! link whose round trip is longer no answer ever came back and the group committed nothing
 //! (a gray failure: slow, not down). An append is therefore sent from a task of its own, with
-//! a deadline of [`APPEND_DEADLINE`], which goes on when openraft stops waiting; the next
-//! append to the same replica first waits for it, and takes its answer when it says what the
-//! new one asks (the same leader and log position: the follower matched the old one's
-//! entries, which begin the new one's). Such an answer is an acknowledgement that came late,
-//! which Raft allows of any message. A replica that is down or hung holds at most one append
-//! of this leader's at a time, as before.
+//! a deadline of [`APPEND_DEADLINE`] (the HTTP transport's; the tests' network has none),
+//! which goes on when openraft stops waiting; the next append to the same replica first waits
+//! for it, and takes its answer when it says what the new one asks: the same leader and log
+//! position, and the follower matched the old one's entries, which begin the new one's (a
+//! conflict is asked again, since openraft may have moved past that entry by a snapshot).
+//! Such an answer is an acknowledgement that came late, which Raft allows of any message; the
+//! lease counts it from when the old append was sent, earlier than openraft's count, and only
+//! once openraft takes it, so that the lease is never ahead of what openraft counts. A
+//! heartbeat meanwhile (openraft takes no progress from one) is answered by a recent such
+//! answer without being sent, and leaves it for the append after it. A replica that is down
+//! or hung holds at most one append of this leader's at a time, as before.
 
 use std::sync::Arc;
 
@@ -39,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
 use super::durable::clamp_commit;
-use super::{Durable, Lease, SnapshotAnswer, TypeConfig};
+use super::{Durable, Lease, SnapshotAnswer, TypeConfig, HEARTBEAT};
 
 /// A network factory whose connections hold appends to this replica's disk and note the
 /// accepted ones in its lease.
@@ -73,7 +78,7 @@ where
             lease: self.lease.clone(),
             durable: self.durable.clone(),
             accepted: None,
-            in_flight: None,
+            unclaimed: None,
         }
     }
 }
@@ -93,26 +98,50 @@ pub struct OutgoingPeer<N> {
     /// The last append this connection sent that the follower accepted. A new connection
     /// (openraft opens one for each leadership check) has none, so it sends every append.
     accepted: Option<Accepted>,
-    /// The last append sent, while its answer has not been taken.
-    in_flight: Option<InFlight>,
+    /// The last append sent, while openraft has not taken its answer.
+    unclaimed: Option<Unclaimed>,
 }
 
 type AppendAnswer = Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>>;
 
-/// An append on its way: what it asked, and its answer to come.
-struct InFlight {
+/// An append openraft has not taken the answer of: on its way, or come.
+struct Unclaimed {
     sent: SentAppend,
-    answer: JoinHandle<AppendAnswer>,
+    coming: JoinHandle<Came>,
+    came: Option<Came>,
 }
 
-impl Drop for InFlight {
+/// An append's answer, and when it came.
+struct Came {
+    answer: AppendAnswer,
+    at: Instant,
+}
+
+impl Drop for Unclaimed {
     fn drop(&mut self) {
-        self.answer.abort();
+        self.coming.abort();
+    }
+}
+
+impl Unclaimed {
+    /// Its answer, once it has come (if openraft stops waiting meanwhile, it stays unclaimed
+    /// for the next call).
+    async fn came(&mut self) -> Option<&Came> {
+        if self.came.is_none() {
+            let came = (&mut self.coming).await.unwrap_or_else(|e| Came {
+                answer: Err(RPCError::Network(NetworkError::new(
+                    &std::io::Error::other(e),
+                ))),
+                at: Instant::now(),
+            });
+            self.came = Some(came);
+        }
+        self.came.as_ref()
     }
 }
 
 /// What an append asked: under which vote, after which entry, through which, with which
-/// commit point, and when it was sent.
+/// commit point, and when it was sent (when openraft called: at most that late).
 #[derive(Debug, Clone, Copy)]
 struct SentAppend {
     vote: openraft::Vote<u64>,
@@ -122,47 +151,56 @@ struct SentAppend {
     at: Instant,
 }
 
+/// What an earlier append's answer says of a new request.
+#[derive(Debug)]
+enum Claim {
+    /// This is the request's answer.
+    Answers(AppendEntriesResponse<u64>),
+    /// The request is a heartbeat after the same entry, and the answer says more than it can
+    /// carry (openraft takes no progress from a heartbeat): it is the next append's.
+    CoversHeartbeat,
+    /// Nothing: the request must go.
+    Nothing,
+}
+
 impl SentAppend {
-    fn of(request: &AppendEntriesRequest<TypeConfig>) -> Self {
+    fn of(request: &AppendEntriesRequest<TypeConfig>, at: Instant) -> Self {
         Self {
             vote: request.vote,
             prev: request.prev_log_id,
             last: last_of(request),
             commit: request.leader_commit,
-            at: Instant::now(),
+            at,
         }
     }
 
-    /// This append's `answer` as the answer to `request`, where it is one: the same leader's
-    /// append after the same entry, which the follower matched through an entry of
-    /// `request`'s (or through all of them) or refused for the same reason.
-    fn answers(
-        &self,
-        answer: &AppendAnswer,
-        request: &AppendEntriesRequest<TypeConfig>,
-    ) -> Option<AppendEntriesResponse<u64>> {
+    /// What this append's `answer` says of `request`: the same leader's append after the same
+    /// entry, of which the follower matched some entries or all, has its answer; so has one
+    /// the follower refused for a newer vote. A conflict is not reused: openraft may have
+    /// moved past that entry by a snapshot since.
+    fn claim(&self, answer: &AppendAnswer, request: &AppendEntriesRequest<TypeConfig>) -> Claim {
         if self.vote != request.vote || self.prev != request.prev_log_id {
-            return None;
+            return Claim::Nothing;
         }
         let matched = |matching: Option<LogId<u64>>| {
-            let last = last_of(request);
-            if matching >= last {
+            if request.entries.is_empty() && matching > request.prev_log_id {
+                Claim::CoversHeartbeat
+            } else if matching >= last_of(request) {
                 // A leader's log only grows: the follower holds every entry `request` sends.
-                Some(AppendEntriesResponse::Success)
+                Claim::Answers(AppendEntriesResponse::Success)
             } else if matching > request.prev_log_id {
-                Some(AppendEntriesResponse::PartialSuccess(matching))
+                Claim::Answers(AppendEntriesResponse::PartialSuccess(matching))
             } else {
-                // Nothing new matched: `request`'s entries must go.
-                None
+                Claim::Nothing
             }
         };
-        match answer.as_ref().ok()? {
-            AppendEntriesResponse::Success => matched(self.last),
-            AppendEntriesResponse::PartialSuccess(matching) => matched(*matching),
-            AppendEntriesResponse::Conflict => Some(AppendEntriesResponse::Conflict),
-            AppendEntriesResponse::HigherVote(vote) => {
-                Some(AppendEntriesResponse::HigherVote(*vote))
+        match answer {
+            Ok(AppendEntriesResponse::Success) => matched(self.last),
+            Ok(AppendEntriesResponse::PartialSuccess(matching)) => matched(*matching),
+            Ok(AppendEntriesResponse::HigherVote(vote)) => {
+                Claim::Answers(AppendEntriesResponse::HigherVote(*vote))
             }
+            Ok(AppendEntriesResponse::Conflict) | Err(_) => Claim::Nothing,
         }
     }
 }
@@ -176,7 +214,7 @@ fn last_of(request: &AppendEntriesRequest<TypeConfig>) -> Option<LogId<u64>> {
 }
 
 /// An append the follower accepted: the log it matched through, the commit point it was told,
-/// and when its answer came.
+/// and when openraft took its answer.
 #[derive(Debug, Clone, Copy)]
 struct Accepted {
     matching: Option<LogId<u64>>,
@@ -195,12 +233,12 @@ impl<N> OutgoingPeer<N> {
                 && accepted.at.elapsed() < COMMIT_ALONE_WINDOW
         })
     }
-}
 
-impl<N> OutgoingPeer<N> {
-    /// Notes what the answer to `sent` says: a voter that took the vote renewed this leader's
-    /// lease from when it was sent, and an accepted append is what a commit point alone may
-    /// wait behind.
+    /// Notes what the answer to `sent`, as openraft takes it, says: a voter that took the
+    /// vote renewed this leader's lease from when it was sent, and an accepted append is what
+    /// a commit point alone may wait behind. (Only answers openraft takes renew the lease, so
+    /// that the lease is never newer than openraft's own count of acknowledgements, by which
+    /// the leader refuses pre-votes.)
     fn note(&mut self, sent: &SentAppend, answer: &AppendAnswer) {
         if sent.vote.is_committed()
             && matches!(answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
@@ -218,18 +256,31 @@ impl<N> OutgoingPeer<N> {
         };
     }
 
-    /// The answer to the append in flight, once it comes (if openraft stops waiting for it,
-    /// it stays in flight for the next call).
-    async fn answer_in_flight(&mut self) -> Option<(SentAppend, AppendAnswer)> {
-        let in_flight = self.in_flight.as_mut()?;
-        let answer = (&mut in_flight.answer).await.unwrap_or_else(|e| {
-            Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(e),
-            )))
-        });
-        let sent = self.in_flight.take()?.sent;
-        self.note(&sent, &answer);
-        Some((sent, answer))
+    /// The answer the unclaimed append (once come) gives `request`, if it gives one.
+    async fn claim(
+        &mut self,
+        request: &AppendEntriesRequest<TypeConfig>,
+    ) -> Option<AppendEntriesResponse<u64>> {
+        let unclaimed = self.unclaimed.as_mut()?;
+        let sent = unclaimed.sent;
+        let came = unclaimed.came().await?;
+        match sent.claim(&came.answer, request) {
+            // Told as a heartbeat's acknowledgement, a recent answer: openraft then counts
+            // the follower as heard from later than it was, by at most a heartbeat and a
+            // round trip, the cautious side for the pre-votes it refuses.
+            Claim::CoversHeartbeat if came.at.elapsed() < HEARTBEAT => {
+                Some(AppendEntriesResponse::Success)
+            }
+            Claim::Answers(reply) => {
+                let came = self.unclaimed.take()?.came.take()?;
+                self.note(&sent, &came.answer);
+                Some(reply)
+            }
+            Claim::CoversHeartbeat | Claim::Nothing => {
+                self.unclaimed = None;
+                None
+            }
+        }
     }
 }
 
@@ -244,27 +295,43 @@ where
         mut request: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> AppendAnswer {
+        let called = Instant::now();
         clamp_commit(&mut request, self.durable.through());
-        if let Some((sent, answer)) = self.answer_in_flight().await {
-            if let Some(answer) = sent.answers(&answer, &request) {
-                return Ok(answer);
-            }
+        if let Some(reply) = self.claim(&request).await {
+            return Ok(reply);
         }
         if self.commit_alone(&request) {
             return Ok(AppendEntriesResponse::Success);
         }
-        let sent = SentAppend::of(&request);
+        let sent = SentAppend::of(&request, called);
         let mut inner = self.inner.clone();
-        let answer = tokio::spawn(async move {
-            inner
+        let coming = tokio::spawn(async move {
+            let answer = inner
                 .append_entries(request, RPCOption::new(APPEND_DEADLINE))
-                .await
+                .await;
+            Came {
+                answer,
+                at: Instant::now(),
+            }
         });
-        self.in_flight = Some(InFlight { sent, answer });
-        let (_, answer) = self
-            .answer_in_flight()
-            .await
-            .expect("the append just sent is in flight");
+        let unclaimed = self.unclaimed.insert(Unclaimed {
+            sent,
+            coming,
+            came: None,
+        });
+        unclaimed.came().await;
+        let came = self
+            .unclaimed
+            .take()
+            .and_then(|mut unclaimed| unclaimed.came.take());
+        let answer = came.map_or_else(
+            || {
+                let none = std::io::Error::other("the append's task ended without an answer");
+                Err(RPCError::Network(NetworkError::new(&none)))
+            },
+            |came| came.answer,
+        );
+        self.note(&sent, &answer);
         answer
     }
 
@@ -307,6 +374,8 @@ mod tests {
     struct Follower {
         told: Arc<Mutex<Told>>,
         holding: Arc<tokio::sync::watch::Sender<bool>>,
+        /// While set, it answers that its log conflicts.
+        conflicting: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl RaftNetwork<TypeConfig> for Follower {
@@ -322,6 +391,9 @@ mod tests {
                 .push((request.entries.len(), commit));
             let mut holding = self.holding.subscribe();
             let _ = holding.wait_for(|&holding| !holding).await;
+            if self.conflicting.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(AppendEntriesResponse::Conflict);
+            }
             Ok(AppendEntriesResponse::Success)
         }
 
@@ -451,28 +523,61 @@ mod tests {
             assert!(waited.await.is_err(), "no answer within the heartbeat");
             follower.holding.send_replace(false);
         };
+        let answer = async |peer: &mut OutgoingPeer<Follower>, request| {
+            let answer = peer.append_entries(request, option()).await;
+            answer.map_err(|e| e.to_string())
+        };
 
         give_up(&mut peer, append(4, &[5, 6], 4)).await;
-        // One entry more since: the follower matched 5 and 6, so only 7 must go.
-        let answer = peer
-            .append_entries(append(4, &[5, 6, 7], 6), option())
-            .await;
-        assert!(
-            matches!(answer, Ok(AppendEntriesResponse::PartialSuccess(Some(m))) if m == id(6)),
-            "{answer:?}"
+        // A heartbeat meanwhile is answered, and leaves the answer to the append after it: one
+        // entry more since, so the follower matched 5 and 6, and only 7 must go.
+        let heartbeat = answer(&mut peer, append(4, &[], 4)).await;
+        assert_eq!(heartbeat, Ok(AppendEntriesResponse::Success));
+        let partly = answer(&mut peer, append(4, &[5, 6, 7], 6)).await;
+        assert_eq!(
+            partly,
+            Ok(AppendEntriesResponse::PartialSuccess(Some(id(6))))
         );
         // The same entries again: all matched.
         give_up(&mut peer, append(6, &[7], 6)).await;
-        let answer = peer.append_entries(append(6, &[7], 6), option()).await;
-        assert!(matches!(answer, Ok(AppendEntriesResponse::Success)));
+        let whole = answer(&mut peer, append(6, &[7], 6)).await;
+        assert_eq!(whole, Ok(AppendEntriesResponse::Success));
         // Another position (openraft probing back after a conflict): sent.
         give_up(&mut peer, append(7, &[8], 7)).await;
         assert!(sent(&mut peer, &follower, append(5, &[6, 7, 8], 7)).await);
+        // A conflict is not taken as the next answer: it is asked again.
+        follower
+            .conflicting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        give_up(&mut peer, append(8, &[9], 8)).await;
+        let conflict = answer(&mut peer, append(8, &[9], 8)).await;
+        assert_eq!(conflict, Ok(AppendEntriesResponse::Conflict));
+        follower
+            .conflicting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // An answer a heartbeat old no longer stands for a heartbeat: the heartbeat goes, and
+        // the append after it again.
+        give_up(&mut peer, append(8, &[9], 8)).await;
+        // (The append's task takes the answer before the clock moves on.)
+        tokio::task::yield_now().await;
+        tokio::time::advance(HEARTBEAT).await;
+        assert!(sent(&mut peer, &follower, append(8, &[], 8)).await);
+        assert!(sent(&mut peer, &follower, append(8, &[9], 8)).await);
 
         let told: Told = follower.told.lock().unwrap().clone();
         assert_eq!(
             told,
-            [(2, Some(4)), (1, Some(6)), (1, Some(7)), (3, Some(7))]
+            [
+                (2, Some(4)),
+                (1, Some(6)),
+                (1, Some(7)),
+                (3, Some(7)),
+                (1, Some(8)),
+                (1, Some(8)),
+                (1, Some(8)),
+                (0, Some(8)),
+                (1, Some(8)),
+            ]
         );
     }
 }
