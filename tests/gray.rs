@@ -718,6 +718,33 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
     .await;
 }
 
+/// Links slower than a heartbeat slow trading down and do not stop it (I13): both followers
+/// sit behind links that delay everything 35 ms each way, so no append the leader sends them
+/// is answered within the heartbeat (50 ms) that openraft waits for it. Orders still commit
+/// and are read back, the leader stays, and every replica's log ends the same.
+#[tokio::test]
+async fn followers_behind_links_slower_than_a_heartbeat_still_commit() {
+    let links = [Link::start().await, Link::start().await];
+    let cluster = Cluster::start_reaching(1, &|replica, url| match links.get(replica) {
+        Some(link) => link.forward_to(url),
+        None => url.to_owned(),
+    })
+    .await;
+    for link in &links {
+        link.slow(Duration::from_millis(35));
+    }
+    for _ in 0..10 {
+        let number = cluster.must_order("GameStart", "buy", 1).await;
+        let (status, order) = cluster.get_front(&format!("/orders/{number}")).await;
+        assert_eq!(status, 200, "{order}");
+    }
+    assert_eq!(cluster.leader().await, Some(2), "the leader stayed");
+    for link in &links {
+        link.slow(Duration::ZERO);
+    }
+    cluster.wait_for_identical_logs().await;
+}
+
 /// Connections that send nothing cannot take every place a frontend has (I13): past
 /// `--max-connections` a new one is closed as it comes, and as they close, clients get in
 /// again. (By default the cap leaves 1,024 descriptors of the open-file limit for the

@@ -412,13 +412,31 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
-/// A TCP link on 127.0.0.1 to one address that a test can cut: once cut, what arrives is
-/// neither forwarded nor answered (connections stay open, as over a link that drops packets;
-/// those made while it is cut are never forwarded). Its tasks end with the test's runtime.
+/// Where a cluster's processes reach each other: the catalog pushes to frontend `i` (at
+/// `url`) at `push_to(i, url)`, and every process reaches order replica `i` at
+/// `replica_at(i, url)`.
+struct Wiring<'a> {
+    push_to: &'a dyn Fn(usize, &str) -> String,
+    replica_at: &'a dyn Fn(usize, &str) -> String,
+}
+
+impl Wiring<'static> {
+    const DIRECT: Self = Self {
+        push_to: &|_, url| url.to_owned(),
+        replica_at: &|_, url| url.to_owned(),
+    };
+}
+
+/// A TCP link on 127.0.0.1 to one address that a test can cut or slow: once cut, what
+/// arrives is neither forwarded nor answered (connections stay open, as over a link that drops
+/// packets; those made while it is cut are never forwarded); slowed, everything it carries
+/// each way arrives that much later (as over a long link: what is sent meanwhile is not held
+/// back behind it). Its tasks end with the test's runtime.
 pub struct Link {
     pub url: String,
     target: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     cut: tokio::sync::watch::Sender<bool>,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Link {
@@ -429,7 +447,9 @@ impl Link {
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let target: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
         let (cut, watching) = tokio::sync::watch::channel(false);
+        let delay: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
         let to = target.clone();
+        let slow = delay.clone();
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -439,13 +459,21 @@ impl Link {
                     held.push(inbound);
                     continue;
                 }
+                let slow = slow.clone();
                 tokio::spawn(async move {
                     let Some(target) = target else { return };
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.split();
+                    let (from_target, to_target) = outbound.split();
                     let black_holed = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = async {
+                            tokio::join!(
+                                carry(from_client, to_target, &slow),
+                                carry(from_target, to_client, &slow),
+                            )
+                        } => false,
                         cut_off = async { cut.wait_for(|&cut| cut).await.is_ok() } => cut_off,
                     };
                     if black_holed {
@@ -455,7 +483,19 @@ impl Link {
                 });
             }
         });
-        Self { url, target, cut }
+        Self {
+            url,
+            target,
+            cut,
+            delay,
+        }
+    }
+
+    /// Delays everything it carries by `delay` each way from now on.
+    pub fn slow(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).expect("a delay in milliseconds");
+        self.delay
+            .store(millis, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forwards to `url` (`http://host:port`); returns the link's own URL.
@@ -474,6 +514,37 @@ impl Link {
     }
 }
 
+/// Carries what `from` reads to `to`, each part `delay` milliseconds after it was read (a
+/// delay line: later parts are not held behind earlier ones' waits), until either side ends.
+async fn carry(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    delay: &std::sync::atomic::AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (parts, mut due) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buffer).await {
+            let wait = delay.load(std::sync::atomic::Ordering::SeqCst);
+            let at = Instant::now() + Duration::from_millis(wait);
+            if parts.send((at, buffer[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, part)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&part).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
 impl Cluster {
     pub async fn start(frontends: usize) -> Self {
         Self::start_with(frontends, 3, 3).await
@@ -483,22 +554,36 @@ impl Cluster {
     /// are started and are the replicas the frontends are told of; the others are only
     /// prepared, to join it (the frontends learn of them from the group).
     pub async fn start_with(frontends: usize, replicas: usize, founders: usize) -> Self {
-        Self::launch(frontends, replicas, founders, "warn", &|_, url| {
-            url.to_owned()
-        })
-        .await
+        Self::launch(frontends, replicas, founders, "warn", &Wiring::DIRECT).await
     }
 
     /// Catalog, three order replicas and `frontends` frontends, every process logging with
     /// `RUST_LOG` `filter`.
     pub async fn start_logging(frontends: usize, filter: &str) -> Self {
-        Self::launch(frontends, 3, 3, filter, &|_, url| url.to_owned()).await
+        Self::launch(frontends, 3, 3, filter, &Wiring::DIRECT).await
     }
 
     /// Catalog, three order replicas and `frontends` frontends; the catalog pushes to frontend
     /// `i` (at `url`) at `push_to(i, url)`, e.g. through a [`Link`].
     pub async fn start_pushing(frontends: usize, push_to: &dyn Fn(usize, &str) -> String) -> Self {
-        Self::launch(frontends, 3, 3, "warn", push_to).await
+        let wiring = Wiring {
+            push_to,
+            ..Wiring::DIRECT
+        };
+        Self::launch(frontends, 3, 3, "warn", &wiring).await
+    }
+
+    /// Catalog, three order replicas and `frontends` frontends; every process reaches order
+    /// replica `i` (at `url`) at `reached_at(i, url)`, e.g. through a [`Link`].
+    pub async fn start_reaching(
+        frontends: usize,
+        reached_at: &dyn Fn(usize, &str) -> String,
+    ) -> Self {
+        let wiring = Wiring {
+            replica_at: reached_at,
+            ..Wiring::DIRECT
+        };
+        Self::launch(frontends, 3, 3, "warn", &wiring).await
     }
 
     async fn launch(
@@ -506,7 +591,7 @@ impl Cluster {
         replicas: usize,
         founders: usize,
         filter: &str,
-        push_to: &dyn Fn(usize, &str) -> String,
+        wiring: &Wiring<'_>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().display().to_string();
@@ -524,7 +609,7 @@ impl Cluster {
                 .iter()
                 .take(count)
                 .enumerate()
-                .map(|(i, u)| format!("{}={u}", i + 1))
+                .map(|(i, u)| format!("{}={}", i + 1, (wiring.replica_at)(i, u)))
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -557,7 +642,7 @@ impl Cluster {
                 &data,
                 "--frontends",
                 &(frontend_urls.iter().enumerate())
-                    .map(|(i, url)| push_to(i, url))
+                    .map(|(i, url)| (wiring.push_to)(i, url))
                     .collect::<Vec<_>>()
                     .join(","),
             ]),
