@@ -177,9 +177,25 @@ async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failove
     cluster.orders[leader].restart();
 }
 
+/// Refused at the handshake: an unknown stock or interval, a bad position; and once open, a
+/// message over the limit closes the stream with 1009 (RFC 6455's "message too big").
 #[tokio::test]
 async fn a_stream_for_an_unknown_stock_or_interval_or_a_bad_position_is_refused() {
     let cluster = Cluster::start(1).await;
+    let mut trades = connect(cluster.frontend(), "/ws/trades").await;
+    let long = "x".repeat(stocknet_frontend::streams::CLIENT_MESSAGE_LIMIT + 1);
+    trades.send(Message::Text(long.into())).await.expect("sent");
+    let closed = loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), trades.next()).await;
+        match message.expect("an answer in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = closed.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+
     for (path, status) in [
         ("/ws/book/NoSuchStock", 404),
         ("/ws/candles/NoSuchStock", 404),

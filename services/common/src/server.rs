@@ -403,22 +403,40 @@ mod tests {
             )
     }
 
-    /// Serves `router` under `rules` on a free port: the address, what stops it, its task.
-    async fn serving(
-        router: Router,
-        rules: ConnectionRules,
-    ) -> (
-        SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_with(listener, rules, router, async {
-            let _ = stopped.await;
-        }));
-        (addr, stop, task)
+    /// A router served under test on a free port.
+    struct TestServer {
+        addr: SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl TestServer {
+        async fn start(router: Router, rules: ConnectionRules) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(serve_with(listener, rules, router, async {
+                let _ = stopped.await;
+            }));
+            Self { addr, stop, task }
+        }
+
+        /// Shuts it down, and waits (bounded) until it has stopped.
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            timeout(WAIT, self.task).await.unwrap().unwrap().unwrap();
+        }
+    }
+
+    /// A connection on which `GET /slow` has begun (its handler notified `began`).
+    async fn slow_begun(addr: SocketAddr, began: &Notify) -> TcpStream {
+        let mut connection = TcpStream::connect(addr).await.unwrap();
+        connection
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        timeout(WAIT, began.notified()).await.expect("/slow begun");
+        connection
     }
 
     /// `GET path` on `connection`, answered with a body ending in `end`: the answer.
@@ -444,8 +462,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_closed_once_idle_since_its_last_answer() {
         let router = test_routes(Arc::default(), Arc::default());
-        let (addr, stop, task) = serving(router, idle_after(IDLE)).await;
-        let mut connection = TcpStream::connect(addr).await.unwrap();
+        let server = TestServer::start(router, idle_after(IDLE)).await;
+        let mut connection = TcpStream::connect(server.addr).await.unwrap();
         let client = connection.local_addr().unwrap();
         // Three requests over 400 ms, longer than the timeout, each within it of the last.
         for _ in 0..3 {
@@ -458,22 +476,17 @@ mod tests {
         assert!(closed_silently(&mut connection).await, "closed once idle");
         // (Less a margin for the time the answer took to be read here.)
         assert!(answered.elapsed() >= IDLE * 5 / 6, "not before the timeout");
-        stop.send(()).unwrap();
-        timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+        server.stop().await;
     }
 
     #[tokio::test]
     async fn trickling_connections_are_closed_and_requests_being_answered_are_not() {
         let (began, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let router = test_routes(began.clone(), release.clone());
-        let (addr, stop, task) = serving(router, idle_after(IDLE)).await;
+        let server = TestServer::start(router, idle_after(IDLE)).await;
+        let addr = server.addr;
 
-        let mut answering = TcpStream::connect(addr).await.unwrap();
-        answering
-            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        timeout(WAIT, began.notified()).await.expect("/slow begun");
+        let mut answering = slow_begun(addr, &began).await;
         let mut upgraded = TcpStream::connect(addr).await.unwrap();
         upgraded
             .write_all(
@@ -504,9 +517,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         upgraded.write_all(b"still here").await.unwrap();
         assert_eq!(read_until(&mut upgraded, "still here").await, "still here");
-
-        stop.send(()).unwrap();
-        timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+        server.stop().await;
     }
 
     /// At shutdown an idle connection is closed at once, and the server stops once the
@@ -515,13 +526,9 @@ mod tests {
     async fn shutdown_closes_idle_connections_and_finishes_requests_being_answered() {
         let (began, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let router = test_routes(began.clone(), release.clone());
-        let (addr, stop, task) = serving(router, ConnectionRules::INSIDE).await;
-        let mut answering = TcpStream::connect(addr).await.unwrap();
-        answering
-            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        timeout(WAIT, began.notified()).await.expect("/slow begun");
+        let TestServer { addr, stop, task } =
+            TestServer::start(router, ConnectionRules::INSIDE).await;
+        let mut answering = slow_begun(addr, &began).await;
         let mut idle = TcpStream::connect(addr).await.unwrap();
         get_on(&mut idle, "/quick", "quick").await;
 

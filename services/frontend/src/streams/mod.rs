@@ -468,7 +468,7 @@ impl Handshake {
 }
 
 /// The largest message or frame a client may send on a stream: the most any stream takes is
-/// `/ws/orders`' hello with a key. A longer one closes the socket (1009); the WebSocket
+/// `/ws/orders`' hello with a key. A longer one closes the stream (1009, [`too_large`]); the WebSocket
 /// library's own limit, 64 MiB a message held until it is complete, would let a few clients
 /// exhaust a frontend's memory. It is also the socket's read buffer: the library zeroes the
 /// buffer's free part on every read it tries, and a stream tries one (finding nothing) for
@@ -975,7 +975,11 @@ async fn next_item<T: Clone, S: Sink<Message> + Unpin>(
                 };
             }
             message = stream.next() => match message {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Next::Done,
+                Some(Ok(Message::Close(_))) | None => return Next::Done,
+                Some(Err(error)) => {
+                    refuse_unreadable(sink, error).await;
+                    return Next::Done;
+                }
                 Some(Ok(_)) => keepalive.heard(),
             },
             due = keepalive.due() => if !answer_due(sink, due).await {
@@ -1011,6 +1015,24 @@ fn slow_consumer(missed: u64) -> Message {
     close(
         close_code::POLICY,
         &format!("slow consumer: fell {missed} messages behind; reconnect to resume"),
+    )
+}
+
+/// What a stream does with a message from the client it could not read: one over
+/// [`CLIENT_MESSAGE_LIMIT`] is answered with a close frame that says so (1009, as RFC 6455
+/// asks); any other such error has broken the connection, which is dropped.
+pub(crate) async fn refuse_unreadable<S: Sink<Message> + Unpin>(sink: &mut S, error: axum::Error) {
+    if let Ok(error) = error.into_inner().downcast::<tungstenite::Error>() {
+        if let tungstenite::Error::Capacity(_) = *error {
+            let _ = send(sink, too_large()).await;
+        }
+    }
+}
+
+fn too_large() -> Message {
+    close(
+        close_code::SIZE,
+        &format!("a message to a stream is at most {CLIENT_MESSAGE_LIMIT} bytes"),
     )
 }
 
@@ -1089,6 +1111,36 @@ mod tests {
             Some(Message::Close(Some(frame))) => {
                 assert_eq!(frame.code, close_code::POLICY);
                 assert!(frame.reason.contains("slow consumer"), "{}", frame.reason);
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// A client's message over the limit closes its stream with 1009 and a reason.
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_answered_with_1009() {
+        let (_sender, receiver) = broadcast::channel::<u32>(4);
+        let (sink, mut sent) = futures::channel::mpsc::unbounded::<Message>();
+        let (client, messages) =
+            futures::channel::mpsc::unbounded::<Result<Message, axum::Error>>();
+        let too_long = tungstenite::error::CapacityError::MessageTooLong {
+            size: CLIENT_MESSAGE_LIMIT + 1,
+            max_size: CLIENT_MESSAGE_LIMIT,
+        };
+        client
+            .unbounded_send(Err(axum::Error::new(tungstenite::Error::Capacity(
+                too_long,
+            ))))
+            .unwrap();
+        pump(receiver, sink, messages, |n| vec![n.to_string()]).await;
+        match sent.next().await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, close_code::SIZE);
+                assert!(
+                    frame.reason.contains("at most 4096 bytes"),
+                    "{}",
+                    frame.reason
+                );
             }
             other => panic!("expected a close frame, got {other:?}"),
         }

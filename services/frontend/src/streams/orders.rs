@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    answer_due, close, follow_leader, frame, send, send_all, start_position, while_followed,
-    Handshake, Keepalive, LeaderFeed, POLL_DEADLINE, POLL_WAIT,
+    answer_due, close, follow_leader, frame, refuse_unreadable, send, send_all, start_position,
+    while_followed, Handshake, Keepalive, LeaderFeed, POLL_DEADLINE, POLL_WAIT,
 };
 use crate::credentials::{bearer, verify};
 use crate::routes::answers::NoCatalog;
@@ -292,7 +292,8 @@ pub async fn orders(
                 // A key may have been revoked: check this one again now.
                 _ = forgotten.changed() => continue,
                 message = stream.next() => match message {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(error)) => return refuse_unreadable(&mut sink, error).await,
                     Some(Ok(_)) => {
                         keepalive.heard();
                         continue;
