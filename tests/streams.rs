@@ -177,24 +177,28 @@ async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failove
     cluster.orders[leader].restart();
 }
 
+/// Sends `socket` a message longer than a stream takes; the code of the close that follows.
+async fn closed_for_too_long_a_message(socket: &mut Socket) -> u16 {
+    let long = "x".repeat(stocknet_frontend::streams::CLIENT_MESSAGE_LIMIT + 1);
+    socket.send(Message::Text(long.into())).await.expect("sent");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next()).await;
+        match message.expect("an answer in time") {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 /// Refused at the handshake: an unknown stock or interval, a bad position; and once open, a
 /// message over the limit closes the stream with 1009 (RFC 6455's "message too big").
 #[tokio::test]
 async fn a_stream_for_an_unknown_stock_or_interval_or_a_bad_position_is_refused() {
     let cluster = Cluster::start(1).await;
     let mut trades = connect(cluster.frontend(), "/ws/trades").await;
-    let long = "x".repeat(stocknet_frontend::streams::CLIENT_MESSAGE_LIMIT + 1);
-    trades.send(Message::Text(long.into())).await.expect("sent");
-    let closed = loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), trades.next()).await;
-        match message.expect("an answer in time") {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    let frame = closed.expect("a close frame with a code");
-    assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+    assert_eq!(closed_for_too_long_a_message(&mut trades).await, 1009);
 
     for (path, status) in [
         ("/ws/book/NoSuchStock", 404),
@@ -399,6 +403,9 @@ async fn an_order_stream_needs_its_users_key() {
             .expect("hello");
         common::expect_policy_close(&mut socket, &hello.to_string()).await;
     }
+    // A first message too long to be a hello is refused as too long.
+    let (mut socket, _) = connect_async(&ws).await.expect("connects");
+    assert_eq!(closed_for_too_long_a_message(&mut socket).await, 1009);
     // A position past the end of the log is no stream's: the stream is closed, rather than
     // skipping every update up to it without a word.
     let mut ahead = own_orders(&frontend, "?after=999999999", &key).await;

@@ -516,6 +516,8 @@ impl Link {
 
 /// Carries what `from` reads to `to`, each part `delay` milliseconds after it was read (a
 /// delay line: later parts are not held behind earlier ones' waits), until either side ends.
+/// Unlike a real link it has no backpressure (what is read waits in memory, however much)
+/// and passes a read error on as a close, not a reset: enough for the tests' small calls.
 async fn carry(
     mut from: impl tokio::io::AsyncRead + Unpin,
     mut to: impl tokio::io::AsyncWrite + Unpin,

@@ -112,9 +112,19 @@ impl Secret {
     pub fn admits(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|token| token.ct_eq(self.0.as_bytes()).into())
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token)
+            .is_some_and(|token| token.as_bytes().ct_eq(self.0.as_bytes()).into())
     }
+}
+
+/// The token of a `Bearer` credential: the scheme in any case, then one or more spaces
+/// (RFC 9110, 11.4).
+pub fn bearer_token(credential: &str) -> Option<&str> {
+    let (scheme, token) = credential.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// `routes` for callers with `secret` only: any other call gets 401 and reaches nothing.
@@ -153,8 +163,17 @@ mod tests {
             headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
             headers
         };
-        assert!(secret.admits(&with("Bearer correct-horse-battery")));
+        // The scheme in any case, with one space or more (RFC 9110).
+        for right in [
+            "Bearer correct-horse-battery",
+            "bearer correct-horse-battery",
+            "BEARER  correct-horse-battery",
+        ] {
+            assert!(secret.admits(&with(right)), "{right}");
+        }
         for wrong in [
+            "Bearercorrect-horse-battery",
+            "Bearer\tcorrect-horse-battery",
             "Bearer correct-horse-batterz",
             "Bearer correct-horse-battery-staple",
             "Bearer correct",

@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderMap, StatusCode};
 use lru::LruCache;
 use stocknet_common::api_key::ApiKey;
+use stocknet_common::auth::bearer_token;
 use stocknet_common::paths;
 use stocknet_common::wire::UserRecord;
 use tokio::sync::watch;
@@ -157,15 +158,6 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<ApiKey>, FrontendErro
         .ok_or(FrontendError::Unauthorized(
             "Authorization must be `Bearer <API key>` with a key from POST /users",
         ))
-}
-
-/// The token of a `Bearer` credential: the scheme in any case, then one or more spaces
-/// (RFC 9110, 11.4).
-fn bearer_token(credential: &str) -> Option<&str> {
-    let (scheme, token) = credential.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start_matches(' '))
 }
 
 /// The user `key` acts for, if it is one of theirs and not revoked (401 if not).

@@ -253,12 +253,13 @@ pub async fn orders(
         let key = match key {
             Some(key) => key,
             None => match hello(&mut stream).await {
-                Some(key) => key,
-                None => {
+                Ok(Some(key)) => key,
+                Ok(None) => {
                     let reason = "send {\"api_key\": ...} first, or an Authorization header";
                     let _ = send(&mut sink, close(close_code::POLICY, reason)).await;
                     return;
                 }
+                Err(unreadable) => return refuse_unreadable(&mut sink, unreadable).await,
             },
         };
         let user = match verify(&state, &key).await {
@@ -364,18 +365,20 @@ fn refusal(error: &FrontendError) -> Message {
     }
 }
 
-/// The key a client sends as its first message, if it does in time.
+/// The key a client sends as its first message, if it does in time; an error if its message
+/// could not be read.
 async fn hello(
     stream: &mut (impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin),
-) -> Option<ApiKey> {
-    let message = tokio::time::timeout(HELLO_WAIT, stream.next())
-        .await
-        .ok()??;
-    let Ok(Message::Text(text)) = message else {
-        return None;
+) -> Result<Option<ApiKey>, axum::Error> {
+    let message = match tokio::time::timeout(HELLO_WAIT, stream.next()).await {
+        Ok(Some(message)) => message?,
+        Ok(None) | Err(_) => return Ok(None),
     };
-    let hello: OrderStreamHello = serde_json::from_str(&text).ok()?;
-    ApiKey::parse(&hello.api_key)
+    let Message::Text(text) = message else {
+        return Ok(None);
+    };
+    let hello = serde_json::from_str::<OrderStreamHello>(&text).ok();
+    Ok(hello.and_then(|hello| ApiKey::parse(&hello.api_key)))
 }
 
 /// Why a poll of the leader brought no page.
