@@ -389,8 +389,15 @@ pub fn parse_json_object(
         Err(e) => return Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
     }
     if let Some(number) = imprecise_number(bytes) {
+        // Cut short: a body may be megabytes of digits.
+        let shown: String = number.chars().take(40).collect();
+        let cut = if shown.len() < number.len() {
+            "…"
+        } else {
+            ""
+        };
         return Err(ApiError::bad_request(format!(
-            "Invalid JSON body: {number} has more than {EXACT_DIGITS} significant digits: it would be read as another number"
+            "Invalid JSON body: {shown}{cut} has more than {EXACT_DIGITS} significant digits: it would be read as another number"
         )));
     }
     serde_json::from_slice::<UniqueFields>(bytes)
@@ -428,15 +435,12 @@ fn imprecise_number(json: &[u8]) -> Option<&str> {
             }
             let number = &json[start..at];
             let mantissa = number.split(|b| matches!(b, b'e' | b'E')).next()?;
-            let digits: Vec<u8> = mantissa
-                .iter()
-                .copied()
-                .filter(u8::is_ascii_digit)
-                .collect();
-            let significant = digits.iter().position(|&d| d != b'0').map_or(0, |first| {
-                let last = digits.iter().rposition(|&d| d != b'0').unwrap_or(first);
-                last - first + 1
-            });
+            let digits = mantissa.iter().filter(|b| b.is_ascii_digit());
+            // Places of the first and the last non-zero digit among the digits.
+            let non_zero = digits.enumerate().filter(|&(_, &d)| d != b'0');
+            let (first, last) =
+                non_zero.fold((None, 0), |(first, _), (at, _)| (first.or(Some(at)), at));
+            let significant = first.map_or(0, |first| last - first + 1);
             if significant > EXACT_DIGITS {
                 return std::str::from_utf8(number).ok();
             }
@@ -604,6 +608,10 @@ mod tests {
             (
                 r#"{"price":-10.0000000000000001e2}"#,
                 "-10.0000000000000001e2",
+            ),
+            (
+                &format!(r#"{{"quantity":{}}}"#, "1".repeat(100)),
+                &format!("{}…", "1".repeat(40)),
             ),
         ] {
             let refused = parse_json_object(body.as_bytes()).unwrap_err();
