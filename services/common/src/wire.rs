@@ -437,7 +437,7 @@ pub struct AuditRecord {
     pub number: u64,
     /// When the leader sequenced it: RFC 3339, UTC.
     pub time: String,
-    /// The user whose key it carried; absent for an anonymous command.
+    /// The user whose key it carried; null for an anonymous command and the leader's `expire`.
     pub user: Option<u64>,
     pub name: String,
     /// `buy`, `sell`, `modify`, `cancel`, or `expire` (the leader's, expiring a stock's orders).
@@ -530,7 +530,8 @@ pub struct StockDay {
     /// Shares clients bought: both sides of a book trade count, a market order on its side.
     pub bought: u64,
     pub sold: u64,
-    /// Volume-weighted average price, to the nearest cent; absent without executions.
+    /// Volume-weighted average price, to the nearest cent; null without executions, as are
+    /// `open`, `high`, `low` and `close`.
     pub vwap: Option<Price>,
     pub open: Option<Price>,
     pub high: Option<Price>,
@@ -706,16 +707,16 @@ pub struct OrderView {
     /// trade.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fills_truncated: bool,
-    /// A limit order's time in force (absent for a market order).
+    /// A book order's time in force (absent for a market order against the house).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_in_force: Option<TimeInForce>,
     /// When it expires (RFC 3339, UTC): a `day` or `gtd` order's expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_at: Option<String>,
-    /// Whether it was placed post-only (absent for a market order).
+    /// Whether it was placed post-only (absent for a market order against the house).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_only: Option<bool>,
-    /// Its self-trade prevention (absent for a market order).
+    /// Its self-trade prevention (absent for a market order against the house).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stp: Option<SelfTrade>,
     /// The id its user gave it, if any.
@@ -800,7 +801,8 @@ pub struct OrderPage {
 pub struct Trade {
     /// Dense, from 1, in the order trades happened.
     pub id: u64,
-    /// The log entry that caused it: the taker's order, or a modify that re-priced it.
+    /// The log entry that caused it: the taker's order, a modify that re-priced it, or, when
+    /// the taker is a stop order that a trade triggered, the entry of that trade.
     pub entry: u64,
     pub name: String,
     pub price: Price,
@@ -969,7 +971,8 @@ pub enum OrderEvent {
     Refused,
     /// A modify changed its price or quantity.
     Modified,
-    /// A stop order's trigger was reached: it entered the book.
+    /// A trade reached the waiting stop order's trigger: it entered the book. (A stop already
+    /// reached when it arrives enters at once, and is `accepted`, without this.)
     Triggered,
     /// It traded (`fills`) and some is left.
     PartiallyFilled,

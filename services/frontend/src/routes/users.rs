@@ -299,7 +299,7 @@ pub struct PortfolioPosition {
     pub name: String,
     /// Shares held; negative when short.
     pub shares: i64,
-    /// Average cost of the open shares, from the user's own fills; absent when flat.
+    /// Average cost of the open shares, from the user's own fills; null when flat.
     pub average_cost: Option<Price>,
     /// The stock's price now.
     pub price: Price,

@@ -180,7 +180,9 @@ impl LimitOrder {
 /// Why a modify or cancel did nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Refusal {
-    #[error("Order {0} is not a limit order")]
+    /// Also what the API calls `not_a_limit_order`: the number is a market order's, a refused
+    /// order's, or nobody's; none of them has a record in the book to change.
+    #[error("Order {0} has no place on the book: a market order, a refused order, or none")]
     NotFound(u64),
     #[error("Order {0} is no longer open")]
     NotOpen(u64),
@@ -192,7 +194,9 @@ pub enum Refusal {
     WouldTakeLiquidity { order: u64 },
     #[error("Order {order}: its expire_at had passed when it reached the book")]
     ExpiryPassed { order: u64 },
-    #[error("Order {order}: client_order_id is already open order {open}'s")]
+    #[error(
+        "Order {order}: client_order_id is already order {open}'s, open or waiting for its stop"
+    )]
     DuplicateClientOrderId { order: u64, open: u64 },
     #[error("Order {order}: a market order, and the other side of the book is empty")]
     NoLiquidity { order: u64 },

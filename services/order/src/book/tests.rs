@@ -388,6 +388,46 @@ fn an_iceberg_shows_a_slice_and_each_refill_goes_to_the_back_of_its_level() {
     );
 }
 
+/// An iceberg modified to its display size or below hides nothing, and its view does not
+/// claim a display size above its quantity; made larger again, it is an iceberg again.
+#[test]
+fn an_iceberg_shrunk_below_its_slice_shows_whole_and_says_so() {
+    let iceberg = Terms {
+        display_quantity: Some(4),
+        ..Terms::default()
+    };
+    let mut book = book(&[]);
+    book.apply(&with_terms(1, 1, 0, (Side::Sell, 10, 1000), iceberg));
+    let display = |book: &Book| book.limit_view(&book.order(1).unwrap()).display_quantity;
+    assert_eq!(display(&book), Some(4));
+    book.apply(&entry(2, resize(1, 3)));
+    assert_eq!(book.depth("A", 5).asks, [level(1000, 3, 1)]);
+    assert_eq!(display(&book), None, "3 of 3 show");
+    book.apply(&entry(3, resize(1, 8)));
+    assert_eq!(book.depth("A", 5).asks, [level(1000, 4, 1)]);
+    assert_eq!(display(&book), Some(4));
+}
+
+/// A limit order the leader refused (its price moved) shows the terms it came with, as one
+/// the book refused does.
+#[test]
+fn a_limit_order_the_leader_refused_shows_its_terms() {
+    let post_only = Terms {
+        post_only: true,
+        ..Terms::default()
+    };
+    let mut refused = with_terms(1, 1, 0, (Side::Buy, 5, 1000), post_only);
+    refused.stamp.rejected = Some(Rejection::PriceMoved);
+    let mut book = book(&[]);
+    book.apply(&refused);
+    let view = book.view(&refused).unwrap();
+    assert_eq!(view.status, Status::Rejected);
+    assert_eq!(
+        (view.post_only, view.time_in_force),
+        (Some(true), Some(TimeInForce::Gtc))
+    );
+}
+
 /// An order's view lists its last `FILLS_SHOWN` fills and says there are more: each older
 /// one would be a read under the book's lock on every look at the order.
 #[test]

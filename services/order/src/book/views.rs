@@ -129,13 +129,11 @@ impl Book {
             client_order_id: client_order_id.clone(),
             ..OrderView::new(entry.number, entry.name.clone(), side, quantity, status)
         };
-        match order_type {
-            _ if entry.stamp.rejected.is_some() => Some(done(Status::Rejected, 0)),
-            // The house executed it.
-            None => Some(done(Status::Filled, quantity)),
-            // Refused by the book (fill or kill, post-only, a passed expiry, no liquidity...):
-            // it never rested.
-            Some(_) if self.refusal(entry.number).is_some() => Some(OrderView {
+        // Refused by the leader (its price moved) or by the book (fill or kill, post-only, a
+        // passed expiry, no liquidity...): it never rested, and shows the terms it came with.
+        let refused = || match order_type {
+            None => done(Status::Rejected, 0),
+            Some(_) => OrderView {
                 time_in_force: Some(terms.time_in_force),
                 expire_at: terms.expire_at.map(rfc3339),
                 post_only: Some(terms.post_only),
@@ -143,7 +141,13 @@ impl Book {
                 display_quantity: terms.display_quantity,
                 stop_price: terms.stop_price,
                 ..done(Status::Rejected, 0)
-            }),
+            },
+        };
+        match order_type {
+            _ if entry.stamp.rejected.is_some() => Some(refused()),
+            // The house executed it.
+            None => Some(done(Status::Filled, quantity)),
+            Some(_) if self.refusal(entry.number).is_some() => Some(refused()),
             Some(_) => self.order(entry.number).map(|o| self.limit_view(&o)),
         }
     }
@@ -191,7 +195,9 @@ impl Book {
             post_only: Some(order.post_only),
             stp: Some(order.self_trade),
             client_order_id: order.client_order_id().map(str::to_owned),
-            display_quantity: order.display(),
+            // Modified down to its display size or below, nothing of it is hidden: it shows
+            // whole until a modify makes it larger again.
+            display_quantity: order.display().filter(|&display| display < order.quantity),
             stop_price: order.stop_price(),
             triggered_at: order.triggered(),
         }
