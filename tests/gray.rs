@@ -745,6 +745,77 @@ async fn followers_behind_links_slower_than_a_heartbeat_still_commit() {
     cluster.wait_for_identical_logs().await;
 }
 
+/// A market order against the house executes at the stock's last price where it stands in the
+/// log, and its price guard is checked against that price: a book order of the stock
+/// sequenced just before it, not yet committed, which trades at another price, is waited for.
+/// Followers behind slow links hold that book order uncommitted for a round trip, while the
+/// house order comes through the other frontend (a frontend sends its writes in batches).
+#[tokio::test]
+async fn a_house_order_is_quoted_after_the_book_orders_sequenced_before_it() {
+    let links = [Link::start().await, Link::start().await];
+    let cluster = Cluster::start_reaching(2, &|replica, url| match links.get(replica) {
+        Some(link) => link.forward_to(url),
+        None => url.to_owned(),
+    })
+    .await;
+    cluster.wait_led_by(2).await;
+    let limit = |side: &str, quantity: u32, price: f64| json!({"name": "GameStart", "quantity": quantity, "type": side, "price": price});
+    // The last trade at 16.00, and 5 offered at 20.00; both frontends know the leader.
+    let orders = [
+        limit("sell", 1, 16.0),
+        limit("buy", 1, 16.0),
+        limit("sell", 5, 20.0),
+    ];
+    for (frontend, order) in [0, 0, 1].into_iter().zip(orders) {
+        let (status, body) = cluster
+            .post(
+                &format!("{}/orders", cluster.frontend_urls[frontend]),
+                &order,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let written = cluster.replica_health(2).await["last_transaction"]
+        .as_u64()
+        .expect("last_transaction");
+    for link in &links {
+        link.slow(Duration::from_millis(150));
+    }
+    let (place_at, take_all) = (
+        format!("{}/orders", cluster.frontend_urls[0]),
+        limit("buy", 5, 20.0),
+    );
+    let book_order = cluster.post(&place_at, &take_all);
+    let house_order = async {
+        wait_until(
+            "the book order written on the leader",
+            Duration::from_secs(5),
+            || async {
+                let last = cluster.replica_health(2).await["last_transaction"].as_u64();
+                last.is_some_and(|last| last > written)
+            },
+        )
+        .await;
+        let guarded = json!({"name": "GameStart", "quantity": 1, "type": "buy",
+            "expected_price": 16.0, "max_deviation_bps": 200});
+        cluster
+            .post(&format!("{}/orders", cluster.frontend_urls[1]), &guarded)
+            .await
+    };
+    let ((book_status, book), (house_status, house)) = tokio::join!(book_order, house_order);
+    assert_eq!(book_status, 200, "{book}");
+    assert_eq!(book["data"]["status"], "filled", "{book}");
+    // Quoted at 16.00 it would have passed its guard and been sold at 16.00, after a trade
+    // at 20.00 in the log.
+    assert_eq!(house_status, 409, "{house}");
+    assert_eq!(house["error"]["reason"], "price_moved", "{house}");
+    assert_eq!(house["error"]["current_price"], json!(20.0), "{house}");
+    for link in &links {
+        link.slow(Duration::ZERO);
+    }
+    cluster.wait_for_identical_logs().await;
+}
+
 /// Connections that send nothing cannot take every place a frontend has (I13): past
 /// `--max-connections` a new one is closed as it comes, and as they close, clients get in
 /// again. (By default the cap leaves 1,024 descriptors of the open-file limit for the

@@ -10,7 +10,7 @@ use stocknet_common::wire::{Changed, NewOrder, OrderChange, Placed, PriceGuard};
 use stocknet_common::{request_id, Command, Order, OrderOptions, Price};
 use tokio::sync::oneshot;
 
-use super::sequencer::{Proposed, Request};
+use super::sequencer::{Asked, Proposed, Request};
 use super::Replica;
 use crate::error::OrderError;
 
@@ -249,12 +249,13 @@ impl Replica {
         };
         let market = matches!(submission.command, Command::Place { limit: None, .. });
         let (reply, proposed) = oneshot::channel();
-        let request = Request::Propose {
+        let request = Request::Propose(Asked {
             submission,
             // The request's id, as the frontend passed it on: the sequencer is another task.
             request_id: request_id::current().and_then(|id| id.to_str().ok().map(str::to_owned)),
             reply,
-        };
+            stock: None,
+        });
         // A sequencer that is gone proposed nothing: this replica no longer leads that term.
         requests.send(request).map_err(|_| OrderError::NotReady)?;
         let proposed = proposed.await.map_err(|_| OrderError::NotReady)??;

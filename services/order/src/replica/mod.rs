@@ -381,8 +381,8 @@ impl Replica {
         }
     }
 
-    /// Whether this replica, leading, has a command under `key` in flight with its outcome
-    /// not known yet. Without a sequencer of the term it leads (not leading, or not taken
+    /// Whether this replica, leading, has a command under `key` held or in flight with its
+    /// outcome not known yet. Without a sequencer of the term it leads (not leading, or not taken
     /// over yet), nothing of its own is: a sequencer's commands go with its term.
     async fn in_flight(&self, key: &str) -> Result<bool, OrderError> {
         let term = self.leader_term();

@@ -2,7 +2,7 @@
 //! its key, the house, the price guard) and proposes it, the proposer that gathers commands
 //! into entries, and the expiry writer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,8 @@ const FINISHED_KEPT: usize = 1024;
 
 /// What only the leader keeps, for its term: the house as it will be once every command it
 /// proposed is applied (to refuse overdrafts before proposing), the time of its last entry,
-/// the commands proposed under a key and not yet applied, and its catalog applier.
+/// the commands proposed under a key and not yet applied, the commands held until their
+/// stock's quote settles, and its catalog applier.
 pub(super) struct Leading {
     pub(super) house: HashMap<String, House>,
     /// Entries' times never go back along the log, whatever the clock does.
@@ -61,6 +62,12 @@ pub(super) struct Leading {
     pub(super) in_flight: HashMap<String, (Order, watch::Receiver<Outcome>)>,
     /// How many commands may be in flight before the finished ones are forgotten.
     pub(super) forget_at: usize,
+    /// Per stock, the outcome of the last command proposed that may trade on its book: until
+    /// it is applied, the book's last price, the stock's quote, may be about to change.
+    pub(super) trading: HashMap<String, watch::Receiver<Outcome>>,
+    /// Per stock, the commands that wait for its quote to settle, and behind them, in the
+    /// order they came, every later command of the stock.
+    pub(super) held: HashMap<String, VecDeque<Asked>>,
     /// The commands to propose, in the order the house projection counted them.
     pub(super) proposals: mpsc::UnboundedSender<Pending>,
     pub(super) proposer: tokio::task::JoinHandle<()>,
@@ -77,8 +84,9 @@ impl Drop for Leading {
 }
 
 /// The leader's sequencer for one term: the task that owns [`Leading`] and checks and
-/// proposes commands one at a time, in the order they reach it. Nothing else touches the
-/// leader's state, so no lock guards it and none is taken with another's.
+/// proposes commands one at a time, in the order they reach it, but for a command held until
+/// its stock's quote settles and the stock's commands behind it ([`Replica::take`]). Nothing
+/// else touches the leader's state, so no lock guards it and none is taken with another's.
 pub(super) struct Sequencer {
     pub(super) term: u64,
     pub(super) requests: mpsc::UnboundedSender<Request>,
@@ -96,17 +104,64 @@ impl Drop for Sequencer {
 
 /// What the sequencer is asked.
 pub(super) enum Request {
-    /// Check and propose `submission`, which came with the request id `request_id`.
-    Propose {
-        submission: Submission,
-        request_id: Option<String>,
-        reply: oneshot::Sender<Result<Proposed, OrderError>>,
-    },
-    /// Whether a command proposed under `key` is in flight with its outcome not known yet.
+    /// Check and propose a command.
+    Propose(Asked),
+    /// Whether a command under `key` is held, or proposed with its outcome not known yet.
     Pending {
         key: String,
         reply: oneshot::Sender<bool>,
     },
+    /// The command that `stock`'s held commands wait for has an outcome.
+    Settled { stock: String },
+}
+
+/// A command to check and propose, which came with the request id `request_id`.
+pub(super) struct Asked {
+    pub(super) submission: Submission,
+    pub(super) request_id: Option<String>,
+    pub(super) reply: oneshot::Sender<Result<Proposed, OrderError>>,
+    /// Its stock, once the sequencer has looked it up.
+    pub(super) stock: Option<String>,
+}
+
+/// A stock's quote, as the last command proposed that may trade on its book leaves it.
+enum Quote {
+    /// That command is applied: the book's last price is the quote.
+    Settled,
+    /// Not applied yet: it may trade at another price first.
+    Moving(watch::Receiver<Outcome>),
+    /// Its proposal failed (this replica stopped leading): it may still be committed by
+    /// another leader, or not.
+    Unknown,
+}
+
+impl Quote {
+    fn of(outcome: &watch::Receiver<Outcome>) -> Self {
+        match &*outcome.borrow() {
+            Some(Ok(_)) => Self::Settled,
+            Some(Err(_)) => Self::Unknown,
+            // Its proposer is gone (with the term) without an answer.
+            None if outcome.has_changed().is_err() => Self::Unknown,
+            None => Self::Moving(outcome.clone()),
+        }
+    }
+}
+
+impl Asked {
+    /// Whether its answer rests on its stock's quote: a market order against the house
+    /// executes at it, and a price guard is checked against it.
+    fn needs_quote(&self) -> bool {
+        self.submission.guard.is_some()
+            || matches!(self.submission.command, Command::Place { limit: None, .. })
+    }
+}
+
+/// Whether `command`, once applied, may trade on its stock's book and so move its price.
+fn may_trade(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Place { limit: Some(_), .. } | Command::Sweep { .. } | Command::Modify { .. }
+    )
 }
 
 /// One stock as the leader projects it.
@@ -220,10 +275,14 @@ impl Replica {
             command,
         };
         let (done, outcome) = watch::channel(None);
+        let trades = rejected.is_none() && may_trade(&proposal.command);
         leading
             .proposals
             .send((proposal.clone(), done))
             .map_err(|_| OrderError::Task("the proposer stopped".into()))?;
+        if trades {
+            leading.trading.insert(name.clone(), outcome.clone());
+        }
         // Proposed: it will be applied if it commits, by this leader or the next, so the
         // projection counts it either way.
         leading.last_time = time;
@@ -299,7 +358,8 @@ impl Replica {
         match self.prepare_leading(term).await {
             Ok((leading, progress)) => {
                 let (requests, waiting) = mpsc::unbounded_channel();
-                let task = tokio::spawn(self.clone().sequence(term, leading, waiting));
+                let settled = requests.downgrade();
+                let task = tokio::spawn(self.clone().sequence(term, leading, waiting, settled));
                 *self.leading() = Some(Sequencer {
                     term,
                     requests,
@@ -322,36 +382,123 @@ impl Replica {
 
     /// The sequencer's task for `term`: it owns `leading` and answers what it is asked, in
     /// order. A command it is asked for once this replica no longer leads the term, or hands
-    /// it over, is refused before it is proposed, as one asked for then would be.
+    /// it over, is refused before it is proposed, as one asked for then would be. `settled`
+    /// is its own queue, on which it tells itself that a held stock's quote has settled.
     pub(super) async fn sequence(
         self: Arc<Self>,
         term: u64,
         mut leading: Leading,
         mut requests: mpsc::UnboundedReceiver<Request>,
+        settled: mpsc::WeakUnboundedSender<Request>,
     ) {
         while let Some(request) = requests.recv().await {
             match request {
-                Request::Propose {
-                    submission,
-                    request_id,
-                    reply,
-                } => {
-                    let answer = match self.leader_term() {
-                        Some(led) if led == term => self
-                            .not_handing_over()
-                            .and_then(|()| self.propose(&mut leading, submission, request_id)),
-                        _ => Err(self.not_leader()),
-                    };
-                    let _ = reply.send(answer);
-                }
+                Request::Propose(asked) => self.take(term, &mut leading, asked, &settled),
                 Request::Pending { key, reply } => {
-                    let pending = leading
+                    let proposed = leading
                         .in_flight
                         .get(&key)
                         .is_some_and(|(_, outcome)| outcome.borrow().is_none());
-                    let _ = reply.send(pending);
+                    let held = || {
+                        leading
+                            .held
+                            .values()
+                            .flatten()
+                            .any(|asked| asked.submission.key.as_deref() == Some(key.as_str()))
+                    };
+                    let _ = reply.send(proposed || held());
+                }
+                Request::Settled { stock } => {
+                    let waiting = leading.held.remove(&stock).unwrap_or_default();
+                    // A command whose caller has gone is dropped: it was never proposed, so
+                    // a retry under its key runs it, once.
+                    for asked in waiting.into_iter().filter(|asked| !asked.reply.is_closed()) {
+                        self.take(term, &mut leading, asked, &settled);
+                    }
                 }
             }
+        }
+    }
+
+    /// Answers `asked` now, or holds it while its stock's quote may be about to change: a
+    /// command whose answer rests on the quote waits until the stock's last command that may
+    /// trade on the book is applied, so that the quote it is checked against and executes at
+    /// is the book's last price where it stands in the log. Later commands of the stock, and
+    /// later commands under a held command's key, wait behind it in the order they came, so
+    /// that a stream of book orders cannot hold it forever and a key's commands keep theirs.
+    fn take(
+        &self,
+        term: u64,
+        leading: &mut Leading,
+        mut asked: Asked,
+        settled: &mpsc::WeakUnboundedSender<Request>,
+    ) {
+        if !leading.held.is_empty() || asked.needs_quote() {
+            if asked.stock.is_none() {
+                asked.stock = self.stock_of(&asked.submission);
+            }
+            let queue = leading.held.iter_mut().find_map(|(stock, queue)| {
+                let behind = asked.stock.as_ref() == Some(stock)
+                    || queue.iter().any(|held| {
+                        held.submission.key.is_some() && held.submission.key == asked.submission.key
+                    });
+                behind.then_some(queue)
+            });
+            if let Some(queue) = queue {
+                queue.push_back(asked);
+                return;
+            }
+            let quote = match (&asked.stock, asked.needs_quote()) {
+                (Some(stock), true) => leading.trading.get(stock).map(Quote::of),
+                _ => None,
+            };
+            match quote {
+                Some(Quote::Moving(mut outcome)) => {
+                    let stock = asked.stock.clone().unwrap_or_default();
+                    leading.held.insert(stock.clone(), VecDeque::from([asked]));
+                    let settled = settled.clone();
+                    tokio::spawn(async move {
+                        // Known (or its proposer gone): `take` tells which.
+                        let _ = outcome.wait_for(Option::is_some).await;
+                        if let Some(requests) = settled.upgrade() {
+                            let _ = requests.send(Request::Settled { stock });
+                        }
+                    });
+                    return;
+                }
+                Some(Quote::Unknown) => {
+                    // That command may yet be committed by another leader, before this one in
+                    // the log: nothing is proposed, and the caller tries elsewhere.
+                    let _ = asked.reply.send(Err(OrderError::NotReady));
+                    return;
+                }
+                Some(Quote::Settled) | None => {}
+            }
+        }
+        let Asked {
+            submission,
+            request_id,
+            reply,
+            ..
+        } = asked;
+        let answer = match self.leader_term() {
+            Some(led) if led == term => self
+                .not_handing_over()
+                .and_then(|()| self.propose(leading, submission, request_id)),
+            _ => Err(self.not_leader()),
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// The stock `submission` is for: a new order names it; a modify or cancel, its target's
+    /// (read from the log, which the sequencer does only while some stock's commands are held).
+    fn stock_of(&self, submission: &Submission) -> Option<String> {
+        match (&submission.name, &submission.command) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Command::Modify { target, .. } | Command::Cancel { target }) => {
+                self.get(*target).ok().flatten().map(|entry| entry.name)
+            }
+            _ => None,
         }
     }
 
@@ -407,6 +554,8 @@ impl Replica {
             last_time,
             in_flight: HashMap::new(),
             forget_at: FINISHED_KEPT,
+            trading: HashMap::new(),
+            held: HashMap::new(),
             proposals,
             proposer,
             applier,
