@@ -728,6 +728,42 @@ async fn trade_through(faults: Faults) {
             .any(|r| r["stocks"].as_array().is_some_and(|s| !s.is_empty())),
         "the reports count the day's trading"
     );
+    // I11: a market order against the house executed at its stock's last price on the book
+    // where it stands in the log (the leader holds it until the book orders of the stock
+    // sequenced before it are applied), never at a price a trade before it had moved on from.
+    let mut book_trades: Vec<(u64, u64, &str, f64)> = replayed
+        .trades
+        .iter()
+        .map(|t| {
+            let field = |name: &str| t[name].as_u64().expect("a trade's numbers");
+            let price = t["price"].as_f64().expect("a trade's price");
+            (
+                field("id"),
+                field("entry"),
+                t["name"].as_str().expect("a name"),
+                price,
+            )
+        })
+        .collect();
+    book_trades.sort_by_key(|&(id, ..)| id);
+    let mut last_price: HashMap<&str, f64> = HashMap::new();
+    let (mut earlier, mut quoted) = (book_trades.iter().peekable(), 0);
+    for entry in common::orders_only(&log) {
+        let number = entry["number"].as_u64().expect("a number");
+        while let Some((_, _, name, price)) = earlier.next_if(|trade| trade.1 < number) {
+            last_price.insert(name, *price);
+        }
+        let house = matches!(entry["type"].as_str(), Some("buy" | "sell"))
+            && ["price", "protection_bps", "rejected"]
+                .iter()
+                .all(|field| entry.get(field).is_none());
+        let name = entry["name"].as_str().expect("a name");
+        if let Some(price) = last_price.get(name).filter(|_| house) {
+            assert_eq!(entry["quote"].as_f64(), Some(*price), "{entry}");
+            quoted += 1;
+        }
+    }
+    assert!(quoted > 0, "no market order after a trade of its stock");
     let limit_orders = replayed.orders.len();
     let expired = replayed
         .orders
