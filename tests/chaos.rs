@@ -10,7 +10,8 @@
 //! an expiry entry of its stock.
 //!
 //! Every answer is checked to be true (I11): a command answered 503 is not retried, and its
-//! key must never reach the log; only 504 is retried under its key. Every order acknowledged is read back at once, through the other frontend
+//! key must never reach the log; only 504 is retried under its key; a market order against the
+//! house executed at its stock's last book price where it stands in the log. Every order acknowledged is read back at once, through the other frontend
 //! where there are two, which must not answer 404 (I12).
 //!
 //! CI runs each for a few seconds. A longer soak: `STOCKNET_CHAOS_SECS=600 cargo test

@@ -3,14 +3,16 @@
 //! in-memory network of the consensus tests and a catalog store in memory of the process, with
 //! seeded faults: a replica cut off, a replica stopped and restarted, the catalog down.
 //!
-//! Clients place market orders the way a frontend does: each call has a deadline, an answer
+//! Clients place market orders, and limit orders about the stock's price (about half of which
+//! trade), the way a frontend does: each call has a deadline, an answer
 //! that leaves the outcome unknown is retried under the same key, and after a "not executed"
 //! answer the next try is a new order under a new key. What the answers claimed is checked
 //! against the group's final log and the catalog (I11, exactly-once):
 //! - an order acknowledged with a number is in the log once, executed, at that number;
 //! - an order answered "not executed" (503, 4xx) is never executed, not even later;
 //! - no key is executed twice, whatever was retried;
-//! - the catalog holds every executed order's effect exactly once, and the logs are identical.
+//! - the catalog holds every executed order's effect exactly once, and the logs are identical;
+//! - a market order executed at its stock's last price on the book where it stands in the log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use futures::future::BoxFuture;
 use stocknet_catalog::store::CatalogStore;
 use stocknet_catalog::CatalogError;
 use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Snapshot};
-use stocknet_common::{ApiError, Order, Price, RemoteError, Side};
+use stocknet_common::{ApiError, Command, Order, Price, RemoteError, Side};
 use tempfile::TempDir;
 
 use crate::book::InMemory;
@@ -382,7 +384,13 @@ async fn simulate(seed: u64, steps: usize) {
                         } else {
                             Side::Sell
                         };
-                        let order = new_order(name, side, quantity, None);
+                        // One order in three on the book, within 20 cents of the stock's
+                        // initial price: half cross and trade, and move its price.
+                        let price = (choices.below(3) == 0).then(|| {
+                            let initial = if name == STOCKS[0] { 1599 } else { 950 };
+                            Price::from_cents(initial - 20 + choices.below(41))
+                        });
+                        let order = new_order(name, side, quantity, price);
                         tokio::spawn(cluster.clone().client(order, choices.below(3)))
                     })
                     .collect();
@@ -418,11 +426,23 @@ async fn simulate(seed: u64, steps: usize) {
 fn check(cluster: &Cluster, log: &[Order]) {
     let mut executed: HashMap<&str, Vec<u64>> = HashMap::new();
     let mut quantities: BTreeMap<&str, i64> = STOCKS.iter().map(|s| (*s, 1_000_000)).collect();
+    // The book replayed alongside: a market order's quote is its stock's last price on the book
+    // before it, once the book has traded the stock.
+    let mut book = crate::book::Book::default();
     for entry in log {
-        if let (Some(key), Some((side, count))) = (entry.key.as_deref(), entry.market()) {
-            executed.entry(key).or_default().push(entry.number);
-            *quantities.get_mut(entry.name.as_str()).unwrap() += side.delta(count);
+        let placed = matches!(entry.command, Command::Place { .. });
+        if let Some(key) = entry.key.as_deref().filter(|_| placed) {
+            if entry.stamp.rejected.is_none() {
+                executed.entry(key).or_default().push(entry.number);
+            }
         }
+        if let Some((side, count)) = entry.market() {
+            *quantities.get_mut(entry.name.as_str()).unwrap() += side.delta(count);
+            if let Some(price) = book.last_price(&entry.name) {
+                assert_eq!(entry.stamp.quote, Some(price), "{entry:?}");
+            }
+        }
+        book.apply(entry);
     }
     for (key, numbers) in &executed {
         assert_eq!(numbers.len(), 1, "key {key} executed at {numbers:?}");
