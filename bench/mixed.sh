@@ -3,7 +3,8 @@
 # (docs/ARCHITECTURE.md, "Placing an order"). Alternating builds, each round on a fresh
 # `stocknet up --cache-size 12`: 16 clients place market orders against the house and 16 place
 # limit orders within 1% of the price (`--limit`: about half cross the book), at once, for 8 s.
-# Prints each kind's acknowledged orders per second and p50.
+# Prints each kind's acknowledged orders per second and p50. STOCKS (comma-separated) trades
+# only those, e.g. STOCKS=GameStart for one busy stock.
 #   bench/mixed.sh ROUNDS /tmp/stocknet-before /tmp/stocknet-after
 set -euo pipefail
 rounds=$1; shift
@@ -21,6 +22,7 @@ for round in $(seq 1 "$rounds"); do
     for _ in $(seq 1 600); do grep -q "Ctrl-C stops everything" "$dir/up.log" && break; sleep 0.1; done
     load=("$bin" load --frontend http://127.0.0.1:18080 --clients 16 --p 1 --duration 8s
       --max-quantity 3 --json)
+    [ -n "${STOCKS:-}" ] && load+=(--stocks "$STOCKS")
     "${load[@]}" >"$dir/house.json" &
     house=$!
     "${load[@]}" --limit >"$dir/book.json"

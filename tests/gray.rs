@@ -785,7 +785,10 @@ async fn a_house_order_is_quoted_after_the_book_orders_sequenced_before_it() {
         format!("{}/orders", cluster.frontend_urls[0]),
         limit("buy", 5, 20.0),
     );
-    let book_order = cluster.post(&place_at, &take_all);
+    let book_order = async {
+        let answer = cluster.post(&place_at, &take_all).await;
+        (answer, std::time::Instant::now())
+    };
     let house_order = async {
         wait_until(
             "the book order written on the leader",
@@ -798,11 +801,18 @@ async fn a_house_order_is_quoted_after_the_book_orders_sequenced_before_it() {
         .await;
         let guarded = json!({"name": "GameStart", "quantity": 1, "type": "buy",
             "expected_price": 16.0, "max_deviation_bps": 200});
-        cluster
+        let sent = std::time::Instant::now();
+        let answer = cluster
             .post(&format!("{}/orders", cluster.frontend_urls[1]), &guarded)
-            .await
+            .await;
+        (answer, sent)
     };
-    let ((book_status, book), (house_status, house)) = tokio::join!(book_order, house_order);
+    let (((book_status, book), book_answered), ((house_status, house), house_sent)) =
+        tokio::join!(book_order, house_order);
+    assert!(
+        house_sent < book_answered,
+        "the house order was sent only after the book order was answered: no test"
+    );
     assert_eq!(book_status, 200, "{book}");
     assert_eq!(book["data"]["status"], "filled", "{book}");
     // Quoted at 16.00 it would have passed its guard and been sold at 16.00, after a trade

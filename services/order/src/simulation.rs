@@ -745,6 +745,83 @@ async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once
     assert_eq!(queued, [placed.transaction_number], "executed once");
 }
 
+/// A market order waits while a book order of its stock is in flight, since that may trade at
+/// another price first: held, its key is still being decided; its caller gone, it is dropped
+/// unproposed, and a retry under its key runs it once, at the price the book order left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_market_order_waits_for_the_book_order_in_flight_and_its_retry_runs_once() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let order = |side, quantity, cents: Option<u64>| {
+        new_order(STOCKS[0], side, quantity, cents.map(Price::from_cents))
+    };
+    let place = |order: NewOrder, key: &str, within: Duration| {
+        let (leader, key) = (leader.clone(), Some(key.to_owned()));
+        tokio::time::timeout(within, async move {
+            leader.place(order, Caller::new(key, None)).await
+        })
+    };
+    // A trade at 16.00, and 5 offered at 17.00.
+    for (side, quantity, cents, key) in [
+        (Side::Sell, 1, 1600, "sell"),
+        (Side::Buy, 1, 1600, "buy"),
+        (Side::Sell, 5, 1700, "ask"),
+    ] {
+        let placed = place(
+            order(side, quantity, Some(cents)),
+            key,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(placed, Ok(Ok(_))), "{placed:?}");
+    }
+    // Cut off for a moment, well inside the followers' patience: the buy at 17.00 waits in
+    // flight.
+    cluster.router.isolate(3, &[1, 2, 3], true);
+    let crossing = tokio::spawn(place(
+        order(Side::Buy, 5, Some(1700)),
+        "crossing",
+        Duration::from_secs(5),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !Cluster::log(&leader)
+        .iter()
+        .any(|o| o.key.as_deref() == Some("crossing"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never logged");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let gone = place(
+        order(Side::Buy, 1, None),
+        "market",
+        Duration::from_millis(20),
+    )
+    .await;
+    assert!(
+        gone.is_err(),
+        "answered while the book order was in flight: {gone:?}"
+    );
+    let asked = leader.placed_under("market").await;
+    assert!(
+        matches!(asked, Err(OrderError::OutcomeUnknown { .. })),
+        "{asked:?}"
+    );
+    cluster.router.isolate(3, &[1, 2, 3], false);
+    assert!(matches!(crossing.await.unwrap(), Ok(Ok(_))));
+    let placed = match place(order(Side::Buy, 1, None), "market", Duration::from_secs(5)).await {
+        Ok(Ok(placed)) => placed,
+        other => panic!("{other:?}"),
+    };
+    let log = cluster.settled().await;
+    assert_eq!(numbers_under(&log, "market"), [placed.transaction_number]);
+    let market = log.iter().find(|o| o.key.as_deref() == Some("market"));
+    assert_eq!(
+        market.and_then(|o| o.stamp.quote),
+        Some(Price::from_cents(1700)),
+        "{market:?}"
+    );
+}
+
 /// A replica back from a crash is ready only once it has applied through its leader's commit
 /// point: ready, it holds no old book (DESIGN). So too when it comes back into a new term,
 /// whose leader's first appends carry no commit point of the term yet.

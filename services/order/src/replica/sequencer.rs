@@ -20,7 +20,8 @@ use crate::consensus::{self, Raft};
 use crate::error::OrderError;
 
 /// How often the leader looks for open orders whose expiry has come: an order expires this
-/// long after its time at most (by the leader's clock), plus a commit round.
+/// long after its time at most (by the leader's clock), plus a commit round (two or three
+/// while a command of its stock waits for the quote).
 pub(super) const EXPIRY_CHECK: Duration = Duration::from_millis(100);
 
 /// Entries a leader has proposed and not yet seen applied. Commands that arrive meanwhile wait
@@ -162,6 +163,26 @@ fn may_trade(command: &Command) -> bool {
         command,
         Command::Place { limit: Some(_), .. } | Command::Sweep { .. } | Command::Modify { .. }
     )
+}
+
+/// A stock's held commands, once its quote has settled, in the order to take them: first
+/// every one that needs the quote and cannot trade (a market order against the house), since
+/// the settled quote holds for them all, then the rest as they came. None of them has been
+/// answered, so any order is one they could have run in, but a key's commands keep theirs.
+/// One whose caller has gone is dropped: it was never proposed, so a retry under its key runs
+/// it, once.
+fn released(waiting: VecDeque<Asked>) -> impl Iterator<Item = Asked> {
+    let mut keys_seen = std::collections::HashSet::new();
+    let (first, rest): (Vec<Asked>, Vec<Asked>) = waiting
+        .into_iter()
+        .filter(|asked| !asked.reply.is_closed())
+        .partition(|asked| {
+            let key = asked.submission.key.clone();
+            let first_under_key = key.is_none_or(|key| keys_seen.insert(key));
+            let quoted = asked.needs_quote() && !may_trade(&asked.submission.command);
+            quoted && first_under_key
+        });
+    first.into_iter().chain(rest)
 }
 
 /// One stock as the leader projects it.
@@ -410,9 +431,7 @@ impl Replica {
                 }
                 Request::Settled { stock } => {
                     let waiting = leading.held.remove(&stock).unwrap_or_default();
-                    // A command whose caller has gone is dropped: it was never proposed, so
-                    // a retry under its key runs it, once.
-                    for asked in waiting.into_iter().filter(|asked| !asked.reply.is_closed()) {
+                    for asked in released(waiting) {
                         self.take(term, &mut leading, asked, &settled);
                     }
                 }
@@ -433,18 +452,33 @@ impl Replica {
         mut asked: Asked,
         settled: &mpsc::WeakUnboundedSender<Request>,
     ) {
+        let proposable = match self.leader_term() {
+            Some(led) if led == term => self.not_handing_over(),
+            _ => Err(self.not_leader()),
+        };
+        if let Err(refused) = proposable {
+            let _ = asked.reply.send(Err(refused));
+            return;
+        }
         if !leading.held.is_empty() || asked.needs_quote() {
             if asked.stock.is_none() {
                 asked.stock = self.stock_of(&asked.submission);
             }
-            let queue = leading.held.iter_mut().find_map(|(stock, queue)| {
-                let behind = asked.stock.as_ref() == Some(stock)
-                    || queue.iter().any(|held| {
-                        held.submission.key.is_some() && held.submission.key == asked.submission.key
-                    });
-                behind.then_some(queue)
+            // Behind an earlier command under its key, wherever that waits; else behind its
+            // stock's.
+            let key = asked.submission.key.as_deref();
+            let under_key = key.and_then(|key| {
+                leading.held.iter().find_map(|(stock, queue)| {
+                    let held = |earlier: &Asked| earlier.submission.key.as_deref() == Some(key);
+                    queue.iter().any(held).then(|| stock.clone())
+                })
             });
-            if let Some(queue) = queue {
+            let behind = under_key.or_else(|| {
+                (asked.stock.as_ref())
+                    .filter(|stock| leading.held.contains_key(*stock))
+                    .cloned()
+            });
+            if let Some(queue) = behind.and_then(|stock| leading.held.get_mut(&stock)) {
                 queue.push_back(asked);
                 return;
             }
@@ -481,13 +515,7 @@ impl Replica {
             reply,
             ..
         } = asked;
-        let answer = match self.leader_term() {
-            Some(led) if led == term => self
-                .not_handing_over()
-                .and_then(|()| self.propose(leading, submission, request_id)),
-            _ => Err(self.not_leader()),
-        };
-        let _ = reply.send(answer);
+        let _ = reply.send(self.propose(leading, submission, request_id));
     }
 
     /// The stock `submission` is for: a new order names it; a modify or cancel, its target's
