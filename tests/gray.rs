@@ -718,18 +718,25 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
     .await;
 }
 
+/// A cluster with `frontends` frontends whose every process reaches replicas 1 and 2 (the
+/// followers, once replica 3 leads as it does in steady state) through a [`Link`] each.
+async fn with_links_to_followers(frontends: usize) -> ([Link; 2], Cluster) {
+    let links = [Link::start().await, Link::start().await];
+    let cluster = Cluster::start_reaching(frontends, &|replica, url| match links.get(replica) {
+        Some(link) => link.forward_to(url),
+        None => url.to_owned(),
+    })
+    .await;
+    (links, cluster)
+}
+
 /// Links slower than a heartbeat slow trading down and do not stop it (I13): both followers
 /// sit behind links that delay everything 35 ms each way, so no append the leader sends them
 /// is answered within the heartbeat (50 ms) that openraft waits for it. Orders still commit
 /// and are read back, the leader stays, and every replica's log ends the same.
 #[tokio::test]
 async fn followers_behind_links_slower_than_a_heartbeat_still_commit() {
-    let links = [Link::start().await, Link::start().await];
-    let cluster = Cluster::start_reaching(1, &|replica, url| match links.get(replica) {
-        Some(link) => link.forward_to(url),
-        None => url.to_owned(),
-    })
-    .await;
+    let (links, cluster) = with_links_to_followers(1).await;
     for link in &links {
         link.slow(Duration::from_millis(35));
     }
@@ -752,39 +759,20 @@ async fn followers_behind_links_slower_than_a_heartbeat_still_commit() {
 /// house order comes through the other frontend (a frontend sends its writes in batches).
 #[tokio::test]
 async fn a_house_order_is_quoted_after_the_book_orders_sequenced_before_it() {
-    let links = [Link::start().await, Link::start().await];
-    let cluster = Cluster::start_reaching(2, &|replica, url| match links.get(replica) {
-        Some(link) => link.forward_to(url),
-        None => url.to_owned(),
-    })
-    .await;
+    let (links, cluster) = with_links_to_followers(2).await;
     cluster.wait_led_by(2).await;
-    let limit = |side: &str, quantity: u32, price: f64| json!({"name": "GameStart", "quantity": quantity, "type": side, "price": price});
     // The last trade at 16.00, and 5 offered at 20.00; both frontends know the leader.
-    let orders = [
-        limit("sell", 1, 16.0),
-        limit("buy", 1, 16.0),
-        limit("sell", 5, 20.0),
-    ];
-    for (frontend, order) in [0, 0, 1].into_iter().zip(orders) {
-        let (status, body) = cluster
-            .post(
-                &format!("{}/orders", cluster.frontend_urls[frontend]),
-                &order,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    cluster.must_limit(0, "sell", 1, 16.0).await;
+    cluster.must_limit(0, "buy", 1, 16.0).await;
+    cluster.must_limit(1, "sell", 5, 20.0).await;
     let written = cluster.replica_health(2).await["last_transaction"]
         .as_u64()
         .expect("last_transaction");
     for link in &links {
         link.slow(Duration::from_millis(150));
     }
-    let (place_at, take_all) = (
-        format!("{}/orders", cluster.frontend_urls[0]),
-        limit("buy", 5, 20.0),
-    );
+    let place_at = format!("{}/orders", cluster.frontend_urls[0]);
+    let take_all = json!({"name": "GameStart", "quantity": 5, "type": "buy", "price": 20.0});
     let book_order = async {
         let answer = cluster.post(&place_at, &take_all).await;
         (answer, std::time::Instant::now())

@@ -46,18 +46,6 @@ async fn next_matching(socket: &mut Socket, wanted: impl Fn(&Value) -> bool) -> 
     }
 }
 
-async fn limit(cluster: &Cluster, frontend: usize, side: &str, quantity: u64, price: f64) -> Value {
-    let body = json!({"name": "GameStart", "type": side, "quantity": quantity, "price": price});
-    let (status, reply) = cluster
-        .post(
-            &format!("{}/orders", cluster.frontend_urls[frontend]),
-            &body,
-        )
-        .await;
-    assert_eq!(status, 200, "{reply}");
-    reply["data"].clone()
-}
-
 /// A cluster with two frontends, and their URLs.
 async fn two_frontends() -> (Cluster, String, String) {
     let cluster = Cluster::start(2).await;
@@ -95,7 +83,7 @@ async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failove
     assert_eq!(snapshot["type"], "snapshot");
     assert!(snapshot["stocks"].as_array().expect("stocks").len() >= 10);
 
-    let resting = limit(&cluster, 0, "sell", 5, 20.5).await;
+    let resting = cluster.must_limit(0, "sell", 5, 20.5).await;
     assert_eq!(resting["status"], "open");
     for book in [&mut book_one, &mut book_two] {
         let update = next(book).await;
@@ -105,7 +93,7 @@ async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failove
             json!([{"side": "sell", "price": 20.5, "quantity": 5, "orders": 1}])
         );
     }
-    let taker = limit(&cluster, 0, "buy", 2, 21.0).await;
+    let taker = cluster.must_limit(0, "buy", 2, 21.0).await;
     assert_eq!(taker["status"], "filled");
     let trade = next(&mut trades).await;
     assert_eq!(
@@ -147,7 +135,7 @@ async fn every_frontend_streams_trades_books_candles_and_prices_across_a_failove
     // The leader dies; the next order elects another, and the streams go on from it.
     let leader = cluster.leader().await.expect("a leader");
     cluster.orders[leader].kill9();
-    let taker = limit(&cluster, 1, "buy", 3, 20.5).await;
+    let taker = cluster.must_limit(1, "buy", 3, 20.5).await;
     assert_eq!(taker["status"], "filled");
     let trade = next(&mut trades).await;
     assert_eq!(

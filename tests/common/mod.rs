@@ -889,6 +889,23 @@ impl Cluster {
             .await
     }
 
+    /// Places a limit order for GameStart through frontend `frontend` that must succeed;
+    /// returns the answer's `data`.
+    pub async fn must_limit(
+        &self,
+        frontend: usize,
+        side: &str,
+        quantity: u64,
+        price: f64,
+    ) -> Value {
+        let body = json!({"name": "GameStart", "type": side, "quantity": quantity, "price": price});
+        let (status, reply) = self
+            .post(&format!("{}/orders", self.frontend_urls[frontend]), &body)
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        reply["data"].clone()
+    }
+
     /// Places an order that must succeed; returns its transaction number.
     pub async fn must_order(&self, name: &str, side: &str, quantity: u64) -> u64 {
         let (status, body) = self.order(0, name, side, quantity).await;

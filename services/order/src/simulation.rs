@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use futures::future::BoxFuture;
 use stocknet_catalog::store::CatalogStore;
 use stocknet_catalog::CatalogError;
-use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Snapshot};
+use stocknet_common::wire::{ApplyOutcome, ApplyRequest, NewOrder, Peer, Placed, Snapshot};
 use stocknet_common::{ApiError, Command, Order, Price, RemoteError, Side};
 use tempfile::TempDir;
 
@@ -307,6 +307,31 @@ fn numbers_under(log: &[Order], key: &str) -> Vec<u64> {
         .filter(|o| o.key.as_deref() == Some(key))
         .map(|o| o.number)
         .collect()
+}
+
+/// Waits (at most 5 s) until `replica`'s log holds a command under `key`, committed or not.
+async fn logged(replica: &Replica, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !Cluster::log(replica)
+        .iter()
+        .any(|o| o.key.as_deref() == Some(key))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{key} never logged");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `replica` places `order` under `key`, answered within `within` or not at all.
+fn place_within(
+    replica: &Arc<Replica>,
+    order: NewOrder,
+    key: &str,
+    within: Duration,
+) -> tokio::time::Timeout<impl std::future::Future<Output = Result<Placed, OrderError>>> {
+    let (replica, key) = (replica.clone(), Some(key.to_owned()));
+    tokio::time::timeout(within, async move {
+        replica.place(order, Caller::new(key, None)).await
+    })
 }
 
 fn new_order(name: &str, side: Side, quantity: u32, price: Option<Price>) -> NewOrder {
@@ -628,14 +653,7 @@ async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
 
     cluster.router.isolate(3, &[1, 2, 3], true);
     let first = send();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !Cluster::log(&leader)
-        .iter()
-        .any(|o| o.key.as_deref() == Some(key))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{key} never logged");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    logged(&leader, key).await;
     let beside = send().await.unwrap();
     assert!(
         undecided(&beside),
@@ -713,23 +731,11 @@ async fn a_retry_of_a_command_queued_behind_the_entry_in_flight_executes_it_once
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let resting = |cents| new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(cents)));
-    let place = |order: NewOrder, key: &str, within: Duration| {
-        let (leader, key) = (leader.clone(), Some(key.to_owned()));
-        tokio::time::timeout(within, async move {
-            leader.place(order, Caller::new(key, None)).await
-        })
-    };
+    let place = |order, key: &str, within| place_within(&leader, order, key, within);
     // Cut off for a moment, well inside the followers' patience: the entry in flight waits.
     cluster.router.isolate(3, &[1, 2, 3], true);
     let first = tokio::spawn(place(resting(1), "first", Duration::from_secs(5)));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !Cluster::log(&leader)
-        .iter()
-        .any(|o| o.key.as_deref() == Some("first"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never logged");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    logged(&leader, "first").await;
     for _ in 0..2 {
         let gone = place(resting(2), "queued", Duration::from_millis(20)).await;
         assert!(gone.is_err(), "answered while cut off: {gone:?}");
@@ -755,12 +761,7 @@ async fn a_market_order_waits_for_the_book_order_in_flight_and_its_retry_runs_on
     let order = |side, quantity, cents: Option<u64>| {
         new_order(STOCKS[0], side, quantity, cents.map(Price::from_cents))
     };
-    let place = |order: NewOrder, key: &str, within: Duration| {
-        let (leader, key) = (leader.clone(), Some(key.to_owned()));
-        tokio::time::timeout(within, async move {
-            leader.place(order, Caller::new(key, None)).await
-        })
-    };
+    let place = |order, key: &str, within| place_within(&leader, order, key, within);
     // A trade at 16.00, and 5 offered at 17.00.
     for (side, quantity, cents, key) in [
         (Side::Sell, 1, 1600, "sell"),
@@ -783,14 +784,7 @@ async fn a_market_order_waits_for_the_book_order_in_flight_and_its_retry_runs_on
         "crossing",
         Duration::from_secs(5),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !Cluster::log(&leader)
-        .iter()
-        .any(|o| o.key.as_deref() == Some("crossing"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never logged");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    logged(&leader, "crossing").await;
     let gone = place(
         order(Side::Buy, 1, None),
         "market",

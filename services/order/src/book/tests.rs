@@ -344,14 +344,18 @@ fn a_market_order_sweeps_the_book_within_its_protection_and_cancels_the_rest() {
     assert_eq!((order.filled, order.price), (1, Price::from_cents(990)));
 }
 
+/// An iceberg's terms: `display` of it shows at a time.
+fn iceberg(display: u32) -> Terms {
+    Terms {
+        display_quantity: Some(display),
+        ..Terms::default()
+    }
+}
+
 #[test]
 fn an_iceberg_shows_a_slice_and_each_refill_goes_to_the_back_of_its_level() {
-    let iceberg = Terms {
-        display_quantity: Some(2),
-        ..Terms::default()
-    };
     let mut book = book(&[]);
-    book.apply(&with_terms(1, 1, 0, (Side::Sell, 5, 1000), iceberg));
+    book.apply(&with_terms(1, 1, 0, (Side::Sell, 5, 1000), iceberg(2)));
     book.apply(&entry(2, limit(Side::Sell, 3, 1000)));
     assert_eq!(
         book.depth("A", 5).asks,
@@ -392,12 +396,8 @@ fn an_iceberg_shows_a_slice_and_each_refill_goes_to_the_back_of_its_level() {
 /// claim a display size above its quantity; made larger again, it is an iceberg again.
 #[test]
 fn an_iceberg_shrunk_below_its_slice_shows_whole_and_says_so() {
-    let iceberg = Terms {
-        display_quantity: Some(4),
-        ..Terms::default()
-    };
     let mut book = book(&[]);
-    book.apply(&with_terms(1, 1, 0, (Side::Sell, 10, 1000), iceberg));
+    book.apply(&with_terms(1, 1, 0, (Side::Sell, 10, 1000), iceberg(4)));
     let display = |book: &Book| book.limit_view(&book.order(1).unwrap()).display_quantity;
     assert_eq!(display(&book), Some(4));
     book.apply(&entry(2, resize(1, 3)));
