@@ -252,6 +252,41 @@ async fn a_stream_without_a_handshake_is_a_400_envelope() {
     }
 }
 
+/// A handshake in another version of WebSocket than 13 is 426 naming the version this server
+/// speaks (RFC 6455, 4.4), as the document says of every stream; one that names no version is
+/// no handshake: 400.
+#[tokio::test]
+async fn a_handshake_in_another_version_is_426_naming_13() {
+    let document = openapi_document();
+    let handshake = |version: Option<&str>| {
+        let mut request = Request::get("/ws/trades")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(version) = version {
+            request = request.header("sec-websocket-version", version);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let response = app().oneshot(handshake(Some("8"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(response.headers()["sec-websocket-version"], "13");
+    let (_, body) = send(handshake(Some("8"))).await;
+    assert_eq!(body["error"]["code"], 426, "{body}");
+    let (status, body) = send(handshake(None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for path in [
+        "/ws/trades",
+        "/ws/prices",
+        "/ws/book/{name}",
+        "/ws/candles/{name}",
+        "/ws/orders",
+    ] {
+        let listed = &document["paths"][path]["get"]["responses"]["426"];
+        assert!(listed.is_object(), "{path} lists no 426");
+    }
+}
+
 /// With limits on and the catalog unreachable, a key that cannot be verified is not refused
 /// by the limiter: a route that needs no user answers as without limits, one that needs the
 /// user answers 503 itself.

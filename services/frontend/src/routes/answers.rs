@@ -88,6 +88,14 @@ pub(crate) enum StockLookup {
 )]
 pub(crate) struct NotAHandshake(ErrorEnvelope);
 
+/// A WebSocket handshake in another version of the protocol than 13.
+#[derive(IntoResponses)]
+#[response(
+    status = 426,
+    description = "A Sec-WebSocket-Version other than 13: the header Sec-WebSocket-Version: 13 names the one this server speaks (RFC 6455)"
+)]
+pub(crate) struct OtherWebSocketVersion(ErrorEnvelope);
+
 /// A query string with a parameter the operation does not take, or a bad value.
 #[derive(IntoResponses)]
 #[response(status = 400, description = "Unknown parameter or bad value")]

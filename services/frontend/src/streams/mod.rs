@@ -20,8 +20,8 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use futures::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use stocknet_common::client::call;
@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, Notify};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::limits::HeldInFlight;
-use crate::routes::answers::{NotAHandshake, StockLookup};
+use crate::routes::answers::{NotAHandshake, OtherWebSocketVersion, StockLookup};
 use crate::routes::stocks::stock;
 use crate::upstream::catalog::{self, call_catalog};
 use crate::upstream::leader::Leader;
@@ -476,19 +476,13 @@ impl Handshake {
 pub const CLIENT_MESSAGE_LIMIT: usize = 4096;
 
 impl FromRequestParts<AppState> for Handshake {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let versioned = parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION);
         let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| match rejection {
-                // A HEAD, which axum routes to a GET route: a 405 would contradict the route's
-                // own `Allow: GET,HEAD`.
-                WebSocketUpgradeRejection::MethodNotGet(_) => {
-                    ApiError::bad_request("a stream opens with a WebSocket handshake, a GET")
-                }
-                other => ApiError::new(other.status(), other.body_text()),
-            })?;
+            .map_err(|rejection| refused_handshake(rejection, versioned))?;
         Ok(Self {
             upgrade: upgrade
                 .max_message_size(CLIENT_MESSAGE_LIMIT)
@@ -500,18 +494,44 @@ impl FromRequestParts<AppState> for Handshake {
     }
 }
 
+/// The error envelope for a request that is not a WebSocket handshake this server takes: 400,
+/// but for a version other than 13, which is 426 naming the version it speaks (RFC 6455, 4.4).
+fn refused_handshake(rejection: WebSocketUpgradeRejection, versioned: bool) -> Response {
+    match rejection {
+        // A HEAD, which axum routes to a GET route: a 405 would contradict the route's own
+        // `Allow: GET,HEAD`.
+        WebSocketUpgradeRejection::MethodNotGet(_) => {
+            ApiError::bad_request("a stream opens with a WebSocket handshake, a GET")
+                .into_response()
+        }
+        WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_) if versioned => {
+            let message =
+                "this server speaks WebSocket version 13 only (Sec-WebSocket-Version: 13)";
+            let mut answer = ApiError::new(StatusCode::UPGRADE_REQUIRED, message).into_response();
+            let version = HeaderValue::from_static("13");
+            answer
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, version);
+            answer
+        }
+        other => ApiError::new(other.status(), other.body_text()).into_response(),
+    }
+}
+
 /// The [`Handshake`] of a stream that takes no query parameters: any is a 400, not ignored
 /// (`/ws/trades?name=X` would otherwise stream every stock's trades).
 pub struct BareHandshake(pub Handshake);
 
 impl FromRequestParts<AppState> for BareHandshake {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct NoParameters {}
-        let Query(NoParameters {}) = Query::from_request_parts(parts, state).await?;
+        let Query(NoParameters {}) = Query::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
         Handshake::from_request_parts(parts, state).await.map(Self)
     }
 }
@@ -521,7 +541,7 @@ impl FromRequestParts<AppState> for BareHandshake {
     responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
         trade as it commits, and a gap where this frontend missed some. A consumer that falls \
         behind is closed with code 1008 and a reason; one over the frontend's cap of open \
-        streams, at once with 1013; one silent for 60 s (pings go every 20 s), with 1001.", body = TradeFrame), NotAHandshake))]
+        streams, at once with 1013; one silent for 60 s (pings go every 20 s), with 1001.", body = TradeFrame), NotAHandshake, OtherWebSocketVersion))]
 pub async fn trades(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -549,7 +569,7 @@ pub async fn trades(
         snapshot of every stock, then a price per change. Closed with 1013 when the catalog \
         is unavailable, or at once over the frontend's cap of open streams; with 1008 and a \
         reason when the consumer falls behind; with 1001 when it is silent for 60 s (pings go \
-        every 20 s).", body = PriceFrame), NotAHandshake))]
+        every 20 s).", body = PriceFrame), NotAHandshake, OtherWebSocketVersion))]
 pub async fn prices(
     State(state): State<AppState>,
     BareHandshake(handshake): BareHandshake,
@@ -614,6 +634,7 @@ pub(crate) async fn catch_up_prices(state: AppState) {
             over the frontend's cap of open streams; with 1008 and a reason when the consumer \
             falls behind; with 1001 when it is silent for 60 s (pings go every 20 s).", body = BookFrame),
         NotAHandshake,
+        OtherWebSocketVersion,
         StockLookup,
     ))]
 pub async fn book(
@@ -675,6 +696,7 @@ pub struct CandleStreamQuery {
             and a reason when the consumer falls behind; with 1001 when it is silent for 60 s \
             (pings go every 20 s).", body = CandleFrame),
         (status = 400, description = "An unknown parameter or interval, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
+        OtherWebSocketVersion,
         StockLookup,
     ))]
 pub async fn candles(

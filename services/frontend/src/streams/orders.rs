@@ -35,7 +35,7 @@ use super::{
     while_followed, Handshake, Keepalive, LeaderFeed, POLL_DEADLINE, POLL_WAIT,
 };
 use crate::credentials::{bearer, verify};
-use crate::routes::answers::NoCatalog;
+use crate::routes::answers::{NoCatalog, OtherWebSocketVersion};
 use crate::{Answer, AppState, FrontendError};
 
 /// How long a client without an `Authorization` header has to send its key.
@@ -236,6 +236,7 @@ pub enum OrderFrame {
             reconnect to resume.", body = OrderFrame),
         (status = 400, description = "An unknown parameter, `after` not a number, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         (status = 401, description = "An Authorization header with a wrong key", body = stocknet_common::envelope::ErrorEnvelope),
+        OtherWebSocketVersion,
         NoCatalog,
     ))]
 pub async fn orders(
