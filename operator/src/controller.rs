@@ -307,9 +307,17 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
     }
     let reports = observe_reports(&ctx, &sn, &namespace, desired.reports.as_ref()).await?;
     for deletion in &assessment.deletions {
-        match pods.delete(&deletion.pod, &DeleteParams::default()).await {
+        let params = DeleteParams {
+            preconditions: deletion.uid.clone().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&deletion.pod, &params).await {
             Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            // Gone, or replaced by the StatefulSet since it was observed: nothing to delete.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
         ctx.metrics.pods_deleted.inc();
@@ -778,20 +786,91 @@ async fn write_status(
     sn: &StockNet,
     status: &StockNetStatus,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
     stocknets
         .patch_status(
             &sn.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &Patch::Merge(&status_patch(status)),
         )
         .await?;
     Ok(())
 }
 
+/// The merge patch (RFC 7386) that makes a StockNet's status `status`: its absent values are
+/// `null`, which removes what an earlier status had there ([`StockNetStatus`]).
+fn status_patch(status: &StockNetStatus) -> serde_json::Value {
+    serde_json::json!({ "status": status })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::{MembershipStatus, ReportsStatus, UpgradeStatus};
+
+    /// What the API server makes of `target` with the merge patch `patch` (RFC 7386).
+    fn merged(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        let serde_json::Value::Object(fields) = patch else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = serde_json::json!({});
+        }
+        if let Some(stored) = target.as_object_mut() {
+            for (key, value) in fields {
+                if value.is_null() {
+                    stored.remove(key);
+                } else {
+                    merged(stored.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+        }
+    }
+
+    /// A status written over an earlier one keeps nothing of it: a leader, an upgrade or a
+    /// step waited for that is over is gone (left out of a merge patch, it stayed, and the
+    /// finished upgrade's event was sent again on every reconcile).
+    #[test]
+    fn a_status_written_over_another_keeps_nothing_of_it() {
+        let waiting = |what: &str| Some(what.to_owned());
+        let earlier = StockNetStatus {
+            observed_generation: Some(1),
+            leader: Some(2),
+            upgrade: Some(UpgradeStatus {
+                revision: "r1".into(),
+                updated: 1,
+                total: 3,
+                waiting_for: waiting("replica 2 to be ready"),
+            }),
+            membership: Some(MembershipStatus {
+                target: 5,
+                voters: vec![1, 2, 3],
+                learners: vec![4, 5],
+                waiting_for: waiting("replica 4 to catch up"),
+            }),
+            reports: Some(ReportsStatus {
+                last_job: waiting("report-1"),
+                last_outcome: waiting("Running"),
+                ..ReportsStatus::default()
+            }),
+            ..StockNetStatus::default()
+        };
+        let now = StockNetStatus {
+            observed_generation: Some(2),
+            membership: Some(MembershipStatus {
+                target: 5,
+                voters: vec![1, 2, 3, 4, 5],
+                learners: Vec::new(),
+                waiting_for: None,
+            }),
+            reports: Some(ReportsStatus::default()),
+            ..StockNetStatus::default()
+        };
+        let mut stored = status_patch(&earlier);
+        merged(&mut stored, &status_patch(&now));
+        let read: StockNetStatus = serde_json::from_value(stored["status"].clone()).unwrap();
+        assert_eq!(read, now, "{stored}");
+    }
 
     #[test]
     fn failed_reconciles_back_off_exponentially_up_to_five_minutes() {

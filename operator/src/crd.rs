@@ -240,15 +240,19 @@ pub struct OrderSpec {
     pub resources: Option<ResourceRequirements>,
 }
 
+// Written as a merge patch, in which a key left out keeps its old value: so an absent value
+// here (and in the objects below it) is written as `null`, which removes it, never left out.
+// (A replica's is in a list, which a merge patch replaces whole.)
 /// What the operator last observed.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockNetStatus {
     /// The generation of the spec this status reflects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub observed_generation: Option<i64>,
-    /// Node id of the order leader of the highest term, as the replicas report it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Node id of the replica that says it leads the highest term any replica reports; absent
+    /// while it does not answer.
+    #[serde(default)]
     pub leader: Option<u32>,
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
@@ -256,13 +260,13 @@ pub struct StockNetStatus {
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// A rolling upgrade of the order replicas in progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub upgrade: Option<UpgradeStatus>,
     /// The order group's membership, as its leader last reported it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub membership: Option<MembershipStatus>,
     /// The last scheduled report, from the report CronJob's Jobs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reports: Option<ReportsStatus>,
 }
 
@@ -271,19 +275,19 @@ pub struct StockNetStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ReportsStatus {
     /// The Job of the last run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_job: Option<String>,
     /// The UTC day it reported, YYYY-MM-DD.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_date: Option<String>,
     /// When it started (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_run: Option<String>,
     /// `Running`, `Succeeded` or `Failed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_outcome: Option<String>,
     /// When the last run that succeeded finished (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_success: Option<String>,
 }
 
@@ -300,7 +304,7 @@ pub struct MembershipStatus {
     #[serde(default)]
     pub learners: Vec<u32>,
     /// What the next step waits for; absent when the voters are the target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub waiting_for: Option<String>,
 }
 
@@ -314,7 +318,7 @@ pub struct UpgradeStatus {
     pub updated: u32,
     pub total: u32,
     /// What the next replacement waits for, if anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub waiting_for: Option<String>,
 }
 

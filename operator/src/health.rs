@@ -25,6 +25,9 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
     pub pod: String,
+    /// The uid of the pod observed: deleted only if it is still that pod, not one the
+    /// StatefulSet has made since.
+    pub uid: Option<String>,
     pub reason: &'static str,
     pub message: String,
 }
@@ -33,7 +36,9 @@ pub struct Deletion {
 pub struct Assessment {
     pub replicas: Vec<ReplicaStatus>,
     pub deletions: Vec<Deletion>,
-    /// The replica leading the highest term, by its own report.
+    /// The replica that says it leads the highest term any replica reports; none if it does
+    /// not answer. A replica that still says it leads an older term (deposed, and cut off
+    /// from the others) is not the leader.
     pub leader: Option<u32>,
 }
 
@@ -93,9 +98,12 @@ pub fn assess(
                 return status;
             }
             if let Some(why) = crashed(pod) {
+                // Deleted now: not healthy, whatever its last answer said.
+                status.healthy = false;
                 status.restarts += 1;
                 deletions.push(Deletion {
                     pod: seen.pod_name.clone(),
+                    uid: pod.metadata.uid.clone(),
                     reason: "OrderReplicaCrashed",
                     message: format!("order replica {} {why}; deleting its pod", seen.id),
                 });
@@ -135,8 +143,10 @@ pub fn assess(
     unanswered.sort_by_key(|&at| std::cmp::Reverse(replicas[at].consecutive_failures));
     if let Some(&at) = unanswered.first().filter(|_| answering >= majority) {
         let status = &mut replicas[at];
+        let observed = observations[at].pod.as_ref();
         deletions.push(Deletion {
             pod: status.pod.clone(),
+            uid: observed.and_then(|pod| pod.metadata.uid.clone()),
             reason: "OrderReplicaUnhealthy",
             message: format!(
                 "order replica {} failed {} health checks in a row; deleting its pod",
@@ -147,11 +157,10 @@ pub fn assess(
         status.last_failure = None;
         status.restarts += 1;
     }
-    let leader = observations
-        .iter()
-        .filter_map(|seen| seen.health.as_ref())
-        .filter(|h| h.leader == Some(h.node_id))
-        .max_by_key(|h| h.term)
+    let answers = || observations.iter().filter_map(|seen| seen.health.as_ref());
+    let term = answers().map(|h| h.term).max();
+    let leader = answers()
+        .find(|h| Some(h.term) == term && h.leader == Some(h.node_id))
         .map(|h| h.node_id);
     Assessment {
         replicas,
@@ -259,6 +268,24 @@ mod tests {
         assert!(assessment.all_healthy());
         assert_eq!(assessment.leader, Some(3));
         assert_eq!(assessment.replicas[0].last_transaction, Some(42));
+    }
+
+    /// A leader cut off from the others goes on saying it leads its term; the group has moved
+    /// on to a higher one, whose leader is the one to report, or none while it does not answer.
+    #[test]
+    fn the_leader_is_the_one_leading_the_highest_term() {
+        let observations = [
+            seen(1, Some(pod("Running", None)), Some(health(1, 4, 1, true))),
+            seen(2, Some(pod("Running", None)), Some(health(2, 5, 3, true))),
+            seen(3, Some(pod("Running", None)), None),
+        ];
+        assert_eq!(assess(&observations, &[], POLICY, at(0)).leader, None);
+        let answered = [
+            seen(1, Some(pod("Running", None)), Some(health(1, 4, 1, true))),
+            seen(2, Some(pod("Running", None)), Some(health(2, 5, 3, true))),
+            seen(3, Some(pod("Running", None)), Some(health(3, 5, 3, true))),
+        ];
+        assert_eq!(assess(&answered, &[], POLICY, at(0)).leader, Some(3));
     }
 
     #[test]

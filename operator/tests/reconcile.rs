@@ -128,7 +128,8 @@ fn stocknet(status: Option<StockNetStatus>) -> StockNet {
 fn pod(ordinal: u32, ip: &str, state: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("demo-order-{ordinal}"), "namespace": "shop"},
+        "metadata": {"name": format!("demo-order-{ordinal}"), "namespace": "shop",
+                     "uid": format!("uid-demo-order-{ordinal}")},
         "status": {"phase": "Running", "podIP": ip,
                    "containerStatuses": [{"name": "order", "image": "stocknet:0.1.0",
                                           "imageID": "", "ready": true, "restartCount": 0,
@@ -379,32 +380,51 @@ async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
     let (action, calls) = run_reconcile(stocknet(Some(previous)), pods).await;
     assert_eq!(action, requeue_after(5));
 
+    // The crashed pod goes at once, and counts as down though it answered: so the silent one
+    // waits, since deleting it too would leave one replica of three up.
     assert_eq!(
         deleted(&calls),
-        [
-            "/api/v1/namespaces/shop/pods/demo-order-1",
-            "/api/v1/namespaces/shop/pods/demo-order-2"
-        ]
+        ["/api/v1/namespaces/shop/pods/demo-order-1"]
     );
-    assert_eq!(
-        event_reasons(&calls),
-        ["OrderReplicaCrashed", "OrderReplicaUnhealthy"]
-    );
+    assert_eq!(event_reasons(&calls), ["OrderReplicaCrashed"]);
+    // Only the pod observed: one the StatefulSet made since is left alone.
+    let conditional = calls
+        .iter()
+        .find(|c| c.method == "DELETE")
+        .map(|c| c.body["preconditions"]["uid"].clone());
+    assert_eq!(conditional, Some(json!("uid-demo-order-1")));
 
     let status = status_written(&calls);
-    let restarts: Vec<(u32, bool, u32)> = status
+    let restarts: Vec<(u32, bool, u32, u32)> = status
         .replicas
         .iter()
-        .map(|r| (r.id, r.healthy, r.restarts))
+        .map(|r| (r.id, r.healthy, r.restarts, r.consecutive_failures))
         .collect();
-    assert_eq!(restarts, [(1, true, 0), (2, true, 1), (3, false, 1)]);
+    assert_eq!(
+        restarts,
+        [(1, true, 0, 0), (2, false, 1, 0), (3, false, 0, 3)]
+    );
     let degraded = status
         .conditions
         .iter()
         .find(|c| c.type_ == "Degraded")
         .unwrap();
     assert_eq!(degraded.status, "True");
-    assert_eq!(degraded.message, "2 of 3 order replicas healthy");
+    assert_eq!(degraded.message, "1 of 3 order replicas healthy");
+
+    // The next round, the crashed pod back and answering, the silent one goes.
+    let previous = status;
+    let pods = vec![
+        pod(0, "127.0.0.1", running()),
+        pod(1, "127.0.0.1", running()),
+        pod(2, "127.0.0.2", running()),
+    ];
+    let (_, calls) = run_reconcile(stocknet(Some(previous)), pods).await;
+    assert_eq!(
+        deleted(&calls),
+        ["/api/v1/namespaces/shop/pods/demo-order-2"]
+    );
+    assert_eq!(event_reasons(&calls), ["OrderReplicaUnhealthy"]);
 }
 
 #[tokio::test]

@@ -89,15 +89,16 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
         return Err(FrontendError::StockNotFound);
     }
     let inner = &state.inner;
-    if !inner.catalog_contact.recent() && inner.catalog_breaker.admit().is_ok() {
+    // Looked at once: a breaker that closed between two looks would let a value the lease no
+    // longer vouches for be served as current.
+    let reachable = inner.catalog_breaker.admit().is_ok();
+    if !inner.catalog_contact.recent() && reachable {
         // Pushes may have been missed (this frontend was paused, or cut off): nothing cached
         // can be trusted until the catalog is heard from again.
         inner.cache.clear();
     }
     let epoch = match inner.cache.get(name) {
-        Ok(cached) if inner.catalog_breaker.admit().is_err() => {
-            return Ok(Looked::Stale(cached.stock.clone()))
-        }
+        Ok(cached) if !reachable => return Ok(Looked::Stale(cached.stock.clone())),
         Ok(cached) => return Ok(Looked::Cached(cached)),
         Err(epoch) => epoch,
     };
