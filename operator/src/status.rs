@@ -137,18 +137,17 @@ pub fn failure(job: &Job) -> Option<String> {
         .map(|c| c.message.clone().unwrap_or_else(|| "failed".into()))
 }
 
+/// The status of a StockNet whose spec cannot run: not ready, and why. Nothing is observed
+/// meanwhile, so what was last observed of the replicas (their restarts among it), the
+/// membership and the reports stays as it was.
 pub fn invalid(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
     StockNetStatus {
         observed_generation: sn.metadata.generation,
-        leader: None,
-        replicas: Vec::new(),
-        upgrade: None,
-        membership: None,
-        reports: None,
         conditions: vec![
             condition(sn, "Ready", false, "InvalidSpec", message.into(), &now),
             condition(sn, "Degraded", true, "InvalidSpec", message.into(), &now),
         ],
+        ..sn.status.clone().unwrap_or_default()
     }
 }
 
@@ -244,6 +243,23 @@ mod tests {
         );
         assert_eq!(find(&status, "Degraded").status, "True");
         assert!(status.replicas.is_empty() && status.leader.is_none());
+
+        // What was observed before stays: the replicas' restarts are not counted from 0 again
+        // once the spec is fixed.
+        let observed = StockNetStatus {
+            leader: Some(3),
+            replicas: vec![ReplicaStatus {
+                id: 1,
+                restarts: 2,
+                ..ReplicaStatus::default()
+            }],
+            ..StockNetStatus::default()
+        };
+        let status = invalid(&stocknet(Some(observed.clone())), "bad", time(100));
+        assert_eq!(
+            (status.replicas, status.leader, status.observed_generation),
+            (observed.replicas, Some(3), Some(4))
+        );
     }
 
     fn job(name: &str, started: i64, ended: Option<(bool, i64)>) -> Job {
