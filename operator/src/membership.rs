@@ -53,6 +53,7 @@ pub fn plan(
             pods: pods_now.max(to_pods(target)),
             change: None,
             status: MembershipStatus {
+                target,
                 waiting_for: Some("the order leader to report the membership".into()),
                 ..MembershipStatus::default()
             },
@@ -317,5 +318,9 @@ mod tests {
         assert_eq!(plan(5, None, &observed(3, &[]), 3).pods, 5);
         let shrink = plan(3, None, &observed(5, &[]), 5);
         assert_eq!((shrink.pods, shrink.change), (5, None));
+        assert_eq!(
+            shrink.status.target, 3,
+            "the spec's, known without the leader"
+        );
     }
 }
