@@ -749,17 +749,13 @@ async fn trade_through(faults: Faults) {
     book_trades.sort_by_key(|&(id, ..)| id);
     let mut last_price: HashMap<&str, f64> = HashMap::new();
     let (mut earlier, mut quoted) = (book_trades.iter().peekable(), 0);
-    for entry in common::orders_only(&log) {
+    for entry in log.iter().filter(market) {
         let number = entry["number"].as_u64().expect("a number");
         while let Some((_, _, name, price)) = earlier.next_if(|trade| trade.1 < number) {
             last_price.insert(name, *price);
         }
-        let house = matches!(entry["type"].as_str(), Some("buy" | "sell"))
-            && ["price", "protection_bps", "rejected"]
-                .iter()
-                .all(|field| entry.get(field).is_none());
         let name = entry["name"].as_str().expect("a name");
-        if let Some(price) = last_price.get(name).filter(|_| house) {
+        if let Some(price) = last_price.get(name) {
             assert_eq!(entry["quote"].as_f64(), Some(*price), "{entry}");
             quoted += 1;
         }

@@ -807,26 +807,6 @@ mod tests {
     use super::*;
     use crate::crd::{MembershipStatus, ReportsStatus, UpgradeStatus};
 
-    /// What the API server makes of `target` with the merge patch `patch` (RFC 7386).
-    fn merged(target: &mut serde_json::Value, patch: &serde_json::Value) {
-        let serde_json::Value::Object(fields) = patch else {
-            *target = patch.clone();
-            return;
-        };
-        if !target.is_object() {
-            *target = serde_json::json!({});
-        }
-        if let Some(stored) = target.as_object_mut() {
-            for (key, value) in fields {
-                if value.is_null() {
-                    stored.remove(key);
-                } else {
-                    merged(stored.entry(key).or_insert(serde_json::Value::Null), value);
-                }
-            }
-        }
-    }
-
     /// A status written over an earlier one keeps nothing of it: a leader, an upgrade or a
     /// step waited for that is over is gone (left out of a merge patch, it stayed, and the
     /// finished upgrade's event was sent again on every reconcile).
@@ -867,7 +847,7 @@ mod tests {
             ..StockNetStatus::default()
         };
         let mut stored = status_patch(&earlier);
-        merged(&mut stored, &status_patch(&now));
+        json_patch::merge(&mut stored, &status_patch(&now));
         let read: StockNetStatus = serde_json::from_value(stored["status"].clone()).unwrap();
         assert_eq!(read, now, "{stored}");
     }

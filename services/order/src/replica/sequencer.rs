@@ -302,7 +302,13 @@ impl Replica {
             .send((proposal.clone(), done))
             .map_err(|_| OrderError::Task("the proposer stopped".into()))?;
         if trades {
-            leading.trading.insert(name.clone(), outcome.clone());
+            // (A stock seen before costs no new name.)
+            match leading.trading.get_mut(&name) {
+                Some(last) => *last = outcome.clone(),
+                None => {
+                    leading.trading.insert(name.clone(), outcome.clone());
+                }
+            }
         }
         // Proposed: it will be applied if it commits, by this leader or the next, so the
         // projection counts it either way.
@@ -460,7 +466,7 @@ impl Replica {
             let _ = asked.reply.send(Err(refused));
             return;
         }
-        if !leading.held.is_empty() || asked.needs_quote() {
+        if !leading.held.is_empty() {
             if asked.stock.is_none() {
                 asked.stock = self.stock_of(&asked.submission);
             }
@@ -482,13 +488,16 @@ impl Replica {
                 queue.push_back(asked);
                 return;
             }
-            let quote = match (&asked.stock, asked.needs_quote()) {
-                (Some(stock), true) => leading.trading.get(stock).map(Quote::of),
-                _ => None,
-            };
-            match quote {
+        }
+        if asked.needs_quote() {
+            // (Only a new order needs the quote, and it names its stock.)
+            let stock = asked.submission.name.as_deref();
+            match stock
+                .and_then(|stock| leading.trading.get(stock))
+                .map(Quote::of)
+            {
                 Some(Quote::Moving(mut outcome)) => {
-                    let stock = asked.stock.clone().unwrap_or_default();
+                    let stock = stock.unwrap_or_default().to_owned();
                     leading.held.insert(stock.clone(), VecDeque::from([asked]));
                     let settled = settled.clone();
                     tokio::spawn(async move {
