@@ -72,6 +72,15 @@ pub enum Error {
     SecretUnusable(String, String),
     #[error("reconcile took longer than {0:?} (an API server or replica that does not answer)")]
     Deadline(Duration),
+    /// The API server refused an object (an admission webhook, a quota): the health rounds go
+    /// on at their period meanwhile.
+    #[error("applying {kind} {name} failed: {source}")]
+    NotApplied {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// How long one reconcile may take. kube's client has no read deadline by default (a watch
@@ -301,35 +310,25 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         pods: plan.pods,
     };
     let desired = resources::desired_for(&sn, layout)?;
-    let revision = apply_all(&ctx.client, &namespace, &desired, &order).await?;
+    let revision = match apply_all(&ctx.client, &namespace, &desired, &order).await {
+        Ok(revision) => revision,
+        Err(e) => {
+            // A refused object (an admission webhook, a quota) must not stop the health
+            // policy: a crashed replica is restarted from the template its StatefulSet has.
+            delete_condemned(&ctx, &sn, &pods, &assessment.deletions).await?;
+            let message = e.to_string();
+            ctx.publish(&sn, EventType::Warning, "ApplyFailed", message.clone())
+                .await;
+            let status = status::not_applied(&sn, assessment, &message, now());
+            write_status(&stocknets, &sn, &status).await?;
+            return Err(e);
+        }
+    };
     if !sn.spec.network_policy.enabled {
         remove_network_policies(&ctx.client, &namespace, &sn).await?;
     }
     let reports = observe_reports(&ctx, &sn, &namespace, desired.reports.as_ref()).await?;
-    for deletion in &assessment.deletions {
-        let params = DeleteParams {
-            preconditions: deletion.uid.clone().map(|uid| Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match pods.delete(&deletion.pod, &params).await {
-            Ok(_) => {}
-            // Gone, or replaced by the StatefulSet since it was observed: nothing to delete.
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => continue,
-            Err(e) => return Err(e.into()),
-        }
-        ctx.metrics.pods_deleted.inc();
-        tracing::warn!(pod = deletion.pod, "{}", deletion.message);
-        ctx.publish(
-            &sn,
-            EventType::Warning,
-            deletion.reason,
-            deletion.message.clone(),
-        )
-        .await;
-    }
+    delete_condemned(&ctx, &sn, &pods, &assessment.deletions).await?;
     // A rolling upgrade waits while the health policy replaces anything; it concerns the
     // pods that exist (a new one starts at the current revision).
     let existing_pods: Vec<Observation> = observations
@@ -408,15 +407,64 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
     )))
 }
 
+/// Deletes the order pods the health policy condemned, each only if it is still the pod
+/// observed, with an Event each.
+async fn delete_condemned(
+    ctx: &Context,
+    sn: &StockNet,
+    pods: &Api<Pod>,
+    deletions: &[health::Deletion],
+) -> Result<(), Error> {
+    for deletion in deletions {
+        let params = DeleteParams {
+            preconditions: deletion.uid.clone().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&deletion.pod, &params).await {
+            Ok(_) => {}
+            // Gone, or replaced by the StatefulSet since it was observed: nothing to delete.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.pods_deleted.inc();
+        tracing::warn!(pod = deletion.pod, "{}", deletion.message);
+        ctx.publish(
+            sn,
+            EventType::Warning,
+            deletion.reason,
+            deletion.message.clone(),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// Requeues a failed StockNet after 5 s, doubling per consecutive failure up to 5 minutes.
 pub fn error_policy(sn: Arc<StockNet>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failures.inc();
     let mut failures = ctx.failures();
     let count = failures.entry(key(&sn)).or_insert(0);
     *count = count.saturating_add(1);
-    let delay = backoff(*count);
+    let delay = retry_after(
+        error,
+        *count,
+        Duration::from_secs(ctx.settings.probe_period_seconds),
+    );
     tracing::warn!(stocknet = key(&sn), ?delay, "reconcile failed: {error}");
     Action::requeue(delay)
+}
+
+/// When to reconcile again after `failures` failures in a row, the last being `error`.
+fn retry_after(error: &Error, failures: u32, probe_period: Duration) -> Duration {
+    match error {
+        // Not backed off beyond a health round: the pass that restarts crashed replicas runs
+        // in the same reconcile, and a refused object must not hold it back for minutes.
+        Error::NotApplied { .. } => backoff(failures).min(probe_period),
+        _ => backoff(failures),
+    }
 }
 
 pub fn backoff(failures: u32) -> Duration {
@@ -718,14 +766,17 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let applied = api
-        .patch(
-            &object.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await?;
-    Ok(applied)
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::NotApplied {
+        kind: K::kind(&K::DynamicType::default()).into_owned(),
+        name: object.name_any(),
+        source,
+    })
 }
 
 /// Order replicas 1 to `replicas`: each one's pod (by its StatefulSet name) and `/health`
@@ -857,5 +908,21 @@ mod tests {
         let delays: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(backoff(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn a_refused_apply_is_retried_within_a_health_round() {
+        let period = Duration::from_secs(7);
+        let refused = Error::NotApplied {
+            kind: "Deployment".into(),
+            name: "sn-frontend".into(),
+            source: kube::Error::LinesCodecMaxLineLengthExceeded,
+        };
+        let delays: Vec<u64> = [1, 2, 5]
+            .map(|n| retry_after(&refused, n, period).as_secs())
+            .into();
+        assert_eq!(delays, [5, 7, 7]);
+        let other = Error::Deadline(Duration::from_secs(60));
+        assert_eq!(retry_after(&other, 5, period).as_secs(), 80);
     }
 }

@@ -151,6 +151,34 @@ pub fn invalid(sn: &StockNet, message: &str, now: Time) -> StockNetStatus {
     }
 }
 
+/// The status of a StockNet whose desired objects the API server refused: the replicas as
+/// observed (the health pass ran), not ready, and why. The upgrade, the membership and the
+/// reports were not looked at, so they stay as last observed.
+pub fn not_applied(
+    sn: &StockNet,
+    assessment: health::Assessment,
+    refusal: &str,
+    now: Time,
+) -> StockNetStatus {
+    let previous = sn.status.clone().unwrap_or_default();
+    let observed = observed(sn, assessment, now.clone());
+    let healthy = observed.replicas.iter().filter(|r| r.healthy).count();
+    let message = format!(
+        "{healthy} of {} order replicas healthy; {refusal}",
+        observed.replicas.len()
+    );
+    StockNetStatus {
+        conditions: vec![
+            condition(sn, "Ready", false, "ApplyFailed", message.clone(), &now),
+            condition(sn, "Degraded", true, "ApplyFailed", message, &now),
+        ],
+        upgrade: previous.upgrade,
+        membership: previous.membership,
+        reports: previous.reports,
+        ..observed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +287,45 @@ mod tests {
         assert_eq!(
             (status.replicas, status.leader, status.observed_generation),
             (observed.replicas, Some(3), Some(4))
+        );
+    }
+
+    #[test]
+    fn a_refused_apply_shows_the_replicas_observed_and_keeps_what_was_not_looked_at() {
+        let before = StockNetStatus {
+            membership: Some(crate::crd::MembershipStatus {
+                target: 3,
+                ..Default::default()
+            }),
+            reports: Some(ReportsStatus {
+                last_job: Some("r-1".into()),
+                ..Default::default()
+            }),
+            ..observed(&stocknet(None), assessment([true; 3]), time(100))
+        };
+        let refusal = "applying Deployment sn-frontend failed: denied by a webhook";
+        let status = not_applied(
+            &stocknet(Some(before.clone())),
+            assessment([true, false, true]),
+            refusal,
+            time(200),
+        );
+        let ready = find(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ApplyFailed")
+        );
+        assert_eq!(
+            ready.message,
+            format!("2 of 3 order replicas healthy; {refusal}")
+        );
+        assert_eq!(ready.last_transition_time, time(200));
+        assert_eq!(find(&status, "Degraded").reason, "ApplyFailed");
+        let healthy: Vec<bool> = status.replicas.iter().map(|r| r.healthy).collect();
+        assert_eq!(healthy, [true, false, true]);
+        assert_eq!(
+            (status.membership, status.reports, status.leader),
+            (before.membership, before.reports, Some(3))
         );
     }
 

@@ -22,13 +22,15 @@ struct Call {
 /// Answers like an API server: echoes applied and created objects (the order StatefulSet with
 /// `order_revision` as its update revision, if given), lists `pods` and `jobs`, serves the order
 /// StatefulSet that exists (`existing`, if any) and the StockNet's network policies and report
-/// CronJob (`demo-frontend`'s policy is a user's own, not the StockNet's), and records every
-/// call.
+/// CronJob (`demo-frontend`'s policy is a user's own, not the StockNet's), refuses an apply
+/// of the object whose path ends in `refused` (as an admission webhook would), and records
+/// every call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     (pods, jobs): (Value, Value),
     order_revision: Option<String>,
     existing: Option<Value>,
+    refused: Option<&'static str>,
     calls: Arc<Mutex<Vec<Call>>>,
 ) {
     while let Some((request, send)) = handle.next_request().await {
@@ -41,6 +43,19 @@ async fn fake_api_server(
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
+        if method == "PATCH" && refused.is_some_and(|r| path.ends_with(r)) {
+            calls.lock().unwrap().push(Call { method, uri, body });
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                "reason": "Forbidden", "code": 403,
+                                "message": "admission webhook \"policy.example\" denied the request"});
+            send.send_response(
+                Response::builder()
+                    .status(403)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+            continue;
+        }
         if method == "GET" && path.ends_with("/statefulsets/demo-order") && existing.is_some() {
             calls.lock().unwrap().push(Call { method, uri, body });
             let reply = serde_json::to_vec(&existing).unwrap();
@@ -182,6 +197,22 @@ async fn run_reconcile_with_jobs(
     replica_port: u16,
     jobs: Vec<Value>,
 ) -> (String, Vec<Call>) {
+    let (reconciled, calls) =
+        reconcile_refusing(sn, pods, (revision, existing), replica_port, jobs, None).await;
+    let action = reconciled.expect("reconcile");
+    (format!("{action:?}"), calls)
+}
+
+/// One reconcile against the fake API server, which refuses to apply the object whose path
+/// ends in `refused`; what it returned, and every call it made.
+async fn reconcile_refusing(
+    sn: StockNet,
+    pods: Vec<Value>,
+    (revision, existing): (Option<&str>, Option<Value>),
+    replica_port: u16,
+    jobs: Vec<Value>,
+    refused: Option<&'static str>,
+) -> (Result<kube::runtime::controller::Action, Error>, Vec<Call>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -193,6 +224,7 @@ async fn run_reconcile_with_jobs(
         (list, jobs),
         revision,
         existing,
+        refused,
         calls.clone(),
     ));
     let settings = Settings {
@@ -202,10 +234,10 @@ async fn run_reconcile_with_jobs(
         probe_port: replica_port,
     };
     let context = Arc::new(Context::new(client, settings));
-    let action = reconcile(Arc::new(sn), context).await.expect("reconcile");
+    let reconciled = reconcile(Arc::new(sn), context).await;
     server.abort();
     let calls = calls.lock().unwrap().clone();
-    (format!("{action:?}"), calls)
+    (reconciled, calls)
 }
 
 /// An API server that takes a call and never answers ends the reconcile at its deadline, as
@@ -425,6 +457,55 @@ async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
         ["/api/v1/namespaces/shop/pods/demo-order-2"]
     );
     assert_eq!(event_reasons(&calls), ["OrderReplicaUnhealthy"]);
+}
+
+/// An object the API server refuses (here the frontend's Deployment, by an admission
+/// webhook) fails the reconcile, but not before the health pass: the crashed replica is
+/// restarted, and the status and an Event say what was refused.
+#[tokio::test]
+async fn a_refused_apply_still_restarts_crashed_replicas_and_says_why() {
+    let crash_loop = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+    let pods = vec![
+        pod(0, "127.0.0.1", running()),
+        pod(1, "127.0.0.1", crash_loop),
+        pod(2, "127.0.0.1", running()),
+    ];
+    let (port, _) = leader_of(json!({"configs": [[1, 2, 3]], "learners": [], "urls": {},
+                                     "entry": 9, "leader": 3, "behind": {"1": 0, "2": 0}}))
+    .await;
+    let refused = Some("/deployments/demo-frontend");
+    let (reconciled, calls) = reconcile_refusing(
+        stocknet(None),
+        pods,
+        (None, None),
+        port,
+        Vec::new(),
+        refused,
+    )
+    .await;
+    assert!(
+        matches!(&reconciled, Err(Error::NotApplied { kind, name, .. })
+                 if kind == "Deployment" && name == "demo-frontend"),
+        "{reconciled:?}"
+    );
+
+    assert_eq!(
+        deleted(&calls),
+        ["/api/v1/namespaces/shop/pods/demo-order-1"]
+    );
+    assert_eq!(
+        event_reasons(&calls),
+        ["OrderReplicaCrashed", "ApplyFailed"]
+    );
+    let status = status_written(&calls);
+    let (condition, reason, message) = ready(&status);
+    assert_eq!((condition, reason), ("False", "ApplyFailed"));
+    assert!(
+        message
+            .starts_with("2 of 3 order replicas healthy; applying Deployment demo-frontend failed")
+            && message.contains("denied the request"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
