@@ -383,11 +383,11 @@ pub async fn method_not_allowed() -> ApiError {
 pub fn parse_json_object(
     bytes: &[u8],
 ) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(_)) => {}
-        Ok(_) => return Err(ApiError::bad_request("Request body must be a JSON object")),
+    let fields = match serde_json::from_slice::<Body>(bytes) {
+        Ok(Body::Object(fields)) => fields,
+        Ok(Body::Other) => return Err(ApiError::bad_request("Request body must be a JSON object")),
         Err(e) => return Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
-    }
+    };
     if let Some(number) = imprecise_number(bytes) {
         // Cut short: a body may be megabytes of digits.
         let shown: String = number.chars().take(40).collect();
@@ -400,9 +400,7 @@ pub fn parse_json_object(
             "Invalid JSON body: {shown}{cut} has more than {EXACT_DIGITS} significant digits: it would be read as another number"
         )));
     }
-    serde_json::from_slice::<UniqueFields>(bytes)
-        .map(|fields| fields.0)
-        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+    Ok(fields)
 }
 
 /// Significant digits every decimal number keeps through a double (`f64::DIGITS`): with at
@@ -449,23 +447,27 @@ fn imprecise_number(json: &[u8]) -> Option<&str> {
     None
 }
 
-/// A JSON object whose top-level keys are all different.
-struct UniqueFields(serde_json::Map<String, serde_json::Value>);
+/// A JSON body, read once: an object whose top-level keys are all different, or another
+/// value (which a body must not be).
+enum Body {
+    Object(serde_json::Map<String, serde_json::Value>),
+    Other,
+}
 
-impl<'de> serde::Deserialize<'de> for UniqueFields {
+impl<'de> serde::Deserialize<'de> for Body {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = UniqueFields;
+            type Value = Body;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a JSON value")
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut access: A,
-            ) -> Result<UniqueFields, A::Error> {
+            ) -> Result<Body, A::Error> {
                 let mut map = serde_json::Map::new();
                 while let Some((key, value)) = access.next_entry::<String, serde_json::Value>()? {
                     if map.contains_key(&key) {
@@ -475,10 +477,42 @@ impl<'de> serde::Deserialize<'de> for UniqueFields {
                     }
                     map.insert(key, value);
                 }
-                Ok(UniqueFields(map))
+                Ok(Body::Object(map))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Body, A::Error> {
+                while access.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Body::Other)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+
+            fn visit_unit<E>(self) -> Result<Body, E> {
+                Ok(Body::Other)
             }
         }
-        deserializer.deserialize_map(Visitor)
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -586,8 +620,27 @@ mod tests {
 
     #[test]
     fn non_object_bodies_are_refused() {
+        for body in [
+            r#"[1,{"a":[2]}]"#,
+            r#""text""#,
+            "12",
+            "-1",
+            "1.5",
+            "true",
+            "null",
+        ] {
+            let refused = parse_json_object(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (refused.status, refused.message.as_str()),
+                (
+                    StatusCode::BAD_REQUEST,
+                    "Request body must be a JSON object"
+                ),
+                "{body}"
+            );
+        }
         assert_eq!(
-            parse_json_object(b"[1,2]").unwrap_err().status,
+            parse_json_object(b"[1,2] x").unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
         assert_eq!(

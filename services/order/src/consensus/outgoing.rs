@@ -126,17 +126,17 @@ impl Drop for Unclaimed {
 impl Unclaimed {
     /// Its answer, once it has come (if openraft stops waiting meanwhile, it stays unclaimed
     /// for the next call).
-    async fn came(&mut self) -> Option<&Came> {
-        if self.came.is_none() {
-            let came = (&mut self.coming).await.unwrap_or_else(|e| Came {
+    async fn came(&mut self) -> &Came {
+        let came = match self.came.take() {
+            Some(came) => came,
+            None => (&mut self.coming).await.unwrap_or_else(|e| Came {
                 answer: Err(RPCError::Network(NetworkError::new(
                     &std::io::Error::other(e),
                 ))),
                 at: Instant::now(),
-            });
-            self.came = Some(came);
-        }
-        self.came.as_ref()
+            }),
+        };
+        self.came.insert(came)
     }
 }
 
@@ -263,7 +263,7 @@ impl<N> OutgoingPeer<N> {
     ) -> Option<AppendEntriesResponse<u64>> {
         let unclaimed = self.unclaimed.as_mut()?;
         let sent = unclaimed.sent;
-        let came = unclaimed.came().await?;
+        let came = unclaimed.came().await;
         match sent.claim(&came.answer, request) {
             // Told as a heartbeat's acknowledgement, a recent answer: openraft then counts
             // the follower as heard from later than it was, by at most a heartbeat and a

@@ -253,6 +253,17 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         .map(|id| check_client_order_id(id, priced).map(|()| id.to_owned()))
         .transpose()
         .map_err(bad)?;
+    // A market order against the house takes no term of a limit order, not even one spelled
+    // as its default, which the leader cannot tell from none.
+    let limit_terms = time_in_force.is_some()
+        || expire_at.is_some()
+        || post_only.is_some()
+        || stp.is_some()
+        || display_quantity.is_some()
+        || stop_price.is_some();
+    if limit_terms && price.is_none() && order_type.is_none() {
+        return Err(bad(LIMIT_TERMS_ONLY));
+    }
     let order = PlaceOrder {
         name,
         quantity,
@@ -270,22 +281,6 @@ pub(super) fn validate_order(body: &[u8]) -> Result<PlaceOrder, FrontendError> {
         display_quantity,
         stop_price,
     };
-    // A market order against the house takes no term of a limit order, not even one spelled
-    // as its default, which the leader cannot tell from none.
-    let limit_terms = [
-        "time_in_force",
-        "expire_at",
-        "post_only",
-        "stp",
-        "display_quantity",
-        "stop_price",
-    ];
-    if order.price.is_none()
-        && order_type.is_none()
-        && limit_terms.iter().any(|field| fields.contains_key(*field))
-    {
-        return Err(bad(LIMIT_TERMS_ONLY));
-    }
     // The same checks the leader makes.
     match order_type {
         Some(OrderType::Market) => order.terms().check_market(),
