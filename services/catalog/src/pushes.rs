@@ -10,6 +10,9 @@
 //! process in their probes and in their answers to pushes ([`FRONTEND_PROCESS`]), so the
 //! catalog knows which process answers at each address and when that process last probed.
 //!
+//! An address no known process answers at, whose pushes have failed for a lease while no
+//! stranger probed, gets trials too: nothing there holds a lease.
+//!
 //! A process that still probes but that a push did not reach (a one-way partition) is refused
 //! the lease in its probes' answers until a push reaches it again; once the leases it renewed
 //! before have run out, it is only sent trials, one at a time, that nobody waits for.
@@ -53,6 +56,9 @@ struct Ledger {
     unreached: HashMap<String, Instant>,
     /// Addresses with a trial push in flight.
     trying: HashSet<String>,
+    /// Addresses no process is known at whose pushes failed, and since when: a frontend that
+    /// hung before it took a push from this catalog process (or while this one restarted).
+    silent: HashMap<String, Instant>,
     /// When an empty push last went out for a trial ([`Pushes::claim_trial`]).
     trial_offered: Option<Instant>,
 }
@@ -134,13 +140,30 @@ impl Pushes {
         ledger
             .unreached
             .retain(|process, _| at.values().any(|p| p == process));
-        ledger.trying.retain(|address| at.contains_key(address));
+        let listed = |address: &String| frontends.iter().any(|f| f.as_str() == address);
+        ledger.trying.retain(listed);
+        ledger.silent.retain(|address, _| listed(address));
         let stranger = !lapsed(ledger.stranger);
         let plan = frontends
             .iter()
             .map(|frontend| {
                 let Some(process) = ledger.at.get(frontend.as_str()) else {
-                    return Delivery::Wait;
+                    // Whatever listens here holds no lease once no stranger has probed
+                    // within one: a process that probed within a lease is either known at
+                    // an address of its own or a stranger. So an address whose pushes have
+                    // failed for a lease gets trials, and a hung frontend there holds no
+                    // write for a push's deadline.
+                    let silent = ledger
+                        .silent
+                        .get(frontend.as_str())
+                        .is_some_and(|since| lapsed(Some(*since)));
+                    return if stranger || !silent {
+                        Delivery::Wait
+                    } else if ledger.trying.insert(frontend.as_str().to_owned()) {
+                        Delivery::Try
+                    } else {
+                        Delivery::Skip
+                    };
                 };
                 if stranger {
                     Delivery::Wait
@@ -196,6 +219,7 @@ impl Pushes {
     pub fn taken(&self, frontend: &BaseUrl, process: Option<&str>) {
         let mut ledger = self.ledger();
         ledger.trying.remove(frontend.as_str());
+        ledger.silent.remove(frontend.as_str());
         match process.filter(|name| name.len() <= MAX_PROCESS_NAME) {
             Some(name) => {
                 ledger.unreached.remove(name);
@@ -219,9 +243,17 @@ impl Pushes {
 
     fn refuse(ledger: &mut Ledger, frontend: &BaseUrl, now: Instant) {
         ledger.trying.remove(frontend.as_str());
-        if let Some(process) = ledger.at.get(frontend.as_str()).cloned() {
-            let since = ledger.probed.get(&process).map_or(now, |&at| at.max(now));
-            ledger.unreached.entry(process).or_insert(since);
+        match ledger.at.get(frontend.as_str()).cloned() {
+            Some(process) => {
+                let since = ledger.probed.get(&process).map_or(now, |&at| at.max(now));
+                ledger.unreached.entry(process).or_insert(since);
+            }
+            None => {
+                ledger
+                    .silent
+                    .entry(frontend.as_str().to_owned())
+                    .or_insert(now);
+            }
         }
     }
 
@@ -241,6 +273,7 @@ impl Pushes {
             Self::refuse(&mut ledger, frontend, now);
         } else {
             ledger.trying.remove(frontend.as_str());
+            ledger.silent.remove(frontend.as_str());
             ledger.at.remove(frontend.as_str());
         }
         alive
@@ -455,8 +488,48 @@ mod tests {
         pushes.next(std::slice::from_ref(&one), t0);
         pushes.failed(&one, t0);
         assert!(pushes.probed(Some("p"), t0 + TICK).1);
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
+        // "p", a stranger, may be the one there: waited for while its lease may run.
+        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + LEASE);
         assert_eq!(plan, [Wait]);
+    }
+
+    /// A frontend that hung before it took a push from this catalog process (or hung while
+    /// the catalog restarted) holds each push for its deadline only until a lease has passed
+    /// since pushes to it began to fail, and no stranger probed within it: then nothing there
+    /// holds a lease, and it gets trials, one at a time, that nobody waits for.
+    #[test]
+    fn an_address_nobody_known_answers_at_gets_trials_once_its_pushes_failed_for_a_lease() {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let (one, two) = (url(1), url(2));
+        let frontends = [one.clone(), two.clone()];
+        pushes.next(&frontends, t0);
+        pushes.taken(&two, Some("p2"));
+        pushes.failed(&one, t0 + LEASE / 2);
+        pushes.probed(Some("p2"), t0 + LEASE);
+        let (_, plan) = pushes.next(&frontends, t0 + LEASE);
+        assert_eq!(plan, [Wait, Wait], "failing for less than a lease");
+        let later = t0 + LEASE / 2 + LEASE + TICK;
+        pushes.probed(Some("p2"), later);
+        let (_, plan) = pushes.next(&frontends, later);
+        assert_eq!(plan, [Try, Wait]);
+        let (_, plan) = pushes.next(&frontends, later + TICK);
+        assert_eq!(plan, [Skip, Wait], "one trial at a time");
+        pushes.failed(&one, later + 2 * TICK);
+        let (_, plan) = pushes.next(&frontends, later + 3 * TICK);
+        assert_eq!(plan, [Try, Wait], "its failures still count from the first");
+
+        // A stranger probing (it may be listening there) has every push waited for again.
+        let stranger = later + 4 * TICK;
+        pushes.probed(Some("p1"), stranger);
+        pushes.failed(&one, stranger);
+        let (_, plan) = pushes.next(&frontends, stranger + TICK);
+        assert_eq!(plan, [Wait, Wait]);
+        // Once a push there is taken, it is known: its own probes decide.
+        pushes.taken(&one, Some("p1"));
+        pushes.failed(&one, stranger + 2 * TICK);
+        pushes.probed(Some("p2"), stranger + LEASE);
+        let (_, plan) = pushes.next(&frontends, stranger + LEASE + 3 * TICK);
+        assert_eq!(plan, [Skip, Wait], "p1 has not probed within a lease");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use stocknet_common::envelope::bounded;
+use stocknet_common::request_id;
 use stocknet_common::wire::{
     stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, NewKey, NewUser,
     Snapshot, StockPage, FRONTEND_PROCESS,
@@ -123,8 +124,26 @@ pub(crate) async fn change_users<T: Send + 'static>(
         .map_err(|e| CatalogError::Task(e.to_string()))?
 }
 
+/// Runs `change` of `user`'s keys, then tells every frontend reachable, in a task of its own:
+/// a caller that goes away drops the handler, and a key revoked and not told would stay
+/// usable on the frontends that hold it.
+async fn change_keys<T: Send + 'static>(
+    state: &AppState,
+    user: u64,
+    change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    let state = state.clone();
+    request_id::spawn_whole(async move {
+        let changed = change_users(&state, change).await?;
+        forget_credentials(&state, user).await;
+        Ok(changed)
+    })
+    .await
+    .map_err(|e| CatalogError::Task(e.to_string()))?
+}
+
 /// Tells every frontend reachable that `user`'s keys changed: they fetch them again.
-pub(crate) async fn forget_credentials(state: &AppState, user: u64) {
+async fn forget_credentials(state: &AppState, user: u64) {
     state
         .push(Invalidation {
             users: vec![user],
@@ -157,12 +176,11 @@ pub(crate) async fn add_key(
 ) -> Result<Response, CatalogError> {
     let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
     let created = stocknet_common::clock::now_millis();
-    let key = change_users(&state, move |users| {
+    let key = change_keys(&state, user, move |users| {
         users.add_key(user, request.credential, request.prefix, created)
     })
     .await?;
     tracing::info!(user, key = key.id, "key added");
-    forget_credentials(&state, user).await;
     Ok(data(key))
 }
 
@@ -175,9 +193,8 @@ pub(crate) async fn revoke_key(
     let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
     let key: u32 = key.parse().map_err(|_| CatalogError::KeyNotFound)?;
     let time = stocknet_common::clock::now_millis();
-    let revoked = change_users(&state, move |users| users.revoke(user, key, time)).await?;
+    let revoked = change_keys(&state, user, move |users| users.revoke(user, key, time)).await?;
     tracing::info!(user, key, "key revoked");
-    forget_credentials(&state, user).await;
     Ok(data(revoked))
 }
 

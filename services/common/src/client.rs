@@ -11,9 +11,12 @@ use crate::auth::Secret;
 use crate::envelope::ApiError;
 
 /// Builds the one HTTP client a service keeps in its state. Loopback and cluster calls are
-/// short, so a dead peer is detected in well under a second.
+/// short, so a dead peer is detected in well under a second. They go straight to the peer,
+/// never through a proxy the environment names (`HTTP_PROXY`): a proxy would see the shared
+/// secret, and an answer it made up (a 503 after forwarding) would be read as the peer's.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(30))
@@ -35,6 +38,7 @@ pub fn internal_client_carrying(
 ) -> reqwest::Client {
     headers.insert(reqwest::header::AUTHORIZATION, secret.bearer());
     reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(30))

@@ -113,6 +113,21 @@ pub fn serve_as<F: Future>(id: Option<&str>, serving: F) -> TaskLocalFuture<Head
     CURRENT.scope(id, serving)
 }
 
+/// Runs `work` as a task of its own that goes on serving this request (its id, its span):
+/// for work that must be done whole though the caller goes away (its connection closed, its
+/// deadline passed), which drops the handler awaiting it.
+pub fn spawn_whole<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let work = tracing::Instrument::in_current_span(work);
+    match current() {
+        Some(id) => tokio::spawn(CURRENT.scope(id, work)),
+        None => tokio::spawn(work),
+    }
+}
+
 /// Up to 128 letters, digits and `-_.:`: what fits a log line and a header as it is.
 fn is_valid(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();

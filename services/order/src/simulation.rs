@@ -626,6 +626,44 @@ async fn a_cancel_by_client_order_id_is_answered_by_the_leader_only() {
     assert!(cancelled.is_ok(), "{cancelled:?}");
 }
 
+/// A key that cancelled one order by its client order id, or by its number, and comes back to
+/// cancel another order by its client order id is a key reused (422), not a retry answered
+/// with the first cancel while the other order stays open (I11).
+#[tokio::test]
+async fn a_cancel_key_reused_for_another_client_order_id_is_refused() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let mut numbers = Vec::new();
+    for id in ["ladder-1", "ladder-2", "ladder-3"] {
+        let mut resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+        resting.client_order_id = Some(id.into());
+        let placed = leader.place(resting, Caller::new(Some(id.into()), Some(7)));
+        numbers.push(placed.await.unwrap().transaction_number);
+    }
+    let cancel = |id: &'static str, key: &'static str| {
+        leader.cancel_by_client_order_id(id, Some(key.into()), 7)
+    };
+    let first = cancel("ladder-1", "cancel").await.unwrap();
+    let retried = cancel("ladder-1", "cancel").await.unwrap();
+    assert_eq!(retried.transaction_number, first.transaction_number);
+    let reused = cancel("ladder-2", "cancel").await;
+    assert!(matches!(reused, Err(OrderError::KeyReused)), "{reused:?}");
+
+    let by_number = leader
+        .cancel(numbers[2], Caller::new(Some("by number".into()), Some(7)))
+        .await;
+    assert!(by_number.is_ok(), "{by_number:?}");
+    let reused = cancel("ladder-2", "by number").await;
+    assert!(matches!(reused, Err(OrderError::KeyReused)), "{reused:?}");
+    assert!(
+        leader
+            .read_book(|book| book.open_by_client_order_id(7, "ladder-2"))
+            .unwrap()
+            .is_some(),
+        "ladder-2 stays open"
+    );
+}
+
 async fn retry_on_a_cut_off_leader(key: &str, cancel: bool) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;

@@ -173,7 +173,19 @@ impl Replica {
             Some(Order {
                 command: Command::Cancel { target },
                 ..
-            }) => target,
+            }) => {
+                // The key's cancel is this request's only if it cancelled the order with this
+                // id: else the key came back with another request.
+                let cancelled = self.get(target)?;
+                if cancelled
+                    .as_ref()
+                    .and_then(|order| order.command.client_order_id())
+                    != Some(id)
+                {
+                    return Err(OrderError::KeyReused);
+                }
+                target
+            }
             _ => self
                 .book()
                 .open_by_client_order_id(user, id)
