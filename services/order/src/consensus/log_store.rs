@@ -161,6 +161,16 @@ impl LogStore {
         // which followers hold. So after a new boot (or where the boot is unknown), or after
         // a failed fsync, it stands for a new term instead.
         let failed = failed_fsync_path(&vote_path);
+        if log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped_unreadable()
+        {
+            // Noted as a failed fsync is, so that a start after this one, which finds the
+            // line gone, does not resume the term either.
+            let lost = std::io::Error::other("a complete line of the log could not be read");
+            note_failed_fsync(&failed, &lost);
+        }
         let failed_before = failed.exists();
         if state.boot.is_none() || state.boot != disk.boot || failed_before {
             state.vote = state.vote.map(|vote| no_longer_leading(vote, id));
@@ -655,6 +665,38 @@ mod tests {
         let following = Vote::new_committed(7, 2);
         assert_eq!(vote_after(following, "second").await, following);
         assert_eq!(vote_after(Vote::new(7, 1), "second").await, Vote::new(7, 1));
+    }
+
+    /// A complete last line the log cannot read (a damaged disk: an append that did not finish
+    /// has no newline) is dropped as the log opens, and counts as a failed fsync: lines the
+    /// leader sent may be gone, so it stands for a new term, at this start and the next.
+    #[tokio::test]
+    async fn a_leader_whose_log_dropped_an_unreadable_line_stands_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders-1.csv");
+        let vote_path = dir.path().join("term-1");
+        let open = || {
+            let log = Arc::new(Mutex::new(OrderLog::open(&path).unwrap()));
+            let disk = Disk {
+                boot: Some("one".to_owned()),
+                ..Disk::this_machine()
+            };
+            LogStore::open_with(1, log, vote_path.clone(), disk, None).unwrap()
+        };
+        let leading = Vote::new_committed(7, 1);
+        open().save_vote(&leading).await.unwrap();
+        assert_eq!(open().read_vote().await.unwrap(), Some(leading));
+
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"7,1,\x00\x00,damaged\n").unwrap();
+        let mut store = open();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+        assert!(failed_fsync_path(&vote_path).exists());
+        // The line is gone now, and the next start still does not resume the term.
+        assert_eq!(open().read_vote().await.unwrap(), Some(Vote::new(7, 1)));
     }
 
     /// A failed fsync, noted beside the vote, counts as a power loss in the same boot, until

@@ -107,15 +107,17 @@ impl Index {
 
     /// Indexes every complete record of `file` from byte `from` (0, or where a restored
     /// image ends) to byte `complete`, and inserts the keys of those after line
-    /// `keys_through`. Returns the length of the well-formed prefix: a last record that is cut
-    /// off or malformed is a torn append (never acknowledged) and lies outside it; a malformed
-    /// record before it is corruption.
+    /// `keys_through`. Returns the length of the well-formed prefix, and whether a complete
+    /// line was dropped from it as unreadable. The lines of an entry cut off by a crash lie
+    /// outside it; so does a last line that ends and cannot be read, which no crash makes (an
+    /// append that did not finish has no newline) but a damaged disk may, and which the caller
+    /// must not take as never sent. A malformed record before the last is corruption.
     pub(super) fn load(
         &mut self,
         file: &File,
         (from, complete): (u64, u64),
         keys_through: u64,
-    ) -> Result<u64, OrderError> {
+    ) -> Result<(u64, bool), OrderError> {
         let mut reader = record::reader(ReadAt {
             file,
             offset: from,
@@ -132,7 +134,8 @@ impl Index {
             let expected = self.last + 1 + entry_lines.len() as u64;
             let parsed = match reader.read_byte_record(&mut record) {
                 Ok(false) => {
-                    return Ok(entry_lines.first().map_or(complete, |(_, start)| *start));
+                    let end = entry_lines.first().map_or(complete, |(_, start)| *start);
+                    return Ok((end, false));
                 }
                 Ok(true) if !header_seen => {
                     if !record::is_header(&record) {
@@ -161,8 +164,9 @@ impl Index {
                     }
                 }
                 Err(_) if from + reader.position().byte() >= complete => {
-                    let torn = from + start.byte();
-                    return Ok(entry_lines.first().map_or(torn, |(_, start)| *start));
+                    let unreadable = from + start.byte();
+                    let end = entry_lines.first().map_or(unreadable, |(_, start)| *start);
+                    return Ok((end, true));
                 }
                 Err(e) if from == 0 => {
                     return Err(OrderError::Corrupt(format!("line {}: {e}", start.line())));

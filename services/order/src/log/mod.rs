@@ -97,6 +97,9 @@ pub struct OrderLog {
     /// Length of the file; every byte before it belongs to a complete record.
     len: u64,
     index: Index,
+    /// Opening it dropped a complete line it could not read: lines this replica may have sent
+    /// are gone.
+    dropped_unreadable: bool,
     /// Where opening it began to read the file (after a checkpoint's index, or 0).
     #[cfg(test)]
     read_from: u64,
@@ -149,9 +152,15 @@ impl OrderLog {
             }
             None => (0, 0),
         };
-        let good_len = index
+        let (good_len, dropped_unreadable) = index
             .load(&file, (from, complete), keys_through)
             .map_err(|e| e.in_file(&path))?;
+        if dropped_unreadable {
+            tracing::error!(
+                path = %path.display(),
+                "dropping a complete last line of the order log that cannot be read: a damaged disk, or a line of another version"
+            );
+        }
         if good_len < size {
             tracing::warn!(
                 path = %path.display(),
@@ -166,7 +175,10 @@ impl OrderLog {
             (&file).write_all(header.as_bytes()).map_err(io)?;
             len = header.len() as u64;
         }
-        file.sync_all().map_err(io)?;
+        // The file's own fsync is the replica's log store's, first thing (`LogStore::open_with`):
+        // it notes a failure, which must not be reported here first and lost (the kernel
+        // reports a failed write-back once), or a leader would resume a term whose lines the
+        // disk may not hold.
         file::sync_dir(&path).map_err(io)?;
         let mut log = Self {
             path,
@@ -174,11 +186,18 @@ impl OrderLog {
             readers: Readers::default(),
             len,
             index,
+            dropped_unreadable,
             #[cfg(test)]
             read_from: from,
         };
         log.fill_recent()?;
         Ok(log)
+    }
+
+    /// Whether opening it dropped a complete line it could not read (not a torn append): the
+    /// log may lack lines this replica sent, as after a failed fsync.
+    pub fn dropped_unreadable(&self) -> bool {
+        self.dropped_unreadable
     }
 
     /// Transaction number of the last order, 0 when empty.
