@@ -344,7 +344,7 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 
 /// POSTs `json`, signed, until the receiver answers 2xx or `attempts` are spent.
 async fn deliver(url: &reqwest::Url, key: &[u8], json: &str, attempts: u32) -> anyhow::Result<()> {
-    let http = stocknet_common::http_client(Duration::from_secs(10));
+    let http = stocknet_common::outside_client(Duration::from_secs(10));
     let signature = signature(key, json.as_bytes());
     retried(
         attempts,
@@ -419,7 +419,7 @@ pub fn recompute(path: &std::path::Path, day: u32) -> anyhow::Result<DailyReport
 pub async fn fetch(frontend: &BaseUrl, day: u32) -> anyhow::Result<DailyReport> {
     let mut url = frontend.join(&["reports", "daily"]);
     url.query_pairs_mut().append_pair("date", &day_text(day));
-    let http = stocknet_common::http_client(std::time::Duration::from_secs(30));
+    let http = stocknet_common::outside_client(std::time::Duration::from_secs(30));
     stocknet_common::call(http.get(url.clone()))
         .await
         .with_context(|| format!("GET {url}"))

@@ -164,12 +164,13 @@ impl Service {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the stocknet binary")?;
+        let (program, name) = own_binary()?;
         let listener = match self.listener.take() {
             Some(listener) => listener,
             None => bind(self.port)?,
         };
-        let mut command = Command::new(exe);
+        let mut command = Command::new(program);
+        command.arg0(name);
         command
             .fd_mappings(vec![FdMapping {
                 parent_fd: OwnedFd::from(listener),
@@ -296,9 +297,20 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
     Ok(())
 }
 
+/// Pauses between the attempts of one day's scheduled report: a leader change or a restart at
+/// the scheduled time costs it seconds, not the day.
+const REPORT_RETRY_PAUSES: [Duration; 5] = [
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(120),
+    Duration::from_secs(300),
+];
+
 /// Archives (and delivers) the report of the UTC day every day at `at` past midnight, UTC: the
-/// day that is ending, as the serverless design's 23:59 job does. A run that fails is logged
-/// and tried again the next day; `stocknet report --out` catches a day up by hand.
+/// day that is ending, as the serverless design's 23:59 job does. A run that fails is tried
+/// again, [`REPORT_RETRY_PAUSES`] apart, and then logged as failed; `stocknet report --out`
+/// catches a day up by hand.
 async fn report_daily(
     frontend: BaseUrl,
     dir: PathBuf,
@@ -311,15 +323,51 @@ async fn report_daily(
         let now = now_millis();
         let (next, day) = next_report(now, at, covered);
         sleep(Duration::from_millis(next - now)).await;
-        let done = match report::fetch(&frontend, day).await {
-            Ok(daily) => report::archive_and_deliver(&daily, &dir, &delivery, false).await,
-            Err(e) => Err(e),
-        };
-        match done {
+        match report_day(&frontend, &dir, &delivery, day, &REPORT_RETRY_PAUSES).await {
             Ok(()) => tracing::info!(date = %day_text(day), "daily report archived"),
             Err(e) => tracing::warn!(date = %day_text(day), "daily report failed: {e:#}"),
         }
     }
+}
+
+/// Fetches, archives and delivers `day`'s report, trying again after each of `pauses` while
+/// it fails. (Delivery is recorded per channel: a retry sends nothing twice.)
+async fn report_day(
+    frontend: &BaseUrl,
+    dir: &Path,
+    delivery: &report::DeliveryArgs,
+    day: u32,
+    pauses: &[Duration],
+) -> anyhow::Result<()> {
+    let mut pauses = pauses.iter();
+    loop {
+        let done = match report::fetch(frontend, day).await {
+            Ok(daily) => report::archive_and_deliver(&daily, dir, delivery, false).await,
+            Err(e) => Err(e),
+        };
+        match (done, pauses.next()) {
+            (Ok(()), _) => return Ok(()),
+            (Err(e), Some(pause)) => {
+                tracing::warn!(date = %day_text(day), "daily report failed, trying again in {pause:?}: {e:#}");
+                sleep(*pause).await;
+            }
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
+/// The binary this process runs, to start a service with, and the name to show for it (its
+/// path). On Linux `/proc/self/exe`, which opens the file this process was started from even
+/// after a rebuild replaced (deleted) it at its path: so a restart starts the same version as
+/// the services beside it, and does not fail for a file gone.
+fn own_binary() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let path = std::env::current_exe().context("cannot find the stocknet binary")?;
+    let running = PathBuf::from("/proc/self/exe");
+    Ok(if running.exists() {
+        (running, path)
+    } else {
+        (path.clone(), path)
+    })
 }
 
 /// When the next scheduled report runs after `now` (milliseconds since the epoch), `at` past
@@ -644,6 +692,67 @@ fn print_banner(config: &UpConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frontend whose report route fails its first `failing` calls (503), then answers;
+    /// returns its URL and the calls it got.
+    async fn reporting_frontend(
+        failing: usize,
+    ) -> (BaseUrl, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/reports/daily",
+            axum::routing::get(move || {
+                let call = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if call < failing {
+                        let refused = serde_json::json!({"error": {"code": 503, "message": "No leader"}});
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(refused))
+                    } else {
+                        let report = serde_json::json!({"data": {"date": "2026-12-06", "stocks": [], "top_users": []}});
+                        (axum::http::StatusCode::OK, axum::Json(report))
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url.parse().unwrap(), calls)
+    }
+
+    /// A scheduled report that fails (no leader for a moment at its time) is tried again for
+    /// the same day, not left until the next day's run covers the next day.
+    #[tokio::test]
+    async fn a_scheduled_report_that_fails_is_tried_again_for_its_day() {
+        use std::sync::atomic::Ordering;
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            delivery: report::DeliveryArgs,
+        }
+        let Args { delivery } = clap::Parser::parse_from(["up"]);
+        let day = day_of(1_796_515_200_000);
+        let pauses = [Duration::from_millis(1); 2];
+
+        let (frontend, calls) = reporting_frontend(2).await;
+        let dir = tempfile::tempdir().unwrap();
+        report_day(&frontend, dir.path(), &delivery, day, &pauses)
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(dir.path().join("2026-12-06.json").exists());
+
+        let (frontend, calls) = reporting_frontend(usize::MAX).await;
+        let failed = report_day(&frontend, dir.path(), &delivery, day, &pauses).await;
+        assert!(failed.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "once, then after each pause"
+        );
+    }
 
     #[test]
     fn a_service_that_answered_and_then_stops_answering_is_killed_after_five_checks() {

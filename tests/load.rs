@@ -9,14 +9,12 @@ use serde_json::Value;
 /// Runs `stocknet load --frontend FRONTEND ARGS --json` (`args` split at spaces); it must
 /// succeed. Returns its report.
 async fn load(frontend: &str, args: &str) -> Value {
-    let output = tokio::process::Command::new(BIN)
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .args(["load", "--frontend", frontend])
         .args(args.split_whitespace())
-        .arg("--json")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run stocknet load");
+        .arg("--json");
+    let output = common::output_within(&mut command).await;
     serde_json::from_str(&common::succeeded(&output)).expect("JSON report")
 }
 

@@ -55,7 +55,17 @@ impl Up {
 
     /// [`Up::start`] with `replicas` order replicas.
     fn start_replicas(data_dir: &std::path::Path, replicas: usize, extra: &[&str]) -> Self {
-        let child = Command::new(BIN)
+        Self::start_binary(std::path::Path::new(BIN), data_dir, replicas, extra)
+    }
+
+    /// [`Up::start_replicas`] of the binary at `bin`.
+    fn start_binary(
+        bin: &std::path::Path,
+        data_dir: &std::path::Path,
+        replicas: usize,
+        extra: &[&str],
+    ) -> Self {
+        let child = Command::new(bin)
             .args(["up", "--data-dir", &data_dir.display().to_string()])
             .args(["--frontend-port", "0", "--catalog-port", "0"])
             .args(["--order-ports", &vec!["0"; replicas].join(",")])
@@ -145,7 +155,12 @@ impl Drop for Up {
 #[tokio::test]
 async fn up_runs_supervises_and_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path(), &[]);
+    // Run from a copy, which is then deleted, as a rebuild replaces the binary under a running
+    // `up`: its restarts must still start the binary it runs.
+    let binary = dir.path().join("stocknet");
+    std::fs::copy(BIN, &binary).unwrap();
+    let up = Up::start_binary(&binary, dir.path(), 3, &[]);
+    std::fs::remove_file(&binary).unwrap();
     let (up_pid, frontend, catalog, orders) =
         (up.pid(), up.frontend, up.catalog, up.orders.clone());
     let http = reqwest::Client::new();

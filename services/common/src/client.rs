@@ -14,6 +14,7 @@ use crate::envelope::ApiError;
 /// short, so a dead peer is detected in well under a second. They go straight to the peer,
 /// never through a proxy the environment names (`HTTP_PROXY`): a proxy would see the shared
 /// secret, and an answer it made up (a 503 after forwarding) would be read as the peer's.
+/// (Calls out of the deployment, a report's webhook, take [`outside_client`].)
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -22,6 +23,16 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
         // Only TLS backend initialisation can fail, and reqwest is built without TLS.
+        .expect("reqwest client without TLS always builds")
+}
+
+/// A client for calls a user's tool makes, or that leave the deployment (a report fetched by
+/// `stocknet report`, its webhook): through the proxy the environment names, as curl would.
+pub fn outside_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
         .expect("reqwest client without TLS always builds")
 }
 

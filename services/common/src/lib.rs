@@ -27,7 +27,7 @@ pub mod testing;
 pub mod wire;
 
 pub use auth::{Secret, SecretArgs};
-pub use client::{call, http_client, internal_client, BaseUrl, RemoteError};
+pub use client::{call, http_client, internal_client, outside_client, BaseUrl, RemoteError};
 pub use envelope::{data, ApiError, Cause, Classified, Json, Path, Query};
 pub use model::{
     Command, GroupEntry, Money, Order, OrderOptions, Price, Rejection, SelfTrade, Side, Stamp,

@@ -1,6 +1,6 @@
-//! Calls between services go straight to the peer, whatever proxy the environment names. (A
-//! test binary of its own: the proxy is set in the process's environment, which every client
-//! built meanwhile would read.)
+//! Calls between services go straight to the peer, whatever proxy the environment names;
+//! calls out of the deployment go through it. (A test binary of its own: the proxy is set in
+//! the process's environment, which every client built meanwhile would read.)
 
 use std::time::Duration;
 
@@ -50,9 +50,9 @@ async fn a_proxy_in_the_environment_is_not_used() {
             .unwrap();
         assert_eq!(answer, "peer");
     }
-    // A client that does read the environment goes through the stand-in proxy: so it was set.
-    let read_env = reqwest::Client::new();
-    let through: String = stocknet_common::call(read_env.get(format!("{peer}/health")))
+    // A client for calls out of the deployment goes through it, as curl would.
+    let outside = stocknet_common::outside_client(Duration::from_secs(2));
+    let through: String = stocknet_common::call(outside.get(format!("{peer}/health")))
         .await
         .unwrap();
     assert_eq!(through, "proxy");

@@ -342,6 +342,15 @@ pub async fn orders(
             } else {
                 cursor = Some(after);
             }
+            // A key forgotten while the page was polled (the revocation's push and the page
+            // ready at once) is checked again before the page goes out.
+            if forgotten.has_changed().unwrap_or(false) {
+                forgotten.mark_unchanged();
+                if let Err(refused) = verify(&state, &key).await {
+                    let _ = send(&mut sink, refusal(&refused)).await;
+                    return;
+                }
+            }
             let messages: Vec<Message> = frames
                 .iter()
                 .map(|f| Message::Text(frame(f).into()))
