@@ -124,6 +124,23 @@ struct PriceSent {
     as_of: AsOf,
 }
 
+/// A stock's new price or quantity for `/ws/prices`, and the catalog state it is of (none for
+/// a push by hand, which counts as new).
+#[derive(Debug, Clone)]
+pub(crate) struct PriceChange {
+    stock: Stock,
+    as_of: Option<AsOf>,
+}
+
+impl PriceChange {
+    /// Whether it is news to a stream whose snapshot was of `snapshot`: a change the snapshot
+    /// already holds, or an older one (a push broadcast while the snapshot was read), would
+    /// take the stream back.
+    fn after(&self, snapshot: AsOf) -> bool {
+        self.as_of.is_none_or(|as_of| as_of > snapshot)
+    }
+}
+
 /// What the market channel carries.
 #[derive(Debug, Clone)]
 pub enum MarketItem {
@@ -142,7 +159,7 @@ pub struct Streams {
     /// One stock's items (its events, and every gap and start) for its `/ws/book` and
     /// `/ws/candles` streams, while it has any.
     stocks: Mutex<HashMap<String, broadcast::Sender<MarketItem>>>,
-    prices: broadcast::Sender<Stock>,
+    prices: broadcast::Sender<PriceChange>,
     /// The last price and quantity sent per stock: the catalog names stocks that did not change.
     last_sent: Mutex<HashMap<String, PriceSent>>,
     follower_started: AtomicBool,
@@ -179,6 +196,7 @@ impl Streams {
     /// Sends to `/ws/prices` the stocks whose price or quantity changed, of those newer than
     /// what was sent (`as_of`: absent from a push by hand, which counts as new).
     pub fn publish_prices(&self, stocks: Vec<Stock>, as_of: Option<AsOf>) {
+        let new_as_of = as_of;
         let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
         for stock in stocks {
             let value = (stock.price, stock.quantity);
@@ -193,19 +211,11 @@ impl Streams {
             last.insert(stock.name.clone(), PriceSent { value, as_of });
             if changed {
                 // No receiver is not an error: nobody is listening.
-                let _ = self.prices.send(stock);
+                let _ = self.prices.send(PriceChange {
+                    stock,
+                    as_of: new_as_of,
+                });
             }
-        }
-    }
-
-    /// Remembers prices a client was just sent in a snapshot (unless others are known), so
-    /// that an unchanged stock is not sent again as a change.
-    fn seed_prices(&self, stocks: &[Stock], as_of: AsOf) {
-        let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
-        for stock in stocks {
-            let value = (stock.price, stock.quantity);
-            last.entry(stock.name.clone())
-                .or_insert(PriceSent { value, as_of });
         }
     }
 
@@ -586,13 +596,16 @@ pub async fn prices(
                 return;
             }
         };
-        state.inner.streams.seed_prices(&stocks, as_of);
         let first = frame(&PriceFrame::Snapshot { stocks });
         if send(&mut sink, Message::Text(first.into())).await.is_err() {
             return;
         }
-        pump(receiver, sink, stream, |stock: &Stock| {
-            vec![frame(&PriceFrame::Price(stock.clone()))]
+        // Changes published while the snapshot was read may be older than it.
+        pump(receiver, sink, stream, |change: &PriceChange| {
+            match change.after(as_of) {
+                true => vec![frame(&PriceFrame::Price(change.stock.clone()))],
+                false => Vec::new(),
+            }
         })
         .await;
     })
@@ -1513,9 +1526,31 @@ mod tests {
         streams.publish_prices(vec![stock(5)], as_of(1));
         streams.publish_prices(vec![stock(5)], as_of(2));
         streams.publish_prices(vec![stock(6)], as_of(3));
-        assert_eq!(receiver.try_recv().unwrap().quantity, 5);
-        assert_eq!(receiver.try_recv().unwrap().quantity, 6);
+        assert_eq!(receiver.try_recv().unwrap().stock.quantity, 5);
+        assert_eq!(receiver.try_recv().unwrap().stock.quantity, 6);
         assert!(receiver.try_recv().is_err());
+    }
+
+    /// A stream takes a change only if it is of a later catalog state than its snapshot: one
+    /// published while the snapshot was read may be older, and one its snapshot holds is not
+    /// news. Another stream's snapshot, taken later, keeps nothing from this one.
+    #[test]
+    fn a_stream_takes_only_changes_newer_than_its_snapshot() {
+        let streams = Streams::new(2);
+        let mut receiver = streams.prices.subscribe();
+        let as_of = |applied| AsOf { boot: 1, applied };
+        streams.publish_prices(vec![stock(5)], Some(as_of(1)));
+        streams.publish_prices(vec![stock(6)], Some(as_of(3)));
+        let older = receiver.try_recv().unwrap();
+        let held = receiver.try_recv().unwrap();
+        // A snapshot read at 2 (quantity 5 after entry 1, say, 6 only at 3).
+        assert!(!older.after(as_of(2)), "older than the snapshot");
+        assert!(held.after(as_of(2)));
+        // One read at 3 holds it already.
+        assert!(!held.after(as_of(3)));
+        // A push by hand names no state: it is news to every stream.
+        streams.publish_prices(vec![stock(7)], None);
+        assert!(receiver.try_recv().unwrap().after(as_of(9)));
     }
 
     /// A value from an older catalog state (a push that timed out and arrived late, a
@@ -1528,12 +1563,12 @@ mod tests {
         streams.publish_prices(vec![stock(5)], as_of(1, 7));
         streams.publish_prices(vec![stock(6)], as_of(1, 6));
         streams.publish_prices(vec![stock(6)], as_of(1, 7));
-        assert_eq!(receiver.try_recv().unwrap().quantity, 5);
+        assert_eq!(receiver.try_recv().unwrap().stock.quantity, 5);
         assert!(receiver.try_recv().is_err());
         // A new catalog process's values are newer, whatever its position.
         streams.publish_prices(vec![stock(4)], as_of(2, 1));
         streams.publish_prices(vec![stock(6)], as_of(1, 9));
-        assert_eq!(receiver.try_recv().unwrap().quantity, 4);
+        assert_eq!(receiver.try_recv().unwrap().stock.quantity, 4);
         assert!(receiver.try_recv().is_err());
     }
 }
