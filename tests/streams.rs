@@ -248,12 +248,6 @@ async fn own_orders(frontend: &str, query: &str, key: &str) -> Socket {
     socket
 }
 
-/// The next `update` message: (order number, event).
-async fn next_update(socket: &mut Socket) -> (Value, Value) {
-    let update = next_matching(socket, |m| m["type"] == "update").await;
-    (update["order"]["number"].clone(), update["event"].clone())
-}
-
 #[tokio::test]
 async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
     let (mut cluster, one, two) = two_frontends().await;
@@ -299,11 +293,15 @@ async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
     );
 
     let taken = place_as(&cluster, &two, &buyer_key, order("buy", 2, 21.0, "bid-1")).await;
+    let accepted = next_matching(&mut buys, |m| m["type"] == "update").await;
     assert_eq!(
-        next_update(&mut buys).await,
-        (taken.clone(), json!("accepted"))
+        (&accepted["order"]["number"], &accepted["event"]),
+        (&taken, &json!("accepted"))
     );
+    // The entry goes on for the buyer (the fill): not a place to resume after yet.
+    assert_eq!(accepted["last_of_entry"], false, "{accepted}");
     let filled = next_matching(&mut buys, |m| m["type"] == "update").await;
+    assert_eq!(filled["last_of_entry"], true, "{filled}");
     assert_eq!(
         (
             &filled["event"],
@@ -325,6 +323,7 @@ async fn a_user_streams_their_own_order_updates_and_resumes_after_a_failover() {
         "{partial}"
     );
     assert_eq!(partial["order"]["remaining_quantity"], 3);
+    assert_eq!(partial["last_of_entry"], true, "{partial}");
     assert_eq!(partial["fills"], filled["fills"]);
     let seen = partial["entry"].as_u64().expect("entry");
     drop(sells);

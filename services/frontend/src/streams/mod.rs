@@ -601,12 +601,15 @@ pub async fn prices(
             return;
         }
         // Changes published while the snapshot was read may be older than it.
-        pump(receiver, sink, stream, |change: &PriceChange| {
-            match change.after(as_of) {
+        pump(
+            receiver,
+            sink,
+            stream,
+            |change: &PriceChange| match change.after(as_of) {
                 true => vec![frame(&PriceFrame::Price(change.stock.clone()))],
                 false => Vec::new(),
-            }
-        })
+            },
+        )
         .await;
     })
 }

@@ -212,7 +212,13 @@ pub enum OrderFrame {
     /// First: whose updates follow, and the entry they follow.
     Subscribed { user: u64, after: u64 },
     /// One change of one of the user's orders.
-    Update(Box<OrderUpdate>),
+    Update {
+        #[serde(flatten)]
+        update: Box<OrderUpdate>,
+        /// The last of its entry's updates for this user: resume after `entry` once it has
+        /// come. (A connection cut between an entry's updates would otherwise lose the rest.)
+        last_of_entry: bool,
+    },
     /// Some updates of the entries after `after` are gone (the leader keeps the last 16,384
     /// of all users): re-read the orders (`GET /orders?user=`); the updates that follow are
     /// complete.
@@ -333,11 +339,16 @@ pub async fn orders(
                 if page.gap {
                     frames.push(OrderFrame::Gap { after });
                 }
-                frames.extend(
-                    page.updates
-                        .into_iter()
-                        .map(|u| OrderFrame::Update(Box::new(u))),
-                );
+                // A page ends between whole entries.
+                let mut updates = page.updates.into_iter().peekable();
+                while let Some(update) = updates.next() {
+                    let last_of_entry =
+                        updates.peek().is_none_or(|next| next.entry != update.entry);
+                    frames.push(OrderFrame::Update {
+                        update: Box::new(update),
+                        last_of_entry,
+                    });
+                }
                 cursor = Some(page.through.max(after));
             } else {
                 cursor = Some(after);

@@ -78,7 +78,10 @@ function onUpdate(message) {
     note("some updates were missed: reloaded");
     load(true);
   } else if (message.type === "update") {
-    lastEntry = message.entry;
+    // Resumed after only once the entry's last update came: a connection cut inside an entry
+    // gets the entry again whole (an update carries the order as the entry left it, so a
+    // second copy changes nothing here).
+    if (message.last_of_entry !== false) lastEntry = message.entry;
     const order = message.order;
     orders.set(order.number, order);
     for (const fill of message.fills ?? []) fills.set(fill.trade, [order.name, order.type, fill]);
