@@ -640,12 +640,15 @@ pub(crate) async fn catch_up_prices(state: AppState) {
     }
 }
 
-/// `GET /ws/book/{name}`: the stock's book (every level), then each change, in order.
+/// `GET /ws/book/{name}`: the stock's book (the best 1,000 levels of each side: a snapshot
+/// of every level would let anybody who rests orders a cent apart make every connect cost
+/// megabytes), then each change, in order.
 #[utoipa::path(get, path = "/ws/book/{name}", operation_id = "stream_order_book", tag = "market",
     params(("name" = String, Path, description = "Stock name")),
     responses(
         (status = 101, description = "A WebSocket whose messages are BookFrames: a snapshot \
-            (the book as of entry `applied`), then an update per entry that changed it, and a \
+            (the book as of entry `applied`, the best 1,000 levels of each side), then an \
+            update per entry that changed it (every level it changed, at any depth), and a \
             new snapshot after a gap. Closed with 1013 when no order leader answers, or at once \
             over the frontend's cap of open streams; with 1008 and a reason when the consumer \
             falls behind; with 1001 when it is silent for 60 s (pings go every 20 s).", body = BookFrame),
