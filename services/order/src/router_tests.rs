@@ -68,6 +68,22 @@ async fn a_replica_that_does_not_lead_refuses_reads_meant_for_the_leader() {
     }
 }
 
+/// A position past the end of a replica's log that does not lead may be an entry it lacks
+/// yet, or none: it is not the follower's to answer (503), where an answer after a wait
+/// would take the position as an entry of the log, and the stream would skip to it.
+#[tokio::test]
+async fn a_replica_that_does_not_lead_leaves_a_position_past_its_log_to_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let (status, body) = send(&app, insider_get("/feed/orders?user=1&after=9")).await;
+    assert_eq!(
+        (status, body["error"]["message"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("Not the leader")),
+    );
+    let (status, body) = send(&app, insider_get("/feed/orders?user=1&after=0&wait_ms=1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// The reads of issue 10 on an empty replica: their answers and their errors.
 #[tokio::test]
 async fn portfolios_audit_and_reports_answer_and_refuse_bad_parameters() {

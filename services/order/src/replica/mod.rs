@@ -512,7 +512,7 @@ impl Replica {
     }
 
     /// "Not the leader", naming the leader this replica follows in its term, if any.
-    fn not_leader(&self) -> OrderError {
+    pub(crate) fn not_leader(&self) -> OrderError {
         let metrics = self.raft.server_metrics().borrow().clone();
         let leader = metrics
             .current_leader
