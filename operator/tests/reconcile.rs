@@ -45,15 +45,8 @@ async fn fake_api_server(
         };
         if method == "PATCH" && refused.is_some_and(|r| path.ends_with(r)) {
             calls.lock().unwrap().push(Call { method, uri, body });
-            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                                "reason": "Forbidden", "code": 403,
-                                "message": "admission webhook \"policy.example\" denied the request"});
-            send.send_response(
-                Response::builder()
-                    .status(403)
-                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
-                    .unwrap(),
-            );
+            let denied = "admission webhook \"policy.example\" denied the request";
+            send.send_response(failure(403, "Forbidden", denied));
             continue;
         }
         if method == "GET" && path.ends_with("/statefulsets/demo-order") && existing.is_some() {
@@ -65,14 +58,7 @@ async fn fake_api_server(
         // No shared secret and no StatefulSet exist yet: the operator creates them.
         if method == "GET" && (path.contains("/secrets/") || path.contains("/statefulsets/")) {
             calls.lock().unwrap().push(Call { method, uri, body });
-            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                                "reason": "NotFound", "code": 404, "message": "not found"});
-            send.send_response(
-                Response::builder()
-                    .status(404)
-                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
-                    .unwrap(),
-            );
+            send.send_response(failure(404, "NotFound", "not found"));
             continue;
         }
         let reply = match method.as_str() {
@@ -111,6 +97,16 @@ async fn fake_api_server(
                 .unwrap(),
         );
     }
+}
+
+/// An API server's failure: a `Status` with `code`, `reason` and `message`.
+fn failure(code: u16, reason: &str, message: &str) -> Response<Body> {
+    let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                        "reason": reason, "code": code, "message": message});
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+        .unwrap()
 }
 
 /// A stand-in order replica's `/health` on 127.0.0.1 (every pod whose IP is 127.0.0.1 is it).

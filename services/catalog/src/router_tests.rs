@@ -321,11 +321,9 @@ async fn a_write_whose_push_a_frontend_refused_is_answered_after_the_lease() {
     assert!(started.elapsed() >= CACHE_LEASE, "{:?}", started.elapsed());
     // Refused for a lease, with no other process probing: nothing there trusts a cache, and
     // it gets a trial nobody waits for.
-    let body = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
-    assert_eq!(
-        send(&app, insider_post("/apply", body)).await.0,
-        StatusCode::OK
-    );
+    let trade = r#"{"term":1,"trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
+    let (status, answer) = send(&app, insider_post("/apply", trade)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
 #[tokio::test]
