@@ -3,18 +3,21 @@
 //! until the process has none left, and then no other client gets in and the process's own
 //! calls to other processes fail too (I13). A connection over either cap is closed as soon as
 //! it is accepted; an idle one is closed by its server after a while
-//! (`server::ConnectionRules::idle_timeout`). What this does not do: without a cap per address,
+//! (`server::ConnectionRules::idle_timeout`), and so is one whose answer waits that long with
+//! no byte of it taken (a client that does not read). What this does not do: without a cap per address,
 //! one client can still hold every place until its connections idle out, and new clients are
 //! refused meanwhile while those connected go on; and the reserve covers the process's calls
 //! for idle clients, not for more than about a thousand requests in flight at once
 //! (`--max-in-flight` bounds those per client).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -77,6 +80,8 @@ pub struct CappedListener {
     inner: TcpListener,
     caps: ConnectionCaps,
     open: Arc<Mutex<Open>>,
+    /// How long a write may wait with no byte taken before the connection fails.
+    write_stall: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +98,16 @@ impl CappedListener {
             inner,
             caps,
             open: Arc::default(),
+            write_stall: None,
         }
+    }
+
+    /// Fails a connection's write that has waited `limit` with no byte taken: hyper has no
+    /// write timeout, and a client that sends requests and never reads the answers would
+    /// otherwise hold its place (and the answer's buffers) for good.
+    pub fn failing_writes_stalled_for(mut self, limit: Option<Duration>) -> Self {
+        self.write_stall = limit;
+        self
     }
 
     fn open(&self) -> MutexGuard<'_, Open> {
@@ -139,6 +153,8 @@ impl Listener for CappedListener {
                 let stream = CountedStream {
                     stream,
                     _counted: counted,
+                    stall_limit: self.write_stall,
+                    stalled: None,
                 };
                 return (stream, address);
             }
@@ -173,11 +189,39 @@ impl Drop for OpenConnection {
 pub struct CountedStream {
     stream: TcpStream,
     _counted: OpenConnection,
+    stall_limit: Option<Duration>,
+    /// Armed while a write waits for the client to take bytes; it fails the write once due.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl CountedStream {
     pub fn tcp(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// `written`, but for a write that has waited past the stall limit: an error.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(limit) = self.stall_limit else {
+            return written;
+        };
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took no byte of its answer for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -197,7 +241,8 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.unless_stalled(cx, written)
     }
 
     fn poll_write_vectored(
@@ -205,7 +250,8 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.unless_stalled(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -152,7 +152,9 @@ pub struct ConnectionRules {
     /// How long a connection may go without sending a whole request head, from when it opens
     /// or its last answer was written; then it is closed (without an answer). So a
     /// client that sends nothing, or its headers a byte at a time, does not hold its place
-    /// for ever. A request being answered, and a WebSocket stream, are not idle.
+    /// for ever. A request being answered, and a WebSocket stream, are not idle; but an
+    /// answer that waits this long with no byte of it taken (a client that does not read)
+    /// closes the connection too.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -184,7 +186,8 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = around_routes(router);
-    let mut listener = CappedListener::new(listener, rules.caps);
+    let mut listener =
+        CappedListener::new(listener, rules.caps).failing_writes_stalled_for(rules.idle_timeout);
     let mut http = hyper::server::conn::http1::Builder::new();
     if let Some(timeout) = rules.idle_timeout {
         http.timer(TokioTimer::new()).header_read_timeout(timeout);
@@ -455,6 +458,54 @@ mod tests {
             caps: ConnectionCaps::NONE,
             idle_timeout: Some(timeout),
         }
+    }
+
+    /// A client that asks and never reads its answer loses its connection once the answer
+    /// has waited the idle timeout with no byte taken: its place goes to the next client.
+    #[tokio::test]
+    async fn a_client_that_does_not_read_its_answer_loses_its_place() {
+        // More than the kernel buffers on both sides hold.
+        let large = axum::body::Bytes::from(vec![b'x'; 64 << 20]);
+        let router = Router::new()
+            .route("/large", get(move || async move { large.clone() }))
+            .route("/quick", get(|| async { "quick" }));
+        let rules = ConnectionRules {
+            caps: ConnectionCaps {
+                total: 1,
+                per_address: 1,
+            },
+            idle_timeout: Some(IDLE),
+        };
+        let server = TestServer::start(router, rules).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut reader_that_never_reads = socket.connect(server.addr).await.unwrap();
+        let request = "GET /large HTTP/1.1\r\nHost: a\r\n\r\n";
+        reader_that_never_reads
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        // The one place is taken until the stalled answer fails: later clients are closed at
+        // once meanwhile, and then one gets in.
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut next = TcpStream::connect(server.addr).await.unwrap();
+            next.write_all(b"GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = timeout(WAIT, next.read_to_end(&mut answer)).await;
+            if String::from_utf8_lossy(&answer).contains("quick") {
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "the stalled connection kept its place"
+            );
+            tokio::time::sleep(IDLE / 4).await;
+        }
+        drop(reader_that_never_reads);
+        server.stop().await;
     }
 
     /// Idle is counted from the last answer, not from the connection's start; and handlers

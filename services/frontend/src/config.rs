@@ -56,7 +56,8 @@ pub struct Config {
     pub max_connections: Option<u64>,
     /// Seconds a client connection may go without sending a whole request head (after it
     /// opens, or between requests) before it is closed, so that idle or trickling clients do
-    /// not hold their places for ever. Requests being answered and streams are not idle.
+    /// not hold their places for ever. Requests being answered and streams are not idle, but
+    /// an answer that waits this long with no byte of it taken closes the connection too.
     /// Longer than the usual proxies' idle timeouts (60 s), which must be the shorter.
     #[arg(long, env = env::CLIENT_IDLE_SECONDS, default_value_t = 75,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
