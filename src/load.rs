@@ -393,14 +393,24 @@ async fn create_users(
     count: u32,
 ) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::new();
-    for _ in 0..count {
-        let reply: Value = http
-            .post(format!("{url}/users"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+    while keys.len() < count as usize {
+        let response = http.post(format!("{url}/users")).send().await?;
+        // A frontend lets an address create so many users a minute: wait as it says.
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 60);
+            eprintln!(
+                "{} users made; the frontend asks to wait {wait} s for more",
+                keys.len()
+            );
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        let reply: Value = response.error_for_status()?.json().await?;
         let key = reply["data"]["api_key"]
             .as_str()
             .ok_or_else(|| anyhow::anyhow!("POST /users answered without a key: {reply}"))?;

@@ -555,6 +555,17 @@ async fn a_revoked_key_is_pushed_to_every_frontend_before_the_answer() {
     let pushes = seen.lock().unwrap().clone();
     assert_eq!(pushes.len(), 2, "each answer came after its push");
     assert!(pushes.iter().all(|push| push.users == [1]));
+    // Revoked again: answered as it was, and nobody is told anything new.
+    let (status, again) = send(&app, delete("/users/1/keys/1")).await;
+    assert_eq!(
+        (status, &again["data"]["revoked"]),
+        (StatusCode::OK, &revoked["data"]["revoked"])
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "no push for a revocation made before"
+    );
     let (_, read) = send(&app, insider_get("/users/1")).await;
     let user: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
     assert!(!user.admits(&first.with_user(1)));

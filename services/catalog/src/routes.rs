@@ -9,10 +9,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use stocknet_common::envelope::bounded;
+use stocknet_common::file;
 use stocknet_common::request_id;
 use stocknet_common::wire::{
-    stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, NewKey, NewUser,
-    Snapshot, StockPage, FRONTEND_PROCESS,
+    stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, KeyRecord, NewKey,
+    NewUser, Snapshot, StockPage, FRONTEND_PROCESS,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query};
 
@@ -113,29 +114,33 @@ pub(crate) async fn create_user(
     Ok(data(record))
 }
 
-/// Runs `change` on the user store on the blocking pool: it writes and fsyncs the users' file.
+/// Runs `change` on the user store on the blocking pool, in its turn: it writes and fsyncs the
+/// users' file. (The turn is held until the change is done, even if its caller goes away.)
 pub(crate) async fn change_users<T: Send + 'static>(
     state: &AppState,
     change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, CatalogError> {
     let users = state.users.clone();
-    tokio::task::spawn_blocking(move || change(&users))
+    file::in_turn(&state.user_writes, move || change(&users))
         .await
-        .map_err(|e| CatalogError::Task(e.to_string()))?
+        .map_err(CatalogError::Task)?
 }
 
-/// Runs `change` of `user`'s keys, then tells every frontend reachable, in a task of its own:
-/// a caller that goes away drops the handler, and a key revoked and not told would stay
-/// usable on the frontends that hold it.
+/// Runs `change` of `user`'s keys, then, if `made` says it changed anything, tells every
+/// frontend reachable, in a task of its own: a caller that goes away drops the handler, and a
+/// key revoked and not told would stay usable on the frontends that hold it.
 async fn change_keys<T: Send + 'static>(
     state: &AppState,
     user: u64,
     change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
+    made: impl FnOnce(&T) -> bool + Send + 'static,
 ) -> Result<T, CatalogError> {
     let state = state.clone();
     request_id::spawn_whole(async move {
         let changed = change_users(&state, change).await?;
-        forget_credentials(&state, user).await;
+        if made(&changed) {
+            forget_credentials(&state, user).await;
+        }
         Ok(changed)
     })
     .await
@@ -176,10 +181,9 @@ pub(crate) async fn add_key(
 ) -> Result<Response, CatalogError> {
     let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
     let created = stocknet_common::clock::now_millis();
-    let key = change_keys(&state, user, move |users| {
-        users.add_key(user, request.credential, request.prefix, created)
-    })
-    .await?;
+    let add =
+        move |users: &UserStore| users.add_key(user, request.credential, request.prefix, created);
+    let key = change_keys(&state, user, add, |_| true).await?;
     tracing::info!(user, key = key.id, "key added");
     Ok(data(key))
 }
@@ -193,7 +197,11 @@ pub(crate) async fn revoke_key(
     let user = user_id(&id).ok_or(CatalogError::UserNotFound)?;
     let key: u32 = key.parse().map_err(|_| CatalogError::KeyNotFound)?;
     let time = stocknet_common::clock::now_millis();
-    let revoked = change_keys(&state, user, move |users| users.revoke(user, key, time)).await?;
+    // A key revoked before is answered as it was, and tells nobody anything new: no push (a
+    // client repeating it would make every frontend fetch the user's keys each time).
+    let revoke = move |users: &UserStore| users.revoke(user, key, time);
+    let now = move |revoked: &KeyRecord| revoked.revoked == Some(time);
+    let revoked = change_keys(&state, user, revoke, now).await?;
     tracing::info!(user, key, "key revoked");
     Ok(data(revoked))
 }

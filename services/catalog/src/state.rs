@@ -35,6 +35,10 @@ pub struct AppState {
     /// push at the start stands for the term the store held then. A take-over whose push was
     /// cut short (its call dropped) is pushed again when retried.
     pub pushed_term: Arc<AtomicU64>,
+    /// The users' file takes one change at a time: the others wait for their turn here, not
+    /// in a thread of the blocking pool each, which the trades' fsyncs need (a flood of new
+    /// users would otherwise hold every thread).
+    pub user_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -55,6 +59,7 @@ impl AppState {
             secret,
             metrics: Arc::default(),
             pushes: Arc::default(),
+            user_writes: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

@@ -117,6 +117,8 @@ pub enum Cause {
     Conflict,
     /// An idempotency key sent again with a different request (422).
     KeyReused,
+    /// Over a limit of this client's: not done, retry later (429).
+    TooMany,
     /// Not done, and not to be done: retry later (503).
     Unavailable,
     /// May or may not have been done: no answer says (504).
@@ -134,6 +136,7 @@ impl Cause {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooMany => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -153,6 +156,7 @@ impl TryFrom<StatusCode> for Cause {
             Self::NotFound,
             Self::Conflict,
             Self::KeyReused,
+            Self::TooMany,
             Self::Unavailable,
             Self::OutcomeUnknown,
             Self::Internal,

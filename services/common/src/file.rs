@@ -111,6 +111,28 @@ fn temporary_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Runs blocking `work` (a write and its fsync, a read from disk) on tokio's blocking pool once
+/// one of `turns` is free. Work waiting for its turn waits as a task, not in a thread of the
+/// pool each, which other work needs (the trades' fsyncs, the consensus's own). The turn goes
+/// with the work, not with its caller: a caller that goes away leaves the work running, and
+/// the turn taken, until it ends.
+pub async fn in_turn<T: Send + 'static>(
+    turns: &std::sync::Arc<tokio::sync::Semaphore>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let turn = turns
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

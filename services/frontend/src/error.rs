@@ -32,6 +32,9 @@ pub enum FrontendError {
     /// The catalog's breaker is open: fail at once, and say when to try again.
     #[error("Catalog unavailable; retry later")]
     CatalogDown { retry_after: Duration },
+    /// The client's address has created as many users as it may for now.
+    #[error("Too many new users from this address; retry later")]
+    TooManyNewUsers { retry_after: Duration },
     /// An error envelope from a backend service that is meant for the client as it is.
     #[error("{}", .0.message)]
     Upstream(ApiError),
@@ -57,6 +60,7 @@ impl Classified for FrontendError {
             Self::BadRequest(_) => Cause::Input,
             Self::Unauthorized(_) => Cause::Unauthenticated,
             Self::Forbidden(_) => Cause::Forbidden,
+            Self::TooManyNewUsers { .. } => Cause::TooMany,
             Self::StockNotFound => Cause::NotFound,
             Self::NoLeader | Self::CatalogUnavailable(_) | Self::CatalogDown { .. } => {
                 Cause::Unavailable
@@ -95,7 +99,7 @@ impl IntoResponse for FrontendError {
                 tracing::warn!("a change to the catalog's users without an answer: {cause}");
                 ApiError::classified(&self)
             }
-            Self::CatalogDown { retry_after } => {
+            Self::CatalogDown { retry_after } | Self::TooManyNewUsers { retry_after } => {
                 return with_retry_after(ApiError::classified(&self), *retry_after);
             }
             _ => ApiError::classified(&self),

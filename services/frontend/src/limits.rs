@@ -1,7 +1,9 @@
 //! Per-client admission to the public API: a token bucket (governor) and a cap on requests in
 //! flight, both per client: the user whose API key a request carries (verified), or else the
 //! client's address. A request over either is answered 429 with `Retry-After` at once; nothing
-//! waits in a queue. Both are off unless configured.
+//! waits in a queue. Both are off unless configured. Apart from them, and on by default, the
+//! users an address may create (`POST /users`, which needs no key and makes the catalog write
+//! and keep a user for good) are limited per minute.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +44,10 @@ pub struct LimitArgs {
     /// (0: no limit; behind a proxy every client has the proxy's address).
     #[arg(long, env = env::MAX_CONNECTIONS_PER_CLIENT, default_value_t = 0)]
     pub max_connections_per_client: usize,
+    /// Users one client address may create a minute (`POST /users`; at most that many at
+    /// once), whatever the other limits (0: no limit).
+    #[arg(long, env = env::NEW_USERS_PER_MINUTE, default_value_t = 60)]
+    pub new_users_per_minute: u32,
 }
 
 /// Whom a limit counts against.
@@ -55,6 +61,7 @@ pub enum Client {
 
 pub struct Limits {
     rate: Option<DefaultKeyedRateLimiter<Client>>,
+    new_users: Option<DefaultKeyedRateLimiter<IpAddr>>,
     max_in_flight: Option<u32>,
     in_flight: Mutex<HashMap<Client, u32>>,
     clock: DefaultClock,
@@ -78,8 +85,11 @@ impl Limits {
             let burst = args.rate_burst.and_then(NonZeroU32::new).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        let new_users = NonZeroU32::new(args.new_users_per_minute)
+            .map(|per_minute| RateLimiter::keyed(Quota::per_minute(per_minute)));
         Self {
             rate,
+            new_users,
             max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
             in_flight: Mutex::default(),
             clock: DefaultClock::default(),
@@ -115,6 +125,19 @@ impl Limits {
         Ok(InFlight {
             limits: self.clone(),
             client,
+        })
+    }
+
+    /// Admits a new user from `address`, or says when it may try again.
+    pub fn admit_new_user(&self, address: IpAddr) -> Result<(), TooMany> {
+        let Some(new_users) = &self.new_users else {
+            return Ok(());
+        };
+        if new_users.len() > TRACKED_CLIENTS && self.prune_due() {
+            new_users.retain_recent();
+        }
+        new_users.check_key(&address).map_err(|not_until| TooMany {
+            retry_after: not_until.wait_time_from(self.clock.now()),
         })
     }
 
@@ -256,6 +279,7 @@ mod tests {
             rate_burst,
             max_in_flight,
             max_connections_per_client: 0,
+            new_users_per_minute: 0,
         }))
     }
 

@@ -29,6 +29,8 @@ async fn serve(
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    // Handlers and limits see each request's client address, as they do when served.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     (
         address,
         tokio::spawn(async move { axum::serve(listener, app).await }),
@@ -1266,6 +1268,21 @@ async fn first_answer_to_a_ping(
         .unwrap()
 }
 
+/// A frontend with `flags` served on a free port, and a `/ws/trades` stream open on it.
+async fn serving_a_stream(
+    flags: &[&str],
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    let (frontend, served) = serve(router(lone_state(flags))).await;
+    let (open, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
+        .await
+        .unwrap();
+    (frontend, served, open)
+}
+
 /// Streams beyond `--max-streams` are closed at once with 1013 (try again later), and a place
 /// that a closed stream leaves is taken again: open streams cannot pile up without bound.
 #[tokio::test]
@@ -1274,10 +1291,7 @@ async fn streams_over_the_cap_are_closed_with_1013_until_a_place_is_free() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
 
-    let (frontend, served) = serve(router(lone_state(&["--max-streams", "1"]))).await;
-    let (mut open, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
-        .await
-        .unwrap();
+    let (frontend, served, mut open) = serving_a_stream(&["--max-streams", "1"]).await;
     open.send(Message::Ping(Vec::new().into())).await.unwrap();
     let answer = tokio::time::timeout(std::time::Duration::from_secs(30), open.next()).await;
     assert!(
@@ -1309,20 +1323,40 @@ async fn within_5_s<F: std::future::Future<Output = bool>>(what: &str, check: im
     }
 }
 
+/// An address may create `--new-users-per-minute` users, whatever the other limits (off
+/// here): each is a write the catalog keeps for good, and `POST /users` needs no key. Over it,
+/// 429 with Retry-After, before the catalog is asked.
+#[tokio::test]
+async fn an_address_creates_a_bounded_number_of_users_a_minute() {
+    let (frontend, served) = serve(router(lone_state(&["--new-users-per-minute", "2"]))).await;
+    let http = reqwest::Client::new();
+    let create = || http.post(format!("http://{frontend}/users")).send();
+    // No catalog runs: the two admitted are 503, not executed.
+    for _ in 0..2 {
+        assert_eq!(
+            create().await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let third = create().await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = third.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    // Other routes are not counted.
+    let docs = http.get(format!("http://{frontend}/openapi.json")).send();
+    assert_eq!(docs.await.unwrap().status(), StatusCode::OK);
+    served.abort();
+}
+
 /// With `--max-in-flight`, an open stream counts in flight for its client until it closes: a
 /// client cannot hold streams beyond its cap.
 #[tokio::test]
 async fn an_open_stream_counts_in_flight_for_its_client() {
-    let app = router(lone_state(&["--max-in-flight", "1"]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let frontend = listener.local_addr().unwrap();
-    let served = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app).await
-    });
-    let (mut open, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/trades"))
-        .await
-        .unwrap();
+    let (frontend, served, mut open) = serving_a_stream(&["--max-in-flight", "1"]).await;
     let docs = format!("http://{frontend}/openapi.json");
     let status = || async { reqwest::get(&docs).await.unwrap().status() };
     assert_eq!(status().await, StatusCode::TOO_MANY_REQUESTS);

@@ -2,13 +2,17 @@
 //! (listed by prefix, another made, one revoked) and a user's portfolio valued at current
 //! prices.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use axum::Extension;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stocknet_common::api_key::{ApiKey, Credential};
+use stocknet_common::connections::client_address;
 use stocknet_common::envelope::{parse_json_object, ClientBody, DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
 use stocknet_common::wire::{check_display_name, Holding, KeyRecord, NewKey, NewUser, UserRecord};
@@ -59,14 +63,32 @@ pub struct NewUserRequest {
     responses(
         (status = 201, body = DataEnvelope<CreatedUser>),
         (status = 400, description = "A body that is not empty or a NewUserRequest: an unknown field, a display_name that is not 1 to 64 characters without control characters; or a query parameter (it takes none)", body = ErrorEnvelope),
+        (status = 429, description = "This address has created --new-users-per-minute users (default 60) within the last minute: retry after Retry-After", body = ErrorEnvelope),
         NoCatalog,
         CatalogWriteUnknown,
     ))]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     _: NoQuery,
     ClientBody(body): ClientBody,
 ) -> Answer {
+    // Each user is a write the catalog keeps for good, and this route needs no key: an
+    // address creates a bounded number a minute (the deployment's operators, with its shared
+    // secret, any number).
+    if let Some(Extension(ConnectInfo(client))) = client {
+        if !state.inner.secret.admits(&headers) {
+            let address = client_address(client.ip());
+            state
+                .inner
+                .limits
+                .admit_new_user(address)
+                .map_err(|too_many| FrontendError::TooManyNewUsers {
+                    retry_after: too_many.retry_after,
+                })?;
+        }
+    }
     let display_name = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -457,19 +457,10 @@ impl Replica {
     ) -> Result<T, OrderError> {
         // The place goes with the read, not with the request: a request dropped (its deadline)
         // leaves the read running, and its place taken, until it ends.
-        let place = self
-            .book_reads
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| OrderError::NotReady)?;
         let replica = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _place = place;
-            read(&replica)
-        })
-        .await
-        .map_err(OrderError::task)?
+        stocknet_common::file::in_turn(&self.book_reads, move || read(&replica))
+            .await
+            .map_err(OrderError::Task)?
     }
 
     /// The book with its archive, for reads in several holds of its lock.
