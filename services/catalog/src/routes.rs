@@ -12,13 +12,13 @@ use stocknet_common::envelope::bounded;
 use stocknet_common::file;
 use stocknet_common::request_id;
 use stocknet_common::wire::{
-    stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, KeyRecord, NewKey,
-    NewUser, Snapshot, StockPage, FRONTEND_PROCESS,
+    stock_after, stock_cursor, ApplyRequest, CatalogHealth, Invalidation, NewKey, NewUser,
+    Snapshot, StockPage, FRONTEND_PROCESS,
 };
 use stocknet_common::{data, ApiError, Json, Path, Query};
 
 use crate::error::CatalogError;
-use crate::users::UserStore;
+use crate::users::{Revoked, UserStore};
 use crate::AppState;
 
 /// `GET /metrics`: Prometheus metrics, open like `/health`.
@@ -200,10 +200,9 @@ pub(crate) async fn revoke_key(
     // A key revoked before is answered as it was, and tells nobody anything new: no push (a
     // client repeating it would make every frontend fetch the user's keys each time).
     let revoke = move |users: &UserStore| users.revoke(user, key, time);
-    let now = move |revoked: &KeyRecord| revoked.revoked == Some(time);
-    let revoked = change_keys(&state, user, revoke, now).await?;
+    let revoked = change_keys(&state, user, revoke, |revoked: &Revoked| revoked.now).await?;
     tracing::info!(user, key, "key revoked");
-    Ok(data(revoked))
+    Ok(data(revoked.key))
 }
 
 pub(crate) async fn snapshot(State(state): State<AppState>) -> Response {

@@ -48,6 +48,13 @@ struct Line {
     display_name: Option<String>,
 }
 
+/// A key revoked, and whether this call revoked it (else an earlier one had).
+#[derive(Debug)]
+pub struct Revoked {
+    pub key: KeyRecord,
+    pub now: bool,
+}
+
 pub struct UserStore {
     path: PathBuf,
     /// Held while a change is appended, so ids follow the file.
@@ -150,7 +157,7 @@ impl UserStore {
     }
 
     /// Revokes key `key` of user `user`, durably; a key revoked before stays as it was.
-    pub fn revoke(&self, user: u64, key: u32, time: u64) -> Result<KeyRecord, CatalogError> {
+    pub fn revoke(&self, user: u64, key: u32, time: u64) -> Result<Revoked, CatalogError> {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let record = self.get(user).ok_or(CatalogError::UserNotFound)?;
         let index = key.checked_sub(1).ok_or(CatalogError::KeyNotFound)? as usize;
@@ -160,7 +167,10 @@ impl UserStore {
             .cloned()
             .ok_or(CatalogError::KeyNotFound)?;
         if revoked.revoked.is_some() {
-            return Ok(revoked);
+            return Ok(Revoked {
+                key: revoked,
+                now: false,
+            });
         }
         revoked.revoked = Some(time);
         let line = Line {
@@ -174,7 +184,10 @@ impl UserStore {
         };
         self.append(&file, encode(&[line])?)?;
         self.change(user, |record| record.keys[index].revoked = Some(time));
-        Ok(revoked)
+        Ok(Revoked {
+            key: revoked,
+            now: true,
+        })
     }
 
     /// How many users there are.
@@ -407,10 +420,11 @@ mod tests {
             .unwrap();
         assert_eq!(added.id, 2);
         let revoked = store.revoke(1, 1, 40).unwrap();
-        assert_eq!(revoked.revoked, Some(40));
+        assert_eq!((revoked.key.revoked, revoked.now), (Some(40), true));
         // Revoking again changes nothing, and writes nothing.
         let size = std::fs::metadata(&path).unwrap().len();
-        assert_eq!(store.revoke(1, 1, 50).unwrap().revoked, Some(40));
+        let again = store.revoke(1, 1, 50).unwrap();
+        assert_eq!((again.key.revoked, again.now), (Some(40), false));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
         assert!(matches!(
             store.revoke(1, 3, 50),
