@@ -528,7 +528,8 @@ pub(crate) async fn order_feed(
     Query(query): Query<OrderFeedQuery>,
 ) -> Result<Response, ApiError> {
     let health = state.replica.health();
-    let last = health.last_transaction;
+    // Exact, not health's: a position is refused only past the log's true end.
+    let last = state.replica.last_transaction();
     if query.after > last {
         return Err(match health.leading {
             true => ApiError::bad_request(format!(

@@ -593,6 +593,63 @@ async fn a_slow_read_of_the_book_leaves_the_async_workers_free() {
     assert!(let_go, "the read held the async worker the test runs on");
 }
 
+/// A replica whose log is busy (a snapshot's lines being installed hold it for as long as that
+/// takes) still answers pre-votes and health at once: a pre-vote answered late counts as
+/// refused, which could keep the others from electing a leader, and a health answer that waits
+/// gets the replica restarted by its liveness probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_log_is_busy_answers_pre_votes_and_health_at_once() {
+    use crate::consensus::PreVote;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    leader
+        .place(
+            new_order(STOCKS[0], Side::Buy, 1, None),
+            Caller::new(Some("busy".into()), None),
+        )
+        .await
+        .unwrap();
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|(id, _)| *id == 1)
+        .map(|(_, replica)| replica)
+        .unwrap();
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let busy = {
+        let log = follower.order_log().clone();
+        std::thread::spawn(move || {
+            let _busy = log.lock().unwrap();
+            locked.send(()).unwrap();
+            let _ = held.recv_timeout(Duration::from_secs(30));
+        })
+    };
+    is_locked.recv().unwrap();
+    let runtime = tokio::runtime::Handle::current();
+    let asking = follower.clone();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || {
+            let health = asking.health();
+            let request = PreVote {
+                candidate: 2,
+                term: health.term + 1,
+                last_log: None,
+            };
+            // Refused (a leader is still heard from), but answered.
+            let vote = runtime.block_on(asking.elections().answer(&request));
+            (health, vote)
+        }),
+    )
+    .await;
+    let _ = hold.send(());
+    busy.join().unwrap();
+    let (health, vote) = answered.expect("answered while the log is busy").unwrap();
+    assert!(!vote);
+    assert!(health.last_transaction >= 1, "{health:?}");
+}
+
 /// Only the leader, taken over, answers a cancel by client order id: a follower's book may lag
 /// an order placed a moment ago, and its "no open order has it" (404) would be untrue.
 #[tokio::test]

@@ -20,7 +20,7 @@ use openraft::{BasicNode, LogId, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{election_timeout, CatchUp, LogStore, Raft, HEARTBEAT};
+use super::{election_timeout, CatchUp, Raft, HEARTBEAT};
 
 /// How recently a replica must have heard from a leader (or, being the leader, from a
 /// majority) to refuse a pre-vote: the shortest election timeout, so that no replica stands
@@ -51,7 +51,6 @@ pub trait PreVoteTransport: Send + Sync + 'static {
 /// pre-votes, and the task that stands when the leader is lost.
 pub struct Elections {
     raft: Raft,
-    log: LogStore,
     id: u64,
     last_contact: Mutex<Instant>,
     /// While this replica, leading, hands the leadership over (`handover.rs`): the voter it
@@ -62,11 +61,10 @@ pub struct Elections {
 }
 
 impl Elections {
-    /// The elections of replica `id`, whose log is `log`.
-    pub fn new(raft: Raft, log: LogStore, id: u64) -> Arc<Self> {
+    /// The elections of replica `id`.
+    pub fn new(raft: Raft, id: u64) -> Arc<Self> {
         Arc::new(Self {
             raft,
-            log,
             id,
             last_contact: Mutex::new(Instant::now()),
             handing_to: AtomicU64::new(0),
@@ -109,7 +107,7 @@ impl Elections {
         if let Some(to) = self.handing_to().filter(|_| leading) {
             return request.candidate == to
                 && request.term > metrics.current_term
-                && request.last_log >= self.log.last_log_id();
+                && request.last_log >= self.last_log_id();
         }
         let still_led = if leading {
             metrics
@@ -121,7 +119,14 @@ impl Elections {
         if still_led || request.term < metrics.current_term {
             return false;
         }
-        request.last_log >= self.log.last_log_id()
+        request.last_log >= self.last_log_id()
+    }
+
+    /// The last entry of this replica's log as openraft sees it (what its own vote compares),
+    /// never waiting for the log: a snapshot being installed holds the log for as long as it
+    /// takes, and a pre-vote answered late counts as refused.
+    fn last_log_id(&self) -> Option<LogId<u64>> {
+        self.raft.data_metrics().borrow().last_log
     }
 
     /// Stands for election whenever no leader was heard from for the election timeout and a
@@ -154,7 +159,7 @@ impl Elections {
             let request = PreVote {
                 candidate: self.id,
                 term: metrics.vote.leader_id.term + 1,
-                last_log: self.log.last_log_id(),
+                last_log: self.last_log_id(),
             };
             let mut asks: FuturesUnordered<_> = membership
                 .nodes()

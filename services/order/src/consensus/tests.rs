@@ -261,7 +261,7 @@ impl Group {
         .await
         .unwrap();
         self.leases.insert(id, lease);
-        let elections = Elections::new(raft.clone(), store, id);
+        let elections = Elections::new(raft.clone(), id);
         self.standing.insert(
             id,
             tokio::spawn(elections.clone().stand_when_leader_lost(network)),
@@ -1322,7 +1322,7 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
         let raft = Raft::new(id, config, network, store.clone(), machine)
             .await
             .unwrap();
-        let elections = Elections::new(raft.clone(), store, id);
+        let elections = Elections::new(raft.clone(), id);
         standing.insert(
             id,
             tokio::spawn(

@@ -72,6 +72,8 @@ pub struct Replica {
     /// The term this replica last completed a takeover in: it takes commands while it leads
     /// that term.
     leading_term: AtomicU64,
+    /// The log's last transaction when it was last read, for health while the log is busy.
+    last_transaction_seen: AtomicU64,
     /// Set while the leader cannot apply committed entries to the catalog: new commands are
     /// refused before they are proposed (503, not executed) rather than committed and left
     /// waiting on the catalog with an unknown outcome.
@@ -145,7 +147,7 @@ impl Replica {
         )
         .await
         .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
-        let elections = Elections::new(raft.clone(), store, u64::from(id));
+        let elections = Elections::new(raft.clone(), u64::from(id));
         let standing = tokio::spawn(elections.clone().stand_when_leader_lost(links.pre_votes));
         let (handover_raft, handover_elections) = (raft.clone(), elections.clone());
         let handovers = metrics.handovers.clone();
@@ -178,11 +180,13 @@ impl Replica {
             raft: raft.clone(),
             leading: Mutex::new(None),
             leading_term: AtomicU64::new(0),
+            last_transaction_seen: AtomicU64::new(0),
             catalog_failing: AtomicBool::new(false),
             metrics,
             standing,
             book_reads: Arc::new(tokio::sync::Semaphore::new(BOOK_READS_AT_ONCE)),
         });
+        replica.last_transaction();
         tokio::spawn(replica.clone().follow_leadership());
         Ok(replica)
     }
@@ -239,9 +243,22 @@ impl Replica {
             (m.current_term, m.current_leader, m.state)
         };
         let ready = self.is_ready();
-        // One lock at a time: the book is never locked while the log is held.
-        let last_transaction = self.log().last();
+        // One lock at a time: the book is never locked while the log is held. A long log
+        // operation (a snapshot's lines installed) holds the log for as long as it takes:
+        // health answers at once meanwhile, with the last transaction seen before it, so that
+        // liveness probes do not restart a replica that is busy catching up. (What the book
+        // applied is in the log: no less.)
         let applied = self.book().applied();
+        let last_transaction = match self.log.try_lock() {
+            Ok(log) => self.saw_last_transaction(log.last()),
+            Err(std::sync::TryLockError::Poisoned(log)) => {
+                self.saw_last_transaction(log.into_inner().last())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => self
+                .last_transaction_seen
+                .load(Ordering::Relaxed)
+                .max(applied),
+        };
         Health {
             node_id: self.id,
             term,
@@ -524,6 +541,22 @@ impl Replica {
 
     fn log(&self) -> MutexGuard<'_, OrderLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log, for a test to hold as a long log operation does.
+    #[cfg(test)]
+    pub(crate) fn order_log(&self) -> &Arc<Mutex<OrderLog>> {
+        &self.log
+    }
+
+    /// The log's last transaction, waiting for the log if it is busy.
+    pub fn last_transaction(&self) -> u64 {
+        self.saw_last_transaction(self.log().last())
+    }
+
+    fn saw_last_transaction(&self, last: u64) -> u64 {
+        self.last_transaction_seen.store(last, Ordering::Relaxed);
+        last
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
