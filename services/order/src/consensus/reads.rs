@@ -18,6 +18,10 @@ use super::{Lease, LogStore, Raft};
 /// entries before it. Past it, the read takes a leadership check instead.
 const LEASE_APPLY_WAIT: Duration = Duration::from_millis(500);
 
+/// How long one leadership check (a read-index round and the wait for the book to apply
+/// through it) may take before the reads waiting for it are refused.
+const CHECK_DEADLINE: Duration = Duration::from_secs(2);
+
 /// What a replica that starts as the leader of its term must have applied before it serves a
 /// read. openraft resumes a leader whose vote is committed, with no election and no blank
 /// entry, so what it acknowledged before it stopped is in its log but may not be in its book
@@ -183,10 +187,17 @@ async fn check_when_wanted(raft: Raft, rounds: watch::Sender<Rounds>, wanted: Ar
         wanted.notified().await;
         let round = rounds.borrow().started + 1;
         rounds.send_modify(|r| r.started = round);
-        let confirmed = match raft.ensure_linearizable().await {
-            Ok(_) => true,
-            Err(e) => {
+        // Bounded: openraft waits without a deadline for the book to apply through the read
+        // index, which a leader that lost its followers after a check confirmed it never does.
+        let checked = tokio::time::timeout(CHECK_DEADLINE, raft.ensure_linearizable()).await;
+        let confirmed = match checked {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
                 tracing::debug!("leadership not confirmed: {e}");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("leadership not confirmed within {CHECK_DEADLINE:?}");
                 false
             }
         };
