@@ -30,7 +30,7 @@ pub struct Config {
           default_value = "", hide_default_value = true)]
     pub frontends: Frontends,
     /// HOST:PORT whose DNS name resolves to every frontend (a headless Service in
-    /// Kubernetes); resolved at each invalidation, so frontends that come and go are reached.
+    /// Kubernetes); resolved every second, so frontends that come and go are reached.
     #[arg(long, env = env::FRONTEND_DNS)]
     pub frontend_dns: Option<String>,
     #[command(flatten)]

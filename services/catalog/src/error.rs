@@ -12,6 +12,8 @@ pub enum CatalogError {
     KeyNotFound,
     #[error("A user holds at most {0} keys at once: revoke one first")]
     TooManyKeys(usize),
+    #[error("A user makes at most {0} keys in all, revoked ones included: register another user")]
+    KeysUsedUp(usize),
     #[error("{0}")]
     Invalid(String),
     #[error("Insufficient stock quantity")]
@@ -26,6 +28,8 @@ pub enum CatalogError {
     Corrupt(String),
     #[error(transparent)]
     Io(#[from] stocknet_common::file::FileError),
+    #[error("The users' file is busy: nothing was changed, try again")]
+    UsersBusy,
     #[error("internal task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -39,9 +43,11 @@ impl Classified for CatalogError {
             Self::Invalid(_) => Cause::Input,
             Self::InsufficientQuantity
             | Self::TooManyKeys(_)
+            | Self::KeysUsedUp(_)
             | Self::Gap { .. }
             | Self::StaleTerm { .. }
             | Self::TermJump { .. } => Cause::Conflict,
+            Self::UsersBusy => Cause::Unavailable,
             Self::Corrupt(_) | Self::Io(_) | Self::Task(_) | Self::Secret(_) => Cause::Internal,
         }
     }

@@ -52,6 +52,9 @@ pub fn router(state: AppState) -> Router {
     server::service_router(routes, &http)
 }
 
+/// How long the catalog's first push, at its start, waits for the frontends' DNS name.
+const FIRST_RESOLVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Binds the configured address and serves in the background until `shutdown` resolves.
 pub async fn start(
     config: Config,
@@ -65,7 +68,15 @@ pub async fn start(
     // outlived this process drop everything they cached from it, and their users' credentials
     // too (a key revoked just before the crash may not have been pushed).
     let boot = state.clone();
-    tokio::spawn(async move { boot.invalidate_everything(true).await });
+    let dns = state.frontend_dns.clone();
+    tokio::spawn(async move {
+        if let Some(dns) = dns {
+            // The first push goes to the frontends the name lists, if it answers soon.
+            let _ = tokio::time::timeout(FIRST_RESOLVE, boot.resolve(&dns)).await;
+            tokio::spawn(state::resolve_frontends(boot.clone(), dns));
+        }
+        boot.invalidate_everything(true).await
+    });
     let scraped = state.clone();
     stocknet_common::metrics::spawn_metrics_port(
         config.host,

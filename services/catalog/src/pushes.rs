@@ -137,9 +137,12 @@ impl Pushes {
             .at
             .retain(|address, _| frontends.iter().any(|f| f.as_str() == address));
         let at = &ledger.at;
+        // A process refused the lease stays refused while it probes, known at an address or
+        // not (one no listed address reaches: see [`Pushes::missed`]).
+        let probed = &ledger.probed;
         ledger
             .unreached
-            .retain(|process, _| at.values().any(|p| p == process));
+            .retain(|process, _| at.values().any(|p| p == process) || probed.contains_key(process));
         let listed = |address: &String| frontends.iter().any(|f| f.as_str() == address);
         ledger.trying.retain(listed);
         ledger.silent.retain(|address, _| listed(address));
@@ -223,14 +226,55 @@ impl Pushes {
         match process.filter(|name| name.len() <= MAX_PROCESS_NAME) {
             Some(name) => {
                 ledger.unreached.remove(name);
-                ledger
+                let before = ledger
                     .at
                     .insert(frontend.as_str().to_owned(), name.to_owned());
+                // Another process listens where it did: it is gone (a restart on the same
+                // port), and holds no lease that a push must reach.
+                if let Some(gone) = before.filter(|before| before != name) {
+                    ledger.probed.remove(&gone);
+                    ledger.unreached.remove(&gone);
+                }
             }
             None => {
                 ledger.at.remove(frontend.as_str());
             }
         }
+    }
+
+    /// After a push to `frontends`, at `now`: the processes that may hold a lease (they probed
+    /// within one, and were not refused it for longer than one) that no address of
+    /// `frontends` is known to reach: a frontend missing from the DNS answer (not yet in it,
+    /// or DNS failing), or listening where it is not listed. They are refused the lease from
+    /// now on, as after a failed push, until a push reaches them; the push must wait until the
+    /// leases they hold have run out.
+    pub fn missed(&self, frontends: &[BaseUrl], now: Instant) -> Vec<String> {
+        let mut guard = self.ledger();
+        let ledger = &mut *guard;
+        let lapsed = |since| self.lapsed(since, now);
+        let reached = |process: &String| {
+            frontends
+                .iter()
+                .any(|f| ledger.at.get(f.as_str()) == Some(process))
+        };
+        let missed: Vec<String> = ledger
+            .probed
+            .iter()
+            .filter(|&(process, &at)| {
+                !lapsed(Some(at))
+                    && !ledger
+                        .unreached
+                        .get(process)
+                        .is_some_and(|since| lapsed(Some(*since)))
+                    && !reached(process)
+            })
+            .map(|(process, _)| process.clone())
+            .collect();
+        for process in &missed {
+            let since = ledger.probed.get(process).map_or(now, |&at| at.max(now));
+            ledger.unreached.entry(process.clone()).or_insert(since);
+        }
+        missed
     }
 
     /// A push to `frontend` failed (no answer in time, cut off, refused) at `now`: from then
@@ -328,6 +372,49 @@ mod tests {
 
     const LEASE: Duration = CACHE_LEASE.saturating_add(LEASE_MARGIN);
     const TICK: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_lease_holder_no_listed_address_reaches_is_missed_and_refused_the_lease() {
+        let (pushes, t0, frontends) = two_frontends();
+        pushes.probed(Some("p1"), t0);
+        pushes.probed(Some("p2"), t0);
+        assert!(pushes.missed(&frontends, t0).is_empty(), "both reached");
+        // DNS answers without p2 (failing, or not yet listing it): p2 may hold a lease.
+        let only_one = std::slice::from_ref(&frontends[0]);
+        let (_, plan) = pushes.next(only_one, t0 + TICK);
+        assert_eq!(plan, [Wait]);
+        pushes.taken(&frontends[0], Some("p1"));
+        assert_eq!(pushes.missed(only_one, t0 + TICK), ["p2"]);
+        assert!(
+            !pushes.probed(Some("p2"), t0 + 2 * TICK).1,
+            "refused the lease"
+        );
+        // Refused for longer than a lease, p2 holds none: nothing more to wait for, and it
+        // stays refused while it probes unlisted.
+        let later = t0 + 2 * TICK + LEASE + TICK;
+        assert!(!pushes.probed(Some("p2"), later).1);
+        pushes.next(only_one, later);
+        assert!(pushes.missed(only_one, later).is_empty());
+        assert!(!pushes.probed(Some("p2"), later + TICK).1);
+        // Listed again (an address no longer listed was forgotten), it is pushed to and waited
+        // for, and a push that reaches it gives the lease back.
+        let (_, plan) = pushes.next(&frontends, later + TICK);
+        assert_eq!(plan, [Wait, Wait]);
+        pushes.taken(&frontends[1], Some("p2"));
+        assert!(pushes.probed(Some("p2"), later + 2 * TICK).1);
+    }
+
+    #[test]
+    fn a_process_another_took_the_address_of_is_gone() {
+        let (pushes, t0, one) = one_frontend("p1");
+        pushes.probed(Some("p1"), t0);
+        // Restarted on the same port, as p3, before p1's lease ran out.
+        pushes.probed(Some("p3"), t0 + TICK);
+        let frontends = std::slice::from_ref(&one);
+        pushes.next(frontends, t0 + TICK);
+        pushes.taken(&one, Some("p3"));
+        assert!(pushes.missed(frontends, t0 + TICK).is_empty());
+    }
 
     #[test]
     fn a_frontend_that_stopped_probing_is_left_out_once_its_lease_has_run_out() {

@@ -326,14 +326,44 @@ async fn a_write_whose_push_a_frontend_refused_is_answered_after_the_lease() {
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
+/// A take-over's push of every stock goes in parts a frontend takes (its body limit is
+/// 4 MiB): a catalog of many stocks in one push would be refused by every frontend.
+#[tokio::test]
+async fn the_push_of_every_stock_goes_in_parts_every_frontend_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stocks = 2 * crate::state::STOCKS_PER_PUSH + 5;
+    let mut catalog = String::from("name,price,quantity\n");
+    for n in 0..stocks {
+        catalog.push_str(&format!("Stock{n:06},10.00,100\n"));
+    }
+    let store = CatalogStore::open(dir.path().join("catalog.csv"), &catalog).unwrap();
+    let users = UserStore::open(dir.path().join("users.csv")).unwrap();
+    let (port, seen) = recording_frontend().await;
+    let frontends = vec![format!("http://127.0.0.1:{port}").parse().unwrap()];
+    let app = router(AppState::new(store, users, frontends, secret()));
+    let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
+    assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
+    let pushes = seen.lock().unwrap().clone();
+    assert_eq!(pushes.len(), 3);
+    let mut named = std::collections::BTreeSet::new();
+    for push in &pushes {
+        assert!(push.names.len() <= crate::state::STOCKS_PER_PUSH);
+        assert_eq!(push.names.len(), push.stocks.len());
+        assert!(serde_json::to_vec(push).unwrap().len() < 4 << 20);
+        named.extend(push.names.iter().cloned());
+    }
+    assert_eq!(named.len(), stocks, "every stock named once");
+}
+
 #[tokio::test]
 async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
     let dir = tempfile::tempdir().unwrap();
     let (port, seen) = recording_frontend().await;
-    let app = router(AppState {
-        frontend_dns: Some(Arc::from(format!("localhost:{port}"))),
-        ..state(dir.path(), &[])
-    });
+    let state = state(dir.path(), &[]);
+    state.resolve(&format!("localhost:{port}")).await;
+    // A lookup that fails keeps the frontends found last: pushes still reach them.
+    state.resolve("nothing.invalid:1").await;
+    let app = router(state);
     // The leader of term 1 takes over (which invalidates everything: below).
     let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
     assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
@@ -621,6 +651,65 @@ async fn a_revocation_whose_caller_went_away_is_still_pushed() {
     let (_, read) = send(&app, insider_get("/users/1")).await;
     let user: UserRecord = serde_json::from_value(read["data"].clone()).unwrap();
     assert!(!user.admits(&key.with_user(1)), "revoked");
+}
+
+/// A revocation repeated while the first one's push is on its way (a retry after a 504, a
+/// second tab) is answered only once that push is done: the frontend it has not reached yet
+/// still accepts the key.
+#[tokio::test]
+async fn a_repeated_revocation_waits_for_the_first_ones_push() {
+    use stocknet_common::api_key::{ApiKey, Credential};
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = release.clone();
+    let frontend = Router::new().route(
+        "/invalidate",
+        post(move |Json(request): Json<Invalidation>| {
+            let (arrived, held) = (arrived.clone(), held.clone());
+            async move {
+                if !request.users.is_empty() {
+                    let _ = arrived.send(());
+                    let _ = held.acquire().await.map(|permit| permit.forget());
+                }
+                data(json!({"success": true}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, frontend).await });
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let key = ApiKey::generate(1).unwrap();
+    let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});
+    send(&app, insider_post("/users", &body.to_string())).await;
+    let revoke = || {
+        let app = app.clone();
+        let request = Request::delete("/users/1/keys/1")
+            .header("authorization", format!("Bearer {SECRET}"))
+            .body(Body::empty())
+            .unwrap();
+        tokio::spawn(async move { send(&app, request).await })
+    };
+
+    let first = revoke();
+    tokio::time::timeout(std::time::Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("the revocation is pushed");
+    let mut second = revoke();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "the repeat was answered before the first revocation's push was done"
+    );
+    release.add_permits(1);
+    for answer in [first, second] {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["data"]["revoked"].is_u64(), "{body}");
+    }
+    assert!(arrivals.try_recv().is_err(), "the repeat pushed again");
 }
 
 #[tokio::test]

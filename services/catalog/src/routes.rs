@@ -3,7 +3,7 @@
 //! their keys.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -31,7 +31,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 /// process: the catalog notes when each last probed (`pushes.rs`). A caller without the secret
 /// (a frontend given another) is never granted the lease: nothing it cached is pushed to it.
 pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let snapshot = state.store.snapshot();
+    let (applied, term) = state.store.position();
     let (pushes, lease) = if state.secret.admits(&headers) {
         let process = headers.get(FRONTEND_PROCESS);
         let process = process.and_then(|name| name.to_str().ok());
@@ -41,8 +41,8 @@ pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) ->
     };
     data(CatalogHealth {
         service: "catalog".to_owned(),
-        applied: snapshot.applied,
-        term: snapshot.term,
+        applied,
+        term,
         pushes,
         lease,
     })
@@ -106,7 +106,8 @@ pub(crate) async fn create_user(
         prefix,
         display_name,
     } = request;
-    let record = change_users(&state, move |users| {
+    let until = tokio::time::Instant::now() + USER_TURN_WAIT;
+    let record = change_users(&state, until, move |users| {
         users.create(credential, prefix, display_name, created)
     })
     .await?;
@@ -114,21 +115,35 @@ pub(crate) async fn create_user(
     Ok(data(record))
 }
 
+/// How long a change of the users waits for its turns (the file's, and a key change's for the
+/// one of the same user before it, push included) before it is refused with nothing done
+/// (503): within a frontend's write deadline, so that the client is told it was not made
+/// rather than that nobody knows (504).
+pub(crate) const USER_TURN_WAIT: Duration = Duration::from_millis(1500);
+
 /// Runs `change` on the user store on the blocking pool, in its turn: it writes and fsyncs the
 /// users' file. (The turn is held until the change is done, even if its caller goes away.)
 pub(crate) async fn change_users<T: Send + 'static>(
     state: &AppState,
+    until: tokio::time::Instant,
     change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, CatalogError> {
+    let turn = tokio::time::timeout_at(until, state.user_writes.clone().acquire_owned())
+        .await
+        .map_err(|_| CatalogError::UsersBusy)?
+        .map_err(|e| CatalogError::Task(e.to_string()))?;
     let users = state.users.clone();
-    file::in_turn(&state.user_writes, move || change(&users))
+    file::with_turn(turn, move || change(&users))
         .await
         .map_err(CatalogError::Task)?
 }
 
 /// Runs `change` of `user`'s keys, then, if `made` says it changed anything, tells every
 /// frontend reachable, in a task of its own: a caller that goes away drops the handler, and a
-/// key revoked and not told would stay usable on the frontends that hold it.
+/// key revoked and not told would stay usable on the frontends that hold it. A user's key
+/// changes take turns, each with its push: a revocation repeated while the first one's push
+/// is on its way (a retry after a 504, a second tab) finds the key revoked and pushes nothing,
+/// so it must not be answered before that push is done.
 async fn change_keys<T: Send + 'static>(
     state: &AppState,
     user: u64,
@@ -136,8 +151,12 @@ async fn change_keys<T: Send + 'static>(
     made: impl FnOnce(&T) -> bool + Send + 'static,
 ) -> Result<T, CatalogError> {
     let state = state.clone();
+    let until = tokio::time::Instant::now() + USER_TURN_WAIT;
     request_id::spawn_whole(async move {
-        let changed = change_users(&state, change).await?;
+        let _user_turn = tokio::time::timeout_at(until, state.key_changes.of(user))
+            .await
+            .map_err(|_| CatalogError::UsersBusy)?;
+        let changed = change_users(&state, until, change).await?;
         if made(&changed) {
             forget_credentials(&state, user).await;
         }
@@ -163,7 +182,7 @@ pub(crate) async fn user(
     Path(id): Path<String>,
 ) -> Result<Response, CatalogError> {
     user_id(&id)
-        .and_then(|id| state.users.get(id))
+        .and_then(|id| state.users.live(id))
         .map(data)
         .ok_or(CatalogError::UserNotFound)
 }

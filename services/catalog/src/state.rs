@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use stocknet_common::file::FileFailure;
+use stocknet_common::model::Stock;
 use stocknet_common::paths;
 use stocknet_common::wire::{AsOf, Invalidation, CACHE_LEASE, FRONTEND_PROCESS};
 use stocknet_common::{internal_client, BaseUrl, Secret};
@@ -39,6 +40,26 @@ pub struct AppState {
     /// in a thread of the blocking pool each, which the trades' fsyncs need (a flood of new
     /// users would otherwise hold every thread).
     pub user_writes: Arc<tokio::sync::Semaphore>,
+    /// Whose key changes go on: one user's take turns, each with its push.
+    pub key_changes: Arc<KeyChanges>,
+}
+
+/// Turns for users' key changes, shared by users whose ids fall on the same one of a fixed
+/// few: bounded memory, whoever makes users, and rarely a wait for someone else's change.
+pub struct KeyChanges(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for KeyChanges {
+    fn default() -> Self {
+        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
+impl KeyChanges {
+    /// Waits for `user`'s turn.
+    pub async fn of(&self, user: u64) -> tokio::sync::MutexGuard<'_, ()> {
+        let turns = self.0.len() as u64;
+        self.0[(user % turns) as usize].lock().await
+    }
 }
 
 impl AppState {
@@ -60,6 +81,7 @@ impl AppState {
             metrics: Arc::default(),
             pushes: Arc::default(),
             user_writes: Arc::new(tokio::sync::Semaphore::new(1)),
+            key_changes: Arc::default(),
         }
     }
 
@@ -113,17 +135,25 @@ impl AppState {
 
     /// Tells every frontend to drop every stock it cached, and with `all_users` every user's
     /// credentials, and waits for the answers.
+    /// One push each [`STOCKS_PER_PUSH`] stocks, one after the other, so that a large
+    /// catalog's push stays far below a frontend's body limit.
     pub(crate) async fn invalidate_everything(&self, all_users: bool) {
         let snapshot = self.store.snapshot();
-        let names = snapshot.stocks.iter().map(|s| s.name.clone()).collect();
-        self.push(Invalidation {
-            names,
-            stocks: snapshot.stocks,
-            all_users,
-            as_of: Some(self.as_of(snapshot.applied)),
-            ..Invalidation::default()
-        })
-        .await;
+        let as_of = Some(self.as_of(snapshot.applied));
+        let mut parts: Vec<&[Stock]> = snapshot.stocks.chunks(STOCKS_PER_PUSH).collect();
+        if parts.is_empty() {
+            parts.push(&[]);
+        }
+        for (index, stocks) in parts.into_iter().enumerate() {
+            self.push(Invalidation {
+                names: stocks.iter().map(|s| s.name.clone()).collect(),
+                stocks: stocks.to_vec(),
+                all_users: all_users && index == 0,
+                as_of,
+                ..Invalidation::default()
+            })
+            .await;
+        }
     }
 
     fn as_of(&self, applied: u64) -> AsOf {
@@ -139,27 +169,7 @@ impl AppState {
     /// out ([`PushMark`](stocknet_common::wire::PushMark)).
     pub(crate) async fn push(&self, mut body: Invalidation) {
         let mut frontends: Vec<BaseUrl> = self.frontends.to_vec();
-        if let Some(dns) = &self.frontend_dns {
-            let resolving = tokio::net::lookup_host(&**dns);
-            match tokio::time::timeout(RESOLVE_TIMEOUT, resolving).await {
-                // An address always makes a base URL.
-                Ok(Ok(addrs)) => {
-                    let found: Vec<BaseUrl> = addrs
-                        .filter_map(|addr| format!("http://{addr}").parse().ok())
-                        .collect();
-                    *self.resolved() = found.clone();
-                    frontends.extend(found);
-                }
-                // No frontend pod exists yet (nothing cached), or DNS is failing: then a frontend
-                // may serve a stale quantity until its next invalidation (docs/OPERATIONS.md).
-                Ok(Err(e)) => tracing::warn!("resolving frontends at {dns}: {e}"),
-                // A resolver that hangs would hold every apply past its leader's deadline.
-                Err(_) => {
-                    tracing::warn!("resolving frontends at {dns} timed out: the last ones found");
-                    frontends.extend(self.resolved().iter().cloned());
-                }
-            }
-        }
+        frontends.extend(self.resolved().iter().cloned());
         let numbered = Instant::now();
         let (mark, plan) = self.pushes.next(&frontends, numbered);
         body.mark = Some(mark);
@@ -185,7 +195,14 @@ impl AppState {
         for outcome in &outcomes {
             self.metrics.pushes.get_or_create(&outcome.label()).inc();
         }
-        if outcomes.contains(&Outcome::Failed) {
+        let missed = self.pushes.missed(&frontends, Instant::now());
+        if !missed.is_empty() {
+            tracing::warn!(
+                ?missed,
+                "frontends that probe are not among those pushed to: waiting out their leases"
+            );
+        }
+        if outcomes.contains(&Outcome::Failed) || !missed.is_empty() {
             // The frontend stops trusting what it cached a lease after the last probe it sent
             // before this push was numbered.
             tokio::time::sleep_until((numbered + CACHE_LEASE + LEASE_MARGIN).into()).await;
@@ -265,9 +282,41 @@ impl Outcome {
     }
 }
 
-/// How long the frontends' DNS name may take to resolve before a push goes to the frontends it
-/// named last.
-const RESOLVE_TIMEOUT: Duration = Duration::from_millis(300);
+/// The most stocks one push names (with their values, about 80 bytes each): a frontend takes
+/// a body of 4 MiB at most.
+pub(crate) const STOCKS_PER_PUSH: usize = 10_000;
+
+/// How often the frontends' DNS name is resolved again: a new frontend is pushed to within
+/// this of its name listing it (and, before, pushes wait out its lease: [`Pushes::missed`]).
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Resolves the frontends' DNS name `dns` every [`RESOLVE_EVERY`] into what pushes go to, one
+/// lookup at a time, off the pushes' path: a resolver that hangs holds one thread of the
+/// blocking pool and no push, and pushes go on to the frontends it named last.
+pub async fn resolve_frontends(state: AppState, dns: Arc<str>) {
+    let mut ticks = tokio::time::interval(RESOLVE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        state.resolve(&dns).await;
+    }
+}
+
+impl AppState {
+    /// Resolves `dns` into the frontends pushes go to; if it fails, they stay those it named
+    /// last.
+    pub async fn resolve(&self, dns: &str) {
+        match tokio::net::lookup_host(dns).await {
+            // An address always makes a base URL.
+            Ok(addrs) => {
+                *self.resolved() = addrs
+                    .filter_map(|addr| format!("http://{addr}").parse().ok())
+                    .collect();
+            }
+            Err(e) => tracing::warn!("resolving frontends at {dns}: {e}; the last ones found"),
+        }
+    }
+}
 
 /// How long an invalidation push waits for a frontend: below the leader's deadline for the
 /// catalog's answer (1.5 s), so that a hung frontend slows trades without failing them.

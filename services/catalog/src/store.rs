@@ -133,6 +133,13 @@ impl CatalogStore {
         self.read().term
     }
 
+    /// The last trade applied, and the term of the last leader that applied here: what a
+    /// probe asks for several times a second per frontend, without a copy of every stock.
+    pub fn position(&self) -> (u64, u64) {
+        let table = self.read();
+        (table.applied, table.term)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let table = self.read();
         Snapshot {

@@ -28,6 +28,11 @@ const FIRST_HEADER: &str = "id,created,credential";
 /// program its own, and a bound on what a frontend keeps and checks per user.
 pub const MAX_LIVE_KEYS: usize = 10;
 
+/// Keys a user may make in all, revoked ones included: the catalog keeps every key's record
+/// (a revocation repeated answers as the first), so a loop of adding and revoking keys would
+/// otherwise grow one user's record without bound.
+pub const MAX_KEYS_MADE: usize = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Kind {
@@ -140,12 +145,19 @@ impl UserStore {
         created: u64,
     ) -> Result<KeyRecord, CatalogError> {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let record = self.get(user).ok_or(CatalogError::UserNotFound)?;
-        if record.live_keys().count() >= MAX_LIVE_KEYS {
-            return Err(CatalogError::TooManyKeys(MAX_LIVE_KEYS));
-        }
+        let made = {
+            let users = self.read();
+            let record = find(&users, user).ok_or(CatalogError::UserNotFound)?;
+            if record.live_keys().count() >= MAX_LIVE_KEYS {
+                return Err(CatalogError::TooManyKeys(MAX_LIVE_KEYS));
+            }
+            if record.keys.len() >= MAX_KEYS_MADE {
+                return Err(CatalogError::KeysUsedUp(MAX_KEYS_MADE));
+            }
+            record.keys.len()
+        };
         let key = KeyRecord {
-            id: record.keys.len() as u32 + 1,
+            id: made as u32 + 1,
             created,
             prefix: Some(prefix),
             credential,
@@ -159,9 +171,9 @@ impl UserStore {
     /// Revokes key `key` of user `user`, durably; a key revoked before stays as it was.
     pub fn revoke(&self, user: u64, key: u32, time: u64) -> Result<Revoked, CatalogError> {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let record = self.get(user).ok_or(CatalogError::UserNotFound)?;
         let index = key.checked_sub(1).ok_or(CatalogError::KeyNotFound)? as usize;
-        let mut revoked = record
+        let mut revoked = find(&self.read(), user)
+            .ok_or(CatalogError::UserNotFound)?
             .keys
             .get(index)
             .cloned()
@@ -195,9 +207,23 @@ impl UserStore {
         self.read().len()
     }
 
+    /// User `id` as frontends verify their keys: the keys not revoked, which are all a
+    /// frontend needs (a revoked key is refused as an unknown one is).
+    pub fn live(&self, id: u64) -> Option<UserRecord> {
+        let users = self.read();
+        let record = find(&users, id)?;
+        Some(UserRecord {
+            id: record.id,
+            created: record.created,
+            display_name: record.display_name.clone(),
+            keys: record.live_keys().cloned().collect(),
+        })
+    }
+
+    /// User `id` with every key made.
+    #[cfg(test)]
     pub fn get(&self, id: u64) -> Option<UserRecord> {
-        let index = usize::try_from(id.checked_sub(1)?).ok()?;
-        self.read().get(index).cloned()
+        find(&self.read(), id).cloned()
     }
 
     /// Appends `bytes` (whole lines) and waits until they are on disk. A write that fails
@@ -232,6 +258,11 @@ impl UserStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<UserRecord>> {
         self.users.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// User `id` (from 1) of `users`.
+fn find(users: &[UserRecord], id: u64) -> Option<&UserRecord> {
+    users.get(usize::try_from(id.checked_sub(1)?).ok()?)
 }
 
 /// The lines that make `user` as it is: it, its keys, their revocations.
@@ -478,6 +509,29 @@ mod tests {
         ));
         store.revoke(1, 4, 4).unwrap();
         assert_eq!(store.add_key(1, credential, prefix, 5).unwrap().id, 11);
+    }
+
+    #[test]
+    fn keys_made_and_revoked_are_bounded_and_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UserStore::open(dir.path().join("users.csv")).unwrap();
+        let (_, credential, prefix) = key();
+        store.create(credential, prefix, None, 1).unwrap();
+        for made in 2..=MAX_KEYS_MADE {
+            store.revoke(1, made as u32 - 1, 2).unwrap();
+            let (_, credential, prefix) = key();
+            store.add_key(1, credential, prefix, 3).unwrap();
+        }
+        let (_, credential, prefix) = key();
+        assert!(matches!(
+            store.add_key(1, credential, prefix, 4),
+            Err(CatalogError::KeysUsedUp(MAX_KEYS_MADE))
+        ));
+        let live = store.live(1).unwrap();
+        assert_eq!(live.keys.len(), 1, "only the key not revoked is served");
+        assert_eq!(live.keys[0].id as usize, MAX_KEYS_MADE);
+        let again = store.revoke(1, 1, 5).unwrap();
+        assert_eq!((again.key.revoked, again.now), (Some(2), false));
     }
 
     #[test]

@@ -125,6 +125,15 @@ pub async fn in_turn<T: Send + 'static>(
         .acquire_owned()
         .await
         .map_err(|e| e.to_string())?;
+    with_turn(turn, work).await
+}
+
+/// Runs blocking `work` on tokio's blocking pool with `turn`, taken by the caller (who may
+/// bound its wait for it); the turn goes with the work, as in [`in_turn`].
+pub async fn with_turn<T: Send + 'static>(
+    turn: tokio::sync::OwnedSemaphorePermit,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         work()

@@ -69,6 +69,7 @@ impl Credentials {
         self.kept().users.get(&user).cloned()
     }
 
+    #[cfg(test)]
     pub(crate) fn keep(&self, user: UserRecord) -> Arc<UserRecord> {
         let user = Arc::new(user);
         self.kept().users.put(user.id, user.clone());
@@ -76,13 +77,13 @@ impl Credentials {
     }
 
     /// What to pass to [`keep_fetched`](Self::keep_fetched) for a record asked for now.
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.kept().generation
     }
 
     /// Keeps `user`, asked for from the catalog at `generation`, unless anything was forgotten
     /// since: then the record may predate a revocation already pushed here.
-    fn keep_fetched(&self, user: UserRecord, generation: u64) -> Arc<UserRecord> {
+    pub(crate) fn keep_fetched(&self, user: UserRecord, generation: u64) -> Arc<UserRecord> {
         let user = Arc::new(user);
         let mut kept = self.kept();
         if kept.generation == generation {
@@ -173,8 +174,12 @@ pub(crate) async fn verify(state: &AppState, key: &ApiKey) -> Result<u64, Fronte
 /// now: checking a key of theirs asks the catalog nothing.
 pub(crate) fn kept(state: &AppState, id: u64) -> Option<Arc<UserRecord>> {
     let inner = &state.inner;
-    let kept = inner.credentials.get(id)?;
-    inner.catalog_contact.recent().then_some(kept)
+    // The lease first: one renewed after a lapse forgets what was kept before it is renewed,
+    // so a record read before the check could be one the renewal forgot.
+    if !inner.catalog_contact.recent() {
+        return None;
+    }
+    inner.credentials.get(id)
 }
 
 /// User `id` with their keys' credentials: kept, or from the catalog.
@@ -183,7 +188,6 @@ pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, F
     if let Some(user) = kept(state, id) {
         return Ok(user);
     }
-    let held = inner.credentials.get(id);
     let url = paths::USER
         .url(&inner.catalog_url, &[&id.to_string()])
         .map_err(FrontendError::CatalogUnavailable)?;
@@ -194,11 +198,15 @@ pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, F
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
             Err(FrontendError::Unauthorized("Invalid API key"))
         }
-        // What is kept was true when the catalog was last heard from: every change before
-        // that was pushed.
-        Err(failure) => match held {
-            Some(user) if inner.catalog_contact.silence() < CREDENTIAL_BOUND => Ok(user),
-            _ => Err(failure.into()),
-        },
+        // A catalog out of reach: what is kept now was true when the catalog was last heard
+        // from, since every change before that was pushed (and a push that came during the
+        // call forgot it). A catalog that answered with an error is in reach: no record.
+        Err(failure @ (CatalogCall::Failed(_) | CatalogCall::Refused(_))) => {
+            match inner.credentials.get(id) {
+                Some(user) if inner.catalog_contact.silence() < CREDENTIAL_BOUND => Ok(user),
+                _ => Err(failure.into()),
+            }
+        }
+        Err(failure) => Err(failure.into()),
     }
 }

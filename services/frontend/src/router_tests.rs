@@ -1033,6 +1033,84 @@ async fn a_record_fetched_across_a_revocation_is_not_kept() {
     served.abort();
 }
 
+/// A frontend whose lease lapsed asks the catalog for a user's record; when that fails, it
+/// falls back on the record it keeps only as that record is after the call (a revocation
+/// pushed during the call forgot it), and only when the catalog was out of reach, not when it
+/// answered with an error.
+#[tokio::test]
+async fn kept_credentials_stand_in_only_for_a_catalog_out_of_reach_and_as_they_are_after_the_call()
+{
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::routing::get;
+    use stocknet_common::api_key::ApiKey;
+    use tokio::sync::Notify;
+
+    use crate::upstream::catalog::CatalogContact;
+
+    let key = ApiKey::generate(1).unwrap();
+    // (what the catalog answers, whether a revocation is pushed during the call, expected)
+    for (answer, pushed, expected) in [
+        (StatusCode::INTERNAL_SERVER_ERROR, false, StatusCode::OK),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            true,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            false,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ] {
+        let (asked, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let catalog = {
+            let (asked, release) = (asked.clone(), release.clone());
+            Router::new().route(
+                "/users/{id}",
+                get(move || async move {
+                    asked.notify_one();
+                    release.notified().await;
+                    let error =
+                        serde_json::json!({"error": {"code": answer.as_u16(), "message": "no"}});
+                    (answer, axum::Json(error))
+                }),
+            )
+        };
+        let (address, served) = serve(catalog).await;
+        let mut state = lone_state(&["--catalog-url", &format!("http://{address}")]);
+        let inner = Arc::get_mut(&mut state.inner).expect("the only reference");
+        // Heard from 2 s ago: the lease has lapsed, the credentials' bound has not.
+        inner.catalog_contact = CatalogContact::silent_for(Duration::from_secs(2));
+        state.inner.credentials.keep(holder_of(&key));
+        let app = router(state.clone());
+        // The key checked once (a route's handler may read the record again).
+        let call = {
+            let (state, key) = (state.clone(), key.clone());
+            tokio::spawn(async move { crate::credentials::verify(&state, &key).await })
+        };
+        tokio::time::timeout(Duration::from_secs(30), asked.notified())
+            .await
+            .expect("the catalog was asked");
+        if pushed {
+            let push = insider_post("/invalidate", r#"{"names":[],"users":[1]}"#);
+            let push = app.clone().oneshot(push).await.unwrap();
+            assert!(push.status().is_success(), "{}", push.status());
+        }
+        release.notify_one();
+        let status = match call.await.unwrap() {
+            Ok(user) => {
+                assert_eq!(user, 1);
+                StatusCode::OK
+            }
+            Err(e) => e.into_response().status(),
+        };
+        assert_eq!(status, expected, "catalog {answer}, pushed {pushed}");
+        served.abort();
+    }
+}
+
 /// The last value a frontend saw of a stock, which it serves marked stale while the catalog is
 /// out of reach, is never older than one it was pushed: a read answered across a push does not
 /// overwrite the pushed value.

@@ -107,6 +107,7 @@ pub(crate) async fn create_user(
         display_name,
     };
     let url = paths::USERS.url(&state.inner.catalog_url, &[]);
+    let generation = state.inner.credentials.generation();
     let user: UserRecord = catalog_write(&state, url, Method::POST, Some(&new)).await?;
     let key_id = user.keys.first().map_or(1, |k| k.id);
     let created = CreatedUser {
@@ -116,7 +117,7 @@ pub(crate) async fn create_user(
         key_id,
         created: user.created,
     };
-    state.inner.credentials.keep(user);
+    state.inner.credentials.keep_fetched(user, generation);
     Ok((StatusCode::CREATED, data(created)).into_response())
 }
 
@@ -255,7 +256,7 @@ pub struct CreatedKey {
         (status = 400, description = "User id must be a number, a body that is not empty or {}, or a query parameter (it takes none)", body = ErrorEnvelope),
         NeedsKey,
         (status = 403, description = "Another user", body = ErrorEnvelope),
-        (status = 409, description = "The user holds 10 keys already: revoke one first", body = ErrorEnvelope),
+        (status = 409, description = "The user holds 10 keys already (revoke one first), or has made 1,000 keys in all (register another user)", body = ErrorEnvelope),
         NoCatalog,
         CatalogWriteUnknown,
     ))]

@@ -78,6 +78,11 @@ impl PushesSeen {
 /// The most probes kept waiting for pushes; older ones renew no further than newer ones.
 const WAITING_KEPT: usize = 16;
 
+/// The most pushes kept that arrived ahead of one missing (while probes that would start the
+/// count again do not come, or are refused the lease). Forgetting one only makes this
+/// frontend wait longer for its lease: never trust more.
+const AHEAD_KEPT: usize = 4096;
+
 impl Default for CatalogContact {
     fn default() -> Self {
         Self::counting_from(Instant::now())
@@ -151,6 +156,9 @@ impl CatalogContact {
             return;
         }
         if mark.sequence > seen.through {
+            if seen.ahead.len() == AHEAD_KEPT {
+                seen.ahead.pop_last();
+            }
             seen.ahead.insert(mark.sequence);
         }
         seen.take_ahead();
@@ -414,6 +422,28 @@ mod tests {
         contact.pushed(mark(1, 3), forget);
         assert_eq!(contact.renewed_by(), contact.millis(later));
         assert_eq!(forgot.get(), 2);
+    }
+
+    #[test]
+    fn pushes_kept_ahead_of_a_missing_one_are_bounded_and_the_lease_waits_for_it() {
+        let contact = contact();
+        let forget = || {};
+        let sent = Instant::now();
+        contact.probed(sent, answer(1, 0), forget);
+        // Push 1 is missing; many after it arrive.
+        let last = AHEAD_KEPT as u64 + 100;
+        for sequence in 2..=last {
+            contact.pushed(mark(1, sequence), forget);
+        }
+        assert_eq!(contact.seen().ahead.len(), AHEAD_KEPT);
+        let later = sent + Duration::from_millis(1);
+        contact.probed(later, answer(1, last), forget);
+        contact.pushed(mark(1, 1), forget);
+        assert_eq!(
+            contact.renewed_by(),
+            contact.millis(sent),
+            "pushes forgotten count as missing: no renewal"
+        );
     }
 
     #[test]
