@@ -66,6 +66,11 @@ pub struct Config {
     /// 1013 (try again later). Each user order stream polls the order leader.
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]
     pub max_streams: usize,
+    /// WebSocket streams one client address keeps open at once, of `--max-streams` (0: no
+    /// limit); one more is closed at once with 1013. Behind a proxy every client has the
+    /// proxy's address: raise it there.
+    #[arg(long, env = env::MAX_STREAMS_PER_CLIENT, default_value_t = 100)]
+    pub max_streams_per_client: usize,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     /// How far (in basis points) a stock's price may be from an order's `expected_price`

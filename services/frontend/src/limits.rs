@@ -65,13 +65,26 @@ pub struct Limits {
     max_in_flight: Option<u32>,
     in_flight: Mutex<HashMap<Client, u32>>,
     clock: DefaultClock,
-    /// When idle buckets were last dropped: a scan of every bucket, so at most once per
-    /// [`PRUNE_EVERY`], not once per request while many clients are tracked.
-    pruned: Mutex<Option<std::time::Instant>>,
+    /// When idle buckets were last dropped, of each limiter: a scan of every bucket, so at
+    /// most once per [`PRUNE_EVERY`], not once per request while many clients are tracked.
+    rate_pruned: Mutex<Option<std::time::Instant>>,
+    new_users_pruned: Mutex<Option<std::time::Instant>>,
 }
 
 /// How often idle clients' buckets may be dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether idle buckets whose last drop `pruned` notes may be dropped now; if so, notes that
+/// they are.
+fn prune_due(pruned: &Mutex<Option<std::time::Instant>>) -> bool {
+    let mut pruned = pruned.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let due = pruned.is_none_or(|last| now.duration_since(last) >= PRUNE_EVERY);
+    if due {
+        *pruned = Some(now);
+    }
+    due
+}
 
 /// Why a request was not admitted: when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +106,8 @@ impl Limits {
             max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
             in_flight: Mutex::default(),
             clock: DefaultClock::default(),
-            pruned: Mutex::default(),
+            rate_pruned: Mutex::default(),
+            new_users_pruned: Mutex::default(),
         }
     }
 
@@ -104,23 +118,26 @@ impl Limits {
     /// Admits a request of `client`, or says when it may try again. The guard counts the
     /// request in flight until it is dropped.
     pub fn admit(self: &Arc<Self>, client: Client) -> Result<InFlight, TooMany> {
+        // The cap on requests in flight first: a request it refuses spends none of the
+        // client's rate.
+        let mut in_flight = self.max_in_flight.map(|cap| (cap, self.lock()));
+        if let Some((cap, in_flight)) = &in_flight {
+            if in_flight.get(&client).is_some_and(|count| count >= cap) {
+                return Err(TooMany {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        }
         if let Some(rate) = &self.rate {
-            if rate.len() > TRACKED_CLIENTS && self.prune_due() {
+            if rate.len() > TRACKED_CLIENTS && prune_due(&self.rate_pruned) {
                 rate.retain_recent();
             }
             rate.check_key(&client).map_err(|not_until| TooMany {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })?;
         }
-        if let Some(cap) = self.max_in_flight {
-            let mut in_flight = self.lock();
-            let count = in_flight.entry(client).or_insert(0);
-            if *count >= cap {
-                return Err(TooMany {
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-            *count += 1;
+        if let Some((_, in_flight)) = &mut in_flight {
+            *in_flight.entry(client).or_insert(0) += 1;
         }
         Ok(InFlight {
             limits: self.clone(),
@@ -133,7 +150,7 @@ impl Limits {
         let Some(new_users) = &self.new_users else {
             return Ok(());
         };
-        if new_users.len() > TRACKED_CLIENTS && self.prune_due() {
+        if new_users.len() > TRACKED_CLIENTS && prune_due(&self.new_users_pruned) {
             new_users.retain_recent();
         }
         new_users.check_key(&address).map_err(|not_until| TooMany {
@@ -141,27 +158,9 @@ impl Limits {
         })
     }
 
-    /// Whether idle buckets may be dropped now; if so, notes that they are.
-    fn prune_due(&self) -> bool {
-        let mut pruned = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let due = pruned.is_none_or(|last| now.duration_since(last) >= PRUNE_EVERY);
-        if due {
-            *pruned = Some(now);
-        }
-        due
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Client, u32>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The request's place in flight, for a WebSocket stream to keep while it is open (a request
-/// extension the limit middleware sets): it stops counting when the last holder drops it.
-#[derive(Clone)]
-pub struct HeldInFlight {
-    _in_flight: Arc<InFlight>,
 }
 
 /// A request in flight: it stops counting when dropped.
@@ -244,15 +243,10 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             Err(too_many) => return over_its_limit(client, too_many),
         },
     };
-    // Held here until the answer (axum drops a request's extensions once its handler has
-    // extracted what it takes), and by a stream while it is open.
-    let held = HeldInFlight {
-        _in_flight: Arc::new(in_flight),
-    };
-    let mut request = request;
-    request.extensions_mut().insert(held.clone());
+    // In flight until the answer: a stream's handshake until it is upgraded (a stream open
+    // for hours is not a request in flight; `--max-streams-per-client` caps those).
     let response = next.run(request).await;
-    drop(held);
+    drop(in_flight);
     response
 }
 
@@ -284,10 +278,26 @@ mod tests {
     }
 
     #[test]
-    fn idle_buckets_are_dropped_at_most_once_a_period() {
+    fn idle_buckets_are_dropped_at_most_once_a_period_of_each_limiter() {
         let limits = limits(1, None, 0);
-        assert!(limits.prune_due());
-        assert!(!limits.prune_due(), "again at once");
+        assert!(prune_due(&limits.rate_pruned));
+        assert!(!prune_due(&limits.rate_pruned), "again at once");
+        assert!(
+            prune_due(&limits.new_users_pruned),
+            "the other limiter's drop is its own"
+        );
+    }
+
+    #[test]
+    fn a_request_refused_for_its_place_in_flight_spends_none_of_its_rate() {
+        let limits = limits(1, Some(2), 1);
+        let a = Client::Address(IpAddr::from([10, 0, 0, 1]));
+        let first = limits.admit(a).unwrap();
+        for _ in 0..5 {
+            assert!(limits.admit(a).is_err(), "one in flight already");
+        }
+        drop(first);
+        assert!(limits.admit(a).is_ok(), "the burst's second token is left");
     }
 
     #[test]

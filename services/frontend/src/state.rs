@@ -187,7 +187,7 @@ impl AppState {
                 }),
                 orders_placed,
                 order_retries,
-                streams: streams::Streams::new(config.max_streams),
+                streams: streams::Streams::new(config.max_streams, config.max_streams_per_client),
                 secret,
                 catalog_breaker,
                 catalog_contact: Default::default(),

@@ -74,9 +74,20 @@ pub(crate) async fn create_user(
     _: NoQuery,
     ClientBody(body): ClientBody,
 ) -> Answer {
+    let display_name = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let fields = parse_json_object(&body).map_err(|e| FrontendError::BadRequest(e.message))?;
+        let request: NewUserRequest = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| FrontendError::BadRequest(format!("Invalid user: {e}")))?;
+        if let Some(name) = &request.display_name {
+            check_display_name(name).map_err(|e| FrontendError::BadRequest(e.into()))?;
+        }
+        request.display_name
+    };
     // Each user is a write the catalog keeps for good, and this route needs no key: an
-    // address creates a bounded number a minute (the deployment's operators, with its shared
-    // secret, any number).
+    // address creates a bounded number a minute (a malformed request, refused above, counts
+    // for nothing; the deployment's operators, with its shared secret, any number).
     if let Some(Extension(ConnectInfo(client))) = client {
         if !state.inner.secret.admits(&headers) {
             let address = client_address(client.ip());
@@ -89,17 +100,6 @@ pub(crate) async fn create_user(
                 })?;
         }
     }
-    let display_name = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let fields = parse_json_object(&body).map_err(|e| FrontendError::BadRequest(e.message))?;
-        let request: NewUserRequest = serde_json::from_value(Value::Object(fields))
-            .map_err(|e| FrontendError::BadRequest(format!("Invalid user: {e}")))?;
-        if let Some(name) = &request.display_name {
-            check_display_name(name).map_err(|e| FrontendError::BadRequest(e.into()))?;
-        }
-        request.display_name
-    };
     let (key, credential, prefix) = new_key()?;
     let new = NewUser {
         credential,

@@ -12,13 +12,14 @@
 //! events only (a thousand watchers of one book cost nothing to trading in the others).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,7 @@ use futures::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use stocknet_common::client::call;
 use stocknet_common::clock::{parse_instant, rfc3339};
+use stocknet_common::connections::client_address;
 use stocknet_common::paths;
 use stocknet_common::wire::{
     AsOf, Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent,
@@ -35,7 +37,6 @@ use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, RemoteError, Stock}
 use tokio::sync::{broadcast, Notify};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::limits::HeldInFlight;
 use crate::routes::answers::{NotAHandshake, OtherWebSocketVersion, StockLookup};
 use crate::routes::stocks::stock;
 use crate::upstream::catalog::{self, call_catalog};
@@ -169,10 +170,16 @@ pub struct Streams {
     /// Streams open now, and how many may be.
     open: Arc<AtomicUsize>,
     max_open: usize,
+    /// Streams open per client address, where a cap is set: one client must not take every
+    /// place.
+    by_client: Arc<StreamsByClient>,
+    max_per_client: Option<usize>,
 }
 
 impl Streams {
-    pub fn new(max_open: usize) -> Self {
+    /// At most `max_open` streams open, `max_per_client` of them (0: any number) from one
+    /// client address.
+    pub fn new(max_open: usize, max_per_client: usize) -> Self {
         Self {
             market: broadcast::channel(CHANNEL).0,
             stocks: Mutex::default(),
@@ -183,14 +190,32 @@ impl Streams {
             orders: orders::OrderFeed::default(),
             open: Arc::default(),
             max_open,
+            by_client: Arc::default(),
+            max_per_client: (max_per_client > 0).then_some(max_per_client),
         }
     }
 
-    /// One more stream open, if the cap allows it: it counts until the guard is dropped.
-    fn open(&self) -> Option<OpenStream> {
+    /// One more stream open from `client` (its address, where known), if the caps allow it:
+    /// it counts until the guard is dropped.
+    fn open(&self, client: Option<IpAddr>) -> Option<OpenStream> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
-        let guard = OpenStream(self.open.clone());
-        (open < self.max_open).then_some(guard)
+        let mut guard = OpenStream {
+            open: self.open.clone(),
+            client: None,
+        };
+        if open >= self.max_open {
+            return None;
+        }
+        if let (Some(cap), Some(client)) = (self.max_per_client, client) {
+            let mut by_client = self.by_client.lock().unwrap_or_else(|e| e.into_inner());
+            let count = by_client.entry(client).or_insert(0);
+            if *count >= cap {
+                return None;
+            }
+            *count += 1;
+            guard.client = Some((self.by_client.clone(), client));
+        }
+        Some(guard)
     }
 
     /// Sends to `/ws/prices` the stocks whose price or quantity changed, of those newer than
@@ -438,22 +463,37 @@ async fn start_position(state: &AppState, leader: &BaseUrl) -> Result<u64, Remot
 }
 
 /// A stream counted open until dropped.
-struct OpenStream(Arc<AtomicUsize>);
+/// Streams open per client address.
+type StreamsByClient = Mutex<HashMap<IpAddr, usize>>;
+
+struct OpenStream {
+    open: Arc<AtomicUsize>,
+    /// The count of its client's address it is in, where one is kept.
+    client: Option<(Arc<StreamsByClient>, IpAddr)>,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some((by_client, client)) = &self.client {
+            let mut by_client = by_client.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = by_client.get_mut(client) {
+                *count -= 1;
+                if *count == 0 {
+                    by_client.remove(client);
+                }
+            }
+        }
     }
 }
 
 /// `WebSocketUpgrade` whose rejection (a request that is not a WebSocket handshake, e.g. a
 /// plain GET) is an error envelope like every other answer, not axum's plain text. Its socket
 /// reads client messages of at most [`CLIENT_MESSAGE_LIMIT`] bytes, and counts as open (against
-/// `--max-streams`) and in flight for its client (`--max-in-flight`) until it closes.
+/// `--max-streams` and `--max-streams-per-client`) until it closes.
 pub struct Handshake {
     upgrade: WebSocketUpgrade,
     open: Option<OpenStream>,
-    in_flight: Option<HeldInFlight>,
 }
 
 impl Handshake {
@@ -464,14 +504,13 @@ impl Handshake {
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (open, in_flight) = (self.open, self.in_flight);
+        let open = self.open;
         self.upgrade.on_upgrade(move |mut socket| async move {
             let Some(_open) = open else {
                 let full = close(close_code::AGAIN, "too many streams open here; retry later");
                 let _ = send(&mut socket, full).await;
                 return;
             };
-            let _in_flight = in_flight;
             stream(socket).await;
         })
     }
@@ -490,6 +529,10 @@ impl FromRequestParts<AppState> for Handshake {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let versioned = parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION);
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| client_address(info.0.ip()));
         let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
             .map_err(|rejection| refused_handshake(rejection, versioned))?;
@@ -498,8 +541,7 @@ impl FromRequestParts<AppState> for Handshake {
                 .max_message_size(CLIENT_MESSAGE_LIMIT)
                 .max_frame_size(CLIENT_MESSAGE_LIMIT)
                 .read_buffer_size(CLIENT_MESSAGE_LIMIT),
-            open: state.inner.streams.open(),
-            in_flight: parts.extensions.remove::<HeldInFlight>(),
+            open: state.inner.streams.open(client),
         })
     }
 }
@@ -1485,7 +1527,7 @@ mod tests {
 
     #[test]
     fn a_stock_s_streams_hear_its_events_and_every_gap_only() {
-        let streams = Streams::new(10);
+        let streams = Streams::new(10, 0);
         let mut a = streams.market_receiver(Some("A"));
         let mut every = streams.market_receiver(None);
         assert!(streams.market_listened());
@@ -1525,8 +1567,33 @@ mod tests {
     }
 
     #[test]
+    fn one_client_address_opens_at_most_its_share_of_the_streams() {
+        let streams = Streams::new(10, 2);
+        let (a, b) = (
+            Some(IpAddr::from([10, 0, 0, 1])),
+            Some(IpAddr::from([10, 0, 0, 2])),
+        );
+        let first = streams.open(a).expect("a's first");
+        let _second = streams.open(a).expect("a's second");
+        assert!(streams.open(a).is_none(), "a's third");
+        let _other = streams.open(b).expect("another address has its own share");
+        let unknown = streams.open(None);
+        assert!(
+            unknown.is_some(),
+            "an unknown address counts in the total only"
+        );
+        drop(first);
+        let again = streams.open(a);
+        assert!(again.is_some(), "a place given back");
+        assert_eq!(streams.open.load(Ordering::Acquire), 4);
+        drop((again, unknown));
+        assert_eq!(streams.open.load(Ordering::Acquire), 2);
+        assert_eq!(streams.by_client.lock().unwrap().len(), 2);
+    }
+
+    #[test]
     fn prices_are_published_only_when_they_change() {
-        let streams = Streams::new(1);
+        let streams = Streams::new(1, 0);
         let mut receiver = streams.prices.subscribe();
         let as_of = |applied| Some(AsOf { boot: 1, applied });
         streams.publish_prices(vec![stock(5)], as_of(1));
@@ -1542,7 +1609,7 @@ mod tests {
     /// news. Another stream's snapshot, taken later, keeps nothing from this one.
     #[test]
     fn a_stream_takes_only_changes_newer_than_its_snapshot() {
-        let streams = Streams::new(2);
+        let streams = Streams::new(2, 0);
         let mut receiver = streams.prices.subscribe();
         let as_of = |applied| AsOf { boot: 1, applied };
         streams.publish_prices(vec![stock(5)], Some(as_of(1)));
@@ -1563,7 +1630,7 @@ mod tests {
     /// snapshot a push overtook, a push of a catalog process since replaced) sends nothing.
     #[test]
     fn prices_never_go_back_to_an_older_catalog_state() {
-        let streams = Streams::new(1);
+        let streams = Streams::new(1, 0);
         let mut receiver = streams.prices.subscribe();
         let as_of = |boot, applied| Some(AsOf { boot, applied });
         streams.publish_prices(vec![stock(5)], as_of(1, 7));

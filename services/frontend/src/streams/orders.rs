@@ -8,13 +8,14 @@
 //! stream resumes at any entry the leader still keeps updates for, also across a change of
 //! leader (every replica derives the same updates from the same log), and the leader answers
 //! one poll per frontend instead of one per stream. Where some are gone, the stream says so
-//! (a gap) instead of skipping them silently. The key is checked again before every page
-//! (at least every 8 s) and whenever the frontend forgets credentials (a revocation's push),
-//! so a revoked key's stream ends at once.
+//! (a gap) instead of skipping them silently. The key is checked again whenever the frontend
+//! forgets credentials (a revocation's push, a lapsed lease), so a revoked key's stream ends at
+//! once, and otherwise at most once a second, before a page or after a client's frame (a
+//! frontend cut off from the catalog accepts kept keys for a bounded time only).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{close_code, Message};
 use axum::extract::State;
@@ -40,6 +41,9 @@ use crate::{Answer, AppState, FrontendError};
 
 /// How long a client without an `Authorization` header has to send its key.
 const HELLO_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a stream's key is checked again when nothing was forgotten meanwhile.
+const KEY_CHECKED_EVERY: Duration = Duration::from_secs(1);
 
 /// This frontend's copy of the order leader's updates, for its `/ws/orders` streams.
 pub struct OrderFeed {
@@ -288,17 +292,28 @@ pub async fn orders(
         // connection, and a client could make it cost one per frame it sends.
         let mut polling = None;
         let mut keepalive = Keepalive::new();
+        // When the key was last checked, and whether it must be now: checked on every frame
+        // a client sends, a lapsed lease would make each one a call to the catalog.
+        let mut checked = Instant::now();
+        let mut check_due = false;
         loop {
-            if let Err(refused) = verify(&state, &key).await {
-                let _ = send(&mut sink, refusal(&refused)).await;
-                return;
+            if check_due || checked.elapsed() >= KEY_CHECKED_EVERY {
+                if let Err(refused) = verify(&state, &key).await {
+                    let _ = send(&mut sink, refusal(&refused)).await;
+                    return;
+                }
+                checked = Instant::now();
+                check_due = false;
             }
             let poll =
                 polling.get_or_insert_with(|| Box::pin(next_page(&state, user, cursor, known)));
             let polled = tokio::select! {
                 polled = poll => polled,
                 // A key may have been revoked: check this one again now.
-                _ = forgotten.changed() => continue,
+                _ = forgotten.changed() => {
+                    check_due = true;
+                    continue;
+                }
                 message = stream.next() => match message {
                     Some(Ok(Message::Close(_))) | None => return,
                     Some(Err(error)) => return refuse_unreadable(&mut sink, error).await,
