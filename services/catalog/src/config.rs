@@ -26,6 +26,8 @@ pub struct Config {
     #[arg(long, env = env::INITIAL_CATALOG)]
     pub initial_catalog: Option<PathBuf>,
     /// Frontend base URLs to push cache invalidations to, comma-separated; none when empty.
+    /// Each frontend at its own address: several behind one (a load balancer) would be taken
+    /// for one, and all but the one a push reaches would serve stale values.
     #[arg(long, env = env::FRONTEND_URLS, value_parser = parse_frontends,
           default_value = "", hide_default_value = true)]
     pub frontends: Frontends,

@@ -124,8 +124,14 @@ impl Pushes {
     /// Numbers the next push, and says how each of `frontends` gets it. A frontend's process
     /// that has not probed within a lease is skipped; one whose probes have been refused the
     /// lease for longer than a lease (pushes do not reach it) gets a trial, not waited for, one
-    /// at a time. Neither while a stranger has probed within a lease.
-    pub fn next(&self, frontends: &[BaseUrl], now: Instant) -> (PushMark, Vec<Delivery>) {
+    /// at a time. Neither while a stranger has probed within a lease. Also returns the
+    /// processes that may hold a lease now, from probes answered before this push was numbered:
+    /// those the push must reach ([`Pushes::missed`]).
+    pub fn next(
+        &self,
+        frontends: &[BaseUrl],
+        now: Instant,
+    ) -> (PushMark, Vec<Delivery>, Vec<String>) {
         let mut guard = self.ledger();
         let ledger = &mut *guard;
         ledger.last += 1;
@@ -187,7 +193,31 @@ impl Pushes {
                 }
             })
             .collect();
-        (self.mark_of(ledger), plan)
+        let holders = ledger
+            .probed
+            .keys()
+            .filter(|process| {
+                !ledger
+                    .unreached
+                    .get(*process)
+                    .is_some_and(|since| lapsed(Some(*since)))
+            })
+            .cloned()
+            .collect();
+        (self.mark_of(ledger), plan, holders)
+    }
+
+    /// Numbers one more part of the push [`next`](Self::next) numbered, sent the same way.
+    pub fn next_part(&self) -> PushMark {
+        let mut ledger = self.ledger();
+        ledger.last += 1;
+        self.mark_of(&ledger)
+    }
+
+    /// Until when a frontend may hold a lease from a probe the catalog process before this
+    /// one answered.
+    pub fn leases_from_before_start_end(&self) -> Instant {
+        self.started + CACHE_LEASE + LEASE_MARGIN
     }
 
     /// Whether to send an empty push for a trial, with nothing else to push: a push now would
@@ -242,33 +272,25 @@ impl Pushes {
         }
     }
 
-    /// After a push to `frontends`, at `now`: the processes that may hold a lease (they probed
-    /// within one, and were not refused it for longer than one) that no address of
-    /// `frontends` is known to reach: a frontend missing from the DNS answer (not yet in it,
-    /// or DNS failing), or listening where it is not listed. They are refused the lease from
-    /// now on, as after a failed push, until a push reaches them; the push must wait until the
-    /// leases they hold have run out.
-    pub fn missed(&self, frontends: &[BaseUrl], now: Instant) -> Vec<String> {
+    /// After a push to `frontends`, at `now`: those of `holders` (the processes that may have
+    /// held a lease when it was numbered: [`next`](Self::next)) that no address of `frontends`
+    /// is known to reach: a frontend missing from the DNS answer (not yet in it, or DNS
+    /// failing), or listening where it is not listed. They are refused the lease from now on,
+    /// as after a failed push, until a push reaches them; the push must wait until the leases
+    /// they hold have run out. (Each frontend is to be listed at its own address: behind one
+    /// address several would be taken for one.)
+    pub fn missed(&self, holders: &[String], frontends: &[BaseUrl], now: Instant) -> Vec<String> {
         let mut guard = self.ledger();
         let ledger = &mut *guard;
-        let lapsed = |since| self.lapsed(since, now);
         let reached = |process: &String| {
             frontends
                 .iter()
                 .any(|f| ledger.at.get(f.as_str()) == Some(process))
         };
-        let missed: Vec<String> = ledger
-            .probed
+        let missed: Vec<String> = holders
             .iter()
-            .filter(|&(process, &at)| {
-                !lapsed(Some(at))
-                    && !ledger
-                        .unreached
-                        .get(process)
-                        .is_some_and(|since| lapsed(Some(*since)))
-                    && !reached(process)
-            })
-            .map(|(process, _)| process.clone())
+            .filter(|process| ledger.probed.contains_key(*process) && !reached(process))
+            .cloned()
             .collect();
         for process in &missed {
             let since = ledger.probed.get(process).map_or(now, |&at| at.max(now));
@@ -378,13 +400,21 @@ mod tests {
         let (pushes, t0, frontends) = two_frontends();
         pushes.probed(Some("p1"), t0);
         pushes.probed(Some("p2"), t0);
-        assert!(pushes.missed(&frontends, t0).is_empty(), "both reached");
+        let (_, _, holders) = pushes.next(&frontends, t0);
+        pushes.taken(&frontends[0], Some("p1"));
+        pushes.taken(&frontends[1], Some("p2"));
+        assert!(
+            pushes.missed(&holders, &frontends, t0).is_empty(),
+            "both reached"
+        );
         // DNS answers without p2 (failing, or not yet listing it): p2 may hold a lease.
         let only_one = std::slice::from_ref(&frontends[0]);
-        let (_, plan) = pushes.next(only_one, t0 + TICK);
+        let (_, plan, holders) = pushes.next(only_one, t0 + TICK);
         assert_eq!(plan, [Wait]);
+        // A process that first probes once the push is numbered holds no lease it must reach.
+        pushes.probed(Some("p9"), t0 + TICK);
         pushes.taken(&frontends[0], Some("p1"));
-        assert_eq!(pushes.missed(only_one, t0 + TICK), ["p2"]);
+        assert_eq!(pushes.missed(&holders, only_one, t0 + TICK), ["p2"]);
         assert!(
             !pushes.probed(Some("p2"), t0 + 2 * TICK).1,
             "refused the lease"
@@ -393,12 +423,12 @@ mod tests {
         // stays refused while it probes unlisted.
         let later = t0 + 2 * TICK + LEASE + TICK;
         assert!(!pushes.probed(Some("p2"), later).1);
-        pushes.next(only_one, later);
-        assert!(pushes.missed(only_one, later).is_empty());
+        let (_, _, holders) = pushes.next(only_one, later);
+        assert!(pushes.missed(&holders, only_one, later).is_empty());
         assert!(!pushes.probed(Some("p2"), later + TICK).1);
         // Listed again (an address no longer listed was forgotten), it is pushed to and waited
         // for, and a push that reaches it gives the lease back.
-        let (_, plan) = pushes.next(&frontends, later + TICK);
+        let (_, plan, _) = pushes.next(&frontends, later + TICK);
         assert_eq!(plan, [Wait, Wait]);
         pushes.taken(&frontends[1], Some("p2"));
         assert!(pushes.probed(Some("p2"), later + 2 * TICK).1);
@@ -411,9 +441,9 @@ mod tests {
         // Restarted on the same port, as p3, before p1's lease ran out.
         pushes.probed(Some("p3"), t0 + TICK);
         let frontends = std::slice::from_ref(&one);
-        pushes.next(frontends, t0 + TICK);
+        let (_, _, holders) = pushes.next(frontends, t0 + TICK);
         pushes.taken(&one, Some("p3"));
-        assert!(pushes.missed(frontends, t0 + TICK).is_empty());
+        assert!(pushes.missed(&holders, frontends, t0 + TICK).is_empty());
     }
 
     #[test]
@@ -423,22 +453,22 @@ mod tests {
         let frontends = [one.clone(), two.clone()];
         pushes.probed(Some("p1"), t0);
         pushes.probed(Some("p2"), t0);
-        let (first, plan) = pushes.next(&frontends, t0);
+        let (first, plan, _) = pushes.next(&frontends, t0);
         assert_eq!(plan, [Wait, Wait]);
         pushes.taken(&one, Some("p1"));
         pushes.taken(&two, Some("p2"));
         // p2 goes on probing; p1 hangs after its last probe at t0.
         let later = t0 + LEASE;
         assert_eq!(pushes.probed(Some("p2"), later).0.sequence, first.sequence);
-        let (_, plan) = pushes.next(&frontends, later);
+        let (_, plan, _) = pushes.next(&frontends, later);
         assert_eq!(plan, [Wait, Wait], "p1's lease may still run");
-        let (second, plan) = pushes.next(&frontends, later + TICK);
+        let (second, plan, _) = pushes.next(&frontends, later + TICK);
         assert_eq!(plan, [Skip, Wait], "p1 trusts nothing it cached");
         assert_eq!(second.sequence, first.sequence + 2);
         // Back, p1 probes (and learns of the pushes it missed): it is pushed to again.
         let back = later + 10 * TICK;
         assert_eq!(pushes.probed(Some("p1"), back), (second, true));
-        let (_, plan) = pushes.next(&frontends, back);
+        let (_, plan, _) = pushes.next(&frontends, back);
         assert_eq!(plan, [Wait, Wait]);
     }
 
@@ -449,18 +479,18 @@ mod tests {
         // there, its probes may come from there.
         let later = t0 + 2 * LEASE;
         pushes.probed(Some("new"), later);
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), later + TICK);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), later + TICK);
         assert_eq!(plan, [Wait]);
         pushes.taken(&one, Some("new"));
         // Once "new" answers there it is known, and "old"'s silence no longer matters.
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), later + LEASE);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), later + LEASE);
         assert_eq!(plan, [Wait], "new probed within the lease");
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), later + LEASE + TICK);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), later + LEASE + TICK);
         assert_eq!(plan, [Skip]);
         // A caller with the secret that names no process is a stranger too.
         let quiet = later + 3 * LEASE;
         pushes.probed(None, quiet);
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), quiet);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), quiet);
         assert_eq!(plan, [Wait]);
     }
 
@@ -473,9 +503,9 @@ mod tests {
         // previous catalog process answered.
         pushes.next(std::slice::from_ref(&one), start);
         pushes.taken(&one, Some("p"));
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), start + TICK);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), start + TICK);
         assert_eq!(plan, [Wait]);
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), start + 2 * LEASE);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), start + 2 * LEASE);
         assert_eq!(plan, [Skip]);
     }
 
@@ -489,12 +519,12 @@ mod tests {
             !pushes.not_connected(&two, t0 + 2 * LEASE),
             "p2 has not probed"
         );
-        let (_, plan) = pushes.next(&frontends, t0 + 2 * LEASE);
+        let (_, plan, _) = pushes.next(&frontends, t0 + 2 * LEASE);
         assert_eq!(plan, [Wait, Wait]);
         // One left out of a push's list is forgotten: back in the list, it is pushed to.
         pushes.taken(&two, Some("p2"));
         pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
-        let (_, plan) = pushes.next(&frontends, t0 + 3 * LEASE);
+        let (_, plan, _) = pushes.next(&frontends, t0 + 3 * LEASE);
         assert_eq!(plan, [Wait, Wait]);
     }
 
@@ -502,7 +532,7 @@ mod tests {
     fn a_process_name_too_long_counts_as_none() {
         let (pushes, t0, one) = one_frontend("p");
         pushes.taken(&one, Some(&"x".repeat(MAX_PROCESS_NAME + 1)));
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), t0 + 2 * LEASE);
         assert_eq!(plan, [Wait], "no process is known at the address");
     }
 
@@ -518,23 +548,23 @@ mod tests {
         assert!(!lease, "no lease while pushes do not reach it");
         assert!(pushes.probed(Some("p2"), cut + TICK).1);
         // Until the leases of its probes before the cut have run out, it is waited for.
-        let (_, plan) = pushes.next(&frontends, cut + LEASE);
+        let (_, plan, _) = pushes.next(&frontends, cut + LEASE);
         assert_eq!(plan, [Wait, Wait]);
         pushes.probed(Some("p1"), cut + LEASE);
         pushes.probed(Some("p2"), cut + LEASE);
         // Then tried, one push at a time, and not waited for.
-        let (_, plan) = pushes.next(&frontends, cut + LEASE + TICK);
+        let (_, plan, _) = pushes.next(&frontends, cut + LEASE + TICK);
         assert_eq!(plan, [Try, Wait]);
-        let (_, plan) = pushes.next(&frontends, cut + LEASE + 2 * TICK);
+        let (_, plan, _) = pushes.next(&frontends, cut + LEASE + 2 * TICK);
         assert_eq!(plan, [Skip, Wait], "a trial is in flight");
         // The trial fails: the next push tries again.
         pushes.failed(&one, cut + LEASE + 3 * TICK);
-        let (_, plan) = pushes.next(&frontends, cut + LEASE + 4 * TICK);
+        let (_, plan, _) = pushes.next(&frontends, cut + LEASE + 4 * TICK);
         assert_eq!(plan, [Try, Wait]);
         // A trial reaches it: the lease again, and pushes waited for.
         pushes.taken(&one, Some("p1"));
         assert!(pushes.probed(Some("p1"), cut + LEASE + 5 * TICK).1);
-        let (_, plan) = pushes.next(&frontends, cut + LEASE + 5 * TICK);
+        let (_, plan, _) = pushes.next(&frontends, cut + LEASE + 5 * TICK);
         assert_eq!(plan, [Wait, Wait]);
     }
 
@@ -576,7 +606,7 @@ mod tests {
         pushes.failed(&one, t0);
         assert!(pushes.probed(Some("p"), t0 + TICK).1);
         // "p", a stranger, may be the one there: waited for while its lease may run.
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + LEASE);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), t0 + LEASE);
         assert_eq!(plan, [Wait]);
     }
 
@@ -593,29 +623,29 @@ mod tests {
         pushes.taken(&two, Some("p2"));
         pushes.failed(&one, t0 + LEASE / 2);
         pushes.probed(Some("p2"), t0 + LEASE);
-        let (_, plan) = pushes.next(&frontends, t0 + LEASE);
+        let (_, plan, _) = pushes.next(&frontends, t0 + LEASE);
         assert_eq!(plan, [Wait, Wait], "failing for less than a lease");
         let later = t0 + LEASE / 2 + LEASE + TICK;
         pushes.probed(Some("p2"), later);
-        let (_, plan) = pushes.next(&frontends, later);
+        let (_, plan, _) = pushes.next(&frontends, later);
         assert_eq!(plan, [Try, Wait]);
-        let (_, plan) = pushes.next(&frontends, later + TICK);
+        let (_, plan, _) = pushes.next(&frontends, later + TICK);
         assert_eq!(plan, [Skip, Wait], "one trial at a time");
         pushes.failed(&one, later + 2 * TICK);
-        let (_, plan) = pushes.next(&frontends, later + 3 * TICK);
+        let (_, plan, _) = pushes.next(&frontends, later + 3 * TICK);
         assert_eq!(plan, [Try, Wait], "its failures still count from the first");
 
         // A stranger probing (it may be listening there) has every push waited for again.
         let stranger = later + 4 * TICK;
         pushes.probed(Some("p1"), stranger);
         pushes.failed(&one, stranger);
-        let (_, plan) = pushes.next(&frontends, stranger + TICK);
+        let (_, plan, _) = pushes.next(&frontends, stranger + TICK);
         assert_eq!(plan, [Wait, Wait]);
         // Once a push there is taken, it is known: its own probes decide.
         pushes.taken(&one, Some("p1"));
         pushes.failed(&one, stranger + 2 * TICK);
         pushes.probed(Some("p2"), stranger + LEASE);
-        let (_, plan) = pushes.next(&frontends, stranger + LEASE + 3 * TICK);
+        let (_, plan, _) = pushes.next(&frontends, stranger + LEASE + 3 * TICK);
         assert_eq!(plan, [Skip, Wait], "p1 has not probed within a lease");
     }
 
@@ -627,7 +657,7 @@ mod tests {
         assert!(pushes.not_connected(&one, t0 + TICK));
         assert!(!pushes.probed(Some("p"), t0 + 2 * TICK).1);
         pushes.probed(Some("p"), t0 + LEASE);
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), t0 + 2 * TICK + LEASE + TICK);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), t0 + 2 * TICK + LEASE + TICK);
         assert_eq!(plan, [Try]);
     }
 
@@ -639,9 +669,9 @@ mod tests {
         pushes.probed(Some("p"), failure + 10 * TICK);
         pushes.failed(&one, failure);
         pushes.probed(Some("p"), failure + LEASE + 5 * TICK);
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), failure + LEASE + 5 * TICK);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), failure + LEASE + 5 * TICK);
         assert_eq!(plan, [Wait], "the probe's lease may still run");
-        let (_, plan) = pushes.next(std::slice::from_ref(&one), failure + LEASE + 11 * TICK);
+        let (_, plan, _) = pushes.next(std::slice::from_ref(&one), failure + LEASE + 11 * TICK);
         assert_eq!(plan, [Try]);
     }
 }

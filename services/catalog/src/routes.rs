@@ -115,10 +115,9 @@ pub(crate) async fn create_user(
     Ok(data(record))
 }
 
-/// How long a change of the users waits for its turns (the file's, and a key change's for the
-/// one of the same user before it, push included) before it is refused with nothing done
-/// (503): within a frontend's write deadline, so that the client is told it was not made
-/// rather than that nobody knows (504).
+/// How long a change of the users waits for the users' file's turn before it is refused with
+/// nothing done (503): within a frontend's write deadline, so that the client is told it was
+/// not made rather than that nobody knows (504).
 pub(crate) const USER_TURN_WAIT: Duration = Duration::from_millis(1500);
 
 /// Runs `change` on the user store on the blocking pool, in its turn: it writes and fsyncs the
@@ -140,10 +139,9 @@ pub(crate) async fn change_users<T: Send + 'static>(
 
 /// Runs `change` of `user`'s keys, then, if `made` says it changed anything, tells every
 /// frontend reachable, in a task of its own: a caller that goes away drops the handler, and a
-/// key revoked and not told would stay usable on the frontends that hold it. A user's key
-/// changes take turns, each with its push: a revocation repeated while the first one's push
-/// is on its way (a retry after a 504, a second tab) finds the key revoked and pushes nothing,
-/// so it must not be answered before that push is done.
+/// key revoked and not told would stay usable on the frontends that hold it. A change that
+/// made nothing (a revocation repeated while the first one's push is on its way: a retry after
+/// a 504, a second tab) is answered once the pushes of the user's changes before it are done.
 async fn change_keys<T: Send + 'static>(
     state: &AppState,
     user: u64,
@@ -153,12 +151,13 @@ async fn change_keys<T: Send + 'static>(
     let state = state.clone();
     let until = tokio::time::Instant::now() + USER_TURN_WAIT;
     request_id::spawn_whole(async move {
-        let _user_turn = tokio::time::timeout_at(until, state.key_changes.of(user))
-            .await
-            .map_err(|_| CatalogError::UsersBusy)?;
+        // Under way before the change is written: one that finds it made finds this too.
+        let pushing = state.key_pushes.start(user);
         let changed = change_users(&state, until, change).await?;
         if made(&changed) {
             forget_credentials(&state, user).await;
+        } else {
+            pushing.after_earlier().await;
         }
         Ok(changed)
     })

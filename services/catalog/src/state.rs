@@ -1,6 +1,7 @@
 //! What the catalog's handlers share: its stores, the frontends it keeps fresh, and the
 //! invalidation push that tells them.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use stocknet_common::model::Stock;
 use stocknet_common::paths;
 use stocknet_common::wire::{AsOf, Invalidation, CACHE_LEASE, FRONTEND_PROCESS};
 use stocknet_common::{internal_client, BaseUrl, Secret};
+use tokio::sync::watch;
 
 use crate::config::{Config, DEFAULT_CATALOG};
 use crate::error::CatalogError;
@@ -25,8 +27,8 @@ pub struct AppState {
     pub users: Arc<UserStore>,
     pub frontends: Arc<Vec<BaseUrl>>,
     pub frontend_dns: Option<Arc<str>>,
-    /// The frontends `frontend_dns` named when it last answered.
-    pub resolved: Arc<Mutex<Vec<BaseUrl>>>,
+    /// The frontends `frontend_dns` named when it last answered (none before it first has).
+    pub resolved: Arc<Mutex<Option<Vec<BaseUrl>>>>,
     /// Carried by the invalidation push, and required of callers of the internal routes.
     pub secret: Secret,
     pub http: reqwest::Client,
@@ -40,25 +42,79 @@ pub struct AppState {
     /// in a thread of the blocking pool each, which the trades' fsyncs need (a flood of new
     /// users would otherwise hold every thread).
     pub user_writes: Arc<tokio::sync::Semaphore>,
-    /// Whose key changes go on: one user's take turns, each with its push.
-    pub key_changes: Arc<KeyChanges>,
+    /// Users' key changes under way, with their pushes.
+    pub key_pushes: Arc<KeyPushes>,
 }
 
-/// Turns for users' key changes, shared by users whose ids fall on the same one of a fixed
-/// few: bounded memory, whoever makes users, and rarely a wait for someone else's change.
-pub struct KeyChanges(Vec<tokio::sync::Mutex<()>>);
+/// Pushes of users' key changes under way: a change that finds nothing to do (a revocation
+/// repeated) is answered only once the pushes of that user's changes before it are done, or a
+/// frontend not told yet would still take the key after the answer.
+#[derive(Default)]
+pub struct KeyPushes {
+    next: AtomicU64,
+    pushing: Mutex<HashMap<u64, Vec<KeyPushPending>>>,
+}
 
-impl Default for KeyChanges {
-    fn default() -> Self {
-        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+/// A key change under way (its id), and what ends when it is done.
+type KeyPushPending = (u64, watch::Receiver<()>);
+
+impl KeyPushes {
+    fn pushing(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<KeyPushPending>>> {
+        self.pushing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A change of `user`'s keys is under way, with its push, until the guard is dropped.
+    pub fn start(self: &Arc<Self>, user: u64) -> KeyPush {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (done, pending) = watch::channel(());
+        self.pushing().entry(user).or_default().push((id, pending));
+        KeyPush {
+            pushes: self.clone(),
+            user,
+            id,
+            _done: done,
+        }
     }
 }
 
-impl KeyChanges {
-    /// Waits for `user`'s turn.
-    pub async fn of(&self, user: u64) -> tokio::sync::MutexGuard<'_, ()> {
-        let turns = self.0.len() as u64;
-        self.0[(user % turns) as usize].lock().await
+/// A change of a user's keys under way ([`KeyPushes::start`]).
+pub struct KeyPush {
+    pushes: Arc<KeyPushes>,
+    user: u64,
+    id: u64,
+    /// Dropped with the guard: what those waiting for it wait for.
+    _done: watch::Sender<()>,
+}
+
+impl KeyPush {
+    /// Waits until the changes of this user started before this one are done, pushes
+    /// included (each push has its deadline).
+    pub async fn after_earlier(&self) {
+        let earlier: Vec<watch::Receiver<()>> = self
+            .pushes
+            .pushing()
+            .get(&self.user)
+            .into_iter()
+            .flatten()
+            .filter(|(id, _)| *id < self.id)
+            .map(|(_, pending)| pending.clone())
+            .collect();
+        for mut pending in earlier {
+            // Never sent to: it ends when the change's guard is dropped.
+            let _ = pending.changed().await;
+        }
+    }
+}
+
+impl Drop for KeyPush {
+    fn drop(&mut self) {
+        let mut pushing = self.pushes.pushing();
+        if let Some(changes) = pushing.get_mut(&self.user) {
+            changes.retain(|(id, _)| *id != self.id);
+            if changes.is_empty() {
+                pushing.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -81,7 +137,7 @@ impl AppState {
             metrics: Arc::default(),
             pushes: Arc::default(),
             user_writes: Arc::new(tokio::sync::Semaphore::new(1)),
-            key_changes: Arc::default(),
+            key_pushes: Arc::default(),
         }
     }
 
@@ -129,31 +185,32 @@ impl AppState {
         }
     }
 
-    fn resolved(&self) -> std::sync::MutexGuard<'_, Vec<BaseUrl>> {
+    fn resolved(&self) -> std::sync::MutexGuard<'_, Option<Vec<BaseUrl>>> {
         self.resolved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells every frontend to drop every stock it cached, and with `all_users` every user's
     /// credentials, and waits for the answers.
-    /// One push each [`STOCKS_PER_PUSH`] stocks, one after the other, so that a large
-    /// catalog's push stays far below a frontend's body limit.
+    /// One part each [`STOCKS_PER_PUSH`] stocks, so that a large catalog's push stays far
+    /// below a frontend's body limit.
     pub(crate) async fn invalidate_everything(&self, all_users: bool) {
         let snapshot = self.store.snapshot();
         let as_of = Some(self.as_of(snapshot.applied));
-        let mut parts: Vec<&[Stock]> = snapshot.stocks.chunks(STOCKS_PER_PUSH).collect();
-        if parts.is_empty() {
-            parts.push(&[]);
+        let mut stocks: Vec<&[Stock]> = snapshot.stocks.chunks(STOCKS_PER_PUSH).collect();
+        if stocks.is_empty() {
+            stocks.push(&[]);
         }
-        for (index, stocks) in parts.into_iter().enumerate() {
-            self.push(Invalidation {
+        let parts = stocks
+            .into_iter()
+            .enumerate()
+            .map(|(index, stocks)| Invalidation {
                 names: stocks.iter().map(|s| s.name.clone()).collect(),
                 stocks: stocks.to_vec(),
                 all_users: all_users && index == 0,
                 as_of,
                 ..Invalidation::default()
-            })
-            .await;
-        }
+            });
+        self.push_parts(parts.collect()).await;
     }
 
     fn as_of(&self, applied: u64) -> AsOf {
@@ -167,23 +224,40 @@ impl AppState {
     /// and waits for the answers (each within [`INVALIDATION_TIMEOUT`]). If a frontend
     /// answered and did not take it, waits until the lease of what that frontend cached has run
     /// out ([`PushMark`](stocknet_common::wire::PushMark)).
-    pub(crate) async fn push(&self, mut body: Invalidation) {
+    pub(crate) async fn push(&self, body: Invalidation) {
+        self.push_parts(vec![body]).await
+    }
+
+    /// [`push`](Self::push) of `parts`, each numbered, in order to each frontend (one that
+    /// does not take a part is sent no more of them), with one wait at the end: a frontend that
+    /// failed costs the whole push one push's deadline and one lease, not one per part.
+    async fn push_parts(&self, mut parts: Vec<Invalidation>) {
         let mut frontends: Vec<BaseUrl> = self.frontends.to_vec();
-        frontends.extend(self.resolved().iter().cloned());
+        let resolved = self.resolved().clone();
+        // Before the frontends' name first answers, a frontend may hold a lease from a probe
+        // the catalog process before this one answered, and nobody knows where it listens.
+        let unresolved = self.frontend_dns.is_some() && resolved.is_none();
+        frontends.extend(resolved.into_iter().flatten());
         let numbered = Instant::now();
-        let (mark, plan) = self.pushes.next(&frontends, numbered);
-        body.mark = Some(mark);
+        let (mark, plan, holders) = self.pushes.next(&frontends, numbered);
+        for (index, part) in parts.iter_mut().enumerate() {
+            part.mark = Some(if index == 0 {
+                mark
+            } else {
+                self.pushes.next_part()
+            });
+        }
+        let parts = Arc::new(parts);
         let calls = frontends.iter().zip(plan).map(|(frontend, plan)| {
-            let body = &body;
+            let parts = parts.clone();
             async move {
                 match plan {
-                    Delivery::Wait => self.deliver(frontend, body).await,
+                    Delivery::Wait => self.deliver_all(frontend, &parts).await,
                     Delivery::Skip => Outcome::Skipped,
                     Delivery::Try => {
-                        let (state, frontend, body) =
-                            (self.clone(), frontend.clone(), body.clone());
+                        let (state, frontend) = (self.clone(), frontend.clone());
                         tokio::spawn(async move {
-                            let tried = state.deliver(&frontend, &body).await;
+                            let tried = state.deliver_all(&frontend, &parts).await;
                             state.metrics.pushes.get_or_create(&tried.label()).inc();
                         });
                         Outcome::Skipped
@@ -195,7 +269,7 @@ impl AppState {
         for outcome in &outcomes {
             self.metrics.pushes.get_or_create(&outcome.label()).inc();
         }
-        let missed = self.pushes.missed(&frontends, Instant::now());
+        let missed = self.pushes.missed(&holders, &frontends, Instant::now());
         if !missed.is_empty() {
             tracing::warn!(
                 ?missed,
@@ -207,6 +281,22 @@ impl AppState {
             // before this push was numbered.
             tokio::time::sleep_until((numbered + CACHE_LEASE + LEASE_MARGIN).into()).await;
         }
+        if unresolved {
+            let ended = self.pushes.leases_from_before_start_end();
+            tokio::time::sleep_until(ended.into()).await;
+        }
+    }
+
+    /// Sends `parts` to `frontend` in order, as long as it takes them.
+    async fn deliver_all(&self, frontend: &BaseUrl, parts: &[Invalidation]) -> Outcome {
+        let mut outcome = Outcome::Taken;
+        for part in parts {
+            outcome = self.deliver(frontend, part).await;
+            if outcome != Outcome::Taken {
+                break;
+            }
+        }
+        outcome
     }
 
     /// Sends `body` to `frontend` within [`INVALIDATION_TIMEOUT`], and notes in the pushes'
@@ -309,9 +399,18 @@ impl AppState {
         match tokio::net::lookup_host(dns).await {
             // An address always makes a base URL.
             Ok(addrs) => {
-                *self.resolved() = addrs
+                let found: Vec<BaseUrl> = addrs
                     .filter_map(|addr| format!("http://{addr}").parse().ok())
                     .collect();
+                let before = self.resolved().replace(found.clone());
+                // A frontend at a new address may be one refused the lease while it was not
+                // listed: a push that reaches it gives the lease back, so one goes out now
+                // (empty, waited for by nobody), not only with the next write.
+                let new = |address: &BaseUrl| before.as_ref().is_none_or(|b| !b.contains(address));
+                if before.is_some() && found.iter().any(new) {
+                    let state = self.clone();
+                    tokio::spawn(async move { state.push(Invalidation::default()).await });
+                }
             }
             Err(e) => tracing::warn!("resolving frontends at {dns}: {e}; the last ones found"),
         }

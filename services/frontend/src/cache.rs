@@ -96,6 +96,14 @@ impl StockCache {
         current
     }
 
+    /// Whether nothing was invalidated since `epoch` was handed out (always, with no cache:
+    /// then nothing tells).
+    pub fn is_current(&self, epoch: Epoch) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(|inner| lock(inner).epoch == epoch.0)
+    }
+
     /// Drops `names`; fills of reads that started before this are skipped.
     pub fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let mut names = names.into_iter().peekable();

@@ -1111,6 +1111,34 @@ async fn kept_credentials_stand_in_only_for_a_catalog_out_of_reach_and_as_they_a
     }
 }
 
+/// A push of an older catalog state that arrives late (it timed out while this frontend hung,
+/// or a part of a push of every stock overtaken by a later push) does not take the last value
+/// seen back: with the catalog out of reach, the lookup shows the newer one.
+#[tokio::test]
+async fn a_late_push_of_an_older_state_does_not_take_the_last_seen_value_back() {
+    let app = router(lone_state(&[]));
+    let push = |applied: u64, quantity: u64| {
+        let body = serde_json::json!({
+            "names": ["GameStart"],
+            "stocks": [{"name": "GameStart", "price": 16.5, "quantity": quantity}],
+            "as_of": {"boot": 1, "applied": applied},
+        });
+        app.clone()
+            .oneshot(insider_post("/invalidate", &body.to_string()))
+    };
+    assert!(push(2, 90).await.unwrap().status().is_success());
+    assert!(push(1, 95).await.unwrap().status().is_success());
+    let lookup = Request::get("/stocks/GameStart")
+        .body(Body::empty())
+        .unwrap();
+    let stale = app.clone().oneshot(lookup).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+    let body = stale.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["stale"], true, "{body}");
+    assert_eq!(body["data"]["quantity"], 90, "{body}");
+}
+
 /// The last value a frontend saw of a stock, which it serves marked stale while the catalog is
 /// out of reach, is never older than one it was pushed: a read answered across a push does not
 /// overwrite the pushed value.

@@ -1,5 +1,6 @@
 //! What every handler shares: the cache, the upstream clients, the metrics.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stocknet_common::client::internal_client_carrying;
 use stocknet_common::metrics::HttpMetrics;
-use stocknet_common::wire::{FRONTEND_PROCESS, READ_FROM_LEADER};
+use stocknet_common::wire::{AsOf, FRONTEND_PROCESS, READ_FROM_LEADER};
 use stocknet_common::{BaseUrl, Secret, Stock};
 
-use crate::cache::StockCache;
+use crate::cache::{Epoch, StockCache};
 use crate::config::Config;
 use crate::credentials;
 use crate::limits;
@@ -60,10 +61,16 @@ pub(crate) struct Inner {
     pub(crate) market_protection_bps: u32,
     /// The last value seen of every stock (read, or pushed with an invalidation), served
     /// marked stale while the catalog is unreachable. Bounded by the catalog's size.
-    pub(crate) last_known: std::sync::Mutex<std::collections::HashMap<String, Stock>>,
+    pub(crate) last_known: std::sync::Mutex<HashMap<String, LastKnown>>,
     /// Users' credentials, to verify their API keys.
     pub(crate) credentials: credentials::Credentials,
     pub(crate) metrics: Metrics,
+}
+
+/// The last value seen of a stock, and the newest catalog state a push said it of.
+pub(crate) struct LastKnown {
+    stock: Stock,
+    as_of: Option<AsOf>,
 }
 
 /// The frontend's metrics: the registry `GET /metrics` serves and what is set at scrape time.
@@ -92,11 +99,38 @@ impl Inner {
         self.metrics.cache_entries.set(entries);
     }
 
-    pub(crate) fn remember(&self, stocks: impl IntoIterator<Item = Stock>) {
-        let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+    /// Notes what a push said of `stocks` as of catalog state `as_of`, as the last values
+    /// seen, where that is not older than what was noted (a push that timed out and arrived
+    /// late, a part of a push of every stock overtaken by a later push).
+    pub(crate) fn remember_pushed(&self, stocks: &[Stock], as_of: Option<AsOf>) {
+        let mut known = self.known();
         for stock in stocks {
-            known.insert(stock.name.clone(), stock);
+            let noted = known.get(&stock.name).and_then(|last| last.as_of);
+            if as_of.zip(noted).is_some_and(|(new, noted)| new <= noted) {
+                continue;
+            }
+            let last = LastKnown {
+                stock: stock.clone(),
+                as_of: as_of.or(noted),
+            };
+            known.insert(stock.name.clone(), last);
         }
+    }
+
+    /// Notes `stock`, read from the catalog from `epoch` of the cache on, as the last value
+    /// seen, unless a push invalidated since (its value is newer): checked under the same lock
+    /// as a push notes its values, so neither can overwrite the other's newer one.
+    pub(crate) fn remember_read(&self, stock: Stock, epoch: Epoch) {
+        let mut known = self.known();
+        if !self.cache.is_current(epoch) {
+            return;
+        }
+        let as_of = known.get(&stock.name).and_then(|last| last.as_of);
+        known.insert(stock.name.clone(), LastKnown { stock, as_of });
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, LastKnown>> {
+        self.last_known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A read for the leader's replica to serve only once it has confirmed that it leads
@@ -106,8 +140,7 @@ impl Inner {
     }
 
     pub(crate) fn last_known(&self, name: &str) -> Option<Stock> {
-        let known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(name).cloned()
+        self.known().get(name).map(|last| last.stock.clone())
     }
 }
 

@@ -36,10 +36,10 @@ pub(crate) async fn invalidate_many(
         let forget = || forget_cached(&state);
         state.inner.catalog_contact.pushed(mark, forget);
     }
-    state.inner.remember(request.stocks.iter().cloned());
-    // Only values newer than those sent: a push that timed out while this process hung may
-    // arrive after later ones, or after the catalog's snapshot.
+    // Only values newer than those noted and sent: a push that timed out while this process
+    // hung may arrive after later ones, or after the catalog's snapshot.
     let as_of = request.as_of;
+    state.inner.remember_pushed(&request.stocks, as_of);
     state.inner.streams.publish_prices(request.stocks, as_of);
     // Which process took it: the catalog leaves this process out of pushes once it stops
     // probing (a hang), knowing that it trusts nothing it cached by then.

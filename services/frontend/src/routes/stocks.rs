@@ -110,9 +110,8 @@ pub(crate) async fn stock(state: &AppState, name: &str) -> Result<Looked, Fronte
         Ok(stock) => {
             // A push that arrived while this was read holds a newer value: keep that one as
             // the last seen.
-            if inner.cache.fill(stock.clone(), epoch) {
-                inner.remember([stock.clone()]);
-            }
+            inner.cache.fill(stock.clone(), epoch);
+            inner.remember_read(stock.clone(), epoch);
             Ok(Looked::Fresh(stock))
         }
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
