@@ -74,6 +74,18 @@ pub fn plan(
         learners: learners.iter().copied().collect(),
         waiting_for,
     };
+    if !members.committed {
+        // Raft acts on a membership once it is in the log; should its leader be lost before
+        // it commits, the group goes on under the one before, with every pod that one has.
+        let entry = members
+            .entry
+            .map_or("".into(), |entry| format!(" (entry {entry})"));
+        return Plan {
+            pods: pods_now.max(to_pods(highest)),
+            change: None,
+            status: status(Some(format!("the membership{entry} to commit"))),
+        };
+    }
     let mut plan = Plan {
         pods: to_pods(highest),
         change: None,
@@ -167,6 +179,7 @@ mod tests {
             urls,
             entry: Some(7),
             leader: Some(1),
+            committed: true,
             behind: behind.iter().copied().collect(),
         }
     }
@@ -269,7 +282,19 @@ mod tests {
             during.change,
             Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
         );
+        // The new voters alone, in the log and not committed yet: a leader lost now leaves
+        // the group under the joint configuration, which needs the pods of 4 and 5.
         let three = members(&[&[1, 2, 3]], &[], &[]);
+        let uncommitted = Members {
+            committed: false,
+            ..three.clone()
+        };
+        let waiting = plan(3, Some(&uncommitted), &all_up, 5);
+        assert_eq!((waiting.pods, waiting.change), (5, None));
+        assert_eq!(
+            waiting.status.waiting_for.as_deref(),
+            Some("the membership (entry 7) to commit")
+        );
         let done = plan(3, Some(&three), &all_up, 5);
         assert_eq!((done.pods, done.change), (3, None));
     }

@@ -167,7 +167,7 @@ async fn run_reconcile_at(
     });
     // The group as it stands: three voters, the followers caught up.
     let (port, _) = leader_of(json!({"configs": [[1, 2, 3]], "learners": [], "urls": {},
-                                     "entry": 9, "leader": 3, "behind": {"1": 0, "2": 0}}))
+                                     "entry": 9, "committed": true, "leader": 3, "behind": {"1": 0, "2": 0}}))
     .await;
     run_reconcile_with(sn, pods, revision, existing, port).await
 }
@@ -467,7 +467,7 @@ async fn a_refused_apply_still_restarts_crashed_replicas_and_says_why() {
         pod(2, "127.0.0.1", running()),
     ];
     let (port, _) = leader_of(json!({"configs": [[1, 2, 3]], "learners": [], "urls": {},
-                                     "entry": 9, "leader": 3, "behind": {"1": 0, "2": 0}}))
+                                     "entry": 9, "committed": true, "leader": 3, "behind": {"1": 0, "2": 0}}))
     .await;
     let refused = Some("/deployments/demo-frontend");
     let (reconciled, calls) = reconcile_refusing(
@@ -651,7 +651,7 @@ async fn leader_of(members: Value) -> (u16, Arc<Mutex<Vec<(String, Value)>>>) {
             changes.lock().unwrap().push((what.to_owned(), body));
             Ok(axum::Json(
                 json!({"data": {"configs": [[1, 2, 3]], "learners": [], "urls": {},
-                                          "entry": 9, "leader": 3}}),
+                                          "entry": 9, "committed": true, "leader": 3}}),
             ))
         }
     };
@@ -737,7 +737,7 @@ async fn raising_order_replicas_adds_pods_then_learners_through_the_leader() {
     .unwrap();
     let mut grown = stocknet(None);
     grown.spec.order.replicas = 5;
-    let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": null,
+    let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": null, "committed": true,
                        "leader": 3, "behind": {"1": 0, "2": 0}});
     let (port, changes) = leader_of(three).await;
     let founders = running_pods(3);
@@ -808,7 +808,7 @@ async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
     let order_set_replicas = |calls: &[Call]| order_set_applied(calls)["spec"]["replicas"].clone();
 
     // Learners 4 and 5 caught up: all five become voters together.
-    let learning = json!({"configs": [[1, 2, 3]], "learners": [4, 5], "urls": {}, "entry": 40,
+    let learning = json!({"configs": [[1, 2, 3]], "learners": [4, 5], "urls": {}, "entry": 40, "committed": true,
                           "leader": 3, "behind": {"1": 0, "2": 0, "4": 0, "5": 3}});
     let (port, changes) = leader_of(learning).await;
     let (_, calls) =
@@ -823,7 +823,7 @@ async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
     // Back to three: the voters change first, and every pod stays while they do.
     let mut shrunk = stocknet(None);
     shrunk.spec.order.replicas = 3;
-    let voting = json!({"configs": [[1, 2, 3, 4, 5]], "learners": [], "urls": {}, "entry": 50,
+    let voting = json!({"configs": [[1, 2, 3, 4, 5]], "learners": [], "urls": {}, "entry": 50, "committed": true,
                         "leader": 3, "behind": {"1": 0, "2": 0, "4": 0, "5": 0}});
     let (port, changes) = leader_of(voting).await;
     let (_, calls) = run_reconcile_with(
@@ -855,7 +855,7 @@ async fn learners_are_promoted_and_voters_shrink_before_any_pod_goes() {
         membership: Some(membership),
         ..StockNetStatus::default()
     });
-    let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": 52,
+    let three = json!({"configs": [[1, 2, 3]], "learners": [], "urls": {}, "entry": 52, "committed": true,
                        "leader": 3, "behind": {"1": 0, "2": 0}});
     let (port, changes) = leader_of(three).await;
     let (_, calls) = run_reconcile_with(changing, five, None, Some(five_pods), port).await;

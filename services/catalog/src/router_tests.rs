@@ -260,10 +260,22 @@ async fn recording_frontend() -> (u16, Pushes) {
             },
         ),
     );
+    (serve_frontend(app).await, seen)
+}
+
+/// Serves `frontend` (a stand-in for a frontend's push route) on a free port of 127.0.0.1, and
+/// a catalog in `dir` that pushes to it only.
+async fn pushing_to(frontend: Router, dir: &std::path::Path) -> Router {
+    let port = serve_frontend(frontend).await;
+    router(state(dir, &[format!("http://127.0.0.1:{port}")]))
+}
+
+/// Serves `frontend` on a free port of 127.0.0.1, which it returns.
+async fn serve_frontend(frontend: Router) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (port, seen)
+    tokio::spawn(async move { axum::serve(listener, frontend).await });
+    port
 }
 
 /// A catalog in `dir` that pushes to a [`recording_frontend`], and what that records.
@@ -310,11 +322,8 @@ async fn a_write_whose_push_a_frontend_refused_is_answered_after_the_lease() {
     use stocknet_common::wire::CACHE_LEASE;
 
     let refusing = Router::new().route("/invalidate", post(|| async { StatusCode::UNAUTHORIZED }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, refusing).await });
     let dir = tempfile::tempdir().unwrap();
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let app = pushing_to(refusing, dir.path()).await;
     let started = std::time::Instant::now();
     let take_over = insider_post("/apply", r#"{"term":1,"trades":[]}"#);
     assert_eq!(send(&app, take_over).await.0, StatusCode::OK);
@@ -549,11 +558,8 @@ async fn a_retried_take_over_whose_push_was_cut_short_is_pushed_again() {
             data(json!({"success": true}))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let app = pushing_to(app, dir.path()).await;
     let take_over = || insider_post("/apply", r#"{"term":1,"trades":[]}"#);
 
     let cut_short = tokio::time::timeout(
@@ -696,11 +702,8 @@ async fn a_repeated_revocation_waits_for_the_first_ones_push() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, frontend).await });
     let dir = tempfile::tempdir().unwrap();
-    let app = router(state(dir.path(), &[format!("http://127.0.0.1:{port}")]));
+    let app = pushing_to(frontend, dir.path()).await;
     for _ in 1..=2 {
         let key = ApiKey::generate(1).unwrap();
         let body = json!({"credential": Credential::of(&key).unwrap(), "prefix": key.prefix()});

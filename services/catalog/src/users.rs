@@ -492,12 +492,18 @@ mod tests {
         assert_eq!(store.get(0), None);
     }
 
-    #[test]
-    fn a_user_holds_at_most_so_many_live_keys() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A registry in `dir` holding one user, with one key.
+    fn one_user(dir: &tempfile::TempDir) -> UserStore {
         let store = UserStore::open(dir.path().join("users.csv")).unwrap();
         let (_, credential, prefix) = key();
         store.create(credential, prefix, None, 1).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_user_holds_at_most_so_many_live_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = one_user(&dir);
         for _ in 1..MAX_LIVE_KEYS {
             let (_, credential, prefix) = key();
             store.add_key(1, credential, prefix, 2).unwrap();
@@ -514,9 +520,7 @@ mod tests {
     #[test]
     fn keys_made_and_revoked_are_bounded_and_not_served() {
         let dir = tempfile::tempdir().unwrap();
-        let store = UserStore::open(dir.path().join("users.csv")).unwrap();
-        let (_, credential, prefix) = key();
-        store.create(credential, prefix, None, 1).unwrap();
+        let store = one_user(&dir);
         for made in 2..=MAX_KEYS_MADE {
             store.revoke(1, made as u32 - 1, 2).unwrap();
             let (_, credential, prefix) = key();

@@ -239,6 +239,11 @@ pub struct Members {
     pub entry: Option<u64>,
     /// The replica this one follows, if it knows one.
     pub leader: Option<u32>,
+    /// Whether this membership is committed (the answering replica has applied its entry):
+    /// Raft acts on a membership once it is in the log, before it commits, and a leader lost
+    /// meanwhile leaves the group under the one before. Absent: not known to be.
+    #[serde(default)]
+    pub committed: bool,
     /// Answered by the leader: how many log entries each other member is behind it (absent:
     /// not heard from yet).
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Per-client admission to the public API: a token bucket (governor) and a cap on requests in
 //! flight, both per client: the user whose API key a request carries (verified), or else the
-//! client's address. A request over either is answered 429 with `Retry-After` at once; nothing
+//! client's address; the users at one address also together, at [`USERS_AT_SHARE`] times
+//! that. A request over either is answered 429 with `Retry-After` at once; nothing
 //! waits in a queue. Both are off unless configured. Apart from them, and on by default, the
 //! users an address may create (`POST /users`, which needs no key and makes the catalog write
 //! and keep a user for good) are limited per minute.
@@ -57,10 +58,19 @@ pub enum Client {
     User(u64),
     /// An anonymous client.
     Address(IpAddr),
+    /// The users whose requests come from one address, together, at [`USERS_AT_SHARE`] times
+    /// one client's limits: an address that makes users (`POST /users` needs no key) gets no
+    /// more than that.
+    UsersAt(IpAddr),
 }
+
+/// How many clients' worth of requests the users at one address make together at most.
+pub const USERS_AT_SHARE: u32 = 10;
 
 pub struct Limits {
     rate: Option<DefaultKeyedRateLimiter<Client>>,
+    /// The rate of [`Client::UsersAt`].
+    users_at_rate: Option<DefaultKeyedRateLimiter<Client>>,
     new_users: Option<DefaultKeyedRateLimiter<IpAddr>>,
     max_in_flight: Option<u32>,
     in_flight: Mutex<HashMap<Client, u32>>,
@@ -94,14 +104,20 @@ pub struct TooMany {
 
 impl Limits {
     pub fn new(args: &LimitArgs) -> Self {
-        let rate = NonZeroU32::new(args.rate_limit).map(|rate| {
-            let burst = args.rate_burst.and_then(NonZeroU32::new).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
+        let quota = |share: NonZeroU32| {
+            NonZeroU32::new(args.rate_limit).map(|rate| {
+                let burst = args.rate_burst.and_then(NonZeroU32::new).unwrap_or(rate);
+                let quota = Quota::per_second(rate.saturating_mul(share));
+                RateLimiter::keyed(quota.allow_burst(burst.saturating_mul(share)))
+            })
+        };
+        let rate = quota(NonZeroU32::MIN);
+        let users_at_rate = NonZeroU32::new(USERS_AT_SHARE).and_then(quota);
         let new_users = NonZeroU32::new(args.new_users_per_minute)
             .map(|per_minute| RateLimiter::keyed(Quota::per_minute(per_minute)));
         Self {
             rate,
+            users_at_rate,
             new_users,
             max_in_flight: (args.max_in_flight > 0).then_some(args.max_in_flight),
             in_flight: Mutex::default(),
@@ -118,9 +134,17 @@ impl Limits {
     /// Admits a request of `client`, or says when it may try again. The guard counts the
     /// request in flight until it is dropped.
     pub fn admit(self: &Arc<Self>, client: Client) -> Result<InFlight, TooMany> {
+        let (max_in_flight, rate) = match client {
+            Client::UsersAt(_) => (
+                self.max_in_flight
+                    .map(|cap| cap.saturating_mul(USERS_AT_SHARE)),
+                &self.users_at_rate,
+            ),
+            Client::User(_) | Client::Address(_) => (self.max_in_flight, &self.rate),
+        };
         // The cap on requests in flight first: a request it refuses spends none of the
         // client's rate.
-        let mut in_flight = self.max_in_flight.map(|cap| (cap, self.lock()));
+        let mut in_flight = max_in_flight.map(|cap| (cap, self.lock()));
         if let Some((cap, in_flight)) = &in_flight {
             if in_flight.get(&client).is_some_and(|count| count >= cap) {
                 return Err(TooMany {
@@ -128,7 +152,7 @@ impl Limits {
                 });
             }
         }
-        if let Some(rate) = &self.rate {
+        if let Some(rate) = rate {
             if rate.len() > TRACKED_CLIENTS && prune_due(&self.rate_pruned) {
                 rate.retain_recent();
             }
@@ -235,6 +259,13 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     let Some(client) = user.map(Client::User).or(address.map(Client::Address)) else {
         return next.run(request).await;
     };
+    let users_at = match (client, address) {
+        (Client::User(_), Some(address)) => match limits.admit(Client::UsersAt(address)) {
+            Ok(in_flight) => Some(in_flight),
+            Err(too_many) => return over_its_limit(Client::UsersAt(address), too_many),
+        },
+        _ => None,
+    };
     // The address, admitted already for its key, is not counted twice.
     let in_flight = match admitted.filter(|_| matches!(client, Client::Address(_))) {
         Some(in_flight) => in_flight,
@@ -246,7 +277,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     // In flight until the answer: a stream's handshake until it is upgraded (a stream open
     // for hours is not a request in flight; `--max-streams-per-client` caps those).
     let response = next.run(request).await;
-    drop(in_flight);
+    drop((in_flight, users_at));
     response
 }
 
@@ -322,6 +353,27 @@ mod tests {
         assert!(refused.retry_after <= Duration::from_secs(1));
         assert!(limits.admit(b).is_ok(), "another client has its own bucket");
         assert!(limits.admit(Client::User(1)).is_ok(), "so has a user");
+    }
+
+    #[test]
+    fn the_users_at_one_address_together_get_so_many_clients_worth() {
+        let at = Client::UsersAt(IpAddr::from([10, 0, 0, 1]));
+        let other = Client::UsersAt(IpAddr::from([10, 0, 0, 2]));
+        let share = USERS_AT_SHARE as usize;
+        // In flight: two each.
+        let capped = limits(0, None, 2);
+        let held: Vec<_> = (0..2 * share).map(|_| capped.admit(at).unwrap()).collect();
+        assert!(capped.admit(at).is_err());
+        assert!(capped.admit(other).is_ok());
+        drop(held);
+        assert!(capped.admit(at).is_ok());
+        // The burst: one each.
+        let rated = limits(1, Some(1), 0);
+        for _ in 0..share {
+            assert!(rated.admit(at).is_ok());
+        }
+        assert!(rated.admit(at).is_err());
+        assert!(rated.admit(other).is_ok());
     }
 
     #[test]

@@ -503,6 +503,7 @@ mod tests {
             urls,
             entry: Some(9),
             leader: Some(5),
+            committed: true,
             behind: BTreeMap::new(),
         };
         let mut configured = Vec::new();
@@ -530,6 +531,7 @@ mod tests {
             ]),
             entry: None,
             leader: None,
+            committed: true,
             behind: BTreeMap::new(),
         };
         assert!(discovery.add_members(&members));

@@ -56,8 +56,20 @@ pub fn members(metrics: &RaftMetrics<u64, BasicNode>) -> Members {
             .collect(),
         entry: stored.log_id().map(|log_id| log_id.index),
         leader: metrics.current_leader.and_then(id),
+        committed: is_committed(metrics),
         behind,
     }
+}
+
+/// Whether the membership `metrics` report is committed: its entry applied here (the founding
+/// members have none).
+fn is_committed(metrics: &RaftMetrics<u64, BasicNode>) -> bool {
+    let entry = metrics
+        .membership_config
+        .log_id()
+        .map(|log_id| log_id.index);
+    let applied = metrics.last_applied.map(|log_id| log_id.index);
+    entry.is_none_or(|entry| applied.is_some_and(|applied| applied >= entry))
 }
 
 /// Adds `learner` (or updates its URL): the leader starts replicating the log to it. Answers
@@ -103,6 +115,12 @@ pub async fn change_voters(raft: &Raft, voters: Voters) -> Result<(), OrderError
             raft.change_membership(ChangeMembers::RemoveNodes(learners), false)
                 .await?;
         }
+        // A step asked again after a lost answer finds the voters as asked, maybe not yet
+        // committed: done only once they are.
+        raft.wait(None)
+            .metrics(is_committed, "the membership committed")
+            .await
+            .map_err(|_| RaftError::Fatal(openraft::error::Fatal::Stopped))?;
         Ok(())
     };
     outcome(tokio::time::timeout(STEP_DEADLINE, steps).await)
