@@ -4,6 +4,7 @@
 //! applies only what follows it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::archive::{self, Archive, Counts};
@@ -65,6 +66,10 @@ pub struct BookStore {
     snapshot_every: u64,
     /// One snapshot written at a time.
     writing: Mutex<()>,
+    /// Set (under the book's lock) when an apply stopped part way: the book may hold an entry
+    /// decided otherwise than on every other replica, so it answers nothing more until the
+    /// process restarts and applies it again from its log.
+    stopped: AtomicBool,
 }
 
 impl BookStore {
@@ -114,6 +119,13 @@ impl BookStore {
                 Book::default()
             }
         };
+        // A snapshot passed over goes: the book rebuilt from the log writes the archive's
+        // records again, and a later start must not load the old snapshot over them.
+        if book.applied() == 0 {
+            if let Err(e) = discard_snapshot(&path) {
+                tracing::warn!(path = %path.display(), "book snapshot not removed: {e}");
+            }
+        }
         let archive = Arc::new(archive);
         let book = book.with_archive(archive.clone(), settings.in_memory);
         Self {
@@ -123,6 +135,7 @@ impl BookStore {
             archive,
             snapshot_every: settings.snapshot_every.max(1),
             writing: Mutex::new(()),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -156,7 +169,7 @@ impl BookStore {
     fn read_locked<T>(&self, read: impl FnOnce(&Book) -> T) -> Result<T, OrderError> {
         // Counted under the book's lock, which every reader and the applier hold while they
         // read the archive: a failure counted meanwhile is this read's.
-        let book = self.lock();
+        let book = self.usable()?;
         let failed = self.archive.failed_reads();
         let answer = read(&book);
         let failed_now = self.archive.failed_reads();
@@ -204,6 +217,17 @@ impl BookStore {
         }
     }
 
+    /// The book under its lock, unless an apply stopped part way.
+    fn usable(&self) -> Result<MutexGuard<'_, Book>, OrderError> {
+        let book = self.lock();
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(OrderError::Corrupt(
+                "the book stopped applying part way through an entry: this replica restarts".into(),
+            ));
+        }
+        Ok(book)
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Book> {
         // The book is changed only by `apply`, which finishes every change it starts.
         self.book.lock().unwrap_or_else(|e| e.into_inner())
@@ -247,7 +271,7 @@ impl BookStore {
     /// apply it again from its log when it restarts.
     pub fn apply_in_memory(&self, entries: &[Order]) -> Result<Option<Vec<u8>>, OrderError> {
         let (image, changes) = {
-            let mut book = self.lock();
+            let mut book = self.usable()?;
             let before = book.applied();
             let failed = self.archive.failed_reads();
             let (mut events, mut updates) = (Vec::new(), Vec::new());
@@ -257,6 +281,7 @@ impl BookStore {
                 }
                 book.apply(entry);
                 if self.archive.failed_reads() != failed {
+                    self.stopped.store(true, Ordering::Release);
                     return Err(OrderError::Corrupt(format!(
                         "{}: an archived record could not be read while applying line {}",
                         self.archive.describe(),
@@ -288,14 +313,14 @@ impl BookStore {
 
     /// The book as a snapshot's bytes, and the last line it holds.
     pub fn encode(&self) -> Result<(Vec<u8>, u64), OrderError> {
-        let book = self.lock();
+        let book = self.usable()?;
         let bytes = snapshot::encode(&book).map_err(OrderError::Corrupt)?;
         Ok((bytes, book.applied()))
     }
 
     /// The book as another replica installs it (under the book's lock: memory only).
     pub fn image(&self) -> Result<BookImage, OrderError> {
-        let book = self.lock();
+        let book = self.usable()?;
         Ok(BookImage {
             bytes: snapshot::encode(&book).map_err(OrderError::Corrupt)?,
             line: book.applied(),
@@ -324,6 +349,10 @@ impl BookStore {
                 book.applied()
             )));
         }
+        // The snapshot held now continues the archive about to be written over: should this
+        // stop part way, a start must not load it over the new records.
+        discard_snapshot(&self.path)
+            .map_err(|e| stocknet_common::file::FileError::new(&self.path, e))?;
         self.archive.install(source, sections)?;
         let archived = book.archived();
         if !self.archive.held()?.covers(&archived) {
@@ -351,6 +380,15 @@ impl BookStore {
         if let Err(e) = snapshot::write(&self.path, bytes) {
             tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
         }
+    }
+}
+
+/// Removes the book snapshot at `path`, if there is one, durably.
+fn discard_snapshot(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => stocknet_common::file::sync_dir(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -403,6 +441,25 @@ mod tests {
             "{orders:?} {trades:?} {ids:?} {pages:?} {:?}",
             book.depth("A", 10)
         )
+    }
+
+    /// A snapshot passed over at a start is removed: the book rebuilt from the log writes
+    /// the archive's records again, which the old snapshot would not continue.
+    #[test]
+    fn a_snapshot_passed_over_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 2, 9);
+        let entries: Vec<Order> = (1..=9)
+            .map(|n| limit(n, if n % 2 == 0 { Side::Buy } else { Side::Sell }, 100 + n))
+            .collect();
+        store.apply(&entries).unwrap();
+        drop(store);
+        let snapshot = dir.path().join("book-1.snap");
+        assert!(snapshot.exists(), "one every 3 entries");
+        // The log now ends before it (an unreadable last line cut off, say).
+        let store = open(dir.path(), 2, 4);
+        assert_eq!(store.lock().applied(), 0);
+        assert!(!snapshot.exists());
     }
 
     #[test]
@@ -578,6 +635,9 @@ mod tests {
         // The archive loses its order records.
         std::fs::write(dir.path().join("order-records-1.bin"), b"").unwrap();
         assert!(store.apply(&[cancel]).is_err());
+        // Until the process restarts, the half-decided book answers nothing.
+        assert!(store.read(|book| book.applied()).is_err());
+        assert!(store.image().is_err());
     }
 
     /// The audit trail of a refused command whose archived refusal cannot be read is an error:
