@@ -341,6 +341,13 @@ pub struct ReplicaStatus {
     /// Times the operator deleted this replica's pod.
     #[serde(default)]
     pub restarts: u32,
+    /// The pod and container start this status counts for (the pod's uid and its container's
+    /// start time): health checks fail only once a start has answered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Whether the replica has answered its health check since that start.
+    #[serde(default)]
+    pub answered: bool,
 }
 
 impl Default for StockNetSpec {

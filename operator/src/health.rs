@@ -60,12 +60,14 @@ pub struct Policy {
 
 /// Applies the policy: a pod whose container has crashed (CrashLoopBackOff, terminated, phase
 /// Failed) is deleted at once; a running pod whose health check fails `failure_threshold`
-/// times in a row, a probe period apart, is deleted too, one a round and only while a majority
-/// of the replicas answer ready without it. A pod that does not answer while the others do
-/// hangs; when most do not answer, the operator may be the one cut off, or they are all
-/// starting, and deleting them would only stop the group again. Pods that are starting,
-/// already being deleted, or answering but still resyncing are left alone. `previous` is the
-/// last status written.
+/// times in a row, a probe period apart, after it answered one since it started, is deleted
+/// too, one a round, only while a majority of the replicas answer ready without it and every
+/// other replica has answered since it started (a pod deleted before is back). A pod that does
+/// not answer while the others do hangs; when most do not answer, the operator may be the one
+/// cut off, or they are all starting, and deleting them would only stop the group again. Pods
+/// that are starting (a replica opens its files before it listens, which a long log makes
+/// take a while: the kubelet's startup probe bounds that), already being deleted, or answering
+/// but still resyncing are left alone. `previous` is the last status written.
 pub fn assess(
     observations: &[Observation],
     previous: &[ReplicaStatus],
@@ -77,7 +79,10 @@ pub fn assess(
     let mut replicas: Vec<ReplicaStatus> = observations
         .iter()
         .map(|seen| {
-            let before = previous.iter().find(|r| r.id == seen.id);
+            let known = previous.iter().find(|r| r.id == seen.id);
+            let started = seen.pod.as_ref().and_then(incarnation);
+            // What was counted of this start of the replica; a new one starts afresh.
+            let before = known.filter(|b| b.started == started);
             let mut status = ReplicaStatus {
                 id: seen.id,
                 pod: seen.pod_name.clone(),
@@ -89,7 +94,9 @@ pub fn assess(
                     .or(before.and_then(|b| b.last_transaction)),
                 consecutive_failures: 0,
                 last_failure: None,
-                restarts: before.map_or(0, |b| b.restarts),
+                restarts: known.map_or(0, |b| b.restarts),
+                answered: seen.health.is_some() || before.is_some_and(|b| b.answered),
+                started,
             };
             let Some(pod) = &seen.pod else {
                 return status;
@@ -110,7 +117,7 @@ pub fn assess(
                 return status;
             }
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            if running && seen.health.is_none() {
+            if running && seen.health.is_none() && status.answered {
                 let failures = before.map_or(0, |b| b.consecutive_failures);
                 let counted = before
                     .and_then(|b| b.last_failure.as_deref())
@@ -135,13 +142,19 @@ pub fn assess(
         }
     }
     let answering = replicas.iter().filter(|r| r.healthy).count();
+    // A replica that has not answered since it started (new, or a pod deleted before that is
+    // not back yet) is left to come back first: one deletion at a time.
+    let all_back = replicas.iter().all(|r| r.answered);
     // A majority of the group, which the silent pod is part of; in a group of one or two, the
     // others (none, or the one).
     let group = observations.len();
     let majority = (group / 2 + 1).min(group.saturating_sub(1));
     // The longest silent first; the others wait for the next round, and for it to answer.
     unanswered.sort_by_key(|&at| std::cmp::Reverse(replicas[at].consecutive_failures));
-    if let Some(&at) = unanswered.first().filter(|_| answering >= majority) {
+    if let Some(&at) = unanswered
+        .first()
+        .filter(|_| answering >= majority && all_back)
+    {
         let status = &mut replicas[at];
         let observed = observations[at].pod.as_ref();
         deletions.push(Deletion {
@@ -167,6 +180,25 @@ pub fn assess(
         deletions,
         leader,
     }
+}
+
+/// Which start of the replica `pod` is: the pod's uid and its container's start time (the
+/// kubelet restarts a container in place).
+fn incarnation(pod: &Pod) -> Option<String> {
+    let uid = pod.metadata.uid.as_deref()?;
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|status| status.container_statuses.as_ref())
+        .and_then(|containers| containers.first())
+        .and_then(|container| container.state.as_ref())
+        .and_then(|state| state.running.as_ref())
+        .and_then(|running| running.started_at.as_ref())
+        .map(|at| at.0.to_string());
+    Some(match started {
+        Some(at) => format!("{uid}@{at}"),
+        None => uid.to_owned(),
+    })
 }
 
 /// Why the pod counts as crashed, if it does.
@@ -333,7 +365,12 @@ mod tests {
             answering(2),
             answering(3),
         ];
-        let first = assess(&unanswered, &[], POLICY, at(0));
+        // Counted only once it has answered since it started.
+        let starting = assess(&unanswered, &[], POLICY, at(0));
+        assert_eq!(starting.replicas[0].consecutive_failures, 0);
+        let answered = [answering(1), answering(2), answering(3)];
+        let up = assess(&answered, &[], POLICY, at(0));
+        let first = assess(&unanswered, &up.replicas, POLICY, at(0));
         assert!(first.deletions.is_empty());
         assert_eq!(first.replicas[0].consecutive_failures, 1);
         // Rounds within a period (each status written starts one) count once.
@@ -352,7 +389,6 @@ mod tests {
             (0, 1)
         );
         // An answer resets the count.
-        let answered = [answering(1), answering(2), answering(3)];
         assert_eq!(
             assess(&answered, &second.replicas, POLICY, at(2)).replicas[0].consecutive_failures,
             0
@@ -369,6 +405,7 @@ mod tests {
                 id,
                 pod: format!("demo-order-{}", id - 1),
                 consecutive_failures: 2,
+                answered: true,
                 ..ReplicaStatus::default()
             })
             .collect();
@@ -409,6 +446,99 @@ mod tests {
         assert!(assess(&most, &past_threshold[..3], POLICY, at(10))
             .deletions
             .is_empty());
+    }
+
+    /// A pod of a new start (a new uid, or its container restarted in place) counts nothing
+    /// of the one before, and none of its failed checks until it has answered once: a
+    /// replica that opens a long log before it listens is not deleted for being slow.
+    #[test]
+    fn a_new_start_counts_no_failures_until_it_has_answered() {
+        let with_uid = |uid: &str| {
+            let mut pod = pod("Running", None);
+            pod.metadata.uid = Some(uid.into());
+            pod
+        };
+        let answering = |id| seen(id, Some(pod("Running", None)), Some(health(id, 1, 3, true)));
+        let previous = [ReplicaStatus {
+            id: 1,
+            consecutive_failures: 2,
+            started: Some("old".into()),
+            answered: true,
+            restarts: 1,
+            ..ReplicaStatus::default()
+        }];
+        let booting = [
+            seen(1, Some(with_uid("new")), None),
+            answering(2),
+            answering(3),
+        ];
+        let mut replicas = previous.to_vec();
+        for round in 0..10 {
+            let assessment = assess(&booting, &replicas, POLICY, at(round));
+            assert!(assessment.deletions.is_empty(), "round {round}");
+            replicas = assessment.replicas;
+        }
+        assert_eq!(
+            (replicas[0].consecutive_failures, replicas[0].restarts),
+            (0, 1)
+        );
+        assert_eq!(replicas[0].started.as_deref(), Some("new"));
+    }
+
+    /// Two silent replicas go one at a time: the second waits until the first is back (it has
+    /// answered since its new start), so the group is never short of both at once.
+    #[test]
+    fn a_second_silent_replica_waits_until_the_first_deleted_is_back() {
+        let with_uid = |uid: &str| {
+            let mut pod = pod("Running", None);
+            pod.metadata.uid = Some(uid.into());
+            pod
+        };
+        let silent = |id, uid: &str| seen(id, Some(with_uid(uid)), None);
+        let answering = |id, uid: &str| seen(id, Some(with_uid(uid)), Some(health(id, 1, 5, true)));
+        let past_threshold = |id: u32, uid: &str| ReplicaStatus {
+            id,
+            pod: format!("demo-order-{}", id - 1),
+            consecutive_failures: 2,
+            started: Some(uid.into()),
+            answered: true,
+            ..ReplicaStatus::default()
+        };
+        let previous = [
+            past_threshold(1, "a1"),
+            past_threshold(2, "a2"),
+            past_threshold(3, "a3"),
+            past_threshold(4, "a4"),
+            past_threshold(5, "a5"),
+        ];
+        let round = [
+            silent(1, "a1"),
+            silent(2, "a2"),
+            answering(3, "a3"),
+            answering(4, "a4"),
+            answering(5, "a5"),
+        ];
+        let first = assess(&round, &previous, POLICY, at(10));
+        assert_eq!(deleted_pods(&first), ["demo-order-0"]);
+        // Replica 1 is back as a new pod that has not answered yet; 2 is still silent.
+        let back = [
+            silent(1, "b1"),
+            silent(2, "a2"),
+            answering(3, "a3"),
+            answering(4, "a4"),
+            answering(5, "a5"),
+        ];
+        let second = assess(&back, &first.replicas, POLICY, at(11));
+        assert!(second.deletions.is_empty(), "{:?}", second.deletions);
+        let answered = [
+            answering(1, "b1"),
+            silent(2, "a2"),
+            answering(3, "a3"),
+            answering(4, "a4"),
+            answering(5, "a5"),
+        ];
+        let third = assess(&answered, &second.replicas, POLICY, at(12));
+        assert_eq!(deleted_pods(&third), ["demo-order-1"]);
     }
 
     #[test]

@@ -193,10 +193,8 @@ mod tests {
             id,
             pod: format!("sn-order-{}", id - 1),
             healthy,
-            last_transaction: None,
-            consecutive_failures: 0,
-            last_failure: None,
-            restarts: 0,
+            answered: healthy,
+            ..ReplicaStatus::default()
         }
     }
 

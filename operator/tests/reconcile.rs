@@ -396,6 +396,8 @@ async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
             id: 3,
             pod: "demo-order-2".into(),
             consecutive_failures: 2,
+            started: Some("uid-demo-order-2".into()),
+            answered: true,
             ..ReplicaStatus::default()
         }],
         ..StockNetStatus::default()

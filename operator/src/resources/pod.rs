@@ -67,6 +67,9 @@ pub(super) fn container(
             },
         ]),
         readiness_probe: Some(http_probe(readiness_path, 2, 3)),
+        // A service opens its files before it listens, which a long log or journal makes take
+        // a while: up to 10 minutes before the liveness probe starts counting.
+        startup_probe: Some(http_probe(paths::HEALTH.pattern(), 10, 60)),
         liveness_probe: Some(http_probe(paths::HEALTH.pattern(), 10, 6)),
         resources: Some(resources(sn, component)),
         security_context: Some(restricted()),
