@@ -175,6 +175,15 @@ pub fn assess(
     let leader = answers()
         .find(|h| Some(h.term) == term && h.leader == Some(h.node_id))
         .map(|h| h.node_id);
+    // A replica's word that it is ready is its own: one cut off from the group (a deposed
+    // leader, a follower that kept its last leader) goes on saying so at an older term, or
+    // naming another leader than the group's.
+    for (status, seen) in replicas.iter_mut().zip(observations) {
+        let current = seen.health.as_ref().is_some_and(|h| {
+            Some(h.term) == term && leader.is_none_or(|leader| h.leader == Some(leader))
+        });
+        status.healthy &= current;
+    }
     Assessment {
         replicas,
         deletions,
@@ -317,7 +326,11 @@ mod tests {
             seen(2, Some(pod("Running", None)), Some(health(2, 5, 3, true))),
             seen(3, Some(pod("Running", None)), Some(health(3, 5, 3, true))),
         ];
-        assert_eq!(assess(&answered, &[], POLICY, at(0)).leader, Some(3));
+        let assessment = assess(&answered, &[], POLICY, at(0));
+        assert_eq!(assessment.leader, Some(3));
+        // The deposed leader says it is ready, at its old term: not healthy.
+        let healthy: Vec<bool> = assessment.replicas.iter().map(|r| r.healthy).collect();
+        assert_eq!(healthy, [false, true, true]);
     }
 
     #[test]

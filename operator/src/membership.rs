@@ -107,26 +107,38 @@ pub fn plan(
         plan.pods = to_pods(target);
         return plan;
     }
-    let lagging = desired.intersection(&learners).find_map(|id| {
-        let behind = members.behind.get(id).copied();
-        (behind.is_none_or(|behind| behind > CAUGHT_UP_ENTRIES)).then_some((*id, behind))
+    // The leader's count of what a member lacks stays low for one that hung on an idle group:
+    // a member keeps up only if it also answers ready this round.
+    let answers = |id: u32| {
+        observations
+            .iter()
+            .any(|seen| seen.id == id && seen.health.as_ref().is_some_and(|h| h.ready))
+    };
+    let lagging = desired.intersection(&learners).find_map(|&id| {
+        let waiting_for = match members.behind.get(&id) {
+            _ if !answers(id) => format!("order replica {id} to answer ready"),
+            None => format!("order replica {id} to catch up (not heard from yet)"),
+            Some(&behind) if behind > CAUGHT_UP_ENTRIES => {
+                format!("order replica {id} to catch up ({behind} entries behind)")
+            }
+            Some(_) => return None,
+        };
+        Some(waiting_for)
     });
-    if let Some((id, behind)) = lagging {
-        let how_far = behind.map_or("not heard from yet".into(), |b| {
-            format!("{b} entries behind")
-        });
-        plan.status = status(Some(format!("order replica {id} to catch up ({how_far})")));
+    if let Some(waiting_for) = lagging {
+        plan.status = status(Some(waiting_for));
         return plan;
     }
     // Every commit under the new voters needs a majority of them: if as many are down or far
     // behind, the change itself would stop the group (shrinking away from the replicas that
     // work), so it waits for them.
     let keeping_up = |id: &&u32| {
-        members.leader == Some(**id)
-            || members
-                .behind
-                .get(id)
-                .is_some_and(|&behind| behind <= CAUGHT_UP_ENTRIES)
+        answers(**id)
+            && (members.leader == Some(**id)
+                || members
+                    .behind
+                    .get(id)
+                    .is_some_and(|&behind| behind <= CAUGHT_UP_ENTRIES))
     };
     let live = desired.iter().filter(keeping_up).count();
     if live < desired.len() / 2 + 1 {
@@ -323,6 +335,23 @@ mod tests {
         assert_eq!(
             plan(3, Some(&one_down), &all_up, 5).change,
             Some(Change::SetVoters(BTreeSet::from([1, 2, 3])))
+        );
+    }
+
+    /// The leader's count of what a member lacks stays low for one that hung on an idle group:
+    /// a change to voters most of which do not answer would stop the group.
+    #[test]
+    fn members_that_do_not_answer_ready_do_not_count_as_keeping_up() {
+        let all_keep_up = [(2, 0), (3, 0), (4, 0), (5, 0)];
+        let five = members(&[&[1, 2, 3, 4, 5]], &[], &all_keep_up);
+        let hung = plan(3, Some(&five), &observed(5, &[2, 3]), 5);
+        assert_eq!(hung.change, None);
+        let learners = members(&[&[1, 2, 3]], &[4, 5], &all_keep_up);
+        let silent_learner = plan(5, Some(&learners), &observed(5, &[5]), 5);
+        assert_eq!(silent_learner.change, None);
+        assert_eq!(
+            silent_learner.status.waiting_for.as_deref(),
+            Some("order replica 5 to answer ready")
         );
     }
 
