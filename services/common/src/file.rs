@@ -81,6 +81,27 @@ pub fn sync_data_or_exit(file: &File, path: &Path) {
     }
 }
 
+/// Ends the process after a failed fsync of `what`, once `derived` is removed: a file that
+/// vouches for what `what` holds (a checkpoint, a snapshot), which the next start must not
+/// trust, since the kernel may have dropped the pages and report the next fsync as a success.
+/// Without it, the next start rebuilds from the log.
+pub fn exit_distrusting(what: &str, error: &dyn std::fmt::Display, derived: &Path) -> ! {
+    if let Err(e) = remove_durably(derived) {
+        tracing::error!(path = %derived.display(), "could not remove after a failed fsync: {e}");
+    }
+    tracing::error!(what, "fsync failed, exiting to recover: {error}");
+    std::process::exit(70);
+}
+
+/// Removes the file at `path`, if there is one, and fsyncs its directory.
+pub fn remove_durably(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Replaces `path` atomically: `fill` writes the new contents into a temporary file beside
 /// it, which is fsync'd and renamed over `path`, and then the directory is fsync'd, so a crash
 /// leaves either the old file or the new one, never a torn one.
@@ -146,6 +167,16 @@ pub async fn with_turn<T: Send + 'static>(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_file_removed_durably_is_gone_and_one_already_gone_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(&path, "through 9").unwrap();
+        remove_durably(&path).unwrap();
+        assert!(!path.exists());
+        remove_durably(&path).unwrap();
+    }
 
     #[test]
     fn end_of_last_line_ignores_an_unfinished_append() {

@@ -122,7 +122,7 @@ impl BookStore {
         // A snapshot passed over goes: the book rebuilt from the log writes the archive's
         // records again, and a later start must not load the old snapshot over them.
         if book.applied() == 0 {
-            if let Err(e) = discard_snapshot(&path) {
+            if let Err(e) = stocknet_common::file::remove_durably(&path) {
                 tracing::warn!(path = %path.display(), "book snapshot not removed: {e}");
             }
         }
@@ -351,7 +351,7 @@ impl BookStore {
         }
         // The snapshot held now continues the archive about to be written over: should this
         // stop part way, a start must not load it over the new records.
-        discard_snapshot(&self.path)
+        stocknet_common::file::remove_durably(&self.path)
             .map_err(|e| stocknet_common::file::FileError::new(&self.path, e))?;
         self.archive.install(source, sections)?;
         let archived = book.archived();
@@ -374,21 +374,14 @@ impl BookStore {
     pub fn write_snapshot(&self, bytes: &[u8]) {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = self.archive.sync() {
-            tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
-            return;
+            // A later fsync may succeed over records the kernel dropped: no snapshot may
+            // vouch for them, and the next start rebuilds the book and its records.
+            let what = self.archive.describe();
+            stocknet_common::file::exit_distrusting(&what, &e, &self.path);
         }
         if let Err(e) = snapshot::write(&self.path, bytes) {
             tracing::warn!(path = %self.path.display(), "book snapshot not written: {e}");
         }
-    }
-}
-
-/// Removes the book snapshot at `path`, if there is one, durably.
-fn discard_snapshot(path: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => stocknet_common::file::sync_dir(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

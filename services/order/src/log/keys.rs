@@ -426,7 +426,12 @@ fn lock(epoch: &Mutex<u64>) -> MutexGuard<'_, u64> {
 /// the checkpoint was taken.
 fn write_checkpoint(state: &Path, epoch: &Mutex<u64>, checkpoint: Checkpoint) -> io::Result<()> {
     for file in &checkpoint.files {
-        file.sync_data()?;
+        if let Err(e) = file.sync_data() {
+            // A later fsync may succeed over slots the kernel dropped: no checkpoint may vouch
+            // for the tables, and the next start inserts every key again from the log.
+            let what = format!("the key index's tables beside {}", state.display());
+            file::exit_distrusting(&what, &e, state);
+        }
     }
     let epoch = lock(epoch);
     if *epoch != checkpoint.epoch {
