@@ -258,6 +258,13 @@ mod tests {
         }
     }
 
+    /// A running pod with `uid`.
+    fn running_pod(uid: &str) -> Pod {
+        let mut pod = pod("Running", None);
+        pod.metadata.uid = Some(uid.into());
+        pod
+    }
+
     fn health(id: u32, term: u64, leader: u32, ready: bool) -> Health {
         Health {
             node_id: id,
@@ -466,11 +473,6 @@ mod tests {
     /// replica that opens a long log before it listens is not deleted for being slow.
     #[test]
     fn a_new_start_counts_no_failures_until_it_has_answered() {
-        let with_uid = |uid: &str| {
-            let mut pod = pod("Running", None);
-            pod.metadata.uid = Some(uid.into());
-            pod
-        };
         let answering = |id| seen(id, Some(pod("Running", None)), Some(health(id, 1, 3, true)));
         let previous = [ReplicaStatus {
             id: 1,
@@ -481,7 +483,7 @@ mod tests {
             ..ReplicaStatus::default()
         }];
         let booting = [
-            seen(1, Some(with_uid("new")), None),
+            seen(1, Some(running_pod("new")), None),
             answering(2),
             answering(3),
         ];
@@ -502,13 +504,9 @@ mod tests {
     /// answered since its new start), so the group is never short of both at once.
     #[test]
     fn a_second_silent_replica_waits_until_the_first_deleted_is_back() {
-        let with_uid = |uid: &str| {
-            let mut pod = pod("Running", None);
-            pod.metadata.uid = Some(uid.into());
-            pod
-        };
-        let silent = |id, uid: &str| seen(id, Some(with_uid(uid)), None);
-        let answering = |id, uid: &str| seen(id, Some(with_uid(uid)), Some(health(id, 1, 5, true)));
+        let silent = |id, uid: &str| seen(id, Some(running_pod(uid)), None);
+        let answering =
+            |id, uid: &str| seen(id, Some(running_pod(uid)), Some(health(id, 1, 5, true)));
         let past_threshold = |id: u32, uid: &str| ReplicaStatus {
             id,
             pod: format!("demo-order-{}", id - 1),

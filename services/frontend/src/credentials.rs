@@ -3,13 +3,14 @@
 //! itself with one hash.
 //!
 //! A revoked key is refused at once: the catalog answers a revocation only after pushing it to
-//! every frontend it reaches, a record fetched while a push arrived is not kept (it may be from
-//! before the revocation), and a frontend trusts what it keeps only while it hears from the
+//! every frontend it reaches, a record fetched while a push forgot that user (or everyone) is
+//! not kept (it may be from before the revocation), and a frontend trusts what it keeps only while it hears from the
 //! catalog (its lease, as for cached lookups). One cut off from the catalog asks it again; if
 //! it cannot, it goes on with what it keeps while its last word from the catalog is less than
 //! [`CREDENTIAL_BOUND`] old, and answers 503 for keys after that: that bound is how long a
 //! revoked key may still work there.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,10 +42,19 @@ pub struct Credentials {
 
 struct Kept {
     users: LruCache<u64, Arc<UserRecord>>,
-    /// Counts forgetting, under the same lock: a record fetched from the catalog while a
-    /// revocation's push was forgotten may be from before it, and is not kept.
+    /// Counts forgetting, under the same lock: a record of a user fetched from the catalog
+    /// while that user was forgotten (a revocation's push) may be from before it, and is not
+    /// kept. Another user forgotten meanwhile spoils nothing.
     generation: u64,
+    /// The generation at which each user was last forgotten, for those since `known_since`.
+    forgotten_at: HashMap<u64, u64>,
+    /// Fetches that started before this generation are not kept: everyone was forgotten then
+    /// (a lapsed lease, a new catalog process), or `forgotten_at` grew too long and was let go.
+    known_since: u64,
 }
+
+/// The most users `forgotten_at` tells apart.
+const FORGOTTEN_KEPT: usize = 10_000;
 
 impl Default for Credentials {
     fn default() -> Self {
@@ -53,6 +63,8 @@ impl Default for Credentials {
             kept: Mutex::new(Kept {
                 users: LruCache::new(size),
                 generation: 0,
+                forgotten_at: HashMap::new(),
+                known_since: 0,
             }),
             forgotten: watch::Sender::new(0),
         }
@@ -81,12 +93,17 @@ impl Credentials {
         self.kept().generation
     }
 
-    /// Keeps `user`, asked for from the catalog at `generation`, unless anything was forgotten
-    /// since: then the record may predate a revocation already pushed here.
+    /// Keeps `user`, asked for from the catalog at `generation`, unless that user (or
+    /// everyone) was forgotten since: then the record may predate a revocation already pushed
+    /// here.
     pub(crate) fn keep_fetched(&self, user: UserRecord, generation: u64) -> Arc<UserRecord> {
         let user = Arc::new(user);
         let mut kept = self.kept();
-        if kept.generation == generation {
+        let forgotten_since = kept
+            .forgotten_at
+            .get(&user.id)
+            .is_some_and(|&at| at > generation);
+        if generation >= kept.known_since && !forgotten_since {
             kept.users.put(user.id, user.clone());
         }
         user
@@ -96,8 +113,14 @@ impl Credentials {
     pub(crate) fn forget(&self, users: &[u64]) {
         let mut kept = self.kept();
         kept.generation += 1;
-        for user in users {
-            kept.users.pop(user);
+        let generation = kept.generation;
+        for &user in users {
+            kept.users.pop(&user);
+            kept.forgotten_at.insert(user, generation);
+        }
+        if kept.forgotten_at.len() > FORGOTTEN_KEPT {
+            kept.forgotten_at.clear();
+            kept.known_since = generation;
         }
         drop(kept);
         self.forgotten.send_modify(|count| *count += 1);
@@ -106,6 +129,8 @@ impl Credentials {
     pub(crate) fn clear(&self) {
         let mut kept = self.kept();
         kept.generation += 1;
+        kept.known_since = kept.generation;
+        kept.forgotten_at.clear();
         kept.users.clear();
         drop(kept);
         self.forgotten.send_modify(|count| *count += 1);
@@ -208,5 +233,53 @@ pub(crate) async fn user(state: &AppState, id: u64) -> Result<Arc<UserRecord>, F
             }
         }
         Err(failure) => Err(failure.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> UserRecord {
+        UserRecord {
+            id,
+            created: 0,
+            display_name: None,
+            keys: Vec::new(),
+        }
+    }
+
+    /// A record fetched while its user was forgotten is not kept; one of another user is: a
+    /// client that keeps changing its own keys does not stop this frontend from keeping
+    /// everybody else's.
+    #[test]
+    fn a_fetch_is_spoiled_only_by_its_own_user_forgotten_or_by_everyone_forgotten() {
+        let credentials = Credentials::default();
+        let at = credentials.generation();
+        credentials.forget(&[1]);
+        credentials.keep_fetched(record(1), at);
+        credentials.keep_fetched(record(2), at);
+        assert!(
+            credentials.get(1).is_none(),
+            "fetched across its own forgetting"
+        );
+        assert!(credentials.get(2).is_some());
+        let at = credentials.generation();
+        credentials.clear();
+        credentials.keep_fetched(record(3), at);
+        assert!(
+            credentials.get(3).is_none(),
+            "fetched across everyone forgotten"
+        );
+        // Past what it tells apart, it keeps nothing fetched before.
+        let at = credentials.generation();
+        for user in 100..100 + FORGOTTEN_KEPT as u64 + 1 {
+            credentials.forget(&[user]);
+        }
+        credentials.keep_fetched(record(4), at);
+        assert!(credentials.get(4).is_none());
+        let at = credentials.generation();
+        credentials.keep_fetched(record(4), at);
+        assert!(credentials.get(4).is_some());
     }
 }
