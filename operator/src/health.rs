@@ -141,10 +141,28 @@ pub fn assess(
             unanswered.push(at);
         }
     }
+    let answers = || observations.iter().filter_map(|seen| seen.health.as_ref());
+    let term = answers().map(|h| h.term).max();
+    let leader = answers()
+        .find(|h| Some(h.term) == term && h.leader == Some(h.node_id))
+        .map(|h| h.node_id);
+    // A replica's word that it is ready is its own: one cut off from the group (a deposed
+    // leader, a follower that kept its last leader) goes on saying so at an older term, or
+    // naming another leader than the group's.
+    for (status, seen) in replicas.iter_mut().zip(observations) {
+        let current = seen.health.as_ref().is_some_and(|h| {
+            Some(h.term) == term && leader.is_none_or(|leader| h.leader == Some(leader))
+        });
+        status.healthy &= current;
+    }
     let answering = replicas.iter().filter(|r| r.healthy).count();
-    // A replica that has not answered since it started (new, or a pod deleted before that is
-    // not back yet) is left to come back first: one deletion at a time.
-    let all_back = replicas.iter().all(|r| r.answered);
+    // A replica starting that has not answered yet (new, or a pod deleted before that is not
+    // back yet) is left to come back first: one deletion at a time. Not for ever: one that
+    // does not start (a pod left pending, an image that does not pull) holds nothing up once
+    // the startup probe's bound has passed.
+    let coming_back = observations.iter().zip(&replicas).any(|(seen, status)| {
+        !status.answered && seen.pod.as_ref().is_some_and(|pod| starting(pod, now))
+    });
     // A majority of the group, which the silent pod is part of; in a group of one or two, the
     // others (none, or the one).
     let group = observations.len();
@@ -153,7 +171,7 @@ pub fn assess(
     unanswered.sort_by_key(|&at| std::cmp::Reverse(replicas[at].consecutive_failures));
     if let Some(&at) = unanswered
         .first()
-        .filter(|_| answering >= majority && all_back)
+        .filter(|_| answering >= majority && !coming_back)
     {
         let status = &mut replicas[at];
         let observed = observations[at].pod.as_ref();
@@ -170,25 +188,24 @@ pub fn assess(
         status.last_failure = None;
         status.restarts += 1;
     }
-    let answers = || observations.iter().filter_map(|seen| seen.health.as_ref());
-    let term = answers().map(|h| h.term).max();
-    let leader = answers()
-        .find(|h| Some(h.term) == term && h.leader == Some(h.node_id))
-        .map(|h| h.node_id);
-    // A replica's word that it is ready is its own: one cut off from the group (a deposed
-    // leader, a follower that kept its last leader) goes on saying so at an older term, or
-    // naming another leader than the group's.
-    for (status, seen) in replicas.iter_mut().zip(observations) {
-        let current = seen.health.as_ref().is_some_and(|h| {
-            Some(h.term) == term && leader.is_none_or(|leader| h.leader == Some(leader))
-        });
-        status.healthy &= current;
-    }
     Assessment {
         replicas,
         deletions,
         leader,
     }
+}
+
+/// How long a pod may take to start before it no longer holds up the deletion of another: the
+/// containers' startup probe's bound (`resources/pod.rs`).
+const STARTUP_BOUND: Duration = Duration::from_secs(600);
+
+/// Whether `pod` is on its way (being deleted, or made within [`STARTUP_BOUND`]).
+fn starting(pod: &Pod, now: Timestamp) -> bool {
+    let created = pod.metadata.creation_timestamp.as_ref().map(|time| time.0);
+    pod.metadata.deletion_timestamp.is_some()
+        || created.is_none_or(|created| {
+            now.duration_since(created).as_secs_f64() < STARTUP_BOUND.as_secs_f64()
+        })
 }
 
 /// Which start of the replica `pod` is: the pod's uid and its container's start time (the
@@ -550,6 +567,73 @@ mod tests {
         ];
         let third = assess(&answered, &second.replicas, POLICY, at(12));
         assert_eq!(deleted_pods(&third), ["demo-order-1"]);
+    }
+
+    /// A replica that does not start (a pod left pending past the startup bound, or no pod)
+    /// holds up no deletion of another.
+    #[test]
+    fn a_replica_that_does_not_start_holds_up_no_deletion() {
+        let mut stuck = pod("Pending", None);
+        stuck.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0)));
+        let answering = |id| seen(id, Some(running_pod("a")), Some(health(id, 1, 3, true)));
+        let previous = [ReplicaStatus {
+            id: 1,
+            consecutive_failures: 2,
+            started: Some("a".into()),
+            answered: true,
+            ..ReplicaStatus::default()
+        }];
+        let now = at(200);
+        for fifth in [seen(5, Some(stuck.clone()), None), seen(5, None, None)] {
+            let observations = [
+                seen(1, Some(running_pod("a")), None),
+                answering(2),
+                answering(3),
+                answering(4),
+                fifth,
+            ];
+            let assessment = assess(&observations, &previous, POLICY, now);
+            assert_eq!(deleted_pods(&assessment), ["demo-order-0"]);
+        }
+        // Made within the bound, it is on its way: the silent one waits for it.
+        stuck.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(190)),
+        );
+        let observations = [
+            seen(1, Some(running_pod("a")), None),
+            answering(2),
+            answering(3),
+            answering(4),
+            seen(5, Some(stuck), None),
+        ];
+        assert!(assess(&observations, &previous, POLICY, now)
+            .deletions
+            .is_empty());
+    }
+
+    /// A deposed leader's own word that it is ready does not make the majority that lets a
+    /// silent pod go.
+    #[test]
+    fn a_deposed_leader_does_not_count_towards_the_majority_that_deletes() {
+        let previous = [ReplicaStatus {
+            id: 2,
+            consecutive_failures: 2,
+            started: Some("a".into()),
+            answered: true,
+            ..ReplicaStatus::default()
+        }];
+        let observations = [
+            seen(1, Some(running_pod("a")), Some(health(1, 4, 1, true))),
+            seen(2, Some(running_pod("a")), None),
+            seen(3, Some(running_pod("a")), Some(health(3, 5, 3, true))),
+        ];
+        let assessment = assess(&observations, &previous, POLICY, at(10));
+        assert!(
+            assessment.deletions.is_empty(),
+            "{:?}",
+            assessment.deletions
+        );
     }
 
     #[test]

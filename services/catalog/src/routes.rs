@@ -127,21 +127,30 @@ pub(crate) async fn change_users<T: Send + 'static>(
     until: tokio::time::Instant,
     change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, CatalogError> {
-    let turn = tokio::time::timeout_at(until, state.user_writes.clone().acquire_owned())
-        .await
-        .map_err(|_| CatalogError::UsersBusy)?
-        .map_err(|e| CatalogError::Task(e.to_string()))?;
+    let turn = users_turn(state, until).await?;
     let users = state.users.clone();
     file::with_turn(turn, move || change(&users))
         .await
         .map_err(CatalogError::Task)?
 }
 
+/// The users' file's turn, if it comes before `until`.
+async fn users_turn(
+    state: &AppState,
+    until: tokio::time::Instant,
+) -> Result<tokio::sync::OwnedSemaphorePermit, CatalogError> {
+    tokio::time::timeout_at(until, state.user_writes.clone().acquire_owned())
+        .await
+        .map_err(|_| CatalogError::UsersBusy)?
+        .map_err(|e| CatalogError::Task(e.to_string()))
+}
+
 /// Runs `change` of `user`'s keys, then, if `made` says it changed anything, tells every
 /// frontend reachable, in a task of its own: a caller that goes away drops the handler, and a
 /// key revoked and not told would stay usable on the frontends that hold it. A change that
 /// made nothing (a revocation repeated while the first one's push is on its way: a retry after
-/// a 504, a second tab) is answered once the pushes of the user's changes before it are done.
+/// a 504, a second tab) is answered once the pushes of the user's changes written before it
+/// are done.
 async fn change_keys<T: Send + 'static>(
     state: &AppState,
     user: u64,
@@ -151,9 +160,14 @@ async fn change_keys<T: Send + 'static>(
     let state = state.clone();
     let until = tokio::time::Instant::now() + USER_TURN_WAIT;
     request_id::spawn_whole(async move {
-        // Under way before the change is written: one that finds it made finds this too.
+        let turn = users_turn(&state, until).await?;
+        // Numbered in the file's turn, so in the order of the writes: one that finds the
+        // change made finds this one's push among those before it.
         let pushing = state.key_pushes.start(user);
-        let changed = change_users(&state, until, change).await?;
+        let users = state.users.clone();
+        let changed = file::with_turn(turn, move || change(&users))
+            .await
+            .map_err(CatalogError::Task)??;
         if made(&changed) {
             forget_credentials(&state, user).await;
         } else {

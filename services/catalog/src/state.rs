@@ -431,3 +431,33 @@ impl AppState {
         self.metrics.users.set(gauge(self.users.count() as u64));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A change that made nothing waits for the user's changes numbered before it, and for no
+    /// other user's.
+    #[tokio::test]
+    async fn a_change_waits_for_the_same_users_changes_before_it() {
+        let pushes = Arc::new(KeyPushes::default());
+        let first = pushes.start(7);
+        let _other_user = pushes.start(8);
+        let second = pushes.start(7);
+        let _later = pushes.start(7);
+        let mut waiting = tokio::spawn(async move { second.after_earlier().await });
+        let held = tokio::time::timeout(Duration::from_millis(100), &mut waiting).await;
+        assert!(
+            held.is_err(),
+            "answered while the first change's push was on its way"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("done once the first change is")
+            .unwrap();
+        assert_eq!(pushes.pushing().get(&7).map(Vec::len), Some(1));
+    }
+}

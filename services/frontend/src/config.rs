@@ -67,9 +67,9 @@ pub struct Config {
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 1000)]
     pub max_streams: usize,
     /// WebSocket streams one client address keeps open at once, of `--max-streams` (0: no
-    /// limit); one more is closed at once with 1013. Behind a proxy every client has the
-    /// proxy's address: raise it there.
-    #[arg(long, env = env::MAX_STREAMS_PER_CLIENT, default_value_t = 100)]
+    /// limit); one more is closed at once with 1013. Off by default: behind a proxy (and
+    /// through `kubectl port-forward`) every client has the proxy's address.
+    #[arg(long, env = env::MAX_STREAMS_PER_CLIENT, default_value_t = 0)]
     pub max_streams_per_client: usize,
     #[command(flatten)]
     pub metrics: MetricsArgs,

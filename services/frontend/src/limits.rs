@@ -78,6 +78,7 @@ pub struct Limits {
     /// When idle buckets were last dropped, of each limiter: a scan of every bucket, so at
     /// most once per [`PRUNE_EVERY`], not once per request while many clients are tracked.
     rate_pruned: Mutex<Option<std::time::Instant>>,
+    users_at_pruned: Mutex<Option<std::time::Instant>>,
     new_users_pruned: Mutex<Option<std::time::Instant>>,
 }
 
@@ -123,6 +124,7 @@ impl Limits {
             in_flight: Mutex::default(),
             clock: DefaultClock::default(),
             rate_pruned: Mutex::default(),
+            users_at_pruned: Mutex::default(),
             new_users_pruned: Mutex::default(),
         }
     }
@@ -134,13 +136,16 @@ impl Limits {
     /// Admits a request of `client`, or says when it may try again. The guard counts the
     /// request in flight until it is dropped.
     pub fn admit(self: &Arc<Self>, client: Client) -> Result<InFlight, TooMany> {
-        let (max_in_flight, rate) = match client {
+        let (max_in_flight, rate, pruned) = match client {
             Client::UsersAt(_) => (
                 self.max_in_flight
                     .map(|cap| cap.saturating_mul(USERS_AT_SHARE)),
                 &self.users_at_rate,
+                &self.users_at_pruned,
             ),
-            Client::User(_) | Client::Address(_) => (self.max_in_flight, &self.rate),
+            Client::User(_) | Client::Address(_) => {
+                (self.max_in_flight, &self.rate, &self.rate_pruned)
+            }
         };
         // The cap on requests in flight first: a request it refuses spends none of the
         // client's rate.
@@ -153,7 +158,7 @@ impl Limits {
             }
         }
         if let Some(rate) = rate {
-            if rate.len() > TRACKED_CLIENTS && prune_due(&self.rate_pruned) {
+            if rate.len() > TRACKED_CLIENTS && prune_due(pruned) {
                 rate.retain_recent();
             }
             rate.check_key(&client).map_err(|not_until| TooMany {
@@ -259,13 +264,6 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     let Some(client) = user.map(Client::User).or(address.map(Client::Address)) else {
         return next.run(request).await;
     };
-    let users_at = match (client, address) {
-        (Client::User(_), Some(address)) => match limits.admit(Client::UsersAt(address)) {
-            Ok(in_flight) => Some(in_flight),
-            Err(too_many) => return over_its_limit(Client::UsersAt(address), too_many),
-        },
-        _ => None,
-    };
     // The address, admitted already for its key, is not counted twice.
     let in_flight = match admitted.filter(|_| matches!(client, Client::Address(_))) {
         Some(in_flight) => in_flight,
@@ -273,6 +271,15 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             Ok(in_flight) => in_flight,
             Err(too_many) => return over_its_limit(client, too_many),
         },
+    };
+    // Then the users at its address together: a user over their own limit spends none of
+    // what the others there share.
+    let users_at = match (client, address) {
+        (Client::User(_), Some(address)) => match limits.admit(Client::UsersAt(address)) {
+            Ok(in_flight) => Some(in_flight),
+            Err(too_many) => return over_its_limit(Client::UsersAt(address), too_many),
+        },
+        _ => None,
     };
     // In flight until the answer: a stream's handshake until it is upgraded (a stream open
     // for hours is not a request in flight; `--max-streams-per-client` caps those).

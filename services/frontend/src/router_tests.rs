@@ -1254,6 +1254,45 @@ fn made_up_key_from(user: u64, from: std::net::SocketAddr) -> Request<Body> {
     request
 }
 
+/// A user over their own rate spends nothing of what the users at their address share: another
+/// user there is still admitted.
+#[tokio::test]
+async fn a_user_over_their_limit_leaves_the_others_at_their_address_theirs() {
+    use std::net::SocketAddr;
+
+    use stocknet_common::api_key::ApiKey;
+
+    let state = lone_state(&["--rate-limit", "1", "--rate-burst", "1"]);
+    state.inner.catalog_contact.renewed_now();
+    let keys: Vec<ApiKey> = (1..=2)
+        .map(|user| ApiKey::generate(user).unwrap())
+        .collect();
+    for key in &keys {
+        state.inner.credentials.keep(holder_of(key));
+    }
+    let app = router(state);
+    let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let ask = |key: &ApiKey| {
+        let mut request = Request::get("/openapi.json")
+            .header("authorization", format!("Bearer {}", key.reveal()))
+            .body(Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(from));
+        app.clone().oneshot(request)
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(ask(&keys[0]).await.unwrap().status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(ask(&keys[1]).await.unwrap().status(), StatusCode::OK);
+}
+
 /// Under limits, keys of users this frontend keeps nothing for cost their address a request
 /// before the catalog is asked about them: made-up keys are refused 429 once the address is
 /// over its limit, without a call to the catalog each.

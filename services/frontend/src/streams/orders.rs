@@ -10,8 +10,9 @@
 //! one poll per frontend instead of one per stream. Where some are gone, the stream says so
 //! (a gap) instead of skipping them silently. The key is checked again whenever the frontend
 //! forgets credentials (a revocation's push, a lapsed lease), so a revoked key's stream ends at
-//! once, and otherwise at most once a second, before a page or after a client's frame (a
-//! frontend cut off from the catalog accepts kept keys for a bounded time only).
+//! once, before a page whenever the frontend's lease on what it keeps has lapsed (a push may
+//! have been missed), and otherwise at most once a second, before a page or after a client's
+//! frame (a frontend cut off from the catalog accepts kept keys for a bounded time only).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -369,8 +370,10 @@ pub async fn orders(
                 cursor = Some(after);
             }
             // A key forgotten while the page was polled (the revocation's push and the page
-            // ready at once) is checked again before the page goes out.
-            if forgotten.has_changed().unwrap_or(false) {
+            // ready at once), or one the lease no longer vouches for (a push may have been
+            // missed), is checked again before the page goes out.
+            let unvouched = !state.inner.catalog_contact.recent();
+            if forgotten.has_changed().unwrap_or(false) || unvouched {
                 forgotten.mark_unchanged();
                 if let Err(refused) = verify(&state, &key).await {
                     let _ = send(&mut sink, refusal(&refused)).await;
