@@ -800,12 +800,20 @@ async fn up_archives_and_delivers_the_days_report_on_schedule() {
     let fire_at = now + 40;
     let fire = fire_at % 86_400;
     let at = format!("{:02}:{:02}:{:02}", fire / 3600, fire / 60 % 60, fire % 60);
+    // A schedule past midnight (UTC) reports the day the order was placed in as yesterday.
+    let day = if fire_at / 86_400 > now / 86_400 {
+        "yesterday"
+    } else {
+        "today"
+    };
     let data = dir.path().join("data");
     let up = Up::start(
         &data,
         &[
             "--report-at",
             &at,
+            "--report-day",
+            day,
             "--webhook",
             &hook_url,
             "--webhook-secret-file",

@@ -121,7 +121,11 @@ where
     Fut: Future<Output = bool>,
 {
     let deadline = Instant::now() + timeout;
-    while !check().await {
+    // A check that hangs is cut off at the deadline too: the test fails, not the run stalls.
+    while !tokio::time::timeout_at(deadline, check())
+        .await
+        .unwrap_or(false)
+    {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         sleep(Duration::from_millis(25)).await;
     }
