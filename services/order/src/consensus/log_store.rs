@@ -14,7 +14,7 @@ use stocknet_common::{file, Command};
 
 use super::{entry_of, lines_of, log_id, Durable, DurableLog, TypeConfig};
 use crate::error::OrderError;
-use crate::log::{Line, OrderLog};
+use crate::log::{note_failed_fsync, Line, OrderLog};
 
 /// The log and the vote of one replica. Clones share them (openraft reads through a clone
 /// while it appends through the original).
@@ -109,13 +109,6 @@ fn fsync_failed(path: &std::path::Path, failed: &std::path::Path, error: &std::i
     std::process::exit(70);
 }
 
-/// Leaves the file `failed`, which the next start reads as a reason not to resume leading.
-fn note_failed_fsync(failed: &std::path::Path, error: &std::io::Error) {
-    if let Err(e) = std::fs::write(failed, error.to_string()) {
-        tracing::error!(path = %failed.display(), "could not note the failed fsync: {e}");
-    }
-}
-
 /// The file that says the log's last fsync failed, beside the vote file `vote_path`.
 fn failed_fsync_path(vote_path: &std::path::Path) -> PathBuf {
     vote_path.with_extension("fsync-failed")
@@ -171,6 +164,10 @@ impl LogStore {
             let lost = std::io::Error::other("a complete line of the log could not be read");
             note_failed_fsync(&failed, &lost);
         }
+        // The log's own fsyncs (an install's, an append's) leave the same file.
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_fsync_failures_in(failed.clone());
         let failed_before = failed.exists();
         if state.boot.is_none() || state.boot != disk.boot || failed_before {
             state.vote = state.vote.map(|vote| no_longer_leading(vote, id));

@@ -102,6 +102,20 @@ fn open_disk_stores(
     (store, machine, log, book)
 }
 
+/// The log's own fsyncs (an install's, an append's) note a failure where the log store looks
+/// at its next start, as its flusher's do: a restart in the same boot then does not resume
+/// leading its term on pages the kernel may have dropped.
+#[test]
+fn the_logs_own_fsyncs_note_a_failure_where_the_store_looks_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _machine, log, _book) = open_stores(dir.path(), 1, Membership::default());
+    let marker = dir.path().join("term-1.fsync-failed");
+    assert_eq!(
+        log.lock().unwrap().failed_fsync_marker(),
+        Some(marker.as_path())
+    );
+}
+
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {

@@ -100,6 +100,9 @@ pub struct OrderLog {
     /// Opening it dropped a complete line it could not read: lines this replica may have sent
     /// are gone.
     dropped_unreadable: bool,
+    /// The file a failed fsync of the log leaves behind, as the log store's flusher does: the
+    /// next start in the same boot must not resume leading its term on pages that were lost.
+    failed_fsync_marker: Option<PathBuf>,
     /// Where opening it began to read the file (after a checkpoint's index, or 0).
     #[cfg(test)]
     read_from: u64,
@@ -187,6 +190,7 @@ impl OrderLog {
             len,
             index,
             dropped_unreadable,
+            failed_fsync_marker: None,
             #[cfg(test)]
             read_from: from,
         };
@@ -338,7 +342,7 @@ impl OrderLog {
         }
         let Some(first_new) = first_new else {
             // Every line was here already, perhaps not yet on disk.
-            file::sync_data_or_exit(&self.file, &self.path);
+            self.sync_or_exit();
             return Ok(installed);
         };
         let kept = first_new.order.number - 1;
@@ -371,7 +375,7 @@ impl OrderLog {
             first_batch = false;
             batch.clear();
         }
-        file::sync_data_or_exit(&self.file, &self.path);
+        self.sync_or_exit();
         installed.replaced_after = replacing.then_some(kept);
         Ok(installed)
     }
@@ -381,8 +385,32 @@ impl OrderLog {
     /// otherwise nothing is written and [`OrderError::Gap`] says where this log ends.
     pub fn append(&mut self, batch: &[Line]) -> Result<(), OrderError> {
         self.write(batch)?;
-        file::sync_data_or_exit(&self.file, &self.path);
+        self.sync_or_exit();
         Ok(())
+    }
+
+    /// Where a failed fsync of the log is noted.
+    #[cfg(test)]
+    pub fn failed_fsync_marker(&self) -> Option<&Path> {
+        self.failed_fsync_marker.as_deref()
+    }
+
+    /// Notes failed fsyncs of the log in `marker` from now on ([`Self::sync_or_exit`]).
+    pub fn note_fsync_failures_in(&mut self, marker: PathBuf) {
+        self.failed_fsync_marker = Some(marker);
+    }
+
+    /// Makes what was written durable, or ends the process (exit 70), leaving the failed-fsync
+    /// marker where one is set: after a failed fsync the kernel may drop the pages and report
+    /// the next fsync as a success.
+    fn sync_or_exit(&self) {
+        if let Err(e) = self.file.sync_data() {
+            if let Some(marker) = &self.failed_fsync_marker {
+                note_failed_fsync(marker, &e);
+            }
+            tracing::error!(path = %self.path.display(), "fsync failed, exiting to recover: {e}");
+            std::process::exit(70);
+        }
     }
 
     /// Like [`append`](Self::append) but without waiting for the disk: the orders are in the
@@ -636,6 +664,14 @@ impl OrderLog {
             "{}: order {number}: {message}",
             self.path.display()
         ))
+    }
+}
+
+/// Leaves the file `marker`, which the next start reads as a reason not to resume leading
+/// (`consensus/log_store.rs`, `LogStore::open_with`).
+pub(crate) fn note_failed_fsync(marker: &Path, error: &std::io::Error) {
+    if let Err(e) = std::fs::write(marker, error.to_string()) {
+        tracing::error!(path = %marker.display(), "could not note the failed fsync: {e}");
     }
 }
 
