@@ -275,6 +275,19 @@ mod tests {
         }
     }
 
+    /// Replica `id`'s status after two failed checks of a start (`started`) that had
+    /// answered: one more, and it is past the threshold.
+    fn failing(id: u32, started: &str) -> ReplicaStatus {
+        ReplicaStatus {
+            id,
+            pod: format!("demo-order-{}", id - 1),
+            consecutive_failures: 2,
+            started: Some(started.into()),
+            answered: true,
+            ..ReplicaStatus::default()
+        }
+    }
+
     /// A running pod with `uid`.
     fn running_pod(uid: &str) -> Pod {
         let mut pod = pod("Running", None);
@@ -524,20 +537,12 @@ mod tests {
         let silent = |id, uid: &str| seen(id, Some(running_pod(uid)), None);
         let answering =
             |id, uid: &str| seen(id, Some(running_pod(uid)), Some(health(id, 1, 5, true)));
-        let past_threshold = |id: u32, uid: &str| ReplicaStatus {
-            id,
-            pod: format!("demo-order-{}", id - 1),
-            consecutive_failures: 2,
-            started: Some(uid.into()),
-            answered: true,
-            ..ReplicaStatus::default()
-        };
         let previous = [
-            past_threshold(1, "a1"),
-            past_threshold(2, "a2"),
-            past_threshold(3, "a3"),
-            past_threshold(4, "a4"),
-            past_threshold(5, "a5"),
+            failing(1, "a1"),
+            failing(2, "a2"),
+            failing(3, "a3"),
+            failing(4, "a4"),
+            failing(5, "a5"),
         ];
         let round = [
             silent(1, "a1"),
@@ -577,13 +582,7 @@ mod tests {
         stuck.metadata.creation_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0)));
         let answering = |id| seen(id, Some(running_pod("a")), Some(health(id, 1, 3, true)));
-        let previous = [ReplicaStatus {
-            id: 1,
-            consecutive_failures: 2,
-            started: Some("a".into()),
-            answered: true,
-            ..ReplicaStatus::default()
-        }];
+        let previous = [failing(1, "a")];
         let now = at(200);
         for fifth in [seen(5, Some(stuck.clone()), None), seen(5, None, None)] {
             let observations = [
@@ -616,13 +615,7 @@ mod tests {
     /// silent pod go.
     #[test]
     fn a_deposed_leader_does_not_count_towards_the_majority_that_deletes() {
-        let previous = [ReplicaStatus {
-            id: 2,
-            consecutive_failures: 2,
-            started: Some("a".into()),
-            answered: true,
-            ..ReplicaStatus::default()
-        }];
+        let previous = [failing(2, "a")];
         let observations = [
             seen(1, Some(running_pod("a")), Some(health(1, 4, 1, true))),
             seen(2, Some(running_pod("a")), None),

@@ -39,6 +39,18 @@ async fn serve(
 
 /// The user `key` names, holding that one key: as a frontend keeps them once it has fetched them
 /// from the catalog.
+/// Keys of users 1 and 2, whose credentials `state` keeps as if it had fetched them from the
+/// catalog.
+fn two_users_kept(state: &AppState) -> Vec<stocknet_common::api_key::ApiKey> {
+    let keys: Vec<_> = (1..=2)
+        .map(|user| stocknet_common::api_key::ApiKey::generate(user).unwrap())
+        .collect();
+    for key in &keys {
+        state.inner.credentials.keep(holder_of(key));
+    }
+    keys
+}
+
 fn holder_of(key: &stocknet_common::api_key::ApiKey) -> stocknet_common::wire::UserRecord {
     use stocknet_common::api_key::Credential;
     use stocknet_common::wire::{KeyRecord, UserRecord};
@@ -170,13 +182,7 @@ async fn envelopes_for_every_outcome_without_backends() {
 async fn a_user_is_limited_by_their_key() {
     use stocknet_common::api_key::ApiKey;
     let state = lone_state(&["--rate-limit", "1", "--rate-burst", "2"]);
-    let keys: Vec<ApiKey> = (1..=2)
-        .map(|user| ApiKey::generate(user).unwrap())
-        .collect();
-    for key in &keys {
-        // As if this frontend had fetched their credentials from the catalog.
-        state.inner.credentials.keep(holder_of(key));
-    }
+    let keys = two_users_kept(&state);
     let app = router(state);
     let get = |auth: Option<String>| {
         let mut request = Request::get("/openapi.json");
@@ -1244,6 +1250,14 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
 /// A read with a key of `user` the catalog never made, from `from`.
 fn made_up_key_from(user: u64, from: std::net::SocketAddr) -> Request<Body> {
     let key = stocknet_common::api_key::ApiKey::generate(user).unwrap();
+    read_with_key_from(&key, from)
+}
+
+/// A read with `key`, from `from`.
+fn read_with_key_from(
+    key: &stocknet_common::api_key::ApiKey,
+    from: std::net::SocketAddr,
+) -> Request<Body> {
     let mut request = Request::get("/openapi.json")
         .header("authorization", format!("Bearer {}", key.reveal()))
         .body(Body::empty())
@@ -1264,24 +1278,10 @@ async fn a_user_over_their_limit_leaves_the_others_at_their_address_theirs() {
 
     let state = lone_state(&["--rate-limit", "1", "--rate-burst", "1"]);
     state.inner.catalog_contact.renewed_now();
-    let keys: Vec<ApiKey> = (1..=2)
-        .map(|user| ApiKey::generate(user).unwrap())
-        .collect();
-    for key in &keys {
-        state.inner.credentials.keep(holder_of(key));
-    }
+    let keys = two_users_kept(&state);
     let app = router(state);
     let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-    let ask = |key: &ApiKey| {
-        let mut request = Request::get("/openapi.json")
-            .header("authorization", format!("Bearer {}", key.reveal()))
-            .body(Body::empty())
-            .unwrap();
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(from));
-        app.clone().oneshot(request)
-    };
+    let ask = |key: &ApiKey| app.clone().oneshot(read_with_key_from(key, from));
     let mut statuses = Vec::new();
     for _ in 0..30 {
         statuses.push(ask(&keys[0]).await.unwrap().status());
