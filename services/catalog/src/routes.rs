@@ -106,8 +106,8 @@ pub(crate) async fn create_user(
         prefix,
         display_name,
     } = request;
-    let until = tokio::time::Instant::now() + USER_TURN_WAIT;
-    let record = change_users(&state, until, move |users| {
+    let turn = users_turn(&state).await?;
+    let record = change_users(&state, turn, move |users| {
         users.create(credential, prefix, display_name, created)
     })
     .await?;
@@ -120,26 +120,24 @@ pub(crate) async fn create_user(
 /// not made rather than that nobody knows (504).
 pub(crate) const USER_TURN_WAIT: Duration = Duration::from_millis(1500);
 
-/// Runs `change` on the user store on the blocking pool, in its turn: it writes and fsyncs the
-/// users' file. (The turn is held until the change is done, even if its caller goes away.)
+/// Runs `change` on the user store on the blocking pool, in `turn` ([`users_turn`]): it
+/// writes and fsyncs the users' file. (The turn is held until the change is done, even if its
+/// caller goes away.)
 pub(crate) async fn change_users<T: Send + 'static>(
     state: &AppState,
-    until: tokio::time::Instant,
+    turn: tokio::sync::OwnedSemaphorePermit,
     change: impl FnOnce(&UserStore) -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, CatalogError> {
-    let turn = users_turn(state, until).await?;
     let users = state.users.clone();
     file::with_turn(turn, move || change(&users))
         .await
         .map_err(CatalogError::Task)?
 }
 
-/// The users' file's turn, if it comes before `until`.
-async fn users_turn(
-    state: &AppState,
-    until: tokio::time::Instant,
-) -> Result<tokio::sync::OwnedSemaphorePermit, CatalogError> {
-    tokio::time::timeout_at(until, state.user_writes.clone().acquire_owned())
+/// The users' file's turn, if it comes within [`USER_TURN_WAIT`].
+async fn users_turn(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, CatalogError> {
+    let acquire = state.user_writes.clone().acquire_owned();
+    tokio::time::timeout(USER_TURN_WAIT, acquire)
         .await
         .map_err(|_| CatalogError::UsersBusy)?
         .map_err(|e| CatalogError::Task(e.to_string()))
@@ -158,16 +156,12 @@ async fn change_keys<T: Send + 'static>(
     made: impl FnOnce(&T) -> bool + Send + 'static,
 ) -> Result<T, CatalogError> {
     let state = state.clone();
-    let until = tokio::time::Instant::now() + USER_TURN_WAIT;
     request_id::spawn_whole(async move {
-        let turn = users_turn(&state, until).await?;
+        let turn = users_turn(&state).await?;
         // Numbered in the file's turn, so in the order of the writes: one that finds the
         // change made finds this one's push among those before it.
         let pushing = state.key_pushes.start(user);
-        let users = state.users.clone();
-        let changed = file::with_turn(turn, move || change(&users))
-            .await
-            .map_err(CatalogError::Task)??;
+        let changed = change_users(&state, turn, change).await?;
         if made(&changed) {
             forget_credentials(&state, user).await;
         } else {

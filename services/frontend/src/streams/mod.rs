@@ -592,7 +592,7 @@ impl FromRequestParts<AppState> for BareHandshake {
 #[utoipa::path(get, path = "/ws/trades", operation_id = "stream_trades", tag = "market",
     responses((status = 101, description = "A WebSocket whose messages are TradeFrames: each \
         trade as it commits, and a gap where this frontend missed some. A consumer that falls \
-        behind is closed with code 1008 and a reason; one over the frontend's cap of open \
+        behind is closed with code 1008 and a reason; one over the frontend's caps (in all, and per address) of open \
         streams, at once with 1013; one silent for 60 s (pings go every 20 s), with 1001.", body = TradeFrame), NotAHandshake, OtherWebSocketVersion))]
 pub async fn trades(
     State(state): State<AppState>,
@@ -619,7 +619,7 @@ pub async fn trades(
 #[utoipa::path(get, path = "/ws/prices", operation_id = "stream_prices", tag = "stocks",
     responses((status = 101, description = "A WebSocket whose messages are PriceFrames: a \
         snapshot of every stock, then a price per change. Closed with 1013 when the catalog \
-        is unavailable, or at once over the frontend's cap of open streams; with 1008 and a \
+        is unavailable, or at once over the frontend's caps (in all, and per address) of open streams; with 1008 and a \
         reason when the consumer falls behind; with 1001 when it is silent for 60 s (pings go \
         every 20 s).", body = PriceFrame), NotAHandshake, OtherWebSocketVersion))]
 pub async fn prices(
@@ -692,7 +692,7 @@ pub(crate) async fn catch_up_prices(state: AppState) {
             (the book as of entry `applied`, the best 1,000 levels of each side), then an \
             update per entry that changed it (every level it changed, at any depth), and a \
             new snapshot after a gap. Closed with 1013 when no order leader answers, or at once \
-            over the frontend's cap of open streams; with 1008 and a reason when the consumer \
+            over the frontend's caps (in all, and per address) of open streams; with 1008 and a reason when the consumer \
             falls behind; with 1001 when it is silent for 60 s (pings go every 20 s).", body = BookFrame),
         NotAHandshake,
         OtherWebSocketVersion,
@@ -753,7 +753,7 @@ pub struct CandleStreamQuery {
         (status = 101, description = "A WebSocket whose messages are CandleFrames: a snapshot \
             (the last 100 intervals' candles as of entry `applied`), then the candle each \
             committed trade changed, and a new snapshot after a gap. Closed with 1013 when no \
-            order leader answers, or at once over the frontend's cap of open streams; with 1008 \
+            order leader answers, or at once over the frontend's caps (in all, and per address) of open streams; with 1008 \
             and a reason when the consumer falls behind; with 1001 when it is silent for 60 s \
             (pings go every 20 s).", body = CandleFrame),
         (status = 400, description = "An unknown parameter or interval, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),

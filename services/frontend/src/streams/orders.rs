@@ -243,7 +243,7 @@ pub enum OrderFrame {
             be an OrderStreamHello within 5 s. A key that is wrong, or revoked while the stream \
             runs, closes it with code 1008, as does an `after` past the end of the order log; \
             silence for 60 s (pings go every 20 s) with 1001; one that cannot be checked now (the catalog out \
-            of reach past 30 s) with 1013, as one over the frontend's cap of open streams: \
+            of reach past 30 s) with 1013, as one over the frontend's caps (in all, and per address) of open streams: \
             reconnect to resume.", body = OrderFrame),
         (status = 400, description = "An unknown parameter, `after` not a number, or not a WebSocket handshake", body = stocknet_common::envelope::ErrorEnvelope),
         (status = 401, description = "An Authorization header with a wrong key", body = stocknet_common::envelope::ErrorEnvelope),
