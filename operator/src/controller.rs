@@ -294,7 +294,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         failure_threshold: ctx.settings.failure_threshold,
         probe_period: Duration::from_secs(ctx.settings.probe_period_seconds),
     };
-    let assessment = health::assess(
+    let mut assessment = health::assess(
         &observations,
         previous,
         policy,
@@ -315,7 +315,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         Err(e) => {
             // A refused object (an admission webhook, a quota) must not stop the health
             // policy: a crashed replica is restarted from the template its StatefulSet has.
-            delete_condemned(&ctx, &sn, &pods, &assessment.deletions).await?;
+            delete_condemned(&ctx, &sn, &pods, &mut assessment).await?;
             let message = e.to_string();
             ctx.publish(&sn, EventType::Warning, "ApplyFailed", message.clone())
                 .await;
@@ -328,7 +328,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         remove_network_policies(&ctx.client, &namespace, &sn).await?;
     }
     let reports = observe_reports(&ctx, &sn, &namespace, desired.reports.as_ref()).await?;
-    delete_condemned(&ctx, &sn, &pods, &assessment.deletions).await?;
+    delete_condemned(&ctx, &sn, &pods, &mut assessment).await?;
     // A rolling upgrade waits while the health policy replaces anything; it concerns the
     // pods that exist (a new one starts at the current revision).
     let existing_pods: Vec<Observation> = observations
@@ -408,14 +408,14 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 /// Deletes the order pods the health policy condemned, each only if it is still the pod
-/// observed, with an Event each.
+/// observed, with an Event each, and counts the restarts made.
 async fn delete_condemned(
     ctx: &Context,
     sn: &StockNet,
     pods: &Api<Pod>,
-    deletions: &[health::Deletion],
+    assessment: &mut health::Assessment,
 ) -> Result<(), Error> {
-    for deletion in deletions {
+    for deletion in assessment.deletions.clone() {
         let params = DeleteParams {
             preconditions: deletion.uid.clone().map(|uid| Preconditions {
                 uid: Some(uid),
@@ -429,6 +429,7 @@ async fn delete_condemned(
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
+        assessment.restarted(&deletion, k8s_openapi::jiff::Timestamp::now());
         ctx.metrics.pods_deleted.inc();
         tracing::warn!(pod = deletion.pod, "{}", deletion.message);
         ctx.publish(

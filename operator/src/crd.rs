@@ -341,6 +341,14 @@ pub struct ReplicaStatus {
     /// Times the operator deleted this replica's pod.
     #[serde(default)]
     pub restarts: u32,
+    /// When it last did (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<String>,
+    /// Restarts for a crash in a row, each within 10 minutes of the one before: the next
+    /// waits 10 s after the last, doubling with each up to 5 minutes (the kubelet's back-off,
+    /// which deleting the pod would reset).
+    #[serde(default)]
+    pub consecutive_crashes: u32,
     /// The pod and container start this status counts for (the pod's uid and its container's
     /// start time): health checks fail only once a start has answered one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,6 +32,9 @@ pub struct Deletion {
     pub message: String,
 }
 
+/// The reason of a crashed replica's deletion (and of its Event).
+pub const CRASHED: &str = "OrderReplicaCrashed";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
     pub replicas: Vec<ReplicaStatus>,
@@ -46,7 +49,33 @@ impl Assessment {
     pub fn all_healthy(&self) -> bool {
         self.replicas.iter().all(|r| r.healthy)
     }
+
+    /// Counts `deletion` as a restart of its replica, made at `now`: once the API server has
+    /// deleted the pod (not when it was gone already, or replaced since it was observed).
+    pub fn restarted(&mut self, deletion: &Deletion, now: Timestamp) {
+        if let Some(status) = self.replicas.iter_mut().find(|r| r.pod == deletion.pod) {
+            status.restarts += 1;
+            status.last_restart = Some(now.to_string());
+            if deletion.reason == CRASHED {
+                status.consecutive_crashes += 1;
+            }
+        }
+    }
 }
+
+/// How long after the last restart a replica's next crash restart waits, `crashes` restarts
+/// for a crash in a row having been made: none for the first, then 10 s doubling up to 5
+/// minutes, as the kubelet backs off a container that keeps crashing.
+fn crash_backoff(crashes: u32) -> Duration {
+    match crashes {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(10u64 << (n - 1).min(5)).min(Duration::from_secs(300)),
+    }
+}
+
+/// A crash restart this long after the last restart starts a new run of crashes (the kubelet
+/// forgets its back-off after a container ran 10 minutes).
+const CRASHES_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
 
 /// When a running pod that does not answer is deleted.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +88,8 @@ pub struct Policy {
 }
 
 /// Applies the policy: a pod whose container has crashed (CrashLoopBackOff, terminated, phase
-/// Failed) is deleted at once; a running pod whose health check fails `failure_threshold`
+/// Failed) is deleted, at once the first time and then backed off ([`crash_backoff`]); a
+/// running pod whose health check fails `failure_threshold`
 /// times in a row, a probe period apart, after it answered one since it started, is deleted
 /// too, one a round, only while a majority of the replicas answer ready without it and every
 /// other replica has answered since it started (a pod deleted before is back). A pod that does
@@ -95,6 +125,8 @@ pub fn assess(
                 consecutive_failures: 0,
                 last_failure: None,
                 restarts: known.map_or(0, |b| b.restarts),
+                last_restart: known.and_then(|b| b.last_restart.clone()),
+                consecutive_crashes: known.map_or(0, |b| b.consecutive_crashes),
                 answered: seen.health.is_some() || before.is_some_and(|b| b.answered),
                 started,
             };
@@ -105,15 +137,25 @@ pub fn assess(
                 return status;
             }
             if let Some(why) = crashed(pod) {
-                // Deleted now: not healthy, whatever its last answer said.
+                // Not healthy, whatever its last answer said.
                 status.healthy = false;
-                status.restarts += 1;
-                deletions.push(Deletion {
-                    pod: seen.pod_name.clone(),
-                    uid: pod.metadata.uid.clone(),
-                    reason: "OrderReplicaCrashed",
-                    message: format!("order replica {} {why}; deleting its pod", seen.id),
-                });
+                let since_restart = status
+                    .last_restart
+                    .as_deref()
+                    .and_then(|text| text.parse::<Timestamp>().ok())
+                    .map(|at| now.duration_since(at).as_secs_f64());
+                if since_restart.is_some_and(|s| s >= CRASHES_FORGOTTEN_AFTER.as_secs_f64()) {
+                    status.consecutive_crashes = 0;
+                }
+                let wait = crash_backoff(status.consecutive_crashes).as_secs_f64();
+                if since_restart.is_none_or(|s| s >= wait) {
+                    deletions.push(Deletion {
+                        pod: seen.pod_name.clone(),
+                        uid: pod.metadata.uid.clone(),
+                        reason: CRASHED,
+                        message: format!("order replica {} {why}; deleting its pod", seen.id),
+                    });
+                }
                 return status;
             }
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -186,7 +228,6 @@ pub fn assess(
         });
         status.consecutive_failures = 0;
         status.last_failure = None;
-        status.restarts += 1;
     }
     Assessment {
         replicas,
@@ -370,6 +411,19 @@ mod tests {
         assert_eq!(healthy, [false, true, true]);
     }
 
+    /// The assessment at `now` of `observations` after `previous`, with every deletion made.
+    fn assess_and_delete(
+        observations: &[Observation],
+        previous: &[ReplicaStatus],
+        now: Timestamp,
+    ) -> Assessment {
+        let mut assessment = assess(observations, previous, POLICY, now);
+        for deletion in assessment.deletions.clone() {
+            assessment.restarted(&deletion, now);
+        }
+        assessment
+    }
+
     #[test]
     fn a_crashed_pod_is_deleted_at_once() {
         let crash_loop = ContainerState {
@@ -397,14 +451,66 @@ mod tests {
             restarts: 2,
             ..ReplicaStatus::default()
         }];
-        let assessment = assess(&observations, &previous, POLICY, at(0));
+        let assessment = assess_and_delete(&observations, &previous, at(0));
         let deleted = deleted_pods(&assessment);
         assert_eq!(deleted, ["demo-order-0", "demo-order-1", "demo-order-2"]);
         assert!(assessment.deletions[1]
             .message
             .contains("exited with code 137"));
-        assert_eq!(assessment.replicas[0].restarts, 3);
+        let first = &assessment.replicas[0];
+        assert_eq!((first.restarts, first.consecutive_crashes), (3, 1));
+        assert_eq!(first.last_restart, Some(at(0).to_string()));
         assert!(!assessment.all_healthy());
+    }
+
+    /// A replica that crashes again and again is restarted less and less often, as the kubelet
+    /// would restart its container (deleting the pod at once would undo the kubelet's back-off
+    /// and restart it as fast as it crashes), and at once again after ten quiet minutes.
+    #[test]
+    fn a_replica_that_keeps_crashing_is_restarted_backed_off() {
+        let crash_loop = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+                ..ContainerStateWaiting::default()
+            }),
+            ..ContainerState::default()
+        };
+        let crashed = [seen(1, Some(pod("Running", Some(crash_loop))), None)];
+        let mut replicas = Vec::new();
+        let mut restarted_at = Vec::new();
+        // Five-second rounds for almost 16 minutes.
+        for round in 0..190 {
+            let assessment = assess_and_delete(&crashed, &replicas, at(round));
+            if !assessment.deletions.is_empty() {
+                restarted_at.push(round * 5);
+            }
+            replicas = assessment.replicas;
+        }
+        // 10, 20, 40, 80, 160 s apart, then 300 s at most.
+        assert_eq!(restarted_at, [0, 10, 30, 70, 150, 310, 610, 910]);
+        assert_eq!(
+            (replicas[0].restarts, replicas[0].consecutive_crashes),
+            (8, 8)
+        );
+        // A crash ten minutes after the last restart (round 182) is the first of a new run.
+        let later = assess_and_delete(&crashed, &replicas, at(182 + 120));
+        assert_eq!(deleted_pods(&later), ["demo-order-0"]);
+        assert_eq!(later.replicas[0].consecutive_crashes, 1);
+    }
+
+    /// A deletion that finds its pod gone, or replaced since it was observed, restarted
+    /// nothing: the replica's restarts and crash back-off count only deletions made.
+    #[test]
+    fn only_deletions_made_count_as_restarts() {
+        let observations = [seen(1, Some(pod("Failed", None)), None)];
+        let assessment = assess(&observations, &[], POLICY, at(0));
+        assert_eq!(deleted_pods(&assessment), ["demo-order-0"]);
+        let replica = &assessment.replicas[0];
+        assert_eq!((replica.restarts, replica.consecutive_crashes), (0, 0));
+        assert_eq!(replica.last_restart, None);
+        // The next round may delete it at once.
+        let next = assess(&observations, &assessment.replicas, POLICY, at(1));
+        assert_eq!(deleted_pods(&next), ["demo-order-0"]);
     }
 
     #[test]
@@ -428,7 +534,7 @@ mod tests {
         assert_eq!(again.replicas[0].consecutive_failures, 1);
         let second = assess(&unanswered, &again.replicas, POLICY, at(1));
         assert!(second.deletions.is_empty());
-        let third = assess(&unanswered, &second.replicas, POLICY, at(2));
+        let third = assess_and_delete(&unanswered, &second.replicas, at(2));
         assert_eq!(third.deletions.len(), 1);
         assert_eq!(third.deletions[0].reason, "OrderReplicaUnhealthy");
         assert_eq!(

@@ -23,8 +23,9 @@ struct Call {
 /// `order_revision` as its update revision, if given), lists `pods` and `jobs`, serves the order
 /// StatefulSet that exists (`existing`, if any) and the StockNet's network policies and report
 /// CronJob (`demo-frontend`'s policy is a user's own, not the StockNet's), refuses an apply
-/// of the object whose path ends in `refused` (as an admission webhook would), and records
-/// every call.
+/// of the object whose path ends in `refused` (as an admission webhook would), answers 409 to
+/// the deletion of a pod observed with a uid `replaced-…` (the StatefulSet made another since),
+/// and records every call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     (pods, jobs): (Value, Value),
@@ -47,6 +48,13 @@ async fn fake_api_server(
             calls.lock().unwrap().push(Call { method, uri, body });
             let denied = "admission webhook \"policy.example\" denied the request";
             send.send_response(failure(403, "Forbidden", denied));
+            continue;
+        }
+        let uid = body["preconditions"]["uid"].as_str().unwrap_or_default();
+        if method == "DELETE" && uid.starts_with("replaced-") {
+            calls.lock().unwrap().push(Call { method, uri, body });
+            let conflict = "Precondition failed: UID in precondition does not match UID in object";
+            send.send_response(failure(409, "Conflict", conflict));
             continue;
         }
         if method == "GET" && path.ends_with("/statefulsets/demo-order") && existing.is_some() {
@@ -455,6 +463,42 @@ async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
         ["/api/v1/namespaces/shop/pods/demo-order-2"]
     );
     assert_eq!(event_reasons(&calls), ["OrderReplicaUnhealthy"]);
+}
+
+/// A crashed pod that the StatefulSet replaced between the operator's look and its delete is
+/// not deleted (the delete's uid precondition fails): no Event, no restart counted, and the
+/// next crash of the new pod is restarted at once rather than backed off.
+#[tokio::test]
+async fn a_crashed_pod_replaced_before_its_delete_counts_no_restart() {
+    let crash_loop = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+    let mut replaced = pod(1, "127.0.0.1", crash_loop);
+    replaced["metadata"]["uid"] = json!("replaced-demo-order-1");
+    let pods = vec![
+        pod(0, "127.0.0.1", running()),
+        replaced,
+        pod(2, "127.0.0.1", running()),
+    ];
+    let (_, calls) = run_reconcile(stocknet(None), pods).await;
+    assert_eq!(
+        deleted(&calls),
+        ["/api/v1/namespaces/shop/pods/demo-order-1"]
+    );
+    assert!(
+        event_reasons(&calls).is_empty(),
+        "{:?}",
+        event_reasons(&calls)
+    );
+    let status = status_written(&calls);
+    let second = &status.replicas[1];
+    assert!(!second.healthy);
+    assert_eq!(
+        (
+            second.restarts,
+            second.consecutive_crashes,
+            second.last_restart.as_deref()
+        ),
+        (0, 0, None)
+    );
 }
 
 /// An object the API server refuses (here the frontend's Deployment, by an admission
