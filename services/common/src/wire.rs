@@ -902,11 +902,10 @@ pub fn instant_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schem
         .into()
 }
 
-/// The book trades of one interval of one stock. Intervals without trades have none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Candle {
-    /// Start of the interval, RFC 3339, UTC.
-    pub time: String,
+/// What the trades of an interval came to: the replicas keep it per minute and the frontends'
+/// candle streams per interval, both by the same two steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ohlcv {
     pub open: Price,
     pub high: Price,
     pub low: Price,
@@ -914,6 +913,38 @@ pub struct Candle {
     /// Shares traded.
     pub volume: u64,
     pub trades: u32,
+}
+
+impl Ohlcv {
+    /// One trade of `quantity` at `price`.
+    pub fn trade(price: Price, quantity: u32) -> Self {
+        Self {
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: u64::from(quantity),
+            trades: 1,
+        }
+    }
+
+    /// Adds `later`, which comes after everything in this one.
+    pub fn extend(&mut self, later: &Ohlcv) {
+        self.high = self.high.max(later.high);
+        self.low = self.low.min(later.low);
+        self.close = later.close;
+        self.volume += later.volume;
+        self.trades += later.trades;
+    }
+}
+
+/// The book trades of one interval of one stock. Intervals without trades have none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Candle {
+    /// Start of the interval, RFC 3339, UTC.
+    pub time: String,
+    #[serde(flatten)]
+    pub traded: Ohlcv,
 }
 
 /// `GET /candles/{name}`: oldest first.

@@ -3,47 +3,18 @@
 //! trades. A stock's minutes live with its book (I10); they only ever grow at the end, since
 //! entries' times never go back along the log.
 
-use serde::{Deserialize, Serialize};
+use stocknet_common::wire::Ohlcv;
 use stocknet_common::Price;
 
 /// A candle's width in milliseconds: one minute, the unit the book keeps.
 pub const MINUTE_MS: u64 = 60_000;
 
 /// The trades of one interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candle {
     /// Start of the interval, milliseconds since the epoch.
     pub start: u64,
-    pub open: Price,
-    pub high: Price,
-    pub low: Price,
-    pub close: Price,
-    /// Shares traded.
-    pub volume: u64,
-    pub trades: u32,
-}
-
-impl Candle {
-    fn new(start: u64, price: Price, quantity: u32) -> Self {
-        Self {
-            start,
-            open: price,
-            high: price,
-            low: price,
-            close: price,
-            volume: u64::from(quantity),
-            trades: 1,
-        }
-    }
-
-    /// Adds `later`, which comes after everything in this one.
-    fn extend(&mut self, later: &Candle) {
-        self.high = self.high.max(later.high);
-        self.low = self.low.min(later.low);
-        self.close = later.close;
-        self.volume += later.volume;
-        self.trades += later.trades;
-    }
+    pub traded: Ohlcv,
 }
 
 /// One stock's minutes with trades, oldest first.
@@ -68,10 +39,13 @@ impl Minutes {
     /// Counts a trade of `quantity` at `price` made at `time` (never before the last one).
     pub fn trade(&mut self, time: u64, price: Price, quantity: u32) {
         let start = time - time % MINUTE_MS;
-        let trade = Candle::new(start, price, quantity);
+        let trade = Ohlcv::trade(price, quantity);
         match self.0.last_mut() {
-            Some(last) if last.start >= start => last.extend(&trade),
-            _ => self.0.push(trade),
+            Some(last) if last.start >= start => last.traded.extend(&trade),
+            _ => self.0.push(Candle {
+                start,
+                traded: trade,
+            }),
         }
     }
 
@@ -94,7 +68,7 @@ impl Minutes {
             }
             let full = candles.len() == limit;
             match candles.last_mut() {
-                Some(last) if last.start == start => last.extend(minute),
+                Some(last) if last.start == start => last.traded.extend(&minute.traded),
                 _ if full => return (candles, Some(start)),
                 _ => candles.push(Candle { start, ..*minute }),
             }
@@ -122,39 +96,35 @@ mod tests {
             one[0],
             Candle {
                 start: 0,
-                open: Price::from_cents(1000),
-                high: Price::from_cents(1010),
-                low: Price::from_cents(1000),
-                close: Price::from_cents(1010),
-                volume: 3,
-                trades: 2
+                traded: Ohlcv {
+                    open: Price::from_cents(1000),
+                    high: Price::from_cents(1010),
+                    low: Price::from_cents(1000),
+                    close: Price::from_cents(1010),
+                    volume: 3,
+                    trades: 2
+                }
             }
         );
         let hours = minutes.candles(hour, 0, 2 * hour, 10).0;
         assert_eq!(
             hours
                 .iter()
-                .map(|c| (c.start, c.open, c.high, c.low, c.close, c.volume, c.trades))
+                .map(|c| (c.start, c.traded))
                 .collect::<Vec<_>>(),
             [
                 (
                     0,
-                    Price::from_cents(1000),
-                    Price::from_cents(1010),
-                    Price::from_cents(990),
-                    Price::from_cents(990),
-                    7,
-                    3
+                    Ohlcv {
+                        open: Price::from_cents(1000),
+                        high: Price::from_cents(1010),
+                        low: Price::from_cents(990),
+                        close: Price::from_cents(990),
+                        volume: 7,
+                        trades: 3
+                    }
                 ),
-                (
-                    hour,
-                    Price::from_cents(1005),
-                    Price::from_cents(1005),
-                    Price::from_cents(1005),
-                    Price::from_cents(1005),
-                    3,
-                    1
-                )
+                (hour, Ohlcv::trade(Price::from_cents(1005), 3))
             ]
         );
         // Only intervals that start within [from, to).

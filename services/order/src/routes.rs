@@ -604,12 +604,7 @@ pub(crate) async fn candles(
         .into_iter()
         .map(|c| wire::Candle {
             time: clock::rfc3339(c.start),
-            open: c.open,
-            high: c.high,
-            low: c.low,
-            close: c.close,
-            volume: c.volume,
-            trades: c.trades,
+            traded: c.traded,
         })
         .collect();
     Ok(data(Candles {

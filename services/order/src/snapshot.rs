@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use stocknet_common::wire::Ohlcv;
 use stocknet_common::{file, Price, Side};
 
 use crate::archive::OrderRecord;
@@ -206,12 +207,12 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
                     .iter()
                     .map(|c| CandleImage {
                         start: c.start,
-                        open: c.open.cents(),
-                        high: c.high.cents(),
-                        low: c.low.cents(),
-                        close: c.close.cents(),
-                        volume: c.volume,
-                        trades: c.trades,
+                        open: c.traded.open.cents(),
+                        high: c.traded.high.cents(),
+                        low: c.traded.low.cents(),
+                        close: c.traded.close.cents(),
+                        volume: c.traded.volume,
+                        trades: c.traded.trades,
                     })
                     .collect();
                 ((*name).to_owned(), minutes)
@@ -305,12 +306,14 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
             .into_iter()
             .map(|c| Candle {
                 start: c.start,
-                open: Price::from_cents(c.open),
-                high: Price::from_cents(c.high),
-                low: Price::from_cents(c.low),
-                close: Price::from_cents(c.close),
-                volume: c.volume,
-                trades: c.trades,
+                traded: Ohlcv {
+                    open: Price::from_cents(c.open),
+                    high: Price::from_cents(c.high),
+                    low: Price::from_cents(c.low),
+                    close: Price::from_cents(c.close),
+                    volume: c.volume,
+                    trades: c.trades,
+                },
             })
             .collect();
         book.restore_minutes(&name, minutes)?;

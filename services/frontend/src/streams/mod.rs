@@ -31,7 +31,7 @@ use stocknet_common::connections::client_address;
 use stocknet_common::paths;
 use stocknet_common::wire::{
     AsOf, Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent,
-    Snapshot, Trade,
+    Ohlcv, Snapshot, Trade,
 };
 use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, RemoteError, Stock};
 use tokio::sync::{broadcast, Notify};
@@ -802,25 +802,17 @@ impl Followed for CandleStream {
         let width = self.interval.millis();
         let start = event.time - event.time % width;
         for trade in &event.trades {
+            let traded = Ohlcv::trade(trade.price, trade.quantity);
             self.last = Some(match self.last.take() {
                 Some((at, mut candle)) if at == start => {
-                    candle.high = candle.high.max(trade.price);
-                    candle.low = candle.low.min(trade.price);
-                    candle.close = trade.price;
-                    candle.volume += u64::from(trade.quantity);
-                    candle.trades += 1;
+                    candle.traded.extend(&traded);
                     (at, candle)
                 }
                 _ => (
                     start,
                     Candle {
                         time: rfc3339(start),
-                        open: trade.price,
-                        high: trade.price,
-                        low: trade.price,
-                        close: trade.price,
-                        volume: u64::from(trade.quantity),
-                        trades: 1,
+                        traded,
                     },
                 ),
             });
