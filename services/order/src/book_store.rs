@@ -548,21 +548,27 @@ mod tests {
         let everything = |book: &Book| (seen(book, 400), book.order(7), book.order(391));
         let expected = store.read(everything).unwrap();
         assert!(expected.1.is_some() && expected.2.is_some());
-        if !crate::archive::tests::evicted(store.archive()) {
-            return; // tmpfs: reads never wait there (the archive's own test says so).
+        // The kernel may keep a page it was asked to drop (the archive's test says when):
+        // evicted again, a few times at most, until a read finds a record missing.
+        let mut runs = 0;
+        for _ in 0..5 {
+            if !crate::archive::tests::evicted(store.archive()) {
+                return; // tmpfs: reads never wait there (the archive's own test says so).
+            }
+            let counted = std::sync::atomic::AtomicUsize::new(0);
+            let answer = store
+                .read(|book| {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    everything(book)
+                })
+                .unwrap();
+            assert_eq!(answer, expected);
+            runs = counted.into_inner();
+            if runs > 1 {
+                break;
+            }
         }
-        let runs = std::sync::atomic::AtomicUsize::new(0);
-        let answer = store
-            .read(|book| {
-                runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                everything(book)
-            })
-            .unwrap();
-        assert_eq!(answer, expected);
-        assert!(
-            runs.into_inner() > 1,
-            "no record was read with the lock let go"
-        );
+        assert!(runs > 1, "no record was read with the lock let go");
     }
 
     /// A listing read a stretch of records per hold of the book's lock lists, page by page,
