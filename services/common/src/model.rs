@@ -309,6 +309,33 @@ pub enum Command {
     Group(GroupEntry),
 }
 
+impl Command {
+    /// Whether `retry`, sent under the key this command was logged with, is the same request.
+    /// A market order on the book's protection does not count: a frontend fills it in from its
+    /// own default when the client gave none, so a retry through a frontend with another
+    /// default is the same request (answered with what the first did), not a key reused for
+    /// a different one, whose 422 would say that an order that executed never will.
+    pub fn same_request(&self, retry: &Command) -> bool {
+        match (self, retry) {
+            (
+                Command::Sweep {
+                    side,
+                    quantity,
+                    options,
+                    ..
+                },
+                Command::Sweep {
+                    side: retry_side,
+                    quantity: retry_quantity,
+                    options: retry_options,
+                    ..
+                },
+            ) => side == retry_side && quantity == retry_quantity && options == retry_options,
+            _ => self == retry,
+        }
+    }
+}
+
 /// What a [`Command::Group`] entry records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -683,6 +683,35 @@ async fn a_cancel_by_client_order_id_is_answered_by_the_leader_only() {
     assert!(cancelled.is_ok(), "{cancelled:?}");
 }
 
+/// A market order on the book retried under its key with another protection (a frontend fills
+/// in its own default when the client gave none) is the same request, answered with the
+/// first's number; with another quantity it is a key reused (422).
+#[tokio::test]
+async fn a_market_order_retried_with_another_protection_is_the_same_request() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let resting = new_order(STOCKS[0], Side::Sell, 5, Some(Price::from_cents(100)));
+    let caller = |key: &str, user| Caller::new(Some(key.into()), Some(user));
+    leader.place(resting, caller("resting", 8)).await.unwrap();
+    let sweep = |protection_bps, quantity| {
+        let mut order = new_order(STOCKS[0], Side::Buy, quantity, None);
+        order.protection_bps = Some(protection_bps);
+        order.terms.time_in_force = stocknet_common::TimeInForce::Ioc;
+        order
+    };
+    let first = leader
+        .place(sweep(500, 2), caller("sweep", 7))
+        .await
+        .unwrap();
+    let retried = leader
+        .place(sweep(300, 2), caller("sweep", 7))
+        .await
+        .unwrap();
+    assert_eq!(retried.transaction_number, first.transaction_number);
+    let reused = leader.place(sweep(500, 3), caller("sweep", 7)).await;
+    assert!(matches!(reused, Err(OrderError::KeyReused)), "{reused:?}");
+}
+
 /// A key that cancelled one order by its client order id, or by its number, and comes back to
 /// cancel another order by its client order id is a key reused (422), not a retry answered
 /// with the first cancel while the other order stays open (I11).

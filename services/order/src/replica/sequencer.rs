@@ -221,7 +221,7 @@ impl Replica {
         // execute it again. The key must come back with the same request, not a different one.
         if let Some(key) = key.as_deref() {
             let same = |logged: &Order| {
-                logged.command == command
+                logged.command.same_request(&command)
                     && name.as_ref().is_none_or(|name| *name == logged.name)
                     && logged.user == user
             };
