@@ -68,6 +68,11 @@ pub enum RemoteError {
     /// The peer answered with an error envelope.
     #[error("{}: {}", .0.status, .0.message)]
     Api(ApiError),
+    /// An error status whose body is not a StockNet envelope: something between the caller and
+    /// the peer answered (a proxy, a sidecar), or a server that is not StockNet's, so it says
+    /// nothing of what the peer did.
+    #[error("{0} without an error envelope: {1}")]
+    Status(StatusCode, String),
     /// The peer answered with something that is not a StockNet envelope.
     #[error("bad response: {0}")]
     Decode(String),
@@ -115,8 +120,8 @@ pub async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Resu
     decode(status, &bytes)
 }
 
-/// What an answer with `status` and the body `bytes` says: `{"data": T}`, or `{"error": ...}`
-/// as [`RemoteError::Api`].
+/// What an answer with `status` and the body `bytes` says: `{"data": T}`, `{"error": ...}`
+/// as [`RemoteError::Api`], or another error body as [`RemoteError::Status`].
 pub fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, RemoteError> {
     if status.is_success() {
         serde_json::from_slice::<DataEnvelope<T>>(bytes)
@@ -125,9 +130,15 @@ pub fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T
     } else {
         let error = serde_json::from_slice::<ErrorEnvelope>(bytes)
             .ok()
-            .and_then(|envelope| api_error(status, envelope.error))
-            .unwrap_or_else(|| ApiError::new(status, String::from_utf8_lossy(bytes)));
-        Err(RemoteError::Api(error))
+            .and_then(|envelope| api_error(status, envelope.error));
+        Err(match error {
+            Some(error) => RemoteError::Api(error),
+            None => {
+                let text = String::from_utf8_lossy(bytes);
+                let shown: String = text.chars().take(200).collect();
+                RemoteError::Status(status, shown)
+            }
+        })
     }
 }
 

@@ -1211,26 +1211,31 @@ async fn a_lookup_read_across_a_push_does_not_replace_the_pushed_value_as_the_la
 }
 
 /// A change to the users that reached the catalog and was not answered may have been made: 504,
-/// not 503, which says it was not. A change the catalog never got is 503.
+/// not 503, which says it was not; so may one answered by something else on the way (a proxy's
+/// 502 without the catalog's envelope). A change the catalog never got is 503.
 #[tokio::test]
 async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
-    use axum::routing::get;
+    use axum::routing::{delete, get};
     use stocknet_common::api_key::ApiKey;
 
     let key = ApiKey::generate(1).unwrap();
-    let record = holder_of(&key);
-    let catalog = Router::new().route(
-        "/users/{id}/keys/{key_id}",
-        axum::routing::delete(std::future::pending::<()>),
-    );
-    let catalog = catalog.route(
-        "/users/{id}",
-        get(move || async move { axum::Json(serde_json::json!({ "data": record })) }),
-    );
-    let (address, served) = serve(catalog).await;
+    let catalog = |revoke: axum::routing::MethodRouter| {
+        let record = holder_of(&key);
+        Router::new()
+            .route("/users/{id}/keys/{key_id}", revoke)
+            .route(
+                "/users/{id}",
+                get(move || async move { axum::Json(serde_json::json!({ "data": record })) }),
+            )
+    };
+    let (address, served) = serve(catalog(delete(std::future::pending::<()>))).await;
     let hung = format!("http://{address}");
+    let proxy_error = || async { (StatusCode::BAD_GATEWAY, "upstream connect error") };
+    let (address, proxied) = serve(catalog(delete(proxy_error))).await;
+    let behind_a_proxy = format!("http://{address}");
     for (catalog_url, expected) in [
         (hung.as_str(), StatusCode::GATEWAY_TIMEOUT),
+        (behind_a_proxy.as_str(), StatusCode::GATEWAY_TIMEOUT),
         ("http://127.0.0.1:9", StatusCode::SERVICE_UNAVAILABLE),
     ] {
         let state = lone_state(&["--catalog-url", catalog_url]);
@@ -1245,6 +1250,7 @@ async fn a_catalog_write_without_an_answer_is_504_and_one_never_sent_503() {
         assert_eq!(body["error"]["code"], expected.as_u16());
     }
     served.abort();
+    proxied.abort();
 }
 
 /// A read with a key of `user` the catalog never made, from `from`.

@@ -157,7 +157,10 @@ async fn catalog_write<T: serde::de::DeserializeOwned>(
             CatalogCall::Failed(e @ RemoteError::Unreachable(_)) if !e.never_sent() => {
                 FrontendError::CatalogWriteUnknown(e)
             }
-            CatalogCall::Answered(e @ RemoteError::Decode(_)) => {
+            // An answer that is not the catalog's own (a proxy's error status) says nothing of
+            // whether the change was made.
+            CatalogCall::Answered(e @ (RemoteError::Decode(_) | RemoteError::Status(..)))
+            | CatalogCall::Failed(e @ RemoteError::Status(..)) => {
                 FrontendError::CatalogWriteUnknown(e)
             }
             other => other.into(),

@@ -287,6 +287,7 @@ fn is_failure(error: &RemoteError) -> bool {
     match error {
         RemoteError::Unreachable(_) => true,
         RemoteError::Api(error) => error.status.is_server_error(),
+        RemoteError::Status(status, _) => status.is_server_error(),
         RemoteError::Decode(_) => false,
     }
 }

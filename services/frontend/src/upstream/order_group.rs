@@ -178,7 +178,9 @@ impl<T> Attempt<T> {
                 }
             }
             Err(e) if e.never_sent() => Self::NotExecuted { catalog: false },
-            Err(RemoteError::Unreachable(_) | RemoteError::Decode(_)) => {
+            // (An error status without an envelope is not the replica's word: a proxy's 503
+            // says nothing of whether the replica wrote the command.)
+            Err(RemoteError::Unreachable(_) | RemoteError::Decode(_) | RemoteError::Status(..)) => {
                 Self::Unknown { catalog: false }
             }
         }
@@ -352,6 +354,16 @@ mod tests {
             Attempt::<()>::of(Err(RemoteError::Decode("not JSON".into()))),
             Attempt::Unknown { catalog: false }
         );
+        // An error status whose body is not the replica's envelope (a proxy's) says nothing
+        // of what the replica did, whatever the status.
+        for status in [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::CONFLICT,
+        ] {
+            let answer = stocknet_common::client::decode::<()>(status, b"upstream reset");
+            assert_eq!(Attempt::of(answer), Attempt::Unknown { catalog: false });
+        }
     }
 
     /// A refused connection never reached anybody; a timeout may have.
