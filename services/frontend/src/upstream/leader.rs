@@ -46,6 +46,10 @@ pub struct LeaderDiscovery {
     /// Searches finished: a request that waited for one to end takes its result, whatever it
     /// found, instead of searching again (with replicas that hang, each search takes a while).
     searches: AtomicU64,
+    /// The same for the writes waiting on a leader that may hang ([`Self::newer_than`]): one
+    /// looks for its successor at a time, the others take what it found.
+    hedging: tokio::sync::Mutex<()>,
+    hedges: AtomicU64,
     http: reqwest::Client,
     leader_changes: Counter,
 }
@@ -58,6 +62,8 @@ impl LeaderDiscovery {
             current: tokio::sync::watch::Sender::new(None),
             searching: tokio::sync::Mutex::new(()),
             searches: AtomicU64::new(0),
+            hedging: tokio::sync::Mutex::new(()),
+            hedges: AtomicU64::new(0),
             http,
             leader_changes: Default::default(),
         }
@@ -165,9 +171,10 @@ impl LeaderDiscovery {
         if found.is_none() && self.learn_members().await {
             found = self.search(failed).await;
         }
-        self.follow(found.clone());
+        // (Unless a waiting write found the successor meanwhile: see `newer_than`.)
+        self.follow_after(&current, found.clone());
         self.searches.fetch_add(1, Ordering::Release);
-        found
+        self.current()
     }
 
     /// The replica `hint` names, if it says it leads (and has taken over) the term named.
@@ -188,22 +195,30 @@ impl LeaderDiscovery {
 
     /// A leader other than `current`, in a newer term, if the replicas name one now: the
     /// group replaced a leader that stopped answering (a hung one) while a call to it waits.
+    /// One waiting write searches at a time; those that waited for it take what it found (a
+    /// thousand writes held by a hung leader must not each ask every replica four times a
+    /// second). It takes no turn behind [`Self::replace`], whose search may be waiting out
+    /// that hung leader's health check.
     pub async fn newer_than(&self, current: &Leader) -> Option<Leader> {
-        let found = self.search(Some(current)).await?;
-        if found.term <= current.term {
-            return None;
+        let newer = |leader: Option<Leader>| leader.filter(|l| l.term > current.term);
+        let hedged_before = self.hedges.load(Ordering::Acquire);
+        let _one_at_a_time = self.hedging.lock().await;
+        if self.hedges.load(Ordering::Acquire) != hedged_before {
+            return newer(self.current());
         }
-        let _one_at_a_time = self.searching.lock().await;
-        if self.current().as_ref() == Some(current) {
-            self.follow(Some(found.clone()));
+        let found = newer(self.search(Some(current)).await);
+        if found.is_some() {
+            self.follow_after(&Some(current.clone()), found.clone());
         }
-        Some(found)
+        self.hedges.fetch_add(1, Ordering::Release);
+        found
     }
 
-    /// Makes `found` the leader this frontend follows; counted and logged when it changes.
-    fn follow(&self, found: Option<Leader>) {
+    /// Makes `found` the leader this frontend follows, if it still follows `seen` (what the
+    /// search that found it started from); counted and logged when it changes.
+    fn follow_after(&self, seen: &Option<Leader>, found: Option<Leader>) {
         self.current.send_if_modified(|current| {
-            if *current == found {
+            if *current == found || current != seen {
                 return false;
             }
             match &found {
@@ -424,13 +439,17 @@ mod tests {
         assert!(asked_total() >= 1 + 1 + 2, "{} checks", asked_total());
     }
 
-    /// A replica whose health is what `health` holds when it is asked.
-    async fn changing(health: Arc<std::sync::Mutex<Health>>) -> Peer {
+    /// A replica whose health is what `health` holds when it is asked; it counts the checks
+    /// it answered.
+    async fn changing(health: Arc<std::sync::Mutex<Health>>) -> (Peer, Arc<AtomicUsize>) {
         let id = health.lock().unwrap().node_id;
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
         let app = axum::Router::new().route(
             "/health",
             get(move || {
                 let now = health.lock().unwrap().clone();
+                counter.fetch_add(1, Ordering::SeqCst);
                 async move { stocknet_common::data(now) }
             }),
         );
@@ -439,7 +458,7 @@ mod tests {
             .parse()
             .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Peer { id, url }
+        (Peer { id, url }, answered)
     }
 
     #[tokio::test]
@@ -449,7 +468,7 @@ mod tests {
             .collect();
         let mut replicas = Vec::new();
         for health in &healths {
-            replicas.push(changing(health.clone()).await);
+            replicas.push(changing(health.clone()).await.0);
         }
         let discovery = LeaderDiscovery::new(
             replicas,
@@ -598,6 +617,84 @@ mod tests {
             .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (Peer { id, url }, asked)
+    }
+
+    /// Writes held by a hung leader look for its successor one at a time, the others taking
+    /// what that one found: two hundred of them for two seconds mid-election (nobody leads
+    /// yet) cost the live replicas a handful of health checks, not one per write each round.
+    #[tokio::test]
+    async fn writes_held_by_a_hung_leader_share_the_search_for_its_successor() {
+        let (one, one_asked) = replica(health(1, 7, false)).await;
+        let (two, two_asked) = replica(health(2, 7, false)).await;
+        let (three, _) = hung(3).await;
+        let held = leader(&three, 7);
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(vec![one, two, three], http);
+        discovery.follow_after(&None, Some(held.clone()));
+        let hedge = || async {
+            loop {
+                if discovery.newer_than(&held).await.is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        let writes = futures::future::join_all((0..200).map(|_| hedge()));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), writes)
+                .await
+                .is_err(),
+            "nobody leads: no write found a successor"
+        );
+        for asked in [one_asked, two_asked] {
+            let checks = asked.load(Ordering::SeqCst);
+            assert!((1..=20).contains(&checks), "{checks} health checks");
+        }
+    }
+
+    /// A write's look for the hung leader's successor does not wait for a search under way
+    /// (here one waiting out the hung leader's health check): it follows the successor at
+    /// once, and the slower search, which found nobody, leaves it followed.
+    #[tokio::test]
+    async fn a_successor_found_by_a_waiting_write_is_followed_while_a_search_runs() {
+        let healths: Vec<Arc<std::sync::Mutex<Health>>> = (1..=2)
+            .map(|id| Arc::new(std::sync::Mutex::new(health(id, 7, false))))
+            .collect();
+        let mut replicas = Vec::new();
+        let mut answered = Vec::new();
+        for health in &healths {
+            let (replica, checks) = changing(health.clone()).await;
+            replicas.push(replica);
+            answered.push(checks);
+        }
+        let (three, three_asked) = hung(3).await;
+        let held = leader(&three, 7);
+        replicas.push(three);
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = Arc::new(LeaderDiscovery::new(replicas, http));
+        discovery.follow_after(&None, Some(held.clone()));
+        let searching = {
+            let (discovery, held) = (discovery.clone(), held.clone());
+            tokio::spawn(async move { discovery.replace(Some(&held), None).await })
+        };
+        // The search has its answers from 1 and 2 (nobody leads), and waits for the hung
+        // leader's.
+        let asked = |checks: &AtomicUsize| checks.load(Ordering::SeqCst) > 0;
+        let all_asked = async {
+            while !(asked(&three_asked) && answered.iter().all(|checks| asked(checks))) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all_asked)
+            .await
+            .expect("the search asks every replica");
+        *healths[1].lock().unwrap() = health(2, 8, true);
+        let found = discovery.newer_than(&held).await.expect("a successor");
+        assert_eq!((found.id, found.term), (2, 8));
+        assert!(!searching.is_finished(), "the write waited for the search");
+        assert_eq!(discovery.current(), Some(found.clone()));
+        assert_eq!(searching.await.unwrap(), Some(found.clone()));
+        assert_eq!(discovery.current(), Some(found));
     }
 
     /// Requests that wait while a search is under way take what it found, even nothing,
