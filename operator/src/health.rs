@@ -424,15 +424,19 @@ mod tests {
         assessment
     }
 
-    #[test]
-    fn a_crashed_pod_is_deleted_at_once() {
-        let crash_loop = ContainerState {
+    /// A container the kubelet holds back after crashes.
+    fn crash_loop() -> ContainerState {
+        ContainerState {
             waiting: Some(ContainerStateWaiting {
                 reason: Some("CrashLoopBackOff".into()),
                 ..ContainerStateWaiting::default()
             }),
             ..ContainerState::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_crashed_pod_is_deleted_at_once() {
         let exited = ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: 137,
@@ -442,7 +446,7 @@ mod tests {
             ..ContainerState::default()
         };
         let observations = [
-            seen(1, Some(pod("Running", Some(crash_loop))), None),
+            seen(1, Some(pod("Running", Some(crash_loop()))), None),
             seen(2, Some(pod("Running", Some(exited))), None),
             seen(3, Some(pod("Failed", None)), None),
         ];
@@ -468,14 +472,7 @@ mod tests {
     /// and restart it as fast as it crashes), and at once again after ten quiet minutes.
     #[test]
     fn a_replica_that_keeps_crashing_is_restarted_backed_off() {
-        let crash_loop = ContainerState {
-            waiting: Some(ContainerStateWaiting {
-                reason: Some("CrashLoopBackOff".into()),
-                ..ContainerStateWaiting::default()
-            }),
-            ..ContainerState::default()
-        };
-        let crashed = [seen(1, Some(pod("Running", Some(crash_loop))), None)];
+        let crashed = [seen(1, Some(pod("Running", Some(crash_loop()))), None)];
         let mut replicas = Vec::new();
         let mut restarted_at = Vec::new();
         // Five-second rounds for almost 16 minutes.
