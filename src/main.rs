@@ -99,10 +99,26 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("stocknet: {e}");
+            eprintln!("stocknet: {}", with_causes(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and what caused it, down the chain (a report's "GET …" and the 503 behind it),
+/// each cause once: many errors name their cause in their own message already.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = error.source();
+    }
+    message
 }
 
 /// Waits until a service that started stops.

@@ -423,6 +423,19 @@ async fn up_restarts_a_service_that_hangs() {
     .await;
 }
 
+/// A report that cannot be fetched says why down to the cause, not only what it was doing: the
+/// report Job's log is where an operator looks (docs/OPERATIONS.md).
+#[test]
+fn a_report_that_cannot_be_fetched_says_why() {
+    let frontend = format!("http://127.0.0.1:{}", common::closed_port());
+    let stderr = refusal(&["report", "--frontend", &frontend, "--date", "2026-01-02"]);
+    assert!(stderr.contains(&format!("GET {frontend}/")), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+}
+
 /// A port in use stops `up` before it starts any service, with the port named.
 #[test]
 fn up_with_a_port_in_use_says_so_and_starts_nothing() {
