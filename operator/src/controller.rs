@@ -162,6 +162,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive reconcile failures per StockNet, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each StockNet's status was last written by this process.
+    status_written: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -177,11 +179,18 @@ impl Context {
             settings,
             metrics: Metrics::default(),
             failures: Mutex::default(),
+            status_written: Mutex::default(),
         }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn status_written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.status_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     async fn publish(&self, sn: &StockNet, type_: EventType, reason: &str, note: String) {
@@ -400,7 +409,12 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
     status.upgrade = step.progress;
     status.membership = Some(plan.status);
     status.reports = reports;
-    write_status(&stocknets, &sn, &status).await?;
+    let written = ctx.status_written().get(&key(&sn)).map(Instant::elapsed);
+    let period = Duration::from_secs(ctx.settings.probe_period_seconds);
+    if status::worth_writing(sn.status.as_ref(), &status, written, period) {
+        write_status(&stocknets, &sn, &status).await?;
+        ctx.status_written().insert(key(&sn), Instant::now());
+    }
     ctx.failures().remove(&key(&sn));
     Ok(Action::requeue(Duration::from_secs(
         ctx.settings.probe_period_seconds,

@@ -80,6 +80,28 @@ pub fn observed(sn: &StockNet, assessment: health::Assessment, now: Time) -> Sto
     }
 }
 
+/// Whether `next` must be written over `previous`, the last status written `since` ago: when
+/// it says anything new but how far the replicas' logs have come, or when that progress was
+/// last written a probe period or more ago. (Each status written starts another reconcile at
+/// once; written every round, the logs' progress under trading kept the operator reconciling
+/// back to back, a score of API calls a round.)
+pub fn worth_writing(
+    previous: Option<&StockNetStatus>,
+    next: &StockNetStatus,
+    since: Option<std::time::Duration>,
+    probe_period: std::time::Duration,
+) -> bool {
+    let without_progress = |status: &StockNetStatus| {
+        let mut status = status.clone();
+        for replica in &mut status.replicas {
+            replica.last_transaction = None;
+        }
+        status
+    };
+    let progress_only = previous.is_some_and(|p| without_progress(p) == without_progress(next));
+    !progress_only || since.is_none_or(|since| since >= probe_period)
+}
+
 /// The scheduled report as the report CronJob's `jobs` show it: the last run (by start), what
 /// day it reported, how it ended, and the last success (kept from `previous` once its Job is
 /// out of the CronJob's history). `None` when no run was ever seen.
@@ -196,6 +218,40 @@ mod tests {
             answered: healthy,
             ..ReplicaStatus::default()
         }
+    }
+
+    /// Under trading only the replicas' logs move: that is written once a probe period, not
+    /// every round; anything else at once.
+    #[test]
+    fn a_status_that_only_moves_the_logs_on_is_written_once_a_period() {
+        use std::time::Duration;
+        let period = Duration::from_secs(5);
+        let status = |last_transaction, healthy| StockNetStatus {
+            replicas: vec![ReplicaStatus {
+                last_transaction: Some(last_transaction),
+                ..replica(1, healthy)
+            }],
+            ..StockNetStatus::default()
+        };
+        let written = status(10, true);
+        let moved_on = status(20, true);
+        let just_now = Some(Duration::from_secs(1));
+        assert!(!worth_writing(Some(&written), &moved_on, just_now, period));
+        assert!(worth_writing(
+            Some(&written),
+            &moved_on,
+            Some(period),
+            period
+        ));
+        // Not written by this process yet (it restarted): written.
+        assert!(worth_writing(Some(&written), &moved_on, None, period));
+        assert!(worth_writing(None, &moved_on, just_now, period));
+        assert!(worth_writing(
+            Some(&written),
+            &status(20, false),
+            just_now,
+            period
+        ));
     }
 
     fn assessment(healthy: [bool; 3]) -> health::Assessment {
