@@ -351,6 +351,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
             revision.as_deref(),
             assessment.leader,
             members.as_ref().map(|m| &m.behind),
+            sn.status.as_ref().and_then(|s| s.upgrade.as_ref()),
         )
     } else {
         upgrade::Step {

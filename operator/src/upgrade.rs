@@ -31,44 +31,50 @@ pub struct Replacement {
 
 /// The next step towards every order replica running `revision` (the StatefulSet's update
 /// revision; `None` before the controller has computed it), given this round's observations,
-/// the leader they report and how many log entries the leader says each other replica is
-/// behind (`None`: the leader did not say).
+/// the leader they report, how many log entries the leader says each other replica is behind
+/// (`None`: the leader did not say) and the progress last reported. An upgrade is over once
+/// every replica runs the revision and is ready and caught up: the last one replaced (the
+/// leader) is waited for like the others.
 pub fn next_step(
     observations: &[Observation],
     revision: Option<&str>,
     leader: Option<u32>,
     behind: Option<&BTreeMap<u32, u64>>,
+    previous: Option<&UpgradeStatus>,
 ) -> Step {
+    let done = Step {
+        replace: None,
+        progress: None,
+    };
     let Some(revision) = revision else {
-        return Step {
-            replace: None,
-            progress: None,
-        };
+        return done;
     };
     let running_revision = |seen: &Observation| {
         seen.pod
             .as_ref()
             .and_then(|pod| pod.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned())
     };
-    // A missing pod counts as not updated yet: it is on its way back.
-    let not_updated = observations
-        .iter()
-        .filter(|seen| running_revision(seen).as_deref() != Some(revision))
-        .count() as u32;
-    if not_updated == 0 {
-        return Step {
-            replace: None,
-            progress: None,
-        };
+    // A missing pod counts as not on the revision yet: it is on its way back.
+    let on_revision = |seen: &&Observation| running_revision(seen).as_deref() == Some(revision);
+    let replaced_all = observations.iter().all(|seen| on_revision(&seen));
+    let upgrading = previous.is_some_and(|p| p.revision == revision);
+    if replaced_all && !upgrading {
+        // No upgrade under way: a replica down is the health policy's.
+        return done;
     }
     let outdated: Vec<&Observation> = observations
         .iter()
         .filter(|seen| running_revision(seen).is_some_and(|r| r != revision))
         .collect();
     let total = observations.len() as u32;
+    // Running it: on the revision and ready (a pod on it that crashes runs nothing).
+    let updated = observations
+        .iter()
+        .filter(|seen| on_revision(seen) && up_and_ready(seen))
+        .count() as u32;
     let progress = UpgradeStatus {
         revision: revision.to_owned(),
-        updated: total - not_updated,
+        updated,
         total,
         waiting_for: None,
     };
@@ -100,6 +106,9 @@ pub fn next_step(
     });
     if let Some(lagging) = lagging {
         return waiting(format!("order replica {} to catch up", lagging.id));
+    }
+    if replaced_all {
+        return done;
     }
     // Followers first, the highest id first (the next leader should be up to date); the leader
     // last, so that it changes once.
@@ -209,10 +218,11 @@ mod tests {
 
     /// The operator's rounds against a world where a deleted pod comes back on the new revision
     /// one round later, resyncs for two rounds, then is ready: the replicas are replaced
-    /// followers first, the leader last, one at a time, and never two are down at once.
+    /// followers first, the leader last, one at a time, and never two are down at once; the
+    /// upgrade is over only once the last one is back and caught up.
     #[test]
     fn followers_are_replaced_one_at_a_time_and_the_leader_last() {
-        let leader = 2;
+        let mut leader = 2;
         let mut world = vec![
             Replica {
                 revision: "old".into(),
@@ -222,6 +232,7 @@ mod tests {
         ];
         let mut deleted = Vec::new();
         let mut recovering: Option<(usize, u32)> = None;
+        let mut progress = None;
         for _round in 0..40 {
             let observations = observe(&world, leader);
             let step = next_step(
@@ -229,7 +240,17 @@ mod tests {
                 Some("new"),
                 Some(leader),
                 Some(&behind(&world)),
+                progress.as_ref(),
             );
+            if step.progress.is_none() {
+                assert!(
+                    world
+                        .iter()
+                        .all(|r| r.revision == "new" && r.state == State::Ready),
+                    "over before every replica is back: {world:?}"
+                );
+            }
+            progress = step.progress.clone();
             let down = world.iter().filter(|r| r.state != State::Ready).count();
             assert!(down <= 1, "two replicas down at once: {world:?}");
             if let Some(replacement) = &step.replace {
@@ -238,6 +259,10 @@ mod tests {
                 assert_eq!(world[index].revision, "old", "replaced an updated replica");
                 world[index].state = State::Gone;
                 deleted.push(replacement.id);
+                if replacement.leader {
+                    // The others elect one of them.
+                    leader = if leader == 3 { 2 } else { 3 };
+                }
                 recovering = Some((index, 0));
                 continue;
             }
@@ -262,16 +287,50 @@ mod tests {
         assert!(world
             .iter()
             .all(|r| r.revision == "new" && r.state == State::Ready));
-        assert_eq!(
+        assert_eq!(progress, None, "over once every replica is back");
+    }
+
+    /// The last replica replaced on the new revision, still resyncing (or crashing), is not
+    /// an upgrade done, nor a replica running the revision; without an upgrade under way, a
+    /// replica down is no upgrade either.
+    #[test]
+    fn an_upgrade_is_over_once_its_last_replica_is_back_and_caught_up() {
+        let mut world = vec![
+            Replica {
+                revision: "new".into(),
+                state: State::Ready,
+            };
+            3
+        ];
+        world[1].state = State::Resyncing;
+        let under_way = UpgradeStatus {
+            revision: "new".into(),
+            updated: 2,
+            total: 3,
+            waiting_for: None,
+        };
+        let step = |world: &[Replica], previous| {
             next_step(
-                &observe(&world, leader),
+                &observe(world, 3),
                 Some("new"),
-                Some(leader),
-                Some(&behind(&world))
+                Some(3),
+                Some(&behind(world)),
+                previous,
             )
-            .progress,
-            None
+        };
+        let waiting = step(&world, Some(&under_way));
+        assert_eq!(waiting.replace, None);
+        let progress = waiting.progress.expect("still upgrading");
+        assert!(progress.waiting_for.unwrap().contains("order replica 2"));
+        assert_eq!(step(&world, None).progress, None, "no upgrade under way");
+        world[1].state = State::Gone;
+        assert_eq!(
+            step(&world, Some(&under_way)).progress.map(|p| p.updated),
+            Some(2)
         );
+        world[1].state = State::Ready;
+        assert_eq!(step(&world, Some(&under_way)), step(&world, None));
+        assert_eq!(step(&world, Some(&under_way)).progress, None);
     }
 
     #[test]
@@ -289,6 +348,7 @@ mod tests {
             Some("new"),
             Some(3),
             Some(&behind(&world)),
+            None,
         );
         assert_eq!(step.replace, None);
         let progress = step.progress.expect("upgrading");
@@ -296,11 +356,17 @@ mod tests {
         assert!(progress.waiting_for.unwrap().contains("order replica 1"));
         // Without the leader's count of who is behind, nothing goes either.
         world[0].state = State::Ready;
-        let step = next_step(&observe(&world, 3), Some("new"), Some(3), None);
+        let step = next_step(&observe(&world, 3), Some("new"), Some(3), None, None);
         assert_eq!(step.replace, None);
 
         assert_eq!(
-            next_step(&observe(&world, 3), None, Some(3), Some(&behind(&world))),
+            next_step(
+                &observe(&world, 3),
+                None,
+                Some(3),
+                Some(&behind(&world)),
+                None
+            ),
             Step {
                 replace: None,
                 progress: None
@@ -311,7 +377,8 @@ mod tests {
                 &observe(&world, 3),
                 Some("old"),
                 Some(3),
-                Some(&behind(&world))
+                Some(&behind(&world)),
+                None
             ),
             Step {
                 replace: None,
