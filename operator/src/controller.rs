@@ -633,34 +633,69 @@ fn list<'a>(ids: impl IntoIterator<Item = &'a u32>) -> String {
 
 /// Applies every object; returns the order StatefulSet's update revision as the API server
 /// reports it (the revision its current template makes; `None` until its controller has
-/// computed one).
+/// computed one). An object the API server refuses does not keep the others from being
+/// applied (a change it cannot take, such as a StatefulSet's volume claim templates, would
+/// otherwise hold back every later change of every other object): the first refusal is the
+/// error, once the rest are applied. Without an answer from the API server, it stops.
 async fn apply_all(
     client: &Client,
     namespace: &str,
     desired: &Desired,
     order: &str,
 ) -> Result<Option<String>, Error> {
-    apply(client, namespace, &desired.config_map).await?;
+    let mut refused = None;
+    unless_refused(
+        &mut refused,
+        apply(client, namespace, &desired.config_map).await,
+    )?;
     for service in &desired.services {
-        apply(client, namespace, service).await?;
+        unless_refused(&mut refused, apply(client, namespace, service).await)?;
     }
     let mut order_revision = None;
     for stateful_set in &desired.stateful_sets {
-        let applied = apply(client, namespace, stateful_set).await?;
-        if applied.name_any() == order {
+        let applied = unless_refused(&mut refused, apply(client, namespace, stateful_set).await)?;
+        if let Some(applied) = applied.filter(|applied| applied.name_any() == order) {
             order_revision = applied.status.and_then(|s| s.update_revision);
         }
     }
-    apply(client, namespace, &desired.deployment).await?;
-    apply(client, namespace, &desired.disruption_budget).await?;
+    unless_refused(
+        &mut refused,
+        apply(client, namespace, &desired.deployment).await,
+    )?;
+    let budget = apply(client, namespace, &desired.disruption_budget).await;
+    unless_refused(&mut refused, budget)?;
     for policy in &desired.network_policies {
-        apply(client, namespace, policy).await?;
+        unless_refused(&mut refused, apply(client, namespace, policy).await)?;
     }
     if let Some((claim, cron_job)) = &desired.reports {
-        apply(client, namespace, claim).await?;
-        apply(client, namespace, cron_job).await?;
+        unless_refused(&mut refused, apply(client, namespace, claim).await)?;
+        unless_refused(&mut refused, apply(client, namespace, cron_job).await)?;
     }
-    Ok(order_revision)
+    match refused {
+        Some(refusal) => Err(refusal),
+        None => Ok(order_revision),
+    }
+}
+
+/// The object `applied` holds; an object the API server refused is `None`, its refusal kept in
+/// `refused` if it is the first. Any other failure (no answer) is the error.
+fn unless_refused<K>(
+    refused: &mut Option<Error>,
+    applied: Result<K, Error>,
+) -> Result<Option<K>, Error> {
+    match applied {
+        Ok(object) => Ok(Some(object)),
+        Err(
+            refusal @ Error::NotApplied {
+                source: kube::Error::Api(_),
+                ..
+            },
+        ) => {
+            refused.get_or_insert(refusal);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The scheduled report: with `spec.reports.enabled` false, removes the CronJob an earlier

@@ -550,6 +550,47 @@ async fn a_refused_apply_still_restarts_crashed_replicas_and_says_why() {
     );
 }
 
+/// An object the API server refuses (here the catalog's StatefulSet, whose volume claim
+/// templates a new `storageClassName` would change) keeps none of the others from being
+/// applied: the order StatefulSet, the frontends, the budget and the report CronJob after it
+/// still are, and the refusal is what the reconcile answers.
+#[tokio::test]
+async fn a_refused_object_keeps_none_of_the_others_from_being_applied() {
+    let (port, _) = leader_of(json!({"configs": [[1, 2, 3]], "learners": [], "urls": {},
+                                     "entry": 9, "committed": true, "leader": 3, "behind": {"1": 0, "2": 0}}))
+    .await;
+    let (reconciled, calls) = reconcile_refusing(
+        stocknet(None),
+        running_pods(3),
+        (None, None),
+        port,
+        Vec::new(),
+        Some("/statefulsets/demo-catalog"),
+    )
+    .await;
+    assert!(
+        matches!(&reconciled, Err(Error::NotApplied { kind, name, .. })
+                 if kind == "StatefulSet" && name == "demo-catalog"),
+        "{reconciled:?}"
+    );
+    let applied: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && !c.uri.contains("/status"))
+        .map(|c| c.uri.split('?').next().unwrap_or_default())
+        .collect();
+    for after in [
+        "/statefulsets/demo-order",
+        "/deployments/demo-frontend",
+        "/poddisruptionbudgets/demo-order",
+        "/cronjobs/demo-reports",
+    ] {
+        assert!(
+            applied.iter().any(|path| path.ends_with(after)),
+            "{after} not applied: {applied:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_invalid_spec_is_reported_in_status_not_applied() {
     let mut sn = stocknet(None);
