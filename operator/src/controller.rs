@@ -13,8 +13,10 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    DeleteOptions, ObjectMeta, Preconditions as DeletePreconditions, Time,
+};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -360,26 +362,58 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         }
     };
     if let (Some(replacement), Some(progress)) = (&step.replace, &step.progress) {
-        match pods
-            .delete(&replacement.pod, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
+        // Evicted, not deleted: the order replicas' disruption budget has its say, so that a
+        // node drain that took another replica since this round's look leaves a majority up.
+        // (An Eviction of policy/v1 of its own: kube's `evict` spells `deleteOptions` in a way
+        // the API server does not read, which would drop the uid precondition.)
+        let eviction = Eviction {
+            metadata: ObjectMeta {
+                name: Some(replacement.pod.clone()),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            delete_options: Some(DeleteOptions {
+                preconditions: replacement.uid.clone().map(|uid| DeletePreconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteOptions::default()
+            }),
+        };
+        let evicted = pods
+            .create_subresource::<_, serde_json::Value>(
+                "eviction",
+                &replacement.pod,
+                &PostParams::default(),
+                &eviction,
+            )
+            .await;
+        match evicted {
+            Ok(_) => {
+                let role = if replacement.leader {
+                    "the leader, last"
+                } else {
+                    "a follower"
+                };
+                let message = format!(
+                    "replacing order replica {} ({role}) to run revision {}; {} of {} done",
+                    replacement.id, progress.revision, progress.updated, progress.total
+                );
+                tracing::info!(pod = replacement.pod, "{message}");
+                ctx.publish(&sn, EventType::Normal, "UpgradingOrderReplica", message)
+                    .await;
+            }
+            // The budget allows no disruption now (another replica is down): a later round.
+            Err(kube::Error::Api(status)) if status.code == 429 => {
+                tracing::info!(
+                    pod = replacement.pod,
+                    "the disruption budget holds the upgrade"
+                );
+            }
+            // Gone, or replaced since it was observed.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
-        let role = if replacement.leader {
-            "the leader, last"
-        } else {
-            "a follower"
-        };
-        let message = format!(
-            "replacing order replica {} ({role}) to run revision {}; {} of {} done",
-            replacement.id, progress.revision, progress.updated, progress.total
-        );
-        tracing::info!(pod = replacement.pod, "{message}");
-        ctx.publish(&sn, EventType::Normal, "UpgradingOrderReplica", message)
-            .await;
     }
     let was_upgrading = sn.status.as_ref().and_then(|s| s.upgrade.as_ref());
     if let (Some(done), None) = (was_upgrading, &step.progress) {

@@ -25,6 +25,8 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
     pub pod: String,
+    /// The uid of the pod observed: evicted only if it is still that pod.
+    pub uid: Option<String>,
     pub id: u32,
     pub leader: bool,
 }
@@ -119,6 +121,7 @@ pub fn next_step(
         .or_else(|| outdated.first())
         .map(|seen| Replacement {
             pod: seen.pod_name.clone(),
+            uid: seen.pod.as_ref().and_then(|pod| pod.metadata.uid.clone()),
             id: seen.id,
             leader: Some(seen.id) == leader,
         });

@@ -24,7 +24,8 @@ struct Call {
 /// StatefulSet that exists (`existing`, if any) and the StockNet's network policies and report
 /// CronJob (`demo-frontend`'s policy is a user's own, not the StockNet's), refuses an apply
 /// of the object whose path ends in `refused` (as an admission webhook would), answers 409 to
-/// the deletion of a pod observed with a uid `replaced-…` (the StatefulSet made another since),
+/// the deletion of a pod observed with a uid `replaced-…` (the StatefulSet made another since)
+/// and 429 to the eviction of one with a uid `budget-…` (its disruption budget allows none now),
 /// and records every call.
 async fn fake_api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
@@ -51,6 +52,13 @@ async fn fake_api_server(
             continue;
         }
         let uid = body["preconditions"]["uid"].as_str().unwrap_or_default();
+        let evicted_uid = body["deleteOptions"]["preconditions"]["uid"].as_str();
+        if method == "POST" && evicted_uid.is_some_and(|uid| uid.starts_with("budget-")) {
+            calls.lock().unwrap().push(Call { method, uri, body });
+            let budget = "Cannot evict pod as it would violate the pod's disruption budget.";
+            send.send_response(failure(429, "TooManyRequests", budget));
+            continue;
+        }
         if method == "DELETE" && uid.starts_with("replaced-") {
             calls.lock().unwrap().push(Call { method, uri, body });
             let conflict = "Precondition failed: UID in precondition does not match UID in object";
@@ -87,6 +95,8 @@ async fn fake_api_server(
                 "apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
             "DELETE" => json!({"apiVersion": "v1", "kind": "Pod",
                                "metadata": {"name": path.rsplit('/').next()}}),
+            "POST" if path.ends_with("/eviction") => json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}),
             "PATCH" if path.ends_with("/status") => json!({
                 "apiVersion": "stocknet.io/v1alpha1", "kind": "StockNet",
                 "metadata": {"name": "demo", "namespace": "shop"},
@@ -661,6 +671,26 @@ fn deleted_pods(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// The pods the operator asked to evict, in order, each with the uid it must still have.
+fn evicted_pods(calls: &[Call]) -> Vec<(String, String)> {
+    calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.uri.split('?').next().unwrap().ends_with("/eviction"))
+        .map(|c| {
+            let pod = c
+                .uri
+                .split("/pods/")
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap();
+            let uid = c.body["deleteOptions"]["preconditions"]["uid"].as_str();
+            (pod.to_owned(), uid.unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
 fn event_reasons(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
@@ -670,15 +700,28 @@ fn event_reasons(calls: &[Call]) -> Vec<String> {
 }
 
 /// Issue 12, item 5, through the reconciler: a new order template replaces one follower pod
-/// (never the leader, replica 3 here, first), waits while the replacement resyncs, and says
-/// so in status and Events until every replica runs it.
+/// (never the leader, replica 3 here, first), by an eviction that its disruption budget
+/// rules on, waits while the replacement resyncs, and says so in status and Events until
+/// every replica runs it.
 #[tokio::test]
 async fn a_new_order_template_replaces_one_follower_at_a_time() {
     // Every replica on the old template, all healthy: one follower goes, the highest first.
-    let old = (0..3).map(|i| pod_at(i, "127.0.0.1", "old")).collect();
-    let (_, calls) = run_reconcile_at(stocknet(None), old, Some("new")).await;
-    assert_eq!(deleted_pods(&calls), ["demo-order-1"]);
+    let old: Vec<Value> = (0..3).map(|i| pod_at(i, "127.0.0.1", "old")).collect();
+    let (_, calls) = run_reconcile_at(stocknet(None), old.clone(), Some("new")).await;
+    assert!(deleted_pods(&calls).is_empty(), "evicted, not deleted");
+    assert_eq!(
+        evicted_pods(&calls),
+        [("demo-order-1".to_owned(), "uid-demo-order-1".to_owned())]
+    );
     assert_eq!(event_reasons(&calls), ["UpgradingOrderReplica"]);
+    // A budget that allows no disruption now (a node drain took another replica since the
+    // operator looked): nothing goes this round, and no Event says it did.
+    let mut held = old;
+    held[1]["metadata"]["uid"] = json!("budget-demo-order-1");
+    let (action, held_calls) = run_reconcile_at(stocknet(None), held, Some("new")).await;
+    assert_eq!(action, requeue_after(5));
+    assert_eq!(evicted_pods(&held_calls).len(), 1);
+    assert!(event_reasons(&held_calls).is_empty());
     let status = status_written(&calls);
     let upgrade = status.upgrade.clone().expect("upgrade in status");
     assert_eq!(
@@ -695,9 +738,9 @@ async fn a_new_order_template_replaces_one_follower_at_a_time() {
     ];
     let (_, calls) = run_reconcile_at(stocknet(Some(status)), replacing, Some("new")).await;
     assert!(
-        deleted_pods(&calls).is_empty(),
+        evicted_pods(&calls).is_empty(),
         "{:?}",
-        deleted_pods(&calls)
+        evicted_pods(&calls)
     );
     let status = status_written(&calls);
     let upgrade = status.upgrade.clone().expect("still upgrading");
@@ -715,7 +758,7 @@ async fn a_new_order_template_replaces_one_follower_at_a_time() {
     // Everybody on the new template, ready and caught up: done, said once.
     let new = (0..3).map(|i| pod_at(i, "127.0.0.1", "new")).collect();
     let (_, calls) = run_reconcile_at(stocknet(Some(status)), new, Some("new")).await;
-    assert!(deleted_pods(&calls).is_empty());
+    assert!(evicted_pods(&calls).is_empty());
     assert_eq!(event_reasons(&calls), ["OrderUpgradeComplete"]);
     assert_eq!(status_written(&calls).upgrade, None);
 }
