@@ -203,6 +203,17 @@ mod tests {
             .collect()
     }
 
+    /// Three replicas on `revision`, all ready.
+    fn ready_on(revision: &str) -> Vec<Replica> {
+        vec![
+            Replica {
+                revision: revision.into(),
+                state: State::Ready,
+            };
+            3
+        ]
+    }
+
     /// How far the leader says each replica is behind.
     fn behind(world: &[Replica]) -> BTreeMap<u32, u64> {
         (1..)
@@ -226,13 +237,7 @@ mod tests {
     #[test]
     fn followers_are_replaced_one_at_a_time_and_the_leader_last() {
         let mut leader = 2;
-        let mut world = vec![
-            Replica {
-                revision: "old".into(),
-                state: State::Ready,
-            };
-            3
-        ];
+        let mut world = ready_on("old");
         let mut deleted = Vec::new();
         let mut recovering: Option<(usize, u32)> = None;
         let mut progress = None;
@@ -298,13 +303,7 @@ mod tests {
     /// replica down is no upgrade either.
     #[test]
     fn an_upgrade_is_over_once_its_last_replica_is_back_and_caught_up() {
-        let mut world = vec![
-            Replica {
-                revision: "new".into(),
-                state: State::Ready,
-            };
-            3
-        ];
+        let mut world = ready_on("new");
         world[1].state = State::Resyncing;
         let under_way = UpgradeStatus {
             revision: "new".into(),
@@ -338,13 +337,7 @@ mod tests {
 
     #[test]
     fn nothing_is_replaced_while_a_replica_is_down_or_without_a_new_revision() {
-        let mut world = vec![
-            Replica {
-                revision: "old".into(),
-                state: State::Ready,
-            };
-            3
-        ];
+        let mut world = ready_on("old");
         world[0].state = State::Resyncing;
         let step = next_step(
             &observe(&world, 3),
