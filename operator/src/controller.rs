@@ -315,6 +315,9 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         Some(ip) => group_members(&ctx, &ip, &secret).await,
         None => None,
     };
+    if let Some(members) = &members {
+        assessment.behind_the_leader(&members.behind);
+    }
     let plan = membership::plan(target, members.as_ref(), &observations, pods_now);
     let layout = OrderLayout {
         founders,

@@ -50,6 +50,20 @@ impl Assessment {
         self.replicas.iter().all(|r| r.healthy)
     }
 
+    /// Marks not healthy each replica that the group's leader counts more than
+    /// [`HEALTHY_BEHIND_ENTRIES`] behind it (`behind`, from the leader's `GET /members`): the
+    /// group's word, not the replica's own.
+    pub fn behind_the_leader(&mut self, behind: &std::collections::BTreeMap<u32, u64>) {
+        for status in &mut self.replicas {
+            if behind
+                .get(&status.id)
+                .is_some_and(|&entries| entries > HEALTHY_BEHIND_ENTRIES)
+            {
+                status.healthy = false;
+            }
+        }
+    }
+
     /// Counts `deletion` as a restart of its replica, made at `now`: once the API server has
     /// deleted the pod (not when it was gone already, or replaced since it was observed).
     pub fn restarted(&mut self, deletion: &Deletion, now: Timestamp) {
@@ -62,6 +76,12 @@ impl Assessment {
         }
     }
 }
+
+/// How far behind the leader's log a follower may be, by the leader's count, and still count
+/// as healthy. A replica's own "ready" holds for its term once reached, so only the leader
+/// shows one that has fallen behind since (a slow disk); well above what replication in flight
+/// leaves under load.
+pub const HEALTHY_BEHIND_ENTRIES: u64 = 1_000;
 
 /// How long after the last restart a replica's next crash restart waits, `crashes` restarts
 /// for a crash in a row having been made: none for the first, then 10 s doubling up to 5
@@ -314,6 +334,24 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    /// A follower that said it was ready and has since fallen far behind the leader (a slow
+    /// disk) is not healthy by the leader's count; one a few entries behind is.
+    #[test]
+    fn a_follower_the_leader_counts_far_behind_is_not_healthy() {
+        let observations = [
+            seen(1, Some(pod("Running", None)), Some(health(1, 4, 3, true))),
+            seen(2, Some(pod("Running", None)), Some(health(2, 4, 3, true))),
+            seen(3, Some(pod("Running", None)), Some(health(3, 4, 3, true))),
+        ];
+        let mut assessment = assess(&observations, &[], POLICY, at(0));
+        assert!(assessment.all_healthy());
+        let behind = [(1, HEALTHY_BEHIND_ENTRIES + 1), (2, 12)].into();
+        assessment.behind_the_leader(&behind);
+        let healthy: Vec<bool> = assessment.replicas.iter().map(|r| r.healthy).collect();
+        assert_eq!(healthy, [false, true, true]);
+        assert!(assessment.deletions.is_empty(), "behind is not down");
     }
 
     /// Replica `id`'s status after two failed checks of a start (`started`) that had

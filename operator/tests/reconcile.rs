@@ -405,6 +405,22 @@ async fn a_new_stocknet_gets_every_object_applied_and_a_ready_status() {
     assert_eq!((ready, reason), ("True", "AllReplicasHealthy"));
 }
 
+/// A replica that says it is ready but that the leader counts far behind (a slow disk) is not
+/// healthy, and the StockNet is not Ready: the group's word, not the replica's own.
+#[tokio::test]
+async fn a_replica_far_behind_the_leader_is_not_healthy() {
+    let (port, _) = leader_of(json!({"configs": [[1, 2, 3]], "learners": [], "urls": {},
+                                     "entry": 9, "committed": true, "leader": 3,
+                                     "behind": {"1": 50000, "2": 0}}))
+    .await;
+    let (_, calls) = run_reconcile_with(stocknet(None), running_pods(3), None, None, port).await;
+    assert!(deleted_pods(&calls).is_empty(), "behind is not down");
+    let status = status_written(&calls);
+    let healthy: Vec<(u32, bool)> = status.replicas.iter().map(|r| (r.id, r.healthy)).collect();
+    assert_eq!(healthy, [(1, false), (2, true), (3, true)]);
+    assert_eq!(ready(&status).0, "False");
+}
+
 #[tokio::test]
 async fn crashed_and_unhealthy_replicas_are_deleted_with_an_event() {
     let crash_loop = json!({"waiting": {"reason": "CrashLoopBackOff"}});
