@@ -128,7 +128,10 @@ pub async fn run(config: ReportConfig) -> anyhow::Result<()> {
     };
     let report = match &config.log {
         Some(path) => recompute(path, day)?,
-        None => fetch(&config.frontend, day).await?,
+        None => {
+            let http = stocknet_common::outside_client(Duration::from_secs(30));
+            fetch(&http, &config.frontend, day).await?
+        }
     };
     let Some(dir) = &config.out else {
         if config.delivery.webhook.webhook.is_some() || config.delivery.mail.smtp_url.is_some() {
@@ -416,10 +419,16 @@ pub fn recompute(path: &std::path::Path, day: u32) -> anyhow::Result<DailyReport
     Ok(book.daily_report(day))
 }
 
-pub async fn fetch(frontend: &BaseUrl, day: u32) -> anyhow::Result<DailyReport> {
+/// `day`'s report from `frontend`, through `http`: `stocknet report`'s goes through the
+/// environment's proxy, as a user's tool does; `up`'s own is a call within the deployment,
+/// which never does.
+pub async fn fetch(
+    http: &reqwest::Client,
+    frontend: &BaseUrl,
+    day: u32,
+) -> anyhow::Result<DailyReport> {
     let mut url = frontend.join(&["reports", "daily"]);
     url.query_pairs_mut().append_pair("date", &day_text(day));
-    let http = stocknet_common::outside_client(std::time::Duration::from_secs(30));
     stocknet_common::call(http.get(url.clone()))
         .await
         .with_context(|| format!("GET {url}"))

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use command_fds::{CommandFdExt, FdMapping};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use stocknet_common::clock::{day_of, day_text, now_millis, DAY_MS};
@@ -119,7 +121,9 @@ struct Service {
     args: Vec<String>,
     /// The port it listens on; its socket is bound here and handed to it.
     port: u16,
-    /// The socket bound for its first start; a restart binds the port again.
+    /// Its socket, bound once and kept: each start is handed a copy, so that while it restarts
+    /// clients' connections wait in the socket's queue instead of being refused (and a port
+    /// the system picked is never given up to another program meanwhile).
     listener: Option<TcpListener>,
     ready_url: String,
     child: Option<Child>,
@@ -151,24 +155,26 @@ impl Service {
             child: None,
             restarts: 0,
             restart: Restart::default(),
-            liveness: Liveness::new(LIVENESS_FAILURES),
+            liveness: Liveness::new(LIVENESS_FAILURES, READY_TIMEOUT),
             log_format,
             workers,
         }
     }
 
     /// The same, killed only after `failures` failed liveness checks in a row.
-    fn allowing(mut self, failures: u32) -> Self {
-        self.liveness = Liveness::new(failures);
+    fn allowing(mut self, failures: u32, startup: Duration) -> Self {
+        self.liveness = Liveness::new(failures, startup);
         self
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let (program, name) = own_binary()?;
-        let listener = match self.listener.take() {
-            Some(listener) => listener,
-            None => bind(self.port)?,
-        };
+        if self.listener.is_none() {
+            self.listener = Some(bind(self.port)?);
+        }
+        let listener = (self.listener.as_ref().map(TcpListener::try_clone))
+            .context("no socket")?
+            .context("cannot hand a socket over")?;
         let mut command = Command::new(program);
         command.arg0(name);
         command
@@ -183,6 +189,10 @@ impl Service {
             .env(listeners::NAMES_ENV, listeners::PUBLIC)
             .env(LOG_FORMAT_ENV, self.log_format.as_str())
             .stdin(Stdio::null())
+            // Its own process group: a Ctrl-C in the terminal reaches `up` alone, which stops
+            // the services one by one, frontend first (the parent-death signal below still
+            // stops them if `up` is killed).
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(workers) = self.workers {
             command.env(WORKER_THREADS_ENV, workers.to_string());
@@ -200,7 +210,7 @@ impl Service {
                 .with_context(|| format!("cannot start {}", self.name))?,
         );
         self.restart.started = Some(Instant::now());
-        self.liveness = Liveness::new(self.liveness.allowed);
+        self.liveness = Liveness::new(self.liveness.allowed, self.liveness.startup);
         Ok(())
     }
 
@@ -210,7 +220,7 @@ impl Service {
         let Some(child) = self.child.as_mut() else {
             return;
         };
-        if self.liveness.heard(answered) {
+        if self.liveness.heard(answered, Instant::now()) {
             tracing::warn!(service = %self.name, "no answer to {} health checks in a row; killing it to restart it", self.liveness.allowed);
             // SIGKILL also ends a stopped process.
             let _ = child.start_kill();
@@ -237,6 +247,7 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let _only_up_here = lock_data_dir(&config.data_dir)?;
     let secret = ensure_secret(&config.data_dir)?;
     let mut listeners = vec![bind(config.catalog_port)?];
     for port in &config.order_ports {
@@ -284,6 +295,8 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // (Shutdown first: a service that exits as it stops is not restarted.)
+            biased;
             _ = &mut shutdown => break,
             _ = tick.tick() => supervise(&mut services),
             _ = liveness.tick() => check_liveness(&http, &mut services).await,
@@ -320,9 +333,12 @@ async fn report_daily(
 ) {
     let at = u64::try_from(at.as_millis()).unwrap_or(0);
     loop {
-        let now = now_millis();
-        let (next, day) = next_report(now, at, covered);
-        sleep(Duration::from_millis(next - now)).await;
+        let (next, day) = next_report(now_millis(), at, covered);
+        // Waited out by the time of day, a minute at a time: a clock stepped back meanwhile
+        // (an NTP correction) must not make the report run before its time.
+        while let Some(left) = next.checked_sub(now_millis()).filter(|&left| left > 0) {
+            sleep(Duration::from_millis(left.min(60_000))).await;
+        }
         match report_day(&frontend, &dir, &delivery, day, &REPORT_RETRY_PAUSES).await {
             Ok(()) => tracing::info!(date = %day_text(day), "daily report archived"),
             Err(e) => tracing::warn!(date = %day_text(day), "daily report failed: {e:#}"),
@@ -340,8 +356,9 @@ async fn report_day(
     pauses: &[Duration],
 ) -> anyhow::Result<()> {
     let mut pauses = pauses.iter();
+    let http = stocknet_common::http_client(Duration::from_secs(30));
     loop {
-        let done = match report::fetch(frontend, day).await {
+        let done = match report::fetch(&http, frontend, day).await {
             Ok(daily) => report::archive_and_deliver(&daily, dir, delivery, false).await,
             Err(e) => Err(e),
         };
@@ -380,6 +397,26 @@ fn next_report(now: u64, at: u64, covered: ReportDay) -> (u64, u32) {
         ReportDay::Yesterday => day_of(next - DAY_MS),
     };
     (next, day)
+}
+
+/// Holds `<data dir>/up.lock` for as long as it lives: two `up`s on one data directory would run
+/// two of each service over the same files (two replicas appending to one log).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+    let path = data_dir.join("up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => anyhow::anyhow!(
+            "{} is in use by another `stocknet up` (it holds {}); give this one another --data-dir",
+            data_dir.display(),
+            path.display()
+        ),
+        errno => anyhow::anyhow!("cannot lock {}: {errno}", path.display()),
+    })
 }
 
 /// A socket listening on `port` of 127.0.0.1 (0: a free port), to hand to a service.
@@ -482,7 +519,7 @@ fn plan(config: &UpConfig, secret: &Path, log_format: LogFormat) -> Vec<Service>
                 log_format,
                 serial_service_workers(),
             )
-            .allowing(ORDER_LIVENESS_FAILURES),
+            .allowing(ORDER_LIVENESS_FAILURES, ORDER_STARTUP),
         );
     }
     let mut frontend_args = vec![
@@ -526,7 +563,7 @@ async fn wait_ready(http: &reqwest::Client, services: &mut [Service]) -> anyhow:
                 .is_ok_and(|r| r.status().is_success());
             if ready {
                 // Started: from now on it is expected to answer.
-                services[index].liveness.heard(true);
+                services[index].liveness.heard(true, Instant::now());
                 break;
             }
             if Instant::now() > deadline {
@@ -555,33 +592,43 @@ const LIVENESS_FAILURES: u32 = 5;
 /// for the install, about 35 s for 10 M lines; its health check answers at once all the same.)
 const ORDER_LIVENESS_FAILURES: u32 = 30;
 
+/// How long an order replica may take to start before its checks count (it replays its log
+/// before it serves): the startup probe's bound on Kubernetes.
+const ORDER_STARTUP: Duration = Duration::from_secs(600);
+
 /// A service's liveness checks since it started. Until it has answered once it is starting (an
-/// order replica replays its log before it serves) and is not counted against.
+/// order replica replays its log before it serves) and is not counted against, for its
+/// startup allowance at most: a start that hangs before it ever answers is a hang too.
 #[derive(Debug)]
 struct Liveness {
     allowed: u32,
+    startup: Duration,
+    started: Instant,
     answered: bool,
     failures: u32,
 }
 
 impl Liveness {
-    /// No check yet; killed after `allowed` failed checks in a row.
-    fn new(allowed: u32) -> Self {
+    /// Started now, no check yet; killed after `allowed` failed checks in a row, counted from
+    /// its first answer or once `startup` has passed.
+    fn new(allowed: u32, startup: Duration) -> Self {
         Self {
             allowed,
+            startup,
+            started: Instant::now(),
             answered: false,
             failures: 0,
         }
     }
 
-    /// Counts a check; whether the service hangs.
-    fn heard(&mut self, answered: bool) -> bool {
+    /// Counts a check made at `now`; whether the service hangs.
+    fn heard(&mut self, answered: bool, now: Instant) -> bool {
         if answered {
             self.answered = true;
             self.failures = 0;
             return false;
         }
-        if self.answered {
+        if self.answered || now.duration_since(self.started) >= self.startup {
             self.failures += 1;
         }
         self.failures >= self.allowed
@@ -756,21 +803,38 @@ mod tests {
 
     #[test]
     fn a_service_that_answered_and_then_stops_answering_is_killed_after_five_checks() {
-        let mut liveness = Liveness::new(LIVENESS_FAILURES);
+        let mut liveness = Liveness::new(LIVENESS_FAILURES, READY_TIMEOUT);
+        let now = liveness.started;
         // Starting: no answer yet is not held against it.
         for _ in 0..10 {
-            assert!(!liveness.heard(false));
+            assert!(!liveness.heard(false, now));
         }
-        assert!(!liveness.heard(true));
+        assert!(!liveness.heard(true, now));
         for _ in 1..LIVENESS_FAILURES {
-            assert!(!liveness.heard(false));
+            assert!(!liveness.heard(false, now));
         }
         // One answer starts the count again.
-        assert!(!liveness.heard(true));
+        assert!(!liveness.heard(true, now));
         for _ in 1..LIVENESS_FAILURES {
-            assert!(!liveness.heard(false));
+            assert!(!liveness.heard(false, now));
         }
-        assert!(liveness.heard(false));
+        assert!(liveness.heard(false, now));
+    }
+
+    /// A start that hangs before it ever answers (a restarted service stuck opening its files)
+    /// is killed too, once its startup allowance has passed.
+    #[test]
+    fn a_start_that_never_answers_is_killed_after_its_startup_allowance() {
+        let mut liveness = Liveness::new(LIVENESS_FAILURES, READY_TIMEOUT);
+        let starting = liveness.started + READY_TIMEOUT / 2;
+        for _ in 0..10 {
+            assert!(!liveness.heard(false, starting));
+        }
+        let late = liveness.started + READY_TIMEOUT;
+        for _ in 1..LIVENESS_FAILURES {
+            assert!(!liveness.heard(false, late));
+        }
+        assert!(liveness.heard(false, late));
     }
 
     #[test]

@@ -32,6 +32,13 @@ fn children(pid: u32) -> Vec<(u32, String)> {
     found
 }
 
+/// The process group of `pid` (the field after the state in `/proc/<pid>/stat`).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
 fn alive(pid: u32) -> bool {
     // A zombie still answers kill(0); check its state too.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -174,7 +181,30 @@ async fn up_runs_supervises_and_stops_everything() {
         }
     };
     assert_eq!(children(up_pid).len(), 5, "{:?}", children(up_pid));
+    // Each in its own process group: a Ctrl-C in the terminal reaches `up` alone, which stops
+    // them in order.
+    for (pid, cmd) in children(up_pid) {
+        assert_ne!(process_group(pid), process_group(up_pid), "{cmd}");
+    }
     assert!(dir.path().join("catalog.csv").exists());
+    // A second `up` on the same data directory would run a second of each service over the
+    // same files: refused, naming the lock.
+    let data = dir.path().display().to_string();
+    let second = refusal(&[
+        "up",
+        "--data-dir",
+        &data,
+        "--frontend-port",
+        "0",
+        "--catalog-port",
+        "0",
+        "--order-ports",
+        "0,0,0",
+    ]);
+    assert!(
+        second.contains("in use by another `stocknet up`"),
+        "{second}"
+    );
     // The shared secret: made on first run, readable by its owner only, given to every child
     // by file (never on a command line), and the internal routes need it.
     let secret = dir.path().join("secret");
@@ -223,7 +253,14 @@ async fn up_runs_supervises_and_stops_everything() {
         .find(|(_, cmd)| cmd.contains(" order ") && cmd.contains("--node-id 1 "))
         .expect("replica 1 is a child of up");
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    // `up` keeps its socket: a client that connects while it restarts waits in the queue,
+    // and is never refused.
     wait_until("replica 1 replaced", Duration::from_secs(30), || async {
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", orders[0])).await;
+        assert!(
+            connected.is_ok(),
+            "refused while it restarts: {connected:?}"
+        );
         children(up_pid)
             .iter()
             .any(|(pid, cmd)| *pid != victim && cmd.contains("--node-id 1 "))
