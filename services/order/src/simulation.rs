@@ -556,6 +556,50 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
     assert_eq!(house.quantity, 1_000_000 - 2, "both market buys, once each");
 }
 
+/// A leader the catalog says a newer leader has fenced out (cut off from its group but not from
+/// the catalog, and not told yet) is not leading any more, whatever its consensus layer still
+/// says: the command waiting on that round is of unknown outcome with no catalog reason, and
+/// new commands are "not the leader" (not "catalog unavailable", which a frontend answers
+/// without looking for another leader), so that frontends find the new one.
+#[tokio::test]
+async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let place = |price: Option<Price>, key: &str| {
+        let order = new_order(STOCKS[0], Side::Buy, 1, price);
+        let (leader, key) = (leader.clone(), key.to_owned());
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                leader.place(order, Caller::new(Some(key), None)),
+            )
+            .await
+            .expect("an answer")
+        }
+    };
+    place(None, "warm-up").await.unwrap();
+    // A newer leader's take-over reaches the catalog.
+    let term = cluster.catalog.store.snapshot().term;
+    let newer = ApplyRequest {
+        term: term + 1,
+        trades: Vec::new(),
+    };
+    cluster.catalog.store.apply(&newer).unwrap();
+    let fenced = place(None, "fenced").await;
+    assert!(
+        matches!(
+            fenced,
+            Err(OrderError::OutcomeUnknown { catalog: false, .. })
+        ),
+        "{fenced:?}"
+    );
+    let next = place(Some(Price::from_cents(1)), "next").await;
+    assert!(
+        matches!(next, Err(OrderError::NotLeader { .. })),
+        "{next:?}"
+    );
+}
+
 /// A retry of a command the leader has written to its log but the group has not committed is
 /// answered as undecided, never as done nor as not found (I11, I12): the leader may be cut off,
 /// and the entry overwritten. So while the first try waits, and after it went away unanswered.

@@ -31,6 +31,8 @@ pub(super) struct RoundFailure {
     pub(super) round: u64,
     pub(super) through: u64,
     pub(super) cause: String,
+    /// Whether the catalog is what failed; not when it said a newer leader took over.
+    pub(super) catalog: bool,
 }
 
 impl Replica {
@@ -61,8 +63,12 @@ impl Replica {
             let result = self
                 .apply_to_catalog(term, &mut catalog_applied, through)
                 .await;
+            let fenced = matches!(result, Err(OrderError::NotLeader { .. }));
+            if fenced {
+                self.catalog_fenced.store(term, Ordering::Release);
+            }
             self.catalog_failing
-                .store(result.is_err(), Ordering::Release);
+                .store(result.is_err() && !fenced, Ordering::Release);
             match &result {
                 Ok(()) => {
                     let metrics = &self.metrics;
@@ -85,6 +91,7 @@ impl Replica {
                     round: now.round,
                     through,
                     cause: error.to_string(),
+                    catalog: !fenced,
                 });
             });
         }

@@ -317,9 +317,13 @@ impl Replica {
                     // A catalog round that began after this command committed and covered it:
                     // committed but not in the catalog, which the next round retries.
                     if failure.round > waiting_since && failure.through >= number {
+                        let cause = match failure.catalog {
+                            true => format!("catalog unavailable: {}", failure.cause),
+                            false => failure.cause.clone(),
+                        };
                         return Err(OrderError::OutcomeUnknown {
-                            cause: format!("catalog unavailable: {}", failure.cause),
-                            catalog: true,
+                            cause,
+                            catalog: failure.catalog,
                         });
                     }
                 }

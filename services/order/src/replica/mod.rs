@@ -78,6 +78,11 @@ pub struct Replica {
     /// refused before they are proposed (503, not executed) rather than committed and left
     /// waiting on the catalog with an unknown outcome.
     catalog_failing: AtomicBool,
+    /// The term in which the catalog answered that a newer leader has taken over (0: none):
+    /// this replica, deposed and not told yet (cut off from the group, not from the catalog),
+    /// answers commands of that term "not the leader", so that frontends look for the new one
+    /// instead of taking the catalog for down.
+    catalog_fenced: AtomicU64,
     metrics: ReplicaMetrics,
     /// The task that stands for election when the leader is lost.
     standing: tokio::task::JoinHandle<()>,
@@ -182,6 +187,7 @@ impl Replica {
             leading_term: AtomicU64::new(0),
             last_transaction_seen: AtomicU64::new(0),
             catalog_failing: AtomicBool::new(false),
+            catalog_fenced: AtomicU64::new(0),
             metrics,
             standing,
             book_reads: Arc::new(tokio::sync::Semaphore::new(BOOK_READS_AT_ONCE)),

@@ -262,6 +262,10 @@ impl Replica {
                 };
             }
         }
+        let fenced = self.catalog_fenced.load(Ordering::Acquire);
+        if fenced != 0 && fenced == self.leading_term.load(Ordering::Acquire) {
+            return Err(self.not_leader());
+        }
         if self.catalog_failing.load(Ordering::Acquire) {
             return Err(OrderError::CatalogUnavailable(
                 "the leader cannot apply orders to the catalog now".into(),
@@ -365,12 +369,10 @@ impl Replica {
                     *self.leading() = None;
                 }
             }
-            let changed = match self.leading_term.load(Ordering::Acquire) {
-                // Elected but not taken over (the catalog failed): try again shortly.
-                0 if term.is_some() => tokio::time::timeout(CATALOG_RETRY, metrics.changed())
-                    .await
-                    .ok(),
-                _ => Some(metrics.changed().await),
+            let led = self.leading_term.load(Ordering::Acquire);
+            let changed = match take_over_again_after(term, led) {
+                Some(retry) => tokio::time::timeout(retry, metrics.changed()).await.ok(),
+                None => Some(metrics.changed().await),
             };
             if let Some(Err(_)) = changed {
                 return;
@@ -382,7 +384,15 @@ impl Replica {
     /// entry committed and in the book, brings the catalog up to date under this term (which
     /// fences older leaders out of it) and projects the house from it.
     pub(super) async fn take_over(self: &Arc<Self>, term: u64) {
-        match self.prepare_leading(term).await {
+        let prepared = self.prepare_leading(term).await.and_then(|prepared| {
+            // Its catalog calls take a while: a replica that lost the term meanwhile (and may
+            // lead a newer one) does not start taking commands in it.
+            match self.leader_term() {
+                Some(leading) if leading == term => Ok(prepared),
+                _ => Err(self.not_leader()),
+            }
+        });
+        match prepared {
             Ok((leading, progress)) => {
                 let (requests, waiting) = mpsc::unbounded_channel();
                 let settled = requests.downgrade();
@@ -735,5 +745,29 @@ pub(super) fn project(command: &Command, quantity: u64) -> Result<u64, Rejection
             after.ok_or(refusal)
         }
         _ => Ok(quantity),
+    }
+}
+
+/// When [`Replica::follow_leadership`] tries a take-over again even if the server metrics do
+/// not change: while this replica leads `term` and has not taken it over (`taken`: the term it
+/// last took over), because the catalog failed or because what it took over was an earlier
+/// term it led before it was elected again. A stable group's metrics never change, so waiting
+/// for them alone would leave the leader refusing every command for good.
+fn take_over_again_after(term: Option<u64>, taken: u64) -> Option<Duration> {
+    term.filter(|&term| term != taken).map(|_| CATALOG_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_term_led_and_not_taken_over_is_taken_over_again_shortly() {
+        assert_eq!(take_over_again_after(Some(7), 0), Some(CATALOG_RETRY));
+        // Re-elected after it took over an earlier term: the catalog failing now is tried
+        // again too.
+        assert_eq!(take_over_again_after(Some(7), 6), Some(CATALOG_RETRY));
+        assert_eq!(take_over_again_after(Some(7), 7), None);
+        assert_eq!(take_over_again_after(None, 6), None);
     }
 }
