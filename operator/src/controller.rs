@@ -334,7 +334,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
             ctx.publish(&sn, EventType::Warning, "ApplyFailed", message.clone())
                 .await;
             let status = status::not_applied(&sn, assessment, &message, now());
-            write_status(&stocknets, &sn, &status).await?;
+            write_status_if_worth(&ctx, &stocknets, &sn, &status).await?;
             return Err(e);
         }
     };
@@ -350,7 +350,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         .filter(|seen| i64::from(seen.id) <= i64::from(pods_now.min(plan.pods)))
         .cloned()
         .collect();
-    let step = if assessment.deletions.is_empty() {
+    let mut step = if assessment.deletions.is_empty() {
         upgrade::next_step(
             &existing_pods,
             revision.as_deref(),
@@ -364,6 +364,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
             progress: sn.status.as_ref().and_then(|s| s.upgrade.clone()),
         }
     };
+    let mut eviction_refused = None;
     if let (Some(replacement), Some(progress)) = (&step.replace, &step.progress) {
         // Evicted, not deleted: the order replicas' disruption budget has its say, so that a
         // node drain that took another replica since this round's look leaves a majority up.
@@ -406,17 +407,28 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
                 ctx.publish(&sn, EventType::Normal, "UpgradingOrderReplica", message)
                     .await;
             }
-            // The budget allows no disruption now (another replica is down): a later round.
-            Err(kube::Error::Api(status)) if status.code == 429 => {
-                tracing::info!(
-                    pod = replacement.pod,
-                    "the disruption budget holds the upgrade"
-                );
-            }
             // Gone, or replaced since it was observed.
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            // Refused: by the disruption budget (429: another replica is down), or by the API
+            // server for another reason (two budgets select the pod, say). Said in the status,
+            // tried again the next round.
+            Err(kube::Error::Api(status)) => {
+                let why = format!(
+                    "order replica {}'s eviction, refused: {}",
+                    replacement.id, status.message
+                );
+                tracing::info!(pod = replacement.pod, "{why}");
+                if status.code != 429 {
+                    ctx.publish(&sn, EventType::Warning, "EvictionRefused", why.clone())
+                        .await;
+                }
+                eviction_refused = Some(why);
+            }
             Err(e) => return Err(e.into()),
         }
+    }
+    if let (Some(why), Some(progress)) = (eviction_refused, step.progress.as_mut()) {
+        progress.waiting_for = Some(why);
     }
     let was_upgrading = sn.status.as_ref().and_then(|s| s.upgrade.as_ref());
     if let (Some(done), None) = (was_upgrading, &step.progress) {
@@ -447,12 +459,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
     status.upgrade = step.progress;
     status.membership = Some(plan.status);
     status.reports = reports;
-    let written = ctx.status_written().get(&key(&sn)).map(Instant::elapsed);
-    let period = Duration::from_secs(ctx.settings.probe_period_seconds);
-    if status::worth_writing(sn.status.as_ref(), &status, written, period) {
-        write_status(&stocknets, &sn, &status).await?;
-        ctx.status_written().insert(key(&sn), Instant::now());
-    }
+    write_status_if_worth(&ctx, &stocknets, &sn, &status).await?;
     ctx.failures().remove(&key(&sn));
     Ok(Action::requeue(Duration::from_secs(
         ctx.settings.probe_period_seconds,
@@ -932,6 +939,23 @@ async fn write_status(
             &Patch::Merge(&status_patch(status)),
         )
         .await?;
+    Ok(())
+}
+
+/// Writes `status` unless it only moves the replicas' last transactions on and this process
+/// wrote the StockNet's status less than a probe period ago ([`status::worth_writing`]).
+async fn write_status_if_worth(
+    ctx: &Context,
+    stocknets: &Api<StockNet>,
+    sn: &StockNet,
+    status: &StockNetStatus,
+) -> Result<(), Error> {
+    let written = ctx.status_written().get(&key(sn)).map(Instant::elapsed);
+    let period = Duration::from_secs(ctx.settings.probe_period_seconds);
+    if status::worth_writing(sn.status.as_ref(), status, written, period) {
+        write_status(stocknets, sn, status).await?;
+        ctx.status_written().insert(key(sn), Instant::now());
+    }
     Ok(())
 }
 

@@ -159,11 +159,14 @@ pub fn assess(
             if let Some(why) = crashed(pod) {
                 // Not healthy, whatever its last answer said.
                 status.healthy = false;
+                // (A restart stamped ahead of this clock, by an operator pod whose clock runs
+                // ahead, holds nothing back.)
                 let since_restart = status
                     .last_restart
                     .as_deref()
                     .and_then(|text| text.parse::<Timestamp>().ok())
-                    .map(|at| now.duration_since(at).as_secs_f64());
+                    .map(|at| now.duration_since(at).as_secs_f64())
+                    .filter(|since| *since >= 0.0);
                 if since_restart.is_some_and(|s| s >= CRASHES_FORGOTTEN_AFTER.as_secs_f64()) {
                     status.consecutive_crashes = 0;
                 }
@@ -531,6 +534,10 @@ mod tests {
         let later = assess_and_delete(&crashed, &replicas, at(182 + 120));
         assert_eq!(deleted_pods(&later), ["demo-order-0"]);
         assert_eq!(later.replicas[0].consecutive_crashes, 1);
+        // A restart stamped by a clock ahead of this one holds nothing back.
+        replicas[0].last_restart = Some(at(400).to_string());
+        let skewed = assess_and_delete(&crashed, &replicas, at(300));
+        assert_eq!(deleted_pods(&skewed), ["demo-order-0"]);
     }
 
     /// A deletion that finds its pod gone, or replaced since it was observed, restarted

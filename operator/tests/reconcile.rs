@@ -738,6 +738,15 @@ async fn a_new_order_template_replaces_one_follower_at_a_time() {
     assert_eq!(action, requeue_after(5));
     assert_eq!(evicted_pods(&held_calls).len(), 1);
     assert!(event_reasons(&held_calls).is_empty());
+    let held_for = status_written(&held_calls)
+        .upgrade
+        .and_then(|u| u.waiting_for);
+    assert!(
+        held_for
+            .as_deref()
+            .is_some_and(|why| why.contains("order replica 2's eviction")),
+        "{held_for:?}"
+    );
     let status = status_written(&calls);
     let upgrade = status.upgrade.clone().expect("upgrade in status");
     assert_eq!(
