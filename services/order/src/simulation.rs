@@ -598,6 +598,7 @@ async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
         matches!(next, Err(OrderError::NotLeader { .. })),
         "{next:?}"
     );
+    assert!(!leader.health().leading, "its health still says it leads");
 }
 
 /// A retry of a command the leader has written to its log but the group has not committed is

@@ -272,8 +272,11 @@ impl Replica {
             ready,
             last_transaction,
             applied,
+            // (Not once the catalog said a newer leader took over: frontends that follow this
+            // replica check its health every second and move on.)
             leading: state == ServerState::Leader
-                && self.leading_term.load(Ordering::Acquire) == term,
+                && self.leading_term.load(Ordering::Acquire) == term
+                && self.catalog_fenced.load(Ordering::Acquire) != term,
         }
     }
 
