@@ -125,6 +125,10 @@ struct Service {
     /// clients' connections wait in the socket's queue instead of being refused (and a port
     /// the system picked is never given up to another program meanwhile).
     listener: Option<TcpListener>,
+    /// The data directory's lock ([`lock_data_dir`]), which each start holds too (as its
+    /// descriptor [`DATA_DIR_LOCK_FD`]): a killed `up`'s services stop in their own time, and
+    /// another `up` must not start over the same files meanwhile.
+    data_dir_lock: Option<std::fs::File>,
     ready_url: String,
     child: Option<Child>,
     restarts: u32,
@@ -151,6 +155,7 @@ impl Service {
             args,
             port,
             listener: None,
+            data_dir_lock: None,
             ready_url,
             child: None,
             restarts: 0,
@@ -175,13 +180,20 @@ impl Service {
         let listener = (self.listener.as_ref().map(TcpListener::try_clone))
             .context("no socket")?
             .context("cannot hand a socket over")?;
+        let mut handed = vec![FdMapping {
+            parent_fd: OwnedFd::from(listener),
+            child_fd: 3,
+        }];
+        if let Some(lock) = &self.data_dir_lock {
+            handed.push(FdMapping {
+                parent_fd: OwnedFd::from(lock.try_clone().context("cannot hand the lock over")?),
+                child_fd: DATA_DIR_LOCK_FD,
+            });
+        }
         let mut command = Command::new(program);
         command.arg0(name);
         command
-            .fd_mappings(vec![FdMapping {
-                parent_fd: OwnedFd::from(listener),
-                child_fd: 3,
-            }])
+            .fd_mappings(handed)
             .context("cannot hand a socket over")?;
         command
             .args(&self.args)
@@ -247,7 +259,7 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let _only_up_here = lock_data_dir(&config.data_dir)?;
+    let only_up_here = lock_data_dir(&config.data_dir)?;
     let secret = ensure_secret(&config.data_dir)?;
     let mut listeners = vec![bind(config.catalog_port)?];
     for port in &config.order_ports {
@@ -266,6 +278,7 @@ pub async fn run(mut config: UpConfig, log_format: LogFormat) -> anyhow::Result<
     let mut services = plan(&config, &secret, log_format);
     for (service, listener) in services.iter_mut().zip(listeners) {
         service.listener = Some(listener);
+        service.data_dir_lock = Some(only_up_here.try_clone().context("cannot share the lock")?);
     }
     for service in &mut services {
         service.spawn()?;
@@ -398,6 +411,9 @@ fn next_report(now: u64, at: u64, covered: ReportDay) -> (u64, u32) {
     };
     (next, day)
 }
+
+/// The descriptor under which each service holds the data directory's lock (after its socket).
+const DATA_DIR_LOCK_FD: i32 = 4;
 
 /// Holds `<data dir>/up.lock` for as long as it lives: two `up`s on one data directory would run
 /// two of each service over the same files (two replicas appending to one log).

@@ -182,9 +182,12 @@ async fn up_runs_supervises_and_stops_everything() {
     };
     assert_eq!(children(up_pid).len(), 5, "{:?}", children(up_pid));
     // Each in its own process group: a Ctrl-C in the terminal reaches `up` alone, which stops
-    // them in order.
+    // them in order. Each holds the data directory's lock too, so that no other `up` starts
+    // over its files while it is still stopping.
     for (pid, cmd) in children(up_pid) {
         assert_ne!(process_group(pid), process_group(up_pid), "{cmd}");
+        let lock = std::fs::read_link(format!("/proc/{pid}/fd/4")).ok();
+        assert_eq!(lock, Some(dir.path().join("up.lock")), "{cmd}");
     }
     assert!(dir.path().join("catalog.csv").exists());
     // A second `up` on the same data directory would run a second of each service over the
@@ -507,6 +510,12 @@ fn refusal(args: &[&str]) -> String {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
+        // (`stocknet report` goes through a proxy the environment names, as curl would: these
+        // refusals are about what it meets here.)
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
