@@ -187,8 +187,11 @@ pub fn assess(
                 let counted = before
                     .and_then(|b| b.last_failure.as_deref())
                     .and_then(|text| text.parse::<Timestamp>().ok());
+                // (A failure stamped ahead of this clock, by an operator pod whose clock ran
+                // ahead, counts as a period ago: it must not hold the count back.)
                 let period_passed = counted.is_none_or(|at| {
-                    now.duration_since(at).as_secs_f64() >= policy.probe_period.as_secs_f64()
+                    let since = now.duration_since(at).as_secs_f64();
+                    since < 0.0 || since >= policy.probe_period.as_secs_f64()
                 });
                 if period_passed {
                     status.consecutive_failures = failures + 1;
@@ -337,6 +340,23 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    /// A failed check stamped ahead of this clock (by an operator pod whose clock ran ahead)
+    /// does not hold the count back.
+    #[test]
+    fn a_failure_stamped_ahead_of_this_clock_does_not_hold_the_count_back() {
+        let answering = |id| seen(id, Some(pod("Running", None)), Some(health(id, 1, 3, true)));
+        let unanswered = [
+            seen(1, Some(running_pod("a")), None),
+            answering(2),
+            answering(3),
+        ];
+        let mut previous = failing(1, "a");
+        previous.last_failure = Some(at(10).to_string());
+        // Its third failure in a row: past the threshold, deleted.
+        let assessment = assess(&unanswered, &[previous], POLICY, at(0));
+        assert_eq!(deleted_pods(&assessment), ["demo-order-0"]);
     }
 
     /// A follower that said it was ready and has since fallen far behind the leader (a slow
