@@ -20,8 +20,10 @@ pub struct AdminConfig {
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
     /// Set the leader term a stopped catalog or order replica has seen, e.g. to recover one
-    /// that accepted a bogus term and now refuses every real leader as stale. Pick a term
-    /// at least the highest term of the healthy replicas (their /health says).
+    /// that accepted a bogus term and now refuses every real leader as stale. An order
+    /// replica: at least the highest term of the healthy replicas (their /health says). The
+    /// catalog: the current leader's term, no higher (above it, the catalog refuses that
+    /// leader as stale, and nothing makes the group elect past it).
     SetTerm {
         /// The service's data directory.
         #[arg(long)]

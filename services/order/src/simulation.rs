@@ -599,6 +599,15 @@ async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
         "{next:?}"
     );
     assert!(!leader.health().leading, "its health still says it leads");
+    // The catalog's term set back (as `stocknet admin set-term` does after a bogus one): the
+    // leader's next catalog round is taken, and it leads again.
+    cluster.catalog.store.reset_term(term).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leader.health().leading {
+        assert!(tokio::time::Instant::now() < deadline, "still fenced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    place(Some(Price::from_cents(1)), "again").await.unwrap();
 }
 
 /// A retry of a command the leader has written to its log but the group has not committed is

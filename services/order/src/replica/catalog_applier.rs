@@ -66,6 +66,14 @@ impl Replica {
             let fenced = matches!(result, Err(OrderError::NotLeader { .. }));
             if fenced {
                 self.catalog_fenced.store(term, Ordering::Release);
+            } else if result.is_ok() {
+                // The catalog takes this term again (its own set back by an operator).
+                let _ = self.catalog_fenced.compare_exchange(
+                    term,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
             }
             self.catalog_failing
                 .store(result.is_err() && !fenced, Ordering::Release);
