@@ -47,8 +47,8 @@ pub struct LeaderDiscovery {
     /// found, instead of searching again (with replicas that hang, each search takes a while).
     searches: AtomicU64,
     /// The same for the writes waiting on a leader that may hang ([`Self::newer_than`]): one
-    /// looks for its successor at a time, the others take what it found.
-    hedging: tokio::sync::Mutex<()>,
+    /// looks for its successor at a time, the others take what it found (held here).
+    hedging: tokio::sync::Mutex<Option<Leader>>,
     hedges: AtomicU64,
     http: reqwest::Client,
     leader_changes: Counter,
@@ -62,7 +62,7 @@ impl LeaderDiscovery {
             current: tokio::sync::watch::Sender::new(None),
             searching: tokio::sync::Mutex::new(()),
             searches: AtomicU64::new(0),
-            hedging: tokio::sync::Mutex::new(()),
+            hedging: tokio::sync::Mutex::new(None),
             hedges: AtomicU64::new(0),
             http,
             leader_changes: Default::default(),
@@ -202,23 +202,34 @@ impl LeaderDiscovery {
     pub async fn newer_than(&self, current: &Leader) -> Option<Leader> {
         let newer = |leader: Option<Leader>| leader.filter(|l| l.term > current.term);
         let hedged_before = self.hedges.load(Ordering::Acquire);
-        let _one_at_a_time = self.hedging.lock().await;
+        let mut last_found = self.hedging.lock().await;
         if self.hedges.load(Ordering::Acquire) != hedged_before {
-            return newer(self.current());
+            return newer(last_found.clone());
         }
-        let found = newer(self.search(Some(current)).await);
-        if found.is_some() {
-            self.follow_after(&Some(current.clone()), found.clone());
-        }
+        *last_found = self.search(Some(current)).await;
         self.hedges.fetch_add(1, Ordering::Release);
+        let found = newer(last_found.clone());
+        if let Some(found) = &found {
+            // Followed unless this frontend already follows a leader of its term or newer
+            // (following none, after a search mid-election found none, it follows this one).
+            self.follow_if(Some(found.clone()), |followed| {
+                followed.as_ref().is_none_or(|f| f.term < found.term)
+            });
+        }
         found
     }
 
     /// Makes `found` the leader this frontend follows, if it still follows `seen` (what the
     /// search that found it started from); counted and logged when it changes.
     fn follow_after(&self, seen: &Option<Leader>, found: Option<Leader>) {
+        self.follow_if(found, |followed| followed == seen);
+    }
+
+    /// Makes `found` the leader this frontend follows if `wanted` says so of the one it
+    /// follows; counted and logged when it changes.
+    fn follow_if(&self, found: Option<Leader>, wanted: impl Fn(&Option<Leader>) -> bool) {
         self.current.send_if_modified(|current| {
-            if *current == found || current != seen {
+            if *current == found || !wanted(current) {
                 return false;
             }
             match &found {
@@ -694,6 +705,22 @@ mod tests {
         assert!(!searching.is_finished(), "the write waited for the search");
         assert_eq!(discovery.current(), Some(found.clone()));
         assert_eq!(searching.await.unwrap(), Some(found.clone()));
+        assert_eq!(discovery.current(), Some(found));
+    }
+
+    /// A successor a waiting write finds is followed also when this frontend follows nobody (a
+    /// search mid-election found no leader): the requests that search next start from it.
+    #[tokio::test]
+    async fn a_successor_found_while_following_nobody_is_followed() {
+        let (one, _) = replica(health(1, 8, false)).await;
+        let (two, _) = replica(health(2, 8, true)).await;
+        let (three, _) = hung(3).await;
+        let held = leader(&three, 7);
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(vec![one, two, three], http);
+        assert_eq!(discovery.current(), None);
+        let found = discovery.newer_than(&held).await.expect("a successor");
+        assert_eq!((found.id, found.term), (2, 8));
         assert_eq!(discovery.current(), Some(found));
     }
 
