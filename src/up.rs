@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use command_fds::{CommandFdExt, FdMapping};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use stocknet_common::clock::{day_of, day_text, now_millis, DAY_MS};
@@ -209,11 +207,17 @@ impl Service {
         if let Some(workers) = self.workers {
             command.env(WORKER_THREADS_ENV, workers.to_string());
         }
-        // SAFETY: prctl is async-signal-safe; it makes the child get SIGTERM when `up` dies,
-        // even by SIGKILL, so no service outlives its supervisor.
+        // SAFETY: prctl and getppid are async-signal-safe; the child gets SIGTERM when `up`
+        // dies, even by SIGKILL, so no service outlives its supervisor (and one whose `up`
+        // died before that was set does not start).
+        let up = nix::unistd::getpid();
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+                if nix::unistd::getppid() != up {
+                    return Err(std::io::Error::other("its `up` has exited"));
+                }
+                Ok(())
             });
         }
         self.child = Some(
@@ -415,9 +419,10 @@ fn next_report(now: u64, at: u64, covered: ReportDay) -> (u64, u32) {
 /// The descriptor under which each service holds the data directory's lock (after its socket).
 const DATA_DIR_LOCK_FD: i32 = 4;
 
-/// Holds `<data dir>/up.lock` for as long as it lives: two `up`s on one data directory would run
-/// two of each service over the same files (two replicas appending to one log).
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+/// `<data dir>/up.lock`, locked (`flock`) for as long as this file or a copy of its descriptor
+/// is open anywhere (each service holds one): two `up`s on one data directory would run two of
+/// each service over the same files (two replicas appending to one log).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = data_dir.join("up.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -425,14 +430,18 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
-        Errno::EWOULDBLOCK => anyhow::anyhow!(
-            "{} is in use by another `stocknet up` (it holds {}); give this one another --data-dir",
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another `stocknet up`, or by services of one that are still stopping \
+             (`fuser -v {}` names them); give this one another --data-dir",
             data_dir.display(),
             path.display()
         ),
-        errno => anyhow::anyhow!("cannot lock {}: {errno}", path.display()),
-    })
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// A socket listening on `port` of 127.0.0.1 (0: a free port), to hand to a service.
