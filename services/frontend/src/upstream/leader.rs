@@ -206,7 +206,9 @@ impl LeaderDiscovery {
         if self.hedges.load(Ordering::Acquire) != hedged_before {
             return newer(last_found.clone());
         }
-        *last_found = self.search(Some(current)).await;
+        // (Not asking the leader the call waits on: it may hang, and its health check's
+        // deadline would hold every waiting write's look for its successor.)
+        *last_found = self.search_among(Some(current), Some(current.id)).await;
         self.hedges.fetch_add(1, Ordering::Release);
         let found = newer(last_found.clone());
         if let Some(found) = &found {
@@ -254,10 +256,16 @@ impl LeaderDiscovery {
     /// them is past, so a hung replica's health check is not waited for; otherwise once every
     /// replica answered or timed out.
     async fn search(&self, failed: Option<&Leader>) -> Option<Leader> {
+        self.search_among(failed, None).await
+    }
+
+    /// [`Self::search`], not asking the replica `skipped`.
+    async fn search_among(&self, failed: Option<&Leader>, skipped: Option<u32>) -> Option<Leader> {
         let replicas = self.replicas();
         let majority = replicas.len() / 2 + 1;
         let mut checks: FuturesUnordered<_> = replicas
             .iter()
+            .filter(|replica| Some(replica.id) != skipped)
             .map(|replica| async move { Some((replica, self.health(replica).await?)) })
             .collect();
         let mut answered: Vec<(&Peer, Health)> = Vec::new();
