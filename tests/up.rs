@@ -192,18 +192,7 @@ async fn up_runs_supervises_and_stops_everything() {
     assert!(dir.path().join("catalog.csv").exists());
     // A second `up` on the same data directory would run a second of each service over the
     // same files: refused, naming the lock.
-    let data = dir.path().display().to_string();
-    let second = refusal(&[
-        "up",
-        "--data-dir",
-        &data,
-        "--frontend-port",
-        "0",
-        "--catalog-port",
-        "0",
-        "--order-ports",
-        "0,0,0",
-    ]);
+    let second = refused_up(dir.path(), "0");
     assert!(
         second.contains("in use by another `stocknet up`"),
         "{second}"
@@ -482,18 +471,7 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().display().to_string();
-    let stderr = refusal(&[
-        "up",
-        "--data-dir",
-        &data,
-        "--frontend-port",
-        "0",
-        "--catalog-port",
-        &port.to_string(),
-        "--order-ports",
-        "0,0,0",
-    ]);
+    let stderr = refused_up(dir.path(), &port.to_string());
     assert!(
         stderr.contains(&format!("cannot listen on port {port}")),
         "{stderr}"
@@ -502,6 +480,23 @@ fn up_with_a_port_in_use_says_so_and_starts_nothing() {
         !dir.path().join("catalog.csv").exists(),
         "a service started"
     );
+}
+
+/// What `stocknet up` on `data_dir`, its catalog on `catalog_port` and every other port the
+/// system's pick, wrote to its standard error as it refused to start ([`refusal`]).
+fn refused_up(data_dir: &std::path::Path, catalog_port: &str) -> String {
+    let data = data_dir.display().to_string();
+    refusal(&[
+        "up",
+        "--data-dir",
+        &data,
+        "--frontend-port",
+        "0",
+        "--catalog-port",
+        catalog_port,
+        "--order-ports",
+        "0,0,0",
+    ])
 }
 
 /// What `stocknet args` wrote to its standard error before it exited unsuccessfully; kills

@@ -363,12 +363,7 @@ mod tests {
     /// disk) is not healthy by the leader's count; one a few entries behind is.
     #[test]
     fn a_follower_the_leader_counts_far_behind_is_not_healthy() {
-        let observations = [
-            seen(1, Some(pod("Running", None)), Some(health(1, 4, 3, true))),
-            seen(2, Some(pod("Running", None)), Some(health(2, 4, 3, true))),
-            seen(3, Some(pod("Running", None)), Some(health(3, 4, 3, true))),
-        ];
-        let mut assessment = assess(&observations, &[], POLICY, at(0));
+        let mut assessment = assess(&all_ready(), &[], POLICY, at(0));
         assert!(assessment.all_healthy());
         let behind = [(1, HEALTHY_BEHIND_ENTRIES + 1), (2, 12)].into();
         assessment.behind_the_leader(&behind);
@@ -436,13 +431,14 @@ mod tests {
         }
     }
 
+    /// Replicas 1–3 running and ready in term 4, led by 3.
+    fn all_ready() -> [Observation; 3] {
+        [1, 2, 3].map(|id| seen(id, Some(pod("Running", None)), Some(health(id, 4, 3, true))))
+    }
+
     #[test]
     fn healthy_replicas_are_left_alone_and_the_leader_is_found() {
-        let observations = [
-            seen(1, Some(pod("Running", None)), Some(health(1, 4, 3, true))),
-            seen(2, Some(pod("Running", None)), Some(health(2, 4, 3, true))),
-            seen(3, Some(pod("Running", None)), Some(health(3, 4, 3, true))),
-        ];
+        let observations = all_ready();
         let assessment = assess(&observations, &[], POLICY, at(0));
         assert!(assessment.deletions.is_empty());
         assert!(assessment.all_healthy());

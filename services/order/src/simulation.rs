@@ -334,6 +334,18 @@ fn place_within(
     })
 }
 
+/// `order` placed anonymously on `leader` under `key`, answered within 5 s.
+async fn answered(
+    leader: Arc<Replica>,
+    order: NewOrder,
+    key: String,
+) -> Result<Placed, OrderError> {
+    let placed = leader.place(order, Caller::new(Some(key), None));
+    tokio::time::timeout(Duration::from_secs(5), placed)
+        .await
+        .expect("an answer")
+}
+
 fn new_order(name: &str, side: Side, quantity: u32, price: Option<Price>) -> NewOrder {
     NewOrder {
         name: name.into(),
@@ -514,17 +526,7 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
     let order = |side: Side, price: Option<Price>| new_order(STOCKS[0], side, 1, price);
     // The steady state: the highest id leads (it would be handed the leadership otherwise).
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
-    let place = |order: NewOrder, key: &str| {
-        let (leader, key) = (leader.clone(), key.to_owned());
-        async move {
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                leader.place(order, Caller::new(Some(key), None)),
-            )
-            .await
-            .expect("an answer")
-        }
-    };
+    let place = |order: NewOrder, key: &str| answered(leader.clone(), order, key.to_owned());
     place(order(Side::Buy, None), "warm-up").await.unwrap();
 
     cluster.catalog.stalled.send_replace(true);
@@ -567,15 +569,7 @@ async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let place = |price: Option<Price>, key: &str| {
         let order = new_order(STOCKS[0], Side::Buy, 1, price);
-        let (leader, key) = (leader.clone(), key.to_owned());
-        async move {
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                leader.place(order, Caller::new(Some(key), None)),
-            )
-            .await
-            .expect("an answer")
-        }
+        answered(leader.clone(), order, key.to_owned())
     };
     place(None, "warm-up").await.unwrap();
     // A newer leader's take-over reaches the catalog.

@@ -638,6 +638,15 @@ mod tests {
         (Peer { id, url }, asked)
     }
 
+    /// A frontend's discovery of `one`, `two` and a replica 3 that hangs, and 3 as the leader
+    /// of term 7 that a write waits on.
+    async fn beside_a_hung_leader(one: Peer, two: Peer) -> (LeaderDiscovery, Leader) {
+        let (three, _) = hung(3).await;
+        let held = leader(&three, 7);
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        (LeaderDiscovery::new(vec![one, two, three], http), held)
+    }
+
     /// Writes held by a hung leader look for its successor one at a time, the others taking
     /// what that one found: two hundred of them for two seconds mid-election (nobody leads
     /// yet) cost the live replicas a handful of health checks, not one per write each round.
@@ -645,10 +654,7 @@ mod tests {
     async fn writes_held_by_a_hung_leader_share_the_search_for_its_successor() {
         let (one, one_asked) = replica(health(1, 7, false)).await;
         let (two, two_asked) = replica(health(2, 7, false)).await;
-        let (three, _) = hung(3).await;
-        let held = leader(&three, 7);
-        let http = stocknet_common::http_client(Duration::from_secs(2));
-        let discovery = LeaderDiscovery::new(vec![one, two, three], http);
+        let (discovery, held) = beside_a_hung_leader(one, two).await;
         discovery.follow_after(&None, Some(held.clone()));
         let hedge = || async {
             loop {
@@ -722,10 +728,7 @@ mod tests {
     async fn a_successor_found_while_following_nobody_is_followed() {
         let (one, _) = replica(health(1, 8, false)).await;
         let (two, _) = replica(health(2, 8, true)).await;
-        let (three, _) = hung(3).await;
-        let held = leader(&three, 7);
-        let http = stocknet_common::http_client(Duration::from_secs(2));
-        let discovery = LeaderDiscovery::new(vec![one, two, three], http);
+        let (discovery, held) = beside_a_hung_leader(one, two).await;
         assert_eq!(discovery.current(), None);
         let found = discovery.newer_than(&held).await.expect("a successor");
         assert_eq!((found.id, found.term), (2, 8));
