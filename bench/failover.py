@@ -32,10 +32,11 @@ def request(method, path, body=None, key=None, timeout=20):
         return error.code, json.load(error)
 
 
-def pid_on(port):
+def pid_on(port, up):
+    """The service listening on `port` (`up` holds each service's socket too)."""
     out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
-    found = re.search(r"pid=(\d+)", out)
-    return int(found.group(1)) if found else None
+    pids = [int(pid) for pid in re.findall(r"pid=(\d+)", out) if int(pid) != up]
+    return pids[0] if pids else None
 
 
 def leader():
@@ -114,7 +115,7 @@ def main():
                 status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
                                                        "type": "sell"})
                 assert status == 200, status
-                victim = pid_on(ORDERS[leader() - 1])
+                victim = pid_on(ORDERS[leader() - 1], up.pid)
                 start = time.monotonic()
                 os.kill(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
                 done = order_until_ok(f"{fault}-{round_}-{start}", statuses)

@@ -329,6 +329,59 @@ struct Chaos {
     catalog_kills: usize,
     catalog_hangs: usize,
     frontend_hangs: usize,
+    /// When each fault began and ended, to tell which one a pause in trading followed.
+    timeline: Timeline,
+}
+
+impl Chaos {
+    /// Kills a replica, the leader every other time, starts it again within `down_ms` and
+    /// waits until it is ready.
+    async fn kill_a_replica(&mut self, cluster: &mut Cluster, rng: &mut Rng, down_ms: u64) {
+        let (victim, leader) = victim(cluster, rng, self.kills.is_multiple_of(2)).await;
+        self.leader_kills += usize::from(leader);
+        self.kills += 1;
+        cluster.orders[victim].kill9();
+        if leader {
+            self.timeline.leader_lost.push(Instant::now());
+        }
+        self.timeline
+            .note(format!("{} killed", replica(victim, leader)));
+        sleep(Duration::from_millis(rng.below(down_ms))).await;
+        cluster.orders[victim].restart();
+        let name = format!("replica {}", victim + 1);
+        self.timeline.note(format!("{name} restarted"));
+        cluster.wait_replica_ready(victim).await;
+        self.timeline.note(format!("{name} ready"));
+    }
+}
+
+#[derive(Default)]
+struct Timeline {
+    events: Vec<(Instant, String)>,
+    /// When the leader was killed or hung.
+    leader_lost: Vec<Instant>,
+}
+
+impl Timeline {
+    fn note(&mut self, what: impl Into<String>) {
+        self.events.push((Instant::now(), what.into()));
+    }
+
+    /// What happened from `window` before `from` until `to`, in seconds since `start`.
+    fn around(&self, start: Instant, from: Instant, to: Instant, window: Duration) -> String {
+        let since = |at: Instant| at.saturating_duration_since(start).as_secs_f64();
+        (self.events.iter())
+            .filter(|(at, _)| *at + window >= from && *at <= to)
+            .map(|(at, what)| format!("{:.2} s {what}", since(*at)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} events", self.events.len())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -385,19 +438,15 @@ async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
         // Pacing: let the clients trade for a while between kills.
         sleep(Duration::from_millis(200 + rng.below(300))).await;
         if chaos.catalog_kills == 0 && Instant::now() >= halfway {
+            chaos.timeline.note("catalog killed and restarted");
             cluster.catalog.kill9();
             cluster.catalog.restart();
             wait_catalog_back(cluster).await;
+            chaos.timeline.note("catalog back");
             chaos.catalog_kills += 1;
             continue;
         }
-        let (victim, leader) = victim(cluster, &mut rng, chaos.kills % 2 == 0).await;
-        chaos.leader_kills += usize::from(leader);
-        cluster.orders[victim].kill9();
-        chaos.kills += 1;
-        sleep(Duration::from_millis(rng.below(300))).await;
-        cluster.orders[victim].restart();
-        cluster.wait_replica_ready(victim).await;
+        chaos.kill_a_replica(cluster, &mut rng, 300).await;
     }
     chaos
 }
@@ -427,37 +476,53 @@ async fn hang_and_resume(cluster: &mut Cluster, until: Instant) -> Chaos {
                 chaos.leader_hangs += usize::from(leader);
                 chaos.hangs += 1;
                 cluster.orders[victim].pause();
+                if leader {
+                    chaos.timeline.leader_lost.push(Instant::now());
+                }
+                chaos
+                    .timeline
+                    .note(format!("{} hung", replica(victim, leader)));
                 sleep(hang).await;
                 cluster.orders[victim].resume();
+                chaos
+                    .timeline
+                    .note(format!("replica {} resumed", victim + 1));
                 cluster.wait_replica_ready(victim).await;
+                chaos.timeline.note(format!("replica {} ready", victim + 1));
             }
             1 => {
                 chaos.catalog_hangs += 1;
                 cluster.catalog.pause();
+                chaos.timeline.note("catalog hung");
                 sleep(hang).await;
                 cluster.catalog.resume();
+                chaos.timeline.note("catalog resumed");
                 wait_catalog_back(cluster).await;
+                chaos.timeline.note("catalog back");
             }
-            2 => {
-                let (victim, leader) = victim(cluster, &mut rng, chaos.kills % 2 == 0).await;
-                chaos.leader_kills += usize::from(leader);
-                chaos.kills += 1;
-                cluster.orders[victim].kill9();
-                sleep(Duration::from_millis(rng.below(1000))).await;
-                cluster.orders[victim].restart();
-                cluster.wait_replica_ready(victim).await;
-            }
+            2 => chaos.kill_a_replica(cluster, &mut rng, 1000).await,
             _ => {
                 chaos.frontend_hangs += 1;
-                let frontend =
-                    &cluster.frontends[rng.below(cluster.frontends.len() as u64) as usize];
+                let index = rng.below(cluster.frontends.len() as u64) as usize;
+                let frontend = &cluster.frontends[index];
                 frontend.pause();
+                chaos.timeline.note(format!("frontend {} hung", index + 1));
                 sleep(hang).await;
                 frontend.resume();
+                chaos
+                    .timeline
+                    .note(format!("frontend {} resumed", index + 1));
             }
         }
     }
     chaos
+}
+
+fn replica(index: usize, leader: bool) -> String {
+    match leader {
+        true => format!("replica {} (the leader)", index + 1),
+        false => format!("replica {}", index + 1),
+    }
 }
 
 /// Once the clients stopped: the one log every replica holds (I5), and the catalog's snapshot,
@@ -575,8 +640,9 @@ async fn trade_through(faults: Faults) {
             ))
         })
         .collect();
+    let started = Instant::now();
     let chaos = faults
-        .bring(&mut cluster, Instant::now() + Duration::from_secs(seconds))
+        .bring(&mut cluster, started + Duration::from_secs(seconds))
         .await;
     stop.store(true, Ordering::Relaxed);
     let mut reports = Vec::new();
@@ -781,11 +847,39 @@ async fn trade_through(faults: Faults) {
     // client had a command acknowledged.
     let mut times: Vec<Instant> = acks.iter().map(|a| a.at).collect();
     times.sort();
-    let longest_pause = times
+    let mut pauses: Vec<(Duration, Instant, Instant)> = times
         .windows(2)
-        .map(|pair| pair[1] - pair[0])
-        .max()
-        .unwrap_or_default();
+        .map(|pair| (pair[1] - pair[0], pair[0], pair[1]))
+        .collect();
+    pauses.sort_by_key(|pause| std::cmp::Reverse(pause.0));
+    let longest_pause = pauses.first().map(|p| p.0).unwrap_or_default();
+    // Which faults the longest pauses followed, for whoever has to make them shorter.
+    for (pause, from, to) in pauses.iter().take(3) {
+        let since = from.saturating_duration_since(started).as_secs_f64();
+        let faults = (chaos.timeline).around(started, *from, *to, Duration::from_secs(3));
+        println!("{pause:.1?} without an acknowledgement from {since:.2} s: {faults}");
+    }
+    // How long trading took to go on after each loss of the leader (to the next
+    // acknowledgement, whatever came in between).
+    let mut recoveries: Vec<Duration> = (chaos.timeline.leader_lost.iter())
+        .filter_map(|lost| {
+            let next = times.partition_point(|at| at <= lost);
+            times.get(next).map(|at| *at - *lost)
+        })
+        .collect();
+    recoveries.sort();
+    let quantile = |q: f64| {
+        let index = ((recoveries.len() as f64 - 1.0) * q).round() as usize;
+        recoveries.get(index).copied().unwrap_or_default()
+    };
+    println!(
+        "trading went on {:.0?} (median), {:.0?} (90th percentile), {:.0?} (at most) after \
+         each of {} losses of the leader",
+        quantile(0.5),
+        quantile(0.9),
+        quantile(1.0),
+        recoveries.len()
+    );
     let metrics = cluster.metrics(cluster.frontend()).await;
     let leader_changes = metrics
         .lines()
