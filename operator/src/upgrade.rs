@@ -355,32 +355,15 @@ mod tests {
         let step = next_step(&observe(&world, 3), Some("new"), Some(3), None, None);
         assert_eq!(step.replace, None);
 
-        assert_eq!(
-            next_step(
-                &observe(&world, 3),
-                None,
-                Some(3),
-                Some(&behind(&world)),
-                None
-            ),
-            Step {
+        // No update revision, or every pod already runs it: nothing to do.
+        for revision in [None, Some("old")] {
+            let behind = behind(&world);
+            let step = next_step(&observe(&world, 3), revision, Some(3), Some(&behind), None);
+            let nothing = Step {
                 replace: None,
-                progress: None
-            }
-        );
-        assert_eq!(
-            next_step(
-                &observe(&world, 3),
-                Some("old"),
-                Some(3),
-                Some(&behind(&world)),
-                None
-            ),
-            Step {
-                replace: None,
-                progress: None
-            },
-            "every pod already runs the update revision"
-        );
+                progress: None,
+            };
+            assert_eq!(step, nothing, "update revision {revision:?}");
+        }
     }
 }

@@ -42,14 +42,11 @@ pub struct LeaderDiscovery {
     replicas: RwLock<Vec<Peer>>,
     /// The leader followed; streams that poll it watch for a change.
     current: tokio::sync::watch::Sender<Option<Leader>>,
-    searching: tokio::sync::Mutex<()>,
-    /// Searches finished: a request that waited for one to end takes its result, whatever it
-    /// found, instead of searching again (with replicas that hang, each search takes a while).
-    searches: AtomicU64,
-    /// The same for the writes waiting on a leader that may hang ([`Self::newer_than`]): one
-    /// looks for its successor at a time, the others take what it found (held here).
-    hedging: tokio::sync::Mutex<Option<Leader>>,
-    hedges: AtomicU64,
+    /// The searches for a leader that failed ([`Self::replace`]).
+    searches: OneAtATime,
+    /// The looks for the successor of a leader that writes wait on ([`Self::newer_than`]),
+    /// apart: a search may be waiting out that leader's health check.
+    hedges: OneAtATime,
     http: reqwest::Client,
     leader_changes: Counter,
 }
@@ -60,10 +57,8 @@ impl LeaderDiscovery {
         Self {
             replicas: RwLock::new(replicas),
             current: tokio::sync::watch::Sender::new(None),
-            searching: tokio::sync::Mutex::new(()),
-            searches: AtomicU64::new(0),
-            hedging: tokio::sync::Mutex::new(None),
-            hedges: AtomicU64::new(0),
+            searches: OneAtATime::default(),
+            hedges: OneAtATime::default(),
             http,
             leader_changes: Default::default(),
         }
@@ -152,28 +147,29 @@ impl LeaderDiscovery {
         failed: Option<&Leader>,
         hint: Option<(u32, u64)>,
     ) -> Option<Leader> {
-        let searched_before = self.searches.load(Ordering::Acquire);
-        let _one_at_a_time = self.searching.lock().await;
-        let current = self.current();
-        if current.is_some() && current.as_ref() != failed
-            || self.searches.load(Ordering::Acquire) != searched_before
-        {
-            return current;
-        }
-        // A hint naming a replica this frontend does not know: the group has grown.
-        if hint.is_some_and(|(id, _)| self.knows(id).is_none()) {
-            self.learn_members().await;
-        }
-        let mut found = match self.hinted(hint).await {
-            Some(leader) => Some(leader),
-            None => self.search(failed).await,
-        };
-        if found.is_none() && self.learn_members().await {
-            found = self.search(failed).await;
-        }
-        // (Unless a waiting write found the successor meanwhile: see `newer_than`.)
-        self.follow_after(&current, found.clone());
-        self.searches.fetch_add(1, Ordering::Release);
+        self.searches
+            .look(|| async {
+                let current = self.current();
+                if current.is_some() && current.as_ref() != failed {
+                    return current;
+                }
+                // A hint naming a replica this frontend does not know: the group has grown.
+                if hint.is_some_and(|(id, _)| self.knows(id).is_none()) {
+                    self.learn_members().await;
+                }
+                let mut found = match self.hinted(hint).await {
+                    Some(leader) => Some(leader),
+                    None => self.search(failed).await,
+                };
+                if found.is_none() && self.learn_members().await {
+                    found = self.search(failed).await;
+                }
+                // (Unless a waiting write found the successor meanwhile: see `newer_than`.)
+                self.follow_after(&current, found);
+                self.current()
+            })
+            .await;
+        // (What this search or the one waited for found, or a waiting write since.)
         self.current()
     }
 
@@ -200,25 +196,24 @@ impl LeaderDiscovery {
     /// second). It takes no turn behind [`Self::replace`], whose search may be waiting out
     /// that hung leader's health check.
     pub async fn newer_than(&self, current: &Leader) -> Option<Leader> {
-        let newer = |leader: Option<Leader>| leader.filter(|l| l.term > current.term);
-        let hedged_before = self.hedges.load(Ordering::Acquire);
-        let mut last_found = self.hedging.lock().await;
-        if self.hedges.load(Ordering::Acquire) != hedged_before {
-            return newer(last_found.clone());
-        }
-        // (Not asking the leader the call waits on: it may hang, and its health check's
-        // deadline would hold every waiting write's look for its successor.)
-        *last_found = self.search_among(Some(current), Some(current.id)).await;
-        self.hedges.fetch_add(1, Ordering::Release);
-        let found = newer(last_found.clone());
-        if let Some(found) = &found {
-            // Followed unless this frontend already follows a leader of its term or newer
-            // (following none, after a search mid-election found none, it follows this one).
-            self.follow_if(Some(found.clone()), |followed| {
-                followed.as_ref().is_none_or(|f| f.term < found.term)
-            });
-        }
-        found
+        let found = self
+            .hedges
+            .look(|| async {
+                // (Not asking the leader the call waits on: it may hang, and its health
+                // check's deadline would hold every waiting write's look for its successor.)
+                let found = self.search_among(Some(current), Some(current.id)).await;
+                if let Some(found) = found.as_ref().filter(|f| f.term > current.term) {
+                    // Followed unless this frontend already follows a leader of its term or
+                    // newer (following none, after a search mid-election found none, it
+                    // follows this one).
+                    self.follow_if(Some(found.clone()), |followed| {
+                        followed.as_ref().is_none_or(|f| f.term < found.term)
+                    });
+                }
+                found
+            })
+            .await;
+        found.filter(|leader| leader.term > current.term)
     }
 
     /// Makes `found` the leader this frontend follows, if it still follows `seen` (what the
@@ -339,6 +334,34 @@ impl LeaderDiscovery {
     }
 }
 
+/// One look at a time (for a leader, asking every replica): a caller that waited while a
+/// look ran takes what it found, whatever that was, instead of looking again (with replicas
+/// that hang, each look takes a while, and a thousand waiting requests would each ask every
+/// replica).
+#[derive(Default)]
+struct OneAtATime {
+    /// What the last look found.
+    found: tokio::sync::Mutex<Option<Leader>>,
+    /// Looks finished.
+    looks: AtomicU64,
+}
+
+impl OneAtATime {
+    /// What `look` finds, or what the look that ended while this caller waited found.
+    async fn look<F>(&self, look: impl FnOnce() -> F) -> Option<Leader>
+    where
+        F: std::future::Future<Output = Option<Leader>>,
+    {
+        let looked_before = self.looks.load(Ordering::Acquire);
+        let mut found = self.found.lock().await;
+        if self.looks.load(Ordering::Acquire) == looked_before {
+            *found = look().await;
+            self.looks.fetch_add(1, Ordering::Release);
+        }
+        found.clone()
+    }
+}
+
 /// `replica` as the leader of `term`.
 fn leader(replica: &Peer, term: u64) -> Leader {
     Leader {
@@ -372,8 +395,7 @@ mod tests {
 
     /// A replica that answers its health check with `health` and counts the checks.
     async fn replica(health: Health) -> (Peer, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        serve(listener, health, None).await
+        serve(any_port().await, health, None).await
     }
 
     /// A replica on `listener` that answers its health check with `health` and, if given,
@@ -403,11 +425,20 @@ mod tests {
                 }),
             );
         }
+        (answering(id, listener, app), asked)
+    }
+
+    /// Replica `id`: `app` on `listener`.
+    fn answering(id: u32, listener: tokio::net::TcpListener, app: axum::Router) -> Peer {
         let url = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (Peer { id, url }, asked)
+        Peer { id, url }
+    }
+
+    async fn any_port() -> tokio::net::TcpListener {
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
     }
 
     fn health(node_id: u32, term: u64, leading: bool) -> Health {
@@ -472,12 +503,7 @@ mod tests {
                 async move { stocknet_common::data(now) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (Peer { id, url }, answered)
+        (answering(id, any_port().await, app), answered)
     }
 
     #[tokio::test]
@@ -521,17 +547,12 @@ mod tests {
 
     /// Replicas 1–3 are configured; 5 joined the group later and leads it.
     async fn grown_group() -> (Vec<Peer>, Peer) {
-        let (listener, url) = {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap())
-                .parse()
-                .unwrap();
-            (listener, url)
-        };
+        let listener = any_port().await;
+        let url = format!("http://{}", listener.local_addr().unwrap());
         let mut urls = BTreeMap::from([(5, url)]);
         let mut founders = Vec::new();
         for id in 1..=3 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = any_port().await;
             urls.insert(id, format!("http://{}", listener.local_addr().unwrap()));
             founders.push((id, listener));
         }
@@ -630,12 +651,7 @@ mod tests {
                 std::future::pending::<()>()
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (Peer { id, url }, asked)
+        (answering(id, any_port().await, app), asked)
     }
 
     /// A frontend's discovery of `one`, `two` and a replica 3 that hangs, and 3 as the leader
