@@ -1700,6 +1700,137 @@ async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_se
     leader.abort();
 }
 
+/// A key revoked while an order stream's first check of it waits for the catalog (whose
+/// answer predates the revocation's push) is checked again before the stream sends anything:
+/// the client is refused, not subscribed to the user's orders.
+#[tokio::test]
+async fn an_order_stream_whose_key_is_revoked_during_its_first_check_is_refused() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use futures::{SinkExt, StreamExt};
+    use stocknet_common::api_key::ApiKey;
+    use stocknet_common::wire::Health;
+    use stocknet_common::ApiError;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let health = Health {
+        node_id: 1,
+        term: 1,
+        leader: Some(1),
+        ready: true,
+        last_transaction: 10,
+        applied: 10,
+        leading: true,
+    };
+    let leader = Router::new().route(
+        "/health",
+        get(move || async move { stocknet_common::data(health) }),
+    );
+    let (address, leader) = serve(leader).await;
+    let replica = format!("1=http://{address}");
+    let catalog_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let catalog_url = format!("http://{}", catalog_listener.local_addr().unwrap());
+    let state = lone_state(&["--order-replicas", &replica, "--catalog-url", &catalog_url]);
+    state.inner.catalog_contact.renewed_now();
+    let key = ApiKey::generate(7).unwrap();
+    // The catalog: the revocation's push reaches the frontend while the first check is
+    // answered with the record from before it; asked again, the key is gone.
+    let asked = Arc::new(AtomicU32::new(0));
+    let catalog = {
+        let (state, holder, asked) = (state.clone(), holder_of(&key), asked.clone());
+        Router::new().route(
+            "/users/{id}",
+            get(move || async move {
+                if asked.fetch_add(1, Ordering::SeqCst) > 0 {
+                    return ApiError::new(StatusCode::NOT_FOUND, "no such user").into_response();
+                }
+                state.inner.credentials.forget(&[7]);
+                stocknet_common::data(holder).into_response()
+            }),
+        )
+    };
+    let catalog = tokio::spawn(async move { axum::serve(catalog_listener, catalog).await });
+    let (frontend, served) = serve(router(state)).await;
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/orders"))
+        .await
+        .unwrap();
+    let hello = format!(r#"{{"api_key": "{}"}}"#, key.reveal());
+    socket.send(Message::Text(hello.into())).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await;
+    assert!(
+        matches!(&first, Ok(Some(Ok(Message::Close(Some(frame))))) if u16::from(frame.code) == 1008),
+        "{first:?}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "checked again after the push"
+    );
+    for task in [served, leader, catalog] {
+        task.abort();
+    }
+}
+
+/// A price stream opened after this frontend missed pushes (while no stream was open, so
+/// nobody caught up on them) starts from the catalog's snapshot, and a later change back to
+/// the value sent before the missed ones is sent: it is news to the stream.
+#[tokio::test]
+async fn a_price_stream_hears_a_change_back_to_a_value_sent_before_pushes_it_missed() {
+    use axum::routing::get;
+    use futures::StreamExt;
+    use stocknet_common::model::{Price, Stock};
+    use stocknet_common::wire::{AsOf, Snapshot};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stock = |quantity| Stock {
+        name: "GameStart".into(),
+        price: Price::from_cents(1500),
+        quantity,
+    };
+    let as_of = |applied| AsOf { boot: 1, applied };
+    // The catalog has applied a buy of 1 whose push this frontend missed.
+    let snapshot = Snapshot {
+        applied: 6,
+        term: 1,
+        stocks: vec![stock(99)],
+        boot: 1,
+    };
+    let catalog = Router::new().route(
+        "/snapshot",
+        get(move || async move { stocknet_common::data(snapshot) }),
+    );
+    let (address, catalog) = serve(catalog).await;
+    let catalog_url = format!("http://{address}");
+    let state = lone_state(&["--catalog-url", &catalog_url]);
+    state.inner.catalog_contact.renewed_now();
+    // Sent to the streams before: 100 shares.
+    let streams = &state.inner.streams;
+    streams.publish_prices(vec![stock(100)], Some(as_of(5)));
+    let (frontend, served) = serve(router(state.clone())).await;
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{frontend}/ws/prices"))
+        .await
+        .unwrap();
+    let within = std::time::Duration::from_secs(10);
+    let snapshot = tokio::time::timeout(within, socket.next()).await;
+    assert!(
+        matches!(&snapshot, Ok(Some(Ok(Message::Text(text)))) if text.contains("\"quantity\":99")),
+        "{snapshot:?}"
+    );
+    // A sell of 1 takes it back to 100.
+    streams.publish_prices(vec![stock(100)], Some(as_of(7)));
+    let price = tokio::time::timeout(within, socket.next()).await;
+    assert!(
+        matches!(&price, Ok(Some(Ok(Message::Text(text)))) if text.contains("\"quantity\":100")),
+        "{price:?}"
+    );
+    served.abort();
+    catalog.abort();
+}
+
 /// Checking a key the frontend keeps nothing for counts in flight against the address while
 /// the catalog is asked: with one request in flight allowed, a second made-up key waits for
 /// nobody, it is 429 at once.

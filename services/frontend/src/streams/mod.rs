@@ -638,7 +638,13 @@ pub async fn prices(
                 return;
             }
         };
-        let first = frame(&PriceFrame::Snapshot { stocks });
+        let first = frame(&PriceFrame::Snapshot {
+            stocks: stocks.clone(),
+        });
+        // What the streams were last sent may be older than the snapshot (pushes missed with
+        // no stream open, which nobody caught up on): a later change back to that value must
+        // not pass for no change. (This stream takes nothing as old as its snapshot.)
+        state.inner.streams.publish_prices(stocks, Some(as_of));
         if send(&mut sink, Message::Text(first.into())).await.is_err() {
             return;
         }

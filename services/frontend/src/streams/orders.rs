@@ -274,6 +274,9 @@ pub async fn orders(
                 Err(unreadable) => return refuse_unreadable(&mut sink, unreadable).await,
             },
         };
+        // Watched from before the check: a revocation pushed while the catalog is asked (its
+        // answer may predate it) has the key checked again before anything is sent.
+        let mut forgotten = state.inner.credentials.forgotten();
         let user = match verify(&state, &key).await {
             Ok(user) => user,
             Err(refused) => {
@@ -282,7 +285,6 @@ pub async fn orders(
             }
         };
         let _listening = state.inner.streams.orders.listen(&state);
-        let mut forgotten = state.inner.credentials.forgotten();
         let mut backoff = Duration::from_millis(50);
         let mut cursor = query.after;
         // Whether `cursor` is an entry of the log: the client's may not be.
