@@ -6,6 +6,7 @@
 
 use std::error::Error;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -30,7 +31,7 @@ use stocknet_common::server::BODY_LIMIT;
 use stocknet_common::{ApiError, BaseUrl};
 
 /// How long a pre-vote waits for a replica's answer: a hung one is not waited for long.
-const PRE_VOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+const PRE_VOTE_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 struct Group {
@@ -197,6 +198,10 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     }
 }
 
+/// How long a replica may take to answer a chunk of a snapshot before the last: to write
+/// a megabyte.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct Peer {
     http: reqwest::Client,
@@ -285,6 +290,14 @@ impl RaftNetwork<TypeConfig> for Peer {
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> SnapshotAnswer {
+        // openraft gives every chunk the last one's deadline, which covers installing the
+        // whole log; a chunk before it is answered once written, so a transfer whose
+        // connection went silent (packets dropped) is given up, and the chunk sent again,
+        // after a chunk's deadline rather than the install's.
+        let option = match request.done {
+            true => option,
+            false => RPCOption::new(option.hard_ttl().min(CHUNK_DEADLINE)),
+        };
         let body = encode_chunk(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let body = (body, "application/octet-stream");
@@ -308,7 +321,7 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Whether `entries` entries encoded in `bytes` bytes are past the body limit every replica
 /// enforces, and if so how many to send instead. Long idempotency keys and request ids make
@@ -371,7 +384,7 @@ mod tests {
             target: 2,
             url: "http://127.0.0.1:9".parse(),
         };
-        let option = RPCOption::new(std::time::Duration::from_secs(1));
+        let option = RPCOption::new(Duration::from_secs(1));
         let refused = peer.append_entries(request.clone(), option).await;
         let Err(RPCError::PayloadTooLarge(too_large)) = refused else {
             panic!("{refused:?}");
@@ -383,6 +396,51 @@ mod tests {
             ..request
         };
         assert!(serde_json::to_vec(&fitting).unwrap().len() <= BODY_LIMIT);
+    }
+
+    /// A chunk before the last that nobody answers (the replica's connection went silent
+    /// mid-transfer) is given up after a chunk's deadline, not the install's five minutes;
+    /// the last is given the install's.
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_before_the_last_is_given_up_after_a_chunk_s_deadline() {
+        // Takes connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                held.push(connection);
+            }
+        });
+        let mut peer = Peer {
+            http: reqwest::Client::new(),
+            target: 2,
+            url: url.parse(),
+        };
+        let chunk = |done| InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 2),
+            meta: SnapshotMeta::default(),
+            offset: 0,
+            data: vec![7; 16],
+            done,
+        };
+        let install = super::super::INSTALL_SNAPSHOT_TIMEOUT;
+        let started = tokio::time::Instant::now();
+        let answer = peer
+            .install_snapshot(chunk(false), RPCOption::new(install))
+            .await;
+        assert!(
+            matches!(answer, Err(RPCError::Unreachable(_))),
+            "{answer:?}"
+        );
+        assert_eq!(started.elapsed().as_secs(), CHUNK_DEADLINE.as_secs());
+        let last = tokio::time::timeout(
+            install - Duration::from_secs(1),
+            peer.install_snapshot(chunk(true), RPCOption::new(install)),
+        )
+        .await;
+        assert!(last.is_err(), "the last chunk waits for the install");
+        held.abort();
     }
 
     #[test]
