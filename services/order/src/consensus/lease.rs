@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::{BasicNode, RaftMetrics, ServerState};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::VOTER_LEASE;
@@ -50,6 +51,8 @@ pub enum LeaseRead {
 #[derive(Debug, Default)]
 pub struct Lease {
     acks: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// Woken at each acknowledgement, for [`Lease::wait_confirmed_since`].
+    acked: Notify,
 }
 
 impl Lease {
@@ -62,18 +65,53 @@ impl Lease {
         let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let newest = acks.entry(voter).or_insert((term, sent));
         *newest = (*newest).max((term, sent));
+        drop(acks);
+        self.acked.notify_waiters();
+    }
+
+    /// Waits until a majority of every voter set has accepted appends this replica sent,
+    /// leading `term`, at or after `since`; `false` once it no longer leads that term. Then
+    /// no other replica led at `since` (each election needs a vote of one of those voters,
+    /// and a voter that has voted in a newer term refuses the appends of an older one): a
+    /// read index (the dissertation's §6.4) on the acknowledgements the lease counts, with
+    /// no deadline per call, for links slower than openraft's own check allows.
+    pub async fn wait_confirmed_since(
+        &self,
+        metrics: &mut watch::Receiver<RaftMetrics<u64, BasicNode>>,
+        term: u64,
+        since: Instant,
+    ) -> bool {
+        loop {
+            let acked = self.acked.notified();
+            tokio::pin!(acked);
+            acked.as_mut().enable();
+            {
+                let metrics = metrics.borrow_and_update();
+                if leading_term(&metrics) != Some(term) {
+                    return false;
+                }
+                let configs = metrics.membership_config.membership().get_joint_config();
+                let now = Instant::now();
+                if (self.quorum_acked(metrics.id, term, configs, now)).is_some_and(|at| at >= since)
+                {
+                    return true;
+                }
+            }
+            tokio::select! {
+                () = &mut acked => {}
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     /// How a read may be served on the lease, if `metrics`' replica leads and holds its lease
     /// now (`None`: it must confirm its leadership by a round).
     pub fn read(&self, metrics: &RaftMetrics<u64, BasicNode>) -> Option<LeaseRead> {
-        if metrics.state != ServerState::Leader
-            || metrics.current_leader != Some(metrics.id)
-            || !metrics.vote.is_committed()
-        {
-            return None;
-        }
-        let term = metrics.vote.leader_id().term;
+        let term = leading_term(metrics)?;
         let now = Instant::now();
         let acked = self.quorum_acked(
             metrics.id,
@@ -120,6 +158,14 @@ impl Lease {
         }
         oldest
     }
+}
+
+/// The term `metrics`' replica leads, elected.
+pub fn leading_term(metrics: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    let leads = metrics.state == ServerState::Leader
+        && metrics.current_leader == Some(metrics.id)
+        && metrics.vote.is_committed();
+    leads.then(|| metrics.vote.leader_id().term)
 }
 
 #[cfg(test)]

@@ -1116,6 +1116,35 @@ async fn a_leader_whose_round_trips_outlast_a_heartbeat_still_commits() {
     assert_eq!(group.leader(&group.ids).await, (leader, term));
 }
 
+/// Over a link slower than a heartbeat interval (a round trip of 200 ms), a leader that still
+/// commits confirms a read by a check: openraft's own read index gives each of its heartbeats
+/// one heartbeat interval (50 ms) to be answered and never confirmed, so every read that fell
+/// outside the lease (which lapses 50 ms after each acknowledgement here, and for good once a
+/// round trip passes 250 ms) was refused while writes went on (I12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_behind_a_link_slower_than_a_heartbeat_confirms_reads_by_a_check() {
+    let group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    group
+        .router
+        .set_fault(leader, Some(LinkFault::Slow(Duration::from_millis(200))));
+    let written = group.write(leader, 1).await.log_id.index;
+    let raft = group.raft(leader);
+    let checked = super::reads::check(&raft, &group.leases[&leader]).await;
+    assert_eq!(checked, Ok(()));
+    assert!(raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .is_some_and(|a| a.index >= written));
+    // A follower's check fails, over the same link.
+    let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
+    let refused = super::reads::check(&group.raft(follower), &group.leases[&follower]).await;
+    assert!(refused.is_err());
+    group.router.set_fault(leader, None);
+    assert_eq!(group.leader(&group.ids).await, (leader, term));
+}
+
 /// A leader restarted within its term (openraft resumes it: no election, no blank entry)
 /// confirms no read before its book holds what its log held: it may have acknowledged all of
 /// that before the restart, and neither its lease (fresh) nor openraft's read index (its
