@@ -65,16 +65,31 @@ struct Ledger {
 
 impl Default for Pushes {
     fn default() -> Self {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        Self::named(boot_after(0, std::time::SystemTime::now()))
+    }
+}
+
+/// The name of a catalog process that starts at `now` after one named `previous`: its start,
+/// in nanoseconds since the epoch, unless the clock was set back past `previous` (frontends
+/// take a process of a lower name for an earlier one, and its prices for old news).
+pub fn boot_after(previous: u64, now: std::time::SystemTime) -> u64 {
+    let since_epoch = now.duration_since(std::time::UNIX_EPOCH);
+    let now = since_epoch.map_or(0, |since| {
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    });
+    now.max(previous.saturating_add(1))
+}
+
+impl Pushes {
+    /// The pushes of the catalog process named `boot` ([`PushMark::boot`]).
+    pub fn named(boot: u64) -> Self {
         Self {
-            boot: now.map_or(1, |since| since.as_nanos() as u64),
+            boot,
             started: Instant::now(),
             ledger: Mutex::default(),
         }
     }
-}
 
-impl Pushes {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -364,6 +379,18 @@ mod tests {
 
     fn url(port: u16) -> BaseUrl {
         format!("http://127.0.0.1:{port}").parse().unwrap()
+    }
+
+    /// A process started with the clock set back past the last one's start is named after
+    /// it all the same: frontends order catalog processes by name.
+    #[test]
+    fn a_process_started_with_the_clock_set_back_is_named_after_the_last() {
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let first = boot_after(0, at(1_000));
+        assert_eq!(first, 1_000_000_000_000);
+        let set_back = boot_after(first, at(990));
+        assert!(set_back > first, "{set_back}");
+        assert_eq!(boot_after(set_back, at(2_000)), 2_000_000_000_000);
     }
 
     /// A catalog process that started `ago` before the tests' times.

@@ -2,12 +2,13 @@
 //! invalidation push that tells them.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use stocknet_common::file::FileFailure;
+use stocknet_common::file::{self, FileFailure};
 use stocknet_common::model::Stock;
 use stocknet_common::paths;
 use stocknet_common::wire::{AsOf, Invalidation, CACHE_LEASE, FRONTEND_PROCESS};
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 use crate::config::{Config, DEFAULT_CATALOG};
 use crate::error::CatalogError;
 use crate::metrics;
-use crate::pushes::{Delivery, Pushes, LEASE_MARGIN};
+use crate::pushes::{boot_after, Delivery, Pushes, LEASE_MARGIN};
 use crate::store::CatalogStore;
 use crate::users::UserStore;
 
@@ -152,8 +153,10 @@ impl AppState {
         let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
         let users = UserStore::open(config.data_dir.join("users.csv"))?;
         let secret = config.secret.load()?;
+        let boot = next_boot(&config.data_dir.join("catalog.boot"))?;
         Ok(Self {
             frontend_dns: config.frontend_dns.as_deref().map(Arc::from),
+            pushes: Arc::new(Pushes::named(boot)),
             ..Self::new(store, users, config.frontends.0.clone(), secret)
         })
     }
@@ -430,6 +433,22 @@ impl AppState {
         self.metrics.term.set(gauge(snapshot.term));
         self.metrics.users.set(gauge(self.users.count() as u64));
     }
+}
+
+/// The name of this catalog process, after the last one's, kept in `path` ([`boot_after`]).
+fn next_boot(path: &std::path::Path) -> Result<u64, CatalogError> {
+    let previous = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| CatalogError::Corrupt(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(CatalogError::io(path, e)),
+    };
+    let boot = boot_after(previous, std::time::SystemTime::now());
+    file::replace_atomically(path, |file| writeln!(file, "{boot}"))
+        .map_err(|e| CatalogError::io(path, e))?;
+    Ok(boot)
 }
 
 #[cfg(test)]
