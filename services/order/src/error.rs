@@ -42,6 +42,8 @@ pub enum OrderError {
     HandingOver(u32),
     #[error("order log ends at {last}")]
     Gap { last: u64 },
+    #[error("after {after} is past the end of the order log ({last})")]
+    PastTheLog { after: u64, last: u64 },
     #[error("catalog unavailable: {0}")]
     CatalogUnavailable(String),
     /// The command is in the leader's log, and whether it commits is not known: a commit
@@ -88,6 +90,7 @@ impl Classified for OrderError {
                 ..
             }
             | E::InvalidChange(_)
+            | E::PastTheLog { .. }
             | E::InvalidMembership(_) => Cause::Input,
             E::NotOwner(_) => Cause::Forbidden,
             E::StockNotFound

@@ -518,34 +518,15 @@ pub(crate) struct OrderFeedQuery {
 
 /// `GET /feed/orders?user=U&after=N`: user U's order updates of the entries after N
 /// (everybody's without `user`); a long poll that waits for one when there is none yet. An N
-/// past the end of a leader's log is no entry any stream got to (a leader's log holds every
-/// committed entry): it is refused, as the updates between the book's entry and N would
-/// otherwise be skipped without a word. Past the end of a follower's log (asked by a frontend
-/// that has not yet heard of a new leader), it may be an entry the follower lacks yet, or none:
-/// only the leader can tell, so the follower answers that it is not the leader.
+/// past the end of the log is refused by the leader, and left to it by any other replica (see
+/// [`Replica::order_updates`]).
 pub(crate) async fn order_feed(
     State(state): State<AppState>,
     Query(query): Query<OrderFeedQuery>,
 ) -> Result<Response, ApiError> {
-    let health = state.replica.health();
-    // Exact, not health's: a position is refused only past the log's true end.
-    let last = state.replica.last_transaction();
-    if query.after > last {
-        return Err(match health.leading {
-            true => ApiError::bad_request(format!(
-                "after {} is past the end of the order log ({last})",
-                query.after
-            )),
-            false => state.replica.not_leader().into(),
-        });
-    }
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
-    let feed = state.replica.feed();
-    Ok(data(
-        feed.updates()
-            .wait_for_updates(query.user, query.after, wait)
-            .await,
-    ))
+    let updates = state.replica.order_updates(query.user, query.after, wait);
+    Ok(data(updates.await?))
 }
 
 #[derive(Deserialize)]

@@ -44,12 +44,17 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// The catalog's store, in this process; while `down`, every call fails as a catalog that
 /// answers 503 would; while `stalled`, applies wait (a catalog that takes its time).
 struct MemoryCatalog {
-    store: CatalogStore,
+    /// Replaced as a catalog brought back from a copy of its files would be.
+    store: Mutex<Arc<CatalogStore>>,
     down: AtomicBool,
     stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl MemoryCatalog {
+    fn store(&self) -> Arc<CatalogStore> {
+        self.store.lock().unwrap().clone()
+    }
+
     fn check(&self) -> Result<(), RemoteError> {
         if self.down.load(Ordering::Acquire) {
             Err(RemoteError::Api(ApiError::new(
@@ -66,7 +71,7 @@ impl Catalog for MemoryCatalog {
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, RemoteError>> {
         Box::pin(async move {
             self.check()?;
-            Ok(self.store.snapshot())
+            Ok(self.store().snapshot())
         })
     }
 
@@ -77,7 +82,7 @@ impl Catalog for MemoryCatalog {
         Box::pin(async move {
             self.check()?;
             let _ = self.stalled.subscribe().wait_for(|stalled| !stalled).await;
-            self.store.apply(request).map_err(|e| {
+            self.store().apply(request).map_err(|e| {
                 let status = match e {
                     CatalogError::Gap { .. }
                     | CatalogError::StaleTerm { .. }
@@ -118,7 +123,7 @@ impl Cluster {
             size,
             router: Arc::default(),
             catalog: Arc::new(MemoryCatalog {
-                store,
+                store: Mutex::new(Arc::new(store)),
                 down: AtomicBool::new(false),
                 stalled: tokio::sync::watch::channel(false).0,
             }),
@@ -285,7 +290,7 @@ impl Cluster {
         loop {
             let logs: Vec<Vec<Order>> = self.running().iter().map(|(_, r)| Self::log(r)).collect();
             let last = logs[0].last().map_or(0, |o| o.number);
-            let applied = self.catalog.store.snapshot().applied;
+            let applied = self.catalog.store().snapshot().applied;
             if logs.windows(2).all(|pair| pair[0] == pair[1]) && applied == last {
                 return logs[0].clone();
             }
@@ -500,7 +505,7 @@ fn check(cluster: &Cluster, log: &[Order]) {
         }
     }
     assert!(acknowledged > 0, "no order was acknowledged: {answers:?}");
-    let catalog = cluster.catalog.store.snapshot();
+    let catalog = cluster.catalog.store().snapshot();
     for stock in catalog.stocks {
         assert_eq!(
             stock.quantity as i64,
@@ -554,8 +559,49 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
     let market = market.await.unwrap().unwrap();
     assert_eq!(market.status, stocknet_common::Status::Filled);
     cluster.settled().await;
-    let house = cluster.catalog.store.get(STOCKS[0]).expect("the stock");
+    let house = cluster.catalog.store().get(STOCKS[0]).expect("the stock");
     assert_eq!(house.quantity, 1_000_000 - 2, "both market buys, once each");
+}
+
+/// A catalog brought back from an older copy of its files, while nothing commits, is caught
+/// up by the leader within a few seconds: it asks where the catalog stands now and then, not
+/// only when an order commits, so the quantities of acknowledged orders come back (I3).
+#[tokio::test]
+async fn a_catalog_back_from_an_older_copy_is_caught_up_while_nothing_commits() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    let copy = tempfile::tempdir().unwrap();
+    let files = ["catalog.csv", "catalog.wal"];
+    for file in files {
+        std::fs::copy(cluster.dir.path().join(file), copy.path().join(file)).unwrap();
+    }
+    let before = cluster.catalog.store().get(STOCKS[0]).expect("the stock");
+    for _ in 0..3 {
+        let buy = new_order(STOCKS[0], Side::Buy, 1, None);
+        leader.place(buy, Caller::new(None, None)).await.unwrap();
+    }
+    let acknowledged = cluster.catalog.store().snapshot();
+    assert_eq!(
+        cluster.catalog.store().get(STOCKS[0]).unwrap().quantity,
+        before.quantity - 3
+    );
+
+    // The copy from before the three orders, as an operator would restore it.
+    let restored = CatalogStore::open(copy.path().join("catalog.csv"), INITIAL).unwrap();
+    assert_eq!(restored.get(STOCKS[0]), Some(before));
+    *cluster.catalog.store.lock().unwrap() = Arc::new(restored);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster.catalog.store().snapshot().applied < acknowledged.applied {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restored catalog was never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cluster.catalog.store().snapshot().stocks,
+        acknowledged.stocks
+    );
 }
 
 /// A leader the catalog says a newer leader has fenced out (cut off from its group but not from
@@ -573,12 +619,12 @@ async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
     };
     place(None, "warm-up").await.unwrap();
     // A newer leader's take-over reaches the catalog.
-    let term = cluster.catalog.store.snapshot().term;
+    let term = cluster.catalog.store().snapshot().term;
     let newer = ApplyRequest {
         term: term + 1,
         trades: Vec::new(),
     };
-    cluster.catalog.store.apply(&newer).unwrap();
+    cluster.catalog.store().apply(&newer).unwrap();
     let fenced = place(None, "fenced").await;
     assert!(
         matches!(
@@ -595,7 +641,7 @@ async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
     assert!(!leader.health().leading, "its health still says it leads");
     // The catalog's term set back (as `stocknet admin set-term` does after a bogus one): the
     // leader's next catalog round is taken, and it leads again.
-    cluster.catalog.store.reset_term(term).unwrap();
+    cluster.catalog.store().reset_term(term).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !leader.health().leading {
         assert!(tokio::time::Instant::now() < deadline, "still fenced");
@@ -729,6 +775,45 @@ async fn a_cancel_by_client_order_id_is_answered_by_the_leader_only() {
         .cancel_by_client_order_id("ladder-1", Some("cancel".into()), 7)
         .await;
     assert!(cancelled.is_ok(), "{cancelled:?}");
+}
+
+/// A leader cut off from a group that has moved on, which still says it leads, does not refuse
+/// a position its successor's log holds as past the end of the order log: a stream told so is
+/// closed for good (I11). It leaves the position to the leader, which refuses one past its own.
+#[tokio::test]
+async fn a_cut_off_leader_leaves_a_position_past_its_log_to_the_new_leader() {
+    let cluster = Cluster::start(3).await;
+    let old = cluster.led_by(3, Duration::from_secs(20)).await;
+    cluster.router.isolate(3, &[1, 2, 3], true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let leading = (cluster.running().into_iter())
+            .find(|(id, replica)| *id != 3 && replica.health().leading);
+        if let Some((_, replica)) = leading {
+            break replica;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+    let placed = new.place(resting, Caller::new(None, None)).await.unwrap();
+    let position = placed.transaction_number;
+    assert!(position > old.last_transaction());
+    assert!(old.health().leading, "the cut-off leader says it leads");
+
+    let asked = old.order_updates(None, position, Duration::ZERO).await;
+    assert!(
+        matches!(asked, Err(OrderError::NotLeader { .. })),
+        "{asked:?}"
+    );
+    let past = new.order_updates(None, position + 1, Duration::ZERO).await;
+    assert!(
+        matches!(past, Err(OrderError::PastTheLog { after, last }) if after == position + 1 && last == position),
+        "{past:?}"
+    );
+    let served = new.order_updates(None, position - 1, Duration::ZERO).await;
+    assert!(served.is_ok(), "{served:?}");
+    cluster.router.isolate(3, &[1, 2, 3], false);
 }
 
 /// A market order on the book retried under its key with another protection (a frontend fills

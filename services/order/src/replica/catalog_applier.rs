@@ -16,6 +16,11 @@ use crate::error::OrderError;
 /// when nothing wakes it: after a catalog outage, the catalog catches up within this.
 pub const CATALOG_RETRY: Duration = Duration::from_millis(300);
 
+/// How often the leader asks the catalog where it stands while nothing commits: a catalog
+/// brought back from an older copy of its files would otherwise lack acknowledged orders
+/// (and serve quantities from before them) until the next order commits (I3).
+const CATALOG_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// Where the leader's catalog applier is: entries through `applied` are in the catalog, so
 /// commands through it can be acknowledged.
 #[derive(Debug, Clone, Default)]
@@ -50,15 +55,17 @@ impl Replica {
         // A round starts as soon as the book applies an entry, before its commands' answers
         // reach the requests waiting for them.
         let mut book_applied = self.book.feed().applied();
+        let mut last_round = Instant::now();
         loop {
             tokio::select! {
                 Ok(()) = book_applied.changed() => {}
                 _ = ticks.tick() => {}
             }
             let through = self.book().applied();
-            if through <= catalog_applied {
+            if through <= catalog_applied && last_round.elapsed() < CATALOG_CHECK_EVERY {
                 continue;
             }
+            last_round = Instant::now();
             let (applying, before) = (Instant::now(), catalog_applied);
             let result = self
                 .apply_to_catalog(term, &mut catalog_applied, through)
@@ -79,13 +86,16 @@ impl Replica {
                 .store(result.is_err() && !fenced, Ordering::Release);
             match &result {
                 Ok(()) => {
-                    let metrics = &self.metrics;
-                    metrics
-                        .catalog_apply_seconds
-                        .observe(applying.elapsed().as_secs_f64());
-                    metrics
-                        .commit_round_entries
-                        .observe((catalog_applied - before) as f64);
+                    // (None for a look at where the catalog stands; fewer than none from a
+                    // catalog that went back to an older copy.)
+                    let entries = catalog_applied.saturating_sub(before);
+                    if entries > 0 {
+                        let metrics = &self.metrics;
+                        metrics
+                            .catalog_apply_seconds
+                            .observe(applying.elapsed().as_secs_f64());
+                        metrics.commit_round_entries.observe(entries as f64);
+                    }
                 }
                 Err(OrderError::NotLeader { .. }) => {
                     tracing::info!(term, "the catalog knows a newer term; no longer applying");

@@ -10,13 +10,14 @@ mod sequencer;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::error::Fatal;
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
 use stocknet_common::file::FileFailure;
 use stocknet_common::wire::{
-    AuditPage, Health, LogSlice, Members, NewLearner, OrderView, Peer, Voters,
+    AuditPage, Health, LogSlice, Members, NewLearner, OrderUpdatePage, OrderView, Peer, Voters,
 };
 use stocknet_common::{file, BaseUrl, Command, Order};
 
@@ -428,6 +429,35 @@ impl Replica {
     /// The market events of the entries this replica's book applied lately.
     pub fn feed(&self) -> &crate::feed::Feed {
         self.book.feed()
+    }
+
+    /// User `user`'s order updates (everybody's without one) of the entries after `after`,
+    /// waiting up to `wait` for one. A position past the end of the log is refused as no
+    /// entry of it (the updates up to it would otherwise be skipped without a word) only by a
+    /// leader the group still follows: a follower's log, or that of a leader cut off from a
+    /// group that has moved on, may lack entries the leader committed, which only it can tell.
+    pub async fn order_updates(
+        &self,
+        user: Option<u64>,
+        after: u64,
+        wait: Duration,
+    ) -> Result<OrderUpdatePage, OrderError> {
+        if after > self.last_transaction() {
+            if !self.health().leading {
+                return Err(self.not_leader());
+            }
+            self.confirm_leadership().await?;
+            // (Its log may have grown while the group was asked.)
+            let last = self.last_transaction();
+            if after > last {
+                return Err(OrderError::PastTheLog { after, last });
+            }
+        }
+        Ok(self
+            .feed()
+            .updates()
+            .wait_for_updates(user, after, wait)
+            .await)
     }
 
     /// A page of the audit trail (see [`audit::page`]), read off the async threads.
