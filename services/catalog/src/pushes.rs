@@ -338,12 +338,15 @@ impl Pushes {
         }
     }
 
-    /// No connection to `frontend` could be made at `now`. If the process known there has
-    /// probed within a lease, it is alive and cut off (a one-way partition that refuses or
-    /// drops connections): it is refused the lease as after a failed push, and this returns
-    /// true. Otherwise nothing is known to listen there any more, and whatever starts there is
-    /// a stranger until it takes a push.
-    pub fn not_connected(&self, frontend: &BaseUrl, now: Instant) -> bool {
+    /// No connection to `frontend` could be made at `now` (`timed_out`: nothing answered
+    /// the attempt, rather than a refusal). If the process known there has probed within a
+    /// lease, it is alive and cut off (a one-way partition that refuses or drops
+    /// connections): it is refused the lease as after a failed push, and this returns true.
+    /// Otherwise nothing is known to listen there any more, and whatever starts there is a
+    /// stranger until it takes a push. An attempt that timed out counts towards the address
+    /// being silent: a host that drops packets (a node gone, its pod still listed) would
+    /// otherwise cost every push the connection's deadline, for as long as it is listed.
+    pub fn not_connected(&self, frontend: &BaseUrl, now: Instant, timed_out: bool) -> bool {
         let mut ledger = self.ledger();
         let process = ledger.at.get(frontend.as_str());
         let probed = process
@@ -354,8 +357,18 @@ impl Pushes {
             Self::refuse(&mut ledger, frontend, now);
         } else {
             ledger.trying.remove(frontend.as_str());
-            ledger.silent.remove(frontend.as_str());
             ledger.at.remove(frontend.as_str());
+            match timed_out {
+                true => {
+                    ledger
+                        .silent
+                        .entry(frontend.as_str().to_owned())
+                        .or_insert(now);
+                }
+                false => {
+                    ledger.silent.remove(frontend.as_str());
+                }
+            }
         }
         alive
     }
@@ -461,6 +474,31 @@ mod tests {
         assert!(pushes.probed(Some("p2"), later + 2 * TICK).1);
     }
 
+    /// An address whose connections time out (a host that drops packets: a node gone with its
+    /// frontend pod still listed) is waited for at first, and once it has been silent for a
+    /// lease it gets trials only, not waited for: every push used to wait out the
+    /// connection's deadline there, for as long as it was listed.
+    #[test]
+    fn an_address_whose_connections_time_out_is_not_waited_for_after_a_lease() {
+        let (pushes, t0) = pushes_started(Duration::from_secs(5));
+        let gone = url(1);
+        let frontends = std::slice::from_ref(&gone);
+        let mut now = t0;
+        let (_, plan, _) = pushes.next(frontends, now);
+        assert_eq!(plan, [Wait]);
+        while now < t0 + LEASE {
+            assert!(!pushes.not_connected(&gone, now, true));
+            now += Duration::from_millis(100);
+            let (_, plan, _) = pushes.next(frontends, now);
+            let expected = if now > t0 + LEASE { Try } else { Wait };
+            assert_eq!(plan, [expected], "{:?} after the first", now - t0);
+        }
+        // Refused at once, nothing listens there: waited for (the attempt costs nothing).
+        assert!(!pushes.not_connected(&gone, now, false));
+        let (_, plan, _) = pushes.next(frontends, now + TICK);
+        assert_eq!(plan, [Wait]);
+    }
+
     #[test]
     fn a_process_another_took_the_address_of_is_gone() {
         let (pushes, t0, one) = one_frontend("p1");
@@ -543,7 +581,7 @@ mod tests {
         let frontends = [one.clone(), two.clone()];
         pushes.taken(&one, None);
         assert!(
-            !pushes.not_connected(&two, t0 + 2 * LEASE),
+            !pushes.not_connected(&two, t0 + 2 * LEASE, false),
             "p2 has not probed"
         );
         let (_, plan, _) = pushes.next(&frontends, t0 + 2 * LEASE);
@@ -681,7 +719,7 @@ mod tests {
         let (pushes, t0, one) = one_frontend("p");
         pushes.probed(Some("p"), t0);
         // Alive, cut off by a rule that refuses connections: as after a failed push.
-        assert!(pushes.not_connected(&one, t0 + TICK));
+        assert!(pushes.not_connected(&one, t0 + TICK, false));
         assert!(!pushes.probed(Some("p"), t0 + 2 * TICK).1);
         pushes.probed(Some("p"), t0 + LEASE);
         let (_, plan, _) = pushes.next(std::slice::from_ref(&one), t0 + 2 * TICK + LEASE + TICK);

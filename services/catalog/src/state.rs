@@ -332,7 +332,7 @@ impl AppState {
             // A frontend that is down has no cache to keep fresh; it starts empty. One that
             // still probes is cut off.
             Err(e) if e.is_connect() => {
-                if self.pushes.not_connected(frontend, Instant::now()) {
+                if (self.pushes).not_connected(frontend, Instant::now(), e.is_timeout()) {
                     tracing::warn!("invalidate at {frontend}: {e}, while it probes");
                     Outcome::Failed
                 } else {
