@@ -90,10 +90,7 @@ impl Lease {
                 if leading_term(&metrics) != Some(term) {
                     return false;
                 }
-                let configs = metrics.membership_config.membership().get_joint_config();
-                let now = Instant::now();
-                if (self.quorum_acked(metrics.id, term, configs, now)).is_some_and(|at| at >= since)
-                {
+                if self.acked_since(&metrics, term, since) {
                     return true;
                 }
             }
@@ -106,6 +103,19 @@ impl Lease {
                 }
             }
         }
+    }
+
+    /// Whether a majority of every voter set has accepted appends `metrics`' replica sent in
+    /// `term` at or after `since`.
+    pub fn acked_since(
+        &self,
+        metrics: &RaftMetrics<u64, BasicNode>,
+        term: u64,
+        since: Instant,
+    ) -> bool {
+        let configs = metrics.membership_config.membership().get_joint_config();
+        let acked = self.quorum_acked(metrics.id, term, configs, Instant::now());
+        acked.is_some_and(|at| at >= since)
     }
 
     /// How a read may be served on the lease, if `metrics`' replica leads and holds its lease

@@ -22,6 +22,10 @@ const LEASE_APPLY_WAIT: Duration = Duration::from_millis(500);
 /// through it) may take before the reads waiting for it are refused.
 const CHECK_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How recently a majority must have accepted an append sent by a leader whose check waits
+/// for their acknowledgements: a round trip (at most the append's 1 s deadline) and a little.
+const ANSWERED_LATELY: Duration = Duration::from_millis(1500);
+
 /// What a replica that starts as the leader of its term must have applied before it serves a
 /// read. openraft resumes a leader whose vote is committed, with no election and no blank
 /// entry, so what it acknowledged before it stopped is in its log but may not be in its book
@@ -233,6 +237,12 @@ pub(super) async fn check(raft: &Raft, lease: &Lease) -> Result<(), String> {
         Ok(_) => return Ok(()),
         Err(e) => e.to_string(),
     };
+    // A leader that no majority has answered lately (cut off, its followers down) is refused
+    // at once: nothing would answer the wait below before the check's deadline.
+    let lately = since.checked_sub(ANSWERED_LATELY).unwrap_or(since);
+    if !lease.acked_since(&metrics.borrow(), term, lately) {
+        return Err(failed);
+    }
     raft.trigger()
         .heartbeat()
         .await

@@ -1087,17 +1087,21 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
     assert_eq!(group.leader(&group.ids).await, (leader, term));
 }
 
+/// A group of three whose leader (returned with its term) sends every message `delay` late.
+async fn behind_a_slow_link(delay: Duration) -> (Group, u64, u64) {
+    let group = Group::start(3).await;
+    let (leader, term) = group.leader(&group.ids).await;
+    group.router.set_fault(leader, Some(LinkFault::Slow(delay)));
+    (group, leader, term)
+}
+
 /// A round trip longer than a heartbeat (openraft's deadline for each append) slows commits
 /// down but does not stop them (`outgoing.rs`): the leader's every message takes 35 ms each
 /// way, so no answer comes within the 50 ms openraft gives an append. Before, this group
 /// committed nothing in 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_round_trips_outlast_a_heartbeat_still_commits() {
-    let group = Group::start(3).await;
-    let (leader, term) = group.leader(&group.ids).await;
-    group
-        .router
-        .set_fault(leader, Some(LinkFault::Slow(Duration::from_millis(35))));
+    let (group, leader, term) = behind_a_slow_link(Duration::from_millis(35)).await;
     let mut last = 0;
     for quantity in 1..=10 {
         last = group.write(leader, quantity).await.log_id.index;
@@ -1123,15 +1127,11 @@ async fn a_leader_whose_round_trips_outlast_a_heartbeat_still_commits() {
 /// round trip passes 250 ms) was refused while writes went on (I12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_behind_a_link_slower_than_a_heartbeat_confirms_reads_by_a_check() {
-    let group = Group::start(3).await;
-    let (leader, term) = group.leader(&group.ids).await;
-    group
-        .router
-        .set_fault(leader, Some(LinkFault::Slow(Duration::from_millis(200))));
+    let (group, leader, term) = behind_a_slow_link(Duration::from_millis(200)).await;
     let written = group.write(leader, 1).await.log_id.index;
     let raft = group.raft(leader);
-    let checked = super::reads::check(&raft, &group.leases[&leader]).await;
-    assert_eq!(checked, Ok(()));
+    let checked = tokio::time::timeout(WAIT, super::reads::check(&raft, &group.leases[&leader]));
+    assert_eq!(checked.await, Ok(Ok(())));
     assert!(raft
         .metrics()
         .borrow()
@@ -1139,10 +1139,27 @@ async fn a_leader_behind_a_link_slower_than_a_heartbeat_confirms_reads_by_a_chec
         .is_some_and(|a| a.index >= written));
     // A follower's check fails, over the same link.
     let follower = *group.ids.iter().find(|&&id| id != leader).unwrap();
-    let refused = super::reads::check(&group.raft(follower), &group.leases[&follower]).await;
-    assert!(refused.is_err());
+    let following = group.raft(follower);
+    let refused = super::reads::check(&following, &group.leases[&follower]);
+    assert!(tokio::time::timeout(WAIT, refused).await.unwrap().is_err());
     group.router.set_fault(leader, None);
     assert_eq!(group.leader(&group.ids).await, (leader, term));
+
+    // Nor does a leader that no majority has answered for a while wait for one: it is
+    // refused at once, not at the check's deadline.
+    group.router.isolate(leader, &group.ids, true);
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(1600);
+    tokio::time::sleep_until(quiet).await;
+    let cut_off = super::reads::check(&raft, &group.leases[&leader]);
+    let cut_off = tokio::time::timeout(Duration::from_secs(1), cut_off).await;
+    assert!(matches!(cut_off, Ok(Err(_))), "{cut_off:?}");
+    let state = raft.metrics().borrow().state;
+    assert_eq!(
+        state,
+        openraft::ServerState::Leader,
+        "it still says it leads"
+    );
+    group.router.isolate(leader, &group.ids, false);
 }
 
 /// A leader restarted within its term (openraft resumes it: no election, no blank entry)
