@@ -265,7 +265,10 @@ pub(crate) async fn apply(
         tracing::debug!(request_id = %id, entry = trade.number, stock = trade.name, delta = trade.delta, "applied a committed entry");
     }
     let metrics = &state.metrics;
-    metrics.apply_trades.observe(request.trades.len() as f64);
+    // (Not a leader's look at where the catalog stands, which sends none.)
+    if !request.trades.is_empty() {
+        metrics.apply_trades.observe(request.trades.len() as f64);
+    }
     if names.is_empty() && !new_term && !state.store.needs_sync(Instant::now()) {
         // Entries that change no stock: nothing to tell, and nothing the leader's answers
         // wait for. Their journal lines become durable with the next sync; lost in a crash

@@ -604,6 +604,40 @@ async fn a_catalog_back_from_an_older_copy_is_caught_up_while_nothing_commits() 
     );
 }
 
+/// A catalog that went down while nothing committed (its leader's idle look at it failed) is
+/// taken up again within a retry of its return, not after the idle look's 2 s: new orders
+/// are refused while the last round failed, so no commit would bring the next round.
+#[tokio::test]
+async fn orders_go_on_soon_after_a_catalog_that_failed_an_idle_look_is_back() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.led_by(3, Duration::from_secs(20)).await;
+    cluster.catalog.down.store(true, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leader.catalog_failing() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no idle look failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.catalog.down.store(false, Ordering::Release);
+    let back = tokio::time::Instant::now();
+    loop {
+        let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+        match leader.place(resting, Caller::new(None, None)).await {
+            Ok(_) => break,
+            Err(OrderError::CatalogUnavailable(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(
+            back.elapsed() < Duration::from_millis(1500),
+            "orders refused for {:?} after the catalog came back",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A leader the catalog says a newer leader has fenced out (cut off from its group but not from
 /// the catalog, and not told yet) is not leading any more, whatever its consensus layer still
 /// says: the command waiting on that round is of unknown outcome with no catalog reason, and
@@ -795,6 +829,10 @@ async fn a_cut_off_leader_leaves_a_position_past_its_log_to_the_new_leader() {
         assert!(tokio::time::Instant::now() < deadline, "no new leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // The catalog holds every apply from here on: the cut-off leader's look at where the
+    // catalog stands would be told a newer leader took over, and it would stop saying it
+    // leads. (The resting order waits for no catalog round.)
+    cluster.catalog.stalled.send_replace(true);
     let resting = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
     let placed = new.place(resting, Caller::new(None, None)).await.unwrap();
     let position = placed.transaction_number;
@@ -813,6 +851,7 @@ async fn a_cut_off_leader_leaves_a_position_past_its_log_to_the_new_leader() {
     );
     let served = new.order_updates(None, position - 1, Duration::ZERO).await;
     assert!(served.is_ok(), "{served:?}");
+    cluster.catalog.stalled.send_replace(false);
     cluster.router.isolate(3, &[1, 2, 3], false);
 }
 

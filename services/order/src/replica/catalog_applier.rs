@@ -62,7 +62,11 @@ impl Replica {
                 _ = ticks.tick() => {}
             }
             let through = self.book().applied();
-            if through <= catalog_applied && last_round.elapsed() < CATALOG_CHECK_EVERY {
+            // (After a failed round, every tick: new commands are refused meanwhile, so
+            // nothing else would bring the next one.)
+            let failing = self.catalog_failing.load(Ordering::Acquire);
+            if through <= catalog_applied && !failing && last_round.elapsed() < CATALOG_CHECK_EVERY
+            {
                 continue;
             }
             last_round = Instant::now();
@@ -122,10 +126,10 @@ impl Replica {
         catalog_applied: &mut u64,
         number: u64,
     ) -> Result<(), OrderError> {
-        let (mut sent, mut retried) = (false, false);
-        // Sent at least once even when there is nothing to apply: that records the term.
-        while *catalog_applied < number || !sent {
-            sent = true;
+        let (mut answered, mut retried) = (false, false);
+        // Answered at least once even when there is nothing to apply: that records the term
+        // (and says where the catalog stands). A retry after a failed call sends it again.
+        while *catalog_applied < number || !answered {
             let through = number.min(*catalog_applied + BATCH as u64);
             let orders = self.orders_between(*catalog_applied, through)?;
             // (A trade the archive cannot give fails the round, which is retried: a price
@@ -153,6 +157,7 @@ impl Replica {
             let request = ApplyRequest { term, trades };
             match self.catalog.apply(&request).await {
                 Ok(outcome) => {
+                    answered = true;
                     *catalog_applied = outcome.applied;
                     continue;
                 }

@@ -426,6 +426,12 @@ impl Replica {
         pending.await.map_err(|_| OrderError::NotReady)
     }
 
+    /// Whether the leader's last catalog round failed (new commands are refused meanwhile).
+    #[cfg(test)]
+    pub fn catalog_failing(&self) -> bool {
+        self.catalog_failing.load(Ordering::Acquire)
+    }
+
     /// The market events of the entries this replica's book applied lately.
     pub fn feed(&self) -> &crate::feed::Feed {
         self.book.feed()
