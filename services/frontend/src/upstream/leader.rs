@@ -151,7 +151,9 @@ impl LeaderDiscovery {
             .look(|| async {
                 let current = self.current();
                 if current.is_some() && current.as_ref() != failed {
-                    return current;
+                    // (No search: a request queued behind this one for another failed leader
+                    // searches itself.)
+                    return Looked::Not(current);
                 }
                 // A hint naming a replica this frontend does not know: the group has grown.
                 if hint.is_some_and(|(id, _)| self.knows(id).is_none()) {
@@ -166,7 +168,7 @@ impl LeaderDiscovery {
                 }
                 // (Unless a waiting write found the successor meanwhile: see `newer_than`.)
                 self.follow_after(&current, found);
-                self.current()
+                Looked::Found(self.current())
             })
             .await;
         // (What this search or the one waited for found, or a waiting write since.)
@@ -210,7 +212,7 @@ impl LeaderDiscovery {
                         followed.as_ref().is_none_or(|f| f.term < found.term)
                     });
                 }
-                found
+                Looked::Found(found)
             })
             .await;
         found.filter(|leader| leader.term > current.term)
@@ -346,19 +348,33 @@ struct OneAtATime {
     looks: AtomicU64,
 }
 
+/// What one turn of [`OneAtATime::look`] did.
+enum Looked {
+    /// Asked the replicas: the callers that waited take this.
+    Found(Option<Leader>),
+    /// Had no need to ask: this, for its caller only.
+    Not(Option<Leader>),
+}
+
 impl OneAtATime {
     /// What `look` finds, or what the look that ended while this caller waited found.
     async fn look<F>(&self, look: impl FnOnce() -> F) -> Option<Leader>
     where
-        F: std::future::Future<Output = Option<Leader>>,
+        F: std::future::Future<Output = Looked>,
     {
         let looked_before = self.looks.load(Ordering::Acquire);
         let mut found = self.found.lock().await;
-        if self.looks.load(Ordering::Acquire) == looked_before {
-            *found = look().await;
-            self.looks.fetch_add(1, Ordering::Release);
+        if self.looks.load(Ordering::Acquire) != looked_before {
+            return found.clone();
         }
-        found.clone()
+        match look().await {
+            Looked::Found(leader) => {
+                *found = leader.clone();
+                self.looks.fetch_add(1, Ordering::Release);
+                leader
+            }
+            Looked::Not(leader) => leader,
+        }
     }
 }
 
@@ -749,6 +765,41 @@ mod tests {
         let found = discovery.newer_than(&held).await.expect("a successor");
         assert_eq!((found.id, found.term), (2, 8));
         assert_eq!(discovery.current(), Some(found));
+    }
+
+    /// A turn that had no need to look (its leader had been replaced already) is no look for
+    /// the caller queued behind it, which failed on another leader: that one looks itself.
+    #[tokio::test]
+    async fn a_turn_that_did_not_look_leaves_the_next_caller_its_own_look() {
+        let one = Peer {
+            id: 1,
+            url: "http://127.0.0.1:9".parse().unwrap(),
+        };
+        let found = leader(&one, 7);
+        let looks = Arc::new(OneAtATime::default());
+        let (started, turn_started) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let looks = looks.clone();
+            tokio::spawn(async move {
+                looks
+                    .look(|| async move {
+                        let _ = started.send(());
+                        let _ = released.await;
+                        Looked::Not(None)
+                    })
+                    .await
+            })
+        };
+        turn_started.await.unwrap();
+        // Queued behind the first turn, then the first turn ends.
+        let second = looks.look(|| async { Looked::Found(Some(found.clone())) });
+        let (looked, ()) = tokio::join!(second, async {
+            tokio::task::yield_now().await;
+            release.send(()).unwrap();
+        });
+        assert_eq!(first.await.unwrap(), None);
+        assert_eq!(looked, Some(found));
     }
 
     /// Requests that wait while a search is under way take what it found, even nothing,
