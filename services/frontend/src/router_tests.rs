@@ -1617,6 +1617,26 @@ async fn a_stream_ends_a_socket_whose_client_sends_an_oversized_message() {
     served.abort();
 }
 
+/// Order replica 1 as its health check answers: leading term 1, at entry 10.
+fn leading_replica() -> Router {
+    use axum::routing::get;
+    use stocknet_common::wire::Health;
+
+    let health = Health {
+        node_id: 1,
+        term: 1,
+        leader: Some(1),
+        ready: true,
+        last_transaction: 10,
+        applied: 10,
+        leading: true,
+    };
+    Router::new().route(
+        "/health",
+        get(move || async move { stocknet_common::data(health) }),
+    )
+}
+
 /// A user's order stream keeps one poll of the leader in flight, whatever the client sends
 /// meanwhile: each frame used to drop the poll and start another, a new connection to the
 /// leader per ping (I13).
@@ -1628,34 +1648,19 @@ async fn an_order_stream_polls_the_leader_once_however_many_frames_its_client_se
     use axum::routing::get;
     use futures::{SinkExt, StreamExt};
     use stocknet_common::api_key::ApiKey;
-    use stocknet_common::wire::Health;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
     let polls = Arc::new(AtomicU32::new(0));
     let counter = polls.clone();
-    let health = Health {
-        node_id: 1,
-        term: 1,
-        leader: Some(1),
-        ready: true,
-        last_transaction: 10,
-        applied: 10,
-        leading: true,
-    };
     // The leader: it holds every poll of the feed open.
-    let leader = Router::new()
-        .route(
-            "/health",
-            get(move || async move { stocknet_common::data(health) }),
-        )
-        .route(
-            "/feed/orders",
-            get(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::future::pending::<()>()
-            }),
-        );
+    let leader = leading_replica().route(
+        "/feed/orders",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>()
+        }),
+    );
     let (address, leader) = serve(leader).await;
     let replica = format!("1=http://{address}");
     let state = lone_state(&["--order-replicas", &replica]);
@@ -1711,24 +1716,10 @@ async fn an_order_stream_whose_key_is_revoked_during_its_first_check_is_refused(
     use axum::routing::get;
     use futures::{SinkExt, StreamExt};
     use stocknet_common::api_key::ApiKey;
-    use stocknet_common::wire::Health;
     use stocknet_common::ApiError;
     use tokio_tungstenite::tungstenite::Message;
 
-    let health = Health {
-        node_id: 1,
-        term: 1,
-        leader: Some(1),
-        ready: true,
-        last_transaction: 10,
-        applied: 10,
-        leading: true,
-    };
-    let leader = Router::new().route(
-        "/health",
-        get(move || async move { stocknet_common::data(health) }),
-    );
-    let (address, leader) = serve(leader).await;
+    let (address, leader) = serve(leading_replica()).await;
     let replica = format!("1=http://{address}");
     let catalog_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let catalog_url = format!("http://{}", catalog_listener.local_addr().unwrap());
