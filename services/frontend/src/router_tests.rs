@@ -1822,6 +1822,36 @@ async fn a_price_stream_hears_a_change_back_to_a_value_sent_before_pushes_it_mis
     catalog.abort();
 }
 
+/// Users' changes the catalog refuses for want of a turn (503: its users' file takes one at a
+/// time) do not open the breaker: a burst of registrations from anybody would otherwise stop
+/// every order of this frontend (I13).
+#[tokio::test]
+async fn refused_users_changes_do_not_open_the_catalog_breaker() {
+    use axum::routing::post;
+    use stocknet_common::ApiError;
+
+    let busy = || async {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The users' file is busy: nothing was changed, try again",
+        )
+        .into_response()
+    };
+    let (address, catalog) = serve(Router::new().route("/users", post(busy))).await;
+    let catalog_url = format!("http://{address}");
+    let state = lone_state(&["--catalog-url", &catalog_url]);
+    let app = router(state.clone());
+    for _ in 0..5 {
+        let request = insider_post("/users", "");
+        let answer = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let breaker = state.inner.catalog_breaker.view(std::time::Instant::now());
+    assert_eq!(breaker.state, "closed");
+    assert!(state.inner.catalog_breaker.admit().is_ok());
+    catalog.abort();
+}
+
 /// Checking a key the frontend keeps nothing for counts in flight against the address while
 /// the catalog is asked: with one request in flight allowed, a second made-up key waits for
 /// nobody, it is 429 at once.

@@ -23,7 +23,7 @@ use super::answers::{CatalogWriteUnknown, NeedsKey, NoCatalog, OwnUserAnswers};
 use super::extract::{refuse_a_body, KeyId, NoQuery, OwnUser};
 use crate::credentials;
 use crate::routes::stocks::{stock, Looked};
-use crate::upstream::catalog::{self, call_catalog, CatalogCall};
+use crate::upstream::catalog::{self, call_catalog_for_users, CatalogCall};
 use crate::upstream::is_for_client;
 use crate::upstream::order_group;
 use crate::{Answer, AppState, FrontendError};
@@ -148,7 +148,7 @@ async fn catalog_write<T: serde::de::DeserializeOwned>(
     if let Some(body) = body {
         request = request.json(body);
     }
-    call_catalog(state, request)
+    call_catalog_for_users(state, request)
         .await
         .map_err(|failure| match failure {
             CatalogCall::Answered(RemoteError::Api(e)) if is_for_client(&e) => {

@@ -264,6 +264,26 @@ pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
     state: &AppState,
     request: reqwest::RequestBuilder,
 ) -> Result<T, CatalogCall> {
+    through_breaker(state, request, true).await
+}
+
+/// [`call_catalog`] for a change to the users' file a client asked for, whose failures do not
+/// count against the breaker: the catalog takes those changes one at a time, each with an
+/// fsync, and answers 503 to one that waited too long for its turn, so a burst of them (any
+/// address may register users) would open the breaker for every order of this frontend. A
+/// catalog in trouble opens it all the same, by the probe.
+pub(crate) async fn call_catalog_for_users<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: reqwest::RequestBuilder,
+) -> Result<T, CatalogCall> {
+    through_breaker(state, request, false).await
+}
+
+async fn through_breaker<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: reqwest::RequestBuilder,
+    failures_count: bool,
+) -> Result<T, CatalogCall> {
     let breaker = &state.inner.catalog_breaker;
     breaker.admit().map_err(CatalogCall::Refused)?;
     match call::<T>(request).await {
@@ -272,7 +292,9 @@ pub(crate) async fn call_catalog<T: serde::de::DeserializeOwned>(
             Ok(value)
         }
         Err(e) if is_failure(&e) => {
-            breaker.failed(Instant::now());
+            if failures_count {
+                breaker.failed(Instant::now());
+            }
             Err(CatalogCall::Failed(e))
         }
         Err(e) => {
