@@ -6,11 +6,13 @@
 //! leader; each step is idempotent, so a step retried after a lost answer does no harm.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
-use stocknet_common::wire::{Members, NewLearner, Voters};
+use stocknet_common::file::{self, FileFailure};
+use stocknet_common::wire::{Members, NewLearner, Peer, Voters};
 use stocknet_common::BaseUrl;
 
 use super::Raft;
@@ -25,6 +27,52 @@ pub const STEP_DEADLINE: Duration = Duration::from_secs(10);
 /// membership to it.
 pub fn joining() -> Membership<u64, BasicNode> {
     Membership::default()
+}
+
+/// The group's founding membership as replica `id` sees it, kept in `path` (`founders-<id>`):
+/// the ids of `peers` (`--peers`) at its first start, and the same ids ever after, reached at
+/// the URLs `peers` gives them now. A log without a membership entry (a group never resized)
+/// holds no other record of who votes, and a replica started with another list (a StockNet
+/// made again, with another replica count, over the volumes it kept; `up` with another
+/// `--order-replicas`) would elect among voters that never held its log: acknowledged orders
+/// could be lost. Not among the founders, it joins as the leader adds it ([`joining`]).
+pub fn founding(
+    path: &std::path::Path,
+    id: u32,
+    peers: &[Peer],
+) -> Result<Membership<u64, BasicNode>, OrderError> {
+    let founders: Vec<u32> = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .split_whitespace()
+            .map(|id| id.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| OrderError::Corrupt(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let ids: BTreeSet<u32> = peers.iter().map(|peer| peer.id).collect();
+            let text = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+            file::replace_atomically(path, |file| writeln!(file, "{text}"))
+                .map_err(|e| OrderError::io(path, e))?;
+            ids.into_iter().collect()
+        }
+        Err(e) => return Err(OrderError::io(path, e)),
+    };
+    if !founders.contains(&id) {
+        return Ok(joining());
+    }
+    let founding: Vec<Peer> = (founders.iter())
+        .map(|founder| {
+            let peer = peers.iter().find(|peer| peer.id == *founder);
+            peer.cloned().ok_or_else(|| {
+                OrderError::Config(format!(
+                    "the group was founded by replicas {founders:?} ({}), and --peers names no \
+                     URL for replica {founder}: list every founder (a group shrinks by a \
+                     membership change: stocknet admin voters)",
+                    path.display()
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(super::initial_membership(&founding))
 }
 
 /// The membership `metrics` report, and (on the leader) how far behind each member is.
@@ -167,5 +215,54 @@ fn outcome<T>(step: Step<T>) -> Result<(), OrderError> {
         }
         Ok(Err(RaftError::Fatal(e))) => Err(OrderError::Task(format!("consensus stopped: {e}"))),
         Err(_) => Err(OrderError::MembershipPending(STEP_DEADLINE)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(ids: &[u32]) -> Vec<Peer> {
+        let peer = |id| Peer {
+            id,
+            url: format!("http://replica-{id}.test:8000").parse().unwrap(),
+        };
+        ids.iter().copied().map(peer).collect()
+    }
+
+    fn voters(membership: &Membership<u64, BasicNode>) -> Vec<u64> {
+        membership.voter_ids().collect()
+    }
+
+    /// The founding members are those of the first start's `--peers`, kept: a later start with
+    /// more peers (a StockNet made again with five replicas over the volumes of three) founds
+    /// no group of five, one with a founder missing is refused, and a replica that was not a
+    /// founder stays one that joins.
+    #[test]
+    fn the_founders_of_the_first_start_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |id| dir.path().join(format!("founders-{id}"));
+        let first = founding(&path(1), 1, &peers(&[1, 2, 3])).unwrap();
+        assert_eq!(voters(&first), [1, 2, 3]);
+        let again = founding(&path(1), 1, &peers(&[1, 2, 3, 4, 5])).unwrap();
+        assert_eq!(voters(&again), [1, 2, 3]);
+        // At the URLs given now.
+        let moved = vec![Peer {
+            url: "http://elsewhere.test:9000".parse().unwrap(),
+            ..peers(&[2])[0].clone()
+        }];
+        let moved = founding(&path(1), 1, &[peers(&[1, 3]), moved].concat()).unwrap();
+        let node = moved.get_node(&2).expect("founder 2");
+        assert_eq!(node.addr, "http://elsewhere.test:9000");
+        let shrunk = founding(&path(1), 1, &peers(&[1, 2]));
+        assert!(
+            matches!(&shrunk, Err(OrderError::Config(e)) if e.contains("replica 3")),
+            "{shrunk:?}"
+        );
+        // Replica 4 started beside the founders joins; so it does again.
+        let joining = founding(&path(4), 4, &peers(&[1, 2, 3])).unwrap();
+        assert!(voters(&joining).is_empty());
+        let later = founding(&path(4), 4, &peers(&[1, 2, 3, 4, 5])).unwrap();
+        assert!(voters(&later).is_empty());
     }
 }

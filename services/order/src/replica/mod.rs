@@ -131,12 +131,7 @@ impl Replica {
             data_dir.join(format!("term-{id}")),
             Some(metrics.fsync_seconds.clone()),
         )?;
-        // A replica not among the founding members joins as the leader adds it.
-        let founding = if peers.iter().any(|p| p.id == id) {
-            consensus::initial_membership(&peers)
-        } else {
-            members::joining()
-        };
+        let founding = members::founding(&data_dir.join(format!("founders-{id}")), id, &peers)?;
         let machine =
             StateMachine::open(book.clone(), &store, founding, metrics.snapshots.clone())?;
         let config = consensus::config(settings.snapshot_every)?;
