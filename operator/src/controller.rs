@@ -305,16 +305,19 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         failure_threshold: ctx.settings.failure_threshold,
         probe_period: Duration::from_secs(ctx.settings.probe_period_seconds),
     };
+    let (_, leader) = health::leader_of(&observations);
+    let members = match leader_ip(&observations, leader) {
+        Some(ip) => group_members(&ctx, &ip, &secret).await,
+        None => None,
+    };
+    let voters = members.as_ref().map(Members::voters);
     let mut assessment = health::assess(
         &observations,
         previous,
         policy,
         k8s_openapi::jiff::Timestamp::now(),
+        voters.as_ref(),
     );
-    let members = match leader_ip(&observations, assessment.leader) {
-        Some(ip) => group_members(&ctx, &ip, &secret).await,
-        None => None,
-    };
     if let Some(members) = &members {
         assessment.behind_the_leader(&members.behind);
     }

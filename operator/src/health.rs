@@ -1,6 +1,7 @@
 //! The order-replica health policy, as a pure function: what the operator observed of each
 //! replica's pod and health endpoint in, the replicas' status and the pods to delete out.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -107,6 +108,17 @@ pub struct Policy {
     pub probe_period: Duration,
 }
 
+/// The highest term any replica reports, and the replica that says it leads it: a replica
+/// that still says it leads an older term (deposed, cut off from the others) is not the leader.
+pub fn leader_of(observations: &[Observation]) -> (Option<u64>, Option<u32>) {
+    let answers = || observations.iter().filter_map(|seen| seen.health.as_ref());
+    let term = answers().map(|h| h.term).max();
+    let leader = answers()
+        .find(|h| Some(h.term) == term && h.leader == Some(h.node_id))
+        .map(|h| h.node_id);
+    (term, leader)
+}
+
 /// Applies the policy: a pod whose container has crashed (CrashLoopBackOff, terminated, phase
 /// Failed) is deleted, at once the first time and then backed off ([`crash_backoff`]); a
 /// running pod whose health check fails `failure_threshold`
@@ -123,6 +135,7 @@ pub fn assess(
     previous: &[ReplicaStatus],
     policy: Policy,
     now: Timestamp,
+    voters: Option<&BTreeSet<u32>>,
 ) -> Assessment {
     let mut deletions = Vec::new();
     let mut unanswered: Vec<usize> = Vec::new();
@@ -209,11 +222,7 @@ pub fn assess(
             unanswered.push(at);
         }
     }
-    let answers = || observations.iter().filter_map(|seen| seen.health.as_ref());
-    let term = answers().map(|h| h.term).max();
-    let leader = answers()
-        .find(|h| Some(h.term) == term && h.leader == Some(h.node_id))
-        .map(|h| h.node_id);
+    let (term, leader) = leader_of(observations);
     // A replica's word that it is ready is its own: one cut off from the group (a deposed
     // leader, a follower that kept its last leader) goes on saying so at an older term, or
     // naming another leader than the group's.
@@ -223,7 +232,13 @@ pub fn assess(
         });
         status.healthy &= current;
     }
-    let answering = replicas.iter().filter(|r| r.healthy).count();
+    // Counted among the voters, where the leader said who they are: a replica whose pod
+    // never started (a scale-up stuck on a pending pod) is no part of the majority that
+    // keeps trading, and would keep a hung voter from ever being restarted.
+    let voting = |id: u32| voters.is_none_or(|voters| voters.contains(&id));
+    let answering = (replicas.iter())
+        .filter(|r| r.healthy && voting(r.id))
+        .count();
     // A replica starting that has not answered yet (new, or a pod deleted before that is not
     // back yet) is left to come back first: one deletion at a time. Not for ever: one that
     // does not start (a pod left pending, an image that does not pull) holds nothing up once
@@ -233,7 +248,7 @@ pub fn assess(
     });
     // A majority of the group, which the silent pod is part of; in a group of one or two, the
     // others (none, or the one).
-    let group = observations.len();
+    let group = observations.iter().filter(|seen| voting(seen.id)).count();
     let majority = (group / 2 + 1).min(group.saturating_sub(1));
     // The longest silent first; the others wait for the next round, and for it to answer.
     unanswered.sort_by_key(|&at| std::cmp::Reverse(replicas[at].consecutive_failures));
@@ -355,7 +370,7 @@ mod tests {
         let mut previous = failing(1, "a");
         previous.last_failure = Some(at(10).to_string());
         // Its third failure in a row: past the threshold, deleted.
-        let assessment = assess(&unanswered, &[previous], POLICY, at(0));
+        let assessment = assess(&unanswered, &[previous], POLICY, at(0), None);
         assert_eq!(deleted_pods(&assessment), ["demo-order-0"]);
     }
 
@@ -363,7 +378,7 @@ mod tests {
     /// disk) is not healthy by the leader's count; one a few entries behind is.
     #[test]
     fn a_follower_the_leader_counts_far_behind_is_not_healthy() {
-        let mut assessment = assess(&all_ready(), &[], POLICY, at(0));
+        let mut assessment = assess(&all_ready(), &[], POLICY, at(0), None);
         assert!(assessment.all_healthy());
         let behind = [(1, HEALTHY_BEHIND_ENTRIES + 1), (2, 12)].into();
         assessment.behind_the_leader(&behind);
@@ -439,7 +454,7 @@ mod tests {
     #[test]
     fn healthy_replicas_are_left_alone_and_the_leader_is_found() {
         let observations = all_ready();
-        let assessment = assess(&observations, &[], POLICY, at(0));
+        let assessment = assess(&observations, &[], POLICY, at(0), None);
         assert!(assessment.deletions.is_empty());
         assert!(assessment.all_healthy());
         assert_eq!(assessment.leader, Some(3));
@@ -455,13 +470,13 @@ mod tests {
             seen(2, Some(pod("Running", None)), Some(health(2, 5, 3, true))),
             seen(3, Some(pod("Running", None)), None),
         ];
-        assert_eq!(assess(&observations, &[], POLICY, at(0)).leader, None);
+        assert_eq!(assess(&observations, &[], POLICY, at(0), None).leader, None);
         let answered = [
             seen(1, Some(pod("Running", None)), Some(health(1, 4, 1, true))),
             seen(2, Some(pod("Running", None)), Some(health(2, 5, 3, true))),
             seen(3, Some(pod("Running", None)), Some(health(3, 5, 3, true))),
         ];
-        let assessment = assess(&answered, &[], POLICY, at(0));
+        let assessment = assess(&answered, &[], POLICY, at(0), None);
         assert_eq!(assessment.leader, Some(3));
         // The deposed leader says it is ready, at its old term: not healthy.
         let healthy: Vec<bool> = assessment.replicas.iter().map(|r| r.healthy).collect();
@@ -474,7 +489,7 @@ mod tests {
         previous: &[ReplicaStatus],
         now: Timestamp,
     ) -> Assessment {
-        let mut assessment = assess(observations, previous, POLICY, now);
+        let mut assessment = assess(observations, previous, POLICY, now, None);
         for deletion in assessment.deletions.clone() {
             assessment.restarted(&deletion, now);
         }
@@ -561,13 +576,13 @@ mod tests {
     #[test]
     fn only_deletions_made_count_as_restarts() {
         let observations = [seen(1, Some(pod("Failed", None)), None)];
-        let assessment = assess(&observations, &[], POLICY, at(0));
+        let assessment = assess(&observations, &[], POLICY, at(0), None);
         assert_eq!(deleted_pods(&assessment), ["demo-order-0"]);
         let replica = &assessment.replicas[0];
         assert_eq!((replica.restarts, replica.consecutive_crashes), (0, 0));
         assert_eq!(replica.last_restart, None);
         // The next round may delete it at once.
-        let next = assess(&observations, &assessment.replicas, POLICY, at(1));
+        let next = assess(&observations, &assessment.replicas, POLICY, at(1), None);
         assert_eq!(deleted_pods(&next), ["demo-order-0"]);
     }
 
@@ -580,17 +595,17 @@ mod tests {
             answering(3),
         ];
         // Counted only once it has answered since it started.
-        let starting = assess(&unanswered, &[], POLICY, at(0));
+        let starting = assess(&unanswered, &[], POLICY, at(0), None);
         assert_eq!(starting.replicas[0].consecutive_failures, 0);
         let answered = [answering(1), answering(2), answering(3)];
-        let up = assess(&answered, &[], POLICY, at(0));
-        let first = assess(&unanswered, &up.replicas, POLICY, at(0));
+        let up = assess(&answered, &[], POLICY, at(0), None);
+        let first = assess(&unanswered, &up.replicas, POLICY, at(0), None);
         assert!(first.deletions.is_empty());
         assert_eq!(first.replicas[0].consecutive_failures, 1);
         // Rounds within a period (each status written starts one) count once.
-        let again = assess(&unanswered, &first.replicas, POLICY, at(0));
+        let again = assess(&unanswered, &first.replicas, POLICY, at(0), None);
         assert_eq!(again.replicas[0].consecutive_failures, 1);
-        let second = assess(&unanswered, &again.replicas, POLICY, at(1));
+        let second = assess(&unanswered, &again.replicas, POLICY, at(1), None);
         assert!(second.deletions.is_empty());
         let third = assess_and_delete(&unanswered, &second.replicas, at(2));
         assert_eq!(third.deletions.len(), 1);
@@ -604,7 +619,8 @@ mod tests {
         );
         // An answer resets the count.
         assert_eq!(
-            assess(&answered, &second.replicas, POLICY, at(2)).replicas[0].consecutive_failures,
+            assess(&answered, &second.replicas, POLICY, at(2), None).replicas[0]
+                .consecutive_failures,
             0
         );
     }
@@ -625,7 +641,7 @@ mod tests {
             .collect();
         // None answers: the operator may be the one cut off, or all are starting.
         let none = [silent(1), silent(2), silent(3)];
-        let assessment = assess(&none, &past_threshold[..3], POLICY, at(10));
+        let assessment = assess(&none, &past_threshold[..3], POLICY, at(10), None);
         assert!(
             assessment.deletions.is_empty(),
             "{:?}",
@@ -640,26 +656,41 @@ mod tests {
             answering(4),
             answering(5),
         ];
-        let assessment = assess(&two, &past_threshold, POLICY, at(10));
+        let assessment = assess(&two, &past_threshold, POLICY, at(10), None);
         let deleted = deleted_pods(&assessment);
         assert_eq!(deleted, ["demo-order-0"]);
         assert_eq!(assessment.replicas[1].consecutive_failures, 3);
         // A group of one or two: the others are all there is to answer.
         let alone = [silent(1)];
         assert_eq!(
-            deleted_pods(&assess(&alone, &past_threshold[..1], POLICY, at(10))),
+            deleted_pods(&assess(&alone, &past_threshold[..1], POLICY, at(10), None)),
             ["demo-order-0"]
         );
         let pair = [silent(1), answering(2)];
         assert_eq!(
-            deleted_pods(&assess(&pair, &past_threshold[..2], POLICY, at(10))),
+            deleted_pods(&assess(&pair, &past_threshold[..2], POLICY, at(10), None)),
             ["demo-order-0"]
         );
         // Two of three silent: the one answering is no majority.
         let most = [silent(1), silent(2), answering(3)];
-        assert!(assess(&most, &past_threshold[..3], POLICY, at(10))
+        assert!(assess(&most, &past_threshold[..3], POLICY, at(10), None)
             .deletions
             .is_empty());
+        // A scale-up from three to five stuck (pods 4 and 5 never scheduled): among the
+        // voters the leader names, two of three answer, and the hung voter is restarted.
+        let stuck = [
+            answering(1),
+            silent(2),
+            answering(3),
+            seen(4, Some(pod("Pending", None)), None),
+            seen(5, None, None),
+        ];
+        let voters = BTreeSet::from([1, 2, 3]);
+        let assessment = assess(&stuck, &past_threshold, POLICY, at(10), Some(&voters));
+        assert_eq!(deleted_pods(&assessment), ["demo-order-1"]);
+        // (Counted over every pod, it never was.)
+        let counted_over_pods = assess(&stuck, &past_threshold, POLICY, at(10), None);
+        assert!(counted_over_pods.deletions.is_empty());
     }
 
     /// A pod of a new start (a new uid, or its container restarted in place) counts nothing
@@ -683,7 +714,7 @@ mod tests {
         ];
         let mut replicas = previous.to_vec();
         for round in 0..10 {
-            let assessment = assess(&booting, &replicas, POLICY, at(round));
+            let assessment = assess(&booting, &replicas, POLICY, at(round), None);
             assert!(assessment.deletions.is_empty(), "round {round}");
             replicas = assessment.replicas;
         }
@@ -715,7 +746,7 @@ mod tests {
             answering(4, "a4"),
             answering(5, "a5"),
         ];
-        let first = assess(&round, &previous, POLICY, at(10));
+        let first = assess(&round, &previous, POLICY, at(10), None);
         assert_eq!(deleted_pods(&first), ["demo-order-0"]);
         // Replica 1 is back as a new pod that has not answered yet; 2 is still silent.
         let back = [
@@ -725,7 +756,7 @@ mod tests {
             answering(4, "a4"),
             answering(5, "a5"),
         ];
-        let second = assess(&back, &first.replicas, POLICY, at(11));
+        let second = assess(&back, &first.replicas, POLICY, at(11), None);
         assert!(second.deletions.is_empty(), "{:?}", second.deletions);
         let answered = [
             answering(1, "b1"),
@@ -734,7 +765,7 @@ mod tests {
             answering(4, "a4"),
             answering(5, "a5"),
         ];
-        let third = assess(&answered, &second.replicas, POLICY, at(12));
+        let third = assess(&answered, &second.replicas, POLICY, at(12), None);
         assert_eq!(deleted_pods(&third), ["demo-order-1"]);
     }
 
@@ -756,7 +787,7 @@ mod tests {
                 answering(4),
                 fifth,
             ];
-            let assessment = assess(&observations, &previous, POLICY, now);
+            let assessment = assess(&observations, &previous, POLICY, now, None);
             assert_eq!(deleted_pods(&assessment), ["demo-order-0"]);
         }
         // Made within the bound, it is on its way: the silent one waits for it.
@@ -770,7 +801,7 @@ mod tests {
             answering(4),
             seen(5, Some(stuck), None),
         ];
-        assert!(assess(&observations, &previous, POLICY, now)
+        assert!(assess(&observations, &previous, POLICY, now, None)
             .deletions
             .is_empty());
     }
@@ -785,7 +816,7 @@ mod tests {
             seen(2, Some(running_pod("a")), None),
             seen(3, Some(running_pod("a")), Some(health(3, 5, 3, true))),
         ];
-        let assessment = assess(&observations, &previous, POLICY, at(10));
+        let assessment = assess(&observations, &previous, POLICY, at(10), None);
         assert!(
             assessment.deletions.is_empty(),
             "{:?}",
@@ -813,7 +844,7 @@ mod tests {
                 ..ReplicaStatus::default()
             })
             .collect();
-        let assessment = assess(&observations, &previous, POLICY, at(0));
+        let assessment = assess(&observations, &previous, POLICY, at(0), None);
         assert!(
             assessment.deletions.is_empty(),
             "{:?}",
