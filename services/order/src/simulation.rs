@@ -304,8 +304,6 @@ impl Cluster {
     }
 }
 
-/// Runs `steps` seeded steps on three replicas and checks every answer against the outcome.
-/// An order of `quantity` shares of `name` with no terms: a market order without a `price`.
 /// The numbers of the entries in `log` under idempotency key `key`.
 fn numbers_under(log: &[Order], key: &str) -> Vec<u64> {
     log.iter()
@@ -351,6 +349,7 @@ async fn answered(
         .expect("an answer")
 }
 
+/// An order of `quantity` shares of `name` with no terms: a market order without a `price`.
 fn new_order(name: &str, side: Side, quantity: u32, price: Option<Price>) -> NewOrder {
     NewOrder {
         name: name.into(),
@@ -364,6 +363,7 @@ fn new_order(name: &str, side: Side, quantity: u32, price: Option<Price>) -> New
     }
 }
 
+/// Runs `steps` seeded steps on three replicas and checks every answer against the outcome.
 async fn simulate(seed: u64, steps: usize) {
     let mut choices = Choices::seeded(seed);
     let cluster = Cluster::start(3).await;
@@ -743,6 +743,15 @@ async fn a_replica_whose_log_is_busy_answers_pre_votes_and_health_at_once() {
         .find(|(id, _)| *id == 1)
         .map(|(_, replica)| replica)
         .unwrap();
+    // The order commits on a majority, which need not include this follower yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while follower.health().last_transaction < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the order never reached replica 1"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (hold, held) = std::sync::mpsc::channel::<()>();
     let (locked, is_locked) = std::sync::mpsc::channel::<()>();
     let busy = {
