@@ -718,6 +718,31 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
     .await;
 }
 
+/// A leader whose own link to the catalog drops everything, while the other replicas reach
+/// the catalog, refuses every order; it asks the others whether they reach the catalog
+/// (`POST /raft/catalog-check`) and hands the leadership to one that does, so orders go on
+/// within seconds, not never.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_catalog_alone_hands_the_leadership_over() {
+    let link = Link::start().await;
+    let cluster = Cluster::start_reaching_catalog(1, &|replica, url| match replica {
+        2 => link.forward_to(url),
+        _ => url.to_owned(),
+    })
+    .await;
+    cluster.wait_led_by(2).await;
+    cluster.must_order("GameStart", "buy", 1).await;
+    link.cut();
+    wait_until(
+        "an order acknowledged after the leader's catalog link was cut",
+        Duration::from_secs(30),
+        || async { cluster.order(0, "GameStart", "buy", 1).await.0 == 200 },
+    )
+    .await;
+    let leader = cluster.leader().await;
+    assert!(leader.is_some_and(|leader| leader != 2), "{leader:?}");
+}
+
 /// A cluster with `frontends` frontends whose every process reaches replicas 1 and 2 (the
 /// followers, once replica 3 leads as it does in steady state) through a [`Link`] each.
 async fn with_links_to_followers(frontends: usize) -> ([Link; 2], Cluster) {

@@ -422,12 +422,14 @@ pub struct Cluster {
 struct Wiring<'a> {
     push_to: &'a dyn Fn(usize, &str) -> String,
     replica_at: &'a dyn Fn(usize, &str) -> String,
+    catalog_at: &'a dyn Fn(usize, &str) -> String,
 }
 
 impl Wiring<'static> {
     const DIRECT: Self = Self {
         push_to: &|_, url| url.to_owned(),
         replica_at: &|_, url| url.to_owned(),
+        catalog_at: &|_, url| url.to_owned(),
     };
 }
 
@@ -592,6 +594,19 @@ impl Cluster {
         Self::launch(frontends, 3, 3, "warn", &wiring).await
     }
 
+    /// Catalog, three order replicas and `frontends` frontends; order replica `i` reaches the
+    /// catalog (at `url`) at `catalog_at(i, url)`, e.g. through a [`Link`].
+    pub async fn start_reaching_catalog(
+        frontends: usize,
+        catalog_at: &dyn Fn(usize, &str) -> String,
+    ) -> Self {
+        let wiring = Wiring {
+            catalog_at,
+            ..Wiring::DIRECT
+        };
+        Self::launch(frontends, 3, 3, "warn", &wiring).await
+    }
+
     async fn launch(
         frontends: usize,
         replicas: usize,
@@ -683,7 +698,7 @@ impl Cluster {
                 "--peers",
                 &founding,
                 "--catalog-url",
-                &catalog_url,
+                &(wiring.catalog_at)(i, &catalog_url),
                 "--data-dir",
                 &data,
                 // Often, so that every restart in a test loads a book snapshot.

@@ -66,6 +66,7 @@ pub const RAFT_APPEND: Route = Route("/raft/append");
 pub const RAFT_VOTE: Route = Route("/raft/vote");
 pub const RAFT_SNAPSHOT: Route = Route("/raft/snapshot");
 pub const RAFT_PRE_VOTE: Route = Route("/raft/prevote");
+pub const RAFT_CATALOG_CHECK: Route = Route("/raft/catalog-check");
 
 // The catalog.
 pub const STOCKS: Route = Route("/stocks");

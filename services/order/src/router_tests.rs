@@ -8,12 +8,19 @@ use stocknet_common::testing::{
     assert_each_answered, insider_get, insider_post, send, send_raw, SECRET,
 };
 use stocknet_common::wire::{parse_peer, MAX_BATCH, READ_FROM_LEADER, USER};
+use stocknet_common::BaseUrl;
 
 use super::*;
 
 /// Replica 1 of a three-replica group whose other replicas and catalog are not running:
 /// it never learns of a leader.
 async fn app(dir: &std::path::Path) -> Router {
+    app_with_catalog(dir, "http://127.0.0.1:9".parse().unwrap()).await
+}
+
+/// Replica 1 of a three-replica group whose other replicas are not running, with the catalog
+/// at `catalog`.
+async fn app_with_catalog(dir: &std::path::Path, catalog: BaseUrl) -> Router {
     let peers = vec![
         parse_peer("1=http://127.0.0.1:9").unwrap(),
         parse_peer("2=http://127.0.0.1:9").unwrap(),
@@ -22,7 +29,7 @@ async fn app(dir: &std::path::Path) -> Router {
     let secret = Secret::new(SECRET).unwrap();
     let links = Links::http(
         internal_client(Duration::from_millis(200), &secret),
-        &"http://127.0.0.1:9".parse().unwrap(),
+        &catalog,
     );
     let replica = Replica::start(
         1,
@@ -373,4 +380,33 @@ fn node_id_from_a_statefulset_pod_name() {
     assert_eq!(node_id_from_hostname("demo-order-12"), Some(13));
     assert_eq!(node_id_from_hostname("laptop"), None);
     assert_eq!(node_id_from_hostname("demo-order-x"), None);
+}
+
+/// A replica asked whether it reaches the catalog (by a leader that cannot, before it hands
+/// the leadership over) answers what a call of its own to the catalog found.
+#[tokio::test]
+async fn a_replica_says_whether_it_reaches_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = || insider_post("/raft/catalog-check", "null");
+    let app = app(dir.path()).await;
+    assert_eq!(send(&app, check()).await, (StatusCode::OK, json!(false)));
+
+    let catalog = stocknet_catalog::AppState::new(
+        stocknet_catalog::CatalogStore::open(
+            dir.path().join("catalog.csv"),
+            "name,price,quantity\nGameStart,15.99,100\n",
+        )
+        .unwrap(),
+        stocknet_catalog::UserStore::open(dir.path().join("users.csv")).unwrap(),
+        Vec::new(),
+        Secret::new(SECRET).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let serving =
+        tokio::spawn(async move { axum::serve(listener, stocknet_catalog::router(catalog)).await });
+    let other = tempfile::tempdir().unwrap();
+    let app = app_with_catalog(other.path(), url.parse().unwrap()).await;
+    assert_eq!(send(&app, check()).await, (StatusCode::OK, json!(true)));
+    serving.abort();
 }

@@ -14,7 +14,7 @@
 //! - the catalog holds every executed order's effect exactly once, and the logs are identical;
 //! - a market order executed at its stock's last price on the book where it stands in the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,11 +42,13 @@ const INITIAL: &str = "name,price,quantity\nGameStart,15.99,1000000\nFishCo,9.50
 const DEADLINE: Duration = Duration::from_secs(1);
 
 /// The catalog's store, in this process; while `down`, every call fails as a catalog that
-/// answers 503 would; while `stalled`, applies wait (a catalog that takes its time).
+/// answers 503 would, and so do the calls of the replicas `cut` from it; while `stalled`,
+/// applies wait (a catalog that takes its time).
 struct MemoryCatalog {
     /// Replaced as a catalog brought back from a copy of its files would be.
     store: Mutex<Arc<CatalogStore>>,
     down: AtomicBool,
+    cut: Mutex<BTreeSet<u64>>,
     stalled: tokio::sync::watch::Sender<bool>,
 }
 
@@ -55,8 +57,8 @@ impl MemoryCatalog {
         self.store.lock().unwrap().clone()
     }
 
-    fn check(&self) -> Result<(), RemoteError> {
-        if self.down.load(Ordering::Acquire) {
+    fn check(&self, from: u64) -> Result<(), RemoteError> {
+        if self.down.load(Ordering::Acquire) || self.cut.lock().unwrap().contains(&from) {
             Err(RemoteError::Api(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the catalog is down",
@@ -67,11 +69,17 @@ impl MemoryCatalog {
     }
 }
 
-impl Catalog for MemoryCatalog {
+/// The catalog as replica `from` reaches it.
+struct CatalogFrom {
+    catalog: Arc<MemoryCatalog>,
+    from: u64,
+}
+
+impl Catalog for CatalogFrom {
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, RemoteError>> {
         Box::pin(async move {
-            self.check()?;
-            Ok(self.store().snapshot())
+            self.catalog.check(self.from)?;
+            Ok(self.catalog.store().snapshot())
         })
     }
 
@@ -80,9 +88,10 @@ impl Catalog for MemoryCatalog {
         request: &'a ApplyRequest,
     ) -> BoxFuture<'a, Result<ApplyOutcome, RemoteError>> {
         Box::pin(async move {
-            self.check()?;
-            let _ = self.stalled.subscribe().wait_for(|stalled| !stalled).await;
-            self.store().apply(request).map_err(|e| {
+            self.catalog.check(self.from)?;
+            let mut stalled = self.catalog.stalled.subscribe();
+            let _ = stalled.wait_for(|stalled| !stalled).await;
+            self.catalog.store().apply(request).map_err(|e| {
                 let status = match e {
                     CatalogError::Gap { .. }
                     | CatalogError::StaleTerm { .. }
@@ -125,6 +134,7 @@ impl Cluster {
             catalog: Arc::new(MemoryCatalog {
                 store: Mutex::new(Arc::new(store)),
                 down: AtomicBool::new(false),
+                cut: Mutex::default(),
                 stalled: tokio::sync::watch::channel(false).0,
             }),
             running: Mutex::default(),
@@ -152,8 +162,11 @@ impl Cluster {
         };
         let links = Links {
             network: network.clone(),
-            pre_votes: network,
-            catalog: self.catalog.clone(),
+            elections: network,
+            catalog: Arc::new(CatalogFrom {
+                catalog: self.catalog.clone(),
+                from: id,
+            }),
         };
         // Small enough that the checks read trades from the archive too.
         let book = BookSettings {
@@ -636,6 +649,33 @@ async fn orders_go_on_soon_after_a_catalog_that_failed_an_idle_look_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A leader cut off from the catalog alone (its link to it cut, the others' not) refuses every
+/// new order: it hands the leadership to the highest voter that reaches the catalog. That voter
+/// keeps it: a leader hands over by preference (to the highest id, here the one cut off) only
+/// to a voter that reaches the catalog, so orders go on there past the preference's wait.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_catalog_alone_hands_over_to_a_voter_that_reaches_it() {
+    use crate::consensus::handover::{CAUGHT_UP_FOR, LEAD_SETTLE};
+    let cluster = Cluster::start(3).await;
+    cluster.led_by(3, Duration::from_secs(20)).await;
+    cluster.catalog.cut.lock().unwrap().insert(3);
+    let next = cluster.led_by(2, Duration::from_secs(20)).await;
+    let taken = tokio::time::Instant::now();
+    let mut placed = 0;
+    while taken.elapsed() < LEAD_SETTLE + CAUGHT_UP_FOR + Duration::from_secs(1) {
+        let order = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+        let key = format!("after-{placed}");
+        if let Err(e) = answered(next.clone(), order, key).await {
+            panic!(
+                "order {placed} on the new leader, {:?} after it took over: {e:?}",
+                taken.elapsed()
+            );
+        }
+        placed += 1;
+    }
+    assert!(next.health().leading);
 }
 
 /// A leader the catalog says a newer leader has fenced out (cut off from its group but not from

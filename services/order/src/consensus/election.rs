@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{election_timeout, CatchUp, Raft, HEARTBEAT};
+use crate::catalog::Catalog;
 
 /// How recently a replica must have heard from a leader (or, being the leader, from a
 /// majority) to refuse a pre-vote: the shortest election timeout, so that no replica stands
@@ -36,14 +37,22 @@ pub struct PreVote {
     pub last_log: Option<LogId<u64>>,
 }
 
-/// How a replica asks another for its pre-vote: over HTTP, or in tests in memory. `None`: no
-/// answer (down, hung, unreachable), which counts as a refusal.
-pub trait PreVoteTransport: Send + Sync + 'static {
-    fn ask(
+/// How a replica asks another what elections and handovers need to know: over HTTP, or in
+/// tests in memory. `None`: no answer (down, hung, unreachable), which counts as "no".
+pub trait ElectionTransport: Clone + Send + Sync + 'static {
+    /// Its pre-vote for `request`.
+    fn pre_vote(
         &self,
         target: u64,
         node: &BasicNode,
         request: &PreVote,
+    ) -> impl Future<Output = Option<bool>> + Send;
+
+    /// Whether it reaches the catalog now (see [`Elections::reaches_catalog`]).
+    fn reaches_catalog(
+        &self,
+        target: u64,
+        node: &BasicNode,
     ) -> impl Future<Output = Option<bool>> + Send;
 }
 
@@ -58,18 +67,28 @@ pub struct Elections {
     handing_to: AtomicU64,
     /// How far this replica, following, has caught up with its leader.
     pub catch_up: CatchUp,
+    /// The catalog, as this replica would reach it leading.
+    catalog: Arc<dyn Catalog>,
 }
 
 impl Elections {
-    /// The elections of replica `id`.
-    pub fn new(raft: Raft, id: u64) -> Arc<Self> {
+    /// The elections of replica `id`, which would apply its log to `catalog` leading.
+    pub fn new(raft: Raft, id: u64, catalog: Arc<dyn Catalog>) -> Arc<Self> {
         Arc::new(Self {
             raft,
             id,
             last_contact: Mutex::new(Instant::now()),
             handing_to: AtomicU64::new(0),
             catch_up: CatchUp::default(),
+            catalog,
         })
+    }
+
+    /// Whether this replica reaches the catalog now (it answers a snapshot, as a takeover
+    /// asks first): a leader that cannot asks this before it hands the leadership here, and
+    /// so does a leader handing over by preference (`handover.rs`).
+    pub async fn reaches_catalog(&self) -> bool {
+        self.catalog.snapshot().await.is_ok()
     }
 
     /// The voter this leader is handing the leadership to, if it is.
@@ -132,7 +151,7 @@ impl Elections {
     /// Stands for election whenever no leader was heard from for the election timeout and a
     /// majority of the voters would vote for this replica (of each voter set, while the
     /// membership changes). Learners never stand. Runs until aborted.
-    pub async fn stand_when_leader_lost(self: Arc<Self>, transport: impl PreVoteTransport) {
+    pub async fn stand_when_leader_lost(self: Arc<Self>, transport: impl ElectionTransport) {
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_attempt = Instant::now();
@@ -164,7 +183,7 @@ impl Elections {
             let mut asks: FuturesUnordered<_> = membership
                 .nodes()
                 .filter(|(id, _)| **id != self.id && voters.contains(id))
-                .map(|(id, node)| async { (*id, transport.ask(*id, node, &request).await) })
+                .map(|(id, node)| async { (*id, transport.pre_vote(*id, node, &request).await) })
                 .collect();
             let configs = membership.get_joint_config();
             let won = |granted: &BTreeSet<u64>| {

@@ -8,10 +8,15 @@
 //! vote for it once their leases ran out. If it does not stand in time, the leader takes up
 //! its heartbeats again and keeps leading.
 //!
+//! A leader that cannot reach the catalog refuses every new order, while a voter that can
+//! would take them: such a leader (a link to the catalog cut, or dropping packets, on its node
+//! alone) hands the leadership to the highest voter that keeps up and reaches the catalog, the
+//! same way. And a leader hands over by preference only to a voter that reaches the catalog,
+//! or the two would pass the leadership back and forth.
+//!
 //! Safety never rests on this: any voter may win any election, and the handover only decides
 //! when the leader stops sending heartbeats.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,7 @@ use openraft::{BasicNode, ServerState};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::{Elections, Raft, HEARTBEAT};
+use super::{ElectionTransport, Elections, Raft, HEARTBEAT};
 
 /// How long a replica leads before it hands over: a new leader settles first (its takeover,
 /// the catalog), and a group that just had a fault sees one change at a time.
@@ -82,70 +87,194 @@ pub fn caught_up(metrics: &RaftMetrics<u64, BasicNode>, voter: u64, lag: u64) ->
     })
 }
 
-/// Runs on every replica: while it leads and the same preferred voter (see [`preferred`]) has
-/// kept up for [`CAUGHT_UP_FOR`], hands it the leadership. `drained` says whether every command the
-/// leader took is answered (committed, and in the catalog). Runs until aborted.
-pub async fn prefer_highest<F, Fut>(
+/// What the handover needs to know of the replica that leads.
+pub trait Leader: Send + Sync + 'static {
+    /// Whether every command this leader took is answered: committed and applied to the book
+    /// and, with `catalog`, in the catalog too.
+    fn drained(&self, catalog: bool) -> bool;
+    /// Whether this leader cannot apply its log to the catalog now (its rounds, or its
+    /// takeover, fail).
+    fn catalog_failing(&self) -> bool;
+}
+
+/// How long a leader's catalog rounds fail before it looks for a voter that reaches the
+/// catalog to hand the leadership to: longer than a catalog's own restart takes to notice.
+pub const CATALOG_LOST_FOR: Duration = Duration::from_secs(3);
+
+/// After a look for a voter that reaches the catalog found none (the catalog is down for all,
+/// not only for this leader) or its handover did not happen, the next waits this long,
+/// doubling up to [`MAX_CATALOG_RETRY`].
+const FIRST_CATALOG_RETRY: Duration = Duration::from_secs(3);
+const MAX_CATALOG_RETRY: Duration = Duration::from_secs(30);
+
+/// Runs on every replica, and hands the leadership over while it leads:
+/// - when it cannot reach the catalog (every new order is refused then) for
+///   [`CATALOG_LOST_FOR`], to the highest caught-up voter that can;
+/// - otherwise, when the same preferred voter (see [`preferred`]) has kept up for
+///   [`CAUGHT_UP_FOR`], to that voter, if it reaches the catalog (a voter that cannot would
+///   only hand it back).
+///
+/// Runs until aborted.
+pub async fn steer(
     raft: Raft,
     elections: Arc<Elections>,
-    drained: F,
+    leader: impl Leader,
+    transport: impl ElectionTransport,
     handovers: Counter,
-) where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
+) {
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // (term, since): when this replica began leading its term.
     let mut leading_since: Option<(u64, Instant)> = None;
     // (voter, since): since when the preferred voter has kept up.
     let mut caught_up_since: Option<(u64, Instant)> = None;
-    let (mut retry, mut next_attempt) = (FIRST_RETRY, Instant::now());
+    let mut catalog_failing_since: Option<Instant> = None;
+    let mut preference = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    let mut catalog = Backoff::new(FIRST_CATALOG_RETRY, MAX_CATALOG_RETRY);
     loop {
         ticks.tick().await;
         let metrics = raft.metrics().borrow().clone();
         let now = Instant::now();
-        let Some(voter) = preferred(&metrics) else {
-            if metrics.state != ServerState::Leader {
-                leading_since = None;
+        let term = metrics.current_term;
+        if metrics.state != ServerState::Leader {
+            (leading_since, caught_up_since, catalog_failing_since) = (None, None, None);
+            continue;
+        }
+        let led_since = match leading_since {
+            Some((led, since)) if led == term => since,
+            _ => {
+                leading_since = Some((term, now));
+                catalog_failing_since = None;
+                now
             }
+        };
+        if leader.catalog_failing() {
+            let since = *catalog_failing_since.get_or_insert(now);
+            if now < since + CATALOG_LOST_FOR || !catalog.due(now) {
+                continue;
+            }
+            let handed = match reaching_catalog(&metrics, &transport).await {
+                Some(voter) => {
+                    tracing::warn!(voter, "this leader cannot reach the catalog; handing over");
+                    hand_over(&raft, &elections, voter, || leader.drained(false)).await
+                }
+                None => {
+                    tracing::warn!("this leader cannot reach the catalog, nor can any voter");
+                    false
+                }
+            };
+            catalog.after(handed, Instant::now());
+            if handed {
+                handovers.inc();
+            }
+            continue;
+        }
+        catalog_failing_since = None;
+        catalog.after(true, now);
+        let Some(voter) = preferred(&metrics) else {
             caught_up_since = None;
             continue;
         };
-        let term = metrics.current_term;
-        let led = *leading_since.get_or_insert((term, now));
-        if led.0 != term {
-            leading_since = Some((term, now));
-        }
-        let kept_up = *caught_up_since.get_or_insert((voter, now));
-        if kept_up.0 != voter {
-            caught_up_since = Some((voter, now));
-            continue;
-        }
-        if led.0 != term
-            || now < led.1 + LEAD_SETTLE
-            || now < kept_up.1 + CAUGHT_UP_FOR
-            || now < next_attempt
+        let kept_up_since = match caught_up_since {
+            Some((kept_up, since)) if kept_up == voter => since,
+            _ => {
+                caught_up_since = Some((voter, now));
+                continue;
+            }
+        };
+        if now < led_since + LEAD_SETTLE
+            || now < kept_up_since + CAUGHT_UP_FOR
+            || !preference.due(now)
         {
             continue;
         }
-        if hand_over(&raft, &elections, voter, &drained).await {
+        let node = metrics.membership_config.membership().get_node(&voter);
+        let reaches_catalog = match node {
+            Some(node) => transport.reaches_catalog(voter, node).await == Some(true),
+            None => false,
+        };
+        let handed =
+            reaches_catalog && hand_over(&raft, &elections, voter, || leader.drained(true)).await;
+        if !reaches_catalog {
+            tracing::info!(
+                voter,
+                "not handing over: the voter does not reach the catalog"
+            );
+        }
+        preference.after(handed, Instant::now());
+        if handed {
             handovers.inc();
-            retry = FIRST_RETRY;
-        } else {
-            next_attempt = Instant::now() + retry;
-            retry = (retry * 2).min(MAX_RETRY);
         }
         caught_up_since = None;
     }
 }
 
+/// When the next attempt of a kind may be made: at once after one that succeeded, after a
+/// wait that doubles with each one that failed.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    wait: Duration,
+    next: Instant,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            wait: first,
+            next: Instant::now(),
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    fn after(&mut self, succeeded: bool, now: Instant) {
+        if succeeded {
+            (self.wait, self.next) = (self.first, now);
+        } else {
+            self.next = now + self.wait;
+            self.wait = (self.wait * 2).min(self.max);
+        }
+    }
+}
+
+/// The highest voter, other than the leader with `metrics`, that keeps up with its log and
+/// answers that it reaches the catalog; asked all at once, outside a membership change.
+async fn reaching_catalog(
+    metrics: &RaftMetrics<u64, BasicNode>,
+    transport: &impl ElectionTransport,
+) -> Option<u64> {
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() != 1 {
+        return None;
+    }
+    let asks =
+        membership
+            .voter_ids()
+            .filter(|&id| id != metrics.id && caught_up(metrics, id, KEPT_UP_ENTRIES))
+            .filter_map(|id| Some((id, membership.get_node(&id)?)))
+            .map(|(id, node)| async move {
+                (id, transport.reaches_catalog(id, node).await == Some(true))
+            });
+    let answers = futures::future::join_all(asks).await;
+    answers
+        .into_iter()
+        .filter(|&(_, reaches)| reaches)
+        .map(|(id, _)| id)
+        .max()
+}
+
 /// One handover to `voter`; whether this replica stopped leading.
-async fn hand_over<F, Fut>(raft: &Raft, elections: &Elections, voter: u64, drained: &F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
+async fn hand_over(
+    raft: &Raft,
+    elections: &Elections,
+    voter: u64,
+    drained: impl Fn() -> bool,
+) -> bool {
     // From here on the replica takes no command and serves no read.
     elections.hand_to(Some(voter));
     let handed = async {
@@ -154,7 +283,7 @@ where
         // handover began is proposed within that time.
         let mut quiet = 0;
         while quiet < 2 {
-            let done = drained().await && caught_up(&raft.metrics().borrow(), voter, 0);
+            let done = drained() && caught_up(&raft.metrics().borrow(), voter, 0);
             quiet = if done { quiet + 1 } else { 0 };
             if Instant::now() >= deadline {
                 tracing::info!(voter, "handover given up: commands still in flight");
@@ -162,7 +291,7 @@ where
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::info!(voter, "handing the leadership over to the highest-id voter");
+        tracing::info!(voter, "handing the leadership over");
         raft.runtime_config().heartbeat(false);
         let stepped_down = tokio::time::timeout(
             ELECTED_DEADLINE,

@@ -36,10 +36,10 @@ use stocknet_common::{Command, GroupEntry, Order};
 
 pub use catch_up::CatchUp;
 pub use durable::{Durable, DurableLog};
-pub use election::{Elections, PreVote, PreVoteTransport};
+pub use election::{ElectionTransport, Elections, PreVote};
 pub use lease::Lease;
 pub use log_store::{Disk, LogStore};
-pub use network::{routes, HttpNetwork, HttpPreVote};
+pub use network::{routes, HttpElections, HttpNetwork};
 pub use outgoing::Outgoing;
 pub use reads::{BootFloor, SharedReads};
 pub use state_machine::StateMachine;

@@ -1,8 +1,8 @@
 //! The group's messages between replicas over HTTP: `POST {replica}/raft/append`, `/vote`
 //! and `/snapshot`, openraft's requests as JSON (a snapshot's chunk with its bytes as they
-//! are, see [`encode_chunk`]), answered with openraft's result as JSON, and `/raft/prevote`
-//! ([`PreVote`], answered `true` or `false`). Both sides are this module, so the wire format
-//! is openraft's serde form.
+//! are, see [`encode_chunk`]), answered with openraft's result as JSON; `/raft/prevote`
+//! ([`PreVote`]) and `/raft/catalog-check` (whether the replica reaches the catalog), answered
+//! `true` or `false`. Both sides are this module, so the wire format is openraft's serde form.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -24,7 +24,8 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer, TypeConfig};
+use super::{ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TypeConfig};
+use crate::catalog::CATALOG_TIMEOUT;
 use stocknet_common::envelope::RawBody;
 use stocknet_common::paths::{self, Route};
 use stocknet_common::server::BODY_LIMIT;
@@ -32,6 +33,10 @@ use stocknet_common::{ApiError, BaseUrl};
 
 /// How long a pre-vote waits for a replica's answer: a hung one is not waited for long.
 const PRE_VOTE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How much longer than its own call to the catalog a replica asked whether it reaches the
+/// catalog may take to answer.
+const CATALOG_CHECK_MARGIN: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 struct Group {
@@ -50,6 +55,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
         .route(paths::RAFT_VOTE.pattern(), post(vote))
         .route(paths::RAFT_SNAPSHOT.pattern(), post(snapshot))
         .route(paths::RAFT_PRE_VOTE.pattern(), post(pre_vote))
+        .route(paths::RAFT_CATALOG_CHECK.pattern(), post(catalog_check))
         .with_state(Group { raft, elections })
 }
 
@@ -145,31 +151,46 @@ async fn pre_vote(State(group): State<Group>, Json(request): Json<PreVote>) -> J
     Json(group.elections.answer(&request).await)
 }
 
-/// Asks replicas for their pre-votes over HTTP, with the cluster secret.
+async fn catalog_check(State(group): State<Group>) -> Json<bool> {
+    Json(group.elections.reaches_catalog().await)
+}
+
+/// Asks replicas for their pre-votes, and whether they reach the catalog, over HTTP with the
+/// cluster secret.
 #[derive(Clone)]
-pub struct HttpPreVote {
+pub struct HttpElections {
     http: reqwest::Client,
 }
 
-impl HttpPreVote {
+impl HttpElections {
     pub fn new(http: reqwest::Client) -> Self {
         Self { http }
     }
+
+    async fn ask(
+        &self,
+        node: &BasicNode,
+        route: Route,
+        request: &impl Serialize,
+        timeout: Duration,
+    ) -> Option<bool> {
+        let base: BaseUrl = node.addr.parse().ok()?;
+        let url = route.url(&base, &[]).ok()?;
+        let sent = self.http.post(url).timeout(timeout).json(request).send();
+        sent.await.ok()?.error_for_status().ok()?.json().await.ok()
+    }
 }
 
-impl PreVoteTransport for HttpPreVote {
-    async fn ask(&self, _target: u64, node: &BasicNode, request: &PreVote) -> Option<bool> {
-        let base: BaseUrl = node.addr.parse().ok()?;
-        let url = paths::RAFT_PRE_VOTE.url(&base, &[]).ok()?;
-        let response = self
-            .http
-            .post(url)
-            .timeout(PRE_VOTE_TIMEOUT)
-            .json(request)
-            .send()
+impl ElectionTransport for HttpElections {
+    async fn pre_vote(&self, _target: u64, node: &BasicNode, request: &PreVote) -> Option<bool> {
+        self.ask(node, paths::RAFT_PRE_VOTE, request, PRE_VOTE_TIMEOUT)
             .await
-            .ok()?;
-        response.error_for_status().ok()?.json().await.ok()
+    }
+
+    async fn reaches_catalog(&self, _target: u64, node: &BasicNode) -> Option<bool> {
+        let timeout = CATALOG_TIMEOUT + CATALOG_CHECK_MARGIN;
+        self.ask(node, paths::RAFT_CATALOG_CHECK, &(), timeout)
+            .await
     }
 }
 

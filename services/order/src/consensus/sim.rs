@@ -17,7 +17,7 @@ use openraft::BasicNode;
 use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
-use super::{network, Elections, PreVote, PreVoteTransport, Raft, SnapshotAnswer, TypeConfig};
+use super::{network, ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TypeConfig};
 
 /// Delivers calls between the replicas of one process, except over cut links.
 #[derive(Default)]
@@ -219,10 +219,17 @@ impl RaftNetwork<TypeConfig> for Link {
     }
 }
 
-impl PreVoteTransport for Network {
-    async fn ask(&self, target: u64, _node: &BasicNode, request: &PreVote) -> Option<bool> {
+impl ElectionTransport for Network {
+    async fn pre_vote(&self, target: u64, _node: &BasicNode, request: &PreVote) -> Option<bool> {
         let (_, elections) = self.router.reach(self.from, target).await.ok()?;
         let answer = elections.answer(request).await;
+        self.router.reach(target, self.from).await.ok()?;
+        Some(answer)
+    }
+
+    async fn reaches_catalog(&self, target: u64, _node: &BasicNode) -> Option<bool> {
+        let (_, elections) = self.router.reach(self.from, target).await.ok()?;
+        let answer = elections.reaches_catalog().await;
         self.router.reach(target, self.from).await.ok()?;
         Some(answer)
     }

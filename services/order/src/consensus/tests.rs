@@ -10,7 +10,7 @@ use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{BasicNode, Membership, StorageError};
 use stocknet_common::wire::{NewLearner, Peer, Voters};
-use stocknet_common::{Command, Order, Price, Side};
+use stocknet_common::{Command, Order, Price, RemoteError, Side};
 use tempfile::TempDir;
 
 use super::sim::{Choices, LinkFault, Network, Router};
@@ -20,6 +20,37 @@ use crate::book::InMemory;
 use crate::book_store::{BookSettings, BookStore};
 use crate::log::{IndexLimits, OrderLog};
 use crate::metrics::SnapshotCounters;
+
+/// No catalog: these groups apply nothing to one, and a replica asked whether it reaches
+/// the catalog says it does not.
+struct NoCatalog;
+
+impl crate::catalog::Catalog for NoCatalog {
+    fn snapshot(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<stocknet_common::wire::Snapshot, RemoteError>> {
+        Box::pin(async { Err(no_catalog_here()) })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _: &'a stocknet_common::wire::ApplyRequest,
+    ) -> futures::future::BoxFuture<'a, Result<stocknet_common::wire::ApplyOutcome, RemoteError>>
+    {
+        Box::pin(async { Err(no_catalog_here()) })
+    }
+}
+
+fn no_catalog_here() -> RemoteError {
+    RemoteError::Status(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "no catalog in these tests".into(),
+    )
+}
+
+fn no_catalog() -> Arc<NoCatalog> {
+    Arc::new(NoCatalog)
+}
 
 /// Opens replica `id`'s log store and state machine in `dir`, as a replica process does.
 fn open_stores(
@@ -275,7 +306,7 @@ impl Group {
         .await
         .unwrap();
         self.leases.insert(id, lease);
-        let elections = Elections::new(raft.clone(), id);
+        let elections = Elections::new(raft.clone(), id, no_catalog());
         self.standing.insert(
             id,
             tokio::spawn(elections.clone().stand_when_leader_lost(network)),
@@ -1382,13 +1413,13 @@ async fn a_group_over_http_elects_itself_and_replaces_a_leader_that_stops_answer
         let raft = Raft::new(id, config, network, store.clone(), machine)
             .await
             .unwrap();
-        let elections = Elections::new(raft.clone(), id);
+        let elections = Elections::new(raft.clone(), id, no_catalog());
         standing.insert(
             id,
             tokio::spawn(
                 elections
                     .clone()
-                    .stand_when_leader_lost(HttpPreVote::new(http)),
+                    .stand_when_leader_lost(HttpElections::new(http)),
             ),
         );
         let app = routes(raft.clone(), elections);

@@ -9,7 +9,7 @@ mod sequencer;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use openraft::error::Fatal;
@@ -27,8 +27,8 @@ use crate::book::Book;
 use crate::book_store::{BookSettings, BookStore};
 use crate::catalog::{Catalog, HttpCatalog};
 use crate::consensus::{
-    self, handover, members, BootFloor, Elections, HttpNetwork, HttpPreVote, Lease, LogStore,
-    Outgoing, PreVoteTransport, Raft, SharedReads, StateMachine, TypeConfig,
+    self, handover, members, BootFloor, ElectionTransport, Elections, HttpElections, HttpNetwork,
+    Lease, LogStore, Outgoing, Raft, SharedReads, StateMachine, TypeConfig,
 };
 use crate::error::OrderError;
 use crate::log::{IndexLimits, OrderLog};
@@ -41,18 +41,18 @@ pub const BATCH: usize = 4096;
 
 /// How a replica reaches the others and the catalog: over HTTP in a real run
 /// ([`Links::http`]), in memory in the simulation tests.
-pub struct Links<N, P> {
+pub struct Links<N, E> {
     pub network: N,
-    pub pre_votes: P,
+    pub elections: E,
     pub catalog: Arc<dyn Catalog>,
 }
 
-impl Links<HttpNetwork, HttpPreVote> {
+impl Links<HttpNetwork, HttpElections> {
     /// Over HTTP with `http` (which carries the cluster secret), the catalog at `catalog_url`.
     pub fn http(http: reqwest::Client, catalog_url: &BaseUrl) -> Self {
         Self {
             network: HttpNetwork::new(http.clone()),
-            pre_votes: HttpPreVote::new(http.clone()),
+            elections: HttpElections::new(http.clone()),
             catalog: HttpCatalog::new(http, catalog_url),
         }
     }
@@ -87,10 +87,27 @@ pub struct Replica {
     metrics: ReplicaMetrics,
     /// The task that stands for election when the leader is lost.
     standing: tokio::task::JoinHandle<()>,
-    /// The task that, leading, hands the leadership to a higher-id voter.
+    /// The task that, leading, hands the leadership over (`handover.rs`).
     handing_over: tokio::task::JoinHandle<()>,
     /// Places for clients' reads of the book on the blocking pool ([`Replica::read_off_runtime`]).
     book_reads: Arc<tokio::sync::Semaphore>,
+}
+
+/// The replica, as the handover task sees it while the replica leads.
+struct Leading(Weak<Replica>);
+
+impl handover::Leader for Leading {
+    fn drained(&self, catalog: bool) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|replica| replica.drained(catalog))
+    }
+
+    fn catalog_failing(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|replica| replica.catalog_failing())
+    }
 }
 
 /// Clients' reads of the book that run at once: more would only queue for the book's lock,
@@ -102,14 +119,14 @@ impl Replica {
     /// starts its part in the
     /// group founded by `peers` (or, not among them, waits to be added to the group), and the
     /// task that takes over when it is elected. It reaches the other replicas through
-    /// `network` and `pre_votes` and, leading, applies the log to `catalog`.
+    /// `network` and `elections` and, leading, applies the log to `catalog`.
     pub async fn start(
         id: u32,
         data_dir: &std::path::Path,
         peers: Vec<Peer>,
         links: Links<
             impl RaftNetworkFactory<TypeConfig, Network: Clone + Sync>,
-            impl PreVoteTransport,
+            impl ElectionTransport,
         >,
         book: BookSettings,
         index: IndexLimits,
@@ -148,30 +165,28 @@ impl Replica {
         )
         .await
         .map_err(|e| OrderError::Task(format!("consensus did not start: {e}")))?;
-        let elections = Elections::new(raft.clone(), u64::from(id));
-        let standing = tokio::spawn(elections.clone().stand_when_leader_lost(links.pre_votes));
-        let (handover_raft, handover_elections) = (raft.clone(), elections.clone());
-        let handovers = metrics.handovers.clone();
-        let handing_over = move |replica: &std::sync::Weak<Self>| {
-            let replica = replica.clone();
-            let drained = move || {
-                let replica = replica.upgrade();
-                async move {
-                    match replica {
-                        Some(replica) => replica.drained().await,
-                        None => false,
-                    }
-                }
-            };
-            tokio::spawn(handover::prefer_highest(
-                handover_raft,
-                handover_elections,
-                drained,
-                handovers,
-            ))
+        let elections = Elections::new(raft.clone(), u64::from(id), links.catalog.clone());
+        let standing = tokio::spawn(
+            elections
+                .clone()
+                .stand_when_leader_lost(links.elections.clone()),
+        );
+        let steering = {
+            let (raft, elections) = (raft.clone(), elections.clone());
+            let handovers = metrics.handovers.clone();
+            move |replica: &Weak<Self>| {
+                let leader = Leading(replica.clone());
+                tokio::spawn(handover::steer(
+                    raft,
+                    elections,
+                    leader,
+                    links.elections,
+                    handovers,
+                ))
+            }
         };
         let replica = Arc::new_cyclic(|replica| Self {
-            handing_over: handing_over(replica),
+            handing_over: steering(replica),
             id,
             catalog: links.catalog,
             log,
@@ -422,7 +437,6 @@ impl Replica {
     }
 
     /// Whether the leader's last catalog round failed (new commands are refused meanwhile).
-    #[cfg(test)]
     pub fn catalog_failing(&self) -> bool {
         self.catalog_failing.load(Ordering::Acquire)
     }

@@ -336,18 +336,22 @@ impl Replica {
         Ok(Proposed::Now(outcome))
     }
 
-    /// Whether every command this leader took is answered: committed, applied, and in the
-    /// catalog.
-    pub(super) async fn drained(&self) -> bool {
+    /// Whether every command this leader took is answered: committed and applied and, with
+    /// `catalog`, in the catalog.
+    pub(super) fn drained(&self, catalog: bool) -> bool {
         let all_applied = {
-            let metrics = self.raft.metrics().borrow().clone();
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
             metrics.last_applied.map(|id| id.index) == metrics.last_log_index
         };
-        let catalog = match self.leading().as_ref() {
+        if !catalog {
+            return all_applied;
+        }
+        let in_catalog = match self.leading().as_ref() {
             Some(sequencer) => sequencer.progress.borrow().applied,
             None => return false,
         };
-        all_applied && catalog >= self.book().applied()
+        all_applied && in_catalog >= self.book().applied()
     }
 
     /// Takes over each term this replica is elected in, and lets go of it when it is not.
