@@ -20,13 +20,17 @@ use openraft::{BasicNode, LogId, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{election_timeout, CatchUp, Raft, HEARTBEAT};
+use super::{election_timeout, CatchUp, Raft, HEARTBEAT, VOTER_LEASE};
 use crate::catalog::Catalog;
 
 /// How recently a replica must have heard from a leader (or, being the leader, from a
-/// majority) to refuse a pre-vote: the shortest election timeout, so that no replica stands
-/// while a majority still follows a leader.
-pub const LEASE: Duration = election_timeout(0);
+/// majority) to refuse a pre-vote: as long as openraft's voters refuse votes, so that a
+/// candidate granted pre-votes is granted votes too. It is a heartbeat shorter than the
+/// shortest election timeout: a voter that heard the lost leader's last heartbeat a moment
+/// after the first candidate did still grants it, where the full timeout had it refuse, and
+/// the next candidate in rank was elected instead (one more leader change, the handover back).
+pub const LEASE: Duration = VOTER_LEASE;
+const _: () = assert!(LEASE.as_millis() + HEARTBEAT.as_millis() <= election_timeout(0).as_millis());
 
 /// "Would you vote for me?": a candidate's next term and its last log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,7 +106,7 @@ pub const fn election_timeout(rank: u64) -> Duration {
 /// refuse votes until it passes after a heartbeat. It must pass before the first candidate
 /// stands ([`election_timeout`] of rank 0), or the candidate's first election fails and costs
 /// a term; the pre-vote is what keeps healthy leaders in place.
-const VOTER_LEASE: Duration = Duration::from_millis(350);
+pub(crate) const VOTER_LEASE: Duration = Duration::from_millis(350);
 
 /// The consensus settings of a replica: openraft's own election timer off (elections start
 /// after a pre-vote); snapshots every `snapshot_every` entries (they speed up restarts); no
