@@ -125,9 +125,18 @@ struct Cluster {
 
 impl Cluster {
     async fn start(size: u64) -> Arc<Self> {
+        let cluster = Self::new(size);
+        for id in 1..=size {
+            cluster.start_replica(id).await;
+        }
+        cluster
+    }
+
+    /// A cluster of `size` replicas, none of them started yet.
+    fn new(size: u64) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
         let store = CatalogStore::open(dir.path().join("catalog.csv"), INITIAL).unwrap();
-        let cluster = Arc::new(Self {
+        Arc::new(Self {
             dir,
             size,
             router: Arc::default(),
@@ -140,11 +149,7 @@ impl Cluster {
             running: Mutex::default(),
             answers: Mutex::default(),
             keys: AtomicU64::new(0),
-        });
-        for id in 1..=size {
-            cluster.start_replica(id).await;
-        }
-        cluster
+        })
     }
 
     async fn start_replica(&self, id: u64) {
@@ -415,8 +420,18 @@ async fn simulate(seed: u64, steps: usize) {
                 }
             }
             2 => {
-                let down = !cluster.catalog.down.load(Ordering::Acquire);
-                cluster.catalog.down.store(down, Ordering::Release);
+                if choices.below(2) == 0 {
+                    let down = !cluster.catalog.down.load(Ordering::Acquire);
+                    cluster.catalog.down.store(down, Ordering::Release);
+                } else {
+                    // One replica's link to the catalog cut, or healed.
+                    let mut cut_off = cluster.catalog.cut.lock().unwrap();
+                    if cut_off.is_empty() {
+                        cut_off.insert(1 + choices.below(3));
+                    } else {
+                        cut_off.clear();
+                    }
+                }
             }
             3 => {
                 if let Some(id) = cut.take() {
@@ -466,6 +481,7 @@ async fn simulate(seed: u64, steps: usize) {
         cluster.start_replica(id).await;
     }
     cluster.catalog.down.store(false, Ordering::Release);
+    cluster.catalog.cut.lock().unwrap().clear();
     cluster
         .clone()
         .client(new_order(STOCKS[0], Side::Buy, 1, None), 0)
@@ -654,22 +670,53 @@ async fn orders_go_on_soon_after_a_catalog_that_failed_an_idle_look_is_back() {
 /// A leader cut off from the catalog alone (its link to it cut, the others' not) refuses every
 /// new order: it hands the leadership to the highest voter that reaches the catalog. That voter
 /// keeps it: a leader hands over by preference (to the highest id, here the one cut off) only
-/// to a voter that reaches the catalog, so orders go on there past the preference's wait.
+/// to a voter that reaches the catalog, so orders, which change the catalog, go on there past
+/// the preference's wait.
 #[tokio::test]
 async fn a_leader_cut_off_from_the_catalog_alone_hands_over_to_a_voter_that_reaches_it() {
-    use crate::consensus::handover::{CAUGHT_UP_FOR, LEAD_SETTLE};
     let cluster = Cluster::start(3).await;
     cluster.led_by(3, Duration::from_secs(20)).await;
     cluster.catalog.cut.lock().unwrap().insert(3);
-    let next = cluster.led_by(2, Duration::from_secs(20)).await;
+    orders_go_on_without(&cluster, 3).await;
+}
+
+/// The same for a replica cut off from the catalog before it is elected (the highest id, it
+/// stands first): its takeover fails, and it hands the leadership over all the same.
+#[tokio::test]
+async fn a_replica_elected_while_cut_off_from_the_catalog_hands_over() {
+    let cluster = Cluster::new(3);
+    cluster.catalog.cut.lock().unwrap().insert(3);
+    for id in 1..=3 {
+        cluster.start_replica(id).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let elected = |(id, replica): &(u64, Arc<Replica>)| {
+        *id == 3 && replica.raft().metrics().borrow().state == openraft::ServerState::Leader
+    };
+    while !cluster.running().iter().any(elected) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica 3 never elected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    orders_go_on_without(&cluster, 3).await;
+}
+
+/// Waits until replica 2 leads, then has it execute orders against the house (which change
+/// the catalog) for longer than a handover by preference takes to come, and checks that it
+/// still leads: the leadership did not go back to replica `cut_off`.
+async fn orders_go_on_without(cluster: &Cluster, cut_off: u64) {
+    use crate::consensus::handover::{CAUGHT_UP_FOR, LEAD_SETTLE};
+    let next = cluster.led_by(2, Duration::from_secs(30)).await;
     let taken = tokio::time::Instant::now();
     let mut placed = 0;
     while taken.elapsed() < LEAD_SETTLE + CAUGHT_UP_FOR + Duration::from_secs(1) {
-        let order = new_order(STOCKS[0], Side::Buy, 1, Some(Price::from_cents(1)));
+        let order = new_order(STOCKS[0], Side::Buy, 1, None);
         let key = format!("after-{placed}");
         if let Err(e) = answered(next.clone(), order, key).await {
             panic!(
-                "order {placed} on the new leader, {:?} after it took over: {e:?}",
+                "order {placed} on replica 2, {:?} after it took over from {cut_off}: {e:?}",
                 taken.elapsed()
             );
         }

@@ -98,14 +98,23 @@ pub trait Leader: Send + Sync + 'static {
 }
 
 /// How long a leader's catalog rounds fail before it looks for a voter that reaches the
-/// catalog to hand the leadership to: longer than a catalog's own restart takes to notice.
+/// catalog to hand the leadership to, the first time; each handover for the catalog doubles
+/// it, up to [`MAX_CATALOG_LOST_FOR`], until the catalog has worked for this replica, leading,
+/// for that long. A voter's check (a snapshot) can pass where a leader's rounds (applies, with
+/// an fsync) fail, on a catalog whose disk is slow or full: leaders then pass the leadership
+/// round, ever more slowly.
 pub const CATALOG_LOST_FOR: Duration = Duration::from_secs(3);
+const MAX_CATALOG_LOST_FOR: Duration = Duration::from_secs(30);
 
 /// After a look for a voter that reaches the catalog found none (the catalog is down for all,
-/// not only for this leader) or its handover did not happen, the next waits this long,
-/// doubling up to [`MAX_CATALOG_RETRY`].
-const FIRST_CATALOG_RETRY: Duration = Duration::from_secs(3);
-const MAX_CATALOG_RETRY: Duration = Duration::from_secs(30);
+/// not only for this leader), the next waits this long, doubling up to
+/// [`MAX_CATALOG_LOST_FOR`]. A preferred voter that says it does not reach the catalog is asked
+/// again after this long.
+const CATALOG_RETRY: Duration = Duration::from_secs(3);
+
+/// How long a voter asked whether it reaches the catalog has to answer: its own call to the
+/// catalog's deadline, and a margin.
+const CATALOG_CHECK_DEADLINE: Duration = Duration::from_millis(1750);
 
 /// Runs on every replica, and hands the leadership over while it leads:
 /// - when it cannot reach the catalog (every new order is refused then) for
@@ -128,49 +137,61 @@ pub async fn steer(
     let mut leading_since: Option<(u64, Instant)> = None;
     // (voter, since): since when the preferred voter has kept up.
     let mut caught_up_since: Option<(u64, Instant)> = None;
-    let mut catalog_failing_since: Option<Instant> = None;
     let mut preference = Backoff::new(FIRST_RETRY, MAX_RETRY);
-    let mut catalog = Backoff::new(FIRST_CATALOG_RETRY, MAX_CATALOG_RETRY);
+    let mut preferred_check = Instant::now();
+    // Leading, since when the catalog has failed or worked for this replica.
+    let mut catalog_since: Option<(bool, Instant)> = None;
+    let mut catalog_lost_for = CATALOG_LOST_FOR;
+    let mut catalog_look = Backoff::new(CATALOG_RETRY, MAX_CATALOG_LOST_FOR);
     loop {
         ticks.tick().await;
         let metrics = raft.metrics().borrow().clone();
         let now = Instant::now();
         let term = metrics.current_term;
         if metrics.state != ServerState::Leader {
-            (leading_since, caught_up_since, catalog_failing_since) = (None, None, None);
+            (leading_since, caught_up_since, catalog_since) = (None, None, None);
             continue;
         }
         let led_since = match leading_since {
             Some((led, since)) if led == term => since,
             _ => {
-                leading_since = Some((term, now));
-                catalog_failing_since = None;
+                (leading_since, catalog_since) = (Some((term, now)), None);
                 now
             }
         };
-        if leader.catalog_failing() {
-            let since = *catalog_failing_since.get_or_insert(now);
-            if now < since + CATALOG_LOST_FOR || !catalog.due(now) {
+        let failing = leader.catalog_failing();
+        let since = match catalog_since {
+            Some((was_failing, since)) if was_failing == failing => since,
+            _ => catalog_since.insert((failing, now)).1,
+        };
+        if failing {
+            if now < since + catalog_lost_for || !catalog_look.due(now) {
                 continue;
             }
-            let handed = match reaching_catalog(&metrics, &transport).await {
-                Some(voter) => {
-                    tracing::warn!(voter, "this leader cannot reach the catalog; handing over");
-                    hand_over(&raft, &elections, voter, || leader.drained(false)).await
-                }
-                None => {
-                    tracing::warn!("this leader cannot reach the catalog, nor can any voter");
-                    false
-                }
+            let voter = reaching_catalog(&metrics, &transport).await;
+            // The catalog may have come back while the voters were asked; then commands are
+            // taken again, and a handover now would leave theirs unknown.
+            if !leader.catalog_failing() || !leads_term(&raft, term) {
+                continue;
+            }
+            let Some(voter) = voter else {
+                tracing::warn!("this leader cannot reach the catalog, nor can any voter");
+                catalog_look.failed(Instant::now());
+                continue;
             };
-            catalog.after(handed, Instant::now());
-            if handed {
+            tracing::warn!(voter, "this leader cannot reach the catalog; handing over");
+            if hand_over(&raft, &elections, voter, || leader.drained(false)).await {
                 handovers.inc();
+                catalog_lost_for = (catalog_lost_for * 2).min(MAX_CATALOG_LOST_FOR);
+            } else {
+                catalog_look.failed(Instant::now());
             }
             continue;
         }
-        catalog_failing_since = None;
-        catalog.after(true, now);
+        catalog_look.reset();
+        if now >= since + MAX_CATALOG_LOST_FOR {
+            catalog_lost_for = CATALOG_LOST_FOR;
+        }
         let Some(voter) = preferred(&metrics) else {
             caught_up_since = None;
             continue;
@@ -185,32 +206,51 @@ pub async fn steer(
         if now < led_since + LEAD_SETTLE
             || now < kept_up_since + CAUGHT_UP_FOR
             || !preference.due(now)
+            || now < preferred_check
         {
             continue;
         }
-        let node = metrics.membership_config.membership().get_node(&voter);
-        let reaches_catalog = match node {
-            Some(node) => transport.reaches_catalog(voter, node).await == Some(true),
+        caught_up_since = None;
+        let reaches = match metrics.membership_config.membership().get_node(&voter) {
+            Some(node) => says_it_reaches_catalog(&transport, voter, node).await,
             None => false,
         };
-        let handed =
-            reaches_catalog && hand_over(&raft, &elections, voter, || leader.drained(true)).await;
-        if !reaches_catalog {
+        if !reaches {
             tracing::info!(
                 voter,
                 "not handing over: the voter does not reach the catalog"
             );
+            preferred_check = Instant::now() + CATALOG_RETRY;
+            continue;
         }
-        preference.after(handed, Instant::now());
-        if handed {
+        if hand_over(&raft, &elections, voter, || leader.drained(true)).await {
             handovers.inc();
+            preference.reset();
+        } else {
+            preference.failed(Instant::now());
         }
-        caught_up_since = None;
     }
 }
 
-/// When the next attempt of a kind may be made: at once after one that succeeded, after a
-/// wait that doubles with each one that failed.
+/// Whether this replica still leads `term`.
+fn leads_term(raft: &Raft, term: u64) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics.state == ServerState::Leader && metrics.current_term == term
+}
+
+/// Whether `voter` answers, within [`CATALOG_CHECK_DEADLINE`], that it reaches the catalog.
+async fn says_it_reaches_catalog(
+    transport: &impl ElectionTransport,
+    voter: u64,
+    node: &BasicNode,
+) -> bool {
+    let asked = transport.reaches_catalog(voter, node);
+    tokio::time::timeout(CATALOG_CHECK_DEADLINE, asked).await == Ok(Some(true))
+}
+
+/// When the next attempt of a kind may be made: at once at first, and after a wait that
+/// doubles with each attempt that failed since.
 struct Backoff {
     first: Duration,
     max: Duration,
@@ -232,13 +272,15 @@ impl Backoff {
         now >= self.next
     }
 
-    fn after(&mut self, succeeded: bool, now: Instant) {
-        if succeeded {
-            (self.wait, self.next) = (self.first, now);
-        } else {
-            self.next = now + self.wait;
-            self.wait = (self.wait * 2).min(self.max);
-        }
+    /// An attempt failed at `now`: the next waits, twice as long as the one before.
+    fn failed(&mut self, now: Instant) {
+        self.next = now + self.wait;
+        self.wait = (self.wait * 2).min(self.max);
+    }
+
+    /// An attempt succeeded, or what failed works again: the next may come at once.
+    fn reset(&mut self) {
+        (self.wait, self.next) = (self.first, Instant::now());
     }
 }
 
@@ -252,14 +294,11 @@ async fn reaching_catalog(
     if membership.get_joint_config().len() != 1 {
         return None;
     }
-    let asks =
-        membership
-            .voter_ids()
-            .filter(|&id| id != metrics.id && caught_up(metrics, id, KEPT_UP_ENTRIES))
-            .filter_map(|id| Some((id, membership.get_node(&id)?)))
-            .map(|(id, node)| async move {
-                (id, transport.reaches_catalog(id, node).await == Some(true))
-            });
+    let asks = membership
+        .voter_ids()
+        .filter(|&id| id != metrics.id && caught_up(metrics, id, KEPT_UP_ENTRIES))
+        .filter_map(|id| Some((id, membership.get_node(&id)?)))
+        .map(|(id, node)| async move { (id, says_it_reaches_catalog(transport, id, node).await) });
     let answers = futures::future::join_all(asks).await;
     answers
         .into_iter()

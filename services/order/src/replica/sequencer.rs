@@ -371,6 +371,8 @@ impl Replica {
                         tracing::info!("no longer leading");
                     }
                     *self.leading() = None;
+                    // What the catalog did for this leader's term says nothing of the next.
+                    self.catalog_failing.store(false, Ordering::Release);
                 }
             }
             let led = self.leading_term.load(Ordering::Acquire);
