@@ -2,7 +2,7 @@
 //! tail is cut off on open, and files replaced atomically.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -111,10 +111,35 @@ pub fn replace_atomically(
 ) -> io::Result<()> {
     let tmp = temporary_beside(path);
     let mut file = File::create(&tmp)?;
-    fill(&mut file)?;
-    file.sync_all()?;
+    let written = fill(&mut file).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        // A full disk, most likely: the partial copy would only hold on to the space.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)?;
     sync_dir(path)
+}
+
+/// Copies the first `len` bytes of `from` to `to` through this process's memory, and says how
+/// many there were: what the kernel holds of `from` in its cache. After a failed fsync that may
+/// be more than its disk holds, and the copy is how it gets there; the kernel's own copy
+/// (`copy_file_range`, which `std::io::copy` uses between files) may share the blocks on disk
+/// instead, on a file system that shares blocks (XFS with reflink, btrfs).
+pub fn copy_through_cache(from: &mut File, to: &mut File, len: u64) -> io::Result<u64> {
+    let mut buffer = vec![0; 1 << 20];
+    let mut copied = 0;
+    while copied < len {
+        let want =
+            usize::try_from(len - copied).map_or(buffer.len(), |left| left.min(buffer.len()));
+        let read = from.read(&mut buffer[..want])?;
+        if read == 0 {
+            break;
+        }
+        to.write_all(&buffer[..read])?;
+        copied += read as u64;
+    }
+    Ok(copied)
 }
 
 /// Makes the creation, renaming or removal of `path` durable by fsyncing its directory.
@@ -166,7 +191,45 @@ pub async fn with_turn<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+
+    #[test]
+    fn a_copy_through_the_cache_takes_the_first_bytes_and_says_how_many_there_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        // Past the copy's buffer, so that it takes more than one read.
+        let text: Vec<u8> = (0..(3 << 20) / 2).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&from, &text).unwrap();
+        let cut = text.len() as u64 - 7;
+        let copied = copy_through_cache(
+            &mut File::open(&from).unwrap(),
+            &mut File::create(&to).unwrap(),
+            cut,
+        )
+        .unwrap();
+        assert_eq!(copied, cut);
+        assert_eq!(std::fs::read(&to).unwrap(), text[..cut as usize]);
+        let all = copy_through_cache(
+            &mut File::open(&from).unwrap(),
+            &mut File::create(&to).unwrap(),
+            u64::MAX,
+        )
+        .unwrap();
+        assert_eq!(all, text.len() as u64, "a shorter file copies what it has");
+    }
+
+    #[test]
+    fn a_replacement_that_fails_leaves_no_partial_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "kept").unwrap();
+        let failed = replace_atomically(&path, |out| {
+            out.write_all(b"half")?;
+            Err(io::Error::other("no space left"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept");
+        assert!(!temporary_beside(&path).exists());
+    }
 
     #[test]
     fn a_file_removed_durably_is_gone_and_one_already_gone_is_no_error() {

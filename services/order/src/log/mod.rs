@@ -508,8 +508,8 @@ impl OrderLog {
         let cut = self.offset_of(number + 1)?;
         let (text, starts) = format_records(batch, cut)?;
         file::replace_atomically(&self.path, |out| {
-            // The kept prefix, copied by the kernel (copy_file_range), then the batch.
-            let copied = std::io::copy(&mut File::open(&self.path)?.take(cut), out)?;
+            // The kept prefix, then the batch.
+            let copied = file::copy_through_cache(&mut File::open(&self.path)?, out, cut)?;
             if copied != cut {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
