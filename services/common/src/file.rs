@@ -132,10 +132,12 @@ pub fn copy_through_cache(from: &mut File, to: &mut File, len: u64) -> io::Resul
     while copied < len {
         let want =
             usize::try_from(len - copied).map_or(buffer.len(), |left| left.min(buffer.len()));
-        let read = from.read(&mut buffer[..want])?;
-        if read == 0 {
-            break;
-        }
+        let read = match from.read(&mut buffer[..want]) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         to.write_all(&buffer[..read])?;
         copied += read as u64;
     }

@@ -177,9 +177,7 @@ impl LogStore {
             // After a failed fsync the kernel may keep pages it never wrote, as clean, and an
             // fsync through another handle reports success: what this process reads may not be
             // on disk. Written anew to a new file, fsync'd, it is.
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let last = log.last();
-            log.replace_after(last, &[])?;
+            log.lock().unwrap_or_else(|e| e.into_inner()).write_anew()?;
         }
         // What the file holds now is what the disk holds from here on.
         let (file, path) = log

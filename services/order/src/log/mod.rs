@@ -493,6 +493,26 @@ impl OrderLog {
     /// Replaces every order after `number` with `batch`, atomically: the new file is written
     /// beside the old one, fsync'd and renamed over it, so a crash leaves one or the other.
     pub fn replace_after(&mut self, number: u64, batch: &[Line]) -> Result<(), OrderError> {
+        // The kept lines copied by the kernel (copy_file_range: on a file system that shares
+        // blocks, a copy of a large log costs next to nothing).
+        let by_kernel =
+            |from: &mut File, to: &mut File, len| std::io::copy(&mut (&*from).take(len), to);
+        self.replace_after_copying(number, batch, by_kernel)
+    }
+
+    /// Writes the whole log anew, to a new file, through this process: after a failed fsync the
+    /// kernel may keep lines it never wrote to disk, and a copy by the kernel could share the
+    /// disk's blocks instead of writing them (see [`file::copy_through_cache`]).
+    pub fn write_anew(&mut self) -> Result<(), OrderError> {
+        self.replace_after_copying(self.last(), &[], file::copy_through_cache)
+    }
+
+    fn replace_after_copying(
+        &mut self,
+        number: u64,
+        batch: &[Line],
+        copy: impl FnOnce(&mut File, &mut File, u64) -> std::io::Result<u64>,
+    ) -> Result<(), OrderError> {
         if number > self.last() {
             return Err(OrderError::Gap { last: self.last() });
         }
@@ -509,7 +529,7 @@ impl OrderLog {
         let (text, starts) = format_records(batch, cut)?;
         file::replace_atomically(&self.path, |out| {
             // The kept prefix, then the batch.
-            let copied = file::copy_through_cache(&mut File::open(&self.path)?, out, cut)?;
+            let copied = copy(&mut File::open(&self.path)?, out, cut)?;
             if copied != cut {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,

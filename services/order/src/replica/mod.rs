@@ -131,9 +131,11 @@ impl Replica {
         book: BookSettings,
         index: IndexLimits,
     ) -> Result<Arc<Self>, OrderError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
-        // The directory may be new: its name on disk before anything in it is acknowledged.
-        file::sync_dir(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
+            // New: its name on disk before anything in it is acknowledged.
+            file::sync_dir(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
+        }
         let metrics = ReplicaMetrics::new();
         let log = OrderLog::open_with(data_dir.join(format!("orders-{id}.csv")), index)?;
         let settings = book;
