@@ -38,7 +38,7 @@ use stocknet_common::wire::{Health, Members, NewLearner, Voters};
 use crate::crd::{StockNet, StockNetStatus};
 use crate::health::{self, Observation};
 use crate::membership::{self, Change};
-use crate::resources::{self, Component, Desired, OrderLayout, SpecError};
+use crate::resources::{self, Component, Desired, FoundSecret, OrderLayout, SpecError};
 use crate::{status, upgrade};
 use stocknet_common::env;
 
@@ -72,6 +72,8 @@ pub enum Error {
     Random(#[source] std::io::Error),
     #[error("the shared secret {0} is unusable: {1}")]
     SecretUnusable(String, String),
+    #[error("the shared secret {0} is being deleted: waiting until it is gone to make a new one")]
+    SecretDeleting(String),
     #[error("reconcile took longer than {0:?} (an API server or replica that does not answer)")]
     Deadline(Duration),
     /// The API server refused an object (an admission webhook, a quota): the health rounds go
@@ -525,7 +527,8 @@ fn retry_after(error: &Error, failures: u32, probe_period: Duration) -> Duration
     match error {
         // Not backed off beyond a health round: the pass that restarts crashed replicas runs
         // in the same reconcile, and a refused object must not hold it back for minutes.
-        Error::NotApplied { .. } => backoff(failures).min(probe_period),
+        // Nor is a wait for a Secret being deleted (Secrets are not watched).
+        Error::NotApplied { .. } | Error::SecretDeleting(_) => backoff(failures).min(probe_period),
         _ => backoff(failures),
     }
 }
@@ -548,6 +551,30 @@ async fn shared_secret(
     let name = resources::secret_name(sn);
     loop {
         if let Some(existing) = api.get_opt(&name).await? {
+            match resources::found_secret(&existing, sn) {
+                FoundSecret::Use => {}
+                FoundSecret::Deleting => return Err(Error::SecretDeleting(name)),
+                FoundSecret::Adopt => {
+                    // Conditional on the Secret seen: if it went meanwhile, it is made anew.
+                    let adopt = serde_json::json!({"metadata": {
+                        "ownerReferences": resources::owners(sn)?,
+                        "resourceVersion": existing.resource_version(),
+                    }});
+                    match api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(adopt))
+                        .await
+                    {
+                        Ok(_) => tracing::info!(
+                            secret = name,
+                            "took over the shared secret a deleted StockNet of this name left"
+                        ),
+                        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {
+                            continue
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
             let value = existing
                 .data
                 .as_ref()

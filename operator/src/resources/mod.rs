@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
@@ -347,9 +347,14 @@ fn metadata(sn: &StockNet, name: String, component: Component) -> Result<ObjectM
         name: Some(name),
         namespace: Some(namespace(sn)?),
         labels: Some(labels(sn, component)),
-        owner_references: Some(vec![sn
-            .controller_owner_ref(&())
-            .ok_or(SpecError::NoUid)?]),
+        owner_references: Some(owners(sn)?),
         ..ObjectMeta::default()
     })
+}
+
+/// The owner references of every object `sn` owns: `sn`, as their controller.
+pub fn owners(sn: &StockNet) -> Result<Vec<OwnerReference>, SpecError> {
+    Ok(vec![sn
+        .controller_owner_ref(&())
+        .ok_or(SpecError::NoUid)?])
 }

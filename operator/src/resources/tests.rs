@@ -268,6 +268,42 @@ fn every_pod_pulls_its_image_with_the_spec_s_pull_secrets() {
     }
 }
 
+/// The Secret found under the shared secret's name: this StockNet's own, or one made by hand
+/// (no owner) or by another controller, is used; one a deleted StockNet of the same name left
+/// is taken over; one being deleted is waited for.
+#[test]
+fn a_shared_secret_found_is_used_taken_over_or_waited_for() {
+    let sn = stocknet(StockNetSpec::default());
+    let own = shared_secret(&sn, "a-value-of-the-right-size").unwrap();
+    assert_eq!(found_secret(&own, &sn), FoundSecret::Use);
+
+    let mut by_hand = own.clone();
+    by_hand.metadata.owner_references = None;
+    assert_eq!(found_secret(&by_hand, &sn), FoundSecret::Use);
+
+    let mut before = stocknet(StockNetSpec::default());
+    before.metadata.uid = Some("the-deleted-one".into());
+    let left = shared_secret(&before, "a-value-of-the-right-size").unwrap();
+    assert_eq!(found_secret(&left, &sn), FoundSecret::Adopt);
+
+    let mut managed = left.clone();
+    if let Some(owners) = managed.metadata.owner_references.as_mut() {
+        owners[0].api_version = "bitnami.com/v1alpha1".into();
+        owners[0].kind = "SealedSecret".into();
+    }
+    assert_eq!(
+        found_secret(&managed, &sn),
+        FoundSecret::Use,
+        "another controller's"
+    );
+
+    let mut going = left.clone();
+    going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    assert_eq!(found_secret(&going, &sn), FoundSecret::Deleting);
+}
+
 #[test]
 fn every_pod_reads_the_shared_secret_from_the_stocknets_secret() {
     let sn = stocknet(StockNetSpec::default());
@@ -703,15 +739,21 @@ fn the_owned_kinds_are_what_render_makes_what_rbac_grants_and_what_the_controlle
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    for kind in OWNED_KINDS {
-        let verbs: BTreeSet<String> = rules
+    let verbs_on = |group: &str, resource: &str| -> BTreeSet<String> {
+        rules
             .iter()
             .filter(|rule| {
-                names(rule, "apiGroups").contains(&kind.group.to_owned())
-                    && names(rule, "resources").contains(&kind.resource.to_owned())
+                names(rule, "apiGroups").contains(&group.to_owned())
+                    && names(rule, "resources").contains(&resource.to_owned())
             })
             .flat_map(|rule| names(rule, "verbs"))
-            .collect();
+            .collect()
+    };
+    // The shared secret: read, made once, taken over from a deleted namesake.
+    let secrets: BTreeSet<String> = ["get", "create", "patch"].map(String::from).into();
+    assert_eq!(verbs_on("", "secrets"), secrets);
+    for kind in OWNED_KINDS {
+        let verbs = verbs_on(kind.group, kind.resource);
         let mut needed = vec!["get", "list", "watch", "create", "patch"];
         if kind.pruned {
             needed.push("delete");
