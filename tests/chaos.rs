@@ -3,8 +3,8 @@
 //! and I8 (one book, one set of portfolios, one daily report) is checked on what is left. Two
 //! runs: one SIGKILLs and restarts order replicas (the leader at least every other time) and
 //! the catalog once; the other, with two frontends, brings gray failures (I13): replicas, the
-//! catalog and a frontend hang (SIGSTOP) and go on (SIGCONT), and replicas die and are back
-//! within a second. Some limit orders carry terms (ioc, fok, day, gtd, post-only, self-trade
+//! catalog and a frontend hang (SIGSTOP) and go on (SIGCONT), replicas die and are back
+//! within a second, and the leader's link to the catalog drops everything for a while. Some limit orders carry terms (ioc, fok, day, gtd, post-only, self-trade
 //! prevention): the replay checks that no user's orders traded with each other against the
 //! taker's choice, that no fok order filled in part, and that every expired order expired at
 //! an expiry entry of its stock.
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{book, wait_until, Cluster};
+use common::{book, wait_until, Cluster, Link};
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
@@ -329,6 +329,8 @@ struct Chaos {
     catalog_kills: usize,
     catalog_hangs: usize,
     frontend_hangs: usize,
+    /// The leader's link to the catalog cut, then healed.
+    catalog_cuts: usize,
     /// When each fault began and ended, to tell which one a pause in trading followed.
     timeline: Timeline,
 }
@@ -400,10 +402,24 @@ impl Faults {
         }
     }
 
-    async fn bring(self, cluster: &mut Cluster, until: Instant) -> Chaos {
+    /// The cluster these faults hit; under gray failures each replica reaches the catalog
+    /// through a link of `links`.
+    async fn cluster(self, links: &[Link]) -> Cluster {
+        match self {
+            Self::Kills => Cluster::start(self.frontends()).await,
+            Self::Gray => {
+                Cluster::start_reaching_catalog(self.frontends(), &|replica, url| {
+                    links[replica].forward_to(url)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn bring(self, cluster: &mut Cluster, links: &[Link], until: Instant) -> Chaos {
         match self {
             Self::Kills => kill_and_restart(cluster, until).await,
-            Self::Gray => hang_and_resume(cluster, until).await,
+            Self::Gray => hang_and_resume(cluster, links, until).await,
         }
     }
 
@@ -454,9 +470,11 @@ async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
 /// Gray failures until `until`, one at a time, every kind at least once (taken in turn until
 /// each came): a replica hangs, the leader every other time; the catalog
 /// hangs; a replica, the leader every other time, dies and is started again within a second;
-/// a frontend hangs. A hang lasts 0.2 to 3 s: at times shorter than an election takes, at
-/// times longer than the frontends' deadlines.
-async fn hang_and_resume(cluster: &mut Cluster, until: Instant) -> Chaos {
+/// a frontend hangs; the leader's link to the catalog (in `links`) drops everything for 1 to
+/// 7 s, at times long enough that it hands the leadership to a replica that reaches the
+/// catalog. A hang lasts 0.2 to 3 s: at times shorter than an election takes, at times longer
+/// than the frontends' deadlines.
+async fn hang_and_resume(cluster: &mut Cluster, links: &[Link], until: Instant) -> Chaos {
     let mut rng = Rng(0x5851_f42d_4c95_7f2d);
     let mut chaos = Chaos::default();
     let mut overtime = 0;
@@ -468,7 +486,7 @@ async fn hang_and_resume(cluster: &mut Cluster, until: Instant) -> Chaos {
             assert!(overtime <= 20, "every kind of fault came: {chaos:?}");
         }
         sleep(Duration::from_millis(200 + rng.below(300))).await;
-        let kind = missing(&chaos).unwrap_or_else(|| rng.below(4));
+        let kind = missing(&chaos).unwrap_or_else(|| rng.below(5));
         let hang = Duration::from_millis(200 + rng.below(2800));
         match kind {
             0 => {
@@ -501,6 +519,17 @@ async fn hang_and_resume(cluster: &mut Cluster, until: Instant) -> Chaos {
                 chaos.timeline.note("catalog back");
             }
             2 => chaos.kill_a_replica(cluster, &mut rng, 1000).await,
+            3 => {
+                let (victim, leader) = victim(cluster, &mut rng, true).await;
+                chaos.catalog_cuts += 1;
+                links[victim].cut();
+                let cut = format!("{} cut from the catalog", replica(victim, leader));
+                chaos.timeline.note(cut);
+                sleep(Duration::from_millis(1000 + rng.below(6000))).await;
+                links[victim].heal();
+                let healed = format!("replica {}'s link to the catalog healed", victim + 1);
+                chaos.timeline.note(healed);
+            }
             _ => {
                 chaos.frontend_hangs += 1;
                 let index = rng.below(cluster.frontends.len() as u64) as usize;
@@ -583,6 +612,7 @@ fn missing(chaos: &Chaos) -> Option<u64> {
         chaos.leader_hangs,
         chaos.catalog_hangs,
         chaos.leader_kills,
+        chaos.catalog_cuts,
         chaos.frontend_hangs,
     ]
     .iter()
@@ -615,7 +645,12 @@ async fn trade_through(faults: Faults) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let mut cluster = Cluster::start(faults.frontends()).await;
+    let links = [
+        Link::start().await,
+        Link::start().await,
+        Link::start().await,
+    ];
+    let mut cluster = faults.cluster(&links).await;
     // Two clients trade for users (whose portfolios are checked at the end), two anonymously.
     let mut users = Vec::new();
     for expected in book::USERS {
@@ -642,7 +677,7 @@ async fn trade_through(faults: Faults) {
         .collect();
     let started = Instant::now();
     let chaos = faults
-        .bring(&mut cluster, started + Duration::from_secs(seconds))
+        .bring(&mut cluster, &links, started + Duration::from_secs(seconds))
         .await;
     stop.store(true, Ordering::Relaxed);
     let mut reports = Vec::new();
