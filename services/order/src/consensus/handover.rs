@@ -98,12 +98,13 @@ pub trait Leader: Send + Sync + 'static {
 }
 
 /// How long a leader's catalog rounds fail before it looks for a voter that reaches the
-/// catalog to hand the leadership to, the first time; each handover for the catalog doubles
-/// it, up to [`MAX_CATALOG_LOST_FOR`], until the catalog has worked for this replica, leading,
-/// for that long. A voter's check (a snapshot) can pass where a leader's rounds (applies, with
-/// an fsync) fail, on a catalog whose disk is slow or full: leaders then pass the leadership
-/// round, ever more slowly.
-pub const CATALOG_LOST_FOR: Duration = Duration::from_secs(3);
+/// catalog to hand the leadership to, the first time: a catalog's own restart is over by then
+/// (and a leader whose rounds work again before the voters answer keeps the leadership). Each
+/// handover for the catalog doubles it, up to [`MAX_CATALOG_LOST_FOR`], until the catalog has
+/// worked for this replica, leading, for that long. A voter's check (a snapshot) can pass where
+/// a leader's rounds (applies, with an fsync) fail, on a catalog whose disk is slow or full:
+/// leaders then pass the leadership round, ever more slowly.
+pub const CATALOG_LOST_FOR: Duration = Duration::from_millis(1500);
 const MAX_CATALOG_LOST_FOR: Duration = Duration::from_secs(30);
 
 /// After a look for a voter that reaches the catalog found none (the catalog is down for all,
