@@ -101,11 +101,16 @@ pub trait Leader: Send + Sync + 'static {
 /// catalog to hand the leadership to, the first time: a catalog's own restart is over by then
 /// (and a leader whose rounds work again before the voters answer keeps the leadership). Each
 /// handover for the catalog doubles it, up to [`MAX_CATALOG_LOST_FOR`], until the catalog has
-/// worked for this replica, leading, for that long. A voter's check (a snapshot) can pass where
-/// a leader's rounds (applies, with an fsync) fail, on a catalog whose disk is slow or full:
-/// leaders then pass the leadership round, ever more slowly.
+/// worked for this replica, leading, for [`CATALOG_WORKED_FOR`]. A voter's check (a snapshot)
+/// can pass where a leader's rounds (applies, with an fsync) fail, on a catalog whose disk is
+/// slow or full: leaders then pass the leadership round, ever more slowly.
 pub const CATALOG_LOST_FOR: Duration = Duration::from_millis(1500);
 const MAX_CATALOG_LOST_FOR: Duration = Duration::from_secs(30);
+
+/// How long the catalog works for a replica, leading, before its wait for the next handover
+/// for the catalog is [`CATALOG_LOST_FOR`] again: a catalog that fails every leader fails one
+/// within this of its takeover; a link cut again later is a new fault.
+const CATALOG_WORKED_FOR: Duration = Duration::from_secs(5);
 
 /// After a look for a voter that reaches the catalog found none (the catalog is down for all,
 /// not only for this leader), the next waits this long, doubling up to
@@ -190,7 +195,7 @@ pub async fn steer(
             continue;
         }
         catalog_look.reset();
-        if now >= since + MAX_CATALOG_LOST_FOR {
+        if now >= since + CATALOG_WORKED_FOR {
             catalog_lost_for = CATALOG_LOST_FOR;
         }
         let Some(voter) = preferred(&metrics) else {
