@@ -111,13 +111,14 @@ pub fn replace_atomically(
 ) -> io::Result<()> {
     let tmp = temporary_beside(path);
     let mut file = File::create(&tmp)?;
-    let written = fill(&mut file).and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        // A full disk, most likely: the partial copy would only hold on to the space.
+    let replaced = fill(&mut file)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = replaced {
+        // A full disk, most likely: the copy would only hold on to the space.
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     sync_dir(path)
 }
 

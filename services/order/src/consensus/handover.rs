@@ -50,10 +50,10 @@ const ELECTED_DEADLINE: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_secs(10);
 const MAX_RETRY: Duration = Duration::from_secs(160);
 
-/// The voter a leader with `metrics` would hand over to: the highest-id voter above its own
-/// that keeps up with its log, while the membership is not changing (a joint
-/// membership is left to finish first).
-pub fn preferred(metrics: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
+/// The voter a leader with `metrics` would hand over to: the highest-id voter above its own,
+/// other than `passed_over`, that keeps up with its log, while the membership is not changing
+/// (a joint membership is left to finish first).
+pub fn preferred(metrics: &RaftMetrics<u64, BasicNode>, passed_over: Option<u64>) -> Option<u64> {
     if metrics.state != ServerState::Leader {
         return None;
     }
@@ -66,6 +66,7 @@ pub fn preferred(metrics: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
         .into_iter()
         .rev()
         .take_while(|&voter| voter > metrics.id)
+        .filter(|&voter| Some(voter) != passed_over)
         .find(|&voter| caught_up(metrics, voter, KEPT_UP_ENTRIES))
 }
 
@@ -114,8 +115,8 @@ const CATALOG_WORKED_FOR: Duration = Duration::from_secs(5);
 
 /// After a look for a voter that reaches the catalog found none (the catalog is down for all,
 /// not only for this leader), the next waits this long, doubling up to
-/// [`MAX_CATALOG_LOST_FOR`]. A preferred voter that says it does not reach the catalog is asked
-/// again after this long.
+/// [`MAX_CATALOG_LOST_FOR`]. A preferred voter that says it does not reach the catalog is passed
+/// over for the next for this long, then asked again.
 const CATALOG_RETRY: Duration = Duration::from_secs(3);
 
 /// How long a voter asked whether it reaches the catalog has to answer: its own call to the
@@ -144,7 +145,9 @@ pub async fn steer(
     // (voter, since): since when the preferred voter has kept up.
     let mut caught_up_since: Option<(u64, Instant)> = None;
     let mut preference = Backoff::new(FIRST_RETRY, MAX_RETRY);
-    let mut preferred_check = Instant::now();
+    // The preferred voter that said it does not reach the catalog, until when it is passed
+    // over for the next.
+    let mut passed_over: Option<(u64, Instant)> = None;
     // Leading, since when the catalog has failed or worked for this replica.
     let mut catalog_since: Option<(bool, Instant)> = None;
     let mut catalog_lost_for = CATALOG_LOST_FOR;
@@ -156,12 +159,14 @@ pub async fn steer(
         let term = metrics.current_term;
         if metrics.state != ServerState::Leader {
             (leading_since, caught_up_since, catalog_since) = (None, None, None);
+            catalog_look.reset();
             continue;
         }
         let led_since = match leading_since {
             Some((led, since)) if led == term => since,
             _ => {
                 (leading_since, catalog_since) = (Some((term, now)), None);
+                catalog_look.reset();
                 now
             }
         };
@@ -174,10 +179,15 @@ pub async fn steer(
             if now < since + catalog_lost_for || !catalog_look.due(now) {
                 continue;
             }
-            let voter = reaching_catalog(&metrics, &transport).await;
-            // The catalog may have come back while the voters were asked; then commands are
-            // taken again, and a handover now would leave theirs unknown.
-            if !leader.catalog_failing() || !leads_term(&raft, term) {
+            // This replica asks the catalog itself meanwhile: a catalog that comes back (from a
+            // hang, a restart) while the voters are asked answers it too, and the leadership
+            // stays. (Its rounds may not have tried since.)
+            let own_check =
+                tokio::time::timeout(CATALOG_CHECK_DEADLINE, elections.reaches_catalog());
+            let (reached, voter) = tokio::join!(own_check, reaching_catalog(&metrics, &transport));
+            // Commands are taken again once a round worked; a handover now would leave theirs
+            // unknown.
+            if reached == Ok(true) || !leader.catalog_failing() || !leads_term(&raft, term) {
                 continue;
             }
             let Some(voter) = voter else {
@@ -198,7 +208,10 @@ pub async fn steer(
         if now >= since + CATALOG_WORKED_FOR {
             catalog_lost_for = CATALOG_LOST_FOR;
         }
-        let Some(voter) = preferred(&metrics) else {
+        let skipped = passed_over
+            .filter(|&(_, until)| now < until)
+            .map(|(voter, _)| voter);
+        let Some(voter) = preferred(&metrics, skipped) else {
             caught_up_since = None;
             continue;
         };
@@ -212,7 +225,6 @@ pub async fn steer(
         if now < led_since + LEAD_SETTLE
             || now < kept_up_since + CAUGHT_UP_FOR
             || !preference.due(now)
-            || now < preferred_check
         {
             continue;
         }
@@ -226,7 +238,7 @@ pub async fn steer(
                 voter,
                 "not handing over: the voter does not reach the catalog"
             );
-            preferred_check = Instant::now() + CATALOG_RETRY;
+            passed_over = Some((voter, Instant::now() + CATALOG_RETRY));
             continue;
         }
         if hand_over(&raft, &elections, voter, || leader.drained(true)).await {
@@ -396,26 +408,28 @@ mod tests {
     fn a_leader_prefers_the_highest_caught_up_voter_above_it_outside_a_change() {
         let three = BTreeSet::from([1, 2, 3]);
         let mut metrics = leader_metrics(1, vec![three.clone()]);
-        assert_eq!(preferred(&metrics), None, "no replication seen yet");
+        assert_eq!(preferred(&metrics, None), None, "no replication seen yet");
         replicated(&mut metrics, &[(2, 10), (3, 10)]);
-        assert_eq!(preferred(&metrics), Some(3));
+        assert_eq!(preferred(&metrics, None), Some(3));
         replicated(&mut metrics, &[(2, 10), (3, 10 - KEPT_UP_ENTRIES - 1)]);
-        assert_eq!(preferred(&metrics), Some(2), "3 is behind");
+        assert_eq!(preferred(&metrics, None), Some(2), "3 is behind");
+        replicated(&mut metrics, &[(2, 10), (3, 10)]);
+        assert_eq!(preferred(&metrics, Some(3)), Some(2), "3 passed over");
 
         let mut top = leader_metrics(3, vec![three.clone()]);
         replicated(&mut top, &[(1, 10), (2, 10)]);
-        assert_eq!(preferred(&top), None, "the highest leads already");
+        assert_eq!(preferred(&top, None), None, "the highest leads already");
 
         let mut joint = leader_metrics(3, vec![three, BTreeSet::from([1, 2, 3, 4, 5])]);
         replicated(&mut joint, &[(4, 10), (5, 10)]);
-        assert_eq!(preferred(&joint), None, "the membership is changing");
+        assert_eq!(preferred(&joint, None), None, "the membership is changing");
 
         let mut follower = RaftMetrics {
             state: ServerState::Follower,
             ..leader_metrics(1, vec![BTreeSet::from([1, 2, 3])])
         };
         replicated(&mut follower, &[(2, 10), (3, 10)]);
-        assert_eq!(preferred(&follower), None);
+        assert_eq!(preferred(&follower, None), None);
     }
 
     #[test]
