@@ -187,7 +187,13 @@ pub async fn steer(
             let (reached, voter) = tokio::join!(own_check, reaching_catalog(&metrics, &transport));
             // Commands are taken again once a round worked; a handover now would leave theirs
             // unknown.
-            if reached == Ok(true) || !leader.catalog_failing() || !leads_term(&raft, term) {
+            if !leader.catalog_failing() || !leads_term(&raft, term) {
+                continue;
+            }
+            if reached == Ok(true) {
+                // Its next round may work; if its rounds fail while its calls pass, the catalog
+                // is in trouble, not this link: asked again later, not every tick.
+                catalog_look.failed(Instant::now());
                 continue;
             }
             let Some(voter) = voter else {
