@@ -123,6 +123,10 @@ const CATALOG_RETRY: Duration = Duration::from_secs(3);
 /// catalog's deadline, and a margin.
 const CATALOG_CHECK_DEADLINE: Duration = Duration::from_millis(1750);
 
+/// How much longer than for the voters' answers a leader that cannot reach the catalog waits
+/// for its own call to the catalog: a catalog that answers the voters answers it as soon.
+const OWN_CHECK_GRACE: Duration = Duration::from_millis(250);
+
 /// Runs on every replica, and hands the leadership over while it leads:
 /// - when it cannot reach the catalog (every new order is refused then) for
 ///   [`CATALOG_LOST_FOR`], to the highest caught-up voter that can;
@@ -180,17 +184,28 @@ pub async fn steer(
                 continue;
             }
             // This replica asks the catalog itself meanwhile: a catalog that comes back (from a
-            // hang, a restart) while the voters are asked answers it too, and the leadership
-            // stays. (Its rounds may not have tried since.)
-            let own_check =
-                tokio::time::timeout(CATALOG_CHECK_DEADLINE, elections.reaches_catalog());
-            let (reached, voter) = tokio::join!(own_check, reaching_catalog(&metrics, &transport));
+            // hang, a restart) while the voters are asked answers it too, as soon as it answers
+            // them, and the leadership stays. (Its rounds may not have tried since.) Through a
+            // link that drops everything its call would wait out its deadline: it is waited
+            // for only a little longer than the voters' answers.
+            let own_check = tokio::spawn({
+                let elections = elections.clone();
+                async move {
+                    let asked = elections.reaches_catalog();
+                    tokio::time::timeout(CATALOG_CHECK_DEADLINE, asked).await == Ok(true)
+                }
+            });
+            let voter = reaching_catalog(&metrics, &transport).await;
+            let abort = own_check.abort_handle();
+            let reached = tokio::time::timeout(OWN_CHECK_GRACE, own_check).await;
+            abort.abort();
+            let reached = matches!(reached, Ok(Ok(true)));
             // Commands are taken again once a round worked; a handover now would leave theirs
             // unknown.
             if !leader.catalog_failing() || !leads_term(&raft, term) {
                 continue;
             }
-            if reached == Ok(true) {
+            if reached {
                 // Its next round may work; if its rounds fail while its calls pass, the catalog
                 // is in trouble, not this link: asked again later, not every tick.
                 catalog_look.failed(Instant::now());
