@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{book, wait_until, Cluster, Link};
+use common::{book, wait_until, Cluster, Link, Wiring};
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
@@ -408,10 +408,12 @@ impl Faults {
         match self {
             Self::Kills => Cluster::start(self.frontends()).await,
             Self::Gray => {
-                Cluster::start_reaching_catalog(self.frontends(), &|replica, url| {
-                    links[replica].forward_to(url)
-                })
-                .await
+                let catalog_at = |replica: usize, url: &str| links[replica].forward_to(url);
+                let wiring = Wiring {
+                    catalog_at: &catalog_at,
+                    ..Wiring::DIRECT
+                };
+                Cluster::start_wired(self.frontends(), &wiring).await
             }
         }
     }

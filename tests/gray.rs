@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_until, Cluster, Link, Proc};
+use common::{wait_until, Cluster, Link, Proc, Wiring};
 use serde_json::{json, Value};
 use stocknet_common::wire::READ_FROM_LEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -611,7 +611,11 @@ async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do()
         1 => link.forward_to(url),
         _ => url.to_owned(),
     };
-    let cluster = Cluster::start_pushing(2, &push_to).await;
+    let wiring = Wiring {
+        push_to: &push_to,
+        ..Wiring::DIRECT
+    };
+    let cluster = Cluster::start_wired(2, &wiring).await;
     both_take_a_push(&cluster, "both frontends to take a push", 10).await;
     // Frontend 1 caches the stock.
     let cached = cluster.quantity(1, "GameStart").await;
@@ -726,11 +730,15 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
 #[tokio::test]
 async fn a_leader_cut_off_from_the_catalog_alone_hands_the_leadership_over() {
     let link = Link::start().await;
-    let cluster = Cluster::start_reaching_catalog(1, &|replica, url| match replica {
+    let catalog_at = |replica: usize, url: &str| match replica {
         2 => link.forward_to(url),
         _ => url.to_owned(),
-    })
-    .await;
+    };
+    let wiring = Wiring {
+        catalog_at: &catalog_at,
+        ..Wiring::DIRECT
+    };
+    let cluster = Cluster::start_wired(1, &wiring).await;
     cluster.wait_led_by(2).await;
     cluster.must_order("GameStart", "buy", 1).await;
     link.cut();
@@ -750,11 +758,15 @@ async fn a_leader_cut_off_from_the_catalog_alone_hands_the_leadership_over() {
 /// followers, once replica 3 leads as it does in steady state) through a [`Link`] each.
 async fn with_links_to_followers(frontends: usize) -> ([Link; 2], Cluster) {
     let links = [Link::start().await, Link::start().await];
-    let cluster = Cluster::start_reaching(frontends, &|replica, url| match links.get(replica) {
+    let replica_at = |replica: usize, url: &str| match links.get(replica) {
         Some(link) => link.forward_to(url),
         None => url.to_owned(),
-    })
-    .await;
+    };
+    let wiring = Wiring {
+        replica_at: &replica_at,
+        ..Wiring::DIRECT
+    };
+    let cluster = Cluster::start_wired(frontends, &wiring).await;
     (links, cluster)
 }
 

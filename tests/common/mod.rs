@@ -416,17 +416,17 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
-/// Where a cluster's processes reach each other: the catalog pushes to frontend `i` (at
-/// `url`) at `push_to(i, url)`, and every process reaches order replica `i` at
-/// `replica_at(i, url)`.
-struct Wiring<'a> {
-    push_to: &'a dyn Fn(usize, &str) -> String,
-    replica_at: &'a dyn Fn(usize, &str) -> String,
-    catalog_at: &'a dyn Fn(usize, &str) -> String,
+/// Where a cluster's processes reach each other (e.g. through a [`Link`]): the catalog pushes
+/// to frontend `i` (at `url`) at `push_to(i, url)`, every process reaches order replica `i` at
+/// `replica_at(i, url)`, and order replica `i` reaches the catalog at `catalog_at(i, url)`.
+pub struct Wiring<'a> {
+    pub push_to: &'a dyn Fn(usize, &str) -> String,
+    pub replica_at: &'a dyn Fn(usize, &str) -> String,
+    pub catalog_at: &'a dyn Fn(usize, &str) -> String,
 }
 
 impl Wiring<'static> {
-    const DIRECT: Self = Self {
+    pub const DIRECT: Self = Self {
         push_to: &|_, url| url.to_owned(),
         replica_at: &|_, url| url.to_owned(),
         catalog_at: &|_, url| url.to_owned(),
@@ -571,40 +571,10 @@ impl Cluster {
         Self::launch(frontends, 3, 3, filter, &Wiring::DIRECT).await
     }
 
-    /// Catalog, three order replicas and `frontends` frontends; the catalog pushes to frontend
-    /// `i` (at `url`) at `push_to(i, url)`, e.g. through a [`Link`].
-    pub async fn start_pushing(frontends: usize, push_to: &dyn Fn(usize, &str) -> String) -> Self {
-        let wiring = Wiring {
-            push_to,
-            ..Wiring::DIRECT
-        };
-        Self::launch(frontends, 3, 3, "warn", &wiring).await
-    }
-
-    /// Catalog, three order replicas and `frontends` frontends; every process reaches order
-    /// replica `i` (at `url`) at `reached_at(i, url)`, e.g. through a [`Link`].
-    pub async fn start_reaching(
-        frontends: usize,
-        reached_at: &dyn Fn(usize, &str) -> String,
-    ) -> Self {
-        let wiring = Wiring {
-            replica_at: reached_at,
-            ..Wiring::DIRECT
-        };
-        Self::launch(frontends, 3, 3, "warn", &wiring).await
-    }
-
-    /// Catalog, three order replicas and `frontends` frontends; order replica `i` reaches the
-    /// catalog (at `url`) at `catalog_at(i, url)`, e.g. through a [`Link`].
-    pub async fn start_reaching_catalog(
-        frontends: usize,
-        catalog_at: &dyn Fn(usize, &str) -> String,
-    ) -> Self {
-        let wiring = Wiring {
-            catalog_at,
-            ..Wiring::DIRECT
-        };
-        Self::launch(frontends, 3, 3, "warn", &wiring).await
+    /// Catalog, three order replicas and `frontends` frontends, reaching each other as `wiring`
+    /// says.
+    pub async fn start_wired(frontends: usize, wiring: &Wiring<'_>) -> Self {
+        Self::launch(frontends, 3, 3, "warn", wiring).await
     }
 
     async fn launch(
