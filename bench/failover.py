@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Failover time of the order group, measured from a client: on a fresh `stocknet up`, N times
 kill -9 the leader (which `up` restarts) or SIGSTOP it (SIGCONT once trading resumed), and time
-from the fault to the first order answered 200, sending one order after another. Every answer
+from the fault to the first order answered 200, sending one order after another; then, until
+the highest id leads again, the longest pause of orders while it is handed the leadership back.
+Every answer
 on the way is counted by status; every order is sent under its own Idempotency-Key and a 504 is
 retried with it, so none is lost or doubled.
 
@@ -69,20 +71,35 @@ def wait(what, check, timeout=60):
         time.sleep(0.05)
 
 
+def place(key, statuses):
+    """One order under `key`, sent again while its outcome is unknown (504); its last status."""
+    while True:
+        status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
+                                               "type": "sell"}, key=key)
+        statuses[status] = statuses.get(status, 0) + 1
+        if status != 504:
+            return status
+
+
 def order_until_ok(tag, statuses):
     """Orders one after another from the fault on; the time the first 200 came back."""
     n = 0
     while True:
         n += 1
-        key = f"{tag}-{n}"
-        while True:
-            status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
-                                                   "type": "sell"}, key=key)
-            statuses[status] = statuses.get(status, 0) + 1
-            if status != 504:
-                break
-        if status == 200:
+        if place(f"{tag}-{n}", statuses) == 200:
             return time.monotonic()
+
+
+def order_until(tag, statuses, done):
+    """Orders one after another until `done()`; the longest time between two answered 200
+    (during a handover, how long orders paused for it)."""
+    last, longest, n = time.monotonic(), 0.0, 0
+    while not done():
+        n += 1
+        if place(f"{tag}-{n}", statuses) == 200:
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+    return longest
 
 
 def main():
@@ -104,13 +121,22 @@ def main():
         wait("a leader", lambda: leader() is not None)
         results = {}
         for fault in ["kill", "stop"]:
-            times, statuses = [], {}
+            times, statuses, handbacks = [], {}, []
             first_term = highest_term()
             for round_ in range(args.rounds):
                 if not args.back_to_back:
                     wait("every replica ready and caught up", caught_up)
-                    # The steady state: the highest id leads, handed the leadership back.
-                    wait("the highest id leading", lambda: leader() == len(ORDERS))
+                    # The steady state: the highest id leads, handed the leadership back;
+                    # orders go on meanwhile, and the longest pause among them is the
+                    # handover's.
+                    if leader() != len(ORDERS):
+                        deadline = time.monotonic() + 60
+                        def handed_back():
+                            if time.monotonic() > deadline:
+                                raise SystemExit("timed out waiting for the highest id leading")
+                            return leader() == len(ORDERS)
+                        handbacks.append(order_until(f"back-{fault}-{round_}", statuses,
+                                                     handed_back))
                 wait("a leader", lambda: leader() is not None)
                 status, _ = request("POST", "/orders", {"name": "GameStart", "quantity": 1,
                                                        "type": "sell"})
@@ -123,11 +149,15 @@ def main():
                 if fault == "stop":
                     os.kill(victim, signal.SIGCONT)
             wait("a leader", lambda: leader() is not None)
-            results[fault] = (times, statuses, highest_term() - first_term)
-        for fault, (times, statuses, terms) in results.items():
+            results[fault] = (times, statuses, highest_term() - first_term, handbacks)
+        for fault, (times, statuses, terms, handbacks) in results.items():
             print(f"{fault:>4}: {len(times)} faults, until the next order succeeded: median "
                   f"{statistics.median(times):.2f} s, max {max(times):.2f} s; answers on the way "
                   f"{dict(sorted(statuses.items()))}; {terms / len(times):.1f} terms per fault")
+            if handbacks:
+                print(f"{'':>4}  {len(handbacks)} handovers back to the highest id, the longest "
+                      f"pause of orders in each: median {statistics.median(handbacks):.3f} s, "
+                      f"max {max(handbacks):.3f} s")
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=30)

@@ -680,6 +680,35 @@ async fn a_leader_cut_off_from_the_catalog_alone_hands_over_to_a_voter_that_reac
     orders_go_on_without(&cluster, 3).await;
 }
 
+/// The leader and the voter next to it in rank both cut off from the catalog: the leader hands
+/// the leadership to the highest voter that reaches it, in one change, though the other one cut
+/// off would stand first after the leader's heartbeats stopped (and, elected, hand it on in
+/// turn). Told to stand (TimeoutNow), the chosen voter is elected before it: at once in a group
+/// of three, where the leader's vote and its own are a majority; in a group of five once the
+/// others' leases ran out, a heartbeat before the other stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_over_to_the_voter_it_chose_though_another_stands_first() {
+    for voters in [3, 5] {
+        let cluster = Cluster::start(voters).await;
+        let leader = cluster.led_by(voters, Duration::from_secs(20)).await;
+        let term = leader.raft().metrics().borrow().current_term;
+        cluster
+            .catalog
+            .cut
+            .lock()
+            .unwrap()
+            .extend([voters - 1, voters]);
+        let next = cluster.led_by(voters - 2, Duration::from_secs(20)).await;
+        let next_term = next.raft().metrics().borrow().current_term;
+        assert_eq!(
+            next_term,
+            term + 1,
+            "of {voters}: another leader came between {voters} and {}",
+            voters - 2
+        );
+    }
+}
+
 /// The same for a replica elected while cut off from the catalog: its takeover fails, and it
 /// hands the leadership over all the same. (Replica 2 leads first, handed the leadership by
 /// replica 3 if 3 was elected; stopped, it leaves the election to 3, the first to stand.)

@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::{BasicNode, LogId, ServerState};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{election_timeout, CatchUp, Raft, HEARTBEAT, VOTER_LEASE};
@@ -41,6 +42,21 @@ pub struct PreVote {
     pub last_log: Option<LogId<u64>>,
 }
 
+/// "Stand now": a leader handing the leadership over tells the voter it hands it to (Raft's
+/// TimeoutNow, the dissertation's §3.10), once that voter holds its whole log and its
+/// heartbeats have stopped. `term` is the leader's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutNow {
+    pub leader: u64,
+    pub term: u64,
+}
+
+/// How long a voter told to stand goes on asking for pre-votes a heartbeat apart, where it
+/// would otherwise wait its election timeout between attempts: the leader waits this long for
+/// it to be elected (then it takes up its heartbeats again).
+const TOLD_TO_STAND_FOR: Duration = Duration::from_secs(2);
+
 /// How a replica asks another what elections and handovers need to know: over HTTP, or in
 /// tests in memory. `None`: no answer (down, hung, unreachable), which counts as "no".
 pub trait ElectionTransport: Clone + Send + Sync + 'static {
@@ -58,6 +74,14 @@ pub trait ElectionTransport: Clone + Send + Sync + 'static {
         target: u64,
         node: &BasicNode,
     ) -> impl Future<Output = Option<bool>> + Send;
+
+    /// Tells it to stand now (see [`Elections::told_to_stand`]); whether it took it.
+    fn timeout_now(
+        &self,
+        target: u64,
+        node: &BasicNode,
+        request: &TimeoutNow,
+    ) -> impl Future<Output = Option<bool>> + Send;
 }
 
 /// One replica's side of elections: when it last heard from a leader, its answers to others'
@@ -69,6 +93,11 @@ pub struct Elections {
     /// While this replica, leading, hands the leadership over (`handover.rs`): the voter it
     /// hands it to; 0 otherwise.
     handing_to: AtomicU64,
+    /// The term in which this replica's leader told it to stand, and until when it stands
+    /// at once (see [`Self::told_to_stand`]).
+    told_to_stand: Mutex<Option<(u64, Instant)>>,
+    /// Wakes the standing task when it is told to stand.
+    stand_now: Notify,
     /// How far this replica, following, has caught up with its leader.
     pub catch_up: CatchUp,
     /// The catalog, as this replica would reach it leading.
@@ -83,6 +112,8 @@ impl Elections {
             id,
             last_contact: Mutex::new(Instant::now()),
             handing_to: AtomicU64::new(0),
+            told_to_stand: Mutex::new(None),
+            stand_now: Notify::new(),
             catch_up: CatchUp::default(),
             catalog,
         })
@@ -104,6 +135,39 @@ impl Elections {
     /// pre-vote to that voter alone.
     pub fn hand_to(&self, voter: Option<u64>) {
         self.handing_to.store(voter.unwrap_or(0), Ordering::Release);
+    }
+
+    /// Takes `request` from the leader this replica follows in that term: it stands at once,
+    /// without waiting for its election timeout, and asks again a heartbeat later while a
+    /// majority has not granted its pre-vote (the leader grants it at once; in a group of five
+    /// the others once their leases ran out). Without it, a voter of higher rank than the one
+    /// handed the leadership stands first and may win: the leadership could pass between
+    /// two replicas that cannot reach the catalog. A request from anyone else is refused.
+    pub fn told_to_stand(&self, request: &TimeoutNow) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let follows = metrics.state != ServerState::Leader
+            && metrics.current_term == request.term
+            && metrics.current_leader == Some(request.leader)
+            && metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.id);
+        if follows {
+            *self.told() = Some((request.term, Instant::now() + TOLD_TO_STAND_FOR));
+            self.stand_now.notify_one();
+        }
+        follows
+    }
+
+    fn told(&self) -> std::sync::MutexGuard<'_, Option<(u64, Instant)>> {
+        self.told_to_stand.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this replica's leader of `term` told it to stand, lately.
+    fn told_in(&self, term: u64) -> bool {
+        self.told()
+            .is_some_and(|(told, until)| told == term && Instant::now() < until)
     }
 
     /// Records that a leader was heard from (an append it sent was accepted) or a vote was
@@ -160,25 +224,30 @@ impl Elections {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_attempt = Instant::now();
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = self.stand_now.notified() => next_attempt = Instant::now(),
+            }
             // The server metrics change only with the vote, state or membership: no copy of
             // the per-entry metrics every tick.
             let metrics = self.raft.server_metrics().borrow().clone();
             let membership = metrics.membership_config.membership().clone();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let told = self.told_in(metrics.vote.leader_id.term);
             // Ranked among the voters of the day, the highest id first.
             let timeout = election_timeout(voters.range(self.id + 1..).count() as u64);
             if metrics.state == ServerState::Leader
                 || !voters.contains(&self.id)
-                || self.since_contact() < timeout
+                || (!told && self.since_contact() < timeout)
                 || Instant::now() < next_attempt
             {
                 continue;
             }
-            // Whatever comes of it, the next attempt waits another timeout. (Not as a contact
-            // with a leader: a replica that answered others' pre-votes by its own attempts
-            // would refuse them all, and two could keep each other from ever standing.)
-            next_attempt = Instant::now() + timeout;
+            // Whatever comes of it, the next attempt waits another timeout (told to stand, a
+            // heartbeat). (Not as a contact with a leader: a replica that answered others'
+            // pre-votes by its own attempts would refuse them all, and two could keep each
+            // other from ever standing.)
+            next_attempt = Instant::now() + if told { HEARTBEAT } else { timeout };
             let request = PreVote {
                 candidate: self.id,
                 term: metrics.vote.leader_id.term + 1,

@@ -3,10 +3,12 @@
 //! fault another replica leads until the next fault. So a leader that sees a voter with a
 //! higher id caught up with it hands the leadership over (Raft's leadership transfer, the
 //! dissertation's §3.10; openraft 0.9 has none): it stops taking commands and reads (503,
-//! nothing executed), lets those in flight finish, stops its heartbeats, and grants that voter
-//! alone its pre-vote. The voter, first in rank, stands when the heartbeats stop; the others
-//! vote for it once their leases ran out. If it does not stand in time, the leader takes up
-//! its heartbeats again and keeps leading.
+//! nothing executed), lets those in flight finish, stops its heartbeats, grants that voter
+//! alone its pre-vote and its vote, and tells it to stand at once ([`TimeoutNow`]). In a group
+//! of three the two are a majority: the voter is elected within a round trip. In a group of
+//! five it needs one more vote, which the others give once their leases ran out, a heartbeat
+//! before any of them stands. Told or not, the voter stands; if it is not elected in time, the
+//! leader takes up its heartbeats again and keeps leading.
 //!
 //! A leader that cannot reach the catalog refuses every new order, while a voter that can
 //! would take them: such a leader (a link to the catalog cut, or dropping packets, on its node
@@ -25,7 +27,7 @@ use openraft::{BasicNode, ServerState};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::{ElectionTransport, Elections, Raft, HEARTBEAT};
+use super::{ElectionTransport, Elections, Raft, TimeoutNow, HEARTBEAT};
 
 /// How long a replica leads before it hands over: a new leader settles first (its takeover,
 /// the catalog), and a group that just had a fault sees one change at a time.
@@ -217,7 +219,11 @@ pub async fn steer(
                 continue;
             };
             tracing::warn!(voter, "this leader cannot reach the catalog; handing over");
-            if hand_over(&raft, &elections, voter, || leader.drained(false)).await {
+            if hand_over(&raft, &elections, &transport, voter, || {
+                leader.drained(false)
+            })
+            .await
+            {
                 handovers.inc();
                 catalog_lost_for = (catalog_lost_for * 2).min(MAX_CATALOG_LOST_FOR);
             } else {
@@ -262,7 +268,11 @@ pub async fn steer(
             passed_over = Some((voter, Instant::now() + CATALOG_RETRY));
             continue;
         }
-        if hand_over(&raft, &elections, voter, || leader.drained(true)).await {
+        if hand_over(&raft, &elections, &transport, voter, || {
+            leader.drained(true)
+        })
+        .await
+        {
             handovers.inc();
             preference.reset();
         } else {
@@ -350,6 +360,7 @@ async fn reaching_catalog(
 async fn hand_over(
     raft: &Raft,
     elections: &Elections,
+    transport: &impl ElectionTransport,
     voter: u64,
     drained: impl Fn() -> bool,
 ) -> bool {
@@ -371,13 +382,16 @@ async fn hand_over(
         }
         tracing::info!(voter, "handing the leadership over");
         raft.runtime_config().heartbeat(false);
-        let stepped_down = tokio::time::timeout(
-            ELECTED_DEADLINE,
-            raft.server_metrics()
-                .wait_for(|m| m.state != ServerState::Leader),
-        )
-        .await
-        .is_ok_and(|changed| changed.is_ok());
+        // Told, the voter stands at once, before any voter of higher rank would; untold (the
+        // call lost), it stands in its own rank's time.
+        let told = tell_to_stand(raft, transport, voter);
+        let mut metrics = raft.server_metrics();
+        let stepped_down = tokio::time::timeout(ELECTED_DEADLINE, async {
+            let changed = metrics.wait_for(|m| m.state != ServerState::Leader);
+            changed.await.is_ok()
+        });
+        let (_, stepped_down) = tokio::join!(told, stepped_down);
+        let stepped_down = stepped_down == Ok(true);
         raft.runtime_config().heartbeat(true);
         if !stepped_down {
             tracing::warn!(voter, "handover did not happen; leading on");
@@ -387,6 +401,21 @@ async fn hand_over(
     .await;
     elections.hand_to(None);
     handed
+}
+
+/// Sends `voter` this leader's [`TimeoutNow`].
+async fn tell_to_stand(raft: &Raft, transport: &impl ElectionTransport, voter: u64) {
+    let metrics = raft.metrics().borrow().clone();
+    let Some(node) = metrics.membership_config.membership().get_node(&voter) else {
+        return;
+    };
+    let request = TimeoutNow {
+        leader: metrics.id,
+        term: metrics.current_term,
+    };
+    if transport.timeout_now(voter, node, &request).await != Some(true) {
+        tracing::info!(voter, "the voter did not take its TimeoutNow");
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use stocknet_common::{Command, GroupEntry, Order};
 
 pub use catch_up::CatchUp;
 pub use durable::{Durable, DurableLog};
-pub use election::{ElectionTransport, Elections, PreVote};
+pub use election::{ElectionTransport, Elections, PreVote, TimeoutNow};
 pub use lease::Lease;
 pub use log_store::{Disk, LogStore};
 pub use network::{routes, HttpElections, HttpNetwork};

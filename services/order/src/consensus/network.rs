@@ -1,8 +1,9 @@
 //! The group's messages between replicas over HTTP: `POST {replica}/raft/append`, `/vote`
 //! and `/snapshot`, openraft's requests as JSON (a snapshot's chunk with its bytes as they
 //! are, see [`encode_chunk`]), answered with openraft's result as JSON; `/raft/prevote`
-//! ([`PreVote`]) and `/raft/catalog-check` (whether the replica reaches the catalog), answered
-//! `true` or `false`. Both sides are this module, so the wire format is openraft's serde form.
+//! ([`PreVote`]), `/raft/catalog-check` (whether the replica reaches the catalog) and
+//! `/raft/timeout-now` ([`TimeoutNow`], whether the replica takes it), answered `true` or
+//! `false`. Both sides are this module, so the wire format is openraft's serde form.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -24,9 +25,9 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TypeConfig};
+use super::{ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TimeoutNow, TypeConfig};
 use crate::catalog::CATALOG_TIMEOUT;
-use stocknet_common::envelope::RawBody;
+use stocknet_common::envelope::{Json, RawBody};
 use stocknet_common::paths::{self, Route};
 use stocknet_common::server::BODY_LIMIT;
 use stocknet_common::{ApiError, BaseUrl};
@@ -56,6 +57,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
         .route(paths::RAFT_SNAPSHOT.pattern(), post(snapshot))
         .route(paths::RAFT_PRE_VOTE.pattern(), post(pre_vote))
         .route(paths::RAFT_CATALOG_CHECK.pattern(), post(catalog_check))
+        .route(paths::RAFT_TIMEOUT_NOW.pattern(), post(timeout_now))
         .with_state(Group { raft, elections })
 }
 
@@ -155,6 +157,10 @@ async fn catalog_check(State(group): State<Group>) -> Json<bool> {
     Json(group.elections.reaches_catalog().await)
 }
 
+async fn timeout_now(State(group): State<Group>, Json(request): Json<TimeoutNow>) -> Json<bool> {
+    Json(group.elections.told_to_stand(&request))
+}
+
 /// Asks replicas for their pre-votes, and whether they reach the catalog, over HTTP with the
 /// cluster secret.
 #[derive(Clone)]
@@ -190,6 +196,16 @@ impl ElectionTransport for HttpElections {
     async fn reaches_catalog(&self, _target: u64, node: &BasicNode) -> Option<bool> {
         let timeout = CATALOG_TIMEOUT + CATALOG_CHECK_MARGIN;
         self.ask(node, paths::RAFT_CATALOG_CHECK, &(), timeout)
+            .await
+    }
+
+    async fn timeout_now(
+        &self,
+        _target: u64,
+        node: &BasicNode,
+        request: &TimeoutNow,
+    ) -> Option<bool> {
+        self.ask(node, paths::RAFT_TIMEOUT_NOW, request, PRE_VOTE_TIMEOUT)
             .await
     }
 }

@@ -17,7 +17,9 @@ use openraft::BasicNode;
 use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
-use super::{network, ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TypeConfig};
+use super::{
+    network, ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TimeoutNow, TypeConfig,
+};
 
 /// Delivers calls between the replicas of one process, except over cut links.
 #[derive(Default)]
@@ -230,6 +232,18 @@ impl ElectionTransport for Network {
     async fn reaches_catalog(&self, target: u64, _node: &BasicNode) -> Option<bool> {
         let (_, elections) = self.router.reach(self.from, target).await.ok()?;
         let answer = elections.reaches_catalog().await;
+        self.router.reach(target, self.from).await.ok()?;
+        Some(answer)
+    }
+
+    async fn timeout_now(
+        &self,
+        target: u64,
+        _node: &BasicNode,
+        request: &TimeoutNow,
+    ) -> Option<bool> {
+        let (_, elections) = self.router.reach(self.from, target).await.ok()?;
+        let answer = elections.told_to_stand(request);
         self.router.reach(target, self.from).await.ok()?;
         Some(answer)
     }
