@@ -148,7 +148,7 @@ impl AppState {
             Some(path) => std::fs::read_to_string(path).map_err(|e| CatalogError::io(path, e))?,
             None => DEFAULT_CATALOG.to_owned(),
         };
-        std::fs::create_dir_all(&config.data_dir)
+        file::create_dir_durably(&config.data_dir)
             .map_err(|e| CatalogError::io(&config.data_dir, e))?;
         let store = CatalogStore::open(config.data_dir.join("catalog.csv"), &initial)?;
         let users = UserStore::open(config.data_dir.join("users.csv"))?;

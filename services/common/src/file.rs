@@ -154,6 +154,21 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates directory `path` with every missing level above it, each level's name made durable
+/// in its parent (`create_dir_all` alone leaves them to the file system's next flush: after a
+/// power loss, files written and fsynced inside could be gone with their directory).
+pub fn create_dir_durably(path: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|level| !level.as_os_str().is_empty() && !level.exists())
+        .collect();
+    std::fs::create_dir_all(path)?;
+    for level in missing.iter().rev() {
+        sync_dir(level)?;
+    }
+    Ok(())
+}
+
 fn temporary_beside(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".tmp");
@@ -218,6 +233,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all, text.len() as u64, "a shorter file copies what it has");
+    }
+
+    #[test]
+    fn a_directory_made_durably_has_every_level_and_one_that_exists_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a").join("b").join("c");
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durably(&deep).unwrap();
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let under_a_file = dir.path().join("file").join("d");
+        assert!(create_dir_durably(&under_a_file).is_err());
     }
 
     #[test]

@@ -131,11 +131,8 @@ impl Replica {
         book: BookSettings,
         index: IndexLimits,
     ) -> Result<Arc<Self>, OrderError> {
-        if !data_dir.exists() {
-            std::fs::create_dir_all(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
-            // New: its name on disk before anything in it is acknowledged.
-            file::sync_dir(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
-        }
+        // New: its name on disk before anything in it is acknowledged.
+        file::create_dir_durably(data_dir).map_err(|e| OrderError::io(data_dir, e))?;
         let metrics = ReplicaMetrics::new();
         let log = OrderLog::open_with(data_dir.join(format!("orders-{id}.csv")), index)?;
         let settings = book;
