@@ -24,6 +24,11 @@ const FIRST_SEARCH_WAIT: Duration = Duration::from_secs(30);
 /// A replica that does not answer its health check within this is passed over.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How soon a search asks a replica that answered again, while another has yet to answer (a
+/// replica that hangs, or a killed one whose port is held open and never answers): an election
+/// that ends meanwhile is found without waiting that one out.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(50);
+
 /// How often a frontend asks the leader it follows whether it still leads: the group changes
 /// its leader by itself (a handover to a higher id, an election), and a frontend that has no
 /// call to make would otherwise keep following the old one until its next call failed.
@@ -77,14 +82,17 @@ impl LeaderDiscovery {
     }
 
     /// Adds the members the group names that this frontend does not know yet, from the first
-    /// replica that answers `GET /members`; whether it learned any.
+    /// replica that answers `GET /members` (all asked at once: one that hangs, often the leader
+    /// just lost, is not waited out); whether it learned any.
     async fn learn_members(&self) -> bool {
-        for replica in self.replicas() {
-            let Ok(url) = paths::MEMBERS.url(&replica.url, &[]) else {
-                continue;
-            };
-            let request = self.http.get(url).timeout(HEALTH_TIMEOUT);
-            if let Ok(members) = call::<Members>(request).await {
+        let mut asks: FuturesUnordered<_> = self
+            .replicas()
+            .into_iter()
+            .filter_map(|replica| paths::MEMBERS.url(&replica.url, &[]).ok())
+            .map(|url| call::<Members>(self.http.get(url).timeout(HEALTH_TIMEOUT)))
+            .collect();
+        while let Some(answer) = asks.next().await {
+            if let Ok(members) = answer {
                 return self.add_members(&members);
             }
         }
@@ -251,7 +259,8 @@ impl LeaderDiscovery {
     /// report, unless it is the leader that just failed this frontend in that same term. The
     /// answer comes as soon as a majority has answered and one of them leads a term none of
     /// them is past, so a hung replica's health check is not waited for; otherwise once every
-    /// replica answered or timed out.
+    /// replica answered or timed out. Those that answered are asked again meanwhile, every
+    /// [`ASK_AGAIN_AFTER`]: a leader they elect while a hung one is waited for is found then.
     async fn search(&self, failed: Option<&Leader>) -> Option<Leader> {
         self.search_among(failed, None).await
     }
@@ -260,25 +269,43 @@ impl LeaderDiscovery {
     async fn search_among(&self, failed: Option<&Leader>, skipped: Option<u32>) -> Option<Leader> {
         let replicas = self.replicas();
         let majority = replicas.len() / 2 + 1;
-        let mut checks: FuturesUnordered<_> = replicas
+        let ask = |replica, wait| async move {
+            tokio::time::sleep(wait).await;
+            (replica, self.health(replica).await)
+        };
+        let asked: Vec<&Peer> = replicas
             .iter()
             .filter(|replica| Some(replica.id) != skipped)
-            .map(|replica| async move { Some((replica, self.health(replica).await?)) })
             .collect();
+        let mut unanswered: Vec<u32> = asked.iter().map(|replica| replica.id).collect();
+        let mut checks: FuturesUnordered<_> = asked
+            .into_iter()
+            .map(|replica| ask(replica, Duration::ZERO))
+            .collect();
+        // Each replica's latest answer.
         let mut answered: Vec<(&Peer, Health)> = Vec::new();
-        while let Some(check) = checks.next().await {
-            answered.extend(check);
-            if answered.len() < majority {
-                continue;
+        while let Some((replica, health)) = checks.next().await {
+            unanswered.retain(|&id| id != replica.id);
+            answered.retain(|(other, _)| other.id != replica.id);
+            if let Some(health) = health {
+                answered.push((replica, health));
+                if !unanswered.is_empty() {
+                    checks.push(ask(replica, ASK_AGAIN_AFTER));
+                }
             }
-            let highest = answered.iter().map(|(_, h)| h.term).max();
-            let leading = answered.iter().find(|(replica, h)| {
-                h.leading
-                    && Some(h.term) == highest
-                    && !failed.is_some_and(|f| f.id == replica.id && f.term == h.term)
-            });
-            if let Some((replica, health)) = leading {
-                return Some(leader(replica, health.term));
+            if answered.len() >= majority {
+                let highest = answered.iter().map(|(_, h)| h.term).max();
+                let leading = answered.iter().find(|(replica, h)| {
+                    h.leading
+                        && Some(h.term) == highest
+                        && !failed.is_some_and(|f| f.id == replica.id && f.term == h.term)
+                });
+                if let Some((replica, health)) = leading {
+                    return Some(leader(replica, health.term));
+                }
+            }
+            if unanswered.is_empty() {
+                break;
             }
         }
         None
@@ -709,49 +736,123 @@ mod tests {
         }
     }
 
+    /// Replicas 1 and 2, whose health is what `healths` holds (at first: term 7, nobody
+    /// leads), beside a replica 3 that hangs, the leader of term 7 that failed a call; and a
+    /// search after that failure, under way.
+    struct SearchBesideAHungLeader {
+        healths: Vec<Arc<std::sync::Mutex<Health>>>,
+        discovery: Arc<LeaderDiscovery>,
+        failed: Leader,
+        searching: tokio::task::JoinHandle<Option<Leader>>,
+    }
+
+    impl SearchBesideAHungLeader {
+        /// Starts the search (from following 3, when `following`) and returns once it has its
+        /// answers from 1 and 2 and waits for 3's.
+        async fn start(following: bool) -> Self {
+            let healths: Vec<Arc<std::sync::Mutex<Health>>> = (1..=2)
+                .map(|id| Arc::new(std::sync::Mutex::new(health(id, 7, false))))
+                .collect();
+            let mut replicas = Vec::new();
+            let mut answered = Vec::new();
+            for health in &healths {
+                let (replica, checks) = changing(health.clone()).await;
+                replicas.push(replica);
+                answered.push(checks);
+            }
+            let (three, three_asked) = hung(3).await;
+            let failed = leader(&three, 7);
+            replicas.push(three);
+            let http = stocknet_common::http_client(Duration::from_secs(2));
+            let discovery = Arc::new(LeaderDiscovery::new(replicas, http));
+            if following {
+                discovery.follow_after(&None, Some(failed.clone()));
+            }
+            let searching = {
+                let (discovery, failed) = (discovery.clone(), failed.clone());
+                tokio::spawn(async move { discovery.replace(Some(&failed), None).await })
+            };
+            let asked = |checks: &AtomicUsize| checks.load(Ordering::SeqCst) > 0;
+            let all_asked = async {
+                while !(asked(&three_asked) && answered.iter().all(|checks| asked(checks))) {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), all_asked)
+                .await
+                .expect("the search asks every replica");
+            Self {
+                healths,
+                discovery,
+                failed,
+                searching,
+            }
+        }
+
+        /// Replica 2 is elected, in term 8.
+        fn elect_two(&self) {
+            *self.healths[1].lock().unwrap() = health(2, 8, true);
+        }
+    }
+
     /// A write's look for the hung leader's successor does not wait for a search under way
-    /// (here one waiting out the hung leader's health check): it follows the successor at
-    /// once, and the slower search, which found nobody, leaves it followed.
+    /// (here one waiting out the hung leader's health check): it follows the successor, and the
+    /// search, asking the others again meanwhile, finds the same one and leaves it followed.
     #[tokio::test]
     async fn a_successor_found_by_a_waiting_write_is_followed_while_a_search_runs() {
-        let healths: Vec<Arc<std::sync::Mutex<Health>>> = (1..=2)
-            .map(|id| Arc::new(std::sync::Mutex::new(health(id, 7, false))))
-            .collect();
-        let mut replicas = Vec::new();
-        let mut answered = Vec::new();
-        for health in &healths {
-            let (replica, checks) = changing(health.clone()).await;
-            replicas.push(replica);
-            answered.push(checks);
-        }
-        let (three, three_asked) = hung(3).await;
-        let held = leader(&three, 7);
-        replicas.push(three);
-        let http = stocknet_common::http_client(Duration::from_secs(2));
-        let discovery = Arc::new(LeaderDiscovery::new(replicas, http));
-        discovery.follow_after(&None, Some(held.clone()));
-        let searching = {
-            let (discovery, held) = (discovery.clone(), held.clone());
-            tokio::spawn(async move { discovery.replace(Some(&held), None).await })
-        };
-        // The search has its answers from 1 and 2 (nobody leads), and waits for the hung
-        // leader's.
-        let asked = |checks: &AtomicUsize| checks.load(Ordering::SeqCst) > 0;
-        let all_asked = async {
-            while !(asked(&three_asked) && answered.iter().all(|checks| asked(checks))) {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), all_asked)
+        let search = SearchBesideAHungLeader::start(true).await;
+        search.elect_two();
+        let discovery = &search.discovery;
+        let found = discovery
+            .newer_than(&search.failed)
             .await
-            .expect("the search asks every replica");
-        *healths[1].lock().unwrap() = health(2, 8, true);
-        let found = discovery.newer_than(&held).await.expect("a successor");
+            .expect("a successor");
         assert_eq!((found.id, found.term), (2, 8));
-        assert!(!searching.is_finished(), "the write waited for the search");
         assert_eq!(discovery.current(), Some(found.clone()));
-        assert_eq!(searching.await.unwrap(), Some(found.clone()));
+        assert_eq!(search.searching.await.unwrap(), Some(found.clone()));
         assert_eq!(discovery.current(), Some(found));
+    }
+
+    /// The group's members are learned from the first replica that answers, not after a
+    /// replica that hangs (listed first: the highest id) has timed out.
+    #[tokio::test]
+    async fn members_are_learned_from_a_replica_that_answers_beside_one_that_hangs() {
+        // A port that takes connections and never reads them (a killed replica's, held open).
+        let held = any_port().await;
+        let three = Peer {
+            id: 3,
+            url: format!("http://{}", held.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+        };
+        let members = Members {
+            configs: vec![vec![2, 3, 4]],
+            learners: Vec::new(),
+            urls: BTreeMap::from([(4, "http://127.0.0.1:9".to_owned())]),
+            entry: None,
+            leader: Some(2),
+            committed: true,
+            behind: BTreeMap::new(),
+        };
+        let (two, _) = serve(any_port().await, health(2, 7, true), Some(members)).await;
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(vec![three, two], http);
+        let learned = tokio::time::timeout(HEALTH_TIMEOUT, discovery.learn_members()).await;
+        assert_eq!(learned, Ok(true), "waited for the replica that hangs");
+        assert!(discovery.knows(4).is_some());
+        drop(held);
+    }
+
+    /// A search after a failed call, while the failed leader's port takes connections and
+    /// never answers (hung, or killed with its socket held open), finds the leader the others
+    /// elect meanwhile, before that replica's health check times out: those that answered are
+    /// asked again.
+    #[tokio::test]
+    async fn a_search_finds_a_leader_elected_while_a_hung_replica_is_waited_for() {
+        let search = SearchBesideAHungLeader::start(false).await;
+        search.elect_two();
+        let found = search.searching.await.unwrap().expect("the new leader");
+        assert_eq!((found.id, found.term), (2, 8));
     }
 
     /// A successor a waiting write finds is followed also when this frontend follows nobody (a
