@@ -57,6 +57,17 @@ pub struct TimeoutNow {
 /// it to be elected (then it takes up its heartbeats again).
 const TOLD_TO_STAND_FOR: Duration = Duration::from_secs(2);
 
+/// Replica `id`'s place in the order of standing among `voters`: the highest id first, but for
+/// `leader`, the one it follows. When that one is lost (it does not stand; in steady state the
+/// highest id leads), the next stands first, a rank (200 ms) sooner than in the order of ids.
+/// Replicas that follow the same leader keep distinct ranks.
+pub fn rank(voters: &BTreeSet<u64>, id: u64, leader: Option<u64>) -> u64 {
+    let above = voters
+        .range(id + 1..)
+        .filter(|&&voter| Some(voter) != leader);
+    above.count() as u64
+}
+
 /// How a replica asks another what elections and handovers need to know: over HTTP, or in
 /// tests in memory. `None`: no answer (down, hung, unreachable), which counts as "no".
 pub trait ElectionTransport: Clone + Send + Sync + 'static {
@@ -234,8 +245,7 @@ impl Elections {
             let membership = metrics.membership_config.membership().clone();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             let told = self.told_in(metrics.vote.leader_id.term);
-            // Ranked among the voters of the day, the highest id first.
-            let timeout = election_timeout(voters.range(self.id + 1..).count() as u64);
+            let timeout = election_timeout(rank(&voters, self.id, metrics.current_leader));
             if metrics.state == ServerState::Leader
                 || !voters.contains(&self.id)
                 || (!told && self.since_contact() < timeout)
@@ -292,5 +302,31 @@ impl Elections {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_lost_is_left_out_of_the_order_of_standing() {
+        let three = BTreeSet::from([1, 2, 3]);
+        // 3 led and is lost: 2 stands first, then 1.
+        assert_eq!(rank(&three, 2, Some(3)), 0);
+        assert_eq!(rank(&three, 1, Some(3)), 1);
+        // 2 led: 3 stands first, then 1.
+        assert_eq!(rank(&three, 3, Some(2)), 0);
+        assert_eq!(rank(&three, 1, Some(2)), 1);
+        // Following nobody, by id.
+        assert_eq!(rank(&three, 1, None), 2);
+        assert_eq!(rank(&three, 3, None), 0);
+        let five = BTreeSet::from([1, 2, 3, 4, 5]);
+        let ranks: Vec<u64> = (1..=4).map(|id| rank(&five, id, Some(5))).collect();
+        assert_eq!(
+            ranks,
+            [3, 2, 1, 0],
+            "distinct for those that follow the same leader"
+        );
     }
 }
