@@ -160,7 +160,10 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 pub fn create_dir_durably(path: &Path) -> io::Result<()> {
     let missing: Vec<&Path> = path
         .ancestors()
-        .take_while(|level| !level.as_os_str().is_empty() && !level.exists())
+        // (A level whose existence cannot be told is left to `create_dir_all` to report.)
+        .take_while(|level| {
+            !level.as_os_str().is_empty() && matches!(level.try_exists(), Ok(false))
+        })
         .collect();
     std::fs::create_dir_all(path)?;
     for level in missing.iter().rev() {

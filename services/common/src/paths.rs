@@ -67,7 +67,7 @@ pub const RAFT_VOTE: Route = Route("/raft/vote");
 pub const RAFT_SNAPSHOT: Route = Route("/raft/snapshot");
 pub const RAFT_PRE_VOTE: Route = Route("/raft/prevote");
 pub const RAFT_CATALOG_CHECK: Route = Route("/raft/catalog-check");
-pub const RAFT_TIMEOUT_NOW: Route = Route("/raft/timeout-now");
+pub const RAFT_HANDOVER: Route = Route("/raft/handover");
 
 // The catalog.
 pub const STOCKS: Route = Route("/stocks");

@@ -382,19 +382,19 @@ fn node_id_from_a_statefulset_pod_name() {
     assert_eq!(node_id_from_hostname("demo-order-x"), None);
 }
 
-/// A replica takes a TimeoutNow only from the leader it follows, in that leader's term; one
-/// with a field it does not know is refused as malformed.
+/// A replica takes a handover's announcement only from the leader it follows, in that leader's
+/// term; one with a field it does not know is refused as malformed.
 #[tokio::test]
-async fn a_replica_takes_a_timeout_now_only_from_its_leader() {
+async fn a_replica_takes_a_handover_only_from_its_leader() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path()).await;
-    let told = |body: &str| insider_post("/raft/timeout-now", body);
-    let from_nobody = told(r#"{"leader":2,"term":1}"#);
+    let told = |body: &str| insider_post("/raft/handover", body);
+    let from_nobody = told(r#"{"leader":2,"term":1,"to":1}"#);
     assert_eq!(
         send(&app, from_nobody).await,
         (StatusCode::OK, json!(false))
     );
-    let (status, _) = send(&app, told(r#"{"leader":2,"term":1,"at_once":true}"#)).await;
+    let (status, _) = send(&app, told(r#"{"leader":2,"term":1,"to":1,"at_once":true}"#)).await;
     assert!(status.is_client_error(), "{status}");
 }
 

@@ -683,9 +683,9 @@ async fn a_leader_cut_off_from_the_catalog_alone_hands_over_to_a_voter_that_reac
 /// The leader and the voter next to it in rank both cut off from the catalog: the leader hands
 /// the leadership to the highest voter that reaches it, in one change, though the other one cut
 /// off would stand first after the leader's heartbeats stopped (and, elected, hand it on in
-/// turn). Told to stand (TimeoutNow), the chosen voter is elected before it: at once in a group
-/// of three, where the leader's vote and its own are a majority; in a group of five once the
-/// others' leases ran out, a heartbeat before the other stands.
+/// turn). Told of the handover, the chosen voter stands at once (TimeoutNow) and the others wait
+/// for it: it is elected at once in a group of three, where the leader's vote and its own are a
+/// majority; in a group of five once the others' leases ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_hands_over_to_the_voter_it_chose_though_another_stands_first() {
     for voters in [3, 5] {

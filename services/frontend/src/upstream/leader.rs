@@ -286,8 +286,9 @@ impl LeaderDiscovery {
         let mut answered: Vec<(&Peer, Health)> = Vec::new();
         while let Some((replica, health)) = checks.next().await {
             unanswered.retain(|&id| id != replica.id);
-            answered.retain(|(other, _)| other.id != replica.id);
+            // (An answer asked again and not given keeps the one before.)
             if let Some(health) = health {
+                answered.retain(|(other, _)| other.id != replica.id);
                 answered.push((replica, health));
                 if !unanswered.is_empty() {
                     checks.push(ask(replica, ASK_AGAIN_AFTER));

@@ -42,30 +42,27 @@ pub struct PreVote {
     pub last_log: Option<LogId<u64>>,
 }
 
-/// "Stand now": a leader handing the leadership over tells the voter it hands it to (Raft's
-/// TimeoutNow, the dissertation's §3.10), once that voter holds its whole log and its
-/// heartbeats have stopped. `term` is the leader's.
+/// "The leader of `term` hands the leadership to `to`": sent to every voter once `to` holds the
+/// leader's whole log and the leader's heartbeats have stopped. To `to` it is Raft's
+/// TimeoutNow (the dissertation's §3.10), "stand now"; the others let it stand first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TimeoutNow {
+pub struct Handover {
     pub leader: u64,
     pub term: u64,
+    pub to: u64,
 }
 
-/// How long a voter told to stand goes on asking for pre-votes a heartbeat apart, where it
-/// would otherwise wait its election timeout between attempts: the leader waits this long for
-/// it to be elected (then it takes up its heartbeats again).
-const TOLD_TO_STAND_FOR: Duration = Duration::from_secs(2);
+/// How long a handover heard of holds: the leader waits this long for its voter to be
+/// elected, then takes up its heartbeats again.
+const HANDOVER_HOLDS: Duration = Duration::from_secs(2);
 
-/// Replica `id`'s place in the order of standing among `voters`: the highest id first, but for
-/// `leader`, the one it follows. When that one is lost (it does not stand; in steady state the
-/// highest id leads), the next stands first, a rank (200 ms) sooner than in the order of ids.
-/// Replicas that follow the same leader keep distinct ranks.
-pub fn rank(voters: &BTreeSet<u64>, id: u64, leader: Option<u64>) -> u64 {
-    let above = voters
-        .range(id + 1..)
-        .filter(|&&voter| Some(voter) != leader);
-    above.count() as u64
+/// A handover this replica heard of from its leader, and when.
+#[derive(Debug, Clone, Copy)]
+struct HandoverHeard {
+    term: u64,
+    to: u64,
+    at: Instant,
 }
 
 /// How a replica asks another what elections and handovers need to know: over HTTP, or in
@@ -86,12 +83,12 @@ pub trait ElectionTransport: Clone + Send + Sync + 'static {
         node: &BasicNode,
     ) -> impl Future<Output = Option<bool>> + Send;
 
-    /// Tells it to stand now (see [`Elections::told_to_stand`]); whether it took it.
-    fn timeout_now(
+    /// Tells it of a handover (see [`Elections::heard_of_handover`]); whether it took it.
+    fn announce_handover(
         &self,
         target: u64,
         node: &BasicNode,
-        request: &TimeoutNow,
+        request: &Handover,
     ) -> impl Future<Output = Option<bool>> + Send;
 }
 
@@ -104,10 +101,9 @@ pub struct Elections {
     /// While this replica, leading, hands the leadership over (`handover.rs`): the voter it
     /// hands it to; 0 otherwise.
     handing_to: AtomicU64,
-    /// The term in which this replica's leader told it to stand, and until when it stands
-    /// at once (see [`Self::told_to_stand`]).
-    told_to_stand: Mutex<Option<(u64, Instant)>>,
-    /// Wakes the standing task when it is told to stand.
+    /// The handover this replica's leader announced (see [`Self::heard_of_handover`]).
+    handover_heard: Mutex<Option<HandoverHeard>>,
+    /// Wakes the standing task when it is handed the leadership.
     stand_now: Notify,
     /// How far this replica, following, has caught up with its leader.
     pub catch_up: CatchUp,
@@ -123,7 +119,7 @@ impl Elections {
             id,
             last_contact: Mutex::new(Instant::now()),
             handing_to: AtomicU64::new(0),
-            told_to_stand: Mutex::new(None),
+            handover_heard: Mutex::new(None),
             stand_now: Notify::new(),
             catch_up: CatchUp::default(),
             catalog,
@@ -148,13 +144,15 @@ impl Elections {
         self.handing_to.store(voter.unwrap_or(0), Ordering::Release);
     }
 
-    /// Takes `request` from the leader this replica follows in that term: it stands at once,
-    /// without waiting for its election timeout, and asks again a heartbeat later while a
+    /// Takes `request` from the leader this replica follows in that term (from anyone else it
+    /// is refused), for [`HANDOVER_HOLDS`]. Handed the leadership, this replica stands at
+    /// once, without waiting for its election timeout, and asks again each heartbeat while a
     /// majority has not granted its pre-vote (the leader grants it at once; in a group of five
-    /// the others once their leases ran out). Without it, a voter of higher rank than the one
-    /// handed the leadership stands first and may win: the leadership could pass between
-    /// two replicas that cannot reach the catalog. A request from anyone else is refused.
-    pub fn told_to_stand(&self, request: &TimeoutNow) -> bool {
+    /// the others once their leases ran out). Any other voter neither stands nor grants its
+    /// pre-vote to anyone else meanwhile. Without it, a voter of higher rank than the one handed
+    /// the leadership stood first and could win: the leadership could pass between two
+    /// replicas that cannot reach the catalog.
+    pub fn heard_of_handover(&self, request: &Handover) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         let follows = metrics.state != ServerState::Leader
             && metrics.current_term == request.term
@@ -165,26 +163,39 @@ impl Elections {
                 .voter_ids()
                 .any(|id| id == self.id);
         if follows {
-            *self.told() = Some((request.term, Instant::now() + TOLD_TO_STAND_FOR));
-            self.stand_now.notify_one();
+            *self.heard() = Some(HandoverHeard {
+                term: request.term,
+                to: request.to,
+                at: Instant::now(),
+            });
+            if request.to == self.id {
+                self.stand_now.notify_one();
+            }
         }
         follows
     }
 
-    fn told(&self) -> std::sync::MutexGuard<'_, Option<(u64, Instant)>> {
-        self.told_to_stand.lock().unwrap_or_else(|e| e.into_inner())
+    fn heard(&self) -> std::sync::MutexGuard<'_, Option<HandoverHeard>> {
+        self.handover_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether this replica's leader of `term` told it to stand, lately.
-    fn told_in(&self, term: u64) -> bool {
-        self.told()
-            .is_some_and(|(told, until)| told == term && Instant::now() < until)
+    /// The voter this replica's leader of `term` is handing the leadership to, lately.
+    fn handover_in(&self, term: u64) -> Option<u64> {
+        let heard = (*self.heard())?;
+        (heard.term == term && heard.at.elapsed() < HANDOVER_HOLDS).then_some(heard.to)
     }
 
     /// Records that a leader was heard from (an append it sent was accepted) or a vote was
-    /// granted: the election timer starts again.
+    /// granted: the election timer starts again. A leader heard from well after it announced a
+    /// handover has given it up (or the announcement came late): it is forgotten.
     pub fn heard_from_leader(&self) {
         *self.contact() = Instant::now();
+        let mut heard = self.heard();
+        if heard.is_some_and(|heard| heard.at.elapsed() > 2 * HEARTBEAT) {
+            *heard = None;
+        }
     }
 
     fn contact(&self) -> std::sync::MutexGuard<'_, Instant> {
@@ -206,6 +217,12 @@ impl Elections {
             return request.candidate == to
                 && request.term > metrics.current_term
                 && request.last_log >= self.last_log_id();
+        }
+        if self
+            .handover_in(metrics.current_term)
+            .is_some_and(|to| to != request.candidate)
+        {
+            return false;
         }
         let still_led = if leading {
             metrics
@@ -244,20 +261,22 @@ impl Elections {
             let metrics = self.raft.server_metrics().borrow().clone();
             let membership = metrics.membership_config.membership().clone();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
-            let told = self.told_in(metrics.vote.leader_id.term);
-            let timeout = election_timeout(rank(&voters, self.id, metrics.current_leader));
+            let handover = self.handover_in(metrics.vote.leader_id.term);
+            let told = handover == Some(self.id);
+            // Ranked among the voters of the day, the highest id first.
+            let timeout = election_timeout(voters.range(self.id + 1..).count() as u64);
             if metrics.state == ServerState::Leader
                 || !voters.contains(&self.id)
-                || (!told && self.since_contact() < timeout)
-                || Instant::now() < next_attempt
+                || handover.is_some_and(|to| to != self.id)
+                || (!told && (self.since_contact() < timeout || Instant::now() < next_attempt))
             {
                 continue;
             }
-            // Whatever comes of it, the next attempt waits another timeout (told to stand, a
-            // heartbeat). (Not as a contact with a leader: a replica that answered others'
-            // pre-votes by its own attempts would refuse them all, and two could keep each
-            // other from ever standing.)
-            next_attempt = Instant::now() + if told { HEARTBEAT } else { timeout };
+            // Whatever comes of it, the next attempt waits another timeout (handed the
+            // leadership, the next tick). (Not as a contact with a leader: a replica that
+            // answered others' pre-votes by its own attempts would refuse them all, and two
+            // could keep each other from ever standing.)
+            next_attempt = Instant::now() + timeout;
             let request = PreVote {
                 candidate: self.id,
                 term: metrics.vote.leader_id.term + 1,
@@ -295,6 +314,8 @@ impl Elections {
                 if self.raft.trigger().elect().await.is_err() {
                     return;
                 }
+                // Standing once is what the handover asked for.
+                *self.heard() = None;
             } else {
                 tracing::debug!(
                     granted = granted.len(),
@@ -302,31 +323,5 @@ impl Elections {
                 );
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_leader_lost_is_left_out_of_the_order_of_standing() {
-        let three = BTreeSet::from([1, 2, 3]);
-        // 3 led and is lost: 2 stands first, then 1.
-        assert_eq!(rank(&three, 2, Some(3)), 0);
-        assert_eq!(rank(&three, 1, Some(3)), 1);
-        // 2 led: 3 stands first, then 1.
-        assert_eq!(rank(&three, 3, Some(2)), 0);
-        assert_eq!(rank(&three, 1, Some(2)), 1);
-        // Following nobody, by id.
-        assert_eq!(rank(&three, 1, None), 2);
-        assert_eq!(rank(&three, 3, None), 0);
-        let five = BTreeSet::from([1, 2, 3, 4, 5]);
-        let ranks: Vec<u64> = (1..=4).map(|id| rank(&five, id, Some(5))).collect();
-        assert_eq!(
-            ranks,
-            [3, 2, 1, 0],
-            "distinct for those that follow the same leader"
-        );
     }
 }

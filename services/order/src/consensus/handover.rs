@@ -4,11 +4,12 @@
 //! higher id caught up with it hands the leadership over (Raft's leadership transfer, the
 //! dissertation's §3.10; openraft 0.9 has none): it stops taking commands and reads (503,
 //! nothing executed), lets those in flight finish, stops its heartbeats, grants that voter
-//! alone its pre-vote and its vote, and tells it to stand at once ([`TimeoutNow`]). In a group
-//! of three the two are a majority: the voter is elected within a round trip. In a group of
-//! five it needs one more vote, which the others give once their leases ran out, a heartbeat
-//! before any of them stands. Told or not, the voter stands; if it is not elected in time, the
-//! leader takes up its heartbeats again and keeps leading.
+//! alone its pre-vote and its vote, and tells every voter of the handover ([`Handover`]): that
+//! voter stands at once (Raft's TimeoutNow), the others neither stand nor grant a pre-vote to
+//! anyone else meanwhile. In a group of three the leader's vote and the voter's own are a
+//! majority: the voter is elected within a round trip. In a group of five it needs one more,
+//! which the others give once their leases ran out. Told or not, the voter stands; if it is
+//! not elected in time, the leader takes up its heartbeats again and keeps leading.
 //!
 //! A leader that cannot reach the catalog refuses every new order, while a voter that can
 //! would take them: such a leader (a link to the catalog cut, or dropping packets, on its node
@@ -27,7 +28,7 @@ use openraft::{BasicNode, ServerState};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::{ElectionTransport, Elections, Raft, TimeoutNow, HEARTBEAT};
+use super::{ElectionTransport, Elections, Handover, Raft, HEARTBEAT};
 
 /// How long a replica leads before it hands over: a new leader settles first (its takeover,
 /// the catalog), and a group that just had a fault sees one change at a time.
@@ -382,9 +383,9 @@ async fn hand_over(
         }
         tracing::info!(voter, "handing the leadership over");
         raft.runtime_config().heartbeat(false);
-        // Told, the voter stands at once, before any voter of higher rank would; untold (the
-        // call lost), it stands in its own rank's time.
-        let told = tell_to_stand(raft, transport, voter);
+        // Told, the voter stands at once and the others wait for it; untold (the call lost),
+        // it stands in its own rank's time.
+        let told = announce(raft, transport, voter);
         let mut metrics = raft.server_metrics();
         let stepped_down = tokio::time::timeout(ELECTED_DEADLINE, async {
             let changed = metrics.wait_for(|m| m.state != ServerState::Leader);
@@ -403,18 +404,31 @@ async fn hand_over(
     handed
 }
 
-/// Sends `voter` this leader's [`TimeoutNow`].
-async fn tell_to_stand(raft: &Raft, transport: &impl ElectionTransport, voter: u64) {
+/// How long a leader waits for the voters to take its [`Handover`]: a voter that hangs is not
+/// waited for (nor, told or not, needed).
+const ANNOUNCE_DEADLINE: Duration = Duration::from_millis(250);
+
+/// Tells every voter but this leader that it hands the leadership to `voter`.
+async fn announce(raft: &Raft, transport: &impl ElectionTransport, voter: u64) {
     let metrics = raft.metrics().borrow().clone();
-    let Some(node) = metrics.membership_config.membership().get_node(&voter) else {
-        return;
-    };
-    let request = TimeoutNow {
+    let request = Handover {
         leader: metrics.id,
         term: metrics.current_term,
+        to: voter,
     };
-    if transport.timeout_now(voter, node, &request).await != Some(true) {
-        tracing::info!(voter, "the voter did not take its TimeoutNow");
+    let membership = metrics.membership_config.membership();
+    let told = membership
+        .voter_ids()
+        .filter(|&id| id != metrics.id)
+        .filter_map(|id| Some((id, membership.get_node(&id)?)))
+        .map(|(id, node)| {
+            let request = &request;
+            async move { (id, transport.announce_handover(id, node, request).await) }
+        });
+    let answers = tokio::time::timeout(ANNOUNCE_DEADLINE, futures::future::join_all(told)).await;
+    let took = answers.is_ok_and(|answers| answers.contains(&(voter, Some(true))));
+    if !took {
+        tracing::info!(voter, "the voter did not take the handover");
     }
 }
 

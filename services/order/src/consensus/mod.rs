@@ -36,7 +36,7 @@ use stocknet_common::{Command, GroupEntry, Order};
 
 pub use catch_up::CatchUp;
 pub use durable::{Durable, DurableLog};
-pub use election::{ElectionTransport, Elections, PreVote, TimeoutNow};
+pub use election::{ElectionTransport, Elections, Handover, PreVote};
 pub use lease::Lease;
 pub use log_store::{Disk, LogStore};
 pub use network::{routes, HttpElections, HttpNetwork};
@@ -93,12 +93,11 @@ const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// its timers every 1.5 heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
 
-/// How long the voter ranked `rank` (0 for the highest id, the leader it lost left out) waits
-/// without hearing from a leader before it asks the others for a pre-vote (`election.rs`).
-/// Each rank waits 200 ms longer than the one above, more than a timer check, so two replicas
-/// that lost the same leader never stand in the same instant and split the vote again and
-/// again; and the highest-id healthy replica stands first, which is the seeds' preference for
-/// it, as a preference only.
+/// How long the voter ranked `rank` (0 for the highest id) waits without hearing from a
+/// leader before it asks the others for a pre-vote (`election.rs`). Each rank waits 200 ms
+/// longer than the one above, more than a timer check, so two replicas never stand in the
+/// same instant and split the vote again and again; and the highest-id healthy replica stands
+/// first, which is the seeds' preference for it, as a preference only.
 pub const fn election_timeout(rank: u64) -> Duration {
     Duration::from_millis(400 + 200 * rank)
 }

@@ -2,7 +2,7 @@
 //! and `/snapshot`, openraft's requests as JSON (a snapshot's chunk with its bytes as they
 //! are, see [`encode_chunk`]), answered with openraft's result as JSON; `/raft/prevote`
 //! ([`PreVote`]), `/raft/catalog-check` (whether the replica reaches the catalog) and
-//! `/raft/timeout-now` ([`TimeoutNow`], whether the replica takes it), answered `true` or
+//! `/raft/handover` ([`Handover`], whether the replica takes it), answered `true` or
 //! `false`. Both sides are this module, so the wire format is openraft's serde form.
 
 use std::error::Error;
@@ -25,7 +25,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TimeoutNow, TypeConfig};
+use super::{ElectionTransport, Elections, Handover, PreVote, Raft, SnapshotAnswer, TypeConfig};
 use crate::catalog::CATALOG_TIMEOUT;
 use stocknet_common::envelope::{Json, RawBody};
 use stocknet_common::paths::{self, Route};
@@ -57,7 +57,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
         .route(paths::RAFT_SNAPSHOT.pattern(), post(snapshot))
         .route(paths::RAFT_PRE_VOTE.pattern(), post(pre_vote))
         .route(paths::RAFT_CATALOG_CHECK.pattern(), post(catalog_check))
-        .route(paths::RAFT_TIMEOUT_NOW.pattern(), post(timeout_now))
+        .route(paths::RAFT_HANDOVER.pattern(), post(handover))
         .with_state(Group { raft, elections })
 }
 
@@ -157,8 +157,8 @@ async fn catalog_check(State(group): State<Group>) -> Json<bool> {
     Json(group.elections.reaches_catalog().await)
 }
 
-async fn timeout_now(State(group): State<Group>, Json(request): Json<TimeoutNow>) -> Json<bool> {
-    Json(group.elections.told_to_stand(&request))
+async fn handover(State(group): State<Group>, Json(request): Json<Handover>) -> Json<bool> {
+    Json(group.elections.heard_of_handover(&request))
 }
 
 /// Asks replicas for their pre-votes, and whether they reach the catalog, over HTTP with the
@@ -199,13 +199,13 @@ impl ElectionTransport for HttpElections {
             .await
     }
 
-    async fn timeout_now(
+    async fn announce_handover(
         &self,
         _target: u64,
         node: &BasicNode,
-        request: &TimeoutNow,
+        request: &Handover,
     ) -> Option<bool> {
-        self.ask(node, paths::RAFT_TIMEOUT_NOW, request, PRE_VOTE_TIMEOUT)
+        self.ask(node, paths::RAFT_HANDOVER, request, PRE_VOTE_TIMEOUT)
             .await
     }
 }

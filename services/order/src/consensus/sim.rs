@@ -18,7 +18,7 @@ use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use super::{
-    network, ElectionTransport, Elections, PreVote, Raft, SnapshotAnswer, TimeoutNow, TypeConfig,
+    network, ElectionTransport, Elections, Handover, PreVote, Raft, SnapshotAnswer, TypeConfig,
 };
 
 /// Delivers calls between the replicas of one process, except over cut links.
@@ -236,14 +236,14 @@ impl ElectionTransport for Network {
         Some(answer)
     }
 
-    async fn timeout_now(
+    async fn announce_handover(
         &self,
         target: u64,
         _node: &BasicNode,
-        request: &TimeoutNow,
+        request: &Handover,
     ) -> Option<bool> {
         let (_, elections) = self.router.reach(self.from, target).await.ok()?;
-        let answer = elections.told_to_stand(request);
+        let answer = elections.heard_of_handover(request);
         self.router.reach(target, self.from).await.ok()?;
         Some(answer)
     }
