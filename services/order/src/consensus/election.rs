@@ -53,9 +53,9 @@ pub struct Handover {
     pub to: u64,
 }
 
-/// How long a handover heard of holds: the leader waits this long for its voter to be
-/// elected, then takes up its heartbeats again.
-const HANDOVER_HOLDS: Duration = Duration::from_secs(2);
+/// How long a handover heard of holds: as long as the leader waits for its voter to be
+/// elected before it takes up its heartbeats again.
+const HANDOVER_HOLDS: Duration = super::handover::ELECTED_DEADLINE;
 
 /// A handover this replica heard of from its leader, and when.
 #[derive(Debug, Clone, Copy)]
@@ -254,7 +254,7 @@ impl Elections {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                () = self.stand_now.notified() => next_attempt = Instant::now(),
+                () = self.stand_now.notified() => {}
             }
             // The server metrics change only with the vote, state or membership: no copy of
             // the per-entry metrics every tick.

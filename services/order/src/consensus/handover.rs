@@ -42,10 +42,10 @@ pub const CAUGHT_UP_FOR: Duration = Duration::from_secs(1);
 /// handover (and keeps leading).
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 
-/// How long the leader waits, heartbeats stopped, for the voter to be elected: its first
-/// pre-vote comes one election timeout after the last heartbeat, a second one a timeout
-/// later.
-const ELECTED_DEADLINE: Duration = Duration::from_secs(2);
+/// How long the leader waits, heartbeats stopped, for the voter to be elected: told of the
+/// handover it stands at once; untold (the announcement lost), one election timeout after the
+/// last heartbeat, and again a timeout later. The other voters wait for it as long.
+pub(super) const ELECTED_DEADLINE: Duration = Duration::from_secs(2);
 
 /// After a handover that did not happen, the next waits this long, doubling up to
 /// [`MAX_RETRY`]: a voter that keeps up but does not stand (hung between two heartbeats)
