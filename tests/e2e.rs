@@ -1220,14 +1220,14 @@ async fn the_daily_report_equals_a_recomputation_from_the_log() {
 
 /// Issue 23, items 5 and 6: one request id finds a request's lines in every service it went
 /// through: a lookup's in the frontend's and the catalog's logs, a market order's in the
-/// frontend's, the leader's and the catalog's (tower-http's request lines at debug carry it,
-/// and the catalog's line for each committed entry it applies).
+/// frontend's, the leader's and the catalog's (each service's line for every answer at debug
+/// carries it, and the catalog's line for each committed entry it applies).
 #[tokio::test]
 async fn a_request_id_finds_the_requests_lines_in_every_service_it_reached() {
     // (The leader serves the frontend's orders in batches, with a line of its own for each.)
     let cluster = Cluster::start_logging(
         1,
-        "warn,tower_http=debug,stocknet_catalog=debug,stocknet_order=debug",
+        "warn,stocknet_common::served=debug,stocknet_catalog=debug,stocknet_order=debug",
     )
     .await;
     let frontend = cluster.frontend().to_owned();

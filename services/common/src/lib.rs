@@ -14,6 +14,7 @@ pub mod deadline;
 pub mod env;
 pub mod envelope;
 pub mod file;
+pub mod head_timer;
 pub mod listeners;
 pub mod metrics;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod paths;
 pub mod ports;
 pub mod request_id;
 pub mod ring;
+pub mod served;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

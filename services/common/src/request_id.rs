@@ -5,16 +5,12 @@
 
 use std::fmt::Write;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 
 use axum::http::{self, HeaderName, HeaderValue};
-use axum::response::Response;
 use bytes::BytesMut;
 use tokio::task::futures::TaskLocalFuture;
-use tower::{Layer, Service};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -25,76 +21,13 @@ tokio::task_local! {
     pub(crate) static CURRENT: HeaderValue;
 }
 
-/// The layer (outside the trace layer, so that its span sees the id) that adopts or makes
-/// each request's id, serves the request in its scope and answers with it. A plain tower
-/// layer: no allocation per request beyond the id.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestIdLayer;
-
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestIdService<S> {
-    inner: S,
-}
-
-impl<S, B> Service<http::Request<B>> for RequestIdService<S>
-where
-    S: Service<http::Request<B>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Answered<S::Future>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .filter(|id| is_valid(id))
-            .cloned()
-            .unwrap_or_else(new_id);
-        // The inner services' `call` (the trace layer makes its span there) sees the id too.
-        let serving = CURRENT.sync_scope(id.clone(), || self.inner.call(request));
-        Answered {
-            id: Some(id.clone()),
-            serving: CURRENT.scope(id, serving),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request being served in its id's scope; its answer gets the id.
-    pub struct Answered<F> {
-        id: Option<HeaderValue>,
-        #[pin]
-        serving: TaskLocalFuture<HeaderValue, F>,
-    }
-}
-
-impl<F, E> Future for Answered<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut answer = std::task::ready!(this.serving.poll(context));
-        if let (Ok(response), Some(id)) = (&mut answer, this.id.take()) {
-            response.headers_mut().insert(REQUEST_ID, id);
-        }
-        Poll::Ready(answer)
-    }
+/// The caller's id, if valid, else a new one.
+pub(crate) fn adopt_or_make(headers: &http::HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|id| is_valid(id))
+        .cloned()
+        .unwrap_or_else(new_id)
 }
 
 /// The id of the request this task serves, if it serves one.
@@ -129,7 +62,7 @@ where
 }
 
 /// Up to 128 letters, digits and `-_.:`: what fits a log line and a header as it is.
-fn is_valid(id: &HeaderValue) -> bool {
+pub(crate) fn is_valid(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= MAX_LEN
@@ -157,55 +90,10 @@ fn new_id() -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
     use axum::routing::get;
     use axum::Router;
-    use tower::ServiceExt;
 
     use super::*;
-
-    /// A service that answers with the id its handler sees as current.
-    fn app() -> Router {
-        let handler = || async { current().map_or_else(String::new, |id| format!("{id:?}")) };
-        Router::new().route("/", get(handler)).layer(RequestIdLayer)
-    }
-
-    async fn send(id: Option<&str>) -> (String, String) {
-        let mut request = axum::http::Request::get("/");
-        if let Some(id) = id {
-            request = request.header(REQUEST_ID, id);
-        }
-        let response = app()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let answered = response.headers()[REQUEST_ID].to_str().unwrap().to_owned();
-        let body = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
-        (answered, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    #[tokio::test]
-    async fn answers_carry_the_callers_valid_id_or_a_new_one_that_handlers_see() {
-        let (answered, seen) = send(Some("trace-42:a.b_c")).await;
-        assert_eq!(answered, "trace-42:a.b_c");
-        assert_eq!(seen, "\"trace-42:a.b_c\"");
-
-        let long = "x".repeat(MAX_LEN + 1);
-        for bad in [
-            Some("has space"),
-            Some("semi;colon"),
-            Some(long.as_str()),
-            None,
-        ] {
-            let (answered, seen) = send(bad).await;
-            assert_ne!(Some(answered.as_str()), bad);
-            assert!(is_valid(&HeaderValue::from_str(&answered).unwrap()));
-            assert_eq!(seen, format!("{answered:?}"));
-        }
-        assert_ne!(send(None).await.0, send(None).await.0);
-    }
 
     #[tokio::test]
     async fn calls_made_while_serving_pass_the_id_on() {

@@ -1,27 +1,25 @@
 //! Serving a router: middleware shared by every service, graceful shutdown, logging.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
-use axum::response::{IntoResponse, Response};
+use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::{Service, ServiceExt};
-use tower_http::trace::TraceLayer;
+use tower::ServiceExt;
 
 use crate::connections::{CappedListener, ConnectionCaps};
-use crate::deadline::within_deadline;
 use crate::envelope::{method_not_allowed, route_not_found};
+use crate::head_timer::HeadTimer;
 use crate::metrics::HttpMetrics;
 use crate::request_id;
+pub use crate::served::around_routes;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
@@ -32,54 +30,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest request body any StockNet endpoint accepts (replication batches included).
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Adds what every service router needs inside routing: envelope fallbacks and the body
-/// limit. [`serve`] adds what every request gets around routing ([`around_routes`]).
+/// Adds what every service router needs inside routing: envelope fallbacks. [`serve`] adds
+/// what every request gets around routing, the body limit among it ([`around_routes`]).
 pub fn with_common_layers(router: Router) -> Router {
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
 /// A service's routes with the common layers, each request recorded in `http`.
 pub fn service_router(routes: Router, http: &HttpMetrics) -> Router {
     crate::metrics::tracked(with_common_layers(routes), http)
-}
-
-/// What every request gets around routing: its id (outermost, so that its trace span and
-/// every line logged while serving it carry the id), its trace span, and a deadline. Around
-/// the router, these run once per request; as route layers they would be cloned with the
-/// route's service for every request (docs/BENCHMARKS.md, "Cached lookups").
-pub fn around_routes(
-    router: Router,
-) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
-       + Clone
-       + Send
-       + Sync
-       + 'static {
-    tower::ServiceBuilder::new()
-        .layer(request_id::RequestIdLayer)
-        .map_response(IntoResponse::into_response)
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .map_future(within_deadline)
-        .service(router)
-}
-
-/// The span of one request (debug level, as tower-http's: at the default level it costs
-/// nothing; the request's id reaches every log line through [`WithRequestId`] instead).
-fn request_span(request: &Request) -> tracing::Span {
-    let id = request_id::current();
-    let id = id
-        .as_ref()
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or_default();
-    tracing::debug_span!(
-        "request",
-        method = %request.method(),
-        uri = %request.uri(),
-        version = ?request.version(),
-        request_id = %id,
-    )
 }
 
 /// Writes each log line as `format` does, with the id of the request being served, if any:
@@ -188,10 +149,7 @@ pub async fn serve_with(
     let app = around_routes(router);
     let mut listener =
         CappedListener::new(listener, rules.caps).failing_writes_stalled_for(rules.idle_timeout);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    if let Some(timeout) = rules.idle_timeout {
-        http.timer(TokioTimer::new()).header_read_timeout(timeout);
-    }
+    let http = hyper::server::conn::http1::Builder::new();
     // Each connection holds a sender of `finish`, whose one receiver is dropped to ask them
     // all to finish, and a receiver of `finished`, whose sender sees when they all have.
     let (finish, finish_asked) = watch::channel(());
@@ -214,6 +172,11 @@ pub async fn serve_with(
                 request.extensions_mut().insert(ConnectInfo(client));
                 request.map(axum::body::Body::new)
             });
+        let mut http = http.clone();
+        if let Some(timeout) = rules.idle_timeout {
+            http.timer(HeadTimer::default())
+                .header_read_timeout(timeout);
+        }
         let serving = http
             .serve_connection(TokioIo::new(connection), TowerToHyperService::new(service))
             .with_upgrades();
@@ -333,6 +296,8 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
+    use axum::extract::Request;
+    use axum::response::Response;
 
     /// Every wait of these tests is bounded by this.
     const WAIT: Duration = Duration::from_secs(10);

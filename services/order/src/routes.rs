@@ -167,7 +167,7 @@ pub(crate) async fn write_batch(
                         error: Some(error.into_error_object()),
                     },
                 };
-                // The call's own line, under its id, as the trace layer writes one per request.
+                // The call's own line, under its id, as `served.rs` writes one per request.
                 tracing::debug!(status = answer.status, "served a call of a batch");
                 answer
             })
