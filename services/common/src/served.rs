@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::HttpBody;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,18 +25,17 @@ use crate::server::BODY_LIMIT;
 /// `router` with what every request gets around routing. Around the router, this runs once
 /// per request; as route layers it would be cloned with the route's service for every
 /// request.
-pub fn around_routes<S>(router: S) -> AroundRoutes<<DefaultBodyLimit as Layer<S>>::Service>
-where
-    DefaultBodyLimit: Layer<S>,
-{
+pub fn around_routes<S>(router: S) -> AroundRoutes<S> {
     AroundRoutes {
-        inner: DefaultBodyLimit::max(BODY_LIMIT).layer(router),
+        router,
+        body_limit: DefaultBodyLimit::max(BODY_LIMIT),
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct AroundRoutes<S> {
-    inner: S,
+    router: S,
+    body_limit: DefaultBodyLimit,
 }
 
 impl<S> Service<Request> for AroundRoutes<S>
@@ -47,15 +47,22 @@ where
     type Future = Serving<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+        self.router.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
         let id = request_id::adopt_or_make(request.headers());
         let span = request_span(&request, &id);
         let started = (!span.is_disabled()).then(Instant::now);
+        // The limit goes to requests with a body: on one without (every GET), its request
+        // extension would cost two allocations and limit nothing.
+        let answer = if request.body().is_end_stream() {
+            self.router.call(request)
+        } else {
+            self.body_limit.layer(&mut self.router).call(request)
+        };
         Serving {
-            answer: self.inner.call(request),
+            answer,
             id,
             span,
             started,
