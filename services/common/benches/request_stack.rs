@@ -45,25 +45,15 @@ where
             let request = Request::get("/stocks/GameStart")
                 .body(Body::empty())
                 .expect("a valid request");
-            let answer = service.clone().oneshot(request).await.into_ok();
+            let answer = match service.clone().oneshot(request).await {
+                Ok(answer) => answer,
+                Err(never) => match never {},
+            };
             let body = axum::body::to_bytes(answer.into_body(), 1024).await;
             std::hint::black_box(body.expect("the whole answer"));
         }
         started.elapsed()
     })
-}
-
-trait IntoOk<T> {
-    fn into_ok(self) -> T;
-}
-
-impl<T> IntoOk<T> for Result<T, Infallible> {
-    fn into_ok(self) -> T {
-        match self {
-            Ok(value) => value,
-            Err(never) => match never {},
-        }
-    }
 }
 
 fn request_stack(c: &mut Criterion) {
