@@ -108,35 +108,36 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let answer = this.answer;
-        let polled = request_id::CURRENT.sync_scope(this.id.clone(), || answer.poll(cx));
-        let mut response = match polled {
-            Poll::Ready(Ok(response)) => response,
-            Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => {
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(REQUEST_DEADLINE)));
-                std::task::ready!(deadline.as_mut().poll(cx));
-                timed_out().into_response()
-            }
-        };
+        let (answer, deadline, started) = (this.answer, this.deadline, *this.started);
+        // The 408's envelope and the answer's line carry the id too: made in its scope.
+        let mut response =
+            std::task::ready!(request_id::CURRENT.sync_scope(this.id.clone(), || {
+                let response = match answer.poll(cx) {
+                    Poll::Ready(Ok(response)) => response,
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => {
+                        let deadline = deadline
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(REQUEST_DEADLINE)));
+                        std::task::ready!(deadline.as_mut().poll(cx));
+                        timed_out().into_response()
+                    }
+                };
+                log_answer(response.status(), started);
+                Poll::Ready(response)
+            }));
         response.headers_mut().insert(REQUEST_ID, this.id.clone());
-        log_answer(response.status(), *this.started, this.id);
         Poll::Ready(Ok(response))
     }
 }
 
-/// A line for a server error, with the request's id (at debug its span says more), and at
-/// debug one for every answer (its span has the id).
-fn log_answer(status: StatusCode, started: Option<Instant>, id: &HeaderValue) {
+/// A line for a server error (its request's id is added to every line written while it is
+/// served; at debug its span says more), and at debug one for every answer.
+fn log_answer(status: StatusCode, started: Option<Instant>) {
     let latency_ms = started.map(|started| started.elapsed().as_secs_f64() * 1000.0);
     if status.is_server_error() {
-        let request_id = id.to_str().unwrap_or_default();
         tracing::warn!(
             status = status.as_u16(),
             latency_ms,
-            request_id,
             "answered with a server error"
         );
     } else if latency_ms.is_some() {
@@ -232,7 +233,7 @@ mod tests {
         assert_eq!(id, "waiting-1");
         assert_eq!(
             body,
-            r#"{"error":{"code":408,"message":"No answer within 30 s"}}"#
+            r#"{"error":{"code":408,"message":"No answer within 30 s","request_id":"waiting-1"}}"#
         );
     }
 
