@@ -161,6 +161,24 @@ impl HttpMetrics {
         })
     }
 
+    /// Records a request a service answered before routing (a fast path of its own): `route`
+    /// is the pattern the router would have matched, so the request counts as if it had.
+    pub fn record(
+        &self,
+        method: &axum::http::Method,
+        route: &'static str,
+        status: u16,
+        started: Instant,
+    ) {
+        let labels = RequestLabels {
+            method: method_label(method),
+            route,
+            status,
+        };
+        self.shard()
+            .observe(labels, started.elapsed().as_secs_f64());
+    }
+
     #[cfg(test)]
     fn observe(&self, labels: RequestLabels, seconds: f64) {
         self.shard().observe(labels, seconds);

@@ -139,14 +139,25 @@ pub async fn serve(
 }
 
 /// [`serve`], under `rules`: for a port clients reach. HTTP/1.1, as axum's `serve`, whose
-/// loop this is but for the timer that hyper's idle timeout needs.
-pub async fn serve_with(
+/// loop this is but for the timer that hyper's idle timeout needs. `routes` is a router, or
+/// a service that answers some requests before its router does.
+pub async fn serve_with<S>(
     listener: TcpListener,
     rules: ConnectionRules,
-    router: Router,
+    routes: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = around_routes(router);
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let app = around_routes(routes);
     let mut listener =
         CappedListener::new(listener, rules.caps).failing_writes_stalled_for(rules.idle_timeout);
     let http = hyper::server::conn::http1::Builder::new();

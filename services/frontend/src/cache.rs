@@ -76,6 +76,14 @@ impl StockCache {
         }
     }
 
+    /// The cached stock, counted as a hit; a miss is not counted (the caller looks again with
+    /// [`StockCache::get`], which counts it).
+    pub fn hit(&self, name: &str) -> Option<Arc<CachedStock>> {
+        let stock = lock(self.inner.as_ref()?).entries.get(name)?.clone();
+        self.hits.inc();
+        Some(stock)
+    }
+
     /// Stores `stock` unless an invalidation happened since `epoch` was taken; whether none
     /// did (always, without a cache): then `stock` is as new as anything pushed meanwhile.
     pub fn fill(&self, stock: Stock, epoch: Epoch) -> bool {

@@ -25,6 +25,7 @@ use stocknet_common::server::{self, ConnectionRules};
 
 pub use config::Config;
 pub use error::{Answer, FrontendError};
+use routes::stocks::CachedLookupsFirst;
 pub use state::AppState;
 
 /// The OpenAPI 3.1 document of the public API (what `GET /openapi.json` serves).
@@ -93,7 +94,8 @@ pub async fn start(
     tracing::info!(?rules, "client connections");
     let Some(internal_port) = config.internal_port else {
         return Ok(server::Running::spawn(addr, async move {
-            server::serve_with(listener, rules, router(state), shutdown).await?;
+            let routes = CachedLookupsFirst::new(state.clone(), router(state));
+            server::serve_with(listener, rules, routes, shutdown).await?;
             Ok(())
         }));
     };
@@ -117,7 +119,7 @@ pub async fn start(
             server::serve_with(
                 listener,
                 rules,
-                public_router(state.clone()),
+                CachedLookupsFirst::new(state.clone(), public_router(state.clone())),
                 until_stopped(stopped.clone())
             ),
             server::serve(internal, internal_router(state), until_stopped(stopped)),

@@ -1145,6 +1145,151 @@ async fn a_late_push_of_an_older_state_does_not_take_the_last_seen_value_back() 
     assert_eq!(body["data"]["quantity"], 90, "{body}");
 }
 
+/// A cached lookup is answered before routing as the route answers it, and counted as the
+/// route counts it; what the cache cannot answer as current goes to the routes.
+#[tokio::test]
+async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() {
+    use axum::extract::Path;
+    use axum::routing::get;
+
+    use crate::routes::stocks::CachedLookupsFirst;
+
+    let catalog = Router::new().route(
+        "/stocks/{name}",
+        get(|Path(name): Path<String>| async move {
+            let stock = serde_json::json!({"name": name, "price": 15.99, "quantity": 100});
+            axum::Json(serde_json::json!({ "data": stock }))
+        }),
+    );
+    let (address, served) = serve(catalog).await;
+    let state = lone_state(&["--catalog-url", &format!("http://{address}")]);
+    state.inner.catalog_contact.renewed_now();
+    let routes = router(state.clone());
+    // What reaches these routes was not answered before routing.
+    let teapot = || Router::new().fallback(|| async { StatusCode::IM_A_TEAPOT });
+    let first = CachedLookupsFirst::new(state.clone(), teapot());
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let stock = |name: &str| stocknet_common::Stock {
+        name: name.into(),
+        price: "15.99".parse().unwrap(),
+        quantity: 100,
+    };
+    let status_first = |request: Request<Body>| {
+        let first = first.clone();
+        async move { first.oneshot(request).await.unwrap().status() }
+    };
+
+    // A miss goes to the routes; the route reads the catalog and caches the stock.
+    assert_eq!(
+        status_first(get("/stocks/GameStart")).await,
+        StatusCode::IM_A_TEAPOT
+    );
+    let read = routes
+        .clone()
+        .oneshot(get("/stocks/GameStart"))
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let cached_by_route = routes
+        .clone()
+        .oneshot(get("/stocks/GameStart"))
+        .await
+        .unwrap();
+    let answered_first = first
+        .clone()
+        .oneshot(get("/stocks/GameStart"))
+        .await
+        .unwrap();
+    assert_eq!(answered_first.status(), cached_by_route.status());
+    // The router sets the length of a body it knows; hyper writes it on the wire either way.
+    let mut route_headers = cached_by_route.headers().clone();
+    route_headers.remove(header::CONTENT_LENGTH);
+    assert_eq!(answered_first.headers(), &route_headers);
+    let body = |response: axum::response::Response| async move {
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    let (by_route, first_body) = (body(cached_by_route).await, body(answered_first).await);
+    assert_eq!(first_body, by_route);
+    assert!(String::from_utf8_lossy(&first_body).contains("\"quantity\":100"));
+
+    // Counted as the route counts: two hits (the route's and this one), one miss (the
+    // route's: the look before routing counts none), three requests of the route.
+    let metrics = routes.clone().oneshot(get("/metrics")).await.unwrap();
+    let metrics = String::from_utf8(body(metrics).await.to_vec()).unwrap();
+    let value = |start: &str, containing: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|line| line.starts_with(start) && line.contains(containing))
+            .unwrap_or_else(|| panic!("no {start} {containing} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("stocknet_frontend_cache_hits", ""), 2.0);
+    assert_eq!(value("stocknet_frontend_cache_misses", ""), 1.0);
+    let lookups = r#"method="GET",route="/stocks/{name}",status="200""#;
+    assert_eq!(
+        value(
+            "stocknet_frontend_http_request_duration_seconds_count",
+            lookups
+        ),
+        3.0
+    );
+
+    // Only a GET of a name as the route would take it: the route decodes `%47` to `G`, so
+    // a stock named `%47ameStart` (names may hold `%`) is not what `/stocks/%47ameStart` asks.
+    let Err(epoch) = state.inner.cache.get("%47ameStart") else {
+        panic!("not cached yet");
+    };
+    assert!(state.inner.cache.fill(stock("%47ameStart"), epoch));
+    for request in [
+        get("/stocks/%47ameStart"),
+        get("/stocks/GameStart/"),
+        get("/stocks/Unknown"),
+        Request::head("/stocks/GameStart")
+            .body(Body::empty())
+            .unwrap(),
+        Request::post("/stocks/GameStart")
+            .body(Body::empty())
+            .unwrap(),
+    ] {
+        let uri = format!("{} {}", request.method(), request.uri());
+        assert_eq!(
+            status_first(request).await,
+            StatusCode::IM_A_TEAPOT,
+            "{uri}"
+        );
+    }
+
+    // With the catalog's breaker open, the route answers (the value marked stale).
+    while state.inner.catalog_breaker.admit().is_ok() {
+        state
+            .inner
+            .catalog_breaker
+            .failed(std::time::Instant::now());
+    }
+    assert_eq!(
+        status_first(get("/stocks/GameStart")).await,
+        StatusCode::IM_A_TEAPOT
+    );
+    served.abort();
+
+    // Not once the catalog's lease has lapsed, nor with rate limits on (a layer on the routes).
+    let mut lapsed = lone_state(&[]);
+    let inner = std::sync::Arc::get_mut(&mut lapsed.inner).expect("the only reference");
+    inner.catalog_contact =
+        upstream::catalog::CatalogContact::silent_for(std::time::Duration::from_secs(2));
+    let limited = lone_state(&["--rate-limit", "1000"]);
+    limited.inner.catalog_contact.renewed_now();
+    for state in [lapsed, limited] {
+        let Err(epoch) = state.inner.cache.get("GameStart") else {
+            panic!("an empty cache");
+        };
+        assert!(state.inner.cache.fill(stock("GameStart"), epoch));
+        let first = CachedLookupsFirst::new(state, teapot());
+        let answer = first.oneshot(get("/stocks/GameStart")).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::IM_A_TEAPOT);
+    }
+}
+
 /// The last value a frontend saw of a stock, which it serves marked stale while the catalog is
 /// out of reach, is never older than one it was pushed: a read answered across a push does not
 /// overwrite the pushed value.
