@@ -76,12 +76,14 @@ impl StockCache {
         }
     }
 
-    /// The cached stock, counted as a hit; a miss is not counted (the caller looks again with
-    /// [`StockCache::get`], which counts it).
-    pub fn hit(&self, name: &str) -> Option<Arc<CachedStock>> {
-        let stock = lock(self.inner.as_ref()?).entries.get(name)?.clone();
+    /// The cached stock, as [`StockCache::get`] but counted neither way: the caller counts the
+    /// hit ([`StockCache::count_hit`]) if it answers with it, and a miss goes on to `get`.
+    pub fn find(&self, name: &str) -> Option<Arc<CachedStock>> {
+        Some(lock(self.inner.as_ref()?).entries.get(name)?.clone())
+    }
+
+    pub fn count_hit(&self) {
         self.hits.inc();
-        Some(stock)
     }
 
     /// Stores `stock` unless an invalidation happened since `epoch` was taken; whether none

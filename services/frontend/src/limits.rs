@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -214,6 +214,46 @@ impl Drop for InFlight {
     }
 }
 
+/// What the limits decide of a request before any API key it carries is looked at.
+pub(crate) enum BeforeKey {
+    /// Not limited: limits off, a health check, the deployment's shared secret, or a request
+    /// without a key whose address is unknown (served in-process).
+    Unlimited,
+    /// A request without a key, admitted against its address: in flight until this is dropped.
+    Admitted(InFlight),
+    /// A request without a key over its address's limit: its 429.
+    Refused(Response),
+    /// It carries a key (or something in its place), which decides; from this address, if
+    /// known.
+    Keyed(Option<IpAddr>),
+}
+
+/// The part of [`limit`] that needs no key: all of it for a request without one. The
+/// frontend's cached lookups, answered before routing, go by it too.
+pub(crate) fn before_key(state: &AppState, request: &Request) -> BeforeKey {
+    if !state.inner.limits.enabled()
+        || request.uri().path() == paths::HEALTH.pattern()
+        || state.inner.secret.admits(request.headers())
+    {
+        return BeforeKey::Unlimited;
+    }
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| client_address(info.0.ip()));
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        return BeforeKey::Keyed(address);
+    }
+    let Some(address) = address else {
+        return BeforeKey::Unlimited;
+    };
+    let client = Client::Address(address);
+    match state.inner.limits.admit(client) {
+        Ok(in_flight) => BeforeKey::Admitted(in_flight),
+        Err(too_many) => BeforeKey::Refused(over_its_limit(client, too_many)),
+    }
+}
+
 /// Middleware of the public routes. A request with an API key counts against its user once the
 /// key is verified (a bad key is refused here, 401, on every route); one without, or with a
 /// key that cannot be verified while the catalog is unreachable, against its address. Checking
@@ -223,17 +263,17 @@ impl Drop for InFlight {
 /// secret, which `GET /audit` takes in place of a key) are never limited, and an anonymous
 /// request whose address is unknown (served in-process, as in router tests) is admitted.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let address = match before_key(&state, &request) {
+        BeforeKey::Unlimited => return next.run(request).await,
+        BeforeKey::Refused(refused) => return refused,
+        BeforeKey::Admitted(in_flight) => {
+            let response = next.run(request).await;
+            drop(in_flight);
+            return response;
+        }
+        BeforeKey::Keyed(address) => address,
+    };
     let limits = &state.inner.limits;
-    if !limits.enabled()
-        || request.uri().path() == paths::HEALTH.pattern()
-        || state.inner.secret.admits(request.headers())
-    {
-        return next.run(request).await;
-    }
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| client_address(info.0.ip()));
     let key = match credentials::bearer(request.headers()) {
         Ok(key) => key,
         Err(refused) => return refused.into_response(),

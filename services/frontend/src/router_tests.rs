@@ -1272,22 +1272,91 @@ async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() 
     );
     served.abort();
 
-    // Not once the catalog's lease has lapsed, nor with rate limits on (a layer on the routes).
+    // Not once the catalog's lease has lapsed.
     let mut lapsed = lone_state(&[]);
     let inner = std::sync::Arc::get_mut(&mut lapsed.inner).expect("the only reference");
     inner.catalog_contact =
         upstream::catalog::CatalogContact::silent_for(std::time::Duration::from_secs(2));
-    let limited = lone_state(&["--rate-limit", "1000"]);
-    limited.inner.catalog_contact.renewed_now();
-    for state in [lapsed, limited] {
-        let Err(epoch) = state.inner.cache.get("GameStart") else {
-            panic!("an empty cache");
-        };
-        assert!(state.inner.cache.fill(stock("GameStart"), epoch));
-        let first = CachedLookupsFirst::new(state, teapot());
-        let answer = first.oneshot(get("/stocks/GameStart")).await.unwrap();
-        assert_eq!(answer.status(), StatusCode::IM_A_TEAPOT);
-    }
+    let Err(epoch) = lapsed.inner.cache.get("GameStart") else {
+        panic!("an empty cache");
+    };
+    assert!(lapsed.inner.cache.fill(stock("GameStart"), epoch));
+    let first = CachedLookupsFirst::new(lapsed, teapot());
+    let answer = first.oneshot(get("/stocks/GameStart")).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::IM_A_TEAPOT);
+}
+
+/// With rate limits on, a cached lookup without a key is limited before routing as the
+/// routes' limits limit it, by its address; one with a key goes to the routes, which verify it.
+#[tokio::test]
+async fn cached_lookups_before_routing_keep_the_rate_limits() {
+    use crate::routes::stocks::CachedLookupsFirst;
+
+    let state = lone_state(&["--rate-limit", "1"]);
+    state.inner.catalog_contact.renewed_now();
+    let Err(epoch) = state.inner.cache.get("GameStart") else {
+        panic!("an empty cache");
+    };
+    let stock = stocknet_common::Stock {
+        name: "GameStart".into(),
+        price: "15.99".parse().unwrap(),
+        quantity: 100,
+    };
+    assert!(state.inner.cache.fill(stock, epoch));
+    // What reaches these routes was not answered before routing.
+    let teapot = Router::new().fallback(|| async { StatusCode::IM_A_TEAPOT });
+    let first = CachedLookupsFirst::new(state.clone(), teapot);
+    let lookup = |address: &str| {
+        let mut request = Request::get("/stocks/GameStart")
+            .body(Body::empty())
+            .unwrap();
+        let address: std::net::SocketAddr = address.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(address));
+        request
+    };
+
+    let admitted = first
+        .clone()
+        .oneshot(lookup("192.0.2.8:40000"))
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), StatusCode::OK);
+    // Over the address's rate (one a second): refused before routing, as the routes refuse it.
+    let refused = first
+        .clone()
+        .oneshot(lookup("192.0.2.8:40001"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key(header::RETRY_AFTER));
+    let by_routes = router(state.clone())
+        .oneshot(lookup("192.0.2.8:40002"))
+        .await
+        .unwrap();
+    assert_eq!(by_routes.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = |response: axum::response::Response| async move {
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    assert_eq!(body(refused).await, body(by_routes).await);
+    // Another address has its own rate.
+    let other = first
+        .clone()
+        .oneshot(lookup("192.0.2.9:40000"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    // A key goes to the routes.
+    let mut keyed = lookup("192.0.2.10:40000");
+    keyed.headers_mut().insert(
+        header::AUTHORIZATION,
+        "Bearer sk_1_notakey".parse().unwrap(),
+    );
+    assert_eq!(
+        first.oneshot(keyed).await.unwrap().status(),
+        StatusCode::IM_A_TEAPOT
+    );
 }
 
 /// The last value a frontend saw of a stock, which it serves marked stale while the catalog is

@@ -19,6 +19,7 @@ use tower::Service;
 
 use super::answers::{BadQuery, StockLookup};
 use crate::cache::{CachedStock, Epoch};
+use crate::limits::{self, BeforeKey};
 use crate::upstream::catalog::{self, call_catalog, CatalogCall};
 use crate::upstream::is_for_client;
 use crate::{Answer, AppState, FrontendError};
@@ -149,33 +150,26 @@ const LOOKUP_ROUTE: &str = "/stocks/{name}";
 /// Cached lookups are most of what a frontend serves; answered here, each skips the router's
 /// matching, the path's extraction, the route's boxed service and the handler's boxed future
 /// (docs/BENCHMARKS.md, "Cached lookups before routing"). It answers only what the route
-/// would answer the same way (a current value in the cache: the same checks as [`stock`]),
-/// with the same body and headers, counted in the request histogram under the route's
-/// pattern; a miss, a value that is not current, a name the router would decode (`%`) and,
-/// with rate limits on, every lookup go to the route.
+/// would answer the same way (a current value in the cache: the same checks as [`stock`]; the
+/// rate limits of a request without a key: the same function as the routes' limits), with
+/// the same body and headers, counted in the request histogram under the route's pattern; a
+/// miss, a value that is not current, a name the router would decode (`%`) and, with rate
+/// limits on, a request with an API key (the limits verify it) go to the route.
 #[derive(Clone)]
 pub(crate) struct CachedLookupsFirst<S> {
     state: AppState,
     routes: S,
-    enabled: bool,
 }
 
 impl<S> CachedLookupsFirst<S> {
     pub(crate) fn new(state: AppState, routes: S) -> Self {
-        // The rate limits are a layer on the routes: a lookup answered before them would
-        // go uncounted.
-        let enabled = state.inner.cache.enabled() && !state.inner.limits.enabled();
-        Self {
-            state,
-            routes,
-            enabled,
-        }
+        Self { state, routes }
     }
 
-    /// The answer from the cache, recorded, if `request` is a lookup the cache can answer as
-    /// current.
+    /// The answer from the cache (or the rate limits' 429), recorded, if `request` is a lookup
+    /// the cache can answer as current.
     fn answer_from_cache(&self, request: &Request) -> Option<Response> {
-        if !self.enabled || request.method() != Method::GET {
+        if request.method() != Method::GET {
             return None;
         }
         let name = request.uri().path().strip_prefix("/stocks/")?;
@@ -187,10 +181,22 @@ impl<S> CachedLookupsFirst<S> {
         if inner.catalog_breaker.admit().is_err() || !inner.catalog_contact.recent() {
             return None;
         }
-        let answer = encoded(inner.cache.hit(name)?.answer.clone());
+        let cached = inner.cache.find(name)?;
+        let hit = || {
+            inner.cache.count_hit();
+            encoded(cached.answer.clone())
+        };
+        let (answer, in_flight) = match limits::before_key(&self.state, request) {
+            BeforeKey::Keyed(_) => return None,
+            BeforeKey::Refused(refused) => (refused, None),
+            BeforeKey::Admitted(in_flight) => (hit(), Some(in_flight)),
+            BeforeKey::Unlimited => (hit(), None),
+        };
         let status = answer.status().as_u16();
         let http = &inner.metrics.http;
         http.record(request.method(), LOOKUP_ROUTE, status, started);
+        // In flight until its answer is made, as the routes' limits count it.
+        drop(in_flight);
         Some(answer)
     }
 }
