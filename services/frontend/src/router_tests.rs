@@ -1145,18 +1145,52 @@ async fn a_late_push_of_an_older_state_does_not_take_the_last_seen_value_back() 
     assert_eq!(body["data"]["quantity"], 90, "{body}");
 }
 
+/// Routes that answer 418 to everything: what reaches them was not answered before routing.
+fn teapot() -> Router {
+    Router::new().fallback(|| async { StatusCode::IM_A_TEAPOT })
+}
+
+/// `state`'s cache holding a stock named `name` (quantity 100).
+fn cache_holds(state: &AppState, name: &str) {
+    let Err(epoch) = state.inner.cache.get(name) else {
+        panic!("{name} is cached already");
+    };
+    let stock = stocknet_common::Stock {
+        name: name.into(),
+        price: "15.99".parse().unwrap(),
+        quantity: 100,
+    };
+    assert!(state.inner.cache.fill(stock, epoch));
+}
+
+/// The answer of `service` (a router, or the look before routing around one) to `request`.
+async fn answer<S>(service: &S, request: Request<Body>) -> axum::response::Response
+where
+    S: tower::Service<Request<Body>, Response = axum::response::Response> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    service.clone().oneshot(request).await.unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+async fn body_of(response: axum::response::Response) -> axum::body::Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
 /// A cached lookup is answered before routing as the route answers it, and counted as the
 /// route counts it; what the cache cannot answer as current goes to the routes.
 #[tokio::test]
 async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() {
     use axum::extract::Path;
-    use axum::routing::get;
 
     use crate::routes::stocks::CachedLookupsFirst;
 
     let catalog = Router::new().route(
         "/stocks/{name}",
-        get(|Path(name): Path<String>| async move {
+        axum::routing::get(|Path(name): Path<String>| async move {
             let stock = serde_json::json!({"name": name, "price": 15.99, "quantity": 100});
             axum::Json(serde_json::json!({ "data": stock }))
         }),
@@ -1165,57 +1199,28 @@ async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() 
     let state = lone_state(&["--catalog-url", &format!("http://{address}")]);
     state.inner.catalog_contact.renewed_now();
     let routes = router(state.clone());
-    // What reaches these routes was not answered before routing.
-    let teapot = || Router::new().fallback(|| async { StatusCode::IM_A_TEAPOT });
     let first = CachedLookupsFirst::new(state.clone(), teapot());
-    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
-    let stock = |name: &str| stocknet_common::Stock {
-        name: name.into(),
-        price: "15.99".parse().unwrap(),
-        quantity: 100,
-    };
-    let status_first = |request: Request<Body>| {
-        let first = first.clone();
-        async move { first.oneshot(request).await.unwrap().status() }
-    };
 
     // A miss goes to the routes; the route reads the catalog and caches the stock.
-    assert_eq!(
-        status_first(get("/stocks/GameStart")).await,
-        StatusCode::IM_A_TEAPOT
-    );
-    let read = routes
-        .clone()
-        .oneshot(get("/stocks/GameStart"))
-        .await
-        .unwrap();
+    let missed = answer(&first, get("/stocks/GameStart")).await;
+    assert_eq!(missed.status(), StatusCode::IM_A_TEAPOT);
+    let read = answer(&routes, get("/stocks/GameStart")).await;
     assert_eq!(read.status(), StatusCode::OK);
-    let cached_by_route = routes
-        .clone()
-        .oneshot(get("/stocks/GameStart"))
-        .await
-        .unwrap();
-    let answered_first = first
-        .clone()
-        .oneshot(get("/stocks/GameStart"))
-        .await
-        .unwrap();
+    let cached_by_route = answer(&routes, get("/stocks/GameStart")).await;
+    let answered_first = answer(&first, get("/stocks/GameStart")).await;
     assert_eq!(answered_first.status(), cached_by_route.status());
     // The router sets the length of a body it knows; hyper writes it on the wire either way.
     let mut route_headers = cached_by_route.headers().clone();
     route_headers.remove(header::CONTENT_LENGTH);
     assert_eq!(answered_first.headers(), &route_headers);
-    let body = |response: axum::response::Response| async move {
-        response.into_body().collect().await.unwrap().to_bytes()
-    };
-    let (by_route, first_body) = (body(cached_by_route).await, body(answered_first).await);
-    assert_eq!(first_body, by_route);
+    let first_body = body_of(answered_first).await;
+    assert_eq!(first_body, body_of(cached_by_route).await);
     assert!(String::from_utf8_lossy(&first_body).contains("\"quantity\":100"));
 
     // Counted as the route counts: two hits (the route's and this one), one miss (the
     // route's: the look before routing counts none), three requests of the route.
-    let metrics = routes.clone().oneshot(get("/metrics")).await.unwrap();
-    let metrics = String::from_utf8(body(metrics).await.to_vec()).unwrap();
+    let metrics = body_of(answer(&routes, get("/metrics")).await).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
     let value = |start: &str, containing: &str| -> f64 {
         let line = metrics
             .lines()
@@ -1226,21 +1231,16 @@ async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() 
     assert_eq!(value("stocknet_frontend_cache_hits", ""), 2.0);
     assert_eq!(value("stocknet_frontend_cache_misses", ""), 1.0);
     let lookups = r#"method="GET",route="/stocks/{name}",status="200""#;
-    assert_eq!(
-        value(
-            "stocknet_frontend_http_request_duration_seconds_count",
-            lookups
-        ),
-        3.0
+    let requests = value(
+        "stocknet_frontend_http_request_duration_seconds_count",
+        lookups,
     );
+    assert_eq!(requests, 3.0);
 
     // Only a GET of a name as the route would take it: the route decodes `%47` to `G`, so
     // a stock named `%47ameStart` (names may hold `%`) is not what `/stocks/%47ameStart` asks.
-    let Err(epoch) = state.inner.cache.get("%47ameStart") else {
-        panic!("not cached yet");
-    };
-    assert!(state.inner.cache.fill(stock("%47ameStart"), epoch));
-    for request in [
+    cache_holds(&state, "%47ameStart");
+    let to_routes = [
         get("/stocks/%47ameStart"),
         get("/stocks/GameStart/"),
         get("/stocks/Unknown"),
@@ -1250,26 +1250,20 @@ async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() 
         Request::post("/stocks/GameStart")
             .body(Body::empty())
             .unwrap(),
-    ] {
-        let uri = format!("{} {}", request.method(), request.uri());
-        assert_eq!(
-            status_first(request).await,
-            StatusCode::IM_A_TEAPOT,
-            "{uri}"
-        );
+    ];
+    for request in to_routes {
+        let asked = format!("{} {}", request.method(), request.uri());
+        let status = answer(&first, request).await.status();
+        assert_eq!(status, StatusCode::IM_A_TEAPOT, "{asked}");
     }
 
     // With the catalog's breaker open, the route answers (the value marked stale).
-    while state.inner.catalog_breaker.admit().is_ok() {
-        state
-            .inner
-            .catalog_breaker
-            .failed(std::time::Instant::now());
+    let breaker = &state.inner.catalog_breaker;
+    while breaker.admit().is_ok() {
+        breaker.failed(std::time::Instant::now());
     }
-    assert_eq!(
-        status_first(get("/stocks/GameStart")).await,
-        StatusCode::IM_A_TEAPOT
-    );
+    let stale = answer(&first, get("/stocks/GameStart")).await;
+    assert_eq!(stale.status(), StatusCode::IM_A_TEAPOT);
     served.abort();
 
     // Not once the catalog's lease has lapsed.
@@ -1277,13 +1271,10 @@ async fn cached_lookups_are_answered_before_routing_as_the_route_answers_them() 
     let inner = std::sync::Arc::get_mut(&mut lapsed.inner).expect("the only reference");
     inner.catalog_contact =
         upstream::catalog::CatalogContact::silent_for(std::time::Duration::from_secs(2));
-    let Err(epoch) = lapsed.inner.cache.get("GameStart") else {
-        panic!("an empty cache");
-    };
-    assert!(lapsed.inner.cache.fill(stock("GameStart"), epoch));
+    cache_holds(&lapsed, "GameStart");
     let first = CachedLookupsFirst::new(lapsed, teapot());
-    let answer = first.oneshot(get("/stocks/GameStart")).await.unwrap();
-    assert_eq!(answer.status(), StatusCode::IM_A_TEAPOT);
+    let unvouched = answer(&first, get("/stocks/GameStart")).await;
+    assert_eq!(unvouched.status(), StatusCode::IM_A_TEAPOT);
 }
 
 /// With rate limits on, a cached lookup without a key is limited before routing as the
@@ -1294,22 +1285,10 @@ async fn cached_lookups_before_routing_keep_the_rate_limits() {
 
     let state = lone_state(&["--rate-limit", "1"]);
     state.inner.catalog_contact.renewed_now();
-    let Err(epoch) = state.inner.cache.get("GameStart") else {
-        panic!("an empty cache");
-    };
-    let stock = stocknet_common::Stock {
-        name: "GameStart".into(),
-        price: "15.99".parse().unwrap(),
-        quantity: 100,
-    };
-    assert!(state.inner.cache.fill(stock, epoch));
-    // What reaches these routes was not answered before routing.
-    let teapot = Router::new().fallback(|| async { StatusCode::IM_A_TEAPOT });
-    let first = CachedLookupsFirst::new(state.clone(), teapot);
-    let lookup = |address: &str| {
-        let mut request = Request::get("/stocks/GameStart")
-            .body(Body::empty())
-            .unwrap();
+    cache_holds(&state, "GameStart");
+    let first = CachedLookupsFirst::new(state.clone(), teapot());
+    let from = |address: &str| {
+        let mut request = get("/stocks/GameStart");
         let address: std::net::SocketAddr = address.parse().unwrap();
         request
             .extensions_mut()
@@ -1317,46 +1296,24 @@ async fn cached_lookups_before_routing_keep_the_rate_limits() {
         request
     };
 
-    let admitted = first
-        .clone()
-        .oneshot(lookup("192.0.2.8:40000"))
-        .await
-        .unwrap();
+    let admitted = answer(&first, from("192.0.2.8:40000")).await;
     assert_eq!(admitted.status(), StatusCode::OK);
     // Over the address's rate (one a second): refused before routing, as the routes refuse it.
-    let refused = first
-        .clone()
-        .oneshot(lookup("192.0.2.8:40001"))
-        .await
-        .unwrap();
+    let refused = answer(&first, from("192.0.2.8:40001")).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key(header::RETRY_AFTER));
-    let by_routes = router(state.clone())
-        .oneshot(lookup("192.0.2.8:40002"))
-        .await
-        .unwrap();
+    let by_routes = answer(&router(state.clone()), from("192.0.2.8:40002")).await;
     assert_eq!(by_routes.status(), StatusCode::TOO_MANY_REQUESTS);
-    let body = |response: axum::response::Response| async move {
-        response.into_body().collect().await.unwrap().to_bytes()
-    };
-    assert_eq!(body(refused).await, body(by_routes).await);
+    assert_eq!(body_of(refused).await, body_of(by_routes).await);
     // Another address has its own rate.
-    let other = first
-        .clone()
-        .oneshot(lookup("192.0.2.9:40000"))
-        .await
-        .unwrap();
+    let other = answer(&first, from("192.0.2.9:40000")).await;
     assert_eq!(other.status(), StatusCode::OK);
     // A key goes to the routes.
-    let mut keyed = lookup("192.0.2.10:40000");
-    keyed.headers_mut().insert(
-        header::AUTHORIZATION,
-        "Bearer sk_1_notakey".parse().unwrap(),
-    );
-    assert_eq!(
-        first.oneshot(keyed).await.unwrap().status(),
-        StatusCode::IM_A_TEAPOT
-    );
+    let mut keyed = from("192.0.2.10:40000");
+    let key = "Bearer sk_1_notakey".parse().unwrap();
+    keyed.headers_mut().insert(header::AUTHORIZATION, key);
+    let keyed = answer(&first, keyed).await;
+    assert_eq!(keyed.status(), StatusCode::IM_A_TEAPOT);
 }
 
 /// The last value a frontend saw of a stock, which it serves marked stale while the catalog is
