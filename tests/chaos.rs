@@ -2,7 +2,8 @@
 //! users and anonymously — while faults hit the processes, then the reliability contract I1–I5
 //! and I8 (one book, one set of portfolios, one daily report) is checked on what is left. Two
 //! runs: one SIGKILLs and restarts order replicas (the leader at least every other time) and
-//! the catalog once; the other, with two frontends, brings gray failures (I13): replicas, the
+//! the catalog once, as a power loss of its machine (its last trades cut from its journal, in a
+//! new boot: the catalog answers trades before their fsync); the other, with two frontends, brings gray failures (I13): replicas, the
 //! catalog and a frontend hang (SIGSTOP) and go on (SIGCONT), replicas die and are back
 //! within a second, and the leader's link to the catalog drops everything for a while. Some limit orders carry terms (ioc, fok, day, gtd, post-only, self-trade
 //! prevention): the replay checks that no user's orders traded with each other against the
@@ -446,7 +447,8 @@ async fn victim(cluster: &Cluster, rng: &mut Rng, leader_first: bool) -> (usize,
 }
 
 /// Kills and restarts replicas until `until`, the leader every other time and the catalog once
-/// from halfway on; waits for each victim to be back (ready) before the next round.
+/// from halfway on, which loses power; waits for each victim to be back (ready) before the
+/// next round.
 async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut chaos = Chaos::default();
@@ -456,11 +458,23 @@ async fn kill_and_restart(cluster: &mut Cluster, until: Instant) -> Chaos {
         // Pacing: let the clients trade for a while between kills.
         sleep(Duration::from_millis(200 + rng.below(300))).await;
         if chaos.catalog_kills == 0 && Instant::now() >= halfway {
-            chaos.timeline.note("catalog killed and restarted");
             cluster.catalog.kill9();
+            let lost = lose_catalogs_unsynced_trades(cluster.dir.path());
+            chaos.timeline.note(format!(
+                "catalog lost power ({lost} trades cut from its journal) and restarted"
+            ));
             cluster.catalog.restart();
             wait_catalog_back(cluster).await;
             chaos.timeline.note("catalog back");
+            // The leader's rounds catch it up (the next order, or its look every 2 s), and it
+            // notes this boot.
+            let boot = cluster.dir.path().join("catalog.kernel-boot");
+            wait_until("the catalog caught up", Duration::from_secs(10), || {
+                let noted = std::fs::read_to_string(&boot).unwrap_or_default();
+                std::future::ready(!noted.contains("power loss"))
+            })
+            .await;
+            chaos.timeline.note("catalog caught up");
             chaos.catalog_kills += 1;
             continue;
         }
@@ -620,6 +634,31 @@ fn missing(chaos: &Chaos) -> Option<u64> {
     .iter()
     .position(|&count| count == 0)
     .map(|kind| kind as u64)
+}
+
+/// What a power loss of the catalog's machine may take from its files in `dir`: trades at the
+/// end of its journal, which it answered before their fsync (not a term record: those are
+/// fsync'd before the answer); and it starts in another boot. Says how many trades it cut.
+fn lose_catalogs_unsynced_trades(dir: &std::path::Path) -> usize {
+    let journal = dir.join("catalog.wal");
+    let text = std::fs::read_to_string(&journal).expect("the catalog's journal");
+    let lines: Vec<&str> = text.lines().collect();
+    let last_term = lines.iter().rposition(|line| line.starts_with("term,"));
+    let keep = lines
+        .len()
+        .saturating_sub(8)
+        .max(last_term.map_or(0, |i| i + 1));
+    let kept: String = lines[..keep]
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&journal, kept).expect("cut the journal");
+    std::fs::write(
+        dir.join("catalog.kernel-boot"),
+        "a boot before the power loss\n",
+    )
+    .expect("the boot");
+    lines.len() - keep
 }
 
 async fn wait_catalog_back(cluster: &Cluster) {

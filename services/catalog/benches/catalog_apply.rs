@@ -27,7 +27,11 @@ fn apply(c: &mut Criterion) {
                     })
                     .collect();
                 store
-                    .apply(&ApplyRequest { term: 1, trades })
+                    .apply(&ApplyRequest {
+                        term: 1,
+                        trades,
+                        leader_applied: None,
+                    })
                     .expect("apply");
                 store.sync();
             })

@@ -30,6 +30,8 @@ pub enum CatalogError {
     Io(#[from] stocknet_common::file::FileError),
     #[error("The users' file is busy: nothing was changed, try again")]
     UsersBusy,
+    #[error("The catalog is catching up with the order group after its machine restarted: try again shortly")]
+    Behind,
     #[error("internal task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -47,7 +49,7 @@ impl Classified for CatalogError {
             | Self::Gap { .. }
             | Self::StaleTerm { .. }
             | Self::TermJump { .. } => Cause::Conflict,
-            Self::UsersBusy => Cause::Unavailable,
+            Self::UsersBusy | Self::Behind => Cause::Unavailable,
             Self::Corrupt(_) | Self::Io(_) | Self::Task(_) | Self::Secret(_) => Cause::Internal,
         }
     }

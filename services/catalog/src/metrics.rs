@@ -21,6 +21,7 @@ pub struct CatalogMetrics {
     pub pushes: Family<PushOutcome, Counter>,
     pub applied: Gauge,
     pub term: Gauge,
+    pub behind: Gauge,
     pub users: Gauge,
 }
 
@@ -54,6 +55,12 @@ impl CatalogMetrics {
         let (applied, term, users) = (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register("applied", "The last transaction applied", applied.clone());
         registry.register("term", "The order leaders' term last seen", term.clone());
+        let behind = Gauge::default();
+        registry.register(
+            "behind",
+            "1 while the catalog may lack trades it acknowledged before a power loss (lookups answer 503) until an order leader catches it up",
+            behind.clone(),
+        );
         registry.register("users", "Users registered", users.clone());
         Self {
             registry: Arc::new(registry),
@@ -64,6 +71,7 @@ impl CatalogMetrics {
             pushes,
             applied,
             term,
+            behind,
             users,
         }
     }

@@ -52,6 +52,9 @@ pub(crate) async fn lookup(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, CatalogError> {
+    if state.store.is_behind() {
+        return Err(CatalogError::Behind);
+    }
     state
         .store
         .get(&name)
@@ -76,6 +79,9 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
+    if state.store.is_behind() {
+        return Err(ApiError::classified(&CatalogError::Behind));
+    }
     let limit = bounded("limit", query.limit, 100, MAX_PAGE)?;
     let after = match query.cursor.as_deref() {
         None => None,
@@ -253,7 +259,7 @@ pub(crate) async fn apply(
         .collect();
     names.sort();
     names.dedup();
-    let outcome = state.store.apply(&request)?;
+    let applied = state.store.apply(&request)?;
     // A new leader's first apply (or its retry, if that one's push was cut short). The last
     // leader's last apply may have been taken here and its invalidation cut short (its call
     // dropped with it), and the new leader counts what is applied here as done: every frontend
@@ -269,25 +275,34 @@ pub(crate) async fn apply(
     if !request.trades.is_empty() {
         metrics.apply_trades.observe(request.trades.len() as f64);
     }
-    if names.is_empty() && !new_term && !state.store.needs_sync(Instant::now()) {
-        // Entries that change no stock: nothing to tell, and nothing the leader's answers
-        // wait for. Their journal lines become durable with the next sync; lost in a crash
-        // before it, they are sent again (the leader resends from the position it is told).
+    // Trades wait for no fsync (see `store`): their journal lines become durable with the next
+    // sync; lost in a power loss before it, the leader sends them again.
+    let sync_due = state.store.needs_sync(Instant::now());
+    if names.is_empty() && !new_term && !applied.caught_up && !sync_due {
+        // Entries that change no stock: nothing to tell.
         state.offer_trial();
-        return Ok(data(outcome));
+        return Ok(data(applied.outcome));
     }
     // The frontends refetch from memory, which holds only committed trades; so they may be told
     // while the disk works, and the answer waits for both.
-    let store = state.store.clone();
-    let fsync_seconds = metrics.fsync_seconds.clone();
-    let sync = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        store.sync();
-        fsync_seconds.observe(started.elapsed().as_secs_f64());
-    });
+    let sync = async {
+        if !sync_due {
+            return Ok(());
+        }
+        let store = state.store.clone();
+        let fsync_seconds = metrics.fsync_seconds.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            store.sync();
+            fsync_seconds.observe(started.elapsed().as_secs_f64());
+        })
+        .await
+    };
     let invalidate = async {
         let started = std::time::Instant::now();
-        if new_term {
+        // Caught up after a power loss: every stock as it is now, also to the price streams,
+        // which were told only names meanwhile.
+        if new_term || applied.caught_up {
             state.invalidate_everything(false).await;
             state.pushed_term.fetch_max(request.term, Ordering::AcqRel);
         } else {
@@ -299,5 +314,5 @@ pub(crate) async fn apply(
     };
     let (synced, ()) = tokio::join!(sync, invalidate);
     synced.map_err(|e| CatalogError::Task(e.to_string()))?;
-    Ok(data(outcome))
+    Ok(data(applied.outcome))
 }

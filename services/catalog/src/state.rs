@@ -168,6 +168,17 @@ impl AppState {
             self.offer_trial();
             return;
         }
+        if self.store.is_behind() {
+            // Stocks that may be older than those shown before a power loss: dropped, not
+            // told (they would go back in time on the price streams). Once caught up it stays
+            // so, and the stocks read after are current.
+            self.push(Invalidation {
+                names,
+                ..Invalidation::default()
+            })
+            .await;
+            return;
+        }
         let (applied, stocks) = self.store.stocks_as_of(&names);
         self.push(Invalidation {
             names,
@@ -198,7 +209,8 @@ impl AppState {
     /// below a frontend's body limit.
     pub(crate) async fn invalidate_everything(&self, all_users: bool) {
         let snapshot = self.store.snapshot();
-        let as_of = Some(self.as_of(snapshot.applied));
+        // (Behind: names only, as in `invalidate`.)
+        let as_of = (!snapshot.behind).then(|| self.as_of(snapshot.applied));
         let mut stocks: Vec<&[Stock]> = snapshot.stocks.chunks(STOCKS_PER_PUSH).collect();
         if stocks.is_empty() {
             stocks.push(&[]);
@@ -208,7 +220,11 @@ impl AppState {
             .enumerate()
             .map(|(index, stocks)| Invalidation {
                 names: stocks.iter().map(|s| s.name.clone()).collect(),
-                stocks: stocks.to_vec(),
+                stocks: if snapshot.behind {
+                    Vec::new()
+                } else {
+                    stocks.to_vec()
+                },
                 all_users: all_users && index == 0,
                 as_of,
                 ..Invalidation::default()
@@ -431,6 +447,7 @@ impl AppState {
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.metrics.applied.set(gauge(snapshot.applied));
         self.metrics.term.set(gauge(snapshot.term));
+        self.metrics.behind.set(i64::from(snapshot.behind));
         self.metrics.users.set(gauge(self.users.count() as u64));
     }
 }

@@ -10,6 +10,13 @@
 //! journal records the snapshot is rewritten and the journal emptied. Replaying the journal is idempotent (trades carry their transaction
 //! numbers), so a crash between the two steps of a compaction is harmless, and a torn last
 //! journal record was never acknowledged.
+//!
+//! Trades are answered before their fsync: they are committed entries of the order log,
+//! durable on a majority of the order group, and the catalog's table is a function of them.
+//! Written pages outlive a killed process; only a power loss (a new boot of the machine,
+//! which the kernel names) can take unsynced trades away, and a catalog that finds itself in
+//! a new boot stays [`behind`](CatalogStore::is_behind) until a leader has brought it to where
+//! the leader's book stands. Where the kernel names no boot, trades wait for their fsync.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -40,11 +47,17 @@ struct Table {
     applied: u64,
     /// Highest leader term seen; older leaders are refused.
     term: u64,
+    /// Whether trades it acknowledged may be missing (a power loss since): lookups wait until
+    /// a leader brings it to where its book stands.
+    behind: bool,
 }
 
 #[derive(Debug)]
 pub struct CatalogStore {
     path: PathBuf,
+    /// The kernel's name for this boot of the machine, kept in [`kernel_boot_path`] once the
+    /// catalog holds every trade it acknowledged.
+    boot: Option<String>,
     table: RwLock<Table>,
     /// Locked after the table's lock when both are held.
     journal: Mutex<Journal>,
@@ -61,8 +74,11 @@ struct Journal {
     len: u64,
     records: usize,
     /// Through where the file must be durable before an apply is answered: its last term
-    /// record or trade that changes a stock.
+    /// record, and where the kernel names no boot its last trade that changes a stock.
     must_sync: u64,
+    /// Whether a trade that changes a stock must be durable before it is answered: where the
+    /// kernel names no boot, a catalog back from a power loss could not tell what it lost.
+    sync_trades: bool,
     /// Through where the last fsync made it durable, and when that fsync ended.
     synced: u64,
     synced_at: Instant,
@@ -72,10 +88,34 @@ struct Journal {
 
 const MARK_PREFIX: &str = "# stocknet";
 
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: ApplyOutcome,
+    /// Whether it brought a catalog [`behind`](CatalogStore::is_behind) to where the leader's
+    /// book stands: its stocks may be shown again.
+    pub caught_up: bool,
+}
+
+/// Where the store at `path` keeps the boot in which it last held every trade it
+/// acknowledged.
+fn kernel_boot_path(path: &Path) -> PathBuf {
+    path.with_extension("kernel-boot")
+}
+
 impl CatalogStore {
     /// Opens the snapshot at `path` and replays its journal beside it; if there is no
     /// snapshot yet, seeds it from `initial` (CSV text).
     pub fn open(path: impl Into<PathBuf>, initial: &str) -> Result<Self, CatalogError> {
+        Self::open_in_boot(path, initial, file::kernel_boot_id())
+    }
+
+    /// [`open`](Self::open) in the machine's boot named `boot`.
+    pub fn open_in_boot(
+        path: impl Into<PathBuf>,
+        initial: &str,
+        boot: Option<String>,
+    ) -> Result<Self, CatalogError> {
         let path = path.into();
         let mut table = if path.exists() {
             let file = File::open(&path).map_err(|e| CatalogError::io(&path, e))?;
@@ -85,7 +125,7 @@ impl CatalogStore {
             write_atomically(&path, &table)?;
             table
         };
-        let mut journal = Journal::open(path.with_extension("wal"))?;
+        let mut journal = Journal::open(path.with_extension("wal"), boot.is_none())?;
         journal
             .replay(&mut table)
             .map_err(|e| e.in_file(&journal.path))?;
@@ -93,11 +133,48 @@ impl CatalogStore {
             write_atomically(&path, &table)?;
             journal.clear()?;
         }
-        Ok(Self {
+        // Written in another boot (no file: a first start, or a version that synced every
+        // trade before answering it).
+        let boot_path = kernel_boot_path(&path);
+        let recorded = match std::fs::read_to_string(&boot_path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CatalogError::io(&boot_path, e)),
+        };
+        table.behind = recorded.is_some() && recorded != boot;
+        let store = Self {
             path,
+            boot,
             table: RwLock::new(table),
             journal: Mutex::new(journal),
-        })
+        };
+        if store.is_behind() {
+            tracing::warn!(
+                applied = store.position().0,
+                "the machine restarted since the catalog last wrote: trades it acknowledged may \
+                 be lost, so lookups wait until the order group's leader catches it up"
+            );
+        } else if recorded != store.boot {
+            // Before any trade is answered unsynced in this boot.
+            store.record_boot()?;
+        }
+        Ok(store)
+    }
+
+    /// Whether trades it acknowledged may be missing since a power loss, until a leader
+    /// catches it up: its stocks must not be shown.
+    pub fn is_behind(&self) -> bool {
+        self.read().behind
+    }
+
+    /// Notes that the catalog holds every trade it acknowledged in this boot.
+    fn record_boot(&self) -> Result<(), CatalogError> {
+        let path = kernel_boot_path(&self.path);
+        match &self.boot {
+            Some(boot) => file::replace_atomically(&path, |file| writeln!(file, "{boot}")),
+            None => file::remove_durably(&path),
+        }
+        .map_err(|e| CatalogError::io(&path, e))
     }
 
     pub fn get(&self, name: &str) -> Option<Stock> {
@@ -147,17 +224,47 @@ impl CatalogStore {
             term: table.term,
             stocks: table.stocks.values().cloned().collect(),
             boot: 0,
+            behind: table.behind,
         }
     }
 
     /// Applies `request` all-or-nothing: trades already applied are skipped (so a retry is
     /// harmless), a gap is refused with the current position, and no quantity may go negative.
     /// The trades are in the journal's file and visible to lookups when this returns, durable
-    /// only after [`sync`](Self::sync): acknowledge nothing before it. Trades are committed
-    /// orders, so a lookup that sees one before it is durable sees no dirty read: if the
-    /// catalog's machine fails first, the leader applies them again.
-    pub fn apply(&self, request: &ApplyRequest) -> Result<ApplyOutcome, CatalogError> {
+    /// after [`sync`](Self::sync), which [`needs_sync`](Self::needs_sync) says when to wait
+    /// for. Trades are committed orders, so a lookup that sees one before it is durable sees
+    /// no dirty read: if the catalog's machine fails first, the leader applies them again.
+    pub fn apply(&self, request: &ApplyRequest) -> Result<Applied, CatalogError> {
         let mut table = self.write();
+        let outcome = self.apply_to(&mut table, request)?;
+        let caught_up = table.behind
+            && request
+                .leader_applied
+                .is_some_and(|through| outcome.applied >= through);
+        if caught_up {
+            // (Not writing it keeps the catalog behind: the next round tries again.)
+            match self.record_boot() {
+                Ok(()) => {
+                    table.behind = false;
+                    tracing::info!(
+                        applied = outcome.applied,
+                        "the order group's leader caught the catalog up: lookups are answered"
+                    );
+                }
+                Err(e) => tracing::warn!("the catalog caught up and could not note it: {e}"),
+            }
+        }
+        Ok(Applied {
+            outcome,
+            caught_up: caught_up && !table.behind,
+        })
+    }
+
+    fn apply_to(
+        &self,
+        table: &mut Table,
+        request: &ApplyRequest,
+    ) -> Result<ApplyOutcome, CatalogError> {
         if is_term_jump(table.term, request.term) {
             tracing::warn!(
                 term = request.term,
@@ -253,10 +360,10 @@ impl CatalogStore {
     }
 
     /// Whether an apply answered now needs a [`sync`](Self::sync): something it must not answer
-    /// before is not durable yet (a term record, a trade that changes a stock, also one that a
-    /// sync still running covers), or the journal is due to be compacted (a long run of entries
-    /// that change no stock would grow it without end), or lines wait for longer than
-    /// [`QUIET_SYNC_AFTER`].
+    /// before is not durable yet (a term record, or where the kernel names no boot a trade that
+    /// changes a stock; also one that a sync still running covers), or the journal is due to
+    /// be compacted (a long run of entries would grow it without end), or lines wait for longer
+    /// than [`QUIET_SYNC_AFTER`].
     pub fn needs_sync(&self, now: Instant) -> bool {
         let journal = lock(&self.journal);
         journal.synced < journal.must_sync
@@ -309,7 +416,7 @@ impl CatalogStore {
 }
 
 impl Journal {
-    fn open(path: PathBuf) -> Result<Self, CatalogError> {
+    fn open(path: PathBuf, sync_trades: bool) -> Result<Self, CatalogError> {
         let file = file::open_append(&path).map_err(|e| CatalogError::io(&path, e))?;
         // The journal may be new: its name must be on disk before an apply in it is answered.
         file::sync_dir(&path).map_err(|e| CatalogError::io(&path, e))?;
@@ -319,6 +426,7 @@ impl Journal {
             len: 0,
             records: 0,
             must_sync: 0,
+            sync_trades,
             synced: 0,
             synced_at: Instant::now(),
             generation: 0,
@@ -378,7 +486,7 @@ impl Journal {
             .has_headers(false)
             .flexible(true)
             .from_writer(Vec::new());
-        let (mut records, mut changes) = (0, term.is_some());
+        let (mut records, mut must_sync) = (0, term.is_some());
         if let Some(term) = term {
             writer
                 .write_record(["term", &term.to_string()])
@@ -386,7 +494,7 @@ impl Journal {
             records += 1;
         }
         for trade in trades {
-            changes |= trade.changes_stock();
+            must_sync |= self.sync_trades && trade.changes_stock();
             let (number, delta) = (trade.number.to_string(), trade.delta.to_string());
             let mut record = vec!["trade", &number, &delta, &trade.name];
             let price = trade.price.map(|p| p.to_string());
@@ -406,7 +514,7 @@ impl Journal {
         }
         self.len += text.len() as u64;
         self.records += records;
-        if changes {
+        if must_sync {
             self.must_sync = self.len;
         }
         Ok(())
@@ -525,6 +633,7 @@ fn parse(reader: impl BufRead, names: Names) -> Result<Table, CatalogError> {
         stocks,
         applied,
         term,
+        behind: false,
     })
 }
 
@@ -591,34 +700,126 @@ mod tests {
         term: u64,
         trades: Vec<CatalogTrade>,
     ) -> Result<ApplyOutcome, CatalogError> {
-        let outcome = store.apply(&ApplyRequest { term, trades })?;
+        let outcome = store.apply(&request(term, trades, None))?.outcome;
         store.sync();
         Ok(outcome)
     }
 
-    /// An apply needs a sync of its own while a term record or a trade that changes a stock
-    /// is not durable; lines that change no stock only once they have waited long enough.
+    fn request(term: u64, trades: Vec<CatalogTrade>, leader_applied: Option<u64>) -> ApplyRequest {
+        ApplyRequest {
+            term,
+            trades,
+            leader_applied,
+        }
+    }
+
+    /// An apply needs a sync of its own while a term record is not durable, and a trade that
+    /// changes a stock where the kernel names no boot; other lines only once they have waited
+    /// long enough.
     #[test]
     fn an_apply_needs_a_sync_while_what_it_must_not_answer_before_is_not_durable() {
+        for boot in [None, Some("5d1b".to_owned())] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("catalog.csv");
+            let store = CatalogStore::open_in_boot(path, INITIAL, boot.clone()).unwrap();
+            let now = Instant::now;
+            let take = |term, trades| store.apply(&request(term, trades, None)).unwrap();
+            assert!(!store.needs_sync(now()), "nothing written");
+            take(1, vec![]);
+            assert!(store.needs_sync(now()), "a new term");
+            store.sync();
+            assert!(!store.needs_sync(now()));
+            take(1, vec![trade(1, "GameStart", 0), trade(2, "", 0)]);
+            assert!(!store.needs_sync(now()), "no stock changed");
+            assert!(
+                store.needs_sync(now() + QUIET_SYNC_AFTER),
+                "not for longer than this"
+            );
+            take(1, vec![trade(3, "FishCo", 0), trade(4, "GameStart", 2)]);
+            assert_eq!(
+                store.needs_sync(now()),
+                boot.is_none(),
+                "a trade in {boot:?}"
+            );
+            assert!(store.needs_sync(now() + QUIET_SYNC_AFTER), "{boot:?}");
+            store.sync();
+            assert!(!store.needs_sync(now()));
+        }
+    }
+
+    /// A catalog that answered trades before their fsync and then lost them with its
+    /// machine's power is behind in the next boot: it says so until an apply brings it to
+    /// where the leader's book stands. A restart in the same boot loses nothing.
+    #[test]
+    fn a_catalog_back_from_a_power_loss_is_behind_until_a_leader_catches_it_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CatalogStore::open(dir.path().join("catalog.csv"), INITIAL).unwrap();
-        let now = Instant::now;
-        let take = |term, trades| store.apply(&ApplyRequest { term, trades }).unwrap();
-        assert!(!store.needs_sync(now()), "nothing written");
-        take(1, vec![]);
-        assert!(store.needs_sync(now()), "a new term");
-        store.sync();
-        assert!(!store.needs_sync(now()));
-        take(1, vec![trade(1, "GameStart", 0), trade(2, "", 0)]);
-        assert!(!store.needs_sync(now()), "no stock changed");
+        let path = dir.path().join("catalog.csv");
+        let journal = path.with_extension("wal");
+        let open = |boot: &str| CatalogStore::open_in_boot(&path, INITIAL, Some(boot.to_owned()));
+        let store = open("first").unwrap();
+        assert!(!store.is_behind(), "a first start lost nothing");
+        apply(&store, 1, vec![trade(1, "GameStart", -1)]).unwrap();
+        let synced = fs::metadata(&journal).unwrap().len();
+        let unsynced = vec![trade(2, "GameStart", -2), trade(3, "FishCo", -3)];
+        store.apply(&request(1, unsynced.clone(), None)).unwrap();
         assert!(
-            store.needs_sync(now() + QUIET_SYNC_AFTER),
-            "not for longer than this"
+            !store.needs_sync(Instant::now()),
+            "answered before its fsync"
         );
-        take(1, vec![trade(3, "FishCo", 0), trade(4, "GameStart", 2)]);
-        assert!(store.needs_sync(now()), "a trade");
-        store.sync();
-        assert!(!store.needs_sync(now()));
+        let acknowledged = store.snapshot();
+        // What its disk holds: the snapshot, and the journal through its last fsync.
+        let mut on_disk = (fs::read(&path).unwrap(), fs::read(&journal).unwrap());
+        on_disk.1.truncate(synced as usize);
+        drop(store);
+
+        // Killed: its pages outlive it.
+        let store = open("first").unwrap();
+        assert!(!store.is_behind());
+        assert_eq!(store.snapshot(), acknowledged);
+        drop(store);
+
+        // Its power lost, before the two trades reached the disk.
+        fs::write(&path, &on_disk.0).unwrap();
+        fs::write(&journal, &on_disk.1).unwrap();
+        let store = open("second").unwrap();
+        assert!(store.is_behind(), "it may lack what it acknowledged");
+        assert!(store.snapshot().behind);
+        drop(store);
+        let store = open("second").unwrap();
+        assert!(
+            store.is_behind(),
+            "a restart before it caught up does not forget"
+        );
+        assert_eq!(store.get("GameStart").unwrap().quantity, 99);
+
+        // Rounds that do not reach the leader's book, or do not say where it stands, leave
+        // it behind; the one that reaches it catches it up.
+        let first = request(1, unsynced[..1].to_vec(), Some(3));
+        assert!(!store.apply(&first).unwrap().caught_up);
+        assert!(
+            !store
+                .apply(&request(1, unsynced.clone(), None))
+                .unwrap()
+                .caught_up
+        );
+        assert!(store.is_behind());
+        assert!(
+            store
+                .apply(&request(1, unsynced.clone(), Some(3)))
+                .unwrap()
+                .caught_up
+        );
+        assert!(!store.is_behind());
+        assert_eq!(store.snapshot(), acknowledged);
+        assert!(
+            !store
+                .apply(&request(1, unsynced, Some(3)))
+                .unwrap()
+                .caught_up,
+            "once"
+        );
+        drop(store);
+        assert!(!open("second").unwrap().is_behind(), "noted for this boot");
     }
 
     #[test]
@@ -903,6 +1104,7 @@ mod tests {
                             .apply(&ApplyRequest {
                                 term: 1,
                                 trades: prefix,
+                                leader_applied: None,
                             })
                             .unwrap();
                         store.sync();

@@ -93,6 +93,15 @@ pub fn exit_distrusting(what: &str, error: &dyn std::fmt::Display, derived: &Pat
     std::process::exit(70);
 }
 
+/// The kernel's name for this boot of the machine (`None` where it gives none). What was
+/// written and not yet fsync'd outlives a killed process, not a power loss, and a power loss
+/// is a new boot: a service that answers before its fsync tells the two apart by this.
+pub fn kernel_boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+}
+
 /// Removes the file at `path`, if there is one, and fsyncs its directory.
 pub fn remove_durably(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {

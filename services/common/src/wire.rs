@@ -54,6 +54,12 @@ impl CatalogTrade {
 pub struct ApplyRequest {
     pub term: u64,
     pub trades: Vec<CatalogTrade>,
+    /// The last entry the leader's book had applied when it began the round: every trade any
+    /// leader may have acknowledged is at or before it, so a catalog that holds it holds them
+    /// all (how a catalog back from a power loss knows it has caught up). Absent from leaders
+    /// before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_applied: Option<u64>,
 }
 
 /// The catalog's answer to an apply: the last applied transaction and the stocks that changed.
@@ -72,6 +78,11 @@ pub struct Snapshot {
     /// The catalog process that answered ([`PushMark::boot`]).
     #[serde(default)]
     pub boot: u64,
+    /// Whether the catalog may lack trades it acknowledged before its machine lost power,
+    /// until a leader catches it up: its stocks are as of `applied`, consistent with it (a
+    /// leader's take-over can use them), but may be older than what clients were shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub behind: bool,
 }
 
 impl Snapshot {

@@ -91,7 +91,9 @@ impl Catalog for CatalogFrom {
             self.catalog.check(self.from)?;
             let mut stalled = self.catalog.stalled.subscribe();
             let _ = stalled.wait_for(|stalled| !stalled).await;
-            self.catalog.store().apply(request).map_err(|e| {
+            let store = self.catalog.store();
+            let applied = store.apply(request).map(|applied| applied.outcome);
+            applied.map_err(|e| {
                 let status = match e {
                     CatalogError::Gap { .. }
                     | CatalogError::StaleTerm { .. }
@@ -597,10 +599,25 @@ async fn only_commands_that_change_the_catalog_wait_for_it() {
 /// only when an order commits, so the quantities of acknowledged orders come back (I3).
 #[tokio::test]
 async fn a_catalog_back_from_an_older_copy_is_caught_up_while_nothing_commits() {
+    catalog_caught_up_while_nothing_commits(None).await;
+}
+
+/// A catalog that lost trades it had answered before their fsync with its machine's power
+/// (what its disk held before them, opened in a new boot) shows no stock until the leader has
+/// caught it up, which it does while nothing commits: the leader's rounds say where its book
+/// stands.
+#[tokio::test]
+async fn a_catalog_back_from_a_power_loss_is_behind_until_the_leader_catches_it_up() {
+    catalog_caught_up_while_nothing_commits(Some("a later boot")).await;
+}
+
+/// The catalog's files copied before three acknowledged orders are opened in `new_boot`, or
+/// in this one, and replace the catalog; the leader must bring it back to where it stood.
+async fn catalog_caught_up_while_nothing_commits(new_boot: Option<&str>) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let copy = tempfile::tempdir().unwrap();
-    let files = ["catalog.csv", "catalog.wal"];
+    let files = ["catalog.csv", "catalog.wal", "catalog.kernel-boot"];
     for file in files {
         std::fs::copy(cluster.dir.path().join(file), copy.path().join(file)).unwrap();
     }
@@ -615,12 +632,18 @@ async fn a_catalog_back_from_an_older_copy_is_caught_up_while_nothing_commits() 
         before.quantity - 3
     );
 
-    // The copy from before the three orders, as an operator would restore it.
-    let restored = CatalogStore::open(copy.path().join("catalog.csv"), INITIAL).unwrap();
+    let path = copy.path().join("catalog.csv");
+    let restored = match new_boot {
+        Some(boot) => CatalogStore::open_in_boot(path, INITIAL, Some(boot.to_owned())).unwrap(),
+        None => CatalogStore::open(path, INITIAL).unwrap(),
+    };
     assert_eq!(restored.get(STOCKS[0]), Some(before));
+    assert_eq!(restored.is_behind(), new_boot.is_some());
     *cluster.catalog.store.lock().unwrap() = Arc::new(restored);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while cluster.catalog.store().snapshot().applied < acknowledged.applied {
+    while cluster.catalog.store().snapshot().applied < acknowledged.applied
+        || cluster.catalog.store().is_behind()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the restored catalog was never caught up"
@@ -774,6 +797,7 @@ async fn a_leader_the_catalog_has_fenced_out_answers_not_the_leader() {
     let newer = ApplyRequest {
         term: term + 1,
         trades: Vec::new(),
+        leader_applied: None,
     };
     cluster.catalog.store().apply(&newer).unwrap();
     let fenced = place(None, "fenced").await;

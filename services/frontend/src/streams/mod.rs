@@ -662,13 +662,21 @@ pub async fn prices(
     })
 }
 
-/// Every stock as the catalog has it now, through the breaker and within a deadline.
+/// Every stock as the catalog has it now, through the breaker and within a deadline; not from
+/// a catalog behind what it showed before a power loss (its stocks may be older).
 async fn catalog_stocks(state: &AppState) -> Result<Snapshot, FrontendError> {
     let url = paths::SNAPSHOT
         .url(&state.inner.catalog_url, &[])
         .map_err(FrontendError::CatalogUnavailable)?;
     let request = state.inner.http.get(url).timeout(catalog::SNAPSHOT_TIMEOUT);
-    Ok(call_catalog::<Snapshot>(state, request).await?)
+    let snapshot = call_catalog::<Snapshot>(state, request).await?;
+    if snapshot.behind {
+        let behind = "the catalog is catching up after its machine restarted";
+        return Err(FrontendError::CatalogUnavailable(RemoteError::Api(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, behind),
+        )));
+    }
+    Ok(snapshot)
 }
 
 /// Sends the price streams every stock whose price or quantity changed since what they were

@@ -56,9 +56,7 @@ impl Disk {
     pub fn this_machine() -> Self {
         Self {
             sync: Box::new(std::fs::File::sync_data),
-            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|id| id.trim().to_owned()),
+            boot: stocknet_common::file::kernel_boot_id(),
         }
     }
 }

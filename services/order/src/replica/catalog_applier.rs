@@ -154,7 +154,11 @@ impl Replica {
                     trade
                 })
                 .collect();
-            let request = ApplyRequest { term, trades };
+            let request = ApplyRequest {
+                term,
+                trades,
+                leader_applied: Some(number),
+            };
             match self.catalog.apply(&request).await {
                 Ok(outcome) => {
                     answered = true;
