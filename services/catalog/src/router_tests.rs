@@ -287,6 +287,17 @@ async fn pushing_to_a_recorder(dir: &std::path::Path) -> (Router, Pushes) {
     )
 }
 
+/// Each stock's quantity as every push so far carried it, in name order.
+fn quantities_told(seen: &Pushes) -> Vec<(String, u64)> {
+    let pushes = seen.lock().unwrap();
+    let mut told: Vec<(String, u64)> = pushes
+        .iter()
+        .flat_map(|push| push.stocks.iter().map(|s| (s.name.clone(), s.quantity)))
+        .collect();
+    told.sort();
+    told
+}
+
 /// Each push carries its number, and `/health` tells the last one: a frontend that is told a
 /// number it did not get knows it missed a push.
 #[tokio::test]
@@ -410,13 +421,7 @@ async fn apply_invalidates_every_named_stock_at_frontends_found_by_dns() {
         StatusCode::OK
     );
     // Each push names the stocks and carries their new quantities.
-    let mut pushed: Vec<(String, u64)> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|push| push.stocks.iter().map(|s| (s.name.clone(), s.quantity)))
-        .collect();
-    pushed.sort();
+    let pushed = quantities_told(&seen);
     let expected = [
         ("FishCo", 102),
         ("FishCo", 102),
@@ -557,13 +562,7 @@ async fn a_catalog_in_a_new_boot_shows_no_stock_until_a_leader_catches_it_up() {
     let (status, stock) = send(&app, get("/stocks/GameStart")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stock["data"]["quantity"], 99);
-    let mut told: Vec<(String, u64)> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|push| push.stocks.iter().map(|s| (s.name.clone(), s.quantity)))
-        .collect();
-    told.sort();
+    let told = quantities_told(&seen);
     let (_, snapshot) = send(&app, insider_get("/snapshot")).await;
     assert_eq!(snapshot["data"].get("behind"), None);
     let stocks = snapshot["data"]["stocks"].as_array().unwrap().iter();
