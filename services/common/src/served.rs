@@ -8,8 +8,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::HttpBody;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -131,17 +132,75 @@ where
 }
 
 /// A line for a server error (its request's id is added to every line written while it is
-/// served; at debug its span says more), and at debug one for every answer.
+/// served; at debug its span says more), within [`SERVER_ERROR_LINES`], and at debug one for
+/// every answer.
 fn log_answer(status: StatusCode, started: Option<Instant>) {
     let latency_ms = started.map(|started| started.elapsed().as_secs_f64() * 1000.0);
     if status.is_server_error() {
-        tracing::warn!(
-            status = status.as_u16(),
-            latency_ms,
-            "answered with a server error"
-        );
+        if let Some(left_out) = SERVER_ERROR_LINES.take(Instant::now()) {
+            tracing::warn!(
+                status = status.as_u16(),
+                latency_ms,
+                left_out,
+                "answered with a server error"
+            );
+        }
     } else if latency_ms.is_some() {
         tracing::debug!(status = status.as_u16(), latency_ms, "answered");
+    }
+}
+
+/// Server-error lines a process writes in a second at most. An outage under load answers
+/// thousands of them a second (each counted in the request metrics by route and status): a
+/// line apiece would flood the log and its disk. The first line after a second that left
+/// some out says how many (`left_out`).
+static SERVER_ERROR_LINES: LineBudget = LineBudget::per_second(20);
+
+/// How many lines may be written each second, and how many were left out.
+struct LineBudget {
+    most: u32,
+    window: Mutex<Option<LineWindow>>,
+}
+
+#[derive(Debug)]
+struct LineWindow {
+    started: Instant,
+    written: u32,
+    left_out: u64,
+}
+
+impl LineBudget {
+    const fn per_second(most: u32) -> Self {
+        Self {
+            most,
+            window: Mutex::new(None),
+        }
+    }
+
+    /// Whether a line may be written at `now`, with how many were left out since the last
+    /// one written; `None`: leave it out.
+    fn take(&self, now: Instant) -> Option<u64> {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        match window.as_mut() {
+            Some(open) if now.saturating_duration_since(open.started) < Duration::from_secs(1) => {
+                if open.written < self.most {
+                    open.written += 1;
+                    Some(0)
+                } else {
+                    open.left_out += 1;
+                    None
+                }
+            }
+            _ => {
+                let left_out = window.as_ref().map_or(0, |last| last.left_out);
+                *window = Some(LineWindow {
+                    started: now,
+                    written: 1,
+                    left_out: 0,
+                });
+                Some(left_out)
+            }
+        }
     }
 }
 
@@ -196,6 +255,24 @@ mod tests {
         let (status, answered, seen) = send(request.body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         (answered, seen)
+    }
+
+    /// An outage answers thousands of 5xx a second: at most the budget's lines are written
+    /// each second, and the first line after one that left some out says how many.
+    #[test]
+    fn server_error_lines_are_kept_to_a_budget_a_second_and_say_what_they_left_out() {
+        let budget = LineBudget::per_second(3);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let first: Vec<Option<u64>> = (0..5).map(|i| budget.take(at(i * 100))).collect();
+        assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
+        assert_eq!(
+            budget.take(at(1_000)),
+            Some(2),
+            "a new second; two left out"
+        );
+        assert_eq!(budget.take(at(1_100)), Some(0));
+        assert_eq!(budget.take(at(5_000)), Some(0), "none left out since");
     }
 
     #[tokio::test]
