@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """What one durable append costs on this disk: append 100 bytes + fdatasync, as the order log
 and the catalog journal do, alone and with WRITERS processes doing the same at once (a commit
-round fsyncs on the leader and both followers together, all on one disk when run locally).
+round fsyncs on the leader and both followers together, all on one disk when run locally);
+then the same writes into a file made long enough first (`ftruncate`), as a preallocated log
+would write them: its size unchanged, the fdatasync need not write the inode.
 
     bench/fsync.py [WRITERS, default 3] [DIR, default: a temporary directory under target/]
 """
@@ -15,18 +17,28 @@ from time import perf_counter
 APPENDS = 3000
 
 
-def appender(path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC)
+PREALLOCATED = 64 << 20
+
+
+def appender(path, preallocated=False):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    if preallocated:
+        os.ftruncate(fd, PREALLOCATED)
+        os.fsync(fd)
     record = b"x" * 99 + b"\n"
     times = []
-    for _ in range(APPENDS):
+    for i in range(APPENDS):
         started = perf_counter()
-        os.write(fd, record)
+        os.pwrite(fd, record, i * len(record))
         os.fdatasync(fd)
         times.append(perf_counter() - started)
     os.close(fd)
     times.sort()
     return times
+
+
+def preallocated(path):
+    return appender(path, preallocated=True)
 
 
 def report(label, times):
@@ -41,12 +53,13 @@ def main():
     base = sys.argv[2] if len(sys.argv) > 2 else "target"
     os.makedirs(base, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base) as d:
-        report("1 writer", appender(os.path.join(d, "solo")))
-        with Pool(writers) as pool:
-            runs = pool.map(appender, [os.path.join(d, f"w{i}") for i in range(writers)])
-        report(f"{writers} writers at once", sorted(t for run in runs for t in run))
-        print(f"(median of the per-writer medians: "
-              f"{statistics.median(run[len(run) // 2] for run in runs) * 1e6:.0f} us)")
+        for label, write in (("appended", appender), ("preallocated", preallocated)):
+            report(f"{label}, 1 writer", write(os.path.join(d, "solo")))
+            with Pool(writers) as pool:
+                runs = pool.map(write, [os.path.join(d, f"w{i}") for i in range(writers)])
+            report(f"{label}, {writers} writers at once", sorted(t for run in runs for t in run))
+            print(f"(median of the per-writer medians: "
+                  f"{statistics.median(run[len(run) // 2] for run in runs) * 1e6:.0f} us)")
 
 
 if __name__ == "__main__":
