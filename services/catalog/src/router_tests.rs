@@ -533,6 +533,8 @@ async fn a_catalog_in_a_new_boot_shows_no_stock_until_a_leader_catches_it_up() {
         text.lines().any(|l| l == "stocknet_catalog_behind 1")
     };
     assert!(metric().await, "the gauge says so");
+    let (_, health) = send(&app, get("/health")).await;
+    assert_eq!(health["data"]["behind"], true, "and its health");
 
     let apply = |body: &str| send(&app, insider_post("/apply", body));
     let part = r#"{"term":1,"leader_applied":2,
@@ -578,6 +580,8 @@ async fn a_catalog_in_a_new_boot_shows_no_stock_until_a_leader_catches_it_up() {
     assert_eq!(told, now, "every stock as it is now");
     assert_eq!(send(&app, get("/stocks")).await.0, StatusCode::OK);
     assert!(!metric().await);
+    let (_, health) = send(&app, get("/health")).await;
+    assert_eq!(health["data"].get("behind"), None);
 }
 
 /// A new leader counts what the catalog applied as done, and the last leader's last apply may

@@ -45,6 +45,7 @@ pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) ->
         term,
         pushes,
         lease,
+        behind: state.store.is_behind(),
     })
 }
 

@@ -118,6 +118,10 @@ pub struct CatalogHealth {
     /// catalog's pushes do not reach it (absent from catalogs before this field: yes).
     #[serde(default = "granted")]
     pub lease: bool,
+    /// Whether it waits for the order leader to catch it up after a power loss of its machine
+    /// ([`Snapshot::behind`]): its lookups answer 503 meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub behind: bool,
 }
 
 fn granted() -> bool {

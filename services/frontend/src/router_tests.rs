@@ -2069,3 +2069,42 @@ async fn made_up_keys_count_in_flight_against_their_address_while_the_catalog_is
     first.abort();
     served.abort();
 }
+
+/// `GET /cluster` shows the catalog's health as it answers now: a catalog that waits for the
+/// order leader after a power loss of its machine says so (its lookups answer 503 meanwhile).
+#[tokio::test]
+async fn the_cluster_view_shows_a_catalog_behind_after_a_power_loss() {
+    use axum::routing::get;
+    use stocknet_common::wire::{CatalogHealth, PushMark};
+
+    let health = CatalogHealth {
+        service: "catalog".into(),
+        applied: 7,
+        term: 2,
+        pushes: PushMark {
+            boot: 1,
+            sequence: 0,
+        },
+        lease: true,
+        behind: true,
+    };
+    let catalog = Router::new().route(
+        "/health",
+        get(move || {
+            let health = health.clone();
+            async move { stocknet_common::data(health) }
+        }),
+    );
+    let (address, catalog) = serve(catalog).await;
+    let state = lone_state(&["--catalog-url", &format!("http://{address}")]);
+    let request = Request::get("/cluster").body(Body::empty()).unwrap();
+    let (status, view) = stocknet_common::testing::send(&router(state), request).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = &view["data"]["catalog"];
+    assert_eq!(
+        (&seen["up"], &seen["applied"]),
+        (&Value::Bool(true), &Value::from(7))
+    );
+    assert_eq!(seen["behind"], true, "{view}");
+    catalog.abort();
+}

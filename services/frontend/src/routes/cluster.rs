@@ -43,6 +43,9 @@ pub struct CatalogView {
     pub up: bool,
     pub applied: Option<u64>,
     pub term: Option<u64>,
+    /// It waits for the order leader to catch it up after a power loss of its machine: its
+    /// lookups answer 503 (this frontend's, stale) meanwhile.
+    pub behind: bool,
     /// This frontend's breaker in front of it: while open, orders fail at once (503) and
     /// lookups answer stale.
     pub breaker: BreakerView,
@@ -104,6 +107,7 @@ pub async fn cluster(State(state): State<AppState>) -> Response {
             up: catalog.is_some(),
             applied: catalog.as_ref().and_then(|c| c["applied"].as_u64()),
             term: catalog.as_ref().and_then(|c| c["term"].as_u64()),
+            behind: catalog.as_ref().is_some_and(|c| c["behind"] == true),
             breaker: inner.catalog_breaker.view(std::time::Instant::now()),
         },
     })

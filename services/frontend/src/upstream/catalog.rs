@@ -382,6 +382,7 @@ mod tests {
             term: 0,
             pushes: mark(boot, sequence),
             lease: true,
+            behind: false,
         }
     }
 
