@@ -537,20 +537,25 @@ async fn a_catalog_in_a_new_boot_shows_no_stock_until_a_leader_catches_it_up() {
     assert_eq!(health["data"]["behind"], true, "and its health");
 
     let apply = |body: &str| send(&app, insider_post("/apply", body));
+    let names_only = |pushed: &[Invalidation], name: &str| {
+        let bare = |push: &Invalidation| push.stocks.is_empty() && push.as_of.is_none();
+        assert!(pushed.iter().all(bare), "names only: {pushed:?}");
+        assert!(pushed
+            .iter()
+            .any(|push| push.names.contains(&name.to_owned())));
+    };
+    // A new leader's take-over (every stock dropped), then a trade of its term, both short of
+    // where its book stands.
+    let take_over = r#"{"term":1,"leader_applied":2,"trades":[]}"#;
+    assert_eq!(apply(take_over).await.0, StatusCode::OK);
+    names_only(&seen.lock().unwrap().clone(), "FishCo");
+    seen.lock().unwrap().clear();
     let part = r#"{"term":1,"leader_applied":2,
                    "trades":[{"number":1,"name":"GameStart","delta":-1}]}"#;
     assert_eq!(apply(part).await.0, StatusCode::OK);
     let pushed = seen.lock().unwrap().clone();
-    assert!(!pushed.is_empty());
-    assert!(
-        pushed
-            .iter()
-            .all(|push| push.stocks.is_empty() && push.as_of.is_none()),
-        "names only: {pushed:?}"
-    );
-    assert!(pushed
-        .iter()
-        .any(|push| push.names.contains(&"GameStart".to_owned())));
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    names_only(&pushed, "GameStart");
     assert_eq!(
         send(&app, get("/stocks/GameStart")).await.0,
         StatusCode::SERVICE_UNAVAILABLE,

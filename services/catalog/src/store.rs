@@ -97,10 +97,35 @@ pub struct Applied {
     pub caught_up: bool,
 }
 
-/// Where the store at `path` keeps the boot in which it last held every trade it
-/// acknowledged.
+/// Where the store at `path` (or its journal) keeps the boot in which it last held every trade
+/// it acknowledged.
 fn kernel_boot_path(path: &Path) -> PathBuf {
     path.with_extension("kernel-boot")
+}
+
+/// What the boot file says after a failed fsync: no boot is named so.
+const FSYNC_FAILED: &str = "fsync-failed";
+
+/// Makes the journal `file` at `path` durable, or ends the process (exit 70, as
+/// [`file::sync_data_or_exit`]) once [`note_failed_fsync`] has run: the kernel may have dropped
+/// the pages the fsync did not write, trades already acknowledged among them.
+fn sync_journal_or_exit(file: &File, path: &Path) {
+    if let Err(e) = file.sync_data() {
+        note_failed_fsync(path);
+        tracing::error!(path = %path.display(), "fsync failed, exiting to recover: {e}");
+        std::process::exit(70);
+    }
+}
+
+/// Notes beside the journal at `path` that acknowledged trades may be lost, so that the next
+/// start, in this same boot, is behind as after a power loss. (Not by removing the boot file:
+/// without one a start counts as the first.)
+fn note_failed_fsync(path: &Path) {
+    let boot_path = kernel_boot_path(path);
+    let noted = file::replace_atomically(&boot_path, |f| writeln!(f, "{FSYNC_FAILED}"));
+    if let Err(e) = noted {
+        tracing::error!(path = %boot_path.display(), "could not note a failed fsync: {e}");
+    }
 }
 
 impl CatalogStore {
@@ -347,7 +372,7 @@ impl CatalogStore {
             (file, journal.path.clone(), journal.len, journal.generation)
         };
         // Without the journal's lock: applies go on meanwhile, and the next sync covers them.
-        file::sync_data_or_exit(&file, &path);
+        sync_journal_or_exit(&file, &path);
         let mut journal = lock(&self.journal);
         if journal.generation == generation {
             journal.synced = journal.synced.max(len);
@@ -528,7 +553,7 @@ impl Journal {
         self.records = 0;
         (self.must_sync, self.synced, self.generation) = (0, 0, self.generation + 1);
         // A failed fsync is never retried: what it left unwritten is unknown.
-        file::sync_data_or_exit(&self.file, &self.path);
+        sync_journal_or_exit(&self.file, &self.path);
         Ok(())
     }
 }
@@ -820,6 +845,10 @@ mod tests {
         );
         drop(store);
         assert!(!open("second").unwrap().is_behind(), "noted for this boot");
+
+        // A failed fsync may have cost pages in this boot too.
+        note_failed_fsync(&journal);
+        assert!(open("second").unwrap().is_behind(), "after a failed fsync");
     }
 
     #[test]

@@ -617,8 +617,9 @@ async fn catalog_caught_up_while_nothing_commits(new_boot: Option<&str>) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
     let copy = tempfile::tempdir().unwrap();
+    // (No boot file where the kernel names no boot.)
     let files = ["catalog.csv", "catalog.wal", "catalog.kernel-boot"];
-    for file in files {
+    for file in files.iter().filter(|f| cluster.dir.path().join(f).exists()) {
         std::fs::copy(cluster.dir.path().join(file), copy.path().join(file)).unwrap();
     }
     let before = cluster.catalog.store().get(STOCKS[0]).expect("the stock");
