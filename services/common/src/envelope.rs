@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::log_budget::LineBudget;
+
 /// The shape of every successful answer, for the API's description (handlers answer with
 /// [`data`]).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -60,6 +62,10 @@ pub fn encoded(body: Bytes) -> Response {
         .into_response()
 }
 
+/// Internal-error lines a process writes in a second at most: a fault that fails every request
+/// (a broken disk, say) would otherwise write one a request.
+static INTERNAL_ERROR_LINES: LineBudget = LineBudget::per_second(20);
+
 /// An error already decided for the client: status and a message safe to show, and any
 /// further fields of the error object (a refusal's `reason`, say).
 /// Each crate's own error type converts into this once, in its `IntoResponse`.
@@ -94,9 +100,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// A 500 whose cause is logged here and never shown to the client.
+    /// A 500 whose cause is logged here (within [`INTERNAL_ERROR_LINES`]) and never shown to
+    /// the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!("internal error: {cause}");
+        if let Some(left_out) = INTERNAL_ERROR_LINES.take(std::time::Instant::now()) {
+            tracing::error!(left_out, "internal error: {cause}");
+        }
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
     }
 }

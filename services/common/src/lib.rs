@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod file;
 pub mod head_timer;
 pub mod listeners;
+pub mod log_budget;
 pub mod metrics;
 pub mod model;
 pub mod paths;

@@ -8,9 +8,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::HttpBody;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -20,6 +19,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::deadline::{timed_out, REQUEST_DEADLINE};
+use crate::log_budget::LineBudget;
 use crate::request_id::{self, REQUEST_ID};
 use crate::server::BODY_LIMIT;
 
@@ -156,54 +156,6 @@ fn log_answer(status: StatusCode, started: Option<Instant>) {
 /// some out says how many (`left_out`).
 static SERVER_ERROR_LINES: LineBudget = LineBudget::per_second(20);
 
-/// How many lines may be written each second, and how many were left out.
-struct LineBudget {
-    most: u32,
-    window: Mutex<Option<LineWindow>>,
-}
-
-#[derive(Debug)]
-struct LineWindow {
-    started: Instant,
-    written: u32,
-    left_out: u64,
-}
-
-impl LineBudget {
-    const fn per_second(most: u32) -> Self {
-        Self {
-            most,
-            window: Mutex::new(None),
-        }
-    }
-
-    /// Whether a line may be written at `now`, with how many were left out since the last
-    /// one written; `None`: leave it out.
-    fn take(&self, now: Instant) -> Option<u64> {
-        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        match window.as_mut() {
-            Some(open) if now.saturating_duration_since(open.started) < Duration::from_secs(1) => {
-                if open.written < self.most {
-                    open.written += 1;
-                    Some(0)
-                } else {
-                    open.left_out += 1;
-                    None
-                }
-            }
-            _ => {
-                let left_out = window.as_ref().map_or(0, |last| last.left_out);
-                *window = Some(LineWindow {
-                    started: now,
-                    written: 1,
-                    left_out: 0,
-                });
-                Some(left_out)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -255,24 +207,6 @@ mod tests {
         let (status, answered, seen) = send(request.body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         (answered, seen)
-    }
-
-    /// An outage answers thousands of 5xx a second: at most the budget's lines are written
-    /// each second, and the first line after one that left some out says how many.
-    #[test]
-    fn server_error_lines_are_kept_to_a_budget_a_second_and_say_what_they_left_out() {
-        let budget = LineBudget::per_second(3);
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let first: Vec<Option<u64>> = (0..5).map(|i| budget.take(at(i * 100))).collect();
-        assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
-        assert_eq!(
-            budget.take(at(1_000)),
-            Some(2),
-            "a new second; two left out"
-        );
-        assert_eq!(budget.take(at(1_100)), Some(0));
-        assert_eq!(budget.take(at(5_000)), Some(0), "none left out since");
     }
 
     #[tokio::test]
