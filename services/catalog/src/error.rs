@@ -55,9 +55,19 @@ impl Classified for CatalogError {
     }
 }
 
+impl From<&CatalogError> for ApiError {
+    fn from(error: &CatalogError) -> Self {
+        let answer = ApiError::classified(error);
+        match error {
+            CatalogError::Behind => answer.with("reason", stocknet_common::wire::CATCHING_UP),
+            _ => answer,
+        }
+    }
+}
+
 impl IntoResponse for CatalogError {
     fn into_response(self) -> Response {
-        ApiError::classified(&self).into_response()
+        ApiError::from(&self).into_response()
     }
 }
 

@@ -523,6 +523,8 @@ async fn a_catalog_in_a_new_boot_shows_no_stock_until_a_leader_catches_it_up() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("catching up"), "{path}: {body}");
+        // What tells a frontend not to count it against its breaker.
+        assert_eq!(body["error"]["reason"], "catching_up", "{path}: {body}");
     }
     let (status, snapshot) = send(&app, insider_get("/snapshot")).await;
     assert_eq!(status, StatusCode::OK, "the leader's take-over reads it");

@@ -81,7 +81,7 @@ pub(crate) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     if state.store.is_behind() {
-        return Err(ApiError::classified(&CatalogError::Behind));
+        return Err(ApiError::from(&CatalogError::Behind));
     }
     let limit = bounded("limit", query.limit, 100, MAX_PAGE)?;
     let after = match query.cursor.as_deref() {

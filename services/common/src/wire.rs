@@ -106,6 +106,16 @@ pub struct AsOf {
     pub applied: u64,
 }
 
+/// The `reason` of a catalog's 503 while it is behind after a power loss ([`Snapshot::behind`]):
+/// the catalog is not in trouble (a frontend's breaker does not count it, and orders go on,
+/// which catch it up), only its stocks cannot be shown yet.
+pub const CATCHING_UP: &str = "catching_up";
+
+/// Whether `error` is a catalog's answer that it is catching up ([`CATCHING_UP`]).
+pub fn is_catching_up(error: &crate::ApiError) -> bool {
+    error.extra.get("reason").and_then(|r| r.as_str()) == Some(CATCHING_UP)
+}
+
 /// `GET /health` of the catalog, which its frontends probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogHealth {

@@ -2108,3 +2108,54 @@ async fn the_cluster_view_shows_a_catalog_behind_after_a_power_loss() {
     assert_eq!(seen["behind"], true, "{view}");
     catalog.abort();
 }
+
+/// A catalog catching up after a power loss answers lookups 503 with the reason `catching_up`:
+/// the frontend serves the last value it saw, marked stale, and its breaker does not count
+/// those answers (orders go on, and they catch the catalog up). Another 503 counts.
+#[tokio::test]
+async fn a_catalog_catching_up_is_served_around_and_not_counted_against_the_breaker() {
+    use axum::routing::get;
+    use stocknet_common::model::{Price, Stock};
+    use stocknet_common::wire::{AsOf, CATCHING_UP};
+    use stocknet_common::ApiError;
+
+    for (reason, counted) in [(Some(CATCHING_UP), false), (None, true)] {
+        let catalog = Router::new().route(
+            "/stocks/{name}",
+            get(move || async move {
+                let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not now");
+                match reason {
+                    Some(reason) => error.with("reason", reason),
+                    None => error,
+                }
+                .into_response()
+            }),
+        );
+        let (address, catalog) = serve(catalog).await;
+        let state = lone_state(&["--catalog-url", &format!("http://{address}")]);
+        let seen = Stock {
+            name: "GameStart".into(),
+            price: Price::from_cents(1500),
+            quantity: 97,
+        };
+        let as_of = AsOf {
+            boot: 1,
+            applied: 3,
+        };
+        state.inner.remember_pushed(&[seen], Some(as_of));
+        let app = router(state.clone());
+        for _ in 0..upstream::breaker::FAILURES + 1 {
+            let lookup = Request::get("/stocks/GameStart")
+                .body(Body::empty())
+                .unwrap();
+            let (status, body) = stocknet_common::testing::send(&app, lookup).await;
+            assert_eq!(status, StatusCode::OK, "{reason:?}: {body}");
+            assert_eq!(body["stale"], true, "{reason:?}: {body}");
+            assert_eq!(body["data"]["quantity"], 97);
+        }
+        let view = state.inner.catalog_breaker.view(std::time::Instant::now());
+        let opened = view.state == "open";
+        assert_eq!(opened, counted, "{reason:?}: {view:?}");
+        catalog.abort();
+    }
+}

@@ -13,7 +13,7 @@ use futures::future::Either;
 use stocknet_common::catalog_file::is_stock_name;
 use stocknet_common::envelope::{encoded, DataEnvelope, ErrorEnvelope};
 use stocknet_common::paths;
-use stocknet_common::wire::StockPage;
+use stocknet_common::wire::{is_catching_up, StockPage};
 use stocknet_common::{data, Path, RemoteError, Stock};
 use tower::Service;
 
@@ -133,13 +133,22 @@ async fn read_through(state: &AppState, name: &str, epoch: Epoch) -> Result<Look
         Err(CatalogCall::Answered(e)) if e.status() == Some(StatusCode::NOT_FOUND) => {
             Err(FrontendError::StockNotFound)
         }
-        Err(failure @ (CatalogCall::Refused(_) | CatalogCall::Failed(_))) => {
-            match inner.last_known(name) {
-                Some(stock) => Ok(Looked::Stale(stock)),
-                None => Err(failure.into()),
-            }
-        }
+        Err(failure) if serves_last_known(&failure) => match inner.last_known(name) {
+            Some(stock) => Ok(Looked::Stale(stock)),
+            None => Err(failure.into()),
+        },
         Err(failure) => Err(failure.into()),
+    }
+}
+
+/// Whether a lookup whose catalog call failed so is answered with the last value seen: the
+/// catalog out of reach (the breaker refused the call, or it failed), or catching up after a
+/// power loss.
+fn serves_last_known(failure: &CatalogCall) -> bool {
+    match failure {
+        CatalogCall::Refused(_) | CatalogCall::Failed(_) => true,
+        CatalogCall::Answered(RemoteError::Api(error)) => is_catching_up(error),
+        CatalogCall::Answered(_) => false,
     }
 }
 

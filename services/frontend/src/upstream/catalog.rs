@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use stocknet_common::client::call;
 use stocknet_common::paths;
-use stocknet_common::wire::{CatalogHealth, PushMark, CACHE_LEASE};
+use stocknet_common::wire::{is_catching_up, CatalogHealth, PushMark, CACHE_LEASE};
 use stocknet_common::RemoteError;
 
 use crate::{AppState, FrontendError};
@@ -304,11 +304,12 @@ async fn through_breaker<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Whether an error means the catalog is in trouble: no answer, or a 5xx.
+/// Whether an error means the catalog is in trouble: no answer, or a 5xx (not one that it is
+/// catching up after a power loss: orders, which catch it up, must go on meanwhile).
 fn is_failure(error: &RemoteError) -> bool {
     match error {
         RemoteError::Unreachable(_) => true,
-        RemoteError::Api(error) => error.status.is_server_error(),
+        RemoteError::Api(error) => error.status.is_server_error() && !is_catching_up(error),
         RemoteError::Status(status, _) => status.is_server_error(),
         RemoteError::Decode(_) => false,
     }
