@@ -53,14 +53,7 @@ pub(crate) async fn lookup(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, CatalogError> {
-    if state.store.is_behind() {
-        return Err(CatalogError::Behind);
-    }
-    state
-        .store
-        .get(&name)
-        .map(data)
-        .ok_or(CatalogError::StockNotFound(name))
+    state.store.lookup(&name).map(data)
 }
 
 /// Most stocks one page of `GET /stocks` holds.
@@ -80,9 +73,6 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    if state.store.is_behind() {
-        return Err(ApiError::from(&CatalogError::Behind));
-    }
     let limit = bounded("limit", query.limit, 100, MAX_PAGE)?;
     let after = match query.cursor.as_deref() {
         None => None,
@@ -92,7 +82,10 @@ pub(crate) async fn list(
         ),
     };
     let search = query.search.unwrap_or_default();
-    let (stocks, more) = state.store.list(&search, after.as_deref(), limit);
+    let (stocks, more) = state
+        .store
+        .list(&search, after.as_deref(), limit)
+        .map_err(|e| ApiError::from(&e))?;
     let next_cursor = more
         .then(|| stocks.last().map(|s| stock_cursor(&s.name)))
         .flatten();

@@ -168,25 +168,21 @@ impl AppState {
             self.offer_trial();
             return;
         }
-        if self.store.is_behind() {
-            // Stocks that may be older than those shown before a power loss: dropped, not
-            // told (they would go back in time on the price streams). Once caught up it stays
-            // so, and the stocks read after are current.
-            self.push(Invalidation {
+        // While the catalog is behind, its stocks may be older than those shown before a power
+        // loss: dropped, not told (they would go back in time on the price streams).
+        let told = match self.store.stocks_as_of(&names) {
+            Some((applied, stocks)) => Invalidation {
+                names,
+                stocks,
+                as_of: Some(self.as_of(applied)),
+                ..Invalidation::default()
+            },
+            None => Invalidation {
                 names,
                 ..Invalidation::default()
-            })
-            .await;
-            return;
-        }
-        let (applied, stocks) = self.store.stocks_as_of(&names);
-        self.push(Invalidation {
-            names,
-            stocks,
-            as_of: Some(self.as_of(applied)),
-            ..Invalidation::default()
-        })
-        .await;
+            },
+        };
+        self.push(told).await;
     }
 
     /// With nothing to tell: a frontend refused the lease (pushes did not reach it) gets it

@@ -202,23 +202,39 @@ impl CatalogStore {
         .map_err(|e| CatalogError::io(&path, e))
     }
 
+    /// The stock `name` as the table holds it, shown or not ([`lookup`](Self::lookup) is what
+    /// clients see).
     pub fn get(&self, name: &str) -> Option<Stock> {
         self.read().stocks.get(name).cloned()
     }
 
-    /// The named stocks that exist, and the last transaction applied to them, read together.
-    pub fn stocks_as_of(&self, names: &[String]) -> (u64, Vec<Stock>) {
-        let table = self.read();
+    /// The stock `name` as a lookup shows it: none while the catalog is behind.
+    pub fn lookup(&self, name: &str) -> Result<Stock, CatalogError> {
+        let table = self.shown()?;
+        let stock = table.stocks.get(name).cloned();
+        stock.ok_or_else(|| CatalogError::StockNotFound(name.to_owned()))
+    }
+
+    /// The named stocks that exist, and the last transaction applied to them, read together;
+    /// `None` while the catalog is behind (they may be older than stocks shown before).
+    pub fn stocks_as_of(&self, names: &[String]) -> Option<(u64, Vec<Stock>)> {
+        let table = self.shown().ok()?;
         let stocks = names.iter().filter_map(|name| table.stocks.get(name));
-        (table.applied, stocks.cloned().collect())
+        Some((table.applied, stocks.cloned().collect()))
     }
 
     /// Up to `limit` stocks in name order after the name `after`, whose names contain
-    /// `search` (ignoring case; empty matches all), and whether more follow.
-    pub fn list(&self, search: &str, after: Option<&str>, limit: usize) -> (Vec<Stock>, bool) {
+    /// `search` (ignoring case; empty matches all), and whether more follow; none while the
+    /// catalog is behind.
+    pub fn list(
+        &self,
+        search: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Stock>, bool), CatalogError> {
         use std::ops::Bound::{Excluded, Unbounded};
         let lowercase = search.to_lowercase();
-        let table = self.read();
+        let table = self.shown()?;
         let start = after.map_or(Unbounded, Excluded);
         let mut matches = table
             .stocks
@@ -227,7 +243,16 @@ impl CatalogStore {
             .filter(|stock| contains_ignoring_case(&stock.name, search, &lowercase));
         let page: Vec<Stock> = matches.by_ref().take(limit).cloned().collect();
         let more = matches.next().is_some();
-        (page, more)
+        Ok((page, more))
+    }
+
+    /// The table, if its stocks may be shown: not while the catalog is behind.
+    fn shown(&self) -> Result<std::sync::RwLockReadGuard<'_, Table>, CatalogError> {
+        let table = self.read();
+        if table.behind {
+            return Err(CatalogError::Behind);
+        }
+        Ok(table)
     }
 
     /// The term of the last leader that applied here.
@@ -881,22 +906,25 @@ mod tests {
             (stocks.into_iter().map(|s| s.name).collect::<Vec<_>>(), more)
         };
         assert_eq!(
-            names(store.list("APP", None, 10)),
+            names(store.list("APP", None, 10).unwrap()),
             (vec!["AppleCo".to_owned(), "appliance".to_owned()], false)
         );
         assert_eq!(
-            names(store.list("", None, 2)),
+            names(store.list("", None, 2).unwrap()),
             (vec!["AppleCo".to_owned(), "BoarCo".to_owned()], true)
         );
         assert_eq!(
-            names(store.list("", Some("BoarCo"), 2)),
+            names(store.list("", Some("BoarCo"), 2).unwrap()),
             (vec!["Zed".to_owned(), "appliance".to_owned()], false)
         );
         assert_eq!(
-            names(store.list("co", Some("AppleCo"), 5)),
+            names(store.list("co", Some("AppleCo"), 5).unwrap()),
             (vec!["BoarCo".to_owned()], false)
         );
-        assert_eq!(names(store.list("nothing", None, 5)), (vec![], false));
+        assert_eq!(
+            names(store.list("nothing", None, 5).unwrap()),
+            (vec![], false)
+        );
         assert!(contains_ignoring_case("Ünïcode", "ÜNÏ", "ünï"));
         assert!(!contains_ignoring_case("Ab", "abc", "abc"));
     }

@@ -31,7 +31,7 @@ use stocknet_common::connections::client_address;
 use stocknet_common::paths;
 use stocknet_common::wire::{
     AsOf, Candle, CandleInterval, Candles, Depth, FeedPage, Health, LevelChange, MarketEvent,
-    Ohlcv, Snapshot, Trade,
+    Ohlcv, Snapshot, Trade, CATCHING_UP,
 };
 use stocknet_common::{ApiError, BaseUrl, Path, Price, Query, RemoteError, Stock};
 use tokio::sync::{broadcast, Notify};
@@ -671,10 +671,13 @@ async fn catalog_stocks(state: &AppState) -> Result<Snapshot, FrontendError> {
     let request = state.inner.http.get(url).timeout(catalog::SNAPSHOT_TIMEOUT);
     let snapshot = call_catalog::<Snapshot>(state, request).await?;
     if snapshot.behind {
-        let behind = "the catalog is catching up after its machine restarted";
-        return Err(FrontendError::CatalogUnavailable(RemoteError::Api(
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, behind),
-        )));
+        // As the catalog's own lookups answer while it is behind.
+        let behind = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the catalog is catching up",
+        )
+        .with("reason", CATCHING_UP);
+        return Err(FrontendError::CatalogUnavailable(RemoteError::Api(behind)));
     }
     Ok(snapshot)
 }
