@@ -696,19 +696,27 @@ pub(crate) mod tests {
     /// pages, and there no read waits; a file system without `RWF_NOWAIT` cannot tell). The
     /// probe may start the kernel's readahead of that file: tests read the others.
     /// Asked to drop a page, the kernel may keep one it holds at the moment (a loaded machine
-    /// showed it), so this asks a few times before it says no.
+    /// showed it, also after ten asks in a row while a full suite ran), so this asks again for
+    /// up to two seconds before it says no.
     #[cfg(target_os = "linux")]
     pub(crate) fn evicted(archive: &Archive) -> bool {
         use rustix::fs::{fadvise, Advice};
         archive.write_refusal(0, 1, &Refusal::NotFound(1)).unwrap();
         archive.sync().unwrap();
-        (0..10).any(|_| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
             for file in [&archive.trades, &archive.orders, &archive.refusals] {
                 fadvise(&file.file, 0, None, Advice::DontNeed).unwrap();
             }
             let mut first = [0; 8];
-            read_cached(&archive.refusals.file, &mut first, 0) == Some(false)
-        })
+            if read_cached(&archive.refusals.file, &mut first, 0) == Some(false) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Within `cached_only`, a record the page cache lacks is noted, not read, and counts as
