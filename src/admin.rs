@@ -41,11 +41,7 @@ pub enum AdminCommand {
     /// it reaches refuses the key before this returns.
     RevokeKey {
         /// The catalog's base URL.
-        #[arg(
-            long,
-            env = env::CATALOG_URL,
-            default_value = ports::CATALOG_URL
-        )]
+        #[arg(long, env = env::CATALOG_URL, default_value = ports::CATALOG_URL)]
         catalog: BaseUrl,
         #[arg(long)]
         user: u64,

@@ -25,11 +25,7 @@ use stocknet_common::BaseUrl;
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadConfig {
     /// Frontend base URL.
-    #[arg(
-        long,
-        env = env::LOAD_FRONTEND,
-        default_value = ports::FRONTEND_URL
-    )]
+    #[arg(long, env = env::LOAD_FRONTEND, default_value = ports::FRONTEND_URL)]
     pub frontend: String,
     /// Concurrent client sessions.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -34,11 +34,7 @@ pub struct ReportConfig {
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
     /// The frontend to ask.
-    #[arg(
-        long,
-        env = env::REPORT_FRONTEND,
-        default_value = ports::FRONTEND_URL
-    )]
+    #[arg(long, env = env::REPORT_FRONTEND, default_value = ports::FRONTEND_URL)]
     pub frontend: BaseUrl,
     /// Recompute the report from this order log (`orders-<id>.csv`) instead of asking a
     /// frontend. It reads the log as it is: use a replica's at quiescence, since a replica may
@@ -79,11 +75,7 @@ pub struct MailArgs {
     #[arg(long, env = env::REPORT_MAIL_TO, value_delimiter = ',')]
     pub mail_to: Vec<String>,
     /// A file holding `user:password` to log in to the SMTP server with (none: no login).
-    #[arg(
-        long,
-        env = env::REPORT_SMTP_CREDENTIALS_FILE,
-        requires = "smtp_url"
-    )]
+    #[arg(long, env = env::REPORT_SMTP_CREDENTIALS_FILE, requires = "smtp_url")]
     pub smtp_credentials_file: Option<PathBuf>,
     /// Attempts at mailing before it fails, 1 s apart and doubling.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
@@ -93,11 +85,7 @@ pub struct MailArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
     /// POST the archived report's JSON here, signed (header `X-StockNet-Signature`).
-    #[arg(
-        long,
-        env = env::REPORT_WEBHOOK,
-        requires = "webhook_secret_file"
-    )]
+    #[arg(long, env = env::REPORT_WEBHOOK, requires = "webhook_secret_file")]
     pub webhook: Option<reqwest::Url>,
     /// The file holding the key of the webhook's HMAC-SHA256 signature.
     #[arg(long, env = env::REPORT_WEBHOOK_SECRET_FILE)]

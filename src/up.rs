@@ -35,12 +35,7 @@ pub struct UpConfig {
     #[arg(long, env = env::CATALOG_PORT, default_value_t = ports::CATALOG)]
     pub catalog_port: u16,
     /// One port per order replica; replica ids are 1, 2, 3... in this order.
-    #[arg(
-        long,
-        env = env::ORDER_PORTS,
-        value_delimiter = ',',
-        default_value = ports::ORDER_PORTS
-    )]
+    #[arg(long, env = env::ORDER_PORTS, value_delimiter = ',', default_value = ports::ORDER_PORTS)]
     pub order_ports: Vec<u16>,
     /// Stocks held by the frontend's cache (below the catalog's 12 stocks by default).
     #[arg(long, env = env::CACHE_SIZE, default_value_t = 8)]

@@ -410,11 +410,7 @@ impl Faults {
             Self::Kills => Cluster::start(self.frontends()).await,
             Self::Gray => {
                 let catalog_at = |replica: usize, url: &str| links[replica].forward_to(url);
-                let wiring = Wiring {
-                    catalog_at: &catalog_at,
-                    ..Wiring::DIRECT
-                };
-                Cluster::start_wired(self.frontends(), &wiring).await
+                Cluster::start_wired(self.frontends(), &Wiring::catalog_at(&catalog_at)).await
             }
         }
     }

@@ -607,15 +607,7 @@ async fn a_hung_frontend_is_left_out_of_pushes_once_its_lease_has_run_out() {
 #[tokio::test]
 async fn a_frontend_the_pushes_do_not_reach_is_refused_the_lease_until_they_do() {
     let link = Link::start().await;
-    let push_to = |i: usize, url: &str| match i {
-        1 => link.forward_to(url),
-        _ => url.to_owned(),
-    };
-    let wiring = Wiring {
-        push_to: &push_to,
-        ..Wiring::DIRECT
-    };
-    let cluster = Cluster::start_wired(2, &wiring).await;
+    let cluster = Cluster::start_wired(2, &Wiring::push_to(&link.only_for(1))).await;
     both_take_a_push(&cluster, "both frontends to take a push", 10).await;
     // Frontend 1 caches the stock.
     let cached = cluster.quantity(1, "GameStart").await;
@@ -730,15 +722,7 @@ async fn a_frontend_that_misses_pushes_stops_trusting_its_cache_within_the_lease
 #[tokio::test]
 async fn a_leader_cut_off_from_the_catalog_alone_hands_the_leadership_over() {
     let link = Link::start().await;
-    let catalog_at = |replica: usize, url: &str| match replica {
-        2 => link.forward_to(url),
-        _ => url.to_owned(),
-    };
-    let wiring = Wiring {
-        catalog_at: &catalog_at,
-        ..Wiring::DIRECT
-    };
-    let cluster = Cluster::start_wired(1, &wiring).await;
+    let cluster = Cluster::start_wired(1, &Wiring::catalog_at(&link.only_for(2))).await;
     cluster.wait_led_by(2).await;
     cluster.must_order("GameStart", "buy", 1).await;
     link.cut();
@@ -762,11 +746,7 @@ async fn with_links_to_followers(frontends: usize) -> ([Link; 2], Cluster) {
         Some(link) => link.forward_to(url),
         None => url.to_owned(),
     };
-    let wiring = Wiring {
-        replica_at: &replica_at,
-        ..Wiring::DIRECT
-    };
-    let cluster = Cluster::start_wired(frontends, &wiring).await;
+    let cluster = Cluster::start_wired(frontends, &Wiring::replica_at(&replica_at)).await;
     (links, cluster)
 }
 

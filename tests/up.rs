@@ -763,10 +763,8 @@ const CONSOLE_TRADING: &[(&str, &str, &str)] = &[
     (
         r#"(() => {
             document.querySelector('#stock-GameStart button').click();
-            document.getElementById('side').value = 'buy';
-            document.getElementById('kind').value = 'limit';
-            document.getElementById('quantity').value = '2';
-            document.getElementById('price').value = '20.00';
+            const form = { side: 'buy', kind: 'limit', quantity: '2', price: '20.00' };
+            for (const [id, value] of Object.entries(form)) document.getElementById(id).value = value;
             document.getElementById('place').click();
         })()"#,
         "the order's answer",
@@ -816,11 +814,9 @@ const CONSOLE_TRADING: &[(&str, &str, &str)] = &[
     // A resting sell shows in the open orders, and its cancel arrives as an update.
     (
         r#"(() => {
-            document.getElementById('tif').value = 'gtc';
             document.getElementById('post-only').checked = false;
-            document.getElementById('side').value = 'sell';
-            document.getElementById('quantity').value = '1';
-            document.getElementById('price').value = '30.00';
+            const form = { tif: 'gtc', side: 'sell', quantity: '1', price: '30.00' };
+            for (const [id, value] of Object.entries(form)) document.getElementById(id).value = value;
             document.getElementById('place').click();
         })()"#,
         "the resting order among the open orders",

@@ -377,12 +377,12 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         // the API server does not read, which would drop the uid precondition.)
         let eviction = Eviction {
             metadata: ObjectMeta {
-                name: Some(replacement.pod.clone()),
+                name: Some(replacement.pod.name.clone()),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
             delete_options: Some(DeleteOptions {
-                preconditions: replacement.uid.clone().map(|uid| DeletePreconditions {
+                preconditions: replacement.pod.uid.clone().map(|uid| DeletePreconditions {
                     uid: Some(uid),
                     resource_version: None,
                 }),
@@ -392,7 +392,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
         let evicted = pods
             .create_subresource::<_, serde_json::Value>(
                 "eviction",
-                &replacement.pod,
+                &replacement.pod.name,
                 &PostParams::default(),
                 &eviction,
             )
@@ -408,7 +408,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
                     "replacing order replica {} ({role}) to run revision {}; {} of {} done",
                     replacement.id, progress.revision, progress.updated, progress.total
                 );
-                tracing::info!(pod = replacement.pod, "{message}");
+                tracing::info!(pod = replacement.pod.name, "{message}");
                 ctx.publish(&sn, EventType::Normal, "UpgradingOrderReplica", message)
                     .await;
             }
@@ -422,7 +422,7 @@ async fn reconcile_once(sn: Arc<StockNet>, ctx: Arc<Context>) -> Result<Action, 
                     "order replica {}'s eviction, refused: {}",
                     replacement.id, status.message
                 );
-                tracing::info!(pod = replacement.pod, "{why}");
+                tracing::info!(pod = replacement.pod.name, "{why}");
                 if status.code != 429 {
                     ctx.publish(&sn, EventType::Warning, "EvictionRefused", why.clone())
                         .await;
@@ -481,13 +481,13 @@ async fn delete_condemned(
 ) -> Result<(), Error> {
     for deletion in assessment.deletions.clone() {
         let params = DeleteParams {
-            preconditions: deletion.uid.clone().map(|uid| Preconditions {
+            preconditions: deletion.pod.uid.clone().map(|uid| Preconditions {
                 uid: Some(uid),
                 resource_version: None,
             }),
             ..DeleteParams::default()
         };
-        match pods.delete(&deletion.pod, &params).await {
+        match pods.delete(&deletion.pod.name, &params).await {
             Ok(_) => {}
             // Gone, or replaced by the StatefulSet since it was observed: nothing to delete.
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => continue,
@@ -495,7 +495,7 @@ async fn delete_condemned(
         }
         assessment.restarted(&deletion, k8s_openapi::jiff::Timestamp::now());
         ctx.metrics.pods_deleted.inc();
-        tracing::warn!(pod = deletion.pod, "{}", deletion.message);
+        tracing::warn!(pod = deletion.pod.name, "{}", deletion.message);
         ctx.publish(
             sn,
             EventType::Warning,

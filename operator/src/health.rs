@@ -22,13 +22,27 @@ pub struct Observation {
     pub health: Option<Health>,
 }
 
+impl Observation {
+    pub fn observed_pod(&self) -> ObservedPod {
+        ObservedPod {
+            name: self.pod_name.clone(),
+            uid: self.pod.as_ref().and_then(|pod| pod.metadata.uid.clone()),
+        }
+    }
+}
+
+/// A pod the operator acts on, by name and by the uid it was observed with: deleted or evicted
+/// only if it is still that pod, not one the StatefulSet has made since under the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPod {
+    pub name: String,
+    pub uid: Option<String>,
+}
+
 /// A pod the operator must delete (the StatefulSet recreates it on the same volume claim).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
-    pub pod: String,
-    /// The uid of the pod observed: deleted only if it is still that pod, not one the
-    /// StatefulSet has made since.
-    pub uid: Option<String>,
+    pub pod: ObservedPod,
     pub reason: &'static str,
     pub message: String,
 }
@@ -68,7 +82,11 @@ impl Assessment {
     /// Counts `deletion` as a restart of its replica, made at `now`: once the API server has
     /// deleted the pod (not when it was gone already, or replaced since it was observed).
     pub fn restarted(&mut self, deletion: &Deletion, now: Timestamp) {
-        if let Some(status) = self.replicas.iter_mut().find(|r| r.pod == deletion.pod) {
+        if let Some(status) = self
+            .replicas
+            .iter_mut()
+            .find(|r| r.pod == deletion.pod.name)
+        {
             status.restarts += 1;
             status.last_restart = Some(now.to_string());
             if deletion.reason == CRASHED {
@@ -186,8 +204,7 @@ pub fn assess(
                 let wait = crash_backoff(status.consecutive_crashes).as_secs_f64();
                 if since_restart.is_none_or(|s| s >= wait) {
                     deletions.push(Deletion {
-                        pod: seen.pod_name.clone(),
-                        uid: pod.metadata.uid.clone(),
+                        pod: seen.observed_pod(),
                         reason: CRASHED,
                         message: format!("order replica {} {why}; deleting its pod", seen.id),
                     });
@@ -257,10 +274,8 @@ pub fn assess(
         .filter(|_| answering >= majority && !coming_back)
     {
         let status = &mut replicas[at];
-        let observed = observations[at].pod.as_ref();
         deletions.push(Deletion {
-            pod: status.pod.clone(),
-            uid: observed.and_then(|pod| pod.metadata.uid.clone()),
+            pod: observations[at].observed_pod(),
             reason: "OrderReplicaUnhealthy",
             message: format!(
                 "order replica {} failed {} health checks in a row; deleting its pod",
@@ -423,7 +438,7 @@ mod tests {
         assessment
             .deletions
             .iter()
-            .map(|d| d.pod.as_str())
+            .map(|d| d.pod.name.as_str())
             .collect()
     }
 

@@ -23,11 +23,7 @@ struct Cli {
     #[command(flatten)]
     log: stocknet_common::server::LogArgs,
     /// Address of the /metrics and /healthz endpoint.
-    #[arg(
-        long,
-        env = env::OPERATOR_METRICS,
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = env::OPERATOR_METRICS, default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
 }
 

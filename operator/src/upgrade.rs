@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::crd::UpgradeStatus;
-use crate::health::Observation;
+use crate::health::{Observation, ObservedPod};
 use crate::membership::CAUGHT_UP_ENTRIES;
 
 /// The label the StatefulSet controller gives each pod: the revision of its template.
@@ -24,9 +24,7 @@ pub struct Step {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
-    pub pod: String,
-    /// The uid of the pod observed: evicted only if it is still that pod.
-    pub uid: Option<String>,
+    pub pod: ObservedPod,
     pub id: u32,
     pub leader: bool,
 }
@@ -120,8 +118,7 @@ pub fn next_step(
         .max_by_key(|seen| seen.id)
         .or_else(|| outdated.first())
         .map(|seen| Replacement {
-            pod: seen.pod_name.clone(),
-            uid: seen.pod.as_ref().and_then(|pod| pod.metadata.uid.clone()),
+            pod: seen.observed_pod(),
             id: seen.id,
             leader: Some(seen.id) == leader,
         });

@@ -433,6 +433,30 @@ impl Wiring<'static> {
     };
 }
 
+/// Wirings that reroute one kind of call, the others direct.
+impl<'a> Wiring<'a> {
+    pub fn push_to(push_to: &'a dyn Fn(usize, &str) -> String) -> Self {
+        Self {
+            push_to,
+            ..Wiring::DIRECT
+        }
+    }
+
+    pub fn replica_at(replica_at: &'a dyn Fn(usize, &str) -> String) -> Self {
+        Self {
+            replica_at,
+            ..Wiring::DIRECT
+        }
+    }
+
+    pub fn catalog_at(catalog_at: &'a dyn Fn(usize, &str) -> String) -> Self {
+        Self {
+            catalog_at,
+            ..Wiring::DIRECT
+        }
+    }
+}
+
 /// A TCP link on 127.0.0.1 to one address that a test can cut or slow: once cut, what
 /// arrives is neither forwarded nor answered (connections stay open, as over a link that drops
 /// packets; those made while it is cut are never forwarded); slowed, everything it carries
@@ -509,6 +533,17 @@ impl Link {
         let address = url.trim_start_matches("http://").to_owned();
         *self.target.lock().expect("target") = Some(address);
         self.url.clone()
+    }
+
+    /// A [`Wiring`] function that puts this link in front of the process numbered `which` alone.
+    pub fn only_for(&self, which: usize) -> impl Fn(usize, &str) -> String + '_ {
+        move |i, url| {
+            if i == which {
+                self.forward_to(url)
+            } else {
+                url.to_owned()
+            }
+        }
     }
 
     pub fn cut(&self) {

@@ -20,11 +20,7 @@ pub struct Config {
     #[arg(long, env = env::FRONTEND_PORT, default_value_t = ports::FRONTEND)]
     pub port: u16,
     /// Catalog base URL.
-    #[arg(
-        long,
-        env = env::CATALOG_URL,
-        default_value = ports::CATALOG_URL
-    )]
+    #[arg(long, env = env::CATALOG_URL, default_value = ports::CATALOG_URL)]
     pub catalog_url: BaseUrl,
     /// Order replicas as ID=URL, comma-separated.
     #[arg(

@@ -26,19 +26,10 @@ pub struct Config {
     /// The group's founding replicas as ID=URL, comma-separated (etcd's initial cluster):
     /// they are the voters until the group changes its membership (`/members`), and the same
     /// on every replica. A replica not named here joins a running group as the leader adds it.
-    #[arg(
-        long,
-        env = env::ORDER_PEERS,
-        value_delimiter = ',',
-        value_parser = parse_peer
-    )]
+    #[arg(long, env = env::ORDER_PEERS, value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<Peer>,
     /// Catalog base URL.
-    #[arg(
-        long,
-        env = env::CATALOG_URL,
-        default_value = ports::CATALOG_URL
-    )]
+    #[arg(long, env = env::CATALOG_URL, default_value = ports::CATALOG_URL)]
     pub catalog_url: BaseUrl,
     /// Directory holding orders-<id>.csv, term-<id>, book-<id>.snap, trades-<id>.bin and
     /// order-records-<id>.bin.

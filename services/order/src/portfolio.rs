@@ -122,11 +122,8 @@ impl Portfolios {
     pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, String, Position)>) -> Self {
         let mut portfolios = Self::default();
         for (user, name, position) in rows {
-            portfolios
-                .users
-                .entry(user)
-                .or_default()
-                .insert(name, position);
+            let positions = portfolios.users.entry(user).or_default();
+            positions.insert(name, position);
         }
         portfolios
     }

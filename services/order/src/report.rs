@@ -214,20 +214,12 @@ impl Reports {
     ) -> Self {
         let mut reports = Self::default();
         for (day, name, tally) in stocks {
-            reports
-                .days
-                .entry(day)
-                .or_default()
-                .stocks
-                .insert(name, tally);
+            let that_day = reports.days.entry(day).or_default();
+            that_day.stocks.insert(name, tally);
         }
         for (day, user, volume) in users {
-            reports
-                .days
-                .entry(day)
-                .or_default()
-                .users
-                .insert(user, volume);
+            let that_day = reports.days.entry(day).or_default();
+            that_day.users.insert(user, volume);
         }
         reports
     }

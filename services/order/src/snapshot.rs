@@ -3,7 +3,8 @@
 //!
 //! The file (`book-<id>.snap`) is a magic line and a postcard encoding of [`Image`], written
 //! atomically (temporary file, fsync, rename, directory fsync). Its own types, with prices in
-//! cents, keep the disk format apart from the wire's and from the book's internals.
+//! cents, keep the disk format apart from the wire's and from the book's internals; a trade,
+//! which is plain numbers, is written as the book keeps it ([`Matched`], prices [`in_cents`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use stocknet_common::wire::Ohlcv;
-use stocknet_common::{file, Price, Side};
+use stocknet_common::{file, Price};
 
 use crate::archive::OrderRecord;
 use crate::book::{Book, LimitOrder, Matched, Refusal, StockTrades};
@@ -34,7 +35,7 @@ struct Image<'a> {
     orders: Vec<OrderImage<'a>>,
     /// The trades before these are in the trade archive (`trades-<id>.bin`).
     trades_archived: u64,
-    trades: Vec<TradeImage>,
+    trades: Vec<Matched>,
     /// The refusals in memory; the ones before are in the archive.
     refusals_archived: u64,
     refusals: Vec<(u64, Refusal)>,
@@ -103,20 +104,18 @@ struct StockDayImage {
     refused: Vec<(String, u64)>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct TradeImage {
-    id: u64,
-    entry: u64,
-    /// Its stock's place in `stocks`.
-    stock: u32,
-    cents: u64,
-    quantity: u32,
-    buy_order: u64,
-    sell_order: u64,
-    taker_side: Side,
-    buy_previous: u64,
-    sell_previous: u64,
-    stock_previous: u64,
+/// A price as its cents, as the snapshot keeps prices (`#[serde(with)]` on the book's trades).
+pub(crate) mod in_cents {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use stocknet_common::Price;
+
+    pub fn serialize<S: Serializer>(price: &Price, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(price.cents())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Price, D::Error> {
+        u64::deserialize(deserializer).map(Price::from_cents)
+    }
 }
 
 /// The snapshot of `book`, ready to be written.
@@ -148,23 +147,7 @@ pub fn encode(book: &Book) -> Result<Vec<u8>, String> {
             })
             .collect(),
         trades_archived: parts.trades_archived,
-        trades: parts
-            .trades
-            .iter()
-            .map(|t| TradeImage {
-                id: t.id,
-                entry: t.entry,
-                stock: t.stock,
-                cents: t.price.cents(),
-                quantity: t.quantity,
-                buy_order: t.buy_order,
-                sell_order: t.sell_order,
-                taker_side: t.taker_side,
-                buy_previous: t.buy_previous,
-                sell_previous: t.sell_previous,
-                stock_previous: t.stock_previous,
-            })
-            .collect(),
+        trades: parts.trades.to_vec(),
         refusals_archived: parts.refusals.0,
         refusals: parts.refusals.1.to_vec(),
         positions: parts
@@ -244,19 +227,6 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
             Ok((o.place, o.record.into_order(o.number, name)))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let trades = image.trades.into_iter().map(|t| Matched {
-        id: t.id,
-        entry: t.entry,
-        stock: t.stock,
-        price: Price::from_cents(t.cents),
-        quantity: t.quantity,
-        buy_order: t.buy_order,
-        sell_order: t.sell_order,
-        taker_side: t.taker_side,
-        buy_previous: t.buy_previous,
-        sell_previous: t.sell_previous,
-        stock_previous: t.stock_previous,
-    });
     let stocks = image.stocks.into_iter().map(|stock| {
         let trades = StockTrades {
             count: stock.trades,
@@ -270,7 +240,7 @@ pub fn decode(bytes: &[u8]) -> Result<Book, String> {
         image.next_slot,
         stocks.collect(),
         (image.orders_archived, orders.into_iter()),
-        (image.trades_archived, trades.collect()),
+        (image.trades_archived, image.trades),
         (image.refusals_archived, image.refusals),
         Portfolios::from_rows(image.positions.into_iter().map(|p| {
             let position = Position {

@@ -345,11 +345,13 @@ impl Live {
 }
 
 /// A trade as the book keeps it: its stock by place (the wire [`Trade`] names it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Snapshots write it as it is; keep its fields' order, or bump the snapshot's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Matched {
     pub id: u64,
     pub entry: u64,
     pub stock: u32,
+    #[serde(with = "crate::snapshot::in_cents")]
     pub price: Price,
     pub quantity: u32,
     pub buy_order: u64,
