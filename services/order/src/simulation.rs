@@ -50,6 +50,8 @@ struct MemoryCatalog {
     down: AtomicBool,
     cut: Mutex<BTreeSet<u64>>,
     stalled: tokio::sync::watch::Sender<bool>,
+    /// Where the store stood after each apply that caught it up from behind.
+    caught_up_at: Mutex<Vec<u64>>,
 }
 
 impl MemoryCatalog {
@@ -92,7 +94,13 @@ impl Catalog for CatalogFrom {
             let mut stalled = self.catalog.stalled.subscribe();
             let _ = stalled.wait_for(|stalled| !stalled).await;
             let store = self.catalog.store();
-            let applied = store.apply(request).map(|applied| applied.outcome);
+            let applied = store.apply(request).map(|applied| {
+                if applied.caught_up {
+                    let at = applied.outcome.applied;
+                    self.catalog.caught_up_at.lock().unwrap().push(at);
+                }
+                applied.outcome
+            });
             applied.map_err(|e| {
                 let status = match e {
                     CatalogError::Gap { .. }
@@ -147,6 +155,7 @@ impl Cluster {
                 down: AtomicBool::new(false),
                 cut: Mutex::default(),
                 stalled: tokio::sync::watch::channel(false).0,
+                caught_up_at: Mutex::default(),
             }),
             running: Mutex::default(),
             answers: Mutex::default(),
@@ -611,8 +620,10 @@ async fn a_catalog_back_from_a_power_loss_is_behind_until_the_leader_catches_it_
     catalog_caught_up_while_nothing_commits(Some("a later boot")).await;
 }
 
-/// The catalog's files copied before three acknowledged orders are opened in `new_boot`, or
-/// in this one, and replace the catalog; the leader must bring it back to where it stood.
+/// The catalog's files copied before more than two batches of acknowledged orders are opened
+/// in `new_boot`, or in this one, and replace the catalog; the leader must bring it back to
+/// where it stood, and a catalog behind must not count as caught up before it is there (the
+/// first batch does not bring it there).
 async fn catalog_caught_up_while_nothing_commits(new_boot: Option<&str>) {
     let cluster = Cluster::start(3).await;
     let leader = cluster.led_by(3, Duration::from_secs(20)).await;
@@ -623,14 +634,15 @@ async fn catalog_caught_up_while_nothing_commits(new_boot: Option<&str>) {
         std::fs::copy(cluster.dir.path().join(file), copy.path().join(file)).unwrap();
     }
     let before = cluster.catalog.store().get(STOCKS[0]).expect("the stock");
-    for _ in 0..3 {
+    let orders = 2 * BATCH as u64 + 3;
+    for _ in 0..orders {
         let buy = new_order(STOCKS[0], Side::Buy, 1, None);
         leader.place(buy, Caller::new(None, None)).await.unwrap();
     }
     let acknowledged = cluster.catalog.store().snapshot();
     assert_eq!(
         cluster.catalog.store().get(STOCKS[0]).unwrap().quantity,
-        before.quantity - 3
+        before.quantity - orders
     );
 
     let path = copy.path().join("catalog.csv");
@@ -655,6 +667,13 @@ async fn catalog_caught_up_while_nothing_commits(new_boot: Option<&str>) {
         cluster.catalog.store().snapshot().stocks,
         acknowledged.stocks
     );
+    let caught_up_at = cluster.catalog.caught_up_at.lock().unwrap().clone();
+    assert!(
+        caught_up_at.iter().all(|&at| at >= acknowledged.applied),
+        "caught up at {caught_up_at:?}, short of {}",
+        acknowledged.applied
+    );
+    assert_eq!(caught_up_at.is_empty(), new_boot.is_none());
 }
 
 /// A catalog that went down while nothing committed (its leader's idle look at it failed) is

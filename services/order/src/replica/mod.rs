@@ -36,8 +36,9 @@ use crate::metrics::{FollowerLabels, ReplicaMetrics};
 pub use commands::Caller;
 use sequencer::{led_term, Sequencer};
 
-/// Most entries sent in one catalog call or one log page.
-pub const BATCH: usize = 4096;
+/// Most entries sent in one catalog call or one log page; in this crate's tests a few, so
+/// that the simulation crosses batches with a few dozen orders.
+pub const BATCH: usize = if cfg!(test) { 16 } else { 4096 };
 
 /// How a replica reaches the others and the catalog: over HTTP in a real run
 /// ([`Links::http`]), in memory in the simulation tests.
