@@ -82,8 +82,11 @@ impl LeaderDiscovery {
     }
 
     /// Adds the members the group names that this frontend does not know yet, from the first
-    /// replica that answers `GET /members` (all asked at once: one that hangs, often the leader
-    /// just lost, is not waited out); whether it learned any.
+    /// replica whose `GET /members` names one; whether it learned any. All are asked at once,
+    /// and one that hangs, often the leader just lost, is not waited out: once a majority has
+    /// answered with nothing new, there is nothing (a member added is in the log of a majority
+    /// of the group before it counts). One answer with nothing new is not the last word: that
+    /// replica may be behind the group.
     async fn learn_members(&self) -> bool {
         let mut asks: FuturesUnordered<_> = self
             .replicas()
@@ -91,9 +94,16 @@ impl LeaderDiscovery {
             .filter_map(|replica| paths::MEMBERS.url(&replica.url, &[]).ok())
             .map(|url| call::<Members>(self.http.get(url).timeout(HEALTH_TIMEOUT)))
             .collect();
+        let majority = asks.len() / 2 + 1;
+        let mut nothing_new = 0;
         while let Some(answer) = asks.next().await {
-            if let Ok(members) = answer {
-                return self.add_members(&members);
+            match answer {
+                Ok(members) if self.add_members(&members) => return true,
+                Ok(_) => nothing_new += 1,
+                Err(_) => {}
+            }
+            if nothing_new >= majority {
+                break;
             }
         }
         false
@@ -814,6 +824,96 @@ mod tests {
         assert_eq!(discovery.current(), Some(found));
     }
 
+    /// A replica behind the group answers `GET /members` first, without the member the group
+    /// has added since; the frontend learns it from the next answer, instead of giving up.
+    #[tokio::test]
+    async fn members_are_learned_past_a_replica_that_answers_first_without_them() {
+        let members = |ids: &[u32]| Members {
+            configs: vec![ids.to_vec()],
+            learners: Vec::new(),
+            urls: ids
+                .iter()
+                .map(|&id| (id, format!("http://127.0.0.1:{}", 9 + id)))
+                .collect(),
+            entry: None,
+            leader: Some(2),
+            committed: true,
+            behind: BTreeMap::new(),
+        };
+        // Replica 2 answers once replica 3, behind, has answered.
+        let (answered, behind_answered) = tokio::sync::watch::channel(false);
+        let behind = members(&[2, 3]);
+        let three = answering(
+            3,
+            any_port().await,
+            axum::Router::new().route(
+                "/members",
+                get(move || {
+                    let (behind, answered) = (behind.clone(), answered.clone());
+                    async move {
+                        let answer = stocknet_common::data(behind);
+                        answered.send_replace(true);
+                        answer
+                    }
+                }),
+            ),
+        );
+        let grown = members(&[2, 3, 4]);
+        let two = answering(
+            2,
+            any_port().await,
+            axum::Router::new().route(
+                "/members",
+                get(move || {
+                    let (grown, mut behind_answered) = (grown.clone(), behind_answered.clone());
+                    async move {
+                        let _ = behind_answered.wait_for(|answered| *answered).await;
+                        stocknet_common::data(grown)
+                    }
+                }),
+            ),
+        );
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(vec![three, two], http);
+        assert!(discovery.learn_members().await, "learned no member");
+        assert!(discovery.knows(4).is_some());
+    }
+
+    /// With the leader hung and the others answering with no member this frontend does not
+    /// know, the look for members ends without waiting the hung one out.
+    #[tokio::test]
+    async fn a_majority_with_nothing_new_ends_the_look_for_members_beside_one_that_hangs() {
+        let held = any_port().await;
+        let three = Peer {
+            id: 3,
+            url: format!("http://{}", held.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+        };
+        let mut known = vec![three];
+        for id in [2, 1] {
+            let members = Members {
+                configs: vec![vec![1, 2, 3]],
+                learners: Vec::new(),
+                urls: BTreeMap::new(),
+                entry: None,
+                leader: None,
+                committed: true,
+                behind: BTreeMap::new(),
+            };
+            known.push(
+                serve(any_port().await, health(id, 7, false), Some(members))
+                    .await
+                    .0,
+            );
+        }
+        let http = stocknet_common::http_client(Duration::from_secs(2));
+        let discovery = LeaderDiscovery::new(known, http);
+        let learned = tokio::time::timeout(HEALTH_TIMEOUT / 2, discovery.learn_members()).await;
+        assert_eq!(learned, Ok(false), "waited for the replica that hangs");
+        drop(held);
+    }
+
     /// The group's members are learned from the first replica that answers, not after a
     /// replica that hangs (listed first: the highest id) has timed out.
     #[tokio::test]
@@ -838,7 +938,7 @@ mod tests {
         let (two, _) = serve(any_port().await, health(2, 7, true), Some(members)).await;
         let http = stocknet_common::http_client(Duration::from_secs(2));
         let discovery = LeaderDiscovery::new(vec![three, two], http);
-        let learned = tokio::time::timeout(HEALTH_TIMEOUT, discovery.learn_members()).await;
+        let learned = tokio::time::timeout(HEALTH_TIMEOUT / 2, discovery.learn_members()).await;
         assert_eq!(learned, Ok(true), "waited for the replica that hangs");
         assert!(discovery.knows(4).is_some());
         drop(held);
