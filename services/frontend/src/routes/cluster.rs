@@ -6,14 +6,14 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 use futures::future::join_all;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 use stocknet_common::client::call;
 use stocknet_common::data;
 use stocknet_common::envelope::DataEnvelope;
 use stocknet_common::paths;
-use stocknet_common::wire::Health;
-use stocknet_common::BaseUrl;
+use stocknet_common::wire::{CatalogHealth, Health};
+use stocknet_common::{BaseUrl, RemoteError};
 use utoipa::ToSchema;
 
 use crate::upstream::breaker::BreakerView;
@@ -67,24 +67,20 @@ pub struct ClusterView {
     responses((status = 200, body = DataEnvelope<ClusterView>)))]
 pub async fn cluster(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
-    let health = |base: &BaseUrl| {
-        let request = paths::HEALTH
-            .url(base, &[])
-            .map(|url| inner.http.get(url).timeout(HEALTH_TIMEOUT));
-        async move { call::<Value>(request?).await }
-    };
     let replicas = inner.leaders.replicas();
     let (answers, catalog) = tokio::join!(
-        join_all(replicas.iter().map(|peer| health(&peer.url))),
-        health(&inner.catalog_url)
+        join_all(
+            replicas
+                .iter()
+                .map(|peer| health::<Health>(&inner.http, &peer.url))
+        ),
+        health::<CatalogHealth>(&inner.http, &inner.catalog_url)
     );
     let mut replicas: Vec<ReplicaView> = replicas
         .iter()
         .zip(answers)
         .map(|(peer, answer)| {
-            let health = answer
-                .ok()
-                .and_then(|value| serde_json::from_value::<Health>(value).ok());
+            let health = answer.ok();
             ReplicaView {
                 id: peer.id,
                 up: health.is_some(),
@@ -105,10 +101,19 @@ pub async fn cluster(State(state): State<AppState>) -> Response {
         replicas,
         catalog: CatalogView {
             up: catalog.is_some(),
-            applied: catalog.as_ref().and_then(|c| c["applied"].as_u64()),
-            term: catalog.as_ref().and_then(|c| c["term"].as_u64()),
-            behind: catalog.as_ref().is_some_and(|c| c["behind"] == true),
+            applied: catalog.as_ref().map(|c| c.applied),
+            term: catalog.as_ref().map(|c| c.term),
+            behind: catalog.as_ref().is_some_and(|c| c.behind),
             breaker: inner.catalog_breaker.view(std::time::Instant::now()),
         },
     })
+}
+
+/// A service's `GET /health`, within [`HEALTH_TIMEOUT`].
+async fn health<T: DeserializeOwned>(
+    http: &reqwest::Client,
+    base: &BaseUrl,
+) -> Result<T, RemoteError> {
+    let url = paths::HEALTH.url(base, &[])?;
+    call(http.get(url).timeout(HEALTH_TIMEOUT)).await
 }
