@@ -491,6 +491,22 @@ mod tests {
         Peer { id, url }
     }
 
+    /// The group's membership with voters `ids` (each at a URL of its own), led by replica 2.
+    fn members_of(ids: &[u32]) -> Members {
+        Members {
+            configs: vec![ids.to_vec()],
+            learners: Vec::new(),
+            urls: ids
+                .iter()
+                .map(|&id| (id, format!("http://127.0.0.1:{}", 9 + id)))
+                .collect(),
+            entry: None,
+            leader: Some(2),
+            committed: true,
+            behind: BTreeMap::new(),
+        }
+    }
+
     async fn any_port() -> tokio::net::TcpListener {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
     }
@@ -693,18 +709,20 @@ mod tests {
         assert_eq!(hint(&RemoteError::Api(plain)), None);
     }
 
-    /// A replica that takes connections and never answers its health check (stopped, as by
-    /// SIGSTOP, its socket still open), counting the checks.
+    /// A replica that takes connections and never answers its health check or `GET /members`
+    /// (stopped, as by SIGSTOP, its socket still open), counting the checks.
     async fn hung(id: u32) -> (Peer, Arc<AtomicUsize>) {
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = asked.clone();
-        let app = axum::Router::new().route(
-            "/health",
-            get(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::future::pending::<()>()
-            }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/health",
+                get(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>()
+                }),
+            )
+            .route("/members", get(std::future::pending::<()>));
         (answering(id, any_port().await, app), asked)
     }
 
@@ -828,21 +846,9 @@ mod tests {
     /// has added since; the frontend learns it from the next answer, instead of giving up.
     #[tokio::test]
     async fn members_are_learned_past_a_replica_that_answers_first_without_them() {
-        let members = |ids: &[u32]| Members {
-            configs: vec![ids.to_vec()],
-            learners: Vec::new(),
-            urls: ids
-                .iter()
-                .map(|&id| (id, format!("http://127.0.0.1:{}", 9 + id)))
-                .collect(),
-            entry: None,
-            leader: Some(2),
-            committed: true,
-            behind: BTreeMap::new(),
-        };
         // Replica 2 answers once replica 3, behind, has answered.
         let (answered, behind_answered) = tokio::sync::watch::channel(false);
-        let behind = members(&[2, 3]);
+        let behind = members_of(&[2, 3]);
         let three = answering(
             3,
             any_port().await,
@@ -858,7 +864,7 @@ mod tests {
                 }),
             ),
         );
-        let grown = members(&[2, 3, 4]);
+        let grown = members_of(&[2, 3, 4]);
         let two = answering(
             2,
             any_port().await,
@@ -883,26 +889,12 @@ mod tests {
     /// know, the look for members ends without waiting the hung one out.
     #[tokio::test]
     async fn a_majority_with_nothing_new_ends_the_look_for_members_beside_one_that_hangs() {
-        let held = any_port().await;
-        let three = Peer {
-            id: 3,
-            url: format!("http://{}", held.local_addr().unwrap())
-                .parse()
-                .unwrap(),
-        };
+        let (three, _) = hung(3).await;
         let mut known = vec![three];
         for id in [2, 1] {
-            let members = Members {
-                configs: vec![vec![1, 2, 3]],
-                learners: Vec::new(),
-                urls: BTreeMap::new(),
-                entry: None,
-                leader: None,
-                committed: true,
-                behind: BTreeMap::new(),
-            };
+            let members = Some(members_of(&[1, 2, 3]));
             known.push(
-                serve(any_port().await, health(id, 7, false), Some(members))
+                serve(any_port().await, health(id, 7, false), members)
                     .await
                     .0,
             );
@@ -911,37 +903,20 @@ mod tests {
         let discovery = LeaderDiscovery::new(known, http);
         let learned = tokio::time::timeout(HEALTH_TIMEOUT / 2, discovery.learn_members()).await;
         assert_eq!(learned, Ok(false), "waited for the replica that hangs");
-        drop(held);
     }
 
     /// The group's members are learned from the first replica that answers, not after a
     /// replica that hangs (listed first: the highest id) has timed out.
     #[tokio::test]
     async fn members_are_learned_from_a_replica_that_answers_beside_one_that_hangs() {
-        // A port that takes connections and never reads them (a killed replica's, held open).
-        let held = any_port().await;
-        let three = Peer {
-            id: 3,
-            url: format!("http://{}", held.local_addr().unwrap())
-                .parse()
-                .unwrap(),
-        };
-        let members = Members {
-            configs: vec![vec![2, 3, 4]],
-            learners: Vec::new(),
-            urls: BTreeMap::from([(4, "http://127.0.0.1:9".to_owned())]),
-            entry: None,
-            leader: Some(2),
-            committed: true,
-            behind: BTreeMap::new(),
-        };
-        let (two, _) = serve(any_port().await, health(2, 7, true), Some(members)).await;
+        let (three, _) = hung(3).await;
+        let members = Some(members_of(&[2, 3, 4]));
+        let (two, _) = serve(any_port().await, health(2, 7, true), members).await;
         let http = stocknet_common::http_client(Duration::from_secs(2));
         let discovery = LeaderDiscovery::new(vec![three, two], http);
         let learned = tokio::time::timeout(HEALTH_TIMEOUT / 2, discovery.learn_members()).await;
         assert_eq!(learned, Ok(true), "waited for the replica that hangs");
         assert!(discovery.knows(4).is_some());
-        drop(held);
     }
 
     /// A search after a failed call, while the failed leader's port takes connections and
