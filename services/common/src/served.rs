@@ -63,7 +63,7 @@ where
             self.body_limit.layer(&mut self.router).call(request)
         };
         Serving {
-            answer,
+            answer: Some(answer),
             id,
             span,
             started,
@@ -90,13 +90,26 @@ pin_project_lite::pin_project! {
     /// requests (a cached lookup, a health check) are answered the first time they are
     /// polled, and arm none.
     pub struct Serving<F> {
+        // The router's future, until it is dropped in the request's scope: once answered (or
+        // answered 408), or when the client goes away first.
         #[pin]
-        answer: F,
+        answer: Option<F>,
         id: HeaderValue,
         span: tracing::Span,
         // When it came, if its span is logged (for the answer's line).
         started: Option<Instant>,
         deadline: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<F> PinnedDrop for Serving<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let mut answer = this.answer;
+            if answer.is_some() {
+                let id = std::mem::replace(this.id, HeaderValue::from_static(""));
+                request_id::CURRENT.sync_scope(id, || answer.set(None));
+            }
+        }
     }
 }
 
@@ -109,11 +122,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let (answer, deadline, started) = (this.answer, this.deadline, *this.started);
+        let (mut answer, deadline, started) = (this.answer, this.deadline, *this.started);
         // The 408's envelope and the answer's line carry the id too: made in its scope.
         let mut response =
             std::task::ready!(request_id::CURRENT.sync_scope(this.id.clone(), || {
-                let response = match answer.poll(cx) {
+                let serving = answer
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("polled after its answer");
+                let response = match serving.poll(cx) {
                     Poll::Ready(Ok(response)) => response,
                     Poll::Ready(Err(never)) => match never {},
                     Poll::Pending => {
@@ -123,6 +140,7 @@ where
                         timed_out().into_response()
                     }
                 };
+                answer.set(None);
                 log_answer(response.status(), started);
                 Poll::Ready(response)
             }));
@@ -158,6 +176,7 @@ static SERVER_ERROR_LINES: LineBudget = LineBudget::per_second(20);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use axum::body::Body;
@@ -230,6 +249,41 @@ mod tests {
             assert_eq!(seen, format!("{answered:?}"));
         }
         assert_ne!(get_with(None).await.0, get_with(None).await.0);
+    }
+
+    /// A handler dropped before it answers, its client gone, is dropped in its request's scope:
+    /// what its drop logs or sends carries the id.
+    #[tokio::test]
+    async fn a_handler_dropped_before_its_answer_is_dropped_with_its_request_id() {
+        type Seen = Arc<Mutex<Option<Option<HeaderValue>>>>;
+        struct Guard(Seen);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = Some(current());
+            }
+        }
+        let seen: Seen = Arc::default();
+        let recorded = seen.clone();
+        let handler = move || {
+            let guard = Guard(recorded.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<&'static str>().await
+            }
+        };
+        let mut service = around_routes(Router::new().route("/", get(handler)));
+        let request = http::Request::get("/")
+            .header(REQUEST_ID, "gone-1")
+            .body(Body::empty())
+            .unwrap();
+        let mut serving = Box::pin(service.call(request));
+        let polled = serving
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        assert!(polled.is_pending());
+        drop(serving);
+        let expected = Some(Some(HeaderValue::from_static("gone-1")));
+        assert_eq!(*seen.lock().unwrap(), expected);
     }
 
     #[tokio::test(start_paused = true)]
