@@ -23,6 +23,7 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// The replica's pod as this round saw it (no uid when it saw none).
     pub fn observed_pod(&self) -> ObservedPod {
         ObservedPod {
             name: self.pod_name.clone(),

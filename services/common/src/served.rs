@@ -106,8 +106,7 @@ pin_project_lite::pin_project! {
             let this = this.project();
             let mut answer = this.answer;
             if answer.is_some() {
-                let id = std::mem::replace(this.id, HeaderValue::from_static(""));
-                request_id::CURRENT.sync_scope(id, || answer.set(None));
+                request_id::CURRENT.sync_scope(this.id.clone(), || answer.set(None));
             }
         }
     }
